@@ -1,0 +1,1 @@
+"""Checkpoint/restore benchmarks (run bench/run.py; nothing here runs in CI)."""

@@ -1,0 +1,168 @@
+"""Command lines of the engines under test: the bundled one and an installed criu.
+
+Both speak the CRIU-style CLI of docs/ARCHITECTURE.md, so an engine here is only a
+way to spell argv; the benchmark times the engine process itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHECK_TIMEOUT_S = 60.0
+
+
+class Engine(ABC):
+    """Base: argv builders for dump, pre-dump, restore and lazy-pages."""
+
+    name = "?"
+
+    def __init__(self) -> None:
+        self.available = False
+        self.message = "not probed"
+        self.features: dict[str, bool] = {}
+
+    @abstractmethod
+    def base(self) -> list[str]:
+        """argv prefix that runs the engine."""
+
+    def env(self) -> dict[str, str] | None:
+        """Environment for the engine process (None: inherit)."""
+        return None
+
+    @abstractmethod
+    def probe(self) -> None:
+        """Run `check`; sets available, message and features."""
+
+    def dump(self, pid: int, images: Path, prev: Path | None = None,
+             leave_running: bool = False) -> list[str]:
+        """Dump the tree of pid into images (kills it unless leave_running)."""
+        argv = self.base() + ["dump", "-t", str(pid), "-D", str(images)]
+        if leave_running:
+            argv.append("--leave-running")
+        if prev is not None:
+            argv += ["--prev-images-dir", self.prev_arg(images, prev), "--track-mem"]
+        return argv + self.log_args(images, "dump")
+
+    def pre_dump(self, pid: int, images: Path, prev: Path | None = None) -> list[str]:
+        """Pre-dump pid into images, leaving it running."""
+        argv = self.base() + ["pre-dump", "-t", str(pid), "-D", str(images)]
+        if prev is not None:
+            argv += ["--prev-images-dir", self.prev_arg(images, prev)]
+        return argv + self.log_args(images, "pre-dump")
+
+    def restore(self, images: Path, pidfile: Path, lazy: bool = False) -> list[str]:
+        """Restore detached (-d); the root pid goes to pidfile."""
+        argv = self.base() + ["restore", "-D", str(images), "-d", "--pidfile", str(pidfile)]
+        if lazy:
+            argv.append("--lazy-pages")
+        return argv + self.log_args(images, "restore")
+
+    def lazy_pages(self, images: Path) -> list[str]:
+        """The lazy-pages daemon serving the pages of images."""
+        return self.base() + ["lazy-pages", "-D", str(images)] + self.log_args(images, "lazy")
+
+    def prev_arg(self, images: Path, prev: Path) -> str:
+        """How this engine wants --prev-images-dir spelled."""
+        return str(prev)
+
+    def log_args(self, images: Path, action: str) -> list[str]:
+        """Extra options to keep a log (none by default)."""
+        return []
+
+
+class Bundled(Engine):
+    """The project's engine, `python -m engine`, run from the repository root."""
+
+    name = "bundled"
+
+    def base(self) -> list[str]:
+        """`python -m engine` with this interpreter."""
+        return [sys.executable, "-m", "engine"]
+
+    def env(self) -> dict[str, str]:
+        """PYTHONPATH points at the repository so `-m engine` resolves anywhere."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
+                                                          env.get("PYTHONPATH")]))
+        return env
+
+    def probe(self) -> None:
+        """`python -m engine check --json`: available when it answers."""
+        try:
+            res = subprocess.run(self.base() + ["check", "--json"], check=False,
+                                 capture_output=True,
+                                 text=True, timeout=CHECK_TIMEOUT_S, cwd=REPO,
+                                 env=self.env())
+        except subprocess.TimeoutExpired:
+            self.message = f"check did not answer within {CHECK_TIMEOUT_S:.0f} s"
+            return
+        if res.returncode != 0:
+            lines = (res.stderr or res.stdout).strip().splitlines()
+            self.message = lines[-1] if lines else f"check exited {res.returncode}"
+            return
+        try:
+            data = json.loads(res.stdout)
+            self.features = {str(k): bool(v) for k, v in data.get("features", {}).items()}
+        except (ValueError, AttributeError) as exc:
+            self.message = f"check --json printed no JSON object: {exc}"
+            return
+        self.available, self.message = True, "ok"
+
+
+class Criu(Engine):
+    """An installed criu binary (used only when `criu check` passes)."""
+
+    name = "criu"
+
+    def __init__(self, binary: str) -> None:
+        super().__init__()
+        self.binary = binary
+
+    def base(self) -> list[str]:
+        """The criu binary."""
+        return [self.binary]
+
+    def probe(self) -> None:
+        """`criu check`; on failure keep criu's own error message."""
+        path = shutil.which(self.binary)
+        if path is None:
+            self.message = f"{self.binary} not found in PATH"
+            return
+        self.binary = path
+        try:
+            res = subprocess.run([path, "check"], check=False, capture_output=True, text=True,
+                                 timeout=CHECK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.message = f"criu check did not answer within {CHECK_TIMEOUT_S:.0f} s"
+            return
+        if res.returncode == 0:
+            self.available, self.message = True, "ok"
+            return
+        self.message = criu_message(res.stdout + res.stderr) or f"exit {res.returncode}"
+
+    def prev_arg(self, images: Path, prev: Path) -> str:
+        """criu resolves --prev-images-dir relative to the images directory."""
+        return os.path.relpath(prev, images)
+
+    def log_args(self, images: Path, action: str) -> list[str]:
+        """criu's own log in the images dir (it says why a step failed)."""
+        return ["-o", f"{action}.log"]
+
+
+def criu_message(output: str) -> str:
+    """criu's error lines without their source locations, minus helper-exit noise."""
+    msgs = []
+    for line in output.splitlines():
+        m = re.match(r"\s*Error \([^)]*\):\s*(.*)", line)
+        text = m.group(1) if m else ""
+        if text and not text.startswith("exited, status=") and text not in msgs:
+            msgs.append(text)
+    return "; ".join(msgs)

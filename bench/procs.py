@@ -1,0 +1,227 @@
+"""Process handling for the benchmarks: timed runs with deadlines, peak RSS, cleanup.
+
+Every process the benchmarks start is tracked by pid and killed by pid (or by the
+process group it was given of its own) on the way out. The benchmark process makes
+itself a child subreaper, so daemonised workloads and restored trees are re-parented
+to it: their exit status can be read with wait4 and nothing escapes to init.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36
+KILL_REAP_DEADLINE_S = 10.0
+
+
+class DeadlineExceeded(Exception):
+    """A process did not finish before its deadline (it has been killed)."""
+
+
+@dataclass
+class Timed:
+    """Result of one timed child process."""
+
+    argv: list[str]
+    returncode: int  # negative: killed by that signal
+    wall_s: float
+    maxrss_kib: int
+    cpu_s: float  # user + system time (less disturbed by other load than wall time)
+    output: str  # combined stdout+stderr, tail only
+
+    @property
+    def ok(self) -> bool:
+        """True when the process exited 0."""
+        return self.returncode == 0
+
+    def error_line(self) -> str:
+        """The most useful line of output for a failure message."""
+        lines = [ln.strip() for ln in self.output.splitlines() if ln.strip()]
+        for ln in reversed(lines):
+            if "error" in ln.lower():
+                return ln
+        tail = lines[-1] if lines else "(no output)"
+        return f"exit {self.returncode}: {tail}"
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (daemonised workloads, restored trees)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def decode_status(status: int) -> int:
+    """wait status -> returncode in subprocess convention (negative signal number)."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def wait_pidfd(pid: int, timeout: float) -> bool:
+    """Block until pid exits (also a non-child) or timeout; True when it exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
+    finally:
+        os.close(fd)
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of pid (all its threads), from /proc."""
+    kids: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                kids += [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    except OSError:
+        return []
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    """pid's descendants, parents before children."""
+    out: list[int] = []
+    todo = children_of(pid)
+    while todo:
+        p = todo.pop(0)
+        if p not in out:
+            out.append(p)
+            todo += children_of(p)
+    return out
+
+
+class Procs:
+    """Tracks every process the benchmark started or adopted, and ends them."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.tracked: set[int] = set()  # roots we must end (workloads, restored trees)
+        self.groups: set[int] = set()  # process groups we created (engine runs)
+        self._seq = 0
+
+    def track(self, pid: int) -> None:
+        """Remember pid (and, at cleanup, its descendants) as ours to end."""
+        self.tracked.add(pid)
+
+    def spawn(self, argv: list[str], cwd: Path | None = None,
+              env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+        """Start argv in a process group of its own, output to a log file."""
+        self._seq += 1
+        log = self.log_dir / f"proc{self._seq}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.groups.add(proc.pid)
+        return proc, log
+
+    def finish(self, proc: subprocess.Popen, log: Path, timeout: float,
+               t0: float) -> Timed:
+        """Wait for a spawned process with a deadline; kill its group on timeout."""
+        exited = wait_pidfd(proc.pid, t0 + timeout - time.monotonic())
+        t1 = time.monotonic()
+        if not exited:
+            self._kill_group(proc.pid)
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = decode_status(status)  # so Popen never waits on it again
+        # The group is not killed after a normal exit: a restored task may still sit
+        # in it when the engine does not restore pgid/sid. Leftovers are re-parented
+        # to us and ended by cleanup().
+        self.groups.discard(proc.pid)
+        output = log.read_text(errors="replace")[-4000:]
+        log.unlink(missing_ok=True)
+        if not exited:
+            raise DeadlineExceeded(f"{' '.join(argv_short(proc.args))}: no exit within "
+                                   f"{timeout:.0f} s (killed); output: {output[-300:]!r}")
+        return Timed(list(proc.args), proc.returncode, t1 - t0, ru.ru_maxrss,
+                     ru.ru_utime + ru.ru_stime, output)
+
+    def run(self, argv: list[str], timeout: float, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> Timed:
+        """Run argv to completion: wall time, exit status and peak RSS (wait4)."""
+        t0 = time.monotonic()
+        proc, log = self.spawn(argv, cwd, env)
+        return self.finish(proc, log, timeout, t0)
+
+    def _kill_group(self, pgid: int) -> None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reap(self, pid: int, timeout: float) -> int | None:
+        """Wait for pid to exit; its returncode if it is our child, None if not."""
+        if not wait_pidfd(pid, timeout):
+            raise DeadlineExceeded(f"pid {pid} did not exit within {timeout:.0f} s")
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return None
+        self.tracked.discard(pid)
+        return decode_status(status)
+
+    def kill_tree(self, pid: int) -> None:
+        """SIGKILL pid and all its descendants, then reap the ones that are ours."""
+        victims = [pid] + descendants(pid)
+        for p in victims:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + KILL_REAP_DEADLINE_S
+        for p in victims:
+            try:
+                wait_pidfd(p, deadline - time.monotonic())
+                os.waitpid(p, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            self.tracked.discard(p)
+        self.reap_orphans()
+
+    def reap_orphans(self) -> None:
+        """Collect zombies re-parented to us (we are their subreaper).
+
+        Engine runs still being timed (our process groups) are left to finish().
+        """
+        for pid in children_of(os.getpid()):
+            if pid in self.groups:
+                continue
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+    def cleanup(self) -> None:
+        """End everything still tracked, every group we made, and adopted orphans."""
+        for pgid in list(self.groups):
+            self._kill_group(pgid)
+            self.kill_tree(pgid)  # the group leader is our child: reaped here
+        self.groups.clear()
+        for pid in list(self.tracked):
+            self.kill_tree(pid)
+        # Anything else re-parented to us came from a workload or engine we started.
+        for pid in children_of(os.getpid()):
+            self.kill_tree(pid)
+        self.reap_orphans()
+
+
+def argv_short(argv: list[str] | tuple[str, ...] | str) -> list[str]:
+    """argv without the interpreter path, for messages."""
+    parts = [argv] if isinstance(argv, str) else [str(a) for a in argv]
+    return [os.path.basename(parts[0])] + parts[1:]

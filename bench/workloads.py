@@ -1,0 +1,119 @@
+"""The benchmark workloads (bench/memload.c): build, start, dirty, stop and verify."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import DeadlineExceeded, Procs, descendants
+
+SOURCE = Path(__file__).resolve().parent / "memload.c"
+BUILD_TIMEOUT_S = 120.0
+POLL_S = 0.01
+
+
+def build_memload(out_dir: Path) -> Path:
+    """Compile memload.c into out_dir with gcc; returns the binary."""
+    binary = out_dir / "memload"
+    cmd = ["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE)]
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                         timeout=BUILD_TIMEOUT_S)
+    if res.returncode != 0:
+        raise RuntimeError(f"building memload failed: {res.stderr.strip()}")
+    return binary
+
+
+@dataclass
+class Workload:
+    """One kind of workload and its size."""
+
+    name: str  # anon | maps | shm
+    args: list[str]  # size options for memload
+    payload_bytes: int  # bytes of memory the workload wrote (what a dump must carry)
+    describe: str
+
+    @classmethod
+    def anon(cls, mib: int) -> Workload:
+        """Private anonymous memory, every page written."""
+        return cls("anon", ["--mib", str(mib)], mib << 20,
+                   f"{mib} MiB private anonymous, written")
+
+    @classmethod
+    def maps(cls, vmas: int) -> Workload:
+        """maps06 scale: one-page mappings of one file, 2/3 private written."""
+        private = vmas - vmas // 3
+        return cls("maps", ["--vmas", str(vmas)], private * 4096,
+                   f"{vmas} VMAs of one file, {private * 4096 >> 20} MiB COW'ed")
+
+    @classmethod
+    def shm(cls, mib: int) -> Workload:
+        """Anonymous shared memory in two tasks."""
+        return cls("shm", ["--mib", str(mib)], mib << 20,
+                   f"{mib} MiB anonymous shared, 2 tasks")
+
+
+@dataclass
+class Running:
+    """A started workload instance: its pid and files."""
+
+    pid: int
+    tree: list[int]  # pid and its descendants once ready (memload never forks later)
+    workdir: Path
+    outfile: Path
+    ackfile: Path
+
+
+def start(procs: Procs, binary: Path, wl: Workload, workdir: Path,
+          timeout: float) -> Running:
+    """Start wl in workdir and wait until it is ready (starter exited 0, pidfile)."""
+    workdir.mkdir(mode=0o700)
+    pidfile, outfile = workdir / "memload.pid", workdir / "memload.out"
+    ackfile = workdir / "memload.ack"
+    argv = [str(binary), wl.name, "--pidfile", str(pidfile), "--outfile", str(outfile),
+            "--filename", str(workdir / "maps.file"), "--ackfile", str(ackfile), *wl.args]
+    res = procs.run(argv, timeout)
+    pid = int(pidfile.read_text()) if pidfile.exists() else 0
+    if pid:
+        procs.track(pid)
+    if not res.ok or not pid:
+        raise RuntimeError(f"workload {wl.name} did not start: {res.error_line()}")
+    return Running(pid, [pid, *descendants(pid)], workdir, outfile, ackfile)
+
+
+def dirty(run: Running, generation: int, timeout: float) -> None:
+    """Have an anon workload rewrite its first eighth; wait for its acknowledgement."""
+    os.kill(run.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if int(run.ackfile.read_text()) >= generation:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(POLL_S)
+    raise DeadlineExceeded(f"workload {run.pid} did not rewrite its memory "
+                           f"within {timeout:.0f} s")
+
+
+def stop_and_verify(procs: Procs, pid: int, run: Running, timeout: float) -> tuple[bool, str]:
+    """SIGTERM the (restored) workload; (passed, detail) from its exit and verdict."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False, f"pid {pid} is gone before SIGTERM"
+    try:
+        code = procs.reap(pid, timeout)
+    except DeadlineExceeded as exc:
+        procs.kill_tree(pid)
+        return False, str(exc)
+    lines = run.outfile.read_text().splitlines() if run.outfile.exists() else []
+    last = lines[-1] if lines else "(no verdict written)"
+    if code is None:  # not our child: only the verdict line tells
+        return last == "PASS", last
+    if code != 0:
+        return False, f"exit {code}: {last}"
+    return last == "PASS", last

@@ -1,0 +1,130 @@
+"""``python -m engine``: the engine's command line (CRIU-like), dispatching to its parts.
+
+    check [--json]                                  engine.check.cli
+    dump -t PID -D DIR [...]  / pre-dump ...        engine.dump.cli.dump / .pre_dump
+    restore -D DIR [...]      / lazy-pages -D DIR   engine.restore.cli.restore / .lazy_pages
+    show DIR                                        engine.images.show.show
+
+Each handler gets the parsed argparse.Namespace and returns the exit status. An
+EngineError becomes ``engine: error: <phase>: <message>`` on stderr and exit status 1;
+any other exception is a crash: traceback, ``engine: error: internal: ...``, status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+
+from engine.errors import EngineError
+
+Handler = Callable[[argparse.Namespace], int]
+
+EXIT_ERROR = 1
+EXIT_CRASH = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (see docs/ARCHITECTURE.md)."""
+    parser = argparse.ArgumentParser(prog="python -m engine",
+                                     description="bundled checkpoint/restore engine")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="print the kernel features the engine found")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, hlp in (("dump", "checkpoint a process tree"),
+                      ("pre-dump", "dump memory only, leaving the tree running")):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("-t", "--tree", dest="pid", type=int, required=True,
+                       help="root pid of the tree")
+        p.add_argument("-D", "--images-dir", dest="images_dir", required=True)
+        p.add_argument("--prev-images-dir", dest="prev_images_dir", default=None,
+                       help="parent dump for an incremental dump (relative to -D or absolute)")
+        if name == "dump":
+            p.add_argument("-R", "--leave-running", dest="leave_running",
+                           action="store_true", help="do not kill the tree after the dump")
+            p.add_argument("--track-mem", dest="track_mem", action="store_true",
+                           help="arm dirty-memory tracking for a later incremental dump")
+
+    p = sub.add_parser("restore", help="restore a tree from images")
+    p.add_argument("-D", "--images-dir", dest="images_dir", required=True)
+    p.add_argument("--leave-stopped", dest="leave_stopped", action="store_true",
+                   help="leave every task stopped (resume with SIGCONT)")
+    p.add_argument("--pidfile", default=None, help="write the root pid here")
+    p.add_argument("-d", "--restore-detached", dest="detach", action="store_true",
+                   help="return once the tree is restored")
+    p.add_argument("--lazy-pages", dest="lazy_pages", action="store_true",
+                   help="let a lazy-pages daemon fill memory on demand")
+
+    p = sub.add_parser("lazy-pages", help="serve pages of a lazy restore")
+    p.add_argument("-D", "--images-dir", dest="images_dir", required=True)
+
+    p = sub.add_parser("show", help="print an image directory as text")
+    p.add_argument("dir")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from engine import check
+
+    return check.cli([], args.json)
+
+
+def _show(args: argparse.Namespace) -> int:
+    show = _load("show", "engine.images.show", "show")
+    result = show(args.dir)
+    return result if isinstance(result, int) else 0
+
+
+def _load(command: str, module: str, attr: str) -> Callable:
+    """Import ``module.attr`` or fail with a clear EngineError naming what is missing."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise EngineError("cli", f"'{command}' is not available: {module} cannot be "
+                                 f"imported ({exc})") from exc
+    fn = getattr(mod, attr, None)
+    if fn is None:
+        raise EngineError("cli", f"'{command}' is not available: {module} has no {attr}()")
+    return fn
+
+
+def _dispatch(module: str, attr: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        return int(_load(args.command, module, attr)(args))
+
+    return run
+
+
+HANDLERS: dict[str, Handler] = {
+    "check": _check,
+    "dump": _dispatch("engine.dump.cli", "dump"),
+    "pre-dump": _dispatch("engine.dump.cli", "pre_dump"),
+    "restore": _dispatch("engine.restore.cli", "restore"),
+    "lazy-pages": _dispatch("engine.restore.cli", "lazy_pages"),
+    "show": _show,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except EngineError as exc:
+        print(f"engine: error: {exc.phase}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("engine: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a crash must still end with the error line
+        traceback.print_exc()
+        print(f"engine: error: internal: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Dump: freeze a process tree with ptrace and write its images (see dumper.py)."""
+
+from __future__ import annotations
+
+
+def features() -> dict[str, tuple[bool, str]]:
+    """What the dumper implements (for `python -m engine check`): name -> (available,
+    reason when not)."""
+    return {
+        "dump": (True, ""),
+        "dump_threads": (True, ""),
+        "dump_tree": (True, ""),
+        "dump_shmem": (True, ""),
+        "pre_dump": (True, ""),
+        "dump_incremental": (True, ""),
+    }

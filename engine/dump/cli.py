@@ -1,0 +1,38 @@
+"""Handlers of `python -m engine dump` and `pre-dump` (the parser is in engine/__main__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from engine.dump.dumper import DumpStats
+from engine.dump.dumper import dump as run_dump
+
+
+def dump(args: argparse.Namespace) -> int:
+    """`dump -t PID -D DIR [--leave-running] [--prev-images-dir P] [--track-mem]`.
+    EngineError propagates to the CLI, which reports it."""
+    stats = run_dump(args.pid, args.images_dir, leave_running=args.leave_running,
+                     prev_dir=args.prev_images_dir, track_mem=args.track_mem)
+    _report("dump", stats)
+    return 0
+
+
+def pre_dump(args: argparse.Namespace) -> int:
+    """`pre-dump -t PID -D DIR [--prev-images-dir P]`: a complete image taken while the
+    tree goes on running, with memory tracking armed so that the next dump against it
+    (`--prev-images-dir DIR`) only copies the pages written since."""
+    stats = run_dump(args.pid, args.images_dir, leave_running=True,
+                     prev_dir=args.prev_images_dir, track_mem=True, kind="pre-dump")
+    _report("pre-dump", stats)
+    return 0
+
+
+def _report(what: str, stats: DumpStats) -> None:
+    """Figures of each step on stderr when ENGINE_VERBOSE is set."""
+    if os.environ.get("ENGINE_VERBOSE"):
+        steps = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in stats.seconds.items())
+        print(f"{what}: {stats.tasks} tasks, {stats.threads} threads, {stats.vmas} vmas, "
+              f"{stats.pages} pages copied, {stats.parent_pages} in parent, "
+              f"{stats.shmem_pages} shmem pages; {steps}", file=sys.stderr)

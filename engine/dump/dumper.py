@@ -1,0 +1,291 @@
+"""`dump`: freeze a tree, write its images, then kill it or let it go on.
+
+Steps (each ends with its fault point, so an injected fault happens after the step's own
+side effects and exercises the cleanup): seize, regs, sigactions, memory, files, write.
+Whatever fails, every task is detached with its registers, signal mask and memory as
+before, and goes on running; only after a complete dump is the tree killed (default) or
+released (--leave-running). The inventory is written last: an image without one is
+incomplete and no reader accepts it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from engine.dump import files as dfiles
+from engine.dump import namespaces, pages, shmem, task, track, tree, vmas
+from engine.dump.intervals import Interval, intersect, normalise, subtract
+from engine.errors import EngineError
+from engine.faults import fault_point
+from engine.images import names
+from engine.images.imgdir import ImageDir
+from engine.images.records import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    PAGE_SIZE,
+    FdEntry,
+    FilesImage,
+    Inventory,
+    MmCore,
+    ShmemEntry,
+    SigInfoRecord,
+    TaskCore,
+    TaskEntry,
+    ThreadCore,
+    Vma,
+)
+from engine.kernel import uapi
+from engine.proc import tasks
+from engine.proc.auxv import read_auxv_raw
+from engine.proc.stat import read_stat
+from engine.proc.status import read_status
+
+T = TypeVar("T")
+
+
+@dataclass
+class DumpStats:
+    """Figures of one dump, for logs and benchmarks."""
+
+    tasks: int = 0
+    threads: int = 0
+    vmas: int = 0
+    pages: int = 0
+    parent_pages: int = 0
+    shmem_pages: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _ProcState:
+    threads: list[ThreadCore]
+    shared_pending: list[SigInfoRecord]
+    injected: task.InjectedProc | None = None
+    mm: MmCore | None = None
+
+
+def dump(pid: int, images_dir: str, leave_running: bool = False,
+         prev_dir: str | None = None, track_mem: bool = False,
+         kind: str = "dump") -> DumpStats:
+    """Dump the tree rooted at `pid` into `images_dir`. Raises EngineError on failure,
+    with every task left running as before.
+
+    With `prev_dir` (an earlier image of the same tree whose dump armed memory tracking)
+    pages not written since are recorded as in the parent image. With `track_mem`, memory
+    tracking is armed for a later dump against this one (implies nothing about
+    leave_running; a pre-dump is `kind="pre-dump"`, leave_running and track_mem)."""
+    if prev_dir is not None:
+        prev_dir = os.path.abspath(os.path.join(images_dir, prev_dir))
+        if not os.path.isfile(os.path.join(prev_dir, names.INVENTORY)):
+            raise EngineError("seize", f"{prev_dir}: not a complete image (no inventory)")
+    img = ImageDir.create(images_dir)
+    stats = DumpStats()
+    clock = time.monotonic()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        stats.seconds[step] = now - clock
+        clock = now
+
+    try:
+        frozen = tree.freeze(pid)
+    except BaseException:
+        img.discard()
+        raise
+    trackers: dict[int, track.Tracker] = {}
+    try:
+        if prev_dir is not None:
+            trackers = track.fetch(prev_dir)
+        fault_point("seize")
+        lap("seize")
+        procs = [p for p in frozen.order() if p.state != "zombie"]
+        state: dict[int, _ProcState] = {}
+        for p in procs:
+            threads, shared = _step(f"regs of {p.pid}", "regs", task.read_threads,
+                                    img, p.pid, p.threads)
+            state[p.pid] = _ProcState(threads, shared)
+        fault_point("regs")
+        lap("regs")
+        for p in procs:
+            inj = state[p.pid].injected = _step(
+                f"injection into {p.pid}", "sigactions", task.inject_state, p.pid,
+                state[p.pid].threads, track_mem and p.pid not in trackers)
+            if inj.tracker is not None:
+                trackers[p.pid] = inj.tracker
+        fault_point("sigactions")
+        lap("sigactions")
+        parent = _Parent(prev_dir, trackers) if prev_dir is not None else None
+        shmem_entries = _dump_memory(img, procs, state, stats, parent,
+                                     trackers if track_mem else {})
+        fault_point("memory")
+        lap("memory")
+        table = dfiles.FileTable()
+        fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
+        fault_point("files")
+        lap("files")
+        rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \
+            else None
+        _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent)
+        if track_mem:
+            track.hold(images_dir, trackers)
+        fault_point("write")
+        lap("write")
+    except BaseException:
+        track.close_all(trackers)
+        frozen.release()
+        img.discard()
+        raise
+    track.close_all(trackers)
+    stats.tasks = len(frozen.procs)
+    stats.threads = sum(len(s.threads) for s in state.values())
+    frozen.release(kill=not leave_running)
+    lap("release")
+    return stats
+
+
+def _step(what: str, phase: str, fn: Callable[..., T], *args: object) -> T:
+    """Run one collection function, turning OS-level failures into EngineError(phase)."""
+    try:
+        return fn(*args)
+    except EngineError:
+        raise
+    except (OSError, TimeoutError, RuntimeError) as e:
+        raise EngineError(phase, f"{what}: {e}") from None
+
+
+@dataclass
+class _Parent:
+    """The parent image of an incremental dump and the trackers armed since it."""
+
+    path: str
+    trackers: dict[int, track.Tracker]
+
+    def coverage(self, pid: int) -> list[Interval]:
+        """Address ranges the parent image (chain) holds pages for, for `pid`."""
+        parent = ImageDir(self.path)
+        if pid not in self.trackers or not parent.exists(names.pagemap(pid)):
+            return []
+        pm = parent.read_pagemap(names.pagemap(pid))
+        return normalise([(e.addr, e.end) for e in pm.entries])
+
+
+def _split_for_parent(p: tree.Proc, task_vmas: list[Vma], runs: list[pages.Run],
+                      parent: _Parent | None) -> tuple[list[pages.Run], list[Interval]]:
+    """Runs to copy, and ranges to record as in the parent: present pages of tracked VMAs
+    that were not written since the parent and that the parent holds."""
+    if parent is None or p.pid not in parent.trackers:
+        return runs, []
+    written = track.written(p.pid, task_vmas)
+    cover = intersect(track.tracked_ranges(task_vmas), parent.coverage(p.pid))
+    present = normalise([(r.addr, r.addr + r.length) for r in runs])
+    unchanged = subtract(intersect(present, cover), written)
+    if not unchanged:
+        return runs, []
+    copy = pages.clip_to_vmas(subtract(present, unchanged), task_vmas)
+    return copy, unchanged
+
+
+def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcState],
+                 stats: DumpStats, parent: _Parent | None,
+                 arm: dict[int, track.Tracker]) -> list[ShmemEntry]:
+    sources: dict[str, shmem.ShmemSource] = {}
+    with pages.Staging() as staging:
+        for p in procs:
+            st = state[p.pid]
+            assert st.injected is not None
+            task_vmas = vmas.read_vmas(p.pid)
+            stats.vmas += len(task_vmas)
+            st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas,
+                          st.injected.brk)
+            runs, in_parent = _step(f"memory tracking of {p.pid}", "memory",
+                                    _split_for_parent, p, task_vmas,
+                                    pages.private_runs(p.pid, task_vmas), parent)
+            mem_fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                stats.pages += pages.write_pages(img, names.pagemap(p.pid),
+                                                 names.pages(p.pid), runs, p.pid, mem_fd,
+                                                 staging, in_parent=in_parent)
+            finally:
+                os.close(mem_fd)
+            stats.parent_pages += sum(e - s for s, e in in_parent) // PAGE_SIZE
+            if p.pid in arm:
+                _step(f"memory tracking of {p.pid}", "memory", track.arm, arm[p.pid],
+                      task_vmas)
+            shmem.collect(sources, p.pid, task_vmas)
+            shmem.collect_fds(sources, p.pid)
+        entries = []
+        for sid, src in sorted(sources.items()):
+            entry = shmem.dump_object(img, sid, src, staging)
+            entries.append(entry)
+            stats.shmem_pages += img.read_pagemap(entry.pagemap).pages_stored
+    return entries
+
+
+def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
+    st = read_stat(pid)
+    raw = read_auxv_raw(pid)
+    auxv: list[int] = []
+    for i in range(0, len(raw) - 15, 16):
+        a_type = int.from_bytes(raw[i:i + 8], "little")
+        auxv += [a_type, int.from_bytes(raw[i + 8:i + 16], "little")]
+        if a_type == uapi.AT_NULL:
+            break
+    return MmCore(
+        start_code=st.start_code, end_code=st.end_code, start_data=st.start_data,
+        end_data=st.end_data, start_brk=st.start_brk, brk=brk, start_stack=st.start_stack,
+        arg_start=st.arg_start, arg_end=st.arg_end, env_start=st.env_start,
+        env_end=st.env_end, auxv=auxv, vmas=task_vmas, exe=_readlink(f"/proc/{pid}/exe"),
+        pagemap=names.pagemap(pid), pages=names.pages(pid),
+    )
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
+           fds: dict[int, list[FdEntry]], table: dfiles.FileTable,
+           shmem_entries: list[ShmemEntry], kind: str, parent: str | None) -> None:
+    entries = []
+    per_task_ns: dict[int, dict[str, int]] = {}
+    for p in frozen.order():
+        status = read_status(p.pid)
+        entries.append(TaskEntry(p.pid, p.ppid, p.pgid, p.sid, p.state, list(p.threads),
+                                 p.exit_code, ns_pid=list(status.ns_pid)))
+        if p.state == "zombie":
+            # A zombie keeps only its ids, creds and exit code; nothing else is readable.
+            core = TaskCore(pid=p.pid, ppid=p.ppid, pgid=p.pgid, sid=p.sid, state="zombie",
+                            comm=status.name, threads=[], sigactions=[],
+                            creds=task.creds_of(status), limits=[], cwd="/", root="/",
+                            umask=0, personality=0, fds=[], exit_code=p.exit_code)
+            img.write_json(names.core(p.pid), core)
+            continue
+        st = state[p.pid]
+        assert st.injected is not None and st.mm is not None
+        per_task_ns[p.pid] = namespaces.inodes(p.pid)
+        core = TaskCore(
+            pid=p.pid, ppid=p.ppid, pgid=p.pgid, sid=p.sid, state=p.state,
+            comm=tasks.comm(p.pid), threads=st.threads, sigactions=st.injected.sigactions,
+            creds=task.creds_of(status), limits=task.limits_of(p.pid),
+            cwd=tasks.cwd(p.pid), root=tasks.root(p.pid), umask=task.umask_of(status, p.pid),
+            personality=tasks.personality(p.pid), fds=fds[p.pid],
+            shared_pending=st.shared_pending, exe=st.mm.exe, namespaces=per_task_ns[p.pid],
+        )
+        img.write_json(names.core(p.pid), core)
+        img.write_json(names.mm(p.pid), st.mm)
+    img.write_json(names.FILES, FilesImage(table.files))
+    unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
+    inv = Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,
+                    root_pid=frozen.root, tasks=entries, shmem=shmem_entries,
+                    created=time.time(), namespaces=namespaces.records(per_task_ns, unames))
+    img.write_json(names.INVENTORY, inv)
+
+

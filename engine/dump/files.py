@@ -1,0 +1,177 @@
+"""Open files of a frozen tree: one FileRecord per open file description.
+
+fds that share a description (dup'ed, inherited through fork) are found with
+kcmp(KCMP_FILE) among fds pointing to the same inode, so a shared offset stays shared.
+Content the restore cannot find elsewhere is saved: unlinked regular files whole, and
+the unread data of pipes, read without consuming it (tee from a reader we open on the
+pipe, into a private pipe we then drain).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError
+from engine.images import names
+from engine.images.imgdir import ImageDir
+from engine.images.records import FdEntry, FileRecord
+from engine.kernel import uapi
+from engine.kernel.sys import syscall
+from engine.proc.fdinfo import FdInfo, read_fds
+
+_KCMP_FILE = 0
+_SPLICE_F_NONBLOCK = 2
+_DELETED = " (deleted)"
+_MEMFD = "/memfd:"
+
+
+@dataclass
+class FileTable:
+    """Open file descriptions collected so far, across every task of the tree."""
+
+    files: list[FileRecord] = field(default_factory=list)
+    # (st_dev, st_ino) -> [(file id, pid, fd)] representatives, for kcmp
+    _by_inode: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
+    _pipe_sizes: dict[int, int] = field(default_factory=dict)  # pipe inode -> capacity
+
+
+def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
+    """Record every fd of `pid`, adding new descriptions to `table`."""
+    try:
+        infos = read_fds(pid)
+    except OSError as e:
+        raise EngineError("files", f"cannot list fds of {pid}: {e.strerror}") from None
+    entries = []
+    for info in infos:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{info.fd}")
+        except OSError as e:
+            raise EngineError("files", f"task {pid} fd {info.fd}: {e.strerror}") from None
+        key = (st.st_dev, st.st_ino)
+        fid = _same_description(table, key, pid, info.fd)
+        if fid is None:
+            fid = len(table.files)
+            table.files.append(_record(img, table, pid, info, st, fid))
+            table._by_inode.setdefault(key, []).append((fid, pid, info.fd))
+        entries.append(FdEntry(info.fd, fid, info.cloexec))
+    return entries
+
+
+def _same_description(table: FileTable, key: tuple[int, int], pid: int, fd: int) -> int | None:
+    for fid, opid, ofd in table._by_inode.get(key, []):
+        try:
+            if syscall(uapi.SYS_kcmp, pid, opid, _KCMP_FILE, fd, ofd) == 0:
+                return fid
+        except OSError as e:
+            if e.errno == errno.ENOSYS:
+                return None  # no kcmp: every fd gets its own description (safe, less exact)
+            raise EngineError("files", f"kcmp {pid}/{fd} vs {opid}/{ofd}: {e.strerror}") from None
+    return None
+
+
+def _type_of(st: os.stat_result, target: str) -> str:
+    if target.startswith("anon_inode:"):
+        return "anon_inode"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "reg"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISCHR(mode):
+        return "chr"
+    if stat.S_ISBLK(mode):
+        return "blk"
+    if stat.S_ISFIFO(mode):
+        return "pipe" if target.startswith("pipe:") else "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "other"
+
+
+def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat_result,
+            fid: int) -> FileRecord:
+    kind = _type_of(st, info.target)
+    rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
+                     dev=st.st_dev, inode=st.st_ino, rdev=st.st_rdev, link=info.target)
+    if kind in ("reg", "dir", "chr", "blk", "fifo"):
+        path = info.target
+        if path.endswith(_DELETED) and st.st_nlink == 0:
+            rec.deleted = True
+            path = path[: -len(_DELETED)]
+        rec.path = path
+    if kind in ("reg", "dir"):
+        rec.pos = info.pos
+    if kind == "reg":
+        rec.size = st.st_size
+        if info.target.startswith(_MEMFD):
+            # A memfd's content is its shmem object, dumped once with the memory (and
+            # shared with any mapping of it), not copied per fd.
+            rec.shmem_id = names.shmem_id(st.st_ino)
+        elif rec.deleted:
+            rec.content = names.file_content(fid)
+            _save_file(img, pid, info.fd, rec.content, st.st_size)
+    if kind in ("pipe", "fifo"):
+        rec.pipe_ino = st.st_ino
+        rec.content = names.pipe_content(st.st_ino)
+        if st.st_ino not in table._pipe_sizes:
+            table._pipe_sizes[st.st_ino] = _save_pipe(img, pid, info.fd, rec.content)
+        rec.pipe_size = table._pipe_sizes[st.st_ino]
+    return rec
+
+
+def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> None:
+    """Copy an unlinked file's content (reopened through the fd link: a description of
+    our own, so the task's offset is untouched) into the image."""
+    try:
+        src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EngineError("files", f"cannot reopen unlinked file {pid}/{fd}: "
+                                   f"{e.strerror}") from None
+    out = img.create_file(name)
+    try:
+        done = 0
+        while done < size:
+            n = os.sendfile(out, src, done, size - done)
+            if n == 0:
+                break
+            done += n
+    except OSError as e:
+        raise EngineError("files", f"unlinked file {pid}/{fd}: {e.strerror}") from None
+    finally:
+        os.close(src)
+        os.close(out)
+    if done != size:
+        raise EngineError("files", f"unlinked file {pid}/{fd}: read {done} of {size} bytes")
+
+
+def _save_pipe(img: ImageDir, pid: int, fd: int, name: str) -> int:
+    """Save the unread data of a pipe without consuming it; returns its capacity."""
+    try:
+        src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise EngineError("files", f"cannot open pipe {pid}/{fd}: {e.strerror}") from None
+    rd = wr = -1
+    try:
+        size = fcntl.fcntl(src, uapi.F_GETPIPE_SZ)
+        queued = int.from_bytes(fcntl.ioctl(src, uapi.FIONREAD, b"\0\0\0\0"), "little")
+        data = b""
+        if queued:
+            rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            fcntl.fcntl(wr, uapi.F_SETPIPE_SZ, size)
+            got = syscall(uapi.SYS_tee, src, wr, queued, _SPLICE_F_NONBLOCK)
+            data = os.read(rd, got) if got else b""
+            if len(data) != queued:
+                raise EngineError("files", f"pipe {pid}/{fd}: copied {len(data)} of "
+                                           f"{queued} queued bytes")
+        img.write_bytes(name, data)
+        return size
+    except OSError as e:
+        raise EngineError("files", f"pipe {pid}/{fd}: {e.strerror}") from None
+    finally:
+        for f in (src, rd, wr):
+            if f >= 0:
+                os.close(f)

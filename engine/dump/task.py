@@ -1,0 +1,169 @@
+"""Per-task state of a frozen process: what ptrace and /proc give, and what only the task
+knows (asked by injected syscalls).
+
+Two passes, matching the dump's fault steps: `read_threads` (step "regs": registers,
+xstate, pending signals, rseq, robust list; nothing runs in the task) and `inject_state`
+(step "sigactions": sigactions, sigaltstack, the real blocked mask, clear_child_tid, brk;
+each thread runs a few injected syscalls and is put back exactly as it was).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+from engine.dump import track
+from engine.dump.track import Tracker
+from engine.errors import EngineError
+from engine.images import names
+from engine.images.imgdir import ImageDir
+from engine.images.records import (
+    AltStack,
+    Creds,
+    RlimitRecord,
+    RseqRecord,
+    SigactionRecord,
+    SigInfoRecord,
+    ThreadCore,
+)
+from engine.kernel import ptrace, uapi
+from engine.kernel.inject import Injector, in_interrupted_syscall, restart_regs
+from engine.kernel.structs import KSigaction, StackT
+from engine.kernel.sys import syscall
+from engine.proc.limits import read_limits
+from engine.proc.status import Status, read_status
+
+_KSA = ctypes.sizeof(KSigaction)
+# Signals whose disposition cannot be changed: not asked, not restored.
+_FIXED = (uapi.SIGKILL, uapi.SIGSTOP)
+INJECT_TIMEOUT = 10.0
+_UTS_LEN = 65  # each of the six fields of struct utsname
+
+
+@dataclass
+class InjectedProc:
+    """What the injection pass learned about a process (besides per-thread fields)."""
+
+    sigactions: list[SigactionRecord]
+    brk: int
+    uname: tuple[str, str]  # (nodename, domainname) of its uts namespace
+    tracker: Tracker | None = None  # a new memory-tracking userfaultfd, when asked for
+
+
+def _siginfos(raw: list[bytes]) -> list[SigInfoRecord]:
+    return [SigInfoRecord(int.from_bytes(r[:4], "little", signed=True), r.hex()) for r in raw]
+
+
+def read_threads(img: ImageDir, pid: int, tids: list[int]) -> tuple[list[ThreadCore],
+                                                                       list[SigInfoRecord]]:
+    """Registers, xstate (written to xstate-TID.img), pending signals, rseq and robust
+    list of every thread; plus the process-wide pending queue."""
+    threads = []
+    for tid in tids:
+        regs = ptrace.get_regs(tid)
+        in_sys = in_interrupted_syscall(regs)
+        if in_sys:
+            # A new task cannot use the kernel's restart state: store the registers it
+            # must resume with (syscall re-executed, or -EINTR for restart_block ones).
+            regs = restart_regs(regs)
+        xname = names.xstate(tid)
+        img.write_bytes(xname, ptrace.get_xstate(tid))
+        rs = ptrace.get_rseq_config(tid)
+        rseq = (RseqRecord(rs.rseq_abi_pointer, rs.rseq_abi_size, rs.signature, rs.flags)
+                if rs.rseq_abi_pointer else None)
+        head, length = _robust_list(tid)
+        threads.append(ThreadCore(
+            tid=tid, regs=regs.to_dict(), xstate=xname,
+            sigmask=ptrace.get_sigmask(tid),  # replaced by the real mask when injecting
+            pending=_siginfos(ptrace.peek_siginfo(tid, shared=False)), rseq=rseq,
+            robust_list=head, robust_list_len=length, in_syscall=in_sys,
+            ns_tid=list(read_status(pid, tid).ns_pid),
+        ))
+    shared = _siginfos(ptrace.peek_siginfo(pid, shared=True))
+    return threads, shared
+
+
+def _robust_list(tid: int) -> tuple[int, int]:
+    head = ctypes.c_uint64()
+    length = ctypes.c_size_t()
+    syscall(uapi.SYS_get_robust_list, tid, head, length)
+    return head.value, length.value
+
+
+def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
+                 ) -> InjectedProc:
+    """Run the injected queries in every thread; fills each ThreadCore's sigaltstack,
+    sigmask and clear_child_tid, and returns the process-wide results (with a new
+    memory-tracking userfaultfd when `make_tracker`)."""
+    result = None
+    for th in threads:
+        with Injector(th.tid, INJECT_TIMEOUT) as inj:
+            buf = inj.scratch(uapi.NSIG * _KSA + 64)
+            inj.check(uapi.SYS_sigaltstack, 0, buf)
+            st = StackT.from_buffer_copy(inj.read(buf, ctypes.sizeof(StackT)))
+            th.sigaltstack = AltStack(st.ss_sp, st.ss_flags & 0xFFFFFFFF, st.ss_size)
+            inj.check(uapi.SYS_prctl, uapi.PR_GET_TID_ADDRESS, buf)
+            th.clear_child_tid = int.from_bytes(inj.read(buf, 8), "little")
+            th.sigmask = inj.sigmask
+            if th.tid == pid:
+                # Process-wide state is asked once, in the main thread.
+                result = InjectedProc(_sigactions(inj, buf), inj.check(uapi.SYS_brk, 0),
+                                      _uname(inj, buf))
+                if make_tracker:
+                    result.tracker = track.create(inj, pid)
+    if result is None:
+        raise EngineError("sigactions", f"task {pid}: main thread not found")
+    return result
+
+
+def _uname(inj: Injector, buf: int) -> tuple[str, str]:
+    """nodename and domainname as the task sees them (its uts namespace)."""
+    inj.check(uapi.SYS_uname, buf)
+    raw = inj.read(buf, 6 * _UTS_LEN)
+
+    def field(i: int) -> str:
+        return raw[i * _UTS_LEN:(i + 1) * _UTS_LEN].split(b"\0", 1)[0].decode(
+            errors="surrogateescape")
+    return field(1), field(5)
+
+
+def _sigactions(inj: Injector, buf: int) -> list[SigactionRecord]:
+    sigs = [s for s in range(1, uapi.NSIG + 1) if s not in _FIXED]
+    for s in sigs:
+        inj.check(uapi.SYS_rt_sigaction, s, 0, buf + s * _KSA, uapi.SIGSET_SIZE)
+    raw = inj.read(buf, (uapi.NSIG + 1) * _KSA)
+    out = []
+    for s in sigs:
+        ka = KSigaction.from_buffer_copy(raw, s * _KSA)
+        out.append(SigactionRecord(s, ka.handler, ka.flags, ka.restorer, ka.mask))
+    return out
+
+
+def creds_of(st: Status) -> Creds:
+    """Credentials from a parsed /proc/PID/status."""
+    return Creds(uid=list(st.uid), gid=list(st.gid), groups=list(st.groups),
+                 cap_inh=st.cap_inh, cap_prm=st.cap_prm, cap_eff=st.cap_eff,
+                 cap_bnd=st.cap_bnd, cap_amb=st.cap_amb,
+                 no_new_privs=bool(st.no_new_privs), seccomp=st.seccomp)
+
+
+def limits_of(pid: int) -> list[RlimitRecord]:
+    """Resource limits from /proc/PID/limits (prlimit on others needs CAP_SYS_RESOURCE)."""
+    return [RlimitRecord(lim.resource, lim.name, lim.soft, lim.hard)
+            for lim in read_limits(pid)]
+
+
+def umask_of(st: Status, pid: int) -> int:
+    """The umask from status (shown since 4.7)."""
+    if st.umask is None:
+        raise EngineError("regs", f"task {pid}: /proc status has no Umask line")
+    return st.umask
+
+
+def readlink_or(path: str, default: str) -> str:
+    """readlink, or `default` when the link cannot be read."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return default

@@ -1,0 +1,101 @@
+"""Read a frozen task's VMAs: /proc/PID/maps for the layout, smaps for VmFlags.
+
+Speed matters here (a maps06-sized task has ~30,000 VMAs and a 23 MB smaps): the maps
+text is parsed with one compiled regex and only the `VmFlags:` lines are picked out of
+smaps with a literal search; both run in C. Measured: ~0.2 s for 30,000 VMAs, most of it
+the kernel generating smaps.
+"""
+
+from __future__ import annotations
+
+import re
+
+from engine.errors import EngineError
+from engine.images import names
+from engine.images.records import Vma
+from engine.kernel import uapi
+
+_MAPS_LINE = re.compile(
+    rb"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+)"
+    rb" *(.*)$", re.MULTILINE)
+_VMFLAGS = re.compile(rb"VmFlags: ([^\n]*)")
+
+# The kernel's internal shmem mount (anonymous shared memory, SysV shm, memfd) is the
+# first anonymous device on every kernel we target.
+_SHMEM_DEV = "00:01"
+_SPECIAL = {"[heap]": "heap", "[stack]": "stack", "[vdso]": "vdso", "[vvar]": "vvar",
+            "[vvar_vclock]": "vvar", "[vsyscall]": "vsyscall"}
+_DELETED = " (deleted)"
+
+
+def read_vmas(pid: int) -> list[Vma]:
+    """All VMAs of `pid` (which must be frozen), classified, in address order."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            maps = f.read()
+        with open(f"/proc/{pid}/smaps", "rb") as f:
+            smaps = f.read()
+    except OSError as e:
+        raise EngineError("memory", f"cannot read maps of {pid}: {e.strerror}") from None
+    lines = _MAPS_LINE.findall(maps)
+    flags = _VMFLAGS.findall(smaps)
+    if len(lines) != len(flags):
+        raise EngineError("memory", f"maps and smaps of {pid} disagree "
+                                    f"({len(lines)} vs {len(flags)} VMAs): task not frozen?")
+    # Most VMAs of a big process repeat a few (perms, file, VmFlags) combinations, so the
+    # classification is computed once per combination. Records of one combination share
+    # one vmflags list object; records are never modified after the dump reads them.
+    cache: dict[tuple[bytes, ...], dict[str, object]] = {}
+    out = []
+    for (start_s, end_s, perms_b, off_s, dev_b, ino_s, path_b), vf in zip(lines, flags):
+        key = (perms_b, dev_b, ino_s, path_b, vf)
+        fields = cache.get(key)
+        if fields is None:
+            fields = cache[key] = _classify(perms_b, dev_b, ino_s, path_b, vf)
+        out.append(Vma(start=int(start_s, 16), end=int(end_s, 16), pgoff=int(off_s, 16),
+                       **fields))  # type: ignore[arg-type]
+    return out
+
+
+def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes,
+              vmflags: bytes) -> dict[str, object]:
+    """The Vma fields that depend only on the maps line's text past the addresses."""
+    perms = perms_b.decode()
+    dev = dev_b.decode()
+    inode = int(ino_s)
+    path = path_b.decode(errors="surrogateescape")
+    vf = vmflags.decode().split()
+    prot = ((uapi.PROT_READ if perms[0] == "r" else 0) | (uapi.PROT_WRITE if perms[1] == "w"
+            else 0) | (uapi.PROT_EXEC if perms[2] == "x" else 0))
+    shared = perms[3] == "s"
+    flags = uapi.MAP_SHARED if shared else uapi.MAP_PRIVATE
+    if "gd" in vf:
+        flags |= uapi.MAP_GROWSDOWN
+    deleted = path.endswith(_DELETED)
+    if deleted:
+        path = path[: -len(_DELETED)]
+    kind = "file"
+    shmem_id = None
+    if path in _SPECIAL:
+        kind = _SPECIAL[path]
+    elif inode == 0:
+        # No backing inode: private anonymous (possibly named "[anon:...]"), or some
+        # other kernel-provided special mapping such as "[uprobes]".
+        kind = "anon" if not path or path.startswith("[anon:") else "other"
+    elif dev == _SHMEM_DEV and shared:
+        kind = "shmem"
+        shmem_id = names.shmem_id(inode)
+    anon_shared = path == "/dev/zero" or path.startswith("[anon_shmem:")
+    if kind in ("anon", "heap", "stack") or (kind == "shmem" and anon_shared):
+        flags |= uapi.MAP_ANONYMOUS
+    return {"prot": prot, "flags": flags, "kind": kind, "path": path or None,
+            "dev": dev if inode else None, "inode": inode, "deleted": deleted,
+            "shmem_id": shmem_id, "vmflags": vf}
+
+
+def has_private_pages(v: Vma) -> bool:
+    """Whether a VMA can hold pages that live only in this process's memory (anonymous
+    or copied-on-write): private, not a kernel special mapping, not VM_IO/VM_PFNMAP."""
+    if v.flags & uapi.MAP_SHARED or v.kind in ("vdso", "vvar", "vsyscall"):
+        return False
+    return "io" not in v.vmflags and "pf" not in v.vmflags

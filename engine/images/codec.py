@@ -1,0 +1,236 @@
+"""Dataclass <-> JSON conversion with strict type checking.
+
+`from_dict` checks parsed JSON against the annotations of a record dataclass and refuses
+anything that does not match: a missing field, an unknown field, a string where an int
+belongs, a bool posing as an int. That is the "schema" of every JSON image file; range
+checks live in each record's `validate()`, which is called for every nested record too.
+
+Speed matters (a maps06-sized task has 30,000 VMA records): converters are compiled once
+per type into closures, and the path of a bad field (`vmas[12].prot`) is only assembled
+when an error travels up, never on the success path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from engine.images.records import RecordError
+
+T = TypeVar("T")
+Converter = Callable[[Any], Any]
+
+_CONVERTERS: dict[Any, Converter] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_FLAT: dict[type, bool] = {}
+_SCALARS = (int, str, float, bool, type(None))
+
+
+def to_dict(record: Any) -> Any:
+    """Turn a record (or a list/dict of them) into plain JSON-able data."""
+    t = type(record)
+    if t in _SCALARS:
+        return record
+    if t is list:
+        return [to_dict(x) for x in record]
+    if t is dict:
+        return {k: to_dict(v) for k, v in record.items()}
+    names = _FIELD_NAMES.get(t)
+    if names is None:
+        if not dataclasses.is_dataclass(record):
+            raise TypeError(f"cannot serialise {t.__name__}")
+        names = _FIELD_NAMES[t] = tuple(f.name for f in dataclasses.fields(record))
+        _FLAT[t] = all(_is_plain(tp) for tp in typing.get_type_hints(t).values())
+    if _FLAT[t]:
+        # Only scalars and lists/dicts of scalars: the instance dict is already JSON data
+        # (the fast path for tens of thousands of VMA records). Not copied: the result is
+        # only read by the JSON encoder.
+        return record.__dict__
+    return {n: to_dict(getattr(record, n)) for n in names}
+
+
+def _is_plain(tp: Any) -> bool:
+    """Whether values of type tp are JSON data as they are (no records inside)."""
+    if tp in _SCALARS:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType, list, dict):
+        return all(_is_plain(a) for a in typing.get_args(tp))
+    return False
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build a `cls` record from parsed JSON, checking every field's type.
+
+    Raises RecordError naming the path of the offending field (e.g. `vmas[0].prot`).
+    """
+    try:
+        return _converter(cls)(data)  # type: ignore[no-any-return]
+    except _PathError as e:
+        raise RecordError(f"{where or cls.__name__}{e.path}: {e.message}") from None
+
+
+class _PathError(Exception):
+    """An error on the way up: `path` grows as it leaves each container."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _fail(message: str) -> typing.NoReturn:
+    raise _PathError("", message)
+
+
+def _converter(tp: Any) -> Converter:
+    conv = _CONVERTERS.get(tp)
+    if conv is None:
+        conv = _CONVERTERS[tp] = _build(tp)
+    return conv
+
+
+def _build(tp: Any) -> Converter:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"unsupported union {tp}")
+        inner = _converter(args[0])
+        return lambda data: None if data is None else inner(data)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        return _list_converter(_converter(item_tp))
+    if origin is dict:
+        _key, val_tp = typing.get_args(tp)
+        return _dict_converter(_converter(val_tp))
+    if dataclasses.is_dataclass(tp):
+        return _record_converter(tp)
+    scalars: dict[Any, Converter] = {bool: _bool, int: _int, float: _float, str: _str}
+    if tp in scalars:
+        return scalars[tp]
+    raise TypeError(f"unsupported type {tp}")
+
+
+def _bool(data: Any) -> bool:
+    if type(data) is not bool:
+        _fail(f"expected a bool, got {data!r:.40}")
+    return data  # type: ignore[no-any-return]
+
+
+def _int(data: Any) -> int:
+    # type() rather than isinstance: bool is an int subclass, and a hostile image
+    # could smuggle True in as 1.
+    if type(data) is not int:
+        _fail(f"expected an integer, got {data!r:.40}")
+    return data  # type: ignore[no-any-return]
+
+
+def _float(data: Any) -> float:
+    if type(data) not in (int, float):
+        _fail(f"expected a number, got {data!r:.40}")
+    return float(data)
+
+
+def _str(data: Any) -> str:
+    if type(data) is not str:
+        _fail(f"expected a string, got {data!r:.40}")
+    return data  # type: ignore[no-any-return]
+
+
+def _list_converter(item: Converter) -> Converter:
+    def convert(data: Any) -> list[Any]:
+        if type(data) is not list:
+            _fail(f"expected a list, got {type(data).__name__}")
+        try:
+            return [item(x) for x in data]
+        except _PathError as e:
+            # Find the index only now, on the error path.
+            for i, x in enumerate(data):
+                try:
+                    item(x)
+                except _PathError:
+                    raise _PathError(f"[{i}]{e.path}", e.message) from None
+            raise
+    return convert
+
+
+def _dict_converter(val: Converter) -> Converter:
+    def convert(data: Any) -> dict[str, Any]:
+        if type(data) is not dict:
+            _fail(f"expected an object, got {type(data).__name__}")
+        out = {}
+        for k, v in data.items():
+            try:
+                out[k] = val(v)
+            except _PathError as e:
+                raise _PathError(f".{k}{e.path}", e.message) from None
+        return out
+    return convert
+
+
+def _simple_types(tp: Any) -> tuple[type, ...] | None:
+    """The exact types a scalar (or optional scalar) field accepts, checked inline by the
+    record converter; None for fields that need a converter."""
+    plain = {int: (int,), str: (str,), bool: (bool,)}
+    if tp in plain:
+        return plain[tp]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1 and inner[0] in plain and len(args) == 2:
+            return (*plain[inner[0]], type(None))
+    return None
+
+
+def _record_converter(cls: Any) -> Converter:
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    required = frozenset(f.name for f in fields if f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+    known = frozenset(f.name for f in fields)
+    simple = {name: _simple_types(hints[name]) for name in known}
+    # Converters of nested types are looked up lazily: records may refer to each other.
+    convs: dict[str, Converter] = {}
+
+    def convert(data: Any) -> Any:
+        if type(data) is not dict:
+            _fail(f"expected an object, got {type(data).__name__}")
+        if not known.issuperset(data):
+            _fail(f"unknown field(s) {sorted(set(data) - known)}")
+        if not required.issubset(data):
+            _fail(f"missing field {min(required - set(data))!r}")
+        kwargs = {}
+        for name, value in data.items():
+            allowed = simple[name]
+            if allowed is not None:
+                if type(value) not in allowed:
+                    want = " or ".join("null" if t is type(None) else t.__name__
+                                       for t in allowed)
+                    raise _PathError(f".{name}", f"expected {_article(want)}, got "
+                                                 f"{value!r:.40}")
+                kwargs[name] = value
+                continue
+            conv = convs.get(name)
+            if conv is None:
+                conv = convs[name] = _converter(hints[name])
+            try:
+                kwargs[name] = conv(value)
+            except _PathError as e:
+                raise _PathError(f".{name}{e.path}", e.message) from None
+        record = cls(**kwargs)
+        try:
+            record.validate()
+        except RecordError as e:
+            raise _PathError("", str(e)) from None
+        return record
+    return convert
+
+
+def _article(type_names: str) -> str:
+    words = {"int": "an integer", "str": "a string", "bool": "a bool"}
+    first, _, rest = type_names.partition(" or ")
+    return words.get(first, first) + (f" or {rest}" if rest else "")

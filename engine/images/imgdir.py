@@ -1,0 +1,373 @@
+"""An image directory on disk: JSON records, raw blobs, pagemaps and page files.
+
+Writers create the directory 0700 and every file 0600 with O_EXCL (an image is written
+once). Readers bound every size they read and name the file in every error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
+
+from engine.errors import EngineError
+from engine.images.codec import from_dict, to_dict
+from engine.images.records import PAGE_SIZE, RecordError
+
+T = TypeVar("T")
+
+MAX_JSON_BYTES = 256 << 20
+MAX_BLOB_BYTES = 1 << 30
+
+PAGEMAP_MAGIC = b"PYEPGMAP"
+PAGEMAP_VERSION = 1
+_PM_HEADER = struct.Struct("<8sIIQQ")  # magic, version, entry size, entries, pages stored
+_PM_ENTRY = struct.Struct("<QII")  # address (or object offset), nr_pages, flags
+
+PE_PRESENT = 1  # the pages are in this image's pages file, in pagemap order
+PE_PARENT = 2  # the pages did not change since the parent image: read them there
+_PE_KNOWN = PE_PRESENT | PE_PARENT
+
+
+class ImageError(EngineError):
+    """A problem with one image file; the message starts with the file's path."""
+
+    def __init__(self, path: str, message: str, phase: str = "read") -> None:
+        super().__init__(phase, f"{path}: {message}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class PagemapEntry:
+    """A run of pages: `addr` is a virtual address (or a shmem object offset)."""
+
+    addr: int
+    nr_pages: int
+    flags: int
+
+    @property
+    def end(self) -> int:
+        """First address after the run."""
+        return self.addr + self.nr_pages * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Pagemap:
+    """A validated pagemap: entries sorted by address, and where each PRESENT run's data
+    starts in the pages file (`offsets[i]`, -1 for entries without data here)."""
+
+    entries: list[PagemapEntry]
+    offsets: list[int]
+    pages_stored: int
+
+
+class ImageDir:
+    """One image directory. Use `ImageDir.create` to write, `ImageDir(path)` to read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.created_dir = False
+        self.created_files: list[str] = []
+
+    @classmethod
+    def create(cls, path: str) -> ImageDir:
+        """Create (or take an empty existing) directory for a new image, mode 0700."""
+        img = cls(path)
+        try:
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=0o700)
+                img.created_dir = True
+            os.chmod(path, 0o700)
+            if os.listdir(path):
+                raise ImageError(path, "image directory is not empty", "write")
+            # Prove we can write here before the dump freezes anything.
+            probe = os.path.join(path, ".probe")
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.unlink(probe)
+        except OSError as e:
+            raise ImageError(path, f"cannot create image directory: {e.strerror}",
+                             "write") from None
+        return img
+
+    def discard(self) -> None:
+        """Remove what this writer created (after a failed dump): its files, and the
+        directory if it made it. Files it did not create are never touched."""
+        for name in reversed(self.created_files):
+            try:
+                os.unlink(self.file(name))
+            except FileNotFoundError:
+                pass
+        self.created_files = []
+        if self.created_dir:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass  # someone else put files there: leave it
+
+    def file(self, name: str) -> str:
+        """Full path of a file in the directory (names never contain a slash)."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ImageError(os.path.join(self.path, repr(name)), "invalid image file name")
+        return os.path.join(self.path, name)
+
+    def exists(self, name: str) -> bool:
+        """Whether the directory holds a file of that name."""
+        return os.path.exists(self.file(name))
+
+    # -- writing ------------------------------------------------------------------------
+
+    def create_file(self, name: str) -> int:
+        """Create a new file (0600, O_EXCL) and return its raw fd; the caller closes it."""
+        path = self.file(name)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise ImageError(path, f"cannot create: {e.strerror}", "write") from None
+        self.created_files.append(name)
+        return fd
+
+    def write_bytes(self, name: str, data: bytes | memoryview) -> None:
+        """Write a new file with exactly `data`."""
+        fd = self.create_file(name)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise ImageError(self.file(name), f"write failed: {e.strerror}", "write") from None
+        finally:
+            os.close(fd)
+
+    def write_json(self, name: str, record: Any) -> None:
+        """Write a record (dataclass) as JSON."""
+        # Compact: only then does json use its C encoder (30,000 VMAs: 0.1 s, not 4 s).
+        text = json.dumps(to_dict(record), separators=(",", ":"))
+        self.write_bytes(name, text.encode() + b"\n")
+
+    def write_pagemap(self, name: str, entries: list[PagemapEntry]) -> None:
+        """Write a binary pagemap; entries must be sorted and not overlap."""
+        stored = sum(e.nr_pages for e in entries if e.flags & PE_PRESENT)
+        buf = bytearray(_PM_HEADER.pack(PAGEMAP_MAGIC, PAGEMAP_VERSION, _PM_ENTRY.size,
+                                        len(entries), stored))
+        for e in entries:
+            buf += _PM_ENTRY.pack(e.addr, e.nr_pages, e.flags)
+        self.write_bytes(name, buf)
+
+    def pages_writer(self, name: str, nr_pages: int, direct: bool = False) -> PagesWriter:
+        """A new pages file that must receive exactly nr_pages pages. With `direct`, the
+        file is written with O_DIRECT where the filesystem allows it: every append must
+        then be page aligned in memory and a whole number of pages."""
+        fd = self.create_file(name)
+        if direct:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+            except OSError:
+                pass  # e.g. a filesystem without O_DIRECT: buffered writes are correct too
+        return PagesWriter(self.file(name), fd, nr_pages)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read_bytes(self, name: str, limit: int = MAX_BLOB_BYTES) -> bytes:
+        """Read a whole file of at most `limit` bytes."""
+        path = self.file(name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+        except OSError as e:
+            raise ImageError(path, f"cannot read: {e.strerror}") from None
+        if len(data) > limit:
+            raise ImageError(path, f"larger than the {limit} bytes allowed")
+        return data
+
+    def read_json(self, name: str, cls: type[T]) -> T:
+        """Read and validate a JSON record of type cls."""
+        path = self.file(name)
+        raw = self.read_bytes(name, MAX_JSON_BYTES)
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ImageError(path, f"not valid JSON: {e}") from None
+        try:
+            return from_dict(cls, data)
+        except RecordError as e:
+            raise ImageError(path, str(e)) from None
+
+    def read_pagemap(self, name: str) -> Pagemap:
+        """Read and validate a binary pagemap."""
+        path = self.file(name)
+        raw = self.read_bytes(name, MAX_JSON_BYTES)
+        if len(raw) < _PM_HEADER.size:
+            raise ImageError(path, "truncated pagemap header")
+        magic, version, esize, count, stored = _PM_HEADER.unpack_from(raw)
+        if magic != PAGEMAP_MAGIC:
+            raise ImageError(path, "bad pagemap magic")
+        if version != PAGEMAP_VERSION or esize != _PM_ENTRY.size:
+            raise ImageError(path, f"unsupported pagemap version {version}/{esize}")
+        if len(raw) != _PM_HEADER.size + count * esize:
+            raise ImageError(path, f"pagemap size {len(raw)} does not match {count} entries")
+        entries: list[PagemapEntry] = []
+        offsets: list[int] = []
+        prev_end = 0
+        pos = 0
+        for addr, nr, flags in _PM_ENTRY.iter_unpack(raw[_PM_HEADER.size:]):
+            if addr % PAGE_SIZE or nr == 0 or addr < prev_end:
+                raise ImageError(path, f"bad or unsorted entry at {addr:#x} ({nr} pages)")
+            if flags & ~_PE_KNOWN or (flags).bit_count() != 1:
+                raise ImageError(path, f"bad flags {flags:#x} at {addr:#x}")
+            e = PagemapEntry(addr, nr, flags)
+            if e.end > 1 << 64:
+                raise ImageError(path, f"entry at {addr:#x} overflows")
+            prev_end = e.end
+            entries.append(e)
+            if flags & PE_PRESENT:
+                offsets.append(pos)
+                pos += nr * PAGE_SIZE
+            else:
+                offsets.append(-1)
+        if pos != stored * PAGE_SIZE:
+            raise ImageError(path, f"header says {stored} pages stored, entries say "
+                                   f"{pos // PAGE_SIZE}")
+        return Pagemap(entries, offsets, stored)
+
+    def pages_reader(self, name: str, expect_pages: int) -> PagesReader:
+        """Map a pages file read-only after checking it holds exactly expect_pages pages."""
+        return PagesReader(self.file(name), expect_pages)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _Mapped:
+    """A file mapped read-only into the engine with libc mmap, so its raw address is known
+    (an iovec base for process_vm_writev; Python's mmap hides it for read-only maps)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.size = size
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, _MAP_FAILED):
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.address: int = addr
+
+    def view(self) -> memoryview:
+        """A memoryview over the mapping; do not use it after close()."""
+        return memoryview((ctypes.c_char * self.size).from_address(self.address)).cast("B")
+
+    def close(self) -> None:
+        """Unmap (idempotent)."""
+        if self.address:
+            _libc.munmap(self.address, self.size)
+            self.address = 0
+
+
+class PagesWriter:
+    """A new pages file filled by appending page data in pagemap order.
+
+    The dumper reads target memory into reused staging buffers (process_vm_readv) and
+    appends views of them here, so page data never passes through Python objects.
+    Measured on the reference VM for 1 GiB: process_vm_readv straight into a shared
+    mapping of the file 3.4 s (a page fault per page), write(2) through the page cache
+    2.3 s (fresh page-cache pages are slow to get here), O_DIRECT write(2) 0.8-1.0 s.
+    `close()` checks that exactly `nr_pages` pages were written.
+    """
+
+    def __init__(self, path: str, fd: int, nr_pages: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.nr_pages = nr_pages
+        self.written = 0
+
+    def append(self, data: memoryview | bytes) -> None:
+        """Append bytes (a whole number of pages in the end, not necessarily per call)."""
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self.written += n
+        except OSError as e:
+            raise ImageError(self.path, f"write failed: {e.strerror}", "write") from None
+
+    def abort(self) -> None:
+        """Close without the size check (the dump failed; the file is discarded)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def close(self) -> None:
+        """Close, checking the file holds exactly the announced number of pages."""
+        if self.fd < 0:
+            return
+        os.close(self.fd)
+        self.fd = -1
+        if self.written != self.nr_pages * PAGE_SIZE:
+            raise ImageError(self.path, f"wrote {self.written} bytes, expected "
+                                        f"{self.nr_pages * PAGE_SIZE}", "write")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class PagesReader:
+    """A pages file mapped read-only, for process_vm_writev or pwrite to /proc/PID/mem."""
+
+    def __init__(self, path: str, expect_pages: int) -> None:
+        self.path = path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ImageError(path, f"cannot open: {e.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != expect_pages * PAGE_SIZE:
+                raise ImageError(path, f"holds {size} bytes, pagemap says "
+                                       f"{expect_pages * PAGE_SIZE}")
+            self.fd = fd
+            self._map = _Mapped(fd, size) if size else None
+        except OSError as e:
+            os.close(fd)
+            raise ImageError(path, f"cannot map: {e.strerror}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def address(self) -> int:
+        """Engine address of the first byte (0 for an empty file)."""
+        return self._map.address if self._map else 0
+
+    def view(self) -> memoryview:
+        """Read-only view of the whole file."""
+        return self._map.view() if self._map else memoryview(b"")
+
+    def close(self) -> None:
+        """Unmap and close."""
+        if self._map:
+            self._map.close()
+            self._map = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,54 @@
+"""File names inside an image directory (one place, so writer and reader agree)."""
+
+INVENTORY = "inventory.json"
+FILES = "files.json"
+
+
+def core(pid: int) -> str:
+    """Per-task core record."""
+    return f"core-{pid}.json"
+
+
+def mm(pid: int) -> str:
+    """Per-task memory layout record."""
+    return f"mm-{pid}.json"
+
+
+def pagemap(pid: int) -> str:
+    """Per-task binary pagemap."""
+    return f"pagemap-{pid}.img"
+
+
+def pages(pid: int) -> str:
+    """Per-task page data."""
+    return f"pages-{pid}.img"
+
+
+def xstate(tid: int) -> str:
+    """Per-thread raw NT_X86_XSTATE."""
+    return f"xstate-{tid}.img"
+
+
+def shmem_id(inode: int) -> str:
+    """Id of a shared memory object (its shmem inode number)."""
+    return f"shmem-{inode}"
+
+
+def shmem_pagemap(sid: str) -> str:
+    """Pagemap of a shared memory object."""
+    return f"pagemap-{sid}.img"
+
+
+def shmem_pages(sid: str) -> str:
+    """Page data of a shared memory object."""
+    return f"pages-{sid}.img"
+
+
+def file_content(file_id: int) -> str:
+    """Saved content of an unlinked regular file."""
+    return f"file-{file_id}.data"
+
+
+def pipe_content(pipe_ino: int) -> str:
+    """Unread data of a pipe (once per pipe, shared by both ends)."""
+    return f"pipe-{pipe_ino}.data"

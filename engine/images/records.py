@@ -1,0 +1,480 @@
+"""Typed records of the image format (see docs/IMAGES.md).
+
+Every JSON file of an image directory is one of these dataclasses, serialised with
+`engine.images.codec.to_json` and read back with `engine.images.codec.from_json`, which checks
+the type of every field against the annotations below and then calls the record's
+`validate()` for the range checks that types cannot express.
+
+The records are shaped for trees (several tasks, several threads per task, objects shared
+between tasks by id) even where the dumper only handles one task so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FORMAT_NAME = "pyengine-images"
+FORMAT_VERSION = 1
+PAGE_SIZE = 4096
+# Highest user-space address on x86_64 with 4-level paging (plus the vsyscall page,
+# which sits above it and is recorded but never restored).
+USER_ADDR_LIMIT = 1 << 47
+VSYSCALL_START = 0xFFFFFFFFFF600000
+U64_MAX = (1 << 64) - 1
+
+TASK_STATES = ("alive", "stopped", "zombie")
+IMAGE_KINDS = ("dump", "pre-dump")
+VMA_KINDS = ("anon", "file", "shmem", "heap", "stack", "vdso", "vvar", "vsyscall", "other")
+FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "other")
+
+
+class RecordError(ValueError):
+    """A record holds a value outside its allowed range (the codec adds the file name)."""
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise RecordError(message)
+
+
+def _check_u64(value: int, what: str) -> None:
+    _check(0 <= value <= U64_MAX, f"{what} out of range: {value}")
+
+
+def _check_addr_range(start: int, end: int, what: str) -> None:
+    _check(start % PAGE_SIZE == 0 and end % PAGE_SIZE == 0, f"{what} not page aligned")
+    _check(0 <= start < end, f"{what} empty or negative: {start:#x}-{end:#x}")
+    _check(end <= USER_ADDR_LIMIT or start >= VSYSCALL_START, f"{what} beyond user space")
+
+
+# ---------------------------------------------------------------------------------------
+# inventory.json
+
+
+@dataclass
+class TaskEntry:
+    """One process of the dumped tree, as listed in the inventory."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    threads: list[int]
+    exit_code: int | None = None  # zombies only: the wait status a reaper would get
+    ns_pid: list[int] = field(default_factory=list)  # NSpid: outermost first, own ns last
+
+    def validate(self) -> None:
+        """Check ranges: pids positive, state known, at least one thread unless a zombie."""
+        for name in ("pid", "pgid", "sid"):
+            _check(getattr(self, name) > 0, f"task {self.pid}: {name} must be > 0")
+        _check(self.ppid >= 0, f"task {self.pid}: ppid must be >= 0")
+        _check(self.state in TASK_STATES, f"task {self.pid}: unknown state {self.state!r}")
+        if self.state != "zombie":
+            _check(self.pid in self.threads, f"task {self.pid}: main thread not in threads")
+        _check(all(t > 0 for t in self.threads), f"task {self.pid}: bad thread id")
+
+
+SHMEM_KINDS = ("anon", "memfd", "sysv")
+NS_TYPES = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup", "time",
+            "time_for_children")
+
+
+@dataclass
+class ShmemEntry:
+    """One object of the kernel's shmem mount: anonymous shared memory
+    (MAP_SHARED|MAP_ANONYMOUS), a memfd, or a SysV segment. Every VMA and fd that refers
+    to it names its `id`, so a tree restores it once and shares it."""
+
+    id: str  # stable name derived from the object's inode, used in file names
+    size: int  # bytes, page aligned: max(file size, the largest extent any task maps)
+    inode: int
+    pagemap: str  # file name of its pagemap (offsets are object offsets)
+    pages: str
+    kind: str = "anon"
+    name: str | None = None  # memfd: the name given to memfd_create
+    file_size: int = 0  # exact i_size (memfd: what ftruncate set, maybe not page aligned)
+    seals: int = 0  # memfd: F_GET_SEALS
+
+    def validate(self) -> None:
+        """Check the id is a safe file-name part and the size is page aligned."""
+        _check(_safe_name(self.id), f"shmem id {self.id!r} is not a safe name")
+        _check(self.size > 0 and self.size % PAGE_SIZE == 0, f"shmem {self.id}: bad size")
+        _check(0 <= self.file_size <= self.size, f"shmem {self.id}: bad file size")
+        _check(self.kind in SHMEM_KINDS, f"shmem {self.id}: unknown kind {self.kind!r}")
+        _check(_safe_name(self.pagemap) and _safe_name(self.pages), f"shmem {self.id}: bad file")
+
+
+@dataclass
+class NamespaceRecord:
+    """One namespace the tree uses (from /proc/PID/ns/*), with what restore must put into
+    a new one of its kind: uts names (asked with an injected uname()), user ns id maps."""
+
+    type: str  # "pid", "mnt", "net", "uts", "ipc", "user", "cgroup", "time"
+    inode: int
+    shared_with_engine: bool  # the engine's own namespace: restore must not create it
+    first_pid: int  # a task of the tree that is in it
+    hostname: str | None = None
+    domainname: str | None = None
+    uid_map: list[list[int]] | None = None  # [inside, outside, count] rows
+    gid_map: list[list[int]] | None = None
+
+    def validate(self) -> None:
+        """Known type, map rows of three."""
+        _check(self.type in NS_TYPES, f"unknown namespace type {self.type!r}")
+        for m in (self.uid_map or []) + (self.gid_map or []):
+            _check(len(m) == 3 and all(x >= 0 for x in m), f"bad id map row {m}")
+
+
+@dataclass
+class Inventory:
+    """inventory.json: what this image directory holds and where its parent is."""
+
+    format: str
+    version: int
+    kind: str
+    root_pid: int
+    tasks: list[TaskEntry]
+    shmem: list[ShmemEntry] = field(default_factory=list)
+    parent: str | None = None  # relative path to the parent image dir (incremental dumps)
+    created: float = 0.0  # time.time() of the dump, informational
+    namespaces: list[NamespaceRecord] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Check format/version, the root is listed and pids are unique."""
+        _check(self.format == FORMAT_NAME, f"format is {self.format!r}, not {FORMAT_NAME!r}")
+        _check(self.version == FORMAT_VERSION, f"unsupported version {self.version}")
+        _check(self.kind in IMAGE_KINDS, f"unknown kind {self.kind!r}")
+        pids = [t.pid for t in self.tasks]
+        _check(len(pids) == len(set(pids)), "duplicate pid in task list")
+        _check(self.root_pid in pids, f"root pid {self.root_pid} not in task list")
+        ids = [s.id for s in self.shmem]
+        _check(len(ids) == len(set(ids)), "duplicate shmem id")
+        if self.parent is not None:
+            _check(not self.parent.startswith("/"), "parent link must be relative")
+
+    def task(self, pid: int) -> TaskEntry:
+        """The task entry of pid (KeyError when absent)."""
+        for t in self.tasks:
+            if t.pid == pid:
+                return t
+        raise KeyError(pid)
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..") and "\0" not in name
+
+
+# ---------------------------------------------------------------------------------------
+# core-PID.json
+
+
+@dataclass
+class SigInfoRecord:
+    """One queued signal: the raw 128-byte siginfo as hex (what PTRACE_PEEKSIGINFO gives)."""
+
+    signo: int
+    raw: str
+
+    def validate(self) -> None:
+        """Signal number 1..64, raw exactly 128 bytes of hex."""
+        _check(1 <= self.signo <= 64, f"bad signal {self.signo}")
+        _check(len(self.raw) == 256, "siginfo must be 128 bytes")
+        bytes.fromhex(self.raw)
+
+
+@dataclass
+class RseqRecord:
+    """The thread's rseq registration (PTRACE_GET_RSEQ_CONFIGURATION)."""
+
+    ptr: int
+    size: int
+    signature: int
+    flags: int = 0
+
+    def validate(self) -> None:
+        """Pointer in u64, size sane."""
+        _check_u64(self.ptr, "rseq ptr")
+        _check(0 <= self.size <= 4096, f"rseq size {self.size}")
+
+
+@dataclass
+class AltStack:
+    """sigaltstack() of a thread (stack_t)."""
+
+    sp: int
+    flags: int
+    size: int
+
+    def validate(self) -> None:
+        """Fields in range."""
+        _check_u64(self.sp, "sigaltstack sp")
+        _check_u64(self.size, "sigaltstack size")
+
+
+@dataclass
+class ThreadCore:
+    """Per-thread state."""
+
+    tid: int
+    regs: dict[str, int]  # user_regs_struct field name -> value
+    xstate: str | None  # file name of the raw NT_X86_XSTATE dump, None if unavailable
+    sigmask: int
+    pending: list[SigInfoRecord] = field(default_factory=list)
+    rseq: RseqRecord | None = None
+    sigaltstack: AltStack | None = None
+    ns_tid: list[int] = field(default_factory=list)  # NSpid of the thread
+    clear_child_tid: int | None = None
+    robust_list: int | None = None
+    robust_list_len: int | None = None
+    in_syscall: bool = False  # stopped inside an interrupted syscall (orig_rax >= 0)
+
+    def validate(self) -> None:
+        """Check the tid, the mask and that all register values are u64."""
+        _check(self.tid > 0, "tid must be > 0")
+        _check_u64(self.sigmask, "sigmask")
+        _check("rip" in self.regs and "rsp" in self.regs, f"thread {self.tid}: regs incomplete")
+        for k, v in self.regs.items():
+            _check_u64(v, f"thread {self.tid} reg {k}")
+        if self.xstate is not None:
+            _check(_safe_name(self.xstate), f"thread {self.tid}: bad xstate file name")
+
+
+@dataclass
+class SigactionRecord:
+    """One signal's disposition (struct kernel_sigaction as rt_sigaction returns it)."""
+
+    signo: int
+    handler: int  # 0 = SIG_DFL, 1 = SIG_IGN, else a code address
+    flags: int
+    restorer: int
+    mask: int
+
+    def validate(self) -> None:
+        """Signal number and u64 fields."""
+        _check(1 <= self.signo <= 64, f"bad signal {self.signo}")
+        for name in ("handler", "flags", "restorer", "mask"):
+            _check_u64(getattr(self, name), f"sigaction {self.signo} {name}")
+
+
+@dataclass
+class Creds:
+    """Credentials from /proc/PID/status."""
+
+    uid: list[int]  # real, effective, saved, fs
+    gid: list[int]
+    groups: list[int]
+    cap_inh: int
+    cap_prm: int
+    cap_eff: int
+    cap_bnd: int
+    cap_amb: int
+    no_new_privs: bool = False
+    seccomp: int = 0
+
+    def validate(self) -> None:
+        """Four ids each."""
+        _check(len(self.uid) == 4 and len(self.gid) == 4, "uid/gid need 4 values each")
+
+
+@dataclass
+class RlimitRecord:
+    """One resource limit from /proc/PID/limits; U64_MAX means unlimited."""
+
+    resource: int  # RLIMIT_* number
+    name: str
+    soft: int
+    hard: int
+
+    def validate(self) -> None:
+        """Resource number and values in range."""
+        _check(0 <= self.resource < 16, f"bad rlimit resource {self.resource}")
+        _check_u64(self.soft, f"rlimit {self.name} soft")
+        _check_u64(self.hard, f"rlimit {self.name} hard")
+
+
+@dataclass
+class FdEntry:
+    """One descriptor of a task's fd table: number -> open file description id."""
+
+    fd: int
+    file_id: int
+    cloexec: bool = False
+
+    def validate(self) -> None:
+        """Non-negative numbers."""
+        _check(self.fd >= 0 and self.file_id >= 0, f"bad fd entry {self.fd}")
+
+
+@dataclass
+class TaskCore:
+    """core-PID.json: everything about one process except its memory and files."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    comm: str
+    threads: list[ThreadCore]
+    sigactions: list[SigactionRecord]
+    creds: Creds
+    limits: list[RlimitRecord]
+    cwd: str
+    root: str
+    umask: int
+    personality: int
+    fds: list[FdEntry]
+    shared_pending: list[SigInfoRecord] = field(default_factory=list)
+    exit_code: int | None = None
+    exe: str | None = None
+    namespaces: dict[str, int] = field(default_factory=dict)  # type -> inode
+
+    def validate(self) -> None:
+        """Check ids, state, the umask and that fd numbers are unique."""
+        _check(self.pid > 0, "pid must be > 0")
+        _check(self.state in TASK_STATES, f"unknown state {self.state!r}")
+        _check(0 <= self.umask <= 0o777, f"bad umask {self.umask:o}")
+        fds = [f.fd for f in self.fds]
+        _check(len(fds) == len(set(fds)), "duplicate fd number")
+        if self.state != "zombie":
+            _check(any(t.tid == self.pid for t in self.threads), "main thread missing")
+
+
+# ---------------------------------------------------------------------------------------
+# mm-PID.json
+
+
+@dataclass
+class Vma:
+    """One memory mapping.
+
+    `flags` are the MAP_* flags needed to recreate it (MAP_PRIVATE/MAP_SHARED,
+    MAP_ANONYMOUS, MAP_GROWSDOWN); `prot` is PROT_*; `pgoff` is the file/shmem offset in
+    bytes. `vmflags` are the two-letter smaps VmFlags for the checks and for madvise state.
+    """
+
+    start: int
+    end: int
+    prot: int
+    flags: int
+    pgoff: int
+    kind: str
+    path: str | None = None  # file mappings: the path as /proc/PID/maps shows it
+    dev: str | None = None  # "MAJ:MIN" of the file
+    inode: int = 0
+    deleted: bool = False
+    shmem_id: str | None = None  # kind shmem: the ShmemEntry id
+    vmflags: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Address range, page alignment, kind and the references a kind needs."""
+        # One cheap combined test first: this runs for each of tens of thousands of VMAs.
+        start, end, kind = self.start, self.end, self.kind
+        if (start | end | self.pgoff) & (PAGE_SIZE - 1) or not 0 <= start < end or \
+                self.pgoff < 0 or kind not in VMA_KINDS or not 0 <= self.prot <= 7:
+            _check_addr_range(start, end, f"vma {start:#x}")
+            _check(kind in VMA_KINDS, f"vma {start:#x}: unknown kind {kind!r}")
+            _check(0 <= self.prot <= 7, f"vma {start:#x}: bad prot {self.prot}")
+            _check(False, f"vma {start:#x}: bad pgoff {self.pgoff:#x}")
+        if end > USER_ADDR_LIMIT and start < VSYSCALL_START:
+            _check(False, f"vma {start:#x} beyond user space")
+        if kind == "file" and not self.path:
+            _check(False, f"vma {start:#x}: file mapping without path")
+        if kind == "shmem" and self.shmem_id is None:
+            _check(False, f"vma {start:#x}: shmem without id")
+
+
+@dataclass
+class MmCore:
+    """mm-PID.json: the mm_struct fields, auxv and all VMAs of one process."""
+
+    start_code: int
+    end_code: int
+    start_data: int
+    end_data: int
+    start_brk: int
+    brk: int
+    start_stack: int
+    arg_start: int
+    arg_end: int
+    env_start: int
+    env_end: int
+    auxv: list[int]  # flat (type, value) pairs up to and including AT_NULL
+    vmas: list[Vma]
+    exe: str | None = None
+    pagemap: str = ""
+    pages: str = ""
+
+    def validate(self) -> None:
+        """Fields u64, auxv even length, VMAs sorted and non-overlapping."""
+        for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+                     "start_stack", "arg_start", "arg_end", "env_start", "env_end"):
+            _check_u64(getattr(self, name), name)
+        _check(len(self.auxv) % 2 == 0, "auxv must hold (type, value) pairs")
+        for v in self.auxv:
+            _check_u64(v, "auxv value")
+        prev_end = 0
+        for v in self.vmas:
+            _check(v.start >= prev_end, f"vma {v.start:#x} overlaps or is out of order")
+            prev_end = v.end
+        _check(_safe_name(self.pagemap) and _safe_name(self.pages), "bad pagemap/pages name")
+
+
+# ---------------------------------------------------------------------------------------
+# files.json
+
+
+@dataclass
+class FileRecord:
+    """One open file description, shared by every fd (in every task) that refers to it.
+
+    Type-specific fields: reg/dir/chr/blk/fifo have `path`; reg has `pos`; an unlinked
+    regular file has `deleted` and its content in `content` (a file name in the image
+    dir); pipes and fifos have `pipe_ino` and, for the unread data of the pipe (stored once
+    per pipe, not per end), `content`; chr/blk have `rdev`.
+    """
+
+    id: int
+    type: str
+    flags: int  # open flags (O_*) from fdinfo
+    path: str | None = None
+    pos: int = 0
+    mode: int = 0  # st_mode
+    dev: int = 0
+    inode: int = 0
+    rdev: int = 0
+    size: int = 0
+    deleted: bool = False
+    content: str | None = None
+    pipe_ino: int | None = None
+    pipe_size: int | None = None  # F_GETPIPE_SZ
+    shmem_id: str | None = None  # memfd: the shmem object holding its content
+    link: str = ""  # readlink of /proc/PID/fd/N, informational for other types
+
+    def validate(self) -> None:
+        """Type known, the type's required fields present."""
+        _check(self.type in FILE_TYPES, f"file {self.id}: unknown type {self.type!r}")
+        _check(self.pos >= 0 and self.size >= 0, f"file {self.id}: negative pos/size")
+        if self.type in ("reg", "dir", "chr", "blk") and not self.deleted:
+            _check(bool(self.path), f"file {self.id}: {self.type} without path")
+        if self.type == "pipe":
+            _check(self.pipe_ino is not None, f"file {self.id}: pipe without inode")
+        if self.content is not None:
+            _check(_safe_name(self.content), f"file {self.id}: bad content file name")
+
+
+@dataclass
+class FilesImage:
+    """files.json: every open file description of the dumped tree."""
+
+    files: list[FileRecord]
+
+    def validate(self) -> None:
+        """Ids unique."""
+        ids = [f.id for f in self.files]
+        _check(len(ids) == len(set(ids)), "duplicate file id")
+
+    def by_id(self) -> dict[int, FileRecord]:
+        """Map id -> record."""
+        return {f.id: f for f in self.files}

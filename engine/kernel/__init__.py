@@ -1,0 +1,1 @@
+"""ctypes layer over the kernel interface: constants, structs, raw syscalls, ptrace, injection."""

@@ -1,0 +1,290 @@
+"""Run a whole table of syscalls inside a stopped tracee with one ptrace round trip.
+
+Injecting one syscall through ptrace costs ~30 us; rebuilding an address space of tens of
+thousands of VMAs that way takes seconds. Instead a small position-independent routine
+(CODE, assembled from blob.S beside this file) is placed in the tracee together with a
+table of entries; the tracee runs them all and stops with int3, at the first failure or
+at the end.
+
+A region in the tracee is laid out as
+
+    base + 0            CODE (padded to CODE_AREA bytes)
+    base + CODE_AREA    entries, ENTRY_SIZE bytes each
+    after the entries   data the entries point to (paths, structs, result slots)
+
+`Table` collects entries and their data; `BlobRunner` writes a table into a region that
+the caller has mapped (read, write and exec) and runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from engine.kernel import ptrace, uapi
+
+# Assembled from blob.S (as -o blob.o blob.S; objdump -d blob.o). test_restore_blob.py
+# re-assembles the source when `as` exists and compares.
+CODE = bytes.fromhex(
+    "4d85ed0f848e000000498b0424498b7c2408498b742410498b5424184d8b5424204d8b4424284d8b4c"
+    "2430498b5c2438f6c30174034c89f7f6c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c3"
+    "1074034d89f0f6c32074034d89f10f05483d01f0ffff7205f6c3807427f6c34074034989c6f7c30001"
+    "0000740b4889d948c1e9204989040f4983c44049ffcde96affffffcccc"
+)
+SYSCALL_OFFSET = 0x60  # the routine's `syscall` instruction (run_one() uses it alone)
+FAIL_OFFSET = 0x96  # the int3 reached when an entry fails
+DONE_OFFSET = 0x97  # the int3 reached when every entry ran
+CODE_AREA = 256
+ENTRY_SIZE = 64
+_ENTRY = struct.Struct("<8Q")
+_ZEROS = [0] * 6
+
+F_SAVE = 1 << 6
+F_MAY_FAIL = 1 << 7
+F_STORE = 1 << 8
+
+_ORIG_RAX_NONE = (1 << 64) - 1  # orig_rax = -1: not in a syscall, no restart handling
+_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+_PASS_EVENTS = (uapi.PTRACE_EVENT_CLONE, uapi.PTRACE_EVENT_FORK, uapi.PTRACE_EVENT_VFORK)
+
+
+class TableError(OSError):
+    """An entry of a table failed inside the tracee; `what` says which one."""
+
+    def __init__(self, errno_: int, what: str, index: int) -> None:
+        super().__init__(errno_, f"{what}: {os.strerror(errno_)}")
+        self.what = what
+        self.index = index
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A place in the data area of a table, resolved to an address when encoded."""
+
+    offset: int
+
+
+Arg = int | DataRef
+
+
+#: How errors name an entry: a string, or (format, *values) formatted only on error
+#: (tables of tens of thousands of entries should not format tens of thousands of strings).
+What = str | tuple[object, ...]
+
+
+class _Entry(NamedTuple):
+    nr: int
+    args: tuple[Arg, ...]
+    flags: int
+    store: DataRef | None
+    what: What
+
+
+@dataclass
+class Table:
+    """A list of syscalls to run in the tracee, plus the data they point to."""
+
+    entries: list[_Entry] = field(default_factory=list)
+    _data: bytearray = field(default_factory=bytearray)
+    _patches: list[tuple[DataRef, DataRef]] = field(default_factory=list)
+
+    def data(self, payload: bytes, align: int = 8) -> DataRef:
+        """Place bytes in the data area; returns where they will be."""
+        pad = -len(self._data) % align
+        self._data += bytes(pad)
+        ref = DataRef(len(self._data))
+        self._data += payload
+        return ref
+
+    def cstr(self, text: str | bytes) -> DataRef:
+        """Place a NUL-terminated string (paths are encoded as the filesystem does)."""
+        raw = os.fsencode(text) if isinstance(text, str) else text
+        return self.data(raw + b"\0", 1)
+
+    def patch_address(self, at: DataRef, target: DataRef) -> None:
+        """Make the u64 at `at` hold the task address of `target` (pointers inside
+        structs, known only once the table is encoded)."""
+        self._patches.append((at, target))
+
+    def address(self, ref: DataRef, base: int) -> int:
+        """Task address of `ref` for a region at `base` (valid until the next run)."""
+        return base + self.data_offset() + ref.offset
+
+    def slot(self) -> DataRef:
+        """An 8-byte result slot (see `add(store=...)`)."""
+        return self.data(bytes(8))
+
+    def add(self, nr: int, *args: Arg, use_saved: int = 0, save: bool = False,
+            may_fail: bool = False, store: DataRef | None = None, what: What = "") -> None:
+        """Append syscall `nr(args)`.
+
+        use_saved: bit i set = argument i is the value saved by an earlier `save=True`
+        entry (e.g. the fd of an open for the mmaps that follow it). may_fail: an error
+        result does not stop the table. store: also write the result to that slot.
+        what: how errors name this entry, e.g. ("map {} at {:#x}", path, addr).
+        """
+        if len(args) > 6:
+            raise ValueError("a syscall has at most 6 arguments")
+        flags = use_saved & 0x3F
+        flags |= F_SAVE if save else 0
+        flags |= F_MAY_FAIL if may_fail else 0
+        flags |= F_STORE if store is not None else 0
+        self.entries.append(_Entry(nr, args, flags, store, what))
+
+    def describe(self, index: int) -> str:
+        """The `what` of entry `index`, formatted."""
+        e = self.entries[index]
+        if isinstance(e.what, tuple):
+            return str(e.what[0]).format(*e.what[1:])
+        return e.what or f"syscall {e.nr}"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def size(self) -> int:
+        """Bytes the table needs after the code area."""
+        return len(self.entries) * ENTRY_SIZE + len(self._data)
+
+    def data_offset(self) -> int:
+        """Offset of the data area from the region base."""
+        return CODE_AREA + len(self.entries) * ENTRY_SIZE
+
+    def encode(self, base: int) -> bytes:
+        """The bytes to write at base + CODE_AREA for a region mapped at `base`."""
+        data_off = self.data_offset()
+        data_base = base + data_off
+        out = bytearray(len(self.entries) * ENTRY_SIZE)
+        pack = _ENTRY.pack_into
+        mask = (1 << 64) - 1
+        for i, e in enumerate(self.entries):
+            vals = [data_base + a.offset if isinstance(a, DataRef) else a & mask
+                    for a in e.args]
+            vals += _ZEROS[:6 - len(vals)]
+            flags = e.flags
+            if e.store is not None:
+                flags |= (data_off + e.store.offset) << 32
+            pack(out, i * ENTRY_SIZE, e.nr, *vals, flags)
+        data = bytearray(self._data)
+        for at, target in self._patches:
+            data[at.offset:at.offset + 8] = (data_base + target.offset).to_bytes(8, "little")
+        out += data
+        return bytes(out)
+
+
+def region_size(table_bytes: int) -> int:
+    """Page-aligned size of a region holding the code and a table of that many bytes."""
+    total = CODE_AREA + table_bytes
+    return (total + 4095) & ~4095
+
+
+class BlobRunner:
+    """Runs tables in a seized, ptrace-stopped tracee whose region [base, base+size) is
+    mapped readable, writable and executable.
+
+    Every run sets the registers it needs; the caller puts the task's real registers back
+    afterwards (restore sets the dumped ones). Signals should be blocked in the tracee
+    (PTRACE_SETSIGMASK) so none is delivered in the middle of a table.
+    """
+
+    def __init__(self, pid: int, base: int, size: int, timeout: float = 30.0) -> None:
+        self.pid = pid
+        self.base = base
+        self.size = size
+        self.timeout = timeout
+        self._mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        self._table: Table | None = None
+        self.write(base, CODE)
+
+    def close(self) -> None:
+        """Close the /proc/PID/mem handle (idempotent)."""
+        if self._mem >= 0:
+            os.close(self._mem)
+            self._mem = -1
+
+    def write(self, addr: int, data: bytes | memoryview) -> None:
+        """Write tracee memory through /proc/PID/mem (works on read-only pages too)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._mem, view, addr)
+            if n <= 0:
+                raise OSError(f"short write to /proc/{self.pid}/mem at {addr:#x}")
+            view = view[n:]
+            addr += n
+
+    def read(self, addr: int, n: int) -> bytes:
+        """Read tracee memory through /proc/PID/mem."""
+        return os.pread(self._mem, n, addr)
+
+    def read_slot(self, ref: DataRef) -> int:
+        """The u64 a `store=` entry of the last run table left in its slot."""
+        if self._table is None:
+            raise RuntimeError("no table has run")
+        addr = self._table.address(ref, self.base)
+        return int.from_bytes(self.read(addr, 8), "little")
+
+    def run(self, table: Table) -> None:
+        """Run every entry of `table`; raises TableError naming the first failed entry."""
+        if not len(table):
+            return
+        if CODE_AREA + table.size() > self.size:
+            raise ValueError(f"table of {table.size()} bytes does not fit the region")
+        self._table = table
+        self.write(self.base + CODE_AREA, table.encode(self.base))
+        regs = ptrace.get_regs(self.pid)
+        regs.rip = self.base
+        regs.r12 = self.base + CODE_AREA
+        regs.r13 = len(table)
+        regs.r14 = 0
+        regs.r15 = self.base
+        regs.rax = 0
+        regs.orig_rax = _ORIG_RAX_NONE
+        ptrace.set_regs(self.pid, regs)
+        ptrace.cont(self.pid, 0)
+        status = ptrace.wait_stop(self.pid, self.timeout)
+        if not os.WIFSTOPPED(status):
+            raise OSError(f"task {self.pid} did not stop in the syscall table "
+                          f"(wait status {status:#x})")
+        sig = os.WSTOPSIG(status)
+        regs = ptrace.get_regs(self.pid)
+        if sig != signal.SIGTRAP:
+            raise OSError(f"task {self.pid} got signal {sig} in the syscall table "
+                          f"at {regs.rip:#x}")
+        if regs.rip == self.base + DONE_OFFSET + 1:
+            return
+        if regs.rip == self.base + FAIL_OFFSET + 1:
+            index = len(table) - regs.r13
+            err = -(regs.rax - (1 << 64)) if regs.rax >= 1 << 63 else regs.rax
+            raise TableError(err, table.describe(index), index)
+        raise OSError(f"task {self.pid} trapped at {regs.rip:#x}, outside the table runner")
+
+    def run_one(self, nr: int, *args: int) -> int:
+        """Run one syscall at the routine's `syscall` instruction with PTRACE_SYSCALL and
+        return its raw result (negative errno on failure).
+
+        The task ends in its syscall-exit-stop, before returning to user space: no trap
+        signal is raised (an int3 or single-step trap is a forced SIGTRAP that resets a
+        blocked or ignored SIGTRAP disposition), no rseq area is rewritten, and the call
+        may even unmap the region itself. The caller sets the registers it wants before
+        resuming the task.
+        """
+        regs = ptrace.get_regs(self.pid)
+        regs.rip = self.base + SYSCALL_OFFSET
+        regs.rax = nr
+        regs.orig_rax = _ORIG_RAX_NONE
+        for name, value in zip(_ARG_REGS, args):
+            setattr(regs, name, value & ((1 << 64) - 1))
+        ptrace.set_regs(self.pid, regs)
+        for stop in ("entry", "exit"):
+            while True:
+                ptrace.ptrace(uapi.PTRACE_SYSCALL, self.pid, 0, 0)
+                status = ptrace.wait_stop(self.pid, self.timeout)
+                # A clone with PTRACE_O_TRACECLONE reports its event between the two.
+                if ptrace.stop_event(status) not in _PASS_EVENTS:
+                    break
+            if os.WSTOPSIG(status) & 0x7F != signal.SIGTRAP or ptrace.stop_event(status):
+                raise OSError(f"task {self.pid}: unexpected stop {status:#x} waiting for "
+                              f"the syscall-{stop}-stop of syscall {nr}")
+        return ptrace.get_regs(self.pid).signed("rax")

@@ -1,0 +1,408 @@
+"""Run syscalls inside a seized, stopped task, then put it back exactly as it was.
+
+How an injected syscall runs: the task's registers are set to (rip = a ``syscall``
+instruction, rax = nr, args), the task is resumed and stops again right after the
+instruction; its rax is the result. Nothing is written into the target's code:
+
+- by default we look for the bytes ``0f 05`` in an executable mapping (the vdso first)
+  and single-step over them (PTRACE_SINGLESTEP stops right after the syscall);
+- a caller that owns a code page in the target (restore) passes ``syscall_addr`` of the
+  bytes ``0f 05 cc``: the task is continued and stops at the int3.
+
+Each injected syscall is SETREGS + resume + waitpid + GETREGS (about 30 us from Python).
+
+While injecting, every signal is blocked (PTRACE_SETSIGMASK) so no handler can run on our
+frame; SIGSTOP, which cannot be blocked, is swallowed and sent again on restore().
+
+A task stopped inside an interrupted syscall (orig_rax >= 0, rax = -ERESTART*) needs no
+special care: the injected frames use orig_rax = -1 so the kernel does not restart them,
+and restore() puts back the exact registers. The task is then resumed from a stop inside
+the kernel's signal path, which performs the restart itself exactly as it would have
+without us (rip -= 2, rax = orig_rax, or restart_syscall for -ERESTART_RESTARTBLOCK with
+the task's restart block intact, and -EINTR if a signal handler runs first). Rewinding
+here instead would lose that: a relative nanosleep would start over, and pause() would not
+return after a handler. For images, which a new task resumes without the kernel's restart
+state, use restart_regs().
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from engine.kernel import ptrace, uapi
+from engine.kernel.structs import UserRegs
+from engine.kernel.sys import syscall
+from engine.proc.auxv import read_auxv
+from engine.proc.maps import read_maps
+
+if TYPE_CHECKING:
+    from typing import Self
+
+_MASK64 = (1 << 64) - 1
+_ALL_SIGNALS = _MASK64
+_SYSCALL_INSN = b"\x0f\x05"
+_SCAN_CHUNK = 65536
+_VDSO_SCAN = 2 * uapi.PAGE_SIZE  # the x86_64 vdso image is 2 pages
+_RSEQ_CS_OFFSET = 8  # struct rseq: u32 cpu_id_start, u32 cpu_id, u64 rseq_cs, ...
+_RSEQ_CS = struct.Struct("<IIQQQ")  # struct rseq_cs: version, flags, start_ip,
+#                                     post_commit_offset, abort_ip
+
+#: syscall instruction found per task, keyed by (tid, start time) so a reused pid or a
+#: restored task never inherits an old answer; also re-checked before use.
+_insn_cache: dict[tuple[int, int], int] = {}
+
+
+class InjectError(RuntimeError):
+    """The target did not behave as an injected syscall should (unexpected stop)."""
+
+
+class _StaleInsn(Exception):
+    """The cached syscall instruction is no longer executable (the address space changed)."""
+
+
+def _start_time(tid: int) -> int:
+    with open(f"/proc/{tid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[19])
+
+
+def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False) -> int:
+    """Address of a ``0f 05`` byte pair in an executable mapping of ``tid`` (vdso first).
+
+    Any such pair executes as ``syscall`` when rip points at it, wherever it sits in the
+    instruction stream, and single-stepping stops right after it. ``refresh`` ignores
+    the cache.
+    """
+    key = (tid, _start_time(tid))
+    cached = None if refresh else _insn_cache.get(key)
+    if cached is not None and _pread(mem_fd, 2, cached) == _SYSCALL_INSN:
+        return cached
+    if not refresh:
+        # Fast path, without parsing maps (tens of thousands of lines for some tasks):
+        # the vdso named by AT_SYSINFO_EHDR. A wrong guess faults harmlessly and is
+        # retried with refresh=True (see Injector.syscall).
+        found = _insn_in_vdso(tid, mem_fd)
+        if found is not None:
+            _insn_cache[key] = found
+            return found
+    vmas = [v for v in read_maps(tid) if v.executable and v.path != "[vsyscall]"]
+    vmas.sort(key=lambda v: v.path != "[vdso]")
+    for vma in vmas:
+        pos = vma.start
+        while pos < vma.end:
+            n = min(_SCAN_CHUNK, vma.end - pos)
+            data = _pread(mem_fd, n, pos)
+            idx = data.find(_SYSCALL_INSN)
+            if idx >= 0:
+                _insn_cache[key] = pos + idx
+                return pos + idx
+            if len(data) < n:
+                break  # unreadable rest of this VMA
+            pos += n - 1  # overlap one byte so a pair across chunks is found
+    raise InjectError(f"task {tid}: no syscall instruction in any executable mapping")
+
+
+def _insn_in_vdso(tid: int, mem_fd: int) -> int | None:
+    try:
+        vdso = dict(read_auxv(tid)).get(uapi.AT_SYSINFO_EHDR, 0)
+    except (OSError, ValueError):
+        return None
+    if not vdso:
+        return None
+    image = _pread(mem_fd, _VDSO_SCAN, vdso)
+    if not image.startswith(b"\x7fELF"):
+        return None
+    idx = image.find(_SYSCALL_INSN)
+    return vdso + idx if idx >= 0 else None
+
+
+def _pread(fd: int, n: int, addr: int) -> bytes:
+    try:
+        return os.pread(fd, n, addr)
+    except OSError:
+        return b""
+
+
+def restart_regs(regs: UserRegs) -> UserRegs:
+    """Registers as a NEW task must resume them when ``regs`` were taken inside an
+    interrupted syscall: -ERESTARTSYS/NOINTR/NOHAND rewind to re-execute the syscall;
+    -ERESTART_RESTARTBLOCK (nanosleep and friends, whose restart state lives in the old
+    task) returns -EINTR, as the kernel does for a task without a restart block.
+    Other registers are returned unchanged (a copy)."""
+    out = regs.copy()
+    if out.signed("orig_rax") < 0:
+        return out
+    err = -out.signed("rax")
+    if err in (uapi.ERESTARTSYS, uapi.ERESTARTNOINTR, uapi.ERESTARTNOHAND):
+        out.rax = out.orig_rax
+        out.rip -= 2
+    elif err == uapi.ERESTART_RESTARTBLOCK:
+        out.rax = (-errno.EINTR) & _MASK64
+    return out
+
+
+def rseq_abort_ip(tid: int, regs: UserRegs, mem_fd: int) -> int | None:
+    """Where the kernel sends the thread when it resumes, if it was stopped inside an
+    rseq critical section (a stop is a preemption: the section must abort); else None.
+
+    Reads the thread's registered struct rseq (PTRACE_GET_RSEQ_CONFIGURATION), its
+    rseq_cs pointer and descriptor, and checks the signature before the abort address
+    as the kernel does. Regs saved for an image or put back after injection must use
+    this rip: the injected frames run outside the section, which makes the kernel clear
+    rseq_cs, so it would not abort any more.
+    """
+    conf = ptrace.get_rseq_config(tid)
+    if not conf.rseq_abi_pointer:
+        return None
+    raw = _pread(mem_fd, 8, conf.rseq_abi_pointer + _RSEQ_CS_OFFSET)
+    cs_ptr = int.from_bytes(raw, "little") if len(raw) == 8 else 0
+    if not cs_ptr:
+        return None
+    desc = _pread(mem_fd, _RSEQ_CS.size, cs_ptr)
+    if len(desc) != _RSEQ_CS.size:
+        return None
+    _version, _flags, start, post_commit, abort = _RSEQ_CS.unpack(desc)
+    if not 0 <= regs.rip - start < post_commit:
+        return None
+    sig = _pread(mem_fd, 4, abort - 4)
+    if len(sig) != 4 or int.from_bytes(sig, "little") != conf.signature:
+        return None  # the kernel would kill the task; leave that to it
+    return abort
+
+
+def in_interrupted_syscall(regs: UserRegs) -> bool:
+    """True when ``regs`` were taken while a syscall waits to be restarted."""
+    return regs.signed("orig_rax") >= 0 and -regs.signed("rax") in uapi.RESTART_ERRNOS
+
+
+class Injector:
+    """Syscall injection into one seized thread that is in a ptrace-stop.
+
+    Use as a context manager, or call restore() when done. After restore() the thread is
+    in a ptrace-stop with exactly its original registers, xstate and signal mask (rip
+    moved to the rseq abort handler if it was stopped inside an rseq critical section,
+    which is what the kernel does on resume anyway); the caller detaches (or keeps it
+    stopped) as it likes.
+    """
+
+    def __init__(self, tid: int, timeout: float = 10.0, syscall_addr: int | None = None) -> None:
+        self.tid = tid
+        self.timeout = timeout
+        self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.saved_regs = ptrace.get_regs(tid)
+            abort = rseq_abort_ip(tid, self.saved_regs, self._mem)
+            if abort is not None:
+                self.saved_regs.rip = abort  # what the kernel would do on resume
+            #: rseq abort address applied to saved_regs (None: not in a critical section)
+            self.rseq_abort = abort
+            self.saved_xstate = ptrace.get_xstate(tid)
+            self._mask = ptrace.get_sigmask(tid)
+            if syscall_addr is None:
+                self._step = True
+                self._insn = find_syscall_insn(tid, self._mem)
+                self._done_rip = self._insn + 2
+            else:
+                if _pread(self._mem, 3, syscall_addr) != b"\x0f\x05\xcc":
+                    raise InjectError(f"task {tid}: no 'syscall; int3' at {syscall_addr:#x}")
+                self._insn = syscall_addr
+                self._step = False
+                self._done_rip = self._insn + 3  # int3 reports rip after itself
+        except BaseException:
+            os.close(self._mem)
+            raise
+        self._work = self.saved_regs.copy()
+        self._work.orig_rax = _MASK64  # -1: the kernel must not "restart" our frame
+        self._work.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
+        self._work.rip = self._insn
+        self._scratch: tuple[int, int] | None = None
+        self._active = True
+        #: signals that arrived while injecting and are sent again by restore()
+        self.deferred_signals: list[int] = []
+        #: number of syscalls injected so far
+        self.count = 0
+
+    # -- context manager -------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.restore()
+
+    # -- syscalls --------------------------------------------------------------------
+
+    def syscall(self, nr: int, a1: int = 0, a2: int = 0, a3: int = 0, a4: int = 0,
+                a5: int = 0, a6: int = 0) -> int:
+        """Run syscall ``nr`` in the target; return the raw result (negative errno)."""
+        if not self._active:
+            raise InjectError(f"task {self.tid}: injector already restored")
+        if self.count == 0:
+            ptrace.set_sigmask(self.tid, _ALL_SIGNALS)
+        w = self._work
+        w.rax = nr
+        w.rdi = a1 & _MASK64
+        w.rsi = a2 & _MASK64
+        w.rdx = a3 & _MASK64
+        w.r10 = a4 & _MASK64
+        w.r8 = a5 & _MASK64
+        w.r9 = a6 & _MASK64
+        ptrace.set_regs(self.tid, w)
+        try:
+            regs = self._run()
+        except _StaleInsn:
+            # The address space changed under the cached instruction: find another.
+            self._use_insn(find_syscall_insn(self.tid, self._mem, refresh=True))
+            ptrace.set_regs(self.tid, w)
+            regs = self._run()
+        self.count += 1
+        return regs.signed("rax")
+
+    def _use_insn(self, addr: int) -> None:
+        self._insn = addr
+        self._done_rip = addr + 2
+        self._work.rip = addr
+
+    def check(self, nr: int, *args: int) -> int:
+        """Like syscall() but raise OSError(errno) naming the syscall on failure."""
+        ret = self.syscall(nr, *args)
+        if -4095 <= ret < 0:
+            name = next((k for k, v in uapi.NR.items() if v == nr), str(nr))
+            raise OSError(-ret, f"{name} in task {self.tid}: {os.strerror(-ret)}")
+        return ret
+
+    def _resume(self) -> None:
+        if self._step:
+            ptrace.singlestep(self.tid, 0)
+        else:
+            ptrace.cont(self.tid, 0)
+
+    def _wait(self) -> int:
+        try:
+            return ptrace.wait_stop(self.tid, self.timeout)
+        except TimeoutError:
+            # The injected syscall blocks: interrupt it so the task is in a ptrace-stop
+            # again and restore() can put its own registers back. Leaving the syscall
+            # under single-step queues a SIGTRAP, which restore() drains.
+            ptrace.interrupt(self.tid)
+            ptrace.wait_stop(self.tid, self.timeout)
+            raise
+
+    def _run(self) -> UserRegs:
+        """Resume at the syscall instruction until it has run; return the regs after it."""
+        self._resume()
+        while True:
+            status = self._wait()
+            regs = ptrace.get_regs(self.tid)
+            sig = ptrace.stop_signal(status)
+            event = ptrace.stop_event(status)
+            if regs.rip == self._done_rip and (event or sig == uapi.SIGTRAP or self._step):
+                return regs
+            if (self._step and event == 0 and regs.rip == self._insn
+                    and sig in (uapi.SIGSEGV, uapi.SIGBUS)):
+                raise _StaleInsn  # the fault is dropped: we never deliver it
+            if event == 0 and sig != uapi.SIGTRAP:
+                # Only unblockable signals get here (SIGSTOP): keep it for restore().
+                self.deferred_signals.append(sig)
+            if regs.rip != self._insn:
+                raise InjectError(
+                    f"task {self.tid}: unexpected stop (signal {sig}, event {event}) at "
+                    f"rip {regs.rip:#x} while injecting at {self._insn:#x}")
+            self._resume()
+
+    def _drain_step_trap(self) -> None:
+        """Take a queued single-step SIGTRAP off the thread (after an interrupted, timed
+        out injection): let it reach its signal-delivery-stop and drop it there, with the
+        original registers already in place so no injected code runs."""
+        pending = ptrace.peek_siginfo(self.tid, shared=False)
+        if not any(int.from_bytes(p[:4], "little") == uapi.SIGTRAP for p in pending):
+            return
+        # only SIGTRAP may be taken now: nothing else is dequeued on the way
+        ptrace.set_sigmask(self.tid, _ALL_SIGNALS & ~(1 << (uapi.SIGTRAP - 1)))
+        ptrace.cont(self.tid, 0)
+        status = ptrace.wait_stop(self.tid, self.timeout)
+        if ptrace.stop_event(status) or ptrace.stop_signal(status) != uapi.SIGTRAP:
+            raise InjectError(f"task {self.tid}: expected the queued SIGTRAP, got stop "
+                              f"status {status:#x}")
+
+    @property
+    def sigmask(self) -> int:
+        """The thread's blocked mask as it was when the injector was built.
+
+        For a thread stopped inside sigsuspend()/ppoll()/pselect() this is the real mask
+        (PTRACE_GETSIGMASK returns the saved one), which restore() puts back; the kernel
+        then restarts the call, which installs its temporary mask again.
+        """
+        return self._mask
+
+    # -- memory ----------------------------------------------------------------------
+
+    def scratch(self, size: int) -> int:
+        """Address of a private read-write buffer of at least ``size`` bytes in the target.
+
+        The same buffer is returned each time (re-mapped larger when needed, which drops
+        its content); restore() unmaps it.
+        """
+        size = max(uapi.PAGE_SIZE, (size + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1))
+        if self._scratch is not None:
+            if self._scratch[1] >= size:
+                return self._scratch[0]
+            self.check(uapi.SYS_munmap, *self._scratch)
+            self._scratch = None
+        addr = self.check(uapi.SYS_mmap, 0, size, uapi.PROT_READ | uapi.PROT_WRITE,
+                          uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+        self._scratch = (addr, size)
+        return addr
+
+    def read(self, addr: int, n: int) -> bytes:
+        """Read ``n`` bytes of target memory (/proc/PID/mem: works on read-only and
+        PROT_NONE pages too). Raises OSError if the range is not fully readable."""
+        data = os.pread(self._mem, n, addr)
+        if len(data) != n:
+            raise OSError(errno.EIO, f"task {self.tid}: short read at {addr:#x}")
+        return data
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` into target memory through /proc/PID/mem (FOLL_FORCE)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._mem, view, addr)
+            if n <= 0:
+                raise OSError(errno.EIO, f"task {self.tid}: short write at {addr:#x}")
+            view = view[n:]
+            addr += n
+
+    @property
+    def mem_fd(self) -> int:
+        """The open /proc/TID/mem fd (valid until restore()), for bulk preadv/pwritev."""
+        return self._mem
+
+    # -- teardown --------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Unmap the scratch buffer and put back registers, xstate and signal mask.
+
+        Safe to call twice. If the task died, only our own fd is closed.
+        """
+        if not self._active:
+            return
+        try:
+            if self._scratch is not None:
+                scratch, self._scratch = self._scratch, None
+                self.check(uapi.SYS_munmap, *scratch)
+        finally:
+            self._active = False
+            try:
+                ptrace.set_regs(self.tid, self.saved_regs)
+                ptrace.set_xstate(self.tid, self.saved_xstate)
+                self._drain_step_trap()
+                ptrace.set_sigmask(self.tid, self._mask)
+                for sig in self.deferred_signals:
+                    syscall(uapi.SYS_tkill, self.tid, sig)
+            finally:
+                os.close(self._mem)
+

@@ -1,0 +1,1 @@
+"""Parsers of /proc/PID files, returning dataclasses. Each reader takes a pid (or tid)."""

@@ -1,0 +1,77 @@
+"""Threads, children, namespaces and per-task odds and ends from /proc."""
+
+from __future__ import annotations
+
+import os
+
+
+def threads(pid: int) -> list[int]:
+    """Thread ids of process ``pid`` (leader first, then ascending)."""
+    tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    if pid in tids:
+        tids.remove(pid)
+        tids.insert(0, pid)
+    return tids
+
+
+def children(pid: int) -> list[int]:
+    """Children of every thread of ``pid`` (/proc/PID/task/TID/children), sorted, unique."""
+    kids: set[int] = set()
+    for tid in threads(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                kids.update(int(x) for x in f.read().split())
+        except FileNotFoundError:
+            continue  # thread exited meanwhile
+    return sorted(kids)
+
+
+def namespaces(pid: int) -> dict[str, str]:
+    """Namespace links of ``pid``: {"pid": "pid:[4026531836]", ...}."""
+    out: dict[str, str] = {}
+    base = f"/proc/{pid}/ns"
+    for name in sorted(os.listdir(base)):
+        try:
+            out[name] = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue  # a namespace the kernel will not show to us
+    return out
+
+
+def cwd(pid: int) -> str:
+    """Current directory of ``pid``."""
+    return os.readlink(f"/proc/{pid}/cwd")
+
+
+def root(pid: int) -> str:
+    """Root directory of ``pid`` as we see it."""
+    return os.readlink(f"/proc/{pid}/root")
+
+
+def exe(pid: int) -> str:
+    """Executable path of ``pid``."""
+    return os.readlink(f"/proc/{pid}/exe")
+
+
+def comm(pid: int, tid: int | None = None) -> str:
+    """comm of the process (or of one thread)."""
+    path = f"/proc/{pid}/comm" if tid is None else f"/proc/{pid}/task/{tid}/comm"
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return f.read().rstrip("\n")
+
+
+def personality(pid: int) -> int:
+    """personality(2) value of ``pid``."""
+    with open(f"/proc/{pid}/personality", encoding="ascii") as f:
+        return int(f.read(), 16)
+
+
+def cmdline(pid: int) -> list[bytes]:
+    """argv of ``pid`` (NUL-separated)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().split(b"\0")[:-1]
+
+
+def exists(pid: int) -> bool:
+    """True while /proc/PID exists (zombies included)."""
+    return os.path.exists(f"/proc/{pid}")

@@ -1,0 +1,35 @@
+"""`python -m engine restore` and `lazy-pages` handlers (called by engine.__main__)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from engine.errors import EngineError
+from engine.restore.restorer import RestoreOptions
+from engine.restore.restorer import restore as restore_images
+
+
+def restore(args: argparse.Namespace) -> int:
+    """Restore -D DIR. With -d return once restored (the root is re-parented to the
+    caller's child subreaper); without it, stay the root's parent like `criu restore`
+    and exit with its status when it ends."""
+    if args.lazy_pages:
+        raise EngineError("restore", "--lazy-pages is not supported by this engine yet")
+    pid = restore_images(RestoreOptions(args.images_dir, leave_stopped=args.leave_stopped,
+                                        pidfile=args.pidfile))
+    if args.detach:
+        return 0
+    # Foreground mode: the restored program's lifetime is the command's lifetime (the
+    # caller bounds it, e.g. with a signal), so this wait has no deadline of its own.
+    while True:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status):
+            return os.WEXITSTATUS(status)
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+
+
+def lazy_pages(args: argparse.Namespace) -> int:
+    """The lazy-pages daemon does not exist yet: say so clearly."""
+    raise EngineError("lazy-pages", f"not supported by this engine yet ({args.images_dir})")

@@ -1,0 +1,211 @@
+"""The fd tables of restored tasks, rebuilt inside the freshly forked children (Python).
+
+The engine prepares a `FilesPlan` for the whole tree before forking (reading every content
+file of the image there, so a bad image fails before any task exists). The root task calls
+`open_all()` before it forks anything: one new open file description per dumped one, all
+above every fd number of the tree, so every task inherits all of them and descriptions
+shared between tasks (a pipe between parent and child, a file offset) stay shared. Each
+task then calls `place()`: its descriptions go to its fd numbers and every other fd is
+closed, except the ones it still needs to talk to the engine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError
+from engine.images import DumpImage
+from engine.images.records import FdEntry, FileRecord, TaskCore
+from engine.kernel import uapi
+
+# Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
+_SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
+# Flags that only mean something at creation time (and O_CLOEXEC, which is per fd).
+_OPEN_ONLY = uapi.O_CREAT | uapi.O_EXCL | uapi.O_TRUNC | uapi.O_CLOEXEC
+_SUPPORTED = ("reg", "dir", "chr", "blk", "pipe", "fifo")
+
+
+@dataclass
+class FilesPlan:
+    """Every open file description the tree's tasks use, read before the fork."""
+
+    files: dict[int, FileRecord] = field(default_factory=dict)
+    contents: dict[int, bytes] = field(default_factory=dict)  # file id -> saved data
+    max_fd: int = -1  # highest fd number of any task
+
+    def add_task(self, image: DumpImage, core: TaskCore) -> None:
+        """Take in one task's fds; refuse unsupported file types early."""
+        by_id = image.files.by_id()
+        for fde in core.fds:
+            rec = by_id[fde.file_id]
+            if rec.type not in _SUPPORTED:
+                raise EngineError("files", f"task {core.pid} fd {fde.fd}: cannot restore a "
+                                           f"{rec.type} file ({rec.link or rec.path})")
+            if rec.type == "reg" and rec.deleted and rec.content is None \
+                    and rec.shmem_id is None:
+                raise EngineError("files", f"task {core.pid} fd {fde.fd}: unlinked file "
+                                           f"{rec.path} has no saved content")
+            self.files[rec.id] = rec
+            if rec.content is not None and rec.id not in self.contents:
+                self.contents[rec.id] = image.dir.read_bytes(rec.content)
+            self.max_fd = max(self.max_fd, fde.fd)
+
+
+def move_above(fd: int, floor: int) -> int:
+    """Duplicate fd to the lowest free number >= floor, close the original."""
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD, floor)
+    os.close(fd)
+    return new
+
+
+class _Opener:
+    """Opens one file per description; pipes and unlinked files are shared by key."""
+
+    def __init__(self, plan: FilesPlan, floor: int, memfds: dict[str, int]) -> None:
+        self.plan = plan
+        self.floor = floor
+        self.memfds = memfds  # shmem id -> the memfd the root created for it
+        self.pipes: dict[int, tuple[int, int]] = {}  # pipe_ino -> (read end, write end)
+        self.unlinked: dict[tuple[int, int], int] = {}  # (dev, inode) -> fd on the new file
+        self.fifo_helpers: dict[int, int] = {}  # pipe_ino -> O_RDWR fd keeping it open
+        self.to_unlink: list[str] = []  # recreated unlinked files, unlinked once all open
+
+    def open(self, rec: FileRecord) -> int:
+        """A new fd (above the floor) on a description equal to `rec`."""
+        fd = self._open(rec)
+        return fd if fd >= self.floor else move_above(fd, self.floor)
+
+    def _flags(self, rec: FileRecord) -> int:
+        return (rec.flags & ~_OPEN_ONLY) | uapi.O_NOCTTY
+
+    def _open(self, rec: FileRecord) -> int:
+        if rec.type == "pipe":
+            return self._pipe_end(rec)
+        if rec.type == "fifo":
+            return self._fifo_end(rec)
+        if rec.shmem_id is not None:
+            # A memfd: a new description of the very object the mappings share.
+            fd = os.open(f"/proc/self/fd/{self.memfds[rec.shmem_id]}", self._flags(rec))
+        elif rec.type == "reg" and rec.deleted:
+            fd = self._unlinked(rec)
+        else:
+            assert rec.path is not None
+            fd = os.open(rec.path, self._flags(rec))
+        self._set_status_flags(fd, rec)
+        if rec.type in ("reg", "dir") and rec.pos and not rec.flags & uapi.O_PATH:
+            os.lseek(fd, rec.pos, os.SEEK_SET)
+        return fd
+
+    def _set_status_flags(self, fd: int, rec: FileRecord) -> None:
+        if rec.flags & uapi.O_PATH:
+            return
+        cur = fcntl.fcntl(fd, fcntl.F_GETFL)
+        want = (cur & ~_SETFL_FLAGS) | (rec.flags & _SETFL_FLAGS)
+        if want != cur:
+            fcntl.fcntl(fd, fcntl.F_SETFL, want)
+
+    def _unlinked(self, rec: FileRecord) -> int:
+        """Recreate an unlinked file at its old path from its content, reopen it with the
+        dumped flags, then unlink it again (so its fd reads '<path> (deleted)')."""
+        assert rec.path is not None
+        key = (rec.dev, rec.inode)
+        if key not in self.unlinked:
+            mode = (rec.mode & 0o7777) or 0o600
+            try:
+                tmp = os.open(rec.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
+                path = rec.path
+            except FileExistsError:
+                # A new file took the name: recreate beside it (the fd name differs).
+                path = f"{rec.path}.restored-{os.getpid()}"
+                tmp = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
+            data = memoryview(self.plan.contents[rec.id])
+            while data:
+                data = data[os.write(tmp, data):]
+            os.fchmod(tmp, mode)
+            self.unlinked[key] = move_above(tmp, self.floor)
+            self.to_unlink.append(path)
+        return os.open(f"/proc/self/fd/{self.unlinked[key]}", self._flags(rec))
+
+    def _pipe_end(self, rec: FileRecord) -> int:
+        assert rec.pipe_ino is not None
+        if rec.pipe_ino not in self.pipes:
+            r, w = os.pipe()
+            if rec.pipe_size and fcntl.fcntl(w, uapi.F_GETPIPE_SZ) != rec.pipe_size:
+                fcntl.fcntl(w, uapi.F_SETPIPE_SZ, rec.pipe_size)
+            self._fill(w, rec)
+            self.pipes[rec.pipe_ino] = (move_above(r, self.floor), move_above(w, self.floor))
+        r, w = self.pipes[rec.pipe_ino]
+        end = w if rec.flags & uapi.O_ACCMODE == uapi.O_WRONLY else r
+        # Each description is opened once, so the end itself becomes the fd.
+        fd = fcntl.fcntl(end, fcntl.F_DUPFD, self.floor)
+        self._set_status_flags(fd, rec)
+        return fd
+
+    def _fifo_end(self, rec: FileRecord) -> int:
+        assert rec.path is not None and rec.pipe_ino is not None
+        if rec.pipe_ino not in self.fifo_helpers:
+            # An O_RDWR helper keeps both sides open, so the real opens never block.
+            helper = os.open(rec.path, os.O_RDWR | os.O_NONBLOCK)
+            self._fill(helper, rec)
+            self.fifo_helpers[rec.pipe_ino] = move_above(helper, self.floor)
+        fd = os.open(rec.path, self._flags(rec) | os.O_NONBLOCK)
+        self._set_status_flags(fd, rec)
+        return fd
+
+    def _fill(self, wfd: int, rec: FileRecord) -> None:
+        data = memoryview(self.plan.contents.get(rec.id, b""))
+        if not data:
+            return
+        os.set_blocking(wfd, False)
+        try:
+            while data:
+                data = data[os.write(wfd, data):]
+        except BlockingIOError:
+            raise EngineError("files", f"pipe {rec.pipe_ino}: saved data does not fit "
+                                       f"the pipe") from None
+
+
+def floor(plan: FilesPlan) -> int:
+    """Lowest fd number above every fd of the tree: the tasks' own fds live there."""
+    return max(plan.max_fd + 1, 3)
+
+
+def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int]:
+    """In the root task, before forking: open every description (file id -> fd, all at
+    or above `low`); recreated unlinked files are unlinked again at the end. memfds:
+    shmem id -> fd of the memfd the root created for that object."""
+    opener = _Opener(plan, low, memfds)
+    by_file: dict[int, int] = {}
+    for rec in sorted(plan.files.values(), key=lambda r: r.id):
+        try:
+            by_file[rec.id] = opener.open(rec)
+        except OSError as e:
+            raise EngineError("files", f"{rec.type} {rec.path or rec.link}: "
+                                       f"{e.strerror}") from None
+    for path in opener.to_unlink:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return by_file
+
+
+def place(fds: list[FdEntry], by_file: dict[int, int], kept: list[int]) -> None:
+    """In each task: put its descriptions at its fd numbers and close every other fd
+    except `kept` (which the caller has moved to floor(plan) or above)."""
+    for fde in sorted(fds, key=lambda f: f.fd):
+        os.dup2(by_file[fde.file_id], fde.fd, inheritable=not fde.cloexec)
+    _close_all_but({f.fd for f in fds} | set(kept))
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every fd of this process that is not in `keep` (close_range on the gaps)."""
+    open_fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    top = max(open_fds + list(keep)) + 1
+    start = 0
+    for fd in sorted(keep) + [top]:
+        if fd > start:
+            os.closerange(start, fd)
+        start = fd + 1

@@ -1,0 +1,187 @@
+"""The second table run: everything after the pages are in.
+
+mm fields and auxv (PR_SET_MM_MAP, with the dumped executable as /proc/PID/exe),
+sigactions, sigaltstack, personality, rseq, robust list and clear_child_tid, root and
+credentials. Pending signals and SIGTRAP's disposition are set after the last table run
+(see `Finisher`), because the int3 that ends a table is itself a SIGTRAP.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+from engine.images.records import Creds, MmCore, ShmemEntry, SigInfoRecord, TaskCore, ThreadCore
+from engine.kernel import blob, uapi
+from engine.kernel.structs import KSigaction, PrctlMmMap, StackT
+from engine.proc.status import read_status
+from engine.restore.layout import Window
+
+# Not (yet) in engine.kernel.uapi: linux/prctl.h and linux/capability.h values.
+_PR_SET_KEEPCAPS = 8
+_PR_CAP_AMBIENT_RAISE = 2
+_CAP_VERSION_3 = 0x20080522
+_F_ADD_SEALS = 1033
+_EXE_FD_OFFSET = PrctlMmMap.exe_fd.offset
+
+
+@dataclass
+class Deferred:
+    """What runs after the last table: pending signals and SIGTRAP's sigaction, as
+    (nr, args) where pointer arguments are table data references."""
+
+    calls: list[tuple[int, tuple[int | blob.DataRef, ...], str]] = field(default_factory=list)
+
+
+def _mm_map(t: blob.Table, mm: MmCore, exe: str | None) -> None:
+    m = PrctlMmMap()
+    for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+                 "start_stack", "arg_start", "arg_end", "env_start", "env_end"):
+        setattr(m, name, getattr(mm, name))
+    auxv = struct.pack(f"<{len(mm.auxv)}Q", *mm.auxv)
+    auxv_ref = t.data(auxv)
+    m.auxv_size = len(auxv)
+    m.exe_fd = 0xFFFFFFFF
+    # 8 spare bytes: the runner stores the exe fd as a u64 into the u32 exe_fd field.
+    raw = bytearray(bytes(m)) + bytes(8)
+    map_ref = t.data(bytes(raw))
+    # The auxv pointer is an address in the task: patch it once the data layout is fixed.
+    t.patch_address(blob.DataRef(map_ref.offset + PrctlMmMap.auxv.offset), auxv_ref)
+    if exe:
+        t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(exe), uapi.O_RDONLY | uapi.O_CLOEXEC, 0,
+              save=True, store=blob.DataRef(map_ref.offset + _EXE_FD_OFFSET),
+              what=f"open executable {exe}")
+    t.add(uapi.SYS_prctl, uapi.PR_SET_MM, uapi.PR_SET_MM_MAP, map_ref, uapi.PRCTL_MM_MAP_SIZE,
+          0, what="prctl(PR_SET_MM_MAP)")
+    if exe:
+        t.add(uapi.SYS_close, 0, use_saved=1, what="close executable")
+
+
+def _sigaltstack(t: blob.Table, th: ThreadCore) -> None:
+    ss = th.sigaltstack
+    if ss is None:
+        return
+    if ss.flags & uapi.SS_DISABLE:
+        st = StackT(0, uapi.SS_DISABLE, 0, 0)
+    else:
+        # SS_ONSTACK only reports that the task was running on it; it cannot be set.
+        st = StackT(ss.sp, ss.flags & uapi.SS_AUTODISARM, 0, ss.size)
+    t.add(uapi.SYS_sigaltstack, t.data(bytes(st)), 0, what="sigaltstack")
+
+
+def _creds(t: blob.Table, want: Creds) -> None:
+    me = read_status(os.getpid())
+    uid, gid = tuple(want.uid), tuple(want.gid)
+    groups = tuple(sorted(want.groups))
+    ids_change = (uid, gid, groups) != (me.uid, me.gid, tuple(sorted(me.groups)))
+    caps_change = (want.cap_inh, want.cap_prm, want.cap_eff, want.cap_bnd, want.cap_amb) != \
+        (me.cap_inh, me.cap_prm, me.cap_eff, me.cap_bnd, me.cap_amb)
+    if caps_change:
+        for cap in range(64):
+            if me.cap_bnd >> cap & 1 and not want.cap_bnd >> cap & 1:
+                t.add(uapi.SYS_prctl, uapi.PR_CAPBSET_DROP, cap, what=f"drop cap {cap} (bnd)")
+    if ids_change:
+        t.add(uapi.SYS_prctl, _PR_SET_KEEPCAPS, 1, what="keep caps over setuid")
+        gl = struct.pack(f"<{len(groups)}I", *groups)
+        t.add(uapi.SYS_setgroups, len(groups), t.data(gl or bytes(4)), what="setgroups")
+        t.add(uapi.SYS_setresgid, gid[0], gid[1], gid[2], what="setresgid")
+        t.add(uapi.SYS_setresuid, uid[0], uid[1], uid[2], what="setresuid")
+        # setfs[ug]id return the previous id, never an error code.
+        t.add(uapi.SYS_setfsgid, gid[3], what="setfsgid")
+        t.add(uapi.SYS_setfsuid, uid[3], what="setfsuid")
+    if ids_change or caps_change:
+        hdr = struct.pack("<Ii", _CAP_VERSION_3, 0)
+        data = struct.pack("<6I", want.cap_eff & 0xFFFFFFFF, want.cap_prm & 0xFFFFFFFF,
+                           want.cap_inh & 0xFFFFFFFF, want.cap_eff >> 32, want.cap_prm >> 32,
+                           want.cap_inh >> 32)
+        t.add(uapi.SYS_capset, t.data(hdr), t.data(data), what="capset")
+        for cap in range(64):
+            if want.cap_amb >> cap & 1:
+                t.add(uapi.SYS_prctl, uapi.PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap, 0, 0,
+                      what=f"raise ambient cap {cap}")
+    if ids_change:
+        t.add(uapi.SYS_prctl, _PR_SET_KEEPCAPS, 0, what="reset keep caps")
+    if want.no_new_privs and not me.no_new_privs:
+        t.add(uapi.SYS_prctl, uapi.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="no_new_privs")
+
+
+def _queue(deferred: Deferred, t: blob.Table, pid: int, tid: int | None,
+           sig: SigInfoRecord) -> None:
+    info = t.data(bytes.fromhex(sig.raw))
+    if tid is None:
+        deferred.calls.append((uapi.SYS_rt_sigqueueinfo, (pid, sig.signo, info),
+                               f"queue shared signal {sig.signo}"))
+    else:
+        deferred.calls.append((uapi.SYS_rt_tgsigqueueinfo, (pid, tid, sig.signo, info),
+                               f"queue signal {sig.signo} to {tid}"))
+
+
+def finish_table(core: TaskCore, mm: MmCore, window: Window, owned: list[ShmemEntry],
+                 objfds: dict[str, int]) -> tuple[blob.Table, Deferred]:
+    """The table run after the pages are written, and the calls deferred past it.
+
+    owned: the shmem objects whose temporary full mapping this task holds (unmapped here,
+    then a memfd gets its seals); objfds: the memfd fds every task inherited (closed)."""
+    t = blob.Table()
+    deferred = Deferred()
+    for s in owned:
+        t.add(uapi.SYS_munmap, window.shmem_tmp[s.id], s.size, what=f"unmap shmem {s.id} copy")
+        if s.kind == "memfd" and s.seals:
+            t.add(uapi.SYS_fcntl, objfds[s.id], _F_ADD_SEALS, s.seals, what=f"seal {s.id}")
+    for sid, fd in sorted(objfds.items()):
+        t.add(uapi.SYS_close, fd, what=f"close memfd {sid} (restore's copy)")
+    _mm_map(t, mm, mm.exe or core.exe)
+    for sa in core.sigactions:
+        if sa.signo in (uapi.SIGKILL, uapi.SIGSTOP):
+            continue
+        ref = t.data(bytes(KSigaction(sa.handler, sa.flags, sa.restorer, sa.mask)))
+        if sa.signo == uapi.SIGTRAP:
+            deferred.calls.append((uapi.SYS_rt_sigaction, (sa.signo, ref, 0, 8),
+                                   "sigaction SIGTRAP"))
+        else:
+            t.add(uapi.SYS_rt_sigaction, sa.signo, ref, 0, 8, what=f"sigaction {sa.signo}")
+    t.add(uapi.SYS_personality, core.personality, what="personality")
+    if core.root != "/":
+        t.add(uapi.SYS_chroot, t.cstr(core.root), what=f"chroot {core.root}")
+    main = next(x for x in core.threads if x.tid == core.pid)
+    _thread_part(t, main, core.creds)
+    # The task queues them to itself: ids as its own pid namespace has them.
+    pid = main.ns_tid[-1] if main.ns_tid else core.pid
+    for th in core.threads:
+        for sig in th.pending:
+            _queue(deferred, t, pid, th.ns_tid[-1] if th.ns_tid else th.tid, sig)
+    for sig in core.shared_pending:
+        _queue(deferred, t, pid, None, sig)
+    return t, deferred
+
+
+def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds) -> None:
+    """What each thread sets for itself; credentials last (raw set*id calls change only
+    the calling thread, and the privileged steps must come before)."""
+    _sigaltstack(t, th)
+    if th.robust_list is not None:
+        t.add(uapi.SYS_set_robust_list, th.robust_list, th.robust_list_len or 24,
+              what="set_robust_list")
+    if th.clear_child_tid is not None:
+        t.add(uapi.SYS_set_tid_address, th.clear_child_tid, what="set_tid_address")
+    if th.rseq is not None and th.rseq.ptr:
+        t.add(uapi.SYS_rseq, th.rseq.ptr, th.rseq.size, 0, th.rseq.signature,
+              what=f"register rseq at {th.rseq.ptr:#x}")
+    _creds(t, creds)
+
+
+def thread_table(core: TaskCore, th: ThreadCore) -> blob.Table:
+    """The table a non-main thread runs for itself once it exists."""
+    t = blob.Table()
+    _thread_part(t, th, core.creds)
+    return t
+
+
+def table_bytes_bound(core: TaskCore, mm: MmCore) -> int:
+    """An upper bound of the finishing table's size (to size the region before forking)."""
+    nsig = sum(len(th.pending) for th in core.threads) + len(core.shared_pending)
+    entries = 64 + 64 + 32 + 16  # sigactions, capability bits, ids, the rest
+    data = 64 * 32 + nsig * 128 + len(mm.auxv) * 8 + 256 + 4 * len(core.creds.groups)
+    paths = len(os.fsencode(mm.exe or core.exe or "")) + len(os.fsencode(core.root)) + 2
+    return entries * blob.ENTRY_SIZE + data + paths + 4096

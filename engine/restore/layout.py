@@ -1,0 +1,273 @@
+"""Where things go in the restored address space, and the table that builds it.
+
+The fresh child inherits the engine's layout (Python, its libraries, the engine's vdso and
+vvar). `plan_window()` picks a scratch window that is free both there and in the dumped
+layout: it holds the table runner region and temporary places for the vdso/vvar and for
+shared memory objects. `layout_table()` builds the one table run that replaces the whole
+old layout with the dumped one: munmap everything but the runner and the vdso/vvar, move
+those to their dumped addresses, map every VMA (file mappings grouped per file, so one fd
+at a time is open), and apply madvise state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError
+from engine.images.records import PAGE_SIZE, MmCore, ShmemEntry, Vma
+from engine.kernel import blob, uapi
+from engine.proc.maps import read_maps
+
+TASK_SIZE = (1 << 47) - PAGE_SIZE  # x86_64 4-level paging user space limit
+_SPECIAL_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
+_SPECIAL_KINDS = ("vvar", "vdso")
+_GAP = 1 << 30  # keep the scratch window this far from any existing mapping
+_WINDOW_ALIGN = 1 << 40
+# smaps VmFlags that are restored by madvise(), and whether failing is acceptable
+# (hugepage/KSM advice depends on kernel config and must not fail a restore).
+_MADVISE = {
+    "dc": (uapi.MADV_DONTFORK, False),
+    "dd": (uapi.MADV_DONTDUMP, False),
+    "wf": (uapi.MADV_WIPEONFORK, False),
+    "hg": (uapi.MADV_HUGEPAGE, True),
+    "nh": (uapi.MADV_NOHUGEPAGE, True),
+    "mg": (uapi.MADV_MERGEABLE, True),
+}
+
+
+def _page_up(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+@dataclass(frozen=True)
+class Special:
+    """A vdso/vvar mapping: where the child has it now, where it must go."""
+
+    name: str
+    start: int
+    end: int
+    target: int | None  # None: the dumped process had none, unmap it
+
+    @property
+    def size(self) -> int:
+        """Length in bytes."""
+        return self.end - self.start
+
+
+@dataclass
+class Window:
+    """The scratch window in the child: the runner region, then temporary spots."""
+
+    base: int
+    region_size: int
+    specials_tmp: int  # temporary home of the vdso/vvar block while the layout changes
+    shmem_tmp: dict[str, int] = field(default_factory=dict)  # shmem id -> full mapping
+    end: int = 0
+
+    @property
+    def region(self) -> tuple[int, int]:
+        """[start, end) of the table runner region."""
+        return self.base, self.base + self.region_size
+
+
+def engine_specials() -> list[tuple[str, int, int]]:
+    """The engine's own vvar/vvar_vclock/vdso (a forked child has them at the same place)."""
+    return [(v.path, v.start, v.end) for v in read_maps(os.getpid())
+            if v.path in _SPECIAL_NAMES]
+
+
+def match_specials(mm: MmCore, mine: list[tuple[str, int, int]]) -> list[Special]:
+    """Pair the child's vdso/vvar mappings with the dumped ones, in address order.
+
+    Both come from this kernel, so the blocks must agree in number and sizes; the vdso
+    code finds its data at a fixed offset from itself, so the block moves as a whole.
+    """
+    dumped = [v for v in mm.vmas if v.kind in _SPECIAL_KINDS]
+    if not dumped:
+        return [Special(n, s, e, None) for n, s, e in mine]
+    if [e - s for _, s, e in mine] != [v.end - v.start for v in dumped]:
+        raise EngineError("mm", "the dumped vdso/vvar layout "
+                                f"{[(v.kind, v.end - v.start) for v in dumped]} does not match "
+                                f"this kernel's {[(n, e - s) for n, s, e in mine]}")
+    return [Special(n, s, e, v.start) for (n, s, e), v in zip(mine, dumped)]
+
+
+def _overlaps(a0: int, a1: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(a0 < r1 and r0 < a1 for r0, r1 in ranges)
+
+
+def plan_window(mms: list[MmCore], region_size: int, shmem: list[ShmemEntry],
+                specials: list[Special]) -> Window:
+    """Choose a scratch window free in the engine's layout and in every dumped one (the
+    same addresses then serve every task of the tree)."""
+    specials_size = sum(s.size for s in specials)
+    size = region_size + _GAP + specials_size + sum(s.size + _GAP for s in shmem)
+    busy = [(v.start, v.end) for mm in mms for v in mm.vmas if v.end <= TASK_SIZE]
+    busy += [(v.start, v.end) for v in read_maps(os.getpid()) if v.end <= TASK_SIZE]
+    base = _WINDOW_ALIGN
+    while base + size + _GAP <= TASK_SIZE:
+        if not _overlaps(base - _GAP, base + size + _GAP, busy):
+            break
+        base += _WINDOW_ALIGN
+    else:
+        raise EngineError("mm", f"no free window of {size} bytes for the restorer")
+    w = Window(base, region_size, base + region_size + _GAP)
+    pos = w.specials_tmp + _page_up(specials_size) + _GAP
+    for s in shmem:
+        w.shmem_tmp[s.id] = pos
+        pos += s.size + _GAP
+    w.end = pos
+    return w
+
+
+def _unmap_all_but(t: blob.Table, keep: list[tuple[int, int]]) -> None:
+    pos = 0
+    for start, end in sorted(keep):
+        if start > pos:
+            t.add(uapi.SYS_munmap, pos, start - pos, what=f"munmap {pos:#x}-{start:#x}")
+        pos = max(pos, end)
+    if pos < TASK_SIZE:
+        t.add(uapi.SYS_munmap, pos, TASK_SIZE - pos, what=f"munmap {pos:#x}-{TASK_SIZE:#x}")
+
+
+def _move_specials(t: blob.Table, specials: list[Special], tmp: int) -> None:
+    # Two steps (to the temporary spot, then home) so that a new place overlapping an old
+    # one of another special never clobbers it.
+    moving = [s for s in specials if s.target is not None and s.target != s.start]
+    pos = tmp
+    for s in moving:
+        t.add(uapi.SYS_mremap, s.start, s.size, s.size,
+              uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, pos, what=f"move {s.name} away")
+        pos += s.size
+    pos = tmp
+    for s in moving:
+        assert s.target is not None
+        t.add(uapi.SYS_mremap, pos, s.size, s.size,
+              uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, s.target,
+              what=f"move {s.name} to {s.target:#x}")
+        pos += s.size
+    for s in specials:
+        if s.target is None:
+            t.add(uapi.SYS_munmap, s.start, s.size, what=f"unmap {s.name}")
+
+
+def _map_flags(v: Vma) -> int:
+    flags = v.flags & (uapi.MAP_SHARED | uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS
+                       | uapi.MAP_GROWSDOWN)
+    if "nr" in v.vmflags:
+        flags |= uapi.MAP_NORESERVE
+    return flags | uapi.MAP_FIXED
+
+
+def _file_open_flags(v: Vma) -> int:
+    shared_write = v.flags & uapi.MAP_SHARED and (v.prot & uapi.PROT_WRITE or "mw" in v.vmflags)
+    return (uapi.O_RDWR if shared_write else uapi.O_RDONLY) | uapi.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class ShmemPlan:
+    """How one task gets at a shared memory object.
+
+    owner: the object's creator as this task's /proc names it, None when this task
+    creates it (a full temporary mapping in the window, through which pages are written).
+    objfd: for a memfd, the fd every task inherited from the root (the memfd itself);
+    None for anonymous shared memory, which non-owners open via /proc/OWNER/map_files.
+    """
+
+    entry: ShmemEntry
+    owner: int | None
+    objfd: int | None = None
+
+
+def _shmem_path(window: Window, p: ShmemPlan) -> str:
+    tmp = window.shmem_tmp[p.entry.id]
+    who = "self" if p.owner is None else p.owner
+    return f"/proc/{who}/map_files/{tmp:x}-{tmp + p.entry.size:x}"
+
+
+def layout_table(mm: MmCore, window: Window, specials: list[Special],
+                 rseq: tuple[int, int, int] | None,
+                 shmem: dict[str, ShmemPlan]) -> blob.Table:
+    """The table that turns the child's layout into the dumped one (pages not written).
+
+    rseq: the child's own registration (ptr, len, sig), unregistered first: once its
+    memory is gone the kernel would fail the task on its next return to user space.
+    shmem: every object this task maps or owns (see ShmemPlan).
+    """
+    t = blob.Table()
+    if rseq is not None:
+        ptr, size, sig = rseq
+        t.add(uapi.SYS_rseq, ptr, size, uapi.RSEQ_FLAG_UNREGISTER, sig,
+              what="unregister the engine's rseq")
+    _unmap_all_but(t, [window.region] + [(s.start, s.end) for s in specials])
+    _move_specials(t, specials, window.specials_tmp)
+    for p in shmem.values():
+        if p.owner is not None:
+            continue
+        s = p.entry
+        anon = uapi.MAP_ANONYMOUS if p.objfd is None else 0
+        t.add(uapi.SYS_mmap, window.shmem_tmp[s.id], s.size, uapi.PROT_READ | uapi.PROT_WRITE,
+              uapi.MAP_SHARED | anon | uapi.MAP_FIXED, -1 if p.objfd is None else p.objfd, 0,
+              what=f"create shmem object {s.id}")
+    files: dict[tuple[str, int], list[Vma]] = {}
+    shared: dict[str, list[Vma]] = {}
+    for v in mm.vmas:
+        if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall":
+            continue
+        if v.kind == "other":
+            raise EngineError("mm", f"vma {v.start:#x}-{v.end:#x} ({v.path}): "
+                                    "unsupported mapping kind")
+        if v.kind == "shmem":
+            assert v.shmem_id is not None
+            shared.setdefault(v.shmem_id, []).append(v)
+        elif v.kind == "file":
+            assert v.path is not None
+            if v.deleted:
+                raise EngineError("mm", f"vma {v.start:#x}: mapping of deleted file "
+                                        f"{v.path} is not supported")
+            files.setdefault((v.path, _file_open_flags(v)), []).append(v)
+        else:
+            t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, _map_flags(v), -1, 0,
+                  what=("map anon {:#x}-{:#x}", v.start, v.end))
+    # One open per file for all its VMAs: the fd lives in the runner's saved register and
+    # is closed right after, so no more than one extra fd ever exists in the task.
+    for (path, oflags), vmas in files.items():
+        t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), oflags, 0, save=True,
+              what=f"open {path}")
+        for v in vmas:
+            t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, _map_flags(v), 0, v.pgoff,
+                  use_saved=1 << 4, what=("map {} at {:#x}", path, v.start))
+        t.add(uapi.SYS_close, 0, use_saved=1, what=f"close {path}")
+    for sid, vmas in shared.items():
+        p = shmem[sid]
+        if p.objfd is None:
+            path = _shmem_path(window, p)
+            t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), uapi.O_RDWR | uapi.O_CLOEXEC,
+                  0, save=True, what=f"open shmem {sid}")
+        for v in vmas:
+            flags = (_map_flags(v) & ~uapi.MAP_ANONYMOUS) | uapi.MAP_SHARED
+            if p.objfd is None:
+                t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, flags, 0, v.pgoff,
+                      use_saved=1 << 4, what=("map shmem {} at {:#x}", sid, v.start))
+            else:
+                t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, flags, p.objfd, v.pgoff,
+                      what=("map memfd {} at {:#x}", sid, v.start))
+        if p.objfd is None:
+            t.add(uapi.SYS_close, 0, use_saved=1, what=f"close shmem {sid}")
+    for v in mm.vmas:
+        if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall":
+            continue  # the kernel sets their flags (dd, ...) itself
+        for flag in v.vmflags:
+            if flag in _MADVISE:
+                advice, may_fail = _MADVISE[flag]
+                t.add(uapi.SYS_madvise, v.start, v.end - v.start, advice, may_fail=may_fail,
+                      what=("madvise {} {:#x}", flag, v.start))
+    return t
+
+
+def layout_table_bytes(mm: MmCore, nr_shmem: int) -> int:
+    """An upper bound of the layout table's size (to size the region before forking)."""
+    entries = 8 + len(mm.vmas) * 3 + nr_shmem * 3
+    strings = sum(len(os.fsencode(v.path or "")) + 1 for v in mm.vmas) + nr_shmem * 64
+    return entries * blob.ENTRY_SIZE + strings + 4096

@@ -1,0 +1,332 @@
+"""Restore orchestration: image -> a live process tree with its dumped pids, memory, state.
+
+Everything that does not need the tasks (the scratch window, files, tables) is planned
+first, so a bad image fails before any process exists. Then:
+
+1. spawn the tree (engine.restore.spawn): every task with its pid, fds, session, cwd...,
+   each live one seized in its own SIGSTOP stop; zombies are zombies;
+2. per task, one table run replaces its address space (engine.restore.layout); a shmem
+   object is created by the first task mapping it and opened by the others through
+   /proc/OWNER/map_files, so all of them share it;
+3. pages are written per task and per shmem object (engine.restore.pages);
+4. per task, the finishing table (engine.restore.finish), the last single syscalls, the
+   dumped rseq bytes, registers, xstate and sigmask; then every task is released (detached,
+   or left in group-stop).
+
+Any failure kills every task of the new tree by pid.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import signal
+import struct
+import time
+from dataclasses import dataclass
+
+from engine.errors import EngineError
+from engine.faults import fault_point
+from engine.images import DumpImage, TaskImage, load
+from engine.images.records import MmCore, ShmemEntry, TaskCore, ThreadCore
+from engine.kernel import blob, ptrace, uapi
+from engine.kernel.structs import CloneArgs, UserRegs
+from engine.proc.stat import read_stat
+from engine.restore import files, finish, layout, ns, pages, spawn
+
+_ALL_SIGNALS = (1 << 64) - 1
+_SCRATCH = 4096
+_SPAWN_FDS = 4  # the two pipes spawn() opens before forking the root
+_THREAD_FLAGS = (uapi.CLONE_VM | uapi.CLONE_FS | uapi.CLONE_FILES | uapi.CLONE_SIGHAND
+                 | uapi.CLONE_THREAD | uapi.CLONE_SYSVSEM)
+
+
+@dataclass
+class RestoreOptions:
+    """Options of `python -m engine restore`."""
+
+    images_dir: str
+    leave_stopped: bool = False
+    pidfile: str | None = None
+    timeout: float = 60.0  # for every single wait on a task
+
+
+def restore(opts: RestoreOptions) -> int:
+    """Restore the image in opts.images_dir; returns the root pid."""
+    fault_point("read")
+    # Tens of thousands of VMA records and table entries are long-lived objects: the
+    # cyclic GC would only rescan them over and over (it doubled maps06 restore times).
+    gc.disable()
+    try:
+        image = load(opts.images_dir)
+        _check_supported(image)
+        pid = TreeRestorer(image, opts).run()
+    finally:
+        gc.enable()
+    if opts.pidfile:
+        _write_pidfile(opts.pidfile, pid)
+    return pid
+
+
+def _check_supported(image: DumpImage) -> None:
+    inv = image.inventory
+    if inv.kind != "dump":
+        raise EngineError("read", f"{image.path}: a {inv.kind} image holds memory only and "
+                                  "cannot be restored")
+    root = image.tasks[inv.root_pid]
+    if root.core.state == "zombie":
+        raise EngineError("read", f"{image.path}: the root task is a zombie")
+    pids = {t.pid for t in inv.tasks}
+    for t in inv.tasks:
+        if t.pid != inv.root_pid and t.ppid not in pids:
+            raise EngineError("read", f"{image.path}: task {t.pid}'s parent {t.ppid} is not "
+                                      "in the image")
+
+
+def _write_pidfile(path: str, pid: int) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, path)
+
+
+class _Task:
+    """One live task of the tree: its records, its tables and page source."""
+
+    def __init__(self, image: DumpImage, ti: TaskImage) -> None:
+        assert ti.mm is not None
+        self.core: TaskCore = ti.core
+        self.mm: MmCore = ti.mm
+        self.pid = ti.core.pid
+        self.thread: ThreadCore = next(t for t in ti.core.threads if t.tid == self.pid)
+        ids = sorted({v.shmem_id for v in self.mm.vmas if v.shmem_id is not None})
+        self.shmem: list[ShmemEntry] = [image.shmem[i].entry for i in ids]
+        # Main thread first: it creates the others.
+        self.threads = [self.thread] + [t for t in ti.core.threads if t.tid != self.pid]
+        self.regs = {th.tid: UserRegs.from_dict(th.regs) for th in self.threads}
+        self.xstate = {th.tid: image.dir.read_bytes(th.xstate) if th.xstate else None
+                       for th in self.threads}
+        self.src: pages.PageSource | None = None
+        self.runner: blob.BlobRunner | None = None
+        self.thread_runners: dict[int, blob.BlobRunner] = {}
+        self.table2: blob.Table | None = None
+        self.deferred: finish.Deferred | None = None
+
+
+class TreeRestorer:
+    """Restores the whole tree of an image."""
+
+    def __init__(self, image: DumpImage, opts: RestoreOptions) -> None:
+        self.image = image
+        self.opts = opts
+        inv = image.inventory
+        self.live = [_Task(image, image.tasks[t.pid]) for t in inv.tasks
+                     if t.state != "zombie"]
+        # A memfd is created by the root (every task inherits its fd); an anonymous
+        # object by the first task (in image order) that maps it.
+        self.owner: dict[str, int] = {}
+        self.shmem: dict[str, ShmemEntry] = {}
+        for entry in inv.shmem:
+            if entry.kind == "memfd":
+                self.owner[entry.id] = inv.root_pid
+                self.shmem[entry.id] = entry
+            elif entry.kind != "anon":
+                raise EngineError("read", f"{image.path}: {entry.kind} shared memory "
+                                          f"({entry.id}) is not supported")
+        for t in self.live:
+            for s in t.shmem:
+                self.owner.setdefault(s.id, t.pid)
+                self.shmem[s.id] = s
+        self.ns = ns.plan(image)
+        self.tree: spawn.Tree | None = None
+        self.objfds: dict[str, int] = {}
+
+    def _setup(self, window: layout.Window) -> spawn.TreeSetup:
+        inv = self.image.inventory
+        fplan = files.FilesPlan()
+        nodes: dict[int, spawn.TaskSetup] = {}
+        pids = {t.pid for t in inv.tasks}
+        for t in inv.tasks:
+            core = self.image.tasks[t.pid].core
+            status = None
+            if t.state == "zombie":
+                status = core.exit_code if core.exit_code is not None else t.exit_code
+                if status is None:
+                    raise EngineError("read", f"{self.image.path}: zombie {t.pid} has no "
+                                              "exit status")
+            fplan.add_task(self.image, core)
+            pgid, sid = (ns.inner_pid(self.image, x) if x in pids else None
+                         for x in (core.pgid, core.sid))
+            nodes[t.pid] = spawn.TaskSetup(core.pid, core.ppid, pgid, sid,
+                                           list(core.fds), core.cwd, core.umask, core.limits,
+                                           comm=core.comm, zombie_status=status,
+                                           set_tid=ns.set_tid(self.image, t.pid))
+        for t in inv.tasks:
+            if t.pid != inv.root_pid:
+                nodes[t.ppid].children.append(nodes[t.pid])
+        memfds = [(s.id, s.name or "", s.file_size) for s in self.shmem.values()
+                  if s.kind == "memfd"]
+        # The memfds' agreed fd numbers: above every fd the tree or the engine has (the
+        # root inherits the engine's, including the spawn pipes made next).
+        engine_fds = [int(n) for n in os.listdir("/proc/self/fd")]
+        obj_base = max(files.floor(fplan), max(engine_fds) + 1 + _SPAWN_FDS)
+        return spawn.TreeSetup(nodes[inv.root_pid], fplan, window.region, self.ns,
+                               memfds, obj_base)
+
+    def run(self) -> int:
+        """Create, rebuild and release the tree; returns the root pid."""
+        mine = layout.engine_specials()
+        specials = {t.pid: layout.match_specials(t.mm, mine) for t in self.live}
+        size = max(max(layout.layout_table_bytes(t.mm, len(t.shmem)),
+                       finish.table_bytes_bound(t.core, t.mm)) for t in self.live)
+        # One spare page at the end for single syscalls' arguments (clone3 of threads).
+        window = layout.plan_window([t.mm for t in self.live],
+                                    blob.region_size(size) + _SCRATCH,
+                                    list(self.shmem.values()), specials[self.live[0].pid])
+        shsrc: dict[str, pages.PageSource] = {}
+        try:
+            for t in self.live:
+                t.src = pages.task_source(self.image, t.pid)
+            shsrc = {sid: pages.shmem_source(self.image, sid) for sid in self.shmem}
+            setup = self._setup(window)
+            self.objfds = setup.memfd_fds()
+            for t in self.live:
+                owned = [s for s in self.shmem.values() if self.owner[s.id] == t.pid]
+                t.table2, t.deferred = finish.finish_table(t.core, t.mm, window, owned,
+                                                           self.objfds)
+            tree = spawn.spawn(setup, self.opts.timeout)
+            self.tree = tree
+            try:
+                self._rebuild(window, specials, shsrc)
+                self._release()
+            except BaseException:
+                tree.kill_all()
+                raise
+        finally:
+            for t in self.live:
+                for r in [t.runner, *t.thread_runners.values()]:
+                    if r is not None:
+                        r.close()
+                if t.src is not None:
+                    t.src.close()
+            for s in shsrc.values():
+                s.close()
+        return self.image.inventory.root_pid
+
+    def _rebuild(self, window: layout.Window, specials: dict[int, list[layout.Special]],
+                 shsrc: dict[str, pages.PageSource]) -> None:
+        fault_point("mm")
+        for t in self.live:
+            # Nothing may be delivered while the layout is half built.
+            ptrace.set_sigmask(t.pid, _ALL_SIGNALS)
+            conf = ptrace.get_rseq_config(t.pid)
+            rseq = (conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature) \
+                if conf.rseq_abi_pointer else None
+            t.runner = blob.BlobRunner(t.pid, window.base, window.region_size,
+                                       self.opts.timeout)
+            plans = {}
+            for s in self.shmem.values():
+                owner = self.owner[s.id]
+                if owner == t.pid or s in t.shmem:
+                    # The owner as the task's /proc names it (its pid namespace's view).
+                    plans[s.id] = layout.ShmemPlan(
+                        s, None if owner == t.pid else ns.inner_pid(self.image, owner),
+                        self.objfds.get(s.id))
+            table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq, plans)
+            _run(t.runner, table1, "mm")
+        fault_point("pages")
+        for t in self.live:
+            assert t.src is not None
+            pages.write_task_pages(t.pid, t.src, t.mm.vmas)
+        for sid, s in self.shmem.items():
+            pages.write_shmem_pages(self.owner[sid], shsrc[sid], window.shmem_tmp[sid], s.size)
+        for t in self.live:
+            self._finish(t, window)
+
+    def _finish(self, t: _Task, window: layout.Window) -> None:
+        assert t.runner is not None and t.table2 is not None and t.deferred is not None
+        # Threads first: clone3 with set_tid needs the privileges the creds may drop.
+        for th in t.threads[1:]:
+            self._clone_thread(t, th, window)
+        _run(t.runner, t.table2, "state")
+        for th in t.threads[1:]:
+            _run(t.thread_runners[th.tid], finish.thread_table(t.core, th), "state")
+        fault_point("regs")
+        for nr, args, what in t.deferred.calls:
+            real = [t.table2.address(a, window.base) if isinstance(a, blob.DataRef) else a
+                    for a in args]
+            res = t.runner.run_one(nr, *real)
+            if res < 0:
+                raise EngineError("state", f"task {t.pid}: {what}: {os.strerror(-res)}")
+        for th in t.threads:
+            if th.rseq is not None and th.rseq.ptr:
+                assert t.src is not None
+                # Registering rseq made the kernel write the current cpu into the area;
+                # put the dumped bytes back so memory is exactly as dumped.
+                t.runner.write(th.rseq.ptr, t.src.read(th.rseq.ptr, th.rseq.size))
+        res = t.runner.run_one(uapi.SYS_munmap, window.base, window.region_size)
+        if res < 0:
+            raise EngineError("state", f"task {t.pid}: unmap restorer: {os.strerror(-res)}")
+
+    def _clone_thread(self, t: _Task, th: ThreadCore, window: layout.Window) -> None:
+        """Create thread `th` of task t by an injected clone3 with set_tid (its tid in
+        every pid namespace). It is auto-attached (PTRACE_O_TRACECLONE) and stops before
+        its first instruction."""
+        assert t.runner is not None and self.tree is not None
+        tid = th.tid
+        tids = list(reversed(th.ns_tid)) if th.ns_tid else [tid]
+        scratch = window.base + window.region_size - _SCRATCH
+        args = CloneArgs()
+        args.flags = _THREAD_FLAGS
+        args.set_tid = scratch + ctypes.sizeof(CloneArgs)
+        args.set_tid_size = len(tids)
+        t.runner.write(scratch, bytes(args) + struct.pack(f"<{len(tids)}i", *tids))
+        ptrace.set_options(t.pid, spawn.SEIZE_OPTIONS | uapi.PTRACE_O_TRACECLONE)
+        res = t.runner.run_one(uapi.SYS_clone3, scratch, ctypes.sizeof(CloneArgs))
+        ptrace.set_options(t.pid, spawn.SEIZE_OPTIONS)
+        if res > 0:
+            self.tree.threads.add(tid)
+        if res != tids[0]:
+            why = os.strerror(-res) if res < 0 else f"got tid {res}"
+            raise EngineError("fork", f"task {t.pid}: cannot create thread {tid}: {why}")
+        status = ptrace.wait_stop(tid, self.opts.timeout)
+        if ptrace.stop_event(status) != uapi.PTRACE_EVENT_STOP:
+            raise EngineError("fork", f"thread {tid} stopped unexpectedly ({status:#x})")
+        t.thread_runners[tid] = blob.BlobRunner(tid, window.base, window.region_size,
+                                                self.opts.timeout)
+
+    def _release(self) -> None:
+        for t in self.live:
+            for th in t.threads:
+                ptrace.set_regs(th.tid, t.regs[th.tid])
+                xstate = t.xstate[th.tid]
+                if xstate is not None:
+                    ptrace.set_xstate(th.tid, xstate)
+                ptrace.set_sigmask(th.tid, th.sigmask)
+        fault_point("detach")
+        stopped = [t.pid for t in self.live
+                   if self.opts.leave_stopped or t.core.state == "stopped"]
+        for pid in stopped:
+            # Queued now, taken as a group-stop as soon as the task leaves ptrace.
+            os.kill(pid, signal.SIGSTOP)
+        for t in self.live:
+            for th in t.threads:
+                ptrace.detach(th.tid, 0)
+        for pid in stopped:
+            _wait_state(pid, "T", self.opts.timeout)
+
+
+def _run(runner: blob.BlobRunner, table: blob.Table, phase: str) -> None:
+    try:
+        runner.run(table)
+    except blob.TableError as e:
+        raise EngineError(phase, f"task {runner.pid}: {e}") from None
+
+
+def _wait_state(pid: int, state: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while read_stat(pid).state != state:
+        if time.monotonic() > deadline:
+            raise EngineError("detach", f"task {pid} did not reach state {state}")
+        time.sleep(0.001)

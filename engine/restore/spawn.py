@@ -1,0 +1,362 @@
+"""Create the process tree with the dumped pids; do in the children what is easiest there.
+
+The engine clone3()s the root with set_tid; it continues as a copy of the engine (still
+Python) and, like every task after it:
+
+1. becomes a session / process group leader again, or joins its dumped group,
+2. (root only) opens every open file description of the tree (engine.restore.files), so
+   that each task inherits them and shared descriptions stay shared,
+3. forks its children with their pids (group leaders first), which do the same,
+4. zombies exit right there with their dumped status,
+5. puts its fds in place and closes the rest, maps the table runner region at the address
+   the engine chose, sets cwd, umask and resource limits (its own: no CAP_SYS_RESOURCE),
+6. waits for the engine's go (every live task has been seized by then) and raises SIGSTOP.
+
+Being traced, SIGSTOP gives a signal-delivery-stop, not a group-stop: the engine takes over
+there and never lets the signal through. A task that fails writes "pid\\0phase\\0message"
+to the shared error pipe and exits; the engine then kills the whole new tree by pid.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError
+from engine.faults import fault_point
+from engine.images.records import FdEntry, RlimitRecord
+from engine.kernel import ptrace, uapi
+from engine.kernel import sys as ksys
+from engine.kernel.structs import CloneArgs
+from engine.proc.stat import read_stat
+from engine.restore import files, ns
+from engine.restore.ns import NsSetup
+
+_REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
+_REGION_FLAGS = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE
+SEIZE_OPTIONS = uapi.PTRACE_O_EXITKILL | uapi.PTRACE_O_TRACESYSGOOD
+_MAX_ERR = 4000  # below PIPE_BUF: one report is one atomic write on the shared pipe
+
+
+@dataclass
+class TaskSetup:
+    """What one task does before it stops (or, for a zombie, before it exits)."""
+
+    pid: int  # as the engine sees it
+    ppid: int
+    pgid: int | None  # in the task's own pid namespace; None: led from outside the tree
+    sid: int | None
+    fds: list[FdEntry]
+    cwd: str
+    umask: int
+    limits: list[RlimitRecord]
+    comm: str = ""
+    set_tid: list[int] = field(default_factory=list)  # pids innermost ns first ([] = [pid])
+    zombie_status: int | None = None  # wait status of a dumped zombie
+    children: list[TaskSetup] = field(default_factory=list)
+
+    @property
+    def inner_pid(self) -> int:
+        """The task's pid in its own pid namespace."""
+        return self.set_tid[0] if self.set_tid else self.pid
+
+    def walk(self) -> list[TaskSetup]:
+        """This task and all its descendants, parents before children."""
+        out = [self]
+        for c in self.children:
+            out.extend(c.walk())
+        return out
+
+
+@dataclass
+class TreeSetup:
+    """The whole tree: its tasks, its files and the runner region's address."""
+
+    root: TaskSetup
+    files: files.FilesPlan
+    region: tuple[int, int]
+    ns: NsSetup | None = None
+    # memfd objects (shmem id, name, size) the root creates at fds obj_base, obj_base+1...
+    memfds: list[tuple[str, str, int]] = field(default_factory=list)
+    obj_base: int = 0
+
+    def memfd_fds(self) -> dict[str, int]:
+        """shmem id -> the fd number of its memfd in every task until the finish table."""
+        return {sid: self.obj_base + i for i, (sid, _, _) in enumerate(self.memfds)}
+
+
+def _set_limits(limits: list[RlimitRecord]) -> None:
+    for lim in limits:
+        soft = resource.RLIM_INFINITY if lim.soft == uapi.RLIM_INFINITY else lim.soft
+        hard = resource.RLIM_INFINITY if lim.hard == uapi.RLIM_INFINITY else lim.hard
+        try:
+            resource.setrlimit(lim.resource, (soft, hard))
+        except (OSError, ValueError) as e:
+            raise EngineError("files", f"cannot set limit {lim.name} to ({lim.soft}, "
+                                       f"{lim.hard}): {e}") from None
+
+
+def _set_session(t: TaskSetup) -> None:
+    """A session or group leader becomes one again; otherwise the task joins the dumped
+    group, which must already exist in its (inherited) session. A session or group led
+    from outside the tree (the root of a tree started by a shell or an init) is left as
+    inherited from the engine, like CRIU's --shell-job. Ids are compared in the task's own
+    pid namespace, the only view getsid()/getpgid() give."""
+    me = t.inner_pid
+    try:
+        if t.sid == me:
+            os.setsid()
+        elif t.sid is not None and os.getsid(0) != t.sid:
+            raise EngineError("fork", f"task {t.pid}: session {t.sid} is not its parent's "
+                                      "and the task does not lead it")
+        if t.pgid is not None and t.pgid != os.getpgid(0):
+            os.setpgid(0, 0 if t.pgid == me else t.pgid)
+    except OSError as e:
+        raise EngineError("fork", f"task {t.pid}: cannot restore session {t.sid} / "
+                                  f"process group {t.pgid}: {e.strerror}") from None
+
+
+def _clone_with_pid(t: TaskSetup, flags: int = 0) -> int:
+    """clone3 (fork-like, plus namespace `flags`) with the task's pids; 0 in the child."""
+    pids = t.set_tid or [t.pid]
+    tid = (ctypes.c_int * len(pids))(*pids)
+    args = CloneArgs()
+    args.flags = flags
+    args.exit_signal = signal.SIGCHLD
+    args.set_tid = ctypes.addressof(tid)
+    args.set_tid_size = len(pids)
+    try:
+        child = ksys.clone3(args)
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            raise EngineError("fork", f"pid {t.pid} is taken") from None
+        raise EngineError("fork", f"clone3 with pid {t.pid} {pids}: {e.strerror}") from None
+    if child == 0:
+        ksys.after_fork_child()
+    return child
+
+
+def _leaders_first(t: TaskSetup) -> list[TaskSetup]:
+    # A child joining a sibling's process group needs that sibling (the leader) to exist.
+    leaders = {c.pgid for c in t.children}
+    return sorted(t.children, key=lambda c: (c.inner_pid not in leaders, c.pid))
+
+
+def _exit_as(status: int) -> None:
+    """End this process so that its parent's wait() sees `status`."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(status))
+
+
+def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]) -> None:
+    """Runs in the new task; never returns."""
+    go_r, err_w = ctl[:2]  # then the memfds, kept open for the engine's tables
+    try:
+        _set_session(t)
+        for c in _leaders_first(t):
+            if _clone_with_pid(c) == 0:
+                _task(tree, c, ctl, by_file)
+        # comm first: a zombie shows it too.
+        name = ctypes.create_string_buffer(os.fsencode(t.comm)[:15])
+        ksys.prctl(uapi.PR_SET_NAME, name)
+        if t.zombie_status is not None:
+            _exit_as(t.zombie_status)
+        fault_point("files")
+        files.place(t.fds, by_file, ctl)
+        start, end = tree.region
+        ksys.mmap(start, end - start, _REGION_PROT, _REGION_FLAGS)
+        os.chdir(t.cwd)
+        os.umask(t.umask)
+        _set_limits(t.limits)
+        if os.read(go_r, 1) != b"g":
+            os._exit(3)  # the engine is gone (EXITKILL would kill us anyway)
+        os.close(go_r)
+        os.close(err_w)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    except EngineError as e:
+        _report(err_w, t.pid, e.phase, e.message)
+    except OSError as e:
+        _report(err_w, t.pid, "files", f"{e.filename or ''} {e.strerror}".strip())
+    # Anything else must still end the child: it must never return into the engine.
+    except BaseException as e:  # noqa: BLE001
+        _report(err_w, t.pid, "fork", f"{type(e).__name__}: {e}")
+    os._exit(1)
+
+
+def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
+    """The root task's first steps; never returns."""
+    try:
+        if tree.ns is not None:
+            ns.setup_inside(tree.ns)
+        # memfds at their agreed numbers, then everything else above them (and so above
+        # every fd number any task will have).
+        memfds = tree.memfd_fds()
+        for sid, name, size in tree.memfds:
+            fd = os.memfd_create(name, os.MFD_ALLOW_SEALING)
+            os.ftruncate(fd, size)
+            if fd != memfds[sid]:
+                os.dup2(fd, memfds[sid])
+                os.close(fd)
+        low = tree.obj_base + len(tree.memfds)
+        ctl = [files.move_above(go_r, low), files.move_above(err_w, low)]
+        by_file = files.open_all(tree.files, low, memfds)
+        ctl += list(memfds.values())
+    except EngineError as e:
+        _report(err_w, tree.root.pid, e.phase, e.message)
+        os._exit(1)
+    except BaseException as e:  # noqa: BLE001 - as in _task
+        _report(err_w, tree.root.pid, "files", f"{type(e).__name__}: {e}")
+        os._exit(1)
+    _task(tree, tree.root, ctl, by_file)
+
+
+def _report(err_w: int, pid: int, phase: str, message: str) -> None:
+    try:
+        os.write(err_w, f"{pid}\0{phase}\0{message}\n".encode()[:_MAX_ERR])
+    except OSError:
+        pass
+
+
+class Tree:
+    """The tasks the engine created: which pids are ours, and killing them all."""
+
+    def __init__(self, setup: TreeSetup) -> None:
+        self.setup = setup
+        self.tasks = setup.root.walk()
+        self.parent = {c.pid: t.pid for t in self.tasks for c in t.children}
+        self.parent[setup.root.pid] = os.getpid()
+        self.live = [t.pid for t in self.tasks if t.zombie_status is None]
+        self.threads: set[int] = set()  # non-main threads created later (all traced by us)
+
+    def ours(self, pid: int) -> bool:
+        """True when `pid` exists and is the task we created (its parent is the one we
+        made it from, or us, the subreaper, after its parent died)."""
+        try:
+            ppid = read_stat(pid).ppid
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return ppid in (self.parent[pid], os.getpid())
+
+    def kill_all(self, timeout: float = 10.0) -> None:
+        """SIGKILL every task of the tree that exists and is ours, and reap them (we are
+        the subreaper, so orphans come to us)."""
+        victims = [t.pid for t in self.tasks if self.ours(t.pid)]
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # Reap all together: a killed tracee stays a zombie until we, its tracer, wait
+        # for it, and its parent (a dying pid-namespace init) waits for it meanwhile.
+        deadline = time.monotonic() + timeout
+        left = [t.pid for t in self.tasks]
+        threads = sorted(self.threads)
+        while True:
+            left = [pid for pid in left if self.ours(pid)]
+            if not left:
+                return
+            # A thread group leader is reaped after its threads, our tracees too.
+            for pid in threads + left:
+                try:
+                    os.waitpid(pid, os.WNOHANG | uapi.WALL)
+                except ChildProcessError:
+                    pass
+            if time.monotonic() > deadline:
+                raise EngineError("fork", f"tasks {left} did not die after SIGKILL")
+            time.sleep(0.001)
+
+
+def spawn(setup: TreeSetup, timeout: float) -> Tree:
+    """Create every task; return once each live one is seized and in its SIGSTOP stop and
+    each zombie is a zombie. On failure nothing of the tree is left."""
+    fault_point("fork")
+    ksys.set_child_subreaper(True)
+    err_r, err_w = os.pipe()
+    go_r, go_w = os.pipe()
+    tree = Tree(setup)
+    try:
+        try:
+            child = _clone_with_pid(setup.root, setup.ns.clone_flags if setup.ns else 0)
+        except EngineError:
+            for fd in (err_r, err_w, go_r, go_w):
+                os.close(fd)
+            raise
+        if child == 0:
+            os.close(err_r)
+            os.close(go_w)
+            _root(setup, go_r, err_w)
+        os.close(err_w)
+        os.close(go_r)
+        os.set_blocking(err_r, False)
+        try:
+            _seize_all(tree, err_r, go_w, timeout)
+        except BaseException:
+            tree.kill_all()
+            raise
+    finally:
+        for fd in (err_r, go_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    return tree
+
+
+def _check_errors(err_r: int) -> None:
+    try:
+        raw = os.read(err_r, _MAX_ERR)
+    except BlockingIOError:
+        return
+    if raw:
+        pid, phase, message = raw.decode(errors="replace").split("\n")[0].split("\0", 2)
+        raise EngineError(phase, f"task {pid}: {message}" if phase != "fork" else message)
+
+
+def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(tree.live)
+    while pending:  # seize each live task as soon as it exists
+        _check_errors(err_r)
+        pid = pending[0]
+        if tree.ours(pid):
+            ptrace.seize(pid, SEIZE_OPTIONS)
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise EngineError("fork", f"task {pid} was not created in time")
+        time.sleep(0.0005)
+    os.write(go_w, b"g" * len(tree.live))
+    for pid in tree.live:
+        _wait_sigstop(pid, err_r, deadline)
+    for t in tree.tasks:
+        if t.zombie_status is not None:
+            while read_stat(t.pid).state != "Z":
+                _check_errors(err_r)
+                if time.monotonic() > deadline:
+                    raise EngineError("fork", f"task {t.pid} did not become a zombie")
+                time.sleep(0.0005)
+
+
+def _wait_sigstop(pid: int, err_r: int, deadline: float) -> None:
+    """Wait for the task's own SIGSTOP; other signals (SIGCHLD of a zombie child made
+    just now) are discarded: they are not part of the dumped state."""
+    while True:
+        try:
+            status = ptrace.wait_stop(pid, max(deadline - time.monotonic(), 0.0))
+        except ptrace.TaskExited:
+            _check_errors(err_r)
+            raise EngineError("fork", f"task {pid} exited before it was set up") from None
+        sig = os.WSTOPSIG(status)
+        if sig == signal.SIGSTOP and not ptrace.stop_event(status):
+            return
+        ptrace.cont(pid, 0)

@@ -1,0 +1,156 @@
+"""The flavour interface: start a zdtm test and say which pids the harness deals with.
+
+A flavour decides where the test's process tree lives.  It starts the test starter in the
+test's work directory, waits for the zdtm "ready" signal (the starter exited 0 and the
+pidfile exists) within a deadline, and reports
+
+* ``root_pid``: the root of the tree the engine dumps (host pid namespace view),
+* ``test_pid``: the test daemon that gets SIGTERM at the end (host view),
+* ``ns_pid``:   the pid the test wrote to its pidfile (its own pid namespace view).
+
+This package sits below the harness core and imports nothing from it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+KILL_GRACE = 5.0
+
+
+class StartError(Exception):
+    """The test did not become ready; ``kind`` is "timeout" or "failed"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Started:
+    """Pids of a started test (see the module docstring)."""
+
+    root_pid: int
+    test_pid: int
+    ns_pid: int
+
+
+def read_pid(path: Path) -> int:
+    """A pid from a pidfile (written atomically by the zdtm protocol)."""
+    text = path.read_text().strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{path}: not a pid: {text!r}")
+    return int(text)
+
+
+def nspid_chain(pid: int) -> list[int]:
+    """The NSpid line of /proc/PID/status: the pid in each namespace, outermost first."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NSpid:"):
+                return [int(x) for x in line.split()[1:]]
+    return [pid]
+
+
+def host_pid_in_ns(root_pid: int, ns_pid: int) -> int | None:
+    """The host pid of the task that is ``ns_pid`` in the pid namespace of ``root_pid``."""
+    try:
+        ns = os.readlink(f"/proc/{root_pid}/ns/pid")
+    except OSError:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != ns:
+                continue
+            if nspid_chain(int(entry))[-1] == ns_pid:
+                return int(entry)
+        except (OSError, ValueError):
+            continue  # the task went away while we looked
+    return None
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Flavor(ABC):
+    """How and where a test's process tree is started."""
+
+    name: str = "?"
+    #: the tree lives in its own namespaces (the snapshot then records them too)
+    uses_ns: bool = False
+
+    def prepare(self, workdir: Path) -> None:
+        """Make ``workdir`` usable by the test (created by the caller)."""
+        del workdir
+
+    @abstractmethod
+    def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
+        """The command that starts the test starter ``argv`` in this flavour."""
+
+    @abstractmethod
+    def locate(self, workdir: Path, ns_pid: int) -> Started:
+        """After the starter succeeded: the pids, given the pid the test wrote."""
+
+    def test_pid_after_restore(self, root_pid: int, ns_pid: int) -> int:
+        """The host pid of the test daemon in a restored tree rooted at ``root_pid``."""
+        del root_pid
+        return ns_pid
+
+    def start(self, argv: Sequence[str], workdir: Path, pidfile: str, timeout: float,
+              log: Path) -> Started:
+        """Start the test and wait until it is ready; raise StartError otherwise.
+
+        On failure the starter's process group is killed; anything that escaped it (a
+        daemon in its own session) is left for the caller's cleanup of its descendants.
+        """
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(self.command(argv, workdir), cwd=workdir,
+                                    stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    close_fds=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise StartError("timeout", f"not ready after {timeout:.0f}s: "
+                                        f"{_tail(log) or 'no output'}") from None
+        if rc != 0:
+            raise StartError("failed", f"starter exited with status {rc}: "
+                                       f"{_tail(log) or 'no output'}")
+        # the pidfile is renamed into place before the starter exits; allow a short grace
+        deadline = time.monotonic() + 2.0
+        path = workdir / pidfile
+        while True:
+            try:
+                ns_pid = read_pid(path)
+                break
+            except (OSError, ValueError) as exc:
+                if time.monotonic() > deadline:
+                    raise StartError("failed", f"starter exited 0 but {exc}") from None
+                time.sleep(0.05)
+        return self.locate(workdir, ns_pid)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        pass  # left to the caller's cleanup, which reports what it could not kill

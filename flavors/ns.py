@@ -1,0 +1,53 @@
+"""Flavour ns: the test tree lives under a pid-1 init in new pid, mount, net, uts, ipc ns.
+
+The init is flavors/nsinit (nsinit.c): it mounts a private /proc, sets the hostname
+``zdtm-ns``, brings lo up and reaps the test tree.  The engine dumps the tree from that
+init down, so the whole namespace is checkpointed; after a restore the test daemon is found
+again by its pid inside the namespace (NSpid in /proc/PID/status).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from flavors.base import Flavor, Started, StartError, host_pid_in_ns, read_pid
+
+NSINIT = Path(__file__).resolve().parent / "nsinit"
+HOSTNAME = "zdtm-ns"
+ROOTPID_FILE = "nsinit.pid"
+LOCATE_TIMEOUT = 5.0
+
+
+class NsFlavor(Flavor):
+    """New pid, mount, net, uts and ipc namespaces under a tiny init."""
+
+    name = "ns"
+    uses_ns = True
+    #: add a user namespace (flavour uns)
+    user_ns = False
+
+    def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
+        opts = ["-u"] if self.user_ns else []
+        return [str(NSINIT), *opts, "-H", HOSTNAME, "-r", str(workdir / ROOTPID_FILE),
+                "--", *argv]
+
+    def locate(self, workdir: Path, ns_pid: int) -> Started:
+        try:
+            root = read_pid(workdir / ROOTPID_FILE)
+        except (OSError, ValueError) as exc:
+            raise StartError("failed", f"nsinit wrote no root pid: {exc}") from None
+        return Started(root_pid=root, test_pid=self.test_pid_after_restore(root, ns_pid),
+                       ns_pid=ns_pid)
+
+    def test_pid_after_restore(self, root_pid: int, ns_pid: int) -> int:
+        deadline = time.monotonic() + LOCATE_TIMEOUT
+        while True:
+            pid = host_pid_in_ns(root_pid, ns_pid)
+            if pid is not None:
+                return pid
+            if time.monotonic() > deadline:
+                raise StartError("failed", f"no task with pid {ns_pid} in the pid namespace "
+                                           f"of {root_pid}")
+            time.sleep(0.05)

@@ -1,0 +1,195 @@
+"""`python -m engine dump` on a real process: what the image holds, and that the task is
+killed (default) or goes on exactly as before (--leave-running)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
+
+from engine.images import PE_PRESENT, load
+from engine.kernel import uapi
+
+REPO = Path(__file__).resolve().parents[2]
+PG = 4096
+
+
+def run_engine(*args: str, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `python -m engine ARGS` from the repository, with a deadline."""
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _page_bytes(img, pm, pages_name: str, addr: int) -> bytes | None:  # type: ignore[no-untyped-def]
+    """The stored content of the page at addr, or None when the pagemap lacks it."""
+    for e, off in zip(pm.entries, pm.offsets):
+        if e.addr <= addr < e.end and e.flags & PE_PRESENT:
+            with img.dir.pages_reader(pages_name, pm.pages_stored) as r:
+                start = off + (addr - e.addr)
+                return bytes(r.view()[start:start + PG])
+    return None
+
+
+def test_dump_leave_running_records_everything(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+    fds_before = victim.fd_table()
+    mem_before = victim.memory_digest()
+    images = tmp_path / "img"
+    res = run_engine("dump", "-t", str(victim.pid), "-D", str(images), "--leave-running")
+    assert res.returncode == 0, res.stderr
+
+    # The task goes on as before: running, untraced, same fds, same memory.
+    assert victim.is_running()
+    status = victim.proc_status()
+    assert status["TracerPid"] == "0" and status["State"][0] in "RS"
+    assert victim.fd_table() == fds_before
+    assert victim.memory_digest() == mem_before
+
+    img = load(str(images))
+    assert oct(images.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in images.iterdir())
+    assert img.inventory.root_pid == victim.pid
+    t = img.tasks[victim.pid]
+    core, mm, pm = t.core, t.mm, t.pagemap
+    assert mm is not None and pm is not None
+
+    # signals: blocked + pending SIGUSR2, the SIGUSR1 handler, the altstack, rseq
+    th = core.threads[0]
+    assert th.sigmask & (1 << (uapi.SIGUSR2 - 1))
+    assert uapi.SIGUSR2 in [p.signo for p in core.shared_pending]
+    usr1 = next(a for a in core.sigactions if a.signo == uapi.SIGUSR1)
+    assert usr1.handler > 1 and usr1.flags & uapi.SA_RESTART and usr1.flags & uapi.SA_ONSTACK
+    assert usr1.mask & (1 << (uapi.SIGHUP - 1))
+    assert th.sigaltstack is not None and th.sigaltstack.size == 65536
+    assert th.rseq is not None and th.rseq.signature == uapi.RSEQ_SIG_X86
+    assert (images / th.xstate).stat().st_size >= 512  # type: ignore[operator]
+    assert core.umask == 0o022 or core.umask == os.umask(os.umask(0))
+    assert core.cwd == str(victim.workdir)
+    assert any(r.name == "RLIMIT_NOFILE" for r in core.limits)
+
+    # memory: written anon pages stored with their content, untouched ones absent
+    by_start = {v.start: v for v in mm.vmas}
+    for i in (0, 3, 300, 1023):
+        data = _page_bytes(img, pm, mm.pages, victim.anon + i * PG)
+        assert data == bytes([(i * 7 + 1) & 0xFF]) * PG
+    for i in (1, 2, 301):
+        assert _page_bytes(img, pm, mm.pages, victim.anon + i * PG) is None
+    none = by_start[victim.prot_none]
+    assert none.prot == 0
+    assert _page_bytes(img, pm, mm.pages, victim.prot_none + PG) == b"\x5a" * PG
+    gd = by_start[victim.growsdown]  # still starts where it did: never touched below
+    assert gd.flags & uapi.MAP_GROWSDOWN and "gd" in gd.vmflags
+    assert _page_bytes(img, pm, mm.pages, victim.growsdown) == b"\x6b" * PG
+
+    # shared memory: one object, with the pages no task maps any more
+    shm_vma = by_start[victim.shmem]
+    assert shm_vma.kind == "shmem" and shm_vma.end - shm_vma.start == 32 * PG
+    sh = img.shmem[shm_vma.shmem_id]  # type: ignore[index]
+    assert sh.entry.size == 64 * PG
+    assert sum(e.nr_pages for e in sh.pagemap.entries) == 64
+    for i in (0, 31, 32, 63):
+        data = _page_bytes(img, sh.pagemap, sh.entry.pages, i * PG)
+        assert data == bytes([0x80 + i]) * PG
+
+    # files: pipe data saved (and not consumed: the victim checks), offsets, unlinked file
+    files = img.files.by_id()
+    fdmap = {f.fd: files[f.file_id] for f in core.fds}
+    assert fdmap[3].type == "pipe" and fdmap[3].pipe_ino == fdmap[4].pipe_ino
+    assert (images / fdmap[3].content).read_bytes() == b"pipe-data-123"  # type: ignore[operator]
+    reg = next(f for f in files.values() if (f.path or "").endswith("regular.txt"))
+    assert reg.pos == 5 and reg.flags & uapi.O_APPEND
+    ghost = next(f for f in files.values() if f.deleted)
+    assert ghost.pos == 13 and ghost.path.endswith("unlinked.txt")  # type: ignore[union-attr]
+    assert (images / ghost.content).read_bytes() == b"ghost-content"  # type: ignore[operator]
+
+    assert victim.finish() == (0, "")
+
+
+def test_dump_kills_the_task_by_default(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+    res = run_engine("dump", "-t", str(victim.pid), "-D", str(tmp_path / "img"))
+    assert res.returncode == 0, res.stderr
+    assert victim.proc.wait(timeout=10) == -signal.SIGKILL
+    assert load(str(tmp_path / "img")).inventory.tasks[0].pid == victim.pid
+
+
+def test_show_prints_the_image(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+    res = run_engine("dump", "-t", str(victim.pid), "-D", str(tmp_path / "img"),
+                     "--leave-running")
+    assert res.returncode == 0, res.stderr
+    shown = run_engine("show", str(tmp_path / "img"))
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert f"task {victim.pid}" in out and "growsdown" in out and "pipe:[" in out
+    assert "SIGUSR1" in out and "deleted" in out and "shmem-" in out
+
+
+def test_dump_of_a_stopped_task_keeps_it_stopped(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+    os.kill(victim.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while victim.proc_status()["State"][0] != "T":
+        assert time.monotonic() < deadline, "victim did not stop"
+        time.sleep(0.01)
+    res = run_engine("dump", "-t", str(victim.pid), "-D", str(tmp_path / "img"),
+                     "--leave-running")
+    assert res.returncode == 0, res.stderr
+    assert load(str(tmp_path / "img")).inventory.tasks[0].state == "stopped"
+    assert not victim.is_running(within=0.3)
+    assert victim.proc_status()["State"][0] == "T"
+    os.kill(victim.pid, signal.SIGCONT)
+    assert victim.is_running()
+    assert victim.finish() == (0, "")
+
+
+@pytest.fixture
+def small_tree():  # type: ignore[no-untyped-def]
+    """A process with a second thread, a sleeping child and a zombie child."""
+    code = ("import os, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "z = os.fork()\n"
+            "if z == 0: os._exit(7)\n"
+            "c = os.fork()\n"
+            "if c == 0: time.sleep(60); os._exit(0)\n"
+            "print(z, c, flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    zombie, child = (int(x) for x in proc.stdout.readline().split())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{zombie}/stat").read_text().split(") ")[1][0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        yield proc, zombie, child
+    finally:
+        for pid in (child, proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=10)
+
+
+def test_dump_tree_with_thread_child_and_zombie(small_tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    proc, zombie, child = small_tree
+    res = run_engine("dump", "-t", str(proc.pid), "-D", str(tmp_path / "img"),
+                     "--leave-running")
+    assert res.returncode == 0, res.stderr
+    img = load(str(tmp_path / "img"))
+    inv = img.inventory
+    assert inv.tasks[0].pid == proc.pid
+    by_pid = {t.pid: t for t in inv.tasks}
+    assert set(by_pid) == {proc.pid, zombie, child}
+    assert len(by_pid[proc.pid].threads) == 2
+    assert by_pid[zombie].state == "zombie" and by_pid[zombie].exit_code == 7 << 8
+    assert by_pid[child].ppid == proc.pid and img.tasks[child].mm is not None
+    # still alive and untraced afterwards
+    for pid in (proc.pid, child):
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert "TracerPid:\t0" in status and "State:\tS" in status

@@ -1,0 +1,104 @@
+"""Failed dumps: a clear error naming the step, and the task left running unharmed
+(not stopped, not traced, same memory, same fds, same signal state: its own final check
+passes), with no partial image left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_dump_basic import REPO, run_engine
+from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
+
+from engine.faults import DUMP_STEPS
+
+
+def assert_unharmed(v: Victim, fds: dict[int, tuple[str, str, str]], mem: bytes) -> None:
+    """The victim runs as before the failed dump, and its own check passes."""
+    assert v.is_running()
+    status = v.proc_status()
+    assert status["TracerPid"] == "0"
+    assert status["State"][0] in "RS"
+    assert v.fd_table() == fds
+    assert v.memory_digest() == mem
+    assert v.finish() == (0, "")
+
+
+@pytest.mark.parametrize("step", DUMP_STEPS)
+def test_fault_at_each_step_leaves_task_unharmed(victim: Victim, tmp_path: Path,  # noqa: F811
+                                                 step: str) -> None:
+    fds, mem = victim.fd_table(), victim.memory_digest()
+    images = tmp_path / "img"
+    res = run_engine("dump", "-t", str(victim.pid), "-D", str(images),
+                     env={"ENGINE_FAULT": step})
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"engine: error: {step}: fault injected"), res.stderr
+    assert not images.exists(), "a failed dump must not leave a partial image"
+    assert_unharmed(victim, fds, mem)
+
+
+def test_missing_pid(tmp_path: Path) -> None:
+    # A pid above pid_max cannot exist.
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    res = run_engine("dump", "-t", str(pid_max + 1), "-D", str(tmp_path / "img"))
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"engine: error: seize: no such process {pid_max + 1}"
+    assert not (tmp_path / "img").exists()
+
+
+def test_kernel_thread_is_refused(tmp_path: Path) -> None:
+    res = run_engine("dump", "-t", "2", "-D", str(tmp_path / "img"))
+    assert res.returncode == 1
+    assert "engine: error: seize:" in res.stderr and "kernel thread" in res.stderr
+
+
+def test_task_traced_by_someone_else(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+    fds, mem = victim.fd_table(), victim.memory_digest()
+    tracer_code = ("import sys, time\n"
+                   "from engine.kernel import ptrace\n"
+                   "ptrace.seize(int(sys.argv[1]))\n"
+                   "print('seized', flush=True)\n"
+                   "time.sleep(60)\n")
+    tracer = subprocess.Popen([sys.executable, "-c", tracer_code, str(victim.pid)], cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout is not None and tracer.stdout.readline().strip() == "seized"
+        res = run_engine("dump", "-t", str(victim.pid), "-D", str(tmp_path / "img"))
+        assert res.returncode == 1
+        assert "engine: error: seize: cannot seize task" in res.stderr, res.stderr
+        assert victim.proc_status()["TracerPid"] == str(tracer.pid)  # untouched
+    finally:
+        os.kill(tracer.pid, signal.SIGKILL)
+        tracer.wait(timeout=10)
+    # The tracer's death detaches it; give the kernel a moment.
+    deadline = time.monotonic() + 5
+    while victim.proc_status()["TracerPid"] != "0":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert_unharmed(victim, fds, mem)
+
+
+def test_unwritable_images_dir(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+    fds, mem = victim.fd_table(), victim.memory_digest()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    res = run_engine("dump", "-t", str(victim.pid), "-D", str(blocker / "img"))
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"engine: error: write: {blocker / 'img'}: cannot create")
+    assert_unharmed(victim, fds, mem)
+
+
+def test_non_empty_images_dir_is_refused(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / "old").write_text("x")
+    res = run_engine("dump", "-t", str(victim.pid), "-D", str(images))
+    assert res.returncode == 1 and "not empty" in res.stderr
+    assert (images / "old").read_text() == "x"
+    assert victim.is_running() and victim.finish() == (0, "")

@@ -1,0 +1,102 @@
+"""Memory dumping details: shmem objects from the object itself or through the fallback,
+memfds nobody maps, and the page-run bookkeeping."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
+
+from engine.dump import pages, shmem
+from engine.dump.dumper import dump
+from engine.images import load
+
+PG = 4096
+
+
+def _object_pages(img, sid: str) -> dict[int, bytes]:  # type: ignore[no-untyped-def]
+    """offset -> first byte of each stored page of a shmem object."""
+    sh = img.shmem[sid]
+    out = {}
+    with img.dir.pages_reader(sh.entry.pages, sh.pagemap.pages_stored) as r:
+        view = r.view()
+        for e, off in zip(sh.pagemap.entries, sh.pagemap.offsets):
+            for i in range(e.nr_pages):
+                out[e.addr + i * PG] = bytes(view[off + i * PG:off + i * PG + 1])
+    return out
+
+
+def test_shmem_fallback_when_map_files_is_refused(victim: Victim, tmp_path: Path,  # noqa: F811
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a user namespace: map_files cannot be opened, so the pages the task maps
+    are read through /proc/PID/mem (the unmapped upper half is out of reach)."""
+    real_open = shmem._open_object
+
+    def refuse(link: str) -> int:
+        if "/map_files/" in link:
+            raise PermissionError(errno.EPERM, "Operation not permitted", link)
+        return real_open(link)
+
+    monkeypatch.setattr(shmem, "_open_object", refuse)
+    dump(victim.pid, str(tmp_path / "img"), leave_running=True)
+    img = load(str(tmp_path / "img"))
+    vma = next(v for v in img.tasks[victim.pid].mm.vmas if v.start == victim.shmem)  # type: ignore[union-attr]
+    got = _object_pages(img, vma.shmem_id)  # type: ignore[arg-type]
+    assert got == {i * PG: bytes([0x80 + i]) for i in range(32)}
+    assert victim.is_running() and victim.finish() == (0, "")
+
+
+def test_shmem_from_the_object_includes_unmapped_pages(victim: Victim,  # noqa: F811
+                                                       tmp_path: Path) -> None:
+    dump(victim.pid, str(tmp_path / "img"), leave_running=True)
+    img = load(str(tmp_path / "img"))
+    vma = next(v for v in img.tasks[victim.pid].mm.vmas if v.start == victim.shmem)  # type: ignore[union-attr]
+    got = _object_pages(img, vma.shmem_id)  # type: ignore[arg-type]
+    assert got == {i * PG: bytes([0x80 + i]) for i in range(64)}
+    assert victim.finish() == (0, "")
+
+
+MEMFD_HOLDER = """
+import os, sys, time
+fd = os.memfd_create("holder", os.MFD_ALLOW_SEALING)
+os.write(fd, b"x" * 5000)
+os.pwrite(fd, b"y" * 100, 3 * 4096)
+os.ftruncate(fd, 20000)
+import fcntl
+fcntl.fcntl(fd, 1033, 0x4)  # F_ADD_SEALS, F_SEAL_GROW
+print(fd, flush=True)
+time.sleep(60)
+"""
+
+
+def test_memfd_held_by_fd_only(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", MEMFD_HOLDER], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        fd = int(proc.stdout.readline())
+        dump(proc.pid, str(tmp_path / "img"), leave_running=True)
+        img = load(str(tmp_path / "img"))
+        core = img.tasks[proc.pid].core
+        rec = img.files.by_id()[next(f.file_id for f in core.fds if f.fd == fd)]
+        assert rec.path == "/memfd:holder" and rec.deleted and rec.content is None
+        sh = img.shmem[rec.shmem_id]  # type: ignore[index]
+        assert (sh.entry.kind, sh.entry.name, sh.entry.file_size) == ("memfd", "holder", 20000)
+        assert sh.entry.seals & 0x4 and sh.entry.size == 5 * PG
+        got = _object_pages(img, sh.entry.id)
+        assert got == {0: b"x", PG: b"x", 3 * PG: b"y"}
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_union_of_repeated_scan_regions() -> None:
+    """PAGEMAP_SCAN may hand back a tail twice; runs must come out sorted, disjoint."""
+    regions = [(0x1000, 0x3000, 0), (0x5000, 0x6000, 0), (0x5000, 0x6000, 0),
+               (0x2000, 0x4000, 0)]
+    assert pages._union(regions) == [(0x1000, 0x4000, 0), (0x5000, 0x6000, 0)]

@@ -1,0 +1,221 @@
+"""Image format: records round-trip, and every reader refuses truncated, corrupted or
+hostile images with an error that names the file."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from engine.errors import EngineError
+from engine.images import PE_PARENT, PE_PRESENT, ImageDir, ImageError, PagemapEntry, load, names
+from engine.images.records import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    Creds,
+    FdEntry,
+    FileRecord,
+    FilesImage,
+    Inventory,
+    MmCore,
+    ShmemEntry,
+    TaskCore,
+    TaskEntry,
+    ThreadCore,
+    Vma,
+)
+from engine.images.show import show
+
+PID = 4242
+PG = 4096
+
+
+def make_image(path: Path) -> None:
+    """A small but complete image: one task, two VMAs, 3 private pages, a shmem object,
+    a pipe with data."""
+    img = ImageDir.create(str(path))
+    sid = names.shmem_id(77)
+    img.write_json(names.INVENTORY, Inventory(
+        FORMAT_NAME, FORMAT_VERSION, "dump", PID, [TaskEntry(PID, 1, PID, PID, "alive", [PID])],
+        shmem=[ShmemEntry(sid, 4 * PG, 77, names.shmem_pagemap(sid), names.shmem_pages(sid))]))
+    img.write_json(names.FILES, FilesImage([
+        FileRecord(0, "chr", 2, path="/dev/null"),
+        FileRecord(1, "pipe", 0, pipe_ino=99, content=names.pipe_content(99)),
+    ]))
+    img.write_bytes(names.pipe_content(99), b"data")
+    img.write_bytes(names.xstate(PID), b"\0" * 1024)
+    img.write_json(names.core(PID), TaskCore(
+        pid=PID, ppid=1, pgid=PID, sid=PID, state="alive", comm="t",
+        threads=[ThreadCore(PID, {"rip": 0x1000, "rsp": 0x2000}, names.xstate(PID), 0)],
+        sigactions=[], creds=Creds([0] * 4, [0] * 4, [], 0, 0, 0, 0, 0), limits=[], cwd="/",
+        root="/", umask=0o22, personality=0, fds=[FdEntry(0, 0), FdEntry(3, 1, True)]))
+    img.write_json(names.mm(PID), MmCore(
+        *([0] * 11), auxv=[6, 4096, 0, 0],
+        vmas=[Vma(0x10000, 0x14000, 3, 0x22, 0, "anon"),
+              Vma(0x20000, 0x24000, 3, 0x21, 0, "shmem", shmem_id=sid)],
+        pagemap=names.pagemap(PID), pages=names.pages(PID)))
+    img.write_pagemap(names.pagemap(PID), [PagemapEntry(0x10000, 2, PE_PRESENT),
+                                           PagemapEntry(0x13000, 1, PE_PRESENT)])
+    with img.pages_writer(names.pages(PID), 3) as w:
+        w.append(b"a" * PG + b"b" * PG + b"c" * PG)
+    img.write_pagemap(names.shmem_pagemap(sid), [PagemapEntry(PG, 1, PE_PRESENT)])
+    with img.pages_writer(names.shmem_pages(sid), 1) as w:
+        w.append(b"s" * PG)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A valid image directory."""
+    make_image(tmp_path / "img")
+    return tmp_path / "img"
+
+
+def test_round_trip(image: Path) -> None:
+    img = load(str(image))
+    t = img.tasks[PID]
+    assert t.core.fds[1] == FdEntry(3, 1, True)
+    assert t.mm is not None and t.mm.vmas[1].shmem_id == "shmem-77"
+    assert t.pagemap is not None and t.pagemap.offsets == [0, 2 * PG]
+    with img.dir.pages_reader(t.mm.pages, t.pagemap.pages_stored) as r:
+        assert bytes(r.view()[2 * PG:2 * PG + 3]) == b"ccc"
+        assert r.address != 0
+    assert img.shmem["shmem-77"].pagemap.entries[0].addr == PG
+    assert oct(image.stat().st_mode & 0o777) == "0o700"
+    assert {oct(p.stat().st_mode & 0o777) for p in image.iterdir()} == {"0o600"}
+
+
+def test_show(image: Path) -> None:
+    out = io.StringIO()
+    show(str(image), out)
+    text = out.getvalue()
+    assert f"task {PID}" in text and "2 runs, 3 pages stored" in text
+    assert "shmem shmem-77" in text and "pipe:[99]" in text
+
+
+def _edit_json(name: str, fn: Callable[[dict], None]) -> Callable[[Path], None]:  # type: ignore[type-arg]
+    def edit(d: Path) -> None:
+        data = json.loads((d / name).read_text())
+        fn(data)
+        (d / name).write_text(json.dumps(data))
+    return edit
+
+
+def _truncate(name: str, keep: int) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        raw = (d / name).read_bytes()
+        (d / name).write_bytes(raw[:keep])
+    return edit
+
+
+def _set(path: list[object], value: object) -> Callable[[dict], None]:  # type: ignore[type-arg]
+    def fn(data: dict) -> None:  # type: ignore[type-arg]
+        obj = data
+        for key in path[:-1]:
+            obj = obj[key]  # type: ignore[index]
+        obj[path[-1]] = value  # type: ignore[index]
+    return fn
+
+
+def _pagemap_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
+    def apply(d: Path) -> None:
+        raw = bytearray((d / names.pagemap(PID)).read_bytes())
+        edit(raw)
+        (d / names.pagemap(PID)).write_bytes(bytes(raw))
+    return apply
+
+
+def _last_entry_in_parent(raw: bytearray) -> None:
+    raw[60] = PE_PARENT  # flags of entry 2 (header 32 + 16 + 12)
+    raw[24:32] = (2).to_bytes(8, "little")  # header: 2 pages stored
+
+
+def _unlink(name: str) -> Callable[[Path], None]:
+    return lambda d: (d / name).unlink()
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    # name: (corruption, file named in the error, words in the error)
+    "inventory missing": (_unlink(names.INVENTORY), names.INVENTORY, "cannot read"),
+    "inventory truncated": (_truncate(names.INVENTORY, 40), names.INVENTORY, "not valid JSON"),
+    "wrong format": (_edit_json(names.INVENTORY, _set(["format"], "criu")), names.INVENTORY,
+                     "format"),
+    "future version": (_edit_json(names.INVENTORY, _set(["version"], 99)), names.INVENTORY,
+                       "unsupported version"),
+    "root not listed": (_edit_json(names.INVENTORY, _set(["root_pid"], 1)), names.INVENTORY,
+                        "root pid"),
+    "string for int": (_edit_json(names.core(PID), _set(["umask"], "18")), names.core(PID),
+                       "umask: expected an integer"),
+    "bool for int": (_edit_json(names.core(PID), _set(["threads", 0, "sigmask"], True)),
+                     names.core(PID), "sigmask: expected an integer"),
+    "unknown field": (_edit_json(names.core(PID), _set(["evil"], 1)), names.core(PID),
+                      "unknown field"),
+    "missing field": (_edit_json(names.mm(PID), lambda d: d.pop("vmas")), names.mm(PID),
+                      "missing field 'vmas'"),
+    "register out of range": (_edit_json(names.core(PID), _set(["threads", 0, "regs", "rip"],
+                                                               1 << 64)),
+                              names.core(PID), "reg rip out of range"),
+    "path traversal": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
+                                                        "../../etc/passwd")),
+                       names.core(PID), "bad xstate file name"),
+    "overlapping vmas": (_edit_json(names.mm(PID), _set(["vmas", 1, "start"], 0x12000)),
+                         names.mm(PID), "overlaps"),
+    "unaligned vma": (_edit_json(names.mm(PID), _set(["vmas", 0, "end"], 0x14001)),
+                      names.mm(PID), "not page aligned"),
+    "fd to unknown file": (_edit_json(names.core(PID), _set(["fds", 0, "file_id"], 9)),
+                           names.core(PID), "unknown file 9"),
+    "xstate missing": (_unlink(names.xstate(PID)), names.core(PID), "xstate"),
+    "pipe content missing": (_unlink(names.pipe_content(99)), names.FILES, "missing"),
+    "pagemap bad magic": (_pagemap_bytes(lambda b: b.__setitem__(0, 0)), names.pagemap(PID),
+                          "magic"),
+    "pagemap truncated": (_truncate(names.pagemap(PID), -3), names.pagemap(PID),
+                          "does not match"),
+    "pagemap unsorted": (_pagemap_bytes(lambda b: b.__setitem__(slice(32, 40),
+                                                                (0x13000).to_bytes(8, "little"))),
+                         names.pagemap(PID), "unsorted"),
+    "pagemap outside vmas": (_pagemap_bytes(lambda b: b.__setitem__(slice(48, 56),
+                                                                    (0x30000).to_bytes(8, "little"))),
+                             names.pagemap(PID), "outside every VMA"),
+    "pagemap parent without parent": (_pagemap_bytes(_last_entry_in_parent),
+                                      names.pagemap(PID), "parent image but there is none"),
+    "pages truncated": (_truncate(names.pages(PID), -100), names.pages(PID),
+                        "pagemap says"),
+    "shmem offset beyond size": (_edit_json(names.INVENTORY, _set(["shmem", 0, "size"], PG)),
+                                 names.shmem_pagemap("shmem-77"), "beyond object size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupted_image_is_refused_naming_the_file(image: Path, case: str) -> None:
+    corrupt, filename, words = CORRUPTIONS[case]
+    corrupt(image)
+    with pytest.raises(ImageError) as info:
+        load(str(image))
+    err = info.value
+    assert isinstance(err, EngineError) and err.phase == "read"
+    assert err.message.startswith(str(image / filename)), err.message
+    assert words in err.message, err.message
+
+
+def test_writer_refuses_overwrite_and_checks_page_count(tmp_path: Path) -> None:
+    img = ImageDir.create(str(tmp_path / "w"))
+    img.write_bytes("x", b"1")
+    with pytest.raises(ImageError, match="cannot create"):
+        img.write_bytes("x", b"2")
+    w = img.pages_writer("p", 2)
+    w.append(b"\0" * PG)
+    with pytest.raises(ImageError, match="wrote 4096 bytes, expected 8192"):
+        w.close()
+    img.discard()
+    assert not (tmp_path / "w").exists()
+
+
+def test_create_refuses_non_empty_dir(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("")
+    with pytest.raises(ImageError, match="not empty"):
+        ImageDir.create(str(tmp_path / "d"))
+    assert os.listdir(tmp_path / "d") == ["f"]

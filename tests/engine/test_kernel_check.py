@@ -1,0 +1,149 @@
+"""``python -m engine check``, the CLI skeleton, EngineError reporting and ENGINE_FAULT."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import __main__ as cli
+from engine import check, faults
+from engine.errors import EngineError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _engine(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, check=False,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_check_json_schema_and_probes() -> None:
+    before = set(_children_of(os.getpid()))
+    res = _engine("check", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    feats, reasons = doc["features"], doc["reasons"]
+    assert all(isinstance(v, bool) for v in feats.values())
+    # every missing feature says why; reasons only name known features
+    assert {k for k, v in feats.items() if not v} <= set(reasons)
+    assert set(reasons) <= set(feats)
+    for name in ("ptrace_seize", "syscall_inject", "pagemap_scan", "uffd_wp_async",
+                 "soft_dirty", "clone3_set_tid", "map_files", "dump", "restore"):
+        assert name in feats
+    # facts of this machine (DESIGN.md section 7), found by probing, not by version
+    assert feats["soft_dirty"] is False
+    assert feats["mem_track"] == feats["uffd_wp_async"]
+    # the probes left no child behind (other tests of this worker may have left some)
+    assert set(_children_of(os.getpid())) <= before
+
+
+def _children_of(pid: int) -> list[int]:
+    kids = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+            kids += [int(x) for x in f.read().split()]
+    return kids
+
+
+def test_check_text_output() -> None:
+    res = _engine("check")
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert any(line.split()[:2] == ["ptrace_seize", "yes"] for line in lines)
+    assert any(line.startswith("soft_dirty") and "no" in line and "(" in line for line in lines)
+
+
+def test_probe_in_process_reaps_helpers() -> None:
+    before = set(_children_of(os.getpid()))
+    results = check.probe()
+    assert results["ptrace_seize"] == (True, "")
+    assert results["syscall_inject"][0] is True
+    assert set(_children_of(os.getpid())) <= before
+
+
+def test_package_features_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dump/restore declare themselves through features(); absent or broken -> False."""
+    import types
+
+    good = types.ModuleType("engine.fakepkg")
+    good.features = lambda: {"fakepkg": (True, ""), "fakepkg_threads": (False, "later")}
+    monkeypatch.setitem(sys.modules, "engine.fakepkg", good)
+    assert check._package_features("fakepkg") == {
+        "fakepkg": (True, ""), "fakepkg_threads": (False, "later")}
+    silent = types.ModuleType("engine.fakepkg2")
+    monkeypatch.setitem(sys.modules, "engine.fakepkg2", silent)
+    ok, why = check._package_features("fakepkg2")["fakepkg2"]
+    assert not ok and "declares no features()" in why
+    ok, why = check._package_features("no_such_pkg")["no_such_pkg"]
+    assert not ok and "not importable" in why
+
+
+def test_cli_missing_subcommand_module(capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cli.HANDLERS, "dump", cli._dispatch("engine.no_such_module", "dump"))
+    rc = cli.main(["dump", "-t", "1", "-D", "/nonexistent"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_ERROR
+    assert err.startswith("engine: error: cli: 'dump' is not available: engine.no_such_module")
+
+
+def test_cli_engine_error_and_crash(capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails(args: object) -> int:
+        raise EngineError("seize", "pid 42: no such process")
+
+    def crashes(args: object) -> int:
+        raise KeyError("boom")
+
+    monkeypatch.setitem(cli.HANDLERS, "dump", fails)
+    assert cli.main(["dump", "-t", "42", "-D", "x"]) == 1
+    assert capsys.readouterr().err == "engine: error: seize: pid 42: no such process\n"
+    monkeypatch.setitem(cli.HANDLERS, "restore", crashes)
+    assert cli.main(["restore", "-D", "x"]) == cli.EXIT_CRASH
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1] == "engine: error: internal: KeyError: 'boom'"
+
+
+def test_cli_arguments_reach_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def grab(args: object) -> int:
+        seen.update(vars(args))
+        return 0
+
+    for name in ("dump", "restore"):
+        monkeypatch.setitem(cli.HANDLERS, name, grab)
+    assert cli.main(["dump", "-t", "5", "-D", "img", "--leave-running", "--track-mem"]) == 0
+    assert (seen["pid"], seen["images_dir"], seen["leave_running"], seen["track_mem"],
+            seen["prev_images_dir"]) == (5, "img", True, True, None)
+    seen.clear()
+    assert cli.main(["restore", "-D", "img", "--leave-stopped", "-d", "--pidfile", "p"]) == 0
+    assert (seen["leave_stopped"], seen["detach"], seen["pidfile"], seen["lazy_pages"]) == (
+        True, True, "p", False)
+
+
+def test_cli_usage_error() -> None:
+    res = _engine("dump", "-D", "x")  # -t missing
+    assert res.returncode == 2 and "required" in res.stderr
+
+
+def test_fault_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(faults.ENV, raising=False)
+    faults.fault_point("seize")  # unset: nothing happens
+    monkeypatch.setenv(faults.ENV, "regs, memory")
+    faults.fault_point("seize")
+    with pytest.raises(EngineError) as info:
+        faults.fault_point("memory")
+    assert info.value.phase == "memory" and "fault injected" in info.value.message
+    monkeypatch.setenv(faults.ENV, "memroy")
+    with pytest.raises(EngineError) as info:
+        faults.fault_point("seize")
+    assert "unknown step" in info.value.message and "memroy" in info.value.message
+    with pytest.raises(ValueError):
+        faults.fault_point("not-a-step")
+    assert set(faults.DUMP_STEPS) | set(faults.RESTORE_STEPS) == faults.STEPS

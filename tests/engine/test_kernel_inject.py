@@ -1,0 +1,335 @@
+"""Syscall injection (engine/kernel/inject.py) on real processes, incl. interrupted syscalls."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from test_kernel_target import Target, reap, spawner
+
+from engine.kernel import inject, ptrace, uapi
+from engine.kernel.inject import InjectError, Injector, restart_regs
+from engine.kernel.structs import UserRegs
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
+    """Start ktargets; all are killed at teardown."""
+    yield from spawner(tmp_path_factory)
+
+
+def _stop(pid: int) -> ptrace.Frozen:
+    ptrace.seize(pid)
+    return ptrace.freeze(pid, TIMEOUT)
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as f:
+        return f.read()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_getpid_scratch_and_exact_restore(spawn) -> None:
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    regs = ptrace.get_regs(t.pid)
+    xstate = ptrace.get_xstate(t.pid)
+    mask = ptrace.get_sigmask(t.pid)
+    maps_before = _maps(t.pid)
+    with Injector(t.pid, TIMEOUT) as inj:
+        assert inj.syscall(uapi.SYS_getpid) == t.pid
+        assert inj.syscall(uapi.SYS_close, 12345) == -errno.EBADF
+        with pytest.raises(OSError) as info:
+            inj.check(uapi.SYS_close, 12345)
+        assert info.value.errno == errno.EBADF and "close" in str(info.value)
+        addr = inj.scratch(10000)
+        assert addr % uapi.PAGE_SIZE == 0
+        inj.write(addr + 8190, b"0123456789")  # across a page boundary
+        assert inj.read(addr + 8190, 10) == b"0123456789"
+        assert inj.scratch(100) == addr  # reused while large enough
+        assert f"{addr:x}-" in _maps(t.pid)
+        assert inj.count >= 3
+    # everything as before: registers, FPU state, mask, and no scratch mapping left
+    assert ptrace.get_regs(t.pid).to_dict() == regs.to_dict()
+    assert ptrace.get_xstate(t.pid) == xstate
+    assert ptrace.get_sigmask(t.pid) == mask
+    assert _maps(t.pid) == maps_before
+    ptrace.detach(t.pid)
+    time.sleep(0.1)
+    assert _state(t.pid) == "S"  # still in pause(), not returned
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def test_nanosleep_continues_its_sleep(spawn) -> None:
+    """Relative nanosleep (-ERESTART_RESTARTBLOCK) goes on with the time left: no EINTR,
+    no restart from the full duration."""
+    t = spawn("nanosleep", "1000")
+    t.wait_in_syscall(uapi.SYS_clock_nanosleep)
+    time.sleep(0.6)
+    _stop(t.pid)
+    regs = ptrace.get_regs(t.pid)
+    assert inject.in_interrupted_syscall(regs)
+    assert -regs.signed("rax") == uapi.ERESTART_RESTARTBLOCK
+    with Injector(t.pid, TIMEOUT) as inj:
+        for _ in range(10):
+            inj.check(uapi.SYS_getpid)
+    ptrace.detach(t.pid)
+    rc, err, elapsed = t.result()
+    assert (rc, err) == ("0", "0")
+    # >= the asked second; well below 1.6 s, which a restart from scratch would take
+    assert 1000.0 <= float(elapsed) < 1450.0, elapsed
+
+
+def test_read_restarts_and_gets_data(spawn) -> None:
+    t = spawn("read")
+    t.wait_in_syscall(uapi.SYS_read)
+    _stop(t.pid)
+    assert -ptrace.get_regs(t.pid).signed("rax") == uapi.ERESTARTSYS
+    with Injector(t.pid, TIMEOUT) as inj:
+        inj.check(uapi.SYS_getppid)
+    ptrace.detach(t.pid)
+    time.sleep(0.1)
+    assert t.proc.stdin is not None
+    t.proc.stdin.write(b"xyz")
+    t.proc.stdin.flush()
+    assert t.result() == ["3", "0", "xyz"]
+
+
+def test_sigsuspend_keeps_real_mask(spawn) -> None:
+    """A task in sigsuspend: its real mask is reported, signals stay blocked while we
+    inject, and after restore sigsuspend goes on and ends with the real mask back."""
+    t = spawn("sigsuspend")
+    t.wait_in_syscall(uapi.SYS_rt_sigsuspend)
+    _stop(t.pid)
+    real = (1 << (signal.SIGUSR1 - 1)) | (1 << (signal.SIGUSR2 - 1))
+    assert ptrace.get_sigmask(t.pid) == real  # the saved mask, not sigsuspend's empty one
+    with Injector(t.pid, TIMEOUT) as inj:
+        assert inj.sigmask == real
+        inj.check(uapi.SYS_getpid)
+        unblockable = {signal.SIGKILL, signal.SIGSTOP, signal.SIGTRAP}  # TRAP: single-step
+        assert ptrace.get_sigmask(t.pid) == sum(
+            1 << (n - 1) for n in range(1, 65) if n not in unblockable)
+    ptrace.detach(t.pid)
+    time.sleep(0.1)
+    assert _state(t.pid) == "S"
+    os.kill(t.pid, signal.SIGUSR1)
+    # returns EINTR after the handler ran, with SIGUSR1|SIGUSR2 blocked again
+    assert t.result() == ["-1", str(errno.EINTR), "1", "1"]
+
+
+def test_spinning_task_keeps_xmm_and_runs_on(spawn) -> None:
+    """A task stopped in user space (not in a syscall): FPU registers survive injection."""
+    t = spawn("spin")
+    time.sleep(0.05)
+    _stop(t.pid)
+    assert not inject.in_interrupted_syscall(ptrace.get_regs(t.pid))
+    with Injector(t.pid, TIMEOUT) as inj:
+        for _ in range(20):
+            inj.check(uapi.SYS_getpid)
+        inj.scratch(4096)
+    ptrace.detach(t.pid)
+    time.sleep(0.05)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["ok"]
+    assert t.exit_status() == 0
+
+
+def test_caller_code_page_mode(spawn) -> None:
+    """With syscall_addr (0f 05 cc in a page the caller placed) the task is continued to
+    the int3 instead of single-stepped."""
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    with Injector(t.pid, TIMEOUT) as boot:
+        page = boot.check(uapi.SYS_mmap, 0, uapi.PAGE_SIZE,
+                          uapi.PROT_READ | uapi.PROT_EXEC,
+                          uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+        boot.write(page, b"\x0f\x05\xcc")  # FOLL_FORCE write into a read-only page
+    with Injector(t.pid, TIMEOUT, syscall_addr=page) as inj:
+        assert inj.check(uapi.SYS_getpid) == t.pid
+        assert inj.read(inj.scratch(64), 8) == bytes(8)
+    with Injector(t.pid, TIMEOUT) as boot:  # not from the page itself: it returns there
+        boot.check(uapi.SYS_munmap, page, uapi.PAGE_SIZE)
+    with pytest.raises(InjectError):
+        Injector(t.pid, TIMEOUT, syscall_addr=page)  # no code there any more
+    ptrace.detach(t.pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def test_blocking_injected_syscall_times_out(spawn) -> None:
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    regs = ptrace.get_regs(t.pid)
+    inj = Injector(t.pid, timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        inj.syscall(uapi.SYS_pause)
+    assert time.monotonic() - start < 5.0
+    # the injected pause was interrupted: the task can be put back and goes on as before
+    inj.restore()
+    assert ptrace.get_regs(t.pid).to_dict() == regs.to_dict()
+    ptrace.detach(t.pid)
+    time.sleep(0.1)
+    assert _state(t.pid) == "S"
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def test_task_killed_while_injecting(spawn) -> None:
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    inj = Injector(t.pid, timeout=5.0)
+    inj.check(uapi.SYS_getpid)
+    os.kill(t.pid, signal.SIGKILL)
+    with pytest.raises((ptrace.TaskExited, ProcessLookupError)):
+        inj.syscall(uapi.SYS_getpid)
+        inj.syscall(uapi.SYS_getpid)  # the first may still run before the kill lands
+    with pytest.raises(OSError):
+        inj.restore()  # the registers cannot be put back into a dead task
+    t.proc.returncode = -9  # reaped by the wait above
+
+
+def test_stopped_task_stays_stopped(spawn) -> None:
+    """A task in group-stop (SIGSTOP) is reported as such and stays stopped after
+    injection and detach; SIGCONT then resumes it."""
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    os.kill(t.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + TIMEOUT
+    while _state(t.pid) != "T":
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    frozen = _stop(t.pid)
+    assert frozen.group_stop_sig == signal.SIGSTOP
+    with Injector(t.pid, TIMEOUT) as inj:
+        inj.check(uapi.SYS_getpid)
+    ptrace.detach(t.pid)
+    time.sleep(0.1)
+    assert _state(t.pid) == "T"
+    os.kill(t.pid, signal.SIGCONT)
+    time.sleep(0.05)
+    assert _state(t.pid) == "S"
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def test_restart_regs_for_images() -> None:
+    """restart_regs: what a new task must resume with, for each restart errno."""
+    base = UserRegs()
+    base.rip = 0x1002
+    base.orig_rax = uapi.SYS_read
+    for err in (uapi.ERESTARTSYS, uapi.ERESTARTNOINTR, uapi.ERESTARTNOHAND):
+        base.rax = (-err) & (2**64 - 1)
+        out = restart_regs(base)
+        assert (out.rip, out.rax) == (0x1000, uapi.SYS_read)
+    base.rax = (-uapi.ERESTART_RESTARTBLOCK) & (2**64 - 1)
+    out = restart_regs(base)
+    assert (out.rip, out.signed("rax")) == (0x1002, -errno.EINTR)
+    base.rax = 5  # a finished syscall is left alone
+    assert restart_regs(base).to_dict() == base.to_dict()
+    base.orig_rax = 2**64 - 1  # not in a syscall
+    base.rax = (-uapi.ERESTARTSYS) & (2**64 - 1)
+    assert restart_regs(base).to_dict() == base.to_dict()
+
+
+def test_reap_helper_kills_traced_child(spawn) -> None:
+    """Cleanup path: a seized, stopped child is killed and collected by pid."""
+    t = spawn("pause")
+    _stop(t.pid)
+    assert reap(t.pid) is not None
+    t.proc.returncode = -9
+
+
+def test_sigstop_during_injection_is_kept(spawn) -> None:
+    """SIGSTOP cannot be blocked: it interrupts an injection, is held back, and is sent
+    again on restore, so the task ends up stopped as the sender wanted."""
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    with Injector(t.pid, TIMEOUT) as inj:
+        inj.check(uapi.SYS_getpid)
+        os.kill(t.pid, signal.SIGSTOP)
+        assert inj.check(uapi.SYS_getpid) == t.pid
+        assert inj.check(uapi.SYS_getppid) == os.getpid()
+        assert inj.deferred_signals == [signal.SIGSTOP]
+    ptrace.detach(t.pid)
+    deadline = time.monotonic() + TIMEOUT
+    while _state(t.pid) != "T":
+        assert time.monotonic() < deadline, "SIGSTOP was lost"
+        time.sleep(0.005)
+    os.kill(t.pid, signal.SIGCONT)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def test_stale_cached_instruction_is_replaced(spawn) -> None:
+    """If the cached syscall address stopped being executable (address space changed),
+    the fault is swallowed and another instruction is found."""
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    with Injector(t.pid, TIMEOUT) as boot:
+        page = boot.check(uapi.SYS_mmap, 0, uapi.PAGE_SIZE, uapi.PROT_READ | uapi.PROT_WRITE,
+                          uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+        boot.write(page, b"\x0f\x05")  # the right bytes, but not executable
+    inject._insn_cache[(t.pid, inject._start_time(t.pid))] = page
+    with Injector(t.pid, TIMEOUT) as inj:
+        assert inj.check(uapi.SYS_getpid) == t.pid
+        assert inj.deferred_signals == []  # the SIGSEGV was not kept for the task
+        inj.check(uapi.SYS_munmap, page, uapi.PAGE_SIZE)
+    assert inject._insn_cache[(t.pid, inject._start_time(t.pid))] != page
+    ptrace.detach(t.pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def test_rseq_critical_section_aborts_after_injection(spawn) -> None:
+    """A thread stopped inside an rseq critical section resumes at its abort handler, as
+    after any preemption, even though our injected frames ran outside the section."""
+    t = spawn("rseq")
+    start, end, abort = (int(x, 16) for x in t.header.split()[1:])
+    ptrace.seize(t.pid)
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # catch it inside the two-instruction section (it spins there)
+        ptrace.freeze(t.pid, TIMEOUT)
+        rip = ptrace.get_regs(t.pid).rip
+        if start <= rip < end:
+            break
+        assert time.monotonic() < deadline
+        ptrace.cont(t.pid)
+        time.sleep(0.01)
+    with Injector(t.pid, TIMEOUT) as inj:
+        assert inj.rseq_abort == abort
+        inj.check(uapi.SYS_getpid)
+    assert ptrace.get_regs(t.pid).rip == abort
+    ptrace.detach(t.pid)
+    time.sleep(0.05)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert int(t.result()[0]) >= 1
+    assert t.exit_status() == 0
+
+
+def test_rseq_outside_critical_section_is_untouched(spawn) -> None:
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    regs = ptrace.get_regs(t.pid)
+    with Injector(t.pid, TIMEOUT) as inj:
+        assert inj.rseq_abort is None
+        assert inj.saved_regs.rip == regs.rip
+    ptrace.detach(t.pid)

@@ -1,0 +1,152 @@
+"""userfaultfd helpers (engine/kernel/uffd.py): dirty tracking of another process with a
+userfaultfd made inside it, and lazy-style filling with UFFDIO_COPY/ZEROPAGE."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from test_kernel_target import Target, spawner
+
+from engine.kernel import ptrace, uapi, uffd
+from engine.kernel import sys as ksys
+from engine.kernel.inject import Injector
+from engine.proc import fdinfo
+
+PAGE = uapi.PAGE_SIZE
+
+
+@pytest.fixture
+def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
+    """Start ktargets; all are killed at teardown."""
+    yield from spawner(tmp_path_factory)
+
+
+def _uffd_fds(pid: int) -> list[int]:
+    return [i.fd for i in fdinfo.read_fds(pid) if "userfaultfd" in i.target]
+
+
+def test_write_tracking_of_another_process(spawn) -> None:
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    ptrace.seize(t.pid)
+    ptrace.freeze(t.pid, 10)
+    fds_before = [i.fd for i in fdinfo.read_fds(t.pid)]
+    pm = os.open(f"/proc/{t.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    with Injector(t.pid) as inj:
+        area = inj.check(uapi.SYS_mmap, 0, 16 * PAGE, uapi.PROT_READ | uapi.PROT_WRITE,
+                         uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+        inj.check(uapi.SYS_clock_gettime, 1, area + 2 * PAGE)  # populated before tracking
+        fd = uffd.create_in_target(inj, t.pid, uffd.TRACK_FEATURES)
+        try:
+            # the target keeps no userfaultfd of its own: its fd table is unchanged
+            assert [i.fd for i in fdinfo.read_fds(t.pid)] == fds_before
+            uffd.register(fd, area, 16 * PAGE, uapi.UFFDIO_REGISTER_MODE_WP)
+            # nothing is write-protected yet: the first scan reports the whole range
+            # (holes too) and arms it
+            first = uffd.written_runs(pm, area, area + 16 * PAGE)
+            assert first == [(area, area + 16 * PAGE)]
+            assert uffd.written_runs(pm, area, area + 16 * PAGE) == []
+            # the kernel writes for the task (clock_gettime into its memory) ...
+            inj.check(uapi.SYS_clock_gettime, 1, area + 5 * PAGE + 100)
+            inj.check(uapi.SYS_clock_gettime, 1, area + 2 * PAGE)
+            # ... and a never-populated page written for the first time is seen too
+            inj.check(uapi.SYS_clock_gettime, 1, area + 15 * PAGE)
+            runs = uffd.written_runs(pm, area, area + 16 * PAGE)
+            assert runs == [(area + 2 * PAGE, area + 3 * PAGE),
+                            (area + 5 * PAGE, area + 6 * PAGE),
+                            (area + 15 * PAGE, area + 16 * PAGE)]
+            assert uffd.written_runs(pm, area, area + 16 * PAGE) == []
+        finally:
+            os.close(fd)
+            os.close(pm)
+        inj.check(uapi.SYS_munmap, area, 16 * PAGE)
+    ptrace.detach(t.pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def test_tracking_ends_with_the_last_fd(spawn) -> None:
+    """Closing our copy unregisters: the VMA loses its uffd-wp flag ("uw" in VmFlags)."""
+    t = spawn("pause")
+    ptrace.seize(t.pid)
+    ptrace.freeze(t.pid, 10)
+    with Injector(t.pid) as inj:
+        area = inj.check(uapi.SYS_mmap, 0, 4 * PAGE, uapi.PROT_READ | uapi.PROT_WRITE,
+                         uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+        fd = uffd.create_in_target(inj, t.pid, uffd.TRACK_FEATURES)
+        uffd.register(fd, area, 4 * PAGE, uapi.UFFDIO_REGISTER_MODE_WP)
+        assert "uw" in _vmflags(t.pid, area)
+        os.close(fd)
+        assert "uw" not in _vmflags(t.pid, area)
+        assert _uffd_fds(t.pid) == []
+    ptrace.detach(t.pid)
+
+
+def _vmflags(pid: int, addr: int) -> set[str]:
+    from engine.proc.maps import read_smaps
+
+    return set(next(v for v in read_smaps(pid) if v.start <= addr < v.end).vmflags)
+
+
+def test_copy_and_zeropage_fill_missing_pages() -> None:
+    """Lazy-restore primitives on our own memory (no fault is ever taken)."""
+    fd = ksys.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
+    area = ksys.mmap(0, 4 * PAGE, uapi.PROT_READ | uapi.PROT_WRITE,
+                     uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
+    src = ctypes.create_string_buffer(b"lazy page", 2 * PAGE)
+    try:
+        feats, _ = uffd.api(fd, 0)
+        ioctls = uffd.register(fd, area, 4 * PAGE, uapi.UFFDIO_REGISTER_MODE_MISSING)
+        assert ioctls  # COPY, ZEROPAGE, WAKE... are offered for this range
+        assert uffd.copy(fd, area, ctypes.addressof(src), 2 * PAGE) == 2 * PAGE
+        assert uffd.zeropage(fd, area + 2 * PAGE, PAGE) == PAGE
+        with pytest.raises(FileExistsError):
+            uffd.copy(fd, area, ctypes.addressof(src), PAGE)  # already filled
+        assert ctypes.string_at(area, 9) == b"lazy page"
+        assert ctypes.string_at(area + 2 * PAGE, 8) == bytes(8)
+        assert uffd.read_events(fd) == []
+        uffd.wake(fd, area, 4 * PAGE)
+        uffd.unregister(fd, area, 4 * PAGE)
+    finally:
+        ksys.munmap(area, 4 * PAGE)
+        os.close(fd)
+    assert feats & uapi.UFFD_FEATURE_WP_ASYNC  # granted list includes what exists
+
+
+def test_writeprotect_sync_mode_reports_a_fault() -> None:
+    """Synchronous WP: a write by another thread blocks and shows up as a WP pagefault
+    message; clearing the protection lets it go on."""
+    import threading
+
+    fd = ksys.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
+    area = ksys.mmap(0, PAGE, uapi.PROT_READ | uapi.PROT_WRITE,
+                     uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
+    ctypes.memset(area, 0, PAGE)  # populate
+    try:
+        uffd.api(fd, uapi.UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+        uffd.register(fd, area, PAGE, uapi.UFFDIO_REGISTER_MODE_WP)
+        uffd.writeprotect(fd, area, PAGE, True)
+        writer = threading.Thread(target=ctypes.memset, args=(area + 8, 7, 1))
+        writer.start()
+        deadline = time.monotonic() + 10
+        msgs = []
+        while not msgs:
+            assert time.monotonic() < deadline, "no WP fault message"
+            msgs = uffd.read_events(fd)
+            time.sleep(0.005)
+        assert msgs[0].event == uapi.UFFD_EVENT_PAGEFAULT
+        assert msgs[0].pf_flags & uapi.UFFD_PAGEFAULT_FLAG_WP
+        assert msgs[0].pf_address & ~(PAGE - 1) == area
+        uffd.writeprotect(fd, area, PAGE, False)  # also wakes the writer
+        writer.join(10)
+        assert not writer.is_alive()
+        assert ctypes.string_at(area + 8, 1) == b"\x07"
+    finally:
+        os.close(fd)
+        ksys.munmap(area, PAGE)

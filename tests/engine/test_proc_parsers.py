@@ -1,0 +1,183 @@
+"""engine/proc parsers: on literal samples (edge cases) and on a live target whose state
+the test set up (umask, masks, rlimit, fds, growsdown VMA, a child)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from test_kernel_target import Target, spawner
+
+from engine.kernel import uapi
+from engine.proc import auxv, fdinfo, limits, maps, stat, status, tasks
+
+
+@pytest.fixture
+def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
+    """Start ktargets; all are killed at teardown."""
+    yield from spawner(tmp_path_factory)
+
+
+@pytest.fixture
+def state(spawn, tmp_path: Path) -> tuple[Target, int, int, Path]:
+    """The 'state' target: (target, growsdown address, child pid, its file)."""
+    f = tmp_path / "state file"
+    t = spawn("state", str(f))
+    words = t.header.split()
+    child = int(words[3])
+    t.extra.append(child)
+    return t, int(words[1], 16), child, f
+
+
+def _bit(sig: int) -> int:
+    return 1 << (sig - 1)
+
+
+# -- literal samples -----------------------------------------------------------------------
+
+def test_maps_line_edge_cases() -> None:
+    v = maps.parse_maps_line(
+        "7f0000000000-7f0000002000 rw-s 00003000 00:01 1234   /dev/zero (deleted)\n")
+    assert (v.start, v.end, v.size, v.offset, v.dev, v.inode) == (
+        0x7F0000000000, 0x7F0000002000, 0x2000, 0x3000, (0, 1), 1234)
+    assert v.path == "/dev/zero" and v.deleted and v.shared and v.writable and v.is_file
+    assert v.map_files_name == "7f0000000000-7f0000002000"
+    anon = maps.parse_maps_line("1000-2000 ---p 00000000 00:00 0 ")
+    assert anon.path == "" and not anon.readable and not anon.is_file
+    spaced = maps.parse_maps_line("1000-2000 r--p 00000000 fd:01 77 /tmp/a b  c")
+    assert spaced.path == "/tmp/a b  c" and spaced.dev == (0xFD, 1)
+    assert maps.parse_maps_line("1000-2000 r-xp 0 00:00 0 [vdso]").is_special
+    with pytest.raises(ValueError):
+        maps.parse_maps_line("garbage")
+
+
+def test_smaps_sample() -> None:
+    text = (
+        "1000-3000 rw-p 00000000 00:00 0 \n"
+        "Size:                  8 kB\nRss:                   4 kB\nAnonymous:             4 kB\n"
+        "Swap:                  0 kB\nVmFlags: rd wr mr mw me gd ac \n"
+        "3000-4000 r--p 00000000 00:00 0 [vvar]\nRss: 0 kB\nVmFlags: rd mr pf io de dd \n"
+    )
+    a, b = maps.parse_smaps(text)
+    assert a.growsdown and a.rss_kb == 4 and a.anonymous_kb == 4
+    assert not b.growsdown and "io" in b.vmflags and b.path == "[vvar]"
+
+
+def test_stat_with_hostile_comm() -> None:
+    fields = " ".join(str(n) for n in range(3, 53))
+    text = f"42 (a) b (c)) {fields}\n".replace(" 3 ", " S ", 1)
+    st = stat.parse_stat(text)
+    assert st.pid == 42 and st.comm == "a) b (c)" and st.state == "S"
+    assert (st.ppid, st.pgid, st.sid, st.num_threads, st.start_code, st.env_end,
+            st.exit_code) == (4, 5, 6, 20, 26, 51, 52)
+
+
+def test_limits_sample_and_missing_rows() -> None:
+    path = Path(f"/proc/{os.getpid()}/limits")
+    rows = limits.parse_limits(path.read_text())
+    assert [r.name for r in rows] == list(uapi.RLIMIT_NAMES)
+    assert rows[uapi.RLIMIT_NAMES.index("RLIMIT_CPU")].soft == uapi.RLIM_INFINITY
+    text = path.read_text().splitlines()
+    with pytest.raises(ValueError, match="RLIMIT_NOFILE"):
+        limits.parse_limits("\n".join(x for x in text if "open files" not in x))
+
+
+def test_auxv_parse() -> None:
+    raw = (3).to_bytes(8, "little") + (0x1234).to_bytes(8, "little") + bytes(16)
+    assert auxv.parse_auxv(raw) == [(3, 0x1234)]
+    with pytest.raises(ValueError):
+        auxv.parse_auxv(raw[:-3])
+
+
+def test_fdinfo_extra_lines() -> None:
+    info = fdinfo.parse_fdinfo(
+        5, "anon_inode:[eventfd]",
+        "pos:\t0\nflags:\t02004002\nmnt_id:\t15\nino:\t1057\neventfd-count:  3\n"
+        "eventfd-id: 12\n")
+    assert info.flags == 0o2004002 and info.cloexec and info.mnt_id == 15
+    assert info.extra == {"eventfd-count": "3", "eventfd-id": "12"}
+
+
+# -- a live target ---------------------------------------------------------------------------
+
+def test_status_of_target(state) -> None:
+    t, _, child, _ = state
+    st = status.read_status(t.pid)
+    assert st.umask == 0o027
+    assert st.sig_blk == _bit(signal.SIGUSR1)
+    assert st.sig_ign & _bit(signal.SIGUSR2)
+    assert st.sig_cgt & _bit(signal.SIGINT)
+    assert st.ns_pid[-1] == t.pid and st.ns_tgid[-1] == t.pid and st.ppid == os.getpid()
+    assert st.uid == (os.getuid(),) * 4 and st.threads == 1
+    assert status.sigset_to_list(st.sig_blk) == [signal.SIGUSR1]
+    kid = status.read_status(child)
+    assert kid.ppid == t.pid
+
+
+def test_stat_of_target(state) -> None:
+    t, _, _, _ = state
+    st = stat.read_stat(t.pid)
+    assert st.pid == t.pid and st.comm == "ktarget" and st.ppid == os.getpid()
+    assert st.num_threads == 1 and st.state in "SR"
+    assert 0 < st.start_code < st.end_code and st.arg_start < st.arg_end <= st.env_start
+    assert stat.read_stat(t.pid, t.pid).pid == t.pid
+
+
+def test_limits_of_target(state) -> None:
+    t, _, _, _ = state
+    rows = limits.read_limits(t.pid)
+    nofile = rows[uapi.RLIMIT_NAMES.index("RLIMIT_NOFILE")]
+    assert nofile.soft == 123 and nofile.hard >= 123
+
+
+def test_fds_of_target(state) -> None:
+    t, _, _, f = state
+    fds = {i.fd: i for i in fdinfo.read_fds(t.pid)}
+    assert fds[7].target == str(f) and fds[7].pos == 5
+    assert fds[7].flags & uapi.O_APPEND and fds[7].flags & uapi.O_ACCMODE == uapi.O_RDWR
+    assert fds[8].target.startswith("pipe:[") and fds[8].target == fds[9].target
+    assert fds[9].flags & uapi.O_ACCMODE == uapi.O_WRONLY
+    assert fds[8].ino == os.stat(f"/proc/{t.pid}/fd/8").st_ino
+
+
+def test_maps_of_target(state) -> None:
+    t, gd, _, _ = state
+    plain = maps.read_maps(t.pid)
+    rich = maps.read_smaps(t.pid)
+    assert [(v.start, v.end, v.perms) for v in plain] == [(v.start, v.end, v.perms)
+                                                          for v in rich]
+    grow = next(v for v in rich if v.start == gd)
+    assert grow.growsdown and grow.size == 4 * uapi.PAGE_SIZE and grow.anonymous_kb == 4
+    stack = next(v for v in rich if v.path == "[stack]")
+    assert stack.growsdown
+    exe = os.readlink(f"/proc/{t.pid}/exe")
+    assert any(v.path == exe and v.executable for v in plain)
+    assert any(v.path == "[vdso]" and v.is_special for v in plain)
+
+
+def test_auxv_of_target(state) -> None:
+    t, _, _, _ = state
+    pairs = dict(auxv.read_auxv(t.pid))
+    assert pairs[uapi.AT_PAGESZ] == uapi.PAGE_SIZE
+    vdso = next(v for v in maps.read_maps(t.pid) if v.path == "[vdso]")
+    assert pairs[uapi.AT_SYSINFO_EHDR] == vdso.start
+    raw = auxv.read_auxv_raw(t.pid)
+    assert len(raw) % 16 == 0 and raw.endswith(bytes(16))
+
+
+def test_tasks_of_target(state, spawn) -> None:
+    t, _, child, _ = state
+    assert tasks.children(t.pid) == [child]
+    assert tasks.threads(t.pid) == [t.pid]
+    assert tasks.comm(t.pid) == "ktarget" and tasks.personality(t.pid) == 0
+    assert tasks.namespaces(t.pid)["pid"] == os.readlink("/proc/self/ns/pid")
+    assert tasks.cwd(t.pid) == os.getcwd() and tasks.root(t.pid) == "/"
+    assert tasks.exe(t.pid).endswith("/ktarget")
+    assert tasks.cmdline(t.pid)[1] == b"state"
+    assert tasks.exists(t.pid)
+    th = spawn("threads", "2")
+    tids = tasks.threads(th.pid)
+    assert len(tids) == 3 and tids[0] == th.pid and tids[1:] == sorted(tids[1:])

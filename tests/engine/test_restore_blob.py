@@ -1,0 +1,153 @@
+"""The in-target syscall table runner (engine/kernel/blob.py) on a throwaway child."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.kernel import blob, ptrace, uapi
+from engine.kernel import sys as ksys
+
+REGION = 0x3F0000000000
+REGION_SIZE = 1 << 20
+
+
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    """Kill our child by pid and collect it within a deadline."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG | uapi.WALL)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"child {pid} did not die")
+
+
+@pytest.fixture
+def runner() -> Iterator[blob.BlobRunner]:
+    """A forked child with an RWX region at REGION, seized and stopped, and a runner."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ksys.mmap(REGION, REGION_SIZE, uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC,
+                      uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE)
+            while True:
+                time.sleep(1)
+        finally:
+            os._exit(1)
+    try:
+        # Wait until the child mapped its region before stopping it.
+        deadline = time.monotonic() + 5
+        while f"{REGION:x}-" not in Path(f"/proc/{pid}/maps").read_text():
+            assert time.monotonic() < deadline, "child did not map its region"
+            time.sleep(0.005)
+        ptrace.seize(pid, uapi.PTRACE_O_EXITKILL)
+        ptrace.interrupt(pid)
+        ptrace.wait_stop(pid, 5)
+        r = blob.BlobRunner(pid, REGION, REGION_SIZE)
+        yield r
+        r.close()
+    finally:
+        _reap(pid)
+
+
+def test_code_matches_source(tmp_path: Path) -> None:
+    """CODE is exactly what blob.S assembles to (when the assembler is installed)."""
+    if not shutil.which("as") or not shutil.which("objcopy"):
+        pytest.skip("binutils (as, objcopy) not installed")
+    src = Path(blob.__file__).with_name("blob.S")
+    obj, raw = tmp_path / "blob.o", tmp_path / "blob.bin"
+    subprocess.run(["as", "-o", str(obj), str(src)], check=True, timeout=30)
+    subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(obj), str(raw)],
+                   check=True, timeout=30)
+    assert raw.read_bytes() == blob.CODE
+    assert blob.CODE[blob.FAIL_OFFSET] == 0xCC and blob.CODE[blob.DONE_OFFSET] == 0xCC
+    assert blob.CODE[blob.SYSCALL_OFFSET:blob.SYSCALL_OFFSET + 2] == b"\x0f\x05"
+
+
+def test_table_uses_saved_value_and_stores(runner: blob.BlobRunner) -> None:
+    """open -> fcntl(saved, F_DUPFD, 700) stored in a slot -> close(saved)."""
+    t = blob.Table()
+    path = t.cstr("/dev/null")
+    slot = t.slot()
+    t.add(uapi.SYS_openat, uapi.AT_FDCWD, path, os.O_RDONLY, 0, save=True, what="open")
+    t.add(uapi.SYS_fcntl, 0, uapi.F_DUPFD, 700, use_saved=1, store=slot, what="dup")
+    t.add(uapi.SYS_close, 0, use_saved=1, what="close")
+    opened = set(os.listdir(f"/proc/{runner.pid}/fd"))
+    runner.run(t)
+    assert runner.read_slot(slot) >= 700
+    fd = runner.read_slot(slot)
+    assert os.readlink(f"/proc/{runner.pid}/fd/{fd}") == "/dev/null"
+    # the temporary fd of the open is gone again
+    assert set(os.listdir(f"/proc/{runner.pid}/fd")) == opened | {str(fd)}
+
+
+def test_first_failure_stops_and_names_entry(runner: blob.BlobRunner) -> None:
+    """A failing entry stops the table there; later entries never run."""
+    t = blob.Table()
+    slot = t.slot()
+    t.add(uapi.SYS_getpid, store=slot, what="getpid")
+    t.add(uapi.SYS_close, 987654, what="close bogus fd")
+    t.add(uapi.SYS_getppid, store=slot, what="getppid")
+    with pytest.raises(blob.TableError) as ei:
+        runner.run(t)
+    assert ei.value.errno == errno.EBADF
+    assert ei.value.index == 1
+    assert "close bogus fd" in str(ei.value)
+    assert runner.read_slot(slot) == runner.pid
+
+
+def test_may_fail_entry_continues(runner: blob.BlobRunner) -> None:
+    """may_fail entries do not stop the table."""
+    t = blob.Table()
+    slot = t.slot()
+    t.add(uapi.SYS_close, 987654, may_fail=True)
+    t.add(uapi.SYS_getpid, store=slot)
+    runner.run(t)
+    assert runner.read_slot(slot) == runner.pid
+
+
+def test_many_entries_one_run(runner: blob.BlobRunner) -> None:
+    """Thousands of mmaps in one run (the maps06 shape) end with every VMA in place."""
+    t = blob.Table()
+    base = REGION + REGION_SIZE + (1 << 30)
+    n = 5000
+    for i in range(n):
+        # alternate protections so the kernel cannot merge neighbours
+        prot = uapi.PROT_READ if i % 2 else uapi.PROT_READ | uapi.PROT_WRITE
+        t.add(uapi.SYS_mmap, base + i * 4096, 4096, prot,
+              uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED, -1, 0)
+    runner.run(t)
+    maps = Path(f"/proc/{runner.pid}/maps").read_text().splitlines()
+    starts = {int(line.split("-")[0], 16) for line in maps}
+    assert all(base + i * 4096 in starts for i in range(n))
+
+
+def test_table_too_big_is_refused(runner: blob.BlobRunner) -> None:
+    """A table that does not fit the mapped region is refused before anything runs."""
+    t = blob.Table()
+    t.data(bytes(REGION_SIZE))
+    t.add(uapi.SYS_getpid)
+    with pytest.raises(ValueError):
+        runner.run(t)
+
+
+def test_syscall_exit_stop_single(runner: blob.BlobRunner) -> None:
+    """run_one() runs a single syscall to its exit stop, with no trap signal."""
+    assert runner.run_one(uapi.SYS_getpid) == runner.pid
+    assert runner.run_one(uapi.SYS_close, 987654) == -errno.EBADF

@@ -1,0 +1,138 @@
+"""A failed restore leaves no task behind and says clearly what failed.
+
+Covers: missing, truncated and corrupted images (the error names the file), a taken pid
+(the error names the pid), and a fault injected at every restore step (ENGINE_FAULT).
+After each failure the same image must still restore and pass: nothing of the failed
+attempt (a task holding the pid, a recreated file) is left in the way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.faults import RESTORE_STEPS
+from tests.engine import cr_support as cr
+
+
+@pytest.fixture(autouse=True)
+def _subreaper() -> None:
+    cr.become_subreaper()
+
+
+@pytest.fixture
+def dumped(tmp_path: Path) -> Iterator[tuple[cr.ZdtmTest, Path]]:
+    """A zdtm test with an open file and a pipe, dumped (and killed): (test, images)."""
+    t = cr.ZdtmTest.start("pipe_data", tmp_path / "work")
+    images = tmp_path / "img"
+    try:
+        d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
+        assert d.returncode == 0, d.stderr
+        cr.wait_gone(t.pid)
+        yield t, images
+    finally:
+        t.cleanup()
+
+
+def _restore(images: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    r = cr.engine("restore", "-D", str(images), "-d", env=env)
+    return r.returncode, r.stderr
+
+
+def _assert_clean_failure(rc: int, err: str, pid: int, *words: str) -> None:
+    assert rc == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("engine: error: "), err
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    assert not os.path.exists(f"/proc/{pid}"), f"task {pid} left behind: {err}"
+
+
+def _assert_still_restores(t: cr.ZdtmTest, images: Path) -> None:
+    rc, err = _restore(images)
+    assert rc == 0, err
+    assert "PASS" in t.stop()
+
+
+def test_missing_image_dir(tmp_path: Path) -> None:
+    """A directory that does not exist is named in the error."""
+    missing = tmp_path / "nothing-here"
+    rc, err = _restore(missing)
+    assert rc == 1
+    assert f"engine: error: read: {missing}" in err
+
+
+def test_truncated_pages(dumped: tuple[cr.ZdtmTest, Path]) -> None:
+    """A pages file shorter than its pagemap says: the error names that file."""
+    t, images = dumped
+    pages = images / f"pages-{t.pid}.img"
+    data = pages.read_bytes()
+    pages.write_bytes(data[: len(data) // 2])
+    rc, err = _restore(images)
+    _assert_clean_failure(rc, err, t.pid, "read", str(pages))
+    pages.write_bytes(data)
+    _assert_still_restores(t, images)
+
+
+def test_corrupted_core(dumped: tuple[cr.ZdtmTest, Path]) -> None:
+    """Garbage in core-PID.json: the error names the file."""
+    t, images = dumped
+    core = images / f"core-{t.pid}.json"
+    good = core.read_bytes()
+    core.write_bytes(good[:100] + b"\x00garbage" + good[100:])
+    rc, err = _restore(images)
+    _assert_clean_failure(rc, err, t.pid, "read", str(core))
+    core.write_bytes(good)
+    _assert_still_restores(t, images)
+
+
+def test_hostile_value_in_mm(dumped: tuple[cr.ZdtmTest, Path]) -> None:
+    """A VMA beyond user space is refused before any task exists."""
+    t, images = dumped
+    mm = images / f"mm-{t.pid}.json"
+    good = mm.read_bytes()
+    data = json.loads(good)
+    data["vmas"][0]["end"] = 1 << 60
+    mm.write_text(json.dumps(data))
+    rc, err = _restore(images)
+    _assert_clean_failure(rc, err, t.pid, "read", str(mm))
+    mm.write_bytes(good)
+    _assert_still_restores(t, images)
+
+
+def test_corrupted_pagemap_magic(dumped: tuple[cr.ZdtmTest, Path]) -> None:
+    """A pagemap with a bad magic: the error names the file."""
+    t, images = dumped
+    pm = images / f"pagemap-{t.pid}.img"
+    good = pm.read_bytes()
+    pm.write_bytes(b"XXXXXXXX" + good[8:])
+    rc, err = _restore(images)
+    _assert_clean_failure(rc, err, t.pid, "read", str(pm))
+    pm.write_bytes(good)
+    _assert_still_restores(t, images)
+
+
+def test_pid_taken(dumped: tuple[cr.ZdtmTest, Path]) -> None:
+    """Restoring while the pid is in use fails naming the pid; the holder is untouched."""
+    t, images = dumped
+    rc, err = _restore(images)
+    assert rc == 0, err
+    rc, err = _restore(images)
+    assert rc == 1
+    assert f"engine: error: fork: pid {t.pid} is taken" in err
+    assert cr.state(t.pid) in "RS"
+    assert "PASS" in t.stop()
+
+
+@pytest.mark.parametrize("step", RESTORE_STEPS)
+def test_fault_at_each_step(dumped: tuple[cr.ZdtmTest, Path], step: str) -> None:
+    """ENGINE_FAULT=<step>: the error names the step, no task is left, and the image
+    restores fine afterwards."""
+    t, images = dumped
+    rc, err = _restore(images, env={"ENGINE_FAULT": step})
+    _assert_clean_failure(rc, err, t.pid, f"error: {step}: fault injected")
+    _assert_still_restores(t, images)

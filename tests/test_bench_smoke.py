@@ -1,0 +1,122 @@
+"""Smoke tests of bench/: the scripts import and parse, and the workloads' own checks work.
+
+No timing is measured or asserted here; the benchmarks themselves never run in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # bench/ is not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench import overhead, report, run, workloads
+from bench.engines import criu_message
+from bench.procs import Procs
+
+TIMEOUT_S = 30.0
+
+
+def test_run_help() -> None:
+    """`python bench/run.py --help` works as a script from any directory."""
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--help"],
+                         check=False, capture_output=True, text=True, timeout=TIMEOUT_S,
+                         cwd="/")
+    assert res.returncode == 0, res.stderr
+    assert "--engine" in res.stdout
+    assert "--reps" in res.stdout
+
+
+def test_bad_option_rejected() -> None:
+    """Unknown workloads are refused before anything starts."""
+    with pytest.raises(SystemExit):
+        run.parse_args(["--workloads", "anon,nosuch"])
+
+
+def test_criu_message_keeps_criu_words() -> None:
+    """criu's own error text survives, without source locations or helper noise."""
+    out = ("Error (criu/util.c:642): exited, status=1\n"
+           "Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n")
+    assert criu_message(out) == "vdso: Unexpected rt vDSO area bounds"
+
+
+def test_reference_only_at_reference_size() -> None:
+    """Ratios against DESIGN.md figures are never computed for another size."""
+    assert report.reference_for("anon", ["--mib", "1024"]) is not None
+    assert report.reference_for("anon", ["--mib", "64"]) is None
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Procs:
+    """A process tracker whose leftovers are killed after the test."""
+    p = Procs(tmp_path)
+    yield p
+    p.cleanup()
+
+
+def _flip_word(pid: int, addr: int) -> None:
+    """Corrupt one 8-byte word of pid's memory (what a faulty restore would do)."""
+    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+        mem.seek(addr)
+        (val,) = struct.unpack("Q", mem.read(8))
+        mem.seek(addr)
+        mem.write(struct.pack("Q", val ^ 1))
+
+
+def _region(pid: int, size: int) -> int:
+    """Start of pid's anonymous mapping of exactly size bytes."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        anonymous = len(line.split()) == 5 or "/dev/zero" in line
+        if hi - lo == size and anonymous:
+            return lo
+    raise AssertionError(f"no {size}-byte anonymous mapping in pid {pid}")
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+@pytest.mark.parametrize("kind", ["anon", "shm"])
+def test_workload_check_sees_corruption(tmp_path: Path, procs: Procs, kind: str,
+                                        corrupt: bool) -> None:
+    """The memload verdict is PASS when memory is intact and FAIL when one word flips."""
+    binary = workloads.build_memload(tmp_path)
+    wl = workloads.Workload.anon(8) if kind == "anon" else workloads.Workload.shm(8)
+    running = workloads.start(procs, binary, wl, tmp_path / "w", TIMEOUT_S)
+    if corrupt:
+        _flip_word(running.pid, _region(running.pid, 8 << 20) + 4096 * 100 + 16)
+    ok, detail = workloads.stop_and_verify(procs, running.pid, running, TIMEOUT_S)
+    assert ok is not corrupt, detail
+    assert ("PASS" in detail) is not corrupt
+
+
+def test_maps_workload_layout(tmp_path: Path, procs: Procs) -> None:
+    """maps builds one VMA per page and passes its own check untouched."""
+    binary = workloads.build_memload(tmp_path)
+    running = workloads.start(procs, binary, workloads.Workload.maps(600), tmp_path / "w",
+                              TIMEOUT_S)
+    maps = Path(f"/proc/{running.pid}/maps").read_text()
+    assert maps.count(str(tmp_path / "w" / "maps.file")) == 600
+    assert len(os.listdir(f"/proc/{running.pid}/fd")) == 3  # stdio only: the file is closed
+    ok, detail = workloads.stop_and_verify(procs, running.pid, running, TIMEOUT_S)
+    assert ok, detail
+
+
+def test_runner_summary_parsing() -> None:
+    """A skipped or failed runner run is never timed as one C/R iteration."""
+    assert overhead.ran_one("PASS static/mem_anon [h]\n1 passed, 0 failed, 0 skipped\n")
+    assert not overhead.ran_one("SKIP static/mem_anon [h] (x)\n0 passed, 0 failed, 1 skipped\n")
+    assert not overhead.ran_one("1 passed, 1 failed, 0 skipped\n")
+
+
+def test_failed_step_row_spans_table() -> None:
+    """A failed measurement prints its error in the table instead of figures."""
+    res = report.Result("cycle", "anon", "x", "bundled", ["--mib", "8"],
+                        errors=["restore: engine: error: read: bad image"])
+    text = report.cycle_table([res])
+    assert "FAILED: restore: engine: error: read: bad image" in text

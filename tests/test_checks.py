@@ -1,0 +1,251 @@
+"""Unit tests of zdtm.checks on hand-made snapshots: each check fails on the difference it
+exists for, says so in words naming the process, fd or VMA, and stays quiet otherwise."""
+
+from __future__ import annotations
+
+import copy
+
+from zdtm import checks, snapshot
+from zdtm.memory import DIGEST_SIZE, ZERO_DIGEST, page_digest
+from zdtm.proc import PAGE_SIZE
+from zdtm.snapshot import OUTSIDE, FdState, OwnState, ProcState, TreeState, Vma
+from zdtm.tracing import RseqConfig
+
+P = PAGE_SIZE
+RW = frozenset({"rd", "wr", "mr", "mw", "me"})
+
+
+def _digest(*pages: bytes) -> bytes:
+    return b"".join(page_digest(p.ljust(P, b"\0")) if p else ZERO_DIGEST for p in pages)
+
+
+def _proc(pid: int, ppid: int | str, **kw: object) -> ProcState:
+    ps = ProcState(pid=pid, real_pid=pid, ppid=ppid, pgid=kw.pop("pgid", 100),
+                   sid=kw.pop("sid", 100), state="T", comm=kw.pop("comm", "t"),
+                   threads=kw.pop("threads", (pid,)))
+    ps.fds = {
+        0: FdState("/dev/null", 0, 0),
+        1: FdState("/tmp/out", 0o102001, 77),
+        3: FdState("pipe#1", 0, 0),
+        4: FdState("pipe#1", 1, 0),
+    }
+    ps.maps = [
+        Vma(0x1000, 0x3000, "rw-p", "", None, None, RW, _digest(b"a", b"")),
+        Vma(0x10000, 0x11000, "r--p", "/tmp/f", 0, None, frozenset({"rd", "mr"}), _digest(b"f")),
+        Vma(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj#1", RW | {"sh"},
+            _digest(b"s")),
+    ]
+    ps.namespaces = {"uts": "host", "pid": "host"}
+    ps.rseq = {t: RseqConfig(0x7000, 32, 0x53053053) for t in ps.threads}
+    for key, value in kw.items():
+        setattr(ps, key, value)
+    return ps
+
+
+def _tree() -> TreeState:
+    return TreeState(root=100, procs={100: _proc(100, OUTSIDE), 101: _proc(101, 100)})
+
+
+def _messages(before: TreeState, after: TreeState) -> list[str]:
+    return [str(p) for p in checks.compare(before, after)]
+
+
+def test_identical_trees_have_no_problems() -> None:
+    assert checks.compare(_tree(), _tree()) == []
+
+
+def test_wrong_ppid() -> None:
+    after = _tree()
+    after.procs[101].ppid = 1
+    assert _messages(_tree(), after) == ["tree: pid 101 (t): ppid 100 -> 1"]
+
+
+def test_process_missing_and_appeared() -> None:
+    after = _tree()
+    gone = after.procs.pop(101)
+    gone.pid = gone.real_pid = 102
+    after.procs[102] = gone
+    assert _messages(_tree(), after) == [
+        "tree: pid 101 (t) missing after restore",
+        "tree: pid 102 (t) appeared after restore (ppid 100)",
+    ]
+
+
+def test_pgid_sid_threads_state() -> None:
+    after = _tree()
+    p = after.procs[100]
+    p.pgid, p.sid, p.state, p.threads = 101, 1, "S", (100, 105)
+    msgs = _messages(_tree(), after)
+    assert "tree: pid 100 (t): pgid 100 -> 101" in msgs
+    assert "tree: pid 100 (t): sid 100 -> 1" in msgs
+    assert "tree: pid 100 (t): state T -> S" in msgs
+    assert "tree: pid 100 (t): threads 1 -> 2 (tids [100] -> [100, 105])" in msgs
+
+
+def test_outer_pid_is_named_when_it_differs() -> None:
+    after = _tree()
+    after.procs[101].real_pid = 5555
+    after.procs[101].ppid = 1
+    assert _messages(_tree(), after) == ["tree: pid 101 [5555] (t): ppid 100 -> 1"]
+
+
+def test_fd_leaked_lost_and_changed() -> None:
+    after = _tree()
+    fds = after.procs[100].fds
+    fds[7] = FdState("/tmp/x", 0o100000, 0)
+    del fds[0]
+    fds[1] = FdState("/tmp/out", 0o102001, 78)
+    fds[3] = FdState("pipe#2", 0, 0)
+    assert _messages(_tree(), after) == [
+        "fds: pid 100 (t): fd 0 lost after restore: /dev/null (flags O_RDONLY, pos 0)",
+        "fds: pid 100 (t): fd 1 /tmp/out: pos 77 -> 78",
+        "fds: pid 100 (t): fd 3 pipe#1: target pipe#1 -> pipe#2",
+        "fds: pid 100 (t): fd 7 leaked after restore: /tmp/x (flags O_RDONLY|O_LARGEFILE, pos 0)",
+    ]
+
+
+def test_fd_flags_and_sharing() -> None:
+    before, after = _tree(), _tree()
+    before.procs[100].fds[1] = FdState("/tmp/out", 0o102001, 77, "ofd#1")
+    after.procs[100].fds[1] = FdState("/tmp/out", 0o2001, 77, None)
+    assert _messages(before, after) == [
+        ("fds: pid 100 (t): fd 1 /tmp/out: flags O_WRONLY|O_APPEND|O_LARGEFILE -> "
+        "O_WRONLY|O_APPEND, open file description shared as ofd#1 -> not shared")
+    ]
+
+
+def test_fd_raw_target_is_not_compared() -> None:
+    before, after = _tree(), _tree()
+    before.procs[100].fds[3] = FdState("pipe#1", 0, 0, raw="pipe:[111]")
+    after.procs[100].fds[3] = FdState("pipe#1", 0, 0, raw="pipe:[999]")
+    assert _messages(before, after) == []
+
+
+def test_vma_missing_appeared_changed() -> None:
+    after = _tree()
+    maps = after.procs[101].maps
+    lost = maps.pop(1)
+    maps.append(Vma(0x30000, 0x31000, "rw-p", "", None, None, RW, _digest(b"")))
+    maps[1] = Vma(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj#2", RW, maps[1].digest)
+    msgs = _messages(_tree(), after)
+    assert msgs == [
+        f"maps: pid 101 (t): VMA {lost.describe()} missing after restore",
+        ("maps: pid 101 (t): VMA 20000..21000 rw-s /dev/zero (deleted) [obj#1]: "
+        "object_id obj#1 -> obj#2, VmFlags lost [sh] gained [-]"),
+        "maps: pid 101 (t): VMA 30000..31000 rw-p anon appeared after restore",
+    ]
+    assert lost.describe() == "10000..11000 r--p /tmp/f"
+
+
+def test_memory_names_vma_and_first_page() -> None:
+    after = _tree()
+    v = after.procs[100].maps[0]
+    after.procs[100].maps[0] = Vma(v.start, v.end, v.perms, v.path, v.offset, v.object_id,
+                                   v.flags, _digest(b"a", b"x"))
+    assert _messages(_tree(), after) == [
+        ("memory: pid 100 (t): VMA 1000..3000 rw-p anon: page 0x2000 differs "
+        "(zero before, data after)")
+    ]
+
+
+def test_memory_compared_where_layouts_overlap() -> None:
+    """A VMA that shrank is reported by maps, and its remaining pages still by memory."""
+    before, after = _tree(), _tree()
+    pages = [bytes([i + 1]) for i in range(4)]
+    before.procs[100].maps[0] = Vma(0x1000, 0x5000, "rw-p", "", None, None, RW, _digest(*pages))
+    pages[3] = b"changed"
+    after.procs[100].maps[0] = Vma(0x2000, 0x5000, "rw-p", "", None, None, RW,
+                                   _digest(*pages[1:]))
+    msgs = _messages(before, after)
+    assert "maps: pid 100 (t): VMA 1000..5000 rw-p anon missing after restore" in msgs
+    assert ("memory: pid 100 (t): VMA 1000..5000 rw-p anon: page 0x4000 differs "
+            "(data before, data after)") in msgs
+
+
+def test_memory_counts_further_pages() -> None:
+    before, after = _tree(), _tree()
+    before.procs[100].maps[0] = Vma(0x1000, 0x5000, "rw-p", "", None, None, RW,
+                                    _digest(b"1", b"2", b"3", b"4"))
+    after.procs[100].maps[0] = Vma(0x1000, 0x5000, "rw-p", "", None, None, RW,
+                                   _digest(b"1", b"", b"", b""))
+    assert _messages(before, after) == [
+        ("memory: pid 100 (t): VMA 1000..5000 rw-p anon: page 0x2000 differs "
+        "(data before, zero after) (and 2 more pages)")
+    ]
+
+
+def test_namespaces_and_uts() -> None:
+    before, after = _tree(), _tree()
+    before.uts = {"uts#1": ("zdtm", "(none)")}
+    after.uts = {"uts#1": ("vm", "(none)")}
+    after.procs[101].namespaces["uts"] = "uts#1"
+    assert _messages(before, after) == [
+        "ns: pid 101 (t): uts namespace host -> uts#1",
+        "ns: uts#1: (hostname, domainname) ('zdtm', '(none)') -> ('vm', '(none)')",
+    ]
+
+
+def test_rseq_registration() -> None:
+    after = _tree()
+    after.procs[100].rseq[100] = RseqConfig(0, 0, 0)
+    assert _messages(_tree(), after) == [
+        "rseq: pid 100 (t) tid 100: rseq ptr 0x7000, len 32, sig 0x53053053 -> not registered"
+    ]
+
+
+def test_problem_flood_is_capped() -> None:
+    after = _tree()
+    after.procs[100].fds.update({fd: FdState("/tmp/x", 0, 0) for fd in range(10, 60)})
+    problems = checks.compare(_tree(), after)
+    assert len(problems) == 21
+    assert str(problems[-1]) == "fds: pid 100 (t): 30 more problems not shown"
+
+
+def test_merge_normalises_split_vmas() -> None:
+    d1, d2 = _digest(b"1"), _digest(b"2")
+    anon = [Vma(0x1000, 0x2000, "rw-p", "", None, None, RW, d1),
+            Vma(0x2000, 0x3000, "rw-p", "", None, None, RW, d2)]
+    merged = snapshot._merge(anon)
+    assert len(merged) == 1 and merged[0].end == 0x3000 and merged[0].digest == d1 + d2
+    gap = [Vma(0x1000, 0x2000, "r--p", "/f", 0, None, RW, d1),
+           Vma(0x2000, 0x3000, "r--p", "/f", 0x5000, None, RW, d2)]  # offsets not contiguous
+    assert len(snapshot._merge(gap)) == 2
+    perms = [anon[0], Vma(0x2000, 0x3000, "r--p", "", None, None, RW, d2)]
+    assert len(snapshot._merge(perms)) == 2
+    growsdown = [anon[0], Vma(0x2000, 0x3000, "rw-p", "", None, None, RW | {"gd"}, d2)]
+    assert len(snapshot._merge(growsdown)) == 2
+    unreadable = [anon[0], Vma(0x2000, 0x3000, "rw-p", "", None, None, RW, None)]
+    assert snapshot._merge(unreadable)[0].digest is None
+
+
+def test_digest_is_per_page() -> None:
+    assert len(_digest(b"a", b"b")) == 2 * DIGEST_SIZE
+    assert page_digest(bytes(P)) == ZERO_DIGEST
+
+
+def _own(**kw: object) -> OwnState:
+    base = OwnState(fds={0: "/dev/null", 1: "pipe:[5]"}, children={},
+                    mounts=frozenset({("/", "ext4", "/dev/vda"), ("/proc", "proc", "proc")}))
+    new = copy.deepcopy(base)
+    for key, value in kw.items():
+        setattr(new, key, value)
+    return new
+
+
+def test_compare_own() -> None:
+    before = _own()
+    after = _own(
+        fds={0: "/dev/null", 1: "pipe:[6]", 9: "/tmp/img/pages.img"},
+        children={4242: "python3: python3 -m engine restore"},
+        mounts=frozenset({("/", "ext4", "/dev/vda"), ("/tmp/m", "tmpfs", "none")}),
+    )
+    assert [str(p) for p in checks.compare_own(before, after)] == [
+        "leak: harness fd 1 leaked: pipe:[6]",
+        "leak: harness fd 9 leaked: /tmp/img/pages.img",
+        "leak: process 4242 left behind: python3: python3 -m engine restore",
+        "leak: mount /tmp/m (tmpfs, source none) left behind",
+        "leak: mount /proc (proc, source proc) disappeared",
+    ]
+    assert [p for p in checks.compare_own(before, after, expected=[4242])
+            if "process" in p.message] == []
+    assert checks.compare_own(before, _own()) == []

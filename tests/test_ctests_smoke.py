@@ -1,0 +1,308 @@
+"""Smoke test of every C zdtm test without checkpoint/restore.
+
+For each test: start it in a private directory with the zdtm protocol options, check that the
+starter exits 0 and the pidfile names a live process, send SIGTERM, and check that the test
+exits 0 with ``PASS`` as the last outfile line and that no process of it is left.
+
+The cycle runs in a helper process (this file run as a script) that is a child subreaper, or
+pid 1 of a new pid namespace for the namespace runs: every process the test leaves behind is
+re-parented to the helper, which reaps it, or kills it by pid and reports it.
+
+A few negative cases check that the library fails the way it should: bad options, a setup
+error (non-zero starter exit, file:line in the outfile) and state changed behind a test's
+back (FAIL as the last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zdtm.desc import TestDesc
+if __name__ != "__main__":
+    # Only for the pytest side: the helper mode runs once per test and must start fast.
+    import pytest
+
+
+HELPER_TIMEOUT = 60.0   # one whole cycle, as seen from pytest
+START_TIMEOUT = 30.0    # starter exit
+STOP_TIMEOUT = 20.0     # test exit after SIGTERM
+GRACE = 1.0             # how long stray processes may take to exit after the test did
+PR_SET_CHILD_SUBREAPER = 36
+NS_CMD = ["unshare", "--pid", "--fork", "--mount-proc", "--user", "--map-root-user", "--uts"]
+
+
+# ---- the helper (runs as a subreaper or as pid 1 of a pid namespace) ----------------------
+
+def _children_of(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (scanning /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def _reap(deadline: float, watch: int) -> tuple[int | None, bool]:
+    """Reap children until none is left or the deadline; returns (status of watch, all gone)."""
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status, True
+        if pid == 0:
+            time.sleep(0.005)
+        elif pid == watch:
+            status = st
+    return status, False
+
+
+def _tamper(kind: str, pid: int, name: str) -> None:
+    """Change the test's state from outside (cwd: its work dir), so that it must FAIL."""
+    if kind == "mem_anon":
+        # mem_anon's area is the only 16 MiB anonymous rw mapping: flip its first byte.
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if end - start == 16 << 20 and fields[1] == "rw-p" and len(fields) == 5:
+                with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+                    mem.seek(start)
+                    byte = mem.read(1)
+                    mem.seek(start)
+                    mem.write(bytes([byte[0] ^ 0xFF]))
+                return
+        raise RuntimeError("mem_anon area not found")
+    if kind == "pipe":
+        # Steal one byte of the unread pipe data.
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:"):
+                rfd = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    if os.read(rfd, 1):
+                        return
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(rfd)
+        raise RuntimeError("no pipe with data found")
+    if kind == "file_zero":
+        # Zero the head of the test's --filename file.
+        with open(f"{name}.test", "r+b") as f:
+            f.write(bytes(64))
+        return
+    if kind == "rename_dir":
+        os.rename(f"{name}.test", f"{name}.moved")
+        return
+    if kind == "sigrt":
+        # One more queued SIGRTMIN+3 than sig_handlers sent itself.
+        os.kill(pid, signal.SIGRTMIN + 3)
+        return
+    if kind == "rlimit":
+        # Lower a soft limit by one (lowering needs no CAP_SYS_RESOURCE).
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft - 1, hard))
+        return
+    raise ValueError(f"unknown tamper kind {kind}")
+
+
+def cycle(binary: str, workdir: str, args: list[str], dwell: float, tamper: str | None) -> dict:
+    """Start, SIGTERM, reap: the whole protocol cycle of one test, as a dict for JSON."""
+    res: dict = {"start_rc": None, "pidfile": False, "alive": False, "status": None,
+                 "leftovers": [], "out": "", "stderr": "", "error": None}
+    if os.getpid() != 1:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
+            raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
+    os.chdir(workdir)
+    name = Path(binary).name
+    try:
+        start = subprocess.run([binary, *args], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=START_TIMEOUT, check=False)
+        res["start_rc"] = start.returncode
+        res["stderr"] = start.stderr.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        res["error"] = f"starter did not exit in {START_TIMEOUT}s"
+    pidfile = Path(f"{name}.pid")
+    if res["start_rc"] == 0 and pidfile.exists():
+        res["pidfile"] = True
+        pid = int(pidfile.read_text())
+        res["alive"] = Path(f"/proc/{pid}").exists()
+        time.sleep(dwell)
+        if tamper:
+            _tamper(tamper, pid, name)
+        os.kill(pid, signal.SIGTERM)
+        res["status"], _ = _reap(time.monotonic() + STOP_TIMEOUT, pid)
+        if res["status"] is None:
+            res["error"] = f"test {pid} did not exit within {STOP_TIMEOUT}s of SIGTERM"
+    # Anything still here is a leftover: give it a moment, then kill it by pid.
+    _, gone = _reap(time.monotonic() + GRACE, -1)
+    if not gone:
+        for child in _children_of(os.getpid()):
+            res["leftovers"].append(child)
+            os.kill(child, signal.SIGKILL)
+        _reap(time.monotonic() + 5.0, -1)
+    outfile = Path(f"{name}.out")
+    if outfile.exists():
+        res["out"] = outfile.read_text(errors="replace")
+    return res
+
+
+def _main(argv: list[str]) -> None:
+    """Command line: BINARY WORKDIR [--dwell S] [--tamper KIND] -- TEST-ARGS..."""
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(description="one start/SIGTERM cycle of a zdtm test")
+    parser.add_argument("binary")
+    parser.add_argument("workdir")
+    parser.add_argument("--dwell", type=float, default=0.1)
+    parser.add_argument("--tamper")
+    ns = parser.parse_args(argv[:split])
+    print(json.dumps(cycle(ns.binary, ns.workdir, argv[split + 1:], ns.dwell, ns.tamper)))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
+    sys.exit(0)
+
+
+# ---- pytest side ----------------------------------------------------------------------------
+
+def _discover() -> dict[str, TestDesc]:
+    """The C tests by name ("static/maps06"), as the harness finds them."""
+    # Imported here: the helper mode above runs as a bare script, without the harness.
+    from zdtm.desc import discover
+
+    return {t.name: t for t in discover()}
+
+
+TESTS = _discover()
+HOST_TESTS = sorted(name for name, t in TESTS.items() if "h" in t.flavors)
+# A few tests also run as root of a user namespace in their own pid and uts namespaces,
+# and so do the tests that only run in namespaces.
+NS_TESTS = sorted({"static/maps06", "static/shmem_datagen", "static/session_pgid",
+                   "static/zombie", "static/thread", "transition/fork_churn"}
+                  | {name for name, t in TESTS.items() if "h" not in t.flavors})
+
+
+@pytest.fixture(scope="session")
+def built() -> None:
+    """All C tests, built once (under the harness's build lock)."""
+    from zdtm.build import ensure_built
+
+    ensure_built(TESTS.values(), with_nsinit=False)
+
+
+def _run(test: TestDesc, workdir: Path, *, ns: bool = False, tamper: str | None = None,
+         args: list[str] | None = None) -> dict:
+    dwell = 0.5 if test.kind == "transition" else 0.1
+    cmd = [sys.executable, __file__, str(test.binary), str(workdir), "--dwell", str(dwell)]
+    if tamper:
+        cmd += ["--tamper", tamper]
+    cmd += ["--", *(test.start_args() if args is None else args)]
+    if ns:
+        cmd = NS_CMD + cmd
+    proc = subprocess.run(cmd, capture_output=True, timeout=HELPER_TIMEOUT, check=False,
+                          start_new_session=True)
+    assert proc.returncode == 0, f"helper failed: {proc.stderr.decode(errors='replace')}"
+    return json.loads(proc.stdout)
+
+
+def _last_line(res: dict) -> str:
+    lines = res["out"].strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _assert_passed(res: dict) -> None:
+    out = res["out"]
+    assert res["error"] is None, f"{res['error']}\noutfile:\n{out}"
+    assert res["start_rc"] == 0, f"starter exit {res['start_rc']}\n{res['stderr']}{out}"
+    assert res["pidfile"] and res["alive"], f"no live test behind the pidfile\n{out}"
+    assert res["leftovers"] == [], f"processes left behind: {res['leftovers']}\n{out}"
+    assert _last_line(res) == "PASS", f"last outfile line is not PASS:\n{out}"
+    assert os.WIFEXITED(res["status"]) and os.WEXITSTATUS(res["status"]) == 0, (
+        f"test exit status {res['status']:#x}\n{out}")
+
+
+@pytest.mark.parametrize("name", HOST_TESTS)
+def test_cycle(name: str, built: None, tmp_path: Path) -> None:
+    """start -> pidfile -> SIGTERM -> PASS, nothing left running."""
+    _assert_passed(_run(TESTS[name], tmp_path))
+
+
+@pytest.mark.parametrize("name", NS_TESTS)
+def test_cycle_in_userns(name: str, built: None, tmp_path: Path) -> None:
+    """The same cycle as uid 0 of a user namespace, in a new pid namespace."""
+    tmp_path.chmod(0o777)  # the namespace's root may still be denied by permission checks
+    _assert_passed(_run(TESTS[name], tmp_path, ns=True))
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("static/mem_anon", "mem_anon"),
+    ("static/pipe_data", "pipe"),
+    ("static/maps06", "file_zero"),
+    ("static/mem_file_shared", "file_zero"),
+    ("static/mem_file_private", "file_zero"),
+    ("static/file_offset_append", "file_zero"),
+    ("static/cwd", "rename_dir"),
+    ("static/sig_handlers", "sigrt"),
+    ("static/rlimits", "rlimit"),
+])
+def test_changed_state_fails(name: str, kind: str, built: None, tmp_path: Path) -> None:
+    """State changed behind the test's back: the verdict is a FAIL with file:line."""
+    res = _run(TESTS[name], tmp_path, tamper=kind)
+    assert res["start_rc"] == 0 and res["leftovers"] == [], res
+    assert _last_line(res).startswith("FAIL: "), res["out"]
+    assert f"FAIL: {name}.c:" in res["out"], res["out"]
+    assert os.WIFEXITED(res["status"]) and os.WEXITSTATUS(res["status"]) == 1
+
+
+def test_skip_at_setup(built: None, tmp_path: Path) -> None:
+    """uts_name outside a pid namespace skips itself: starter exit 77, SKIP line, no pid."""
+    res = _run(TESTS["static/uts_name"], tmp_path)
+    assert res["start_rc"] == 77, res
+    assert _last_line(res).startswith("SKIP: static/uts_name.c:"), res["out"]
+    assert not res["pidfile"] and res["leftovers"] == []
+
+
+def test_setup_error_reported(built: None, tmp_path: Path) -> None:
+    """A test that cannot set up: the starter exits non-zero, the outfile says where/why."""
+    test = TESTS["static/file_unlinked"]
+    res = _run(test, tmp_path, args=["--pidfile=t.pid", "--outfile=file_unlinked.out",
+                                     "--filename=no/such/dir/file"])
+    assert res["start_rc"] not in (0, None), res
+    assert not (tmp_path / "t.pid").exists()
+    assert "ERROR: static/file_unlinked.c:" in res["out"], res["out"]
+    assert "No such file" in res["out"], res["out"]
+    assert res["leftovers"] == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--outfile=x.out"], "missing --pidfile"),
+    (["--pidfile=x.pid", "--outfile=x.out"], "missing --filename"),
+    (["--pidfile=x.pid", "--outfile=x.out", "--filename=f", "--bogus=1"], "unknown option"),
+    (["--pidfile=x.pid", "--outfile=x.out", "--filename=f", "--pidfile"], "needs a value"),
+])
+def test_bad_options(args: list[str], message: str, built: None, tmp_path: Path) -> None:
+    """Option errors stop the starter with exit 2 and a message, before anything forks."""
+    proc = subprocess.run([str(TESTS["static/maps06"].binary), *args], cwd=tmp_path,
+                          capture_output=True, timeout=10, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr.decode()
+    assert not (tmp_path / "x.pid").exists()

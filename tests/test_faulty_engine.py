@@ -1,0 +1,141 @@
+"""Self-tests of the harness: a deliberately faulty engine must make the right check fail,
+with a message naming the fd/VMA/pid, and leave nothing behind.
+
+The runs go through the real lifecycle (zdtm/lifecycle.py) with the faulty driver of
+tests/faulty_engine.py plugged in. The fake mode needs no working engine (the lifecycle runs
+with --norst, the fault is applied where the dump would have left the tree); the wrapped mode
+puts the fault after a real restore by the bundled engine and runs when that engine can
+dump and restore here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faulty_engine import FaultyEngine
+
+from zdtm import checks, lifecycle, snapshot, tasks
+from zdtm.desc import TestDesc, discover
+from zdtm.engines.bundled import BundledEngine
+from zdtm.proc import PAGE_SIZE
+from zdtm.result import CHECK_FAILED, FAIL, PASS, TIMEOUT, Result
+
+SUBJECT = "static/mem_anon"  # one process, private anonymous data, stdout/err on a file
+
+
+@pytest.fixture(scope="module")
+def subject() -> TestDesc:
+    lifecycle.prepare_process()
+    return next(t for t in discover() if t.name == SUBJECT)
+
+
+@pytest.fixture
+def clean(tmp_path: Path) -> Iterator[Path]:
+    """A work root; afterwards: no new child process, fd or mount, no file left in it."""
+    before = snapshot.own_state()
+    kids = set(tasks.descendants(os.getpid()))
+    root = tmp_path / "work"
+    yield root
+    assert [p for p in tasks.descendants(os.getpid()) if p not in kids] == []
+    assert checks.compare_own(before, snapshot.own_state()) == []
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def _run(test: TestDesc, engine: FaultyEngine, workroot: Path, flavor: str = "h",
+         **opts: object) -> Result:
+    options = lifecycle.RunOptions(workroot=workroot, **opts)
+    return lifecycle.Run(test, flavor, engine, options).execute()
+
+
+def _problems(result: Result) -> list[str]:
+    return [line for line in result.details
+            if line.split(":", 1)[0] in ("tree", "rseq", "fds", "maps", "memory", "ns", "leak")]
+
+
+def _expect(result: Result, check: str) -> list[str]:
+    """The run failed in the check phase, from ``check`` and from no other check."""
+    assert result.outcome == FAIL, result.summary()
+    assert (result.phase, result.kind) == ("check", CHECK_FAILED), result.summary()
+    problems = _problems(result)
+    assert problems and {p.split(":", 1)[0] for p in problems} == {check}, problems
+    assert result.message.startswith(f"iteration 1: {len(problems)} problem(s): {check}: ")
+    return problems
+
+
+def _check_fault(fault: str, result: Result, record: dict) -> None:
+    pid, inner = record["pid"], record["inner_pid"]
+    who = f"pid {inner} (mem_anon)" if pid == inner else f"pid {inner} [{pid}] (mem_anon)"
+    if fault == "leak-fd":
+        problems = _expect(result, "fds")
+        assert problems == [(f"fds: {who}: fd {record['fd']} leaked after restore: "
+                            f"{record['path']} (flags O_RDONLY|O_LARGEFILE, pos 0)")]
+    elif fault == "move-offset":
+        problems = _expect(result, "fds")
+        line = (f"fds: {who}: fd {record['fd']} {record['path']}: "
+                f"pos {record['pos_before']} -> {record['pos_after']}")
+        assert line in problems
+    elif fault == "flip-byte":
+        problems = _expect(result, "memory")
+        start, end = record["vma"]
+        page = record["addr"] & ~(PAGE_SIZE - 1)
+        assert problems == [(f"memory: {who}: VMA {start:x}..{end:x} rw-p anon: "
+                            f"page {page:#x} differs (data before, data after)")]
+    elif fault == "drop-vma":
+        problems = _expect(result, "maps")
+        start, end = record["vma"]
+        assert problems == [f"maps: {who}: VMA {start:x}..{end:x} rw-p anon missing after restore"]
+    else:
+        raise AssertionError(fault)
+
+
+@pytest.mark.parametrize("flavor", ["h", "ns", "uns"])
+@pytest.mark.parametrize("fault", ["leak-fd", "move-offset", "flip-byte", "drop-vma"])
+def test_fake_fault_fails_the_right_check(fault: str, flavor: str, subject: TestDesc,
+                                          clean: Path, tmp_path: Path) -> None:
+    engine = FaultyEngine(fault, tmp_path)
+    result = _run(subject, engine, clean, flavor, norst=True)
+    assert engine.record["fault"] == fault
+    _check_fault(fault, result, engine.record)
+
+
+def test_hanging_engine_is_killed(subject: TestDesc, clean: Path, tmp_path: Path) -> None:
+    engine = FaultyEngine("hang", tmp_path)
+    result = _run(subject, engine, clean, norst=True, engine_timeout=2.0)
+    assert result.outcome == FAIL, result.summary()
+    assert (result.phase, result.kind) == ("dump", TIMEOUT), result.summary()
+    assert "no result after 2s, killed" in result.message
+    # the engine's own process group is gone too (checked by ``clean``): nothing hangs on
+
+
+def test_fake_engine_refuses_a_real_dump(subject: TestDesc, clean: Path, tmp_path: Path) -> None:
+    """Without --norst the fake engine cannot pretend: the run fails in dump, clearly."""
+    result = _run(subject, FaultyEngine("leak-fd", tmp_path), clean)
+    assert (result.outcome, result.phase) == (FAIL, "dump"), result.summary()
+    assert "cannot kill and re-create a tree" in result.message
+
+
+@pytest.fixture(scope="module")
+def bundled(subject: TestDesc, tmp_path_factory: pytest.TempPathFactory) -> BundledEngine:
+    """The bundled engine, once it passes a control run of the subject without a fault:
+    only then does a failure of the faulty run prove the checks, not an engine bug."""
+    engine = BundledEngine()
+    why = engine.available()
+    if why:
+        pytest.skip(f"bundled engine cannot dump/restore here: {why}")
+    root = tmp_path_factory.mktemp("control")
+    control = lifecycle.Run(subject, "h", engine, lifecycle.RunOptions(workroot=root)).execute()
+    if control.outcome != PASS:
+        pytest.skip(f"control run without a fault does not pass yet: {control.summary()}")
+    return engine
+
+
+@pytest.mark.parametrize("fault", ["leak-fd", "move-offset", "flip-byte", "drop-vma"])
+def test_fault_after_real_restore(fault: str, subject: TestDesc, bundled: BundledEngine,
+                                  clean: Path, tmp_path: Path) -> None:
+    engine = FaultyEngine(fault, tmp_path, inner=bundled)
+    result = _run(subject, engine, clean)
+    assert engine.record, f"the fault was never applied: {result.summary()}"
+    _check_fault(fault, result, engine.record)

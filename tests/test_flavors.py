@@ -1,0 +1,120 @@
+"""The flavours set up what they promise: pids, namespaces, hostname, lo, /proc, id maps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flavors import Started, StartError, get_flavor
+from zdtm import tasks
+from zdtm.build import ensure_built
+
+FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
+NS_KINDS = ("pid", "mnt", "net", "uts", "ipc")
+
+
+@pytest.fixture(scope="module")
+def env_binary() -> Iterator[Path]:
+    """The fake test that reports its namespaces, in a dir uid 100000 can reach."""
+    ensure_built([])  # flavors/nsinit
+    d = Path(tempfile.mkdtemp(prefix="zdtm-flv-"))
+    try:
+        os.chmod(d, 0o755)
+        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-DBEHAVE_ENV", "-o",
+                        str(d / "envtest"), str(FAKE_SRC)], check=True, timeout=120)
+        yield d / "envtest"
+    finally:
+        shutil.rmtree(d)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="zdtm-flv-work-"))
+    os.chmod(d, 0o755)
+    before = set(tasks.descendants(os.getpid()))
+    try:
+        yield d
+    finally:
+        new = [p for p in tasks.descendants(os.getpid()) if p not in before]
+        # an init whose tree is gone exits by itself: give it a moment, reap it
+        left = tasks.wait_gone(new, 5.0)
+        tasks.kill_tree(left, 10.0)
+        shutil.rmtree(d)
+        assert not left, f"flavour left processes running: {left}"
+
+
+def _ns(pid: int, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def _status(pid: int, key: str) -> list[str]:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return line.split()[1:]
+    raise KeyError(key)
+
+
+def _run(flavor: str, binary: Path, workdir: Path) -> tuple[Started, str]:
+    fl = get_flavor(flavor)
+    fl.prepare(workdir)
+    argv = [str(binary), "--pidfile=t.pid", "--outfile=t.out"]
+    st = fl.start(argv, workdir, "t.pid", 10.0, workdir / "start.log")
+    return st, (workdir / "t.out").read_text()
+
+
+def _stop(st: Started, workdir: Path) -> str:
+    os.kill(st.test_pid, signal.SIGTERM)
+    assert tasks.wait_gone([st.test_pid], 10.0) == []
+    return (workdir / "t.out").read_text()
+
+
+def test_h_lives_in_our_namespaces(env_binary: Path, workdir: Path) -> None:
+    st, out = _run("h", env_binary, workdir)
+    assert st.root_pid == st.test_pid == st.ns_pid
+    for kind in NS_KINDS:
+        assert _ns(st.test_pid, kind) == _ns(os.getpid(), kind)
+    assert f"pid={st.test_pid} " in out and f"host={os.uname().nodename} " in out
+    assert "PASS" in _stop(st, workdir)
+
+
+@pytest.mark.parametrize("flavor", ["ns", "uns"])
+def test_ns_flavours(flavor: str, env_binary: Path, workdir: Path) -> None:
+    st, out = _run(flavor, env_binary, workdir)
+    # the engine gets the init (pid 1 inside); the test's host pid is found through NSpid
+    assert st.root_pid != st.test_pid
+    assert _status(st.root_pid, "NSpid")[-1] == "1"
+    assert _status(st.test_pid, "NSpid") == [str(st.test_pid), str(st.ns_pid)]
+    assert st.test_pid in tasks.descendants(st.root_pid)
+    # self-contained for C/R: the init leads its own session and process group
+    assert os.getsid(st.root_pid) == os.getpgid(st.root_pid) == st.root_pid
+    for kind in NS_KINDS:
+        assert _ns(st.test_pid, kind) != _ns(os.getpid(), kind), kind
+        assert _ns(st.test_pid, kind) == _ns(st.root_pid, kind), kind
+    # inside: its own hostname, lo up, its own /proc (pid 1 there is nsinit)
+    assert f"env host=zdtm-ns uid=0 pid={st.ns_pid} lo_up=1 init=nsinit" in out, out
+    if flavor == "uns":
+        assert _ns(st.test_pid, "user") != _ns(os.getpid(), "user")
+        with open(f"/proc/{st.test_pid}/uid_map") as f:
+            assert f.read().split() == ["0", "100000", "65536"]
+        assert _status(st.test_pid, "Uid")[0] == "100000"  # root inside, not outside
+    else:
+        assert _ns(st.test_pid, "user") == _ns(os.getpid(), "user")
+        assert _status(st.test_pid, "Uid")[0] == "0"
+    assert "PASS" in _stop(st, workdir)
+    # the init leaves once the tree is gone, and is re-parented to no one but us
+    assert tasks.wait_gone([st.root_pid], 10.0) == []
+
+
+def test_failing_starter_is_reported(workdir: Path) -> None:
+    with pytest.raises(StartError) as exc:
+        get_flavor("ns").start(["/bin/false"], workdir, "t.pid", 10.0, workdir / "start.log")
+    assert exc.value.kind == "failed"
+    assert "test starter exited with 1" in exc.value.message

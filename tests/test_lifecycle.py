@@ -1,0 +1,133 @@
+"""The lifecycle's own decisions, driven by small scripted engines on a real test process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from zdtm import tasks
+from zdtm.desc import TestDesc, discover_external
+from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
+from zdtm.lifecycle import RunOptions, run_test
+from zdtm.result import ENGINE_ERROR, FAIL, PASS, SKIP, TIMEOUT
+
+FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
+
+
+@pytest.fixture(scope="module")
+def tests_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="zdtm-lc-"))
+    try:
+        os.chmod(d, 0o755)
+        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-DBEHAVE_PASS", "-o",
+                        str(d / "pass"), str(FAKE_SRC)], check=True, timeout=120)
+        shutil.copy(d / "pass", d / "crfail")
+        (d / "crfail.desc").write_text("{'flags': 'crfail'}\n")
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def _test(tests_dir: Path, name: str) -> TestDesc:
+    return {t.name: t for t in discover_external(tests_dir)}[f"ext/{name}"]
+
+
+class Scripted(Engine):
+    """dump/restore do what the test says; ``calls`` records them."""
+
+    name = "scripted"
+
+    def __init__(self, dump: str = "kill", restore: str = "dead",
+                 feats: dict[str, bool] | None = None) -> None:
+        self.dump_mode, self.restore_mode = dump, restore
+        self.feats = feats or {}
+        self.calls: list[str] = []
+
+    def available(self) -> str | None:
+        return None
+
+    def check(self) -> Features:
+        return Features(self.feats, {k: "scripted" for k in self.feats})
+
+    def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,
+             parent_images: Path | None, opts: Sequence[str], timeout: float) -> StepResult:
+        self.calls.append(f"dump leave_running={leave_running}")
+        if self.dump_mode == "fail":
+            raise EngineFailure("error", "dump", "seize: refused on purpose")
+        if self.dump_mode == "hang":
+            return run_logged([sys.executable, "-c", "import time; time.sleep(600)"],
+                              step="dump", log=images_dir.with_suffix(".log"), timeout=1.0)
+        if not leave_running:
+            os.kill(root_pid, signal.SIGKILL)  # what a dump without --leave-running does
+        return StepResult(0.0, images_dir)
+
+    def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
+                 opts: Sequence[str], timeout: float) -> StepResult:
+        self.calls.append(f"pre-dump parent={parent_images.name if parent_images else None}")
+        return StepResult(0.0, images_dir)
+
+    def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
+                timeout: float, lazy: bool) -> int:
+        self.calls.append(f"restore leave_stopped={leave_stopped}")
+        return 2 ** 22 + 1  # above pid_max: never a live task
+
+
+@pytest.fixture(autouse=True)
+def nothing_left() -> Iterator[None]:
+    before = set(tasks.descendants(os.getpid()))
+    yield
+    assert set(tasks.descendants(os.getpid())) <= before
+
+
+def test_norst_pre_dumps_chain_and_tree_survives(tests_dir: Path) -> None:
+    eng = Scripted()
+    r = run_test(_test(tests_dir, "pass"), "h", eng, RunOptions(iters=2, pre=2, norst=True))
+    assert r.outcome == PASS, r.summary()
+    assert r.iterations == 2
+    assert eng.calls == [f"pre-dump parent={p}" for p in ("None", "1-pre1")] + [
+        "dump leave_running=True"] + [f"pre-dump parent={p}" for p in ("None", "2-pre1")] + [
+        "dump leave_running=True"]
+
+
+def test_restore_of_a_dead_root_is_an_engine_error(tests_dir: Path) -> None:
+    eng = Scripted()
+    r = run_test(_test(tests_dir, "pass"), "h", eng, RunOptions())
+    assert (r.outcome, r.phase, r.kind) == (FAIL, "restore", ENGINE_ERROR), r.summary()
+    assert "not alive" in r.message
+    assert eng.calls == ["dump leave_running=False", "restore leave_stopped=True"]
+
+
+def test_hanging_dump_is_a_timeout(tests_dir: Path) -> None:
+    r = run_test(_test(tests_dir, "pass"), "ns", Scripted(dump="hang"), RunOptions())
+    assert (r.outcome, r.phase, r.kind) == (FAIL, "dump", TIMEOUT), r.summary()
+
+
+def test_crfail_passes_when_the_dump_fails(tests_dir: Path) -> None:
+    r = run_test(_test(tests_dir, "crfail"), "h", Scripted(dump="fail"), RunOptions())
+    assert r.outcome == PASS, r.summary()
+    assert any("dump failed as expected" in n for n in r.notes)
+    r = run_test(_test(tests_dir, "crfail"), "h", Scripted(), RunOptions(norst=True))
+    assert (r.outcome, r.phase) == (FAIL, "dump")
+    assert r.message == "dump succeeded but the test is crfail"
+
+
+def test_failed_dump_is_reported_and_cleaned(tests_dir: Path) -> None:
+    r = run_test(_test(tests_dir, "pass"), "uns", Scripted(dump="fail"), RunOptions())
+    assert (r.outcome, r.phase, r.kind) == (FAIL, "dump", ENGINE_ERROR)
+    assert r.message == "seize: refused on purpose"
+
+
+def test_refused_mode_skips_with_the_engines_reason(tests_dir: Path) -> None:
+    eng = Scripted(feats={"pre_dump": False})
+    r = run_test(_test(tests_dir, "pass"), "h", eng, RunOptions(pre=1))
+    assert r.outcome == SKIP
+    assert r.message == "scripted engine cannot yet: pre_dump (scripted)"
+    assert eng.calls == []

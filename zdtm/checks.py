@@ -1,0 +1,236 @@
+"""Compare two snapshots and say, in words a person can act on, what a restore changed.
+
+Every Problem names its check ("tree", "rseq", "fds", "maps", "memory", "ns", "leak"), the
+process (pid in its own namespace, the outer pid in brackets when it differs), the fd or VMA,
+and the value before and after. ``str(problem)`` is "check: message".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from zdtm.memory import DIGEST_SIZE, UNREADABLE, ZERO_DIGEST
+from zdtm.proc import PAGE_SIZE, format_open_flags
+from zdtm.snapshot import FdState, OwnState, ProcState, TreeState, Vma
+
+_MAX_PER_PROCESS = 20  # a badly broken restore must not bury the first problems in noise
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One difference found by a check."""
+
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: {self.message}"
+
+
+def compare(before: TreeState, after: TreeState) -> list[Problem]:
+    """Every difference between the tree before dump and after restore."""
+    problems: list[Problem] = []
+    for pid, b in before.procs.items():
+        a = after.procs.get(pid)
+        if a is None:
+            problems.append(Problem("tree", f"{b.name()} missing after restore"))
+            continue
+        found = (
+            _tree(b, a) + _rseq(b, a) + _fds(b, a) + _maps(b, a) + _memory(b, a)
+            + _namespaces(b, a)
+        )
+        if len(found) > _MAX_PER_PROCESS:
+            extra = len(found) - _MAX_PER_PROCESS
+            check = found[_MAX_PER_PROCESS].check
+            found = found[:_MAX_PER_PROCESS]
+            found.append(Problem(check, f"{a.name()}: {extra} more problems not shown"))
+        problems.extend(found)
+    for pid, a in after.procs.items():
+        if pid not in before.procs:
+            problems.append(Problem("tree", f"{a.name()} appeared after restore (ppid {a.ppid})"))
+    if before.root != after.root:
+        problems.append(Problem("tree", f"root pid {before.root} -> {after.root}"))
+    problems.extend(_uts(before, after))
+    return problems
+
+
+def _tree(b: ProcState, a: ProcState) -> list[Problem]:
+    out = []
+    for attr in ("ppid", "pgid", "sid", "comm", "state"):
+        vb, va = getattr(b, attr), getattr(a, attr)
+        if vb != va:
+            out.append(Problem("tree", f"{a.name()}: {attr} {vb} -> {va}"))
+    if b.threads != a.threads:
+        out.append(Problem(
+            "tree",
+            f"{a.name()}: threads {len(b.threads)} -> {len(a.threads)} "
+            f"(tids {list(b.threads)} -> {list(a.threads)})",
+        ))
+    return out
+
+
+def _rseq(b: ProcState, a: ProcState) -> list[Problem]:
+    out = []
+    for tid, rb in b.rseq.items():
+        ra = a.rseq.get(tid)
+        if rb is not None and ra is not None and rb != ra:
+            out.append(Problem(
+                "rseq", f"{a.name()} tid {tid}: rseq {rb.describe()} -> {ra.describe()}"
+            ))
+    return out
+
+
+def _fds(b: ProcState, a: ProcState) -> list[Problem]:
+    out = []
+    for fd in sorted(b.fds.keys() | a.fds.keys()):
+        fb, fa = b.fds.get(fd), a.fds.get(fd)
+        if fb is None:
+            out.append(Problem("fds", f"{a.name()}: fd {fd} leaked after restore: {fa.describe()}"))
+        elif fa is None:
+            out.append(Problem("fds", f"{a.name()}: fd {fd} lost after restore: {fb.describe()}"))
+        elif fb != fa:
+            out.append(Problem("fds", f"{a.name()}: fd {fd} {fb.target}: " + _fd_diff(fb, fa)))
+    return out
+
+
+def _fd_diff(fb: FdState, fa: FdState) -> str:
+    parts = []
+    if fb.target != fa.target:
+        parts.append(f"target {fb.target} -> {fa.target}")
+    if fb.flags != fa.flags:
+        parts.append(f"flags {format_open_flags(fb.flags)} -> {format_open_flags(fa.flags)}")
+    if fb.pos != fa.pos:
+        parts.append(f"pos {fb.pos} -> {fa.pos}")
+    if fb.shared != fa.shared:
+        parts.append(
+            f"open file description shared as {fb.shared or 'not shared'} -> "
+            f"{fa.shared or 'not shared'}"
+        )
+    if fb.extra != fa.extra:
+        parts.append(f"fdinfo {dict(fb.extra)} -> {dict(fa.extra)}")
+    return ", ".join(parts)
+
+
+def _maps(b: ProcState, a: ProcState) -> list[Problem]:
+    out = []
+    bmap = {v.start: v for v in b.maps}
+    amap = {v.start: v for v in a.maps}
+    for start in sorted(bmap.keys() | amap.keys()):
+        vb, va = bmap.get(start), amap.get(start)
+        if va is None:
+            out.append(Problem("maps", f"{a.name()}: VMA {vb.describe()} missing after restore"))
+        elif vb is None:
+            out.append(Problem("maps", f"{a.name()}: VMA {va.describe()} appeared after restore"))
+        elif not vb.same_layout(va):
+            out.append(Problem("maps", f"{a.name()}: VMA {vb.describe()}: " + _vma_diff(vb, va)))
+    return out
+
+
+def _vma_diff(vb: Vma, va: Vma) -> str:
+    parts = []
+    if vb.end != va.end:
+        parts.append(f"end {vb.end:x} -> {va.end:x}")
+    for attr in ("perms", "path", "offset", "object_id"):
+        x, y = getattr(vb, attr), getattr(va, attr)
+        if x != y:
+            parts.append(f"{attr} {x} -> {y}")
+    if vb.flags != va.flags:
+        lost = " ".join(sorted(vb.flags - va.flags)) or "-"
+        gained = " ".join(sorted(va.flags - vb.flags)) or "-"
+        parts.append(f"VmFlags lost [{lost}] gained [{gained}]")
+    return ", ".join(parts)
+
+
+def _page_kind(d: bytes) -> str:
+    if d == ZERO_DIGEST:
+        return "zero"
+    if d == UNREADABLE:
+        return "unreadable"
+    return "data"
+
+
+def _memory(b: ProcState, a: ProcState) -> list[Problem]:
+    """Compare page digests wherever a VMA before and a VMA after overlap."""
+    out = []
+    after = sorted((v for v in a.maps if v.digest is not None), key=lambda v: v.start)
+    j = 0
+    for vb in sorted((v for v in b.maps if v.digest is not None), key=lambda v: v.start):
+        while j < len(after) and after[j].end <= vb.start:
+            j += 1
+        k = j
+        while k < len(after) and after[k].start < vb.end:
+            msg = _overlap_diff(vb, after[k])
+            if msg:
+                out.append(Problem("memory", f"{a.name()}: VMA {vb.describe()}: {msg}"))
+            k += 1
+    return out
+
+
+def _overlap_diff(vb: Vma, va: Vma) -> str | None:
+    lo, hi = max(vb.start, va.start), min(vb.end, va.end)
+    bslice = _digest_slice(vb, lo, hi)
+    aslice = _digest_slice(va, lo, hi)
+    if bslice == aslice:
+        return None
+    differing = [
+        i for i in range(0, len(bslice), DIGEST_SIZE)
+        if bslice[i:i + DIGEST_SIZE] != aslice[i:i + DIGEST_SIZE]
+    ]
+    first = differing[0]
+    addr = lo + first // DIGEST_SIZE * PAGE_SIZE
+    kb = _page_kind(bslice[first:first + DIGEST_SIZE])
+    ka = _page_kind(aslice[first:first + DIGEST_SIZE])
+    more = f" (and {len(differing) - 1} more pages)" if len(differing) > 1 else ""
+    return f"page {addr:#x} differs ({kb} before, {ka} after){more}"
+
+
+def _digest_slice(v: Vma, lo: int, hi: int) -> bytes:
+    assert v.digest is not None
+    first = (lo - v.start) // PAGE_SIZE * DIGEST_SIZE
+    last = (hi - v.start) // PAGE_SIZE * DIGEST_SIZE
+    return v.digest[first:last]
+
+
+def _namespaces(b: ProcState, a: ProcState) -> list[Problem]:
+    out = []
+    for kind in sorted(b.namespaces.keys() | a.namespaces.keys()):
+        nb, na = b.namespaces.get(kind), a.namespaces.get(kind)
+        if nb != na:
+            out.append(Problem("ns", f"{a.name()}: {kind} namespace {nb} -> {na}"))
+    return out
+
+
+def _uts(before: TreeState, after: TreeState) -> list[Problem]:
+    out = []
+    for label in sorted(before.uts.keys() | after.uts.keys()):
+        ub, ua = before.uts.get(label), after.uts.get(label)
+        if ub != ua:
+            out.append(Problem("ns", f"{label}: (hostname, domainname) {ub} -> {ua}"))
+    for label in sorted(before.userns_maps.keys() | after.userns_maps.keys()):
+        mb, ma = before.userns_maps.get(label), after.userns_maps.get(label)
+        if mb != ma:
+            out.append(Problem("ns", f"{label}: (uid_map, gid_map) {mb!r} -> {ma!r}"))
+    return out
+
+
+def compare_own(
+    before: OwnState, after: OwnState, expected: Collection[int] = ()
+) -> list[Problem]:
+    """Leaks of the harness and the engine: new fds, child processes, mounts.
+
+    ``expected`` are pids that may be new children legitimately (the restored test's root,
+    which is re-parented to the harness as child subreaper).
+    """
+    out = []
+    for fd in sorted(after.fds):
+        if before.fds.get(fd) != after.fds[fd]:
+            out.append(Problem("leak", f"harness fd {fd} leaked: {after.fds[fd]}"))
+    for pid in sorted(after.children):
+        if pid not in before.children and pid not in expected:
+            out.append(Problem("leak", f"process {pid} left behind: {after.children[pid]}"))
+    for mnt in sorted(after.mounts - before.mounts):
+        out.append(Problem("leak", f"mount {mnt[0]} ({mnt[1]}, source {mnt[2]}) left behind"))
+    for mnt in sorted(before.mounts - after.mounts):
+        out.append(Problem("leak", f"mount {mnt[0]} ({mnt[1]}, source {mnt[2]}) disappeared"))
+    return out

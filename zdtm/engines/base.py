@@ -1,0 +1,210 @@
+"""The engine driver interface: how the harness asks any C/R engine to dump and restore.
+
+A driver wraps one engine (the bundled ``python -m engine``, an installed ``criu``, or none
+at all for --nocr).  Every call has a deadline; a driver never leaves its own processes
+behind.  Failures raise EngineFailure with a kind the report can show:
+
+``crashed``  the engine died from a signal (or an unhandled Python exception)
+``error``    it exited non-zero and said why
+``timeout``  it did not finish before the deadline and was killed
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KILL_GRACE = 5.0
+
+
+class EngineFailure(Exception):
+    """An engine step failed; ``kind`` is crashed, error or timeout."""
+
+    def __init__(self, kind: str, step: str, message: str, log: str = "") -> None:
+        super().__init__(f"{step}: {message}")
+        self.kind = kind
+        self.step = step
+        self.message = message
+        self.log = log
+
+
+@dataclass
+class Features:
+    """What an engine can do, as its own check reports it."""
+
+    features: dict[str, bool] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def missing(self, wanted: Sequence[str]) -> list[str]:
+        """Features from ``wanted`` the engine lacks, each with its reason when known."""
+        out = []
+        for name in wanted:
+            if not self.features.get(name, False):
+                why = self.reasons.get(name, "not reported by the engine's check")
+                out.append(f"{name} ({why})")
+        return out
+
+    def refused(self, wanted: Sequence[str]) -> list[str]:
+        """Features from ``wanted`` the engine explicitly reports as absent, with reasons.
+
+        Unlike missing(), a feature the engine does not mention is not counted: engines
+        that do not report a step (criu) are assumed to have it.
+        """
+        return [f"{name} ({self.reasons.get(name, 'no reason given')})"
+                for name in wanted if self.features.get(name) is False]
+
+
+@dataclass
+class StepResult:
+    """A finished engine command: how long it took and where its output went."""
+
+    seconds: float
+    log: Path
+
+
+class Engine(ABC):
+    """One C/R engine, driven step by step by the harness lifecycle."""
+
+    #: short name shown in reports
+    name: str = "?"
+    #: False only for the nocr driver: the lifecycle then runs its checks without C/R.
+    performs_cr: bool = True
+    #: True when restore can leave the restored tree stopped for the S1 snapshot.
+    can_leave_stopped: bool = True
+
+    @abstractmethod
+    def available(self) -> str | None:
+        """None when the engine can run here, else why not (tests then SKIP with it)."""
+
+    @abstractmethod
+    def check(self) -> Features:
+        """The features the engine found on this machine."""
+
+    @abstractmethod
+    def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,
+             parent_images: Path | None, opts: Sequence[str], timeout: float) -> StepResult:
+        """Dump the tree rooted at ``root_pid`` into ``images_dir``."""
+
+    @abstractmethod
+    def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
+                 opts: Sequence[str], timeout: float) -> StepResult:
+        """Incremental memory pre-dump; the tree keeps running."""
+
+    @abstractmethod
+    def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
+                timeout: float, lazy: bool) -> int:
+        """Restore from ``images_dir``; returns the restored root pid (caller's view)."""
+
+    def finish(self, timeout: float) -> None:
+        """Wait for helper processes of the last restore (e.g. a lazy-pages server)."""
+        del timeout
+
+    def close(self) -> None:
+        """Kill whatever helper the driver still runs (always called at cleanup)."""
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group led by ``proc`` (started with start_new_session) and reap."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        pass  # unkillable (D state): reported by the leak checks, never waited on forever
+
+
+def run_logged(cmd: Sequence[str], *, step: str, log: Path, timeout: float,
+               env: dict[str, str] | None = None, cwd: Path | None = None) -> StepResult:
+    """Run an engine command in its own session with its output in ``log``.
+
+    Output goes to a file, not a pipe: a restored task that inherited a pipe by mistake
+    would otherwise keep the harness waiting.  Raises EngineFailure on a non-zero exit, a
+    signal, or the deadline (the whole process group is killed then).
+    """
+    start = time.monotonic()
+    with open(log, "wb") as out:
+        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env, cwd=cwd, close_fds=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            raise EngineFailure("timeout", step, f"no result after {timeout:.0f}s, killed",
+                                _tail(log)) from None
+    seconds = time.monotonic() - start
+    if rc == 0:
+        return StepResult(seconds, log)
+    text = _tail(log)
+    if rc < 0:
+        raise EngineFailure("crashed", step, f"killed by signal {signal.Signals(-rc).name}",
+                            text)
+    if "Traceback (most recent call last)" in text:
+        raise EngineFailure("crashed", step, _last_line(text, "unhandled exception"), text)
+    raise EngineFailure("error", step, _error_line(text, rc), text)
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _last_line(text: str, default: str) -> str:
+    rows = [r.strip() for r in text.splitlines() if r.strip()]
+    return rows[-1].removeprefix("engine: error: ") if rows else default
+
+
+def _error_line(text: str, rc: int) -> str:
+    """The engine's own ``...: error: ...`` line when it printed one (without the prefix)."""
+    for row in reversed(text.splitlines()):
+        if "error" in row.lower():
+            row = row.strip()
+            return row.removeprefix("engine: error: ")
+    return f"exit status {rc}: " + _last_line(text, "no message")
+
+
+class Helper:
+    """A background engine process such as a lazy-pages server, with a deadline to end."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, cmd: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> None:
+        """Start ``cmd`` in its own session with its output in ``log``."""
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                         start_new_session=True, close_fds=True)
+
+    def finish(self, step: str, timeout: float) -> None:
+        """Wait for the helper to exit by itself; EngineFailure when it fails or hangs."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            raise EngineFailure("timeout", step,
+                                f"still running after {timeout:.0f}s, killed") from None
+        if rc != 0:
+            raise EngineFailure("crashed" if rc < 0 else "error", step, f"exited with status {rc}")
+
+    def close(self) -> None:
+        """Kill the helper if it still runs."""
+        if self.proc is not None:
+            kill_group(self.proc)
+            self.proc = None

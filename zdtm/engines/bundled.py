@@ -1,0 +1,121 @@
+"""Driver for the bundled engine, run as ``python -m engine ...`` (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zdtm import ROOT_DIR
+from zdtm.engines.base import Engine, EngineFailure, Features, Helper, StepResult, run_logged
+
+CHECK_TIMEOUT = 60.0
+
+
+class BundledEngine(Engine):
+    """The engine of this repository, one subprocess per step."""
+
+    name = "bundled"
+
+    def __init__(self) -> None:
+        self._features: Features | None = None
+        self._unavailable: str | None = None
+        self._lazy = Helper()
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "engine", *args]
+
+    def _env(self) -> dict[str, str]:
+        # The engine is a package of this tree; it never imports zdtm.
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT_DIR),
+                                                          env.get("PYTHONPATH")]))
+        return env
+
+    def _probe(self) -> None:
+        """Run ``engine check --json`` once; remember its features or why it failed."""
+        if self._features is not None or self._unavailable is not None:
+            return
+        try:
+            proc = subprocess.run(self._cmd("check", "--json"), env=self._env(),
+                                  cwd=ROOT_DIR, stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=CHECK_TIMEOUT,
+                                  start_new_session=True, check=False)
+        except subprocess.TimeoutExpired:
+            self._unavailable = f"'engine check' gave no answer in {CHECK_TIMEOUT:.0f}s"
+            return
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            self._unavailable = (f"'python -m engine check' failed (exit {proc.returncode}): "
+                                 + (err[-1] if err else "no message"))
+            return
+        try:
+            data = json.loads(proc.stdout)
+            feats = {str(k): bool(v) for k, v in data.get("features", {}).items()}
+            reasons = {str(k): str(v) for k, v in data.get("reasons", {}).items()}
+        except (ValueError, AttributeError) as exc:
+            self._unavailable = f"'engine check --json' printed no valid JSON: {exc}"
+            return
+        self._features = Features(feats, reasons)
+
+    def available(self) -> str | None:
+        self._probe()
+        return self._unavailable
+
+    def check(self) -> Features:
+        self._probe()
+        return self._features or Features()
+
+    def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,
+             parent_images: Path | None, opts: Sequence[str], timeout: float) -> StepResult:
+        args = ["dump", "-t", str(root_pid), "-D", str(images_dir)]
+        if leave_running:
+            args.append("--leave-running")
+        if parent_images is not None:
+            args += ["--prev-images-dir", str(parent_images)]
+        return run_logged(self._cmd(*args, *opts), step="dump",
+                          log=images_dir.with_name(images_dir.name + ".log"),
+                          timeout=timeout, env=self._env(), cwd=ROOT_DIR)
+
+    def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
+                 opts: Sequence[str], timeout: float) -> StepResult:
+        args = ["pre-dump", "-t", str(root_pid), "-D", str(images_dir)]
+        if parent_images is not None:
+            args += ["--prev-images-dir", str(parent_images)]
+        return run_logged(self._cmd(*args, *opts), step="pre-dump",
+                          log=images_dir.with_name(images_dir.name + ".log"),
+                          timeout=timeout, env=self._env(), cwd=ROOT_DIR)
+
+    def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
+                timeout: float, lazy: bool) -> int:
+        pidfile = images_dir.with_name(images_dir.name + ".restored.pid")
+        args = ["restore", "-D", str(images_dir), "-d", "--pidfile", str(pidfile)]
+        if leave_stopped:
+            args.append("--leave-stopped")
+        if lazy:
+            args.append("--lazy-pages")
+            self._lazy.start(self._cmd("lazy-pages", "-D", str(images_dir)),
+                             images_dir.with_name(images_dir.name + ".lazy.log"),
+                             env=self._env(), cwd=ROOT_DIR)
+        run_logged(self._cmd(*args, *opts), step="restore",
+                   log=images_dir.with_name(images_dir.name + ".restore.log"),
+                   timeout=timeout, env=self._env(), cwd=ROOT_DIR)
+        return read_pidfile(pidfile, "restore")
+
+    def finish(self, timeout: float) -> None:
+        """Wait for the lazy-pages server to exit once every page is in."""
+        self._lazy.finish("lazy-pages", timeout)
+
+    def close(self) -> None:
+        self._lazy.close()
+
+
+def read_pidfile(path: Path, step: str) -> int:
+    """The pid an engine wrote; a missing or garbled file is an engine error."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise EngineFailure("error", step, f"no valid pid in {path}: {exc}") from None

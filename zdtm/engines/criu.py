@@ -1,0 +1,116 @@
+"""Driver for an installed CRIU binary (from PATH or --criu-bin).
+
+CRIU is used only when ``criu check`` passes; otherwise every run SKIPs with criu's own
+message (on kernel 6.18 here it fails its vdso check, which is the path to expect).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from zdtm.engines.base import Engine, Features, Helper, StepResult, run_logged
+from zdtm.engines.bundled import read_pidfile
+
+CHECK_TIMEOUT = 60.0
+#: CRIU feature names probed with ``criu check --feature NAME``.
+CRIU_FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop", "pidfd_store", "ns_pid",
+                 "clone3_set_tid")
+
+
+class CriuEngine(Engine):
+    """An external ``criu`` binary."""
+
+    name = "criu"
+
+    def __init__(self, criu_bin: str | Path | None = None) -> None:
+        self.bin = str(criu_bin) if criu_bin else shutil.which("criu")
+        self._unavailable: str | None = None
+        self._checked = False
+        self._features: Features | None = None
+        self._lazy = Helper()
+
+    def _run_check(self, *extra: str) -> tuple[int, str]:
+        assert self.bin is not None
+        try:
+            proc = subprocess.run([self.bin, "check", *extra], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  timeout=CHECK_TIMEOUT, start_new_session=True, check=False)
+        except subprocess.TimeoutExpired:
+            return -1, f"criu check gave no answer in {CHECK_TIMEOUT:.0f}s"
+        except OSError as exc:
+            return -1, f"{self.bin}: {exc.strerror}"
+        return proc.returncode, proc.stdout.decode(errors="replace").strip()
+
+    def available(self) -> str | None:
+        if self._checked:
+            return self._unavailable
+        self._checked = True
+        if self.bin is None or not os.access(self.bin, os.X_OK):
+            self._unavailable = f"criu not found ({self.bin or 'not in PATH'})"
+            return self._unavailable
+        rc, out = self._run_check()
+        if rc != 0:
+            lines = [ln for ln in out.splitlines() if ln.strip()]
+            self._unavailable = "criu check failed: " + (" | ".join(lines[-3:]) or f"exit {rc}")
+        return self._unavailable
+
+    def check(self) -> Features:
+        if self._features is None:
+            feats, reasons = {}, {}
+            if self.available() is None:
+                for name in CRIU_FEATURES:
+                    rc, out = self._run_check("--feature", name)
+                    feats[name] = rc == 0
+                    if rc != 0:
+                        reasons[name] = out.splitlines()[-1] if out else f"exit {rc}"
+            self._features = Features(feats, reasons)
+        return self._features
+
+    def _cmd(self, action: str, images_dir: Path, *args: str) -> list[str]:
+        assert self.bin is not None
+        return [self.bin, action, "-D", str(images_dir), "-v4",
+                "-o", f"{action}.log", *args]
+
+    def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,
+             parent_images: Path | None, opts: Sequence[str], timeout: float) -> StepResult:
+        args = ["-t", str(root_pid), "--track-mem"]
+        if leave_running:
+            args.append("--leave-running")
+        if parent_images is not None:
+            # criu wants the parent directory relative to the images directory
+            args += ["--prev-images-dir", os.path.relpath(parent_images, images_dir)]
+        return run_logged(self._cmd("dump", images_dir, *args, *opts), step="dump",
+                          log=images_dir.with_name(images_dir.name + ".log"), timeout=timeout)
+
+    def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
+                 opts: Sequence[str], timeout: float) -> StepResult:
+        args = ["-t", str(root_pid), "--track-mem"]
+        if parent_images is not None:
+            args += ["--prev-images-dir", os.path.relpath(parent_images, images_dir)]
+        return run_logged(self._cmd("pre-dump", images_dir, *args, *opts), step="pre-dump",
+                          log=images_dir.with_name(images_dir.name + ".log"), timeout=timeout)
+
+    def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
+                timeout: float, lazy: bool) -> int:
+        pidfile = images_dir.with_name(images_dir.name + ".restored.pid")
+        args = ["-d", "--pidfile", str(pidfile)]
+        if leave_stopped:
+            args.append("--leave-stopped")
+        if lazy:
+            args.append("--lazy-pages")
+            self._lazy.start(self._cmd("lazy-pages", images_dir),
+                             images_dir.with_name(images_dir.name + ".lazy.log"))
+        run_logged(self._cmd("restore", images_dir, *args, *opts), step="restore",
+                   log=images_dir.with_name(images_dir.name + ".restore.log"), timeout=timeout)
+        return read_pidfile(pidfile, "restore")
+
+    def finish(self, timeout: float) -> None:
+        """Wait for criu's lazy-pages daemon to exit once every page is in."""
+        self._lazy.finish("lazy-pages", timeout)
+
+    def close(self) -> None:
+        self._lazy.close()

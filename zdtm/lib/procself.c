@@ -1,0 +1,83 @@
+/*
+ * procself.c - what the test sees of its own memory map (/proc/self/smaps, mincore).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "zdtmtst.h"
+
+/* Parse a smaps header line "start-end perms offset dev inode [path]"; 0 when it is one. */
+static int parse_header(const char *line, struct vma_info *vi)
+{
+	int n = 0;
+
+	if (sscanf(line, "%lx-%lx %4s %llx %*s %*u %n", &vi->start, &vi->end, vi->perms,
+		   &vi->pgoff, &n) < 4 || !n)
+		return -1;
+	snprintf(vi->path, sizeof(vi->path), "%s", line + n);
+	vi->path[strcspn(vi->path, "\n")] = '\0';
+	vi->vmflags[0] = '\0';
+	return 0;
+}
+
+int vma_find(const void *addr, struct vma_info *vi)
+{
+	unsigned long a = (unsigned long)addr;
+	bool found = false;
+	char *line = NULL;
+	size_t cap = 0;
+	FILE *f;
+
+	f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return -1;
+	while (getline(&line, &cap, f) > 0) {
+		struct vma_info cur;
+
+		if (!found) {
+			if (!parse_header(line, &cur) && cur.start <= a && a < cur.end) {
+				*vi = cur;
+				found = true;
+			}
+		} else if (!strncmp(line, "VmFlags:", 8)) {
+			snprintf(vi->vmflags, sizeof(vi->vmflags), "%s", line + 8 + strspn(line + 8, " "));
+			vi->vmflags[strcspn(vi->vmflags, "\n")] = '\0';
+			break;
+		}
+	}
+	free(line);
+	fclose(f);
+	if (!found) {
+		errno = ENOENT;
+		return -1;
+	}
+	return 0;
+}
+
+bool vma_has_flag(const struct vma_info *vi, const char *flag)
+{
+	size_t len = strlen(flag);
+
+	for (const char *p = vi->vmflags; *p; p += strspn(p, " ")) {
+		size_t w = strcspn(p, " ");
+
+		if (w == len && !strncmp(p, flag, len))
+			return true;
+		p += w;
+	}
+	return false;
+}
+
+bool range_unmapped(const void *addr, size_t len)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	unsigned char vec;
+
+	for (size_t off = 0; off < len; off += (size_t)page)
+		if (mincore((char *)addr + off, (size_t)page, &vec) == 0 || errno != ENOMEM)
+			return false;
+	return true;
+}

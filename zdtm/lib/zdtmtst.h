@@ -1,0 +1,175 @@
+/*
+ * zdtmtst.h - the zdtm test library: protocol, verdicts, options, test data.
+ *
+ * A test program looks like this:
+ *
+ *	static char *mode = "rw";
+ *	TEST_OPTION(mode, string, "mapping mode", 0);
+ *	TEST_NEEDS_FILENAME();
+ *
+ *	int main(int argc, char **argv)
+ *	{
+ *		test_init(argc, argv);		// options, outfile, fork; we are the child now
+ *		... set up state; on error: pr_perror("what"); return 1;
+ *		test_daemon();			// the starter writes the pidfile and exits 0
+ *		test_waitsig();			// until SIGTERM (the harness has dumped/restored us)
+ *		... verify; on mismatch: return fail("what, expected %d got %d", a, b);
+ *		return pass();
+ *	}
+ *
+ * The last line of the outfile is the verdict: "PASS", "FAIL: file:line: ..." or
+ * "SKIP: file:line: ...". A skip() before test_daemon() makes the starter exit with
+ * TEST_EXIT_SKIP; any other setup error makes it exit non-zero with the reason (and its
+ * file:line) in the outfile.
+ */
+#ifndef ZDTMTST_H
+#define ZDTMTST_H
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Exit status of the starter (and of the test) when the test skipped itself at setup. */
+#define TEST_EXIT_SKIP 77
+
+/* ---- options ------------------------------------------------------------------------- */
+
+enum test_opt_type { TEST_OPT_int, TEST_OPT_uint, TEST_OPT_string, TEST_OPT_bool };
+
+/* C types behind the option type names, checked at compile time by TEST_OPTION(). */
+#define TEST_OPT_CTYPE_int int
+#define TEST_OPT_CTYPE_uint unsigned int
+#define TEST_OPT_CTYPE_string char *
+#define TEST_OPT_CTYPE_bool bool
+
+struct test_option {
+	const char *name;
+	enum test_opt_type type;
+	void *ptr;
+	const char *help;
+	bool required;
+	bool seen;
+	struct test_option *next;
+};
+
+/* Add an option to the table test_init() parses (called from constructors). */
+void test_register_option(struct test_option *opt);
+/* Make a built-in option ("filename" or "dirname") mandatory (called from constructors). */
+void test_require_option(const char *name);
+
+/*
+ * TEST_OPTION(var, type, "help", required): --var=VALUE sets the global variable `var`,
+ * whose C type must match `type` (int, uint, string, bool). A bool option also accepts a
+ * bare --var. A missing required option is a setup error.
+ */
+#define TEST_OPTION(var, opt_type, help_text, is_required)                                  \
+	_Static_assert(__builtin_types_compatible_p(__typeof__(var), TEST_OPT_CTYPE_##opt_type), \
+		       "TEST_OPTION(" #var "): variable is not of type " #opt_type);          \
+	static struct test_option test_opt_##var = {                                         \
+		.name = #var, .type = TEST_OPT_##opt_type, .ptr = &(var),                     \
+		.help = (help_text), .required = (is_required),                               \
+	};                                                                                   \
+	__attribute__((constructor)) static void test_opt_register_##var(void)               \
+	{                                                                                    \
+		test_register_option(&test_opt_##var);                                        \
+	}
+
+/*
+ * The test needs --filename / --dirname (its .desc then says `file: true` / `dir: true`,
+ * which makes the harness pass NAME.test). The values land in test_filename/test_dirname.
+ */
+#define TEST_NEEDS_FILENAME()                                                               \
+	__attribute__((constructor)) static void test_needs_filename(void)                   \
+	{                                                                                    \
+		test_require_option("filename");                                              \
+	}
+#define TEST_NEEDS_DIRNAME()                                                                \
+	__attribute__((constructor)) static void test_needs_dirname(void)                    \
+	{                                                                                    \
+		test_require_option("dirname");                                               \
+	}
+
+extern char *test_filename;
+extern char *test_dirname;
+
+/* ---- protocol ------------------------------------------------------------------------ */
+
+/*
+ * Parse options, redirect stdout/stderr to the outfile and stdin from /dev/null, fork.
+ * Returns in the child (the test), which is a session leader with SIGTERM caught; the
+ * starter waits for test_daemon() and never returns. Exits on bad options.
+ */
+void test_init(int argc, char **argv);
+/* Setup is done: the starter writes the pidfile and exits 0. Call once, in the test. */
+void test_daemon(void);
+/*
+ * Sleep until SIGTERM arrives (sigsuspend; other blocked signals stay blocked). Call it
+ * from the main thread; other threads must block SIGTERM, or the signal may be handled by
+ * one of them while the main thread sleeps on.
+ */
+void test_waitsig(void);
+/* True until SIGTERM arrived: the loop condition of transition tests. */
+bool test_go(void);
+/*
+ * Wait for child `pid` with a deadline; 0 and *status filled when it was reaped,
+ * -1 with errno (ETIMEDOUT when it did not exit in time).
+ */
+int test_waitpid(pid_t pid, int *status, int timeout_ms);
+
+/* ---- messages and verdicts ----------------------------------------------------------- */
+
+/* A timestamped line "HH:MM:SS.mmm PID: message" in the outfile. */
+void test_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* An error line with file:line, plus ": strerror(err)" when err != 0. */
+void test_log_err(const char *file, int line, int err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+int test_pass(void);
+int test_fail(const char *file, int line, int err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+int test_skip(const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Verdicts return the exit status for main(): `return pass();`, `return fail(...);`. */
+#define pass() test_pass()
+#define fail(fmt, ...) test_fail(__FILE__, __LINE__, 0, fmt, ##__VA_ARGS__)
+/* fail() with ": strerror(errno)" appended. */
+#define fail_perror(fmt, ...) test_fail(__FILE__, __LINE__, errno, fmt, ##__VA_ARGS__)
+/* "Unsupported here" (a missing kernel feature), distinct from a failure. */
+#define skip(fmt, ...) test_skip(__FILE__, __LINE__, fmt, ##__VA_ARGS__)
+#define pr_err(fmt, ...) test_log_err(__FILE__, __LINE__, 0, fmt, ##__VA_ARGS__)
+#define pr_perror(fmt, ...) test_log_err(__FILE__, __LINE__, errno, fmt, ##__VA_ARGS__)
+
+/* ---- test data ----------------------------------------------------------------------- */
+
+/* CRC32 (IEEE 802.3, reflected 0xEDB88320) of buf, continuing from crc (start with 0). */
+uint32_t crc32_update(uint32_t crc, const void *buf, size_t len);
+/* Fill buf with the deterministic pseudo-random byte stream of `seed`. */
+void datafill(void *buf, size_t len, uint64_t seed);
+/* Offset of the first byte of buf that differs from datafill(seed), or -1 when none does. */
+ssize_t datacmp(const void *buf, size_t len, uint64_t seed);
+/* Fill buf from the seed *crc, then store the CRC32 of the content in *crc. */
+void datagen(void *buf, size_t len, uint32_t *crc);
+/* 0 when CRC32(buf) == *crc; else -1 with the actual CRC32 stored in *crc. */
+int datachk(const void *buf, size_t len, uint32_t *crc);
+
+/* ---- /proc/self views ---------------------------------------------------------------- */
+
+struct vma_info {
+	unsigned long start, end;
+	char perms[5];		/* "rw-p" */
+	unsigned long long pgoff; /* file offset in bytes */
+	char path[256];		/* empty for anonymous memory */
+	char vmflags[128];	/* "rd wr mr mw me gd ac" (smaps VmFlags) */
+};
+
+/* Describe the VMA of this process containing addr: 0, or -1 (errno ENOENT when none). */
+int vma_find(const void *addr, struct vma_info *vi);
+/* Whether the space-separated VmFlags list contains the two-letter flag. */
+bool vma_has_flag(const struct vma_info *vi, const char *flag);
+/* Whether [addr, addr+len) contains no mapping at all (mincore says ENOMEM everywhere). */
+bool range_unmapped(const void *addr, size_t len);
+
+#endif /* ZDTMTST_H */

@@ -1,0 +1,504 @@
+"""One test in one flavour: build, start, C/R iterations with checks, stop, cleanup.
+
+The same code runs under runner.py and under pytest (conftest.py).  See DESIGN.md section 4.
+
+Freezing for the S0 snapshot: the harness itself SIGSTOPs every task of the tree by pid and
+waits until every thread is in group-stop ('T'), walking the tree until no new task shows
+up.  The tree then stays stopped through the dump (the engine seizes stopped tasks), so the
+dumped state is exactly the S0 state; the restored tree is left stopped by the engine
+(--leave-stopped), captured as S1, compared, and resumed with SIGCONT by pid.  A restore
+that cannot leave the tree stopped is noted in the result and the harness stops the tree
+itself right after the restore.
+
+Every phase has a deadline: engine steps and the test start are subprocesses with
+timeouts; freezing and waiting for the verdict poll with deadlines; snapshots and their
+comparison run under an interval timer (SIGALRM) when called from the main thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flavors import Flavor, StartError, get_flavor
+from zdtm import tasks
+from zdtm.build import BuildError, ensure_built
+from zdtm.desc import TestDesc
+from zdtm.engines import Engine, EngineFailure
+from zdtm.result import (
+    CHECK_FAILED,
+    ENGINE_CRASHED,
+    ENGINE_ERROR,
+    HARNESS_ERROR,
+    SKIP,
+    TEST_FAIL,
+    TIMEOUT,
+    Result,
+)
+
+FREEZE_TIMEOUT = 20.0
+SNAPSHOT_TIMEOUT = 600.0
+ENGINE_TIMEOUT = 600.0
+CLEANUP_TIMEOUT = 10.0
+OWN_GRACE = 3.0  # seconds an exiting engine helper may take before it counts as a leak
+ENGINE_KINDS = {"crashed": ENGINE_CRASHED, "error": ENGINE_ERROR, "timeout": TIMEOUT}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    """How to run each test (the runner's and the pytest plugin's options)."""
+
+    iters: int = 1
+    pre: int = 0
+    lazy: bool = False
+    norst: bool = False
+    keep_img: bool = False
+    workroot: Path | None = None      # parent of the per-test work dirs (default: a temp dir)
+    engine_timeout: float = ENGINE_TIMEOUT
+    notes: list[str] = field(default_factory=list)  # added to every result (e.g. mode switch)
+
+
+class PhaseTimeout(Exception):
+    """An in-process phase ran past its deadline."""
+
+
+class _Failed(Exception):
+    """Internal: stop the run here; the result already says why."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str) -> Iterator[None]:
+    """Raise PhaseTimeout inside the block after ``seconds`` (main thread only).
+
+    Outside the main thread Python cannot deliver the timer signal; the block then runs
+    without this guard (engine steps keep their own subprocess timeouts).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise PhaseTimeout(f"{what}: no result after {seconds:.0f}s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _checks() -> Any:
+    """The snapshot/compare API (zdtm.snapshot, zdtm.checks) as one namespace."""
+    from zdtm import checks, snapshot
+
+    class Api:
+        capture = staticmethod(snapshot.capture)
+        own_state = staticmethod(snapshot.own_state)
+        compare = staticmethod(checks.compare)
+        compare_own = staticmethod(checks.compare_own)
+
+    return Api
+
+
+def _problem_lines(problems: list[Any]) -> list[str]:
+    return [f"{p.check}: {p.message}" for p in problems]
+
+
+def _last_verdict(outfile: Path) -> str | None:
+    """The test's verdict line (last line mentioning PASS, FAIL or SKIP), if written."""
+    try:
+        lines = [ln.strip() for ln in outfile.read_text(errors="replace").splitlines()]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if any(word in line for word in ("PASS", "FAIL", "SKIP")):
+            return line
+    return None
+
+
+def _tail(path: Path, lines: int = 15) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+class Run:
+    """State of one test x flavour run; ``execute()`` drives it and returns the Result."""
+
+    def __init__(self, test: TestDesc, flavor: str, engine: Engine, opts: RunOptions,
+                 progress: Progress | None = None, checks: Any = None) -> None:
+        self.test = test
+        self.flavor: Flavor = get_flavor(flavor)
+        self.engine = engine
+        self.opts = opts
+        self.progress = progress or (lambda line: None)
+        self.api = checks
+        self.result = Result(test=test.name, flavor=flavor, engine=engine.name,
+                             notes=list(opts.notes))
+        self.workdir: Path | None = None
+        self.tmproot: Path | None = None
+        self.root_pid = 0
+        self.test_pid = 0
+        self.ns_pid = 0
+        self.baseline_desc: set[int] = set()
+        self.phase = "build"  # the phase running now, for harness errors
+
+    # ---- entry point -------------------------------------------------------------------
+
+    def execute(self) -> Result:
+        """Run every phase; cleanup always runs; never raises for test-caused problems."""
+        started = time.monotonic()
+        try:
+            if self._skip_reason():
+                return self.result
+            self._build()
+            if self.api is None:
+                self.api = _checks()
+            own0 = self.api.own_state()
+            self.baseline_desc = set(tasks.descendants(os.getpid()))
+            try:
+                try:
+                    self._start()
+                    self._iterations()
+                    self._stop()
+                except _Failed:
+                    pass
+                finally:
+                    self._cleanup()
+            finally:
+                # whatever the outcome, nothing of the run may be left
+                self._final_leak_check(own0)
+        except _Failed:
+            pass
+        except Exception as exc:  # noqa: BLE001 - any harness bug becomes a result
+            self.result.fail(self.phase, HARNESS_ERROR,
+                             f"{type(exc).__name__}: {exc}",
+                             traceback.format_exc().splitlines()[-12:])
+        finally:
+            self.result.duration = time.monotonic() - started
+        return self.result
+
+    # ---- phases ------------------------------------------------------------------------
+
+    def _skip_reason(self) -> bool:
+        t, r = self.test, self.result
+        if r.flavor not in t.flavors:
+            r.skip("start", f"flavour {r.flavor} not in the test's flavours {' '.join(t.flavors)}")
+        elif self.opts.lazy and "nolazy" in t.flags:
+            r.skip("start", "test is flagged nolazy")
+        elif self.opts.norst and "reqrst" in t.flags:
+            r.skip("start", "test is flagged reqrst and --norst was given")
+        elif self.engine.performs_cr:
+            why = cr_unavailable(self.engine, self.opts, r.flavor)
+            if why:
+                r.skip("start", why)
+            else:
+                missing = self.engine.check().missing(t.feature)
+                if missing:
+                    r.skip("start", "engine lacks feature(s): " + ", ".join(missing))
+        return r.outcome == SKIP
+
+    def _build(self) -> None:
+        try:
+            ensure_built([self.test], with_nsinit=self.flavor.uses_ns)
+        except BuildError as exc:
+            self.result.fail("build", HARNESS_ERROR, "build failed", str(exc).splitlines())
+            raise _Failed from None
+
+    def _make_workdir(self) -> Path:
+        if self.opts.workroot is not None:
+            base = Path(self.opts.workroot)
+            base.mkdir(parents=True, exist_ok=True)
+        else:
+            base = self.tmproot = Path(tempfile.mkdtemp(prefix="zdtm-"))
+        # uns runs the test as uid 100000: every directory above the work dir must be
+        # searchable by others
+        os.chmod(base, 0o755)
+        name = f"{self.test.name.replace('/', '-')}-{self.result.flavor}-"
+        workdir = Path(tempfile.mkdtemp(prefix=name, dir=base))
+        os.chmod(workdir, 0o755)
+        self.flavor.prepare(workdir)
+        (workdir / "img").mkdir(mode=0o700)
+        return workdir
+
+    def _start(self) -> None:
+        self.phase = "start"
+        self.workdir = self._make_workdir()
+        self.result.workdir = str(self.workdir)
+        argv = [str(self.test.binary), *self.test.start_args()]
+        self.progress(f"{self.result.ident}: start")
+        try:
+            st = self.flavor.start(argv, self.workdir, f"{self.test.short}.pid",
+                                   float(self.test.timeout), self.workdir / "start.log")
+        except StartError as exc:
+            kind = TIMEOUT if exc.kind == "timeout" else TEST_FAIL
+            self.result.fail("start", kind, exc.message.splitlines()[0],
+                             exc.message.splitlines()[1:] + self._outfile_tail())
+            raise _Failed from None
+        self.root_pid, self.test_pid, self.ns_pid = st.root_pid, st.test_pid, st.ns_pid
+
+    def _iterations(self) -> None:
+        cr = self.engine.performs_cr
+        if not cr and not any(n.startswith("nocr") for n in self.result.notes):
+            # the checks then compare two snapshots of the same frozen tree
+            self._note("nocr: no checkpoint/restore")
+        for i in range(1, self.opts.iters + 1):
+            label = f"{self.result.ident} iter {i}/{self.opts.iters}"
+            own_a = self.api.own_state()
+            if cr:
+                parent = self._pre_dumps(i)
+                frozen = self._freeze("dump")
+                s0 = self._capture("S0")
+                if not self._dump(i, parent, label):
+                    return  # crfail: the expected dump failure ended the C/R part
+                if not self.opts.norst:
+                    self._restore(i, frozen, label)
+            else:
+                self._freeze("check")
+                s0 = self._capture("S0")
+            s1 = self._capture("S1")
+            problems = self._compare(s0, s1)
+            tasks.thaw(tasks.tree(self.root_pid))
+            if cr and self.opts.lazy:
+                self._engine_step("restore", self.engine.finish, self.opts.engine_timeout)
+            problems += self._own_problems(own_a)
+            if problems:
+                self.result.fail("check", CHECK_FAILED,
+                                 f"iteration {i}: {len(problems)} problem(s): "
+                                 f"{problems[0].check}: {problems[0].message}",
+                                 _problem_lines(problems))
+                raise _Failed
+            self.result.iterations = i
+            self.progress(f"{label}: checks ok")
+
+    def _pre_dumps(self, i: int) -> Path | None:
+        parent = None
+        self.phase = "pre-dump"
+        for k in range(1, self.opts.pre + 1):
+            d = self._imgdir(f"{i}-pre{k}")
+            res = self._engine_step("pre-dump", self.engine.pre_dump, self.root_pid, d,
+                                    parent_images=parent, opts=self.test.opts,
+                                    timeout=self.opts.engine_timeout)
+            self.progress(f"{self.result.ident} iter {i}: pre-dump {k} {res.seconds:.2f}s")
+            parent = d
+        return parent
+
+    def _dump(self, i: int, parent: Path | None, label: str) -> bool:
+        """Dump; False when a crfail test's dump failed as expected."""
+        self.phase = "dump"
+        d = self._imgdir(f"{i}-dump")
+        crfail = "crfail" in self.test.flags
+        try:
+            res = self.engine.dump(self.root_pid, d, leave_running=self.opts.norst,
+                                   parent_images=parent, opts=self.test.opts,
+                                   timeout=self.opts.engine_timeout)
+        except EngineFailure as exc:
+            if crfail and exc.kind == "error":
+                self._note(f"dump failed as expected (crfail): {exc.message}")
+                tasks.thaw(tasks.tree(self.root_pid))
+                return False
+            self._engine_failed("dump", exc)
+        if crfail:
+            self.result.fail("dump", CHECK_FAILED, "dump succeeded but the test is crfail")
+            raise _Failed
+        self.progress(f"{label}: dump {res.seconds:.2f}s")
+        return True
+
+    def _restore(self, i: int, frozen: list[int], label: str) -> None:
+        self.phase = "restore"
+        # the engine killed the dumped tree; reap it so its pids are free again
+        left = tasks.wait_gone(frozen, CLEANUP_TIMEOUT)
+        if left:
+            self.result.fail("dump", ENGINE_ERROR,
+                             f"dumped tasks {left} still alive after the dump")
+            raise _Failed
+        d = self._imgdir(f"{i}-dump")
+        stopped = self.engine.can_leave_stopped
+        t0 = time.monotonic()
+        self.root_pid = self._engine_step(
+            "restore", self.engine.restore, d, leave_stopped=stopped,
+            opts=(*self.test.opts, *self.test.ropts), timeout=self.opts.engine_timeout,
+            lazy=self.opts.lazy)
+        if not tasks.pid_alive(self.root_pid):
+            self.result.fail("restore", ENGINE_ERROR,
+                             f"restore reported root pid {self.root_pid}, which is not alive")
+            raise _Failed
+        if not stopped:
+            self._note(f"{self.engine.name} cannot leave the restored tree stopped: S1 was "
+                       "taken after it ran briefly")
+        self._freeze("restore")
+        try:
+            self.test_pid = self.flavor.test_pid_after_restore(self.root_pid, self.ns_pid)
+        except StartError as exc:
+            self.result.fail("restore", ENGINE_ERROR, exc.message)
+            raise _Failed from None
+        self.progress(f"{label}: restore {time.monotonic() - t0:.2f}s")
+
+    def _stop(self) -> None:
+        self.phase = "stop"
+        outfile = self.workdir / f"{self.test.short}.out" if self.workdir else Path("/")
+        try:
+            os.kill(self.test_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            self.result.fail("stop", TEST_FAIL, f"test process {self.test_pid} is gone "
+                                                "before SIGTERM", self._outfile_tail())
+            raise _Failed from None
+        limit = float(self.test.timeout)
+        # the test exits after writing its verdict; what it leaves running is for cleanup
+        left = tasks.wait_gone([self.test_pid], limit)
+        verdict = _last_verdict(outfile)
+        if left or verdict is None:
+            what = f"tasks {left} still running" if left else "no verdict in the outfile"
+            self.result.fail("stop", TIMEOUT,
+                             f"{what} {limit:.0f}s after SIGTERM", self._outfile_tail())
+            raise _Failed
+        if "PASS" in verdict:
+            return
+        if "SKIP" in verdict:
+            self.result.skip("stop", f"test says: {verdict}")
+            return
+        self.result.fail("stop", TEST_FAIL, verdict, self._outfile_tail())
+        raise _Failed
+
+    def _cleanup(self) -> None:
+        """Always: stop engine helpers, kill what is left of the tree, remove the work dir."""
+        self.engine.close()
+        ours = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
+        roots = [p for p in (self.root_pid, self.test_pid) if p] + ours
+        left = tasks.kill_tree(roots, CLEANUP_TIMEOUT)
+        tasks.reap_zombie_children()
+        if left:
+            self.result.fail("stop", HARNESS_ERROR, f"could not kill tasks {left}")
+        if self.workdir is not None and not self.opts.keep_img:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.result.workdir = None
+        if self.tmproot is not None and not self.opts.keep_img:
+            shutil.rmtree(self.tmproot, ignore_errors=True)
+
+    def _final_leak_check(self, own0: Any) -> None:
+        """After cleanup the harness must hold exactly the fds and children it had before."""
+        tasks.reap_zombie_children()
+        problems = self.api.compare_own(own0, self.api.own_state())
+        leftovers = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
+        lines = _problem_lines(problems) + [f"left behind: process {p}" for p in leftovers]
+        if lines:
+            self.result.fail("stop", CHECK_FAILED, f"after cleanup: {lines[0]}", lines)
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def _note(self, text: str) -> None:
+        if text not in self.result.notes:
+            self.result.notes.append(text)
+
+    def _imgdir(self, name: str) -> Path:
+        assert self.workdir is not None
+        d = self.workdir / "img" / name
+        d.mkdir(mode=0o700, exist_ok=True)
+        return d
+
+    def _outfile_tail(self) -> list[str]:
+        if self.workdir is None:
+            return []
+        out = _tail(self.workdir / f"{self.test.short}.out")
+        return [f"outfile: {ln}" for ln in out]
+
+    def _engine_failed(self, phase: str, exc: EngineFailure) -> None:
+        self.result.fail(phase, ENGINE_KINDS[exc.kind], exc.message,
+                         [f"engine: {ln}" for ln in exc.log.splitlines()])
+        raise _Failed
+
+    def _engine_step(self, phase: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except EngineFailure as exc:
+            self._engine_failed(phase, exc)
+
+    def _freeze(self, phase: str) -> list[int]:
+        try:
+            return tasks.freeze(self.root_pid, FREEZE_TIMEOUT)
+        except tasks.TaskError as exc:
+            self.result.fail(phase, TIMEOUT, f"freeze: {exc}")
+            raise _Failed from None
+
+    def _capture(self, label: str) -> Any:
+        self.phase = "check"
+        try:
+            with deadline(SNAPSHOT_TIMEOUT, f"snapshot {label}"):
+                return self.api.capture(self.root_pid, ns=self.flavor.uses_ns)
+        except PhaseTimeout as exc:
+            self.result.fail("check", TIMEOUT, str(exc))
+            raise _Failed from None
+        except (OSError, ValueError) as exc:
+            # the tree is not what it should be (a task vanished, /proc unreadable)
+            self.result.fail("check", CHECK_FAILED, f"snapshot {label} failed: {exc}")
+            raise _Failed from None
+
+    def _compare(self, s0: Any, s1: Any) -> list[Any]:
+        try:
+            with deadline(SNAPSHOT_TIMEOUT, "compare S0/S1"):
+                return list(self.api.compare(s0, s1))
+        except PhaseTimeout as exc:
+            self.result.fail("check", TIMEOUT, str(exc))
+            raise _Failed from None
+
+    def _own_problems(self, before: Any) -> list[Any]:
+        """The harness's own fds and children: the same as before the iteration.
+
+        The restored tree's root is the one new child allowed (in ns it has a new pid).
+        Engine helpers re-parented to us (we are their subreaper) may still be exiting:
+        zombies are reaped and the comparison is retried for a short grace period, so only
+        what stays is reported.
+        """
+        end = time.monotonic() + OWN_GRACE
+        while True:
+            tasks.reap_zombie_children()
+            problems = list(self.api.compare_own(before, self.api.own_state(),
+                                                 expected=[self.root_pid]))
+            if not problems or time.monotonic() > end:
+                return problems
+            time.sleep(0.1)
+
+
+def cr_unavailable(engine: Engine, opts: RunOptions, flavor: str = "h") -> str | None:
+    """Why ``engine`` cannot run the C/R steps ``opts`` ask for here; None when it can.
+
+    The steps are engine features: dump and restore (dump only with --norst), pre_dump
+    with --pre, lazy_pages with --lazy-pages, flavor_ns / flavor_uns for those flavours; an
+    engine refuses one by reporting it false (with a reason).
+    """
+    why = engine.available()
+    if why:
+        return f"{engine.name} engine unavailable: {why}"
+    steps = ["dump"] + ([] if opts.norst else ["restore"])
+    steps += [] if flavor == "h" else [f"flavor_{flavor}"]
+    steps += (["pre_dump"] if opts.pre else []) + (["lazy_pages"] if opts.lazy else [])
+    refused = engine.check().refused(steps)
+    if refused:
+        return f"{engine.name} engine cannot yet: " + ", ".join(refused)
+    return None
+
+
+def run_test(test: TestDesc, flavor: str, engine: Engine, opts: RunOptions,
+             progress: Progress | None = None) -> Result:
+    """Run one test in one flavour with ``engine``; see Run."""
+    return Run(test, flavor, engine, opts, progress).execute()
+
+
+def prepare_process() -> None:
+    """Once per harness process: become the subreaper of restored trees."""
+    tasks.set_subreaper()

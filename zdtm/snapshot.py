@@ -1,0 +1,501 @@
+"""Snapshot of a stopped process tree (and of the harness itself) for the per-iteration checks.
+
+``capture(root_pid)`` records what a test's processes can observe of themselves, normalised so
+that two snapshots of one correctly restored tree are equal even though kernel object ids
+(inode numbers of pipes, sockets, namespaces, shmem objects) and, in the ns flavours, the pids
+seen from outside have all changed:
+
+- processes are keyed by their pid in their own pid namespace (the last NSpid entry); ppid,
+  pgid and sid are given the same way, the root's ppid as "outside";
+- kernel ids become structural labels ("pipe#2", "obj#1", "uts#1", "ofd#3") numbered in order
+  of first appearance, walking processes by pid and fds/VMAs by number/address;
+- maps are merged where the kernel could have split or merged them (see ``_merge``) and
+  userfaultfd VmFlags are dropped; memory is digested per page (zdtm.memory), with the
+  kernel-written fields of every thread's rseq area masked out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import itertools
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+from zdtm import memory, proc, tracing
+
+# VmFlags that legitimately differ across a restore: userfaultfd registration (lazy pages,
+# dirty tracking), soft-dirty, and VM_ACCOUNT (commit accounting of a private writable
+# mapping that was later mprotect()ed read-only; invisible to the process).
+IGNORED_VMFLAGS = frozenset({"um", "uw", "ui", "sd", "ac"})
+NS_KINDS = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup", "time",
+            "time_for_children")
+# Offsets of the fields of struct rseq the kernel rewrites on every return to user space:
+# cpu_id_start + cpu_id (0..8) and node_id + mm_cid (20..28).
+RSEQ_KERNEL_FIELDS = ((0, 8), (20, 8))
+_KERNEL_ID = re.compile(r"^([a-z_]+):\[(\d+)\]$")  # pipe:[123], socket:[5], pidfd:[7]
+_CLONE_NEWUTS = 0x04000000
+LAZY_TIMEOUT = 120.0  # for a lazy-pages daemon to serve every page of one process
+OUTSIDE = "outside"
+
+
+@dataclass(frozen=True)
+class FdState:
+    """One fd: what it points to (normalised), open flags, offset, and description sharing."""
+
+    target: str
+    flags: int
+    pos: int
+    shared: str | None = None  # "ofd#k": same open file description as other fds of the tree
+    extra: tuple[tuple[str, str], ...] = ()  # stable type-specific fdinfo fields
+    raw: str = field(default="", compare=False)  # the link as read, for messages
+
+    def describe(self) -> str:
+        """E.g. "/tmp/x (flags O_RDONLY, pos 0)"."""
+        return f"{self.target} (flags {proc.format_open_flags(self.flags)}, pos {self.pos})"
+
+
+@dataclass(frozen=True)
+class Vma:
+    """A normalised VMA; ``digest`` holds 8 bytes per page (None: not readable)."""
+
+    start: int
+    end: int
+    perms: str
+    path: str  # "" for anonymous memory
+    offset: int | None  # file/object offset; None for private anonymous memory
+    object_id: str | None  # "obj#k" for deleted/anonymous shared objects (shmem, memfd, SysV)
+    flags: frozenset[str]
+    digest: bytes | None = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> str:
+        """E.g. "7f00..7f10 rw-p anon" or "7f00..7f10 r--p /tmp/f"."""
+        what = self.path or "anon"
+        if self.object_id:
+            what += f" [{self.object_id}]"
+        return f"{self.start:x}..{self.end:x} {self.perms} {what}"
+
+    def same_layout(self, other: Vma) -> bool:
+        """Equal apart from the content digest."""
+        return self == other
+
+
+@dataclass
+class ProcState:
+    """One process of the tree as it can observe itself."""
+
+    pid: int  # in its own pid namespace
+    real_pid: int  # as seen by the harness (differs from pid in the ns flavours)
+    ppid: int | str  # OUTSIDE for the root and for parents outside the tree
+    pgid: int
+    sid: int
+    state: str
+    comm: str
+    threads: tuple[int, ...]  # thread ids in the process's pid namespace
+    rseq: dict[int, tracing.RseqConfig | None] = field(default_factory=dict)
+    fds: dict[int, FdState] = field(default_factory=dict)
+    maps: list[Vma] = field(default_factory=list)
+    namespaces: dict[str, str] = field(default_factory=dict)
+
+    def name(self) -> str:
+        """How messages name the process: "pid 5 [12345] (comm)" (outer pid when different)."""
+        outer = f" [{self.real_pid}]" if self.real_pid != self.pid else ""
+        return f"pid {self.pid}{outer} ({self.comm})"
+
+
+@dataclass
+class TreeState:
+    """A snapshot of a whole stopped tree."""
+
+    root: int  # the root's pid in its own pid namespace
+    procs: dict[int, ProcState]
+    uts: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (host, domain)
+    userns_maps: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> maps
+    notes: list[str] = field(default_factory=list)  # what could not be captured, and why
+
+
+@dataclass
+class OwnState:
+    """The harness's own resources: fds, child processes, mounts of its mount namespace."""
+
+    fds: dict[int, str]
+    children: dict[int, str]  # pid -> "comm: cmdline"
+    mounts: frozenset[tuple[str, str, str]]  # (mount point, fs type, source)
+
+
+class _Labeller:
+    """Gives kernel object ids stable names ("pipe#1") in order of first appearance."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, object], str] = {}
+        self._count: dict[str, int] = {}
+
+    def label(self, kind: str, key: object) -> str:
+        full = (kind, key)
+        if full not in self._ids:
+            self._count[kind] = self._count.get(kind, 0) + 1
+            self._ids[full] = f"{kind}#{self._count[kind]}"
+        return self._ids[full]
+
+
+# ---- the tree --------------------------------------------------------------------------------
+
+
+def _walk(root_pid: int) -> list[int]:
+    """Root and all descendants (breadth first, children in pid order), as outer pids."""
+    if not os.path.exists(f"/proc/{root_pid}"):
+        raise ProcessLookupError(f"capture: pid {root_pid} does not exist")
+    order: list[int] = []
+    seen: set[int] = set()
+    queue = [root_pid]
+    while queue:
+        pid = queue.pop(0)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        order.append(pid)
+        queue.extend(sorted(proc.read_children(pid)))
+    return order
+
+
+def _inner(status: dict[str, str], key: str, fallback: int) -> int:
+    ids = proc.status_ids(status, key)
+    return ids[-1] if ids else fallback
+
+
+def _base_state(pid: int) -> tuple[ProcState, int, dict[int, int]]:
+    """ProcState skeleton of PID, its outer ppid, and {outer tid: inner tid}."""
+    stat = proc.parse_stat(proc.read_text(f"/proc/{pid}/stat"))
+    status = proc.parse_status(proc.read_text(f"/proc/{pid}/status"))
+    tids: dict[int, int] = {}
+    for tid in proc.read_tids(pid):
+        try:
+            tstatus = proc.parse_status(proc.read_text(f"/proc/{pid}/task/{tid}/status"))
+        except FileNotFoundError:
+            continue
+        tids[tid] = _inner(tstatus, "NSpid", tid)
+    state = ProcState(
+        pid=_inner(status, "NSpid", pid),
+        real_pid=pid,
+        ppid=OUTSIDE,
+        pgid=_inner(status, "NSpgid", stat.pgrp),
+        sid=_inner(status, "NSsid", stat.session),
+        state=stat.state,
+        comm=stat.comm,
+        threads=tuple(sorted(tids.values())),
+    )
+    return state, stat.ppid, tids
+
+
+def _read_rseq(ps: ProcState, tids: dict[int, int], notes: list[str]) -> None:
+    """Fill ps.rseq (None where it could not be read: the area then stays unmasked)."""
+    if ps.state == "Z":
+        return
+    for outer, inner in tids.items():
+        try:
+            ps.rseq[inner] = tracing.read_rseq(outer)
+        except OSError as e:
+            ps.rseq[inner] = None
+            notes.append(f"{ps.name()} tid {inner}: rseq not read, not masked: {e}")
+
+
+def _wait_stopped_again(tids: list[int], deadline: float) -> None:
+    """After a ptrace detach a thread is briefly running on its way back into group-stop."""
+    for tid in tids:
+        while time.monotonic() < deadline:
+            try:
+                state = proc.parse_stat(proc.read_text(f"/proc/{tid}/stat")).state
+            except FileNotFoundError:
+                break
+            if state != "R":
+                break
+            time.sleep(0.001)
+
+
+# ---- fds -------------------------------------------------------------------------------------
+
+# fdinfo fields that are part of an fd's observable state and stable across a restore.
+_STABLE_FDINFO = ("eventfd-count", "eventfd-semaphore", "sigmask", "clockid")
+
+
+def _fd_table(
+    ps: ProcState, labels: _Labeller
+) -> dict[int, tuple[str, proc.FdInfo]]:
+    raw = proc.read_fds(ps.real_pid)
+    for fd in sorted(raw):
+        target, info = raw[fd]
+        m = _KERNEL_ID.match(target)
+        norm = labels.label(m.group(1), int(m.group(2))) if m else target
+        extra = tuple((k, v) for k, v in info.extra if k in _STABLE_FDINFO)
+        ps.fds[fd] = FdState(norm, info.flags, info.pos, None, extra, target)
+    return raw
+
+
+def _label_shared_descriptions(
+    procs: list[ProcState], raws: dict[int, dict[int, tuple[str, proc.FdInfo]]],
+    labels: _Labeller, notes: list[str],
+) -> None:
+    """Mark fds that share one open file description (dup, fork, SCM_RIGHTS) with kcmp."""
+    groups: dict[tuple[str, int | None], list[tuple[ProcState, int]]] = {}
+    for ps in procs:
+        for fd, (target, info) in sorted(raws[ps.real_pid].items()):
+            groups.setdefault((target, info.ino), []).append((ps, fd))
+
+    def order(a: tuple[ProcState, int], b: tuple[ProcState, int]) -> int:
+        res = tracing.kcmp_file(a[0].real_pid, a[1], b[0].real_pid, b[1])
+        return {0: 0, 1: -1, 2: 1}.get(res, 1)
+
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        try:
+            ranked = sorted(members, key=functools.cmp_to_key(order))
+        except OSError as e:
+            notes.append(f"open file description sharing not checked: {e}")
+            return
+        classes: list[list[tuple[ProcState, int]]] = [[ranked[0]]]
+        for prev, cur in itertools.pairwise(ranked):
+            if order(prev, cur) == 0:
+                classes[-1].append(cur)
+            else:
+                classes.append([cur])
+        # Number the classes in walk order of their first member, not in kernel pointer order.
+        rank = {(p.real_pid, fd): i for i, (p, fd) in enumerate(members)}
+        shared = [c for c in classes if len(c) > 1]
+        shared.sort(key=lambda c: min(rank[(p.real_pid, fd)] for p, fd in c))
+        for cls in shared:
+            label = labels.label("ofd", tuple((p.real_pid, fd) for p, fd in cls))
+            for ps, fd in cls:
+                old = ps.fds[fd]
+                ps.fds[fd] = FdState(old.target, old.flags, old.pos, label, old.extra, old.raw)
+
+
+# ---- maps and memory -------------------------------------------------------------------------
+
+
+def _rseq_masks(ps: ProcState) -> list[tuple[int, int]]:
+    masks = []
+    for conf in ps.rseq.values():
+        if conf is not None and conf.pointer:
+            masks.extend((conf.pointer + off, ln) for off, ln in RSEQ_KERNEL_FIELDS)
+    return masks
+
+
+def _to_vma(entry: proc.MapsEntry, digest: bytes | None, labels: _Labeller) -> Vma:
+    filebacked = entry.inode != 0 and entry.path.startswith("/")
+    object_id = labels.label("obj", (entry.dev, entry.inode)) if entry.deleted else None
+    return Vma(
+        start=entry.start,
+        end=entry.end,
+        perms=entry.perms,
+        path=entry.path,
+        offset=entry.offset if filebacked or entry.shared else None,
+        object_id=object_id,
+        flags=entry.vmflags - IGNORED_VMFLAGS,
+        digest=digest,
+    )
+
+
+def _merge(vmas: list[Vma]) -> list[Vma]:
+    """Merge adjacent VMAs a process cannot tell apart: same perms, flags, path and object,
+    and for file/object mappings contiguous offsets. Private anonymous neighbours merge
+    regardless of their vm_pgoff, which depends on mapping history (anon_vma, mremap)."""
+    out: list[Vma] = []
+    for v in vmas:
+        if out:
+            p = out[-1]
+            if (
+                p.end == v.start and p.perms == v.perms and p.flags == v.flags
+                and p.path == v.path and p.object_id == v.object_id
+                and (p.offset is None) == (v.offset is None)
+                and (p.offset is None or p.offset + (p.end - p.start) == v.offset)
+            ):
+                digest = None
+                if p.digest is not None and v.digest is not None:
+                    digest = p.digest + v.digest
+                out[-1] = Vma(p.start, v.end, p.perms, p.path, p.offset, p.object_id, p.flags,
+                              digest)
+                continue
+        out.append(v)
+    return out
+
+
+def _maps_and_memory(
+    ps: ProcState, labels: _Labeller, file_cache: dict[tuple[str, int], int | None],
+    notes: list[str],
+) -> None:
+    if ps.state == "Z":
+        return
+    entries = proc.parse_smaps(proc.read_text(f"/proc/{ps.real_pid}/smaps"))
+    why = memory.prefault_lazy(ps.real_pid, entries, LAZY_TIMEOUT)
+    if why:
+        notes.append(why)
+    masks = _rseq_masks(ps)
+    reader = memory.MemoryReader(ps.real_pid, file_cache)
+    try:
+        vmas = [_to_vma(e, reader.digest(e, masks), labels) for e in entries]
+    finally:
+        reader.close()
+    ps.maps = _merge(vmas)
+
+
+# ---- namespaces ------------------------------------------------------------------------------
+
+
+def _own_namespaces() -> dict[str, int]:
+    out = {}
+    for kind in NS_KINDS:
+        try:
+            out[kind] = proc.parse_ns_link(os.readlink(f"/proc/self/ns/{kind}"))[1]
+        except OSError:
+            continue
+    return out
+
+
+def _namespaces(ps: ProcState, own: dict[str, int], labels: _Labeller) -> dict[str, int]:
+    """Fill ps.namespaces with labels ("host" = the harness's own); returns raw inode ids."""
+    raw = {}
+    for kind in NS_KINDS:
+        try:
+            ino = proc.parse_ns_link(os.readlink(f"/proc/{ps.real_pid}/ns/{kind}"))[1]
+        except OSError:
+            continue  # zombie, or a kind this kernel lacks
+        raw[kind] = ino
+        # pid_for_children shares the pid ns id space: label both kinds as "pid".
+        base = kind.replace("_for_children", "")
+        ps.namespaces[kind] = "host" if own.get(base) == ino else labels.label(base, ino)
+    return raw
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int, nstype: int) -> None:
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def read_uts(pid: int, timeout: float = 5.0) -> tuple[str, str]:
+    """(hostname, domainname) of PID's uts namespace.
+
+    uts setns is per thread, so a short-lived thread joins the namespace and reads
+    /proc/sys/kernel/{hostname,domainname}, which report the reading thread's namespace.
+    """
+    result: dict[str, object] = {}
+
+    def visit() -> None:
+        own = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target, _CLONE_NEWUTS)
+            try:
+                result["names"] = (
+                    proc.read_text("/proc/sys/kernel/hostname").strip(),
+                    proc.read_text("/proc/sys/kernel/domainname").strip(),
+                )
+            finally:
+                _setns(own, _CLONE_NEWUTS)
+        except OSError as e:
+            result["error"] = e
+        finally:
+            os.close(own)
+            os.close(target)
+
+    t = threading.Thread(target=visit, name=f"uts-{pid}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    if "names" not in result:
+        raise TimeoutError(f"reading the uts names of pid {pid} timed out")
+    return result["names"]  # type: ignore[return-value]
+
+
+def _userns_maps(pid: int) -> tuple[str, str]:
+    return (
+        proc.read_text(f"/proc/{pid}/uid_map").strip(),
+        proc.read_text(f"/proc/{pid}/gid_map").strip(),
+    )
+
+
+# ---- entry points ----------------------------------------------------------------------------
+
+
+def capture(root_pid: int, *, ns: bool = False) -> TreeState:
+    """Snapshot the stopped tree under root_pid (root plus all descendants).
+
+    With ns=True also the hostname/domainname of every uts namespace and the uid/gid maps of
+    every user namespace of the tree. The namespace layout is captured always (in the h
+    flavour every namespace must stay "host").
+    """
+    pids = _walk(root_pid)
+    notes: list[str] = []
+    procs: list[ProcState] = []
+    outer_ppid: dict[int, int] = {}
+    all_tids: list[int] = []
+    for pid in pids:
+        try:
+            ps, ppid, tids = _base_state(pid)
+        except FileNotFoundError:
+            notes.append(f"pid {pid} vanished during the capture")
+            continue
+        _read_rseq(ps, tids, notes)
+        all_tids.extend(tids)
+        procs.append(ps)
+        outer_ppid[pid] = ppid
+    _wait_stopped_again(all_tids, time.monotonic() + 2.0)
+    inner = {ps.real_pid: ps.pid for ps in procs}
+    for ps in procs:
+        if ps.real_pid != root_pid:
+            ps.ppid = inner.get(outer_ppid[ps.real_pid], OUTSIDE)
+    procs.sort(key=lambda p: (p.real_pid != root_pid, p.pid))
+
+    labels = _Labeller()
+    raws = {ps.real_pid: _fd_table(ps, labels) for ps in procs}
+    _label_shared_descriptions(procs, raws, labels, notes)
+
+    file_cache: dict[tuple[str, int], int | None] = {}
+    try:
+        for ps in procs:
+            _maps_and_memory(ps, labels, file_cache, notes)
+    finally:
+        memory.close_files(file_cache)
+
+    tree = TreeState(root=procs[0].pid, procs={ps.pid: ps for ps in procs}, notes=notes)
+    own = _own_namespaces()
+    for ps in procs:
+        raw = _namespaces(ps, own, labels)
+        if not ns or ps.state == "Z":
+            continue
+        uts = ps.namespaces.get("uts")
+        if uts and uts not in tree.uts and "uts" in raw:
+            tree.uts[uts] = read_uts(ps.real_pid)
+        user = ps.namespaces.get("user")
+        if user and user not in tree.userns_maps:
+            tree.userns_maps[user] = _userns_maps(ps.real_pid)
+    return tree
+
+
+def own_state() -> OwnState:
+    """The harness process's open fds, child processes (of every thread) and mounts."""
+    fds: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:
+            continue  # the directory fd listdir used, closed by now
+    children: dict[int, str] = {}
+    for pid in proc.read_children(os.getpid()):
+        try:
+            stat = proc.parse_stat(proc.read_text(f"/proc/{pid}/stat"))
+            cmdline = proc.read_text(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
+        except FileNotFoundError:
+            continue
+        zombie = " <zombie>" if stat.state == "Z" else ""
+        children[pid] = f"{stat.comm}{zombie}: {cmdline}"
+    mounts = frozenset(proc.parse_mountinfo(proc.read_text("/proc/self/mountinfo")))
+    return OwnState(fds=fds, children=children, mounts=mounts)

@@ -1,0 +1,122 @@
+/*
+ * pipe_stream (transition): a child streams numbered records through a pipe to the parent
+ * without pause, so the dump catches data in flight (and a writer blocked on a full pipe).
+ *
+ * Every record is (sequence number, CRC of it). The parent checks that each record it
+ * reads is the next one. After SIGTERM it tells the child to stop; the child then writes
+ * an end record holding how many records it wrote and exits. The parent reads up to the
+ * end record: nothing in flight may be lost, duplicated or changed by C/R.
+ */
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "zdtmtst.h"
+
+#define END_MARK 0xffffffffu
+
+struct rec {
+	uint64_t seq;
+	uint32_t crc;	/* of seq; END_MARK in the end record, whose seq is the total */
+	uint32_t pad;
+};
+
+static int child_main(int wfd)
+{
+	struct rec r = { 0 };
+
+	while (test_go()) {
+		r.seq++;
+		r.crc = crc32_update(0, &r.seq, sizeof(r.seq));
+		/* A record is below PIPE_BUF: written whole or not at all (SA_RESTART). */
+		if (write(wfd, &r, sizeof(r)) != sizeof(r)) {
+			test_msg("child: write: %m");
+			return 1;
+		}
+	}
+	r.crc = END_MARK;
+	if (write(wfd, &r, sizeof(r)) != sizeof(r))
+		return 1;
+	return 0;
+}
+
+/* Read one whole record (blocking); -1 at EOF or on an error. */
+static int read_rec(int fd, struct rec *r)
+{
+	size_t got = 0;
+
+	while (got < sizeof(*r)) {
+		ssize_t n = read(fd, (char *)r + got, sizeof(*r) - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t expect = 1;
+	int p[2], status;
+	struct rec r;
+	pid_t child;
+
+	test_init(argc, argv);
+
+	if (pipe2(p, O_CLOEXEC)) {
+		pr_perror("pipe");
+		return 1;
+	}
+	child = fork();
+	if (child < 0) {
+		pr_perror("fork");
+		return 1;
+	}
+	if (!child) {
+		close(p[0]);
+		_exit(child_main(p[1]));
+	}
+	close(p[1]);
+
+	test_daemon();
+
+	/* Read slower than the child writes, so that the pipe is usually full. */
+	while (test_go()) {
+		if (read_rec(p[0], &r))
+			return fail("the stream ended early at record %llu",
+				    (unsigned long long)expect);
+		if (r.seq != expect || r.crc != crc32_update(0, &r.seq, sizeof(r.seq)))
+			return fail("record %llu (crc %#x) where %llu was expected",
+				    (unsigned long long)r.seq, r.crc, (unsigned long long)expect);
+		expect++;
+		if (expect % 16 == 0)
+			usleep(1000);
+	}
+
+	kill(child, SIGTERM);
+	for (;;) {
+		if (read_rec(p[0], &r))
+			return fail("no end record after record %llu", (unsigned long long)expect);
+		if (r.crc == END_MARK)
+			break;
+		if (r.seq != expect || r.crc != crc32_update(0, &r.seq, sizeof(r.seq)))
+			return fail("record %llu (crc %#x) where %llu was expected",
+				    (unsigned long long)r.seq, r.crc, (unsigned long long)expect);
+		expect++;
+	}
+	if (test_waitpid(child, &status, 10000)) {
+		kill(child, SIGKILL);
+		test_waitpid(child, NULL, 5000);
+		return fail_perror("child %d did not exit", child);
+	}
+	if (!WIFEXITED(status) || WEXITSTATUS(status))
+		return fail("child failed (status %#x)", status);
+	test_msg("%llu records streamed", (unsigned long long)r.seq);
+	if (r.seq != expect - 1)
+		return fail("the child wrote %llu records, the parent read %llu",
+			    (unsigned long long)r.seq, (unsigned long long)expect - 1);
+	return pass();
+}
