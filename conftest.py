@@ -8,9 +8,10 @@ through pytest's non-python test hooks; the node id is ``zdtm/static/NAME.c::FLA
 
 Mode: real C/R with the bundled engine.  While the bundled engine cannot do a C/R cycle
 (``python -m engine check --json`` fails, or reports ``dump`` or ``restore`` false), every
-zdtm item runs in nocr mode instead, the session header says why, and each item's verbose status reads
-``PASSED (nocr)``.  Items whose needs the engine does not meet SKIP with the reason its
-check gives.
+zdtm item runs in nocr mode instead: the session header says why, and each item's verbose
+status reads ``PASSED (nocr)``.  Items whose needs the engine does not meet (a ``feature:``
+of the .desc, or ``flavor_ns``/``flavor_uns``/``pre_dump`` reported false) SKIP with the
+reason its check gives.
 
 Exclusive tests: every item (zdtm or not) holds a shared flock for its run; an item of an
 ``excl`` test holds it exclusively, so it never runs beside another item on any worker.
@@ -92,6 +93,10 @@ def _mode(config: pytest.Config) -> _Mode:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    bad = [f for f in config.getoption("--zdtm-flavors").split(",") if f and f not in FLAVORS]
+    if bad:
+        raise pytest.UsageError(f"--zdtm-flavors: unknown flavour(s) {bad}; known: "
+                                + ",".join(FLAVORS))
     config.addinivalue_line("markers", "excl: zdtm test that must run alone")
     # restored trees re-parent to the nearest subreaper: this (worker) process
     prepare_process()
@@ -156,7 +161,11 @@ class ZdtmItem(pytest.Item):
         if "noauto" in self.test.flags:
             pytest.skip("flagged noauto: run it with ./runner.py run -t " + self.test.name)
         mode = _mode(self.config)
-        self.result = r = run_test(self.test, self.flavor, mode.engine, mode.options)
+        progress: list[str] = []
+        self.result = r = run_test(self.test, self.flavor, mode.engine, mode.options,
+                                   progress=progress.append)
+        # the phase timings show with the failure (or with -rA)
+        self.add_report_section("call", "zdtm", "\n".join(progress))
         for note in r.notes:
             self.user_properties.append(("note", note))
         if r.outcome == SKIP:
@@ -171,6 +180,8 @@ class ZdtmItem(pytest.Item):
             lines = [f"{r.ident}: {r.phase}: {r.kind}: {r.message}", *r.details]
             if r.notes:
                 lines.append("notes: " + "; ".join(r.notes))
+            if r.workdir:
+                lines.append(f"work dir kept: {r.workdir}")
             return "\n".join(lines)
         return super().repr_failure(excinfo, style=style)
 

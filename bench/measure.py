@@ -13,6 +13,7 @@ from bench.engines import REPO, Engine
 from bench.procs import DeadlineExceeded, Procs, Timed, wait_pidfd
 
 LAZY_SOCKET_WAIT_S = 5.0
+DUMPED_GONE_S = 10.0  # a dump that exited 0 has killed the tree; death is quick
 
 
 class StepFailed(Exception):
@@ -83,7 +84,7 @@ def wait_dumped(ctx: Context, run: workloads.Running) -> None:
     """
     for pid in run.tree:
         try:
-            ctx.procs.reap(pid, ctx.timeout)
+            ctx.procs.reap(pid, min(ctx.timeout, DUMPED_GONE_S))
         except DeadlineExceeded as exc:
             raise StepFailed(f"dump: exited 0 but left pid {pid} running") from exc
 

@@ -80,12 +80,14 @@ def repeat(ctx: measure.Context, res: report.Result, reps: int, fn, *fn_args) ->
     """Run fn reps times into res; stop at the first failure (it would repeat)."""
     for i in range(reps):
         tag = f"[{res.scenario} {res.workload} {res.engine} {i + 1}/{reps}]"
+        load1 = os.getloadavg()[0]
         try:
             sample = fn(ctx, *fn_args)
         except (measure.StepFailed, DeadlineExceeded, RuntimeError, OSError) as exc:
             res.errors.append(str(exc))
             log(f"{tag} FAILED: {exc}")
             return
+        sample["load1_at_start"] = load1  # in the JSON: how busy the machine was
         res.samples.append(sample)
         figures = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in sample.items() if k != "verify_detail")

@@ -6,8 +6,9 @@
     show DIR                                        engine.images.show.show
 
 Each handler gets the parsed argparse.Namespace and returns the exit status. An
-EngineError becomes ``engine: error: <phase>: <message>`` on stderr and exit status 1;
-any other exception is a crash: traceback, ``engine: error: internal: ...``, status 2.
+EngineError (a bad command line included, phase "usage") becomes
+``engine: error: <phase>: <message>`` on stderr and exit status 1; any other exception
+is a crash: traceback, ``engine: error: internal: ...``, status 2.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib
 import sys
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 from engine.errors import EngineError
 
@@ -26,11 +28,19 @@ EXIT_ERROR = 1
 EXIT_CRASH = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as an EngineError (phase "usage"), so it
+    ends in the same one-line ``engine: error: ...`` form as every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        raise EngineError("usage", f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (see docs/ARCHITECTURE.md)."""
-    parser = argparse.ArgumentParser(prog="python -m engine",
-                                     description="bundled checkpoint/restore engine")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="python -m engine", description="bundled checkpoint/restore engine")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     p = sub.add_parser("check", help="print the kernel features the engine found")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -111,8 +121,8 @@ HANDLERS: dict[str, Handler] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the process exit status."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return HANDLERS[args.command](args)
     except EngineError as exc:
         print(f"engine: error: {exc.phase}: {exc.message}", file=sys.stderr)

@@ -49,7 +49,8 @@ class _Helper:
     """A forked child that only waits: the target of the cross-process probes."""
 
     def __init__(self) -> None:
-        # A file mapping the child keeps: map_files and file-page probes need one.
+        # The child is a copy of this interpreter: it has the file mappings, rseq
+        # registration and fds the probes look at. The pipe tells us it runs.
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: never returns into the engine
@@ -162,14 +163,7 @@ def _probe_mem(h: _Helper) -> dict[str, Result]:
     ro = next((v for v in vmas if v.perms == "r--p" and v.is_file), None)
     if ro is None:
         return {"proc_mem": (False, "helper has no read-only file mapping to probe")}
-    fd = os.open(f"/proc/{h.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        with _seized(h.pid):
-            before = os.pread(fd, 8, ro.start)
-            os.pwrite(fd, before, ro.start)  # FOLL_FORCE write to a read-only page
-            out["proc_mem"] = (True, "")
-    finally:
-        os.close(fd)
+    out["proc_mem"] = _try(lambda: _proc_mem_probe(h.pid, ro))
     buf = ctypes.create_string_buffer(8)
     try:
         n = ksys.process_vm_readv(h.pid, [(ctypes.addressof(buf), 8)], [(ro.start, 8)])
@@ -187,6 +181,18 @@ def _probe_mem(h: _Helper) -> dict[str, Result]:
     out["map_files"] = _try(lambda: _map_files_probe(h.pid, ro))
     out["pagemap_scan"] = _try(lambda: _pagemap_scan_probe(h.pid))
     return out
+
+
+def _proc_mem_probe(pid: int, ro: procmaps.Vma) -> Result:
+    """Read and write back (FOLL_FORCE) a read-only page through /proc/PID/mem."""
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        with _seized(pid):
+            before = os.pread(fd, 8, ro.start)
+            os.pwrite(fd, before, ro.start)
+    finally:
+        os.close(fd)
+    return True, ""
 
 
 def _map_files_probe(pid: int, vma: procmaps.Vma) -> Result:
@@ -497,16 +503,27 @@ def _package_features(name: str) -> dict[str, Result]:
     return {k: (bool(v[0]), str(v[1])) for k, v in declared.items()}
 
 
+#: probes run on the helper child, with every feature name each may report
+_HELPER_GROUPS: tuple[tuple[Callable[[_Helper], dict[str, Result]], tuple[str, ...]], ...] = (
+    (_probe_ptrace, ("ptrace_seize", "ptrace_regs", "ptrace_xstate", "ptrace_sigmask",
+                     "ptrace_peeksiginfo", "ptrace_rseq_config", "syscall_inject")),
+    (_probe_mem, ("proc_mem", "process_vm_readv", "process_vm_writev", "map_files",
+                  "pagemap_scan")),
+    (_probe_pidfd, ("pidfd_open", "pidfd_getfd")),
+)
+
+
 def probe() -> dict[str, Result]:
     """Probe every feature; return name -> (available, reason when not)."""
     out: dict[str, Result] = {}
     helper = _Helper()
     try:
-        for group in (_probe_ptrace, _probe_mem, _probe_pidfd):
+        for group, names in _HELPER_GROUPS:
             try:
                 out.update(group(helper))
-            except _PROBE_ERRORS as exc:  # the whole group failed: say so under its name
-                out.setdefault(group.__name__[len("_probe_"):], (False, str(exc)))
+            except _PROBE_ERRORS as exc:  # the group failed early: all of it is missing
+                for name in names:
+                    out.setdefault(name, (False, f"{type(exc).__name__}: {exc}"))
     finally:
         helper.kill()
     out["soft_dirty"] = _try(_probe_soft_dirty)

@@ -13,6 +13,9 @@ Two halves:
   ``flip-byte``    invert one byte of a present page of a private writable anonymous VMA
                    through /proc/PID/mem
   ``drop-vma``     inject munmap() of one private anonymous VMA
+  ``wrong-ppid``   kill the parent of the deepest task, so that the task is re-parented to
+                   the pid namespace's init (ns flavours: the root of the tree); needs three
+                   levels, e.g. init -> fork_child -> its child
   ``hang``         never return (the harness's deadline must kill it)
 
   The process stays in group-stop throughout: the injector seizes it, runs one syscall at a
@@ -24,9 +27,11 @@ Two halves:
   lifecycle then snapshots as S1. "wrap": a real engine (the bundled one) dumps and restores
   with --leave-stopped, then the fault is applied to the restored tree before S1.
 
-A wrong ppid cannot be faked on a live tree (a process cannot be re-parented, nor a pid be
-re-created under another parent), so the tree comparison of ppids is proven by a unit test on
-TreeState data (tests/test_checks.py) instead.
+A process cannot be re-parented at will, nor a pid re-created under another parent, so
+"wrong-ppid" gets its wrong ppid the one way the kernel offers: the parent dies and the
+orphan goes to the namespace's init (its old parent stays a zombie, as the stopped init does
+not reap it). The ppid comparison itself is also unit-tested on TreeState data
+(tests/test_checks.py).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from pathlib import Path
 from zdtm import ROOT_DIR
 from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
 
-FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "hang")
+FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang")
 
 _SYS_PTRACE = 101
 _SYS_PIDFD_GETFD = 438
@@ -273,6 +278,24 @@ def drop_vma(pid: int) -> dict:
     return {"vma": [start, end]}
 
 
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def wrong_ppid(pid: int) -> dict:
+    """SIGKILL the parent of pid and wait until pid has been re-parented."""
+    parent = _ppid(pid)
+    before = _inner_pid(parent)
+    os.kill(parent, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while _ppid(pid) == parent:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pid {pid} not re-parented after its parent {parent} died")
+        time.sleep(0.005)
+    return {"killed": parent, "ppid_before": before, "ppid_after": _inner_pid(_ppid(pid))}
+
+
 def hang(pid: int) -> dict:
     """An engine that never answers."""
     del pid
@@ -281,7 +304,7 @@ def hang(pid: int) -> dict:
 
 
 ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byte,
-           "drop-vma": drop_vma, "hang": hang}
+           "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang}
 
 
 def _children(pid: int) -> list[int]:

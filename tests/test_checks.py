@@ -26,13 +26,13 @@ def _proc(pid: int, ppid: int | str, **kw: object) -> ProcState:
     ps.fds = {
         0: FdState("/dev/null", 0, 0),
         1: FdState("/tmp/out", 0o102001, 77),
-        3: FdState("pipe#1", 0, 0),
-        4: FdState("pipe#1", 1, 0),
+        3: FdState("pipe[pid 100 fd 3]", 0, 0),
+        4: FdState("pipe[pid 100 fd 3]", 1, 0),
     }
     ps.maps = [
         Vma(0x1000, 0x3000, "rw-p", "", None, None, RW, _digest(b"a", b"")),
         Vma(0x10000, 0x11000, "r--p", "/tmp/f", 0, None, frozenset({"rd", "mr"}), _digest(b"f")),
-        Vma(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj#1", RW | {"sh"},
+        Vma(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj[pid 100 20000]", RW | {"sh"},
             _digest(b"s")),
     ]
     ps.namespaces = {"uts": "host", "pid": "host"}
@@ -95,29 +95,29 @@ def test_fd_leaked_lost_and_changed() -> None:
     fds[7] = FdState("/tmp/x", 0o100000, 0)
     del fds[0]
     fds[1] = FdState("/tmp/out", 0o102001, 78)
-    fds[3] = FdState("pipe#2", 0, 0)
+    fds[3] = FdState("pipe[pid 101 fd 3]", 0, 0)
     assert _messages(_tree(), after) == [
         "fds: pid 100 (t): fd 0 lost after restore: /dev/null (flags O_RDONLY, pos 0)",
         "fds: pid 100 (t): fd 1 /tmp/out: pos 77 -> 78",
-        "fds: pid 100 (t): fd 3 pipe#1: target pipe#1 -> pipe#2",
+        "fds: pid 100 (t): fd 3 pipe[pid 100 fd 3]: target pipe[pid 100 fd 3] -> pipe[pid 101 fd 3]",
         "fds: pid 100 (t): fd 7 leaked after restore: /tmp/x (flags O_RDONLY|O_LARGEFILE, pos 0)",
     ]
 
 
 def test_fd_flags_and_sharing() -> None:
     before, after = _tree(), _tree()
-    before.procs[100].fds[1] = FdState("/tmp/out", 0o102001, 77, "ofd#1")
+    before.procs[100].fds[1] = FdState("/tmp/out", 0o102001, 77, "ofd[pid 100 fd 1]")
     after.procs[100].fds[1] = FdState("/tmp/out", 0o2001, 77, None)
     assert _messages(before, after) == [
         ("fds: pid 100 (t): fd 1 /tmp/out: flags O_WRONLY|O_APPEND|O_LARGEFILE -> "
-        "O_WRONLY|O_APPEND, open file description shared as ofd#1 -> not shared")
+        "O_WRONLY|O_APPEND, open file description ofd[pid 100 fd 1] -> not shared")
     ]
 
 
 def test_fd_raw_target_is_not_compared() -> None:
     before, after = _tree(), _tree()
-    before.procs[100].fds[3] = FdState("pipe#1", 0, 0, raw="pipe:[111]")
-    after.procs[100].fds[3] = FdState("pipe#1", 0, 0, raw="pipe:[999]")
+    before.procs[100].fds[3] = FdState("pipe[pid 100 fd 3]", 0, 0, raw="pipe:[111]")
+    after.procs[100].fds[3] = FdState("pipe[pid 100 fd 3]", 0, 0, raw="pipe:[999]")
     assert _messages(before, after) == []
 
 
@@ -126,12 +126,12 @@ def test_vma_missing_appeared_changed() -> None:
     maps = after.procs[101].maps
     lost = maps.pop(1)
     maps.append(Vma(0x30000, 0x31000, "rw-p", "", None, None, RW, _digest(b"")))
-    maps[1] = Vma(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj#2", RW, maps[1].digest)
+    maps[1] = Vma(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj[pid 101 20000]", RW, maps[1].digest)
     msgs = _messages(_tree(), after)
     assert msgs == [
         f"maps: pid 101 (t): VMA {lost.describe()} missing after restore",
-        ("maps: pid 101 (t): VMA 20000..21000 rw-s /dev/zero (deleted) [obj#1]: "
-        "object_id obj#1 -> obj#2, VmFlags lost [sh] gained [-]"),
+        ("maps: pid 101 (t): VMA 20000..21000 rw-s /dev/zero (deleted) [obj[pid 100 20000]]: "
+        "object_id obj[pid 100 20000] -> obj[pid 101 20000], VmFlags lost [sh] gained [-]"),
         "maps: pid 101 (t): VMA 30000..31000 rw-p anon appeared after restore",
     ]
     assert lost.describe() == "10000..11000 r--p /tmp/f"
@@ -176,12 +176,12 @@ def test_memory_counts_further_pages() -> None:
 
 def test_namespaces_and_uts() -> None:
     before, after = _tree(), _tree()
-    before.uts = {"uts#1": ("zdtm", "(none)")}
-    after.uts = {"uts#1": ("vm", "(none)")}
-    after.procs[101].namespaces["uts"] = "uts#1"
+    before.uts = {"uts[pid 101]": ("zdtm", "(none)")}
+    after.uts = {"uts[pid 101]": ("vm", "(none)")}
+    after.procs[101].namespaces["uts"] = "uts[pid 101]"
     assert _messages(before, after) == [
-        "ns: pid 101 (t): uts namespace host -> uts#1",
-        "ns: uts#1: (hostname, domainname) ('zdtm', '(none)') -> ('vm', '(none)')",
+        "ns: pid 101 (t): uts namespace host -> uts[pid 101]",
+        "ns: uts[pid 101]: (hostname, domainname) ('zdtm', '(none)') -> ('vm', '(none)')",
     ]
 
 

@@ -101,6 +101,25 @@ def test_fake_fault_fails_the_right_check(fault: str, flavor: str, subject: Test
     _check_fault(fault, result, engine.record)
 
 
+@pytest.mark.parametrize("flavor", ["ns", "uns"])
+def test_wrong_ppid_fails_the_tree_check(flavor: str, clean: Path, tmp_path: Path) -> None:
+    """The middle task of init -> fork_child -> child dies; the child ends up under init."""
+    test = next(t for t in discover() if t.name == "static/fork_child")
+    engine = FaultyEngine("wrong-ppid", tmp_path)
+    result = _run(test, engine, clean, flavor, norst=True)
+    rec = engine.record
+    assert result.outcome == FAIL and (result.phase, result.kind) == ("check", CHECK_FAILED)
+    problems = _problems(result)
+    child = f"pid {rec['inner_pid']} [{rec['pid']}] (fork_child)"
+    parent = f"pid {rec['ppid_before']} [{rec['killed']}] (fork_child)"
+    assert f"tree: {child}: ppid {rec['ppid_before']} -> 1" in problems
+    assert f"tree: {parent}: state T -> Z" in problems
+    assert rec["ppid_after"] == 1
+    # the dead parent lost its fds and memory, and the child's shared pipe/descriptions are
+    # no longer shared with it; nothing of the tree's init changed
+    assert all(p.split(": ", 2)[1] in (parent, child) for p in problems), problems
+
+
 def test_hanging_engine_is_killed(subject: TestDesc, clean: Path, tmp_path: Path) -> None:
     engine = FaultyEngine("hang", tmp_path)
     result = _run(subject, engine, clean, norst=True, engine_timeout=2.0)

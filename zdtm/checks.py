@@ -104,8 +104,7 @@ def _fd_diff(fb: FdState, fa: FdState) -> str:
         parts.append(f"pos {fb.pos} -> {fa.pos}")
     if fb.shared != fa.shared:
         parts.append(
-            f"open file description shared as {fb.shared or 'not shared'} -> "
-            f"{fa.shared or 'not shared'}"
+            f"open file description {fb.shared or 'not shared'} -> {fa.shared or 'not shared'}"
         )
     if fb.extra != fa.extra:
         parts.append(f"fdinfo {dict(fb.extra)} -> {dict(fa.extra)}")

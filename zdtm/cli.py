@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -160,7 +161,7 @@ def _run_worker(job: Job, args: argparse.Namespace, console: Console,
 
     ``live`` holds the pids of running workers, for the interrupt handler of the caller.
     """
-    spec = json.dumps({"test": job.test.name, "flavor": job.flavor, "argv": sys.argv[1:]})
+    spec = json.dumps({"test": job.test.name, "flavor": job.flavor, "argv": args.raw_argv})
     cmd = [sys.executable, "-m", "zdtm.cli", "_one", spec]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT_DIR), os.environ.get("PYTHONPATH")])))
@@ -219,6 +220,8 @@ def _print_result(console: Console, r: Result) -> None:
             console.line(f"    {d}")
         if len(r.details) > 60:
             console.line(f"    ... {len(r.details) - 60} more lines")
+    if r.workdir:
+        console.line(f"    work dir kept: {r.workdir}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -229,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         tests = select(all_tests(args.tests_dir), names=args.test, include=args.tests_regex,
                        exclude=args.exclude, all_tests=args.all)
-    except DescError as exc:
+    except (DescError, re.error) as exc:
         print(f"runner.py: {exc}", file=sys.stderr)
         return 2
     jobs = plan(tests, args.flavors)
@@ -364,7 +367,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of runner.py."""
-    args = build_parser().parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw_argv)
+    args.raw_argv = raw_argv  # parallel workers parse the same command line
     signal.signal(signal.SIGTERM, _terminate)
     if args.cmd == "run":
         return cmd_run(args)

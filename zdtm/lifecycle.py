@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flavors import Flavor, StartError, get_flavor
-from zdtm import tasks
+from zdtm import checks, snapshot, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
 from zdtm.engines import Engine, EngineFailure
@@ -101,19 +101,6 @@ def deadline(seconds: float, what: str) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def _checks() -> Any:
-    """The snapshot/compare API (zdtm.snapshot, zdtm.checks) as one namespace."""
-    from zdtm import checks, snapshot
-
-    class Api:
-        capture = staticmethod(snapshot.capture)
-        own_state = staticmethod(snapshot.own_state)
-        compare = staticmethod(checks.compare)
-        compare_own = staticmethod(checks.compare_own)
-
-    return Api
-
-
 def _problem_lines(problems: list[Any]) -> list[str]:
     return [f"{p.check}: {p.message}" for p in problems]
 
@@ -141,13 +128,12 @@ class Run:
     """State of one test x flavour run; ``execute()`` drives it and returns the Result."""
 
     def __init__(self, test: TestDesc, flavor: str, engine: Engine, opts: RunOptions,
-                 progress: Progress | None = None, checks: Any = None) -> None:
+                 progress: Progress | None = None) -> None:
         self.test = test
         self.flavor: Flavor = get_flavor(flavor)
         self.engine = engine
         self.opts = opts
         self.progress = progress or (lambda line: None)
-        self.api = checks
         self.result = Result(test=test.name, flavor=flavor, engine=engine.name,
                              notes=list(opts.notes))
         self.workdir: Path | None = None
@@ -167,9 +153,7 @@ class Run:
             if self._skip_reason():
                 return self.result
             self._build()
-            if self.api is None:
-                self.api = _checks()
-            own0 = self.api.own_state()
+            own0 = snapshot.own_state()
             self.baseline_desc = set(tasks.descendants(os.getpid()))
             try:
                 try:
@@ -259,7 +243,7 @@ class Run:
             self._note("nocr: no checkpoint/restore")
         for i in range(1, self.opts.iters + 1):
             label = f"{self.result.ident} iter {i}/{self.opts.iters}"
-            own_a = self.api.own_state()
+            own_a = snapshot.own_state()
             if cr:
                 parent = self._pre_dumps(i)
                 frozen = self._freeze("dump")
@@ -393,7 +377,7 @@ class Run:
     def _final_leak_check(self, own0: Any) -> None:
         """After cleanup the harness must hold exactly the fds and children it had before."""
         tasks.reap_zombie_children()
-        problems = self.api.compare_own(own0, self.api.own_state())
+        problems = checks.compare_own(own0, snapshot.own_state())
         leftovers = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
         lines = _problem_lines(problems) + [f"left behind: process {p}" for p in leftovers]
         if lines:
@@ -439,7 +423,7 @@ class Run:
         self.phase = "check"
         try:
             with deadline(SNAPSHOT_TIMEOUT, f"snapshot {label}"):
-                return self.api.capture(self.root_pid, ns=self.flavor.uses_ns)
+                return snapshot.capture(self.root_pid, ns=self.flavor.uses_ns)
         except PhaseTimeout as exc:
             self.result.fail("check", TIMEOUT, str(exc))
             raise _Failed from None
@@ -451,7 +435,7 @@ class Run:
     def _compare(self, s0: Any, s1: Any) -> list[Any]:
         try:
             with deadline(SNAPSHOT_TIMEOUT, "compare S0/S1"):
-                return list(self.api.compare(s0, s1))
+                return list(checks.compare(s0, s1))
         except PhaseTimeout as exc:
             self.result.fail("check", TIMEOUT, str(exc))
             raise _Failed from None
@@ -467,7 +451,7 @@ class Run:
         end = time.monotonic() + OWN_GRACE
         while True:
             tasks.reap_zombie_children()
-            problems = list(self.api.compare_own(before, self.api.own_state(),
+            problems = list(checks.compare_own(before, snapshot.own_state(),
                                                  expected=[self.root_pid]))
             if not problems or time.monotonic() > end:
                 return problems

@@ -7,8 +7,10 @@ seen from outside have all changed:
 
 - processes are keyed by their pid in their own pid namespace (the last NSpid entry); ppid,
   pgid and sid are given the same way, the root's ppid as "outside";
-- kernel ids become structural labels ("pipe#2", "obj#1", "uts#1", "ofd#3") numbered in order
-  of first appearance, walking processes by pid and fds/VMAs by number/address;
+- kernel ids become structural labels named after the object's first holder, walking
+  processes by pid and fds/VMAs by number/address: "pipe[pid 1 fd 3]", "ofd[pid 1 fd 1]"
+  (one open file description shared by several fds), "obj[pid 1 7f0000000000]" (a deleted
+  or anonymous shared object), "uts[pid 1]" (a namespace other than the harness's own);
 - maps are merged where the kernel could have split or merged them (see ``_merge``) and
   userfaultfd VmFlags are dropped; memory is digested per page (zdtm.memory), with the
   kernel-written fields of every thread's rseq area masked out.
@@ -49,7 +51,7 @@ class FdState:
     target: str
     flags: int
     pos: int
-    shared: str | None = None  # "ofd#k": same open file description as other fds of the tree
+    shared: str | None = None  # "ofd[pid P fd F]": one open file description with other fds
     extra: tuple[tuple[str, str], ...] = ()  # stable type-specific fdinfo fields
     raw: str = field(default="", compare=False)  # the link as read, for messages
 
@@ -67,7 +69,7 @@ class Vma:
     perms: str
     path: str  # "" for anonymous memory
     offset: int | None  # file/object offset; None for private anonymous memory
-    object_id: str | None  # "obj#k" for deleted/anonymous shared objects (shmem, memfd, SysV)
+    object_id: str | None  # "obj[pid P ADDR]": deleted/anonymous objects (shmem, memfd, SysV)
     flags: frozenset[str]
     digest: bytes | None = field(default=None, compare=False, repr=False)
 
@@ -127,17 +129,20 @@ class OwnState:
 
 
 class _Labeller:
-    """Gives kernel object ids stable names ("pipe#1") in order of first appearance."""
+    """Names kernel objects after their first holder in walk order: "pipe[pid 1 fd 3]".
+
+    A name depends only on the object's own holders, so a process lost by a restore does not
+    rename the objects of the others (numbering in order of appearance would), and it tells
+    a person where to look.
+    """
 
     def __init__(self) -> None:
         self._ids: dict[tuple[str, object], str] = {}
-        self._count: dict[str, int] = {}
 
-    def label(self, kind: str, key: object) -> str:
+    def label(self, kind: str, key: object, holder: str) -> str:
         full = (kind, key)
         if full not in self._ids:
-            self._count[kind] = self._count.get(kind, 0) + 1
-            self._ids[full] = f"{kind}#{self._count[kind]}"
+            self._ids[full] = f"{kind}[{holder}]"
         return self._ids[full]
 
 
@@ -228,7 +233,8 @@ def _fd_table(
     for fd in sorted(raw):
         target, info = raw[fd]
         m = _KERNEL_ID.match(target)
-        norm = labels.label(m.group(1), int(m.group(2))) if m else target
+        holder = f"pid {ps.pid} fd {fd}"
+        norm = labels.label(m.group(1), int(m.group(2)), holder) if m else target
         extra = tuple((k, v) for k, v in info.extra if k in _STABLE_FDINFO)
         ps.fds[fd] = FdState(norm, info.flags, info.pos, None, extra, target)
     return raw
@@ -262,12 +268,14 @@ def _label_shared_descriptions(
                 classes[-1].append(cur)
             else:
                 classes.append([cur])
-        # Number the classes in walk order of their first member, not in kernel pointer order.
+        # Name each class after its first member in walk order, not in kernel pointer order.
         rank = {(p.real_pid, fd): i for i, (p, fd) in enumerate(members)}
-        shared = [c for c in classes if len(c) > 1]
-        shared.sort(key=lambda c: min(rank[(p.real_pid, fd)] for p, fd in c))
-        for cls in shared:
-            label = labels.label("ofd", tuple((p.real_pid, fd) for p, fd in cls))
+        for cls in classes:
+            if len(cls) < 2:
+                continue
+            first, first_fd = min(cls, key=lambda m: rank[(m[0].real_pid, m[1])])
+            label = labels.label("ofd", (first.real_pid, first_fd),
+                                 f"pid {first.pid} fd {first_fd}")
             for ps, fd in cls:
                 old = ps.fds[fd]
                 ps.fds[fd] = FdState(old.target, old.flags, old.pos, label, old.extra, old.raw)
@@ -284,9 +292,14 @@ def _rseq_masks(ps: ProcState) -> list[tuple[int, int]]:
     return masks
 
 
-def _to_vma(entry: proc.MapsEntry, digest: bytes | None, labels: _Labeller) -> Vma:
+def _to_vma(
+    ps: ProcState, entry: proc.MapsEntry, digest: bytes | None, labels: _Labeller
+) -> Vma:
     filebacked = entry.inode != 0 and entry.path.startswith("/")
-    object_id = labels.label("obj", (entry.dev, entry.inode)) if entry.deleted else None
+    object_id = None
+    if entry.deleted:
+        holder = f"pid {ps.pid} {entry.start:x}"
+        object_id = labels.label("obj", (entry.dev, entry.inode), holder)
     return Vma(
         start=entry.start,
         end=entry.end,
@@ -336,7 +349,7 @@ def _maps_and_memory(
     masks = _rseq_masks(ps)
     reader = memory.MemoryReader(ps.real_pid, file_cache)
     try:
-        vmas = [_to_vma(e, reader.digest(e, masks), labels) for e in entries]
+        vmas = [_to_vma(ps, e, reader.digest(e, masks), labels) for e in entries]
     finally:
         reader.close()
     ps.maps = _merge(vmas)
@@ -366,7 +379,10 @@ def _namespaces(ps: ProcState, own: dict[str, int], labels: _Labeller) -> dict[s
         raw[kind] = ino
         # pid_for_children shares the pid ns id space: label both kinds as "pid".
         base = kind.replace("_for_children", "")
-        ps.namespaces[kind] = "host" if own.get(base) == ino else labels.label(base, ino)
+        if own.get(base) == ino:
+            ps.namespaces[kind] = "host"
+        else:
+            ps.namespaces[kind] = labels.label(base, ino, f"pid {ps.pid}")
     return raw
 
 

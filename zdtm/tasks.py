@@ -115,15 +115,6 @@ def thaw(pids: list[int]) -> None:
         _signal(pid, signal.SIGCONT)
 
 
-def is_child(pid: int) -> bool:
-    """Whether ``pid`` is a child of this process (then we must reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
-    except (OSError, IndexError, ValueError):
-        return False
-
-
 def reap(pid: int) -> int | None:
     """Collect a child's status if it exited; None when it still runs or is not ours."""
     try:
@@ -173,6 +164,6 @@ def pid_alive(pid: int) -> bool:
     return bool(states) and not all(s in "ZX" for s in states)
 
 
-__all__ = ["TaskError", "children", "descendants", "freeze", "is_child", "kill_tree",
+__all__ = ["TaskError", "children", "descendants", "freeze", "kill_tree",
            "pid_alive", "reap", "reap_zombie_children", "set_subreaper", "thaw", "tree",
            "wait_gone"]

@@ -4,17 +4,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 from engine.dump.dumper import DumpStats
 from engine.dump.dumper import dump as run_dump
+from engine.errors import EngineError
+
+
+@contextmanager
+def _terminable() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an EngineError while dumping, so a harness that stops
+    the engine still gets every task detached with its registers put back (the kernel
+    would detach them on our exit, but mid-injection registers would stay changed)."""
+    def stop(signo: int, _frame: FrameType | None) -> None:
+        raise EngineError("interrupted", f"terminated by {signal.Signals(signo).name}")
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def dump(args: argparse.Namespace) -> int:
     """`dump -t PID -D DIR [--leave-running] [--prev-images-dir P] [--track-mem]`.
     EngineError propagates to the CLI, which reports it."""
-    stats = run_dump(args.pid, args.images_dir, leave_running=args.leave_running,
-                     prev_dir=args.prev_images_dir, track_mem=args.track_mem)
+    with _terminable():
+        stats = run_dump(args.pid, args.images_dir, leave_running=args.leave_running,
+                         prev_dir=args.prev_images_dir, track_mem=args.track_mem)
     _report("dump", stats)
     return 0
 
@@ -23,8 +45,9 @@ def pre_dump(args: argparse.Namespace) -> int:
     """`pre-dump -t PID -D DIR [--prev-images-dir P]`: a complete image taken while the
     tree goes on running, with memory tracking armed so that the next dump against it
     (`--prev-images-dir DIR`) only copies the pages written since."""
-    stats = run_dump(args.pid, args.images_dir, leave_running=True,
-                     prev_dir=args.prev_images_dir, track_mem=True, kind="pre-dump")
+    with _terminable():
+        stats = run_dump(args.pid, args.images_dir, leave_running=True,
+                         prev_dir=args.prev_images_dir, track_mem=True, kind="pre-dump")
     _report("pre-dump", stats)
     return 0
 

@@ -75,9 +75,9 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     with every task left running as before.
 
     With `prev_dir` (an earlier image of the same tree whose dump armed memory tracking)
-    pages not written since are recorded as in the parent image. With `track_mem`, memory
-    tracking is armed for a later dump against this one (implies nothing about
-    leave_running; a pre-dump is `kind="pre-dump"`, leave_running and track_mem)."""
+    pages not written since are recorded as in the parent image. With `track_mem` (and
+    leave_running: a killed tree needs none), memory tracking is armed for a later dump
+    against this one. A pre-dump is `kind="pre-dump"` with leave_running and track_mem."""
     if prev_dir is not None:
         prev_dir = os.path.abspath(os.path.join(images_dir, prev_dir))
         if not os.path.isfile(os.path.join(prev_dir, names.INVENTORY)):
@@ -97,10 +97,14 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     except BaseException:
         img.discard()
         raise
+    track_mem = track_mem and leave_running  # a killed tree needs no tracking
     trackers: dict[int, track.Tracker] = {}
+    parent: _Parent | None = None
     try:
         if prev_dir is not None:
             trackers = track.fetch(prev_dir)
+            # Only trackers armed when the parent was dumped vouch for "unchanged since".
+            parent = _Parent(prev_dir, set(trackers))
         fault_point("seize")
         lap("seize")
         procs = [p for p in frozen.order() if p.state != "zombie"]
@@ -119,7 +123,6 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
                 trackers[p.pid] = inj.tracker
         fault_point("sigactions")
         lap("sigactions")
-        parent = _Parent(prev_dir, trackers) if prev_dir is not None else None
         shmem_entries = _dump_memory(img, procs, state, stats, parent,
                                      trackers if track_mem else {})
         fault_point("memory")
@@ -131,9 +134,9 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \
             else None
         _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent)
-        if track_mem:
-            track.hold(images_dir, trackers)
         fault_point("write")
+        if track_mem:
+            track.hold(images_dir, trackers)  # last: nothing may fail after it
         lap("write")
     except BaseException:
         track.close_all(trackers)
@@ -163,12 +166,12 @@ class _Parent:
     """The parent image of an incremental dump and the trackers armed since it."""
 
     path: str
-    trackers: dict[int, track.Tracker]
+    tracked: set[int]  # pids whose tracking was armed by the parent's dump
 
     def coverage(self, pid: int) -> list[Interval]:
         """Address ranges the parent image (chain) holds pages for, for `pid`."""
         parent = ImageDir(self.path)
-        if pid not in self.trackers or not parent.exists(names.pagemap(pid)):
+        if pid not in self.tracked or not parent.exists(names.pagemap(pid)):
             return []
         pm = parent.read_pagemap(names.pagemap(pid))
         return normalise([(e.addr, e.end) for e in pm.entries])
@@ -178,7 +181,7 @@ def _split_for_parent(p: tree.Proc, task_vmas: list[Vma], runs: list[pages.Run],
                       parent: _Parent | None) -> tuple[list[pages.Run], list[Interval]]:
     """Runs to copy, and ranges to record as in the parent: present pages of tracked VMAs
     that were not written since the parent and that the parent holds."""
-    if parent is None or p.pid not in parent.trackers:
+    if parent is None or p.pid not in parent.tracked:
         return runs, []
     written = track.written(p.pid, task_vmas)
     cover = intersect(track.tracked_ranges(task_vmas), parent.coverage(p.pid))

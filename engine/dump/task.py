@@ -10,7 +10,6 @@ each thread runs a few injected syscalls and is put back exactly as it was).
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 
 from engine.dump import track
@@ -159,11 +158,3 @@ def umask_of(st: Status, pid: int) -> int:
     if st.umask is None:
         raise EngineError("regs", f"task {pid}: /proc status has no Umask line")
     return st.umask
-
-
-def readlink_or(path: str, default: str) -> str:
-    """readlink, or `default` when the link cannot be read."""
-    try:
-        return os.readlink(path)
-    except OSError:
-        return default

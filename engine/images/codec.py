@@ -30,7 +30,9 @@ _SCALARS = (int, str, float, bool, type(None))
 
 
 def to_dict(record: Any) -> Any:
-    """Turn a record (or a list/dict of them) into plain JSON-able data."""
+    """Turn a record (or a list/dict of them) into plain JSON-able data. The result may
+    share dicts and lists with the records (no copies, for speed): read it, do not change
+    it."""
     t = type(record)
     if t in _SCALARS:
         return record

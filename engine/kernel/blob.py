@@ -196,6 +196,9 @@ class BlobRunner:
         self.timeout = timeout
         self._mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         self._table: Table | None = None
+        #: PTRACE_GETEVENTMSG of the last fork/clone event seen by run_one() (the new
+        #: task's id as the engine sees it)
+        self.last_event_msg = 0
         self.write(base, CODE)
 
     def close(self) -> None:
@@ -284,6 +287,7 @@ class BlobRunner:
                 # A clone with PTRACE_O_TRACECLONE reports its event between the two.
                 if ptrace.stop_event(status) not in _PASS_EVENTS:
                     break
+                self.last_event_msg = ptrace.get_event_msg(self.pid)
             if os.WSTOPSIG(status) & 0x7F != signal.SIGTRAP or ptrace.stop_event(status):
                 raise OSError(f"task {self.pid}: unexpected stop {status:#x} waiting for "
                               f"the syscall-{stop}-stop of syscall {nr}")

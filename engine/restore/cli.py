@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 
 from engine.errors import EngineError
 from engine.restore.restorer import RestoreOptions
@@ -16,8 +18,14 @@ def restore(args: argparse.Namespace) -> int:
     and exit with its status when it ends."""
     if args.lazy_pages:
         raise EngineError("restore", "--lazy-pages is not supported by this engine yet")
-    pid = restore_images(RestoreOptions(args.images_dir, leave_stopped=args.leave_stopped,
-                                        pidfile=args.pidfile))
+    opts = RestoreOptions(args.images_dir, leave_stopped=args.leave_stopped,
+                          pidfile=args.pidfile)
+    start = time.monotonic()
+    pid = restore_images(opts)
+    if os.environ.get("ENGINE_VERBOSE"):
+        steps = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in opts.timings.items())
+        print(f"restore: root {pid}; {steps}; total={(time.monotonic() - start) * 1000:.1f}ms",
+              file=sys.stderr)
     if args.detach:
         return 0
     # Foreground mode: the restored program's lifetime is the command's lifetime (the

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from engine.images.records import Creds, MmCore, ShmemEntry, SigInfoRecord, TaskCore, ThreadCore
 from engine.kernel import blob, uapi
 from engine.kernel.structs import KSigaction, PrctlMmMap, StackT
-from engine.proc.status import read_status
+from engine.proc.status import Status
 from engine.restore.layout import Window
+from engine.restore.ns import NsSetup
 
 # Not (yet) in engine.kernel.uapi: linux/prctl.h and linux/capability.h values.
 _PR_SET_KEEPCAPS = 8
@@ -70,11 +71,31 @@ def _sigaltstack(t: blob.Table, th: ThreadCore) -> None:
     t.add(uapi.SYS_sigaltstack, t.data(bytes(st)), 0, what="sigaltstack")
 
 
-def _creds(t: blob.Table, want: Creds) -> None:
-    me = read_status(os.getpid())
-    uid, gid = tuple(want.uid), tuple(want.gid)
+@dataclass
+class CredView:
+    """The credentials the task has now (as the engine reads them in /proc) and how ids
+    translate into the task's user namespace (the set*id calls take ids as it sees them)."""
+
+    have: Status
+    ns: NsSetup | None = None
+
+    def uid(self, uid: int) -> int:
+        """Engine-side uid -> task-side uid."""
+        return self.ns.inner_uid(uid) if self.ns and self.ns.new_user else uid
+
+    def gid(self, gid: int) -> int:
+        """Engine-side gid -> task-side gid."""
+        return self.ns.inner_gid(gid) if self.ns and self.ns.new_user else gid
+
+
+def _creds(t: blob.Table, want: Creds, view: CredView) -> None:
+    me = view.have
     groups = tuple(sorted(want.groups))
-    ids_change = (uid, gid, groups) != (me.uid, me.gid, tuple(sorted(me.groups)))
+    ids_change = (tuple(want.uid), tuple(want.gid), groups) != \
+        (me.uid, me.gid, tuple(sorted(me.groups)))
+    uid = [view.uid(x) for x in want.uid]
+    gid = [view.gid(x) for x in want.gid]
+    groups = tuple(view.gid(x) for x in groups)
     caps_change = (want.cap_inh, want.cap_prm, want.cap_eff, want.cap_bnd, want.cap_amb) != \
         (me.cap_inh, me.cap_prm, me.cap_eff, me.cap_bnd, me.cap_amb)
     if caps_change:
@@ -117,17 +138,24 @@ def _queue(deferred: Deferred, t: blob.Table, pid: int, tid: int | None,
                                f"queue signal {sig.signo} to {tid}"))
 
 
-def finish_table(core: TaskCore, mm: MmCore, window: Window, owned: list[ShmemEntry],
-                 objfds: dict[str, int]) -> tuple[blob.Table, Deferred]:
+def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEntry],
+                 objfds: dict[str, int], view: CredView,
+                 root: bool) -> tuple[blob.Table, Deferred]:
     """The table run after the pages are written, and the calls deferred past it.
 
-    owned: the shmem objects whose temporary full mapping this task holds (unmapped here,
-    then a memfd gets its seals); objfds: the memfd fds every task inherited (closed)."""
+    shmem: every shared memory object; each task unmaps its inherited whole mapping of
+    each, then the root seals the memfds. objfds: the memfd fds every task inherited
+    (closed)."""
     t = blob.Table()
     deferred = Deferred()
-    for s in owned:
+    # Credential changes (ours in a new user namespace, the dumped ones restored by every
+    # thread's table) make the kernel clear the dumpable flag, and a non-dumpable task's
+    # /proc/self files belong to root: set it back once every table has run.
+    deferred.calls.append((uapi.SYS_prctl, (uapi.PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable"))
+    for s in shmem:
         t.add(uapi.SYS_munmap, window.shmem_tmp[s.id], s.size, what=f"unmap shmem {s.id} copy")
-        if s.kind == "memfd" and s.seals:
+    for s in shmem:
+        if root and s.kind == "memfd" and s.seals:
             t.add(uapi.SYS_fcntl, objfds[s.id], _F_ADD_SEALS, s.seals, what=f"seal {s.id}")
     for sid, fd in sorted(objfds.items()):
         t.add(uapi.SYS_close, fd, what=f"close memfd {sid} (restore's copy)")
@@ -145,7 +173,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, owned: list[ShmemEn
     if core.root != "/":
         t.add(uapi.SYS_chroot, t.cstr(core.root), what=f"chroot {core.root}")
     main = next(x for x in core.threads if x.tid == core.pid)
-    _thread_part(t, main, core.creds)
+    _thread_part(t, main, core.creds, view)
     # The task queues them to itself: ids as its own pid namespace has them.
     pid = main.ns_tid[-1] if main.ns_tid else core.pid
     for th in core.threads:
@@ -156,7 +184,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, owned: list[ShmemEn
     return t, deferred
 
 
-def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds) -> None:
+def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds, view: CredView) -> None:
     """What each thread sets for itself; credentials last (raw set*id calls change only
     the calling thread, and the privileged steps must come before)."""
     _sigaltstack(t, th)
@@ -168,13 +196,13 @@ def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds) -> None:
     if th.rseq is not None and th.rseq.ptr:
         t.add(uapi.SYS_rseq, th.rseq.ptr, th.rseq.size, 0, th.rseq.signature,
               what=f"register rseq at {th.rseq.ptr:#x}")
-    _creds(t, creds)
+    _creds(t, creds, view)
 
 
-def thread_table(core: TaskCore, th: ThreadCore) -> blob.Table:
+def thread_table(core: TaskCore, th: ThreadCore, view: CredView) -> blob.Table:
     """The table a non-main thread runs for itself once it exists."""
     t = blob.Table()
-    _thread_part(t, th, core.creds)
+    _thread_part(t, th, core.creds, view)
     return t
 
 

@@ -165,51 +165,27 @@ def _file_open_flags(v: Vma) -> int:
     return (uapi.O_RDWR if shared_write else uapi.O_RDONLY) | uapi.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class ShmemPlan:
-    """How one task gets at a shared memory object.
-
-    owner: the object's creator as this task's /proc names it, None when this task
-    creates it (a full temporary mapping in the window, through which pages are written).
-    objfd: for a memfd, the fd every task inherited from the root (the memfd itself);
-    None for anonymous shared memory, which non-owners open via /proc/OWNER/map_files.
-    """
-
-    entry: ShmemEntry
-    owner: int | None
-    objfd: int | None = None
-
-
-def _shmem_path(window: Window, p: ShmemPlan) -> str:
-    tmp = window.shmem_tmp[p.entry.id]
-    who = "self" if p.owner is None else p.owner
-    return f"/proc/{who}/map_files/{tmp:x}-{tmp + p.entry.size:x}"
-
-
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
-                 rseq: tuple[int, int, int] | None,
-                 shmem: dict[str, ShmemPlan]) -> blob.Table:
+                 rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry]) -> blob.Table:
     """The table that turns the child's layout into the dumped one (pages not written).
 
     rseq: the child's own registration (ptr, len, sig), unregistered first: once its
     memory is gone the kernel would fail the task on its next return to user space.
-    shmem: every object this task maps or owns (see ShmemPlan).
+    shmem: every shared memory object of the tree. The root mapped each one whole at
+    window.shmem_tmp before it forked anything, so every task has the very same objects
+    there; a dumped VMA becomes a second mapping of its part of the object (mremap with
+    old_size 0 on a shared mapping), which needs neither a path nor /proc/PID/map_files
+    (refused inside a user namespace).
     """
     t = blob.Table()
     if rseq is not None:
         ptr, size, sig = rseq
         t.add(uapi.SYS_rseq, ptr, size, uapi.RSEQ_FLAG_UNREGISTER, sig,
               what="unregister the engine's rseq")
-    _unmap_all_but(t, [window.region] + [(s.start, s.end) for s in specials])
+    keep = [window.region] + [(s.start, s.end) for s in specials]
+    keep += [(window.shmem_tmp[s.id], window.shmem_tmp[s.id] + s.size) for s in shmem]
+    _unmap_all_but(t, keep)
     _move_specials(t, specials, window.specials_tmp)
-    for p in shmem.values():
-        if p.owner is not None:
-            continue
-        s = p.entry
-        anon = uapi.MAP_ANONYMOUS if p.objfd is None else 0
-        t.add(uapi.SYS_mmap, window.shmem_tmp[s.id], s.size, uapi.PROT_READ | uapi.PROT_WRITE,
-              uapi.MAP_SHARED | anon | uapi.MAP_FIXED, -1 if p.objfd is None else p.objfd, 0,
-              what=f"create shmem object {s.id}")
     files: dict[tuple[str, int], list[Vma]] = {}
     shared: dict[str, list[Vma]] = {}
     for v in mm.vmas:
@@ -240,21 +216,15 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
                   use_saved=1 << 4, what=("map {} at {:#x}", path, v.start))
         t.add(uapi.SYS_close, 0, use_saved=1, what=f"close {path}")
     for sid, vmas in shared.items():
-        p = shmem[sid]
-        if p.objfd is None:
-            path = _shmem_path(window, p)
-            t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), uapi.O_RDWR | uapi.O_CLOEXEC,
-                  0, save=True, what=f"open shmem {sid}")
+        tmp = window.shmem_tmp[sid]
         for v in vmas:
-            flags = (_map_flags(v) & ~uapi.MAP_ANONYMOUS) | uapi.MAP_SHARED
-            if p.objfd is None:
-                t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, flags, 0, v.pgoff,
-                      use_saved=1 << 4, what=("map shmem {} at {:#x}", sid, v.start))
-            else:
-                t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, flags, p.objfd, v.pgoff,
-                      what=("map memfd {} at {:#x}", sid, v.start))
-        if p.objfd is None:
-            t.add(uapi.SYS_close, 0, use_saved=1, what=f"close shmem {sid}")
+            size = v.end - v.start
+            t.add(uapi.SYS_mremap, tmp + v.pgoff, 0, size,
+                  uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, v.start,
+                  what=("map shmem {} at {:#x}", sid, v.start))
+            if v.prot != uapi.PROT_READ | uapi.PROT_WRITE:
+                t.add(uapi.SYS_mprotect, v.start, size, v.prot,
+                      what=("protect shmem {} at {:#x}", sid, v.start))
     for v in mm.vmas:
         if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall":
             continue  # the kernel sets their flags (dd, ...) itself

@@ -28,6 +28,7 @@ _CLONE_FLAG = {
     "net": uapi.CLONE_NEWNET,
     "uts": uapi.CLONE_NEWUTS,
     "ipc": uapi.CLONE_NEWIPC,
+    "user": uapi.CLONE_NEWUSER,
 }
 # Created implicitly with the pid namespace / not created by this engine (kept shared).
 _IMPLIED = ("pid_for_children",)
@@ -45,11 +46,36 @@ class NsSetup:
     clone_flags: int
     hostname: str | None = None
     domainname: str | None = None
+    uid_map: list[list[int]] | None = None
+    gid_map: list[list[int]] | None = None
 
     @property
     def new_pid(self) -> bool:
         """A new pid namespace (the root is its pid 1)."""
         return bool(self.clone_flags & uapi.CLONE_NEWPID)
+
+    @property
+    def new_user(self) -> bool:
+        """A new user namespace: the engine writes its id maps, tasks below the root get
+        pids only inside (only the engine may choose pids outside)."""
+        return bool(self.clone_flags & uapi.CLONE_NEWUSER)
+
+    def inner_uid(self, uid: int) -> int:
+        """A uid as the engine sees it -> as the tasks see it."""
+        return _map_in(self.uid_map, uid)
+
+    def inner_gid(self, gid: int) -> int:
+        """A gid as the engine sees it -> as the tasks see it."""
+        return _map_in(self.gid_map, gid)
+
+
+def _map_in(rows: list[list[int]] | None, outside: int) -> int:
+    for inside, out, count in rows or []:
+        if out <= outside < out + count:
+            return inside + outside - out
+    if rows:
+        raise EngineError("state", f"id {outside} is not mapped in the user namespace")
+    return outside
 
 
 def plan(image: DumpImage) -> NsSetup | None:
@@ -71,6 +97,8 @@ def plan(image: DumpImage) -> NsSetup | None:
         flags |= _CLONE_FLAG[rec.type]
         if rec.type == "uts":
             ns.hostname, ns.domainname = rec.hostname, rec.domainname
+        if rec.type == "user":
+            ns.uid_map, ns.gid_map = rec.uid_map, rec.gid_map
     if not flags:
         return None
     ns.clone_flags = flags
@@ -78,9 +106,28 @@ def plan(image: DumpImage) -> NsSetup | None:
 
 
 def set_tid(image: DumpImage, pid: int) -> list[int]:
-    """The task's pids for clone3 set_tid, innermost namespace first."""
+    """The task's pids in every pid namespace, innermost first."""
     entry = image.inventory.task(pid)
     return list(reversed(entry.ns_pid)) if entry.ns_pid else [pid]
+
+
+def clone_tids(image: DumpImage, ns: NsSetup | None, pid: int) -> tuple[list[int], bool]:
+    """The set_tid a task is created with, and whether it fixes the engine-side pid.
+    Below a new user namespace only the pids inside can be chosen (the task lacks
+    CAP_SYS_ADMIN over the engine's pid namespace); the root is cloned by the engine."""
+    tids = set_tid(image, pid)
+    if ns is not None and ns.new_user and pid != image.inventory.root_pid and len(tids) > 1:
+        return tids[:1], False
+    return tids, True
+
+
+def write_id_maps(pid: int, ns: NsSetup) -> None:
+    """From the engine: the new user namespace's uid_map and gid_map."""
+    for name, rows in (("uid_map", ns.uid_map), ("gid_map", ns.gid_map)):
+        if rows:
+            text = "".join(f"{a} {b} {c}\n" for a, b, c in rows)
+            with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as f:
+                f.write(text)
 
 
 def inner_pid(image: DumpImage, pid: int) -> int:
@@ -106,6 +153,19 @@ def setup_inside(ns: NsSetup) -> None:
             _loopback_up()
     except OSError as e:
         raise EngineError("fork", f"cannot set up the new namespaces: {e}") from None
+
+
+def become_root_inside() -> None:
+    """In the root task of a new user namespace, once its files are open: become uid and
+    gid 0 inside (what the tasks' children are forked as; the dumped credentials come back
+    at the end of the restore)."""
+    try:
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError as e:
+        raise EngineError("fork", f"cannot become root in the new user namespace: {e}") \
+            from None
 
 
 def _cstr(text: str) -> ctypes.Array:

@@ -24,7 +24,9 @@ import os
 import signal
 import struct
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.faults import fault_point
@@ -33,6 +35,7 @@ from engine.images.records import MmCore, ShmemEntry, TaskCore, ThreadCore
 from engine.kernel import blob, ptrace, uapi
 from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
+from engine.proc.status import read_status
 from engine.restore import files, finish, layout, ns, pages, spawn
 
 _ALL_SIGNALS = (1 << 64) - 1
@@ -50,6 +53,17 @@ class RestoreOptions:
     leave_stopped: bool = False
     pidfile: str | None = None
     timeout: float = 60.0  # for every single wait on a task
+    #: filled in: seconds spent per step (read, spawn, layout, pages, state, release)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(opts: RestoreOptions, step: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        opts.timings[step] = opts.timings.get(step, 0.0) + time.monotonic() - start
 
 
 def restore(opts: RestoreOptions) -> int:
@@ -59,8 +73,9 @@ def restore(opts: RestoreOptions) -> int:
     # cyclic GC would only rescan them over and over (it doubled maps06 restore times).
     gc.disable()
     try:
-        image = load(opts.images_dir)
-        _check_supported(image)
+        with _timed(opts, "read"):
+            image = load(opts.images_dir)
+            _check_supported(image)
         pid = TreeRestorer(image, opts).run()
     finally:
         gc.enable()
@@ -100,16 +115,17 @@ class _Task:
         self.mm: MmCore = ti.mm
         self.pid = ti.core.pid
         self.thread: ThreadCore = next(t for t in ti.core.threads if t.tid == self.pid)
-        ids = sorted({v.shmem_id for v in self.mm.vmas if v.shmem_id is not None})
-        self.shmem: list[ShmemEntry] = [image.shmem[i].entry for i in ids]
         # Main thread first: it creates the others.
         self.threads = [self.thread] + [t for t in ti.core.threads if t.tid != self.pid]
         self.regs = {th.tid: UserRegs.from_dict(th.regs) for th in self.threads}
         self.xstate = {th.tid: image.dir.read_bytes(th.xstate) if th.xstate else None
                        for th in self.threads}
         self.src: pages.PageSource | None = None
+        self.real = self.pid  # the pid it got (differs only below a new user namespace)
+        self.real_tid: dict[int, int] = {}  # dumped tid -> the tid it got
         self.runner: blob.BlobRunner | None = None
         self.thread_runners: dict[int, blob.BlobRunner] = {}
+        self.view: finish.CredView | None = None
         self.table2: blob.Table | None = None
         self.deferred: finish.Deferred | None = None
 
@@ -123,21 +139,14 @@ class TreeRestorer:
         inv = image.inventory
         self.live = [_Task(image, image.tasks[t.pid]) for t in inv.tasks
                      if t.state != "zombie"]
-        # A memfd is created by the root (every task inherits its fd); an anonymous
-        # object by the first task (in image order) that maps it.
-        self.owner: dict[str, int] = {}
+        # Every shared memory object is created by the root before it forks (a memfd
+        # also keeps an fd in every task until the end), so all tasks share them.
         self.shmem: dict[str, ShmemEntry] = {}
         for entry in inv.shmem:
-            if entry.kind == "memfd":
-                self.owner[entry.id] = inv.root_pid
-                self.shmem[entry.id] = entry
-            elif entry.kind != "anon":
+            if entry.kind not in ("anon", "memfd"):
                 raise EngineError("read", f"{image.path}: {entry.kind} shared memory "
                                           f"({entry.id}) is not supported")
-        for t in self.live:
-            for s in t.shmem:
-                self.owner.setdefault(s.id, t.pid)
-                self.shmem[s.id] = s
+            self.shmem[entry.id] = entry
         self.ns = ns.plan(image)
         self.tree: spawn.Tree | None = None
         self.objfds: dict[str, int] = {}
@@ -158,10 +167,11 @@ class TreeRestorer:
             fplan.add_task(self.image, core)
             pgid, sid = (ns.inner_pid(self.image, x) if x in pids else None
                          for x in (core.pgid, core.sid))
+            tids, fixed = ns.clone_tids(self.image, self.ns, t.pid)
             nodes[t.pid] = spawn.TaskSetup(core.pid, core.ppid, pgid, sid,
                                            list(core.fds), core.cwd, core.umask, core.limits,
                                            comm=core.comm, zombie_status=status,
-                                           set_tid=ns.set_tid(self.image, t.pid))
+                                           set_tid=tids, fixed_pid=fixed)
         for t in inv.tasks:
             if t.pid != inv.root_pid:
                 nodes[t.ppid].children.append(nodes[t.pid])
@@ -171,14 +181,15 @@ class TreeRestorer:
         # root inherits the engine's, including the spawn pipes made next).
         engine_fds = [int(n) for n in os.listdir("/proc/self/fd")]
         obj_base = max(files.floor(fplan), max(engine_fds) + 1 + _SPAWN_FDS)
+        shared = [(window.shmem_tmp[s.id], s.size, s.id) for s in self.shmem.values()]
         return spawn.TreeSetup(nodes[inv.root_pid], fplan, window.region, self.ns,
-                               memfds, obj_base)
+                               memfds, obj_base, shared)
 
     def run(self) -> int:
         """Create, rebuild and release the tree; returns the root pid."""
         mine = layout.engine_specials()
         specials = {t.pid: layout.match_specials(t.mm, mine) for t in self.live}
-        size = max(max(layout.layout_table_bytes(t.mm, len(t.shmem)),
+        size = max(max(layout.layout_table_bytes(t.mm, len(self.shmem)),
                        finish.table_bytes_bound(t.core, t.mm)) for t in self.live)
         # One spare page at the end for single syscalls' arguments (clone3 of threads).
         window = layout.plan_window([t.mm for t in self.live],
@@ -191,15 +202,21 @@ class TreeRestorer:
             shsrc = {sid: pages.shmem_source(self.image, sid) for sid in self.shmem}
             setup = self._setup(window)
             self.objfds = setup.memfd_fds()
-            for t in self.live:
-                owned = [s for s in self.shmem.values() if self.owner[s.id] == t.pid]
-                t.table2, t.deferred = finish.finish_table(t.core, t.mm, window, owned,
-                                                           self.objfds)
-            tree = spawn.spawn(setup, self.opts.timeout)
+            with _timed(self.opts, "spawn"):
+                tree = spawn.spawn(setup, self.opts.timeout)
             self.tree = tree
             try:
+                for t in self.live:
+                    t.real = tree.real[t.pid]
+                    t.real_tid[t.pid] = t.real
+                    view = finish.CredView(read_status(t.real), self.ns)
+                    t.table2, t.deferred = finish.finish_table(
+                        t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
+                        root=t is self.live[0])
+                    t.view = view
                 self._rebuild(window, specials, shsrc)
-                self._release()
+                with _timed(self.opts, "release"):
+                    self._release()
             except BaseException:
                 tree.kill_all()
                 raise
@@ -212,37 +229,35 @@ class TreeRestorer:
                     t.src.close()
             for s in shsrc.values():
                 s.close()
-        return self.image.inventory.root_pid
+        return self.live[0].real
 
     def _rebuild(self, window: layout.Window, specials: dict[int, list[layout.Special]],
                  shsrc: dict[str, pages.PageSource]) -> None:
         fault_point("mm")
         for t in self.live:
             # Nothing may be delivered while the layout is half built.
-            ptrace.set_sigmask(t.pid, _ALL_SIGNALS)
-            conf = ptrace.get_rseq_config(t.pid)
+            ptrace.set_sigmask(t.real, _ALL_SIGNALS)
+            conf = ptrace.get_rseq_config(t.real)
             rseq = (conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature) \
                 if conf.rseq_abi_pointer else None
-            t.runner = blob.BlobRunner(t.pid, window.base, window.region_size,
+            t.runner = blob.BlobRunner(t.real, window.base, window.region_size,
                                        self.opts.timeout)
-            plans = {}
-            for s in self.shmem.values():
-                owner = self.owner[s.id]
-                if owner == t.pid or s in t.shmem:
-                    # The owner as the task's /proc names it (its pid namespace's view).
-                    plans[s.id] = layout.ShmemPlan(
-                        s, None if owner == t.pid else ns.inner_pid(self.image, owner),
-                        self.objfds.get(s.id))
-            table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq, plans)
-            _run(t.runner, table1, "mm")
+            with _timed(self.opts, "layout"):
+                table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
+                                             list(self.shmem.values()))
+                _run(t.runner, table1, "mm")
         fault_point("pages")
-        for t in self.live:
-            assert t.src is not None
-            pages.write_task_pages(t.pid, t.src, t.mm.vmas)
-        for sid, s in self.shmem.items():
-            pages.write_shmem_pages(self.owner[sid], shsrc[sid], window.shmem_tmp[sid], s.size)
-        for t in self.live:
-            self._finish(t, window)
+        with _timed(self.opts, "pages"):
+            for t in self.live:
+                assert t.src is not None
+                pages.write_task_pages(t.real, t.src, t.mm.vmas)
+            for sid, s in self.shmem.items():
+                # Through the root's whole mapping: every task maps the same object.
+                pages.write_shmem_pages(self.live[0].real, shsrc[sid], window.shmem_tmp[sid],
+                                        s.size)
+        with _timed(self.opts, "state"):
+            for t in self.live:
+                self._finish(t, window)
 
     def _finish(self, t: _Task, window: layout.Window) -> None:
         assert t.runner is not None and t.table2 is not None and t.deferred is not None
@@ -251,7 +266,8 @@ class TreeRestorer:
             self._clone_thread(t, th, window)
         _run(t.runner, t.table2, "state")
         for th in t.threads[1:]:
-            _run(t.thread_runners[th.tid], finish.thread_table(t.core, th), "state")
+            assert t.view is not None
+            _run(t.thread_runners[th.tid], finish.thread_table(t.core, th, t.view), "state")
         fault_point("regs")
         for nr, args, what in t.deferred.calls:
             real = [t.table2.address(a, window.base) if isinstance(a, blob.DataRef) else a
@@ -276,43 +292,48 @@ class TreeRestorer:
         assert t.runner is not None and self.tree is not None
         tid = th.tid
         tids = list(reversed(th.ns_tid)) if th.ns_tid else [tid]
+        if self.ns is not None and self.ns.new_user:
+            tids = tids[:1]  # as for processes: only the engine may choose outer ids
         scratch = window.base + window.region_size - _SCRATCH
         args = CloneArgs()
         args.flags = _THREAD_FLAGS
         args.set_tid = scratch + ctypes.sizeof(CloneArgs)
         args.set_tid_size = len(tids)
         t.runner.write(scratch, bytes(args) + struct.pack(f"<{len(tids)}i", *tids))
-        ptrace.set_options(t.pid, spawn.SEIZE_OPTIONS | uapi.PTRACE_O_TRACECLONE)
+        ptrace.set_options(t.real, spawn.SEIZE_OPTIONS | uapi.PTRACE_O_TRACECLONE)
         res = t.runner.run_one(uapi.SYS_clone3, scratch, ctypes.sizeof(CloneArgs))
-        ptrace.set_options(t.pid, spawn.SEIZE_OPTIONS)
+        ptrace.set_options(t.real, spawn.SEIZE_OPTIONS)
+        real = t.runner.last_event_msg
         if res > 0:
-            self.tree.threads.add(tid)
+            self.tree.threads.add(real)
         if res != tids[0]:
             why = os.strerror(-res) if res < 0 else f"got tid {res}"
             raise EngineError("fork", f"task {t.pid}: cannot create thread {tid}: {why}")
-        status = ptrace.wait_stop(tid, self.opts.timeout)
+        status = ptrace.wait_stop(real, self.opts.timeout)
         if ptrace.stop_event(status) != uapi.PTRACE_EVENT_STOP:
             raise EngineError("fork", f"thread {tid} stopped unexpectedly ({status:#x})")
-        t.thread_runners[tid] = blob.BlobRunner(tid, window.base, window.region_size,
+        t.real_tid[tid] = real
+        t.thread_runners[tid] = blob.BlobRunner(real, window.base, window.region_size,
                                                 self.opts.timeout)
 
     def _release(self) -> None:
         for t in self.live:
             for th in t.threads:
-                ptrace.set_regs(th.tid, t.regs[th.tid])
+                real = t.real_tid[th.tid]
+                ptrace.set_regs(real, t.regs[th.tid])
                 xstate = t.xstate[th.tid]
                 if xstate is not None:
-                    ptrace.set_xstate(th.tid, xstate)
-                ptrace.set_sigmask(th.tid, th.sigmask)
+                    ptrace.set_xstate(real, xstate)
+                ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
-        stopped = [t.pid for t in self.live
+        stopped = [t.real for t in self.live
                    if self.opts.leave_stopped or t.core.state == "stopped"]
         for pid in stopped:
             # Queued now, taken as a group-stop as soon as the task leaves ptrace.
             os.kill(pid, signal.SIGSTOP)
         for t in self.live:
             for th in t.threads:
-                ptrace.detach(th.tid, 0)
+                ptrace.detach(t.real_tid[th.tid], 0)
         for pid in stopped:
             _wait_state(pid, "T", self.opts.timeout)
 

@@ -57,6 +57,7 @@ class TaskSetup:
     limits: list[RlimitRecord]
     comm: str = ""
     set_tid: list[int] = field(default_factory=list)  # pids innermost ns first ([] = [pid])
+    fixed_pid: bool = True  # set_tid reaches the engine's pid ns (the real pid is `pid`)
     zombie_status: int | None = None  # wait status of a dumped zombie
     children: list[TaskSetup] = field(default_factory=list)
 
@@ -84,6 +85,9 @@ class TreeSetup:
     # memfd objects (shmem id, name, size) the root creates at fds obj_base, obj_base+1...
     memfds: list[tuple[str, str, int]] = field(default_factory=list)
     obj_base: int = 0
+    # every shared memory object (address, size, shmem id): the root maps each whole
+    # there before forking, so every task inherits the same objects
+    shmem: list[tuple[int, int, str]] = field(default_factory=list)
 
     def memfd_fds(self) -> dict[str, int]:
         """shmem id -> the fd number of its memfd in every task until the finish table."""
@@ -195,8 +199,11 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
 
 def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
     """The root task's first steps; never returns."""
+    ctl = [go_r, err_w]
     try:
         if tree.ns is not None:
+            if tree.ns.new_user and os.read(go_r, 1) != b"m":
+                os._exit(3)  # the engine is gone
             ns.setup_inside(tree.ns)
         # memfds at their agreed numbers, then everything else above them (and so above
         # every fd number any task will have).
@@ -207,15 +214,24 @@ def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
             if fd != memfds[sid]:
                 os.dup2(fd, memfds[sid])
                 os.close(fd)
+        for addr, size, sid in tree.shmem:
+            fd = memfds.get(sid, -1)
+            ksys.mmap(addr, size, uapi.PROT_READ | uapi.PROT_WRITE,
+                      uapi.MAP_SHARED | uapi.MAP_FIXED_NOREPLACE
+                      | (uapi.MAP_ANONYMOUS if fd < 0 else 0), fd, 0)
         low = tree.obj_base + len(tree.memfds)
-        ctl = [files.move_above(go_r, low), files.move_above(err_w, low)]
+        ctl = [files.move_above(fd, low) for fd in ctl]
+        # Files are opened with the engine's own credentials (in a new user namespace the
+        # task only becomes root inside afterwards), as the dumped tree opened them.
         by_file = files.open_all(tree.files, low, memfds)
+        if tree.ns is not None and tree.ns.new_user:
+            ns.become_root_inside()
         ctl += list(memfds.values())
     except EngineError as e:
-        _report(err_w, tree.root.pid, e.phase, e.message)
+        _report(ctl[1], tree.root.pid, e.phase, e.message)
         os._exit(1)
     except BaseException as e:  # noqa: BLE001 - as in _task
-        _report(err_w, tree.root.pid, "files", f"{type(e).__name__}: {e}")
+        _report(ctl[1], tree.root.pid, "files", f"{type(e).__name__}: {e}")
         os._exit(1)
     _task(tree, tree.root, ctl, by_file)
 
@@ -228,29 +244,62 @@ def _report(err_w: int, pid: int, phase: str, message: str) -> None:
 
 
 class Tree:
-    """The tasks the engine created: which pids are ours, and killing them all."""
+    """The tasks the engine created: their real pids, which pids are ours, killing them.
 
-    def __init__(self, setup: TreeSetup) -> None:
+    Tasks are named by their dumped pids; `real` maps them to the pids they got, as the
+    engine sees them: the same, except below a new user namespace, where a task cannot
+    choose its pid in the engine's pid namespace and the engine finds it by its pid inside.
+    """
+
+    def __init__(self, setup: TreeSetup, root_real: int) -> None:
         self.setup = setup
         self.tasks = setup.root.walk()
         self.parent = {c.pid: t.pid for t in self.tasks for c in t.children}
-        self.parent[setup.root.pid] = os.getpid()
         self.live = [t.pid for t in self.tasks if t.zombie_status is None]
-        self.threads: set[int] = set()  # non-main threads created later (all traced by us)
+        self.real: dict[int, int] = {setup.root.pid: root_real}
+        self.threads: set[int] = set()  # real tids of threads created later (our tracees)
 
-    def ours(self, pid: int) -> bool:
-        """True when `pid` exists and is the task we created (its parent is the one we
-        made it from, or us, the subreaper, after its parent died)."""
+    def _expected_parent(self, pid: int) -> int | None:
+        if pid == self.setup.root.pid:
+            return os.getpid()
+        return self.real.get(self.parent[pid])
+
+    def find(self, t: TaskSetup) -> int | None:
+        """The real pid of task t once it exists (None before)."""
+        if t.pid in self.real:
+            return self.real[t.pid]
+        parent = self._expected_parent(t.pid)
+        if parent is None:
+            return None
+        if t.fixed_pid:
+            found = t.pid if self._child_of(t.pid, parent) else None
+        else:
+            found = _child_by_inner_pid(parent, t.inner_pid)
+        if found is not None:
+            self.real[t.pid] = found
+        return found
+
+    @staticmethod
+    def _child_of(pid: int, parent: int) -> bool:
         try:
             ppid = read_stat(pid).ppid
         except (FileNotFoundError, ProcessLookupError):
             return False
-        return ppid in (self.parent[pid], os.getpid())
+        return ppid in (parent, os.getpid())
+
+    def ours(self, pid: int) -> bool:
+        """True when task `pid` (dumped pid) exists and is the one we created: its parent
+        is the one we made it from, or us (the subreaper) after its parent died."""
+        real = self.real.get(pid)
+        parent = self._expected_parent(pid)
+        return real is not None and parent is not None and self._child_of(real, parent)
 
     def kill_all(self, timeout: float = 10.0) -> None:
         """SIGKILL every task of the tree that exists and is ours, and reap them (we are
         the subreaper, so orphans come to us)."""
-        victims = [t.pid for t in self.tasks if self.ours(t.pid)]
+        for t in self.tasks:
+            self.find(t)
+        victims = [self.real[t.pid] for t in self.tasks if self.ours(t.pid)]
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -266,7 +315,7 @@ class Tree:
             if not left:
                 return
             # A thread group leader is reaped after its threads, our tracees too.
-            for pid in threads + left:
+            for pid in threads + [self.real[p] for p in left]:
                 try:
                     os.waitpid(pid, os.WNOHANG | uapi.WALL)
                 except ChildProcessError:
@@ -276,6 +325,25 @@ class Tree:
             time.sleep(0.001)
 
 
+def _child_by_inner_pid(parent: int, inner: int) -> int | None:
+    try:
+        with open(f"/proc/{parent}/task/{parent}/children", encoding="ascii") as f:
+            kids = [int(x) for x in f.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        if int(line.split()[-1]) == inner:
+                            return kid
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return None
+
+
 def spawn(setup: TreeSetup, timeout: float) -> Tree:
     """Create every task; return once each live one is seized and in its SIGSTOP stop and
     each zombie is a zombie. On failure nothing of the tree is left."""
@@ -283,7 +351,6 @@ def spawn(setup: TreeSetup, timeout: float) -> Tree:
     ksys.set_child_subreaper(True)
     err_r, err_w = os.pipe()
     go_r, go_w = os.pipe()
-    tree = Tree(setup)
     try:
         try:
             child = _clone_with_pid(setup.root, setup.ns.clone_flags if setup.ns else 0)
@@ -298,6 +365,14 @@ def spawn(setup: TreeSetup, timeout: float) -> Tree:
         os.close(err_w)
         os.close(go_r)
         os.set_blocking(err_r, False)
+        tree = Tree(setup, child)
+        if setup.ns is not None and setup.ns.new_user:
+            try:
+                ns.write_id_maps(child, setup.ns)
+            except OSError as e:
+                tree.kill_all()
+                raise EngineError("fork", f"cannot write the id maps of {child}: {e}") from None
+            os.write(go_w, b"m")  # the root waits for its maps before anything else
         try:
             _seize_all(tree, err_r, go_w, timeout)
         except BaseException:
@@ -324,23 +399,25 @@ def _check_errors(err_r: int) -> None:
 
 def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    pending = list(tree.live)
-    while pending:  # seize each live task as soon as it exists
+    pending = list(tree.tasks)
+    while pending:  # find every task, seize each live one as soon as it exists
         _check_errors(err_r)
-        pid = pending[0]
-        if tree.ours(pid):
-            ptrace.seize(pid, SEIZE_OPTIONS)
+        t = pending[0]
+        real = tree.find(t)
+        if real is not None:
+            if t.zombie_status is None:
+                ptrace.seize(real, SEIZE_OPTIONS)
             pending.pop(0)
             continue
         if time.monotonic() > deadline:
-            raise EngineError("fork", f"task {pid} was not created in time")
+            raise EngineError("fork", f"task {t.pid} was not created in time")
         time.sleep(0.0005)
     os.write(go_w, b"g" * len(tree.live))
     for pid in tree.live:
-        _wait_sigstop(pid, err_r, deadline)
+        _wait_sigstop(tree.real[pid], err_r, deadline)
     for t in tree.tasks:
         if t.zombie_status is not None:
-            while read_stat(t.pid).state != "Z":
+            while read_stat(tree.real[t.pid]).state != "Z":
                 _check_errors(err_r)
                 if time.monotonic() > deadline:
                     raise EngineError("fork", f"task {t.pid} did not become a zombie")

@@ -77,6 +77,16 @@ def state(pid: int) -> str:
     return read_stat(pid).state
 
 
+def tree_of(pid: int) -> list[int]:
+    """pid and all its descendants (from /proc/PID/task/*/children)."""
+    out = [pid]
+    for p in out:
+        for tid in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{tid}/children", encoding="ascii") as f:
+                out.extend(int(x) for x in f.read().split())
+    return out
+
+
 @dataclass
 class ZdtmTest:
     """One running zdtm test program in its own work dir."""
@@ -134,12 +144,14 @@ def dump_restore(t: ZdtmTest, images: Path, leave_stopped: bool = False,
     """Dump t (killing it unless leave_running), reap it, restore detached.
 
     Returns the restore's CompletedProcess; on success t.pid is the restored root."""
+    tasks = tree_of(t.pid)
     d = engine("dump", "-t", str(t.pid), "-D", str(images),
                *(["--leave-running"] if leave_running else []))
     assert d.returncode == 0, f"dump failed: {d.stderr}"
     if leave_running:
         return d
-    wait_gone(t.pid)
+    for pid in tasks:  # the killed tree's orphans come to us, the subreaper
+        wait_gone(pid)
     pidfile = images.parent / f"{images.name}.restored.pid"
     r = engine("restore", "-D", str(images), "-d", "--pidfile", str(pidfile),
                *(["--leave-stopped"] if leave_stopped else []))

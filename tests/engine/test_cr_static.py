@@ -24,6 +24,9 @@ SINGLE = [
     "mem_mprotect_split", "mem_mremap", "mem_protnone", "mem_readonly", "mem_sparse",
     "pipe_data", "rlimits", "shmem_datagen_single", "sig_handlers", "sigaltstack", "umask",
 ]
+# Trees, threads and objects shared between processes.
+TREES = ["fd_shared_offset", "fork_child", "memfd_shared", "pipe_between", "session_pgid",
+         "shmem_datagen", "thread", "zombie"]
 ITERATIONS = 3
 
 
@@ -42,7 +45,7 @@ def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[cr.ZdtmT
         t.cleanup()
 
 
-@pytest.mark.parametrize("running", SINGLE, indirect=True)
+@pytest.mark.parametrize("running", SINGLE + TREES, indirect=True)
 def test_dump_restore_iterations(running: cr.ZdtmTest, tmp_path: Path) -> None:
     """dump (kill) -> restore -d, three times, then the program's own verdict is PASS."""
     for i in range(ITERATIONS):
@@ -52,15 +55,18 @@ def test_dump_restore_iterations(running: cr.ZdtmTest, tmp_path: Path) -> None:
     assert "PASS" in running.stop()
 
 
-@pytest.mark.parametrize("running", ["mem_anon", "sig_handlers", "pipe_data"], indirect=True)
+@pytest.mark.parametrize("running", ["mem_anon", "sig_handlers", "pipe_data", "thread",
+                                     "fork_child"], indirect=True)
 def test_leave_stopped_then_sigcont(running: cr.ZdtmTest, tmp_path: Path) -> None:
     """--leave-stopped: the task is in group-stop ('T') when restore returns; SIGCONT
     resumes it and it passes."""
     for i in range(ITERATIONS):
         r = cr.dump_restore(running, tmp_path / f"img{i}", leave_stopped=True)
         assert r.returncode == 0, r.stderr
-        assert cr.state(running.pid) == "T"
-        os.kill(running.pid, signal.SIGCONT)
+        tasks = cr.tree_of(running.pid)
+        assert all(cr.state(p) == "T" for p in tasks), tasks
+        for p in tasks:
+            os.kill(p, signal.SIGCONT)
     assert "PASS" in running.stop()
 
 

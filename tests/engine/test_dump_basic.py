@@ -187,9 +187,41 @@ def test_dump_tree_with_thread_child_and_zombie(small_tree, tmp_path: Path) -> N
     by_pid = {t.pid: t for t in inv.tasks}
     assert set(by_pid) == {proc.pid, zombie, child}
     assert len(by_pid[proc.pid].threads) == 2
+    threads = img.tasks[proc.pid].core.threads
+    assert sorted(t.tid for t in threads) == sorted(by_pid[proc.pid].threads)
+    assert all(t.rseq is not None and t.ns_tid == [t.tid] for t in threads)
+    assert len({t.regs["fs_base"] for t in threads}) == 2  # each thread its own TLS
     assert by_pid[zombie].state == "zombie" and by_pid[zombie].exit_code == 7 << 8
     assert by_pid[child].ppid == proc.pid and img.tasks[child].mm is not None
     # still alive and untraced afterwards
     for pid in (proc.pid, child):
         status = Path(f"/proc/{pid}/status").read_text()
         assert "TracerPid:\t0" in status and "State:\tS" in status
+
+
+def test_task_inside_a_syscall_gets_restart_registers(tmp_path: Path) -> None:
+    """A task blocked in pause() is dumped with the registers that re-run the syscall:
+    rip on its `syscall` instruction, rax = the syscall number."""
+    code = "import signal; print(1, flush=True); signal.pause()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "1"
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{proc.pid}/wchan").read_text() in ("0", ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        res = run_engine("dump", "-t", str(proc.pid), "-D", str(tmp_path / "img"),
+                         "--leave-running")
+        assert res.returncode == 0, res.stderr
+        th = load(str(tmp_path / "img")).tasks[proc.pid].core.threads[0]
+        assert th.in_syscall
+        assert th.regs["rax"] == th.regs["orig_rax"] == uapi.SYS_pause
+        fd = os.open(f"/proc/{proc.pid}/mem", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 2, th.regs["rip"]) == b"\x0f\x05"
+        finally:
+            os.close(fd)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_dump_basic import REPO, run_engine
+from test_dump_basic import REPO, run_engine, small_tree  # noqa: F401 (fixture)
 from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
 from engine.faults import DUMP_STEPS
@@ -102,3 +102,43 @@ def test_non_empty_images_dir_is_refused(victim: Victim, tmp_path: Path) -> None
     assert res.returncode == 1 and "not empty" in res.stderr
     assert (images / "old").read_text() == "x"
     assert victim.is_running() and victim.finish() == (0, "")
+
+
+@pytest.mark.parametrize("step", ["sigactions", "memory", "write"])
+def test_fault_leaves_a_whole_tree_running(small_tree, tmp_path: Path,  # type: ignore[no-untyped-def]  # noqa: F811
+                                           step: str) -> None:
+    """A tree (a process with a second thread, a child, a zombie): after a failed dump
+    every task and thread runs on, untraced and not stopped; the zombie is still there."""
+    proc, zombie, child = small_tree
+    res = run_engine("dump", "-t", str(proc.pid), "-D", str(tmp_path / "img"),
+                     env={"ENGINE_FAULT": step})
+    assert res.returncode == 1 and f"error: {step}: fault injected" in res.stderr
+    for pid in (proc.pid, child):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            assert "TracerPid:\t0\n" in status, (pid, tid)
+            assert "State:\tS" in status, (pid, tid)
+    assert len(os.listdir(f"/proc/{proc.pid}/task")) == 2
+    assert "State:\tZ" in Path(f"/proc/{zombie}/status").read_text()
+    assert not (tmp_path / "img").exists()
+
+
+def test_engine_terminated_mid_dump(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+    """SIGTERM to the engine while it has the task seized: it stops with an error and the
+    task runs on unharmed (registers, memory, fds, signal state)."""
+    fds, mem = victim.fd_table(), victim.memory_digest()
+    eng = subprocess.Popen([sys.executable, "-m", "engine", "dump", "-t", str(victim.pid),
+                            "-D", str(tmp_path / "img"), "--leave-running"], cwd=REPO,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)),
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while victim.proc_status()["TracerPid"] != str(eng.pid) and eng.poll() is None:
+        assert time.monotonic() < deadline, "the engine never seized the task"
+        time.sleep(0.0005)
+    eng.send_signal(signal.SIGTERM)
+    _out, err = eng.communicate(timeout=60)
+    if eng.returncode != 0:  # 0: the dump finished between our look and the signal
+        assert eng.returncode == 1, err
+        assert "engine: error: interrupted: terminated by SIGTERM" in err, err
+        assert not (tmp_path / "img").exists()
+    assert_unharmed(victim, fds, mem)

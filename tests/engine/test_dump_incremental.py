@@ -170,3 +170,52 @@ def test_dump_against_an_untracked_parent_copies_everything(dirtier_bin: Path,
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def _tracked_vmas(pid: int) -> int:
+    """How many VMAs of pid are registered with a userfaultfd (VmFlags "uw")."""
+    text = Path(f"/proc/{pid}/smaps").read_text()
+    return sum(" uw" in line for line in text.splitlines() if line.startswith("VmFlags:"))
+
+
+def test_failed_incremental_dump_drops_tracking(dirtier_bin: Path, tmp_path: Path) -> None:
+    """A dump that fails after taking the tracking over must not leave it armed: the pages
+    it re-protected would look unchanged to the next dump. The next dump against the same
+    parent is then complete, and the task is untouched."""
+    proc = subprocess.Popen([str(dirtier_bin)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        pre = tmp_path / "pre"
+        res = run_engine("pre-dump", "-t", str(proc.pid), "-D", str(pre))
+        assert res.returncode == 0, res.stderr
+        assert _tracked_vmas(proc.pid) > 0
+        res = run_engine("dump", "-t", str(proc.pid), "-D", str(tmp_path / "bad"),
+                         "--prev-images-dir", str(pre), "--leave-running",
+                         env={"ENGINE_FAULT": "files"})
+        assert res.returncode == 1 and "fault injected" in res.stderr
+        assert _tracked_vmas(proc.pid) == 0
+        res = run_engine("dump", "-t", str(proc.pid), "-D", str(tmp_path / "next"),
+                         "--prev-images-dir", str(pre), "--leave-running")
+        assert res.returncode == 0, res.stderr
+        img = load(str(tmp_path / "next"))
+        assert {e.flags for e in img.tasks[proc.pid].pagemap.entries} == {PE_PRESENT}  # type: ignore[union-attr]
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_failed_pre_dump_arms_nothing(dirtier_bin: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen([str(dirtier_bin)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        res = run_engine("pre-dump", "-t", str(proc.pid), "-D", str(tmp_path / "pre"),
+                         env={"ENGINE_FAULT": "write"})
+        assert res.returncode == 1 and "fault injected" in res.stderr
+        assert _tracked_vmas(proc.pid) == 0 and not _holders(proc.pid)
+        assert not (tmp_path / "pre").exists()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
-from engine.dump import pages, shmem
+from engine.dump import intervals, pages, shmem
 from engine.dump.dumper import dump
 from engine.images import load
 
@@ -100,3 +100,12 @@ def test_union_of_repeated_scan_regions() -> None:
     regions = [(0x1000, 0x3000, 0), (0x5000, 0x6000, 0), (0x5000, 0x6000, 0),
                (0x2000, 0x4000, 0)]
     assert pages._union(regions) == [(0x1000, 0x4000, 0), (0x5000, 0x6000, 0)]
+
+
+def test_interval_operations() -> None:
+    a = intervals.normalise([(30, 40), (0, 10), (5, 15), (15, 20), (50, 50)])
+    assert a == [(0, 20), (30, 40)]
+    b = [(5, 8), (18, 35), (39, 60)]
+    assert intervals.intersect(a, b) == [(5, 8), (18, 20), (30, 35), (39, 40)]
+    assert intervals.subtract(a, b) == [(0, 5), (8, 18), (35, 39)]
+    assert intervals.subtract(a, []) == a and intervals.intersect(a, []) == []

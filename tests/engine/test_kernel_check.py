@@ -129,7 +129,14 @@ def test_cli_arguments_reach_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cli_usage_error() -> None:
     res = _engine("dump", "-D", "x")  # -t missing
-    assert res.returncode == 2 and "required" in res.stderr
+    assert res.returncode == 1
+    assert res.stderr.startswith("engine: error: usage: python -m engine dump: ")
+    assert "-t/--tree" in res.stderr and len(res.stderr.splitlines()) == 1
+    res = _engine("restore", "-D", "x", "--link-remap")  # a CRIU option we do not have
+    assert res.returncode == 1
+    assert res.stderr == ("engine: error: usage: python -m engine: unrecognized arguments: "
+                          "--link-remap\n")
+    assert _engine("dump", "--help").returncode == 0
 
 
 def test_fault_points(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,3 +154,22 @@ def test_fault_points(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError):
         faults.fault_point("not-a-step")
     assert set(faults.DUMP_STEPS) | set(faults.RESTORE_STEPS) == faults.STEPS
+
+
+def test_probe_reports_every_name_when_ptrace_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel (or LSM) that refuses ptrace: every ptrace-based feature is reported
+    missing with the kernel's reason; features that need no ptrace are unaffected."""
+    from engine.kernel import ptrace
+
+    def refuse(tid: int, options: int = 0) -> None:
+        raise PermissionError(1, "ptrace: Operation not permitted")
+
+    monkeypatch.setattr(ptrace, "seize", refuse)
+    results = check.probe()
+    for name in ("ptrace_seize", "ptrace_regs", "ptrace_xstate", "ptrace_sigmask",
+                 "ptrace_peeksiginfo", "ptrace_rseq_config", "syscall_inject", "proc_mem"):
+        ok, why = results[name]
+        assert not ok and "Operation not permitted" in why, name
+    assert results["process_vm_readv"] == (True, "")
+    assert results["pagemap_scan"] == (True, "")

@@ -333,3 +333,24 @@ def test_rseq_outside_critical_section_is_untouched(spawn) -> None:
         assert inj.rseq_abort is None
         assert inj.saved_regs.rip == regs.rip
     ptrace.detach(t.pid)
+
+
+def test_inject_into_a_non_leader_thread(spawn) -> None:
+    """Each thread is injected on its own; the others stay stopped meanwhile."""
+    t = spawn("threads", "2")
+    tids = sorted(int(x) for x in os.listdir(f"/proc/{t.pid}/task"))
+    for tid in tids:
+        ptrace.seize(tid)
+        ptrace.freeze(tid, TIMEOUT)
+    worker = next(tid for tid in tids if tid != t.pid)
+    with Injector(worker, TIMEOUT) as inj:
+        assert inj.check(uapi.SYS_gettid) == worker
+        assert inj.check(uapi.SYS_getpid) == t.pid
+        addr = inj.scratch(64)
+        inj.write(addr, b"thread")
+    # the scratch mapping belonged to the whole process and is gone again
+    assert f"{addr:x}-" not in _maps(t.pid)
+    for tid in tids:
+        ptrace.detach(tid)
+    time.sleep(0.05)
+    assert sorted(int(x) for x in os.listdir(f"/proc/{t.pid}/task")) == tids

@@ -96,14 +96,12 @@ def test_pagemap_scan_on_another_process(spawn) -> None:
                                  return_mask=uapi.PAGE_IS_PRESENT | uapi.PAGE_IS_FILE)
     finally:
         os.close(fd)
-    t.extra.append(int(t.header.split()[3]))
     # the state target wrote only the top page of its growsdown area
     assert runs == [(gd + 3 * PAGE, gd + 4 * PAGE, uapi.PAGE_IS_PRESENT)]
 
 
 def test_process_vm_read_write(spawn) -> None:
     t = spawn("state", "/dev/null")
-    t.extra.append(int(t.header.split()[3]))
     gd = int(t.header.split()[1], 16)
     buf = mmap.mmap(-1, PAGE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
@@ -133,7 +131,6 @@ def test_process_vm_read_write(spawn) -> None:
 
 def test_pidfd_getfd_copies_a_pipe_end(spawn) -> None:
     t = spawn("state", "/dev/null")
-    t.extra.append(int(t.header.split()[3]))
     pidfd = ksys.pidfd_open(t.pid)
     try:
         wfd = ksys.pidfd_getfd(pidfd, 9)  # the target's pipe write end (fd 9)
@@ -249,7 +246,6 @@ def test_ptrace_cross_check_regs_via_peekuser(spawn) -> None:
 
 def test_kcmp_finds_a_shared_open_file_description(spawn, tmp_path) -> None:
     t = spawn("state", str(tmp_path / "f"))
-    t.extra.append(int(t.header.split()[3]))
     # fd 3 (from open) and fd 7 (its dup2) share one description; the pipe ends do not
     assert ksys.kcmp(t.pid, t.pid, uapi.KCMP_FILE, 3, 7) == 0
     assert ksys.kcmp(t.pid, t.pid, uapi.KCMP_FILE, 8, 9) != 0

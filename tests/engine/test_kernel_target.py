@@ -2,7 +2,7 @@
 
 Other test_kernel_*/test_proc_* modules import ``target_bin`` and ``spawn`` from here.
 The program (source below) prints ``ready PID`` once it is about to enter the behaviour
-its mode names (nanosleep, read, pause, sigsuspend, spin, rseq, pending, threads, state), and
+its mode names (nanosleep, read, pause, userns, sigsuspend, spin, rseq, pending, threads, state), and
 ``result ...`` when that behaviour ends.
 """
 
@@ -25,6 +25,7 @@ SOURCE = r"""/* Test target for the engine's kernel-layer tests: one mode per be
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,6 +182,16 @@ int main(int argc, char **argv)
 		for (;;)
 			pause();
 	}
+	if (!strcmp(mode, "userns")) {
+		/* pause in a new user namespace (as the uns flavour's tasks live) */
+		if (unshare(CLONE_NEWUSER))
+			return 5;
+		sigaction(SIGUSR1, &sa, NULL);
+		ready();
+		int r = pause();
+		printf("result %d %d %d\n", r, errno, (int)handled);
+		return 0;
+	}
 	if (!strcmp(mode, "threads")) {
 		int n = atoi(argv[2]);
 		pthread_t t;
@@ -264,11 +275,19 @@ class Target:
         self.pid = self.proc.pid
         self._buf = b""
         self.extra: list[int] = []  # other pids it made, killed with it
-        first = self.line()
-        while not first.startswith("ready"):
-            self.header = first
+        self.header = ""  # the line printed before "ready", for modes that print one
+        try:
             first = self.line()
-        assert first == f"ready {self.pid}", first
+            while not first.startswith("ready"):
+                self.header = first
+                first = self.line()
+            assert first == f"ready {self.pid}", first
+            words = self.header.split()
+            if "child" in words:  # the state mode's forked child: killed with the target
+                self.extra.append(int(words[words.index("child") + 1]))
+        except BaseException:
+            self.kill()  # a target that never got ready is not left behind
+            raise
 
     def line(self, timeout: float = DEADLINE) -> str:
         """The next stdout line (without newline); AssertionError after ``timeout``."""

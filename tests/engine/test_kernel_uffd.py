@@ -150,3 +150,51 @@ def test_writeprotect_sync_mode_reports_a_fault() -> None:
     finally:
         os.close(fd)
         ksys.munmap(area, PAGE)
+
+
+def test_user_mode_uffd_still_sees_kernel_writes(spawn) -> None:
+    """What a target in a user namespace can create (UFFD_USER_MODE_ONLY) is enough for
+    write tracking: async WP faults are resolved before the user-mode-only check, so a
+    write done by the kernel for the task (here clock_gettime) is tracked too."""
+    t = spawn("pause")
+    ptrace.seize(t.pid)
+    ptrace.freeze(t.pid, 10)
+    pm = os.open(f"/proc/{t.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with Injector(t.pid) as inj:
+            area = inj.check(uapi.SYS_mmap, 0, 4 * PAGE, uapi.PROT_READ | uapi.PROT_WRITE,
+                             uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+            fd = uffd.create_in_target(inj, t.pid, uffd.TRACK_FEATURES, user_mode=True)
+            try:
+                uffd.register(fd, area, 4 * PAGE, uapi.UFFDIO_REGISTER_MODE_WP)
+                uffd.written_runs(pm, area, area + 4 * PAGE)
+                assert inj.check(uapi.SYS_clock_gettime, 1, area + PAGE) == 0
+                assert uffd.written_runs(pm, area, area + 4 * PAGE) == [
+                    (area + PAGE, area + 2 * PAGE)]
+            finally:
+                os.close(fd)
+            inj.check(uapi.SYS_munmap, area, 4 * PAGE)
+    finally:
+        os.close(pm)
+    ptrace.detach(t.pid)
+
+
+def test_in_a_user_namespace_only_user_mode_is_granted(spawn) -> None:
+    """DESIGN.md section 7, probed: a task inside a user namespace gets EPERM for a full
+    userfaultfd and succeeds with UFFD_USER_MODE_ONLY (injected, with its credentials)."""
+    with open("/proc/sys/vm/unprivileged_userfaultfd", encoding="ascii") as f:
+        unprivileged_allowed = f.read().strip() == "1"
+    t = spawn("userns")
+    assert os.readlink(f"/proc/{t.pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    ptrace.seize(t.pid)
+    ptrace.freeze(t.pid, 10)
+    with Injector(t.pid) as inj:
+        if not unprivileged_allowed:
+            with pytest.raises(PermissionError):
+                uffd.create_in_target(inj, t.pid, uffd.TRACK_FEATURES)
+        fd = uffd.create_in_target(inj, t.pid, uffd.TRACK_FEATURES, user_mode=True)
+        os.close(fd)
+        assert _uffd_fds(t.pid) == []
+    ptrace.detach(t.pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]

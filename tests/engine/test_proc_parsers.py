@@ -28,7 +28,6 @@ def state(spawn, tmp_path: Path) -> tuple[Target, int, int, Path]:
     t = spawn("state", str(f))
     words = t.header.split()
     child = int(words[3])
-    t.extra.append(child)
     return t, int(words[1], 16), child, f
 
 

@@ -207,6 +207,9 @@ static void crash_handler(int sig, siginfo_t *si, void *uc)
 	pos = fmt_num(buf, pos, (unsigned long)si->si_addr, 16);
 	buf[pos++] = '\n';
 	out_write(buf, pos);
+	/* Sent with kill(): no faulting instruction to run again, so deliver it once more. */
+	if (si->si_code <= 0)
+		raise(sig);
 }
 
 static void catch_crashes(void)

@@ -1,7 +1,7 @@
 /*
  * mem_sparse: a 256 MiB private anonymous region with a few hundred scattered written pages.
  * After restore the written pages hold their data, every other page reads zero, and the
- * region is still sparse: PAGEMAP_SCAN finds no more present pages than were written (an
+ * region is still sparse: PAGEMAP_SCAN finds no more populated pages than were written (an
  * engine that writes the whole region back would allocate 256 MiB).
  */
 #include <fcntl.h>
@@ -21,8 +21,8 @@
 static long page;
 static unsigned long written[NR_WRITTEN]; /* page indexes, strictly increasing */
 
-/* Pages of [map, map+REGION) the kernel has present, zero page excluded; -1 on error. */
-static long present_pages(char *map)
+/* Pages of [map, map+REGION) with their own content (in RAM or swap, not the zero page). */
+static long populated_pages(char *map)
 {
 	struct page_region regs[64];
 	struct pm_scan_arg arg = {
@@ -32,8 +32,9 @@ static long present_pages(char *map)
 		.vec = (unsigned long)regs,
 		.vec_len = 64,
 		.category_inverted = PAGE_IS_PFNZERO,
-		.category_mask = PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
-		.return_mask = PAGE_IS_PRESENT,
+		.category_mask = PAGE_IS_PFNZERO,
+		.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+		.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
 	};
 	int fd, r, err;
 	long n = 0;
@@ -80,11 +81,11 @@ int main(int argc, char **argv)
 		written[i] = i * slot + (rng >> 33) % slot;
 		datafill(map + written[i] * page, (size_t)page, SEED + written[i]);
 	}
-	n = present_pages(map);
+	n = populated_pages(map);
 	if (n < 0 && (errno == ENOTTY || errno == EINVAL))
 		return skip("PAGEMAP_SCAN is not supported here: %s", strerror(errno));
 	if (n != NR_WRITTEN) {
-		pr_err("%ld present pages after writing %d (scan errno %d)", n, NR_WRITTEN, errno);
+		pr_err("%ld populated pages after writing %d (scan errno %d)", n, NR_WRITTEN, errno);
 		return 1;
 	}
 
@@ -92,11 +93,11 @@ int main(int argc, char **argv)
 	test_waitsig();
 
 	/* First, before any read maps zero pages in. */
-	n = present_pages(map);
+	n = populated_pages(map);
 	if (n < 0)
 		return fail_perror("PAGEMAP_SCAN");
 	if (n > NR_WRITTEN)
-		fail("%ld pages present after restore, only %d were written", n, NR_WRITTEN);
+		fail("%ld pages populated after restore, only %d were written", n, NR_WRITTEN);
 	for (unsigned long p = 0, w = 0; p < REGION / (unsigned long)page; p++) {
 		const unsigned long *q = (const unsigned long *)(map + p * page);
 

@@ -131,6 +131,8 @@ int main(int argc, char **argv)
 	}
 	if (a < 0 || b < 0) {
 		pr_perror("fork");
+		if (a > 0)
+			kill(a, SIGKILL);
 		return 1;
 	}
 	close(p[1]);
@@ -141,6 +143,12 @@ int main(int argc, char **argv)
 		usleep(1000);
 	if (c < 0 || getpgid(a) != a || getpgid(c) != c) {
 		pr_err("children did not set up their groups (C %d)", c);
+		if (c > 0)
+			kill(c, SIGKILL);
+		kill(a, SIGKILL);
+		kill(b, SIGKILL);
+		test_waitpid(a, NULL, 5000);
+		test_waitpid(b, NULL, 5000);
 		return 1;
 	}
 

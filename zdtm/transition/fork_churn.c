@@ -32,6 +32,9 @@ static int reap_one(pid_t pid, int status)
 			continue;
 		kids[i].pid = 0;
 		reaped++;
+		if (WIFEXITED(status) && (WEXITSTATUS(status) & BAD_PPID))
+			return fail("child #%llu (pid %d) found another parent than the test",
+				    (unsigned long long)kids[i].n, pid);
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != (int)(kids[i].n % 64))
 			return fail("child #%llu (pid %d): status %#x, expected exit %d",
 				    (unsigned long long)kids[i].n, pid, status,

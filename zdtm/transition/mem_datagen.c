@@ -49,6 +49,7 @@ int main(int argc, char **argv)
 		crcs[i] = (uint32_t)i;
 		datagen(area + i * CHUNK, CHUNK, &crcs[i]);
 	}
+	test_msg("%zu chunks of %lu KiB", nchunks, CHUNK >> 10);
 
 	test_daemon();
 

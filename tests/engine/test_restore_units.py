@@ -1,0 +1,131 @@
+"""Unit tests of the restore planning code (no processes involved)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import EngineError
+from engine.images.records import MmCore, ShmemEntry, Vma
+from engine.kernel import blob, uapi
+from engine.restore import layout, ns, pages
+
+PAGE = 4096
+
+
+def _vma(start: int, end: int, kind: str = "anon", prot: int = 3, flags: int = 0x22,
+         path: str | None = None, shmem_id: str | None = None, pgoff: int = 0) -> Vma:
+    return Vma(start=start, end=end, prot=prot, flags=flags, pgoff=pgoff, kind=kind,
+               path=path, shmem_id=shmem_id)
+
+
+def _mm(vmas: list[Vma]) -> MmCore:
+    return MmCore(start_code=0, end_code=0, start_data=0, end_data=0, start_brk=0, brk=0,
+                  start_stack=0, arg_start=0, arg_end=0, env_start=0, env_end=0,
+                  auxv=[0, 0], vmas=vmas, pagemap="p", pages="q")
+
+
+def test_split_keeps_every_byte_in_order() -> None:
+    """Parallel page writes: the parts cover exactly the input, cut at page boundaries."""
+    chunks = [pages.Chunk(0x10000, 0x900000, 10 * PAGE), pages.Chunk(0x40000, 0xA00000, PAGE),
+              pages.Chunk(0x80000, 0xB00000, 7 * PAGE)]
+    parts = pages._split(chunks, 3)
+    assert len(parts) == 3
+    flat = [c for p in parts for c in p]
+    assert sum(c.length for c in flat) == 18 * PAGE
+    assert all(c.length % PAGE == 0 and c.length > 0 for c in flat)
+    # re-joining adjacent pieces gives the input back
+    joined: list[pages.Chunk] = []
+    for c in flat:
+        last = joined[-1] if joined else None
+        if last and last.dst + last.length == c.dst and last.src + last.length == c.src:
+            joined[-1] = pages.Chunk(last.dst, last.src, last.length + c.length)
+        else:
+            joined.append(c)
+    assert joined == chunks
+
+
+def test_unmap_all_but_leaves_the_kept_ranges() -> None:
+    """The munmap entries cover [0, TASK_SIZE) except the kept ranges."""
+    t = blob.Table()
+    keep = [(0x7000, 0x9000), (0x1000, 0x2000)]
+    layout._unmap_all_but(t, keep)
+    ranges = [(e.args[0], e.args[0] + e.args[1]) for e in t.entries]
+    assert ranges == [(0, 0x1000), (0x2000, 0x7000), (0x9000, layout.TASK_SIZE)]
+    assert all(e.nr == uapi.SYS_munmap for e in t.entries)
+
+
+def test_layout_opens_each_file_once() -> None:
+    """Many VMAs of one file: one open, the mmaps use the saved fd, one close."""
+    vmas = [_vma(0x10000 + i * 2 * PAGE, 0x10000 + i * 2 * PAGE + PAGE, kind="file",
+                 flags=0x2, path="/bin/true", pgoff=i * PAGE) for i in range(100)]
+    vmas.append(_vma(0x900000, 0x901000))
+    w = layout.Window(1 << 40, 1 << 20, (1 << 40) + (2 << 20))
+    t = layout.layout_table(_mm(vmas), w, [], None, [])
+    opens = [e for e in t.entries if e.nr == uapi.SYS_openat]
+    closes = [e for e in t.entries if e.nr == uapi.SYS_close]
+    maps = [e for e in t.entries if e.nr == uapi.SYS_mmap]
+    assert len(opens) == 1 and len(closes) == 1 and len(maps) == 101
+    assert sum(1 for e in maps if e.flags & (1 << 4)) == 100  # fd argument from the open
+
+
+def test_layout_maps_shmem_from_the_inherited_object() -> None:
+    """A shmem VMA is a second mapping (mremap old_size 0) of the object's whole mapping,
+    at its offset, then given its protection; the whole mapping is kept while unmapping."""
+    s = ShmemEntry(id="shmem-1", size=8 * PAGE, inode=1, pagemap="a", pages="b")
+    vma = _vma(0x500000, 0x502000, kind="shmem", prot=uapi.PROT_READ, flags=0x21,
+               shmem_id="shmem-1", pgoff=2 * PAGE)
+    w = layout.Window(1 << 40, 1 << 20, (1 << 40) + (2 << 20))
+    w.shmem_tmp["shmem-1"] = 1 << 41
+    t = layout.layout_table(_mm([vma]), w, [], None, [s])
+    unmapped = [(e.args[0], e.args[0] + e.args[1]) for e in t.entries
+                if e.nr == uapi.SYS_munmap]
+    assert not any(a < (1 << 41) + s.size and (1 << 41) < b for a, b in unmapped)
+    remap = next(e for e in t.entries if e.nr == uapi.SYS_mremap)
+    assert remap.args[:2] == ((1 << 41) + 2 * PAGE, 0) and remap.args[4] == 0x500000
+    prot = next(e for e in t.entries if e.nr == uapi.SYS_mprotect)
+    assert prot.args == (0x500000, 2 * PAGE, uapi.PROT_READ)
+
+
+def test_window_avoids_both_layouts() -> None:
+    """The scratch window overlaps no dumped VMA (and no engine mapping)."""
+    busy = _vma(1 << 40, (1 << 40) + PAGE)
+    w = layout.plan_window([_mm([busy])], 1 << 20, [], [])
+    assert not (w.base < busy.end and busy.start < w.end)
+
+
+def test_specials_must_match_this_kernel() -> None:
+    """A dumped vdso of another size is refused with a clear error."""
+    mm = _mm([_vma(0x1000, 0x3000, kind="vdso", prot=5, flags=2)])
+    with pytest.raises(EngineError, match="vdso"):
+        layout.match_specials(mm, [("[vdso]", 0x5000, 0x6000)])
+
+
+def test_table_describe_is_lazy_and_exact() -> None:
+    """Entries name themselves from a format tuple only when asked."""
+    t = blob.Table()
+    t.add(uapi.SYS_mmap, 1, 2, what=("map {} at {:#x}", "/x", 0x1000))
+    t.add(uapi.SYS_getpid)
+    assert t.describe(0) == "map /x at 0x1000"
+    assert t.describe(1) == f"syscall {uapi.SYS_getpid}"
+
+
+def test_table_encodes_data_addresses_and_patches() -> None:
+    """DataRef arguments and patched pointers resolve to the region's addresses."""
+    t = blob.Table()
+    a = t.data(b"abcdefgh")
+    holder = t.data(bytes(8))
+    t.patch_address(holder, a)
+    t.add(uapi.SYS_write, 1, a, 8)
+    raw = t.encode(0x10000)
+    data_at = blob.CODE_AREA + blob.ENTRY_SIZE  # one entry
+    assert int.from_bytes(raw[16:24], "little") == 0x10000 + data_at + a.offset
+    off = blob.ENTRY_SIZE + holder.offset
+    assert int.from_bytes(raw[off:off + 8], "little") == 0x10000 + data_at + a.offset
+
+
+def test_id_maps_translate_into_the_user_namespace() -> None:
+    """Engine-side ids map through uid_map rows; an unmapped id is an error."""
+    n = ns.NsSetup(uapi.CLONE_NEWUSER, uid_map=[[0, 100000, 65536]], gid_map=[[0, 100000, 10]])
+    assert n.inner_uid(100000) == 0 and n.inner_uid(100123) == 123
+    with pytest.raises(EngineError):
+        n.inner_gid(100010)
