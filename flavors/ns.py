@@ -29,8 +29,12 @@ class NsFlavor(Flavor):
     user_ns = False
 
     def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
+        return self.init_command(NSINIT, argv, workdir)
+
+    def init_command(self, init: Path, argv: Sequence[str], workdir: Path) -> list[str]:
+        """``init`` (an nsinit binary) starting ``argv`` in this flavour's namespaces."""
         opts = ["-u"] if self.user_ns else []
-        return [str(NSINIT), *opts, "-H", HOSTNAME, "-r", str(workdir / ROOTPID_FILE),
+        return [str(init), *opts, "-H", HOSTNAME, "-r", str(workdir / ROOTPID_FILE),
                 "--", *argv]
 
     def locate(self, workdir: Path, ns_pid: int) -> Started:

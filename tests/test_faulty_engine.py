@@ -52,7 +52,8 @@ def _run(test: TestDesc, engine: FaultyEngine, workroot: Path, flavor: str = "h"
 
 def _problems(result: Result) -> list[str]:
     return [line for line in result.details
-            if line.split(":", 1)[0] in ("tree", "rseq", "fds", "maps", "memory", "ns", "leak")]
+            if line.split(":", 1)[0] in ("tree", "task", "rseq", "fds", "maps", "memory", "ns",
+                                           "leak")]
 
 
 def _expect(result: Result, check: str) -> list[str]:

@@ -105,6 +105,9 @@ def test_ns_flavours(flavor: str, env_binary: Path, workdir: Path) -> None:
         with open(f"/proc/{st.test_pid}/uid_map") as f:
             assert f.read().split() == ["0", "100000", "65536"]
         assert _status(st.test_pid, "Uid")[0] == "100000"  # root inside, not outside
+        # run from copies uid 100000 can reach (a restore reopens mapped files by path)
+        for pid in (st.test_pid, st.root_pid):
+            assert os.readlink(f"/proc/{pid}/exe").startswith(f"{workdir}/.bin/")
     else:
         assert _ns(st.test_pid, "user") == _ns(os.getpid(), "user")
         assert _status(st.test_pid, "Uid")[0] == "0"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from zdtm import tasks
-from zdtm.cli import build_parser, plan
+from zdtm.cli import DEFAULT_WORKROOT, build_parser, plan
 from zdtm.desc import TestDesc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +27,9 @@ BEHAVIOURS = {
     "hang": ("HANG", "{'flavor': 'h ns', 'timeout': 2}"),
     "escape": ("ESCAPE", "{'flavor': 'h'}"),
     "alone": ("PASS", "{'flavor': 'h', 'flags': 'excl'}"),
+    # one per runner mode of the SIGTERM test, so parallel test workers never share names
+    "term1": ("HANG", "{'flavor': 'h', 'timeout': 30}"),
+    "term2": ("HANG", "{'flavor': 'h', 'timeout': 30}"),
 }
 
 
@@ -208,7 +211,7 @@ def test_sigterm_to_the_runner_cleans_up(fake_dir: Path, parallel: str) -> None:
     """A runner killed with SIGTERM mid-test still kills the test tree it started."""
     before = set(tasks.descendants(os.getpid()))
     proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "run", "--tests-dir",
-                             str(fake_dir), "-t", "ext/hang", "-f", "h", "--nocr",
+                             str(fake_dir), "-t", f"ext/term{parallel}", "--nocr",
                              "-p", parallel], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -220,6 +223,7 @@ def test_sigterm_to_the_runner_cleans_up(fake_dir: Path, parallel: str) -> None:
     assert proc.returncode != 0
     assert set(tasks.descendants(os.getpid())) <= before
     _no_leftovers(fake_dir)
+    assert not list(DEFAULT_WORKROOT.glob(f"ext-term{parallel}-h-*")), "work dir left behind"
 
 
 def test_pytest_collects_every_test_and_flavour() -> None:

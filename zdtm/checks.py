@@ -1,12 +1,13 @@
 """Compare two snapshots and say, in words a person can act on, what a restore changed.
 
-Every Problem names its check ("tree", "rseq", "fds", "maps", "memory", "ns", "leak"), the
-process (pid in its own namespace, the outer pid in brackets when it differs), the fd or VMA,
-and the value before and after. ``str(problem)`` is "check: message".
+Every Problem names its check ("tree", "task", "rseq", "fds", "maps", "memory", "ns",
+"leak"), the process (pid in its own namespace, the outer pid in brackets when it differs),
+the fd or VMA, and the value before and after. ``str(problem)`` is "check: message".
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ def compare(before: TreeState, after: TreeState) -> list[Problem]:
             problems.append(Problem("tree", f"{b.name()} missing after restore"))
             continue
         found = (
-            _tree(b, a) + _rseq(b, a) + _fds(b, a) + _maps(b, a) + _memory(b, a)
+            _tree(b, a) + _task(b, a) + _rseq(b, a) + _fds(b, a) + _maps(b, a) + _memory(b, a)
             + _namespaces(b, a)
         )
         if len(found) > _MAX_PER_PROCESS:
@@ -67,6 +68,48 @@ def _tree(b: ProcState, a: ProcState) -> list[Problem]:
             f"{a.name()}: threads {len(b.threads)} -> {len(a.threads)} "
             f"(tids {list(b.threads)} -> {list(a.threads)})",
         ))
+    return out
+
+
+def _signals(mask: str) -> set[str]:
+    """Names of the signals in a /proc status mask such as "0000000000004a02"."""
+    try:
+        bits = int(mask, 16)
+    except ValueError:
+        return set()
+    out = set()
+    for n in range(1, 65):
+        if bits >> (n - 1) & 1:
+            try:
+                out.add(signal.Signals(n).name)
+            except ValueError:
+                out.add(f"SIG{n}")
+    return out
+
+
+def _attr_diff(key: str, vb: str | None, va: str | None) -> str:
+    text = f"{key} {vb if vb is not None else 'absent'} -> {va if va is not None else 'absent'}"
+    if key.startswith(("Sig", "ShdPnd")) and vb is not None and va is not None:
+        sb, sa = _signals(vb), _signals(va)
+        change = [f"+{n}" for n in sorted(sa - sb)] + [f"-{n}" for n in sorted(sb - sa)]
+        text += f" ({' '.join(change)})"
+    return text
+
+
+def _task(b: ProcState, a: ProcState) -> list[Problem]:
+    """Creds, signal dispositions and masks, umask, limits, cwd/root, personality, ..."""
+    out = []
+    for key in sorted(b.attrs.keys() | a.attrs.keys()):
+        vb, va = b.attrs.get(key), a.attrs.get(key)
+        if vb != va:
+            out.append(Problem("task", f"{a.name()}: {_attr_diff(key, vb, va)}"))
+    for tid in sorted(b.thread_attrs.keys() & a.thread_attrs.keys()):
+        tb, ta = b.thread_attrs[tid], a.thread_attrs[tid]
+        for key in sorted(tb.keys() | ta.keys()):
+            if tb.get(key) != ta.get(key):
+                out.append(Problem(
+                    "task", f"{a.name()} tid {tid}: {_attr_diff(key, tb.get(key), ta.get(key))}"
+                ))
     return out
 
 

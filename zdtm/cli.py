@@ -35,6 +35,7 @@ from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Result
 # able to reach its work dir (a checkout may sit under a 0700 home directory).
 DEFAULT_WORKROOT = Path(tempfile.gettempdir()) / "zdtm-run"
 RESULT_PREFIX = "zdtm-result: "
+WORKER_GRACE = 30.0  # seconds a terminated worker gets for its cleanup
 
 
 @dataclass
@@ -188,8 +189,7 @@ def _run_worker(job: Job, args: argparse.Namespace, console: Console,
     try:
         rc = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        # the worker is a subreaper: its test tree hangs below it and dies with it
-        tasks.kill_tree([proc.pid], 10.0)
+        _end_workers([proc.pid])
         result.fail("check", TIMEOUT, f"worker gave no result in {limit:.0f}s, killed")
         return result
     finally:
@@ -199,6 +199,18 @@ def _run_worker(job: Job, args: argparse.Namespace, console: Console,
         return found[-1]
     result.fail("check", HARNESS_ERROR, f"worker exited with status {rc} and no result")
     return result
+
+
+def _end_workers(pids: list[int]) -> None:
+    """SIGTERM workers so their cleanup runs (test trees, work dirs), then SIGKILL the rest.
+
+    A worker is the subreaper of its test tree: whatever it could not clean up hangs below
+    it and dies with it.
+    """
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    tasks.kill_tree(tasks.wait_gone(pids, WORKER_GRACE), 10.0)
 
 
 def _run_one_worker(spec_text: str) -> int:
@@ -299,7 +311,7 @@ def _run_parallel(jobs: list[Job], args: argparse.Namespace,
         _schedule(jobs, args, console, running, work, stop)
     finally:
         # interrupted (Ctrl-C, SIGTERM): workers run in their own sessions, end them here
-        tasks.kill_tree(sorted(live), 10.0)
+        _end_workers(sorted(live))
     order = {(j.test.name, j.flavor): i for i, j in enumerate(jobs)}
     return sorted(results, key=lambda r: order[(r.test, r.flavor)])
 

@@ -132,6 +132,10 @@ class Stat:
     pgrp: int
     session: int
     num_threads: int
+    nice: int
+    exit_signal: int
+    rt_priority: int
+    policy: int
 
 
 def parse_stat(text: str) -> Stat:
@@ -148,7 +152,21 @@ def parse_stat(text: str) -> Stat:
         pgrp=int(rest[2]),
         session=int(rest[3]),
         num_threads=int(rest[17]),
+        nice=int(rest[16]),
+        exit_signal=int(rest[35]),
+        rt_priority=int(rest[37]),
+        policy=int(rest[38]),
     )
+
+
+def parse_limits(text: str) -> dict[str, str]:
+    """Parse /proc/PID/limits into {"Max open files": "1024 4096 files"} (soft, hard, unit)."""
+    out = {}
+    for line in text.splitlines()[1:]:  # the first line is the column header
+        name, values = line[:26].strip(), " ".join(line[26:].split())
+        if name:
+            out[name] = values
+    return out
 
 
 def parse_status(text: str) -> dict[str, str]:

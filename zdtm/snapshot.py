@@ -23,6 +23,7 @@ import functools
 import itertools
 import os
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,13 @@ NS_KINDS = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgro
 # Offsets of the fields of struct rseq the kernel rewrites on every return to user space:
 # cpu_id_start + cpu_id (0..8) and node_id + mm_cid (20..28).
 RSEQ_KERNEL_FIELDS = ((0, 8), (20, 8))
+# /proc/PID/status fields a task can observe of itself (ids as seen from the harness).
+PROCESS_STATUS = ("Umask", "Uid", "Gid", "Groups", "ShdPnd", "SigIgn", "SigCgt",
+                  "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+                  "Seccomp_filters")
+THREAD_STATUS = ("SigPnd", "SigBlk")
+ZOMBIE_STATUS = ("Uid", "Gid", "Groups")
+_JOB_CONTROL = 1 << (signal.SIGSTOP - 1) | 1 << (signal.SIGCONT - 1)
 _KERNEL_ID = re.compile(r"^([a-z_]+):\[(\d+)\]$")  # pipe:[123], socket:[5], pidfd:[7]
 _CLONE_NEWUTS = 0x04000000
 LAZY_TIMEOUT = 120.0  # for a lazy-pages daemon to serve every page of one process
@@ -97,6 +105,8 @@ class ProcState:
     state: str
     comm: str
     threads: tuple[int, ...]  # thread ids in the process's pid namespace
+    attrs: dict[str, str] = field(default_factory=dict)  # creds, signals, limits, cwd, ...
+    thread_attrs: dict[int, dict[str, str]] = field(default_factory=dict)  # SigBlk, SigPnd
     rseq: dict[int, tracing.RseqConfig | None] = field(default_factory=dict)
     fds: dict[int, FdState] = field(default_factory=dict)
     maps: list[Vma] = field(default_factory=list)
@@ -176,12 +186,16 @@ def _base_state(pid: int) -> tuple[ProcState, int, dict[int, int]]:
     stat = proc.parse_stat(proc.read_text(f"/proc/{pid}/stat"))
     status = proc.parse_status(proc.read_text(f"/proc/{pid}/status"))
     tids: dict[int, int] = {}
+    per_thread: dict[int, dict[str, str]] = {}
     for tid in proc.read_tids(pid):
         try:
             tstatus = proc.parse_status(proc.read_text(f"/proc/{pid}/task/{tid}/status"))
         except FileNotFoundError:
             continue
         tids[tid] = _inner(tstatus, "NSpid", tid)
+        if stat.state != "Z":
+            per_thread[tids[tid]] = {k: _pending(tstatus, k) for k in THREAD_STATUS
+                                     if k in tstatus}
     state = ProcState(
         pid=_inner(status, "NSpid", pid),
         real_pid=pid,
@@ -191,8 +205,41 @@ def _base_state(pid: int) -> tuple[ProcState, int, dict[int, int]]:
         state=stat.state,
         comm=stat.comm,
         threads=tuple(sorted(tids.values())),
+        attrs=_attrs(pid, stat, status),
+        thread_attrs=per_thread,
     )
     return state, stat.ppid, tids
+
+
+def _pending(status: dict[str, str], key: str) -> str:
+    """A status value; for pending-signal masks without SIGSTOP/SIGCONT, which belong to job
+    control of the harness and the engine (a restored tree left stopped has SIGSTOP pending;
+    the SIGCONT that resumes it discards it)."""
+    if key not in ("SigPnd", "ShdPnd"):
+        return status[key]
+    return f"{int(status[key], 16) & ~_JOB_CONTROL:016x}"
+
+
+def _attrs(pid: int, stat: proc.Stat, status: dict[str, str]) -> dict[str, str]:
+    """Process-wide attributes a task can observe: creds, signal dispositions, umask, limits,
+    cwd/root, personality, scheduling, exit signal."""
+    if stat.state == "Z":
+        # a zombie can neither take a signal nor run: only who it was and how it reports
+        # its exit are observable (its signal dispositions are whatever exit left there)
+        return {k: status[k] for k in ZOMBIE_STATUS if k in status} | {
+            "exit_signal": str(stat.exit_signal)}
+    out = {k: _pending(status, k) for k in PROCESS_STATUS if k in status}
+    out.update(nice=str(stat.nice), exit_signal=str(stat.exit_signal),
+               policy=str(stat.policy), rt_priority=str(stat.rt_priority))
+    try:
+        out["personality"] = proc.read_text(f"/proc/{pid}/personality").strip()
+        for name, value in proc.parse_limits(proc.read_text(f"/proc/{pid}/limits")).items():
+            out[f"limit {name}"] = value
+        out["cwd"] = os.readlink(f"/proc/{pid}/cwd")
+        out["root"] = os.readlink(f"/proc/{pid}/root")
+    except OSError:
+        pass  # a zombie has neither cwd nor root
+    return out
 
 
 def _read_rseq(ps: ProcState, tids: dict[int, int], notes: list[str]) -> None:

@@ -90,7 +90,10 @@ def freeze(root: int, timeout: float) -> list[int]:
     """SIGSTOP every task under ``root`` and wait until all threads are stopped.
 
     Loops until a walk of the tree finds no task it has not stopped (a parent may have
-    forked before its SIGSTOP arrived).  Returns the frozen pids; TaskError on the deadline.
+    forked before its SIGSTOP arrived).  A task already in group-stop (a restored tree left
+    stopped) gets no SIGSTOP: it could not consume it, and the signal would stay pending
+    until SIGCONT, a difference the checks would rightly report.  Returns the frozen pids;
+    TaskError on the deadline.
     """
     deadline = time.monotonic() + timeout
     stopped: set[int] = set()
@@ -98,7 +101,8 @@ def freeze(root: int, timeout: float) -> list[int]:
         pids = tree(root)
         for pid in pids:
             if pid not in stopped:
-                _signal(pid, signal.SIGSTOP)
+                if any(s not in FROZEN_STATES for s in _thread_states(pid)):
+                    _signal(pid, signal.SIGSTOP)
                 stopped.add(pid)
         busy = [p for p in pids
                 if any(s not in FROZEN_STATES for s in _thread_states(p))]

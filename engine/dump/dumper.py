@@ -157,8 +157,9 @@ def _step(what: str, phase: str, fn: Callable[..., T], *args: object) -> T:
         return fn(*args)
     except EngineError:
         raise
-    except (OSError, TimeoutError, RuntimeError) as e:
-        raise EngineError(phase, f"{what}: {e}") from None
+    except (OSError, TimeoutError, RuntimeError, ValueError, KeyError) as e:
+        # ValueError/KeyError: a /proc file that does not read as expected.
+        raise EngineError(phase, f"{what}: {type(e).__name__}: {e}") from None
 
 
 @dataclass
@@ -281,6 +282,8 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             cwd=tasks.cwd(p.pid), root=tasks.root(p.pid), umask=task.umask_of(status, p.pid),
             personality=tasks.personality(p.pid), fds=fds[p.pid],
             shared_pending=st.shared_pending, exe=st.mm.exe, namespaces=per_task_ns[p.pid],
+            child_subreaper=st.injected.child_subreaper, itimers=st.injected.itimers,
+            posix_timers=st.injected.posix_timers,
         )
         img.write_json(names.core(p.pid), core)
         img.write_json(names.mm(p.pid), st.mm)

@@ -29,8 +29,12 @@ from engine.kernel import uapi
 # between the read from the target and the write to the image (measured 4-16 MiB best).
 STAGING_BYTES = 16 << 20
 
-_WANTED_ANY = uapi.PAGE_IS_PRESENT | uapi.PAGE_IS_SWAPPED
 _UNWANTED = uapi.PAGE_IS_PFNZERO | uapi.PAGE_IS_FILE
+# A pte marker (uffd-wp in a hole of a tracked VMA) is a swap pte of this swap type
+# (SWP_PTE_MARKER, the last of the 5-bit types); /proc/PID/pagemap shows the type in the
+# low bits of a PM_SWAP entry. Real swap files have small types.
+_SWP_PTE_MARKER = 31
+_SWP_TYPE_MASK = 0x1F
 
 
 @dataclass(frozen=True)
@@ -122,11 +126,18 @@ def private_runs(pid: int, vmas: list[Vma]) -> list[Run]:
     except OSError as e:
         raise EngineError("memory", f"cannot open pagemap of {pid}: {e.strerror}") from None
     try:
+        # Swapped-out pages are data too, but without swap in use every "swapped" pte is
+        # a uffd-wp marker of memory tracking: ask for present pages only then.
+        swap = _swap_in_use()
+        wanted = uapi.PAGE_IS_PRESENT | (uapi.PAGE_IS_SWAPPED if swap else 0)
         try:
             regions = ksys.pagemap_scan(
                 fd, candidates[0].start, candidates[-1].end,
                 category_inverted=_UNWANTED, category_mask=_UNWANTED,
-                category_anyof_mask=_WANTED_ANY, return_mask=0, vec_len=16384)
+                category_anyof_mask=wanted, return_mask=uapi.PAGE_IS_PRESENT,
+                vec_len=16384)
+            if swap:
+                regions = _drop_markers(fd, regions)
         except OSError as e:
             if e.errno not in (25, 22):  # ENOTTY, EINVAL: no PAGEMAP_SCAN
                 raise EngineError("memory", f"PAGEMAP_SCAN of {pid}: {e.strerror}") from None
@@ -134,6 +145,37 @@ def private_runs(pid: int, vmas: list[Vma]) -> list[Run]:
     finally:
         os.close(fd)
     return clip_to_vmas(_union(regions), candidates)
+
+
+def _swap_in_use() -> bool:
+    """Whether any swap area is active (/proc/swaps lists one below its header)."""
+    try:
+        with open("/proc/swaps", encoding="ascii") as f:
+            return len(f.read().splitlines()) > 1
+    except OSError:
+        return True  # cannot tell: assume swap, which is always correct
+
+
+def _drop_markers(fd: int, regions: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Remove uffd-wp pte markers from the non-present (swapped) regions, page by page
+    from /proc/PID/pagemap; present regions are kept as they are."""
+    out: list[tuple[int, int, int]] = []
+    for start, end, cat in regions:
+        if cat & uapi.PAGE_IS_PRESENT:
+            out.append((start, end, cat))
+            continue
+        n = (end - start) // PAGE_SIZE
+        ents = memoryview(os.pread(fd, n * 8, start // PAGE_SIZE * 8)).cast("Q")
+        run = -1
+        for k in range(len(ents) + 1):
+            real = k < len(ents) and bool(ents[k] & uapi.PM_SWAP) and \
+                ents[k] & _SWP_TYPE_MASK != _SWP_PTE_MARKER
+            if real and run < 0:
+                run = k
+            elif not real and run >= 0:
+                out.append((start + run * PAGE_SIZE, start + k * PAGE_SIZE, cat))
+                run = -1
+    return out
 
 
 def _union(regions: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

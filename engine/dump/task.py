@@ -10,7 +10,8 @@ each thread runs a few injected syscalls and is put back exactly as it was).
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 
 from engine.dump import track
 from engine.dump.track import Tracker
@@ -20,6 +21,8 @@ from engine.images.imgdir import ImageDir
 from engine.images.records import (
     AltStack,
     Creds,
+    ItimerRecord,
+    PosixTimerRecord,
     RlimitRecord,
     RseqRecord,
     SigactionRecord,
@@ -30,6 +33,7 @@ from engine.kernel import ptrace, uapi
 from engine.kernel.inject import Injector, in_interrupted_syscall, restart_regs
 from engine.kernel.structs import KSigaction, StackT
 from engine.kernel.sys import syscall
+from engine.proc import tasks
 from engine.proc.limits import read_limits
 from engine.proc.status import Status, read_status
 
@@ -47,6 +51,9 @@ class InjectedProc:
     sigactions: list[SigactionRecord]
     brk: int
     uname: tuple[str, str]  # (nodename, domainname) of its uts namespace
+    child_subreaper: bool = False
+    itimers: list[ItimerRecord] = field(default_factory=list)
+    posix_timers: list[PosixTimerRecord] = field(default_factory=list)
     tracker: Tracker | None = None  # a new memory-tracking userfaultfd, when asked for
 
 
@@ -77,7 +84,7 @@ def read_threads(img: ImageDir, pid: int, tids: list[int]) -> tuple[list[ThreadC
             sigmask=ptrace.get_sigmask(tid),  # replaced by the real mask when injecting
             pending=_siginfos(ptrace.peek_siginfo(tid, shared=False)), rseq=rseq,
             robust_list=head, robust_list_len=length, in_syscall=in_sys,
-            ns_tid=list(read_status(pid, tid).ns_pid),
+            ns_tid=list(read_status(pid, tid).ns_pid), comm=tasks.comm(pid, tid),
         ))
     shared = _siginfos(ptrace.peek_siginfo(pid, shared=True))
     return threads, shared
@@ -104,16 +111,75 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
             th.sigaltstack = AltStack(st.ss_sp, st.ss_flags & 0xFFFFFFFF, st.ss_size)
             inj.check(uapi.SYS_prctl, uapi.PR_GET_TID_ADDRESS, buf)
             th.clear_child_tid = int.from_bytes(inj.read(buf, 8), "little")
+            inj.check(uapi.SYS_prctl, uapi.PR_GET_PDEATHSIG, buf)
+            th.pdeath_signal = int.from_bytes(inj.read(buf, 4), "little")
             th.sigmask = inj.sigmask
             if th.tid == pid:
                 # Process-wide state is asked once, in the main thread.
                 result = InjectedProc(_sigactions(inj, buf), inj.check(uapi.SYS_brk, 0),
                                       _uname(inj, buf))
+                inj.check(uapi.SYS_prctl, uapi.PR_GET_CHILD_SUBREAPER, buf)
+                result.child_subreaper = inj.read(buf, 4) != b"\0\0\0\0"
+                result.itimers = _itimers(inj, buf)
+                result.posix_timers = _posix_timers(inj, buf, pid)
                 if make_tracker:
                     result.tracker = track.create(inj, pid)
     if result is None:
         raise EngineError("sigactions", f"task {pid}: main thread not found")
     return result
+
+
+def _itimers(inj: Injector, buf: int) -> list[ItimerRecord]:
+    """The armed interval timers (struct itimerval: interval then value, timevals)."""
+    out = []
+    for which in (0, 1, 2):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+        inj.check(uapi.SYS_getitimer, which, buf)
+        isec, iusec, vsec, vusec = struct.unpack("<qqqq", inj.read(buf, 32))
+        if isec or iusec or vsec or vusec:
+            out.append(ItimerRecord(which, isec * 1_000_000 + iusec, vsec * 1_000_000 + vusec))
+    return out
+
+
+_NOTIFY = {"signal": 0, "none": 1, "thread": 2}
+_SIGEV_THREAD_ID = 4
+
+
+def _posix_timers(inj: Injector, buf: int, pid: int) -> list[PosixTimerRecord]:
+    """POSIX timers: identity from /proc/PID/timers, times from timer_gettime."""
+    out = []
+    for t in _parse_timers(f"/proc/{pid}/timers"):
+        inj.check(uapi.SYS_timer_gettime, t.id, buf)
+        isec, insec, vsec, vnsec = struct.unpack("<qqqq", inj.read(buf, 32))
+        t.interval_ns = isec * 1_000_000_000 + insec
+        t.value_ns = vsec * 1_000_000_000 + vnsec
+        t.overrun = inj.check(uapi.SYS_timer_getoverrun, t.id)
+        out.append(t)
+    return out
+
+
+def _parse_timers(path: str) -> list[PosixTimerRecord]:
+    """Parse /proc/PID/timers: blocks of "ID: N", "signal: SIGNO/VALUE",
+    "notify: KIND/pid.N" (or "KIND/tid.N"), "ClockID: N"."""
+    with open(path, encoding="ascii") as f:
+        lines = f.read().splitlines()
+    blocks: list[dict[str, str]] = []
+    for line in lines:
+        key, sep, value = line.partition(": ")
+        if not sep:
+            continue
+        if key == "ID":
+            blocks.append({})
+        if blocks:
+            blocks[-1][key] = value
+    out: list[PosixTimerRecord] = []
+    for fields in blocks:
+        signo, value = fields["signal"].split("/")
+        kind, who = fields["notify"].split("/")
+        scope, num = who.split(".")
+        notify = _NOTIFY[kind] | (_SIGEV_THREAD_ID if scope == "tid" else 0)
+        out.append(PosixTimerRecord(int(fields["ID"]), int(fields["ClockID"]), int(signo),
+                                    int(value, 16), notify, int(num), 0, 0))
+    return out
 
 
 def _uname(inj: Injector, buf: int) -> tuple[str, str]:

@@ -2,8 +2,8 @@
 
 This kernel has no soft-dirty bits (DESIGN.md section 7). Instead each process gets a
 userfaultfd created inside it (injected), copied out with pidfd_getfd and closed there,
-set up with UFFD_FEATURE_WP_ASYNC | WP_UNPOPULATED. Its private VMAs are registered for
-write-protection and every present page is protected (PAGEMAP_SCAN with
+set up with UFFD_FEATURE_WP_ASYNC | WP_UNPOPULATED. Its private anonymous VMAs are
+registered for write-protection and every present page is protected (PAGEMAP_SCAN with
 PM_SCAN_WP_MATCHING). The kernel then notes writes itself, without fault messages; the
 next dump asks PAGEMAP_SCAN for PAGE_IS_WRITTEN pages (re-protecting them as it goes), and
 pages of tracked VMAs that were not written and are in the parent image are recorded as
@@ -34,14 +34,16 @@ from engine.dump.vmas import has_private_pages
 from engine.errors import EngineError
 from engine.images.records import Vma
 from engine.kernel import sys as ksys
-from engine.kernel import uapi
+from engine.kernel import uapi, uffd
 from engine.kernel.inject import Injector
-from engine.kernel.structs import UffdioApi, UffdioRegister
 from engine.proc.stat import read_stat
 
 HOLD_TIMEOUT = 600.0
+# PAGEMAP_SCAN only write-protects anonymous VMAs whose userfaultfd has WP_UNPOPULATED
+# (the kernel's "use markers" condition); the pte markers it leaves in holes are told
+# apart from swapped data by engine.dump.pages.
+_FEATURES = uffd.TRACK_FEATURES
 CONNECT_TIMEOUT = 5.0
-_FEATURES = uapi.UFFD_FEATURE_WP_ASYNC | uapi.UFFD_FEATURE_WP_UNPOPULATED
 _SCM_MAX = 200  # fds per message (the kernel's SCM_MAX_FD is 253)
 
 
@@ -66,35 +68,26 @@ def close_all(trackers: dict[int, Tracker]) -> None:
 def create(inj: Injector, pid: int) -> Tracker:
     """Create a userfaultfd inside `pid` (through its main thread's injector), take a copy
     and close the target's fd so its fd table is unchanged."""
-    ret = inj.syscall(uapi.SYS_userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK)
-    if ret == -1:  # -EPERM: inside a user namespace only user-mode faults are allowed
-        ret = inj.syscall(uapi.SYS_userfaultfd,
-                          os.O_CLOEXEC | os.O_NONBLOCK | uapi.UFFD_USER_MODE_ONLY)
-    if ret < 0:
-        raise OSError(-ret, f"userfaultfd in task {pid}: {os.strerror(-ret)}")
     try:
-        pidfd = ksys.pidfd_open(pid)
-        try:
-            ours = ksys.pidfd_getfd(pidfd, ret)
-        finally:
-            os.close(pidfd)
-    finally:
-        inj.check(uapi.SYS_close, ret)
-    try:
-        api = UffdioApi(uapi.UFFD_API, _FEATURES, 0)
-        ksys.ioctl(ours, uapi.UFFDIO_API, api)
-        if api.features & _FEATURES != _FEATURES:
-            raise OSError(95, "userfaultfd lacks WP_ASYNC|WP_UNPOPULATED")  # EOPNOTSUPP
-    except OSError:
-        os.close(ours)
-        raise
-    return Tracker(pid, ours, read_stat(pid).starttime)
+        fd = uffd.create_in_target(inj, pid, _FEATURES)
+    except PermissionError:
+        # Inside a user namespace only a user-mode userfaultfd is allowed; async
+        # write-protect needs no fault handling, so it tracks just as well.
+        fd = uffd.create_in_target(inj, pid, _FEATURES, user_mode=True)
+    return Tracker(pid, fd, read_stat(pid).starttime)
+
+
+def _trackable(v: Vma) -> bool:
+    """Private anonymous VMAs only. Registered file-backed VMAs get uffd-wp pte markers in
+    all their holes (reported by PAGEMAP_SCAN as swapped, non-file pages), costly to tell
+    from data on a machine with swap; their copied-on-write pages (library data, small)
+    are simply copied in every dump instead."""
+    return has_private_pages(v) and bool(v.flags & uapi.MAP_ANONYMOUS)
 
 
 def tracked_ranges(vmas: list[Vma]) -> list[Interval]:
-    """Private VMAs registered for write-protection (VmFlags "uw")."""
-    return normalise([(v.start, v.end) for v in vmas if "uw" in v.vmflags
-                      and has_private_pages(v)])
+    """Private anonymous VMAs registered for write-protection (VmFlags "uw")."""
+    return normalise([(v.start, v.end) for v in vmas if "uw" in v.vmflags and _trackable(v)])
 
 
 def written(pid: int, vmas: list[Vma]) -> list[Interval]:
@@ -116,13 +109,13 @@ def written(pid: int, vmas: list[Vma]) -> list[Interval]:
 
 def arm(t: Tracker, vmas: list[Vma]) -> None:
     """Register the private VMAs not tracked yet and write-protect every present page."""
-    todo = normalise([(v.start, v.end) for v in vmas if has_private_pages(v)
+    todo = normalise([(v.start, v.end) for v in vmas if _trackable(v)
                       and "uw" not in v.vmflags])
     for start, end in todo:
         if not _register(t.fd, start, end):
             # One VMA of the run refuses (e.g. VM_DROPPABLE): register the others alone.
             for v in vmas:
-                if start <= v.start < end and has_private_pages(v):
+                if start <= v.start < end and _trackable(v):
                     _register(t.fd, v.start, v.end)
     if todo:
         written(t.pid, [_tracked_view(v) for v in vmas])
@@ -135,11 +128,8 @@ def _tracked_view(v: Vma) -> Vma:
 
 
 def _register(fd: int, start: int, end: int) -> bool:
-    reg = UffdioRegister()
-    reg.range.start, reg.range.len = start, end - start
-    reg.mode = uapi.UFFDIO_REGISTER_MODE_WP
     try:
-        ksys.ioctl(fd, uapi.UFFDIO_REGISTER, reg)
+        uffd.register(fd, start, end - start, uapi.UFFDIO_REGISTER_MODE_WP)
     except OSError:
         return False
     return True
@@ -242,21 +232,18 @@ def _close_all_but(keep: set[int]) -> None:
 
 
 def fetch(prev_dir: str) -> dict[int, Tracker]:
-    """Take the tracking fds held for `prev_dir` (empty when nothing tracks it: the dump
-    is then complete, every page copied). Trackers of pids that now belong to another
-    process are dropped."""
+    """Take the tracking fds held for `prev_dir`. Empty when nothing tracks it, or when
+    the hand-over fails (e.g. the holder is just exiting because the tree died): the dump
+    is then complete, every page copied, which is always correct. Trackers of pids that
+    now belong to another process are dropped."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(CONNECT_TIMEOUT)
-    out: dict[int, Tracker] = {}
+    fds: list[int] = []
     try:
-        try:
-            sock.connect(_socket_name(prev_dir))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return out
+        sock.connect(_socket_name(prev_dir))
         size = int.from_bytes(_recv_exact(sock, 4), "little")
         meta = json.loads(_recv_exact(sock, size))
         pids, starts = meta["pids"], meta["starttimes"]
-        fds: list[int] = []
         while len(fds) < len(pids):
             _msg, got, _flags, _addr = socket.recv_fds(sock, 1, _SCM_MAX)
             if not got:
@@ -264,10 +251,13 @@ def fetch(prev_dir: str) -> dict[int, Tracker]:
             fds.extend(got)
         sock.sendall(b"k")
         _wait_gone(meta["holder"])
-    except (OSError, ValueError, KeyError) as e:
-        raise EngineError("seize", f"cannot take memory tracking of {prev_dir}: {e}") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        for fd in fds:
+            os.close(fd)
+        return {}
     finally:
         sock.close()
+    out: dict[int, Tracker] = {}
     for pid, start, fd in zip(pids, starts, fds):
         try:
             same = read_stat(pid).starttime == start

@@ -224,6 +224,8 @@ class ThreadCore:
     rseq: RseqRecord | None = None
     sigaltstack: AltStack | None = None
     ns_tid: list[int] = field(default_factory=list)  # NSpid of the thread
+    comm: str = ""  # the thread's own name (PR_SET_NAME / task/TID/comm)
+    pdeath_signal: int = 0  # PR_GET_PDEATHSIG (per thread in the kernel)
     clear_child_tid: int | None = None
     robust_list: int | None = None
     robust_list_len: int | None = None
@@ -307,6 +309,46 @@ class FdEntry:
 
 
 @dataclass
+class ItimerRecord:
+    """One interval timer (getitimer): `which` is ITIMER_REAL 0, VIRTUAL 1 or PROF 2;
+    `value_us` is the time left until it fires next, `interval_us` its period."""
+
+    which: int
+    interval_us: int
+    value_us: int
+
+    def validate(self) -> None:
+        """Known timer, non-negative times."""
+        _check(self.which in (0, 1, 2), f"bad itimer {self.which}")
+        _check(self.interval_us >= 0 and self.value_us >= 0, "negative itimer time")
+
+
+@dataclass
+class PosixTimerRecord:
+    """One POSIX timer (timer_create), from /proc/PID/timers plus injected timer_gettime
+    and timer_getoverrun. `notify` is the sigev_notify value: SIGEV_SIGNAL 0, SIGEV_NONE
+    1, SIGEV_THREAD 2, SIGEV_SIGNAL|SIGEV_THREAD_ID 4 (then `notify_tid` is the thread)."""
+
+    id: int
+    clock_id: int
+    signo: int
+    sigev_value: int
+    notify: int
+    notify_tid: int
+    value_ns: int  # time left until it fires next; 0: disarmed (or expired, see IMAGES.md)
+    interval_ns: int
+    overrun: int = 0
+
+    def validate(self) -> None:
+        """Ids and times non-negative, signal in range, notify known."""
+        _check(self.id >= 0 and self.value_ns >= 0 and self.interval_ns >= 0,
+               f"posix timer {self.id}: negative field")
+        _check(0 <= self.signo <= 64, f"posix timer {self.id}: bad signal {self.signo}")
+        _check(self.notify in (0, 1, 2, 4), f"posix timer {self.id}: bad notify {self.notify}")
+        _check_u64(self.sigev_value, f"posix timer {self.id} sigev_value")
+
+
+@dataclass
 class TaskCore:
     """core-PID.json: everything about one process except its memory and files."""
 
@@ -329,6 +371,9 @@ class TaskCore:
     exit_code: int | None = None
     exe: str | None = None
     namespaces: dict[str, int] = field(default_factory=dict)  # type -> inode
+    child_subreaper: bool = False  # PR_GET_CHILD_SUBREAPER
+    itimers: list[ItimerRecord] = field(default_factory=list)  # only armed ones
+    posix_timers: list[PosixTimerRecord] = field(default_factory=list)
 
     def validate(self) -> None:
         """Check ids, state, the umask and that fd numbers are unique."""

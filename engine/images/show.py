@@ -87,9 +87,17 @@ def _show_core(c: TaskCore, out: TextIO) -> None:
               f"{c.umask:03o} personality {c.personality:#x} exe {c.exe}\n")
     cr = c.creds
     out.write(f"  creds uid {cr.uid} gid {cr.gid} groups {cr.groups} capeff {cr.cap_eff:#x}\n")
+    if c.child_subreaper:
+        out.write("  child subreaper\n")
+    out.writelines(f"  posix timer {pt.id}: clock {pt.clock_id} signal {_sig(pt.signo)} notify "
+                  f"{pt.notify} tid {pt.notify_tid} next in {pt.value_ns} ns, every "
+                  f"{pt.interval_ns} ns\n" for pt in c.posix_timers)
+    for it in c.itimers:
+        name = ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF")[it.which]
+        out.write(f"  {name}: next in {it.value_us} us, every {it.interval_us} us\n")
     for t in c.threads:
         r = t.regs
-        out.write(f"  thread {t.tid}: rip {r['rip']:#x} rsp {r['rsp']:#x} "
+        out.write(f"  thread {t.tid} ({t.comm}): rip {r['rip']:#x} rsp {r['rsp']:#x} "
                   f"orig_rax {r.get('orig_rax', 0):#x} blocked {_mask(t.sigmask)}\n")
         if t.rseq:
             out.write(f"    rseq {t.rseq.ptr:#x} len {t.rseq.size} sig {t.rseq.signature:#x}\n")

@@ -133,7 +133,11 @@ def written_runs(pagemap_fd: int, start: int, end: int) -> list[tuple[int, int]]
     """Pages written since the last call, as [start, end) runs, write-protecting them
     again (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC on WRITTEN pages). The first call
     after register() reports the whole registered range (nothing is protected yet, holes
-    included) and arms tracking on all of it."""
+    included) and arms tracking on all of it.
+
+    Every VMA in [start, end) must be registered for async WP: with CHECK_WPASYNC the
+    kernel refuses the whole scan (PermissionError) otherwise, rather than reporting an
+    untracked VMA as written or not."""
     flags = uapi.PM_SCAN_WP_MATCHING | uapi.PM_SCAN_CHECK_WPASYNC
     runs = pagemap_scan(pagemap_fd, start, end, flags, category_mask=uapi.PAGE_IS_WRITTEN,
                         return_mask=uapi.PAGE_IS_WRITTEN)

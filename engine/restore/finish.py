@@ -173,7 +173,16 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     if core.root != "/":
         t.add(uapi.SYS_chroot, t.cstr(core.root), what=f"chroot {core.root}")
     main = next(x for x in core.threads if x.tid == core.pid)
-    _thread_part(t, main, core.creds, view)
+    if core.child_subreaper:
+        t.add(uapi.SYS_prctl, uapi.PR_SET_CHILD_SUBREAPER, 1, what="child subreaper")
+    _thread_part(t, main, core.creds, view, root)
+    for it in core.itimers:
+        # An expired periodic ITIMER_REAL (value 0, SIGALRM pending) must be re-armed.
+        value = it.value_us or it.interval_us
+        tv = struct.pack("<4q", it.interval_us // 10**6, it.interval_us % 10**6,
+                         value // 10**6, value % 10**6)
+        deferred.calls.append((uapi.SYS_setitimer, (it.which, t.data(tv), 0),
+                               f"setitimer {it.which}"))
     # The task queues them to itself: ids as its own pid namespace has them.
     pid = main.ns_tid[-1] if main.ns_tid else core.pid
     for th in core.threads:
@@ -184,10 +193,18 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     return t, deferred
 
 
-def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds, view: CredView) -> None:
+def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds, view: CredView,
+                 root: bool) -> None:
     """What each thread sets for itself; credentials last (raw set*id calls change only
     the calling thread, and the privileged steps must come before)."""
     _sigaltstack(t, th)
+    if th.comm:
+        t.add(uapi.SYS_prctl, uapi.PR_SET_NAME, t.cstr(os.fsencode(th.comm)[:15]),
+              what="thread name")
+    # The root's parent is now the engine, which exits right away: a parent-death signal
+    # there would fire at once, so only tasks whose parent is restored with them get it.
+    if th.pdeath_signal and not root:
+        t.add(uapi.SYS_prctl, uapi.PR_SET_PDEATHSIG, th.pdeath_signal, what="pdeath signal")
     if th.robust_list is not None:
         t.add(uapi.SYS_set_robust_list, th.robust_list, th.robust_list_len or 24,
               what="set_robust_list")
@@ -199,10 +216,10 @@ def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds, view: CredView) ->
     _creds(t, creds, view)
 
 
-def thread_table(core: TaskCore, th: ThreadCore, view: CredView) -> blob.Table:
+def thread_table(core: TaskCore, th: ThreadCore, view: CredView, root: bool) -> blob.Table:
     """The table a non-main thread runs for itself once it exists."""
     t = blob.Table()
-    _thread_part(t, th, core.creds, view)
+    _thread_part(t, th, core.creds, view, root)
     return t
 
 

@@ -152,12 +152,12 @@ def _move_specials(t: blob.Table, specials: list[Special], tmp: int) -> None:
             t.add(uapi.SYS_munmap, s.start, s.size, what=f"unmap {s.name}")
 
 
+_MAP_KEEP = uapi.MAP_SHARED | uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_GROWSDOWN
+
+
 def _map_flags(v: Vma) -> int:
-    flags = v.flags & (uapi.MAP_SHARED | uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS
-                       | uapi.MAP_GROWSDOWN)
-    if "nr" in v.vmflags:
-        flags |= uapi.MAP_NORESERVE
-    return flags | uapi.MAP_FIXED
+    flags = (v.flags & _MAP_KEEP) | uapi.MAP_FIXED
+    return flags | uapi.MAP_NORESERVE if "nr" in v.vmflags else flags
 
 
 def _file_open_flags(v: Vma) -> int:
@@ -226,8 +226,9 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
                 t.add(uapi.SYS_mprotect, v.start, size, v.prot,
                       what=("protect shmem {} at {:#x}", sid, v.start))
     for v in mm.vmas:
-        if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall":
-            continue  # the kernel sets their flags (dd, ...) itself
+        if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall" or _MADVISE.keys().isdisjoint(
+                v.vmflags):
+            continue  # nothing to advise (specials: the kernel sets their flags itself)
         for flag in v.vmflags:
             if flag in _MADVISE:
                 advice, may_fail = _MADVISE[flag]

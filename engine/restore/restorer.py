@@ -94,6 +94,9 @@ def _check_supported(image: DumpImage) -> None:
         raise EngineError("read", f"{image.path}: the root task is a zombie")
     pids = {t.pid for t in inv.tasks}
     for t in inv.tasks:
+        if image.tasks[t.pid].core.posix_timers:
+            raise EngineError("read", f"{image.path}: task {t.pid} has POSIX timers; "
+                                      "restoring them is not supported yet")
         if t.pid != inv.root_pid and t.ppid not in pids:
             raise EngineError("read", f"{image.path}: task {t.pid}'s parent {t.ppid} is not "
                                       "in the image")
@@ -168,7 +171,7 @@ class TreeRestorer:
             pgid, sid = (ns.inner_pid(self.image, x) if x in pids else None
                          for x in (core.pgid, core.sid))
             tids, fixed = ns.clone_tids(self.image, self.ns, t.pid)
-            nodes[t.pid] = spawn.TaskSetup(core.pid, core.ppid, pgid, sid,
+            nodes[t.pid] = spawn.TaskSetup(core.pid, pgid, sid,
                                            list(core.fds), core.cwd, core.umask, core.limits,
                                            comm=core.comm, zombie_status=status,
                                            set_tid=tids, fixed_pid=fixed)
@@ -267,7 +270,8 @@ class TreeRestorer:
         _run(t.runner, t.table2, "state")
         for th in t.threads[1:]:
             assert t.view is not None
-            _run(t.thread_runners[th.tid], finish.thread_table(t.core, th, t.view), "state")
+            _run(t.thread_runners[th.tid],
+                 finish.thread_table(t.core, th, t.view, root=t is self.live[0]), "state")
         fault_point("regs")
         for nr, args, what in t.deferred.calls:
             real = [t.table2.address(a, window.base) if isinstance(a, blob.DataRef) else a
@@ -326,8 +330,15 @@ class TreeRestorer:
                     ptrace.set_xstate(real, xstate)
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
-        stopped = [t.real for t in self.live
-                   if self.opts.leave_stopped or t.core.state == "stopped"]
+        stop = [t for t in self.live if self.opts.leave_stopped or t.core.state == "stopped"]
+        for t in stop:
+            # A thread dumped inside a syscall (rewound to restart it) first goes back into
+            # it: then the group-stop interrupts the syscall exactly as it was interrupted
+            # when dumped (e.g. sigsuspend's temporary mask in force), not before it.
+            for th in t.threads:
+                if th.in_syscall:
+                    self._enter_syscall(t.real_tid[th.tid], th.sigmask)
+        stopped = [t.real for t in stop]
         for pid in stopped:
             # Queued now, taken as a group-stop as soon as the task leaves ptrace.
             os.kill(pid, signal.SIGSTOP)
@@ -336,6 +347,18 @@ class TreeRestorer:
                 ptrace.detach(t.real_tid[th.tid], 0)
         for pid in stopped:
             _wait_state(pid, "T", self.opts.timeout)
+
+
+    def _enter_syscall(self, tid: int, mask: int) -> None:
+        """Run the thread up to the syscall-entry-stop of its restarted syscall. Signals
+        are blocked on the way (a pending one would be delivered first) and the thread's
+        mask is put back there, before the syscall body reads it."""
+        ptrace.set_sigmask(tid, _ALL_SIGNALS)
+        ptrace.ptrace(uapi.PTRACE_SYSCALL, tid, 0, 0)
+        status = ptrace.wait_stop(tid, self.opts.timeout)
+        if os.WSTOPSIG(status) != signal.SIGTRAP | 0x80:
+            raise EngineError("detach", f"thread {tid}: no syscall-entry-stop ({status:#x})")
+        ptrace.set_sigmask(tid, mask)
 
 
 def _run(runner: blob.BlobRunner, table: blob.Table, phase: str) -> None:

@@ -48,7 +48,6 @@ class TaskSetup:
     """What one task does before it stops (or, for a zombie, before it exits)."""
 
     pid: int  # as the engine sees it
-    ppid: int
     pgid: int | None  # in the task's own pid namespace; None: led from outside the tree
     sid: int | None
     fds: list[FdEntry]
@@ -299,30 +298,40 @@ class Tree:
         the subreaper, so orphans come to us)."""
         for t in self.tasks:
             self.find(t)
-        victims = [self.real[t.pid] for t in self.tasks if self.ours(t.pid)]
+        victims: dict[int, int] = {}  # real pid -> start time (a reused pid is not ours)
+        for t in self.tasks:
+            if self.ours(t.pid):
+                victims[self.real[t.pid]] = _start_time(self.real[t.pid])
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        # Reap all together: a killed tracee stays a zombie until we, its tracer, wait
-        # for it, and its parent (a dying pid-namespace init) waits for it meanwhile.
+        # Reap everything we can, whoever its parent is now: a killed tracee stays a
+        # zombie until we, its tracer, wait for it, and its parent (maybe a dying
+        # pid-namespace init, which waits for it) cannot finish before that.
         deadline = time.monotonic() + timeout
-        left = [t.pid for t in self.tasks]
-        threads = sorted(self.threads)
+        waitable = sorted(self.threads) + list(victims)
         while True:
-            left = [pid for pid in left if self.ours(pid)]
-            if not left:
-                return
-            # A thread group leader is reaped after its threads, our tracees too.
-            for pid in threads + [self.real[p] for p in left]:
+            for pid in waitable:
                 try:
                     os.waitpid(pid, os.WNOHANG | uapi.WALL)
                 except ChildProcessError:
                     pass
+            left = [p for p, start in victims.items() if _start_time(p) == start]
+            if not left:
+                return
             if time.monotonic() > deadline:
                 raise EngineError("fork", f"tasks {left} did not die after SIGKILL")
             time.sleep(0.001)
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of pid, None once it is gone (reaped)."""
+    try:
+        return read_stat(pid).starttime
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def _child_by_inner_pid(parent: int, inner: int) -> int | None:
@@ -394,24 +403,24 @@ def _check_errors(err_r: int) -> None:
         return
     if raw:
         pid, phase, message = raw.decode(errors="replace").split("\n")[0].split("\0", 2)
-        raise EngineError(phase, f"task {pid}: {message}" if phase != "fork" else message)
+        raise EngineError(phase, message if phase == "fork" else f"{message} (task {pid})")
 
 
 def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    # Find every task first and seize only then: a traced parent would stop for the
+    # SIGCHLD of each zombie child it makes, before it has made the next child.
     pending = list(tree.tasks)
-    while pending:  # find every task, seize each live one as soon as it exists
+    while pending:
         _check_errors(err_r)
-        t = pending[0]
-        real = tree.find(t)
-        if real is not None:
-            if t.zombie_status is None:
-                ptrace.seize(real, SEIZE_OPTIONS)
+        if tree.find(pending[0]) is not None:
             pending.pop(0)
             continue
         if time.monotonic() > deadline:
-            raise EngineError("fork", f"task {t.pid} was not created in time")
+            raise EngineError("fork", f"task {pending[0].pid} was not created in time")
         time.sleep(0.0005)
+    for pid in tree.live:  # each waits for its go byte: none has stopped yet
+        ptrace.seize(tree.real[pid], SEIZE_OPTIONS)
     os.write(go_w, b"g" * len(tree.live))
     for pid in tree.live:
         _wait_sigstop(tree.real[pid], err_r, deadline)

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
-from engine.images import PE_PRESENT, load
+from engine.images import PE_PRESENT, DumpImage, Pagemap, load
 from engine.kernel import uapi
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ def run_engine(*args: str, env: dict[str, str] | None = None,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _page_bytes(img, pm, pages_name: str, addr: int) -> bytes | None:  # type: ignore[no-untyped-def]
+def _page_bytes(img: DumpImage, pm: Pagemap, pages_name: str, addr: int) -> bytes | None:
     """The stored content of the page at addr, or None when the pagemap lacks it."""
     for e, off in zip(pm.entries, pm.offsets):
         if e.addr <= addr < e.end and e.flags & PE_PRESENT:
@@ -38,7 +39,8 @@ def _page_bytes(img, pm, pages_name: str, addr: int) -> bytes | None:  # type: i
     return None
 
 
-def test_dump_leave_running_records_everything(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+def test_dump_leave_running_records_everything(victim: Victim,  # noqa: F811
+                                               tmp_path: Path) -> None:
     fds_before = victim.fd_table()
     mem_before = victim.memory_digest()
     images = tmp_path / "img"
@@ -69,7 +71,7 @@ def test_dump_leave_running_records_everything(victim: Victim, tmp_path: Path) -
     assert usr1.mask & (1 << (uapi.SIGHUP - 1))
     assert th.sigaltstack is not None and th.sigaltstack.size == 65536
     assert th.rseq is not None and th.rseq.signature == uapi.RSEQ_SIG_X86
-    assert (images / th.xstate).stat().st_size >= 512  # type: ignore[operator]
+    assert (images / th.xstate).stat().st_size >= 512
     assert core.umask == 0o022 or core.umask == os.umask(os.umask(0))
     assert core.cwd == str(victim.workdir)
     assert any(r.name == "RLIMIT_NOFILE" for r in core.limits)
@@ -91,7 +93,7 @@ def test_dump_leave_running_records_everything(victim: Victim, tmp_path: Path) -
     # shared memory: one object, with the pages no task maps any more
     shm_vma = by_start[victim.shmem]
     assert shm_vma.kind == "shmem" and shm_vma.end - shm_vma.start == 32 * PG
-    sh = img.shmem[shm_vma.shmem_id]  # type: ignore[index]
+    sh = img.shmem[shm_vma.shmem_id]
     assert sh.entry.size == 64 * PG
     assert sum(e.nr_pages for e in sh.pagemap.entries) == 64
     for i in (0, 31, 32, 63):
@@ -102,12 +104,12 @@ def test_dump_leave_running_records_everything(victim: Victim, tmp_path: Path) -
     files = img.files.by_id()
     fdmap = {f.fd: files[f.file_id] for f in core.fds}
     assert fdmap[3].type == "pipe" and fdmap[3].pipe_ino == fdmap[4].pipe_ino
-    assert (images / fdmap[3].content).read_bytes() == b"pipe-data-123"  # type: ignore[operator]
+    assert (images / fdmap[3].content).read_bytes() == b"pipe-data-123"
     reg = next(f for f in files.values() if (f.path or "").endswith("regular.txt"))
     assert reg.pos == 5 and reg.flags & uapi.O_APPEND
     ghost = next(f for f in files.values() if f.deleted)
-    assert ghost.pos == 13 and ghost.path.endswith("unlinked.txt")  # type: ignore[union-attr]
-    assert (images / ghost.content).read_bytes() == b"ghost-content"  # type: ignore[operator]
+    assert ghost.pos == 13 and ghost.path.endswith("unlinked.txt")
+    assert (images / ghost.content).read_bytes() == b"ghost-content"
 
     assert victim.finish() == (0, "")
 
@@ -130,7 +132,8 @@ def test_show_prints_the_image(victim: Victim, tmp_path: Path) -> None:  # noqa:
     assert "SIGUSR1" in out and "deleted" in out and "shmem-" in out
 
 
-def test_dump_of_a_stopped_task_keeps_it_stopped(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+def test_dump_of_a_stopped_task_keeps_it_stopped(victim: Victim,  # noqa: F811
+                                                 tmp_path: Path) -> None:
     os.kill(victim.pid, signal.SIGSTOP)
     deadline = time.monotonic() + 5
     while victim.proc_status()["State"][0] != "T":
@@ -147,8 +150,11 @@ def test_dump_of_a_stopped_task_keeps_it_stopped(victim: Victim, tmp_path: Path)
     assert victim.finish() == (0, "")
 
 
+SmallTree = tuple[subprocess.Popen[str], int, int]
+
+
 @pytest.fixture
-def small_tree():  # type: ignore[no-untyped-def]
+def small_tree() -> Iterator[SmallTree]:
     """A process with a second thread, a sleeping child and a zombie child."""
     code = ("import os, threading, time\n"
             "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
@@ -176,7 +182,7 @@ def small_tree():  # type: ignore[no-untyped-def]
         proc.wait(timeout=10)
 
 
-def test_dump_tree_with_thread_child_and_zombie(small_tree, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_dump_tree_with_thread_child_and_zombie(small_tree: SmallTree, tmp_path: Path) -> None:
     proc, zombie, child = small_tree
     res = run_engine("dump", "-t", str(proc.pid), "-D", str(tmp_path / "img"),
                      "--leave-running")
@@ -221,6 +227,64 @@ def test_task_inside_a_syscall_gets_restart_registers(tmp_path: Path) -> None:
             assert os.pread(fd, 2, th.regs["rip"]) == b"\x0f\x05"
         finally:
             os.close(fd)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+PRCTL_STATE = """
+import ctypes, signal, threading, time
+libc = ctypes.CDLL(None)
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.setitimer(signal.ITIMER_REAL, 30.0, 2.0)
+libc.prctl(36, 1)          # PR_SET_CHILD_SUBREAPER
+libc.prctl(1, 10)          # PR_SET_PDEATHSIG, SIGUSR1
+libc.prctl(15, b"main-nm")  # PR_SET_NAME
+class SigEvent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_uint64), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("tid", ctypes.c_int), ("pad", ctypes.c_byte * 44)]
+timer = ctypes.c_int()
+ev = SigEvent(0x1234, 10, 0, 0)                      # SIGEV_SIGNAL, SIGUSR1
+assert libc.syscall(222, 1, ctypes.byref(ev), ctypes.byref(timer)) == 0  # CLOCK_MONOTONIC
+spec = (ctypes.c_int64 * 4)(3, 0, 20, 0)            # every 3 s, first in 20 s
+assert libc.syscall(223, timer.value, 0, spec, None) == 0
+ev2 = SigEvent(0, 12, 4, threading.get_native_id())  # SIGEV_THREAD_ID, SIGUSR2, disarmed
+assert libc.syscall(222, 0, ctypes.byref(ev2), ctypes.byref(timer)) == 0
+ready = threading.Event()
+def thread():
+    libc.prctl(15, b"thr-nm")
+    ready.set()
+    time.sleep(60)
+threading.Thread(target=thread, daemon=True).start()
+ready.wait()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_timers_names_and_prctl_state(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", PRCTL_STATE], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        res = run_engine("dump", "-t", str(proc.pid), "-D", str(tmp_path / "img"),
+                         "--leave-running")
+        assert res.returncode == 0, res.stderr
+        core = load(str(tmp_path / "img")).tasks[proc.pid].core
+        assert core.child_subreaper
+        (real,) = core.itimers
+        assert real.which == 0 and real.interval_us == 2_000_000
+        assert 0 < real.value_us <= 30_000_000
+        names = {t.tid: t.comm for t in core.threads}
+        assert names[proc.pid] == "main-nm" and set(names.values()) == {"main-nm", "thr-nm"}
+        main = next(t for t in core.threads if t.tid == proc.pid)
+        assert main.pdeath_signal == signal.SIGUSR1
+        armed, idle = sorted(core.posix_timers, key=lambda t: t.signo)
+        assert (armed.clock_id, armed.signo, armed.sigev_value, armed.notify) == (1, 10, 0x1234, 0)
+        assert armed.interval_ns == 3_000_000_000 and 0 < armed.value_ns <= 20_000_000_000
+        assert (idle.clock_id, idle.signo, idle.notify, idle.notify_tid) == (0, 12, 4, proc.pid)
+        assert idle.value_ns == idle.interval_ns == 0
         assert proc.poll() is None
     finally:
         proc.kill()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_dump_basic import REPO, run_engine, small_tree  # noqa: F401 (fixture)
+from test_dump_basic import REPO, SmallTree, run_engine, small_tree  # noqa: F401 (fixture)
 from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
 from engine.faults import DUMP_STEPS
@@ -105,8 +105,8 @@ def test_non_empty_images_dir_is_refused(victim: Victim, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("step", ["sigactions", "memory", "write"])
-def test_fault_leaves_a_whole_tree_running(small_tree, tmp_path: Path,  # type: ignore[no-untyped-def]  # noqa: F811
-                                           step: str) -> None:
+def test_fault_leaves_a_whole_tree_running(small_tree: SmallTree,  # noqa: F811
+                                           tmp_path: Path, step: str) -> None:
     """A tree (a process with a second thread, a child, a zombie): after a failed dump
     every task and thread runs on, untraced and not stopped; the zombie is still there."""
     proc, zombie, child = small_tree

@@ -57,7 +57,7 @@ def dirtier_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "dirtier"
 
 
-def _page(img, pid: int, addr: int) -> tuple[int, bytes | None]:  # type: ignore[no-untyped-def]
+def _page(img, pid: int, addr: int) -> tuple[int, bytes | None]:
     """(flags of the pagemap entry holding addr, first byte stored here or None)."""
     t = img.tasks[pid]
     for e, off in zip(t.pagemap.entries, t.pagemap.offsets):
@@ -98,9 +98,16 @@ def test_pre_dump_then_incremental_dump(dirtier_bin: Path, tmp_path: Path) -> No
         # the parent has different data there)
         for i in (0, 1, N - 1):
             assert _page(img, pid, c + i * PG) == (PE_PRESENT, b"a")
+        # no private copies of untouched file mappings (libraries, the binary): uffd-wp
+        # markers in their holes must not pass for data
+        mm = img.tasks[pid].mm
+        assert mm is not None
+        for v in mm.vmas:
+            if v.kind == "file" and not v.prot & 2:  # read-only or read-exec file mapping
+                assert _page(img, pid, v.start)[0] != PE_PRESENT, v
         # a's old range is gone
         assert _page(img, pid, a) == (0, None)
-        assert not any(v.start <= a < v.end for v in img.tasks[pid].mm.vmas)  # type: ignore[union-attr]
+        assert not any(v.start <= a < v.end for v in mm.vmas)
         # nothing to hand over any more: the holder was consumed
         assert track.fetch(str(pre)) == {}
     finally:
@@ -165,7 +172,7 @@ def test_dump_against_an_untracked_parent_copies_everything(dirtier_bin: Path,
                          "--prev-images-dir", str(base), "--leave-running")
         assert res.returncode == 0, res.stderr
         img = load(str(tmp_path / "next"))
-        flags = {e.flags for e in img.tasks[proc.pid].pagemap.entries}  # type: ignore[union-attr]
+        flags = {e.flags for e in img.tasks[proc.pid].pagemap.entries}
         assert flags == {PE_PRESENT}
     finally:
         proc.kill()
@@ -199,7 +206,8 @@ def test_failed_incremental_dump_drops_tracking(dirtier_bin: Path, tmp_path: Pat
                          "--prev-images-dir", str(pre), "--leave-running")
         assert res.returncode == 0, res.stderr
         img = load(str(tmp_path / "next"))
-        assert {e.flags for e in img.tasks[proc.pid].pagemap.entries} == {PE_PRESENT}  # type: ignore[union-attr]
+        pm = img.tasks[proc.pid].pagemap
+        assert pm is not None and {e.flags for e in pm.entries} == {PE_PRESENT}
         assert proc.poll() is None
     finally:
         proc.kill()

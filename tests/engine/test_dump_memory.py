@@ -18,7 +18,7 @@ from engine.images import load
 PG = 4096
 
 
-def _object_pages(img, sid: str) -> dict[int, bytes]:  # type: ignore[no-untyped-def]
+def _object_pages(img, sid: str) -> dict[int, bytes]:
     """offset -> first byte of each stored page of a shmem object."""
     sh = img.shmem[sid]
     out = {}
@@ -44,8 +44,10 @@ def test_shmem_fallback_when_map_files_is_refused(victim: Victim, tmp_path: Path
     monkeypatch.setattr(shmem, "_open_object", refuse)
     dump(victim.pid, str(tmp_path / "img"), leave_running=True)
     img = load(str(tmp_path / "img"))
-    vma = next(v for v in img.tasks[victim.pid].mm.vmas if v.start == victim.shmem)  # type: ignore[union-attr]
-    got = _object_pages(img, vma.shmem_id)  # type: ignore[arg-type]
+    mm = img.tasks[victim.pid].mm
+    assert mm is not None
+    vma = next(v for v in mm.vmas if v.start == victim.shmem)
+    got = _object_pages(img, vma.shmem_id)
     assert got == {i * PG: bytes([0x80 + i]) for i in range(32)}
     assert victim.is_running() and victim.finish() == (0, "")
 
@@ -54,8 +56,10 @@ def test_shmem_from_the_object_includes_unmapped_pages(victim: Victim,  # noqa: 
                                                        tmp_path: Path) -> None:
     dump(victim.pid, str(tmp_path / "img"), leave_running=True)
     img = load(str(tmp_path / "img"))
-    vma = next(v for v in img.tasks[victim.pid].mm.vmas if v.start == victim.shmem)  # type: ignore[union-attr]
-    got = _object_pages(img, vma.shmem_id)  # type: ignore[arg-type]
+    mm = img.tasks[victim.pid].mm
+    assert mm is not None
+    vma = next(v for v in mm.vmas if v.start == victim.shmem)
+    got = _object_pages(img, vma.shmem_id)
     assert got == {i * PG: bytes([0x80 + i]) for i in range(64)}
     assert victim.finish() == (0, "")
 
@@ -84,7 +88,7 @@ def test_memfd_held_by_fd_only(tmp_path: Path) -> None:
         core = img.tasks[proc.pid].core
         rec = img.files.by_id()[next(f.file_id for f in core.fds if f.fd == fd)]
         assert rec.path == "/memfd:holder" and rec.deleted and rec.content is None
-        sh = img.shmem[rec.shmem_id]  # type: ignore[index]
+        sh = img.shmem[rec.shmem_id]
         assert (sh.entry.kind, sh.entry.name, sh.entry.file_size) == ("memfd", "holder", 20000)
         assert sh.entry.seals & 0x4 and sh.entry.size == 5 * PG
         got = _object_pages(img, sh.entry.id)

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,7 +207,7 @@ class Victim:
 
 
 @pytest.fixture
-def victim(victim_bin: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+def victim(victim_bin: Path, tmp_path: Path) -> Iterator[Victim]:
     """A fresh running victim; killed and reaped at teardown whatever happened."""
     work = tmp_path / "victim"
     work.mkdir()

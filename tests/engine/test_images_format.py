@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_show(image: Path) -> None:
     assert "shmem shmem-77" in text and "pipe:[99]" in text
 
 
-def _edit_json(name: str, fn: Callable[[dict], None]) -> Callable[[Path], None]:  # type: ignore[type-arg]
+def _edit_json(name: str, fn: Callable[[Any], None]) -> Callable[[Path], None]:
     def edit(d: Path) -> None:
         data = json.loads((d / name).read_text())
         fn(data)
@@ -111,12 +112,12 @@ def _truncate(name: str, keep: int) -> Callable[[Path], None]:
     return edit
 
 
-def _set(path: list[object], value: object) -> Callable[[dict], None]:  # type: ignore[type-arg]
-    def fn(data: dict) -> None:  # type: ignore[type-arg]
+def _set(path: list[Any], value: object) -> Callable[[Any], None]:
+    def fn(data: Any) -> None:
         obj = data
         for key in path[:-1]:
-            obj = obj[key]  # type: ignore[index]
-        obj[path[-1]] = value  # type: ignore[index]
+            obj = obj[key]
+        obj[path[-1]] = value
     return fn
 
 
@@ -126,6 +127,18 @@ def _pagemap_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
         edit(raw)
         (d / names.pagemap(PID)).write_bytes(bytes(raw))
     return apply
+
+
+def _first_entry_at(addr: int) -> Callable[[bytearray], None]:
+    def edit(raw: bytearray) -> None:
+        raw[32:40] = addr.to_bytes(8, "little")
+    return edit
+
+
+def _second_entry_at(addr: int) -> Callable[[bytearray], None]:
+    def edit(raw: bytearray) -> None:
+        raw[48:56] = addr.to_bytes(8, "little")
+    return edit
 
 
 def _last_entry_in_parent(raw: bytearray) -> None:
@@ -173,12 +186,10 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
                           "magic"),
     "pagemap truncated": (_truncate(names.pagemap(PID), -3), names.pagemap(PID),
                           "does not match"),
-    "pagemap unsorted": (_pagemap_bytes(lambda b: b.__setitem__(slice(32, 40),
-                                                                (0x13000).to_bytes(8, "little"))),
-                         names.pagemap(PID), "unsorted"),
-    "pagemap outside vmas": (_pagemap_bytes(lambda b: b.__setitem__(slice(48, 56),
-                                                                    (0x30000).to_bytes(8, "little"))),
-                             names.pagemap(PID), "outside every VMA"),
+    "pagemap unsorted": (_pagemap_bytes(_first_entry_at(0x13000)), names.pagemap(PID),
+                         "unsorted"),
+    "pagemap outside vmas": (_pagemap_bytes(_second_entry_at(0x30000)), names.pagemap(PID),
+                             "outside every VMA"),
     "pagemap parent without parent": (_pagemap_bytes(_last_entry_in_parent),
                                       names.pagemap(PID), "parent image but there is none"),
     "pages truncated": (_truncate(names.pages(PID), -100), names.pages(PID),

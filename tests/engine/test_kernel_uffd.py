@@ -62,6 +62,12 @@ def test_write_tracking_of_another_process(spawn) -> None:
                             (area + 5 * PAGE, area + 6 * PAGE),
                             (area + 15 * PAGE, area + 16 * PAGE)]
             assert uffd.written_runs(pm, area, area + 16 * PAGE) == []
+            # a range with an unregistered VMA is refused as a whole
+            other = inj.check(uapi.SYS_mmap, 0, PAGE, uapi.PROT_READ | uapi.PROT_WRITE,
+                              uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+            with pytest.raises(PermissionError):
+                uffd.written_runs(pm, other, other + PAGE)
+            inj.check(uapi.SYS_munmap, other, PAGE)
         finally:
             os.close(fd)
             os.close(pm)

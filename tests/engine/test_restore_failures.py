@@ -136,3 +136,25 @@ def test_fault_at_each_step(dumped: tuple[cr.ZdtmTest, Path], step: str) -> None
     rc, err = _restore(images, env={"ENGINE_FAULT": step})
     _assert_clean_failure(rc, err, t.pid, f"error: {step}: fault injected")
     _assert_still_restores(t, images)
+
+
+@pytest.mark.parametrize("step", ["files", "mm", "pages", "regs", "detach"])
+def test_fault_in_a_tree_kills_every_task(tmp_path: Path, step: str) -> None:
+    """A tree (parent, child, thread, shared pipe): a fault at any step after the tasks
+    exist leaves none of them, and the image then restores and passes."""
+    t = cr.ZdtmTest.start("fork_child", tmp_path / "work")
+    try:
+        pids = cr.tree_of(t.pid)
+        assert len(pids) == 2
+        images = tmp_path / "img"
+        d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
+        assert d.returncode == 0, d.stderr
+        for pid in pids:
+            cr.wait_gone(pid)
+        rc, err = _restore(images, env={"ENGINE_FAULT": step})
+        assert rc == 1 and f"error: {step}: fault injected" in err, err
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}"), f"task {pid} left behind"
+        _assert_still_restores(t, images)
+    finally:
+        t.cleanup()
