@@ -28,6 +28,7 @@ class Engine(ABC):
         self.available = False
         self.message = "not probed"
         self.features: dict[str, bool] = {}
+        self.reasons: dict[str, str] = {}  # why a feature is false, in the engine's words
 
     @abstractmethod
     def base(self) -> list[str]:
@@ -111,6 +112,7 @@ class Bundled(Engine):
         try:
             data = json.loads(res.stdout)
             self.features = {str(k): bool(v) for k, v in data.get("features", {}).items()}
+            self.reasons = {str(k): str(v) for k, v in data.get("reasons", {}).items()}
         except (ValueError, AttributeError) as exc:
             self.message = f"check --json printed no JSON object: {exc}"
             return

@@ -109,8 +109,12 @@ def descendants(pid: int) -> list[int]:
 class Procs:
     """Tracks every process the benchmark started or adopted, and ends them."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, sweep_children: bool = False) -> None:
+        """sweep_children: every child of this process is ours (bench/run.py, a subreaper
+        that starts nothing else), so cleanup may end any of them; never in a shared
+        process such as a pytest worker."""
         self.log_dir = log_dir
+        self.sweep_children = sweep_children
         self.tracked: set[int] = set()  # roots we must end (workloads, restored trees)
         self.groups: set[int] = set()  # process groups we created (engine runs)
         self._seq = 0
@@ -169,11 +173,11 @@ class Procs:
         """Wait for pid to exit; its returncode if it is our child, None if not."""
         if not wait_pidfd(pid, timeout):
             raise DeadlineExceeded(f"pid {pid} did not exit within {timeout:.0f} s")
+        self.tracked.discard(pid)  # gone: never signal this pid number again
         try:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
             return None
-        self.tracked.discard(pid)
         return decode_status(status)
 
     def kill_tree(self, pid: int) -> None:
@@ -192,7 +196,8 @@ class Procs:
             except ChildProcessError:
                 pass
             self.tracked.discard(p)
-        self.reap_orphans()
+        if self.sweep_children:
+            self.reap_orphans()
 
     def reap_orphans(self) -> None:
         """Collect zombies re-parented to us (we are their subreaper).
@@ -215,10 +220,11 @@ class Procs:
         self.groups.clear()
         for pid in list(self.tracked):
             self.kill_tree(pid)
-        # Anything else re-parented to us came from a workload or engine we started.
-        for pid in children_of(os.getpid()):
-            self.kill_tree(pid)
-        self.reap_orphans()
+        if self.sweep_children:
+            # Anything else re-parented to us came from a workload or engine we started.
+            for pid in children_of(os.getpid()):
+                self.kill_tree(pid)
+            self.reap_orphans()
 
 
 def argv_short(argv: list[str] | tuple[str, ...] | str) -> list[str]:

@@ -32,6 +32,7 @@ class Result:
     size_args: list[str]
     samples: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    unsupported: str | None = None  # the engine says it cannot: not run, not a failure
 
     def median(self, key: str) -> float | None:
         """Median of key over the repetitions that produced it."""
@@ -58,7 +59,17 @@ class Result:
                 "describe": self.describe, "engine": self.engine,
                 "size_args": self.size_args, "samples": self.samples,
                 "medians": self.medians(), "errors": self.errors,
+                "unsupported": self.unsupported,
                 "verified": self.verified()}
+
+
+def not_measured(r: Result) -> list[str] | None:
+    """A spanning row for a result without figures (unsupported or failed), else None."""
+    if r.unsupported:
+        return [r.workload, r.engine, f"not supported by the engine: {r.unsupported}"]
+    if r.errors and not r.samples:
+        return [r.workload, r.engine, "FAILED: " + r.errors[0]]
+    return None
 
 
 def reference_for(key: str, size_args: list[str]) -> dict | None:
@@ -130,10 +141,7 @@ def cycle_table(results: list[Result]) -> str:
         ref = reference_for(wl, group[0].size_args)
         criu = next((r for r in group if r.engine == "criu"), None)
         for r in group:
-            if r.errors and not r.samples:
-                rows.append([r.workload, r.engine, "FAILED: " + r.errors[0]])
-            else:
-                rows.append(_cycle_row(r, criu, ref))
+            rows.append(not_measured(r) or _cycle_row(r, criu, ref))
         if (criu is None or not criu.samples) and ref is not None:
             rows.append([wl, REF_LABEL, fmt(ref["dump_s"]), fmt(ref["restore_s"]),
                          "-", "-", "-", "-", "-", "1.00x"])
@@ -159,8 +167,8 @@ def incremental_table(results: list[Result]) -> str:
     for r in results:
         if r.scenario != "incremental":
             continue
-        if r.errors and not r.samples:
-            rows.append([r.workload, r.engine, "FAILED: " + r.errors[0]])
+        if (row := not_measured(r)) is not None:
+            rows.append(row)
             continue
         rows.append([r.workload, r.engine, fmt(r.median("predump_s")),
                      mib(r.median("predump_bytes")), mib(r.median("dirtied_bytes")),
@@ -179,8 +187,8 @@ def lazy_table(results: list[Result]) -> str:
     for r in results:
         if r.scenario != "lazy":
             continue
-        if r.errors and not r.samples:
-            rows.append([r.workload, r.engine, "FAILED: " + r.errors[0]])
+        if (row := not_measured(r)) is not None:
+            rows.append(row)
         else:
             rows.append([r.workload, r.engine, fmt(r.median("dump_s")),
                          fmt(r.median("restore_s")), fmt(r.median("all_in_s")),

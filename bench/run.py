@@ -127,6 +127,22 @@ def plan(args: argparse.Namespace) -> list[tuple[str, workloads.Workload]]:
     return todo
 
 
+# Features (names of `python -m engine check --json`) a scenario x workload needs.
+NEEDS = {("cycle", "anon"): ["dump", "restore"],
+         ("cycle", "maps"): ["dump", "restore"],
+         ("cycle", "shm"): ["dump_tree", "restore_tree", "dump_shmem", "restore_shmem"],
+         ("incremental", "anon"): ["pre_dump"],
+         ("lazy", "anon"): ["lazy_pages"]}
+
+
+def unsupported(eng: Engine, scen: str, wl: str) -> str | None:
+    """The engine's own reason when its check says it lacks what this needs."""
+    for feat in NEEDS.get((scen, wl), []):
+        if eng.features.get(feat) is False:  # unreported means supported
+            return f"{feat}: {eng.reasons.get(feat, 'reported false by check')}"
+    return None
+
+
 def measure_all(args: argparse.Namespace, ctx: measure.Context,
                 engines: list[Engine]) -> list[report.Result]:
     """Every planned scenario x workload x available engine."""
@@ -141,6 +157,10 @@ def measure_all(args: argparse.Namespace, ctx: measure.Context,
             results.append(res)
             if not eng.available:
                 res.errors.append(f"engine unavailable: {eng.message}")
+                continue
+            res.unsupported = unsupported(eng, scen, wl.name)
+            if res.unsupported:
+                log(f"[{scen} {wl.name} {eng.name}] not supported: {res.unsupported}")
                 continue
             repeat(ctx, res, args.reps, fns[scen], eng, wl)
     bundled = next((e for e in engines if e.name == "bundled"), None)
@@ -210,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _raise_interrupt)  # so the cleanup below always runs
     become_subreaper()
     tmp = Path(tempfile.mkdtemp(prefix="zdtm-bench-", dir=args.workdir))
-    procs = Procs(tmp)
+    procs = Procs(tmp, sweep_children=True)
     loads = [os.getloadavg()]
     try:
         ctx = measure.Context(procs, workloads.build_memload(tmp), tmp, args.timeout)

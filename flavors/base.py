@@ -25,8 +25,12 @@ from pathlib import Path
 KILL_GRACE = 5.0
 
 
+#: a zdtm starter exits with this when the test skipped itself at setup
+EXIT_SKIP = 77
+
+
 class StartError(Exception):
-    """The test did not become ready; ``kind`` is "timeout" or "failed"."""
+    """The test did not become ready; ``kind`` is "timeout", "failed" or "skip"."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -128,6 +132,8 @@ class Flavor(ABC):
             _kill_group(proc)
             raise StartError("timeout", f"not ready after {timeout:.0f}s: "
                                         f"{_tail(log) or 'no output'}") from None
+        if rc == EXIT_SKIP:
+            raise StartError("skip", "the test skipped itself at setup")
         if rc != 0:
             raise StartError("failed", f"starter exited with status {rc}: "
                                        f"{_tail(log) or 'no output'}")

@@ -8,8 +8,8 @@
  * a process outside the new namespace may map ids other than its own).  The init makes
  * mounts private, mounts its own /proc, sets the hostname, brings lo up, then forks and
  * execs the test starter.  When the starter exits, the init reports its wait status to the
- * outer process, which writes the init's pid (host view) to ROOTPIDFILE and exits with 0
- * when the starter exited 0.  The init then only reaps children and exits once none is
+ * outer process, which writes the init's pid (host view) to ROOTPIDFILE and exits with the
+ * starter's exit status (1 when it was killed).  The init then only reaps children and exits once none is
  * left, i.e. when the test tree is gone.  It stays tiny on purpose: the C/R engine dumps
  * and restores it together with the test.
  */
@@ -178,10 +178,12 @@ int main(int argc, char **argv)
 	}
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
-	if (WIFEXITED(status))
+	if (WIFEXITED(status)) {
+		/* pass the starter's status on: 77 is the zdtm "skipped at setup" */
 		fprintf(stderr, "nsinit: test starter exited with %d\n", WEXITSTATUS(status));
-	else
-		fprintf(stderr, "nsinit: test starter killed by signal %d\n", WTERMSIG(status));
+		return WEXITSTATUS(status);
+	}
+	fprintf(stderr, "nsinit: test starter killed by signal %d\n", WTERMSIG(status));
 	return 1;
 
 usage:

@@ -6,8 +6,8 @@ Two halves:
   the deepest stopped process under ROOT_PID (the test itself, also under the ns flavours'
   init) the way a broken engine would and writes what it did to RECORD (JSON):
 
-  ``leak-fd``      inject openat() of the test's own binary (the maps06 bug: an fd kept open
-                   per file mapping)
+  ``leak-fd``      inject openat() of the test's own binary via /proc/self/exe (the maps06
+                   bug: an fd kept open per file mapping)
   ``move-offset``  lseek() the first regular-file fd by one byte, through pidfd_getfd (same
                    open file description)
   ``flip-byte``    invert one byte of a present page of a private writable anonymous VMA
@@ -188,13 +188,17 @@ def _mem_write(pid: int, addr: int, data: bytes) -> bytes:
 
 
 def leak_fd(pid: int) -> dict:
-    """Inject openat(the test's binary): an fd the original process never had."""
+    """Inject openat("/proc/self/exe"), the test's binary: an fd it never had.
+
+    The magic link, not the binary's path: the syscall runs with the task's credentials,
+    and in the uns flavour the task may not search the directories on that path.
+    """
     path = os.readlink(f"/proc/{pid}/exe")
     inj = Injector(pid)
     try:
         # the path goes below the red zone of the stack, and the old bytes come back after
         addr = (inj.saved.rsp - 1024) & ~15
-        old = _mem_write(pid, addr, path.encode() + b"\0")
+        old = _mem_write(pid, addr, b"/proc/self/exe\0")
         try:
             fd = inj.syscall(_SYS_OPENAT, AT_FDCWD, addr, os.O_RDONLY, 0)
         finally:

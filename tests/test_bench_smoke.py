@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(REPO))
 
 from bench import overhead, report, run, workloads
-from bench.engines import criu_message
+from bench.engines import Bundled, criu_message
 from bench.procs import Procs
 
 TIMEOUT_S = 30.0
@@ -53,6 +53,12 @@ def test_reference_only_at_reference_size() -> None:
     assert report.reference_for("anon", ["--mib", "64"]) is None
 
 
+@pytest.fixture(scope="module")
+def memload(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """memload built once for the module."""
+    return workloads.build_memload(tmp_path_factory.mktemp("memload"))
+
+
 @pytest.fixture
 def procs(tmp_path: Path) -> Procs:
     """A process tracker whose leftovers are killed after the test."""
@@ -82,12 +88,11 @@ def _region(pid: int, size: int) -> int:
 
 @pytest.mark.parametrize("corrupt", [False, True])
 @pytest.mark.parametrize("kind", ["anon", "shm"])
-def test_workload_check_sees_corruption(tmp_path: Path, procs: Procs, kind: str,
-                                        corrupt: bool) -> None:
+def test_workload_check_sees_corruption(tmp_path: Path, procs: Procs, memload: Path,
+                                        kind: str, corrupt: bool) -> None:
     """The memload verdict is PASS when memory is intact and FAIL when one word flips."""
-    binary = workloads.build_memload(tmp_path)
     wl = workloads.Workload.anon(8) if kind == "anon" else workloads.Workload.shm(8)
-    running = workloads.start(procs, binary, wl, tmp_path / "w", TIMEOUT_S)
+    running = workloads.start(procs, memload, wl, tmp_path / "w", TIMEOUT_S)
     if corrupt:
         _flip_word(running.pid, _region(running.pid, 8 << 20) + 4096 * 100 + 16)
     ok, detail = workloads.stop_and_verify(procs, running.pid, running, TIMEOUT_S)
@@ -95,10 +100,9 @@ def test_workload_check_sees_corruption(tmp_path: Path, procs: Procs, kind: str,
     assert ("PASS" in detail) is not corrupt
 
 
-def test_maps_workload_layout(tmp_path: Path, procs: Procs) -> None:
+def test_maps_workload_layout(tmp_path: Path, procs: Procs, memload: Path) -> None:
     """maps builds one VMA per page and passes its own check untouched."""
-    binary = workloads.build_memload(tmp_path)
-    running = workloads.start(procs, binary, workloads.Workload.maps(600), tmp_path / "w",
+    running = workloads.start(procs, memload, workloads.Workload.maps(600), tmp_path / "w",
                               TIMEOUT_S)
     maps = Path(f"/proc/{running.pid}/maps").read_text()
     assert maps.count(str(tmp_path / "w" / "maps.file")) == 600
@@ -120,3 +124,13 @@ def test_failed_step_row_spans_table() -> None:
                         errors=["restore: engine: error: read: bad image"])
     text = report.cycle_table([res])
     assert "FAILED: restore: engine: error: read: bad image" in text
+
+
+def test_unsupported_uses_engine_reason() -> None:
+    """A feature the engine's check reports false is skipped with the engine's words."""
+    eng = Bundled()
+    eng.features = {"lazy_pages": False, "pre_dump": True}
+    eng.reasons = {"lazy_pages": "not implemented yet"}
+    assert run.unsupported(eng, "lazy", "anon") == "lazy_pages: not implemented yet"
+    assert run.unsupported(eng, "incremental", "anon") is None
+    assert run.unsupported(eng, "cycle", "anon") is None  # unreported means supported

@@ -36,6 +36,10 @@ def _proc(pid: int, ppid: int | str, **kw: object) -> ProcState:
             _digest(b"s")),
     ]
     ps.namespaces = {"uts": "host", "pid": "host"}
+    ps.attrs = {"Umask": "0022", "SigCgt": "0000000000004a02", "limit Max open files":
+                "1024 4096 files", "cwd": "/tmp/w"}
+    ps.thread_attrs = {t: {"SigBlk": "0000000000000000", "SigPnd": "0000000000000000"}
+                       for t in ps.threads}
     ps.rseq = {t: RseqConfig(0x7000, 32, 0x53053053) for t in ps.threads}
     for key, value in kw.items():
         setattr(ps, key, value)
@@ -182,6 +186,34 @@ def test_namespaces_and_uts() -> None:
     assert _messages(before, after) == [
         "ns: pid 101 (t): uts namespace host -> uts[pid 101]",
         "ns: uts[pid 101]: (hostname, domainname) ('zdtm', '(none)') -> ('vm', '(none)')",
+    ]
+
+
+def test_task_attributes_and_signal_sets() -> None:
+    after = _tree()
+    p = after.procs[100]
+    p.attrs["SigCgt"] = "0000000000000002"
+    p.attrs["limit Max open files"] = "1024 1024 files"
+    del p.attrs["cwd"]
+    p.thread_attrs[100]["SigBlk"] = "0000000000010000"
+    assert _messages(_tree(), after) == [
+        ("task: pid 100 (t): SigCgt 0000000000004a02 -> 0000000000000002 "
+         "(-SIGTERM -SIGUSR1 -SIGUSR2)"),
+        "task: pid 100 (t): cwd /tmp/w -> absent",
+        "task: pid 100 (t): limit Max open files 1024 4096 files -> 1024 1024 files",
+        "task: pid 100 (t) tid 100: SigBlk 0000000000000000 -> 0000000000010000 (+SIGCHLD)",
+    ]
+
+
+def test_temporary_signal_mask_is_not_compared() -> None:
+    """In rt_sigsuspend the thread's SigBlk is the syscall's temporary mask."""
+    before, after = _tree(), _tree()
+    before.procs[100].thread_attrs[100]["syscall"] = "130"
+    after.procs[100].thread_attrs[100].update(SigBlk="0000000000004000", syscall="-1")
+    assert _messages(before, after) == []
+    before.procs[100].thread_attrs[100]["syscall"] = "230"  # clock_nanosleep: mask is real
+    assert _messages(before, after) == [
+        "task: pid 100 (t) tid 100: SigBlk 0000000000000000 -> 0000000000004000 (+SIGTERM)"
     ]
 
 

@@ -159,3 +159,14 @@ def test_fault_after_real_restore(fault: str, subject: TestDesc, bundled: Bundle
     result = _run(subject, engine, clean)
     assert engine.record, f"the fault was never applied: {result.summary()}"
     _check_fault(fault, result, engine.record)
+
+
+def test_hang_after_real_restore(subject: TestDesc, bundled: BundledEngine, clean: Path,
+                                 tmp_path: Path) -> None:
+    """The restore step hangs with a restored, stopped tree in place: the deadline kills
+    the engine, and the lifecycle's cleanup still removes the restored tree (``clean``)."""
+    engine = FaultyEngine("hang", tmp_path, inner=bundled)
+    result = _run(subject, engine, clean, engine_timeout=8.0)
+    assert result.outcome == FAIL, result.summary()
+    assert (result.phase, result.kind) == ("restore", TIMEOUT), result.summary()
+    assert "no result after 8s, killed" in result.message

@@ -109,6 +109,19 @@ def test_stat_with_hostile_comm() -> None:
     st = proc.parse_stat(text)
     assert st.pid == 4242 and st.comm == "a) b (c"
     assert (st.state, st.ppid, st.pgrp, st.session, st.num_threads) == ("T", 1, 4242, 4241, 3)
+    assert (st.nice, st.exit_signal, st.rt_priority, st.policy) == (0, 17, 0, 0)
+
+
+def test_limits() -> None:
+    text = ("Limit                     Soft Limit           Hard Limit           Units     \n"
+            "Max cpu time              unlimited            unlimited            seconds   \n"
+            "Max open files            1024                 4096                 files     \n"
+            "Max nice priority         0                    0                    \n")
+    assert proc.parse_limits(text) == {
+        "Max cpu time": "unlimited unlimited seconds",
+        "Max open files": "1024 4096 files",
+        "Max nice priority": "0 0",
+    }
 
 
 def test_status_nspid() -> None:

@@ -27,6 +27,7 @@ BEHAVIOURS = {
     "hang": ("HANG", "{'flavor': 'h ns', 'timeout': 2}"),
     "escape": ("ESCAPE", "{'flavor': 'h'}"),
     "alone": ("PASS", "{'flavor': 'h', 'flags': 'excl'}"),
+    "skipper": ("SKIP", "{'flavor': 'h ns'}"),
     # one per runner mode of the SIGTERM test, so parallel test workers never share names
     "term1": ("HANG", "{'flavor': 'h', 'timeout': 30}"),
     "term2": ("HANG", "{'flavor': 'h', 'timeout': 30}"),
@@ -107,6 +108,15 @@ def test_stop_timeout_then_cleanup(fake_dir: Path) -> None:
         assert f"FAIL ext/hang [{flavor}] stop: timeout:" in res.stdout, res.stdout
     assert "0 passed, 2 failed, 0 skipped" in res.stdout
     _no_leftovers(fake_dir)
+
+
+def test_skip_at_setup_is_a_skip(fake_dir: Path) -> None:
+    res = runner("run", "--tests-dir", str(fake_dir), "-t", "ext/skipper", "--nocr")
+    assert res.returncode == 0, res.stdout
+    for flavor in ("h", "ns"):  # ns: nsinit passes the starter's 77 on
+        assert (f"SKIP ext/skipper [{flavor}] (test says: SKIP: fake_zdtm.c:"
+                in res.stdout), res.stdout
+    assert "0 passed, 0 failed, 2 skipped" in res.stdout
 
 
 def test_escaped_grandchild_is_killed(fake_dir: Path) -> None:

@@ -166,6 +166,17 @@ def test_tree_structure(subject: Subject) -> None:
     assert set(root.rseq) == set(root.threads)
     assert set(root.namespaces.values()) == {"host"}
     assert tree.notes == []
+    assert root.attrs["Umask"] == f"{_umask():04o}" and root.attrs["cwd"] == os.getcwd()
+    assert root.attrs["limit Max open files"] and root.attrs["exit_signal"] == "17"
+    # the harness's SIGSTOP is job control, not a pending signal of the test
+    assert root.attrs["ShdPnd"] == "0" * 16
+    assert set(root.thread_attrs) == set(root.threads)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_fd_table_is_normalised(subject: Subject) -> None:

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 from zdtm.memory import DIGEST_SIZE, UNREADABLE, ZERO_DIGEST
 from zdtm.proc import PAGE_SIZE, format_open_flags
-from zdtm.snapshot import FdState, OwnState, ProcState, TreeState, Vma
+from zdtm.snapshot import (
+    IN_SYSCALL,
+    TEMP_MASK_SYSCALLS,
+    FdState,
+    OwnState,
+    ProcState,
+    TreeState,
+    Vma,
+)
 
 _MAX_PER_PROCESS = 20  # a badly broken restore must not bury the first problems in noise
 
@@ -105,7 +113,10 @@ def _task(b: ProcState, a: ProcState) -> list[Problem]:
             out.append(Problem("task", f"{a.name()}: {_attr_diff(key, vb, va)}"))
     for tid in sorted(b.thread_attrs.keys() & a.thread_attrs.keys()):
         tb, ta = b.thread_attrs[tid], a.thread_attrs[tid]
-        for key in sorted(tb.keys() | ta.keys()):
+        skip = {IN_SYSCALL}
+        if tb.get(IN_SYSCALL) in TEMP_MASK_SYSCALLS:
+            skip.add("SigBlk")  # the mask in effect was the syscall's temporary one
+        for key in sorted((tb.keys() | ta.keys()) - skip):
             if tb.get(key) != ta.get(key):
                 out.append(Problem(
                     "task", f"{a.name()} tid {tid}: {_attr_diff(key, tb.get(key), ta.get(key))}"

@@ -230,6 +230,10 @@ class Run:
             st = self.flavor.start(argv, self.workdir, f"{self.test.short}.pid",
                                    float(self.test.timeout), self.workdir / "start.log")
         except StartError as exc:
+            if exc.kind == "skip":
+                verdict = _last_verdict(self.workdir / f"{self.test.short}.out")
+                self.result.skip("start", f"test says: {verdict or exc.message}")
+                raise _Failed from None
             kind = TIMEOUT if exc.kind == "timeout" else TEST_FAIL
             self.result.fail("start", kind, exc.message.splitlines()[0],
                              exc.message.splitlines()[1:] + self._outfile_tail())

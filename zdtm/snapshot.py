@@ -45,6 +45,12 @@ PROCESS_STATUS = ("Umask", "Uid", "Gid", "Groups", "ShdPnd", "SigIgn", "SigCgt",
                   "Seccomp_filters")
 THREAD_STATUS = ("SigPnd", "SigBlk")
 ZOMBIE_STATUS = ("Uid", "Gid", "Groups")
+IN_SYSCALL = "syscall"  # thread attribute: the syscall it is stopped in; not compared itself
+# Syscalls that run with a temporary signal mask (the real one is saved in the kernel and
+# put back on the way out): SigBlk of a thread stopped in one of them is not its own mask.
+# x86_64: rt_sigtimedwait, rt_sigsuspend, pselect6, ppoll, epoll_pwait, io_pgetevents,
+# epoll_pwait2.
+TEMP_MASK_SYSCALLS = frozenset({"128", "130", "270", "271", "281", "333", "441"})
 _JOB_CONTROL = 1 << (signal.SIGSTOP - 1) | 1 << (signal.SIGCONT - 1)
 _KERNEL_ID = re.compile(r"^([a-z_]+):\[(\d+)\]$")  # pipe:[123], socket:[5], pidfd:[7]
 _CLONE_NEWUTS = 0x04000000
@@ -194,8 +200,9 @@ def _base_state(pid: int) -> tuple[ProcState, int, dict[int, int]]:
             continue
         tids[tid] = _inner(tstatus, "NSpid", tid)
         if stat.state != "Z":
-            per_thread[tids[tid]] = {k: _pending(tstatus, k) for k in THREAD_STATUS
-                                     if k in tstatus}
+            attrs = {k: _pending(tstatus, k) for k in THREAD_STATUS if k in tstatus}
+            attrs[IN_SYSCALL] = _syscall_nr(pid, tid)
+            per_thread[tids[tid]] = attrs
     state = ProcState(
         pid=_inner(status, "NSpid", pid),
         real_pid=pid,
@@ -209,6 +216,14 @@ def _base_state(pid: int) -> tuple[ProcState, int, dict[int, int]]:
         thread_attrs=per_thread,
     )
     return state, stat.ppid, tids
+
+
+def _syscall_nr(pid: int, tid: int) -> str:
+    """The syscall a stopped thread is in ("-1": none), from /proc/PID/task/TID/syscall."""
+    try:
+        return proc.read_text(f"/proc/{pid}/task/{tid}/syscall").split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 def _pending(status: dict[str, str], key: str) -> str:

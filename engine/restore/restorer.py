@@ -335,8 +335,11 @@ class TreeRestorer:
             # A thread dumped inside a syscall (rewound to restart it) first goes back into
             # it: then the group-stop interrupts the syscall exactly as it was interrupted
             # when dumped (e.g. sigsuspend's temporary mask in force), not before it.
+            # Not with signals pending: the syscall would take them (run a handler) before
+            # the stop, which the dumped task, stopped, never did.
+            pending = bool(t.core.shared_pending) or any(th.pending for th in t.threads)
             for th in t.threads:
-                if th.in_syscall:
+                if th.in_syscall and not pending and _restarts_syscall(t.real, t.regs[th.tid]):
                     self._enter_syscall(t.real_tid[th.tid], th.sigmask)
         stopped = [t.real for t in stop]
         for pid in stopped:
@@ -348,7 +351,6 @@ class TreeRestorer:
         for pid in stopped:
             _wait_state(pid, "T", self.opts.timeout)
 
-
     def _enter_syscall(self, tid: int, mask: int) -> None:
         """Run the thread up to the syscall-entry-stop of its restarted syscall. Signals
         are blocked on the way (a pending one would be delivered first) and the thread's
@@ -359,6 +361,20 @@ class TreeRestorer:
         if os.WSTOPSIG(status) != signal.SIGTRAP | 0x80:
             raise EngineError("detach", f"thread {tid}: no syscall-entry-stop ({status:#x})")
         ptrace.set_sigmask(tid, mask)
+
+
+def _restarts_syscall(pid: int, regs: UserRegs) -> bool:
+    """True when the registers restart a syscall: rip on a `syscall` instruction with the
+    syscall number in rax (a thread stopped after a syscall that completed is not one)."""
+    if regs.signed("orig_rax") < 0 or regs.rax not in (regs.orig_rax, uapi.SYS_restart_syscall):
+        return False
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, 2, regs.rip) == b"\x0f\x05"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _run(runner: blob.BlobRunner, table: blob.Table, phase: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine.kernel import sys as ksys
 from engine.proc.stat import read_stat
+from engine.proc.status import read_status
 
 ROOT = Path(__file__).resolve().parents[2]
 ZDTM = ROOT / "zdtm"
@@ -75,6 +76,18 @@ def kill_reap(pid: int) -> None:
 def state(pid: int) -> str:
     """One-letter /proc state of pid."""
     return read_stat(pid).state
+
+
+def released(pid: int, name: str) -> bool:
+    """True once restored task `pid` runs program `name` and is no longer traced (before,
+    the pid may still be the engine's Python child or a seized task being rebuilt)."""
+    try:
+        status = read_status(pid)
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return os.path.basename(exe) == name and status.tracer_pid == 0 \
+        and status.state[0] in "RS"
 
 
 def tree_of(pid: int) -> list[int]:

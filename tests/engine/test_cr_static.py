@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from engine.proc.stat import read_stat
 from tests.engine import cr_support as cr
 
 # Single-process tests of the first milestone.
@@ -83,3 +87,36 @@ def test_leave_running_dump(running: cr.ZdtmTest, tmp_path: Path) -> None:
     r = cr.engine("restore", "-D", str(tmp_path / f"img{ITERATIONS - 1}"), "-d")
     assert r.returncode == 0, r.stderr
     assert "PASS" in running.stop()
+
+
+@pytest.mark.parametrize("running", ["mem_anon"], indirect=True)
+def test_foreground_restore_waits(running: cr.ZdtmTest, tmp_path: Path) -> None:
+    """Without -d the engine stays the restored task's parent and exits with its status."""
+    d = cr.engine("dump", "-t", str(running.pid), "-D", str(tmp_path / "img"))
+    assert d.returncode == 0, d.stderr
+    cr.wait_gone(running.pid)
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "restore", "-D",
+                             str(tmp_path / "img")], cwd=cr.ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while not cr.released(running.pid, running.name):
+            assert time.monotonic() < deadline, "restored task did not appear"
+            assert proc.poll() is None, "engine exited early"
+            time.sleep(0.02)
+        assert read_stat(running.pid).ppid == proc.pid
+        os.kill(running.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    out = (running.workdir / "mem_anon.out").read_text().strip().splitlines()[-1]
+    assert "PASS" in out
+    running.pid = 0  # reaped by the engine, nothing left to clean
+
+
+def test_lazy_pages_refused(tmp_path: Path) -> None:
+    """--lazy-pages is refused with a clear error (feature lazy_pages is false)."""
+    r = cr.engine("restore", "-D", str(tmp_path), "-d", "--lazy-pages")
+    assert r.returncode == 1
+    assert "engine: error: restore: --lazy-pages is not supported" in r.stderr
