@@ -331,25 +331,54 @@ class TreeRestorer:
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
         stop = [t for t in self.live if self.opts.leave_stopped or t.core.state == "stopped"]
+        # Parents first, each detached as soon as it is stopped: a child's stop then
+        # notifies an untraced parent, which ignores SIGCHLD as it did when dumped (a
+        # traced one would get it queued even when ignored).
         for t in stop:
-            # A thread dumped inside a syscall (rewound to restart it) first goes back into
-            # it: then the group-stop interrupts the syscall exactly as it was interrupted
-            # when dumped (e.g. sigsuspend's temporary mask in force), not before it.
-            # Not with signals pending: the syscall would take them (run a handler) before
-            # the stop, which the dumped task, stopped, never did.
-            pending = bool(t.core.shared_pending) or any(th.pending for th in t.threads)
-            for th in t.threads:
-                if th.in_syscall and not pending and _restarts_syscall(t.real, t.regs[th.tid]):
-                    self._enter_syscall(t.real_tid[th.tid], th.sigmask)
-        stopped = [t.real for t in stop]
-        for pid in stopped:
-            # Queued now, taken as a group-stop as soon as the task leaves ptrace.
-            os.kill(pid, signal.SIGSTOP)
-        for t in self.live:
+            self._group_stop(t)
             for th in t.threads:
                 ptrace.detach(t.real_tid[th.tid], 0)
-        for pid in stopped:
-            _wait_state(pid, "T", self.opts.timeout)
+        for t in self.live:
+            if t not in stop:
+                for th in t.threads:
+                    ptrace.detach(t.real_tid[th.tid], 0)
+        for t in stop:
+            _wait_state(t.real, "T", self.opts.timeout)
+
+    def _group_stop(self, t: _Task) -> None:
+        """Put task t into group-stop while we still trace it, so that it stays stopped
+        when detached and takes no other signal first (a pending SIGALRM would otherwise
+        be delivered before the SIGSTOP, running its handler).
+
+        A thread dumped inside a syscall (rewound to restart it) first goes back into it,
+        so that the stop interrupts the syscall as the dump found it (sigsuspend's
+        temporary mask in force...), not before it; not when signals are pending or timers
+        armed: the syscall would take those before the stop."""
+        quiet = not (t.core.shared_pending or t.core.itimers or any(th.pending for th in t.threads))
+        reentered = set()
+        for th in t.threads:
+            real = t.real_tid[th.tid]
+            if quiet and th.in_syscall and _restarts_syscall(t.real, t.regs[th.tid]):
+                self._enter_syscall(real, th.sigmask)
+                reentered.add(real)
+            else:
+                ptrace.set_sigmask(real, _ALL_SIGNALS)  # only SIGSTOP can be taken
+        os.kill(t.real, signal.SIGSTOP)
+        for th in t.threads:
+            real = t.real_tid[th.tid]
+            ptrace.cont(real, 0)
+            while True:
+                status = ptrace.wait_stop(real, self.opts.timeout)
+                event, sig = ptrace.stop_event(status), os.WSTOPSIG(status)
+                if event == uapi.PTRACE_EVENT_STOP:
+                    break  # in group-stop
+                if event == 0 and sig == signal.SIGSTOP:
+                    ptrace.cont(real, sig)  # let it take the SIGSTOP: the group stops
+                    continue
+                raise EngineError("detach", f"thread {real}: unexpected stop {status:#x} "
+                                            "on the way to group-stop")
+            if real not in reentered:
+                ptrace.set_sigmask(real, th.sigmask)
 
     def _enter_syscall(self, tid: int, mask: int) -> None:
         """Run the thread up to the syscall-entry-stop of its restarted syscall. Signals

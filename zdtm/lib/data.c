@@ -4,7 +4,10 @@
  * The byte stream of a seed is xorshift64* output, so a checker can regenerate exactly what
  * was written (datacmp) or compare a CRC (datachk) without keeping a copy.
  */
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "zdtmtst.h"
 
@@ -118,5 +121,52 @@ int datachk(const void *buf, size_t len, uint32_t *crc)
 	if (actual == *crc)
 		return 0;
 	*crc = actual;
+	return -1;
+}
+
+int test_data_check(const char *file, int line, const void *buf, size_t len, uint64_t seed)
+{
+	ssize_t off = datacmp(buf, len, seed);
+
+	if (off >= 0)
+		return test_fail(file, line, 0, "data at %p differs at offset %zd", buf, off);
+	return 0;
+}
+
+int test_write_data(int fd, void *data, size_t len, uint64_t seed, off_t pos)
+{
+	datafill(data, len, seed);
+	if (write(fd, data, len) != (ssize_t)len || lseek(fd, pos, SEEK_SET) != pos) {
+		pr_perror("write %zu bytes, seek to %lld", len, (long long)pos);
+		return -1;
+	}
+	return 0;
+}
+
+int test_create_file_pages(const char *path, unsigned int npages,
+			   uint64_t (*seed)(unsigned int k))
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	char *buf = malloc(page);
+	int fd;
+
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || !buf) {
+		pr_perror("create %s", path);
+		goto err;
+	}
+	for (unsigned int k = 0; k < npages; k++) {
+		datafill(buf, page, seed(k));
+		if (pwrite(fd, buf, page, (off_t)(k * page)) != (ssize_t)page) {
+			pr_perror("write %s", path);
+			goto err;
+		}
+	}
+	free(buf);
+	return fd;
+err:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
 	return -1;
 }

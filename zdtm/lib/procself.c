@@ -1,5 +1,6 @@
 /*
- * procself.c - what the test sees of its own memory map (/proc/self/smaps, mincore).
+ * procself.c - the test's own memory map: fresh mappings, and what /proc/self/smaps and
+ * mincore say about them.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,4 +81,56 @@ bool range_unmapped(const void *addr, size_t len)
 		if (mincore((char *)addr + off, (size_t)page, &vec) == 0 || errno != ENOMEM)
 			return false;
 	return true;
+}
+
+void *test_map_anon(size_t len, bool shared)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		pr_perror("mmap %zu bytes", len);
+		return NULL;
+	}
+	return p;
+}
+
+int test_vma_check(const char *file, int line, const void *addr, size_t len, const char *perms)
+{
+	const char *p = addr;
+	struct vma_info vi;
+
+	if (vma_find(addr, &vi))
+		return test_fail(file, line, errno, "no VMA at %p", addr), -1;
+	if (strcmp(vi.perms, perms) || vi.start != (unsigned long)p ||
+	    vi.end != (unsigned long)(p + len))
+		return test_fail(file, line, 0, "VMA %lx-%lx %s, expected %p-%p %s", vi.start,
+				 vi.end, vi.perms, p, p + len, perms);
+	return 0;
+}
+
+void *test_map_data(size_t len, uint64_t seed, int prot)
+{
+	void *p = test_map_anon(len, false);
+
+	if (!p)
+		return NULL;
+	datafill(p, len, seed);
+	if (mprotect(p, len, prot)) {
+		pr_perror("mprotect(%#x)", prot);
+		munmap(p, len);
+		return NULL;
+	}
+	return p;
+}
+
+void *test_map_fd(int fd, size_t len, int flags)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, flags, fd, 0);
+
+	if (p == MAP_FAILED) {
+		pr_perror("mmap fd %d", fd);
+		return NULL;
+	}
+	return p;
 }

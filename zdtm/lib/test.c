@@ -289,8 +289,7 @@ static void write_pidfile(pid_t pid)
 	return;
 err:
 	/* The harness cannot find a test it has no pid of: take the test down with us. */
-	kill(pid, SIGKILL);
-	test_waitpid(pid, NULL, 5000);
+	test_kill_child(pid);
 	unlink(tmp);
 	exit(1);
 }
@@ -307,8 +306,7 @@ static void starter(pid_t child, int rfd)
 	while (r < 0 && errno == EINTR);
 	if (r == 0) {
 		pr_err("test did not reach test_daemon() in %d s", SETUP_TIMEOUT_MS / 1000);
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
+		test_kill_child(child);
 		exit(1);
 	}
 	if (r > 0 && read(rfd, &c, 1) == 1) {
@@ -316,10 +314,8 @@ static void starter(pid_t child, int rfd)
 		exit(0);
 	}
 	/* EOF: the test exited (or was killed) during setup. */
-	if (test_waitpid(child, &status, 10000)) {
+	if (test_wait_child(child, &status, 10000)) {
 		pr_perror("test closed the start pipe but did not exit");
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
 		exit(1);
 	}
 	if (WIFEXITED(status)) {
@@ -436,18 +432,31 @@ bool test_go(void)
 	return !sigterm_seen;
 }
 
+void test_deadline(clockid_t clk, int timeout_ms, struct timespec *end)
+{
+	clock_gettime(clk, end);
+	end->tv_sec += timeout_ms / 1000;
+	end->tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (end->tv_nsec >= 1000000000) {
+		end->tv_sec++;
+		end->tv_nsec -= 1000000000;
+	}
+}
+
+long test_ms_left(clockid_t clk, const struct timespec *end)
+{
+	struct timespec now;
+
+	clock_gettime(clk, &now);
+	return (long)(end->tv_sec - now.tv_sec) * 1000 + (end->tv_nsec - now.tv_nsec) / 1000000;
+}
+
 int test_waitpid(pid_t pid, int *status, int timeout_ms)
 {
-	struct timespec now, end, nap = { .tv_sec = 0, .tv_nsec = 2 * 1000 * 1000 };
+	struct timespec end, nap = { .tv_sec = 0, .tv_nsec = 2 * 1000 * 1000 };
 	int st;
 
-	clock_gettime(CLOCK_MONOTONIC, &end);
-	end.tv_sec += timeout_ms / 1000;
-	end.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (end.tv_nsec >= 1000000000) {
-		end.tv_sec++;
-		end.tv_nsec -= 1000000000;
-	}
+	test_deadline(CLOCK_MONOTONIC, timeout_ms, &end);
 	for (;;) {
 		pid_t r = waitpid(pid, &st, WNOHANG);
 
@@ -458,9 +467,7 @@ int test_waitpid(pid_t pid, int *status, int timeout_ms)
 		}
 		if (r < 0 && errno != EINTR)
 			return -1;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec > end.tv_sec ||
-		    (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec)) {
+		if (test_ms_left(CLOCK_MONOTONIC, &end) <= 0) {
 			errno = ETIMEDOUT;
 			return -1;
 		}

@@ -26,6 +26,7 @@
 #define ZDTMTST_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -154,6 +155,20 @@ ssize_t datacmp(const void *buf, size_t len, uint64_t seed);
 void datagen(void *buf, size_t len, uint32_t *crc);
 /* 0 when CRC32(buf) == *crc; else -1 with the actual CRC32 stored in *crc. */
 int datachk(const void *buf, size_t len, uint32_t *crc);
+int test_data_check(const char *file, int line, const void *buf, size_t len, uint64_t seed);
+/* check_data(buf, len, seed): buf holds datafill(seed); else a FAIL line and 1. */
+#define check_data(buf, len, seed) test_data_check(__FILE__, __LINE__, buf, len, seed)
+/*
+ * Fill data (len bytes) from seed, write it to fd and seek fd to pos: 0, or -1 after
+ * logging why (a setup error). The caller keeps data to compare with after restore.
+ */
+int test_write_data(int fd, void *data, size_t len, uint64_t seed, off_t pos);
+/*
+ * Create (or truncate) the file at path with npages pages, page k holding datafill(seed(k)):
+ * its O_RDWR|O_CLOEXEC fd, or -1 after logging why (a setup error).
+ */
+int test_create_file_pages(const char *path, unsigned int npages,
+			   uint64_t (*seed)(unsigned int k));
 
 /* ---- /proc/self views ---------------------------------------------------------------- */
 
@@ -171,5 +186,96 @@ int vma_find(const void *addr, struct vma_info *vi);
 bool vma_has_flag(const struct vma_info *vi, const char *flag);
 /* Whether [addr, addr+len) contains no mapping at all (mincore says ENOMEM everywhere). */
 bool range_unmapped(const void *addr, size_t len);
+/* A fresh read-write anonymous mapping (MAP_SHARED or MAP_PRIVATE); NULL after logging why. */
+void *test_map_anon(size_t len, bool shared);
+/*
+ * A private anonymous mapping holding datafill(seed), then mprotect()ed to prot; NULL after
+ * logging why.
+ */
+void *test_map_data(size_t len, uint64_t seed, int prot);
+/* Map len bytes of fd from offset 0, read-write, with flags (MAP_SHARED...); NULL after logging. */
+void *test_map_fd(int fd, size_t len, int flags);
+int test_vma_check(const char *file, int line, const void *addr, size_t len,
+		   const char *perms);
+/*
+ * check_vma(addr, len, "r--p"): after restore, [addr, addr+len) must be exactly one VMA with
+ * these permissions. 0 when it is; else a FAIL line and -1 (no VMA there) or 1 (other
+ * bounds or permissions).
+ */
+#define check_vma(addr, len, perms) test_vma_check(__FILE__, __LINE__, addr, len, perms)
+
+/* ---- /proc files ----------------------------------------------------------------------- */
+
+/* Read the file at path into buf (no terminator added), up to size bytes: the length, or -1. */
+ssize_t test_read_file(const char *path, char *buf, size_t size);
+/* State letter and parent pid of process pid (/proc/PID/stat; either may be NULL): 0 or -1. */
+int proc_stat(pid_t pid, char *state, pid_t *ppid);
+/* The comm of thread tid of this process, without the newline; "" when unreadable. */
+const char *task_comm(pid_t tid);
+
+/* ---- child processes ------------------------------------------------------------------- */
+
+enum test_pipe { TEST_NO_PIPE, TEST_PIPE_TO_CHILD, TEST_PIPE_FROM_CHILD };
+
+/*
+ * Fork a child that runs fn(fd, arg) and _exit()s with what it returns: its verdict, 0 when
+ * all it checked was right (it says what was wrong with test_msg()). With TEST_PIPE_TO_CHILD
+ * (TEST_PIPE_FROM_CHILD) an O_CLOEXEC pipe connects the two: the child gets its read (write)
+ * end as fd, the parent the other end in *parent_fd, and each closes the end it does not
+ * hold; with TEST_NO_PIPE, fd and *parent_fd are -1 (parent_fd may be NULL).
+ * The child's pid, or -1 after logging why (a setup error).
+ */
+pid_t test_fork_child(enum test_pipe dir, int *parent_fd, int (*fn)(int fd, void *arg),
+		      void *arg);
+/* Read exactly len bytes from fd within timeout_ms: 0, or -1 with errno (ETIMEDOUT, EPIPE). */
+int test_read_timeout(int fd, void *buf, size_t len, int timeout_ms);
+/* SIGKILL child pid and reap it (with a deadline): the cleanup of error paths. */
+void test_kill_child(pid_t pid);
+/*
+ * test_waitpid() that SIGKILLs and reaps a child that does not exit within timeout_ms:
+ * 0 with *status filled, or -1 with errno.
+ */
+int test_wait_child(pid_t pid, int *status, int timeout_ms);
+/* SIGTERM (the child's test_waitsig() returns and it checks its state), then test_wait_child(). */
+int test_stop_child(pid_t pid, int *status, int timeout_ms);
+int test_child_verdict(const char *file, int line, pid_t pid, bool stop, int timeout_ms);
+/*
+ * The verdict of a child forked by the test: 0 when it exits 0 within timeout_ms; else a
+ * FAIL line (it is gone, did not exit - then it is killed and reaped - or failed) and 1.
+ * stop_child_verdict() first sends it SIGTERM; wait_child_verdict() only waits.
+ */
+#define stop_child_verdict(pid, timeout_ms) \
+	test_child_verdict(__FILE__, __LINE__, pid, true, timeout_ms)
+#define wait_child_verdict(pid, timeout_ms) \
+	test_child_verdict(__FILE__, __LINE__, pid, false, timeout_ms)
+
+/* ---- threads --------------------------------------------------------------------------- */
+
+/*
+ * pthread_create() of a thread that starts with SIGTERM blocked (SIGTERM is the main
+ * thread's, see test_waitsig()): 0, or -1 with errno.
+ */
+int test_thread_create(pthread_t *th, void *(*fn)(void *), void *arg);
+/* pthread_join() with a deadline: 0, or -1 with errno (ETIMEDOUT). */
+int test_thread_join(pthread_t th, void **ret, int timeout_ms);
+
+/*
+ * A sleeper: a thread that stays blocked in read() on a pipe through C/R until the main
+ * thread wakes it. Its function sets itself up, calls test_sleeper_sleep(), then checks its
+ * state after the wake-up.
+ */
+struct test_sleeper {
+	pthread_t th;
+	pid_t tid;	/* the thread's tid, set by test_sleeper_sleep() */
+	int wake[2];
+	int ready;
+};
+
+/* Start fn(arg) as sleeper s and wait (5 s) until it sleeps: 0, or -1 with errno. */
+int test_sleeper_start(struct test_sleeper *s, void *(*fn)(void *), void *arg);
+/* In the sleeper: say it is ready, block until woken. 0, or -1 with errno (EPIPE: EOF). */
+int test_sleeper_sleep(struct test_sleeper *s);
+/* In the main thread: wake sleeper s and join it within timeout_ms: 0, or -1 with errno. */
+int test_sleeper_wake(struct test_sleeper *s, int timeout_ms);
 
 #endif /* ZDTMTST_H */

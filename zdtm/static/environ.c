@@ -4,7 +4,6 @@
  * it; it then adds a variable at run time (libc heap). After restore both are visible the
  * same way: /proc/self/environ is byte-identical and getenv() finds both values.
  */
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,16 +21,7 @@ static char env_before[ENV_MAX], env_after[ENV_MAX];
 
 static ssize_t read_environ(char *buf)
 {
-	ssize_t n, len = 0;
-	int fd;
-
-	fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	while (len < ENV_MAX && (n = read(fd, buf + len, (size_t)(ENV_MAX - len))) > 0)
-		len += n;
-	close(fd);
-	return n < 0 ? -1 : len;
+	return test_read_file("/proc/self/environ", buf, ENV_MAX);
 }
 
 int main(int argc, char **argv)

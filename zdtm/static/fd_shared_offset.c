@@ -7,7 +7,6 @@
  * offset move on both of its fds, but not on the independent one.
  */
 #include <fcntl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
@@ -21,13 +20,18 @@ TEST_NEEDS_FILENAME();
 #define SEED 0x0ff5UL
 
 static char data[FILE_SIZE];
+static int fd, other;
 
-/* The child: check the shared offset, read through it; exit 0 when all was right. */
-static int child_main(int fd)
+/* The child (fd only): check the shared offset, read through it; 0 when all was right. */
+static int child_main(int pipe_fd, void *arg)
 {
 	char buf[CHILD_READ];
 	off_t pos;
 
+	(void)pipe_fd;
+	(void)arg;
+	close(DUP_FD);
+	close(other);
 	test_waitsig();
 	pos = lseek(fd, 0, SEEK_CUR);
 	if (pos != OFFSET) {
@@ -48,7 +52,6 @@ static int child_main(int fd)
 
 int main(int argc, char **argv)
 {
-	int fd, other, status;
 	pid_t child;
 	off_t pos;
 
@@ -60,21 +63,11 @@ int main(int argc, char **argv)
 		pr_perror("open/dup %s", test_filename);
 		return 1;
 	}
-	datafill(data, FILE_SIZE, SEED);
-	if (write(fd, data, FILE_SIZE) != FILE_SIZE || lseek(fd, OFFSET, SEEK_SET) != OFFSET) {
-		pr_perror("write/lseek");
+	if (test_write_data(fd, data, FILE_SIZE, SEED, OFFSET))
 		return 1;
-	}
-	child = fork();
-	if (child < 0) {
-		pr_perror("fork");
+	child = test_fork_child(TEST_NO_PIPE, NULL, child_main, NULL);
+	if (child < 0)
 		return 1;
-	}
-	if (!child) {
-		close(DUP_FD);
-		close(other);
-		_exit(child_main(fd));
-	}
 
 	test_daemon();
 	test_waitsig();
@@ -82,14 +75,8 @@ int main(int argc, char **argv)
 	pos = lseek(DUP_FD, 0, SEEK_CUR);
 	if (pos != OFFSET)
 		fail("offset %lld before the child read, expected %d", (long long)pos, OFFSET);
-	kill(child, SIGTERM);
-	if (test_waitpid(child, &status, 10000)) {
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
-		return fail_perror("child %d did not exit", child);
-	}
-	if (!WIFEXITED(status) || WEXITSTATUS(status))
-		return fail("child failed (status %#x), see above", status);
+	if (stop_child_verdict(child, 10000))
+		return 1;
 	if (lseek(fd, 0, SEEK_CUR) != OFFSET + CHILD_READ ||
 	    lseek(DUP_FD, 0, SEEK_CUR) != OFFSET + CHILD_READ)
 		return fail("the child's read did not move the parent's offsets to %d: the "

@@ -32,11 +32,8 @@ int main(int argc, char **argv)
 		pr_perror("open %s", test_filename);
 		return 1;
 	}
-	datafill(data, FILE_SIZE, SEED);
-	if (write(rw, data, FILE_SIZE) != FILE_SIZE || lseek(rw, OFFSET, SEEK_SET) != OFFSET) {
-		pr_perror("write/lseek");
+	if (test_write_data(rw, data, FILE_SIZE, SEED, OFFSET))
 		return 1;
-	}
 
 	test_daemon();
 	test_waitsig();

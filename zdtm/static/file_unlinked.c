@@ -29,11 +29,8 @@ int main(int argc, char **argv)
 		pr_perror("open %s", test_filename);
 		return 1;
 	}
-	datafill(data, FILE_SIZE, SEED);
-	if (write(fd, data, FILE_SIZE) != FILE_SIZE || lseek(fd, OFFSET, SEEK_SET) != OFFSET) {
-		pr_perror("write/lseek");
+	if (test_write_data(fd, data, FILE_SIZE, SEED, OFFSET))
 		return 1;
-	}
 	if (unlink(test_filename)) {
 		pr_perror("unlink %s", test_filename);
 		return 1;

@@ -3,8 +3,6 @@
  * (the parent can wait for it by its pid) and the child still sees its parent as ppid;
  * the two still share the pipe they talk through.
  */
-#include <fcntl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
@@ -13,8 +11,9 @@
 #define CHILD_BAD_PPID 3
 #define CHILD_BAD_PIPE 4
 
-static int child_main(pid_t parent, int rfd)
+static int child_main(int rfd, void *arg)
 {
+	pid_t parent = *(pid_t *)arg;
 	char c;
 
 	test_waitsig();
@@ -33,39 +32,21 @@ static int child_main(pid_t parent, int rfd)
 int main(int argc, char **argv)
 {
 	pid_t parent, child;
-	int p[2], status;
+	int wfd;
 
 	test_init(argc, argv);
 	parent = getpid();
 
-	if (pipe2(p, O_CLOEXEC)) {
-		pr_perror("pipe");
+	child = test_fork_child(TEST_PIPE_TO_CHILD, &wfd, child_main, &parent);
+	if (child < 0)
 		return 1;
-	}
-	child = fork();
-	if (child < 0) {
-		pr_perror("fork");
-		return 1;
-	}
-	if (!child) {
-		close(p[1]);
-		_exit(child_main(parent, p[0]));
-	}
-	close(p[0]);
 
 	test_daemon();
 	test_waitsig();
 
-	if (write(p[1], "P", 1) != 1)
+	if (write(wfd, "P", 1) != 1)
 		fail_perror("write to the child");
-	if (kill(child, SIGTERM))
-		return fail_perror("child %d is gone", child);
-	if (test_waitpid(child, &status, 10000)) {
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
-		return fail_perror("waitpid(%d)", child);
-	}
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != CHILD_OK)
-		return fail("child exited with status %#x", status);
+	if (stop_child_verdict(child, 10000))
+		return 1;
 	return pass();
 }

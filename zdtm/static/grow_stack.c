@@ -22,7 +22,6 @@ int main(int argc, char **argv)
 	size_t total = (NEIGHBOUR_PAGES + GAP_PAGES + STACK_PAGES) * (size_t)page;
 	char *base, *neighbour, *stack, *below;
 	struct vma_info vi;
-	ssize_t off;
 
 	test_init(argc, argv);
 
@@ -56,12 +55,9 @@ int main(int argc, char **argv)
 	if (vi.start != (unsigned long)stack || !vma_has_flag(&vi, "gd"))
 		return fail("VMA %lx-%lx VmFlags '%s': expected start %p and 'gd'", vi.start,
 			    vi.end, vi.vmflags, stack);
-	off = datacmp(stack, STACK_PAGES * (size_t)page, SEED);
-	if (off >= 0)
-		return fail("stack data differs at offset %zd", off);
-	off = datacmp(neighbour, NEIGHBOUR_PAGES * (size_t)page, SEED + 1);
-	if (off >= 0)
-		return fail("neighbour data differs at offset %zd", off);
+	if (check_data(stack, STACK_PAGES * (size_t)page, SEED) ||
+	    check_data(neighbour, NEIGHBOUR_PAGES * (size_t)page, SEED + 1))
+		return 1;
 
 	/* Touch below the start: the kernel must grow the VMA down to cover it. */
 	below = stack - GROW_PAGES * (size_t)page;

@@ -69,11 +69,8 @@ int main(int argc, char **argv)
 		return fail_perror("fork");
 	if (!pid)
 		_exit(child_view(map));
-	if (test_waitpid(pid, &status, 10000)) {
-		kill(pid, SIGKILL);
-		test_waitpid(pid, NULL, 5000);
+	if (test_wait_child(pid, &status, 10000))
 		return fail_perror("child %d", pid);
-	}
 	if (!WIFEXITED(status) || WEXITSTATUS(status))
 		return fail("in a forked child: %s", !WIFEXITED(status) ? "crashed" :
 			    WEXITSTATUS(status) == 1 ? "the DONTFORK region is mapped" :

@@ -2,9 +2,10 @@
  * maps06: tens of thousands of separate private and shared mappings of ONE file.
  *
  * Neighbouring mappings alternate MAP_PRIVATE/MAP_SHARED and their file offsets are never
- * consecutive, so the kernel cannot merge them; every file page is mapped both ways. RLIMIT_NOFILE is far below the number of
- * mappings and the file is closed: an engine that needs one fd per file mapping (or leaks
- * one) cannot restore this, and the fd check sees a leak. Every page is verified after
+ * consecutive, so the kernel cannot merge them; every file page is mapped both ways.
+ * RLIMIT_NOFILE is far below the number of mappings and the file is closed: an engine that
+ * needs one fd per file mapping (or leaks one) cannot restore this, and the fd check sees a
+ * leak. Every page is verified after
  * restore; shared mappings must still be the file (a write to it shows through).
  */
 #include <fcntl.h>
@@ -55,27 +56,6 @@ static int count_vmas(unsigned long lo, unsigned long hi)
 	return n;
 }
 
-static int create_file(void)
-{
-	char *buf = malloc((size_t)page);
-	int fd;
-
-	fd = open(test_filename, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0 || !buf) {
-		pr_perror("open %s", test_filename);
-		return -1;
-	}
-	for (unsigned int k = 0; k < FILE_PAGES; k++) {
-		datafill(buf, (size_t)page, file_seed(k));
-		if (pwrite(fd, buf, (size_t)page, (off_t)k * page) != page) {
-			pr_perror("write %s", test_filename);
-			return -1;
-		}
-	}
-	free(buf);
-	return fd;
-}
-
 /* Verify every mapping; returns the number of bad pages (each reported, up to a few). */
 static unsigned int check_pages(const char *area)
 {
@@ -102,7 +82,7 @@ int main(int argc, char **argv)
 	test_init(argc, argv);
 	page = sysconf(_SC_PAGESIZE);
 
-	fd = create_file();
+	fd = test_create_file_pages(test_filename, FILE_PAGES, file_seed);
 	if (fd < 0)
 		return 1;
 	/* Reserve the range, then replace it piece by piece: nothing of the reservation stays. */

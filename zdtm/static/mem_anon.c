@@ -3,7 +3,6 @@
  * untouched part of the same mapping still reads zero.
  */
 #include <string.h>
-#include <sys/mman.h>
 
 #include "zdtmtst.h"
 
@@ -18,11 +17,9 @@ int main(int argc, char **argv)
 
 	test_init(argc, argv);
 
-	area = mmap(NULL, AREA_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (area == MAP_FAILED) {
-		pr_perror("mmap");
+	area = test_map_anon(AREA_SIZE, false);
+	if (!area)
 		return 1;
-	}
 	datafill(area, DATA_SIZE, SEED);
 
 	test_daemon();

@@ -29,7 +29,6 @@ static ssize_t first_diff(const char *a, const char *b, size_t len)
 
 int main(int argc, char **argv)
 {
-	struct vma_info vi;
 	int (*fn)(void);
 	ssize_t off;
 	char *map;
@@ -37,11 +36,9 @@ int main(int argc, char **argv)
 
 	test_init(argc, argv);
 
-	map = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (map == MAP_FAILED) {
-		pr_perror("mmap");
+	map = test_map_anon(SIZE, false);
+	if (!map)
 		return 1;
-	}
 	datafill(expect, SIZE, SEED);
 	memcpy(expect, code, sizeof(code));
 	memcpy(map, expect, SIZE);
@@ -59,12 +56,8 @@ int main(int argc, char **argv)
 	test_daemon();
 	test_waitsig();
 
-	if (vma_find(map, &vi))
-		return fail_perror("no VMA at %p", map);
-	if (strcmp(vi.perms, "--xp") || vi.start != (unsigned long)map ||
-	    vi.end != (unsigned long)map + SIZE)
-		return fail("VMA %lx-%lx %s, expected %p-%p --xp", vi.start, vi.end, vi.perms,
-			    map, map + SIZE);
+	if (check_vma(map, SIZE, "--xp"))
+		return 1;
 	ret = fn();
 	if (ret != MAGIC)
 		return fail("generated code returned %#x, not %#x", ret, MAGIC);

@@ -26,25 +26,18 @@ int main(int argc, char **argv)
 
 	test_init(argc, argv);
 
-	buf = malloc((size_t)page);
-	fd = open(test_filename, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (!buf || fd < 0) {
-		pr_perror("open %s", test_filename);
+	fd = test_create_file_pages(test_filename, NR_PAGES, file_seed);
+	if (fd < 0)
 		return 1;
-	}
-	for (unsigned int k = 0; k < NR_PAGES; k++) {
-		datafill(buf, (size_t)page, file_seed(k));
-		if (pwrite(fd, buf, (size_t)page, (off_t)k * page) != page) {
-			pr_perror("pwrite");
-			return 1;
-		}
-	}
-	map = mmap(NULL, NR_PAGES * (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-	if (map == MAP_FAILED) {
-		pr_perror("mmap");
+	map = test_map_fd(fd, NR_PAGES * (size_t)page, MAP_PRIVATE);
+	if (!map)
 		return 1;
-	}
 	close(fd);
+	buf = malloc((size_t)page); /* to read the file back after restore */
+	if (!buf) {
+		pr_perror("malloc");
+		return 1;
+	}
 	for (unsigned int k = 0; k < NR_PAGES; k++) {
 		if (cowed(k))
 			datafill(map + k * page, (size_t)page, cow_seed(k));

@@ -43,11 +43,9 @@ int main(int argc, char **argv)
 		pr_perror("create %s", test_filename);
 		return 1;
 	}
-	map = mmap(NULL, NR_PAGES * (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (map == MAP_FAILED) {
-		pr_perror("mmap");
+	map = test_map_fd(fd, NR_PAGES * (size_t)page, MAP_SHARED);
+	if (!map)
 		return 1;
-	}
 	close(fd);
 	for (unsigned int k = 0; k < NR_PAGES; k++)
 		datafill(map + k * page, (size_t)page, seed(k, 0));

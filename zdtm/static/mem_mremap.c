@@ -3,7 +3,6 @@
  * address and grown on the way. After restore the old range is still unmapped, the new
  * VMA has the moved data and the zero-filled growth.
  */
-#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -17,9 +16,7 @@ int main(int argc, char **argv)
 {
 	long page = sysconf(_SC_PAGESIZE);
 	size_t old_len = OLD_PAGES * (size_t)page, new_len = NEW_PAGES * (size_t)page;
-	struct vma_info vi;
 	char *old, *dst;
-	ssize_t off;
 
 	test_init(argc, argv);
 
@@ -43,15 +40,10 @@ int main(int argc, char **argv)
 
 	if (!range_unmapped(old, old_len))
 		fail("the old range %p-%p is mapped again", old, old + old_len);
-	if (vma_find(dst, &vi))
-		return fail_perror("no VMA at %p", dst);
-	if (vi.start != (unsigned long)dst || vi.end != (unsigned long)dst + new_len ||
-	    strcmp(vi.perms, "rw-p"))
-		return fail("VMA %lx-%lx %s, expected %p-%p rw-p", vi.start, vi.end, vi.perms, dst,
-			    dst + new_len);
-	off = datacmp(dst, old_len, SEED);
-	if (off >= 0)
-		return fail("moved data differs at offset %zd", off);
+	if (check_vma(dst, new_len, "rw-p"))
+		return 1;
+	if (check_data(dst, old_len, SEED))
+		return 1;
 	for (size_t i = old_len; i < new_len; i++)
 		if (dst[i])
 			return fail("grown part is not zero at offset %zu", i);

@@ -2,7 +2,6 @@
  * mem_protnone: a PROT_NONE region that holds data from before its mprotect. After restore
  * it is still PROT_NONE (maps "---p") and, made readable again, still holds the data.
  */
-#include <string.h>
 #include <sys/mman.h>
 
 #include "zdtmtst.h"
@@ -12,36 +11,22 @@
 
 int main(int argc, char **argv)
 {
-	struct vma_info vi;
-	ssize_t off;
 	char *map;
 
 	test_init(argc, argv);
 
-	map = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (map == MAP_FAILED) {
-		pr_perror("mmap");
+	map = test_map_data(SIZE, SEED, PROT_NONE);
+	if (!map)
 		return 1;
-	}
-	datafill(map, SIZE, SEED);
-	if (mprotect(map, SIZE, PROT_NONE)) {
-		pr_perror("mprotect");
-		return 1;
-	}
 
 	test_daemon();
 	test_waitsig();
 
-	if (vma_find(map, &vi))
-		return fail_perror("no VMA at %p", map);
-	if (strcmp(vi.perms, "---p") || vi.start != (unsigned long)map ||
-	    vi.end != (unsigned long)map + SIZE)
-		return fail("VMA %lx-%lx %s, expected %p-%p ---p", vi.start, vi.end, vi.perms,
-			    map, map + SIZE);
+	if (check_vma(map, SIZE, "---p"))
+		return 1;
 	if (mprotect(map, SIZE, PROT_READ))
 		return fail_perror("mprotect(PROT_READ)");
-	off = datacmp(map, SIZE, SEED);
-	if (off >= 0)
-		return fail("data differs at offset %zd", off);
+	if (check_data(map, SIZE, SEED))
+		return 1;
 	return pass();
 }

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
@@ -21,11 +20,17 @@
 #define MARK_OFF 12345
 #define SEED 0x3e3fdUL
 
+/* The state both processes check. */
+static int fd;
+static unsigned char *map;
+static uint32_t crc;
+
 /* What both processes check: the fd and the mapping. 0 when right, else a message. */
-static const char *check(int fd, const unsigned char *map, uint32_t crc)
+static const char *check(void)
 {
 	static char why[128];
 	char path[64], link[PATH_MAX];
+	uint32_t now = crc;
 	struct stat st;
 	ssize_t n;
 
@@ -42,17 +47,30 @@ static const char *check(int fd, const unsigned char *map, uint32_t crc)
 		return "memfd size changed";
 	if (fcntl(fd, F_GET_SEALS) != SEALS)
 		return "memfd seals changed";
-	if (datachk(map, SIZE, &crc))
+	if (datachk(map, SIZE, &now))
 		return "the mapping's CRC changed";
 	return NULL;
 }
 
+/* The child: the same checks after SIGTERM, then a write the parent must see. */
+static int child_main(int pipe_fd, void *arg)
+{
+	const char *why;
+
+	(void)pipe_fd;
+	(void)arg;
+	test_waitsig();
+	why = check();
+	if (why) {
+		test_msg("child: %s", why);
+		return 1;
+	}
+	return pwrite(fd, "M", 1, MARK_OFF) == 1 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
-	uint32_t crc = SEED;
-	unsigned char *map;
 	const char *why;
-	int fd, status;
 	pid_t child;
 
 	test_init(argc, argv);
@@ -66,41 +84,23 @@ int main(int argc, char **argv)
 		pr_perror("ftruncate/seal");
 		return 1;
 	}
-	map = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (map == MAP_FAILED) {
-		pr_perror("mmap");
+	map = test_map_fd(fd, SIZE, MAP_SHARED);
+	if (!map)
 		return 1;
-	}
+	crc = SEED;
 	datagen(map, SIZE, &crc);
-	child = fork();
-	if (child < 0) {
-		pr_perror("fork");
+	child = test_fork_child(TEST_NO_PIPE, NULL, child_main, NULL);
+	if (child < 0)
 		return 1;
-	}
-	if (!child) {
-		test_waitsig();
-		why = check(fd, map, crc);
-		if (why) {
-			test_msg("child: %s", why);
-			_exit(1);
-		}
-		_exit(pwrite(fd, "M", 1, MARK_OFF) == 1 ? 0 : 1);
-	}
 
 	test_daemon();
 	test_waitsig();
 
-	why = check(fd, map, crc);
+	why = check();
 	if (why)
 		fail("parent: %s", why);
-	kill(child, SIGTERM);
-	if (test_waitpid(child, &status, 10000)) {
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
-		return fail_perror("child %d did not exit", child);
-	}
-	if (!WIFEXITED(status) || WEXITSTATUS(status))
-		return fail("child failed (status %#x), see above", status);
+	if (stop_child_verdict(child, 10000))
+		return 1;
 	if (map[MARK_OFF] != 'M')
 		return fail("the child's pwrite() is not in the parent's mapping");
 	return pass();

@@ -6,9 +6,6 @@
  * After restore the test is still a subreaper, B is alive with the test as its parent,
  * and the test reaps B with B's own verdict as exit status.
  */
-#include <fcntl.h>
-#include <stdio.h>
-#include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,60 +18,45 @@
 /* The parent pid of pid from /proc/PID/stat; -1 when it cannot be read. */
 static pid_t proc_ppid(pid_t pid)
 {
-	char path[64], buf[512], *s;
-	int ppid = -1;
-	size_t n;
-	FILE *f;
+	pid_t ppid;
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	f = fopen(path, "re");
-	if (!f)
-		return -1;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	/* "pid (comm) state ppid ...": comm may hold anything, so start after its ')'. */
-	s = strrchr(buf, ')');
-	if (!s || sscanf(s + 1, " %*c %d", &ppid) != 1)
-		return -1;
-	return ppid;
+	return proc_stat(pid, NULL, &ppid) ? -1 : ppid;
+}
+
+/* A: fork B, report B's pid to the test and exit, which orphans B. */
+static int a_main(int wfd, void *arg)
+{
+	pid_t t = *(pid_t *)arg, pid = fork();
+
+	if (pid == 0) {
+		close(wfd);
+		test_waitsig();
+		_exit(getppid() == t ? B_OK : B_BAD_PPID);
+	}
+	return pid > 0 && write(wfd, &pid, sizeof(pid)) == sizeof(pid) ? 0 : 1;
 }
 
 int main(int argc, char **argv)
 {
-	int p[2], status, sub = 0;
+	int rfd, status, sub = 0;
 	pid_t t, a, b = -1;
 
 	test_init(argc, argv);
 	t = getpid();
 
-	if (prctl(PR_SET_CHILD_SUBREAPER, 1) || pipe2(p, O_CLOEXEC)) {
-		pr_perror("PR_SET_CHILD_SUBREAPER/pipe");
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1)) {
+		pr_perror("PR_SET_CHILD_SUBREAPER");
 		return 1;
 	}
-	a = fork();
-	if (a < 0) {
-		pr_perror("fork");
+	a = test_fork_child(TEST_PIPE_FROM_CHILD, &rfd, a_main, &t);
+	if (a < 0)
 		return 1;
-	}
-	if (!a) {
-		pid_t pid = fork();
-
-		if (pid == 0) {
-			close(p[0]);
-			close(p[1]);
-			test_waitsig();
-			_exit(getppid() == t ? B_OK : B_BAD_PPID);
-		}
-		_exit(pid > 0 && write(p[1], &pid, sizeof(pid)) == sizeof(pid) ? 0 : 1);
-	}
-	close(p[1]);
-	if (test_waitpid(a, &status, 10000) || !WIFEXITED(status) || WEXITSTATUS(status) ||
-	    read(p[0], &b, sizeof(b)) != sizeof(b)) {
+	if (test_wait_child(a, &status, 10000) || !WIFEXITED(status) || WEXITSTATUS(status) ||
+	    read(rfd, &b, sizeof(b)) != sizeof(b)) {
 		pr_err("A did not fork B and exit");
 		return 1;
 	}
-	close(p[0]);
+	close(rfd);
 	/* B is re-parented when A is gone (with a deadline). */
 	for (int i = 0; i < 5000 && proc_ppid(b) != t; i++)
 		usleep(1000);

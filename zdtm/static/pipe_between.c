@@ -5,7 +5,6 @@
  */
 #include <fcntl.h>
 #include <sys/ioctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
@@ -14,6 +13,8 @@
 #define UP_LEN 2000
 #define DOWN_SEED 0xd0e0UL
 #define UP_SEED 0x0b0bUL
+
+static int down[2], up[2];
 
 /* Read exactly len bytes in flight from a non-blocking pipe and check there is no more. */
 static int drain(int fd, size_t len, uint64_t seed, const char *who)
@@ -32,10 +33,26 @@ static int drain(int fd, size_t len, uint64_t seed, const char *who)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/* The child: hold only its own ends, send its data, check what it got after SIGTERM. */
+static int child_main(int fd, void *arg)
 {
 	char buf[UP_LEN];
-	int down[2], up[2], status, queued = 0;
+
+	(void)fd;
+	(void)arg;
+	close(down[1]);
+	close(up[0]);
+	datafill(buf, UP_LEN, UP_SEED);
+	if (write(up[1], buf, UP_LEN) != UP_LEN)
+		return 2;
+	test_waitsig();
+	return drain(down[0], DOWN_LEN, DOWN_SEED, "child") ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	char buf[DOWN_LEN];
+	int queued = 0;
 	pid_t child;
 
 	test_init(argc, argv);
@@ -44,20 +61,9 @@ int main(int argc, char **argv)
 		pr_perror("pipe");
 		return 1;
 	}
-	child = fork();
-	if (child < 0) {
-		pr_perror("fork");
+	child = test_fork_child(TEST_NO_PIPE, NULL, child_main, NULL);
+	if (child < 0)
 		return 1;
-	}
-	if (!child) {
-		close(down[1]);
-		close(up[0]);
-		datafill(buf, UP_LEN, UP_SEED);
-		if (write(up[1], buf, UP_LEN) != UP_LEN)
-			_exit(2);
-		test_waitsig();
-		_exit(drain(down[0], DOWN_LEN, DOWN_SEED, "child") ? 1 : 0);
-	}
 	close(down[0]);
 	close(up[1]);
 	datafill(buf, DOWN_LEN, DOWN_SEED);
@@ -70,8 +76,7 @@ int main(int argc, char **argv)
 		usleep(1000);
 	if (queued != UP_LEN) {
 		pr_err("the child's data did not arrive (%d bytes)", queued);
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
+		test_kill_child(child);
 		return 1;
 	}
 
@@ -80,13 +85,7 @@ int main(int argc, char **argv)
 
 	if (drain(up[0], UP_LEN, UP_SEED, "parent"))
 		fail("the child -> parent pipe lost or changed data");
-	kill(child, SIGTERM);
-	if (test_waitpid(child, &status, 10000)) {
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
-		return fail_perror("child %d did not exit", child);
-	}
-	if (!WIFEXITED(status) || WEXITSTATUS(status))
-		return fail("child failed (status %#x), see above", status);
+	if (stop_child_verdict(child, 10000))
+		return 1;
 	return pass();
 }

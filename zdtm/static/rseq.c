@@ -7,18 +7,15 @@
  * glibc does not publish the length it registered (__rseq_size is the feature size), so
  * the test finds it at setup: the one length the kernel answers EBUSY for.
  */
-#include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/rseq.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
 
-static int wake[2];
+static struct test_sleeper sleeper;
 static char thread_problem[128];
 static unsigned int rseq_len;	/* as registered by glibc, found at setup */
 
@@ -46,10 +43,9 @@ static const char *probe(void)
 static void *thread_main(void *arg)
 {
 	const char *why;
-	char c;
 
 	(void)arg;
-	if (read(wake[0], &c, 1) != 1) {
+	if (test_sleeper_sleep(&sleeper)) {
 		snprintf(thread_problem, sizeof(thread_problem), "read: %s", strerror(errno));
 		return NULL;
 	}
@@ -61,11 +57,7 @@ static void *thread_main(void *arg)
 
 int main(int argc, char **argv)
 {
-	struct timespec deadline;
-	sigset_t term, old;
 	const char *why;
-	pthread_t th;
-	int err;
 
 	test_init(argc, argv);
 
@@ -79,19 +71,8 @@ int main(int argc, char **argv)
 		pr_err("before C/R: %s", why);
 		return 1;
 	}
-	if (pipe2(wake, O_CLOEXEC)) {
-		pr_perror("pipe");
-		return 1;
-	}
-	/* The thread starts with SIGTERM blocked: it is the main thread's. */
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &term, &old);
-	err = pthread_create(&th, NULL, thread_main, NULL);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (err) {
-		errno = err;
-		pr_perror("pthread_create");
+	if (test_sleeper_start(&sleeper, thread_main, NULL)) {
+		pr_perror("start the second thread");
 		return 1;
 	}
 
@@ -101,15 +82,8 @@ int main(int argc, char **argv)
 	why = probe();
 	if (why)
 		fail("main thread: %s", why);
-	if (write(wake[1], "w", 1) != 1)
-		return fail_perror("wake the thread");
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += 10;
-	err = pthread_timedjoin_np(th, NULL, &deadline);
-	if (err) {
-		errno = err;
-		return fail_perror("join");
-	}
+	if (test_sleeper_wake(&sleeper, 10000))
+		return fail_perror("wake and join the second thread");
 	if (thread_problem[0])
 		return fail("second thread: %s", thread_problem);
 	return pass();

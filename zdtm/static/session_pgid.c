@@ -28,18 +28,13 @@ static int check_self(const struct ids *want, const char *who)
 	return 0;
 }
 
-/* Stop a child and collect its verdict: 0 when it exited 0. */
+/* Stop a child and collect its verdict: 0 when it exited 0 (B reports C's in a message). */
 static int stop_child(pid_t pid)
 {
 	int status;
 
-	if (kill(pid, SIGTERM))
+	if (test_stop_child(pid, &status, 10000))
 		return -1;
-	if (test_waitpid(pid, &status, 10000)) {
-		kill(pid, SIGKILL);
-		test_waitpid(pid, NULL, 5000);
-		return -1;
-	}
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
@@ -81,23 +76,6 @@ static int b_main(int wfd)
 	return ret;
 }
 
-/* Read one pid from the pipe with a deadline of a few seconds. */
-static pid_t read_pid(int rfd)
-{
-	pid_t pid = -1;
-
-	for (int i = 0; i < 5000; i++) {
-		ssize_t n = read(rfd, &pid, sizeof(pid));
-
-		if (n == sizeof(pid))
-			return pid;
-		if (n == 0 || (n < 0 && errno != EAGAIN))
-			return -1;
-		usleep(1000);
-	}
-	return -1;
-}
-
 int main(int argc, char **argv)
 {
 	pid_t t, a, b, c;
@@ -136,7 +114,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	close(p[1]);
-	c = read_pid(p[0]);
+	/* C's pid, with a deadline of a few seconds. */
+	if (test_read_timeout(p[0], &c, sizeof(c), 5000))
+		c = -1;
 	close(p[0]);
 	/* A's setpgid may not have run yet: wait (with a deadline) until it has. */
 	for (int i = 0; i < 5000 && (getpgid(a) != a || getpgid(c) != c); i++)
@@ -145,10 +125,8 @@ int main(int argc, char **argv)
 		pr_err("children did not set up their groups (C %d)", c);
 		if (c > 0)
 			kill(c, SIGKILL);
-		kill(a, SIGKILL);
-		kill(b, SIGKILL);
-		test_waitpid(a, NULL, 5000);
-		test_waitpid(b, NULL, 5000);
+		test_kill_child(a);
+		test_kill_child(b);
 		return 1;
 	}
 

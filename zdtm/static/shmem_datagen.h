@@ -9,10 +9,7 @@
  * CRC of the whole area; the child then writes a marker that the parent must see, so the
  * memory is still ONE object.
  */
-#include <fcntl.h>
-#include <poll.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
@@ -27,9 +24,10 @@
 #define SEED 0x5e3dUL
 
 /* The child: rewrite and read its parts, report the CRC, verify after SIGTERM. */
-static int shmem_child(unsigned char *area, int wfd)
+static int shmem_child(int wfd, void *arg)
 {
 	volatile unsigned char sink = 0;
+	unsigned char *area = arg;
 	uint32_t crc;
 
 	datafill(area + CHILD_WRITE_OFF, CHILD_PART, SEED + 1);
@@ -53,89 +51,71 @@ static int shmem_child(unsigned char *area, int wfd)
 	return 0;
 }
 
-/* Read the child's CRC with a deadline: -1 when the child died or hung in its setup. */
-static int read_child_crc(int rfd, uint32_t *crc)
+/*
+ * Fork the child and check that it sees the same area as the parent, whose CRC (with the
+ * child's rewrite) lands in *crc: the child's pid, or -1 (a setup error).
+ */
+static pid_t start_child(unsigned char *area, uint32_t *crc)
 {
-	struct pollfd pfd = { .fd = rfd, .events = POLLIN };
+	uint32_t child_crc;
+	pid_t child;
+	int rfd;
 
-	if (poll(&pfd, 1, 30000) != 1 || read(rfd, crc, sizeof(*crc)) != sizeof(*crc))
+	child = test_fork_child(TEST_PIPE_FROM_CHILD, &rfd, shmem_child, area);
+	if (child < 0)
 		return -1;
-	return 0;
+	/* With a deadline: the child may die or hang in its setup. */
+	if (test_read_timeout(rfd, &child_crc, sizeof(child_crc), 30000)) {
+		pr_perror("no CRC from the child");
+		test_kill_child(child);
+		return -1;
+	}
+	close(rfd);
+	*crc = crc32_update(0, area, SHM_SIZE);
+	if (*crc != child_crc) {
+		pr_err("parent sees CRC %#x, child %#x: the area is not shared", *crc, child_crc);
+		test_kill_child(child);
+		return -1;
+	}
+	return child;
 }
 
 static int shmem_test(int argc, char **argv, bool with_child)
 {
-	uint32_t crc = SEED, child_crc;
+	uint32_t crc = SEED, now;
 	unsigned char *area;
 	pid_t child = 0;
-	int pfd[2], status;
 
 	test_init(argc, argv);
 
-	area = mmap(NULL, SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (area == MAP_FAILED) {
-		pr_perror("mmap");
+	area = test_map_anon(SHM_SIZE, true);
+	if (!area)
 		return 1;
-	}
 	datagen(area, SHM_SIZE, &crc);
 	if (with_child) {
-		if (pipe2(pfd, O_CLOEXEC)) {
-			pr_perror("pipe");
+		child = start_child(area, &crc);
+		if (child < 0)
 			return 1;
-		}
-		child = fork();
-		if (child < 0) {
-			pr_perror("fork");
-			return 1;
-		}
-		if (!child) {
-			close(pfd[0]);
-			_exit(shmem_child(area, pfd[1]));
-		}
-		close(pfd[1]);
-		if (read_child_crc(pfd[0], &child_crc)) {
-			pr_perror("no CRC from the child");
-			kill(child, SIGKILL);
-			test_waitpid(child, NULL, 5000);
-			return 1;
-		}
-		close(pfd[0]);
-		crc = crc32_update(0, area, SHM_SIZE);
-		if (crc != child_crc) {
-			pr_err("parent sees CRC %#x, child %#x: the area is not shared", crc,
-			       child_crc);
-			kill(child, SIGKILL);
-			test_waitpid(child, NULL, 5000);
-			return 1;
-		}
 	}
 
 	/* Shared memory keeps its data: only the page table entries go. */
 	if (madvise(area + UNMAPPED_OFF, UNMAPPED_LEN, MADV_DONTNEED)) {
 		pr_perror("madvise(MADV_DONTNEED)");
-		if (child) {
-			kill(child, SIGKILL);
-			test_waitpid(child, NULL, 5000);
-		}
+		if (child)
+			test_kill_child(child);
 		return 1;
 	}
 
 	test_daemon();
 	test_waitsig();
 
-	child_crc = crc;
-	if (datachk(area, SHM_SIZE, &child_crc))
-		fail("parent: CRC of the shared area is %#x, expected %#x", child_crc, crc);
+	now = crc;
+	if (datachk(area, SHM_SIZE, &now))
+		fail("parent: CRC of the shared area is %#x, expected %#x", now, crc);
 	if (!with_child)
 		return pass();
-	kill(child, SIGTERM);
-	if (test_waitpid(child, &status, 20000)) {
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
-		return fail_perror("child %d did not exit", child);
-	}
-	if (!WIFEXITED(status) || WEXITSTATUS(status))
-		return fail("child failed (status %#x), see its message above", status);
+	if (stop_child_verdict(child, 20000))
+		return 1;
 	if (*(volatile uint64_t *)(area + MARKER_OFF) != MARKER)
 		return fail("the child's write is not visible in the parent: memory not shared");
 	return pass();

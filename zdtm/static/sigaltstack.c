@@ -2,7 +2,6 @@
  * sigaltstack: an alternate signal stack and an SA_ONSTACK handler. After restore
  * sigaltstack() reports the same stack, and a signal runs its handler on that stack.
  */
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
@@ -30,11 +29,9 @@ int main(int argc, char **argv)
 
 	test_init(argc, argv);
 
-	alt = mmap(NULL, ALT_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (alt == MAP_FAILED) {
-		pr_perror("mmap");
+	alt = test_map_anon(ALT_SIZE, false);
+	if (!alt)
 		return 1;
-	}
 	ss.ss_sp = alt;
 	ss.ss_size = ALT_SIZE;
 	ss.ss_flags = 0;

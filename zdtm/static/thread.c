@@ -4,12 +4,9 @@
  * the thread finds its tid, TLS value and mask unchanged, and the main thread's TLS is its
  * own too.
  */
-#include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
@@ -18,9 +15,7 @@
 #define THREAD_TLS 0x22222222UL
 
 static __thread unsigned long tls_value;
-static int wake[2];
-static pid_t thread_tid;
-static volatile int thread_ready;
+static struct test_sleeper sleeper;
 
 /* What the thread found after it was woken (the thread's verdict). */
 static char thread_problem[256];
@@ -29,19 +24,15 @@ static void *thread_main(void *arg)
 {
 	sigset_t mask, now;
 	pid_t tid = gettid();
-	char c;
 
 	(void)arg;
 	tls_value = THREAD_TLS;
-	/* SIGTERM is for the main thread's test_waitsig(); SIGUSR2 makes this mask our own. */
+	/* SIGTERM is blocked already (for the main thread); SIGUSR2 makes this mask our own. */
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGUSR2);
-	sigaddset(&mask, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
-	thread_tid = tid;
-	__atomic_store_n(&thread_ready, 1, __ATOMIC_RELEASE);
 
-	if (read(wake[0], &c, 1) != 1) {
+	if (test_sleeper_sleep(&sleeper)) {
 		snprintf(thread_problem, sizeof(thread_problem), "read: %s", strerror(errno));
 		return NULL;
 	}
@@ -68,27 +59,17 @@ static int count_threads(void)
 
 int main(int argc, char **argv)
 {
-	struct timespec deadline;
-	pthread_t th;
-	int n, err;
+	int n;
 
 	test_init(argc, argv);
 	tls_value = MAIN_TLS;
 
-	if (pipe2(wake, O_CLOEXEC)) {
-		pr_perror("pipe");
+	if (test_sleeper_start(&sleeper, thread_main, NULL)) {
+		pr_perror("start the second thread");
 		return 1;
 	}
-	err = pthread_create(&th, NULL, thread_main, NULL);
-	if (err) {
-		errno = err;
-		pr_perror("pthread_create");
-		return 1;
-	}
-	for (int i = 0; i < 5000 && !__atomic_load_n(&thread_ready, __ATOMIC_ACQUIRE); i++)
-		usleep(1000);
-	if (!thread_ready || count_threads() != 2) {
-		pr_err("the thread did not start");
+	if (count_threads() != 2) {
+		pr_err("%d threads, expected 2", count_threads());
 		return 1;
 	}
 
@@ -100,16 +81,9 @@ int main(int argc, char **argv)
 		return fail("%d threads, expected 2", n);
 	if (tls_value != MAIN_TLS)
 		fail("main thread TLS %#lx, expected %#lx", tls_value, MAIN_TLS);
-	if (write(wake[1], "w", 1) != 1)
-		return fail_perror("wake the thread");
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += 10;
-	err = pthread_timedjoin_np(th, NULL, &deadline);
-	if (err) {
-		errno = err;
-		return fail_perror("join thread %d", thread_tid);
-	}
+	if (test_sleeper_wake(&sleeper, 10000))
+		return fail_perror("wake and join thread %d", sleeper.tid);
 	if (thread_problem[0])
-		return fail("thread %d: %s", thread_tid, thread_problem);
+		return fail("thread %d: %s", sleeper.tid, thread_problem);
 	return pass();
 }

@@ -2,8 +2,6 @@
  * zombie: a child that exited with status 42 and was not reaped yet. After restore it is
  * still a zombie (state Z) and waitpid() reaps it with the same exit status.
  */
-#include <stdio.h>
-#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,19 +12,9 @@
 /* The state letter of a process from /proc/PID/stat, or '?' when it cannot be read. */
 static char proc_state(pid_t pid)
 {
-	char path[64], buf[512], *p;
-	size_t n;
-	FILE *f;
+	char state;
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	f = fopen(path, "re");
-	if (!f)
-		return '?';
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	p = strrchr(buf, ')');
-	return p && p[1] == ' ' ? p[2] : '?';
+	return proc_stat(pid, &state, NULL) ? '?' : state;
 }
 
 int main(int argc, char **argv)

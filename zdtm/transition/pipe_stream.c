@@ -7,8 +7,6 @@
  * an end record holding how many records it wrote and exits. The parent reads up to the
  * end record: nothing in flight may be lost, duplicated or changed by C/R.
  */
-#include <fcntl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "zdtmtst.h"
@@ -21,9 +19,11 @@ struct rec {
 	uint32_t pad;
 };
 
-static int child_main(int wfd)
+static int child_main(int wfd, void *arg)
 {
 	struct rec r = { 0 };
+
+	(void)arg;
 
 	while (test_go()) {
 		r.seq++;
@@ -60,32 +60,21 @@ static int read_rec(int fd, struct rec *r)
 int main(int argc, char **argv)
 {
 	uint64_t expect = 1;
-	int p[2], status;
 	struct rec r;
 	pid_t child;
+	int rfd;
 
 	test_init(argc, argv);
 
-	if (pipe2(p, O_CLOEXEC)) {
-		pr_perror("pipe");
+	child = test_fork_child(TEST_PIPE_FROM_CHILD, &rfd, child_main, NULL);
+	if (child < 0)
 		return 1;
-	}
-	child = fork();
-	if (child < 0) {
-		pr_perror("fork");
-		return 1;
-	}
-	if (!child) {
-		close(p[0]);
-		_exit(child_main(p[1]));
-	}
-	close(p[1]);
 
 	test_daemon();
 
 	/* Read slower than the child writes, so that the pipe is usually full. */
 	while (test_go()) {
-		if (read_rec(p[0], &r))
+		if (read_rec(rfd, &r))
 			return fail("the stream ended early at record %llu",
 				    (unsigned long long)expect);
 		if (r.seq != expect || r.crc != crc32_update(0, &r.seq, sizeof(r.seq)))
@@ -98,7 +87,7 @@ int main(int argc, char **argv)
 
 	kill(child, SIGTERM);
 	for (;;) {
-		if (read_rec(p[0], &r))
+		if (read_rec(rfd, &r))
 			return fail("no end record after record %llu", (unsigned long long)expect);
 		if (r.crc == END_MARK)
 			break;
@@ -107,13 +96,8 @@ int main(int argc, char **argv)
 				    (unsigned long long)r.seq, r.crc, (unsigned long long)expect);
 		expect++;
 	}
-	if (test_waitpid(child, &status, 10000)) {
-		kill(child, SIGKILL);
-		test_waitpid(child, NULL, 5000);
-		return fail_perror("child %d did not exit", child);
-	}
-	if (!WIFEXITED(status) || WEXITSTATUS(status))
-		return fail("child failed (status %#x)", status);
+	if (wait_child_verdict(child, 10000))
+		return 1;
 	test_msg("%llu records streamed", (unsigned long long)r.seq);
 	if (r.seq != expect - 1)
 		return fail("the child wrote %llu records, the parent read %llu",

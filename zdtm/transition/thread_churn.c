@@ -5,7 +5,6 @@
  * CRC and the TLS value the thread reports. After SIGTERM the rest are joined (with a
  * deadline): created == joined, every result right.
  */
-#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,14 +61,11 @@ static int check_join(struct job *j, void *ret)
 
 int main(int argc, char **argv)
 {
-	struct timespec nap = { 0, 300 * 1000 }, deadline;
-	sigset_t term, old;
+	struct timespec nap = { 0, 300 * 1000 };
 	void *ret;
 	int err;
 
 	test_init(argc, argv);
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
 
 	test_daemon();
 
@@ -89,28 +85,17 @@ int main(int argc, char **argv)
 					return 1;
 			}
 			*j = (struct job){ .live = true, .n = ++created };
-			/* New threads start with SIGTERM blocked: it is the main thread's. */
-			pthread_sigmask(SIG_BLOCK, &term, &old);
-			err = pthread_create(&j->th, NULL, worker, j);
-			pthread_sigmask(SIG_SETMASK, &old, NULL);
-			if (err) {
-				errno = err;
+			if (test_thread_create(&j->th, worker, j))
 				return fail_perror("pthread_create #%llu", (unsigned long long)created);
-			}
 		}
 		nanosleep(&nap, NULL);
 	}
 
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += 10;
 	for (int i = 0; i < MAX_LIVE; i++) {
 		if (!jobs[i].live)
 			continue;
-		err = pthread_timedjoin_np(jobs[i].th, &ret, &deadline);
-		if (err) {
-			errno = err;
+		if (test_thread_join(jobs[i].th, &ret, 10000))
 			return fail_perror("join #%llu", (unsigned long long)jobs[i].n);
-		}
 		if (check_join(&jobs[i], ret))
 			return 1;
 	}
