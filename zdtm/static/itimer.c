@@ -1,7 +1,9 @@
 /*
- * itimer: a periodic ITIMER_REAL timer (100 ms) with a SIGALRM handler. After restore the
- * timer is still armed with the same interval and keeps firing: at least 3 ticks within
- * one second.
+ * itimer: an armed ITIMER_REAL timer with a 100 ms interval and a SIGALRM handler. The first
+ * expiry is an hour away so that no SIGALRM can become pending while the harness holds the
+ * tree stopped (a static test must not change state between its snapshots). After restore
+ * the timer is still armed, with the same interval and a value that has been counting down;
+ * re-armed to expire now, it keeps firing: at least 3 ticks within one second.
  */
 #include <sys/time.h>
 #include <time.h>
@@ -9,6 +11,7 @@
 #include "zdtmtst.h"
 
 #define INTERVAL_US 100000
+#define FIRST_S 3600
 
 static volatile sig_atomic_t ticks;
 
@@ -22,7 +25,7 @@ int main(int argc, char **argv)
 {
 	struct itimerval it = {
 		.it_interval = { 0, INTERVAL_US },
-		.it_value = { 0, INTERVAL_US },
+		.it_value = { FIRST_S, 0 },
 	};
 	struct sigaction sa = { .sa_handler = on_alarm, .sa_flags = SA_RESTART };
 	struct timespec nap = { 0, 10 * 1000 * 1000 };
@@ -46,6 +49,14 @@ int main(int argc, char **argv)
 			    (long)it.it_interval.tv_usec, INTERVAL_US);
 	if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0)
 		return fail("the timer is disarmed");
+	if (it.it_value.tv_sec >= FIRST_S)
+		return fail("the timer did not count down: %ld.%06ld s left of %d s",
+			    (long)it.it_value.tv_sec, (long)it.it_value.tv_usec, FIRST_S);
+	if (ticks)
+		return fail("%d SIGALRM tick(s) before the first expiry", (int)ticks);
+	it.it_value = it.it_interval;
+	if (setitimer(ITIMER_REAL, &it, NULL))
+		return fail_perror("setitimer");
 	start = ticks;
 	for (int i = 0; i < 100 && ticks - start < 3; i++)
 		nanosleep(&nap, NULL);
