@@ -46,7 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--zdtm-criu-bin", default=None, help="criu binary for --zdtm-engine=criu")
     group.addoption("--zdtm-flavors", default=",".join(FLAVORS),
                     help="comma-separated flavours to collect (default: h,ns,uns)")
-    group.addoption("--zdtm-iters", type=int, default=1, help="C/R iterations per item")
+    group.addoption("--zdtm-iters", type=int, default=3,
+                    help="C/R iterations per item (default: 3)")
     group.addoption("--zdtm-pre", type=int, default=0, help="pre-dumps per iteration")
     group.addoption("--zdtm-nocr", action="store_true",
                     help="no checkpoint/restore: start, check, stop")

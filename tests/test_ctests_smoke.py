@@ -119,6 +119,14 @@ def _tamper(kind: str, pid: int, name: str) -> None:
                 finally:
                     os.close(rfd)
         raise RuntimeError("no pipe with data found")
+    if kind == "kill_child":
+        # Kill the test's one child: its verdict (collected by the library) must turn the
+        # test's into a FAIL, even where the parent's own checks still pass.
+        children = _children_of(pid)
+        if len(children) != 1:
+            raise RuntimeError(f"test {pid} has children {children}, expected one")
+        os.kill(children[0], signal.SIGKILL)
+        return
     if kind == "file_zero":
         # Zero the head of the test's --filename file.
         with open(f"{name}.test", "r+b") as f:
@@ -273,6 +281,8 @@ def test_cycle_in_userns(name: str, built: None, tmp_path: Path) -> None:
     ("static/mem_anon", "mem_anon"),
     ("static/mem_sparse", "populate"),
     ("static/pipe_data", "pipe"),
+    ("static/fd_shared_offset", "kill_child"),
+    ("static/pipe_between", "kill_child"),
     ("static/maps06", "file_zero"),
     ("static/mem_file_shared", "file_zero"),
     ("static/mem_file_private", "file_zero"),

@@ -71,13 +71,8 @@ int main(int argc, char **argv)
 
 	if (prctl(PR_GET_CHILD_SUBREAPER, &sub) || sub != 1)
 		fail("the test is no longer a child subreaper (%d)", sub);
-	if (kill(b, SIGTERM))
-		return fail_perror("B %d is gone", b);
-	if (test_waitpid(b, &status, 10000)) {
-		kill(b, SIGKILL);
-		test_waitpid(b, NULL, 5000);
-		return fail_perror("B %d is not our child or did not exit", b);
-	}
+	if (test_stop_child(b, &status, 10000))
+		return fail_perror("B %d is gone, not our child or did not exit", b);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != B_OK)
 		return fail("B exited with status %#x (%d: it saw another parent)", status,
 			    B_BAD_PPID);
