@@ -466,7 +466,8 @@ def cr_unavailable(engine: Engine, opts: RunOptions, flavor: str = "h") -> str |
     """Why ``engine`` cannot run the C/R steps ``opts`` ask for here; None when it can.
 
     The steps are engine features: dump and restore (dump only with --norst), pre_dump
-    with --pre, lazy_pages with --lazy-pages, flavor_ns / flavor_uns for those flavours; an
+    with --pre, lazy_pages with --lazy-pages (and lazy_pages_ns / lazy_pages_uns in those
+    flavours), flavor_ns / flavor_uns for those flavours; an
     engine refuses one by reporting it false (with a reason).
     """
     why = engine.available()
@@ -475,6 +476,7 @@ def cr_unavailable(engine: Engine, opts: RunOptions, flavor: str = "h") -> str |
     steps = ["dump"] + ([] if opts.norst else ["restore"])
     steps += [] if flavor == "h" else [f"flavor_{flavor}"]
     steps += (["pre_dump"] if opts.pre else []) + (["lazy_pages"] if opts.lazy else [])
+    steps += [f"lazy_pages_{flavor}"] if opts.lazy and flavor != "h" else []
     refused = engine.check().refused(steps)
     if refused:
         return f"{engine.name} engine cannot yet: " + ", ".join(refused)

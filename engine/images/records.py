@@ -12,9 +12,10 @@ between tasks by id) even where the dumper only handles one task so far.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 FORMAT_NAME = "pyengine-images"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: VMAs are arrays (docs/IMAGES.md)
 PAGE_SIZE = 4096
 # Highest user-space address on x86_64 with 4-level paging (plus the vsyscall page,
 # which sits above it and is recorded but never restored).
@@ -397,7 +398,10 @@ class Vma:
     `flags` are the MAP_* flags needed to recreate it (MAP_PRIVATE/MAP_SHARED,
     MAP_ANONYMOUS, MAP_GROWSDOWN); `prot` is PROT_*; `pgoff` is the file/shmem offset in
     bytes. `vmflags` are the two-letter smaps VmFlags for the checks and for madvise state.
+    Written as a JSON array of the fields in this order (ROW, see codec).
     """
+
+    ROW: ClassVar[bool] = True
 
     start: int
     end: int

@@ -7,7 +7,6 @@ import os
 import sys
 import time
 
-from engine.errors import EngineError
 from engine.restore.restorer import RestoreOptions
 from engine.restore.restorer import restore as restore_images
 
@@ -16,10 +15,8 @@ def restore(args: argparse.Namespace) -> int:
     """Restore -D DIR. With -d return once restored (the root is re-parented to the
     caller's child subreaper); without it, stay the root's parent like `criu restore`
     and exit with its status when it ends."""
-    if args.lazy_pages:
-        raise EngineError("restore", "--lazy-pages is not supported by this engine yet")
     opts = RestoreOptions(args.images_dir, leave_stopped=args.leave_stopped,
-                          pidfile=args.pidfile)
+                          pidfile=args.pidfile, lazy_pages=args.lazy_pages)
     start = time.monotonic()
     pid = restore_images(opts)
     if os.environ.get("ENGINE_VERBOSE"):
@@ -39,5 +36,7 @@ def restore(args: argparse.Namespace) -> int:
 
 
 def lazy_pages(args: argparse.Namespace) -> int:
-    """The lazy-pages daemon does not exist yet: say so clearly."""
-    raise EngineError("lazy-pages", f"not supported by this engine yet ({args.images_dir})")
+    """The lazy-pages daemon (engine.lazy.daemon): serve one lazy restore, then exit."""
+    from engine.lazy import daemon
+
+    return daemon.run(args.images_dir)

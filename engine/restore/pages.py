@@ -1,19 +1,30 @@
 """Page contents into the restored task, in few large transfers.
 
-Pages files are mapped into the engine (`PagesReader`), so data never passes through
-Python objects: writable destinations get process_vm_writev with up to 1024 iovecs per
-call pointing straight into those mappings; read-only or PROT_NONE destinations (where
-process_vm_writev fails) get pwritev on /proc/PID/mem, which writes with FOLL_FORCE.
-Pages an incremental image marks PE_PARENT are taken from the parent image's files.
+The dump writes pages files with O_DIRECT, so at restore they are usually not in the page
+cache. Large transfers therefore read the files with O_DIRECT, in segments of a few MiB,
+into reused aligned buffers and copy each one into the task (`_stream`): several workers
+each read a segment and write it, so reads of one overlap copies of another and the disk
+sees several requests at once. Measured on the reference VM for 1 GiB cold: about
+1.0-1.3 s this way, 2.2 s through a mapping of the file (one read-around per fault).
+Small transfers, files that refuse O_DIRECT and `PageSource.read()` use the read-only
+mapping of the file (`PagesReader`) instead.
+
+Writable destinations get process_vm_writev with up to 1024 iovecs per call; read-only or
+PROT_NONE destinations (where process_vm_writev fails) get pwrite on /proc/PID/mem, which
+writes with FOLL_FORCE. Pages an incremental image marks PE_PARENT are taken from the
+parent image's files.
 """
 
 from __future__ import annotations
 
 import bisect
 import ctypes
+import itertools
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.errors import EngineError
 from engine.images import PE_PARENT, PE_PRESENT, DumpImage, PagesReader
@@ -25,15 +36,28 @@ from engine.kernel import uapi
 _IOV_MAX = 1024
 _PARALLEL_BYTES = 64 << 20  # below this, one thread is as fast
 _MAX_WORKERS = 4
+_STREAM_MIN = 4 << 20  # below this, a transfer goes through the file's mapping
+_SEGMENT = 8 << 20  # bytes read per O_DIRECT read
+_STREAM_WORKERS = 4  # segments in flight (each worker reads one, then copies it)
+_MAX_GAP = 256 << 10  # unused file bytes a segment may read over to stay one read
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """`length` bytes at engine address `src` go to target address `dst`."""
+class Chunk(NamedTuple):
+    """`length` bytes at engine address `src` go to target address `dst`; when they come
+    from a pages file, `reader` is that file and `offset` where they are in it.
+    (A tuple: maps06-scale restores make tens of thousands of them.)"""
 
     dst: int
     src: int
     length: int
+    reader: PagesReader | None = None
+    offset: int = 0
+
+    def cut(self, n: int) -> tuple[Chunk, Chunk]:
+        """The first n bytes and the rest."""
+        dst, src, length, reader, offset = self
+        return (Chunk(dst, src, n, reader, offset),
+                Chunk(dst + n, src + n, length - n, reader, offset + n))
 
 
 class PageSource:
@@ -60,17 +84,31 @@ class PageSource:
 
     def chunks(self, start: int, end: int) -> list[Chunk]:
         """Present data inside [start, end), as (dst, engine src, length) chunks."""
+        return self.chunks_in([(start, end)])
+
+    def chunks_in(self, ranges: list[tuple[int, int]]) -> list[Chunk]:
+        """chunks() of every range of a sorted list of disjoint ranges, in one walk over
+        the pagemap (one bisect per VMA cost a maps06-scale restore 0.1 s)."""
         out: list[Chunk] = []
-        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
         entries = self.pagemap.entries
-        while i < len(entries) and entries[i].addr < end:
-            e = entries[i]
-            lo, hi = max(e.addr, start), min(e.end, end)
-            if lo < hi:
-                if e.flags & PE_PRESENT:
-                    assert self.reader is not None
-                    src = self.reader.address + self.pagemap.offsets[i] + (lo - e.addr)
-                    out.append(Chunk(lo, src, hi - lo))
+        offsets = self.pagemap.offsets
+        reader = self.reader
+        base = reader.address if reader is not None else 0
+        n = len(entries)
+        i = max(bisect.bisect_right(self._starts, ranges[0][0]) - 1, 0) if ranges else 0
+        for start, end in ranges:
+            while i < n and entries[i].end <= start:
+                i += 1
+            j = i
+            while j < n and entries[j].addr < end:
+                e = entries[j]
+                lo, hi = max(e.addr, start), min(e.end, end)
+                if lo >= hi:
+                    pass  # an empty range
+                elif e.flags & PE_PRESENT:
+                    assert reader is not None
+                    off = offsets[j] + (lo - e.addr)
+                    out.append(Chunk(lo, base + off, hi - lo, reader, off))
                 elif e.flags & PE_PARENT:
                     if self.parent is None:
                         raise EngineError("pages", f"pages at {lo:#x} are in a parent "
@@ -79,7 +117,9 @@ class PageSource:
                     if sum(c.length for c in got) != hi - lo:
                         raise EngineError("pages", f"parent image lacks pages at {lo:#x}")
                     out.extend(got)
-            i += 1
+                j += 1
+            # The next range starts at or after `end`: entry j-1 may still reach into it.
+            i = max(i, j - 1)
         return out
 
     def read(self, addr: int, n: int) -> bytes:
@@ -119,20 +159,113 @@ def shmem_source(image: DumpImage, sid: str) -> PageSource:
 
 def write_task_pages(pid: int, src: PageSource, vmas: list[Vma]) -> int:
     """Write every stored page of the task's private VMAs; returns bytes written."""
-    fast: list[Chunk] = []
-    forced: list[Chunk] = []
-    for v in vmas:
+    fast: list[tuple[int, int]] = []
+    forced: list[tuple[int, int]] = []
+    for v in sorted(vmas, key=lambda v: v.start):
         if v.kind in ("shmem", "vdso", "vvar", "vsyscall") or v.flags & uapi.MAP_SHARED:
             continue  # shared objects are filled on the object, not through a task
-        dest = fast if v.prot & uapi.PROT_WRITE else forced
-        dest.extend(src.chunks(v.start, v.end))
-    return _vm_write(pid, fast) + _mem_write(pid, forced)
+        (fast if v.prot & uapi.PROT_WRITE else forced).append((v.start, v.end))
+    return (_write(pid, src.chunks_in(fast), False)
+            + _write(pid, src.chunks_in(forced), True))
 
 
 def write_shmem_pages(pid: int, src: PageSource, base: int, size: int) -> int:
     """Write a shmem object's stored pages through its full mapping at `base`."""
-    chunks = [Chunk(base + c.dst, c.src, c.length) for c in src.chunks(0, size)]
-    return _vm_write(pid, chunks)
+    chunks = [c._replace(dst=base + c.dst) for c in src.chunks(0, size)]
+    return _write(pid, chunks, False)
+
+
+def _write(pid: int, chunks: list[Chunk], forced: bool) -> int:
+    """Write chunks into task pid: through /proc/PID/mem when `forced`, else with
+    process_vm_writev; large transfers from pages files are streamed (`_stream`)."""
+    total = sum(c.length for c in chunks)
+    if total >= _STREAM_MIN and all(c.reader is not None and c.reader.direct_fd() >= 0
+                                    for c in chunks):
+        return _stream(pid, chunks, forced)
+    return _mem_write(pid, chunks) if forced else _vm_write(pid, chunks)
+
+
+@dataclass
+class _Segment:
+    """One read of a pages file: [offset, offset + length) feeds the chunks `parts`."""
+
+    reader: PagesReader
+    offset: int
+    length: int
+    parts: list[Chunk]
+
+
+def _segments(chunks: list[Chunk]) -> list[_Segment]:
+    """Group chunks into reads of at most _SEGMENT bytes: consecutive chunks of one file
+    share a read when the bytes between them are few (reading over them is cheaper than
+    another request); a chunk longer than the room left is cut."""
+    out: list[_Segment] = []
+    cur: _Segment | None = None
+    for c in chunks:
+        assert c.reader is not None
+        while True:
+            if (cur is None or c.reader is not cur.reader
+                    or not 0 <= c.offset - (cur.offset + cur.length) <= _MAX_GAP
+                    or c.offset - cur.offset >= _SEGMENT):
+                cur = _Segment(c.reader, c.offset, 0, [])
+                out.append(cur)
+            room = cur.offset + _SEGMENT - c.offset
+            if c.length <= room:
+                cur.parts.append(c)
+                cur.length = c.offset + c.length - cur.offset
+                break
+            head, c = c.cut(room)
+            cur.parts.append(head)
+            cur.length = _SEGMENT
+    return out
+
+
+def _stream(pid: int, chunks: list[Chunk], forced: bool) -> int:
+    """Read the chunks' bytes from their pages files with O_DIRECT, a segment at a time,
+    into per-worker buffers and write each segment into the task (process_vm_writev, or
+    /proc/PID/mem when `forced`). The workers take segments in file order; O_DIRECT reads
+    and the copies (where the task's page allocation is paid) release the GIL, so one
+    worker's read overlaps another's copy."""
+    segs = _segments(chunks)
+    if not segs:
+        return 0
+    sink: Callable[[int, list[Chunk]], object] = _mem_write if forced else _vm_write_serial
+    order = itertools.count()  # next() on it is atomic under the GIL
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        size = min(_SEGMENT, max(s.length for s in segs))
+        buf = ksys.mmap(0, size, uapi.PROT_READ | uapi.PROT_WRITE,
+                        uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
+        try:
+            for i in order:
+                if i >= len(segs) or errors:
+                    break
+                seg = segs[i]
+                seg.reader.read_into(buf, seg.offset, seg.length)
+                shift = buf - seg.offset
+                sink(pid, [Chunk(c.dst, c.offset + shift, c.length) for c in seg.parts])
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread below
+            errors.append(e)
+        finally:
+            ksys.munmap(buf, size)
+
+    workers = min(_STREAM_WORKERS, len(segs))
+    threads = [threading.Thread(target=work, name="pages-stream", daemon=True)
+               for _ in range(workers - 1)]
+    try:
+        for t in threads:
+            t.start()
+        work()  # the calling thread is one of the workers
+    except BaseException as e:
+        errors.append(e)  # the others stop after their current segment
+        raise
+    finally:
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return sum(c.length for c in chunks)
 
 
 def _vm_write(pid: int, chunks: list[Chunk]) -> int:
@@ -174,8 +307,8 @@ def _split(chunks: list[Chunk], parts: int) -> list[list[Chunk]]:
                 out.append([])
                 room = share
             n = c.length if len(out) == parts else min(c.length, room)
-            out[-1].append(Chunk(c.dst, c.src, n))
-            c = Chunk(c.dst + n, c.src + n, c.length - n)
+            head, c = c.cut(n)
+            out[-1].append(head)
             room -= min(n, room)
     return out
 
@@ -198,7 +331,7 @@ def _vm_write_serial(pid: int, chunks: list[Chunk]) -> None:
                 if done >= c.length:
                     done -= c.length
                     continue
-                rest.append(Chunk(c.dst + done, c.src + done, c.length - done))
+                rest.append(c.cut(done)[1] if done else c)
                 done = 0
             _mem_write(pid, rest)
 

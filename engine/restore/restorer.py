@@ -37,6 +37,7 @@ from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
 from engine.restore import files, finish, layout, ns, pages, spawn
+from engine.restore.lazy import LazyPages
 
 _ALL_SIGNALS = (1 << 64) - 1
 _SCRATCH = 4096
@@ -53,6 +54,7 @@ class RestoreOptions:
     leave_stopped: bool = False
     pidfile: str | None = None
     timeout: float = 60.0  # for every single wait on a task
+    lazy_pages: bool = False  # private anonymous pages served by `lazy-pages` (lazy.py)
     #: filled in: seconds spent per step (read, spawn, layout, pages, state, release)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -72,13 +74,18 @@ def restore(opts: RestoreOptions) -> int:
     # Tens of thousands of VMA records and table entries are long-lived objects: the
     # cyclic GC would only rescan them over and over (it doubled maps06 restore times).
     gc.disable()
+    lazy = None
     try:
         with _timed(opts, "read"):
             image = load(opts.images_dir)
             _check_supported(image)
-        pid = TreeRestorer(image, opts).run()
+            if opts.lazy_pages:
+                lazy = LazyPages.connect(image, opts.timeout)
+        pid = TreeRestorer(image, opts, lazy).run()
     finally:
         gc.enable()
+        if lazy is not None:
+            lazy.close()
     if opts.pidfile:
         _write_pidfile(opts.pidfile, pid)
     return pid
@@ -136,9 +143,11 @@ class _Task:
 class TreeRestorer:
     """Restores the whole tree of an image."""
 
-    def __init__(self, image: DumpImage, opts: RestoreOptions) -> None:
+    def __init__(self, image: DumpImage, opts: RestoreOptions,
+                 lazy: LazyPages | None = None) -> None:
         self.image = image
         self.opts = opts
+        self.lazy = lazy
         inv = image.inventory
         self.live = [_Task(image, image.tasks[t.pid]) for t in inv.tasks
                      if t.state != "zombie"]
@@ -253,11 +262,16 @@ class TreeRestorer:
         with _timed(self.opts, "pages"):
             for t in self.live:
                 assert t.src is not None
-                pages.write_task_pages(t.real, t.src, t.mm.vmas)
+                vmas = t.mm.vmas if self.lazy is None else self.lazy.eager_vmas(t.mm,
+                                                                                 t.threads)
+                pages.write_task_pages(t.real, t.src, vmas)
             for sid, s in self.shmem.items():
                 # Through the root's whole mapping: every task maps the same object.
                 pages.write_shmem_pages(self.live[0].real, shsrc[sid], window.shmem_tmp[sid],
                                         s.size)
+        if self.lazy is not None:
+            with _timed(self.opts, "lazy"):
+                self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.live])
         with _timed(self.opts, "state"):
             for t in self.live:
                 self._finish(t, window)

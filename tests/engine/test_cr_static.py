@@ -113,10 +113,3 @@ def test_foreground_restore_waits(running: cr.ZdtmTest, tmp_path: Path) -> None:
     out = (running.workdir / "mem_anon.out").read_text().strip().splitlines()[-1]
     assert "PASS" in out
     running.pid = 0  # reaped by the engine, nothing left to clean
-
-
-def test_lazy_pages_refused(tmp_path: Path) -> None:
-    """--lazy-pages is refused with a clear error (feature lazy_pages is false)."""
-    r = cr.engine("restore", "-D", str(tmp_path), "-d", "--lazy-pages")
-    assert r.returncode == 1
-    assert "engine: error: restore: --lazy-pages is not supported" in r.stderr

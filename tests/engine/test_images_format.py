@@ -3,8 +3,10 @@ hostile images with an error that names the file."""
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
+import mmap
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -174,10 +176,23 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "path traversal": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
                                                         "../../etc/passwd")),
                        names.core(PID), "bad xstate file name"),
-    "overlapping vmas": (_edit_json(names.mm(PID), _set(["vmas", 1, "start"], 0x12000)),
+    # A VMA is an array: start end prot flags pgoff kind path dev inode deleted shmem_id
+    # vmflags.
+    "overlapping vmas": (_edit_json(names.mm(PID), _set(["vmas", 1, 0], 0x12000)),
                          names.mm(PID), "overlaps"),
-    "unaligned vma": (_edit_json(names.mm(PID), _set(["vmas", 0, "end"], 0x14001)),
+    "unaligned vma": (_edit_json(names.mm(PID), _set(["vmas", 0, 1], 0x14001)),
                       names.mm(PID), "not page aligned"),
+    "vma string for int": (_edit_json(names.mm(PID), _set(["vmas", 1, 2], "3")),
+                           names.mm(PID), "vmas[1].prot: expected an integer"),
+    "vma bad vmflags": (_edit_json(names.mm(PID), _set(["vmas", 0, 11], ["rd", 7])),
+                        names.mm(PID), "vmas[0].vmflags[1]: expected a string"),
+    "vma short row": (_edit_json(names.mm(PID), lambda d: d["vmas"][0].pop()),
+                      names.mm(PID), "vmas[0]: expected an array of the 12 fields"),
+    "vma as object (version 1)": (
+        _edit_json(names.mm(PID), _set(["vmas", 0], {"start": 0x10000, "end": 0x14000})),
+        names.mm(PID), "vmas[0]: expected an array of the 12 fields start end prot"),
+    "version 1 image": (_edit_json(names.INVENTORY, _set(["version"], 1)), names.INVENTORY,
+                        "unsupported version 1"),
     "fd to unknown file": (_edit_json(names.core(PID), _set(["fds", 0, "file_id"], 9)),
                            names.core(PID), "unknown file 9"),
     "xstate missing": (_unlink(names.xstate(PID)), names.core(PID), "xstate"),
@@ -230,3 +245,31 @@ def test_create_refuses_non_empty_dir(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="not empty"):
         ImageDir.create(str(tmp_path / "d"))
     assert os.listdir(tmp_path / "d") == ["f"]
+
+
+def test_vmas_are_written_as_arrays(image: Path) -> None:
+    """mm-PID.json holds each VMA as an array of its fields in declaration order."""
+    data = json.loads((image / names.mm(PID)).read_text())
+    assert data["vmas"][0][:6] == [0x10000, 0x14000, 3, 0x22, 0, "anon"]
+    assert all(len(v) == 12 for v in data["vmas"])
+
+
+@pytest.mark.parametrize("misalign", [0, 8])
+def test_pages_reader_reads_into_memory(image: Path, misalign: int) -> None:
+    """read_into fills engine memory from any page of the file (O_DIRECT where the
+    filesystem allows it; memory O_DIRECT refuses is read through the page cache) and
+    refuses to read past the end."""
+    buf = mmap.mmap(-1, 3 * PG)
+    cbuf = ctypes.c_char.from_buffer(buf)
+    addr = ctypes.addressof(cbuf) + misalign
+    img = load(str(image))
+    t = img.tasks[PID]
+    assert t.mm is not None and t.pagemap is not None
+    with img.dir.pages_reader(t.mm.pages, t.pagemap.pages_stored) as r:
+        r.read_into(addr, PG, 2 * PG)
+        got = buf[misalign:misalign + 2 * PG]
+        assert got == b"b" * PG + b"c" * PG
+        with pytest.raises(ImageError, match="ends before"):
+            r.read_into(addr, 2 * PG, 2 * PG)
+    del cbuf
+    buf.close()

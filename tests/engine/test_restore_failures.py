@@ -96,7 +96,7 @@ def test_hostile_value_in_mm(dumped: tuple[cr.ZdtmTest, Path]) -> None:
     mm = images / f"mm-{t.pid}.json"
     good = mm.read_bytes()
     data = json.loads(good)
-    data["vmas"][0]["end"] = 1 << 60
+    data["vmas"][0][1] = 1 << 60  # a VMA is an array; field 1 is its end
     mm.write_text(json.dumps(data))
     rc, err = _restore(images)
     _assert_clean_failure(rc, err, t.pid, "read", str(mm))

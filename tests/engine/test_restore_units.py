@@ -129,3 +129,53 @@ def test_id_maps_translate_into_the_user_namespace() -> None:
     assert n.inner_uid(100000) == 0 and n.inner_uid(100123) == 123
     with pytest.raises(EngineError):
         n.inner_gid(100010)
+
+
+class _FakeReader:
+    """Stands for a PagesReader in segment planning (only its identity matters)."""
+
+
+def test_segments_group_reads_and_cut_long_chunks() -> None:
+    """Consecutive chunks of one file share a read across small gaps; a large gap, another
+    file or the segment size starts a new read; every byte keeps its destination."""
+    a, b = _FakeReader(), _FakeReader()
+    seg = pages._SEGMENT
+    chunks = [pages.Chunk(0x10000, 0, PAGE, a, 0),  # type: ignore[arg-type]
+              pages.Chunk(0x20000, 0, PAGE, a, 2 * PAGE),  # small gap: same read
+              pages.Chunk(0x30000, 0, PAGE, a, 2 * PAGE + pages._MAX_GAP + 2 * PAGE),
+              pages.Chunk(0x40000, 0, seg + PAGE, a, 8 * seg),  # cut at the segment size
+              pages.Chunk(0x50000, 0, PAGE, b, 8 * seg + seg + PAGE)]  # other file
+    segs = pages._segments(chunks)  # type: ignore[arg-type]
+    assert [(s.offset, s.length, len(s.parts)) for s in segs] == [
+        (0, 3 * PAGE, 2), (2 * PAGE + pages._MAX_GAP + 2 * PAGE, PAGE, 1),
+        (8 * seg, seg, 1), (9 * seg, PAGE, 1), (9 * seg + PAGE, PAGE, 1)]
+    assert segs[-1].reader is b and all(s.reader is a for s in segs[:-1])
+    assert all(p.offset + p.length <= s.offset + s.length and p.offset >= s.offset
+               for s in segs for p in s.parts)
+    assert [(p.dst, p.length) for p in segs[2].parts + segs[3].parts] == [
+        (0x40000, seg), (0x40000 + seg, PAGE)]
+
+
+def test_chunks_in_walks_the_pagemap_once() -> None:
+    """chunks_in over sorted ranges gives, per range, exactly the stored pages inside it
+    with their file offsets (entries spanning two ranges included)."""
+    from engine.images import PE_PRESENT, Pagemap, PagemapEntry
+
+    entries = [PagemapEntry(0x10000, 4, PE_PRESENT), PagemapEntry(0x20000, 2, PE_PRESENT),
+               PagemapEntry(0x30000, 8, PE_PRESENT)]
+    src = pages.PageSource.__new__(pages.PageSource)
+    src.pagemap = Pagemap(entries, [0, 4 * PAGE, 6 * PAGE], 14)
+    src._starts = [e.addr for e in entries]
+    src.reader = None
+    src.parent = None
+    reader = _FakeReader()
+    reader.address = 0x7000000  # type: ignore[attr-defined]
+    src.reader = reader  # type: ignore[assignment]
+    ranges = [(0x11000, 0x12000), (0x13000, 0x21000), (0x32000, 0x34000),
+              (0x34000, 0x40000)]
+    got = [(c.dst, c.length, c.offset) for c in src.chunks_in(ranges)]
+    assert got == [(0x11000, PAGE, PAGE), (0x13000, PAGE, 3 * PAGE),
+                   (0x20000, PAGE, 4 * PAGE), (0x32000, 2 * PAGE, 8 * PAGE),
+                   (0x34000, 4 * PAGE, 10 * PAGE)]
+    assert all(c.src == 0x7000000 + c.offset for c in src.chunks_in(ranges))
+    assert src.chunks(0x50000, 0x60000) == []

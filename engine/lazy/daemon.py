@@ -1,0 +1,380 @@
+"""`python -m engine lazy-pages -D DIR`: serve the pages of a lazy restore.
+
+Listens on DIR/lazy-pages.sock, takes the userfaultfds of one `restore --lazy-pages`
+(engine.lazy.protocol), then in one loop: answers missing-page faults (UFFDIO_COPY of the
+faulting page and a few after it, or UFFDIO_ZEROPAGE where nothing was stored), follows
+fork/mremap/munmap/madvise events, and between them copies the remaining pages in large
+blocks. It exits 0 once nothing is left to copy in any process (pages delivered, or the
+process is gone), closing the userfaultfds, which unregisters what is left. Every wait
+has a deadline (ENGINE_LAZY_TIMEOUT seconds in all, default 300).
+ENGINE_LAZY_BACKGROUND_DELAY (seconds, default 0) holds the background copy back, so tests
+can see pages arrive through faults; meanwhile a forked child (whose pid the fork event
+does not give, so no pidfd tells when it exits) gets one page every _PROBE_S seconds, which
+is how its exit is noticed (ESRCH).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import select
+import socket
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError
+from engine.images import load
+from engine.images.records import PAGE_SIZE
+from engine.kernel import uapi, uffd
+from engine.kernel.sys import pidfd_open
+from engine.lazy import SOCKET_NAME, protocol
+from engine.lazy.pending import Pending
+from engine.lazy.source import Run, Sources
+
+_BLOCK = 4 << 20  # bytes per background copy: large enough for speed, small for latency
+_FAULT_WINDOW = 16 * PAGE_SIZE  # copied on a fault: the page and the next ones of its run
+_POLL_IDLE_MS = 100
+_PROBE_S = 0.5
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise EngineError("lazy-pages", f"{name} is not a number of seconds") from None
+
+
+@dataclass
+class _Mm:
+    """One process (address space) being served."""
+
+    label: str
+    fd: int
+    pending: Pending
+    retry: list[int] = field(default_factory=list)  # fault addresses to serve again
+    pidfd: int = -1  # readable once the process exited (forked children have none)
+
+
+class _Buffer:
+    """A page-aligned buffer that data is read into before UFFDIO_COPY."""
+
+    def __init__(self, size: int) -> None:
+        self.map = mmap.mmap(-1, size)
+        self.view = memoryview(self.map)
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+
+    def fill(self, run: Run) -> None:
+        """Read the run's bytes from its pages file into the buffer's start."""
+        n = run.end - run.start
+        done = 0
+        fd = run.file.direct if run.file.direct >= 0 and n >= 16 * PAGE_SIZE else run.file.fd
+        while done < n:
+            try:
+                got = os.preadv(fd, [self.view[done:n]], run.offset + done)
+            except OSError as e:
+                if e.errno != errno.EINVAL or fd == run.file.fd:
+                    raise EngineError("lazy-pages", f"{run.file.path}: {e.strerror}") from None
+                fd = run.file.fd  # O_DIRECT refused this read: go through the page cache
+                continue
+            if got <= 0:
+                raise EngineError("lazy-pages", f"{run.file.path}: ends before byte "
+                                                f"{run.offset + done}")
+            done += got
+
+
+class _Reader:
+    """Reads runs into buffers. The next background block is read in a helper thread
+    while the current one is copied (O_DIRECT reads and UFFDIO_COPY both release the
+    GIL); it is used only if the block then taken is exactly that one, so events that
+    change what is pending never make stale data count."""
+
+    def __init__(self) -> None:
+        self.cur = _Buffer(_BLOCK)
+        self.spare = _Buffer(_BLOCK)
+        self.small = _Buffer(_FAULT_WINDOW)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="lazy-read")
+        self.ahead: tuple[tuple[str, int, int], Future] | None = None
+
+    def load(self, run: Run, background: bool) -> int:
+        """Address of the run's bytes in our memory."""
+        if not background:
+            self.small.fill(run)
+            return self.small.address
+        key = (run.file.path, run.offset, run.end - run.start)
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead[1].result()  # the spare buffer is ours again (errors show up here)
+            if ahead[0] == key:
+                self.cur, self.spare = self.spare, self.cur
+                return self.cur.address
+        self.cur.fill(run)
+        return self.cur.address
+
+    def read_ahead(self, run: Run | None) -> None:
+        """Start reading the run expected next into the spare buffer."""
+        if run is not None:
+            key = (run.file.path, run.offset, run.end - run.start)
+            self.ahead = (key, self.pool.submit(self.spare.fill, run))
+
+    def close(self) -> None:
+        """Wait for the helper thread and unmap the buffers."""
+        self.pool.shutdown(wait=True)
+        for b in (self.cur, self.spare, self.small):
+            b.view.release()
+            b.map.close()
+
+
+class Server:
+    """The serving loop over the processes handed over by one restore."""
+
+    def __init__(self, images_dir: str, deadline: float, delay: float = 0.0) -> None:
+        self.images_dir = images_dir
+        self.deadline = deadline
+        self.delay = delay  # seconds before background copying starts
+        self.sources = Sources()
+        self.mms: dict[int, _Mm] = {}  # by userfaultfd
+        self.exits: dict[int, _Mm] = {}  # by pidfd
+        self.poll = select.poll()
+        self.reader = _Reader()
+        self.stats = {"fault": 0, "background": 0, "zero": 0, "forks": 0, "gone": 0}
+
+    # ---- hand-over ---------------------------------------------------------------------
+
+    def take_over(self, conn: socket.socket) -> None:
+        """Receive every process of the restore and acknowledge."""
+        image = None
+        while True:
+            conn.settimeout(max(self.deadline - time.monotonic(), 0.001))
+            try:
+                msg, fd = protocol.recv_message(conn)
+            except TimeoutError:
+                raise EngineError("lazy-pages", "restore sent nothing in time") from None
+            except ConnectionError as e:
+                raise EngineError("lazy-pages", f"restore ended without handing over its "
+                                                f"tasks ({e})") from None
+            if msg.get("done"):
+                break
+            if fd < 0:
+                raise EngineError("lazy-pages", "a task message came without its fd")
+            if image is None:
+                image = load(self.images_dir)
+            try:
+                pid, real = int(msg["pid"]), int(msg["real"])
+                ranges = [(int(start), int(end)) for start, end in msg["ranges"]]
+            except (KeyError, TypeError, ValueError) as e:
+                os.close(fd)
+                raise EngineError("lazy-pages", f"malformed task message: {e!r}") from None
+            runs: list[Run] = []
+            for start, end in ranges:
+                runs.extend(self.sources.runs(image, pid, start, end))
+            mm = _Mm(f"task {real}", fd, Pending(runs))
+            try:
+                mm.pidfd = pidfd_open(real)
+            except OSError:
+                os.close(fd)
+                raise EngineError("lazy-pages", f"{mm.label} is gone already") from None
+            self._add(mm)
+        conn.sendall(protocol.ACK)
+
+    def _add(self, mm: _Mm) -> None:
+        fl = fcntl.fcntl(mm.fd, fcntl.F_GETFL)
+        fcntl.fcntl(mm.fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+        self.mms[mm.fd] = mm
+        self.poll.register(mm.fd, select.POLLIN)
+        if mm.pidfd >= 0:
+            self.exits[mm.pidfd] = mm
+            self.poll.register(mm.pidfd, select.POLLIN)
+
+    def _drop(self, mm: _Mm) -> None:
+        self.poll.unregister(mm.fd)
+        del self.mms[mm.fd]
+        os.close(mm.fd)
+        if mm.pidfd >= 0:
+            self.poll.unregister(mm.pidfd)
+            del self.exits[mm.pidfd]
+            os.close(mm.pidfd)
+            mm.pidfd = -1
+        mm.pending = Pending([])
+        mm.retry.clear()
+
+    # ---- serving -----------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve until nothing is left to copy; EngineError past the deadline."""
+        background_from = time.monotonic() + self.delay
+        next_probe = time.monotonic() + _PROBE_S
+        while any(mm.pending or mm.retry for mm in self.mms.values()):
+            if time.monotonic() > self.deadline:
+                left = sum(mm.pending.bytes() for mm in self.mms.values())
+                raise EngineError("lazy-pages", f"deadline passed with {left} bytes "
+                                                "not delivered")
+            for fd, _ in self.poll.poll(0):
+                if fd in self.mms:
+                    self._events(self.mms[fd])
+                elif fd in self.exits:
+                    self._gone(self.exits[fd])
+            for mm in list(self.mms.values()):
+                addrs, mm.retry = mm.retry, []
+                for addr in addrs:
+                    self._fault(mm, addr)
+            busy = [mm for mm in self.mms.values() if mm.pending]
+            now = time.monotonic()
+            if busy and now >= background_from:
+                mm = busy[0]
+                run = mm.pending.take_first(_BLOCK)
+                if run is not None:
+                    address = self.reader.load(run, True)
+                    self.reader.read_ahead(next((m.pending.peek_first(_BLOCK)
+                                                 for m in self.mms.values() if m.pending),
+                                                None))
+                    self._copy(mm, run, "background", address)
+                continue
+            if now >= next_probe:
+                next_probe = now + _PROBE_S
+                for mm in busy:
+                    run = mm.pending.take_first(PAGE_SIZE) if mm.pidfd < 0 else None
+                    if run is not None:
+                        self._copy(mm, run, "background", self.reader.load(run, False))
+            self.poll.poll(_POLL_IDLE_MS)
+
+    def _events(self, mm: _Mm) -> None:
+        while mm.fd in self.mms:
+            msgs = uffd.read_events(mm.fd)
+            if not msgs:
+                return
+            for m in msgs:
+                self._event(mm, m)
+
+    def _event(self, mm: _Mm, m: uffd.UffdMsg) -> None:
+        if m.event == uapi.UFFD_EVENT_PAGEFAULT:
+            self._fault(mm, m.pf_address)
+        elif m.event == uapi.UFFD_EVENT_FORK:
+            child = _Mm(f"child of {mm.label}", m.pf_flags & 0xFFFFFFFF, mm.pending.copy())
+            self.stats["forks"] += 1
+            self._add(child)
+        elif m.event == uapi.UFFD_EVENT_REMAP:
+            length = m.pf_ptid | (m._pad << 32)
+            mm.pending.move(m.pf_flags, m.pf_address, length)
+        elif m.event in (uapi.UFFD_EVENT_REMOVE, uapi.UFFD_EVENT_UNMAP):
+            mm.pending.remove(m.pf_flags, m.pf_address)
+        else:
+            raise EngineError("lazy-pages", f"{mm.label}: unexpected userfaultfd event "
+                                            f"{m.event:#x}")
+
+    def _fault(self, mm: _Mm, addr: int) -> None:
+        page = addr & ~(PAGE_SIZE - 1)
+        run = mm.pending.take(page, _FAULT_WINDOW)
+        if run is not None:
+            if not self._copy(mm, run, "fault", self.reader.load(run, False)):
+                mm.retry.append(page)
+            return
+        # Nothing stored there (zeros), or already delivered while the fault was queued.
+        try:
+            uffd.zeropage(mm.fd, page, PAGE_SIZE)
+            self.stats["zero"] += 1
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                mm.retry.append(page)
+            elif e.errno == errno.ESRCH:
+                self._gone(mm)
+            elif e.errno in (errno.EEXIST, errno.ENOENT):
+                self._wake(mm, page)
+            else:
+                raise EngineError("lazy-pages", f"{mm.label}: zero page at {page:#x}: "
+                                                f"{e.strerror}") from None
+
+    def _wake(self, mm: _Mm, page: int) -> None:
+        try:
+            uffd.wake(mm.fd, page, PAGE_SIZE)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                self._gone(mm)
+
+    def _gone(self, mm: _Mm) -> None:
+        self.stats["gone"] += 1
+        self._drop(mm)
+
+    def _copy(self, mm: _Mm, run: Run, why: str, address: int) -> bool:
+        """UFFDIO_COPY the run (taken out of pending, its bytes at our `address`); False
+        when the address space is changing (EAGAIN: the rest is put back, to be retried
+        once events are read)."""
+        pos = run.start
+        while pos < run.end:
+            try:
+                got = uffd.copy(mm.fd, pos, address + (pos - run.start), run.end - pos)
+            except OSError as e:
+                if e.errno == errno.EEXIST:  # filled before (e.g. eagerly by the restore)
+                    self._wake(mm, pos)
+                    pos += PAGE_SIZE
+                    continue
+                if e.errno == errno.EAGAIN:
+                    mm.pending.put(run.cut(pos)[1] if pos > run.start else run)
+                    return False
+                if e.errno == errno.ESRCH:
+                    self._gone(mm)
+                    return True
+                if e.errno == errno.ENOENT:  # no longer mapped there
+                    return True
+                raise EngineError("lazy-pages", f"{mm.label}: copy at {pos:#x}: "
+                                                f"{e.strerror}") from None
+            self.stats[why] += got
+            pos += got
+        return True
+
+    def close(self) -> None:
+        """Close every userfaultfd (the kernel unregisters what is left) and file."""
+        for mm in list(self.mms.values()):
+            self._drop(mm)
+        self.sources.close()
+        self.reader.close()
+
+
+def run(images_dir: str) -> int:
+    """The daemon: listen in images_dir, serve one restore, exit when done."""
+    if not os.path.isdir(images_dir):
+        raise EngineError("lazy-pages", f"{images_dir}: no such image directory")
+    start = time.monotonic()
+    deadline = start + _env_seconds("ENGINE_LAZY_TIMEOUT", 300.0)
+    path = os.path.join(images_dir, SOCKET_NAME)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    server = Server(images_dir, deadline,
+                    _env_seconds("ENGINE_LAZY_BACKGROUND_DELAY", 0.0))
+    bound = False
+    try:
+        old = os.umask(0o077)  # the socket hands out process memory: owner only
+        try:
+            listener.bind(path)
+            bound = True
+        except OSError as e:
+            raise EngineError("lazy-pages", f"{path}: cannot listen: {e.strerror}") from None
+        finally:
+            os.umask(old)
+        listener.listen(1)
+        listener.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            raise EngineError("lazy-pages", f"no restore connected to {path} in time") from None
+        with conn:
+            server.take_over(conn)
+        total = sum(mm.pending.bytes() for mm in server.mms.values())
+        server.serve()
+    finally:
+        server.close()
+        listener.close()
+        if bound:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    s = server.stats
+    print(f"lazy-pages: {total} bytes to deliver; {s['fault']} on faults, "
+          f"{s['background']} in background, {s['zero']} zero pages, {s['forks']} forks, "
+          f"{s['gone']} processes gone first; {time.monotonic() - start:.3f}s",
+          file=sys.stderr)
+    return 0

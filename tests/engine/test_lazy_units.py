@@ -1,0 +1,79 @@
+"""The lazy-pages daemon's bookkeeping of pages still to copy (engine/lazy/pending.py)
+and its hand-over messages (engine/lazy/protocol.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from engine.lazy import protocol
+from engine.lazy.pending import Pending
+from engine.lazy.source import PagesFile, Run
+
+P = 4096
+F = PagesFile("/x/pages-1.img", -1, -1)
+
+
+def _spans(p: Pending) -> list[tuple[int, int, int]]:
+    return [(r.start // P, r.end // P, r.offset // P) for r in p.runs]
+
+
+def test_take_splits_a_run_and_keeps_file_offsets() -> None:
+    p = Pending([Run(10 * P, 20 * P, F, 0), Run(30 * P, 32 * P, F, 10 * P)])
+    got = p.take(12 * P, 3 * P)
+    assert got is not None and (got.start, got.end, got.offset) == (12 * P, 15 * P, 2 * P)
+    assert _spans(p) == [(10, 12, 0), (15, 20, 5), (30, 32, 10)]
+    assert p.take(25 * P, P) is None  # not pending
+    assert p.take(12 * P, P) is None  # taken already
+    first = p.take_first(100 * P)
+    assert first is not None and (first.start, first.end) == (10 * P, 12 * P)
+    assert p.bytes() == 7 * P
+
+
+def test_remove_drops_overlapping_parts() -> None:
+    p = Pending([Run(0, 10 * P, F, 0), Run(20 * P, 30 * P, F, 10 * P)])
+    removed = p.remove(5 * P, 25 * P)
+    assert [(r.start // P, r.end // P) for r in removed] == [(5, 10), (20, 25)]
+    assert _spans(p) == [(0, 5, 0), (25, 30, 15)]
+
+
+def test_move_follows_mremap() -> None:
+    p = Pending([Run(0, 4 * P, F, 0), Run(8 * P, 12 * P, F, 4 * P)])
+    p.move(8 * P, 100 * P, 4 * P)
+    assert _spans(p) == [(0, 4, 0), (100, 104, 4)]
+    child = p.copy()
+    child.remove(0, 200 * P)
+    assert not child and p.bytes() == 8 * P  # a fork's copy is independent
+
+
+def test_put_back_and_peek() -> None:
+    p = Pending([Run(0, 8 * P, F, 0)])
+    got = p.take_first(2 * P)
+    assert got is not None
+    peek = p.peek_first(2 * P)
+    assert peek is not None and (peek.start, peek.end, peek.offset) == (2 * P, 4 * P, 2 * P)
+    p.put(got)
+    assert _spans(p) == [(0, 2, 0), (2, 8, 2)]
+
+
+def test_handover_message_carries_the_fd() -> None:
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    try:
+        protocol.send_task(a, protocol.Handover(7, 1007, [(P, 3 * P)], r))
+        protocol.send_done(a)
+        msg, fd = protocol.recv_message(b)
+        assert msg == {"pid": 7, "real": 1007, "ranges": [[P, 3 * P]]}
+        assert fd >= 0 and os.path.sameopenfile(fd, r)
+        os.close(fd)
+        assert protocol.recv_message(b) == ({"done": True}, -1)
+        a.close()
+        with pytest.raises(ConnectionError):
+            protocol.recv_message(b)
+    finally:
+        for x in (r, w):
+            os.close(x)
+        a.close()
+        b.close()
