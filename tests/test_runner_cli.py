@@ -198,14 +198,25 @@ def test_parser_options() -> None:
     args = build_parser().parse_args(
         ["run", "-t", "zdtm/static/maps06", "-t", "static/mem_anon", "-f", "h,uns",
          "--iters", "3", "--pre", "2", "--lazy-pages", "--norst", "--keep-going", "-p", "4",
-         "--engine", "criu", "--criu-bin", "/x/criu", "--keep-img", "--report", "r"])
+         "--engine", "criu", "--criu-bin", sys.executable, "--keep-img", "--report", "r"])
     assert args.test == ["zdtm/static/maps06", "static/mem_anon"]
     assert args.flavors == ["h", "uns"]
     assert (args.iters, args.pre, args.parallel) == (3, 2, 4)
     assert args.lazy_pages and args.norst and args.keep_going and args.keep_img
-    assert args.engine == "criu" and args.criu_bin == "/x/criu"
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["run", "-f", "h,xx"])
+    assert args.engine == "criu" and args.criu_bin == sys.executable
+    for bad in (["-f", "h,xx"], ["--iters", "0"], ["-p", "0"], ["--criu-bin", "/x/criu"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", *bad])
+
+
+def test_regex_selection_is_repeatable_and_nocr_excludes_cr_modes() -> None:
+    res = runner("run", "-T", "^transition/mem_datagen$", "-T", "^static/umask$", "-f", "h",
+                 "--nocr")
+    assert res.returncode == 0, res.stdout
+    assert "PASS transition/mem_datagen [h]" in res.stdout
+    assert "PASS static/umask [h]" in res.stdout
+    res = runner("run", "-t", "static/umask", "--nocr", "--norst")
+    assert res.returncode == 2 and "excludes --norst" in res.stdout
 
 
 def test_plan_respects_declared_flavours() -> None:

@@ -66,6 +66,20 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _executable(text: str) -> str:
+    # a mistyped --criu-bin must be a usage error, not a SKIP that turns a gate green
+    if not (os.path.isfile(text) and os.access(text, os.X_OK)):
+        raise argparse.ArgumentTypeError(f"not an executable file: {text}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of runner.py."""
     p = argparse.ArgumentParser(prog="runner.py", description="zdtm C/R conformance runner")
@@ -74,12 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run tests")
     run.add_argument("-t", "--test", action="append", default=[], metavar="NAME",
                      help="test to run (static/maps06 or zdtm/static/maps06), repeatable")
-    run.add_argument("-T", "--tests-regex", metavar="REGEX", help="run tests matching REGEX")
+    run.add_argument("-T", "--tests-regex", action="append", default=[], metavar="REGEX",
+                     help="run tests matching REGEX (repeatable)")
     run.add_argument("-a", "--all", action="store_true", help="run all tests (not noauto)")
     run.add_argument("-x", "--exclude", metavar="REGEX", help="skip tests matching REGEX")
     run.add_argument("-f", "--flavors", type=_flavor_list, metavar="h,ns,uns",
                      help="flavours to run (default: every flavour a test declares)")
-    run.add_argument("--iters", type=_positive, default=1, help="C/R iterations (default 1)")
+    run.add_argument("--iters", type=_at_least_one, default=1, help="C/R iterations (default 1)")
     run.add_argument("--pre", type=_positive, default=0, help="pre-dumps per iteration")
     run.add_argument("--lazy-pages", action="store_true", help="restore with lazy pages")
     run.add_argument("--norst", action="store_true",
@@ -87,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nocr", action="store_true",
                      help="no C/R: start, check two snapshots, stop")
     run.add_argument("--keep-going", action="store_true", help="go on after a failure")
-    run.add_argument("-p", "--parallel", type=_positive, default=1, metavar="N",
+    run.add_argument("-p", "--parallel", type=_at_least_one, default=1, metavar="N",
                      help="run N tests at once (excl tests always run alone)")
     run.add_argument("--engine", choices=("bundled", "criu"), default="bundled")
-    run.add_argument("--criu-bin", metavar="PATH", help="criu binary (default: from PATH)")
+    run.add_argument("--criu-bin", metavar="PATH", type=_executable, help="criu binary (default: from PATH)")
     run.add_argument("--keep-img", action="store_true",
                      help=f"keep work dirs and images under {DEFAULT_WORKROOT}")
     run.add_argument("--report", metavar="DIR", type=Path,
@@ -241,8 +256,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not (args.test or args.tests_regex or args.all):
         print("runner.py run: nothing selected (use -t NAME, -T REGEX or -a)", file=sys.stderr)
         return 2
+    if args.nocr and (args.norst or args.lazy_pages or args.pre):
+        print("runner.py run: --nocr does no C/R: it excludes --norst, --lazy-pages and --pre",
+              file=sys.stderr)
+        return 2
+    include = "|".join(f"(?:{r})" for r in args.tests_regex) or None
     try:
-        tests = select(all_tests(args.tests_dir), names=args.test, include=args.tests_regex,
+        tests = select(all_tests(args.tests_dir), names=args.test, include=include,
                        exclude=args.exclude, all_tests=args.all)
     except (DescError, re.error) as exc:
         print(f"runner.py: {exc}", file=sys.stderr)
@@ -270,6 +290,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         for path in write_reports(results, args.report):
             console.line(f"report: {path}")
+    if len(results) < len(jobs):
+        console.line(f"not run: {len(jobs) - len(results)} test x flavour run(s)")
     console.line(totals(results))
     return 1 if any(r.outcome == FAIL for r in results) else 0
 
