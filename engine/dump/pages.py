@@ -144,7 +144,7 @@ def private_runs(pid: int, vmas: list[Vma]) -> list[Run]:
             regions = _pagemap_fallback(fd, candidates)
     finally:
         os.close(fd)
-    return clip_to_vmas(_union(regions), candidates)
+    return clip_to_vmas(regions, candidates)
 
 
 def _swap_in_use() -> bool:
@@ -175,20 +175,6 @@ def _drop_markers(fd: int, regions: list[tuple[int, int, int]]) -> list[tuple[in
             elif not real and run >= 0:
                 out.append((start + run * PAGE_SIZE, start + k * PAGE_SIZE, cat))
                 run = -1
-    return out
-
-
-def _union(regions: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """Sorted, non-overlapping union of the regions. PAGEMAP_SCAN may report a range twice:
-    after the kernel restarts its walk internally, `walk_end` keeps a stale value when the
-    walk then completes (6.18), and a caller that goes on from there gets the tail again."""
-    out: list[tuple[int, int, int]] = []
-    for start, end, cat in sorted(regions):
-        if out and start <= out[-1][1]:
-            if end > out[-1][1]:
-                out[-1] = (out[-1][0], end, cat)
-        else:
-            out.append((start, end, cat))
     return out
 
 

@@ -186,7 +186,7 @@ def pagemap_scan(
     """PAGEMAP_SCAN on an open /proc/PID/pagemap over [start, end).
 
     Returns merged runs (start, end, categories) with categories & return_mask. Loops
-    while the kernel fills the output vector (walk_end < end). ``max_pages`` (0 = no
+    while the kernel fills the output vector, never reporting a range twice. ``max_pages`` (0 = no
     limit) bounds the total pages reported, as in the kernel. With PM_SCAN_WP_MATCHING
     the matching pages are write-protected again as they are reported.
     """
@@ -219,9 +219,14 @@ def pagemap_scan(
             pages_left = max_pages - sum((e - s) >> uapi.PAGE_SHIFT for s, e, _ in regions)
             if pages_left <= 0:
                 break
-        if arg.walk_end <= pos:
+        if arg.walk_end >= end:
             break
-        pos = arg.walk_end
+        # After an internal restart the kernel (6.18) may leave walk_end below regions it
+        # already returned: go on from past them, so no range is reported twice.
+        nxt = max(arg.walk_end, regions[-1][1] if regions else 0)
+        if nxt <= pos:
+            break
+        pos = nxt
     return regions
 
 

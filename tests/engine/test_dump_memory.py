@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
-from engine.dump import intervals, pages, shmem
+from engine.dump import intervals, shmem
 from engine.dump.dumper import dump
 from engine.images import load
 
@@ -97,13 +97,6 @@ def test_memfd_held_by_fd_only(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
-
-
-def test_union_of_repeated_scan_regions() -> None:
-    """PAGEMAP_SCAN may hand back a tail twice; runs must come out sorted, disjoint."""
-    regions = [(0x1000, 0x3000, 0), (0x5000, 0x6000, 0), (0x5000, 0x6000, 0),
-               (0x2000, 0x4000, 0)]
-    assert pages._union(regions) == [(0x1000, 0x4000, 0), (0x5000, 0x6000, 0)]
 
 
 def test_interval_operations() -> None:

@@ -16,7 +16,7 @@ from test_kernel_target import Target, reap, spawner
 
 from engine.kernel import ptrace, uapi
 from engine.kernel import sys as ksys
-from engine.kernel.structs import CloneArgs
+from engine.kernel.structs import CloneArgs, PageRegion, PmScanArg
 from engine.proc import pagemap as procpagemap
 
 PAGE = uapi.PAGE_SIZE
@@ -296,3 +296,26 @@ def test_namespaces_mount_and_setns_in_child(tmp_path) -> None:
     # the parent never saw the mount
     with open("/proc/self/mounts", encoding="utf-8") as f:
         assert str(tmp_path) not in f.read()
+
+
+def test_pagemap_scan_never_reports_a_range_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that fills the vector but leaves walk_end behind what it returned (seen on
+    6.18 after an internal restart) must not make the wrapper report that range again."""
+    page = uapi.PAGE_SIZE
+    present = [(k * 2 * page, (k * 2 + 1) * page) for k in range(6)]  # every other page
+    calls: list[int] = []
+
+    def fake_ioctl(fd: int, request: int, arg: PmScanArg) -> int:
+        calls.append(arg.start)
+        vec = (PageRegion * arg.vec_len).from_address(arg.vec)
+        todo = [r for r in present if r[0] >= arg.start][: arg.vec_len]
+        for i, (s, e) in enumerate(todo):
+            vec[i].start, vec[i].end, vec[i].categories = s, e, uapi.PAGE_IS_PRESENT
+        arg.walk_end = arg.start + page if len(todo) == arg.vec_len else arg.end  # stale
+        return len(todo)
+
+    monkeypatch.setattr(ksys, "ioctl", fake_ioctl)
+    got = ksys.pagemap_scan(-1, 0, 12 * page, category_mask=uapi.PAGE_IS_PRESENT,
+                            return_mask=uapi.PAGE_IS_PRESENT, vec_len=2)
+    assert [(s, e) for s, e, _ in got] == present
+    assert calls == sorted(set(calls))  # each call starts past the previous one
