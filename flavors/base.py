@@ -129,7 +129,7 @@ class Flavor(ABC):
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             raise StartError("timeout", f"not ready after {timeout:.0f}s: "
                                         f"{_tail(log) or 'no output'}") from None
         if rc == EXIT_SKIP:
@@ -151,7 +151,8 @@ class Flavor(ABC):
         return self.locate(workdir, ns_pid)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group led by ``proc`` (started with start_new_session) and reap."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -159,4 +160,4 @@ def _kill_group(proc: subprocess.Popen) -> None:
     try:
         proc.wait(timeout=KILL_GRACE)
     except subprocess.TimeoutExpired:
-        pass  # left to the caller's cleanup, which reports what it could not kill
+        pass  # unkillable (D state): reported by the leak checks, never waited on forever

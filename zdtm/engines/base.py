@@ -11,7 +11,6 @@ behind.  Failures raise EngineFailure with a kind the report can show:
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KILL_GRACE = 5.0
+from flavors.base import kill_group
 
 
 class EngineFailure(Exception):
@@ -107,18 +106,6 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Kill whatever helper the driver still runs (always called at cleanup)."""
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group led by ``proc`` (started with start_new_session) and reap."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=KILL_GRACE)
-    except subprocess.TimeoutExpired:
-        pass  # unkillable (D state): reported by the leak checks, never waited on forever
 
 
 def run_logged(cmd: Sequence[str], *, step: str, log: Path, timeout: float,
