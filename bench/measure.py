@@ -89,6 +89,18 @@ def wait_dumped(ctx: Context, run: workloads.Running) -> None:
             raise StepFailed(f"dump: exited 0 but left pid {pid} running") from exc
 
 
+def restore_and_verify(ctx: Context, engine: Engine, run: workloads.Running, images: Path,
+                       pidfile: Path, sample: dict) -> None:
+    """Reap the dumped tree, restore it from ``images``, time it, and verify the workload."""
+    wait_dumped(ctx, run)
+    res = run_step(ctx, engine, "restore", engine.restore(images, pidfile))
+    sample.update(restore_s=res.wall_s, restore_cpu_s=res.cpu_s,
+                  restore_rss_kib=res.maxrss_kib)
+    pid = restored_pid(pidfile)
+    ctx.procs.track(pid)
+    finish_restored(ctx, pid, run, sample)
+
+
 def cycle(ctx: Context, engine: Engine, wl: workloads.Workload) -> dict:
     """Start, dump, restore, verify once: the plain C/R figures."""
     d = ctx.scratch(f"{wl.name}-{engine.name}-")
@@ -101,13 +113,7 @@ def cycle(ctx: Context, engine: Engine, wl: workloads.Workload) -> dict:
         sample.update(dump_s=res.wall_s, dump_cpu_s=res.cpu_s, dump_rss_kib=res.maxrss_kib,
                       image_bytes=image_bytes(images),
                       image_disk_bytes=image_disk_bytes(images))
-        wait_dumped(ctx, run)
-        res = run_step(ctx, engine, "restore", engine.restore(images, pidfile))
-        sample.update(restore_s=res.wall_s, restore_cpu_s=res.cpu_s,
-                      restore_rss_kib=res.maxrss_kib)
-        pid = restored_pid(pidfile)
-        ctx.procs.track(pid)
-        finish_restored(ctx, pid, run, sample)
+        restore_and_verify(ctx, engine, run, images, pidfile, sample)
     finally:
         ctx.procs.cleanup()
         shutil.rmtree(d, ignore_errors=True)
@@ -131,12 +137,7 @@ def incremental(ctx: Context, engine: Engine, wl: workloads.Workload) -> dict:
         res = run_step(ctx, engine, "dump", engine.dump(run.pid, final, prev=pre))
         sample.update(dump_s=res.wall_s, dump_rss_kib=res.maxrss_kib,
                       image_bytes=image_bytes(final))
-        wait_dumped(ctx, run)
-        res = run_step(ctx, engine, "restore", engine.restore(final, pidfile))
-        sample.update(restore_s=res.wall_s, restore_rss_kib=res.maxrss_kib)
-        pid = restored_pid(pidfile)
-        ctx.procs.track(pid)
-        finish_restored(ctx, pid, run, sample)
+        restore_and_verify(ctx, engine, run, final, pidfile, sample)
     finally:
         ctx.procs.cleanup()
         shutil.rmtree(d, ignore_errors=True)
