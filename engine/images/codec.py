@@ -250,12 +250,7 @@ def _record_converter(cls: Any) -> Converter:
                 kwargs[name] = conv(value)
             except _PathError as e:
                 raise _PathError(f".{name}{e.path}", e.message) from None
-        record = cls(**kwargs)
-        try:
-            record.validate()
-        except RecordError as e:
-            raise _PathError("", str(e)) from None
-        return record
+        return _validated(cls(**kwargs))
     return convert
 
 
@@ -285,13 +280,17 @@ def _row_converter(cls: Any) -> Converter:
                     data[i] = conv(data[i])
                 except _PathError as e:
                     raise _PathError(f".{names[i]}{e.path}", e.message) from None
-        record = cls(*data)
-        try:
-            record.validate()
-        except RecordError as e:
-            raise _PathError("", str(e)) from None
-        return record
+        return _validated(cls(*data))
     return convert
+
+
+def _validated(record: Any) -> Any:
+    """The record, once its own cross-field checks pass (their message located here)."""
+    try:
+        record.validate()
+    except RecordError as e:
+        raise _PathError("", str(e)) from None
+    return record
 
 
 def _article(type_names: str) -> str:
