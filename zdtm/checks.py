@@ -8,8 +8,9 @@ the fd or VMA, and the value before and after. ``str(problem)`` is "check: messa
 from __future__ import annotations
 
 import signal
-from collections.abc import Collection
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from zdtm.memory import DIGEST_SIZE, UNREADABLE, ZERO_DIGEST
 from zdtm.proc import PAGE_SIZE, format_open_flags
@@ -95,6 +96,20 @@ def _signals(mask: str) -> set[str]:
     return out
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _changed(before: Mapping[K, V], after: Mapping[K, V]
+             ) -> Iterator[tuple[K, V | None, V | None]]:
+    """(key, before, after) for every key whose value differs (None: absent), sorted."""
+    keys: Any = before.keys() | after.keys()  # ids, labels, names: all sortable
+    for key in sorted(keys):
+        vb, va = before.get(key), after.get(key)
+        if vb != va:
+            yield key, vb, va
+
+
 def _attr_diff(key: str, vb: str | None, va: str | None) -> str:
     text = f"{key} {vb if vb is not None else 'absent'} -> {va if va is not None else 'absent'}"
     if key.startswith(("Sig", "ShdPnd")) and vb is not None and va is not None:
@@ -107,10 +122,8 @@ def _attr_diff(key: str, vb: str | None, va: str | None) -> str:
 def _task(b: ProcState, a: ProcState) -> list[Problem]:
     """Creds, signal dispositions and masks, umask, limits, cwd/root, personality, ..."""
     out = []
-    for key in sorted(b.attrs.keys() | a.attrs.keys()):
-        vb, va = b.attrs.get(key), a.attrs.get(key)
-        if vb != va:
-            out.append(Problem("task", f"{a.name()}: {_attr_diff(key, vb, va)}"))
+    for key, vb, va in _changed(b.attrs, a.attrs):
+        out.append(Problem("task", f"{a.name()}: {_attr_diff(key, vb, va)}"))
     for tid in sorted(b.thread_attrs.keys() & a.thread_attrs.keys()):
         tb, ta = b.thread_attrs[tid], a.thread_attrs[tid]
         skip = {IN_SYSCALL}
@@ -246,24 +259,16 @@ def _digest_slice(v: Vma, lo: int, hi: int) -> bytes:
 
 
 def _namespaces(b: ProcState, a: ProcState) -> list[Problem]:
-    out = []
-    for kind in sorted(b.namespaces.keys() | a.namespaces.keys()):
-        nb, na = b.namespaces.get(kind), a.namespaces.get(kind)
-        if nb != na:
-            out.append(Problem("ns", f"{a.name()}: {kind} namespace {nb} -> {na}"))
-    return out
+    return [Problem("ns", f"{a.name()}: {kind} namespace {nb} -> {na}")
+            for kind, nb, na in _changed(b.namespaces, a.namespaces)]
 
 
 def _uts(before: TreeState, after: TreeState) -> list[Problem]:
     out = []
-    for label in sorted(before.uts.keys() | after.uts.keys()):
-        ub, ua = before.uts.get(label), after.uts.get(label)
-        if ub != ua:
-            out.append(Problem("ns", f"{label}: (hostname, domainname) {ub} -> {ua}"))
-    for label in sorted(before.userns_maps.keys() | after.userns_maps.keys()):
-        mb, ma = before.userns_maps.get(label), after.userns_maps.get(label)
-        if mb != ma:
-            out.append(Problem("ns", f"{label}: (uid_map, gid_map) {mb!r} -> {ma!r}"))
+    for label, ub, ua in _changed(before.uts, after.uts):
+        out.append(Problem("ns", f"{label}: (hostname, domainname) {ub} -> {ua}"))
+    for label, mb, ma in _changed(before.userns_maps, after.userns_maps):
+        out.append(Problem("ns", f"{label}: (uid_map, gid_map) {mb!r} -> {ma!r}"))
     return out
 
 
