@@ -450,9 +450,12 @@ int main(int argc, char **argv)
 	if (pid < 0)
 		die("fork");
 	if (pid > 0) {
-		/* Starter: exit 0 only once the worker says it is ready. */
+		/* Starter: exit 0 only once the worker says it is ready and has closed
+		 * its end (EOF), so no caller ever sees the pipe in the worker's fds. */
 		close(pfd[1]);
 		rc = read(pfd[0], &ready, 1) == 1 && ready == 'R' ? 0 : 1;
+		if (!rc && read(pfd[0], &ready, 1) != 0)
+			rc = 1;
 		return rc;
 	}
 	close(pfd[0]);

@@ -66,9 +66,13 @@ class TaskEntry:
     ns_pid: list[int] = field(default_factory=list)  # NSpid: outermost first, own ns last
 
     def validate(self) -> None:
-        """Check ranges: pids positive, state known, at least one thread unless a zombie."""
-        for name in ("pid", "pgid", "sid"):
-            _check(getattr(self, name) > 0, f"task {self.pid}: {name} must be > 0")
+        """Check ranges: pids positive, state known, at least one thread unless a zombie.
+
+        pgid/sid 0 is what /proc shows for a leader outside the dumper's pid namespace
+        (e.g. a CI job inside a container): restored as led from outside the tree."""
+        _check(self.pid > 0, f"task {self.pid}: pid must be > 0")
+        for name in ("pgid", "sid"):
+            _check(getattr(self, name) >= 0, f"task {self.pid}: {name} must be >= 0")
         _check(self.ppid >= 0, f"task {self.pid}: ppid must be >= 0")
         _check(self.state in TASK_STATES, f"task {self.pid}: unknown state {self.state!r}")
         if self.state != "zombie":

@@ -3,6 +3,7 @@ killed (default) or goes on exactly as before (--leave-running)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -289,3 +290,23 @@ def test_timers_names_and_prctl_state(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_session_led_from_outside_the_pid_namespace(victim_bin: Path,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    """In a container the session leader lies outside the pid namespace and /proc says
+    sid 0 / pgid 0: the image keeps that, is accepted on load, and the restored task
+    stays in the engine's (outside-led) session and group."""
+    script = Path(__file__).parent / "data" / "outside_session.py"
+    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                          str(script), str(victim_bin), str(tmp_path)],
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)
+    assert facts["before"] == ["1", "0", "0"]  # ppid 1 (the script), pgid 0, sid 0
+    assert facts["dump"][0] == 0, facts["dump"][1]
+    assert facts["restore"][0] == 0, facts["restore"][1]
+    assert facts["after"] == ["T", "1", "0", "0"]  # left stopped, re-parented, same groups
+    tasks = load(str(tmp_path / "img")).inventory.tasks
+    assert (tasks[0].pgid, tasks[0].sid) == (0, 0)

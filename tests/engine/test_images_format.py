@@ -191,6 +191,8 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "vma as object (version 1)": (
         _edit_json(names.mm(PID), _set(["vmas", 0], {"start": 0x10000, "end": 0x14000})),
         names.mm(PID), "vmas[0]: expected an array of the 12 fields start end prot"),
+    "negative sid": (_edit_json(names.INVENTORY, _set(["tasks", 0, "sid"], -1)),
+                     names.INVENTORY, "sid must be >= 0"),
     "version 1 image": (_edit_json(names.INVENTORY, _set(["version"], 1)), names.INVENTORY,
                         "unsupported version 1"),
     "fd to unknown file": (_edit_json(names.core(PID), _set(["fds", 0, "file_id"], 9)),
