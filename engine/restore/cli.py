@@ -21,8 +21,10 @@ def restore(args: argparse.Namespace) -> int:
     pid = restore_images(opts)
     if os.environ.get("ENGINE_VERBOSE"):
         steps = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in opts.timings.items())
-        print(f"restore: root {pid}; {steps}; total={(time.monotonic() - start) * 1000:.1f}ms",
-              file=sys.stderr)
+        mib = {k: v / (1 << 20) for k, v in opts.page_bytes.items()}
+        print(f"restore: root {pid}; {steps}; total={(time.monotonic() - start) * 1000:.1f}ms;"
+              f" private pages {mib['task']:.1f} MiB read by the tasks, "
+              f"{mib['engine']:.1f} MiB written by the engine", file=sys.stderr)
     if args.detach:
         return 0
     # Foreground mode: the restored program's lifetime is the command's lifetime (the

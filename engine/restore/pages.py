@@ -159,25 +159,25 @@ def shmem_source(image: DumpImage, sid: str) -> PageSource:
     return PageSource(image, s.pagemap, s.entry.pages, parent)
 
 
-def write_task_pages(pid: int, src: PageSource, vmas: list[Vma]) -> int:
-    """Write every stored page of the task's private VMAs; returns bytes written."""
+def task_chunks(src: PageSource, vmas: list[Vma]) -> tuple[list[Chunk], list[Chunk]]:
+    """The stored pages of the task's private VMAs, as (writable, not writable) chunks
+    sorted by address (the second kind is written through /proc/PID/mem)."""
     fast: list[tuple[int, int]] = []
     forced: list[tuple[int, int]] = []
     for v in sorted(vmas, key=lambda v: v.start):
         if v.kind in ("shmem", "vdso", "vvar", "vsyscall") or v.flags & uapi.MAP_SHARED:
             continue  # shared objects are filled on the object, not through a task
         (fast if v.prot & uapi.PROT_WRITE else forced).append((v.start, v.end))
-    return (_write(pid, src.chunks_in(fast), False)
-            + _write(pid, src.chunks_in(forced), True))
+    return src.chunks_in(fast), src.chunks_in(forced)
 
 
 def write_shmem_pages(pid: int, src: PageSource, base: int, size: int) -> int:
     """Write a shmem object's stored pages through its full mapping at `base`."""
     chunks = [c._replace(dst=base + c.dst) for c in src.chunks(0, size)]
-    return _write(pid, chunks, False)
+    return write_chunks(pid, chunks, False)
 
 
-def _write(pid: int, chunks: list[Chunk], forced: bool) -> int:
+def write_chunks(pid: int, chunks: list[Chunk], forced: bool) -> int:
     """Write chunks into task pid: through /proc/PID/mem when `forced`, else with
     process_vm_writev; large transfers from pages files are streamed (`_stream`)."""
     total = sum(c.length for c in chunks)

@@ -1,0 +1,124 @@
+"""Pages read by the restored task itself (engine/restore/selfread.py), on a throwaway child."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from test_restore_blob import REGION, runner  # noqa: F401 (fixture)
+
+from engine.images import PagesReader
+from engine.kernel import blob, uapi
+from engine.restore import selfread
+from engine.restore.pages import Chunk
+
+PG = 4096
+MIB = 1 << 20
+DEST = REGION + (1 << 30)  # where the child's "restored" memory goes
+
+
+def _pages_file(path: Path, pages: int) -> PagesReader:
+    """A pages file whose page i is filled with byte (i % 251) + 1."""
+    path.write_bytes(b"".join(bytes([i % 251 + 1]) * PG for i in range(pages)))
+    return PagesReader(str(path), pages)
+
+
+def _chunk(reader: PagesReader, dst: int, offset: int, length: int) -> Chunk:
+    return Chunk(dst, reader.address + offset, length, reader, offset)
+
+
+def _map_dest(r: blob.BlobRunner, size: int) -> None:
+    t = blob.Table()
+    t.add(uapi.SYS_mmap, DEST, size, uapi.PROT_READ | uapi.PROT_WRITE,
+          uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE, -1, 0,
+          what="map the destination")
+    r.run(t)
+
+
+def test_runs_merges_contiguous_chunks_and_leaves_short_ones(tmp_path: Path) -> None:
+    reader = _pages_file(tmp_path / "pages.img", 1024)
+    try:
+        chunks = [_chunk(reader, DEST, 0, MIB // 2),  # these two are one run of 1 MiB
+                  _chunk(reader, DEST + MIB // 2, MIB // 2, MIB // 2),
+                  _chunk(reader, DEST + 4 * MIB, MIB, MIB // 4),  # too short
+                  _chunk(reader, DEST + 8 * MIB, 2 * MIB, MIB),  # file-contiguous, not in task
+                  Chunk(DEST + 16 * MIB, 0x1000, 2 * MIB)]  # from no file
+        long_runs, rest = selfread.runs(chunks)
+        assert [(r.dst, r.offset, r.length) for r in long_runs] == [
+            (DEST, 0, MIB), (DEST + 8 * MIB, 2 * MIB, MIB)]
+        assert sorted((c.dst, c.length) for c in rest) == [(DEST + 4 * MIB, MIB // 4),
+                                                          (DEST + 16 * MIB, 2 * MIB)]
+    finally:
+        reader.close()
+
+
+def _fds(pid: int) -> list[str]:
+    return sorted(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_task_reads_its_pages_and_keeps_no_descriptor(
+        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+    reader = _pages_file(tmp_path / "pages.img", 768)
+    fds = _fds(runner.pid)
+    try:
+        _map_dest(runner, 3 * MIB)
+        long_runs, rest = selfread.runs([_chunk(reader, DEST + MIB, PG, 2 * MIB)])
+        assert rest == [] and len(long_runs) == 1
+        assert selfread.read_in_task(runner, long_runs) == []
+        got = runner.read(DEST + MIB, 2 * MIB)
+        assert got == bytes(reader.view()[PG:PG + 2 * MIB])
+        assert runner.read(DEST, MIB) == bytes(MIB)  # nothing written outside the run
+        assert _fds(runner.pid) == fds
+    finally:
+        reader.close()
+
+
+def test_a_file_the_task_cannot_open_is_handed_back(
+        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+    reader = _pages_file(tmp_path / "pages.img", 512)
+    fds = _fds(runner.pid)
+    try:
+        _map_dest(runner, 2 * MIB)
+        long_runs, _ = selfread.runs([_chunk(reader, DEST, 0, 2 * MIB)])
+        os.rename(tmp_path / "pages.img", tmp_path / "moved.img")  # the task's open fails
+        left = selfread.read_in_task(runner, long_runs)
+        assert [(c.dst, c.offset, c.length) for c in left] == [(DEST, 0, 2 * MIB)]
+        assert left[0].reader is reader
+        assert runner.read(DEST, PG) == bytes(PG)
+        assert _fds(runner.pid) == fds
+    finally:
+        reader.close()
+
+
+def test_a_short_read_hands_back_the_remainder(
+        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+    reader = _pages_file(tmp_path / "pages.img", 512)  # 2 MiB
+    try:
+        _map_dest(runner, 2 * MIB)
+        # A run that claims 1 MiB from 1.5 MiB: the file ends half way through it.
+        run = selfread.Run(reader, DEST, MIB + MIB // 2, MIB)
+        left = selfread.read_in_task(runner, [run])
+        assert [(c.dst, c.offset, c.length) for c in left] == [
+            (DEST + MIB // 2, 2 * MIB, MIB // 2)]
+        assert runner.read(DEST, MIB // 2) == bytes(reader.view()[MIB + MIB // 2:])
+    finally:
+        reader.close()
+
+
+def test_tables_are_cut_to_fit_the_region(runner: blob.BlobRunner,  # noqa: F811
+                                          tmp_path: Path) -> None:
+    reader = _pages_file(tmp_path / "pages.img", 16 * MIB // PG)
+    small = blob.BlobRunner(runner.pid, REGION, 2 * PG)  # room for about 100 entries
+    try:
+        count = 250
+        _map_dest(runner, 2 * count * MIB)
+        runs = [selfread.Run(reader, DEST + 2 * i * MIB, (i % 16) * MIB, MIB)
+                for i in range(count)]
+        assert count * (blob.ENTRY_SIZE + 8) > small.size  # needs several tables
+        assert selfread.read_in_task(small, runs) == []
+        for i in (0, 101, count - 1):
+            off = (i % 16) * MIB
+            assert small.read(DEST + 2 * i * MIB, PG) == bytes(reader.view()[off:off + PG])
+    finally:
+        small.close()
+        reader.close()
