@@ -85,8 +85,9 @@ class Bundled(Engine):
     name = "bundled"
 
     def base(self) -> list[str]:
-        """`python -m engine` with this interpreter."""
-        return [sys.executable, "-m", "engine"]
+        """`python -S -m engine` with this interpreter (stdlib only: site is skipped, as
+        the harness's driver does)."""
+        return [sys.executable, "-S", "-m", "engine"]
 
     def env(self) -> dict[str, str]:
         """PYTHONPATH points at the repository so `-m engine` resolves anywhere."""

@@ -228,8 +228,9 @@ class BlobRunner:
         addr = self._table.address(ref, self.base)
         return int.from_bytes(self.read(addr, 8), "little")
 
-    def run(self, table: Table) -> None:
-        """Run every entry of `table`; raises TableError naming the first failed entry."""
+    def run(self, table: Table, timeout: float | None = None) -> None:
+        """Run every entry of `table` (within `timeout` seconds, default the runner's);
+        raises TableError naming the first failed entry."""
         if not len(table):
             return
         if CODE_AREA + table.size() > self.size:
@@ -246,7 +247,7 @@ class BlobRunner:
         regs.orig_rax = _ORIG_RAX_NONE
         ptrace.set_regs(self.pid, regs)
         ptrace.cont(self.pid, 0)
-        status = ptrace.wait_stop(self.pid, self.timeout)
+        status = ptrace.wait_stop(self.pid, self.timeout if timeout is None else timeout)
         if not os.WIFSTOPPED(status):
             raise OSError(f"task {self.pid} did not stop in the syscall table "
                           f"(wait status {status:#x})")

@@ -28,6 +28,9 @@ from engine.restore.pages import Chunk
 MIN_RUN = 1 << 20
 #: One pread at most this long (a read returns at most 2 GiB - 4 KiB).
 MAX_READ = 1 << 30
+#: The slowest disk a table's deadline allows for: it gets the runner's usual deadline
+#: plus this much time per byte read (a 1 GiB table may take up to a minute longer).
+MIN_BYTES_PER_S = 16 << 20
 _ENTRY_BYTES = blob.ENTRY_SIZE + 8  # an entry and its result slot
 _OPEN_FLAGS = uapi.O_RDONLY | uapi.O_DIRECT | uapi.O_CLOEXEC
 
@@ -101,7 +104,7 @@ def _one_table(runner: blob.BlobRunner, path: str, group: list[Run]) -> list[Chu
                   may_fail=True, store=slot, what=("read pages at {:#x}", piece.dst))
             pieces.append((piece, slot))
     t.add(uapi.SYS_close, 0, use_saved=1, may_fail=True, what="close the pages file")
-    runner.run(t)
+    runner.run(t, runner.timeout + sum(r.length for r in group) / MIN_BYTES_PER_S)
     if _signed(runner.read_slot(opened)) < 0:
         return [_chunk(p) for p, _ in pieces]
     left = []

@@ -26,7 +26,9 @@ class BundledEngine(Engine):
         self._lazy = Helper()
 
     def _cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "engine", *args]
+        # -S: the engine is stdlib only, so site-packages (and its .pth hooks) is skipped:
+        # less start-up per step, and nothing installed can change the engine's imports.
+        return [sys.executable, "-S", "-m", "engine", *args]
 
     def _env(self) -> dict[str, str]:
         # The engine is a package of this tree; it never imports zdtm.
