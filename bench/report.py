@@ -39,6 +39,12 @@ class Result:
         vals = [s[key] for s in self.samples if s.get(key) is not None]
         return statistics.median(vals) if vals else None
 
+    def median_sum(self, *keys: str) -> float | None:
+        """Median over the repetitions of the sum of keys (e.g. dump_s + restore_s)."""
+        vals = [sum(s[k] for k in keys) for s in self.samples
+                if all(s.get(k) is not None for k in keys)]
+        return statistics.median(vals) if vals else None
+
     def verified(self) -> str:
         """'yes' when every repetition's restored workload passed its own check."""
         done = [s for s in self.samples if "verified" in s]
@@ -123,12 +129,15 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _versus(ours: Result, criu: Result | None, ref: dict | None) -> str:
     """Ratio cell for a bundled row: against measured criu first, else the reference."""
+    both = ("dump_s", "restore_s")
     if criu is not None and criu.samples:
         return (f"d {ratio(criu.median('dump_s'), ours.median('dump_s'))} "
-                f"r {ratio(criu.median('restore_s'), ours.median('restore_s'))} (criu)")
+                f"r {ratio(criu.median('restore_s'), ours.median('restore_s'))} "
+                f"d+r {ratio(criu.median_sum(*both), ours.median_sum(*both))} (criu)")
     if ref is not None:
         return (f"d {ratio(ref['dump_s'], ours.median('dump_s'))} "
-                f"r {ratio(ref['restore_s'], ours.median('restore_s'))} (ref)")
+                f"r {ratio(ref['restore_s'], ours.median('restore_s'))} "
+                f"d+r {ratio(ref['dump_s'] + ref['restore_s'], ours.median_sum(*both))} (ref)")
     return "-"
 
 

@@ -199,7 +199,8 @@ def print_report(args: argparse.Namespace, results: list[report.Result],
         if scen in args.scenarios:
             print(f"\n== {title} (medians of {args.reps}) ==")
             print(fn(results))
-    print("\nratio = criu time / bundled time (above 1: bundled is faster); "
+    print("\nratio = criu time / bundled time (above 1: bundled is faster; d+r: median of "
+          "dump + restore per repetition); "
           "(ref) = against the CRIU 4.2 reference of DESIGN.md section 8,\n"
           "shown only at the reference sizes (--mib 1024, --vmas 30000, --shm-mib 64)")
 

@@ -53,6 +53,17 @@ def test_reference_only_at_reference_size() -> None:
     assert report.reference_for("anon", ["--mib", "64"]) is None
 
 
+def test_whole_cycle_ratio_is_the_median_of_per_rep_sums() -> None:
+    """d+r compares the median of dump + restore per repetition, not a sum of medians."""
+    r = report.Result("cycle", "anon", "1 GiB", "bundled", ["--mib", "1024"])
+    r.samples = [{"dump_s": 1.0, "restore_s": 1.0}, {"dump_s": 0.5, "restore_s": 2.0},
+                 {"dump_s": 2.0, "restore_s": 0.25}]
+    # Sums 2.0, 2.5, 2.25: median 2.25 (the sum of the medians would be 1.0 + 1.0).
+    assert r.median_sum("dump_s", "restore_s") == 2.25
+    cell = report._versus(r, None, report.reference_for("anon", r.size_args))
+    assert cell == "d 1.60x r 0.65x d+r 1.00x (ref)", cell
+
+
 @pytest.fixture(scope="module")
 def memload(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """memload built once for the module."""
