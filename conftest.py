@@ -20,7 +20,6 @@ Exclusive tests: every item (zdtm or not) holds a shared flock for its run; an i
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from zdtm import FLAVORS, ROOT_DIR
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR
 from zdtm.desc import KINDS, DescError, TestDesc, discover
 from zdtm.engines import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
@@ -202,8 +201,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
 
 
 def _lock_path(kind: str) -> Path:
-    digest = hashlib.sha1(str(ROOT_DIR).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"zdtm-{kind}-{digest}.lock"
+    return Path(tempfile.gettempdir()) / f"zdtm-{kind}-{CHECKOUT_TAG}.lock"
 
 
 def _flock(kind: str, op: int, deadline: float) -> int:

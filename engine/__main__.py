@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         print(f"engine: error: {exc.phase}: {exc.message}", file=sys.stderr)
         return EXIT_ERROR
+    except TimeoutError as exc:
+        # A deadline that passed is an expected failure (the cleanup already ran on the
+        # way out), not a crash: one error line, no traceback.
+        print(f"engine: error: timeout: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("engine: error: interrupted", file=sys.stderr)
         return 130

@@ -30,7 +30,8 @@ EXIT_SKIP = 77
 
 
 class StartError(Exception):
-    """The test did not become ready; ``kind`` is "timeout", "failed" or "skip"."""
+    """The test did not become ready; ``kind`` is "timeout", "failed", "skip" or "setup"
+    (the flavour cannot run a test in the given place: a harness problem)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from flavors.base import StartError
 from flavors.ns import NSINIT, NsFlavor
 
 UNS_BASE = 100000  # keep in sync with UNS_BASE in nsinit.c
@@ -30,11 +31,19 @@ class UserNsFlavor(NsFlavor):
     user_ns = True
 
     def prepare(self, workdir: Path) -> None:
+        for d in workdir.resolve().parents:
+            mode = d.stat().st_mode
+            if not mode & 0o001:
+                raise StartError("setup", f"uns: {d} (mode {mode & 0o777:04o}) is not "
+                                          f"searchable by others, so uid {UNS_BASE} cannot "
+                                          f"reach the work dir {workdir}; use a work root "
+                                          "every user can enter")
         os.chown(workdir, UNS_BASE, UNS_BASE)
 
     def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
         bindir = workdir / BIN_DIR
-        bindir.mkdir(mode=0o755, exist_ok=True)
+        bindir.mkdir(exist_ok=True)
+        os.chmod(bindir, 0o755)  # the umask may be stricter; uid 100000 must reach them
         test = Path(shutil.copy2(argv[0], bindir / Path(argv[0]).name))
         init = Path(shutil.copy2(NSINIT, bindir / NSINIT.name))
         for path in (test, init):

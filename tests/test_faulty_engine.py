@@ -11,6 +11,8 @@ dump and restore here.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,15 +35,21 @@ def subject() -> TestDesc:
 
 
 @pytest.fixture
-def clean(tmp_path: Path) -> Iterator[Path]:
-    """A work root; afterwards: no new child process, fd or mount, no file left in it."""
+def clean() -> Iterator[Path]:
+    """A work root (below a dir uid 100000 can enter, for uns; pytest's own tmp dirs are
+    0700); afterwards: no new child process, fd or mount, no file left in it."""
+    top = Path(tempfile.mkdtemp(prefix="zdtm-selftest-"))
+    os.chmod(top, 0o755)
     before = snapshot.own_state()
     kids = set(tasks.descendants(os.getpid()))
-    root = tmp_path / "work"
-    yield root
-    assert [p for p in tasks.descendants(os.getpid()) if p not in kids] == []
-    assert checks.compare_own(before, snapshot.own_state()) == []
-    assert not root.exists() or list(root.iterdir()) == []
+    root = top / "work"
+    try:
+        yield root
+        assert [p for p in tasks.descendants(os.getpid()) if p not in kids] == []
+        assert checks.compare_own(before, snapshot.own_state()) == []
+        assert not root.exists() or list(root.iterdir()) == []
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def _run(test: TestDesc, engine: FaultyEngine, workroot: Path, flavor: str = "h",

@@ -16,8 +16,9 @@ import pytest
 from zdtm import tasks
 from zdtm.desc import TestDesc, discover_external
 from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
+from zdtm.engines.bundled import BundledEngine
 from zdtm.lifecycle import RunOptions, run_test
-from zdtm.result import ENGINE_ERROR, FAIL, PASS, SKIP, TIMEOUT
+from zdtm.result import ENGINE_ERROR, FAIL, HARNESS_ERROR, PASS, SKIP, TIMEOUT
 
 FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 
@@ -131,3 +132,38 @@ def test_refused_mode_skips_with_the_engines_reason(tests_dir: Path) -> None:
     assert r.outcome == SKIP
     assert r.message == "scripted engine cannot yet: pre_dump (scripted)"
     assert eng.calls == []
+
+
+def test_strict_umask_still_runs_uns_with_the_bundled_engine(tests_dir: Path) -> None:
+    """With umask 077 the work root, its missing parents and the uns staging dir are still
+    searchable by uid 100000 (else the restored task cannot open its own binary)."""
+    top = Path(tempfile.mkdtemp(prefix="zdtm-umask-"))
+    try:
+        os.chmod(top, 0o755)
+        workroot = top / "made" / "here"
+        old = os.umask(0o077)
+        try:
+            r = run_test(_test(tests_dir, "pass"), "uns", BundledEngine(),
+                         RunOptions(iters=1, workroot=workroot))
+        finally:
+            os.umask(old)
+        assert r.outcome == PASS, "\n".join([r.summary(), *r.details])
+        for d in (top / "made", workroot):
+            assert d.stat().st_mode & 0o777 == 0o755, d
+        assert list(workroot.iterdir()) == []  # the work dir is gone after a pass
+    finally:
+        shutil.rmtree(top)
+
+
+def test_uns_work_root_others_cannot_enter_is_refused(tests_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """A work root below a 0700 directory cannot work for uid 100000: a harness error
+    at start naming that directory, and nothing left behind."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    os.chmod(closed, 0o700)
+    r = run_test(_test(tests_dir, "pass"), "uns", BundledEngine(),
+                 RunOptions(iters=1, workroot=closed / "root"))
+    assert (r.outcome, r.phase, r.kind) == (FAIL, "start", HARNESS_ERROR), r.summary()
+    assert f"uns: {closed} (mode 0700) is not searchable by others" in r.message
+    assert list((closed / "root").iterdir()) == []

@@ -5,11 +5,16 @@ lifecycle, reports) plus the C test library and the test programs under lib/, st
 transition/.
 """
 
+import hashlib
 from pathlib import Path
 
 #: Directory of this package; the C tests live in its static/ and transition/ subdirectories.
 ZDTM_DIR = Path(__file__).resolve().parent
 #: Root of the source tree (holds runner.py, flavors/, engine/).
 ROOT_DIR = ZDTM_DIR.parent
+
+#: Names this checkout's lock files and work root outside the tree (two checkouts on one
+#: machine never share a lock or remove each other's kept work dirs).
+CHECKOUT_TAG = hashlib.sha1(str(ROOT_DIR).encode()).hexdigest()[:12]
 
 FLAVORS = ("h", "ns", "uns")

@@ -8,7 +8,6 @@ never write the same object at once.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import subprocess
 import tempfile
@@ -17,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
-from zdtm import ROOT_DIR, ZDTM_DIR
+from zdtm import CHECKOUT_TAG, ROOT_DIR, ZDTM_DIR
 from zdtm.desc import TestDesc
 
 FLAVORS_DIR = ROOT_DIR / "flavors"
@@ -31,8 +30,7 @@ class BuildError(RuntimeError):
 
 def _lock_path() -> Path:
     # One lock per source tree, outside it so a read-only checkout still builds its binaries.
-    digest = hashlib.sha1(str(ROOT_DIR).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"zdtm-build-{digest}.lock"
+    return Path(tempfile.gettempdir()) / f"zdtm-build-{CHECKOUT_TAG}.lock"
 
 
 class _BuildLock:

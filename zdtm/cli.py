@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zdtm import FLAVORS, ROOT_DIR, tasks
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import DescError, TestDesc, discover, discover_external, select
 from zdtm.engines import Engine, make_engine
@@ -33,7 +33,7 @@ from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Result
 
 # Under the temp dir, not in the checkout: in uns the test runs as uid 100000, which must be
 # able to reach its work dir (a checkout may sit under a 0700 home directory).
-DEFAULT_WORKROOT = Path(tempfile.gettempdir()) / "zdtm-run"
+DEFAULT_WORKROOT = Path(tempfile.gettempdir()) / "zdtm-run" / CHECKOUT_TAG
 RESULT_PREFIX = "zdtm-result: "
 WORKER_GRACE = 30.0  # seconds a terminated worker gets for its cleanup
 
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list tests with flavours and flags")
     ls.add_argument("--tests-dir", metavar="DIR", type=Path)
 
-    sub.add_parser("clean", help=f"remove built binaries and {DEFAULT_WORKROOT}")
+    sub.add_parser("clean", help=f"remove built binaries and {DEFAULT_WORKROOT} (this "
+                                 "checkout's work dirs)")
 
     one = sub.add_parser("_one", help=argparse.SUPPRESS)  # internal: parallel worker
     one.add_argument("spec")

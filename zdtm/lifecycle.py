@@ -205,24 +205,32 @@ class Run:
             raise _Failed from None
 
     def _make_workdir(self) -> Path:
+        # uns runs the test as uid 100000: every directory above the work dir must be
+        # searchable by others, whatever the umask
         if self.opts.workroot is not None:
             base = Path(self.opts.workroot)
-            base.mkdir(parents=True, exist_ok=True)
+            _make_searchable(base)
         else:
             base = self.tmproot = Path(tempfile.mkdtemp(prefix="zdtm-"))
-        # uns runs the test as uid 100000: every directory above the work dir must be
-        # searchable by others
-        os.chmod(base, 0o755)
+            os.chmod(base, 0o755)
         name = f"{self.test.name.replace('/', '-')}-{self.result.flavor}-"
         workdir = Path(tempfile.mkdtemp(prefix=name, dir=base))
         os.chmod(workdir, 0o755)
-        self.flavor.prepare(workdir)
+        try:
+            self.flavor.prepare(workdir)
+        except StartError:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         (workdir / "img").mkdir(mode=0o700)
         return workdir
 
     def _start(self) -> None:
         self.phase = "start"
-        self.workdir = self._make_workdir()
+        try:
+            self.workdir = self._make_workdir()
+        except StartError as exc:  # the flavour cannot use this place
+            self.result.fail("start", HARNESS_ERROR, exc.message)
+            raise _Failed from None
         self.result.workdir = str(self.workdir)
         argv = [str(self.test.binary), *self.test.start_args()]
         self.progress(f"{self.result.ident}: start")
@@ -492,3 +500,15 @@ def run_test(test: TestDesc, flavor: str, engine: Engine, opts: RunOptions,
 def prepare_process() -> None:
     """Once per harness process: become the subreaper of restored trees."""
     tasks.set_subreaper()
+
+
+def _make_searchable(path: Path) -> None:
+    """Create path and its missing parents, each mode 0755 (the ones made here only)."""
+    if path.is_dir():
+        return
+    _make_searchable(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return  # made by a parallel job meanwhile
+    os.chmod(path, 0o755)

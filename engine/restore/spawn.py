@@ -41,6 +41,7 @@ _REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
 _REGION_FLAGS = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE
 SEIZE_OPTIONS = uapi.PTRACE_O_EXITKILL | uapi.PTRACE_O_TRACESYSGOOD
 _MAX_ERR = 4000  # below PIPE_BUF: one report is one atomic write on the shared pipe
+_ERROR_POLL_S = 0.05  # how often a wait for a task's stop looks for reported errors
 
 
 @dataclass
@@ -435,13 +436,21 @@ def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
 
 def _wait_sigstop(pid: int, err_r: int, deadline: float) -> None:
     """Wait for the task's own SIGSTOP; other signals (SIGCHLD of a zombie child made
-    just now) are discarded: they are not part of the dumped state."""
+    just now) are discarded: they are not part of the dumped state. Errors reported by any
+    task are checked between short waits: a task that failed may not be able to exit
+    (a pid namespace's init waits for its traced children, which only we could reap)."""
     while True:
+        _check_errors(err_r)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise EngineError("fork", f"task {pid} did not stop after its set-up in time")
         try:
-            status = ptrace.wait_stop(pid, max(deadline - time.monotonic(), 0.0))
+            status = ptrace.wait_stop(pid, min(left, _ERROR_POLL_S))
         except ptrace.TaskExited:
             _check_errors(err_r)
             raise EngineError("fork", f"task {pid} exited before it was set up") from None
+        except TimeoutError:
+            continue
         sig = os.WSTOPSIG(status)
         if sig == signal.SIGSTOP and not ptrace.stop_event(status):
             return

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import pytest
 
 from engine.faults import RESTORE_STEPS
 from tests.engine import cr_support as cr
+
+FAKE_SRC = Path(__file__).resolve().parents[1] / "data" / "fake_zdtm.c"
 
 
 @pytest.fixture(autouse=True)
@@ -158,3 +163,43 @@ def test_fault_in_a_tree_kills_every_task(tmp_path: Path, step: str) -> None:
         _assert_still_restores(t, images)
     finally:
         t.cleanup()
+
+
+def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
+        tmp_path: Path) -> None:
+    """A tree under its own pid-namespace init (flavour uns) whose work dir uid 100000 can
+    no longer reach at restore: a task fails its set-up while the engine waits for the
+    init to stop. The init cannot end while the engine traces its children (only the engine
+    could reap them), so the engine must take the reported error rather than wait out its
+    deadline, and leave nothing behind."""
+    from flavors import get_flavor
+    from zdtm import tasks
+    from zdtm.build import ensure_built
+
+    ensure_built([])  # flavors/nsinit
+    top = Path(tempfile.mkdtemp(prefix="zdtm-nsfail-"))
+    pids: list[int] = []
+    try:
+        os.chmod(top, 0o755)
+        work = top / "work"
+        work.mkdir(mode=0o755)
+        flavor = get_flavor("uns")
+        flavor.prepare(work)
+        fake = top / "fake"
+        subprocess.run(["gcc", "-O2", "-DBEHAVE_PASS", "-o", str(fake), str(FAKE_SRC)],
+                       check=True, timeout=120)
+        st = flavor.start([str(fake), "--pidfile=t.pid", "--outfile=t.out"],
+                          work, "t.pid", 60.0, work / "start.log")
+        pids = [st.root_pid, *tasks.descendants(st.root_pid)]
+        assert len(pids) == 2  # nsinit, the test
+        images = tmp_path / "img"
+        d = cr.engine("dump", "-t", str(st.root_pid), "-D", str(images))
+        assert d.returncode == 0, d.stderr
+        assert tasks.wait_gone(pids, 10.0) == []
+        os.chmod(top, 0o700)  # uid 100000 can no longer reach its cwd
+        rc, err = _restore(images)
+        assert rc == 1 and "Permission denied" in err and "internal" not in err, err
+        assert tasks.wait_gone(pids, 10.0) == [], "a restored task is left"
+    finally:
+        tasks.kill_tree([p for p in pids if os.path.exists(f"/proc/{p}")], 10.0)
+        shutil.rmtree(top)
