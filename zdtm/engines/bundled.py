@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import subprocess
@@ -41,6 +42,10 @@ class BundledEngine(Engine):
         """Run ``engine check --json`` once; remember its features or why it failed."""
         if self._features is not None or self._unavailable is not None:
             return
+        # Each step is a fresh interpreter: with PYTHONDONTWRITEBYTECODE set (as on the
+        # CI machines) it would compile every engine module again (~30 ms) unless the
+        # bytecode is written once here. A read-only checkout just goes without.
+        compileall.compile_dir(str(ROOT_DIR / "engine"), quiet=2)
         try:
             proc = subprocess.run(self._cmd("check", "--json"), env=self._env(),
                                   cwd=ROOT_DIR, stdin=subprocess.DEVNULL,
