@@ -57,5 +57,6 @@ def _report(what: str, stats: DumpStats) -> None:
     if os.environ.get("ENGINE_VERBOSE"):
         steps = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in stats.seconds.items())
         print(f"{what}: {stats.tasks} tasks, {stats.threads} threads, {stats.vmas} vmas, "
-              f"{stats.pages} pages copied, {stats.parent_pages} in parent, "
-              f"{stats.shmem_pages} shmem pages; {steps}", file=sys.stderr)
+              f"{stats.pages} pages copied ({stats.task_written // 4096} written by the "
+              f"tasks), {stats.parent_pages} in parent, {stats.shmem_pages} shmem pages; "
+              f"{steps}", file=sys.stderr)

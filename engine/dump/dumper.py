@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from engine.dump import files as dfiles
-from engine.dump import namespaces, pages, shmem, task, track, tree, vmas
+from engine.dump import namespaces, pages, selfwrite, shmem, task, track, tree, vmas
 from engine.dump.intervals import Interval, intersect, normalise, subtract
 from engine.errors import EngineError
 from engine.faults import fault_point
@@ -57,6 +57,7 @@ class DumpStats:
     pages: int = 0
     parent_pages: int = 0
     shmem_pages: int = 0
+    task_written: int = 0  # bytes of private pages the tasks wrote themselves (selfwrite)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -210,12 +211,15 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
                                     _split_for_parent, p, task_vmas,
                                     pages.private_runs(p.pid, task_vmas), parent)
             mem_fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            writer = selfwrite.TaskWriter(p.pid)
             try:
                 stats.pages += pages.write_pages(img, names.pagemap(p.pid),
                                                  names.pages(p.pid), runs, p.pid, mem_fd,
-                                                 staging, in_parent=in_parent)
+                                                 staging, in_parent=in_parent,
+                                                 task_writer=writer)
             finally:
                 os.close(mem_fd)
+            stats.task_written += writer.bytes
             stats.parent_pages += sum(e - s for s, e in in_parent) // PAGE_SIZE
             if p.pid in arm:
                 _step(f"memory tracking of {p.pid}", "memory", track.arm, arm[p.pid],

@@ -12,6 +12,8 @@ outside a VMA, so a growsdown stack is never touched below its start.
 from __future__ import annotations
 
 import ctypes
+import functools
+import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -20,7 +22,7 @@ from typing import Self
 
 from engine.dump.vmas import has_private_pages
 from engine.errors import EngineError
-from engine.images.imgdir import PE_PARENT, PE_PRESENT, ImageDir, PagemapEntry
+from engine.images.imgdir import PE_PARENT, PE_PRESENT, ImageDir, PagemapEntry, PagesWriter
 from engine.images.records import PAGE_SIZE, Vma
 from engine.kernel import sys as ksys
 from engine.kernel import uapi
@@ -220,15 +222,23 @@ def _pagemap_fallback(fd: int, vmas: list[Vma]) -> list[tuple[int, int, int]]:
     return out
 
 
+#: Has the dumped task write some runs itself: given the new pages file and (run, file
+#: offset) pairs, returns the pairs it did not write (engine/dump/selfwrite.py).
+TaskWriter = Callable[[PagesWriter, list[tuple[Run, int]]], list[tuple[Run, int]]]
+
+
 def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Run],
                 read_vm: int, mem_fd: int, staging: Staging, base: int = 0,
-                in_parent: list[tuple[int, int]] | None = None) -> int:
+                in_parent: list[tuple[int, int]] | None = None,
+                task_writer: TaskWriter | None = None) -> int:
     """Write the pagemap and the data of `runs`; returns the number of pages stored.
 
     `read_vm` is the pid for process_vm_readv (0: never use it); `mem_fd` is an fd to read
     `via_mem` runs (and every run when read_vm is 0) with pread at `addr + base`. The
     pagemap records `addr` as given (virtual addresses, or offsets for shmem objects).
     `in_parent` ranges (disjoint from the runs) are recorded as PE_PARENT, without data.
+    `task_writer` first gets every run with its place in the file; the engine writes what
+    it hands back.
     """
     entries = [PagemapEntry(r.addr, r.length // PAGE_SIZE, PE_PRESENT) for r in runs]
     nr_pages = sum(e.nr_pages for e in entries)
@@ -237,33 +247,54 @@ def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Ru
         entries.sort(key=lambda e: e.addr)
     img.write_pagemap(pagemap_name, entries)
     out = img.pages_writer(pages_name, nr_pages, direct=True)
+    placed = list(zip(runs, itertools.accumulate((r.length for r in runs), initial=0)))
     try:
-        slot = 0
-        batch: list[tuple[int, int, int, bool]] = []  # (slot offset, addr, len, via_mem)
-        fill = 0
-        for r in runs:
-            addr, left = r.addr, r.length
-            while left:
-                n = min(left, staging.size - fill)
-                batch.append((fill, addr, n, r.via_mem or not read_vm))
-                fill += n
-                addr += n
-                left -= n
-                if fill == staging.size:
-                    _fill(staging, slot, batch, read_vm, mem_fd, base)
-                    staging.submit(slot, out.append, fill)
-                    slot = (slot + 1) % staging.slots
-                    batch, fill = [], 0
-        if fill:
-            _fill(staging, slot, batch, read_vm, mem_fd, base)
-            staging.submit(slot, out.append, fill)
-        staging.drain()
+        if task_writer is not None:
+            left = task_writer(out, placed)
+            out.claim(sum(r.length for r, _ in placed) - sum(r.length for r, _ in left))
+            placed = left
+        _stage(out, staging, placed, read_vm, mem_fd, base)
     except BaseException:
         staging.drain_quietly()
         out.abort()
         raise
     out.close()
     return nr_pages
+
+
+def _stage(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]], read_vm: int,
+           mem_fd: int, base: int) -> None:
+    """Copy runs through the staging slots into their places in the file: a slot holds
+    bytes that are contiguous in the file, and is written while the next one fills."""
+    slot = 0
+    batch: list[tuple[int, int, int, bool]] = []  # (slot offset, addr, len, via_mem)
+    fill = start = 0  # bytes in the slot; file offset of its first byte
+
+    def flush() -> None:
+        nonlocal slot, batch, fill
+        _fill(staging, slot, batch, read_vm, mem_fd, base)
+        staging.submit(slot, functools.partial(out.write_at, offset=start), fill)
+        slot = (slot + 1) % staging.slots
+        batch, fill = [], 0
+
+    for r, off in placed:
+        if fill and off != start + fill:
+            flush()  # the runs between were written by the task
+        addr, left = r.addr, r.length
+        while left:
+            if not fill:
+                start = off
+            n = min(left, staging.size - fill)
+            batch.append((fill, addr, n, r.via_mem or not read_vm))
+            fill += n
+            addr += n
+            off += n
+            left -= n
+            if fill == staging.size:
+                flush()
+    if fill:
+        flush()
+    staging.drain()
 
 
 def _fill(staging: Staging, slot: int, batch: list[tuple[int, int, int, bool]], pid: int,

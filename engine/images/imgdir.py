@@ -300,6 +300,22 @@ class PagesWriter:
         except OSError as e:
             raise ImageError(self.path, f"write failed: {e.strerror}", "write") from None
 
+    def write_at(self, data: memoryview | bytes, offset: int) -> None:
+        """Write bytes at a file offset (pages of runs that others write between them)."""
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+                self.written += n
+        except OSError as e:
+            raise ImageError(self.path, f"write failed: {e.strerror}", "write") from None
+
+    def claim(self, nbytes: int) -> None:
+        """Count bytes another process wrote into the file (the dumped task itself)."""
+        self.written += nbytes
+
     def abort(self) -> None:
         """Close without the size check (the dump failed; the file is discarded)."""
         if self.fd >= 0:
@@ -310,11 +326,12 @@ class PagesWriter:
         """Close, checking the file holds exactly the announced number of pages."""
         if self.fd < 0:
             return
+        size = os.fstat(self.fd).st_size
         os.close(self.fd)
         self.fd = -1
-        if self.written != self.nr_pages * PAGE_SIZE:
-            raise ImageError(self.path, f"wrote {self.written} bytes, expected "
-                                        f"{self.nr_pages * PAGE_SIZE}", "write")
+        if self.written != self.nr_pages * PAGE_SIZE or size != self.written:
+            raise ImageError(self.path, f"wrote {self.written} bytes ({size} in the file), "
+                                        f"expected {self.nr_pages * PAGE_SIZE}", "write")
 
     def __enter__(self) -> Self:
         return self

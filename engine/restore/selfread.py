@@ -80,35 +80,62 @@ def read_in_task(runner: blob.BlobRunner, long_runs: list[Run]) -> list[Chunk]:
     for r in long_runs:
         by_file.setdefault(id(r.reader), []).append(r)
     for group in by_file.values():
-        path = os.path.abspath(group[0].reader.path)
-        room = runner.size - blob.CODE_AREA - len(os.fsencode(path)) - 64
-        per_table = max(room // _ENTRY_BYTES - 2, 1)  # minus the open and the close
-        for i in range(0, len(group), per_table):
-            left += _one_table(runner, path, group[i:i + per_table])
+        fd = _open_in_task(runner, group[0].reader)
+        if fd < 0:
+            left += [_chunk(r) for r in group]
+            continue
+        pieces = [Run(r.reader, r.dst + k, r.offset + k, min(MAX_READ, r.length - k))
+                  for r in group for k in range(0, r.length, MAX_READ)]
+        try:
+            per_table = max((runner.size - blob.CODE_AREA) // _ENTRY_BYTES, 1)
+            for i in range(0, len(pieces), per_table):
+                left += _read_table(runner, fd, pieces[i:i + per_table])
+        finally:
+            t = blob.Table()
+            t.add(uapi.SYS_close, fd, may_fail=True, what="close the pages file")
+            runner.run(t)
     return left
 
 
-def _one_table(runner: blob.BlobRunner, path: str, group: list[Run]) -> list[Chunk]:
-    """open, one pread per piece of at most MAX_READ, close: every entry may fail and
-    stores its result, so the close always runs; then the results are checked."""
+def _open_in_task(runner: blob.BlobRunner, reader: PagesReader) -> int:
+    """The task's descriptor of the pages file, or -1 where it cannot open it or its path
+    leads the task to another file (checked by inode: reading another file's bytes would
+    silently restore wrong memory)."""
+    path = os.path.abspath(reader.path)
     t = blob.Table()
     opened = t.slot()
-    t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), _OPEN_FLAGS, save=True,
-          may_fail=True, store=opened, what=("open {} in the task", path))
-    pieces: list[tuple[Run, blob.DataRef]] = []
-    for r in group:
-        for off in range(0, r.length, MAX_READ):
-            piece = Run(r.reader, r.dst + off, r.offset + off, min(MAX_READ, r.length - off))
-            slot = t.slot()
-            t.add(uapi.SYS_pread64, 0, piece.dst, piece.length, piece.offset, use_saved=1,
-                  may_fail=True, store=slot, what=("read pages at {:#x}", piece.dst))
-            pieces.append((piece, slot))
-    t.add(uapi.SYS_close, 0, use_saved=1, may_fail=True, what="close the pages file")
-    runner.run(t, runner.timeout + sum(r.length for r in group) / MIN_BYTES_PER_S)
-    if _signed(runner.read_slot(opened)) < 0:
-        return [_chunk(p) for p, _ in pieces]
+    t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), _OPEN_FLAGS, may_fail=True,
+          store=opened, what=("open {} in the task", path))
+    runner.run(t)
+    fd = _signed(runner.read_slot(opened))
+    if fd < 0:
+        return -1
+    try:
+        theirs = os.stat(f"/proc/{runner.pid}/fd/{fd}")
+        mine = os.fstat(reader.fd)
+        same = (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
+    except OSError:
+        same = False
+    if not same:
+        t = blob.Table()
+        t.add(uapi.SYS_close, fd, may_fail=True, what="close another file")
+        runner.run(t)
+        return -1
+    return fd
+
+
+def _read_table(runner: blob.BlobRunner, fd: int, pieces: list[Run]) -> list[Chunk]:
+    """One pread per piece (at most MAX_READ each): every entry may fail and stores its
+    result; then the results are checked."""
+    t = blob.Table()
+    slots = []
+    for piece in pieces:
+        slots.append(t.slot())
+        t.add(uapi.SYS_pread64, fd, piece.dst, piece.length, piece.offset, may_fail=True,
+              store=slots[-1], what=("read pages at {:#x}", piece.dst))
+    runner.run(t, runner.timeout + sum(p.length for p in pieces) / MIN_BYTES_PER_S)
     left = []
-    for piece, slot in pieces:
+    for piece, slot in zip(pieces, slots):
         got = max(_signed(runner.read_slot(slot)), 0)
         if got < piece.length:
             # A short or failed read: the engine writes the remainder its own way.

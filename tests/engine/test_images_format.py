@@ -235,7 +235,17 @@ def test_writer_refuses_overwrite_and_checks_page_count(tmp_path: Path) -> None:
         img.write_bytes("x", b"2")
     w = img.pages_writer("p", 2)
     w.append(b"\0" * PG)
-    with pytest.raises(ImageError, match="wrote 4096 bytes, expected 8192"):
+    with pytest.raises(ImageError, match=r"wrote 4096 bytes \(4096 in the file\), expected 8192"):
+        w.close()
+    # Bytes claimed as written by the task must really be in the file.
+    w = img.pages_writer("q", 2)
+    w.write_at(b"\0" * PG, PG)
+    w.claim(PG)
+    w.close()  # the task's page 0 is a hole here, but the size matches: accepted
+    w = img.pages_writer("r", 2)
+    w.write_at(b"\0" * PG, 0)
+    w.claim(PG)
+    with pytest.raises(ImageError, match=r"wrote 8192 bytes \(4096 in the file\)"):
         w.close()
     img.discard()
     assert not (tmp_path / "w").exists()

@@ -90,6 +90,25 @@ def test_a_file_the_task_cannot_open_is_handed_back(
         reader.close()
 
 
+def test_another_file_at_the_path_is_not_read(
+        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+    """The task must read the engine's file: another file at its path (as a chroot or
+    another mount namespace could give) is detected by inode and nothing is read."""
+    reader = _pages_file(tmp_path / "pages.img", 512)
+    fds = _fds(runner.pid)
+    try:
+        _map_dest(runner, 2 * MIB)
+        long_runs, _ = selfread.runs([_chunk(reader, DEST, 0, 2 * MIB)])
+        os.rename(tmp_path / "pages.img", tmp_path / "moved.img")
+        (tmp_path / "pages.img").write_bytes(b"\xff" * 2 * MIB)
+        left = selfread.read_in_task(runner, long_runs)
+        assert [(c.dst, c.offset, c.length) for c in left] == [(DEST, 0, 2 * MIB)]
+        assert runner.read(DEST, PG) == bytes(PG)
+        assert _fds(runner.pid) == fds
+    finally:
+        reader.close()
+
+
 def test_a_short_read_hands_back_the_remainder(
         runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
     reader = _pages_file(tmp_path / "pages.img", 512)  # 2 MiB
