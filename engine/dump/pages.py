@@ -52,28 +52,37 @@ class Run:
 class Staging:
     """Two anonymous, prefaulted buffers reused for every transfer of one dump, and a
     writer thread: while one slot is written to the image, the next is filled from the
-    target (both syscalls release the GIL), so the dump takes about max(read, write)."""
+    target (both syscalls release the GIL), so the dump takes about max(read, write).
+    The buffers are mapped on first use: a dump whose tasks write all their pages
+    themselves (selfwrite) needs none."""
 
     slots = 2
 
     def __init__(self, slot_size: int = STAGING_BYTES) -> None:
         self.size = slot_size
-        total = slot_size * self.slots
-        self._base = ksys.mmap(0, total, uapi.PROT_READ | uapi.PROT_WRITE,
-                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_POPULATE)
-        self._total = total
-        whole = memoryview((ctypes.c_char * total).from_address(self._base)).cast("B")
-        self.views = [whole[i * slot_size:(i + 1) * slot_size] for i in range(self.slots)]
-        self._whole = whole
+        self._total = slot_size * self.slots
+        self._base = 0
+        self.views: list[memoryview] = []
+        self._whole: memoryview | None = None
         self._pending: list[Future[None] | None] = [None] * self.slots
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pages-writer")
+        self._closed = False
+
+    def _map(self) -> None:
+        self._base = ksys.mmap(0, self._total, uapi.PROT_READ | uapi.PROT_WRITE,
+                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_POPULATE)
+        whole = memoryview((ctypes.c_char * self._total).from_address(self._base)).cast("B")
+        self.views = [whole[i * self.size:(i + 1) * self.size] for i in range(self.slots)]
+        self._whole = whole
 
     def address(self, slot: int) -> int:
-        """Engine address of a slot (iovec base)."""
+        """Engine address of a slot (iovec base; valid once the slot was acquired)."""
         return self._base + slot * self.size
 
     def acquire(self, slot: int) -> memoryview:
         """Wait until the slot's previous write is done (re-raising its error); its view."""
+        if not self._base:
+            self._map()
         pending, self._pending[slot] = self._pending[slot], None
         if pending is not None:
             pending.result()
@@ -97,17 +106,20 @@ class Staging:
 
     def close(self) -> None:
         """Finish the writer thread and unmap the buffers."""
-        if not self._base:
+        if self._closed:
             return
+        self._closed = True
         for f in self._pending:
             if f is not None:
                 f.cancel()
         self._pool.shutdown(wait=True)
-        for v in self.views:
-            v.release()
-        self._whole.release()
-        ksys.munmap(self._base, self._total)
-        self._base = 0
+        if self._base:
+            for v in self.views:
+                v.release()
+            assert self._whole is not None
+            self._whole.release()
+            ksys.munmap(self._base, self._total)
+            self._base = 0
 
     def __enter__(self) -> Self:
         return self
