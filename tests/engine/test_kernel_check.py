@@ -109,6 +109,17 @@ def test_cli_engine_error_and_crash(capsys: pytest.CaptureFixture[str],
     assert "Traceback" in err and err.splitlines()[-1] == "engine: error: internal: KeyError: 'boom'"
 
 
+def test_cli_deadline_is_an_error_not_a_crash(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def waits(args: object) -> int:
+        raise TimeoutError("task 7 did not stop within 60.0s")
+
+    monkeypatch.setitem(cli.HANDLERS, "restore", waits)
+    assert cli.main(["restore", "-D", "x"]) == 1
+    assert capsys.readouterr().err == ("engine: error: timeout: task 7 did not stop "
+                                       "within 60.0s\n")
+
+
 def test_cli_arguments_reach_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
 
