@@ -47,25 +47,26 @@ class Run:
 
 def runs(chunks: list[Chunk]) -> tuple[list[Run], list[Chunk]]:
     """Split chunks (sorted by address) into long runs contiguous in the task and in one
-    pages file (for the task to read) and the rest (for the engine to write)."""
-    merged: list[Run] = []
+    pages file (for the task to read) and the rest (for the engine to write; the chunks
+    as they were: maps06-scale restores have tens of thousands of short ones)."""
+    long_runs: list[Run] = []
     rest: list[Chunk] = []
-    for c in chunks:
-        if c.reader is None:
-            rest.append(c)
-            continue
-        last = merged[-1] if merged else None
-        if (last is not None and c.reader is last.reader and c.dst == last.dst + last.length
-                and c.offset == last.offset + last.length):
-            merged[-1] = Run(last.reader, last.dst, last.offset, last.length + c.length)
+    i, n = 0, len(chunks)
+    while i < n:
+        c = chunks[i]
+        j, dst_end, off_end = i + 1, c.dst + c.length, c.offset + c.length
+        if c.reader is not None:
+            while (j < n and chunks[j].reader is c.reader and chunks[j].dst == dst_end
+                   and chunks[j].offset == off_end):
+                dst_end += chunks[j].length
+                off_end += chunks[j].length
+                j += 1
+        if (c.reader is not None and dst_end - c.dst >= MIN_RUN
+                and c.reader.direct_fd() >= 0):
+            long_runs.append(Run(c.reader, c.dst, c.offset, dst_end - c.dst))
         else:
-            merged.append(Run(c.reader, c.dst, c.offset, c.length))
-    long_runs = []
-    for r in merged:
-        if r.length >= MIN_RUN and r.reader.direct_fd() >= 0:
-            long_runs.append(r)
-        else:
-            rest.append(_chunk(r))
+            rest.extend(chunks[i:j])
+        i = j
     return long_runs, rest
 
 
