@@ -284,10 +284,13 @@ class Injector:
     def _wait(self) -> int:
         try:
             return ptrace.wait_stop(self.tid, self.timeout)
-        except TimeoutError:
-            # The injected syscall blocks: interrupt it so the task is in a ptrace-stop
-            # again and restore() can put its own registers back. Leaving the syscall
-            # under single-step queues a SIGTRAP, which restore() drains.
+        except ptrace.TaskExited:
+            raise
+        except BaseException:
+            # The injected syscall still runs (it blocks, or the engine is being stopped
+            # by a signal): interrupt it so the task is in a ptrace-stop again and
+            # restore() can put its own registers back. Leaving the syscall under
+            # single-step queues a SIGTRAP, which restore() drains.
             ptrace.interrupt(self.tid)
             ptrace.wait_stop(self.tid, self.timeout)
             raise

@@ -162,3 +162,57 @@ def test_engine_terminated_mid_dump(victim: Victim, tmp_path: Path) -> None:  # 
         assert "engine: error: interrupted: terminated by SIGTERM" in err, err
         assert not (tmp_path / "img").exists()
     assert_unharmed(victim, fds, mem)
+
+
+BIG_CHILD = """
+import hashlib, os, signal, sys, time
+buf = bytearray(os.urandom(1 << 20)) * 384  # one long anonymous run: written by the task
+digest = hashlib.sha256(buf).digest()
+def check(signo, frame):
+    print("OK" if hashlib.sha256(buf).digest() == digest else "BAD", flush=True)
+signal.signal(signal.SIGUSR1, check)
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+"""
+
+
+def test_engine_terminated_while_the_task_writes_its_pages(tmp_path: Path) -> None:
+    """SIGTERM to the engine while the frozen task is inside its injected pwrite of its
+    own pages (selfwrite): the engine first gets the task back into a ptrace-stop, so it
+    is released with its own registers, memory and fds."""
+    child = subprocess.Popen([sys.executable, "-c", BIG_CHILD], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        fds = sorted(os.listdir(f"/proc/{child.pid}/fd"))
+        hit = False
+        for _attempt in range(5):
+            eng = subprocess.Popen([sys.executable, "-m", "engine", "dump", "-t",
+                                    str(child.pid), "-D", str(tmp_path / f"img{_attempt}"),
+                                    "--leave-running"], cwd=REPO,
+                                   env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                   stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 30
+            while eng.poll() is None and time.monotonic() < deadline:
+                fields = Path(f"/proc/{child.pid}/syscall").read_text().split()
+                if fields[0] == str(18):  # pwrite64: the task writes its pages
+                    eng.send_signal(signal.SIGTERM)
+                    hit = True
+                    break
+            _out, err = eng.communicate(timeout=60)
+            if hit:
+                assert eng.returncode in (0, 1), err
+                if eng.returncode == 1:
+                    assert "engine: error: interrupted: terminated by SIGTERM" in err, err
+                break
+        assert hit, "never saw the task inside its pwrite"
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        assert "TracerPid:\t0\n" in status
+        assert sorted(os.listdir(f"/proc/{child.pid}/fd")) == fds
+        os.kill(child.pid, signal.SIGUSR1)
+        assert child.stdout.readline() == "OK\n"
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait(timeout=10)
