@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import struct
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from typing import Self
 
 _MASK64 = (1 << 64) - 1
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 _ALL_SIGNALS = _MASK64
 _SYSCALL_INSN = b"\x0f\x05"
 _SCAN_CHUNK = 65536
@@ -251,14 +253,20 @@ class Injector:
         w.r10 = a4 & _MASK64
         w.r8 = a5 & _MASK64
         w.r9 = a6 & _MASK64
-        ptrace.set_regs(self.tid, w)
+        # A termination signal to the engine waits until the task is stopped again: its
+        # handler raising mid-round-trip would leave the task running in our frame.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
-            regs = self._run()
-        except _StaleInsn:
-            # The address space changed under the cached instruction: find another.
-            self._use_insn(find_syscall_insn(self.tid, self._mem, refresh=True))
             ptrace.set_regs(self.tid, w)
-            regs = self._run()
+            try:
+                regs = self._run()
+            except _StaleInsn:
+                # The address space changed under the cached instruction: find another.
+                self._use_insn(find_syscall_insn(self.tid, self._mem, refresh=True))
+                ptrace.set_regs(self.tid, w)
+                regs = self._run()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.count += 1
         return regs.signed("rax")
 
@@ -287,8 +295,8 @@ class Injector:
         except ptrace.TaskExited:
             raise
         except BaseException:
-            # The injected syscall still runs (it blocks, or the engine is being stopped
-            # by a signal): interrupt it so the task is in a ptrace-stop again and
+            # The injected syscall still runs (it blocks past the deadline, or the wait
+            # itself failed): interrupt it so the task is in a ptrace-stop again and
             # restore() can put its own registers back. Leaving the syscall under
             # single-step queues a SIGTRAP, which restore() drains.
             ptrace.interrupt(self.tid)
