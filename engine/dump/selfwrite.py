@@ -23,6 +23,7 @@ from engine.dump.pages import Run
 from engine.images import PagesWriter
 from engine.kernel import uapi
 from engine.kernel.inject import InjectError, Injector
+from engine.proc.fdinfo import is_same_file
 from engine.proc.limits import read_limits
 from engine.proc.status import read_status
 
@@ -76,7 +77,7 @@ class TaskWriter:
             if fd < 0:
                 return done
             try:
-                if not self._same_file(fd, out.fd):
+                if not is_same_file(self.pid, fd, out.fd):
                     return done
                 for r, off in mine:
                     if self._pwrite_all(inj, fd, r, off):
@@ -84,14 +85,6 @@ class TaskWriter:
             finally:
                 inj.syscall(uapi.SYS_close, fd)
         return done
-
-    def _same_file(self, task_fd: int, engine_fd: int) -> bool:
-        try:
-            theirs = os.stat(f"/proc/{self.pid}/fd/{task_fd}")
-        except OSError:
-            return False
-        mine = os.fstat(engine_fd)
-        return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
 
     @staticmethod
     def _pwrite_all(inj: Injector, fd: int, r: Run, off: int) -> bool:

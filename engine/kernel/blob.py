@@ -222,11 +222,12 @@ class BlobRunner:
         return os.pread(self._mem, n, addr)
 
     def read_slot(self, ref: DataRef) -> int:
-        """The u64 a `store=` entry of the last run table left in its slot."""
+        """The result a `store=` entry of the last run table left in its slot, as the
+        syscall returned it (negative errno on failure)."""
         if self._table is None:
             raise RuntimeError("no table has run")
         addr = self._table.address(ref, self.base)
-        return int.from_bytes(self.read(addr, 8), "little")
+        return int.from_bytes(self.read(addr, 8), "little", signed=True)
 
     def run(self, table: Table, timeout: float | None = None) -> None:
         """Run every entry of `table` (within `timeout` seconds, default the runner's);

@@ -71,3 +71,14 @@ def read_fds(pid: int) -> list[FdInfo]:
         except FileNotFoundError:
             continue
     return out
+
+
+def is_same_file(pid: int, fd: int, own_fd: int) -> bool:
+    """Whether the task's descriptor `fd` and our `own_fd` name the same file (by inode:
+    a path the task resolves, in its root and mount namespace, may lead elsewhere)."""
+    try:
+        theirs = os.stat(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return False
+    mine = os.fstat(own_fd)
+    return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)

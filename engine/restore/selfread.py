@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from engine.images import PagesReader
 from engine.kernel import blob, uapi
+from engine.proc.fdinfo import is_same_file
 from engine.restore.pages import Chunk
 
 #: Runs shorter than this stay with the engine's streamed segments, which read over small
@@ -92,9 +93,7 @@ def read_in_task(runner: blob.BlobRunner, long_runs: list[Run]) -> list[Chunk]:
             for i in range(0, len(pieces), per_table):
                 left += _read_table(runner, fd, pieces[i:i + per_table])
         finally:
-            t = blob.Table()
-            t.add(uapi.SYS_close, fd, may_fail=True, what="close the pages file")
-            runner.run(t)
+            _close_in_task(runner, fd)
     return left
 
 
@@ -108,21 +107,19 @@ def _open_in_task(runner: blob.BlobRunner, reader: PagesReader) -> int:
     t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), _OPEN_FLAGS, may_fail=True,
           store=opened, what=("open {} in the task", path))
     runner.run(t)
-    fd = _signed(runner.read_slot(opened))
+    fd = runner.read_slot(opened)
     if fd < 0:
         return -1
-    try:
-        theirs = os.stat(f"/proc/{runner.pid}/fd/{fd}")
-        mine = os.fstat(reader.fd)
-        same = (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
-    except OSError:
-        same = False
-    if not same:
-        t = blob.Table()
-        t.add(uapi.SYS_close, fd, may_fail=True, what="close another file")
-        runner.run(t)
+    if not is_same_file(runner.pid, fd, reader.fd):
+        _close_in_task(runner, fd)
         return -1
     return fd
+
+
+def _close_in_task(runner: blob.BlobRunner, fd: int) -> None:
+    t = blob.Table()
+    t.add(uapi.SYS_close, fd, may_fail=True, what="close the pages file in the task")
+    runner.run(t)
 
 
 def _read_table(runner: blob.BlobRunner, fd: int, pieces: list[Run]) -> list[Chunk]:
@@ -137,13 +134,9 @@ def _read_table(runner: blob.BlobRunner, fd: int, pieces: list[Run]) -> list[Chu
     runner.run(t, runner.timeout + sum(p.length for p in pieces) / MIN_BYTES_PER_S)
     left = []
     for piece, slot in zip(pieces, slots):
-        got = max(_signed(runner.read_slot(slot)), 0)
+        got = max(runner.read_slot(slot), 0)
         if got < piece.length:
             # A short or failed read: the engine writes the remainder its own way.
             rest = Run(piece.reader, piece.dst + got, piece.offset + got, piece.length - got)
             left.append(_chunk(rest))
     return left
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v

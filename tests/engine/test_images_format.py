@@ -64,10 +64,10 @@ def make_image(path: Path) -> None:
     img.write_pagemap(names.pagemap(PID), [PagemapEntry(0x10000, 2, PE_PRESENT),
                                            PagemapEntry(0x13000, 1, PE_PRESENT)])
     with img.pages_writer(names.pages(PID), 3) as w:
-        w.append(b"a" * PG + b"b" * PG + b"c" * PG)
+        w.write_at(b"a" * PG + b"b" * PG + b"c" * PG, 0)
     img.write_pagemap(names.shmem_pagemap(sid), [PagemapEntry(PG, 1, PE_PRESENT)])
     with img.pages_writer(names.shmem_pages(sid), 1) as w:
-        w.append(b"s" * PG)
+        w.write_at(b"s" * PG, 0)
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def test_writer_refuses_overwrite_and_checks_page_count(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="cannot create"):
         img.write_bytes("x", b"2")
     w = img.pages_writer("p", 2)
-    w.append(b"\0" * PG)
+    w.write_at(b"\0" * PG, 0)
     with pytest.raises(ImageError, match=r"wrote 4096 bytes \(4096 in the file\), expected 8192"):
         w.close()
     # Bytes claimed as written by the task must really be in the file.
