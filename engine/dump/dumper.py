@@ -287,7 +287,8 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             personality=tasks.personality(p.pid), fds=fds[p.pid],
             shared_pending=st.shared_pending, exe=st.mm.exe, namespaces=per_task_ns[p.pid],
             child_subreaper=st.injected.child_subreaper, itimers=st.injected.itimers,
-            posix_timers=st.injected.posix_timers,
+            posix_timers=st.injected.posix_timers, thp_disable=st.injected.thp_disable,
+            oom_score_adj=tasks.oom_score_adj(p.pid), dumpable=st.injected.dumpable,
         )
         img.write_json(names.core(p.pid), core)
         img.write_json(names.mm(p.pid), st.mm)

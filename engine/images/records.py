@@ -26,6 +26,7 @@ U64_MAX = (1 << 64) - 1
 TASK_STATES = ("alive", "stopped", "zombie")
 IMAGE_KINDS = ("dump", "pre-dump")
 VMA_KINDS = ("anon", "file", "shmem", "heap", "stack", "vdso", "vvar", "vsyscall", "other")
+SCHED_POLICIES = (0, 1, 2, 3, 5)  # OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is refused)
 FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "other")
 
 
@@ -235,10 +236,17 @@ class ThreadCore:
     robust_list: int | None = None
     robust_list_len: int | None = None
     in_syscall: bool = False  # stopped inside an interrupted syscall (orig_rax >= 0)
+    sched_policy: int = 0  # SCHED_* (stat field 41), per thread
+    rt_priority: int = 0  # stat field 40
+    nice: int = 0  # stat field 19
 
     def validate(self) -> None:
         """Check the tid, the mask and that all register values are u64."""
         _check(self.tid > 0, "tid must be > 0")
+        _check(self.sched_policy in SCHED_POLICIES, f"thread {self.tid}: bad sched policy "
+                                                    f"{self.sched_policy}")
+        _check(0 <= self.rt_priority <= 99, f"thread {self.tid}: bad rt priority")
+        _check(-20 <= self.nice <= 19, f"thread {self.tid}: bad nice {self.nice}")
         _check_u64(self.sigmask, "sigmask")
         _check("rip" in self.regs and "rsp" in self.regs, f"thread {self.tid}: regs incomplete")
         for k, v in self.regs.items():
@@ -379,10 +387,16 @@ class TaskCore:
     child_subreaper: bool = False  # PR_GET_CHILD_SUBREAPER
     itimers: list[ItimerRecord] = field(default_factory=list)  # only armed ones
     posix_timers: list[PosixTimerRecord] = field(default_factory=list)
+    thp_disable: int = 0  # PR_GET_THP_DISABLE: bit 0 disabled, bit 1 except where advised
+    oom_score_adj: int = 0
+    dumpable: int = 1  # PR_GET_DUMPABLE (0 or 1; the kernel clears it when ids change)
 
     def validate(self) -> None:
         """Check ids, state, the umask and that fd numbers are unique."""
         _check(self.pid > 0, "pid must be > 0")
+        _check(0 <= self.thp_disable <= 3, f"bad thp_disable {self.thp_disable}")
+        _check(-1000 <= self.oom_score_adj <= 1000, f"bad oom_score_adj {self.oom_score_adj}")
+        _check(self.dumpable in (0, 1), f"bad dumpable {self.dumpable}")
         _check(self.state in TASK_STATES, f"unknown state {self.state!r}")
         _check(0 <= self.umask <= 0o777, f"bad umask {self.umask:o}")
         fds = [f.fd for f in self.fds]

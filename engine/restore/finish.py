@@ -18,6 +18,7 @@ from engine.kernel.structs import KSigaction, PrctlMmMap, StackT
 from engine.proc.status import Status
 from engine.restore.layout import Window
 from engine.restore.ns import NsSetup
+from engine.restore.taskattrs import sched_part, thp_part
 
 # Not (yet) in engine.kernel.uapi: linux/prctl.h and linux/capability.h values.
 _PR_SET_KEEPCAPS = 8
@@ -88,6 +89,13 @@ class CredView:
         return self.ns.inner_gid(gid) if self.ns and self.ns.new_user else gid
 
 
+def _capset(t: blob.Table, eff: int, prm: int, inh: int) -> None:
+    hdr = struct.pack("<Ii", _CAP_VERSION_3, 0)
+    data = struct.pack("<6I", eff & 0xFFFFFFFF, prm & 0xFFFFFFFF, inh & 0xFFFFFFFF,
+                       eff >> 32, prm >> 32, inh >> 32)
+    t.add(uapi.SYS_capset, t.data(hdr), t.data(data), what="capset")
+
+
 def _creds(t: blob.Table, want: Creds, view: CredView) -> None:
     me = view.have
     groups = tuple(sorted(want.groups))
@@ -107,16 +115,17 @@ def _creds(t: blob.Table, want: Creds, view: CredView) -> None:
         gl = struct.pack(f"<{len(groups)}I", *groups)
         t.add(uapi.SYS_setgroups, len(groups), t.data(gl or bytes(4)), what="setgroups")
         t.add(uapi.SYS_setresgid, gid[0], gid[1], gid[2], what="setresgid")
-        t.add(uapi.SYS_setresuid, uid[0], uid[1], uid[2], what="setresuid")
-        # setfs[ug]id return the previous id, never an error code.
+        # setfs[ug]id return the previous id, never an error code; they succeed only with
+        # CAP_SET[UG]ID in effect (or an id among the real/effective/saved ones), and
+        # setresuid sets fsuid to the euid and clears the effective caps (KEEPCAPS keeps
+        # the permitted ones): fsgid first, fsuid after the caps are made effective again.
         t.add(uapi.SYS_setfsgid, gid[3], what="setfsgid")
-        t.add(uapi.SYS_setfsuid, uid[3], what="setfsuid")
+        t.add(uapi.SYS_setresuid, uid[0], uid[1], uid[2], what="setresuid")
+        if uid[3] != uid[1]:
+            _capset(t, me.cap_prm, me.cap_prm, me.cap_inh)
+            t.add(uapi.SYS_setfsuid, uid[3], what="setfsuid")
     if ids_change or caps_change:
-        hdr = struct.pack("<Ii", _CAP_VERSION_3, 0)
-        data = struct.pack("<6I", want.cap_eff & 0xFFFFFFFF, want.cap_prm & 0xFFFFFFFF,
-                           want.cap_inh & 0xFFFFFFFF, want.cap_eff >> 32, want.cap_prm >> 32,
-                           want.cap_inh >> 32)
-        t.add(uapi.SYS_capset, t.data(hdr), t.data(data), what="capset")
+        _capset(t, want.cap_eff, want.cap_prm, want.cap_inh)
         for cap in range(64):
             if want.cap_amb >> cap & 1:
                 t.add(uapi.SYS_prctl, uapi.PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap, 0, 0,
@@ -149,9 +158,10 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     t = blob.Table()
     deferred = Deferred()
     # Credential changes (ours in a new user namespace, the dumped ones restored by every
-    # thread's table) make the kernel clear the dumpable flag, and a non-dumpable task's
-    # /proc/self files belong to root: set it back once every table has run.
-    deferred.calls.append((uapi.SYS_prctl, (uapi.PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable"))
+    # thread's table) make the kernel clear the dumpable flag: set it as dumped once
+    # every table has run.
+    deferred.calls.append((uapi.SYS_prctl, (uapi.PR_SET_DUMPABLE, core.dumpable, 0, 0, 0),
+                           "dumpable"))
     for s in shmem:
         t.add(uapi.SYS_munmap, window.shmem_tmp[s.id], s.size, what=f"unmap shmem {s.id} copy")
     for s in shmem:
@@ -170,6 +180,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
         else:
             t.add(uapi.SYS_rt_sigaction, sa.signo, ref, 0, 8, what=f"sigaction {sa.signo}")
     t.add(uapi.SYS_personality, core.personality, what="personality")
+    thp_part(t, core)
     if core.root != "/":
         t.add(uapi.SYS_chroot, t.cstr(core.root), what=f"chroot {core.root}")
     main = next(x for x in core.threads if x.tid == core.pid)
@@ -208,6 +219,7 @@ def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds, view: CredView,
     if th.robust_list is not None:
         t.add(uapi.SYS_set_robust_list, th.robust_list, th.robust_list_len or 24,
               what="set_robust_list")
+    sched_part(t, th)
     if th.clear_child_tid is not None:
         t.add(uapi.SYS_set_tid_address, th.clear_child_tid, what="set_tid_address")
     if th.rseq is not None and th.rseq.ptr:

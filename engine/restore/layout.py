@@ -25,8 +25,14 @@ _SPECIAL_KINDS = ("vvar", "vdso")
 _GAP = 1 << 30  # keep the scratch window this far from any existing mapping
 _WINDOW_ALIGN = 1 << 40
 # smaps VmFlags that are restored by madvise(), and whether failing is acceptable
-# (hugepage/KSM advice depends on kernel config and must not fail a restore).
+# (hugepage/KSM advice depends on kernel config and must not fail a restore). "lo"
+# (VM_LOCKED) is mlock(), applied before the pages are written: they are then faulted in
+# and locked at once, as the dumped task had them.
+_MLOCK = -1
 _MADVISE = {
+    "sr": (uapi.MADV_SEQUENTIAL, False),
+    "rr": (uapi.MADV_RANDOM, False),
+    "lo": (_MLOCK, False),
     "dc": (uapi.MADV_DONTFORK, False),
     "dd": (uapi.MADV_DONTDUMP, False),
     "wf": (uapi.MADV_WIPEONFORK, False),
@@ -232,8 +238,12 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
         for flag in v.vmflags:
             if flag in _MADVISE:
                 advice, may_fail = _MADVISE[flag]
-                t.add(uapi.SYS_madvise, v.start, v.end - v.start, advice, may_fail=may_fail,
-                      what=("madvise {} {:#x}", flag, v.start))
+                if advice == _MLOCK:
+                    t.add(uapi.SYS_mlock, v.start, v.end - v.start,
+                          what=("mlock {:#x}-{:#x}", v.start, v.end))
+                else:
+                    t.add(uapi.SYS_madvise, v.start, v.end - v.start, advice,
+                          may_fail=may_fail, what=("madvise {} {:#x}", flag, v.start))
     return t
 
 

@@ -36,7 +36,7 @@ from engine.kernel import blob, ptrace, uapi
 from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
-from engine.restore import files, finish, layout, ns, pages, selfread, spawn
+from engine.restore import files, finish, layout, ns, pages, selfread, spawn, taskattrs
 from engine.restore.lazy import LazyPages
 
 _ALL_SIGNALS = (1 << 64) - 1
@@ -300,11 +300,14 @@ class TreeRestorer:
         # Threads first: clone3 with set_tid needs the privileges the creds may drop.
         for th in t.threads[1:]:
             self._clone_thread(t, th, window)
-        _run(t.runner, t.table2, "state")
+        # The threads' tables first: they use the same region as table2, whose data the
+        # deferred calls (SIGTRAP's sigaction) still read afterwards.
         for th in t.threads[1:]:
             assert t.view is not None
             _run(t.thread_runners[th.tid],
                  finish.thread_table(t.core, th, t.view, root=t is self.live[0]), "state")
+        _run(t.runner, t.table2, "state")
+        taskattrs.set_oom_score_adj(t.real, t.core)
         fault_point("regs")
         for nr, args, what in t.deferred.calls:
             real = [t.table2.address(a, window.base) if isinstance(a, blob.DataRef) else a
