@@ -204,6 +204,7 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
             st = state[p.pid]
             assert st.injected is not None
             task_vmas = vmas.read_vmas(p.pid)
+            vmas.refuse_unrestorable(p.pid, task_vmas)
             stats.vmas += len(task_vmas)
             st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas,
                           st.injected.brk)

@@ -171,8 +171,18 @@ def _file_open_flags(v: Vma) -> int:
     return (uapi.O_RDWR if shared_write else uapi.O_RDONLY) | uapi.O_CLOEXEC
 
 
+def _map_private_memfd(t: blob.Table, v: Vma, objfds: dict[str, int]) -> None:
+    fd = objfds.get(v.shmem_id or "")
+    if fd is None:
+        raise EngineError("mm", f"vma {v.start:#x}: private mapping of shmem object "
+                                f"{v.shmem_id} that is not a memfd")
+    t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, _map_flags(v), fd, v.pgoff,
+          what=("map memfd {} privately at {:#x}", v.shmem_id, v.start))
+
+
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
-                 rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry]) -> blob.Table:
+                 rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry],
+                 objfds: dict[str, int]) -> blob.Table:
     """The table that turns the child's layout into the dumped one (pages not written).
 
     rseq: the child's own registration (ptr, len, sig), unregistered first: once its
@@ -181,7 +191,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     window.shmem_tmp before it forked anything, so every task has the very same objects
     there; a dumped VMA becomes a second mapping of its part of the object (mremap with
     old_size 0 on a shared mapping), which needs neither a path nor /proc/PID/map_files
-    (refused inside a user namespace).
+    (refused inside a user namespace). A private mapping of a memfd is mapped from the
+    memfd's fd that every task holds until the finish table (objfds: shmem id -> fd).
     """
     t = blob.Table()
     if rseq is not None:
@@ -200,7 +211,9 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
         if v.kind == "other":
             raise EngineError("mm", f"vma {v.start:#x}-{v.end:#x} ({v.path}): "
                                     "unsupported mapping kind")
-        if v.kind == "shmem":
+        if v.kind == "shmem" and v.flags & uapi.MAP_PRIVATE:
+            _map_private_memfd(t, v, objfds)
+        elif v.kind == "shmem":
             assert v.shmem_id is not None
             shared.setdefault(v.shmem_id, []).append(v)
         elif v.kind == "file":

@@ -258,7 +258,7 @@ class TreeRestorer:
                                        self.opts.timeout)
             with _timed(self.opts, "layout"):
                 table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
-                                             list(self.shmem.values()))
+                                             list(self.shmem.values()), self.objfds)
                 _run(t.runner, table1, "mm")
         fault_point("pages")
         with _timed(self.opts, "pages"):
