@@ -196,12 +196,23 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
                                f"setitimer {it.which}"))
     # The task queues them to itself: ids as its own pid namespace has them.
     pid = main.ns_tid[-1] if main.ns_tid else core.pid
+    # A pending SIGSTOP is not queued (it cannot be blocked: the engine's own steps would
+    # take it); the task is left in group-stop instead, which is what it would do.
     for th in core.threads:
         for sig in th.pending:
-            _queue(deferred, t, pid, th.ns_tid[-1] if th.ns_tid else th.tid, sig)
+            if sig.signo != uapi.SIGSTOP:
+                _queue(deferred, t, pid, th.ns_tid[-1] if th.ns_tid else th.tid, sig)
     for sig in core.shared_pending:
-        _queue(deferred, t, pid, None, sig)
+        if sig.signo != uapi.SIGSTOP:
+            _queue(deferred, t, pid, None, sig)
     return t, deferred
+
+
+def ends_stopped(core: TaskCore) -> bool:
+    """Whether the task must be left in group-stop: dumped stopped, or with a SIGSTOP
+    pending (not queued again, see finish_table)."""
+    pending = core.shared_pending + [s for th in core.threads for s in th.pending]
+    return core.state == "stopped" or any(s.signo == uapi.SIGSTOP for s in pending)
 
 
 def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds, view: CredView,

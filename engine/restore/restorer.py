@@ -366,7 +366,7 @@ class TreeRestorer:
                     ptrace.set_xstate(real, xstate)
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
-        stop = [t for t in self.live if self.opts.leave_stopped or t.core.state == "stopped"]
+        stop = [t for t in self.live if self.opts.leave_stopped or finish.ends_stopped(t.core)]
         # Parents first, each detached as soon as it is stopped: a child's stop then
         # notifies an untraced parent, which ignores SIGCHLD as it did when dumped (a
         # traced one would get it queued even when ignored).
