@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from engine.dump.fdowner import read_owners
 from engine.errors import EngineError
 from engine.images import names
 from engine.images.imgdir import ImageDir
@@ -22,6 +23,7 @@ from engine.images.records import FdEntry, FileRecord
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.proc.fdinfo import FdInfo, read_fds
+from engine.restore.files import SUPPORTED_TYPES
 
 _KCMP_FILE = 0
 _SPLICE_F_NONBLOCK = 2
@@ -46,6 +48,7 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
     except OSError as e:
         raise EngineError("files", f"cannot list fds of {pid}: {e.strerror}") from None
     entries = []
+    new: list[tuple[int, FileRecord]] = []
     for info in infos:
         try:
             st = os.stat(f"/proc/{pid}/fd/{info.fd}")
@@ -57,7 +60,12 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
             fid = len(table.files)
             table.files.append(_record(img, table, pid, info, st, fid))
             table._by_inode.setdefault(key, []).append((fid, pid, info.fd))
+            new.append((info.fd, table.files[fid]))
         entries.append(FdEntry(info.fd, fid, info.cloexec))
+    try:
+        read_owners(pid, new)
+    except (OSError, RuntimeError, TimeoutError) as e:
+        raise EngineError("files", f"fd owners of {pid}: {e}") from None
     return entries
 
 
@@ -89,6 +97,8 @@ def _type_of(st: os.stat_result, target: str) -> str:
         return "pipe" if target.startswith("pipe:") else "fifo"
     if stat.S_ISSOCK(mode):
         return "socket"
+    if stat.S_ISLNK(mode):
+        return "symlink"
     return "other"
 
 
@@ -97,7 +107,10 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
     kind = _type_of(st, info.target)
     rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
                      dev=st.st_dev, inode=st.st_ino, rdev=st.st_rdev, link=info.target)
-    if kind in ("reg", "dir", "chr", "blk", "fifo"):
+    if kind not in SUPPORTED_TYPES:
+        raise EngineError("files", f"task {pid} fd {info.fd}: cannot restore a {kind} file "
+                                   f"({info.target})")
+    if kind in ("reg", "dir", "chr", "blk", "fifo", "symlink"):
         path = info.target
         if path.endswith(_DELETED) and st.st_nlink == 0:
             rec.deleted = True

@@ -27,7 +27,8 @@ TASK_STATES = ("alive", "stopped", "zombie")
 IMAGE_KINDS = ("dump", "pre-dump")
 VMA_KINDS = ("anon", "file", "shmem", "heap", "stack", "vdso", "vvar", "vsyscall", "other")
 SCHED_POLICIES = (0, 1, 2, 3, 5)  # OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is refused)
-FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "other")
+FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "symlink",
+              "other")  # symlink: an O_PATH|O_NOFOLLOW fd on the link itself
 
 
 class RecordError(ValueError):
@@ -518,12 +519,18 @@ class FileRecord:
     pipe_size: int | None = None  # F_GETPIPE_SZ
     shmem_id: str | None = None  # memfd: the shmem object holding its content
     link: str = ""  # readlink of /proc/PID/fd/N, informational for other types
+    owner_type: int = 0  # F_GETOWN_EX: F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2
+    owner_pid: int = 0  # 0: no owner; in the pid namespace of the dumped holder
+    signum: int = 0  # F_GETSIG
 
     def validate(self) -> None:
         """Type known, the type's required fields present."""
         _check(self.type in FILE_TYPES, f"file {self.id}: unknown type {self.type!r}")
+        _check(self.owner_type in (0, 1, 2) and self.owner_pid >= 0,
+               f"file {self.id}: bad owner {self.owner_type}/{self.owner_pid}")
+        _check(0 <= self.signum <= 64, f"file {self.id}: bad signal {self.signum}")
         _check(self.pos >= 0 and self.size >= 0, f"file {self.id}: negative pos/size")
-        if self.type in ("reg", "dir", "chr", "blk") and not self.deleted:
+        if self.type in ("reg", "dir", "chr", "blk", "symlink") and not self.deleted:
             _check(bool(self.path), f"file {self.id}: {self.type} without path")
         if self.type == "pipe":
             _check(self.pipe_ino is not None, f"file {self.id}: pipe without inode")

@@ -24,7 +24,8 @@ from engine.kernel import uapi
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
 # Flags that only mean something at creation time (and O_CLOEXEC, which is per fd).
 _OPEN_ONLY = uapi.O_CREAT | uapi.O_EXCL | uapi.O_TRUNC | uapi.O_CLOEXEC
-_SUPPORTED = ("reg", "dir", "chr", "blk", "pipe", "fifo")
+#: file types restore rebuilds (the dump refuses the others while the tree can run on)
+SUPPORTED_TYPES = ("reg", "dir", "chr", "blk", "pipe", "fifo", "symlink")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class FilesPlan:
         by_id = image.files.by_id()
         for fde in core.fds:
             rec = by_id[fde.file_id]
-            if rec.type not in _SUPPORTED:
+            if rec.type not in SUPPORTED_TYPES:
                 raise EngineError("files", f"task {core.pid} fd {fde.fd}: cannot restore a "
                                            f"{rec.type} file ({rec.link or rec.path})")
             if rec.type == "reg" and rec.deleted and rec.content is None \
@@ -68,6 +69,7 @@ class _Opener:
         self.floor = floor
         self.memfds = memfds  # shmem id -> the memfd the root created for it
         self.pipes: dict[int, tuple[int, int]] = {}  # pipe_ino -> (read end, write end)
+        self.ends_used: set[tuple[int, int]] = set()  # (pipe_ino, end) given to a description
         self.unlinked: dict[tuple[int, int], int] = {}  # (dev, inode) -> fd on the new file
         self.fifo_helpers: dict[int, int] = {}  # pipe_ino -> O_RDWR fd keeping it open
         self.to_unlink: list[str] = []  # recreated unlinked files, unlinked once all open
@@ -138,8 +140,14 @@ class _Opener:
             self.pipes[rec.pipe_ino] = (move_above(r, self.floor), move_above(w, self.floor))
         r, w = self.pipes[rec.pipe_ino]
         end = w if rec.flags & uapi.O_ACCMODE == uapi.O_WRONLY else r
-        # Each description is opened once, so the end itself becomes the fd.
-        fd = fcntl.fcntl(end, fcntl.F_DUPFD, self.floor)
+        if (rec.pipe_ino, end) in self.ends_used:
+            # Another description of the same pipe (the task reopened it through
+            # /proc/PID/fd): a new one of its own, with its own status flags.
+            fd = os.open(f"/proc/self/fd/{end}", self._flags(rec) | os.O_NONBLOCK)
+        else:
+            # The first description of this end is the end itself.
+            fd = fcntl.fcntl(end, fcntl.F_DUPFD, self.floor)
+            self.ends_used.add((rec.pipe_ino, end))
         self._set_status_flags(fd, rec)
         return fd
 

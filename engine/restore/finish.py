@@ -12,13 +12,21 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from engine.images.records import Creds, MmCore, ShmemEntry, SigInfoRecord, TaskCore, ThreadCore
+from engine.images.records import (
+    Creds,
+    FileRecord,
+    MmCore,
+    ShmemEntry,
+    SigInfoRecord,
+    TaskCore,
+    ThreadCore,
+)
 from engine.kernel import blob, uapi
 from engine.kernel.structs import KSigaction, PrctlMmMap, StackT
 from engine.proc.status import Status
 from engine.restore.layout import Window
 from engine.restore.ns import NsSetup
-from engine.restore.taskattrs import sched_part, thp_part
+from engine.restore.taskattrs import FOWN_BYTES_PER_FD, fown_part, sched_part, thp_part
 
 # Not (yet) in engine.kernel.uapi: linux/prctl.h and linux/capability.h values.
 _PR_SET_KEEPCAPS = 8
@@ -148,13 +156,13 @@ def _queue(deferred: Deferred, t: blob.Table, pid: int, tid: int | None,
 
 
 def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEntry],
-                 objfds: dict[str, int], view: CredView,
-                 root: bool) -> tuple[blob.Table, Deferred]:
+                 objfds: dict[str, int], view: CredView, root: bool,
+                 held: list[tuple[int, FileRecord]]) -> tuple[blob.Table, Deferred]:
     """The table run after the pages are written, and the calls deferred past it.
 
     shmem: every shared memory object; each task unmaps its inherited whole mapping of
     each, then the root seals the memfds. objfds: the memfd fds every task inherited
-    (closed)."""
+    (closed). held: the task's fds with their descriptions (owners, signals)."""
     t = blob.Table()
     deferred = Deferred()
     # Credential changes (ours in a new user namespace, the dumped ones restored by every
@@ -181,6 +189,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
             t.add(uapi.SYS_rt_sigaction, sa.signo, ref, 0, 8, what=f"sigaction {sa.signo}")
     t.add(uapi.SYS_personality, core.personality, what="personality")
     thp_part(t, core)
+    fown_part(t, held)
     if core.root != "/":
         t.add(uapi.SYS_chroot, t.cstr(core.root), what=f"chroot {core.root}")
     main = next(x for x in core.threads if x.tid == core.pid)
@@ -252,4 +261,5 @@ def table_bytes_bound(core: TaskCore, mm: MmCore) -> int:
     entries = 64 + 64 + 32 + 16  # sigactions, capability bits, ids, the rest
     data = 64 * 32 + nsig * 128 + len(mm.auxv) * 8 + 256 + 4 * len(core.creds.groups)
     paths = len(os.fsencode(mm.exe or core.exe or "")) + len(os.fsencode(core.root)) + 2
-    return entries * blob.ENTRY_SIZE + data + paths + 4096
+    fown = len(core.fds) * FOWN_BYTES_PER_FD
+    return entries * blob.ENTRY_SIZE + data + paths + fown + 4096

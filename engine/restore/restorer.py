@@ -219,14 +219,16 @@ class TreeRestorer:
             with _timed(self.opts, "spawn"):
                 tree = spawn.spawn(setup, self.opts.timeout)
             self.tree = tree
+            files_by_id = self.image.files.by_id()
             try:
                 for t in self.live:
                     t.real = tree.real[t.pid]
                     t.real_tid[t.pid] = t.real
                     view = finish.CredView(read_status(t.real), self.ns)
+                    held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
                     t.table2, t.deferred = finish.finish_table(
                         t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
-                        root=t is self.live[0])
+                        root=t is self.live[0], held=held)
                     t.view = view
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):

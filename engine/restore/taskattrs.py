@@ -1,5 +1,6 @@
 """Per-task attributes that are neither memory nor credentials: scheduling policy and
-nice (per thread), transparent huge pages disabled (per mm), oom_score_adj (per process).
+nice (per thread), transparent huge pages disabled (per mm), oom_score_adj (per process),
+owners and signals of the task's open files.
 
 The table parts run in the task (before its credentials are restored, so the engine's
 privileges still allow a lower nice or a real-time policy); oom_score_adj is written by
@@ -12,7 +13,7 @@ import os
 import struct
 
 from engine.errors import EngineError
-from engine.images.records import TaskCore, ThreadCore
+from engine.images.records import FileRecord, TaskCore, ThreadCore
 from engine.kernel import blob, uapi
 
 _PRIO_PROCESS = 0
@@ -48,3 +49,18 @@ def set_oom_score_adj(real_pid: int, core: TaskCore) -> None:
     except OSError as e:
         raise EngineError("state", f"task {core.pid}: oom_score_adj "
                                    f"{core.oom_score_adj}: {e.strerror}") from None
+
+
+def fown_part(t: blob.Table, held: list[tuple[int, FileRecord]]) -> None:
+    """F_SETOWN_EX and F_SETSIG on the task's fds whose descriptions had them (every task
+    holding one sets the same values; the owner pid is in the task's own namespace)."""
+    for fd, rec in held:
+        if rec.owner_pid:
+            owner = t.data(struct.pack("<ii", rec.owner_type, rec.owner_pid))
+            t.add(uapi.SYS_fcntl, fd, uapi.F_SETOWN_EX, owner, what=f"owner of fd {fd}")
+        if rec.signum:
+            t.add(uapi.SYS_fcntl, fd, uapi.F_SETSIG, rec.signum, what=f"signal of fd {fd}")
+
+
+#: upper bound of what fown_part adds per fd to a table
+FOWN_BYTES_PER_FD = 2 * blob.ENTRY_SIZE + 16
