@@ -126,7 +126,9 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             rec.shmem_id = names.shmem_id(st.st_ino)
         elif rec.deleted:
             rec.content = names.file_content(fid)
-            _save_file(img, pid, info.fd, rec.content, st.st_size)
+            rec.uid, rec.gid = st.st_uid, st.st_gid
+            rec.atime_ns, rec.mtime_ns = st.st_atime_ns, st.st_mtime_ns
+            rec.extents = _save_file(img, pid, info.fd, rec.content, st.st_size)
     if kind in ("pipe", "fifo"):
         rec.pipe_ino = st.st_ino
         rec.content = names.pipe_content(st.st_ino)
@@ -136,9 +138,10 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
     return rec
 
 
-def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> None:
-    """Copy an unlinked file's content (reopened through the fd link: a description of
-    our own, so the task's offset is untouched) into the image."""
+def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> list[list[int]]:
+    """Copy the data extents of an unlinked file (reopened through the fd link: a
+    description of our own, so the task's offset is untouched) into the image, back to
+    back; returns the extents (holes stay holes when restored)."""
     try:
         src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -146,19 +149,41 @@ def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> None:
                                    f"{e.strerror}") from None
     out = img.create_file(name)
     try:
-        done = 0
-        while done < size:
-            n = os.sendfile(out, src, done, size - done)
-            if n == 0:
-                break
-            done += n
+        extents = _extents(src, size)
+        for start, end in extents:
+            pos = start
+            while pos < end:
+                n = os.sendfile(out, src, pos, end - pos)
+                if n == 0:
+                    raise EngineError("files", f"unlinked file {pid}/{fd}: read {pos} of "
+                                               f"{size} bytes")
+                pos += n
     except OSError as e:
         raise EngineError("files", f"unlinked file {pid}/{fd}: {e.strerror}") from None
     finally:
         os.close(src)
         os.close(out)
-    if done != size:
-        raise EngineError("files", f"unlinked file {pid}/{fd}: read {done} of {size} bytes")
+    return extents
+
+
+def _extents(fd: int, size: int) -> list[list[int]]:
+    """[start, end) of the data of a file (SEEK_DATA/SEEK_HOLE; all of it where the file
+    system cannot tell)."""
+    out: list[list[int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            if e.errno == errno.EINVAL:
+                return [[0, size]] if size else []
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        out.append([start, end])
+        pos = end
+    return out
 
 
 def _save_pipe(img: ImageDir, pid: int, fd: int, name: str) -> int:

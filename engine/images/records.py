@@ -522,6 +522,13 @@ class FileRecord:
     owner_type: int = 0  # F_GETOWN_EX: F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2
     owner_pid: int = 0  # 0: no owner; in the pid namespace of the dumped holder
     signum: int = 0  # F_GETSIG
+    # unlinked regular files: owner (as the dumper saw it), times, and the data extents
+    # [start, end) whose bytes `content` holds back to back (None: content is the file)
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    extents: list[list[int]] | None = None
 
     def validate(self) -> None:
         """Type known, the type's required fields present."""
@@ -529,6 +536,12 @@ class FileRecord:
         _check(self.owner_type in (0, 1, 2) and self.owner_pid >= 0,
                f"file {self.id}: bad owner {self.owner_type}/{self.owner_pid}")
         _check(0 <= self.signum <= 64, f"file {self.id}: bad signal {self.signum}")
+        _check(self.uid >= 0 and self.gid >= 0, f"file {self.id}: negative owner")
+        end = 0
+        for ext in self.extents or []:
+            _check(len(ext) == 2 and end <= ext[0] < ext[1] <= self.size,
+                   f"file {self.id}: bad extent {ext}")
+            end = ext[1]
         _check(self.pos >= 0 and self.size >= 0, f"file {self.id}: negative pos/size")
         if self.type in ("reg", "dir", "chr", "blk", "symlink") and not self.deleted:
             _check(bool(self.path), f"file {self.id}: {self.type} without path")
