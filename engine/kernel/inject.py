@@ -103,8 +103,8 @@ def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False) -> int:
             if idx >= 0:
                 _insn_cache[key] = pos + idx
                 return pos + idx
-            if len(data) < n:
-                break  # unreadable rest of this VMA
+            if len(data) < n or pos + n >= vma.end:
+                break  # unreadable rest of this VMA, or its end reached
             pos += n - 1  # overlap one byte so a pair across chunks is found
     raise InjectError(f"task {tid}: no syscall instruction in any executable mapping")
 
