@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from engine.dump import files as dfiles
-from engine.dump import namespaces, pages, selfwrite, shmem, task, track, tree, vmas
+from engine.dump import namespaces, pages, selfwrite, sessions, shmem, task, track, tree, vmas
 from engine.dump.intervals import Interval, intersect, normalise, subtract
 from engine.errors import EngineError
 from engine.faults import fault_point
@@ -106,6 +106,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
             trackers = track.fetch(prev_dir)
             # Only trackers armed when the parent was dumped vouch for "unchanged since".
             parent = _Parent(prev_dir, set(trackers))
+        sessions.check(frozen)
         fault_point("seize")
         lap("seize")
         procs = [p for p in frozen.order() if p.state != "zombie"]

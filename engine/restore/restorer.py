@@ -191,6 +191,7 @@ class TreeRestorer:
         for t in inv.tasks:
             if t.pid != inv.root_pid:
                 nodes[t.ppid].children.append(nodes[t.pid])
+        spawn.plan_sessions(nodes[inv.root_pid])
         memfds = [(s.id, s.name or "", s.file_size) for s in self.shmem.values()
                   if s.kind == "memfd"]
         # The memfds' agreed fd numbers: above every fd the tree or the engine has (the

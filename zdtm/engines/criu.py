@@ -26,7 +26,7 @@ CRIU_BUILTIN = ("restore_vma_hints", "restore_thp_disable", "restore_sched_polic
                 "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
                 "restore_fd_status_flags", "restore_fd_owner", "restore_o_path",
                 "restore_fifo", "restore_chr_devices", "restore_unlinked_attrs",
-                "restore_vdso_moved")
+                "restore_vdso_moved", "restore_session_orphans")
 
 
 class CriuEngine(Engine):
