@@ -17,4 +17,5 @@ def features() -> dict[str, tuple[bool, str]]:
         "signalfd": (True, ""),
         "timerfd": (True, ""),
         "epoll": (True, ""),
+        "unix_socketpair": (True, ""),
     }

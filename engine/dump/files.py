@@ -15,7 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from engine.dump import anonfd
+from engine.dump import anonfd, unixsk
 from engine.errors import EngineError
 from engine.images import names
 from engine.images.imgdir import ImageDir
@@ -38,6 +38,15 @@ class FileTable:
     # (st_dev, st_ino) -> [(file id, pid, fd)] representatives, for kcmp
     _by_inode: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
     _pipe_sizes: dict[int, int] = field(default_factory=dict)  # pipe inode -> capacity
+    diag: unixsk.Diag = field(default_factory=unixsk.Diag)
+
+    def check_complete(self) -> None:
+        """After every task: what only the whole tree can tell (socket peers inside)."""
+        unixsk.check_peers(self.files)
+
+    def close(self) -> None:
+        """Release the helpers (netlink sockets)."""
+        self.diag.close()
 
 
 def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
@@ -104,7 +113,7 @@ def _type_of(st: os.stat_result, target: str) -> str:
 def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat_result,
             fid: int) -> FileRecord:
     kind = _type_of(st, info.target)
-    if kind in ("socket", "other"):
+    if kind == "other":
         anonfd.refuse_unsupported(pid, info, kind)
     rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
                      dev=st.st_dev, inode=st.st_ino, rdev=st.st_rdev, link=info.target)
@@ -127,6 +136,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             _save_file(img, pid, info.fd, rec.content, st.st_size)
     if kind == "anon_inode":
         anonfd.fill(rec, pid, info)
+    if kind == "socket":
+        unixsk.fill(img, table.diag, rec, pid, info.fd)
     if kind in ("pipe", "fifo"):
         rec.pipe_ino = st.st_ino
         rec.content = names.pipe_content(st.st_ino)

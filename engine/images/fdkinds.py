@@ -91,3 +91,27 @@ class EpollWatch:
         _check(self.events & ~EPOLL_EVENT_MASK == 0,
                f"epoll watch of fd {self.tfd}: events {self.events:#x} unknown")
         _check(0 <= self.data <= U64_MAX, f"epoll watch of fd {self.tfd}: data out of range")
+
+
+#: socket types of unix sockets: SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+UNIX_TYPES = (1, 2, 5)
+
+
+@dataclass
+class UnixSocketState:
+    """One end of a connected unix socket pair: its type, its peer (by inode: both ends
+    are in the image), which directions are shut down (1 read, 2 write), and the
+    lengths of the messages queued for it to read (the data is the record's content;
+    a stream socket has at most one length, its unread byte count)."""
+
+    type: int
+    peer: int
+    shutdown: int
+    queued: list[int]
+
+    def validate(self) -> None:
+        """Type, shutdown bits and message lengths in range."""
+        _check(self.type in UNIX_TYPES, f"unix socket type {self.type} unknown")
+        _check(self.peer > 0, "unix socket without a peer")
+        _check(self.shutdown & ~3 == 0, f"unix socket shutdown {self.shutdown:#x} unknown")
+        _check(all(0 <= n < (1 << 31) for n in self.queued), "unix socket message length")

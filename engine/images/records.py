@@ -14,7 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from engine.images.fdkinds import EpollWatch, EventfdState, SignalfdState, TimerfdState
+from engine.images.fdkinds import (
+    EpollWatch,
+    EventfdState,
+    SignalfdState,
+    TimerfdState,
+    UnixSocketState,
+)
 
 FORMAT_NAME = "pyengine-images"
 FORMAT_VERSION = 2  # 2: VMAs are arrays (docs/IMAGES.md)
@@ -511,6 +517,7 @@ class FileRecord:
     signalfd: SignalfdState | None = None
     timerfd: TimerfdState | None = None
     epoll: list[EpollWatch] | None = None
+    unix: UnixSocketState | None = None  # type socket: a connected unix socket
 
     def validate(self) -> None:
         """Type known, the type's required fields present."""
@@ -526,6 +533,8 @@ class FileRecord:
                  if k is not None]
         _check(len(kinds) == (self.type == "anon_inode"),
                f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
+        _check((self.unix is not None) == (self.type == "socket"),
+               f"file {self.id}: {self.type} and unix socket state do not go together")
 
 
 @dataclass

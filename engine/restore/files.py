@@ -20,13 +20,13 @@ from engine.images import DumpImage
 from engine.images.fdkinds import EpollWatch
 from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
-from engine.restore import anonfd
+from engine.restore import anonfd, unixsk
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
 # Flags that only mean something at creation time (and O_CLOEXEC, which is per fd).
 _OPEN_ONLY = uapi.O_CREAT | uapi.O_EXCL | uapi.O_TRUNC | uapi.O_CLOEXEC
-_SUPPORTED = ("reg", "dir", "chr", "blk", "pipe", "fifo", "anon_inode")
+_SUPPORTED = ("reg", "dir", "chr", "blk", "pipe", "fifo", "anon_inode", "socket")
 
 
 @dataclass
@@ -56,6 +56,12 @@ class FilesPlan:
             self.max_fd = max(self.max_fd, fde.fd)
         self.epolls.add_task(core.pid, core.fds, by_id)
 
+    def check(self) -> None:
+        """Once every task is in: what needs the whole tree (epoll watches have a task to
+        arm them; socket pairs are complete)."""
+        self.epolls.check()
+        unixsk.check(self.files, self.contents)
+
 
 def move_above(fd: int, floor: int) -> int:
     """Duplicate fd to the lowest free number >= floor, close the original."""
@@ -75,6 +81,7 @@ class _Opener:
         self.unlinked: dict[tuple[int, int], int] = {}  # (dev, inode) -> fd on the new file
         self.fifo_helpers: dict[int, int] = {}  # pipe_ino -> O_RDWR fd keeping it open
         self.to_unlink: list[str] = []  # recreated unlinked files, unlinked once all open
+        self.socks = unixsk.Pairs(plan.contents, floor)
 
     def open(self, rec: FileRecord) -> int:
         """A new fd (above the floor) on a description equal to `rec`."""
@@ -91,6 +98,10 @@ class _Opener:
             return self._fifo_end(rec)
         if rec.type == "anon_inode":
             fd = anonfd.create(rec)
+            self._set_status_flags(fd, rec)
+            return fd
+        if rec.type == "socket":
+            fd = fcntl.fcntl(self.socks.end(rec), fcntl.F_DUPFD_CLOEXEC, self.floor)
             self._set_status_flags(fd, rec)
             return fd
         if rec.shmem_id is not None:
