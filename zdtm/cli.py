@@ -378,6 +378,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             extra.append("flags: " + " ".join(sorted(t.flags)))
         if t.feature:
             extra.append("feature: " + " ".join(t.feature))
+        for key in ("opts", "dopts", "ropts"):
+            if getattr(t, key):
+                extra.append(f"{key}: " + " ".join(getattr(t, key)))
         if t.arch:
             extra.append(f"arch: {t.arch}")
         extra += _start_words(t)

@@ -100,7 +100,7 @@ def start_plan(test: TestDesc) -> StartPlan:
     extras, why_not = _make_rule_args(test)
     base = (f"--pidfile={test.short}.pid", f"--outfile={test.short}.out")
     if extras is not None:
-        return StartPlan(base + extras, "Makefile rule " + shlex.join([test.short, *extras]))
+        return StartPlan(base + extras, "Makefile rule")
     if "needs_file" in _desc_keys(test) or "needs_dir" in _desc_keys(test):
         return StartPlan(tuple(test.start_args()), f"descriptor ({why_not})")
     if not _is_elf(test.binary):
