@@ -25,9 +25,9 @@ from pathlib import Path
 
 from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, tasks
 from zdtm.build import BuildError, ensure_built
-from zdtm.desc import DescError, TestDesc, discover, select
+from zdtm.desc import DescError, TestDesc, discover, discover_external, select
 from zdtm.engines import Engine, make_engine
-from zdtm.external import discover_external, start_plan
+from zdtm.external import start_plan
 from zdtm.lifecycle import ENGINE_TIMEOUT, SNAPSHOT_TIMEOUT, RunOptions, prepare_process, run_test
 from zdtm.report import totals, write_reports
 from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Result

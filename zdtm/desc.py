@@ -26,6 +26,7 @@ A descriptor that cannot be read does not stop discovery: the test is listed wit
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ def _load_mapping(text: str, where: Path) -> Any:
     except ExprError as exc:
         expr_error = exc
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         if expr_error is not None:
             raise DescError(f"{where}:{expr_error.line}: {expr_error.problem}") from None
@@ -171,6 +172,10 @@ def _load_mapping(text: str, where: Path) -> Any:
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise DescError(f"{where}:{line}: not valid YAML nor a Python literal: "
                         f"{what}") from None
+    if expr_error is not None and not isinstance(data, dict):
+        # Python that is no mapping YAML would read: the refused construct says most
+        raise DescError(f"{where}:{expr_error.line}: {expr_error.problem}")
+    return data
 
 
 def parse_desc(text: str, where: Path, *, strict: bool = True) -> dict[str, Any]:
@@ -283,6 +288,32 @@ def discover(zdtm_dir: Path = ZDTM_DIR) -> list[TestDesc]:
                                   desc_path=desc_path if desc_path.exists() else None,
                                   **desc_fields(desc_path)))
     return tests
+
+
+def discover_external(tests_dir: Path) -> list[TestDesc]:
+    """The tests of another project's suite: its executable files, one level deep.
+
+    ``NAME.checkskip``, ``NAME.hook`` and files with a suffix (``.so``, ``.c``...) are not
+    tests.  A descriptor that cannot be read becomes the test's ``problem``.
+    """
+    tests_dir = Path(tests_dir).resolve()
+    if not tests_dir.is_dir():
+        raise DescError(f"{tests_dir}: --tests-dir is not a directory")
+    tests = []
+    for binary in sorted(tests_dir.iterdir()):
+        if (binary.is_symlink() or not binary.is_file() or binary.suffix
+                or not os.access(binary, os.X_OK)):
+            continue
+        desc_path = beside(binary, ".desc")
+        tests.append(TestDesc(name=f"ext/{binary.name}", kind="external", binary=binary,
+                              desc_path=desc_path if desc_path.exists() else None,
+                              **desc_fields(desc_path, strict=False)))
+    return tests
+
+
+def beside(binary: Path, suffix: str) -> Path:
+    """NAME.desc, NAME.hook... of a binary (not with_suffix(): names may contain dots)."""
+    return binary.with_name(binary.name + suffix)
 
 
 def normalise_name(name: str) -> str:

@@ -116,11 +116,9 @@ class _Evaluator(ast.NodeVisitor):
 
 
 def _describe(node: ast.AST) -> str:
-    """A short human name of a refused construct."""
-    if isinstance(node, ast.Name):
-        return f"name {node.id!r}"
-    if isinstance(node, ast.Attribute):
-        return f"attribute {ast.unparse(node)!r}"
+    """A short human name of a refused construct, with its text."""
     if isinstance(node, ast.Lambda):
         return "lambda"
-    return type(node).__name__
+    kind = "name" if isinstance(node, ast.Name) else type(node).__name__.lower()
+    text = ast.unparse(node)
+    return f"{kind} {text[:40] + '...' if len(text) > 40 else text!r}"

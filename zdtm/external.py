@@ -40,7 +40,7 @@ from pathlib import Path
 
 from flavors.base import kill_group
 from zdtm import proc
-from zdtm.desc import DescError, TestDesc, desc_fields
+from zdtm.desc import TestDesc, beside, desc_fields
 from zdtm.result import CHECK_FAILED, TEST_FAIL, TIMEOUT, Result
 
 SCRIPT_TIMEOUT = 60.0   # deadline of one .checkskip or .hook call
@@ -52,32 +52,6 @@ HOOK_PHASES = {"--post-start": "start", "--pre-dump": "dump", "--post-pre-dump":
                "--pre-restore": "restore", "--post-restore": "restore", "--clean": "stop"}
 _SHELL_SYNTAX = frozenset({";", "&&", "||", "|", "&", ">", ">>", "<", "2>&1"})
 _MNT_DETACH = 2
-
-
-def discover_external(tests_dir: Path) -> list[TestDesc]:
-    """The tests of another project's suite: its executable files, one level deep.
-
-    ``NAME.checkskip``, ``NAME.hook`` and files with a suffix (``.so``, ``.c``...) are not
-    tests.  A descriptor that cannot be read becomes the test's ``problem``.
-    """
-    tests_dir = Path(tests_dir).resolve()
-    if not tests_dir.is_dir():
-        raise DescError(f"{tests_dir}: --tests-dir is not a directory")
-    tests = []
-    for binary in sorted(tests_dir.iterdir()):
-        if (binary.is_symlink() or not binary.is_file() or binary.suffix
-                or not os.access(binary, os.X_OK)):
-            continue
-        desc_path = _beside(binary, ".desc")
-        tests.append(TestDesc(name=f"ext/{binary.name}", kind="external", binary=binary,
-                              desc_path=desc_path if desc_path.exists() else None,
-                              **desc_fields(desc_path, strict=False)))
-    return tests
-
-
-def _beside(binary: Path, suffix: str) -> Path:
-    # not with_suffix(): CRIU's test names may contain dots or '+'
-    return binary.with_name(binary.name + suffix)
 
 
 # ---- start arguments ---------------------------------------------------------------------
@@ -237,7 +211,7 @@ class ScriptRun:
 
 def script(test: TestDesc, suffix: str) -> Path | None:
     """The test's ``.hook`` or ``.checkskip`` when it has an executable one."""
-    path = _beside(test.binary, suffix)
+    path = beside(test.binary, suffix)
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
