@@ -39,13 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flavors.base import kill_group
-from zdtm import proc
+from zdtm import proc, tasks
 from zdtm.desc import TestDesc, beside, desc_fields
 from zdtm.result import CHECK_FAILED, TEST_FAIL, TIMEOUT, Result
 
 SCRIPT_TIMEOUT = 60.0   # deadline of one .checkskip or .hook call
 MAKE_TIMEOUT = 30.0     # deadline of one ``make -n``
 NOTIFY_TIMEOUT = 30.0   # deadline of the test's answer to a pre-dump notification
+KILL_TIMEOUT = 10.0     # what a script left running at its deadline must be gone by then
 NOTIFY_FDIN, NOTIFY_FDOUT = 100, 101
 #: Where each hook argument runs, as a result phase.
 HOOK_PHASES = {"--post-start": "start", "--pre-dump": "dump", "--post-pre-dump": "pre-dump",
@@ -186,7 +187,11 @@ def precheck(test: TestDesc, result: Result) -> bool:
     checkskip = script(test, ".checkskip")
     if checkskip is None:
         return True
+    before = set(tasks.descendants(os.getpid()))
     done = run_script([str(checkskip)], cwd=test.binary.parent, env=dict(os.environ))
+    # a probe has nothing to leave running: the test's cleanup would not know it
+    tasks.kill_tree([p for p in tasks.descendants(os.getpid()) if p not in before],
+                    KILL_TIMEOUT)
     if done.rc is None:
         result.fail("start", TIMEOUT, f"{checkskip.name}: no answer in "
                                       f"{SCRIPT_TIMEOUT:.0f}s, killed", done.output)
@@ -219,13 +224,14 @@ class Script:
     """A suite script running in its own session, its output in a file.
 
     Output goes to a file, never a pipe a daemon it starts could keep open.  At the deadline
-    the script's process group is killed; what it left running in another session is a
-    descendant of the harness and goes with the test's cleanup.
+    the script and everything it started are killed.  A script that ends in time but leaves
+    a daemon (another session) leaves a descendant of the harness: the test's cleanup ends it.
     """
 
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str],
-                 timeout: float = SCRIPT_TIMEOUT) -> None:
-        self.deadline = time.monotonic() + timeout
+                 timeout: float | None = None) -> None:
+        self.timeout = SCRIPT_TIMEOUT if timeout is None else timeout
+        self.deadline = time.monotonic() + self.timeout
         self.out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
         self.child: subprocess.Popen | None = None
         try:
@@ -244,7 +250,10 @@ class Script:
         try:
             rc: int | None = self.child.wait(timeout=max(self.deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:
+            # everything the script started goes with it (re-parented to us, then reaped)
+            members = [p for p in tasks.tree(self.child.pid) if p != self.child.pid]
             kill_group(self.child)
+            tasks.kill_tree(members, KILL_TIMEOUT)
             rc = None
         with self.out:
             self.out.seek(0)
@@ -253,7 +262,7 @@ class Script:
 
 
 def run_script(argv: list[str], *, cwd: Path, env: dict[str, str],
-               timeout: float = SCRIPT_TIMEOUT) -> ScriptRun:
+               timeout: float | None = None) -> ScriptRun:
     """Run a suite script to its end (or its deadline)."""
     return Script(argv, cwd=cwd, env=env, timeout=timeout).finish()
 
