@@ -14,7 +14,7 @@ What such a suite brings besides its binaries, and how each is honoured here:
 - ``NAME.checkskip``: run before the test (cwd: the suite's directory); non-zero exit SKIPs.
 - ``NAME.hook``: run with ``--post-start``, ``--pre-dump``, ``--post-pre-dump``,
   ``--pre-restore``, ``--post-restore`` and ``--clean`` (always, at the end) in the test's
-  work dir, with ZDTM_TEST_PID (and ZDTM_IMG_DIR after a restore) in its environment;
+  work dir, with ZDTM_TEST_PID (and ZDTM_IMG_DIR once there are images) in its environment;
   non-zero exit fails the test with the hook's output.
 - the ``pre-dump-notify`` flag: the test is started with ZDTM_NOTIFY_FDIN=100 and
   ZDTM_NOTIFY_FDOUT=101, and after each pre-dump the harness writes an int to its fd 100
@@ -51,7 +51,7 @@ NOTIFY_FDIN, NOTIFY_FDOUT = 100, 101
 #: Where each hook argument runs, as a result phase.
 HOOK_PHASES = {"--post-start": "start", "--pre-dump": "dump", "--post-pre-dump": "pre-dump",
                "--pre-restore": "restore", "--post-restore": "restore", "--clean": "stop"}
-_SHELL_SYNTAX = frozenset({";", "&&", "||", "|", "&", ">", ">>", "<", "2>&1"})
+_SHELL_CHARS = frozenset(";|&<>`$")  # a rule command with these is not a plain start
 _MNT_DETACH = 2
 
 
@@ -128,7 +128,7 @@ def _args_of_command(command: str, name: str) -> tuple[tuple[str, ...] | None, s
     except ValueError as exc:
         return None, f"cannot parse the {name}.pid command: {exc}"
     if (not argv or Path(argv[0]).name != name
-            or any(a in _SHELL_SYNTAX or "`" in a or "$(" in a for a in argv)):
+            or any(_SHELL_CHARS.intersection(a) for a in argv)):
         return None, f"the {name}.pid rule is not a plain start of {name}: {command}"
     extras = []
     skip_next = False
