@@ -260,6 +260,16 @@ def test_pre_dump_notify(suite: Path, engine: BundledEngine, tmp_path: Path,
     assert "notified 0 times" in r.message
 
 
+def test_pre_dump_notify_to_a_test_without_the_fds(suite: Path, engine: BundledEngine,
+                                                   tmp_path: Path) -> None:
+    d = _tiny_suite(suite, tmp_path, {})
+    (d / "plain.desc").write_text("{'flags': 'pre-dump-notify'}\n")
+    r = run_test(_tests(d)["plain"], "h", engine, RunOptions(workroot=tmp_path / "w", pre=1))
+    assert (r.outcome, r.phase, r.kind) == (FAIL, "pre-dump", TEST_FAIL)
+    assert "pre-dump notify: pid" in r.message and "No such file" in r.message
+    _nothing_left(tmp_path)
+
+
 # ---- the runner path over the whole suite --------------------------------------------------
 
 

@@ -304,22 +304,31 @@ def run_hook(test: TestDesc, arg: str, *, cwd: Path, result: Result,
 
 
 def notify_pre_dump(test: TestDesc, pid: int, result: Result) -> bool:
-    """Tell a ``pre-dump-notify`` test that a pre-dump happened and wait for its answer."""
+    """Tell a ``pre-dump-notify`` test that a pre-dump happened and wait for its answer.
+
+    Both ends are opened non-blocking (through /proc a pipe opens like a FIFO, which could
+    otherwise wait forever for a peer); the answer is awaited under NOTIFY_TIMEOUT.
+    """
     if "pre-dump-notify" not in test.flags:
         return True
+    answer = ask = -1
     try:
-        with open(f"/proc/{pid}/fd/{NOTIFY_FDOUT}", "rb", buffering=0) as answer, \
-                open(f"/proc/{pid}/fd/{NOTIFY_FDIN}", "wb", buffering=0) as ask:
-            ask.write(struct.pack("i", 0))
-            ready, _, _ = select.select([answer], [], [], NOTIFY_TIMEOUT)
-            if not ready:
-                result.fail("pre-dump", TIMEOUT, f"pre-dump notify: no answer from pid {pid} "
-                                                 f"in {NOTIFY_TIMEOUT:.0f}s")
-                return False
-            reply = answer.read(4)
+        answer = os.open(f"/proc/{pid}/fd/{NOTIFY_FDOUT}", os.O_RDONLY | os.O_NONBLOCK)
+        ask = os.open(f"/proc/{pid}/fd/{NOTIFY_FDIN}", os.O_WRONLY | os.O_NONBLOCK)
+        os.write(ask, struct.pack("i", 0))
+        ready, _, _ = select.select([answer], [], [], NOTIFY_TIMEOUT)
+        reply = os.read(answer, 4) if ready else None
     except OSError as exc:
         result.fail("pre-dump", TEST_FAIL, f"pre-dump notify: pid {pid} fds "
                                            f"{NOTIFY_FDIN}/{NOTIFY_FDOUT}: {exc.strerror}")
+        return False
+    finally:
+        for fd in (answer, ask):
+            if fd >= 0:
+                os.close(fd)
+    if reply is None:
+        result.fail("pre-dump", TIMEOUT, f"pre-dump notify: no answer from pid {pid} in "
+                                         f"{NOTIFY_TIMEOUT:.0f}s")
         return False
     if len(reply) != 4:
         result.fail("pre-dump", TEST_FAIL, f"pre-dump notify: pid {pid} answered {reply!r}")
