@@ -56,7 +56,8 @@ def test_empty_desc_gives_defaults() -> None:
     ("{'opts': 5}", "'opts' must be a string or a list of strings, not int"),
     ("{'arch': 64}", "'arch' must be a machine name"),
     ("[1, 2]", "must be a mapping, not list"),
-    ("{'flavor': 'h'", "not valid YAML nor a Python literal"),
+    ("{'flavor': 'h'", "not a valid Python literal: '{' was never closed"),
+    ("flavor: [h", "not valid YAML nor a Python literal"),
 ])
 def test_bad_descs_name_the_file(text: str, needle: str) -> None:
     with pytest.raises(DescError) as exc:

@@ -158,8 +158,10 @@ def _load_mapping(text: str, where: Path) -> Any:
     expr_error: ExprError | None = None
     try:
         return evaluate(text)
-    except SyntaxError:
-        pass
+    except SyntaxError as exc:
+        if text.lstrip().startswith("{"):  # meant as CRIU's dict literal: say it in Python
+            expr_error = ExprError(exc.lineno or 1, (exc.offset or 1) - 1,
+                                   f"not a valid Python literal: {exc.msg}")
     except ExprError as exc:
         expr_error = exc
     try:
