@@ -27,7 +27,7 @@ from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import DescError, TestDesc, discover, discover_external, select
 from zdtm.engines import Engine, make_engine
-from zdtm.external import start_plan
+from zdtm.external import script, start_plan
 from zdtm.lifecycle import ENGINE_TIMEOUT, SNAPSHOT_TIMEOUT, RunOptions, prepare_process, run_test
 from zdtm.report import totals, write_reports
 from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Result
@@ -397,9 +397,11 @@ def _start_words(t: TestDesc) -> list[str]:
     if t.kind != "external":
         return [a.split("=", 1)[0] for a in t.start_args()[2:]]
     plan = start_plan(t)
+    scripts = [f"{kind}: yes" for kind in ("hook", "checkskip") if script(t, f".{kind}")]
     if plan.problem:
-        return [f"SKIP: {plan.problem}"]
-    return [f"start: {' '.join(plan.args[2:]) or '(pidfile/outfile only)'} [{plan.source}]"]
+        return [*scripts, f"SKIP: {plan.problem}"]
+    args = " ".join(plan.args[2:]) or "(pidfile/outfile only)"
+    return [*scripts, f"start: {args} [{plan.source}]"]
 
 
 def cmd_clean(_args: argparse.Namespace) -> int:
