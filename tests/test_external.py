@@ -142,9 +142,14 @@ def test_start_rule_read_even_with_a_stale_pidfile(suite: Path, tmp_path: Path) 
     copy = tmp_path / "s"
     shutil.copytree(suite, copy, symlinks=True)
     (copy / "argtest.pid").write_text("1\n")  # left by a run of the suite's own runner
+    # a generated makefile (like a suite's .d files): -B would remake it, even under -n
+    (copy / "gen.d").write_text("")
+    with open(copy / "Makefile", "a") as mk:
+        mk.write("-include gen.d\ngen.d: argtest.c\n\ttouch remade-gen.d\n")
     plan = start_plan(_tests(copy)["argtest"])
     assert plan.args[2:] == ("--envname=PEER_ENV_00", "--mask=0345")
     assert not (copy / "argtest.out").exists()  # make printed, ran nothing
+    assert not (copy / "remade-gen.d").exists()
 
 
 def test_rule_commands_that_are_not_a_plain_start() -> None:

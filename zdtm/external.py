@@ -6,7 +6,7 @@ What such a suite brings besides its binaries, and how each is honoured here:
   harness does not know are notes of the test, not errors.
 - Its Makefile knows how each test starts (``NAME.pid: NAME`` rules with per-test
   arguments such as ``--envname=...``, ``--mask=...``, both ``--dirname`` and ``--filename``).
-  ``make -n -B -o NAME NAME.pid`` prints that command without running it (``-o NAME``:
+  ``make -n -o NAME -W NAME NAME.pid`` prints that command without running it (``-o NAME``:
   the binary is never rebuilt, so make runs nothing of the suite's build); its arguments
   beyond --pidfile/--outfile are passed to the binary.  Without a rule, the descriptor's
   ``file``/``dir`` keys or else the option names the binary declares decide
@@ -97,8 +97,10 @@ def _desc_keys(test: TestDesc) -> set[str]:
 def _make_rule_args(test: TestDesc) -> tuple[tuple[str, ...] | None, str]:
     """The arguments the suite's Makefile gives the test beyond --pidfile/--outfile.
 
-    (None, why) when there is no usable rule.  make only prints the command (-n); -B makes
-    it print even when a stale NAME.pid exists; -o NAME keeps it from rebuilding the binary.
+    (None, why) when there is no usable rule.  make only prints the command (-n); -o NAME
+    keeps it from rebuilding the binary (or anything it depends on); -W NAME makes NAME.pid
+    out of date even when a stale one exists.  Not -B: that also remakes included makefiles
+    (a suite's generated .d files), whose recipes make runs even under -n.
     """
     directory = test.binary.parent
     if not any((directory / m).exists() for m in ("Makefile", "makefile", "GNUmakefile")):
@@ -106,8 +108,8 @@ def _make_rule_args(test: TestDesc) -> tuple[tuple[str, ...] | None, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     name = test.binary.name
     try:
-        done = subprocess.run(["make", "-n", "-s", "-B", "--no-print-directory", "-C",
-                               str(directory), "-o", name, f"{name}.pid"],
+        done = subprocess.run(["make", "-n", "-s", "--no-print-directory", "-C",
+                               str(directory), "-o", name, "-W", name, f"{name}.pid"],
                               capture_output=True, text=True, timeout=MAKE_TIMEOUT, env=env,
                               stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
