@@ -290,3 +290,20 @@ def test_runner_run_over_the_suite(suite: Path, engine: BundledEngine) -> None:
     assert len(harness) == 1 and "ext/broken" in harness[0]
     assert [ln for ln in lines if ln.startswith("FAIL")] == harness, out.stdout
     assert out.returncode == 1
+
+
+def test_pytest_collects_and_runs_the_suite(suite: Path, engine: BundledEngine) -> None:
+    """pytest --zdtm-tests-dir=DIR: each test x flavour is an item, run like ours."""
+    cmd = [sys.executable, "-m", "pytest", f"--zdtm-tests-dir={suite}", "conftest.py",
+           "-p", "no:cacheprovider", "-q", "-rA", "--zdtm-flavors=h", "--zdtm-iters=1"]
+    listed = subprocess.run([*cmd, "--co"], capture_output=True, text=True, cwd=ROOT_DIR,
+                            timeout=300, check=False)
+    items = [ln for ln in listed.stdout.splitlines() if "::" in ln]
+    assert len(items) == len([t for t in discover_external(suite) if "h" in t.flavors])
+    ran = subprocess.run([*cmd, "-k", "plain or broken or tcpopt"], capture_output=True,
+                         text=True, cwd=ROOT_DIR, timeout=600, check=False)
+    out = ran.stdout
+    assert re.search(r"PASSED \S*plain::h", out), out
+    assert re.search(r"FAILED \S*broken::h - ext/broken \[h\]: build: harness error", out)
+    assert "bundled engine: no --tcp-established" in out
+    assert "1 failed, 1 passed, 1 skipped" in out
