@@ -254,6 +254,16 @@ def test_hook_has_a_deadline(suite: Path, engine: BundledEngine, tmp_path: Path,
     _nothing_left(tmp_path)
 
 
+def test_what_hooks_leave_running_is_ended(suite: Path, engine: BundledEngine,
+                                          tmp_path: Path) -> None:
+    """Daemons a hook starts (another session) go with the test, --clean's included."""
+    hook = '#!/bin/sh\nsetsid sleep 300 < /dev/null > /dev/null 2>&1 &\nexit 0\n'
+    d = _tiny_suite(suite, tmp_path, {"plain.hook": hook})
+    r = run_test(_tests(d)["plain"], "h", engine, RunOptions(workroot=tmp_path / "w"))
+    assert r.outcome == FAIL and r.kind == CHECK_FAILED  # leaks of the harness's children
+    _nothing_left(tmp_path)
+
+
 def test_pre_dump_notify(suite: Path, engine: BundledEngine, tmp_path: Path,
                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Flag pre-dump-notify: notified after each pre-dump (the test fails if never)."""

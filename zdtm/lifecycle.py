@@ -411,14 +411,20 @@ class Run:
         if left:
             self.result.fail("stop", HARNESS_ERROR, f"could not kill tasks {left}")
         if self.workdir is not None:
-            # the suite's --clean hook, then whatever the test or a hook left mounted
-            self._hook("--clean", fatal=False)
-            external.unmount_left(self.workdir, self.result)
+            self._suite_cleanup(self.workdir)
         if self.workdir is not None and not self.opts.keep_img:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.result.workdir = None
         if self.tmproot is not None and not self.opts.keep_img:
             shutil.rmtree(self.tmproot, ignore_errors=True)
+
+    def _suite_cleanup(self, workdir: Path) -> None:
+        """The suite's --clean hook (after the test is gone, as CRIU's runner does), then
+        whatever that hook left running, and whatever the test or a hook left mounted."""
+        self._hook("--clean", fatal=False)
+        tasks.kill_tree([p for p in tasks.descendants(os.getpid())
+                         if p not in self.baseline_desc], CLEANUP_TIMEOUT)
+        external.unmount_left(workdir, self.result)
 
     def _final_leak_check(self, own0: Any) -> None:
         """After cleanup the harness must hold exactly the fds and children it had before."""
