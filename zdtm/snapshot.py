@@ -26,6 +26,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from zdtm import memory, proc, tracing
@@ -284,8 +285,28 @@ def _wait_stopped_again(tids: list[int], deadline: float) -> None:
 
 # ---- fds -------------------------------------------------------------------------------------
 
-# fdinfo fields that are part of an fd's observable state and stable across a restore.
-_STABLE_FDINFO = ("eventfd-count", "eventfd-semaphore", "sigmask", "clockid")
+# fdinfo fields that are part of an fd's observable state and stable across a restore
+# (timerfd's it_value is the time left: it moves).
+_STABLE_FDINFO = ("eventfd-count", "eventfd-semaphore", "sigmask", "clockid", "settime flags",
+                  "it_interval", "tfd", "lock")
+# Parts that a restore renews and the rest of the snapshot already judges: an epoll watch
+# line's "pos:P ino:I sdev:D" of the watched file (its fd number names it), and a lock
+# line's "1: " counter, owner pid (host view) and device:inode.
+_RENEWED = {"tfd": (re.compile(r"\s+pos:.*$"), ""),
+            "lock": (re.compile(r"^\d+:\s+|\s+-?\d+\s+[0-9a-f]+:[0-9a-f]+:\d+(?=\s)"), " ")}
+
+
+def stable_fdinfo(extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The fdinfo fields an fd must keep across C/R without what a restore renews, sorted
+    (the kernel lists epoll watches in the order of their file pointers)."""
+    out = []
+    for k, v in extra:
+        if k in _STABLE_FDINFO:
+            if k in _RENEWED:
+                pattern, by = _RENEWED[k]
+                v = " ".join(pattern.sub(by, v).split())
+            out.append((k, v))
+    return tuple(sorted(out))
 
 
 def _fd_table(
@@ -297,7 +318,7 @@ def _fd_table(
         m = _KERNEL_ID.match(target)
         holder = f"pid {ps.pid} fd {fd}"
         norm = labels.label(m.group(1), int(m.group(2)), holder) if m else target
-        extra = tuple((k, v) for k, v in info.extra if k in _STABLE_FDINFO)
+        extra = stable_fdinfo(info.extra)
         ps.fds[fd] = FdState(norm, info.flags, info.pos, None, extra, target)
     return raw
 
