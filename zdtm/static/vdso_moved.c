@@ -36,10 +36,13 @@ static int child_main(int fd, void *arg)
 	unsigned long start, end;
 	struct vma_info vi;
 
-	(void)fd;
 	(void)arg;
 	if (vdso_block(&start, &end) || munmap((void *)start, end - start))
 		return 1;
+	/* Ready only now: vma_find() keeps /proc/self/smaps open while it reads. */
+	if (write(fd, "r", 1) != 1)
+		return 1;
+	close(fd);
 	test_waitsig();
 	return vma_find((void *)(end - 1), &vi) ? 0 : 2;
 }
@@ -48,13 +51,20 @@ int main(int argc, char **argv)
 {
 	unsigned long start, end;
 	struct vma_info vi;
-	int status;
+	int status, rfd;
 	pid_t child;
+	char c;
 
 	test_init(argc, argv);
-	child = test_fork_child(TEST_NO_PIPE, NULL, child_main, NULL);
+	child = test_fork_child(TEST_PIPE_FROM_CHILD, &rfd, child_main, NULL);
 	if (child < 0)
 		return 1;
+	if (test_read_timeout(rfd, &c, 1, 10000)) {
+		pr_perror("child %d did not unmap its vdso", child);
+		test_kill_child(child);
+		return 1;
+	}
+	close(rfd);
 	if (vdso_block(&start, &end) ||
 	    mremap((void *)start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED,
 		   (void *)NEW_PLACE) == MAP_FAILED) {
