@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flavors import Flavor, StartError, get_flavor
-from zdtm import checks, snapshot, tasks
+from zdtm import checks, kernel_health, mountns, snapshot, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
 from zdtm.engines import Engine, EngineFailure
@@ -40,6 +40,7 @@ from zdtm.result import (
     ENGINE_CRASHED,
     ENGINE_ERROR,
     HARNESS_ERROR,
+    KERNEL,
     SKIP,
     TEST_FAIL,
     TIMEOUT,
@@ -67,6 +68,7 @@ class RunOptions:
     keep_img: bool = False
     workroot: Path | None = None      # parent of the per-test work dirs (default: a temp dir)
     engine_timeout: float = ENGINE_TIMEOUT
+    tolerate_taint: bool = False      # a kernel taint present at start is no failure
     notes: list[str] = field(default_factory=list)  # added to every result (e.g. mode switch)
 
 
@@ -142,6 +144,7 @@ class Run:
         self.test_pid = 0
         self.ns_pid = 0
         self.baseline_desc: set[int] = set()
+        self.kernel = kernel_health.KernelWatch(tolerate_taint=opts.tolerate_taint)
         self.phase = "build"  # the phase running now, for harness errors
 
     # ---- entry point -------------------------------------------------------------------
@@ -153,6 +156,10 @@ class Run:
             if self._skip_reason():
                 return self.result
             self._build()
+            why = mountns.enter_private()
+            if why:
+                self._note(why)
+            self.kernel.start()  # before own0: its fd is the harness's until the end
             own0 = snapshot.own_state()
             self.baseline_desc = set(tasks.descendants(os.getpid()))
             try:
@@ -167,6 +174,7 @@ class Run:
             finally:
                 # whatever the outcome, nothing of the run may be left
                 self._final_leak_check(own0)
+                self._kernel_check("stop")
         except _Failed:
             pass
         except Exception as exc:  # noqa: BLE001 - any harness bug becomes a result
@@ -174,6 +182,7 @@ class Run:
                              f"{type(exc).__name__}: {exc}",
                              traceback.format_exc().splitlines()[-12:])
         finally:
+            self.kernel.close()
             self.result.duration = time.monotonic() - started
         return self.result
 
@@ -232,6 +241,7 @@ class Run:
             self.result.fail("start", HARNESS_ERROR, exc.message)
             raise _Failed from None
         self.result.workdir = str(self.workdir)
+        self.kernel.tokens.append(str(self.workdir))
         argv = [str(self.test.binary), *self.test.start_args()]
         self.progress(f"{self.result.ident}: start")
         try:
@@ -273,6 +283,7 @@ class Run:
             if cr and self.opts.lazy:
                 self._engine_step("restore", self.engine.finish, self.opts.engine_timeout)
             problems += self._own_problems(own_a)
+            self._kernel_check("check", f"iteration {i}: ")
             if problems:
                 self.result.fail("check", CHECK_FAILED,
                                  f"iteration {i}: {len(problems)} problem(s): "
@@ -387,13 +398,30 @@ class Run:
             shutil.rmtree(self.tmproot, ignore_errors=True)
 
     def _final_leak_check(self, own0: Any) -> None:
-        """After cleanup the harness must hold exactly the fds and children it had before."""
+        """After cleanup the harness must hold exactly the fds, children and mounts it had
+        before; mounts the run left (a test of the h flavour mounts in the harness's
+        namespace) are reported, then removed."""
         tasks.reap_zombie_children()
-        problems = checks.compare_own(own0, snapshot.own_state())
+        own1 = snapshot.own_state()
+        problems = checks.compare_own(own0, own1)
         leftovers = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
         lines = _problem_lines(problems) + [f"left behind: process {p}" for p in leftovers]
+        left_mounts = set(own1.mounts - own0.mounts)
+        if left_mounts:
+            failed = mountns.remove(left_mounts)
+            lines += failed or [f"the {len(left_mounts)} mount(s) left behind were removed"]
         if lines:
             self.result.fail("stop", CHECK_FAILED, f"after cleanup: {lines[0]}", lines)
+
+    def _kernel_check(self, phase: str, prefix: str = "") -> None:
+        """New taint or kernel log lines of trouble fail the run with the kind ``kernel``."""
+        lines = self.kernel.poll()
+        for note in self.kernel.notes:
+            self._note(note)
+        if lines:
+            self.result.fail(phase, KERNEL, f"{prefix}{lines[0]}", lines)
+            if phase == "check":
+                raise _Failed
 
     # ---- helpers -----------------------------------------------------------------------
 
