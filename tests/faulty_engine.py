@@ -17,6 +17,9 @@ Two halves:
                    the pid namespace's init (ns flavours: the root of the tree); needs three
                    levels, e.g. init -> fork_child -> its child
   ``hang``         never return (the harness's deadline must kill it)
+  ``kmsg-warning`` write a "WARNING:" line into the kernel log (/dev/kmsg) carrying the
+                   run's token (FAULT_TOKEN, the run's work dir): the kernel health watch
+                   must fail the run with the kind ``kernel``
 
   The process stays in group-stop throughout: the injector seizes it, runs one syscall at a
   ``syscall`` instruction found in its vdso, puts every register back, and detaches.
@@ -50,7 +53,8 @@ from pathlib import Path
 from zdtm import ROOT_DIR
 from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
 
-FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang")
+FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
+          "kmsg-warning")
 
 _SYS_PTRACE = 101
 _SYS_PIDFD_GETFD = 438
@@ -307,8 +311,18 @@ def hang(pid: int) -> dict:
         time.sleep(3600)
 
 
+def kmsg_warning(pid: int) -> dict:
+    """Write a warning line for this run into the kernel log (user-space facility)."""
+    token = os.environ.get("FAULT_TOKEN", "")
+    line = f"zdtm-faulty-engine[{token}]: WARNING: injected for pid {pid}"
+    with open("/dev/kmsg", "w") as f:
+        f.write(f"<4>{line}\n")
+    return {"line": line}
+
+
 ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byte,
-           "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang}
+           "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang,
+           "kmsg-warning": kmsg_warning}
 
 
 def _children(pid: int) -> list[int]:
@@ -383,9 +397,10 @@ class FaultyEngine(Engine):
     def check(self) -> Features:
         return self.inner.check() if self.inner else Features()
 
-    def _apply(self, pid: int, step: str, timeout: float) -> StepResult:
+    def _apply(self, pid: int, step: str, timeout: float, images_dir: Path) -> StepResult:
         rec = self.workdir / f"fault-{self.fault}.json"
         env = dict(os.environ)
+        env["FAULT_TOKEN"] = str(images_dir.parent.parent)  # the run's work dir
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT_DIR), env.get("PYTHONPATH")]))
         res = run_logged([sys.executable, str(Path(__file__).resolve()), self.fault, str(pid),
                           str(rec)], step=step, log=self.workdir / f"fault-{self.fault}.log",
@@ -401,7 +416,7 @@ class FaultyEngine(Engine):
         if not leave_running:
             raise EngineFailure("error", "dump", "the fake faulty engine cannot kill and "
                                 "re-create a tree; run it with leave_running (--norst)")
-        return self._apply(root_pid, "dump", timeout)
+        return self._apply(root_pid, "dump", timeout, images_dir)
 
     def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
@@ -416,7 +431,7 @@ class FaultyEngine(Engine):
             raise EngineFailure("error", "restore", "the fake faulty engine cannot restore")
         root = self.inner.restore(images_dir, leave_stopped=True, opts=opts,
                                   timeout=timeout, lazy=lazy)
-        self._apply(root, "restore", timeout)
+        self._apply(root, "restore", timeout, images_dir)
         return root
 
     def finish(self, timeout: float) -> None:

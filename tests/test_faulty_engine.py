@@ -23,7 +23,7 @@ from zdtm import checks, lifecycle, snapshot, tasks
 from zdtm.desc import TestDesc, discover
 from zdtm.engines.bundled import BundledEngine
 from zdtm.proc import PAGE_SIZE
-from zdtm.result import CHECK_FAILED, FAIL, PASS, TIMEOUT, Result
+from zdtm.result import CHECK_FAILED, FAIL, KERNEL, PASS, TIMEOUT, Result
 
 SUBJECT = "static/mem_anon"  # one process, private anonymous data, stdout/err on a file
 
@@ -178,3 +178,17 @@ def test_hang_after_real_restore(subject: TestDesc, bundled: BundledEngine, clea
     assert result.outcome == FAIL, result.summary()
     assert (result.phase, result.kind) == ("restore", TIMEOUT), result.summary()
     assert "no result after 8s, killed" in result.message
+
+
+def test_kernel_log_line_fails_with_kind_kernel(subject: TestDesc, clean: Path,
+                                                tmp_path: Path) -> None:
+    """A WARNING line written into /dev/kmsg mid-test (by the fault, carrying the run's
+    token) fails the run with the kind ``kernel``, and the line is in the report."""
+    engine = FaultyEngine("kmsg-warning", tmp_path)
+    result = _run(subject, engine, clean, norst=True)
+    assert result.outcome == FAIL, result.summary()
+    assert (result.phase, result.kind) == ("check", KERNEL), result.summary()
+    line = engine.record["line"]
+    assert result.message.startswith("iteration 1: kernel log (user space, seq ")
+    assert result.message.endswith(line)
+    assert any(d.endswith(line) for d in result.details), result.details
