@@ -131,6 +131,8 @@ class Stat:
     ppid: int
     pgrp: int
     session: int
+    tty_nr: int
+    tpgid: int
     num_threads: int
     nice: int
     exit_signal: int
@@ -151,6 +153,8 @@ def parse_stat(text: str) -> Stat:
         ppid=int(rest[1]),
         pgrp=int(rest[2]),
         session=int(rest[3]),
+        tty_nr=int(rest[4]),
+        tpgid=int(rest[5]),
         num_threads=int(rest[17]),
         nice=int(rest[16]),
         exit_signal=int(rest[35]),
