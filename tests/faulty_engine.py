@@ -17,6 +17,18 @@ Two halves:
                    the pid namespace's init (ns flavours: the root of the tree); needs three
                    levels, e.g. init -> fork_child -> its child
   ``hang``         never return (the harness's deadline must kill it)
+  Faults for the checks of sharing, per-task state, open files and ttys, each changing
+  exactly one property of the deepest task (or of its first fitting fd):
+  ``unshare-files``/``unshare-fs``  inject unshare(CLONE_FILES / CLONE_FS): same fds and cwd,
+                   but no longer the table shared with the parent
+  ``break-cow``    write back one byte of a page the task shares copy-on-write with its
+                   parent (through /proc/PID/mem: the kernel copies the page, same bytes)
+  ``set-dumpable``, ``set-subreaper``, ``set-pdeathsig``, ``thp-disable``  inject prctl
+  ``timer-slack``, ``oom-score``, ``ioprio``  change the knob from outside
+  ``chmod-file``, ``chown-file``, ``touch-file``, ``grow-file``, ``punch-hole``,
+  ``set-owner``, ``set-sig``  on the first unlinked regular-file fd, through a pidfd_getfd
+                   copy of it; ``set-async``: O_ASYNC on the first pipe
+  ``set-winsize``, ``set-termios``  on the first terminal fd
   ``kmsg-warning`` write a "WARNING:" line into the kernel log (/dev/kmsg) carrying the
                    run's token (FAULT_TOKEN, the run's work dir): the kernel health watch
                    must fail the run with the kind ``kernel``
@@ -41,20 +53,36 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
+import functools
 import json
 import os
 import signal
 import stat
+import struct
 import sys
+import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from zdtm import ROOT_DIR
 from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
 
+_SYS_PRCTL = 157
+_SYS_UNSHARE = 272
+_SYS_IOPRIO_SET = 251
+CLONE_FILES = 0x400
+CLONE_FS = 0x200
+PRCTL = {"set-dumpable": (4, 0), "set-subreaper": (36, 1), "set-pdeathsig": (1, 12),
+         "thp-disable": (41, 1)}  # fault -> (PR_SET_*, value)
+UNSHARE = {"unshare-files": CLONE_FILES, "unshare-fs": CLONE_FS}
+FILE_FAULTS = ("chmod-file", "chown-file", "touch-file", "grow-file", "punch-hole",
+               "set-owner", "set-sig")
+TTY_FAULTS = ("set-winsize", "set-termios")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
-          "kmsg-warning")
+          "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
+          *FILE_FAULTS, "set-async", *TTY_FAULTS)
 
 _SYS_PTRACE = 101
 _SYS_PIDFD_GETFD = 438
@@ -214,26 +242,166 @@ def leak_fd(pid: int) -> dict:
     return {"fd": fd, "path": path}
 
 
-def move_offset(pid: int) -> dict:
-    """Move the offset of the first regular-file fd by one byte (shared description)."""
+def _first_fd(pid: int, fits: Callable[[os.stat_result, str], bool]) -> tuple[int, str]:
+    """(fd, link) of the task's first fd whose stat result and link target ``fit``."""
     for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
         link = f"/proc/{pid}/fd/{name}"
-        if stat.S_ISREG(os.stat(link).st_mode):
-            break
-    else:
-        raise RuntimeError(f"pid {pid} has no regular-file fd to move")
-    fd = int(name)
+        target = os.readlink(link)
+        if fits(os.stat(link), target):
+            return int(name), target
+    raise RuntimeError(f"pid {pid} has no fitting fd")
+
+
+def _copy_fd(pid: int, fd: int) -> int:
+    """A copy of the task's fd: the same open file description."""
     pidfd = os.pidfd_open(pid)
     try:
-        copy = _sys(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        return _sys(_SYS_PIDFD_GETFD, pidfd, fd, 0)
     finally:
         os.close(pidfd)
+
+
+def _is_reg(st: os.stat_result, target: str) -> bool:
+    return stat.S_ISREG(st.st_mode)
+
+
+def _is_unlinked(st: os.stat_result, target: str) -> bool:
+    return stat.S_ISREG(st.st_mode) and target.endswith(" (deleted)")
+
+
+def move_offset(pid: int) -> dict:
+    """Move the offset of the first regular-file fd by one byte (shared description)."""
+    fd, path = _first_fd(pid, _is_reg)
+    copy = _copy_fd(pid, fd)
     try:
         before = os.lseek(copy, 0, os.SEEK_CUR)
         after = os.lseek(copy, before + 1, os.SEEK_SET)
     finally:
         os.close(copy)
-    return {"fd": fd, "path": os.readlink(link), "pos_before": before, "pos_after": after}
+    return {"fd": fd, "path": path, "pos_before": before, "pos_after": after}
+
+
+def _inject(pid: int, nr: int, *args: int) -> int:
+    inj = Injector(pid)
+    try:
+        res = inj.syscall(nr, *args)
+    finally:
+        inj.close()
+    if res < 0:
+        raise OSError(-res, f"injected syscall {nr}{args}: {os.strerror(-res)}")
+    return res
+
+
+def unshare_table(fault: str, pid: int) -> dict:
+    """The task gets its own copy of a table it shared (same content, no longer shared)."""
+    _inject(pid, _SYS_UNSHARE, UNSHARE[fault])
+    return {}
+
+
+def set_prctl(fault: str, pid: int) -> dict:
+    option, value = PRCTL[fault]
+    _inject(pid, _SYS_PRCTL, option, value, 0, 0, 0)
+    return {"value": value}
+
+
+def set_knob(fault: str, pid: int) -> dict:
+    """Change a per-task knob from outside: timer slack, oom_score_adj, io priority."""
+    if fault == "timer-slack":
+        Path(f"/proc/{pid}/timerslack_ns").write_text("123457")
+        return {"value": 123457}
+    if fault == "oom-score":
+        Path(f"/proc/{pid}/oom_score_adj").write_text("345")
+        return {"value": 345}
+    _sys(_SYS_IOPRIO_SET, 1, pid, 3 << 13)  # IOPRIO_WHO_PROCESS, class idle
+    return {"value": "class 3 level 0"}
+
+
+def _pfns(pid: int) -> dict[int, int]:
+    """{frame: address} of present anonymous pages of private writable mappings."""
+    out = {}
+    with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm:
+        for start, end, perms, path in _maps(pid):
+            if not perms.startswith("rw") or perms[3] != "p" or path.startswith("[v"):
+                continue
+            pm.seek(start // PAGE * 8)
+            raw = pm.read((end - start) // PAGE * 8)
+            for i in range(0, len(raw), 8):
+                v = int.from_bytes(raw[i:i + 8], "little")
+                if v >> 63 and not v >> 61 & 1 and v & ((1 << 55) - 1):
+                    out[v & ((1 << 55) - 1)] = start + i // 8 * PAGE
+    return out
+
+
+def break_cow(pid: int) -> dict:
+    """Copy one page the task shares copy-on-write with its parent (same bytes)."""
+    mine, theirs = _pfns(pid), _pfns(_ppid(pid))
+    common = sorted(mine[f] for f in mine.keys() & theirs.keys())
+    if not common:
+        raise RuntimeError(f"pid {pid} shares no private page with its parent")
+    addr = common[0]
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    try:
+        os.pwrite(fd, os.pread(fd, 1, addr), addr)
+    finally:
+        os.close(fd)
+    return {"addr": addr}
+
+
+def file_fault(fault: str, pid: int) -> dict:
+    """Change one attribute of the first unlinked regular file the task has open."""
+    fd, path = _first_fd(pid, _is_unlinked)
+    copy = _copy_fd(pid, fd)
+    try:
+        _change_file(fault, copy, pid)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path}
+
+
+def _change_file(fault: str, copy: int, pid: int) -> None:
+    st = os.fstat(copy)
+    if fault == "chmod-file":
+        os.fchmod(copy, stat.S_IMODE(st.st_mode) ^ 0o044)
+    elif fault == "chown-file":
+        os.fchown(copy, st.st_uid + 1, st.st_gid)
+    elif fault == "touch-file":
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    elif fault == "grow-file":
+        os.truncate(copy, st.st_size + 1)
+    elif fault == "punch-hole":
+        _libc.fallocate(copy, 3, ctypes.c_long(0), ctypes.c_long(PAGE))  # PUNCH_HOLE|KEEP
+    elif fault == "set-owner":
+        fcntl.fcntl(copy, fcntl.F_SETOWN, pid)
+    elif fault == "set-sig":
+        fcntl.fcntl(copy, 10, signal.SIGUSR1)  # F_SETSIG
+
+
+def set_async(pid: int) -> dict:
+    """Set O_ASYNC on the task's first pipe (regular files have no fasync: no O_ASYNC)."""
+    fd, path = _first_fd(pid, lambda st, _target: stat.S_ISFIFO(st.st_mode))
+    copy = _copy_fd(pid, fd)
+    try:
+        fcntl.fcntl(copy, fcntl.F_SETFL, fcntl.fcntl(copy, fcntl.F_GETFL) | os.O_ASYNC)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path}
+
+
+def tty_fault(fault: str, pid: int) -> dict:
+    """Change the window size or the termios of the task's first terminal."""
+    fd, path = _first_fd(pid, lambda st, _target: stat.S_ISCHR(st.st_mode)
+                         and os.major(st.st_rdev) in (4, 5, *range(136, 144)))
+    copy = _copy_fd(pid, fd)
+    try:
+        if fault == "set-winsize":
+            fcntl.ioctl(copy, termios.TIOCSWINSZ, struct.pack("4H", 12, 34, 0, 0))
+        else:
+            attrs = termios.tcgetattr(copy)
+            attrs[3] ^= termios.ECHO
+            termios.tcsetattr(copy, termios.TCSANOW, attrs)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path}
 
 
 def _pick_anon_vma(pid: int) -> tuple[int, int, int]:
@@ -320,9 +488,17 @@ def kmsg_warning(pid: int) -> dict:
     return {"line": line}
 
 
+def _each(faults: Iterable[str], action: Callable[[str, int], dict]
+          ) -> dict[str, Callable[[int], dict]]:
+    return {f: functools.partial(action, f) for f in faults}
+
+
 ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byte,
            "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang,
-           "kmsg-warning": kmsg_warning}
+           "kmsg-warning": kmsg_warning, "break-cow": break_cow, "set-async": set_async,
+           **_each(UNSHARE, unshare_table), **_each(PRCTL, set_prctl),
+           **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
+           **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault)}
 
 
 def _children(pid: int) -> list[int]:

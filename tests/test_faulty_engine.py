@@ -61,7 +61,7 @@ def _run(test: TestDesc, engine: FaultyEngine, workroot: Path, flavor: str = "h"
 def _problems(result: Result) -> list[str]:
     return [line for line in result.details
             if line.split(":", 1)[0] in ("tree", "task", "rseq", "fds", "maps", "memory", "ns",
-                                           "leak")]
+                                           "sharing", "taskattrs", "files", "tty", "leak")]
 
 
 def _expect(result: Result, check: str) -> list[str]:
@@ -192,3 +192,43 @@ def test_kernel_log_line_fails_with_kind_kernel(subject: TestDesc, clean: Path,
     assert result.message.startswith("iteration 1: kernel log (user space, seq ")
     assert result.message.endswith(line)
     assert any(d.endswith(line) for d in result.details), result.details
+
+
+# fault -> (subject test, the one check that must fail, text one of its problems contains)
+PROPERTY_FAULTS = {
+    "unshare-files": ("static/shared_tables", "sharing", "fd table (CLONE_FILES) files[pid "),
+    "unshare-fs": ("static/shared_tables", "sharing", "fs info (CLONE_FS) fs[pid "),
+    "break-cow": ("static/fork_child", "sharing", "private pages shared copy-on-write before"),
+    "set-dumpable": (SUBJECT, "taskattrs", "dumpable 1 -> 0"),
+    "set-subreaper": (SUBJECT, "taskattrs", "child_subreaper 0 -> 1"),
+    "set-pdeathsig": (SUBJECT, "taskattrs", "pdeathsig 0 -> 12"),
+    "thp-disable": (SUBJECT, "taskattrs", "thp_disable no -> yes"),
+    "timer-slack": (SUBJECT, "taskattrs", "timer_slack_ns 50000 -> 123457"),
+    "oom-score": (SUBJECT, "taskattrs", "oom_score_adj 0 -> 345"),
+    "ioprio": (SUBJECT, "taskattrs", "-> class 3 level 0"),
+    "chmod-file": ("static/file_unlinked", "files", "mode 0o600 -> 0o644"),
+    "chown-file": ("static/file_unlinked", "files", "owner uid:gid 0:0 -> 1:0"),
+    "touch-file": ("static/file_unlinked", "files", ": mtime "),
+    "grow-file": ("static/file_unlinked", "files", "size 20000 -> 20001"),
+    "punch-hole": ("static/file_unlinked", "files", "data layout 0-20000 -> 4096-20000"),
+    "set-owner": ("static/file_unlinked", "files", "owner absent -> pid pid "),
+    "set-sig": ("static/file_unlinked", "files", "owner signal absent -> 10"),
+    "set-async": ("static/fork_child", "fds", "|O_ASYNC"),
+    "set-winsize": ("static/tty_state", "tty", "winsize 33x77 (0x0 px) -> 12x34 (0x0 px)"),
+    "set-termios": ("static/tty_state", "tty", "termios iflag "),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(PROPERTY_FAULTS))
+def test_property_fault_fails_exactly_its_check(fault: str, clean: Path,
+                                                tmp_path: Path) -> None:
+    """Each fault changes one property the new checks watch; exactly that check fails,
+    naming the process (and fd) and the value before and after."""
+    name, check, text = PROPERTY_FAULTS[fault]
+    test = next(t for t in discover() if t.name == name)
+    engine = FaultyEngine(fault, tmp_path)
+    result = _run(test, engine, clean, norst=True)
+    assert engine.record["fault"] == fault
+    problems = _expect(result, check)
+    who = f"pid {engine.record['inner_pid']} ("
+    assert any(who in p and text in p for p in problems), problems

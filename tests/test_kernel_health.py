@@ -59,8 +59,8 @@ def test_taint(monkeypatch: pytest.MonkeyPatch) -> None:
         w._fd, fd = None, w._fd  # the log is not the point here
         if fd is not None:
             os.close(fd)
-    assert strict.poll() == ["kernel was already tainted at start: 0x1000 (O) "
-                             "(tolerate with --tolerate-taint)"]
+    start = "kernel was already tainted at start: 0x1000 (O) (tolerate with --tolerate-taint)"
+    assert strict.poll() == [start]
     assert tolerant.poll() == []
     taint[0] |= 1 << 9  # W: a kernel warning
     new = "kernel taint 0x1000 (O) -> 0x1200 (WO): new 0x200 (W)"

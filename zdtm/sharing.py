@@ -24,6 +24,8 @@ from zdtm import proc
 
 _SYS_KCMP = 312
 KCMP_KINDS = {"vm": 1, "files": 2, "fs": 3, "sighand": 4}
+TABLE_NAMES = {"vm": "address space (CLONE_VM)", "files": "fd table (CLONE_FILES)",
+               "fs": "fs info (CLONE_FS)", "sighand": "signal handlers (CLONE_SIGHAND)"}
 PM_PFN_MASK = (1 << 55) - 1
 PM_MMAP_EXCLUSIVE = 1 << 56
 PM_FILE = 1 << 61  # file page or shared anonymous memory
@@ -56,7 +58,8 @@ def table_classes(members: Sequence[tuple[int, int]]) -> dict[int, dict[str, str
             for lead_outer, lead_inner in leaders:
                 if kcmp(lead_outer, outer, code) == 0:
                     label = f"{kind}[pid {lead_inner}]"
-                    out[lead_outer][kind] = out[outer][kind] = label
+                    name = TABLE_NAMES[kind]
+                    out[lead_outer][name] = out[outer][name] = label
                     break
             else:
                 leaders.append((outer, inner))
@@ -97,15 +100,20 @@ def _shared_private_pages(pid: int, zero: int) -> dict[int, int]:
 
 def cow_pairs(members: Sequence[tuple[int, int]]) -> CowPairs:
     """Pages shared copy-on-write between each pair of the given live processes
-    ((outer pid, inner pid) in walk order); needs root (page frames)."""
+    ((outer pid, inner pid) in walk order; two sharing one address space map the same
+    pages, not copies: no pair); needs root (page frames)."""
     if len(members) < 2:
         return {}
     zero = _zero_pfn()
-    pages = [(inner, _shared_private_pages(outer, zero)) for outer, inner in members]
+    if not zero:
+        raise PermissionError("page frames are hidden from the harness (needs CAP_SYS_ADMIN)")
+    pages = [(outer, inner, _shared_private_pages(outer, zero)) for outer, inner in members]
     out: dict[tuple[int, int], set[tuple[int, int]]] = {}
-    for i, (pa, fa) in enumerate(pages):
-        for pb, fb in pages[i + 1:]:
+    for i, (oa, pa, fa) in enumerate(pages):
+        for ob, pb, fb in pages[i + 1:]:
             common = fa.keys() & fb.keys()
+            if common and kcmp(oa, ob, KCMP_KINDS["vm"]) == 0:
+                continue
             if common:
                 out[(pa, pb)] = {(fa[f], fb[f]) for f in common}
     return {k: frozenset(v) for k, v in out.items()}
