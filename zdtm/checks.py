@@ -93,8 +93,8 @@ def _cow(before: TreeState, after: TreeState) -> list[Problem]:
     out = []
     for (pa, pb), sb, sa in _changed(before.cow, after.cow):
         sb, sa = sb or frozenset(), sa or frozenset()
-        if pa not in after.procs or pb not in after.procs:
-            continue  # a lost process is the tree check's
+        if any(p not in after.procs or after.procs[p].state == "Z" for p in (pa, pb)):
+            continue  # a lost or dead process is the tree check's
         names = f"{after.procs[pa].name()} and {after.procs[pb].name()}"
         msg = (f"{names}: {len(sb)} private pages shared copy-on-write before, {len(sa)} "
                "after")
