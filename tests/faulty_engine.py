@@ -29,6 +29,9 @@ Two halves:
   ``set-owner``, ``set-sig``  on the first unlinked regular-file fd, through a pidfd_getfd
                    copy of it; ``set-async``: O_ASYNC on the first pipe
   ``set-winsize``, ``set-termios``  on the first terminal fd
+  ``mount-left``   mount a tmpfs in the task's mount namespace (in h: the run's own) on
+                   a fresh dir beside the record, as a test of the h flavour could
+  ``cgroup-left``  create a cgroup (pids hierarchy) and move the task into it
   ``kmsg-warning`` write a "WARNING:" line into the kernel log (/dev/kmsg) carrying the
                    run's token (FAULT_TOKEN, the run's work dir): the kernel health watch
                    must fail the run with the kind ``kernel``
@@ -82,7 +85,7 @@ FILE_FAULTS = ("chmod-file", "chown-file", "touch-file", "grow-file", "punch-hol
 TTY_FAULTS = ("set-winsize", "set-termios")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
-          *FILE_FAULTS, "set-async", *TTY_FAULTS)
+          *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left")
 
 _SYS_PTRACE = 101
 _SYS_PIDFD_GETFD = 438
@@ -488,6 +491,33 @@ def kmsg_warning(pid: int) -> dict:
     return {"line": line}
 
 
+def mount_left(pid: int) -> dict:
+    """A tmpfs mounted in the task's mount namespace and never unmounted."""
+    where = Path(os.environ["FAULT_DIR"]) / f"mnt-{pid}"
+    where.mkdir()
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, 0x00020000) != 0:  # CLONE_NEWNS
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+    if _libc.mount(b"zdtm-fault", bytes(where), b"tmpfs", 0, None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {where}")
+    return {"mount": str(where)}
+
+
+def cgroup_left(pid: int) -> dict:
+    """A new cgroup of the pids hierarchy with the task in it, never removed."""
+    with open("/proc/self/mountinfo") as f:
+        points = [ln.split()[4] for ln in f if " - cgroup " in ln and ",pids" in ln]
+    if not points:
+        raise RuntimeError("no pids cgroup hierarchy mounted")
+    group = Path(points[0]) / f"zdtm-fault-{pid}"
+    group.mkdir()
+    (group / "cgroup.procs").write_text(str(pid))
+    return {"cgroup": str(group)}
+
+
 def _each(faults: Iterable[str], action: Callable[[str, int], dict]
           ) -> dict[str, Callable[[int], dict]]:
     return {f: functools.partial(action, f) for f in faults}
@@ -498,7 +528,8 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            "kmsg-warning": kmsg_warning, "break-cow": break_cow, "set-async": set_async,
            **_each(UNSHARE, unshare_table), **_each(PRCTL, set_prctl),
            **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
-           **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault)}
+           **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
+           "mount-left": mount_left, "cgroup-left": cgroup_left}
 
 
 def _children(pid: int) -> list[int]:
@@ -577,6 +608,7 @@ class FaultyEngine(Engine):
         rec = self.workdir / f"fault-{self.fault}.json"
         env = dict(os.environ)
         env["FAULT_TOKEN"] = str(images_dir.parent.parent)  # the run's work dir
+        env["FAULT_DIR"] = str(self.workdir)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT_DIR), env.get("PYTHONPATH")]))
         res = run_logged([sys.executable, str(Path(__file__).resolve()), self.fault, str(pid),
                           str(rec)], step=step, log=self.workdir / f"fault-{self.fault}.log",

@@ -296,8 +296,8 @@ def test_sharing_of_tables_and_cow_pages() -> None:
     assert _messages(before, after) == [
         "sharing: pid 100 (t): signal handlers (CLONE_SIGHAND) sighand[pid 100] -> not shared",
         "sharing: pid 101 (t): signal handlers (CLONE_SIGHAND) sighand[pid 100] -> not shared",
-        "sharing: pid 100 (t) and pid 101 (t): 2 private pages shared copy-on-write before, "
-        "1 after; first no longer shared: 0x1000 / 0x1000",
+        ("sharing: pid 100 (t) and pid 101 (t): 2 private pages shared copy-on-write before, "
+        "1 after; first no longer shared: 0x1000 / 0x1000"),
     ]
 
 
@@ -320,6 +320,6 @@ def test_file_attributes_of_a_lost_fd_are_the_fds_check() -> None:
     before.procs[101].files = {1: {"mode": "0o600"}}
     assert _messages(before, after) == [
         "files: pid 100 (t): fd 1 /tmp/out: mode 0o600 -> 0o644",
-        "fds: pid 101 (t): fd 1 lost after restore: /tmp/out (flags O_WRONLY|O_APPEND|"
-        "O_LARGEFILE, pos 77)",
+        ("fds: pid 101 (t): fd 1 lost after restore: /tmp/out (flags O_WRONLY|O_APPEND|"
+        "O_LARGEFILE, pos 77)"),
     ]

@@ -232,3 +232,24 @@ def test_property_fault_fails_exactly_its_check(fault: str, clean: Path,
     problems = _expect(result, check)
     who = f"pid {engine.record['inner_pid']} ("
     assert any(who in p and text in p for p in problems), problems
+
+
+@pytest.mark.parametrize("fault", ["mount-left", "cgroup-left"])
+def test_left_kernel_objects_are_reported_and_removed(fault: str, subject: TestDesc,
+                                                      clean: Path, tmp_path: Path) -> None:
+    """A mount in the run's namespace or a cgroup the test sat in: named in the result,
+    then removed (``clean`` checks the harness's mounts are as before)."""
+    engine = FaultyEngine(fault, tmp_path)
+    result = _run(subject, engine, clean, norst=True)
+    assert result.outcome == FAIL, result.summary()
+    if fault == "mount-left":
+        where = engine.record["mount"]
+        assert result.message.startswith(f"iteration 1: 1 problem(s): leak: mount {where} ")
+        assert f"leak: mount {where} (tmpfs, source zdtm-fault) left behind" in result.details
+        assert "the 1 mount(s) left behind were removed" in result.details
+        assert where not in Path("/proc/self/mountinfo").read_text()
+    else:
+        group = engine.record["cgroup"]
+        assert (result.phase, result.kind) == ("stop", CHECK_FAILED), result.summary()
+        assert f"leak: cgroup {group} left behind (removed)" in result.details
+        assert not Path(group).exists()

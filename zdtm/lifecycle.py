@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flavors import Flavor, StartError, get_flavor
-from zdtm import checks, kernel_health, mountns, snapshot, tasks
+from zdtm import cgroups, checks, kernel_health, mountns, snapshot, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
 from zdtm.engines import Engine, EngineFailure
@@ -145,6 +145,8 @@ class Run:
         self.ns_pid = 0
         self.baseline_desc: set[int] = set()
         self.kernel = kernel_health.KernelWatch(tolerate_taint=opts.tolerate_taint)
+        self.cgroups0: frozenset[str] = frozenset()
+        self.cgroups_seen: set[str] = set()  # cgroups the tree's tasks were seen in
         self.phase = "build"  # the phase running now, for harness errors
 
     # ---- entry point -------------------------------------------------------------------
@@ -160,6 +162,7 @@ class Run:
             if why:
                 self._note(why)
             self.kernel.start()  # before own0: its fd is the harness's until the end
+            self.cgroups0 = cgroups.existing()
             own0 = snapshot.own_state()
             self.baseline_desc = set(tasks.descendants(os.getpid()))
             try:
@@ -387,6 +390,7 @@ class Run:
         self.engine.close()
         ours = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
         roots = [p for p in (self.root_pid, self.test_pid) if p] + ours
+        self._see_cgroups(roots)
         left = tasks.kill_tree(roots, CLEANUP_TIMEOUT)
         tasks.reap_zombie_children()
         if left:
@@ -406,12 +410,19 @@ class Run:
         problems = checks.compare_own(own0, own1)
         leftovers = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
         lines = _problem_lines(problems) + [f"left behind: process {p}" for p in leftovers]
+        lines += cgroups.remove_new(self.cgroups_seen, self.cgroups0)
         left_mounts = set(own1.mounts - own0.mounts)
         if left_mounts:
             failed = mountns.remove(left_mounts)
             lines += failed or [f"the {len(left_mounts)} mount(s) left behind were removed"]
         if lines:
             self.result.fail("stop", CHECK_FAILED, f"after cleanup: {lines[0]}", lines)
+
+    def _see_cgroups(self, pids: list[int]) -> None:
+        """Remember the cgroups of these tasks (new ones are removed after the run)."""
+        for pid in pids:
+            for p in tasks.tree(pid):
+                self.cgroups_seen |= cgroups.of_task(p)
 
     def _kernel_check(self, phase: str, prefix: str = "") -> None:
         """New taint or kernel log lines of trouble fail the run with the kind ``kernel``."""
@@ -463,6 +474,7 @@ class Run:
         self.phase = "check"
         try:
             with deadline(SNAPSHOT_TIMEOUT, f"snapshot {label}"):
+                self._see_cgroups([self.root_pid])
                 return snapshot.capture(self.root_pid, ns=self.flavor.uses_ns)
         except PhaseTimeout as exc:
             self.result.fail("check", TIMEOUT, str(exc))
