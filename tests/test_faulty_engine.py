@@ -253,3 +253,22 @@ def test_left_kernel_objects_are_reported_and_removed(fault: str, subject: TestD
         assert (result.phase, result.kind) == ("stop", CHECK_FAILED), result.summary()
         assert f"leak: cgroup {group} left behind (removed)" in result.details
         assert not Path(group).exists()
+
+
+@pytest.mark.parametrize("flavor", ["ns", "uns"])
+@pytest.mark.parametrize("fault", ["unshare-files", "break-cow", "set-dumpable", "set-owner",
+                                   "set-winsize"])
+def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
+                                       tmp_path: Path) -> None:
+    """The new checks see through the ns flavours too: pids as the tree sees them, in-task
+    reads inside a user namespace, pidfd_getfd copies of its fds."""
+    name, check, text = PROPERTY_FAULTS[fault]
+    test = next(t for t in discover() if t.name == name)
+    engine = FaultyEngine(fault, tmp_path)
+    result = _run(test, engine, clean, flavor, norst=True)
+    problems = _expect(result, check)
+    rec = engine.record
+    who = f"pid {rec['inner_pid']} [{rec['pid']}] ("
+    assert any(who in p and text in p for p in problems), problems
+    if fault == "set-owner":  # the owner is named by its pid inside the namespace
+        assert any(f"owner absent -> pid pid {rec['inner_pid']}" in p for p in problems)

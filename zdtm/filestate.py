@@ -20,6 +20,7 @@ import hashlib
 import os
 import stat
 import struct
+import time
 from collections.abc import Iterator, Mapping
 
 _SYS_PIDFD_GETFD = 438
@@ -93,6 +94,11 @@ def _digest(fd: int, size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _when(ns: int) -> str:
+    """A timestamp to the nanosecond, UTC: "2026-12-04 03:20:18.266207545"."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}"
+
+
 def regular(pid: int, fd: int, target: str) -> dict[str, str]:
     """Owner, mode, size, mtime (and for an unlinked file its layout and digest)."""
     if not target.startswith("/") or target.startswith(GENERATED):
@@ -102,7 +108,7 @@ def regular(pid: int, fd: int, target: str) -> dict[str, str]:
     if not stat.S_ISREG(st.st_mode):
         return {}
     out = {"owner uid:gid": f"{st.st_uid}:{st.st_gid}", "mode": oct(stat.S_IMODE(st.st_mode)),
-           "size": str(st.st_size), "mtime": str(st.st_mtime_ns)}
+           "size": str(st.st_size), "mtime": _when(st.st_mtime_ns)}
     if target.endswith(" (deleted)"):
         rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
