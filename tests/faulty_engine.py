@@ -36,8 +36,9 @@ Two halves:
                    run's token (FAULT_TOKEN, the run's work dir): the kernel health watch
                    must fail the run with the kind ``kernel``
 
-  The process stays in group-stop throughout: the injector seizes it, runs one syscall at a
-  ``syscall`` instruction found in its vdso, puts every register back, and detaches.
+  The process stays in group-stop throughout: the harness's own injector (zdtm/tracing.py)
+  seizes it, runs one syscall at a ``syscall`` instruction found in its vdso, puts every
+  register, the signal mask and its scratch bytes back, and detaches.
 
 - ``FaultyEngine``, an engine driver (zdtm/engines/base.py) for the harness lifecycle. It has
   two modes. "fake": no checkpoint at all; ``dump`` is only valid with leave_running (the
@@ -54,6 +55,7 @@ not reap it). The ppid comparison itself is also unit-tested on TreeState data
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -66,10 +68,10 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from zdtm import ROOT_DIR
+from zdtm import ROOT_DIR, tracing
 from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
 
 _SYS_PRCTL = 157
@@ -87,18 +89,9 @@ FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
           *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left")
 
-_SYS_PTRACE = 101
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
 _SYS_MUNMAP = 11
-PTRACE_GETREGS = 12
-PTRACE_SETREGS = 13
-PTRACE_SYSCALL = 24
-PTRACE_DETACH = 17
-PTRACE_SEIZE = 0x4206
-PTRACE_INTERRUPT = 0x4207
-PTRACE_O_TRACESYSGOOD = 1
-_WALL = 0x40000000
 AT_FDCWD = -100
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WAIT_TIMEOUT = 10.0
@@ -107,25 +100,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-class UserRegs(ctypes.Structure):
-    """struct user_regs_struct (x86_64)."""
-
-    _fields_ = [(name, ctypes.c_ulonglong) for name in (
-        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
-        "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
-        "gs_base", "ds", "es", "fs", "gs")]
-
-
 def _sys(nr: int, *args: int) -> int:
     res = _libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args))
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syscall {nr}: {os.strerror(err)}")
     return res
-
-
-def _ptrace(req: int, pid: int, addr: int = 0, data: int = 0) -> int:
-    return _sys(_SYS_PTRACE, req, pid, addr, data)
 
 
 def _maps(pid: int) -> list[tuple[int, int, str, str]]:
@@ -139,87 +119,12 @@ def _maps(pid: int) -> list[tuple[int, int, str, str]]:
     return out
 
 
-class Injector:
-    """Runs syscalls inside a stopped task and leaves it stopped, registers intact."""
-
-    def __init__(self, pid: int) -> None:
-        """Seize and trap the task (it stays in group-stop for the rest of the world)."""
-        self.pid = pid
-        _ptrace(PTRACE_SEIZE, pid, 0, PTRACE_O_TRACESYSGOOD)
-        try:
-            _ptrace(PTRACE_INTERRUPT, pid)
-            self._wait()
-            self.saved = UserRegs()
-            _ptrace(PTRACE_GETREGS, pid, 0, ctypes.addressof(self.saved))
-            self.site = self._syscall_site()
-        except BaseException:
-            _ptrace(PTRACE_DETACH, pid)
-            raise
-
-    def _wait(self) -> int:
-        deadline = time.monotonic() + WAIT_TIMEOUT
-        while time.monotonic() < deadline:
-            got, status = os.waitpid(self.pid, os.WNOHANG | _WALL)
-            if got == self.pid:
-                if not os.WIFSTOPPED(status):
-                    raise ProcessLookupError(f"pid {self.pid} exited while traced")
-                return status
-            time.sleep(0.001)
-        raise TimeoutError(f"pid {self.pid} did not stop within {WAIT_TIMEOUT}s")
-
-    def _syscall_site(self) -> int:
-        """Address of a ``syscall`` instruction (0f 05) in the task's vdso."""
-        for start, end, _perms, path in _maps(self.pid):
-            if path == "[vdso]":
-                with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as mem:
-                    mem.seek(start)
-                    code = mem.read(end - start)
-                at = code.find(b"\x0f\x05")
-                if at >= 0:
-                    return start + at
-        raise RuntimeError(f"pid {self.pid}: no syscall instruction found in the vdso")
-
-    def syscall(self, nr: int, *args: int) -> int:
-        """Run one syscall in the task; returns its raw result (negative errno on failure)."""
-        regs = UserRegs.from_buffer_copy(self.saved)
-        regs.rax = nr
-        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
-            setattr(regs, name, value & (2**64 - 1))
-        regs.orig_rax = 2**64 - 1  # no syscall restart on the way out of the stop
-        regs.rip = self.site
-        _ptrace(PTRACE_SETREGS, self.pid, 0, ctypes.addressof(regs))
-        for _ in ("entry", "exit"):
-            self._to_syscall_stop()
-        _ptrace(PTRACE_GETREGS, self.pid, 0, ctypes.addressof(regs))
-        return ctypes.c_longlong(regs.rax).value
-
-    def _to_syscall_stop(self) -> None:
-        """Resume to the next syscall-entry or -exit stop.
-
-        A tracee seized in group-stop first reports PTRACE_EVENT_STOP again when resumed
-        (the group is still stopped); resuming it once more runs it to the syscall.
-        """
-        for _ in range(10):
-            _ptrace(PTRACE_SYSCALL, self.pid)
-            if os.WSTOPSIG(self._wait()) == signal.SIGTRAP | 0x80:
-                return
-        raise RuntimeError(f"pid {self.pid}: no syscall stop after 10 resumes")
-
-    def close(self) -> None:
-        """Put the registers back and detach: the task returns into group-stop."""
-        _ptrace(PTRACE_SETREGS, self.pid, 0, ctypes.addressof(self.saved))
-        _ptrace(PTRACE_DETACH, self.pid)
-
-
-def _mem_write(pid: int, addr: int, data: bytes) -> bytes:
-    """Write data at addr of pid; returns what was there before."""
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-    try:
-        old = os.pread(fd, len(data), addr)
-        os.pwrite(fd, data, addr)
-        return old
-    finally:
-        os.close(fd)
+@contextlib.contextmanager
+def _injector(pid: int) -> Iterator[tracing.Injector]:
+    """The stopped task seized, an injector on it; afterwards its registers, signal mask and
+    scratch bytes are put back and it is detached (back into group-stop)."""
+    with tracing.seized(pid, WAIT_TIMEOUT), tracing.Injector(pid, WAIT_TIMEOUT) as inj:
+        yield inj
 
 
 def leak_fd(pid: int) -> dict:
@@ -229,17 +134,9 @@ def leak_fd(pid: int) -> dict:
     and in the uns flavour the task may not search the directories on that path.
     """
     path = os.readlink(f"/proc/{pid}/exe")
-    inj = Injector(pid)
-    try:
-        # the path goes below the red zone of the stack, and the old bytes come back after
-        addr = (inj.saved.rsp - 1024) & ~15
-        old = _mem_write(pid, addr, b"/proc/self/exe\0")
-        try:
-            fd = inj.syscall(_SYS_OPENAT, AT_FDCWD, addr, os.O_RDONLY, 0)
-        finally:
-            _mem_write(pid, addr, old)
-    finally:
-        inj.close()
+    with _injector(pid) as inj:
+        inj.write_scratch(b"/proc/self/exe\0")
+        fd = inj.syscall(_SYS_OPENAT, AT_FDCWD, inj.scratch, os.O_RDONLY, 0)
     if fd < 0:
         raise OSError(-fd, f"injected openat({path}) failed: {os.strerror(-fd)}")
     return {"fd": fd, "path": path}
@@ -285,11 +182,8 @@ def move_offset(pid: int) -> dict:
 
 
 def _inject(pid: int, nr: int, *args: int) -> int:
-    inj = Injector(pid)
-    try:
+    with _injector(pid) as inj:
         res = inj.syscall(nr, *args)
-    finally:
-        inj.close()
     if res < 0:
         raise OSError(-res, f"injected syscall {nr}{args}: {os.strerror(-res)}")
     return res
@@ -447,13 +341,7 @@ def flip_byte(pid: int) -> dict:
 def drop_vma(pid: int) -> dict:
     """Inject munmap() of a whole private anonymous VMA."""
     start, end, _page = _pick_anon_vma(pid)
-    inj = Injector(pid)
-    try:
-        res = inj.syscall(_SYS_MUNMAP, start, end - start)
-    finally:
-        inj.close()
-    if res < 0:
-        raise OSError(-res, f"injected munmap failed: {os.strerror(-res)}")
+    _inject(pid, _SYS_MUNMAP, start, end - start)
     return {"vma": [start, end]}
 
 

@@ -19,10 +19,12 @@ zone; the bytes there are written back afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Self
 
@@ -137,10 +139,7 @@ def visit(tid: int, *, in_task: bool, timeout: float = 5.0) -> Visit:
     """One ptrace visit of a stopped thread: its rseq configuration, and with ``in_task``
     the per-task state only the task can ask for (PR_GET_DUMPABLE, PR_GET_CHILD_SUBREAPER,
     PR_GET_PDEATHSIG), all in this one seize."""
-    _ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD)
-    try:
-        _ptrace(PTRACE_INTERRUPT, tid)
-        _wait_trap(tid, time.monotonic() + timeout)
+    with seized(tid, timeout):
         conf = _RseqConfiguration()
         _ptrace(
             PTRACE_GET_RSEQ_CONFIGURATION, tid, ctypes.sizeof(conf), ctypes.addressof(conf),
@@ -148,6 +147,16 @@ def visit(tid: int, *, in_task: bool, timeout: float = 5.0) -> Visit:
         rseq = RseqConfig(conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature)
         found = _read_in_task(Injector(tid, timeout)) if in_task else {}
         return Visit(rseq, found)
+
+
+@contextlib.contextmanager
+def seized(tid: int, timeout: float = 5.0) -> Iterator[None]:
+    """The (stopped) thread seized and in a ptrace-stop for the block, detached after."""
+    _ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD)
+    try:
+        _ptrace(PTRACE_INTERRUPT, tid)
+        _wait_trap(tid, time.monotonic() + timeout)
+        yield
     finally:
         try:
             _ptrace(PTRACE_DETACH, tid)
@@ -208,6 +217,12 @@ class Injector:
     def read_scratch(self, size: int) -> bytes:
         """What the last syscall wrote into the scratch area."""
         return self._mem(self.scratch, size)
+
+    def write_scratch(self, data: bytes) -> None:
+        """Put an argument (at most SCRATCH bytes) into the scratch area."""
+        if len(data) > self.SCRATCH:
+            raise ValueError(f"{len(data)} bytes do not fit the {self.SCRATCH}-byte scratch")
+        self._mem(self.scratch, len(data), data)
 
     def _syscall_site(self) -> int:
         """Address of a ``syscall`` instruction (0f 05) in the thread's vdso."""
