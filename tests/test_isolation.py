@@ -33,7 +33,7 @@ while time.monotonic() < end:
     os.replace(count + ".tmp", count)
     time.sleep(0.002)
 """
-RUNS = ["-t", "static/mem_anon", "-t", "static/fork_child", "-f", "h,ns", "--iters", "2",
+RUNS = ["-t", "static/mem_anon", "-t", "static/zombie", "-f", "h,ns", "--iters", "2",
         "--keep-going"]
 LIMIT = 240.0
 
