@@ -32,7 +32,7 @@ def existing() -> frozenset[str]:
 def of_task(pid: int) -> set[str]:
     """The cgroup directories a task is in, one per mounted hierarchy (empty if gone)."""
     mounts = _hierarchies()
-    out = set()
+    out: set[str] = set()
     try:
         text = proc.read_text(f"/proc/{pid}/cgroup")
     except OSError:
