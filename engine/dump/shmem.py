@@ -104,8 +104,12 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
             write_pages(img, pm_name, pages_name, runs, 0, fd, staging)
     finally:
         os.close(fd)
-    return ShmemEntry(sid, size, st.st_ino, pm_name, pages_name, kind=src.kind,
-                      name=src.name, file_size=st.st_size, seals=seals)
+    entry = ShmemEntry(sid, size, st.st_ino, pm_name, pages_name, kind=src.kind,
+                       name=src.name, file_size=st.st_size, seals=seals)
+    if src.kind == "memfd":
+        entry.uid, entry.gid = st.st_uid, st.st_gid
+        entry.atime_ns, entry.mtime_ns = st.st_atime_ns, st.st_mtime_ns
+    return entry
 
 
 def _write_through_mapping(img: ImageDir, pm_name: str, pages_name: str, runs: list[Run],

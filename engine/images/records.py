@@ -112,9 +112,16 @@ class ShmemEntry:
     name: str | None = None  # memfd: the name given to memfd_create
     file_size: int = 0  # exact i_size (memfd: what ftruncate set, maybe not page aligned)
     seals: int = 0  # memfd: F_GET_SEALS
+    # memfd: owner (as the dumper sees ids) and times; mtime_ns 0: not recorded
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
 
     def validate(self) -> None:
         """Check the id is a safe file-name part and the size is page aligned."""
+        _check(min(self.uid, self.gid, self.atime_ns, self.mtime_ns) >= 0,
+               f"shmem {self.id}: negative owner or time")
         _check(_safe_name(self.id), f"shmem id {self.id!r} is not a safe name")
         _check(self.size > 0 and self.size % PAGE_SIZE == 0, f"shmem {self.id}: bad size")
         _check(0 <= self.file_size <= self.size, f"shmem {self.id}: bad file size")

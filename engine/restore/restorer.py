@@ -277,6 +277,7 @@ class TreeRestorer:
                 # Through the root's whole mapping: every task maps the same object.
                 pages.write_shmem_pages(self.live[0].real, shsrc[sid], window.shmem_tmp[sid],
                                         s.size)
+            taskattrs.memfd_attrs(self.live[0].real, list(self.shmem.values()), self.objfds)
         if self.lazy is not None:
             with _timed(self.opts, "lazy"):
                 self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.live])

@@ -13,7 +13,7 @@ import os
 import struct
 
 from engine.errors import EngineError
-from engine.images.records import FileRecord, TaskCore, ThreadCore
+from engine.images.records import FileRecord, ShmemEntry, TaskCore, ThreadCore
 from engine.kernel import blob, uapi
 
 _PRIO_PROCESS = 0
@@ -64,3 +64,18 @@ def fown_part(t: blob.Table, held: list[tuple[int, FileRecord]]) -> None:
 
 #: upper bound of what fown_part adds per fd to a table
 FOWN_BYTES_PER_FD = 2 * blob.ENTRY_SIZE + 16
+
+
+def memfd_attrs(root_real: int, shmem: list[ShmemEntry], objfds: dict[str, int]) -> None:
+    """Owner and times of each memfd, once its pages are written (writing them made it
+    new), set by the engine through the root's fd (ids as the engine sees them: the root
+    may be in a user namespace where its own ids are unmapped)."""
+    for s in shmem:
+        if s.kind != "memfd" or not s.mtime_ns:
+            continue
+        path = f"/proc/{root_real}/fd/{objfds[s.id]}"
+        try:
+            os.chown(path, s.uid, s.gid)
+            os.utime(path, ns=(s.atime_ns, s.mtime_ns))
+        except OSError as e:
+            raise EngineError("pages", f"memfd {s.name!r}: owner/times: {e.strerror}") from None
