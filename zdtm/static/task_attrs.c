@@ -3,8 +3,10 @@
  *
  * The process runs with uids 1 2 3 (fsuid 3) and gids 5 6 7 (fsgid 8), groups 5 and 9,
  * SCHED_BATCH at nice 7, oom_score_adj 321, a SIGTRAP handler, and is not dumpable (the
- * kernel clears the flag when the ids change). A second thread runs SCHED_IDLE. After
- * restore every one of these is the same, and SIGTRAP still reaches the handler.
+ * kernel clears the flag when the ids change). A second thread runs SCHED_OTHER at nice 12
+ * (not SCHED_IDLE: on a loaded machine a killed idle thread can linger and keep its tid
+ * from the restore). After restore every one of these is the same, per thread, and
+ * SIGTRAP still reaches the handler.
  */
 #include <fcntl.h>
 #include <grp.h>
@@ -21,10 +23,11 @@
 
 #define NICE 7
 #define OOM_ADJ 321
+#define THREAD_NICE 12
 
 static volatile sig_atomic_t traps;
 static struct test_sleeper sleeper;
-static volatile int thread_policy = -1;
+static volatile int thread_policy = -1, thread_nice = -100;
 
 static void trap_handler(int sig)
 {
@@ -32,16 +35,19 @@ static void trap_handler(int sig)
 	traps++;
 }
 
-static void *idle_thread(void *arg)
+static void *other_thread(void *arg)
 {
 	struct sched_param sp = { 0 };
 
 	(void)arg;
-	if (sched_setscheduler(0, SCHED_IDLE, &sp))
+	/* Per thread: PRIO_PROCESS with 0 is the calling thread on Linux. */
+	if (sched_setscheduler(0, SCHED_OTHER, &sp) || setpriority(PRIO_PROCESS, 0, THREAD_NICE))
 		return (void *)1;
 	if (test_sleeper_sleep(&sleeper))
 		return (void *)1;
 	thread_policy = sched_getscheduler(0);
+	errno = 0;
+	thread_nice = getpriority(PRIO_PROCESS, 0);
 	return NULL;
 }
 
@@ -108,7 +114,7 @@ int main(int argc, char **argv)
 		pr_perror("set ids");
 		return 1;
 	}
-	if (test_sleeper_start(&sleeper, idle_thread, NULL)) {
+	if (test_sleeper_start(&sleeper, other_thread, NULL)) {
 		pr_perror("thread");
 		return 1;
 	}
@@ -124,8 +130,10 @@ int main(int argc, char **argv)
 		fail("nice is %d, expected %d", getpriority(PRIO_PROCESS, 0), NICE);
 	if (prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0)
 		fail("the task became dumpable");
-	if (test_sleeper_wake(&sleeper, 10000) || thread_policy != SCHED_IDLE)
-		fail("the second thread's policy is %d, expected SCHED_IDLE", thread_policy);
+	if (test_sleeper_wake(&sleeper, 10000) || thread_policy != SCHED_OTHER ||
+	    thread_nice != THREAD_NICE)
+		fail("the second thread has policy %d nice %d, expected SCHED_OTHER nice %d",
+		     thread_policy, thread_nice, THREAD_NICE);
 	if (sigaction(SIGTRAP, NULL, &old) || old.sa_handler != trap_handler)
 		fail("SIGTRAP handler lost");
 	raise(SIGTRAP);
