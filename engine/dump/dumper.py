@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from engine.dump import files as dfiles
-from engine.dump import namespaces, pages, selfwrite, shmem, task, track, tree, vmas
+from engine.dump import namespaces, pages, selfwrite, sessions, shmem, task, track, tree, vmas
 from engine.dump.intervals import Interval, intersect, normalise, subtract
 from engine.errors import EngineError
 from engine.faults import fault_point
@@ -107,6 +107,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
             trackers = track.fetch(prev_dir)
             # Only trackers armed when the parent was dumped vouch for "unchanged since".
             parent = _Parent(prev_dir, set(trackers))
+        sessions.check(frozen)
         fault_point("seize")
         lap("seize")
         procs = [p for p in frozen.order() if p.state != "zombie"]
@@ -210,6 +211,7 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
             st = state[p.pid]
             assert st.injected is not None
             task_vmas = vmas.read_vmas(p.pid)
+            vmas.refuse_unrestorable(p.pid, task_vmas)
             stats.vmas += len(task_vmas)
             st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas,
                           st.injected.brk)
@@ -293,7 +295,8 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             personality=tasks.personality(p.pid), fds=fds[p.pid],
             shared_pending=st.shared_pending, exe=st.mm.exe, namespaces=per_task_ns[p.pid],
             child_subreaper=st.injected.child_subreaper, itimers=st.injected.itimers,
-            posix_timers=st.injected.posix_timers,
+            posix_timers=st.injected.posix_timers, thp_disable=st.injected.thp_disable,
+            oom_score_adj=tasks.oom_score_adj(p.pid), dumpable=st.injected.dumpable,
         )
         img.write_json(names.core(p.pid), core)
         img.write_json(names.mm(p.pid), st.mm)

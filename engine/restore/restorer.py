@@ -36,7 +36,7 @@ from engine.kernel import blob, ptrace, uapi
 from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
-from engine.restore import files, finish, layout, ns, pages, selfread, spawn
+from engine.restore import files, finish, layout, ns, pages, selfread, spawn, taskattrs
 from engine.restore.lazy import LazyPages
 
 _ALL_SIGNALS = (1 << 64) - 1
@@ -187,9 +187,12 @@ class TreeRestorer:
                                            comm=core.comm, zombie_status=status,
                                            set_tid=tids, fixed_pid=fixed)
         fplan.check()
+        if self.ns is not None and self.ns.new_user:
+            fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
         for t in inv.tasks:
             if t.pid != inv.root_pid:
                 nodes[t.ppid].children.append(nodes[t.pid])
+        spawn.plan_sessions(nodes[inv.root_pid])
         memfds = [(s.id, s.name or "", s.file_size) for s in self.shmem.values()
                   if s.kind == "memfd"]
         # The memfds' agreed fd numbers: above every fd the tree or the engine has (the
@@ -220,14 +223,16 @@ class TreeRestorer:
             with _timed(self.opts, "spawn"):
                 tree = spawn.spawn(setup, self.opts.timeout)
             self.tree = tree
+            files_by_id = self.image.files.by_id()
             try:
                 for t in self.live:
                     t.real = tree.real[t.pid]
                     t.real_tid[t.pid] = t.real
                     view = finish.CredView(read_status(t.real), self.ns)
+                    held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
                     t.table2, t.deferred = finish.finish_table(
                         t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
-                        root=t is self.live[0])
+                        root=t is self.live[0], held=held)
                     t.view = view
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):
@@ -259,7 +264,7 @@ class TreeRestorer:
                                        self.opts.timeout)
             with _timed(self.opts, "layout"):
                 table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
-                                             list(self.shmem.values()))
+                                             list(self.shmem.values()), self.objfds)
                 _run(t.runner, table1, "mm")
         fault_point("pages")
         with _timed(self.opts, "pages"):
@@ -272,6 +277,7 @@ class TreeRestorer:
                 # Through the root's whole mapping: every task maps the same object.
                 pages.write_shmem_pages(self.live[0].real, shsrc[sid], window.shmem_tmp[sid],
                                         s.size)
+            taskattrs.memfd_attrs(self.live[0].real, list(self.shmem.values()), self.objfds)
         if self.lazy is not None:
             with _timed(self.opts, "lazy"):
                 self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.live])
@@ -301,11 +307,14 @@ class TreeRestorer:
         # Threads first: clone3 with set_tid needs the privileges the creds may drop.
         for th in t.threads[1:]:
             self._clone_thread(t, th, window)
-        _run(t.runner, t.table2, "state")
+        # The threads' tables first: they use the same region as table2, whose data the
+        # deferred calls (SIGTRAP's sigaction) still read afterwards.
         for th in t.threads[1:]:
             assert t.view is not None
             _run(t.thread_runners[th.tid],
                  finish.thread_table(t.core, th, t.view, root=t is self.live[0]), "state")
+        _run(t.runner, t.table2, "state")
+        taskattrs.set_oom_score_adj(t.real, t.core)
         fault_point("regs")
         for nr, args, what in t.deferred.calls:
             real = [t.table2.address(a, window.base) if isinstance(a, blob.DataRef) else a
@@ -364,7 +373,7 @@ class TreeRestorer:
                     ptrace.set_xstate(real, xstate)
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
-        stop = [t for t in self.live if self.opts.leave_stopped or t.core.state == "stopped"]
+        stop = [t for t in self.live if self.opts.leave_stopped or finish.ends_stopped(t.core)]
         # Parents first, each detached as soon as it is stopped: a child's stop then
         # notifies an untraced parent, which ignores SIGCHLD as it did when dumped (a
         # traced one would get it queued even when ignored).
