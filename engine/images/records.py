@@ -389,6 +389,8 @@ class TaskCore:
     child_subreaper: bool = False  # PR_GET_CHILD_SUBREAPER
     itimers: list[ItimerRecord] = field(default_factory=list)  # only armed ones
     posix_timers: list[PosixTimerRecord] = field(default_factory=list)
+    ctty: str | None = None  # path of the controlling terminal, if any
+    ctty_pgrp: int = 0  # its foreground process group (0: none, or led from outside)
 
     def validate(self) -> None:
         """Check ids, state, the umask and that fd numbers are unique."""

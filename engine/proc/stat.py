@@ -16,6 +16,7 @@ class Stat:
     pgid: int  # 5
     sid: int  # 6
     tty_nr: int  # 7
+    tpgid: int  # 8: foreground process group of the controlling terminal (-1: none)
     flags: int  # 9
     num_threads: int  # 20
     starttime: int  # 22
@@ -49,7 +50,7 @@ def parse_stat(text: str) -> Stat:
         return int(rest[n - 3])
 
     return Stat(
-        pid=pid, comm=comm, state=rest[0], ppid=f(4), pgid=f(5), sid=f(6), tty_nr=f(7),
+        pid=pid, comm=comm, state=rest[0], ppid=f(4), pgid=f(5), sid=f(6), tty_nr=f(7), tpgid=f(8),
         flags=f(9), num_threads=f(20), starttime=f(22), vsize=f(23), rss=f(24),
         start_code=f(26), end_code=f(27), start_stack=f(28), exit_signal=f(38),
         processor=f(39), start_data=f(45), end_data=f(46), start_brk=f(47), arg_start=f(48),
