@@ -32,6 +32,7 @@ _KCMP_FILE = 0
 _SPLICE_F_NONBLOCK = 2
 _DELETED = " (deleted)"
 _MEMFD = "/memfd:"
+_PTMX = os.makedev(5, 2)  # a pty master: restoring it needs the pair with the same index
 
 
 @dataclass
@@ -142,8 +143,8 @@ def _type_of(st: os.stat_result, target: str) -> str:
 def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat_result,
             fid: int) -> FileRecord:
     kind = _type_of(st, info.target)
-    if kind == "other":
-        anonfd.refuse_unsupported(pid, info, kind)
+    if kind == "other" or kind == "chr" and st.st_rdev == _PTMX:
+        anonfd.refuse_unsupported(pid, info, "pty master" if kind == "chr" else kind)
     rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
                      dev=st.st_dev, inode=st.st_ino, rdev=st.st_rdev, link=info.target)
     if kind not in SUPPORTED_TYPES:

@@ -408,6 +408,8 @@ class TaskCore:
     thp_disable: int = 0  # PR_GET_THP_DISABLE: bit 0 disabled, bit 1 except where advised
     oom_score_adj: int = 0
     dumpable: int = 1  # PR_GET_DUMPABLE (0 or 1; the kernel clears it when ids change)
+    ctty: str | None = None  # path of the controlling terminal, if any
+    ctty_pgrp: int = 0  # its foreground process group (0: none, or led from outside)
 
     def validate(self) -> None:
         """Check ids, state, the umask and that fd numbers are unique."""

@@ -922,3 +922,8 @@ AT_VECTOR_SIZE = 64 * 2  # slots of mm->saved_auxv (unsigned longs), upper bound
 X86_EFLAGS_TF = 0x100
 X86_EFLAGS_IF = 0x200
 X86_EFLAGS_DF = 0x400
+
+# tty ioctls (asm-generic/ioctls.h)
+TIOCSCTTY = 0x540E
+TIOCSPGRP = 0x5410
+TIOCGPTN = 0x80045430

@@ -79,6 +79,17 @@ def _is_own_exe(path: str) -> bool:
     return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
+def foreground(t: blob.Table, path: str, pgrp: int) -> None:
+    """A session leader gives its terminal back to the dumped foreground process group
+    (every group exists once the tree is built; the task's signals are still blocked, so
+    a leader in the background gets no SIGTTOU)."""
+    t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), uapi.O_RDWR | uapi.O_NOCTTY
+          | uapi.O_CLOEXEC, 0, save=True, what=f"open terminal {path}")
+    t.add(uapi.SYS_ioctl, 0, uapi.TIOCSPGRP, t.data(struct.pack("<i", pgrp)), use_saved=1,
+          what=f"foreground process group {pgrp}")
+    t.add(uapi.SYS_close, 0, use_saved=1, what=f"close terminal {path}")
+
+
 def _sigaltstack(t: blob.Table, th: ThreadCore) -> None:
     ss = th.sigaltstack
     if ss is None:

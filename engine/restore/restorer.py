@@ -185,7 +185,8 @@ class TreeRestorer:
             nodes[t.pid] = spawn.TaskSetup(core.pid, pgid, sid,
                                            list(core.fds), core.cwd, core.umask, core.limits,
                                            comm=core.comm, zombie_status=status,
-                                           set_tid=tids, fixed_pid=fixed)
+                                           set_tid=tids, fixed_pid=fixed,
+                                           ctty=core.ctty if core.sid == core.pid else None)
         fplan.check()
         if self.ns is not None and self.ns.new_user:
             fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
@@ -233,6 +234,9 @@ class TreeRestorer:
                     t.table2, t.deferred = finish.finish_table(
                         t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
                         root=t is self.live[0], held=held)
+                    if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
+                        finish.foreground(t.table2, t.core.ctty,
+                                          ns.inner_pid(self.image, t.core.ctty_pgrp))
                     t.view = view
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):

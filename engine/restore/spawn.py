@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import resource
 import signal
@@ -59,6 +60,7 @@ class TaskSetup:
     set_tid: list[int] = field(default_factory=list)  # pids innermost ns first ([] = [pid])
     fixed_pid: bool = True  # set_tid reaches the engine's pid ns (the real pid is `pid`)
     zombie_status: int | None = None  # wait status of a dumped zombie
+    ctty: str | None = None  # a session leader's controlling terminal, taken after setsid
     children: list[TaskSetup] = field(default_factory=list)
     # siblings in this task's session that its parent cannot create (not in the parent's
     # session, not leading their own): this task creates them with CLONE_PARENT
@@ -119,6 +121,8 @@ def _set_session(t: TaskSetup) -> None:
     try:
         if t.sid == me:
             os.setsid()
+            if t.ctty is not None:
+                _take_ctty(t.ctty)
         elif t.sid is not None and os.getsid(0) != t.sid:
             raise EngineError("fork", f"task {t.pid}: session {t.sid} is not its parent's "
                                       "and the task does not lead it")
@@ -127,6 +131,16 @@ def _set_session(t: TaskSetup) -> None:
     except OSError as e:
         raise EngineError("fork", f"task {t.pid}: cannot restore session {t.sid} / "
                                   f"process group {t.pgid}: {e.strerror}") from None
+
+
+def _take_ctty(path: str) -> None:
+    """Make `path` the new session's controlling terminal, before any child is forked (a
+    child gets its controlling terminal from its parent at fork)."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        fcntl.ioctl(fd, uapi.TIOCSCTTY, 0)
+    finally:
+        os.close(fd)
 
 
 def _clone_with_pid(t: TaskSetup, flags: int = 0) -> int:
