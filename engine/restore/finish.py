@@ -42,6 +42,10 @@ class Deferred:
     (nr, args) where pointer arguments are table data references."""
 
     calls: list[tuple[int, tuple[int | blob.DataRef, ...], str]] = field(default_factory=list)
+    # (sigset of every signal, zero timespec): rt_sigtimedwait arguments that take away
+    # what the restore itself made pending (a child stopping sends its parent SIGCHLD)
+    # before the dumped pending signals are queued.
+    drain: tuple[blob.DataRef, blob.DataRef] | None = None
 
 
 def _mm_map(t: blob.Table, mm: MmCore, exe: str | None) -> None:
@@ -187,6 +191,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     (closed). held: the task's fds with their descriptions (owners, signals)."""
     t = blob.Table()
     deferred = Deferred()
+    deferred.drain = (t.data(struct.pack("<Q", (1 << 64) - 1)), t.data(bytes(16)))
     # Credential changes (ours in a new user namespace, the dumped ones restored by every
     # thread's table) make the kernel clear the dumpable flag: set it as dumped once
     # every table has run.

@@ -118,6 +118,9 @@ def _write_pidfile(path: str, pid: int) -> None:
     os.replace(tmp, path)
 
 
+_DRAIN_MAX = 64 + 1024  # every standard signal, and a bound on queued real-time ones
+
+
 class _Task:
     """One live task of the tree: its records, its tables and page source."""
 
@@ -320,6 +323,7 @@ class TreeRestorer:
         _run(t.runner, t.table2, "state")
         taskattrs.set_oom_score_adj(t.real, t.core)
         fault_point("regs")
+        self._drain_pending(t, window)
         for nr, args, what in t.deferred.calls:
             real = [t.table2.address(a, window.base) if isinstance(a, blob.DataRef) else a
                     for a in args]
@@ -335,6 +339,18 @@ class TreeRestorer:
         res = t.runner.run_one(uapi.SYS_munmap, window.base, window.region_size)
         if res < 0:
             raise EngineError("state", f"task {t.pid}: unmap restorer: {os.strerror(-res)}")
+
+    def _drain_pending(self, t: _Task, window: layout.Window) -> None:
+        """Take away every signal pending for the task now: none of them was dumped (the
+        dumped ones are queued right after), they come from the restore itself."""
+        assert t.runner is not None and t.table2 is not None and t.deferred is not None
+        assert t.deferred.drain is not None
+        sigset, zero = (t.table2.address(r, window.base) for r in t.deferred.drain)
+        for _ in range(_DRAIN_MAX):
+            if t.runner.run_one(uapi.SYS_rt_sigtimedwait, sigset, 0, zero, 8) < 0:
+                return  # EAGAIN: nothing left
+        raise EngineError("state", f"task {t.pid}: more than {_DRAIN_MAX} signals pending "
+                                   "from the restore")
 
     def _clone_thread(self, t: _Task, th: ThreadCore, window: layout.Window) -> None:
         """Create thread `th` of task t by an injected clone3 with set_tid (its tid in
