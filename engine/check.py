@@ -539,7 +539,29 @@ def probe() -> dict[str, Result]:
     out["kcmp"] = _try(_kcmp_probe)
     for pkg in ("dump", "restore"):
         out.update(_package_features(pkg))
+    _apply_kernel_needs(out)
     return out
+
+
+#: What the engine implements only where these kernel features were probed. Incremental
+#: dumps track written memory with userfaultfd WP_ASYNC read back by PAGEMAP_SCAN (Linux
+#: 6.7+); soft-dirty, where it exists, is not used.
+KERNEL_NEEDS = {
+    "pre_dump": ("uffd_wp_async", "pagemap_scan"),
+    "dump_incremental": ("uffd_wp_async", "pagemap_scan"),
+}
+
+
+def _apply_kernel_needs(out: dict[str, Result]) -> None:
+    """Turn off the engine features whose kernel features are missing, saying which."""
+    for name, needs in KERNEL_NEEDS.items():
+        if name not in out or not out[name][0]:
+            continue
+        missing = [f"{k}: {out[k][1] or 'not probed'}" for k in needs
+                   if not out.get(k, (False, ""))[0]]
+        if missing:
+            out[name] = (False, "needs dirty-memory tracking with userfaultfd WP_ASYNC and "
+                                "PAGEMAP_SCAN (Linux 6.7+); missing " + "; ".join(missing))
 
 
 def features() -> dict[str, bool]:
