@@ -139,8 +139,8 @@ def _probe_kvm() -> tuple[bool, str]:
                            check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"qemu with KVM: {exc}"
-    errors = [ln for ln in (p.stdout + p.stderr).splitlines() if "error" in ln.lower()
-              or "failed" in ln.lower()]
+    errors = [m.group(0) for m in re.finditer(r"(error|failed)\b.*", p.stdout + p.stderr,
+                                               re.IGNORECASE)]
     if p.returncode != 0 or errors:
         return False, "qemu with KVM: " + (errors[0].strip() if errors
                                            else f"exit status {p.returncode}")
