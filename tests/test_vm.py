@@ -174,7 +174,9 @@ def test_a_run_that_hurts_the_kernel_fails_its_health(
 def test_a_clean_run_has_no_health_result(kernel: vm.Kernel, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_vng(tmp_path, monkeypatch, _guest_writes([], 0, "[ 1.0] virtio_net: ok"))
-    assert vm.run_guest(kernel, ["run"], lambda _: None, silence=30).results == []
+    run = vm.run_guest(kernel, ["run"], lambda _: None, silence=30, logs=tmp_path / "rep")
+    assert run.results == []
+    assert "virtio_net: ok" in (tmp_path / "rep" / "dmesg-9.9.9-test.txt").read_text()
 
 
 def test_runner_reports_every_kernel_and_its_times(

@@ -312,7 +312,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 else _run_serial(jobs, args, engine, console))
 
     results = (vm.run_kernels(kernels, vm.guest_argv(args.raw_argv), console.line, here,
-                              keep_going=args.keep_going,
+                              keep_going=args.keep_going, logs=args.report,
                               silence=args.engine_timeout + vm.SILENCE_GRACE)
                if kernels else here())
     with contextlib.suppress(OSError):

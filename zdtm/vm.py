@@ -187,7 +187,6 @@ class GuestRun:
     guest_uptime: float | None = None  # the guest kernel's own uptime at that line
     wall_seconds: float = 0.0
     accel: str = ""
-    dmesg: str = ""
 
 
 class _Lines:
@@ -235,9 +234,10 @@ def vng_command(kernel: Kernel, script: str, out: Path, kvm: bool) -> list[str]:
 
 
 def run_guest(kernel: Kernel, argv: Sequence[str], line: Callable[[str], None],
-              silence: float) -> GuestRun:
+              silence: float, logs: Path | None = None) -> GuestRun:
     """Boot `kernel`, run the runner with `argv` inside, stream its lines through `line`
-    (prefixed with the release) and collect the results. Never hangs: the boot has
+    (prefixed with the release) and collect the results; the guest's kernel log is kept
+    as `logs`/dmesg-RELEASE.txt when `logs` is given. Never hangs: the boot has
     BOOT_TIMEOUT, after it the guest may be silent at most `silence` seconds."""
     kvm, why = kvm_usable()
     run = GuestRun(kernel, accel="kvm" if kvm else f"tcg ({why})")
@@ -263,9 +263,11 @@ def run_guest(kernel: Kernel, argv: Sequence[str], line: Callable[[str], None],
             run.results.append(problem)
         elif run.boot_seconds is not None:
             health = _health(out, kernel.release)
-            run.dmesg = _read(out / "dmesg.txt")
             if health is not None:
                 run.results.append(health)
+            if logs is not None and (out / "dmesg.txt").exists():
+                logs.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(out / "dmesg.txt", logs / f"dmesg-{kernel.release}.txt")
     return run
 
 
@@ -364,6 +366,8 @@ def timing_lines(runs: Sequence[GuestRun], results: Sequence[Result]) -> list[st
         tests = [r for r in results if r.kernel == g.kernel.release
                  and not is_kernel_result(r)]
         boot = "-" if g.boot_seconds is None else f"{g.boot_seconds:.1f}s"
+        if g.guest_uptime is not None:
+            boot += f" (guest kernel up {g.guest_uptime:.1f}s then)"
         lines.append(f"  {g.kernel.release}: {g.accel}, boot {boot}, whole run "
                      f"{g.wall_seconds:.1f}s, tests {sum(r.duration for r in tests):.1f}s")
     kernels = [g.kernel.release for g in runs]
@@ -382,10 +386,11 @@ def timing_lines(runs: Sequence[GuestRun], results: Sequence[Result]) -> list[st
 
 
 def run_kernels(kernels: Sequence[Kernel], argv: Sequence[str], line: Callable[[str], None],
-                local: Callable[[], list[Result]], *, keep_going: bool, silence: float
-                ) -> list[Result]:
+                local: Callable[[], list[Result]], *, keep_going: bool, silence: float,
+                logs: Path | None = None) -> list[Result]:
     """The selection under each kernel in turn (`local` runs it here for ``host``); every
-    result names its kernel. Ends with the time lines and a summary per kernel."""
+    result names its kernel; guest kernel logs go to `logs`. Ends with the time lines and
+    a summary per kernel."""
     runs: list[GuestRun] = []
     for k in kernels:
         line(f"=== kernel {k.release}")
@@ -396,7 +401,7 @@ def run_kernels(kernels: Sequence[Kernel], argv: Sequence[str], line: Callable[[
             for r in g.results:
                 r.kernel = k.release
         else:
-            g = run_guest(k, argv, line, silence)
+            g = run_guest(k, argv, line, silence, logs)
         runs.append(g)
         if not keep_going and any(r.outcome == FAIL for r in g.results):
             line("stopping after the first failing kernel (use --keep-going to go on)")
