@@ -184,6 +184,7 @@ class ZdtmItem(pytest.Item):
         else:
             self.result = r = run_test(self.test, self.flavor, mode.engine, mode.options,
                                        progress=progress.append)
+            r.kernel = self.kernel.release if self.kernel else None
         # the phase timings show with the failure (or with -rA)
         self.add_report_section("call", "zdtm", "\n".join(progress))
         for note in r.notes:
@@ -216,8 +217,9 @@ _GUEST_KEY = pytest.StashKey[dict[str, tuple[list[Result], list[str]]]]()
 
 class _GuestBatch:
     """Under --zdtm-kernel, the first item of a kernel boots it once and runs the zdtm
-    items of this session (this worker) for that kernel through the runner inside; every
-    item then takes its own result. A kernel problem (no boot, hang, taint) fails the
+    items of this session for that kernel through the runner inside; every item then
+    takes its own result (under pytest-xdist each worker would boot and run them all:
+    use --zdtm-kernel without -n). A kernel problem (no boot, hang, taint) fails the
     items it concerns, with its console tail or kernel log."""
 
     @classmethod
