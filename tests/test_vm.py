@@ -208,3 +208,40 @@ def test_the_guest_runner_records_each_result(tmp_path: Path) -> None:
 def test_kvm_probe_gives_a_reason() -> None:
     ok, why = vm._probe_kvm()
     assert ok or why
+
+
+def test_pytest_items_take_their_kernels_results(kernel: vm.Kernel, tmp_path: Path) -> None:
+    """pytest --zdtm-kernel end to end, with a `vng` on PATH that runs the guest script
+    right here (no VM): items are FLAVOUR@RELEASE and pass or fail by the guest's results."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {
+        "vng": 'while [ "$1" != "--" ]; do shift; done\nexec sh -c "$2"',
+        "qemu-system-x86_64": "exit 1",  # the KVM probe fails: the 'VM' is TCG
+        "busybox": "exit 0",
+        "dmesg": 'echo "[ 0.1] a quiet kernel"',  # not this machine's own log
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+    def pytest_run() -> str:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p",
+                            "no:xdist", "-q", "-rA", "zdtm/static/cwd.c", "zdtm/static/umask.c",
+                            "--zdtm-kernel", str(kernel.image), "--zdtm-flavors", "h",
+                            "--zdtm-nocr", "--zdtm-iters", "1"],
+                           cwd=ROOT_DIR, env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+        return f"rc={r.returncode}\n{r.stdout}{r.stderr}"
+
+    out = pytest_run()
+    assert out.startswith("rc=0"), out
+    for name in ("cwd", "umask"):
+        assert re.search(rf"PASSED.* zdtm/static/{name}.c::h@9\.9\.9-test", out), out
+    # a kernel that does not boot fails every item of it, with the console tail
+    (bin_dir / "vng").write_text("#!/bin/sh\necho 'Kernel panic - not syncing'\nexit 1\n")
+    out = pytest_run()
+    assert out.startswith("rc=1") and "2 failed" in out, out
+    assert "kernel/boot: the VM ended before the guest ran anything" in out
+    assert "Kernel panic - not syncing" in out
