@@ -42,7 +42,8 @@ from zdtm.result import FAIL, HARNESS_ERROR, SKIP, TEST_FAIL, TIMEOUT, Result
 VNG = "vng"
 QEMU = "qemu-system-x86_64"
 HOST = "host"  # --kernel host: the running kernel, no VM
-BOOT_TIMEOUT = 300.0  # from vng's start to the guest's first line
+BOOT_TIMEOUT = 600.0  # from vng's start to the guest's first line (TCG on a loaded host:
+# 86-141 s measured beside other work, more than 300 s with two VMs at a load of 20)
 SILENCE_GRACE = 300.0  # beyond the longest legitimate quiet phase (an engine step)
 GUEST_MEMORY = "2G"
 GUEST_CPUS = 2
@@ -402,6 +403,9 @@ def run_kernels(kernels: Sequence[Kernel], argv: Sequence[str], line: Callable[[
                 r.kernel = k.release
         else:
             g = run_guest(k, argv, line, silence, logs)
+            for r in filter(is_kernel_result, g.results):
+                line(r.summary())
+                line("\n".join(f"    {d}" for d in r.details))
         runs.append(g)
         if not keep_going and any(r.outcome == FAIL for r in g.results):
             line("stopping after the first failing kernel (use --keep-going to go on)")
