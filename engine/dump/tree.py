@@ -55,6 +55,13 @@ class FrozenTree:
     root: int
     procs: dict[int, Proc]
     seized: list[int]  # every tid we seized, in seize order
+    started: float = field(default_factory=time.monotonic)  # when seizing began
+    released: float | None = None  # when every task was let go
+
+    @property
+    def frozen_seconds(self) -> float:
+        """How long the tree has been (or was) frozen."""
+        return (self.released or time.monotonic()) - self.started
 
     def order(self) -> list[Proc]:
         """Processes parents first (root first)."""
@@ -78,6 +85,8 @@ class FrozenTree:
                 ptrace.detach(tid, 0)
             except OSError:
                 pass  # the thread is gone (e.g. killed from outside): nothing to undo
+        if self.released is None:
+            self.released = time.monotonic()
         if kill:
             for p in self.procs.values():
                 if p.state != "zombie":
