@@ -50,6 +50,12 @@ class Workload:
                    f"{vmas} VMAs of one file, {private * 4096 >> 20} MiB COW'ed")
 
     @classmethod
+    def writer(cls, mib: int, rate: int) -> Workload:
+        """Private anonymous memory, written, then rewritten at `rate` MiB/s for good."""
+        return cls("writer", ["--mib", str(mib), "--rate", str(rate)], mib << 20,
+                   f"{mib} MiB private anonymous, rewritten at {rate} MiB/s")
+
+    @classmethod
     def shm(cls, mib: int) -> Workload:
         """Anonymous shared memory in two tasks."""
         return cls("shm", ["--mib", str(mib)], mib << 20,

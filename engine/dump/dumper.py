@@ -122,20 +122,20 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         stats.seconds[step] = now - clock
         clock = now
 
+    # The parent's trackers are taken over before freezing: the hand-over is not part
+    # of the frozen time. Only trackers armed when the parent was dumped vouch for
+    # "unchanged since".
+    trackers = track.fetch(prev_dir) if prev_dir is not None else {}
+    parent = _Parent(prev_dir, set(trackers)) if prev_dir is not None else None
     try:
         frozen = tree.freeze(pid)
     except BaseException:
+        track.close_all(trackers)
         img.discard()
         raise
     track_mem = track_mem and leave_running  # a killed tree needs no tracking
     defer: list[_Copy] | None = [] if kind == "pre-dump" else None
-    trackers: dict[int, track.Tracker] = {}
-    parent: _Parent | None = None
     try:
-        if prev_dir is not None:
-            trackers = track.fetch(prev_dir)
-            # Only trackers armed when the parent was dumped vouch for "unchanged since".
-            parent = _Parent(prev_dir, set(trackers))
         fault_point("seize")
         lap("seize")
         procs = [p for p in frozen.order() if p.state != "zombie"]
