@@ -174,13 +174,14 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         lap("write")
     except BaseException:
         _close_copies(defer or [])
-        track.close_all(trackers)
         frozen.release()
+        track.close_all(trackers)
         img.discard()
         raise
     if defer is None:
-        track.close_all(trackers)
+        # Closing a userfaultfd unprotects every page it tracked: after the tree runs.
         frozen.release(kill=not leave_running)
+        track.close_all(trackers)
         lap("release")
         return stats
     frozen.release()
