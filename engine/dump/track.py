@@ -151,7 +151,8 @@ def hold(images_dir: str, trackers: dict[int, Tracker]) -> None:
         # pidfds of the tracked processes: the holder quits early once all have exited.
         # A process that exited since it was let go needs no tracking any more.
         live, pidfds = _pidfds(trackers)
-        meta = {"pids": [t.pid for t in live], "starttimes": [t.starttime for t in live]}
+        meta: dict[str, object] = {"pids": [t.pid for t in live],
+                                   "starttimes": [t.starttime for t in live]}
         fds = [t.fd for t in live]
         try:
             pid = os.fork()
@@ -218,7 +219,8 @@ def _holder(listener: socket.socket, fds: list[int], pidfds: list[int],
             left = deadline - time.monotonic()
             if left <= 0 or not alive:
                 return
-            ready, _, _ = select.select([listener, *alive], [], [], left)
+            waitables: list[socket.socket | int] = [listener, *alive]
+            ready, _, _ = select.select(waitables, [], [], left)
             alive -= {fd for fd in ready if fd in alive}  # a readable pidfd: it exited
             if listener in ready:
                 break

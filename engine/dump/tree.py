@@ -157,10 +157,9 @@ def _seize_thread(tree: FrozenTree, proc: Proc, tid: int) -> bool:
     except OSError as e:
         if e.errno in (errno.ESRCH, errno.EPERM) and _gone_or_dead(proc.pid, tid):
             return False  # exited before we got it: it cannot matter any more
-        why = {errno.EPERM: "operation not permitted (already traced, a kernel thread, "
-                            "or not ours)"}
-        raise EngineError("seize", f"cannot seize task {tid}: "
-                          f"{why.get(e.errno, e.strerror)}") from None
+        why = ("operation not permitted (already traced, a kernel thread, or not ours)"
+               if e.errno == errno.EPERM else e.strerror)
+        raise EngineError("seize", f"cannot seize task {tid}: {why}") from None
     tree.seized.append(tid)
     try:
         frozen = ptrace.freeze(tid, STOP_TIMEOUT)
