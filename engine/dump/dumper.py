@@ -135,6 +135,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         raise
     track_mem = track_mem and leave_running  # a killed tree needs no tracking
     defer: list[_Copy] | None = [] if kind == "pre-dump" else None
+    table = dfiles.FileTable()
     try:
         fault_point("seize")
         lap("seize")
@@ -158,8 +159,11 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
                                      trackers if track_mem else {}, defer)
         fault_point("memory")
         lap("memory")
-        table = dfiles.FileTable()
-        fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
+        try:
+            fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
+            table.check_complete()
+        finally:
+            table.close()
         fault_point("files")
         lap("files")
         rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \
@@ -174,10 +178,12 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         lap("write")
     except BaseException:
         _close_copies(defer or [])
+        table.end(keep_repair=False)  # before the tasks run again
         frozen.release()
         track.close_all(trackers)
         img.discard()
         raise
+    table.end(keep_repair=not leave_running)
     if defer is None:
         # Closing a userfaultfd unprotects every page it tracked: after the tree runs.
         frozen.release(kill=not leave_running)
