@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="flavours to run (default: every flavour a test declares)")
     run.add_argument("--iters", type=_at_least_one, default=1, help="C/R iterations (default 1)")
     run.add_argument("--pre", type=_positive, default=0, help="pre-dumps per iteration")
+    run.add_argument("--snaps", nargs="?", const="last", choices=("last", "each"),
+                     help="the --pre steps are full dumps that leave the tree running "
+                          "(restorable snapshots); restore the last (default) or each")
     run.add_argument("--lazy-pages", action="store_true", help="restore with lazy pages")
     run.add_argument("--norst", action="store_true",
                      help="dump with --leave-running and check, no restore")
@@ -153,7 +156,8 @@ def plan(tests: Sequence[TestDesc], flavors: Sequence[str] | None) -> list[Job]:
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(iters=max(args.iters, 1), pre=args.pre, lazy=args.lazy_pages,
+    return RunOptions(iters=max(args.iters, 1), pre=args.pre, snaps=args.snaps,
+                      lazy=args.lazy_pages,
                       norst=args.norst, keep_img=args.keep_img, workroot=DEFAULT_WORKROOT,
                       engine_timeout=args.engine_timeout, tolerate_taint=args.tolerate_taint)
 
@@ -278,6 +282,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("runner.py run: --nocr does no C/R: it excludes --norst, --lazy-pages and --pre",
               file=sys.stderr)
         return 2
+    if args.snaps and not args.pre:
+        print("runner.py run: --snaps needs --pre N (the number of snapshots)",
+              file=sys.stderr)
+        return 2
     include = "|".join(f"(?:{r})" for r in args.tests_regex) or None
     try:
         tests = select(all_tests(args.tests_dir), names=args.test, include=include,
@@ -302,6 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = _engine(args)
     mode = "nocr (no checkpoint/restore)" if args.nocr else f"engine {engine.name}"
     console.line(f"zdtm: {len(jobs)} run(s), {mode}, iters {args.iters}, pre {args.pre}"
+                 + (f", snapshots (restore {args.snaps})" if args.snaps else "")
                  + (", lazy pages" if args.lazy_pages else "")
                  + (", no restore" if args.norst else ""))
     try:

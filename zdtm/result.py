@@ -34,6 +34,7 @@ class Result:
     message: str = ""              # one line a person reads first
     details: list[str] = field(default_factory=list)  # every problem, log tails
     notes: list[str] = field(default_factory=list)    # mode switches, limits of the run
+    timings: list[str] = field(default_factory=list)  # per engine step: time, frozen time
     iterations: int = 0            # C/R iterations completed with all checks
     duration: float = 0.0
     workdir: str | None = None     # kept with --keep-img
