@@ -33,6 +33,7 @@ class Result:
     message: str = ""              # one line a person reads first
     details: list[str] = field(default_factory=list)  # every problem, log tails
     notes: list[str] = field(default_factory=list)    # mode switches, limits of the run
+    allowed: list[str] = field(default_factory=list)  # deviations the engine declared
     iterations: int = 0            # C/R iterations completed with all checks
     duration: float = 0.0
     workdir: str | None = None     # kept with --keep-img
@@ -67,6 +68,8 @@ class Result:
             head += f" ({self.iterations} iteration(s), {self.duration:.1f}s)"
         if self.notes:
             head += " [" + "; ".join(self.notes) + "]"
+        if self.allowed:
+            head += f" [{len(self.allowed)} allowed deviation(s)]"
         return head
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,24 +1,88 @@
 """Driver for an installed CRIU binary (from PATH or --criu-bin).
 
 CRIU is used only when ``criu check`` passes; otherwise every run SKIPs with criu's own
-message (on kernel 6.18 here it fails its vdso check, which is the path to expect).
+message.  The driver passes only what this criu, this kernel and this mode need:
+
+* ``--track-mem`` only for pre-dumps and the dumps that follow them; when criu's
+  ``mem_dirty_track`` probe fails (no soft-dirty here) the harness feature ``pre_dump`` is
+  reported false with criu's words, so --pre runs SKIP instead of failing;
+* the test's ``.desc`` opts (they are criu options: CRIU's zdtm descriptors name them);
+* what the flavour needs: ``--root`` on restore when the tree has a root of its own.
+
+A failed step says why: criu writes its log with ``-o`` beside the images dir, and the
+failure's message is criu's first ``Error (...)`` line, its details every Error line and
+the log's tail.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from zdtm.engines.base import Engine, Features, Helper, StepResult, run_logged
+from zdtm.allowances import Allowance
+from zdtm.engines.base import (
+    Engine,
+    EngineFailure,
+    Features,
+    Helper,
+    StepResult,
+    TreeInfo,
+    run_logged,
+)
 from zdtm.engines.bundled import read_pidfile
 
 CHECK_TIMEOUT = 60.0
-#: CRIU feature names probed with ``criu check --feature NAME``.
-CRIU_FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop", "pidfd_store", "ns_pid",
-                 "clone3_set_tid")
+LOG_TAIL = 30
+
+#: Harness feature names (``python -m engine check`` names, used by ``.desc`` ``feature:``
+#: lists and by the lifecycle for modes) -> the criu feature that ``criu check --feature``
+#: probes for it, or None when every criu build that passes ``criu check`` has it.
+#: A name missing here is reported absent ("criu has no probe for it"), so a test that
+#: needs it SKIPs with that reason rather than running on a guess.
+FEATURES: dict[str, str | None] = {
+    "dump": None, "restore": None,
+    "dump_tree": None, "restore_tree": None,
+    "dump_threads": None, "restore_threads": None,
+    "dump_shmem": None, "restore_shmem": None,
+    "flavor_ns": None, "flavor_uns": "userns",
+    "userns": "userns",
+    "pre_dump": "mem_dirty_track", "dump_incremental": "mem_dirty_track",
+    "mem_track": "mem_dirty_track", "soft_dirty": "mem_dirty_track",
+    "lazy_pages": "uffd-noncoop", "lazy_pages_ns": "uffd-noncoop",
+    "lazy_pages_uns": "uffd-noncoop",
+    "uffd": "uffd",
+    "clone3": "clone3_set_tid", "clone3_set_tid": "clone3_set_tid",
+    "ns_last_pid": "ns_pid",
+    "pidfd_open": "pidfd_store", "pidfd_getfd": "pidfd_store",
+    "ptrace_rseq_config": "get_rseq_conf",
+    "pagemap_scan": "pagemap_scan",
+    "kcmp": "kcmp_epoll",
+    "vdso_mremap": "can_map_vdso",
+    "memfd": None,
+    "map_files": "mnt_id",
+}
+
+#: What CRIU restores differently from the dumped state on purpose (zdtm.allowances).
+ALLOWANCES = (
+    Allowance("ns", "new-time-ns",
+              "CRIU restores a tree into a new time namespace (with the dumped clock "
+              "offsets) so that CLOCK_MONOTONIC/BOOTTIME do not jump back after a restore"),
+    Allowance("maps", "shmem-as-memfd",
+              "CRIU restores anonymous shared memory through a memfd, so its /proc name "
+              "'/dev/zero (deleted)' reads '/memfd:/dev/zero (deleted)'"),
+    Allowance("fds", "shmem-as-memfd",
+              "CRIU restores anonymous shared memory through a memfd, so a link to it "
+              "'/dev/zero (deleted)' reads '/memfd:/dev/zero (deleted)'"),
+    Allowance("fds", "dir-fd-flags",
+              "CRIU reopens a directory fd without O_DIRECTORY (open flags of directory "
+              "descriptors are not restored bit for bit)"),
+)
+
+_ERROR = re.compile(r"^\s*(\(\s*[0-9.]+\)\s*)?Error \(")
 
 
 class CriuEngine(Engine):
@@ -32,6 +96,9 @@ class CriuEngine(Engine):
         self._checked = False
         self._features: Features | None = None
         self._lazy = Helper()
+        self._tree = TreeInfo()
+
+    # ---- availability and features --------------------------------------------------
 
     def _run_check(self, *extra: str) -> tuple[int, str]:
         assert self.bin is not None
@@ -59,53 +126,88 @@ class CriuEngine(Engine):
         return self._unavailable
 
     def check(self) -> Features:
+        """Harness features from ``criu check --feature`` (each criu feature probed once)."""
         if self._features is None:
-            feats, reasons = {}, {}
+            self._features = Features()
             if self.available() is None:
-                for name in CRIU_FEATURES:
-                    rc, out = self._run_check("--feature", name)
-                    feats[name] = rc == 0
-                    if rc != 0:
-                        reasons[name] = out.splitlines()[-1] if out else f"exit {rc}"
-            self._features = Features(feats, reasons)
+                self._features = features_from_probes(FEATURES, self._probe_feature)
         return self._features
 
-    def _cmd(self, action: str, images_dir: Path, *args: str) -> list[str]:
+    def _probe_feature(self, name: str) -> tuple[bool, str]:
+        rc, out = self._run_check("--feature", name)
+        if rc == 0:
+            return True, ""
+        lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        return False, f"criu check --feature {name}: " + (lines[-1] if lines else f"exit {rc}")
+
+    def allowances(self) -> tuple[Allowance, ...]:
+        return ALLOWANCES
+
+    def attach(self, tree: TreeInfo) -> None:
+        self._tree = tree
+
+    # ---- steps ---------------------------------------------------------------------
+
+    def _run(self, action: str, images_dir: Path, args: Sequence[str], *, step: str,
+             log_suffix: str, timeout: float) -> StepResult:
+        """Run one criu action; on failure raise with criu's own Error lines and log tail."""
         assert self.bin is not None
-        return [self.bin, action, "-D", str(images_dir), "-v4",
-                "-o", f"{action}.log", *args]
+        base = images_dir.with_name(images_dir.name + log_suffix)
+        criu_log = base.with_name(base.name + ".criu.log")
+        cmd = [self.bin, action, "-D", str(images_dir), "-v4", "-o", str(criu_log), *args]
+        try:
+            return run_logged(cmd, step=step, log=base.with_name(base.name + ".log"),
+                              timeout=timeout)
+        except EngineFailure as exc:
+            raise explain_failure(exc, criu_log) from None
 
     def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,
              parent_images: Path | None, opts: Sequence[str], timeout: float) -> StepResult:
-        args = ["-t", str(root_pid), "--track-mem"]
+        args = ["-t", str(root_pid), *self._tree_opts()]
         if leave_running:
             args.append("--leave-running")
-        if parent_images is not None:
-            # criu wants the parent directory relative to the images directory
-            args += ["--prev-images-dir", os.path.relpath(parent_images, images_dir)]
-        return run_logged(self._cmd("dump", images_dir, *args, *opts), step="dump",
-                          log=images_dir.with_name(images_dir.name + ".log"), timeout=timeout)
+        args += self._incremental(images_dir, parent_images)
+        return self._run("dump", images_dir, [*args, *opts], step="dump", log_suffix="",
+                         timeout=timeout)
 
     def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
-        args = ["-t", str(root_pid), "--track-mem"]
+        args = ["-t", str(root_pid), "--track-mem", *self._tree_opts()]
         if parent_images is not None:
             args += ["--prev-images-dir", os.path.relpath(parent_images, images_dir)]
-        return run_logged(self._cmd("pre-dump", images_dir, *args, *opts), step="pre-dump",
-                          log=images_dir.with_name(images_dir.name + ".log"), timeout=timeout)
+        return self._run("pre-dump", images_dir, [*args, *opts], step="pre-dump",
+                         log_suffix="", timeout=timeout)
+
+    def _incremental(self, images_dir: Path, parent_images: Path | None) -> list[str]:
+        """A dump after pre-dumps: its parent, and the memory tracking they relied on."""
+        if parent_images is None:
+            return []
+        # criu wants the parent directory relative to the images directory
+        return ["--track-mem", "--prev-images-dir", os.path.relpath(parent_images, images_dir)]
+
+    def _tree_opts(self) -> list[str]:
+        """Options for the tree's flavour shared by every step."""
+        # A test daemon leads its own session (zdtm test_daemon); the ns init does too.
+        return []
 
     def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
                 timeout: float, lazy: bool) -> int:
         pidfile = images_dir.with_name(images_dir.name + ".restored.pid")
-        args = ["-d", "--pidfile", str(pidfile)]
+        args = ["-d", "--pidfile", str(pidfile), *self._tree_opts()]
+        if self._tree.root is not None:
+            # the tree's "/" is a directory of its own: criu mounts it as the new root
+            args += ["--root", str(self._tree.root)]
         if leave_stopped:
             args.append("--leave-stopped")
         if lazy:
             args.append("--lazy-pages")
-            self._lazy.start(self._cmd("lazy-pages", images_dir),
+            lazy_log = images_dir.with_name(images_dir.name + ".lazy.criu.log")
+            assert self.bin is not None
+            self._lazy.start([self.bin, "lazy-pages", "-D", str(images_dir), "-v4",
+                              "-o", str(lazy_log)],
                              images_dir.with_name(images_dir.name + ".lazy.log"))
-        run_logged(self._cmd("restore", images_dir, *args, *opts), step="restore",
-                   log=images_dir.with_name(images_dir.name + ".restore.log"), timeout=timeout)
+        self._run("restore", images_dir, [*args, *opts], step="restore",
+                  log_suffix=".restore", timeout=timeout)
         return read_pidfile(pidfile, "restore")
 
     def finish(self, timeout: float) -> None:
@@ -114,3 +216,51 @@ class CriuEngine(Engine):
 
     def close(self) -> None:
         self._lazy.close()
+
+
+def features_from_probes(mapping: dict[str, str | None],
+                         probe: Callable[[str], tuple[bool, str]]) -> Features:
+    """Harness features from criu feature probes; each criu feature is probed once."""
+    cache: dict[str, tuple[bool, str]] = {}
+    out = Features()
+    for name, criu_name in mapping.items():
+        if criu_name is None:
+            out.features[name] = True
+            continue
+        if criu_name not in cache:
+            cache[criu_name] = probe(criu_name)
+        ok, why = cache[criu_name]
+        out.features[name] = ok
+        if not ok:
+            out.reasons[name] = why
+    return out
+
+
+def criu_errors(log: Path) -> tuple[list[str], list[str]]:
+    """(the ``Error (...)`` lines, the last LOG_TAIL lines) of a criu log file."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return [], []
+    return [ln.strip() for ln in lines if _ERROR.match(ln)], lines[-LOG_TAIL:]
+
+
+def explain_failure(exc: EngineFailure, criu_log: Path) -> EngineFailure:
+    """``exc`` with criu's first Error line as message and its Error lines + tail as log."""
+    errors, tail = criu_errors(criu_log)
+    message = exc.message
+    if errors:
+        message = _strip_timestamp(errors[0])
+        if exc.kind != "error":
+            message = f"{exc.message}: {message}"
+    details = [f"criu log: {criu_log}"]
+    details += [f"criu error: {_strip_timestamp(e)}" for e in errors]
+    details += [f"criu log tail: {ln}" for ln in tail]
+    if exc.log:
+        details += [f"criu output: {ln}" for ln in exc.log.splitlines()]
+    return EngineFailure(exc.kind, exc.step, message, "\n".join(details))
+
+
+def _strip_timestamp(line: str) -> str:
+    """``(00.012345) Error (criu/x.c:1): ...`` -> ``Error (criu/x.c:1): ...``"""
+    return re.sub(r"^\(\s*[0-9.]+\)\s*", "", line)
