@@ -1,5 +1,5 @@
-"""Flavour ns: the test tree lives under a pid-1 init in new pid, mount, net, uts, ipc and
-cgroup namespaces, in a root of its own.
+"""Flavour ns: the test tree lives under a pid-1 init in new pid, mount, net, uts and ipc
+namespaces, in a root of its own.
 
 The init is flavors/nsinit (nsinit.c): it pivots into the work directory (filled by
 flavors.root: test binary, nsinit and libraries copied in, /proc, /dev nodes), mounts a
@@ -24,7 +24,7 @@ LOCATE_TIMEOUT = 5.0
 
 
 class NsFlavor(Flavor):
-    """New pid, mount, net, uts, ipc and cgroup namespaces under a tiny init."""
+    """New pid, mount, net, uts and ipc namespaces under a tiny init."""
 
     name = "ns"
     uses_ns = True

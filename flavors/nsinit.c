@@ -1,11 +1,13 @@
 /*
  * nsinit: start a zdtm test under a pid-1 init of fresh namespaces (flavours ns and uns).
  *
- *   nsinit [-u] [-H HOSTNAME] -R ROOT [-l LOG] -r ROOTPIDFILE -- TEST ARGS...
+ *   nsinit [-u] [-H HOSTNAME] -R ROOT -i INIT [-l LOG] -r ROOTPIDFILE -- TEST ARGS...
  *
- * The outer process clones the init into new pid, mount, net, uts, ipc and cgroup
- * namespaces (-u: a new user namespace too, created first by the same clone so that it owns
- * every other one; the outer process writes its uid/gid maps, because only a process
+ * INIT is the path of this binary inside ROOT, TEST a path inside ROOT, LOG too.
+ *
+ * The outer process clones the init into new pid, mount, net, uts and ipc namespaces
+ * (-u: a new user namespace too, created first by the same clone so that it owns
+ * the others; the outer process writes its uid/gid maps, because only a process
  * outside may map ids other than its own).  The init makes mounts private, bind-mounts ROOT
  * onto itself and pivots into it, so that everything the tree maps or holds open lives in
  * its own mount namespace: the test, this init and their libraries are copies inside ROOT
@@ -180,7 +182,7 @@ int main(int argc, char **argv)
 	const char *log = NULL;
 	int sync_p[2], ready_p[2], uns = 0, opt, status, stage2_fd = -1;
 	unsigned long flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWUTS |
-			      CLONE_NEWIPC | CLONE_NEWCGROUP | SIGCHLD;
+			      CLONE_NEWIPC | SIGCHLD;
 	char path[64], map[64];
 	FILE *f;
 	pid_t pid;

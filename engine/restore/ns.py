@@ -29,7 +29,6 @@ _CLONE_FLAG = {
     "uts": uapi.CLONE_NEWUTS,
     "ipc": uapi.CLONE_NEWIPC,
     "user": uapi.CLONE_NEWUSER,
-    "cgroup": uapi.CLONE_NEWCGROUP,
 }
 # Created implicitly with the pid namespace / not created by this engine (kept shared).
 _IMPLIED = ("pid_for_children",)

@@ -82,7 +82,9 @@ ALLOWANCES = (
               "descriptors are not restored bit for bit)"),
 )
 
-_ERROR = re.compile(r"^\s*(\(\s*[0-9.]+\)\s*)?Error \(")
+# "(00.012345)      1: Error (criu/image.c:635): ..." (timestamp and task pid optional)
+_ERROR = re.compile(r"^\s*(\(\s*[0-9.]+\)\s*)?(\d+:\s*)?Error \(")
+_PREFIX = re.compile(r"^\s*(\(\s*[0-9.]+\)\s*)?(\d+:\s*)?")
 
 
 class CriuEngine(Engine):
@@ -197,6 +199,7 @@ class CriuEngine(Engine):
         if self._tree.root is not None:
             # the tree's "/" is a directory of its own: criu mounts it as the new root
             args += ["--root", str(self._tree.root)]
+            open_images_dir(images_dir)
         if leave_stopped:
             args.append("--leave-stopped")
         if lazy:
@@ -216,6 +219,16 @@ class CriuEngine(Engine):
 
     def close(self) -> None:
         self._lazy.close()
+
+
+def open_images_dir(images_dir: Path) -> None:
+    """Let every user search the images dir (its files are criu's own 0644).
+
+    In uns part of criu's restore runs inside the tree's user namespace before its ids are
+    set and opens images relative to the images dir ("Unable to open timens-0.img:
+    Permission denied" while the dir is 0700).
+    """
+    os.chmod(images_dir, 0o711)
 
 
 def features_from_probes(mapping: dict[str, str | None],
@@ -248,19 +261,32 @@ def criu_errors(log: Path) -> tuple[list[str], list[str]]:
 def explain_failure(exc: EngineFailure, criu_log: Path) -> EngineFailure:
     """``exc`` with criu's first Error line as message and its Error lines + tail as log."""
     errors, tail = criu_errors(criu_log)
+    errors = [_strip_prefix(e) for e in errors]
     message = exc.message
     if errors:
-        message = _strip_timestamp(errors[0])
+        message = cause(errors)
         if exc.kind != "error":
             message = f"{exc.message}: {message}"
     details = [f"criu log: {criu_log}"]
-    details += [f"criu error: {_strip_timestamp(e)}" for e in errors]
+    details += [f"criu error: {e}" for e in errors]
     details += [f"criu log tail: {ln}" for ln in tail]
     if exc.log:
         details += [f"criu output: {ln}" for ln in exc.log.splitlines()]
     return EngineFailure(exc.kind, exc.step, message, "\n".join(details))
 
 
-def _strip_timestamp(line: str) -> str:
-    """``(00.012345) Error (criu/x.c:1): ...`` -> ``Error (criu/x.c:1): ...``"""
-    return re.sub(r"^\(\s*[0-9.]+\)\s*", "", line)
+def cause(errors: Sequence[str]) -> str:
+    """The Error line that says why: the last one before criu's "... FAILED." summary.
+
+    Earlier Error lines can be survivable complaints (criu logs a refused rlimit raise as
+    an Error and goes on), so the one just before the summary is the step that failed.
+    """
+    for i, line in enumerate(errors):
+        if line.rstrip().endswith("FAILED."):
+            return errors[i - 1] if i else line
+    return errors[-1]
+
+
+def _strip_prefix(line: str) -> str:
+    """``(00.012345)   1: Error (criu/x.c:1): ...`` -> ``Error (criu/x.c:1): ...``"""
+    return _PREFIX.sub("", line, count=1)
