@@ -17,6 +17,15 @@ Two halves:
                    the pid namespace's init (ns flavours: the root of the tree); needs three
                    levels, e.g. init -> fork_child -> its child
   ``hang``         never return (the harness's deadline must kill it)
+  ``flip-shared``  invert one byte of a present page of a shared mapping (anonymous shared
+                   memory or a memfd) through /proc/PID/mem
+  ``new-uts``      inject unshare(CLONE_NEWUTS): the task moves to a uts namespace of its own
+  ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
+                   file description)
+
+  The last three hit the objects an engine's allowed deviations concern (zdtm.allowances):
+  the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
+  time namespace, the directory fd CRIU reopens without O_DIRECTORY.
 
   The process stays in group-stop throughout: the injector seizes it, runs one syscall at a
   ``syscall`` instruction found in its vdso, puts every register back, and detaches.
@@ -48,14 +57,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zdtm import ROOT_DIR
-from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
+from zdtm.allowances import Allowance
+from zdtm.engines.base import (
+    Engine,
+    EngineFailure,
+    Features,
+    StepResult,
+    TreeInfo,
+    run_logged,
+)
 
-FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang")
+FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
+          "flip-shared", "new-uts", "dir-nonblock")
 
 _SYS_PTRACE = 101
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
 _SYS_MUNMAP = 11
+_SYS_UNSHARE = 272
+CLONE_NEWUTS = 0x04000000
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_SYSCALL = 24
@@ -300,6 +320,58 @@ def wrong_ppid(pid: int) -> dict:
     return {"killed": parent, "ppid_before": before, "ppid_after": _inner_pid(_ppid(pid))}
 
 
+def flip_shared(pid: int) -> dict:
+    """Invert one byte in a present page of a shared mapping."""
+    with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm:
+        for start, end, perms, path in _maps(pid):
+            if perms[3] != "s" or "w" not in perms:
+                continue
+            pm.seek(start // PAGE * 8)
+            entries = pm.read((end - start) // PAGE * 8)
+            present = [k for k in range(0, len(entries), 8) if entries[k + 7] & 0x80]
+            if present:
+                addr = start + present[0] // 8 * PAGE + 0x123
+                fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+                try:
+                    old = os.pread(fd, 1, addr)
+                    os.pwrite(fd, bytes([old[0] ^ 0xFF]), addr)
+                finally:
+                    os.close(fd)
+                return {"vma": [start, end], "addr": addr, "path": path}
+    raise RuntimeError(f"pid {pid}: no writable shared mapping with data")
+
+
+def new_uts(pid: int) -> dict:
+    """Inject unshare(CLONE_NEWUTS)."""
+    inj = Injector(pid)
+    try:
+        res = inj.syscall(_SYS_UNSHARE, CLONE_NEWUTS)
+    finally:
+        inj.close()
+    if res < 0:
+        raise OSError(-res, f"injected unshare failed: {os.strerror(-res)}")
+    return {"uts": os.readlink(f"/proc/{pid}/ns/uts")}
+
+
+def dir_nonblock(pid: int) -> dict:
+    """Set O_NONBLOCK on the first directory fd (its open file description)."""
+    for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        if stat.S_ISDIR(os.stat(f"/proc/{pid}/fd/{name}").st_mode):
+            break
+    else:
+        raise RuntimeError(f"pid {pid} has no directory fd")
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = _sys(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
+    finally:
+        os.close(pidfd)
+    try:
+        os.set_blocking(copy, False)
+    finally:
+        os.close(copy)
+    return {"fd": int(name), "path": os.readlink(f"/proc/{pid}/fd/{name}")}
+
+
 def hang(pid: int) -> dict:
     """An engine that never answers."""
     del pid
@@ -308,7 +380,8 @@ def hang(pid: int) -> dict:
 
 
 ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byte,
-           "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang}
+           "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang,
+           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock}
 
 
 def _children(pid: int) -> list[int]:
@@ -382,6 +455,14 @@ class FaultyEngine(Engine):
 
     def check(self) -> Features:
         return self.inner.check() if self.inner else Features()
+
+    def attach(self, tree: TreeInfo) -> None:
+        if self.inner is not None:
+            self.inner.attach(tree)
+
+    def allowances(self) -> tuple[Allowance, ...]:
+        """The wrapped engine's: its deliberate differences stay allowed, faults do not."""
+        return self.inner.allowances() if self.inner else ()
 
     def _apply(self, pid: int, step: str, timeout: float) -> StepResult:
         rec = self.workdir / f"fault-{self.fault}.json"

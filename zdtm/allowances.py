@@ -130,15 +130,16 @@ def _shmem_fds(before: TreeState, after: TreeState, allowance: Allowance
 
 def _dir_fd_flags(before: TreeState, after: TreeState, allowance: Allowance
                   ) -> list[Deviation]:
+    """O_DIRECTORY lost on a directory fd: only that bit is put back, other flags compare."""
     out = []
     for b, a in _pairs(before, after):
         fds = dict(a.fds)
         for fd, fa in a.fds.items():
             fb = b.fds.get(fd)
-            if fb is not None and fb.flags & O_DIRECTORY and fb.flags ^ fa.flags == O_DIRECTORY:
+            if fb is not None and fb.flags & O_DIRECTORY and not fa.flags & O_DIRECTORY:
                 out.append(Deviation(allowance, f"{a.name()}: fd {fd} {fa.target} "
                                                 "lost O_DIRECTORY"))
-                fds[fd] = dataclasses.replace(fa, flags=fb.flags)
+                fds[fd] = dataclasses.replace(fa, flags=fa.flags | O_DIRECTORY)
         a.fds = fds
     return out
 
