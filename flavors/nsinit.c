@@ -8,7 +8,7 @@
  * The outer process clones the init into new pid, mount, net, uts and ipc namespaces
  * (-u: a new user namespace too, created first by the same clone so that it owns
  * the others; the outer process writes its uid/gid maps, because only a process
- * outside may map ids other than its own).  The init makes mounts private, bind-mounts ROOT
+ * outside may map ids other than its own).  The init enters a time namespace of its own.  The init makes mounts private, bind-mounts ROOT
  * onto itself and pivots into it, so that everything the tree maps or holds open lives in
  * its own mount namespace: the test, this init and their libraries are copies inside ROOT
  * (made by the harness), and TEST is a path inside it.  It then mounts its own /proc, sets
@@ -36,6 +36,10 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
 
 /* uns: root inside is uid/gid 100000 outside, 65536 ids mapped. */
 #define UNS_BASE 100000
@@ -87,6 +91,23 @@ static void reopen_stdio(const char *log)
 	close(out);
 }
 
+/*
+ * Enter a time namespace of its own (offsets 0): an engine that restores a tree into a new
+ * time namespace, as CRIU does to keep clocks monotonic, then compares like with like.
+ * unshare() only affects children; setns() moves the caller itself.
+ */
+static void enter_time_ns(void)
+{
+	int fd;
+
+	if (unshare(CLONE_NEWTIME))
+		die("unshare a time namespace");
+	fd = open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || setns(fd, CLONE_NEWTIME))
+		die("enter the new time namespace");
+	close(fd);
+}
+
 /* Make ROOT the root of this mount namespace with a /proc of its own; the old root is
  * detached. */
 static void enter_root(const char *root)
@@ -127,6 +148,7 @@ static void init_main(int sync_rd, int ready_wr, int uns, const char *hostname,
 		die("setsid");
 	if (uns && (setgroups(0, NULL) || setresgid(0, 0, 0) || setresuid(0, 0, 0)))
 		die("become root in the user namespace");
+	enter_time_ns();
 	enter_root(root);
 	if (sethostname(hostname, strlen(hostname)))
 		die("sethostname");

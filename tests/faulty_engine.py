@@ -17,7 +17,7 @@ Two halves:
                    the pid namespace's init (ns flavours: the root of the tree); needs three
                    levels, e.g. init -> fork_child -> its child
   ``hang``         never return (the harness's deadline must kill it)
-  ``flip-shared``  invert one byte of a present page of a shared mapping (anonymous shared
+  ``flip-shared``  invert one byte of the largest writable shared mapping (anonymous shared
                    memory or a memfd) through /proc/PID/mem
   ``new-uts``      inject unshare(CLONE_NEWUTS): the task moves to a uts namespace of its own
   ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
@@ -321,24 +321,21 @@ def wrong_ppid(pid: int) -> dict:
 
 
 def flip_shared(pid: int) -> dict:
-    """Invert one byte in a present page of a shared mapping."""
-    with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm:
-        for start, end, perms, path in _maps(pid):
-            if perms[3] != "s" or "w" not in perms:
-                continue
-            pm.seek(start // PAGE * 8)
-            entries = pm.read((end - start) // PAGE * 8)
-            present = [k for k in range(0, len(entries), 8) if entries[k + 7] & 0x80]
-            if present:
-                addr = start + present[0] // 8 * PAGE + 0x123
-                fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-                try:
-                    old = os.pread(fd, 1, addr)
-                    os.pwrite(fd, bytes([old[0] ^ 0xFF]), addr)
-                finally:
-                    os.close(fd)
-                return {"vma": [start, end], "addr": addr, "path": path}
-    raise RuntimeError(f"pid {pid}: no writable shared mapping with data")
+    """Invert one byte in the first page of the largest writable shared mapping (written
+    through /proc/PID/mem, so into the shared object even where no page is mapped yet)."""
+    shared = [(end - start, start, end, path) for start, end, perms, path in _maps(pid)
+              if perms[3] == "s" and "w" in perms]
+    if not shared:
+        raise RuntimeError(f"pid {pid}: no writable shared mapping")
+    _, start, end, path = max(shared)
+    addr = start + 0x123
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    try:
+        old = os.pread(fd, 1, addr)
+        os.pwrite(fd, bytes([old[0] ^ 0xFF]), addr)
+    finally:
+        os.close(fd)
+    return {"vma": [start, end], "addr": addr, "path": path}
 
 
 def new_uts(pid: int) -> dict:

@@ -29,9 +29,10 @@ _CLONE_FLAG = {
     "uts": uapi.CLONE_NEWUTS,
     "ipc": uapi.CLONE_NEWIPC,
     "user": uapi.CLONE_NEWUSER,
+    "time": uapi.CLONE_NEWTIME,  # clone3 only; offsets are not restored (the harness's are 0)
 }
-# Created implicitly with the pid namespace / not created by this engine (kept shared).
-_IMPLIED = ("pid_for_children",)
+# Created implicitly with the pid / time namespace.
+_IMPLIED = ("pid_for_children", "time_for_children")
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
