@@ -115,8 +115,8 @@ def test_memfd_allowed_but_other_fields_of_the_same_vma_and_fd_fail() -> None:
     problems, allowed = _problems(before, after, [MEMFD_MAPS, MEMFD_FDS])
     assert problems == [
         f"fds: pid 101 (t): fd 4 {SHMEM}: pos 0 -> 5",
-        f"maps: pid 101 (t): VMA 20000..21000 rw-s {SHMEM} [obj[pid 100 20000]]: "
-        "perms rw-s -> r--s",
+        (f"maps: pid 101 (t): VMA 20000..21000 rw-s {SHMEM} [obj[pid 100 20000]]: "
+        "perms rw-s -> r--s"),
     ]
     assert len(allowed) == 4
 
@@ -140,8 +140,8 @@ def test_dir_flags_allowed_but_another_flag_or_offset_fails() -> None:
     problems, allowed = _problems(before, after, [DIR_FLAGS])
     assert problems == [
         "fds: pid 100 (t): fd 3 /tmp/w: pos 0 -> 9",
-        f"fds: pid 101 (t): fd 3 /tmp/w: flags {format_open_flags(O_DIRECTORY)} -> "
-        f"{format_open_flags(O_DIRECTORY | 0o4000)}",
+        (f"fds: pid 101 (t): fd 3 /tmp/w: flags {format_open_flags(O_DIRECTORY)} -> "
+        f"{format_open_flags(O_DIRECTORY | 0o4000)}"),
     ]
     assert len(allowed) == 2
 

@@ -86,8 +86,8 @@ def test_allowance_beside_a_real_fault(fault: str, criu: CriuEngine,
     problems = _failed(result, check)
     rec = engine.record
     if fault == "new-uts":
-        assert problems == [f"ns: pid {rec['inner_pid']} (mem_anon): uts namespace host -> "
-                            f"uts[pid {rec['inner_pid']}]"]
+        assert problems == [(f"ns: pid {rec['inner_pid']} (mem_anon): uts namespace host -> "
+                            f"uts[pid {rec['inner_pid']}]")]
     elif fault == "flip-shared":
         start, end = rec["vma"]
         assert len(problems) == 1 and f"VMA {start:x}..{end:x} rw-s" in problems[0]
