@@ -7,7 +7,9 @@ message.  The driver passes only what this criu, this kernel and this mode need:
   ``mem_dirty_track`` probe fails (no soft-dirty here) the harness feature ``pre_dump`` is
   reported false with criu's words, so --pre runs SKIP instead of failing;
 * the test's ``.desc`` opts (they are criu options: CRIU's zdtm descriptors name them);
-* what the flavour needs: ``--root`` on restore when the tree has a root of its own.
+* what the flavour needs: ``--root`` on restore when the tree has a root of its own (ns,
+  uns).  No ``--shell-job``: a zdtm test daemon leads its own session, and so does the
+  ns init, so nothing of a dumped tree points outside it.
 
 A failed step says why: criu writes its log with ``-o`` beside the images dir, and the
 failure's message is criu's first ``Error (...)`` line, its details every Error line and
@@ -165,7 +167,7 @@ class CriuEngine(Engine):
 
     def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,
              parent_images: Path | None, opts: Sequence[str], timeout: float) -> StepResult:
-        args = ["-t", str(root_pid), *self._tree_opts()]
+        args = ["-t", str(root_pid)]
         if leave_running:
             args.append("--leave-running")
         args += self._incremental(images_dir, parent_images)
@@ -174,7 +176,7 @@ class CriuEngine(Engine):
 
     def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
-        args = ["-t", str(root_pid), "--track-mem", *self._tree_opts()]
+        args = ["-t", str(root_pid), "--track-mem"]
         if parent_images is not None:
             args += ["--prev-images-dir", os.path.relpath(parent_images, images_dir)]
         return self._run("pre-dump", images_dir, [*args, *opts], step="pre-dump",
@@ -187,15 +189,10 @@ class CriuEngine(Engine):
         # criu wants the parent directory relative to the images directory
         return ["--track-mem", "--prev-images-dir", os.path.relpath(parent_images, images_dir)]
 
-    def _tree_opts(self) -> list[str]:
-        """Options for the tree's flavour shared by every step."""
-        # A test daemon leads its own session (zdtm test_daemon); the ns init does too.
-        return []
-
     def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
                 timeout: float, lazy: bool) -> int:
         pidfile = images_dir.with_name(images_dir.name + ".restored.pid")
-        args = ["-d", "--pidfile", str(pidfile), *self._tree_opts()]
+        args = ["-d", "--pidfile", str(pidfile)]
         if self._tree.root is not None:
             # the tree's "/" is a directory of its own: criu mounts it as the new root
             args += ["--root", str(self._tree.root)]
