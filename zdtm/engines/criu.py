@@ -66,6 +66,8 @@ FEATURES: dict[str, str | None] = {
     "vdso_mremap": "can_map_vdso",
     "memfd": None,
     "map_files": "mnt_id",
+    "eventfd": None, "signalfd": None, "epoll": None,
+    "timerfd": "timerfd",
 }
 
 #: What CRIU restores differently from the dumped state on purpose (zdtm.allowances).
