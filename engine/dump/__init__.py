@@ -17,4 +17,8 @@ def features() -> dict[str, tuple[bool, str]]:
         "signalfd": (True, ""),
         "timerfd": (True, ""),
         "epoll": (True, ""),
+        "unix_socketpair": (True, ""),
+        "tcp": (True, ""),
+        "udp": (True, ""),
+        "file_locks": (True, ""),
     }

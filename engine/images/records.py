@@ -14,7 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from engine.images.fdkinds import EpollWatch, EventfdState, SignalfdState, TimerfdState
+from engine.images.fdkinds import (
+    EpollWatch,
+    EventfdState,
+    InetSocketState,
+    LockRecord,
+    SignalfdState,
+    TimerfdState,
+    UnixSocketState,
+)
 
 FORMAT_NAME = "pyengine-images"
 FORMAT_VERSION = 2  # 2: VMAs are arrays (docs/IMAGES.md)
@@ -511,6 +519,9 @@ class FileRecord:
     signalfd: SignalfdState | None = None
     timerfd: TimerfdState | None = None
     epoll: list[EpollWatch] | None = None
+    unix: UnixSocketState | None = None  # type socket: a connected unix socket
+    inet: InetSocketState | None = None  # type socket: TCP or UDP
+    locks: list[LockRecord] = field(default_factory=list)  # held through this open file
 
     def validate(self) -> None:
         """Type known, the type's required fields present."""
@@ -526,6 +537,8 @@ class FileRecord:
                  if k is not None]
         _check(len(kinds) == (self.type == "anon_inode"),
                f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
+        _check((self.unix is not None) + (self.inet is not None) == (self.type == "socket"),
+               f"file {self.id}: {self.type} and socket states do not go together")
 
 
 @dataclass

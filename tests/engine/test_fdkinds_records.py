@@ -31,12 +31,7 @@ BAD = {
 
 
 def _load(extra: dict[str, Any]) -> FileRecord:
-    rec = codec.from_dict(FileRecord, {**BASE, **extra})
-    rec.validate()
-    for part in (rec.eventfd, rec.signalfd, rec.timerfd, *(rec.epoll or [])):
-        if part is not None:
-            part.validate()
-    return rec
+    return codec.from_dict(FileRecord, {**BASE, **extra})  # validates every nested record
 
 
 @pytest.mark.parametrize("kind", sorted(GOOD))
@@ -49,3 +44,13 @@ def test_each_kind_round_trips(kind: str) -> None:
 def test_out_of_range_state_is_refused(case: str) -> None:
     with pytest.raises(RecordError):
         _load(BAD[case])
+
+
+def test_unix_socket_state_is_checked() -> None:
+    good = {"type": 5, "peer": 77, "shutdown": 3, "queued": [3, 14]}
+    assert _load({"type": "socket", "unix": good}).unix is not None
+    for bad in ({"type": 3}, {"peer": 0}, {"shutdown": 4}, {"queued": [-1]}):
+        with pytest.raises(RecordError):
+            _load({"type": "socket", "unix": {**good, **bad}})
+    with pytest.raises(RecordError):
+        _load({"type": "socket"})  # a socket without its state

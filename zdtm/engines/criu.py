@@ -103,6 +103,7 @@ class CriuEngine(Engine):
         self._features: Features | None = None
         self._lazy = Helper()
         self._tree = TreeInfo()
+        self._probes: dict[str, tuple[bool, str]] = {}  # criu feature -> (ok, why not)
 
     # ---- availability and features --------------------------------------------------
 
@@ -139,12 +140,29 @@ class CriuEngine(Engine):
                 self._features = features_from_probes(FEATURES, self._probe_feature)
         return self._features
 
+    def missing_features(self, names: Sequence[str]) -> list[str]:
+        """Harness names (FEATURES) from check(); any other name is a criu feature, as
+        CRIU's own descriptors write them, probed with ``criu check --feature NAME``."""
+        feats = self.check()
+        if self.available() is not None:
+            return feats.missing(names)
+        out = Features(dict(feats.features), dict(feats.reasons))
+        for name in names:
+            if name not in FEATURES:
+                ok, why = self._probe_feature(name)
+                out.features[name] = ok
+                if not ok:
+                    out.reasons[name] = why
+        return out.missing(names)
+
     def _probe_feature(self, name: str) -> tuple[bool, str]:
-        rc, out = self._run_check("--feature", name)
-        if rc == 0:
-            return True, ""
-        lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
-        return False, f"criu check --feature {name}: " + (lines[-1] if lines else f"exit {rc}")
+        """``criu check --feature NAME`` once per name: (available, criu's words if not)."""
+        if name not in self._probes:
+            rc, out = self._run_check("--feature", name)
+            lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+            why = f"criu check --feature {name}: " + (lines[-1] if lines else f"exit {rc}")
+            self._probes[name] = (rc == 0, "" if rc == 0 else why)
+        return self._probes[name]
 
     def allowances(self) -> tuple[Allowance, ...]:
         return ALLOWANCES
@@ -232,16 +250,13 @@ def open_images_dir(images_dir: Path) -> None:
 
 def features_from_probes(mapping: dict[str, str | None],
                          probe: Callable[[str], tuple[bool, str]]) -> Features:
-    """Harness features from criu feature probes; each criu feature is probed once."""
-    cache: dict[str, tuple[bool, str]] = {}
+    """Harness features from criu feature probes (``probe`` answers each criu name)."""
     out = Features()
     for name, criu_name in mapping.items():
         if criu_name is None:
             out.features[name] = True
             continue
-        if criu_name not in cache:
-            cache[criu_name] = probe(criu_name)
-        ok, why = cache[criu_name]
+        ok, why = probe(criu_name)
         out.features[name] = ok
         if not ok:
             out.reasons[name] = why
