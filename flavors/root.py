@@ -40,12 +40,39 @@ def make_root(root: Path) -> None:
 
 
 def install(root: Path, binary: Path) -> str:
-    """Copy ``binary`` and the libraries it loads into ``root``; its path inside the root."""
+    """Copy ``binary`` and the libraries it loads into ``root``; its path inside the root.
+
+    A script brings its interpreter when the ``#!`` line names one by absolute path (copied
+    to that path with its libraries); one found through ``/usr/bin/env`` would need a whole
+    language runtime in the root, so it is refused with that reason.
+    """
     inside = f"/{BIN_DIR}/{binary.name}"
     _copy(binary, root / inside.lstrip("/"))
+    interpreter = _interpreter(binary)
+    if interpreter is not None:
+        _copy(Path(interpreter), root / interpreter.lstrip("/"))
+        binary = Path(interpreter)
     for lib in shared_libraries(binary):
         _copy(Path(lib), root / lib.lstrip("/"))
     return inside
+
+
+def _interpreter(path: Path) -> str | None:
+    """The absolute interpreter of a ``#!`` script, None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(256)
+    except OSError as exc:
+        raise StartError("setup", f"cannot read {path}: {exc.strerror}") from None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].decode(errors="replace").split()
+    if not words or not words[0].startswith("/") or words[0].endswith("/env"):
+        raise StartError("setup", f"{path} is a script run by '{' '.join(words)}': in the "
+                                  "ns/uns flavours the test tree has a root of its own "
+                                  "holding only the test, its interpreter when named by "
+                                  "absolute path, and their libraries")
+    return words[0]
 
 
 def shared_libraries(binary: Path) -> list[str]:

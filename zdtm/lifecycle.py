@@ -263,7 +263,7 @@ class Run:
                 verdict = _last_verdict(self.workdir / f"{self.test.short}.out")
                 self.result.skip("start", f"test says: {verdict or exc.message}")
                 raise _Failed from None
-            kind = TIMEOUT if exc.kind == "timeout" else TEST_FAIL
+            kind = {"timeout": TIMEOUT, "setup": HARNESS_ERROR}.get(exc.kind, TEST_FAIL)
             self.result.fail("start", kind, exc.message.splitlines()[0],
                              exc.message.splitlines()[1:] + self._outfile_tail())
             raise _Failed from None
