@@ -68,7 +68,23 @@ FEATURES: dict[str, str | None] = {
     "map_files": "mnt_id",
     "eventfd": None, "signalfd": None, "epoll": None,
     "timerfd": "timerfd",
+    "unix_socketpair": None, "tcp": None, "udp": None, "file_locks": None,
 }
+
+#: Harness features whose state criu dumps only when told to (CRIU's own descriptors put
+#: these options in ``opts``; ours name the feature).
+FEATURE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tcp": ("--tcp-established",),
+    "file_locks": ("--file-locks",),
+}
+
+
+def feature_options(features: Sequence[str]) -> tuple[str, ...]:
+    """The criu options a test declaring ``features`` needs for dump and restore."""
+    out: list[str] = []
+    for name in features:
+        out += [o for o in FEATURE_OPTIONS.get(name, ()) if o not in out]
+    return tuple(out)
 
 #: What CRIU restores differently from the dumped state on purpose (zdtm.allowances).
 ALLOWANCES = (

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from zdtm.desc import TestDesc
 from zdtm.engines.base import Engine
 from zdtm.engines.criu import FEATURES as CRIU_FEATURES
+from zdtm.engines.criu import feature_options as criu_feature_options
 
 _INHERITS_SESSION = ("the bundled engine always restores a session or process group led "
                      "from outside the tree as inherited (docs/ARCHITECTURE.md, restore)")
@@ -55,6 +56,11 @@ def cr_options(engine_name: str, test: TestDesc) -> CrOptions:
         # CRIU's suite keeps the plugins its crlib tests need in lib/ beside them
         libdir = ("--libdir", str(test.binary.parent / "lib"))
         dump, restore = (*dump, *libdir), (*restore, *libdir)
+    if engine_name == "criu":
+        implied = tuple(o for o in criu_feature_options(test.feature) if o not in dump)
+        notes = tuple(f"criu engine: {o} (test feature)" for o in implied)
+        dump, restore = (*dump, *implied), (*restore, *implied)
+        return CrOptions(dump, restore, notes=notes)
     return CrOptions(dump, restore)
 
 
