@@ -18,6 +18,7 @@ from zdtm.desc import TestDesc, discover_external
 from zdtm.engines import EngineFailure
 from zdtm.engines.base import TreeInfo
 from zdtm.engines.criu import CriuEngine, cause
+from zdtm.engines.translate import CrOptions, cr_options
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.result import ENGINE_ERROR, FAIL
 
@@ -171,3 +172,15 @@ def test_failed_run_keeps_criu_logs_not_images(fake: tuple[CriuEngine, Path], tm
     img = Path(r.workdir) / "img"
     assert (img / "1-dump.criu.log").is_file() and (img / "1-dump.log").is_file()
     assert [p for p in img.iterdir() if p.is_dir()] == []
+
+
+def test_test_features_bring_the_criu_options_they_need() -> None:
+    t = TestDesc(name="static/t", kind="static", binary=Path("/x/static/t"),
+                 feature=("tcp", "udp", "file_locks"), opts=("--file-locks",))
+    got = cr_options("criu", t)
+    assert got.dump == ("--file-locks", "--tcp-established")
+    assert got.restore == ("--file-locks", "--tcp-established")
+    assert got.notes == ("criu engine: --tcp-established (test feature)",)
+    plain = TestDesc(name="static/t", kind="static", binary=Path("/x/static/t"),
+                     feature=("tcp", "file_locks"))
+    assert cr_options("bundled", plain) == CrOptions()  # the bundled engine needs none
