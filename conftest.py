@@ -52,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="no checkpoint/restore: start, check, stop")
     group.addoption("--zdtm-keep-img", action="store_true",
                     help="keep each item's work dir and images")
+    group.addoption("--zdtm-tolerate-taint", action="store_true",
+                    help="a kernel taint already present at start is no failure")
     group.addoption("--zdtm-tests-dir", default=None, metavar="DIR",
                     help="also collect another project's zdtm suite in DIR (DIR/NAME::FLAVOUR)")
 
@@ -65,7 +67,8 @@ class _Mode:
         self.fallback: str | None = None
         self.options = RunOptions(iters=max(config.getoption("--zdtm-iters"), 1),
                                   pre=config.getoption("--zdtm-pre"),
-                                  keep_img=config.getoption("--zdtm-keep-img"))
+                                  keep_img=config.getoption("--zdtm-keep-img"),
+                                  tolerate_taint=config.getoption("--zdtm-tolerate-taint"))
         if name == "bundled":
             # a plain dump + restore cycle decides; --zdtm-pre etc. SKIP per item instead
             why = cr_unavailable(self.engine, RunOptions())

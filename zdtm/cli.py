@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run zdtm-protocol binaries from DIR (named ext/NAME)")
     run.add_argument("--engine-timeout", type=float, default=ENGINE_TIMEOUT,
                      help=f"deadline of each engine step in seconds ({ENGINE_TIMEOUT:.0f})")
+    run.add_argument("--tolerate-taint", action="store_true",
+                     help="a kernel taint already present at start is no failure "
+                          "(new taint bits still are)")
 
     ls = sub.add_parser("list", help="list tests with flavours and flags")
     ls.add_argument("--tests-dir", metavar="DIR", type=Path)
@@ -148,7 +151,7 @@ def plan(tests: Sequence[TestDesc], flavors: Sequence[str] | None) -> list[Job]:
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(iters=max(args.iters, 1), pre=args.pre, lazy=args.lazy_pages,
                       norst=args.norst, keep_img=args.keep_img, workroot=DEFAULT_WORKROOT,
-                      engine_timeout=args.engine_timeout)
+                      engine_timeout=args.engine_timeout, tolerate_taint=args.tolerate_taint)
 
 
 def _engine(args: argparse.Namespace) -> Engine:
