@@ -108,8 +108,8 @@ static void enter_time_ns(void)
 	close(fd);
 }
 
-/* Make ROOT the root of this mount namespace with a /proc of its own; the old root is
- * detached. */
+/* Make ROOT the root of this mount namespace with a /proc and a /dev/pts of its own; the
+ * old root is detached. */
 static void enter_root(const char *root)
 {
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
@@ -129,6 +129,10 @@ static void enter_root(const char *root)
 		die("detach the old root");
 	if (chdir("/"))
 		die("chdir /");
+	/* a pty instance of its own (/dev/ptmx is a link to pts/ptmx in the root) */
+	if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+		  "newinstance,ptmxmode=0666,mode=0620"))
+		die("mount /dev/pts");
 }
 
 /* Runs as pid 1 of the new namespaces; ends by re-executing itself from the new root. */

@@ -23,15 +23,18 @@ BIN_DIR = ".bin"
 # character devices a test may open (major, minor), made with mknod by the harness: a
 # process in a user namespace cannot create device nodes itself
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
-           "urandom": (1, 9)}
+           "urandom": (1, 9), "tty": (5, 0)}
 LDD_TIMEOUT = 30.0
 
 
 def make_root(root: Path) -> None:
-    """The fixed skeleton: /proc mount point, /dev nodes, the binaries directory."""
-    for d in ("proc", "dev", BIN_DIR):
+    """The fixed skeleton: /proc and /dev/pts mount points, /dev nodes (/dev/ptmx a link
+    into the tree's own devpts), the binaries directory."""
+    for d in ("proc", "dev", "dev/pts", BIN_DIR):
         (root / d).mkdir(mode=0o755, exist_ok=True)
         os.chmod(root / d, 0o755)  # whatever the umask: uid 100000 must enter them
+    if not (root / "dev" / "ptmx").is_symlink():
+        os.symlink("pts/ptmx", root / "dev" / "ptmx")
     for name, (major, minor) in DEVICES.items():
         node = root / "dev" / name
         if not node.exists():
