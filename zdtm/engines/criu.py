@@ -69,6 +69,13 @@ FEATURES: dict[str, str | None] = {
     "eventfd": None, "signalfd": None, "epoll": None,
     "timerfd": "timerfd",
     "unix_socketpair": None, "tcp": None, "udp": None, "file_locks": None,
+    # state every CRIU 4.2 restores by design (names of the bundled engine's check)
+    **dict.fromkeys(("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
+                     "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
+                     "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
+                     "restore_fd_status_flags", "restore_fd_owner", "restore_o_path",
+                     "restore_fifo", "restore_chr_devices", "restore_unlinked_attrs",
+                     "restore_vdso_moved", "restore_session_orphans")),
 }
 
 #: Harness features whose state criu dumps only when told to (CRIU's own descriptors put
@@ -85,6 +92,7 @@ def feature_options(features: Sequence[str]) -> tuple[str, ...]:
     for name in features:
         out += [o for o in FEATURE_OPTIONS.get(name, ()) if o not in out]
     return tuple(out)
+
 
 #: What CRIU restores differently from the dumped state on purpose (zdtm.allowances).
 ALLOWANCES = (
