@@ -224,6 +224,8 @@ class ZdtmItem(pytest.Item):
         self.add_report_section("call", "zdtm", "\n".join(progress))
         for note in r.notes:
             self.user_properties.append(("note", note))
+        for allowed in r.allowed:
+            self.user_properties.append(("allowed deviation", allowed))
         if r.outcome == SKIP:
             pytest.skip(f"{r.phase}: {r.message}")
         if r.outcome == FAIL:
@@ -236,6 +238,7 @@ class ZdtmItem(pytest.Item):
             lines = [f"{r.ident}: {r.phase}: {r.kind}: {r.message}", *r.details]
             if r.notes:
                 lines.append("notes: " + "; ".join(r.notes))
+            lines += [f"allowed deviation: {a}" for a in r.allowed]
             if r.workdir:
                 lines.append(f"work dir kept: {r.workdir}")
             return "\n".join(lines)
@@ -313,7 +316,19 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
             and any(k == "note" and str(v).startswith("nocr")
                     for k, v in report.user_properties)):
         return "passed", "n", "PASSED (nocr)"
+    if report.when == "call" and report.passed and any(
+            k == "allowed deviation" for k, _ in report.user_properties):
+        return "passed", "a", "PASSED (allowed deviations)"
     return None
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Count the engine's allowed deviations apart from plain passes."""
+    runs = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get(
+        "failed", []) if any(k == "allowed deviation" for k, _ in r.user_properties)]
+    if runs:
+        total = sum(1 for r in runs for k, _ in r.user_properties if k == "allowed deviation")
+        terminalreporter.write_line(f"zdtm: {total} allowed deviation(s) in {len(runs)} run(s)")
 
 
 def _lock_path(kind: str) -> Path:

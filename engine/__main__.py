@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leave-stopped", dest="leave_stopped", action="store_true",
                    help="leave every task stopped (resume with SIGCONT)")
     p.add_argument("--pidfile", default=None, help="write the root pid here")
+    p.add_argument("-r", "--root", default=None,
+                   help="the tree's own root directory (a tree in its own mount namespace "
+                        "that was pivoted into a directory)")
     p.add_argument("-d", "--restore-detached", dest="detach", action="store_true",
                    help="return once the tree is restored")
     p.add_argument("--lazy-pages", dest="lazy_pages", action="store_true",

@@ -102,9 +102,14 @@ class Flavor(ABC):
         """Make ``workdir`` usable by the test (created by the caller)."""
         del workdir
 
+    def tree_root(self, workdir: Path) -> Path | None:
+        """The tree's own root directory (host path), or None when it shares the host's."""
+        del workdir
+        return None
+
     @abstractmethod
-    def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
-        """The command that starts the test starter ``argv`` in this flavour."""
+    def command(self, argv: Sequence[str], workdir: Path, log: Path) -> list[str]:
+        """The command that starts the test starter ``argv`` in this flavour (output: log)."""
 
     @abstractmethod
     def locate(self, workdir: Path, ns_pid: int) -> Started:
@@ -123,7 +128,7 @@ class Flavor(ABC):
         daemon in its own session) is left for the caller's cleanup of its descendants.
         """
         with open(log, "wb") as out:
-            proc = subprocess.Popen(self.command(argv, workdir), cwd=workdir,
+            proc = subprocess.Popen(self.command(argv, workdir, log), cwd=workdir,
                                     stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     close_fds=True)

@@ -14,7 +14,7 @@ class HostFlavor(Flavor):
     name = "h"
     uses_ns = False
 
-    def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
+    def command(self, argv: Sequence[str], workdir: Path, log: Path) -> list[str]:
         return list(argv)
 
     def locate(self, workdir: Path, ns_pid: int) -> Started:

@@ -1,9 +1,11 @@
-"""Flavour ns: the test tree lives under a pid-1 init in new pid, mount, net, uts, ipc ns.
+"""Flavour ns: the test tree lives under a pid-1 init in new pid, mount, net, uts and ipc
+namespaces, in a root of its own.
 
-The init is flavors/nsinit (nsinit.c): it mounts a private /proc, sets the hostname
-``zdtm-ns``, brings lo up and reaps the test tree.  The engine dumps the tree from that
-init down, so the whole namespace is checkpointed; after a restore the test daemon is found
-again by its pid inside the namespace (NSpid in /proc/PID/status).
+The init is flavors/nsinit (nsinit.c): it pivots into the work directory (filled by
+flavors.root: test binary, nsinit and libraries copied in, /proc, /dev nodes), mounts a
+private /proc, sets the hostname ``zdtm-ns``, brings lo up and reaps the test tree.  The
+engine dumps the tree from that init down, so the whole namespace is checkpointed; after a
+restore the test daemon is found again by its pid inside the namespace (NSpid).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flavors.base import Flavor, Started, StartError, host_pid_in_ns, read_pid
+from flavors.root import install, make_root
 
 NSINIT = Path(__file__).resolve().parent / "nsinit"
 HOSTNAME = "zdtm-ns"
@@ -28,14 +31,21 @@ class NsFlavor(Flavor):
     #: add a user namespace (flavour uns)
     user_ns = False
 
-    def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
-        return self.init_command(NSINIT, argv, workdir)
+    def prepare(self, workdir: Path) -> None:
+        make_root(workdir)
 
-    def init_command(self, init: Path, argv: Sequence[str], workdir: Path) -> list[str]:
-        """``init`` (an nsinit binary) starting ``argv`` in this flavour's namespaces."""
+    def tree_root(self, workdir: Path) -> Path | None:
+        """The work dir is the tree's "/"."""
+        return workdir
+
+    def command(self, argv: Sequence[str], workdir: Path, log: Path) -> list[str]:
+        init = install(workdir, NSINIT)
+        test = install(workdir, Path(argv[0]))
         opts = ["-u"] if self.user_ns else []
-        return [str(init), *opts, "-H", HOSTNAME, "-r", str(workdir / ROOTPID_FILE),
-                "--", *argv]
+        if log.parent == workdir:
+            opts += ["-l", f"/{log.name}"]
+        return [str(workdir / init.lstrip("/")), *opts, "-H", HOSTNAME, "-R", str(workdir),
+                "-i", init, "-r", str(workdir / ROOTPID_FILE), "--", test, *argv[1:]]
 
     def locate(self, workdir: Path, ns_pid: int) -> Started:
         try:

@@ -35,6 +35,15 @@ Two halves:
   ``kmsg-warning`` write a "WARNING:" line into the kernel log (/dev/kmsg) carrying the
                    run's token (FAULT_TOKEN, the run's work dir): the kernel health watch
                    must fail the run with the kind ``kernel``
+  ``flip-shared``  invert one byte of the largest writable shared mapping (anonymous shared
+                   memory or a memfd) through /proc/PID/mem
+  ``new-uts``      inject unshare(CLONE_NEWUTS): the task moves to a uts namespace of its own
+  ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
+                   file description)
+
+  The last three hit the objects an engine's allowed deviations concern (zdtm.allowances):
+  the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
+  time namespace, the directory fd CRIU reopens without O_DIRECTORY.
 
   The process stays in group-stop throughout: the harness's own injector (zdtm/tracing.py)
   seizes it, runs one syscall at a ``syscall`` instruction found in its vdso, puts every
@@ -72,13 +81,22 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from zdtm import ROOT_DIR, tracing
-from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
+from zdtm.allowances import Allowance
+from zdtm.engines.base import (
+    Engine,
+    EngineFailure,
+    Features,
+    StepResult,
+    TreeInfo,
+    run_logged,
+)
 
 _SYS_PRCTL = 157
 _SYS_UNSHARE = 272
 _SYS_IOPRIO_SET = 251
 CLONE_FILES = 0x400
 CLONE_FS = 0x200
+CLONE_NEWUTS = 0x04000000
 PRCTL = {"set-dumpable": (4, 0), "set-subreaper": (36, 1), "set-pdeathsig": (1, 12),
          "thp-disable": (41, 1)}  # fault -> (PR_SET_*, value)
 UNSHARE = {"unshare-files": CLONE_FILES, "unshare-fs": CLONE_FS}
@@ -87,7 +105,8 @@ FILE_FAULTS = ("chmod-file", "chown-file", "touch-file", "grow-file", "punch-hol
 TTY_FAULTS = ("set-winsize", "set-termios")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
-          *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left")
+          *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left",
+          "flip-shared", "new-uts", "dir-nonblock")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
@@ -363,6 +382,41 @@ def wrong_ppid(pid: int) -> dict:
     return {"killed": parent, "ppid_before": before, "ppid_after": _inner_pid(_ppid(pid))}
 
 
+def flip_shared(pid: int) -> dict:
+    """Invert one byte in the first page of the largest writable shared mapping (written
+    through /proc/PID/mem, so into the shared object even where no page is mapped yet)."""
+    shared = [(end - start, start, end, path) for start, end, perms, path in _maps(pid)
+              if perms[3] == "s" and "w" in perms]
+    if not shared:
+        raise RuntimeError(f"pid {pid}: no writable shared mapping")
+    _, start, end, path = max(shared)
+    addr = start + 0x123
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    try:
+        old = os.pread(fd, 1, addr)
+        os.pwrite(fd, bytes([old[0] ^ 0xFF]), addr)
+    finally:
+        os.close(fd)
+    return {"vma": [start, end], "addr": addr, "path": path}
+
+
+def new_uts(pid: int) -> dict:
+    """Inject unshare(CLONE_NEWUTS)."""
+    _inject(pid, _SYS_UNSHARE, CLONE_NEWUTS)
+    return {"uts": os.readlink(f"/proc/{pid}/ns/uts")}
+
+
+def dir_nonblock(pid: int) -> dict:
+    """Set O_NONBLOCK on the first directory fd (its open file description)."""
+    fd, path = _first_fd(pid, lambda st, target: stat.S_ISDIR(st.st_mode))
+    copy = _copy_fd(pid, fd)
+    try:
+        os.set_blocking(copy, False)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path}
+
+
 def hang(pid: int) -> dict:
     """An engine that never answers."""
     del pid
@@ -417,7 +471,8 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            **_each(UNSHARE, unshare_table), **_each(PRCTL, set_prctl),
            **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
-           "mount-left": mount_left, "cgroup-left": cgroup_left}
+           "mount-left": mount_left, "cgroup-left": cgroup_left,
+           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock}
 
 
 def _children(pid: int) -> list[int]:
@@ -491,6 +546,14 @@ class FaultyEngine(Engine):
 
     def check(self) -> Features:
         return self.inner.check() if self.inner else Features()
+
+    def attach(self, tree: TreeInfo) -> None:
+        if self.inner is not None:
+            self.inner.attach(tree)
+
+    def allowances(self) -> tuple[Allowance, ...]:
+        """The wrapped engine's: its deliberate differences stay allowed, faults do not."""
+        return self.inner.allowances() if self.inner else ()
 
     def _apply(self, pid: int, step: str, timeout: float, images_dir: Path) -> StepResult:
         rec = self.workdir / f"fault-{self.fault}.json"

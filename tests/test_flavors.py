@@ -62,6 +62,19 @@ def _status(pid: int, key: str) -> list[str]:
     raise KeyError(key)
 
 
+def _mount_ids(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return {line.split()[0] for line in f}
+
+
+def _fd_mounts(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            out |= {line.split()[1] for line in f if line.startswith("mnt_id:")}
+    return out
+
+
 def _run(flavor: str, binary: Path, workdir: Path) -> tuple[Started, str]:
     fl = get_flavor(flavor)
     fl.prepare(workdir)
@@ -98,6 +111,12 @@ def test_ns_flavours(flavor: str, env_binary: Path, workdir: Path) -> None:
     for kind in NS_KINDS:
         assert _ns(st.test_pid, kind) != _ns(os.getpid(), kind), kind
         assert _ns(st.test_pid, kind) == _ns(st.root_pid, kind), kind
+    # a root of its own (the work dir), the test and the init run from copies in it, and
+    # every fd they hold is on a mount of their own mount namespace (what CRIU requires)
+    for pid in (st.test_pid, st.root_pid):
+        assert os.path.samefile(f"/proc/{pid}/root", workdir)
+        assert os.readlink(f"/proc/{pid}/exe").startswith("/.bin/")
+        assert _fd_mounts(pid) <= _mount_ids(pid), pid
     # inside: its own hostname, lo up, its own /proc (pid 1 there is nsinit)
     assert f"env host=zdtm-ns uid=0 pid={st.ns_pid} lo_up=1 init=nsinit" in out, out
     if flavor == "uns":
@@ -105,9 +124,6 @@ def test_ns_flavours(flavor: str, env_binary: Path, workdir: Path) -> None:
         with open(f"/proc/{st.test_pid}/uid_map") as f:
             assert f.read().split() == ["0", "100000", "65536"]
         assert _status(st.test_pid, "Uid")[0] == "100000"  # root inside, not outside
-        # run from copies uid 100000 can reach (a restore reopens mapped files by path)
-        for pid in (st.test_pid, st.root_pid):
-            assert os.readlink(f"/proc/{pid}/exe").startswith(f"{workdir}/.bin/")
     else:
         assert _ns(st.test_pid, "user") == _ns(os.getpid(), "user")
         assert _status(st.test_pid, "Uid")[0] == "0"
@@ -117,7 +133,9 @@ def test_ns_flavours(flavor: str, env_binary: Path, workdir: Path) -> None:
 
 
 def test_failing_starter_is_reported(workdir: Path) -> None:
+    fl = get_flavor("ns")
+    fl.prepare(workdir)
     with pytest.raises(StartError) as exc:
-        get_flavor("ns").start(["/bin/false"], workdir, "t.pid", 10.0, workdir / "start.log")
+        fl.start(["/bin/false"], workdir, "t.pid", 10.0, workdir / "start.log")
     assert exc.value.kind == "failed"
     assert "test starter exited with 1" in exc.value.message

@@ -100,7 +100,7 @@ exit 0
     os.chmod(fake, 0o755)
     eng = CriuEngine(fake)
     missing, notes = missing_features(eng, ["mnt_id", "timens", "mem_track"])
-    assert missing == ["timens (Feature timens is not supported)"]
+    assert missing == ["timens (criu check --feature timens: Feature timens is not supported)"]
     assert notes == ["criu engine: feature mem_track -> mem_dirty_track"]
     before = calls.read_text().count("--feature mnt_id")
     missing_features(eng, ["mnt_id"])  # probed once

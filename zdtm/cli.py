@@ -29,7 +29,7 @@ from zdtm.desc import DescError, TestDesc, discover, discover_external, select
 from zdtm.engines import Engine, make_engine
 from zdtm.external import script, start_plan
 from zdtm.lifecycle import ENGINE_TIMEOUT, SNAPSHOT_TIMEOUT, RunOptions, prepare_process, run_test
-from zdtm.report import totals, write_reports
+from zdtm.report import allowed_totals, totals, write_reports
 from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Result
 
 # Under the temp dir, not in the checkout: in uns the test runs as uid 100000, which must be
@@ -336,6 +336,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     missing = len(jobs) * max(len(kernels), 1) - sum(not vm.is_kernel_result(r) for r in results)
     if missing > 0:
         console.line(f"not run: {missing} test x flavour run(s)")
+    if allowed_totals(results):
+        console.line(allowed_totals(results))
     console.line(totals(results))
     return 1 if any(r.outcome == FAIL for r in results) else 0
 

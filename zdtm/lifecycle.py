@@ -31,15 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from flavors import Flavor, StartError, get_flavor
-from zdtm import cgroups, checks, external, kernel_health, mountns, snapshot, tasks
+from zdtm import allowances, cgroups, checks, external, kernel_health, mountns, snapshot, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
 from zdtm.engines import Engine, EngineFailure
+from zdtm.engines.base import TreeInfo
 from zdtm.engines.translate import CrOptions, cr_options, missing_features
 from zdtm.result import (
     CHECK_FAILED,
     ENGINE_CRASHED,
     ENGINE_ERROR,
+    FAIL,
     HARNESS_ERROR,
     KERNEL,
     SKIP,
@@ -275,13 +277,14 @@ class Run:
                 verdict = _last_verdict(self.workdir / f"{self.test.short}.out")
                 self.result.skip("start", f"test says: {verdict or exc.message}")
                 raise _Failed from None
-            kind = TIMEOUT if exc.kind == "timeout" else TEST_FAIL
+            kind = {"timeout": TIMEOUT, "setup": HARNESS_ERROR}.get(exc.kind, TEST_FAIL)
             self.result.fail("start", kind, exc.message.splitlines()[0],
                              exc.message.splitlines()[1:] + self._outfile_tail())
             raise _Failed from None
         finally:
             hook_ok = post_start.finish(self.result)
         self.root_pid, self.test_pid, self.ns_pid = st.root_pid, st.test_pid, st.ns_pid
+        self.engine.attach(TreeInfo(self.result.flavor, self.flavor.tree_root(self.workdir)))
         if not hook_ok:
             raise _Failed
 
@@ -310,6 +313,8 @@ class Run:
                 self._freeze("check")
                 s0 = self._capture("S0")
             s1 = self._capture("S1")
+            s1, allowed = allowances.reconcile(s0, s1, self.engine.allowances())
+            self.result.allowed += [f"iteration {i}: {d}" for d in allowed]
             problems = self._compare(s0, s1)
             tasks.thaw(tasks.tree(self.root_pid), keep)
             if cr and not self.opts.norst:
@@ -492,10 +497,14 @@ class Run:
             self.result.fail("stop", HARNESS_ERROR, f"could not kill tasks {left}")
         if self.workdir is not None:
             self._suite_cleanup(self.workdir)
-        if self.workdir is not None and not self.opts.keep_img:
+        keep_logs = self.result.outcome == FAIL and self.workdir is not None
+        if keep_logs and not self.opts.keep_img:
+            _drop_images(self.workdir)
+            self._note(f"failed run: logs kept in {self.workdir}")
+        elif self.workdir is not None and not self.opts.keep_img:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.result.workdir = None
-        if self.tmproot is not None and not self.opts.keep_img:
+        if self.tmproot is not None and not self.opts.keep_img and not keep_logs:
             shutil.rmtree(self.tmproot, ignore_errors=True)
 
     def _suite_cleanup(self, workdir: Path) -> None:
@@ -655,6 +664,14 @@ def run_test(test: TestDesc, flavor: str, engine: Engine, opts: RunOptions,
 def prepare_process() -> None:
     """Once per harness process: become the subreaper of restored trees."""
     tasks.set_subreaper()
+
+
+def _drop_images(workdir: Path) -> None:
+    """Remove the image directories of a failed run; its logs beside them stay."""
+    img = workdir / "img"
+    for entry in img.iterdir() if img.is_dir() else []:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _make_searchable(path: Path) -> None:

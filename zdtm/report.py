@@ -20,6 +20,7 @@ pre { margin: 0; white-space: pre-wrap; font-size: 85%; }
 </style></head><body>
 <h1>zdtm run</h1>
 <p>{{ totals }}</p>
+{% if allowed %}<p>{{ allowed }}</p>{% endif %}
 <table>
 <tr><th>test</th><th>flavour</th><th>engine</th><th>outcome</th><th>phase</th><th>kind</th>
 <th>iterations</th><th>seconds</th><th>message</th></tr>
@@ -28,6 +29,7 @@ pre { margin: 0; white-space: pre-wrap; font-size: 85%; }
 <td>{{ r.outcome }}</td><td>{{ r.phase or "" }}</td><td>{{ r.kind or "" }}</td>
 <td>{{ r.iterations }}</td><td>{{ "%.1f"|format(r.duration) }}</td>
 <td>{{ r.message }}{% if r.notes %}<br><i>{{ r.notes|join("; ") }}</i>{% endif %}
+{% if r.allowed %}<br>allowed deviations:<pre>{{ r.allowed|join("\\n") }}</pre>{% endif %}
 {% if r.details %}<pre>{{ r.details|join("\\n") }}</pre>{% endif %}</td></tr>
 {% endfor %}
 </table></body></html>
@@ -38,6 +40,14 @@ def totals(results: Sequence[Result]) -> str:
     """``N passed, N failed, N skipped``"""
     count = Counter(r.outcome for r in results)
     return f"{count[PASS]} passed, {count[FAIL]} failed, {count[SKIP]} skipped"
+
+
+def allowed_totals(results: Sequence[Result]) -> str:
+    """``N allowed deviation(s) in M run(s)``, or "" when no engine deviation was allowed."""
+    runs = [r for r in results if r.allowed]
+    if not runs:
+        return ""
+    return f"{sum(len(r.allowed) for r in runs)} allowed deviation(s) in {len(runs)} run(s)"
 
 
 def junit_xml(results: Sequence[Result]) -> ET.ElementTree:
@@ -57,6 +67,8 @@ def junit_xml(results: Sequence[Result]) -> ET.ElementTree:
         ET.SubElement(props, "property", name="iterations", value=str(r.iterations))
         for note in r.notes:
             ET.SubElement(props, "property", name="note", value=note)
+        for allowed in r.allowed:
+            ET.SubElement(props, "property", name="allowed deviation", value=allowed)
         if r.outcome == FAIL:
             fail = ET.SubElement(case, "failure", type=r.kind or "",
                                  message=f"{r.phase}: {r.kind}: {r.message}")
@@ -74,7 +86,8 @@ def html_summary(results: Sequence[Result]) -> str | None:
     except ImportError:
         return None
     env = jinja2.Environment(autoescape=True)
-    return env.from_string(HTML_TEMPLATE).render(results=results, totals=totals(results))
+    return env.from_string(HTML_TEMPLATE).render(results=results, totals=totals(results),
+                                            allowed=allowed_totals(results))
 
 
 def write_reports(results: Sequence[Result], directory: Path) -> list[Path]:

@@ -35,6 +35,7 @@ class Result:
     details: list[str] = field(default_factory=list)  # every problem, log tails
     notes: list[str] = field(default_factory=list)    # mode switches, limits of the run
     timings: list[str] = field(default_factory=list)  # per engine step: time, frozen time
+    allowed: list[str] = field(default_factory=list)  # deviations the engine declared
     iterations: int = 0            # C/R iterations completed with all checks
     duration: float = 0.0
     workdir: str | None = None     # kept with --keep-img
@@ -71,6 +72,8 @@ class Result:
             head += f" ({self.iterations} iteration(s), {self.duration:.1f}s)"
         if self.notes:
             head += " [" + "; ".join(self.notes) + "]"
+        if self.allowed:
+            head += f" [{len(self.allowed)} allowed deviation(s)]"
         return head
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,8 @@ def restore(args: argparse.Namespace) -> int:
     caller's child subreaper); without it, stay the root's parent like `criu restore`
     and exit with its status when it ends."""
     opts = RestoreOptions(args.images_dir, leave_stopped=args.leave_stopped,
-                          pidfile=args.pidfile, lazy_pages=args.lazy_pages)
+                          pidfile=args.pidfile, lazy_pages=args.lazy_pages,
+                          root=args.root)
     start = time.monotonic()
     pid = restore_images(opts)
     if os.environ.get("ENGINE_VERBOSE"):

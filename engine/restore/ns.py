@@ -29,9 +29,10 @@ _CLONE_FLAG = {
     "uts": uapi.CLONE_NEWUTS,
     "ipc": uapi.CLONE_NEWIPC,
     "user": uapi.CLONE_NEWUSER,
+    "time": uapi.CLONE_NEWTIME,  # clone3 only; offsets are not restored (the harness's are 0)
 }
-# Created implicitly with the pid namespace / not created by this engine (kept shared).
-_IMPLIED = ("pid_for_children",)
+# Created implicitly with the pid / time namespace.
+_IMPLIED = ("pid_for_children", "time_for_children")
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -48,6 +49,7 @@ class NsSetup:
     domainname: str | None = None
     uid_map: list[list[int]] | None = None
     gid_map: list[list[int]] | None = None
+    root: str | None = None  # directory the new mount namespace pivots into
 
     @property
     def new_pid(self) -> bool:
@@ -78,9 +80,10 @@ def _map_in(rows: list[list[int]] | None, outside: int) -> int:
     return outside
 
 
-def plan(image: DumpImage) -> NsSetup | None:
+def plan(image: DumpImage, root: str | None = None) -> NsSetup | None:
     """The namespaces to create for this image's tree, or None when it shares all of the
-    engine's. Only namespaces entered by the root itself are supported."""
+    engine's. Only namespaces entered by the root itself are supported. ``root``: the
+    tree's own root directory (restore --root), pivoted into in a new mount namespace."""
     inv = image.inventory
     flags = 0
     ns = NsSetup(0)
@@ -100,8 +103,15 @@ def plan(image: DumpImage) -> NsSetup | None:
         if rec.type == "user":
             ns.uid_map, ns.gid_map = rec.uid_map, rec.gid_map
     if not flags:
+        if root is not None:
+            raise EngineError("read", f"{image.path}: --root needs a tree in its own mount "
+                                      "namespace")
         return None
+    if root is not None and not flags & uapi.CLONE_NEWNS:
+        raise EngineError("read", f"{image.path}: --root needs a tree in its own mount "
+                                  "namespace")
     ns.clone_flags = flags
+    ns.root = root
     return ns
 
 
@@ -140,9 +150,16 @@ def setup_inside(ns: NsSetup) -> None:
     try:
         if ns.clone_flags & uapi.CLONE_NEWNS:
             ksys.syscall(uapi.SYS_mount, 0, _cstr("/"), 0, uapi.MS_REC | uapi.MS_PRIVATE, 0)
+            root = ns.root or "/"
+            if ns.root is not None:
+                ksys.syscall(uapi.SYS_mount, _cstr(root), _cstr(root), 0, uapi.MS_BIND, 0)
             if ns.new_pid:
-                ksys.syscall(uapi.SYS_mount, _cstr("proc"), _cstr("/proc"), _cstr("proc"),
-                             _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, 0)
+                # before the old root is gone: in a user namespace proc may be mounted only
+                # while a fully visible one is in the mount namespace
+                ksys.syscall(uapi.SYS_mount, _cstr("proc"), _cstr(os.path.join(root, "proc")),
+                             _cstr("proc"), _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, 0)
+            if ns.root is not None:
+                _pivot(root)
         if ns.clone_flags & uapi.CLONE_NEWUTS:
             if ns.hostname is not None:
                 socket.sethostname(ns.hostname)
@@ -153,6 +170,14 @@ def setup_inside(ns: NsSetup) -> None:
             _loopback_up()
     except OSError as e:
         raise EngineError("fork", f"cannot set up the new namespaces: {e}") from None
+
+
+def _pivot(root: str) -> None:
+    """Make ``root`` (a mount point) this mount namespace's "/"; detach the old one."""
+    os.chdir(root)
+    ksys.syscall(uapi.SYS_pivot_root, _cstr("."), _cstr("."))
+    ksys.syscall(uapi.SYS_umount2, _cstr("."), uapi.MNT_DETACH)
+    os.chdir("/")
 
 
 def become_root_inside() -> None:

@@ -55,6 +55,7 @@ class RestoreOptions:
     pidfile: str | None = None
     timeout: float = 60.0  # for every single wait on a task
     lazy_pages: bool = False  # private anonymous pages served by `lazy-pages` (lazy.py)
+    root: str | None = None  # the tree's own root directory (restore --root)
     #: filled in: seconds spent per step (read, spawn, layout, pages, state, release)
     timings: dict[str, float] = field(default_factory=dict)
     #: filled in: private page bytes the tasks read themselves / the engine wrote
@@ -164,7 +165,7 @@ class TreeRestorer:
                 raise EngineError("read", f"{image.path}: {entry.kind} shared memory "
                                           f"({entry.id}) is not supported")
             self.shmem[entry.id] = entry
-        self.ns = ns.plan(image)
+        self.ns = ns.plan(image, opts.root)
         self.tree: spawn.Tree | None = None
         self.objfds: dict[str, int] = {}
 

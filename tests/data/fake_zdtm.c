@@ -5,6 +5,8 @@
  *   -DBEHAVE_ESCAPE   also leaves a setsid()ed grandchild running (cleanup must kill it)
  *   -DBEHAVE_ENV      PASS, and first writes what it sees of its namespaces to the outfile
  *   -DBEHAVE_SKIP     skips itself at setup: "SKIP: ..." in the outfile, starter exits 77
+ *   -DBEHAVE_DIRFD    PASS, holding an fd of its work dir opened with O_DIRECTORY
+ *   -DBEHAVE_SUBDIR   PASS, its daemon's cwd a new directory "sub" of the work dir
  */
 #include <fcntl.h>
 #include <net/if.h>
@@ -13,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t stop;
@@ -100,6 +103,14 @@ int main(int argc, char **argv)
 	close(p[0]);
 #ifdef BEHAVE_ENV
 	report_env();
+#endif
+#ifdef BEHAVE_SUBDIR
+	if (mkdir("sub", 0755) || chdir("sub"))
+		return 1;
+#endif
+#ifdef BEHAVE_DIRFD
+	if (open(".", O_RDONLY | O_DIRECTORY) < 0)
+		return 1;
 #endif
 #ifndef BEHAVE_HANG
 	signal(SIGTERM, on_term);

@@ -43,8 +43,9 @@ def dumped(tmp_path: Path) -> Iterator[tuple[cr.ZdtmTest, Path]]:
         t.cleanup()
 
 
-def _restore(images: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
-    r = cr.engine("restore", "-D", str(images), "-d", env=env)
+def _restore(images: Path, env: dict[str, str] | None = None, *extra: str
+             ) -> tuple[int, str]:
+    r = cr.engine("restore", "-D", str(images), "-d", *extra, env=env)
     return r.returncode, r.stderr
 
 
@@ -167,9 +168,9 @@ def test_fault_in_a_tree_kills_every_task(tmp_path: Path, step: str) -> None:
 
 def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
         tmp_path: Path) -> None:
-    """A tree under its own pid-namespace init (flavour uns) whose work dir uid 100000 can
-    no longer reach at restore: a task fails its set-up while the engine waits for the
-    init to stop. The init cannot end while the engine traces its children (only the engine
+    """A tree under its own pid-namespace init (flavour uns) whose test task's cwd uid
+    100000 can no longer enter at restore: that task fails its set-up while the engine
+    waits for the init to stop. The init cannot end while the engine traces its children (only the engine
     could reap them), so the engine must take the reported error rather than wait out its
     deadline, and leave nothing behind."""
     from flavors import get_flavor
@@ -186,7 +187,7 @@ def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
         flavor = get_flavor("uns")
         flavor.prepare(work)
         fake = top / "fake"
-        subprocess.run(["gcc", "-O2", "-DBEHAVE_PASS", "-o", str(fake), str(FAKE_SRC)],
+        subprocess.run(["gcc", "-O2", "-DBEHAVE_SUBDIR", "-o", str(fake), str(FAKE_SRC)],
                        check=True, timeout=120)
         st = flavor.start([str(fake), "--pidfile=t.pid", "--outfile=t.out"],
                           work, "t.pid", 60.0, work / "start.log")
@@ -196,8 +197,9 @@ def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
         d = cr.engine("dump", "-t", str(st.root_pid), "-D", str(images))
         assert d.returncode == 0, d.stderr
         assert tasks.wait_gone(pids, 10.0) == []
-        os.chmod(top, 0o700)  # uid 100000 can no longer reach its cwd
-        rc, err = _restore(images)
+        os.chown(work / "sub", 0, 0)
+        os.chmod(work / "sub", 0o700)  # uid 100000 can no longer enter the test's cwd
+        rc, err = _restore(images, None, "--root", str(work))
         assert rc == 1 and "Permission denied" in err and "internal" not in err, err
         assert tasks.wait_gone(pids, 10.0) == [], "a restored task is left"
     finally:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flavors.base import kill_group
+from zdtm.allowances import Allowance
 
 
 class EngineFailure(Exception):
@@ -57,6 +58,15 @@ class Features:
         """
         return [f"{name} ({self.reasons.get(name, 'no reason given')})"
                 for name in wanted if self.features.get(name) is False]
+
+
+@dataclass(frozen=True)
+class TreeInfo:
+    """Where the tree to dump lives, as its flavour made it (see Engine.attach)."""
+
+    flavor: str = "h"
+    #: the tree's own root directory (host path) when it has one, else None (host "/")
+    root: Path | None = None
 
 
 @dataclass
@@ -113,6 +123,14 @@ class Engine(ABC):
     def finish(self, timeout: float) -> None:
         """Wait for helper processes of the last restore (e.g. a lazy-pages server)."""
         del timeout
+
+    def attach(self, tree: TreeInfo) -> None:
+        """Told once the tree is started: its flavour and root, for the options they need."""
+        del tree
+
+    def allowances(self) -> tuple[Allowance, ...]:
+        """Differences this engine makes on purpose (zdtm.allowances), each with a reason."""
+        return ()
 
     def close(self) -> None:
         """Kill whatever helper the driver still runs (always called at cleanup)."""

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zdtm import ROOT_DIR
-from zdtm.engines.base import Engine, EngineFailure, Features, Helper, StepResult, run_logged
+from zdtm.engines.base import (
+    Engine,
+    EngineFailure,
+    Features,
+    Helper,
+    StepResult,
+    TreeInfo,
+    run_logged,
+)
 
 CHECK_TIMEOUT = 60.0
 
@@ -25,6 +33,10 @@ class BundledEngine(Engine):
         self._features: Features | None = None
         self._unavailable: str | None = None
         self._lazy = Helper()
+        self._tree = TreeInfo()
+
+    def attach(self, tree: TreeInfo) -> None:
+        self._tree = tree
 
     def _cmd(self, *args: str) -> list[str]:
         # -S: the engine is stdlib only, so site-packages (and its .pth hooks) is skipped:
@@ -113,6 +125,8 @@ class BundledEngine(Engine):
                 timeout: float, lazy: bool) -> int:
         pidfile = images_dir.with_name(images_dir.name + ".restored.pid")
         args = ["restore", "-D", str(images_dir), "-d", "--pidfile", str(pidfile)]
+        if self._tree.root is not None:
+            args += ["--root", str(self._tree.root)]
         if leave_stopped:
             args.append("--leave-stopped")
         if lazy:

@@ -1,32 +1,118 @@
 """Driver for an installed CRIU binary (from PATH or --criu-bin).
 
 CRIU is used only when ``criu check`` passes; otherwise every run SKIPs with criu's own
-message (on kernel 6.18 here it fails its vdso check, which is the path to expect).
+message.  The driver passes only what this criu, this kernel and this mode need:
+
+* ``--track-mem`` only for pre-dumps and the dumps that follow them; when criu's
+  ``mem_dirty_track`` probe fails (no soft-dirty here) the harness feature ``pre_dump`` is
+  reported false with criu's words, so --pre runs SKIP instead of failing;
+* the test's ``.desc`` opts (they are criu options: CRIU's zdtm descriptors name them);
+* what the flavour needs: ``--root`` on restore when the tree has a root of its own (ns,
+  uns).  No ``--shell-job``: a zdtm test daemon leads its own session, and so does the
+  ns init, so nothing of a dumped tree points outside it.
+
+A failed step says why: criu writes its log with ``-o`` beside the images dir, and the
+failure's message is criu's first ``Error (...)`` line, its details every Error line and
+the log's tail.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from zdtm.engines.base import Engine, Features, Helper, StepResult, run_logged
+from zdtm.allowances import Allowance
+from zdtm.engines.base import (
+    Engine,
+    EngineFailure,
+    Features,
+    Helper,
+    StepResult,
+    TreeInfo,
+    run_logged,
+)
 from zdtm.engines.bundled import read_pidfile
 
 CHECK_TIMEOUT = 60.0
-#: CRIU feature names probed with ``criu check --feature NAME``.
-CRIU_FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop", "pidfd_store", "ns_pid",
-                 "clone3_set_tid")
-#: Feature names of test descriptors (as the bundled engine's check names them) for state
-#: every CRIU 4.2 restores by design: nothing to probe, reported as present.
-CRIU_BUILTIN = ("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
-                "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
-                "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
-                "restore_fd_status_flags", "restore_fd_owner", "restore_o_path",
-                "restore_fifo", "restore_chr_devices", "restore_unlinked_attrs",
-                "restore_vdso_moved", "restore_session_orphans")
+LOG_TAIL = 30
+
+#: Harness feature names (``python -m engine check`` names, used by ``.desc`` ``feature:``
+#: lists and by the lifecycle for modes) -> the criu feature that ``criu check --feature``
+#: probes for it, or None when every criu build that passes ``criu check`` has it.
+#: A name missing here is reported absent ("criu has no probe for it"), so a test that
+#: needs it SKIPs with that reason rather than running on a guess.
+FEATURES: dict[str, str | None] = {
+    "dump": None, "restore": None,
+    "dump_tree": None, "restore_tree": None,
+    "dump_threads": None, "restore_threads": None,
+    "dump_shmem": None, "restore_shmem": None,
+    "flavor_ns": None, "flavor_uns": "userns",
+    "userns": "userns",
+    "pre_dump": "mem_dirty_track", "dump_incremental": "mem_dirty_track",
+    "mem_track": "mem_dirty_track", "soft_dirty": "mem_dirty_track",
+    "lazy_pages": "uffd-noncoop", "lazy_pages_ns": "uffd-noncoop",
+    "lazy_pages_uns": "uffd-noncoop",
+    "uffd": "uffd",
+    "clone3": "clone3_set_tid", "clone3_set_tid": "clone3_set_tid",
+    "ns_last_pid": "ns_pid",
+    "pidfd_open": "pidfd_store", "pidfd_getfd": "pidfd_store",
+    "ptrace_rseq_config": "get_rseq_conf",
+    "pagemap_scan": "pagemap_scan",
+    "kcmp": "kcmp_epoll",
+    "vdso_mremap": "can_map_vdso",
+    "memfd": None,
+    "map_files": "mnt_id",
+    "eventfd": None, "signalfd": None, "epoll": None,
+    "timerfd": "timerfd",
+    "unix_socketpair": None, "tcp": None, "udp": None, "file_locks": None,
+    # state every CRIU 4.2 restores by design (names of the bundled engine's check)
+    **dict.fromkeys(("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
+                     "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
+                     "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
+                     "restore_fd_status_flags", "restore_fd_owner", "restore_o_path",
+                     "restore_fifo", "restore_chr_devices", "restore_unlinked_attrs",
+                     "restore_vdso_moved", "restore_session_orphans")),
+}
+
+#: Harness features whose state criu dumps only when told to (CRIU's own descriptors put
+#: these options in ``opts``; ours name the feature).
+FEATURE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tcp": ("--tcp-established",),
+    "file_locks": ("--file-locks",),
+}
+
+
+def feature_options(features: Sequence[str]) -> tuple[str, ...]:
+    """The criu options a test declaring ``features`` needs for dump and restore."""
+    out: list[str] = []
+    for name in features:
+        out += [o for o in FEATURE_OPTIONS.get(name, ()) if o not in out]
+    return tuple(out)
+
+
+#: What CRIU restores differently from the dumped state on purpose (zdtm.allowances).
+ALLOWANCES = (
+    Allowance("ns", "new-time-ns",
+              "CRIU restores a tree into a new time namespace (with the dumped clock "
+              "offsets) so that CLOCK_MONOTONIC/BOOTTIME do not jump back after a restore"),
+    Allowance("maps", "shmem-as-memfd",
+              "CRIU restores anonymous shared memory through a memfd, so its /proc name "
+              "'/dev/zero (deleted)' reads '/memfd:/dev/zero (deleted)'"),
+    Allowance("fds", "shmem-as-memfd",
+              "CRIU restores anonymous shared memory through a memfd, so a link to it "
+              "'/dev/zero (deleted)' reads '/memfd:/dev/zero (deleted)'"),
+    Allowance("fds", "dir-fd-flags",
+              "CRIU reopens a directory fd without O_DIRECTORY (open flags of directory "
+              "descriptors are not restored bit for bit)"),
+)
+
+# "(00.012345)      1: Error (criu/image.c:635): ..." (timestamp and task pid optional)
+_ERROR = re.compile(r"^\s*(\(\s*[0-9.]+\)\s*)?(\d+:\s*)?Error \(")
+_PREFIX = re.compile(r"^\s*(\(\s*[0-9.]+\)\s*)?(\d+:\s*)?")
 
 
 class CriuEngine(Engine):
@@ -40,6 +126,10 @@ class CriuEngine(Engine):
         self._checked = False
         self._features: Features | None = None
         self._lazy = Helper()
+        self._tree = TreeInfo()
+        self._probes: dict[str, tuple[bool, str]] = {}  # criu feature -> (ok, why not)
+
+    # ---- availability and features --------------------------------------------------
 
     def _run_check(self, *extra: str) -> tuple[int, str]:
         assert self.bin is not None
@@ -67,66 +157,101 @@ class CriuEngine(Engine):
         return self._unavailable
 
     def check(self) -> Features:
+        """Harness features from ``criu check --feature`` (each criu feature probed once)."""
         if self._features is None:
-            feats, reasons = {}, {}
+            self._features = Features()
             if self.available() is None:
-                for name in CRIU_FEATURES:
-                    rc, out = self._run_check("--feature", name)
-                    feats[name] = rc == 0
-                    if rc != 0:
-                        reasons[name] = out.splitlines()[-1] if out else f"exit {rc}"
-                feats.update(dict.fromkeys(CRIU_BUILTIN, True))
-            self._features = Features(feats, reasons)
+                self._features = features_from_probes(FEATURES, self._probe_feature)
         return self._features
 
     def missing_features(self, names: Sequence[str]) -> list[str]:
-        """Probe each name with ``criu check --feature NAME`` (once), as CRIU's suite does."""
+        """Harness names (FEATURES) from check(); any other name is a criu feature, as
+        CRIU's own descriptors write them, probed with ``criu check --feature NAME``."""
         feats = self.check()
-        if self.available() is None:
-            for name in names:
-                if name not in feats.features:
-                    rc, out = self._run_check("--feature", name)
-                    feats.features[name] = rc == 0
-                    if rc != 0:
-                        feats.reasons[name] = out.splitlines()[-1] if out else f"exit {rc}"
-        return feats.missing(names)
+        if self.available() is not None:
+            return feats.missing(names)
+        out = Features(dict(feats.features), dict(feats.reasons))
+        for name in names:
+            if name not in FEATURES:
+                ok, why = self._probe_feature(name)
+                out.features[name] = ok
+                if not ok:
+                    out.reasons[name] = why
+        return out.missing(names)
 
-    def _cmd(self, action: str, images_dir: Path, *args: str) -> list[str]:
+    def _probe_feature(self, name: str) -> tuple[bool, str]:
+        """``criu check --feature NAME`` once per name: (available, criu's words if not)."""
+        if name not in self._probes:
+            rc, out = self._run_check("--feature", name)
+            lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+            why = f"criu check --feature {name}: " + (lines[-1] if lines else f"exit {rc}")
+            self._probes[name] = (rc == 0, "" if rc == 0 else why)
+        return self._probes[name]
+
+    def allowances(self) -> tuple[Allowance, ...]:
+        return ALLOWANCES
+
+    def attach(self, tree: TreeInfo) -> None:
+        self._tree = tree
+
+    # ---- steps ---------------------------------------------------------------------
+
+    def _run(self, action: str, images_dir: Path, args: Sequence[str], *, step: str,
+             log_suffix: str, timeout: float) -> StepResult:
+        """Run one criu action; on failure raise with criu's own Error lines and log tail."""
         assert self.bin is not None
-        return [self.bin, action, "-D", str(images_dir), "-v4",
-                "-o", f"{action}.log", *args]
+        base = images_dir.with_name(images_dir.name + log_suffix)
+        criu_log = base.with_name(base.name + ".criu.log")
+        cmd = [self.bin, action, "-D", str(images_dir), "-v4", "-o", str(criu_log), *args]
+        try:
+            return run_logged(cmd, step=step, log=base.with_name(base.name + ".log"),
+                              timeout=timeout)
+        except EngineFailure as exc:
+            raise explain_failure(exc, criu_log) from None
 
     def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,
              parent_images: Path | None, opts: Sequence[str], timeout: float) -> StepResult:
-        args = ["-t", str(root_pid), "--track-mem"]
+        args = ["-t", str(root_pid)]
         if leave_running:
             args.append("--leave-running")
-        if parent_images is not None:
-            # criu wants the parent directory relative to the images directory
-            args += ["--prev-images-dir", os.path.relpath(parent_images, images_dir)]
-        return run_logged(self._cmd("dump", images_dir, *args, *opts), step="dump",
-                          log=images_dir.with_name(images_dir.name + ".log"), timeout=timeout)
+        args += self._incremental(images_dir, parent_images)
+        return self._run("dump", images_dir, [*args, *opts], step="dump", log_suffix="",
+                         timeout=timeout)
 
     def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
         args = ["-t", str(root_pid), "--track-mem"]
         if parent_images is not None:
             args += ["--prev-images-dir", os.path.relpath(parent_images, images_dir)]
-        return run_logged(self._cmd("pre-dump", images_dir, *args, *opts), step="pre-dump",
-                          log=images_dir.with_name(images_dir.name + ".log"), timeout=timeout)
+        return self._run("pre-dump", images_dir, [*args, *opts], step="pre-dump",
+                         log_suffix="", timeout=timeout)
+
+    def _incremental(self, images_dir: Path, parent_images: Path | None) -> list[str]:
+        """A dump after pre-dumps: its parent, and the memory tracking they relied on."""
+        if parent_images is None:
+            return []
+        # criu wants the parent directory relative to the images directory
+        return ["--track-mem", "--prev-images-dir", os.path.relpath(parent_images, images_dir)]
 
     def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
                 timeout: float, lazy: bool) -> int:
         pidfile = images_dir.with_name(images_dir.name + ".restored.pid")
         args = ["-d", "--pidfile", str(pidfile)]
+        if self._tree.root is not None:
+            # the tree's "/" is a directory of its own: criu mounts it as the new root
+            args += ["--root", str(self._tree.root)]
+            open_images_dir(images_dir)
         if leave_stopped:
             args.append("--leave-stopped")
         if lazy:
             args.append("--lazy-pages")
-            self._lazy.start(self._cmd("lazy-pages", images_dir),
+            lazy_log = images_dir.with_name(images_dir.name + ".lazy.criu.log")
+            assert self.bin is not None
+            self._lazy.start([self.bin, "lazy-pages", "-D", str(images_dir), "-v4",
+                              "-o", str(lazy_log)],
                              images_dir.with_name(images_dir.name + ".lazy.log"))
-        run_logged(self._cmd("restore", images_dir, *args, *opts), step="restore",
-                   log=images_dir.with_name(images_dir.name + ".restore.log"), timeout=timeout)
+        self._run("restore", images_dir, [*args, *opts], step="restore",
+                  log_suffix=".restore", timeout=timeout)
         return read_pidfile(pidfile, "restore")
 
     def finish(self, timeout: float) -> None:
@@ -135,3 +260,71 @@ class CriuEngine(Engine):
 
     def close(self) -> None:
         self._lazy.close()
+
+
+def open_images_dir(images_dir: Path) -> None:
+    """Let every user search the images dir (its files are criu's own 0644).
+
+    In uns part of criu's restore runs inside the tree's user namespace before its ids are
+    set and opens images relative to the images dir ("Unable to open timens-0.img:
+    Permission denied" while the dir is 0700).
+    """
+    os.chmod(images_dir, 0o711)
+
+
+def features_from_probes(mapping: dict[str, str | None],
+                         probe: Callable[[str], tuple[bool, str]]) -> Features:
+    """Harness features from criu feature probes (``probe`` answers each criu name)."""
+    out = Features()
+    for name, criu_name in mapping.items():
+        if criu_name is None:
+            out.features[name] = True
+            continue
+        ok, why = probe(criu_name)
+        out.features[name] = ok
+        if not ok:
+            out.reasons[name] = why
+    return out
+
+
+def criu_errors(log: Path) -> tuple[list[str], list[str]]:
+    """(the ``Error (...)`` lines, the last LOG_TAIL lines) of a criu log file."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return [], []
+    return [ln.strip() for ln in lines if _ERROR.match(ln)], lines[-LOG_TAIL:]
+
+
+def explain_failure(exc: EngineFailure, criu_log: Path) -> EngineFailure:
+    """``exc`` with criu's first Error line as message and its Error lines + tail as log."""
+    errors, tail = criu_errors(criu_log)
+    errors = [_strip_prefix(e) for e in errors]
+    message = exc.message
+    if errors:
+        message = cause(errors)
+        if exc.kind != "error":
+            message = f"{exc.message}: {message}"
+    details = [f"criu log: {criu_log}"]
+    details += [f"criu error: {e}" for e in errors]
+    details += [f"criu log tail: {ln}" for ln in tail]
+    if exc.log:
+        details += [f"criu output: {ln}" for ln in exc.log.splitlines()]
+    return EngineFailure(exc.kind, exc.step, message, "\n".join(details))
+
+
+def cause(errors: Sequence[str]) -> str:
+    """The Error line that says why: the last one before criu's "... FAILED." summary.
+
+    Earlier Error lines can be survivable complaints (criu logs a refused rlimit raise as
+    an Error and goes on), so the one just before the summary is the step that failed.
+    """
+    for i, line in enumerate(errors):
+        if line.rstrip().endswith("FAILED."):
+            return errors[i - 1] if i else line
+    return errors[-1]
+
+
+def _strip_prefix(line: str) -> str:
+    """``(00.012345)   1: Error (criu/x.c:1): ...`` -> ``Error (criu/x.c:1): ...``"""
+    return _PREFIX.sub("", line, count=1)

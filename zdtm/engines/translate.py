@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from zdtm.desc import TestDesc
 from zdtm.engines.base import Engine
+from zdtm.engines.criu import FEATURES as CRIU_FEATURES
+from zdtm.engines.criu import feature_options as criu_feature_options
 
 _INHERITS_SESSION = ("the bundled engine always restores a session or process group led "
                      "from outside the tree as inherited (docs/ARCHITECTURE.md, restore)")
@@ -32,7 +34,6 @@ CRIU_TO_BUNDLED = {
     "clone3_set_tid": "clone3_set_tid",
     "get_rseq_conf": "ptrace_rseq_config",
 }
-BUNDLED_TO_CRIU = {b: c for c, b in CRIU_TO_BUNDLED.items()}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ def cr_options(engine_name: str, test: TestDesc) -> CrOptions:
         # CRIU's suite keeps the plugins its crlib tests need in lib/ beside them
         libdir = ("--libdir", str(test.binary.parent / "lib"))
         dump, restore = (*dump, *libdir), (*restore, *libdir)
+    if engine_name == "criu":
+        implied = tuple(o for o in criu_feature_options(test.feature) if o not in dump)
+        notes = tuple(f"criu engine: {o} (test feature)" for o in implied)
+        dump, restore = (*dump, *implied), (*restore, *implied)
+        return CrOptions(dump, restore, notes=notes)
     return CrOptions(dump, restore)
 
 
@@ -86,10 +92,11 @@ def missing_features(engine: Engine, names: Sequence[str]) -> tuple[list[str], l
     if engine.name == "bundled":
         return _bundled_missing(engine, names)
     if engine.name == "criu":
-        criu_names = [BUNDLED_TO_CRIU.get(n, n) for n in names]
-        notes = [f"criu engine: feature {n} -> {c}" for n, c in zip(names, criu_names)
-                 if n != c]
-        return engine.missing_features(criu_names), notes
+        # the criu driver maps harness names itself (criu.FEATURES, the one home of that
+        # mapping) and probes any other name as a criu feature
+        notes = [f"criu engine: feature {n} -> {CRIU_FEATURES[n]}" for n in names
+                 if CRIU_FEATURES.get(n) not in (None, n)]
+        return engine.missing_features(names), notes
     return engine.missing_features(names), []
 
 

@@ -1,0 +1,166 @@
+"""Allowed deviations (zdtm.allowances) on hand-made snapshots: each allowance takes exactly
+its own difference, reports it, and leaves every other difference of the same object to the
+checks."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+
+from zdtm import checks
+from zdtm.allowances import O_DIRECTORY, Allowance, reconcile
+from zdtm.engines.criu import ALLOWANCES
+from zdtm.proc import format_open_flags
+from zdtm.snapshot import OUTSIDE, FdState, ProcState, TreeState, Vma
+
+RW = frozenset({"rd", "wr", "mr", "mw", "me", "sh"})
+TIME_NS = Allowance("ns", "new-time-ns", "test")
+MEMFD_MAPS = Allowance("maps", "shmem-as-memfd", "test")
+MEMFD_FDS = Allowance("fds", "shmem-as-memfd", "test")
+DIR_FLAGS = Allowance("fds", "dir-fd-flags", "test")
+SHMEM = "/dev/zero (deleted)"
+
+
+def _proc(pid: int, ppid: int | str) -> ProcState:
+    ps = ProcState(pid=pid, real_pid=pid, ppid=ppid, pgid=100, sid=100, state="T",
+                   comm="t", threads=(pid,))
+    ps.fds = {3: FdState("/tmp/w", 0o200000, 0), 4: FdState(SHMEM, 2, 0)}
+    ps.maps = [Vma(0x20000, 0x21000, "rw-s", SHMEM, 0, "obj[pid 100 20000]", RW)]
+    ps.namespaces = {"uts": "host", "time": "host", "time_for_children": "host"}
+    return ps
+
+
+def _tree() -> TreeState:
+    return TreeState(root=100, procs={100: _proc(100, OUTSIDE), 101: _proc(101, 100)})
+
+
+def _problems(before: TreeState, after: TreeState, allow: list[Allowance]
+              ) -> tuple[list[str], list[str]]:
+    fixed, deviations = reconcile(before, after, allow)
+    return [str(p) for p in checks.compare(before, fixed)], [str(d) for d in deviations]
+
+
+def _new_time_ns(tree: TreeState) -> None:
+    for ps in tree.procs.values():
+        ps.namespaces = {**ps.namespaces, "time": "time[pid 100]",
+                         "time_for_children": "time[pid 100]"}
+
+
+def _memfd(tree: TreeState) -> None:
+    for ps in tree.procs.values():
+        ps.maps = [dataclasses.replace(v, path="/memfd:" + v.path) for v in ps.maps]
+        ps.fds = {**ps.fds, 4: dataclasses.replace(ps.fds[4], target="/memfd:" + SHMEM)}
+
+
+def _no_o_directory(tree: TreeState) -> None:
+    for ps in tree.procs.values():
+        ps.fds = {**ps.fds, 3: dataclasses.replace(ps.fds[3], flags=0)}
+
+
+DEVIATIONS = {"time": ([TIME_NS], _new_time_ns), "memfd": ([MEMFD_MAPS, MEMFD_FDS], _memfd),
+              "dir": ([DIR_FLAGS], _no_o_directory)}
+
+
+@pytest.mark.parametrize("name", sorted(DEVIATIONS))
+def test_the_deviation_alone_is_allowed_and_reported(name: str) -> None:
+    allow, deviate = DEVIATIONS[name]
+    before, after = _tree(), _tree()
+    deviate(after)
+    assert _problems(before, after, [])[0], "without the allowance the checks fail"
+    problems, allowed = _problems(before, after, allow)
+    assert problems == []
+    assert allowed and all("allowed (" in a for a in allowed)
+
+
+@pytest.mark.parametrize("name", sorted(DEVIATIONS))
+def test_no_deviation_nothing_allowed(name: str) -> None:
+    allow, _ = DEVIATIONS[name]
+    assert _problems(_tree(), _tree(), allow) == ([], [])
+
+
+def test_time_ns_allowed_but_another_namespace_of_the_same_task_fails() -> None:
+    before, after = _tree(), _tree()
+    _new_time_ns(after)
+    after.procs[101].namespaces["uts"] = "uts[pid 101]"
+    problems, allowed = _problems(before, after, [TIME_NS])
+    assert problems == ["ns: pid 101 (t): uts namespace host -> uts[pid 101]"]
+    assert len(allowed) == 2
+
+
+def test_time_ns_split_between_tasks_is_not_allowed() -> None:
+    before, after = _tree(), _tree()
+    _new_time_ns(after)
+    after.procs[101].namespaces["time"] = "time[pid 101]"
+    problems, _ = _problems(before, after, [TIME_NS])
+    assert any("time namespace" in p for p in problems)
+
+
+def test_time_ns_into_a_namespace_the_tree_already_had_is_not_allowed() -> None:
+    before, after = _tree(), _tree()
+    before.procs[101].namespaces["time"] = "time[pid 101]"
+    for ps in after.procs.values():
+        ps.namespaces["time"] = "time[pid 101]"  # task 100 moved into 101's namespace
+    problems, _ = _problems(before, after, [TIME_NS])
+    assert problems == ["ns: pid 100 (t): time namespace host -> time[pid 101]"]
+
+
+def test_memfd_allowed_but_other_fields_of_the_same_vma_and_fd_fail() -> None:
+    before, after = _tree(), _tree()
+    _memfd(after)
+    ps = after.procs[101]
+    ps.maps = [dataclasses.replace(ps.maps[0], perms="r--s")]
+    ps.fds[4] = dataclasses.replace(ps.fds[4], pos=5)
+    problems, allowed = _problems(before, after, [MEMFD_MAPS, MEMFD_FDS])
+    assert problems == [
+        f"fds: pid 101 (t): fd 4 {SHMEM}: pos 0 -> 5",
+        (f"maps: pid 101 (t): VMA 20000..21000 rw-s {SHMEM} [obj[pid 100 20000]]: "
+        "perms rw-s -> r--s"),
+    ]
+    assert len(allowed) == 4
+
+
+def test_memfd_of_another_object_is_not_allowed() -> None:
+    before, after = _tree(), _tree()
+    for ps in before.procs.values():
+        ps.maps = [dataclasses.replace(v, path="/dev/shm/x") for v in ps.maps]
+    for ps in after.procs.values():
+        ps.maps = [dataclasses.replace(v, path="/memfd:/dev/shm/x") for v in ps.maps]
+    problems, allowed = _problems(before, after, [MEMFD_MAPS])
+    assert len(problems) == 2 and allowed == []
+
+
+def test_dir_flags_allowed_but_another_flag_or_offset_fails() -> None:
+    before, after = _tree(), _tree()
+    _no_o_directory(after)
+    fa = after.procs[101].fds[3]
+    after.procs[101].fds[3] = dataclasses.replace(fa, flags=0o4000)  # O_NONBLOCK instead
+    after.procs[100].fds[3] = dataclasses.replace(after.procs[100].fds[3], pos=9)
+    problems, allowed = _problems(before, after, [DIR_FLAGS])
+    assert problems == [
+        "fds: pid 100 (t): fd 3 /tmp/w: pos 0 -> 9",
+        (f"fds: pid 101 (t): fd 3 /tmp/w: flags {format_open_flags(O_DIRECTORY)} -> "
+        f"{format_open_flags(O_DIRECTORY | 0o4000)}"),
+    ]
+    assert len(allowed) == 2
+
+
+def test_reconcile_leaves_the_snapshot_it_was_given_alone() -> None:
+    before, after = _tree(), _tree()
+    _memfd(after)
+    kept = copy.deepcopy(after)
+    reconcile(before, after, [MEMFD_MAPS, MEMFD_FDS])
+    assert after == kept
+
+
+def test_unknown_allowance_is_a_driver_bug() -> None:
+    with pytest.raises(ValueError, match="no rule for allowance maps/x"):
+        reconcile(_tree(), _tree(), [Allowance("maps", "x", "y")])
+
+
+def test_criu_declares_every_allowance_with_a_reason() -> None:
+    fixed, _ = reconcile(_tree(), _tree(), ALLOWANCES)  # every one has a rule
+    assert fixed.procs.keys() == {100, 101}
+    assert all(a.reason for a in ALLOWANCES)
+    assert O_DIRECTORY == 0o200000
