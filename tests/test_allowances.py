@@ -164,3 +164,40 @@ def test_criu_declares_every_allowance_with_a_reason() -> None:
     assert fixed.procs.keys() == {100, 101}
     assert all(a.reason for a in ALLOWANCES)
     assert O_DIRECTORY == 0o200000
+
+
+COW_LOST = Allowance("sharing", "cow-lost", "test")
+COW_GAINED = Allowance("sharing", "cow-gained", "test")
+PAGES = frozenset({(0x1000, 0x1000), (0x2000, 0x2000), (0x3000, 0x3000)})
+
+
+def _cow_tree(pages: frozenset[tuple[int, int]]) -> TreeState:
+    tree = _tree()
+    tree.cow = {(100, 101): pages}
+    return tree
+
+
+def test_cow_lost_allowed_but_gained_pages_still_fail() -> None:
+    before = _cow_tree(PAGES)
+    problems, allowed = _problems(before, _cow_tree(frozenset()), [COW_LOST])
+    assert problems == [] and len(allowed) == 1 and "3 private pages no longer" in allowed[0]
+    after = _cow_tree(frozenset({(0x1000, 0x1000), (0x9000, 0x9000)}))
+    problems, allowed = _problems(before, after, [COW_LOST])
+    assert len(problems) == 1 and "first newly shared: 0x9000" in problems[0], problems
+    assert "2 private pages no longer" in allowed[0]
+
+
+def test_cow_gained_allowed_but_lost_pages_still_fail() -> None:
+    before = _cow_tree(frozenset({(0x1000, 0x1000)}))
+    problems, allowed = _problems(before, _cow_tree(PAGES), [COW_GAINED])
+    assert problems == [] and "2 private pages newly" in allowed[0]
+    problems, _ = _problems(before, _cow_tree(frozenset({(0x2000, 0x2000)})), [COW_GAINED])
+    assert len(problems) == 1 and "first no longer shared: 0x1000" in problems[0], problems
+
+
+def test_cow_allowance_leaves_other_sharing_to_the_checks() -> None:
+    before = _cow_tree(PAGES)
+    after = _cow_tree(frozenset())
+    after.procs[101].sharing = {"files": "files[pid 101]"}
+    problems, _ = _problems(before, after, [COW_LOST])
+    assert len(problems) == 1 and problems[0].startswith("sharing:") and "files" in problems[0]

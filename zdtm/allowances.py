@@ -144,7 +144,35 @@ def _dir_fd_flags(before: TreeState, after: TreeState, allowance: Allowance
     return out
 
 
+def _cow(lost: bool) -> Rule:
+    """Pages shared copy-on-write between two processes that are no longer shared after
+    (lost=True) or newly shared (lost=False): only those pages are put back; the rest of
+    the pair's pages, and every other kind of sharing, still compare."""
+
+    def rule(before: TreeState, after: TreeState, allowance: Allowance) -> list[Deviation]:
+        out, cow = [], dict(after.cow)
+        for pair in before.cow.keys() | after.cow.keys():
+            sb, sa = before.cow.get(pair, frozenset()), after.cow.get(pair, frozenset())
+            moved = sb - sa if lost else sa - sb
+            if not moved or any(p not in after.procs for p in pair):
+                continue
+            fixed = sa | moved if lost else sa - moved
+            if fixed:
+                cow[pair] = frozenset(fixed)
+            else:
+                cow.pop(pair, None)
+            names = " and ".join(after.procs[p].name() for p in pair)
+            out.append(Deviation(allowance, f"{names}: {len(moved)} private pages "
+                                            f"{'no longer' if lost else 'newly'} shared"))
+        after.cow = cow
+        return out
+
+    return rule
+
+
 _RULES: dict[tuple[str, str], Rule] = {
+    ("sharing", "cow-lost"): _cow(lost=True),
+    ("sharing", "cow-gained"): _cow(lost=False),
     ("ns", "new-time-ns"): _new_time_ns,
     ("maps", "shmem-as-memfd"): _shmem_maps,
     ("fds", "shmem-as-memfd"): _shmem_fds,

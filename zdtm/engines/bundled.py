@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zdtm import ROOT_DIR
+from zdtm.allowances import Allowance
 from zdtm.engines.base import (
     Engine,
     EngineFailure,
@@ -22,6 +23,15 @@ from zdtm.engines.base import (
 )
 
 CHECK_TIMEOUT = 60.0
+
+
+#: What this engine restores differently, declared (zdtm.allowances) until it does not.
+ALLOWANCES = (
+    Allowance("sharing", "cow-lost",
+              "the bundled engine forks every task first and builds each one's memory "
+              "afterwards, so private pages a parent and its child shared copy-on-write "
+              "come back as separate copies (same content, more memory)"),
+)
 
 
 class BundledEngine(Engine):
@@ -37,6 +47,9 @@ class BundledEngine(Engine):
 
     def attach(self, tree: TreeInfo) -> None:
         self._tree = tree
+
+    def allowances(self) -> tuple[Allowance, ...]:
+        return ALLOWANCES
 
     def _cmd(self, *args: str) -> list[str]:
         # -S: the engine is stdlib only, so site-packages (and its .pth hooks) is skipped:

@@ -108,6 +108,10 @@ ALLOWANCES = (
     Allowance("fds", "dir-fd-flags",
               "CRIU reopens a directory fd without O_DIRECTORY (open flags of directory "
               "descriptors are not restored bit for bit)"),
+    Allowance("sharing", "cow-gained",
+              "CRIU stores a child's private page only where it differs from its parent's "
+              "and restores the rest shared copy-on-write, so pages that were equal but "
+              "separate copies come back shared (less memory, same content)"),
 )
 
 # "(00.012345)      1: Error (criu/image.c:635): ..." (timestamp and task pid optional)
