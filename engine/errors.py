@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 
 class EngineError(Exception):
     """A failure of one engine phase (e.g. "seize", "memory", "read", "fork").
@@ -14,3 +17,48 @@ class EngineError(Exception):
         super().__init__(f"{phase}: {message}")
         self.phase = phase
         self.message = message
+
+
+# -- termination signals ------------------------------------------------------------------
+#
+# SIGTERM, SIGINT and SIGHUP become one EngineError("interrupted", ...) raised where the
+# main thread is, so every step's cleanup runs (a failed dump leaves the tree running, a
+# failed restore kills what it made). Once a command has committed (its result is
+# complete and will not be undone) the same signals are ignored: a step that finished
+# reports success even if a signal arrives after it.
+
+TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Interruption:
+    """The state of the termination handler: armed until committed, raising once."""
+
+    raised = False
+    committed = False
+
+
+def _on_signal(signo: int, _frame: FrameType | None) -> None:
+    if _Interruption.committed or _Interruption.raised:
+        return  # the work is done, or its cleanup is already running: let it finish
+    _Interruption.raised = True
+    raise EngineError("interrupted", f"terminated by {signal.Signals(signo).name}")
+
+
+def arm_interruption() -> None:
+    """Turn the termination signals into one EngineError (for the rest of the command)."""
+    _Interruption.raised = _Interruption.committed = False
+    for s in TERMINATION_SIGNALS:
+        signal.signal(s, _on_signal)
+
+
+def commit() -> None:
+    """The command's result is complete: from now on termination signals are ignored
+    (handlers stay installed but do nothing), so the command reports its success."""
+    _Interruption.committed = True
+
+
+def default_termination() -> None:
+    """Give the termination signals back their default action (a foreground restore that
+    waits for its root: killing the engine then only ends the wait)."""
+    for s in TERMINATION_SIGNALS:
+        signal.signal(s, signal.SIG_DFL)

@@ -19,7 +19,7 @@ from typing import TypeVar
 from engine.dump import files as dfiles
 from engine.dump import namespaces, pages, selfwrite, shmem, task, track, tree, vmas
 from engine.dump.intervals import Interval, intersect, normalise, subtract
-from engine.errors import EngineError
+from engine.errors import EngineError, commit
 from engine.faults import fault_point
 from engine.images import names
 from engine.images.imgdir import ImageDir
@@ -144,6 +144,8 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         frozen.release()
         img.discard()
         raise
+    # The image is complete: a termination signal from here on no longer undoes it.
+    commit()
     track.close_all(trackers)
     stats.tasks = len(frozen.procs)
     stats.threads = sum(len(s.threads) for s in state.values())
@@ -296,6 +298,6 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
     inv = Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,
                     root_pid=frozen.root, tasks=entries, shmem=shmem_entries,
                     created=time.time(), namespaces=namespaces.records(per_task_ns, unames))
-    img.write_json(names.INVENTORY, inv)
+    img.write_inventory(names.INVENTORY, inv)
 
 

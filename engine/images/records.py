@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 FORMAT_NAME = "pyengine-images"
-FORMAT_VERSION = 2  # 2: VMAs are arrays (docs/IMAGES.md)
+FORMAT_VERSION = 3  # 2: VMAs are arrays; 3: checksums (docs/IMAGES.md)
 PAGE_SIZE = 4096
 # Highest user-space address on x86_64 with 4-level paging (plus the vsyscall page,
 # which sits above it and is recorded but never restored).
@@ -144,9 +144,11 @@ class Inventory:
     parent: str | None = None  # relative path to the parent image dir (incremental dumps)
     created: float = 0.0  # time.time() of the dump, informational
     namespaces: list[NamespaceRecord] = field(default_factory=list)
+    #: every other file of the image -> CRC32 of each 1 MiB piece (imgdir.CRC_CHUNK)
+    checksums: dict[str, list[int]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Check format/version, the root is listed and pids are unique."""
+        """Check format/version, the root is listed, pids are unique, checksums sane."""
         _check(self.format == FORMAT_NAME, f"format is {self.format!r}, not {FORMAT_NAME!r}")
         _check(self.version == FORMAT_VERSION, f"unsupported version {self.version}")
         _check(self.kind in IMAGE_KINDS, f"unknown kind {self.kind!r}")
@@ -157,6 +159,11 @@ class Inventory:
         _check(len(ids) == len(set(ids)), "duplicate shmem id")
         if self.parent is not None:
             _check(not self.parent.startswith("/"), "parent link must be relative")
+            _check(self.parent.strip("./") != "", f"parent link {self.parent!r} is this image or above it")
+        for name, crcs in self.checksums.items():
+            _check(_safe_name(name), f"checksums: bad file name {name!r}")
+            _check(len(crcs) > 0 and all(0 <= c <= 0xFFFFFFFF for c in crcs),
+                   f"checksums of {name}: bad values")
 
     def task(self, pid: int) -> TaskEntry:
         """The task entry of pid (KeyError when absent)."""

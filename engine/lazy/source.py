@@ -50,13 +50,14 @@ class Sources:
         self._parents: dict[str, DumpImage | None] = {}
         self._starts: dict[int, list[int]] = {}  # id(pagemap) -> entry addresses
 
-    def file(self, path: str) -> PagesFile:
-        """The opened pages file at path."""
+    def file(self, image: DumpImage, name: str) -> PagesFile:
+        """The opened pages file `name` of image (opened beneath its directory only)."""
+        path = image.dir.file(name)
         f = self._files.get(path)
         if f is None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = image.dir.open_file(name)
             try:
-                direct = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+                direct = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
             except OSError:
                 direct = -1
             f = self._files[path] = PagesFile(path, fd, direct)
@@ -85,7 +86,7 @@ class Sources:
             lo, hi = max(e.addr, start), min(e.end, end)
             if lo < hi:
                 if e.flags & PE_PRESENT:
-                    f = self.file(image.dir.file(t.mm.pages))
+                    f = self.file(image, t.mm.pages)
                     out.append(Run(lo, hi, f, pm.offsets[i] + (lo - e.addr)))
                 elif e.flags & PE_PARENT:
                     parent = self.parent(image)

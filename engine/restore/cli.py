@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from engine.errors import default_termination
 from engine.restore.restorer import RestoreOptions
 from engine.restore.restorer import restore as restore_images
 
@@ -16,7 +17,8 @@ def restore(args: argparse.Namespace) -> int:
     caller's child subreaper); without it, stay the root's parent like `criu restore`
     and exit with its status when it ends."""
     opts = RestoreOptions(args.images_dir, leave_stopped=args.leave_stopped,
-                          pidfile=args.pidfile, lazy_pages=args.lazy_pages)
+                          pidfile=args.pidfile, lazy_pages=args.lazy_pages,
+                          trusted=args.trust_images)
     start = time.monotonic()
     pid = restore_images(opts)
     if os.environ.get("ENGINE_VERBOSE"):
@@ -27,6 +29,7 @@ def restore(args: argparse.Namespace) -> int:
               f"{mib['engine']:.1f} MiB written by the engine", file=sys.stderr)
     if args.detach:
         return 0
+    default_termination()
     # Foreground mode: the restored program's lifetime is the command's lifetime (the
     # caller bounds it, e.g. with a signal), so this wait has no deadline of its own.
     while True:
@@ -41,4 +44,4 @@ def lazy_pages(args: argparse.Namespace) -> int:
     """The lazy-pages daemon (engine.lazy.daemon): serve one lazy restore, then exit."""
     from engine.lazy import daemon
 
-    return daemon.run(args.images_dir)
+    return daemon.run(args.images_dir, args.trust_images)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from engine.errors import EngineError
+from engine.errors import EngineError, commit
 from engine.faults import fault_point
 from engine.images import DumpImage, TaskImage, load
 from engine.images.records import MmCore, ShmemEntry, TaskCore, ThreadCore, Vma
@@ -55,6 +55,7 @@ class RestoreOptions:
     pidfile: str | None = None
     timeout: float = 60.0  # for every single wait on a task
     lazy_pages: bool = False  # private anonymous pages served by `lazy-pages` (lazy.py)
+    trusted: bool = False  # --trust-images: accept images of another owner or mode
     #: filled in: seconds spent per step (read, spawn, layout, pages, state, release)
     timings: dict[str, float] = field(default_factory=dict)
     #: filled in: private page bytes the tasks read themselves / the engine wrote
@@ -79,7 +80,7 @@ def restore(opts: RestoreOptions) -> int:
     lazy = None
     try:
         with _timed(opts, "read"):
-            image = load(opts.images_dir)
+            image = load(opts.images_dir, opts.trusted)
             _check_supported(image)
             if opts.lazy_pages:
                 lazy = LazyPages.connect(image, opts.timeout)
@@ -231,6 +232,8 @@ class TreeRestorer:
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):
                     self._release()
+                # The tree runs on its own: a termination signal no longer undoes it.
+                commit()
             except BaseException:
                 tree.kill_all()
                 raise
