@@ -29,6 +29,23 @@ VMA_KINDS = ("anon", "file", "shmem", "heap", "stack", "vdso", "vvar", "vsyscall
 FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "other")
 
 
+#: user_regs_struct (engine.kernel.structs.UserRegs) field names: a thread's `regs` has
+#: exactly these keys
+REG_NAMES = frozenset((
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+    "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+    "gs_base", "ds", "es", "fs", "gs"))
+#: What PTRACE_SETREGS accepts (arch/x86/kernel/ptrace.c): 16-bit selectors of RPL 3, cs
+#: and ss non-null, fs/gs bases below TASK_SIZE_MAX.
+_SELECTORS_NONNULL = ("cs", "ss")
+_SELECTORS = ("ds", "es", "fs", "gs")
+_TASK_SIZE_MAX = USER_ADDR_LIMIT - PAGE_SIZE
+#: every O_* flag an open file description can carry (fdinfo flags, octal in /proc)
+OPEN_FLAGS_KNOWN = (0o3 | 0o100 | 0o200 | 0o400 | 0o1000 | 0o2000 | 0o4000 | 0o10000
+                    | 0o20000 | 0o40000 | 0o100000 | 0o200000 | 0o400000 | 0o1000000
+                    | 0o2000000 | 0o4000000 | 0o10000000 | 0o20000000)
+
+
 class RecordError(ValueError):
     """A record holds a value outside its allowed range (the codec adds the file name)."""
 
@@ -40,6 +57,23 @@ def _check(cond: bool, message: str) -> None:
 
 def _check_u64(value: int, what: str) -> None:
     _check(0 <= value <= U64_MAX, f"{what} out of range: {value}")
+
+
+def _check_regs(tid: int, regs: dict[str, int]) -> None:
+    """Every register present, u64, and acceptable to PTRACE_SETREGS."""
+    keys = set(regs)
+    if keys != REG_NAMES:
+        missing, extra = sorted(REG_NAMES - keys), sorted(keys - REG_NAMES)
+        _check(False, f"thread {tid}: regs missing {missing}" if missing
+               else f"thread {tid}: unknown regs {extra}")
+    for k, v in regs.items():
+        _check_u64(v, f"thread {tid} reg {k}")
+    for k in _SELECTORS_NONNULL + _SELECTORS:
+        v = regs[k]
+        ok = v <= 0xFFFF and (v & 3) == 3 or (v == 0 and k in _SELECTORS)
+        _check(ok, f"thread {tid}: reg {k} {v:#x} is not a user segment selector")
+    for k in ("fs_base", "gs_base"):
+        _check(regs[k] < _TASK_SIZE_MAX, f"thread {tid}: reg {k} {regs[k]:#x} beyond user space")
 
 
 def _check_addr_range(start: int, end: int, what: str) -> None:
@@ -247,9 +281,7 @@ class ThreadCore:
         """Check the tid, the mask and that all register values are u64."""
         _check(self.tid > 0, "tid must be > 0")
         _check_u64(self.sigmask, "sigmask")
-        _check("rip" in self.regs and "rsp" in self.regs, f"thread {self.tid}: regs incomplete")
-        for k, v in self.regs.items():
-            _check_u64(v, f"thread {self.tid} reg {k}")
+        _check_regs(self.tid, self.regs)
         if self.xstate is not None:
             _check(_safe_name(self.xstate), f"thread {self.tid}: bad xstate file name")
 
@@ -515,6 +547,8 @@ class FileRecord:
     def validate(self) -> None:
         """Type known, the type's required fields present."""
         _check(self.type in FILE_TYPES, f"file {self.id}: unknown type {self.type!r}")
+        _check(0 <= self.flags and not self.flags & ~OPEN_FLAGS_KNOWN
+               and self.flags & 3 != 3, f"file {self.id}: bad flags {self.flags:#o}")
         _check(self.pos >= 0 and self.size >= 0, f"file {self.id}: negative pos/size")
         if self.type in ("reg", "dir", "chr", "blk") and not self.deleted:
             _check(bool(self.path), f"file {self.id}: {self.type} without path")

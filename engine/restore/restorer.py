@@ -112,6 +112,16 @@ def _check_supported(image: DumpImage) -> None:
                                       "in the image")
 
 
+def _set_xstate(tid: int, data: bytes, path: str) -> None:
+    """Load a dumped XSAVE area, which must have this CPU's layout size (the kernel
+    refuses another size with a bare errno)."""
+    size = len(ptrace.get_xstate(tid))
+    if len(data) != size:
+        raise EngineError("regs", f"{path}: holds {len(data)} bytes, this CPU's xstate is "
+                                  f"{size} (dumped on another CPU?)")
+    ptrace.set_xstate(tid, data)
+
+
 def _write_pidfile(path: str, pid: int) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="ascii") as f:
@@ -363,7 +373,7 @@ class TreeRestorer:
                 ptrace.set_regs(real, t.regs[th.tid])
                 xstate = t.xstate[th.tid]
                 if xstate is not None:
-                    ptrace.set_xstate(real, xstate)
+                    _set_xstate(real, xstate, self.image.dir.file(th.xstate or ""))
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
         stop = [t for t in self.live if self.opts.leave_stopped or t.core.state == "stopped"]
