@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="return once the tree is restored")
     p.add_argument("--lazy-pages", dest="lazy_pages", action="store_true",
                    help="let a lazy-pages daemon fill memory on demand")
+    p.add_argument("--allow-changed-files", dest="allow_changed_files", action="store_true",
+                   help="restore even if an executable or mapped file changed since the "
+                        "dump (a warning names it)")
     _trust_option(p)
 
     p = sub.add_parser("lazy-pages", help="serve pages of a lazy restore")

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from engine.dump import fileids, namespaces, pages, selfwrite, shmem, task, track, tree, vmas
 from engine.dump import files as dfiles
-from engine.dump import namespaces, pages, selfwrite, shmem, task, track, tree, vmas
 from engine.dump.intervals import Interval, intersect, normalise, subtract
 from engine.errors import EngineError, commit
 from engine.faults import fault_point
@@ -245,12 +245,14 @@ def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
         auxv += [a_type, int.from_bytes(raw[i + 8:i + 16], "little")]
         if a_type == uapi.AT_NULL:
             break
+    exe = _readlink(f"/proc/{pid}/exe")
     return MmCore(
         start_code=st.start_code, end_code=st.end_code, start_data=st.start_data,
         end_data=st.end_data, start_brk=st.start_brk, brk=brk, start_stack=st.start_stack,
         arg_start=st.arg_start, arg_end=st.arg_end, env_start=st.env_start,
-        env_end=st.env_end, auxv=auxv, vmas=task_vmas, exe=_readlink(f"/proc/{pid}/exe"),
+        env_end=st.env_end, auxv=auxv, vmas=task_vmas, exe=exe,
         pagemap=names.pagemap(pid), pages=names.pages(pid),
+        files=fileids.identities(pid, exe, task_vmas),
     )
 
 

@@ -189,7 +189,7 @@ class ImageDir:
         self.created_files.append(name)
         return fd
 
-    def write_bytes(self, name: str, data: bytes | memoryview) -> None:
+    def write_bytes(self, name: str, data: bytes | bytearray | memoryview) -> None:
         """Write a new file with exactly `data` (its checksum recorded on the way)."""
         fd = self.create_file(name)
         try:
@@ -315,11 +315,11 @@ class ImageDir:
 
     def verify_file(self, name: str) -> None:
         """Stream a (large) file and check it against its recorded checksums."""
-        want = self.checksums.get(name)
-        if want is None:
-            raise ImageError(self.file(name), "has no checksum in the inventory")
         fd = self.open_file(name)
         try:
+            want = self.checksums.get(name)
+            if want is None:
+                raise ImageError(self.file(name), "has no checksum in the inventory")
             got = _crcs_of_fd(fd, os.fstat(fd).st_size, self.file(name))
         finally:
             os.close(fd)

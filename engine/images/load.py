@@ -27,7 +27,6 @@ from engine.images.records import (
     TaskCore,
 )
 
-
 MAX_PARENT_DEPTH = 32
 #: bounds of an XSAVE area (legacy 512 + header 64 .. far above AMX's ~11 KiB)
 XSTATE_MIN, XSTATE_MAX = 576, 1 << 20
@@ -98,8 +97,8 @@ def _load(path: str, trusted: bool, chain: list[tuple[int, int]]) -> DumpImage:
         parent_dir = os.path.normpath(os.path.join(path, inv.parent))
         try:
             parent = _load(parent_dir, trusted, chain)
-        except ImageError as e:
-            raise ImageError(where, f"parent: {e.message}") from None
+        except ImageError as err:
+            raise ImageError(where, f"parent: {err.message}") from None
     files = d.read_json(names.FILES, FilesImage)
     by_id = files.by_id()
     shmem_ids = {s.id for s in inv.shmem}
@@ -143,6 +142,9 @@ def _load(path: str, trusted: bool, chain: list[tuple[int, int]]) -> DumpImage:
 
 def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:
     where = d.file(names.FILES)
+    if f.type == "pipe" and f.inode != f.pipe_ino:
+        raise ImageError(where, f"file {f.id}: pipe_ino {f.pipe_ino} is not its inode "
+                                f"{f.inode}")
     if f.content is not None:
         if f.type in ("pipe", "fifo"):
             expect = names.pipe_content(f.pipe_ino or 0)
@@ -152,9 +154,7 @@ def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:
             raise ImageError(where, f"file {f.id}: content {f.content!r} is not {expect!r}")
         if not d.exists(f.content):
             raise ImageError(where, f"file {f.id}: content {f.content} missing")
-    if f.type == "pipe" and f.inode != f.pipe_ino:
-        raise ImageError(where, f"file {f.id}: pipe_ino {f.pipe_ino} is not its inode "
-                                f"{f.inode}")
+        d.verify_file(f.content)
     if f.shmem_id is not None and f.shmem_id not in shmem_ids:
         raise ImageError(where, f"file {f.id}: unknown shmem {f.shmem_id}")
 
@@ -166,6 +166,7 @@ def _check_xstate(d: ImageDir, name: str, tid: int, where: str) -> None:
     if not d.exists(name):
         raise ImageError(where, f"thread {tid}: xstate file {name} missing")
     size = d.size(name)
+    d.verify_file(name)
     if not XSTATE_MIN <= size <= XSTATE_MAX or size % 64:
         raise ImageError(d.file(name), f"size {size} is not an XSAVE area")
 

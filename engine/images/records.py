@@ -478,6 +478,26 @@ class Vma:
 
 
 @dataclass
+class FileIdentity:
+    """A file the image needs by path (the executable, a mapped file) as it was at the
+    dump: restore refuses another file there (engine/images/fileid.py)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    build_id: str = ""  # ELF NT_GNU_BUILD_ID as hex, "" when the file has none
+
+    def validate(self) -> None:
+        """Absolute path, sizes non-negative, build-id hex."""
+        _check(self.path.startswith("/") and "\0" not in self.path,
+               f"file identity: bad path {self.path!r}")
+        _check(self.size >= 0 and self.mtime_ns >= 0, f"file identity {self.path}: negative")
+        _check(len(self.build_id) <= 128 and all(c in "0123456789abcdef"
+                                                for c in self.build_id),
+               f"file identity {self.path}: bad build_id")
+
+
+@dataclass
 class MmCore:
     """mm-PID.json: the mm_struct fields, auxv and all VMAs of one process."""
 
@@ -497,6 +517,8 @@ class MmCore:
     exe: str | None = None
     pagemap: str = ""
     pages: str = ""
+    #: the executable and every mapped file, as they were (one entry per path)
+    files: list[FileIdentity] = field(default_factory=list)
 
     def validate(self) -> None:
         """Fields u64, auxv even length, VMAs sorted and non-overlapping."""

@@ -18,7 +18,8 @@ def restore(args: argparse.Namespace) -> int:
     and exit with its status when it ends."""
     opts = RestoreOptions(args.images_dir, leave_stopped=args.leave_stopped,
                           pidfile=args.pidfile, lazy_pages=args.lazy_pages,
-                          trusted=args.trust_images)
+                          trusted=args.trust_images,
+                          allow_changed_files=args.allow_changed_files)
     start = time.monotonic()
     pid = restore_images(opts)
     if os.environ.get("ENGINE_VERBOSE"):

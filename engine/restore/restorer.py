@@ -36,7 +36,7 @@ from engine.kernel import blob, ptrace, uapi
 from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
-from engine.restore import files, finish, layout, ns, pages, selfread, spawn
+from engine.restore import files, finish, identity, layout, ns, pages, selfread, spawn
 from engine.restore.lazy import LazyPages
 
 _ALL_SIGNALS = (1 << 64) - 1
@@ -56,6 +56,7 @@ class RestoreOptions:
     timeout: float = 60.0  # for every single wait on a task
     lazy_pages: bool = False  # private anonymous pages served by `lazy-pages` (lazy.py)
     trusted: bool = False  # --trust-images: accept images of another owner or mode
+    allow_changed_files: bool = False  # restore even if a needed file changed since
     #: filled in: seconds spent per step (read, spawn, layout, pages, state, release)
     timings: dict[str, float] = field(default_factory=dict)
     #: filled in: private page bytes the tasks read themselves / the engine wrote
@@ -82,6 +83,7 @@ def restore(opts: RestoreOptions) -> int:
         with _timed(opts, "read"):
             image = load(opts.images_dir, opts.trusted)
             _check_supported(image)
+            identity.check_files(image, opts.allow_changed_files)
             if opts.lazy_pages:
                 lazy = LazyPages.connect(image, opts.timeout)
         pid = TreeRestorer(image, opts, lazy).run()
