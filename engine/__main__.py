@@ -132,17 +132,13 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-#: Commands whose termination by SIGTERM/SIGINT/SIGHUP is one error line after their
-#: cleanup (engine.errors.arm_interruption), until they commit their result.
-INTERRUPTIBLE = frozenset({"dump", "pre-dump", "restore", "lazy-pages"})
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the process exit status."""
     try:
+        # First of all: a termination signal from now on is one error line after the
+        # cleanup of whatever step it interrupts (engine.errors), never a silent death.
+        errors.arm_interruption()
         args = build_parser().parse_args(argv)
-        if args.command in INTERRUPTIBLE:
-            errors.arm_interruption()
         return HANDLERS[args.command](args)
     except EngineError as exc:
         print(f"engine: error: {exc.phase}: {exc.message}", file=sys.stderr)

@@ -139,10 +139,16 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         if track_mem:
             track.hold(images_dir, trackers)  # last: nothing may fail after it
         lap("write")
-    except BaseException:
+    except BaseException as exc:
         track.close_all(trackers)
         frozen.release()
         img.discard()
+        gone = None if isinstance(exc, EngineError) else _vanished(frozen)
+        if gone is not None:
+            # Whatever ptrace call noticed it first (ESRCH, an unexpected exit status):
+            # the cause is the task's exit, and the rest of the tree was released.
+            raise EngineError("dump", f"task {gone} exited during the dump; the rest of the "
+                                      "tree runs on") from None
         raise
     # The image is complete: a termination signal from here on no longer undoes it.
     commit()
@@ -152,6 +158,19 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     frozen.release(kill=not leave_running)
     lap("release")
     return stats
+
+
+def _vanished(frozen: tree.FrozenTree) -> int | None:
+    """A process of the tree that was alive when seized and has exited since, if any."""
+    for p in frozen.procs.values():
+        if p.state == "zombie":
+            continue
+        try:
+            if read_stat(p.pid).state in ("Z", "X"):
+                return p.pid
+        except (OSError, ValueError):
+            return p.pid
+    return None
 
 
 def _step(what: str, phase: str, fn: Callable[..., T], *args: object) -> T:
