@@ -81,9 +81,7 @@ def restore(opts: RestoreOptions) -> int:
     lazy = None
     try:
         with _timed(opts, "read"):
-            image = load(opts.images_dir, opts.trusted)
-            _check_supported(image)
-            identity.check_files(image, opts.allow_changed_files)
+            image = read_image(opts)
             if opts.lazy_pages:
                 lazy = LazyPages.connect(image, opts.timeout)
         pid = TreeRestorer(image, opts, lazy).run()
@@ -94,6 +92,15 @@ def restore(opts: RestoreOptions) -> int:
     if opts.pidfile:
         _write_pidfile(opts.pidfile, pid)
     return pid
+
+
+def read_image(opts: RestoreOptions) -> DumpImage:
+    """The read phase: load and validate the image, check it is one this engine restores
+    and that the files it needs are the ones dumped. Creates nothing."""
+    image = load(opts.images_dir, opts.trusted)
+    _check_supported(image)
+    identity.check_files(image, opts.allow_changed_files)
+    return image
 
 
 def _check_supported(image: DumpImage) -> None:
