@@ -14,7 +14,8 @@ so any mutant can be rebuilt from (seed, i) alone:
 Outcomes: `clean` (refused with one `engine: error:` line before any task exists),
 `harmless` (restored and the program passed its own checks), `wrong` (restored, exit 0,
 then the program failed or died; or a refused restore left a task), `traceback` (a crash:
-an exception other than the engine's error, or a signal), `hang` (past the deadline).
+an exception other than the engine's error, or a signal), `hang` (past the deadline),
+`pid-taken` (not tried: an unrelated process holds the seed's pid by now).
 A mutant is first loaded in-process exactly as the restore's read phase does
 (`load`, then the read-phase checks), which settles almost every one in milliseconds;
 only mutants that pass are restored for real through the CLI.
@@ -44,7 +45,7 @@ from engine.restore.restorer import RestoreOptions, read_image
 from tests.engine import cr_support as cr
 from tests.engine.image_tools import reseal
 
-OUTCOMES = ("clean", "harmless", "wrong", "forged-wrong", "traceback", "hang")
+OUTCOMES = ("clean", "harmless", "wrong", "forged-wrong", "traceback", "hang", "pid-taken")
 HOSTILE_INTS = (0, -1, 1, 3, 0x33, 4096, 1 << 31, (1 << 32) - 1, 1 << 47, (1 << 63) - 1,
                 1 << 63, (1 << 64) - 1, 1 << 64, -(1 << 63))
 HOSTILE_VALUES: tuple[Any, ...] = (None, True, "", "./", "..", "../../etc/passwd",
@@ -262,6 +263,10 @@ def _restore_once(seed: Seed, images: Path, forged: bool) -> tuple[str, str]:
         if _kill_leftovers():
             return wrong, f"refused but left tasks: {lines[-1]}"
         ok = len(lines) == 1 and lines[0].startswith("engine: error:")
+        if ok and f"pid {t.pid} is taken" in lines[0]:
+            # Another process (pid_max is small, engineers share the machine) holds the
+            # seed's pid: this mutant was not tried.
+            return "pid-taken", lines[0]
         return ("clean" if ok else "traceback"), lines[-1] if lines else ""
     try:
         last = t.stop(timeout=15)
