@@ -82,6 +82,7 @@ def restore(opts: RestoreOptions) -> int:
     try:
         with _timed(opts, "read"):
             image = read_image(opts)
+            opts.timings["checksums"] = _crc_seconds(image)
             if opts.lazy_pages:
                 lazy = LazyPages.connect(image, opts.timeout)
         pid = TreeRestorer(image, opts, lazy).run()
@@ -101,6 +102,15 @@ def read_image(opts: RestoreOptions) -> DumpImage:
     _check_supported(image)
     identity.check_files(image, opts.allow_changed_files)
     return image
+
+
+def _crc_seconds(image: DumpImage | None) -> float:
+    """Seconds the image (and its parents) spent verifying checksums."""
+    total = 0.0
+    while image is not None:
+        total += image.dir.crc_seconds
+        image = image.parent()
+    return total
 
 
 def _check_supported(image: DumpImage) -> None:
