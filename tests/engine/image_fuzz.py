@@ -258,7 +258,8 @@ def _restore_once(seed: Seed, images: Path, forged: bool) -> tuple[str, str]:
     lines = r.stderr.strip().splitlines()
     wrong = "forged-wrong" if forged else "wrong"
     if "Traceback" in r.stderr or "internal" in r.stderr or r.returncode not in (0, 1):
-        return "traceback", (lines or [f"rc {r.returncode}"])[-1]
+        where = [x.strip() for x in lines if x.strip().startswith("File ")][-2:]
+        return "traceback", " | ".join([*where, *(lines or [f"rc {r.returncode}"])[-1:]])
     if r.returncode == 1:
         if _kill_leftovers():
             return wrong, f"refused but left tasks: {lines[-1]}"
