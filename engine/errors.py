@@ -35,10 +35,12 @@ class _Interruption:
 
     raised = False
     committed = False
+    ignored = 0  # signals that arrived after the commit (or during the cleanup)
 
 
 def _on_signal(signo: int, _frame: FrameType | None) -> None:
     if _Interruption.committed or _Interruption.raised:
+        _Interruption.ignored += 1
         return  # the work is done, or its cleanup is already running: let it finish
     _Interruption.raised = True
     raise EngineError("interrupted", f"terminated by {signal.Signals(signo).name}")
@@ -55,6 +57,14 @@ def commit() -> None:
     """The command's result is complete: from now on termination signals are ignored
     (handlers stay installed but do nothing), so the command reports its success."""
     _Interruption.committed = True
+    from engine.faults import pause_point  # here: engine.faults imports this module
+
+    pause_point("commit")
+
+
+def ignored_signals() -> int:
+    """How many termination signals were ignored so far (after commit, during cleanup)."""
+    return _Interruption.ignored
 
 
 def default_termination() -> None:
