@@ -148,6 +148,8 @@ def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:
     if f.content is not None:
         if f.type in ("pipe", "fifo"):
             expect = names.pipe_content(f.pipe_ino or 0)
+        elif f.type == "socket":
+            expect = names.socket_queue(f.inode)
         else:
             expect = names.file_content(f.id)
         if f.content != expect:
