@@ -157,8 +157,22 @@ def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:
         if not d.exists(f.content):
             raise ImageError(where, f"file {f.id}: content {f.content} missing")
         d.verify_file(f.content)
+        _check_content_size(d, f)
     if f.shmem_id is not None and f.shmem_id not in shmem_ids:
         raise ImageError(where, f"file {f.id}: unknown shmem {f.shmem_id}")
+
+
+def _check_content_size(d: ImageDir, f: FileRecord) -> None:
+    """The content fits what the record says: a pipe's data its capacity, an unlinked
+    file's copy its size."""
+    assert f.content is not None
+    size = d.size(f.content)
+    if f.type in ("pipe", "fifo") and f.pipe_size is not None and size > f.pipe_size:
+        raise ImageError(d.file(f.content), f"holds {size} bytes, more than the pipe's "
+                                            f"capacity {f.pipe_size} (files.json file {f.id})")
+    if f.type == "reg" and size != f.size:
+        raise ImageError(d.file(f.content), f"holds {size} bytes, files.json says file "
+                                            f"{f.id} had {f.size}")
 
 
 def _check_xstate(d: ImageDir, name: str, tid: int, where: str) -> None:
