@@ -16,6 +16,7 @@ import pytest
 
 from engine.errors import EngineError
 from engine.images import PE_PARENT, PE_PRESENT, ImageDir, ImageError, PagemapEntry, load, names
+from engine.images.load import MAX_PARENT_DEPTH
 from engine.images.records import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -291,3 +292,35 @@ def test_pages_reader_reads_into_memory(image: Path, misalign: int) -> None:
             r.read_into(addr, 2 * PG, 2 * PG)
     del cbuf
     buf.close()
+
+
+def _link_parent(image: Path, parent: str) -> None:
+    data = json.loads((image / names.INVENTORY).read_text())
+    data["parent"] = parent
+    (image / names.INVENTORY).write_text(json.dumps(data))
+    reseal(image)
+
+
+def test_parent_chain_is_loaded_once_and_bounded(tmp_path: Path) -> None:
+    """Each image links to the next; a chain of MAX_PARENT_DEPTH loads (every parent
+    loaded with it), one more is refused naming the image where the bound was hit."""
+    depth = MAX_PARENT_DEPTH
+    for i in range(depth + 1):
+        make_image(tmp_path / f"i{i}")
+        if i:
+            _link_parent(tmp_path / f"i{i - 1}", f"../i{i}")
+    with pytest.raises(ImageError, match=f"parent chain longer than {depth} images"):
+        load(str(tmp_path / "i0"))
+    img = load(str(tmp_path / "i1"))
+    n = 0
+    while img.parent() is not None:
+        img, n = img.parent(), n + 1  # type: ignore[assignment]
+    assert n == depth - 1
+
+
+def test_self_crc_guards_the_inventory(image: Path) -> None:
+    """Any change to the inventory's text, however valid as JSON, is refused."""
+    inv = image / names.INVENTORY
+    inv.write_bytes(inv.read_bytes().replace(b'"kind":"dump"', b'"kind": "dump"'))
+    with pytest.raises(ImageError, match="self_crc mismatch"):
+        load(str(image))
