@@ -333,7 +333,7 @@ class ImageDir:
         if got != want:
             bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
                        min(len(got), len(want)))
-            raise ImageError(self.file(name), f"checksum mismatch at byte {bad * CRC_CHUNK}:"
+            raise ImageError(self.file(name), f"checksum mismatch in the MiB at byte {bad * CRC_CHUNK}:"
                                               " the file is damaged")
 
     def read_json(self, name: str, cls: type[T]) -> T:
