@@ -177,6 +177,8 @@ def main() -> int:
             EARLY_COUNT[0] = 0
             n, broken, step = _run_case(case, args, rng, tmp)
             rows.append((case, n, broken, EARLY_COUNT[0], step))
+            print(f"{case}: {n} trials, {len(broken)} broken, {EARLY_COUNT[0]} early",
+                  flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'case':14} {'trials':>6} {'kept':>6} {'broken':>6} {'early':>6}  step(s)")
@@ -208,8 +210,8 @@ def _run_case(case: str, args: argparse.Namespace, rng: random.Random,
             if why:
                 broken.append((delay, why))
     else:
-        t = cr.ZdtmTest.start(args.test, tmp / "rw")
-        images = tmp / "rimg"
+        t = cr.ZdtmTest.start(args.test, tmp / f"{case}-w")
+        images = tmp / f"{case}-img"
         d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
         if d.returncode != 0:
             raise SystemExit(f"dump for the restore case failed: {d.stderr}")
