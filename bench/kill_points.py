@@ -212,16 +212,19 @@ def _run_case(case: str, args: argparse.Namespace, rng: random.Random,
     else:
         t = cr.ZdtmTest.start(args.test, tmp / f"{case}-w")
         images = tmp / f"{case}-img"
-        d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
-        if d.returncode != 0:
-            raise SystemExit(f"dump for the restore case failed: {d.stderr}")
-        cr.wait_gone(t.pid)
-        step = _calibrate(lambda: _restore_duration(t, images))
-        for _ in range(args.trials):
-            delay = rng.uniform(0, step * 1.2)
-            why = _restore_trial(t, images, delay, sig)
-            if why:
-                broken.append((delay, why))
+        try:
+            d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
+            if d.returncode != 0:
+                raise SystemExit(f"dump for the restore case failed: {d.stderr}")
+            cr.wait_gone(t.pid)
+            step = _calibrate(lambda: _restore_duration(t, images))
+            for _ in range(args.trials):
+                delay = rng.uniform(0, step * 1.2)
+                why = _restore_trial(t, images, delay, sig)
+                if why:
+                    broken.append((delay, why))
+        finally:
+            t.cleanup()
     return args.trials, broken, step
 
 
