@@ -135,6 +135,13 @@ HANDLERS: dict[str, Handler] = {
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the process exit status."""
     try:
+        return _main(argv)
+    finally:
+        errors.hold_termination_for_exit()
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
         # First of all: a termination signal from now on is one error line after the
         # cleanup of whatever step it interrupts (engine.errors), never a silent death.
         errors.arm_interruption()

@@ -433,10 +433,13 @@ def _crcs_of_fd(fd: int, size: int, path: str) -> list[int]:
             _read_exactly(direct, fd, view[:want], pos, path)
             out.extend(chunk_crcs(view[:want]))
     finally:
-        view.release()
-        buf.close()
         if direct >= 0:
             os.close(direct)
+        try:
+            view.release()
+            buf.close()
+        except BufferError:
+            pass  # slices still held by a propagating exception's frames: the GC unmaps
     return out or [0]
 
 
