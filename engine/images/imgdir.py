@@ -128,6 +128,11 @@ class ImageDir:
         img._check_owner(path, os.fstat(img._dirfd), "directory")
         return img
 
+    def identity(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the directory a reader opened."""
+        st = os.fstat(self._dirfd)
+        return st.st_dev, st.st_ino
+
     def close(self) -> None:
         """Release the directory descriptor of a reader (idempotent)."""
         if self._dirfd >= 0:

@@ -81,12 +81,12 @@ def _load(path: str, trusted: bool, chain: list[tuple[int, int]]) -> DumpImage:
     if not os.path.isdir(path):
         raise ImageError(path, "no such image directory")
     d = ImageDir.open(path, trusted)
-    st = os.stat(path)
-    if (st.st_dev, st.st_ino) in chain:
-        raise ImageError(path, "parent chain loops back to this image")
-    if len(chain) >= MAX_PARENT_DEPTH:
-        raise ImageError(path, f"parent chain longer than {MAX_PARENT_DEPTH} images")
-    chain = [*chain, (st.st_dev, st.st_ino)]
+    key = d.identity()
+    if key in chain or len(chain) >= MAX_PARENT_DEPTH:
+        d.close()
+        raise ImageError(path, "parent chain loops back to this image" if key in chain
+                         else f"parent chain longer than {MAX_PARENT_DEPTH} images")
+    chain = [*chain, key]
     inv = d.read_inventory(names.INVENTORY, Inventory)
     where = d.file(names.INVENTORY)
     for name in d.checksums:
