@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR
-from zdtm.desc import KINDS, DescError, TestDesc, discover
+from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
 from zdtm.engines import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.result import FAIL, SKIP, Result
@@ -52,6 +52,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="no checkpoint/restore: start, check, stop")
     group.addoption("--zdtm-keep-img", action="store_true",
                     help="keep each item's work dir and images")
+    group.addoption("--zdtm-tolerate-taint", action="store_true",
+                    help="a kernel taint already present at start is no failure")
+    group.addoption("--zdtm-tests-dir", default=None, metavar="DIR",
+                    help="also collect another project's zdtm suite in DIR (DIR/NAME::FLAVOUR)")
 
 
 class _Mode:
@@ -63,7 +67,8 @@ class _Mode:
         self.fallback: str | None = None
         self.options = RunOptions(iters=max(config.getoption("--zdtm-iters"), 1),
                                   pre=config.getoption("--zdtm-pre"),
-                                  keep_img=config.getoption("--zdtm-keep-img"))
+                                  keep_img=config.getoption("--zdtm-keep-img"),
+                                  tolerate_taint=config.getoption("--zdtm-tolerate-taint"))
         if name == "bundled":
             # a plain dump + restore cycle decides; --zdtm-pre etc. SKIP per item instead
             why = cr_unavailable(self.engine, RunOptions())
@@ -98,6 +103,12 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--zdtm-flavors: unknown flavour(s) {bad}; known: "
                                 + ",".join(FLAVORS))
     config.addinivalue_line("markers", "excl: zdtm test that must run alone")
+    ext = config.getoption("--zdtm-tests-dir")
+    if ext:
+        suite = ExternalSuite(Path(ext))
+        # a plugin, not this conftest's hook: conftest hooks only see paths below the repo
+        config.pluginmanager.register(suite, "zdtm-external-suite")
+        config.args.append(str(suite.directory))
     # restored trees re-parent to the nearest subreaper: this (worker) process
     prepare_process()
 
@@ -117,21 +128,42 @@ def _tests_by_source() -> dict[Path, TestDesc]:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    # a test whose descriptor cannot be read is collected too: its items fail naming why
     if (file_path.suffix == ".c" and file_path.parent.name in KINDS
-            and file_path.parent.parent == ROOT_DIR / "zdtm"):
-        try:
-            if file_path.resolve() in _tests_by_source():
-                return ZdtmFile.from_parent(parent, path=file_path)
-        except DescError as exc:
-            raise pytest.UsageError(str(exc)) from None
+            and file_path.parent.parent == ROOT_DIR / "zdtm"
+            and file_path.resolve() in _tests_by_source()):
+        return ZdtmFile.from_parent(parent, path=file_path)
     return None
 
 
+class ExternalSuite:
+    """Collects the tests of --zdtm-tests-dir DIR (zdtm.desc.discover_external)."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            tests = discover_external(directory)
+        except DescError as exc:  # DIR itself is wrong: a usage error, nothing runs
+            raise pytest.UsageError(f"--zdtm-tests-dir: {exc}") from None
+        self.directory = directory.resolve()
+        self.tests = {t.binary: t for t in tests}
+
+    def pytest_collect_file(self, file_path: Path,
+                            parent: pytest.Collector) -> pytest.Collector | None:
+        test = self.tests.get(file_path.resolve())
+        if test is None:
+            return None
+        return ZdtmFile.from_parent(parent, path=file_path, test=test)
+
+
 class ZdtmFile(pytest.File):
-    """A test source; one item per flavour it declares (and the session selects)."""
+    """A test source (or an external suite's binary); one item per flavour it declares."""
+
+    def __init__(self, *, test: TestDesc | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.test = test
 
     def collect(self) -> Iterator[pytest.Item]:
-        test = _tests_by_source()[self.path.resolve()]
+        test = self.test or _tests_by_source()[self.path.resolve()]
         wanted = [f for f in self.config.getoption("--zdtm-flavors").split(",") if f]
         for flavor in test.flavors:
             if flavor in wanted:

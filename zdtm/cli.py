@@ -27,6 +27,7 @@ from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import DescError, TestDesc, discover, discover_external, select
 from zdtm.engines import Engine, make_engine
+from zdtm.external import script, start_plan
 from zdtm.lifecycle import ENGINE_TIMEOUT, SNAPSHOT_TIMEOUT, RunOptions, prepare_process, run_test
 from zdtm.report import totals, write_reports
 from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Result
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run zdtm-protocol binaries from DIR (named ext/NAME)")
     run.add_argument("--engine-timeout", type=float, default=ENGINE_TIMEOUT,
                      help=f"deadline of each engine step in seconds ({ENGINE_TIMEOUT:.0f})")
+    run.add_argument("--tolerate-taint", action="store_true",
+                     help="a kernel taint already present at start is no failure "
+                          "(new taint bits still are)")
 
     ls = sub.add_parser("list", help="list tests with flavours and flags")
     ls.add_argument("--tests-dir", metavar="DIR", type=Path)
@@ -147,7 +151,7 @@ def plan(tests: Sequence[TestDesc], flavors: Sequence[str] | None) -> list[Job]:
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(iters=max(args.iters, 1), pre=args.pre, lazy=args.lazy_pages,
                       norst=args.norst, keep_img=args.keep_img, workroot=DEFAULT_WORKROOT,
-                      engine_timeout=args.engine_timeout)
+                      engine_timeout=args.engine_timeout, tolerate_taint=args.tolerate_taint)
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -377,11 +381,30 @@ def cmd_list(args: argparse.Namespace) -> int:
             extra.append("flags: " + " ".join(sorted(t.flags)))
         if t.feature:
             extra.append("feature: " + " ".join(t.feature))
-        if t.needs_file or t.needs_dir:
-            extra.append("--filename" if t.needs_file else "--dirname")
+        for key in ("opts", "dopts", "ropts"):
+            if getattr(t, key):
+                extra.append(f"{key}: " + " ".join(getattr(t, key)))
+        if t.arch:
+            extra.append(f"arch: {t.arch}")
+        extra += _start_words(t)
         print(f"{t.name:<{width}}  {' '.join(t.flavors):<8}  {'  '.join(extra)}".rstrip())
+        # a test's own problem is listed with it; the listing goes on
+        for line in ([f"ERROR {t.problem}"] if t.problem else []) + list(t.notes):
+            print(f"{'':<{width}}    {line}")
     print(f"{len(tests)} tests")
     return 0
+
+
+def _start_words(t: TestDesc) -> list[str]:
+    """How the test is started, for the listing (external tests: also where that came from)."""
+    if t.kind != "external":
+        return [a.split("=", 1)[0] for a in t.start_args()[2:]]
+    plan = start_plan(t)
+    scripts = [f"{kind}: yes" for kind in ("hook", "checkskip") if script(t, f".{kind}")]
+    if plan.problem:
+        return [*scripts, f"SKIP: {plan.problem}"]
+    args = " ".join(plan.args[2:]) or "(pidfile/outfile only)"
+    return [*scripts, f"start: {args} [{plan.source}]"]
 
 
 def cmd_clean(_args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ CHECK_FAILED = "check failed"
 TEST_FAIL = "test FAIL"
 HARNESS_ERROR = "harness error"
 TIMEOUT = "timeout"
-KINDS = (ENGINE_CRASHED, ENGINE_ERROR, CHECK_FAILED, TEST_FAIL, HARNESS_ERROR, TIMEOUT)
+KERNEL = "kernel"  # new taint or a kernel log line of trouble during the run
+KINDS = (ENGINE_CRASHED, ENGINE_ERROR, CHECK_FAILED, TEST_FAIL, HARNESS_ERROR, TIMEOUT, KERNEL)
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 

@@ -18,4 +18,7 @@ def features() -> dict[str, tuple[bool, str]]:
         "timerfd": (True, ""),
         "epoll": (True, ""),
         "unix_socketpair": (True, ""),
+        "tcp": (True, ""),
+        "udp": (True, ""),
+        "file_locks": (True, ""),
     }

@@ -12,16 +12,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import stat
 from dataclasses import dataclass, field
 
-from engine.dump import anonfd, unixsk
+from engine.dump import anonfd, inetsk, unixsk
 from engine.errors import EngineError
 from engine.images import names
 from engine.images.imgdir import ImageDir
-from engine.images.records import FdEntry, FileRecord
+from engine.images.records import FdEntry, FileRecord, LockRecord
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
+from engine.proc import locks
 from engine.proc.fdinfo import FdInfo, read_fds
 
 _KCMP_FILE = 0
@@ -39,14 +41,26 @@ class FileTable:
     _by_inode: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
     _pipe_sizes: dict[int, int] = field(default_factory=dict)  # pipe inode -> capacity
     diag: unixsk.Diag = field(default_factory=unixsk.Diag)
+    repaired: inetsk.Repaired = field(default_factory=inetsk.Repaired)
 
-    def check_complete(self) -> None:
-        """After every task: what only the whole tree can tell (socket peers inside)."""
+    def check_complete(self, pids: set[int]) -> None:
+        """After every task: what only the whole tree can tell (socket peers and the
+        owners of POSIX locks are inside it)."""
         unixsk.check_peers(self.files)
+        for r in self.files:
+            for lk in r.locks:
+                if lk.kind == "posix" and lk.owner not in pids:
+                    raise EngineError("files", f"{r.path or r.link}: a POSIX lock of task "
+                                               f"{lk.owner}, outside the dumped tree")
 
     def close(self) -> None:
         """Release the helpers (netlink sockets)."""
         self.diag.close()
+
+    def end(self, keep_repair: bool) -> None:
+        """At the very end of the dump: release the connections in TCP repair mode,
+        taking them out of it unless the tree is about to be killed (keep_repair)."""
+        self.repaired.end(keep_repair)
 
 
 def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
@@ -72,6 +86,11 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
             table._by_inode.setdefault(key, []).append((fid, pid, info.fd))
             if rec.epoll is not None:
                 epolls.append((rec, info))
+        elif "lock" in info.extra:
+            # fdinfo shows a POSIX lock only to its owner: this task's are new here.
+            rec = table.files[fid]
+            rec.locks += [lk for lk in _locks(pid, info) if lk.kind == "posix" and lk not in
+                          rec.locks]
         file_of_fd[info.fd] = (fid, st.st_dev, st.st_ino)
         entries.append(FdEntry(info.fd, fid, info.cloexec))
     for rec, info in epolls:
@@ -134,10 +153,12 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         elif rec.deleted:
             rec.content = names.file_content(fid)
             _save_file(img, pid, info.fd, rec.content, st.st_size)
+    if "lock" in info.extra:
+        rec.locks = _locks(pid, info)
     if kind == "anon_inode":
         anonfd.fill(rec, pid, info)
     if kind == "socket":
-        unixsk.fill(img, table.diag, rec, pid, info.fd)
+        _socket(img, table, rec, pid, info.fd)
     if kind in ("pipe", "fifo"):
         rec.pipe_ino = st.st_ino
         rec.content = names.pipe_content(st.st_ino)
@@ -145,6 +166,26 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             table._pipe_sizes[st.st_ino] = _save_pipe(img, pid, info.fd, rec.content)
         rec.pipe_size = table._pipe_sizes[st.st_ino]
     return rec
+
+
+def _locks(pid: int, info: FdInfo) -> list[LockRecord]:
+    try:
+        held = locks.parse(info.extra["lock"])
+    except ValueError as e:
+        raise EngineError("files", f"task {pid} fd {info.fd}: cannot dump a {e}: not "
+                                   "supported by this engine") from None
+    return [LockRecord(lk.kind, lk.write, lk.pid if lk.kind == "posix" else 0, lk.start,
+                       0 if lk.end is None else lk.end - lk.start + 1) for lk in held]
+
+
+def _socket(img: ImageDir, table: FileTable, rec: FileRecord, pid: int, fd: int) -> None:
+    with unixsk.take(pid, fd) as s:
+        if s.family == socket.AF_UNIX:
+            unixsk.fill(img, table.diag, rec, pid, fd, s)
+        elif s.family in (socket.AF_INET, socket.AF_INET6):
+            inetsk.fill(img, table.repaired, rec, pid, fd, s)
+        else:
+            raise unixsk.refuse_family(pid, fd, s, rec.link)
 
 
 def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> None:
