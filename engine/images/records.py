@@ -86,6 +86,14 @@ def _check_regs(tid: int, regs: dict[str, int]) -> None:
         _check(regs[k] < _TASK_SIZE_MAX, f"thread {tid}: reg {k} {regs[k]:#x} beyond user space")
 
 
+def _check_nspid(pid: int, ns_pid: list[int], what: str) -> None:
+    """An NSpid line: empty, or the pid as the engine sees it first, then one positive
+    pid per nested pid namespace (at most 33 levels, as the kernel allows)."""
+    if ns_pid:
+        _check(ns_pid[0] == pid and len(ns_pid) <= 33 and all(p > 0 for p in ns_pid),
+               f"{what} {ns_pid} does not start with {pid}")
+
+
 def _check_addr_range(start: int, end: int, what: str) -> None:
     _check(start % PAGE_SIZE == 0 and end % PAGE_SIZE == 0, f"{what} not page aligned")
     _check(0 <= start < end, f"{what} empty or negative: {start:#x}-{end:#x}")
@@ -122,6 +130,7 @@ class TaskEntry:
         if self.state != "zombie":
             _check(self.pid in self.threads, f"task {self.pid}: main thread not in threads")
         _check(all(t > 0 for t in self.threads), f"task {self.pid}: bad thread id")
+        _check_nspid(self.pid, self.ns_pid, f"task {self.pid}: ns_pid")
 
 
 SHMEM_KINDS = ("anon", "memfd", "sysv")
@@ -290,6 +299,7 @@ class ThreadCore:
     def validate(self) -> None:
         """Check the tid, the mask and that all register values are u64."""
         _check(self.tid > 0, "tid must be > 0")
+        _check_nspid(self.tid, self.ns_tid, f"thread {self.tid}: ns_tid")
         _check_u64(self.sigmask, "sigmask")
         _check_regs(self.tid, self.regs)
         if self.xstate is not None:
@@ -329,8 +339,12 @@ class Creds:
     seccomp: int = 0
 
     def validate(self) -> None:
-        """Four ids each."""
+        """Four ids each, ids u32 (not -1), capability sets u64."""
         _check(len(self.uid) == 4 and len(self.gid) == 4, "uid/gid need 4 values each")
+        for what, ids in (("uid", self.uid), ("gid", self.gid), ("groups", self.groups)):
+            _check(all(0 <= i < 0xFFFFFFFF for i in ids), f"creds {what}: id out of range")
+        for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"):
+            _check_u64(getattr(self, name), f"creds {name}")
 
 
 @dataclass

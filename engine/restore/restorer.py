@@ -138,7 +138,11 @@ def _set_xstate(tid: int, data: bytes, path: str) -> None:
     if len(data) != size:
         raise EngineError("regs", f"{path}: holds {len(data)} bytes, this CPU's xstate is "
                                   f"{size} (dumped on another CPU?)")
-    ptrace.set_xstate(tid, data)
+    try:
+        ptrace.set_xstate(tid, data)
+    except OSError as e:
+        raise EngineError("regs", f"{path}: the kernel refuses this XSAVE area "
+                                  f"({e.strerror})") from None
 
 
 def _write_pidfile(path: str, pid: int) -> None:
