@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, tasks
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, tasks, vm
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import DescError, TestDesc, discover, discover_external, select
 from zdtm.engines import Engine, make_engine
@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run zdtm-protocol binaries from DIR (named ext/NAME)")
     run.add_argument("--engine-timeout", type=float, default=ENGINE_TIMEOUT,
                      help=f"deadline of each engine step in seconds ({ENGINE_TIMEOUT:.0f})")
+    run.add_argument("--kernel", action="append", default=[], metavar="IMAGE",
+                     help="run the selection under this kernel (a vmlinuz, a /boot release "
+                          "or 'host'), booted with virtme-ng; repeatable")
+    run.add_argument("--results-out", type=Path, help=argparse.SUPPRESS)  # zdtm.vm guests
     run.add_argument("--tolerate-taint", action="store_true",
                      help="a kernel taint already present at start is no failure "
                           "(new taint bits still are)")
@@ -159,15 +163,23 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 class Console:
-    """Thread-safe console lines."""
+    """Thread-safe console lines; each result also goes to `results_out` (JSON lines)."""
 
-    def __init__(self) -> None:
+    def __init__(self, results_out: Path | None = None) -> None:
         self.lock = threading.Lock()
+        self.results_out = results_out
 
     def line(self, text: str) -> None:
         """Print one line now."""
         with self.lock:
             print(text, flush=True)
+
+    def record(self, r: Result) -> None:
+        """Append a result to `results_out` as soon as it is known (a VM that hangs
+        later still gives back what it ran)."""
+        if self.results_out is not None:
+            with self.lock, open(self.results_out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(r.to_dict()) + "\n")
 
 
 def _worker_deadline(job: Job, opts: RunOptions) -> float:
@@ -246,6 +258,7 @@ def _run_one_worker(spec_text: str) -> int:
 
 
 def _print_result(console: Console, r: Result) -> None:
+    console.record(r)
     console.line(r.summary())
     if r.outcome == FAIL:
         for d in r.details[:60]:
@@ -276,7 +289,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not jobs:
         print("runner.py: no test x flavour selected", file=sys.stderr)
         return 2
-    console = Console()
+    try:
+        kernels = [vm.resolve(k) for k in args.kernel]
+    except vm.KernelError as exc:
+        print(f"runner.py: {exc}", file=sys.stderr)
+        return 2
+    why = vm.missing_tools() if any(not k.is_host for k in kernels) else None
+    if why:
+        print(f"runner.py: --kernel: {why}", file=sys.stderr)
+        return 2
+    console = Console(args.results_out)
     engine = _engine(args)
     mode = "nocr (no checkpoint/restore)" if args.nocr else f"engine {engine.name}"
     console.line(f"zdtm: {len(jobs)} run(s), {mode}, iters {args.iters}, pre {args.pre}"
@@ -288,15 +310,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.line(f"FAIL build: {exc}")
         return 1
     prepare_process()
-    results = (_run_parallel(jobs, args, console) if args.parallel > 1
-               else _run_serial(jobs, args, engine, console))
+
+    def here() -> list[Result]:
+        return (_run_parallel(jobs, args, console) if args.parallel > 1
+                else _run_serial(jobs, args, engine, console))
+
+    results = (vm.run_kernels(kernels, vm.guest_argv(args.raw_argv), console.line, here,
+                              keep_going=args.keep_going, logs=args.report,
+                              silence=args.engine_timeout + vm.SILENCE_GRACE)
+               if kernels else here())
     with contextlib.suppress(OSError):
         DEFAULT_WORKROOT.rmdir()  # only when empty: --keep-img leaves its work dirs there
     if args.report:
         for path in write_reports(results, args.report):
             console.line(f"report: {path}")
-    if len(results) < len(jobs):
-        console.line(f"not run: {len(jobs) - len(results)} test x flavour run(s)")
+    missing = len(jobs) * max(len(kernels), 1) - sum(not vm.is_kernel_result(r) for r in results)
+    if missing > 0:
+        console.line(f"not run: {missing} test x flavour run(s)")
     console.line(totals(results))
     return 1 if any(r.outcome == FAIL for r in results) else 0
 

@@ -53,7 +53,9 @@ def fd_copy(pidfd: int, fd: int) -> Iterator[int | None]:
 
 def owner(copy: int, inner: Mapping[int, int]) -> dict[str, str]:
     """F_GETOWN_EX and F_GETSIG of a description; only what is set."""
-    out = {}
+    out: dict[str, str] = {}
+    if fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_PATH:
+        return out  # an O_PATH description has no owner (fcntl says EBADF)
     kind, pid = struct.unpack("ii", fcntl.fcntl(copy, F_GETOWN_EX, bytes(8)))
     if pid:
         shown = inner.get(pid)

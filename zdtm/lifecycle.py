@@ -292,6 +292,8 @@ class Run:
         for i in range(1, self.opts.iters + 1):
             label = f"{self.result.ident} iter {i}/{self.opts.iters}"
             own_a = snapshot.own_state()
+            # tasks the test keeps stopped stay stopped when the tree is resumed
+            keep = tasks.stopped_ids(self.root_pid)
             if cr:
                 parent = self._pre_dumps(i)
                 self._hook("--pre-dump")
@@ -306,7 +308,7 @@ class Run:
                 s0 = self._capture("S0")
             s1 = self._capture("S1")
             problems = self._compare(s0, s1)
-            tasks.thaw(tasks.tree(self.root_pid))
+            tasks.thaw(tasks.tree(self.root_pid), keep)
             if cr and not self.opts.norst:
                 self._hook("--post-restore", self._imgdir(f"{i}-dump"))
             if cr and self.opts.lazy:

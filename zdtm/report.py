@@ -24,7 +24,7 @@ pre { margin: 0; white-space: pre-wrap; font-size: 85%; }
 <tr><th>test</th><th>flavour</th><th>engine</th><th>outcome</th><th>phase</th><th>kind</th>
 <th>iterations</th><th>seconds</th><th>message</th></tr>
 {% for r in results %}
-<tr class="{{ r.outcome }}"><td>{{ r.test }}</td><td>{{ r.flavor }}</td><td>{{ r.engine }}</td>
+<tr class="{{ r.outcome }}"><td>{{ r.test }}</td><td>{{ r.flavor }}{% if r.kernel %} @{{ r.kernel }}{% endif %}</td><td>{{ r.engine }}</td>
 <td>{{ r.outcome }}</td><td>{{ r.phase or "" }}</td><td>{{ r.kind or "" }}</td>
 <td>{{ r.iterations }}</td><td>{{ "%.1f"|format(r.duration) }}</td>
 <td>{{ r.message }}{% if r.notes %}<br><i>{{ r.notes|join("; ") }}</i>{% endif %}
@@ -47,10 +47,13 @@ def junit_xml(results: Sequence[Result]) -> ET.ElementTree:
                        failures=str(count[FAIL]), errors="0", skipped=str(count[SKIP]),
                        time=f"{sum(r.duration for r in results):.3f}")
     for r in results:
+        name = f"{r.flavor}@{r.kernel}" if r.kernel else r.flavor  # one case per kernel
         case = ET.SubElement(suite, "testcase", classname=r.test.replace("/", "."),
-                             name=r.flavor, time=f"{r.duration:.3f}")
+                             name=name, time=f"{r.duration:.3f}")
         props = ET.SubElement(case, "properties")
         ET.SubElement(props, "property", name="engine", value=r.engine)
+        if r.kernel:
+            ET.SubElement(props, "property", name="kernel", value=r.kernel)
         ET.SubElement(props, "property", name="iterations", value=str(r.iterations))
         for note in r.notes:
             ET.SubElement(props, "property", name="note", value=note)

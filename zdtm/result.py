@@ -37,11 +37,13 @@ class Result:
     iterations: int = 0            # C/R iterations completed with all checks
     duration: float = 0.0
     workdir: str | None = None     # kept with --keep-img
+    kernel: str | None = None      # release of the kernel it ran under (runner --kernel)
 
     @property
     def ident(self) -> str:
-        """``static/maps06 [ns]``"""
-        return f"{self.test} [{self.flavor}]"
+        """``static/maps06 [ns]`` (``static/maps06 [ns] @6.1.0-57-amd64`` under --kernel)"""
+        ident = f"{self.test} [{self.flavor}]"
+        return f"{ident} @{self.kernel}" if self.kernel else ident
 
     def fail(self, phase: str, kind: str, message: str, details: list[str] | None = None
              ) -> None:

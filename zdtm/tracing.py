@@ -145,8 +145,7 @@ def visit(tid: int, *, in_task: bool, timeout: float = 5.0) -> Visit:
             PTRACE_GET_RSEQ_CONFIGURATION, tid, ctypes.sizeof(conf), ctypes.addressof(conf),
         )
         rseq = RseqConfig(conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature)
-        found = _read_in_task(Injector(tid, timeout)) if in_task else {}
-        return Visit(rseq, found)
+        return Visit(rseq, _read_in_task(tid, timeout) if in_task else {})
 
 
 @contextlib.contextmanager
@@ -165,7 +164,13 @@ def seized(tid: int, timeout: float = 5.0) -> Iterator[None]:
                 raise
 
 
-def _read_in_task(inj: Injector) -> dict[str, str]:
+def _read_in_task(tid: int, timeout: float) -> dict[str, str]:
+    try:
+        inj = Injector(tid, timeout)
+    except TraceError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        return {}  # no vdso (unmapped by the task): no syscall site, nothing asked
     with inj:
         out = {"dumpable": str(inj.check(_SYS_PRCTL, PR_GET_DUMPABLE))}
         for key, option in (("child_subreaper", PR_GET_CHILD_SUBREAPER),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import json
 import mmap
 import os
@@ -27,6 +26,7 @@ from typing import Any, Self, TypeVar
 
 from engine.errors import EngineError
 from engine.images.codec import from_dict, to_dict
+from engine.images.directio import close_quietly, enable_direct_write, open_direct_read
 from engine.images.records import PAGE_SIZE, RecordError
 
 T = TypeVar("T")
@@ -251,12 +251,12 @@ class ImageDir:
         file is written with O_DIRECT where the filesystem allows it: every append must
         then be page aligned in memory and a whole number of pages."""
         fd = self.create_file(name)
-        if direct:
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
-            except OSError:
-                pass  # e.g. a filesystem without O_DIRECT: buffered writes are correct too
-        return PagesWriter(self.file(name), fd, nr_pages)
+        try:
+            on = direct and enable_direct_write(fd)
+        except BaseException:
+            close_quietly(fd)
+            raise
+        return PagesWriter(self.file(name), fd, nr_pages, direct=on)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ class ImageDir:
                 raise ImageError(path, f"has {st.st_nlink} links (a hard link to a file "
                                        "outside the image?)")
             self._check_owner(path, st, "file")
-            fcntl.fcntl(fd, fcntl.F_SETFL, os.O_RDONLY)  # reads may block again
+            os.set_blocking(fd, True)  # reads may block again
         except BaseException:
             os.close(fd)
             raise
@@ -425,10 +425,7 @@ def _crcs_of_fd(fd: int, size: int, path: str) -> list[int]:
     """chunk_crcs of a file read through fd in 16 MiB pieces, with O_DIRECT where the
     file allows it: pages files were written with O_DIRECT, so they are not in the page
     cache, and filling fresh page-cache pages costs more than the disk read itself."""
-    try:
-        direct = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-    except OSError:
-        direct = -1
+    direct = open_direct_read(f"/proc/self/fd/{fd}")
     buf = mmap.mmap(-1, 16 * CRC_CHUNK)  # page aligned, as O_DIRECT wants
     view = memoryview(buf)
     out: list[int] = []
@@ -513,10 +510,11 @@ class PagesWriter:
     `close()` checks that exactly `nr_pages` pages were written.
     """
 
-    def __init__(self, path: str, fd: int, nr_pages: int) -> None:
+    def __init__(self, path: str, fd: int, nr_pages: int, direct: bool = False) -> None:
         self.path = path
         self.fd = fd
         self.nr_pages = nr_pages
+        self.direct = direct  # O_DIRECT is on and was seen working (directio.py)
         self.written = 0
 
     def write_at(self, data: memoryview | bytes, offset: int) -> None:
@@ -537,17 +535,19 @@ class PagesWriter:
 
     def abort(self) -> None:
         """Close without the size check (the dump failed; the file is discarded)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            close_quietly(fd)
 
     def close(self) -> None:
         """Close, checking the file holds exactly the announced number of pages."""
-        if self.fd < 0:
+        fd, self.fd = self.fd, -1
+        if fd < 0:
             return
-        size = os.fstat(self.fd).st_size
-        os.close(self.fd)
-        self.fd = -1
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            close_quietly(fd)
         if self.written != self.nr_pages * PAGE_SIZE or size != self.written:
             raise ImageError(self.path, f"wrote {self.written} bytes ({size} in the file), "
                                         f"expected {self.nr_pages * PAGE_SIZE}", "write")
@@ -598,12 +598,8 @@ class PagesReader:
         the file with O_DIRECT, so its pages are usually not cached, and a restore reads
         them once."""
         if self._direct == -2:
-            try:
-                # Reopened through our descriptor: the same file, whatever the path is now.
-                self._direct = os.open(f"/proc/self/fd/{self.fd}",
-                                       os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-            except OSError:
-                self._direct = -1
+            # Reopened through our descriptor: the same file, whatever the path is now.
+            self._direct = open_direct_read(f"/proc/self/fd/{self.fd}")
         return self._direct
 
     def read_into(self, address: int, offset: int, length: int) -> None:
@@ -636,7 +632,7 @@ class PagesReader:
             self._map.close()
             self._map = None
         if self._direct >= 0:
-            os.close(self._direct)
+            close_quietly(self._direct)
         self._direct = -1
         if self.fd >= 0:
             os.close(self.fd)
