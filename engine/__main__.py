@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from engine import errors
 from engine.errors import EngineError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -71,13 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="return once the tree is restored")
     p.add_argument("--lazy-pages", dest="lazy_pages", action="store_true",
                    help="let a lazy-pages daemon fill memory on demand")
+    p.add_argument("--allow-changed-files", dest="allow_changed_files", action="store_true",
+                   help="restore even if an executable or mapped file changed since the "
+                        "dump (a warning names it)")
+    _trust_option(p)
 
     p = sub.add_parser("lazy-pages", help="serve pages of a lazy restore")
     p.add_argument("-D", "--images-dir", dest="images_dir", required=True)
+    _trust_option(p)
 
     p = sub.add_parser("show", help="print an image directory as text")
     p.add_argument("dir")
+    _trust_option(p)
     return parser
+
+
+def _trust_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-images", dest="trust_images", action="store_true",
+                   help="accept an image dir (or files) owned by another user or writable "
+                        "by others than its owner")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -88,7 +101,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     show = _load("show", "engine.images.show", "show")
-    result = show(args.dir)
+    result = show(args.dir, trusted=args.trust_images)
     return result if isinstance(result, int) else 0
 
 
@@ -125,6 +138,16 @@ HANDLERS: dict[str, Handler] = {
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the process exit status."""
     try:
+        return _main(argv)
+    finally:
+        errors.hold_termination_for_exit()
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        # First of all: a termination signal from now on is one error line after the
+        # cleanup of whatever step it interrupts (engine.errors), never a silent death.
+        errors.arm_interruption()
         args = build_parser().parse_args(argv)
         return HANDLERS[args.command](args)
     except EngineError as exc:

@@ -4,15 +4,23 @@
 The dump and restore code call fault_point("<step>") at the start of each step; the
 failure tests set ENGINE_FAULT and check that the engine cleans up (dump: the task keeps
 running unharmed; restore: no task is left behind).
+
+ENGINE_PAUSE=<step> (a step above, or `commit`: just after the command's result became
+final) instead stops there for up to PAUSE_SECONDS after printing `engine: paused at
+<step>` on stderr, so a test can signal the engine at exactly that moment.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 
-from engine.errors import EngineError
+from engine.errors import EngineError, ignored_signals
 
 ENV = "ENGINE_FAULT"
+PAUSE_ENV = "ENGINE_PAUSE"
+PAUSE_SECONDS = 30.0
 
 #: Every step that has a fault point, by command. A name outside these is rejected so a
 #: misspelled ENGINE_FAULT cannot make a failure test pass vacuously.
@@ -39,8 +47,22 @@ def fault_point(step: str) -> None:
     """Raise EngineError(step, "fault injected") when ENGINE_FAULT names ``step``."""
     if step not in STEPS:
         raise ValueError(f"fault_point: unknown step {step!r}")
+    pause_point(step)
     if step in requested():
         raise EngineError(step, f"fault injected ({ENV}={os.environ[ENV]})")
+
+
+def pause_point(step: str) -> None:
+    """Pause at ``step`` when ENGINE_PAUSE names it (see the module docstring)."""
+    if os.environ.get(PAUSE_ENV) != step:
+        return
+    print(f"engine: paused at {step}", file=sys.stderr, flush=True)
+    end = time.monotonic() + PAUSE_SECONDS
+    ignored = ignored_signals()
+    # A termination signal's handler raises from the sleep; one it ignores (after the
+    # commit) ends the pause, so the test sees the command finish.
+    while time.monotonic() < end and ignored_signals() == ignored:
+        time.sleep(0.05)
 
 
 def condition(name: str) -> bool:

@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 
 from engine.dump.dumper import DumpStats
 from engine.dump.dumper import dump as run_dump
-from engine.errors import EngineError
-
-
-@contextmanager
-def _terminable() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into an EngineError while dumping, so a harness that stops
-    the engine still gets every task detached with its registers put back (the kernel
-    would detach them on our exit, but mid-injection registers would stay changed)."""
-    def stop(signo: int, _frame: FrameType | None) -> None:
-        raise EngineError("interrupted", f"terminated by {signal.Signals(signo).name}")
-
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 def dump(args: argparse.Namespace) -> int:
     """`dump -t PID -D DIR [--leave-running] [--prev-images-dir P] [--track-mem]`.
     EngineError propagates to the CLI, which reports it."""
-    with _terminable():
-        stats = run_dump(args.pid, args.images_dir, leave_running=args.leave_running,
-                         prev_dir=args.prev_images_dir, track_mem=args.track_mem)
+    stats = run_dump(args.pid, args.images_dir, leave_running=args.leave_running,
+                     prev_dir=args.prev_images_dir, track_mem=args.track_mem)
     _report("dump", stats)
     return 0
 
@@ -45,9 +23,8 @@ def pre_dump(args: argparse.Namespace) -> int:
     """`pre-dump -t PID -D DIR [--prev-images-dir P]`: a complete image taken while the
     tree goes on running, with memory tracking armed so that the next dump against it
     (`--prev-images-dir DIR`) only copies the pages written since."""
-    with _terminable():
-        stats = run_dump(args.pid, args.images_dir, leave_running=True,
-                         prev_dir=args.prev_images_dir, track_mem=True, kind="pre-dump")
+    stats = run_dump(args.pid, args.images_dir, leave_running=True,
+                     prev_dir=args.prev_images_dir, track_mem=True, kind="pre-dump")
     _report("pre-dump", stats)
     return 0
 

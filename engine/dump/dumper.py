@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from engine.dump import (
     ctty,
+    fileids,
     namespaces,
     pages,
     selfwrite,
@@ -30,7 +31,7 @@ from engine.dump import (
 )
 from engine.dump import files as dfiles
 from engine.dump.intervals import Interval, intersect, normalise, subtract
-from engine.errors import EngineError
+from engine.errors import EngineError, commit
 from engine.faults import fault_point
 from engine.images import names
 from engine.images.imgdir import ImageDir
@@ -188,19 +189,23 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
             if track_mem:
                 track.hold(images_dir, trackers)  # last: nothing may fail after it
         lap("write")
-    except BaseException:
+    except BaseException as exc:
         _close_copies(defer or [])
         table.end(keep_repair=False)  # before the tasks run again
         frozen.release()
         track.close_all(trackers)
         img.discard()
+        _raise_vanished(exc, frozen)
         raise
+    if defer is None:
+        commit()  # the image is complete: a termination signal no longer undoes it
     table.end(keep_repair=not leave_running)
     if defer is None:
         # Closing a userfaultfd unprotects every page it tracked: after the tree runs.
         frozen.release(kill=not leave_running)
         track.close_all(trackers)
         lap("release")
+        stats.seconds["checksums"] = img.crc_seconds  # part of "write" (and "memory")
         return stats
     frozen.release()
     stats.frozen = frozen.frozen_seconds
@@ -217,6 +222,8 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         raise
     finally:
         _close_copies(defer)
+    commit()
+    stats.seconds["checksums"] = img.crc_seconds
     return stats
 
 
@@ -228,7 +235,7 @@ def _finish(img: ImageDir, inv: Inventory, frozen: tree.FrozenTree, stats: DumpS
         stats.pages_frozen = stats.pages_total
     img.write_json(names.STATS, stats.record(kind))
     fault_point("write")
-    img.write_json(names.INVENTORY, inv)
+    img.write_inventory(names.INVENTORY, inv)  # last, with the checksums of every file
 
 
 def _copy_running(img: ImageDir, copies: list[_Copy], stats: DumpStats) -> None:
@@ -245,6 +252,28 @@ def _close_copies(copies: list[_Copy]) -> None:
         if c.mem_fd >= 0:
             os.close(c.mem_fd)
             c.mem_fd = -1
+
+
+def _raise_vanished(exc: BaseException, frozen: tree.FrozenTree) -> None:
+    """A dump that failed because a task of the tree exited says so (whatever ptrace call
+    noticed it first: ESRCH, an unexpected exit status); the rest was released."""
+    gone = None if isinstance(exc, EngineError) else _vanished(frozen)
+    if gone is not None:
+        raise EngineError("dump", f"task {gone} exited during the dump; the rest of the "
+                                  "tree runs on") from None
+
+
+def _vanished(frozen: tree.FrozenTree) -> int | None:
+    """A process of the tree that was alive when seized and has exited since, if any."""
+    for p in frozen.procs.values():
+        if p.state == "zombie":
+            continue
+        try:
+            if read_stat(p.pid).state in ("Z", "X"):
+                return p.pid
+        except (OSError, ValueError):
+            return p.pid
+    return None
 
 
 def _step(what: str, phase: str, fn: Callable[..., T], *args: object) -> T:
@@ -343,12 +372,14 @@ def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
         auxv += [a_type, int.from_bytes(raw[i + 8:i + 16], "little")]
         if a_type == uapi.AT_NULL:
             break
+    exe = _readlink(f"/proc/{pid}/exe")
     return MmCore(
         start_code=st.start_code, end_code=st.end_code, start_data=st.start_data,
         end_data=st.end_data, start_brk=st.start_brk, brk=brk, start_stack=st.start_stack,
         arg_start=st.arg_start, arg_end=st.arg_end, env_start=st.env_start,
-        env_end=st.env_end, auxv=auxv, vmas=task_vmas, exe=_readlink(f"/proc/{pid}/exe"),
+        env_end=st.env_end, auxv=auxv, vmas=task_vmas, exe=exe,
         pagemap=names.pagemap(pid), pages=names.pages(pid),
+        files=fileids.identities(pid, exe, task_vmas),
     )
 
 

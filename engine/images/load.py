@@ -2,9 +2,12 @@
 
 `load(path)` reads the inventory and every per-task file, then checks what single files
 cannot: fds point to existing file records, shmem VMAs to existing shmem objects, every
-pagemap run lies inside a VMA (or inside its shmem object), every content file exists, and
-the pages files hold exactly what the pagemaps say. Restore and `show` read images only
-through this.
+pagemap run lies inside a VMA (or inside its shmem object), every content file exists
+under the name its record implies (both ends of a pipe name one pipe), xstate files have
+one sane size, the pages files hold exactly what the pagemaps say and match their
+checksums, and the parent chain of an incremental dump is acyclic and at most
+MAX_PARENT_DEPTH long (each parent loaded, once, the same way). Restore and `show` read
+images only through this.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from engine.images import names
 from engine.images.imgdir import PE_PARENT, ImageDir, ImageError, Pagemap
 from engine.images.records import (
     PAGE_SIZE,
+    FileRecord,
     FilesImage,
     Inventory,
     MmCore,
     ShmemEntry,
     TaskCore,
 )
+
+MAX_PARENT_DEPTH = 32
+#: bounds of an XSAVE area (legacy 512 + header 64 .. far above AMX's ~11 KiB)
+XSTATE_MIN, XSTATE_MAX = 576, 1 << 20
 
 
 @dataclass
@@ -50,6 +58,7 @@ class DumpImage:
     tasks: dict[int, TaskImage]
     files: FilesImage
     shmem: dict[str, ShmemImage] = field(default_factory=dict)
+    parent_image: DumpImage | None = None
 
     @property
     def path(self) -> str:
@@ -57,26 +66,44 @@ class DumpImage:
         return self.dir.path
 
     def parent(self) -> DumpImage | None:
-        """The parent image of an incremental dump, loaded, or None."""
-        if self.inventory.parent is None:
-            return None
-        return load(os.path.normpath(os.path.join(self.path, self.inventory.parent)))
+        """The parent image of an incremental dump (loaded with this one), or None."""
+        return self.parent_image
 
 
-def load(path: str) -> DumpImage:
-    """Read and validate every file of the image directory `path`."""
+def load(path: str, trusted: bool = False) -> DumpImage:
+    """Read and validate every file of the image directory `path` and of its parents.
+    Unless `trusted`, every directory and file must belong to the engine's user and be
+    writable by nobody else."""
+    return _load(path, trusted, [])
+
+
+def _load(path: str, trusted: bool, chain: list[tuple[int, int]]) -> DumpImage:
     if not os.path.isdir(path):
         raise ImageError(path, "no such image directory")
-    d = ImageDir(path)
-    inv = d.read_json(names.INVENTORY, Inventory)
+    d = ImageDir.open(path, trusted)
+    key = d.identity()
+    if key in chain or len(chain) >= MAX_PARENT_DEPTH:
+        d.close()
+        raise ImageError(path, "parent chain loops back to this image" if key in chain
+                         else f"parent chain longer than {MAX_PARENT_DEPTH} images")
+    chain = [*chain, key]
+    inv = d.read_inventory(names.INVENTORY, Inventory)
+    where = d.file(names.INVENTORY)
+    for name in d.checksums:
+        if not d.exists(name):
+            raise ImageError(d.file(name), "missing (listed in the checksums)")
+    parent = None
+    if inv.parent is not None:
+        parent_dir = os.path.normpath(os.path.join(path, inv.parent))
+        try:
+            parent = _load(parent_dir, trusted, chain)
+        except ImageError as err:
+            raise ImageError(where, f"parent: {err.message}") from None
     files = d.read_json(names.FILES, FilesImage)
     by_id = files.by_id()
     shmem_ids = {s.id for s in inv.shmem}
     for f in files.files:
-        if f.content is not None and not d.exists(f.content):
-            raise ImageError(d.file(names.FILES), f"file {f.id}: content {f.content} missing")
-        if f.shmem_id is not None and f.shmem_id not in shmem_ids:
-            raise ImageError(d.file(names.FILES), f"file {f.id}: unknown shmem {f.shmem_id}")
+        _check_file(d, f, shmem_ids)
     shmem: dict[str, ShmemImage] = {}
     for s in inv.shmem:
         pm = d.read_pagemap(s.pagemap)
@@ -97,8 +124,8 @@ def load(path: str) -> DumpImage:
             if fde.file_id not in by_id:
                 raise ImageError(where, f"fd {fde.fd} refers to unknown file {fde.file_id}")
         for th in core.threads:
-            if th.xstate is not None and not d.exists(th.xstate):
-                raise ImageError(where, f"thread {th.tid}: xstate file {th.xstate} missing")
+            if th.xstate is not None:
+                _check_xstate(d, th.xstate, th.tid, where)
         mm = pm = None
         if t.state != "zombie":
             mm = d.read_json(names.mm(t.pid), MmCore)
@@ -110,17 +137,65 @@ def load(path: str) -> DumpImage:
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent)
         tasks[t.pid] = TaskImage(core, mm, pm)
-    return DumpImage(d, inv, tasks, files, shmem)
+    return DumpImage(d, inv, tasks, files, shmem, parent)
+
+
+def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:
+    where = d.file(names.FILES)
+    if f.type == "pipe" and f.inode != f.pipe_ino:
+        raise ImageError(where, f"file {f.id}: pipe_ino {f.pipe_ino} is not its inode "
+                                f"{f.inode}")
+    if f.content is not None:
+        if f.type in ("pipe", "fifo"):
+            expect = names.pipe_content(f.pipe_ino or 0)
+        elif f.type == "socket":
+            expect = names.socket_queue(f.inode)
+        else:
+            expect = names.file_content(f.id)
+        if f.content != expect:
+            raise ImageError(where, f"file {f.id}: content {f.content!r} is not {expect!r}")
+        if not d.exists(f.content):
+            raise ImageError(where, f"file {f.id}: content {f.content} missing")
+        d.verify_file(f.content)
+        _check_content_size(d, f)
+    if f.shmem_id is not None and f.shmem_id not in shmem_ids:
+        raise ImageError(where, f"file {f.id}: unknown shmem {f.shmem_id}")
+
+
+def _check_content_size(d: ImageDir, f: FileRecord) -> None:
+    """The content fits what the record says: a pipe's data its capacity, an unlinked
+    file's copy its size."""
+    assert f.content is not None
+    size = d.size(f.content)
+    if f.type in ("pipe", "fifo") and f.pipe_size is not None and size > f.pipe_size:
+        raise ImageError(d.file(f.content), f"holds {size} bytes, more than the pipe's "
+                                            f"capacity {f.pipe_size} (files.json file {f.id})")
+    if f.type == "reg" and size != f.size:
+        raise ImageError(d.file(f.content), f"holds {size} bytes, files.json says file "
+                                            f"{f.id} had {f.size}")
+
+
+def _check_xstate(d: ImageDir, name: str, tid: int, where: str) -> None:
+    if name != names.xstate(tid):
+        raise ImageError(where, f"thread {tid}: xstate file {name!r} is not "
+                                f"{names.xstate(tid)!r}")
+    if not d.exists(name):
+        raise ImageError(where, f"thread {tid}: xstate file {name} missing")
+    size = d.size(name)
+    d.verify_file(name)
+    if not XSTATE_MIN <= size <= XSTATE_MAX or size % 64:
+        raise ImageError(d.file(name), f"size {size} is not an XSAVE area")
 
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
                  parent: str | None) -> None:
     if parent is None and any(e.flags & PE_PARENT for e in pm.entries):
         raise ImageError(d.file(pagemap), "refers to a parent image but there is none")
-    size = os.stat(d.file(pages)).st_size if d.exists(pages) else -1
+    size = d.size(pages) if d.exists(pages) else -1
     if size != pm.pages_stored * PAGE_SIZE:
         raise ImageError(d.file(pages), f"holds {size} bytes, pagemap says "
                                         f"{pm.pages_stored * PAGE_SIZE}")
+    d.verify_file(pages)
 
 
 def _check_in_vmas(path: str, pm: Pagemap, mm: MmCore) -> None:

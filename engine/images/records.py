@@ -25,7 +25,7 @@ from engine.images.fdkinds import (
 )
 
 FORMAT_NAME = "pyengine-images"
-FORMAT_VERSION = 2  # 2: VMAs are arrays (docs/IMAGES.md)
+FORMAT_VERSION = 3  # 2: VMAs are arrays; 3: checksums (docs/IMAGES.md)
 PAGE_SIZE = 4096
 # Highest user-space address on x86_64 with 4-level paging (plus the vsyscall page,
 # which sits above it and is recorded but never restored).
@@ -41,6 +41,23 @@ FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode"
               "other")  # symlink: an O_PATH|O_NOFOLLOW fd on the link itself
 
 
+#: user_regs_struct (engine.kernel.structs.UserRegs) field names: a thread's `regs` has
+#: exactly these keys
+REG_NAMES = frozenset((
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+    "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+    "gs_base", "ds", "es", "fs", "gs"))
+#: What PTRACE_SETREGS accepts (arch/x86/kernel/ptrace.c): 16-bit selectors of RPL 3, cs
+#: and ss non-null, fs/gs bases below TASK_SIZE_MAX.
+_SELECTORS_NONNULL = ("cs", "ss")
+_SELECTORS = ("ds", "es", "fs", "gs")
+_TASK_SIZE_MAX = USER_ADDR_LIMIT - PAGE_SIZE
+#: every O_* flag an open file description can carry (fdinfo flags, octal in /proc)
+OPEN_FLAGS_KNOWN = (0o3 | 0o100 | 0o200 | 0o400 | 0o1000 | 0o2000 | 0o4000 | 0o10000
+                    | 0o20000 | 0o40000 | 0o100000 | 0o200000 | 0o400000 | 0o1000000
+                    | 0o2000000 | 0o4000000 | 0o10000000 | 0o20000000)
+
+
 class RecordError(ValueError):
     """A record holds a value outside its allowed range (the codec adds the file name)."""
 
@@ -52,6 +69,31 @@ def _check(cond: bool, message: str) -> None:
 
 def _check_u64(value: int, what: str) -> None:
     _check(0 <= value <= U64_MAX, f"{what} out of range: {value}")
+
+
+def _check_regs(tid: int, regs: dict[str, int]) -> None:
+    """Every register present, u64, and acceptable to PTRACE_SETREGS."""
+    keys = set(regs)
+    if keys != REG_NAMES:
+        missing, extra = sorted(REG_NAMES - keys), sorted(keys - REG_NAMES)
+        _check(False, f"thread {tid}: regs missing {missing}" if missing
+               else f"thread {tid}: unknown regs {extra}")
+    for k, v in regs.items():
+        _check_u64(v, f"thread {tid} reg {k}")
+    for k in _SELECTORS_NONNULL + _SELECTORS:
+        v = regs[k]
+        ok = v <= 0xFFFF and (v & 3) == 3 or (v == 0 and k in _SELECTORS)
+        _check(ok, f"thread {tid}: reg {k} {v:#x} is not a user segment selector")
+    for k in ("fs_base", "gs_base"):
+        _check(regs[k] < _TASK_SIZE_MAX, f"thread {tid}: reg {k} {regs[k]:#x} beyond user space")
+
+
+def _check_nspid(pid: int, ns_pid: list[int], what: str) -> None:
+    """An NSpid line: empty, or the pid as the engine sees it first, then one positive
+    pid per nested pid namespace (at most 33 levels, as the kernel allows)."""
+    if ns_pid:
+        _check(ns_pid[0] == pid and len(ns_pid) <= 33 and all(p > 0 for p in ns_pid),
+               f"{what} {ns_pid} does not start with {pid}")
 
 
 def _check_addr_range(start: int, end: int, what: str) -> None:
@@ -90,6 +132,7 @@ class TaskEntry:
         if self.state != "zombie":
             _check(self.pid in self.threads, f"task {self.pid}: main thread not in threads")
         _check(all(t > 0 for t in self.threads), f"task {self.pid}: bad thread id")
+        _check_nspid(self.pid, self.ns_pid, f"task {self.pid}: ns_pid")
 
 
 SHMEM_KINDS = ("anon", "memfd", "sysv")
@@ -180,9 +223,11 @@ class Inventory:
     parent: str | None = None  # relative path to the parent image dir (incremental dumps)
     created: float = 0.0  # time.time() of the dump, informational
     namespaces: list[NamespaceRecord] = field(default_factory=list)
+    #: every other file of the image -> CRC32 of each 1 MiB piece (imgdir.CRC_CHUNK)
+    checksums: dict[str, list[int]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Check format/version, the root is listed and pids are unique."""
+        """Check format/version, the root is listed, pids are unique, checksums sane."""
         _check(self.format == FORMAT_NAME, f"format is {self.format!r}, not {FORMAT_NAME!r}")
         _check(self.version == FORMAT_VERSION, f"unsupported version {self.version}")
         _check(self.kind in IMAGE_KINDS, f"unknown kind {self.kind!r}")
@@ -193,6 +238,11 @@ class Inventory:
         _check(len(ids) == len(set(ids)), "duplicate shmem id")
         if self.parent is not None:
             _check(not self.parent.startswith("/"), "parent link must be relative")
+            _check(self.parent.strip("./") != "", f"parent link {self.parent!r} is this image or above it")
+        for name, crcs in self.checksums.items():
+            _check(_safe_name(name), f"checksums: bad file name {name!r}")
+            _check(len(crcs) > 0 and all(0 <= c <= 0xFFFFFFFF for c in crcs),
+                   f"checksums of {name}: bad values")
 
     def task(self, pid: int) -> TaskEntry:
         """The task entry of pid (KeyError when absent)."""
@@ -278,14 +328,13 @@ class ThreadCore:
     def validate(self) -> None:
         """Check the tid, the mask and that all register values are u64."""
         _check(self.tid > 0, "tid must be > 0")
+        _check_nspid(self.tid, self.ns_tid, f"thread {self.tid}: ns_tid")
         _check(self.sched_policy in SCHED_POLICIES, f"thread {self.tid}: bad sched policy "
                                                     f"{self.sched_policy}")
         _check(0 <= self.rt_priority <= 99, f"thread {self.tid}: bad rt priority")
         _check(-20 <= self.nice <= 19, f"thread {self.tid}: bad nice {self.nice}")
         _check_u64(self.sigmask, "sigmask")
-        _check("rip" in self.regs and "rsp" in self.regs, f"thread {self.tid}: regs incomplete")
-        for k, v in self.regs.items():
-            _check_u64(v, f"thread {self.tid} reg {k}")
+        _check_regs(self.tid, self.regs)
         if self.xstate is not None:
             _check(_safe_name(self.xstate), f"thread {self.tid}: bad xstate file name")
 
@@ -323,8 +372,12 @@ class Creds:
     seccomp: int = 0
 
     def validate(self) -> None:
-        """Four ids each."""
+        """Four ids each, ids u32 (not -1), capability sets u64."""
         _check(len(self.uid) == 4 and len(self.gid) == 4, "uid/gid need 4 values each")
+        for what, ids in (("uid", self.uid), ("gid", self.gid), ("groups", self.groups)):
+            _check(all(0 <= i < 0xFFFFFFFF for i in ids), f"creds {what}: id out of range")
+        for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"):
+            _check_u64(getattr(self, name), f"creds {name}")
 
 
 @dataclass
@@ -490,6 +543,26 @@ class Vma:
 
 
 @dataclass
+class FileIdentity:
+    """A file the image needs by path (the executable, a mapped file) as it was at the
+    dump: restore refuses another file there (engine/images/fileid.py)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    build_id: str = ""  # ELF NT_GNU_BUILD_ID as hex, "" when the file has none
+
+    def validate(self) -> None:
+        """Absolute path, sizes non-negative, build-id hex."""
+        _check(self.path.startswith("/") and "\0" not in self.path,
+               f"file identity: bad path {self.path!r}")
+        _check(self.size >= 0 and self.mtime_ns >= 0, f"file identity {self.path}: negative")
+        _check(len(self.build_id) <= 128 and all(c in "0123456789abcdef"
+                                                for c in self.build_id),
+               f"file identity {self.path}: bad build_id")
+
+
+@dataclass
 class MmCore:
     """mm-PID.json: the mm_struct fields, auxv and all VMAs of one process."""
 
@@ -509,6 +582,8 @@ class MmCore:
     exe: str | None = None
     pagemap: str = ""
     pages: str = ""
+    #: the executable and every mapped file, as they were (one entry per path)
+    files: list[FileIdentity] = field(default_factory=list)
 
     def validate(self) -> None:
         """Fields u64, auxv even length, VMAs sorted and non-overlapping."""
@@ -577,6 +652,8 @@ class FileRecord:
     def validate(self) -> None:
         """Type known, the type's required fields present."""
         _check(self.type in FILE_TYPES, f"file {self.id}: unknown type {self.type!r}")
+        _check(0 <= self.flags and not self.flags & ~OPEN_FLAGS_KNOWN
+               and self.flags & 3 != 3, f"file {self.id}: bad flags {self.flags:#o}")
         _check(self.owner_type in (0, 1, 2) and self.owner_pid >= 0,
                f"file {self.id}: bad owner {self.owner_type}/{self.owner_pid}")
         _check(0 <= self.signum <= 64, f"file {self.id}: bad signal {self.signum}")

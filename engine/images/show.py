@@ -17,11 +17,12 @@ _MAP_ANONYMOUS = 0x20
 _MAP_GROWSDOWN = 0x100
 
 
-def show(path: str, out: TextIO | None = None, max_vmas: int = 200) -> None:
+def show(path: str, out: TextIO | None = None, max_vmas: int = 200,
+         trusted: bool = False) -> None:
     """Validate the image at `path` and print it (VMA lists longer than max_vmas are
     summarised: a maps06-sized task has tens of thousands). A reader that goes away
     (`show DIR | head`) ends the output quietly."""
-    img = load(path)
+    img = load(path, trusted)
     try:
         _show(img, out or sys.stdout, max_vmas)
     except BrokenPipeError:

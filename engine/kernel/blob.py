@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from engine.errors import termination_held
 from engine.kernel import ptrace, uapi
 
 # Assembled from blob.S (as -o blob.o blob.S; objdump -d blob.o). test_restore_blob.py
@@ -246,9 +247,12 @@ class BlobRunner:
         regs.r15 = self.base
         regs.rax = 0
         regs.orig_rax = _ORIG_RAX_NONE
-        ptrace.set_regs(self.pid, regs)
-        ptrace.cont(self.pid, 0)
-        status = ptrace.wait_stop(self.pid, self.timeout if timeout is None else timeout)
+        # A termination signal waits until the task is stopped again: raising while it
+        # runs the table would leave it running there under the engine's cleanup.
+        with termination_held():
+            ptrace.set_regs(self.pid, regs)
+            ptrace.cont(self.pid, 0)
+            status = ptrace.wait_stop(self.pid, self.timeout if timeout is None else timeout)
         if not os.WIFSTOPPED(status):
             raise OSError(f"task {self.pid} did not stop in the syscall table "
                           f"(wait status {status:#x})")

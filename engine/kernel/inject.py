@@ -34,6 +34,7 @@ import struct
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from engine.errors import termination_held
 from engine.kernel import ptrace, uapi
 from engine.kernel.structs import UserRegs
 from engine.kernel.sys import syscall
@@ -376,9 +377,10 @@ class Injector:
                 return self._scratch[0]
             self.check(uapi.SYS_munmap, *self._scratch)
             self._scratch = None
-        addr = self.check(uapi.SYS_mmap, 0, size, uapi.PROT_READ | uapi.PROT_WRITE,
-                          uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
-        self._scratch = (addr, size)
+        with termination_held():  # recorded before a signal can leave it behind
+            addr = self.check(uapi.SYS_mmap, 0, size, uapi.PROT_READ | uapi.PROT_WRITE,
+                              uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+            self._scratch = (addr, size)
         return addr
 
     def read(self, addr: int, n: int) -> bytes:
@@ -413,6 +415,10 @@ class Injector:
         """
         if not self._active:
             return
+        with termination_held():  # the task is put back whole, whatever arrives
+            self._restore()
+
+    def _restore(self) -> None:
         try:
             if self._scratch is not None:
                 scratch, self._scratch = self._scratch, None

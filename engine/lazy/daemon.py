@@ -132,8 +132,10 @@ class _Reader:
 class Server:
     """The serving loop over the processes handed over by one restore."""
 
-    def __init__(self, images_dir: str, deadline: float, delay: float = 0.0) -> None:
+    def __init__(self, images_dir: str, deadline: float, delay: float = 0.0,
+                 trusted: bool = False) -> None:
         self.images_dir = images_dir
+        self.trusted = trusted
         self.deadline = deadline
         self.delay = delay  # seconds before background copying starts
         self.sources = Sources()
@@ -162,7 +164,7 @@ class Server:
             if fd < 0:
                 raise EngineError("lazy-pages", "a task message came without its fd")
             if image is None:
-                image = load(self.images_dir)
+                image = load(self.images_dir, self.trusted)
             try:
                 pid, real = int(msg["pid"]), int(msg["real"])
                 ranges = [(int(start), int(end)) for start, end in msg["ranges"]]
@@ -334,8 +336,9 @@ class Server:
         self.reader.close()
 
 
-def run(images_dir: str) -> int:
-    """The daemon: listen in images_dir, serve one restore, exit when done."""
+def run(images_dir: str, trusted: bool = False) -> int:
+    """The daemon: listen in images_dir, serve one restore, exit when done (`trusted`:
+    accept images of another owner or mode)."""
     if not os.path.isdir(images_dir):
         raise EngineError("lazy-pages", f"{images_dir}: no such image directory")
     start = time.monotonic()
@@ -343,7 +346,7 @@ def run(images_dir: str) -> int:
     path = os.path.join(images_dir, SOCKET_NAME)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     server = Server(images_dir, deadline,
-                    _env_seconds("ENGINE_LAZY_BACKGROUND_DELAY", 0.0))
+                    _env_seconds("ENGINE_LAZY_BACKGROUND_DELAY", 0.0), trusted)
     bound = False
     try:
         old = os.umask(0o077)  # the socket hands out process memory: owner only

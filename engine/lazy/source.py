@@ -4,7 +4,6 @@ resolved through parent images for incremental dumps (PE_PARENT)."""
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass
 
 from engine.errors import EngineError
@@ -51,12 +50,13 @@ class Sources:
         self._parents: dict[str, DumpImage | None] = {}
         self._starts: dict[int, list[int]] = {}  # id(pagemap) -> entry addresses
 
-    def file(self, path: str) -> PagesFile:
-        """The opened pages file at path."""
+    def file(self, image: DumpImage, name: str) -> PagesFile:
+        """The opened pages file `name` of image (opened beneath its directory only)."""
+        path = image.dir.file(name)
         f = self._files.get(path)
         if f is None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            direct = open_direct_read(path)
+            fd = image.dir.open_file(name)
+            direct = open_direct_read(f"/proc/self/fd/{fd}")
             f = self._files[path] = PagesFile(path, fd, direct)
         return f
 
@@ -83,7 +83,7 @@ class Sources:
             lo, hi = max(e.addr, start), min(e.end, end)
             if lo < hi:
                 if e.flags & PE_PRESENT:
-                    f = self.file(image.dir.file(t.mm.pages))
+                    f = self.file(image, t.mm.pages)
                     out.append(Run(lo, hi, f, pm.offsets[i] + (lo - e.addr)))
                 elif e.flags & PE_PARENT:
                     parent = self.parent(image)

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from engine.errors import default_termination
 from engine.restore.restorer import RestoreOptions
 from engine.restore.restorer import restore as restore_images
 
@@ -17,7 +18,8 @@ def restore(args: argparse.Namespace) -> int:
     and exit with its status when it ends."""
     opts = RestoreOptions(args.images_dir, leave_stopped=args.leave_stopped,
                           pidfile=args.pidfile, lazy_pages=args.lazy_pages,
-                          root=args.root)
+                          root=args.root, trusted=args.trust_images,
+                          allow_changed_files=args.allow_changed_files)
     start = time.monotonic()
     pid = restore_images(opts)
     if os.environ.get("ENGINE_VERBOSE"):
@@ -28,6 +30,7 @@ def restore(args: argparse.Namespace) -> int:
               f"{mib['engine']:.1f} MiB written by the engine", file=sys.stderr)
     if args.detach:
         return 0
+    default_termination()
     # Foreground mode: the restored program's lifetime is the command's lifetime (the
     # caller bounds it, e.g. with a signal), so this wait has no deadline of its own.
     while True:
@@ -42,4 +45,4 @@ def lazy_pages(args: argparse.Namespace) -> int:
     """The lazy-pages daemon (engine.lazy.daemon): serve one lazy restore, then exit."""
     from engine.lazy import daemon
 
-    return daemon.run(args.images_dir)
+    return daemon.run(args.images_dir, args.trust_images)

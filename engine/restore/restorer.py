@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from engine.errors import EngineError
+from engine.errors import EngineError, commit
 from engine.faults import fault_point
 from engine.images import DumpImage, TaskImage, load
 from engine.images.records import MmCore, ShmemEntry, TaskCore, ThreadCore, Vma
@@ -36,7 +36,17 @@ from engine.kernel import blob, ptrace, uapi
 from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
-from engine.restore import files, finish, layout, ns, pages, selfread, spawn, taskattrs
+from engine.restore import (
+    files,
+    finish,
+    identity,
+    layout,
+    ns,
+    pages,
+    selfread,
+    spawn,
+    taskattrs,
+)
 from engine.restore.lazy import LazyPages
 
 _ALL_SIGNALS = (1 << 64) - 1
@@ -56,6 +66,8 @@ class RestoreOptions:
     timeout: float = 60.0  # for every single wait on a task
     lazy_pages: bool = False  # private anonymous pages served by `lazy-pages` (lazy.py)
     root: str | None = None  # the tree's own root directory (restore --root)
+    trusted: bool = False  # --trust-images: accept images of another owner or mode
+    allow_changed_files: bool = False  # restore even if a needed file changed since
     #: filled in: seconds spent per step (read, spawn, layout, pages, state, release)
     timings: dict[str, float] = field(default_factory=dict)
     #: filled in: private page bytes the tasks read themselves / the engine wrote
@@ -80,8 +92,8 @@ def restore(opts: RestoreOptions) -> int:
     lazy = None
     try:
         with _timed(opts, "read"):
-            image = load(opts.images_dir)
-            _check_supported(image)
+            image = read_image(opts)
+            opts.timings["checksums"] = _crc_seconds(image)
             if opts.lazy_pages:
                 lazy = LazyPages.connect(image, opts.timeout)
         pid = TreeRestorer(image, opts, lazy).run()
@@ -92,6 +104,24 @@ def restore(opts: RestoreOptions) -> int:
     if opts.pidfile:
         _write_pidfile(opts.pidfile, pid)
     return pid
+
+
+def read_image(opts: RestoreOptions) -> DumpImage:
+    """The read phase: load and validate the image, check it is one this engine restores
+    and that the files it needs are the ones dumped. Creates nothing."""
+    image = load(opts.images_dir, opts.trusted)
+    _check_supported(image)
+    identity.check_files(image, opts.allow_changed_files)
+    return image
+
+
+def _crc_seconds(image: DumpImage | None) -> float:
+    """Seconds the image (and its parents) spent verifying checksums."""
+    total = 0.0
+    while image is not None:
+        total += image.dir.crc_seconds
+        image = image.parent()
+    return total
 
 
 def _check_supported(image: DumpImage) -> None:
@@ -110,6 +140,20 @@ def _check_supported(image: DumpImage) -> None:
         if t.pid != inv.root_pid and t.ppid not in pids:
             raise EngineError("read", f"{image.path}: task {t.pid}'s parent {t.ppid} is not "
                                       "in the image")
+
+
+def _set_xstate(tid: int, data: bytes, path: str) -> None:
+    """Load a dumped XSAVE area, which must have this CPU's layout size (the kernel
+    refuses another size with a bare errno)."""
+    size = len(ptrace.get_xstate(tid))
+    if len(data) != size:
+        raise EngineError("regs", f"{path}: holds {len(data)} bytes, this CPU's xstate is "
+                                  f"{size} (dumped on another CPU?)")
+    try:
+        ptrace.set_xstate(tid, data)
+    except OSError as e:
+        raise EngineError("regs", f"{path}: the kernel refuses this XSAVE area "
+                                  f"({e.strerror})") from None
 
 
 def _write_pidfile(path: str, pid: int) -> None:
@@ -245,6 +289,8 @@ class TreeRestorer:
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):
                     self._release()
+                # The tree runs on its own: a termination signal no longer undoes it.
+                commit()
             except BaseException:
                 tree.kill_all()
                 raise
@@ -391,7 +437,7 @@ class TreeRestorer:
                 ptrace.set_regs(real, t.regs[th.tid])
                 xstate = t.xstate[th.tid]
                 if xstate is not None:
-                    ptrace.set_xstate(real, xstate)
+                    _set_xstate(real, xstate, self.image.dir.file(th.xstate or ""))
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
         stop = [t for t in self.live if self.opts.leave_stopped or finish.ends_stopped(t.core)]

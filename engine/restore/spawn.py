@@ -462,7 +462,15 @@ def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
             raise EngineError("fork", f"task {pending[0].pid} was not created in time")
         time.sleep(0.0005)
     for pid in tree.live:  # each waits for its go byte: none has stopped yet
-        ptrace.seize(tree.real[pid], SEIZE_OPTIONS)
+        try:
+            ptrace.seize(tree.real[pid], SEIZE_OPTIONS)
+        except OSError as e:
+            # EPERM/ESRCH: the task is exiting, most likely after a failed set-up whose
+            # report is on its way: that report is the error to give.
+            time.sleep(0.05)
+            _check_errors(err_r)
+            raise EngineError("fork", f"task {pid} could not be seized: {e.strerror}") \
+                from None
     os.write(go_w, b"g" * len(tree.live))
     for pid in tree.live:
         _wait_sigstop(tree.real[pid], err_r, deadline)

@@ -16,9 +16,11 @@ import pytest
 
 from engine.errors import EngineError
 from engine.images import PE_PARENT, PE_PRESENT, ImageDir, ImageError, PagemapEntry, load, names
+from engine.images.load import MAX_PARENT_DEPTH
 from engine.images.records import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    REG_NAMES,
     Creds,
     FdEntry,
     FileRecord,
@@ -32,9 +34,12 @@ from engine.images.records import (
     Vma,
 )
 from engine.images.show import show
+from tests.engine.image_tools import reseal
 
 PID = 4242
 PG = 4096
+REGS = {name: 0 for name in REG_NAMES} | {"rip": 0x1000, "rsp": 0x2000, "cs": 0x33,
+                                           "ss": 0x2b}
 
 
 def make_image(path: Path) -> None:
@@ -42,18 +47,16 @@ def make_image(path: Path) -> None:
     a pipe with data."""
     img = ImageDir.create(str(path))
     sid = names.shmem_id(77)
-    img.write_json(names.INVENTORY, Inventory(
-        FORMAT_NAME, FORMAT_VERSION, "dump", PID, [TaskEntry(PID, 1, PID, PID, "alive", [PID])],
-        shmem=[ShmemEntry(sid, 4 * PG, 77, names.shmem_pagemap(sid), names.shmem_pages(sid))]))
     img.write_json(names.FILES, FilesImage([
         FileRecord(0, "chr", 2, path="/dev/null"),
-        FileRecord(1, "pipe", 0, pipe_ino=99, content=names.pipe_content(99)),
+        FileRecord(1, "pipe", 0, inode=99, pipe_ino=99, content=names.pipe_content(99)),
+        FileRecord(2, "pipe", 1, inode=99, pipe_ino=99, content=names.pipe_content(99)),
     ]))
     img.write_bytes(names.pipe_content(99), b"data")
     img.write_bytes(names.xstate(PID), b"\0" * 1024)
     img.write_json(names.core(PID), TaskCore(
         pid=PID, ppid=1, pgid=PID, sid=PID, state="alive", comm="t",
-        threads=[ThreadCore(PID, {"rip": 0x1000, "rsp": 0x2000}, names.xstate(PID), 0)],
+        threads=[ThreadCore(PID, REGS, names.xstate(PID), 0)],
         sigactions=[], creds=Creds([0] * 4, [0] * 4, [], 0, 0, 0, 0, 0), limits=[], cwd="/",
         root="/", umask=0o22, personality=0, fds=[FdEntry(0, 0), FdEntry(3, 1, True)]))
     img.write_json(names.mm(PID), MmCore(
@@ -68,6 +71,9 @@ def make_image(path: Path) -> None:
     img.write_pagemap(names.shmem_pagemap(sid), [PagemapEntry(PG, 1, PE_PRESENT)])
     with img.pages_writer(names.shmem_pages(sid), 1) as w:
         w.write_at(b"s" * PG, 0)
+    img.write_inventory(names.INVENTORY, Inventory(
+        FORMAT_NAME, FORMAT_VERSION, "dump", PID, [TaskEntry(PID, 1, PID, PID, "alive", [PID])],
+        shmem=[ShmemEntry(sid, 4 * PG, 77, names.shmem_pagemap(sid), names.shmem_pages(sid))]))
 
 
 @pytest.fixture
@@ -154,8 +160,8 @@ def _unlink(name: str) -> Callable[[Path], None]:
 
 CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     # name: (corruption, file named in the error, words in the error)
-    "inventory missing": (_unlink(names.INVENTORY), names.INVENTORY, "cannot read"),
-    "inventory truncated": (_truncate(names.INVENTORY, 40), names.INVENTORY, "not valid JSON"),
+    "inventory missing": (_unlink(names.INVENTORY), names.INVENTORY, "cannot open"),
+    "inventory truncated": (_truncate(names.INVENTORY, 40), names.INVENTORY, "self_crc"),
     "wrong format": (_edit_json(names.INVENTORY, _set(["format"], "criu")), names.INVENTORY,
                      "format"),
     "future version": (_edit_json(names.INVENTORY, _set(["version"], 99)), names.INVENTORY,
@@ -220,6 +226,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
 def test_corrupted_image_is_refused_naming_the_file(image: Path, case: str) -> None:
     corrupt, filename, words = CORRUPTIONS[case]
     corrupt(image)
+    reseal(image)  # past the checksums: the validators must catch it
     with pytest.raises(ImageError) as info:
         load(str(image))
     err = info.value
@@ -285,3 +292,35 @@ def test_pages_reader_reads_into_memory(image: Path, misalign: int) -> None:
             r.read_into(addr, 2 * PG, 2 * PG)
     del cbuf
     buf.close()
+
+
+def _link_parent(image: Path, parent: str) -> None:
+    data = json.loads((image / names.INVENTORY).read_text())
+    data["parent"] = parent
+    (image / names.INVENTORY).write_text(json.dumps(data))
+    reseal(image)
+
+
+def test_parent_chain_is_loaded_once_and_bounded(tmp_path: Path) -> None:
+    """Each image links to the next; a chain of MAX_PARENT_DEPTH loads (every parent
+    loaded with it), one more is refused naming the image where the bound was hit."""
+    depth = MAX_PARENT_DEPTH
+    for i in range(depth + 1):
+        make_image(tmp_path / f"i{i}")
+        if i:
+            _link_parent(tmp_path / f"i{i - 1}", f"../i{i}")
+    with pytest.raises(ImageError, match=f"parent chain longer than {depth} images"):
+        load(str(tmp_path / "i0"))
+    img = load(str(tmp_path / "i1"))
+    n = 0
+    while img.parent() is not None:
+        img, n = img.parent(), n + 1  # type: ignore[assignment]
+    assert n == depth - 1
+
+
+def test_self_crc_guards_the_inventory(image: Path) -> None:
+    """Any change to the inventory's text, however valid as JSON, is refused."""
+    inv = image / names.INVENTORY
+    inv.write_bytes(inv.read_bytes().replace(b'"kind":"dump"', b'"kind": "dump"'))
+    with pytest.raises(ImageError, match="self_crc mismatch"):
+        load(str(image))

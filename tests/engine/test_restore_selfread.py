@@ -20,7 +20,7 @@ DEST = REGION + (1 << 30)  # where the child's "restored" memory goes
 def _pages_file(path: Path, pages: int) -> PagesReader:
     """A pages file whose page i is filled with byte (i % 251) + 1."""
     path.write_bytes(b"".join(bytes([i % 251 + 1]) * PG for i in range(pages)))
-    return PagesReader(str(path), pages)
+    return PagesReader(str(path), os.open(path, os.O_RDONLY | os.O_CLOEXEC), pages)
 
 
 def _chunk(reader: PagesReader, dst: int, offset: int, length: int) -> Chunk:
