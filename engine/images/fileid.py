@@ -60,10 +60,12 @@ def _gnu_build_id(notes: bytes) -> str:
     return ""
 
 
-def difference(rec: FileIdentity) -> str | None:
-    """What differs between the recorded file and the one now at its path (None: same)."""
+def difference(rec: FileIdentity, root: str | None = None) -> str | None:
+    """What differs between the recorded file and the one now at its path (None: same);
+    `root`: the directory the tree's paths are relative to (restore --root)."""
+    path = os.path.join(root, rec.path.lstrip("/")) if root else rec.path
     try:
-        fd = os.open(rec.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as e:
         return f"cannot be opened: {e.strerror}"
     try:

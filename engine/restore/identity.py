@@ -10,9 +10,10 @@ from engine.images import DumpImage, names
 from engine.images.fileid import difference
 
 
-def check_files(image: DumpImage, accept_changed: bool) -> None:
+def check_files(image: DumpImage, accept_changed: bool, root: str | None = None) -> None:
     """Raise EngineError naming the first changed file; with `accept_changed` print a
-    warning per changed file instead and go on."""
+    warning per changed file instead and go on. `root`: the tree's own root directory,
+    which its paths are relative to (restore --root)."""
     seen: set[str] = set()
     for pid, t in sorted(image.tasks.items()):
         if t.mm is None:
@@ -21,7 +22,7 @@ def check_files(image: DumpImage, accept_changed: bool) -> None:
             if rec.path in seen:
                 continue
             seen.add(rec.path)
-            why = difference(rec)
+            why = difference(rec, root)
             if why is None:
                 continue
             what = f"{image.dir.file(names.mm(pid))}: file {rec.path} changed since the dump: {why}"

@@ -111,7 +111,7 @@ def read_image(opts: RestoreOptions) -> DumpImage:
     and that the files it needs are the ones dumped. Creates nothing."""
     image = load(opts.images_dir, opts.trusted)
     _check_supported(image)
-    identity.check_files(image, opts.allow_changed_files)
+    identity.check_files(image, opts.allow_changed_files, opts.root)
     return image
 
 
