@@ -28,6 +28,10 @@ BAD_LINE = re.compile(
     r"WARNING|\bBUG\b|Oops|general protection|KASAN|refcount|soft lockup"
     r"|blocked for more than"
 )
+# A user process killed by a fault ("traps: comm[pid] general protection fault ip:..."):
+# the kernel reports a crash of user code, not trouble of its own; the run whose process
+# it was sees it through its tree and its test's verdict, and a neighbour must not.
+USER_FAULT = re.compile(r"^(traps: )?\S+\[\d+\]:? (general protection|segfault|trap )")
 MAX_LINES = 40  # a storm of warnings must not bury the result
 
 
@@ -125,7 +129,7 @@ class KernelWatch:
     def _log_problems(self) -> list[str]:
         out = []
         for rec in self._read_records():
-            if not BAD_LINE.search(rec.text):
+            if not BAD_LINE.search(rec.text) or rec.facility == 0 and USER_FAULT.match(rec.text):
                 continue
             if rec.facility != 0 and not any(t in rec.text for t in self.tokens):
                 continue  # user space, and not written for this run
