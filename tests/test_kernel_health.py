@@ -71,8 +71,8 @@ def test_taint(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_user_process_fault_is_not_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel's report of a user process killed by a fault (another run's crashing
     program) is no kernel trouble; a general protection fault in the kernel is."""
-    lines = [b"6,10,1,-;traps: fork_child[23593] general protection fault ip:7f3 sp:7ff "
-             b"error:0 in libc.so.6[7f1+155000]\n",
+    lines = [(b"6,10,1,-;traps: fork_child[23593] general protection fault ip:7f3 sp:7ff "
+             b"error:0 in libc.so.6[7f1+155000]\n"),
              b"6,11,1,-;a.out[77]: segfault at 0 ip 0000 sp 7ffc error 4 in a.out\n",
              b"4,12,1,-;Oops: general protection fault, probably for non-canonical address\n"]
     watch = KernelWatch()
