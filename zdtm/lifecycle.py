@@ -43,6 +43,7 @@ from zdtm.result import (
     SKIP,
     TEST_FAIL,
     TIMEOUT,
+    PhaseClock,
     Result,
 )
 
@@ -142,7 +143,18 @@ class Run:
         self.test_pid = 0
         self.ns_pid = 0
         self.baseline_desc: set[int] = set()
+        self.clock = PhaseClock(self.result.timings)
         self.phase = "build"  # the phase running now, for harness errors
+
+    @property
+    def phase(self) -> str:
+        """The phase running now; setting it also times the phases (Result.timings)."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+        self.clock.enter(value)
 
     # ---- entry point -------------------------------------------------------------------
 
@@ -174,6 +186,7 @@ class Run:
                              f"{type(exc).__name__}: {exc}",
                              traceback.format_exc().splitlines()[-12:])
         finally:
+            self.clock.stop()
             self.result.duration = time.monotonic() - started
         return self.result
 

@@ -100,6 +100,10 @@ class Engine(ABC):
                 timeout: float, lazy: bool) -> int:
         """Restore from ``images_dir``; returns the restored root pid (caller's view)."""
 
+    def version(self) -> str:
+        """The engine's version for the results file ("" when it has none of its own)."""
+        return ""
+
     def finish(self, timeout: float) -> None:
         """Wait for helper processes of the last restore (e.g. a lazy-pages server)."""
         del timeout
