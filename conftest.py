@@ -13,6 +13,13 @@ status reads ``PASSED (nocr)``.  Items whose needs the engine does not meet (a `
 of the .desc, or ``flavor_ns``/``flavor_uns``/``pre_dump`` reported false) SKIP with the
 reason its check gives.
 
+Shards: ``--zdtm-shard I/N`` keeps the I-th of N deterministic parts of the collected items
+(zdtm.shard; balanced by the durations of an earlier results file with
+``--zdtm-shard-durations``), so N machines run the whole suite once between them.
+
+JUnit (``--junitxml``): a zdtm item's classname and name are the runner's (``static.maps06``
+and the flavour), so runner and pytest histories line up.
+
 Exclusive tests: every item (zdtm or not) holds a shared flock for its run; an item of an
 ``excl`` test holds it exclusively, so it never runs beside another item on any worker.
 """
@@ -28,11 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.junitxml import LogXML, xml_key
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard
+from zdtm import results as results_file
 from zdtm.desc import KINDS, DescError, TestDesc, discover
 from zdtm.engines import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
+from zdtm.report import classname
 from zdtm.result import FAIL, SKIP, Result
 
 EXCL_WAIT = 3600.0  # an item waits at most this long for an exclusive slot
@@ -52,6 +62,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="no checkpoint/restore: start, check, stop")
     group.addoption("--zdtm-keep-img", action="store_true",
                     help="keep each item's work dir and images")
+    group.addoption("--zdtm-shard", default=None, metavar="I/N",
+                    help="run only the I-th of N deterministic parts of the items")
+    group.addoption("--zdtm-shard-durations", default=None, metavar="RESULTS.json",
+                    help="an earlier results file whose durations balance the shards")
 
 
 class _Mode:
@@ -98,6 +112,12 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--zdtm-flavors: unknown flavour(s) {bad}; known: "
                                 + ",".join(FLAVORS))
     config.addinivalue_line("markers", "excl: zdtm test that must run alone")
+    spec = config.getoption("--zdtm-shard")
+    if spec:
+        try:
+            shard.parse(spec)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--zdtm-shard: {exc}") from None
     # restored trees re-parent to the nearest subreaper: this (worker) process
     prepare_process()
 
@@ -125,6 +145,54 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
         except DescError as exc:
             raise pytest.UsageError(str(exc)) from None
     return None
+
+
+def _shard_key(item: pytest.Item) -> tuple[str, str]:
+    if isinstance(item, ZdtmItem):
+        return item.test.name, item.flavor
+    return item.nodeid, ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--zdtm-shard: keep this shard's items (every worker computes the same split)."""
+    spec = config.getoption("--zdtm-shard")
+    if not spec:
+        return
+    seconds = None
+    path = config.getoption("--zdtm-shard-durations")
+    if path:
+        try:
+            seconds = results_file.durations(results_file.load(Path(path)))
+        except results_file.ResultsError as exc:
+            raise pytest.UsageError(f"--zdtm-shard-durations: {exc}") from None
+    keys = [_shard_key(item) for item in items]
+    chosen = set(shard.select(keys, shard.parse(spec), seconds))
+    dropped = [item for item, key in zip(items, keys, strict=True) if key not in chosen]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item, key in zip(items, keys, strict=True) if key in chosen]
+
+
+class _JunitNames:
+    """Gives zdtm items the runner's JUnit classname and name (before LogXML records them)."""
+
+    def __init__(self, xml: LogXML) -> None:
+        self.xml = xml
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        path, _, flavor = report.nodeid.partition("::")
+        test = _tests_by_source().get((ROOT_DIR / path).resolve())
+        if test is not None and flavor:
+            reporter = self.xml.node_reporter(report)
+            reporter.add_attribute("classname", classname(test.name))
+            reporter.add_attribute("name", flavor)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    xml = session.config.stash.get(xml_key, None)
+    if xml is not None:
+        session.config.pluginmanager.register(_JunitNames(xml), "zdtm-junit-names")
 
 
 class ZdtmFile(pytest.File):
