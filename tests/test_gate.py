@@ -46,8 +46,8 @@ def test_compare_sorts_every_change() -> None:
     gate = c.gating()
     assert gate == ["new failure: s/newfail [h] dump: engine error: s/newfail broke",
                     "new failure: s/brand_new [h] dump: engine error: s/brand_new broke",
-                    "newly skipped (passed in the baseline): s/skipped [h] (bundled engine "
-                    "unavailable: no ptrace)"]
+                    ("newly skipped (passed in the baseline): s/skipped [h] (bundled engine "
+                    "unavailable: no ptrace)")]
     assert len(c.gating(allow_new_skips=True)) == 2
     text = "\n".join(c.lines())
     assert "new failures (2):" in text and "flaky (1):" in text and "fixed (1):" in text

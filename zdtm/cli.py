@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -457,8 +458,8 @@ def _run_serial(jobs: list[Job], args: argparse.Namespace, engine: Engine,
     opts = _options(args)
     for job in jobs:
         console.line(f"=== {job.ident}")
-        r = with_reruns(lambda job=job: run_test(job.test, job.flavor, engine, opts,
-                                                 progress=console.line),
+        r = with_reruns(functools.partial(run_test, job.test, job.flavor, engine, opts,
+                                          progress=console.line),
                         args.rerun_failures, _rerun_line(console, args))
         console.result(r)
         results.append(r)
