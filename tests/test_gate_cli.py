@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from zdtm import cli, tasks
 
@@ -152,12 +154,17 @@ def test_shards_merge_into_the_unsharded_run(fake_dir: Path, tmp_path: Path) -> 
     assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
     res = runner("merge", str(tmp_path / "s1" / "results.json"),
                  str(tmp_path / "s2" / "results.json"), "-o", str(tmp_path / "merged"))
-    assert res.returncode == 0, res.stdout
+    assert res.returncode == full.returncode == 1, res.stdout  # the same verdict
+    assert "failed (1):\n  ext/fail [h] stop: test FAIL" in res.stdout
     assert outcomes(tmp_path / "merged" / "results.json") == outcomes(
         tmp_path / "full" / "results.json")
     junit = ET.parse(tmp_path / "merged" / "junit.xml").getroot()
     assert (junit.get("tests"), junit.get("failures")) == ("4", "1")
     assert "shard 2/2" in (tmp_path / "merged" / "summary.html").read_text()
+    res = runner("merge", str(tmp_path / "s1" / "results.json"),
+                 str(tmp_path / "s2" / "results.json"), "-o", str(tmp_path / "gated"),
+                 "--baseline", str(tmp_path / "full" / "results.json"))
+    assert res.returncode == 0 and "still failing (1):" in res.stdout, res.stdout
     dup = runner("merge", str(tmp_path / "s1" / "results.json"),
                  str(tmp_path / "s1" / "results.json"), "-o", str(tmp_path / "dup"))
     assert dup.returncode == 2 and "is in both" in dup.stdout
@@ -256,3 +263,28 @@ def test_pytest_and_runner_name_a_case_alike(tmp_path: Path) -> None:
 
     assert names(tmp_path / "pytest.xml") == names(tmp_path / "junit.xml") == [
         ("static.umask", "h")]
+
+
+def test_ci_example_runs_valid_runner_commands() -> None:
+    """Every runner.py command of docs/ci/zdtm-shards.yml parses with runner.py's parser."""
+    flow = yaml.safe_load((ROOT / "docs" / "ci" / "zdtm-shards.yml").read_text())
+    shards = int(flow["env"]["SHARDS"])
+    assert flow["jobs"]["shard"]["strategy"]["matrix"]["shard"] == list(range(1, shards + 1))
+    commands = []
+    for job in flow["jobs"].values():
+        for step in job["steps"]:
+            script = step.get("run", "").replace("\\\n", " ")
+            commands += [ln.strip() for ln in script.splitlines() if "./runner.py" in ln]
+    assert {shlex.split(c)[1 if c.startswith("sudo") else 0] for c in commands} == {
+        "./runner.py"}
+    subs = {"${{ matrix.shard }}": "2", "$SHARDS": str(shards), '"${durations[@]}"': "",
+            '"${gate[@]}"': "--baseline b.json", "|| true": ""}
+    parsed = []
+    for c in commands:
+        for old, new in subs.items():
+            c = c.replace(old, new)
+        argv = shlex.split(c)
+        parsed.append(cli.build_parser().parse_args(argv[argv.index("./runner.py") + 1:]))
+    run, merge = parsed
+    assert (run.cmd, run.shard, run.all, str(run.report)) == ("run", (2, 4), True, "report-2")
+    assert (merge.cmd, str(merge.baseline)) == ("merge", "b.json")

@@ -159,24 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("files", type=Path, nargs="+", metavar="RESULTS.json")
     mrg.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
                      help="write results.json, junit.xml and summary.html to DIR")
+    _add_verdict_options(mrg)
+    mrg.set_defaults(shard_durations=None)
 
     one = sub.add_parser("_one", help=argparse.SUPPRESS)  # internal: parallel worker
     one.add_argument("spec")
     return p
 
 
+def _add_verdict_options(p: argparse.ArgumentParser) -> None:
+    """Options that decide the verdict (run and merge): baseline, known failures, strict."""
+    p.add_argument("--baseline", metavar="FILE", type=Path,
+                   help="results.json of an earlier run: fail only on new failures")
+    p.add_argument("--known", metavar="FILE", type=Path,
+                   help="known-failures YAML: matching failures are reported apart")
+    p.add_argument("--allow-new-skips", action="store_true",
+                   help="with --baseline: cases skipped now that passed before do not fail")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="fail when nothing ran (every case skipped); default: on")
+
+
 def _add_gate_options(run: argparse.ArgumentParser) -> None:
-    """Options of ``run`` that decide the verdict: baseline, known failures, shards."""
-    run.add_argument("--baseline", metavar="FILE", type=Path,
-                     help="results.json of an earlier run: fail only on new failures")
-    run.add_argument("--known", metavar="FILE", type=Path,
-                     help="known-failures YAML: matching failures are reported apart")
-    run.add_argument("--allow-new-skips", action="store_true",
-                     help="with --baseline: cases skipped now that passed before do not fail")
+    """Options of ``run`` for the gate: verdict, reruns, shards."""
+    _add_verdict_options(run)
     run.add_argument("--rerun-failures", type=_positive, default=0, metavar="N",
                      help="rerun a failed case up to N times; passing then makes it flaky")
-    run.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
-                     help="fail a run in which nothing ran (all skipped); default: on")
     run.add_argument("--shard", type=_shard, metavar="I/N",
                      help="run only the I-th of N deterministic parts of the selection")
     run.add_argument("--shard-durations", metavar="FILE", type=Path,
@@ -424,32 +431,41 @@ def _run_jobs(jobs: list[Job], args: argparse.Namespace, engine: Engine, console
 def _finish(args: argparse.Namespace, inputs: Inputs, run: RunResults, jobs: list[Job],
             console: Console, interrupted: bool) -> int:
     """Known failures, reports, comparison, closing lines; returns the exit status."""
-    results = run.cases
-    known_report = (known.apply(inputs.known_failures, results)
-                    if inputs.known_failures is not None else None)
+    known_report = _apply_known(inputs, run.cases)
     results_file.finish_metadata(run.run, selected=len(jobs), interrupted=interrupted)
     if args.report:
         for path in write_reports(run, args.report):
             console.line(f"report: {path}")
+    if len(run.cases) < len(jobs):
+        console.line(f"not run: {len(jobs) - len(run.cases)} test x flavour run(s)")
+    status = _judge(args, inputs, run.cases, known_report, console)
+    if args.shard and not jobs:
+        console.line(f"shard {args.shard[0]}/{args.shard[1]}: no case falls in this shard")
+        return 0
+    return 130 if interrupted else status
+
+
+def _apply_known(inputs: Inputs, results: list[Result]) -> known.KnownReport | None:
+    if inputs.known_failures is None:
+        return None
+    return known.apply(inputs.known_failures, results)
+
+
+def _judge(args: argparse.Namespace, inputs: Inputs, results: list[Result],
+           known_report: known.KnownReport | None, console: Console) -> int:
+    """The comparison with the baseline, the closing lines and the gate's exit status."""
     comparison: Comparison | None = None
     if inputs.baseline is not None:
         comparison = compare(inputs.baseline.cases, results, known_report)
         console.block([f"compared with {args.baseline}:", *comparison.lines()])
     elif known_report is not None and (known_report.passing or known_report.expired):
-        console.block(compare([], results, known_report).lines()[-2:])
-    if len(results) < len(jobs):
-        console.line(f"not run: {len(jobs) - len(results)} test x flavour run(s)")
+        console.block(compare([], results, known_report).lines())
     console.block([*closing_lines(results), totals(results)])
     decision = verdict(results, strict=args.strict, comparison=comparison,
                        allow_new_skips=args.allow_new_skips)
-    if args.shard and not jobs:
-        console.line(f"shard {args.shard[0]}/{args.shard[1]}: no case falls in this shard")
-        return 0
     for reason in decision.reasons:
         if reason.startswith("strict:"):
             console.line(reason + " (--no-strict to accept that)")
-    if interrupted:
-        return 130
     return decision.status
 
 
@@ -551,20 +567,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    """``runner.py merge A.json B.json ... -o DIR``: one results file and report."""
+    """``runner.py merge A.json B.json ... -o DIR``: one results file and report, judged
+    as ``run`` judges an unsharded run (baseline, known failures, strict)."""
     why = check_writable(args.output)
     if why:
         print(f"runner.py: -o: cannot write reports to {why}", file=sys.stderr)
         return 2
     try:
+        inputs = _inputs(args)
         merged = results_file.merge([(str(f), results_file.load(f)) for f in args.files])
-    except ResultsError as exc:
+    except (ResultsError, known.KnownError) as exc:
         print(f"runner.py: {exc}", file=sys.stderr)
         return 2
+    known_report = _apply_known(inputs, merged.cases)
+    console = Console(len(merged.cases))
     for path in write_reports(merged, args.output):
-        print(f"report: {path}")
-    print(f"merged {len(args.files)} file(s): {totals(merged.cases)}")
-    return 0
+        console.line(f"report: {path}")
+    console.line(f"merged {len(args.files)} file(s)")
+    return _judge(args, inputs, merged.cases, known_report, console)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
