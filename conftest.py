@@ -26,6 +26,7 @@ Exclusive tests: every item (zdtm or not) holds a shared flock for its run; an i
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import tempfile
@@ -62,6 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="no checkpoint/restore: start, check, stop")
     group.addoption("--zdtm-keep-img", action="store_true",
                     help="keep each item's work dir and images")
+    group.addoption("--zdtm-strict", action=argparse.BooleanOptionalAction, default=True,
+                    help="fail the session when every zdtm item was skipped (default: on)")
     group.addoption("--zdtm-shard", default=None, metavar="I/N",
                     help="run only the I-th of N deterministic parts of the items")
     group.addoption("--zdtm-shard-durations", default=None, metavar="RESULTS.json",
@@ -181,18 +184,55 @@ class _JunitNames:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        path, _, flavor = report.nodeid.partition("::")
-        test = _tests_by_source().get((ROOT_DIR / path).resolve())
-        if test is not None and flavor:
+        test = _zdtm_test_of(report.nodeid)
+        if test is not None:
             reporter = self.xml.node_reporter(report)
             reporter.add_attribute("classname", classname(test.name))
-            reporter.add_attribute("name", flavor)
+            reporter.add_attribute("name", report.nodeid.partition("::")[2])
+
+
+def _zdtm_test_of(nodeid: str) -> TestDesc | None:
+    path, _, flavor = nodeid.partition("::")
+    return _tests_by_source().get((ROOT_DIR / path).resolve()) if flavor else None
+
+
+class _Strict:
+    """--zdtm-strict: a session whose zdtm items were all skipped fails (nothing was tested).
+
+    Counted where the reports arrive (the xdist controller, or the only process)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if _zdtm_test_of(report.nodeid) is not None and (report.when == "call"
+                                                         or report.outcome != "passed"):
+            self.outcomes.setdefault(report.nodeid, report.outcome)
+
+    def refusal(self) -> str | None:
+        if self.outcomes and all(o == "skipped" for o in self.outcomes.values()):
+            return (f"zdtm strict: nothing ran: all {len(self.outcomes)} zdtm item(s) skipped "
+                    "(--no-zdtm-strict to accept that)")
+        return None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.refusal() and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        why = self.refusal()
+        if why:
+            terminalreporter.write_line(why, red=True)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    xml = session.config.stash.get(xml_key, None)
+    config = session.config
+    xml = config.stash.get(xml_key, None)
     if xml is not None:
-        session.config.pluginmanager.register(_JunitNames(xml), "zdtm-junit-names")
+        config.pluginmanager.register(_JunitNames(xml), "zdtm-junit-names")
+    if config.getoption("--zdtm-strict") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Strict(), "zdtm-strict")
 
 
 class ZdtmFile(pytest.File):

@@ -288,3 +288,15 @@ def test_ci_example_runs_valid_runner_commands() -> None:
     run, merge = parsed
     assert (run.cmd, run.shard, run.all, str(run.report)) == ("run", (2, 4), True, "report-2")
     assert (merge.cmd, str(merge.baseline)) == ("merge", "b.json")
+
+
+def test_pytest_strict_fails_a_session_that_tested_nothing() -> None:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+           "--zdtm-engine", "criu", "--zdtm-criu-bin", "/bin/false", "zdtm/static/umask.c"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert res.returncode == 1, res.stdout
+    assert "zdtm strict: nothing ran: all 3 zdtm item(s) skipped" in res.stdout
+    res = subprocess.run([*cmd, "--no-zdtm-strict"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stdout
