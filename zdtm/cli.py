@@ -457,7 +457,8 @@ def _judge(args: argparse.Namespace, inputs: Inputs, results: list[Result],
     comparison: Comparison | None = None
     if inputs.baseline is not None:
         comparison = compare(inputs.baseline.cases, results, known_report)
-        console.block([f"compared with {args.baseline}:", *comparison.lines()])
+        console.block([f"compared with {args.baseline}:",
+                       *(comparison.lines() or ["  no change in outcomes"])])
     elif known_report is not None and (known_report.passing or known_report.expired):
         console.block(compare([], results, known_report).lines())
     console.block([*closing_lines(results), totals(results)])
@@ -498,10 +499,18 @@ def _run_parallel(jobs: list[Job], args: argparse.Namespace, console: Console,
     stop = threading.Event()
     interrupted = threading.Event()
 
+    def attempt(job: Job) -> Result:
+        if interrupted.is_set():
+            raise KeyboardInterrupt  # no rerun may start a new worker after an interrupt
+        return _run_worker(job, args, console, live)
+
     def work(job: Job) -> None:
         console.line(f"=== {job.ident}")
-        r = with_reruns(lambda: _run_worker(job, args, console, live), args.rerun_failures,
-                        _rerun_line(console, args))
+        try:
+            r = with_reruns(functools.partial(attempt, job), args.rerun_failures,
+                            _rerun_line(console, args))
+        except KeyboardInterrupt:
+            return
         if interrupted.is_set():
             return  # its worker was ended by the interrupt: no result of its own
         with lock:

@@ -297,8 +297,8 @@ class Run:
 
     def _pre_dumps(self, i: int) -> Path | None:
         parent = None
-        self.phase = "pre-dump"
         for k in range(1, self.opts.pre + 1):
+            self.phase = "pre-dump"
             d = self._imgdir(f"{i}-pre{k}")
             res = self._engine_step("pre-dump", self.engine.pre_dump, self.root_pid, d,
                                     parent_images=parent, opts=self.test.opts,

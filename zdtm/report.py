@@ -56,15 +56,18 @@ def _meta_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
                     f" {kernel.get('taint_end')} at end)")),
         ("engine", f"{engine.get('name')} {engine.get('version') or ''}".strip()),
         ("harness commit", commit + (" (modified)" if harness.get("dirty") else "")),
-        ("command", " ".join(run.get("command") or [])),
+        ("command", " ".join(run.get("command") or [])
+         + (" (first of the merged parts)" if run.get("shards") else "")),
     ]
     if run.get("shard"):
         rows.append(("shard", str(run["shard"])))
     if run.get("interrupted"):
         rows.append(("interrupted", "yes: only the cases that finished are listed"))
-    for s in run.get("shards") or []:
+    for i, s in enumerate(run.get("shards") or [], 1):
         where = f"{s.get('file')}: host {s.get('host')}, {s.get('wall_seconds')} s"
-        rows.append((f"shard {s.get('shard')}", f"{where}, started {s.get('started')}"))
+        label = f"shard {s['shard']}" if s.get("shard") else f"merged part {i}"
+        rows.append((label, f"{where}, started {s.get('started')}, "
+                            f"{' '.join(s.get('command') or [])}"))
     return rows
 
 
