@@ -66,8 +66,8 @@ def _meta_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
     for i, s in enumerate(run.get("shards") or [], 1):
         where = f"{s.get('file')}: host {s.get('host')}, {s.get('wall_seconds')} s"
         label = f"shard {s['shard']}" if s.get("shard") else f"merged part {i}"
-        rows.append((label, f"{where}, started {s.get('started')}, "
-                            f"{' '.join(s.get('command') or [])}"))
+        rows.append((label, (f"{where}, started {s.get('started')}, "
+                            f"{' '.join(s.get('command') or [])}")))
     return rows
 
 
