@@ -438,7 +438,8 @@ def _finish(args: argparse.Namespace, inputs: Inputs, run: RunResults, jobs: lis
             console.line(f"report: {path}")
     if len(run.cases) < len(jobs):
         console.line(f"not run: {len(jobs) - len(run.cases)} test x flavour run(s)")
-    status = _judge(args, inputs, run.cases, known_report, console)
+    status = _judge(args, inputs, run.cases, known_report, console,
+                    strict=args.strict and not interrupted)
     if args.shard and not jobs:
         console.line(f"shard {args.shard[0]}/{args.shard[1]}: no case falls in this shard")
         return 0
@@ -452,7 +453,8 @@ def _apply_known(inputs: Inputs, results: list[Result]) -> known.KnownReport | N
 
 
 def _judge(args: argparse.Namespace, inputs: Inputs, results: list[Result],
-           known_report: known.KnownReport | None, console: Console) -> int:
+           known_report: known.KnownReport | None, console: Console, *, strict: bool
+           ) -> int:
     """The comparison with the baseline, the closing lines and the gate's exit status."""
     comparison: Comparison | None = None
     if inputs.baseline is not None:
@@ -462,7 +464,7 @@ def _judge(args: argparse.Namespace, inputs: Inputs, results: list[Result],
     elif known_report is not None and (known_report.passing or known_report.expired):
         console.block(compare([], results, known_report).lines())
     console.block([*closing_lines(results), totals(results)])
-    decision = verdict(results, strict=args.strict, comparison=comparison,
+    decision = verdict(results, strict=strict, comparison=comparison,
                        allow_new_skips=args.allow_new_skips)
     for reason in decision.reasons:
         if reason.startswith("strict:"):
@@ -593,7 +595,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for path in write_reports(merged, args.output):
         console.line(f"report: {path}")
     console.line(f"merged {len(args.files)} file(s)")
-    return _judge(args, inputs, merged.cases, known_report, console)
+    return _judge(args, inputs, merged.cases, known_report, console, strict=args.strict)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
