@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import tempfile
 import time
@@ -43,7 +44,7 @@ from zdtm import results as results_file
 from zdtm.desc import KINDS, DescError, TestDesc, discover
 from zdtm.engines import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
-from zdtm.report import classname
+from zdtm.report import check_writable, classname, write_reports
 from zdtm.result import FAIL, SKIP, Result
 
 EXCL_WAIT = 3600.0  # an item waits at most this long for an exclusive slot
@@ -65,6 +66,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep each item's work dir and images")
     group.addoption("--zdtm-strict", action=argparse.BooleanOptionalAction, default=True,
                     help="fail the session when every zdtm item was skipped (default: on)")
+    group.addoption("--zdtm-report", default=None, metavar="DIR",
+                    help="write the zdtm items' results.json, junit.xml and summary.html "
+                         "to DIR (as runner.py --report; mergeable with runner.py merge)")
     group.addoption("--zdtm-shard", default=None, metavar="I/N",
                     help="run only the I-th of N deterministic parts of the items")
     group.addoption("--zdtm-shard-durations", default=None, metavar="RESULTS.json",
@@ -121,6 +125,11 @@ def pytest_configure(config: pytest.Config) -> None:
             shard.parse(spec)
         except ValueError as exc:
             raise pytest.UsageError(f"--zdtm-shard: {exc}") from None
+    report = config.getoption("--zdtm-report")
+    if report and not hasattr(config, "workerinput"):
+        why = check_writable(Path(report))
+        if why:
+            raise pytest.UsageError(f"--zdtm-report: cannot write reports to {why}")
     # restored trees re-parent to the nearest subreaper: this (worker) process
     prepare_process()
 
@@ -226,8 +235,50 @@ class _Strict:
             terminalreporter.write_line(why, red=True)
 
 
+class _Results:
+    """--zdtm-report: the zdtm items' Results, collected where the reports arrive, written
+    as runner.py writes them (results.json, junit.xml, summary.html)."""
+
+    def __init__(self, config: pytest.Config, directory: Path) -> None:
+        self.directory = directory
+        engine = "nocr" if config.getoption("--zdtm-nocr") else config.getoption("--zdtm-engine")
+        version = make_engine(engine, criu_bin=config.getoption("--zdtm-criu-bin")).version()
+        options = {k: v for k, v in vars(config.option).items() if k.startswith("zdtm_")}
+        self.run = results_file.RunResults(results_file.start_metadata(
+            engine=engine, engine_version=version, options=options,
+            argv=[str(a) for a in config.invocation_params.args],
+            shard=config.getoption("--zdtm-shard")))
+        self.run.run["command"][0] = "pytest"
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "zdtm_result", None)
+        if data is not None:
+            self.run.cases.append(Result.from_dict(json.loads(data)))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # in the runner's order; under xdist the reports arrive as the workers finish
+        self.run.cases.sort(key=lambda r: (r.test, FLAVORS.index(r.flavor)))
+        selected = sum(1 for i in session.items if isinstance(i, ZdtmItem))
+        results_file.finish_metadata(self.run.run, selected=selected or len(self.run.cases),
+                                     interrupted=session.shouldstop is not False)
+        write_reports(self.run, self.directory)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """Attach a zdtm item's Result to its call report (as JSON: it crosses xdist)."""
+    outcome = yield
+    if call.when == "call" and isinstance(item, ZdtmItem) and item.result is not None:
+        outcome.get_result().zdtm_result = json.dumps(item.result.to_dict())
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
+    report = config.getoption("--zdtm-report")
+    if report and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Results(config, Path(report)), "zdtm-results")
     xml = config.stash.get(xml_key, None)
     if xml is not None:
         config.pluginmanager.register(_JunitNames(xml), "zdtm-junit-names")

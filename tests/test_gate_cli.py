@@ -254,16 +254,23 @@ def test_pytest_shards_split_the_items() -> None:
 def test_pytest_and_runner_name_a_case_alike(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p",
                     "no:cacheprovider", "--zdtm-nocr", "zdtm/static/umask.c::h",
-                    f"--junitxml={tmp_path / 'pytest.xml'}"], cwd=ROOT, capture_output=True,
+                    f"--junitxml={tmp_path / 'pytest.xml'}", "--zdtm-report",
+                    str(tmp_path / "pytest")], cwd=ROOT, capture_output=True,
                    timeout=300, check=True)
     res = runner("run", "-t", "static/umask", "-f", "h", "--nocr", "--report", str(tmp_path))
     assert res.returncode == 0, res.stdout
+    # pytest's results file is the runner's: same cases, mergeable, same JUnit names
+    assert outcomes(tmp_path / "pytest" / "results.json") == outcomes(
+        tmp_path / "results.json") == {("static/umask", "h"): "pass"}
+    assert json.loads((tmp_path / "pytest" / "results.json").read_text())["run"]["command"][
+        0] == "pytest"
 
     def names(path: Path) -> list[tuple[str | None, str | None]]:
         return [(c.get("classname"), c.get("name"))
                 for c in ET.parse(path).getroot().iter("testcase")]
 
-    assert names(tmp_path / "pytest.xml") == names(tmp_path / "junit.xml") == [
+    assert names(tmp_path / "pytest.xml") == names(tmp_path / "junit.xml") == names(
+        tmp_path / "pytest" / "junit.xml") == [
         ("static.umask", "h")]
 
 
