@@ -368,3 +368,17 @@ def test_unserved_lazy_pages_do_not_hang_the_capture(tmp_path: Path,
         proc.kill()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def test_epoll_watches_compare_without_file_ids_in_any_order() -> None:
+    """An epoll's watches are part of its fd state: a watch with other events or data is
+    a difference, the watched files' inode numbers and the listing order are not."""
+    before = [("tfd", "5 events: 19 data: 5  pos:0 ino:61af sdev:7"),
+              ("tfd", "6 events: 80000019 data: 6  pos:0 ino:9 sdev:f")]
+    after = [("tfd", "6 events: 80000019 data: 6  pos:0 ino:77 sdev:f"),
+             ("tfd", "5 events: 19 data: 5  pos:0 ino:1234 sdev:7")]
+    assert snapshot.stable_fdinfo(before) == snapshot.stable_fdinfo(after)
+    changed = [("tfd", "5 events: 19 data: 9  pos:0 ino:61af sdev:7"), before[1]]
+    assert snapshot.stable_fdinfo(before) != snapshot.stable_fdinfo(changed)
+    assert snapshot.stable_fdinfo([("it_value", "(5, 0)"), ("clockid", "1")]) == (
+        ("clockid", "1"),)

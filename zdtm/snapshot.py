@@ -26,6 +26,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from zdtm import memory, proc, tracing
@@ -284,8 +285,20 @@ def _wait_stopped_again(tids: list[int], deadline: float) -> None:
 
 # ---- fds -------------------------------------------------------------------------------------
 
-# fdinfo fields that are part of an fd's observable state and stable across a restore.
-_STABLE_FDINFO = ("eventfd-count", "eventfd-semaphore", "sigmask", "clockid")
+# fdinfo fields that are part of an fd's observable state and stable across a restore
+# (timerfd's it_value is the time left: it moves).
+_STABLE_FDINFO = ("eventfd-count", "eventfd-semaphore", "sigmask", "clockid", "settime flags",
+                  "it_interval", "tfd")
+# An epoll watch line ends with "pos:P ino:I sdev:D" of the watched file, which a restore
+# renews; the fd number before it names the file (the fds check compares what it points to).
+_EPOLL_FILE_ID = re.compile(r"\s+pos:.*$")
+
+
+def stable_fdinfo(extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The fdinfo fields an fd must keep across C/R, epoll watches without file ids,
+    sorted (the kernel lists watches in the order of their file pointers)."""
+    return tuple(sorted((k, _EPOLL_FILE_ID.sub("", v) if k == "tfd" else v)
+                        for k, v in extra if k in _STABLE_FDINFO))
 
 
 def _fd_table(
@@ -297,7 +310,7 @@ def _fd_table(
         m = _KERNEL_ID.match(target)
         holder = f"pid {ps.pid} fd {fd}"
         norm = labels.label(m.group(1), int(m.group(2)), holder) if m else target
-        extra = tuple((k, v) for k, v in info.extra if k in _STABLE_FDINFO)
+        extra = stable_fdinfo(info.extra)
         ps.fds[fd] = FdState(norm, info.flags, info.pos, None, extra, target)
     return raw
 

@@ -13,4 +13,9 @@ def features() -> dict[str, tuple[bool, str]]:
         "dump_shmem": (True, ""),
         "pre_dump": (True, ""),
         "dump_incremental": (True, ""),
+        "eventfd": (True, ""),
+        "signalfd": (True, ""),
+        "timerfd": (True, ""),
+        "epoll": (True, ""),
+        "unix_socketpair": (True, ""),
     }

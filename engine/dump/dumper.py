@@ -129,7 +129,11 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         fault_point("memory")
         lap("memory")
         table = dfiles.FileTable()
-        fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
+        try:
+            fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
+            table.check_complete()
+        finally:
+            table.close()
         fault_point("files")
         lap("files")
         rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \

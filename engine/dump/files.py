@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from engine.dump import anonfd, unixsk
 from engine.errors import EngineError
 from engine.images import names
 from engine.images.imgdir import ImageDir
@@ -37,6 +38,15 @@ class FileTable:
     # (st_dev, st_ino) -> [(file id, pid, fd)] representatives, for kcmp
     _by_inode: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
     _pipe_sizes: dict[int, int] = field(default_factory=dict)  # pipe inode -> capacity
+    diag: unixsk.Diag = field(default_factory=unixsk.Diag)
+
+    def check_complete(self) -> None:
+        """After every task: what only the whole tree can tell (socket peers inside)."""
+        unixsk.check_peers(self.files)
+
+    def close(self) -> None:
+        """Release the helpers (netlink sockets)."""
+        self.diag.close()
 
 
 def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
@@ -46,6 +56,8 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
     except OSError as e:
         raise EngineError("files", f"cannot list fds of {pid}: {e.strerror}") from None
     entries = []
+    file_of_fd: dict[int, tuple[int, int, int]] = {}  # fd -> (file id, st_dev, st_ino)
+    epolls: list[tuple[FileRecord, FdInfo]] = []
     for info in infos:
         try:
             st = os.stat(f"/proc/{pid}/fd/{info.fd}")
@@ -55,9 +67,15 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
         fid = _same_description(table, key, pid, info.fd)
         if fid is None:
             fid = len(table.files)
-            table.files.append(_record(img, table, pid, info, st, fid))
+            rec = _record(img, table, pid, info, st, fid)
+            table.files.append(rec)
             table._by_inode.setdefault(key, []).append((fid, pid, info.fd))
+            if rec.epoll is not None:
+                epolls.append((rec, info))
+        file_of_fd[info.fd] = (fid, st.st_dev, st.st_ino)
         entries.append(FdEntry(info.fd, fid, info.cloexec))
+    for rec, info in epolls:
+        anonfd.resolve_watches(rec, pid, info, file_of_fd)
     return entries
 
 
@@ -95,6 +113,8 @@ def _type_of(st: os.stat_result, target: str) -> str:
 def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat_result,
             fid: int) -> FileRecord:
     kind = _type_of(st, info.target)
+    if kind == "other":
+        anonfd.refuse_unsupported(pid, info, kind)
     rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
                      dev=st.st_dev, inode=st.st_ino, rdev=st.st_rdev, link=info.target)
     if kind in ("reg", "dir", "chr", "blk", "fifo"):
@@ -114,6 +134,10 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         elif rec.deleted:
             rec.content = names.file_content(fid)
             _save_file(img, pid, info.fd, rec.content, st.st_size)
+    if kind == "anon_inode":
+        anonfd.fill(rec, pid, info)
+    if kind == "socket":
+        unixsk.fill(img, table.diag, rec, pid, info.fd)
     if kind in ("pipe", "fifo"):
         rec.pipe_ino = st.st_ino
         rec.content = names.pipe_content(st.st_ino)

@@ -52,3 +52,8 @@ def file_content(file_id: int) -> str:
 def pipe_content(pipe_ino: int) -> str:
     """Unread data of a pipe (once per pipe, shared by both ends)."""
     return f"pipe-{pipe_ino}.data"
+
+
+def socket_queue(ino: int) -> str:
+    """Data queued for reading on a unix socket (the messages back to back)."""
+    return f"sock-{ino}.data"

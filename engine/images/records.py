@@ -14,6 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from engine.images.fdkinds import (
+    EpollWatch,
+    EventfdState,
+    SignalfdState,
+    TimerfdState,
+    UnixSocketState,
+)
+
 FORMAT_NAME = "pyengine-images"
 FORMAT_VERSION = 2  # 2: VMAs are arrays (docs/IMAGES.md)
 PAGE_SIZE = 4096
@@ -504,6 +512,12 @@ class FileRecord:
     pipe_size: int | None = None  # F_GETPIPE_SZ
     shmem_id: str | None = None  # memfd: the shmem object holding its content
     link: str = ""  # readlink of /proc/PID/fd/N, informational for other types
+    # anon_inode kinds: exactly one of these (engine.images.fdkinds)
+    eventfd: EventfdState | None = None
+    signalfd: SignalfdState | None = None
+    timerfd: TimerfdState | None = None
+    epoll: list[EpollWatch] | None = None
+    unix: UnixSocketState | None = None  # type socket: a connected unix socket
 
     def validate(self) -> None:
         """Type known, the type's required fields present."""
@@ -515,6 +529,12 @@ class FileRecord:
             _check(self.pipe_ino is not None, f"file {self.id}: pipe without inode")
         if self.content is not None:
             _check(_safe_name(self.content), f"file {self.id}: bad content file name")
+        kinds = [k for k in (self.eventfd, self.signalfd, self.timerfd, self.epoll)
+                 if k is not None]
+        _check(len(kinds) == (self.type == "anon_inode"),
+               f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
+        _check((self.unix is not None) == (self.type == "socket"),
+               f"file {self.id}: {self.type} and unix socket state do not go together")
 
 
 @dataclass

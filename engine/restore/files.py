@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.images import DumpImage
+from engine.images.fdkinds import EpollWatch
 from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
+from engine.restore import anonfd, unixsk
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
 # Flags that only mean something at creation time (and O_CLOEXEC, which is per fd).
 _OPEN_ONLY = uapi.O_CREAT | uapi.O_EXCL | uapi.O_TRUNC | uapi.O_CLOEXEC
-_SUPPORTED = ("reg", "dir", "chr", "blk", "pipe", "fifo")
+_SUPPORTED = ("reg", "dir", "chr", "blk", "pipe", "fifo", "anon_inode", "socket")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class FilesPlan:
     files: dict[int, FileRecord] = field(default_factory=dict)
     contents: dict[int, bytes] = field(default_factory=dict)  # file id -> saved data
     max_fd: int = -1  # highest fd number of any task
+    epolls: anonfd.EpollPlan = field(default_factory=anonfd.EpollPlan)
 
     def add_task(self, image: DumpImage, core: TaskCore) -> None:
         """Take in one task's fds; refuse unsupported file types early."""
@@ -51,6 +54,13 @@ class FilesPlan:
             if rec.content is not None and rec.id not in self.contents:
                 self.contents[rec.id] = image.dir.read_bytes(rec.content)
             self.max_fd = max(self.max_fd, fde.fd)
+        self.epolls.add_task(core.pid, core.fds, by_id)
+
+    def check(self) -> None:
+        """Once every task is in: what needs the whole tree (epoll watches have a task to
+        arm them; socket pairs are complete)."""
+        self.epolls.check()
+        unixsk.check(self.files, self.contents)
 
 
 def move_above(fd: int, floor: int) -> int:
@@ -71,6 +81,7 @@ class _Opener:
         self.unlinked: dict[tuple[int, int], int] = {}  # (dev, inode) -> fd on the new file
         self.fifo_helpers: dict[int, int] = {}  # pipe_ino -> O_RDWR fd keeping it open
         self.to_unlink: list[str] = []  # recreated unlinked files, unlinked once all open
+        self.socks = unixsk.Pairs(plan.contents, floor)
 
     def open(self, rec: FileRecord) -> int:
         """A new fd (above the floor) on a description equal to `rec`."""
@@ -85,6 +96,14 @@ class _Opener:
             return self._pipe_end(rec)
         if rec.type == "fifo":
             return self._fifo_end(rec)
+        if rec.type == "anon_inode":
+            fd = anonfd.create(rec)
+            self._set_status_flags(fd, rec)
+            return fd
+        if rec.type == "socket":
+            fd = fcntl.fcntl(self.socks.end(rec), fcntl.F_DUPFD_CLOEXEC, self.floor)
+            self._set_status_flags(fd, rec)
+            return fd
         if rec.shmem_id is not None:
             # A memfd: a new description of the very object the mappings share.
             fd = os.open(f"/proc/self/fd/{self.memfds[rec.shmem_id]}", self._flags(rec))
@@ -192,11 +211,14 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
     return by_file
 
 
-def place(fds: list[FdEntry], by_file: dict[int, int], kept: list[int]) -> None:
-    """In each task: put its descriptions at its fd numbers and close every other fd
-    except `kept` (which the caller has moved to floor(plan) or above)."""
+def place(fds: list[FdEntry], by_file: dict[int, int], kept: list[int],
+          watches: list[tuple[int, EpollWatch]]) -> None:
+    """In each task: put its descriptions at its fd numbers, arm the epoll watches the
+    plan gave it, and close every other fd except `kept` (which the caller has moved to
+    floor(plan) or above)."""
     for fde in sorted(fds, key=lambda f: f.fd):
         os.dup2(by_file[fde.file_id], fde.fd, inheritable=not fde.cloexec)
+    anonfd.arm(watches, by_file)
     _close_all_but({f.fd for f in fds} | set(kept))
 
 

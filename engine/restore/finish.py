@@ -59,6 +59,17 @@ def _mm_map(t: blob.Table, mm: MmCore, exe: str | None) -> None:
         t.add(uapi.SYS_close, 0, use_saved=1, what="close executable")
 
 
+def _is_own_exe(path: str) -> bool:
+    """Whether `path` is the engine's own executable, which the forked task has as its
+    exe already: the kernel refuses to replace an exe that is still mapped (EBUSY), and
+    a dumped Python program maps the very interpreter the engine runs on."""
+    try:
+        mine, theirs = os.stat("/proc/self/exe"), os.stat(path)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
 def _sigaltstack(t: blob.Table, th: ThreadCore) -> None:
     ss = th.sigaltstack
     if ss is None:
@@ -159,7 +170,8 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
             t.add(uapi.SYS_fcntl, objfds[s.id], _F_ADD_SEALS, s.seals, what=f"seal {s.id}")
     for sid, fd in sorted(objfds.items()):
         t.add(uapi.SYS_close, fd, what=f"close memfd {sid} (restore's copy)")
-    _mm_map(t, mm, mm.exe or core.exe)
+    exe = mm.exe or core.exe
+    _mm_map(t, mm, None if exe and _is_own_exe(exe) else exe)
     for sa in core.sigactions:
         if sa.signo in (uapi.SIGKILL, uapi.SIGSTOP):
             continue

@@ -11,6 +11,7 @@ at a time is open), and apply madvise state.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ class Window:
     region_size: int
     specials_tmp: int  # temporary home of the vdso/vvar block while the layout changes
     shmem_tmp: dict[str, int] = field(default_factory=dict)  # shmem id -> full mapping
+    anon_tmp: int = 0  # where anonymous VMAs kept apart are first mapped (see layout_table)
     end: int = 0
 
     @property
@@ -102,7 +104,10 @@ def plan_window(mms: list[MmCore], region_size: int, shmem: list[ShmemEntry],
     """Choose a scratch window free in the engine's layout and in every dumped one (the
     same addresses then serve every task of the tree)."""
     specials_size = sum(s.size for s in specials)
-    size = region_size + _GAP + specials_size + sum(s.size + _GAP for s in shmem)
+    anon_max = max((v.end - v.start for mm in mms for v in mm.vmas if v.kind == "anon"),
+                   default=0)
+    size = region_size + _GAP + specials_size + sum(s.size + _GAP for s in shmem) \
+        + anon_max + _GAP
     busy = [(v.start, v.end) for mm in mms for v in mm.vmas if v.end <= TASK_SIZE]
     busy += [(v.start, v.end) for v in read_maps(os.getpid()) if v.end <= TASK_SIZE]
     base = _WINDOW_ALIGN
@@ -117,7 +122,8 @@ def plan_window(mms: list[MmCore], region_size: int, shmem: list[ShmemEntry],
     for s in shmem:
         w.shmem_tmp[s.id] = pos
         pos += s.size + _GAP
-    w.end = pos
+    w.anon_tmp = pos
+    w.end = pos + _page_up(anon_max) + _GAP
     return w
 
 
@@ -165,6 +171,41 @@ def _file_open_flags(v: Vma) -> int:
     return (uapi.O_RDWR if shared_write else uapi.O_RDONLY) | uapi.O_CLOEXEC
 
 
+_ANON_KINDS = ("anon", "heap", "stack")
+
+
+def _kept_apart(vmas: list[Vma]) -> set[int]:
+    """Starts of the private anonymous VMAs that touch another one: the kernel would
+    merge them into one VMA where the dumped process had two (there they could not merge:
+    a VMA inherited through fork, or another anon_vma)."""
+    out: set[int] = set()
+    anon = [v for v in vmas if v.kind in _ANON_KINDS and not v.flags & uapi.MAP_SHARED]
+    for a, b in itertools.pairwise(anon):
+        if a.end == b.start:
+            out.update((a.start, b.start))
+    return {s for s in out if any(v.start == s and v.kind == "anon" for v in anon)}
+
+
+def _map_anon_apart(t: blob.Table, v: Vma, tmp: int) -> None:
+    """Map a private anonymous VMA so that it never merges with its neighbours.
+
+    The kernel merges two anonymous VMAs only when their page offsets (the address each
+    was first mapped at) run on and at most one has an anon_vma (or both the same). So
+    the VMA is mapped at a scratch spot, given an anon_vma there by one write (whose page
+    is dropped again: it reads as zero, and the page fill writes what was dumped), and
+    moved into place: a moved VMA keeps its offset once it has an anon_vma."""
+    size = v.end - v.start
+    t.add(uapi.SYS_mmap, tmp, size, uapi.PROT_READ | uapi.PROT_WRITE, _map_flags(v), -1, 0,
+          what=("map anon {:#x}-{:#x} at the scratch spot", v.start, v.end))
+    t.add(uapi.SYS_clock_gettime, 1, tmp, what=("anon_vma for {:#x}", v.start))
+    t.add(uapi.SYS_madvise, tmp, PAGE_SIZE, uapi.MADV_DONTNEED,
+          what=("drop the scratch page of {:#x}", v.start))
+    if v.prot != uapi.PROT_READ | uapi.PROT_WRITE:
+        t.add(uapi.SYS_mprotect, tmp, size, v.prot, what=("protect anon {:#x}", v.start))
+    t.add(uapi.SYS_mremap, tmp, size, size, uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, v.start,
+          what=("move anon {:#x}-{:#x} into place", v.start, v.end))
+
+
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
                  rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry]) -> blob.Table:
     """The table that turns the child's layout into the dumped one (pages not written).
@@ -188,6 +229,7 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     _move_specials(t, specials, window.specials_tmp)
     files: dict[tuple[str, int], list[Vma]] = {}
     shared: dict[str, list[Vma]] = {}
+    apart = _kept_apart(mm.vmas)
     for v in mm.vmas:
         if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall":
             continue
@@ -203,6 +245,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
                 raise EngineError("mm", f"vma {v.start:#x}: mapping of deleted file "
                                         f"{v.path} is not supported")
             files.setdefault((v.path, _file_open_flags(v)), []).append(v)
+        elif v.start in apart:
+            _map_anon_apart(t, v, window.anon_tmp)
         else:
             t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, _map_flags(v), -1, 0,
                   what=("map anon {:#x}-{:#x}", v.start, v.end))
@@ -239,6 +283,6 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
 
 def layout_table_bytes(mm: MmCore, nr_shmem: int) -> int:
     """An upper bound of the layout table's size (to size the region before forking)."""
-    entries = 8 + len(mm.vmas) * 3 + nr_shmem * 3
+    entries = 8 + len(mm.vmas) * 5 + nr_shmem * 3
     strings = sum(len(os.fsencode(v.path or "")) + 1 for v in mm.vmas) + nr_shmem * 64
     return entries * blob.ENTRY_SIZE + strings + 4096

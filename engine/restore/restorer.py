@@ -186,6 +186,7 @@ class TreeRestorer:
                                            list(core.fds), core.cwd, core.umask, core.limits,
                                            comm=core.comm, zombie_status=status,
                                            set_tid=tids, fixed_pid=fixed)
+        fplan.check()
         for t in inv.tasks:
             if t.pid != inv.root_pid:
                 nodes[t.ppid].children.append(nodes[t.pid])

@@ -1,0 +1,79 @@
+"""State of the anon-inode fds the engine can give back: eventfd, signalfd, timerfd, epoll.
+
+Every other anon-inode kind (pidfd, inotify, fanotify, userfaultfd, io_uring, ...) and
+every socket is refused here, at dump time, while the tree can still be left running:
+a restore that finds such an fd would only fail after the dump had killed the tree.
+"""
+
+from __future__ import annotations
+
+import time
+
+from engine.errors import EngineError
+from engine.images.fdkinds import (
+    TFD_TIMER_ABSTIME,
+    EpollWatch,
+    EventfdState,
+    SignalfdState,
+    TimerfdState,
+)
+from engine.images.records import FileRecord
+from engine.proc import anonfd
+from engine.proc.fdinfo import FdInfo
+
+SUPPORTED = ("eventfd", "signalfd", "timerfd", "eventpoll")
+
+
+def refuse_unsupported(pid: int, info: FdInfo, kind: str) -> None:
+    """Raise the dump's error for an fd of a kind the restore cannot build."""
+    if kind == "socket":
+        what = f"a socket ({info.target})"
+    elif kind == "anon_inode":
+        what = f"an {anonfd.anon_kind(info.target) or '?'} fd ({info.target})"
+    else:
+        what = f"a {kind} file ({info.target})"
+    raise EngineError("files", f"task {pid} fd {info.fd}: cannot dump {what}: "
+                               "not supported by this engine")
+
+
+def fill(rec: FileRecord, pid: int, info: FdInfo) -> None:
+    """Put the kind-specific state of an anon-inode fd into its record (epoll watches
+    are filled in later by resolve_watches, once every fd of the task has an id)."""
+    kind = anonfd.anon_kind(info.target)
+    if kind not in SUPPORTED:
+        refuse_unsupported(pid, info, "anon_inode")
+    try:
+        if kind == "eventfd":
+            count, sem = anonfd.eventfd(info.extra)
+            rec.eventfd = EventfdState(count, bool(sem))
+        elif kind == "signalfd":
+            rec.signalfd = SignalfdState(anonfd.signalfd(info.extra))
+        elif kind == "timerfd":
+            rec.timerfd = _timer(anonfd.timerfd(info.extra))
+        else:
+            rec.epoll = []
+    except (KeyError, ValueError) as e:
+        raise EngineError("files", f"task {pid} fd {info.fd}: unreadable {kind} fdinfo: "
+                                   f"{e}") from None
+
+
+def _timer(t: anonfd.Timer) -> TimerfdState:
+    value = t.value_ns
+    if value and t.settime_flags & TFD_TIMER_ABSTIME:
+        # fdinfo shows the time left; an absolute timer keeps its absolute expiry.
+        value += time.clock_gettime_ns(t.clockid)
+    return TimerfdState(t.clockid, t.settime_flags, value, t.interval_ns, t.ticks)
+
+
+def resolve_watches(rec: FileRecord, pid: int, info: FdInfo,
+                    file_of_fd: dict[int, tuple[int, int, int]]) -> None:
+    """Fill an epoll record's watches. file_of_fd: the task's fd -> (file id, st_dev,
+    st_ino). A watch whose fd number no longer names its file in this task (closed, or
+    reused for another file) cannot be registered again: refused."""
+    rec.epoll = []
+    for w in anonfd.epoll(info.extra):
+        target = file_of_fd.get(w.tfd)
+        if target is None or not w.same_file(target[1], target[2]):
+            raise EngineError("files", f"task {pid} fd {info.fd}: epoll watches fd {w.tfd}, "
+                                       "which no longer names the watched file")
+        rec.epoll.append(EpollWatch(w.tfd, target[0], w.events, w.data))

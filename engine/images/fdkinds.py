@@ -1,0 +1,117 @@
+"""Records of the anon-inode file kinds (eventfd, signalfd, timerfd, epoll) in files.json.
+
+Each is the state the kernel shows in /proc/PID/fdinfo for that kind and lets a new file
+be given back; a FileRecord of type "anon_inode" carries exactly one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+U64_MAX = (1 << 64) - 1
+#: eventfd's counter saturates one below 2^64 (a write that would reach it blocks).
+EVENTFD_MAX = U64_MAX - 1
+#: clocks timerfd_create accepts: REALTIME, MONOTONIC, BOOTTIME, REALTIME_ALARM, BOOTTIME_ALARM
+TIMERFD_CLOCKS = (0, 1, 7, 8, 9)
+TFD_TIMER_ABSTIME = 1
+TFD_TIMER_CANCEL_ON_SET = 2
+NSEC_MAX = (1 << 63) - 1
+#: EPOLL* event bits epoll_ctl(EPOLL_CTL_ADD) accepts from user space
+EPOLL_EVENT_MASK = 0x3FFF | (1 << 28) | (1 << 29) | (1 << 30) | (1 << 31)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        # imported here: records.py imports this module for FileRecord's fields
+        from engine.images.records import RecordError
+        raise RecordError(message)
+
+
+@dataclass
+class EventfdState:
+    """An eventfd: its counter and whether it is in semaphore mode."""
+
+    count: int
+    semaphore: bool
+
+    def validate(self) -> None:
+        """Counter within what the kernel can hold."""
+        _check(0 <= self.count <= EVENTFD_MAX, f"eventfd count out of range: {self.count}")
+
+
+@dataclass
+class SignalfdState:
+    """A signalfd: the set of signals it reads (bit n-1 for signal n)."""
+
+    sigmask: int
+
+    def validate(self) -> None:
+        """A 64-bit mask."""
+        _check(0 <= self.sigmask <= U64_MAX, f"signalfd mask out of range: {self.sigmask}")
+
+
+@dataclass
+class TimerfdState:
+    """A timerfd: clock, settime flags, expiry and interval, expirations not yet read.
+
+    `value_ns` is the time left until the next expiry for a relative timer and the
+    absolute expiry on the timer's clock for one set with TFD_TIMER_ABSTIME; 0 is
+    disarmed."""
+
+    clockid: int
+    settime_flags: int
+    value_ns: int
+    interval_ns: int
+    ticks: int
+
+    def validate(self) -> None:
+        """Clock known, flags known, times non-negative."""
+        _check(self.clockid in TIMERFD_CLOCKS, f"timerfd clock {self.clockid} unknown")
+        _check(self.settime_flags & ~(TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET) == 0,
+               f"timerfd settime flags {self.settime_flags:#x} unknown")
+        for what, v in (("value", self.value_ns), ("interval", self.interval_ns)):
+            _check(0 <= v <= NSEC_MAX, f"timerfd {what} out of range: {v}")
+        _check(0 <= self.ticks <= U64_MAX, f"timerfd ticks out of range: {self.ticks}")
+
+
+@dataclass
+class EpollWatch:
+    """One entry of an epoll interest list: the watched fd number (as the task that
+    registered it numbers it), the file it is, and the events and data given to
+    epoll_ctl."""
+
+    tfd: int
+    file_id: int
+    events: int
+    data: int
+
+    def validate(self) -> None:
+        """fd number and event bits in range."""
+        _check(0 <= self.tfd < (1 << 31), f"epoll watch fd out of range: {self.tfd}")
+        _check(self.events & ~EPOLL_EVENT_MASK == 0,
+               f"epoll watch of fd {self.tfd}: events {self.events:#x} unknown")
+        _check(0 <= self.data <= U64_MAX, f"epoll watch of fd {self.tfd}: data out of range")
+
+
+#: socket types of unix sockets: SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+UNIX_TYPES = (1, 2, 5)
+
+
+@dataclass
+class UnixSocketState:
+    """One end of a connected unix socket pair: its type, its peer (by inode: both ends
+    are in the image), which directions are shut down (1 read, 2 write), and the
+    lengths of the messages queued for it to read (the data is the record's content;
+    a stream socket has at most one length, its unread byte count)."""
+
+    type: int
+    peer: int
+    shutdown: int
+    queued: list[int]
+
+    def validate(self) -> None:
+        """Type, shutdown bits and message lengths in range."""
+        _check(self.type in UNIX_TYPES, f"unix socket type {self.type} unknown")
+        _check(self.peer > 0, "unix socket without a peer")
+        _check(self.shutdown & ~3 == 0, f"unix socket shutdown {self.shutdown:#x} unknown")
+        _check(all(0 <= n < (1 << 31) for n in self.queued), "unix socket message length")

@@ -1,0 +1,112 @@
+"""NETLINK_SOCK_DIAG queries for unix sockets: peer, name, shutdown state, queue lengths.
+
+Unix sockets are only visible to a diag socket of their own network namespace, so the
+netlink socket is opened by a short-lived thread that joined the target's netns (a
+socket keeps the namespace it was created in). uapi: linux/sock_diag.h, linux/unix_diag.h.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+
+from engine.kernel.sys import setns
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 0x1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+UDIAG_SHOW_NAME = 0x01
+UDIAG_SHOW_PEER = 0x04
+UDIAG_SHOW_RQLEN = 0x10
+UDIAG_SHOW_SHUTDOWN = 0x40
+UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 2, 4, 6
+_NLMSG = struct.Struct("=IHHII")
+_REQ = struct.Struct("=BBHIIIII")  # family, protocol, pad, states, ino, show, cookie[2]
+_MSG = struct.Struct("=BBBBIII")  # family, type, state, pad, ino, cookie[2]
+_RTA = struct.Struct("=HH")
+_NO_COOKIE = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class UnixSock:
+    """What sock_diag tells of one unix socket."""
+
+    ino: int
+    type: int  # SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+    state: int  # TCP_* numbering: 1 established, 7 close, 10 listen
+    peer: int  # peer's inode, 0 if none
+    name: bytes | None  # bound address (a leading NUL: abstract), None if unbound
+    shutdown: int  # sk_shutdown: 1 RCV_SHUTDOWN, 2 SEND_SHUTDOWN
+    rqueue: int  # bytes queued for reading (listening: pending connections)
+
+
+class DiagSocket:
+    """A NETLINK_SOCK_DIAG socket in the network namespace of a task."""
+
+    def __init__(self, pid: int) -> None:
+        result: list[socket.socket | OSError] = []
+        thread = threading.Thread(target=self._open, args=(pid, result), daemon=True)
+        thread.start()
+        thread.join()
+        if not result:
+            raise OSError(0, f"cannot join the network namespace of {pid}")
+        if isinstance(result[0], OSError):
+            raise result[0]
+        self.sock = result[0]
+
+    @staticmethod
+    def _open(pid: int, out: list[socket.socket | OSError]) -> None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd, 0)
+            finally:
+                os.close(fd)
+            out.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                     NETLINK_SOCK_DIAG))
+        except OSError as e:  # handed to the caller's thread
+            out.append(e)
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        self.sock.close()
+
+    def unix(self, ino: int) -> UnixSock:
+        """The unix socket with inode `ino` (OSError ENOENT if this netns has none)."""
+        show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN
+        body = _REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, show, _NO_COOKIE, _NO_COOKIE)
+        self.sock.send(_NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
+                                   NLM_F_REQUEST, 1, 0) + body)
+        data = self.sock.recv(65536)
+        length, kind, _, _, _ = _NLMSG.unpack_from(data)
+        if kind == NLMSG_ERROR:
+            err = -struct.unpack_from("=i", data, _NLMSG.size)[0]
+            raise OSError(err, f"sock_diag of unix socket {ino}: {os.strerror(err)}")
+        return _parse(data[_NLMSG.size:length])
+
+
+def _parse(msg: bytes) -> UnixSock:
+    _, stype, state, _, ino, _, _ = _MSG.unpack_from(msg)
+    peer = shutdown = rqueue = 0
+    name = None
+    pos = _MSG.size
+    while pos + _RTA.size <= len(msg):
+        rlen, rtype = _RTA.unpack_from(msg, pos)
+        if rlen < _RTA.size:
+            break
+        value = msg[pos + _RTA.size:pos + rlen]
+        if rtype == UNIX_DIAG_NAME:
+            name = value
+        elif rtype == UNIX_DIAG_PEER:
+            peer = struct.unpack_from("=I", value)[0]
+        elif rtype == UNIX_DIAG_RQLEN:
+            rqueue = struct.unpack_from("=I", value)[0]
+        elif rtype == UNIX_DIAG_SHUTDOWN:
+            shutdown = value[0]
+        pos += (rlen + 3) & ~3
+    return UnixSock(ino, stype, state, peer, name, shutdown, rqueue)

@@ -1,0 +1,63 @@
+"""Fds the restore could not build are refused by the dump, while the task still runs:
+a refusal at restore time would come after the dump had killed the tree."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_dump_basic import run_engine
+
+# Each holder opens an fd of a kind the engine does not restore, says "ready", waits;
+# the dump's one line must contain the expected words.
+HOLDERS = {
+    "inet socket": ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+                    "cannot dump an IPv4 socket ("),
+    "pidfd": ("s = os.pidfd_open(os.getpid())", "cannot dump an pidfd fd ("),
+    "inotify": ("import ctypes; s = ctypes.CDLL(None, use_errno=True).inotify_init1(0)",
+                "cannot dump an inotify fd ("),
+    "listening unix socket": (("import socket; s = socket.socket(socket.AF_UNIX); "
+                              "s.bind(b'\\0zdtm-refusal-%d' % os.getpid()); s.listen()"),
+                              "cannot dump a listening unix socket ("),
+    "bound unix socket": (("import socket; s = socket.socket(socket.AF_UNIX, "
+                          "socket.SOCK_DGRAM); s.bind(b'\\0zdtm-bound-%d' % os.getpid())"),
+                          "cannot dump a unix socket bound to "),
+    "fds in flight": (("import socket; a, b = socket.socketpair(); "
+                      "socket.send_fds(a, [b'x'], [0])"),
+                      "cannot dump a unix socket with file descriptors in flight"),
+    "peer outside the tree": (("import socket; a = socket.socket(socket.AF_UNIX, "
+                              "socket.SOCK_DGRAM); a.connect(b'\\0' + sys.argv[1].encode())"),
+                              "is outside the dumped tree"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(HOLDERS))
+def test_unsupported_fd_is_refused_at_dump(what: str, tmp_path: Path) -> None:
+    code, expected = HOLDERS[what]
+    code = f"import os, sys, time\n{code}\nprint('ready', flush=True)\ntime.sleep(60)"
+    outside = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"zdtm-outside-{os.getpid()}-{tmp_path.name}"
+    outside.bind(b"\0" + name.encode())
+    holder = subprocess.Popen([sys.executable, "-S", "-c", code, name], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        fds = sorted(os.listdir(f"/proc/{holder.pid}/fd"))
+        images = tmp_path / "img"
+        res = run_engine("dump", "-t", str(holder.pid), "-D", str(images))
+        assert res.returncode == 1, res.stderr
+        line = res.stderr.strip()
+        assert line.startswith("engine: error: files: ") and "\n" not in line, line
+        assert expected in line, line
+        assert not images.exists()
+        status = Path(f"/proc/{holder.pid}/status").read_text()
+        assert "TracerPid:\t0\n" in status and "State:\tS" in status
+        assert sorted(os.listdir(f"/proc/{holder.pid}/fd")) == fds
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        outside.close()

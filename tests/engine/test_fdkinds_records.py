@@ -1,0 +1,56 @@
+"""files.json records of eventfd, signalfd, timerfd and epoll files: read back as
+written, and refused (one RecordError naming the field) when out of range."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine.images import codec
+from engine.images.records import FileRecord, RecordError
+
+BASE: dict[str, Any] = {"id": 3, "type": "anon_inode", "flags": 2}
+GOOD = {
+    "eventfd": {"count": (1 << 64) - 2, "semaphore": True},
+    "signalfd": {"sigmask": 0x3 << 9},
+    "timerfd": {"clockid": 1, "settime_flags": 1, "value_ns": 5, "interval_ns": 0,
+                "ticks": 2},
+    "epoll": [{"tfd": 4, "file_id": 1, "events": 0x80000019, "data": (1 << 64) - 1}],
+}
+BAD = {
+    "eventfd at 2^64-1": {"eventfd": {"count": (1 << 64) - 1, "semaphore": False}},
+    "timerfd clock 3 (process cputime)": {"timerfd": dict(GOOD["timerfd"], clockid=3)},
+    "timerfd unknown settime flag": {"timerfd": dict(GOOD["timerfd"], settime_flags=4)},
+    "timerfd negative interval": {"timerfd": dict(GOOD["timerfd"], interval_ns=-1)},
+    "epoll unknown event bit": {"epoll": [dict(GOOD["epoll"][0], events=1 << 20)]},
+    "epoll negative fd": {"epoll": [dict(GOOD["epoll"][0], tfd=-1)]},
+    "two states in one file": {"eventfd": GOOD["eventfd"], "signalfd": GOOD["signalfd"]},
+    "anon_inode without state": {},
+}
+
+
+def _load(extra: dict[str, Any]) -> FileRecord:
+    return codec.from_dict(FileRecord, {**BASE, **extra})  # validates every nested record
+
+
+@pytest.mark.parametrize("kind", sorted(GOOD))
+def test_each_kind_round_trips(kind: str) -> None:
+    rec = _load({kind: GOOD[kind]})
+    assert codec.from_dict(FileRecord, codec.to_dict(rec)) == rec
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_out_of_range_state_is_refused(case: str) -> None:
+    with pytest.raises(RecordError):
+        _load(BAD[case])
+
+
+def test_unix_socket_state_is_checked() -> None:
+    good = {"type": 5, "peer": 77, "shutdown": 3, "queued": [3, 14]}
+    assert _load({"type": "socket", "unix": good}).unix is not None
+    for bad in ({"type": 3}, {"peer": 0}, {"shutdown": 4}, {"queued": [-1]}):
+        with pytest.raises(RecordError):
+            _load({"type": "socket", "unix": {**good, **bad}})
+    with pytest.raises(RecordError):
+        _load({"type": "socket"})  # a socket without its state
