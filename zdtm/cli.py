@@ -350,7 +350,7 @@ def _jobs(args: argparse.Namespace, inputs: Inputs) -> list[Job]:
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options, as recorded in the results file."""
-    skip = {"cmd", "raw_argv"}
+    skip = {"cmd", "raw_argv", "known_entries"}
     return {k: (str(v) if isinstance(v, Path) else v)
             for k, v in sorted(vars(args).items()) if k not in skip}
 
@@ -390,6 +390,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not jobs and not args.shard:
         print("runner.py: no test x flavour selected", file=sys.stderr)
         return 2
+    args.known_entries = inputs.known_failures
     engine = _engine(args)
     shard_text = f"{args.shard[0]}/{args.shard[1]}" if args.shard else None
     run = RunResults(results_file.start_metadata(
@@ -472,6 +473,13 @@ def _judge(args: argparse.Namespace, inputs: Inputs, results: list[Result],
     return decision.status
 
 
+def _finished(r: Result, args: argparse.Namespace, console: Console) -> None:
+    """A case is done: mark it known (a known failure does not stop the run), show it."""
+    if args.known_entries:
+        r.known = known.reason_for(args.known_entries, r)
+    console.result(r)
+
+
 def _run_serial(jobs: list[Job], args: argparse.Namespace, engine: Engine,
                 console: Console, results: list[Result]) -> None:
     opts = _options(args)
@@ -480,9 +488,9 @@ def _run_serial(jobs: list[Job], args: argparse.Namespace, engine: Engine,
         r = with_reruns(functools.partial(run_test, job.test, job.flavor, engine, opts,
                                           progress=console.line),
                         args.rerun_failures, _rerun_line(console, args))
-        console.result(r)
+        _finished(r, args, console)
         results.append(r)
-        if r.outcome == FAIL and not args.keep_going:
+        if r.outcome == FAIL and not r.known and not args.keep_going:
             console.line("stopping after the first failure (use --keep-going to go on)")
             break
 
@@ -517,8 +525,8 @@ def _run_parallel(jobs: list[Job], args: argparse.Namespace, console: Console,
             return  # its worker was ended by the interrupt: no result of its own
         with lock:
             results.append(r)
-        console.result(r)
-        if r.outcome == FAIL and not args.keep_going:
+        _finished(r, args, console)
+        if r.outcome == FAIL and not r.known and not args.keep_going:
             stop.set()
 
     live: set[int] = set()

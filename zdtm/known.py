@@ -99,6 +99,15 @@ class KnownReport:
     expired: list[KnownFailure]         # entries past their date (ignored)
 
 
+def reason_for(entries: Sequence[KnownFailure], r: Result,
+               today: dt.date | None = None) -> str | None:
+    """The reason of the first unexpired entry matching a failed ``r``, else None."""
+    today = today or dt.date.today()
+    if r.outcome != FAIL:
+        return None
+    return next((e.reason for e in entries if e.matches(r) and not e.expired(today)), None)
+
+
 def apply(entries: Sequence[KnownFailure], results: Sequence[Result],
           today: dt.date | None = None) -> KnownReport:
     """Set ``known`` on each failure an unexpired entry matches; say what else it found."""
