@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
 
 from zdtm import results as results_file
 from zdtm.report import html_summary, junit_xml, totals, write_reports
@@ -139,3 +143,19 @@ def test_results_file_keeps_logs_apart_from_problems(tmp_path: Path) -> None:
     assert doc["cases"][0]["timings"] == {"dump": 0.5, "restore": 0.25}
     loaded = results_file.load(path)
     assert [c.to_dict() for c in loaded.cases] == [c.to_dict() for c in _results()]
+
+
+def test_html_filter_hides_rows_in_a_browser(tmp_path: Path) -> None:
+    """The page's own script, run by a headless browser: #hide=pass,skip hides those rows."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium installed to run the page's script")
+    page = tmp_path / "summary.html"
+    page.write_text(html_summary(_run([*_results(), _flaky()])))
+    dom = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
+                          "--dump-dom", f"{page.as_uri()}#hide=pass,skip"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = re.findall(r'<tr class="(\w+)"( style="display: none;")?>', dom)
+    assert sorted(rows) == [("fail", ""), ("flaky", ""), ("pass", ' style="display: none;"'),
+                            ("pass", ' style="display: none;"'),
+                            ("skip", ' style="display: none;"')]

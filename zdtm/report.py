@@ -134,7 +134,8 @@ pre { margin: 0; white-space: pre-wrap; font-size: 85%; }
 #filter label { margin-right: 1em; }
 """
 
-# Filter rows by outcome: each checkbox shows or hides the rows of its class.
+# Filter rows by outcome: each checkbox shows or hides the rows of its class; a link to
+# summary.html#hide=pass,skip opens the page with those outcomes hidden.
 JS = """
 function applyFilter() {
   document.querySelectorAll('#filter input').forEach(function (box) {
@@ -143,9 +144,12 @@ function applyFilter() {
     });
   });
 }
+var hidden = (location.hash.match(/hide=([a-z,]*)/) || [null, ''])[1].split(',');
 document.querySelectorAll('#filter input').forEach(function (box) {
+  box.checked = hidden.indexOf(box.value) < 0;
   box.addEventListener('change', applyFilter);
 });
+applyFilter();
 """
 
 
@@ -163,8 +167,8 @@ def _block(title: str, lines: Sequence[str]) -> str:
 def _case_row(r: Result) -> str:
     e = html.escape
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items())
-    extra = [f"<i>{e('; '.join(r.notes))}</i><br>" if r.notes else "",
-             f"<b>known:</b> {e(r.known)}<br>" if r.known else "",
+    extra = [f"<br><i>{e('; '.join(r.notes))}</i>" if r.notes else "",
+             f"<br><b>known:</b> {e(r.known)}" if r.known else "",
              _block("problems", r.problems()), _block("allowed deviations", r.allowed),
              _block("engine log", r.log_tail(ENGINE_LOG_PREFIX)),
              _block("test log", r.log_tail(TEST_LOG_PREFIX)),
