@@ -174,6 +174,7 @@ def test_console_counter_attribution_and_closing_list(fake_dir: Path) -> None:
     res = runner("run", "--tests-dir", str(fake_dir), "-t", "ext/pass2", "-t", "ext/fail",
                  "--nocr", "--keep-going", "-p", "2")
     lines = res.stdout.splitlines()
+    assert "failed (1):" in lines, res.stdout
     assert "build: the ns init (make -C flavors nsinit), where stale" in lines
     assert sum(1 for ln in lines if ln.startswith("[") and "/3 " in ln.split("]")[0]) == 3
     assert any(ln.startswith("[3/3 ") for ln in lines)
