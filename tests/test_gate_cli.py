@@ -103,6 +103,7 @@ def test_baseline_compare_and_known_failures(fake_dir: Path, tmp_path: Path) -> 
     assert res.returncode == 0, res.stdout
     assert "ext/victim [h] stop: test FAIL" in res.stdout and "(known: bug 42)" in res.stdout
     assert "known failures that passed (stale entry?) (1):" in res.stdout
+    assert "new failures" not in res.stdout  # no baseline: nothing to call new
     assert "2 passed, 1 failed (1 known), 0 skipped" in res.stdout
     doc = json.loads((tmp_path / "k" / "results.json").read_text())
     assert [c["known"] for c in doc["cases"] if c["test"] == "ext/victim"] == ["bug 42"]

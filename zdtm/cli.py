@@ -29,7 +29,7 @@ from typing import Any
 from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, shard, tasks
 from zdtm import results as results_file
 from zdtm.build import BuildError, ensure_built
-from zdtm.compare import Comparison, compare
+from zdtm.compare import Comparison, compare, known_lines
 from zdtm.console import Console, closing_lines
 from zdtm.desc import DescError, TestDesc, discover, discover_external, select
 from zdtm.engines import Engine, make_engine
@@ -462,8 +462,8 @@ def _judge(args: argparse.Namespace, inputs: Inputs, results: list[Result],
         comparison = compare(inputs.baseline.cases, results, known_report)
         console.block([f"compared with {args.baseline}:",
                        *(comparison.lines() or ["  no change in outcomes"])])
-    elif known_report is not None and (known_report.passing or known_report.expired):
-        console.block(compare([], results, known_report).lines())
+    elif known_report is not None and known_lines(known_report):
+        console.block(known_lines(known_report))
     console.block([*closing_lines(results), totals(results)])
     decision = verdict(results, strict=strict, comparison=comparison,
                        allow_new_skips=args.allow_new_skips)

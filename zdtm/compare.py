@@ -8,6 +8,7 @@ now (unless new skips are allowed): a patch that makes a test skip hides what it
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from zdtm.known import KnownReport
@@ -38,12 +39,7 @@ class Comparison:
     def lines(self) -> list[str]:
         """The comparison as console lines, one section per category that has cases."""
         out: list[str] = []
-
-        def section(title: str, items: list[str]) -> None:
-            if items:
-                out.append(f"{title} ({len(items)}):")
-                out.extend(f"  {item}" for item in items)
-
+        section = functools.partial(_section, out)
         section("new failures", [r.headline() for r in self.new_failures])
         section("newly skipped", [f"{n.headline()} (was {b.outcome})"
                                   for b, n in self.newly_skipped])
@@ -54,13 +50,25 @@ class Comparison:
                           for r in self.flaky if r.attempts])
         section("known failures", [f"{r.headline()} (known: {r.known})" for r in self.known])
         if self.known_report is not None:
-            section("known failures that passed (stale entry?)",
-                    [f"{r.ident} {r.outcome}: {e.reason}"
-                     for r, e in self.known_report.passing])
-            section("expired known-failure entries (ignored)",
-                    [f"{e.describe()}: expired {e.expires}" for e in self.known_report.expired])
+            out += known_lines(self.known_report)
         section("in the baseline, not run now", [r.ident for r in self.not_run])
         return out
+
+
+def _section(out: list[str], title: str, items: list[str]) -> None:
+    if items:
+        out.append(f"{title} ({len(items)}):")
+        out.extend(f"  {item}" for item in items)
+
+
+def known_lines(report: KnownReport) -> list[str]:
+    """What the known-failures file found beyond the failures: stale and expired entries."""
+    out: list[str] = []
+    _section(out, "known failures that passed (stale entry?)",
+             [f"{r.ident} {r.outcome}: {e.reason}" for r, e in report.passing])
+    _section(out, "expired known-failure entries (ignored)",
+             [f"{e.describe()}: expired {e.expires}" for e in report.expired])
+    return out
 
 
 def compare(base: list[Result], new: list[Result],
