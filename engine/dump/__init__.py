@@ -18,4 +18,6 @@ def features() -> dict[str, tuple[bool, str]]:
         "timerfd": (True, ""),
         "epoll": (True, ""),
         "unix_socketpair": (True, ""),
+        "tcp": (True, ""),
+        "udp": (True, ""),
     }

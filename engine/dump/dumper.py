@@ -99,6 +99,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         img.discard()
         raise
     track_mem = track_mem and leave_running  # a killed tree needs no tracking
+    table = dfiles.FileTable()
     trackers: dict[int, track.Tracker] = {}
     parent: _Parent | None = None
     try:
@@ -128,7 +129,6 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
                                      trackers if track_mem else {})
         fault_point("memory")
         lap("memory")
-        table = dfiles.FileTable()
         try:
             fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
             table.check_complete()
@@ -144,6 +144,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
             track.hold(images_dir, trackers)  # last: nothing may fail after it
         lap("write")
     except BaseException:
+        table.end(keep_repair=False)  # before the tasks run again
         track.close_all(trackers)
         frozen.release()
         img.discard()
@@ -151,6 +152,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     track.close_all(trackers)
     stats.tasks = len(frozen.procs)
     stats.threads = sum(len(s.threads) for s in state.values())
+    table.end(keep_repair=not leave_running)
     frozen.release(kill=not leave_running)
     lap("release")
     return stats

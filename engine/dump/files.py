@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import stat
 from dataclasses import dataclass, field
 
-from engine.dump import anonfd, unixsk
+from engine.dump import anonfd, inetsk, unixsk
 from engine.errors import EngineError
 from engine.images import names
 from engine.images.imgdir import ImageDir
@@ -39,6 +40,7 @@ class FileTable:
     _by_inode: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
     _pipe_sizes: dict[int, int] = field(default_factory=dict)  # pipe inode -> capacity
     diag: unixsk.Diag = field(default_factory=unixsk.Diag)
+    repaired: inetsk.Repaired = field(default_factory=inetsk.Repaired)
 
     def check_complete(self) -> None:
         """After every task: what only the whole tree can tell (socket peers inside)."""
@@ -47,6 +49,11 @@ class FileTable:
     def close(self) -> None:
         """Release the helpers (netlink sockets)."""
         self.diag.close()
+
+    def end(self, keep_repair: bool) -> None:
+        """At the very end of the dump: release the connections in TCP repair mode,
+        taking them out of it unless the tree is about to be killed (keep_repair)."""
+        self.repaired.end(keep_repair)
 
 
 def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
@@ -137,7 +144,7 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
     if kind == "anon_inode":
         anonfd.fill(rec, pid, info)
     if kind == "socket":
-        unixsk.fill(img, table.diag, rec, pid, info.fd)
+        _socket(img, table, rec, pid, info.fd)
     if kind in ("pipe", "fifo"):
         rec.pipe_ino = st.st_ino
         rec.content = names.pipe_content(st.st_ino)
@@ -145,6 +152,16 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             table._pipe_sizes[st.st_ino] = _save_pipe(img, pid, info.fd, rec.content)
         rec.pipe_size = table._pipe_sizes[st.st_ino]
     return rec
+
+
+def _socket(img: ImageDir, table: FileTable, rec: FileRecord, pid: int, fd: int) -> None:
+    with unixsk.take(pid, fd) as s:
+        if s.family == socket.AF_UNIX:
+            unixsk.fill(img, table.diag, rec, pid, fd, s)
+        elif s.family in (socket.AF_INET, socket.AF_INET6):
+            inetsk.fill(img, table.repaired, rec, pid, fd, s)
+        else:
+            raise unixsk.refuse_family(pid, fd, s, rec.link)
 
 
 def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> None:

@@ -25,8 +25,7 @@ from engine.kernel.sys import pidfd_getfd, pidfd_open
 SO_PEEK_OFF = 42  # asm-generic/socket.h; Python's socket module lacks it
 _TCP_LISTEN = 10
 _PEEK_MAX = 8 << 20  # one peek's buffer: more than any queue a default socket can hold
-_FAMILIES = {socket.AF_INET: "an IPv4", socket.AF_INET6: "an IPv6",
-             socket.AF_NETLINK: "a netlink", socket.AF_PACKET: "a packet"}
+_FAMILIES = {socket.AF_NETLINK: "a netlink", socket.AF_PACKET: "a packet"}
 
 
 class Diag:
@@ -54,31 +53,39 @@ def _refuse(pid: int, fd: int, what: str) -> EngineError:
                                 "by this engine")
 
 
-def fill(img: ImageDir, diag: Diag, rec: FileRecord, pid: int, fd: int) -> None:
-    """Record the unix socket behind the task's fd, with its queued data."""
+def take(pid: int, fd: int) -> socket.socket:
+    """The engine's own descriptor of the socket behind the task's fd."""
     try:
         pidfd = pidfd_open(pid)
         try:
-            mine = socket.socket(fileno=pidfd_getfd(pidfd, fd))
+            return socket.socket(fileno=pidfd_getfd(pidfd, fd))
         finally:
             os.close(pidfd)
     except OSError as e:
         raise EngineError("files", f"task {pid} fd {fd}: cannot take the socket: "
                                    f"{e.strerror}") from None
-    with mine:
-        if mine.family != socket.AF_UNIX:
-            raise _refuse(pid, fd, f"{_FAMILIES.get(mine.family, 'a')} socket ({rec.link})")
-        try:
-            info = diag.query(pid, rec.inode)
-        except OSError as e:
-            raise EngineError("files", f"task {pid} fd {fd}: sock_diag: {e.strerror}") from None
-        if info.state == _TCP_LISTEN:
-            raise _refuse(pid, fd, f"a listening unix socket ({rec.link})")
-        if info.name is not None:
-            raise _refuse(pid, fd, f"a unix socket bound to {info.name!r}")
-        if not info.peer:
-            raise _refuse(pid, fd, f"an unconnected unix socket ({rec.link})")
-        lens, data = _peek_queue(mine, pid, fd, info.type == socket.SOCK_STREAM)
+
+
+def refuse_family(pid: int, fd: int, s: socket.socket, link: str) -> EngineError:
+    """The dump's error for a socket family the engine does not restore."""
+    return _refuse(pid, fd, f"{_FAMILIES.get(s.family, 'a')} socket ({link})")
+
+
+def fill(img: ImageDir, diag: Diag, rec: FileRecord, pid: int, fd: int,
+         s: socket.socket) -> None:
+    """Record the unix socket `s` (the engine's descriptor of the task's fd) with its
+    queued data."""
+    try:
+        info = diag.query(pid, rec.inode)
+    except OSError as e:
+        raise EngineError("files", f"task {pid} fd {fd}: sock_diag: {e.strerror}") from None
+    if info.state == _TCP_LISTEN:
+        raise _refuse(pid, fd, f"a listening unix socket ({rec.link})")
+    if info.name is not None:
+        raise _refuse(pid, fd, f"a unix socket bound to {info.name!r}")
+    if not info.peer:
+        raise _refuse(pid, fd, f"an unconnected unix socket ({rec.link})")
+    lens, data = _peek_queue(s, pid, fd, info.type == socket.SOCK_STREAM)
     rec.unix = UnixSocketState(info.type, info.peer, info.shutdown, lens)
     rec.content = names.socket_queue(rec.inode)
     img.write_bytes(rec.content, data)

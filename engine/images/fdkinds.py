@@ -115,3 +115,67 @@ class UnixSocketState:
         _check(self.peer > 0, "unix socket without a peer")
         _check(self.shutdown & ~3 == 0, f"unix socket shutdown {self.shutdown:#x} unknown")
         _check(all(0 <= n < (1 << 31) for n in self.queued), "unix socket message length")
+
+
+#: address families of inet sockets, and the states the engine gives back
+INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
+TCP_STATES = (TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN)
+
+
+@dataclass
+class TcpRepair:
+    """What TCP repair mode reads of an established connection: the sequence numbers of
+    the first byte of each queue, the queues' lengths (the data is the record's content,
+    send queue first), the options negotiated at connect time, the window state and the
+    timestamp clock."""
+
+    send_seq: int
+    recv_seq: int
+    send_len: int
+    recv_len: int
+    mss: int
+    snd_wscale: int
+    rcv_wscale: int
+    options: int  # tcpi_options: 1 timestamps, 2 SACK, 4 window scaling
+    window: list[int]  # struct tcp_repair_window: snd_wl1 snd_wnd max_window rcv_wnd rcv_wup
+    timestamp: int
+
+    def validate(self) -> None:
+        """32-bit sequence numbers and window fields, scales a TCP option can carry."""
+        for v in (self.send_seq, self.recv_seq, self.timestamp, *self.window):
+            _check(0 <= v < (1 << 32), f"tcp repair value out of range: {v}")
+        _check(len(self.window) == 5, "tcp repair window needs 5 fields")
+        _check(0 <= self.send_len < (1 << 31) and 0 <= self.recv_len < (1 << 31),
+               "tcp queue length out of range")
+        _check(0 < self.mss < (1 << 16), f"tcp mss out of range: {self.mss}")
+        _check(0 <= self.snd_wscale <= 14 and 0 <= self.rcv_wscale <= 14, "tcp window scale")
+        _check(self.options & ~7 == 0, f"tcp options {self.options:#x} unknown")
+
+
+@dataclass
+class InetSocketState:
+    """A TCP or UDP socket: family, type, state, addresses ("host", port), the socket
+    options the engine gives back (name -> value), the listen backlog, and for an
+    established TCP connection its repair state."""
+
+    family: int
+    type: int  # SOCK_STREAM (TCP) or SOCK_DGRAM (UDP)
+    state: int  # TCP_* numbering (UDP: 1 connected, 7 not)
+    local: list[str]  # [host, port] ("" host: not bound)
+    peer: list[str]  # [] when not connected
+    options: dict[str, int]
+    backlog: int
+    repair: TcpRepair | None
+
+    def validate(self) -> None:
+        """Family, type, state and the fields the state needs."""
+        _check(self.family in INET_FAMILIES, f"inet socket family {self.family} unknown")
+        _check(self.type in (1, 2), f"inet socket type {self.type} unknown")
+        _check(self.state in TCP_STATES, f"inet socket state {self.state} not supported")
+        for addr in (self.local, self.peer):
+            _check(len(addr) in (0, 2), "inet address needs host and port")
+            _check(not addr or addr[1].isdigit() and int(addr[1]) < 65536, "inet port")
+        _check((self.repair is not None) == (self.type == 1 and self.state == TCP_ESTABLISHED),
+               "tcp repair state goes with an established connection only")
+        _check(0 <= self.backlog < (1 << 31), "listen backlog out of range")

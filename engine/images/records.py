@@ -17,6 +17,7 @@ from typing import ClassVar
 from engine.images.fdkinds import (
     EpollWatch,
     EventfdState,
+    InetSocketState,
     SignalfdState,
     TimerfdState,
     UnixSocketState,
@@ -518,6 +519,7 @@ class FileRecord:
     timerfd: TimerfdState | None = None
     epoll: list[EpollWatch] | None = None
     unix: UnixSocketState | None = None  # type socket: a connected unix socket
+    inet: InetSocketState | None = None  # type socket: TCP or UDP
 
     def validate(self) -> None:
         """Type known, the type's required fields present."""
@@ -533,8 +535,8 @@ class FileRecord:
                  if k is not None]
         _check(len(kinds) == (self.type == "anon_inode"),
                f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
-        _check((self.unix is not None) == (self.type == "socket"),
-               f"file {self.id}: {self.type} and unix socket state do not go together")
+        _check((self.unix is not None) + (self.inet is not None) == (self.type == "socket"),
+               f"file {self.id}: {self.type} and socket states do not go together")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from engine.images import DumpImage
 from engine.images.fdkinds import EpollWatch
 from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
-from engine.restore import anonfd, unixsk
+from engine.restore import anonfd, inetsk, unixsk
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
@@ -82,6 +82,7 @@ class _Opener:
         self.fifo_helpers: dict[int, int] = {}  # pipe_ino -> O_RDWR fd keeping it open
         self.to_unlink: list[str] = []  # recreated unlinked files, unlinked once all open
         self.socks = unixsk.Pairs(plan.contents, floor)
+        self.repaired: list[int] = []  # file ids of TCP connections still in repair mode
 
     def open(self, rec: FileRecord) -> int:
         """A new fd (above the floor) on a description equal to `rec`."""
@@ -98,6 +99,12 @@ class _Opener:
             return self._fifo_end(rec)
         if rec.type == "anon_inode":
             fd = anonfd.create(rec)
+            self._set_status_flags(fd, rec)
+            return fd
+        if rec.type == "socket" and rec.inet is not None:
+            fd = inetsk.create(rec, self.plan.contents.get(rec.id, b""))
+            if rec.inet.repair is not None:
+                self.repaired.append(rec.id)
             self._set_status_flags(fd, rec)
             return fd
         if rec.type == "socket":
@@ -203,6 +210,7 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
         except OSError as e:
             raise EngineError("files", f"{rec.type} {rec.path or rec.link}: "
                                        f"{e.strerror}") from None
+    inetsk.leave_repair([by_file[fid] for fid in opener.repaired])
     for path in opener.to_unlink:
         try:
             os.unlink(path)

@@ -15,8 +15,10 @@ from test_dump_basic import run_engine
 # Each holder opens an fd of a kind the engine does not restore, says "ready", waits;
 # the dump's one line must contain the expected words.
 HOLDERS = {
-    "inet socket": ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
-                    "cannot dump an IPv4 socket ("),
+    "raw socket": ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)",
+                   "cannot dump a raw or other inet socket ("),
+    "netlink socket": (("import socket; s = socket.socket(socket.AF_NETLINK, "
+                       "socket.SOCK_RAW, 0)"), "cannot dump a netlink socket ("),
     "pidfd": ("s = os.pidfd_open(os.getpid())", "cannot dump an pidfd fd ("),
     "inotify": ("import ctypes; s = ctypes.CDLL(None, use_errno=True).inotify_init1(0)",
                 "cannot dump an inotify fd ("),
@@ -29,6 +31,15 @@ HOLDERS = {
     "fds in flight": (("import socket; a, b = socket.socketpair(); "
                       "socket.send_fds(a, [b'x'], [0])"),
                       "cannot dump a unix socket with file descriptors in flight"),
+    "listener with a connection waiting": (
+        ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
+         "c = socket.create_connection(s.getsockname())"),
+        "cannot dump a TCP listener with 1 connections waiting"),
+    "half-closed TCP": (
+        ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
+         "c = socket.create_connection(s.getsockname()); a, _ = s.accept(); "
+         "c.shutdown(socket.SHUT_WR); time.sleep(0.2)"),
+        "cannot dump a TCP socket in state FIN_WAIT2"),
     "peer outside the tree": (("import socket; a = socket.socket(socket.AF_UNIX, "
                               "socket.SOCK_DGRAM); a.connect(b'\\0' + sys.argv[1].encode())"),
                               "is outside the dumped tree"),
@@ -61,3 +72,36 @@ def test_unsupported_fd_is_refused_at_dump(what: str, tmp_path: Path) -> None:
         holder.kill()
         holder.wait(timeout=10)
         outside.close()
+
+
+TCP_HOLDER = """
+import socket, sys
+srv = socket.create_server(("127.0.0.1", 0))
+cli = socket.create_connection(srv.getsockname())
+acc, _ = srv.accept()
+cli.sendall(b"queued")
+print("ready", flush=True)
+sys.stdin.readline()
+acc.sendall(b"pong")
+ok = acc.recv(6) == b"queued" and cli.recv(4) == b"pong"
+print("ok" if ok else "broken", flush=True)
+"""
+
+
+def test_failed_dump_leaves_tcp_connections_working(tmp_path: Path) -> None:
+    """A dump that fails after putting connections in TCP repair mode takes them out of
+    it again: the task goes on using them (the faults after the files step)."""
+    holder = subprocess.Popen([sys.executable, "-S", "-c", TCP_HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "ready\n"
+        res = run_engine("dump", "-t", str(holder.pid), "-D", str(tmp_path / "img"),
+                         env={"ENGINE_FAULT": "write"})
+        assert res.returncode == 1 and "fault injected" in res.stderr, res.stderr
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "ok\n"
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
