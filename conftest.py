@@ -41,7 +41,7 @@ from _pytest.junitxml import LogXML, xml_key
 
 from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard
 from zdtm import results as results_file
-from zdtm.desc import KINDS, DescError, TestDesc, discover
+from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
 from zdtm.engines import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.report import check_writable, classname, write_reports
@@ -73,6 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only the I-th of N deterministic parts of the items")
     group.addoption("--zdtm-shard-durations", default=None, metavar="RESULTS.json",
                     help="an earlier results file whose durations balance the shards")
+    group.addoption("--zdtm-tests-dir", default=None, metavar="DIR",
+                    help="also collect another project's zdtm suite in DIR (DIR/NAME::FLAVOUR)")
 
 
 class _Mode:
@@ -130,6 +132,12 @@ def pytest_configure(config: pytest.Config) -> None:
         why = check_writable(Path(report))
         if why:
             raise pytest.UsageError(f"--zdtm-report: cannot write reports to {why}")
+    ext = config.getoption("--zdtm-tests-dir")
+    if ext:
+        suite = ExternalSuite(Path(ext))
+        # a plugin, not this conftest's hook: conftest hooks only see paths below the repo
+        config.pluginmanager.register(suite, "zdtm-external-suite")
+        config.args.append(str(suite.directory))
     # restored trees re-parent to the nearest subreaper: this (worker) process
     prepare_process()
 
@@ -149,13 +157,11 @@ def _tests_by_source() -> dict[Path, TestDesc]:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    # a test whose descriptor cannot be read is collected too: its items fail naming why
     if (file_path.suffix == ".c" and file_path.parent.name in KINDS
-            and file_path.parent.parent == ROOT_DIR / "zdtm"):
-        try:
-            if file_path.resolve() in _tests_by_source():
-                return ZdtmFile.from_parent(parent, path=file_path)
-        except DescError as exc:
-            raise pytest.UsageError(str(exc)) from None
+            and file_path.parent.parent == ROOT_DIR / "zdtm"
+            and file_path.resolve() in _tests_by_source()):
+        return ZdtmFile.from_parent(parent, path=file_path)
     return None
 
 
@@ -193,16 +199,17 @@ class _JunitNames:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        test = _zdtm_test_of(report.nodeid)
-        if test is not None:
+        case = _zdtm_case(report)
+        if case is not None:
             reporter = self.xml.node_reporter(report)
-            reporter.add_attribute("classname", classname(test.name))
-            reporter.add_attribute("name", report.nodeid.partition("::")[2])
+            reporter.add_attribute("classname", classname(case[0]))
+            reporter.add_attribute("name", case[1])
 
 
-def _zdtm_test_of(nodeid: str) -> TestDesc | None:
-    path, _, flavor = nodeid.partition("::")
-    return _tests_by_source().get((ROOT_DIR / path).resolve()) if flavor else None
+def _zdtm_case(report: pytest.TestReport) -> tuple[str, str] | None:
+    """(test name, flavour) of a zdtm item's report (set by pytest_runtest_makereport)."""
+    case = getattr(report, "zdtm_case", None)
+    return (case[0], case[1]) if case else None
 
 
 class _Strict:
@@ -214,8 +221,8 @@ class _Strict:
         self.outcomes: dict[str, str] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if _zdtm_test_of(report.nodeid) is not None and (report.when == "call"
-                                                         or report.outcome != "passed"):
+        if _zdtm_case(report) is not None and (report.when == "call"
+                                               or report.outcome != "passed"):
             self.outcomes.setdefault(report.nodeid, report.outcome)
 
     def refusal(self) -> str | None:
@@ -268,10 +275,14 @@ class _Results:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Iterator[None]:
-    """Attach a zdtm item's Result to its call report (as JSON: it crosses xdist)."""
+    """Mark a zdtm item's reports with its case, and attach its Result to the call report
+    (plain data: reports cross from xdist workers to the controller)."""
     outcome = yield
-    if call.when == "call" and isinstance(item, ZdtmItem) and item.result is not None:
-        outcome.get_result().zdtm_result = json.dumps(item.result.to_dict())
+    if isinstance(item, ZdtmItem):
+        report = outcome.get_result()
+        report.zdtm_case = [item.test.name, item.flavor]
+        if call.when == "call" and item.result is not None:
+            report.zdtm_result = json.dumps(item.result.to_dict())
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -286,11 +297,34 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         config.pluginmanager.register(_Strict(), "zdtm-strict")
 
 
+class ExternalSuite:
+    """Collects the tests of --zdtm-tests-dir DIR (zdtm.desc.discover_external)."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            tests = discover_external(directory)
+        except DescError as exc:  # DIR itself is wrong: a usage error, nothing runs
+            raise pytest.UsageError(f"--zdtm-tests-dir: {exc}") from None
+        self.directory = directory.resolve()
+        self.tests = {t.binary: t for t in tests}
+
+    def pytest_collect_file(self, file_path: Path,
+                            parent: pytest.Collector) -> pytest.Collector | None:
+        test = self.tests.get(file_path.resolve())
+        if test is None:
+            return None
+        return ZdtmFile.from_parent(parent, path=file_path, test=test)
+
+
 class ZdtmFile(pytest.File):
-    """A test source; one item per flavour it declares (and the session selects)."""
+    """A test source (or an external suite's binary); one item per flavour it declares."""
+
+    def __init__(self, *, test: TestDesc | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.test = test
 
     def collect(self) -> Iterator[pytest.Item]:
-        test = _tests_by_source()[self.path.resolve()]
+        test = self.test or _tests_by_source()[self.path.resolve()]
         wanted = [f for f in self.config.getoption("--zdtm-flavors").split(",") if f]
         for flavor in test.flavors:
             if flavor in wanted:

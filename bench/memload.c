@@ -4,6 +4,7 @@
  *   memload anon --pidfile F --outfile O [--mib N] [--ackfile A]
  *   memload maps --pidfile F --outfile O --filename PATH [--vmas N]
  *   memload shm  --pidfile F --outfile O [--mib N]
+ *   memload fds  --pidfile F --outfile O [--fds N]
  *
  * The starter forks a worker, the worker sets up its memory, writes the
  * pidfile atomically and only then tells the starter to exit 0, so "starter
@@ -24,6 +25,11 @@
  *       On SIGTERM the root verifies, writes a token into the memory and
  *       forwards SIGTERM to the child, which must see the token (one object,
  *       not two copies) and the pattern; the root exits 0 only if both pass.
+ * fds:  N (default 10000) unix stream sockets in N/2 connected pairs, 8 bytes
+ *       waiting in one end of each, and one epoll instance watching all N for
+ *       input (the ends with data ready, with their index as epoll data).  On
+ *       SIGTERM: epoll reports exactly those ends, each holds its bytes, and the
+ *       pairs are still connected.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,7 +41,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -377,10 +386,79 @@ static int shm_verify(struct shm *s)
 
 /* ---- main ---- */
 
+/* ---- fds ---- */
+
+struct fds {
+	int *sk;   /* sk[2i], sk[2i+1]: pair i; data waits in sk[2i+1] */
+	unsigned long n;
+	int ep;
+};
+
+static void fds_setup(struct fds *f, unsigned long n)
+{
+	struct rlimit rl = { n + 64, n + 64 };
+	struct epoll_event ev = { .events = EPOLLIN };
+	uint64_t v;
+
+	f->n = n & ~1UL;
+	f->sk = calloc(f->n, sizeof(int));
+	if (!f->sk || setrlimit(RLIMIT_NOFILE, &rl))
+		die("fds: memory or RLIMIT_NOFILE");
+	f->ep = epoll_create1(0);
+	if (f->ep < 0)
+		die("epoll_create1");
+	for (unsigned long i = 0; i < f->n; i += 2) {
+		if (socketpair(AF_UNIX, SOCK_STREAM, 0, f->sk + i))
+			die("socketpair");
+		v = pattern(7, i);
+		if (write(f->sk[i], &v, sizeof(v)) != sizeof(v))
+			die("fds: write");
+		for (unsigned long j = i; j < i + 2; j++) {
+			ev.data.u64 = j;
+			if (epoll_ctl(f->ep, EPOLL_CTL_ADD, f->sk[j], &ev))
+				die("epoll_ctl");
+		}
+	}
+}
+
+static int fds_verify(struct fds *f)
+{
+	struct epoll_event *evs = calloc(f->n, sizeof(*evs));
+	uint64_t v;
+	int ready;
+
+	if (!evs)
+		die("calloc");
+	ready = epoll_wait(f->ep, evs, f->n, 0);
+	if (ready != (int)(f->n / 2)) {
+		verdict("FAIL: epoll reports %d ready fds, expected %lu", ready, f->n / 2);
+		return 1;
+	}
+	for (int k = 0; k < ready; k++) {
+		if (evs[k].data.u64 % 2 != 1) {
+			verdict("FAIL: epoll reports socket %lu, which has no data",
+				(unsigned long)evs[k].data.u64);
+			return 1;
+		}
+	}
+	for (unsigned long i = 0; i < f->n; i += 2) {
+		if (read(f->sk[i + 1], &v, sizeof(v)) != sizeof(v) || v != pattern(7, i)) {
+			verdict("FAIL: pair %lu lost its data", i / 2);
+			return 1;
+		}
+		if (write(f->sk[i + 1], &v, 1) != 1 || read(f->sk[i], &v, 1) != 1) {
+			verdict("FAIL: pair %lu is not connected any more", i / 2);
+			return 1;
+		}
+	}
+	verdict("PASS");
+	return 0;
+}
+
 static void usage(void)
 {
-	fprintf(stderr, "usage: memload anon|maps|shm --pidfile F --outfile O "
-			"[--mib N] [--vmas N] [--filename P] [--ackfile A]\n");
+	fprintf(stderr, "usage: memload anon|maps|shm|fds --pidfile F --outfile O "
+			"[--mib N] [--vmas N] [--fds N] [--filename P] [--ackfile A]\n");
 	exit(2);
 }
 
@@ -408,13 +486,15 @@ int main(int argc, char **argv)
 		{ "vmas", required_argument, NULL, 'v' },
 		{ "filename", required_argument, NULL, 'f' },
 		{ "ackfile", required_argument, NULL, 'a' },
+		{ "fds", required_argument, NULL, 'n' },
 		{ NULL, 0, NULL, 0 },
 	};
-	unsigned long mib = 0, vmas = 30000;
+	unsigned long mib = 0, vmas = 30000, nfds = 10000;
 	const char *mode;
 	struct anon a = { 0 };
 	struct maps m = { 0 };
 	struct shm s = { 0 };
+	struct fds f = { 0 };
 	sigset_t waitmask;
 	char buf[32], ready = 0;
 	int pfd[2], c, rc;
@@ -432,12 +512,14 @@ int main(int argc, char **argv)
 		case 'v': vmas = strtoul(optarg, NULL, 0); break;
 		case 'f': filename = optarg; break;
 		case 'a': ackfile = optarg; break;
+		case 'n': nfds = strtoul(optarg, NULL, 0); break;
 		default: usage();
 		}
 	}
 	if (!pidfile || !outfile)
 		usage();
-	if (strcmp(mode, "anon") && strcmp(mode, "maps") && strcmp(mode, "shm"))
+	if (strcmp(mode, "anon") && strcmp(mode, "maps") && strcmp(mode, "shm") &&
+	    strcmp(mode, "fds"))
 		usage();
 	if (!strcmp(mode, "maps") && (!filename || vmas == 0))
 		usage();
@@ -466,6 +548,8 @@ int main(int argc, char **argv)
 		anon_setup(&a, mib);
 	else if (!strcmp(mode, "maps"))
 		maps_setup(&m, vmas);
+	else if (!strcmp(mode, "fds"))
+		fds_setup(&f, nfds);
 	else
 		shm_setup(&s, mib, waitmask);
 	snprintf(buf, sizeof(buf), "%d", getpid());
@@ -488,5 +572,7 @@ int main(int argc, char **argv)
 		return anon_verify(&a);
 	if (!strcmp(mode, "maps"))
 		return maps_verify(&m);
+	if (!strcmp(mode, "fds"))
+		return fds_verify(&f);
 	return shm_verify(&s);
 }

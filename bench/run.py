@@ -30,7 +30,8 @@ from bench.engines import Bundled, Criu, Engine
 from bench.procs import DeadlineExceeded, Procs, become_subreaper
 
 SCENARIOS = ["cycle", "incremental", "lazy", "overhead"]
-WORKLOADS = ["anon", "maps", "shm"]
+WORKLOADS = ["anon", "maps", "shm", "fds"]
+DEFAULT_WORKLOADS = ["anon", "maps", "shm"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mib", type=int, default=1024, help="MiB of the anon workload")
     p.add_argument("--vmas", type=int, default=30000, help="VMAs of the maps workload")
     p.add_argument("--shm-mib", type=int, default=64, help="MiB of the shm workload")
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
+    p.add_argument("--fds", type=int, default=10000,
+                   help="sockets of the fds workload (pairs, all watched by one epoll)")
+    p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
                    help=f"comma list of {','.join(WORKLOADS)}")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma list of {','.join(SCENARIOS)}")
@@ -58,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.workloads = _choices(p, args.workloads, WORKLOADS, "--workloads")
     args.scenarios = _choices(p, args.scenarios, SCENARIOS, "--scenarios")
-    if args.reps < 1 or args.mib < 1 or args.vmas < 1 or args.shm_mib < 1:
-        p.error("--reps, --mib, --vmas and --shm-mib must be positive")
+    if min(args.reps, args.mib, args.vmas, args.shm_mib, args.fds) < 1:
+        p.error("--reps, --mib, --vmas, --shm-mib and --fds must be positive")
     return args
 
 
@@ -117,7 +120,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, workloads.Workload]]:
     """(scenario, workload) pairs to measure, in order."""
     make = {"anon": lambda: workloads.Workload.anon(args.mib),
             "maps": lambda: workloads.Workload.maps(args.vmas),
-            "shm": lambda: workloads.Workload.shm(args.shm_mib)}
+            "shm": lambda: workloads.Workload.shm(args.shm_mib),
+            "fds": lambda: workloads.Workload.fds(args.fds)}
     todo = []
     if "cycle" in args.scenarios:
         todo += [("cycle", make[w]()) for w in args.workloads]
@@ -131,6 +135,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, workloads.Workload]]:
 NEEDS = {("cycle", "anon"): ["dump", "restore"],
          ("cycle", "maps"): ["dump", "restore"],
          ("cycle", "shm"): ["dump_tree", "restore_tree", "dump_shmem", "restore_shmem"],
+         ("cycle", "fds"): ["unix_socketpair", "epoll"],
          ("incremental", "anon"): ["pre_dump"],
          ("lazy", "anon"): ["lazy_pages"]}
 

@@ -31,7 +31,7 @@ def build_memload(out_dir: Path) -> Path:
 class Workload:
     """One kind of workload and its size."""
 
-    name: str  # anon | maps | shm
+    name: str  # anon | maps | shm | fds
     args: list[str]  # size options for memload
     payload_bytes: int  # bytes of memory the workload wrote (what a dump must carry)
     describe: str
@@ -48,6 +48,12 @@ class Workload:
         private = vmas - vmas // 3
         return cls("maps", ["--vmas", str(vmas)], private * 4096,
                    f"{vmas} VMAs of one file, {private * 4096 >> 20} MiB COW'ed")
+
+    @classmethod
+    def fds(cls, count: int) -> Workload:
+        """Unix socket pairs with data waiting, all watched by one epoll."""
+        return cls("fds", ["--fds", str(count)], count // 2 * 8,
+                   f"{count} unix sockets in pairs, one epoll watching all")
 
     @classmethod
     def shm(cls, mib: int) -> Workload:

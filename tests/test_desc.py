@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from zdtm.desc import (
     parse_desc,
     select,
 )
+from zdtm.external import start_plan
 
 WHERE = Path("static/x.desc")
 
@@ -46,21 +48,60 @@ def test_empty_desc_gives_defaults() -> None:
     ("{'flavor': 'h vm'}", "unknown flavour(s) ['vm']"),
     ("{'flavor': ''}", "unknown flavour(s) (empty)"),
     ("{'flags': 'excl sometimes'}", "unknown flag(s) sometimes"),
-    ("{'flavour': 'h'}", "unknown key(s) flavour"),
-    ("{'timeout': '10'}", "'timeout' must be a positive integer"),
+    ("{'flavour': 'h'}", "unknown key 'flavour'"),
+    ("{'timeout': 'ten'}", "'timeout' must be a positive integer or a numeric string"),
     ("{'timeout': 0}", "'timeout' must be a positive integer"),
     ("{'timeout': true}", "'timeout' must be a positive integer"),
     ("{'file': 'yes please'}", "'file' must be true or false"),
-    ("{'file': true, 'dir': true}", "'file' and 'dir' cannot both be true"),
     ("{'opts': 5}", "'opts' must be a string or a list of strings, not int"),
+    ("{'arch': 64}", "'arch' must be a machine name"),
     ("[1, 2]", "must be a mapping, not list"),
-    ("{'flavor': 'h'", "not valid YAML"),
+    ("{'flavor': 'h'", "not a valid Python literal: '{' was never closed"),
+    ("flavor: [h", "not valid YAML nor a Python literal"),
 ])
 def test_bad_descs_name_the_file(text: str, needle: str) -> None:
     with pytest.raises(DescError) as exc:
         parse_desc(text, WHERE)
-    assert str(exc.value).startswith(f"{WHERE}: ")
+    assert str(exc.value).startswith(f"{WHERE}:1: ")
     assert needle in str(exc.value)
+
+
+def test_errors_name_the_line() -> None:
+    text = "{\n\t'flavor': 'h',\n\t'flags': 'excl sometimes',\n}\n"
+    with pytest.raises(DescError, match=r"^static/x.desc:3: unknown flag\(s\) sometimes"):
+        parse_desc(text, WHERE)
+    with pytest.raises(DescError, match=r"^static/x.desc:3: lambda is not allowed"):
+        parse_desc("{\n 'flavor': 'h',\n 'opts': lambda: 1}\n", WHERE)
+    with pytest.raises(DescError, match=r"^static/x.desc:2: subscript 'os.uname\(\)\[4\]' is not allowed"):
+        parse_desc("{'flavor': 'h',\n 'arch': os.uname()[4]}\n", WHERE)
+
+
+def test_criu_dialect() -> None:
+    """Tabs, string timeouts, dopts/ropts/arch, CRIU flags, Python expressions."""
+    text = ("{\n\t'flavor':\t'h ns',\n\t'timeout':\t'60',\n\t'flags':\t'suid crlib "
+            "pre-dump-notify nouser',\n\t'dopts': '--ext-mount-map ' + 'a:b',\n"
+            "\t'ropts': ' '.join(['--tcp-close', '--link-remap']),\n\t'arch': 'x86_64',\n"
+            "\t'deps': ['/bin/sh'],\n}\n")
+    assert parse_desc(text, WHERE) == {
+        "flavors": ("h", "ns"), "timeout": 60,
+        "flags": frozenset({"suid", "crlib", "pre-dump-notify", "nouser"}),
+        "dopts": ("--ext-mount-map", "a:b"), "ropts": ("--tcp-close", "--link-remap"),
+        "arch": "x86_64"}
+    assert parse_desc("{'timeout': '%d' % 45, 'flavor': str('h')}", WHERE) == {
+        "timeout": 45, "flavors": ("h",)}
+
+
+def test_foreign_suite_keys_and_flags_are_notes() -> None:
+    """Another project's descriptor: unknown keys and flags are listed, not errors."""
+    got = parse_desc("{'flags': 'excl newflag', 'kernel': '6.0'}", WHERE, strict=False)
+    assert got == {"flags": frozenset({"excl"}),
+                   "notes": ("unknown flag(s) ignored: newflag", "unknown key ignored: kernel")}
+
+
+def test_file_and_dir_both() -> None:
+    t = TestDesc(name="ext/x", kind="external", binary=Path("/x"), needs_file=True,
+                 needs_dir=True)
+    assert t.start_args()[2:] == ["--dirname=x.dir.test", "--filename=x.test"]
 
 
 def test_no_code_is_evaluated(tmp_path: Path) -> None:
@@ -68,6 +109,9 @@ def test_no_code_is_evaluated(tmp_path: Path) -> None:
     text = f"!!python/object/apply:os.system ['touch {marker}']"
     with pytest.raises(DescError, match="not valid YAML"):
         parse_desc(text, WHERE)
+    with pytest.raises(DescError, match="call of __import__"):
+        parse_desc(f"__import__('os').system('touch {marker}')", WHERE)
+    assert not marker.exists()
     assert not marker.exists()
 
 
@@ -95,11 +139,14 @@ def test_discover(tmp_path: Path) -> None:
     assert tests[2].kind == "transition"
 
 
-def test_discover_reports_bad_desc(tmp_path: Path) -> None:
+def test_discover_reports_bad_desc_and_goes_on(tmp_path: Path) -> None:
     z = _tree(tmp_path)
     (z / "static" / "b.desc").write_text("{'flavor': 'x'}\n")
-    with pytest.raises(DescError, match=r"static/b.desc: unknown flavour"):
-        discover(z)
+    tests = {t.name: t for t in discover(z)}
+    assert sorted(tests) == ["static/a", "static/b", "transition/c"]
+    assert tests["static/b"].problem is not None
+    assert re.search(r"static/b.desc:1: unknown flavour", tests["static/b"].problem)
+    assert tests["static/a"].problem is None
 
 
 def test_select(tmp_path: Path) -> None:
@@ -120,19 +167,29 @@ def test_normalise_name() -> None:
 
 
 def test_external_tests(tmp_path: Path) -> None:
+    """Without a Makefile: the descriptor, else the options the binary declares."""
     for name, body in (("uses_file", b"\0filename\0pidfile\0"), ("uses_dir", b"\0dirname\0"),
-                       ("plain", b"\0pidfile\0")):
+                       ("uses_both", b"\0dirname\0filename\0"), ("plain", b"\0pidfile\0")):
         p = tmp_path / name
         p.write_bytes(b"\x7fELF" + body)
         os.chmod(p, 0o755)
+    for name in ("x.hook", "x.checkskip", "lib.so"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        os.chmod(tmp_path / name, 0o755)
     (tmp_path / "plain.desc").write_text("{'flavor': 'h ns', 'dir': true}\n")
+    (tmp_path / "uses_dir.desc").write_text("{'flavor': 'h ns'\n")
     (tmp_path / "notes.txt").write_text("not a test\n")
     tests = {t.name: t for t in discover_external(tmp_path)}
-    assert sorted(tests) == ["ext/plain", "ext/uses_dir", "ext/uses_file"]
-    assert tests["ext/uses_file"].needs_file and not tests["ext/uses_file"].needs_dir
-    assert tests["ext/uses_dir"].needs_dir and not tests["ext/uses_dir"].needs_file
+    assert sorted(tests) == ["ext/plain", "ext/uses_both", "ext/uses_dir", "ext/uses_file"]
+    args = {n: list(start_plan(t).args[2:]) for n, t in tests.items()}
+    assert args["ext/uses_file"] == ["--filename=uses_file.test"]
+    assert args["ext/uses_dir"] == ["--dirname=uses_dir.test"]
+    assert args["ext/uses_both"] == ["--dirname=uses_both.dir.test", "--filename=uses_both.test"]
+    assert args["ext/plain"] == ["--dirname=plain.test"]  # from the descriptor
+    assert "no Makefile" in start_plan(tests["ext/plain"]).source
     plain = tests["ext/plain"]
-    assert plain.needs_dir and plain.flavors == ("h", "ns") and plain.build_target is None
+    assert plain.flavors == ("h", "ns") and plain.build_target is None
+    assert tests["ext/uses_dir"].problem.startswith(f"{tmp_path}/uses_dir.desc:")
     with pytest.raises(DescError, match="is not a directory"):
         discover_external(tmp_path / "missing")
 
@@ -143,3 +200,4 @@ def test_repository_descs_are_valid() -> None:
     assert tests, "no zdtm tests found"
     for t in tests:
         assert t.source is not None and t.source.exists()
+        assert t.problem is None, t.problem

@@ -190,9 +190,9 @@ def test_list_shows_flavours_and_flags(fake_dir: Path) -> None:
     res = runner("list", "--tests-dir", str(fake_dir))
     assert res.returncode == 0
     row = next(ln for ln in res.stdout.splitlines() if ln.startswith("ext/alone"))
-    assert row.split()[1:] == ["h", "flags:", "excl"]
+    assert row.split()[1:4] == ["h", "flags:", "excl"]
     row = next(ln for ln in res.stdout.splitlines() if ln.startswith("ext/pass"))
-    assert row.split()[1:] == ["h", "ns", "uns"]
+    assert row.split()[1:5] == ["h", "ns", "uns", "start:"]  # and where its start came from
 
 
 def test_parser_options() -> None:

@@ -382,3 +382,16 @@ def test_epoll_watches_compare_without_file_ids_in_any_order() -> None:
     assert snapshot.stable_fdinfo(before) != snapshot.stable_fdinfo(changed)
     assert snapshot.stable_fdinfo([("it_value", "(5, 0)"), ("clockid", "1")]) == (
         ("clockid", "1"),)
+
+
+def test_lock_lines_compare_kind_type_and_range_only() -> None:
+    """A lock keeps its kind, type and range; the owner's host pid and the file's ids
+    are judged elsewhere (tree, fds) and may change with a restore."""
+    before = [("lock", "1: POSIX  ADVISORY  WRITE 25215 fe:00:2147320 5 14")]
+    after = [("lock", "2: POSIX  ADVISORY  WRITE 3 fe:01:77 5 14")]
+    assert snapshot.stable_fdinfo(before) == snapshot.stable_fdinfo(after) == (
+        ("lock", "POSIX ADVISORY WRITE 5 14"),)
+    for other in ("1: POSIX  ADVISORY  READ 25215 fe:00:2147320 5 14",
+                  "1: POSIX  ADVISORY  WRITE 25215 fe:00:2147320 5 EOF",
+                  "1: OFDLCK ADVISORY  WRITE -1 fe:00:2147320 5 14"):
+        assert snapshot.stable_fdinfo([("lock", other)]) != snapshot.stable_fdinfo(before)

@@ -33,6 +33,7 @@ from zdtm.compare import Comparison, compare, known_lines
 from zdtm.console import Console, closing_lines
 from zdtm.desc import DescError, TestDesc, discover, discover_external, select
 from zdtm.engines import Engine, make_engine
+from zdtm.external import script, start_plan
 from zdtm.gate import verdict, with_reruns
 from zdtm.lifecycle import ENGINE_TIMEOUT, SNAPSHOT_TIMEOUT, RunOptions, prepare_process, run_test
 from zdtm.report import check_writable, totals, write_reports
@@ -620,11 +621,30 @@ def cmd_list(args: argparse.Namespace) -> int:
             extra.append("flags: " + " ".join(sorted(t.flags)))
         if t.feature:
             extra.append("feature: " + " ".join(t.feature))
-        if t.needs_file or t.needs_dir:
-            extra.append("--filename" if t.needs_file else "--dirname")
+        for key in ("opts", "dopts", "ropts"):
+            if getattr(t, key):
+                extra.append(f"{key}: " + " ".join(getattr(t, key)))
+        if t.arch:
+            extra.append(f"arch: {t.arch}")
+        extra += _start_words(t)
         print(f"{t.name:<{width}}  {' '.join(t.flavors):<8}  {'  '.join(extra)}".rstrip())
+        # a test's own problem is listed with it; the listing goes on
+        for line in ([f"ERROR {t.problem}"] if t.problem else []) + list(t.notes):
+            print(f"{'':<{width}}    {line}")
     print(f"{len(tests)} tests")
     return 0
+
+
+def _start_words(t: TestDesc) -> list[str]:
+    """How the test is started, for the listing (external tests: also where that came from)."""
+    if t.kind != "external":
+        return [a.split("=", 1)[0] for a in t.start_args()[2:]]
+    plan = start_plan(t)
+    scripts = [f"{kind}: yes" for kind in ("hook", "checkskip") if script(t, f".{kind}")]
+    if plan.problem:
+        return [*scripts, f"SKIP: {plan.problem}"]
+    args = " ".join(plan.args[2:]) or "(pidfile/outfile only)"
+    return [*scripts, f"start: {args} [{plan.source}]"]
 
 
 def cmd_clean(_args: argparse.Namespace) -> int:

@@ -1,20 +1,27 @@
 """Test descriptors: read NAME.desc files and discover the tests.
 
-A descriptor is a YAML mapping beside the test source (CRIU's one-line dict literals such as
-``{'flavor': 'h ns', 'flags': 'excl'}`` are valid YAML flow mappings). It is read with
-``yaml.safe_load`` only; nothing in it is ever evaluated as code.
+A descriptor is a mapping beside the test, in the dialect of CRIU's zdtm suite: a Python
+dict literal (tabs, numeric strings, and a few expressions such as ``'a' + 'b'`` or
+``' '.join([...])``, read by zdtm.desc_expr without eval()) or YAML (``yaml.safe_load``;
+our own descriptors use both forms).  Nothing in it is ever run as code.
 
 Keys (all optional):
 
 ``flavor``   flavours the test supports, a subset of ``h ns uns`` (string or list)
-``flags``    ``excl noauto crfail suid nolazy reqrst ...`` (string or list)
-``opts``     extra engine options for dump and restore (string or list)
-``ropts``    extra engine options for restore only (string or list)
-``feature``  engine/kernel features required, as named by the engine's ``check --json``
-``timeout``  seconds the test may take to start and to stop (positive int)
+``flags``    ``excl noauto crfail suid nolazy reqrst crlib pre-dump-notify ...``
+``opts``     extra engine options for pre-dump, dump and restore (string or list)
+``dopts``    extra engine options for pre-dump and dump only
+``ropts``    extra engine options for restore only
+``feature``  engine/kernel features required (the engine's names, or criu's: see
+             zdtm.engines.translate)
+``timeout``  seconds the test may take to start and to stop (int or numeric string)
 ``file``     true: start the test with ``--filename=NAME.test``
-``dir``      true: start the test with ``--dirname=NAME.test``
-``arch``, ``deps``, ``sysctl``   CRIU keys, accepted and ignored
+``dir``      true: start the test with ``--dirname=NAME.test`` (``NAME.dir.test`` with file)
+``arch``     the one machine (``uname -m``) the test is for; SKIP on any other
+``deps``, ``sysctl``   CRIU keys, accepted without effect here
+
+A descriptor that cannot be read does not stop discovery: the test is listed with its
+``problem`` (file, line, what is wrong) and its runs are harness errors naming it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 import yaml
 
 from zdtm import FLAVORS, ZDTM_DIR
+from zdtm.desc_expr import ExprError, evaluate
 
 #: Flags this harness acts on, with what they do.
 FLAG_MEANING = {
@@ -39,12 +47,15 @@ FLAG_MEANING = {
     "reqrst": "needs a restore: skipped with --norst",
     "nouns": "never run in the uns flavour",
     "suid": "needs root (the harness runs every test as root)",
+    "crlib": "criu gets --libdir DIR/lib (its plugins beside the test); other engines SKIP",
+    "pre-dump-notify": "after each pre-dump the test is notified through its fds 100/101",
 }
-#: CRIU flags accepted in external descriptors without an effect here.
-CRIU_ONLY_FLAGS = {"nouser", "norst", "samens", "sock", "nodump", "noauto_lazy"}
+#: CRIU flags accepted without an effect here (they select modes this harness lacks).
+CRIU_ONLY_FLAGS = {"nouser", "norst", "samens", "sock", "nodump", "noauto_lazy",
+                   "noremotelazy"}
 KNOWN_FLAGS = frozenset(FLAG_MEANING) | CRIU_ONLY_FLAGS
 KNOWN_KEYS = frozenset(
-    {"flavor", "flags", "opts", "ropts", "feature", "timeout", "file", "dir",
+    {"flavor", "flags", "opts", "dopts", "ropts", "feature", "timeout", "file", "dir",
      "arch", "deps", "sysctl"}
 )
 KINDS = ("static", "transition")
@@ -52,7 +63,7 @@ DEFAULT_TIMEOUT = 30
 
 
 class DescError(ValueError):
-    """A descriptor is malformed; the message names the file."""
+    """A descriptor is malformed; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +80,15 @@ class TestDesc:
     flavors: tuple[str, ...] = FLAVORS
     flags: frozenset[str] = field(default_factory=frozenset)
     opts: tuple[str, ...] = ()
+    dopts: tuple[str, ...] = ()
     ropts: tuple[str, ...] = ()
     feature: tuple[str, ...] = ()
     timeout: int = DEFAULT_TIMEOUT
     needs_file: bool = False
     needs_dir: bool = False
+    arch: str | None = None
+    problem: str | None = None     # the descriptor could not be read: why (file:line: ...)
+    notes: tuple[str, ...] = ()    # descriptor content accepted without effect
 
     @property
     def short(self) -> str:
@@ -88,90 +103,166 @@ class TestDesc:
     def start_args(self) -> list[str]:
         """The zdtm-protocol command line (without the binary), relative to the work dir."""
         args = [f"--pidfile={self.short}.pid", f"--outfile={self.short}.out"]
+        if self.needs_dir:
+            # with both, the directory gets its own name (as CRIU's suite does)
+            suffix = ".dir.test" if self.needs_file else ".test"
+            args.append(f"--dirname={self.short}{suffix}")
         if self.needs_file:
             args.append(f"--filename={self.short}.test")
-        if self.needs_dir:
-            args.append(f"--dirname={self.short}.test")
         return args
 
 
-def _words(value: Any, key: str, where: Path) -> tuple[str, ...]:
+def _line_of(text: str, key: Any) -> int:
+    """The first line of ``text`` naming ``key`` (1 when it cannot be found)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if str(key) in line:
+            return number
+    return 1
+
+
+def _words(value: Any, key: str) -> tuple[str, ...]:
     """Accept a space-separated string or a list of strings (CRIU uses both)."""
     if value is None:
         return ()
     if isinstance(value, str):
         return tuple(value.split())
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(w for v in value for w in v.split())
-    raise DescError(f"{where}: '{key}' must be a string or a list of strings, "
-                    f"not {type(value).__name__}")
+    raise ValueError(f"'{key}' must be a string or a list of strings, "
+                     f"not {type(value).__name__}")
 
 
-def _bool(value: Any, key: str, where: Path) -> bool:
+def _bool(value: Any, key: str) -> bool:
     if isinstance(value, bool):
         return value
-    raise DescError(f"{where}: '{key}' must be true or false, not {value!r}")
+    raise ValueError(f"'{key}' must be true or false, not {value!r}")
 
 
-def parse_desc(text: str, where: Path) -> dict[str, Any]:
-    """Parse and validate descriptor text; returns the TestDesc fields it sets.
+def _timeout(value: Any) -> int:
+    """CRIU writes timeouts as ints or as numeric strings (``'60'``)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"'timeout' must be a positive integer or a numeric string, "
+                         f"not {value!r}")
+    return value
 
-    Raises DescError naming ``where`` for YAML errors, unknown keys, flavours or flags, and
-    values of the wrong type.
+
+def _load_mapping(text: str, where: Path) -> Any:
+    """The descriptor's value: a Python literal expression first (CRIU's dialect), YAML next.
+
+    Python is tried first because CRIU reads its descriptors with eval(); a text that is not
+    Python, or uses a construct outside desc_expr's subset, is tried as YAML (our own block
+    mappings, ``true``/``false``).  When both fail, the error is the one that says most.
     """
+    expr_error: ExprError | None = None
+    try:
+        return evaluate(text)
+    except SyntaxError as exc:
+        if text.lstrip().startswith("{"):  # meant as CRIU's dict literal: say it in Python
+            expr_error = ExprError(exc.lineno or 1, (exc.offset or 1) - 1,
+                                   f"not a valid Python literal: {exc.msg}")
+    except ExprError as exc:
+        expr_error = exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise DescError(f"{where}: not valid YAML: {exc}") from None
+        if expr_error is not None:
+            raise DescError(f"{where}:{expr_error.line}: {expr_error.problem}") from None
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DescError(f"{where}:{line}: not valid YAML nor a Python literal: "
+                        f"{what}") from None
+    if expr_error is not None and not isinstance(data, dict):
+        # Python that is no mapping YAML would read: the refused construct says most
+        raise DescError(f"{where}:{expr_error.line}: {expr_error.problem}")
+    return data
+
+
+def parse_desc(text: str, where: Path, *, strict: bool = True) -> dict[str, Any]:
+    """Parse and validate descriptor text; returns the TestDesc fields it sets.
+
+    Raises DescError naming ``where`` and the line for syntax errors, values of the wrong
+    type and (``strict``, our own tests) unknown keys, flavours or flags.  Not strict (another
+    project's suite), unknown keys and flags are returned as ``notes`` instead.
+    """
+    data = _load_mapping(text, where)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise DescError(f"{where}: must be a mapping, not {type(data).__name__}")
-    unknown = sorted(str(k) for k in data if k not in KNOWN_KEYS)
-    if unknown:
-        raise DescError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(KNOWN_KEYS))}")
+        raise DescError(f"{where}:1: must be a mapping, not {type(data).__name__}")
     out: dict[str, Any] = {}
-    if "flavor" in data:
-        flavors = _words(data["flavor"], "flavor", where)
-        bad = [f for f in flavors if f not in FLAVORS]
-        if bad or not flavors:
-            raise DescError(f"{where}: unknown flavour(s) {bad or '(empty)'}; "
-                            f"known: {' '.join(FLAVORS)}")
-        out["flavors"] = tuple(f for f in FLAVORS if f in flavors)
-    if "flags" in data:
-        flags = frozenset(_words(data["flags"], "flags", where))
-        bad = sorted(flags - KNOWN_FLAGS)
-        if bad:
-            raise DescError(f"{where}: unknown flag(s) {', '.join(bad)}; "
-                            f"known: {' '.join(sorted(KNOWN_FLAGS))}")
-        out["flags"] = flags
-    for key in ("opts", "ropts", "feature"):
-        if key in data:
-            out[key] = _words(data[key], key, where)
-    if "timeout" in data:
-        timeout = data["timeout"]
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
-            raise DescError(f"{where}: 'timeout' must be a positive integer, not {timeout!r}")
-        out["timeout"] = timeout
-    if "file" in data:
-        out["needs_file"] = _bool(data["file"], "file", where)
-    if "dir" in data:
-        out["needs_dir"] = _bool(data["dir"], "dir", where)
-    if out.get("needs_file") and out.get("needs_dir"):
-        raise DescError(f"{where}: 'file' and 'dir' cannot both be true")
+    notes: list[str] = []
+    for key in data:
+        try:
+            _read_key(key, data[key], out, notes, strict)
+        except ValueError as exc:
+            raise DescError(f"{where}:{_line_of(text, key)}: {exc}") from None
+    if notes:
+        out["notes"] = tuple(notes)
     return out
 
 
-def load_desc(desc_path: Path) -> dict[str, Any]:
-    """Read one NAME.desc (missing file: defaults)."""
+def _read_key(key: Any, value: Any, out: dict[str, Any], notes: list[str],
+              strict: bool) -> None:
+    """Store one descriptor entry into ``out`` (ValueError: what is wrong with it)."""
+    if key == "flavor":
+        flavors = _words(value, key)
+        bad = [f for f in flavors if f not in FLAVORS]
+        if bad or not flavors:
+            raise ValueError(f"unknown flavour(s) {bad or '(empty)'}; "
+                             f"known: {' '.join(FLAVORS)}")
+        out["flavors"] = tuple(f for f in FLAVORS if f in flavors)
+    elif key == "flags":
+        flags = frozenset(_words(value, key))
+        bad = sorted(flags - KNOWN_FLAGS)
+        if bad and strict:
+            raise ValueError(f"unknown flag(s) {', '.join(bad)}; "
+                             f"known: {' '.join(sorted(KNOWN_FLAGS))}")
+        if bad:
+            notes.append(f"unknown flag(s) ignored: {' '.join(bad)}")
+        out["flags"] = flags - frozenset(bad)
+    elif key in ("opts", "dopts", "ropts", "feature"):
+        out[key] = _words(value, key)
+    elif key == "timeout":
+        out["timeout"] = _timeout(value)
+    elif key in ("file", "dir"):
+        out["needs_" + key] = _bool(value, key)
+    elif key == "arch":
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"'arch' must be a machine name such as x86_64, not {value!r}")
+        out["arch"] = value.strip()
+    elif key in KNOWN_KEYS:
+        pass  # deps, sysctl: CRIU's own setup of its ns root; nothing to do here
+    elif strict:
+        raise ValueError(f"unknown key {key!r}; known: {', '.join(sorted(KNOWN_KEYS))}")
+    else:
+        notes.append(f"unknown key ignored: {key}")
+
+
+def load_desc(desc_path: Path, *, strict: bool = True) -> dict[str, Any]:
+    """Read one NAME.desc (missing file: defaults); DescError when it cannot be read."""
     try:
         text = desc_path.read_text()
     except FileNotFoundError:
         return {}
-    except OSError as exc:
-        raise DescError(f"{desc_path}: cannot read: {exc.strerror}") from None
-    return parse_desc(text, desc_path)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise DescError(f"{desc_path}:1: cannot read: {why}") from None
+    return parse_desc(text, desc_path, strict=strict)
+
+
+def desc_fields(desc_path: Path, *, strict: bool = True) -> dict[str, Any]:
+    """load_desc, but an unreadable descriptor becomes the test's ``problem``.
+
+    Discovery never stops at one test: the others are listed and run, and this one's runs
+    report the problem.
+    """
+    try:
+        return load_desc(desc_path, strict=strict)
+    except DescError as exc:
+        return {"problem": str(exc)}
 
 
 def _is_test_source(path: Path) -> bool:
@@ -194,49 +285,37 @@ def discover(zdtm_dir: Path = ZDTM_DIR) -> list[TestDesc]:
             if not _is_test_source(src):
                 continue
             desc_path = src.with_suffix(".desc")
-            fields = load_desc(desc_path)
             tests.append(TestDesc(name=f"{kind}/{src.stem}", kind=kind,
                                   binary=src.with_suffix(""), source=src,
                                   desc_path=desc_path if desc_path.exists() else None,
-                                  **fields))
+                                  **desc_fields(desc_path)))
     return tests
 
 
-def _declares_option(binary: Path, option: str) -> bool:
-    """Whether a prebuilt zdtm binary declares a command-line option.
-
-    zdtm test libraries keep option names as C strings, so a binary that accepts
-    --filename holds the NUL-terminated string "filename".
-    """
-    try:
-        return (option.encode() + b"\0") in binary.read_bytes()
-    except OSError:
-        return False
-
-
 def discover_external(tests_dir: Path) -> list[TestDesc]:
-    """zdtm-protocol binaries in ``tests_dir`` (e.g. CRIU's built tests), one level deep.
+    """The tests of another project's suite: its executable files, one level deep.
 
-    Each executable regular file is a test; an optional NAME.desc beside it is read like ours.
-    When the descriptor says nothing about --filename/--dirname, the binary is inspected for
-    the option names it declares.
+    ``NAME.checkskip``, ``NAME.hook`` and files with a suffix (``.so``, ``.c``...) are not
+    tests.  A descriptor that cannot be read becomes the test's ``problem``.
     """
     tests_dir = Path(tests_dir).resolve()
     if not tests_dir.is_dir():
         raise DescError(f"{tests_dir}: --tests-dir is not a directory")
     tests = []
     for binary in sorted(tests_dir.iterdir()):
-        if (not binary.is_file() or binary.suffix or not os.access(binary, os.X_OK)):
+        if (binary.is_symlink() or not binary.is_file() or binary.suffix
+                or not os.access(binary, os.X_OK)):
             continue
-        desc_path = binary.with_suffix(".desc")
-        fields = load_desc(desc_path)
-        if "needs_file" not in fields and "needs_dir" not in fields:
-            fields["needs_file"] = _declares_option(binary, "filename")
-            fields["needs_dir"] = (not fields["needs_file"]
-                                   and _declares_option(binary, "dirname"))
+        desc_path = beside(binary, ".desc")
         tests.append(TestDesc(name=f"ext/{binary.name}", kind="external", binary=binary,
-                              desc_path=desc_path if desc_path.exists() else None, **fields))
+                              desc_path=desc_path if desc_path.exists() else None,
+                              **desc_fields(desc_path, strict=False)))
     return tests
+
+
+def beside(binary: Path, suffix: str) -> Path:
+    """NAME.desc, NAME.hook... of a binary (not with_suffix(): names may contain dots)."""
+    return binary.with_name(binary.name + suffix)
 
 
 def normalise_name(name: str) -> str:

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from flavors import Flavor, StartError, get_flavor
-from zdtm import checks, snapshot, tasks
+from zdtm import checks, external, snapshot, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
 from zdtm.engines import Engine, EngineFailure
+from zdtm.engines.translate import CrOptions, cr_options, missing_features
 from zdtm.result import (
     CHECK_FAILED,
     ENGINE_CRASHED,
@@ -145,6 +146,7 @@ class Run:
         self.baseline_desc: set[int] = set()
         self.clock = PhaseClock(self.result.timings)
         self.phase = "build"  # the phase running now, for harness errors
+        self.cr_opts = CrOptions()  # the descriptor's engine options, for this engine
 
     @property
     def phase(self) -> str:
@@ -162,6 +164,9 @@ class Run:
         """Run every phase; cleanup always runs; never raises for test-caused problems."""
         started = time.monotonic()
         try:
+            if self.test.problem:  # an unreadable descriptor fails this test only
+                self.result.fail("build", HARNESS_ERROR, self.test.problem)
+                return self.result
             if self._skip_reason():
                 return self.result
             self._build()
@@ -205,10 +210,22 @@ class Run:
             if why:
                 r.skip("start", why)
             else:
-                missing = self.engine.check().missing(t.feature)
-                if missing:
-                    r.skip("start", "engine lacks feature(s): " + ", ".join(missing))
-        return r.outcome == SKIP
+                self._translate()
+        if r.outcome == SKIP:
+            return True
+        return not external.precheck(t, r)  # arch, start rule, .checkskip
+
+    def _translate(self) -> None:
+        """The descriptor's engine options and features, for this engine (or a SKIP)."""
+        t, r = self.test, self.result
+        self.cr_opts = cr_options(self.engine.name, t)
+        missing, notes = missing_features(self.engine, t.feature)
+        for note in (*self.cr_opts.notes, *notes):
+            self._note(note)
+        if self.cr_opts.skip:
+            r.skip("start", self.cr_opts.skip)
+        elif missing:
+            r.skip("start", "engine lacks feature(s): " + ", ".join(missing))
 
     def _build(self) -> None:
         try:
@@ -245,8 +262,10 @@ class Run:
             self.result.fail("start", HARNESS_ERROR, exc.message)
             raise _Failed from None
         self.result.workdir = str(self.workdir)
-        argv = [str(self.test.binary), *self.test.start_args()]
+        argv = external.start_argv(self.test)
         self.progress(f"{self.result.ident}: start")
+        # the suite's --post-start hook runs beside the start (a test may wait for it)
+        post_start = external.HookCall(self.test, "--post-start", cwd=self.workdir, env={})
         try:
             st = self.flavor.start(argv, self.workdir, f"{self.test.short}.pid",
                                    float(self.test.timeout), self.workdir / "start.log")
@@ -259,7 +278,11 @@ class Run:
             self.result.fail("start", kind, exc.message.splitlines()[0],
                              exc.message.splitlines()[1:] + self._outfile_tail())
             raise _Failed from None
+        finally:
+            hook_ok = post_start.finish(self.result)
         self.root_pid, self.test_pid, self.ns_pid = st.root_pid, st.test_pid, st.ns_pid
+        if not hook_ok:
+            raise _Failed
 
     def _iterations(self) -> None:
         cr = self.engine.performs_cr
@@ -271,6 +294,7 @@ class Run:
             own_a = snapshot.own_state()
             if cr:
                 parent = self._pre_dumps(i)
+                self._hook("--pre-dump")
                 frozen = self._freeze("dump")
                 s0 = self._capture("S0")
                 if not self._dump(i, parent, label):
@@ -283,6 +307,8 @@ class Run:
             s1 = self._capture("S1")
             problems = self._compare(s0, s1)
             tasks.thaw(tasks.tree(self.root_pid))
+            if cr and not self.opts.norst:
+                self._hook("--post-restore", self._imgdir(f"{i}-dump"))
             if cr and self.opts.lazy:
                 self._engine_step("restore", self.engine.finish, self.opts.engine_timeout)
             problems += self._own_problems(own_a)
@@ -301,9 +327,12 @@ class Run:
             self.phase = "pre-dump"
             d = self._imgdir(f"{i}-pre{k}")
             res = self._engine_step("pre-dump", self.engine.pre_dump, self.root_pid, d,
-                                    parent_images=parent, opts=self.test.opts,
+                                    parent_images=parent, opts=self.cr_opts.dump,
                                     timeout=self.opts.engine_timeout)
             self.progress(f"{self.result.ident} iter {i}: pre-dump {k} {res.seconds:.2f}s")
+            self._hook("--post-pre-dump", d)
+            if not external.notify_pre_dump(self.test, self.test_pid, self.result):
+                raise _Failed
             parent = d
         return parent
 
@@ -314,7 +343,7 @@ class Run:
         crfail = "crfail" in self.test.flags
         try:
             res = self.engine.dump(self.root_pid, d, leave_running=self.opts.norst,
-                                   parent_images=parent, opts=self.test.opts,
+                                   parent_images=parent, opts=self.cr_opts.dump,
                                    timeout=self.opts.engine_timeout)
         except EngineFailure as exc:
             if crfail and exc.kind == "error":
@@ -337,11 +366,12 @@ class Run:
                              f"dumped tasks {left} still alive after the dump")
             raise _Failed
         d = self._imgdir(f"{i}-dump")
+        self._hook("--pre-restore", d)
         stopped = self.engine.can_leave_stopped
         t0 = time.monotonic()
         self.root_pid = self._engine_step(
             "restore", self.engine.restore, d, leave_stopped=stopped,
-            opts=(*self.test.opts, *self.test.ropts), timeout=self.opts.engine_timeout,
+            opts=self.cr_opts.restore, timeout=self.opts.engine_timeout,
             lazy=self.opts.lazy)
         if not tasks.pid_alive(self.root_pid):
             self.result.fail("restore", ENGINE_ERROR,
@@ -393,11 +423,21 @@ class Run:
         tasks.reap_zombie_children()
         if left:
             self.result.fail("stop", HARNESS_ERROR, f"could not kill tasks {left}")
+        if self.workdir is not None:
+            self._suite_cleanup(self.workdir)
         if self.workdir is not None and not self.opts.keep_img:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.result.workdir = None
         if self.tmproot is not None and not self.opts.keep_img:
             shutil.rmtree(self.tmproot, ignore_errors=True)
+
+    def _suite_cleanup(self, workdir: Path) -> None:
+        """The suite's --clean hook (after the test is gone, as CRIU's runner does), then
+        whatever that hook left running, and whatever the test or a hook left mounted."""
+        self._hook("--clean", fatal=False)
+        tasks.kill_tree([p for p in tasks.descendants(os.getpid())
+                         if p not in self.baseline_desc], CLEANUP_TIMEOUT)
+        external.unmount_left(workdir, self.result)
 
     def _final_leak_check(self, own0: Any) -> None:
         """After cleanup the harness must hold exactly the fds and children it had before."""
@@ -413,6 +453,16 @@ class Run:
     def _note(self, text: str) -> None:
         if text not in self.result.notes:
             self.result.notes.append(text)
+
+    def _hook(self, arg: str, images: Path | None = None, *, fatal: bool = True) -> None:
+        """Run the suite's NAME.hook ARG (if any) in the work dir; its failure fails the run."""
+        env = {"ZDTM_TEST_PID": str(self.test_pid)}
+        if images is not None:
+            env["ZDTM_IMG_DIR"] = str(images)
+        assert self.workdir is not None
+        if not external.run_hook(self.test, arg, cwd=self.workdir, result=self.result,
+                                 env=env) and fatal:
+            raise _Failed
 
     def _imgdir(self, name: str) -> Path:
         assert self.workdir is not None

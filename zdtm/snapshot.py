@@ -288,17 +288,25 @@ def _wait_stopped_again(tids: list[int], deadline: float) -> None:
 # fdinfo fields that are part of an fd's observable state and stable across a restore
 # (timerfd's it_value is the time left: it moves).
 _STABLE_FDINFO = ("eventfd-count", "eventfd-semaphore", "sigmask", "clockid", "settime flags",
-                  "it_interval", "tfd")
-# An epoll watch line ends with "pos:P ino:I sdev:D" of the watched file, which a restore
-# renews; the fd number before it names the file (the fds check compares what it points to).
-_EPOLL_FILE_ID = re.compile(r"\s+pos:.*$")
+                  "it_interval", "tfd", "lock")
+# Parts that a restore renews and the rest of the snapshot already judges: an epoll watch
+# line's "pos:P ino:I sdev:D" of the watched file (its fd number names it), and a lock
+# line's "1: " counter, owner pid (host view) and device:inode.
+_RENEWED = {"tfd": (re.compile(r"\s+pos:.*$"), ""),
+            "lock": (re.compile(r"^\d+:\s+|\s+-?\d+\s+[0-9a-f]+:[0-9a-f]+:\d+(?=\s)"), " ")}
 
 
 def stable_fdinfo(extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The fdinfo fields an fd must keep across C/R, epoll watches without file ids,
-    sorted (the kernel lists watches in the order of their file pointers)."""
-    return tuple(sorted((k, _EPOLL_FILE_ID.sub("", v) if k == "tfd" else v)
-                        for k, v in extra if k in _STABLE_FDINFO))
+    """The fdinfo fields an fd must keep across C/R without what a restore renews, sorted
+    (the kernel lists epoll watches in the order of their file pointers)."""
+    out = []
+    for k, v in extra:
+        if k in _STABLE_FDINFO:
+            if k in _RENEWED:
+                pattern, by = _RENEWED[k]
+                v = " ".join(pattern.sub(by, v).split())
+            out.append((k, v))
+    return tuple(sorted(out))
 
 
 def _fd_table(

@@ -20,4 +20,5 @@ def features() -> dict[str, tuple[bool, str]]:
         "unix_socketpair": (True, ""),
         "tcp": (True, ""),
         "udp": (True, ""),
+        "file_locks": (True, ""),
     }

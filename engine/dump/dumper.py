@@ -131,7 +131,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         lap("memory")
         try:
             fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
-            table.check_complete()
+            table.check_complete({p.pid for p in procs})
         finally:
             table.close()
         fault_point("files")

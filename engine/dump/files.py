@@ -20,9 +20,10 @@ from engine.dump import anonfd, inetsk, unixsk
 from engine.errors import EngineError
 from engine.images import names
 from engine.images.imgdir import ImageDir
-from engine.images.records import FdEntry, FileRecord
+from engine.images.records import FdEntry, FileRecord, LockRecord
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
+from engine.proc import locks
 from engine.proc.fdinfo import FdInfo, read_fds
 
 _KCMP_FILE = 0
@@ -42,9 +43,15 @@ class FileTable:
     diag: unixsk.Diag = field(default_factory=unixsk.Diag)
     repaired: inetsk.Repaired = field(default_factory=inetsk.Repaired)
 
-    def check_complete(self) -> None:
-        """After every task: what only the whole tree can tell (socket peers inside)."""
+    def check_complete(self, pids: set[int]) -> None:
+        """After every task: what only the whole tree can tell (socket peers and the
+        owners of POSIX locks are inside it)."""
         unixsk.check_peers(self.files)
+        for r in self.files:
+            for lk in r.locks:
+                if lk.kind == "posix" and lk.owner not in pids:
+                    raise EngineError("files", f"{r.path or r.link}: a POSIX lock of task "
+                                               f"{lk.owner}, outside the dumped tree")
 
     def close(self) -> None:
         """Release the helpers (netlink sockets)."""
@@ -79,6 +86,11 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
             table._by_inode.setdefault(key, []).append((fid, pid, info.fd))
             if rec.epoll is not None:
                 epolls.append((rec, info))
+        elif "lock" in info.extra:
+            # fdinfo shows a POSIX lock only to its owner: this task's are new here.
+            rec = table.files[fid]
+            rec.locks += [lk for lk in _locks(pid, info) if lk.kind == "posix" and lk not in
+                          rec.locks]
         file_of_fd[info.fd] = (fid, st.st_dev, st.st_ino)
         entries.append(FdEntry(info.fd, fid, info.cloexec))
     for rec, info in epolls:
@@ -141,6 +153,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         elif rec.deleted:
             rec.content = names.file_content(fid)
             _save_file(img, pid, info.fd, rec.content, st.st_size)
+    if "lock" in info.extra:
+        rec.locks = _locks(pid, info)
     if kind == "anon_inode":
         anonfd.fill(rec, pid, info)
     if kind == "socket":
@@ -152,6 +166,16 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             table._pipe_sizes[st.st_ino] = _save_pipe(img, pid, info.fd, rec.content)
         rec.pipe_size = table._pipe_sizes[st.st_ino]
     return rec
+
+
+def _locks(pid: int, info: FdInfo) -> list[LockRecord]:
+    try:
+        held = locks.parse(info.extra["lock"])
+    except ValueError as e:
+        raise EngineError("files", f"task {pid} fd {info.fd}: cannot dump a {e}: not "
+                                   "supported by this engine") from None
+    return [LockRecord(lk.kind, lk.write, lk.pid if lk.kind == "posix" else 0, lk.start,
+                       0 if lk.end is None else lk.end - lk.start + 1) for lk in held]
 
 
 def _socket(img: ImageDir, table: FileTable, rec: FileRecord, pid: int, fd: int) -> None:

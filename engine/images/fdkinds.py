@@ -179,3 +179,25 @@ class InetSocketState:
         _check((self.repair is not None) == (self.type == 1 and self.state == TCP_ESTABLISHED),
                "tcp repair state goes with an established connection only")
         _check(0 <= self.backlog < (1 << 31), "listen backlog out of range")
+
+
+LOCK_KINDS = ("posix", "flock", "ofd")
+
+
+@dataclass
+class LockRecord:
+    """A file lock held through this open file: kind (posix: owned by task `owner`;
+    flock and ofd: owned by the open file itself, owner 0), read or write, and the byte
+    range (`length` 0: to the end of the file, however far it grows)."""
+
+    kind: str
+    write: bool
+    owner: int
+    start: int
+    length: int
+
+    def validate(self) -> None:
+        """Kind known, owner only for POSIX locks, range non-negative."""
+        _check(self.kind in LOCK_KINDS, f"lock kind {self.kind!r} unknown")
+        _check((self.owner > 0) == (self.kind == "posix"), "lock owner goes with POSIX only")
+        _check(0 <= self.start < (1 << 63) and 0 <= self.length < (1 << 63), "lock range")

@@ -18,6 +18,7 @@ from engine.images.fdkinds import (
     EpollWatch,
     EventfdState,
     InetSocketState,
+    LockRecord,
     SignalfdState,
     TimerfdState,
     UnixSocketState,
@@ -520,6 +521,7 @@ class FileRecord:
     epoll: list[EpollWatch] | None = None
     unix: UnixSocketState | None = None  # type socket: a connected unix socket
     inet: InetSocketState | None = None  # type socket: TCP or UDP
+    locks: list[LockRecord] = field(default_factory=list)  # held through this open file
 
     def validate(self) -> None:
         """Type known, the type's required fields present."""

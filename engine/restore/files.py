@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.images import DumpImage
-from engine.images.fdkinds import EpollWatch
+from engine.images.fdkinds import LockRecord
 from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
-from engine.restore import anonfd, inetsk, unixsk
+from engine.restore import anonfd, inetsk, locks, unixsk
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
@@ -36,7 +36,10 @@ class FilesPlan:
     files: dict[int, FileRecord] = field(default_factory=dict)
     contents: dict[int, bytes] = field(default_factory=dict)  # file id -> saved data
     max_fd: int = -1  # highest fd number of any task
+    pids: set[int] = field(default_factory=set)  # every task's pid
     epolls: anonfd.EpollPlan = field(default_factory=anonfd.EpollPlan)
+    # task pid -> [(file id, lock)]: the POSIX locks each task takes (set by check())
+    posix_locks: dict[int, list[tuple[int, LockRecord]]] = field(default_factory=dict)
 
     def add_task(self, image: DumpImage, core: TaskCore) -> None:
         """Take in one task's fds; refuse unsupported file types early."""
@@ -55,12 +58,16 @@ class FilesPlan:
                 self.contents[rec.id] = image.dir.read_bytes(rec.content)
             self.max_fd = max(self.max_fd, fde.fd)
         self.epolls.add_task(core.pid, core.fds, by_id)
+        self.pids.add(core.pid)
 
     def check(self) -> None:
         """Once every task is in: what needs the whole tree (epoll watches have a task to
         arm them; socket pairs are complete)."""
         self.epolls.check()
         unixsk.check(self.files, self.contents)
+        self.posix_locks = locks.posix_by_owner(self.files)
+        for owner in self.posix_locks.keys() - self.pids:
+            raise EngineError("read", f"a POSIX lock of task {owner}, not in the image")
 
 
 def move_above(fd: int, floor: int) -> int:
@@ -207,6 +214,7 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
     for rec in sorted(plan.files.values(), key=lambda r: r.id):
         try:
             by_file[rec.id] = opener.open(rec)
+            locks.take_file_locks(by_file[rec.id], rec)
         except OSError as e:
             raise EngineError("files", f"{rec.type} {rec.path or rec.link}: "
                                        f"{e.strerror}") from None
@@ -219,15 +227,17 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
     return by_file
 
 
-def place(fds: list[FdEntry], by_file: dict[int, int], kept: list[int],
-          watches: list[tuple[int, EpollWatch]]) -> None:
-    """In each task: put its descriptions at its fd numbers, arm the epoll watches the
-    plan gave it, and close every other fd except `kept` (which the caller has moved to
-    floor(plan) or above)."""
+def place(plan: FilesPlan, pid: int, fds: list[FdEntry], by_file: dict[int, int],
+          kept: list[int]) -> None:
+    """In task `pid`: put its descriptions at its fd numbers, arm the epoll watches the
+    plan gave it, close every other fd except `kept` (which the caller has moved to
+    floor(plan) or above), then take the task's POSIX locks through its own fds."""
     for fde in sorted(fds, key=lambda f: f.fd):
         os.dup2(by_file[fde.file_id], fde.fd, inheritable=not fde.cloexec)
-    anonfd.arm(watches, by_file)
+    anonfd.arm(plan.epolls.by_task.get(pid, []), by_file)
     _close_all_but({f.fd for f in fds} | set(kept))
+    # Last: closing any fd of a file drops the process's POSIX locks on it.
+    locks.take_posix(plan.posix_locks.get(pid, []), {f.file_id: f.fd for f in fds})
 
 
 def _close_all_but(keep: set[int]) -> None:

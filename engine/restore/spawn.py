@@ -176,7 +176,7 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
         if t.zombie_status is not None:
             _exit_as(t.zombie_status)
         fault_point("files")
-        files.place(t.fds, by_file, ctl, tree.files.epolls.by_task.get(t.pid, []))
+        files.place(tree.files, t.pid, t.fds, by_file, ctl)
         start, end = tree.region
         ksys.mmap(start, end - start, _REGION_PROT, _REGION_FLAGS)
         os.chdir(t.cwd)

@@ -111,6 +111,14 @@ class Engine(ABC):
     def close(self) -> None:
         """Kill whatever helper the driver still runs (always called at cleanup)."""
 
+    def missing_features(self, names: Sequence[str]) -> list[str]:
+        """Features from ``names`` the engine lacks, each with its reason.
+
+        By default those of check(); an engine that probes features one by one (criu check
+        --feature NAME) overrides this to probe names its check() did not cover.
+        """
+        return self.check().missing(names)
+
 
 def run_logged(cmd: Sequence[str], *, step: str, log: Path, timeout: float,
                env: dict[str, str] | None = None, cwd: Path | None = None) -> StepResult:

@@ -82,6 +82,18 @@ class CriuEngine(Engine):
             self._features = Features(feats, reasons)
         return self._features
 
+    def missing_features(self, names: Sequence[str]) -> list[str]:
+        """Probe each name with ``criu check --feature NAME`` (once), as CRIU's suite does."""
+        feats = self.check()
+        if self.available() is None:
+            for name in names:
+                if name not in feats.features:
+                    rc, out = self._run_check("--feature", name)
+                    feats.features[name] = rc == 0
+                    if rc != 0:
+                        feats.reasons[name] = out.splitlines()[-1] if out else f"exit {rc}"
+        return feats.missing(names)
+
     def _cmd(self, action: str, images_dir: Path, *args: str) -> list[str]:
         assert self.bin is not None
         return [self.bin, action, "-D", str(images_dir), "-v4",
