@@ -148,7 +148,7 @@ def test_parallel_with_excl_and_report(fake_dir: Path, tmp_path: Path) -> None:
     lines = res.stdout.splitlines()
     # the excl test ran alone: between its start and its result no other run started
     start = lines.index("=== ext/alone [h]")
-    end = next(i for i, ln in enumerate(lines) if "] PASS ext/alone [h]" in ln)
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("PASS ext/alone [h]"))
     assert not any(ln.startswith("=== ") for ln in lines[start + 1:end]), res.stdout
     suite = ET.parse(report / "junit.xml").getroot()
     assert suite.get("tests") == "5" and suite.get("failures") == "1"

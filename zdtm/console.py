@@ -1,6 +1,6 @@
-"""What runner.py prints while it runs: progress with a ``[k/N elapsed]`` counter, each
-result as one block (never interleaved with another job's lines under -p), and the closing
-list of failures.
+"""What runner.py prints while it runs: each result line ends with a ``[k/N elapsed]`` counter,
+each result is one block (never interleaved with another job's lines under -p), and the
+closing list of failures.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class Console:
         """A finished case: its summary line, then its details when it failed."""
         with self.lock:
             self.done += 1
-        lines = [f"{self.counter()} {r.summary()}"]
+        # the outcome first (grep ^FAIL), the counter last
+        lines = [f"{r.summary()} {self.counter()}"]
         shown = r.details if r.outcome == FAIL else []
         lines += [f"    {d}" for d in shown[:MAX_DETAILS]]
         if len(shown) > MAX_DETAILS:
