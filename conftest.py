@@ -39,13 +39,13 @@ from typing import Any
 import pytest
 from _pytest.junitxml import LogXML, xml_key
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard, vm
 from zdtm import results as results_file
 from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
 from zdtm.engines import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.report import check_writable, classname, write_reports
-from zdtm.result import FAIL, SKIP, Result
+from zdtm.result import FAIL, HARNESS_ERROR, SKIP, Result
 
 EXCL_WAIT = 3600.0  # an item waits at most this long for an exclusive slot
 
@@ -73,6 +73,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only the I-th of N deterministic parts of the items")
     group.addoption("--zdtm-shard-durations", default=None, metavar="RESULTS.json",
                     help="an earlier results file whose durations balance the shards")
+    group.addoption("--zdtm-kernel", action="append", default=[], metavar="IMAGE",
+                    help="run the zdtm items under this kernel (vmlinuz, /boot release or "
+                         "'host') booted with virtme-ng; repeatable, items are FLAVOUR@RELEASE")
+    group.addoption("--zdtm-tolerate-taint", action="store_true",
+                    help="a kernel taint already present at start is no failure")
     group.addoption("--zdtm-tests-dir", default=None, metavar="DIR",
                     help="also collect another project's zdtm suite in DIR (DIR/NAME::FLAVOUR)")
 
@@ -86,7 +91,8 @@ class _Mode:
         self.fallback: str | None = None
         self.options = RunOptions(iters=max(config.getoption("--zdtm-iters"), 1),
                                   pre=config.getoption("--zdtm-pre"),
-                                  keep_img=config.getoption("--zdtm-keep-img"))
+                                  keep_img=config.getoption("--zdtm-keep-img"),
+                                  tolerate_taint=config.getoption("--zdtm-tolerate-taint"))
         if name == "bundled":
             # a plain dump + restore cycle decides; --zdtm-pre etc. SKIP per item instead
             why = cr_unavailable(self.engine, RunOptions())
@@ -120,6 +126,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if bad:
         raise pytest.UsageError(f"--zdtm-flavors: unknown flavour(s) {bad}; known: "
                                 + ",".join(FLAVORS))
+    try:
+        config.stash[_KERNELS_KEY] = [vm.resolve(k) for k in config.getoption("--zdtm-kernel")]
+    except vm.KernelError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    why = vm.missing_tools() if config.stash[_KERNELS_KEY] else None
+    if why:
+        raise pytest.UsageError(f"--zdtm-kernel: {why}")
     config.addinivalue_line("markers", "excl: zdtm test that must run alone")
     spec = config.getoption("--zdtm-shard")
     if spec:
@@ -265,7 +278,9 @@ class _Results:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         # in the runner's order; under xdist the reports arrive as the workers finish
-        self.run.cases.sort(key=lambda r: (r.test, FLAVORS.index(r.flavor)))
+        self.run.cases.sort(key=lambda r: (r.test, FLAVORS.index(r.flavor)
+                                           if r.flavor in FLAVORS else len(FLAVORS),
+                                           r.kernel or ""))
         selected = sum(1 for i in session.items if isinstance(i, ZdtmItem))
         results_file.finish_metadata(self.run.run, selected=selected or len(self.run.cases),
                                      interrupted=session.shouldstop is not False)
@@ -280,7 +295,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     outcome = yield
     if isinstance(item, ZdtmItem):
         report = outcome.get_result()
-        report.zdtm_case = [item.test.name, item.flavor]
+        kernel = item.kernel.release if item.kernel else None
+        report.zdtm_case = [item.test.name, f"{item.flavor}@{kernel}" if kernel else item.flavor]
         if call.when == "call" and item.result is not None:
             report.zdtm_result = json.dumps(item.result.to_dict())
 
@@ -326,9 +342,14 @@ class ZdtmFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         test = self.test or _tests_by_source()[self.path.resolve()]
         wanted = [f for f in self.config.getoption("--zdtm-flavors").split(",") if f]
+        kernels: list[vm.Kernel | None] = list(self.config.stash[_KERNELS_KEY]) or [None]
         for flavor in test.flavors:
-            if flavor in wanted:
-                yield ZdtmItem.from_parent(self, name=flavor, test=test, flavor=flavor)
+            if flavor not in wanted:
+                continue
+            for k in kernels:
+                name = f"{flavor}@{k.release}" if k else flavor
+                yield ZdtmItem.from_parent(self, name=name, test=test, flavor=flavor,
+                                           kernel=k)
 
 
 class ZdtmFailure(Exception):
@@ -342,10 +363,12 @@ class ZdtmFailure(Exception):
 class ZdtmItem(pytest.Item):
     """One zdtm test in one flavour."""
 
-    def __init__(self, *, test: TestDesc, flavor: str, **kw: Any) -> None:
+    def __init__(self, *, test: TestDesc, flavor: str, kernel: vm.Kernel | None = None,
+                 **kw: Any) -> None:
         super().__init__(**kw)
         self.test = test
         self.flavor = flavor
+        self.kernel = kernel  # --zdtm-kernel: the result comes from that kernel's VM
         if "excl" in test.flags:
             self.add_marker("excl")
         self.result: Result | None = None
@@ -355,8 +378,12 @@ class ZdtmItem(pytest.Item):
             pytest.skip("flagged noauto: run it with ./runner.py run -t " + self.test.name)
         mode = _mode(self.config)
         progress: list[str] = []
-        self.result = r = run_test(self.test, self.flavor, mode.engine, mode.options,
-                                   progress=progress.append)
+        if self.kernel is not None and not self.kernel.is_host:
+            self.result = r = _GuestBatch.result_for(self, progress)
+        else:
+            self.result = r = run_test(self.test, self.flavor, mode.engine, mode.options,
+                                       progress=progress.append)
+            r.kernel = self.kernel.release if self.kernel else None
         # the phase timings show with the failure (or with -rA)
         self.add_report_section("call", "zdtm", "\n".join(progress))
         for note in r.notes:
@@ -380,6 +407,66 @@ class ZdtmItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"zdtm {self.test.name} [{self.flavor}]"
+
+
+_KERNELS_KEY = pytest.StashKey[list[vm.Kernel]]()
+#: --zdtm-kernel: per release, the guest's results and console lines
+_GUEST_KEY = pytest.StashKey[dict[str, tuple[list[Result], list[str]]]]()
+
+
+class _GuestBatch:
+    """Under --zdtm-kernel, the first item of a kernel boots it once and runs the zdtm
+    items of this session for that kernel through the runner inside; every item then
+    takes its own result (under pytest-xdist each worker would boot and run them all:
+    use --zdtm-kernel without -n). A kernel problem (no boot, hang, taint) fails the
+    items it concerns, with its console tail or kernel log."""
+
+    @classmethod
+    def result_for(cls, item: ZdtmItem, progress: list[str]) -> Result:
+        assert item.kernel is not None
+        release = item.kernel.release
+        done = item.config.stash.setdefault(_GUEST_KEY, {})
+        if release not in done:
+            done[release] = cls._run(item.session, item.kernel)
+        results, lines = done[release]
+        progress += lines
+        kernel_problems = [r for r in results if vm.is_kernel_result(r) and r.outcome == FAIL]
+        mine = next((r for r in results if (r.test, r.flavor) == (item.test.name, item.flavor)
+                     and not vm.is_kernel_result(r)), None)
+        if mine is None:
+            mine = Result(item.test.name, item.flavor, _mode(item.config).engine.name,
+                          kernel=release)
+            mine.fail("start", HARNESS_ERROR, "no result from the guest")
+        for k in kernel_problems:
+            mine.fail(k.phase or "check", k.kind or HARNESS_ERROR, f"{k.test}: {k.message}",
+                      k.details)
+        return mine
+
+    @staticmethod
+    def _run(session: pytest.Session, kernel: vm.Kernel) -> tuple[list[Result], list[str]]:
+        config = session.config
+        items = [i for i in session.items if isinstance(i, ZdtmItem) and i.kernel == kernel]
+        argv = ["run", "--keep-going", "--iters", str(max(config.getoption("--zdtm-iters"), 1)),
+                "--pre", str(config.getoption("--zdtm-pre")),
+                "-f", ",".join(sorted({i.flavor for i in items}))]
+        for name in sorted({i.test.name for i in items}):
+            argv += ["-t", name]
+        if config.getoption("--zdtm-tolerate-taint"):
+            argv.append("--tolerate-taint")
+        if config.getoption("--zdtm-tests-dir"):
+            argv += ["--tests-dir", config.getoption("--zdtm-tests-dir")]
+        mode = _mode(config)
+        if mode.engine.name == "nocr":
+            argv.append("--nocr")
+        else:
+            argv += ["--engine", mode.engine.name]
+            if config.getoption("--zdtm-criu-bin"):
+                argv += ["--criu-bin", config.getoption("--zdtm-criu-bin")]
+        lines: list[str] = []
+        run = vm.run_guest(kernel, argv, lines.append,
+                           silence=mode.options.engine_timeout + vm.SILENCE_GRACE)
+        lines += vm.timing_lines([run], run.results)
+        return run.results, lines
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config

@@ -22,10 +22,12 @@ import os
 import signal
 import struct
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from engine.images import directio
 from engine.kernel import ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.inject import Injector
@@ -479,6 +481,20 @@ def _memfd_probe() -> Result:
     return True, ""
 
 
+def _direct_io_probe() -> Result:
+    """O_DIRECT on a new file in the temp dir, where images usually go (the engine probes
+    each pages file again; without it, it reads and writes them buffered)."""
+    fd, path = tempfile.mkstemp(prefix="engine-check-")
+    try:
+        if directio.enable_direct_write(fd):
+            return True, ""
+        return False, (f"O_DIRECT refused or failing on the filesystem of "
+                       f"{os.path.dirname(path)}: images there are read and written buffered")
+    finally:
+        directio.close_quietly(fd)
+        os.unlink(path)
+
+
 def _try(fn: Callable[[], Result]) -> Result:
     try:
         return fn()
@@ -537,9 +553,32 @@ def probe() -> dict[str, Result]:
     out["userns"] = _try(lambda: _fork_probe(_userns_body))
     out["memfd"] = _try(_memfd_probe)
     out["kcmp"] = _try(_kcmp_probe)
+    out["direct_io"] = _try(_direct_io_probe)
     for pkg in ("dump", "restore"):
         out.update(_package_features(pkg))
+    _apply_kernel_needs(out)
     return out
+
+
+#: What the engine implements only where these kernel features were probed. Incremental
+#: dumps track written memory with userfaultfd WP_ASYNC read back by PAGEMAP_SCAN (Linux
+#: 6.7+); soft-dirty, where it exists, is not used.
+KERNEL_NEEDS = {
+    "pre_dump": ("uffd_wp_async", "pagemap_scan"),
+    "dump_incremental": ("uffd_wp_async", "pagemap_scan"),
+}
+
+
+def _apply_kernel_needs(out: dict[str, Result]) -> None:
+    """Turn off the engine features whose kernel features are missing, saying which."""
+    for name, needs in KERNEL_NEEDS.items():
+        if name not in out or not out[name][0]:
+            continue
+        missing = [f"{k}: {out[k][1] or 'not probed'}" for k in needs
+                   if not out.get(k, (False, ""))[0]]
+        if missing:
+            out[name] = (False, "needs dirty-memory tracking with userfaultfd WP_ASYNC and "
+                                "PAGEMAP_SCAN (Linux 6.7+); missing " + "; ".join(missing))
 
 
 def features() -> dict[str, bool]:

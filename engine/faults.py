@@ -1,4 +1,5 @@
-"""Fault injection points for failure tests: ENGINE_FAULT=step[,step...] makes a step fail.
+"""Fault injection points for failure tests: ENGINE_FAULT=step[,step...] makes a step fail
+(or imposes a condition, see CONDITIONS).
 
 The dump and restore code call fault_point("<step>") at the start of each step; the
 failure tests set ENGINE_FAULT and check that the engine cleans up (dump: the task keeps
@@ -18,16 +19,19 @@ ENV = "ENGINE_FAULT"
 DUMP_STEPS = ("seize", "regs", "sigactions", "memory", "files", "write")
 RESTORE_STEPS = ("read", "fork", "files", "mm", "pages", "regs", "detach")
 STEPS = frozenset(DUMP_STEPS + RESTORE_STEPS)
+#: Conditions that fail no step but make the engine behave as on an older kernel or
+#: another filesystem (no-direct-io: O_DIRECT refused, as by tmpfs before 6.6).
+CONDITIONS = frozenset({"no-direct-io"})
 
 
 def requested() -> frozenset[str]:
     """The steps named in ENGINE_FAULT (empty when unset). Unknown names raise EngineError."""
     value = os.environ.get(ENV, "")
     names = frozenset(s.strip() for s in value.split(",") if s.strip())
-    unknown = sorted(names - STEPS)
+    unknown = sorted(names - STEPS - CONDITIONS)
     if unknown:
         raise EngineError("fault", f"{ENV} names unknown step(s): {', '.join(unknown)} "
-                                   f"(known: {', '.join(sorted(STEPS))})")
+                                   f"(known: {', '.join(sorted(STEPS | CONDITIONS))})")
     return names
 
 
@@ -37,3 +41,10 @@ def fault_point(step: str) -> None:
         raise ValueError(f"fault_point: unknown step {step!r}")
     if step in requested():
         raise EngineError(step, f"fault injected ({ENV}={os.environ[ENV]})")
+
+
+def condition(name: str) -> bool:
+    """Whether ENGINE_FAULT imposes the condition ``name`` (one of CONDITIONS)."""
+    if name not in CONDITIONS:
+        raise ValueError(f"condition: unknown condition {name!r}")
+    return name in requested()

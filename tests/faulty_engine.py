@@ -17,9 +17,28 @@ Two halves:
                    the pid namespace's init (ns flavours: the root of the tree); needs three
                    levels, e.g. init -> fork_child -> its child
   ``hang``         never return (the harness's deadline must kill it)
+  Faults for the checks of sharing, per-task state, open files and ttys, each changing
+  exactly one property of the deepest task (or of its first fitting fd):
+  ``unshare-files``/``unshare-fs``  inject unshare(CLONE_FILES / CLONE_FS): same fds and cwd,
+                   but no longer the table shared with the parent
+  ``break-cow``    write back one byte of a page the task shares copy-on-write with its
+                   parent (through /proc/PID/mem: the kernel copies the page, same bytes)
+  ``set-dumpable``, ``set-subreaper``, ``set-pdeathsig``, ``thp-disable``  inject prctl
+  ``timer-slack``, ``oom-score``, ``ioprio``  change the knob from outside
+  ``chmod-file``, ``chown-file``, ``touch-file``, ``grow-file``, ``punch-hole``,
+  ``set-owner``, ``set-sig``  on the first unlinked regular-file fd, through a pidfd_getfd
+                   copy of it; ``set-async``: O_ASYNC on the first pipe
+  ``set-winsize``, ``set-termios``  on the first terminal fd
+  ``mount-left``   mount a tmpfs in the task's mount namespace (in h: the run's own) on
+                   a fresh dir beside the record, as a test of the h flavour could
+  ``cgroup-left``  create a cgroup (pids hierarchy) and move the task into it
+  ``kmsg-warning`` write a "WARNING:" line into the kernel log (/dev/kmsg) carrying the
+                   run's token (FAULT_TOKEN, the run's work dir): the kernel health watch
+                   must fail the run with the kind ``kernel``
 
-  The process stays in group-stop throughout: the injector seizes it, runs one syscall at a
-  ``syscall`` instruction found in its vdso, puts every register back, and detaches.
+  The process stays in group-stop throughout: the harness's own injector (zdtm/tracing.py)
+  seizes it, runs one syscall at a ``syscall`` instruction found in its vdso, puts every
+  register, the signal mask and its scratch bytes back, and detaches.
 
 - ``FaultyEngine``, an engine driver (zdtm/engines/base.py) for the harness lifecycle. It has
   two modes. "fake": no checkpoint at all; ``dump`` is only valid with leave_running (the
@@ -36,34 +55,43 @@ not reap it). The ppid comparison itself is also unit-tested on TreeState data
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
+import functools
 import json
 import os
 import signal
 import stat
+import struct
 import sys
+import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from zdtm import ROOT_DIR
+from zdtm import ROOT_DIR, tracing
 from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
 
-FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang")
+_SYS_PRCTL = 157
+_SYS_UNSHARE = 272
+_SYS_IOPRIO_SET = 251
+CLONE_FILES = 0x400
+CLONE_FS = 0x200
+PRCTL = {"set-dumpable": (4, 0), "set-subreaper": (36, 1), "set-pdeathsig": (1, 12),
+         "thp-disable": (41, 1)}  # fault -> (PR_SET_*, value)
+UNSHARE = {"unshare-files": CLONE_FILES, "unshare-fs": CLONE_FS}
+FILE_FAULTS = ("chmod-file", "chown-file", "touch-file", "grow-file", "punch-hole",
+               "set-owner", "set-sig")
+TTY_FAULTS = ("set-winsize", "set-termios")
+FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
+          "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
+          *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left")
 
-_SYS_PTRACE = 101
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
 _SYS_MUNMAP = 11
-PTRACE_GETREGS = 12
-PTRACE_SETREGS = 13
-PTRACE_SYSCALL = 24
-PTRACE_DETACH = 17
-PTRACE_SEIZE = 0x4206
-PTRACE_INTERRUPT = 0x4207
-PTRACE_O_TRACESYSGOOD = 1
-_WALL = 0x40000000
 AT_FDCWD = -100
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WAIT_TIMEOUT = 10.0
@@ -72,25 +100,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-class UserRegs(ctypes.Structure):
-    """struct user_regs_struct (x86_64)."""
-
-    _fields_ = [(name, ctypes.c_ulonglong) for name in (
-        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
-        "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
-        "gs_base", "ds", "es", "fs", "gs")]
-
-
 def _sys(nr: int, *args: int) -> int:
     res = _libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args))
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syscall {nr}: {os.strerror(err)}")
     return res
-
-
-def _ptrace(req: int, pid: int, addr: int = 0, data: int = 0) -> int:
-    return _sys(_SYS_PTRACE, req, pid, addr, data)
 
 
 def _maps(pid: int) -> list[tuple[int, int, str, str]]:
@@ -104,87 +119,12 @@ def _maps(pid: int) -> list[tuple[int, int, str, str]]:
     return out
 
 
-class Injector:
-    """Runs syscalls inside a stopped task and leaves it stopped, registers intact."""
-
-    def __init__(self, pid: int) -> None:
-        """Seize and trap the task (it stays in group-stop for the rest of the world)."""
-        self.pid = pid
-        _ptrace(PTRACE_SEIZE, pid, 0, PTRACE_O_TRACESYSGOOD)
-        try:
-            _ptrace(PTRACE_INTERRUPT, pid)
-            self._wait()
-            self.saved = UserRegs()
-            _ptrace(PTRACE_GETREGS, pid, 0, ctypes.addressof(self.saved))
-            self.site = self._syscall_site()
-        except BaseException:
-            _ptrace(PTRACE_DETACH, pid)
-            raise
-
-    def _wait(self) -> int:
-        deadline = time.monotonic() + WAIT_TIMEOUT
-        while time.monotonic() < deadline:
-            got, status = os.waitpid(self.pid, os.WNOHANG | _WALL)
-            if got == self.pid:
-                if not os.WIFSTOPPED(status):
-                    raise ProcessLookupError(f"pid {self.pid} exited while traced")
-                return status
-            time.sleep(0.001)
-        raise TimeoutError(f"pid {self.pid} did not stop within {WAIT_TIMEOUT}s")
-
-    def _syscall_site(self) -> int:
-        """Address of a ``syscall`` instruction (0f 05) in the task's vdso."""
-        for start, end, _perms, path in _maps(self.pid):
-            if path == "[vdso]":
-                with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as mem:
-                    mem.seek(start)
-                    code = mem.read(end - start)
-                at = code.find(b"\x0f\x05")
-                if at >= 0:
-                    return start + at
-        raise RuntimeError(f"pid {self.pid}: no syscall instruction found in the vdso")
-
-    def syscall(self, nr: int, *args: int) -> int:
-        """Run one syscall in the task; returns its raw result (negative errno on failure)."""
-        regs = UserRegs.from_buffer_copy(self.saved)
-        regs.rax = nr
-        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
-            setattr(regs, name, value & (2**64 - 1))
-        regs.orig_rax = 2**64 - 1  # no syscall restart on the way out of the stop
-        regs.rip = self.site
-        _ptrace(PTRACE_SETREGS, self.pid, 0, ctypes.addressof(regs))
-        for _ in ("entry", "exit"):
-            self._to_syscall_stop()
-        _ptrace(PTRACE_GETREGS, self.pid, 0, ctypes.addressof(regs))
-        return ctypes.c_longlong(regs.rax).value
-
-    def _to_syscall_stop(self) -> None:
-        """Resume to the next syscall-entry or -exit stop.
-
-        A tracee seized in group-stop first reports PTRACE_EVENT_STOP again when resumed
-        (the group is still stopped); resuming it once more runs it to the syscall.
-        """
-        for _ in range(10):
-            _ptrace(PTRACE_SYSCALL, self.pid)
-            if os.WSTOPSIG(self._wait()) == signal.SIGTRAP | 0x80:
-                return
-        raise RuntimeError(f"pid {self.pid}: no syscall stop after 10 resumes")
-
-    def close(self) -> None:
-        """Put the registers back and detach: the task returns into group-stop."""
-        _ptrace(PTRACE_SETREGS, self.pid, 0, ctypes.addressof(self.saved))
-        _ptrace(PTRACE_DETACH, self.pid)
-
-
-def _mem_write(pid: int, addr: int, data: bytes) -> bytes:
-    """Write data at addr of pid; returns what was there before."""
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
-    try:
-        old = os.pread(fd, len(data), addr)
-        os.pwrite(fd, data, addr)
-        return old
-    finally:
-        os.close(fd)
+@contextlib.contextmanager
+def _injector(pid: int) -> Iterator[tracing.Injector]:
+    """The stopped task seized, an injector on it; afterwards its registers, signal mask and
+    scratch bytes are put back and it is detached (back into group-stop)."""
+    with tracing.seized(pid, WAIT_TIMEOUT), tracing.Injector(pid, WAIT_TIMEOUT) as inj:
+        yield inj
 
 
 def leak_fd(pid: int) -> dict:
@@ -194,42 +134,171 @@ def leak_fd(pid: int) -> dict:
     and in the uns flavour the task may not search the directories on that path.
     """
     path = os.readlink(f"/proc/{pid}/exe")
-    inj = Injector(pid)
-    try:
-        # the path goes below the red zone of the stack, and the old bytes come back after
-        addr = (inj.saved.rsp - 1024) & ~15
-        old = _mem_write(pid, addr, b"/proc/self/exe\0")
-        try:
-            fd = inj.syscall(_SYS_OPENAT, AT_FDCWD, addr, os.O_RDONLY, 0)
-        finally:
-            _mem_write(pid, addr, old)
-    finally:
-        inj.close()
+    with _injector(pid) as inj:
+        inj.write_scratch(b"/proc/self/exe\0")
+        fd = inj.syscall(_SYS_OPENAT, AT_FDCWD, inj.scratch, os.O_RDONLY, 0)
     if fd < 0:
         raise OSError(-fd, f"injected openat({path}) failed: {os.strerror(-fd)}")
     return {"fd": fd, "path": path}
 
 
-def move_offset(pid: int) -> dict:
-    """Move the offset of the first regular-file fd by one byte (shared description)."""
+def _first_fd(pid: int, fits: Callable[[os.stat_result, str], bool]) -> tuple[int, str]:
+    """(fd, link) of the task's first fd whose stat result and link target ``fit``."""
     for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
         link = f"/proc/{pid}/fd/{name}"
-        if stat.S_ISREG(os.stat(link).st_mode):
-            break
-    else:
-        raise RuntimeError(f"pid {pid} has no regular-file fd to move")
-    fd = int(name)
+        target = os.readlink(link)
+        if fits(os.stat(link), target):
+            return int(name), target
+    raise RuntimeError(f"pid {pid} has no fitting fd")
+
+
+def _copy_fd(pid: int, fd: int) -> int:
+    """A copy of the task's fd: the same open file description."""
     pidfd = os.pidfd_open(pid)
     try:
-        copy = _sys(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        return _sys(_SYS_PIDFD_GETFD, pidfd, fd, 0)
     finally:
         os.close(pidfd)
+
+
+def _is_reg(st: os.stat_result, target: str) -> bool:
+    return stat.S_ISREG(st.st_mode)
+
+
+def _is_unlinked(st: os.stat_result, target: str) -> bool:
+    return stat.S_ISREG(st.st_mode) and target.endswith(" (deleted)")
+
+
+def move_offset(pid: int) -> dict:
+    """Move the offset of the first regular-file fd by one byte (shared description)."""
+    fd, path = _first_fd(pid, _is_reg)
+    copy = _copy_fd(pid, fd)
     try:
         before = os.lseek(copy, 0, os.SEEK_CUR)
         after = os.lseek(copy, before + 1, os.SEEK_SET)
     finally:
         os.close(copy)
-    return {"fd": fd, "path": os.readlink(link), "pos_before": before, "pos_after": after}
+    return {"fd": fd, "path": path, "pos_before": before, "pos_after": after}
+
+
+def _inject(pid: int, nr: int, *args: int) -> int:
+    with _injector(pid) as inj:
+        res = inj.syscall(nr, *args)
+    if res < 0:
+        raise OSError(-res, f"injected syscall {nr}{args}: {os.strerror(-res)}")
+    return res
+
+
+def unshare_table(fault: str, pid: int) -> dict:
+    """The task gets its own copy of a table it shared (same content, no longer shared)."""
+    _inject(pid, _SYS_UNSHARE, UNSHARE[fault])
+    return {}
+
+
+def set_prctl(fault: str, pid: int) -> dict:
+    option, value = PRCTL[fault]
+    _inject(pid, _SYS_PRCTL, option, value, 0, 0, 0)
+    return {"value": value}
+
+
+def set_knob(fault: str, pid: int) -> dict:
+    """Change a per-task knob from outside: timer slack, oom_score_adj, io priority."""
+    if fault == "timer-slack":
+        Path(f"/proc/{pid}/timerslack_ns").write_text("123457")
+        return {"value": 123457}
+    if fault == "oom-score":
+        Path(f"/proc/{pid}/oom_score_adj").write_text("345")
+        return {"value": 345}
+    _sys(_SYS_IOPRIO_SET, 1, pid, 3 << 13)  # IOPRIO_WHO_PROCESS, class idle
+    return {"value": "class 3 level 0"}
+
+
+def _pfns(pid: int) -> dict[int, int]:
+    """{frame: address} of present anonymous pages of private writable mappings."""
+    out = {}
+    with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm:
+        for start, end, perms, path in _maps(pid):
+            if not perms.startswith("rw") or perms[3] != "p" or path.startswith("[v"):
+                continue
+            pm.seek(start // PAGE * 8)
+            raw = pm.read((end - start) // PAGE * 8)
+            for i in range(0, len(raw), 8):
+                v = int.from_bytes(raw[i:i + 8], "little")
+                if v >> 63 and not v >> 61 & 1 and v & ((1 << 55) - 1):
+                    out[v & ((1 << 55) - 1)] = start + i // 8 * PAGE
+    return out
+
+
+def break_cow(pid: int) -> dict:
+    """Copy one page the task shares copy-on-write with its parent (same bytes)."""
+    mine, theirs = _pfns(pid), _pfns(_ppid(pid))
+    common = sorted(mine[f] for f in mine.keys() & theirs.keys())
+    if not common:
+        raise RuntimeError(f"pid {pid} shares no private page with its parent")
+    addr = common[0]
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    try:
+        os.pwrite(fd, os.pread(fd, 1, addr), addr)
+    finally:
+        os.close(fd)
+    return {"addr": addr}
+
+
+def file_fault(fault: str, pid: int) -> dict:
+    """Change one attribute of the first unlinked regular file the task has open."""
+    fd, path = _first_fd(pid, _is_unlinked)
+    copy = _copy_fd(pid, fd)
+    try:
+        _change_file(fault, copy, pid)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path}
+
+
+def _change_file(fault: str, copy: int, pid: int) -> None:
+    st = os.fstat(copy)
+    if fault == "chmod-file":
+        os.fchmod(copy, stat.S_IMODE(st.st_mode) ^ 0o044)
+    elif fault == "chown-file":
+        os.fchown(copy, st.st_uid + 1, st.st_gid)
+    elif fault == "touch-file":
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    elif fault == "grow-file":
+        os.truncate(copy, st.st_size + 1)
+    elif fault == "punch-hole":
+        _libc.fallocate(copy, 3, ctypes.c_long(0), ctypes.c_long(PAGE))  # PUNCH_HOLE|KEEP
+    elif fault == "set-owner":
+        fcntl.fcntl(copy, fcntl.F_SETOWN, pid)
+    elif fault == "set-sig":
+        fcntl.fcntl(copy, 10, signal.SIGUSR1)  # F_SETSIG
+
+
+def set_async(pid: int) -> dict:
+    """Set O_ASYNC on the task's first pipe (regular files have no fasync: no O_ASYNC)."""
+    fd, path = _first_fd(pid, lambda st, _target: stat.S_ISFIFO(st.st_mode))
+    copy = _copy_fd(pid, fd)
+    try:
+        fcntl.fcntl(copy, fcntl.F_SETFL, fcntl.fcntl(copy, fcntl.F_GETFL) | os.O_ASYNC)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path}
+
+
+def tty_fault(fault: str, pid: int) -> dict:
+    """Change the window size or the termios of the task's first terminal."""
+    fd, path = _first_fd(pid, lambda st, _target: stat.S_ISCHR(st.st_mode)
+                         and os.major(st.st_rdev) in (4, 5, *range(136, 144)))
+    copy = _copy_fd(pid, fd)
+    try:
+        if fault == "set-winsize":
+            fcntl.ioctl(copy, termios.TIOCSWINSZ, struct.pack("4H", 12, 34, 0, 0))
+        else:
+            attrs = termios.tcgetattr(copy)
+            attrs[3] ^= termios.ECHO
+            termios.tcsetattr(copy, termios.TCSANOW, attrs)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path}
 
 
 def _pick_anon_vma(pid: int) -> tuple[int, int, int]:
@@ -272,13 +341,7 @@ def flip_byte(pid: int) -> dict:
 def drop_vma(pid: int) -> dict:
     """Inject munmap() of a whole private anonymous VMA."""
     start, end, _page = _pick_anon_vma(pid)
-    inj = Injector(pid)
-    try:
-        res = inj.syscall(_SYS_MUNMAP, start, end - start)
-    finally:
-        inj.close()
-    if res < 0:
-        raise OSError(-res, f"injected munmap failed: {os.strerror(-res)}")
+    _inject(pid, _SYS_MUNMAP, start, end - start)
     return {"vma": [start, end]}
 
 
@@ -307,8 +370,54 @@ def hang(pid: int) -> dict:
         time.sleep(3600)
 
 
+def kmsg_warning(pid: int) -> dict:
+    """Write a warning line for this run into the kernel log (user-space facility)."""
+    token = os.environ.get("FAULT_TOKEN", "")
+    line = f"zdtm-faulty-engine[{token}]: WARNING: injected for pid {pid}"
+    with open("/dev/kmsg", "w") as f:
+        f.write(f"<4>{line}\n")
+    return {"line": line}
+
+
+def mount_left(pid: int) -> dict:
+    """A tmpfs mounted in the task's mount namespace and never unmounted."""
+    where = Path(os.environ["FAULT_DIR"]) / f"mnt-{pid}"
+    where.mkdir()
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, 0x00020000) != 0:  # CLONE_NEWNS
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+    if _libc.mount(b"zdtm-fault", bytes(where), b"tmpfs", 0, None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {where}")
+    return {"mount": str(where)}
+
+
+def cgroup_left(pid: int) -> dict:
+    """A new cgroup of the pids hierarchy with the task in it, never removed."""
+    with open("/proc/self/mountinfo") as f:
+        points = [ln.split()[4] for ln in f if " - cgroup " in ln and ",pids" in ln]
+    if not points:
+        raise RuntimeError("no pids cgroup hierarchy mounted")
+    group = Path(points[0]) / f"zdtm-fault-{pid}"
+    group.mkdir()
+    (group / "cgroup.procs").write_text(str(pid))
+    return {"cgroup": str(group)}
+
+
+def _each(faults: Iterable[str], action: Callable[[str, int], dict]
+          ) -> dict[str, Callable[[int], dict]]:
+    return {f: functools.partial(action, f) for f in faults}
+
+
 ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byte,
-           "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang}
+           "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang,
+           "kmsg-warning": kmsg_warning, "break-cow": break_cow, "set-async": set_async,
+           **_each(UNSHARE, unshare_table), **_each(PRCTL, set_prctl),
+           **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
+           **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
+           "mount-left": mount_left, "cgroup-left": cgroup_left}
 
 
 def _children(pid: int) -> list[int]:
@@ -383,9 +492,11 @@ class FaultyEngine(Engine):
     def check(self) -> Features:
         return self.inner.check() if self.inner else Features()
 
-    def _apply(self, pid: int, step: str, timeout: float) -> StepResult:
+    def _apply(self, pid: int, step: str, timeout: float, images_dir: Path) -> StepResult:
         rec = self.workdir / f"fault-{self.fault}.json"
         env = dict(os.environ)
+        env["FAULT_TOKEN"] = str(images_dir.parent.parent)  # the run's work dir
+        env["FAULT_DIR"] = str(self.workdir)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT_DIR), env.get("PYTHONPATH")]))
         res = run_logged([sys.executable, str(Path(__file__).resolve()), self.fault, str(pid),
                           str(rec)], step=step, log=self.workdir / f"fault-{self.fault}.log",
@@ -401,7 +512,7 @@ class FaultyEngine(Engine):
         if not leave_running:
             raise EngineFailure("error", "dump", "the fake faulty engine cannot kill and "
                                 "re-create a tree; run it with leave_running (--norst)")
-        return self._apply(root_pid, "dump", timeout)
+        return self._apply(root_pid, "dump", timeout, images_dir)
 
     def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
@@ -416,7 +527,7 @@ class FaultyEngine(Engine):
             raise EngineFailure("error", "restore", "the fake faulty engine cannot restore")
         root = self.inner.restore(images_dir, leave_stopped=True, opts=opts,
                                   timeout=timeout, lazy=lazy)
-        self._apply(root, "restore", timeout)
+        self._apply(root, "restore", timeout, images_dir)
         return root
 
     def finish(self, timeout: float) -> None:

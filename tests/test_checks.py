@@ -281,3 +281,45 @@ def test_compare_own() -> None:
     assert [p for p in checks.compare_own(before, after, expected=[4242])
             if "process" in p.message] == []
     assert checks.compare_own(before, _own()) == []
+
+
+def test_sharing_of_tables_and_cow_pages() -> None:
+    """Signal handlers (no fault can un-share them in a running task: unshare(CLONE_SIGHAND)
+    is refused while shared) and the copy-on-write pairs, on hand-made snapshots."""
+    before, after = _tree(), _tree()
+    label = "sighand[pid 100]"
+    for t in (before,):
+        for pid in (100, 101):
+            t.procs[pid].sharing = {"signal handlers (CLONE_SIGHAND)": label}
+    before.cow = {(100, 101): frozenset({(0x1000, 0x1000), (0x2000, 0x2000)})}
+    after.cow = {(100, 101): frozenset({(0x2000, 0x2000)})}
+    assert _messages(before, after) == [
+        "sharing: pid 100 (t): signal handlers (CLONE_SIGHAND) sighand[pid 100] -> not shared",
+        "sharing: pid 101 (t): signal handlers (CLONE_SIGHAND) sighand[pid 100] -> not shared",
+        ("sharing: pid 100 (t) and pid 101 (t): 2 private pages shared copy-on-write before, "
+        "1 after; first no longer shared: 0x1000 / 0x1000"),
+    ]
+
+
+def test_controlling_tty_and_foreground_group() -> None:
+    before, after = _tree(), _tree()
+    before.procs[101].tty = {"controlling tty": "tty[pid 100 fd 5]", "foreground pgrp": "100"}
+    after.procs[101].tty = {"controlling tty": "tty[pid 100 fd 5]", "foreground pgrp": "101"}
+    after.procs[100].tty = {"controlling tty": "device 136:3"}
+    assert _messages(before, after) == [
+        "tty: pid 100 (t): controlling tty none -> device 136:3",
+        "tty: pid 101 (t): foreground pgrp 100 -> 101",
+    ]
+
+
+def test_file_attributes_of_a_lost_fd_are_the_fds_check() -> None:
+    before, after = _tree(), _tree()
+    before.procs[100].files = {1: {"mode": "0o600"}}
+    after.procs[100].files = {1: {"mode": "0o644"}}
+    del after.procs[101].fds[1]
+    before.procs[101].files = {1: {"mode": "0o600"}}
+    assert _messages(before, after) == [
+        "files: pid 100 (t): fd 1 /tmp/out: mode 0o600 -> 0o644",
+        ("fds: pid 101 (t): fd 1 lost after restore: /tmp/out (flags O_WRONLY|O_APPEND|"
+        "O_LARGEFILE, pos 77)"),
+    ]

@@ -23,7 +23,7 @@ from zdtm import checks, lifecycle, snapshot, tasks
 from zdtm.desc import TestDesc, discover
 from zdtm.engines.bundled import BundledEngine
 from zdtm.proc import PAGE_SIZE
-from zdtm.result import CHECK_FAILED, FAIL, PASS, TIMEOUT, Result
+from zdtm.result import CHECK_FAILED, FAIL, KERNEL, PASS, TIMEOUT, Result
 
 SUBJECT = "static/mem_anon"  # one process, private anonymous data, stdout/err on a file
 
@@ -61,7 +61,7 @@ def _run(test: TestDesc, engine: FaultyEngine, workroot: Path, flavor: str = "h"
 def _problems(result: Result) -> list[str]:
     return [line for line in result.details
             if line.split(":", 1)[0] in ("tree", "task", "rseq", "fds", "maps", "memory", "ns",
-                                           "leak")]
+                                           "sharing", "taskattrs", "files", "tty", "leak")]
 
 
 def _expect(result: Result, check: str) -> list[str]:
@@ -178,3 +178,97 @@ def test_hang_after_real_restore(subject: TestDesc, bundled: BundledEngine, clea
     assert result.outcome == FAIL, result.summary()
     assert (result.phase, result.kind) == ("restore", TIMEOUT), result.summary()
     assert "no result after 8s, killed" in result.message
+
+
+def test_kernel_log_line_fails_with_kind_kernel(subject: TestDesc, clean: Path,
+                                                tmp_path: Path) -> None:
+    """A WARNING line written into /dev/kmsg mid-test (by the fault, carrying the run's
+    token) fails the run with the kind ``kernel``, and the line is in the report."""
+    engine = FaultyEngine("kmsg-warning", tmp_path)
+    result = _run(subject, engine, clean, norst=True)
+    assert result.outcome == FAIL, result.summary()
+    assert (result.phase, result.kind) == ("check", KERNEL), result.summary()
+    line = engine.record["line"]
+    assert result.message.startswith("iteration 1: kernel log (user space, seq ")
+    assert result.message.endswith(line)
+    assert any(d.endswith(line) for d in result.details), result.details
+
+
+# fault -> (subject test, the one check that must fail, text one of its problems contains)
+PROPERTY_FAULTS = {
+    "unshare-files": ("static/shared_tables", "sharing", "fd table (CLONE_FILES) files[pid "),
+    "unshare-fs": ("static/shared_tables", "sharing", "fs info (CLONE_FS) fs[pid "),
+    "break-cow": ("static/fork_child", "sharing", "private pages shared copy-on-write before"),
+    "set-dumpable": (SUBJECT, "taskattrs", "dumpable 1 -> 0"),
+    "set-subreaper": (SUBJECT, "taskattrs", "child_subreaper 0 -> 1"),
+    "set-pdeathsig": (SUBJECT, "taskattrs", "pdeathsig 0 -> 12"),
+    "thp-disable": (SUBJECT, "taskattrs", "thp_disable no -> yes"),
+    "timer-slack": (SUBJECT, "taskattrs", "timer_slack_ns 50000 -> 123457"),
+    "oom-score": (SUBJECT, "taskattrs", "oom_score_adj 0 -> 345"),
+    "ioprio": (SUBJECT, "taskattrs", "-> class 3 level 0"),
+    "chmod-file": ("static/file_unlinked", "files", "mode 0o600 -> 0o644"),
+    "chown-file": ("static/file_unlinked", "files", "owner uid:gid 0:0 -> 1:0"),
+    "touch-file": ("static/file_unlinked", "files", ": mtime "),
+    "grow-file": ("static/file_unlinked", "files", "size 20000 -> 20001"),
+    "punch-hole": ("static/file_unlinked", "files", "data layout 0-20000 -> 4096-20000"),
+    "set-owner": ("static/file_unlinked", "files", "owner absent -> pid pid "),
+    "set-sig": ("static/file_unlinked", "files", "owner signal absent -> 10"),
+    "set-async": ("static/fork_child", "fds", "|O_ASYNC"),
+    "set-winsize": ("static/tty_state", "tty", "winsize 33x77 (0x0 px) -> 12x34 (0x0 px)"),
+    "set-termios": ("static/tty_state", "tty", "termios iflag "),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(PROPERTY_FAULTS))
+def test_property_fault_fails_exactly_its_check(fault: str, clean: Path,
+                                                tmp_path: Path) -> None:
+    """Each fault changes one property the new checks watch; exactly that check fails,
+    naming the process (and fd) and the value before and after."""
+    name, check, text = PROPERTY_FAULTS[fault]
+    test = next(t for t in discover() if t.name == name)
+    engine = FaultyEngine(fault, tmp_path)
+    result = _run(test, engine, clean, norst=True)
+    assert engine.record["fault"] == fault
+    problems = _expect(result, check)
+    who = f"pid {engine.record['inner_pid']} ("
+    assert any(who in p and text in p for p in problems), problems
+
+
+@pytest.mark.parametrize("fault", ["mount-left", "cgroup-left"])
+def test_left_kernel_objects_are_reported_and_removed(fault: str, subject: TestDesc,
+                                                      clean: Path, tmp_path: Path) -> None:
+    """A mount in the run's namespace or a cgroup the test sat in: named in the result,
+    then removed (``clean`` checks the harness's mounts are as before)."""
+    engine = FaultyEngine(fault, tmp_path)
+    result = _run(subject, engine, clean, norst=True)
+    assert result.outcome == FAIL, result.summary()
+    if fault == "mount-left":
+        where = engine.record["mount"]
+        assert result.message.startswith(f"iteration 1: 1 problem(s): leak: mount {where} ")
+        assert f"leak: mount {where} (tmpfs, source zdtm-fault) left behind" in result.details
+        assert "the 1 mount(s) left behind were removed" in result.details
+        assert where not in Path("/proc/self/mountinfo").read_text()
+    else:
+        group = engine.record["cgroup"]
+        assert (result.phase, result.kind) == ("stop", CHECK_FAILED), result.summary()
+        assert f"leak: cgroup {group} left behind (removed)" in result.details
+        assert not Path(group).exists()
+
+
+@pytest.mark.parametrize("flavor", ["ns", "uns"])
+@pytest.mark.parametrize("fault", ["unshare-files", "break-cow", "set-dumpable", "set-owner",
+                                   "set-winsize"])
+def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
+                                       tmp_path: Path) -> None:
+    """The new checks see through the ns flavours too: pids as the tree sees them, in-task
+    reads inside a user namespace, pidfd_getfd copies of its fds."""
+    name, check, text = PROPERTY_FAULTS[fault]
+    test = next(t for t in discover() if t.name == name)
+    engine = FaultyEngine(fault, tmp_path)
+    result = _run(test, engine, clean, flavor, norst=True)
+    problems = _expect(result, check)
+    rec = engine.record
+    who = f"pid {rec['inner_pid']} [{rec['pid']}] ("
+    assert any(who in p and text in p for p in problems), problems
+    if fault == "set-owner":  # the owner is named by its pid inside the namespace
+        assert any(f"owner absent -> pid pid {rec['inner_pid']}" in p for p in problems)

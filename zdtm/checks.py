@@ -1,7 +1,7 @@
 """Compare two snapshots and say, in words a person can act on, what a restore changed.
 
 Every Problem names its check ("tree", "task", "rseq", "fds", "maps", "memory", "ns",
-"leak"), the process (pid in its own namespace, the outer pid in brackets when it differs),
+"sharing", "taskattrs", "files", "tty", "leak"), the process (pid in its own namespace, the outer pid in brackets when it differs),
 the fd or VMA, and the value before and after. ``str(problem)`` is "check: message".
 """
 
@@ -49,6 +49,10 @@ def compare(before: TreeState, after: TreeState) -> list[Problem]:
         found = (
             _tree(b, a) + _task(b, a) + _rseq(b, a) + _fds(b, a) + _maps(b, a) + _memory(b, a)
             + _namespaces(b, a)
+            + _keyed("sharing", a.name(), b.sharing, a.sharing, unshared="not shared")
+            + _keyed("taskattrs", a.name(), b.taskattrs, a.taskattrs)
+            + _per_fd("files", a, b.files, a.files) + _per_fd("tty", a, b.tty_fds, a.tty_fds)
+            + _keyed("tty", a.name(), b.tty, a.tty, unshared="none")
         )
         if len(found) > _MAX_PER_PROCESS:
             extra = len(found) - _MAX_PER_PROCESS
@@ -62,7 +66,46 @@ def compare(before: TreeState, after: TreeState) -> list[Problem]:
     if before.root != after.root:
         problems.append(Problem("tree", f"root pid {before.root} -> {after.root}"))
     problems.extend(_uts(before, after))
+    problems.extend(_cow(before, after))
     return problems
+
+
+def _keyed(check: str, who: str, b: Mapping[str, str], a: Mapping[str, str],
+           unshared: str = "absent") -> list[Problem]:
+    """One problem per attribute whose value differs ("unshared" names a missing one)."""
+    return [Problem(check, f"{who}: {key} {vb or unshared} -> {va or unshared}")
+            for key, vb, va in _changed(b, a)]
+
+
+def _per_fd(check: str, a: ProcState, b_fds: Mapping[int, Mapping[str, str]],
+            a_fds: Mapping[int, Mapping[str, str]]) -> list[Problem]:
+    """Attribute differences of fds present before and after (a lost fd is ``fds``'s)."""
+    out = []
+    for fd in sorted(b_fds.keys() & a_fds.keys() | b_fds.keys() & a.fds.keys()):
+        what = a.fds[fd].target if fd in a.fds else "?"
+        out += _keyed(check, f"{a.name()}: fd {fd} {what}", b_fds.get(fd, {}),
+                      a_fds.get(fd, {}))
+    return out
+
+
+def _cow(before: TreeState, after: TreeState) -> list[Problem]:
+    """Private pages shared copy-on-write between two processes, before and after."""
+    out = []
+    for (pa, pb), sb, sa in _changed(before.cow, after.cow):
+        sb, sa = sb or frozenset(), sa or frozenset()
+        if any(p not in after.procs or after.procs[p].state == "Z" for p in (pa, pb)):
+            continue  # a lost or dead process is the tree check's
+        names = f"{after.procs[pa].name()} and {after.procs[pb].name()}"
+        msg = (f"{names}: {len(sb)} private pages shared copy-on-write before, {len(sa)} "
+               "after")
+        lost = sorted(sb - sa)
+        if lost:
+            msg += f"; first no longer shared: {lost[0][0]:#x} / {lost[0][1]:#x}"
+        gained = sorted(sa - sb)
+        if gained:
+            msg += f"; first newly shared: {gained[0][0]:#x} / {gained[0][1]:#x}"
+        out.append(Problem("sharing", msg))
+    return out
 
 
 def _tree(b: ProcState, a: ProcState) -> list[Problem]:

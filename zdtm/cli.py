@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, shard, tasks
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, shard, tasks, vm
 from zdtm import results as results_file
 from zdtm.build import BuildError, ensure_built
 from zdtm.compare import Comparison, compare, known_lines
@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run zdtm-protocol binaries from DIR (named ext/NAME)")
     run.add_argument("--engine-timeout", type=_seconds, default=ENGINE_TIMEOUT,
                      help=f"deadline of each engine step in seconds ({ENGINE_TIMEOUT:.0f})")
+    run.add_argument("--kernel", action="append", default=[], metavar="IMAGE",
+                     help="run the selection under this kernel (a vmlinuz, a /boot release "
+                          "or 'host'), booted with virtme-ng; repeatable")
+    run.add_argument("--results-out", type=Path, help=argparse.SUPPRESS)  # zdtm.vm guests
+    run.add_argument("--tolerate-taint", action="store_true",
+                     help="a kernel taint already present at start is no failure "
+                          "(new taint bits still are)")
     _add_gate_options(run)
 
     ls = sub.add_parser("list", help="list tests with flavours and flags")
@@ -212,7 +219,7 @@ def plan(tests: Sequence[TestDesc], flavors: Sequence[str] | None) -> list[Job]:
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(iters=max(args.iters, 1), pre=args.pre, lazy=args.lazy_pages,
                       norst=args.norst, keep_img=args.keep_img, workroot=DEFAULT_WORKROOT,
-                      engine_timeout=args.engine_timeout)
+                      engine_timeout=args.engine_timeout, tolerate_taint=args.tolerate_taint)
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -391,13 +398,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not jobs and not args.shard:
         print("runner.py: no test x flavour selected", file=sys.stderr)
         return 2
+    try:
+        kernels = [vm.resolve(k) for k in args.kernel]
+    except vm.KernelError as exc:
+        print(f"runner.py: {exc}", file=sys.stderr)
+        return 2
+    why = vm.missing_tools() if any(not k.is_host for k in kernels) else None
+    if why:
+        print(f"runner.py: --kernel: {why}", file=sys.stderr)
+        return 2
     args.known_entries = inputs.known_failures
     engine = _engine(args)
     shard_text = f"{args.shard[0]}/{args.shard[1]}" if args.shard else None
     run = RunResults(results_file.start_metadata(
         engine=engine.name, engine_version=engine.version(), argv=args.raw_argv,
         options=_run_options(args), shard=shard_text))
-    console = Console(len(jobs))
+    console = Console(len(jobs) * max(len(kernels), 1), args.results_out)
     mode = "nocr (no checkpoint/restore)" if args.nocr else f"engine {engine.name}"
     console.line(f"zdtm: {len(jobs)} run(s), {mode}, iters {args.iters}, pre {args.pre}"
                  + (", lazy pages" if args.lazy_pages else "")
@@ -406,10 +422,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if jobs and not _build(console, jobs):
         return 1
     prepare_process()
-    interrupted = _run_jobs(jobs, args, engine, console, run.cases)
+
+    def here() -> list[Result]:
+        local: list[Result] = []
+        if _run_jobs(jobs, args, engine, console, local):
+            raise KeyboardInterrupt  # under --kernel: stop the other kernels too
+        return local
+
+    if kernels:
+        try:
+            run.cases.extend(vm.run_kernels(
+                kernels, vm.guest_argv(args.raw_argv), console.line, here,
+                keep_going=args.keep_going, logs=args.report,
+                silence=args.engine_timeout + vm.SILENCE_GRACE))
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+    else:
+        interrupted = _run_jobs(jobs, args, engine, console, run.cases)
     with contextlib.suppress(OSError):
         DEFAULT_WORKROOT.rmdir()  # only when empty: --keep-img leaves its work dirs there
-    return _finish(args, inputs, run, jobs, console, interrupted)
+    return _finish(args, inputs, run, len(jobs) * max(len(kernels), 1), console, interrupted)
 
 
 def _run_jobs(jobs: list[Job], args: argparse.Namespace, engine: Engine, console: Console,
@@ -426,23 +459,26 @@ def _run_jobs(jobs: list[Job], args: argparse.Namespace, engine: Engine, console
         return True
     finally:
         order = {(j.test.name, j.flavor): i for i, j in enumerate(jobs)}
-        results.sort(key=lambda r: order[r.key])
+        results.sort(key=lambda r: order[(r.test, r.flavor)])
     return False
 
 
-def _finish(args: argparse.Namespace, inputs: Inputs, run: RunResults, jobs: list[Job],
+def _finish(args: argparse.Namespace, inputs: Inputs, run: RunResults, expected: int,
             console: Console, interrupted: bool) -> int:
-    """Known failures, reports, comparison, closing lines; returns the exit status."""
+    """Known failures, reports, comparison, closing lines; returns the exit status.
+
+    ``expected``: test x flavour runs selected (times the kernels under --kernel)."""
     known_report = _apply_known(inputs, run.cases)
-    results_file.finish_metadata(run.run, selected=len(jobs), interrupted=interrupted)
+    results_file.finish_metadata(run.run, selected=expected, interrupted=interrupted)
     if args.report:
         for path in write_reports(run, args.report):
             console.line(f"report: {path}")
-    if len(run.cases) < len(jobs):
-        console.line(f"not run: {len(jobs) - len(run.cases)} test x flavour run(s)")
+    missing = expected - sum(not vm.is_kernel_result(r) for r in run.cases)
+    if missing > 0:
+        console.line(f"not run: {missing} test x flavour run(s)")
     status = _judge(args, inputs, run.cases, known_report, console,
                     strict=args.strict and not interrupted)
-    if args.shard and not jobs:
+    if args.shard and not expected:
         console.line(f"shard {args.shard[0]}/{args.shard[1]}: no case falls in this shard")
         return 0
     return 130 if interrupted else status

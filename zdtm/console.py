@@ -5,9 +5,11 @@ closing list of failures.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from zdtm.result import FAIL, FLAKY, Result
 
@@ -24,8 +26,9 @@ def elapsed(seconds: float) -> str:
 class Console:
     """Thread-safe console lines and the run's counter."""
 
-    def __init__(self, total: int = 0) -> None:
+    def __init__(self, total: int = 0, results_out: Path | None = None) -> None:
         self.lock = threading.Lock()
+        self.results_out = results_out
         self.total = total
         self.done = 0
         self.t0 = time.monotonic()
@@ -43,8 +46,16 @@ class Console:
         """``[k/N 2:03]``: k results so far of N, time since the run began."""
         return f"[{self.done}/{self.total} {elapsed(time.monotonic() - self.t0)}]"
 
+    def record(self, r: Result) -> None:
+        """Append a result to ``results_out`` (JSON lines) as soon as it is known: a VM
+        (--kernel) that hangs later still gives back what it ran."""
+        if self.results_out is not None:
+            with self.lock, open(self.results_out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(r.to_dict()) + "\n")
+
     def result(self, r: Result) -> None:
-        """A finished case: its summary line, then its details when it failed."""
+        """A finished case: recorded, then its summary line and its details if it failed."""
+        self.record(r)
         with self.lock:
             self.done += 1
         # the outcome first (grep ^FAIL), the counter last

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flavors import Flavor, StartError, get_flavor
-from zdtm import checks, external, snapshot, tasks
+from zdtm import cgroups, checks, external, kernel_health, mountns, snapshot, tasks
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
 from zdtm.engines import Engine, EngineFailure
@@ -41,6 +41,7 @@ from zdtm.result import (
     ENGINE_CRASHED,
     ENGINE_ERROR,
     HARNESS_ERROR,
+    KERNEL,
     SKIP,
     TEST_FAIL,
     TIMEOUT,
@@ -69,6 +70,7 @@ class RunOptions:
     keep_img: bool = False
     workroot: Path | None = None      # parent of the per-test work dirs (default: a temp dir)
     engine_timeout: float = ENGINE_TIMEOUT
+    tolerate_taint: bool = False      # a kernel taint present at start is no failure
     notes: list[str] = field(default_factory=list)  # added to every result (e.g. mode switch)
 
 
@@ -145,6 +147,9 @@ class Run:
         self.ns_pid = 0
         self.baseline_desc: set[int] = set()
         self.clock = PhaseClock(self.result.timings)
+        self.kernel = kernel_health.KernelWatch(tolerate_taint=opts.tolerate_taint)
+        self.cgroups0: frozenset[str] = frozenset()
+        self.cgroups_seen: set[str] = set()  # cgroups the tree's tasks were seen in
         self.phase = "build"  # the phase running now, for harness errors
         self.cr_opts = CrOptions()  # the descriptor's engine options, for this engine
 
@@ -170,6 +175,11 @@ class Run:
             if self._skip_reason():
                 return self.result
             self._build()
+            why = mountns.enter_private()
+            if why:
+                self._note(why)
+            self.kernel.start()  # before own0: its fd is the harness's until the end
+            self.cgroups0 = cgroups.existing()
             own0 = snapshot.own_state()
             self.baseline_desc = set(tasks.descendants(os.getpid()))
             try:
@@ -184,6 +194,7 @@ class Run:
             finally:
                 # whatever the outcome, nothing of the run may be left
                 self._final_leak_check(own0)
+                self._kernel_check("stop")
         except _Failed:
             pass
         except Exception as exc:  # noqa: BLE001 - any harness bug becomes a result
@@ -192,6 +203,7 @@ class Run:
                              traceback.format_exc().splitlines()[-12:])
         finally:
             self.clock.stop()
+            self.kernel.close()
             self.result.duration = time.monotonic() - started
         return self.result
 
@@ -262,6 +274,7 @@ class Run:
             self.result.fail("start", HARNESS_ERROR, exc.message)
             raise _Failed from None
         self.result.workdir = str(self.workdir)
+        self.kernel.tokens.append(str(self.workdir))
         argv = external.start_argv(self.test)
         self.progress(f"{self.result.ident}: start")
         # the suite's --post-start hook runs beside the start (a test may wait for it)
@@ -292,6 +305,8 @@ class Run:
         for i in range(1, self.opts.iters + 1):
             label = f"{self.result.ident} iter {i}/{self.opts.iters}"
             own_a = snapshot.own_state()
+            # tasks the test keeps stopped stay stopped when the tree is resumed
+            keep = tasks.stopped_ids(self.root_pid)
             if cr:
                 parent = self._pre_dumps(i)
                 self._hook("--pre-dump")
@@ -306,12 +321,13 @@ class Run:
                 s0 = self._capture("S0")
             s1 = self._capture("S1")
             problems = self._compare(s0, s1)
-            tasks.thaw(tasks.tree(self.root_pid))
+            tasks.thaw(tasks.tree(self.root_pid), keep)
             if cr and not self.opts.norst:
                 self._hook("--post-restore", self._imgdir(f"{i}-dump"))
             if cr and self.opts.lazy:
                 self._engine_step("restore", self.engine.finish, self.opts.engine_timeout)
             problems += self._own_problems(own_a)
+            self._kernel_check("check", f"iteration {i}: ")
             if problems:
                 self.result.fail("check", CHECK_FAILED,
                                  f"iteration {i}: {len(problems)} problem(s): "
@@ -419,6 +435,7 @@ class Run:
         self.engine.close()
         ours = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
         roots = [p for p in (self.root_pid, self.test_pid) if p] + ours
+        self._see_cgroups(roots)
         left = tasks.kill_tree(roots, CLEANUP_TIMEOUT)
         tasks.reap_zombie_children()
         if left:
@@ -440,13 +457,37 @@ class Run:
         external.unmount_left(workdir, self.result)
 
     def _final_leak_check(self, own0: Any) -> None:
-        """After cleanup the harness must hold exactly the fds and children it had before."""
+        """After cleanup the harness must hold exactly the fds, children and mounts it had
+        before; mounts the run left (a test of the h flavour mounts in the harness's
+        namespace) are reported, then removed."""
         tasks.reap_zombie_children()
-        problems = checks.compare_own(own0, snapshot.own_state())
+        own1 = snapshot.own_state()
+        problems = checks.compare_own(own0, own1)
         leftovers = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
         lines = _problem_lines(problems) + [f"left behind: process {p}" for p in leftovers]
+        lines += cgroups.remove_new(self.cgroups_seen, self.cgroups0)
+        left_mounts = set(own1.mounts - own0.mounts)
+        if left_mounts:
+            failed = mountns.remove(left_mounts)
+            lines += failed or [f"the {len(left_mounts)} mount(s) left behind were removed"]
         if lines:
             self.result.fail("stop", CHECK_FAILED, f"after cleanup: {lines[0]}", lines)
+
+    def _see_cgroups(self, pids: list[int]) -> None:
+        """Remember the cgroups of these tasks (new ones are removed after the run)."""
+        for pid in pids:
+            for p in tasks.tree(pid):
+                self.cgroups_seen |= cgroups.of_task(p)
+
+    def _kernel_check(self, phase: str, prefix: str = "") -> None:
+        """New taint or kernel log lines of trouble fail the run with the kind ``kernel``."""
+        lines = self.kernel.poll()
+        for note in self.kernel.notes:
+            self._note(note)
+        if lines:
+            self.result.fail(phase, KERNEL, f"{prefix}{lines[0]}", lines)
+            if phase == "check":
+                raise _Failed
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -498,6 +539,7 @@ class Run:
         self.phase = "check"
         try:
             with deadline(SNAPSHOT_TIMEOUT, f"snapshot {label}"):
+                self._see_cgroups([self.root_pid])
                 return snapshot.capture(self.root_pid, ns=self.flavor.uses_ns)
         except PhaseTimeout as exc:
             self.result.fail("check", TIMEOUT, str(exc))

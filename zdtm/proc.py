@@ -131,6 +131,8 @@ class Stat:
     ppid: int
     pgrp: int
     session: int
+    tty_nr: int
+    tpgid: int
     num_threads: int
     nice: int
     exit_signal: int
@@ -151,6 +153,8 @@ def parse_stat(text: str) -> Stat:
         ppid=int(rest[1]),
         pgrp=int(rest[2]),
         session=int(rest[3]),
+        tty_nr=int(rest[4]),
+        tpgid=int(rest[5]),
         num_threads=int(rest[17]),
         nice=int(rest[16]),
         exit_signal=int(rest[35]),
@@ -278,6 +282,29 @@ def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
         fields = left.split()
         rfields = right.split()
         out.append((fields[4], rfields[0], rfields[1] if len(rfields) > 1 else ""))
+    return out
+
+
+_CGROUP_MOUNT_OPTS = frozenset({"rw", "ro", "xattr", "noprefix", "clone_children",
+                                "cpuset_v2_mode", "nsdelegate", "favordynmods"})
+
+
+def cgroup_mounts(text: str) -> dict[str, str]:
+    """Cgroup hierarchies in mountinfo text: {key: mount point}, the key being what
+    /proc/PID/cgroup names the hierarchy by: "" for cgroup2, else its controllers as listed
+    in the super options ("cpu,cpuacct", "name=systemd"). First mount of each wins."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        rfields = right.split()
+        if not sep or rfields[0] not in ("cgroup", "cgroup2"):
+            continue
+        key = ""
+        if rfields[0] == "cgroup":
+            opts = rfields[2].split(",") if len(rfields) > 2 else []
+            key = ",".join(o for o in opts if o not in _CGROUP_MOUNT_OPTS and "=" not in o
+                           or o.startswith("name="))
+        out.setdefault(key, left.split()[4])
     return out
 
 

@@ -35,6 +35,11 @@ def classname(test: str) -> str:
     return test.replace("/", ".")
 
 
+def case_name(r: Result) -> str:
+    """The JUnit name of a case: its flavour (``ns@RELEASE`` under --kernel: one per kernel)."""
+    return f"{r.flavor}@{r.kernel}" if r.kernel else r.flavor
+
+
 def _rank(r: Result) -> int:
     """Order of the HTML rows: unexpected failures first, passes last."""
     if r.outcome == FAIL:
@@ -99,10 +104,12 @@ def junit_xml(run: RunResults) -> ET.ElementTree:
 
 
 def _junit_case(suite: ET.Element, r: Result) -> None:
-    case = ET.SubElement(suite, "testcase", classname=classname(r.test), name=r.flavor,
+    case = ET.SubElement(suite, "testcase", classname=classname(r.test), name=case_name(r),
                          time=f"{r.duration:.3f}")
     props = ET.SubElement(case, "properties")
     ET.SubElement(props, "property", name="engine", value=r.engine)
+    if r.kernel:
+        ET.SubElement(props, "property", name="kernel", value=r.kernel)
     ET.SubElement(props, "property", name="iterations", value=str(r.iterations))
     for note in r.notes:
         ET.SubElement(props, "property", name="note", value=note)
@@ -173,7 +180,7 @@ def _case_row(r: Result) -> str:
              _block("engine log", r.log_tail(ENGINE_LOG_PREFIX)),
              _block("test log", r.log_tail(TEST_LOG_PREFIX)),
              _block("earlier attempts", [Result.from_dict(a).headline() for a in r.attempts])]
-    cells = [r.test, r.flavor, r.engine, str(r.outcome), str(r.phase or ""),
+    cells = [r.test, case_name(r), r.engine, str(r.outcome), str(r.phase or ""),
              str(r.kind or ""), str(r.iterations), f"{r.duration:.1f}", timings]
     tds = "".join(f"<td>{e(c)}</td>" for c in cells)
     return (f'<tr class="{_row_class(r)}">{tds}<td>{e(r.message)}{"".join(extra)}</td></tr>')

@@ -42,13 +42,14 @@ class Kind(StrEnum):
     TEST_FAIL = "test FAIL"
     HARNESS_ERROR = "harness error"
     TIMEOUT = "timeout"
+    KERNEL = "kernel"  # new taint or a kernel log line of trouble during the run
 
 
 # the names the lifecycle and the drivers import
 PASS, FAIL, SKIP, FLAKY = Outcome.PASS, Outcome.FAIL, Outcome.SKIP, Outcome.FLAKY
 ENGINE_CRASHED, ENGINE_ERROR = Kind.ENGINE_CRASHED, Kind.ENGINE_ERROR
 CHECK_FAILED, TEST_FAIL = Kind.CHECK_FAILED, Kind.TEST_FAIL
-HARNESS_ERROR, TIMEOUT = Kind.HARNESS_ERROR, Kind.TIMEOUT
+HARNESS_ERROR, TIMEOUT, KERNEL = Kind.HARNESS_ERROR, Kind.TIMEOUT, Kind.KERNEL
 
 # Prefixes of the detail lines that are log tails (the lifecycle adds them): the results
 # file keeps them apart from the problems.
@@ -76,16 +77,18 @@ class Result:
     workdir: str | None = None     # kept with --keep-img
     attempts: list[dict[str, Any]] = field(default_factory=list)  # earlier tries (reruns)
     known: str | None = None       # reason from the known-failures file, when it matched
+    kernel: str | None = None      # release of the kernel it ran under (runner --kernel)
 
     @property
     def ident(self) -> str:
-        """``static/maps06 [ns]``"""
-        return f"{self.test} [{self.flavor}]"
+        """``static/maps06 [ns]`` (``static/maps06 [ns] @6.1.0-57-amd64`` under --kernel)"""
+        ident = f"{self.test} [{self.flavor}]"
+        return f"{ident} @{self.kernel}" if self.kernel else ident
 
     @property
-    def key(self) -> tuple[str, str]:
-        """(test, flavour): what identifies a case across runs."""
-        return self.test, self.flavor
+    def key(self) -> tuple[str, str, str]:
+        """(test, flavour, kernel release or ""): what identifies a case across runs."""
+        return self.test, self.flavor, self.kernel or ""
 
     def fail(self, phase: str, kind: str, message: str, details: list[str] | None = None
              ) -> None:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from zdtm import memory, proc, tracing
+from zdtm import filestate, memory, proc, sharing, taskattrs, tracing, ttystate
 
 # VmFlags that legitimately differ across a restore: userfaultfd registration (lazy pages,
 # dirty tracking), soft-dirty, and VM_ACCOUNT (commit accounting of a private writable
@@ -118,6 +118,11 @@ class ProcState:
     fds: dict[int, FdState] = field(default_factory=dict)
     maps: list[Vma] = field(default_factory=list)
     namespaces: dict[str, str] = field(default_factory=dict)
+    sharing: dict[str, str] = field(default_factory=dict)  # kernel table -> class label
+    taskattrs: dict[str, str] = field(default_factory=dict)  # prctl, sched, ioprio, ...
+    files: dict[int, dict[str, str]] = field(default_factory=dict)  # fd -> file attributes
+    tty_fds: dict[int, dict[str, str]] = field(default_factory=dict)  # fd -> termios, winsize
+    tty: dict[str, str] = field(default_factory=dict)  # controlling tty, foreground pgrp
 
     def name(self) -> str:
         """How messages name the process: "pid 5 [12345] (comm)" (outer pid when different)."""
@@ -133,6 +138,7 @@ class TreeState:
     procs: dict[int, ProcState]
     uts: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (host, domain)
     userns_maps: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> maps
+    cow: sharing.CowPairs = field(default_factory=dict)  # pages shared copy-on-write
     notes: list[str] = field(default_factory=list)  # what could not be captured, and why
 
 
@@ -215,6 +221,7 @@ def _base_state(pid: int) -> tuple[ProcState, int, dict[int, int]]:
         threads=tuple(sorted(tids.values())),
         attrs=_attrs(pid, stat, status),
         thread_attrs=per_thread,
+        taskattrs=taskattrs.read(pid, status) if stat.state != "Z" else {},
     )
     return state, stat.ppid, tids
 
@@ -258,16 +265,26 @@ def _attrs(pid: int, stat: proc.Stat, status: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _read_rseq(ps: ProcState, tids: dict[int, int], notes: list[str]) -> None:
-    """Fill ps.rseq (None where it could not be read: the area then stays unmasked)."""
+def _visit(ps: ProcState, tids: dict[int, int], notes: list[str]) -> None:
+    """One ptrace visit per thread: ps.rseq (None where it could not be read: the area then
+    stays unmasked) and, in the main thread, the in-task part of ps.taskattrs."""
     if ps.state == "Z":
         return
+    seccomp = ps.attrs.get("Seccomp", "0") != "0"
+    if seccomp:
+        notes.append(f"{ps.name()}: under seccomp: {', '.join(taskattrs.IN_TASK)} not read")
     for outer, inner in tids.items():
+        in_task = outer == ps.real_pid and not seccomp
         try:
-            ps.rseq[inner] = tracing.read_rseq(outer)
+            seen = tracing.visit(outer, in_task=in_task)
         except OSError as e:
             ps.rseq[inner] = None
-            notes.append(f"{ps.name()} tid {inner}: rseq not read, not masked: {e}")
+            notes.append(f"{ps.name()} tid {inner}: rseq not read, not masked"
+                         + (f", {', '.join(taskattrs.IN_TASK)} not read" if in_task else "")
+                         + f": {e}")
+            continue
+        ps.rseq[inner] = seen.rseq
+        ps.taskattrs.update(seen.in_task)
 
 
 def _wait_stopped_again(tids: list[int], deadline: float) -> None:
@@ -296,6 +313,12 @@ _RENEWED = {"tfd": (re.compile(r"\s+pos:.*$"), ""),
             "lock": (re.compile(r"^\d+:\s+|\s+-?\d+\s+[0-9a-f]+:[0-9a-f]+:\d+(?=\s)"), " ")}
 
 
+# Not compared: every open() on x86_64 sets it, a file made without open() (a pty slave
+# from TIOCGPTPEER, an accepted socket) lacks it, no reopen can clear it, and on a 64-bit
+# kernel it changes nothing.
+_O_LARGEFILE = 0o100000
+
+
 def stable_fdinfo(extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """The fdinfo fields an fd must keep across C/R without what a restore renews, sorted
     (the kernel lists epoll watches in the order of their file pointers)."""
@@ -319,7 +342,7 @@ def _fd_table(
         holder = f"pid {ps.pid} fd {fd}"
         norm = labels.label(m.group(1), int(m.group(2)), holder) if m else target
         extra = stable_fdinfo(info.extra)
-        ps.fds[fd] = FdState(norm, info.flags, info.pos, None, extra, target)
+        ps.fds[fd] = FdState(norm, info.flags & ~_O_LARGEFILE, info.pos, None, extra, target)
     return raw
 
 
@@ -362,6 +385,61 @@ def _label_shared_descriptions(
             for ps, fd in cls:
                 old = ps.fds[fd]
                 ps.fds[fd] = FdState(old.target, old.flags, old.pos, label, old.extra, old.raw)
+
+
+def _file_states(procs: list[ProcState], raws: dict[int, dict[int, tuple[str, proc.FdInfo]]],
+                 notes: list[str]) -> None:
+    """ps.files, ps.tty_fds and ps.tty of every live process."""
+    inner = {ps.real_pid: ps.pid for ps in procs}
+    ttys: dict[int, str] = {}  # device -> label of its first fd in walk order
+    for ps in procs:
+        if ps.state == "Z":
+            continue
+        try:
+            pidfd = os.pidfd_open(ps.real_pid)
+        except OSError as e:
+            notes.append(f"{ps.name()}: file owners and ttys not read: {e}")
+            continue
+        try:
+            for fd, (target, _info) in sorted(raws[ps.real_pid].items()):
+                _file_state(ps, fd, target, pidfd, inner, ttys)
+        finally:
+            os.close(pidfd)
+    for ps in procs:
+        if ps.state == "Z":
+            continue
+        stat = proc.parse_stat(proc.read_text(f"/proc/{ps.real_pid}/stat"))
+        ps.tty = ttystate.controlling(stat.tty_nr, stat.tpgid, ttys, inner)
+
+
+def _file_state(ps: ProcState, fd: int, target: str, pidfd: int, inner: dict[int, int],
+                ttys: dict[int, str]) -> None:
+    try:
+        attrs = filestate.regular(ps.real_pid, fd, target)
+        with filestate.fd_copy(pidfd, fd) as copy:
+            if copy is None:
+                return  # closed meanwhile
+            attrs.update(filestate.owner(copy, inner))
+            rdev = ttystate.is_tty(ps.real_pid, fd)
+            if rdev is not None:
+                ttys.setdefault(rdev, f"tty[pid {ps.pid} fd {fd}]")
+                ps.tty_fds[fd] = {"terminal": ttys[rdev], **ttystate.terminal(copy)}
+    except FileNotFoundError:
+        return
+    if attrs:
+        ps.files[fd] = attrs
+
+
+def _sharing(tree: TreeState, procs: list[ProcState]) -> None:
+    """Kernel tables and copy-on-write pages shared between the live processes."""
+    live = {ps.real_pid: ps for ps in procs if ps.state != "Z"}
+    members = [(outer, ps.pid) for outer, ps in live.items()]
+    try:
+        for outer, found in sharing.table_classes(members).items():
+            live[outer].sharing = found
+        tree.cow = sharing.cow_pairs(members)
+    except OSError as e:
+        tree.notes.append(f"sharing between processes not checked: {e}")
 
 
 # ---- maps and memory -------------------------------------------------------------------------
@@ -542,7 +620,7 @@ def capture(root_pid: int, *, ns: bool = False) -> TreeState:
         except FileNotFoundError:
             notes.append(f"pid {pid} vanished during the capture")
             continue
-        _read_rseq(ps, tids, notes)
+        _visit(ps, tids, notes)
         all_tids.extend(tids)
         procs.append(ps)
         outer_ppid[pid] = ppid
@@ -556,6 +634,7 @@ def capture(root_pid: int, *, ns: bool = False) -> TreeState:
     labels = _Labeller()
     raws = {ps.real_pid: _fd_table(ps, labels) for ps in procs}
     _label_shared_descriptions(procs, raws, labels, notes)
+    _file_states(procs, raws, notes)
 
     file_cache: dict[tuple[str, int], int | None] = {}
     try:
@@ -565,6 +644,7 @@ def capture(root_pid: int, *, ns: bool = False) -> TreeState:
         memory.close_files(file_cache)
 
     tree = TreeState(root=procs[0].pid, procs={ps.pid: ps for ps in procs}, notes=notes)
+    _sharing(tree, procs)
     own = _own_namespaces()
     for ps in procs:
         raw = _namespaces(ps, own, labels)

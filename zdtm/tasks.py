@@ -11,6 +11,8 @@ import os
 import signal
 import time
 
+from zdtm.proc import parse_status, read_text, status_ids
+
 PR_SET_CHILD_SUBREAPER = 36
 FROZEN_STATES = frozenset("TZX")  # group-stopped, zombie, dead
 
@@ -113,10 +115,27 @@ def freeze(root: int, timeout: float) -> list[int]:
         time.sleep(0.01)
 
 
-def thaw(pids: list[int]) -> None:
-    """SIGCONT each pid (children after parents do not matter: all were stopped)."""
+def stopped_ids(root: int) -> set[int]:
+    """Tasks under ``root`` that are in group-stop of their own (the test stopped them),
+    as pids in their own pid namespace: the same numbers name them after a restore into
+    new namespaces.  Call before freeze(); thaw() leaves these stopped."""
+    return {_own_pid(p) for p in tree(root) if all(s == "T" for s in _thread_states(p))}
+
+
+def _own_pid(pid: int) -> int:
+    try:
+        ids = status_ids(parse_status(read_text(f"/proc/{pid}/status")), "NSpid")
+    except OSError:
+        return -1
+    return ids[-1] if ids else pid
+
+
+def thaw(pids: list[int], keep: set[int] | frozenset[int] = frozenset()) -> None:
+    """SIGCONT each pid (children after parents do not matter: all were stopped), except
+    those whose own-namespace pid is in ``keep`` (stopped by the test itself)."""
     for pid in pids:
-        _signal(pid, signal.SIGCONT)
+        if not keep or _own_pid(pid) not in keep:
+            _signal(pid, signal.SIGCONT)
 
 
 def reap(pid: int) -> int | None:

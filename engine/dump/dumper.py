@@ -16,8 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from engine.dump import (
+    ctty,
+    namespaces,
+    pages,
+    selfwrite,
+    sessions,
+    shmem,
+    task,
+    track,
+    tree,
+    vmas,
+)
 from engine.dump import files as dfiles
-from engine.dump import namespaces, pages, selfwrite, shmem, task, track, tree, vmas
 from engine.dump.intervals import Interval, intersect, normalise, subtract
 from engine.errors import EngineError
 from engine.faults import fault_point
@@ -107,6 +118,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
             trackers = track.fetch(prev_dir)
             # Only trackers armed when the parent was dumped vouch for "unchanged since".
             parent = _Parent(prev_dir, set(trackers))
+        sessions.check(frozen)
         fault_point("seize")
         lap("seize")
         procs = [p for p in frozen.order() if p.state != "zombie"]
@@ -210,6 +222,7 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
             st = state[p.pid]
             assert st.injected is not None
             task_vmas = vmas.read_vmas(p.pid)
+            vmas.refuse_unrestorable(p.pid, task_vmas)
             stats.vmas += len(task_vmas)
             st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas,
                           st.injected.brk)
@@ -270,6 +283,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
            shmem_entries: list[ShmemEntry], kind: str, parent: str | None) -> None:
     entries = []
     per_task_ns: dict[int, dict[str, int]] = {}
+    leaders = {p.pid for p in frozen.order() if p.pgid == p.pid}  # process groups inside
     for p in frozen.order():
         status = read_status(p.pid)
         entries.append(TaskEntry(p.pid, p.ppid, p.pgid, p.sid, p.state, list(p.threads),
@@ -285,6 +299,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
         st = state[p.pid]
         assert st.injected is not None and st.mm is not None
         per_task_ns[p.pid] = namespaces.inodes(p.pid)
+        tty, tty_pgrp = ctty.controlling_tty(p.pid, read_stat(p.pid), leaders)
         core = TaskCore(
             pid=p.pid, ppid=p.ppid, pgid=p.pgid, sid=p.sid, state=p.state,
             comm=tasks.comm(p.pid), threads=st.threads, sigactions=st.injected.sigactions,
@@ -293,7 +308,9 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             personality=tasks.personality(p.pid), fds=fds[p.pid],
             shared_pending=st.shared_pending, exe=st.mm.exe, namespaces=per_task_ns[p.pid],
             child_subreaper=st.injected.child_subreaper, itimers=st.injected.itimers,
-            posix_timers=st.injected.posix_timers,
+            posix_timers=st.injected.posix_timers, thp_disable=st.injected.thp_disable,
+            oom_score_adj=tasks.oom_score_adj(p.pid), dumpable=st.injected.dumpable,
+            ctty=tty, ctty_pgrp=tty_pgrp,
         )
         img.write_json(names.core(p.pid), core)
         img.write_json(names.mm(p.pid), st.mm)

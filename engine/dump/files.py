@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass, field
 
 from engine.dump import anonfd, inetsk, unixsk
+from engine.dump.fdowner import read_owners
 from engine.errors import EngineError
 from engine.images import names
 from engine.images.imgdir import ImageDir
@@ -25,11 +26,13 @@ from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.proc import locks
 from engine.proc.fdinfo import FdInfo, read_fds
+from engine.restore.files import SUPPORTED_TYPES
 
 _KCMP_FILE = 0
 _SPLICE_F_NONBLOCK = 2
 _DELETED = " (deleted)"
 _MEMFD = "/memfd:"
+_PTMX = os.makedev(5, 2)  # a pty master: restoring it needs the pair with the same index
 
 
 @dataclass
@@ -70,6 +73,7 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
     except OSError as e:
         raise EngineError("files", f"cannot list fds of {pid}: {e.strerror}") from None
     entries = []
+    new: list[tuple[int, FileRecord]] = []
     file_of_fd: dict[int, tuple[int, int, int]] = {}  # fd -> (file id, st_dev, st_ino)
     epolls: list[tuple[FileRecord, FdInfo]] = []
     for info in infos:
@@ -84,6 +88,7 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
             rec = _record(img, table, pid, info, st, fid)
             table.files.append(rec)
             table._by_inode.setdefault(key, []).append((fid, pid, info.fd))
+            new.append((info.fd, rec))
             if rec.epoll is not None:
                 epolls.append((rec, info))
         elif "lock" in info.extra:
@@ -95,6 +100,10 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
         entries.append(FdEntry(info.fd, fid, info.cloexec))
     for rec, info in epolls:
         anonfd.resolve_watches(rec, pid, info, file_of_fd)
+    try:
+        read_owners(pid, new)
+    except (OSError, RuntimeError, TimeoutError) as e:
+        raise EngineError("files", f"fd owners of {pid}: {e}") from None
     return entries
 
 
@@ -126,17 +135,22 @@ def _type_of(st: os.stat_result, target: str) -> str:
         return "pipe" if target.startswith("pipe:") else "fifo"
     if stat.S_ISSOCK(mode):
         return "socket"
+    if stat.S_ISLNK(mode):
+        return "symlink"
     return "other"
 
 
 def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat_result,
             fid: int) -> FileRecord:
     kind = _type_of(st, info.target)
-    if kind == "other":
-        anonfd.refuse_unsupported(pid, info, kind)
+    if kind == "other" or kind == "chr" and st.st_rdev == _PTMX:
+        anonfd.refuse_unsupported(pid, info, "pty master" if kind == "chr" else kind)
     rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
                      dev=st.st_dev, inode=st.st_ino, rdev=st.st_rdev, link=info.target)
-    if kind in ("reg", "dir", "chr", "blk", "fifo"):
+    if kind not in SUPPORTED_TYPES:
+        raise EngineError("files", f"task {pid} fd {info.fd}: cannot restore a {kind} file "
+                                   f"({info.target})")
+    if kind in ("reg", "dir", "chr", "blk", "fifo", "symlink"):
         path = info.target
         if path.endswith(_DELETED) and st.st_nlink == 0:
             rec.deleted = True
@@ -152,7 +166,9 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             rec.shmem_id = names.shmem_id(st.st_ino)
         elif rec.deleted:
             rec.content = names.file_content(fid)
-            _save_file(img, pid, info.fd, rec.content, st.st_size)
+            rec.uid, rec.gid = st.st_uid, st.st_gid
+            rec.atime_ns, rec.mtime_ns = st.st_atime_ns, st.st_mtime_ns
+            rec.extents = _save_file(img, pid, info.fd, rec.content, st.st_size)
     if "lock" in info.extra:
         rec.locks = _locks(pid, info)
     if kind == "anon_inode":
@@ -188,9 +204,10 @@ def _socket(img: ImageDir, table: FileTable, rec: FileRecord, pid: int, fd: int)
             raise unixsk.refuse_family(pid, fd, s, rec.link)
 
 
-def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> None:
-    """Copy an unlinked file's content (reopened through the fd link: a description of
-    our own, so the task's offset is untouched) into the image."""
+def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> list[list[int]]:
+    """Copy the data extents of an unlinked file (reopened through the fd link: a
+    description of our own, so the task's offset is untouched) into the image, back to
+    back; returns the extents (holes stay holes when restored)."""
     try:
         src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -198,19 +215,41 @@ def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> None:
                                    f"{e.strerror}") from None
     out = img.create_file(name)
     try:
-        done = 0
-        while done < size:
-            n = os.sendfile(out, src, done, size - done)
-            if n == 0:
-                break
-            done += n
+        extents = _extents(src, size)
+        for start, end in extents:
+            pos = start
+            while pos < end:
+                n = os.sendfile(out, src, pos, end - pos)
+                if n == 0:
+                    raise EngineError("files", f"unlinked file {pid}/{fd}: read {pos} of "
+                                               f"{size} bytes")
+                pos += n
     except OSError as e:
         raise EngineError("files", f"unlinked file {pid}/{fd}: {e.strerror}") from None
     finally:
         os.close(src)
         os.close(out)
-    if done != size:
-        raise EngineError("files", f"unlinked file {pid}/{fd}: read {done} of {size} bytes")
+    return extents
+
+
+def _extents(fd: int, size: int) -> list[list[int]]:
+    """[start, end) of the data of a file (SEEK_DATA/SEEK_HOLE; all of it where the file
+    system cannot tell)."""
+    out: list[list[int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            if e.errno == errno.EINVAL:
+                return [[0, size]] if size else []
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        out.append([start, end])
+        pos = end
+    return out
 
 
 def _save_pipe(img: ImageDir, pid: int, fd: int, name: str) -> int:

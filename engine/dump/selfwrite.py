@@ -3,7 +3,7 @@ side of engine/restore/selfread.py).
 
 The engine's own path reads the task's memory into staging buffers (process_vm_readv) and
 writes them with O_DIRECT, 16 MiB at a time. For long runs the task instead opens the pages
-file with O_DIRECT and pwrites each run from its own memory (injected syscalls, one per run
+file (with O_DIRECT where the engine's descriptor has it, see directio.py) and pwrites each run from its own memory (injected syscalls, one per run
 of up to 1 GiB): the disk reads the task's pages directly, one big request keeps its queue
 full, and the engine copies nothing (on the reference VM one 1 GiB write took 0.68-0.74 s,
 16 MiB writes 0.77-0.97 s, before counting the engine's copy).
@@ -21,6 +21,7 @@ import os
 
 from engine.dump.pages import Run
 from engine.images import PagesWriter
+from engine.images.directio import task_flags
 from engine.kernel import uapi
 from engine.kernel.inject import InjectError, Injector
 from engine.proc.fdinfo import is_same_file
@@ -34,7 +35,7 @@ MAX_WRITE = 1 << 30
 #: The deadline of each injected write allows for a disk this slow.
 MIN_BYTES_PER_S = 16 << 20
 _INJECT_TIMEOUT = 10.0
-_OPEN_FLAGS = uapi.O_WRONLY | uapi.O_DIRECT | uapi.O_CLOEXEC
+_OPEN_FLAGS = uapi.O_WRONLY | uapi.O_CLOEXEC  # | O_DIRECT where the engine's file has it
 
 
 class TaskWriter:
@@ -73,7 +74,8 @@ class TaskWriter:
             raw = os.fsencode(os.path.abspath(out.path)) + b"\0"
             buf = inj.scratch(len(raw))
             inj.write(buf, raw)
-            fd = inj.syscall(uapi.SYS_openat, uapi.AT_FDCWD, buf, _OPEN_FLAGS)
+            flags = _OPEN_FLAGS | task_flags(out.direct)
+            fd = inj.syscall(uapi.SYS_openat, uapi.AT_FDCWD, buf, flags)
             if fd < 0:
                 return done
             try:

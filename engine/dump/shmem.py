@@ -55,7 +55,9 @@ def collect(sources: dict[str, ShmemSource], pid: int, vmas: list[Vma]) -> None:
             continue
         extent = v.pgoff + (v.end - v.start)
         src = sources.get(v.shmem_id)
-        if src is None or src.vma is None:
+        # A shared mapping is the better source: a private one may hold COW copies.
+        if src is None or src.vma is None or (src.vma.flags & uapi.MAP_PRIVATE and
+                                              v.flags & uapi.MAP_SHARED):
             kind, name = _kind_of(v.path or "")
             sources[v.shmem_id] = ShmemSource(pid, v, None, max(extent, src.extent if src
                                                                  else 0), kind, name)
@@ -96,11 +98,36 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
         size = max(_page_up(st.st_size), src.extent, PAGE_SIZE)
         seals = fcntl.fcntl(fd, _F_GET_SEALS) if src.kind == "memfd" else 0
         runs = _data_runs(fd, size)
-        write_pages(img, pm_name, pages_name, runs, 0, fd, staging)
+        if st.st_size % PAGE_SIZE:
+            _write_through_mapping(img, pm_name, pages_name, runs, fd, st.st_size, staging)
+        else:
+            write_pages(img, pm_name, pages_name, runs, 0, fd, staging)
     finally:
         os.close(fd)
-    return ShmemEntry(sid, size, st.st_ino, pm_name, pages_name, kind=src.kind,
-                      name=src.name, file_size=st.st_size, seals=seals)
+    entry = ShmemEntry(sid, size, st.st_ino, pm_name, pages_name, kind=src.kind,
+                       name=src.name, file_size=st.st_size, seals=seals)
+    if src.kind == "memfd":
+        entry.uid, entry.gid = st.st_uid, st.st_gid
+        entry.atime_ns, entry.mtime_ns = st.st_atime_ns, st.st_mtime_ns
+    return entry
+
+
+def _write_through_mapping(img: ImageDir, pm_name: str, pages_name: str, runs: list[Run],
+                           fd: int, file_size: int, staging: Staging) -> None:
+    """Like write_pages from `fd`, for an object whose size is not a page multiple: its
+    last page ends past the end of the file, where pread stops short. A mapping of the
+    object reads that tail as zeros, as the tasks see it: read it through /proc/self/mem."""
+    # Data extents end at the end of the file (SEEK_DATA), so this mapping covers them.
+    length = _page_up(file_size)
+    addr = ksys.mmap(0, length, uapi.PROT_READ, uapi.MAP_SHARED, fd, 0)
+    try:
+        mem = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            write_pages(img, pm_name, pages_name, runs, 0, mem, staging, addr)
+        finally:
+            os.close(mem)
+    finally:
+        ksys.munmap(addr, length)
 
 
 def _open_object(link: str) -> int:
@@ -137,6 +164,10 @@ def _dump_through_mem(img: ImageDir, sid: str, src: ShmemSource, v: Vma,
                       staging: Staging) -> ShmemEntry:
     """Fallback: the present pages of one mapping, read through /proc/PID/mem (pages of
     the object that no VMA of this task maps cannot be reached this way)."""
+    if v.flags & uapi.MAP_PRIVATE:
+        raise EngineError("memory", f"memfd {src.name!r} (mapped privately at {v.start:#x}, "
+                                    f"pid {src.pid}): the object cannot be opened and a "
+                                    "private mapping does not show its content")
     fd = os.open(f"/proc/{src.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
         regions = ksys.pagemap_scan(fd, v.start, v.end, category_mask=uapi.PAGE_IS_PRESENT,

@@ -35,6 +35,7 @@ from engine.kernel.structs import KSigaction, StackT
 from engine.kernel.sys import syscall
 from engine.proc import tasks
 from engine.proc.limits import read_limits
+from engine.proc.stat import read_stat
 from engine.proc.status import Status, read_status
 
 _KSA = ctypes.sizeof(KSigaction)
@@ -42,6 +43,7 @@ _KSA = ctypes.sizeof(KSigaction)
 _FIXED = (uapi.SIGKILL, uapi.SIGSTOP)
 INJECT_TIMEOUT = 10.0
 _UTS_LEN = 65  # each of the six fields of struct utsname
+_SCHED_DEADLINE = 6
 
 
 @dataclass
@@ -52,6 +54,8 @@ class InjectedProc:
     brk: int
     uname: tuple[str, str]  # (nodename, domainname) of its uts namespace
     child_subreaper: bool = False
+    thp_disable: int = 0  # PR_GET_THP_DISABLE
+    dumpable: int = 1  # PR_GET_DUMPABLE
     itimers: list[ItimerRecord] = field(default_factory=list)
     posix_timers: list[PosixTimerRecord] = field(default_factory=list)
     tracker: Tracker | None = None  # a new memory-tracking userfaultfd, when asked for
@@ -79,12 +83,18 @@ def read_threads(img: ImageDir, pid: int, tids: list[int]) -> tuple[list[ThreadC
         rseq = (RseqRecord(rs.rseq_abi_pointer, rs.rseq_abi_size, rs.signature, rs.flags)
                 if rs.rseq_abi_pointer else None)
         head, length = _robust_list(tid)
+        sched = read_stat(pid, tid)
+        if sched.policy == _SCHED_DEADLINE:
+            # Its runtime/deadline/period are not in /proc and need sched_getattr.
+            raise EngineError("regs", f"task {pid} thread {tid}: SCHED_DEADLINE is not "
+                                      "supported")
         threads.append(ThreadCore(
             tid=tid, regs=regs.to_dict(), xstate=xname,
             sigmask=ptrace.get_sigmask(tid),  # replaced by the real mask when injecting
             pending=_siginfos(ptrace.peek_siginfo(tid, shared=False)), rseq=rseq,
             robust_list=head, robust_list_len=length, in_syscall=in_sys,
             ns_tid=list(read_status(pid, tid).ns_pid), comm=tasks.comm(pid, tid),
+            sched_policy=sched.policy, rt_priority=sched.rt_priority, nice=sched.nice,
         ))
     shared = _siginfos(ptrace.peek_siginfo(pid, shared=True))
     return threads, shared
@@ -120,6 +130,13 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
                                       _uname(inj, buf))
                 inj.check(uapi.SYS_prctl, uapi.PR_GET_CHILD_SUBREAPER, buf)
                 result.child_subreaper = inj.read(buf, 4) != b"\0\0\0\0"
+                result.thp_disable = inj.check(uapi.SYS_prctl, uapi.PR_GET_THP_DISABLE, 0,
+                                               0, 0, 0)
+                result.dumpable = inj.check(uapi.SYS_prctl, uapi.PR_GET_DUMPABLE, 0, 0, 0, 0)
+                if result.dumpable not in (0, 1):
+                    # SUID_DUMP_ROOT comes only from an exec; prctl cannot set it.
+                    raise EngineError("sigactions", f"task {pid}: dumpable mode "
+                                                    f"{result.dumpable} cannot be restored")
                 result.itimers = _itimers(inj, buf)
                 result.posix_timers = _posix_timers(inj, buf, pid)
                 if make_tracker:

@@ -26,6 +26,7 @@ _SHMEM_DEV = "00:01"
 _SPECIAL = {"[heap]": "heap", "[stack]": "stack", "[vdso]": "vdso", "[vvar]": "vvar",
             "[vvar_vclock]": "vvar", "[vsyscall]": "vsyscall"}
 _DELETED = " (deleted)"
+_MEMFD = "/memfd:"
 
 
 def read_vmas(pid: int) -> list[Vma]:
@@ -82,7 +83,8 @@ def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes,
         # No backing inode: private anonymous (possibly named "[anon:...]"), or some
         # other kernel-provided special mapping such as "[uprobes]".
         kind = "anon" if not path or path.startswith("[anon:") else "other"
-    elif dev == _SHMEM_DEV and shared:
+    elif dev == _SHMEM_DEV and (shared or path.startswith(_MEMFD)):
+        # A memfd may also be mapped privately: restored from the same object.
         kind = "shmem"
         shmem_id = names.shmem_id(inode)
     anon_shared = path == "/dev/zero" or path.startswith("[anon_shmem:")
@@ -91,6 +93,17 @@ def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes,
     return {"prot": prot, "flags": flags, "kind": kind, "path": path or None,
             "dev": dev if inode else None, "inode": inode, "deleted": deleted,
             "shmem_id": shmem_id, "vmflags": vf}
+
+
+def refuse_unrestorable(pid: int, vmas: list[Vma]) -> None:
+    """Refuse, while the task can still run on, a mapping restore could not rebuild."""
+    for v in vmas:
+        if v.kind == "other":
+            raise EngineError("memory", f"task {pid}: vma {v.start:#x}-{v.end:#x} ({v.path}): "
+                                        "unsupported mapping kind")
+        if v.kind == "file" and v.deleted:
+            raise EngineError("memory", f"task {pid}: vma {v.start:#x}: mapping of deleted "
+                                        f"file {v.path} is not supported")
 
 
 def has_private_pages(v: Vma) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import json
 import mmap
 import os
@@ -18,6 +17,7 @@ from typing import Any, Self, TypeVar
 
 from engine.errors import EngineError
 from engine.images.codec import from_dict, to_dict
+from engine.images.directio import close_quietly, enable_direct_write, open_direct_read
 from engine.images.records import PAGE_SIZE, RecordError
 
 T = TypeVar("T")
@@ -165,12 +165,12 @@ class ImageDir:
         file is written with O_DIRECT where the filesystem allows it: every append must
         then be page aligned in memory and a whole number of pages."""
         fd = self.create_file(name)
-        if direct:
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
-            except OSError:
-                pass  # e.g. a filesystem without O_DIRECT: buffered writes are correct too
-        return PagesWriter(self.file(name), fd, nr_pages)
+        try:
+            on = direct and enable_direct_write(fd)
+        except BaseException:
+            close_quietly(fd)
+            raise
+        return PagesWriter(self.file(name), fd, nr_pages, direct=on)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -284,10 +284,11 @@ class PagesWriter:
     `close()` checks that exactly `nr_pages` pages were written.
     """
 
-    def __init__(self, path: str, fd: int, nr_pages: int) -> None:
+    def __init__(self, path: str, fd: int, nr_pages: int, direct: bool = False) -> None:
         self.path = path
         self.fd = fd
         self.nr_pages = nr_pages
+        self.direct = direct  # O_DIRECT is on and was seen working (directio.py)
         self.written = 0
 
     def write_at(self, data: memoryview | bytes, offset: int) -> None:
@@ -308,17 +309,19 @@ class PagesWriter:
 
     def abort(self) -> None:
         """Close without the size check (the dump failed; the file is discarded)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            close_quietly(fd)
 
     def close(self) -> None:
         """Close, checking the file holds exactly the announced number of pages."""
-        if self.fd < 0:
+        fd, self.fd = self.fd, -1
+        if fd < 0:
             return
-        size = os.fstat(self.fd).st_size
-        os.close(self.fd)
-        self.fd = -1
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            close_quietly(fd)
         if self.written != self.nr_pages * PAGE_SIZE or size != self.written:
             raise ImageError(self.path, f"wrote {self.written} bytes ({size} in the file), "
                                         f"expected {self.nr_pages * PAGE_SIZE}", "write")
@@ -372,10 +375,7 @@ class PagesReader:
         the file with O_DIRECT, so its pages are usually not cached, and a restore reads
         them once."""
         if self._direct == -2:
-            try:
-                self._direct = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-            except OSError:
-                self._direct = -1
+            self._direct = open_direct_read(self.path)
         return self._direct
 
     def read_into(self, address: int, offset: int, length: int) -> None:
@@ -408,7 +408,7 @@ class PagesReader:
             self._map.close()
             self._map = None
         if self._direct >= 0:
-            os.close(self._direct)
+            close_quietly(self._direct)
         self._direct = -1
         if self.fd >= 0:
             os.close(self.fd)

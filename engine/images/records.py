@@ -36,7 +36,9 @@ U64_MAX = (1 << 64) - 1
 TASK_STATES = ("alive", "stopped", "zombie")
 IMAGE_KINDS = ("dump", "pre-dump")
 VMA_KINDS = ("anon", "file", "shmem", "heap", "stack", "vdso", "vvar", "vsyscall", "other")
-FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "other")
+SCHED_POLICIES = (0, 1, 2, 3, 5)  # OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is refused)
+FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "symlink",
+              "other")  # symlink: an O_PATH|O_NOFOLLOW fd on the link itself
 
 
 class RecordError(ValueError):
@@ -110,9 +112,16 @@ class ShmemEntry:
     name: str | None = None  # memfd: the name given to memfd_create
     file_size: int = 0  # exact i_size (memfd: what ftruncate set, maybe not page aligned)
     seals: int = 0  # memfd: F_GET_SEALS
+    # memfd: owner (as the dumper sees ids) and times; mtime_ns 0: not recorded
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
 
     def validate(self) -> None:
         """Check the id is a safe file-name part and the size is page aligned."""
+        _check(min(self.uid, self.gid, self.atime_ns, self.mtime_ns) >= 0,
+               f"shmem {self.id}: negative owner or time")
         _check(_safe_name(self.id), f"shmem id {self.id!r} is not a safe name")
         _check(self.size > 0 and self.size % PAGE_SIZE == 0, f"shmem {self.id}: bad size")
         _check(0 <= self.file_size <= self.size, f"shmem {self.id}: bad file size")
@@ -245,10 +254,17 @@ class ThreadCore:
     robust_list: int | None = None
     robust_list_len: int | None = None
     in_syscall: bool = False  # stopped inside an interrupted syscall (orig_rax >= 0)
+    sched_policy: int = 0  # SCHED_* (stat field 41), per thread
+    rt_priority: int = 0  # stat field 40
+    nice: int = 0  # stat field 19
 
     def validate(self) -> None:
         """Check the tid, the mask and that all register values are u64."""
         _check(self.tid > 0, "tid must be > 0")
+        _check(self.sched_policy in SCHED_POLICIES, f"thread {self.tid}: bad sched policy "
+                                                    f"{self.sched_policy}")
+        _check(0 <= self.rt_priority <= 99, f"thread {self.tid}: bad rt priority")
+        _check(-20 <= self.nice <= 19, f"thread {self.tid}: bad nice {self.nice}")
         _check_u64(self.sigmask, "sigmask")
         _check("rip" in self.regs and "rsp" in self.regs, f"thread {self.tid}: regs incomplete")
         for k, v in self.regs.items():
@@ -389,10 +405,18 @@ class TaskCore:
     child_subreaper: bool = False  # PR_GET_CHILD_SUBREAPER
     itimers: list[ItimerRecord] = field(default_factory=list)  # only armed ones
     posix_timers: list[PosixTimerRecord] = field(default_factory=list)
+    thp_disable: int = 0  # PR_GET_THP_DISABLE: bit 0 disabled, bit 1 except where advised
+    oom_score_adj: int = 0
+    dumpable: int = 1  # PR_GET_DUMPABLE (0 or 1; the kernel clears it when ids change)
+    ctty: str | None = None  # path of the controlling terminal, if any
+    ctty_pgrp: int = 0  # its foreground process group (0: none, or led from outside)
 
     def validate(self) -> None:
         """Check ids, state, the umask and that fd numbers are unique."""
         _check(self.pid > 0, "pid must be > 0")
+        _check(0 <= self.thp_disable <= 3, f"bad thp_disable {self.thp_disable}")
+        _check(-1000 <= self.oom_score_adj <= 1000, f"bad oom_score_adj {self.oom_score_adj}")
+        _check(self.dumpable in (0, 1), f"bad dumpable {self.dumpable}")
         _check(self.state in TASK_STATES, f"unknown state {self.state!r}")
         _check(0 <= self.umask <= 0o777, f"bad umask {self.umask:o}")
         fds = [f.fd for f in self.fds]
@@ -514,6 +538,16 @@ class FileRecord:
     pipe_size: int | None = None  # F_GETPIPE_SZ
     shmem_id: str | None = None  # memfd: the shmem object holding its content
     link: str = ""  # readlink of /proc/PID/fd/N, informational for other types
+    owner_type: int = 0  # F_GETOWN_EX: F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2
+    owner_pid: int = 0  # 0: no owner; in the pid namespace of the dumped holder
+    signum: int = 0  # F_GETSIG
+    # unlinked regular files: owner (as the dumper saw it), times, and the data extents
+    # [start, end) whose bytes `content` holds back to back (None: content is the file)
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    extents: list[list[int]] | None = None
     # anon_inode kinds: exactly one of these (engine.images.fdkinds)
     eventfd: EventfdState | None = None
     signalfd: SignalfdState | None = None
@@ -526,8 +560,17 @@ class FileRecord:
     def validate(self) -> None:
         """Type known, the type's required fields present."""
         _check(self.type in FILE_TYPES, f"file {self.id}: unknown type {self.type!r}")
+        _check(self.owner_type in (0, 1, 2) and self.owner_pid >= 0,
+               f"file {self.id}: bad owner {self.owner_type}/{self.owner_pid}")
+        _check(0 <= self.signum <= 64, f"file {self.id}: bad signal {self.signum}")
+        _check(self.uid >= 0 and self.gid >= 0, f"file {self.id}: negative owner")
+        end = 0
+        for ext in self.extents or []:
+            _check(len(ext) == 2 and end <= ext[0] < ext[1] <= self.size,
+                   f"file {self.id}: bad extent {ext}")
+            end = ext[1]
         _check(self.pos >= 0 and self.size >= 0, f"file {self.id}: negative pos/size")
-        if self.type in ("reg", "dir", "chr", "blk") and not self.deleted:
+        if self.type in ("reg", "dir", "chr", "blk", "symlink") and not self.deleted:
             _check(bool(self.path), f"file {self.id}: {self.type} without path")
         if self.type == "pipe":
             _check(self.pipe_ino is not None, f"file {self.id}: pipe without inode")

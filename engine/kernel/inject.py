@@ -39,6 +39,7 @@ from engine.kernel.structs import UserRegs
 from engine.kernel.sys import syscall
 from engine.proc.auxv import read_auxv
 from engine.proc.maps import read_maps
+from engine.proc.status import read_status
 
 if TYPE_CHECKING:
     from typing import Self
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 _MASK64 = (1 << 64) - 1
 _HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 _ALL_SIGNALS = _MASK64
+_SIGTRAP_BIT = 1 << (uapi.SIGTRAP - 1)
 _SYSCALL_INSN = b"\x0f\x05"
 _SCAN_CHUNK = 65536
 _VDSO_SCAN = 2 * uapi.PAGE_SIZE  # the x86_64 vdso image is 2 pages
@@ -101,8 +103,8 @@ def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False) -> int:
             if idx >= 0:
                 _insn_cache[key] = pos + idx
                 return pos + idx
-            if len(data) < n:
-                break  # unreadable rest of this VMA
+            if len(data) < n or pos + n >= vma.end:
+                break  # unreadable rest of this VMA, or its end reached
             pos += n - 1  # overlap one byte so a pair across chunks is found
     raise InjectError(f"task {tid}: no syscall instruction in any executable mapping")
 
@@ -244,7 +246,7 @@ class Injector:
         if not self._active:
             raise InjectError(f"task {self.tid}: injector already restored")
         if self.count == 0:
-            ptrace.set_sigmask(self.tid, _ALL_SIGNALS)
+            ptrace.set_sigmask(self.tid, self._injecting_mask())
         w = self._work
         w.rax = nr
         w.rdi = a1 & _MASK64
@@ -269,6 +271,16 @@ class Injector:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.count += 1
         return regs.signed("rax")
+
+    def _injecting_mask(self) -> int:
+        """Every signal blocked, except SIGTRAP when none is pending: each single step
+        raises a forced SIGTRAP, and a forced signal that is blocked resets its
+        disposition to SIG_DFL (the task's SIGTRAP handler would be lost). A pending
+        SIGTRAP must stay blocked, or it would be taken on the way and dropped."""
+        st = read_status(self.tid, self.tid)
+        if (st.sig_pnd | st.shd_pnd) & _SIGTRAP_BIT:
+            return _ALL_SIGNALS
+        return _ALL_SIGNALS & ~_SIGTRAP_BIT
 
     def _use_insn(self, addr: int) -> None:
         self._insn = addr

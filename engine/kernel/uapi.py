@@ -862,6 +862,8 @@ F_SETOWN = 8
 F_GETOWN = 9
 F_SETSIG = 10
 F_GETSIG = 11
+F_SETOWN_EX = 15
+F_GETOWN_EX = 16
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
 F_DUPFD_CLOEXEC = 1030
@@ -920,3 +922,8 @@ AT_VECTOR_SIZE = 64 * 2  # slots of mm->saved_auxv (unsigned longs), upper bound
 X86_EFLAGS_TF = 0x100
 X86_EFLAGS_IF = 0x200
 X86_EFLAGS_DF = 0x400
+
+# tty ioctls (asm-generic/ioctls.h)
+TIOCSCTTY = 0x540E
+TIOCSPGRP = 0x5410
+TIOCGPTN = 0x80045430

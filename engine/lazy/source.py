@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from engine.errors import EngineError
 from engine.images import PE_PARENT, PE_PRESENT, DumpImage
+from engine.images.directio import close_quietly, open_direct_read
 
 
 @dataclass
@@ -23,7 +24,7 @@ class PagesFile:
         """Close both descriptors."""
         for fd in (self.fd, self.direct):
             if fd >= 0:
-                os.close(fd)
+                close_quietly(fd)
         self.fd = self.direct = -1
 
 
@@ -55,10 +56,7 @@ class Sources:
         f = self._files.get(path)
         if f is None:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                direct = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-            except OSError:
-                direct = -1
+            direct = open_direct_read(path)
             f = self._files[path] = PagesFile(path, fd, direct)
         return f
 

@@ -16,7 +16,9 @@ class Stat:
     pgid: int  # 5
     sid: int  # 6
     tty_nr: int  # 7
+    tpgid: int  # 8: foreground process group of the controlling terminal (-1: none)
     flags: int  # 9
+    nice: int  # 19
     num_threads: int  # 20
     starttime: int  # 22
     vsize: int  # 23
@@ -26,6 +28,8 @@ class Stat:
     start_stack: int  # 28
     exit_signal: int  # 38
     processor: int  # 39
+    rt_priority: int  # 40
+    policy: int  # 41
     start_data: int  # 45
     end_data: int  # 46
     start_brk: int  # 47
@@ -50,9 +54,10 @@ def parse_stat(text: str) -> Stat:
 
     return Stat(
         pid=pid, comm=comm, state=rest[0], ppid=f(4), pgid=f(5), sid=f(6), tty_nr=f(7),
-        flags=f(9), num_threads=f(20), starttime=f(22), vsize=f(23), rss=f(24),
+        tpgid=f(8), flags=f(9), nice=f(19), num_threads=f(20), starttime=f(22), vsize=f(23),
+        rss=f(24),
         start_code=f(26), end_code=f(27), start_stack=f(28), exit_signal=f(38),
-        processor=f(39), start_data=f(45), end_data=f(46), start_brk=f(47), arg_start=f(48),
+        processor=f(39), rt_priority=f(40), policy=f(41), start_data=f(45), end_data=f(46), start_brk=f(47), arg_start=f(48),
         arg_end=f(49), env_start=f(50), env_end=f(51), exit_code=f(52),
     )
 

@@ -66,6 +66,12 @@ def personality(pid: int) -> int:
         return int(f.read(), 16)
 
 
+def oom_score_adj(pid: int) -> int:
+    """/proc/PID/oom_score_adj (-1000..1000)."""
+    with open(f"/proc/{pid}/oom_score_adj", encoding="ascii") as f:
+        return int(f.read())
+
+
 def cmdline(pid: int) -> list[bytes]:
     """argv of ``pid`` (NUL-separated)."""
     with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -18,4 +18,20 @@ def features() -> dict[str, tuple[bool, str]]:
         "lazy_pages": (True, ""),
         # restore --lazy-pages refuses a tree in its own user namespace
         "lazy_pages_uns": (False, USERNS_REASON),
+        **{name: (True, "") for name in FIDELITY},
     }
+
+
+#: State beyond the basics that restore gives back (tests declare them as `feature:`):
+#: VMA hints (madvise/mlock VmFlags), PR_SET_THP_DISABLE, sched policy/priority/nice,
+#: oom_score_adj, fsuid/fsgid, a SIGTRAP handler, the dumpable flag, tasks stopped by a
+#: signal, memfds mapped at an offset/privately/of unaligned size, status flags per open
+#: file description, F_SETOWN/F_SETSIG, O_PATH fds (symlinks too), FIFOs, character
+#: devices, unlinked files with their name, owner, mode, times and holes, a vdso
+#: moved or unmapped, sessions and groups not their parent's (zombies included).
+FIDELITY = ("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
+            "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
+            "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
+            "restore_fd_status_flags", "restore_fd_owner", "restore_o_path", "restore_fifo",
+            "restore_chr_devices", "restore_unlinked_attrs", "restore_vdso_moved",
+            "restore_session_orphans")

@@ -11,8 +11,11 @@ closed, except the ones it still needs to talk to the engine.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
@@ -20,13 +23,17 @@ from engine.images import DumpImage
 from engine.images.fdkinds import LockRecord
 from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
+from engine.kernel.sys import syscall
 from engine.restore import anonfd, inetsk, locks, unixsk
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
 # Flags that only mean something at creation time (and O_CLOEXEC, which is per fd).
+_RENAME_EXCHANGE = 2
 _OPEN_ONLY = uapi.O_CREAT | uapi.O_EXCL | uapi.O_TRUNC | uapi.O_CLOEXEC
-_SUPPORTED = ("reg", "dir", "chr", "blk", "pipe", "fifo", "anon_inode", "socket")
+#: file types restore rebuilds (the dump refuses the others while the tree can run on)
+SUPPORTED_TYPES = ("reg", "dir", "chr", "blk", "pipe", "fifo", "anon_inode", "socket",
+                   "symlink")
 
 
 @dataclass
@@ -36,6 +43,15 @@ class FilesPlan:
     files: dict[int, FileRecord] = field(default_factory=dict)
     contents: dict[int, bytes] = field(default_factory=dict)  # file id -> saved data
     max_fd: int = -1  # highest fd number of any task
+    owners: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> ids as seen inside
+
+    def map_owners(self, uid: Callable[[int], int], gid: Callable[[int], int]) -> None:
+        """Translate the owners of recreated files into the tasks' user namespace (the
+        root task creates them there); an unmapped id fails before any task exists."""
+        for rec in self.files.values():
+            if rec.type == "reg" and rec.deleted and rec.content is not None:
+                self.owners[rec.id] = (uid(rec.uid), gid(rec.gid))
+
     pids: set[int] = field(default_factory=set)  # every task's pid
     epolls: anonfd.EpollPlan = field(default_factory=anonfd.EpollPlan)
     # task pid -> [(file id, lock)]: the POSIX locks each task takes (set by check())
@@ -46,7 +62,7 @@ class FilesPlan:
         by_id = image.files.by_id()
         for fde in core.fds:
             rec = by_id[fde.file_id]
-            if rec.type not in _SUPPORTED:
+            if rec.type not in SUPPORTED_TYPES:
                 raise EngineError("files", f"task {core.pid} fd {fde.fd}: cannot restore a "
                                            f"{rec.type} file ({rec.link or rec.path})")
             if rec.type == "reg" and rec.deleted and rec.content is None \
@@ -85,9 +101,12 @@ class _Opener:
         self.floor = floor
         self.memfds = memfds  # shmem id -> the memfd the root created for it
         self.pipes: dict[int, tuple[int, int]] = {}  # pipe_ino -> (read end, write end)
+        self.ends_used: set[tuple[int, int]] = set()  # (pipe_ino, end) given to a description
         self.unlinked: dict[tuple[int, int], int] = {}  # (dev, inode) -> fd on the new file
         self.fifo_helpers: dict[int, int] = {}  # pipe_ino -> O_RDWR fd keeping it open
-        self.to_unlink: list[str] = []  # recreated unlinked files, unlinked once all open
+        # recreated unlinked files (path, name it was made at when the path was taken),
+        # unlinked once every description is open
+        self.to_unlink: list[tuple[str, str | None]] = []
         self.socks = unixsk.Pairs(plan.contents, floor)
         self.repaired: list[int] = []  # file ids of TCP connections still in repair mode
 
@@ -140,26 +159,40 @@ class _Opener:
             fcntl.fcntl(fd, fcntl.F_SETFL, want)
 
     def _unlinked(self, rec: FileRecord) -> int:
-        """Recreate an unlinked file at its old path from its content, reopen it with the
-        dumped flags, then unlink it again (so its fd reads '<path> (deleted)')."""
+        """Recreate an unlinked file at its old path from its content (holes kept), with
+        its owner, mode and times, reopen it with the dumped flags; it is unlinked once
+        every description is open (so its fd reads '<path> (deleted)' as before)."""
         assert rec.path is not None
         key = (rec.dev, rec.inode)
         if key not in self.unlinked:
-            mode = (rec.mode & 0o7777) or 0o600
+            owner = self.plan.owners.get(rec.id)
             try:
-                tmp = os.open(rec.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
-                path = rec.path
+                tmp = _create(rec.path, owner)
+                self.to_unlink.append((rec.path, None))
             except FileExistsError:
-                # A new file took the name: recreate beside it (the fd name differs).
-                path = f"{rec.path}.restored-{os.getpid()}"
-                tmp = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
-            data = memoryview(self.plan.contents[rec.id])
-            while data:
-                data = data[os.write(tmp, data):]
-            os.fchmod(tmp, mode)
+                # A new file took the name: recreate beside it; open_all swaps the two
+                # names, so the old file's dentry still has the old name.
+                aside = f"{rec.path}.restored-{os.getpid()}"
+                tmp = _create(aside, owner)
+                self.to_unlink.append((rec.path, aside))
+            self._fill_file(tmp, rec)
             self.unlinked[key] = move_above(tmp, self.floor)
-            self.to_unlink.append(path)
         return os.open(f"/proc/self/fd/{self.unlinked[key]}", self._flags(rec))
+
+    def _fill_file(self, fd: int, rec: FileRecord) -> None:
+        data = memoryview(self.plan.contents[rec.id])
+        extents = rec.extents if rec.extents is not None else [[0, len(data)]]
+        os.ftruncate(fd, rec.size)
+        for start, end in extents:
+            chunk, data = data[:end - start], data[end - start:]
+            while chunk:
+                n = os.pwrite(fd, chunk, start)
+                chunk, start = chunk[n:], start + n
+        if rec.id not in self.plan.owners:  # (in a user namespace: created as the owner)
+            os.fchown(fd, rec.uid, rec.gid)
+        os.fchmod(fd, (rec.mode & 0o7777) or 0o600)  # after chown, which clears set-id
+        if rec.mtime_ns:
+            os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
 
     def _pipe_end(self, rec: FileRecord) -> int:
         assert rec.pipe_ino is not None
@@ -171,8 +204,14 @@ class _Opener:
             self.pipes[rec.pipe_ino] = (move_above(r, self.floor), move_above(w, self.floor))
         r, w = self.pipes[rec.pipe_ino]
         end = w if rec.flags & uapi.O_ACCMODE == uapi.O_WRONLY else r
-        # Each description is opened once, so the end itself becomes the fd.
-        fd = fcntl.fcntl(end, fcntl.F_DUPFD, self.floor)
+        if (rec.pipe_ino, end) in self.ends_used:
+            # Another description of the same pipe (the task reopened it through
+            # /proc/PID/fd): a new one of its own, with its own status flags.
+            fd = os.open(f"/proc/self/fd/{end}", self._flags(rec) | os.O_NONBLOCK)
+        else:
+            # The first description of this end is the end itself.
+            fd = fcntl.fcntl(end, fcntl.F_DUPFD, self.floor)
+            self.ends_used.add((rec.pipe_ino, end))
         self._set_status_flags(fd, rec)
         return fd
 
@@ -200,6 +239,31 @@ class _Opener:
                                        f"the pipe") from None
 
 
+def _create(path: str, owner: tuple[int, int] | None) -> int:
+    """A new file at path (O_EXCL). With `owner` (ids inside the tasks' user namespace),
+    it is created by a thread whose fsuid/fsgid are those ids: this task's own ids are
+    unmapped there (so it could not chown a file it made), and fs ids are per thread."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC
+    if owner is None:
+        return os.open(path, flags, 0o600)
+    out: list[int | BaseException] = []
+
+    def body() -> None:
+        try:
+            syscall(uapi.SYS_setfsgid, owner[1])
+            syscall(uapi.SYS_setfsuid, owner[0])
+            out.append(os.open(path, flags, 0o600))
+        except BaseException as e:  # noqa: BLE001 (handed to the caller)
+            out.append(e)
+
+    th = threading.Thread(target=body)
+    th.start()
+    th.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
 def floor(plan: FilesPlan) -> int:
     """Lowest fd number above every fd of the tree: the tasks' own fds live there."""
     return max(plan.max_fd + 1, 3)
@@ -219,12 +283,26 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
             raise EngineError("files", f"{rec.type} {rec.path or rec.link}: "
                                        f"{e.strerror}") from None
     inetsk.leave_repair([by_file[fid] for fid in opener.repaired])
-    for path in opener.to_unlink:
+    for path, aside in opener.to_unlink:
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+            _unlink(path, aside)
+        except OSError as e:
+            raise EngineError("files", f"unlinking the recreated {path}: {e.strerror}") \
+                from None
     return by_file
+
+
+def _unlink(path: str, aside: str | None) -> None:
+    """Unlink the recreated file; made at `aside` because a new file holds `path`, it first
+    swaps names with that file (renameat2 RENAME_EXCHANGE), which then gets its name back."""
+    if aside is None:
+        os.unlink(path)
+        return
+    old = ctypes.create_string_buffer(os.fsencode(aside))
+    new = ctypes.create_string_buffer(os.fsencode(path))
+    syscall(uapi.SYS_renameat2, uapi.AT_FDCWD, old, uapi.AT_FDCWD, new, _RENAME_EXCHANGE)
+    os.unlink(path)
+    os.rename(aside, path)
 
 
 def place(plan: FilesPlan, pid: int, fds: list[FdEntry], by_file: dict[int, int],

@@ -12,12 +12,21 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from engine.images.records import Creds, MmCore, ShmemEntry, SigInfoRecord, TaskCore, ThreadCore
+from engine.images.records import (
+    Creds,
+    FileRecord,
+    MmCore,
+    ShmemEntry,
+    SigInfoRecord,
+    TaskCore,
+    ThreadCore,
+)
 from engine.kernel import blob, uapi
 from engine.kernel.structs import KSigaction, PrctlMmMap, StackT
 from engine.proc.status import Status
 from engine.restore.layout import Window
 from engine.restore.ns import NsSetup
+from engine.restore.taskattrs import FOWN_BYTES_PER_FD, fown_part, sched_part, thp_part
 
 # Not (yet) in engine.kernel.uapi: linux/prctl.h and linux/capability.h values.
 _PR_SET_KEEPCAPS = 8
@@ -33,6 +42,10 @@ class Deferred:
     (nr, args) where pointer arguments are table data references."""
 
     calls: list[tuple[int, tuple[int | blob.DataRef, ...], str]] = field(default_factory=list)
+    # (sigset of every signal, zero timespec): rt_sigtimedwait arguments that take away
+    # what the restore itself made pending (a child stopping sends its parent SIGCHLD)
+    # before the dumped pending signals are queued.
+    drain: tuple[blob.DataRef, blob.DataRef] | None = None
 
 
 def _mm_map(t: blob.Table, mm: MmCore, exe: str | None) -> None:
@@ -70,6 +83,17 @@ def _is_own_exe(path: str) -> bool:
     return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
+def foreground(t: blob.Table, path: str, pgrp: int) -> None:
+    """A session leader gives its terminal back to the dumped foreground process group
+    (every group exists once the tree is built; the task's signals are still blocked, so
+    a leader in the background gets no SIGTTOU)."""
+    t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), uapi.O_RDWR | uapi.O_NOCTTY
+          | uapi.O_CLOEXEC, 0, save=True, what=f"open terminal {path}")
+    t.add(uapi.SYS_ioctl, 0, uapi.TIOCSPGRP, t.data(struct.pack("<i", pgrp)), use_saved=1,
+          what=f"foreground process group {pgrp}")
+    t.add(uapi.SYS_close, 0, use_saved=1, what=f"close terminal {path}")
+
+
 def _sigaltstack(t: blob.Table, th: ThreadCore) -> None:
     ss = th.sigaltstack
     if ss is None:
@@ -99,6 +123,13 @@ class CredView:
         return self.ns.inner_gid(gid) if self.ns and self.ns.new_user else gid
 
 
+def _capset(t: blob.Table, eff: int, prm: int, inh: int) -> None:
+    hdr = struct.pack("<Ii", _CAP_VERSION_3, 0)
+    data = struct.pack("<6I", eff & 0xFFFFFFFF, prm & 0xFFFFFFFF, inh & 0xFFFFFFFF,
+                       eff >> 32, prm >> 32, inh >> 32)
+    t.add(uapi.SYS_capset, t.data(hdr), t.data(data), what="capset")
+
+
 def _creds(t: blob.Table, want: Creds, view: CredView) -> None:
     me = view.have
     groups = tuple(sorted(want.groups))
@@ -118,16 +149,17 @@ def _creds(t: blob.Table, want: Creds, view: CredView) -> None:
         gl = struct.pack(f"<{len(groups)}I", *groups)
         t.add(uapi.SYS_setgroups, len(groups), t.data(gl or bytes(4)), what="setgroups")
         t.add(uapi.SYS_setresgid, gid[0], gid[1], gid[2], what="setresgid")
-        t.add(uapi.SYS_setresuid, uid[0], uid[1], uid[2], what="setresuid")
-        # setfs[ug]id return the previous id, never an error code.
+        # setfs[ug]id return the previous id, never an error code; they succeed only with
+        # CAP_SET[UG]ID in effect (or an id among the real/effective/saved ones), and
+        # setresuid sets fsuid to the euid and clears the effective caps (KEEPCAPS keeps
+        # the permitted ones): fsgid first, fsuid after the caps are made effective again.
         t.add(uapi.SYS_setfsgid, gid[3], what="setfsgid")
-        t.add(uapi.SYS_setfsuid, uid[3], what="setfsuid")
+        t.add(uapi.SYS_setresuid, uid[0], uid[1], uid[2], what="setresuid")
+        if uid[3] != uid[1]:
+            _capset(t, me.cap_prm, me.cap_prm, me.cap_inh)
+            t.add(uapi.SYS_setfsuid, uid[3], what="setfsuid")
     if ids_change or caps_change:
-        hdr = struct.pack("<Ii", _CAP_VERSION_3, 0)
-        data = struct.pack("<6I", want.cap_eff & 0xFFFFFFFF, want.cap_prm & 0xFFFFFFFF,
-                           want.cap_inh & 0xFFFFFFFF, want.cap_eff >> 32, want.cap_prm >> 32,
-                           want.cap_inh >> 32)
-        t.add(uapi.SYS_capset, t.data(hdr), t.data(data), what="capset")
+        _capset(t, want.cap_eff, want.cap_prm, want.cap_inh)
         for cap in range(64):
             if want.cap_amb >> cap & 1:
                 t.add(uapi.SYS_prctl, uapi.PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap, 0, 0,
@@ -150,19 +182,21 @@ def _queue(deferred: Deferred, t: blob.Table, pid: int, tid: int | None,
 
 
 def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEntry],
-                 objfds: dict[str, int], view: CredView,
-                 root: bool) -> tuple[blob.Table, Deferred]:
+                 objfds: dict[str, int], view: CredView, root: bool,
+                 held: list[tuple[int, FileRecord]]) -> tuple[blob.Table, Deferred]:
     """The table run after the pages are written, and the calls deferred past it.
 
     shmem: every shared memory object; each task unmaps its inherited whole mapping of
     each, then the root seals the memfds. objfds: the memfd fds every task inherited
-    (closed)."""
+    (closed). held: the task's fds with their descriptions (owners, signals)."""
     t = blob.Table()
     deferred = Deferred()
+    deferred.drain = (t.data(struct.pack("<Q", (1 << 64) - 1)), t.data(bytes(16)))
     # Credential changes (ours in a new user namespace, the dumped ones restored by every
-    # thread's table) make the kernel clear the dumpable flag, and a non-dumpable task's
-    # /proc/self files belong to root: set it back once every table has run.
-    deferred.calls.append((uapi.SYS_prctl, (uapi.PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable"))
+    # thread's table) make the kernel clear the dumpable flag: set it as dumped once
+    # every table has run.
+    deferred.calls.append((uapi.SYS_prctl, (uapi.PR_SET_DUMPABLE, core.dumpable, 0, 0, 0),
+                           "dumpable"))
     for s in shmem:
         t.add(uapi.SYS_munmap, window.shmem_tmp[s.id], s.size, what=f"unmap shmem {s.id} copy")
     for s in shmem:
@@ -182,6 +216,8 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
         else:
             t.add(uapi.SYS_rt_sigaction, sa.signo, ref, 0, 8, what=f"sigaction {sa.signo}")
     t.add(uapi.SYS_personality, core.personality, what="personality")
+    thp_part(t, core)
+    fown_part(t, held)
     if core.root != "/":
         t.add(uapi.SYS_chroot, t.cstr(core.root), what=f"chroot {core.root}")
     main = next(x for x in core.threads if x.tid == core.pid)
@@ -197,12 +233,23 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
                                f"setitimer {it.which}"))
     # The task queues them to itself: ids as its own pid namespace has them.
     pid = main.ns_tid[-1] if main.ns_tid else core.pid
+    # A pending SIGSTOP is not queued (it cannot be blocked: the engine's own steps would
+    # take it); the task is left in group-stop instead, which is what it would do.
     for th in core.threads:
         for sig in th.pending:
-            _queue(deferred, t, pid, th.ns_tid[-1] if th.ns_tid else th.tid, sig)
+            if sig.signo != uapi.SIGSTOP:
+                _queue(deferred, t, pid, th.ns_tid[-1] if th.ns_tid else th.tid, sig)
     for sig in core.shared_pending:
-        _queue(deferred, t, pid, None, sig)
+        if sig.signo != uapi.SIGSTOP:
+            _queue(deferred, t, pid, None, sig)
     return t, deferred
+
+
+def ends_stopped(core: TaskCore) -> bool:
+    """Whether the task must be left in group-stop: dumped stopped, or with a SIGSTOP
+    pending (not queued again, see finish_table)."""
+    pending = core.shared_pending + [s for th in core.threads for s in th.pending]
+    return core.state == "stopped" or any(s.signo == uapi.SIGSTOP for s in pending)
 
 
 def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds, view: CredView,
@@ -220,6 +267,7 @@ def _thread_part(t: blob.Table, th: ThreadCore, creds: Creds, view: CredView,
     if th.robust_list is not None:
         t.add(uapi.SYS_set_robust_list, th.robust_list, th.robust_list_len or 24,
               what="set_robust_list")
+    sched_part(t, th)
     if th.clear_child_tid is not None:
         t.add(uapi.SYS_set_tid_address, th.clear_child_tid, what="set_tid_address")
     if th.rseq is not None and th.rseq.ptr:
@@ -241,4 +289,5 @@ def table_bytes_bound(core: TaskCore, mm: MmCore) -> int:
     entries = 64 + 64 + 32 + 16  # sigactions, capability bits, ids, the rest
     data = 64 * 32 + nsig * 128 + len(mm.auxv) * 8 + 256 + 4 * len(core.creds.groups)
     paths = len(os.fsencode(mm.exe or core.exe or "")) + len(os.fsencode(core.root)) + 2
-    return entries * blob.ENTRY_SIZE + data + paths + 4096
+    fown = len(core.fds) * FOWN_BYTES_PER_FD
+    return entries * blob.ENTRY_SIZE + data + paths + fown + 4096

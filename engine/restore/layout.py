@@ -26,8 +26,14 @@ _SPECIAL_KINDS = ("vvar", "vdso")
 _GAP = 1 << 30  # keep the scratch window this far from any existing mapping
 _WINDOW_ALIGN = 1 << 40
 # smaps VmFlags that are restored by madvise(), and whether failing is acceptable
-# (hugepage/KSM advice depends on kernel config and must not fail a restore).
+# (hugepage/KSM advice depends on kernel config and must not fail a restore). "lo"
+# (VM_LOCKED) is mlock(), applied before the pages are written: they are then faulted in
+# and locked at once, as the dumped task had them.
+_MLOCK = -1
 _MADVISE = {
+    "sr": (uapi.MADV_SEQUENTIAL, False),
+    "rr": (uapi.MADV_RANDOM, False),
+    "lo": (_MLOCK, False),
     "dc": (uapi.MADV_DONTFORK, False),
     "dd": (uapi.MADV_DONTDUMP, False),
     "wf": (uapi.MADV_WIPEONFORK, False),
@@ -171,6 +177,15 @@ def _file_open_flags(v: Vma) -> int:
     return (uapi.O_RDWR if shared_write else uapi.O_RDONLY) | uapi.O_CLOEXEC
 
 
+def _map_private_memfd(t: blob.Table, v: Vma, objfds: dict[str, int]) -> None:
+    fd = objfds.get(v.shmem_id or "")
+    if fd is None:
+        raise EngineError("mm", f"vma {v.start:#x}: private mapping of shmem object "
+                                f"{v.shmem_id} that is not a memfd")
+    t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, _map_flags(v), fd, v.pgoff,
+          what=("map memfd {} privately at {:#x}", v.shmem_id, v.start))
+
+
 _ANON_KINDS = ("anon", "heap", "stack")
 
 
@@ -207,7 +222,8 @@ def _map_anon_apart(t: blob.Table, v: Vma, tmp: int) -> None:
 
 
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
-                 rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry]) -> blob.Table:
+                 rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry],
+                 objfds: dict[str, int]) -> blob.Table:
     """The table that turns the child's layout into the dumped one (pages not written).
 
     rseq: the child's own registration (ptr, len, sig), unregistered first: once its
@@ -216,7 +232,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     window.shmem_tmp before it forked anything, so every task has the very same objects
     there; a dumped VMA becomes a second mapping of its part of the object (mremap with
     old_size 0 on a shared mapping), which needs neither a path nor /proc/PID/map_files
-    (refused inside a user namespace).
+    (refused inside a user namespace). A private mapping of a memfd is mapped from the
+    memfd's fd that every task holds until the finish table (objfds: shmem id -> fd).
     """
     t = blob.Table()
     if rseq is not None:
@@ -236,7 +253,9 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
         if v.kind == "other":
             raise EngineError("mm", f"vma {v.start:#x}-{v.end:#x} ({v.path}): "
                                     "unsupported mapping kind")
-        if v.kind == "shmem":
+        if v.kind == "shmem" and v.flags & uapi.MAP_PRIVATE:
+            _map_private_memfd(t, v, objfds)
+        elif v.kind == "shmem":
             assert v.shmem_id is not None
             shared.setdefault(v.shmem_id, []).append(v)
         elif v.kind == "file":
@@ -276,8 +295,12 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
         for flag in v.vmflags:
             if flag in _MADVISE:
                 advice, may_fail = _MADVISE[flag]
-                t.add(uapi.SYS_madvise, v.start, v.end - v.start, advice, may_fail=may_fail,
-                      what=("madvise {} {:#x}", flag, v.start))
+                if advice == _MLOCK:
+                    t.add(uapi.SYS_mlock, v.start, v.end - v.start,
+                          what=("mlock {:#x}-{:#x}", v.start, v.end))
+                else:
+                    t.add(uapi.SYS_madvise, v.start, v.end - v.start, advice,
+                          may_fail=may_fail, what=("madvise {} {:#x}", flag, v.start))
     return t
 
 

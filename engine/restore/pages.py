@@ -165,8 +165,9 @@ def task_chunks(src: PageSource, vmas: list[Vma]) -> tuple[list[Chunk], list[Chu
     fast: list[tuple[int, int]] = []
     forced: list[tuple[int, int]] = []
     for v in sorted(vmas, key=lambda v: v.start):
-        if v.kind in ("shmem", "vdso", "vvar", "vsyscall") or v.flags & uapi.MAP_SHARED:
+        if v.kind in ("vdso", "vvar", "vsyscall") or v.flags & uapi.MAP_SHARED:
             continue  # shared objects are filled on the object, not through a task
+        # (a private mapping of a memfd gets its COW pages here, like a file mapping)
         (fast if v.prot & uapi.PROT_WRITE else forced).append((v.start, v.end))
     return src.chunks_in(fast), src.chunks_in(forced)
 

@@ -36,7 +36,7 @@ from engine.kernel import blob, ptrace, uapi
 from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
-from engine.restore import files, finish, layout, ns, pages, selfread, spawn
+from engine.restore import files, finish, layout, ns, pages, selfread, spawn, taskattrs
 from engine.restore.lazy import LazyPages
 
 _ALL_SIGNALS = (1 << 64) - 1
@@ -118,6 +118,9 @@ def _write_pidfile(path: str, pid: int) -> None:
     os.replace(tmp, path)
 
 
+_DRAIN_MAX = 64 + 1024  # every standard signal, and a bound on queued real-time ones
+
+
 class _Task:
     """One live task of the tree: its records, its tables and page source."""
 
@@ -185,11 +188,15 @@ class TreeRestorer:
             nodes[t.pid] = spawn.TaskSetup(core.pid, pgid, sid,
                                            list(core.fds), core.cwd, core.umask, core.limits,
                                            comm=core.comm, zombie_status=status,
-                                           set_tid=tids, fixed_pid=fixed)
+                                           set_tid=tids, fixed_pid=fixed,
+                                           ctty=core.ctty if core.sid == core.pid else None)
         fplan.check()
+        if self.ns is not None and self.ns.new_user:
+            fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
         for t in inv.tasks:
             if t.pid != inv.root_pid:
                 nodes[t.ppid].children.append(nodes[t.pid])
+        spawn.plan_sessions(nodes[inv.root_pid])
         memfds = [(s.id, s.name or "", s.file_size) for s in self.shmem.values()
                   if s.kind == "memfd"]
         # The memfds' agreed fd numbers: above every fd the tree or the engine has (the
@@ -220,14 +227,19 @@ class TreeRestorer:
             with _timed(self.opts, "spawn"):
                 tree = spawn.spawn(setup, self.opts.timeout)
             self.tree = tree
+            files_by_id = self.image.files.by_id()
             try:
                 for t in self.live:
                     t.real = tree.real[t.pid]
                     t.real_tid[t.pid] = t.real
                     view = finish.CredView(read_status(t.real), self.ns)
+                    held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
                     t.table2, t.deferred = finish.finish_table(
                         t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
-                        root=t is self.live[0])
+                        root=t is self.live[0], held=held)
+                    if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
+                        finish.foreground(t.table2, t.core.ctty,
+                                          ns.inner_pid(self.image, t.core.ctty_pgrp))
                     t.view = view
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):
@@ -259,7 +271,7 @@ class TreeRestorer:
                                        self.opts.timeout)
             with _timed(self.opts, "layout"):
                 table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
-                                             list(self.shmem.values()))
+                                             list(self.shmem.values()), self.objfds)
                 _run(t.runner, table1, "mm")
         fault_point("pages")
         with _timed(self.opts, "pages"):
@@ -272,6 +284,7 @@ class TreeRestorer:
                 # Through the root's whole mapping: every task maps the same object.
                 pages.write_shmem_pages(self.live[0].real, shsrc[sid], window.shmem_tmp[sid],
                                         s.size)
+            taskattrs.memfd_attrs(self.live[0].real, list(self.shmem.values()), self.objfds)
         if self.lazy is not None:
             with _timed(self.opts, "lazy"):
                 self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.live])
@@ -301,12 +314,16 @@ class TreeRestorer:
         # Threads first: clone3 with set_tid needs the privileges the creds may drop.
         for th in t.threads[1:]:
             self._clone_thread(t, th, window)
-        _run(t.runner, t.table2, "state")
+        # The threads' tables first: they use the same region as table2, whose data the
+        # deferred calls (SIGTRAP's sigaction) still read afterwards.
         for th in t.threads[1:]:
             assert t.view is not None
             _run(t.thread_runners[th.tid],
                  finish.thread_table(t.core, th, t.view, root=t is self.live[0]), "state")
+        _run(t.runner, t.table2, "state")
+        taskattrs.set_oom_score_adj(t.real, t.core)
         fault_point("regs")
+        self._drain_pending(t, window)
         for nr, args, what in t.deferred.calls:
             real = [t.table2.address(a, window.base) if isinstance(a, blob.DataRef) else a
                     for a in args]
@@ -322,6 +339,18 @@ class TreeRestorer:
         res = t.runner.run_one(uapi.SYS_munmap, window.base, window.region_size)
         if res < 0:
             raise EngineError("state", f"task {t.pid}: unmap restorer: {os.strerror(-res)}")
+
+    def _drain_pending(self, t: _Task, window: layout.Window) -> None:
+        """Take away every signal pending for the task now: none of them was dumped (the
+        dumped ones are queued right after), they come from the restore itself."""
+        assert t.runner is not None and t.table2 is not None and t.deferred is not None
+        assert t.deferred.drain is not None
+        sigset, zero = (t.table2.address(r, window.base) for r in t.deferred.drain)
+        for _ in range(_DRAIN_MAX):
+            if t.runner.run_one(uapi.SYS_rt_sigtimedwait, sigset, 0, zero, 8) < 0:
+                return  # EAGAIN: nothing left
+        raise EngineError("state", f"task {t.pid}: more than {_DRAIN_MAX} signals pending "
+                                   "from the restore")
 
     def _clone_thread(self, t: _Task, th: ThreadCore, window: layout.Window) -> None:
         """Create thread `th` of task t by an injected clone3 with set_tid (its tid in
@@ -364,7 +393,7 @@ class TreeRestorer:
                     ptrace.set_xstate(real, xstate)
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
-        stop = [t for t in self.live if self.opts.leave_stopped or t.core.state == "stopped"]
+        stop = [t for t in self.live if self.opts.leave_stopped or finish.ends_stopped(t.core)]
         # Parents first, each detached as soon as it is stopped: a child's stop then
         # notifies an untraced parent, which ignores SIGCHLD as it did when dumped (a
         # traced one would get it queued even when ignored).

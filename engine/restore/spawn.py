@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import resource
 import signal
@@ -59,7 +60,12 @@ class TaskSetup:
     set_tid: list[int] = field(default_factory=list)  # pids innermost ns first ([] = [pid])
     fixed_pid: bool = True  # set_tid reaches the engine's pid ns (the real pid is `pid`)
     zombie_status: int | None = None  # wait status of a dumped zombie
+    ctty: str | None = None  # a session leader's controlling terminal, taken after setsid
     children: list[TaskSetup] = field(default_factory=list)
+    # siblings in this task's session that its parent cannot create (not in the parent's
+    # session, not leading their own): this task creates them with CLONE_PARENT
+    adopted: list[TaskSetup] = field(default_factory=list)
+    by_sibling: bool = False  # created by a sibling (see adopted)
 
     @property
     def inner_pid(self) -> int:
@@ -115,6 +121,8 @@ def _set_session(t: TaskSetup) -> None:
     try:
         if t.sid == me:
             os.setsid()
+            if t.ctty is not None:
+                _take_ctty(t.ctty)
         elif t.sid is not None and os.getsid(0) != t.sid:
             raise EngineError("fork", f"task {t.pid}: session {t.sid} is not its parent's "
                                       "and the task does not lead it")
@@ -125,13 +133,24 @@ def _set_session(t: TaskSetup) -> None:
                                   f"process group {t.pgid}: {e.strerror}") from None
 
 
+def _take_ctty(path: str) -> None:
+    """Make `path` the new session's controlling terminal, before any child is forked (a
+    child gets its controlling terminal from its parent at fork)."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        fcntl.ioctl(fd, uapi.TIOCSCTTY, 0)
+    finally:
+        os.close(fd)
+
+
 def _clone_with_pid(t: TaskSetup, flags: int = 0) -> int:
     """clone3 (fork-like, plus namespace `flags`) with the task's pids; 0 in the child."""
     pids = t.set_tid or [t.pid]
     tid = (ctypes.c_int * len(pids))(*pids)
     args = CloneArgs()
     args.flags = flags
-    args.exit_signal = signal.SIGCHLD
+    # With CLONE_PARENT clone3 takes no exit signal: the child gets the creator's.
+    args.exit_signal = 0 if flags & uapi.CLONE_PARENT else signal.SIGCHLD
     args.set_tid = ctypes.addressof(tid)
     args.set_tid_size = len(pids)
     try:
@@ -148,7 +167,26 @@ def _clone_with_pid(t: TaskSetup, flags: int = 0) -> int:
 def _leaders_first(t: TaskSetup) -> list[TaskSetup]:
     # A child joining a sibling's process group needs that sibling (the leader) to exist.
     leaders = {c.pgid for c in t.children}
-    return sorted(t.children, key=lambda c: (c.inner_pid not in leaders, c.pid))
+    mine = [c for c in t.children if not c.by_sibling]
+    return sorted(mine, key=lambda c: (c.inner_pid not in leaders, c.pid))
+
+
+def plan_sessions(root: TaskSetup) -> None:
+    """Give each child in a session its parent is not in (and does not lead) to a sibling
+    in that session, which creates it with CLONE_PARENT (the parent stays the same, the
+    session is inherited). A child no sibling can create is refused with its ids."""
+    for t in root.walk():
+        for c in t.children:
+            if c.sid is None or c.sid in (c.inner_pid, t.sid):
+                continue
+            maker = next((s for s in t.children if s is not c and s.sid == c.sid
+                          and s.zombie_status is None and not s.by_sibling), None)
+            if maker is None:
+                raise EngineError("fork", f"task {c.pid}: session {c.sid} is not its "
+                                          "parent's, the task does not lead it and no "
+                                          "sibling is in it")
+            maker.adopted.append(c)
+            c.by_sibling = True
 
 
 def _exit_as(status: int) -> None:
@@ -169,6 +207,9 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
         _set_session(t)
         for c in _leaders_first(t):
             if _clone_with_pid(c) == 0:
+                _task(tree, c, ctl, by_file)
+        for c in t.adopted:
+            if _clone_with_pid(c, uapi.CLONE_PARENT) == 0:
                 _task(tree, c, ctl, by_file)
         # comm first: a zombie shows it too.
         name = ctypes.create_string_buffer(os.fsencode(t.comm)[:15])

@@ -184,3 +184,24 @@ def test_probe_reports_every_name_when_ptrace_is_refused(
         assert not ok and "Operation not permitted" in why, name
     assert results["process_vm_readv"] == (True, "")
     assert results["pagemap_scan"] == (True, "")
+
+
+def test_incremental_dumps_need_wp_async_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel before 6.7 (no UFFD WP_ASYNC, no PAGEMAP_SCAN): pre_dump is reported
+    missing with the probed reasons, so the harness SKIPs --pre runs instead of failing."""
+    monkeypatch.setattr(check, "_uffd_wp_async_probe",
+                        lambda: (False, "OSError: [Errno 22] ioctl: Invalid argument"))
+    results = check.probe()
+    for name in ("pre_dump", "dump_incremental"):
+        ok, why = results[name]
+        assert not ok, name
+        assert "WP_ASYNC" in why and "uffd_wp_async: OSError: [Errno 22]" in why, why
+    assert results["dump"] == (True, "")
+
+
+def test_direct_io_is_probed_with_real_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """direct_io is no, with the buffered fallback named, where the temp dir's filesystem
+    does not do O_DIRECT (forced here as on tmpfs before 6.6)."""
+    monkeypatch.setenv("ENGINE_FAULT", "no-direct-io")
+    ok, why = check._direct_io_probe()
+    assert not ok and "buffered" in why

@@ -19,6 +19,14 @@ CHECK_TIMEOUT = 60.0
 #: CRIU feature names probed with ``criu check --feature NAME``.
 CRIU_FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop", "pidfd_store", "ns_pid",
                  "clone3_set_tid")
+#: Feature names of test descriptors (as the bundled engine's check names them) for state
+#: every CRIU 4.2 restores by design: nothing to probe, reported as present.
+CRIU_BUILTIN = ("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
+                "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
+                "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
+                "restore_fd_status_flags", "restore_fd_owner", "restore_o_path",
+                "restore_fifo", "restore_chr_devices", "restore_unlinked_attrs",
+                "restore_vdso_moved", "restore_session_orphans")
 
 
 class CriuEngine(Engine):
@@ -79,6 +87,7 @@ class CriuEngine(Engine):
                     feats[name] = rc == 0
                     if rc != 0:
                         reasons[name] = out.splitlines()[-1] if out else f"exit {rc}"
+                feats.update(dict.fromkeys(CRIU_BUILTIN, True))
             self._features = Features(feats, reasons)
         return self._features
 

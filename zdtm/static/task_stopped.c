@@ -1,0 +1,86 @@
+/*
+ * task_stopped: children stopped by SIGSTOP at dump time, one of them with a second
+ * thread (SIGTSTP would be discarded: the test's process group is orphaned). After restore
+ * both are still stopped ('T'); SIGCONT wakes them, and each then reports as usual (the
+ * threaded one after waking its thread). The first child has one more SIGSTOP pending.
+ */
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "zdtmtst.h"
+
+#define NR 2
+
+static struct test_sleeper sleeper;
+
+static void *sleeper_fn(void *arg)
+{
+	(void)arg;
+	return test_sleeper_sleep(&sleeper) ? (void *)1 : NULL;
+}
+
+static int child_main(int fd, void *arg)
+{
+	(void)fd;
+	if (arg && test_sleeper_start(&sleeper, sleeper_fn, NULL))
+		return 1;
+	test_waitsig();
+	if (arg && test_sleeper_wake(&sleeper, 10000))
+		return 2;
+	return 0;
+}
+
+/* Stop child pid with sig and wait until its stop is reported: 0, or -1. */
+static int stop_child(pid_t pid, int sig)
+{
+	int status;
+
+	if (kill(pid, sig) || waitpid(pid, &status, WUNTRACED) != pid)
+		return -1;
+	return WIFSTOPPED(status) && WSTOPSIG(status) == sig ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+	pid_t child[NR];
+	char state;
+
+	test_init(argc, argv);
+
+	for (int i = 0; i < NR; i++) {
+		child[i] = test_fork_child(TEST_NO_PIPE, NULL, child_main, i ? &sleeper : NULL);
+		if (child[i] < 0)
+			return 1;
+		/* Give the threaded child time to start its thread before it stops. */
+		if (i)
+			usleep(100000);
+		if (stop_child(child[i], SIGSTOP)) {
+			pr_perror("stop child %d", child[i]);
+			return 1;
+		}
+	}
+	/* A stop signal sent to a stopped task stays pending until SIGCONT flushes it. */
+	if (kill(child[0], SIGSTOP)) {
+		pr_perror("second SIGSTOP");
+		return 1;
+	}
+
+	test_daemon();
+	test_waitsig();
+
+	for (int i = 0; i < NR; i++) {
+		if (proc_stat(child[i], &state, NULL))
+			fail_perror("child %d is gone", child[i]);
+		else if (state != 'T')
+			fail("child %d is in state %c, not stopped", child[i], state);
+	}
+	for (int i = 0; i < NR; i++) {
+		/* SIGTERM stays pending while stopped; SIGCONT lets the child take it. */
+		if (kill(child[i], SIGCONT))
+			fail_perror("SIGCONT to %d", child[i]);
+		if (stop_child_verdict(child[i], 10000))
+			fail("child %d", child[i]);
+	}
+	return pass();
+}
