@@ -60,6 +60,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--zdtm-iters", type=int, default=3,
                     help="C/R iterations per item (default: 3)")
     group.addoption("--zdtm-pre", type=int, default=0, help="pre-dumps per iteration")
+    group.addoption("--zdtm-snaps", choices=("last", "each"), default=None,
+                    help="the --zdtm-pre steps are restorable full dumps (restore last/each)")
     group.addoption("--zdtm-nocr", action="store_true",
                     help="no checkpoint/restore: start, check, stop")
     group.addoption("--zdtm-keep-img", action="store_true",
@@ -91,6 +93,7 @@ class _Mode:
         self.fallback: str | None = None
         self.options = RunOptions(iters=max(config.getoption("--zdtm-iters"), 1),
                                   pre=config.getoption("--zdtm-pre"),
+                                  snaps=config.getoption("--zdtm-snaps"),
                                   keep_img=config.getoption("--zdtm-keep-img"),
                                   tolerate_taint=config.getoption("--zdtm-tolerate-taint"))
         if name == "bundled":

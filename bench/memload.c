@@ -21,6 +21,11 @@
  *       mappings of one small file, two private (written, so COW'ed: ~80 MiB)
  *       to one shared (read-only), at offsets that never let neighbours merge.
  *       The fd is closed once everything is mapped.
+ * writer: as anon, then keeps rewriting its pages one after the other (wrapping
+ *       around) at --rate MiB/s (default 10) until SIGTERM, each page with the next
+ *       generation of its own (kept in a table of its own memory): a live
+ *       program for pre-dumps. After a stop (frozen, restored) it does not catch
+ *       up more than 10 ms of writes. Verifies every page against its generation.
  * shm:  N MiB (default 64) of MAP_SHARED|MAP_ANONYMOUS memory in two tasks.
  *       On SIGTERM the root verifies, writes a token into the memory and
  *       forwards SIGTERM to the child, which must see the token (one object,
@@ -42,11 +47,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PG 4096UL
@@ -219,6 +226,69 @@ static int anon_verify(struct anon *a)
 		verdict("FAIL: anon word %ld (byte offset %#lx) wrong (generation %lu)",
 			bad, (unsigned long)bad * 8, (unsigned long)a->gen);
 		return 1;
+	}
+	verdict("PASS");
+	return 0;
+}
+
+/* ---- writer ---- */
+
+struct writer {
+	uint64_t *mem;
+	uint32_t *gen;   /* generation of each page */
+	size_t pages, next;
+	double pages_per_s;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void writer_setup(struct writer *w, unsigned long mib, unsigned long rate_mib)
+{
+	w->pages = (mib << 20) / PG;
+	w->mem = map_anon(mib << 20, MAP_PRIVATE);
+	w->gen = map_anon(w->pages * sizeof(uint32_t), MAP_PRIVATE);
+	fill(w->mem, w->pages * WORDS_PER_PG, 0, 0);
+	w->pages_per_s = (double)(rate_mib << 20) / PG;
+}
+
+static void writer_run(struct writer *w, sigset_t waitmask)
+{
+	const struct timespec tick = { 0, 1000 * 1000 };
+	double burst = w->pages_per_s / 100 + 1, t0 = now_s(), done = 0;
+
+	while (!got_term) {
+		double due = (now_s() - t0) * w->pages_per_s;
+
+		if (due - done > burst)
+			done = due - burst;  /* was stopped: do not catch up */
+		for (; done < due; done++) {
+			size_t p = w->next;
+
+			fill(w->mem + p * WORDS_PER_PG, WORDS_PER_PG, w->gen[p] + 1, p * WORDS_PER_PG);
+			w->gen[p]++;
+			w->next = (p + 1) % w->pages;
+		}
+		ppoll(NULL, 0, &tick, &waitmask);  /* SIGTERM is let in only here */
+	}
+}
+
+static int writer_verify(struct writer *w)
+{
+	for (size_t p = 0; p < w->pages; p++) {
+		long bad = check(w->mem + p * WORDS_PER_PG, WORDS_PER_PG, w->gen[p],
+				 p * WORDS_PER_PG);
+
+		if (bad >= 0) {
+			verdict("FAIL: writer page %zu word %ld wrong (generation %u)", p, bad,
+				w->gen[p]);
+			return 1;
+		}
 	}
 	verdict("PASS");
 	return 0;
@@ -457,8 +527,8 @@ static int fds_verify(struct fds *f)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: memload anon|maps|shm|fds --pidfile F --outfile O "
-			"[--mib N] [--vmas N] [--fds N] [--filename P] [--ackfile A]\n");
+	fprintf(stderr, "usage: memload anon|maps|shm|fds|writer --pidfile F --outfile O "
+			"[--mib N] [--vmas N] [--fds N] [--filename P] [--ackfile A] [--rate MIBS]\n");
 	exit(2);
 }
 
@@ -487,14 +557,16 @@ int main(int argc, char **argv)
 		{ "filename", required_argument, NULL, 'f' },
 		{ "ackfile", required_argument, NULL, 'a' },
 		{ "fds", required_argument, NULL, 'n' },
+		{ "rate", required_argument, NULL, 'r' },
 		{ NULL, 0, NULL, 0 },
 	};
-	unsigned long mib = 0, vmas = 30000, nfds = 10000;
+	unsigned long mib = 0, vmas = 30000, nfds = 10000, rate = 10;
 	const char *mode;
 	struct anon a = { 0 };
 	struct maps m = { 0 };
 	struct shm s = { 0 };
 	struct fds f = { 0 };
+	struct writer wr = { 0 };
 	sigset_t waitmask;
 	char buf[32], ready = 0;
 	int pfd[2], c, rc;
@@ -513,13 +585,14 @@ int main(int argc, char **argv)
 		case 'f': filename = optarg; break;
 		case 'a': ackfile = optarg; break;
 		case 'n': nfds = strtoul(optarg, NULL, 0); break;
+		case 'r': rate = strtoul(optarg, NULL, 0); break;
 		default: usage();
 		}
 	}
 	if (!pidfile || !outfile)
 		usage();
 	if (strcmp(mode, "anon") && strcmp(mode, "maps") && strcmp(mode, "shm") &&
-	    strcmp(mode, "fds"))
+	    strcmp(mode, "fds") && strcmp(mode, "writer"))
 		usage();
 	if (!strcmp(mode, "maps") && (!filename || vmas == 0))
 		usage();
@@ -550,6 +623,8 @@ int main(int argc, char **argv)
 		maps_setup(&m, vmas);
 	else if (!strcmp(mode, "fds"))
 		fds_setup(&f, nfds);
+	else if (!strcmp(mode, "writer"))
+		writer_setup(&wr, mib, rate);
 	else
 		shm_setup(&s, mib, waitmask);
 	snprintf(buf, sizeof(buf), "%d", getpid());
@@ -558,6 +633,10 @@ int main(int argc, char **argv)
 		die("ready pipe");
 	close(ready_fd);
 
+	if (!strcmp(mode, "writer")) {
+		writer_run(&wr, waitmask);
+		return writer_verify(&wr);
+	}
 	for (;;) {
 		sigsuspend(&waitmask);
 		if (got_usr1) {

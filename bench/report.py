@@ -33,6 +33,7 @@ class Result:
     samples: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     unsupported: str | None = None  # the engine says it cannot: not run, not a failure
+    chain_note: str = ""  # migrate: how the pre-dump chain was taken, or why not
 
     def median(self, key: str) -> float | None:
         """Median of key over the repetitions that produced it."""
@@ -231,3 +232,42 @@ def overhead_table(results: list[Result]) -> str:
 
 def _kib_to_mib(kib: float | None) -> float | None:
     return None if kib is None else kib / 1024
+
+
+def migrate_table(results: list[Result]) -> str:
+    """Live migration: frozen time and bytes of a full dump against N pre-dumps + final
+    dump, restore of each; then the goals of issue 17, met or not."""
+    rows, goals = [], []
+    for r in results:
+        if r.scenario != "migrate":
+            continue
+        if (row := not_measured(r)) is not None:
+            rows.append(row)
+            continue
+        full_f, final_f = r.median("full_frozen_s"), r.median("chain_final_frozen_s")
+        rows.append([r.workload, r.engine, fmt(full_f), mib(r.median("full_bytes")),
+                     fmt(r.median("full_restore_s")), r.chain_note,
+                     fmt(r.median("chain_pre_frozen_max_s")), fmt(final_f),
+                     mib(r.median("chain_final_bytes")), mib(r.median("chain_bytes")),
+                     fmt(r.median("chain_restore_s")), r.verified()])
+        if r.engine == "bundled" and full_f and final_f is not None:
+            goals.append(_goals(r, full_f, final_f))
+    headers = ["rate", "engine", "full: frozen s", "MiB", "restore s", "chain",
+               "pre max frozen s", "final frozen s", "final MiB", "chain MiB",
+               "chain restore s", "verified"]
+    return "\n".join([table(headers, rows), *goals])
+
+
+def _goals(r: Result, full_f: float, final_f: float) -> str:
+    """Frozen time of the final dump against a tenth of the full dump's (the goal is for
+    10 MiB/s), and the restore of the chain against that of the full image."""
+    ok = final_f <= full_f / 10
+    line = (f"{r.workload}: final dump frozen {final_f:.3f} s = {final_f / full_f:.1%} of "
+            f"the full dump's {full_f:.3f} s (goal <= 10%"
+            f"{' at 10 MiB/s' if r.workload != '10 MiB/s' else ''}: "
+            f"{'met' if ok else 'NOT met'})")
+    full_r, chain_r = r.median("full_restore_s"), r.median("chain_restore_s")
+    if full_r and chain_r:
+        line += (f"; restore of the chain {chain_r:.3f} s vs full image {full_r:.3f} s "
+                 f"({chain_r / full_r:.2f}x)")
+    return line

@@ -25,11 +25,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure, overhead, report, workloads
+from bench import measure, migrate, overhead, report, workloads
 from bench.engines import Bundled, Criu, Engine
 from bench.procs import DeadlineExceeded, Procs, become_subreaper
 
-SCENARIOS = ["cycle", "incremental", "lazy", "overhead"]
+SCENARIOS = ["cycle", "incremental", "lazy", "overhead", "migrate"]
 WORKLOADS = ["anon", "maps", "shm", "fds"]
 DEFAULT_WORKLOADS = ["anon", "maps", "shm"]
 
@@ -51,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma list of {','.join(WORKLOADS)}")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma list of {','.join(SCENARIOS)}")
+    p.add_argument("--rates", default="10,100",
+                   help="migrate: write rates of the live process in MiB/s (default 10,100)")
+    p.add_argument("--pre-dumps", type=int, default=3,
+                   help="migrate: pre-dumps before the final dump (default 3)")
     p.add_argument("--overhead-test", default="auto",
                    help="static test timed through runner.py (default: a simple one)")
     p.add_argument("--timeout", type=float, default=300.0,
@@ -63,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scenarios = _choices(p, args.scenarios, SCENARIOS, "--scenarios")
     if min(args.reps, args.mib, args.vmas, args.shm_mib, args.fds) < 1:
         p.error("--reps, --mib, --vmas, --shm-mib and --fds must be positive")
+    try:
+        args.rates = [int(x) for x in args.rates.split(",") if x]
+    except ValueError:
+        p.error(f"--rates: not a comma list of integers: {args.rates}")
+    if not args.rates or min(args.rates) < 1 or args.pre_dumps < 1:
+        p.error("--rates and --pre-dumps must be positive")
     return args
 
 
@@ -168,6 +178,8 @@ def measure_all(args: argparse.Namespace, ctx: measure.Context,
                 log(f"[{scen} {wl.name} {eng.name}] not supported: {res.unsupported}")
                 continue
             repeat(ctx, res, args.reps, fns[scen], eng, wl)
+    if "migrate" in args.scenarios:
+        results += measure_migrate(args, ctx, engines)
     bundled = next((e for e in engines if e.name == "bundled"), None)
     if "overhead" in args.scenarios and bundled is not None:
         test = overhead.pick_test(args.overhead_test)
@@ -184,6 +196,31 @@ def measure_all(args: argparse.Namespace, ctx: measure.Context,
     return results
 
 
+def measure_migrate(args: argparse.Namespace, ctx: measure.Context,
+                    engines: list[Engine]) -> list[report.Result]:
+    """Live migration: per write rate and engine, a full dump against pre-dumps + a final
+    dump (bundled; criu cannot pre-dump here, see its reason in the table)."""
+    results = []
+    for rate in args.rates:
+        wl = workloads.Workload.writer(args.mib, rate)
+        for eng in engines:
+            res = report.Result("migrate", f"{rate} MiB/s", wl.describe, eng.name, wl.args)
+            results.append(res)
+            if not eng.available:
+                res.errors.append(f"engine unavailable: {eng.message}")
+                continue
+            if eng.name == "criu":
+                res.chain_note = migrate.criu_pre_dump_reason(eng.binary) or \
+                    "not measured (criu's pre-dump chain is not run by this benchmark)"
+            else:
+                res.unsupported = unsupported(eng, "incremental", "anon")
+                if res.unsupported:
+                    continue
+                res.chain_note = f"{args.pre_dumps} pre-dumps"
+            repeat(ctx, res, args.reps, migrate.migrate, eng, wl, args.pre_dumps)
+    return results
+
+
 def load_text(load: tuple[float, float, float]) -> str:
     """1/5/15-minute load averages."""
     return "/".join(f"{x:.2f}" for x in load)
@@ -195,11 +232,13 @@ def print_report(args: argparse.Namespace, results: list[report.Result],
     print(f"machine: kernel {platform.release()}, {os.cpu_count()} CPUs, load average "
           f"{load_text(loads[0])} at start, {load_text(loads[1])} at end "
           "(other work on the machine makes every figure noisier)")
+    migrate_title = "Live migration: frozen time, pre-dumps + final dump vs a full dump"
     sections = [("cycle", "Dump and restore", report.cycle_table),
                 ("incremental", "Incremental: pre-dump, dirty 1/8, dump, restore",
                  report.incremental_table),
                 ("lazy", "Lazy restore", report.lazy_table),
-                ("overhead", "Harness overhead per iteration", report.overhead_table)]
+                ("overhead", "Harness overhead per iteration", report.overhead_table),
+                ("migrate", migrate_title, report.migrate_table)]
     for scen, title, fn in sections:
         if scen in args.scenarios:
             print(f"\n== {title} (medians of {args.reps}) ==")

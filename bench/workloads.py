@@ -56,6 +56,12 @@ class Workload:
                    f"{count} unix sockets in pairs, one epoll watching all")
 
     @classmethod
+    def writer(cls, mib: int, rate: int) -> Workload:
+        """Private anonymous memory, written, then rewritten at `rate` MiB/s for good."""
+        return cls("writer", ["--mib", str(mib), "--rate", str(rate)], mib << 20,
+                   f"{mib} MiB private anonymous, rewritten at {rate} MiB/s")
+
+    @classmethod
     def shm(cls, mib: int) -> Workload:
         """Anonymous shared memory in two tasks."""
         return cls("shm", ["--mib", str(mib)], mib << 20,

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench import overhead, report, run, workloads
+from bench import migrate, overhead, report, run, workloads
 from bench.engines import Bundled, criu_message
 from bench.procs import Procs
 
@@ -109,6 +109,42 @@ def test_workload_check_sees_corruption(tmp_path: Path, procs: Procs, memload: P
     ok, detail = workloads.stop_and_verify(procs, running.pid, running, TIMEOUT_S)
     assert ok is not corrupt, detail
     assert ("PASS" in detail) is not corrupt
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_writer_workload_check_sees_corruption(tmp_path: Path, procs: Procs, memload: Path,
+                                               corrupt: bool) -> None:
+    """The live writer passes its own check while rewriting, and fails on a flipped word
+    in a page it has not rewritten yet (1 MiB/s: page 2000 of 8 MiB comes after ~8 s)."""
+    wl = workloads.Workload.writer(8, 1)
+    running = workloads.start(procs, memload, wl, tmp_path / "w", TIMEOUT_S)
+    if corrupt:
+        _flip_word(running.pid, _region(running.pid, 8 << 20) + 4096 * 2000 + 16)
+    ok, detail = workloads.stop_and_verify(procs, running.pid, running, TIMEOUT_S)
+    assert ok is not corrupt, detail
+    assert ("writer page 2000" in detail) is corrupt
+
+
+def test_criu_frozen_time_from_its_stats_image() -> None:
+    """frozen_time is field 2 of the dump entry (field 1) after two magics and a size."""
+    dump = bytes([0x08, 0x05, 0x10, 0xC0, 0xC4, 0x07, 0x38, 0x63])  # 1: 5, 2: 123456, 7: 99
+    entry = bytes([0x0A, len(dump)]) + dump
+    raw = bytes(8) + struct.pack("<I", len(entry)) + entry
+    assert migrate.criu_frozen_us(raw) == 123456
+    with pytest.raises(ValueError, match="no dump entry"):
+        migrate.criu_frozen_us(bytes(8) + struct.pack("<I", 2) + bytes([0x12, 0x00]))
+
+
+def test_migrate_goal_line() -> None:
+    """The goal is judged on the final dump's frozen time against a tenth of the full's."""
+    r = report.Result("migrate", "10 MiB/s", "1 GiB", "bundled", [])
+    r.samples = [{"full_frozen_s": 2.0, "chain_final_frozen_s": 0.15, "full_restore_s": 1.0,
+                  "chain_restore_s": 1.1, "verified": True, "verify_detail": "PASS"}]
+    text = report.migrate_table([r])
+    assert "= 7.5% of the full dump's 2.000 s (goal <= 10%: met)" in text
+    assert "restore of the chain 1.100 s vs full image 1.000 s (1.10x)" in text
+    r.samples[0]["chain_final_frozen_s"] = 0.3
+    assert "(goal <= 10%: NOT met)" in report.migrate_table([r])
 
 
 def test_maps_workload_layout(tmp_path: Path, procs: Procs, memload: Path) -> None:

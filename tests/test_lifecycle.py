@@ -51,6 +51,7 @@ class Scripted(Engine):
         self.dump_mode, self.restore_mode = dump, restore
         self.feats = feats or {}
         self.calls: list[str] = []
+        self.parents: list[str | None] = []
 
     def available(self) -> str | None:
         return None
@@ -61,6 +62,7 @@ class Scripted(Engine):
     def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,
              parent_images: Path | None, opts: Sequence[str], timeout: float) -> StepResult:
         self.calls.append(f"dump leave_running={leave_running}")
+        self.parents.append(parent_images.name if parent_images else None)
         if self.dump_mode == "fail":
             raise EngineFailure("error", "dump", "seize: refused on purpose")
         if self.dump_mode == "hang":
@@ -68,7 +70,8 @@ class Scripted(Engine):
                               step="dump", log=images_dir.with_suffix(".log"), timeout=1.0)
         if not leave_running:
             os.kill(root_pid, signal.SIGKILL)  # what a dump without --leave-running does
-        return StepResult(0.0, images_dir)
+        return StepResult(0.0, images_dir, {"frozen_s": 0.0125, "pages_frozen": 3,
+                                            "pages_total": 7})
 
     def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
@@ -96,6 +99,21 @@ def test_norst_pre_dumps_chain_and_tree_survives(tests_dir: Path) -> None:
     assert eng.calls == [f"pre-dump parent={p}" for p in ("None", "1-pre1")] + [
         "dump leave_running=True"] + [f"pre-dump parent={p}" for p in ("None", "2-pre1")] + [
         "dump leave_running=True"]
+
+
+def test_snaps_are_full_dumps_chained_and_timed(tests_dir: Path) -> None:
+    """--snaps: each pre-dump step is a dump that leaves the tree running, against the one
+    before; the final dump's parent is the last snapshot; every step's frozen figures are
+    in the result."""
+    eng = Scripted()
+    r = run_test(_test(tests_dir, "pass"), "h", eng,
+                 RunOptions(iters=1, pre=2, snaps="last", norst=True))
+    assert r.outcome == PASS, r.summary()
+    assert eng.calls == ["dump leave_running=True"] * 3
+    assert eng.parents == [None, "1-snap1", "1-snap2"]
+    assert r.timings[0].startswith("iter 1: snapshot 1 ")
+    assert r.timings[-1].endswith("(frozen 12.5 ms, 3 of 7 pages written while frozen)")
+    assert len(r.timings) == 3
 
 
 def test_restore_of_a_dead_root_is_an_engine_error(tests_dir: Path) -> None:

@@ -19,7 +19,8 @@ from zdtm.results import RunResults
 
 def _results() -> list[Result]:
     ok = Result(test="static/maps06", flavor="h", engine="bundled", iterations=3, duration=1.5,
-                timings={"dump": 0.5, "restore": 0.25},
+                phase_seconds={"dump": 0.5, "restore": 0.25},
+                timings=["dump 0.50s, frozen 0.40s"],
                 allowed=["maps: shared anon mapping restored through a memfd"])
     bad = Result(test="static/mem_anon", flavor="ns", engine="bundled", duration=0.5)
     bad.fail("check", CHECK_FAILED, "iteration 1: 1 problem(s): fd: fd 5 leaked <&>",
@@ -140,7 +141,8 @@ def test_results_file_keeps_logs_apart_from_problems(tmp_path: Path) -> None:
     assert bad["problems"] == ["fd: pid 1 fd 5 leaked: /dev/null",
                                "maps: pid 1 vma 7f00-7f01 lost"]
     assert bad["logs"] == {"engine": ["last engine line"], "test": ["last test line"]}
-    assert doc["cases"][0]["timings"] == {"dump": 0.5, "restore": 0.25}
+    assert doc["cases"][0]["phase_seconds"] == {"dump": 0.5, "restore": 0.25}
+    assert doc["cases"][0]["steps"] == ["dump 0.50s, frozen 0.40s"]
     loaded = results_file.load(path)
     assert [c.to_dict() for c in loaded.cases] == [c.to_dict() for c in _results()]
 

@@ -205,9 +205,17 @@ def test_parser_options() -> None:
     assert (args.iters, args.pre, args.parallel) == (3, 2, 4)
     assert args.lazy_pages and args.norst and args.keep_going and args.keep_img
     assert args.engine == "criu" and args.criu_bin == sys.executable
-    for bad in (["-f", "h,xx"], ["--iters", "0"], ["-p", "0"], ["--criu-bin", "/x/criu"]):
+    for bad in (["-f", "h,xx"], ["--iters", "0"], ["-p", "0"], ["--criu-bin", "/x/criu"],
+                ["--snaps", "some"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["run", *bad])
+    assert build_parser().parse_args(["run", "--snaps"]).snaps == "last"
+    assert build_parser().parse_args(["run", "--snaps", "each"]).snaps == "each"
+
+
+def test_snaps_need_pre_dumps() -> None:
+    res = runner("run", "-t", "static/umask", "--snaps")
+    assert res.returncode == 2 and "--snaps needs --pre N" in res.stdout
 
 
 def test_regex_selection_is_repeatable_and_nocr_excludes_cr_modes() -> None:

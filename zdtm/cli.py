@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="flavours to run (default: every flavour a test declares)")
     run.add_argument("--iters", type=_at_least_one, default=1, help="C/R iterations (default 1)")
     run.add_argument("--pre", type=_positive, default=0, help="pre-dumps per iteration")
+    run.add_argument("--snaps", nargs="?", const="last", choices=("last", "each"),
+                     help="the --pre steps are full dumps that leave the tree running "
+                          "(restorable snapshots); restore the last (default) or each")
     run.add_argument("--lazy-pages", action="store_true", help="restore with lazy pages")
     run.add_argument("--norst", action="store_true",
                      help="dump with --leave-running and check, no restore")
@@ -217,7 +220,8 @@ def plan(tests: Sequence[TestDesc], flavors: Sequence[str] | None) -> list[Job]:
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(iters=max(args.iters, 1), pre=args.pre, lazy=args.lazy_pages,
+    return RunOptions(iters=max(args.iters, 1), pre=args.pre, snaps=args.snaps,
+                      lazy=args.lazy_pages,
                       norst=args.norst, keep_img=args.keep_img, workroot=DEFAULT_WORKROOT,
                       engine_timeout=args.engine_timeout, tolerate_taint=args.tolerate_taint)
 
@@ -323,6 +327,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "run: nothing selected (use -t NAME, -T REGEX or -a)"
     if args.nocr and (args.norst or args.lazy_pages or args.pre):
         return "run: --nocr does no C/R: it excludes --norst, --lazy-pages and --pre"
+    if args.snaps and not args.pre:
+        return "run: --snaps needs --pre N (the number of snapshots)"
     if args.shard_durations and not args.shard:
         return "run: --shard-durations needs --shard"
     if args.report is not None:
@@ -416,6 +422,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(len(jobs) * max(len(kernels), 1), args.results_out)
     mode = "nocr (no checkpoint/restore)" if args.nocr else f"engine {engine.name}"
     console.line(f"zdtm: {len(jobs)} run(s), {mode}, iters {args.iters}, pre {args.pre}"
+                 + (f", snapshots (restore {args.snaps})" if args.snaps else "")
                  + (", lazy pages" if args.lazy_pages else "")
                  + (", no restore" if args.norst else "")
                  + (f", shard {shard_text}" if shard_text else ""))

@@ -65,6 +65,7 @@ class RunOptions:
 
     iters: int = 1
     pre: int = 0
+    snaps: str | None = None          # "last"/"each": pre-dumps are restorable snapshots
     lazy: bool = False
     norst: bool = False
     keep_img: bool = False
@@ -146,7 +147,7 @@ class Run:
         self.test_pid = 0
         self.ns_pid = 0
         self.baseline_desc: set[int] = set()
-        self.clock = PhaseClock(self.result.timings)
+        self.clock = PhaseClock(self.result.phase_seconds)
         self.kernel = kernel_health.KernelWatch(tolerate_taint=opts.tolerate_taint)
         self.cgroups0: frozenset[str] = frozenset()
         self.cgroups_seen: set[str] = set()  # cgroups the tree's tasks were seen in
@@ -155,7 +156,8 @@ class Run:
 
     @property
     def phase(self) -> str:
-        """The phase running now; setting it also times the phases (Result.timings)."""
+        """The phase running now; setting it also times the phases
+        (Result.phase_seconds)."""
         return self._phase
 
     @phase.setter
@@ -308,13 +310,15 @@ class Run:
             # tasks the test keeps stopped stay stopped when the tree is resumed
             keep = tasks.stopped_ids(self.root_pid)
             if cr:
-                parent = self._pre_dumps(i)
+                snaps = self._snapshots(i) if self.opts.snaps else []
+                parent = snaps[-1][0] if snaps else self._pre_dumps(i)
                 self._hook("--pre-dump")
                 frozen = self._freeze("dump")
                 s0 = self._capture("S0")
-                if not self._dump(i, parent, label):
+                if not self._dump(i, parent):
                     return  # crfail: the expected dump failure ended the C/R part
                 if not self.opts.norst:
+                    self._restore_snapshots(i, frozen, snaps)
                     self._restore(i, frozen, label)
             else:
                 self._freeze("check")
@@ -345,14 +349,71 @@ class Run:
             res = self._engine_step("pre-dump", self.engine.pre_dump, self.root_pid, d,
                                     parent_images=parent, opts=self.cr_opts.dump,
                                     timeout=self.opts.engine_timeout)
-            self.progress(f"{self.result.ident} iter {i}: pre-dump {k} {res.seconds:.2f}s")
+            self._timing(f"iter {i}: pre-dump {k}", res)
             self._hook("--post-pre-dump", d)
             if not external.notify_pre_dump(self.test, self.test_pid, self.result):
                 raise _Failed
             parent = d
         return parent
 
-    def _dump(self, i: int, parent: Path | None, label: str) -> bool:
+    def _snapshots(self, i: int) -> list[tuple[Path, Any]]:
+        """--snaps: instead of pre-dumps, full dumps that leave the tree running and track
+        memory, each against the one before. With "each", the harness freezes the tree
+        and captures it first: (image, S0 of the snapshot or None) per snapshot."""
+        taken: list[tuple[Path, Any]] = []
+        for k in range(1, self.opts.pre + 1):
+            d = self._imgdir(f"{i}-snap{k}")
+            s0 = None
+            if self.opts.snaps == "each":
+                self._freeze("pre-dump")
+                s0 = self._capture(f"S0 of snapshot {k}")
+            self.phase = "pre-dump"
+            res = self._engine_step("pre-dump", self.engine.snapshot, self.root_pid, d,
+                                    parent_images=taken[-1][0] if taken else None,
+                                    opts=self.test.opts, timeout=self.opts.engine_timeout)
+            if s0 is not None:
+                tasks.thaw(tasks.tree(self.root_pid))
+            self._timing(f"iter {i}: snapshot {k}", res)
+            taken.append((d, s0))
+        return taken
+
+    def _restore_snapshots(self, i: int, frozen: list[int], snaps: list[tuple[Path, Any]]
+                           ) -> None:
+        """--snaps each: restore every snapshot in turn (the dumped tree is gone), compare
+        it with its own S0 while stopped, and kill it; the final dump is restored after."""
+        for k, (d, s0) in enumerate(snaps, 1):
+            if s0 is None:
+                continue
+            self._wait_dumped_gone(frozen)
+            self.phase = "restore"
+            self.root_pid = self._engine_step(
+                "restore", self.engine.restore, d, leave_stopped=self.engine.can_leave_stopped,
+                opts=(*self.test.opts, *self.test.ropts), timeout=self.opts.engine_timeout,
+                lazy=False)
+            frozen = self._freeze("restore")
+            problems = self._compare(s0, self._capture(f"S1 of snapshot {k}"))
+            left = tasks.kill_tree(frozen, CLEANUP_TIMEOUT)
+            tasks.reap_zombie_children()
+            if problems or left:
+                lines = _problem_lines(problems) + [f"restored task {p} would not die"
+                                                    for p in left]
+                self.result.fail("check", CHECK_FAILED, f"iteration {i} snapshot {k}: "
+                                 f"{len(lines)} problem(s): {lines[0]}", lines)
+                raise _Failed
+            self.progress(f"{self.result.ident} iter {i}: snapshot {k} restored, checks ok")
+
+    def _timing(self, what: str, res: Any) -> None:
+        """One engine step's time, and the engine's frozen figures when it gives them:
+        on the console and in the result."""
+        text = f"{what} {res.seconds:.2f}s"
+        st = getattr(res, "stats", None) or {}
+        if st:
+            text += (f" (frozen {st['frozen_s'] * 1000:.1f} ms, {st['pages_frozen']:.0f} of "
+                     f"{st['pages_total']:.0f} pages written while frozen)")
+        self.result.timings.append(text)
+        self.progress(f"{self.result.ident} {text}")
+
+    def _dump(self, i: int, parent: Path | None) -> bool:
         """Dump; False when a crfail test's dump failed as expected."""
         self.phase = "dump"
         d = self._imgdir(f"{i}-dump")
@@ -370,17 +431,12 @@ class Run:
         if crfail:
             self.result.fail("dump", CHECK_FAILED, "dump succeeded but the test is crfail")
             raise _Failed
-        self.progress(f"{label}: dump {res.seconds:.2f}s")
+        self._timing(f"iter {i}: dump", res)
         return True
 
     def _restore(self, i: int, frozen: list[int], label: str) -> None:
         self.phase = "restore"
-        # the engine killed the dumped tree; reap it so its pids are free again
-        left = tasks.wait_gone(frozen, CLEANUP_TIMEOUT)
-        if left:
-            self.result.fail("dump", ENGINE_ERROR,
-                             f"dumped tasks {left} still alive after the dump")
-            raise _Failed
+        self._wait_dumped_gone(frozen)
         d = self._imgdir(f"{i}-dump")
         self._hook("--pre-restore", d)
         stopped = self.engine.can_leave_stopped
@@ -403,6 +459,14 @@ class Run:
             self.result.fail("restore", ENGINE_ERROR, exc.message)
             raise _Failed from None
         self.progress(f"{label}: restore {time.monotonic() - t0:.2f}s")
+
+    def _wait_dumped_gone(self, frozen: list[int]) -> None:
+        """The engine killed the dumped tree; reap it so its pids are free again."""
+        left = tasks.wait_gone(frozen, CLEANUP_TIMEOUT)
+        if left:
+            self.result.fail("dump", ENGINE_ERROR,
+                             f"dumped tasks {left} still alive after the dump")
+            raise _Failed
 
     def _stop(self) -> None:
         self.phase = "stop"

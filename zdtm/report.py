@@ -173,10 +173,10 @@ def _block(title: str, lines: Sequence[str]) -> str:
 
 def _case_row(r: Result) -> str:
     e = html.escape
-    timings = ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items())
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in r.phase_seconds.items())
     extra = [f"<br><i>{e('; '.join(r.notes))}</i>" if r.notes else "",
              f"<br><b>known:</b> {e(r.known)}" if r.known else "",
-             _block("problems", r.problems()), _block("allowed deviations", r.allowed),
+             _block("problems", r.problems()), _block("engine steps", r.timings), _block("allowed deviations", r.allowed),
              _block("engine log", r.log_tail(ENGINE_LOG_PREFIX)),
              _block("test log", r.log_tail(TEST_LOG_PREFIX)),
              _block("earlier attempts", [Result.from_dict(a).headline() for a in r.attempts])]

@@ -71,9 +71,10 @@ class Result:
     details: list[str] = field(default_factory=list)  # every problem, log tails
     notes: list[str] = field(default_factory=list)    # mode switches, limits of the run
     allowed: list[str] = field(default_factory=list)  # deviations the engine declared
+    timings: list[str] = field(default_factory=list)  # per engine step: time, frozen time
     iterations: int = 0            # C/R iterations completed with all checks
     duration: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds spent per phase
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
     workdir: str | None = None     # kept with --keep-img
     attempts: list[dict[str, Any]] = field(default_factory=list)  # earlier tries (reruns)
     known: str | None = None       # reason from the known-failures file, when it matched
@@ -154,7 +155,7 @@ class Result:
 
 
 class PhaseClock:
-    """Adds the wall time between phase changes to ``timings`` (phase -> seconds)."""
+    """Adds the wall time between phase changes to ``phase_seconds`` (phase -> seconds)."""
 
     def __init__(self, timings: dict[str, float]) -> None:
         self.timings = timings

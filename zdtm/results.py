@@ -109,7 +109,7 @@ def case_record(r: Result) -> dict[str, Any]:
         "kind": r.kind and str(r.kind), "message": r.message,
         "problems": r.problems(), "allowed": list(r.allowed), "notes": list(r.notes),
         "iterations": r.iterations, "duration": round(r.duration, 3),
-        "timings": dict(r.timings),
+        "phase_seconds": dict(r.phase_seconds), "steps": list(r.timings),
         "logs": {"engine": r.log_tail(ENGINE_LOG_PREFIX), "test": r.log_tail(TEST_LOG_PREFIX)},
         "workdir": r.workdir, "known": r.known,
         "attempts": [case_record(Result.from_dict(a)) for a in r.attempts],
@@ -126,7 +126,7 @@ def case_from_record(rec: dict[str, Any]) -> Result:
                outcome=rec["outcome"], phase=rec["phase"], kind=rec["kind"],
                message=rec["message"], details=details, notes=list(rec["notes"]),
                allowed=list(rec["allowed"]), iterations=int(rec["iterations"]),
-               duration=float(rec["duration"]), timings=dict(rec["timings"]),
+               duration=float(rec["duration"]), phase_seconds=dict(rec["phase_seconds"]), timings=list(rec["steps"]),
                workdir=rec["workdir"], attempts=attempts, known=rec["known"])
     return Result.from_dict(r.to_dict())  # validates outcome, phase and kind
 

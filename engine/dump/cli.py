@@ -53,7 +53,11 @@ def pre_dump(args: argparse.Namespace) -> int:
 
 
 def _report(what: str, stats: DumpStats) -> None:
-    """Figures of each step on stderr when ENGINE_VERBOSE is set."""
+    """One line on stderr: how long the tree was frozen and what was written (also in
+    the image's stats.json); the figures of each step too when ENGINE_VERBOSE is set."""
+    print(f"{what}: frozen {stats.frozen * 1000:.1f} ms; {stats.pages_frozen} pages "
+          f"written while frozen, {stats.pages_total} in total, {stats.parent_pages} "
+          "in parent", file=sys.stderr)
     if os.environ.get("ENGINE_VERBOSE"):
         steps = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in stats.seconds.items())
         print(f"{what}: {stats.tasks} tasks, {stats.threads} threads, {stats.vmas} vmas, "

@@ -38,6 +38,7 @@ from engine.images.records import (
     FORMAT_NAME,
     FORMAT_VERSION,
     PAGE_SIZE,
+    DumpStatsRecord,
     FdEntry,
     FilesImage,
     Inventory,
@@ -60,7 +61,7 @@ T = TypeVar("T")
 
 @dataclass
 class DumpStats:
-    """Figures of one dump, for logs and benchmarks."""
+    """Figures of one dump, for logs, benchmarks and the image's stats.json."""
 
     tasks: int = 0
     threads: int = 0
@@ -69,7 +70,20 @@ class DumpStats:
     parent_pages: int = 0
     shmem_pages: int = 0
     task_written: int = 0  # bytes of private pages the tasks wrote themselves (selfwrite)
+    frozen: float = 0.0  # seconds the tree was frozen (see DumpStatsRecord)
+    pages_frozen: int = 0  # pages written while it was frozen
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pages_total(self) -> int:
+        """Pages written in all: private and shared."""
+        return self.pages + self.shmem_pages
+
+    def record(self, kind: str) -> DumpStatsRecord:
+        """The stats.json record."""
+        return DumpStatsRecord(kind, round(self.frozen, 6), self.pages_frozen,
+                               self.pages_total, self.parent_pages, self.tasks,
+                               self.threads, {k: round(v, 6) for k, v in self.seconds.items()})
 
 
 @dataclass
@@ -78,6 +92,18 @@ class _ProcState:
     shared_pending: list[SigInfoRecord]
     injected: task.InjectedProc | None = None
     mm: MmCore | None = None
+
+
+@dataclass
+class _Copy:
+    """Private pages of one process to copy once the tree runs again (pre-dump): what
+    to copy was decided, and tracking armed, while it was frozen; `mem_fd` was opened
+    then too, so it reads that very address space."""
+
+    pid: int
+    runs: list[pages.Run]
+    in_parent: list[Interval]
+    mem_fd: int
 
 
 def dump(pid: int, images_dir: str, leave_running: bool = False,
@@ -89,7 +115,10 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     With `prev_dir` (an earlier image of the same tree whose dump armed memory tracking)
     pages not written since are recorded as in the parent image. With `track_mem` (and
     leave_running: a killed tree needs none), memory tracking is armed for a later dump
-    against this one. A pre-dump is `kind="pre-dump"` with leave_running and track_mem."""
+    against this one. A pre-dump is `kind="pre-dump"` with leave_running and track_mem:
+    its private pages are copied after the tree is let go (tracking, armed while it was
+    frozen, catches every page written meanwhile for the next dump), so it stays frozen
+    only while its state is read."""
     if prev_dir is not None:
         prev_dir = os.path.abspath(os.path.join(images_dir, prev_dir))
         if not os.path.isfile(os.path.join(prev_dir, names.INVENTORY)):
@@ -104,20 +133,21 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         stats.seconds[step] = now - clock
         clock = now
 
+    # The parent's trackers are taken over before freezing: the hand-over is not part
+    # of the frozen time. Only trackers armed when the parent was dumped vouch for
+    # "unchanged since".
+    trackers = track.fetch(prev_dir) if prev_dir is not None else {}
+    parent = _Parent(prev_dir, set(trackers)) if prev_dir is not None else None
     try:
         frozen = tree.freeze(pid)
     except BaseException:
+        track.close_all(trackers)
         img.discard()
         raise
     track_mem = track_mem and leave_running  # a killed tree needs no tracking
+    defer: list[_Copy] | None = [] if kind == "pre-dump" else None
     table = dfiles.FileTable()
-    trackers: dict[int, track.Tracker] = {}
-    parent: _Parent | None = None
     try:
-        if prev_dir is not None:
-            trackers = track.fetch(prev_dir)
-            # Only trackers armed when the parent was dumped vouch for "unchanged since".
-            parent = _Parent(prev_dir, set(trackers))
         sessions.check(frozen)
         fault_point("seize")
         lap("seize")
@@ -138,7 +168,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         fault_point("sigactions")
         lap("sigactions")
         shmem_entries = _dump_memory(img, procs, state, stats, parent,
-                                     trackers if track_mem else {})
+                                     trackers if track_mem else {}, defer)
         fault_point("memory")
         lap("memory")
         try:
@@ -150,24 +180,71 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         lap("files")
         rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \
             else None
-        _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent)
-        fault_point("write")
-        if track_mem:
-            track.hold(images_dir, trackers)  # last: nothing may fail after it
+        inv = _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent)
+        stats.tasks = len(frozen.procs)
+        stats.threads = sum(len(s.threads) for s in state.values())
+        if defer is None:
+            _finish(img, inv, frozen, stats, kind)
+            if track_mem:
+                track.hold(images_dir, trackers)  # last: nothing may fail after it
         lap("write")
     except BaseException:
+        _close_copies(defer or [])
         table.end(keep_repair=False)  # before the tasks run again
-        track.close_all(trackers)
         frozen.release()
+        track.close_all(trackers)
         img.discard()
         raise
-    track.close_all(trackers)
-    stats.tasks = len(frozen.procs)
-    stats.threads = sum(len(s.threads) for s in state.values())
     table.end(keep_repair=not leave_running)
-    frozen.release(kill=not leave_running)
+    if defer is None:
+        # Closing a userfaultfd unprotects every page it tracked: after the tree runs.
+        frozen.release(kill=not leave_running)
+        track.close_all(trackers)
+        lap("release")
+        return stats
+    frozen.release()
+    stats.frozen = frozen.frozen_seconds
+    stats.pages_frozen = stats.shmem_pages  # private pages are copied from here on
     lap("release")
+    try:
+        _copy_running(img, defer, stats)
+        lap("copy")
+        _finish(img, inv, frozen, stats, kind)
+        track.hold(images_dir, trackers)  # last: nothing may fail after it
+    except BaseException:
+        track.close_all(trackers)
+        img.discard()
+        raise
+    finally:
+        _close_copies(defer)
     return stats
+
+
+def _finish(img: ImageDir, inv: Inventory, frozen: tree.FrozenTree, stats: DumpStats,
+            kind: str) -> None:
+    """stats.json, then the inventory: the image is complete."""
+    if not stats.frozen:  # still frozen: the time until now
+        stats.frozen = frozen.frozen_seconds
+        stats.pages_frozen = stats.pages_total
+    img.write_json(names.STATS, stats.record(kind))
+    fault_point("write")
+    img.write_json(names.INVENTORY, inv)
+
+
+def _copy_running(img: ImageDir, copies: list[_Copy], stats: DumpStats) -> None:
+    """Copy the private pages of a pre-dump while the tree runs. Memory unmapped since
+    reads as zeros: the next dump copies that range again (a new VMA is not tracked)."""
+    with pages.Staging() as staging:
+        for c in copies:
+            pages.write_pages(img, names.pagemap(c.pid), names.pages(c.pid), c.runs, c.pid,
+                              c.mem_fd, staging, in_parent=c.in_parent, tolerant=True)
+
+
+def _close_copies(copies: list[_Copy]) -> None:
+    for c in copies:
+        if c.mem_fd >= 0:
+            os.close(c.mem_fd)
+            c.mem_fd = -1
 
 
 def _step(what: str, phase: str, fn: Callable[..., T], *args: object) -> T:
@@ -215,7 +292,8 @@ def _split_for_parent(p: tree.Proc, task_vmas: list[Vma], runs: list[pages.Run],
 
 def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcState],
                  stats: DumpStats, parent: _Parent | None,
-                 arm: dict[int, track.Tracker]) -> list[ShmemEntry]:
+                 arm: dict[int, track.Tracker], defer: list[_Copy] | None
+                 ) -> list[ShmemEntry]:
     sources: dict[str, shmem.ShmemSource] = {}
     with pages.Staging() as staging:
         for p in procs:
@@ -229,20 +307,23 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
             runs, in_parent = _step(f"memory tracking of {p.pid}", "memory",
                                     _split_for_parent, p, task_vmas,
                                     pages.private_runs(p.pid, task_vmas), parent)
-            mem_fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-            writer = selfwrite.TaskWriter(p.pid)
-            try:
-                stats.pages += pages.write_pages(img, names.pagemap(p.pid),
-                                                 names.pages(p.pid), runs, p.pid, mem_fd,
-                                                 staging, in_parent=in_parent,
-                                                 task_writer=writer)
-            finally:
-                os.close(mem_fd)
-            stats.task_written += writer.bytes
-            stats.parent_pages += sum(e - s for s, e in in_parent) // PAGE_SIZE
             if p.pid in arm:
                 _step(f"memory tracking of {p.pid}", "memory", track.arm, arm[p.pid],
                       task_vmas)
+            mem_fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            stats.pages += sum(r.length for r in runs) // PAGE_SIZE
+            stats.parent_pages += sum(e - s for s, e in in_parent) // PAGE_SIZE
+            if defer is not None:
+                defer.append(_Copy(p.pid, runs, in_parent, mem_fd))
+            else:
+                writer = selfwrite.TaskWriter(p.pid)
+                try:
+                    pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
+                                      p.pid, mem_fd, staging, in_parent=in_parent,
+                                      task_writer=writer)
+                finally:
+                    os.close(mem_fd)
+                stats.task_written += writer.bytes
             shmem.collect(sources, p.pid, task_vmas)
             shmem.collect_fds(sources, p.pid)
         entries = []
@@ -280,7 +361,8 @@ def _readlink(path: str) -> str | None:
 
 def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
            fds: dict[int, list[FdEntry]], table: dfiles.FileTable,
-           shmem_entries: list[ShmemEntry], kind: str, parent: str | None) -> None:
+           shmem_entries: list[ShmemEntry], kind: str, parent: str | None) -> Inventory:
+    """Every record but the inventory, which is returned (written last by _finish)."""
     entries = []
     per_task_ns: dict[int, dict[str, int]] = {}
     leaders = {p.pid for p in frozen.order() if p.pgid == p.pid}  # process groups inside
@@ -316,9 +398,8 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
         img.write_json(names.mm(p.pid), st.mm)
     img.write_json(names.FILES, FilesImage(table.files))
     unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
-    inv = Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,
-                    root_pid=frozen.root, tasks=entries, shmem=shmem_entries,
-                    created=time.time(), namespaces=namespaces.records(per_task_ns, unames))
-    img.write_json(names.INVENTORY, inv)
+    return Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,
+                     root_pid=frozen.root, tasks=entries, shmem=shmem_entries,
+                     created=time.time(), namespaces=namespaces.records(per_task_ns, unames))
 
 

@@ -242,7 +242,7 @@ TaskWriter = Callable[[PagesWriter, list[tuple[Run, int]]], list[tuple[Run, int]
 def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Run],
                 read_vm: int, mem_fd: int, staging: Staging, base: int = 0,
                 in_parent: list[tuple[int, int]] | None = None,
-                task_writer: TaskWriter | None = None) -> int:
+                task_writer: TaskWriter | None = None, tolerant: bool = False) -> int:
     """Write the pagemap and the data of `runs`; returns the number of pages stored.
 
     `read_vm` is the pid for process_vm_readv (0: never use it); `mem_fd` is an fd to read
@@ -250,7 +250,8 @@ def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Ru
     pagemap records `addr` as given (virtual addresses, or offsets for shmem objects).
     `in_parent` ranges (disjoint from the runs) are recorded as PE_PARENT, without data.
     `task_writer` first gets every run with its place in the file; the engine writes what
-    it hands back.
+    it hands back. `tolerant`: the task runs on (pre-dump), so memory it unmapped since
+    the runs were found is stored as zeros instead of failing the dump.
     """
     entries = [PagemapEntry(r.addr, r.length // PAGE_SIZE, PE_PRESENT) for r in runs]
     nr_pages = sum(e.nr_pages for e in entries)
@@ -265,7 +266,7 @@ def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Ru
             left = task_writer(out, placed)
             out.claim(sum(r.length for r, _ in placed) - sum(r.length for r, _ in left))
             placed = left
-        _stage(out, staging, placed, read_vm, mem_fd, base)
+        _stage(out, staging, placed, read_vm, mem_fd, base, tolerant)
     except BaseException:
         staging.drain_quietly()
         out.abort()
@@ -275,7 +276,7 @@ def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Ru
 
 
 def _stage(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]], read_vm: int,
-           mem_fd: int, base: int) -> None:
+           mem_fd: int, base: int, tolerant: bool) -> None:
     """Copy runs through the staging slots into their places in the file: a slot holds
     bytes that are contiguous in the file, and is written while the next one fills."""
     slot = 0
@@ -284,7 +285,7 @@ def _stage(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]], re
 
     def flush() -> None:
         nonlocal slot, batch, fill
-        _fill(staging, slot, batch, read_vm, mem_fd, base)
+        _fill(staging, slot, batch, read_vm, mem_fd, base, tolerant)
         staging.submit(slot, functools.partial(out.write_at, offset=start), fill)
         slot = (slot + 1) % staging.slots
         batch, fill = [], 0
@@ -310,7 +311,7 @@ def _stage(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]], re
 
 
 def _fill(staging: Staging, slot: int, batch: list[tuple[int, int, int, bool]], pid: int,
-          mem_fd: int, base: int) -> None:
+          mem_fd: int, base: int, tolerant: bool = False) -> None:
     view = staging.acquire(slot)
     vm = [(off, addr, n) for off, addr, n, via_mem in batch if not via_mem]
     if vm:
@@ -320,12 +321,37 @@ def _fill(staging: Staging, slot: int, batch: list[tuple[int, int, int, bool]], 
         try:
             got = ksys.process_vm_readv(pid, local, remote)
         except OSError as e:
-            raise EngineError("memory", f"process_vm_readv of {pid}: {e.strerror}") from None
+            if not tolerant:
+                raise EngineError("memory", f"process_vm_readv of {pid}: {e.strerror}"
+                                  ) from None
+            got = -1
         if got != want:
-            raise EngineError("memory", f"short read from {pid}: {got} of {want} bytes")
+            if not tolerant:
+                raise EngineError("memory", f"short read from {pid}: {got} of {want} bytes")
+            # Changed under us (unmapped, or made PROT_NONE): /proc/PID/mem page by page.
+            batch = [(off, addr, n, True) for off, addr, n, _via in batch]
+    read = _pread_or_zero if tolerant else _pread_exact
     for off, addr, n, via_mem in batch:
         if via_mem:
-            _pread_exact(mem_fd, view[off:off + n], addr + base)
+            read(mem_fd, view[off:off + n], addr + base)
+
+
+def _pread_or_zero(fd: int, view: memoryview, pos: int) -> None:
+    """Read what is still mapped; zeros for each page that is not (EIO), and for the rest
+    once the address space is gone (end of data: the process exited)."""
+    while view:
+        try:
+            n = os.preadv(fd, [view], pos)
+        except OSError:
+            n = -1
+        if n == 0:
+            view[:] = bytes(len(view))
+            return
+        if n < 0:
+            n = min(PAGE_SIZE - pos % PAGE_SIZE, len(view))
+            view[:n] = bytes(n)
+        view = view[n:]
+        pos += n
 
 
 def _pread_exact(fd: int, view: memoryview, pos: int) -> None:

@@ -148,11 +148,12 @@ def hold(images_dir: str, trackers: dict[int, Tracker]) -> None:
     try:
         listener.bind(_socket_name(images_dir))
         listener.listen(1)
-        meta = {"pids": [t.pid for t in trackers.values()],
-                "starttimes": [t.starttime for t in trackers.values()]}
-        fds = [t.fd for t in trackers.values()]
         # pidfds of the tracked processes: the holder quits early once all have exited.
-        pidfds = [ksys.pidfd_open(t.pid) for t in trackers.values()]
+        # A process that exited since it was let go needs no tracking any more.
+        live, pidfds = _pidfds(trackers)
+        meta: dict[str, object] = {"pids": [t.pid for t in live],
+                                   "starttimes": [t.starttime for t in live]}
+        fds = [t.fd for t in live]
         try:
             pid = os.fork()
             if pid == 0:
@@ -166,6 +167,19 @@ def hold(images_dir: str, trackers: dict[int, Tracker]) -> None:
     finally:
         listener.close()
         close_all(trackers)
+
+
+def _pidfds(trackers: dict[int, Tracker]) -> tuple[list[Tracker], list[int]]:
+    """The trackers whose process still runs, and a pidfd of each."""
+    live, pidfds = [], []
+    for t in trackers.values():
+        try:
+            pidfd = ksys.pidfd_open(t.pid)
+        except ProcessLookupError:
+            continue
+        live.append(t)
+        pidfds.append(pidfd)
+    return live, pidfds
 
 
 def _wait_child(pid: int) -> None:
@@ -205,7 +219,8 @@ def _holder(listener: socket.socket, fds: list[int], pidfds: list[int],
             left = deadline - time.monotonic()
             if left <= 0 or not alive:
                 return
-            ready, _, _ = select.select([listener, *alive], [], [], left)
+            waitables: list[socket.socket | int] = [listener, *alive]
+            ready, _, _ = select.select(waitables, [], [], left)
             alive -= {fd for fd in ready if fd in alive}  # a readable pidfd: it exited
             if listener in ready:
                 break

@@ -5,22 +5,30 @@ wait until each is in a ptrace-stop, then list threads and children again; anyth
 (forked or cloned before its parent stopped) is seized the same way. Once a pass finds
 nothing new, every task is stopped and none can fork, clone or exit any more. Zombies
 cannot be seized; they are recorded with their exit code.
+
+The tree may be running (pre-dump, --leave-running): a task that exits before it is
+stopped is not in the tree, or is a zombie of its frozen parent; a thread that exits
+before it stops is not in its process; a stopped thread killed by its process's exit
+before the rest of that process stopped is collected and dropped. Never an error.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
-from engine.kernel import ptrace
+from engine.kernel import ptrace, uapi
 from engine.proc import tasks
 from engine.proc.stat import read_stat
 
 # How long one task may take to reach its ptrace-stop after PTRACE_INTERRUPT.
 STOP_TIMEOUT = 5.0
+# How long seizing may go on while the tree keeps changing.
+SETTLE_TIMEOUT = 30.0
 # How long a dump waits for the tasks it killed to die.
 KILL_TIMEOUT = 5.0
 _PF_KTHREAD = 0x00200000
@@ -47,15 +55,23 @@ class FrozenTree:
     root: int
     procs: dict[int, Proc]
     seized: list[int]  # every tid we seized, in seize order
+    started: float = field(default_factory=time.monotonic)  # when seizing began
+    released: float | None = None  # when every task was let go
+
+    @property
+    def frozen_seconds(self) -> float:
+        """How long the tree has been (or was) frozen."""
+        return (self.released or time.monotonic()) - self.started
 
     def order(self) -> list[Proc]:
         """Processes parents first (root first)."""
         out: list[Proc] = []
         todo = [self.root]
         while todo:
-            p = self.procs[todo.pop(0)]
-            out.append(p)
-            todo.extend(p.children)
+            p = self.procs.get(todo.pop(0))
+            if p is not None:
+                out.append(p)
+                todo.extend(p.children)
         return out
 
     def release(self, kill: bool = False) -> None:
@@ -69,6 +85,8 @@ class FrozenTree:
                 ptrace.detach(tid, 0)
             except OSError:
                 pass  # the thread is gone (e.g. killed from outside): nothing to undo
+        if self.released is None:
+            self.released = time.monotonic()
         if kill:
             for p in self.procs.values():
                 if p.state != "zombie":
@@ -97,7 +115,7 @@ def _threads(pid: int) -> list[int]:
     try:
         return tasks.threads(pid)
     except FileNotFoundError:
-        return []  # exited: reported by the stop wait of its threads
+        return []  # exited: settled by _settle
 
 
 def _children(pid: int) -> list[int]:
@@ -107,12 +125,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def freeze(root: int) -> FrozenTree:
+def freeze(root: int, timeout: float = SETTLE_TIMEOUT) -> FrozenTree:
     """Seize and stop the tree rooted at `root`. On error everything seized is released
-    and an EngineError("seize", ...) names the task that failed."""
+    and an EngineError("seize", ...) names the task that failed. Tasks that exit while
+    the tree is being seized are simply not in it (or are zombies of a frozen parent)."""
     tree = FrozenTree(root, {}, [])
     try:
-        _freeze(tree)
+        _freeze(tree, time.monotonic() + timeout)
     except EngineError:
         tree.release()
         raise
@@ -122,25 +141,42 @@ def freeze(root: int) -> FrozenTree:
     return tree
 
 
-def _seize_thread(tree: FrozenTree, pid: int, tid: int) -> None:
+def _gone_or_dead(pid: int, tid: int) -> bool:
+    """Whether thread `tid` has exited (zombie, dead or reaped): seizing it then fails
+    with ESRCH or EPERM (the kernel refuses to attach to a task with an exit state)."""
+    try:
+        return read_stat(pid, tid).state in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _seize_thread(tree: FrozenTree, proc: Proc, tid: int) -> bool:
+    """Seize and stop one thread; False when it exited before it could be stopped."""
     try:
         ptrace.seize(tid, 0)
     except OSError as e:
-        if e.errno == 3 and not os.path.exists(f"/proc/{pid}/task/{tid}"):  # ESRCH
-            return  # the thread exited before we got it; it cannot matter any more
-        why = {1: "operation not permitted (already traced, a kernel thread, or not ours)"}
-        raise EngineError("seize", f"cannot seize task {tid}: "
-                          f"{why.get(e.errno, e.strerror)}") from None
+        if e.errno in (errno.ESRCH, errno.EPERM) and _gone_or_dead(proc.pid, tid):
+            return False  # exited before we got it: it cannot matter any more
+        why = ("operation not permitted (already traced, a kernel thread, or not ours)"
+               if e.errno == errno.EPERM else e.strerror)
+        raise EngineError("seize", f"cannot seize task {tid}: {why}") from None
     tree.seized.append(tid)
-    if ptrace.freeze(tid, STOP_TIMEOUT).group_stop_sig:
-        tree.procs[pid].state = "stopped"
+    try:
+        frozen = ptrace.freeze(tid, STOP_TIMEOUT)
+    except ptrace.TaskExited:
+        tree.seized.remove(tid)  # its exit was reported to us: nothing left to detach
+        return False
+    if frozen.group_stop_sig:
+        proc.state = "stopped"
+    return True
 
 
-def _new_proc(pid: int) -> Proc:
+def _new_proc(pid: int) -> Proc | None:
+    """A process found in a children list; None when it is already gone."""
     try:
         st = read_stat(pid)
     except (FileNotFoundError, ProcessLookupError):
-        raise EngineError("seize", f"no such process {pid}") from None
+        return None  # reaped already (its parent ignores SIGCHLD)
     if st.flags & _PF_KTHREAD:
         raise EngineError("seize", f"cannot dump task {pid}: it is a kernel thread")
     if st.state in ("Z", "X"):
@@ -149,35 +185,115 @@ def _new_proc(pid: int) -> Proc:
     return Proc(pid, st.ppid, st.pgid, st.sid, "alive")
 
 
-def _freeze(tree: FrozenTree) -> None:
-    root = tree.procs[tree.root] = _new_proc(tree.root)
+def _freeze(tree: FrozenTree, deadline: float) -> None:
+    """Fixed point: stop every thread of every known process, drop what exited meanwhile,
+    and list children only once every known thread is stopped; repeat until a round finds
+    nothing new. A stopped process cannot fork, clone or exit; a process whose threads
+    are only partly stopped can still exit (exit_group kills its stopped threads too), so
+    each round also collects the exits of threads already stopped."""
+    root = _new_proc(tree.root)
+    if root is None:
+        raise EngineError("seize", f"no such process {tree.root}")
     if root.state == "zombie":
         raise EngineError("seize", f"cannot dump task {tree.root}: it is a zombie")
-    changed = True
-    while changed:
+    tree.procs[tree.root] = root
+    while True:
+        if time.monotonic() > deadline:
+            raise EngineError("seize", "the tree kept changing: no stable set of tasks "
+                              f"after {SETTLE_TIMEOUT:.0f}s")
         changed = False
-        for proc in list(tree.procs.values()):
-            if proc.state == "zombie":
-                continue
-            for tid in _threads(proc.pid):
-                if tid not in proc.threads:
-                    _seize_thread(tree, proc.pid, tid)
-                    proc.threads.append(tid)
-                    changed = True
+        for proc in _alive(tree):
+            changed |= _seize_threads(tree, proc)
+        changed |= _collect_exits(tree)
         if changed:
             continue  # list children only once every known thread is stopped
-        for proc in list(tree.procs.values()):
-            if proc.state == "zombie":
-                continue
-            kids = _children(proc.pid)
-            for kid in kids:
-                if kid not in tree.procs:
-                    tree.procs[kid] = _new_proc(kid)
-                    changed = True
-            proc.children = kids
+        if not _add_children(tree):
+            break
+    _prune(tree)
     # Refresh ids now that nothing can change them any more (setsid/setpgid races).
-    for proc in tree.procs.values():
-        if proc.state != "zombie":
-            st = read_stat(proc.pid)
-            proc.ppid, proc.pgid, proc.sid = st.ppid, st.pgid, st.sid
-            proc.threads.sort()
+    for proc in _alive(tree):
+        st = read_stat(proc.pid)
+        proc.ppid, proc.pgid, proc.sid = st.ppid, st.pgid, st.sid
+        proc.threads.sort()
+
+
+def _alive(tree: FrozenTree) -> list[Proc]:
+    return [p for p in tree.procs.values() if p.state != "zombie"]
+
+
+def _seize_threads(tree: FrozenTree, proc: Proc) -> bool:
+    """Stop the threads of `proc` not stopped yet; True when anything changed."""
+    changed = False
+    for tid in _threads(proc.pid):
+        if tid not in proc.threads and _seize_thread(tree, proc, tid):
+            proc.threads.append(tid)
+            changed = True
+    if not proc.threads and not _settle(tree, proc):
+        time.sleep(0.001)  # still exiting: look again in the next round
+    return changed or not proc.threads
+
+
+def _collect_exits(tree: FrozenTree) -> bool:
+    """Drop stopped threads that have died since (killed by the exit_group or execve of
+    a thread of their process that was not stopped yet); True when any did."""
+    changed = False
+    for proc in _alive(tree):
+        for tid in list(proc.threads):
+            pid, status = os.waitpid(tid, uapi.WNOHANG | uapi.WALL)
+            if pid and not os.WIFSTOPPED(status):
+                proc.threads.remove(tid)
+                tree.seized.remove(tid)
+                changed = True
+        if not proc.threads:
+            _settle(tree, proc)
+    return changed
+
+
+def _settle(tree: FrozenTree, proc: Proc) -> bool:
+    """A process none of whose threads could be stopped: it has exited (a zombie of a
+    frozen parent, or reaped) or is exiting (the next round looks again)."""
+    try:
+        st = read_stat(proc.pid)
+    except (FileNotFoundError, ProcessLookupError):
+        st = None
+    if proc.pid == tree.root and (st is None or st.state in ("Z", "X")):
+        raise EngineError("seize", f"task {proc.pid} (the root) exited while being seized")
+    if st is None:
+        del tree.procs[proc.pid]
+        return True
+    if st.state in ("Z", "X"):
+        proc.state, proc.exit_code, proc.children = "zombie", st.exit_code, []
+        return True
+    return False
+
+
+def _add_children(tree: FrozenTree) -> bool:
+    """Refresh every stopped process's children (new ones become Procs); True when a new
+    process was found."""
+    changed = False
+    for proc in _alive(tree):
+        kids = []
+        for kid in _children(proc.pid):
+            if kid not in tree.procs:
+                found = _new_proc(kid)
+                if found is None:
+                    continue
+                tree.procs[kid] = found
+                changed = True
+            kids.append(kid)
+        proc.children = kids
+    return changed
+
+
+def _prune(tree: FrozenTree) -> None:
+    """Forget processes no longer below the root (re-parented out of the tree when their
+    parent exited while being seized): they are detached and go on."""
+    reachable = {p.pid for p in tree.order()}
+    for pid in [pid for pid in tree.procs if pid not in reachable]:
+        for tid in tree.procs.pop(pid).threads:
+            if tid in tree.seized:
+                tree.seized.remove(tid)
+                try:
+                    ptrace.detach(tid, 0)
+                except OSError:
+                    pass  # gone meanwhile

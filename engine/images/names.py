@@ -2,6 +2,7 @@
 
 INVENTORY = "inventory.json"
 FILES = "files.json"
+STATS = "stats.json"
 
 
 def core(pid: int) -> str:

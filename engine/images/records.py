@@ -151,6 +151,23 @@ class NamespaceRecord:
 
 
 @dataclass
+class DumpStatsRecord:
+    """stats.json: figures of the dump that wrote the image (informational; no reader
+    depends on it). `frozen_s`: from the first seize until the last task was let go (for
+    a dump: until its last record was written); `pages_frozen`: pages written while the
+    tree was frozen; `pages_total`: pages written in all (private and shared)."""
+
+    kind: str
+    frozen_s: float
+    pages_frozen: int
+    pages_total: int
+    pages_in_parent: int
+    tasks: int
+    threads: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Inventory:
     """inventory.json: what this image directory holds and where its parent is."""
 

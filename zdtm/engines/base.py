@@ -65,6 +65,9 @@ class StepResult:
 
     seconds: float
     log: Path
+    #: what the engine reported about the step (bundled: frozen_s, pages_frozen,
+    #: pages_total); empty when it reports nothing
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 class Engine(ABC):
@@ -103,6 +106,13 @@ class Engine(ABC):
     def version(self) -> str:
         """The engine's version for the results file ("" when it has none of its own)."""
         return ""
+
+    def snapshot(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
+                 opts: Sequence[str], timeout: float) -> StepResult:
+        """--snaps: a full dump that leaves the tree running and tracks memory, so that
+        the next dump against it copies only what changed; restorable by itself."""
+        return self.dump(root_pid, images_dir, leave_running=True,
+                         parent_images=parent_images, opts=opts, timeout=timeout)
 
     def finish(self, timeout: float) -> None:
         """Wait for helper processes of the last restore (e.g. a lazy-pages server)."""

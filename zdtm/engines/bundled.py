@@ -87,18 +87,31 @@ class BundledEngine(Engine):
             args.append("--leave-running")
         if parent_images is not None:
             args += ["--prev-images-dir", str(parent_images)]
-        return run_logged(self._cmd(*args, *opts), step="dump",
-                          log=images_dir.with_name(images_dir.name + ".log"),
-                          timeout=timeout, env=self._env(), cwd=ROOT_DIR)
+        return self._dump_step("dump", images_dir, [*args, *opts], timeout)
+
+    def snapshot(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
+                 opts: Sequence[str], timeout: float) -> StepResult:
+        args = ["dump", "-t", str(root_pid), "-D", str(images_dir), "--leave-running",
+                "--track-mem"]
+        if parent_images is not None:
+            args += ["--prev-images-dir", str(parent_images)]
+        return self._dump_step("dump", images_dir, [*args, *opts], timeout)
 
     def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
         args = ["pre-dump", "-t", str(root_pid), "-D", str(images_dir)]
         if parent_images is not None:
             args += ["--prev-images-dir", str(parent_images)]
-        return run_logged(self._cmd(*args, *opts), step="pre-dump",
-                          log=images_dir.with_name(images_dir.name + ".log"),
-                          timeout=timeout, env=self._env(), cwd=ROOT_DIR)
+        return self._dump_step("pre-dump", images_dir, [*args, *opts], timeout)
+
+    def _dump_step(self, step: str, images_dir: Path, args: list[str], timeout: float
+                   ) -> StepResult:
+        """Run a dump-like command; its figures come from the image's stats.json."""
+        res = run_logged(self._cmd(*args), step=step,
+                         log=images_dir.with_name(images_dir.name + ".log"),
+                         timeout=timeout, env=self._env(), cwd=ROOT_DIR)
+        res.stats = read_stats(images_dir / "stats.json")
+        return res
 
     def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
                 timeout: float, lazy: bool) -> int:
@@ -122,6 +135,16 @@ class BundledEngine(Engine):
 
     def close(self) -> None:
         self._lazy.close()
+
+
+def read_stats(path: Path) -> dict[str, float]:
+    """The frozen time and page counts the engine wrote beside its image (informational:
+    an unreadable file gives no figures, never a failure)."""
+    try:
+        data = json.loads(path.read_text())
+        return {k: float(data[k]) for k in ("frozen_s", "pages_frozen", "pages_total")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def read_pidfile(path: Path, step: str) -> int:
