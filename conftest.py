@@ -13,13 +13,22 @@ status reads ``PASSED (nocr)``.  Items whose needs the engine does not meet (a `
 of the .desc, or ``flavor_ns``/``flavor_uns``/``pre_dump`` reported false) SKIP with the
 reason its check gives.
 
+Shards: ``--zdtm-shard I/N`` keeps the I-th of N deterministic parts of the collected items
+(zdtm.shard; balanced by the durations of an earlier results file with
+``--zdtm-shard-durations``), so N machines run the whole suite once between them.
+
+JUnit (``--junitxml``): a zdtm item's classname and name are the runner's (``static.maps06``
+and the flavour), so runner and pytest histories line up.
+
 Exclusive tests: every item (zdtm or not) holds a shared flock for its run; an item of an
 ``excl`` test holds it exclusively, so it never runs beside another item on any worker.
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
+import json
 import os
 import tempfile
 import time
@@ -28,11 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.junitxml import LogXML, xml_key
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, vm
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard, vm
+from zdtm import results as results_file
 from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
 from zdtm.engines import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
+from zdtm.report import check_writable, classname, write_reports
 from zdtm.result import FAIL, HARNESS_ERROR, SKIP, Result
 
 EXCL_WAIT = 3600.0  # an item waits at most this long for an exclusive slot
@@ -54,6 +66,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="no checkpoint/restore: start, check, stop")
     group.addoption("--zdtm-keep-img", action="store_true",
                     help="keep each item's work dir and images")
+    group.addoption("--zdtm-strict", action=argparse.BooleanOptionalAction, default=True,
+                    help="fail the session when every zdtm item was skipped (default: on)")
+    group.addoption("--zdtm-report", default=None, metavar="DIR",
+                    help="write the zdtm items' results.json, junit.xml and summary.html "
+                         "to DIR (as runner.py --report; mergeable with runner.py merge)")
+    group.addoption("--zdtm-shard", default=None, metavar="I/N",
+                    help="run only the I-th of N deterministic parts of the items")
+    group.addoption("--zdtm-shard-durations", default=None, metavar="RESULTS.json",
+                    help="an earlier results file whose durations balance the shards")
     group.addoption("--zdtm-kernel", action="append", default=[], metavar="IMAGE",
                     help="run the zdtm items under this kernel (vmlinuz, /boot release or "
                          "'host') booted with virtme-ng; repeatable, items are FLAVOUR@RELEASE")
@@ -116,6 +137,17 @@ def pytest_configure(config: pytest.Config) -> None:
     if why:
         raise pytest.UsageError(f"--zdtm-kernel: {why}")
     config.addinivalue_line("markers", "excl: zdtm test that must run alone")
+    spec = config.getoption("--zdtm-shard")
+    if spec:
+        try:
+            shard.parse(spec)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--zdtm-shard: {exc}") from None
+    report = config.getoption("--zdtm-report")
+    if report and not hasattr(config, "workerinput"):
+        why = check_writable(Path(report))
+        if why:
+            raise pytest.UsageError(f"--zdtm-report: cannot write reports to {why}")
     ext = config.getoption("--zdtm-tests-dir")
     if ext:
         suite = ExternalSuite(Path(ext))
@@ -147,6 +179,141 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
             and file_path.resolve() in _tests_by_source()):
         return ZdtmFile.from_parent(parent, path=file_path)
     return None
+
+
+def _shard_key(item: pytest.Item) -> tuple[str, str]:
+    if isinstance(item, ZdtmItem):
+        return item.test.name, item.flavor
+    return item.nodeid, ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--zdtm-shard: keep this shard's items (every worker computes the same split)."""
+    spec = config.getoption("--zdtm-shard")
+    if not spec:
+        return
+    seconds = None
+    path = config.getoption("--zdtm-shard-durations")
+    if path:
+        try:
+            seconds = results_file.durations(results_file.load(Path(path)))
+        except results_file.ResultsError as exc:
+            raise pytest.UsageError(f"--zdtm-shard-durations: {exc}") from None
+    keys = [_shard_key(item) for item in items]
+    chosen = set(shard.select(keys, shard.parse(spec), seconds))
+    dropped = [item for item, key in zip(items, keys, strict=True) if key not in chosen]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item, key in zip(items, keys, strict=True) if key in chosen]
+
+
+class _JunitNames:
+    """Gives zdtm items the runner's JUnit classname and name (before LogXML records them)."""
+
+    def __init__(self, xml: LogXML) -> None:
+        self.xml = xml
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        case = _zdtm_case(report)
+        if case is not None:
+            reporter = self.xml.node_reporter(report)
+            reporter.add_attribute("classname", classname(case[0]))
+            reporter.add_attribute("name", case[1])
+
+
+def _zdtm_case(report: pytest.TestReport) -> tuple[str, str] | None:
+    """(test name, flavour) of a zdtm item's report (set by pytest_runtest_makereport)."""
+    case = getattr(report, "zdtm_case", None)
+    return (case[0], case[1]) if case else None
+
+
+class _Strict:
+    """--zdtm-strict: a session whose zdtm items were all skipped fails (nothing was tested).
+
+    Counted where the reports arrive (the xdist controller, or the only process)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if _zdtm_case(report) is not None and (report.when == "call"
+                                               or report.outcome != "passed"):
+            self.outcomes.setdefault(report.nodeid, report.outcome)
+
+    def refusal(self) -> str | None:
+        if self.outcomes and all(o == "skipped" for o in self.outcomes.values()):
+            return (f"zdtm strict: nothing ran: all {len(self.outcomes)} zdtm item(s) skipped "
+                    "(--no-zdtm-strict to accept that)")
+        return None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.refusal() and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        why = self.refusal()
+        if why:
+            terminalreporter.write_line(why, red=True)
+
+
+class _Results:
+    """--zdtm-report: the zdtm items' Results, collected where the reports arrive, written
+    as runner.py writes them (results.json, junit.xml, summary.html)."""
+
+    def __init__(self, config: pytest.Config, directory: Path) -> None:
+        self.directory = directory
+        engine = "nocr" if config.getoption("--zdtm-nocr") else config.getoption("--zdtm-engine")
+        version = make_engine(engine, criu_bin=config.getoption("--zdtm-criu-bin")).version()
+        options = {k: v for k, v in vars(config.option).items() if k.startswith("zdtm_")}
+        self.run = results_file.RunResults(results_file.start_metadata(
+            engine=engine, engine_version=version, options=options,
+            argv=[str(a) for a in config.invocation_params.args],
+            shard=config.getoption("--zdtm-shard")))
+        self.run.run["command"][0] = "pytest"
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "zdtm_result", None)
+        if data is not None:
+            self.run.cases.append(Result.from_dict(json.loads(data)))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # in the runner's order; under xdist the reports arrive as the workers finish
+        self.run.cases.sort(key=lambda r: (r.test, FLAVORS.index(r.flavor)
+                                           if r.flavor in FLAVORS else len(FLAVORS),
+                                           r.kernel or ""))
+        selected = sum(1 for i in session.items if isinstance(i, ZdtmItem))
+        results_file.finish_metadata(self.run.run, selected=selected or len(self.run.cases),
+                                     interrupted=session.shouldstop is not False)
+        write_reports(self.run, self.directory)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """Mark a zdtm item's reports with its case, and attach its Result to the call report
+    (plain data: reports cross from xdist workers to the controller)."""
+    outcome = yield
+    if isinstance(item, ZdtmItem):
+        report = outcome.get_result()
+        kernel = item.kernel.release if item.kernel else None
+        report.zdtm_case = [item.test.name, f"{item.flavor}@{kernel}" if kernel else item.flavor]
+        if call.when == "call" and item.result is not None:
+            report.zdtm_result = json.dumps(item.result.to_dict())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    report = config.getoption("--zdtm-report")
+    if report and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Results(config, Path(report)), "zdtm-results")
+    xml = config.stash.get(xml_key, None)
+    if xml is not None:
+        config.pluginmanager.register(_JunitNames(xml), "zdtm-junit-names")
+    if config.getoption("--zdtm-strict") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Strict(), "zdtm-strict")
 
 
 class ExternalSuite:

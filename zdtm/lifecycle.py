@@ -47,6 +47,7 @@ from zdtm.result import (
     SKIP,
     TEST_FAIL,
     TIMEOUT,
+    PhaseClock,
     Result,
 )
 
@@ -148,11 +149,23 @@ class Run:
         self.test_pid = 0
         self.ns_pid = 0
         self.baseline_desc: set[int] = set()
+        self.clock = PhaseClock(self.result.phase_seconds)
         self.kernel = kernel_health.KernelWatch(tolerate_taint=opts.tolerate_taint)
         self.cgroups0: frozenset[str] = frozenset()
         self.cgroups_seen: set[str] = set()  # cgroups the tree's tasks were seen in
         self.phase = "build"  # the phase running now, for harness errors
         self.cr_opts = CrOptions()  # the descriptor's engine options, for this engine
+
+    @property
+    def phase(self) -> str:
+        """The phase running now; setting it also times the phases
+        (Result.phase_seconds)."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+        self.clock.enter(value)
 
     # ---- entry point -------------------------------------------------------------------
 
@@ -193,6 +206,7 @@ class Run:
                              f"{type(exc).__name__}: {exc}",
                              traceback.format_exc().splitlines()[-12:])
         finally:
+            self.clock.stop()
             self.kernel.close()
             self.result.duration = time.monotonic() - started
         return self.result
@@ -334,8 +348,8 @@ class Run:
 
     def _pre_dumps(self, i: int) -> Path | None:
         parent = None
-        self.phase = "pre-dump"
         for k in range(1, self.opts.pre + 1):
+            self.phase = "pre-dump"
             d = self._imgdir(f"{i}-pre{k}")
             res = self._engine_step("pre-dump", self.engine.pre_dump, self.root_pid, d,
                                     parent_images=parent, opts=self.cr_opts.dump,

@@ -7,6 +7,7 @@
  *   -DBEHAVE_SKIP     skips itself at setup: "SKIP: ..." in the outfile, starter exits 77
  *   -DBEHAVE_DIRFD    PASS, holding an fd of its work dir opened with O_DIRECTORY
  *   -DBEHAVE_SUBDIR   PASS, its daemon's cwd a new directory "sub" of the work dir
+ *   -DBEHAVE_FLAKY    FAIL on SIGTERM the first time (it leaves BINARY.ran), PASS after
  */
 #include <fcntl.h>
 #include <net/if.h>
@@ -129,6 +130,14 @@ int main(int argc, char **argv)
 	close(p[1]);
 	while (!stop)
 		pause();
+#ifdef BEHAVE_FLAKY
+	snprintf(tmp, sizeof(tmp), "%s.ran", argv[0]);
+	if (access(tmp, F_OK)) {
+		close(open(tmp, O_WRONLY | O_CREAT, 0644));
+		printf("FAIL: fake_zdtm.c:%d: first run fails\n", __LINE__);
+		return 0;
+	}
+#endif
 #ifdef BEHAVE_FAIL
 	printf("FAIL: fake_zdtm.c:%d: state broken on purpose\n", __LINE__);
 #else

@@ -113,6 +113,10 @@ class Engine(ABC):
                 timeout: float, lazy: bool) -> int:
         """Restore from ``images_dir``; returns the restored root pid (caller's view)."""
 
+    def version(self) -> str:
+        """The engine's version for the results file ("" when it has none of its own)."""
+        return ""
+
     def snapshot(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
         """--snaps: a full dump that leaves the tree running and tracks memory, so that

@@ -51,6 +51,10 @@ class BundledEngine(Engine):
     def allowances(self) -> tuple[Allowance, ...]:
         return ALLOWANCES
 
+    def version(self) -> str:
+        # the engine is part of this checkout: the results file's harness commit says which
+        return "in-tree"
+
     def _cmd(self, *args: str) -> list[str]:
         # -S: the engine is stdlib only, so site-packages (and its .pth hooks) is skipped:
         # less start-up per step, and nothing installed can change the engine's imports.

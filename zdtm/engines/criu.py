@@ -147,6 +147,18 @@ class CriuEngine(Engine):
             return -1, f"{self.bin}: {exc.strerror}"
         return proc.returncode, proc.stdout.decode(errors="replace").strip()
 
+    def version(self) -> str:
+        """``criu --version``'s first line (``Version: 4.2``), or why there is none."""
+        if self.bin is None:
+            return "not found"
+        try:
+            proc = subprocess.run([self.bin, "--version"], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=CHECK_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"unknown ({exc})"
+        lines = proc.stdout.decode(errors="replace").strip().splitlines()
+        return lines[0].removeprefix("Version:").strip() if lines else f"exit {proc.returncode}"
+
     def available(self) -> str | None:
         if self._checked:
             return self._unavailable
