@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -136,11 +137,15 @@ HANDLERS: dict[str, Handler] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the subcommand; returns the process exit status."""
+    """Parse ``argv`` and run the subcommand; returns the exit status. Called in-process
+    (tests), it gives the termination signals their previous handlers back: a caller's
+    signal handling, and the mask its children inherit, stay as they were."""
+    saved = {s: signal.getsignal(s) for s in errors.TERMINATION_SIGNALS}
     try:
         return _main(argv)
     finally:
-        errors.hold_termination_for_exit()
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -168,4 +173,11 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = _main(None)
+    finally:
+        # The process ends here: a signal during interpreter shutdown must not turn the
+        # outcome just printed into a death by signal (blocked for good, not inherited
+        # by anyone: the engine forks nothing any more).
+        errors.hold_termination_for_exit()
+    sys.exit(status)

@@ -164,15 +164,17 @@ def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:
 
 def _check_content_size(d: ImageDir, f: FileRecord) -> None:
     """The content fits what the record says: a pipe's data its capacity, an unlinked
-    file's copy its size."""
+    file's copy its data extents (or its size)."""
     assert f.content is not None
     size = d.size(f.content)
     if f.type in ("pipe", "fifo") and f.pipe_size is not None and size > f.pipe_size:
         raise ImageError(d.file(f.content), f"holds {size} bytes, more than the pipe's "
                                             f"capacity {f.pipe_size} (files.json file {f.id})")
-    if f.type == "reg" and size != f.size:
+    # the data extents back to back, holes left out (the whole file without extents)
+    want = f.size if f.extents is None else sum(end - start for start, end in f.extents)
+    if f.type == "reg" and size != want:
         raise ImageError(d.file(f.content), f"holds {size} bytes, files.json says file "
-                                            f"{f.id} had {f.size}")
+                                            f"{f.id} had {want} bytes of data")
 
 
 def _check_xstate(d: ImageDir, name: str, tid: int, where: str) -> None:
