@@ -453,6 +453,24 @@ def _rseq_masks(ps: ProcState) -> list[tuple[int, int]]:
     return masks
 
 
+def _address_space_masks(procs: list[ProcState]) -> dict[int, list[tuple[int, int]]]:
+    """real pid -> the rseq areas to mask in its memory: those of every process sharing
+    its address space (CLONE_VM), whose kernel-written fields change as those run."""
+    masks = {ps.real_pid: _rseq_masks(ps) for ps in procs}
+    live = [ps.real_pid for ps in procs if ps.state != "Z"]
+    out = dict(masks)
+    for i, a in enumerate(live):
+        for b in live[i + 1:]:
+            try:
+                same = sharing.kcmp(a, b, sharing.KCMP_KINDS["vm"]) == 0
+            except OSError:
+                continue
+            if same:
+                out[a] = out[a] + masks[b]
+                out[b] = out[b] + masks[a]
+    return out
+
+
 def _to_vma(
     ps: ProcState, entry: proc.MapsEntry, digest: bytes | None, labels: _Labeller
 ) -> Vma:
@@ -499,7 +517,7 @@ def _merge(vmas: list[Vma]) -> list[Vma]:
 
 def _maps_and_memory(
     ps: ProcState, labels: _Labeller, file_cache: dict[tuple[str, int], int | None],
-    notes: list[str],
+    notes: list[str], masks: list[tuple[int, int]],
 ) -> None:
     if ps.state == "Z":
         return
@@ -507,7 +525,6 @@ def _maps_and_memory(
     why = memory.prefault_lazy(ps.real_pid, entries, LAZY_TIMEOUT)
     if why:
         notes.append(why)
-    masks = _rseq_masks(ps)
     reader = memory.MemoryReader(ps.real_pid, file_cache)
     try:
         vmas = [_to_vma(ps, e, reader.digest(e, masks), labels) for e in entries]
@@ -637,9 +654,10 @@ def capture(root_pid: int, *, ns: bool = False) -> TreeState:
     _file_states(procs, raws, notes)
 
     file_cache: dict[tuple[str, int], int | None] = {}
+    masks = _address_space_masks(procs)
     try:
         for ps in procs:
-            _maps_and_memory(ps, labels, file_cache, notes)
+            _maps_and_memory(ps, labels, file_cache, notes, masks[ps.real_pid])
     finally:
         memory.close_files(file_cache)
 

@@ -25,15 +25,11 @@
 static char stack_files[STACK_SIZE] __attribute__((aligned(16)));
 static char stack_vm[STACK_SIZE] __attribute__((aligned(16)));
 
-/* A raw pause(): when a tracer interrupts it (the faulty engine injecting a syscall),
- * nothing is written to memory, while glibc's wrapper would store EINTR in errno. */
 static int idle(void *arg)
 {
-	long ret;
-
 	(void)arg;
 	for (;;)
-		asm volatile("syscall" : "=a"(ret) : "a"(SYS_pause) : "rcx", "r11", "memory");
+		pause();
 	return 0;
 }
 
