@@ -437,9 +437,24 @@ def _sharing(tree: TreeState, procs: list[ProcState]) -> None:
     try:
         for outer, found in sharing.table_classes(members).items():
             live[outer].sharing = found
-        tree.cow = sharing.cow_pairs(members)
+        tree.cow = _without_rseq_pages(sharing.cow_pairs(members), tree)
     except OSError as e:
         tree.notes.append(f"sharing between processes not checked: {e}")
+
+
+def _without_rseq_pages(cow: sharing.CowPairs, tree: TreeState) -> sharing.CowPairs:
+    """Leave out the pages holding a registered rseq area: the kernel writes its cpu
+    fields whenever the thread runs on another cpu, which breaks the sharing of that page
+    whatever an engine does (the memory check masks those fields likewise)."""
+    def rseq_pages(pid: int) -> set[int]:
+        return {addr & ~(proc.PAGE_SIZE - 1) for addr, _ in _rseq_masks(tree.procs[pid])}
+    out = {}
+    for (pa, pb), pages in cow.items():
+        skip_a, skip_b = rseq_pages(pa), rseq_pages(pb)
+        kept = frozenset((a, b) for a, b in pages if a not in skip_a and b not in skip_b)
+        if kept:
+            out[(pa, pb)] = kept
+    return out
 
 
 # ---- maps and memory -------------------------------------------------------------------------
