@@ -189,6 +189,18 @@ def plan_sessions(root: TaskSetup) -> None:
             c.by_sibling = True
 
 
+def _make_group(c: TaskSetup, pid: int) -> None:
+    """The parent makes a group-leading child's group at once (as a shell does for a
+    job), so a sibling forked next can join it: the child's own setpgid may come later.
+    Not for a session leader: setsid() refuses a process that already leads a group."""
+    if c.pgid == c.inner_pid and c.sid != c.inner_pid:
+        try:
+            os.setpgid(pid, pid)
+        except OSError as e:
+            raise EngineError("fork", f"task {c.pid}: cannot make its process group: "
+                                      f"{e.strerror}") from None
+
+
 def _exit_as(status: int) -> None:
     """End this process so that its parent's wait() sees `status`."""
     if os.WIFSIGNALED(status):
@@ -206,8 +218,10 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
     try:
         _set_session(t)
         for c in _leaders_first(t):
-            if _clone_with_pid(c) == 0:
+            child = _clone_with_pid(c)
+            if child == 0:
                 _task(tree, c, ctl, by_file)
+            _make_group(c, child)
         for c in t.adopted:
             if _clone_with_pid(c, uapi.CLONE_PARENT) == 0:
                 _task(tree, c, ctl, by_file)
