@@ -159,10 +159,17 @@ class ImageDir:
                 pass
         self.created_files = []
         if self.created_dir:
+            # Our own new directory: also what a signal cut off between a file's creation
+            # and its record here (or a task writing its pages created).
+            for name in _entries(self.path):
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except OSError:
+                    pass
             try:
                 os.rmdir(self.path)
             except OSError:
-                pass  # someone else put files there: leave it
+                pass  # a directory inside, put there by someone else: leave it
 
     def file(self, name: str) -> str:
         """Full path of a file in the directory (names never contain a slash)."""
@@ -643,3 +650,10 @@ class PagesReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _entries(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
