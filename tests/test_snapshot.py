@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from zdtm import checks, memory, snapshot, tasks
+from zdtm import allowances, checks, memory, snapshot, tasks
 from zdtm.proc import PAGE_SIZE
 
 PROGRAM = r"""
@@ -242,12 +242,18 @@ def _states(pid: int) -> list[str]:
 
 
 def test_unchanged_tree_compares_equal_after_running(subject: Subject) -> None:
-    """The threads run (and the kernel rewrites their rseq areas) between the captures."""
+    """The threads run (and the kernel rewrites their rseq areas) between the captures.
+
+    Running, a task's first write to a page it shares copy-on-write with its child (a
+    stack page) breaks that sharing: the loss the sharing check looks for across C/R,
+    where the tree stays frozen. Here it is set apart as an allowance would, and any
+    other difference fails."""
     s0 = snapshot.capture(subject.pid, ns=True)
     tasks.thaw(tasks.tree(subject.pid))
     time.sleep(0.3)
     tasks.freeze(subject.pid, 10)
-    s1 = snapshot.capture(subject.pid, ns=True)
+    s1, _ = allowances.reconcile(s0, snapshot.capture(subject.pid, ns=True),
+                                 [allowances.Allowance("sharing", "cow-lost", "it ran")])
     assert checks.compare(s0, s1) == []
     assert s0.uts and all(len(names) == 2 for names in s0.uts.values())
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from engine.dump.dumper import DumpStats
+from engine.dump.dumper import DumpStats, TaskVanished
 from engine.dump.dumper import dump as run_dump
 
 
@@ -19,12 +19,23 @@ def dump(args: argparse.Namespace) -> int:
     return 0
 
 
+#: A pre-dump of a tree that keeps changing tries again when a task exits mid-read.
+PRE_DUMP_TRIES = 3
+
+
 def pre_dump(args: argparse.Namespace) -> int:
     """`pre-dump -t PID -D DIR [--prev-images-dir P]`: a complete image taken while the
     tree goes on running, with memory tracking armed so that the next dump against it
     (`--prev-images-dir DIR`) only copies the pages written since."""
-    stats = run_dump(args.pid, args.images_dir, leave_running=True,
-                     prev_dir=args.prev_images_dir, track_mem=True, kind="pre-dump")
+    for attempt in range(PRE_DUMP_TRIES):
+        try:
+            stats = run_dump(args.pid, args.images_dir, leave_running=True,
+                             prev_dir=args.prev_images_dir, track_mem=True, kind="pre-dump")
+            break
+        except TaskVanished:
+            # The tree runs on and changes: a task gone mid-read is not in the next try.
+            if attempt == PRE_DUMP_TRIES - 1:
+                raise
     _report("pre-dump", stats)
     return 0
 

@@ -254,13 +254,19 @@ def _close_copies(copies: list[_Copy]) -> None:
             c.mem_fd = -1
 
 
+class TaskVanished(EngineError):
+    """A task of the tree exited while it was being dumped (the rest was released)."""
+
+
 def _raise_vanished(exc: BaseException, frozen: tree.FrozenTree) -> None:
     """A dump that failed because a task of the tree exited says so (whatever ptrace call
     noticed it first: ESRCH, an unexpected exit status); the rest was released."""
-    gone = None if isinstance(exc, EngineError) else _vanished(frozen)
+    if isinstance(exc, EngineError) and "No such process" not in exc.message:
+        return  # failed for its own reason
+    gone = _vanished(frozen)
     if gone is not None:
-        raise EngineError("dump", f"task {gone} exited during the dump; the rest of the "
-                                  "tree runs on") from None
+        raise TaskVanished("dump", f"task {gone} exited during the dump; the rest of the "
+                                   "tree runs on") from None
 
 
 def _vanished(frozen: tree.FrozenTree) -> int | None:

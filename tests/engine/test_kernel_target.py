@@ -244,7 +244,7 @@ int main(int argc, char **argv)
 }
 """
 
-DEADLINE = 10.0
+DEADLINE = 30.0
 
 
 def reap(pid: int, timeout: float = DEADLINE) -> int | None:
