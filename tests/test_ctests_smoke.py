@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
+import mmap
 import os
 import resource
 import signal
@@ -40,6 +42,7 @@ START_TIMEOUT = 30.0    # starter exit
 STOP_TIMEOUT = 20.0     # test exit after SIGTERM
 GRACE = 1.0             # how long stray processes may take to exit after the test did
 PR_SET_CHILD_SUBREAPER = 36
+SYS_MPROTECT = 10  # x86_64
 NS_CMD = ["unshare", "--pid", "--fork", "--mount-proc", "--user", "--map-root-user", "--uts"]
 
 
@@ -86,6 +89,30 @@ def _anon_area(pid: int, size: int) -> int:
     raise RuntimeError(f"no {size}-byte anonymous area in {pid}")
 
 
+def _ro_part(pid: int) -> tuple[int, int]:
+    """(start, length) of mem_mprotect_split's read-only part: the anonymous r--p VMA that
+    a ---p VMA of the same size follows."""
+    vmas = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        vmas.append((start, end, fields[1], len(fields) == 5))
+    for (s, e, perms, anon), (s2, e2, perms2, anon2) in itertools.pairwise(vmas):
+        if perms == "r--p" and perms2 == "---p" and anon and anon2 and e == s2 \
+                and e - s == e2 - s2:
+            return s, e - s
+    raise RuntimeError(f"no read-only part followed by a ---p one in {pid}")
+
+
+def _inject_mprotect(pid: int, start: int, length: int, prot: int) -> None:
+    """Run mprotect() in the test through ptrace (the library's own injector)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from zdtm import tracing
+
+    with tracing.seized(pid), tracing.Injector(pid) as inj:
+        inj.check(SYS_MPROTECT, start, length, prot)
+
+
 def _tamper(kind: str, pid: int, name: str) -> None:
     """Change the test's state from outside (cwd: its work dir), so that it must FAIL."""
     if kind == "mem_anon":
@@ -105,6 +132,11 @@ def _tamper(kind: str, pid: int, name: str) -> None:
         with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
             mem.seek(start + (256 << 20) - 4096)
             mem.write(bytes(4096))
+        return
+    if kind == "mprotect":
+        # Make mem_mprotect_split's read-only part writable (injected mprotect): it merges
+        # with the writable part before it, and its own check must still see other perms.
+        _inject_mprotect(pid, *_ro_part(pid), mmap.PROT_READ | mmap.PROT_WRITE)
         return
     if kind == "pipe":
         # Steal one byte of the unread pipe data.
@@ -279,6 +311,7 @@ def test_cycle_in_userns(name: str, built: None, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name,kind", [
     ("static/mem_anon", "mem_anon"),
+    ("static/mem_mprotect_split", "mprotect"),
     ("static/mem_sparse", "populate"),
     ("static/pipe_data", "pipe"),
     ("static/fd_shared_offset", "kill_child"),

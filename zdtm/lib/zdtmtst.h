@@ -198,9 +198,9 @@ void *test_map_fd(int fd, size_t len, int flags);
 int test_vma_check(const char *file, int line, const void *addr, size_t len,
 		   const char *perms);
 /*
- * check_vma(addr, len, "r--p"): after restore, [addr, addr+len) must be exactly one VMA with
- * these permissions. 0 when it is; else a FAIL line and -1 (no VMA there) or 1 (other
- * bounds or permissions).
+ * check_vma(addr, len, "r--p"): after restore, every page of [addr, addr+len) is mapped with
+ * these permissions (its VMAs may reach beyond it: merged with a like neighbour). 0 when it
+ * is; else a FAIL line and -1 (a hole) or 1 (other permissions).
  */
 #define check_vma(addr, len, perms) test_vma_check(__FILE__, __LINE__, addr, len, perms)
 

@@ -1,7 +1,7 @@
 /*
  * mem_mprotect_split: one anonymous mapping split by mprotect into three VMAs with
- * different protections (rw-, r--, ---). After restore the three VMAs have the same bounds
- * and protections, and all of them still hold their data.
+ * different protections (rw-, r--, ---). After restore each part has its own protection
+ * throughout, and all of them still hold their data.
  */
 #include <sys/mman.h>
 #include <unistd.h>
@@ -40,7 +40,7 @@ int main(int argc, char **argv)
 	test_daemon();
 	test_waitsig();
 
-	/* A part with other bounds or permissions is reported, and the next one checked. */
+	/* A part with other permissions is reported, and the next one checked. */
 	for (int i = 0; i < 3; i++)
 		if (check_vma(map + i * part, part, parts[i].perms) < 0)
 			return 1;
