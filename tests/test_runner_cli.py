@@ -53,10 +53,12 @@ def fake_dir() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
-def runner(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run ./runner.py with ``args``; its console output in .stdout."""
+def runner(*args: str, timeout: float = 180, nice: int = 0) -> subprocess.CompletedProcess[str]:
+    """Run ./runner.py with ``args`` (at least at niceness ``nice``); its console output in
+    .stdout."""
     before = set(tasks.descendants(os.getpid()))
-    proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=ROOT,
+    proc = subprocess.run(["nice", "-n", str(max(0, nice - os.nice(0))), sys.executable, str(ROOT / "runner.py"),
+                           *args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout, check=False)
     # nothing the run started may survive it
@@ -83,6 +85,14 @@ def test_pass_in_every_flavour(fake_dir: Path) -> None:
         assert f"ext/pass [{flavor}] iter 1/1: checks ok" in res.stdout
     assert res.stdout.rstrip().endswith("3 passed, 0 failed, 0 skipped")
     _no_leftovers(fake_dir)
+
+
+def test_runner_under_nice_fails_no_test_in_uns() -> None:
+    """Under nice 10 the uns tree has no CAP_SYS_NICE for the host's priorities: task_attrs
+    (per-thread nice values) only raises its nice and still passes there."""
+    res = runner("run", "-t", "static/task_attrs", "-f", "uns", "--nocr", nice=10)
+    assert res.returncode == 0, res.stdout
+    assert "1 passed, 0 failed" in res.stdout, res.stdout
 
 
 def test_test_fail_is_reported_with_its_line(fake_dir: Path) -> None:

@@ -2,8 +2,9 @@
  * task_attrs: per-task state beyond memory and fds.
  *
  * The process runs with uids 1 2 3 (fsuid 3) and gids 5 6 7 (fsgid 8), groups 5 and 9,
- * SCHED_BATCH at nice 7, oom_score_adj 321, a SIGTRAP handler, and is not dumpable (the
- * kernel clears the flag when the ids change). A second thread runs SCHED_OTHER at nice 12
+ * SCHED_BATCH at its starting nice + 2, oom_score_adj 321, a SIGTRAP handler, and is not
+ * dumpable (the kernel clears the flag when the ids change). A second thread runs SCHED_OTHER
+ * at nice + 5
  * (not SCHED_IDLE: on a loaded machine a killed idle thread can linger and keep its tid
  * from the restore). After restore every one of these is the same, per thread, and
  * SIGTRAP still reaches the handler.
@@ -21,13 +22,16 @@
 
 #include "zdtmtst.h"
 
-#define NICE 7
+/* Above the starting nice: lowering it needs CAP_SYS_NICE in the initial user namespace,
+ * which the uns flavour lacks when the harness itself runs under nice. */
+#define NICE_UP 2
+#define THREAD_NICE_UP 5
 #define OOM_ADJ 321
-#define THREAD_NICE 12
 
 static volatile sig_atomic_t traps;
 static struct test_sleeper sleeper;
 static volatile int thread_policy = -1, thread_nice = -100;
+static int nice_val, thread_nice_val;
 
 static void trap_handler(int sig)
 {
@@ -41,7 +45,7 @@ static void *other_thread(void *arg)
 
 	(void)arg;
 	/* Per thread: PRIO_PROCESS with 0 is the calling thread on Linux. */
-	if (sched_setscheduler(0, SCHED_OTHER, &sp) || setpriority(PRIO_PROCESS, 0, THREAD_NICE))
+	if (sched_setscheduler(0, SCHED_OTHER, &sp) || setpriority(PRIO_PROCESS, 0, thread_nice_val))
 		return (void *)1;
 	if (test_sleeper_sleep(&sleeper))
 		return (void *)1;
@@ -105,8 +109,14 @@ int main(int argc, char **argv)
 
 	test_init(argc, argv);
 
+	errno = 0;
+	nice_val = getpriority(PRIO_PROCESS, 0) + NICE_UP;
+	thread_nice_val = nice_val - NICE_UP + THREAD_NICE_UP;
+	if (errno || thread_nice_val > 19)
+		return skip("started at nice %d: no room for nice %d and %d", nice_val - NICE_UP,
+			    nice_val, thread_nice_val);
 	if (set_oom_adj() || sched_setscheduler(0, SCHED_BATCH, &sp) ||
-	    setpriority(PRIO_PROCESS, 0, NICE) || sigaction(SIGTRAP, &sa, NULL)) {
+	    setpriority(PRIO_PROCESS, 0, nice_val) || sigaction(SIGTRAP, &sa, NULL)) {
 		pr_perror("setup");
 		return 1;
 	}
@@ -126,14 +136,14 @@ int main(int argc, char **argv)
 	if (sched_getscheduler(0) != SCHED_BATCH)
 		fail("policy is %d, expected SCHED_BATCH", sched_getscheduler(0));
 	errno = 0;
-	if (getpriority(PRIO_PROCESS, 0) != NICE)
-		fail("nice is %d, expected %d", getpriority(PRIO_PROCESS, 0), NICE);
+	if (getpriority(PRIO_PROCESS, 0) != nice_val)
+		fail("nice is %d, expected %d", getpriority(PRIO_PROCESS, 0), nice_val);
 	if (prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0)
 		fail("the task became dumpable");
 	if (test_sleeper_wake(&sleeper, 10000) || thread_policy != SCHED_OTHER ||
-	    thread_nice != THREAD_NICE)
+	    thread_nice != thread_nice_val)
 		fail("the second thread has policy %d nice %d, expected SCHED_OTHER nice %d",
-		     thread_policy, thread_nice, THREAD_NICE);
+		     thread_policy, thread_nice, thread_nice_val);
 	if (sigaction(SIGTRAP, NULL, &old) || old.sa_handler != trap_handler)
 		fail("SIGTRAP handler lost");
 	raise(SIGTRAP);
