@@ -32,6 +32,9 @@ def tests_dir() -> Iterator[Path]:
                         str(d / "pass"), str(FAKE_SRC)], check=True, timeout=120)
         shutil.copy(d / "pass", d / "crfail")
         (d / "crfail.desc").write_text("{'flags': 'crfail'}\n")
+        shutil.copy(d / "pass", d / "crfail_unless")
+        (d / "crfail_unless.desc").write_text(
+            "{'flags': 'crfail', 'crfail_unless': 'odd_state'}\n")
         yield d
     finally:
         shutil.rmtree(d)
@@ -136,6 +139,23 @@ def test_crfail_passes_when_the_dump_fails(tests_dir: Path) -> None:
     r = run_test(_test(tests_dir, "crfail"), "h", Scripted(), RunOptions(norst=True))
     assert (r.outcome, r.phase) == (FAIL, "dump")
     assert r.message == "dump succeeded but the test is crfail"
+
+
+def test_crfail_unless_follows_the_engine(tests_dir: Path) -> None:
+    """crfail_unless: an engine lacking the feature must refuse the dump; one that has it
+    runs the test as plain C/R, where a failed dump is an engine error."""
+    t = _test(tests_dir, "crfail_unless")
+    lacks, has = {"odd_state": False}, {"odd_state": True}
+    r = run_test(t, "h", Scripted(dump="fail", feats=lacks), RunOptions())
+    assert r.outcome == PASS, r.summary()
+    assert any("the engine lacks odd_state" in n for n in r.notes), r.notes
+    r = run_test(t, "h", Scripted(feats=lacks), RunOptions(norst=True))
+    assert (r.outcome, r.message) == (FAIL, "dump succeeded but the test is crfail")
+    r = run_test(t, "h", Scripted(feats=has), RunOptions(norst=True))
+    assert r.outcome == PASS, r.summary()
+    assert any("not crfail with the scripted engine" in n for n in r.notes), r.notes
+    r = run_test(t, "h", Scripted(dump="fail", feats=has), RunOptions())
+    assert (r.outcome, r.phase, r.kind) == (FAIL, "dump", ENGINE_ERROR), r.summary()
 
 
 def test_failed_dump_is_reported_and_cleaned(tests_dir: Path) -> None:

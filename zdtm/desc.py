@@ -14,6 +14,8 @@ Keys (all optional):
 ``ropts``    extra engine options for restore only
 ``feature``  engine/kernel features required (the engine's names, or criu's: see
              zdtm.engines.translate)
+``crfail_unless``  features (same names) whose absence is why a ``crfail`` test's dump
+             must fail: an engine that has them all runs the test as a plain C/R test
 ``timeout``  seconds the test may take to start and to stop (int or numeric string)
 ``file``     true: start the test with ``--filename=NAME.test``
 ``dir``      true: start the test with ``--dirname=NAME.test`` (``NAME.dir.test`` with file)
@@ -55,8 +57,8 @@ CRIU_ONLY_FLAGS = {"nouser", "norst", "samens", "sock", "nodump", "noauto_lazy",
                    "noremotelazy"}
 KNOWN_FLAGS = frozenset(FLAG_MEANING) | CRIU_ONLY_FLAGS
 KNOWN_KEYS = frozenset(
-    {"flavor", "flags", "opts", "dopts", "ropts", "feature", "timeout", "file", "dir",
-     "arch", "deps", "sysctl"}
+    {"flavor", "flags", "opts", "dopts", "ropts", "feature", "crfail_unless", "timeout",
+     "file", "dir", "arch", "deps", "sysctl"}
 )
 KINDS = ("static", "transition")
 DEFAULT_TIMEOUT = 30
@@ -83,6 +85,7 @@ class TestDesc:
     dopts: tuple[str, ...] = ()
     ropts: tuple[str, ...] = ()
     feature: tuple[str, ...] = ()
+    crfail_unless: tuple[str, ...] = ()
     timeout: int = DEFAULT_TIMEOUT
     needs_file: bool = False
     needs_dir: bool = False
@@ -223,7 +226,7 @@ def _read_key(key: Any, value: Any, out: dict[str, Any], notes: list[str],
         if bad:
             notes.append(f"unknown flag(s) ignored: {' '.join(bad)}")
         out["flags"] = flags - frozenset(bad)
-    elif key in ("opts", "dopts", "ropts", "feature"):
+    elif key in ("opts", "dopts", "ropts", "feature", "crfail_unless"):
         out[key] = _words(value, key)
     elif key == "timeout":
         out["timeout"] = _timeout(value)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+_DELETED_MAPPING = "a mapping of a deleted file is refused: restore could not map it back"
+_LEADERLESS_PGID = ("a process group with no leader in the tree that is not the parent's is "
+                    "refused: restore could not make it again")
+
 
 def features() -> dict[str, tuple[bool, str]]:
     """What the dumper implements (for `python -m engine check`): name -> (available,
@@ -21,4 +25,7 @@ def features() -> dict[str, tuple[bool, str]]:
         "tcp": (True, ""),
         "udp": (True, ""),
         "file_locks": (True, ""),
+        # refused at dump (tests that expect the refusal name these: crfail_unless)
+        "dump_deleted_file_mapping": (False, _DELETED_MAPPING),
+        "dump_leaderless_pgid": (False, _LEADERLESS_PGID),
     }

@@ -69,6 +69,10 @@ FEATURES: dict[str, str | None] = {
     "eventfd": None, "signalfd": None, "epoll": None,
     "timerfd": "timerfd",
     "unix_socketpair": None, "tcp": None, "udp": None, "file_locks": None,
+    # what the bundled engine refuses and CRIU dumps: a deleted file's mapping (kept in a
+    # ghost file), a group without its leader (pstree.c: "Add a helper %d for restoring
+    # PGID %d")
+    "dump_deleted_file_mapping": None, "dump_leaderless_pgid": None,
     # state every CRIU 4.2 restores by design (names of the bundled engine's check)
     **dict.fromkeys(("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
                      "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
