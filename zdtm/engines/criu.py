@@ -73,7 +73,9 @@ FEATURES: dict[str, str | None] = {
     # ghost file), a group without its leader (pstree.c: "Add a helper %d for restoring
     # PGID %d")
     "dump_deleted_file_mapping": None, "dump_leaderless_pgid": None,
-    # state every CRIU 4.2 restores by design (names of the bundled engine's check)
+    # state the bundled engine's check names and criu has no probe for: the tests run, and
+    # where CRIU 4.2 differs they fail (session_orphans: "Can't find a session leader";
+    # file_unlinked: times kept in microseconds, images/ghost-file.proto timeval)
     **dict.fromkeys(("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
                      "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
                      "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
