@@ -17,7 +17,7 @@ import pytest
 from zdtm.desc import TestDesc, discover_external
 from zdtm.engines import EngineFailure
 from zdtm.engines.base import TreeInfo
-from zdtm.engines.criu import CriuEngine, cause
+from zdtm.engines.criu import CriuEngine, cause, explain_failure
 from zdtm.engines.translate import CrOptions, cr_options
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.result import ENGINE_ERROR, FAIL
@@ -136,6 +136,20 @@ def test_failed_step_says_why_in_criu_words(fake: tuple[CriuEngine, Path], tmp_p
     assert "criu error: Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE" in lines
     assert "criu log tail: (00.000200) Dumping 1" in lines
     assert any(ln.startswith("criu output: $ ") for ln in lines)
+
+
+def test_hung_step_says_where_criu_stopped(tmp_path: Path) -> None:
+    """A criu killed at its deadline failed no step: the message is its last log line, not
+    an Error line it went on after."""
+    log = tmp_path / "1-dump.restore.criu.log"
+    log.write_text("(00.076782) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE "
+                   "for self: Operation not permitted\n(00.126663) pie: 3628: 3628: Restored\n")
+    exc = explain_failure(EngineFailure("timeout", "restore", "no result after 600s, killed"),
+                          log)
+    assert exc.message == ("no result after 600s, killed: criu's last log line: "
+                           "pie: 3628: 3628: Restored")
+    assert "criu error: Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: " \
+        "Operation not permitted" in exc.log.splitlines()
 
 
 def test_cause_is_the_error_before_the_summary() -> None:

@@ -319,14 +319,17 @@ def criu_errors(log: Path) -> tuple[list[str], list[str]]:
 
 
 def explain_failure(exc: EngineFailure, criu_log: Path) -> EngineFailure:
-    """``exc`` with criu's first Error line as message and its Error lines + tail as log."""
+    """``exc`` with criu's words as message (the Error line that failed the step; for a
+    criu that hung or crashed, the last line it logged) and its Error lines + tail as log."""
     errors, tail = criu_errors(criu_log)
     errors = [_strip_prefix(e) for e in errors]
     message = exc.message
-    if errors:
+    if exc.kind != "error":
+        # no step failed: an Error line criu went on after (the rlimit one) is no cause
+        if tail:
+            message = f"{exc.message}: criu's last log line: {_strip_prefix(tail[-1])}"
+    elif errors:
         message = cause(errors)
-        if exc.kind != "error":
-            message = f"{exc.message}: {message}"
     details = [f"criu log: {criu_log}"]
     details += [f"criu error: {e}" for e in errors]
     details += [f"criu log tail: {ln}" for ln in tail]
