@@ -29,6 +29,13 @@ Two halves:
   ``set-owner``, ``set-sig``  on the first unlinked regular-file fd, through a pidfd_getfd
                    copy of it; ``set-async``: O_ASYNC on the first pipe
   ``set-winsize``, ``set-termios``  on the first terminal fd
+  ``drop-ctty``    inject ioctl(TIOCNOTTY) on the task's controlling tty (a task that does
+                   not lead its session just loses it: no signal is sent)
+  ``set-fgpgrp``   inject ioctl(TIOCSPGRP) into the task's session leader: the task's group
+                   becomes the foreground one
+  ``membarrier-register``  inject membarrier(REGISTER_PRIVATE_EXPEDITED)
+  ``resume-stopped``  SIGCONT the task, which the restore left in group-stop (a task the test
+                   had stopped runs on, as after a restore that lost the stop); wrap mode
   ``mount-left``   mount a tmpfs in the task's mount namespace (in h: the run's own) on
                    a fresh dir beside the record, as a test of the h flavour could
   ``cgroup-left``  create a cgroup (pids hierarchy) and move the task into it
@@ -103,14 +110,21 @@ UNSHARE = {"unshare-files": CLONE_FILES, "unshare-fs": CLONE_FS}
 FILE_FAULTS = ("chmod-file", "chown-file", "touch-file", "grow-file", "punch-hole",
                "set-owner", "set-sig")
 TTY_FAULTS = ("set-winsize", "set-termios")
+CTTY_FAULTS = ("drop-ctty", "set-fgpgrp")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
           *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left",
-          "flip-shared", "new-uts", "dir-nonblock")
+          "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
+          "resume-stopped")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
 _SYS_MUNMAP = 11
+_SYS_IOCTL = 16
+_SYS_MEMBARRIER = 324
+MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
+TIOCNOTTY = 0x5422
+TIOCSPGRP = 0x5410
 AT_FDCWD = -100
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WAIT_TIMEOUT = 10.0
@@ -320,6 +334,58 @@ def tty_fault(fault: str, pid: int) -> dict:
     return {"fd": fd, "path": path}
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the comm: state, ppid, pgrp, session, tty_nr, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _ctty_fd(pid: int) -> int:
+    """An fd of the task open on its controlling tty."""
+    tty = int(_stat(pid)[4])
+    if not tty:
+        raise RuntimeError(f"pid {pid} has no controlling tty")
+    return _first_fd(pid, lambda st, _target: stat.S_ISCHR(st.st_mode)
+                     and st.st_rdev == tty)[0]
+
+
+def drop_ctty(pid: int) -> dict:
+    """The task gives up its controlling tty (TIOCNOTTY; not its session's leader)."""
+    fd = _ctty_fd(pid)
+    _inject(pid, _SYS_IOCTL, fd, TIOCNOTTY, 0)
+    return {"fd": fd}
+
+
+def set_fgpgrp(pid: int) -> dict:
+    """The session leader (in the foreground) makes the task's group the foreground one."""
+    leader = int(_stat(pid)[3])
+    group = _inner_id(pid, "NSpgid")
+    fd = _ctty_fd(leader)
+    with _injector(leader) as inj:
+        inj.write_scratch(struct.pack("i", group))
+        res = inj.syscall(_SYS_IOCTL, fd, TIOCSPGRP, inj.scratch)
+    if res < 0:
+        raise OSError(-res, f"injected TIOCSPGRP {group}: {os.strerror(-res)}")
+    return {"leader": leader, "pgrp": group}
+
+
+def membarrier_register(pid: int) -> dict:
+    """The task's mm registers for private expedited membarriers."""
+    _inject(pid, _SYS_MEMBARRIER, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0)
+    return {}
+
+
+def resume_stopped(pid: int) -> dict:
+    """SIGCONT the (group-stopped) task and wait until it runs."""
+    os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while _stat(pid)[0] == "T":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pid {pid} still stopped after SIGCONT")
+        time.sleep(0.005)
+    return {}
+
+
 def _pick_anon_vma(pid: int) -> tuple[int, int, int]:
     """(start, end, first present page) of a private writable anonymous VMA with data,
     preferring large VMAs with no neighbour the harness could merge them with."""
@@ -365,8 +431,7 @@ def drop_vma(pid: int) -> dict:
 
 
 def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(_stat(pid)[1])
 
 
 def wrong_ppid(pid: int) -> dict:
@@ -472,7 +537,9 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
            "mount-left": mount_left, "cgroup-left": cgroup_left,
-           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock}
+           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,
+           "drop-ctty": drop_ctty, "set-fgpgrp": set_fgpgrp,
+           "membarrier-register": membarrier_register, "resume-stopped": resume_stopped}
 
 
 def _children(pid: int) -> list[int]:
@@ -494,12 +561,17 @@ def victim(root: int) -> int:
         level = below
 
 
-def _inner_pid(pid: int) -> int:
+def _inner_id(pid: int, field: str) -> int:
+    """A pid-like id of the task (NSpid, NSpgid, NSsid) in its own pid namespace."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("NSpid:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[-1])
-    return pid
+    raise RuntimeError(f"pid {pid}: no {field} in its status")
+
+
+def _inner_pid(pid: int) -> int:
+    return _inner_id(pid, "NSpid")
 
 
 def main(argv: list[str]) -> int:
