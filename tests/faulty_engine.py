@@ -23,11 +23,18 @@ Two halves:
                    but no longer the table shared with the parent
   ``break-cow``    write back one byte of a page the task shares copy-on-write with its
                    parent (through /proc/PID/mem: the kernel copies the page, same bytes)
-  ``set-dumpable``, ``set-subreaper``, ``set-pdeathsig``, ``thp-disable``  inject prctl
-  ``timer-slack``, ``oom-score``, ``ioprio``  change the knob from outside
+  ``set-dumpable``, ``set-subreaper``, ``set-pdeathsig``, ``thp-disable``, ``set-nnp``
+                   inject prctl
+  ``timer-slack``, ``oom-score``, ``ioprio``, ``renice``, ``sched-batch``  change the knob
+                   from outside
   ``chmod-file``, ``chown-file``, ``touch-file``, ``grow-file``, ``punch-hole``,
-  ``set-owner``, ``set-sig``  on the first unlinked regular-file fd, through a pidfd_getfd
-                   copy of it; ``set-async``: O_ASYNC on the first pipe
+  ``set-owner``, ``set-sig``, ``write-file`` (one byte inverted, mtime put back)  on the
+                   first unlinked regular-file fd, through a pidfd_getfd copy of it
+  ``set-async``    O_ASYNC on the first pipe
+  ``rename-unlinked``  the first unlinked regular-file fd replaced (injected openat + dup3)
+                   by an equal file (content, holes, owner, mode, mtime, flags, offset)
+                   that was unlinked under another name, as a restore that recreates it
+                   under a name of its own
   ``set-winsize``, ``set-termios``  on the first terminal fd
   ``drop-ctty``    inject ioctl(TIOCNOTTY) on the task's controlling tty (a task that does
                    not lead its session just loses it: no signal is sent)
@@ -105,21 +112,25 @@ CLONE_FILES = 0x400
 CLONE_FS = 0x200
 CLONE_NEWUTS = 0x04000000
 PRCTL = {"set-dumpable": (4, 0), "set-subreaper": (36, 1), "set-pdeathsig": (1, 12),
-         "thp-disable": (41, 1)}  # fault -> (PR_SET_*, value)
+         "thp-disable": (41, 1), "set-nnp": (38, 1)}  # fault -> (PR_SET_*, value)
 UNSHARE = {"unshare-files": CLONE_FILES, "unshare-fs": CLONE_FS}
+KNOBS = ("timer-slack", "oom-score", "ioprio", "renice", "sched-batch")
 FILE_FAULTS = ("chmod-file", "chown-file", "touch-file", "grow-file", "punch-hole",
-               "set-owner", "set-sig")
+               "set-owner", "set-sig", "write-file")
 TTY_FAULTS = ("set-winsize", "set-termios")
 CTTY_FAULTS = ("drop-ctty", "set-fgpgrp")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
-          "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
-          *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left",
+          "kmsg-warning", *UNSHARE, "break-cow", *PRCTL,
+          *KNOBS, *FILE_FAULTS, "set-async", "rename-unlinked", *TTY_FAULTS, "mount-left", "cgroup-left",
           "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
           "resume-stopped")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
 _SYS_MUNMAP = 11
+_SYS_CLOSE = 3
+_SYS_DUP3 = 292
+O_CLOEXEC = 0o2000000
 _SYS_IOCTL = 16
 _SYS_MEMBARRIER = 324
 MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
@@ -235,13 +246,21 @@ def set_prctl(fault: str, pid: int) -> dict:
 
 
 def set_knob(fault: str, pid: int) -> dict:
-    """Change a per-task knob from outside: timer slack, oom_score_adj, io priority."""
+    """Change a per-task knob from outside: timer slack, oom_score_adj, io priority, nice,
+    scheduling policy."""
     if fault == "timer-slack":
         Path(f"/proc/{pid}/timerslack_ns").write_text("123457")
         return {"value": 123457}
     if fault == "oom-score":
         Path(f"/proc/{pid}/oom_score_adj").write_text("345")
         return {"value": 345}
+    if fault == "renice":
+        now = os.getpriority(os.PRIO_PROCESS, pid)
+        os.setpriority(os.PRIO_PROCESS, pid, now + 7 if now <= 12 else now - 7)
+        return {"value": os.getpriority(os.PRIO_PROCESS, pid)}
+    if fault == "sched-batch":
+        os.sched_setscheduler(pid, os.SCHED_BATCH, os.sched_param(0))
+        return {"value": os.SCHED_BATCH}
     _sys(_SYS_IOPRIO_SET, 1, pid, 3 << 13)  # IOPRIO_WHO_PROCESS, class idle
     return {"value": "class 3 level 0"}
 
@@ -304,6 +323,75 @@ def _change_file(fault: str, copy: int, pid: int) -> None:
         fcntl.fcntl(copy, fcntl.F_SETOWN, pid)
     elif fault == "set-sig":
         fcntl.fcntl(copy, 10, signal.SIGUSR1)  # F_SETSIG
+    elif fault == "write-file":
+        old = os.pread(copy, 1, 0)
+        os.pwrite(copy, bytes([old[0] ^ 0xFF]), 0)
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))  # only the content differs
+
+
+def rename_unlinked(pid: int) -> dict:
+    """Replace the first unlinked file the task has open by a copy unlinked under another
+    name: only the name /proc shows differs."""
+    fd, path = _first_fd(pid, _is_unlinked)
+    name = "fault-renamed"  # relative to the task's cwd: fits the injector's scratch
+    other = Path(f"/proc/{pid}/cwd") / name
+    flags = _fd_flags(pid, fd)
+    copy = _copy_fd(pid, fd)
+    try:
+        st = os.fstat(copy)
+        pos = os.lseek(copy, 0, os.SEEK_CUR)
+        new = os.open(other, os.O_RDWR | os.O_CREAT | os.O_EXCL, stat.S_IMODE(st.st_mode))
+        try:
+            _copy_extents(copy, new, st.st_size)
+            os.fchown(new, st.st_uid, st.st_gid)
+            os.fchmod(new, stat.S_IMODE(st.st_mode))
+            os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(new)
+    finally:
+        os.close(copy)
+    try:
+        with _injector(pid) as inj:
+            inj.write_scratch(name.encode() + b"\0")
+            opened = inj.syscall(_SYS_OPENAT, AT_FDCWD, inj.scratch, flags & ~O_CLOEXEC, 0)
+            if opened < 0:
+                raise OSError(-opened, f"injected openat({name}): {os.strerror(-opened)}")
+            res = inj.syscall(_SYS_DUP3, opened, fd, flags & O_CLOEXEC)
+            inj.syscall(_SYS_CLOSE, opened)
+            if res < 0:
+                raise OSError(-res, f"injected dup3: {os.strerror(-res)}")
+    finally:
+        os.unlink(other)
+    copy = _copy_fd(pid, fd)
+    try:
+        os.lseek(copy, pos, os.SEEK_SET)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path, "new_path": os.readlink(f"/proc/{pid}/fd/{fd}")}
+
+
+def _fd_flags(pid: int, fd: int) -> int:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+    raise RuntimeError(f"pid {pid} fd {fd}: no flags in its fdinfo")
+
+
+def _copy_extents(src: int, dst: int, size: int) -> None:
+    """Copy the data extents of src into dst at the same offsets: holes stay holes."""
+    at = 0
+    while at < size:
+        try:
+            start = os.lseek(src, at, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            break  # only a hole is left
+        end = os.lseek(src, start, os.SEEK_HOLE)
+        os.pwrite(dst, os.pread(src, end - start, start), start)
+        at = end
+    os.ftruncate(dst, size)
 
 
 def set_async(pid: int) -> dict:
@@ -533,8 +621,9 @@ def _each(faults: Iterable[str], action: Callable[[str, int], dict]
 ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byte,
            "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang,
            "kmsg-warning": kmsg_warning, "break-cow": break_cow, "set-async": set_async,
+           "rename-unlinked": rename_unlinked,
            **_each(UNSHARE, unshare_table), **_each(PRCTL, set_prctl),
-           **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
+           **_each(KNOBS, set_knob),
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
            "mount-left": mount_left, "cgroup-left": cgroup_left,
            "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,

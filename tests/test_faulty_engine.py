@@ -217,6 +217,11 @@ PROPERTY_FAULTS = {
     "set-async": ("static/fork_child", "fds", "|O_ASYNC"),
     "set-winsize": ("static/tty_state", "tty", "winsize 33x77 (0x0 px) -> 12x34 (0x0 px)"),
     "set-termios": ("static/tty_state", "tty", "termios iflag "),
+    "set-nnp": (SUBJECT, "task", "NoNewPrivs 0 -> 1"),
+    "renice": (SUBJECT, "task", ": nice "),  # the niceness pytest runs with, +-7
+    "sched-batch": (SUBJECT, "task", "policy 0 -> 3"),
+    "write-file": ("static/file_unlinked", "files", "content sha256 "),
+    "rename-unlinked": ("static/file_unlinked", "fds", "/fault-renamed (deleted)"),
     "drop-ctty": ("static/tty_job", "tty", "controlling tty tty[pid "),
     "set-fgpgrp": ("static/tty_job", "tty", "foreground pgrp "),
     "membarrier-register": (SUBJECT, "taskattrs", "membarrier private expedited no -> yes"),
@@ -262,7 +267,7 @@ def test_left_kernel_objects_are_reported_and_removed(fault: str, subject: TestD
 @pytest.mark.parametrize("flavor", ["ns", "uns"])
 @pytest.mark.parametrize("fault", ["unshare-files", "break-cow", "set-dumpable", "set-owner",
                                    "set-winsize", "drop-ctty", "set-fgpgrp",
-                                   "membarrier-register"])
+                                   "membarrier-register", "rename-unlinked"])
 def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
                                        tmp_path: Path) -> None:
     """The new checks see through the ns flavours too: pids as the tree sees them, in-task
