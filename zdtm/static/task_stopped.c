@@ -3,9 +3,11 @@
  * thread (SIGTSTP would be discarded: the test's process group is orphaned). After restore
  * both are still stopped ('T'); SIGCONT wakes them, and each then reports as usual (the
  * threaded one after waking its thread). The first child has one more SIGSTOP pending.
- * Each child is stopped only once it says it is ready (in test_waitsig from then on): a
- * child stopped halfway through its set-up would show the rest of it as soon as it runs.
+ * Each child is stopped only once it said it is ready and then went to sleep (in
+ * test_waitsig's sigsuspend: the next call that can block): a child stopped halfway
+ * through its set-up would show the rest of it as soon as it runs.
  */
+#include <errno.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,11 +30,26 @@ static int child_main(int fd, void *arg)
 		return 1;
 	if (write(fd, "R", 1) != 1)
 		return 3;
-	close(fd);
 	test_waitsig();
 	if (arg && test_sleeper_wake(&sleeper, 10000))
 		return 2;
 	return 0;
+}
+
+/* Wait (10 s) until child pid sleeps: 0, or -1. */
+static int wait_asleep(pid_t pid)
+{
+	char state = 0;
+
+	for (int i = 0; i < 10000; i++) {
+		if (proc_stat(pid, &state, NULL))
+			return -1;
+		if (state == 'S')
+			return 0;
+		usleep(1000);
+	}
+	errno = ETIMEDOUT;
+	return -1;
 }
 
 /* Stop child pid with sig and wait until its stop is reported: 0, or -1. */
@@ -58,7 +75,7 @@ int main(int argc, char **argv)
 					   i ? &sleeper : NULL);
 		if (child[i] < 0)
 			return 1;
-		if (test_read_timeout(fd, &ready, 1, 10000)) {
+		if (test_read_timeout(fd, &ready, 1, 10000) || wait_asleep(child[i])) {
 			pr_perror("child %d not ready", child[i]);
 			return 1;
 		}
