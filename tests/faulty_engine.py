@@ -55,6 +55,13 @@ Two halves:
   ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
                    file description)
 
+  No fault un-shares the signal handlers (CLONE_SIGHAND) of a live task: unshare() refuses
+  it while they are shared (kernel/fork.c check_unshare_flags: -EINVAL when sighand->count
+  > 1), clone() gives them only together with CLONE_VM, and execve (de_thread ->
+  unshare_sighand), the one way out, replaces the address space too. That row of the
+  ``sharing`` check is the same kcmp loop as the fd table and fs rows the unshare faults
+  prove; its comparison is unit-tested on TreeState data (tests/test_checks.py).
+
   The last three hit the objects an engine's allowed deviations concern (zdtm.allowances):
   the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
   time namespace, the directory fd CRIU reopens without O_DIRECTORY.

@@ -284,7 +284,7 @@ def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
         assert any(f"owner absent -> pid pid {rec['inner_pid']}" in p for p in problems)
 
 
-@pytest.mark.parametrize("flavor", ["h", "ns"])
+@pytest.mark.parametrize("flavor", ["h", "ns", "uns"])
 def test_restore_resuming_a_stopped_task_fails_taskattrs(flavor: str, bundled: BundledEngine,
                                                          clean: Path, tmp_path: Path) -> None:
     """A task the test stopped that runs after a real restore: only ``taskattrs`` fails,

@@ -60,6 +60,7 @@ FREEZE_TIMEOUT = 20.0
 SNAPSHOT_TIMEOUT = 600.0
 ENGINE_TIMEOUT = 600.0
 CLEANUP_TIMEOUT = 10.0
+STOP_SETTLE = 2.0  # seconds a thread detached by the restore may take back into group-stop
 OWN_GRACE = 3.0  # seconds an exiting engine helper may take before it counts as a leak
 ENGINE_KINDS = {"crashed": ENGINE_CRASHED, "error": ENGINE_ERROR, "timeout": TIMEOUT}
 
@@ -465,7 +466,7 @@ class Run:
         if not stopped:
             self._note(f"{self.engine.name} cannot leave the restored tree stopped: S1 was "
                        "taken after it ran briefly")
-        left_stopped = tasks.stopped_ids(self.root_pid)
+        left_stopped = tasks.stopped_ids(self.root_pid, settle=STOP_SETTLE)
         self._freeze("restore")
         try:
             self.test_pid = self.flavor.test_pid_after_restore(self.root_pid, self.ns_pid)
