@@ -23,12 +23,26 @@ Two halves:
                    but no longer the table shared with the parent
   ``break-cow``    write back one byte of a page the task shares copy-on-write with its
                    parent (through /proc/PID/mem: the kernel copies the page, same bytes)
-  ``set-dumpable``, ``set-subreaper``, ``set-pdeathsig``, ``thp-disable``  inject prctl
-  ``timer-slack``, ``oom-score``, ``ioprio``  change the knob from outside
+  ``set-dumpable``, ``set-subreaper``, ``set-pdeathsig``, ``thp-disable``, ``set-nnp``
+                   inject prctl
+  ``timer-slack``, ``oom-score``, ``ioprio``, ``renice``, ``sched-batch``  change the knob
+                   from outside
   ``chmod-file``, ``chown-file``, ``touch-file``, ``grow-file``, ``punch-hole``,
-  ``set-owner``, ``set-sig``  on the first unlinked regular-file fd, through a pidfd_getfd
-                   copy of it; ``set-async``: O_ASYNC on the first pipe
+  ``set-owner``, ``set-sig``, ``write-file`` (one byte inverted, mtime put back)  on the
+                   first unlinked regular-file fd, through a pidfd_getfd copy of it
+  ``set-async``    O_ASYNC on the first pipe
+  ``rename-unlinked``  the first unlinked regular-file fd replaced (injected openat + dup3)
+                   by an equal file (content, holes, owner, mode, mtime, flags, offset)
+                   that was unlinked under another name, as a restore that recreates it
+                   under a name of its own
   ``set-winsize``, ``set-termios``  on the first terminal fd
+  ``drop-ctty``    inject ioctl(TIOCNOTTY) on the task's controlling tty (a task that does
+                   not lead its session just loses it: no signal is sent)
+  ``set-fgpgrp``   inject ioctl(TIOCSPGRP) into the task's session leader: the task's group
+                   becomes the foreground one
+  ``membarrier-register``  inject membarrier(REGISTER_PRIVATE_EXPEDITED)
+  ``resume-stopped``  SIGCONT the task, which the restore left in group-stop (a task the test
+                   had stopped runs on, as after a restore that lost the stop); wrap mode
   ``mount-left``   mount a tmpfs in the task's mount namespace (in h: the run's own) on
                    a fresh dir beside the record, as a test of the h flavour could
   ``cgroup-left``  create a cgroup (pids hierarchy) and move the task into it
@@ -40,6 +54,13 @@ Two halves:
   ``new-uts``      inject unshare(CLONE_NEWUTS): the task moves to a uts namespace of its own
   ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
                    file description)
+
+  No fault un-shares the signal handlers (CLONE_SIGHAND) of a live task: unshare() refuses
+  it while they are shared (kernel/fork.c check_unshare_flags: -EINVAL when sighand->count
+  > 1), clone() gives them only together with CLONE_VM, and execve (de_thread ->
+  unshare_sighand), the one way out, replaces the address space too. That row of the
+  ``sharing`` check is the same kcmp loop as the fd table and fs rows the unshare faults
+  prove; its comparison is unit-tested on TreeState data (tests/test_checks.py).
 
   The last three hit the objects an engine's allowed deviations concern (zdtm.allowances):
   the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
@@ -98,19 +119,30 @@ CLONE_FILES = 0x400
 CLONE_FS = 0x200
 CLONE_NEWUTS = 0x04000000
 PRCTL = {"set-dumpable": (4, 0), "set-subreaper": (36, 1), "set-pdeathsig": (1, 12),
-         "thp-disable": (41, 1)}  # fault -> (PR_SET_*, value)
+         "thp-disable": (41, 1), "set-nnp": (38, 1)}  # fault -> (PR_SET_*, value)
 UNSHARE = {"unshare-files": CLONE_FILES, "unshare-fs": CLONE_FS}
+KNOBS = ("timer-slack", "oom-score", "ioprio", "renice", "sched-batch")
 FILE_FAULTS = ("chmod-file", "chown-file", "touch-file", "grow-file", "punch-hole",
-               "set-owner", "set-sig")
+               "set-owner", "set-sig", "write-file")
 TTY_FAULTS = ("set-winsize", "set-termios")
+CTTY_FAULTS = ("drop-ctty", "set-fgpgrp")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
-          "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
-          *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left",
-          "flip-shared", "new-uts", "dir-nonblock")
+          "kmsg-warning", *UNSHARE, "break-cow", *PRCTL,
+          *KNOBS, *FILE_FAULTS, "set-async", "rename-unlinked", *TTY_FAULTS, "mount-left", "cgroup-left",
+          "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
+          "resume-stopped")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
 _SYS_MUNMAP = 11
+_SYS_CLOSE = 3
+_SYS_DUP3 = 292
+O_CLOEXEC = 0o2000000
+_SYS_IOCTL = 16
+_SYS_MEMBARRIER = 324
+MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
+TIOCNOTTY = 0x5422
+TIOCSPGRP = 0x5410
 AT_FDCWD = -100
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WAIT_TIMEOUT = 10.0
@@ -221,13 +253,21 @@ def set_prctl(fault: str, pid: int) -> dict:
 
 
 def set_knob(fault: str, pid: int) -> dict:
-    """Change a per-task knob from outside: timer slack, oom_score_adj, io priority."""
+    """Change a per-task knob from outside: timer slack, oom_score_adj, io priority, nice,
+    scheduling policy."""
     if fault == "timer-slack":
         Path(f"/proc/{pid}/timerslack_ns").write_text("123457")
         return {"value": 123457}
     if fault == "oom-score":
         Path(f"/proc/{pid}/oom_score_adj").write_text("345")
         return {"value": 345}
+    if fault == "renice":
+        now = os.getpriority(os.PRIO_PROCESS, pid)
+        os.setpriority(os.PRIO_PROCESS, pid, now + 7 if now <= 12 else now - 7)
+        return {"value": os.getpriority(os.PRIO_PROCESS, pid)}
+    if fault == "sched-batch":
+        os.sched_setscheduler(pid, os.SCHED_BATCH, os.sched_param(0))
+        return {"value": os.SCHED_BATCH}
     _sys(_SYS_IOPRIO_SET, 1, pid, 3 << 13)  # IOPRIO_WHO_PROCESS, class idle
     return {"value": "class 3 level 0"}
 
@@ -290,6 +330,75 @@ def _change_file(fault: str, copy: int, pid: int) -> None:
         fcntl.fcntl(copy, fcntl.F_SETOWN, pid)
     elif fault == "set-sig":
         fcntl.fcntl(copy, 10, signal.SIGUSR1)  # F_SETSIG
+    elif fault == "write-file":
+        old = os.pread(copy, 1, 0)
+        os.pwrite(copy, bytes([old[0] ^ 0xFF]), 0)
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))  # only the content differs
+
+
+def rename_unlinked(pid: int) -> dict:
+    """Replace the first unlinked file the task has open by a copy unlinked under another
+    name: only the name /proc shows differs."""
+    fd, path = _first_fd(pid, _is_unlinked)
+    name = "fault-renamed"  # relative to the task's cwd: fits the injector's scratch
+    other = Path(f"/proc/{pid}/cwd") / name
+    flags = _fd_flags(pid, fd)
+    copy = _copy_fd(pid, fd)
+    try:
+        st = os.fstat(copy)
+        pos = os.lseek(copy, 0, os.SEEK_CUR)
+        new = os.open(other, os.O_RDWR | os.O_CREAT | os.O_EXCL, stat.S_IMODE(st.st_mode))
+        try:
+            _copy_extents(copy, new, st.st_size)
+            os.fchown(new, st.st_uid, st.st_gid)
+            os.fchmod(new, stat.S_IMODE(st.st_mode))
+            os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(new)
+    finally:
+        os.close(copy)
+    try:
+        with _injector(pid) as inj:
+            inj.write_scratch(name.encode() + b"\0")
+            opened = inj.syscall(_SYS_OPENAT, AT_FDCWD, inj.scratch, flags & ~O_CLOEXEC, 0)
+            if opened < 0:
+                raise OSError(-opened, f"injected openat({name}): {os.strerror(-opened)}")
+            res = inj.syscall(_SYS_DUP3, opened, fd, flags & O_CLOEXEC)
+            inj.syscall(_SYS_CLOSE, opened)
+            if res < 0:
+                raise OSError(-res, f"injected dup3: {os.strerror(-res)}")
+    finally:
+        os.unlink(other)
+    copy = _copy_fd(pid, fd)
+    try:
+        os.lseek(copy, pos, os.SEEK_SET)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path, "new_path": os.readlink(f"/proc/{pid}/fd/{fd}")}
+
+
+def _fd_flags(pid: int, fd: int) -> int:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+    raise RuntimeError(f"pid {pid} fd {fd}: no flags in its fdinfo")
+
+
+def _copy_extents(src: int, dst: int, size: int) -> None:
+    """Copy the data extents of src into dst at the same offsets: holes stay holes."""
+    at = 0
+    while at < size:
+        try:
+            start = os.lseek(src, at, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            break  # only a hole is left
+        end = os.lseek(src, start, os.SEEK_HOLE)
+        os.pwrite(dst, os.pread(src, end - start, start), start)
+        at = end
+    os.ftruncate(dst, size)
 
 
 def set_async(pid: int) -> dict:
@@ -318,6 +427,58 @@ def tty_fault(fault: str, pid: int) -> dict:
     finally:
         os.close(copy)
     return {"fd": fd, "path": path}
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the comm: state, ppid, pgrp, session, tty_nr, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _ctty_fd(pid: int) -> int:
+    """An fd of the task open on its controlling tty."""
+    tty = int(_stat(pid)[4])
+    if not tty:
+        raise RuntimeError(f"pid {pid} has no controlling tty")
+    return _first_fd(pid, lambda st, _target: stat.S_ISCHR(st.st_mode)
+                     and st.st_rdev == tty)[0]
+
+
+def drop_ctty(pid: int) -> dict:
+    """The task gives up its controlling tty (TIOCNOTTY; not its session's leader)."""
+    fd = _ctty_fd(pid)
+    _inject(pid, _SYS_IOCTL, fd, TIOCNOTTY, 0)
+    return {"fd": fd}
+
+
+def set_fgpgrp(pid: int) -> dict:
+    """The session leader (in the foreground) makes the task's group the foreground one."""
+    leader = int(_stat(pid)[3])
+    group = _inner_id(pid, "NSpgid")
+    fd = _ctty_fd(leader)
+    with _injector(leader) as inj:
+        inj.write_scratch(struct.pack("i", group))
+        res = inj.syscall(_SYS_IOCTL, fd, TIOCSPGRP, inj.scratch)
+    if res < 0:
+        raise OSError(-res, f"injected TIOCSPGRP {group}: {os.strerror(-res)}")
+    return {"leader": leader, "pgrp": group}
+
+
+def membarrier_register(pid: int) -> dict:
+    """The task's mm registers for private expedited membarriers."""
+    _inject(pid, _SYS_MEMBARRIER, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0)
+    return {}
+
+
+def resume_stopped(pid: int) -> dict:
+    """SIGCONT the (group-stopped) task and wait until it runs."""
+    os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while _stat(pid)[0] == "T":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pid {pid} still stopped after SIGCONT")
+        time.sleep(0.005)
+    return {}
 
 
 def _pick_anon_vma(pid: int) -> tuple[int, int, int]:
@@ -365,8 +526,7 @@ def drop_vma(pid: int) -> dict:
 
 
 def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(_stat(pid)[1])
 
 
 def wrong_ppid(pid: int) -> dict:
@@ -468,11 +628,14 @@ def _each(faults: Iterable[str], action: Callable[[str, int], dict]
 ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byte,
            "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang,
            "kmsg-warning": kmsg_warning, "break-cow": break_cow, "set-async": set_async,
+           "rename-unlinked": rename_unlinked,
            **_each(UNSHARE, unshare_table), **_each(PRCTL, set_prctl),
-           **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
+           **_each(KNOBS, set_knob),
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
            "mount-left": mount_left, "cgroup-left": cgroup_left,
-           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock}
+           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,
+           "drop-ctty": drop_ctty, "set-fgpgrp": set_fgpgrp,
+           "membarrier-register": membarrier_register, "resume-stopped": resume_stopped}
 
 
 def _children(pid: int) -> list[int]:
@@ -494,12 +657,17 @@ def victim(root: int) -> int:
         level = below
 
 
-def _inner_pid(pid: int) -> int:
+def _inner_id(pid: int, field: str) -> int:
+    """A pid-like id of the task (NSpid, NSpgid, NSsid) in its own pid namespace."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("NSpid:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[-1])
-    return pid
+    raise RuntimeError(f"pid {pid}: no {field} in its status")
+
+
+def _inner_pid(pid: int) -> int:
+    return _inner_id(pid, "NSpid")
 
 
 def main(argv: list[str]) -> int:

@@ -217,6 +217,14 @@ PROPERTY_FAULTS = {
     "set-async": ("static/fork_child", "fds", "|O_ASYNC"),
     "set-winsize": ("static/tty_state", "tty", "winsize 33x77 (0x0 px) -> 12x34 (0x0 px)"),
     "set-termios": ("static/tty_state", "tty", "termios iflag "),
+    "set-nnp": (SUBJECT, "task", "NoNewPrivs 0 -> 1"),
+    "renice": (SUBJECT, "task", ": nice "),  # the niceness pytest runs with, +-7
+    "sched-batch": (SUBJECT, "task", "policy 0 -> 3"),
+    "write-file": ("static/file_unlinked", "files", "content sha256 "),
+    "rename-unlinked": ("static/file_unlinked", "fds", "/fault-renamed (deleted)"),
+    "drop-ctty": ("static/tty_job", "tty", "controlling tty tty[pid "),
+    "set-fgpgrp": ("static/tty_job", "tty", "foreground pgrp "),
+    "membarrier-register": (SUBJECT, "taskattrs", "membarrier private expedited no -> yes"),
 }
 
 
@@ -258,7 +266,8 @@ def test_left_kernel_objects_are_reported_and_removed(fault: str, subject: TestD
 
 @pytest.mark.parametrize("flavor", ["ns", "uns"])
 @pytest.mark.parametrize("fault", ["unshare-files", "break-cow", "set-dumpable", "set-owner",
-                                   "set-winsize"])
+                                   "set-winsize", "drop-ctty", "set-fgpgrp",
+                                   "membarrier-register", "rename-unlinked"])
 def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
                                        tmp_path: Path) -> None:
     """The new checks see through the ns flavours too: pids as the tree sees them, in-task
@@ -273,3 +282,18 @@ def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
     assert any(who in p and text in p for p in problems), problems
     if fault == "set-owner":  # the owner is named by its pid inside the namespace
         assert any(f"owner absent -> pid pid {rec['inner_pid']}" in p for p in problems)
+
+
+@pytest.mark.parametrize("flavor", ["h", "ns", "uns"])
+def test_restore_resuming_a_stopped_task_fails_taskattrs(flavor: str, bundled: BundledEngine,
+                                                         clean: Path, tmp_path: Path) -> None:
+    """A task the test stopped that runs after a real restore: only ``taskattrs`` fails,
+    naming it (the harness's own freeze after the restore would otherwise hide it)."""
+    test = next(t for t in discover() if t.name == "static/task_stopped")
+    engine = FaultyEngine("resume-stopped", tmp_path, inner=bundled)
+    result = _run(test, engine, clean, flavor)
+    rec = engine.record
+    assert rec, f"the fault was never applied: {result.summary()}"
+    who = (f"pid {rec['inner_pid']}" if flavor == "h"
+           else f"pid {rec['inner_pid']} [{rec['pid']}]") + " (task_stopped)"
+    assert _expect(result, "taskattrs") == [f"taskattrs: {who}: stopped by signal yes -> no"]

@@ -401,3 +401,14 @@ def test_lock_lines_compare_kind_type_and_range_only() -> None:
                   "1: POSIX  ADVISORY  WRITE 25215 fe:00:2147320 5 EOF",
                   "1: OFDLCK ADVISORY  WRITE -1 fe:00:2147320 5 14"):
         assert snapshot.stable_fdinfo([("lock", other)]) != snapshot.stable_fdinfo(before)
+
+
+def test_stopped_by_signal_and_membarrier(subject: Subject) -> None:
+    """``held`` names the tasks the test stopped itself (absent without it); the in-task
+    membarrier probes answer "no" for a process that never registered."""
+    child = subject.info["child"]
+    tree = snapshot.capture(subject.pid, held={child})
+    assert tree.procs[child].taskattrs["stopped by signal"] == "yes"
+    assert tree.procs[subject.pid].taskattrs["stopped by signal"] == "no"
+    assert tree.procs[subject.pid].taskattrs["membarrier private expedited"] == "no"
+    assert "stopped by signal" not in snapshot.capture(subject.pid).procs[child].taskattrs

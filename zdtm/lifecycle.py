@@ -10,6 +10,11 @@ dumped state is exactly the S0 state; the restored tree is left stopped by the e
 that cannot leave the tree stopped is noted in the result and the harness stops the tree
 itself right after the restore.
 
+Tasks the test itself stopped (in group-stop before the harness's freeze: tasks.stopped_ids)
+are "stopped by signal" in S0; in S1 only those the restore left stopped, seen before the
+harness stops whatever runs, so a restore that resumes such a task fails ``taskattrs``.
+The harness's resume leaves them stopped.
+
 Every phase has a deadline: engine steps and the test start are subprocesses with
 timeouts; freezing and waiting for the verdict poll with deadlines; snapshots and their
 comparison run under an interval timer (SIGALRM) when called from the main thread.
@@ -55,6 +60,7 @@ FREEZE_TIMEOUT = 20.0
 SNAPSHOT_TIMEOUT = 600.0
 ENGINE_TIMEOUT = 600.0
 CLEANUP_TIMEOUT = 10.0
+STOP_SETTLE = 2.0  # seconds a thread detached by the restore may take back into group-stop
 OWN_GRACE = 3.0  # seconds an exiting engine helper may take before it counts as a leak
 ENGINE_KINDS = {"crashed": ENGINE_CRASHED, "error": ENGINE_ERROR, "timeout": TIMEOUT}
 
@@ -328,21 +334,22 @@ class Run:
             own_a = snapshot.own_state()
             # tasks the test keeps stopped stay stopped when the tree is resumed
             keep = tasks.stopped_ids(self.root_pid)
+            held = keep  # of those, the ones still stopped when S1 is taken
             if cr:
                 snaps = self._snapshots(i) if self.opts.snaps else []
                 parent = snaps[-1][0] if snaps else self._pre_dumps(i)
                 self._hook("--pre-dump")
                 frozen = self._freeze("dump")
-                s0 = self._capture("S0")
+                s0 = self._capture("S0", keep)
                 if not self._dump(i, parent):
                     return  # crfail: the expected dump failure ended the C/R part
                 if not self.opts.norst:
                     self._restore_snapshots(i, frozen, snaps)
-                    self._restore(i, frozen, label)
+                    held = keep & self._restore(i, frozen, label)
             else:
                 self._freeze("check")
-                s0 = self._capture("S0")
-            s1 = self._capture("S1")
+                s0 = self._capture("S0", keep)
+            s1 = self._capture("S1", held)
             s1, allowed = allowances.reconcile(s0, s1, self.engine.allowances())
             self.result.allowed += [f"iteration {i}: {d}" for d in allowed]
             problems = self._compare(s0, s1)
@@ -455,7 +462,9 @@ class Run:
         self._timing(f"iter {i}: dump", res)
         return True
 
-    def _restore(self, i: int, frozen: list[int], label: str) -> None:
+    def _restore(self, i: int, frozen: list[int], label: str) -> set[int]:
+        """Restore iteration i's dump and stop the tree; the tasks (own-namespace pids) the
+        restore itself left in group-stop, seen before the harness stops the rest."""
         self.phase = "restore"
         self._wait_dumped_gone(frozen)
         d = self._imgdir(f"{i}-dump")
@@ -473,6 +482,7 @@ class Run:
         if not stopped:
             self._note(f"{self.engine.name} cannot leave the restored tree stopped: S1 was "
                        "taken after it ran briefly")
+        left_stopped = tasks.stopped_ids(self.root_pid, settle=STOP_SETTLE)
         self._freeze("restore")
         try:
             self.test_pid = self.flavor.test_pid_after_restore(self.root_pid, self.ns_pid)
@@ -480,6 +490,7 @@ class Run:
             self.result.fail("restore", ENGINE_ERROR, exc.message)
             raise _Failed from None
         self.progress(f"{label}: restore {time.monotonic() - t0:.2f}s")
+        return left_stopped
 
     def _wait_dumped_gone(self, frozen: list[int]) -> None:
         """The engine killed the dumped tree; reap it so its pids are free again."""
@@ -624,12 +635,14 @@ class Run:
             self.result.fail(phase, TIMEOUT, f"freeze: {exc}")
             raise _Failed from None
 
-    def _capture(self, label: str) -> Any:
+    def _capture(self, label: str, held: set[int] | None = None) -> Any:
+        """Snapshot the stopped tree; ``held``: the tasks stopped by the test (see
+        snapshot.capture)."""
         self.phase = "check"
         try:
             with deadline(SNAPSHOT_TIMEOUT, f"snapshot {label}"):
                 self._see_cgroups([self.root_pid])
-                return snapshot.capture(self.root_pid, ns=self.flavor.uses_ns)
+                return snapshot.capture(self.root_pid, ns=self.flavor.uses_ns, held=held)
         except PhaseTimeout as exc:
             self.result.fail("check", TIMEOUT, str(exc))
             raise _Failed from None

@@ -26,7 +26,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from zdtm import filestate, memory, proc, sharing, taskattrs, tracing, ttystate
@@ -634,12 +634,15 @@ def _userns_maps(pid: int) -> tuple[str, str]:
 # ---- entry points ----------------------------------------------------------------------------
 
 
-def capture(root_pid: int, *, ns: bool = False) -> TreeState:
+def capture(root_pid: int, *, ns: bool = False,
+            held: Collection[int] | None = None) -> TreeState:
     """Snapshot the stopped tree under root_pid (root plus all descendants).
 
     With ns=True also the hostname/domainname of every uts namespace and the uid/gid maps of
     every user namespace of the tree. The namespace layout is captured always (in the h
-    flavour every namespace must stay "host").
+    flavour every namespace must stay "host"). ``held``: the processes (pids in their own
+    namespace) in a group-stop of their own as seen before the harness stopped the tree
+    (tasks.stopped_ids), recorded as the taskattr "stopped by signal"; None: not recorded.
     """
     pids = _walk(root_pid)
     notes: list[str] = []
@@ -662,6 +665,9 @@ def capture(root_pid: int, *, ns: bool = False) -> TreeState:
         if ps.real_pid != root_pid:
             ps.ppid = inner.get(outer_ppid[ps.real_pid], OUTSIDE)
     procs.sort(key=lambda p: (p.real_pid != root_pid, p.pid))
+    for ps in procs:
+        if held is not None and ps.state != "Z":
+            ps.taskattrs["stopped by signal"] = "yes" if ps.pid in held else "no"
 
     labels = _Labeller()
     raws = {ps.real_pid: _fd_table(ps, labels) for ps in procs}

@@ -4,13 +4,17 @@ Read from outside where the kernel shows it: THP disable (status THP_enabled), t
 (/proc/PID/timerslack_ns), oom_score_adj, the LSM label (/proc/PID/attr/current, absent
 without an LSM), io priority (ioprio_get), the scheduling attributes (sched_getattr: policy
 flags such as reset-on-fork, utilisation clamps, deadline parameters; policy, priority and
-nice themselves are in the ``task`` check). Dumpable, child subreaper and the parent-death
-signal only the task can ask for: zdtm.tracing.visit reads them in the same ptrace visit as
-the rseq configuration (not in a task under seccomp, whose filter could kill it for an
-injected prctl).
+nice themselves are in the ``task`` check). Dumpable, child subreaper, the parent-death
+signal and the membarrier private-expedited registrations (plain, sync_core, rseq) only the
+task can ask for: zdtm.tracing.visit reads them in the same ptrace visit as the rseq
+configuration (not in a task under seccomp, whose filter could kill it for an injected
+call). The global-expedited registration is not visible anywhere: the kernel keeps it only
+in mm->membarrier_state, which no /proc file shows, and MEMBARRIER_CMD_GLOBAL_EXPEDITED
+succeeds whether or not the caller registered.
 
-Stopped-by-signal state and membarrier registrations are not visible from outside while the
-harness holds the tree in group-stop; they are not checked.
+"stopped by signal" (yes/no) is not read here: the harness itself SIGSTOPs the tree, so the
+lifecycle tells which tasks the test had stopped (before its freeze) and which the restore
+left stopped (before the freeze after it), see snapshot.capture(held=...).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ _SYS_IOPRIO_GET = 252  # x86_64
 _SYS_SCHED_GETATTR = 315
 IOPRIO_WHO_PROCESS = 1
 SCHED_FLAG_RESET_ON_FORK = 1
-IN_TASK = ("dumpable", "child_subreaper", "pdeathsig")
+IN_TASK = ("dumpable", "child_subreaper", "pdeathsig", "membarrier registrations")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

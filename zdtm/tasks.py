@@ -115,11 +115,25 @@ def freeze(root: int, timeout: float) -> list[int]:
         time.sleep(0.01)
 
 
-def stopped_ids(root: int) -> set[int]:
+def stopped_ids(root: int, settle: float = 0.0) -> set[int]:
     """Tasks under ``root`` that are in group-stop of their own (the test stopped them),
     as pids in their own pid namespace: the same numbers name them after a restore into
-    new namespaces.  Call before freeze(); thaw() leaves these stopped."""
-    return {_own_pid(p) for p in tree(root) if all(s == "T" for s in _thread_states(p))}
+    new namespaces.  Call before freeze(); thaw() leaves these stopped.
+
+    ``settle``: a thread just detached by a tracer (a restore that left the tree stopped)
+    is briefly running ('R', or still 't') on its way back into group-stop; such a task is
+    looked at again until it is all 'T' or ``settle`` seconds have passed."""
+    deadline = time.monotonic() + settle
+    out = set()
+    for pid in tree(root):
+        states = _thread_states(pid)
+        while (not all(s == "T" for s in states) and all(s in "TRt" for s in states)
+               and time.monotonic() < deadline):
+            time.sleep(0.001)
+            states = _thread_states(pid)
+        if all(s == "T" for s in states):
+            out.add(_own_pid(pid))
+    return out
 
 
 def _own_pid(pid: int) -> int:

@@ -1,6 +1,7 @@
 """A short ptrace visit to a stopped thread: read what only ptrace or the task itself can
 tell (rseq configuration; dumpable, child subreaper and parent-death signal through
-injected prctl calls), then let it go.
+injected prctl calls; membarrier private registrations through injected barriers), then let
+it go.
 
 The kernel writes a thread's rseq area (cpu_id_start, cpu_id, node_id, mm_cid) whenever the
 thread returns to user space on some CPU, so those fields legitimately differ between the
@@ -46,6 +47,13 @@ KCMP_FILE = 0
 PR_GET_PDEATHSIG = 2
 PR_GET_DUMPABLE = 3
 PR_GET_CHILD_SUBREAPER = 37
+_SYS_MEMBARRIER = 324
+# the expedited barrier of each private registration kind: 0 when the task's mm registered
+# for it, EPERM when not (kernel/sched/membarrier.c membarrier_private_expedited), EINVAL
+# when this kernel lacks it; the barrier itself only IPIs CPUs running the (stopped) task
+MEMBARRIER_PROBES = (("membarrier private expedited", 1 << 3),
+                     ("membarrier private expedited sync_core", 1 << 5),
+                     ("membarrier private expedited rseq", 1 << 7))
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -138,7 +146,7 @@ def read_rseq(tid: int, timeout: float = 5.0) -> RseqConfig:
 def visit(tid: int, *, in_task: bool, timeout: float = 5.0) -> Visit:
     """One ptrace visit of a stopped thread: its rseq configuration, and with ``in_task``
     the per-task state only the task can ask for (PR_GET_DUMPABLE, PR_GET_CHILD_SUBREAPER,
-    PR_GET_PDEATHSIG), all in this one seize."""
+    PR_GET_PDEATHSIG, membarrier private registrations), all in this one seize."""
     with seized(tid, timeout):
         conf = _RseqConfiguration()
         _ptrace(
@@ -177,6 +185,10 @@ def _read_in_task(tid: int, timeout: float) -> dict[str, str]:
                             ("pdeathsig", PR_GET_PDEATHSIG)):
             inj.check(_SYS_PRCTL, option, inj.scratch)
             out[key] = str(int.from_bytes(inj.read_scratch(4), "little", signed=True))
+        for key, cmd in MEMBARRIER_PROBES:
+            res = inj.syscall(_SYS_MEMBARRIER, cmd, 0, 0)
+            if res in (0, -errno.EPERM):
+                out[key] = "yes" if res == 0 else "no"
     return out
 
 

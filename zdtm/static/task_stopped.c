@@ -3,7 +3,11 @@
  * thread (SIGTSTP would be discarded: the test's process group is orphaned). After restore
  * both are still stopped ('T'); SIGCONT wakes them, and each then reports as usual (the
  * threaded one after waking its thread). The first child has one more SIGSTOP pending.
+ * Each child is stopped only once it said it is ready and then went to sleep (in
+ * test_waitsig's sigsuspend: the next call that can block): a child stopped halfway
+ * through its set-up would show the rest of it as soon as it runs.
  */
+#include <errno.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,13 +26,30 @@ static void *sleeper_fn(void *arg)
 
 static int child_main(int fd, void *arg)
 {
-	(void)fd;
 	if (arg && test_sleeper_start(&sleeper, sleeper_fn, NULL))
 		return 1;
+	if (write(fd, "R", 1) != 1)
+		return 3;
 	test_waitsig();
 	if (arg && test_sleeper_wake(&sleeper, 10000))
 		return 2;
 	return 0;
+}
+
+/* Wait (10 s) until child pid sleeps: 0, or -1. */
+static int wait_asleep(pid_t pid)
+{
+	char state = 0;
+
+	for (int i = 0; i < 10000; i++) {
+		if (proc_stat(pid, &state, NULL))
+			return -1;
+		if (state == 'S')
+			return 0;
+		usleep(1000);
+	}
+	errno = ETIMEDOUT;
+	return -1;
 }
 
 /* Stop child pid with sig and wait until its stop is reported: 0, or -1. */
@@ -44,17 +65,21 @@ static int stop_child(pid_t pid, int sig)
 int main(int argc, char **argv)
 {
 	pid_t child[NR];
-	char state;
+	char state, ready;
+	int fd;
 
 	test_init(argc, argv);
 
 	for (int i = 0; i < NR; i++) {
-		child[i] = test_fork_child(TEST_NO_PIPE, NULL, child_main, i ? &sleeper : NULL);
+		child[i] = test_fork_child(TEST_PIPE_FROM_CHILD, &fd, child_main,
+					   i ? &sleeper : NULL);
 		if (child[i] < 0)
 			return 1;
-		/* Give the threaded child time to start its thread before it stops. */
-		if (i)
-			usleep(100000);
+		if (test_read_timeout(fd, &ready, 1, 10000) || wait_asleep(child[i])) {
+			pr_perror("child %d not ready", child[i]);
+			return 1;
+		}
+		close(fd);
 		if (stop_child(child[i], SIGSTOP)) {
 			pr_perror("stop child %d", child[i]);
 			return 1;
