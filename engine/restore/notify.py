@@ -19,7 +19,6 @@ from engine.kernel import uapi
 from engine.kernel.sys import syscall
 
 _IN_DONT_FOLLOW = 0x02000000  # the path names the watched inode itself, symlink or not
-_FAN_CLOEXEC, _FAN_NONBLOCK = 0x1, 0x2  # per fd / a status flag: set apart
 _FAN_MARK_ADD = 0x1
 _FAN_MARK_IGNORED_MASK = 0x20
 _FAN_MARK_IGNORED_SURV_MODIFY = 0x40
@@ -86,14 +85,16 @@ def _mark(fd: int, m: FanotifyMark, flags: int, mask: int) -> None:
 def fanotify(state: FanotifyState) -> int:
     """A new fanotify group with the dumped flags and marks."""
     try:
-        fd = syscall(uapi.SYS_fanotify_init, state.flags & ~_FAN_NONBLOCK | _FAN_CLOEXEC,
-                     state.event_flags)
+        # FAN_CLOEXEC and FAN_NONBLOCK stay in the group's flags as given, as fdinfo shows
+        fd = syscall(uapi.SYS_fanotify_init, state.flags, state.event_flags)
     except OSError as e:
         raise EngineError("files", f"fanotify_init({state.flags:#x}): {e.strerror}") \
             from None
     try:
         for m in state.marks:
-            # the ignore flags only go with the ignored mask, set by a call of its own
+            # the ignore flags only go with the ignored mask, set by a call of its own; a
+            # mark left with neither (its ignored mask cleared by a FAN_MODIFY) acts on
+            # nothing and cannot be made again: it is left out
             if m.mask:
                 _mark(fd, m, m.mflags & ~_IGNORE_ONLY, m.mask)
             if m.ignored_mask:
