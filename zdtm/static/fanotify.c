@@ -86,6 +86,9 @@ int main(int argc, char **argv)
 		pr_perror("fanotify_init");
 		return 1;
 	}
+	if (g < 0)
+		test_msg("fanotify_init(FAN_CLASS_NOTIF): EPERM (no CAP_SYS_ADMIN in the initial "
+			 "user namespace): only the FAN_REPORT_FID group is tested\n");
 	if (g >= 0 &&
 	    (mark(g, 0, FAN_OPEN | FAN_MODIFY, file) ||
 	     mark(g, FAN_MARK_ONLYDIR, FAN_CLOSE_WRITE | FAN_EVENT_ON_CHILD, test_dirname) ||
