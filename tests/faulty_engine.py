@@ -38,6 +38,8 @@ Two halves:
   ``flip-shared``  invert one byte of the largest writable shared mapping (anonymous shared
                    memory or a memfd) through /proc/PID/mem
   ``new-uts``      inject unshare(CLONE_NEWUTS): the task moves to a uts namespace of its own
+  ``drop-watch``   remove the highest watch of the first inotify fd, through pidfd_getfd
+                   (the same group)
   ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
                    file description)
 
@@ -106,7 +108,7 @@ TTY_FAULTS = ("set-winsize", "set-termios")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
           *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left",
-          "flip-shared", "new-uts", "dir-nonblock")
+          "flip-shared", "new-uts", "dir-nonblock", "drop-watch")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
@@ -417,6 +419,22 @@ def dir_nonblock(pid: int) -> dict:
     return {"fd": fd, "path": path}
 
 
+def drop_watch(pid: int) -> dict:
+    """Remove the highest watch of the first inotify fd (its group)."""
+    fd, _ = _first_fd(pid, lambda st, target: target.startswith("anon_inode:") and "inotify" in target)
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        wds = [int(line.split()[1].split(":")[1], 16) for line in f
+               if line.startswith("inotify wd:")]
+    copy = _copy_fd(pid, fd)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.inotify_rm_watch(copy, max(wds)):
+            raise OSError(ctypes.get_errno(), "inotify_rm_watch")
+    finally:
+        os.close(copy)
+    return {"fd": fd, "wd": max(wds)}
+
+
 def hang(pid: int) -> dict:
     """An engine that never answers."""
     del pid
@@ -472,7 +490,8 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
            "mount-left": mount_left, "cgroup-left": cgroup_left,
-           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock}
+           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,
+           "drop-watch": drop_watch}
 
 
 def _children(pid: int) -> list[int]:
