@@ -74,13 +74,17 @@ def _pidfd(pid: int, info: FdInfo) -> PidfdState:
     return PidfdState(target)
 
 
-def check_pidfds(files: list[FileRecord], pids: set[int]) -> None:
+def check_pidfds(files: list[FileRecord], pids: set[int],
+                 holder: dict[int, tuple[int, int]]) -> None:
     """Once the whole tree is known: every pidfd refers to one of its processes (only
-    those are restored, so only those can be opened again)."""
+    those are restored, so only those can be opened again). holder: file id -> (pid, fd)
+    of a task holding it."""
     for r in files:
         if r.pidfd is not None and r.pidfd.pid not in pids:
-            raise EngineError("files", f"{r.link}: cannot dump a pidfd of pid {r.pidfd.pid}, "
-                                       "which is not a process of the dumped tree")
+            pid, fd = holder[r.id]
+            raise EngineError("files", f"task {pid} fd {fd}: cannot dump a pidfd of pid "
+                                       f"{r.pidfd.pid}, which is not a process of the "
+                                       "dumped tree")
 
 
 def refuse_shared_pidfd(rec: FileRecord, pid: int, fd: int,

@@ -50,7 +50,8 @@ class FileTable:
         """After every task: what only the whole tree can tell (socket peers and the
         owners of POSIX locks are inside it)."""
         unixsk.check_peers(self.files)
-        anonfd.check_pidfds(self.files, pids)
+        anonfd.check_pidfds(self.files, pids, {fid: (pid, fd) for reps in
+                                               self._by_inode.values() for fid, pid, fd in reps})
         for r in self.files:
             for lk in r.locks:
                 if lk.kind == "posix" and lk.owner not in pids:
