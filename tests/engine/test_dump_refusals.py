@@ -21,6 +21,10 @@ HOLDERS = {
                        "socket.SOCK_RAW, 0)"), "cannot dump a netlink socket ("),
     "pidfd outside the tree": ("s = os.pidfd_open(1)",
                                "cannot dump a pidfd of pid 1, which is not a process of"),
+    "pidfd shared with a child": (
+        ("import ctypes; s = os.pidfd_open(os.getpid())\n"
+         "if os.fork() == 0:\n    ctypes.CDLL(None).prctl(1, 9); time.sleep(60); os._exit(0)"),
+        "cannot dump a pidfd shared with task "),
     "inotify with queued events": (
         ("import ctypes; c = ctypes.CDLL(None); s = c.inotify_init1(0); "
          "c.inotify_add_watch(s, b'/', 0x20); "
