@@ -98,9 +98,10 @@ class Flavor(ABC):
     #: the tree lives in its own namespaces (the snapshot then records them too)
     uses_ns: bool = False
 
-    def prepare(self, workdir: Path) -> None:
-        """Make ``workdir`` usable by the test (created by the caller)."""
-        del workdir
+    def prepare(self, workdir: Path, deps: Sequence[str] = ()) -> None:
+        """Make ``workdir`` usable by the test (created by the caller); ``deps``: the
+        programs it runs (desc ``deps``), for a flavour whose tree has a root of its own."""
+        del workdir, deps
 
     def tree_root(self, workdir: Path) -> Path | None:
         """The tree's own root directory (host path), or None when it shares the host's."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flavors.base import Flavor, Started, StartError, host_pid_in_ns, read_pid
-from flavors.root import install, make_root
+from flavors.root import install, install_at, install_test, make_root
 
 NSINIT = Path(__file__).resolve().parent / "nsinit"
 HOSTNAME = "zdtm-ns"
@@ -31,8 +31,13 @@ class NsFlavor(Flavor):
     #: add a user namespace (flavour uns)
     user_ns = False
 
-    def prepare(self, workdir: Path) -> None:
+    def prepare(self, workdir: Path, deps: Sequence[str] = ()) -> None:
         make_root(workdir)
+        for dep in deps:
+            # CRIU's convention: "a|b" names one program found at either path
+            found = next((p for p in dep.split("|") if Path(p).is_file()), None)
+            if found is not None:
+                install_at(workdir, Path(found))
 
     def tree_root(self, workdir: Path) -> Path | None:
         """The work dir is the tree's "/"."""
@@ -40,12 +45,12 @@ class NsFlavor(Flavor):
 
     def command(self, argv: Sequence[str], workdir: Path, log: Path) -> list[str]:
         init = install(workdir, NSINIT)
-        test = install(workdir, Path(argv[0]))
+        test = install_test(workdir, Path(argv[0]))
         opts = ["-u"] if self.user_ns else []
         if log.parent == workdir:
             opts += ["-l", f"/{log.name}"]
         return [str(workdir / init.lstrip("/")), *opts, "-H", HOSTNAME, "-R", str(workdir),
-                "-i", init, "-r", str(workdir / ROOTPID_FILE), "--", test, *argv[1:]]
+                "-i", init, "-r", str(workdir / ROOTPID_FILE), "--", *test, *argv[1:]]
 
     def locate(self, workdir: Path, ns_pid: int) -> Started:
         try:

@@ -25,7 +25,7 @@ class UserNsFlavor(NsFlavor):
     name = "uns"
     user_ns = True
 
-    def prepare(self, workdir: Path) -> None:
+    def prepare(self, workdir: Path, deps: Sequence[str] = ()) -> None:
         for d in workdir.resolve().parents:
             mode = d.stat().st_mode
             if not mode & 0o001:
@@ -33,7 +33,7 @@ class UserNsFlavor(NsFlavor):
                                           f"searchable by others, so uid {UNS_BASE} cannot "
                                           f"reach the work dir {workdir}; use a work root "
                                           "every user can enter")
-        super().prepare(workdir)
+        super().prepare(workdir, deps)
         os.chown(workdir, UNS_BASE, UNS_BASE)
 
     def command(self, argv: Sequence[str], workdir: Path, log: Path) -> list[str]:

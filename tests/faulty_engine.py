@@ -52,6 +52,8 @@ Two halves:
   ``flip-shared``  invert one byte of the largest writable shared mapping (anonymous shared
                    memory or a memfd) through /proc/PID/mem
   ``new-uts``      inject unshare(CLONE_NEWUTS): the task moves to a uts namespace of its own
+  ``drop-watch``   remove the highest watch of the first inotify fd, through pidfd_getfd
+                   (the same group)
   ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
                    file description)
 
@@ -130,7 +132,7 @@ FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL,
           *KNOBS, *FILE_FAULTS, "set-async", "rename-unlinked", *TTY_FAULTS, "mount-left", "cgroup-left",
           "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
-          "resume-stopped")
+          "resume-stopped", "drop-watch")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
@@ -577,6 +579,22 @@ def dir_nonblock(pid: int) -> dict:
     return {"fd": fd, "path": path}
 
 
+def drop_watch(pid: int) -> dict:
+    """Remove the highest watch of the first inotify fd (its group)."""
+    fd, _ = _first_fd(pid, lambda st, target: target.startswith("anon_inode:") and "inotify" in target)
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        wds = [int(line.split()[1].split(":")[1], 16) for line in f
+               if line.startswith("inotify wd:")]
+    copy = _copy_fd(pid, fd)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.inotify_rm_watch(copy, max(wds)):
+            raise OSError(ctypes.get_errno(), "inotify_rm_watch")
+    finally:
+        os.close(copy)
+    return {"fd": fd, "wd": max(wds)}
+
+
 def hang(pid: int) -> dict:
     """An engine that never answers."""
     del pid
@@ -635,7 +653,8 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            "mount-left": mount_left, "cgroup-left": cgroup_left,
            "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,
            "drop-ctty": drop_ctty, "set-fgpgrp": set_fgpgrp,
-           "membarrier-register": membarrier_register, "resume-stopped": resume_stopped}
+           "membarrier-register": membarrier_register, "resume-stopped": resume_stopped,
+           "drop-watch": drop_watch}
 
 
 def _children(pid: int) -> list[int]:

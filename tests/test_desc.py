@@ -77,7 +77,7 @@ def test_errors_name_the_line() -> None:
 
 
 def test_criu_dialect() -> None:
-    """Tabs, string timeouts, dopts/ropts/arch, CRIU flags, Python expressions."""
+    """Tabs, string timeouts, dopts/ropts/arch/deps, CRIU flags, Python expressions."""
     text = ("{\n\t'flavor':\t'h ns',\n\t'timeout':\t'60',\n\t'flags':\t'suid crlib "
             "pre-dump-notify nouser',\n\t'dopts': '--ext-mount-map ' + 'a:b',\n"
             "\t'ropts': ' '.join(['--tcp-close', '--link-remap']),\n\t'arch': 'x86_64',\n"
@@ -86,7 +86,7 @@ def test_criu_dialect() -> None:
         "flavors": ("h", "ns"), "timeout": 60,
         "flags": frozenset({"suid", "crlib", "pre-dump-notify", "nouser"}),
         "dopts": ("--ext-mount-map", "a:b"), "ropts": ("--tcp-close", "--link-remap"),
-        "arch": "x86_64"}
+        "arch": "x86_64", "deps": ("/bin/sh",)}
     assert parse_desc("{'timeout': '%d' % 45, 'flavor': str('h')}", WHERE) == {
         "timeout": 45, "flavors": ("h",)}
 

@@ -170,6 +170,19 @@ def test_fault_after_real_restore(fault: str, subject: TestDesc, bundled: Bundle
     _check_fault(fault, result, engine.record)
 
 
+def test_dropped_inotify_watch_after_real_restore(clean: Path, tmp_path: Path) -> None:
+    """A restore that loses an inotify watch fails the fds check, which names the watch
+    line (static/inotify carries the feature the fake engine lacks: a real C/R here)."""
+    lifecycle.prepare_process()
+    test = next(t for t in discover() if t.name == "static/inotify")
+    engine = FaultyEngine("drop-watch", tmp_path, inner=BundledEngine())
+    result = _run(test, engine, clean)
+    assert engine.record, f"the fault was never applied: {result.summary()}"
+    problems = _expect(result, "fds")
+    assert any(f"fd {engine.record['fd']} anon_inode:inotify" in p and "'inotify wd'" in p
+               for p in problems), problems
+
+
 def test_hang_after_real_restore(subject: TestDesc, bundled: BundledEngine, clean: Path,
                                  tmp_path: Path) -> None:
     """The restore step hangs with a restored, stopped tree in place: the deadline kills

@@ -139,3 +139,33 @@ def test_failing_starter_is_reported(workdir: Path) -> None:
         fl.start(["/bin/false"], workdir, "t.pid", 10.0, workdir / "start.log")
     assert exc.value.kind == "failed"
     assert "test starter exited with 1" in exc.value.message
+
+
+def test_ns_root_runs_an_env_python_script_with_its_deps(workdir: Path) -> None:
+    """A `#!/usr/bin/env python3` script gets the harness's interpreter, its standard
+    library (sqlite3's extension and libsqlite3 too) and the .py modules beside it; a
+    desc dep is installed at its own path; the root runs the script on its own."""
+    import sys
+
+    from flavors.root import install_test, make_root
+
+    src = workdir / "src"
+    src.mkdir()
+    (src / "helper.py").write_text("VALUE = 7\n")
+    script = src / "prog"
+    script.write_text("#!/usr/bin/env python3\nimport os, sys, sqlite3, asyncio\n"
+                      "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
+                      "import helper\nprint(helper.VALUE, sqlite3.connect(':memory:')"
+                      ".execute('select 6*7').fetchone()[0])\n")
+    script.chmod(0o755)
+    root = workdir / "root"
+    root.mkdir()
+    make_root(root)
+    get_flavor("ns").prepare(root, ["/nonexistent/dep|/bin/true"])
+    argv = install_test(root, script)
+    assert argv == [os.path.realpath(sys.executable), "/.bin/prog"]
+    assert (root / "bin" / "true").is_file()
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    out = subprocess.run([chroot, str(root), *argv], capture_output=True, text=True,
+                         timeout=60, env={"PATH": "/usr/bin:/bin"}, check=False)
+    assert out.returncode == 0 and out.stdout == "7 42\n", out.stderr

@@ -1,7 +1,9 @@
 """Real programs through the whole harness: each Python program in tests/real (an asyncio
 echo server with a client connected across C/R, redis-server with a client connection,
 an SQLite exclusive transaction) is started, checkpointed and restored twice with every
-check of the runner, then used: its own verdict says whether it still works."""
+check of the runner, then used: its own verdict says whether it still works. In flavour ns
+the program lives in a root of its own: the harness installs the Python runtime and the
+descriptor's ``deps`` (redis-server) there (flavors/root.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ PROGRAMS = sorted(p.name for p in (REPO / "tests" / "real").iterdir()
                   if p.is_file() and not p.suffix and p.name != "Makefile")
 
 
-@pytest.mark.parametrize("flavor", ["h"])
+@pytest.mark.parametrize("flavor", ["h", "ns"])
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_real_program_survives_checkpoint_restore(program: str, flavor: str) -> None:
     out = subprocess.run([sys.executable, "runner.py", "run", "--tests-dir", "tests/real",

@@ -412,3 +412,19 @@ def test_stopped_by_signal_and_membarrier(subject: Subject) -> None:
     assert tree.procs[subject.pid].taskattrs["stopped by signal"] == "no"
     assert tree.procs[subject.pid].taskattrs["membarrier private expedited"] == "no"
     assert "stopped by signal" not in snapshot.capture(subject.pid).procs[child].taskattrs
+
+
+def test_notify_and_pidfd_lines_compare_without_renewed_ids() -> None:
+    """inotify watches (wd, mask, inode) and fanotify marks are part of the fd state; a
+    mount mark's mount id and a pidfd's pids above the tree's namespace are not."""
+    line = "3 ino:21263f sdev:fe00000 mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1"
+    watch = ("inotify wd", line + " f_handle:3f2621008a740c12")
+    for other in (watch[1].replace("3 ino", "4 ino"), watch[1].replace("mask:300", "mask:100")):
+        assert snapshot.stable_fdinfo([watch]) != snapshot.stable_fdinfo([("inotify wd", other)])
+    mnt = [("fanotify mnt_id", "1b mflags:0 mask:8 ignored_mask:0")]
+    assert snapshot.stable_fdinfo(mnt) == snapshot.stable_fdinfo(
+        [("fanotify mnt_id", "2c0 mflags:0 mask:8 ignored_mask:0")])
+    assert snapshot.stable_fdinfo(mnt) != snapshot.stable_fdinfo(
+        [("fanotify mnt_id", "1b mflags:0 mask:10 ignored_mask:0")])
+    assert snapshot.stable_fdinfo([("NSpid", "8123\t1")]) == (("NSpid", "1"),)
+    assert snapshot.stable_fdinfo([("NSpid", "1")]) != snapshot.stable_fdinfo([("NSpid", "2")])

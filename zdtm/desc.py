@@ -20,7 +20,9 @@ Keys (all optional):
 ``file``     true: start the test with ``--filename=NAME.test``
 ``dir``      true: start the test with ``--dirname=NAME.test`` (``NAME.dir.test`` with file)
 ``arch``     the one machine (``uname -m``) the test is for; SKIP on any other
-``deps``, ``sysctl``   CRIU keys, accepted without effect here
+``deps``     programs the test runs, absolute paths (``a|b``: the first that exists),
+             installed into the tree's own root in the ns/uns flavours
+``sysctl``   a CRIU key, accepted without effect here
 
 A descriptor that cannot be read does not stop discovery: the test is listed with its
 ``problem`` (file, line, what is wrong) and its runs are harness errors naming it.
@@ -90,6 +92,7 @@ class TestDesc:
     needs_file: bool = False
     needs_dir: bool = False
     arch: str | None = None
+    deps: tuple[str, ...] = ()  # programs installed into the ns/uns root
     problem: str | None = None     # the descriptor could not be read: why (file:line: ...)
     notes: tuple[str, ...] = ()    # descriptor content accepted without effect
 
@@ -236,8 +239,10 @@ def _read_key(key: Any, value: Any, out: dict[str, Any], notes: list[str],
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"'arch' must be a machine name such as x86_64, not {value!r}")
         out["arch"] = value.strip()
+    elif key == "deps":
+        out["deps"] = tuple(_words(value, key))
     elif key in KNOWN_KEYS:
-        pass  # deps, sysctl: CRIU's own setup of its ns root; nothing to do here
+        pass  # sysctl: CRIU's own setup of its ns root; nothing to do here
     elif strict:
         raise ValueError(f"unknown key {key!r}; known: {', '.join(sorted(KNOWN_KEYS))}")
     else:

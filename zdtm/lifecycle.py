@@ -285,7 +285,7 @@ class Run:
         workdir = Path(tempfile.mkdtemp(prefix=name, dir=base))
         os.chmod(workdir, 0o755)
         try:
-            self.flavor.prepare(workdir)
+            self.flavor.prepare(workdir, self.test.deps)
         except StartError:
             shutil.rmtree(workdir, ignore_errors=True)
             raise

@@ -305,11 +305,17 @@ def _wait_stopped_again(tids: list[int], deadline: float) -> None:
 # fdinfo fields that are part of an fd's observable state and stable across a restore
 # (timerfd's it_value is the time left: it moves).
 _STABLE_FDINFO = ("eventfd-count", "eventfd-semaphore", "sigmask", "clockid", "settime flags",
-                  "it_interval", "tfd", "lock")
+                  "it_interval", "tfd", "lock", "inotify wd", "fanotify flags", "fanotify ino",
+                  "fanotify mnt_id", "fanotify sdev", "NSpid")
 # Parts that a restore renews and the rest of the snapshot already judges: an epoll watch
 # line's "pos:P ino:I sdev:D" of the watched file (its fd number names it), and a lock
 # line's "1: " counter, owner pid (host view) and device:inode.
+# A fanotify mount mark's mount id (a new mount namespace numbers its mounts anew: the
+# mark's mask and flags are judged), and a pidfd's pids in the namespaces above the
+# tree's own (its pid inside is judged).
 _RENEWED = {"tfd": (re.compile(r"\s+pos:.*$"), ""),
+            "fanotify mnt_id": (re.compile(r"^[0-9a-f]+\s+"), ""),
+            "NSpid": (re.compile(r"^.*\s"), ""),
             "lock": (re.compile(r"^\d+:\s+|\s+-?\d+\s+[0-9a-f]+:[0-9a-f]+:\d+(?=\s)"), " ")}
 
 

@@ -1,6 +1,7 @@
-"""State of the anon-inode fds the engine can give back: eventfd, signalfd, timerfd, epoll.
+"""State of the anon-inode fds the engine can give back: eventfd, signalfd, timerfd, epoll,
+inotify, fanotify (engine.dump.notify), pidfd.
 
-Every other anon-inode kind (pidfd, inotify, fanotify, userfaultfd, io_uring, ...) and
+Every other anon-inode kind (userfaultfd, io_uring, ...) and
 every socket is refused here, at dump time, while the tree can still be left running:
 a restore that finds such an fd would only fail after the dump had killed the tree.
 """
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import time
 
+from engine.dump import notify
 from engine.errors import EngineError
 from engine.images.fdkinds import (
     TFD_TIMER_ABSTIME,
     EpollWatch,
     EventfdState,
+    PidfdState,
     SignalfdState,
     TimerfdState,
 )
@@ -21,7 +24,7 @@ from engine.images.records import FileRecord
 from engine.proc import anonfd
 from engine.proc.fdinfo import FdInfo
 
-SUPPORTED = ("eventfd", "signalfd", "timerfd", "eventpoll")
+SUPPORTED = ("eventfd", "signalfd", "timerfd", "eventpoll", "inotify", "fanotify", "pidfd")
 
 
 def refuse_unsupported(pid: int, info: FdInfo, kind: str) -> None:
@@ -50,11 +53,49 @@ def fill(rec: FileRecord, pid: int, info: FdInfo) -> None:
             rec.signalfd = SignalfdState(anonfd.signalfd(info.extra))
         elif kind == "timerfd":
             rec.timerfd = _timer(anonfd.timerfd(info.extra))
+        elif kind == "inotify":
+            rec.inotify = notify.inotify(pid, info)
+        elif kind == "fanotify":
+            rec.fanotify = notify.fanotify(pid, info)
+        elif kind == "pidfd":
+            rec.pidfd = _pidfd(pid, info)
         else:
             rec.epoll = []
     except (KeyError, ValueError) as e:
         raise EngineError("files", f"task {pid} fd {info.fd}: unreadable {kind} fdinfo: "
                                    f"{e}") from None
+
+
+def _pidfd(pid: int, info: FdInfo) -> PidfdState:
+    target = anonfd.pidfd(info.extra)
+    if target <= 0:
+        raise EngineError("files", f"task {pid} fd {info.fd}: cannot dump a pidfd of a "
+                                   "process already reaped: pidfd_open needs a live pid")
+    return PidfdState(target)
+
+
+def check_pidfds(files: list[FileRecord], pids: set[int],
+                 holder: dict[int, tuple[int, int]]) -> None:
+    """Once the whole tree is known: every pidfd refers to one of its processes (only
+    those are restored, so only those can be opened again). holder: file id -> (pid, fd)
+    of a task holding it."""
+    for r in files:
+        if r.pidfd is not None and r.pidfd.pid not in pids:
+            pid, fd = holder[r.id]
+            raise EngineError("files", f"task {pid} fd {fd}: cannot dump a pidfd of pid "
+                                       f"{r.pidfd.pid}, which is not a process of the "
+                                       "dumped tree")
+
+
+def refuse_shared_pidfd(rec: FileRecord, pid: int, fd: int,
+                        holders: list[tuple[int, int, int]]) -> None:
+    """A pidfd's description held by two tasks: restore opens one per task (the holder
+    opens it once every task exists, after the fds are shared out), so refuse it.
+    holders: (file id, pid, fd) of the first holder of each description of the inode."""
+    holder = next(p for f, p, _ in holders if f == rec.id)
+    if rec.pidfd is not None and holder != pid:
+        raise EngineError("files", f"task {pid} fd {fd}: cannot dump a pidfd shared with "
+                                   f"task {holder}: each task would get its own")
 
 
 def _timer(t: anonfd.Timer) -> TimerfdState:

@@ -50,6 +50,8 @@ class FileTable:
         """After every task: what only the whole tree can tell (socket peers and the
         owners of POSIX locks are inside it)."""
         unixsk.check_peers(self.files)
+        anonfd.check_pidfds(self.files, pids, {fid: (pid, fd) for reps in
+                                               self._by_inode.values() for fid, pid, fd in reps})
         for r in self.files:
             for lk in r.locks:
                 if lk.kind == "posix" and lk.owner not in pids:
@@ -83,6 +85,8 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
             raise EngineError("files", f"task {pid} fd {info.fd}: {e.strerror}") from None
         key = (st.st_dev, st.st_ino)
         fid = _same_description(table, key, pid, info.fd)
+        if fid is not None:
+            anonfd.refuse_shared_pidfd(table.files[fid], pid, info.fd, table._by_inode[key])
         if fid is None:
             fid = len(table.files)
             rec = _record(img, table, pid, info, st, fid)

@@ -1,4 +1,5 @@
-"""Records of the anon-inode file kinds (eventfd, signalfd, timerfd, epoll) in files.json.
+"""Records of the anon-inode file kinds (eventfd, signalfd, timerfd, epoll, inotify,
+fanotify, pidfd) in files.json.
 
 Each is the state the kernel shows in /proc/PID/fdinfo for that kind and lets a new file
 be given back; a FileRecord of type "anon_inode" carries exactly one of them.
@@ -91,6 +92,78 @@ class EpollWatch:
         _check(self.events & ~EPOLL_EVENT_MASK == 0,
                f"epoll watch of fd {self.tfd}: events {self.events:#x} unknown")
         _check(0 <= self.data <= U64_MAX, f"epoll watch of fd {self.tfd}: data out of range")
+
+
+#: inotify mask bits a watch keeps: IN_ALL_EVENTS, IN_EXCL_UNLINK, IN_ONESHOT
+INOTIFY_MASK = 0xFFF | 0x04000000 | 0x80000000
+
+
+@dataclass
+class InotifyWatch:
+    """One inotify watch: the watch descriptor the program was given, the event mask, and
+    the watched inode (its path in the tree's root, and what a stat() of it returns, with
+    `dev` in the kernel's encoding major << 20 | minor)."""
+
+    wd: int
+    mask: int
+    path: str
+    dev: int
+    ino: int
+
+    def validate(self) -> None:
+        """Positive wd, known mask bits, an absolute path."""
+        _check(0 < self.wd < (1 << 31), f"inotify wd out of range: {self.wd}")
+        _check(self.mask & ~INOTIFY_MASK == 0 and self.mask & 0xFFF != 0,
+               f"inotify watch {self.wd}: mask {self.mask:#x} unknown")
+        _check(self.path.startswith("/"), f"inotify watch {self.wd}: path not absolute")
+
+
+FANOTIFY_MARK_KINDS = ("inode", "mount", "filesystem")
+
+
+@dataclass
+class FanotifyMark:
+    """One fanotify mark: on an inode, a mount or a filesystem, named by a path (of the
+    inode, of the mount point, of any file of the filesystem), with the FAN_MARK_* flags
+    the kernel shows for it and its event and ignored masks."""
+
+    kind: str
+    path: str
+    mflags: int
+    mask: int
+    ignored_mask: int
+
+    def validate(self) -> None:
+        """Known kind, absolute path, 32-bit values (a mark keeps 32-bit masks)."""
+        _check(self.kind in FANOTIFY_MARK_KINDS, f"fanotify mark kind {self.kind!r} unknown")
+        _check(self.path.startswith("/"), "fanotify mark path not absolute")
+        for v in (self.mflags, self.mask, self.ignored_mask):
+            _check(0 <= v < (1 << 32), f"fanotify mark value out of range: {v}")
+
+
+@dataclass
+class FanotifyState:
+    """A fanotify group: fanotify_init's flags and event_f_flags, and its marks."""
+
+    flags: int
+    event_flags: int
+    marks: list[FanotifyMark]
+
+    def validate(self) -> None:
+        """32-bit flags."""
+        _check(0 <= self.flags < (1 << 32) and 0 <= self.event_flags < (1 << 32),
+               "fanotify flags out of range")
+
+
+@dataclass
+class PidfdState:
+    """A pidfd: the task of the dumped tree it refers to (by its pid in the image)."""
+
+    pid: int
+
+    def validate(self) -> None:
+        """A pid."""
+        _check(self.pid > 0, f"pidfd of pid {self.pid}")
 
 
 #: socket types of unix sockets: SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET

@@ -17,8 +17,11 @@ from typing import ClassVar
 from engine.images.fdkinds import (
     EpollWatch,
     EventfdState,
+    FanotifyState,
     InetSocketState,
+    InotifyWatch,
     LockRecord,
+    PidfdState,
     SignalfdState,
     TimerfdState,
     UnixSocketState,
@@ -645,6 +648,9 @@ class FileRecord:
     signalfd: SignalfdState | None = None
     timerfd: TimerfdState | None = None
     epoll: list[EpollWatch] | None = None
+    inotify: list[InotifyWatch] | None = None
+    fanotify: FanotifyState | None = None
+    pidfd: PidfdState | None = None
     unix: UnixSocketState | None = None  # type socket: a connected unix socket
     inet: InetSocketState | None = None  # type socket: TCP or UDP
     locks: list[LockRecord] = field(default_factory=list)  # held through this open file
@@ -670,8 +676,8 @@ class FileRecord:
             _check(self.pipe_ino is not None, f"file {self.id}: pipe without inode")
         if self.content is not None:
             _check(_safe_name(self.content), f"file {self.id}: bad content file name")
-        kinds = [k for k in (self.eventfd, self.signalfd, self.timerfd, self.epoll)
-                 if k is not None]
+        kinds = [k for k in (self.eventfd, self.signalfd, self.timerfd, self.epoll,
+                             self.inotify, self.fanotify, self.pidfd) if k is not None]
         _check(len(kinds) == (self.type == "anon_inode"),
                f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
         _check((self.unix is not None) + (self.inet is not None) == (self.type == "socket"),

@@ -6,6 +6,14 @@ Formats (fs/eventfd.c, fs/signalfd.c, fs/timerfd.c, fs/eventpoll.c):
     clockid: <n>  ticks: <n>  settime flags: 0<octal>
     it_value: (<sec>, <nsec>)  it_interval: (<sec>, <nsec>)   (time left, not absolute)
     tfd: <fd> events: <hex> data: <hex>  pos:<n> ino:<hex> sdev:<hex>   (one per watch)
+and for inotify, fanotify and pidfd (fs/notify/fdinfo.c, kernel/pid.c):
+    inotify wd:<n> ino:<hex> sdev:<hex> mask:<hex> ignored_mask:<hex> <fhandle>  (per watch)
+    fanotify flags:<hex> event-flags:<hex>
+    fanotify ino:<hex> sdev:<hex> mflags:<hex> mask:<hex> ignored_mask:<hex> <fhandle>
+    fanotify mnt_id:<hex> mflags:<hex> mask:<hex> ignored_mask:<hex>
+    fanotify sdev:<hex> mflags:<hex> mask:<hex> ignored_mask:<hex>    (filesystem mark)
+    Pid: <pid in the reader's pid namespace, -1 once reaped>
+where <fhandle> is fhandle-bytes:<hex> fhandle-type:<hex> f_handle:<hex bytes>.
 """
 
 from __future__ import annotations
@@ -91,3 +99,89 @@ def epoll(extra: dict[str, str]) -> list[Watch]:
         out.append(Watch(int(m.group(1)), int(m.group(2), 16), int(m.group(3), 16),
                          int(m.group(4), 16), int(m.group(5), 16)))
     return out
+
+
+_FIELD = re.compile(r"([a-z_-]+):([0-9a-fA-F]+)")
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(_FIELD.findall(line))
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A file handle as fdinfo prints it (for open_by_handle_at), and its inode."""
+
+    ino: int
+    dev: int  # the kernel's encoding (major << 20 | minor)
+    type: int
+    data: bytes
+
+
+def _handle(f: dict[str, str]) -> Handle:
+    raw = bytes.fromhex(f["f_handle"])
+    if len(raw) != int(f["fhandle-bytes"], 16):
+        raise ValueError("fhandle length does not match fhandle-bytes")
+    return Handle(int(f["ino"], 16), int(f["sdev"], 16), int(f["fhandle-type"], 16), raw)
+
+
+@dataclass(frozen=True)
+class InotifyMark:
+    """One inotify watch: its watch descriptor, event mask and the watched inode."""
+
+    wd: int
+    mask: int
+    ignored_mask: int
+    handle: Handle
+
+
+def inotify(extra: dict[str, str]) -> list[InotifyMark]:
+    """Every watch of an inotify instance (one 'inotify wd:' line each)."""
+    out = []
+    for line in extra.get("inotify wd", "").splitlines():
+        f = _fields("wd:" + line)
+        try:
+            out.append(InotifyMark(int(f["wd"], 16), int(f["mask"], 16),
+                                   int(f["ignored_mask"], 16), _handle(f)))
+        except KeyError as e:
+            raise ValueError(f"bad inotify line {line!r}: no {e}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class FanotifyMark:
+    """One fanotify mark: on an inode (`handle`), a mount (`mnt_id`) or a whole
+    filesystem (`dev`); mflags are FAN_MARK_* flags as fanotify_mark() takes them."""
+
+    mflags: int
+    mask: int
+    ignored_mask: int
+    handle: Handle | None = None
+    mnt_id: int | None = None
+    dev: int | None = None
+
+
+def fanotify(extra: dict[str, str]) -> tuple[int, int, list[FanotifyMark]]:
+    """(fanotify_init flags, event_f_flags, marks)."""
+    head = _fields("flags:" + extra["fanotify flags"])
+    marks = []
+    for key, target in (("fanotify ino", "ino"), ("fanotify mnt_id", "mnt_id"),
+                        ("fanotify sdev", "sdev")):
+        for line in extra.get(key, "").splitlines():
+            f = _fields(f"{target}:" + line)
+            try:
+                masks = (int(f["mflags"], 16), int(f["mask"], 16), int(f["ignored_mask"], 16))
+                if target == "ino":
+                    marks.append(FanotifyMark(*masks, handle=_handle(f)))
+                elif target == "mnt_id":
+                    marks.append(FanotifyMark(*masks, mnt_id=int(f["mnt_id"], 16)))
+                else:
+                    marks.append(FanotifyMark(*masks, dev=int(f["sdev"], 16)))
+            except KeyError as e:
+                raise ValueError(f"bad fanotify line {line!r}: no {e}") from None
+    return int(head["flags"], 16), int(head["event-flags"], 16), marks
+
+
+def pidfd(extra: dict[str, str]) -> int:
+    """The pid a pidfd refers to, in the reader's pid namespace (-1: already reaped)."""
+    return int(extra["Pid"])

@@ -1,5 +1,6 @@
-"""New eventfd, signalfd, timerfd and epoll files with the dumped state (Python, in the
-restored root before it forks, so descriptions shared between tasks stay shared).
+"""New eventfd, signalfd, timerfd, epoll, inotify and fanotify files with the dumped state
+(Python, in the restored root before it forks, so descriptions shared between tasks stay
+shared); pidfds, which need their process to exist, in their holder once every task does.
 
 Epoll watches are keyed by the kernel on (file, fd number): they can only be added once
 the watched file sits at its dumped fd number, so each watch is armed by one task of the
@@ -20,6 +21,7 @@ from engine.images.fdkinds import TFD_TIMER_ABSTIME, EpollWatch, TimerfdState
 from engine.images.records import FdEntry, FileRecord
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
+from engine.restore import notify
 
 _NS = 1_000_000_000
 _TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, __u64); kernels with CHECKPOINT_RESTORE
@@ -41,6 +43,10 @@ def create(rec: FileRecord) -> int:
         return _timerfd(rec.timerfd)
     if rec.epoll is not None:
         return syscall(uapi.SYS_epoll_create1, cloexec)
+    if rec.inotify is not None:
+        return notify.inotify(rec.inotify)
+    if rec.fanotify is not None:
+        return notify.fanotify(rec.fanotify)
     raise EngineError("files", f"file {rec.id}: anon_inode without a known kind")
 
 
@@ -92,6 +98,42 @@ class EpollPlan:
         for (eid, _), w in self._pending.items():
             raise EngineError("read", f"file {eid}: epoll watch of fd {w.tfd} (file "
                                       f"{w.file_id}): no task holds both at those numbers")
+
+
+def open_pidfds(fds: list[FdEntry], files: dict[int, FileRecord],
+                inner_pid: dict[int, int]) -> None:
+    """In a task, once every task of the tree exists: open its pidfds (one description per
+    dumped one, at each of its fd numbers). inner_pid: image pid -> pid in the tree's
+    own pid namespace, which is the task's."""
+    opened: dict[int, int] = {}  # file id -> the first fd number holding it
+    for fde in sorted(fds, key=lambda f: f.fd):
+        rec = files[fde.file_id]
+        if rec.pidfd is None:
+            continue
+        if rec.id in opened:
+            os.dup2(opened[rec.id], fde.fd, inheritable=not fde.cloexec)
+            continue
+        try:
+            # PIDFD_NONBLOCK is O_NONBLOCK and PIDFD_THREAD is O_EXCL, as the file shows
+            fd = syscall(uapi.SYS_pidfd_open, inner_pid[rec.pidfd.pid],
+                         rec.flags & (uapi.O_NONBLOCK | uapi.O_EXCL))
+        except OSError as e:
+            raise EngineError("files", f"pidfd_open({inner_pid[rec.pidfd.pid]}): "
+                                       f"{e.strerror}") from None
+        if fd != fde.fd:
+            os.dup2(fd, fde.fd, inheritable=not fde.cloexec)
+            os.close(fd)
+        elif not fde.cloexec:
+            os.set_inheritable(fd, True)
+        opened[rec.id] = fde.fd
+
+
+def deferred(watches: list[tuple[int, EpollWatch]],
+             files: dict[int, FileRecord]) -> tuple[list[tuple[int, EpollWatch]],
+                                                     list[tuple[int, EpollWatch]]]:
+    """(watches armed with the fds, watches of pidfds: armed once those are open)."""
+    now = [x for x in watches if files[x[1].file_id].pidfd is None]
+    return now, [x for x in watches if files[x[1].file_id].pidfd is not None]
 
 
 def arm(watches: list[tuple[int, EpollWatch]], fd_of_file: dict[int, int]) -> None:

@@ -84,6 +84,10 @@ class FilesPlan:
         self.posix_locks = locks.posix_by_owner(self.files)
         for owner in self.posix_locks.keys() - self.pids:
             raise EngineError("read", f"a POSIX lock of task {owner}, not in the image")
+        for rec in self.files.values():
+            if rec.pidfd is not None and rec.pidfd.pid not in self.pids:
+                raise EngineError("read", f"file {rec.id}: a pidfd of pid {rec.pidfd.pid}, "
+                                          "not in the image")
 
 
 def move_above(fd: int, floor: int) -> int:
@@ -276,6 +280,8 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
     opener = _Opener(plan, low, memfds)
     by_file: dict[int, int] = {}
     for rec in sorted(plan.files.values(), key=lambda r: r.id):
+        if rec.pidfd is not None:
+            continue  # opened by its holder once every task exists (open_pidfds)
         try:
             by_file[rec.id] = opener.open(rec)
             locks.take_file_locks(by_file[rec.id], rec)
@@ -311,11 +317,21 @@ def place(plan: FilesPlan, pid: int, fds: list[FdEntry], by_file: dict[int, int]
     plan gave it, close every other fd except `kept` (which the caller has moved to
     floor(plan) or above), then take the task's POSIX locks through its own fds."""
     for fde in sorted(fds, key=lambda f: f.fd):
-        os.dup2(by_file[fde.file_id], fde.fd, inheritable=not fde.cloexec)
-    anonfd.arm(plan.epolls.by_task.get(pid, []), by_file)
+        if fde.file_id in by_file:  # (not pidfds: open_pidfds)
+            os.dup2(by_file[fde.file_id], fde.fd, inheritable=not fde.cloexec)
+    anonfd.arm(anonfd.deferred(plan.epolls.by_task.get(pid, []), plan.files)[0], by_file)
     _close_all_but({f.fd for f in fds} | set(kept))
     # Last: closing any fd of a file drops the process's POSIX locks on it.
     locks.take_posix(plan.posix_locks.get(pid, []), {f.file_id: f.fd for f in fds})
+
+
+def open_pidfds(plan: FilesPlan, pid: int, fds: list[FdEntry],
+                inner_pid: dict[int, int]) -> None:
+    """In task `pid`, once every task exists: its pidfds, then the epoll watches of them
+    (armed through the task's own fds on the epolls)."""
+    anonfd.open_pidfds(fds, plan.files, inner_pid)
+    later = anonfd.deferred(plan.epolls.by_task.get(pid, []), plan.files)[1]
+    anonfd.arm(later, {f.file_id: f.fd for f in fds})
 
 
 def _close_all_but(keep: set[int]) -> None:

@@ -72,12 +72,13 @@ def _mm_map(t: blob.Table, mm: MmCore, exe: str | None) -> None:
         t.add(uapi.SYS_close, 0, use_saved=1, what="close executable")
 
 
-def _is_own_exe(path: str) -> bool:
-    """Whether `path` is the engine's own executable, which the forked task has as its
-    exe already: the kernel refuses to replace an exe that is still mapped (EBUSY), and
-    a dumped Python program maps the very interpreter the engine runs on."""
+def _is_own_exe(path: str, pid: int) -> bool:
+    """Whether `path`, in task `pid`'s root, is the executable the task already has (the
+    engine's own, as a fork of it): the kernel refuses to replace an exe that is still
+    mapped (EBUSY), and a dumped Python program maps the very interpreter the engine runs
+    on. (In a root of its own the same path may be another file: that one is set.)"""
     try:
-        mine, theirs = os.stat("/proc/self/exe"), os.stat(path)
+        mine, theirs = os.stat(f"/proc/{pid}/exe"), os.stat(f"/proc/{pid}/root{path}")
     except OSError:
         return False
     return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
@@ -183,12 +184,13 @@ def _queue(deferred: Deferred, t: blob.Table, pid: int, tid: int | None,
 
 def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEntry],
                  objfds: dict[str, int], view: CredView, root: bool,
-                 held: list[tuple[int, FileRecord]]) -> tuple[blob.Table, Deferred]:
+                 held: list[tuple[int, FileRecord]], pid: int) -> tuple[blob.Table, Deferred]:
     """The table run after the pages are written, and the calls deferred past it.
 
     shmem: every shared memory object; each task unmaps its inherited whole mapping of
     each, then the root seals the memfds. objfds: the memfd fds every task inherited
-    (closed). held: the task's fds with their descriptions (owners, signals)."""
+    (closed). held: the task's fds with their descriptions (owners, signals). pid: the
+    task, as the engine sees it."""
     t = blob.Table()
     deferred = Deferred()
     deferred.drain = (t.data(struct.pack("<Q", (1 << 64) - 1)), t.data(bytes(16)))
@@ -205,7 +207,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     for sid, fd in sorted(objfds.items()):
         t.add(uapi.SYS_close, fd, what=f"close memfd {sid} (restore's copy)")
     exe = mm.exe or core.exe
-    _mm_map(t, mm, None if exe and _is_own_exe(exe) else exe)
+    _mm_map(t, mm, None if exe and _is_own_exe(exe, pid) else exe)
     for sa in core.sigactions:
         if sa.signo in (uapi.SIGKILL, uapi.SIGSTOP):
             continue

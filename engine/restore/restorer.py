@@ -281,7 +281,7 @@ class TreeRestorer:
                     held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
                     t.table2, t.deferred = finish.finish_table(
                         t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
-                        root=t is self.live[0], held=held)
+                        root=t is self.live[0], held=held, pid=t.real)
                     if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
                         finish.foreground(t.table2, t.core.ctty,
                                           ns.inner_pid(self.image, t.core.ctty_pgrp))

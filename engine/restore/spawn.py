@@ -95,6 +95,11 @@ class TreeSetup:
     # there before forking, so every task inherits the same objects
     shmem: list[tuple[int, int, str]] = field(default_factory=list)
 
+    @property
+    def inner_pids(self) -> dict[int, int]:
+        """Every task's pid as the engine sees it -> its pid in its own pid namespace."""
+        return {t.pid: t.inner_pid for t in self.root.walk()}
+
     def memfd_fds(self) -> dict[str, int]:
         """shmem id -> the fd number of its memfd in every task until the finish table."""
         return {sid: self.obj_base + i for i, (sid, _, _) in enumerate(self.memfds)}
@@ -239,6 +244,8 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
         _set_limits(t.limits)
         if os.read(go_r, 1) != b"g":
             os._exit(3)  # the engine is gone (EXITKILL would kill us anyway)
+        # every task exists now: a pidfd can be opened on any of them
+        files.open_pidfds(tree.files, t.pid, t.fds, tree.inner_pids)
         os.close(go_r)
         os.close(err_w)
         os.kill(os.getpid(), signal.SIGSTOP)

@@ -19,9 +19,22 @@ HOLDERS = {
                    "cannot dump a raw or other inet socket ("),
     "netlink socket": (("import socket; s = socket.socket(socket.AF_NETLINK, "
                        "socket.SOCK_RAW, 0)"), "cannot dump a netlink socket ("),
-    "pidfd": ("s = os.pidfd_open(os.getpid())", "cannot dump an pidfd fd ("),
-    "inotify": ("import ctypes; s = ctypes.CDLL(None, use_errno=True).inotify_init1(0)",
-                "cannot dump an inotify fd ("),
+    "pidfd outside the tree": ("s = os.pidfd_open(1)",
+                               "cannot dump a pidfd of pid 1, which is not a process of"),
+    "pidfd shared with a child": (
+        ("import ctypes; s = os.pidfd_open(os.getpid())\n"
+         "if os.fork() == 0:\n    ctypes.CDLL(None).prctl(1, 9); time.sleep(60); os._exit(0)"),
+        "cannot dump a pidfd shared with task "),
+    "inotify with queued events": (
+        ("import ctypes; c = ctypes.CDLL(None); s = c.inotify_init1(0); "
+         "c.inotify_add_watch(s, b'/', 0x20); "
+         "os.listdir('/')"),
+        "cannot dump an inotify fd with 16 bytes of queued events"),
+    "inotify watch of an unlinked file": (
+        ("import ctypes, tempfile; c = ctypes.CDLL(None); s = c.inotify_init1(0); "
+         "f = tempfile.NamedTemporaryFile(); c.inotify_add_watch(s, f.name.encode(), 2); "
+         "os.unlink(f.name)"),
+        "no path of the task's root leads to it"),
     "listening unix socket": (("import socket; s = socket.socket(socket.AF_UNIX); "
                               "s.bind(b'\\0zdtm-refusal-%d' % os.getpid()); s.listen()"),
                               "cannot dump a listening unix socket ("),

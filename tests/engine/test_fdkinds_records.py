@@ -1,5 +1,5 @@
-"""files.json records of eventfd, signalfd, timerfd and epoll files: read back as
-written, and refused (one RecordError naming the field) when out of range."""
+"""files.json records of eventfd, signalfd, timerfd, epoll, inotify, fanotify and pidfd
+files: read back as written, and refused (one RecordError naming the field) when out of range."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ GOOD = {
     "timerfd": {"clockid": 1, "settime_flags": 1, "value_ns": 5, "interval_ns": 0,
                 "ticks": 2},
     "epoll": [{"tfd": 4, "file_id": 1, "events": 0x80000019, "data": (1 << 64) - 1}],
+    "inotify": [{"wd": 3, "mask": 0x84000300, "path": "/tmp/d", "dev": 0xFE00000,
+                 "ino": 77}],
+    "fanotify": {"flags": 0x203, "event_flags": 0x8000,
+                 "marks": [{"kind": "mount", "path": "/", "mflags": 0x40, "mask": 0,
+                            "ignored_mask": 0x20}]},
+    "pidfd": {"pid": 42},
 }
 BAD = {
     "eventfd at 2^64-1": {"eventfd": {"count": (1 << 64) - 1, "semaphore": False}},
@@ -25,6 +31,14 @@ BAD = {
     "timerfd negative interval": {"timerfd": dict(GOOD["timerfd"], interval_ns=-1)},
     "epoll unknown event bit": {"epoll": [dict(GOOD["epoll"][0], events=1 << 20)]},
     "epoll negative fd": {"epoll": [dict(GOOD["epoll"][0], tfd=-1)]},
+    "inotify wd 0": {"inotify": [dict(GOOD["inotify"][0], wd=0)]},
+    "inotify mask without events": {"inotify": [dict(GOOD["inotify"][0], mask=0x80000000)]},
+    "inotify relative path": {"inotify": [dict(GOOD["inotify"][0], path="tmp/d")]},
+    "fanotify mark of unknown kind": {"fanotify": dict(GOOD["fanotify"], marks=[
+        dict(GOOD["fanotify"]["marks"][0], kind="cgroup")])},
+    "fanotify 64-bit mask": {"fanotify": dict(GOOD["fanotify"], marks=[
+        dict(GOOD["fanotify"]["marks"][0], mask=1 << 40)])},
+    "pidfd of pid 0": {"pidfd": {"pid": 0}},
     "two states in one file": {"eventfd": GOOD["eventfd"], "signalfd": GOOD["signalfd"]},
     "anon_inode without state": {},
 }

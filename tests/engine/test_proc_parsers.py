@@ -180,3 +180,34 @@ def test_tasks_of_target(state, spawn) -> None:
     th = spawn("threads", "2")
     tids = tasks.threads(th.pid)
     assert len(tids) == 3 and tids[0] == th.pid and tids[1:] == sorted(tids[1:])
+
+
+def test_notify_and_pidfd_fdinfo_lines() -> None:
+    """inotify watches (wd in hex), fanotify group and marks of each kind, a pidfd's Pid,
+    parsed from fdinfo as the kernel prints them; a handle whose length disagrees is bad."""
+    from engine.proc import anonfd
+
+    handle = "fhandle-bytes:8 fhandle-type:1 f_handle:3f2621008a740c12"
+    info = fdinfo.parse_fdinfo(3, "anon_inode:inotify", (
+        f"pos:\t0\nflags:\t00\nmnt_id:\t17\nino:\t1044\n"
+        f"inotify wd:a ino:21263f sdev:fe00000 mask:300 ignored_mask:0 {handle}\n"))
+    [w] = anonfd.inotify(info.extra)
+    assert (w.wd, w.mask, w.handle.ino, w.handle.dev, w.handle.type) == (
+        10, 0x300, 0x21263F, 0xFE00000, 1)
+    assert w.handle.data == bytes.fromhex("3f2621008a740c12")
+    info = fdinfo.parse_fdinfo(4, "anon_inode:[fanotify]", (
+        "pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1044\n"
+        "fanotify flags:3 event-flags:8000\n"
+        "fanotify mnt_id:1b mflags:40 mask:0 ignored_mask:20\n"
+        f"fanotify ino:21263f sdev:fe00000 mflags:0 mask:22 ignored_mask:0 {handle}\n"
+        "fanotify sdev:fe00000 mflags:40 mask:0 ignored_mask:1\n"))
+    flags, event_flags, marks = anonfd.fanotify(info.extra)
+    assert (flags, event_flags) == (3, 0x8000)
+    assert [(m.handle is not None, m.mnt_id, m.dev, m.mflags, m.mask, m.ignored_mask)
+            for m in marks] == [(True, None, None, 0, 0x22, 0),
+                                (False, 0x1B, None, 0x40, 0, 0x20),
+                                (False, None, 0xFE00000, 0x40, 0, 1)]
+    assert anonfd.pidfd({"Pid": "-1", "NSpid": "-1"}) == -1
+    with pytest.raises(ValueError):
+        anonfd.inotify({"inotify wd": "1 ino:1 sdev:1 mask:2 ignored_mask:0 fhandle-bytes:9 "
+                                      "fhandle-type:1 f_handle:00"})
