@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.kernel.sys import timer_restore_ids
+
 
 def features() -> dict[str, tuple[bool, str]]:
     """What the dumper implements (for `python -m engine check`): name -> (available,
@@ -21,4 +23,6 @@ def features() -> dict[str, tuple[bool, str]]:
         "tcp": (True, ""),
         "udp": (True, ""),
         "file_locks": (True, ""),
+        # dumped only where the restore can give each timer its id back
+        "posix_timers": timer_restore_ids(),
     }

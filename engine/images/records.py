@@ -493,6 +493,12 @@ class TaskCore:
         _check(len(fds) == len(set(fds)), "duplicate fd number")
         if self.state != "zombie":
             _check(any(t.tid == self.pid for t in self.threads), "main thread missing")
+        tids = {t.tid for t in self.threads}
+        for pt in self.posix_timers:
+            _check(not pt.notify & 4 or pt.notify_tid in tids,  # SIGEV_THREAD_ID
+                   f"posix timer {pt.id}: target thread {pt.notify_tid} is not in the task")
+        timer_ids = [pt.id for pt in self.posix_timers]
+        _check(len(timer_ids) == len(set(timer_ids)), "duplicate posix timer id")
 
 
 # ---------------------------------------------------------------------------------------

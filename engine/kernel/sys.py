@@ -250,6 +250,16 @@ def prctl(option: int, arg2: object = 0, arg3: object = 0, arg4: object = 0,
     return syscall(uapi.SYS_prctl, option, arg2, arg3, arg4, arg5)
 
 
+def timer_restore_ids() -> tuple[bool, str]:
+    """Whether timer_create() can be given the id to use (PR_TIMER_CREATE_RESTORE_IDS,
+    Linux 6.15); the GET query changes nothing. (available, reason when not)."""
+    try:
+        prctl(uapi.PR_TIMER_CREATE_RESTORE_IDS, uapi.PR_TIMER_CREATE_RESTORE_IDS_GET)
+    except OSError as exc:
+        return False, f"prctl(PR_TIMER_CREATE_RESTORE_IDS): {exc.strerror} (Linux 6.15+)"
+    return True, ""
+
+
 def set_child_subreaper(on: bool = True) -> None:
     """Make this process a child subreaper (orphans of restored trees come to us)."""
     prctl(uapi.PR_SET_CHILD_SUBREAPER, 1 if on else 0)
