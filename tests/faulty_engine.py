@@ -40,6 +40,8 @@ Two halves:
   ``new-uts``      inject unshare(CLONE_NEWUTS): the task moves to a uts namespace of its own
   ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
                    file description)
+  ``drop-timer``   inject timer_delete() of the task's POSIX timer with the highest id: no
+                   harness check sees timers, the test's own verdict must fail
 
   The last three hit the objects an engine's allowed deviations concern (zdtm.allowances):
   the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
@@ -92,6 +94,7 @@ from zdtm.engines.base import (
 )
 
 _SYS_PRCTL = 157
+_SYS_TIMER_DELETE = 226
 _SYS_UNSHARE = 272
 _SYS_IOPRIO_SET = 251
 CLONE_FILES = 0x400
@@ -106,7 +109,7 @@ TTY_FAULTS = ("set-winsize", "set-termios")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
           *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left",
-          "flip-shared", "new-uts", "dir-nonblock")
+          "flip-shared", "new-uts", "dir-nonblock", "drop-timer")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
@@ -406,6 +409,16 @@ def new_uts(pid: int) -> dict:
     return {"uts": os.readlink(f"/proc/{pid}/ns/uts")}
 
 
+def drop_timer(pid: int) -> dict:
+    """Inject timer_delete() of the POSIX timer with the highest id."""
+    text = Path(f"/proc/{pid}/timers").read_text()
+    ids = [int(line.split()[1]) for line in text.splitlines() if line.startswith("ID:")]
+    if not ids:
+        raise RuntimeError(f"task {pid} has no POSIX timer")
+    _inject(pid, _SYS_TIMER_DELETE, max(ids))
+    return {"timer": max(ids)}
+
+
 def dir_nonblock(pid: int) -> dict:
     """Set O_NONBLOCK on the first directory fd (its open file description)."""
     fd, path = _first_fd(pid, lambda st, target: stat.S_ISDIR(st.st_mode))
@@ -472,7 +485,8 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            **_each(("timer-slack", "oom-score", "ioprio"), set_knob),
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
            "mount-left": mount_left, "cgroup-left": cgroup_left,
-           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock}
+           "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,
+           "drop-timer": drop_timer}
 
 
 def _children(pid: int) -> list[int]:

@@ -23,7 +23,7 @@ from zdtm import checks, lifecycle, snapshot, tasks
 from zdtm.desc import TestDesc, discover
 from zdtm.engines.bundled import BundledEngine
 from zdtm.proc import PAGE_SIZE
-from zdtm.result import CHECK_FAILED, FAIL, KERNEL, PASS, TIMEOUT, Result
+from zdtm.result import CHECK_FAILED, FAIL, KERNEL, PASS, SKIP, TIMEOUT, Kind, Result
 
 SUBJECT = "static/mem_anon"  # one process, private anonymous data, stdout/err on a file
 
@@ -273,3 +273,26 @@ def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
     assert any(who in p and text in p for p in problems), problems
     if fault == "set-owner":  # the owner is named by its pid inside the namespace
         assert any(f"owner absent -> pid pid {rec['inner_pid']}" in p for p in problems)
+
+
+def test_dropped_posix_timer_fails_the_tests_own_verdict(clean: Path, tmp_path: Path) -> None:
+    """No harness check sees POSIX timers: static/posix_timers judges them itself. A
+    restore that loses one (the fault deletes it in the restored task) fails its verdict,
+    where the same run without the fault passes."""
+    test = next(t for t in discover() if t.name == "static/posix_timers")
+    bundled = BundledEngine()
+    why = bundled.available()
+    if why:
+        pytest.skip(f"bundled engine cannot dump/restore here: {why}")
+    control = lifecycle.Run(test, "h", bundled,
+                            lifecycle.RunOptions(workroot=clean)).execute()
+    if control.outcome == SKIP:  # the kernel cannot give timer ids back (the probed why)
+        pytest.skip(control.message)
+    assert control.outcome == PASS, control.summary()
+    engine = FaultyEngine("drop-timer", tmp_path, inner=bundled)
+    result = _run(test, engine, clean)
+    assert engine.record["fault"] == "drop-timer"
+    assert result.outcome == FAIL, result.summary()
+    assert (result.phase, result.kind) == ("stop", Kind.TEST_FAIL), result.summary()
+    timer = engine.record["timer"]
+    assert any(f"timer_gettime cpu (id {timer})" in d for d in result.details), result.details

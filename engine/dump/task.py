@@ -174,11 +174,11 @@ def _posix_timers(inj: Injector, buf: int, pid: int) -> list[PosixTimerRecord]:
     return out
 
 
-#: Clocks a timer can be created on again as it was: CLOCK_REALTIME, MONOTONIC,
-#: PROCESS_CPUTIME_ID, BOOTTIME, TAI. Not THREAD_CPUTIME_ID (which thread's time it
-#: counts is not shown), the alarm clocks (CAP_WAKE_ALARM) nor another task's CPU clock.
-_TIMER_CLOCKS = {0: "CLOCK_REALTIME", 1: "CLOCK_MONOTONIC", 2: "CLOCK_PROCESS_CPUTIME_ID",
-                 7: "CLOCK_BOOTTIME", 11: "CLOCK_TAI"}
+#: Clocks a timer can be created on again as it was: CLOCK_REALTIME, MONOTONIC, BOOTTIME,
+#: TAI and the process's own CPU time (CLOCK_PROCESS_CPUTIME_ID, which /proc shows as
+#: the CPU clock id of "pid 0", -6). Not a thread's CPU time (-2: which thread it counts
+#: is not shown), another task's CPU clock, nor the alarm clocks (CAP_WAKE_ALARM).
+_TIMER_CLOCKS = (0, 1, 7, 11, -6)
 
 
 def refuse_posix_timers(pid: int, timers: list[PosixTimerRecord], threads: list[ThreadCore],

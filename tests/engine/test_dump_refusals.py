@@ -105,3 +105,54 @@ def test_failed_dump_leaves_tcp_connections_working(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+TIMER_SETUP = """
+import ctypes, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+class SigEvent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_uint64), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("tid", ctypes.c_int), ("pad", ctypes.c_byte * 44)]
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+def timer(clock, first_ns, interval_ns):
+    t = ctypes.c_int()
+    assert libc.syscall(222, clock, ctypes.byref(SigEvent(7, 10, 0, 0)), ctypes.byref(t)) == 0
+    spec = (ctypes.c_int64 * 4)(*divmod(interval_ns, 10**9), *divmod(first_ns, 10**9))
+    assert libc.syscall(223, t.value, 0, spec, None) == 0
+    return t.value
+"""
+# Each holder makes a POSIX timer the restore could not give back as it is.
+TIMER_HOLDERS = {
+    # the signal of each expiry stays blocked: the last one taken counted the rest
+    "overrun": (("t = timer(1, 10**6, 10**6); time.sleep(0.05); "
+                 "signal.sigwaitinfo([signal.SIGUSR1])"),
+                "POSIX timer 0: the overrun count "),
+    "periodic signal pending": ("t = timer(1, 10**6, 3600 * 10**9); time.sleep(0.05)",
+                                "POSIX timer 0: its periodic signal 10 is pending"),
+    # /proc shows CLOCK_THREAD_CPUTIME_ID as the CPU clock of "thread 0", -2
+    "thread CPU clock": ("t = timer(3, 0, 0)", "POSIX timer 0: clock -2 cannot be restored"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(TIMER_HOLDERS))
+def test_unrestorable_posix_timer_is_refused_at_dump(what: str, tmp_path: Path) -> None:
+    """Refused in the injection step, with the reason; the holder runs on untouched."""
+    code, expected = TIMER_HOLDERS[what]
+    code = f"{TIMER_SETUP}\n{code}\nprint('ready', flush=True)\ntime.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-S", "-c", code], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        timers = Path(f"/proc/{holder.pid}/timers").read_text()
+        images = tmp_path / "img"
+        res = run_engine("dump", "-t", str(holder.pid), "-D", str(images))
+        assert res.returncode == 1, res.stderr
+        line = res.stderr.strip()
+        assert line.startswith(f"engine: error: sigactions: task {holder.pid}: "), line
+        assert expected in line and "\n" not in line, line
+        assert not images.exists()
+        assert "TracerPid:\t0\n" in Path(f"/proc/{holder.pid}/status").read_text()
+        assert Path(f"/proc/{holder.pid}/timers").read_text() == timers
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)

@@ -6,6 +6,7 @@
  *   (a timer made and deleted here, so the ids have a hole)
  *   thread  CLOCK_MONOTONIC, SIGEV_THREAD_ID SIGUSR2 to a second thread, in 1 h
  *   quiet   CLOCK_BOOTTIME,  SIGEV_NONE, in 1 h then every 1 s
+ *   cpu     CLOCK_PROCESS_CPUTIME_ID, SIGEV_SIGNAL SIGRTMIN+3, after 1 h of CPU time
  * each with its own sigev_value. After restore: /proc/self/timers lists the same timers
  * (ids, clocks, signals, values, targets); each has its interval and a remaining time
  * that did not grow; the deleted id is still free; each signalling timer, re-armed to fire
@@ -25,7 +26,7 @@
 #define HOUR 3600
 #define NS 1000000000LL
 
-enum { REAL, TICK, IDLE, THREAD, QUIET, NTIMERS };
+enum { REAL, TICK, IDLE, THREAD, QUIET, CPU, NTIMERS };
 
 struct spec {
 	const char *name;
@@ -41,6 +42,7 @@ static struct spec specs[NTIMERS] = {
 	[IDLE] = { "idle", CLOCK_MONOTONIC, SIGEV_SIGNAL, 0, 0, 0, 0x3333 },
 	[THREAD] = { "thread", CLOCK_MONOTONIC, SIGEV_THREAD_ID, SIGUSR2, HOUR * NS, 0, 0x4444 },
 	[QUIET] = { "quiet", CLOCK_BOOTTIME, SIGEV_NONE, 0, HOUR * NS, NS, 0x5555 },
+	[CPU] = { "cpu", CLOCK_PROCESS_CPUTIME_ID, SIGEV_SIGNAL, 0, HOUR * NS, 0, 0x6666 },
 };
 static int ids[NTIMERS];
 static int hole = -1;
@@ -219,6 +221,7 @@ int main(int argc, char **argv)
 
 	specs[TICK].signo = SIGRTMIN + 1;
 	specs[IDLE].signo = SIGRTMIN + 2;
+	specs[CPU].signo = SIGRTMIN + 3;
 	sigemptyset(&timer_sigs);
 	for (int i = 0; i < NTIMERS; i++)
 		if (specs[i].signo)
@@ -242,7 +245,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	hole = filler;
-	if (make_timer(THREAD) || make_timer(QUIET))
+	if (make_timer(THREAD) || make_timer(QUIET) || make_timer(CPU))
 		return 1;
 	for (int i = 0; i < NTIMERS; i++)
 		if (syscall(SYS_timer_gettime, ids[i], &times[i])) {
