@@ -23,6 +23,7 @@ def features() -> dict[str, tuple[bool, str]]:
         "tcp": (True, ""),
         "udp": (True, ""),
         "file_locks": (True, ""),
+        "netlink": (True, ""),
         # dumped only where the restore can give each timer its id back
         "posix_timers": timer_restore_ids(),
     }

@@ -201,3 +201,39 @@ class LockRecord:
         _check(self.kind in LOCK_KINDS, f"lock kind {self.kind!r} unknown")
         _check((self.owner > 0) == (self.kind == "posix"), "lock owner goes with POSIX only")
         _check(0 <= self.start < (1 << 63) and 0 <= self.length < (1 << 63), "lock range")
+
+
+#: netlink socket options given back (linux/netlink.h, level SOL_NETLINK): name -> number
+NETLINK_OPTIONS = {"NETLINK_PKTINFO": 3, "NETLINK_BROADCAST_ERROR": 4,
+                   "NETLINK_NO_ENOBUFS": 5, "NETLINK_LISTEN_ALL_NSID": 8,
+                   "NETLINK_CAP_ACK": 10, "NETLINK_EXT_ACK": 11,
+                   "NETLINK_GET_STRICT_CHK": 12}
+#: buffer sizes given back when not the default (engine.kernel.tcprepair.buffer_options)
+BUFFER_OPTIONS = ("SO_SNDBUF", "SO_RCVBUF")
+
+
+@dataclass
+class NetlinkSocketState:
+    """A netlink socket: type (SOCK_RAW or SOCK_DGRAM), protocol, its port id (0: never
+    bound), the multicast groups it joined, the default destination set by connect()
+    (port id and group; 0 0: none) and its options (NETLINK_OPTIONS and BUFFER_OPTIONS
+    names -> value)."""
+
+    type: int
+    protocol: int
+    portid: int
+    groups: list[int]
+    dst_portid: int
+    dst_group: int
+    options: dict[str, int]
+
+    def validate(self) -> None:
+        """Type, protocol and numbers in range; options known."""
+        _check(self.type in (2, 3), f"netlink socket type {self.type} unknown")
+        _check(0 <= self.protocol < 32, f"netlink protocol {self.protocol} out of range")
+        for n in (self.portid, self.dst_portid, self.dst_group):
+            _check(0 <= n < 1 << 32, "netlink port id or group out of range")
+        _check(all(0 < g < 1 << 32 for g in self.groups), "netlink group out of range")
+        for name in self.options:
+            _check(name in NETLINK_OPTIONS or name in BUFFER_OPTIONS,
+                   f"netlink socket option {name} unknown")

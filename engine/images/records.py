@@ -19,6 +19,7 @@ from engine.images.fdkinds import (
     EventfdState,
     InetSocketState,
     LockRecord,
+    NetlinkSocketState,
     SignalfdState,
     TimerfdState,
     UnixSocketState,
@@ -653,6 +654,7 @@ class FileRecord:
     epoll: list[EpollWatch] | None = None
     unix: UnixSocketState | None = None  # type socket: a connected unix socket
     inet: InetSocketState | None = None  # type socket: TCP or UDP
+    netlink: NetlinkSocketState | None = None  # type socket: netlink
     locks: list[LockRecord] = field(default_factory=list)  # held through this open file
 
     def validate(self) -> None:
@@ -680,7 +682,8 @@ class FileRecord:
                  if k is not None]
         _check(len(kinds) == (self.type == "anon_inode"),
                f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
-        _check((self.unix is not None) + (self.inet is not None) == (self.type == "socket"),
+        _check((self.unix is not None) + (self.inet is not None) + (self.netlink is not None)
+               == (self.type == "socket"),
                f"file {self.id}: {self.type} and socket states do not go together")
 
 

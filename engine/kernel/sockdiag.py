@@ -1,4 +1,5 @@
-"""NETLINK_SOCK_DIAG queries for unix sockets: peer, name, shutdown state, queue lengths.
+"""NETLINK_SOCK_DIAG queries for unix sockets (peer, name, shutdown state, queue lengths)
+and netlink sockets (flags, queued bytes).
 
 Unix sockets are only visible to a diag socket of their own network namespace, so the
 netlink socket is opened by a short-lived thread that joined the target's netns (a
@@ -110,3 +111,68 @@ def _parse(msg: bytes) -> UnixSock:
             shutdown = value[0]
         pos += (rlen + 3) & ~3
     return UnixSock(ino, stype, state, peer, name, shutdown, rqueue)
+
+
+# netlink sockets (linux/netlink_diag.h): only a dump of one protocol's sockets is offered
+NLM_F_DUMP = 0x300
+NDIAG_SHOW_MEMINFO = 0x01
+NDIAG_SHOW_FLAGS = 0x08
+NETLINK_DIAG_MEMINFO, NETLINK_DIAG_FLAGS = 0, 4
+NDIAG_FLAG_CB_RUNNING = 0x01
+NDIAG_FLAG_LISTEN_ALL_NSID = 0x10
+_NL_REQ = struct.Struct("=BBHIIII")  # family, protocol, pad, ino, show, cookie[2]
+_NL_MSG = struct.Struct("=BBBBIIII")  # family, type, protocol, state, portid, dst_portid,
+#                                       dst_group, ino (then cookie[2])
+
+
+@dataclass(frozen=True)
+class NetlinkSock:
+    """What sock_diag tells of one netlink socket beyond its socket options."""
+
+    ino: int
+    flags: int  # NDIAG_FLAG_*: a dump running, NETLINK_LISTEN_ALL_NSID, ...
+    rmem: int  # bytes queued for reading (sk_rmem_alloc)
+
+
+def netlink_sock(diag: DiagSocket, protocol: int, ino: int) -> NetlinkSock:
+    """The netlink socket `ino` of `protocol` in the diag socket's netns (OSError ENOENT
+    if there is none)."""
+    body = _NL_REQ.pack(socket.AF_NETLINK, protocol, 0, 0,
+                        NDIAG_SHOW_MEMINFO | NDIAG_SHOW_FLAGS, _NO_COOKIE, _NO_COOKIE)
+    diag.sock.send(_NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
+                               NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
+    found = None
+    while True:
+        data = diag.sock.recv(65536)
+        pos = 0
+        while pos + _NLMSG.size <= len(data):
+            length, kind, _, _, _ = _NLMSG.unpack_from(data, pos)
+            if kind == NLMSG_DONE:
+                if found is None:
+                    raise OSError(2, f"no netlink socket {ino} of protocol {protocol}")
+                return found
+            if kind == NLMSG_ERROR:
+                err = -struct.unpack_from("=i", data, pos + _NLMSG.size)[0]
+                raise OSError(err, f"sock_diag of netlink sockets: {os.strerror(err)}")
+            msg = data[pos + _NLMSG.size:pos + length]
+            if _NL_MSG.unpack_from(msg)[7] == ino:
+                found = _parse_netlink(msg, ino)
+            pos += (length + 3) & ~3
+        if not data:
+            raise OSError(0, "sock_diag: netlink dump ended early")
+
+
+def _parse_netlink(msg: bytes, ino: int) -> NetlinkSock:
+    flags = rmem = 0
+    pos = _NL_MSG.size + 8  # the cookie
+    while pos + _RTA.size <= len(msg):
+        rlen, rtype = _RTA.unpack_from(msg, pos)
+        if rlen < _RTA.size:
+            break
+        value = msg[pos + _RTA.size:pos + rlen]
+        if rtype == NETLINK_DIAG_FLAGS:
+            flags = struct.unpack_from("=I", value)[0]
+        elif rtype == NETLINK_DIAG_MEMINFO:
+            rmem = struct.unpack_from("=I", value)[0]  # SK_MEMINFO_RMEM_ALLOC
+        pos += (rlen + 3) & ~3
+    return NetlinkSock(ino, flags, rmem)

@@ -29,6 +29,35 @@ SOCKOPTS: dict[str, tuple[int, int]] = {
 }
 
 
+#: buffer sizes (SOL_SOCKET): option, its *FORCE twin (CAP_NET_ADMIN: above the
+#: net.core.*mem_max limit), and the sysctl every non-TCP socket starts with
+_BUFFERS = {"SO_SNDBUF": (socket.SO_SNDBUF, 32, "wmem_default"),
+            "SO_RCVBUF": (socket.SO_RCVBUF, 33, "rmem_default")}
+
+
+def buffer_options(s: socket.socket) -> dict[str, int]:
+    """The buffer sizes of a UDP, raw or netlink socket that differ from the default (one
+    set again would lock the size: SOCK_*BUF_LOCK)."""
+    out = {}
+    for name, (opt, _, sysctl) in _BUFFERS.items():
+        with open(f"/proc/sys/net/core/{sysctl}", encoding="ascii") as f:
+            default = int(f.read())
+        value = s.getsockopt(socket.SOL_SOCKET, opt)
+        if value != default:
+            out[name] = value
+    return out
+
+
+def set_buffer(s: socket.socket, name: str, value: int) -> None:
+    """Give a buffer the size getsockopt showed (the kernel doubles what is set); past
+    net.core.*mem_max only with CAP_NET_ADMIN, else the kernel clamps it."""
+    opt, force, _ = _BUFFERS[name]
+    try:
+        s.setsockopt(socket.SOL_SOCKET, force, value // 2)
+    except PermissionError:
+        s.setsockopt(socket.SOL_SOCKET, opt, value // 2)
+
+
 def applies(name: str, family: int, stype: int) -> bool:
     """Whether option `name` exists for sockets of this family and type."""
     if name == "TCP_NODELAY":

@@ -17,8 +17,17 @@ from test_dump_basic import run_engine
 HOLDERS = {
     "raw socket": ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)",
                    "cannot dump a raw or other inet socket ("),
-    "netlink socket": (("import socket; s = socket.socket(socket.AF_NETLINK, "
-                       "socket.SOCK_RAW, 0)"), "cannot dump a netlink socket ("),
+    # the kernel's answer to RTM_GETLINK for lo (ifindex 1), left unread
+    "netlink socket with data queued": (
+        ("import socket, struct; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); "
+         "s.send(struct.pack('=IHHIIBxHiII', 32, 18, 1, 1, 0, 0, 0, 1, 0, 0)); "
+         "time.sleep(0.2)"), "bytes queued: messages from the kernel cannot be queued again"),
+    # an RTM_GETLINK dump into a small buffer: the kernel goes on when it is read
+    "netlink dump in progress": (
+        ("import socket, struct; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); "
+         "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024); "
+         "s.send(struct.pack('=IHHIIBxHiII', 32, 18, 0x301, 1, 0, 0, 0, 0, 0, 0)); "
+         "time.sleep(0.2)"), "with a dump in progress"),
     "pidfd": ("s = os.pidfd_open(os.getpid())", "cannot dump an pidfd fd ("),
     "inotify": ("import ctypes; s = ctypes.CDLL(None, use_errno=True).inotify_init1(0)",
                 "cannot dump an inotify fd ("),
