@@ -24,6 +24,8 @@ def features() -> dict[str, tuple[bool, str]]:
         "udp": (True, ""),
         "file_locks": (True, ""),
         "netlink": (True, ""),
+        "raw_socket": (True, ""),
+        "udp_options": (True, ""),
         # dumped only where the restore can give each timer its id back
         "posix_timers": timer_restore_ids(),
     }

@@ -155,23 +155,26 @@ class TcpRepair:
 
 @dataclass
 class InetSocketState:
-    """A TCP or UDP socket: family, type, state, addresses ("host", port), the socket
+    """A TCP, UDP or raw IP socket: family, type, state, addresses ("host", port), the socket
     options the engine gives back (name -> value), the listen backlog, and for an
     established TCP connection its repair state."""
 
     family: int
-    type: int  # SOCK_STREAM (TCP) or SOCK_DGRAM (UDP)
-    state: int  # TCP_* numbering (UDP: 1 connected, 7 not)
-    local: list[str]  # [host, port] ("" host: not bound)
+    type: int  # SOCK_STREAM (TCP), SOCK_DGRAM (UDP) or SOCK_RAW
+    state: int  # TCP_* numbering (UDP, raw: 1 connected, 7 not)
+    local: list[str]  # [host, port] ("" host: not bound; raw: the port is the protocol)
     peer: list[str]  # [] when not connected
     options: dict[str, int]
     backlog: int
     repair: TcpRepair | None
+    protocol: int = 0  # SOCK_RAW: the IP protocol (0 for TCP and UDP)
 
     def validate(self) -> None:
         """Family, type, state and the fields the state needs."""
         _check(self.family in INET_FAMILIES, f"inet socket family {self.family} unknown")
-        _check(self.type in (1, 2), f"inet socket type {self.type} unknown")
+        _check(self.type in (1, 2, 3), f"inet socket type {self.type} unknown")
+        _check(0 <= self.protocol < 256 and (self.type == 3) >= (self.protocol > 0),
+               f"inet socket protocol {self.protocol} out of range")
         _check(self.state in TCP_STATES, f"inet socket state {self.state} not supported")
         for addr in (self.local, self.peer):
             _check(len(addr) in (0, 2), "inet address needs host and port")

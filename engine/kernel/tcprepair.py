@@ -18,7 +18,8 @@ TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
 _WINDOW = struct.Struct("=5I")
 
-#: the options saved and set again: name -> (level, option); values are ints
+#: the options saved and set again, in the order they are set: name -> (level, option);
+#: values are ints
 SOCKOPTS: dict[str, tuple[int, int]] = {
     "SO_REUSEADDR": (socket.SOL_SOCKET, socket.SO_REUSEADDR),
     "SO_REUSEPORT": (socket.SOL_SOCKET, socket.SO_REUSEPORT),
@@ -26,6 +27,10 @@ SOCKOPTS: dict[str, tuple[int, int]] = {
     "SO_BROADCAST": (socket.SOL_SOCKET, socket.SO_BROADCAST),
     "TCP_NODELAY": (socket.IPPROTO_TCP, socket.TCP_NODELAY),
     "IPV6_V6ONLY": (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+    # set in this order: setting IP_TOS also sets the priority (from the TOS bits)
+    "IP_TOS": (socket.IPPROTO_IP, socket.IP_TOS),
+    "SO_PRIORITY": (socket.SOL_SOCKET, socket.SO_PRIORITY),
+    "IP_HDRINCL": (socket.IPPROTO_IP, socket.IP_HDRINCL),
 }
 
 
@@ -65,7 +70,11 @@ def applies(name: str, family: int, stype: int) -> bool:
     if name == "IPV6_V6ONLY":
         return family == socket.AF_INET6
     if name == "SO_BROADCAST":
-        return stype == socket.SOCK_DGRAM
+        return stype in (socket.SOCK_DGRAM, socket.SOCK_RAW)
+    if name == "IP_TOS":
+        return family == socket.AF_INET
+    if name == "IP_HDRINCL":
+        return family == socket.AF_INET and stype == socket.SOCK_RAW
     return True
 
 

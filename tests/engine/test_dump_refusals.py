@@ -15,8 +15,10 @@ from test_dump_basic import run_engine
 # Each holder opens an fd of a kind the engine does not restore, says "ready", waits;
 # the dump's one line must contain the expected words.
 HOLDERS = {
-    "raw socket": ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)",
-                   "cannot dump a raw or other inet socket ("),
+    "raw socket with a packet queued": (
+        ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); "
+         "s.sendto(b'queued', ('127.0.0.1', 0)); time.sleep(0.2)"),
+        "cannot dump a raw socket with datagrams queued"),
     # the kernel's answer to RTM_GETLINK for lo (ifindex 1), left unread
     "netlink socket with data queued": (
         ("import socket, struct; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); "
