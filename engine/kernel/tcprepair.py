@@ -31,7 +31,18 @@ SOCKOPTS: dict[str, tuple[int, int]] = {
     "IP_TOS": (socket.IPPROTO_IP, socket.IP_TOS),
     "SO_PRIORITY": (socket.SOL_SOCKET, socket.SO_PRIORITY),
     "IP_HDRINCL": (socket.IPPROTO_IP, socket.IP_HDRINCL),
+    # datagram and raw sockets only (_NOT_STREAM); numbers from linux/in.h and
+    # asm-generic/socket.h (not all are in Python's socket module)
+    "IP_PKTINFO": (socket.IPPROTO_IP, 8),
+    "IP_RECVTTL": (socket.IPPROTO_IP, 12),
+    "IP_RECVTOS": (socket.IPPROTO_IP, 13),
+    "IP_MULTICAST_TTL": (socket.IPPROTO_IP, 33),
+    "IP_MULTICAST_LOOP": (socket.IPPROTO_IP, 34),
+    "SO_TIMESTAMP": (socket.SOL_SOCKET, 29),  # SO_TIMESTAMP_OLD
+    "SO_TIMESTAMPNS": (socket.SOL_SOCKET, 35),  # SO_TIMESTAMPNS_OLD
 }
+_NOT_STREAM = ("IP_PKTINFO", "IP_RECVTTL", "IP_RECVTOS", "IP_MULTICAST_TTL",
+               "IP_MULTICAST_LOOP", "SO_TIMESTAMP", "SO_TIMESTAMPNS")
 
 
 #: buffer sizes (SOL_SOCKET): option, its *FORCE twin (CAP_NET_ADMIN: above the
@@ -71,6 +82,9 @@ def applies(name: str, family: int, stype: int) -> bool:
         return family == socket.AF_INET6
     if name == "SO_BROADCAST":
         return stype in (socket.SOCK_DGRAM, socket.SOCK_RAW)
+    if name in _NOT_STREAM:
+        return stype != socket.SOCK_STREAM and (family == socket.AF_INET
+                                                 or not name.startswith("IP_"))
     if name == "IP_TOS":
         return family == socket.AF_INET
     if name == "IP_HDRINCL":

@@ -35,7 +35,9 @@ def create(rec: FileRecord, queues: bytes) -> int:
         if unknown:
             raise EngineError("files", f"socket {rec.link}: unknown option {min(unknown)}")
         for name, (level, opt) in tr.SOCKOPTS.items():  # in their order
-            if name in st.options:
+            # only what differs from a new socket: one option can reset another
+            # (SO_TIMESTAMP 0 clears SO_TIMESTAMPNS, IP_TOS sets the priority)
+            if name in st.options and s.getsockopt(level, opt) != st.options[name]:
                 s.setsockopt(level, opt, st.options[name])
         for name in BUFFER_OPTIONS:
             if name in st.options:
