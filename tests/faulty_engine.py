@@ -42,6 +42,8 @@ Two halves:
                    file description)
   ``drop-timer``   inject timer_delete() of the task's POSIX timer with the highest id: no
                    harness check sees timers, the test's own verdict must fail
+  ``set-rcvbuf``   set SO_RCVBUF of the task's first socket to 4096 bytes (pidfd_getfd: the
+                   same socket), which only the tests of socket options check
 
   The last three hit the objects an engine's allowed deviations concern (zdtm.allowances):
   the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
@@ -74,6 +76,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -109,7 +112,8 @@ TTY_FAULTS = ("set-winsize", "set-termios")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL, "timer-slack", "oom-score", "ioprio",
           *FILE_FAULTS, "set-async", *TTY_FAULTS, "mount-left", "cgroup-left",
-          "flip-shared", "new-uts", "dir-nonblock", "drop-timer")
+          "flip-shared", "new-uts", "dir-nonblock", "drop-timer",
+          "set-rcvbuf")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
@@ -419,6 +423,17 @@ def drop_timer(pid: int) -> dict:
     return {"timer": max(ids)}
 
 
+def set_rcvbuf(pid: int) -> dict:
+    """SO_RCVBUF of the first socket set to 4096 (the kernel shows 8192)."""
+    fd, path = _first_fd(pid, lambda st, _target: stat.S_ISSOCK(st.st_mode))
+    copy = socket.socket(fileno=_copy_fd(pid, fd))
+    try:
+        copy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    finally:
+        copy.close()
+    return {"fd": fd, "path": path}
+
+
 def dir_nonblock(pid: int) -> dict:
     """Set O_NONBLOCK on the first directory fd (its open file description)."""
     fd, path = _first_fd(pid, lambda st, target: stat.S_ISDIR(st.st_mode))
@@ -486,7 +501,7 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),
            "mount-left": mount_left, "cgroup-left": cgroup_left,
            "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,
-           "drop-timer": drop_timer}
+           "drop-timer": drop_timer, "set-rcvbuf": set_rcvbuf}
 
 
 def _children(pid: int) -> list[int]:

@@ -275,24 +275,35 @@ def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
         assert any(f"owner absent -> pid pid {rec['inner_pid']}" in p for p in problems)
 
 
-def test_dropped_posix_timer_fails_the_tests_own_verdict(clean: Path, tmp_path: Path) -> None:
-    """No harness check sees POSIX timers: static/posix_timers judges them itself. A
-    restore that loses one (the fault deletes it in the restored task) fails its verdict,
+# fault -> (subject test, a line of its own FAIL verdict): state no harness check sees
+VERDICT_FAULTS = {
+    ("drop-timer", "static/posix_timers"): "timer_gettime cpu (id ",
+    ("set-rcvbuf", "static/netlink_route"): "bound: SO_RCVBUF 8192, set to 65536",
+    ("set-rcvbuf", "static/raw_socket"): "rx: proto 253 tos 0 prio 0 hdrincl 0 rcvbuf 8192",
+    ("set-rcvbuf", "static/udp_options"): "a: SO_RCVBUF 8192, was 100000",
+}
+
+
+@pytest.mark.parametrize(("fault", "name"), sorted(VERDICT_FAULTS))
+def test_fault_fails_the_tests_own_verdict(fault: str, name: str, clean: Path,
+                                           tmp_path: Path) -> None:
+    """POSIX timers and socket options are judged by the test itself. A restore that
+    loses one (the fault changes it in the restored task) fails the test's verdict,
     where the same run without the fault passes."""
-    test = next(t for t in discover() if t.name == "static/posix_timers")
+    test = next(t for t in discover() if t.name == name)
     bundled = BundledEngine()
     why = bundled.available()
     if why:
         pytest.skip(f"bundled engine cannot dump/restore here: {why}")
     control = lifecycle.Run(test, "h", bundled,
                             lifecycle.RunOptions(workroot=clean)).execute()
-    if control.outcome == SKIP:  # the kernel cannot give timer ids back (the probed why)
+    if control.outcome == SKIP:  # a feature the engine lacks here (the probed why)
         pytest.skip(control.message)
     assert control.outcome == PASS, control.summary()
-    engine = FaultyEngine("drop-timer", tmp_path, inner=bundled)
+    engine = FaultyEngine(fault, tmp_path, inner=bundled)
     result = _run(test, engine, clean)
-    assert engine.record["fault"] == "drop-timer"
+    assert engine.record["fault"] == fault
     assert result.outcome == FAIL, result.summary()
     assert (result.phase, result.kind) == ("stop", Kind.TEST_FAIL), result.summary()
-    timer = engine.record["timer"]
-    assert any(f"timer_gettime cpu (id {timer})" in d for d in result.details), result.details
+    text = VERDICT_FAULTS[(fault, name)]
+    assert any(text in d for d in result.details), result.details
