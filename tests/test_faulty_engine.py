@@ -281,6 +281,7 @@ VERDICT_FAULTS = {
     ("set-rcvbuf", "static/netlink_route"): "bound: SO_RCVBUF 8192, set to 65536",
     ("set-rcvbuf", "static/raw_socket"): "rx: proto 253 tos 0 prio 0 hdrincl 0 rcvbuf 8192",
     ("set-rcvbuf", "static/udp_options"): "a: SO_RCVBUF 8192, was 100000",
+    ("set-rcvbuf", "static/packet_socket"): " rcvbuf 8192 sndbuf ",
 }
 
 

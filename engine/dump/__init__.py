@@ -25,6 +25,7 @@ def features() -> dict[str, tuple[bool, str]]:
         "file_locks": (True, ""),
         "netlink": (True, ""),
         "raw_socket": (True, ""),
+        "packet_socket": (True, ""),
         "udp_options": (True, ""),
         # dumped only where the restore can give each timer its id back
         "posix_timers": timer_restore_ids(),

@@ -90,7 +90,7 @@ def fill(img: ImageDir, repaired: Repaired, rec: FileRecord, pid: int, fd: int,
         elif state != TCP_CLOSE:
             raise EngineError("files", f"{where}: cannot dump a TCP socket in state "
                                        f"{_STATE_NAMES.get(state, state)}: not supported")
-    elif _queued(s):
+    elif queued_bytes(s):
         raise EngineError("files", f"{where}: cannot dump a {'raw' if raw else 'UDP'} socket "
                                    "with datagrams queued: not supported")
     rec.inet = InetSocketState(int(s.family), int(s.type), state, local, peer, opts, backlog,
@@ -108,7 +108,8 @@ def _raw_peer(pid: int, family: int, inode: int, where: str) -> list[str]:
     return [found.remote, "0"] if found.state == TCP_ESTABLISHED and found.remote else []
 
 
-def _queued(s: socket.socket) -> int:
+def queued_bytes(s: socket.socket) -> int:
+    """Bytes of the next datagram or packet waiting to be read (SIOCINQ), 0 if none."""
     return struct.unpack("=i", fcntl.ioctl(s.fileno(), tr.SIOCINQ, b"\0" * 4))[0]
 
 

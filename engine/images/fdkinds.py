@@ -240,3 +240,31 @@ class NetlinkSocketState:
         for name in self.options:
             _check(name in NETLINK_OPTIONS or name in BUFFER_OPTIONS,
                    f"netlink socket option {name} unknown")
+
+
+#: packet socket options given back (linux/if_packet.h, level SOL_PACKET): name -> number
+PACKET_OPTIONS = {"PACKET_AUXDATA": 8, "PACKET_ORIGDEV": 9, "PACKET_VERSION": 10,
+                  "PACKET_RESERVE": 12, "PACKET_LOSS": 14, "PACKET_VNET_HDR": 15,
+                  "PACKET_TIMESTAMP": 17, "PACKET_QDISC_BYPASS": 20,
+                  "PACKET_IGNORE_OUTGOING": 23}
+
+
+@dataclass
+class PacketSocketState:
+    """A packet socket: type (SOCK_RAW or SOCK_DGRAM), the protocol it was made with
+    (network byte order, as socket() took it), the interface it is bound to ("" none) with
+    the protocol of the binding (host order), and its options (PACKET_OPTIONS and the
+    SOL_SOCKET ones of engine.kernel.tcprepair, name -> value)."""
+
+    type: int
+    protocol: int
+    ifname: str
+    bound_protocol: int
+    options: dict[str, int]
+
+    def validate(self) -> None:
+        """Type known, protocols 16-bit."""
+        _check(self.type in (2, 3), f"packet socket type {self.type} unknown")
+        _check(0 <= self.protocol < 1 << 16 and 0 <= self.bound_protocol < 1 << 16,
+               "packet socket protocol out of range")
+        _check(len(self.ifname) < 16, "packet socket interface name too long")

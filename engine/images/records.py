@@ -20,6 +20,7 @@ from engine.images.fdkinds import (
     InetSocketState,
     LockRecord,
     NetlinkSocketState,
+    PacketSocketState,
     SignalfdState,
     TimerfdState,
     UnixSocketState,
@@ -655,6 +656,7 @@ class FileRecord:
     unix: UnixSocketState | None = None  # type socket: a connected unix socket
     inet: InetSocketState | None = None  # type socket: TCP or UDP
     netlink: NetlinkSocketState | None = None  # type socket: netlink
+    packet: PacketSocketState | None = None  # type socket: AF_PACKET
     locks: list[LockRecord] = field(default_factory=list)  # held through this open file
 
     def validate(self) -> None:
@@ -682,8 +684,8 @@ class FileRecord:
                  if k is not None]
         _check(len(kinds) == (self.type == "anon_inode"),
                f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
-        _check((self.unix is not None) + (self.inet is not None) + (self.netlink is not None)
-               == (self.type == "socket"),
+        socks = (self.unix, self.inet, self.netlink, self.packet)
+        _check(sum(k is not None for k in socks) == (self.type == "socket"),
                f"file {self.id}: {self.type} and socket states do not go together")
 
 

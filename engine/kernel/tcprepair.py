@@ -74,6 +74,18 @@ def set_buffer(s: socket.socket, name: str, value: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, opt, value // 2)
 
 
+def apply_sockopts(s: socket.socket, options: dict[str, int]) -> None:
+    """Set the saved SOCKOPTS and buffer sizes of `options` (others are the caller's), in
+    SOCKOPTS order and only where a new socket differs: one option can reset another
+    (SO_TIMESTAMP 0 clears SO_TIMESTAMPNS, IP_TOS sets the priority)."""
+    for name, (level, opt) in SOCKOPTS.items():
+        if name in options and s.getsockopt(level, opt) != options[name]:
+            s.setsockopt(level, opt, options[name])
+    for name in _BUFFERS:
+        if name in options:
+            set_buffer(s, name, options[name])
+
+
 def applies(name: str, family: int, stype: int) -> bool:
     """Whether option `name` exists for sockets of this family and type."""
     if name == "TCP_NODELAY":

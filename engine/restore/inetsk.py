@@ -34,14 +34,7 @@ def create(rec: FileRecord, queues: bytes) -> int:
         unknown = set(st.options) - set(tr.SOCKOPTS) - set(BUFFER_OPTIONS)
         if unknown:
             raise EngineError("files", f"socket {rec.link}: unknown option {min(unknown)}")
-        for name, (level, opt) in tr.SOCKOPTS.items():  # in their order
-            # only what differs from a new socket: one option can reset another
-            # (SO_TIMESTAMP 0 clears SO_TIMESTAMPNS, IP_TOS sets the priority)
-            if name in st.options and s.getsockopt(level, opt) != st.options[name]:
-                s.setsockopt(level, opt, st.options[name])
-        for name in BUFFER_OPTIONS:
-            if name in st.options:
-                tr.set_buffer(s, name, st.options[name])
+        tr.apply_sockopts(s, st.options)
         if st.repair is not None:
             _connect_repaired(s, st, st.repair, queues)
         else:

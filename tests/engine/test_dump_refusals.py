@@ -30,6 +30,15 @@ HOLDERS = {
          "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024); "
          "s.send(struct.pack('=IHHIIBxHiII', 32, 18, 0x301, 1, 0, 0, 0, 0, 0, 0)); "
          "time.sleep(0.2)"), "with a dump in progress"),
+    "packet socket in a fanout group": (
+        ("import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, "
+         "socket.htons(0x88b5)); s.bind(('lo', 0x88b5)); s.setsockopt(263, 18, 77)"),
+        "with a fanout group: not supported"),
+    "packet socket with a membership": (
+        ("import socket, struct; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, "
+         "socket.htons(0x88b5)); s.setsockopt(263, 1, struct.pack('=iHH8s', "
+         "socket.if_nametoindex('lo'), 1, 0, b''))"),
+        "with memberships (PACKET_ADD_MEMBERSHIP): not supported"),
     "pidfd": ("s = os.pidfd_open(os.getpid())", "cannot dump an pidfd fd ("),
     "inotify": ("import ctypes; s = ctypes.CDLL(None, use_errno=True).inotify_init1(0)",
                 "cannot dump an inotify fd ("),
