@@ -69,6 +69,7 @@ FEATURES: dict[str, str | None] = {
     "eventfd": None, "signalfd": None, "epoll": None,
     "timerfd": "timerfd",
     "unix_socketpair": None, "tcp": None, "udp": None, "file_locks": None,
+    "posix_timers": None, "netlink": None, "packet_socket": None,
     # state every CRIU 4.2 restores by design (names of the bundled engine's check)
     **dict.fromkeys(("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
                      "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
