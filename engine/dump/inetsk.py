@@ -94,7 +94,7 @@ def fill(img: ImageDir, repaired: Repaired, rec: FileRecord, pid: int, fd: int,
         raise EngineError("files", f"{where}: cannot dump a {'raw' if raw else 'UDP'} socket "
                                    "with datagrams queued: not supported")
     rec.inet = InetSocketState(int(s.family), int(s.type), state, local, peer, opts, backlog,
-                               repair, s.proto if raw else 0)
+                               repair, s.proto if raw else 0, *tr.get_filter(s))
 
 
 def _raw_peer(pid: int, family: int, inode: int, where: str) -> list[str]:

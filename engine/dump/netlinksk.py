@@ -14,7 +14,7 @@ from engine.errors import EngineError
 from engine.images.fdkinds import NETLINK_OPTIONS, NetlinkSocketState
 from engine.images.records import FileRecord
 from engine.kernel import sockdiag
-from engine.kernel.tcprepair import buffer_options
+from engine.kernel.tcprepair import buffer_options, get_filter
 
 _SOL_NETLINK = 270
 _NETLINK_LIST_MEMBERSHIPS = 9
@@ -48,7 +48,8 @@ def fill(rec: FileRecord, pid: int, fd: int, s: socket.socket) -> None:
     opts = {k: v for k, v in opts.items() if v}
     opts.update(buffer_options(s))
     rec.netlink = NetlinkSocketState(int(s.type), proto, portid & 0xFFFFFFFF, _groups(s),
-                                     dst_portid & 0xFFFFFFFF, dst_group, opts)
+                                     dst_portid & 0xFFFFFFFF, dst_group, opts,
+                                     *get_filter(s))
 
 
 def _diag(pid: int, protocol: int, ino: int, where: str) -> sockdiag.NetlinkSock:

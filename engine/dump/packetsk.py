@@ -43,4 +43,5 @@ def fill(rec: FileRecord, pid: int, fd: int, s: socket.socket) -> None:
     opts.update({name: s.getsockopt(level, opt) for name, (level, opt) in tr.SOCKOPTS.items()
                  if level == socket.SOL_SOCKET and tr.applies(name, s.family, s.type)})
     opts.update(tr.buffer_options(s))
-    rec.packet = PacketSocketState(int(s.type), s.proto, ifname, bound_proto, opts)
+    rec.packet = PacketSocketState(int(s.type), s.proto, ifname, bound_proto, opts,
+                                   *tr.get_filter(s))

@@ -153,6 +153,17 @@ class TcpRepair:
         _check(self.options & ~7 == 0, f"tcp options {self.options:#x} unknown")
 
 
+#: a classic BPF program has at most this many instructions of 8 bytes (BPF_MAXINSNS)
+BPF_MAX_BYTES = 4096 * 8
+
+
+def check_filter(program: str) -> None:
+    """A socket filter field: whole instructions as hex, within the kernel's limit."""
+    _check(len(program) % 16 == 0 and len(program) // 2 <= BPF_MAX_BYTES,
+           f"socket filter of {len(program)} hex digits")
+    bytes.fromhex(program)
+
+
 @dataclass
 class InetSocketState:
     """A TCP, UDP or raw IP socket: family, type, state, addresses ("host", port), the socket
@@ -168,6 +179,8 @@ class InetSocketState:
     backlog: int
     repair: TcpRepair | None
     protocol: int = 0  # SOCK_RAW: the IP protocol (0 for TCP and UDP)
+    bpf_filter: str = ""  # SO_ATTACH_FILTER: the classic BPF instructions as hex
+    filter_locked: bool = False  # SO_LOCK_FILTER
 
     def validate(self) -> None:
         """Family, type, state and the fields the state needs."""
@@ -182,6 +195,7 @@ class InetSocketState:
         _check((self.repair is not None) == (self.type == 1 and self.state == TCP_ESTABLISHED),
                "tcp repair state goes with an established connection only")
         _check(0 <= self.backlog < (1 << 31), "listen backlog out of range")
+        check_filter(self.bpf_filter)
 
 
 LOCK_KINDS = ("posix", "flock", "ofd")
@@ -229,9 +243,12 @@ class NetlinkSocketState:
     dst_portid: int
     dst_group: int
     options: dict[str, int]
+    bpf_filter: str = ""  # as InetSocketState's
+    filter_locked: bool = False
 
     def validate(self) -> None:
         """Type, protocol and numbers in range; options known."""
+        check_filter(self.bpf_filter)
         _check(self.type in (2, 3), f"netlink socket type {self.type} unknown")
         _check(0 <= self.protocol < 32, f"netlink protocol {self.protocol} out of range")
         for n in (self.portid, self.dst_portid, self.dst_group):
@@ -261,9 +278,12 @@ class PacketSocketState:
     ifname: str
     bound_protocol: int
     options: dict[str, int]
+    bpf_filter: str = ""  # as InetSocketState's
+    filter_locked: bool = False
 
     def validate(self) -> None:
         """Type known, protocols 16-bit."""
+        check_filter(self.bpf_filter)
         _check(self.type in (2, 3), f"packet socket type {self.type} unknown")
         _check(0 <= self.protocol < 1 << 16 and 0 <= self.bound_protocol < 1 << 16,
                "packet socket protocol out of range")

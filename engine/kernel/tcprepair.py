@@ -3,8 +3,12 @@ and small typed helpers over socket.getsockopt/setsockopt, shared by dump and re
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
+
+from engine.kernel import uapi
+from engine.kernel.sys import syscall
 
 TCP_REPAIR = 19
 TCP_REPAIR_QUEUE = 20
@@ -84,6 +88,35 @@ def apply_sockopts(s: socket.socket, options: dict[str, int]) -> None:
     for name in _BUFFERS:
         if name in options:
             set_buffer(s, name, options[name])
+
+
+_SO_ATTACH_FILTER, _SO_GET_FILTER, _SO_LOCK_FILTER = 26, 26, 44
+_BPF_MAXINSNS = 4096
+_INSN = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+
+
+def get_filter(s: socket.socket) -> tuple[str, bool]:
+    """The classic BPF filter attached with SO_ATTACH_FILTER (its instructions as hex, ""
+    for none) and SO_LOCK_FILTER. SO_GET_FILTER counts its length in instructions, not
+    bytes (so not through socket.getsockopt). An eBPF program (SO_ATTACH_BPF) is not
+    shown by the kernel here."""
+    buf = ctypes.create_string_buffer(_BPF_MAXINSNS * _INSN)
+    count = ctypes.c_uint32(_BPF_MAXINSNS)
+    syscall(uapi.SYS_getsockopt, s.fileno(), socket.SOL_SOCKET, _SO_GET_FILTER, buf,
+            count)
+    return buf.raw[:count.value * _INSN].hex(), bool(s.getsockopt(socket.SOL_SOCKET,
+                                                                    _SO_LOCK_FILTER))
+
+
+def set_filter(s: socket.socket, program: str, locked: bool) -> None:
+    """Attach a classic BPF filter saved by get_filter (struct sock_fprog points into our
+    memory, which the kernel copies), then lock it if it was."""
+    if program:
+        insns = ctypes.create_string_buffer(bytes.fromhex(program))
+        fprog = struct.pack("=HxxxxxxQ", len(insns.raw) // _INSN, ctypes.addressof(insns))
+        s.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    if locked:
+        s.setsockopt(socket.SOL_SOCKET, _SO_LOCK_FILTER, 1)
 
 
 def applies(name: str, family: int, stype: int) -> bool:

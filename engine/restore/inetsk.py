@@ -35,6 +35,7 @@ def create(rec: FileRecord, queues: bytes) -> int:
         if unknown:
             raise EngineError("files", f"socket {rec.link}: unknown option {min(unknown)}")
         tr.apply_sockopts(s, st.options)
+        tr.set_filter(s, st.bpf_filter, st.filter_locked)
         if st.repair is not None:
             _connect_repaired(s, st, st.repair, queues)
         else:

@@ -8,7 +8,7 @@ import socket
 from engine.errors import EngineError
 from engine.images.fdkinds import BUFFER_OPTIONS, NETLINK_OPTIONS
 from engine.images.records import FileRecord
-from engine.kernel.tcprepair import set_buffer
+from engine.kernel.tcprepair import set_buffer, set_filter
 
 _SOL_NETLINK = 270
 _NETLINK_ADD_MEMBERSHIP = 1
@@ -26,6 +26,7 @@ def create(rec: FileRecord) -> int:
                 set_buffer(s, name, value)
             else:
                 s.setsockopt(_SOL_NETLINK, NETLINK_OPTIONS[name], value)
+        set_filter(s, st.bpf_filter, st.filter_locked)
         if st.portid:
             s.bind((st.portid, 0))
         for group in st.groups:

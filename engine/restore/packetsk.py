@@ -25,6 +25,7 @@ def create(rec: FileRecord) -> int:
             if value is not None and s.getsockopt(_SOL_PACKET, opt) != value:
                 s.setsockopt(_SOL_PACKET, opt, value)
         tr.apply_sockopts(s, st.options)
+        tr.set_filter(s, st.bpf_filter, st.filter_locked)
         if st.ifname:
             s.bind((st.ifname, st.bound_protocol))
     except OSError as e:

@@ -3,13 +3,16 @@
  *   a      bound to 127.0.0.1, connected to b; SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST,
  *          SO_RCVBUF, SO_SNDBUF, IP_TOS 0x28, then SO_PRIORITY 2 (IP_TOS sets a priority
  *          of its own), IP_MULTICAST_TTL 7, IP_MULTICAST_LOOP off, SO_TIMESTAMP
- *   b      bound to 127.0.0.1, IP_RECVTOS, IP_PKTINFO, IP_RECVTTL, SO_TIMESTAMPNS
+ *   b      bound to 127.0.0.1, IP_RECVTOS, IP_PKTINFO, IP_RECVTTL, SO_TIMESTAMPNS, a
+ *          classic BPF filter (SO_ATTACH_FILTER: datagrams of 64 bytes or less), locked
  *   loose  never bound, SO_RCVBUF only
  * After restore every option reads as before; a datagram from a reaches b with its TOS
  * (IP_RECVTOS), its destination (IP_PKTINFO), its TTL and a nanosecond timestamp as
- * control messages; b answers a at its address; loose is still unbound.
+ * control messages; the filter and its lock are there, and a datagram longer than 64
+ * bytes never reaches b; b answers a at its address; loose is still unbound.
  */
 #include <arpa/inet.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
@@ -39,6 +42,7 @@ static const struct opt opts[] = {
 	{ "IP_RECVTOS", IPPROTO_IP, IP_RECVTOS },
 	{ "IP_PKTINFO", IPPROTO_IP, IP_PKTINFO },
 	{ "IP_RECVTTL", IPPROTO_IP, IP_RECVTTL },
+	{ "SO_LOCK_FILTER", SOL_SOCKET, SO_LOCK_FILTER },
 };
 #define NOPTS (int)(sizeof(opts) / sizeof(opts[0]))
 
@@ -51,6 +55,28 @@ static int getopt_int(int s, const struct opt *o)
 	if (getsockopt(s, o->level, o->opt, &v, &len))
 		return -2;
 	return len == 1 ? (unsigned char)v : v;
+}
+
+/* ld len (of the UDP payload: sk_filter sees the datagram); drop if > 64; else accept */
+static struct sock_filter small_only[] = {
+	BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
+	BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, 64 + 8, 0, 1),
+	BPF_STMT(BPF_RET | BPF_K, 0),
+	BPF_STMT(BPF_RET | BPF_K, 0xffff),
+};
+#define FILTER_LEN (int)(sizeof(small_only) / sizeof(small_only[0]))
+
+/* The attached filter's length in instructions (SO_GET_FILTER counts in instructions). */
+static int filter_len(int s)
+{
+	struct sock_filter prog[64];
+	socklen_t len = 64;
+
+	if (getsockopt(s, SOL_SOCKET, SO_GET_FILTER, prog, &len))
+		return -1;
+	if ((int)len == FILTER_LEN && memcmp(prog, small_only, sizeof(small_only)))
+		return -2; /* another program of the same length */
+	return len;
 }
 
 static int set(int s, int level, int opt, int v)
@@ -109,7 +135,8 @@ int main(int argc, char **argv)
 	int before[3][NOPTS], after[3][NOPTS];
 	const char *names[3] = { "a", "b", "loose" };
 	int socks[3];
-	char payload[64], buf[64];
+	struct sock_fprog fprog = { FILTER_LEN, small_only };
+	char payload[64], buf[64], big[200];
 	socklen_t len = sizeof(la);
 
 	test_init(argc, argv);
@@ -132,6 +159,8 @@ int main(int argc, char **argv)
 	    set(socks[1], IPPROTO_IP, IP_PKTINFO, 1) ||
 	    set(socks[1], IPPROTO_IP, IP_RECVTTL, 1) ||
 	    set(socks[1], SOL_SOCKET, SO_TIMESTAMPNS, 1) ||
+	    setsockopt(socks[1], SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog)) ||
+	    set(socks[1], SOL_SOCKET, SO_LOCK_FILTER, 1) ||
 	    set(socks[2], SOL_SOCKET, SO_RCVBUF, 20000)) {
 		pr_perror("set up");
 		return 1;
@@ -150,9 +179,16 @@ int main(int argc, char **argv)
 				fail("%s: %s %d, was %d", names[s], opts[i].name, after[s][i],
 				     before[s][i]);
 		}
+	if (filter_len(socks[1]) != FILTER_LEN || filter_len(socks[0]) != 0)
+		fail("b: filter of %d instructions (expected %d), a: %d (expected none)",
+		     filter_len(socks[1]), FILTER_LEN, filter_len(socks[0]));
 	if (getsockname(socks[2], (struct sockaddr *)&la, &len) || la.sin_port)
 		fail("loose: bound to port %d after restore", ntohs(la.sin_port));
 
+	/* the filter drops it: the datagram after it must be the next one b reads */
+	memset(big, 'x', sizeof(big));
+	if (send(socks[0], big, sizeof(big), 0) != sizeof(big))
+		fail_perror("a: send the long datagram");
 	snprintf(payload, sizeof(payload), "udp_options %d", getpid());
 	if (send(socks[0], payload, strlen(payload), 0) < 0)
 		fail_perror("a: send (not connected any more?)");
