@@ -22,6 +22,7 @@ from engine.images.records import (
     ThreadCore,
 )
 from engine.kernel import blob, uapi
+from engine.kernel import sys as ksys
 from engine.kernel.structs import KSigaction, PrctlMmMap, StackT
 from engine.proc.status import Status
 from engine.restore.layout import Window
@@ -34,6 +35,7 @@ _PR_CAP_AMBIENT_RAISE = 2
 _CAP_VERSION_3 = 0x20080522
 _F_ADD_SEALS = 1033
 _EXE_FD_OFFSET = PrctlMmMap.exe_fd.offset
+_ITIMER_REAL = 0
 
 
 @dataclass
@@ -227,6 +229,8 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     for it in core.itimers:
         # An expired periodic ITIMER_REAL (value 0, SIGALRM pending) must be re-armed.
         value = it.value_us or it.interval_us
+        if it.which != _ITIMER_REAL:  # the tick setitimer adds is in the dumped value
+            value = max(1, value - ksys.cpu_itimer_slack_us())
         tv = struct.pack("<4q", it.interval_us // 10**6, it.interval_us % 10**6,
                          value // 10**6, value % 10**6)
         deferred.calls.append((uapi.SYS_setitimer, (it.which, t.data(tv), 0),
