@@ -5,9 +5,12 @@
  *   tx      protocol 253, connected to 127.0.0.1, IP_TOS 0x10, SO_PRIORITY 3
  *   hdr     protocol 254 with IP_HDRINCL set, SO_SNDBUF set
  *   rawraw  IPPROTO_RAW (send only; IP_HDRINCL implied)
+ *   rx6     IPv6, protocol 253, bound to ::1
+ *   tx6     IPv6, protocol 253, connected to ::1
  * After restore each has its protocol (SO_PROTOCOL), options and buffer sizes; tx still
  * sends without an address (connected) and rx gets that packet, with TOS 0x10; a packet
- * with our own IP header sent through hdr reaches a protocol-254 socket made after restore.
+ * with our own IP header sent through hdr reaches a protocol-254 socket made after restore;
+ * tx6 still sends without an address and rx6 gets it.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -86,12 +89,32 @@ static int receive(int s, const char *payload)
 	}
 }
 
+/* Wait for an IPv6 packet on s carrying `payload` (raw IPv6 reads have no IP header). */
+static int receive6(int s, const char *payload)
+{
+	char buf[2048];
+
+	for (;;) {
+		struct pollfd pfd = { .fd = s, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&pfd, 1, 5000) <= 0)
+			return -1;
+		n = recv(s, buf, sizeof(buf), 0);
+		if (n < 0)
+			return -1;
+		if ((size_t)n == strlen(payload) && !memcmp(buf, payload, n))
+			return 0;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct sockaddr_in lo = loopback();
-	struct opts before[4], after[4];
-	const char *names[4] = { "rx", "tx", "hdr", "rawraw" };
-	int socks[4], one = 1, tos = 0x10, prio = 3, rcv = RCVBUF / 2, snd = SNDBUF / 2;
+	struct sockaddr_in6 lo6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+	struct opts before[6], after[6];
+	const char *names[6] = { "rx", "tx", "hdr", "rawraw", "rx6", "tx6" };
+	int socks[6], one = 1, tos = 0x10, prio = 3, rcv = RCVBUF / 2, snd = SNDBUF / 2;
 	char payload[64], packet[128];
 	struct iphdr *ip = (struct iphdr *)packet;
 	int rx2, got;
@@ -102,7 +125,9 @@ int main(int argc, char **argv)
 	socks[1] = socket(AF_INET, SOCK_RAW, PROTO_A);
 	socks[2] = socket(AF_INET, SOCK_RAW, PROTO_B);
 	socks[3] = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
-	for (int i = 0; i < 4; i++)
+	socks[4] = socket(AF_INET6, SOCK_RAW, PROTO_A);
+	socks[5] = socket(AF_INET6, SOCK_RAW, PROTO_A);
+	for (int i = 0; i < 6; i++)
 		if (socks[i] < 0) {
 			pr_perror("socket(AF_INET, SOCK_RAW) %s", names[i]);
 			return 1;
@@ -113,17 +138,19 @@ int main(int argc, char **argv)
 	    setsockopt(socks[1], SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio)) ||
 	    connect(socks[1], (struct sockaddr *)&lo, sizeof(lo)) ||
 	    setsockopt(socks[2], IPPROTO_IP, IP_HDRINCL, &one, sizeof(one)) ||
-	    setsockopt(socks[2], SOL_SOCKET, SO_SNDBUF, &snd, sizeof(snd))) {
+	    setsockopt(socks[2], SOL_SOCKET, SO_SNDBUF, &snd, sizeof(snd)) ||
+	    bind(socks[4], (struct sockaddr *)&lo6, sizeof(lo6)) ||
+	    connect(socks[5], (struct sockaddr *)&lo6, sizeof(lo6))) {
 		pr_perror("set up");
 		return 1;
 	}
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 6; i++)
 		read_opts(socks[i], &before[i]);
 
 	test_daemon();
 	test_waitsig();
 
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < 6; i++) {
 		read_opts(socks[i], &after[i]);
 		compare(names[i], &before[i], &after[i]);
 	}
@@ -154,5 +181,11 @@ int main(int argc, char **argv)
 		fail_perror("hdr: send a packet with our own header");
 	else if (receive(rx2, payload) < 0)
 		fail("hdr: the packet with our own header did not arrive");
+
+	snprintf(payload, sizeof(payload), "raw_socket %d connected over IPv6", getpid());
+	if (send(socks[5], payload, strlen(payload), 0) < 0)
+		fail_perror("tx6: send without an address (not connected?)");
+	else if (receive6(socks[4], payload))
+		fail("rx6: the packet from tx6 did not arrive");
 	return pass();
 }
