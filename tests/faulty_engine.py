@@ -56,6 +56,10 @@ Two halves:
                    (the same group)
   ``dir-nonblock`` set O_NONBLOCK on the first directory fd, through pidfd_getfd (same open
                    file description)
+  ``drop-timer``   inject timer_delete() of the task's POSIX timer with the highest id: no
+                   harness check sees timers, the test's own verdict must fail
+  ``set-rcvbuf``   set SO_RCVBUF of the task's first socket to 4096 bytes (pidfd_getfd: the
+                   same socket), which only the tests of socket options check
 
   No fault un-shares the signal handlers (CLONE_SIGHAND) of a live task: unshare() refuses
   it while they are shared (kernel/fork.c check_unshare_flags: -EINVAL when sighand->count
@@ -95,6 +99,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -115,6 +120,7 @@ from zdtm.engines.base import (
 )
 
 _SYS_PRCTL = 157
+_SYS_TIMER_DELETE = 226
 _SYS_UNSHARE = 272
 _SYS_IOPRIO_SET = 251
 CLONE_FILES = 0x400
@@ -130,9 +136,11 @@ TTY_FAULTS = ("set-winsize", "set-termios")
 CTTY_FAULTS = ("drop-ctty", "set-fgpgrp")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL,
-          *KNOBS, *FILE_FAULTS, "set-async", "rename-unlinked", *TTY_FAULTS, "mount-left", "cgroup-left",
+          *KNOBS, *FILE_FAULTS, "set-async", "rename-unlinked", *TTY_FAULTS, "mount-left",
+          "cgroup-left",
           "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
-          "resume-stopped", "drop-watch")
+          "resume-stopped", "drop-watch",
+          "drop-timer", "set-rcvbuf")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
@@ -568,6 +576,27 @@ def new_uts(pid: int) -> dict:
     return {"uts": os.readlink(f"/proc/{pid}/ns/uts")}
 
 
+def drop_timer(pid: int) -> dict:
+    """Inject timer_delete() of the POSIX timer with the highest id."""
+    text = Path(f"/proc/{pid}/timers").read_text()
+    ids = [int(line.split()[1]) for line in text.splitlines() if line.startswith("ID:")]
+    if not ids:
+        raise RuntimeError(f"task {pid} has no POSIX timer")
+    _inject(pid, _SYS_TIMER_DELETE, max(ids))
+    return {"timer": max(ids)}
+
+
+def set_rcvbuf(pid: int) -> dict:
+    """SO_RCVBUF of the first socket set to 4096 (the kernel shows 8192)."""
+    fd, path = _first_fd(pid, lambda st, _target: stat.S_ISSOCK(st.st_mode))
+    copy = socket.socket(fileno=_copy_fd(pid, fd))
+    try:
+        copy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    finally:
+        copy.close()
+    return {"fd": fd, "path": path}
+
+
 def dir_nonblock(pid: int) -> dict:
     """Set O_NONBLOCK on the first directory fd (its open file description)."""
     fd, path = _first_fd(pid, lambda st, target: stat.S_ISDIR(st.st_mode))
@@ -654,7 +683,8 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,
            "drop-ctty": drop_ctty, "set-fgpgrp": set_fgpgrp,
            "membarrier-register": membarrier_register, "resume-stopped": resume_stopped,
-           "drop-watch": drop_watch}
+           "drop-watch": drop_watch,
+           "drop-timer": drop_timer, "set-rcvbuf": set_rcvbuf}
 
 
 def _children(pid: int) -> list[int]:

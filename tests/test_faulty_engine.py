@@ -23,7 +23,7 @@ from zdtm import checks, lifecycle, snapshot, tasks
 from zdtm.desc import TestDesc, discover
 from zdtm.engines.bundled import BundledEngine
 from zdtm.proc import PAGE_SIZE
-from zdtm.result import CHECK_FAILED, FAIL, KERNEL, PASS, TIMEOUT, Result
+from zdtm.result import CHECK_FAILED, FAIL, KERNEL, PASS, SKIP, TIMEOUT, Kind, Result
 
 SUBJECT = "static/mem_anon"  # one process, private anonymous data, stdout/err on a file
 
@@ -310,3 +310,38 @@ def test_restore_resuming_a_stopped_task_fails_taskattrs(flavor: str, bundled: B
     who = (f"pid {rec['inner_pid']}" if flavor == "h"
            else f"pid {rec['inner_pid']} [{rec['pid']}]") + " (task_stopped)"
     assert _expect(result, "taskattrs") == [f"taskattrs: {who}: stopped by signal yes -> no"]
+
+
+# fault -> (subject test, a line of its own FAIL verdict): state no harness check sees
+VERDICT_FAULTS = {
+    ("drop-timer", "static/posix_timers"): "timer_gettime cpu (id ",
+    ("set-rcvbuf", "static/netlink_route"): "bound: SO_RCVBUF 8192, set to 65536",
+    ("set-rcvbuf", "static/raw_socket"): "rx: proto 253 tos 0 prio 0 hdrincl 0 rcvbuf 8192",
+    ("set-rcvbuf", "static/udp_options"): "a: SO_RCVBUF 8192, was 100000",
+    ("set-rcvbuf", "static/packet_socket"): " rcvbuf 8192 sndbuf ",
+}
+
+
+@pytest.mark.parametrize(("fault", "name"), sorted(VERDICT_FAULTS))
+def test_fault_fails_the_tests_own_verdict(fault: str, name: str, clean: Path,
+                                           tmp_path: Path) -> None:
+    """POSIX timers and socket options are judged by the test itself. A restore that
+    loses one (the fault changes it in the restored task) fails the test's verdict,
+    where the same run without the fault passes."""
+    test = next(t for t in discover() if t.name == name)
+    bundled = BundledEngine()
+    why = bundled.available()
+    if why:
+        pytest.skip(f"bundled engine cannot dump/restore here: {why}")
+    control = lifecycle.Run(test, "h", bundled,
+                            lifecycle.RunOptions(workroot=clean)).execute()
+    if control.outcome == SKIP:  # a feature the engine lacks here (the probed why)
+        pytest.skip(control.message)
+    assert control.outcome == PASS, control.summary()
+    engine = FaultyEngine(fault, tmp_path, inner=bundled)
+    result = _run(test, engine, clean)
+    assert engine.record["fault"] == fault
+    assert result.outcome == FAIL, result.summary()
+    assert (result.phase, result.kind) == ("stop", Kind.TEST_FAIL), result.summary()
+    text = VERDICT_FAULTS[(fault, name)]
+    assert any(text in d for d in result.details), result.details

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.kernel.sys import timer_restore_ids
+
 _DELETED_MAPPING = "a mapping of a deleted file is refused: restore could not map it back"
 _LEADERLESS_PGID = ("a process group with no leader in the tree that is not the parent's is "
                     "refused: restore could not make it again")
@@ -31,4 +33,10 @@ def features() -> dict[str, tuple[bool, str]]:
         # refused at dump (tests that expect the refusal name these: crfail_unless)
         "dump_deleted_file_mapping": (False, _DELETED_MAPPING),
         "dump_leaderless_pgid": (False, _LEADERLESS_PGID),
+        "netlink": (True, ""),
+        "raw_socket": (True, ""),
+        "packet_socket": (True, ""),
+        "udp_options": (True, ""),
+        # dumped only where the restore can give each timer its id back
+        "posix_timers": timer_restore_ids(),
     }

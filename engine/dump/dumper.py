@@ -166,6 +166,8 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
                 state[p.pid].threads, track_mem and p.pid not in trackers)
             if inj.tracker is not None:
                 trackers[p.pid] = inj.tracker
+            task.refuse_posix_timers(p.pid, inj.posix_timers, state[p.pid].threads,
+                                     state[p.pid].shared_pending)
         fault_point("sigactions")
         lap("sigactions")
         shmem_entries = _dump_memory(img, procs, state, stats, parent,

@@ -16,7 +16,7 @@ import socket
 import stat
 from dataclasses import dataclass, field
 
-from engine.dump import anonfd, inetsk, unixsk
+from engine.dump import anonfd, inetsk, netlinksk, packetsk, unixsk
 from engine.dump.fdowner import read_owners
 from engine.errors import EngineError
 from engine.images import names
@@ -204,6 +204,10 @@ def _socket(img: ImageDir, table: FileTable, rec: FileRecord, pid: int, fd: int)
             unixsk.fill(img, table.diag, rec, pid, fd, s)
         elif s.family in (socket.AF_INET, socket.AF_INET6):
             inetsk.fill(img, table.repaired, rec, pid, fd, s)
+        elif s.family == socket.AF_NETLINK:
+            netlinksk.fill(rec, pid, fd, s)
+        elif s.family == socket.AF_PACKET:
+            packetsk.fill(rec, pid, fd, s)
         else:
             raise unixsk.refuse_family(pid, fd, s, rec.link)
 

@@ -1,4 +1,4 @@
-"""TCP and UDP sockets: addresses, the options the engine gives back, listeners, and
+"""TCP, UDP and raw IP sockets: addresses, the options the engine gives back, listeners, and
 established TCP connections read through TCP repair mode.
 
 A connection put in repair mode stays there until the dump ends: when the dumped tree is
@@ -25,6 +25,7 @@ from engine.images.fdkinds import (
 from engine.images.imgdir import ImageDir
 from engine.images.records import FileRecord
 from engine.kernel import tcprepair as tr
+from engine.proc import netraw
 
 _STATE_NAMES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
                 6: "TIME_WAIT", 8: "CLOSE_WAIT", 9: "LAST_ACK", 11: "CLOSING"}
@@ -61,13 +62,18 @@ def fill(img: ImageDir, repaired: Repaired, rec: FileRecord, pid: int, fd: int,
          s: socket.socket) -> None:
     """Record the TCP/UDP socket `s` (the engine's descriptor of the task's fd)."""
     where = f"task {pid} fd {fd}"
-    if s.proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP, 0) or \
-            s.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        raise EngineError("files", f"{where}: cannot dump a raw or other inet socket "
-                                   f"({rec.link}): not supported by this engine")
+    raw = s.type == socket.SOCK_RAW
+    if not raw and (s.proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP, 0) or
+                    s.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+        raise EngineError("files", f"{where}: cannot dump an inet socket of type {s.type} "
+                                   f"protocol {s.proto} ({rec.link}): not supported by "
+                                   "this engine")
     opts = {name: s.getsockopt(level, opt) for name, (level, opt) in tr.SOCKOPTS.items()
             if tr.applies(name, s.family, s.type)}
-    local, peer = _addr(s, False), _addr(s, True)
+    if s.type != socket.SOCK_STREAM:
+        opts.update(tr.buffer_options(s))  # TCP's sizes grow by themselves unless set
+    local = _addr(s, False)
+    peer = _raw_peer(pid, s.family, rec.inode, where) if raw else _addr(s, True)
     state = TCP_ESTABLISHED if peer else TCP_CLOSE
     backlog = 0
     repair = None
@@ -84,14 +90,26 @@ def fill(img: ImageDir, repaired: Repaired, rec: FileRecord, pid: int, fd: int,
         elif state != TCP_CLOSE:
             raise EngineError("files", f"{where}: cannot dump a TCP socket in state "
                                        f"{_STATE_NAMES.get(state, state)}: not supported")
-    elif _queued(s):
-        raise EngineError("files", f"{where}: cannot dump a UDP socket with datagrams "
-                                   "queued: not supported")
+    elif queued_bytes(s):
+        raise EngineError("files", f"{where}: cannot dump a {'raw' if raw else 'UDP'} socket "
+                                   "with datagrams queued: not supported")
     rec.inet = InetSocketState(int(s.family), int(s.type), state, local, peer, opts, backlog,
-                               repair)
+                               repair, s.proto if raw else 0, *tr.get_filter(s))
 
 
-def _queued(s: socket.socket) -> int:
+def _raw_peer(pid: int, family: int, inode: int, where: str) -> list[str]:
+    """[host, "0"] of a connected raw socket, [] if not connected."""
+    try:
+        found = netraw.raw_socket(pid, family, inode)
+    except OSError as e:
+        raise EngineError("files", f"{where}: /proc/{pid}/net: {e.strerror}") from None
+    if found is None:
+        raise EngineError("files", f"{where}: raw socket {inode} not in /proc/{pid}/net")
+    return [found.remote, "0"] if found.state == TCP_ESTABLISHED and found.remote else []
+
+
+def queued_bytes(s: socket.socket) -> int:
+    """Bytes of the next datagram or packet waiting to be read (SIOCINQ), 0 if none."""
     return struct.unpack("=i", fcntl.ioctl(s.fileno(), tr.SIOCINQ, b"\0" * 4))[0]
 
 

@@ -30,6 +30,7 @@ from engine.images.records import (
     ThreadCore,
 )
 from engine.kernel import ptrace, uapi
+from engine.kernel import sys as ksys
 from engine.kernel.inject import Injector, in_interrupted_syscall, restart_regs
 from engine.kernel.structs import KSigaction, StackT
 from engine.kernel.sys import syscall
@@ -157,8 +158,7 @@ def _itimers(inj: Injector, buf: int) -> list[ItimerRecord]:
     return out
 
 
-_NOTIFY = {"signal": 0, "none": 1, "thread": 2}
-_SIGEV_THREAD_ID = 4
+_NOTIFY = {"signal": uapi.SIGEV_SIGNAL, "none": uapi.SIGEV_NONE, "thread": uapi.SIGEV_THREAD}
 
 
 def _posix_timers(inj: Injector, buf: int, pid: int) -> list[PosixTimerRecord]:
@@ -172,6 +172,51 @@ def _posix_timers(inj: Injector, buf: int, pid: int) -> list[PosixTimerRecord]:
         t.overrun = inj.check(uapi.SYS_timer_getoverrun, t.id)
         out.append(t)
     return out
+
+
+#: Clocks a timer can be created on again as it was: CLOCK_REALTIME, MONOTONIC, BOOTTIME,
+#: TAI and the process's own CPU time (CLOCK_PROCESS_CPUTIME_ID, which /proc shows as
+#: the CPU clock id of "pid 0", -6). Not a thread's CPU time (-2: which thread it counts
+#: is not shown), another task's CPU clock, nor the alarm clocks (CAP_WAKE_ALARM).
+_TIMER_CLOCKS = (0, 1, 7, 11, -6)
+
+
+def refuse_posix_timers(pid: int, timers: list[PosixTimerRecord], threads: list[ThreadCore],
+                        shared: list[SigInfoRecord]) -> None:
+    """Raise EngineError("sigactions") for a POSIX timer the restore could not give back:
+    no way to choose timer ids on this kernel, another clock, a target thread that has
+    exited, an overrun count (only the kernel sets it, at delivery), or the signal of a
+    periodic timer pending (the kernel ties it to the timer; a queued copy is not)."""
+    if not timers:
+        return
+    ok, why = ksys.timer_restore_ids()
+    if not ok:
+        raise EngineError("sigactions", f"task {pid}: cannot restore its POSIX timers with "
+                                        f"their ids: {why}")
+    tids = {th.tid for th in threads}
+    pending = {_timer_of(s) for s in shared + [s for th in threads for s in th.pending]}
+    for t in timers:
+        what = f"task {pid}: POSIX timer {t.id}"
+        if t.clock_id not in _TIMER_CLOCKS:
+            raise EngineError("sigactions", f"{what}: clock {t.clock_id} cannot be restored")
+        if t.notify & uapi.SIGEV_THREAD_ID and t.notify_tid not in tids:
+            raise EngineError("sigactions", f"{what}: its target thread {t.notify_tid} has "
+                                            "exited")
+        if t.overrun:
+            raise EngineError("sigactions", f"{what}: the overrun count {t.overrun} of its "
+                                            "last expiry cannot be set again")
+        if t.interval_ns and t.id in pending:
+            raise EngineError("sigactions", f"{what}: its periodic signal {t.signo} is "
+                                            "pending, which only the kernel can queue")
+
+
+def _timer_of(sig: SigInfoRecord) -> int | None:
+    """The timer id of a pending SI_TIMER signal (siginfo: signo, errno, code, pad, then
+    si_tid, the timer id); None for another signal."""
+    raw = bytes.fromhex(sig.raw)
+    if int.from_bytes(raw[8:12], "little", signed=True) != uapi.SI_TIMER:
+        return None
+    return int.from_bytes(raw[16:20], "little", signed=True)
 
 
 def _parse_timers(path: str) -> list[PosixTimerRecord]:
@@ -193,7 +238,7 @@ def _parse_timers(path: str) -> list[PosixTimerRecord]:
         signo, value = fields["signal"].split("/")
         kind, who = fields["notify"].split("/")
         scope, num = who.split(".")
-        notify = _NOTIFY[kind] | (_SIGEV_THREAD_ID if scope == "tid" else 0)
+        notify = _NOTIFY[kind] | (uapi.SIGEV_THREAD_ID if scope == "tid" else 0)
         out.append(PosixTimerRecord(int(fields["ID"]), int(fields["ClockID"]), int(signo),
                                     int(value, 16), notify, int(num), 0, 0))
     return out

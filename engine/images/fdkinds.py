@@ -226,25 +226,41 @@ class TcpRepair:
         _check(self.options & ~7 == 0, f"tcp options {self.options:#x} unknown")
 
 
+#: a classic BPF program has at most this many instructions of 8 bytes (BPF_MAXINSNS)
+BPF_MAX_BYTES = 4096 * 8
+
+
+def check_filter(program: str) -> None:
+    """A socket filter field: whole instructions as hex, within the kernel's limit."""
+    _check(len(program) % 16 == 0 and len(program) // 2 <= BPF_MAX_BYTES,
+           f"socket filter of {len(program)} hex digits")
+    bytes.fromhex(program)
+
+
 @dataclass
 class InetSocketState:
-    """A TCP or UDP socket: family, type, state, addresses ("host", port), the socket
+    """A TCP, UDP or raw IP socket: family, type, state, addresses ("host", port), the socket
     options the engine gives back (name -> value), the listen backlog, and for an
     established TCP connection its repair state."""
 
     family: int
-    type: int  # SOCK_STREAM (TCP) or SOCK_DGRAM (UDP)
-    state: int  # TCP_* numbering (UDP: 1 connected, 7 not)
-    local: list[str]  # [host, port] ("" host: not bound)
+    type: int  # SOCK_STREAM (TCP), SOCK_DGRAM (UDP) or SOCK_RAW
+    state: int  # TCP_* numbering (UDP, raw: 1 connected, 7 not)
+    local: list[str]  # [host, port] ("" host: not bound; raw: the port is the protocol)
     peer: list[str]  # [] when not connected
     options: dict[str, int]
     backlog: int
     repair: TcpRepair | None
+    protocol: int = 0  # SOCK_RAW: the IP protocol (0 for TCP and UDP)
+    bpf_filter: str = ""  # SO_ATTACH_FILTER: the classic BPF instructions as hex
+    filter_locked: bool = False  # SO_LOCK_FILTER
 
     def validate(self) -> None:
         """Family, type, state and the fields the state needs."""
         _check(self.family in INET_FAMILIES, f"inet socket family {self.family} unknown")
-        _check(self.type in (1, 2), f"inet socket type {self.type} unknown")
+        _check(self.type in (1, 2, 3), f"inet socket type {self.type} unknown")
+        _check(0 <= self.protocol < 256 and (self.type == 3) >= (self.protocol > 0),
+               f"inet socket protocol {self.protocol} out of range")
         _check(self.state in TCP_STATES, f"inet socket state {self.state} not supported")
         for addr in (self.local, self.peer):
             _check(len(addr) in (0, 2), "inet address needs host and port")
@@ -252,6 +268,7 @@ class InetSocketState:
         _check((self.repair is not None) == (self.type == 1 and self.state == TCP_ESTABLISHED),
                "tcp repair state goes with an established connection only")
         _check(0 <= self.backlog < (1 << 31), "listen backlog out of range")
+        check_filter(self.bpf_filter)
 
 
 LOCK_KINDS = ("posix", "flock", "ofd")
@@ -274,3 +291,73 @@ class LockRecord:
         _check(self.kind in LOCK_KINDS, f"lock kind {self.kind!r} unknown")
         _check((self.owner > 0) == (self.kind == "posix"), "lock owner goes with POSIX only")
         _check(0 <= self.start < (1 << 63) and 0 <= self.length < (1 << 63), "lock range")
+
+
+#: netlink socket options given back (linux/netlink.h, level SOL_NETLINK): name -> number
+NETLINK_OPTIONS = {"NETLINK_PKTINFO": 3, "NETLINK_BROADCAST_ERROR": 4,
+                   "NETLINK_NO_ENOBUFS": 5, "NETLINK_LISTEN_ALL_NSID": 8,
+                   "NETLINK_CAP_ACK": 10, "NETLINK_EXT_ACK": 11,
+                   "NETLINK_GET_STRICT_CHK": 12}
+#: buffer sizes given back when not the default (engine.kernel.tcprepair.buffer_options)
+BUFFER_OPTIONS = ("SO_SNDBUF", "SO_RCVBUF")
+
+
+@dataclass
+class NetlinkSocketState:
+    """A netlink socket: type (SOCK_RAW or SOCK_DGRAM), protocol, its port id (0: never
+    bound), the multicast groups it joined, the default destination set by connect()
+    (port id and group; 0 0: none) and its options (NETLINK_OPTIONS and BUFFER_OPTIONS
+    names -> value)."""
+
+    type: int
+    protocol: int
+    portid: int
+    groups: list[int]
+    dst_portid: int
+    dst_group: int
+    options: dict[str, int]
+    bpf_filter: str = ""  # as InetSocketState's
+    filter_locked: bool = False
+
+    def validate(self) -> None:
+        """Type, protocol and numbers in range; options known."""
+        check_filter(self.bpf_filter)
+        _check(self.type in (2, 3), f"netlink socket type {self.type} unknown")
+        _check(0 <= self.protocol < 32, f"netlink protocol {self.protocol} out of range")
+        for n in (self.portid, self.dst_portid, self.dst_group):
+            _check(0 <= n < 1 << 32, "netlink port id or group out of range")
+        _check(all(0 < g < 1 << 32 for g in self.groups), "netlink group out of range")
+        for name in self.options:
+            _check(name in NETLINK_OPTIONS or name in BUFFER_OPTIONS,
+                   f"netlink socket option {name} unknown")
+
+
+#: packet socket options given back (linux/if_packet.h, level SOL_PACKET): name -> number
+PACKET_OPTIONS = {"PACKET_AUXDATA": 8, "PACKET_ORIGDEV": 9, "PACKET_VERSION": 10,
+                  "PACKET_RESERVE": 12, "PACKET_LOSS": 14, "PACKET_VNET_HDR": 15,
+                  "PACKET_TIMESTAMP": 17, "PACKET_QDISC_BYPASS": 20,
+                  "PACKET_IGNORE_OUTGOING": 23}
+
+
+@dataclass
+class PacketSocketState:
+    """A packet socket: type (SOCK_RAW or SOCK_DGRAM), the protocol it was made with
+    (network byte order, as socket() took it), the interface it is bound to ("" none) with
+    the protocol of the binding (host order), and its options (PACKET_OPTIONS and the
+    SOL_SOCKET ones of engine.kernel.tcprepair, name -> value)."""
+
+    type: int
+    protocol: int
+    ifname: str
+    bound_protocol: int
+    options: dict[str, int]
+    bpf_filter: str = ""  # as InetSocketState's
+    filter_locked: bool = False
+
+    def validate(self) -> None:
+        """Type known, protocols 16-bit."""
+        check_filter(self.bpf_filter)
+        _check(self.type in (2, 3), f"packet socket type {self.type} unknown")
+        _check(0 <= self.protocol < 1 << 16 and 0 <= self.bound_protocol < 1 << 16,
+               "packet socket protocol out of range")
+        _check(len(self.ifname) < 16, "packet socket interface name too long")

@@ -21,6 +21,8 @@ from engine.images.fdkinds import (
     InetSocketState,
     InotifyWatch,
     LockRecord,
+    NetlinkSocketState,
+    PacketSocketState,
     PidfdState,
     SignalfdState,
     TimerfdState,
@@ -496,6 +498,12 @@ class TaskCore:
         _check(len(fds) == len(set(fds)), "duplicate fd number")
         if self.state != "zombie":
             _check(any(t.tid == self.pid for t in self.threads), "main thread missing")
+        tids = {t.tid for t in self.threads}
+        for pt in self.posix_timers:
+            _check(not pt.notify & 4 or pt.notify_tid in tids,  # SIGEV_THREAD_ID
+                   f"posix timer {pt.id}: target thread {pt.notify_tid} is not in the task")
+        timer_ids = [pt.id for pt in self.posix_timers]
+        _check(len(timer_ids) == len(set(timer_ids)), "duplicate posix timer id")
 
 
 # ---------------------------------------------------------------------------------------
@@ -653,6 +661,8 @@ class FileRecord:
     pidfd: PidfdState | None = None
     unix: UnixSocketState | None = None  # type socket: a connected unix socket
     inet: InetSocketState | None = None  # type socket: TCP or UDP
+    netlink: NetlinkSocketState | None = None  # type socket: netlink
+    packet: PacketSocketState | None = None  # type socket: AF_PACKET
     locks: list[LockRecord] = field(default_factory=list)  # held through this open file
 
     def validate(self) -> None:
@@ -680,7 +690,8 @@ class FileRecord:
                              self.inotify, self.fanotify, self.pidfd) if k is not None]
         _check(len(kinds) == (self.type == "anon_inode"),
                f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
-        _check((self.unix is not None) + (self.inet is not None) == (self.type == "socket"),
+        socks = (self.unix, self.inet, self.netlink, self.packet)
+        _check(sum(k is not None for k in socks) == (self.type == "socket"),
                f"file {self.id}: {self.type} and socket states do not go together")
 
 

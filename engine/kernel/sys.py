@@ -7,8 +7,10 @@ arguments may be given as ints (addresses) or ctypes objects (passed by referenc
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import os
+import signal
 from array import array
 from collections.abc import Sequence
 
@@ -248,6 +250,34 @@ def prctl(option: int, arg2: object = 0, arg3: object = 0, arg4: object = 0,
           arg5: object = 0) -> int:
     """prctl(2) in this process."""
     return syscall(uapi.SYS_prctl, option, arg2, arg3, arg4, arg5)
+
+
+def timer_restore_ids() -> tuple[bool, str]:
+    """Whether timer_create() can be given the id to use (PR_TIMER_CREATE_RESTORE_IDS,
+    Linux 6.15); the GET query changes nothing. (available, reason when not)."""
+    try:
+        prctl(uapi.PR_TIMER_CREATE_RESTORE_IDS, uapi.PR_TIMER_CREATE_RESTORE_IDS_GET)
+    except OSError as exc:
+        return False, f"prctl(PR_TIMER_CREATE_RESTORE_IDS): {exc.strerror} (Linux 6.15+)"
+    return True, ""
+
+
+_CONFIG_HZ = (100, 250, 300, 1000)
+
+
+@functools.cache
+def cpu_itimer_slack_us() -> int:
+    """What setitimer() adds to the value of ITIMER_VIRTUAL and ITIMER_PROF (one tick,
+    1/CONFIG_HZ s, so the timer never fires early); getitimer() shows the value with it.
+    Measured once on this process's own ITIMER_PROF (disarmed again at once), less the
+    CPU time spent in between, then taken as the nearest tick length."""
+    signal.setitimer(signal.ITIMER_PROF, 1000.0)
+    try:
+        value, _ = signal.getitimer(signal.ITIMER_PROF)
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+    slack = (value - 1000.0) * 1_000_000
+    return min((round(1_000_000 / hz) for hz in _CONFIG_HZ), key=lambda t: abs(t - slack))
 
 
 def set_child_subreaper(on: bool = True) -> None:

@@ -3,8 +3,12 @@ and small typed helpers over socket.getsockopt/setsockopt, shared by dump and re
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
+
+from engine.kernel import uapi
+from engine.kernel.sys import syscall
 
 TCP_REPAIR = 19
 TCP_REPAIR_QUEUE = 20
@@ -18,7 +22,8 @@ TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
 _WINDOW = struct.Struct("=5I")
 
-#: the options saved and set again: name -> (level, option); values are ints
+#: the options saved and set again, in the order they are set: name -> (level, option);
+#: values are ints
 SOCKOPTS: dict[str, tuple[int, int]] = {
     "SO_REUSEADDR": (socket.SOL_SOCKET, socket.SO_REUSEADDR),
     "SO_REUSEPORT": (socket.SOL_SOCKET, socket.SO_REUSEPORT),
@@ -26,7 +31,92 @@ SOCKOPTS: dict[str, tuple[int, int]] = {
     "SO_BROADCAST": (socket.SOL_SOCKET, socket.SO_BROADCAST),
     "TCP_NODELAY": (socket.IPPROTO_TCP, socket.TCP_NODELAY),
     "IPV6_V6ONLY": (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+    # set in this order: setting IP_TOS also sets the priority (from the TOS bits)
+    "IP_TOS": (socket.IPPROTO_IP, socket.IP_TOS),
+    "SO_PRIORITY": (socket.SOL_SOCKET, socket.SO_PRIORITY),
+    "IP_HDRINCL": (socket.IPPROTO_IP, socket.IP_HDRINCL),
+    # datagram and raw sockets only (_NOT_STREAM); numbers from linux/in.h and
+    # asm-generic/socket.h (not all are in Python's socket module)
+    "IP_PKTINFO": (socket.IPPROTO_IP, 8),
+    "IP_RECVTTL": (socket.IPPROTO_IP, 12),
+    "IP_RECVTOS": (socket.IPPROTO_IP, 13),
+    "IP_MULTICAST_TTL": (socket.IPPROTO_IP, 33),
+    "IP_MULTICAST_LOOP": (socket.IPPROTO_IP, 34),
+    "SO_TIMESTAMP": (socket.SOL_SOCKET, 29),  # SO_TIMESTAMP_OLD
+    "SO_TIMESTAMPNS": (socket.SOL_SOCKET, 35),  # SO_TIMESTAMPNS_OLD
 }
+_NOT_STREAM = ("IP_PKTINFO", "IP_RECVTTL", "IP_RECVTOS", "IP_MULTICAST_TTL",
+               "IP_MULTICAST_LOOP", "SO_TIMESTAMP", "SO_TIMESTAMPNS")
+
+
+#: buffer sizes (SOL_SOCKET): option, its *FORCE twin (CAP_NET_ADMIN: above the
+#: net.core.*mem_max limit), and the sysctl every non-TCP socket starts with
+_BUFFERS = {"SO_SNDBUF": (socket.SO_SNDBUF, 32, "wmem_default"),
+            "SO_RCVBUF": (socket.SO_RCVBUF, 33, "rmem_default")}
+
+
+def buffer_options(s: socket.socket) -> dict[str, int]:
+    """The buffer sizes of a UDP, raw or netlink socket that differ from the default (one
+    set again would lock the size: SOCK_*BUF_LOCK)."""
+    out = {}
+    for name, (opt, _, sysctl) in _BUFFERS.items():
+        with open(f"/proc/sys/net/core/{sysctl}", encoding="ascii") as f:
+            default = int(f.read())
+        value = s.getsockopt(socket.SOL_SOCKET, opt)
+        if value != default:
+            out[name] = value
+    return out
+
+
+def set_buffer(s: socket.socket, name: str, value: int) -> None:
+    """Give a buffer the size getsockopt showed (the kernel doubles what is set); past
+    net.core.*mem_max only with CAP_NET_ADMIN, else the kernel clamps it."""
+    opt, force, _ = _BUFFERS[name]
+    try:
+        s.setsockopt(socket.SOL_SOCKET, force, value // 2)
+    except PermissionError:
+        s.setsockopt(socket.SOL_SOCKET, opt, value // 2)
+
+
+def apply_sockopts(s: socket.socket, options: dict[str, int]) -> None:
+    """Set the saved SOCKOPTS and buffer sizes of `options` (others are the caller's), in
+    SOCKOPTS order and only where a new socket differs: one option can reset another
+    (SO_TIMESTAMP 0 clears SO_TIMESTAMPNS, IP_TOS sets the priority)."""
+    for name, (level, opt) in SOCKOPTS.items():
+        if name in options and s.getsockopt(level, opt) != options[name]:
+            s.setsockopt(level, opt, options[name])
+    for name in _BUFFERS:
+        if name in options:
+            set_buffer(s, name, options[name])
+
+
+_SO_ATTACH_FILTER, _SO_GET_FILTER, _SO_LOCK_FILTER = 26, 26, 44
+_BPF_MAXINSNS = 4096
+_INSN = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+
+
+def get_filter(s: socket.socket) -> tuple[str, bool]:
+    """The classic BPF filter attached with SO_ATTACH_FILTER (its instructions as hex, ""
+    for none) and SO_LOCK_FILTER. SO_GET_FILTER counts its length in instructions, not
+    bytes (so not through socket.getsockopt). An eBPF program (SO_ATTACH_BPF) is not
+    shown by the kernel here."""
+    buf = ctypes.create_string_buffer(_BPF_MAXINSNS * _INSN)
+    count = ctypes.c_uint32(_BPF_MAXINSNS)
+    syscall(uapi.SYS_getsockopt, s.fileno(), socket.SOL_SOCKET, _SO_GET_FILTER, buf,
+            count)
+    return buf.raw[:count.value * _INSN].hex(), bool(s.getsockopt(socket.SOL_SOCKET,
+                                                                    _SO_LOCK_FILTER))
+
+
+def set_filter(s: socket.socket, program: str, locked: bool) -> None:
+    """Attach a classic BPF filter saved by get_filter (struct sock_fprog points into our
+    memory, which the kernel copies), then lock it if it was."""
+    if program:
+        insns = ctypes.create_string_buffer(bytes.fromhex(program))
+        fprog = struct.pack("=HxxxxxxQ", len(insns.raw) // _INSN, ctypes.addressof(insns))
+        s.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    if locked:
+        s.setsockopt(socket.SOL_SOCKET, _SO_LOCK_FILTER, 1)
 
 
 def applies(name: str, family: int, stype: int) -> bool:
@@ -36,7 +126,14 @@ def applies(name: str, family: int, stype: int) -> bool:
     if name == "IPV6_V6ONLY":
         return family == socket.AF_INET6
     if name == "SO_BROADCAST":
-        return stype == socket.SOCK_DGRAM
+        return stype in (socket.SOCK_DGRAM, socket.SOCK_RAW)
+    if name in _NOT_STREAM:
+        return stype != socket.SOCK_STREAM and (family == socket.AF_INET
+                                                 or not name.startswith("IP_"))
+    if name == "IP_TOS":
+        return family == socket.AF_INET
+    if name == "IP_HDRINCL":
+        return family == socket.AF_INET and stype == socket.SOCK_RAW
     return True
 
 

@@ -24,7 +24,7 @@ from engine.images.fdkinds import LockRecord
 from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
-from engine.restore import anonfd, inetsk, locks, unixsk
+from engine.restore import anonfd, inetsk, locks, netlinksk, packetsk, unixsk
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
@@ -135,6 +135,14 @@ class _Opener:
             fd = inetsk.create(rec, self.plan.contents.get(rec.id, b""))
             if rec.inet.repair is not None:
                 self.repaired.append(rec.id)
+            self._set_status_flags(fd, rec)
+            return fd
+        if rec.type == "socket" and rec.netlink is not None:
+            fd = netlinksk.create(rec)
+            self._set_status_flags(fd, rec)
+            return fd
+        if rec.type == "socket" and rec.packet is not None:
+            fd = packetsk.create(rec)
             self._set_status_flags(fd, rec)
             return fd
         if rec.type == "socket":

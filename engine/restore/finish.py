@@ -22,6 +22,7 @@ from engine.images.records import (
     ThreadCore,
 )
 from engine.kernel import blob, uapi
+from engine.kernel import sys as ksys
 from engine.kernel.structs import KSigaction, PrctlMmMap, StackT
 from engine.proc.status import Status
 from engine.restore.layout import Window
@@ -34,6 +35,7 @@ _PR_CAP_AMBIENT_RAISE = 2
 _CAP_VERSION_3 = 0x20080522
 _F_ADD_SEALS = 1033
 _EXE_FD_OFFSET = PrctlMmMap.exe_fd.offset
+_ITIMER_REAL = 0
 
 
 @dataclass
@@ -229,10 +231,13 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     for it in core.itimers:
         # An expired periodic ITIMER_REAL (value 0, SIGALRM pending) must be re-armed.
         value = it.value_us or it.interval_us
+        if it.which != _ITIMER_REAL:  # the tick setitimer adds is in the dumped value
+            value = max(1, value - ksys.cpu_itimer_slack_us())
         tv = struct.pack("<4q", it.interval_us // 10**6, it.interval_us % 10**6,
                          value // 10**6, value % 10**6)
         deferred.calls.append((uapi.SYS_setitimer, (it.which, t.data(tv), 0),
                                f"setitimer {it.which}"))
+    _posix_timers(t, deferred, core)
     # The task queues them to itself: ids as its own pid namespace has them.
     pid = main.ns_tid[-1] if main.ns_tid else core.pid
     # A pending SIGSTOP is not queued (it cannot be blocked: the engine's own steps would
@@ -245,6 +250,34 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
         if sig.signo != uapi.SIGSTOP:
             _queue(deferred, t, pid, None, sig)
     return t, deferred
+
+
+def _posix_timers(t: blob.Table, deferred: Deferred, core: TaskCore) -> None:
+    """Create the POSIX timers with their dumped ids (the kernel takes each from the id
+    argument while PR_TIMER_CREATE_RESTORE_IDS is on), then arm them: among the last
+    calls, so the least possible time passes before the task runs."""
+    if not core.posix_timers:
+        return
+    ns_tid = {th.tid: th.ns_tid[-1] if th.ns_tid else th.tid for th in core.threads}
+    # prctl wants its unused arguments 0 (run_one leaves other registers as they are)
+    ids = (uapi.PR_TIMER_CREATE_RESTORE_IDS, uapi.PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0)
+    deferred.calls.append((uapi.SYS_prctl, ids, "timer ids on"))
+    for pt in core.posix_timers:
+        tid = ns_tid[pt.notify_tid] if pt.notify & uapi.SIGEV_THREAD_ID else 0
+        # struct sigevent: sigev_value, sigev_signo, sigev_notify, then the thread id
+        ev = struct.pack("<Qiii", pt.sigev_value, pt.signo, pt.notify, tid).ljust(64, b"\0")
+        deferred.calls.append((uapi.SYS_timer_create,
+                               (pt.clock_id, t.data(ev), t.data(struct.pack("<q", pt.id))),
+                               f"create POSIX timer {pt.id}"))
+    ids = (uapi.PR_TIMER_CREATE_RESTORE_IDS, uapi.PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0)
+    deferred.calls.append((uapi.SYS_prctl, ids, "timer ids off"))
+    for pt in core.posix_timers:
+        # value 0 with an interval: a periodic timer not re-armed yet (as for itimers)
+        value = pt.value_ns or pt.interval_ns
+        if value:
+            spec = struct.pack("<4q", *divmod(pt.interval_ns, 10**9), *divmod(value, 10**9))
+            deferred.calls.append((uapi.SYS_timer_settime, (pt.id, 0, t.data(spec), 0),
+                                   f"arm POSIX timer {pt.id}"))
 
 
 def ends_stopped(core: TaskCore) -> bool:
@@ -289,7 +322,7 @@ def table_bytes_bound(core: TaskCore, mm: MmCore) -> int:
     """An upper bound of the finishing table's size (to size the region before forking)."""
     nsig = sum(len(th.pending) for th in core.threads) + len(core.shared_pending)
     entries = 64 + 64 + 32 + 16  # sigactions, capability bits, ids, the rest
-    data = 64 * 32 + nsig * 128 + len(mm.auxv) * 8 + 256 + 4 * len(core.creds.groups)
+    data = 64 * 32 + nsig * 128 + len(core.posix_timers) * 128 + len(mm.auxv) * 8 + 256 + 4 * len(core.creds.groups)
     paths = len(os.fsencode(mm.exe or core.exe or "")) + len(os.fsencode(core.root)) + 2
     fown = len(core.fds) * FOWN_BYTES_PER_FD
     return entries * blob.ENTRY_SIZE + data + paths + fown + 4096

@@ -1,4 +1,4 @@
-"""TCP and UDP sockets made again: options, bound address, listeners, and established
+"""TCP, UDP and raw IP sockets made again: options, bound address, listeners, and established
 connections put back through TCP repair mode (no handshake: the peer, restored beside it
 or still running elsewhere, sees the same connection go on).
 
@@ -12,7 +12,13 @@ import socket
 import struct
 
 from engine.errors import EngineError
-from engine.images.fdkinds import TCP_ESTABLISHED, TCP_LISTEN, InetSocketState, TcpRepair
+from engine.images.fdkinds import (
+    BUFFER_OPTIONS,
+    TCP_ESTABLISHED,
+    TCP_LISTEN,
+    InetSocketState,
+    TcpRepair,
+)
 from engine.images.records import FileRecord
 from engine.kernel import tcprepair as tr
 
@@ -23,13 +29,13 @@ def create(rec: FileRecord, queues: bytes) -> int:
     then receive queue."""
     st = rec.inet
     assert st is not None
-    s = socket.socket(st.family, st.type)
+    s = socket.socket(st.family, st.type, st.protocol)
     try:
-        for name, value in st.options.items():
-            if name not in tr.SOCKOPTS:
-                raise EngineError("files", f"socket {rec.link}: unknown option {name}")
-            level, opt = tr.SOCKOPTS[name]
-            s.setsockopt(level, opt, value)
+        unknown = set(st.options) - set(tr.SOCKOPTS) - set(BUFFER_OPTIONS)
+        if unknown:
+            raise EngineError("files", f"socket {rec.link}: unknown option {min(unknown)}")
+        tr.apply_sockopts(s, st.options)
+        tr.set_filter(s, st.bpf_filter, st.filter_locked)
         if st.repair is not None:
             _connect_repaired(s, st, st.repair, queues)
         else:

@@ -134,9 +134,6 @@ def _check_supported(image: DumpImage) -> None:
         raise EngineError("read", f"{image.path}: the root task is a zombie")
     pids = {t.pid for t in inv.tasks}
     for t in inv.tasks:
-        if image.tasks[t.pid].core.posix_timers:
-            raise EngineError("read", f"{image.path}: task {t.pid} has POSIX timers; "
-                                      "restoring them is not supported yet")
         if t.pid != inv.root_pid and t.ppid not in pids:
             raise EngineError("read", f"{image.path}: task {t.pid}'s parent {t.ppid} is not "
                                       "in the image")

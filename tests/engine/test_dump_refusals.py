@@ -15,10 +15,30 @@ from test_dump_basic import run_engine
 # Each holder opens an fd of a kind the engine does not restore, says "ready", waits;
 # the dump's one line must contain the expected words.
 HOLDERS = {
-    "raw socket": ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)",
-                   "cannot dump a raw or other inet socket ("),
-    "netlink socket": (("import socket; s = socket.socket(socket.AF_NETLINK, "
-                       "socket.SOCK_RAW, 0)"), "cannot dump a netlink socket ("),
+    "raw socket with a packet queued": (
+        ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); "
+         "s.sendto(b'queued', ('127.0.0.1', 0)); time.sleep(0.2)"),
+        "cannot dump a raw socket with datagrams queued"),
+    # the kernel's answer to RTM_GETLINK for lo (ifindex 1), left unread
+    "netlink socket with data queued": (
+        ("import socket, struct; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); "
+         "s.send(struct.pack('=IHHIIBxHiII', 32, 18, 1, 1, 0, 0, 0, 1, 0, 0)); "
+         "time.sleep(0.2)"), "bytes queued: messages from the kernel cannot be queued again"),
+    # an RTM_GETLINK dump into a small buffer: the kernel goes on when it is read
+    "netlink dump in progress": (
+        ("import socket, struct; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); "
+         "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024); "
+         "s.send(struct.pack('=IHHIIBxHiII', 32, 18, 0x301, 1, 0, 0, 0, 0, 0, 0)); "
+         "time.sleep(0.2)"), "with a dump in progress"),
+    "packet socket in a fanout group": (
+        ("import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, "
+         "socket.htons(0x88b5)); s.bind(('lo', 0x88b5)); s.setsockopt(263, 18, 77)"),
+        "with a fanout group: not supported"),
+    "packet socket with a membership": (
+        ("import socket, struct; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, "
+         "socket.htons(0x88b5)); s.setsockopt(263, 1, struct.pack('=iHH8s', "
+         "socket.if_nametoindex('lo'), 1, 0, b''))"),
+        "with memberships (PACKET_ADD_MEMBERSHIP): not supported"),
     "pidfd outside the tree": ("s = os.pidfd_open(1)",
                                "cannot dump a pidfd of pid 1, which is not a process of"),
     "pidfd shared with a child": (
@@ -115,6 +135,57 @@ def test_failed_dump_leaves_tcp_connections_working(tmp_path: Path) -> None:
         holder.stdin.write("go\n")
         holder.stdin.flush()
         assert holder.stdout.readline() == "ok\n"
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+TIMER_SETUP = """
+import ctypes, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+class SigEvent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_uint64), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("tid", ctypes.c_int), ("pad", ctypes.c_byte * 44)]
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+def timer(clock, first_ns, interval_ns):
+    t = ctypes.c_int()
+    assert libc.syscall(222, clock, ctypes.byref(SigEvent(7, 10, 0, 0)), ctypes.byref(t)) == 0
+    spec = (ctypes.c_int64 * 4)(*divmod(interval_ns, 10**9), *divmod(first_ns, 10**9))
+    assert libc.syscall(223, t.value, 0, spec, None) == 0
+    return t.value
+"""
+# Each holder makes a POSIX timer the restore could not give back as it is.
+TIMER_HOLDERS = {
+    # the signal of each expiry stays blocked: the last one taken counted the rest
+    "overrun": (("t = timer(1, 10**6, 10**6); time.sleep(0.05); "
+                 "signal.sigwaitinfo([signal.SIGUSR1])"),
+                "POSIX timer 0: the overrun count "),
+    "periodic signal pending": ("t = timer(1, 10**6, 3600 * 10**9); time.sleep(0.05)",
+                                "POSIX timer 0: its periodic signal 10 is pending"),
+    # /proc shows CLOCK_THREAD_CPUTIME_ID as the CPU clock of "thread 0", -2
+    "thread CPU clock": ("t = timer(3, 0, 0)", "POSIX timer 0: clock -2 cannot be restored"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(TIMER_HOLDERS))
+def test_unrestorable_posix_timer_is_refused_at_dump(what: str, tmp_path: Path) -> None:
+    """Refused in the injection step, with the reason; the holder runs on untouched."""
+    code, expected = TIMER_HOLDERS[what]
+    code = f"{TIMER_SETUP}\n{code}\nprint('ready', flush=True)\ntime.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-S", "-c", code], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        timers = Path(f"/proc/{holder.pid}/timers").read_text()
+        images = tmp_path / "img"
+        res = run_engine("dump", "-t", str(holder.pid), "-D", str(images))
+        assert res.returncode == 1, res.stderr
+        line = res.stderr.strip()
+        assert line.startswith(f"engine: error: sigactions: task {holder.pid}: "), line
+        assert expected in line and "\n" not in line, line
+        assert not images.exists()
+        assert "TracerPid:\t0\n" in Path(f"/proc/{holder.pid}/status").read_text()
+        assert Path(f"/proc/{holder.pid}/timers").read_text() == timers
     finally:
         holder.kill()
         holder.wait(timeout=10)

@@ -69,6 +69,7 @@ FEATURES: dict[str, str | None] = {
     "eventfd": None, "signalfd": None, "epoll": None,
     "timerfd": "timerfd",
     "unix_socketpair": None, "tcp": None, "udp": None, "file_locks": None,
+    "posix_timers": None, "netlink": None, "packet_socket": None,
     # what the bundled engine refuses and CRIU dumps: a deleted file's mapping (kept in a
     # ghost file), a group without its leader (pstree.c: "Add a helper %d for restoring
     # PGID %d")
