@@ -25,7 +25,7 @@ from engine.images.records import FdEntry, FileRecord, LockRecord
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.proc import locks
-from engine.proc.fdinfo import FdInfo, read_fds
+from engine.proc.fdinfo import FdInfo, read_fd, read_fds
 from engine.restore.files import SUPPORTED_TYPES
 
 _KCMP_FILE = 0
@@ -45,6 +45,9 @@ class FileTable:
     _pipe_sizes: dict[int, int] = field(default_factory=dict)  # pipe inode -> capacity
     diag: unixsk.Diag = field(default_factory=unixsk.Diag)
     repaired: inetsk.Repaired = field(default_factory=inetsk.Repaired)
+    # our copies of files found in flight in unix sockets: kept open for kcmp until the end
+    _own: list[int] = field(default_factory=list)
+    _recording: set[tuple[int, int]] = field(default_factory=set)  # sockets being peeked
 
     def check_complete(self, pids: set[int]) -> None:
         """After every task: what only the whole tree can tell (socket peers and the
@@ -57,8 +60,11 @@ class FileTable:
                                                f"{lk.owner}, outside the dumped tree")
 
     def close(self) -> None:
-        """Release the helpers (netlink sockets)."""
+        """Release the helpers (netlink sockets, our copies of files in flight)."""
         self.diag.close()
+        for fd in self._own:
+            os.close(fd)
+        self._own.clear()
 
     def end(self, keep_repair: bool) -> None:
         """At the very end of the dump: release the connections in TCP repair mode,
@@ -84,10 +90,8 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
         key = (st.st_dev, st.st_ino)
         fid = _same_description(table, key, pid, info.fd)
         if fid is None:
-            fid = len(table.files)
-            rec = _record(img, table, pid, info, st, fid)
-            table.files.append(rec)
-            table._by_inode.setdefault(key, []).append((fid, pid, info.fd))
+            rec = _new_file(img, table, pid, info, st)
+            fid = rec.id
             new.append((info.fd, rec))
             if rec.epoll is not None:
                 epolls.append((rec, info))
@@ -197,11 +201,48 @@ def _locks(pid: int, info: FdInfo) -> list[LockRecord]:
 def _socket(img: ImageDir, table: FileTable, rec: FileRecord, pid: int, fd: int) -> None:
     with unixsk.take(pid, fd) as s:
         if s.family == socket.AF_UNIX:
-            unixsk.fill(img, table.diag, rec, pid, fd, s)
+            key = (rec.dev, rec.inode)
+            table._recording.add(key)
+            try:
+                unixsk.fill(img, table.diag, rec, pid, fd, s,
+                            lambda own: _in_flight(img, table, pid, fd, own))
+            finally:
+                table._recording.discard(key)
         elif s.family in (socket.AF_INET, socket.AF_INET6):
             inetsk.fill(img, table.repaired, rec, pid, fd, s)
         else:
             raise unixsk.refuse_family(pid, fd, s, rec.link)
+
+
+def _in_flight(img: ImageDir, table: FileTable, pid: int, fd: int, own: int) -> int:
+    """The file id of a file in flight in the queue of task `pid`'s socket `fd`, given
+    our own descriptor of it (kept until the dump ends, for kcmp)."""
+    table._own.append(own)
+    me = os.getpid()
+    st = os.fstat(own)
+    info = read_fd(me, own)
+    key = (st.st_dev, st.st_ino)
+    fid = _same_description(table, key, me, own)
+    if fid is not None:
+        return fid
+    kind = _type_of(st, info.target)
+    if key in table._recording or kind not in ("pipe", "socket", "anon_inode"):
+        what = "a cycle of sockets" if key in table._recording else f"a {kind} file"
+        raise EngineError("files", f"task {pid} fd {fd}: cannot dump {what} in flight in a "
+                                   f"unix socket ({info.target}): not supported by this "
+                                   "engine")
+    return _new_file(img, table, me, info, st).id
+
+
+def _new_file(img: ImageDir, table: FileTable, pid: int, info: FdInfo,
+              st: os.stat_result) -> FileRecord:
+    """Record a new open file description. Its id is taken first: files found in flight
+    in a socket's queue are recorded while it is, and come after it."""
+    fid = len(table.files)
+    table.files.append(FileRecord(id=fid, type="other", flags=0))  # the slot, filled here
+    table.files[fid] = rec = _record(img, table, pid, info, st, fid)
+    table._by_inode.setdefault((st.st_dev, st.st_ino), []).append((fid, pid, info.fd))
+    return rec
 
 
 def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> list[list[int]]:

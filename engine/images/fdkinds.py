@@ -6,7 +6,7 @@ be given back; a FileRecord of type "anon_inode" carries exactly one of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 U64_MAX = (1 << 64) - 1
 #: eventfd's counter saturates one below 2^64 (a write that would reach it blocks).
@@ -97,24 +97,55 @@ class EpollWatch:
 UNIX_TYPES = (1, 2, 5)
 
 
+UNIX_STATES = (1, 7, 10)  # TCP_* numbering: connected (or dgram), unconnected, listening
+UNIX_PATH_MAX = 108
+
+
 @dataclass
 class UnixSocketState:
-    """One end of a connected unix socket pair: its type, its peer (by inode: both ends
-    are in the image), which directions are shut down (1 read, 2 write), and the
-    lengths of the messages queued for it to read (the data is the record's content;
-    a stream socket has at most one length, its unread byte count)."""
+    """A unix socket: its type, its peer (by inode, 0 for none: unconnected, its peer
+    gone, or a connection still waiting in a listener's queue), which directions are
+    shut down (1 read, 2 write), and the lengths of the messages queued for it to read
+    (the data is the record's content; a stream socket has one length, or one per
+    stretch ending in a message that carries fds).
+
+    `name` is the bound address as the kernel holds it (a leading NUL: abstract), `dir`
+    the absolute directory a relative path name resolves against, `mode` its socket
+    file's permissions. A listener has its `backlog` and the inodes of the connecting
+    sockets waiting in its queue (`icons`, in accept order). Per queued message (when
+    any has one): `rights`, the file ids of the fds sent with it, and `senders`, the
+    name of a datagram's sender ("" unnamed)."""
 
     type: int
     peer: int
     shutdown: int
     queued: list[int]
+    name: str = ""
+    dir: str = ""
+    mode: int = 0
+    state: int = 1
+    backlog: int = 0
+    icons: list[int] = field(default_factory=list)
+    rights: list[list[int]] = field(default_factory=list)
+    senders: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Type, shutdown bits and message lengths in range."""
+        """Type, state, shutdown bits, name and per-message lists in range."""
         _check(self.type in UNIX_TYPES, f"unix socket type {self.type} unknown")
-        _check(self.peer > 0, "unix socket without a peer")
+        _check(self.state in UNIX_STATES, f"unix socket state {self.state} unknown")
+        _check(self.peer >= 0, "unix socket peer inode out of range")
         _check(self.shutdown & ~3 == 0, f"unix socket shutdown {self.shutdown:#x} unknown")
         _check(all(0 <= n < (1 << 31) for n in self.queued), "unix socket message length")
+        _check(len(self.name) <= UNIX_PATH_MAX, "unix socket name too long")
+        _check(not self.dir or self.dir.startswith("/") and self.name[:1] not in ("", "/",
+                                                                                  "\0"),
+               "unix socket directory goes with a relative path name only")
+        _check(0 <= self.mode <= 0o7777 and 0 <= self.backlog < (1 << 31), "unix socket mode")
+        _check(self.state == 10 or not self.icons and not self.backlog,
+               "pending connections go with a listening unix socket only")
+        for extra in (self.rights, self.senders):
+            _check(not extra or len(extra) == len(self.queued),
+                   "unix socket: one entry per queued message")
 
 
 #: address families of inet sockets, and the states the engine gives back

@@ -69,12 +69,21 @@ class FilesPlan:
                     and rec.shmem_id is None:
                 raise EngineError("files", f"task {core.pid} fd {fde.fd}: unlinked file "
                                            f"{rec.path} has no saved content")
-            self.files[rec.id] = rec
-            if rec.content is not None and rec.id not in self.contents:
-                self.contents[rec.id] = image.dir.read_bytes(rec.content)
+            self._take(image, rec)
             self.max_fd = max(self.max_fd, fde.fd)
         self.epolls.add_task(core.pid, core.fds, by_id)
         self.pids.add(core.pid)
+
+    def _take(self, image: DumpImage, rec: FileRecord) -> None:
+        """One description and its content, with the files in flight in its queue (a
+        unix socket's), which no task holds and open_all opens all the same."""
+        self.files[rec.id] = rec
+        if rec.content is not None and rec.id not in self.contents:
+            self.contents[rec.id] = image.dir.read_bytes(rec.content)
+        by_id = image.files.by_id()
+        for fid in {f for ids in (rec.unix.rights if rec.unix else []) for f in ids}:
+            if fid not in self.files and fid in by_id:
+                self._take(image, by_id[fid])
 
     def check(self) -> None:
         """Once every task is in: what needs the whole tree (epoll watches have a task to
@@ -107,7 +116,7 @@ class _Opener:
         # recreated unlinked files (path, name it was made at when the path was taken),
         # unlinked once every description is open
         self.to_unlink: list[tuple[str, str | None]] = []
-        self.socks = unixsk.Pairs(plan.contents, floor)
+        self.socks = unixsk.Sockets(plan.files, plan.contents, floor)
         self.repaired: list[int] = []  # file ids of TCP connections still in repair mode
 
     def open(self, rec: FileRecord) -> int:
@@ -282,6 +291,10 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
         except OSError as e:
             raise EngineError("files", f"{rec.type} {rec.path or rec.link}: "
                                        f"{e.strerror}") from None
+    try:
+        opener.socks.finish(by_file)
+    except OSError as e:
+        raise EngineError("files", f"unix sockets: {e.strerror}") from None
     inetsk.leave_repair([by_file[fid] for fid in opener.repaired])
     for path, aside in opener.to_unlink:
         try:
