@@ -18,6 +18,12 @@ def features() -> dict[str, tuple[bool, str]]:
         "timerfd": (True, ""),
         "epoll": (True, ""),
         "unix_socketpair": (True, ""),
+        # bound (path, relative path, abstract) sockets, one-way datagram connections
+        "unix_named": (True, ""),
+        # listeners, with connections accepted and still waiting in their queue
+        "unix_listen": (True, ""),
+        # fds in flight (SCM_RIGHTS) in a queue: pipes, sockets, anon-inode files
+        "unix_scm_rights": (True, ""),
         "tcp": (True, ""),
         "udp": (True, ""),
         "file_locks": (True, ""),

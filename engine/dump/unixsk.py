@@ -87,7 +87,9 @@ def fill(img: ImageDir, diag: Diag, rec: FileRecord, pid: int, fd: int, s: socke
         raise EngineError("files", f"task {pid} fd {fd}: sock_diag: {e.strerror}") from None
     st = UnixSocketState(info.type, info.peer, info.shutdown, [], state=info.state)
     if info.name is not None:
-        st.name, st.dir, st.mode = _bound(pid, fd, info)
+        st.name, st.dir, file = _bound(pid, fd, info)
+        if file is not None:
+            st.mode, rec.uid, rec.gid = stat.S_IMODE(file.st_mode), file.st_uid, file.st_gid
     rec.content = names.socket_queue(rec.inode)
     if info.state == _LISTEN:
         st.backlog, st.icons = info.wqueue, list(info.icons)
@@ -104,12 +106,12 @@ def fill(img: ImageDir, diag: Diag, rec: FileRecord, pid: int, fd: int, s: socke
     rec.unix = st
 
 
-def _bound(pid: int, fd: int, info: sockdiag.UnixSock) -> tuple[str, str, int]:
-    """(name, directory of a relative path name, socket file mode) of a bound socket;
+def _bound(pid: int, fd: int, info: sockdiag.UnixSock) -> tuple[str, str, os.stat_result | None]:
+    """(name, directory of a relative path name, its socket file) of a bound socket;
     a path name must still lead to the socket's own file (restore binds it again)."""
     assert info.name is not None
     if info.name[:1] == b"\0":
-        return os.fsdecode(info.name), "", 0
+        return os.fsdecode(info.name), "", None
     name = os.fsdecode(info.name.rstrip(b"\0"))
     where = f"/proc/{pid}/root{name}" if name.startswith("/") else f"/proc/{pid}/cwd/{name}"
     try:
@@ -121,7 +123,7 @@ def _bound(pid: int, fd: int, info: sockdiag.UnixSock) -> tuple[str, str, int]:
         raise _refuse(pid, fd, f"a unix socket bound to {name!r} whose socket file was "
                                "removed or replaced" + ("" if name.startswith("/") else
                                                         " (or the task changed directory)"))
-    return name, "" if name.startswith("/") else tasks.cwd(pid), stat.S_IMODE(st.st_mode)
+    return name, "" if name.startswith("/") else tasks.cwd(pid), st
 
 
 @dataclass

@@ -48,7 +48,7 @@ class UnixSock:
     shutdown: int  # sk_shutdown: 1 RCV_SHUTDOWN, 2 SEND_SHUTDOWN
     rqueue: int  # bytes queued for reading (listening: pending connections)
     wqueue: int = 0  # bytes sent and not yet read by the peer (listening: the backlog)
-    vfs: tuple[int, int] | None = None  # (inode, dev) of the bound path's socket file
+    vfs: tuple[int, int] | None = None  # (inode, st_dev) of the bound path's socket file
     icons: tuple[int, ...] = ()  # listening: the connecting sockets waiting, in queue order
 
 
@@ -116,7 +116,8 @@ def _parse(msg: bytes) -> UnixSock:
         elif rtype == UNIX_DIAG_RQLEN:
             rqueue, wqueue = struct.unpack_from("=II", value)
         elif rtype == UNIX_DIAG_VFS:
-            vfs = struct.unpack_from("=II", value)
+            vino, vdev = struct.unpack_from("=II", value)
+            vfs = (vino, os.makedev(vdev >> 20, vdev & 0xFFFFF))  # the kernel's own dev_t
         elif rtype == UNIX_DIAG_ICONS:
             icons = struct.unpack_from(f"={len(value) // 4}I", value)
         elif rtype == UNIX_DIAG_SHUTDOWN:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.restore import anonfd, inetsk, locks, unixsk
+from engine.restore.fsowner import as_fs_owner
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
@@ -49,7 +49,8 @@ class FilesPlan:
         """Translate the owners of recreated files into the tasks' user namespace (the
         root task creates them there); an unmapped id fails before any task exists."""
         for rec in self.files.values():
-            if rec.type == "reg" and rec.deleted and rec.content is not None:
+            if rec.type == "reg" and rec.deleted and rec.content is not None \
+                    or rec.unix is not None and rec.unix.name[:1] not in ("", "\0"):
                 self.owners[rec.id] = (uid(rec.uid), gid(rec.gid))
 
     pids: set[int] = field(default_factory=set)  # every task's pid
@@ -116,7 +117,7 @@ class _Opener:
         # recreated unlinked files (path, name it was made at when the path was taken),
         # unlinked once every description is open
         self.to_unlink: list[tuple[str, str | None]] = []
-        self.socks = unixsk.Sockets(plan.files, plan.contents, floor)
+        self.socks = unixsk.Sockets(plan.files, plan.contents, plan.owners, floor)
         self.repaired: list[int] = []  # file ids of TCP connections still in repair mode
 
     def open(self, rec: FileRecord) -> int:
@@ -255,22 +256,7 @@ def _create(path: str, owner: tuple[int, int] | None) -> int:
     flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC
     if owner is None:
         return os.open(path, flags, 0o600)
-    out: list[int | BaseException] = []
-
-    def body() -> None:
-        try:
-            syscall(uapi.SYS_setfsgid, owner[1])
-            syscall(uapi.SYS_setfsuid, owner[0])
-            out.append(os.open(path, flags, 0o600))
-        except BaseException as e:  # noqa: BLE001 (handed to the caller)
-            out.append(e)
-
-    th = threading.Thread(target=body)
-    th.start()
-    th.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
+    return as_fs_owner(owner, lambda: os.open(path, flags, 0o600))
 
 
 def floor(plan: FilesPlan) -> int:

@@ -29,6 +29,7 @@ from engine.images.fdkinds import UnixSocketState
 from engine.images.records import FileRecord
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
+from engine.restore.fsowner import as_fs_owner
 
 _SHUT = ((2, socket.SHUT_WR), (1, socket.SHUT_RD))  # (sk_shutdown bit, how)
 _LISTEN = 10
@@ -48,8 +49,9 @@ class Sockets:
     """Unix sockets made so far: inode of a dumped socket -> the fd made for it."""
 
     def __init__(self, files: dict[int, FileRecord], contents: dict[int, bytes],
-                 floor: int) -> None:
+                 owners: dict[int, tuple[int, int]], floor: int) -> None:
         self.contents = contents  # file id -> saved queue
+        self.owners = owners  # file id -> owner of its socket file inside a user namespace
         self.floor = floor  # our fds go above every fd number of the tree
         self.recs = {r.inode: r for r in files.values() if r.unix is not None}
         self._fd: dict[int, int] = {}
@@ -77,23 +79,23 @@ class Sockets:
         if peer is not None and _st(peer).peer == rec.inode:
             a, b = socket.socketpair(socket.AF_UNIX, st.type)
             with a, b:
-                _bind(self._keep(rec.inode, a), st)
-                _bind(self._keep(peer.inode, b), _st(peer))
+                self._bind(self._keep(rec.inode, a), rec)
+                self._bind(self._keep(peer.inode, b), peer)
         elif st.type != socket.SOCK_DGRAM and st.state == 1 or st.queued and not st.name:
             a, b = socket.socketpair(socket.AF_UNIX, st.type)
             with a, b:
-                _bind(self._keep(rec.inode, a), st)
+                self._bind(self._keep(rec.inode, a), rec)
                 self._spare[rec.inode] = fcntl.fcntl(b.fileno(), fcntl.F_DUPFD_CLOEXEC,
                                                      self.floor)
         else:
             with socket.socket(socket.AF_UNIX, st.type) as s:
-                _bind(self._keep(rec.inode, s), st)
+                self._bind(self._keep(rec.inode, s), rec)
 
     def _listener(self, rec: FileRecord) -> None:
         """The listener, then its accepted connections, then its waiting ones."""
         st = _st(rec)
         with socket.socket(socket.AF_UNIX, st.type) as lsn:
-            _bind(self._keep(rec.inode, lsn), st)
+            self._bind(self._keep(rec.inode, lsn), rec)
             lsn.listen(st.backlog)
             for acc in self.recs.values():
                 if self._via.get(acc.inode) == rec.inode and acc.inode not in st.icons \
@@ -107,11 +109,46 @@ class Sockets:
 
     def _connect(self, rec: FileRecord, listener: UnixSocketState) -> None:
         with socket.socket(socket.AF_UNIX, _st(rec).type) as s:
-            _bind(s, _st(rec))
+            self._bind(s, rec)
             s.setblocking(False)  # a full backlog fails instead of waiting
             s.connect(address(listener))
             s.setblocking(True)
             self._keep(rec.inode, s)
+
+    def _bind(self, s: socket.socket, rec: FileRecord) -> None:
+        """Bind the dumped name: a stale socket file at a path is removed first, a
+        relative path is bound from its directory (so the socket's name stays relative),
+        the file gets its dumped owner and mode."""
+        st = _st(rec)
+        if not st.name:
+            return
+        if st.name.startswith("\0"):
+            s.bind(os.fsencode(st.name))
+            return
+        path = os.fsdecode(address(st))
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        def make() -> None:
+            s.bind(os.fsencode(st.name))
+            os.chmod(path, st.mode)
+
+        owner = self.owners.get(rec.id)
+        here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.chdir(st.dir or "/")
+            if owner is None:
+                s.bind(os.fsencode(st.name))
+                os.chown(path, rec.uid, rec.gid, follow_symlinks=False)
+                os.chmod(path, st.mode)
+            else:
+                as_fs_owner(owner, make)  # (in a user namespace: made by the owner)
+        finally:
+            os.fchdir(here)
+            os.close(here)
+
 
     def finish(self, by_file: dict[int, int]) -> None:
         """Once every description is open (by_file: file id -> fd): queues, spares,
@@ -176,34 +213,6 @@ def _send(fd: int, data: memoryview, fds: list[int], to: bytes | None,
     finally:
         s.detach()
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-
-
-def _bind(s: socket.socket, st: UnixSocketState) -> None:
-    """Bind the dumped name: a stale socket file at a path is removed first, a relative
-    path is bound from its directory (so the socket's name stays relative), the file
-    gets its dumped mode."""
-    if not st.name:
-        return
-    if st.name.startswith("\0"):
-        s.bind(os.fsencode(st.name))
-        return
-    path = os.fsdecode(address(st))
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    if st.dir:
-        here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.chdir(st.dir)
-            s.bind(os.fsencode(st.name))
-        finally:
-            os.fchdir(here)
-            os.close(here)
-    else:
-        s.bind(os.fsencode(st.name))
-    os.chmod(path, st.mode)
 
 
 def _listeners_of(recs: dict[int, FileRecord]) -> dict[int, int]:
