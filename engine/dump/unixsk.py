@@ -11,6 +11,7 @@ sockets whose peer is outside the tree, and file descriptors in flight (SCM_RIGH
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import stat
@@ -28,6 +29,7 @@ from engine.proc import tasks
 
 SO_PEEK_OFF = 42  # asm-generic/socket.h; Python's socket module lacks it
 _LISTEN = 10
+_SIOCGSKNS = 0x894C  # linux/sockios.h: an fd of the socket's network namespace
 _SCM_MAX_FD = 253  # most fds one SCM_RIGHTS message carries
 _PEEK_MAX = 8 << 20  # one peek's buffer: more than any queue a default socket can hold
 _FAMILIES = {socket.AF_NETLINK: "a netlink", socket.AF_PACKET: "a packet"}
@@ -39,11 +41,16 @@ class Diag:
     def __init__(self) -> None:
         self._by_ns: dict[int, sockdiag.DiagSocket] = {}
 
-    def query(self, pid: int, ino: int) -> sockdiag.UnixSock:
-        """The unix socket `ino` as seen from the netns of task `pid`."""
-        ns = os.stat(f"/proc/{pid}/ns/net").st_ino
-        if ns not in self._by_ns:
-            self._by_ns[ns] = sockdiag.DiagSocket(pid)
+    def query(self, pid: int, s: socket.socket, ino: int) -> sockdiag.UnixSock:
+        """The unix socket `ino` (our descriptor `s`, held by task `pid`) as seen from
+        its own netns (a file in flight may come from another netns than its holder's)."""
+        nsfd = fcntl.ioctl(s.fileno(), _SIOCGSKNS)
+        try:
+            ns = os.fstat(nsfd).st_ino
+            if ns not in self._by_ns:
+                self._by_ns[ns] = sockdiag.DiagSocket(pid, f"/proc/self/fd/{nsfd}")
+        finally:
+            os.close(nsfd)
         return self._by_ns[ns].unix(ino)
 
     def close(self) -> None:
@@ -82,7 +89,7 @@ def fill(img: ImageDir, diag: Diag, rec: FileRecord, pid: int, fd: int, s: socke
     name, listening state and queued data; `in_flight(our_fd)` records a file found in
     flight in the queue (taking over our descriptor of it) and returns its file id."""
     try:
-        info = diag.query(pid, rec.inode)
+        info = diag.query(pid, s, rec.inode)
     except OSError as e:
         raise EngineError("files", f"task {pid} fd {fd}: sock_diag: {e.strerror}") from None
     st = UnixSocketState(info.type, info.peer, info.shutdown, [], state=info.state)

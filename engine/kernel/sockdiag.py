@@ -55,21 +55,23 @@ class UnixSock:
 class DiagSocket:
     """A NETLINK_SOCK_DIAG socket in the network namespace of a task."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, ns: str | None = None) -> None:
+        """In the netns of task `pid`, or the one the path `ns` names."""
         result: list[socket.socket | OSError] = []
-        thread = threading.Thread(target=self._open, args=(pid, result), daemon=True)
+        thread = threading.Thread(target=self._open, args=(ns or f"/proc/{pid}/ns/net", result),
+                                  daemon=True)
         thread.start()
         thread.join()
         if not result:
-            raise OSError(0, f"cannot join the network namespace of {pid}")
+            raise OSError(0, f"cannot join the network namespace of {pid} ({ns})")
         if isinstance(result[0], OSError):
             raise result[0]
         self.sock = result[0]
 
     @staticmethod
-    def _open(pid: int, out: list[socket.socket | OSError]) -> None:
+    def _open(ns: str, out: list[socket.socket | OSError]) -> None:
         try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 setns(fd, 0)
             finally:
