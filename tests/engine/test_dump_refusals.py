@@ -22,15 +22,36 @@ HOLDERS = {
     "pidfd": ("s = os.pidfd_open(os.getpid())", "cannot dump an pidfd fd ("),
     "inotify": ("import ctypes; s = ctypes.CDLL(None, use_errno=True).inotify_init1(0)",
                 "cannot dump an inotify fd ("),
-    "listening unix socket": (("import socket; s = socket.socket(socket.AF_UNIX); "
-                              "s.bind(b'\\0zdtm-refusal-%d' % os.getpid()); s.listen()"),
-                              "cannot dump a listening unix socket ("),
-    "bound unix socket": (("import socket; s = socket.socket(socket.AF_UNIX, "
-                          "socket.SOCK_DGRAM); s.bind(b'\\0zdtm-bound-%d' % os.getpid())"),
-                          "cannot dump a unix socket bound to "),
-    "fds in flight": (("import socket; a, b = socket.socketpair(); "
-                      "socket.send_fds(a, [b'x'], [0])"),
-                      "cannot dump a unix socket with file descriptors in flight"),
+    "data sent on a unix connection not accepted": (
+        ("import socket; s = socket.socket(socket.AF_UNIX); "
+         "s.bind(b'\\0zdtm-refusal-%d' % os.getpid()); s.listen(); "
+         "c = socket.socket(socket.AF_UNIX); c.connect(s.getsockname()); c.send(b'x')"),
+        "whose sent data waits in a connection not yet accepted"),
+    "unix socket file removed": (
+        ("import socket, tempfile; d = tempfile.mkdtemp(); s = socket.socket(socket.AF_UNIX); "
+         "s.bind(d + '/s'); os.unlink(d + '/s'); os.rmdir(d)"),
+        "whose socket file was removed or replaced"),
+    "file with a path in flight": (("import socket; a, b = socket.socketpair(); "
+                                   "f = os.open('/dev/null', 0); "
+                                   "socket.send_fds(a, [b'x'], [f]); os.close(f)"),
+                                  "cannot dump a chr file in flight in a unix socket"),
+    "socket in flight in itself": (("import socket; a, b = socket.socketpair(); "
+                                   "socket.send_fds(a, [b'x'], [b.fileno()])"),
+                                  "cannot dump a cycle of sockets in flight"),
+    "two accepted from a closed listener": (
+        ("import socket; s = socket.socket(socket.AF_UNIX); "
+         "s.bind(b'\\0zdtm-closed-%d' % os.getpid()); s.listen(); "
+         "c1 = socket.socket(socket.AF_UNIX); c1.connect(s.getsockname()); "
+         "c2 = socket.socket(socket.AF_UNIX); c2.connect(s.getsockname()); "
+         "a1, a2 = s.accept()[0], s.accept()[0]; s.close()"),
+        "cannot dump two sockets bound to"),
+    "datagram from a named sender outside": (
+        ("import socket; a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+         "a.bind(b'\\0zdtm-dg-%d' % os.getpid()); "
+         "o = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+         "o.bind(b'\\0zdtm-dgo-%d' % os.getpid()); o.sendto(b'x', a.getsockname()); "
+         "o.close()"),
+        "is queued"),
     "listener with a connection waiting": (
         ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
          "c = socket.create_connection(s.getsockname())"),
