@@ -25,6 +25,10 @@ def features() -> dict[str, tuple[bool, str]]:
         # fds in flight (SCM_RIGHTS) in a queue: pipes, sockets, anon-inode files
         "unix_scm_rights": (True, ""),
         "tcp": (True, ""),
+        # connections waiting in a listener's accept queue (from clients in the tree)
+        "tcp_listen_pending": (True, ""),
+        # FIN_WAIT2 / CLOSE_WAIT pairs in the tree, via repair mode and a FIN sent again
+        "tcp_half_closed": (True, ""),
         "udp": (True, ""),
         "file_locks": (True, ""),
     }

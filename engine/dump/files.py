@@ -53,6 +53,7 @@ class FileTable:
         """After every task: what only the whole tree can tell (socket peers and the
         owners of POSIX locks are inside it)."""
         unixsk.check_peers(self.files)
+        inetsk.check_tree(self.files, self.repaired.fresh)
         for r in self.files:
             for lk in r.locks:
                 if lk.kind == "posix" and lk.owner not in pids:

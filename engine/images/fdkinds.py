@@ -151,7 +151,10 @@ class UnixSocketState:
 #: address families of inet sockets, and the states the engine gives back
 INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
-TCP_STATES = (TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN)
+#: half-closed: this side shut down for writing (its FIN acked), or the peer did
+TCP_FIN_WAIT2, TCP_CLOSE_WAIT = 5, 8
+TCP_STATES = (TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN, TCP_FIN_WAIT2, TCP_CLOSE_WAIT)
+TCP_CONNECTED = (TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_CLOSE_WAIT)
 
 
 @dataclass
@@ -188,7 +191,9 @@ class TcpRepair:
 class InetSocketState:
     """A TCP or UDP socket: family, type, state, addresses ("host", port), the socket
     options the engine gives back (name -> value), the listen backlog, and for an
-    established TCP connection its repair state."""
+    established (or half-closed) TCP connection its repair state. A listener counts the
+    connections `waiting` in its accept queue; a connection waiting there is `pending`:
+    its client is connected again (a new handshake, nothing was sent on it yet)."""
 
     family: int
     type: int  # SOCK_STREAM (TCP) or SOCK_DGRAM (UDP)
@@ -198,6 +203,8 @@ class InetSocketState:
     options: dict[str, int]
     backlog: int
     repair: TcpRepair | None
+    waiting: int = 0
+    pending: bool = False
 
     def validate(self) -> None:
         """Family, type, state and the fields the state needs."""
@@ -207,8 +214,10 @@ class InetSocketState:
         for addr in (self.local, self.peer):
             _check(len(addr) in (0, 2), "inet address needs host and port")
             _check(not addr or addr[1].isdigit() and int(addr[1]) < 65536, "inet port")
-        _check((self.repair is not None) == (self.type == 1 and self.state == TCP_ESTABLISHED),
+        _check((self.repair is not None) == (self.type == 1 and self.state in TCP_CONNECTED),
                "tcp repair state goes with an established connection only")
+        _check(self.waiting == 0 or self.state == TCP_LISTEN, "waiting connections: listener")
+        _check(not self.pending or self.state == TCP_ESTABLISHED, "pending: a connection")
         _check(0 <= self.backlog < (1 << 31), "listen backlog out of range")
 
 

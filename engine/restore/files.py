@@ -281,7 +281,7 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
         opener.socks.finish(by_file)
     except OSError as e:
         raise EngineError("files", f"unix sockets: {e.strerror}") from None
-    inetsk.leave_repair([by_file[fid] for fid in opener.repaired])
+    inetsk.finish([(by_file[fid], plan.files[fid]) for fid in opener.repaired])
     for path, aside in opener.to_unlink:
         try:
             _unlink(path, aside)
