@@ -162,11 +162,12 @@ def check_tree(files: list[FileRecord], fresh: set[int]) -> None:
             continue
         clients = [r for r in conns if r.inet is not None and _listens_for(st, r.inet) and
                    not any(o.inet is not None and _is_peer(r.inet, o.inet) for o in conns)]
-        if len(clients) != st.waiting or any(c.inode not in fresh for c in clients):
+        unsent = [c for c in clients if c.inode in fresh]
+        if len(unsent) != st.waiting:
             raise EngineError("files", f"socket {lsn.link} {st.local}: cannot dump a TCP "
                                        f"listener with {st.waiting} connections waiting to be "
-                                       f"accepted, {len(clients)} from clients in the dumped "
-                                       "tree with nothing sent: not supported")
+                                       f"accepted: {len(clients)} from clients in the dumped "
+                                       f"tree, {len(unsent)} with nothing sent: not supported")
         for c in clients:
             assert c.inet is not None
             c.inet.pending = True

@@ -52,15 +52,16 @@ HOLDERS = {
          "o.bind(b'\\0zdtm-dgo-%d' % os.getpid()); o.sendto(b'x', a.getsockname()); "
          "o.close()"),
         "is queued"),
-    "listener with a connection waiting": (
+    "listener with a connection waiting, data sent": (
         ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
-         "c = socket.create_connection(s.getsockname())"),
-        "cannot dump a TCP listener with 1 connections waiting"),
-    "half-closed TCP": (
+         "c = socket.create_connection(s.getsockname()); c.send(b'x'); time.sleep(0.2)"),
+        ("cannot dump a TCP listener with 1 connections waiting to be accepted: 1 from "
+         "clients in the dumped tree, 0 with nothing sent")),
+    "half-closed TCP, peer gone": (
         ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
          "c = socket.create_connection(s.getsockname()); a, _ = s.accept(); "
-         "c.shutdown(socket.SHUT_WR); time.sleep(0.2)"),
-        "cannot dump a TCP socket in state FIN_WAIT2"),
+         "c.close(); time.sleep(0.2)"),
+        "cannot dump a TCP connection in state CLOSE_WAIT whose peer is not in the dumped"),
     "peer outside the tree": (("import socket; a = socket.socket(socket.AF_UNIX, "
                               "socket.SOCK_DGRAM); a.connect(b'\\0' + sys.argv[1].encode())"),
                               "is outside the dumped tree"),
