@@ -31,4 +31,6 @@ def features() -> dict[str, tuple[bool, str]]:
         "tcp_half_closed": (True, ""),
         "udp": (True, ""),
         "file_locks": (True, ""),
+        # a pty master in the tree: same pair number, termios, window size, both queues
+        "pty_master": (True, ""),
     }

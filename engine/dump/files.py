@@ -16,7 +16,7 @@ import socket
 import stat
 from dataclasses import dataclass, field
 
-from engine.dump import anonfd, inetsk, unixsk
+from engine.dump import anonfd, inetsk, pty, unixsk
 from engine.dump.fdowner import read_owners
 from engine.errors import EngineError
 from engine.images import names
@@ -32,7 +32,7 @@ _KCMP_FILE = 0
 _SPLICE_F_NONBLOCK = 2
 _DELETED = " (deleted)"
 _MEMFD = "/memfd:"
-_PTMX = os.makedev(5, 2)  # a pty master: restoring it needs the pair with the same index
+_PTMX = os.makedev(5, 2)  # a pty master: its pair is made again with the same index
 
 
 @dataclass
@@ -148,8 +148,8 @@ def _type_of(st: os.stat_result, target: str) -> str:
 def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat_result,
             fid: int) -> FileRecord:
     kind = _type_of(st, info.target)
-    if kind == "other" or kind == "chr" and st.st_rdev == _PTMX:
-        anonfd.refuse_unsupported(pid, info, "pty master" if kind == "chr" else kind)
+    if kind == "other":
+        anonfd.refuse_unsupported(pid, info, kind)
     rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
                      dev=st.st_dev, inode=st.st_ino, rdev=st.st_rdev, link=info.target)
     if kind not in SUPPORTED_TYPES:
@@ -178,6 +178,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         rec.locks = _locks(pid, info)
     if kind == "anon_inode":
         anonfd.fill(rec, pid, info)
+    if kind == "chr" and st.st_rdev == _PTMX:
+        pty.fill(img, rec, pid, info.fd)
     if kind == "socket":
         _socket(img, table, rec, pid, info.fd)
     if kind in ("pipe", "fifo"):

@@ -148,6 +148,33 @@ class UnixSocketState:
                    "unix socket: one entry per queued message")
 
 
+@dataclass
+class PtyState:
+    """A pty master: the pair's number, whether the slave is still locked, its termios
+    (struct termios from TCGETS, hex) and window size, how many bytes of the record's
+    content are its input queue (written to the master, unread by the slave; the rest is
+    its output queue, written to the slave, unread by the master), and the devpts mount
+    point and options the pair lives in (mounted again in a new root without it)."""
+
+    index: int
+    locked: bool
+    termios: str
+    winsize: list[int]
+    inq_len: int
+    devpts: str
+    devpts_opts: str
+
+    def validate(self) -> None:
+        """Index, termios size, window size and queue length in range."""
+        _check(0 <= self.index < (1 << 20), f"pty index out of range: {self.index}")
+        _check(len(self.termios) == 72 and all(c in "0123456789abcdef" for c in self.termios),
+               "pty termios is not 36 bytes of hex")
+        _check(len(self.winsize) == 4 and all(0 <= v < (1 << 16) for v in self.winsize),
+               "pty window size")
+        _check(0 <= self.inq_len < (1 << 31), "pty input queue length")
+        _check(self.devpts.startswith("/") and "," not in self.devpts, "devpts mount point")
+
+
 #: address families of inet sockets, and the states the engine gives back
 INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10

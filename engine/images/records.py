@@ -19,6 +19,7 @@ from engine.images.fdkinds import (
     EventfdState,
     InetSocketState,
     LockRecord,
+    PtyState,
     SignalfdState,
     TimerfdState,
     UnixSocketState,
@@ -647,6 +648,7 @@ class FileRecord:
     epoll: list[EpollWatch] | None = None
     unix: UnixSocketState | None = None  # type socket: a connected unix socket
     inet: InetSocketState | None = None  # type socket: TCP or UDP
+    pty: PtyState | None = None  # type chr: a pty master (/dev/ptmx)
     locks: list[LockRecord] = field(default_factory=list)  # held through this open file
 
     def validate(self) -> None:

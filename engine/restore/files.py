@@ -24,6 +24,7 @@ from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.restore import anonfd, inetsk, locks, unixsk
+from engine.restore import pty as ptyrst
 from engine.restore.fsowner import as_fs_owner
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
@@ -147,7 +148,9 @@ class _Opener:
             fd = fcntl.fcntl(self.socks.end(rec), fcntl.F_DUPFD_CLOEXEC, self.floor)
             self._set_status_flags(fd, rec)
             return fd
-        if rec.shmem_id is not None:
+        if rec.pty is not None:
+            fd = ptyrst.open_master(rec, self._flags(rec), self.plan.contents.get(rec.id, b""))
+        elif rec.shmem_id is not None:
             # A memfd: a new description of the very object the mappings share.
             fd = os.open(f"/proc/self/fd/{self.memfds[rec.shmem_id]}", self._flags(rec))
         elif rec.type == "reg" and rec.deleted:
@@ -270,7 +273,8 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
     shmem id -> fd of the memfd the root created for that object."""
     opener = _Opener(plan, low, memfds)
     by_file: dict[int, int] = {}
-    for rec in sorted(plan.files.values(), key=lambda r: r.id):
+    # pty masters first: their slaves are opened by path
+    for rec in sorted(plan.files.values(), key=lambda r: (r.pty is None, r.id)):
         try:
             by_file[rec.id] = opener.open(rec)
             locks.take_file_locks(by_file[rec.id], rec)
