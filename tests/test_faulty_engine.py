@@ -273,3 +273,18 @@ def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
     assert any(who in p and text in p for p in problems), problems
     if fault == "set-owner":  # the owner is named by its pid inside the namespace
         assert any(f"owner absent -> pid pid {rec['inner_pid']}" in p for p in problems)
+
+
+@pytest.mark.parametrize("fault", ["set-winsize", "set-termios"])
+def test_tty_fault_after_real_restore(fault: str, clean: Path, tmp_path: Path) -> None:
+    """A pty pair the bundled engine made again (its master in the tree) is what the tty
+    check reads: the run passes without a fault, and a fault on the restored terminal
+    fails exactly that check."""
+    name, check, text = PROPERTY_FAULTS[fault]
+    test = next(t for t in discover() if t.name == name)
+    (tmp_path / "control").mkdir()
+    control = _run(test, BundledEngine(), tmp_path / "control")
+    assert control.outcome == PASS, control.summary()
+    engine = FaultyEngine(fault, tmp_path, inner=BundledEngine())
+    problems = _expect(_run(test, engine, clean), check)
+    assert any(text in p for p in problems), problems

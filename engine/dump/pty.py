@@ -29,6 +29,7 @@ def fill(img: ImageDir, rec: FileRecord, pid: int, fd: int) -> None:
             slave = pty.peer(master)
             try:
                 inq, outq = pty.take_queues(master, slave)
+                owner = os.fstat(slave)
             finally:
                 os.close(slave)
         finally:
@@ -37,6 +38,7 @@ def fill(img: ImageDir, rec: FileRecord, pid: int, fd: int) -> None:
         raise EngineError("files", f"{where}: pty master: {e.strerror}") from None
     st.inq_len = len(inq)
     rec.pty = st
+    rec.uid, rec.gid = owner.st_uid, owner.st_gid  # of the slave: whoever opened ptmx
     rec.content = names.file_content(rec.id)
     img.write_bytes(rec.content, inq + outq)
 

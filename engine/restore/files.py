@@ -51,7 +51,8 @@ class FilesPlan:
         root task creates them there); an unmapped id fails before any task exists."""
         for rec in self.files.values():
             if rec.type == "reg" and rec.deleted and rec.content is not None \
-                    or rec.unix is not None and rec.unix.name[:1] not in ("", "\0"):
+                    or rec.unix is not None and rec.unix.name[:1] not in ("", "\0") \
+                    or rec.pty is not None:
                 self.owners[rec.id] = (uid(rec.uid), gid(rec.gid))
 
     pids: set[int] = field(default_factory=set)  # every task's pid
@@ -149,7 +150,8 @@ class _Opener:
             self._set_status_flags(fd, rec)
             return fd
         if rec.pty is not None:
-            fd = ptyrst.open_master(rec, self._flags(rec), self.plan.contents.get(rec.id, b""))
+            fd = ptyrst.open_master(rec, self._flags(rec), self.plan.contents.get(rec.id, b""),
+                                    self.plan.owners.get(rec.id))
         elif rec.shmem_id is not None:
             # A memfd: a new description of the very object the mappings share.
             fd = os.open(f"/proc/self/fd/{self.memfds[rec.shmem_id]}", self._flags(rec))

@@ -11,20 +11,30 @@ import sys
 from engine.images.records import FileRecord
 from engine.kernel import pty, uapi
 from engine.kernel.sys import mount, syscall
+from engine.restore.fsowner import as_fs_owner
 
 _MAX_TRIES = 4096
 
 
-def open_master(rec: FileRecord, flags: int, queues: bytes) -> int:
-    """A new master equal to the dumped one (status flags set by the caller)."""
+def open_master(rec: FileRecord, flags: int, queues: bytes,
+                owner: tuple[int, int] | None) -> int:
+    """A new master equal to the dumped one (status flags set by the caller); its slave
+    belongs to the dumped owner (`owner`: ids inside the tasks' user namespace, where
+    the master is opened by the owner since devpts gives the slave to the opener)."""
     st = rec.pty
     assert st is not None and rec.path is not None
+    path = rec.path
     if not _is_devpts(st.devpts):
         mount("devpts", st.devpts, "devpts", 0, st.devpts_opts)
-    master = _with_index(rec.path, flags, st.index)
+    if owner is None:
+        master = _with_index(path, flags, st.index)
+    else:
+        master = as_fs_owner(owner, lambda: _with_index(path, flags, st.index))
     pty.set_locked(master, False)
     slave = pty.peer(master)
     try:
+        if owner is None:
+            os.fchown(slave, rec.uid, rec.gid)
         termios = bytes.fromhex(st.termios)
         pty.set_winsize(master, st.winsize)
         pty.refill(master, slave, termios, queues[:st.inq_len], queues[st.inq_len:])
