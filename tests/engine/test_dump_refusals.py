@@ -127,3 +127,45 @@ def test_failed_dump_leaves_tcp_connections_working(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+PTY_HOLDER = """
+import os, sys, termios, time
+m, s = os.openpty()
+t = termios.tcgetattr(s)
+os.write(s, b"out\\n")
+time.sleep(0.1)
+os.write(m, b"line\\npart")
+time.sleep(0.1)
+print("ready", flush=True)
+sys.stdin.readline()
+os.set_blocking(m, False)
+os.set_blocking(s, False)
+a = termios.tcgetattr(s)
+t2 = termios.tcgetattr(s)
+t2[3] &= ~termios.ICANON
+termios.tcsetattr(s, termios.TCSANOW, t2)
+inq = os.read(s, 100)
+outq = os.read(m, 100)
+print("ok" if (a, inq, outq) == (t, b"line\\npart", b"out\\r\\nline\\r\\npart") else
+      f"broken {a == t} {inq!r} {outq!r}", flush=True)
+"""
+
+
+def test_failed_dump_leaves_pty_queues(tmp_path: Path) -> None:
+    """A dump that fails after it took a pty's queues out (to save them) has written
+    them back: the task reads its input and output queues, and its termios, as before."""
+    holder = subprocess.Popen([sys.executable, "-S", "-c", PTY_HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "ready\n"
+        res = run_engine("dump", "-t", str(holder.pid), "-D", str(tmp_path / "img"),
+                         env={"ENGINE_FAULT": "write"})
+        assert res.returncode == 1 and "fault injected" in res.stderr, res.stderr
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "ok\n"
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
