@@ -1,5 +1,4 @@
-"""NETLINK_SOCK_DIAG queries for unix sockets: peer, name and its socket file, pending
-connections, shutdown state, queue lengths.
+"""NETLINK_SOCK_DIAG queries for unix sockets: peer, name, shutdown state, queue lengths.
 
 Unix sockets are only visible to a diag socket of their own network namespace, so the
 netlink socket is opened by a short-lived thread that joined the target's netns (a
