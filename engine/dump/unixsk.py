@@ -93,6 +93,7 @@ def fill(img: ImageDir, diag: Diag, rec: FileRecord, pid: int, fd: int, s: socke
     except OSError as e:
         raise EngineError("files", f"task {pid} fd {fd}: sock_diag: {e.strerror}") from None
     st = UnixSocketState(info.type, info.peer, info.shutdown, [], state=info.state)
+    st.sndbuf, st.rcvbuf = _buffers(s)
     if info.name is not None:
         st.name, st.dir, file = _bound(pid, fd, info)
         if file is not None:
@@ -111,6 +112,18 @@ def fill(img: ImageDir, diag: Diag, rec: FileRecord, pid: int, fd: int, s: socke
         st.queued, st.rights, st.senders = queue.lens, queue.rights, queue.senders
         img.write_bytes(rec.content, queue.data)
     rec.unix = st
+
+
+_BUFS = (socket.SO_SNDBUF, socket.SO_RCVBUF)
+
+
+def _buffers(s: socket.socket) -> tuple[int, int]:
+    """SO_SNDBUF and SO_RCVBUF where they differ from a new socket's (else 0)."""
+    with socket.socket(socket.AF_UNIX, s.type) as fresh:
+        sizes = [s.getsockopt(socket.SOL_SOCKET, o) for o in _BUFS]
+        default = [fresh.getsockopt(socket.SOL_SOCKET, o) for o in _BUFS]
+    return (sizes[0] if sizes[0] != default[0] else 0,
+            sizes[1] if sizes[1] != default[1] else 0)
 
 
 def _bound(pid: int, fd: int, info: sockdiag.UnixSock) -> tuple[str, str, os.stat_result | None]:

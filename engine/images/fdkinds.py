@@ -114,7 +114,8 @@ class UnixSocketState:
     file's permissions. A listener has its `backlog` and the inodes of the connecting
     sockets waiting in its queue (`icons`, in accept order). Per queued message (when
     any has one): `rights`, the file ids of the fds sent with it, and `senders`, the
-    name of a datagram's sender ("" unnamed)."""
+    name of a datagram's sender ("" unnamed). Buffer sizes other than a new socket's
+    are kept (a queue that fitted may need them)."""
 
     type: int
     peer: int
@@ -128,6 +129,8 @@ class UnixSocketState:
     icons: list[int] = field(default_factory=list)
     rights: list[list[int]] = field(default_factory=list)
     senders: list[str] = field(default_factory=list)
+    sndbuf: int = 0  # SO_SNDBUF / SO_RCVBUF as getsockopt reads them; 0: the default
+    rcvbuf: int = 0
 
     def validate(self) -> None:
         """Type, state, shutdown bits, name and per-message lists in range."""
@@ -141,6 +144,8 @@ class UnixSocketState:
                                                                                   "\0"),
                "unix socket directory goes with a relative path name only")
         _check(0 <= self.mode <= 0o7777 and 0 <= self.backlog < (1 << 31), "unix socket mode")
+        _check(0 <= self.sndbuf < (1 << 31) and 0 <= self.rcvbuf < (1 << 31),
+               "unix socket buffer size")
         _check(self.state == 10 or not self.icons and not self.backlog,
                "pending connections go with a listening unix socket only")
         for extra in (self.rights, self.senders):

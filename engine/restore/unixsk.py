@@ -33,6 +33,7 @@ from engine.restore.fsowner import as_fs_owner
 
 _SHUT = ((2, socket.SHUT_WR), (1, socket.SHUT_RD))  # (sk_shutdown bit, how)
 _LISTEN = 10
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h
 
 
 def _st(rec: FileRecord) -> UnixSocketState:
@@ -66,6 +67,12 @@ class Sockets:
         return self._fd[rec.inode]
 
     def _keep(self, ino: int, s: socket.socket) -> socket.socket:
+        """Keep our fd of the socket made for `ino`, with its dumped buffer sizes."""
+        st = _st(self.recs[ino])
+        for size, force, opt in ((st.sndbuf, _SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                                 (st.rcvbuf, _SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            if size:
+                _set_buffer(s, size, force, opt)
         self._fd[ino] = fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, self.floor)
         return s
 
@@ -191,6 +198,15 @@ class Sockets:
             else:
                 with socket.socket(socket.AF_UNIX, st.type) as tmp:
                     _send(tmp.fileno(), chunk, fds, address(st), rec)
+
+
+def _set_buffer(s: socket.socket, size: int, force: int, opt: int) -> None:
+    """Set a buffer size as getsockopt read it (the kernel doubles what it is given):
+    beyond the sysctl maximum where CAP_NET_ADMIN allows, else up to it."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, force, size // 2)
+    except PermissionError:
+        s.setsockopt(socket.SOL_SOCKET, opt, size // 2)
 
 
 def _send(fd: int, data: memoryview, fds: list[int], to: bytes | None,
