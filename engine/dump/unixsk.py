@@ -1,11 +1,14 @@
-"""Connected unix socket pairs: type, peer, shutdown state and the queued data, read
-without taking it away from the task.
+"""Unix sockets: type, peer, name and socket file, listening state and waiting
+connections, shutdown state, buffer sizes and the queued data with the fds in flight in
+it, read without taking anything away from the task.
 
 The engine takes its own descriptor of the very socket (pidfd_getfd) and peeks at the
 receive queue from offset 0 with SO_PEEK_OFF, one message per read for datagram and
-seqpacket sockets; the task's peek offset is put back. What the restore cannot build yet
-is refused here, while the tree still runs: other families, bound or listening sockets,
-sockets whose peer is outside the tree, and file descriptors in flight (SCM_RIGHTS).
+seqpacket sockets; the task's peek offset is put back. What the restore cannot build is
+refused here, while the tree still runs (check_peers for what needs the whole tree):
+other families, peers, waiting connections or named senders outside the tree, a path
+whose socket file is gone, data sent on a connection not yet accepted, files with a
+path or cycles of sockets in flight, a name bound twice.
 """
 
 from __future__ import annotations
@@ -23,13 +26,11 @@ from engine.images import names
 from engine.images.fdkinds import UnixSocketState
 from engine.images.imgdir import ImageDir
 from engine.images.records import FileRecord
-from engine.kernel import sockdiag
+from engine.kernel import sockdiag, uapi
 from engine.kernel.sys import pidfd_getfd, pidfd_open
 from engine.proc import tasks
 
-SO_PEEK_OFF = 42  # asm-generic/socket.h; Python's socket module lacks it
 _LISTEN = 10
-_SIOCGSKNS = 0x894C  # linux/sockios.h: an fd of the socket's network namespace
 _SCM_MAX_FD = 253  # most fds one SCM_RIGHTS message carries
 _PEEK_MAX = 8 << 20  # one peek's buffer: more than any queue a default socket can hold
 _FAMILIES = {socket.AF_NETLINK: "a netlink", socket.AF_PACKET: "a packet"}
@@ -44,7 +45,7 @@ class Diag:
     def query(self, pid: int, s: socket.socket, ino: int) -> sockdiag.UnixSock:
         """The unix socket `ino` (our descriptor `s`, held by task `pid`) as seen from
         its own netns (a file in flight may come from another netns than its holder's)."""
-        nsfd = fcntl.ioctl(s.fileno(), _SIOCGSKNS)
+        nsfd = fcntl.ioctl(s.fileno(), uapi.SIOCGSKNS)
         try:
             ns = os.fstat(nsfd).st_ino
             if ns not in self._by_ns:
@@ -162,8 +163,8 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, stype: int,
                 in_flight: Callable[[int], int]) -> _Queue:
     """Everything queued for reading, left in the queue: one entry per datagram, or per
     stretch of a stream that ends in data carrying fds (a peek stops there)."""
-    old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
-    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    old = s.getsockopt(socket.SOL_SOCKET, uapi.SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, uapi.SO_PEEK_OFF, 0)
     q = _Queue()
     stream = stype == socket.SOCK_STREAM
     try:
@@ -188,7 +189,7 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, stype: int,
         if e.errno != errno.EAGAIN:
             raise EngineError("files", f"task {pid} fd {fd}: peek: {e.strerror}") from None
     finally:
-        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+        s.setsockopt(socket.SOL_SOCKET, uapi.SO_PEEK_OFF, old)
     if not any(q.rights):
         q.rights = []
         if stream and q.lens:

@@ -17,12 +17,17 @@ import os
 import select
 import struct
 
-TCGETS, TCSETS = 0x5401, 0x5402
-TIOCGWINSZ, TIOCSWINSZ = 0x5413, 0x5414
-TIOCGPTN, TIOCSPTLCK, TIOCGPTLCK = 0x80045430, 0x40045431, 0x80045439
-TIOCGPTPEER = 0x5441
-DEVPTS_SUPER_MAGIC = 0x1CD1
-PTMX_MAJOR, PTS_MAJORS = 5, range(136, 144)
+from engine.kernel.uapi import (
+    TCGETS,
+    TCSETS,
+    TIOCGPTLCK,
+    TIOCGPTN,
+    TIOCGPTPEER,
+    TIOCGWINSZ,
+    TIOCSPTLCK,
+    TIOCSWINSZ,
+)
+
 _TERMIOS = struct.Struct("=IIIIB19s")  # iflag oflag cflag lflag line cc[NCCS=19]
 _WINSIZE = struct.Struct("=4H")
 # termbits.h bits the write-back turns off: input mapping (ISTRIP INLCR IGNCR ICRNL

@@ -22,6 +22,7 @@ from engine.images.fdkinds import (
 )
 from engine.images.records import FileRecord
 from engine.kernel import tcprepair as tr
+from engine.kernel import uapi
 
 
 def create(rec: FileRecord, queues: bytes) -> int:
@@ -75,6 +76,8 @@ def _connect_repaired(s: socket.socket, st: InetSocketState, r: TcpRepair,
         s.setsockopt(tcp, tr.TCP_TIMESTAMP, struct.pack("=I", r.timestamp))
     for which, data in ((tr.TCP_SEND_QUEUE, queues[:r.send_len]),
                         (tr.TCP_RECV_QUEUE, queues[r.send_len:])):
+        _room_for(s, socket.SO_SNDBUF if which == tr.TCP_SEND_QUEUE else socket.SO_RCVBUF,
+                  len(data))
         s.setsockopt(tcp, tr.TCP_REPAIR_QUEUE, which)
         view = memoryview(data)
         while view:
@@ -83,6 +86,20 @@ def _connect_repaired(s: socket.socket, st: InetSocketState, r: TcpRepair,
     if fin_received:  # the window was advanced over the FIN too
         rcv_wnd, rcv_wup = rcv_wnd + 1, (rcv_wup - 1) & 0xFFFFFFFF
     tr.set_window(s, [snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup])
+
+
+def _room_for(s: socket.socket, opt: int, size: int) -> None:
+    """A buffer that holds `size` bytes of queue: a new socket's is small (it grows by
+    itself as the connection runs), and a send queue that does not fit waits for room,
+    long enough for its retransmission to be answered with a reset."""
+    want = 2 * size + (64 << 10)  # skb overhead; the kernel doubles what it is given
+    if s.getsockopt(socket.SOL_SOCKET, opt) >= want:
+        return
+    force = uapi.SO_SNDBUFFORCE if opt == socket.SO_SNDBUF else uapi.SO_RCVBUFFORCE
+    try:
+        s.setsockopt(socket.SOL_SOCKET, force, want // 2)
+    except PermissionError:  # beyond the sysctl maximum only with CAP_NET_ADMIN
+        s.setsockopt(socket.SOL_SOCKET, opt, want // 2)
 
 
 def finish(socks: list[tuple[int, FileRecord]]) -> None:

@@ -47,7 +47,7 @@ def open_master(rec: FileRecord, flags: int, queues: bytes,
 def _is_devpts(path: str) -> bool:
     buf = ctypes.create_string_buffer(120)  # struct statfs; f_type comes first
     syscall(uapi.SYS_statfs, ctypes.create_string_buffer(os.fsencode(path)), buf)
-    return int.from_bytes(buf.raw[:8], "little") == pty.DEVPTS_SUPER_MAGIC
+    return int.from_bytes(buf.raw[:8], "little") == uapi.DEVPTS_SUPER_MAGIC
 
 
 def _with_index(path: str, flags: int, want: int) -> int:

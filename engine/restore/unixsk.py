@@ -33,7 +33,6 @@ from engine.restore.fsowner import as_fs_owner
 
 _SHUT = ((2, socket.SHUT_WR), (1, socket.SHUT_RD))  # (sk_shutdown bit, how)
 _LISTEN = 10
-_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h
 
 
 def _st(rec: FileRecord) -> UnixSocketState:
@@ -69,8 +68,8 @@ class Sockets:
     def _keep(self, ino: int, s: socket.socket) -> socket.socket:
         """Keep our fd of the socket made for `ino`, with its dumped buffer sizes."""
         st = _st(self.recs[ino])
-        for size, force, opt in ((st.sndbuf, _SO_SNDBUFFORCE, socket.SO_SNDBUF),
-                                 (st.rcvbuf, _SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        for size, force, opt in ((st.sndbuf, uapi.SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                                 (st.rcvbuf, uapi.SO_RCVBUFFORCE, socket.SO_RCVBUF)):
             if size:
                 _set_buffer(s, size, force, opt)
         self._fd[ino] = fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, self.floor)
