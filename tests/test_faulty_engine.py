@@ -345,3 +345,18 @@ def test_fault_fails_the_tests_own_verdict(fault: str, name: str, clean: Path,
     assert (result.phase, result.kind) == ("stop", Kind.TEST_FAIL), result.summary()
     text = VERDICT_FAULTS[(fault, name)]
     assert any(text in d for d in result.details), result.details
+
+
+@pytest.mark.parametrize("fault", ["set-winsize", "set-termios"])
+def test_tty_fault_after_real_restore(fault: str, clean: Path, tmp_path: Path) -> None:
+    """A pty pair the bundled engine made again (its master in the tree) is what the tty
+    check reads: the run passes without a fault, and a fault on the restored terminal
+    fails exactly that check."""
+    name, check, text = PROPERTY_FAULTS[fault]
+    test = next(t for t in discover() if t.name == name)
+    (tmp_path / "control").mkdir()
+    control = _run(test, BundledEngine(), tmp_path / "control")
+    assert control.outcome == PASS, control.summary()
+    engine = FaultyEngine(fault, tmp_path, inner=BundledEngine())
+    problems = _expect(_run(test, engine, clean), check)
+    assert any(text in p for p in problems), problems

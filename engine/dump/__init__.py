@@ -27,7 +27,17 @@ def features() -> dict[str, tuple[bool, str]]:
         "fanotify": (True, ""),
         "pidfd": (True, ""),
         "unix_socketpair": (True, ""),
+        # bound (path, relative path, abstract) sockets, one-way datagram connections
+        "unix_named": (True, ""),
+        # listeners, with connections accepted and still waiting in their queue
+        "unix_listen": (True, ""),
+        # fds in flight (SCM_RIGHTS) in a queue: pipes, sockets, anon-inode files
+        "unix_scm_rights": (True, ""),
         "tcp": (True, ""),
+        # connections waiting in a listener's accept queue (from clients in the tree)
+        "tcp_listen_pending": (True, ""),
+        # FIN_WAIT2 / CLOSE_WAIT pairs in the tree, via repair mode and a FIN sent again
+        "tcp_half_closed": (True, ""),
         "udp": (True, ""),
         "file_locks": (True, ""),
         # refused at dump (tests that expect the refusal name these: crfail_unless)
@@ -39,4 +49,6 @@ def features() -> dict[str, tuple[bool, str]]:
         "udp_options": (True, ""),
         # dumped only where the restore can give each timer its id back
         "posix_timers": timer_restore_ids(),
+        # a pty master in the tree: same pair number, termios, window size, both queues
+        "pty_master": (True, ""),
     }

@@ -1,9 +1,8 @@
 """The controlling terminal of a task: its path and foreground process group.
 
-A pseudo-terminal whose master is held outside the dumped tree (a shell under a terminal
-emulator, tmux or pexpect) is found again by its /dev/pts path at restore; a master
-inside the tree (/dev/ptmx) would need the pair made again with the same index, which
-this engine does not do, so such fds are refused where files are dumped.
+A pseudo-terminal is found again by its /dev/pts path at restore: its master is held
+outside the dumped tree (a shell under a terminal emulator, tmux or pexpect), or inside
+it, and then made again with the same index before (engine/restore/pty.py).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ def controlling_tty(pid: int, st: Stat, tree_pgids: set[int]) -> tuple[str | Non
     else:
         path = _fd_path(pid, st.tty_nr)
     try:
-        if os.stat(path).st_rdev != st.tty_nr:
+        if os.stat(f"/proc/{pid}/root{path}").st_rdev != st.tty_nr:  # in the task's root
             raise OSError(0, "another device")
     except OSError as e:
         raise EngineError("files", f"task {pid}: controlling terminal {major}:{minor} is not "

@@ -16,7 +16,7 @@ import socket
 import stat
 from dataclasses import dataclass, field
 
-from engine.dump import anonfd, inetsk, netlinksk, packetsk, unixsk
+from engine.dump import anonfd, inetsk, netlinksk, packetsk, pty, unixsk
 from engine.dump.fdowner import read_owners
 from engine.errors import EngineError
 from engine.images import names
@@ -25,14 +25,14 @@ from engine.images.records import FdEntry, FileRecord, LockRecord
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.proc import locks
-from engine.proc.fdinfo import FdInfo, read_fds
+from engine.proc.fdinfo import FdInfo, read_fd, read_fds
 from engine.restore.files import SUPPORTED_TYPES
 
 _KCMP_FILE = 0
 _SPLICE_F_NONBLOCK = 2
 _DELETED = " (deleted)"
 _MEMFD = "/memfd:"
-_PTMX = os.makedev(5, 2)  # a pty master: restoring it needs the pair with the same index
+_PTMX = os.makedev(5, 2)  # a pty master: its pair is made again with the same index
 
 
 @dataclass
@@ -45,6 +45,9 @@ class FileTable:
     _pipe_sizes: dict[int, int] = field(default_factory=dict)  # pipe inode -> capacity
     diag: unixsk.Diag = field(default_factory=unixsk.Diag)
     repaired: inetsk.Repaired = field(default_factory=inetsk.Repaired)
+    # our copies of files found in flight in unix sockets: kept open for kcmp until the end
+    _own: list[int] = field(default_factory=list)
+    _recording: set[tuple[int, int]] = field(default_factory=set)  # sockets being peeked
 
     def check_complete(self, pids: set[int]) -> None:
         """After every task: what only the whole tree can tell (socket peers and the
@@ -52,6 +55,7 @@ class FileTable:
         unixsk.check_peers(self.files)
         anonfd.check_pidfds(self.files, pids, {fid: (pid, fd) for reps in
                                                self._by_inode.values() for fid, pid, fd in reps})
+        inetsk.check_tree(self.files, self.repaired.fresh)
         for r in self.files:
             for lk in r.locks:
                 if lk.kind == "posix" and lk.owner not in pids:
@@ -59,8 +63,11 @@ class FileTable:
                                                f"{lk.owner}, outside the dumped tree")
 
     def close(self) -> None:
-        """Release the helpers (netlink sockets)."""
+        """Release the helpers (netlink sockets, our copies of files in flight)."""
         self.diag.close()
+        for fd in self._own:
+            os.close(fd)
+        self._own.clear()
 
     def end(self, keep_repair: bool) -> None:
         """At the very end of the dump: release the connections in TCP repair mode,
@@ -88,10 +95,8 @@ def dump_fds(img: ImageDir, table: FileTable, pid: int) -> list[FdEntry]:
         if fid is not None:
             anonfd.refuse_shared_pidfd(table.files[fid], pid, info.fd, table._by_inode[key])
         if fid is None:
-            fid = len(table.files)
-            rec = _record(img, table, pid, info, st, fid)
-            table.files.append(rec)
-            table._by_inode.setdefault(key, []).append((fid, pid, info.fd))
+            rec = _new_file(img, table, pid, info, st)
+            fid = rec.id
             new.append((info.fd, rec))
             if rec.epoll is not None:
                 epolls.append((rec, info))
@@ -147,8 +152,8 @@ def _type_of(st: os.stat_result, target: str) -> str:
 def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat_result,
             fid: int) -> FileRecord:
     kind = _type_of(st, info.target)
-    if kind == "other" or kind == "chr" and st.st_rdev == _PTMX:
-        anonfd.refuse_unsupported(pid, info, "pty master" if kind == "chr" else kind)
+    if kind == "other":
+        anonfd.refuse_unsupported(pid, info, kind)
     rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
                      dev=st.st_dev, inode=st.st_ino, rdev=st.st_rdev, link=info.target)
     if kind not in SUPPORTED_TYPES:
@@ -177,6 +182,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         rec.locks = _locks(pid, info)
     if kind == "anon_inode":
         anonfd.fill(rec, pid, info)
+    if kind == "chr" and st.st_rdev == _PTMX:
+        pty.fill(img, rec, pid, info.fd)
     if kind == "socket":
         _socket(img, table, rec, pid, info.fd)
     if kind in ("pipe", "fifo"):
@@ -201,7 +208,13 @@ def _locks(pid: int, info: FdInfo) -> list[LockRecord]:
 def _socket(img: ImageDir, table: FileTable, rec: FileRecord, pid: int, fd: int) -> None:
     with unixsk.take(pid, fd) as s:
         if s.family == socket.AF_UNIX:
-            unixsk.fill(img, table.diag, rec, pid, fd, s)
+            key = (rec.dev, rec.inode)
+            table._recording.add(key)
+            try:
+                unixsk.fill(img, table.diag, rec, pid, fd, s,
+                            lambda own: _in_flight(img, table, pid, fd, own))
+            finally:
+                table._recording.discard(key)
         elif s.family in (socket.AF_INET, socket.AF_INET6):
             inetsk.fill(img, table.repaired, rec, pid, fd, s)
         elif s.family == socket.AF_NETLINK:
@@ -210,6 +223,37 @@ def _socket(img: ImageDir, table: FileTable, rec: FileRecord, pid: int, fd: int)
             packetsk.fill(rec, pid, fd, s)
         else:
             raise unixsk.refuse_family(pid, fd, s, rec.link)
+
+
+def _in_flight(img: ImageDir, table: FileTable, pid: int, fd: int, own: int) -> int:
+    """The file id of a file in flight in the queue of task `pid`'s socket `fd`, given
+    our own descriptor of it (kept until the dump ends, for kcmp)."""
+    table._own.append(own)
+    me = os.getpid()
+    st = os.fstat(own)
+    info = read_fd(me, own)
+    key = (st.st_dev, st.st_ino)
+    fid = _same_description(table, key, me, own)
+    if fid is not None:
+        return fid
+    kind = _type_of(st, info.target)
+    if key in table._recording or kind not in ("pipe", "socket", "anon_inode"):
+        what = "a cycle of sockets" if key in table._recording else f"a {kind} file"
+        raise EngineError("files", f"task {pid} fd {fd}: cannot dump {what} in flight in a "
+                                   f"unix socket ({info.target}): not supported by this "
+                                   "engine")
+    return _new_file(img, table, me, info, st).id
+
+
+def _new_file(img: ImageDir, table: FileTable, pid: int, info: FdInfo,
+              st: os.stat_result) -> FileRecord:
+    """Record a new open file description. Its id is taken first: files found in flight
+    in a socket's queue are recorded while it is, and come after it."""
+    fid = len(table.files)
+    table.files.append(FileRecord(id=fid, type="other", flags=0))  # the slot, filled here
+    table.files[fid] = rec = _record(img, table, pid, info, st, fid)
+    table._by_inode.setdefault((st.st_dev, st.st_ino), []).append((fid, pid, info.fd))
+    return rec
 
 
 def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> list[list[int]]:

@@ -17,7 +17,10 @@ from engine.errors import EngineError
 from engine.images import names
 from engine.images.fdkinds import (
     TCP_CLOSE,
+    TCP_CLOSE_WAIT,
+    TCP_CONNECTED,
     TCP_ESTABLISHED,
+    TCP_FIN_WAIT2,
     TCP_LISTEN,
     InetSocketState,
     TcpRepair,
@@ -27,8 +30,8 @@ from engine.images.records import FileRecord
 from engine.kernel import tcprepair as tr
 from engine.proc import netraw
 
-_STATE_NAMES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-                6: "TIME_WAIT", 8: "CLOSE_WAIT", 9: "LAST_ACK", 11: "CLOSING"}
+_STATE_NAMES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 6: "TIME_WAIT", 9: "LAST_ACK",
+                11: "CLOSING"}
 
 
 class Repaired:
@@ -36,6 +39,7 @@ class Repaired:
 
     def __init__(self) -> None:
         self.socks: list[socket.socket] = []
+        self.fresh: set[int] = set()  # inodes of connections nothing was sent on yet
 
     def end(self, keep: bool) -> None:
         """Close our descriptors; with keep=False take each connection out of repair
@@ -77,15 +81,16 @@ def fill(img: ImageDir, repaired: Repaired, rec: FileRecord, pid: int, fd: int,
     state = TCP_ESTABLISHED if peer else TCP_CLOSE
     backlog = 0
     repair = None
+    waiting = 0
     if s.type == socket.SOCK_STREAM:
         state, _, _, _, queued = tr.tcp_info(s)
         if state == TCP_LISTEN:
-            if queued:
-                raise EngineError("files", f"{where}: cannot dump a TCP listener with {queued} "
-                                           "connections waiting to be accepted")
+            waiting = queued  # matched with clients in the tree once every fd is known
             backlog = struct.unpack_from("=I", s.getsockopt(socket.IPPROTO_TCP,
                                                             socket.TCP_INFO, 104), 28)[0]
-        elif state == TCP_ESTABLISHED:
+        elif state in TCP_CONNECTED:
+            if tr.nothing_sent(s):
+                repaired.fresh.add(rec.inode)
             repair = _repair(img, repaired, rec, s, where)
         elif state != TCP_CLOSE:
             raise EngineError("files", f"{where}: cannot dump a TCP socket in state "
@@ -94,7 +99,8 @@ def fill(img: ImageDir, repaired: Repaired, rec: FileRecord, pid: int, fd: int,
         raise EngineError("files", f"{where}: cannot dump a {'raw' if raw else 'UDP'} socket "
                                    "with datagrams queued: not supported")
     rec.inet = InetSocketState(int(s.family), int(s.type), state, local, peer, opts, backlog,
-                               repair, s.proto if raw else 0, *tr.get_filter(s))
+                               repair, s.proto if raw else 0, *tr.get_filter(s),
+                               waiting=waiting)
 
 
 def _raw_peer(pid: int, family: int, inode: int, where: str) -> list[str]:
@@ -149,3 +155,46 @@ def _queue(s: socket.socket, which: int, ioctl: int) -> tuple[int, bytes]:
     if len(data) != size:
         raise OSError(0, f"queue {which}: peeked {len(data)} of {size} bytes")
     return seq & 0xFFFFFFFF, data
+
+
+def _is_peer(a: InetSocketState, b: InetSocketState) -> bool:
+    """Whether connection b is the other end of connection a."""
+    return a.local == b.peer and a.peer == b.local
+
+
+def _listens_for(lsn: InetSocketState, conn: InetSocketState) -> bool:
+    """Whether a connection to conn.peer reaches this listener (a wildcard address
+    listens on every local one)."""
+    return lsn.family == conn.family and bool(lsn.local) and bool(conn.peer) \
+        and lsn.local[1] == conn.peer[1] and lsn.local[0] in (conn.peer[0], "0.0.0.0", "::")
+
+
+def check_tree(files: list[FileRecord], fresh: set[int]) -> None:
+    """What only the whole tree tells: each connection waiting in a listener's accept
+    queue is a dumped client nothing was sent on yet (marked pending: it connects
+    again at restore), and a connection whose peer shut down has that peer dumped too
+    (the restored peer's FIN puts it back in CLOSE_WAIT)."""
+    conns = [r for r in files if r.inet is not None and r.inet.state in TCP_CONNECTED]
+    for lsn in files:
+        st = lsn.inet
+        if st is None or not st.waiting:
+            continue
+        clients = [r for r in conns if r.inet is not None and _listens_for(st, r.inet) and
+                   not any(o.inet is not None and _is_peer(r.inet, o.inet) for o in conns)]
+        unsent = [c for c in clients if c.inode in fresh]
+        if len(unsent) != st.waiting:
+            raise EngineError("files", f"socket {lsn.link} {st.local}: cannot dump a TCP "
+                                       f"listener with {st.waiting} connections waiting to be "
+                                       f"accepted: {len(clients)} from clients in the dumped "
+                                       f"tree, {len(unsent)} with nothing sent: not supported")
+        for c in clients:
+            assert c.inet is not None
+            c.inet.pending = True
+    for r in conns:
+        st = r.inet
+        if st is not None and st.state == TCP_CLOSE_WAIT and not any(
+                o.inet is not None and o.inet.state == TCP_FIN_WAIT2 and _is_peer(st, o.inet)
+                for o in conns):
+            raise EngineError("files", f"socket {r.link} {st.local}->{st.peer}: cannot dump a "
+                                       "TCP connection in state CLOSE_WAIT whose peer is not in "
+                                       "the dumped tree in FIN_WAIT2: not supported")

@@ -7,7 +7,7 @@ be given back; a FileRecord of type "anon_inode" carries exactly one of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 U64_MAX = (1 << 64) - 1
 #: eventfd's counter saturates one below 2^64 (a write that would reach it blocks).
@@ -170,30 +170,96 @@ class PidfdState:
 UNIX_TYPES = (1, 2, 5)
 
 
+UNIX_STATES = (1, 7, 10)  # TCP_* numbering: connected (or dgram), unconnected, listening
+UNIX_PATH_MAX = 108
+
+
 @dataclass
 class UnixSocketState:
-    """One end of a connected unix socket pair: its type, its peer (by inode: both ends
-    are in the image), which directions are shut down (1 read, 2 write), and the
-    lengths of the messages queued for it to read (the data is the record's content;
-    a stream socket has at most one length, its unread byte count)."""
+    """A unix socket: its type, its peer (by inode, 0 for none: unconnected, its peer
+    gone, or a connection still waiting in a listener's queue), which directions are
+    shut down (1 read, 2 write), and the lengths of the messages queued for it to read
+    (the data is the record's content; a stream socket has one length, or one per
+    stretch ending in a message that carries fds).
+
+    `name` is the bound address as the kernel holds it (a leading NUL: abstract), `dir`
+    the absolute directory a relative path name resolves against, `mode` its socket
+    file's permissions. A listener has its `backlog` and the inodes of the connecting
+    sockets waiting in its queue (`icons`, in accept order). Per queued message (when
+    any has one): `rights`, the file ids of the fds sent with it, and `senders`, the
+    name of a datagram's sender ("" unnamed). Buffer sizes other than a new socket's
+    are kept (a queue that fitted may need them)."""
 
     type: int
     peer: int
     shutdown: int
     queued: list[int]
+    name: str = ""
+    dir: str = ""
+    mode: int = 0
+    state: int = 1
+    backlog: int = 0
+    icons: list[int] = field(default_factory=list)
+    rights: list[list[int]] = field(default_factory=list)
+    senders: list[str] = field(default_factory=list)
+    sndbuf: int = 0  # SO_SNDBUF / SO_RCVBUF as getsockopt reads them; 0: the default
+    rcvbuf: int = 0
 
     def validate(self) -> None:
-        """Type, shutdown bits and message lengths in range."""
+        """Type, state, shutdown bits, name and per-message lists in range."""
         _check(self.type in UNIX_TYPES, f"unix socket type {self.type} unknown")
-        _check(self.peer > 0, "unix socket without a peer")
+        _check(self.state in UNIX_STATES, f"unix socket state {self.state} unknown")
+        _check(self.peer >= 0, "unix socket peer inode out of range")
         _check(self.shutdown & ~3 == 0, f"unix socket shutdown {self.shutdown:#x} unknown")
         _check(all(0 <= n < (1 << 31) for n in self.queued), "unix socket message length")
+        _check(len(self.name) <= UNIX_PATH_MAX, "unix socket name too long")
+        _check(not self.dir or self.dir.startswith("/") and self.name[:1] not in ("", "/",
+                                                                                  "\0"),
+               "unix socket directory goes with a relative path name only")
+        _check(0 <= self.mode <= 0o7777 and 0 <= self.backlog < (1 << 31), "unix socket mode")
+        _check(0 <= self.sndbuf < (1 << 31) and 0 <= self.rcvbuf < (1 << 31),
+               "unix socket buffer size")
+        _check(self.state == 10 or not self.icons and not self.backlog,
+               "pending connections go with a listening unix socket only")
+        for extra in (self.rights, self.senders):
+            _check(not extra or len(extra) == len(self.queued),
+                   "unix socket: one entry per queued message")
+
+
+@dataclass
+class PtyState:
+    """A pty master: the pair's number, whether the slave is still locked, its termios
+    (struct termios from TCGETS, hex) and window size, how many bytes of the record's
+    content are its input queue (written to the master, unread by the slave; the rest is
+    its output queue, written to the slave, unread by the master), and the devpts mount
+    point and options the pair lives in (mounted again in a new root without it)."""
+
+    index: int
+    locked: bool
+    termios: str
+    winsize: list[int]
+    inq_len: int
+    devpts: str
+    devpts_opts: str
+
+    def validate(self) -> None:
+        """Index, termios size, window size and queue length in range."""
+        _check(0 <= self.index < (1 << 20), f"pty index out of range: {self.index}")
+        _check(len(self.termios) == 72 and all(c in "0123456789abcdef" for c in self.termios),
+               "pty termios is not 36 bytes of hex")
+        _check(len(self.winsize) == 4 and all(0 <= v < (1 << 16) for v in self.winsize),
+               "pty window size")
+        _check(0 <= self.inq_len < (1 << 31), "pty input queue length")
+        _check(self.devpts.startswith("/") and "," not in self.devpts, "devpts mount point")
 
 
 #: address families of inet sockets, and the states the engine gives back
 INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
-TCP_STATES = (TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN)
+#: half-closed: this side shut down for writing (its FIN acked), or the peer did
+TCP_FIN_WAIT2, TCP_CLOSE_WAIT = 5, 8
+TCP_STATES = (TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN, TCP_FIN_WAIT2, TCP_CLOSE_WAIT)
+TCP_CONNECTED = (TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_CLOSE_WAIT)
 
 
 @dataclass
@@ -241,7 +307,9 @@ def check_filter(program: str) -> None:
 class InetSocketState:
     """A TCP, UDP or raw IP socket: family, type, state, addresses ("host", port), the socket
     options the engine gives back (name -> value), the listen backlog, and for an
-    established TCP connection its repair state."""
+    established (or half-closed) TCP connection its repair state. A listener counts the
+    connections `waiting` in its accept queue; a connection waiting there is `pending`:
+    its client is connected again (a new handshake, nothing was sent on it yet)."""
 
     family: int
     type: int  # SOCK_STREAM (TCP), SOCK_DGRAM (UDP) or SOCK_RAW
@@ -254,6 +322,8 @@ class InetSocketState:
     protocol: int = 0  # SOCK_RAW: the IP protocol (0 for TCP and UDP)
     bpf_filter: str = ""  # SO_ATTACH_FILTER: the classic BPF instructions as hex
     filter_locked: bool = False  # SO_LOCK_FILTER
+    waiting: int = 0
+    pending: bool = False
 
     def validate(self) -> None:
         """Family, type, state and the fields the state needs."""
@@ -265,8 +335,10 @@ class InetSocketState:
         for addr in (self.local, self.peer):
             _check(len(addr) in (0, 2), "inet address needs host and port")
             _check(not addr or addr[1].isdigit() and int(addr[1]) < 65536, "inet port")
-        _check((self.repair is not None) == (self.type == 1 and self.state == TCP_ESTABLISHED),
+        _check((self.repair is not None) == (self.type == 1 and self.state in TCP_CONNECTED),
                "tcp repair state goes with an established connection only")
+        _check(self.waiting == 0 or self.state == TCP_LISTEN, "waiting connections: listener")
+        _check(not self.pending or self.state == TCP_ESTABLISHED, "pending: a connection")
         _check(0 <= self.backlog < (1 << 31), "listen backlog out of range")
         check_filter(self.bpf_filter)
 

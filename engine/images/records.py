@@ -24,6 +24,7 @@ from engine.images.fdkinds import (
     NetlinkSocketState,
     PacketSocketState,
     PidfdState,
+    PtyState,
     SignalfdState,
     TimerfdState,
     UnixSocketState,
@@ -663,6 +664,7 @@ class FileRecord:
     inet: InetSocketState | None = None  # type socket: TCP or UDP
     netlink: NetlinkSocketState | None = None  # type socket: netlink
     packet: PacketSocketState | None = None  # type socket: AF_PACKET
+    pty: PtyState | None = None  # type chr: a pty master (/dev/ptmx)
     locks: list[LockRecord] = field(default_factory=list)  # held through this open file
 
     def validate(self) -> None:

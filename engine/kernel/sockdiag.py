@@ -23,10 +23,13 @@ NLM_F_REQUEST = 0x1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 UDIAG_SHOW_NAME = 0x01
+UDIAG_SHOW_VFS = 0x02
 UDIAG_SHOW_PEER = 0x04
+UDIAG_SHOW_ICONS = 0x08
 UDIAG_SHOW_RQLEN = 0x10
 UDIAG_SHOW_SHUTDOWN = 0x40
-UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 2, 4, 6
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS = 0, 1, 2, 3
+UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 4, 6
 _NLMSG = struct.Struct("=IHHII")
 _REQ = struct.Struct("=BBHIIIII")  # family, protocol, pad, states, ino, show, cookie[2]
 _MSG = struct.Struct("=BBBBIII")  # family, type, state, pad, ino, cookie[2]
@@ -45,26 +48,31 @@ class UnixSock:
     name: bytes | None  # bound address (a leading NUL: abstract), None if unbound
     shutdown: int  # sk_shutdown: 1 RCV_SHUTDOWN, 2 SEND_SHUTDOWN
     rqueue: int  # bytes queued for reading (listening: pending connections)
+    wqueue: int = 0  # bytes sent and not yet read by the peer (listening: the backlog)
+    vfs: tuple[int, int] | None = None  # (inode, st_dev) of the bound path's socket file
+    icons: tuple[int, ...] = ()  # listening: the connecting sockets waiting, in queue order
 
 
 class DiagSocket:
     """A NETLINK_SOCK_DIAG socket in the network namespace of a task."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, ns: str | None = None) -> None:
+        """In the netns of task `pid`, or the one the path `ns` names."""
         result: list[socket.socket | OSError] = []
-        thread = threading.Thread(target=self._open, args=(pid, result), daemon=True)
+        thread = threading.Thread(target=self._open, args=(ns or f"/proc/{pid}/ns/net", result),
+                                  daemon=True)
         thread.start()
         thread.join()
         if not result:
-            raise OSError(0, f"cannot join the network namespace of {pid}")
+            raise OSError(0, f"cannot join the network namespace of {pid} ({ns})")
         if isinstance(result[0], OSError):
             raise result[0]
         self.sock = result[0]
 
     @staticmethod
-    def _open(pid: int, out: list[socket.socket | OSError]) -> None:
+    def _open(ns: str, out: list[socket.socket | OSError]) -> None:
         try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 setns(fd, 0)
             finally:
@@ -80,7 +88,8 @@ class DiagSocket:
 
     def unix(self, ino: int) -> UnixSock:
         """The unix socket with inode `ino` (OSError ENOENT if this netns has none)."""
-        show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN
+        show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS \
+            | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN
         body = _REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, show, _NO_COOKIE, _NO_COOKIE)
         self.sock.send(_NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
                                    NLM_F_REQUEST, 1, 0) + body)
@@ -94,8 +103,9 @@ class DiagSocket:
 
 def _parse(msg: bytes) -> UnixSock:
     _, stype, state, _, ino, _, _ = _MSG.unpack_from(msg)
-    peer = shutdown = rqueue = 0
-    name = None
+    peer = shutdown = rqueue = wqueue = 0
+    name = vfs = None
+    icons: tuple[int, ...] = ()
     pos = _MSG.size
     while pos + _RTA.size <= len(msg):
         rlen, rtype = _RTA.unpack_from(msg, pos)
@@ -107,11 +117,16 @@ def _parse(msg: bytes) -> UnixSock:
         elif rtype == UNIX_DIAG_PEER:
             peer = struct.unpack_from("=I", value)[0]
         elif rtype == UNIX_DIAG_RQLEN:
-            rqueue = struct.unpack_from("=I", value)[0]
+            rqueue, wqueue = struct.unpack_from("=II", value)
+        elif rtype == UNIX_DIAG_VFS:
+            vino, vdev = struct.unpack_from("=II", value)
+            vfs = (vino, os.makedev(vdev >> 20, vdev & 0xFFFFF))  # the kernel's own dev_t
+        elif rtype == UNIX_DIAG_ICONS:
+            icons = struct.unpack_from(f"={len(value) // 4}I", value)
         elif rtype == UNIX_DIAG_SHUTDOWN:
             shutdown = value[0]
         pos += (rlen + 3) & ~3
-    return UnixSock(ino, stype, state, peer, name, shutdown, rqueue)
+    return UnixSock(ino, stype, state, peer, name, shutdown, rqueue, wqueue, vfs, icons)
 
 
 # netlink sockets (linux/netlink_diag.h): only a dump of one protocol's sockets is offered

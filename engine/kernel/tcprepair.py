@@ -4,6 +4,7 @@ and small typed helpers over socket.getsockopt/setsockopt, shared by dump and re
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import socket
 import struct
 
@@ -143,6 +144,15 @@ def tcp_info(s: socket.socket) -> tuple[int, int, int, int, int]:
     raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     wscale = raw[6]
     return raw[0], raw[5], wscale & 0xF, wscale >> 4, struct.unpack_from("=I", raw, 24)[0]
+
+
+def nothing_sent(s: socket.socket) -> bool:
+    """Whether no data went either way on this connection yet (tcpi_bytes_acked counts
+    the SYN, tcpi_bytes_received does not) and none waits to be sent."""
+    raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+    acked, received = struct.unpack_from("=QQ", raw, 120)
+    outq = struct.unpack("=i", fcntl.ioctl(s.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+    return acked <= 1 and received == 0 and outq == 0
 
 
 def get_window(s: socket.socket) -> list[int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +24,8 @@ from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.restore import anonfd, inetsk, locks, netlinksk, packetsk, unixsk
+from engine.restore import pty as ptyrst
+from engine.restore.fsowner import as_fs_owner
 
 # Status flags that open() cannot be trusted to leave as dumped and fcntl(F_SETFL) sets.
 _SETFL_FLAGS = uapi.O_APPEND | uapi.O_NONBLOCK | uapi.O_ASYNC | uapi.O_DIRECT | uapi.O_NOATIME
@@ -49,7 +50,9 @@ class FilesPlan:
         """Translate the owners of recreated files into the tasks' user namespace (the
         root task creates them there); an unmapped id fails before any task exists."""
         for rec in self.files.values():
-            if rec.type == "reg" and rec.deleted and rec.content is not None:
+            if rec.type == "reg" and rec.deleted and rec.content is not None \
+                    or rec.unix is not None and rec.unix.name[:1] not in ("", "\0") \
+                    or rec.pty is not None:
                 self.owners[rec.id] = (uid(rec.uid), gid(rec.gid))
 
     pids: set[int] = field(default_factory=set)  # every task's pid
@@ -69,12 +72,21 @@ class FilesPlan:
                     and rec.shmem_id is None:
                 raise EngineError("files", f"task {core.pid} fd {fde.fd}: unlinked file "
                                            f"{rec.path} has no saved content")
-            self.files[rec.id] = rec
-            if rec.content is not None and rec.id not in self.contents:
-                self.contents[rec.id] = image.dir.read_bytes(rec.content)
+            self._take(image, rec)
             self.max_fd = max(self.max_fd, fde.fd)
         self.epolls.add_task(core.pid, core.fds, by_id)
         self.pids.add(core.pid)
+
+    def _take(self, image: DumpImage, rec: FileRecord) -> None:
+        """One description and its content, with the files in flight in its queue (a
+        unix socket's), which no task holds and open_all opens all the same."""
+        self.files[rec.id] = rec
+        if rec.content is not None and rec.id not in self.contents:
+            self.contents[rec.id] = image.dir.read_bytes(rec.content)
+        by_id = image.files.by_id()
+        for fid in {f for ids in (rec.unix.rights if rec.unix else []) for f in ids}:
+            if fid not in self.files and fid in by_id:
+                self._take(image, by_id[fid])
 
     def check(self) -> None:
         """Once every task is in: what needs the whole tree (epoll watches have a task to
@@ -111,7 +123,7 @@ class _Opener:
         # recreated unlinked files (path, name it was made at when the path was taken),
         # unlinked once every description is open
         self.to_unlink: list[tuple[str, str | None]] = []
-        self.socks = unixsk.Pairs(plan.contents, floor)
+        self.socks = unixsk.Sockets(plan.files, plan.contents, plan.owners, floor)
         self.repaired: list[int] = []  # file ids of TCP connections still in repair mode
 
     def open(self, rec: FileRecord) -> int:
@@ -149,7 +161,10 @@ class _Opener:
             fd = fcntl.fcntl(self.socks.end(rec), fcntl.F_DUPFD_CLOEXEC, self.floor)
             self._set_status_flags(fd, rec)
             return fd
-        if rec.shmem_id is not None:
+        if rec.pty is not None:
+            fd = ptyrst.open_master(rec, self._flags(rec), self.plan.contents.get(rec.id, b""),
+                                    self.plan.owners.get(rec.id))
+        elif rec.shmem_id is not None:
             # A memfd: a new description of the very object the mappings share.
             fd = os.open(f"/proc/self/fd/{self.memfds[rec.shmem_id]}", self._flags(rec))
         elif rec.type == "reg" and rec.deleted:
@@ -258,22 +273,7 @@ def _create(path: str, owner: tuple[int, int] | None) -> int:
     flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC
     if owner is None:
         return os.open(path, flags, 0o600)
-    out: list[int | BaseException] = []
-
-    def body() -> None:
-        try:
-            syscall(uapi.SYS_setfsgid, owner[1])
-            syscall(uapi.SYS_setfsuid, owner[0])
-            out.append(os.open(path, flags, 0o600))
-        except BaseException as e:  # noqa: BLE001 (handed to the caller)
-            out.append(e)
-
-    th = threading.Thread(target=body)
-    th.start()
-    th.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
+    return as_fs_owner(owner, lambda: os.open(path, flags, 0o600))
 
 
 def floor(plan: FilesPlan) -> int:
@@ -287,7 +287,8 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
     shmem id -> fd of the memfd the root created for that object."""
     opener = _Opener(plan, low, memfds)
     by_file: dict[int, int] = {}
-    for rec in sorted(plan.files.values(), key=lambda r: r.id):
+    # pty masters first: their slaves are opened by path
+    for rec in sorted(plan.files.values(), key=lambda r: (r.pty is None, r.id)):
         if rec.pidfd is not None:
             continue  # opened by its holder once every task exists (open_pidfds)
         try:
@@ -296,7 +297,11 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
         except OSError as e:
             raise EngineError("files", f"{rec.type} {rec.path or rec.link}: "
                                        f"{e.strerror}") from None
-    inetsk.leave_repair([by_file[fid] for fid in opener.repaired])
+    try:
+        opener.socks.finish(by_file)
+    except OSError as e:
+        raise EngineError("files", f"unix sockets: {e.strerror}") from None
+    inetsk.finish([(by_file[fid], plan.files[fid]) for fid in opener.repaired])
     for path, aside in opener.to_unlink:
         try:
             _unlink(path, aside)

@@ -74,7 +74,9 @@ def test_leave_stopped_then_sigcont(running: cr.ZdtmTest, tmp_path: Path) -> Non
     assert "PASS" in running.stop()
 
 
-@pytest.mark.parametrize("running", ["mem_anon", "file_offset_append"], indirect=True)
+@pytest.mark.parametrize("running", ["mem_anon", "file_offset_append", "unix_named",
+                                     "unix_listen_pending", "unix_scm_rights", "pty_pair"],
+                         indirect=True)
 def test_leave_running_dump(running: cr.ZdtmTest, tmp_path: Path) -> None:
     """dump --leave-running leaves the same process running; a restore of that image
     later (after the original is gone) also passes."""

@@ -55,24 +55,46 @@ HOLDERS = {
          "f = tempfile.NamedTemporaryFile(); c.inotify_add_watch(s, f.name.encode(), 2); "
          "os.unlink(f.name)"),
         "no path of the task's root leads to it"),
-    "listening unix socket": (("import socket; s = socket.socket(socket.AF_UNIX); "
-                              "s.bind(b'\\0zdtm-refusal-%d' % os.getpid()); s.listen()"),
-                              "cannot dump a listening unix socket ("),
-    "bound unix socket": (("import socket; s = socket.socket(socket.AF_UNIX, "
-                          "socket.SOCK_DGRAM); s.bind(b'\\0zdtm-bound-%d' % os.getpid())"),
-                          "cannot dump a unix socket bound to "),
-    "fds in flight": (("import socket; a, b = socket.socketpair(); "
-                      "socket.send_fds(a, [b'x'], [0])"),
-                      "cannot dump a unix socket with file descriptors in flight"),
-    "listener with a connection waiting": (
+    "data sent on a unix connection not accepted": (
+        ("import socket; s = socket.socket(socket.AF_UNIX); "
+         "s.bind(b'\\0zdtm-refusal-%d' % os.getpid()); s.listen(); "
+         "c = socket.socket(socket.AF_UNIX); c.connect(s.getsockname()); c.send(b'x')"),
+        "whose sent data waits in a connection not yet accepted"),
+    "unix socket file removed": (
+        ("import socket, tempfile; d = tempfile.mkdtemp(); s = socket.socket(socket.AF_UNIX); "
+         "s.bind(d + '/s'); os.unlink(d + '/s'); os.rmdir(d)"),
+        "whose socket file was removed or replaced"),
+    "file with a path in flight": (("import socket; a, b = socket.socketpair(); "
+                                   "f = os.open('/dev/null', 0); "
+                                   "socket.send_fds(a, [b'x'], [f]); os.close(f)"),
+                                  "cannot dump a chr file in flight in a unix socket"),
+    "socket in flight in itself": (("import socket; a, b = socket.socketpair(); "
+                                   "socket.send_fds(a, [b'x'], [b.fileno()])"),
+                                  "cannot dump a cycle of sockets in flight"),
+    "two accepted from a closed listener": (
+        ("import socket; s = socket.socket(socket.AF_UNIX); "
+         "s.bind(b'\\0zdtm-closed-%d' % os.getpid()); s.listen(); "
+         "c1 = socket.socket(socket.AF_UNIX); c1.connect(s.getsockname()); "
+         "c2 = socket.socket(socket.AF_UNIX); c2.connect(s.getsockname()); "
+         "a1, a2 = s.accept()[0], s.accept()[0]; s.close()"),
+        "cannot dump two sockets bound to"),
+    "datagram from a named sender outside": (
+        ("import socket; a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+         "a.bind(b'\\0zdtm-dg-%d' % os.getpid()); "
+         "o = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+         "o.bind(b'\\0zdtm-dgo-%d' % os.getpid()); o.sendto(b'x', a.getsockname()); "
+         "o.close()"),
+        "is queued"),
+    "listener with a connection waiting, data sent": (
         ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
-         "c = socket.create_connection(s.getsockname())"),
-        "cannot dump a TCP listener with 1 connections waiting"),
-    "half-closed TCP": (
+         "c = socket.create_connection(s.getsockname()); c.send(b'x'); time.sleep(0.2)"),
+        ("cannot dump a TCP listener with 1 connections waiting to be accepted: 1 from "
+         "clients in the dumped tree, 0 with nothing sent")),
+    "half-closed TCP, peer gone": (
         ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
          "c = socket.create_connection(s.getsockname()); a, _ = s.accept(); "
-         "c.shutdown(socket.SHUT_WR); time.sleep(0.2)"),
-        "cannot dump a TCP socket in state FIN_WAIT2"),
+         "c.close(); time.sleep(0.2)"),
+        "cannot dump a TCP connection in state CLOSE_WAIT whose peer is not in the dumped"),
     "peer outside the tree": (("import socket; a = socket.socket(socket.AF_UNIX, "
                               "socket.SOCK_DGRAM); a.connect(b'\\0' + sys.argv[1].encode())"),
                               "is outside the dumped tree"),
@@ -186,6 +208,48 @@ def test_unrestorable_posix_timer_is_refused_at_dump(what: str, tmp_path: Path) 
         assert not images.exists()
         assert "TracerPid:\t0\n" in Path(f"/proc/{holder.pid}/status").read_text()
         assert Path(f"/proc/{holder.pid}/timers").read_text() == timers
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+PTY_HOLDER = """
+import os, sys, termios, time
+m, s = os.openpty()
+t = termios.tcgetattr(s)
+os.write(s, b"out\\n")
+time.sleep(0.1)
+os.write(m, b"line\\npart")
+time.sleep(0.1)
+print("ready", flush=True)
+sys.stdin.readline()
+os.set_blocking(m, False)
+os.set_blocking(s, False)
+a = termios.tcgetattr(s)
+t2 = termios.tcgetattr(s)
+t2[3] &= ~termios.ICANON
+termios.tcsetattr(s, termios.TCSANOW, t2)
+inq = os.read(s, 100)
+outq = os.read(m, 100)
+print("ok" if (a, inq, outq) == (t, b"line\\npart", b"out\\r\\nline\\r\\npart") else
+      f"broken {a == t} {inq!r} {outq!r}", flush=True)
+"""
+
+
+def test_failed_dump_leaves_pty_queues(tmp_path: Path) -> None:
+    """A dump that fails after it took a pty's queues out (to save them) has written
+    them back: the task reads its input and output queues, and its termios, as before."""
+    holder = subprocess.Popen([sys.executable, "-S", "-c", PTY_HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "ready\n"
+        res = run_engine("dump", "-t", str(holder.pid), "-D", str(tmp_path / "img"),
+                         env={"ENGINE_FAULT": "write"})
+        assert res.returncode == 1 and "fault injected" in res.stderr, res.stderr
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "ok\n"
     finally:
         holder.kill()
         holder.wait(timeout=10)

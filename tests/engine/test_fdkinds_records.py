@@ -63,7 +63,11 @@ def test_out_of_range_state_is_refused(case: str) -> None:
 def test_unix_socket_state_is_checked() -> None:
     good = {"type": 5, "peer": 77, "shutdown": 3, "queued": [3, 14]}
     assert _load({"type": "socket", "unix": good}).unix is not None
-    for bad in ({"type": 3}, {"peer": 0}, {"shutdown": 4}, {"queued": [-1]}):
+    assert _load({"type": "socket", "unix": {**good, "peer": 0, "name": "\0x", "state": 10,
+                                             "backlog": 4, "icons": [78]}}).unix is not None
+    for bad in ({"type": 3}, {"peer": -1}, {"shutdown": 4}, {"queued": [-1]}, {"state": 2},
+                {"icons": [78]}, {"rights": [[1]]}, {"senders": ["a", "b", "c"]},
+                {"name": "x" * 109}, {"name": "/abs", "dir": "/tmp"}):
         with pytest.raises(RecordError):
             _load({"type": "socket", "unix": {**good, **bad}})
     with pytest.raises(RecordError):

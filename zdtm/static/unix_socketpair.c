@@ -2,11 +2,13 @@
  * unix_socketpair: three connected unix socket pairs with data queued in them — a stream
  * pair with bytes waiting in both directions, a datagram pair and a seqpacket pair with
  * several messages of different lengths queued, and a stream pair whose one end was shut
- * down for writing. One end of the stream pair is non-blocking. After restore every byte
- * is there once, message boundaries hold, the pairs are still connected to each other,
- * and the shut-down pair still reads end-of-file.
+ * down for writing. One end of the stream pair is non-blocking. A fifth stream pair has a
+ * send buffer of 1 MiB (more than the default) with 600000 bytes queued through it. After
+ * restore every byte is there once, message boundaries hold, the pairs are still
+ * connected to each other, and the shut-down pair still reads end-of-file.
  */
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -43,9 +45,47 @@ static int check_pair_alive(int a, int b, const char *what)
 	return 0;
 }
 
+#define BIG (600 * 1000)
+
+/* queue BIG bytes of datagen data from a[0] to a[1] through a 1 MiB send buffer */
+static int big_pair(int a[2])
+{
+	int size = 1 << 20;
+	char *buf = malloc(BIG);
+	size_t sent = 0;
+
+	if (!buf || socketpair(AF_UNIX, SOCK_STREAM, 0, a) ||
+	    setsockopt(a[0], SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)))
+		return -1;
+	datafill(buf, BIG, 77);
+	while (sent < BIG) {
+		ssize_t n = send(a[0], buf + sent, BIG - sent, MSG_DONTWAIT);
+
+		if (n <= 0)
+			return -1;
+		sent += n;
+	}
+	free(buf);
+	return 0;
+}
+
+static int big_check(int a[2])
+{
+	char *buf = malloc(BIG + 1);
+	size_t got = 0;
+	ssize_t n;
+
+	while (buf && got <= BIG && (n = recv(a[1], buf + got, BIG + 1 - got, MSG_DONTWAIT)) > 0)
+		got += n;
+	if (!buf || got != BIG || datacmp(buf, BIG, 77) >= 0)
+		return fail("big pair: %zu bytes of %d came back, or other bytes", got, BIG);
+	free(buf);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	int st[2], dg[2], sp[2], sh[2];
+	int st[2], dg[2], sp[2], sh[2], big[2];
 	char c;
 
 	test_init(argc, argv);
@@ -58,7 +98,7 @@ int main(int argc, char **argv)
 	if (fcntl(st[1], F_SETFL, O_NONBLOCK) ||
 	    send(st[0], "hello", 5, 0) != 5 || send(st[1], "world!", 6, 0) != 6 ||
 	    queue_msgs(dg[0]) || queue_msgs(sp[1]) ||
-	    send(sh[0], "bye", 3, 0) != 3 || shutdown(sh[0], SHUT_WR)) {
+	    send(sh[0], "bye", 3, 0) != 3 || shutdown(sh[0], SHUT_WR) || big_pair(big)) {
 		pr_perror("setup");
 		return 1;
 	}
@@ -84,5 +124,7 @@ int main(int argc, char **argv)
 		return fail("the shut-down stream does not read end-of-file");
 	if (send(sh[0], "x", 1, MSG_NOSIGNAL) != -1 || errno != EPIPE)
 		return fail("the shut-down end can still send");
+	if (big_check(big))
+		return 1;
 	return pass();
 }
