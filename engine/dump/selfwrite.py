@@ -13,16 +13,21 @@ kill it), no file size limit (a write past RLIMIT_FSIZE queues SIGXFSZ), and the
 the task got must be the engine's very file (checked by inode: a chroot or another mount
 namespace could resolve the path elsewhere); it is closed before the task is released. What
 the task does not write in full comes back to the engine, which writes it its own way.
+
+Before writing a run the task also computes its page checksums (pagecrc.in_task: the
+engine's page_crcs routine on a code page mapped in the task), so no byte is read twice
+or copied for them; without SSE4.2 the engine writes (and sums) everything.
 """
 
 from __future__ import annotations
 
 import os
+from array import array
 
 from engine.dump.pages import Run
 from engine.images import PagesWriter
 from engine.images.directio import task_flags
-from engine.kernel import uapi
+from engine.kernel import blob, pagecrc, uapi
 from engine.kernel.inject import InjectError, Injector
 from engine.proc.fdinfo import is_same_file
 from engine.proc.limits import read_limits
@@ -34,6 +39,8 @@ MIN_RUN = 1 << 20
 MAX_WRITE = 1 << 30
 #: The deadline of each injected write allows for a disk this slow.
 MIN_BYTES_PER_S = 16 << 20
+#: Pages summed per in-task call (their checksums fill a buffer of 4 bytes each).
+SUM_PAGES = 1 << 16
 _INJECT_TIMEOUT = 10.0
 _OPEN_FLAGS = uapi.O_WRONLY | uapi.O_CLOEXEC  # | O_DIRECT where the engine's file has it
 
@@ -49,7 +56,7 @@ class TaskWriter:
                  ) -> list[tuple[Run, int]]:
         """Have the task write its long readable runs; returns the pairs left to do."""
         mine = [(r, off) for r, off in placed if not r.via_mem and r.length >= MIN_RUN]
-        if not mine or not self._allowed():
+        if not mine or not pagecrc.native() or not self._allowed():
             return placed
         done = self._write(out, mine)
         self.bytes += sum(r.length for r, _ in mine if r.addr in done)
@@ -72,7 +79,12 @@ class TaskWriter:
             return done  # nothing to inject with here: the engine writes it all
         with inj:
             raw = os.fsencode(os.path.abspath(out.path)) + b"\0"
-            buf = inj.scratch(len(raw))
+            sums_at = (len(raw) + 15) & ~15
+            try:
+                code, buf = inj.code_scratch(blob.CODE,
+                                             sums_at + pagecrc.task_scratch_bytes(SUM_PAGES))
+            except OSError:
+                return done  # no code page allowed here: the engine writes it all
             inj.write(buf, raw)
             flags = _OPEN_FLAGS | task_flags(out.direct)
             fd = inj.syscall(uapi.SYS_openat, uapi.AT_FDCWD, buf, flags)
@@ -82,7 +94,9 @@ class TaskWriter:
                 if not is_same_file(self.pid, fd, out.fd):
                     return done
                 for r, off in mine:
+                    sums = _sums(inj, code, buf + sums_at, r)
                     if self._pwrite_all(inj, fd, r, off):
+                        out.claim(off, sums)
                         done.add(r.addr)
             finally:
                 inj.syscall(uapi.SYS_close, fd)
@@ -95,3 +109,15 @@ class TaskWriter:
             if inj.syscall(uapi.SYS_pwrite64, fd, r.addr + k, n, off + k) != n:
                 return False  # the engine writes the whole run again
         return True
+
+
+def _sums(inj: Injector, code: int, out: int, r: Run) -> array:
+    """The page checksums of run r, computed by the task (SUM_PAGES at a time)."""
+    sums = array("I")
+    npages = r.length // uapi.PAGE_SIZE
+    for first in range(0, npages, SUM_PAGES):
+        n = min(SUM_PAGES, npages - first)
+        timeout = _INJECT_TIMEOUT + n * uapi.PAGE_SIZE / MIN_BYTES_PER_S
+        sums += pagecrc.in_task(inj.tid, inj.mem_fd, code, out,
+                                r.addr + first * uapi.PAGE_SIZE, n, timeout)
+    return sums

@@ -33,12 +33,18 @@ CODE = bytes.fromhex(
     "4d85ed0f848e000000498b0424498b7c2408498b742410498b5424184d8b5424204d8b4424284d8b4c"
     "2430498b5c2438f6c30174034c89f7f6c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c3"
     "1074034d89f0f6c32074034d89f10f05483d01f0ffff7205f6c3807427f6c34074034989c6f7c30001"
-    "0000740b4889d948c1e9204989040f4983c44049ffcde96affffffcccc"
+    "0000740b4889d948c1e9204989040f4983c44049ffcde96affffffcccc4883fa037262b8ffffffffb9"
+    "ffffffff41b8ffffffff4531c9f24a0f38f1040ef24a0f38f18c0e00100000f24e0f38f1840e002000"
+    "004983c1084981f90010000072d6f7d0f7d141f7d08907894f04448947084883c70c4881c600300000"
+    "4883ea034883fa03739e4885d27430b8ffffffff4531c9f24a0f38f1040e4983c1084981f900100000"
+    "72ecf7d089074883c7044881c60010000048ffcaebcbc3b8270000000f05cc"
 )
 SYSCALL_OFFSET = 0x60  # the routine's `syscall` instruction (run_one() uses it alone)
 FAIL_OFFSET = 0x96  # the int3 reached when an entry fails
 DONE_OFFSET = 0x97  # the int3 reached when every entry ran
-CODE_AREA = 256
+PAGE_CRCS_OFFSET = 0x98  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
+CRC_RETURN_OFFSET = 0x136  # where page_crcs returns to in a task (getpid; int3)
+CODE_AREA = 512
 ENTRY_SIZE = 64
 _ENTRY = struct.Struct("<8Q")
 _ZEROS = [0] * 6
@@ -201,6 +207,11 @@ class BlobRunner:
         #: task's id as the engine sees it)
         self.last_event_msg = 0
         self.write(base, CODE)
+
+    @property
+    def mem_fd(self) -> int:
+        """The open /proc/PID/mem descriptor (valid until close())."""
+        return self._mem
 
     def close(self) -> None:
         """Close the /proc/PID/mem handle (idempotent)."""

@@ -69,6 +69,10 @@ class _StaleInsn(Exception):
     """The cached syscall instruction is no longer executable (the address space changed)."""
 
 
+def _page_up(n: int) -> int:
+    return (n + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
+
+
 def _start_time(tid: int) -> int:
     with open(f"/proc/{tid}/stat", "rb") as f:
         return int(f.read().rsplit(b")", 1)[1].split()[19])
@@ -382,6 +386,25 @@ class Injector:
                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
             self._scratch = (addr, size)
         return addr
+
+    def code_scratch(self, code: bytes, size: int) -> tuple[int, int]:
+        """Like scratch(size), preceded by `code` on pages of its own that the target
+        may execute but not write: returns (code address, buffer address). Replaces any
+        scratch buffer; restore() unmaps both. (Mapped executable first and the rest made
+        writable after, so W^X policies such as PR_SET_MDWE allow it.)"""
+        if self._scratch is not None:
+            self.check(uapi.SYS_munmap, *self._scratch)
+            self._scratch = None
+        code_size = _page_up(len(code))
+        total = code_size + _page_up(size)
+        with termination_held():  # recorded before a signal can leave it behind
+            addr = self.check(uapi.SYS_mmap, 0, total, uapi.PROT_READ | uapi.PROT_EXEC,
+                              uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+            self._scratch = (addr, total)
+        self.check(uapi.SYS_mprotect, addr + code_size, total - code_size,
+                   uapi.PROT_READ | uapi.PROT_WRITE)
+        self.write(addr, code)  # /proc/PID/mem writes read-only pages too
+        return addr, addr + code_size
 
     def read(self, addr: int, n: int) -> bytes:
         """Read ``n`` bytes of target memory (/proc/PID/mem: works on read-only and
