@@ -15,7 +15,7 @@ import pytest
 from engine.dump.pages import Run
 from engine.dump.selfwrite import MIN_RUN, TaskWriter
 from engine.images.imgdir import ImageDir
-from engine.kernel import ptrace, uapi
+from engine.kernel import pagecrc, ptrace, uapi
 from engine.kernel import sys as ksys
 
 REGION = 0x3E0000000000
@@ -92,6 +92,7 @@ def _fds(pid: int) -> list[str]:
 def test_task_writes_its_long_runs_and_keeps_nothing(frozen: int, tmp_path: Path) -> None:
     img, out = _writer(tmp_path, SIZE // PG)
     fds, regs = _fds(frozen), ptrace.get_regs(frozen)
+    maps = Path(f"/proc/{frozen}/maps").read_text()
     long_run = Run(REGION + MIN_RUN, 2 * MIN_RUN, False)
     short = Run(REGION, PG, False)
     placed = [(short, 0), (long_run, 2 * MIN_RUN)]
@@ -102,9 +103,14 @@ def test_task_writes_its_long_runs_and_keeps_nothing(frozen: int, tmp_path: Path
     first = MIN_RUN // PG
     assert data[2 * MIN_RUN:2 * MIN_RUN + PG] == _pattern(first)
     assert data[-PG:] == _pattern(first + 2 * MIN_RUN // PG - 1)
+    # the task summed what it wrote: its checksums are those of the file's pages
+    at = 2 * MIN_RUN // PG
+    assert out.sums.values[at:] == pagecrc.sums_of(out.sums.algo, data[2 * MIN_RUN:])
     assert _fds(frozen) == fds
     after = ptrace.get_regs(frozen)
     assert (after.rip, after.rsp, after.rax) == (regs.rip, regs.rsp, regs.rax)
+    # and no mapping of the injection is left
+    assert Path(f"/proc/{frozen}/maps").read_text() == maps
     out.abort()
     img.discard()
 
