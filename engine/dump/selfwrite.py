@@ -119,5 +119,6 @@ def _sums(inj: Injector, code: int, out: int, r: Run) -> array:
         n = min(SUM_PAGES, npages - first)
         timeout = _INJECT_TIMEOUT + n * uapi.PAGE_SIZE / MIN_BYTES_PER_S
         sums += pagecrc.in_task(inj.tid, inj.mem_fd, code, out,
-                                r.addr + first * uapi.PAGE_SIZE, n, timeout)
+                                r.addr + first * uapi.PAGE_SIZE, n, timeout,
+                                inj.frame.address if inj.frame is not None else 0)
     return sums

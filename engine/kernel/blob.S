@@ -79,7 +79,9 @@ done:
  * Three pages at a time: three independent crc32 chains hide the instruction's latency.
  * SysV ABI, needs SSE4.2; clobbers rax rcx rdx rsi rdi r8 r9 and nothing in memory but
  * out. The engine calls it through ctypes; in a task it returns to crc_return, whose
- * getpid gives the tracer a syscall stop (no trap signal is raised).
+ * rt_sigreturn gives the tracer a syscall stop (no trap signal is raised; the tracer
+ * skips the call), or, if the tracer is gone, restores the task from the signal frame
+ * the return address was taken from (engine/kernel/sigframe.py).
  */
 	.globl page_crcs
 page_crcs:
@@ -122,6 +124,6 @@ page_crcs:
 	jmp 2b
 5:	ret
 crc_return:
-	mov $39, %eax
+	mov $15, %eax
 	syscall
 	int3

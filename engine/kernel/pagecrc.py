@@ -34,7 +34,7 @@ ALGO_CRC32C = 1
 ALGO_CRC32 = 2
 ALGO_NAMES = {ALGO_CRC32C: "crc32c", ALGO_CRC32: "crc32"}
 _MASK64 = (1 << 64) - 1
-_GETPID_END = blob.CRC_RETURN_OFFSET + 7  # rip after crc_return's syscall
+_RETURN_END = blob.CRC_RETURN_OFFSET + 7  # rip after crc_return's syscall
 
 _lock = threading.Lock()
 _seconds = 0.0
@@ -151,15 +151,18 @@ def task_scratch_bytes(npages: int) -> int:
 
 
 def in_task(pid: int, mem_fd: int, code: int, out: int, addr: int, npages: int,
-            timeout: float) -> array:
+            timeout: float, frame: int = 0) -> array:
     """CRC32C of the `npages` pages at `addr` of a ptrace-stopped task, computed by the
     task: it runs page_crcs from `code` (a task address holding blob.CODE, executable)
     and writes the results to `out` (task_scratch_bytes(npages) writable bytes). The
-    routine returns into a getpid whose syscall stops hand the task back; the task is
-    left in that syscall-exit-stop with other registers (the caller puts its own back).
-    Signals must be blocked in the task. Raises OSError on any other stop."""
+    routine returns into an rt_sigreturn whose entry stop hands the task back (the call
+    is skipped); the task is left in that syscall-exit-stop with other registers (the
+    caller puts its own back). With `frame` (an injector's sigframe.Frame address) the
+    return address is taken from the frame, so a task whose tracer died returns through
+    it to its own state. Signals must be blocked in the task. Raises OSError on any
+    other stop."""
     with timed():
-        stack = out + task_scratch_bytes(npages) - 16
+        stack = frame or out + task_scratch_bytes(npages) - 16
         os.pwrite(mem_fd, (code + blob.CRC_RETURN_OFFSET).to_bytes(8, "little"), stack)
         regs = ptrace.get_regs(pid)
         regs.rip = code + blob.PAGE_CRCS_OFFSET
@@ -177,9 +180,14 @@ def in_task(pid: int, mem_fd: int, code: int, out: int, addr: int, npages: int,
                 raise
             regs = ptrace.get_regs(pid)
             if (os.WSTOPSIG(status) & 0x7F != uapi.SIGTRAP or ptrace.stop_event(status)
-                    or regs.rip != code + _GETPID_END):
+                    or regs.rip not in (code + _RETURN_END, code + blob.CRC_RETURN_OFFSET)):
                 raise OSError(f"task {pid}: stop {status:#x} at {regs.rip:#x} while summing "
                               f"pages (syscall-{stop}-stop expected)")
+            if stop == "entry":
+                # Skip the rt_sigreturn, and return to it (with the frame) after.
+                regs.orig_rax = _MASK64
+                regs.rip = code + blob.CRC_RETURN_OFFSET
+                ptrace.set_regs(pid, regs)
         raw = os.pread(mem_fd, 4 * npages, out)
         if len(raw) != 4 * npages:
             raise OSError(f"task {pid}: short read of page checksums at {out:#x}")
