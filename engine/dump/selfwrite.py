@@ -17,6 +17,10 @@ the task does not write in full comes back to the engine, which writes it its ow
 Before writing a run the task also computes its page checksums (pagecrc.in_task: the
 engine's page_crcs routine on a code page mapped in the task), so no byte is read twice
 or copied for them; without SSE4.2 the engine writes (and sums) everything.
+
+Should the engine die meanwhile, a task injected with a signal frame (inject.py) runs
+blob.S crc_return from wherever it is: it closes the pages file, unmaps that code page
+and puts itself back as it was.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from engine.dump.pages import Run
 from engine.images import PagesWriter
 from engine.images.directio import task_flags
 from engine.kernel import blob, pagecrc, uapi
-from engine.kernel.inject import InjectError, Injector
+from engine.kernel.inject import SYSCALL_RET, InjectError, Injector, find_code
 from engine.proc.fdinfo import is_same_file
 from engine.proc.limits import read_limits
 from engine.proc.status import read_status
@@ -86,11 +90,13 @@ class TaskWriter:
             except OSError:
                 return done  # no code page allowed here: the engine writes it all
             inj.write(buf, raw)
+            _home(inj, code, -1)
             flags = _OPEN_FLAGS | task_flags(out.direct)
             fd = inj.syscall(uapi.SYS_openat, uapi.AT_FDCWD, buf, flags)
             if fd < 0:
                 return done
             try:
+                _home(inj, code, fd)
                 if not is_same_file(self.pid, fd, out.fd):
                     return done
                 for r, off in mine:
@@ -100,6 +106,7 @@ class TaskWriter:
                         done.add(r.addr)
             finally:
                 inj.syscall(uapi.SYS_close, fd)
+                _home(inj, code, -1)
         return done
 
     @staticmethod
@@ -111,6 +118,22 @@ class TaskWriter:
         return True
 
 
+def _home(inj: Injector, code: int, fd: int) -> None:
+    """With a signal frame, injected syscalls (and page_crcs) return to blob.S
+    crc_return, which a task whose engine died runs to close `fd`, unmap the code (with
+    libc's `syscall; ret`; without one the mapping stays) and put itself back."""
+    frame, mapping = inj.frame, inj.mapping
+    if frame is None or mapping is None:
+        return
+    gadget = find_code(inj.tid, inj.mem_fd, (SYSCALL_RET,))
+    if gadget:  # unmap, then `ret` to the frame's restorer
+        jump, sp = gadget, frame.address
+    else:  # straight to the restorer
+        jump, sp = frame.restorer, frame.sp
+    inj.go_home(code + blob.CRC_RETURN_OFFSET, uapi.SYS_close, code + blob.CRC_RETURN_STOP,
+                r12=fd, r13=mapping[0], r14=mapping[1], r15=sp, rbx=jump)
+
+
 def _sums(inj: Injector, code: int, out: int, r: Run) -> array:
     """The page checksums of run r, computed by the task (SUM_PAGES at a time)."""
     sums = array("I")
@@ -120,5 +143,6 @@ def _sums(inj: Injector, code: int, out: int, r: Run) -> array:
         timeout = _INJECT_TIMEOUT + n * uapi.PAGE_SIZE / MIN_BYTES_PER_S
         sums += pagecrc.in_task(inj.tid, inj.mem_fd, code, out,
                                 r.addr + first * uapi.PAGE_SIZE, n, timeout,
-                                inj.frame.address if inj.frame is not None else 0)
+                                inj.frame.address if inj.frame else 0,
+                                inj.home_regs if inj.frame else None)
     return sums

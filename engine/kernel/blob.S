@@ -78,10 +78,7 @@ done:
  * out[i] = CRC32C (Castagnoli; initial and final xor ~0) of the i-th 4096-byte page.
  * Three pages at a time: three independent crc32 chains hide the instruction's latency.
  * SysV ABI, needs SSE4.2; clobbers rax rcx rdx rsi rdi r8 r9 and nothing in memory but
- * out. The engine calls it through ctypes; in a task it returns to crc_return, whose
- * rt_sigreturn gives the tracer a syscall stop (no trap signal is raised; the tracer
- * skips the call), or, if the tracer is gone, restores the task from the signal frame
- * the return address was taken from (engine/kernel/sigframe.py).
+ * out. The engine calls it through ctypes; in a task it returns to crc_return.
  */
 	.globl page_crcs
 page_crcs:
@@ -123,7 +120,22 @@ page_crcs:
 	dec %rdx
 	jmp 2b
 5:	ret
+
+/*
+ * crc_return: page_crcs returns here in a task, and injected syscalls too while this code
+ * is mapped there (engine/dump/selfwrite.py). Its close gives the tracer a syscall entry
+ * stop (no trap signal is raised), where it skips the call or turns it into the one it
+ * injects. A task whose tracer died runs on: it closes fd r12 (-1: none), unmaps
+ * [r13, r13 + r14) (this code's own mapping) through the `syscall; ret` at rbx (libc's)
+ * with rsp = r15, the signal frame whose restorer that `ret` takes: rt_sigreturn puts the
+ * task back as it was (engine/kernel/sigframe.py).
+ */
 crc_return:
-	mov $15, %eax
+	mov $3, %eax
+	mov %r12, %rdi
 	syscall
-	int3
+	mov $11, %eax
+	mov %r13, %rdi
+	mov %r14, %rsi
+	mov %r15, %rsp
+	jmp *%rbx

@@ -69,8 +69,15 @@ _RSEQ_CS = struct.Struct("<IIQQQ")  # struct rseq_cs: version, flags, start_ip,
 #: syscall instruction found per task, keyed by (tid, start time) so a reused pid or a
 #: restored task never inherits an old answer; also re-checked before use.
 _insn_cache: dict[tuple[int, int], int] = {}
-#: the same for restorer sequences (sigframe.RESTORERS), per process (0: none found)
-_restorer_cache: dict[tuple[int, int], int] = {}
+#: the same for code sequences (find_code), per process and sequences (0: none found)
+_code_cache: dict[tuple[int, int, tuple[bytes, ...]], int] = {}
+#: What a tracer that injects seizes tasks with: a syscall stop that its dying tracer
+#: never waited for then sends the task the stop's code, SIGTRAP | 0x80 with this
+#: option, which is no signal (without it, a SIGTRAP that kills the task once its
+#: frame unblocks signals again).
+SEIZE_OPTIONS = uapi.PTRACE_O_TRACESYSGOOD
+#: `syscall; ret`: how a task whose tracer died leaves code it unmaps (blob.S crc_return)
+SYSCALL_RET = b"\x0f\x05\xc3"
 _RESTORER_SCAN_MAX = 64 << 20  # bytes of code searched at most per process
 _STACK_SCRATCH_MAX = 64 << 10  # larger scratch buffers are mapped
 
@@ -129,12 +136,17 @@ def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False) -> int:
 
 
 def find_restorer(tid: int, mem_fd: int) -> int:
-    """Start of a sigframe.RESTORERS sequence in an executable file mapping of tid (libc's
-    first), or 0. Cached per process."""
-    key = (_tgid(tid), _start_time(_tgid(tid)))
-    cached = _restorer_cache.get(key)
+    """Start of a sigframe.RESTORERS sequence in the task's code, or 0."""
+    return find_code(tid, mem_fd, sigframe.RESTORERS)
+
+
+def find_code(tid: int, mem_fd: int, seqs: tuple[bytes, ...]) -> int:
+    """Start of one of the byte sequences `seqs` in an executable file mapping of tid
+    (libc's first), or 0. Cached per process."""
+    key = (_tgid(tid), _start_time(_tgid(tid)), seqs)
+    cached = _code_cache.get(key)
     if cached is not None and (cached == 0 or any(
-            _pread(mem_fd, len(r), cached) == r for r in sigframe.RESTORERS)):
+            _pread(mem_fd, len(r), cached) == r for r in seqs)):
         return cached
     vmas = [v for v in read_maps(tid) if v.executable and v.path.startswith("/")]
     vmas.sort(key=lambda v: "libc" not in v.path)
@@ -145,7 +157,7 @@ def find_restorer(tid: int, mem_fd: int) -> int:
             n = min(_SCAN_CHUNK, vma.end - pos)
             data = _pread(mem_fd, n, pos)
             budget -= n
-            hits = [i for i in (data.find(r) for r in sigframe.RESTORERS) if i >= 0]
+            hits = [i for i in (data.find(r) for r in seqs) if i >= 0]
             if hits:
                 found = pos + min(hits)
             if len(data) < n or pos + n >= vma.end:
@@ -153,7 +165,7 @@ def find_restorer(tid: int, mem_fd: int) -> int:
             pos += n - 16  # overlap: a sequence across chunks is found
         if found or budget <= 0:
             break
-    _restorer_cache[key] = found
+    _code_cache[key] = found
     return found
 
 
@@ -282,8 +294,8 @@ class Injector:
         self._work.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
         self._work.rip = self._insn
         if self.frame is not None:
-            self._work.rip = self._restorer
             self._work.rsp = self.frame.sp
+            self.go_home(self._restorer, uapi.SYS_rt_sigreturn, self._restorer_end)
         self._scratch: tuple[int, int] | None = None
         self._active = True
         #: signals that arrived while injecting and are sent again by restore()
@@ -305,7 +317,9 @@ class Injector:
         end = self.saved_regs.rsp - sigframe.RED_ZONE
         old = _pread(self._mem, end - low, low)
         if len(old) != end - low:
-            low = frame.address  # no room for scratch buffers: they are mapped
+            # no room for scratch buffers (they are mapped): only the slot below the
+            # frame (a return address, pagecrc.in_task)
+            low = frame.address - 64
             old = _pread(self._mem, end - low, low)
             if len(old) != end - low:
                 return
@@ -363,6 +377,22 @@ class Injector:
         self.count += 1
         return regs.signed("rax")
 
+    def go_home(self, rip: int, entry_nr: int, entry_rip: int, **regs: int) -> None:
+        """Run injected syscalls from task code at `rip` (with a frame only): its first
+        syscall, `entry_nr`, stops at `entry_rip` and is turned into the one injected,
+        which returns to `rip` again; `regs` are set there too. That code is what a task
+        whose tracer died runs (the restorer by default; blob.S crc_return to also close
+        and unmap what selfwrite made)."""
+        self._work.rip = rip
+        for name, value in regs.items():
+            setattr(self._work, name, value & _MASK64)
+        self._home = (entry_nr, entry_rip)
+
+    @property
+    def home_regs(self) -> dict[str, int]:
+        """The registers injected syscalls run with (see go_home), by name."""
+        return self._work.to_dict()
+
     def _framed_syscall(self, nr: int, args: tuple[int, ...]) -> int:
         """Run one syscall from the restorer: caught at its entry stop as rt_sigreturn and
         changed into `nr`, which returns into the restorer again (see the module doc)."""
@@ -370,13 +400,13 @@ class Injector:
         try:
             ptrace.set_regs(self.tid, self._work)
             regs = self._syscall_stop()
-            if regs.orig_rax != uapi.SYS_rt_sigreturn or regs.rip != self._restorer_end:
+            if (regs.orig_rax, regs.rip) != self._home:
                 raise InjectError(f"task {self.tid}: syscall stop of {regs.orig_rax} at "
-                                  f"{regs.rip:#x}, not at the restorer {self._restorer:#x}")
+                                  f"{regs.rip:#x}, not {self._home[0]} at {self._home[1]:#x}")
             regs.orig_rax = nr
             for name, value in zip(_ARG_REGS, args):
                 setattr(regs, name, value & _MASK64)
-            regs.rip, regs.rsp = self._restorer, self._work.rsp
+            regs.rip, regs.rsp = self._work.rip, self._work.rsp
             ptrace.set_regs(self.tid, regs)
             regs = self._syscall_stop()
         finally:
@@ -498,7 +528,7 @@ class Injector:
         """
         if self.frame is not None:
             base = (self._stack_low() + 63) & ~63  # below the frame, on the stack
-            if size <= self.frame.address - base:
+            if size <= self.frame.address - 8 - base:  # (frame - 8: pagecrc.in_task)
                 return base
         size = max(uapi.PAGE_SIZE, (size + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1))
         if self._scratch is not None:
@@ -511,6 +541,11 @@ class Injector:
                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
             self._scratch = (addr, size)
         return addr
+
+    @property
+    def mapping(self) -> tuple[int, int] | None:
+        """(address, length) of the scratch mapping, if one is mapped."""
+        return self._scratch
 
     def _stack_low(self) -> int:
         """Lowest stack address we may use (the bytes saved in _under_frame)."""
@@ -572,6 +607,9 @@ class Injector:
             self._restore()
 
     def _restore(self) -> None:
+        if self.frame is not None:
+            # home is the restorer again before anything is unmapped
+            self.go_home(self._restorer, uapi.SYS_rt_sigreturn, self._restorer_end)
         try:
             if self._scratch is not None:
                 scratch, self._scratch = self._scratch, None

@@ -34,7 +34,6 @@ ALGO_CRC32C = 1
 ALGO_CRC32 = 2
 ALGO_NAMES = {ALGO_CRC32C: "crc32c", ALGO_CRC32: "crc32"}
 _MASK64 = (1 << 64) - 1
-_RETURN_END = blob.CRC_RETURN_OFFSET + 7  # rip after crc_return's syscall
 
 _lock = threading.Lock()
 _seconds = 0.0
@@ -151,20 +150,23 @@ def task_scratch_bytes(npages: int) -> int:
 
 
 def in_task(pid: int, mem_fd: int, code: int, out: int, addr: int, npages: int,
-            timeout: float, frame: int = 0) -> array:
+            timeout: float, frame: int = 0, home: dict[str, int] | None = None) -> array:
     """CRC32C of the `npages` pages at `addr` of a ptrace-stopped task, computed by the
     task: it runs page_crcs from `code` (a task address holding blob.CODE, executable)
     and writes the results to `out` (task_scratch_bytes(npages) writable bytes). The
-    routine returns into an rt_sigreturn whose entry stop hands the task back (the call
-    is skipped); the task is left in that syscall-exit-stop with other registers (the
-    caller puts its own back). With `frame` (an injector's sigframe.Frame address) the
-    return address is taken from the frame, so a task whose tracer died returns through
-    it to its own state. Signals must be blocked in the task. Raises OSError on any
-    other stop."""
+    routine returns to blob.S crc_return, whose first syscall stops the task (and is
+    skipped); the task is left in that syscall-exit-stop with other registers (the
+    caller puts its own back). With an injector's `frame` address and `home` registers
+    (Injector.go_home to crc_return), a task whose tracer died goes back to its own
+    state from there. Signals must be blocked in the task. Raises OSError on any other
+    stop."""
     with timed():
-        stack = frame or out + task_scratch_bytes(npages) - 16
+        stack = frame - 8 if frame else out + task_scratch_bytes(npages) - 16
         os.pwrite(mem_fd, (code + blob.CRC_RETURN_OFFSET).to_bytes(8, "little"), stack)
         regs = ptrace.get_regs(pid)
+        if home is not None:
+            for name in ("rbx", "r12", "r13", "r14", "r15"):
+                setattr(regs, name, home[name])
         regs.rip = code + blob.PAGE_CRCS_OFFSET
         regs.rdi, regs.rsi, regs.rdx, regs.rsp = out, addr, npages, stack
         regs.orig_rax = _MASK64
@@ -180,11 +182,12 @@ def in_task(pid: int, mem_fd: int, code: int, out: int, addr: int, npages: int,
                 raise
             regs = ptrace.get_regs(pid)
             if (os.WSTOPSIG(status) & 0x7F != uapi.SIGTRAP or ptrace.stop_event(status)
-                    or regs.rip not in (code + _RETURN_END, code + blob.CRC_RETURN_OFFSET)):
+                    or regs.rip not in (code + blob.CRC_RETURN_STOP,
+                                        code + blob.CRC_RETURN_OFFSET)):
                 raise OSError(f"task {pid}: stop {status:#x} at {regs.rip:#x} while summing "
                               f"pages (syscall-{stop}-stop expected)")
             if stop == "entry":
-                # Skip the rt_sigreturn, and return to it (with the frame) after.
+                # Skip the close, and return to crc_return after (see its comment).
                 regs.orig_rax = _MASK64
                 regs.rip = code + blob.CRC_RETURN_OFFSET
                 ptrace.set_regs(pid, regs)

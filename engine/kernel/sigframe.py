@@ -53,6 +53,7 @@ class Frame:
         fp = bytearray(xstate)
         xcr0 = int.from_bytes(fp[_SW_BYTES:_SW_BYTES + 8], "little")
         _SW.pack_into(fp, _SW_BYTES, _FP_XSTATE_MAGIC1, len(fp) + 4, xcr0, len(fp))
+        self.restorer = restorer
         self.fpstate = (regs.rsp - RED_ZONE - len(xstate) - 4) & ~63
         # frame + 8 is 16-byte aligned, as at a function's entry (like the kernel's)
         self.address = ((self.fpstate - FRAME_BYTES) & ~15) - 8

@@ -34,7 +34,7 @@ def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Ta
 
 
 def _stop(pid: int) -> ptrace.Frozen:
-    ptrace.seize(pid)
+    ptrace.seize(pid, inject.SEIZE_OPTIONS)
     return ptrace.freeze(pid, TIMEOUT)
 
 
