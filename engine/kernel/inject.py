@@ -275,8 +275,6 @@ class Injector:
             self._restorer = 0
             self._resumed = False  # the task ran since its original stop
             if syscall_addr is None:
-                self._arm_frame()
-            if syscall_addr is None:
                 self._step = True
                 self._insn = find_syscall_insn(tid, self._mem)
                 self._done_rip = self._insn + 2
@@ -286,7 +284,12 @@ class Injector:
                 self._insn = syscall_addr
                 self._step = False
                 self._done_rip = self._insn + 3  # int3 reports rip after itself
+            if syscall_addr is None:
+                with termination_held():  # written and recorded, or neither
+                    self._arm_frame()
         except BaseException:
+            if getattr(self, "frame", None) is not None:
+                self.write(self._stack_low(), self._under_frame)
             os.close(self._mem)
             raise
         self._work = self.saved_regs.copy()
