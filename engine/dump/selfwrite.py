@@ -90,7 +90,7 @@ class TaskWriter:
             except OSError:
                 return done  # no code page allowed here: the engine writes it all
             inj.write(buf, raw)
-            _home(inj, code, -1)
+            _home(inj, code, -1, blob.CRC_OPEN_RETURN_OFFSET)  # the fd it gets is closed
             flags = _OPEN_FLAGS | task_flags(out.direct)
             fd = inj.syscall(uapi.SYS_openat, uapi.AT_FDCWD, buf, flags)
             if fd < 0:
@@ -118,10 +118,12 @@ class TaskWriter:
         return True
 
 
-def _home(inj: Injector, code: int, fd: int) -> None:
+def _home(inj: Injector, code: int, fd: int, entry: int = blob.CRC_RETURN_OFFSET
+          ) -> None:
     """With a signal frame, injected syscalls (and page_crcs) return to blob.S
     crc_return, which a task whose engine died runs to close `fd`, unmap the code (with
-    libc's `syscall; ret`; without one the mapping stays) and put itself back."""
+    libc's `syscall; ret`; without one the mapping stays) and put itself back. `entry`
+    CRC_OPEN_RETURN_OFFSET: around an open, the fd is the one it returned."""
     frame, mapping = inj.frame, inj.mapping
     if frame is None or mapping is None:
         return
@@ -130,7 +132,7 @@ def _home(inj: Injector, code: int, fd: int) -> None:
         jump, sp = gadget, frame.address
     else:  # straight to the restorer
         jump, sp = frame.restorer, frame.sp
-    inj.go_home(code + blob.CRC_RETURN_OFFSET, uapi.SYS_close, code + blob.CRC_RETURN_STOP,
+    inj.go_home(code + entry, uapi.SYS_close, code + blob.CRC_RETURN_STOP,
                 r12=fd, r13=mapping[0], r14=mapping[1], r15=sp, rbx=jump)
 
 

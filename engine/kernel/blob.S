@@ -130,6 +130,8 @@ page_crcs:
  * with rsp = r15, the signal frame whose restorer that `ret` takes: rt_sigreturn puts the
  * task back as it was (engine/kernel/sigframe.py).
  */
+crc_open_return:
+	mov %rax, %r12	/* the fd an open just returned (injected syscalls' entry) */
 crc_return:
 	mov $3, %eax
 	mov %r12, %rdi

@@ -37,14 +37,15 @@ CODE = bytes.fromhex(
     "ffffffff41b8ffffffff4531c9f24a0f38f1040ef24a0f38f18c0e00100000f24e0f38f1840e002000"
     "004983c1084981f90010000072d6f7d0f7d141f7d08907894f04448947084883c70c4881c600300000"
     "4883ea034883fa03739e4885d27430b8ffffffff4531c9f24a0f38f1040e4983c1084981f900100000"
-    "72ecf7d089074883c7044881c60010000048ffcaebcbc3b8030000004c89e70f05b80b0000004c89ef"
-    "4c89f64c89fcffe3"
+    "72ecf7d089074883c7044881c60010000048ffcaebcbc34989c4b8030000004c89e70f05b80b000000"
+    "4c89ef4c89f64c89fcffe3"
 )
 SYSCALL_OFFSET = 0x60  # the routine's `syscall` instruction (run_one() uses it alone)
 FAIL_OFFSET = 0x96  # the int3 reached when an entry fails
 DONE_OFFSET = 0x97  # the int3 reached when every entry ran
 PAGE_CRCS_OFFSET = 0x98  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
-CRC_RETURN_OFFSET = 0x136  # where page_crcs returns to in a task (blob.S crc_return)
+CRC_OPEN_RETURN_OFFSET = 0x136  # crc_return taking the fd from rax (after an open)
+CRC_RETURN_OFFSET = 0x139  # where page_crcs returns to in a task (blob.S crc_return)
 CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return's close
 CODE_AREA = 512
 ENTRY_SIZE = 64
