@@ -84,19 +84,21 @@ class TaskWriter:
         with inj:
             raw = os.fsencode(os.path.abspath(out.path)) + b"\0"
             sums_at = (len(raw) + 15) & ~15
+            # looked up first: between the mapping and _home a dead engine leaves it
+            gadget = find_code(self.pid, inj.mem_fd, (SYSCALL_RET,)) if inj.frame else 0
             try:
                 code, buf = inj.code_scratch(blob.CODE,
                                              sums_at + pagecrc.task_scratch_bytes(SUM_PAGES))
             except OSError:
                 return done  # no code page allowed here: the engine writes it all
+            _home(inj, code, -1, gadget, blob.CRC_OPEN_RETURN_OFFSET)  # the fd it gets
             inj.write(buf, raw)
-            _home(inj, code, -1, blob.CRC_OPEN_RETURN_OFFSET)  # the fd it gets is closed
             flags = _OPEN_FLAGS | task_flags(out.direct)
             fd = inj.syscall(uapi.SYS_openat, uapi.AT_FDCWD, buf, flags)
             if fd < 0:
                 return done
             try:
-                _home(inj, code, fd)
+                _home(inj, code, fd, gadget)
                 if not is_same_file(self.pid, fd, out.fd):
                     return done
                 for r, off in mine:
@@ -106,7 +108,7 @@ class TaskWriter:
                         done.add(r.addr)
             finally:
                 inj.syscall(uapi.SYS_close, fd)
-                _home(inj, code, -1)
+                _home(inj, code, -1, gadget)
         return done
 
     @staticmethod
@@ -118,16 +120,15 @@ class TaskWriter:
         return True
 
 
-def _home(inj: Injector, code: int, fd: int, entry: int = blob.CRC_RETURN_OFFSET
-          ) -> None:
+def _home(inj: Injector, code: int, fd: int, gadget: int,
+          entry: int = blob.CRC_RETURN_OFFSET) -> None:
     """With a signal frame, injected syscalls (and page_crcs) return to blob.S
     crc_return, which a task whose engine died runs to close `fd`, unmap the code (with
-    libc's `syscall; ret`; without one the mapping stays) and put itself back. `entry`
-    CRC_OPEN_RETURN_OFFSET: around an open, the fd is the one it returned."""
+    libc's `syscall; ret` at `gadget`; without one the mapping stays) and put itself
+    back. `entry` CRC_OPEN_RETURN_OFFSET: around an open, the fd is the one it returned."""
     frame, mapping = inj.frame, inj.mapping
     if frame is None or mapping is None:
         return
-    gadget = find_code(inj.tid, inj.mem_fd, (SYSCALL_RET,))
     if gadget:  # unmap, then `ret` to the frame's restorer
         jump, sp = gadget, frame.address
     else:  # straight to the restorer
