@@ -133,7 +133,8 @@ def _home(inj: Injector, code: int, fd: int, gadget: int,
         jump, sp = gadget, frame.address
     else:  # straight to the restorer
         jump, sp = frame.restorer, frame.sp
-    inj.go_home(code + entry, uapi.SYS_close, code + blob.CRC_RETURN_STOP,
+    # rax: what crc_open_return takes as the fd before any open ran (none)
+    inj.go_home(code + entry, uapi.SYS_close, code + blob.CRC_RETURN_STOP, rax=-1,
                 r12=fd, r13=mapping[0], r14=mapping[1], r15=sp, rbx=jump)
 
 

@@ -396,9 +396,10 @@ class Injector:
         """The registers injected syscalls run with (see go_home), by name."""
         return self._work.to_dict()
 
-    def _framed_syscall(self, nr: int, args: tuple[int, ...]) -> int:
-        """Run one syscall from the restorer: caught at its entry stop as rt_sigreturn and
-        changed into `nr`, which returns into the restorer again (see the module doc)."""
+    def _framed_syscall(self, nr: int, args: tuple[int, ...],
+                        back: tuple[int, int] | None = None) -> int:
+        """Run one syscall from home (the restorer): caught at its entry stop and changed
+        into `nr`, which returns home again, or to `back` (rip, rsp)."""
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
             ptrace.set_regs(self.tid, self._work)
@@ -409,7 +410,7 @@ class Injector:
             regs.orig_rax = nr
             for name, value in zip(_ARG_REGS, args):
                 setattr(regs, name, value & _MASK64)
-            regs.rip, regs.rsp = self._work.rip, self._work.rsp
+            regs.rip, regs.rsp = back or (self._work.rip, self._work.rsp)
             ptrace.set_regs(self.tid, regs)
             regs = self._syscall_stop()
         finally:
@@ -610,10 +611,9 @@ class Injector:
             self._restore()
 
     def _restore(self) -> None:
-        if self.frame is not None:
-            # home is the restorer again before anything is unmapped
-            self.go_home(self._restorer, uapi.SYS_rt_sigreturn, self._restorer_end)
         try:
+            if self.frame is not None:
+                self._unmap_framed()
             if self._scratch is not None:
                 scratch, self._scratch = self._scratch, None
                 self.check(uapi.SYS_munmap, *scratch)
@@ -631,6 +631,20 @@ class Injector:
                     syscall(uapi.SYS_tkill, self.tid, sig)
             finally:
                 os.close(self._mem)
+
+    def _unmap_framed(self) -> None:
+        """Unmap the scratch mapping from home (where a dead engine's task would unmap it
+        too) returning straight to the restorer; the restorer is home from then on."""
+        assert self.frame is not None
+        try:
+            if self._scratch is not None:
+                scratch, self._scratch = self._scratch, None
+                res = self._framed_syscall(uapi.SYS_munmap, scratch,
+                                           back=(self._restorer, self.frame.sp))
+                if res < 0:
+                    raise OSError(-res, f"munmap in task {self.tid}: {os.strerror(-res)}")
+        finally:
+            self.go_home(self._restorer, uapi.SYS_rt_sigreturn, self._restorer_end)
 
     def _restore_framed(self) -> None:
         """Put the task back from an interrupt stop inside the kernel's signal path (where
