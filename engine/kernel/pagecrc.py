@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from engine.errors import termination_held
 from engine.kernel import blob, ptrace, uapi
 from engine.kernel import sys as ksys
 
@@ -160,7 +161,9 @@ def in_task(pid: int, mem_fd: int, code: int, out: int, addr: int, npages: int,
     (Injector.go_home to crc_return), a task whose tracer died goes back to its own
     state from there. Signals must be blocked in the task. Raises OSError on any other
     stop."""
-    with timed():
+    # A termination signal waits until the task is stopped again (as for blob tables):
+    # raising while it runs would leave the engine's cleanup a running task.
+    with timed(), termination_held():
         stack = frame - 8 if frame else out + task_scratch_bytes(npages) - 16
         os.pwrite(mem_fd, (code + blob.CRC_RETURN_OFFSET).to_bytes(8, "little"), stack)
         regs = ptrace.get_regs(pid)
