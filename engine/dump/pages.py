@@ -69,11 +69,13 @@ class Staging:
         self._closed = False
 
     def _map(self) -> None:
-        self._base = ksys.mmap(0, self._total, uapi.PROT_READ | uapi.PROT_WRITE,
-                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_POPULATE)
-        whole = memoryview((ctypes.c_char * self._total).from_address(self._base)).cast("B")
+        base = ksys.mmap(0, self._total, uapi.PROT_READ | uapi.PROT_WRITE,
+                         uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_POPULATE)
+        whole = memoryview((ctypes.c_char * self._total).from_address(base)).cast("B")
         self.views = [whole[i * self.size:(i + 1) * self.size] for i in range(self.slots)]
-        self._whole = whole
+        # _base last: an interruption before it leaves close() nothing half-made (the
+        # mapping goes with the engine)
+        self._whole, self._base = whole, base
 
     def address(self, slot: int) -> int:
         """Engine address of a slot (iovec base; valid once the slot was acquired)."""
