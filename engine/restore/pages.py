@@ -191,10 +191,14 @@ def write_chunks(pid: int, chunks: list[Chunk], forced: bool) -> int:
     if total >= _STREAM_MIN and all(c.reader is not None and c.reader.direct_fd() >= 0
                                     for c in chunks):
         return _stream(pid, chunks, forced)
+    done = _mem_write(pid, chunks) if forced else _vm_write(pid, chunks)
+    # Checked after the copy, which read the file's pages into the page cache: the check
+    # costs no second disk read, and a damaged page still fails the restore before the
+    # task ever runs.
     for c in chunks:
         if c.reader is not None:
             c.reader.verify(c.offset, c.src, c.length)
-    return _mem_write(pid, chunks) if forced else _vm_write(pid, chunks)
+    return done
 
 
 @dataclass
