@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from engine.images import directio
-from engine.kernel import ptrace, uapi
+from engine.kernel import inject, ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.inject import Injector
 from engine.kernel.structs import (
@@ -92,7 +92,7 @@ class _Helper:
 @contextmanager
 def _seized(pid: int) -> Iterator[None]:
     """Seize and stop ``pid`` for the duration of the block, then detach."""
-    ptrace.seize(pid)
+    ptrace.seize(pid, inject.SEIZE_OPTIONS)
     try:
         ptrace.freeze(pid, _TIMEOUT)
         yield

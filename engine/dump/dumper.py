@@ -51,7 +51,7 @@ from engine.images.records import (
     ThreadCore,
     Vma,
 )
-from engine.kernel import uapi
+from engine.kernel import pagecrc, uapi
 from engine.proc import tasks
 from engine.proc.auxv import read_auxv_raw
 from engine.proc.stat import read_stat
@@ -207,7 +207,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         frozen.release(kill=not leave_running)
         track.close_all(trackers)
         lap("release")
-        stats.seconds["checksums"] = img.crc_seconds  # part of "write" (and "memory")
+        stats.seconds["checksums"] = pagecrc.seconds()  # part of "write" (and "memory")
         return stats
     frozen.release()
     stats.frozen = frozen.frozen_seconds
@@ -225,7 +225,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     finally:
         _close_copies(defer)
     commit()
-    stats.seconds["checksums"] = img.crc_seconds
+    stats.seconds["checksums"] = pagecrc.seconds()
     return stats
 
 

@@ -69,11 +69,13 @@ class Staging:
         self._closed = False
 
     def _map(self) -> None:
-        self._base = ksys.mmap(0, self._total, uapi.PROT_READ | uapi.PROT_WRITE,
-                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_POPULATE)
-        whole = memoryview((ctypes.c_char * self._total).from_address(self._base)).cast("B")
+        base = ksys.mmap(0, self._total, uapi.PROT_READ | uapi.PROT_WRITE,
+                         uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_POPULATE)
+        whole = memoryview((ctypes.c_char * self._total).from_address(base)).cast("B")
         self.views = [whole[i * self.size:(i + 1) * self.size] for i in range(self.slots)]
-        self._whole = whole
+        # _base last: an interruption before it leaves close() nothing half-made (the
+        # mapping goes with the engine)
+        self._whole, self._base = whole, base
 
     def address(self, slot: int) -> int:
         """Engine address of a slot (iovec base; valid once the slot was acquired)."""
@@ -234,8 +236,9 @@ def _pagemap_fallback(fd: int, vmas: list[Vma]) -> list[tuple[int, int, int]]:
     return out
 
 
-#: Has the dumped task write some runs itself: given the new pages file and (run, file
-#: offset) pairs, returns the pairs it did not write (engine/dump/selfwrite.py).
+#: Has the dumped task write (and sum) some runs itself: given the new pages file and
+#: (run, file offset) pairs, it claims what it wrote in the file (PagesWriter.claim) and
+#: returns the pairs it did not write (engine/dump/selfwrite.py).
 TaskWriter = Callable[[PagesWriter, list[tuple[Run, int]]], list[tuple[Run, int]]]
 
 
@@ -243,7 +246,8 @@ def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Ru
                 read_vm: int, mem_fd: int, staging: Staging, base: int = 0,
                 in_parent: list[tuple[int, int]] | None = None,
                 task_writer: TaskWriter | None = None, tolerant: bool = False) -> int:
-    """Write the pagemap and the data of `runs`; returns the number of pages stored.
+    """Write the data of `runs` and then the pagemap, with the checksum of every page;
+    returns the number of pages stored.
 
     `read_vm` is the pid for process_vm_readv (0: never use it); `mem_fd` is an fd to read
     `via_mem` runs (and every run when read_vm is 0) with pread at `addr + base`. The
@@ -258,20 +262,18 @@ def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Ru
     if in_parent:
         entries += [PagemapEntry(s, (e - s) // PAGE_SIZE, PE_PARENT) for s, e in in_parent]
         entries.sort(key=lambda e: e.addr)
-    img.write_pagemap(pagemap_name, entries)
     out = img.pages_writer(pages_name, nr_pages, direct=True)
     placed = list(zip(runs, itertools.accumulate((r.length for r in runs), initial=0)))
     try:
         if task_writer is not None:
-            left = task_writer(out, placed)
-            out.claim(sum(r.length for r, _ in placed) - sum(r.length for r, _ in left))
-            placed = left
+            placed = task_writer(out, placed)
         _stage(out, staging, placed, read_vm, mem_fd, base, tolerant)
     except BaseException:
         staging.drain_quietly()
         out.abort()
         raise
     out.close()
+    img.write_pagemap(pagemap_name, entries, out.sums)
     return nr_pages
 
 

@@ -13,17 +13,26 @@ kill it), no file size limit (a write past RLIMIT_FSIZE queues SIGXFSZ), and the
 the task got must be the engine's very file (checked by inode: a chroot or another mount
 namespace could resolve the path elsewhere); it is closed before the task is released. What
 the task does not write in full comes back to the engine, which writes it its own way.
+
+Before writing a run the task also computes its page checksums (pagecrc.in_task: the
+engine's page_crcs routine on a code page mapped in the task), so no byte is read twice
+or copied for them; without SSE4.2 the engine writes (and sums) everything.
+
+Should the engine die meanwhile, a task injected with a signal frame (inject.py) runs
+blob.S crc_return from wherever it is: it closes the pages file, unmaps that code page
+and puts itself back as it was.
 """
 
 from __future__ import annotations
 
 import os
+from array import array
 
 from engine.dump.pages import Run
 from engine.images import PagesWriter
 from engine.images.directio import task_flags
-from engine.kernel import uapi
-from engine.kernel.inject import InjectError, Injector
+from engine.kernel import blob, pagecrc, uapi
+from engine.kernel.inject import SYSCALL_RET, InjectError, Injector, find_code
 from engine.proc.fdinfo import is_same_file
 from engine.proc.limits import read_limits
 from engine.proc.status import read_status
@@ -34,6 +43,8 @@ MIN_RUN = 1 << 20
 MAX_WRITE = 1 << 30
 #: The deadline of each injected write allows for a disk this slow.
 MIN_BYTES_PER_S = 16 << 20
+#: Pages summed per in-task call (their checksums fill a buffer of 4 bytes each).
+SUM_PAGES = 1 << 16
 _INJECT_TIMEOUT = 10.0
 _OPEN_FLAGS = uapi.O_WRONLY | uapi.O_CLOEXEC  # | O_DIRECT where the engine's file has it
 
@@ -49,7 +60,7 @@ class TaskWriter:
                  ) -> list[tuple[Run, int]]:
         """Have the task write its long readable runs; returns the pairs left to do."""
         mine = [(r, off) for r, off in placed if not r.via_mem and r.length >= MIN_RUN]
-        if not mine or not self._allowed():
+        if not mine or not pagecrc.native() or not self._allowed():
             return placed
         done = self._write(out, mine)
         self.bytes += sum(r.length for r, _ in mine if r.addr in done)
@@ -72,20 +83,32 @@ class TaskWriter:
             return done  # nothing to inject with here: the engine writes it all
         with inj:
             raw = os.fsencode(os.path.abspath(out.path)) + b"\0"
-            buf = inj.scratch(len(raw))
+            sums_at = (len(raw) + 15) & ~15
+            # looked up first: between the mapping and _home a dead engine leaves it
+            gadget = find_code(self.pid, inj.mem_fd, (SYSCALL_RET,)) if inj.frame else 0
+            try:
+                code, buf = inj.code_scratch(blob.CODE,
+                                             sums_at + pagecrc.task_scratch_bytes(SUM_PAGES))
+            except OSError:
+                return done  # no code page allowed here: the engine writes it all
+            _home(inj, code, -1, gadget, blob.CRC_OPEN_RETURN_OFFSET)  # the fd it gets
             inj.write(buf, raw)
             flags = _OPEN_FLAGS | task_flags(out.direct)
             fd = inj.syscall(uapi.SYS_openat, uapi.AT_FDCWD, buf, flags)
             if fd < 0:
                 return done
             try:
+                _home(inj, code, fd, gadget)
                 if not is_same_file(self.pid, fd, out.fd):
                     return done
                 for r, off in mine:
+                    sums = _sums(inj, code, buf + sums_at, r)
                     if self._pwrite_all(inj, fd, r, off):
+                        out.claim(off, sums)
                         done.add(r.addr)
             finally:
                 inj.syscall(uapi.SYS_close, fd)
+                _home(inj, code, -1, gadget)
         return done
 
     @staticmethod
@@ -95,3 +118,35 @@ class TaskWriter:
             if inj.syscall(uapi.SYS_pwrite64, fd, r.addr + k, n, off + k) != n:
                 return False  # the engine writes the whole run again
         return True
+
+
+def _home(inj: Injector, code: int, fd: int, gadget: int,
+          entry: int = blob.CRC_RETURN_OFFSET) -> None:
+    """With a signal frame, injected syscalls (and page_crcs) return to blob.S
+    crc_return, which a task whose engine died runs to close `fd`, unmap the code (with
+    libc's `syscall; ret` at `gadget`; without one the mapping stays) and put itself
+    back. `entry` CRC_OPEN_RETURN_OFFSET: around an open, the fd is the one it returned."""
+    frame, mapping = inj.frame, inj.mapping
+    if frame is None or mapping is None:
+        return
+    if gadget:  # unmap, then `ret` to the frame's restorer
+        jump, sp = gadget, frame.address
+    else:  # straight to the restorer
+        jump, sp = frame.restorer, frame.sp
+    # rax: what crc_open_return takes as the fd before any open ran (none)
+    inj.go_home(code + entry, uapi.SYS_close, code + blob.CRC_RETURN_STOP, rax=-1,
+                r12=fd, r13=mapping[0], r14=mapping[1], r15=sp, rbx=jump)
+
+
+def _sums(inj: Injector, code: int, out: int, r: Run) -> array:
+    """The page checksums of run r, computed by the task (SUM_PAGES at a time)."""
+    sums = array("I")
+    npages = r.length // uapi.PAGE_SIZE
+    for first in range(0, npages, SUM_PAGES):
+        n = min(SUM_PAGES, npages - first)
+        timeout = _INJECT_TIMEOUT + n * uapi.PAGE_SIZE / MIN_BYTES_PER_S
+        sums += pagecrc.in_task(inj.tid, inj.mem_fd, code, out,
+                                r.addr + first * uapi.PAGE_SIZE, n, timeout,
+                                inj.frame.address if inj.frame else 0,
+                                inj.home_regs if inj.frame else None)
+    return sums

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
-from engine.kernel import ptrace, uapi
+from engine.kernel import inject, ptrace, uapi
 from engine.proc import tasks
 from engine.proc.stat import read_stat
 
@@ -153,7 +153,7 @@ def _gone_or_dead(pid: int, tid: int) -> bool:
 def _seize_thread(tree: FrozenTree, proc: Proc, tid: int) -> bool:
     """Seize and stop one thread; False when it exited before it could be stopped."""
     try:
-        ptrace.seize(tid, 0)
+        ptrace.seize(tid, inject.SEIZE_OPTIONS)
     except OSError as e:
         if e.errno in (errno.ESRCH, errno.EPERM) and _gone_or_dead(proc.pid, tid):
             return False  # exited before we got it: it cannot matter any more

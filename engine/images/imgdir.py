@@ -2,7 +2,8 @@
 
 Writers create the directory 0700 and every file 0600 with O_EXCL (an image is written
 once) and record a CRC32 of every file, per MiB, in the inventory (which carries a CRC of
-itself). Readers open files only beneath the directory (one path component, no symlink
+itself); pages files instead carry a checksum per page, in their pagemap (pagecrc.py), so
+that any page can be verified alone, where it is read. Readers open files only beneath the directory (one path component, no symlink
 followed, non-blocking: a FIFO never hangs), accept only regular files with one link,
 bound every size they read, verify every checksum, refuse files that anyone but the
 engine's user owns or may write (unless the images are trusted), and name the file in
@@ -19,8 +20,9 @@ import os
 import re
 import stat
 import struct
-import time
 import zlib
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -28,6 +30,8 @@ from engine.errors import EngineError
 from engine.images.codec import from_dict, to_dict
 from engine.images.directio import close_quietly, enable_direct_write, open_direct_read
 from engine.images.records import PAGE_SIZE, RecordError
+from engine.kernel import pagecrc
+from engine.kernel.pagecrc import PageSums
 
 T = TypeVar("T")
 
@@ -35,8 +39,10 @@ MAX_JSON_BYTES = 256 << 20
 MAX_BLOB_BYTES = 1 << 30
 
 PAGEMAP_MAGIC = b"PYEPGMAP"
-PAGEMAP_VERSION = 1
-_PM_HEADER = struct.Struct("<8sIIQQ")  # magic, version, entry size, entries, pages stored
+PAGEMAP_VERSION = 2
+# magic, version, entry size, entries, pages stored, checksum algorithm; then the entries,
+# then one u32 checksum per stored page (pagecrc.PageSums)
+_PM_HEADER = struct.Struct("<8sIIQQI")
 _PM_ENTRY = struct.Struct("<QII")  # address (or object offset), nr_pages, flags
 
 #: Checksums cover each file in pieces of this size (a reader may verify any piece alone).
@@ -79,6 +85,7 @@ class Pagemap:
     entries: list[PagemapEntry]
     offsets: list[int]
     pages_stored: int
+    sums: PageSums
 
 
 class ImageDir:
@@ -92,8 +99,8 @@ class ImageDir:
         self.checksums: dict[str, list[int]] = {}
         self.trusted = True
         self._dirfd = -1
-        #: seconds spent computing and verifying checksums (ENGINE_VERBOSE, bench/)
-        self.crc_seconds = 0.0
+        #: pages files written: their checksums are in their pagemaps, not the inventory
+        self._page_summed: set[str] = set()
 
     @classmethod
     def create(cls, path: str) -> ImageDir:
@@ -228,7 +235,8 @@ class ImageDir:
         """Write the inventory (last): the checksums of every other file written, and a
         CRC of its own text as its final member ``self_crc``."""
         for other in self.created_files:
-            if other not in self.checksums:  # written by others (sendfile, the task)
+            if other not in self.checksums and other not in self._page_summed:
+                # written by others (sendfile)
                 self.checksums[other] = self._file_crcs(other)
         inventory.checksums = dict(self.checksums)
         text = json.dumps(to_dict(inventory), separators=(",", ":")).encode()
@@ -236,21 +244,26 @@ class ImageDir:
 
     def _file_crcs(self, name: str) -> list[int]:
         """Checksums of a file this writer created, read back in pieces."""
-        start = time.monotonic()
         fd = os.open(self.file(name), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return _crcs_of_fd(fd, os.fstat(fd).st_size, self.file(name))
+            out: list[int] = []
+            for view in _stream(fd, os.fstat(fd).st_size, self.file(name)):
+                out.extend(chunk_crcs(view))
+            return out or [0]
         finally:
             os.close(fd)
-            self.crc_seconds += time.monotonic() - start
 
-    def write_pagemap(self, name: str, entries: list[PagemapEntry]) -> None:
-        """Write a binary pagemap; entries must be sorted and not overlap."""
+    def write_pagemap(self, name: str, entries: list[PagemapEntry], sums: PageSums) -> None:
+        """Write a binary pagemap; entries must be sorted and not overlap, and `sums`
+        hold the checksum of every page they store (the pages file's, in file order)."""
         stored = sum(e.nr_pages for e in entries if e.flags & PE_PRESENT)
+        if len(sums.values) != stored:
+            raise ValueError(f"{len(sums.values)} page checksums for {stored} pages")
         buf = bytearray(_PM_HEADER.pack(PAGEMAP_MAGIC, PAGEMAP_VERSION, _PM_ENTRY.size,
-                                        len(entries), stored))
+                                        len(entries), stored, sums.algo))
         for e in entries:
             buf += _PM_ENTRY.pack(e.addr, e.nr_pages, e.flags)
+        buf += sums.values.tobytes()
         self.write_bytes(name, buf)
 
     def pages_writer(self, name: str, nr_pages: int, direct: bool = False) -> PagesWriter:
@@ -258,6 +271,7 @@ class ImageDir:
         file is written with O_DIRECT where the filesystem allows it: every append must
         then be page aligned in memory and a whole number of pages."""
         fd = self.create_file(name)
+        self._page_summed.add(name)
         try:
             on = direct and enable_direct_write(fd)
         except BaseException:
@@ -332,21 +346,34 @@ class ImageDir:
 
     def verify_file(self, name: str) -> None:
         """Stream a (large) file and check it against its recorded checksums."""
-        start = time.monotonic()
         fd = self.open_file(name)
         try:
             want = self.checksums.get(name)
             if want is None:
                 raise ImageError(self.file(name), "has no checksum in the inventory")
-            got = _crcs_of_fd(fd, os.fstat(fd).st_size, self.file(name))
+            got: list[int] = []
+            for view in _stream(fd, os.fstat(fd).st_size, self.file(name)):
+                got.extend(chunk_crcs(view))
+            got = got or [0]
         finally:
             os.close(fd)
-            self.crc_seconds += time.monotonic() - start
         if got != want:
             bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
                        min(len(got), len(want)))
             raise ImageError(self.file(name), f"checksum mismatch in the MiB at byte {bad * CRC_CHUNK}:"
                                               " the file is damaged")
+
+    def verify_pages(self, name: str, pm: Pagemap) -> None:
+        """Stream a pages file and check every page against its pagemap's checksums
+        (for readers that cannot check each page where they use it: lazy pages)."""
+        fd = self.open_file(name)
+        try:
+            pos = 0
+            for view in _stream(fd, os.fstat(fd).st_size, self.file(name)):
+                _check_sums(self.file(name), pm.sums, pos, pagecrc.sums_of(pm.sums.algo, view))
+                pos += len(view)
+        finally:
+            os.close(fd)
 
     def read_json(self, name: str, cls: type[T]) -> T:
         """Read and validate a JSON record of type cls."""
@@ -384,18 +411,22 @@ class ImageDir:
         raw = self.read_bytes(name, MAX_JSON_BYTES)
         if len(raw) < _PM_HEADER.size:
             raise ImageError(path, "truncated pagemap header")
-        magic, version, esize, count, stored = _PM_HEADER.unpack_from(raw)
+        magic, version, esize, count, stored, algo = _PM_HEADER.unpack_from(raw)
         if magic != PAGEMAP_MAGIC:
             raise ImageError(path, "bad pagemap magic")
         if version != PAGEMAP_VERSION or esize != _PM_ENTRY.size:
             raise ImageError(path, f"unsupported pagemap version {version}/{esize}")
-        if len(raw) != _PM_HEADER.size + count * esize:
-            raise ImageError(path, f"pagemap size {len(raw)} does not match {count} entries")
+        if algo not in pagecrc.ALGO_NAMES:
+            raise ImageError(path, f"unknown page checksum algorithm {algo}")
+        sums_at = _PM_HEADER.size + count * esize
+        if len(raw) != sums_at + 4 * stored:
+            raise ImageError(path, f"pagemap size {len(raw)} does not match {count} entries "
+                                   f"and {stored} page checksums")
         entries: list[PagemapEntry] = []
         offsets: list[int] = []
         prev_end = 0
         pos = 0
-        for addr, nr, flags in _PM_ENTRY.iter_unpack(raw[_PM_HEADER.size:]):
+        for addr, nr, flags in _PM_ENTRY.iter_unpack(raw[_PM_HEADER.size:sums_at]):
             if addr % PAGE_SIZE or nr == 0 or addr < prev_end:
                 raise ImageError(path, f"bad or unsorted entry at {addr:#x} ({nr} pages)")
             if flags & ~_PE_KNOWN or (flags).bit_count() != 1:
@@ -413,34 +444,45 @@ class ImageDir:
         if pos != stored * PAGE_SIZE:
             raise ImageError(path, f"header says {stored} pages stored, entries say "
                                    f"{pos // PAGE_SIZE}")
-        return Pagemap(entries, offsets, stored)
+        return Pagemap(entries, offsets, stored, PageSums(algo, array("I", raw[sums_at:])))
 
-    def pages_reader(self, name: str, expect_pages: int) -> PagesReader:
-        """Map a pages file read-only after checking it holds exactly expect_pages pages
-        (its checksum was verified when the image was loaded)."""
-        return PagesReader(self.file(name), self.open_file(name), expect_pages)
+    def pages_reader(self, name: str, pm: Pagemap) -> PagesReader:
+        """Map a pages file read-only after checking it holds exactly the pages `pm`
+        stores; whoever uses its data checks it against `pm`'s checksums (verify)."""
+        return PagesReader(self.file(name), self.open_file(name), pm.sums)
 
 
 def chunk_crcs(data: memoryview) -> list[int]:
     """CRC32 of each CRC_CHUNK piece of data (one value for an empty file)."""
     if not data:
         return [0]
-    return [zlib.crc32(data[i:i + CRC_CHUNK]) for i in range(0, len(data), CRC_CHUNK)]
+    with pagecrc.timed():
+        return [zlib.crc32(data[i:i + CRC_CHUNK]) for i in range(0, len(data), CRC_CHUNK)]
 
 
-def _crcs_of_fd(fd: int, size: int, path: str) -> list[int]:
-    """chunk_crcs of a file read through fd in 16 MiB pieces, with O_DIRECT where the
-    file allows it: pages files were written with O_DIRECT, so they are not in the page
-    cache, and filling fresh page-cache pages costs more than the disk read itself."""
+def _check_sums(path: str, sums: PageSums, offset: int, got: array) -> None:
+    """Compare the checksums of pages found at file `offset` with the recorded ones."""
+    first = offset // PAGE_SIZE
+    want = sums.values[first:first + len(got)]
+    if got != want:
+        bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
+        raise ImageError(path, f"checksum mismatch in the page at byte "
+                               f"{(first + bad) * PAGE_SIZE}: the file is damaged")
+
+
+def _stream(fd: int, size: int, path: str) -> Iterator[memoryview]:
+    """The file read through fd in 16 MiB pieces (each view valid until the next), with
+    O_DIRECT where the file allows it: pages files were written with O_DIRECT, so they are
+    not in the page cache, and filling fresh page-cache pages costs more than the disk
+    read itself."""
     direct = open_direct_read(f"/proc/self/fd/{fd}")
     buf = mmap.mmap(-1, 16 * CRC_CHUNK)  # page aligned, as O_DIRECT wants
     view = memoryview(buf)
-    out: list[int] = []
     try:
         for pos in range(0, size, len(buf)):
             want = min(len(buf), size - pos)
             _read_exactly(direct, fd, view[:want], pos, path)
-            out.extend(chunk_crcs(view[:want]))
+            yield view[:want]
     finally:
         if direct >= 0:
             os.close(direct)
@@ -449,7 +491,6 @@ def _crcs_of_fd(fd: int, size: int, path: str) -> list[int]:
             buf.close()
         except BufferError:
             pass  # slices still held by a propagating exception's frames: the GC unmaps
-    return out or [0]
 
 
 def _read_exactly(direct: int, fd: int, view: memoryview, pos: int, path: str) -> None:
@@ -509,12 +550,13 @@ class PagesWriter:
     """A new pages file, page data in pagemap order, each piece written at its offset.
 
     The dumper reads target memory into reused staging buffers (process_vm_readv) and
-    writes views of them here, so page data never passes through Python objects; runs the
-    dumped task writes itself (selfwrite) are only counted (`claim`).
+    writes views of them here, so page data never passes through Python objects, and sums
+    each page of them on the way; the dumped task writes and sums some runs itself
+    (selfwrite), which are only recorded here (`claim`).
     Measured on the reference VM for 1 GiB: process_vm_readv straight into a shared
     mapping of the file 3.4 s (a page fault per page), write(2) through the page cache
     2.3 s (fresh page-cache pages are slow to get here), O_DIRECT write(2) 0.8-1.0 s.
-    `close()` checks that exactly `nr_pages` pages were written.
+    `close()` checks that exactly `nr_pages` pages were written and summed.
     """
 
     def __init__(self, path: str, fd: int, nr_pages: int, direct: bool = False) -> None:
@@ -523,10 +565,15 @@ class PagesWriter:
         self.nr_pages = nr_pages
         self.direct = direct  # O_DIRECT is on and was seen working (directio.py)
         self.written = 0
+        #: the checksum of every page, by file position (for the pagemap)
+        self.sums = PageSums(pagecrc.write_algo(), array("I", bytes(4 * nr_pages)))
+        self._summed = 0
 
     def write_at(self, data: memoryview | bytes, offset: int) -> None:
-        """Write bytes at a file offset (pages of runs that others write between them)."""
+        """Write whole pages at a file offset (pages of runs that others write between
+        them), recording their checksums."""
         view = memoryview(data).cast("B")
+        self._record(offset, pagecrc.sums_of(self.sums.algo, view))
         try:
             while view:
                 n = os.pwrite(self.fd, view, offset)
@@ -536,9 +583,16 @@ class PagesWriter:
         except OSError as e:
             raise ImageError(self.path, f"write failed: {e.strerror}", "write") from None
 
-    def claim(self, nbytes: int) -> None:
-        """Count bytes another process wrote into the file (the dumped task itself)."""
-        self.written += nbytes
+    def claim(self, offset: int, sums: array) -> None:
+        """Record pages another process wrote into the file at `offset` (the dumped task
+        itself), with the checksums it computed (algorithm: self.sums.algo)."""
+        self._record(offset, sums)
+        self.written += len(sums) * PAGE_SIZE
+
+    def _record(self, offset: int, sums: array) -> None:
+        first = offset // PAGE_SIZE
+        self.sums.values[first:first + len(sums)] = sums
+        self._summed += len(sums)
 
     def abort(self) -> None:
         """Close without the size check (the dump failed; the file is discarded)."""
@@ -555,9 +609,11 @@ class PagesWriter:
             size = os.fstat(fd).st_size
         finally:
             close_quietly(fd)
-        if self.written != self.nr_pages * PAGE_SIZE or size != self.written:
-            raise ImageError(self.path, f"wrote {self.written} bytes ({size} in the file), "
-                                        f"expected {self.nr_pages * PAGE_SIZE}", "write")
+        if (self.written != self.nr_pages * PAGE_SIZE or size != self.written
+                or self._summed != self.nr_pages):
+            raise ImageError(self.path, f"wrote {self.written} bytes ({size} in the file, "
+                                        f"{self._summed} pages summed), expected "
+                                        f"{self.nr_pages * PAGE_SIZE}", "write")
 
     def __enter__(self) -> Self:
         return self
@@ -572,14 +628,16 @@ class PagesWriter:
 class PagesReader:
     """A pages file mapped read-only, for process_vm_writev or pwrite to /proc/PID/mem."""
 
-    def __init__(self, path: str, fd: int, expect_pages: int) -> None:
-        """Take ownership of `fd`, an opened image file (ImageDir.open_file)."""
+    def __init__(self, path: str, fd: int, sums: PageSums) -> None:
+        """Take ownership of `fd`, an opened image file (ImageDir.open_file) that must
+        hold the pages `sums` has checksums of."""
         self.path = path
+        self.sums = sums
         try:
             size = os.fstat(fd).st_size
-            if size != expect_pages * PAGE_SIZE:
+            if size != len(sums.values) * PAGE_SIZE:
                 raise ImageError(path, f"holds {size} bytes, pagemap says "
-                                       f"{expect_pages * PAGE_SIZE}")
+                                       f"{len(sums.values) * PAGE_SIZE}")
             self.fd = fd
             self._direct = -2  # the O_DIRECT descriptor: -2 not opened yet, -1 refused
             self._map = _Mapped(fd, size) if size else None
@@ -598,6 +656,18 @@ class PagesReader:
     def view(self) -> memoryview:
         """Read-only view of the whole file."""
         return self._map.view() if self._map else memoryview(b"")
+
+    def verify(self, offset: int, address: int, length: int) -> None:
+        """Check the file's pages [offset, offset + length), now at engine `address`,
+        against their checksums (offset is a page multiple; a partial last page is
+        checked whole, so the memory must hold all of it)."""
+        whole = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        _check_sums(self.path, self.sums, offset,
+                    pagecrc.sums_at(self.sums.algo, address, whole))
+
+    def check(self, offset: int, sums: array) -> None:
+        """Check checksums computed elsewhere (by the task) of pages from `offset`."""
+        _check_sums(self.path, self.sums, offset, sums)
 
     def direct_fd(self) -> int:
         """A descriptor of the file opened with O_DIRECT (on first call), or -1 where the

@@ -4,8 +4,9 @@
 cannot: fds point to existing file records, shmem VMAs to existing shmem objects, every
 pagemap run lies inside a VMA (or inside its shmem object), every content file exists
 under the name its record implies (both ends of a pipe name one pipe), xstate files have
-one sane size, the pages files hold exactly what the pagemaps say and match their
-checksums, and the parent chain of an incremental dump is acyclic and at most
+one sane size, the pages files hold exactly what the pagemaps say (and, with
+`verify_pages`, match their checksums: a restore instead checks each page where it reads
+it, which costs no second read of the file), and the parent chain of an incremental dump is acyclic and at most
 MAX_PARENT_DEPTH long (each parent loaded, once, the same way). Restore and `show` read
 images only through this.
 """
@@ -70,14 +71,16 @@ class DumpImage:
         return self.parent_image
 
 
-def load(path: str, trusted: bool = False) -> DumpImage:
+def load(path: str, trusted: bool = False, verify_pages: bool = True) -> DumpImage:
     """Read and validate every file of the image directory `path` and of its parents.
     Unless `trusted`, every directory and file must belong to the engine's user and be
-    writable by nobody else."""
-    return _load(path, trusted, [])
+    writable by nobody else. Without `verify_pages` the data of pages files is not
+    checked here: the caller checks every page it uses (PagesReader.verify/check)."""
+    return _load(path, trusted, verify_pages, [])
 
 
-def _load(path: str, trusted: bool, chain: list[tuple[int, int]]) -> DumpImage:
+def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, int]]
+          ) -> DumpImage:
     if not os.path.isdir(path):
         raise ImageError(path, "no such image directory")
     d = ImageDir.open(path, trusted)
@@ -96,7 +99,7 @@ def _load(path: str, trusted: bool, chain: list[tuple[int, int]]) -> DumpImage:
     if inv.parent is not None:
         parent_dir = os.path.normpath(os.path.join(path, inv.parent))
         try:
-            parent = _load(parent_dir, trusted, chain)
+            parent = _load(parent_dir, trusted, verify_pages, chain)
         except ImageError as err:
             raise ImageError(where, f"parent: {err.message}") from None
     files = d.read_json(names.FILES, FilesImage)
@@ -107,7 +110,7 @@ def _load(path: str, trusted: bool, chain: list[tuple[int, int]]) -> DumpImage:
     shmem: dict[str, ShmemImage] = {}
     for s in inv.shmem:
         pm = d.read_pagemap(s.pagemap)
-        _check_pages(d, s.pagemap, s.pages, pm, inv.parent)
+        _check_pages(d, s.pagemap, s.pages, pm, inv.parent, verify_pages)
         for e in pm.entries:
             if e.end > s.size:
                 raise ImageError(d.file(s.pagemap), f"offset {e.addr:#x} beyond object size")
@@ -135,7 +138,7 @@ def _load(path: str, trusted: bool, chain: list[tuple[int, int]]) -> DumpImage:
                                      f"vma {v.start:#x}: unknown shmem {v.shmem_id}")
             pm = d.read_pagemap(mm.pagemap)
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
-            _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent)
+            _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
         tasks[t.pid] = TaskImage(core, mm, pm)
     return DumpImage(d, inv, tasks, files, shmem, parent)
 
@@ -192,14 +195,15 @@ def _check_xstate(d: ImageDir, name: str, tid: int, where: str) -> None:
 
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
-                 parent: str | None) -> None:
+                 parent: str | None, verify: bool) -> None:
     if parent is None and any(e.flags & PE_PARENT for e in pm.entries):
         raise ImageError(d.file(pagemap), "refers to a parent image but there is none")
     size = d.size(pages) if d.exists(pages) else -1
     if size != pm.pages_stored * PAGE_SIZE:
         raise ImageError(d.file(pages), f"holds {size} bytes, pagemap says "
                                         f"{pm.pages_stored * PAGE_SIZE}")
-    d.verify_file(pages)
+    if verify:
+        d.verify_pages(pages, pm)
 
 
 def _check_in_vmas(path: str, pm: Pagemap, mm: MmCore) -> None:

@@ -31,7 +31,7 @@ from engine.images.fdkinds import (
 )
 
 FORMAT_NAME = "pyengine-images"
-FORMAT_VERSION = 3  # 2: VMAs are arrays; 3: checksums (docs/IMAGES.md)
+FORMAT_VERSION = 4  # 2: VMAs are arrays; 3: checksums; 4: page checksums (docs/IMAGES.md)
 PAGE_SIZE = 4096
 # Highest user-space address on x86_64 with 4-level paging (plus the vsyscall page,
 # which sits above it and is recorded but never restored).

@@ -16,6 +16,8 @@
  *   bit  7    a failure of this entry is not fatal
  *   bit  8    store the result as u64 at r15 + (flags >> 32)
  *
+ * After it, page_crcs (see below), callable in the engine and in a task.
+ *
  * Rebuild the bytes with: as -o blob.o blob.S && objdump -d blob.o
  */
 	.text
@@ -70,3 +72,98 @@ fail:
 	int3
 done:
 	int3
+
+/*
+ * void page_crcs(u32 *out, const void *pages, u64 npages)
+ * out[i] = CRC32C (Castagnoli; initial and final xor ~0) of the i-th 4096-byte page.
+ * Three pages at a time: three independent crc32 chains hide the instruction's latency;
+ * a cache line of each per round, prefetching the next three pages' (the hardware
+ * prefetcher stops at each 4 KiB page: 15-25% faster on the reference VM).
+ * SysV ABI, needs SSE4.2; clobbers rax rcx rdx rsi rdi r8 r9 and nothing in memory but
+ * out. The engine calls it through ctypes; in a task it returns to crc_return.
+ */
+	.globl page_crcs
+page_crcs:
+	cmp $3, %rdx
+	jb 2f
+1:	mov $-1, %eax
+	mov $-1, %ecx
+	mov $-1, %r8d
+	xor %r9d, %r9d
+3:	prefetcht0 12288(%rsi,%r9)
+	prefetcht0 16384(%rsi,%r9)
+	prefetcht0 20480(%rsi,%r9)
+	crc32q (%rsi,%r9), %rax
+	crc32q 4096(%rsi,%r9), %rcx
+	crc32q 8192(%rsi,%r9), %r8
+	crc32q 8(%rsi,%r9), %rax
+	crc32q 4104(%rsi,%r9), %rcx
+	crc32q 8200(%rsi,%r9), %r8
+	crc32q 16(%rsi,%r9), %rax
+	crc32q 4112(%rsi,%r9), %rcx
+	crc32q 8208(%rsi,%r9), %r8
+	crc32q 24(%rsi,%r9), %rax
+	crc32q 4120(%rsi,%r9), %rcx
+	crc32q 8216(%rsi,%r9), %r8
+	crc32q 32(%rsi,%r9), %rax
+	crc32q 4128(%rsi,%r9), %rcx
+	crc32q 8224(%rsi,%r9), %r8
+	crc32q 40(%rsi,%r9), %rax
+	crc32q 4136(%rsi,%r9), %rcx
+	crc32q 8232(%rsi,%r9), %r8
+	crc32q 48(%rsi,%r9), %rax
+	crc32q 4144(%rsi,%r9), %rcx
+	crc32q 8240(%rsi,%r9), %r8
+	crc32q 56(%rsi,%r9), %rax
+	crc32q 4152(%rsi,%r9), %rcx
+	crc32q 8248(%rsi,%r9), %r8
+	add $64, %r9
+	cmp $4096, %r9
+	jb 3b
+	not %eax
+	not %ecx
+	not %r8d
+	mov %eax, (%rdi)
+	mov %ecx, 4(%rdi)
+	mov %r8d, 8(%rdi)
+	add $12, %rdi
+	add $12288, %rsi
+	sub $3, %rdx
+	cmp $3, %rdx
+	jae 1b
+2:	test %rdx, %rdx
+	jz 5f
+	mov $-1, %eax
+	xor %r9d, %r9d
+4:	crc32q (%rsi,%r9), %rax
+	add $8, %r9
+	cmp $4096, %r9
+	jb 4b
+	not %eax
+	mov %eax, (%rdi)
+	add $4, %rdi
+	add $4096, %rsi
+	dec %rdx
+	jmp 2b
+5:	ret
+
+/*
+ * crc_return: page_crcs returns here in a task, and injected syscalls too while this code
+ * is mapped there (engine/dump/selfwrite.py). Its close gives the tracer a syscall entry
+ * stop (no trap signal is raised), where it skips the call or turns it into the one it
+ * injects. A task whose tracer died runs on: it closes fd r12 (-1: none), unmaps
+ * [r13, r13 + r14) (this code's own mapping) through the `syscall; ret` at rbx (libc's)
+ * with rsp = r15, the signal frame whose restorer that `ret` takes: rt_sigreturn puts the
+ * task back as it was (engine/kernel/sigframe.py).
+ */
+crc_open_return:
+	mov %rax, %r12	/* the fd an open just returned (injected syscalls' entry) */
+crc_return:
+	mov $3, %eax
+	mov %r12, %rdi
+	syscall
+	mov $11, %eax
+	mov %r13, %rdi
+	mov %r14, %rsi
+	mov %r15, %rsp
+	jmp *%rbx

@@ -33,12 +33,27 @@ CODE = bytes.fromhex(
     "4d85ed0f848e000000498b0424498b7c2408498b742410498b5424184d8b5424204d8b4424284d8b4c"
     "2430498b5c2438f6c30174034c89f7f6c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c3"
     "1074034d89f0f6c32074034d89f10f05483d01f0ffff7205f6c3807427f6c34074034989c6f7c30001"
-    "0000740b4889d948c1e9204989040f4983c44049ffcde96affffffcccc"
+    "0000740b4889d948c1e9204989040f4983c44049ffcde96affffffcccc4883fa030f8257010000b8ff"
+    "ffffffb9ffffffff41b8ffffffff4531c9420f188c0e00300000420f188c0e00400000420f188c0e00"
+    "500000f24a0f38f1040ef24a0f38f18c0e00100000f24e0f38f1840e00200000f24a0f38f1440e08f2"
+    "4a0f38f18c0e08100000f24e0f38f1840e08200000f24a0f38f1440e10f24a0f38f18c0e10100000f2"
+    "4e0f38f1840e10200000f24a0f38f1440e18f24a0f38f18c0e18100000f24e0f38f1840e18200000f2"
+    "4a0f38f1440e20f24a0f38f18c0e20100000f24e0f38f1840e20200000f24a0f38f1440e28f24a0f38"
+    "f18c0e28100000f24e0f38f1840e28200000f24a0f38f1440e30f24a0f38f18c0e30100000f24e0f38"
+    "f1840e30200000f24a0f38f1440e38f24a0f38f18c0e38100000f24e0f38f1840e382000004983c140"
+    "4981f9001000000f82e5fefffff7d0f7d141f7d08907894f04448947084883c70c4881c60030000048"
+    "83ea034883fa030f83a9feffff4885d27430b8ffffffff4531c9f24a0f38f1040e4983c1084981f900"
+    "10000072ecf7d089074883c7044881c60010000048ffcaebcbc34989c4b8030000004c89e70f05b80b"
+    "0000004c89ef4c89f64c89fcffe3"
 )
 SYSCALL_OFFSET = 0x60  # the routine's `syscall` instruction (run_one() uses it alone)
 FAIL_OFFSET = 0x96  # the int3 reached when an entry fails
 DONE_OFFSET = 0x97  # the int3 reached when every entry ran
-CODE_AREA = 256
+PAGE_CRCS_OFFSET = 0x98  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
+CRC_OPEN_RETURN_OFFSET = 0x22f  # crc_return taking the fd from rax (after an open)
+CRC_RETURN_OFFSET = 0x232  # where page_crcs returns to in a task (blob.S crc_return)
+CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return's close
+CODE_AREA = 1024
 ENTRY_SIZE = 64
 _ENTRY = struct.Struct("<8Q")
 _ZEROS = [0] * 6
@@ -201,6 +216,11 @@ class BlobRunner:
         #: task's id as the engine sees it)
         self.last_event_msg = 0
         self.write(base, CODE)
+
+    @property
+    def mem_fd(self) -> int:
+        """The open /proc/PID/mem descriptor (valid until close())."""
+        return self._mem
 
     def close(self) -> None:
         """Close the /proc/PID/mem handle (idempotent)."""

@@ -11,6 +11,15 @@ instruction; its rax is the result. Nothing is written into the target's code:
 
 Each injected syscall is SETREGS + resume + waitpid + GETREGS (about 30 us from Python).
 
+Surviving the engine (sigframe.py): where the task's code holds a `mov $15, %rax; syscall`
+(libc's __restore_rt) and its stack has room for a signal frame, the injector writes a
+frame with the task's own state below its stack pointer and runs every syscall from that
+restorer instead: each syscall is caught at its entry stop (as rt_sigreturn) and turned
+into the one wanted, and returns into the restorer. A task whose engine dies (SIGKILL) at
+any moment thus restores itself with rt_sigreturn; no single-step trap is ever pending, and
+scratch buffers live on the stack below the frame, so no mapping is left behind. The
+registers are finally put back from an interrupt stop inside the kernel's signal path.
+
 While injecting, every signal is blocked (PTRACE_SETSIGMASK) so no handler can run on our
 frame; SIGSTOP, which cannot be blocked, is swallowed and sent again on restore().
 
@@ -35,7 +44,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from engine.errors import termination_held
-from engine.kernel import ptrace, uapi
+from engine.kernel import ptrace, sigframe, uapi
 from engine.kernel.structs import UserRegs
 from engine.kernel.sys import syscall
 from engine.proc.auxv import read_auxv
@@ -47,6 +56,7 @@ if TYPE_CHECKING:
 
 _MASK64 = (1 << 64) - 1
 _HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 _ALL_SIGNALS = _MASK64
 _SIGTRAP_BIT = 1 << (uapi.SIGTRAP - 1)
 _SYSCALL_INSN = b"\x0f\x05"
@@ -59,6 +69,17 @@ _RSEQ_CS = struct.Struct("<IIQQQ")  # struct rseq_cs: version, flags, start_ip,
 #: syscall instruction found per task, keyed by (tid, start time) so a reused pid or a
 #: restored task never inherits an old answer; also re-checked before use.
 _insn_cache: dict[tuple[int, int], int] = {}
+#: the same for code sequences (find_code), per process and sequences (0: none found)
+_code_cache: dict[tuple[int, int, tuple[bytes, ...]], int] = {}
+#: What a tracer that injects seizes tasks with: a syscall stop that its dying tracer
+#: never waited for then sends the task the stop's code, SIGTRAP | 0x80 with this
+#: option, which is no signal (without it, a SIGTRAP that kills the task once its
+#: frame unblocks signals again).
+SEIZE_OPTIONS = uapi.PTRACE_O_TRACESYSGOOD
+#: `syscall; ret`: how a task whose tracer died leaves code it unmaps (blob.S crc_return)
+SYSCALL_RET = b"\x0f\x05\xc3"
+_RESTORER_SCAN_MAX = 64 << 20  # bytes of code searched at most per process
+_STACK_SCRATCH_MAX = 64 << 10  # larger scratch buffers are mapped
 
 
 class InjectError(RuntimeError):
@@ -67,6 +88,10 @@ class InjectError(RuntimeError):
 
 class _StaleInsn(Exception):
     """The cached syscall instruction is no longer executable (the address space changed)."""
+
+
+def _page_up(n: int) -> int:
+    return (n + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
 
 
 def _start_time(tid: int) -> int:
@@ -108,6 +133,44 @@ def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False) -> int:
                 break  # unreadable rest of this VMA, or its end reached
             pos += n - 1  # overlap one byte so a pair across chunks is found
     raise InjectError(f"task {tid}: no syscall instruction in any executable mapping")
+
+
+def find_restorer(tid: int, mem_fd: int) -> int:
+    """Start of a sigframe.RESTORERS sequence in the task's code, or 0."""
+    return find_code(tid, mem_fd, sigframe.RESTORERS)
+
+
+def find_code(tid: int, mem_fd: int, seqs: tuple[bytes, ...]) -> int:
+    """Start of one of the byte sequences `seqs` in an executable file mapping of tid
+    (libc's first), or 0. Cached per process."""
+    key = (_tgid(tid), _start_time(_tgid(tid)), seqs)
+    cached = _code_cache.get(key)
+    if cached is not None and (cached == 0 or any(
+            _pread(mem_fd, len(r), cached) == r for r in seqs)):
+        return cached
+    vmas = [v for v in read_maps(tid) if v.executable and v.path.startswith("/")]
+    vmas.sort(key=lambda v: "libc" not in v.path)
+    found, budget = 0, _RESTORER_SCAN_MAX
+    for vma in vmas:
+        pos = vma.start
+        while pos < vma.end and budget > 0 and not found:
+            n = min(_SCAN_CHUNK, vma.end - pos)
+            data = _pread(mem_fd, n, pos)
+            budget -= n
+            hits = [i for i in (data.find(r) for r in seqs) if i >= 0]
+            if hits:
+                found = pos + min(hits)
+            if len(data) < n or pos + n >= vma.end:
+                break
+            pos += n - 16  # overlap: a sequence across chunks is found
+        if found or budget <= 0:
+            break
+    _code_cache[key] = found
+    return found
+
+
+def _tgid(tid: int) -> int:
+    return read_status(tid, tid).tgid
 
 
 def _insn_in_vdso(tid: int, mem_fd: int) -> int | None:
@@ -206,6 +269,11 @@ class Injector:
             self.rseq_abort = abort
             self.saved_xstate = ptrace.get_xstate(tid)
             self._mask = ptrace.get_sigmask(tid)
+            #: the self-restoring frame (None: injected the old way, see the module doc)
+            self.frame: sigframe.Frame | None = None
+            self._under_frame = b""  # the stack bytes the frame and scratch replaced
+            self._restorer = 0
+            self._resumed = False  # the task ran since its original stop
             if syscall_addr is None:
                 self._step = True
                 self._insn = find_syscall_insn(tid, self._mem)
@@ -216,19 +284,56 @@ class Injector:
                 self._insn = syscall_addr
                 self._step = False
                 self._done_rip = self._insn + 3  # int3 reports rip after itself
+            if syscall_addr is None:
+                with termination_held():  # written and recorded, or neither
+                    self._arm_frame()
         except BaseException:
+            if getattr(self, "frame", None) is not None:
+                self.write(self._stack_low(), self._under_frame)
             os.close(self._mem)
             raise
         self._work = self.saved_regs.copy()
         self._work.orig_rax = _MASK64  # -1: the kernel must not "restart" our frame
         self._work.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
         self._work.rip = self._insn
+        if self.frame is not None:
+            self._work.rsp = self.frame.sp
+            self.go_home(self._restorer, uapi.SYS_rt_sigreturn, self._restorer_end)
         self._scratch: tuple[int, int] | None = None
         self._active = True
         #: signals that arrived while injecting and are sent again by restore()
         self.deferred_signals: list[int] = []
         #: number of syscalls injected so far
         self.count = 0
+
+    def _arm_frame(self) -> None:
+        """Write the self-restoring frame below the stack pointer when the task has a
+        restorer and the stack the room (else injection goes the old way)."""
+        restorer = find_restorer(self.tid, self._mem)
+        if not restorer:
+            return
+        try:
+            frame = sigframe.Frame(self.saved_regs, self.saved_xstate, self._mask, restorer)
+        except ValueError:
+            return
+        low = frame.address - _STACK_SCRATCH_MAX
+        end = self.saved_regs.rsp - sigframe.RED_ZONE
+        old = _pread(self._mem, end - low, low)
+        if len(old) != end - low:
+            # no room for scratch buffers (they are mapped): only the slot below the
+            # frame (a return address, pagecrc.in_task)
+            low = frame.address - 64
+            old = _pread(self._mem, end - low, low)
+            if len(old) != end - low:
+                return
+        try:
+            self.write(frame.address, frame.data)
+        except OSError:
+            return
+        self.frame, self._under_frame = frame, old
+        self._restorer = restorer
+        self._restorer_end = restorer + next(
+            len(r) for r in sigframe.RESTORERS if _pread(self._mem, len(r), restorer) == r)
 
     # -- context manager -------------------------------------------------------------
 
@@ -248,6 +353,8 @@ class Injector:
             raise InjectError(f"task {self.tid}: injector already restored")
         if self.count == 0:
             ptrace.set_sigmask(self.tid, self._injecting_mask())
+        if self.frame is not None:
+            return self._framed_syscall(nr, (a1, a2, a3, a4, a5, a6))
         w = self._work
         w.rax = nr
         w.rdi = a1 & _MASK64
@@ -273,13 +380,65 @@ class Injector:
         self.count += 1
         return regs.signed("rax")
 
+    def go_home(self, rip: int, entry_nr: int, entry_rip: int, **regs: int) -> None:
+        """Run injected syscalls from task code at `rip` (with a frame only): its first
+        syscall, `entry_nr`, stops at `entry_rip` and is turned into the one injected,
+        which returns to `rip` again; `regs` are set there too. That code is what a task
+        whose tracer died runs (the restorer by default; blob.S crc_return to also close
+        and unmap what selfwrite made)."""
+        self._work.rip = rip
+        for name, value in regs.items():
+            setattr(self._work, name, value & _MASK64)
+        self._home = (entry_nr, entry_rip)
+
+    @property
+    def home_regs(self) -> dict[str, int]:
+        """The registers injected syscalls run with (see go_home), by name."""
+        return self._work.to_dict()
+
+    def _framed_syscall(self, nr: int, args: tuple[int, ...],
+                        back: tuple[int, int] | None = None) -> int:
+        """Run one syscall from home (the restorer): caught at its entry stop and changed
+        into `nr`, which returns home again, or to `back` (rip, rsp)."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        try:
+            ptrace.set_regs(self.tid, self._work)
+            regs = self._syscall_stop()
+            if (regs.orig_rax, regs.rip) != self._home:
+                raise InjectError(f"task {self.tid}: syscall stop of {regs.orig_rax} at "
+                                  f"{regs.rip:#x}, not {self._home[0]} at {self._home[1]:#x}")
+            regs.orig_rax = nr
+            for name, value in zip(_ARG_REGS, args):
+                setattr(regs, name, value & _MASK64)
+            regs.rip, regs.rsp = back or (self._work.rip, self._work.rsp)
+            ptrace.set_regs(self.tid, regs)
+            regs = self._syscall_stop()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        self.count += 1
+        return regs.signed("rax")
+
+    def _syscall_stop(self) -> UserRegs:
+        """PTRACE_SYSCALL until the next syscall stop; unblockable signals on the way
+        (SIGSTOP) are kept for restore()."""
+        self._resumed = True
+        ptrace.ptrace(uapi.PTRACE_SYSCALL, self.tid, 0, 0)
+        while True:
+            status = self._wait()
+            sig = ptrace.stop_signal(status) & 0x7F
+            if ptrace.stop_event(status) == 0 and sig == uapi.SIGTRAP:
+                return ptrace.get_regs(self.tid)
+            if ptrace.stop_event(status) == 0:
+                self.deferred_signals.append(sig)
+            ptrace.ptrace(uapi.PTRACE_SYSCALL, self.tid, 0, 0)
+
     def _injecting_mask(self) -> int:
         """Every signal blocked, except SIGTRAP when none is pending: each single step
         raises a forced SIGTRAP, and a forced signal that is blocked resets its
         disposition to SIG_DFL (the task's SIGTRAP handler would be lost). A pending
         SIGTRAP must stay blocked, or it would be taken on the way and dropped."""
         st = read_status(self.tid, self.tid)
-        if (st.sig_pnd | st.shd_pnd) & _SIGTRAP_BIT:
+        if self.frame is not None or (st.sig_pnd | st.shd_pnd) & _SIGTRAP_BIT:
             return _ALL_SIGNALS
         return _ALL_SIGNALS & ~_SIGTRAP_BIT
 
@@ -371,6 +530,10 @@ class Injector:
         The same buffer is returned each time (re-mapped larger when needed, which drops
         its content); restore() unmaps it.
         """
+        if self.frame is not None:
+            base = (self._stack_low() + 63) & ~63  # below the frame, on the stack
+            if size <= self.frame.address - 8 - base:  # (frame - 8: pagecrc.in_task)
+                return base
         size = max(uapi.PAGE_SIZE, (size + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1))
         if self._scratch is not None:
             if self._scratch[1] >= size:
@@ -382,6 +545,35 @@ class Injector:
                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
             self._scratch = (addr, size)
         return addr
+
+    @property
+    def mapping(self) -> tuple[int, int] | None:
+        """(address, length) of the scratch mapping, if one is mapped."""
+        return self._scratch
+
+    def _stack_low(self) -> int:
+        """Lowest stack address we may use (the bytes saved in _under_frame)."""
+        assert self.frame is not None
+        return self.saved_regs.rsp - sigframe.RED_ZONE - len(self._under_frame)
+
+    def code_scratch(self, code: bytes, size: int) -> tuple[int, int]:
+        """Like scratch(size), preceded by `code` on pages of its own that the target
+        may execute but not write: returns (code address, buffer address). Replaces any
+        scratch buffer; restore() unmaps both. (Mapped executable first and the rest made
+        writable after, so W^X policies such as PR_SET_MDWE allow it.)"""
+        if self._scratch is not None:
+            self.check(uapi.SYS_munmap, *self._scratch)
+            self._scratch = None
+        code_size = _page_up(len(code))
+        total = code_size + _page_up(size)
+        with termination_held():  # recorded before a signal can leave it behind
+            addr = self.check(uapi.SYS_mmap, 0, total, uapi.PROT_READ | uapi.PROT_EXEC,
+                              uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
+            self._scratch = (addr, total)
+        self.check(uapi.SYS_mprotect, addr + code_size, total - code_size,
+                   uapi.PROT_READ | uapi.PROT_WRITE)
+        self.write(addr, code)  # /proc/PID/mem writes read-only pages too
+        return addr, addr + code_size
 
     def read(self, addr: int, n: int) -> bytes:
         """Read ``n`` bytes of target memory (/proc/PID/mem: works on read-only and
@@ -420,18 +612,59 @@ class Injector:
 
     def _restore(self) -> None:
         try:
+            if self.frame is not None:
+                self._unmap_framed()
             if self._scratch is not None:
                 scratch, self._scratch = self._scratch, None
                 self.check(uapi.SYS_munmap, *scratch)
         finally:
             self._active = False
             try:
-                ptrace.set_regs(self.tid, self.saved_regs)
-                ptrace.set_xstate(self.tid, self.saved_xstate)
-                self._drain_step_trap()
-                ptrace.set_sigmask(self.tid, self._mask)
+                if self.frame is not None:
+                    self._restore_framed()
+                else:
+                    ptrace.set_regs(self.tid, self.saved_regs)
+                    ptrace.set_xstate(self.tid, self.saved_xstate)
+                    self._drain_step_trap()
+                    ptrace.set_sigmask(self.tid, self._mask)
                 for sig in self.deferred_signals:
                     syscall(uapi.SYS_tkill, self.tid, sig)
             finally:
                 os.close(self._mem)
+
+    def _unmap_framed(self) -> None:
+        """Unmap the scratch mapping from home (where a dead engine's task would unmap it
+        too) returning straight to the restorer; the restorer is home from then on."""
+        assert self.frame is not None
+        try:
+            if self._scratch is not None:
+                scratch, self._scratch = self._scratch, None
+                res = self._framed_syscall(uapi.SYS_munmap, scratch,
+                                           back=(self._restorer, self.frame.sp))
+                if res < 0:
+                    raise OSError(-res, f"munmap in task {self.tid}: {os.strerror(-res)}")
+        finally:
+            self.go_home(self._restorer, uapi.SYS_rt_sigreturn, self._restorer_end)
+
+    def _restore_framed(self) -> None:
+        """Put the task back from an interrupt stop inside the kernel's signal path (where
+        resuming performs a pending syscall restart, as the task's original stop did), in
+        an order that keeps the frame usable until the registers are the task's own."""
+        assert self.frame is not None
+        if self._resumed:
+            ptrace.set_regs(self.tid, self._work)  # a death from here on: rt_sigreturn
+            ptrace.interrupt(self.tid)
+            ptrace.cont(self.tid, 0)
+            while True:
+                status = ptrace.wait_stop(self.tid, self.timeout)
+                event = ptrace.stop_event(status)
+                if event == uapi.PTRACE_EVENT_STOP:
+                    break
+                if event == 0:
+                    self.deferred_signals.append(ptrace.stop_signal(status))
+                ptrace.cont(self.tid, 0)
+        ptrace.set_sigmask(self.tid, self._mask)
+        ptrace.set_xstate(self.tid, self.saved_xstate)
+        ptrace.set_regs(self.tid, self.saved_regs)
+        self.write(self._stack_low(), self._under_frame)
 

@@ -301,6 +301,11 @@ def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: in
     return syscall(uapi.SYS_mmap, addr, length, prot, flags, fd, offset)
 
 
+def mprotect(addr: int, length: int, prot: int) -> None:
+    """mprotect(2) in this process."""
+    syscall(uapi.SYS_mprotect, addr, length, prot)
+
+
 def munmap(addr: int, length: int) -> None:
     """munmap(2) in this process."""
     syscall(uapi.SYS_munmap, addr, length)

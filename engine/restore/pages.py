@@ -13,6 +13,10 @@ Writable destinations get process_vm_writev with up to 1024 iovecs per call; rea
 PROT_NONE destinations (where process_vm_writev fails) get pwrite on /proc/PID/mem, which
 writes with FOLL_FORCE. Pages an incremental image marks PE_PARENT are taken from the
 parent image's files.
+
+Every page is checked against its pagemap checksum where the engine has it in memory (a
+read segment, or the file's mapping) before it goes into the task: a damaged pages file
+fails the restore (whose tasks are then killed) and is never restored.
 """
 
 from __future__ import annotations
@@ -72,8 +76,7 @@ class PageSource:
                  parent_lookup: PageSource | None) -> None:
         self.pagemap = pagemap
         self._starts = [e.addr for e in pagemap.entries]
-        self.reader: PagesReader | None = image.dir.pages_reader(pages_name,
-                                                                 pagemap.pages_stored)
+        self.reader: PagesReader | None = image.dir.pages_reader(pages_name, pagemap)
         self.parent = parent_lookup
 
     def close(self) -> None:
@@ -128,6 +131,8 @@ class PageSource:
         """Dumped bytes at [addr, addr+n) (zeros where no page was stored)."""
         buf = bytearray(n)
         for c in self.chunks(addr & ~(PAGE_SIZE - 1), _page_up(addr + n)):
+            assert c.reader is not None
+            c.reader.verify(c.offset, c.src, c.length)
             lo, hi = max(c.dst, addr), min(c.dst + c.length, addr + n)
             if lo < hi:
                 buf[lo - addr:hi - addr] = _engine_view(c.src + (lo - c.dst), hi - lo)
@@ -180,12 +185,20 @@ def write_shmem_pages(pid: int, src: PageSource, base: int, size: int) -> int:
 
 def write_chunks(pid: int, chunks: list[Chunk], forced: bool) -> int:
     """Write chunks into task pid: through /proc/PID/mem when `forced`, else with
-    process_vm_writev; large transfers from pages files are streamed (`_stream`)."""
+    process_vm_writev; large transfers from pages files are streamed (`_stream`). Every
+    page from a pages file is checked first."""
     total = sum(c.length for c in chunks)
     if total >= _STREAM_MIN and all(c.reader is not None and c.reader.direct_fd() >= 0
                                     for c in chunks):
         return _stream(pid, chunks, forced)
-    return _mem_write(pid, chunks) if forced else _vm_write(pid, chunks)
+    done = _mem_write(pid, chunks) if forced else _vm_write(pid, chunks)
+    # Checked after the copy, which read the file's pages into the page cache: the check
+    # costs no second disk read, and a damaged page still fails the restore before the
+    # task ever runs.
+    for c in chunks:
+        if c.reader is not None:
+            c.reader.verify(c.offset, c.src, c.length)
+    return done
 
 
 @dataclass
@@ -237,7 +250,9 @@ def _stream(pid: int, chunks: list[Chunk], forced: bool) -> int:
     errors: list[BaseException] = []
 
     def work() -> None:
-        size = min(_SEGMENT, max(s.length for s in segs))
+        # whole pages: the last page of a shmem object may be partly used, and is
+        # checked whole
+        size = _page_up(min(_SEGMENT, max(s.length for s in segs)))
         buf = ksys.mmap(0, size, uapi.PROT_READ | uapi.PROT_WRITE,
                         uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
         try:
@@ -245,8 +260,10 @@ def _stream(pid: int, chunks: list[Chunk], forced: bool) -> int:
                 if i >= len(segs) or errors:
                     break
                 seg = segs[i]
-                seg.reader.read_into(buf, seg.offset, seg.length)
+                seg.reader.read_into(buf, seg.offset, _page_up(seg.length))
                 shift = buf - seg.offset
+                for c in seg.parts:
+                    seg.reader.verify(c.offset, c.offset + shift, c.length)
                 sink(pid, [Chunk(c.dst, c.offset + shift, c.length) for c in seg.parts])
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread below
             errors.append(e)

@@ -32,7 +32,7 @@ from engine.errors import EngineError, commit
 from engine.faults import fault_point
 from engine.images import DumpImage, TaskImage, load
 from engine.images.records import MmCore, ShmemEntry, TaskCore, ThreadCore, Vma
-from engine.kernel import blob, ptrace, uapi
+from engine.kernel import blob, pagecrc, ptrace, uapi
 from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
@@ -93,10 +93,10 @@ def restore(opts: RestoreOptions) -> int:
     try:
         with _timed(opts, "read"):
             image = read_image(opts)
-            opts.timings["checksums"] = _crc_seconds(image)
             if opts.lazy_pages:
                 lazy = LazyPages.connect(image, opts.timeout)
         pid = TreeRestorer(image, opts, lazy).run()
+        opts.timings["checksums"] = pagecrc.seconds()
     finally:
         gc.enable()
         if lazy is not None:
@@ -109,19 +109,14 @@ def restore(opts: RestoreOptions) -> int:
 def read_image(opts: RestoreOptions) -> DumpImage:
     """The read phase: load and validate the image, check it is one this engine restores
     and that the files it needs are the ones dumped. Creates nothing."""
-    image = load(opts.images_dir, opts.trusted)
+    # Pages are checked where they are read (no second read of the files), except for
+    # lazy pages: a page found damaged after the task runs could not be refused.
+    image = load(opts.images_dir, opts.trusted, verify_pages=opts.lazy_pages)
     _check_supported(image)
     identity.check_files(image, opts.allow_changed_files, opts.root)
     return image
 
 
-def _crc_seconds(image: DumpImage | None) -> float:
-    """Seconds the image (and its parents) spent verifying checksums."""
-    total = 0.0
-    while image is not None:
-        total += image.dir.crc_seconds
-        image = image.parent()
-    return total
 
 
 def _check_supported(image: DumpImage) -> None:

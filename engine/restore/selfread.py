@@ -13,16 +13,22 @@ Whatever the task cannot read this way (the task may not open it,
 e.g. inside a user namespace, or a read comes back short) is returned to the caller, which
 writes it the engine's way. The descriptor is closed before the table ends, and a failed
 restore kills the task anyway, so no descriptor outlives this step.
+
+The task then computes the checksums of the pages it read (pagecrc.in_task, the engine's
+page_crcs routine, which the runner's code area holds), and the engine compares them with
+the pagemap's: no page is read twice or copied to check it. Without SSE4.2, or for an image
+summed with CRC32, the engine reads (and checks) everything.
 """
 
 from __future__ import annotations
 
 import os
+from array import array
 from dataclasses import dataclass
 
 from engine.images import PagesReader
 from engine.images.directio import task_flags
-from engine.kernel import blob, uapi
+from engine.kernel import blob, pagecrc, uapi
 from engine.proc.fdinfo import is_same_file
 from engine.restore.pages import Chunk
 
@@ -83,6 +89,9 @@ def read_in_task(runner: blob.BlobRunner, long_runs: list[Run]) -> list[Chunk]:
     for r in long_runs:
         by_file.setdefault(id(r.reader), []).append(r)
     for group in by_file.values():
+        if group[0].reader.sums.algo != pagecrc.ALGO_CRC32C or not pagecrc.native():
+            left += [_chunk(r) for r in group]
+            continue
         fd = _open_in_task(runner, group[0].reader)
         if fd < 0:
             left += [_chunk(r) for r in group]
@@ -134,11 +143,29 @@ def _read_table(runner: blob.BlobRunner, fd: int, pieces: list[Run]) -> list[Chu
         t.add(uapi.SYS_pread64, fd, piece.dst, piece.length, piece.offset, may_fail=True,
               store=slots[-1], what=("read pages at {:#x}", piece.dst))
     runner.run(t, runner.timeout + sum(p.length for p in pieces) / MIN_BYTES_PER_S)
+    # whole pages read (the results first: checking overwrites the table's slots)
+    gots = [max(runner.read_slot(slot), 0) & ~(uapi.PAGE_SIZE - 1) for slot in slots]
     left = []
-    for piece, slot in zip(pieces, slots):
-        got = max(runner.read_slot(slot), 0)
+    for piece, got in zip(pieces, gots):
+        if got:
+            piece.reader.check(piece.offset, _sums_in_task(runner, piece.dst, got))
         if got < piece.length:
             # A short or failed read: the engine writes the remainder its own way.
             rest = Run(piece.reader, piece.dst + got, piece.offset + got, piece.length - got)
             left.append(_chunk(rest))
     return left
+
+
+def _sums_in_task(runner: blob.BlobRunner, addr: int, length: int) -> array:
+    """Checksums of the pages at [addr, addr + length) of the task, computed by the task,
+    its results in the runner's table area (free between tables)."""
+    out = runner.base + blob.CODE_AREA
+    per_call = (runner.size - blob.CODE_AREA - pagecrc.task_scratch_bytes(0)) // 4
+    sums = array("I")
+    npages = length // uapi.PAGE_SIZE
+    for first in range(0, npages, per_call):
+        n = min(per_call, npages - first)
+        sums += pagecrc.in_task(runner.pid, runner.mem_fd, runner.base, out,
+                                addr + first * uapi.PAGE_SIZE, n,
+                                runner.timeout + n * uapi.PAGE_SIZE / MIN_BYTES_PER_S)
+    return sums

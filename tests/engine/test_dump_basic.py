@@ -34,7 +34,7 @@ def _page_bytes(img: DumpImage, pm: Pagemap, pages_name: str, addr: int) -> byte
     """The stored content of the page at addr, or None when the pagemap lacks it."""
     for e, off in zip(pm.entries, pm.offsets):
         if e.addr <= addr < e.end and e.flags & PE_PRESENT:
-            with img.dir.pages_reader(pages_name, pm.pages_stored) as r:
+            with img.dir.pages_reader(pages_name, pm) as r:
                 start = off + (addr - e.addr)
                 return bytes(r.view()[start:start + PG])
     return None

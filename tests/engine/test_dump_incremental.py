@@ -63,7 +63,7 @@ def _page(img, pid: int, addr: int) -> tuple[int, bytes | None]:
     for e, off in zip(t.pagemap.entries, t.pagemap.offsets):
         if e.addr <= addr < e.end:
             if e.flags & PE_PRESENT:
-                with img.dir.pages_reader(t.mm.pages, t.pagemap.pages_stored) as r:
+                with img.dir.pages_reader(t.mm.pages, t.pagemap) as r:
                     return e.flags, bytes(r.view()[off + addr - e.addr:][:1])
             return e.flags, None
     return 0, None

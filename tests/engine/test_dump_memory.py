@@ -22,7 +22,7 @@ def _object_pages(img, sid: str) -> dict[int, bytes]:
     """offset -> first byte of each stored page of a shmem object."""
     sh = img.shmem[sid]
     out = {}
-    with img.dir.pages_reader(sh.entry.pages, sh.pagemap.pages_stored) as r:
+    with img.dir.pages_reader(sh.entry.pages, sh.pagemap) as r:
         view = r.view()
         for e, off in zip(sh.pagemap.entries, sh.pagemap.offsets):
             for i in range(e.nr_pages):

@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import pytest
 from engine.dump.pages import Run
 from engine.dump.selfwrite import MIN_RUN, TaskWriter
 from engine.images.imgdir import ImageDir
-from engine.kernel import ptrace, uapi
+from engine.kernel import inject, pagecrc, ptrace, uapi
 from engine.kernel import sys as ksys
+from engine.kernel.inject import Injector
 
 REGION = 0x3E0000000000
 SIZE = 4 * MIN_RUN
@@ -92,6 +94,7 @@ def _fds(pid: int) -> list[str]:
 def test_task_writes_its_long_runs_and_keeps_nothing(frozen: int, tmp_path: Path) -> None:
     img, out = _writer(tmp_path, SIZE // PG)
     fds, regs = _fds(frozen), ptrace.get_regs(frozen)
+    maps = Path(f"/proc/{frozen}/maps").read_text()
     long_run = Run(REGION + MIN_RUN, 2 * MIN_RUN, False)
     short = Run(REGION, PG, False)
     placed = [(short, 0), (long_run, 2 * MIN_RUN)]
@@ -102,9 +105,14 @@ def test_task_writes_its_long_runs_and_keeps_nothing(frozen: int, tmp_path: Path
     first = MIN_RUN // PG
     assert data[2 * MIN_RUN:2 * MIN_RUN + PG] == _pattern(first)
     assert data[-PG:] == _pattern(first + 2 * MIN_RUN // PG - 1)
+    # the task summed what it wrote: its checksums are those of the file's pages
+    at = 2 * MIN_RUN // PG
+    assert out.sums.values[at:] == pagecrc.sums_of(out.sums.algo, data[2 * MIN_RUN:])
     assert _fds(frozen) == fds
     after = ptrace.get_regs(frozen)
     assert (after.rip, after.rsp, after.rax) == (regs.rip, regs.rsp, regs.rax)
+    # and no mapping of the injection is left
+    assert Path(f"/proc/{frozen}/maps").read_text() == maps
     out.abort()
     img.discard()
 
@@ -152,3 +160,74 @@ def test_another_file_at_the_path_is_not_written(frozen: int, tmp_path: Path) ->
     assert _fds(frozen) == fds
     out.abort()
     img.discard()
+
+
+def _engine_dies(pid: int, out_dir: Path, when: str) -> None:
+    """In a forked tracer: seize pid and have it write its pages; SIGKILL ourselves at
+    `when`: while the task sums its pages, or at the injection of its first pwrite."""
+    try:
+        ptrace.seize(pid, inject.SEIZE_OPTIONS)  # as the dumper does
+        ptrace.freeze(pid, 5)
+        _, out = _writer(out_dir, SIZE // PG)
+        if when == "summing":  # pagecrc's own ptrace dies once the task runs page_crcs
+            dying = types.SimpleNamespace(**vars(ptrace))
+            dying.wait_stop = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+            pagecrc.ptrace = dying  # type: ignore[assignment]
+        else:
+            real_syscall = Injector.syscall
+
+            def dying(self: Injector, nr: int, *args: int) -> int:
+                if nr == uapi.SYS_pwrite64:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real_syscall(self, nr, *args)
+            Injector.syscall = dying  # type: ignore[method-assign]
+        TaskWriter(pid)(out, [(Run(REGION, SIZE, False), 0)])
+    finally:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("when", ["summing", "writing"])
+def test_task_survives_its_engine_killed_while_writing(tmp_path: Path, when: str) -> None:
+    """The engine SIGKILLed while the task sums its pages or is about to write them: the
+    task closes the pages file, unmaps the injected code, puts itself back and sleeps on
+    with its memory, maps, descriptors and mask as before."""
+    if not pagecrc.native():
+        pytest.skip("no SSE4.2 here: the task never runs injected code")
+    pid = os.fork()
+    if pid == 0:
+        _child(lambda: None)
+    try:
+        deadline = time.monotonic() + 5
+        while f"{REGION:x}-" not in Path(f"/proc/{pid}/maps").read_text():
+            assert time.monotonic() < deadline, "child did not map its region"
+            time.sleep(0.005)
+        time.sleep(0.05)
+        maps, fds = Path(f"/proc/{pid}/maps").read_text(), _fds(pid)
+        mask = _sig_blocked(pid)
+        engine = os.fork()
+        if engine == 0:
+            _engine_dies(pid, tmp_path, when)
+        _, status = os.waitpid(engine, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        deadline = time.monotonic() + 5
+        while _proc_state(pid) != "S":
+            assert time.monotonic() < deadline, f"task in state {_proc_state(pid)}"
+            time.sleep(0.01)
+        assert Path(f"/proc/{pid}/maps").read_text() == maps
+        assert _fds(pid) == fds and _sig_blocked(pid) == mask
+        with open(f"/proc/{pid}/mem", "rb") as mem:
+            mem.seek(REGION)
+            assert mem.read(SIZE) == b"".join(_pattern(i) for i in range(SIZE // PG))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _sig_blocked(pid: int) -> str:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return next(ln for ln in f if ln.startswith("SigBlk:"))

@@ -8,6 +8,7 @@ import io
 import json
 import mmap
 import os
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from engine.images.records import (
     Vma,
 )
 from engine.images.show import show
+from engine.kernel import pagecrc
 from tests.engine.image_tools import reseal
 
 PID = 4242
@@ -64,13 +66,13 @@ def make_image(path: Path) -> None:
         vmas=[Vma(0x10000, 0x14000, 3, 0x22, 0, "anon"),
               Vma(0x20000, 0x24000, 3, 0x21, 0, "shmem", shmem_id=sid)],
         pagemap=names.pagemap(PID), pages=names.pages(PID)))
-    img.write_pagemap(names.pagemap(PID), [PagemapEntry(0x10000, 2, PE_PRESENT),
-                                           PagemapEntry(0x13000, 1, PE_PRESENT)])
     with img.pages_writer(names.pages(PID), 3) as w:
         w.write_at(b"a" * PG + b"b" * PG + b"c" * PG, 0)
-    img.write_pagemap(names.shmem_pagemap(sid), [PagemapEntry(PG, 1, PE_PRESENT)])
+    img.write_pagemap(names.pagemap(PID), [PagemapEntry(0x10000, 2, PE_PRESENT),
+                                           PagemapEntry(0x13000, 1, PE_PRESENT)], w.sums)
     with img.pages_writer(names.shmem_pages(sid), 1) as w:
         w.write_at(b"s" * PG, 0)
+    img.write_pagemap(names.shmem_pagemap(sid), [PagemapEntry(PG, 1, PE_PRESENT)], w.sums)
     img.write_inventory(names.INVENTORY, Inventory(
         FORMAT_NAME, FORMAT_VERSION, "dump", PID, [TaskEntry(PID, 1, PID, PID, "alive", [PID])],
         shmem=[ShmemEntry(sid, 4 * PG, 77, names.shmem_pagemap(sid), names.shmem_pages(sid))]))
@@ -89,7 +91,7 @@ def test_round_trip(image: Path) -> None:
     assert t.core.fds[1] == FdEntry(3, 1, True)
     assert t.mm is not None and t.mm.vmas[1].shmem_id == "shmem-77"
     assert t.pagemap is not None and t.pagemap.offsets == [0, 2 * PG]
-    with img.dir.pages_reader(t.mm.pages, t.pagemap.pages_stored) as r:
+    with img.dir.pages_reader(t.mm.pages, t.pagemap) as r:
         assert bytes(r.view()[2 * PG:2 * PG + 3]) == b"ccc"
         assert r.address != 0
     assert img.shmem["shmem-77"].pagemap.entries[0].addr == PG
@@ -139,19 +141,20 @@ def _pagemap_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
 
 def _first_entry_at(addr: int) -> Callable[[bytearray], None]:
     def edit(raw: bytearray) -> None:
-        raw[32:40] = addr.to_bytes(8, "little")
+        raw[36:44] = addr.to_bytes(8, "little")
     return edit
 
 
 def _second_entry_at(addr: int) -> Callable[[bytearray], None]:
     def edit(raw: bytearray) -> None:
-        raw[48:56] = addr.to_bytes(8, "little")
+        raw[52:60] = addr.to_bytes(8, "little")
     return edit
 
 
 def _last_entry_in_parent(raw: bytearray) -> None:
-    raw[60] = PE_PARENT  # flags of entry 2 (header 32 + 16 + 12)
+    raw[64] = PE_PARENT  # flags of entry 2 (header 36 + 16 + 12)
     raw[24:32] = (2).to_bytes(8, "little")  # header: 2 pages stored
+    del raw[-4:]  # and 2 page checksums
 
 
 def _unlink(name: str) -> Callable[[Path], None]:
@@ -242,17 +245,19 @@ def test_writer_refuses_overwrite_and_checks_page_count(tmp_path: Path) -> None:
         img.write_bytes("x", b"2")
     w = img.pages_writer("p", 2)
     w.write_at(b"\0" * PG, 0)
-    with pytest.raises(ImageError, match=r"wrote 4096 bytes \(4096 in the file\), expected 8192"):
+    with pytest.raises(ImageError, match=r"wrote 4096 bytes \(4096 in the file, 1 pages "
+                                         r"summed\), expected 8192"):
         w.close()
     # Bytes claimed as written by the task must really be in the file.
     w = img.pages_writer("q", 2)
     w.write_at(b"\0" * PG, PG)
-    w.claim(PG)
+    w.claim(0, array("I", [7]))
     w.close()  # the task's page 0 is a hole here, but the size matches: accepted
+    assert list(w.sums.values) == [7, pagecrc.sums_of(w.sums.algo, bytes(PG))[0]]
     w = img.pages_writer("r", 2)
     w.write_at(b"\0" * PG, 0)
-    w.claim(PG)
-    with pytest.raises(ImageError, match=r"wrote 8192 bytes \(4096 in the file\)"):
+    w.claim(PG, array("I", [7]))
+    with pytest.raises(ImageError, match=r"wrote 8192 bytes \(4096 in the file"):
         w.close()
     img.discard()
     assert not (tmp_path / "w").exists()
@@ -284,7 +289,7 @@ def test_pages_reader_reads_into_memory(image: Path, misalign: int) -> None:
     img = load(str(image))
     t = img.tasks[PID]
     assert t.mm is not None and t.pagemap is not None
-    with img.dir.pages_reader(t.mm.pages, t.pagemap.pages_stored) as r:
+    with img.dir.pages_reader(t.mm.pages, t.pagemap) as r:
         r.read_into(addr, PG, 2 * PG)
         got = buf[misalign:misalign + 2 * PG]
         assert got == b"b" * PG + b"c" * PG

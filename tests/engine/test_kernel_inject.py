@@ -18,6 +18,15 @@ from engine.kernel.structs import UserRegs
 TIMEOUT = 10.0
 
 
+@pytest.fixture(autouse=True, params=["framed", "single-step"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the self-restoring signal frame and in single-step mode (what
+    a task without a restorer sequence gets)."""
+    if request.param == "single-step":
+        monkeypatch.setattr(inject, "find_restorer", lambda *_: 0)
+    return str(request.param)
+
+
 @pytest.fixture
 def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
     """Start ktargets; all are killed at teardown."""
@@ -25,7 +34,7 @@ def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Ta
 
 
 def _stop(pid: int) -> ptrace.Frozen:
-    ptrace.seize(pid)
+    ptrace.seize(pid, inject.SEIZE_OPTIONS)
     return ptrace.freeze(pid, TIMEOUT)
 
 
@@ -39,7 +48,7 @@ def _state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def test_getpid_scratch_and_exact_restore(spawn) -> None:
+def test_getpid_scratch_and_exact_restore(spawn, mode: str) -> None:
     t = spawn("pause")
     t.wait_in_syscall(uapi.SYS_pause)
     _stop(t.pid)
@@ -54,11 +63,14 @@ def test_getpid_scratch_and_exact_restore(spawn) -> None:
             inj.check(uapi.SYS_close, 12345)
         assert info.value.errno == errno.EBADF and "close" in str(info.value)
         addr = inj.scratch(10000)
-        assert addr % uapi.PAGE_SIZE == 0
         inj.write(addr + 8190, b"0123456789")  # across a page boundary
         assert inj.read(addr + 8190, 10) == b"0123456789"
         assert inj.scratch(100) == addr  # reused while large enough
-        assert f"{addr:x}-" in _maps(t.pid)
+        if mode == "framed":  # libc's restorer and stack room: self-restoring
+            assert inj.frame is not None
+            assert addr % 64 == 0 and addr + 10000 <= inj.frame.address  # on the stack
+        else:
+            assert addr % uapi.PAGE_SIZE == 0 and f"{addr:x}-" in _maps(t.pid)
         assert inj.count >= 3
     # everything as before: registers, FPU state, mask, and no scratch mapping left
     assert ptrace.get_regs(t.pid).to_dict() == regs.to_dict()
@@ -118,7 +130,9 @@ def test_sigsuspend_keeps_real_mask(spawn) -> None:
     with Injector(t.pid, TIMEOUT) as inj:
         assert inj.sigmask == real
         inj.check(uapi.SYS_getpid)
-        unblockable = {signal.SIGKILL, signal.SIGSTOP, signal.SIGTRAP}  # TRAP: single-step
+        unblockable = {signal.SIGKILL, signal.SIGSTOP}
+        if inj.frame is None:
+            unblockable.add(signal.SIGTRAP)  # single-step mode
         assert ptrace.get_sigmask(t.pid) == sum(
             1 << (n - 1) for n in range(1, 65) if n not in unblockable)
     ptrace.detach(t.pid)
@@ -277,9 +291,12 @@ def test_sigstop_during_injection_is_kept(spawn) -> None:
     assert t.result() == ["-1", str(errno.EINTR), "1"]
 
 
-def test_stale_cached_instruction_is_replaced(spawn) -> None:
+def test_stale_cached_instruction_is_replaced(spawn, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
     """If the cached syscall address stopped being executable (address space changed),
-    the fault is swallowed and another instruction is found."""
+    the fault is swallowed and another instruction is found (single-step mode: a task
+    without a restorer)."""
+    monkeypatch.setattr(inject, "find_restorer", lambda *_: 0)
     t = spawn("pause")
     t.wait_in_syscall(uapi.SYS_pause)
     _stop(t.pid)
@@ -354,3 +371,53 @@ def test_inject_into_a_non_leader_thread(spawn) -> None:
         ptrace.detach(tid)
     time.sleep(0.05)
     assert sorted(int(x) for x in os.listdir(f"/proc/{t.pid}/task")) == tids
+
+
+def _tracer_dies(pid: int, where: str) -> None:
+    """In a forked tracer: seize pid, inject, and die by SIGKILL at `where`."""
+    try:
+        _stop(pid)
+        inj = Injector(pid, TIMEOUT)
+        inj.syscall(uapi.SYS_getpid)
+        if where == "scratch":
+            inj.write(inj.scratch(64), b"x" * 64)
+            inj.syscall(uapi.SYS_getpid)
+        elif where in ("entry", "changed"):
+            ptrace.set_regs(pid, inj._work)
+            ptrace.ptrace(uapi.PTRACE_SYSCALL, pid, 0, 0)
+            ptrace.wait_stop(pid, TIMEOUT)  # the entry stop of the restorer's rt_sigreturn
+            if where == "changed":  # already turned into the syscall wanted
+                regs = ptrace.get_regs(pid)
+                regs.orig_rax, regs.rip = uapi.SYS_getppid, inj._restorer
+                ptrace.set_regs(pid, regs)
+    finally:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("where", ["exit", "entry", "changed", "scratch"])
+def test_task_survives_its_tracer_killed_mid_injection(spawn, mode: str, where: str) -> None:
+    """The engine SIGKILLed at a syscall stop of an injection (the syscall done, not yet
+    run, or already changed into the one wanted): the task restores itself from the
+    signal frame and goes on in pause() with its mask, maps and handlers."""
+    if mode != "framed":
+        pytest.skip("single-step injection cannot survive its tracer (no restorer)")
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    maps, mask = _maps(t.pid), _status_mask(t.pid)
+    tracer = os.fork()
+    if tracer == 0:
+        _tracer_dies(t.pid, where)
+    _, status = os.waitpid(tracer, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while _state(t.pid) != "S":  # back in pause() (it restarts it)
+        assert time.monotonic() < deadline, f"task in state {_state(t.pid)}"
+        time.sleep(0.01)
+    assert _maps(t.pid) == maps and _status_mask(t.pid) == mask
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def _status_mask(pid: int) -> str:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return next(ln for ln in f if ln.startswith("SigBlk:"))

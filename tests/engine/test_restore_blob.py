@@ -76,6 +76,7 @@ def test_code_matches_source(tmp_path: Path) -> None:
     subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(obj), str(raw)],
                    check=True, timeout=30)
     assert raw.read_bytes() == blob.CODE
+    assert len(blob.CODE) <= blob.CODE_AREA
     assert blob.CODE[blob.FAIL_OFFSET] == 0xCC and blob.CODE[blob.DONE_OFFSET] == 0xCC
     assert blob.CODE[blob.SYSCALL_OFFSET:blob.SYSCALL_OFFSET + 2] == b"\x0f\x05"
 

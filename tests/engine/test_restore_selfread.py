@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from test_restore_blob import REGION, runner  # noqa: F401 (fixture)
 
-from engine.images import PagesReader
-from engine.kernel import blob, uapi
+from engine.images import ImageError, PagesReader
+from engine.kernel import blob, pagecrc, uapi
+from engine.kernel.pagecrc import PageSums
 from engine.restore import selfread
 from engine.restore.pages import Chunk
 
@@ -17,10 +19,16 @@ MIB = 1 << 20
 DEST = REGION + (1 << 30)  # where the child's "restored" memory goes
 
 
-def _pages_file(path: Path, pages: int) -> PagesReader:
-    """A pages file whose page i is filled with byte (i % 251) + 1."""
-    path.write_bytes(b"".join(bytes([i % 251 + 1]) * PG for i in range(pages)))
-    return PagesReader(str(path), os.open(path, os.O_RDONLY | os.O_CLOEXEC), pages)
+def _pages_file(path: Path, pages: int, damaged: int | None = None) -> PagesReader:
+    """A pages file whose page i is filled with byte (i % 251) + 1, and its checksums;
+    with `damaged`, that byte of the file is changed after they were computed."""
+    data = bytearray(b"".join(bytes([i % 251 + 1]) * PG for i in range(pages)))
+    algo = pagecrc.write_algo()
+    sums = PageSums(algo, pagecrc.sums_of(algo, data))
+    if damaged is not None:
+        data[damaged] ^= 0x40
+    path.write_bytes(data)
+    return PagesReader(str(path), os.open(path, os.O_RDONLY | os.O_CLOEXEC), sums)
 
 
 def _chunk(reader: PagesReader, dst: int, offset: int, length: int) -> Chunk:
@@ -69,6 +77,23 @@ def test_task_reads_its_pages_and_keeps_no_descriptor(
         assert got == bytes(reader.view()[PG:PG + 2 * MIB])
         assert runner.read(DEST, MIB) == bytes(MIB)  # nothing written outside the run
         assert _fds(runner.pid) == fds
+    finally:
+        reader.close()
+
+
+def test_a_damaged_page_read_by_the_task_is_refused(
+        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+    """The task sums what it read; one flipped bit in the file's 300th page fails the
+    read naming the file and the page."""
+    if not pagecrc.native():
+        pytest.skip("no SSE4.2 here: the engine reads and checks the pages itself")
+    reader = _pages_file(tmp_path / "pages.img", 768, damaged=300 * PG + 5)
+    try:
+        _map_dest(runner, 3 * MIB)
+        long_runs, _ = selfread.runs([_chunk(reader, DEST, 0, 2 * MIB)])
+        with pytest.raises(ImageError, match=f"pages.img: checksum mismatch in the page at "
+                                             f"byte {300 * PG}: the file is damaged"):
+            selfread.read_in_task(runner, long_runs)
     finally:
         reader.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
 
 from engine.errors import EngineError
@@ -160,11 +162,13 @@ def test_chunks_in_walks_the_pagemap_once() -> None:
     """chunks_in over sorted ranges gives, per range, exactly the stored pages inside it
     with their file offsets (entries spanning two ranges included)."""
     from engine.images import PE_PRESENT, Pagemap, PagemapEntry
+    from engine.kernel.pagecrc import ALGO_CRC32C, PageSums
 
     entries = [PagemapEntry(0x10000, 4, PE_PRESENT), PagemapEntry(0x20000, 2, PE_PRESENT),
                PagemapEntry(0x30000, 8, PE_PRESENT)]
     src = pages.PageSource.__new__(pages.PageSource)
-    src.pagemap = Pagemap(entries, [0, 4 * PAGE, 6 * PAGE], 14)
+    src.pagemap = Pagemap(entries, [0, 4 * PAGE, 6 * PAGE], 14,
+                          PageSums(ALGO_CRC32C, array("I", bytes(4 * 14))))
     src._starts = [e.addr for e in entries]
     src.reader = None
     src.parent = None
