@@ -230,6 +230,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
 def _finish(img: ImageDir, inv: Inventory, frozen: tree.FrozenTree, stats: DumpStats,
             kind: str) -> None:
     """stats.json, then the inventory: the image is complete."""
+    img.checksum_written()  # still frozen for a dump: part of its frozen time
     if not stats.frozen:  # still frozen: the time until now
         stats.frozen = frozen.frozen_seconds
         stats.pages_frozen = stats.pages_total

@@ -21,6 +21,7 @@ import stat
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -227,12 +228,17 @@ class ImageDir:
     def write_inventory(self, name: str, inventory: Any) -> None:
         """Write the inventory (last): the checksums of every other file written, and a
         CRC of its own text as its final member ``self_crc``."""
-        for other in self.created_files:
-            if other not in self.checksums:  # written by others (sendfile, the task)
-                self.checksums[other] = self._file_crcs(other)
+        self.checksum_written()
         inventory.checksums = dict(self.checksums)
         text = json.dumps(to_dict(inventory), separators=(",", ":")).encode()
         self.write_bytes(name, text[:-1] + b',"self_crc":%d}\n' % zlib.crc32(text))
+
+    def checksum_written(self) -> None:
+        """Record the checksums of the files written by others (sendfile, the dumped task),
+        reading them back."""
+        for other in self.created_files:
+            if other not in self.checksums:
+                self.checksums[other] = self._file_crcs(other)
 
     def _file_crcs(self, name: str) -> list[int]:
         """Checksums of a file this writer created, read back in pieces."""
@@ -263,7 +269,8 @@ class ImageDir:
         except BaseException:
             close_quietly(fd)
             raise
-        return PagesWriter(self.file(name), fd, nr_pages, direct=on)
+        return PagesWriter(self.file(name), fd, nr_pages, direct=on,
+                           record=lambda crcs: self.checksums.__setitem__(name, crcs))
 
     # -- reading ------------------------------------------------------------------------
 
@@ -515,18 +522,29 @@ class PagesWriter:
     mapping of the file 3.4 s (a page fault per page), write(2) through the page cache
     2.3 s (fresh page-cache pages are slow to get here), O_DIRECT write(2) 0.8-1.0 s.
     `close()` checks that exactly `nr_pages` pages were written.
+
+    The file's checksums are computed on the way when every byte of it passes through
+    `write_at` or `account` in file order (then `record` gets them on close); otherwise
+    the image writer reads the file back for them (ImageDir.checksum_written).
     """
 
-    def __init__(self, path: str, fd: int, nr_pages: int, direct: bool = False) -> None:
+    def __init__(self, path: str, fd: int, nr_pages: int, direct: bool = False,
+                 record: Callable[[list[int]], None] | None = None) -> None:
         self.path = path
         self.fd = fd
         self.nr_pages = nr_pages
         self.direct = direct  # O_DIRECT is on and was seen working (directio.py)
         self.written = 0
+        self._record = record
+        self._crcs: list[int] = []  # of the whole chunks so far
+        self._crc_pos = 0  # bytes checksummed so far: the file's first ones
+        self._crc = 0  # running CRC of the chunk being checksummed
+        self._crc_in_order = True
 
     def write_at(self, data: memoryview | bytes, offset: int) -> None:
         """Write bytes at a file offset (pages of runs that others write between them)."""
         view = memoryview(data).cast("B")
+        self.account(view, offset)
         try:
             while view:
                 n = os.pwrite(self.fd, view, offset)
@@ -539,6 +557,31 @@ class PagesWriter:
     def claim(self, nbytes: int) -> None:
         """Count bytes another process wrote into the file (the dumped task itself)."""
         self.written += nbytes
+
+    def account(self, data: memoryview | bytes, offset: int) -> None:
+        """Checksum bytes that are (or will be) in the file at `offset`; written there by
+        `write_at` or by another process. Bytes out of file order end the checksumming
+        on the way."""
+        if not self._crc_in_order or offset != self._crc_pos:
+            self._crc_in_order = False
+            return
+        view = memoryview(data).cast("B")
+        while view:
+            part = view[:CRC_CHUNK - self._crc_pos % CRC_CHUNK]
+            self._crc = zlib.crc32(part, self._crc)  # releases the GIL past 5 KiB
+            self._crc_pos += len(part)
+            view = view[len(part):]
+            if self._crc_pos % CRC_CHUNK == 0:
+                self._crcs.append(self._crc)
+                self._crc = 0
+
+    def _checksums(self) -> list[int] | None:
+        """chunk_crcs of the whole file when every byte was accounted in order."""
+        if not self._crc_in_order or self._crc_pos != self.written:
+            return None
+        if self._crc_pos % CRC_CHUNK or not self._crc_pos:
+            return [*self._crcs, self._crc]
+        return list(self._crcs)
 
     def abort(self) -> None:
         """Close without the size check (the dump failed; the file is discarded)."""
@@ -558,6 +601,9 @@ class PagesWriter:
         if self.written != self.nr_pages * PAGE_SIZE or size != self.written:
             raise ImageError(self.path, f"wrote {self.written} bytes ({size} in the file), "
                                         f"expected {self.nr_pages * PAGE_SIZE}", "write")
+        crcs = self._checksums()
+        if crcs is not None and self._record is not None:
+            self._record(crcs)
 
     def __enter__(self) -> Self:
         return self

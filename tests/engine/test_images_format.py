@@ -16,6 +16,7 @@ import pytest
 
 from engine.errors import EngineError
 from engine.images import PE_PARENT, PE_PRESENT, ImageDir, ImageError, PagemapEntry, load, names
+from engine.images.imgdir import CRC_CHUNK, chunk_crcs
 from engine.images.load import MAX_PARENT_DEPTH
 from engine.images.records import (
     FORMAT_NAME,
@@ -256,6 +257,31 @@ def test_writer_refuses_overwrite_and_checks_page_count(tmp_path: Path) -> None:
         w.close()
     img.discard()
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("size", [0, PG, CRC_CHUNK, CRC_CHUNK + 3 * PG])
+def test_pages_checksums_on_the_way(tmp_path: Path, size: int) -> None:
+    """Pages written (or accounted for the task) in file order get their checksums on the
+    way, equal to those of the file read back; out of order, the file is read back."""
+    img = ImageDir.create(str(tmp_path / "w"))
+    data = os.urandom(size)
+    with img.pages_writer("p", size // PG) as w:
+        half = size // 2 // PG * PG
+        w.write_at(data[:half], 0)
+        with open(img.file("p"), "r+b") as f:  # the task's part
+            f.seek(half)
+            f.write(data[half:])
+        w.claim(size - half)
+        w.account(data[half:], half)
+    assert img.checksums["p"] == chunk_crcs(memoryview(data))
+    with img.pages_writer("q", 2) as w:
+        w.write_at(data[PG:2 * PG] if size > PG else b"x" * PG, PG)
+        w.write_at(b"y" * PG, 0)
+    assert "q" not in img.checksums
+    img.checksum_written()
+    with open(img.file("q"), "rb") as f:
+        assert img.checksums["q"] == chunk_crcs(memoryview(f.read()))
+    img.discard()
 
 
 def test_create_refuses_non_empty_dir(tmp_path: Path) -> None:
