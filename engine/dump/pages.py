@@ -129,13 +129,18 @@ class Staging:
         self.close()
 
 
-def private_runs(pid: int, vmas: list[Vma]) -> list[Run]:
+def private_runs(pid: int, vmas: list[Vma]) -> tuple[list[Run], list[tuple[int, int]]]:
     """The runs of private (anonymous or COW'ed) pages of a frozen task, each inside one
-    VMA, sorted. Uses PAGEMAP_SCAN; falls back to /proc/PID/pagemap when the kernel lacks
-    it (ENOTTY/EINVAL)."""
+    VMA, sorted; and the ranges of those pages that lie in VMAs registered for memory
+    tracking (PAGE_IS_WPALLOWED: userfaultfd WP_ASYNC, as VmFlags "uw" would tell). Uses
+    PAGEMAP_SCAN; falls back to /proc/PID/pagemap when the kernel lacks it (ENOTTY/EINVAL;
+    nothing is tracked then).
+
+    Needs only the layout (maps): a VM_PFNMAP VMA is skipped by the kernel itself, and
+    the data of a private VM_IO mapping could not be read (the dump then fails)."""
     candidates = [v for v in vmas if has_private_pages(v)]
     if not candidates:
-        return []
+        return [], []
     try:
         fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -150,7 +155,8 @@ def private_runs(pid: int, vmas: list[Vma]) -> list[Run]:
             for start, end, unwanted in _scan_groups(candidates):
                 regions += ksys.pagemap_scan(
                     fd, start, end, category_inverted=unwanted, category_mask=unwanted,
-                    category_anyof_mask=wanted, return_mask=uapi.PAGE_IS_PRESENT,
+                    category_anyof_mask=wanted,
+                    return_mask=uapi.PAGE_IS_PRESENT | uapi.PAGE_IS_WPALLOWED,
                     vec_len=16384)
             if swap:
                 regions = _drop_markers(fd, regions)
@@ -160,7 +166,10 @@ def private_runs(pid: int, vmas: list[Vma]) -> list[Run]:
             regions = _pagemap_fallback(fd, candidates)
     finally:
         os.close(fd)
-    return clip_to_vmas(regions, candidates)
+    runs = clip_to_vmas(regions, candidates)
+    tracked = [(r.addr, r.addr + r.length) for r in
+               clip_to_vmas([g for g in regions if g[2] & uapi.PAGE_IS_WPALLOWED], candidates)]
+    return runs, tracked
 
 
 def _scan_groups(candidates: list[Vma]) -> list[tuple[int, int, int]]:

@@ -131,7 +131,9 @@ def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) ->
         mine = [v for v in vmas.read_vmas(os.getpid())
                 if v.start <= fbase < v.end or v.start <= abase < v.end]
         assert {v.kind for v in mine} == {"file", "anon"}
-        pages_of = [(r.addr, r.length) for r in pages.private_runs(os.getpid(), mine)]
+        runs, tracked = pages.private_runs(os.getpid(), mine)
+        assert tracked == []  # nothing registered for tracking here
+        pages_of = [(r.addr, r.length) for r in runs]
 
         def private(addr: int) -> bool:
             return any(a <= addr < a + n for a, n in pages_of)
@@ -139,7 +141,7 @@ def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) ->
         assert private(fbase) and private(abase)  # (a neighbour may have merged)
         assert not private(fbase + PG) and not private(abase + PG)
         with mock.patch.object(pages, "_MAX_SCAN_GROUPS", 0):
-            assert [(r.addr, r.length) for r in pages.private_runs(os.getpid(), mine)
+            assert [(r.addr, r.length) for r in pages.private_runs(os.getpid(), mine)[0]
                     ] == pages_of
     finally:
         fmap.close()
