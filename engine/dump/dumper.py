@@ -121,6 +121,13 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     its private pages are copied after the tree is let go (tracking, armed while it was
     frozen, catches every page written meanwhile for the next dump), so it stays frozen
     only while its state is read."""
+    with pages.Staging() as staging:
+        staging.map()  # before the freeze: populating it is not frozen time
+        return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind, staging)
+
+
+def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
+          track_mem: bool, kind: str, staging: pages.Staging) -> DumpStats:
     if prev_dir is not None:
         prev_dir = os.path.abspath(os.path.join(images_dir, prev_dir))
         if not os.path.isfile(os.path.join(prev_dir, names.INVENTORY)):
@@ -170,7 +177,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         fault_point("sigactions")
         lap("sigactions")
         shmem_entries = _dump_memory(img, procs, state, stats, parent,
-                                     trackers if track_mem else {}, defer)
+                                     trackers if track_mem else {}, defer, staging)
         fault_point("memory")
         lap("memory")
         try:
@@ -213,7 +220,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     stats.pages_frozen = stats.shmem_pages  # private pages are copied from here on
     lap("release")
     try:
-        _copy_running(img, defer, stats)
+        _copy_running(img, defer, staging)
         lap("copy")
         _finish(img, inv, frozen, stats, kind)
         track.hold(images_dir, trackers)  # last: nothing may fail after it
@@ -240,13 +247,12 @@ def _finish(img: ImageDir, inv: Inventory, frozen: tree.FrozenTree, stats: DumpS
     img.write_inventory(names.INVENTORY, inv)  # last, with the checksums of every file
 
 
-def _copy_running(img: ImageDir, copies: list[_Copy], stats: DumpStats) -> None:
+def _copy_running(img: ImageDir, copies: list[_Copy], staging: pages.Staging) -> None:
     """Copy the private pages of a pre-dump while the tree runs. Memory unmapped since
     reads as zeros: the next dump copies that range again (a new VMA is not tracked)."""
-    with pages.Staging() as staging:
-        for c in copies:
-            pages.write_pages(img, names.pagemap(c.pid), names.pages(c.pid), c.runs, c.pid,
-                              c.mem_fd, staging, in_parent=c.in_parent, tolerant=True)
+    for c in copies:
+        pages.write_pages(img, names.pagemap(c.pid), names.pages(c.pid), c.runs, c.pid,
+                          c.mem_fd, staging, in_parent=c.in_parent, tolerant=True)
 
 
 def _close_copies(copies: list[_Copy]) -> None:
@@ -329,11 +335,10 @@ def _split_for_parent(p: tree.Proc, layout: list[Vma], runs: list[pages.Run],
 
 def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcState],
                  stats: DumpStats, parent: _Parent | None,
-                 arm: dict[int, track.Tracker], defer: list[_Copy] | None
-                 ) -> list[ShmemEntry]:
+                 arm: dict[int, track.Tracker], defer: list[_Copy] | None,
+                 staging: pages.Staging) -> list[ShmemEntry]:
     sources: dict[str, shmem.ShmemSource] = {}
-    with pages.Staging() as staging, ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="smaps") as smaps_reader:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smaps") as smaps_reader:
         for p in procs:
             st = state[p.pid]
             assert st.injected is not None
