@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
-from engine.dump import intervals, pages, shmem, vmas
+from engine.dump import intervals, pages, shmem, tree, vmas
 from engine.dump.dumper import dump
 from engine.images import load
 
@@ -146,3 +146,29 @@ def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) ->
     finally:
         fmap.close()
         amap.close()
+
+
+def test_staging_before_the_freeze_smaps_while_frozen(victim: Victim,  # noqa: F811
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """What does not need the freeze is done before it (populating the staging buffers);
+    smaps, read beside the page copy, is still read while the tree is frozen."""
+    events: list[str] = []
+
+    def record(owner: object, name: str) -> None:
+        real = getattr(owner, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            events.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    record(pages.Staging, "map")
+    record(tree, "freeze")
+    record(vmas, "read_smaps")
+    record(tree.FrozenTree, "release")
+    dump(victim.pid, str(tmp_path / "img"), leave_running=True)
+    first = {name: events.index(name) for name in reversed(events)}
+    assert first["map"] < first["freeze"] < first["read_smaps"] < first["release"], events
+    assert victim.is_running() and victim.finish() == (0, "")
