@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -120,6 +121,13 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     its private pages are copied after the tree is let go (tracking, armed while it was
     frozen, catches every page written meanwhile for the next dump), so it stays frozen
     only while its state is read."""
+    with pages.Staging() as staging:
+        staging.map()  # before the freeze: populating it is not frozen time
+        return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind, staging)
+
+
+def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
+          track_mem: bool, kind: str, staging: pages.Staging) -> DumpStats:
     if prev_dir is not None:
         prev_dir = os.path.abspath(os.path.join(images_dir, prev_dir))
         if not os.path.isfile(os.path.join(prev_dir, names.INVENTORY)):
@@ -171,7 +179,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         fault_point("sigactions")
         lap("sigactions")
         shmem_entries = _dump_memory(img, procs, state, stats, parent,
-                                     trackers if track_mem else {}, defer)
+                                     trackers if track_mem else {}, defer, staging)
         fault_point("memory")
         lap("memory")
         try:
@@ -214,7 +222,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     stats.pages_frozen = stats.shmem_pages  # private pages are copied from here on
     lap("release")
     try:
-        _copy_running(img, defer, stats)
+        _copy_running(img, defer, staging)
         lap("copy")
         _finish(img, inv, frozen, stats, kind)
         track.hold(images_dir, trackers)  # last: nothing may fail after it
@@ -232,6 +240,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
 def _finish(img: ImageDir, inv: Inventory, frozen: tree.FrozenTree, stats: DumpStats,
             kind: str) -> None:
     """stats.json, then the inventory: the image is complete."""
+    img.checksum_written()  # still frozen for a dump: part of its frozen time
     if not stats.frozen:  # still frozen: the time until now
         stats.frozen = frozen.frozen_seconds
         stats.pages_frozen = stats.pages_total
@@ -240,13 +249,12 @@ def _finish(img: ImageDir, inv: Inventory, frozen: tree.FrozenTree, stats: DumpS
     img.write_inventory(names.INVENTORY, inv)  # last, with the checksums of every file
 
 
-def _copy_running(img: ImageDir, copies: list[_Copy], stats: DumpStats) -> None:
+def _copy_running(img: ImageDir, copies: list[_Copy], staging: pages.Staging) -> None:
     """Copy the private pages of a pre-dump while the tree runs. Memory unmapped since
     reads as zeros: the next dump copies that range again (a new VMA is not tracked)."""
-    with pages.Staging() as staging:
-        for c in copies:
-            pages.write_pages(img, names.pagemap(c.pid), names.pages(c.pid), c.runs, c.pid,
-                              c.mem_fd, staging, in_parent=c.in_parent, tolerant=True)
+    for c in copies:
+        pages.write_pages(img, names.pagemap(c.pid), names.pages(c.pid), c.runs, c.pid,
+                          c.mem_fd, staging, in_parent=c.in_parent, tolerant=True)
 
 
 def _close_copies(copies: list[_Copy]) -> None:
@@ -311,56 +319,33 @@ class _Parent:
         return normalise([(e.addr, e.end) for e in pm.entries])
 
 
-def _split_for_parent(p: tree.Proc, task_vmas: list[Vma], runs: list[pages.Run],
-                      parent: _Parent | None) -> tuple[list[pages.Run], list[Interval]]:
+def _split_for_parent(p: tree.Proc, layout: list[Vma], runs: list[pages.Run],
+                      tracked: list[Interval], parent: _Parent | None
+                      ) -> tuple[list[pages.Run], list[Interval]]:
     """Runs to copy, and ranges to record as in the parent: present pages of tracked VMAs
-    that were not written since the parent and that the parent holds."""
+    (`tracked`) that were not written since the parent and that the parent holds."""
     if parent is None or p.pid not in parent.tracked:
         return runs, []
-    written = track.written(p.pid, task_vmas)
-    cover = intersect(track.tracked_ranges(task_vmas), parent.coverage(p.pid))
+    written = track.written(p.pid, track.trackable_ranges(layout))
     present = normalise([(r.addr, r.addr + r.length) for r in runs])
-    unchanged = subtract(intersect(present, cover), written)
+    unchanged = subtract(intersect(tracked, parent.coverage(p.pid)), written)
     if not unchanged:
         return runs, []
-    copy = pages.clip_to_vmas(subtract(present, unchanged), task_vmas)
+    copy = pages.clip_to_vmas(subtract(present, unchanged), layout)
     return copy, unchanged
 
 
 def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcState],
                  stats: DumpStats, parent: _Parent | None,
-                 arm: dict[int, track.Tracker], defer: list[_Copy] | None
-                 ) -> list[ShmemEntry]:
+                 arm: dict[int, track.Tracker], defer: list[_Copy] | None,
+                 staging: pages.Staging) -> list[ShmemEntry]:
     sources: dict[str, shmem.ShmemSource] = {}
-    with pages.Staging() as staging:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smaps") as smaps_reader:
         for p in procs:
             st = state[p.pid]
             assert st.injected is not None
-            task_vmas = vmas.read_vmas(p.pid)
-            vmas.refuse_unrestorable(p.pid, task_vmas)
-            stats.vmas += len(task_vmas)
-            st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas,
-                          st.injected.brk)
-            runs, in_parent = _step(f"memory tracking of {p.pid}", "memory",
-                                    _split_for_parent, p, task_vmas,
-                                    pages.private_runs(p.pid, task_vmas), parent)
-            if p.pid in arm:
-                _step(f"memory tracking of {p.pid}", "memory", track.arm, arm[p.pid],
-                      task_vmas)
-            mem_fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-            stats.pages += sum(r.length for r in runs) // PAGE_SIZE
-            stats.parent_pages += sum(e - s for s, e in in_parent) // PAGE_SIZE
-            if defer is not None:
-                defer.append(_Copy(p.pid, runs, in_parent, mem_fd))
-            else:
-                writer = selfwrite.TaskWriter(p.pid)
-                try:
-                    pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
-                                      p.pid, mem_fd, staging, in_parent=in_parent,
-                                      task_writer=writer)
-                finally:
-                    os.close(mem_fd)
-                stats.task_written += writer.bytes
+            task_vmas = _process_memory(img, p, st, stats, parent, arm.get(p.pid), defer,
+                                        staging, smaps_reader)
             shmem.collect(sources, p.pid, task_vmas)
             shmem.collect_fds(sources, p.pid)
         entries = []
@@ -369,6 +354,57 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
             entries.append(entry)
             stats.shmem_pages += img.read_pagemap(entry.pagemap).pages_stored
     return entries
+
+
+def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStats,
+                    parent: _Parent | None, tracker: track.Tracker | None,
+                    defer: list[_Copy] | None, staging: pages.Staging,
+                    smaps_reader: ThreadPoolExecutor) -> list[Vma]:
+    """Private pages and the mm record of one process; returns its VMAs.
+
+    Which pages to copy, and their copy, need only the layout (maps); smaps, whose page
+    walk costs ~50 ms per resident GiB, is read meanwhile in a thread. Nothing may change
+    the address space until it is read: the task writes its own pages (an injection,
+    which maps a scratch area) only after that, and tracking is armed after that too
+    (registering sets VmFlags "uw")."""
+    assert st.injected is not None
+    maps = vmas.read_maps(p.pid)
+    smaps = smaps_reader.submit(vmas.read_smaps, p.pid)
+    try:
+        layout = vmas.parse(p.pid, maps, None)
+        vmas.refuse_unrestorable(p.pid, layout)
+        runs, tracked = _step(f"memory of {p.pid}", "memory", pages.private_runs, p.pid,
+                              layout)
+        runs, in_parent = _step(f"memory tracking of {p.pid}", "memory", _split_for_parent,
+                                p, layout, runs, tracked, parent)
+        stats.pages += sum(r.length for r in runs) // PAGE_SIZE
+        stats.parent_pages += sum(e - s for s, e in in_parent) // PAGE_SIZE
+        mem_fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if defer is not None:
+                defer.append(_Copy(p.pid, runs, in_parent, mem_fd))
+                mem_fd = -1  # closed by _close_copies
+            elif sum(r.length for r in runs) < selfwrite.MIN_TOTAL:
+                pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
+                                  p.pid, mem_fd, staging, in_parent=in_parent)
+            else:
+                smaps.result()  # the task's writes inject: the address space changes
+                writer = selfwrite.TaskWriter(p.pid)
+                pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
+                                  p.pid, mem_fd, staging, in_parent=in_parent,
+                                  task_writer=writer)
+                stats.task_written += writer.bytes
+        finally:
+            if mem_fd >= 0:
+                os.close(mem_fd)
+        task_vmas = vmas.parse(p.pid, maps, smaps.result())
+    finally:
+        wait([smaps])  # never leave it reading while the task runs again
+    stats.vmas += len(task_vmas)
+    st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas, st.injected.brk)
+    if tracker is not None:
+        _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
+    return task_vmas
 
 
 def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:

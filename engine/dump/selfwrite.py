@@ -39,6 +39,10 @@ from engine.proc.status import read_status
 
 #: Runs shorter than this stay with the engine (one injected syscall costs ~30-60 us).
 MIN_RUN = 1 << 20
+#: A process with fewer private bytes to write has the engine write them all: the
+#: injection (a handful of round trips, each waiting for the task to be scheduled) costs
+#: more than it saves.
+MIN_TOTAL = 64 << 20
 #: One pwrite at most this long (a write moves at most 2 GiB - 4 KiB).
 MAX_WRITE = 1 << 30
 #: The deadline of each injected write allows for a disk this slow.

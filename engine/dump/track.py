@@ -10,8 +10,9 @@ pages of tracked VMAs that were not written and are in the parent image are reco
 "in parent" instead of copied.
 
 A VMA that is moved (mremap) or created after arming is not tracked (the kernel drops the
-registration of a moved VMA without UFFD_FEATURE_EVENT_REMAP), so only VmFlags "uw" VMAs
-are trusted and everything else is dumped in full.
+registration of a moved VMA without UFFD_FEATURE_EVENT_REMAP), so only the VMAs the kernel
+reports registered (PAGE_IS_WPALLOWED, VmFlags "uw") are trusted and everything else is
+dumped in full.
 
 Our copies of the userfaultfds must stay open between two engine runs, so after a dump
 that arms tracking a small holder process (double-forked, in its own session) keeps them
@@ -85,15 +86,15 @@ def _trackable(v: Vma) -> bool:
     return has_private_pages(v) and bool(v.flags & uapi.MAP_ANONYMOUS)
 
 
-def tracked_ranges(vmas: list[Vma]) -> list[Interval]:
-    """Private anonymous VMAs registered for write-protection (VmFlags "uw")."""
-    return normalise([(v.start, v.end) for v in vmas if "uw" in v.vmflags and _trackable(v)])
+def trackable_ranges(vmas: list[Vma]) -> list[Interval]:
+    """Private anonymous VMAs: the ones tracking registers (needs only the layout)."""
+    return normalise([(v.start, v.end) for v in vmas if _trackable(v)])
 
 
-def written(pid: int, vmas: list[Vma]) -> list[Interval]:
-    """Pages of tracked VMAs written since they were last protected; protects them again
-    (one PAGEMAP_SCAN; VMAs that are not tracked are skipped by the kernel)."""
-    tracked = tracked_ranges(vmas)
+def written(pid: int, tracked: list[Interval]) -> list[Interval]:
+    """Pages written since they were last protected, in the tracked VMAs among `tracked`
+    ranges; protects them again (one PAGEMAP_SCAN; the kernel skips VMAs not registered
+    for write-protection)."""
     if not tracked:
         return []
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
@@ -118,13 +119,7 @@ def arm(t: Tracker, vmas: list[Vma]) -> None:
                 if start <= v.start < end and _trackable(v):
                     _register(t.fd, v.start, v.end)
     if todo:
-        written(t.pid, [_tracked_view(v) for v in vmas])
-
-
-def _tracked_view(v: Vma) -> Vma:
-    # After registering, smaps would show "uw"; rather than reading it again, assume it
-    # (the protecting scan skips any VMA the kernel did not register anyway).
-    return Vma(v.start, v.end, v.prot, v.flags, v.pgoff, v.kind, vmflags=[*v.vmflags, "uw"])
+        written(t.pid, trackable_ranges(vmas))  # skips any VMA not registered
 
 
 def _register(fd: int, start: int, end: int) -> bool:

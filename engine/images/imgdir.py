@@ -234,13 +234,17 @@ class ImageDir:
     def write_inventory(self, name: str, inventory: Any) -> None:
         """Write the inventory (last): the checksums of every other file written, and a
         CRC of its own text as its final member ``self_crc``."""
-        for other in self.created_files:
-            if other not in self.checksums and other not in self._page_summed:
-                # written by others (sendfile)
-                self.checksums[other] = self._file_crcs(other)
+        self.checksum_written()
         inventory.checksums = dict(self.checksums)
         text = json.dumps(to_dict(inventory), separators=(",", ":")).encode()
         self.write_bytes(name, text[:-1] + b',"self_crc":%d}\n' % zlib.crc32(text))
+
+    def checksum_written(self) -> None:
+        """Record the checksums of the files written by others (sendfile), reading them
+        back; pages files carry their own per-page sums."""
+        for other in self.created_files:
+            if other not in self.checksums and other not in self._page_summed:
+                self.checksums[other] = self._file_crcs(other)
 
     def _file_crcs(self, name: str) -> list[int]:
         """Checksums of a file this writer created, read back in pieces."""

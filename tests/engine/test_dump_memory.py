@@ -3,15 +3,19 @@ memfds nobody maps, and the page-run bookkeeping."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
+import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
-from engine.dump import intervals, shmem
+from engine.dump import intervals, pages, shmem, tree, vmas
 from engine.dump.dumper import dump
 from engine.images import load
 
@@ -106,3 +110,65 @@ def test_interval_operations() -> None:
     assert intervals.intersect(a, b) == [(5, 8), (18, 20), (30, 35), (39, 40)]
     assert intervals.subtract(a, b) == [(0, 5), (8, 18), (35, 39)]
     assert intervals.subtract(a, []) == a and intervals.intersect(a, []) == []
+
+
+def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) -> None:
+    """Anonymous VMAs are scanned without the per-page file test, file VMAs with it: a
+    COW'ed file page is private, a read file page and a read anonymous hole (zero page)
+    are not; past _MAX_SCAN_GROUPS groups one scan does it all, with the same result."""
+    path = tmp_path / "f"
+    path.write_bytes(b"f" * 4 * PG)
+    with open(path, "r+b") as f:
+        fmap = mmap.mmap(f.fileno(), 4 * PG, flags=mmap.MAP_PRIVATE)
+    amap = mmap.mmap(-1, 4 * PG, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        fmap[0:1] = b"x"  # COW'ed
+        assert fmap[PG] == ord("f")  # read: the file's page
+        amap[0:1] = b"y"  # anonymous page
+        assert amap[PG] == 0  # read: the zero page
+        fbase = ctypes.addressof(ctypes.c_char.from_buffer(fmap))
+        abase = ctypes.addressof(ctypes.c_char.from_buffer(amap))
+        mine = [v for v in vmas.read_vmas(os.getpid())
+                if v.start <= fbase < v.end or v.start <= abase < v.end]
+        assert {v.kind for v in mine} == {"file", "anon"}
+        runs, tracked = pages.private_runs(os.getpid(), mine)
+        assert tracked == []  # nothing registered for tracking here
+        pages_of = [(r.addr, r.length) for r in runs]
+
+        def private(addr: int) -> bool:
+            return any(a <= addr < a + n for a, n in pages_of)
+
+        assert private(fbase) and private(abase)  # (a neighbour may have merged)
+        assert not private(fbase + PG) and not private(abase + PG)
+        with mock.patch.object(pages, "_MAX_SCAN_GROUPS", 0):
+            assert [(r.addr, r.length) for r in pages.private_runs(os.getpid(), mine)[0]
+                    ] == pages_of
+    finally:
+        fmap.close()
+        amap.close()
+
+
+def test_staging_before_the_freeze_smaps_while_frozen(victim: Victim,  # noqa: F811
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """What does not need the freeze is done before it (populating the staging buffers);
+    smaps, read beside the page copy, is still read while the tree is frozen."""
+    events: list[str] = []
+
+    def record(owner: object, name: str) -> None:
+        real = getattr(owner, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            events.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    record(pages.Staging, "map")
+    record(tree, "freeze")
+    record(vmas, "read_smaps")
+    record(tree.FrozenTree, "release")
+    dump(victim.pid, str(tmp_path / "img"), leave_running=True)
+    first = {name: events.index(name) for name in reversed(events)}
+    assert first["map"] < first["freeze"] < first["read_smaps"] < first["release"], events
+    assert victim.is_running() and victim.finish() == (0, "")
