@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flavors.base import kill_group
 from zdtm.allowances import Allowance
+from zdtm.tasks import kill_group, read_pid
 
 
 class EngineFailure(Exception):
@@ -179,6 +179,14 @@ def run_logged(cmd: Sequence[str], *, step: str, log: Path, timeout: float,
     if "Traceback (most recent call last)" in text:
         raise EngineFailure("crashed", step, _last_line(text, "unhandled exception"), text)
     raise EngineFailure("error", step, _error_line(text, rc), text)
+
+
+def read_pidfile(path: Path, step: str) -> int:
+    """The pid an engine wrote; a missing or garbled file is an engine error."""
+    try:
+        return read_pid(path)
+    except (OSError, ValueError) as exc:
+        raise EngineFailure("error", step, f"no valid pid in {path}: {exc}") from None
 
 
 def _tail(log: Path, lines: int = 40) -> str:

@@ -14,11 +14,11 @@ from zdtm import ROOT_DIR
 from zdtm.allowances import Allowance
 from zdtm.engines.base import (
     Engine,
-    EngineFailure,
     Features,
     Helper,
     StepResult,
     TreeInfo,
+    read_pidfile,
     run_logged,
 )
 
@@ -173,10 +173,3 @@ def read_stats(path: Path) -> dict[str, float]:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
-
-def read_pidfile(path: Path, step: str) -> int:
-    """The pid an engine wrote; a missing or garbled file is an engine error."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise EngineFailure("error", step, f"no valid pid in {path}: {exc}") from None
