@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Self
 
+from zdtm.tasks import libc
+
 _SYS_PTRACE = 101  # x86_64
 _SYS_PRCTL = 157
 _SYS_KCMP = 312
@@ -47,9 +49,7 @@ PR_GET_PDEATHSIG = 2
 PR_GET_DUMPABLE = 3
 PR_GET_CHILD_SUBREAPER = 37
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_syscall = libc.syscall
 
 
 class _RseqConfiguration(ctypes.Structure):
