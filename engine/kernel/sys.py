@@ -71,18 +71,6 @@ def _syscall_name(nr: int) -> str:
     return f"syscall {nr}"
 
 
-def errno_of(ret: int) -> int:
-    """The errno of a raw (kernel ABI) result, or 0 when it is not an error."""
-    if -4095 <= ret < 0:
-        return -ret
-    return 0
-
-
-def gettid() -> int:
-    """Thread id of the calling thread."""
-    return syscall(uapi.SYS_gettid)
-
-
 def tgkill(tgid: int, tid: int, sig: int) -> None:
     """Send ``sig`` to one thread."""
     syscall(uapi.SYS_tgkill, tgid, tid, sig)
@@ -96,11 +84,6 @@ def pidfd_open(pid: int, flags: int = 0) -> int:
 def pidfd_getfd(pidfd: int, targetfd: int, flags: int = 0) -> int:
     """Duplicate fd ``targetfd`` of the process behind ``pidfd`` into this process."""
     return syscall(uapi.SYS_pidfd_getfd, pidfd, targetfd, flags)
-
-
-def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    """Send ``sig`` through a pidfd (no pid reuse race)."""
-    syscall(uapi.SYS_pidfd_send_signal, pidfd, sig, 0, 0)
 
 
 def _iovecs(ranges: Sequence[Range]) -> ctypes.Array:
@@ -274,11 +257,6 @@ def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: in
 def munmap(addr: int, length: int) -> None:
     """munmap(2) in this process."""
     syscall(uapi.SYS_munmap, addr, length)
-
-
-def is_errno(exc: BaseException, *codes: int) -> bool:
-    """True when ``exc`` is an OSError with one of ``codes`` (e.g. errno.ESRCH)."""
-    return isinstance(exc, OSError) and exc.errno in codes
 
 
 

@@ -28,7 +28,6 @@ from engine.kernel.structs import (
     UffdioCopy,
     UffdioRange,
     UffdioRegister,
-    UffdioWriteprotect,
     UffdioZeropage,
     UffdMsg,
 )
@@ -83,14 +82,6 @@ def zeropage(fd: int, start: int, length: int, mode: int = 0) -> int:
     arg.mode = mode
     ioctl(fd, uapi.UFFDIO_ZEROPAGE, arg)
     return arg.zeropage
-
-
-def writeprotect(fd: int, start: int, length: int, protect: bool) -> None:
-    """UFFDIO_WRITEPROTECT: set (protect=True) or clear write protection."""
-    arg = UffdioWriteprotect()
-    arg.range.start, arg.range.len = start, length
-    arg.mode = uapi.UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
-    ioctl(fd, uapi.UFFDIO_WRITEPROTECT, arg)
 
 
 def read_events(fd: int, max_events: int = 64) -> list[UffdMsg]:
