@@ -228,6 +228,17 @@ def test_regex_selection_is_repeatable_and_nocr_excludes_cr_modes() -> None:
     assert res.returncode == 2 and "excludes --norst" in res.stdout
 
 
+def test_exclude_is_repeatable() -> None:
+    """Every -x removes the tests it matches (CRIU's zdtm.py: any of them, anywhere in
+    the name); the last one does not replace the others."""
+    res = runner("run", "-T", "^static/(cwd|devnull|environ)$", "-x", "cwd", "-x", "^static/env",
+                 "-f", "h", "--nocr")
+    assert res.returncode == 0, res.stdout
+    assert "PASS static/devnull [h]" in res.stdout
+    assert "static/cwd" not in res.stdout and "static/environ" not in res.stdout
+    assert "zdtm: 1 run(s)" in res.stdout
+
+
 def test_plan_respects_declared_flavours() -> None:
     t1 = TestDesc(name="static/a", kind="static", binary=Path("/a"), flavors=("h", "ns"))
     t2 = TestDesc(name="static/b", kind="static", binary=Path("/b"), flavors=("uns",))
