@@ -346,7 +346,7 @@ def _fork_probe(body: Callable[[], bool]) -> Result:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = os.read(fd, 4096)  # the child writes once and exits; EOF bounds the wait
         if not data:

@@ -234,7 +234,7 @@ class Script:
         self.timeout = SCRIPT_TIMEOUT if timeout is None else timeout
         self.deadline = time.monotonic() + self.timeout
         self.out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
-        self.child: subprocess.Popen | None = None
+        self.child: subprocess.Popen[bytes] | None = None
         try:
             self.child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                           stdout=self.out, stderr=subprocess.STDOUT,

@@ -44,7 +44,7 @@ def kcmp(pid1: int, pid2: int, kind: int) -> int:
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"kcmp({pid1}, {pid2}, {kind}): {os.strerror(err)}")
-    return res
+    return int(res)
 
 
 def table_classes(members: Sequence[tuple[int, int]]) -> dict[int, dict[str, str]]:
@@ -73,7 +73,7 @@ def _zero_pfn() -> int:
         with open("/proc/self/pagemap", "rb", buffering=0) as f:
             entry = struct.unpack("<Q", os.pread(f.fileno(), 8, addr // proc.PAGE_SIZE * 8))[0]
         del addr
-        return entry & PM_PFN_MASK
+        return int(entry) & PM_PFN_MASK
 
 
 def _shared_private_pages(pid: int, zero: int) -> dict[int, int]:

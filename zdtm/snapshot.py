@@ -451,7 +451,7 @@ def _without_rseq_pages(cow: sharing.CowPairs, tree: TreeState) -> sharing.CowPa
 
 
 def _rseq_masks(ps: ProcState) -> list[tuple[int, int]]:
-    masks = []
+    masks: list[tuple[int, int]] = []
     for conf in ps.rseq.values():
         if conf is not None and conf.pointer:
             masks.extend((conf.pointer + off, ln) for off, ln in RSEQ_KERNEL_FIELDS)

@@ -40,7 +40,7 @@ def _sys(nr: int, *args: object) -> int:
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return res
+    return int(res)
 
 
 def _read(path: str) -> str | None:

@@ -241,7 +241,7 @@ def pid_alive(pid: int) -> bool:
     return bool(states) and not all(s in "ZX" for s in states)
 
 
-def kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE) -> None:
+def kill_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = KILL_GRACE) -> None:
     """SIGKILL the process group led by ``proc`` (started with start_new_session) and
     reap it, waiting at most ``grace`` seconds."""
     try:

@@ -106,7 +106,7 @@ def _ptrace(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
     if res < 0:
         err = ctypes.get_errno()
         raise TraceError(err, f"ptrace({request:#x}, {tid}): {os.strerror(err)}")
-    return res
+    return int(res)
 
 
 def _wait_trap(tid: int, deadline: float) -> None:
@@ -283,4 +283,4 @@ def kcmp_file(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"kcmp({pid1}:{fd1}, {pid2}:{fd2}): {os.strerror(err)}")
-    return res
+    return int(res)

@@ -92,7 +92,7 @@ def fill(img: ImageDir, repaired: Repaired, rec: FileRecord, pid: int, fd: int,
 
 
 def _queued(s: socket.socket) -> int:
-    return struct.unpack("=i", fcntl.ioctl(s.fileno(), tr.SIOCINQ, b"\0" * 4))[0]
+    return int(struct.unpack("=i", fcntl.ioctl(s.fileno(), tr.SIOCINQ, b"\0" * 4))[0])
 
 
 def _repair(img: ImageDir, repaired: Repaired, rec: FileRecord, s: socket.socket,

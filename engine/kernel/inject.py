@@ -175,7 +175,7 @@ def rseq_abort_ip(tid: int, regs: UserRegs, mem_fd: int) -> int | None:
     sig = _pread(mem_fd, 4, abort - 4)
     if len(sig) != 4 or int.from_bytes(sig, "little") != conf.signature:
         return None  # the kernel would kill the task; leave that to it
-    return abort
+    return int(abort)
 
 
 def in_interrupted_syscall(regs: UserRegs) -> bool:

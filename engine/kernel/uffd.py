@@ -54,7 +54,7 @@ def register(fd: int, start: int, length: int, mode: int) -> int:
     arg.range.start, arg.range.len = start, length
     arg.mode = mode
     ioctl(fd, uapi.UFFDIO_REGISTER, arg)
-    return arg.ioctls
+    return int(arg.ioctls)
 
 
 def unregister(fd: int, start: int, length: int) -> None:
@@ -72,7 +72,7 @@ def copy(fd: int, dst: int, src: int, length: int, mode: int = 0) -> int:
     returns bytes copied (raises OSError, e.g. EEXIST when the page is already there)."""
     arg = UffdioCopy(dst, src, length, mode, 0)
     ioctl(fd, uapi.UFFDIO_COPY, arg)
-    return arg.copy
+    return int(arg.copy)
 
 
 def zeropage(fd: int, start: int, length: int, mode: int = 0) -> int:
@@ -81,7 +81,7 @@ def zeropage(fd: int, start: int, length: int, mode: int = 0) -> int:
     arg.range.start, arg.range.len = start, length
     arg.mode = mode
     ioctl(fd, uapi.UFFDIO_ZEROPAGE, arg)
-    return arg.zeropage
+    return int(arg.zeropage)
 
 
 def read_events(fd: int, max_events: int = 64) -> list[UffdMsg]:

@@ -214,7 +214,7 @@ class Helper:
     """A background engine process such as a lazy-pages server, with a deadline to end."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, cmd: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> None:
