@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, shard, tasks, vm
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, missing_sources, shard, tasks, vm
 from zdtm import results as results_file
 from zdtm.build import BuildError, ensure_built
 from zdtm.compare import Comparison, compare, known_lines
@@ -725,6 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw_argv)
     args.raw_argv = raw_argv  # parallel workers parse the same command line
+    why = missing_sources() if args.cmd in ("run", "list", "clean", "_one") else None
+    if why is not None:
+        print(f"zdtm-run: {why}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     if args.cmd == "_one":
         return _run_one_worker(args.spec)
