@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 from _pytest.junitxml import LogXML, xml_key
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard, vm
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard, tasks, vm
 from zdtm import results as results_file
 from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
 from zdtm.engines import Engine, make_engine
@@ -504,16 +504,10 @@ def _lock_path(kind: str) -> Path:
 
 def _flock(kind: str, op: int, deadline: float) -> int:
     """An fd holding flock ``op`` on the ``kind`` lock file, polled until ``deadline``."""
-    fd = os.open(_lock_path(kind), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    while True:
-        try:
-            fcntl.flock(fd, op | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                pytest.fail(f"no run slot in {EXCL_WAIT:.0f}s ({_lock_path(kind)})")
-            time.sleep(0.05)
+    try:
+        return tasks.flock_until(_lock_path(kind), op, deadline)
+    except TimeoutError:
+        pytest.fail(f"no run slot in {EXCL_WAIT:.0f}s ({_lock_path(kind)})")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import workloads
-from bench.procs import Procs, become_subreaper
+from bench.procs import Procs
+from zdtm import tasks
 
 _CRC = re.compile(r"checksums=([0-9.]+)ms")
 TIMEOUT = 300.0
@@ -51,7 +52,7 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    become_subreaper()
+    tasks.set_subreaper()
     tmp = Path(tempfile.mkdtemp(prefix="crccost-"))
     procs = Procs(tmp, sweep_children=True)
     binary = workloads.build_memload(tmp)

@@ -6,15 +6,14 @@ way to spell argv; the benchmark times the engine process itself.
 
 from __future__ import annotations
 
-import compileall
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+from zdtm.engines.bundled import BundledEngine
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK_TIMEOUT_S = 60.0
@@ -81,46 +80,31 @@ class Engine(ABC):
 
 
 class Bundled(Engine):
-    """The project's engine, `python -m engine`, run from the repository root."""
+    """The project's engine, spelled and probed by the harness's driver
+    (zdtm.engines.bundled): the same argv, environment and `check --json`."""
 
     name = "bundled"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._driver = BundledEngine()
+
     def base(self) -> list[str]:
-        """`python -S -m engine` with this interpreter (stdlib only: site is skipped, as
-        the harness's driver does)."""
-        return [sys.executable, "-S", "-m", "engine"]
+        """`python -S -m engine` with this interpreter (stdlib only: site is skipped)."""
+        return self._driver.command()
 
     def env(self) -> dict[str, str]:
         """PYTHONPATH points at the repository so `-m engine` resolves anywhere."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
-                                                          env.get("PYTHONPATH")]))
-        return env
+        return self._driver.env()
 
     def probe(self) -> None:
-        """`python -m engine check --json`: available when it answers. The engine's
-        bytecode is written first, as the harness's driver does (with PYTHONDONTWRITEBYTECODE
-        set every run would compile the engine from source again, ~30 ms)."""
-        compileall.compile_dir(str(REPO / "engine"), quiet=2)
-        try:
-            res = subprocess.run(self.base() + ["check", "--json"], check=False,
-                                 capture_output=True,
-                                 text=True, timeout=CHECK_TIMEOUT_S, cwd=REPO,
-                                 env=self.env())
-        except subprocess.TimeoutExpired:
-            self.message = f"check did not answer within {CHECK_TIMEOUT_S:.0f} s"
+        """`python -m engine check --json` through the driver: available when it answers."""
+        why = self._driver.available()
+        if why is not None:
+            self.message = why
             return
-        if res.returncode != 0:
-            lines = (res.stderr or res.stdout).strip().splitlines()
-            self.message = lines[-1] if lines else f"check exited {res.returncode}"
-            return
-        try:
-            data = json.loads(res.stdout)
-            self.features = {str(k): bool(v) for k, v in data.get("features", {}).items()}
-            self.reasons = {str(k): str(v) for k, v in data.get("reasons", {}).items()}
-        except (ValueError, AttributeError) as exc:
-            self.message = f"check --json printed no JSON object: {exc}"
-            return
+        found = self._driver.check()
+        self.features, self.reasons = dict(found.features), dict(found.reasons)
         self.available, self.message = True, "ok"
 
 

@@ -8,7 +8,6 @@ to it: their exit status can be read with wait4 and nothing escapes to init.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -17,7 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PR_SET_CHILD_SUBREAPER = 36
+from zdtm.tasks import children, descendants
+
 KILL_REAP_DEADLINE_S = 10.0
 
 
@@ -51,14 +51,6 @@ class Timed:
         return f"exit {self.returncode}: {tail}"
 
 
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (daemonised workloads, restored trees)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
-
-
 def decode_status(status: int) -> int:
     """wait status -> returncode in subprocess convention (negative signal number)."""
     if os.WIFSIGNALED(status):
@@ -78,32 +70,6 @@ def wait_pidfd(pid: int, timeout: float) -> bool:
         return bool(poller.poll(max(0.0, timeout) * 1000))
     finally:
         os.close(fd)
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of pid (all its threads), from /proc."""
-    kids: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                kids += [int(x) for x in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    except OSError:
-        return []
-    return kids
-
-
-def descendants(pid: int) -> list[int]:
-    """pid's descendants, parents before children."""
-    out: list[int] = []
-    todo = children_of(pid)
-    while todo:
-        p = todo.pop(0)
-        if p not in out:
-            out.append(p)
-            todo += children_of(p)
-    return out
 
 
 class Procs:
@@ -204,7 +170,7 @@ class Procs:
 
         Engine runs still being timed (our process groups) are left to finish().
         """
-        for pid in children_of(os.getpid()):
+        for pid in children(os.getpid()):
             if pid in self.groups:
                 continue
             try:
@@ -222,7 +188,7 @@ class Procs:
             self.kill_tree(pid)
         if self.sweep_children:
             # Anything else re-parented to us came from a workload or engine we started.
-            for pid in children_of(os.getpid()):
+            for pid in children(os.getpid()):
                 self.kill_tree(pid)
             self.reap_orphans()
 

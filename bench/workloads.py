@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import DeadlineExceeded, Procs, descendants
+from bench.procs import DeadlineExceeded, Procs
+from zdtm.tasks import descendants
 
 SOURCE = Path(__file__).resolve().parent / "memload.c"
 BUILD_TIMEOUT_S = 120.0

@@ -19,7 +19,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from engine import errors
 from engine.errors import EngineError
@@ -106,14 +106,14 @@ def _show(args: argparse.Namespace) -> int:
     return result if isinstance(result, int) else 0
 
 
-def _load(command: str, module: str, attr: str) -> Callable:
+def _load(command: str, module: str, attr: str) -> Callable[..., Any]:
     """Import ``module.attr`` or fail with a clear EngineError naming what is missing."""
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
         raise EngineError("cli", f"'{command}' is not available: {module} cannot be "
                                  f"imported ({exc})") from exc
-    fn = getattr(mod, attr, None)
+    fn: Callable[..., Any] | None = getattr(mod, attr, None)
     if fn is None:
         raise EngineError("cli", f"'{command}' is not available: {module} has no {attr}()")
     return fn

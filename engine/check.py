@@ -28,15 +28,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from engine.images import directio
-from engine.kernel import inject, ptrace, uapi
+from engine.kernel import inject, ptrace, uapi, uffd
 from engine.kernel import sys as ksys
 from engine.kernel.inject import Injector
 from engine.kernel.structs import (
     CloneArgs,
     PrctlMmMap,
-    UffdioApi,
-    UffdioCopy,
-    UffdioRegister,
 )
 from engine.proc import maps as procmaps
 from engine.proc import stat as procstat
@@ -237,12 +234,6 @@ def _probe_soft_dirty() -> Result:
     return False, "a freshly written page is not soft-dirty (no CONFIG_MEM_SOFT_DIRTY)"
 
 
-def _uffd_api(fd: int, features: int) -> UffdioApi:
-    api = UffdioApi(uapi.UFFD_API, features, 0)
-    ksys.ioctl(fd, uapi.UFFDIO_API, api)
-    return api
-
-
 def _probe_uffd() -> dict[str, Result]:
     out: dict[str, Result] = {}
     out["uffd"] = _try(lambda: _uffd_copy_probe(0))
@@ -264,13 +255,9 @@ def _uffd_copy_probe(flags: int) -> Result:
     area = _anon(size)
     src = ctypes.create_string_buffer(b"uffd-probe", size)
     try:
-        _uffd_api(fd, 0)
-        reg = UffdioRegister()
-        reg.range.start, reg.range.len = area, size
-        reg.mode = uapi.UFFDIO_REGISTER_MODE_MISSING
-        ksys.ioctl(fd, uapi.UFFDIO_REGISTER, reg)
-        copy = UffdioCopy(area, ctypes.addressof(src), size, 0, 0)
-        ksys.ioctl(fd, uapi.UFFDIO_COPY, copy)
+        uffd.api(fd, 0)
+        uffd.register(fd, area, size, uapi.UFFDIO_REGISTER_MODE_MISSING)
+        uffd.copy(fd, area, ctypes.addressof(src), size)
         if ctypes.string_at(area, 10) != b"uffd-probe":
             return False, "UFFDIO_COPY did not fill the page"
     finally:
@@ -298,20 +285,15 @@ def _uffd_wp_async_probe() -> Result:
     pm = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
         want = uapi.UFFD_FEATURE_WP_ASYNC | uapi.UFFD_FEATURE_WP_UNPOPULATED
-        api = _uffd_api(fd, want)
-        if api.features & want != want:
-            return False, f"UFFDIO_API features {api.features:#x} lack WP_ASYNC|WP_UNPOPULATED"
-        reg = UffdioRegister()
-        reg.range.start, reg.range.len = area, size
-        reg.mode = uapi.UFFDIO_REGISTER_MODE_WP
-        ksys.ioctl(fd, uapi.UFFDIO_REGISTER, reg)
-        flags = uapi.PM_SCAN_WP_MATCHING | uapi.PM_SCAN_CHECK_WPASYNC
-        written = uapi.PAGE_IS_WRITTEN
+        granted, _ = uffd.api(fd, want)
+        if granted & want != want:
+            return False, f"UFFDIO_API features {granted:#x} lack WP_ASYNC|WP_UNPOPULATED"
+        uffd.register(fd, area, size, uapi.UFFDIO_REGISTER_MODE_WP)
         # The first scan write-protects everything, the second sees the one write.
-        ksys.pagemap_scan(pm, area, area + size, flags, written, return_mask=written)
+        uffd.written_runs(pm, area, area + size)
         ctypes.memset(area + 2 * uapi.PAGE_SIZE, 1, 1)
-        runs = ksys.pagemap_scan(pm, area, area + size, flags, written, return_mask=written)
-        expect = [(area + 2 * uapi.PAGE_SIZE, area + 3 * uapi.PAGE_SIZE, uapi.PAGE_IS_WRITTEN)]
+        runs = uffd.written_runs(pm, area, area + size)
+        expect = [(area + 2 * uapi.PAGE_SIZE, area + 3 * uapi.PAGE_SIZE)]
         if runs != expect:
             return False, f"PAGEMAP_SCAN reported {runs}, expected only the written page"
     finally:
@@ -364,7 +346,7 @@ def _fork_probe(body: Callable[[], bool]) -> Result:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = os.read(fd, 4096)  # the child writes once and exits; EOF bounds the wait
         if not data:

@@ -8,13 +8,12 @@ pidfile exists) within a deadline, and reports
 * ``test_pid``: the test daemon that gets SIGTERM at the end (host view),
 * ``ns_pid``:   the pid the test wrote to its pidfile (its own pid namespace view).
 
-This package sits below the harness core and imports nothing from it.
+This package sits below the harness core and imports nothing from it but the process
+plumbing (zdtm.tasks, stdlib only).
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -22,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-KILL_GRACE = 5.0
-
+from zdtm.tasks import kill_group, read_pid
 
 #: a zdtm starter exits with this when the test skipped itself at setup
 EXIT_SKIP = 77
@@ -46,42 +44,6 @@ class Started:
     root_pid: int
     test_pid: int
     ns_pid: int
-
-
-def read_pid(path: Path) -> int:
-    """A pid from a pidfile (written atomically by the zdtm protocol)."""
-    text = path.read_text().strip()
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"{path}: not a pid: {text!r}")
-    return int(text)
-
-
-def nspid_chain(pid: int) -> list[int]:
-    """The NSpid line of /proc/PID/status: the pid in each namespace, outermost first."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("NSpid:"):
-                return [int(x) for x in line.split()[1:]]
-    return [pid]
-
-
-def host_pid_in_ns(root_pid: int, ns_pid: int) -> int | None:
-    """The host pid of the task that is ``ns_pid`` in the pid namespace of ``root_pid``."""
-    try:
-        ns = os.readlink(f"/proc/{root_pid}/ns/pid")
-    except OSError:
-        return None
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{entry}/ns/pid") != ns:
-                continue
-            if nspid_chain(int(entry))[-1] == ns_pid:
-                return int(entry)
-        except (OSError, ValueError):
-            continue  # the task went away while we looked
-    return None
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -157,14 +119,3 @@ class Flavor(ABC):
                 time.sleep(0.05)
         return self.locate(workdir, ns_pid)
 
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group led by ``proc`` (started with start_new_session) and reap."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=KILL_GRACE)
-    except subprocess.TimeoutExpired:
-        pass  # unkillable (D state): reported by the leak checks, never waited on forever

@@ -14,8 +14,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flavors.base import Flavor, Started, StartError, host_pid_in_ns, read_pid
+from flavors.base import Flavor, Started, StartError
 from flavors.root import install, install_at, install_test, make_root
+from zdtm.tasks import host_pid_in_ns, read_pid
 
 NSINIT = Path(__file__).resolve().parent / "nsinit"
 HOSTNAME = "zdtm-ns"

@@ -156,6 +156,16 @@ def _doc(tmp_path: Path, name: str, cases: list[Result], host: str = "m1") -> Pa
     return path
 
 
+def test_durations_of_a_results_file_balance_the_shards(tmp_path: Path) -> None:
+    """The durations of an earlier run are keyed as the shards' cases are, (test, flavour)."""
+    keys = [(f"s/t{i}", "h") for i in range(4)]
+    path = _doc(tmp_path, "", [case(t, duration=20.0 if t == "s/t3" else 1.0)
+                               for t, _ in keys])
+    seconds = results_file.durations(results_file.load(path))
+    assert seconds[("s/t3", "h")] == 20.0
+    assert shard.assign(keys, 2, seconds) == [[("s/t3", "h")], keys[:3]]
+
+
 def test_merge_joins_shards_and_refuses_a_case_twice(tmp_path: Path) -> None:
     a = _doc(tmp_path, "1/2", [case("s/a"), case("s/b", FAIL)], host="m1")
     b = _doc(tmp_path, "2/2", [case("s/c", SKIP)], host="m2")

@@ -238,6 +238,36 @@ def test_regex_selection_is_repeatable_and_nocr_excludes_cr_modes() -> None:
     assert res.returncode == 2 and "excludes --norst" in res.stdout
 
 
+def test_exclude_is_repeatable() -> None:
+    """Every -x removes the tests it matches (CRIU's zdtm.py: any of them, anywhere in
+    the name); the last one does not replace the others."""
+    res = runner("run", "-T", "^static/(cwd|devnull|environ)$", "-x", "cwd", "-x", "^static/env",
+                 "-f", "h", "--nocr")
+    assert res.returncode == 0, res.stdout
+    assert "PASS static/devnull [h]" in res.stdout
+    assert "static/cwd" not in res.stdout and "static/environ" not in res.stdout
+    assert "zdtm: 1 run(s)" in res.stdout
+
+
+def test_an_installed_copy_without_sources_refuses_to_run(tmp_path: Path) -> None:
+    """What `pip install .` installs (the Python packages, no C sources, descriptors or
+    Makefiles) says to run from a checkout instead of finding 0 tests."""
+    for init in (p for pkg in ("zdtm", "flavors", "engine") for p in (ROOT / pkg).rglob(
+            "__init__.py")):
+        dest = tmp_path / init.parent.relative_to(ROOT)
+        dest.mkdir(parents=True, exist_ok=True)
+        for src in init.parent.glob("*.py"):
+            shutil.copy(src, dest)
+    for argv in (["run", "-t", "static/maps06"], ["list"]):
+        code = f"import sys; from zdtm.cli import main; sys.exit(main({argv!r}))"
+        res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, check=False,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "holds no test sources" in res.stderr and "run it from a checkout" in res.stderr
+        assert "0 tests" not in res.stdout
+
+
 def test_plan_respects_declared_flavours() -> None:
     t1 = TestDesc(name="static/a", kind="static", binary=Path("/a"), flavors=("h", "ns"))
     t2 = TestDesc(name="static/b", kind="static", binary=Path("/b"), flavors=("uns",))

@@ -18,3 +18,16 @@ ROOT_DIR = ZDTM_DIR.parent
 CHECKOUT_TAG = hashlib.sha1(str(ROOT_DIR).encode()).hexdigest()[:12]
 
 FLAVORS = ("h", "ns", "uns")
+
+
+def missing_sources() -> str | None:
+    """Why this copy of the package cannot build or find the tests (None in a checkout).
+
+    ``pip install .`` ships the Python packages only: no C library, test sources,
+    descriptors or Makefiles.  The harness runs from a checkout (or an editable install).
+    """
+    if (ZDTM_DIR / "Makefile").is_file() and (ZDTM_DIR / "lib").is_dir():
+        return None
+    return (f"{ZDTM_DIR} holds no test sources (an installed copy of the package, e.g. "
+            "`pip install .`): run it from a checkout, as ./runner.py or after "
+            "`pip install -e .` there")

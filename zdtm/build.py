@@ -18,6 +18,7 @@ from typing import Self
 
 from zdtm import CHECKOUT_TAG, ROOT_DIR, ZDTM_DIR
 from zdtm.desc import TestDesc
+from zdtm.tasks import flock_until
 
 FLAVORS_DIR = ROOT_DIR / "flavors"
 NSINIT = FLAVORS_DIR / "nsinit"
@@ -41,22 +42,16 @@ class _BuildLock:
         self.fd = -1
 
     def __enter__(self) -> Self:
-        self.fd = os.open(_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise BuildError(f"build lock {_lock_path()} held for more than "
-                                     f"{self.timeout:.0f}s") from None
-                time.sleep(0.1)
+        try:
+            self.fd = flock_until(_lock_path(), fcntl.LOCK_EX,
+                                  time.monotonic() + self.timeout, poll=0.1)
+        except TimeoutError:
+            raise BuildError(f"build lock {_lock_path()} held for more than "
+                             f"{self.timeout:.0f}s") from None
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        os.close(self.fd)  # closing the only fd of the open file drops the flock
 
 
 def _make(directory: Path, targets: list[str], timeout: float) -> None:

@@ -196,6 +196,7 @@ def _fds(b: ProcState, a: ProcState) -> list[Problem]:
     for fd in sorted(b.fds.keys() | a.fds.keys()):
         fb, fa = b.fds.get(fd), a.fds.get(fd)
         if fb is None:
+            assert fa is not None  # the fd is in one of the two tables
             out.append(Problem("fds", f"{a.name()}: fd {fd} leaked after restore: {fa.describe()}"))
         elif fa is None:
             out.append(Problem("fds", f"{a.name()}: fd {fd} lost after restore: {fb.describe()}"))
@@ -228,6 +229,7 @@ def _maps(b: ProcState, a: ProcState) -> list[Problem]:
     for start in sorted(bmap.keys() | amap.keys()):
         vb, va = bmap.get(start), amap.get(start)
         if va is None:
+            assert vb is not None  # the VMA is in one of the two maps
             out.append(Problem("maps", f"{a.name()}: VMA {vb.describe()} missing after restore"))
         elif vb is None:
             out.append(Problem("maps", f"{a.name()}: VMA {va.describe()} appeared after restore"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, shard, tasks, vm
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, missing_sources, shard, tasks, vm
 from zdtm import results as results_file
 from zdtm.build import BuildError, ensure_built
 from zdtm.compare import Comparison, compare, known_lines
@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-T", "--tests-regex", action="append", default=[], metavar="REGEX",
                      help="run tests matching REGEX (repeatable)")
     run.add_argument("-a", "--all", action="store_true", help="run all tests (not noauto)")
-    run.add_argument("-x", "--exclude", metavar="REGEX", help="skip tests matching REGEX")
+    run.add_argument("-x", "--exclude", action="append", default=[], metavar="REGEX",
+                     help="skip tests whose name matches REGEX anywhere (repeatable, as in "
+                          "CRIU's zdtm.py)")
     run.add_argument("-f", "--flavors", type=_flavor_list, metavar="h,ns,uns",
                      help="flavours to run (default: every flavour a test declares)")
     run.add_argument("--iters", type=_at_least_one, default=1, help="C/R iterations (default 1)")
@@ -353,8 +355,9 @@ def _inputs(args: argparse.Namespace) -> Inputs:
 def _jobs(args: argparse.Namespace, inputs: Inputs) -> list[Job]:
     """The selection (the shard of it with --shard); DescError/re.error on bad input."""
     include = "|".join(f"(?:{r})" for r in args.tests_regex) or None
+    exclude = "|".join(f"(?:{r})" for r in args.exclude) or None
     tests = select(all_tests(args.tests_dir), names=args.test, include=include,
-                   exclude=args.exclude, all_tests=args.all)
+                   exclude=exclude, all_tests=args.all)
     jobs = plan(tests, args.flavors)
     if args.shard:
         by_key = {(j.test.name, j.flavor): j for j in jobs}
@@ -722,6 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw_argv)
     args.raw_argv = raw_argv  # parallel workers parse the same command line
+    why = missing_sources() if args.cmd in ("run", "list", "clean", "_one") else None
+    if why is not None:
+        print(f"zdtm-run: {why}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     if args.cmd == "_one":
         return _run_one_worker(args.spec)

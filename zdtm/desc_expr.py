@@ -110,7 +110,8 @@ class _Evaluator(ast.NodeVisitor):
         if isinstance(f, ast.Attribute) and f.attr in STR_METHODS:
             receiver = self.visit(f.value)
             if isinstance(receiver, str):
-                return getattr(receiver, f.attr)
+                method: Callable[..., Any] = getattr(receiver, f.attr)
+                return method
             raise _refuse(node, f"method {f.attr}() on {type(receiver).__name__}")
         raise _refuse(node, f"call of {ast.unparse(f)}()")
 

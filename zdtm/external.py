@@ -38,7 +38,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flavors.base import kill_group
 from zdtm import proc, tasks
 from zdtm.desc import TestDesc, beside, desc_fields
 from zdtm.result import CHECK_FAILED, TEST_FAIL, TIMEOUT, Result
@@ -235,7 +234,7 @@ class Script:
         self.timeout = SCRIPT_TIMEOUT if timeout is None else timeout
         self.deadline = time.monotonic() + self.timeout
         self.out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
-        self.child: subprocess.Popen | None = None
+        self.child: subprocess.Popen[bytes] | None = None
         try:
             self.child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                           stdout=self.out, stderr=subprocess.STDOUT,
@@ -254,7 +253,7 @@ class Script:
         except subprocess.TimeoutExpired:
             # everything the script started goes with it (re-parented to us, then reaped)
             members = [p for p in tasks.tree(self.child.pid) if p != self.child.pid]
-            kill_group(self.child)
+            tasks.kill_group(self.child)
             tasks.kill_tree(members, KILL_TIMEOUT)
             rc = None
         with self.out:
@@ -364,10 +363,9 @@ def unmount_left(root: Path, result: Result) -> None:
     left = mounts_under(root)
     if not left:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
     lines = []
     for point in left:
-        if libc.umount2(point.encode(), _MNT_DETACH) == 0:
+        if tasks.libc.umount2(point.encode(), _MNT_DETACH) == 0:
             lines.append(f"left behind: mount {point} (unmounted)")
         else:
             lines.append(f"left behind: mount {point} (umount: "

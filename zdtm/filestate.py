@@ -23,6 +23,8 @@ import struct
 import time
 from collections.abc import Iterator, Mapping
 
+from zdtm.tasks import libc
+
 _SYS_PIDFD_GETFD = 438
 F_GETSIG = 11
 F_GETOWN_EX = 16
@@ -30,14 +32,11 @@ OWNER_KINDS = {0: "tid", 1: "pid", 2: "pgrp"}
 GENERATED = ("/proc/", "/sys/")
 DIGEST_LIMIT = 256 << 20  # bytes of an unlinked file digested; beyond, the size says enough
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 
 @contextlib.contextmanager
 def fd_copy(pidfd: int, fd: int) -> Iterator[int | None]:
     """A copy of the task's fd (same open file description); None if it is gone."""
-    res = _libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
+    res = libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
                         ctypes.c_uint(0))
     if res < 0:
         if ctypes.get_errno() == errno.EBADF:

@@ -539,12 +539,13 @@ class Run:
         if self.workdir is not None:
             self._suite_cleanup(self.workdir)
         keep_logs = self.result.outcome == FAIL and self.workdir is not None
-        if keep_logs and not self.opts.keep_img:
-            _drop_images(self.workdir)
-            self._note(f"failed run: logs kept in {self.workdir}")
-        elif self.workdir is not None and not self.opts.keep_img:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.result.workdir = None
+        if self.workdir is not None and not self.opts.keep_img:
+            if keep_logs:
+                _drop_images(self.workdir)
+                self._note(f"failed run: logs kept in {self.workdir}")
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.result.workdir = None
         if self.tmproot is not None and not self.opts.keep_img and not keep_logs:
             shutil.rmtree(self.tmproot, ignore_errors=True)
 

@@ -87,7 +87,7 @@ class MemoryReader:
         os.close(self._mem)
         os.close(self._pagemap)
 
-    def _pagemap_entries(self, entry: MapsEntry) -> array:
+    def _pagemap_entries(self, entry: MapsEntry) -> array[int]:
         n = entry.pages
         raw = os.pread(self._pagemap, n * 8, entry.start // PAGE_SIZE * 8)
         out = array("Q")

@@ -15,32 +15,24 @@ says so (then a neighbour's mounts can show as leaks).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 
 from zdtm import proc
+from zdtm.tasks import check_libc, libc
 
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(res: int, what: str) -> None:
-    if res != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
 
 def enter_private() -> str | None:
     """Move the calling thread (the harness's main thread) into a new private mount
     namespace; None on success, else why the run shares the machine's mount table."""
     try:
-        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-        _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None),
+        check_libc(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        check_libc(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None),
                "mount --make-rprivate /")
     except OSError as exc:
         return f"no mount namespace of its own ({exc}): mounts of other jobs may show as leaks"
@@ -59,7 +51,7 @@ def remove(mounts: set[tuple[str, str, str]]) -> list[str]:
         # mountinfo escapes space, tab, newline and backslash as \ooo
         path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
         try:
-            _check(_libc.umount2(os.fsencode(path), MNT_DETACH), f"umount {point}")
+            check_libc(libc.umount2(os.fsencode(path), MNT_DETACH), f"umount {point}")
         except OSError as exc:
             failed.append(f"mount {point} ({fstype}) could not be removed: {exc}")
     return failed

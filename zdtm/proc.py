@@ -317,22 +317,6 @@ def read_text(path: str) -> str:
         return f.read().decode("utf-8", "surrogateescape")
 
 
-def read_children(pid: int) -> list[int]:
-    """Direct children of every thread of PID (CONFIG_PROC_CHILDREN); [] if PID is gone."""
-    out: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return out
-    for tid in tids:
-        try:
-            text = read_text(f"/proc/{pid}/task/{tid}/children")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        out.extend(int(c) for c in text.split())
-    return out
-
-
 def read_tids(pid: int) -> list[int]:
     """Thread ids of PID as seen from the reader's pid namespace, sorted."""
     try:

@@ -21,6 +21,7 @@ import struct
 from collections.abc import Sequence
 
 from zdtm import proc
+from zdtm.tasks import libc
 
 _SYS_KCMP = 312
 KCMP_KINDS = {"vm": 1, "files": 2, "fs": 3, "sighand": 4}
@@ -30,8 +31,6 @@ PM_PFN_MASK = (1 << 55) - 1
 PM_MMAP_EXCLUSIVE = 1 << 56
 PM_FILE = 1 << 61  # file page or shared anonymous memory
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 # A pair of processes -> the (address in the first, address in the second) of every page
 # they share copy-on-write. Processes are named by their pid in their own namespace.
@@ -40,12 +39,12 @@ CowPairs = dict[tuple[int, int], frozenset[tuple[int, int]]]
 
 def kcmp(pid1: int, pid2: int, kind: int) -> int:
     """kcmp(2) without indices: 0 when the two share the object, 1/2 for an order."""
-    res = _libc.syscall(ctypes.c_long(_SYS_KCMP), ctypes.c_long(pid1), ctypes.c_long(pid2),
+    res = libc.syscall(ctypes.c_long(_SYS_KCMP), ctypes.c_long(pid1), ctypes.c_long(pid2),
                         ctypes.c_long(kind), ctypes.c_ulong(0), ctypes.c_ulong(0))
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"kcmp({pid1}, {pid2}, {kind}): {os.strerror(err)}")
-    return res
+    return int(res)
 
 
 def table_classes(members: Sequence[tuple[int, int]]) -> dict[int, dict[str, str]]:
@@ -74,7 +73,7 @@ def _zero_pfn() -> int:
         with open("/proc/self/pagemap", "rb", buffering=0) as f:
             entry = struct.unpack("<Q", os.pread(f.fileno(), 8, addr // proc.PAGE_SIZE * 8))[0]
         del addr
-        return entry & PM_PFN_MASK
+        return int(entry) & PM_PFN_MASK
 
 
 def _shared_private_pages(pid: int, zero: int) -> dict[int, int]:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from zdtm import filestate, memory, proc, sharing, taskattrs, tracing, ttystate
+from zdtm import filestate, memory, proc, sharing, taskattrs, tasks, tracing, ttystate
 
 # VmFlags that legitimately differ across a restore: userfaultfd registration (lazy pages,
 # dirty tracking), soft-dirty, and VM_ACCOUNT (commit accounting of a private writable
@@ -176,17 +176,7 @@ def _walk(root_pid: int) -> list[int]:
     """Root and all descendants (breadth first, children in pid order), as outer pids."""
     if not os.path.exists(f"/proc/{root_pid}"):
         raise ProcessLookupError(f"capture: pid {root_pid} does not exist")
-    order: list[int] = []
-    seen: set[int] = set()
-    queue = [root_pid]
-    while queue:
-        pid = queue.pop(0)
-        if pid in seen:
-            continue
-        seen.add(pid)
-        order.append(pid)
-        queue.extend(sorted(proc.read_children(pid)))
-    return order
+    return [root_pid, *tasks.descendants(root_pid)]
 
 
 def _inner(status: dict[str, str], key: str, fallback: int) -> int:
@@ -467,7 +457,7 @@ def _without_rseq_pages(cow: sharing.CowPairs, tree: TreeState) -> sharing.CowPa
 
 
 def _rseq_masks(ps: ProcState) -> list[tuple[int, int]]:
-    masks = []
+    masks: list[tuple[int, int]] = []
     for conf in ps.rseq.values():
         if conf is not None and conf.pointer:
             masks.extend((conf.pointer + off, ln) for off, ln in RSEQ_KERNEL_FIELDS)
@@ -585,11 +575,8 @@ def _namespaces(ps: ProcState, own: dict[str, int], labels: _Labeller) -> dict[s
     return raw
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def _setns(fd: int, nstype: int) -> None:
-    if _libc.setns(fd, nstype) != 0:
+    if tasks.libc.setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 
@@ -713,7 +700,7 @@ def own_state() -> OwnState:
         except FileNotFoundError:
             continue  # the directory fd listdir used, closed by now
     children: dict[int, str] = {}
-    for pid in proc.read_children(os.getpid()):
+    for pid in tasks.children(os.getpid()):
         try:
             stat = proc.parse_stat(proc.read_text(f"/proc/{pid}/stat"))
             cmdline = proc.read_text(f"/proc/{pid}/cmdline").replace("\0", " ").strip()

@@ -22,14 +22,13 @@ from __future__ import annotations
 import ctypes
 import os
 
+from zdtm.tasks import libc
+
 _SYS_IOPRIO_GET = 252  # x86_64
 _SYS_SCHED_GETATTR = 315
 IOPRIO_WHO_PROCESS = 1
 SCHED_FLAG_RESET_ON_FORK = 1
 IN_TASK = ("dumpable", "child_subreaper", "pdeathsig", "membarrier registrations")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class _SchedAttr(ctypes.Structure):
@@ -41,11 +40,11 @@ class _SchedAttr(ctypes.Structure):
 
 
 def _sys(nr: int, *args: object) -> int:
-    res = _libc.syscall(ctypes.c_long(nr), *args)
+    res = libc.syscall(ctypes.c_long(nr), *args)
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return res
+    return int(res)
 
 
 def _read(path: str) -> str | None:

@@ -1,4 +1,10 @@
-"""Process-tree helpers of the harness: walk, freeze, thaw, kill and reap by pid.
+"""The harness's process plumbing: one home, stdlib only.
+
+Tree walk, freeze/thaw/kill/reap by pid, pid namespaces (NSpid), pidfiles, process groups,
+the child subreaper, file locks with a deadline and the libc handle.  The harness core,
+the flavours, the engine drivers, conftest.py and the benchmarks all use this module; it
+imports nothing from the project, so the flavours (which sit below the harness core) may
+too.
 
 Everything here acts on explicit pids found under a known root (or under the harness
 itself); nothing matches processes by name.
@@ -7,26 +13,37 @@ itself); nothing matches processes by name.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
+import subprocess
 import time
-
-from zdtm.proc import parse_status, read_text, status_ids
+from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 FROZEN_STATES = frozenset("TZX")  # group-stopped, zombie, dead
+#: how long a killed process group's leader is waited for (a D-state task may never go)
+KILL_GRACE = 5.0
+
+#: the C library, errno kept per call (ctypes.get_errno); syscall() returns a long
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
 
 
 class TaskError(Exception):
     """A tree could not be frozen or killed in time."""
 
 
+def check_libc(res: int, what: str) -> None:
+    """Raise OSError naming ``what`` when a libc call returned non-zero."""
+    if res != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
 def set_subreaper() -> None:
     """Make orphaned descendants (e.g. restored trees) re-parent to this process."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"PR_SET_CHILD_SUBREAPER: {os.strerror(err)}")
+    check_libc(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "PR_SET_CHILD_SUBREAPER")
 
 
 def children(pid: int) -> list[int]:
@@ -46,9 +63,10 @@ def children(pid: int) -> list[int]:
 
 
 def descendants(pid: int) -> list[int]:
-    """All descendants of ``pid``, parents before children."""
+    """All descendants of ``pid``, breadth first, each task's children in pid order (so
+    parents come before children and two walks of an unchanged tree agree)."""
     out: list[int] = []
-    todo = children(pid)
+    todo = sorted(children(pid))
     seen: set[int] = set()
     while todo:
         p = todo.pop(0)
@@ -56,7 +74,7 @@ def descendants(pid: int) -> list[int]:
             continue
         seen.add(p)
         out.append(p)
-        todo.extend(children(p))
+        todo.extend(sorted(children(p)))
     return out
 
 
@@ -138,10 +156,46 @@ def stopped_ids(root: int, settle: float = 0.0) -> set[int]:
 
 def _own_pid(pid: int) -> int:
     try:
-        ids = status_ids(parse_status(read_text(f"/proc/{pid}/status")), "NSpid")
+        return nspid_chain(pid)[-1]
     except OSError:
         return -1
-    return ids[-1] if ids else pid
+
+
+def nspid_chain(pid: int) -> list[int]:
+    """The NSpid line of /proc/PID/status: the pid in each namespace, outermost first."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NSpid:"):
+                return [int(x) for x in line.split()[1:]]
+    return [pid]
+
+
+def host_pid_in_ns(root_pid: int, ns_pid: int) -> int | None:
+    """The host pid of the task that is ``ns_pid`` in the pid namespace of ``root_pid``."""
+    try:
+        ns = os.readlink(f"/proc/{root_pid}/ns/pid")
+    except OSError:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != ns:
+                continue
+            if nspid_chain(int(entry))[-1] == ns_pid:
+                return int(entry)
+        except (OSError, ValueError):
+            continue  # the task went away while we looked
+    return None
+
+
+def read_pid(path: Path) -> int:
+    """A pid from a pidfile (written atomically by the zdtm protocol and the engines);
+    ValueError when it holds no positive number."""
+    text = path.read_text().strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{path}: not a pid: {text!r}")
+    return int(text)
 
 
 def thaw(pids: list[int], keep: set[int] | frozenset[int] = frozenset()) -> None:
@@ -201,6 +255,30 @@ def pid_alive(pid: int) -> bool:
     return bool(states) and not all(s in "ZX" for s in states)
 
 
-__all__ = ["TaskError", "children", "descendants", "freeze", "kill_tree",
-           "pid_alive", "reap", "reap_zombie_children", "set_subreaper", "thaw", "tree",
-           "wait_gone"]
+def kill_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = KILL_GRACE) -> None:
+    """SIGKILL the process group led by ``proc`` (started with start_new_session) and
+    reap it, waiting at most ``grace`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass  # unkillable (D state): reported by the leak checks, never waited on forever
+
+
+def flock_until(path: Path, op: int, deadline: float, poll: float = 0.05) -> int:
+    """An fd of ``path`` (created if needed) holding flock ``op`` (LOCK_EX or LOCK_SH),
+    polled until the monotonic ``deadline``; TimeoutError after it (a stuck holder must
+    not hang the caller forever).  Closing the fd releases the lock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TimeoutError(f"lock {path} still held") from None
+            time.sleep(poll)

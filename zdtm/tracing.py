@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Self
 
+from zdtm.tasks import libc
+
 _SYS_PTRACE = 101  # x86_64
 _SYS_PRCTL = 157
 _SYS_KCMP = 312
@@ -55,9 +57,7 @@ MEMBARRIER_PROBES = (("membarrier private expedited", 1 << 3),
                      ("membarrier private expedited sync_core", 1 << 5),
                      ("membarrier private expedited rseq", 1 << 7))
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_syscall = libc.syscall
 
 
 class _RseqConfiguration(ctypes.Structure):
@@ -114,7 +114,7 @@ def _ptrace(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
     if res < 0:
         err = ctypes.get_errno()
         raise TraceError(err, f"ptrace({request:#x}, {tid}): {os.strerror(err)}")
-    return res
+    return int(res)
 
 
 def _wait_trap(tid: int, deadline: float) -> None:
@@ -295,4 +295,4 @@ def kcmp_file(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"kcmp({pid1}:{fd1}, {pid2}:{fd2}): {os.strerror(err)}")
-    return res
+    return int(res)

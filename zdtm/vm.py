@@ -23,7 +23,6 @@ import queue
 import re
 import shlex
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from zdtm import ROOT_DIR
 from zdtm.report import totals
 from zdtm.result import FAIL, HARNESS_ERROR, SKIP, TEST_FAIL, TIMEOUT, Result
+from zdtm.tasks import kill_group
 
 VNG = "vng"
 QEMU = "qemu-system-x86_64"
@@ -218,10 +218,7 @@ class _Lines:
 
 def _kill_vm(proc: subprocess.Popen[str]) -> None:
     """SIGKILL the VM's process group (vng and the qemu it started; we made the group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
+    kill_group(proc, grace=30)
 
 
 def vng_command(kernel: Kernel, script: str, out: Path, kvm: bool) -> list[str]:

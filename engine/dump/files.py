@@ -20,8 +20,9 @@ from engine.dump import anonfd, inetsk, netlinksk, packetsk, pty, unixsk
 from engine.dump.fdowner import read_owners
 from engine.errors import EngineError
 from engine.images import names
+from engine.images.fdkinds import LockRecord
 from engine.images.imgdir import ImageDir
-from engine.images.records import FdEntry, FileRecord, LockRecord
+from engine.images.records import FdEntry, FileRecord
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.proc import locks

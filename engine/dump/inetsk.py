@@ -103,7 +103,7 @@ def fill(img: ImageDir, repaired: Repaired, rec: FileRecord, pid: int, fd: int,
                                waiting=waiting)
 
 
-def _raw_peer(pid: int, family: int, inode: int, where: str) -> list[str]:
+def _raw_peer(pid: int, family: socket.AddressFamily, inode: int, where: str) -> list[str]:
     """[host, "0"] of a connected raw socket, [] if not connected."""
     try:
         found = netraw.raw_socket(pid, family, inode)
@@ -116,7 +116,7 @@ def _raw_peer(pid: int, family: int, inode: int, where: str) -> list[str]:
 
 def queued_bytes(s: socket.socket) -> int:
     """Bytes of the next datagram or packet waiting to be read (SIOCINQ), 0 if none."""
-    return struct.unpack("=i", fcntl.ioctl(s.fileno(), tr.SIOCINQ, b"\0" * 4))[0]
+    return int(struct.unpack("=i", fcntl.ioctl(s.fileno(), tr.SIOCINQ, b"\0" * 4))[0])
 
 
 def _repair(img: ImageDir, repaired: Repaired, rec: FileRecord, s: socket.socket,

@@ -142,7 +142,7 @@ def _home(inj: Injector, code: int, fd: int, gadget: int,
                 r12=fd, r13=mapping[0], r14=mapping[1], r15=sp, rbx=jump)
 
 
-def _sums(inj: Injector, code: int, out: int, r: Run) -> array:
+def _sums(inj: Injector, code: int, out: int, r: Run) -> array[int]:
     """The page checksums of run r, computed by the task (SUM_PAGES at a time)."""
     sums = array("I")
     npages = r.length // uapi.PAGE_SIZE

@@ -247,7 +247,7 @@ def check_peers(files: list[FileRecord]) -> None:
                                            f"{sender!r} (outside the dumped tree) is queued")
 
 
-def _peer_problem(r: FileRecord, st: UnixSocketState, socks: dict[int, UnixSocketState | None],
+def _peer_problem(r: FileRecord, st: UnixSocketState, socks: dict[int, UnixSocketState],
                   listeners: set[str]) -> str:
     """Why this socket's connections cannot be rebuilt ("" if they can)."""
     if st.peer and st.peer not in socks:
@@ -262,7 +262,8 @@ def _peer_problem(r: FileRecord, st: UnixSocketState, socks: dict[int, UnixSocke
         return "cannot dump a datagram socket connected to an unnamed one that is not its peer"
     named = {s for s in st.senders if s}
     pair = peer is not None and peer.peer == r.inode
-    if named and (pair and named != {peer.name} or not pair and not st.name):
+    if named and (peer is not None and pair and named != {peer.name}
+                  or not pair and not st.name):
         return ("cannot dump datagrams of named senders queued on a socket they cannot "
                 "address again: not supported")
     return ""

@@ -135,7 +135,7 @@ def _build(tp: Any) -> Converter:
 def _bool(data: Any) -> bool:
     if type(data) is not bool:
         _fail(f"expected a bool, got {data!r:.40}")
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 def _int(data: Any) -> int:
@@ -143,7 +143,7 @@ def _int(data: Any) -> int:
     # could smuggle True in as 1.
     if type(data) is not int:
         _fail(f"expected an integer, got {data!r:.40}")
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 def _float(data: Any) -> float:
@@ -155,7 +155,7 @@ def _float(data: Any) -> float:
 def _str(data: Any) -> str:
     if type(data) is not str:
         _fail(f"expected a string, got {data!r:.40}")
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 def _list_converter(item: Converter) -> Converter:
@@ -182,8 +182,9 @@ def _scalar_list_converter(item_tp: type, item: Converter) -> Converter:
 
     def convert(data: Any) -> list[Any]:
         if type(data) is list and all(type(x) is item_tp for x in data):
-            return data  # type: ignore[no-any-return]
-        return slow(data)  # type: ignore[no-any-return]
+            return data
+        checked: list[Any] = slow(data)
+        return checked
     return convert
 
 

@@ -464,7 +464,7 @@ def chunk_crcs(data: memoryview) -> list[int]:
         return [zlib.crc32(data[i:i + CRC_CHUNK]) for i in range(0, len(data), CRC_CHUNK)]
 
 
-def _check_sums(path: str, sums: PageSums, offset: int, got: array) -> None:
+def _check_sums(path: str, sums: PageSums, offset: int, got: array[int]) -> None:
     """Compare the checksums of pages found at file `offset` with the recorded ones."""
     first = offset // PAGE_SIZE
     want = sums.values[first:first + len(got)]
@@ -587,13 +587,13 @@ class PagesWriter:
         except OSError as e:
             raise ImageError(self.path, f"write failed: {e.strerror}", "write") from None
 
-    def claim(self, offset: int, sums: array) -> None:
+    def claim(self, offset: int, sums: array[int]) -> None:
         """Record pages another process wrote into the file at `offset` (the dumped task
         itself), with the checksums it computed (algorithm: self.sums.algo)."""
         self._record(offset, sums)
         self.written += len(sums) * PAGE_SIZE
 
-    def _record(self, offset: int, sums: array) -> None:
+    def _record(self, offset: int, sums: array[int]) -> None:
         first = offset // PAGE_SIZE
         self.sums.values[first:first + len(sums)] = sums
         self._summed += len(sums)
@@ -669,7 +669,7 @@ class PagesReader:
         _check_sums(self.path, self.sums, offset,
                     pagecrc.sums_at(self.sums.algo, address, whole))
 
-    def check(self, offset: int, sums: array) -> None:
+    def check(self, offset: int, sums: array[int]) -> None:
         """Check checksums computed elsewhere (by the task) of pages from `offset`."""
         _check_sums(self.path, self.sums, offset, sums)
 

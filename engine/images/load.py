@@ -109,12 +109,12 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
         _check_file(d, f, shmem_ids)
     shmem: dict[str, ShmemImage] = {}
     for s in inv.shmem:
-        pm = d.read_pagemap(s.pagemap)
-        _check_pages(d, s.pagemap, s.pages, pm, inv.parent, verify_pages)
-        for e in pm.entries:
+        shm_pm = d.read_pagemap(s.pagemap)
+        _check_pages(d, s.pagemap, s.pages, shm_pm, inv.parent, verify_pages)
+        for e in shm_pm.entries:
             if e.end > s.size:
                 raise ImageError(d.file(s.pagemap), f"offset {e.addr:#x} beyond object size")
-        shmem[s.id] = ShmemImage(s, pm)
+        shmem[s.id] = ShmemImage(s, shm_pm)
     tasks: dict[int, TaskImage] = {}
     for t in inv.tasks:
         core = d.read_json(names.core(t.pid), TaskCore)
@@ -129,7 +129,8 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
         for th in core.threads:
             if th.xstate is not None:
                 _check_xstate(d, th.xstate, th.tid, where)
-        mm = pm = None
+        mm: MmCore | None = None
+        pm: Pagemap | None = None
         if t.state != "zombie":
             mm = d.read_json(names.mm(t.pid), MmCore)
             for v in mm.vmas:

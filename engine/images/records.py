@@ -606,9 +606,9 @@ class MmCore:
         for v in self.auxv:
             _check_u64(v, "auxv value")
         prev_end = 0
-        for v in self.vmas:
-            _check(v.start >= prev_end, f"vma {v.start:#x} overlaps or is out of order")
-            prev_end = v.end
+        for vma in self.vmas:
+            _check(vma.start >= prev_end, f"vma {vma.start:#x} overlaps or is out of order")
+            prev_end = vma.end
         _check(_safe_name(self.pagemap) and _safe_name(self.pages), "bad pagemap/pages name")
 
 

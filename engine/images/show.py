@@ -107,11 +107,11 @@ def _show_core(c: TaskCore, out: TextIO) -> None:
             out.write(f"    sigaltstack {a.sp:#x} size {a.size} flags {a.flags}\n")
         out.writelines(f"    pending {_sig(p.signo)}\n" for p in t.pending)
     out.writelines(f"  shared pending {_sig(p.signo)}\n" for p in c.shared_pending)
-    for a in c.sigactions:
-        if a.handler != 0 or a.flags or a.mask:
-            h = {0: "SIG_DFL", 1: "SIG_IGN"}.get(a.handler, f"{a.handler:#x}")
-            out.write(f"  sigaction {_sig(a.signo)}: {h} flags {a.flags:#x} "
-                      f"mask {_mask(a.mask)}\n")
+    for act in c.sigactions:
+        if act.handler != 0 or act.flags or act.mask:
+            h = {0: "SIG_DFL", 1: "SIG_IGN"}.get(act.handler, f"{act.handler:#x}")
+            out.write(f"  sigaction {_sig(act.signo)}: {h} flags {act.flags:#x} "
+                      f"mask {_mask(act.mask)}\n")
     lim = [f"{r.name}={_lim(r.soft)}/{_lim(r.hard)}" for r in c.limits]
     out.write(f"  limits {' '.join(lim)}\n")
     out.writelines(f"  fd {f.fd} -> file {f.file_id}{' cloexec' if f.cloexec else ''}\n"

@@ -238,7 +238,7 @@ def rseq_abort_ip(tid: int, regs: UserRegs, mem_fd: int) -> int | None:
     sig = _pread(mem_fd, 4, abort - 4)
     if len(sig) != 4 or int.from_bytes(sig, "little") != conf.signature:
         return None  # the kernel would kill the task; leave that to it
-    return abort
+    return int(abort)
 
 
 def in_interrupted_syscall(regs: UserRegs) -> bool:
@@ -554,7 +554,7 @@ class Injector:
     def _stack_low(self) -> int:
         """Lowest stack address we may use (the bytes saved in _under_frame)."""
         assert self.frame is not None
-        return self.saved_regs.rsp - sigframe.RED_ZONE - len(self._under_frame)
+        return int(self.saved_regs.rsp) - sigframe.RED_ZONE - len(self._under_frame)
 
     def code_scratch(self, code: bytes, size: int) -> tuple[int, int]:
         """Like scratch(size), preceded by `code` on pages of its own that the target

@@ -45,7 +45,7 @@ class PageSums:
     """The checksum of each page of a pages file, in file order, and their algorithm."""
 
     algo: int
-    values: array  # of 'I'
+    values: array[int]  # of 'I'
 
 
 @contextmanager
@@ -97,7 +97,7 @@ def write_algo() -> int:
     return ALGO_CRC32C if native() else ALGO_CRC32
 
 
-def sums_at(algo: int, addr: int, length: int) -> array:
+def sums_at(algo: int, addr: int, length: int) -> array[int]:
     """Checksums of the `length // PAGE` pages of engine memory at `addr` (length is a
     multiple of PAGE). Releases the GIL for the hardware routine."""
     n = length // PAGE
@@ -116,7 +116,7 @@ def sums_at(algo: int, addr: int, length: int) -> array:
     return out
 
 
-def sums_of(algo: int, data: bytes | bytearray | memoryview) -> array:
+def sums_of(algo: int, data: bytes | bytearray | memoryview) -> array[int]:
     """sums_at() of a buffer (its length a multiple of PAGE)."""
     view = memoryview(data).cast("B")
     if view.readonly:
@@ -151,7 +151,7 @@ def task_scratch_bytes(npages: int) -> int:
 
 
 def in_task(pid: int, mem_fd: int, code: int, out: int, addr: int, npages: int,
-            timeout: float, frame: int = 0, home: dict[str, int] | None = None) -> array:
+            timeout: float, frame: int = 0, home: dict[str, int] | None = None) -> array[int]:
     """CRC32C of the `npages` pages at `addr` of a ptrace-stopped task, computed by the
     task: it runs page_crcs from `code` (a task address holding blob.CODE, executable)
     and writes the results to `out` (task_scratch_bytes(npages) writable bytes). The

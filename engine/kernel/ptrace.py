@@ -236,13 +236,6 @@ def set_sigmask(tid: int, mask: int) -> None:
     ptrace(uapi.PTRACE_SETSIGMASK, tid, uapi.SIGSET_SIZE, value)
 
 
-def get_siginfo(tid: int) -> SigInfo:
-    """PTRACE_GETSIGINFO: the siginfo of the signal that caused the current stop."""
-    info = SigInfo()
-    ptrace(uapi.PTRACE_GETSIGINFO, tid, 0, info)
-    return info
-
-
 def peek_siginfo(tid: int, shared: bool) -> list[bytes]:
     """Every pending signal of the thread (or, shared=True, of the process) as 128-byte
     siginfo records, oldest first, without dequeuing them (PTRACE_PEEKSIGINFO)."""

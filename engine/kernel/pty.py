@@ -60,12 +60,12 @@ def set_winsize(fd: int, ws: list[int]) -> None:
 
 def index(master: int) -> int:
     """The pty number of a master (TIOCGPTN): its slave is pts/N."""
-    return struct.unpack("=I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    return int(struct.unpack("=I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0])
 
 
 def locked(master: int) -> bool:
     """Whether the slave is still locked (no unlockpt yet)."""
-    return struct.unpack("=i", fcntl.ioctl(master, TIOCGPTLCK, b"\0" * 4))[0] != 0
+    return bool(struct.unpack("=i", fcntl.ioctl(master, TIOCGPTLCK, b"\0" * 4))[0])
 
 
 def set_locked(master: int, lock: bool) -> None:

@@ -70,7 +70,7 @@ class Frame:
     def sp(self) -> int:
         """The stack pointer injected code runs with: rt_sigreturn reads the frame at
         rsp - 8 (the slot of the return address a handler's `ret` popped)."""
-        return self.address + 8
+        return int(self.address + 8)
 
 
 def _resumed(regs: UserRegs) -> UserRegs:

@@ -37,19 +37,19 @@ class UserRegs(ctypes.Structure):
 
     def to_dict(self) -> dict[str, int]:
         """All registers by name, as unsigned integers (for JSON images)."""
-        return {name: getattr(self, name) for name, _ in self._fields_}
+        return {name: getattr(self, name) for name, *_ in self._fields_}
 
     @classmethod
     def from_dict(cls, values: dict[str, int]) -> UserRegs:
         """Build from to_dict() output; a missing register is an error (KeyError)."""
         regs = cls()
-        for name, _ in cls._fields_:
+        for name, *_ in cls._fields_:
             setattr(regs, name, values[name] & 0xFFFFFFFFFFFFFFFF)
         return regs
 
     def signed(self, name: str) -> int:
         """A register as a signed 64-bit value (rax after a syscall, orig_rax)."""
-        value = getattr(self, name)
+        value = int(getattr(self, name))
         return value - (1 << 64) if value >= (1 << 63) else value
 
 

@@ -24,6 +24,8 @@ _MASK64 = (1 << 64) - 1
 # which is several times faster than building c_ulong objects per argument (this is the
 # hot path of syscall injection: a few ptrace calls per injected syscall).
 _SYSCALL_ADDR = ctypes.cast(_libc.syscall, ctypes.c_void_p).value
+if _SYSCALL_ADDR is None:
+    raise ImportError("the C library has no syscall()")
 _L, _U = ctypes.c_long, ctypes.c_ulong
 _syscall6 = ctypes.CFUNCTYPE(_L, _L, _U, _U, _U, _U, _U, _U, use_errno=True)(_SYSCALL_ADDR)
 _syscall4 = ctypes.CFUNCTYPE(_L, _L, _L, _L, _U, _U, use_errno=True)(_SYSCALL_ADDR)
@@ -49,7 +51,7 @@ def syscall(nr: int, *args: object) -> int:
     """Run syscall ``nr`` in this process; return its result or raise OSError(errno)."""
     words = [_arg(a) for a in args]
     words += [0] * (6 - len(words))
-    ret = _syscall6(nr, *words)
+    ret: int = _syscall6(nr, *words)
     if ret == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"{_syscall_name(nr)}: {os.strerror(err)}")
@@ -59,7 +61,7 @@ def syscall(nr: int, *args: object) -> int:
 def syscall4(nr: int, a1: int, a2: int, a3: int, a4: int) -> int:
     """Fast path for hot 4-argument calls (ptrace): ints only, a1/a2 signed longs,
     a3/a4 unsigned words. Raises OSError(errno)."""
-    ret = _syscall4(nr, a1, a2, a3, a4)
+    ret: int = _syscall4(nr, a1, a2, a3, a4)
     if ret == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"{_syscall_name(nr)}: {os.strerror(err)}")
@@ -71,18 +73,6 @@ def _syscall_name(nr: int) -> str:
         if num == nr:
             return name
     return f"syscall {nr}"
-
-
-def errno_of(ret: int) -> int:
-    """The errno of a raw (kernel ABI) result, or 0 when it is not an error."""
-    if -4095 <= ret < 0:
-        return -ret
-    return 0
-
-
-def gettid() -> int:
-    """Thread id of the calling thread."""
-    return syscall(uapi.SYS_gettid)
 
 
 def tgkill(tgid: int, tid: int, sig: int) -> None:
@@ -100,12 +90,7 @@ def pidfd_getfd(pidfd: int, targetfd: int, flags: int = 0) -> int:
     return syscall(uapi.SYS_pidfd_getfd, pidfd, targetfd, flags)
 
 
-def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    """Send ``sig`` through a pidfd (no pid reuse race)."""
-    syscall(uapi.SYS_pidfd_send_signal, pidfd, sig, 0, 0)
-
-
-def _iovecs(ranges: Sequence[Range]) -> ctypes.Array:
+def _iovecs(ranges: Sequence[Range]) -> ctypes.Array[Iovec]:
     """An iovec array over a flat array('Q') of (base, len) pairs: built in C, not in a
     Python loop per element (dumps pass thousands of ranges). The ctypes array keeps the
     backing array alive."""
@@ -311,11 +296,6 @@ def munmap(addr: int, length: int) -> None:
     syscall(uapi.SYS_munmap, addr, length)
 
 
-def is_errno(exc: BaseException, *codes: int) -> bool:
-    """True when ``exc`` is an OSError with one of ``codes`` (e.g. errno.ESRCH)."""
-    return isinstance(exc, OSError) and exc.errno in codes
-
-
 
 def kcmp(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
     """kcmp(2): 0 when the two resources are the same kernel object (e.g. KCMP_FILE: one
@@ -333,7 +313,7 @@ def setns(fd: int, nstype: int = 0) -> None:
     syscall(uapi.SYS_setns, fd, nstype)
 
 
-def _cstr(value: str | None) -> ctypes.Array | None:
+def _cstr(value: str | None) -> ctypes.Array[ctypes.c_char] | None:
     return None if value is None else ctypes.create_string_buffer(os.fsencode(value))
 
 

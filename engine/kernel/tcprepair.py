@@ -152,7 +152,7 @@ def nothing_sent(s: socket.socket) -> bool:
     raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
     acked, received = struct.unpack_from("=QQ", raw, 120)
     outq = struct.unpack("=i", fcntl.ioctl(s.fileno(), SIOCOUTQ, b"\0" * 4))[0]
-    return acked <= 1 and received == 0 and outq == 0
+    return bool(acked <= 1 and received == 0 and outq == 0)
 
 
 def get_window(s: socket.socket) -> list[int]:

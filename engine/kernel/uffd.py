@@ -28,7 +28,6 @@ from engine.kernel.structs import (
     UffdioCopy,
     UffdioRange,
     UffdioRegister,
-    UffdioWriteprotect,
     UffdioZeropage,
     UffdMsg,
 )
@@ -55,7 +54,7 @@ def register(fd: int, start: int, length: int, mode: int) -> int:
     arg.range.start, arg.range.len = start, length
     arg.mode = mode
     ioctl(fd, uapi.UFFDIO_REGISTER, arg)
-    return arg.ioctls
+    return int(arg.ioctls)
 
 
 def unregister(fd: int, start: int, length: int) -> None:
@@ -73,7 +72,7 @@ def copy(fd: int, dst: int, src: int, length: int, mode: int = 0) -> int:
     returns bytes copied (raises OSError, e.g. EEXIST when the page is already there)."""
     arg = UffdioCopy(dst, src, length, mode, 0)
     ioctl(fd, uapi.UFFDIO_COPY, arg)
-    return arg.copy
+    return int(arg.copy)
 
 
 def zeropage(fd: int, start: int, length: int, mode: int = 0) -> int:
@@ -82,15 +81,7 @@ def zeropage(fd: int, start: int, length: int, mode: int = 0) -> int:
     arg.range.start, arg.range.len = start, length
     arg.mode = mode
     ioctl(fd, uapi.UFFDIO_ZEROPAGE, arg)
-    return arg.zeropage
-
-
-def writeprotect(fd: int, start: int, length: int, protect: bool) -> None:
-    """UFFDIO_WRITEPROTECT: set (protect=True) or clear write protection."""
-    arg = UffdioWriteprotect()
-    arg.range.start, arg.range.len = start, length
-    arg.mode = uapi.UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
-    ioctl(fd, uapi.UFFDIO_WRITEPROTECT, arg)
+    return int(arg.zeropage)
 
 
 def read_events(fd: int, max_events: int = 64) -> list[UffdMsg]:

@@ -31,6 +31,7 @@ from engine.errors import EngineError
 from engine.images import load
 from engine.images.records import PAGE_SIZE
 from engine.kernel import uapi, uffd
+from engine.kernel.structs import UffdMsg
 from engine.kernel.sys import pidfd_open
 from engine.lazy import SOCKET_NAME, protocol
 from engine.lazy.pending import Pending
@@ -98,7 +99,7 @@ class _Reader:
         self.spare = _Buffer(_BLOCK)
         self.small = _Buffer(_FAULT_WINDOW)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="lazy-read")
-        self.ahead: tuple[tuple[str, int, int], Future] | None = None
+        self.ahead: tuple[tuple[str, int, int], Future[None]] | None = None
 
     def load(self, run: Run, background: bool) -> int:
         """Address of the run's bytes in our memory."""
@@ -252,7 +253,7 @@ class Server:
             for m in msgs:
                 self._event(mm, m)
 
-    def _event(self, mm: _Mm, m: uffd.UffdMsg) -> None:
+    def _event(self, mm: _Mm, m: UffdMsg) -> None:
         if m.event == uapi.UFFD_EVENT_PAGEFAULT:
             self._fault(mm, m.pf_address)
         elif m.event == uapi.UFFD_EVENT_FORK:

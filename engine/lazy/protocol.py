@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 ACK = b"ok\n"
 _LEN = struct.Struct("<I")
@@ -46,7 +47,7 @@ def send_done(sock: socket.socket) -> None:
     sock.sendall(_LEN.pack(len(body)) + body)
 
 
-def recv_message(sock: socket.socket) -> tuple[dict, int]:
+def recv_message(sock: socket.socket) -> tuple[dict[str, Any], int]:
     """One message and the fd that came with it (-1 when none). ConnectionError when the
     peer closed or sent garbage (any fd received with garbage is closed)."""
     fds = array.array("i")

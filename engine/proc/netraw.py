@@ -29,7 +29,7 @@ def _address(hexwords: str) -> str:
     return str(ipaddress.ip_address(raw))
 
 
-def raw_socket(pid: int, family: int, inode: int) -> RawSock | None:
+def raw_socket(pid: int, family: socket.AddressFamily, inode: int) -> RawSock | None:
     """The raw socket with this inode in the netns of `pid`, None if not listed."""
     with open(f"/proc/{pid}/net/{_FILES[family]}", encoding="ascii") as f:
         lines = f.read().splitlines()[1:]

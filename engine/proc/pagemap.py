@@ -8,7 +8,7 @@ from array import array
 from engine.kernel import uapi
 
 
-def read_entries(fd: int, start: int, end: int) -> array:
+def read_entries(fd: int, start: int, end: int) -> array[int]:
     """Pagemap entries (array of 'Q') for [start, end) from an open pagemap fd."""
     first = start >> uapi.PAGE_SHIFT
     count = (end - start) >> uapi.PAGE_SHIFT

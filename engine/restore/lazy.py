@@ -76,7 +76,7 @@ class LazyPages:
         """What the restore still writes itself: non-lazy VMAs whole, and in lazy ones
         the pages holding rseq areas."""
         out = [v for v in mm.vmas if not is_lazy(v)]
-        pages = set()
+        pages: set[int] = set()
         for th in threads:
             if th.rseq is not None and th.rseq.ptr:
                 first = th.rseq.ptr & ~(PAGE_SIZE - 1)

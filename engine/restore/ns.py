@@ -193,7 +193,7 @@ def become_root_inside() -> None:
             from None
 
 
-def _cstr(text: str) -> ctypes.Array:
+def _cstr(text: str) -> ctypes.Array[ctypes.c_char]:
     return ctypes.create_string_buffer(os.fsencode(text))
 
 

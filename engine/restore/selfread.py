@@ -156,7 +156,7 @@ def _read_table(runner: blob.BlobRunner, fd: int, pieces: list[Run]) -> list[Chu
     return left
 
 
-def _sums_in_task(runner: blob.BlobRunner, addr: int, length: int) -> array:
+def _sums_in_task(runner: blob.BlobRunner, addr: int, length: int) -> array[int]:
     """Checksums of the pages at [addr, addr + length) of the task, computed by the task,
     its results in the runner's table area (free between tables)."""
     out = runner.base + blob.CODE_AREA

@@ -361,7 +361,7 @@ class Tree:
         the subreaper, so orphans come to us)."""
         for t in self.tasks:
             self.find(t)
-        victims: dict[int, int] = {}  # real pid -> start time (a reused pid is not ours)
+        victims: dict[int, int | None] = {}  # real pid -> start time (a reused pid is not ours)
         for t in self.tasks:
             if self.ours(t.pid):
                 victims[self.real[t.pid]] = _start_time(self.real[t.pid])

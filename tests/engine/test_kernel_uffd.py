@@ -7,7 +7,6 @@ import ctypes
 import errno
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -123,39 +122,6 @@ def test_copy_and_zeropage_fill_missing_pages() -> None:
         ksys.munmap(area, 4 * PAGE)
         os.close(fd)
     assert feats & uapi.UFFD_FEATURE_WP_ASYNC  # granted list includes what exists
-
-
-def test_writeprotect_sync_mode_reports_a_fault() -> None:
-    """Synchronous WP: a write by another thread blocks and shows up as a WP pagefault
-    message; clearing the protection lets it go on."""
-    import threading
-
-    fd = ksys.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
-    area = ksys.mmap(0, PAGE, uapi.PROT_READ | uapi.PROT_WRITE,
-                     uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
-    ctypes.memset(area, 0, PAGE)  # populate
-    try:
-        uffd.api(fd, uapi.UFFD_FEATURE_PAGEFAULT_FLAG_WP)
-        uffd.register(fd, area, PAGE, uapi.UFFDIO_REGISTER_MODE_WP)
-        uffd.writeprotect(fd, area, PAGE, True)
-        writer = threading.Thread(target=ctypes.memset, args=(area + 8, 7, 1))
-        writer.start()
-        deadline = time.monotonic() + 10
-        msgs = []
-        while not msgs:
-            assert time.monotonic() < deadline, "no WP fault message"
-            msgs = uffd.read_events(fd)
-            time.sleep(0.005)
-        assert msgs[0].event == uapi.UFFD_EVENT_PAGEFAULT
-        assert msgs[0].pf_flags & uapi.UFFD_PAGEFAULT_FLAG_WP
-        assert msgs[0].pf_address & ~(PAGE - 1) == area
-        uffd.writeprotect(fd, area, PAGE, False)  # also wakes the writer
-        writer.join(10)
-        assert not writer.is_alive()
-        assert ctypes.string_at(area + 8, 1) == b"\x07"
-    finally:
-        os.close(fd)
-        ksys.munmap(area, PAGE)
 
 
 def test_user_mode_uffd_still_sees_kernel_writes(spawn) -> None:

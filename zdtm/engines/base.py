@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flavors.base import kill_group
 from zdtm.allowances import Allowance
+from zdtm.tasks import kill_group, read_pid
 
 
 class EngineFailure(Exception):
@@ -181,6 +181,14 @@ def run_logged(cmd: Sequence[str], *, step: str, log: Path, timeout: float,
     raise EngineFailure("error", step, _error_line(text, rc), text)
 
 
+def read_pidfile(path: Path, step: str) -> int:
+    """The pid an engine wrote; a missing or garbled file is an engine error."""
+    try:
+        return read_pid(path)
+    except (OSError, ValueError) as exc:
+        raise EngineFailure("error", step, f"no valid pid in {path}: {exc}") from None
+
+
 def _tail(log: Path, lines: int = 40) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -206,7 +214,7 @@ class Helper:
     """A background engine process such as a lazy-pages server, with a deadline to end."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, cmd: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> None:

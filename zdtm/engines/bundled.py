@@ -14,11 +14,11 @@ from zdtm import ROOT_DIR
 from zdtm.allowances import Allowance
 from zdtm.engines.base import (
     Engine,
-    EngineFailure,
     Features,
     Helper,
     StepResult,
     TreeInfo,
+    read_pidfile,
     run_logged,
 )
 
@@ -55,12 +55,15 @@ class BundledEngine(Engine):
         # the engine is part of this checkout: the results file's harness commit says which
         return "in-tree"
 
-    def _cmd(self, *args: str) -> list[str]:
+    def command(self, *args: str) -> list[str]:
+        """The argv running ``python -m engine ARGS`` (with env() and cwd ROOT_DIR)."""
         # -S: the engine is stdlib only, so site-packages (and its .pth hooks) is skipped:
         # less start-up per step, and nothing installed can change the engine's imports.
         return [sys.executable, "-S", "-m", "engine", *args]
 
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
+        """This environment with the source tree on PYTHONPATH (``-m engine`` resolves
+        from any directory)."""
         # The engine is a package of this tree; it never imports zdtm.
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT_DIR),
@@ -76,7 +79,7 @@ class BundledEngine(Engine):
         # bytecode is written once here. A read-only checkout just goes without.
         compileall.compile_dir(str(ROOT_DIR / "engine"), quiet=2)
         try:
-            proc = subprocess.run(self._cmd("check", "--json"), env=self._env(),
+            proc = subprocess.run(self.command("check", "--json"), env=self.env(),
                                   cwd=ROOT_DIR, stdin=subprocess.DEVNULL,
                                   capture_output=True, timeout=CHECK_TIMEOUT,
                                   start_new_session=True, check=False)
@@ -132,9 +135,9 @@ class BundledEngine(Engine):
     def _dump_step(self, step: str, images_dir: Path, args: list[str], timeout: float
                    ) -> StepResult:
         """Run a dump-like command; its figures come from the image's stats.json."""
-        res = run_logged(self._cmd(*args), step=step,
+        res = run_logged(self.command(*args), step=step,
                          log=images_dir.with_name(images_dir.name + ".log"),
-                         timeout=timeout, env=self._env(), cwd=ROOT_DIR)
+                         timeout=timeout, env=self.env(), cwd=ROOT_DIR)
         res.stats = read_stats(images_dir / "stats.json")
         return res
 
@@ -148,12 +151,12 @@ class BundledEngine(Engine):
             args.append("--leave-stopped")
         if lazy:
             args.append("--lazy-pages")
-            self._lazy.start(self._cmd("lazy-pages", "-D", str(images_dir)),
+            self._lazy.start(self.command("lazy-pages", "-D", str(images_dir)),
                              images_dir.with_name(images_dir.name + ".lazy.log"),
-                             env=self._env(), cwd=ROOT_DIR)
-        run_logged(self._cmd(*args, *opts), step="restore",
+                             env=self.env(), cwd=ROOT_DIR)
+        run_logged(self.command(*args, *opts), step="restore",
                    log=images_dir.with_name(images_dir.name + ".restore.log"),
-                   timeout=timeout, env=self._env(), cwd=ROOT_DIR)
+                   timeout=timeout, env=self.env(), cwd=ROOT_DIR)
         return read_pidfile(pidfile, "restore")
 
     def finish(self, timeout: float) -> None:
@@ -173,10 +176,3 @@ def read_stats(path: Path) -> dict[str, float]:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
-
-def read_pidfile(path: Path, step: str) -> int:
-    """The pid an engine wrote; a missing or garbled file is an engine error."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise EngineFailure("error", step, f"no valid pid in {path}: {exc}") from None

@@ -33,9 +33,9 @@ from zdtm.engines.base import (
     Helper,
     StepResult,
     TreeInfo,
+    read_pidfile,
     run_logged,
 )
-from zdtm.engines.bundled import read_pidfile
 
 CHECK_TIMEOUT = 60.0
 LOG_TAIL = 30
