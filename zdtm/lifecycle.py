@@ -36,7 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from flavors import Flavor, StartError, get_flavor
-from zdtm import allowances, cgroups, checks, external, kernel_health, mountns, snapshot, tasks
+from zdtm import (
+    allowances,
+    cgroups,
+    checks,
+    external,
+    hostlocks,
+    kernel_health,
+    mountns,
+    snapshot,
+    tasks,
+)
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
 from zdtm.engines import Engine, EngineFailure
@@ -191,21 +201,22 @@ class Run:
                 self._note(why)
             self.kernel.start()  # before own0: its fd is the harness's until the end
             self.cgroups0 = cgroups.existing()
-            own0 = snapshot.own_state()
-            self.baseline_desc = set(tasks.descendants(os.getpid()))
-            try:
+            with self._host_locks():  # before own0: its fd is the harness's until the end
+                own0 = snapshot.own_state()
+                self.baseline_desc = set(tasks.descendants(os.getpid()))
                 try:
-                    self._start()
-                    self._iterations()
-                    self._stop()
-                except _Failed:
-                    pass
+                    try:
+                        self._start()
+                        self._iterations()
+                        self._stop()
+                    except _Failed:
+                        pass
+                    finally:
+                        self._cleanup()
                 finally:
-                    self._cleanup()
-            finally:
-                # whatever the outcome, nothing of the run may be left
-                self._final_leak_check(own0)
-                self._kernel_check("stop")
+                    # whatever the outcome, nothing of the run may be left
+                    self._final_leak_check(own0)
+                    self._kernel_check("stop")
         except _Failed:
             pass
         except Exception as exc:  # noqa: BLE001 - any harness bug becomes a result
@@ -591,6 +602,21 @@ class Run:
                 raise _Failed
 
     # ---- helpers -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _host_locks(self) -> Iterator[None]:
+        """Hold the host resources this test needs by number in this flavour, from start
+        to cleanup (other runs on the machine wait; a wait is noted)."""
+        names = hostlocks.needed(self.test.flags, self.result.flavor)
+        try:
+            held = hostlocks.hold(names)
+        except TimeoutError as exc:
+            self.result.fail("start", HARNESS_ERROR, f"another run kept a host resource: {exc}")
+            raise _Failed from None
+        with held:
+            if held.waited >= 1.0:
+                self._note(f"waited {held.waited:.0f}s for the host {' '.join(names)} lock")
+            yield
 
     def _note(self, text: str) -> None:
         if text not in self.result.notes:

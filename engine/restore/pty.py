@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 
+from engine.errors import EngineError
 from engine.images.records import FileRecord
 from engine.kernel import pty, uapi
 from engine.kernel.sys import mount, syscall
@@ -27,9 +27,9 @@ def open_master(rec: FileRecord, flags: int, queues: bytes,
     if not _is_devpts(st.devpts):
         mount("devpts", st.devpts, "devpts", 0, st.devpts_opts)
     if owner is None:
-        master = _with_index(path, flags, st.index)
+        master = _with_index(path, flags, st.index, st.devpts)
     else:
-        master = as_fs_owner(owner, lambda: _with_index(path, flags, st.index))
+        master = as_fs_owner(owner, lambda: _with_index(path, flags, st.index, st.devpts))
     pty.set_locked(master, False)
     slave = pty.peer(master)
     try:
@@ -50,23 +50,21 @@ def _is_devpts(path: str) -> bool:
     return int.from_bytes(buf.raw[:8], "little") == uapi.DEVPTS_SUPER_MAGIC
 
 
-def _with_index(path: str, flags: int, want: int) -> int:
+def _with_index(path: str, flags: int, want: int, devpts: str) -> int:
     """Open ptmx until the pair numbered `want` comes (the lowest free number comes
-    first); if it is taken, keep the first one and say so."""
+    first). A number another terminal holds is refused: the slaves are opened by path, so
+    another number would hand the restored tasks that other terminal."""
     extra: list[int] = []
     try:
         for _ in range(_MAX_TRIES):
             fd = os.open(path, flags | os.O_NOCTTY)
-            got = pty.index(fd)
-            if got == want:
-                return fd
             extra.append(fd)
-            if got > want:
+            if pty.index(fd) == want:
+                return extra.pop()
+            if pty.index(fd) > want:
                 break
-        first = extra.pop(0)
-        print(f"engine: warning: pty {want} is taken: restored as pty {pty.index(first)}",
-              file=sys.stderr)
-        return first
+        raise EngineError("files", f"pty {want} of {devpts} is taken by "
+                                   "another terminal: cannot restore it")
     finally:
         for fd in extra:
             os.close(fd)

@@ -21,6 +21,8 @@ from pathlib import Path
 from engine.kernel import sys as ksys
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
+from zdtm import hostlocks
+from zdtm.desc import load_desc
 
 ROOT = Path(__file__).resolve().parents[2]
 ZDTM = ROOT / "zdtm"
@@ -109,6 +111,9 @@ class ZdtmTest:
     workdir: Path
     args: list[str]
     pid: int = 0
+    #: the machine's pty lock, held from start to cleanup by a test flagged ``pty``
+    #: (another run's pty could take its number between dump and restore)
+    lock: hostlocks.Held | None = None
 
     @classmethod
     def start(cls, name: str, workdir: Path, extra: list[str] | None = None) -> ZdtmTest:
@@ -116,6 +121,8 @@ class ZdtmTest:
         binary = build(name)
         desc = (ZDTM / "static" / f"{name}.desc")
         text = desc.read_text() if desc.exists() else ""
+        flags = load_desc(desc).get("flags", frozenset())
+        lock = hostlocks.hold(hostlocks.needed(flags, "h"), wait=600)
         args = [f"--pidfile={name}.pid", f"--outfile={name}.out"]
         if "'file': true" in text:
             args.append(f"--filename={name}.test")
@@ -123,11 +130,15 @@ class ZdtmTest:
             args.append(f"--dirname={name}.test")
         workdir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(binary, workdir / name)
-        t = cls(name, binary, workdir, args + (extra or []))
-        subprocess.run([f"./{name}", *t.args], cwd=workdir, check=True, timeout=60,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        t.pid = int((workdir / f"{name}.pid").read_text())
+        t = cls(name, binary, workdir, args + (extra or []), lock=lock)
+        try:
+            subprocess.run([f"./{name}", *t.args], cwd=workdir, check=True, timeout=60,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            t.pid = int((workdir / f"{name}.pid").read_text())
+        except BaseException:
+            lock.close()
+            raise
         return t
 
     def stop(self, timeout: float = 30.0) -> str:
@@ -141,15 +152,18 @@ class ZdtmTest:
         return last
 
     def cleanup(self) -> None:
-        """Kill the test if it is still there (after a failed assertion)."""
-        if self.pid:
-            try:
-                if state(self.pid) != "Z":
-                    kill_reap(self.pid)
-                else:
-                    wait_gone(self.pid)
-            except (FileNotFoundError, ProcessLookupError):
-                pass
+        """Kill the test if it is still there (after a failed assertion); let its host
+        resources go."""
+        try:
+            if self.pid and state(self.pid) != "Z":
+                kill_reap(self.pid)
+            elif self.pid:
+                wait_gone(self.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        finally:
+            if self.lock is not None:
+                self.lock.close()
 
 
 def dump_restore(t: ZdtmTest, images: Path, leave_stopped: bool = False,

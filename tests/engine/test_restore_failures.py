@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine.faults import RESTORE_STEPS
+from engine.kernel import pty
 from tests.engine import cr_support as cr
 
 FAKE_SRC = Path(__file__).resolve().parents[1] / "data" / "fake_zdtm.c"
@@ -205,3 +206,31 @@ def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
     finally:
         tasks.kill_tree([p for p in pids if os.path.exists(f"/proc/{p}")], 10.0)
         shutil.rmtree(top)
+
+
+def test_pty_number_taken(tmp_path: Path) -> None:
+    """A pty whose number another terminal took since the dump is refused (its slaves are
+    opened by path: another number would hand the task that other terminal); no task is
+    left, and once the number is free the same image restores and passes."""
+    t = cr.ZdtmTest.start("pty_pair", tmp_path / "work")  # holds the machine's pty lock
+    images = tmp_path / "img"
+    taken: list[int] = []
+    try:
+        d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
+        assert d.returncode == 0, d.stderr
+        cr.wait_gone(t.pid)
+        files = json.loads((images / "files.json").read_text())["files"]
+        want = next(f["pty"]["index"] for f in files if f.get("pty"))
+        while not taken or pty.index(taken[-1]) < want:
+            taken.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+        assert pty.index(taken[-1]) == want, "the dumped number went to another terminal"
+        rc, err = _restore(images)
+        _assert_clean_failure(rc, err, t.pid, "files", f"pty {want} of /dev/pts is taken")
+        for fd in taken:
+            os.close(fd)
+        taken = []
+        _assert_still_restores(t, images)
+    finally:
+        for fd in taken:
+            os.close(fd)
+        t.cleanup()
