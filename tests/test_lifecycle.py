@@ -79,6 +79,8 @@ class Scripted(Engine):
     def pre_dump(self, root_pid: int, images_dir: Path, *, parent_images: Path | None,
                  opts: Sequence[str], timeout: float) -> StepResult:
         self.calls.append(f"pre-dump parent={parent_images.name if parent_images else None}")
+        if self.dump_mode == "fail":  # the engine refuses the tree at any dump
+            raise EngineFailure("error", "pre-dump", "seize: refused on purpose")
         return StepResult(0.0, images_dir)
 
     def restore(self, images_dir: Path, *, leave_stopped: bool, opts: Sequence[str],
@@ -139,6 +141,18 @@ def test_crfail_passes_when_the_dump_fails(tests_dir: Path) -> None:
     r = run_test(_test(tests_dir, "crfail"), "h", Scripted(), RunOptions(norst=True))
     assert (r.outcome, r.phase) == (FAIL, "dump")
     assert r.message == "dump succeeded but the test is crfail"
+
+
+def test_crfail_passes_when_a_pre_dump_fails(tests_dir: Path) -> None:
+    """A pre-dump is a dump: a crfail test refused there passes, no dump follows; an
+    ordinary test refused there fails at pre-dump."""
+    engine = Scripted(dump="fail")
+    r = run_test(_test(tests_dir, "crfail"), "h", engine, RunOptions(pre=2))
+    assert r.outcome == PASS, r.summary()
+    assert any("pre-dump failed as expected" in n for n in r.notes), r.notes
+    assert engine.calls == ["pre-dump parent=None"]
+    r = run_test(_test(tests_dir, "pass"), "h", Scripted(dump="fail"), RunOptions(pre=2))
+    assert (r.outcome, r.phase, r.kind) == (FAIL, "pre-dump", ENGINE_ERROR), r.summary()
 
 
 def test_crfail_unless_follows_the_engine(tests_dir: Path) -> None:

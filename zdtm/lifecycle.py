@@ -101,6 +101,10 @@ class _Failed(Exception):
     """Internal: stop the run here; the result already says why."""
 
 
+class _CrFailed(Exception):
+    """Internal: a crfail test's pre-dump failed as expected; the C/R part ends."""
+
+
 @contextlib.contextmanager
 def deadline(seconds: float, what: str) -> Iterator[None]:
     """Raise PhaseTimeout inside the block after ``seconds`` (main thread only).
@@ -347,8 +351,11 @@ class Run:
             keep = tasks.stopped_ids(self.root_pid)
             held = keep  # of those, the ones still stopped when S1 is taken
             if cr:
-                snaps = self._snapshots(i) if self.opts.snaps else []
-                parent = snaps[-1][0] if snaps else self._pre_dumps(i)
+                try:
+                    snaps = self._snapshots(i) if self.opts.snaps else []
+                    parent = snaps[-1][0] if snaps else self._pre_dumps(i)
+                except _CrFailed:
+                    return  # the expected dump failure ended the C/R part
                 self._hook("--pre-dump")
                 frozen = self._freeze("dump")
                 s0 = self._capture("S0", keep)
@@ -385,9 +392,9 @@ class Run:
         for k in range(1, self.opts.pre + 1):
             self.phase = "pre-dump"
             d = self._imgdir(f"{i}-pre{k}")
-            res = self._engine_step("pre-dump", self.engine.pre_dump, self.root_pid, d,
-                                    parent_images=parent, opts=self.cr_opts.dump,
-                                    timeout=self.opts.engine_timeout)
+            res = self._pre_dump_step(self.engine.pre_dump, self.root_pid, d,
+                                      parent_images=parent, opts=self.cr_opts.dump,
+                                      timeout=self.opts.engine_timeout)
             self._timing(f"iter {i}: pre-dump {k}", res)
             self._hook("--post-pre-dump", d)
             if not external.notify_pre_dump(self.test, self.test_pid, self.result):
@@ -407,9 +414,9 @@ class Run:
                 self._freeze("pre-dump")
                 s0 = self._capture(f"S0 of snapshot {k}")
             self.phase = "pre-dump"
-            res = self._engine_step("pre-dump", self.engine.snapshot, self.root_pid, d,
-                                    parent_images=taken[-1][0] if taken else None,
-                                    opts=self.test.opts, timeout=self.opts.engine_timeout)
+            res = self._pre_dump_step(self.engine.snapshot, self.root_pid, d,
+                                      parent_images=taken[-1][0] if taken else None,
+                                      opts=self.test.opts, timeout=self.opts.engine_timeout)
             if s0 is not None:
                 tasks.thaw(tasks.tree(self.root_pid))
             self._timing(f"iter {i}: snapshot {k}", res)
@@ -648,6 +655,17 @@ class Run:
         self.result.fail(phase, ENGINE_KINDS[exc.kind], exc.message,
                          [f"engine: {ln}" for ln in exc.log.splitlines()])
         raise _Failed
+
+    def _pre_dump_step(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """A pre-dump or snapshot step; a crfail test's refusal there is the expected dump
+        failure (_CrFailed), as at the dump."""
+        try:
+            return fn(*args, **kw)
+        except EngineFailure as exc:
+            if self.crfail and exc.kind == "error":
+                self._note(f"pre-dump failed as expected (crfail): {exc.message}")
+                raise _CrFailed from None
+            self._engine_failed("pre-dump", exc)
 
     def _engine_step(self, phase: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         try:
