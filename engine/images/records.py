@@ -38,6 +38,8 @@ PAGE_SIZE = 4096
 USER_ADDR_LIMIT = 1 << 47
 VSYSCALL_START = 0xFFFFFFFFFF600000
 U64_MAX = (1 << 64) - 1
+#: PID_MAX_LIMIT on 64-bit (include/linux/threads.h): no pid, tid or pgid is above it
+PID_MAX_LIMIT = 1 << 22
 
 TASK_STATES = ("alive", "stopped", "zombie")
 IMAGE_KINDS = ("dump", "pre-dump")
@@ -94,11 +96,16 @@ def _check_regs(tid: int, regs: dict[str, int]) -> None:
         _check(regs[k] < _TASK_SIZE_MAX, f"thread {tid}: reg {k} {regs[k]:#x} beyond user space")
 
 
+def _is_pid(value: int, zero_ok: bool = False) -> bool:
+    """A pid the kernel can have (0 too where it means none)."""
+    return (0 if zero_ok else 1) <= value <= PID_MAX_LIMIT
+
+
 def _check_nspid(pid: int, ns_pid: list[int], what: str) -> None:
     """An NSpid line: empty, or the pid as the engine sees it first, then one positive
     pid per nested pid namespace (at most 33 levels, as the kernel allows)."""
     if ns_pid:
-        _check(ns_pid[0] == pid and len(ns_pid) <= 33 and all(p > 0 for p in ns_pid),
+        _check(ns_pid[0] == pid and len(ns_pid) <= 33 and all(map(_is_pid, ns_pid)),
                f"{what} {ns_pid} does not start with {pid}")
 
 
@@ -130,14 +137,14 @@ class TaskEntry:
 
         pgid/sid 0 is what /proc shows for a leader outside the dumper's pid namespace
         (e.g. a CI job inside a container): restored as led from outside the tree."""
-        _check(self.pid > 0, f"task {self.pid}: pid must be > 0")
-        for name in ("pgid", "sid"):
-            _check(getattr(self, name) >= 0, f"task {self.pid}: {name} must be >= 0")
-        _check(self.ppid >= 0, f"task {self.pid}: ppid must be >= 0")
+        _check(_is_pid(self.pid), f"task {self.pid}: pid out of range")
+        for name in ("pgid", "sid", "ppid"):
+            _check(_is_pid(getattr(self, name), zero_ok=True),
+                   f"task {self.pid}: {name} out of range")
         _check(self.state in TASK_STATES, f"task {self.pid}: unknown state {self.state!r}")
         if self.state != "zombie":
             _check(self.pid in self.threads, f"task {self.pid}: main thread not in threads")
-        _check(all(t > 0 for t in self.threads), f"task {self.pid}: bad thread id")
+        _check(all(map(_is_pid, self.threads)), f"task {self.pid}: bad thread id")
         _check_nspid(self.pid, self.ns_pid, f"task {self.pid}: ns_pid")
 
 
@@ -489,7 +496,8 @@ class TaskCore:
 
     def validate(self) -> None:
         """Check ids, state, the umask and that fd numbers are unique."""
-        _check(self.pid > 0, "pid must be > 0")
+        _check(_is_pid(self.pid), "pid out of range")
+        _check(_is_pid(self.ctty_pgrp, zero_ok=True), f"bad ctty_pgrp {self.ctty_pgrp}")
         _check(0 <= self.thp_disable <= 3, f"bad thp_disable {self.thp_disable}")
         _check(-1000 <= self.oom_score_adj <= 1000, f"bad oom_score_adj {self.oom_score_adj}")
         _check(self.dumpable in (0, 1), f"bad dumpable {self.dumpable}")
@@ -672,7 +680,7 @@ class FileRecord:
         _check(self.type in FILE_TYPES, f"file {self.id}: unknown type {self.type!r}")
         _check(0 <= self.flags and not self.flags & ~OPEN_FLAGS_KNOWN
                and self.flags & 3 != 3, f"file {self.id}: bad flags {self.flags:#o}")
-        _check(self.owner_type in (0, 1, 2) and self.owner_pid >= 0,
+        _check(self.owner_type in (0, 1, 2) and _is_pid(self.owner_pid, zero_ok=True),
                f"file {self.id}: bad owner {self.owner_type}/{self.owner_pid}")
         _check(0 <= self.signum <= 64, f"file {self.id}: bad signal {self.signum}")
         _check(self.uid >= 0 and self.gid >= 0, f"file {self.id}: negative owner")
