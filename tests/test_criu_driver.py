@@ -39,7 +39,10 @@ if args[0] == "check":
 log = args[args.index("-o") + 1]
 if os.environ.get("FAKE_CRIU_FAIL"):
     with open(log, "w") as f:
+        # as criu 4.2 logs it: the rlimit Error at start, hundreds of lines of work, then
+        # the failing step
         f.write("(00.000100) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE\\n"
+                + "(00.000150) Collecting\\n" * 40 +
                 "(00.000200) Dumping 1\\n"
                 "(00.000300)      1: Error (criu/mem.c:7): Tracking memory is not available\\n"
                 "(00.000400) Error (criu/cr-dump.c:9): Dumping FAILED.\\n")
@@ -152,11 +155,19 @@ def test_hung_step_says_where_criu_stopped(tmp_path: Path) -> None:
         "Operation not permitted" in exc.log.splitlines()
 
 
-def test_cause_is_the_error_before_the_summary() -> None:
-    assert cause(["Error (a): x", "Error (b): y", "Error (c): Restoring FAILED.",
-                  "Error (d): cgroupd"]) == "Error (b): y"
-    assert cause(["Error (a): x", "Error (b): y"]) == "Error (b): y"
-    assert cause(["Error (c): Dumping FAILED."]) == "Error (c): Dumping FAILED."
+def test_cause_is_the_first_error_of_the_failing_chain() -> None:
+    """criu 4.2's netlink refusal: the rlimit Error it went on after, then the cause and
+    its callers' lines close together, then the summary."""
+    rlimit = (67, "Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self")
+    chain = [(410, "Error (criu/sk-netlink.c:133): netlink: 8 1"),
+             (411, ("Error (criu/sk-netlink.c:134): netlink: The netlink socket 0xbbf071 "
+                    "has more than 32 groups")),
+             (413, "Error (criu/cr-dump.c:1757): Dump files (pid: 8713) failed with -1")]
+    summary = (426, "Error (criu/cr-dump.c:2187): Dumping FAILED.")
+    assert cause([rlimit, *chain, summary, (430, "Error (d): cgroupd")]) == chain[0][1]
+    assert cause([rlimit, (300, "Error (b): y")]) == "Error (b): y"
+    assert cause([rlimit, (70, "Error (b): y")]) == rlimit[1]  # one chain
+    assert cause([summary]) == summary[1]
 
 
 @pytest.fixture(scope="module")

@@ -310,45 +310,58 @@ def features_from_probes(mapping: dict[str, str | None],
     return out
 
 
-def criu_errors(log: Path) -> tuple[list[str], list[str]]:
-    """(the ``Error (...)`` lines, the last LOG_TAIL lines) of a criu log file."""
+def criu_errors(log: Path) -> tuple[list[tuple[int, str]], list[str]]:
+    """(the ``Error (...)`` lines with their line numbers, the last LOG_TAIL lines) of a
+    criu log file."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return [], []
-    return [ln.strip() for ln in lines if _ERROR.match(ln)], lines[-LOG_TAIL:]
+    return [(i, ln.strip()) for i, ln in enumerate(lines) if _ERROR.match(ln)], \
+        lines[-LOG_TAIL:]
 
 
 def explain_failure(exc: EngineFailure, criu_log: Path) -> EngineFailure:
     """``exc`` with criu's words as message (the Error line that failed the step; for a
     criu that hung or crashed, the last line it logged) and its Error lines + tail as log."""
-    errors, tail = criu_errors(criu_log)
-    errors = [_strip_prefix(e) for e in errors]
+    numbered, tail = criu_errors(criu_log)
+    numbered = [(i, _strip_prefix(e)) for i, e in numbered]
     message = exc.message
     if exc.kind != "error":
         # no step failed: an Error line criu went on after (the rlimit one) is no cause
         if tail:
             message = f"{exc.message}: criu's last log line: {_strip_prefix(tail[-1])}"
-    elif errors:
-        message = cause(errors)
+    elif numbered:
+        message = cause(numbered)
     details = [f"criu log: {criu_log}"]
-    details += [f"criu error: {e}" for e in errors]
+    details += [f"criu error: {e}" for _, e in numbered]
     details += [f"criu log tail: {ln}" for ln in tail]
     if exc.log:
         details += [f"criu output: {ln}" for ln in exc.log.splitlines()]
     return EngineFailure(exc.kind, exc.step, message, "\n".join(details))
 
 
-def cause(errors: Sequence[str]) -> str:
-    """The Error line that says why: the last one before criu's "... FAILED." summary.
+#: Error lines at most this many log lines apart are one failure told on its way up
+#: (the cause first, then each caller's "... failed")
+CHAIN_GAP = 8
+
+
+def cause(errors: Sequence[tuple[int, str]]) -> str:
+    """The Error line that says why: the first of the chain of Error lines that ends just
+    before criu's "... FAILED." summary (or at its last Error line).
 
     Earlier Error lines can be survivable complaints (criu logs a refused rlimit raise as
-    an Error and goes on), so the one just before the summary is the step that failed.
-    """
-    for i, line in enumerate(errors):
+    an Error and goes on: many lines follow it); the lines of the failing step come close
+    together, the cause first and then each caller saying it failed."""
+    end = len(errors) - 1
+    for k, (_, line) in enumerate(errors):
         if line.rstrip().endswith("FAILED."):
-            return errors[i - 1] if i else line
-    return errors[-1]
+            end = k - 1 if k else k
+            break
+    first = end
+    while first > 0 and errors[first][0] - errors[first - 1][0] <= CHAIN_GAP:
+        first -= 1
+    return errors[first][1]
 
 
 def _strip_prefix(line: str) -> str:
