@@ -9,25 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
 from engine.images import PE_PRESENT, DumpImage, Pagemap, load
 from engine.kernel import uapi
+from tests.engine.dump_support import REPO, SmallTree, Victim, run_engine
 
-REPO = Path(__file__).resolve().parents[2]
 PG = 4096
-
-
-def run_engine(*args: str, env: dict[str, str] | None = None,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `python -m engine ARGS` from the repository, with a deadline."""
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _page_bytes(img: DumpImage, pm: Pagemap, pages_name: str, addr: int) -> bytes | None:
@@ -40,7 +28,7 @@ def _page_bytes(img: DumpImage, pm: Pagemap, pages_name: str, addr: int) -> byte
     return None
 
 
-def test_dump_leave_running_records_everything(victim: Victim,  # noqa: F811
+def test_dump_leave_running_records_everything(victim: Victim,
                                                tmp_path: Path) -> None:
     fds_before = victim.fd_table()
     mem_before = victim.memory_digest()
@@ -115,14 +103,14 @@ def test_dump_leave_running_records_everything(victim: Victim,  # noqa: F811
     assert victim.finish() == (0, "")
 
 
-def test_dump_kills_the_task_by_default(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+def test_dump_kills_the_task_by_default(victim: Victim, tmp_path: Path) -> None:
     res = run_engine("dump", "-t", str(victim.pid), "-D", str(tmp_path / "img"))
     assert res.returncode == 0, res.stderr
     assert victim.proc.wait(timeout=10) == -signal.SIGKILL
     assert load(str(tmp_path / "img")).inventory.tasks[0].pid == victim.pid
 
 
-def test_show_prints_the_image(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+def test_show_prints_the_image(victim: Victim, tmp_path: Path) -> None:
     res = run_engine("dump", "-t", str(victim.pid), "-D", str(tmp_path / "img"),
                      "--leave-running")
     assert res.returncode == 0, res.stderr
@@ -133,7 +121,7 @@ def test_show_prints_the_image(victim: Victim, tmp_path: Path) -> None:  # noqa:
     assert "SIGUSR1" in out and "deleted" in out and "shmem-" in out
 
 
-def test_dump_of_a_stopped_task_keeps_it_stopped(victim: Victim,  # noqa: F811
+def test_dump_of_a_stopped_task_keeps_it_stopped(victim: Victim,
                                                  tmp_path: Path) -> None:
     os.kill(victim.pid, signal.SIGSTOP)
     deadline = time.monotonic() + 5
@@ -149,38 +137,6 @@ def test_dump_of_a_stopped_task_keeps_it_stopped(victim: Victim,  # noqa: F811
     os.kill(victim.pid, signal.SIGCONT)
     assert victim.is_running()
     assert victim.finish() == (0, "")
-
-
-SmallTree = tuple[subprocess.Popen[str], int, int]
-
-
-@pytest.fixture
-def small_tree() -> Iterator[SmallTree]:
-    """A process with a second thread, a sleeping child and a zombie child."""
-    code = ("import os, threading, time\n"
-            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
-            "z = os.fork()\n"
-            "if z == 0: os._exit(7)\n"
-            "c = os.fork()\n"
-            "if c == 0: time.sleep(60); os._exit(0)\n"
-            "print(z, c, flush=True)\n"
-            "time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    zombie, child = (int(x) for x in proc.stdout.readline().split())
-    deadline = time.monotonic() + 5
-    while Path(f"/proc/{zombie}/stat").read_text().split(") ")[1][0] != "Z":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    try:
-        yield proc, zombie, child
-    finally:
-        for pid in (child, proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(timeout=10)
 
 
 def test_dump_tree_with_thread_child_and_zombie(small_tree: SmallTree, tmp_path: Path) -> None:
@@ -292,7 +248,7 @@ def test_timers_names_and_prctl_state(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
-def test_session_led_from_outside_the_pid_namespace(victim_bin: Path,  # noqa: F811
+def test_session_led_from_outside_the_pid_namespace(victim_bin: Path,
                                                     tmp_path: Path) -> None:
     """In a container the session leader lies outside the pid namespace and /proc says
     sid 0 / pgid 0: the image keeps that, is accepted on load, and the restored task

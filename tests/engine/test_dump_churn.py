@@ -14,11 +14,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_dump_basic import run_engine
 
 from engine.dump import pages
 from engine.errors import EngineError
 from engine.images import load
+from tests.engine.dump_support import run_engine
 
 PG = 4096
 

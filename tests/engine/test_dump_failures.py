@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_dump_basic import REPO, SmallTree, run_engine, small_tree  # noqa: F401 (fixture)
-from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
 from engine.faults import DUMP_STEPS
+from tests.engine.dump_support import REPO, SmallTree, Victim, run_engine
 
 
 def assert_unharmed(v: Victim, fds: dict[int, tuple[str, str, str]], mem: bytes) -> None:
@@ -30,7 +29,7 @@ def assert_unharmed(v: Victim, fds: dict[int, tuple[str, str, str]], mem: bytes)
 
 
 @pytest.mark.parametrize("step", DUMP_STEPS)
-def test_fault_at_each_step_leaves_task_unharmed(victim: Victim, tmp_path: Path,  # noqa: F811
+def test_fault_at_each_step_leaves_task_unharmed(victim: Victim, tmp_path: Path,
                                                  step: str) -> None:
     fds, mem = victim.fd_table(), victim.memory_digest()
     images = tmp_path / "img"
@@ -77,7 +76,7 @@ def test_kernel_thread_is_refused(tmp_path: Path) -> None:
     assert "engine: error: seize:" in res.stderr and "kernel thread" in res.stderr
 
 
-def test_task_traced_by_someone_else(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+def test_task_traced_by_someone_else(victim: Victim, tmp_path: Path) -> None:
     fds, mem = victim.fd_table(), victim.memory_digest()
     tracer_code = ("import sys, time\n"
                    "from engine.kernel import ptrace\n"
@@ -104,7 +103,7 @@ def test_task_traced_by_someone_else(victim: Victim, tmp_path: Path) -> None:  #
     assert_unharmed(victim, fds, mem)
 
 
-def test_unwritable_images_dir(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+def test_unwritable_images_dir(victim: Victim, tmp_path: Path) -> None:
     fds, mem = victim.fd_table(), victim.memory_digest()
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -114,7 +113,7 @@ def test_unwritable_images_dir(victim: Victim, tmp_path: Path) -> None:  # noqa:
     assert_unharmed(victim, fds, mem)
 
 
-def test_non_empty_images_dir_is_refused(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+def test_non_empty_images_dir_is_refused(victim: Victim, tmp_path: Path) -> None:
     images = tmp_path / "img"
     images.mkdir()
     (images / "old").write_text("x")
@@ -125,7 +124,7 @@ def test_non_empty_images_dir_is_refused(victim: Victim, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("step", ["sigactions", "memory", "write"])
-def test_fault_leaves_a_whole_tree_running(small_tree: SmallTree,  # noqa: F811
+def test_fault_leaves_a_whole_tree_running(small_tree: SmallTree,
                                            tmp_path: Path, step: str) -> None:
     """A tree (a process with a second thread, a child, a zombie): after a failed dump
     every task and thread runs on, untraced and not stopped; the zombie is still there."""
@@ -143,7 +142,7 @@ def test_fault_leaves_a_whole_tree_running(small_tree: SmallTree,  # noqa: F811
     assert not (tmp_path / "img").exists()
 
 
-def test_engine_terminated_mid_dump(victim: Victim, tmp_path: Path) -> None:  # noqa: F811
+def test_engine_terminated_mid_dump(victim: Victim, tmp_path: Path) -> None:
     """SIGTERM to the engine while it has the task seized: it stops with an error and the
     task runs on unharmed (registers, memory, fds, signal state)."""
     fds, mem = victim.fd_table(), victim.memory_digest()

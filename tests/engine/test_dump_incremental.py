@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_dump_basic import run_engine
 
 from engine.dump import track
 from engine.images import PE_PARENT, PE_PRESENT, load
+from tests.engine.dump_support import run_engine
 
 PG = 4096
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from test_dump_victim import Victim, victim, victim_bin  # noqa: F401 (fixtures)
 
 from engine.dump import intervals, pages, shmem, tree, vmas
 from engine.dump.dumper import dump
 from engine.images import load
+from tests.engine.dump_support import Victim
 
 PG = 4096
 
@@ -34,7 +34,7 @@ def _object_pages(img, sid: str) -> dict[int, bytes]:
     return out
 
 
-def test_shmem_fallback_when_map_files_is_refused(victim: Victim, tmp_path: Path,  # noqa: F811
+def test_shmem_fallback_when_map_files_is_refused(victim: Victim, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """As in a user namespace: map_files cannot be opened, so the pages the task maps
     are read through /proc/PID/mem (the unmapped upper half is out of reach)."""
@@ -56,7 +56,7 @@ def test_shmem_fallback_when_map_files_is_refused(victim: Victim, tmp_path: Path
     assert victim.is_running() and victim.finish() == (0, "")
 
 
-def test_shmem_from_the_object_includes_unmapped_pages(victim: Victim,  # noqa: F811
+def test_shmem_from_the_object_includes_unmapped_pages(victim: Victim,
                                                        tmp_path: Path) -> None:
     dump(victim.pid, str(tmp_path / "img"), leave_running=True)
     img = load(str(tmp_path / "img"))
@@ -148,7 +148,7 @@ def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) ->
         amap.close()
 
 
-def test_staging_before_the_freeze_smaps_while_frozen(victim: Victim,  # noqa: F811
+def test_staging_before_the_freeze_smaps_while_frozen(victim: Victim,
                                                       tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """What does not need the freeze is done before it (populating the staging buffers);

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_dump_basic import run_engine
+
+from tests.engine.dump_support import run_engine
 
 # Each holder opens an fd of a kind the engine does not restore, says "ready", waits;
 # the dump's one line must contain the expected words.

@@ -6,14 +6,13 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
-from test_kernel_target import Target, reap, spawner
 
 from engine.kernel import inject, ptrace, uapi
 from engine.kernel.inject import InjectError, Injector, restart_regs
 from engine.kernel.structs import UserRegs
+from tests.engine.target_support import reap
 
 TIMEOUT = 10.0
 
@@ -25,12 +24,6 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     if request.param == "single-step":
         monkeypatch.setattr(inject, "find_restorer", lambda *_: 0)
     return str(request.param)
-
-
-@pytest.fixture
-def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
-    """Start ktargets; all are killed at teardown."""
-    yield from spawner(tmp_path_factory)
 
 
 def _stop(pid: int) -> ptrace.Frozen:

@@ -6,9 +6,9 @@ import os
 import zlib
 
 import pytest
-from test_restore_blob import REGION, runner  # noqa: F401 (fixture)
 
 from engine.kernel import blob, pagecrc
+from tests.engine.blob_support import REGION
 
 PG = 4096
 
@@ -25,7 +25,7 @@ def test_crc32c_matches_the_standard_check_value() -> None:
         zlib.crc32(data[i * PG:(i + 1) * PG]) for i in range(7)]
 
 
-def test_a_task_sums_its_own_pages(runner: blob.BlobRunner) -> None:  # noqa: F811
+def test_a_task_sums_its_own_pages(runner: blob.BlobRunner) -> None:
     """in_task: the task runs page_crcs from the runner's code area and stops at the
     getpid after it; results as the engine computes them."""
     if not pagecrc.native():

@@ -6,20 +6,12 @@ import os
 import signal
 import struct
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
-from test_kernel_target import Target, spawner
 
 from engine.kernel import ptrace, uapi
 
 TIMEOUT = 10.0
-
-
-@pytest.fixture
-def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
-    """Start ktargets; all are killed at teardown."""
-    yield from spawner(tmp_path_factory)
 
 
 def _bit(sig: int) -> int:

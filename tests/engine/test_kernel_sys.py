@@ -9,23 +9,16 @@ import mmap
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
-from test_kernel_target import Target, reap, spawner
 
 from engine.kernel import ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.structs import CloneArgs, PageRegion, PmScanArg
 from engine.proc import pagemap as procpagemap
+from tests.engine.target_support import reap
 
 PAGE = uapi.PAGE_SIZE
-
-
-@pytest.fixture
-def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
-    """Start ktargets; all are killed at teardown."""
-    yield from spawner(tmp_path_factory)
 
 
 def test_syscall_result_and_errno() -> None:

@@ -7,10 +7,8 @@ import ctypes
 import errno
 import os
 import signal
-from collections.abc import Callable, Iterator
 
 import pytest
-from test_kernel_target import Target, spawner
 
 from engine.kernel import ptrace, uapi, uffd
 from engine.kernel import sys as ksys
@@ -18,12 +16,6 @@ from engine.kernel.inject import Injector
 from engine.proc import fdinfo
 
 PAGE = uapi.PAGE_SIZE
-
-
-@pytest.fixture
-def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
-    """Start ktargets; all are killed at teardown."""
-    yield from spawner(tmp_path_factory)
 
 
 def _uffd_fds(pid: int) -> list[int]:

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_kernel_target import Target, spawner
 
 from engine.kernel import uapi
 from engine.proc import auxv, fdinfo, limits, maps, stat, status, tasks
-
-
-@pytest.fixture
-def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Target]]:
-    """Start ktargets; all are killed at teardown."""
-    yield from spawner(tmp_path_factory)
+from tests.engine.target_support import Target
 
 
 @pytest.fixture

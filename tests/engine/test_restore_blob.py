@@ -5,65 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from engine.kernel import blob, ptrace, uapi
-from engine.kernel import sys as ksys
-
-REGION = 0x3F0000000000
-REGION_SIZE = 1 << 20
-
-
-def _reap(pid: int, timeout: float = 5.0) -> None:
-    """Kill our child by pid and collect it within a deadline."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG | uapi.WALL)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"child {pid} did not die")
-
-
-@pytest.fixture
-def runner() -> Iterator[blob.BlobRunner]:
-    """A forked child with an RWX region at REGION, seized and stopped, and a runner."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ksys.mmap(REGION, REGION_SIZE, uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC,
-                      uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE)
-            while True:
-                time.sleep(1)
-        finally:
-            os._exit(1)
-    try:
-        # Wait until the child mapped its region before stopping it.
-        deadline = time.monotonic() + 5
-        while f"{REGION:x}-" not in Path(f"/proc/{pid}/maps").read_text():
-            assert time.monotonic() < deadline, "child did not map its region"
-            time.sleep(0.005)
-        ptrace.seize(pid, uapi.PTRACE_O_EXITKILL)
-        ptrace.interrupt(pid)
-        ptrace.wait_stop(pid, 5)
-        r = blob.BlobRunner(pid, REGION, REGION_SIZE)
-        yield r
-        r.close()
-    finally:
-        _reap(pid)
+from engine.kernel import blob, uapi
+from tests.engine.blob_support import REGION, REGION_SIZE
 
 
 def test_code_matches_source(tmp_path: Path) -> None:

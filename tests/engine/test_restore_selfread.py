@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
-from test_restore_blob import REGION, runner  # noqa: F401 (fixture)
 
 from engine.images import ImageError, PagesReader
 from engine.kernel import blob, pagecrc, uapi
 from engine.kernel.pagecrc import PageSums
 from engine.restore import selfread
 from engine.restore.pages import Chunk
+from tests.engine.blob_support import REGION
 
 PG = 4096
 MIB = 1 << 20
@@ -65,7 +65,7 @@ def _fds(pid: int) -> list[str]:
 
 
 def test_task_reads_its_pages_and_keeps_no_descriptor(
-        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+        runner: blob.BlobRunner, tmp_path: Path) -> None:
     reader = _pages_file(tmp_path / "pages.img", 768)
     fds = _fds(runner.pid)
     try:
@@ -82,7 +82,7 @@ def test_task_reads_its_pages_and_keeps_no_descriptor(
 
 
 def test_a_damaged_page_read_by_the_task_is_refused(
-        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+        runner: blob.BlobRunner, tmp_path: Path) -> None:
     """The task sums what it read; one flipped bit in the file's 300th page fails the
     read naming the file and the page."""
     if not pagecrc.native():
@@ -99,7 +99,7 @@ def test_a_damaged_page_read_by_the_task_is_refused(
 
 
 def test_a_file_the_task_cannot_open_is_handed_back(
-        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+        runner: blob.BlobRunner, tmp_path: Path) -> None:
     reader = _pages_file(tmp_path / "pages.img", 512)
     fds = _fds(runner.pid)
     try:
@@ -116,7 +116,7 @@ def test_a_file_the_task_cannot_open_is_handed_back(
 
 
 def test_another_file_at_the_path_is_not_read(
-        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+        runner: blob.BlobRunner, tmp_path: Path) -> None:
     """The task must read the engine's file: another file at its path (as a chroot or
     another mount namespace could give) is detected by inode and nothing is read."""
     reader = _pages_file(tmp_path / "pages.img", 512)
@@ -135,7 +135,7 @@ def test_another_file_at_the_path_is_not_read(
 
 
 def test_a_short_read_hands_back_the_remainder(
-        runner: blob.BlobRunner, tmp_path: Path) -> None:  # noqa: F811
+        runner: blob.BlobRunner, tmp_path: Path) -> None:
     reader = _pages_file(tmp_path / "pages.img", 512)  # 2 MiB
     try:
         _map_dest(runner, 2 * MIB)
@@ -149,7 +149,7 @@ def test_a_short_read_hands_back_the_remainder(
         reader.close()
 
 
-def test_tables_are_cut_to_fit_the_region(runner: blob.BlobRunner,  # noqa: F811
+def test_tables_are_cut_to_fit_the_region(runner: blob.BlobRunner,
                                           tmp_path: Path) -> None:
     reader = _pages_file(tmp_path / "pages.img", 16 * MIB // PG)
     small = blob.BlobRunner(runner.pid, REGION, 2 * PG)  # room for about 100 entries
