@@ -20,7 +20,6 @@ import json
 import mmap
 import os
 import signal
-import struct
 import sys
 import tempfile
 import time
@@ -35,8 +34,11 @@ from engine.kernel.structs import (
     CloneArgs,
     PrctlMmMap,
 )
+from engine.proc import auxv as procauxv
 from engine.proc import maps as procmaps
+from engine.proc import pagemap as procpagemap
 from engine.proc import stat as procstat
+from engine.proc import tasks
 
 Result = tuple[bool, str]
 #: what a failing probe may raise (anything else is a bug in the probe and propagates)
@@ -202,7 +204,7 @@ def _map_files_probe(pid: int, vma: procmaps.Vma) -> Result:
 
 
 def _pagemap_scan_probe(pid: int) -> Result:
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    fd = procpagemap.open_pagemap(pid)
     try:
         stack = next(v for v in procmaps.read_maps(pid) if v.path == "[stack]")
         runs = ksys.pagemap_scan(fd, stack.start, stack.end,
@@ -221,9 +223,9 @@ def _probe_soft_dirty() -> Result:
     try:
         m[0:1] = b"x"
         addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
-        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        fd = procpagemap.open_pagemap(os.getpid())
         try:
-            (entry,) = struct.unpack("<Q", os.pread(fd, 8, (addr >> uapi.PAGE_SHIFT) * 8))
+            entry = procpagemap.entries(fd, addr, addr + uapi.PAGE_SIZE)[0]
         finally:
             os.close(fd)
     finally:
@@ -282,7 +284,7 @@ def _uffd_wp_async_probe() -> Result:
     pages = 4
     size = pages * uapi.PAGE_SIZE
     area = _anon(size)
-    pm = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    pm = procpagemap.open_pagemap(os.getpid())
     try:
         want = uapi.UFFD_FEATURE_WP_ASYNC | uapi.UFFD_FEATURE_WP_UNPOPULATED
         granted, _ = uffd.api(fd, want)
@@ -401,7 +403,7 @@ def _free_pid(start: int) -> int:
     for _ in range(1000):
         if pid >= pid_max:
             pid = 300
-        if not os.path.exists(f"/proc/{pid}"):
+        if not tasks.exists(pid):
             return pid
         pid += 1
     raise OSError(errno.EAGAIN, "no free pid found for the probe")
@@ -417,8 +419,7 @@ def _ns_last_pid_probe() -> Result:
 
 def _set_mm_map_body() -> bool:
     st = procstat.read_stat(os.getpid())
-    with open(f"/proc/{os.getpid()}/auxv", "rb") as f:
-        auxv = f.read()
+    auxv = procauxv.read_auxv_raw(os.getpid())
     auxv_buf = ctypes.create_string_buffer(auxv, len(auxv))
     brk = ksys.syscall(uapi.SYS_brk, 0)
     m = PrctlMmMap(

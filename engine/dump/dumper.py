@@ -52,9 +52,9 @@ from engine.images.records import (
     ThreadCore,
     Vma,
 )
-from engine.kernel import pagecrc, uapi
+from engine.kernel import pagecrc
 from engine.proc import tasks
-from engine.proc.auxv import read_auxv_raw
+from engine.proc.auxv import read_auxv
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
 
@@ -409,14 +409,11 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
 
 def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
     st = read_stat(pid)
-    raw = read_auxv_raw(pid)
-    auxv: list[int] = []
-    for i in range(0, len(raw) - 15, 16):
-        a_type = int.from_bytes(raw[i:i + 8], "little")
-        auxv += [a_type, int.from_bytes(raw[i + 8:i + 16], "little")]
-        if a_type == uapi.AT_NULL:
-            break
-    exe = _readlink(f"/proc/{pid}/exe")
+    auxv = [word for pair in read_auxv(pid, with_null=True) for word in pair]
+    try:
+        exe: str | None = tasks.exe(pid)
+    except OSError:
+        exe = None
     return MmCore(
         start_code=st.start_code, end_code=st.end_code, start_data=st.start_data,
         end_data=st.end_data, start_brk=st.start_brk, brk=brk, start_stack=st.start_stack,
@@ -425,13 +422,6 @@ def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
         pagemap=names.pagemap(pid), pages=names.pages(pid),
         files=fileids.identities(pid, exe, task_vmas),
     )
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
 
 
 def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],

@@ -18,11 +18,6 @@ def inodes(pid: int) -> dict[str, int]:
     return {name: int(link[link.index("[") + 1:-1]) for name, link in links.items()}
 
 
-def _id_map(pid: int, which: str) -> list[list[int]]:
-    with open(f"/proc/{pid}/{which}", encoding="ascii") as f:
-        return [[int(x) for x in line.split()] for line in f if line.strip()]
-
-
 def records(per_task: dict[int, dict[str, int]],
             unames: dict[int, tuple[str, str]]) -> list[NamespaceRecord]:
     """One record per distinct namespace of the tree, parents first (dict order of
@@ -38,7 +33,7 @@ def records(per_task: dict[int, dict[str, int]],
             if typ == "uts" and pid in unames:
                 rec.hostname, rec.domainname = unames[pid]
             if typ == "user":
-                rec.uid_map = _id_map(pid, "uid_map")
-                rec.gid_map = _id_map(pid, "gid_map")
+                rec.uid_map = tasks.id_map(pid, "uid_map")
+                rec.gid_map = tasks.id_map(pid, "gid_map")
             seen[(typ, ino)] = rec
     return list(seen.values())

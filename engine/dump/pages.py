@@ -26,17 +26,14 @@ from engine.images.imgdir import PE_PARENT, PE_PRESENT, ImageDir, PagemapEntry, 
 from engine.images.records import PAGE_SIZE, Vma
 from engine.kernel import sys as ksys
 from engine.kernel import uapi
+from engine.proc import pagemap as procpagemap
+from engine.proc import swaps as procswaps
 
 # Staging buffer size: large enough for few syscalls, small enough to stay cache-warm
 # between the read from the target and the write to the image (measured 4-16 MiB best).
 STAGING_BYTES = 16 << 20
 
 _UNWANTED = uapi.PAGE_IS_PFNZERO | uapi.PAGE_IS_FILE
-# A pte marker (uffd-wp in a hole of a tracked VMA) is a swap pte of this swap type
-# (SWP_PTE_MARKER, the last of the 5-bit types); /proc/PID/pagemap shows the type in the
-# low bits of a PM_SWAP entry. Real swap files have small types.
-_SWP_PTE_MARKER = 31
-_SWP_TYPE_MASK = 0x1F
 # More groups of VMAs than this: one PAGEMAP_SCAN over all of them (see _scan_groups).
 _MAX_SCAN_GROUPS = 64
 
@@ -147,13 +144,13 @@ def private_runs(pid: int, vmas: list[Vma]) -> tuple[list[Run], list[tuple[int, 
     if not candidates:
         return [], []
     try:
-        fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        fd = procpagemap.open_pagemap(pid)
     except OSError as e:
         raise EngineError("memory", f"cannot open pagemap of {pid}: {e.strerror}") from None
     try:
         # Swapped-out pages are data too, but without swap in use every "swapped" pte is
         # a uffd-wp marker of memory tracking: ask for present pages only then.
-        swap = _swap_in_use()
+        swap = procswaps.in_use()
         wanted = uapi.PAGE_IS_PRESENT | (uapi.PAGE_IS_SWAPPED if swap else 0)
         regions: list[tuple[int, int, int]] = []
         try:
@@ -164,11 +161,11 @@ def private_runs(pid: int, vmas: list[Vma]) -> tuple[list[Run], list[tuple[int, 
                     return_mask=uapi.PAGE_IS_PRESENT | uapi.PAGE_IS_WPALLOWED,
                     vec_len=16384)
             if swap:
-                regions = _drop_markers(fd, regions)
+                regions = procpagemap.drop_markers(fd, regions)
         except OSError as e:
             if e.errno not in (25, 22):  # ENOTTY, EINVAL: no PAGEMAP_SCAN
                 raise EngineError("memory", f"PAGEMAP_SCAN of {pid}: {e.strerror}") from None
-            regions = _pagemap_fallback(fd, candidates)
+            regions = procpagemap.private_runs(fd, [(v.start, v.end) for v in candidates])
     finally:
         os.close(fd)
     runs = clip_to_vmas(regions, candidates)
@@ -201,37 +198,6 @@ def _anonymous(v: Vma) -> bool:
     return v.kind in ("anon", "heap", "stack") and not v.flags & uapi.MAP_SHARED
 
 
-def _swap_in_use() -> bool:
-    """Whether any swap area is active (/proc/swaps lists one below its header)."""
-    try:
-        with open("/proc/swaps", encoding="ascii") as f:
-            return len(f.read().splitlines()) > 1
-    except OSError:
-        return True  # cannot tell: assume swap, which is always correct
-
-
-def _drop_markers(fd: int, regions: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """Remove uffd-wp pte markers from the non-present (swapped) regions, page by page
-    from /proc/PID/pagemap; present regions are kept as they are."""
-    out: list[tuple[int, int, int]] = []
-    for start, end, cat in regions:
-        if cat & uapi.PAGE_IS_PRESENT:
-            out.append((start, end, cat))
-            continue
-        n = (end - start) // PAGE_SIZE
-        ents = memoryview(os.pread(fd, n * 8, start // PAGE_SIZE * 8)).cast("Q")
-        run = -1
-        for k in range(len(ents) + 1):
-            real = k < len(ents) and bool(ents[k] & uapi.PM_SWAP) and \
-                ents[k] & _SWP_TYPE_MASK != _SWP_PTE_MARKER
-            if real and run < 0:
-                run = k
-            elif not real and run >= 0:
-                out.append((start + run * PAGE_SIZE, start + k * PAGE_SIZE, cat))
-                run = -1
-    return out
-
-
 def clip_to_vmas(regions: list[tuple[int, int, int]] | list[tuple[int, int]],
                  vmas: list[Vma]) -> list[Run]:
     """Intersect sorted regions with sorted VMAs (one merge pass): runs inside one VMA
@@ -250,28 +216,6 @@ def clip_to_vmas(regions: list[tuple[int, int, int]] | list[tuple[int, int]],
                 runs.append(Run(s, e - s, not v.prot & uapi.PROT_READ))
             j += 1
     return runs
-
-
-def _pagemap_fallback(fd: int, vmas: list[Vma]) -> list[tuple[int, int, int]]:
-    """/proc/PID/pagemap walk for kernels without PAGEMAP_SCAN: a page is wanted when
-    present or swapped and not file/shared-anon (bit 61). The zero page cannot be told
-    apart here, so such pages are stored (correct, only larger)."""
-    out: list[tuple[int, int, int]] = []
-    for v in vmas:
-        n = (v.end - v.start) // PAGE_SIZE
-        raw = os.pread(fd, n * 8, v.start // PAGE_SIZE * 8)
-        ents = memoryview(raw).cast("Q")
-        run_start = -1
-        for k in range(len(ents) + 1):
-            e = ents[k] if k < len(ents) else 0
-            want = bool(e & (uapi.PM_PRESENT | uapi.PM_SWAP)) and not e & uapi.PM_FILE
-            addr = v.start + k * PAGE_SIZE
-            if want and run_start < 0:
-                run_start = addr
-            elif not want and run_start >= 0:
-                out.append((run_start, addr, 0))
-                run_start = -1
-    return out
 
 
 #: Has the dumped task write (and sum) some runs itself: given the new pages file and

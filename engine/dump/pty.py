@@ -13,6 +13,8 @@ from engine.images.imgdir import ImageDir
 from engine.images.records import FileRecord
 from engine.kernel import pty
 from engine.kernel.sys import pidfd_getfd, pidfd_open
+from engine.proc import mountinfo
+from engine.proc.fdinfo import read_fd
 
 
 def fill(img: ImageDir, rec: FileRecord, pid: int, fd: int) -> None:
@@ -54,17 +56,13 @@ def _devpts(pid: int, master: int, where: str) -> tuple[str, str]:
     """Mount point (in the task's mount namespace) and options of the pair's devpts."""
     slave = pty.peer(master)
     try:
-        with open(f"/proc/self/fdinfo/{slave}", encoding="ascii") as f:
-            mnt_id = next(line.split()[1] for line in f if line.startswith("mnt_id:"))
+        mnt_id = read_fd(os.getpid(), slave).mnt_id
     finally:
         os.close(slave)
-    with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if fields[0] == mnt_id:
-                sep = fields.index("-")
-                if fields[sep + 1] != "devpts":
-                    break
-                return fields[4], fields[sep + 3]
+    for m in mountinfo.read(pid):
+        if m.id == mnt_id:
+            if m.fstype != "devpts":
+                break
+            return m.point, m.options
     raise EngineError("files", f"{where}: cannot dump a pty master whose devpts is not "
                                "mounted in the task's mount namespace")

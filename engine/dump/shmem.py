@@ -23,6 +23,7 @@ from engine.images.imgdir import ImageDir
 from engine.images.records import PAGE_SIZE, ShmemEntry, Vma
 from engine.kernel import sys as ksys
 from engine.kernel import uapi
+from engine.proc import pagemap as procpagemap
 
 _MEMFD = "/memfd:"
 _F_GET_SEALS = 1034
@@ -168,7 +169,7 @@ def _dump_through_mem(img: ImageDir, sid: str, src: ShmemSource, v: Vma,
         raise EngineError("memory", f"memfd {src.name!r} (mapped privately at {v.start:#x}, "
                                     f"pid {src.pid}): the object cannot be opened and a "
                                     "private mapping does not show its content")
-    fd = os.open(f"/proc/{src.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    fd = procpagemap.open_pagemap(src.pid)
     try:
         regions = ksys.pagemap_scan(fd, v.start, v.end, category_mask=uapi.PAGE_IS_PRESENT,
                                     return_mask=0)

@@ -38,6 +38,7 @@ from engine.proc import tasks
 from engine.proc.limits import read_limits
 from engine.proc.stat import read_stat
 from engine.proc.status import Status, read_status
+from engine.proc.timers import read_timers
 
 _KSA = ctypes.sizeof(KSigaction)
 # Signals whose disposition cannot be changed: not asked, not restored.
@@ -158,13 +159,12 @@ def _itimers(inj: Injector, buf: int) -> list[ItimerRecord]:
     return out
 
 
-_NOTIFY = {"signal": uapi.SIGEV_SIGNAL, "none": uapi.SIGEV_NONE, "thread": uapi.SIGEV_THREAD}
-
-
 def _posix_timers(inj: Injector, buf: int, pid: int) -> list[PosixTimerRecord]:
     """POSIX timers: identity from /proc/PID/timers, times from timer_gettime."""
     out = []
-    for t in _parse_timers(f"/proc/{pid}/timers"):
+    for pt in read_timers(pid):
+        t = PosixTimerRecord(pt.id, pt.clock_id, pt.signo, pt.sigev_value, pt.notify,
+                             pt.notify_tid, 0, 0)
         inj.check(uapi.SYS_timer_gettime, t.id, buf)
         isec, insec, vsec, vnsec = struct.unpack("<qqqq", inj.read(buf, 32))
         t.interval_ns = isec * 1_000_000_000 + insec
@@ -217,31 +217,6 @@ def _timer_of(sig: SigInfoRecord) -> int | None:
     if int.from_bytes(raw[8:12], "little", signed=True) != uapi.SI_TIMER:
         return None
     return int.from_bytes(raw[16:20], "little", signed=True)
-
-
-def _parse_timers(path: str) -> list[PosixTimerRecord]:
-    """Parse /proc/PID/timers: blocks of "ID: N", "signal: SIGNO/VALUE",
-    "notify: KIND/pid.N" (or "KIND/tid.N"), "ClockID: N"."""
-    with open(path, encoding="ascii") as f:
-        lines = f.read().splitlines()
-    blocks: list[dict[str, str]] = []
-    for line in lines:
-        key, sep, value = line.partition(": ")
-        if not sep:
-            continue
-        if key == "ID":
-            blocks.append({})
-        if blocks:
-            blocks[-1][key] = value
-    out: list[PosixTimerRecord] = []
-    for fields in blocks:
-        signo, value = fields["signal"].split("/")
-        kind, who = fields["notify"].split("/")
-        scope, num = who.split(".")
-        notify = _NOTIFY[kind] | (uapi.SIGEV_THREAD_ID if scope == "tid" else 0)
-        out.append(PosixTimerRecord(int(fields["ID"]), int(fields["ClockID"]), int(signo),
-                                    int(value, 16), notify, int(num), 0, 0))
-    return out
 
 
 def _uname(inj: Injector, buf: int) -> tuple[str, str]:

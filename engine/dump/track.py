@@ -37,6 +37,7 @@ from engine.images.records import Vma
 from engine.kernel import sys as ksys
 from engine.kernel import uapi, uffd
 from engine.kernel.inject import Injector
+from engine.proc import pagemap as procpagemap
 from engine.proc.stat import read_stat
 
 HOLD_TIMEOUT = 600.0
@@ -97,7 +98,7 @@ def written(pid: int, tracked: list[Interval]) -> list[Interval]:
     for write-protection)."""
     if not tracked:
         return []
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    fd = procpagemap.open_pagemap(pid)
     try:
         regions = ksys.pagemap_scan(fd, tracked[0][0], tracked[-1][1],
                                     flags=uapi.PM_SCAN_WP_MATCHING,

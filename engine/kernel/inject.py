@@ -49,6 +49,7 @@ from engine.kernel.structs import UserRegs
 from engine.kernel.sys import syscall
 from engine.proc.auxv import read_auxv
 from engine.proc.maps import read_maps
+from engine.proc.stat import read_stat
 from engine.proc.status import read_status
 
 if TYPE_CHECKING:
@@ -95,8 +96,7 @@ def _page_up(n: int) -> int:
 
 
 def _start_time(tid: int) -> int:
-    with open(f"/proc/{tid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[19])
+    return read_stat(tid).starttime
 
 
 def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False) -> int:

@@ -7,13 +7,16 @@ import struct
 from engine.kernel import uapi
 
 
-def parse_auxv(data: bytes) -> list[tuple[int, int]]:
-    """(type, value) pairs, without the terminating AT_NULL; ValueError on odd sizes."""
+def parse_auxv(data: bytes, with_null: bool = False) -> list[tuple[int, int]]:
+    """(type, value) pairs up to the terminating AT_NULL, which is included when
+    `with_null` (as PR_SET_MM_MAP wants the vector); ValueError on odd sizes."""
     if len(data) % 16:
         raise ValueError(f"auxv: size {len(data)} is not a multiple of 16")
     pairs: list[tuple[int, int]] = []
     for a_type, a_val in struct.iter_unpack("<QQ", data):
         if a_type == uapi.AT_NULL:
+            if with_null:
+                pairs.append((a_type, a_val))
             break
         pairs.append((a_type, a_val))
     return pairs
@@ -25,6 +28,6 @@ def read_auxv_raw(pid: int) -> bytes:
         return f.read()
 
 
-def read_auxv(pid: int) -> list[tuple[int, int]]:
-    """Parsed auxv of ``pid``."""
-    return parse_auxv(read_auxv_raw(pid))
+def read_auxv(pid: int, with_null: bool = False) -> list[tuple[int, int]]:
+    """Parsed auxv of ``pid`` (see parse_auxv)."""
+    return parse_auxv(read_auxv_raw(pid), with_null)

@@ -14,6 +14,8 @@ class Mount:
     kdev: int  # the kernel's encoding of the device (major << 20 | minor), as in fdinfo
     root: str
     point: str
+    fstype: str = ""
+    options: str = ""  # the superblock's options, as the kernel writes them
 
 
 def _unescape(field: str) -> str:
@@ -26,10 +28,14 @@ def read(pid: int) -> list[Mount]:
     out = []
     with open(f"/proc/{pid}/mountinfo", encoding="latin-1") as f:
         for line in f:
-            parts = line.split()
+            # Single spaces separate the fields (the kernel escapes those in names);
+            # str.split() would also split at bytes such as 0x85 or 0xa0 read as latin-1.
+            parts = line.rstrip("\n").split(" ")
             major, minor = (int(x) for x in parts[2].split(":"))
+            sep = parts.index("-", 6)  # after the optional fields
             out.append(Mount(int(parts[0]), major << 20 | minor, _unescape(parts[3]),
-                             _unescape(parts[4])))
+                             _unescape(parts[4]), _unescape(parts[sep + 1]),
+                             os.fsdecode(parts[sep + 3].encode("latin-1"))))
     return out
 
 

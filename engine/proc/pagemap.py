@@ -1,67 +1,70 @@
-"""/proc/PID/pagemap entries: the fallback of PAGEMAP_SCAN (one u64 per page)."""
+"""/proc/PID/pagemap: the file PAGEMAP_SCAN is asked through, and its entries (one u64
+per page, Documentation/admin-guide/mm/pagemap.rst) where PAGEMAP_SCAN cannot answer."""
 
 from __future__ import annotations
 
 import os
-from array import array
+from collections.abc import Iterable
 
 from engine.kernel import uapi
 
-
-def read_entries(fd: int, start: int, end: int) -> array[int]:
-    """Pagemap entries (array of 'Q') for [start, end) from an open pagemap fd."""
-    first = start >> uapi.PAGE_SHIFT
-    count = (end - start) >> uapi.PAGE_SHIFT
-    data = os.pread(fd, count * 8, first * 8)
-    if len(data) != count * 8:
-        raise OSError(f"pagemap: short read at {start:#x} ({len(data)} of {count * 8} bytes)")
-    entries = array("Q")
-    entries.frombytes(data)
-    return entries
-
-
-def categories(entry: int) -> int:
-    """PAGE_IS_* categories of one pagemap entry (the subset pagemap can tell)."""
-    cats = 0
-    if entry & uapi.PM_PRESENT:
-        cats |= uapi.PAGE_IS_PRESENT
-    if entry & uapi.PM_SWAP:
-        cats |= uapi.PAGE_IS_SWAPPED
-    if entry & uapi.PM_FILE:
-        cats |= uapi.PAGE_IS_FILE
-    if entry & uapi.PM_SOFT_DIRTY:
-        cats |= uapi.PAGE_IS_SOFT_DIRTY
-    if entry & uapi.PM_GUARD_REGION:
-        cats |= uapi.PAGE_IS_GUARD
-    if not entry & uapi.PM_UFFD_WP and entry & (uapi.PM_PRESENT | uapi.PM_SWAP):
-        # Same meaning as PAGE_IS_WRITTEN under async uffd-wp: not write-protected.
-        cats |= uapi.PAGE_IS_WRITTEN
-    return cats
-
-
-def scan(fd: int, start: int, end: int, anyof_mask: int, return_mask: int,
-         chunk_pages: int = 65536) -> list[tuple[int, int, int]]:
-    """Runs (start, end, categories & return_mask) of pages matching any of ``anyof_mask``,
-    like pagemap_scan(category_anyof_mask=..., return_mask=...), read in chunks."""
-    runs: list[tuple[int, int, int]] = []
-    pos = start
-    while pos < end:
-        stop = min(end, pos + (chunk_pages << uapi.PAGE_SHIFT))
-        entries = read_entries(fd, pos, stop)
-        addr = pos
-        for entry in entries:
-            cats = categories(entry)
-            if cats & anyof_mask:
-                ret = cats & return_mask
-                if runs and runs[-1][1] == addr and runs[-1][2] == ret:
-                    runs[-1] = (runs[-1][0], addr + uapi.PAGE_SIZE, ret)
-                else:
-                    runs.append((addr, addr + uapi.PAGE_SIZE, ret))
-            addr += uapi.PAGE_SIZE
-        pos = stop
-    return runs
+# A pte marker (uffd-wp in a hole of a tracked VMA) is a swap pte of this swap type
+# (SWP_PTE_MARKER, the last of the 5-bit types); pagemap shows the type in the low bits
+# of a PM_SWAP entry. Real swap files have small types.
+_SWP_PTE_MARKER = 31
+_SWP_TYPE_MASK = 0x1F
 
 
 def open_pagemap(pid: int) -> int:
     """Open /proc/PID/pagemap read-only (close it with os.close)."""
     return os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def entries(fd: int, start: int, end: int) -> memoryview:
+    """The pagemap entries (a memoryview of 'Q') of the pages in [start, end), from an
+    open pagemap fd."""
+    n = (end - start) // uapi.PAGE_SIZE
+    return memoryview(os.pread(fd, n * 8, start // uapi.PAGE_SIZE * 8)).cast("Q")
+
+
+def private_runs(fd: int, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(start, end, 0) runs of the pages in `ranges` (sorted VMA ranges) that are present
+    or swapped and not file/shared-anon (PM_FILE): the walk for kernels without
+    PAGEMAP_SCAN. The zero page cannot be told apart here, so such pages are included."""
+    out: list[tuple[int, int, int]] = []
+    page, data, file = uapi.PAGE_SIZE, uapi.PM_PRESENT | uapi.PM_SWAP, uapi.PM_FILE
+    for start, end in ranges:
+        ents = entries(fd, start, end)
+        run_start = -1
+        for k in range(len(ents) + 1):
+            e = ents[k] if k < len(ents) else 0
+            want = bool(e & data) and not e & file
+            addr = start + k * page
+            if want and run_start < 0:
+                run_start = addr
+            elif not want and run_start >= 0:
+                out.append((run_start, addr, 0))
+                run_start = -1
+    return out
+
+
+def drop_markers(fd: int, regions: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Remove uffd-wp pte markers from the non-present (swapped) regions of a
+    PAGEMAP_SCAN answer, page by page; present regions are kept as they are."""
+    out: list[tuple[int, int, int]] = []
+    page, swap = uapi.PAGE_SIZE, uapi.PM_SWAP
+    for start, end, cat in regions:
+        if cat & uapi.PAGE_IS_PRESENT:
+            out.append((start, end, cat))
+            continue
+        ents = entries(fd, start, end)
+        run = -1
+        for k in range(len(ents) + 1):
+            real = k < len(ents) and bool(ents[k] & swap) and \
+                ents[k] & _SWP_TYPE_MASK != _SWP_PTE_MARKER
+            if real and run < 0:
+                run = k
+            elif not real and run >= 0:
+                out.append((start + run * page, start + k * page, cat))
+                run = -1
+    return out

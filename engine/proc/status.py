@@ -86,7 +86,3 @@ def read_status(pid: int, tid: int | None = None) -> Status:
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return parse_status(f.read())
 
-
-def sigset_to_list(mask: int) -> list[int]:
-    """Signal numbers set in a 64-bit mask."""
-    return [n + 1 for n in range(64) if mask >> n & 1]

@@ -38,6 +38,12 @@ def namespaces(pid: int) -> dict[str, str]:
     return out
 
 
+def id_map(pid: int, which: str) -> list[list[int]]:
+    """Rows (inside, outside, count) of /proc/PID/uid_map or gid_map (``which``)."""
+    with open(f"/proc/{pid}/{which}", encoding="ascii") as f:
+        return [[int(x) for x in line.split()] for line in f if line.strip()]
+
+
 def cwd(pid: int) -> str:
     """Current directory of ``pid``."""
     return os.readlink(f"/proc/{pid}/cwd")
@@ -70,12 +76,6 @@ def oom_score_adj(pid: int) -> int:
     """/proc/PID/oom_score_adj (-1000..1000)."""
     with open(f"/proc/{pid}/oom_score_adj", encoding="ascii") as f:
         return int(f.read())
-
-
-def cmdline(pid: int) -> list[bytes]:
-    """argv of ``pid`` (NUL-separated)."""
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().split(b"\0")[:-1]
 
 
 def exists(pid: int) -> bool:

@@ -86,9 +86,11 @@ def test_tracking_ends_with_the_last_fd(spawn) -> None:
 
 
 def _vmflags(pid: int, addr: int) -> set[str]:
-    from engine.proc.maps import read_smaps
+    from engine.proc import maps
 
-    return set(next(v for v in read_smaps(pid) if v.start <= addr < v.end).vmflags)
+    smaps = maps.read_text(pid, "smaps")
+    return next(set(vf.decode().split()) for (s, e, *_), vf in
+                zip(maps.entries(smaps), maps.vmflags(smaps)) if int(s, 16) <= addr < int(e, 16))
 
 
 def test_copy_and_zeropage_fill_missing_pages() -> None:

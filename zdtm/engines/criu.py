@@ -70,6 +70,10 @@ FEATURES: dict[str, str | None] = {
     "timerfd": "timerfd",
     "unix_socketpair": None, "tcp": None, "udp": None, "file_locks": None,
     "posix_timers": None, "netlink": None, "packet_socket": None,
+    "inotify": None, "fanotify": None, "pidfd": None, "pty_master": None,
+    "raw_socket": None, "udp_options": None, "tcp_half_closed": None,
+    "tcp_listen_pending": None, "unix_listen": None, "unix_named": None,
+    "unix_scm_rights": None,
     # what the bundled engine refuses and CRIU dumps: a deleted file's mapping (kept in a
     # ghost file), a group without its leader (pstree.c: "Add a helper %d for restoring
     # PGID %d")
@@ -89,6 +93,8 @@ FEATURES: dict[str, str | None] = {
 #: these options in ``opts``; ours name the feature).
 FEATURE_OPTIONS: dict[str, tuple[str, ...]] = {
     "tcp": ("--tcp-established",),
+    "tcp_half_closed": ("--tcp-established",),
+    "tcp_listen_pending": ("--tcp-established",),
     "file_locks": ("--file-locks",),
 }
 
