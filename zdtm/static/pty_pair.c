@@ -9,6 +9,7 @@
  * reads the echo and the output, once.
  */
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,15 +25,24 @@ static int read_is(int fd, const char *want, const char *what)
 	size_t got = 0, n = strlen(want);
 	int q;
 
+	/*
+	 * Read only what poll() reports (canonical mode: a complete line), so that data
+	 * that never comes is a failure after a second rather than a read() blocked for good
+	 * on the blocking second slave fd.
+	 */
 	for (int i = 0; i < 100 && got < n; i++) {
-		ssize_t r = read(fd, buf + got, n - got);
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t r;
 
+		if (poll(&p, 1, 10) < 0)
+			return fail_perror("%s: poll", what);
+		if (!(p.revents & POLLIN))
+			continue;
+		r = read(fd, buf + got, n - got);
 		if (r > 0)
 			got += r;
 		else if (r < 0 && errno != EAGAIN)
 			return fail_perror("%s: read", what);
-		else
-			usleep(10000);
 	}
 	if (got != n || memcmp(buf, want, n))
 		return fail("%s: read \"%.*s\", expected \"%s\"", what, (int)got, buf, want);
