@@ -69,11 +69,22 @@ FEATURES: dict[str, str | None] = {
     "eventfd": None, "signalfd": None, "epoll": None,
     "timerfd": "timerfd",
     "unix_socketpair": None, "tcp": None, "udp": None, "file_locks": None,
-    "posix_timers": None, "netlink": None, "packet_socket": None,
-    "inotify": None, "fanotify": None, "pidfd": None, "pty_master": None,
-    "raw_socket": None, "udp_options": None, "tcp_half_closed": None,
+    "posix_timers": None, "inotify": None, "fanotify": None, "pidfd": None,
+    "pty_master": None, "tcp_half_closed": None, "unix_scm_rights": None,
+    # socket state CRIU 4.2 dumps only in part: the tests run, and fail where it differs.
+    # netlink_route: "has more than 32 groups" (sk-netlink.c:134, dump refused);
+    # packet_socket: packet_sock_entry has no PACKET_QDISC_BYPASS / PACKET_IGNORE_OUTGOING;
+    # raw_socket: a connected raw socket has dst_port 0 and is restored unconnected
+    # (sk-inet.c open_inet_sk: "if (ie->dst_port && inet_connect(sk, ii))");
+    # tcp_listen_pending: "In-flight connection (l)" (sk-inet.c:185, dump refused;
+    # --skip-in-flight would drop the connections the test checks);
+    # udp_options: sk_opts_entry / ip_opts_entry have no SO_TIMESTAMP(NS), SO_LOCK_FILTER,
+    # IP_RECVTOS, IP_RECVTTL, IP_MULTICAST_TTL, IP_MULTICAST_LOOP;
+    # unix_listen, unix_named: a connected stream/seqpacket socket is not bound to its
+    # name (sk-unix.c bind_unix_sk: "FIXME this can be done"), so an accepted end or a
+    # named client comes back unnamed
+    "netlink": None, "packet_socket": None, "raw_socket": None, "udp_options": None,
     "tcp_listen_pending": None, "unix_listen": None, "unix_named": None,
-    "unix_scm_rights": None,
     # what the bundled engine refuses and CRIU dumps: a deleted file's mapping (kept in a
     # ghost file), a group without its leader (pstree.c: "Add a helper %d for restoring
     # PGID %d")
