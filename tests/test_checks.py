@@ -118,6 +118,31 @@ def test_fd_flags_and_sharing() -> None:
     ]
 
 
+def test_fdinfo_lines_with_one_key_are_each_named() -> None:
+    # an inotify group lists one "inotify wd" line per watch: a lost flag on any of them is
+    # named, and the lines that stayed are not
+    def group(*masks: str) -> FdState:
+        wds = tuple(("inotify wd", f"{wd} ino:{wd} sdev:fe00000 mask:{m} ignored_mask:0")
+                    for wd, m in enumerate(masks, 1))
+        return FdState("anon_inode:inotify", 0o4000, 0, extra=wds)
+
+    before, after = _tree(), _tree()
+    before.procs[100].fds[5] = group("300", "80000004", "4000004")
+    after.procs[100].fds[5] = group("300", "4", "4")
+    assert _messages(before, after) == [
+        ("fds: pid 100 (t): fd 5 anon_inode:inotify: fdinfo lost "
+         "'inotify wd: 2 ino:2 sdev:fe00000 mask:80000004 ignored_mask:0'; "
+         "'inotify wd: 3 ino:3 sdev:fe00000 mask:4000004 ignored_mask:0', gained "
+         "'inotify wd: 2 ino:2 sdev:fe00000 mask:4 ignored_mask:0'; "
+         "'inotify wd: 3 ino:3 sdev:fe00000 mask:4 ignored_mask:0'")
+    ]
+    after.procs[100].fds[5] = group("300", "80000004")
+    assert _messages(before, after) == [
+        ("fds: pid 100 (t): fd 5 anon_inode:inotify: fdinfo lost "
+         "'inotify wd: 3 ino:3 sdev:fe00000 mask:4000004 ignored_mask:0'")
+    ]
+
+
 def test_fd_raw_target_is_not_compared() -> None:
     before, after = _tree(), _tree()
     before.procs[100].fds[3] = FdState("pipe[pid 100 fd 3]", 0, 0, raw="pipe:[111]")

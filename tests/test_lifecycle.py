@@ -141,6 +141,9 @@ def test_crfail_passes_when_the_dump_fails(tests_dir: Path) -> None:
     r = run_test(_test(tests_dir, "crfail"), "h", Scripted(), RunOptions(norst=True))
     assert (r.outcome, r.phase) == (FAIL, "dump")
     assert r.message == "dump succeeded but the test is crfail"
+    # the tree is still judged once: checked, then stopped for the test's verdict
+    assert any("crfail dump succeeded" in n for n in r.notes), r.notes
+    assert r.iterations == 1, r.summary()
 
 
 def test_crfail_passes_when_a_pre_dump_fails(tests_dir: Path) -> None:

@@ -218,8 +218,27 @@ def _fd_diff(fb: FdState, fa: FdState) -> str:
             f"open file description {fb.shared or 'not shared'} -> {fa.shared or 'not shared'}"
         )
     if fb.extra != fa.extra:
-        parts.append(f"fdinfo {dict(fb.extra)} -> {dict(fa.extra)}")
+        parts.append(_fdinfo_diff(fb.extra, fa.extra))
     return ", ".join(parts)
+
+
+def _fdinfo_diff(before: tuple[tuple[str, str], ...], after: tuple[tuple[str, str], ...]) -> str:
+    """The fdinfo lines only one side has. A key may repeat (an inotify group has one
+    "inotify wd" line per watch, a fanotify group one line per mark), so each line is
+    named whole: a dict of the two sides would show one line per key and hide the rest."""
+    lost = list(before)
+    gained = []
+    for line in after:
+        if line in lost:
+            lost.remove(line)
+        else:
+            gained.append(line)
+    words = []
+    if lost:
+        words.append("lost " + "; ".join(f"'{k}: {v}'" for k, v in lost))
+    if gained:
+        words.append("gained " + "; ".join(f"'{k}: {v}'" for k, v in gained))
+    return "fdinfo " + (", ".join(words) or "lines reordered")
 
 
 def _maps(b: ProcState, a: ProcState) -> list[Problem]:

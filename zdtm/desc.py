@@ -46,7 +46,8 @@ from zdtm.desc_expr import ExprError, evaluate
 FLAG_MEANING = {
     "excl": "runs alone, never beside another test",
     "noauto": "only run when named explicitly (not by -a or the default pytest run)",
-    "crfail": "dump is expected to fail; the run passes when it does",
+    "crfail": "dump is expected to fail; the run passes when it does (when it does not, "
+              "the run fails and the restored tree is judged once)",
     "nolazy": "not run with --lazy-pages",
     "reqrst": "needs a restore: skipped with --norst",
     "nouns": "never run in the uns flavour",
