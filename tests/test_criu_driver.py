@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from zdtm import ROOT_DIR, known
 from zdtm.desc import TestDesc, discover, discover_external
 from zdtm.engines import EngineFailure
 from zdtm.engines.base import TreeInfo
@@ -216,3 +217,12 @@ def test_every_feature_our_tests_declare_is_mapped_for_criu() -> None:
     criu ("Unknown feature") instead of gating it. Each of ours is mapped."""
     declared = {f for t in discover() for f in (*t.feature, *t.crfail_unless)}
     assert sorted(declared - set(FEATURES)) == []
+
+
+def test_criu_known_failures_name_tests_of_the_suite() -> None:
+    """known/criu-4.2.yaml loads, and each entry names a test this suite has (a renamed
+    test would leave an entry that matches nothing)."""
+    entries = known.load(ROOT_DIR / "known" / "criu-4.2.yaml")
+    names = {t.name for t in discover()}
+    assert entries and all(e.engine == "criu" and e.reason for e in entries)
+    assert sorted({e.test for e in entries} - names) == []
