@@ -11,11 +11,13 @@ import pytest
 from zdtm import hostlocks
 
 
-def test_only_pty_tests_in_h_need_the_pty_lock() -> None:
+def test_only_flagged_tests_in_h_need_host_locks() -> None:
     assert hostlocks.needed(frozenset({"pty"}), "h") == ["pty"]
     assert hostlocks.needed(frozenset({"pty"}), "ns") == []
     assert hostlocks.needed(frozenset({"pty"}), "uns") == []
     assert hostlocks.needed(frozenset({"excl"}), "h") == []
+    assert hostlocks.needed(frozenset({"rawnet", "pty"}), "h") == ["pty", "rawnet"]
+    assert hostlocks.needed(frozenset({"rawnet"}), "ns") == []
 
 
 def _hold_for(seconds: float, ready: multiprocessing.synchronize.Event) -> None:

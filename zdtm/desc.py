@@ -8,7 +8,7 @@ our own descriptors use both forms).  Nothing in it is ever run as code.
 Keys (all optional):
 
 ``flavor``   flavours the test supports, a subset of ``h ns uns`` (string or list)
-``flags``    ``excl noauto crfail suid nolazy reqrst crlib pre-dump-notify pty ...``
+``flags``    ``excl noauto crfail suid nolazy reqrst crlib pre-dump-notify pty rawnet ...``
 ``opts``     extra engine options for pre-dump, dump and restore (string or list)
 ``dopts``    extra engine options for pre-dump and dump only
 ``ropts``    extra engine options for restore only
@@ -55,6 +55,8 @@ FLAG_MEANING = {
     "crlib": "criu gets --libdir DIR/lib (its plugins beside the test); other engines SKIP",
     "pre-dump-notify": "after each pre-dump the test is notified through its fds 100/101",
     "pty": "opens ptys: in flavour h it holds the machine's pty lock (zdtm/hostlocks.py)",
+    "rawnet": "packet or raw IP sockets on loopback: in flavour h it holds the machine's "
+              "rawnet lock (zdtm/hostlocks.py)",
 }
 #: CRIU flags accepted without an effect here (they select modes this harness lacks).
 CRIU_ONLY_FLAGS = {"nouser", "norst", "samens", "sock", "nodump", "noauto_lazy",

@@ -1,10 +1,16 @@
-"""Machine-wide locks on host resources that a test in flavour h needs again by number.
+"""Machine-wide locks on host resources that a test in flavour h shares with every other run.
 
-A pty's number is one: the host has one devpts, the restore must get the dumped number
-back (the slaves are opened by path), and a pty another run opens between the dump and the
-restore takes it. Tests flagged ``pty`` hold this lock in flavour h from start to cleanup;
-the namespace flavours have a devpts of their own and need none. The lock file is the same
-for every checkout and every run on the machine (flock: released when its holder dies).
+- ``pty``: a pty's number. The host has one devpts, the restore must get the dumped number
+  back (the slaves are opened by path), and a pty another run opens between the dump and
+  the restore takes it.
+- ``rawnet``: link-layer frames and raw IP packets on the host's loopback. A packet or raw
+  socket receives every frame of its protocol on it, so the same test running beside it
+  queues packets on it, and a dump refuses a socket with packets queued.
+
+Tests flagged with a resource hold its lock in flavour h from start to cleanup; the
+namespace flavours have a devpts and a network of their own and need none. The lock file
+is the same for every checkout and every run on the machine (flock: released when its
+holder dies).
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ def lock_dir() -> Path:
     return run_lock if run_lock.is_dir() else Path("/tmp")
 
 
+#: descriptor flags that name a host resource
+RESOURCES = ("pty", "rawnet")
+
+
 def needed(flags: frozenset[str] | set[str], flavor: str) -> list[str]:
     """The host resources a test with these descriptor flags locks in this flavour."""
-    return ["pty"] if "pty" in flags and flavor == "h" else []
+    return [r for r in RESOURCES if r in flags] if flavor == "h" else []
 
 
 class Held:
