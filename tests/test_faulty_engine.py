@@ -179,8 +179,8 @@ def test_dropped_inotify_watch_after_real_restore(clean: Path, tmp_path: Path) -
     result = _run(test, engine, clean)
     assert engine.record, f"the fault was never applied: {result.summary()}"
     problems = _expect(result, "fds")
-    assert any(f"fd {engine.record['fd']} anon_inode:inotify" in p and "'inotify wd'" in p
-               for p in problems), problems
+    assert any(f"fd {engine.record['fd']} anon_inode:inotify" in p
+               and "fdinfo lost 'inotify wd:" in p for p in problems), problems
 
 
 def test_hang_after_real_restore(subject: TestDesc, bundled: BundledEngine, clean: Path,
