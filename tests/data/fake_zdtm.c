@@ -59,6 +59,7 @@ int main(int argc, char **argv)
 	const char *pidfile = NULL, *outfile = NULL;
 	char tmp[4096], c;
 	int i, p[2], fd;
+	sigset_t term, waitmask;
 	pid_t pid;
 	FILE *f;
 
@@ -113,6 +114,11 @@ int main(int argc, char **argv)
 	if (open(".", O_RDONLY | O_DIRECTORY) < 0)
 		return 1;
 #endif
+	/* blocked until sigsuspend: a SIGTERM between the check of stop and the wait is kept */
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	sigprocmask(SIG_BLOCK, &term, &waitmask);
+	sigdelset(&waitmask, SIGTERM);
 #ifndef BEHAVE_HANG
 	signal(SIGTERM, on_term);
 #else
@@ -129,7 +135,7 @@ int main(int argc, char **argv)
 		return 1;
 	close(p[1]);
 	while (!stop)
-		pause();
+		sigsuspend(&waitmask);
 #ifdef BEHAVE_FLAKY
 	snprintf(tmp, sizeof(tmp), "%s.ran", argv[0]);
 	if (access(tmp, F_OK)) {
