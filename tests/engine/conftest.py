@@ -18,7 +18,7 @@ from engine.kernel import blob, ptrace, uapi
 from engine.kernel import sys as ksys
 from tests.engine.blob_support import REGION, REGION_SIZE
 from tests.engine.dump_support import VICTIM_C, SmallTree, Victim
-from tests.engine.target_support import Target, build_target
+from tests.engine.target_support import Target, build_target, reap
 
 # -- the dump tests' victim and small tree (dump_support.py) --------------------------------
 
@@ -105,24 +105,6 @@ def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Ta
 # -- the in-target syscall table runner (blob_support.py) ----------------------------------
 
 
-def _reap(pid: int, timeout: float = 5.0) -> None:
-    """Kill our child by pid and collect it within a deadline."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG | uapi.WALL)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"child {pid} did not die")
-
-
 @pytest.fixture
 def runner() -> Iterator[blob.BlobRunner]:
     """A forked child with an RWX region at REGION, seized and stopped, and a runner."""
@@ -148,4 +130,4 @@ def runner() -> Iterator[blob.BlobRunner]:
         yield r
         r.close()
     finally:
-        _reap(pid)
+        reap(pid, 5.0)

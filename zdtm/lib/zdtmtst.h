@@ -229,6 +229,12 @@ pid_t test_fork_child(enum test_pipe dir, int *parent_fd, int (*fn)(int fd, void
 		      void *arg);
 /* Read exactly len bytes from fd within timeout_ms: 0, or -1 with errno (ETIMEDOUT, EPIPE). */
 int test_read_timeout(int fd, void *buf, size_t len, int timeout_ms);
+/*
+ * Read (write) exactly len bytes, waiting as long as it takes (a stream frozen across C/R
+ * may stall for any time), retrying after signals: 0, or -1 with errno (EPIPE at EOF).
+ */
+int test_read_full(int fd, void *buf, size_t len);
+int test_write_full(int fd, const void *buf, size_t len);
 /* SIGKILL child pid and reap it (with a deadline): the cleanup of error paths. */
 void test_kill_child(pid_t pid);
 /*

@@ -40,23 +40,6 @@ static int child_main(int wfd, void *arg)
 	return 0;
 }
 
-/* Read one whole record (blocking); -1 at EOF or on an error. */
-static int read_rec(int fd, struct rec *r)
-{
-	size_t got = 0;
-
-	while (got < sizeof(*r)) {
-		ssize_t n = read(fd, (char *)r + got, sizeof(*r) - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		got += (size_t)n;
-	}
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	uint64_t expect = 1;
@@ -74,7 +57,7 @@ int main(int argc, char **argv)
 
 	/* Read slower than the child writes, so that the pipe is usually full. */
 	while (test_go()) {
-		if (read_rec(rfd, &r))
+		if (test_read_full(rfd, &r, sizeof(r)))
 			return fail("the stream ended early at record %llu",
 				    (unsigned long long)expect);
 		if (r.seq != expect || r.crc != crc32_update(0, &r.seq, sizeof(r.seq)))
@@ -87,7 +70,7 @@ int main(int argc, char **argv)
 
 	kill(child, SIGTERM);
 	for (;;) {
-		if (read_rec(rfd, &r))
+		if (test_read_full(rfd, &r, sizeof(r)))
 			return fail("no end record after record %llu", (unsigned long long)expect);
 		if (r.crc == END_MARK)
 			break;

@@ -32,22 +32,6 @@ struct child_args {
 	uint16_t port;	/* the parent's TCP listener */
 };
 
-static int write_rec(int fd, const struct rec *r)
-{
-	size_t done = 0;
-
-	while (done < sizeof(*r)) {
-		ssize_t n = write(fd, (const char *)r + done, sizeof(*r) - done);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 static int child_main(int unused, void *arg)
 {
 	struct child_args *a = arg;
@@ -67,7 +51,7 @@ static int child_main(int unused, void *arg)
 		for (int i = 0; i < NSOCK; i++) {
 			r[i].seq++;
 			r[i].crc = crc32_update(0, &r[i].seq, sizeof(r[i].seq));
-			if (write_rec(fds[i], &r[i])) {
+			if (test_write_full(fds[i], &r[i], sizeof(r[i]))) {
 				test_msg("child: write on socket %d: %m", i);
 				return 1;
 			}
@@ -75,25 +59,8 @@ static int child_main(int unused, void *arg)
 	}
 	for (int i = 0; i < NSOCK; i++) {
 		r[i].crc = END_MARK;
-		if (write_rec(fds[i], &r[i]))
+		if (test_write_full(fds[i], &r[i], sizeof(r[i])))
 			return 1;
-	}
-	return 0;
-}
-
-/* Read one whole record (blocking); -1 at EOF or on an error. */
-static int read_rec(int fd, struct rec *r)
-{
-	size_t got = 0;
-
-	while (got < sizeof(*r)) {
-		ssize_t n = read(fd, (char *)r + got, sizeof(*r) - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		got += (size_t)n;
 	}
 	return 0;
 }
@@ -105,7 +72,7 @@ static int next_rec(int fd, int i, uint64_t *expect)
 {
 	struct rec r;
 
-	if (read_rec(fd, &r)) {
+	if (test_read_full(fd, &r, sizeof(r))) {
 		test_msg("%s: the stream ended early at record %llu", names[i],
 			 (unsigned long long)*expect);
 		return -1;
