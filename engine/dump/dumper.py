@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from engine import fdbudget
 from engine.dump import (
     ctty,
     fileids,
@@ -185,6 +186,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         try:
             fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
             table.check_complete({p.pid for p in procs})
+            _check_fd_room(fds, len(table.files) + len(shmem_entries))
         finally:
             table.close()
         fault_point("files")
@@ -235,6 +237,17 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
     commit()
     stats.seconds["checksums"] = pagecrc.seconds()
     return stats
+
+
+def _check_fd_room(fds: dict[int, list[FdEntry]], descriptions: int) -> None:
+    """Refuse, while the tree still runs, a tree whose restore could not hold its fds
+    under this engine's RLIMIT_NOFILE."""
+    max_fd = max((e.fd for entries in fds.values() for e in entries), default=2)
+    need = fdbudget.needed(max_fd, descriptions)
+    why = fdbudget.make_room(need)
+    if why:
+        raise EngineError("files", f"cannot dump {descriptions} open files with fds up to "
+                                   f"{max_fd}: their restore holds {need} fds at once and {why}")
 
 
 def _finish(img: ImageDir, inv: Inventory, frozen: tree.FrozenTree, stats: DumpStats,

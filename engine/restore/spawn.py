@@ -28,6 +28,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from engine import fdbudget
 from engine.errors import EngineError
 from engine.faults import fault_point
 from engine.images.records import FdEntry, RlimitRecord
@@ -259,6 +260,17 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
     os._exit(1)
 
 
+def _room_for_fds(tree: TreeSetup) -> None:
+    """Room under RLIMIT_NOFILE for every object above obj_base and every task's fds,
+    before the fork (the tasks inherit it; each sets its dumped limits once its fds are
+    placed)."""
+    need = max(fdbudget.needed(tree.files.max_fd, len(tree.files.files) + len(tree.memfds)),
+               tree.obj_base + len(tree.memfds) + len(tree.files.files) + 1)
+    why = fdbudget.make_room(need)
+    if why:
+        raise EngineError("files", f"the tree needs {need} fds open at once: {why}")
+
+
 def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
     """The root task's first steps; never returns."""
     ctl = [go_r, err_w]
@@ -421,6 +433,7 @@ def spawn(setup: TreeSetup, timeout: float) -> Tree:
     each zombie is a zombie. On failure nothing of the tree is left."""
     fault_point("fork")
     ksys.set_child_subreaper(True)
+    _room_for_fds(setup)
     err_r, err_w = os.pipe()
     go_r, go_w = os.pipe()
     try:

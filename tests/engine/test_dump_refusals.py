@@ -4,6 +4,7 @@ a refusal at restore time would come after the dump had killed the tree."""
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine import cr_support as cr
 from tests.engine.dump_support import run_engine
 
 # Each holder opens an fd of a kind the engine does not restore, says "ready", waits;
@@ -254,3 +256,27 @@ def test_failed_dump_leaves_pty_queues(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_more_fds_than_the_restore_could_hold_is_refused_at_dump(tmp_path: Path) -> None:
+    """A tree whose restore would hold more fds at once than RLIMIT_NOFILE lets the
+    engine have (its hard limit cannot be raised without CAP_SYS_RESOURCE) is refused by
+    the dump, naming the count, while it still runs: never at restore after a kill."""
+    t = cr.ZdtmTest.start("pipe_data", tmp_path / "work")
+    try:
+        limit = 40  # enough for the engine to run, below any restore (fdbudget.ENGINE_FDS)
+
+        def low_nofile() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        r = subprocess.run([sys.executable, "-m", "engine", "dump", "-t", str(t.pid), "-D",
+                            str(tmp_path / "img")], cwd=cr.ROOT, capture_output=True,
+                           text=True, timeout=cr.ENGINE_TIMEOUT, check=False,
+                           preexec_fn=low_nofile)
+        assert r.returncode == 1, r.stderr
+        assert "open files with fds up to" in r.stderr and f"({limit}, {limit})" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert cr.state(t.pid) in "RS"
+        assert "PASS" in t.stop()
+    finally:
+        t.cleanup()
