@@ -158,7 +158,7 @@ class _Opener:
             self._set_status_flags(fd, rec)
             return fd
         if rec.type == "socket":
-            fd = fcntl.fcntl(self.socks.end(rec), fcntl.F_DUPFD_CLOEXEC, self.floor)
+            fd = self.socks.end(rec)  # the description's fd itself: one fd per socket
             self._set_status_flags(fd, rec)
             return fd
         if rec.pty is not None:

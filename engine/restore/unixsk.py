@@ -59,8 +59,9 @@ class Sockets:
         self._via = _listeners_of(self.recs)  # inode -> the listener that makes it
 
     def end(self, rec: FileRecord) -> int:
-        """The fd for this socket, made (with the sockets made together with it) the
-        first time; the caller dups it to its place and sets its status flags."""
+        """The fd for this socket (above the floor), made (with the sockets made together
+        with it) the first time; it is the description's fd: the caller places it and sets
+        its status flags, and the queues are filled through it at finish()."""
         if rec.inode not in self._fd:
             self._make(rec)
         return self._fd[rec.inode]
