@@ -107,7 +107,8 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def freeze(root: int, timeout: float) -> list[int]:
-    """SIGSTOP every task under ``root`` and wait until all threads are stopped.
+    """SIGSTOP every task under ``root``, parents first and each stopped before its
+    children are, and wait until all threads are stopped.
 
     Loops until a walk of the tree finds no task it has not stopped (a parent may have
     forked before its SIGSTOP arrived).  A task already in group-stop (a restored tree left
@@ -119,10 +120,11 @@ def freeze(root: int, timeout: float) -> list[int]:
     stopped: set[int] = set()
     while True:
         pids = tree(root)
-        for pid in pids:
+        for pid in pids:  # parents first
             if pid not in stopped:
                 if any(s not in FROZEN_STATES for s in _thread_states(pid)):
                     _signal(pid, signal.SIGSTOP)
+                    _wait_frozen(pid, deadline)
                 stopped.add(pid)
         busy = [p for p in pids
                 if any(s not in FROZEN_STATES for s in _thread_states(p))]
@@ -131,6 +133,16 @@ def freeze(root: int, timeout: float) -> list[int]:
         if time.monotonic() > deadline:
             raise TaskError(f"tree of {root}: tasks {busy} not stopped after {timeout:.0f}s")
         time.sleep(0.01)
+
+
+def _wait_frozen(pid: int, deadline: float) -> None:
+    """Until ``pid`` is stopped (or the deadline; freeze() then reports it), so that its
+    children's stops reach a stopped parent: their SIGCHLD stays pending in it as when an
+    engine leaves a restored tree stopped parents first, instead of running its handler
+    or not depending on timing."""
+    while any(s not in FROZEN_STATES for s in _thread_states(pid)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def stopped_ids(root: int, settle: float = 0.0) -> set[int]:
