@@ -235,6 +235,14 @@ int test_read_timeout(int fd, void *buf, size_t len, int timeout_ms);
  */
 int test_read_full(int fd, void *buf, size_t len);
 int test_write_full(int fd, const void *buf, size_t len);
+
+struct sockaddr_in;
+/* A socket of `type` bound to 127.0.0.1 on a port the kernel picks (SO_REUSEADDR), its
+ * address in *a; -1 with errno. */
+int test_loopback_socket(int type, struct sockaddr_in *a);
+/* Read strlen(want) bytes from fd: 0 when they are `want`, else -1 with errno (EPIPE at
+ * EOF, EBADMSG for other bytes). */
+int test_expect_bytes(int fd, const char *want);
 /* SIGKILL child pid and reap it (with a deadline): the cleanup of error paths. */
 void test_kill_child(pid_t pid);
 /*

@@ -25,18 +25,8 @@ static int state_of(int s)
 
 static int expect(int fd, const char *want, const char *what)
 {
-	char buf[64];
-	size_t got = 0, n = strlen(want);
-
-	while (got < n) {
-		ssize_t r = recv(fd, buf + got, n - got, 0);
-
-		if (r <= 0)
-			return fail_perror("%s: recv after %zu of %zu bytes", what, got, n);
-		got += r;
-	}
-	if (memcmp(buf, want, n))
-		return fail("%s: received other bytes than \"%s\"", what, want);
+	if (test_expect_bytes(fd, want))
+		return fail_perror("%s: expected \"%s\"", what, want);
 	return 0;
 }
 

@@ -15,34 +15,10 @@
 
 #include "zdtmtst.h"
 
-static int bound(int type, struct sockaddr_in *a)
-{
-	socklen_t len = sizeof(*a);
-	int one = 1, s = socket(AF_INET, type, 0);
-
-	memset(a, 0, sizeof(*a));
-	a->sin_family = AF_INET;
-	a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
-	    bind(s, (struct sockaddr *)a, sizeof(*a)) || getsockname(s, (struct sockaddr *)a, &len))
-		return -1;
-	return s;
-}
-
 static int expect(int fd, const char *want, const char *what)
 {
-	char buf[64];
-	size_t got = 0, n = strlen(want);
-
-	while (got < n) {
-		ssize_t r = recv(fd, buf + got, n - got, 0);
-
-		if (r <= 0)
-			return fail_perror("%s: recv after %zu of %zu bytes", what, got, n);
-		got += r;
-	}
-	if (memcmp(buf, want, n))
-		return fail("%s: received other bytes than \"%s\"", what, want);
+	if (test_expect_bytes(fd, want))
+		return fail_perror("%s: expected \"%s\"", what, want);
 	return 0;
 }
 
@@ -63,10 +39,10 @@ int main(int argc, char **argv)
 
 	test_init(argc, argv);
 
-	lst = bound(SOCK_STREAM, &la);
+	lst = test_loopback_socket(SOCK_STREAM, &la);
 	cli = socket(AF_INET, SOCK_STREAM, 0);
-	u1 = bound(SOCK_DGRAM, &ua);
-	u2 = bound(SOCK_DGRAM, &ub);
+	u1 = test_loopback_socket(SOCK_DGRAM, &ua);
+	u2 = test_loopback_socket(SOCK_DGRAM, &ub);
 	if (lst < 0 || cli < 0 || u1 < 0 || u2 < 0 || listen(lst, 5) ||
 	    connect(cli, (struct sockaddr *)&la, sizeof(la)) ||
 	    (srv = accept(lst, NULL, NULL)) < 0 ||

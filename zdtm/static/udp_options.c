@@ -84,20 +84,6 @@ static int set(int s, int level, int opt, int v)
 	return setsockopt(s, level, opt, &v, sizeof(v));
 }
 
-static int udp(struct sockaddr_in *a)
-{
-	socklen_t len = sizeof(*a);
-	int one = 1, s = socket(AF_INET, SOCK_DGRAM, 0);
-
-	memset(a, 0, sizeof(*a));
-	a->sin_family = AF_INET;
-	a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
-	    bind(s, (struct sockaddr *)a, sizeof(*a)) || getsockname(s, (struct sockaddr *)a, &len))
-		return -1;
-	return s;
-}
-
 static void check_message(int b, const char *payload)
 {
 	char buf[256], cbuf[512];
@@ -141,8 +127,8 @@ int main(int argc, char **argv)
 
 	test_init(argc, argv);
 
-	socks[0] = udp(&aa);
-	socks[1] = udp(&ba);
+	socks[0] = test_loopback_socket(SOCK_DGRAM, &aa);
+	socks[1] = test_loopback_socket(SOCK_DGRAM, &ba);
 	socks[2] = socket(AF_INET, SOCK_DGRAM, 0);
 	if (socks[0] < 0 || socks[1] < 0 || socks[2] < 0 ||
 	    set(socks[0], SOL_SOCKET, SO_REUSEPORT, 1) ||

@@ -95,13 +95,10 @@ static int next_rec(int fd, int i, uint64_t *expect)
 
 static int tcp_listener(uint16_t *port)
 {
-	struct sockaddr_in sin = { .sin_family = AF_INET,
-				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(sin);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin;
+	int fd = test_loopback_socket(SOCK_STREAM, &sin);
 
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof(sin)) || listen(fd, 1) ||
-	    getsockname(fd, (struct sockaddr *)&sin, &len))
+	if (fd < 0 || listen(fd, 1))
 		return -1;
 	*port = ntohs(sin.sin_port);
 	return fd;
