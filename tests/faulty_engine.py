@@ -41,6 +41,7 @@ Two halves:
   ``set-fgpgrp``   inject ioctl(TIOCSPGRP) into the task's session leader: the task's group
                    becomes the foreground one
   ``membarrier-register``  inject membarrier(REGISTER_PRIVATE_EXPEDITED)
+  ``membarrier-global``  inject membarrier(REGISTER_GLOBAL_EXPEDITED)
   ``resume-stopped``  SIGCONT the task, which the restore left in group-stop (a task the test
                    had stopped runs on, as after a restore that lost the stop); wrap mode
   ``mount-left``   mount a tmpfs in the task's mount namespace (in h: the run's own) on
@@ -139,6 +140,7 @@ FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang
           *KNOBS, *FILE_FAULTS, "set-async", "rename-unlinked", *TTY_FAULTS, "mount-left",
           "cgroup-left",
           "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
+          "membarrier-global",
           "resume-stopped", "drop-watch",
           "drop-timer", "set-rcvbuf")
 
@@ -151,6 +153,7 @@ O_CLOEXEC = 0o2000000
 _SYS_IOCTL = 16
 _SYS_MEMBARRIER = 324
 MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
+MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED = 1 << 2
 TIOCNOTTY = 0x5422
 TIOCSPGRP = 0x5410
 AT_FDCWD = -100
@@ -480,6 +483,12 @@ def membarrier_register(pid: int) -> dict:
     return {}
 
 
+def membarrier_global(pid: int) -> dict:
+    """The task's mm registers for global expedited membarriers."""
+    _inject(pid, _SYS_MEMBARRIER, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0)
+    return {}
+
+
 def resume_stopped(pid: int) -> dict:
     """SIGCONT the (group-stopped) task and wait until it runs."""
     os.kill(pid, signal.SIGCONT)
@@ -683,6 +692,7 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            "flip-shared": flip_shared, "new-uts": new_uts, "dir-nonblock": dir_nonblock,
            "drop-ctty": drop_ctty, "set-fgpgrp": set_fgpgrp,
            "membarrier-register": membarrier_register, "resume-stopped": resume_stopped,
+           "membarrier-global": membarrier_global,
            "drop-watch": drop_watch,
            "drop-timer": drop_timer, "set-rcvbuf": set_rcvbuf}
 

@@ -5,12 +5,12 @@ Read from outside where the kernel shows it: THP disable (status THP_enabled), t
 without an LSM), io priority (ioprio_get), the scheduling attributes (sched_getattr: policy
 flags such as reset-on-fork, utilisation clamps, deadline parameters; policy, priority and
 nice themselves are in the ``task`` check). Dumpable, child subreaper, the parent-death
-signal and the membarrier private-expedited registrations (plain, sync_core, rseq) only the
-task can ask for: zdtm.tracing.visit reads them in the same ptrace visit as the rseq
-configuration (not in a task under seccomp, whose filter could kill it for an injected
-call). The global-expedited registration is not visible anywhere: the kernel keeps it only
-in mm->membarrier_state, which no /proc file shows, and MEMBARRIER_CMD_GLOBAL_EXPEDITED
-succeeds whether or not the caller registered.
+signal and the membarrier registrations only the task can ask for: zdtm.tracing.visit reads
+them in the same ptrace visit as the rseq configuration (not in a task under seccomp, whose
+filter could kill it for an injected call). The private-expedited ones (plain, sync_core,
+rseq) show as their barrier succeeding instead of failing EPERM; the global-expedited one
+only through MEMBARRIER_CMD_GET_REGISTRATIONS (6.6+): before that kernel it is not visible
+anywhere (MEMBARRIER_CMD_GLOBAL_EXPEDITED succeeds whether or not the caller registered).
 
 "stopped by signal" (yes/no) is not read here: the harness itself SIGSTOPs the tree, so the
 lifecycle tells which tasks the test had stopped (before its freeze) and which the restore

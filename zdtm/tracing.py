@@ -1,7 +1,7 @@
 """A short ptrace visit to a stopped thread: read what only ptrace or the task itself can
 tell (rseq configuration; dumpable, child subreaper and parent-death signal through
-injected prctl calls; membarrier private registrations through injected barriers), then let
-it go.
+injected prctl calls; membarrier private registrations through injected barriers, the
+global one through MEMBARRIER_CMD_GET_REGISTRATIONS where the kernel has it), then let it go.
 
 The kernel writes a thread's rseq area (cpu_id_start, cpu_id, node_id, mm_cid) whenever the
 thread returns to user space on some CPU, so those fields legitimately differ between the
@@ -56,6 +56,9 @@ _SYS_MEMBARRIER = 324
 MEMBARRIER_PROBES = (("membarrier private expedited", 1 << 3),
                      ("membarrier private expedited sync_core", 1 << 5),
                      ("membarrier private expedited rseq", 1 << 7))
+# GET_REGISTRATIONS (6.6+) returns the mm's REGISTER_* bits; only it shows the global one
+MEMBARRIER_GET_REGISTRATIONS = 1 << 9
+MEMBARRIER_REGISTER_GLOBAL_EXPEDITED = 1 << 2
 
 _syscall = libc.syscall
 
@@ -146,7 +149,7 @@ def read_rseq(tid: int, timeout: float = 5.0) -> RseqConfig:
 def visit(tid: int, *, in_task: bool, timeout: float = 5.0) -> Visit:
     """One ptrace visit of a stopped thread: its rseq configuration, and with ``in_task``
     the per-task state only the task can ask for (PR_GET_DUMPABLE, PR_GET_CHILD_SUBREAPER,
-    PR_GET_PDEATHSIG, membarrier private registrations), all in this one seize."""
+    PR_GET_PDEATHSIG, membarrier registrations), all in this one seize."""
     with seized(tid, timeout):
         conf = _RseqConfiguration()
         _ptrace(
@@ -189,6 +192,10 @@ def _read_in_task(tid: int, timeout: float) -> dict[str, str]:
             res = inj.syscall(_SYS_MEMBARRIER, cmd, 0, 0)
             if res in (0, -errno.EPERM):
                 out[key] = "yes" if res == 0 else "no"
+        res = inj.syscall(_SYS_MEMBARRIER, MEMBARRIER_GET_REGISTRATIONS, 0, 0)
+        if res >= 0:
+            out["membarrier global expedited"] = (
+                "yes" if res & MEMBARRIER_REGISTER_GLOBAL_EXPEDITED else "no")
     return out
 
 

@@ -470,6 +470,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             child_subreaper=st.injected.child_subreaper, itimers=st.injected.itimers,
             posix_timers=st.injected.posix_timers, thp_disable=st.injected.thp_disable,
             oom_score_adj=tasks.oom_score_adj(p.pid), dumpable=st.injected.dumpable,
+            membarrier=st.injected.membarrier,
             ctty=tty, ctty_pgrp=tty_pgrp,
         )
         img.write_json(names.core(p.pid), core)

@@ -58,6 +58,7 @@ class InjectedProc:
     child_subreaper: bool = False
     thp_disable: int = 0  # PR_GET_THP_DISABLE
     dumpable: int = 1  # PR_GET_DUMPABLE
+    membarrier: int = 0  # MEMBARRIER_CMD_REGISTER_* bits the mm holds
     itimers: list[ItimerRecord] = field(default_factory=list)
     posix_timers: list[PosixTimerRecord] = field(default_factory=list)
     tracker: Tracker | None = None  # a new memory-tracking userfaultfd, when asked for
@@ -139,6 +140,7 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
                     # SUID_DUMP_ROOT comes only from an exec; prctl cannot set it.
                     raise EngineError("sigactions", f"task {pid}: dumpable mode "
                                                     f"{result.dumpable} cannot be restored")
+                result.membarrier = _membarrier(inj)
                 result.itimers = _itimers(inj, buf)
                 result.posix_timers = _posix_timers(inj, buf, pid)
                 if make_tracker:
@@ -146,6 +148,30 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
     if result is None:
         raise EngineError("sigactions", f"task {pid}: main thread not found")
     return result
+
+
+#: Before 6.6 (no GET_REGISTRATIONS) a private registration shows as its command
+#: succeeding instead of failing EPERM; a global one is not visible at all.
+_MEMBARRIER_PROBES = (
+    (uapi.MEMBARRIER_CMD_PRIVATE_EXPEDITED, uapi.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED),
+    (uapi.MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE,
+     uapi.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE),
+    (uapi.MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+     uapi.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ),
+)
+
+
+def _membarrier(inj: Injector) -> int:
+    """The membarrier registrations of the task's mm, as REGISTER_* command bits."""
+    got = inj.syscall(uapi.SYS_membarrier, uapi.MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0)
+    if got >= 0:
+        return got & uapi.MEMBARRIER_REGISTRATIONS
+    mask = 0
+    for cmd, reg in _MEMBARRIER_PROBES:
+        # A barrier on a stopped tree's mm costs an IPI at most and changes nothing.
+        if inj.syscall(uapi.SYS_membarrier, cmd, 0, 0) == 0:
+            mask |= reg
+    return mask
 
 
 def _itimers(inj: Injector, buf: int) -> list[ItimerRecord]:

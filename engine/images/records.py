@@ -29,6 +29,7 @@ from engine.images.fdkinds import (
     TimerfdState,
     UnixSocketState,
 )
+from engine.kernel.uapi import MEMBARRIER_REGISTRATIONS
 
 FORMAT_NAME = "pyengine-images"
 FORMAT_VERSION = 4  # 2: VMAs are arrays; 3: checksums; 4: page checksums (docs/IMAGES.md)
@@ -491,6 +492,7 @@ class TaskCore:
     thp_disable: int = 0  # PR_GET_THP_DISABLE: bit 0 disabled, bit 1 except where advised
     oom_score_adj: int = 0
     dumpable: int = 1  # PR_GET_DUMPABLE (0 or 1; the kernel clears it when ids change)
+    membarrier: int = 0  # membarrier REGISTER_* command bits of the mm
     ctty: str | None = None  # path of the controlling terminal, if any
     ctty_pgrp: int = 0  # its foreground process group (0: none, or led from outside)
 
@@ -501,6 +503,8 @@ class TaskCore:
         _check(0 <= self.thp_disable <= 3, f"bad thp_disable {self.thp_disable}")
         _check(-1000 <= self.oom_score_adj <= 1000, f"bad oom_score_adj {self.oom_score_adj}")
         _check(self.dumpable in (0, 1), f"bad dumpable {self.dumpable}")
+        _check(self.membarrier & ~MEMBARRIER_REGISTRATIONS == 0,
+               f"bad membarrier registrations {self.membarrier:#x}")
         _check(self.state in TASK_STATES, f"unknown state {self.state!r}")
         _check(0 <= self.umask <= 0o777, f"bad umask {self.umask:o}")
         fds = [f.fd for f in self.fds]

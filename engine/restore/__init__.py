@@ -28,10 +28,11 @@ def features() -> dict[str, tuple[bool, str]]:
 #: signal, memfds mapped at an offset/privately/of unaligned size, status flags per open
 #: file description, F_SETOWN/F_SETSIG, O_PATH fds (symlinks too), FIFOs, character
 #: devices, unlinked files with their name, owner, mode, times and holes, a vdso
-#: moved or unmapped, sessions and groups not their parent's (zombies included).
+#: moved or unmapped, sessions and groups not their parent's (zombies included), membarrier
+#: registrations (a global one only where the kernel shows it: GET_REGISTRATIONS, 6.6+).
 FIDELITY = ("restore_vma_hints", "restore_thp_disable", "restore_sched_policy",
             "restore_oom_score_adj", "restore_fs_ids", "restore_sigtrap_handler",
             "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
             "restore_fd_status_flags", "restore_fd_owner", "restore_o_path", "restore_fifo",
             "restore_chr_devices", "restore_unlinked_attrs", "restore_vdso_moved",
-            "restore_session_orphans")
+            "restore_session_orphans", "restore_membarrier")

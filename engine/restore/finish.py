@@ -27,7 +27,13 @@ from engine.kernel.structs import KSigaction, PrctlMmMap, StackT
 from engine.proc.status import Status
 from engine.restore.layout import Window
 from engine.restore.ns import NsSetup
-from engine.restore.taskattrs import FOWN_BYTES_PER_FD, fown_part, sched_part, thp_part
+from engine.restore.taskattrs import (
+    FOWN_BYTES_PER_FD,
+    fown_part,
+    membarrier_part,
+    sched_part,
+    thp_part,
+)
 
 # Not (yet) in engine.kernel.uapi: linux/prctl.h and linux/capability.h values.
 _PR_SET_KEEPCAPS = 8
@@ -221,6 +227,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
             t.add(uapi.SYS_rt_sigaction, sa.signo, ref, 0, 8, what=f"sigaction {sa.signo}")
     t.add(uapi.SYS_personality, core.personality, what="personality")
     thp_part(t, core)
+    membarrier_part(t, core)
     fown_part(t, held)
     if core.root != "/":
         t.add(uapi.SYS_chroot, t.cstr(core.root), what=f"chroot {core.root}")

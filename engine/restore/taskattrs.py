@@ -1,6 +1,6 @@
 """Per-task attributes that are neither memory nor credentials: scheduling policy and
-nice (per thread), transparent huge pages disabled (per mm), oom_score_adj (per process),
-owners and signals of the task's open files.
+nice (per thread), transparent huge pages disabled and membarrier registrations (per mm),
+oom_score_adj (per process), owners and signals of the task's open files.
 
 The table parts run in the task (before its credentials are restored, so the engine's
 privileges still allow a lower nice or a real-time policy); oom_score_adj is written by
@@ -35,6 +35,13 @@ def thp_part(t: blob.Table, core: TaskCore) -> None:
     if core.thp_disable & 1:
         t.add(uapi.SYS_prctl, uapi.PR_SET_THP_DISABLE, 1, core.thp_disable & 2, 0, 0,
               what="prctl(PR_SET_THP_DISABLE)")
+
+
+def membarrier_part(t: blob.Table, core: TaskCore) -> None:
+    """Register the mm again for each membarrier command it was registered for."""
+    for bit in range(core.membarrier.bit_length()):
+        if core.membarrier & (1 << bit):
+            t.add(uapi.SYS_membarrier, 1 << bit, 0, 0, what=f"membarrier register {1 << bit:#x}")
 
 
 def set_oom_score_adj(real_pid: int, core: TaskCore) -> None:

@@ -117,6 +117,14 @@ def test_missing_register(image: tuple[cr.ZdtmTest, Path]) -> None:
     _refused(t, d, f"core-{t.pid}.json", "regs missing ['rip']")
 
 
+def test_unknown_membarrier_registration(image: tuple[cr.ZdtmTest, Path]) -> None:
+    """A bit that is no REGISTER_* command would be run as another membarrier command."""
+    t, d = image
+    _edit(d / f"core-{t.pid}.json", lambda c: c.__setitem__("membarrier", 1 << 3))
+    reseal(d)
+    _refused(t, d, f"core-{t.pid}.json", "bad membarrier registrations 0x8")
+
+
 @pytest.mark.parametrize("reg,value", [("cs", 0x10033), ("ss", 0), ("fs", 0x10),
                                        ("gs_base", 1 << 63)])
 def test_register_the_kernel_refuses(image: tuple[cr.ZdtmTest, Path], reg: str,

@@ -97,7 +97,7 @@ FEATURES: dict[str, str | None] = {
                      "restore_dumpable", "restore_stopped_tasks", "restore_memfd_mapped",
                      "restore_fd_status_flags", "restore_fd_owner", "restore_o_path",
                      "restore_fifo", "restore_chr_devices", "restore_unlinked_attrs",
-                     "restore_vdso_moved", "restore_session_orphans")),
+                     "restore_vdso_moved", "restore_session_orphans", "restore_membarrier")),
 }
 
 #: Harness features whose state criu dumps only when told to (CRIU's own descriptors put

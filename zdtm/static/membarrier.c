@@ -1,7 +1,9 @@
 /*
  * membarrier: the process registers for the private expedited membarrier commands (plain,
- * sync_core, rseq). After restore each expedited command still succeeds: it fails with
- * EPERM for an mm that did not register.
+ * sync_core, rseq), and for global expedited barriers where the kernel can tell
+ * (MEMBARRIER_CMD_GET_REGISTRATIONS, 6.6+). After restore each private expedited command
+ * still succeeds (it fails with EPERM for an mm that did not register) and the kernel
+ * reports the same registrations.
  */
 #include <errno.h>
 #include <linux/membarrier.h>
@@ -24,6 +26,9 @@ static const struct {
 
 #define NR_KINDS (sizeof(kinds) / sizeof(kinds[0]))
 
+/* not in every libc's headers yet */
+#define CMD_GET_REGISTRATIONS (1 << 9)
+
 static long membarrier(int cmd)
 {
 	return syscall(SYS_membarrier, cmd, 0, 0);
@@ -31,7 +36,7 @@ static long membarrier(int cmd)
 
 int main(int argc, char **argv)
 {
-	long supported;
+	long supported, regs = -1, after;
 
 	test_init(argc, argv);
 
@@ -44,6 +49,13 @@ int main(int argc, char **argv)
 		if (membarrier(kinds[i].reg))
 			return fail_perror("register membarrier %s", kinds[i].name);
 	}
+	if (supported & CMD_GET_REGISTRATIONS) {
+		if (membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED))
+			return fail_perror("register membarrier global expedited");
+		regs = membarrier(CMD_GET_REGISTRATIONS);
+		if (regs < 0)
+			return fail_perror("membarrier get registrations");
+	}
 
 	test_daemon();
 	test_waitsig();
@@ -51,5 +63,10 @@ int main(int argc, char **argv)
 	for (unsigned int i = 0; i < NR_KINDS; i++)
 		if (membarrier(kinds[i].cmd))
 			return fail_perror("membarrier %s after restore", kinds[i].name);
+	if (regs >= 0) {
+		after = membarrier(CMD_GET_REGISTRATIONS);
+		if (after != regs)
+			return fail("membarrier registrations %#lx, before %#lx", after, regs);
+	}
 	return pass();
 }
