@@ -8,6 +8,7 @@ a restore that finds such an fd would only fail after the dump had killed the tr
 
 from __future__ import annotations
 
+import os
 import time
 
 from engine.dump import notify
@@ -21,6 +22,7 @@ from engine.images.fdkinds import (
     TimerfdState,
 )
 from engine.images.records import FileRecord
+from engine.kernel import sys as ksys
 from engine.proc import anonfd
 from engine.proc.fdinfo import FdInfo
 
@@ -48,7 +50,9 @@ def fill(rec: FileRecord, pid: int, info: FdInfo) -> None:
     try:
         if kind == "eventfd":
             count, sem = anonfd.eventfd(info.extra)
-            rec.eventfd = EventfdState(count, bool(sem))
+            if sem is None:
+                sem = _eventfd_semaphore(pid, info.fd, count)
+            rec.eventfd = EventfdState(count, sem)
         elif kind == "signalfd":
             rec.signalfd = SignalfdState(anonfd.signalfd(info.extra))
         elif kind == "timerfd":
@@ -64,6 +68,41 @@ def fill(rec: FileRecord, pid: int, info: FdInfo) -> None:
     except (KeyError, ValueError) as e:
         raise EngineError("files", f"task {pid} fd {info.fd}: unreadable {kind} fdinfo: "
                                    f"{e}") from None
+
+
+def _eventfd_semaphore(pid: int, fd: int, count: int) -> bool:
+    """Whether an eventfd is in semaphore mode, on kernels whose fdinfo does not say (before
+    6.7): on a copy of the task's fd (the same counter), a read of a counter of 2 or more
+    gives 1 only in semaphore mode; the counter is put back as it was. The tree is frozen,
+    so no reader of the task's sees the probe."""
+    try:
+        pidfd = ksys.pidfd_open(pid)
+        try:
+            own = ksys.pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
+        try:
+            return _probe_semaphore(own, count)
+        finally:
+            os.close(own)
+    except OSError as e:
+        raise EngineError("files", f"task {pid} fd {fd}: eventfd semaphore mode: "
+                                   f"{e.strerror}") from None
+
+
+def _probe_semaphore(fd: int, count: int) -> bool:
+    if count >= 2:  # reads never block here
+        got = os.eventfd_read(fd)
+        os.eventfd_write(fd, got)
+        return got == 1
+    os.eventfd_write(fd, 2)  # counter count + 2: no overflow, no blocking
+    got = os.eventfd_read(fd)
+    if got == 1:
+        os.eventfd_read(fd)  # the second unit back: counter is count again
+        return True
+    if count:
+        os.eventfd_write(fd, count)
+    return False
 
 
 def _pidfd(pid: int, info: FdInfo) -> PidfdState:

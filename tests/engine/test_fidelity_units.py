@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from engine.dump import sessions
+from engine.dump import anonfd, sessions
 from engine.dump.tree import FrozenTree, Proc
 from engine.errors import EngineError
 from engine.images.records import FileRecord, MmCore, RecordError, ThreadCore, Vma
 from engine.kernel import uapi
+from engine.proc.fdinfo import FdInfo
 from engine.restore import layout, spawn
 
 PAGE = 4096
@@ -101,3 +104,31 @@ def test_records_check_the_new_ranges() -> None:
     th = ThreadCore(1, {"rip": 0, "rsp": 0}, None, 0, sched_policy=4)
     with pytest.raises(RecordError, match="sched policy"):
         th.validate()
+
+
+def _drain(fd: int) -> int:
+    total = 0
+    try:
+        while True:
+            total += os.eventfd_read(fd)
+    except BlockingIOError:
+        return total
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7])
+@pytest.mark.parametrize("semaphore", [False, True])
+def test_eventfd_semaphore_probed_where_fdinfo_does_not_say(count: int, semaphore: bool
+                                                             ) -> None:
+    """Before 6.7 fdinfo has no eventfd-semaphore line: the dump reads the mode off a copy
+    of the fd (here our own, through pidfd_getfd) and leaves the counter as it was."""
+    fd = os.eventfd(count, os.EFD_NONBLOCK | (os.EFD_SEMAPHORE if semaphore else 0))
+    try:
+        rec = FileRecord(id=1, type="anon_inode", flags=0)
+        info = FdInfo(fd=fd, target="anon_inode:[eventfd]", pos=0, flags=0, mnt_id=0, ino=0,
+                      extra={"eventfd-count": f"{count:x}"})
+        anonfd.fill(rec, os.getpid(), info)
+        assert rec.eventfd is not None
+        assert (rec.eventfd.count, rec.eventfd.semaphore) == (count, semaphore)
+        assert _drain(fd) == count
+    finally:
+        os.close(fd)
