@@ -1,5 +1,7 @@
 """inotify and fanotify groups of a frozen task: their watches and marks, with the path
-of each watched object found from the file handle fdinfo shows (open_by_handle_at).
+of each watched object found from the file handle fdinfo shows (open_by_handle_at), or,
+where the filesystem cannot decode handles (overlayfs without nfs_export, as /tmp is in a
+virtme-ng guest), by a bounded search for its inode around the task's cwd and open files.
 
 Refused here, while the tree can still run on: a group with queued events (reading them
 would take them from the program, and no call puts an event back into a queue), and a
@@ -90,9 +92,57 @@ def path_of_handle(pid: int, h: anonfd.Handle, mounts: list[mountinfo.Mount]) ->
     return None
 
 
+#: the search for an inode by number looks this deep under each start, at this many entries
+_SEARCH_DEPTH = 3
+_SEARCH_BUDGET = 20000
+
+
+def _search_starts(pid: int) -> list[str]:
+    """The task's cwd and the directories of its open files: where watched files are."""
+    starts = []
+    for link in [f"/proc/{pid}/cwd"] + [f"/proc/{pid}/fd/{n}"
+                                        for n in os.listdir(f"/proc/{pid}/fd")]:
+        try:
+            target = os.readlink(link)
+        except OSError:
+            continue
+        if target.startswith("/") and not target.endswith(" (deleted)"):
+            starts.append(target if link.endswith("cwd") else os.path.dirname(target))
+    return list(dict.fromkeys(starts))
+
+
+def search_inode(pid: int, kdev: int, ino: int) -> str | None:
+    """The path, in the task's root, of inode `ino` of device `kdev`, looked for breadth
+    first (no symlink followed) under the task's cwd and its open files' directories."""
+    root = f"/proc/{pid}/root"
+    budget = _SEARCH_BUDGET
+    level = _search_starts(pid)
+    for start in level:
+        if _is(_stat_in_root(pid, start), kdev, ino):
+            return start
+    for _ in range(_SEARCH_DEPTH):
+        below = []
+        for d in level:
+            try:
+                entries = list(os.scandir(root + d))
+            except OSError:
+                continue
+            for e in entries[:budget]:
+                path = os.path.join(d, e.name)
+                if _is(_stat_in_root(pid, path), kdev, ino):
+                    return path
+                if e.is_dir(follow_symlinks=False):
+                    below.append(path)
+            budget -= min(len(entries), budget)
+            if not budget:
+                return None
+        level = below
+    return None
+
+
 def _path(pid: int, fd: int, h: anonfd.Handle, mounts: list[mountinfo.Mount],
           what: str) -> str:
-    path = path_of_handle(pid, h, mounts)
+    path = path_of_handle(pid, h, mounts) or search_inode(pid, h.dev, h.ino)
     if path is None:
         raise _refuse(pid, fd, f"{what} of inode {h.ino} on device {h.dev >> 20}:"
                                f"{h.dev & 0xFFFFF}: no path of the task's root leads to it")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from engine.dump import anonfd, sessions
+from engine.dump import anonfd, notify, sessions
 from engine.dump.tree import FrozenTree, Proc
 from engine.errors import EngineError
 from engine.images.records import FileRecord, MmCore, RecordError, ThreadCore, Vma
@@ -132,3 +134,21 @@ def test_eventfd_semaphore_probed_where_fdinfo_does_not_say(count: int, semaphor
         assert _drain(fd) == count
     finally:
         os.close(fd)
+
+
+def test_inode_found_near_the_tasks_cwd_when_no_handle_decodes(tmp_path: Path) -> None:
+    """A watched file two levels under the task's cwd is found by its inode number (the
+    fallback for filesystems that cannot decode file handles); an inode that is not
+    there is not found."""
+    target = tmp_path / "a" / "b" / "watched"
+    target.parent.mkdir(parents=True)
+    target.write_text("x")
+    st = target.stat()
+    kdev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+    child = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
+    try:
+        assert notify.search_inode(child.pid, kdev, st.st_ino) == str(target)
+        assert notify.search_inode(child.pid, kdev, st.st_ino + 1000003) is None
+    finally:
+        child.kill()
+        child.wait()
