@@ -201,3 +201,27 @@ def test_cow_allowance_leaves_other_sharing_to_the_checks() -> None:
     after.procs[101].sharing = {"files": "files[pid 101]"}
     problems, _ = _problems(before, after, [COW_LOST])
     assert len(problems) == 1 and problems[0].startswith("sharing:") and "files" in problems[0]
+
+
+COW_INDIRECT = Allowance("sharing", "cow-lost-indirect", "test")
+
+
+def test_cow_lost_indirect_allows_moved_pages_only_between_parent_and_child() -> None:
+    moved = frozenset({(0x1000, 0x5000)})
+    before = _cow_tree(PAGES | moved)
+    problems, allowed = _problems(before, _cow_tree(PAGES), [COW_INDIRECT])
+    assert problems == [] and "1 private pages no longer" in allowed[0]
+    # the same address in a parent and its child is what the engine must restore
+    problems, allowed = _problems(before, _cow_tree(moved), [COW_INDIRECT])
+    assert len(problems) == 1 and "first no longer shared: 0x1000 / 0x1000" in problems[0]
+    assert allowed == []
+
+
+def test_cow_lost_indirect_allows_pages_of_processes_not_parent_and_child() -> None:
+    def siblings(pages: frozenset[tuple[int, int]]) -> TreeState:
+        tree = _tree()
+        tree.procs[102] = _proc(102, 100)
+        tree.cow = {(101, 102): pages}
+        return tree
+    problems, allowed = _problems(siblings(PAGES), siblings(frozenset()), [COW_INDIRECT])
+    assert problems == [] and "3 private pages no longer" in allowed[0]

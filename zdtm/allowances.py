@@ -144,16 +144,30 @@ def _dir_fd_flags(before: TreeState, after: TreeState, allowance: Allowance
     return out
 
 
-def _cow(lost: bool) -> Rule:
+Pages = frozenset[tuple[int, int]]
+
+
+def _cow(lost: bool, indirect: bool = False) -> Rule:
     """Pages shared copy-on-write between two processes that are no longer shared after
     (lost=True) or newly shared (lost=False): only those pages are put back; the rest of
-    the pair's pages, and every other kind of sharing, still compare."""
+    the pair's pages, and every other kind of sharing, still compare. indirect: only the
+    lost pages that are not at the same address in a parent and its child (moved by one
+    of them after the fork, or shared by two processes through an ancestor that has
+    rewritten its own copy since): an engine that rebuilds what each child shares with
+    its parent restores all the others."""
+
+    def allowed(before: TreeState, pair: tuple[int, int], pages: Pages) -> Pages:
+        if not indirect:
+            return pages
+        a, b = (before.procs.get(p) for p in pair)
+        related = a is not None and b is not None and (a.ppid == b.pid or b.ppid == a.pid)
+        return frozenset(p for p in pages if p[0] != p[1] or not related)
 
     def rule(before: TreeState, after: TreeState, allowance: Allowance) -> list[Deviation]:
         out, cow = [], dict(after.cow)
         for pair in before.cow.keys() | after.cow.keys():
             sb, sa = before.cow.get(pair, frozenset()), after.cow.get(pair, frozenset())
-            moved = sb - sa if lost else sa - sb
+            moved = allowed(before, pair, sb - sa if lost else sa - sb)
             if not moved or any(p not in after.procs for p in pair):
                 continue
             fixed = sa | moved if lost else sa - moved
@@ -173,6 +187,7 @@ def _cow(lost: bool) -> Rule:
 _RULES: dict[tuple[str, str], Rule] = {
     ("sharing", "cow-lost"): _cow(lost=True),
     ("sharing", "cow-gained"): _cow(lost=False),
+    ("sharing", "cow-lost-indirect"): _cow(lost=True, indirect=True),
     ("ns", "new-time-ns"): _new_time_ns,
     ("maps", "shmem-as-memfd"): _shmem_maps,
     ("fds", "shmem-as-memfd"): _shmem_fds,

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from engine import fdbudget
 from engine.dump import (
+    cow,
     ctty,
     fileids,
     namespaces,
@@ -95,6 +96,7 @@ class _ProcState:
     shared_pending: list[SigInfoRecord]
     injected: task.InjectedProc | None = None
     mm: MmCore | None = None
+    cow: list[list[int]] = field(default_factory=list)  # pages shared with the parent
 
 
 @dataclass
@@ -167,6 +169,8 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
             threads, shared = _step(f"regs of {p.pid}", "regs", task.read_threads,
                                     img, p.pid, p.threads)
             state[p.pid] = _ProcState(threads, shared)
+        if kind == "dump":
+            _find_cow(procs, state)
         fault_point("regs")
         lap("regs")
         for p in procs:
@@ -415,9 +419,23 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
         wait([smaps])  # never leave it reading while the task runs again
     stats.vmas += len(task_vmas)
     st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas, st.injected.brk)
+    st.mm.cow = st.cow
     if tracker is not None:
         _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
     return task_vmas
+
+
+def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState]) -> None:
+    """Pages each process shares copy-on-write with its parent in the tree (restorable
+    only then: a pre-dump image is not). Before any injection, which copies stack pages."""
+    zero = cow.zero_pfn()
+    if not zero:
+        return  # page frames are hidden: the restore copies every page as before
+    live = {p.pid for p in procs}
+    for p in procs:
+        if p.ppid in live:
+            state[p.pid].cow = _step(f"shared pages of {p.pid}", "regs",
+                                     cow.shared_with_parent, p.pid, p.ppid, zero)
 
 
 def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:

@@ -26,7 +26,9 @@ from engine.images.records import (
     MmCore,
     ShmemEntry,
     TaskCore,
+    Vma,
 )
+from engine.kernel import uapi
 
 MAX_PARENT_DEPTH = 32
 #: bounds of an XSAVE area (legacy 512 + header 64 .. far above AMX's ~11 KiB)
@@ -141,7 +143,51 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
         tasks[t.pid] = TaskImage(core, mm, pm)
+    parents = {t.pid: t.ppid for t in inv.tasks}
+    for pid, ti in tasks.items():
+        if ti.mm is not None and ti.mm.cow:
+            parent_task = tasks.get(parents[pid])
+            _check_cow(d.file(names.mm(pid)), ti.mm,
+                       parent_task.mm if parent_task is not None else None)
     return DumpImage(d, inv, tasks, files, shmem, parent)
+
+
+#: VMA kinds whose private pages can be shared copy-on-write with a parent's
+COW_KINDS = ("anon", "heap", "stack", "file")
+
+
+def cow_ranges(vmas: list[Vma]) -> list[tuple[int, int]]:
+    """Address ranges of the VMAs that may hold pages shared copy-on-write with a
+    parent: private anonymous and private file mappings."""
+    return [(v.start, v.end) for v in vmas
+            if v.kind in COW_KINDS and not v.flags & uapi.MAP_SHARED]
+
+
+def _check_cow(path: str, mm: MmCore, parent: MmCore | None) -> None:
+    """Every run a task says it shares with its parent lies in private VMAs of both."""
+    if parent is None:
+        raise ImageError(path, "shares pages with a parent that has no memory in the image")
+    mine, theirs = cow_ranges(mm.vmas), cow_ranges(parent.vmas)
+    for addr, n in mm.cow:
+        end = addr + n * PAGE_SIZE
+        for ranges, whose in ((mine, "own"), (theirs, "parent's")):
+            if not _covered(addr, end, ranges):
+                raise ImageError(path, f"cow run {addr:#x}-{end:#x} is not inside the "
+                                       f"{whose} private VMAs")
+
+
+def _covered(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:
+    """Whether [start, end) lies inside the union of sorted disjoint ranges."""
+    pos = start
+    for lo, hi in ranges:
+        if hi <= pos:
+            continue
+        if lo > pos:
+            return False
+        pos = hi
+        if pos >= end:
+            return True
+    return pos >= end
 
 
 def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:

@@ -608,6 +608,9 @@ class MmCore:
     pages: str = ""
     #: the executable and every mapped file, as they were (one entry per path)
     files: list[FileIdentity] = field(default_factory=list)
+    #: [address, pages] runs of private pages that were, at the dump, the very pages the
+    #: parent process maps at the same address (shared copy-on-write since a fork)
+    cow: list[list[int]] = field(default_factory=list)
 
     def validate(self) -> None:
         """Fields u64, auxv even length, VMAs sorted and non-overlapping."""
@@ -622,6 +625,14 @@ class MmCore:
             _check(vma.start >= prev_end, f"vma {vma.start:#x} overlaps or is out of order")
             prev_end = vma.end
         _check(_safe_name(self.pagemap) and _safe_name(self.pages), "bad pagemap/pages name")
+        prev_end = 0
+        for run in self.cow:
+            _check(len(run) == 2, "cow runs must be [address, pages] pairs")
+            addr, n = run
+            _check(addr >= prev_end and not addr & (PAGE_SIZE - 1) and n > 0,
+                   f"cow run {addr:#x}: unaligned, empty, overlapping or out of order")
+            _check_addr_range(addr, addr + n * PAGE_SIZE, f"cow run {addr:#x}")
+            prev_end = addr + n * PAGE_SIZE
 
 
 # ---------------------------------------------------------------------------------------

@@ -92,6 +92,13 @@ def native() -> bool:
     return _native() is not None
 
 
+def prepare() -> None:
+    """Load now whatever checking pages needs later (the hardware routine, the table), for
+    a forked copy of the engine that may no longer see the files it is loaded from."""
+    _native()
+    _table()
+
+
 def write_algo() -> int:
     """The algorithm a dump on this machine records."""
     return ALGO_CRC32C if native() else ALGO_CRC32

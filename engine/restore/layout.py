@@ -71,6 +71,7 @@ class Window:
     specials_tmp: int  # temporary home of the vdso/vvar block while the layout changes
     shmem_tmp: dict[str, int] = field(default_factory=dict)  # shmem id -> full mapping
     anon_tmp: int = 0  # where anonymous VMAs kept apart are first mapped (see layout_table)
+    premap: int = 0  # the slot area of premapped private memory (engine.restore.premap)
     end: int = 0
 
     @property
@@ -106,14 +107,15 @@ def _overlaps(a0: int, a1: int, ranges: list[tuple[int, int]]) -> bool:
 
 
 def plan_window(mms: list[MmCore], region_size: int, shmem: list[ShmemEntry],
-                specials: list[Special]) -> Window:
+                specials: list[Special], premap_size: int = 0) -> Window:
     """Choose a scratch window free in the engine's layout and in every dumped one (the
-    same addresses then serve every task of the tree)."""
+    same addresses then serve every task of the tree), with premap_size bytes for
+    premapped private memory at its end."""
     specials_size = sum(s.size for s in specials)
     anon_max = max((v.end - v.start for mm in mms for v in mm.vmas if v.kind == "anon"),
                    default=0)
     size = region_size + _GAP + specials_size + sum(s.size + _GAP for s in shmem) \
-        + anon_max + _GAP
+        + anon_max + _GAP + _page_up(premap_size) + _GAP
     busy = [(v.start, v.end) for mm in mms for v in mm.vmas if v.end <= TASK_SIZE]
     busy += [(v.start, v.end) for v in read_maps(os.getpid()) if v.end <= TASK_SIZE]
     base = _WINDOW_ALIGN
@@ -129,7 +131,8 @@ def plan_window(mms: list[MmCore], region_size: int, shmem: list[ShmemEntry],
         w.shmem_tmp[s.id] = pos
         pos += s.size + _GAP
     w.anon_tmp = pos
-    w.end = pos + _page_up(anon_max) + _GAP
+    w.premap = pos + _page_up(anon_max) + _GAP
+    w.end = w.premap + _page_up(premap_size) + _GAP
     return w
 
 
@@ -221,9 +224,21 @@ def _map_anon_apart(t: blob.Table, v: Vma, tmp: int) -> None:
           what=("move anon {:#x}-{:#x} into place", v.start, v.end))
 
 
+def _move_premapped(t: blob.Table, v: Vma, pieces: list[tuple[int, int, int]]) -> None:
+    """Move a premapped VMA (read-write where it was built) into place, piece by piece
+    (mremap moves one mapping at a time), and give it its protection."""
+    for src, dst, size in pieces:
+        t.add(uapi.SYS_mremap, src, size, size, uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, dst,
+              what=("move premapped {:#x}-{:#x} into place", dst, dst + size))
+    if v.prot != uapi.PROT_READ | uapi.PROT_WRITE:
+        t.add(uapi.SYS_mprotect, v.start, v.end - v.start, v.prot,
+              what=("protect premapped {:#x}", v.start))
+
+
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
                  rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry],
-                 objfds: dict[str, int]) -> blob.Table:
+                 objfds: dict[str, int],
+                 moves: dict[int, list[tuple[int, int, int]]] | None = None) -> blob.Table:
     """The table that turns the child's layout into the dumped one (pages not written).
 
     rseq: the child's own registration (ptr, len, sig), unregistered first: once its
@@ -234,7 +249,10 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     old_size 0 on a shared mapping), which needs neither a path nor /proc/PID/map_files
     (refused inside a user namespace). A private mapping of a memfd is mapped from the
     memfd's fd that every task holds until the finish table (objfds: shmem id -> fd).
+    moves: VMA start -> (from, to, size) of each piece of a private VMA the task built
+    before it forked (engine.restore.premap): moved into place instead of mapped.
     """
+    moves = moves or {}
     t = blob.Table()
     if rseq is not None:
         ptr, size, sig = rseq
@@ -242,6 +260,7 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
               what="unregister the engine's rseq")
     keep = [window.region] + [(s.start, s.end) for s in specials]
     keep += [(window.shmem_tmp[s.id], window.shmem_tmp[s.id] + s.size) for s in shmem]
+    keep += [(src, src + size) for pieces in moves.values() for src, _, size in pieces]
     _unmap_all_but(t, keep)
     _move_specials(t, specials, window.specials_tmp)
     files: dict[tuple[str, int], list[Vma]] = {}
@@ -253,7 +272,9 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
         if v.kind == "other":
             raise EngineError("mm", f"vma {v.start:#x}-{v.end:#x} ({v.path}): "
                                     "unsupported mapping kind")
-        if v.kind == "shmem" and v.flags & uapi.MAP_PRIVATE:
+        if v.start in moves:
+            _move_premapped(t, v, moves[v.start])
+        elif v.kind == "shmem" and v.flags & uapi.MAP_PRIVATE:
             _map_private_memfd(t, v, objfds)
         elif v.kind == "shmem":
             assert v.shmem_id is not None
@@ -304,8 +325,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     return t
 
 
-def layout_table_bytes(mm: MmCore, nr_shmem: int) -> int:
+def layout_table_bytes(mm: MmCore, nr_shmem: int, nr_moves: int = 0) -> int:
     """An upper bound of the layout table's size (to size the region before forking)."""
-    entries = 8 + len(mm.vmas) * 5 + nr_shmem * 3
+    entries = 8 + len(mm.vmas) * 5 + nr_shmem * 3 + nr_moves
     strings = sum(len(os.fsencode(v.path or "")) + 1 for v in mm.vmas) + nr_shmem * 64
     return entries * blob.ENTRY_SIZE + strings + 4096

@@ -43,6 +43,7 @@ from engine.restore import (
     layout,
     ns,
     pages,
+    premap,
     selfread,
     spawn,
     taskattrs,
@@ -204,8 +205,11 @@ class TreeRestorer:
         self.ns = ns.plan(image, opts.root)
         self.tree: spawn.Tree | None = None
         self.objfds: dict[str, int] = {}
+        self.premap = premap.Plan()
+        self.creator: dict[int, int] = {}  # task -> the task that forks it, if its parent
 
-    def _setup(self, window: layout.Window) -> spawn.TreeSetup:
+    def _plan_tree(self) -> tuple[spawn.TaskSetup, files.FilesPlan]:
+        """What each task does in spawn (ids, fds, session...), and the files plan."""
         inv = self.image.inventory
         fplan = files.FilesPlan()
         nodes: dict[int, spawn.TaskSetup] = {}
@@ -234,6 +238,10 @@ class TreeRestorer:
             if t.pid != inv.root_pid:
                 nodes[t.ppid].children.append(nodes[t.pid])
         spawn.plan_sessions(nodes[inv.root_pid])
+        return nodes[inv.root_pid], fplan
+
+    def _setup(self, window: layout.Window, root: spawn.TaskSetup,
+               fplan: files.FilesPlan) -> spawn.TreeSetup:
         memfds = [(s.id, s.name or "", s.file_size) for s in self.shmem.values()
                   if s.kind == "memfd"]
         # The memfds' agreed fd numbers: above every fd the tree or the engine has (the
@@ -241,25 +249,31 @@ class TreeRestorer:
         engine_fds = [int(n) for n in os.listdir("/proc/self/fd")]
         obj_base = max(files.floor(fplan), max(engine_fds) + 1 + _SPAWN_FDS)
         shared = [(window.shmem_tmp[s.id], s.size, s.id) for s in self.shmem.values()]
-        return spawn.TreeSetup(nodes[inv.root_pid], fplan, window.region, self.ns,
-                               memfds, obj_base, shared)
+        return spawn.TreeSetup(root, fplan, window.region, self.ns, memfds, obj_base, shared,
+                               self.premap.tasks, self.premap.areas())
 
     def run(self) -> int:
         """Create, rebuild and release the tree; returns the root pid."""
         mine = layout.engine_specials()
         specials = {t.pid: layout.match_specials(t.mm, mine) for t in self.live}
-        size = max(max(layout.layout_table_bytes(t.mm, len(self.shmem)),
+        root, fplan = self._plan_tree()
+        self._plan_premaps(root)
+        size = max(max(layout.layout_table_bytes(t.mm, len(self.shmem), self._pieces(t.pid)),
                        finish.table_bytes_bound(t.core, t.mm)) for t in self.live)
         # One spare page at the end for single syscalls' arguments (clone3 of threads).
         window = layout.plan_window([t.mm for t in self.live],
                                     blob.region_size(size) + _SCRATCH,
-                                    list(self.shmem.values()), specials[self.live[0].pid])
+                                    list(self.shmem.values()), specials[self.live[0].pid],
+                                    self.premap.size)
         shsrc: dict[str, pages.PageSource] = {}
         try:
+            sources: dict[int, pages.PageSource] = {}
             for t in self.live:
-                t.src = pages.task_source(self.image, t.pid)
+                t.src = sources[t.pid] = pages.task_source(self.image, t.pid)
             shsrc = {sid: pages.shmem_source(self.image, sid) for sid in self.shmem}
-            setup = self._setup(window)
+            premap.check_contents(self.image, self.premap, sources, self.creator)
+            self.premap.place(window.premap, sources)
+            setup = self._setup(window, root, fplan)
             self.objfds = setup.memfd_fds()
             with _timed(self.opts, "spawn"):
                 tree = spawn.spawn(setup, self.opts.timeout)
@@ -297,6 +311,21 @@ class TreeRestorer:
                 s.close()
         return self.live[0].real
 
+    def _plan_premaps(self, root: spawn.TaskSetup) -> None:
+        """Which private VMAs are built before the fork, so that pages a child shared
+        copy-on-write with its parent stay shared (engine.restore.premap). Not for lazy
+        restores: their pages come from the daemon after the tree exists."""
+        self.creator = {c.pid: t.pid for t in root.walk() for c in t.children
+                        if not c.by_sibling and c.zombie_status is None
+                        and t.zombie_status is None}
+        if self.lazy is None:
+            order = [t.pid for t in root.walk() if t.zombie_status is None]
+            self.premap = premap.plan(self.image, order, self.creator)
+
+    def _pieces(self, pid: int) -> int:
+        tp = self.premap.tasks.get(pid)
+        return tp.pieces() if tp is not None else 0
+
     def _rebuild(self, window: layout.Window, specials: dict[int, list[layout.Special]],
                  shsrc: dict[str, pages.PageSource]) -> None:
         fault_point("mm")
@@ -310,7 +339,8 @@ class TreeRestorer:
                                        self.opts.timeout)
             with _timed(self.opts, "layout"):
                 table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
-                                             list(self.shmem.values()), self.objfds)
+                                             list(self.shmem.values()), self.objfds,
+                                             self._moves(t.pid))
                 _run(t.runner, table1, "mm")
         fault_point("pages")
         with _timed(self.opts, "pages"):
@@ -331,11 +361,25 @@ class TreeRestorer:
             for t in self.live:
                 self._finish(t, window)
 
+    def _moves(self, pid: int) -> dict[int, list[tuple[int, int, int]]]:
+        """Premapped VMA start -> its moves (from, to, size) into place."""
+        tp = self.premap.tasks.get(pid)
+        if tp is None:
+            return {}
+        slot = self.premap.slot
+        return {r.vma.start: [(slot(lo), lo, hi - lo) for lo, hi in r.pieces]
+                for r in tp.regions}
+
     def _write_pages(self, t: _Task, vmas: list[Vma]) -> None:
         """The task's private pages: long runs read by the task itself (selfread), the
         rest written by the engine. (Sharing the long runs between the task and an engine
         thread measured slower: 1.0-1.4 s against 0.65-0.8 s per GiB.)"""
         assert t.src is not None and t.runner is not None
+        tp = self.premap.tasks.get(t.pid)
+        if tp is not None:  # their pages went in before the fork
+            done = tp.starts()
+            vmas = [v for v in vmas if v.start not in done]
+            self.opts.page_bytes["task"] += sum(c.length for c in tp.writes)
         writable, forced = pages.task_chunks(t.src, vmas)
         long_runs, rest = selfread.runs(writable)
         try:

@@ -6,7 +6,9 @@ Python) and, like every task after it:
 1. becomes a session / process group leader again, or joins its dumped group,
 2. (root only) opens every open file description of the tree (engine.restore.files), so
    that each task inherits them and shared descriptions stay shared,
-3. forks its children with their pids (group leaders first), which do the same,
+3. builds the private memory it shares copy-on-write with its children or its parent
+   (engine.restore.premap), then forks its children with their pids (group leaders
+   first), which do the same,
 4. zombies exit right there with their dumped status,
 5. puts its fds in place and closes the rest, maps the table runner region at the address
    the engine chose, sets cwd, umask and resource limits (its own: no CAP_SYS_RESOURCE),
@@ -36,7 +38,7 @@ from engine.kernel import ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.structs import CloneArgs
 from engine.proc.stat import read_stat
-from engine.restore import files, ns
+from engine.restore import files, ns, premap
 from engine.restore.ns import NsSetup
 
 _REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
@@ -95,6 +97,10 @@ class TreeSetup:
     # every shared memory object (address, size, shmem id): the root maps each whole
     # there before forking, so every task inherits the same objects
     shmem: list[tuple[int, int, str]] = field(default_factory=list)
+    # private memory each task builds before it forks (engine.restore.premap), and the
+    # slot area all of it lives in
+    premap: dict[int, premap.TaskPremap] = field(default_factory=dict)
+    premap_areas: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def inner_pids(self) -> dict[int, int]:
@@ -223,6 +229,9 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
     go_r, err_w = ctl[:2]  # then the memfds, kept open for the engine's tables
     try:
         _set_session(t)
+        if tree.premap_areas:
+            # before the children are forked: they inherit it copy-on-write
+            premap.build(tree.premap.get(t.pid), tree.premap_areas)
         for c in _leaders_first(t):
             child = _clone_with_pid(c)
             if child == 0:

@@ -27,10 +27,19 @@ CHECK_TIMEOUT = 60.0
 
 #: What this engine restores differently, declared (zdtm.allowances) until it does not.
 ALLOWANCES = (
-    Allowance("sharing", "cow-lost",
-              "the bundled engine forks every task first and builds each one's memory "
-              "afterwards, so private pages a parent and its child shared copy-on-write "
+    Allowance("sharing", "cow-lost-indirect",
+              "the bundled engine rebuilds the pages each child shares copy-on-write with "
+              "its parent at the same address; pages two processes share otherwise (moved "
+              "after the fork, or shared through an ancestor that rewrote its own copy) "
               "come back as separate copies (same content, more memory)"),
+)
+
+#: Declared for lazy restores only.
+LAZY_ALLOWANCES = (
+    Allowance("sharing", "cow-lost",
+              "a lazy restore gets private pages from the lazy-pages daemon after the tree "
+              "is forked, so pages a parent and its child shared copy-on-write come back as "
+              "separate copies (same content, more memory)"),
 )
 
 
@@ -44,12 +53,13 @@ class BundledEngine(Engine):
         self._unavailable: str | None = None
         self._lazy = Helper()
         self._tree = TreeInfo()
+        self._lazy_restore = False  # the last restore was a lazy one
 
     def attach(self, tree: TreeInfo) -> None:
         self._tree = tree
 
     def allowances(self) -> tuple[Allowance, ...]:
-        return ALLOWANCES
+        return ALLOWANCES + (LAZY_ALLOWANCES if self._lazy_restore else ())
 
     def version(self) -> str:
         # the engine is part of this checkout: the results file's harness commit says which
@@ -145,6 +155,7 @@ class BundledEngine(Engine):
                 timeout: float, lazy: bool) -> int:
         pidfile = images_dir.with_name(images_dir.name + ".restored.pid")
         args = ["restore", "-D", str(images_dir), "-d", "--pidfile", str(pidfile)]
+        self._lazy_restore = lazy
         if self._tree.root is not None:
             args += ["--root", str(self._tree.root)]
         if leave_stopped:
