@@ -42,6 +42,16 @@ Two halves:
                    becomes the foreground one
   ``membarrier-register``  inject membarrier(REGISTER_PRIVATE_EXPEDITED)
   ``membarrier-global``  inject membarrier(REGISTER_GLOBAL_EXPEDITED)
+  ``set-lsm-label``  load an AppArmor profile of the run's own (``zdtm-fault-PID-HEX``, in
+                   complain mode and allowing every class: it blocks and logs nothing) with
+                   ``apparmor_parser --replace --skip-cache``, then inject open + write of
+                   "changeprofile NAME" into the task's /proc/thread-self/attr/apparmor/current
+                   (a task may change only its own label); the driver removes the profile
+                   (securityfs ``.remove``) when the run ends, in close(). Needs AppArmor,
+                   apparmor_parser and securityfs, see lsm_unavailable(); where securityfs is
+                   not mounted, the tool mounts it in a mount namespace of its own and
+                   unmounts it (the run's namespace never sees it). Verbs for the driver and
+                   the tests: ``remove-lsm-profile NAME...``, ``lsm-profiles``
   ``resume-stopped``  SIGCONT the task, which the restore left in group-stop (a task the test
                    had stopped runs on, as after a restore that lost the stop); wrap mode
   ``mount-left``   mount a tmpfs in the task's mount namespace (in h: the run's own) on
@@ -99,10 +109,13 @@ import fcntl
 import functools
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import termios
 import time
@@ -142,7 +155,7 @@ FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang
           "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
           "membarrier-global",
           "resume-stopped", "drop-watch",
-          "drop-timer", "set-rcvbuf")
+          "drop-timer", "set-rcvbuf", "set-lsm-label")
 
 _SYS_PIDFD_GETFD = 438
 _SYS_OPENAT = 257
@@ -152,6 +165,7 @@ _SYS_DUP3 = 292
 O_CLOEXEC = 0o2000000
 _SYS_IOCTL = 16
 _SYS_MEMBARRIER = 324
+_SYS_WRITE = 1
 MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
 MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED = 1 << 2
 TIOCNOTTY = 0x5422
@@ -183,11 +197,19 @@ def _maps(pid: int) -> list[tuple[int, int, str, str]]:
     return out
 
 
+class _WideInjector(tracing.Injector):
+    """An injector with room for a path and a line of text (the harness's own reads need
+    16 bytes; the area is still far below the thread's red zone)."""
+
+    SCRATCH = 128
+
+
 @contextlib.contextmanager
-def _injector(pid: int) -> Iterator[tracing.Injector]:
+def _injector(pid: int, kind: type[tracing.Injector] = tracing.Injector
+              ) -> Iterator[tracing.Injector]:
     """The stopped task seized, an injector on it; afterwards its registers, signal mask and
     scratch bytes are put back and it is detached (back into group-stop)."""
-    with tracing.seized(pid, WAIT_TIMEOUT), tracing.Injector(pid, WAIT_TIMEOUT) as inj:
+    with tracing.seized(pid, WAIT_TIMEOUT), kind(pid, WAIT_TIMEOUT) as inj:
         yield inj
 
 
@@ -489,6 +511,179 @@ def membarrier_global(pid: int) -> dict:
     return {}
 
 
+# ---- set-lsm-label: an AppArmor profile of the run's own ---------------------------------
+
+SECURITYFS = Path("/sys/kernel/security")
+APPARMOR_ENABLED = "sys/module/apparmor/parameters/enabled"
+LSM_PREFIX = "zdtm-fault-"
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+# Complain mode blocks nothing; the bare rules allow every class apparmor_parser 3.0 knows,
+# so the confined test does not fill the kernel log with an ALLOWED line per access.
+LSM_PROFILE = """profile {name} flags=(complain) {{
+  file,
+  capability,
+  network,
+  signal,
+  ptrace,
+  unix,
+  mount,
+  umount,
+  pivot_root,
+  change_profile,
+  dbus,
+}}
+"""
+
+
+def new_lsm_profile_name() -> str:
+    """A profile name no other run (nor an earlier one of this process) uses."""
+    return f"{LSM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def apparmor_parser(search_path: str | None = None) -> str | None:
+    """The apparmor_parser binary (also in the sbin dirs a non-login PATH may lack)."""
+    if search_path is None:
+        search_path = os.pathsep.join(filter(None, [os.environ.get("PATH"), "/usr/sbin",
+                                                    "/sbin"]))
+    return shutil.which("apparmor_parser", path=search_path)
+
+
+def lsm_unavailable(root: Path = Path("/"), search_path: str | None = None) -> str | None:
+    """Why ``set-lsm-label`` cannot run here, probed (None: it can). ``root`` and
+    ``search_path`` let a test put the probed files elsewhere."""
+    try:
+        label = (root / "proc/self/attr/current").read_bytes().decode().strip("\0\n ")
+    except OSError as e:
+        return f"no LSM: /proc/self/attr/current: {e.strerror}"
+    try:
+        enabled = (root / APPARMOR_ENABLED).read_text().strip()
+    except OSError as e:
+        return f"the LSM (label {label!r}) is not AppArmor: /{APPARMOR_ENABLED}: {e.strerror}"
+    if enabled != "Y":
+        return f"the LSM (label {label!r}) is not AppArmor: /{APPARMOR_ENABLED} is {enabled}"
+    own = root / "proc/self/attr/apparmor/current"
+    if own.exists() and own.read_bytes().decode().strip("\0\n ") != label:
+        return (f"AppArmor is enabled but /proc/self/attr/current is another LSM's "
+                f"(label {label!r})")
+    if apparmor_parser(search_path) is None:
+        return ("AppArmor is enabled but apparmor_parser is not installed "
+                "(apt-get install apparmor)")
+    if (root / SECURITYFS.relative_to("/") / "apparmor").is_dir():
+        return None  # securityfs is mounted
+    try:
+        kinds = (root / "proc/filesystems").read_text().split()
+    except OSError as e:
+        return f"AppArmor is enabled but securityfs is not mounted: /proc/filesystems: {e}"
+    if "securityfs" not in kinds or not (root / SECURITYFS.relative_to("/")).is_dir():
+        return (f"AppArmor is enabled but securityfs is not available (not mounted on "
+                f"{SECURITYFS}, and the kernel cannot mount it there)")
+    return None
+
+
+@contextlib.contextmanager
+def _apparmorfs() -> Iterator[Path]:
+    """AppArmor's directory in securityfs. When securityfs is not mounted, it is mounted
+    for the block in a mount namespace of this process's own (the run's namespace never sees
+    it) and unmounted after; only for a process of its own (the fault tool's)."""
+    here = SECURITYFS / "apparmor"
+    if here.is_dir():
+        yield here
+        return
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    # private first: a mount on a shared / would propagate back to the run's namespace
+    if _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    if _libc.mount(b"securityfs", bytes(SECURITYFS), b"securityfs", 0, None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount securityfs on {SECURITYFS}")
+    try:
+        yield here
+    finally:
+        if _libc.umount2(bytes(SECURITYFS), 0) != 0:
+            raise OSError(ctypes.get_errno(), f"umount {SECURITYFS}")
+
+
+def _lsm_label(pid: int) -> str:
+    with open(f"/proc/{pid}/attr/current", "rb") as f:
+        return f.read().decode().strip("\0\n ")
+
+
+def _remove_profile(fs: Path, name: str) -> bool:
+    """Remove the profile NAME from the kernel (False: it was not loaded)."""
+    fd = os.open(fs / ".remove", os.O_WRONLY)
+    try:
+        os.write(fd, name.encode())  # one write: one command
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True
+
+
+def _change_profile(pid: int, name: str) -> None:
+    """Inject open + write of "changeprofile NAME" into the task's own attr file: the kernel
+    lets a task change only its own label (proc_pid_attr_write: current == task)."""
+    own = os.path.exists(f"/proc/{pid}/attr/apparmor/current")  # stacking-safe, 5.1+
+    path = "/proc/thread-self/attr/" + ("apparmor/current" if own else "current")
+    command = f"changeprofile {name}".encode()
+    half = _WideInjector.SCRATCH // 2
+    if len(path) >= half or len(command) > half:
+        raise ValueError(f"profile name {name!r} too long for the injector's scratch")
+    with _injector(pid, _WideInjector) as inj:
+        inj.write_scratch(path.encode().ljust(half, b"\0") + command)
+        fd = inj.syscall(_SYS_OPENAT, AT_FDCWD, inj.scratch, os.O_WRONLY | O_CLOEXEC, 0)
+        if fd < 0:
+            raise OSError(-fd, f"injected openat({path}): {os.strerror(-fd)}")
+        done = inj.syscall(_SYS_WRITE, fd, inj.scratch + half, len(command))
+        inj.syscall(_SYS_CLOSE, fd)
+    if done < 0:
+        raise OSError(-done, f"injected write({path}, {command.decode()!r}): "
+                             f"{os.strerror(-done)}")
+
+
+def set_lsm_label(pid: int) -> dict:
+    """Load a complain-mode AppArmor profile (FAULT_LSM_PROFILE, the driver removes it at
+    the end of the run) and make the task change to it from inside."""
+    why = lsm_unavailable()
+    if why:
+        raise OSError(errno.EOPNOTSUPP, why)
+    name = os.environ.get("FAULT_LSM_PROFILE") or new_lsm_profile_name()
+    parser = apparmor_parser()
+    assert parser is not None  # lsm_unavailable() found it
+    before = _lsm_label(pid)
+    with _apparmorfs() as fs:
+        # --skip-cache: no cache file written anywhere
+        load = subprocess.run([parser, "--replace", "--skip-cache"],
+                              input=LSM_PROFILE.format(name=name), text=True,
+                              capture_output=True, timeout=60, check=False)
+        if load.returncode != 0:
+            raise OSError(errno.EINVAL, f"apparmor_parser --replace {name}: exit "
+                          f"{load.returncode}: {load.stderr.strip()}")
+        try:
+            _change_profile(pid, name)
+        except BaseException:
+            _remove_profile(fs, name)  # the driver would too; not left a moment longer
+            raise
+    return {"profile": name, "label_before": before, "label_after": _lsm_label(pid)}
+
+
+def remove_lsm_profiles(names: Sequence[str]) -> list[str]:
+    """Remove these profiles; the ones that were loaded (for the tool's verbs)."""
+    with _apparmorfs() as fs:
+        return [n for n in names if _remove_profile(fs, n)]
+
+
+def loaded_lsm_profiles() -> list[str]:
+    """The names of the profiles loaded in the kernel now."""
+    with _apparmorfs() as fs:
+        text = (fs / "profiles").read_text()
+    return [line.rsplit(" (", 1)[0] for line in text.splitlines() if line]
+
+
 def resume_stopped(pid: int) -> dict:
     """SIGCONT the (group-stopped) task and wait until it runs."""
     os.kill(pid, signal.SIGCONT)
@@ -694,7 +889,7 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            "membarrier-register": membarrier_register, "resume-stopped": resume_stopped,
            "membarrier-global": membarrier_global,
            "drop-watch": drop_watch,
-           "drop-timer": drop_timer, "set-rcvbuf": set_rcvbuf}
+           "drop-timer": drop_timer, "set-rcvbuf": set_rcvbuf, "set-lsm-label": set_lsm_label}
 
 
 def _children(pid: int) -> list[int]:
@@ -730,10 +925,20 @@ def _inner_pid(pid: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """CLI: FAULT ROOT_PID RECORD (the fault hits the deepest task under ROOT_PID)."""
+    """CLI: FAULT ROOT_PID RECORD (the fault hits the deepest task under ROOT_PID);
+    ``remove-lsm-profile NAME...`` and ``lsm-profiles`` (names loaded now), which mount
+    securityfs for themselves when it is not mounted."""
+    if argv[:1] == ["remove-lsm-profile"] and len(argv) > 1:
+        for name in remove_lsm_profiles(argv[1:]):
+            print(f"faulty-engine: removed AppArmor profile {name}")
+        return 0
+    if argv == ["lsm-profiles"]:
+        print("\n".join(loaded_lsm_profiles()))
+        return 0
     if len(argv) != 3 or argv[0] not in ACTIONS:
-        print(f"usage: faulty_engine.py {{{','.join(FAULTS)}}} ROOT_PID RECORD",
-              file=sys.stderr)
+        print(f"usage: faulty_engine.py {{{','.join(FAULTS)}}} ROOT_PID RECORD\n"
+              "       faulty_engine.py remove-lsm-profile NAME...\n"
+              "       faulty_engine.py lsm-profiles", file=sys.stderr)
         return 2
     fault, root, record = argv[0], int(argv[1]), Path(argv[2])
     pid = victim(root)
@@ -767,6 +972,8 @@ class FaultyEngine(Engine):
         self.inner = inner
         self.workdir = workdir
         self.record: dict = {}
+        self.lsm_profiles: list[str] = []  # set-lsm-label: the profiles to remove at close
+        self.cleanup_error: str | None = None  # what close() could not undo
 
     def available(self) -> str | None:
         return self.inner.available() if self.inner else None
@@ -788,6 +995,10 @@ class FaultyEngine(Engine):
         env["FAULT_TOKEN"] = str(images_dir.parent.parent)  # the run's work dir
         env["FAULT_DIR"] = str(self.workdir)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT_DIR), env.get("PYTHONPATH")]))
+        if self.fault == "set-lsm-label":
+            # named here, before the tool runs: close() removes it even if the tool dies
+            self.lsm_profiles.append(new_lsm_profile_name())
+            env["FAULT_LSM_PROFILE"] = self.lsm_profiles[-1]
         res = run_logged([sys.executable, str(Path(__file__).resolve()), self.fault, str(pid),
                           str(rec)], step=step, log=self.workdir / f"fault-{self.fault}.log",
                          timeout=timeout, env=env, cwd=ROOT_DIR)
@@ -825,8 +1036,29 @@ class FaultyEngine(Engine):
             self.inner.finish(timeout)
 
     def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
+        """The inner engine's close, and the fault's own kernel objects removed. Never
+        raises (the lifecycle's cleanup goes on): a failure is kept in cleanup_error."""
+        try:
+            if self.inner is not None:
+                self.inner.close()
+        finally:
+            self._remove_lsm_profiles()
+
+    def _remove_lsm_profiles(self) -> None:
+        if not self.lsm_profiles:
+            return
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT_DIR), env.get("PYTHONPATH")]))
+        try:
+            # a process of its own: it may have to mount securityfs in a namespace of its own
+            run_logged([sys.executable, str(Path(__file__).resolve()), "remove-lsm-profile",
+                        *self.lsm_profiles], step="stop",
+                       log=self.workdir / "fault-remove-lsm-profile.log", timeout=60.0,
+                       env=env, cwd=ROOT_DIR)
+            self.lsm_profiles = []
+        except EngineFailure as e:
+            self.cleanup_error = f"AppArmor profiles {self.lsm_profiles} not removed: {e}"
+            print(f"faulty-engine: {self.cleanup_error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

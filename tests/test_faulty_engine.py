@@ -13,14 +13,17 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import faulty_engine
 import pytest
-from faulty_engine import FaultyEngine
+from faulty_engine import FaultyEngine, lsm_unavailable
 
-from zdtm import checks, lifecycle, snapshot, tasks
+from zdtm import ROOT_DIR, checks, lifecycle, snapshot, tasks
 from zdtm.desc import TestDesc, discover
 from zdtm.engines.bundled import BundledEngine
 from zdtm.proc import PAGE_SIZE
@@ -305,6 +308,76 @@ def test_property_faults_in_namespaces(fault: str, flavor: str, clean: Path,
     assert any(who in p and text in p for p in problems), problems
     if fault == "set-owner":  # the owner is named by its pid inside the namespace
         assert any(f"owner absent -> pid pid {rec['inner_pid']}" in p for p in problems)
+
+
+def _loaded_lsm_profiles() -> list[str]:
+    """The AppArmor profiles in the kernel, read by the fault tool (which mounts securityfs
+    in a namespace of its own when it is not mounted)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT_DIR), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, faulty_engine.__file__, "lsm-profiles"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("flavor", ["h", "ns", "uns"])
+def test_lsm_label_fault_fails_taskattrs(flavor: str, subject: TestDesc, clean: Path,
+                                         tmp_path: Path) -> None:
+    """A task left under another LSM label (an AppArmor profile of the run's own, in
+    complain mode, changed to from inside the task) fails exactly ``taskattrs``, naming the
+    process and both labels; the profile is gone when the run has ended."""
+    why = lsm_unavailable()
+    if why:
+        pytest.skip(why)
+    engine = FaultyEngine("set-lsm-label", tmp_path)
+    result = _run(subject, engine, clean, flavor, norst=True)
+    rec = engine.record
+    assert rec, f"the fault was never applied: {result.summary()}"
+    name = rec["profile"]
+    assert name.startswith("zdtm-fault-") and rec["label_after"] == f"{name} (complain)"
+    who = (f"pid {rec['inner_pid']}" if flavor == "h"
+           else f"pid {rec['inner_pid']} [{rec['pid']}]") + " (mem_anon)"
+    assert _expect(result, "taskattrs") == [
+        f"taskattrs: {who}: lsm label {rec['label_before']} -> {name} (complain)"]
+    assert engine.cleanup_error is None
+    assert name not in _loaded_lsm_profiles()
+
+
+def test_lsm_probe_names_what_is_missing(tmp_path: Path) -> None:
+    """The probe behind the LSM fault's SKIP, on a made-up root: no LSM, an LSM that is not
+    AppArmor, AppArmor without apparmor_parser, without securityfs; each says which."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+
+    def probe() -> str | None:
+        return lsm_unavailable(tmp_path, search_path=str(bin_dir))
+
+    assert probe() == "no LSM: /proc/self/attr/current: No such file or directory"
+    (tmp_path / "proc/self/attr").mkdir(parents=True)
+    (tmp_path / "proc/self/attr/current").write_text("unconfined\n")
+    assert probe() == ("the LSM (label 'unconfined') is not AppArmor: "
+                       "/sys/module/apparmor/parameters/enabled: No such file or directory")
+    enabled = tmp_path / "sys/module/apparmor/parameters/enabled"
+    enabled.parent.mkdir(parents=True)
+    enabled.write_text("N\n")
+    assert probe() == ("the LSM (label 'unconfined') is not AppArmor: "
+                       "/sys/module/apparmor/parameters/enabled is N")
+    enabled.write_text("Y\n")
+    assert probe() == ("AppArmor is enabled but apparmor_parser is not installed "
+                       "(apt-get install apparmor)")
+    parser = bin_dir / "apparmor_parser"
+    parser.write_text("#!/bin/sh\n")
+    parser.chmod(0o755)
+    (tmp_path / "proc/filesystems").write_text("nodev\tsysfs\nnodev\tproc\n")
+    assert probe() == ("AppArmor is enabled but securityfs is not available (not mounted on "
+                       "/sys/kernel/security, and the kernel cannot mount it there)")
+    (tmp_path / "proc/filesystems").write_text("nodev\tsysfs\nnodev\tsecurityfs\n")
+    (tmp_path / "sys/kernel/security").mkdir(parents=True)
+    assert probe() is None  # the fault mounts securityfs itself
+    (tmp_path / "proc/self/attr/apparmor").mkdir()
+    (tmp_path / "proc/self/attr/apparmor/current").write_text("other\n")
+    assert probe() == ("AppArmor is enabled but /proc/self/attr/current is another LSM's "
+                       "(label 'unconfined')")
 
 
 @pytest.mark.parametrize("flavor", ["h", "ns", "uns"])
