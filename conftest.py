@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 from _pytest.junitxml import LogXML, xml_key
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard, tasks, vm
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, plumbing, shard, vm
 from zdtm import results as results_file
 from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
 from zdtm.engines import Engine, make_engine
@@ -505,7 +505,7 @@ def _lock_path(kind: str) -> Path:
 def _flock(kind: str, op: int, deadline: float) -> int:
     """An fd holding flock ``op`` on the ``kind`` lock file, polled until ``deadline``."""
     try:
-        return tasks.flock_until(_lock_path(kind), op, deadline)
+        return plumbing.flock_until(_lock_path(kind), op, deadline)
     except TimeoutError:
         pytest.fail(f"no run slot in {EXCL_WAIT:.0f}s ({_lock_path(kind)})")
 

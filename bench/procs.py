@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zdtm.tasks import children, descendants
+from zdtm.plumbing import children, descendants
 
 KILL_REAP_DEADLINE_S = 10.0
 

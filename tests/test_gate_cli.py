@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zdtm import cli, tasks
+from zdtm import cli, plumbing
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
@@ -52,11 +52,11 @@ def fake_dir() -> Iterator[Path]:
 
 def runner(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """./runner.py ``args`` (stdout and stderr together); nothing it started survives."""
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout, check=False)
-    assert set(tasks.descendants(os.getpid())) <= before
+    assert set(plumbing.descendants(os.getpid())) <= before
     return proc
 
 
@@ -215,7 +215,7 @@ def test_non_root_is_told_up_front(monkeypatch: pytest.MonkeyPatch,
 def test_ctrl_c_stops_with_partial_summary_and_report(fake_dir: Path, tmp_path: Path,
                                                       parallel: str) -> None:
     name = f"slow{parallel.replace('1', '')}"  # one test per mode: parallel test workers
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "run", "--tests-dir",
                              str(fake_dir), "-t", "ext/pass", "-t", f"ext/{name}", "-f", "h",
                              "--nocr", "-p", parallel, "--report", str(tmp_path)],
@@ -237,7 +237,7 @@ def test_ctrl_c_stops_with_partial_summary_and_report(fake_dir: Path, tmp_path: 
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["run"]["interrupted"] is True and doc["run"]["selected"] == 2
     assert [(c["test"], c["outcome"]) for c in doc["cases"]] == [("ext/pass", "pass")]
-    assert set(tasks.descendants(os.getpid())) <= before
+    assert set(plumbing.descendants(os.getpid())) <= before
 
 
 def test_pytest_shards_split_the_items() -> None:

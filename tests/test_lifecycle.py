@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from zdtm import tasks
+from zdtm import plumbing
 from zdtm.desc import TestDesc, discover_external
 from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
 from zdtm.engines.bundled import BundledEngine
@@ -91,9 +91,9 @@ class Scripted(Engine):
 
 @pytest.fixture(autouse=True)
 def nothing_left() -> Iterator[None]:
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     yield
-    assert set(tasks.descendants(os.getpid())) <= before
+    assert set(plumbing.descendants(os.getpid())) <= before
 
 
 def test_norst_pre_dumps_chain_and_tree_survives(tests_dir: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zdtm import tasks
+from zdtm import plumbing
 from zdtm.cli import DEFAULT_WORKROOT, build_parser, plan
 from zdtm.desc import TestDesc
 
@@ -56,13 +56,13 @@ def fake_dir() -> Iterator[Path]:
 def runner(*args: str, timeout: float = 180, nice: int = 0) -> subprocess.CompletedProcess[str]:
     """Run ./runner.py with ``args`` (at least at niceness ``nice``); its console output in
     .stdout."""
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     proc = subprocess.run(["nice", "-n", str(max(0, nice - os.nice(0))), sys.executable, str(ROOT / "runner.py"),
                            *args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout, check=False)
     # nothing the run started may survive it
-    assert set(tasks.descendants(os.getpid())) <= before
+    assert set(plumbing.descendants(os.getpid())) <= before
     return proc
 
 
@@ -279,7 +279,7 @@ def test_plan_respects_declared_flavours() -> None:
 @pytest.mark.parametrize("parallel", ["1", "2"])
 def test_sigterm_to_the_runner_cleans_up(fake_dir: Path, parallel: str) -> None:
     """A runner killed with SIGTERM mid-test still kills the test tree it started."""
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "run", "--tests-dir",
                              str(fake_dir), "-t", f"ext/term{parallel}", "--nocr",
                              "-p", parallel], cwd=ROOT, stdout=subprocess.PIPE,
@@ -291,7 +291,7 @@ def test_sigterm_to_the_runner_cleans_up(fake_dir: Path, parallel: str) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
-    assert set(tasks.descendants(os.getpid())) <= before
+    assert set(plumbing.descendants(os.getpid())) <= before
     _no_leftovers(fake_dir)
     assert not list(DEFAULT_WORKROOT.glob(f"ext-term{parallel}-h-*")), "work dir left behind"
 

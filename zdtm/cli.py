@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, missing_sources, shard, tasks, vm
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, missing_sources, plumbing, shard, vm
 from zdtm import results as results_file
 from zdtm.build import BuildError, ensure_built
 from zdtm.compare import Comparison, compare, known_lines
@@ -293,7 +293,7 @@ def _end_workers(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    tasks.kill_tree(tasks.wait_gone(pids, WORKER_GRACE), 10.0)
+    plumbing.kill_tree(plumbing.wait_gone(pids, WORKER_GRACE), 10.0)
 
 
 def _run_one_worker(spec_text: str) -> int:

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zdtm import proc, tasks
+from zdtm import plumbing, proc
 from zdtm.desc import TestDesc, beside, desc_fields
 from zdtm.result import CHECK_FAILED, TEST_FAIL, TIMEOUT, Result
 
@@ -188,10 +188,10 @@ def precheck(test: TestDesc, result: Result) -> bool:
     checkskip = script(test, ".checkskip")
     if checkskip is None:
         return True
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     done = run_script([str(checkskip)], cwd=test.binary.parent, env=dict(os.environ))
     # a probe has nothing to leave running: the test's cleanup would not know it
-    tasks.kill_tree([p for p in tasks.descendants(os.getpid()) if p not in before],
+    plumbing.kill_tree([p for p in plumbing.descendants(os.getpid()) if p not in before],
                     KILL_TIMEOUT)
     if done.rc is None:
         result.fail("start", TIMEOUT, f"{checkskip.name}: no answer in "
@@ -252,9 +252,9 @@ class Script:
             rc: int | None = self.child.wait(timeout=max(self.deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:
             # everything the script started goes with it (re-parented to us, then reaped)
-            members = [p for p in tasks.tree(self.child.pid) if p != self.child.pid]
-            tasks.kill_group(self.child)
-            tasks.kill_tree(members, KILL_TIMEOUT)
+            members = [p for p in plumbing.tree(self.child.pid) if p != self.child.pid]
+            plumbing.kill_group(self.child)
+            plumbing.kill_tree(members, KILL_TIMEOUT)
             rc = None
         with self.out:
             self.out.seek(0)
@@ -365,7 +365,7 @@ def unmount_left(root: Path, result: Result) -> None:
         return
     lines = []
     for point in left:
-        if tasks.libc.umount2(point.encode(), _MNT_DETACH) == 0:
+        if plumbing.libc.umount2(point.encode(), _MNT_DETACH) == 0:
             lines.append(f"left behind: mount {point} (unmounted)")
         else:
             lines.append(f"left behind: mount {point} (umount: "

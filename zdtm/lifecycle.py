@@ -10,7 +10,7 @@ dumped state is exactly the S0 state; the restored tree is left stopped by the e
 that cannot leave the tree stopped is noted in the result and the harness stops the tree
 itself right after the restore.
 
-Tasks the test itself stopped (in group-stop before the harness's freeze: tasks.stopped_ids)
+Tasks the test itself stopped (in group-stop before the harness's freeze: plumbing.stopped_ids)
 are "stopped by signal" in S0; in S1 only those the restore left stopped, seen before the
 harness stops whatever runs, so a restore that resumes such a task fails ``taskattrs``.
 The harness's resume leaves them stopped.
@@ -44,8 +44,8 @@ from zdtm import (
     hostlocks,
     kernel_health,
     mountns,
+    plumbing,
     snapshot,
-    tasks,
 )
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
@@ -210,7 +210,7 @@ class Run:
             self.cgroups0 = cgroups.existing()
             with self._host_locks():  # before own0: its fd is the harness's until the end
                 own0 = snapshot.own_state()
-                self.baseline_desc = set(tasks.descendants(os.getpid()))
+                self.baseline_desc = set(plumbing.descendants(os.getpid()))
                 try:
                     try:
                         self._start()
@@ -351,7 +351,7 @@ class Run:
             label = f"{self.result.ident} iter {i}/{self.opts.iters}"
             own_a = snapshot.own_state()
             # tasks the test keeps stopped stay stopped when the tree is resumed
-            keep = tasks.stopped_ids(self.root_pid)
+            keep = plumbing.stopped_ids(self.root_pid)
             held = keep  # of those, the ones still stopped when S1 is taken
             if cr:
                 try:
@@ -374,7 +374,7 @@ class Run:
             s1, allowed = allowances.reconcile(s0, s1, self.engine.allowances())
             self.result.allowed += [f"iteration {i}: {d}" for d in allowed]
             problems = self._compare(s0, s1)
-            tasks.thaw(tasks.tree(self.root_pid), keep)
+            plumbing.thaw(plumbing.tree(self.root_pid), keep)
             if cr and not self.opts.norst:
                 self._hook("--post-restore", self._imgdir(f"{i}-dump"))
             if cr and self.opts.lazy:
@@ -423,7 +423,7 @@ class Run:
                                       parent_images=taken[-1][0] if taken else None,
                                       opts=self.test.opts, timeout=self.opts.engine_timeout)
             if s0 is not None:
-                tasks.thaw(tasks.tree(self.root_pid))
+                plumbing.thaw(plumbing.tree(self.root_pid))
             self._timing(f"iter {i}: snapshot {k}", res)
             taken.append((d, s0))
         return taken
@@ -443,8 +443,8 @@ class Run:
                 lazy=False)
             frozen = self._freeze("restore")
             problems = self._compare(s0, self._capture(f"S1 of snapshot {k}"))
-            left = tasks.kill_tree(frozen, CLEANUP_TIMEOUT)
-            tasks.reap_zombie_children()
+            left = plumbing.kill_tree(frozen, CLEANUP_TIMEOUT)
+            plumbing.reap_zombie_children()
             if problems or left:
                 lines = _problem_lines(problems) + [f"restored task {p} would not die"
                                                     for p in left]
@@ -476,7 +476,7 @@ class Run:
         except EngineFailure as exc:
             if crfail and exc.kind == "error":
                 self._note(f"dump failed as expected (crfail): {exc.message}")
-                tasks.thaw(tasks.tree(self.root_pid))
+                plumbing.thaw(plumbing.tree(self.root_pid))
                 return False
             self._engine_failed("dump", exc)
         self._timing(f"iter {i}: dump", res)
@@ -500,14 +500,14 @@ class Run:
             "restore", self.engine.restore, d, leave_stopped=stopped,
             opts=self.cr_opts.restore, timeout=self.opts.engine_timeout,
             lazy=self.opts.lazy)
-        if not tasks.pid_alive(self.root_pid):
+        if not plumbing.pid_alive(self.root_pid):
             self.result.fail("restore", ENGINE_ERROR,
                              f"restore reported root pid {self.root_pid}, which is not alive")
             raise _Failed
         if not stopped:
             self._note(f"{self.engine.name} cannot leave the restored tree stopped: S1 was "
                        "taken after it ran briefly")
-        left_stopped = tasks.stopped_ids(self.root_pid, settle=STOP_SETTLE)
+        left_stopped = plumbing.stopped_ids(self.root_pid, settle=STOP_SETTLE)
         self._freeze("restore")
         try:
             self.test_pid = self.flavor.test_pid_after_restore(self.root_pid, self.ns_pid)
@@ -519,7 +519,7 @@ class Run:
 
     def _wait_dumped_gone(self, frozen: list[int]) -> None:
         """The engine killed the dumped tree; reap it so its pids are free again."""
-        left = tasks.wait_gone(frozen, CLEANUP_TIMEOUT)
+        left = plumbing.wait_gone(frozen, CLEANUP_TIMEOUT)
         if left:
             self.result.fail("dump", ENGINE_ERROR,
                              f"dumped tasks {left} still alive after the dump")
@@ -536,7 +536,7 @@ class Run:
             raise _Failed from None
         limit = float(self.test.timeout)
         # the test exits after writing its verdict; what it leaves running is for cleanup
-        left = tasks.wait_gone([self.test_pid], limit)
+        left = plumbing.wait_gone([self.test_pid], limit)
         verdict = _last_verdict(outfile)
         if left or verdict is None:
             what = f"tasks {left} still running" if left else "no verdict in the outfile"
@@ -554,11 +554,11 @@ class Run:
     def _cleanup(self) -> None:
         """Always: stop engine helpers, kill what is left of the tree, remove the work dir."""
         self.engine.close()
-        ours = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
+        ours = [p for p in plumbing.descendants(os.getpid()) if p not in self.baseline_desc]
         roots = [p for p in (self.root_pid, self.test_pid) if p] + ours
         self._see_cgroups(roots)
-        left = tasks.kill_tree(roots, CLEANUP_TIMEOUT)
-        tasks.reap_zombie_children()
+        left = plumbing.kill_tree(roots, CLEANUP_TIMEOUT)
+        plumbing.reap_zombie_children()
         if left:
             self.result.fail("stop", HARNESS_ERROR, f"could not kill tasks {left}")
         if self.workdir is not None:
@@ -578,7 +578,7 @@ class Run:
         """The suite's --clean hook (after the test is gone, as CRIU's runner does), then
         whatever that hook left running, and whatever the test or a hook left mounted."""
         self._hook("--clean", fatal=False)
-        tasks.kill_tree([p for p in tasks.descendants(os.getpid())
+        plumbing.kill_tree([p for p in plumbing.descendants(os.getpid())
                          if p not in self.baseline_desc], CLEANUP_TIMEOUT)
         external.unmount_left(workdir, self.result)
 
@@ -586,10 +586,10 @@ class Run:
         """After cleanup the harness must hold exactly the fds, children and mounts it had
         before; mounts the run left (a test of the h flavour mounts in the harness's
         namespace) are reported, then removed."""
-        tasks.reap_zombie_children()
+        plumbing.reap_zombie_children()
         own1 = snapshot.own_state()
         problems = checks.compare_own(own0, own1)
-        leftovers = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
+        leftovers = [p for p in plumbing.descendants(os.getpid()) if p not in self.baseline_desc]
         lines = _problem_lines(problems) + [f"left behind: process {p}" for p in leftovers]
         lines += cgroups.remove_new(self.cgroups_seen, self.cgroups0)
         left_mounts = set(own1.mounts - own0.mounts)
@@ -602,7 +602,7 @@ class Run:
     def _see_cgroups(self, pids: list[int]) -> None:
         """Remember the cgroups of these tasks (new ones are removed after the run)."""
         for pid in pids:
-            for p in tasks.tree(pid):
+            for p in plumbing.tree(pid):
                 self.cgroups_seen |= cgroups.of_task(p)
 
     def _kernel_check(self, phase: str, prefix: str = "") -> None:
@@ -682,8 +682,8 @@ class Run:
 
     def _freeze(self, phase: str) -> list[int]:
         try:
-            return tasks.freeze(self.root_pid, FREEZE_TIMEOUT)
-        except tasks.TaskError as exc:
+            return plumbing.freeze(self.root_pid, FREEZE_TIMEOUT)
+        except plumbing.TaskError as exc:
             self.result.fail(phase, TIMEOUT, f"freeze: {exc}")
             raise _Failed from None
 
@@ -721,7 +721,7 @@ class Run:
         """
         end = time.monotonic() + OWN_GRACE
         while True:
-            tasks.reap_zombie_children()
+            plumbing.reap_zombie_children()
             problems = list(checks.compare_own(before, snapshot.own_state(),
                                                  expected=[self.root_pid]))
             if not problems or time.monotonic() > end:
@@ -758,7 +758,7 @@ def run_test(test: TestDesc, flavor: str, engine: Engine, opts: RunOptions,
 
 def prepare_process() -> None:
     """Once per harness process: become the subreaper of restored trees."""
-    tasks.set_subreaper()
+    plumbing.set_subreaper()
 
 
 def _drop_images(workdir: Path) -> None:

@@ -19,7 +19,7 @@ import os
 import re
 
 from zdtm import proc
-from zdtm.tasks import check_libc, libc
+from zdtm.plumbing import check_libc, libc
 
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000

@@ -29,7 +29,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from zdtm import filestate, memory, proc, sharing, taskattrs, tasks, tracing, ttystate
+from zdtm import filestate, memory, plumbing, proc, sharing, taskattrs, tracing, ttystate
 
 # VmFlags that legitimately differ across a restore: userfaultfd registration (lazy pages,
 # dirty tracking), soft-dirty, and VM_ACCOUNT (commit accounting of a private writable
@@ -176,7 +176,7 @@ def _walk(root_pid: int) -> list[int]:
     """Root and all descendants (breadth first, children in pid order), as outer pids."""
     if not os.path.exists(f"/proc/{root_pid}"):
         raise ProcessLookupError(f"capture: pid {root_pid} does not exist")
-    return [root_pid, *tasks.descendants(root_pid)]
+    return [root_pid, *plumbing.descendants(root_pid)]
 
 
 def _inner(status: dict[str, str], key: str, fallback: int) -> int:
@@ -576,7 +576,7 @@ def _namespaces(ps: ProcState, own: dict[str, int], labels: _Labeller) -> dict[s
 
 
 def _setns(fd: int, nstype: int) -> None:
-    if tasks.libc.setns(fd, nstype) != 0:
+    if plumbing.libc.setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 
@@ -635,7 +635,7 @@ def capture(root_pid: int, *, ns: bool = False,
     every user namespace of the tree. The namespace layout is captured always (in the h
     flavour every namespace must stay "host"). ``held``: the processes (pids in their own
     namespace) in a group-stop of their own as seen before the harness stopped the tree
-    (tasks.stopped_ids), recorded as the taskattr "stopped by signal"; None: not recorded.
+    (plumbing.stopped_ids), recorded as the taskattr "stopped by signal"; None: not recorded.
     """
     pids = _walk(root_pid)
     notes: list[str] = []
@@ -700,7 +700,7 @@ def own_state() -> OwnState:
         except FileNotFoundError:
             continue  # the directory fd listdir used, closed by now
     children: dict[int, str] = {}
-    for pid in tasks.children(os.getpid()):
+    for pid in plumbing.children(os.getpid()):
         try:
             stat = proc.parse_stat(proc.read_text(f"/proc/{pid}/stat"))
             cmdline = proc.read_text(f"/proc/{pid}/cmdline").replace("\0", " ").strip()

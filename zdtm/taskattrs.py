@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from zdtm.tasks import libc
+from zdtm.plumbing import libc
 
 _SYS_IOPRIO_GET = 252  # x86_64
 _SYS_SCHED_GETATTR = 315

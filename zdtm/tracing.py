@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Self
 
-from zdtm.tasks import libc
+from zdtm.plumbing import libc
 
 _SYS_PTRACE = 101  # x86_64
 _SYS_PRCTL = 157

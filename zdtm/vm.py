@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zdtm import ROOT_DIR
+from zdtm.plumbing import kill_group
 from zdtm.report import totals
 from zdtm.result import FAIL, HARNESS_ERROR, SKIP, TEST_FAIL, TIMEOUT, Result
-from zdtm.tasks import kill_group
 
 VNG = "vng"
 QEMU = "qemu-system-x86_64"

@@ -13,7 +13,7 @@ import pytest
 from engine import __main__ as cli
 from engine import check, faults
 from engine.errors import EngineError
-from zdtm import tasks
+from zdtm import plumbing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def _engine(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_check_json_schema_and_probes() -> None:
-    before = set(tasks.children(os.getpid()))
+    before = set(plumbing.children(os.getpid()))
     res = _engine("check", "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
@@ -40,7 +40,7 @@ def test_check_json_schema_and_probes() -> None:
     assert feats["soft_dirty"] is False
     assert feats["mem_track"] == feats["uffd_wp_async"]
     # the probes left no child behind (other tests of this worker may have left some)
-    assert set(tasks.children(os.getpid())) <= before
+    assert set(plumbing.children(os.getpid())) <= before
 
 
 def test_check_text_output() -> None:
@@ -52,11 +52,11 @@ def test_check_text_output() -> None:
 
 
 def test_probe_in_process_reaps_helpers() -> None:
-    before = set(tasks.children(os.getpid()))
+    before = set(plumbing.children(os.getpid()))
     results = check.probe()
     assert results["ptrace_seize"] == (True, "")
     assert results["syscall_inject"][0] is True
-    assert set(tasks.children(os.getpid())) <= before
+    assert set(plumbing.children(os.getpid())) <= before
 
 
 def test_package_features_registry(monkeypatch: pytest.MonkeyPatch) -> None:
