@@ -42,7 +42,7 @@ from _pytest.junitxml import LogXML, xml_key
 from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, plumbing, shard, vm
 from zdtm import results as results_file
 from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
-from zdtm.engines import Engine, make_engine
+from zdtm.drivers import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.report import check_writable, classname, write_reports
 from zdtm.result import FAIL, HARNESS_ERROR, SKIP, Result

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import measure, migrate, overhead, report, workloads
-from bench.engines import Bundled, Criu, Engine
+from bench.cmdlines import Bundled, Criu, Engine
 from bench.procs import DeadlineExceeded, Procs
 from zdtm import plumbing
 

@@ -76,7 +76,7 @@ Two halves:
   seizes it, runs one syscall at a ``syscall`` instruction found in its vdso, puts every
   register, the signal mask and its scratch bytes back, and detaches.
 
-- ``FaultyEngine``, an engine driver (zdtm/engines/base.py) for the harness lifecycle. It has
+- ``FaultyEngine``, an engine driver (zdtm/drivers/base.py) for the harness lifecycle. It has
   two modes. "fake": no checkpoint at all; ``dump`` is only valid with leave_running (the
   lifecycle's --norst mode) and applies the fault to the live, frozen tree, which the
   lifecycle then snapshots as S1. "wrap": a real engine (the bundled one) dumps and restores
@@ -110,7 +110,7 @@ from pathlib import Path
 
 from zdtm import ROOT_DIR, tracing
 from zdtm.allowances import Allowance
-from zdtm.engines.base import (
+from zdtm.drivers.base import (
     Engine,
     EngineFailure,
     Features,

@@ -11,7 +11,7 @@ import pytest
 
 from zdtm import checks
 from zdtm.allowances import O_DIRECTORY, Allowance, reconcile
-from zdtm.engines.criu import ALLOWANCES
+from zdtm.drivers.criu import ALLOWANCES
 from zdtm.proc import format_open_flags
 from zdtm.snapshot import OUTSIDE, FdState, ProcState, TreeState, Vma
 

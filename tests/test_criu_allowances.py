@@ -21,7 +21,7 @@ from faulty_engine import FaultyEngine
 
 from zdtm import lifecycle
 from zdtm.desc import TestDesc, discover, discover_external
-from zdtm.engines.criu import CriuEngine
+from zdtm.drivers.criu import CriuEngine
 from zdtm.result import CHECK_FAILED, FAIL, PASS, Result
 
 FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"

@@ -1,4 +1,4 @@
-"""The criu driver (zdtm/engines/criu.py) against a scripted stand-in for criu: which options
+"""The criu driver (zdtm/drivers/criu.py) against a scripted stand-in for criu: which options
 each step gets, how features map onto criu's probes, and what a failed step says and keeps.
 Runs without criu; tests/test_criu_allowances.py runs the real one."""
 
@@ -16,10 +16,10 @@ import pytest
 
 from zdtm import ROOT_DIR, known
 from zdtm.desc import TestDesc, discover, discover_external
-from zdtm.engines import EngineFailure
-from zdtm.engines.base import TreeInfo
-from zdtm.engines.criu import FEATURES, CriuEngine, cause, explain_failure
-from zdtm.engines.translate import CrOptions, cr_options
+from zdtm.drivers import EngineFailure
+from zdtm.drivers.base import TreeInfo
+from zdtm.drivers.criu import FEATURES, CriuEngine, cause, explain_failure
+from zdtm.drivers.translate import CrOptions, cr_options
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.result import ENGINE_ERROR, FAIL
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from zdtm import plumbing
-from zdtm.engines import make_engine
-from zdtm.engines.base import Engine, EngineFailure, Features, Helper, StepResult, run_logged
+from zdtm.drivers import make_engine
+from zdtm.drivers.base import Engine, EngineFailure, Features, Helper, StepResult, run_logged
 from zdtm.lifecycle import RunOptions, cr_unavailable
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from zdtm import ROOT_DIR, external, plumbing
 from zdtm.desc import TestDesc, discover_external
-from zdtm.engines.bundled import BundledEngine
+from zdtm.drivers.bundled import BundledEngine
 from zdtm.external import _args_of_command, mounts_under, start_plan
 from zdtm.lifecycle import RunOptions, cr_unavailable, run_test
 from zdtm.result import CHECK_FAILED, FAIL, HARNESS_ERROR, PASS, SKIP, TEST_FAIL, TIMEOUT, Result

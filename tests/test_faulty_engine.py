@@ -21,7 +21,7 @@ from faulty_engine import FaultyEngine
 
 from zdtm import checks, lifecycle, plumbing, snapshot
 from zdtm.desc import TestDesc, discover
-from zdtm.engines.bundled import BundledEngine
+from zdtm.drivers.bundled import BundledEngine
 from zdtm.proc import PAGE_SIZE
 from zdtm.result import CHECK_FAILED, FAIL, KERNEL, PASS, SKIP, TIMEOUT, Kind, Result
 

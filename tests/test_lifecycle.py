@@ -15,8 +15,8 @@ import pytest
 
 from zdtm import plumbing
 from zdtm.desc import TestDesc, discover_external
-from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
-from zdtm.engines.bundled import BundledEngine
+from zdtm.drivers.base import Engine, EngineFailure, Features, StepResult, run_logged
+from zdtm.drivers.bundled import BundledEngine
 from zdtm.lifecycle import RunOptions, run_test
 from zdtm.result import ENGINE_ERROR, FAIL, HARNESS_ERROR, PASS, SKIP, TIMEOUT
 

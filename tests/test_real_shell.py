@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from zdtm import allowances, checks, plumbing, snapshot
-from zdtm.engines.bundled import BundledEngine
+from zdtm.drivers.bundled import BundledEngine
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect is not installed")
 REPO = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from zdtm.build import BuildError, ensure_built
 from zdtm.compare import Comparison, compare, known_lines
 from zdtm.console import Console, closing_lines
 from zdtm.desc import DescError, TestDesc, discover, discover_external, select
-from zdtm.engines import Engine, make_engine
+from zdtm.drivers import Engine, make_engine
 from zdtm.external import script, start_plan
 from zdtm.gate import verdict, with_reruns
 from zdtm.lifecycle import ENGINE_TIMEOUT, SNAPSHOT_TIMEOUT, RunOptions, prepare_process, run_test

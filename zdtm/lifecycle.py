@@ -49,9 +49,9 @@ from zdtm import (
 )
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
-from zdtm.engines import Engine, EngineFailure
-from zdtm.engines.base import TreeInfo
-from zdtm.engines.translate import CrOptions, cr_options, missing_features
+from zdtm.drivers import Engine, EngineFailure
+from zdtm.drivers.base import TreeInfo
+from zdtm.drivers.translate import CrOptions, cr_options, missing_features
 from zdtm.result import (
     CHECK_FAILED,
     ENGINE_CRASHED,
