@@ -1,14 +1,14 @@
-"""``python -m engine check``: which kernel features the engine can use, each probed for real.
+"""``python -m engine check``: which features the engine has, each probed for real.
 
-Nothing is guessed from the kernel version: every feature is exercised on this process or
-on a helper child we fork (and kill by pid at the end). Besides the kernel features, the
-dump and restore packages declare what they implement: a package that defines
+Nothing is guessed from the kernel version: every kernel feature is exercised on this
+process or on a helper child we fork (and kill by pid at the end). Besides the kernel
+features, the dump and restore packages declare what they implement: a package that defines
 
     def features() -> dict[str, tuple[bool, str]]
 
 (name -> (available, reason when not)) in its ``__init__`` contributes those entries;
 "dump" and "restore" themselves are True when the package imports and declares itself
-available. A test's ``.desc`` ``feature:`` list names entries of this table.
+available. Each name is defined once, where it is probed or declared.
 """
 
 from __future__ import annotations
@@ -562,11 +562,6 @@ def _apply_kernel_needs(out: dict[str, Result]) -> None:
         if missing:
             out[name] = (False, "needs dirty-memory tracking with userfaultfd WP_ASYNC and "
                                 "PAGEMAP_SCAN (Linux 6.7+); missing " + "; ".join(missing))
-
-
-def features() -> dict[str, bool]:
-    """Just the availability flags (for code that does not need the reasons)."""
-    return {k: v[0] for k, v in probe().items()}
 
 
 def cli(argv: list[str], as_json: bool) -> int:
