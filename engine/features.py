@@ -184,7 +184,7 @@ def _probe_mem(h: _Helper) -> dict[str, Result]:
     return out
 
 
-def _proc_mem_probe(pid: int, ro: procmaps.Vma) -> Result:
+def _proc_mem_probe(pid: int, ro: procmaps.MapsLine) -> Result:
     """Read and write back (FOLL_FORCE) a read-only page through /proc/PID/mem."""
     fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -196,7 +196,7 @@ def _proc_mem_probe(pid: int, ro: procmaps.Vma) -> Result:
     return True, ""
 
 
-def _map_files_probe(pid: int, vma: procmaps.Vma) -> Result:
+def _map_files_probe(pid: int, vma: procmaps.MapsLine) -> Result:
     path = f"/proc/{pid}/map_files/{vma.map_files_name}"
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     os.close(fd)

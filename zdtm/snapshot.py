@@ -76,7 +76,7 @@ class FdState:
 
 
 @dataclass(frozen=True)
-class Vma:
+class VmaState:
     """A normalised VMA; ``digest`` holds 8 bytes per page (None: not readable)."""
 
     start: int
@@ -95,7 +95,7 @@ class Vma:
             what += f" [{self.object_id}]"
         return f"{self.start:x}..{self.end:x} {self.perms} {what}"
 
-    def same_layout(self, other: Vma) -> bool:
+    def same_layout(self, other: VmaState) -> bool:
         """Equal apart from the content digest."""
         return self == other
 
@@ -116,7 +116,7 @@ class ProcState:
     thread_attrs: dict[int, dict[str, str]] = field(default_factory=dict)  # SigBlk, SigPnd
     rseq: dict[int, tracing.RseqConfig | None] = field(default_factory=dict)
     fds: dict[int, FdState] = field(default_factory=dict)
-    maps: list[Vma] = field(default_factory=list)
+    maps: list[VmaState] = field(default_factory=list)
     namespaces: dict[str, str] = field(default_factory=dict)
     sharing: dict[str, str] = field(default_factory=dict)  # kernel table -> class label
     taskattrs: dict[str, str] = field(default_factory=dict)  # prctl, sched, ioprio, ...
@@ -484,13 +484,13 @@ def _address_space_masks(procs: list[ProcState]) -> dict[int, list[tuple[int, in
 
 def _to_vma(
     ps: ProcState, entry: proc.MapsEntry, digest: bytes | None, labels: _Labeller
-) -> Vma:
+) -> VmaState:
     filebacked = entry.inode != 0 and entry.path.startswith("/")
     object_id = None
     if entry.deleted:
         holder = f"pid {ps.pid} {entry.start:x}"
         object_id = labels.label("obj", (entry.dev, entry.inode), holder)
-    return Vma(
+    return VmaState(
         start=entry.start,
         end=entry.end,
         perms=entry.perms,
@@ -502,11 +502,11 @@ def _to_vma(
     )
 
 
-def _merge(vmas: list[Vma]) -> list[Vma]:
+def _merge(vmas: list[VmaState]) -> list[VmaState]:
     """Merge adjacent VMAs a process cannot tell apart: same perms, flags, path and object,
     and for file/object mappings contiguous offsets. Private anonymous neighbours merge
     regardless of their vm_pgoff, which depends on mapping history (anon_vma, mremap)."""
-    out: list[Vma] = []
+    out: list[VmaState] = []
     for v in vmas:
         if out:
             p = out[-1]
@@ -519,7 +519,7 @@ def _merge(vmas: list[Vma]) -> list[Vma]:
                 digest = None
                 if p.digest is not None and v.digest is not None:
                     digest = p.digest + v.digest
-                out[-1] = Vma(p.start, v.end, p.perms, p.path, p.offset, p.object_id, p.flags,
+                out[-1] = VmaState(p.start, v.end, p.perms, p.path, p.offset, p.object_id, p.flags,
                               digest)
                 continue
         out.append(v)
