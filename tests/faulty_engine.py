@@ -72,7 +72,7 @@ Two halves:
   the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
   time namespace, the directory fd CRIU reopens without O_DIRECTORY.
 
-  The process stays in group-stop throughout: the harness's own injector (zdtm/tracing.py)
+  The process stays in group-stop throughout: the harness's own injector (zdtm/ptrace_visit.py)
   seizes it, runs one syscall at a ``syscall`` instruction found in its vdso, puts every
   register, the signal mask and its scratch bytes back, and detaches.
 
@@ -108,7 +108,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from zdtm import ROOT_DIR, tracing
+from zdtm import ROOT_DIR, ptrace_visit
 from zdtm.allowances import Allowance
 from zdtm.drivers.base import (
     Engine,
@@ -181,10 +181,10 @@ def _maps(pid: int) -> list[tuple[int, int, str, str]]:
 
 
 @contextlib.contextmanager
-def _injector(pid: int) -> Iterator[tracing.Injector]:
+def _injector(pid: int) -> Iterator[ptrace_visit.Injector]:
     """The stopped task seized, an injector on it; afterwards its registers, signal mask and
     scratch bytes are put back and it is detached (back into group-stop)."""
-    with tracing.seized(pid, WAIT_TIMEOUT), tracing.Injector(pid, WAIT_TIMEOUT) as inj:
+    with ptrace_visit.seized(pid, WAIT_TIMEOUT), ptrace_visit.Injector(pid, WAIT_TIMEOUT) as inj:
         yield inj
 
 

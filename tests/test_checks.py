@@ -8,8 +8,8 @@ import copy
 from zdtm import checks, snapshot
 from zdtm.memory import DIGEST_SIZE, ZERO_DIGEST, page_digest
 from zdtm.proc import PAGE_SIZE
+from zdtm.ptrace_visit import RseqConfig
 from zdtm.snapshot import OUTSIDE, FdState, OwnState, ProcState, TreeState, VmaState
-from zdtm.tracing import RseqConfig
 
 P = PAGE_SIZE
 RW = frozenset({"rd", "wr", "mr", "mw", "me"})

@@ -29,7 +29,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from zdtm import filestate, memory, plumbing, proc, sharing, taskattrs, tracing, ttystate
+from zdtm import filestate, memory, plumbing, proc, ptrace_visit, sharing, taskattrs, ttystate
 
 # VmFlags that legitimately differ across a restore: userfaultfd registration (lazy pages,
 # dirty tracking), soft-dirty, and VM_ACCOUNT (commit accounting of a private writable
@@ -114,7 +114,7 @@ class ProcState:
     threads: tuple[int, ...]  # thread ids in the process's pid namespace
     attrs: dict[str, str] = field(default_factory=dict)  # creds, signals, limits, cwd, ...
     thread_attrs: dict[int, dict[str, str]] = field(default_factory=dict)  # SigBlk, SigPnd
-    rseq: dict[int, tracing.RseqConfig | None] = field(default_factory=dict)
+    rseq: dict[int, ptrace_visit.RseqConfig | None] = field(default_factory=dict)
     fds: dict[int, FdState] = field(default_factory=dict)
     maps: list[VmaState] = field(default_factory=list)
     namespaces: dict[str, str] = field(default_factory=dict)
@@ -266,7 +266,7 @@ def _visit(ps: ProcState, tids: dict[int, int], notes: list[str]) -> None:
     for outer, inner in tids.items():
         in_task = outer == ps.real_pid and not seccomp
         try:
-            seen = tracing.visit(outer, in_task=in_task)
+            seen = ptrace_visit.visit(outer, in_task=in_task)
         except OSError as e:
             ps.rseq[inner] = None
             notes.append(f"{ps.name()} tid {inner}: rseq not read, not masked"
@@ -353,7 +353,7 @@ def _label_shared_descriptions(
             groups.setdefault((target, info.ino), []).append((ps, fd))
 
     def order(a: tuple[ProcState, int], b: tuple[ProcState, int]) -> int:
-        res = tracing.kcmp_file(a[0].real_pid, a[1], b[0].real_pid, b[1])
+        res = ptrace_visit.kcmp_file(a[0].real_pid, a[1], b[0].real_pid, b[1])
         return {0: 0, 1: -1, 2: 1}.get(res, 1)
 
     for members in groups.values():

@@ -6,7 +6,7 @@ without an LSM), io priority (ioprio_get), the scheduling attributes (sched_geta
 flags such as reset-on-fork, utilisation clamps, deadline parameters; policy, priority and
 nice themselves are in the ``task`` check). Dumpable, child subreaper, the parent-death
 signal and the membarrier private-expedited registrations (plain, sync_core, rseq) only the
-task can ask for: zdtm.tracing.visit reads them in the same ptrace visit as the rseq
+task can ask for: zdtm.ptrace_visit.visit reads them in the same ptrace visit as the rseq
 configuration (not in a task under seccomp, whose filter could kill it for an injected
 call). The global-expedited registration is not visible anywhere: the kernel keeps it only
 in mm->membarrier_state, which no /proc file shows, and MEMBARRIER_CMD_GLOBAL_EXPEDITED
