@@ -138,11 +138,6 @@ def _wait_status(tid: int, deadline: float) -> int:
         time.sleep(0.0005)
 
 
-def read_rseq(tid: int, timeout: float = 5.0) -> RseqConfig:
-    """Read the rseq configuration of a (stopped) thread with a short ptrace seize."""
-    return visit(tid, in_task=False, timeout=timeout).rseq
-
-
 def visit(tid: int, *, in_task: bool, timeout: float = 5.0) -> Visit:
     """One ptrace visit of a stopped thread: its rseq configuration, and with ``in_task``
     the per-task state only the task can ask for (PR_GET_DUMPABLE, PR_GET_CHILD_SUBREAPER,

@@ -5,9 +5,10 @@ first, so a bad image fails before any process exists. Then:
 
 1. spawn the tree (engine.restore.spawn): every task with its pid, fds, session, cwd...,
    each live one seized in its own SIGSTOP stop; zombies are zombies;
-2. per task, one table run replaces its address space (engine.restore.layout); a shmem
-   object is created by the first task mapping it and opened by the others through
-   /proc/OWNER/map_files, so all of them share it;
+2. per task, one table run replaces its address space (engine.restore.layout); the root
+   created every shared memory object and mapped it whole before it forked (spawn), so
+   every task inherits the very same objects and moves its parts of them into place, with
+   no /proc/PID/map_files (refused inside a user namespace);
 3. pages are written per task and per shmem object (engine.restore.pages);
 4. per task, the state table (engine.restore.state_table), the last single syscalls, the
    dumped rseq bytes, registers, xstate and sigmask; then every task is released (detached,
