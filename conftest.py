@@ -45,7 +45,7 @@ from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
 from zdtm.drivers import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.report import check_writable, classname, write_reports
-from zdtm.result import FAIL, HARNESS_ERROR, SKIP, Result
+from zdtm.result import FAIL, HARNESS_ERROR, SKIP, Phase, Result
 
 EXCL_WAIT = 3600.0  # an item waits at most this long for an exclusive slot
 
@@ -442,9 +442,9 @@ class _GuestBatch:
         if mine is None:
             mine = Result(item.test.name, item.flavor, _mode(item.config).engine.name,
                           kernel=release)
-            mine.fail("start", HARNESS_ERROR, "no result from the guest")
+            mine.fail(Phase.START, HARNESS_ERROR, "no result from the guest")
         for k in kernel_problems:
-            mine.fail(k.phase or "check", k.kind or HARNESS_ERROR, f"{k.test}: {k.message}",
+            mine.fail(k.phase or Phase.CHECK, k.kind or HARNESS_ERROR, f"{k.test}: {k.message}",
                       k.details)
         return mine
 

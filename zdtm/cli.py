@@ -37,7 +37,7 @@ from zdtm.external import script, start_plan
 from zdtm.gate import verdict, with_reruns
 from zdtm.lifecycle import ENGINE_TIMEOUT, SNAPSHOT_TIMEOUT, RunOptions, prepare_process, run_test
 from zdtm.report import allowed_totals, check_writable, totals, write_reports
-from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Result
+from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Phase, Result
 from zdtm.results import ResultsError, RunResults
 
 # Under the temp dir, not in the checkout: in uns the test runs as uid 100000, which must be
@@ -273,14 +273,14 @@ def _run_worker(job: Job, args: argparse.Namespace, console: Console,
         rc = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
         _end_workers([proc.pid])
-        result.fail("check", TIMEOUT, f"worker gave no result in {limit:.0f}s, killed")
+        result.fail(Phase.CHECK, TIMEOUT, f"worker gave no result in {limit:.0f}s, killed")
         return result
     finally:
         live.discard(proc.pid)
     reader.join(timeout=10.0)
     if found:
         return found[-1]
-    result.fail("check", HARNESS_ERROR, f"worker exited with status {rc} and no result")
+    result.fail(Phase.CHECK, HARNESS_ERROR, f"worker exited with status {rc} and no result")
     return result
 
 

@@ -62,6 +62,7 @@ from zdtm.result import (
     SKIP,
     TEST_FAIL,
     TIMEOUT,
+    Phase,
     PhaseClock,
     Result,
 )
@@ -173,7 +174,7 @@ class Run:
         self.kernel = kernel_health.KernelWatch(tolerate_taint=opts.tolerate_taint)
         self.cgroups0: frozenset[str] = frozenset()
         self.cgroups_seen: set[str] = set()  # cgroups the tree's tasks were seen in
-        self.phase = "build"  # the phase running now, for harness errors
+        self.phase = Phase.BUILD  # the phase running now, for harness errors
         self.cr_opts = CrOptions()  # the descriptor's engine options, for this engine
         self.crfail = "crfail" in test.flags  # this engine's dump must fail
         # a crfail test whose dump succeeded: it fails, and is restored and judged once so
@@ -181,13 +182,13 @@ class Run:
         self.crfail_dumped = False
 
     @property
-    def phase(self) -> str:
+    def phase(self) -> Phase:
         """The phase running now; setting it also times the phases
         (Result.phase_seconds)."""
         return self._phase
 
     @phase.setter
-    def phase(self, value: str) -> None:
+    def phase(self, value: Phase) -> None:
         self._phase = value
         self.clock.enter(value)
 
@@ -198,7 +199,7 @@ class Run:
         started = time.monotonic()
         try:
             if self.test.problem:  # an unreadable descriptor fails this test only
-                self.result.fail("build", HARNESS_ERROR, self.test.problem)
+                self.result.fail(Phase.BUILD, HARNESS_ERROR, self.test.problem)
                 return self.result
             if self._skip_reason():
                 return self.result
@@ -223,7 +224,7 @@ class Run:
                 finally:
                     # whatever the outcome, nothing of the run may be left
                     self._final_leak_check(own0)
-                    self._kernel_check("stop")
+                    self._kernel_check(Phase.STOP)
         except _Failed:
             pass
         except Exception as exc:  # noqa: BLE001 - any harness bug becomes a result
@@ -241,15 +242,15 @@ class Run:
     def _skip_reason(self) -> bool:
         t, r = self.test, self.result
         if r.flavor not in t.flavors:
-            r.skip("start", f"flavour {r.flavor} not in the test's flavours {' '.join(t.flavors)}")
+            r.skip(Phase.START, f"flavour {r.flavor} not in the test's flavours {' '.join(t.flavors)}")
         elif self.opts.lazy and "nolazy" in t.flags:
-            r.skip("start", "test is flagged nolazy")
+            r.skip(Phase.START, "test is flagged nolazy")
         elif self.opts.norst and "reqrst" in t.flags:
-            r.skip("start", "test is flagged reqrst and --norst was given")
+            r.skip(Phase.START, "test is flagged reqrst and --norst was given")
         elif self.engine.performs_cr:
             why = cr_unavailable(self.engine, self.opts, r.flavor)
             if why:
-                r.skip("start", why)
+                r.skip(Phase.START, why)
             else:
                 self._translate()
         if r.outcome == SKIP:
@@ -264,9 +265,9 @@ class Run:
         for note in (*self.cr_opts.notes, *notes):
             self._note(note)
         if self.cr_opts.skip:
-            r.skip("start", self.cr_opts.skip)
+            r.skip(Phase.START, self.cr_opts.skip)
         elif missing:
-            r.skip("start", "engine lacks feature(s): " + ", ".join(missing))
+            r.skip(Phase.START, "engine lacks feature(s): " + ", ".join(missing))
         elif self.crfail and t.crfail_unless:
             self._crfail_for_this_engine()
 
@@ -287,7 +288,7 @@ class Run:
         try:
             ensure_built([self.test], with_nsinit=self.flavor.uses_ns)
         except BuildError as exc:
-            self.result.fail("build", HARNESS_ERROR, "build failed", str(exc).splitlines())
+            self.result.fail(Phase.BUILD, HARNESS_ERROR, "build failed", str(exc).splitlines())
             raise _Failed from None
 
     def _make_workdir(self) -> Path:
@@ -311,11 +312,11 @@ class Run:
         return workdir
 
     def _start(self) -> None:
-        self.phase = "start"
+        self.phase = Phase.START
         try:
             self.workdir = self._make_workdir()
         except StartError as exc:  # the flavour cannot use this place
-            self.result.fail("start", HARNESS_ERROR, exc.message)
+            self.result.fail(Phase.START, HARNESS_ERROR, exc.message)
             raise _Failed from None
         self.result.workdir = str(self.workdir)
         self.kernel.tokens.append(str(self.workdir))
@@ -329,10 +330,10 @@ class Run:
         except StartError as exc:
             if exc.kind == "skip":
                 verdict = _last_verdict(self.workdir / f"{self.test.short}.out")
-                self.result.skip("start", f"test says: {verdict or exc.message}")
+                self.result.skip(Phase.START, f"test says: {verdict or exc.message}")
                 raise _Failed from None
             kind = {"timeout": TIMEOUT, "setup": HARNESS_ERROR}.get(exc.kind, TEST_FAIL)
-            self.result.fail("start", kind, exc.message.splitlines()[0],
+            self.result.fail(Phase.START, kind, exc.message.splitlines()[0],
                              exc.message.splitlines()[1:] + self._outfile_tail())
             raise _Failed from None
         finally:
@@ -360,7 +361,7 @@ class Run:
                 except _CrFailed:
                     return  # the expected dump failure ended the C/R part
                 self._hook("--pre-dump")
-                frozen = self._freeze("dump")
+                frozen = self._freeze(Phase.DUMP)
                 s0 = self._capture("S0", keep)
                 if not self._dump(i, parent):
                     return  # crfail: the expected dump failure ended the C/R part
@@ -368,7 +369,7 @@ class Run:
                     self._restore_snapshots(i, frozen, snaps)
                     held = keep & self._restore(i, frozen, label)
             else:
-                self._freeze("check")
+                self._freeze(Phase.CHECK)
                 s0 = self._capture("S0", keep)
             s1 = self._capture("S1", held)
             s1, allowed = allowances.reconcile(s0, s1, self.engine.allowances())
@@ -378,11 +379,11 @@ class Run:
             if cr and not self.opts.norst:
                 self._hook("--post-restore", self._imgdir(f"{i}-dump"))
             if cr and self.opts.lazy:
-                self._engine_step("restore", self.engine.finish, self.opts.engine_timeout)
+                self._engine_step(Phase.RESTORE, self.engine.finish, self.opts.engine_timeout)
             problems += self._own_problems(own_a)
-            self._kernel_check("check", f"iteration {i}: ")
+            self._kernel_check(Phase.CHECK, f"iteration {i}: ")
             if problems:
-                self.result.fail("check", CHECK_FAILED,
+                self.result.fail(Phase.CHECK, CHECK_FAILED,
                                  f"iteration {i}: {len(problems)} problem(s): "
                                  f"{problems[0].check}: {problems[0].message}",
                                  _problem_lines(problems))
@@ -395,7 +396,7 @@ class Run:
     def _pre_dumps(self, i: int) -> Path | None:
         parent = None
         for k in range(1, self.opts.pre + 1):
-            self.phase = "pre-dump"
+            self.phase = Phase.PRE_DUMP
             d = self._imgdir(f"{i}-pre{k}")
             res = self._pre_dump_step(self.engine.pre_dump, self.root_pid, d,
                                       parent_images=parent, opts=self.cr_opts.dump,
@@ -416,9 +417,9 @@ class Run:
             d = self._imgdir(f"{i}-snap{k}")
             s0 = None
             if self.opts.snaps == "each":
-                self._freeze("pre-dump")
+                self._freeze(Phase.PRE_DUMP)
                 s0 = self._capture(f"S0 of snapshot {k}")
-            self.phase = "pre-dump"
+            self.phase = Phase.PRE_DUMP
             res = self._pre_dump_step(self.engine.snapshot, self.root_pid, d,
                                       parent_images=taken[-1][0] if taken else None,
                                       opts=self.test.opts, timeout=self.opts.engine_timeout)
@@ -436,19 +437,19 @@ class Run:
             if s0 is None:
                 continue
             self._wait_dumped_gone(frozen)
-            self.phase = "restore"
+            self.phase = Phase.RESTORE
             self.root_pid = self._engine_step(
-                "restore", self.engine.restore, d, leave_stopped=self.engine.can_leave_stopped,
+                Phase.RESTORE, self.engine.restore, d, leave_stopped=self.engine.can_leave_stopped,
                 opts=(*self.test.opts, *self.test.ropts), timeout=self.opts.engine_timeout,
                 lazy=False)
-            frozen = self._freeze("restore")
+            frozen = self._freeze(Phase.RESTORE)
             problems = self._compare(s0, self._capture(f"S1 of snapshot {k}"))
             left = plumbing.kill_tree(frozen, CLEANUP_TIMEOUT)
             plumbing.reap_zombie_children()
             if problems or left:
                 lines = _problem_lines(problems) + [f"restored task {p} would not die"
                                                     for p in left]
-                self.result.fail("check", CHECK_FAILED, f"iteration {i} snapshot {k}: "
+                self.result.fail(Phase.CHECK, CHECK_FAILED, f"iteration {i} snapshot {k}: "
                                  f"{len(lines)} problem(s): {lines[0]}", lines)
                 raise _Failed
             self.progress(f"{self.result.ident} iter {i}: snapshot {k} restored, checks ok")
@@ -466,7 +467,7 @@ class Run:
 
     def _dump(self, i: int, parent: Path | None) -> bool:
         """Dump; False when a crfail test's dump failed as expected."""
-        self.phase = "dump"
+        self.phase = Phase.DUMP
         d = self._imgdir(f"{i}-dump")
         crfail = self.crfail
         try:
@@ -478,10 +479,10 @@ class Run:
                 self._note(f"dump failed as expected (crfail): {exc.message}")
                 plumbing.thaw(plumbing.tree(self.root_pid))
                 return False
-            self._engine_failed("dump", exc)
+            self._engine_failed(Phase.DUMP, exc)
         self._timing(f"iter {i}: dump", res)
         if crfail:
-            self.result.fail("dump", CHECK_FAILED, "dump succeeded but the test is crfail")
+            self.result.fail(Phase.DUMP, CHECK_FAILED, "dump succeeded but the test is crfail")
             self._note("crfail dump succeeded: the tree is restored, checked and stopped "
                        "once, so that what the dump lost is named")
             self.crfail, self.crfail_dumped = False, True
@@ -490,29 +491,29 @@ class Run:
     def _restore(self, i: int, frozen: list[int], label: str) -> set[int]:
         """Restore iteration i's dump and stop the tree; the tasks (own-namespace pids) the
         restore itself left in group-stop, seen before the harness stops the rest."""
-        self.phase = "restore"
+        self.phase = Phase.RESTORE
         self._wait_dumped_gone(frozen)
         d = self._imgdir(f"{i}-dump")
         self._hook("--pre-restore", d)
         stopped = self.engine.can_leave_stopped
         t0 = time.monotonic()
         self.root_pid = self._engine_step(
-            "restore", self.engine.restore, d, leave_stopped=stopped,
+            Phase.RESTORE, self.engine.restore, d, leave_stopped=stopped,
             opts=self.cr_opts.restore, timeout=self.opts.engine_timeout,
             lazy=self.opts.lazy)
         if not plumbing.pid_alive(self.root_pid):
-            self.result.fail("restore", ENGINE_ERROR,
+            self.result.fail(Phase.RESTORE, ENGINE_ERROR,
                              f"restore reported root pid {self.root_pid}, which is not alive")
             raise _Failed
         if not stopped:
             self._note(f"{self.engine.name} cannot leave the restored tree stopped: S1 was "
                        "taken after it ran briefly")
         left_stopped = plumbing.stopped_ids(self.root_pid, settle=STOP_SETTLE)
-        self._freeze("restore")
+        self._freeze(Phase.RESTORE)
         try:
             self.test_pid = self.flavor.test_pid_after_restore(self.root_pid, self.ns_pid)
         except StartError as exc:
-            self.result.fail("restore", ENGINE_ERROR, exc.message)
+            self.result.fail(Phase.RESTORE, ENGINE_ERROR, exc.message)
             raise _Failed from None
         self.progress(f"{label}: restore {time.monotonic() - t0:.2f}s")
         return left_stopped
@@ -521,17 +522,17 @@ class Run:
         """The engine killed the dumped tree; reap it so its pids are free again."""
         left = plumbing.wait_gone(frozen, CLEANUP_TIMEOUT)
         if left:
-            self.result.fail("dump", ENGINE_ERROR,
+            self.result.fail(Phase.DUMP, ENGINE_ERROR,
                              f"dumped tasks {left} still alive after the dump")
             raise _Failed
 
     def _stop(self) -> None:
-        self.phase = "stop"
+        self.phase = Phase.STOP
         outfile = self.workdir / f"{self.test.short}.out" if self.workdir else Path("/")
         try:
             os.kill(self.test_pid, signal.SIGTERM)
         except ProcessLookupError:
-            self.result.fail("stop", TEST_FAIL, f"test process {self.test_pid} is gone "
+            self.result.fail(Phase.STOP, TEST_FAIL, f"test process {self.test_pid} is gone "
                                                 "before SIGTERM", self._outfile_tail())
             raise _Failed from None
         limit = float(self.test.timeout)
@@ -540,15 +541,15 @@ class Run:
         verdict = _last_verdict(outfile)
         if left or verdict is None:
             what = f"tasks {left} still running" if left else "no verdict in the outfile"
-            self.result.fail("stop", TIMEOUT,
+            self.result.fail(Phase.STOP, TIMEOUT,
                              f"{what} {limit:.0f}s after SIGTERM", self._outfile_tail())
             raise _Failed
         if "PASS" in verdict:
             return
         if "SKIP" in verdict:
-            self.result.skip("stop", f"test says: {verdict}")
+            self.result.skip(Phase.STOP, f"test says: {verdict}")
             return
-        self.result.fail("stop", TEST_FAIL, verdict, self._outfile_tail())
+        self.result.fail(Phase.STOP, TEST_FAIL, verdict, self._outfile_tail())
         raise _Failed
 
     def _cleanup(self) -> None:
@@ -560,7 +561,7 @@ class Run:
         left = plumbing.kill_tree(roots, CLEANUP_TIMEOUT)
         plumbing.reap_zombie_children()
         if left:
-            self.result.fail("stop", HARNESS_ERROR, f"could not kill tasks {left}")
+            self.result.fail(Phase.STOP, HARNESS_ERROR, f"could not kill tasks {left}")
         if self.workdir is not None:
             self._suite_cleanup(self.workdir)
         keep_logs = self.result.outcome == FAIL and self.workdir is not None
@@ -597,7 +598,7 @@ class Run:
             failed = mountns.remove(left_mounts)
             lines += failed or [f"the {len(left_mounts)} mount(s) left behind were removed"]
         if lines:
-            self.result.fail("stop", CHECK_FAILED, f"after cleanup: {lines[0]}", lines)
+            self.result.fail(Phase.STOP, CHECK_FAILED, f"after cleanup: {lines[0]}", lines)
 
     def _see_cgroups(self, pids: list[int]) -> None:
         """Remember the cgroups of these tasks (new ones are removed after the run)."""
@@ -605,14 +606,14 @@ class Run:
             for p in plumbing.tree(pid):
                 self.cgroups_seen |= cgroups.of_task(p)
 
-    def _kernel_check(self, phase: str, prefix: str = "") -> None:
+    def _kernel_check(self, phase: Phase, prefix: str = "") -> None:
         """New taint or kernel log lines of trouble fail the run with the kind ``kernel``."""
         lines = self.kernel.poll()
         for note in self.kernel.notes:
             self._note(note)
         if lines:
             self.result.fail(phase, KERNEL, f"{prefix}{lines[0]}", lines)
-            if phase == "check":
+            if phase == Phase.CHECK:
                 raise _Failed
 
     # ---- helpers -----------------------------------------------------------------------
@@ -625,7 +626,7 @@ class Run:
         try:
             held = hostlocks.hold(names)
         except TimeoutError as exc:
-            self.result.fail("start", HARNESS_ERROR, f"another run kept a host resource: {exc}")
+            self.result.fail(Phase.START, HARNESS_ERROR, f"another run kept a host resource: {exc}")
             raise _Failed from None
         with held:
             if held.waited >= 1.0:
@@ -658,7 +659,7 @@ class Run:
         out = _tail(self.workdir / f"{self.test.short}.out")
         return [f"outfile: {ln}" for ln in out]
 
-    def _engine_failed(self, phase: str, exc: EngineFailure) -> None:
+    def _engine_failed(self, phase: Phase, exc: EngineFailure) -> None:
         self.result.fail(phase, ENGINE_KINDS[exc.kind], exc.message,
                          [f"engine: {ln}" for ln in exc.log.splitlines()])
         raise _Failed
@@ -672,15 +673,15 @@ class Run:
             if self.crfail and exc.kind == "error":
                 self._note(f"pre-dump failed as expected (crfail): {exc.message}")
                 raise _CrFailed from None
-            self._engine_failed("pre-dump", exc)
+            self._engine_failed(Phase.PRE_DUMP, exc)
 
-    def _engine_step(self, phase: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def _engine_step(self, phase: Phase, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         try:
             return fn(*args, **kw)
         except EngineFailure as exc:
             self._engine_failed(phase, exc)
 
-    def _freeze(self, phase: str) -> list[int]:
+    def _freeze(self, phase: Phase) -> list[int]:
         try:
             return plumbing.freeze(self.root_pid, FREEZE_TIMEOUT)
         except plumbing.TaskError as exc:
@@ -690,17 +691,17 @@ class Run:
     def _capture(self, label: str, held: set[int] | None = None) -> Any:
         """Snapshot the stopped tree; ``held``: the tasks stopped by the test (see
         snapshot.capture)."""
-        self.phase = "check"
+        self.phase = Phase.CHECK
         try:
             with deadline(SNAPSHOT_TIMEOUT, f"snapshot {label}"):
                 self._see_cgroups([self.root_pid])
                 return snapshot.capture(self.root_pid, ns=self.flavor.uses_ns, held=held)
         except PhaseTimeout as exc:
-            self.result.fail("check", TIMEOUT, str(exc))
+            self.result.fail(Phase.CHECK, TIMEOUT, str(exc))
             raise _Failed from None
         except (OSError, ValueError) as exc:
             # the tree is not what it should be (a task vanished, /proc unreadable)
-            self.result.fail("check", CHECK_FAILED, f"snapshot {label} failed: {exc}")
+            self.result.fail(Phase.CHECK, CHECK_FAILED, f"snapshot {label} failed: {exc}")
             raise _Failed from None
 
     def _compare(self, s0: Any, s1: Any) -> list[Any]:
@@ -708,7 +709,7 @@ class Run:
             with deadline(SNAPSHOT_TIMEOUT, "compare S0/S1"):
                 return list(checks.compare(s0, s1))
         except PhaseTimeout as exc:
-            self.result.fail("check", TIMEOUT, str(exc))
+            self.result.fail(Phase.CHECK, TIMEOUT, str(exc))
             raise _Failed from None
 
     def _own_problems(self, before: Any) -> list[Any]:
