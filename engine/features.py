@@ -8,7 +8,9 @@ features, the dump and restore packages declare what they implement: a package t
 
 (name -> (available, reason when not)) in its ``__init__`` contributes those entries;
 "dump" and "restore" themselves are True when the package imports and declares itself
-available. Each name is defined once, where it is probed or declared.
+available. Each name is defined once, where it is probed or declared; the table ``check``
+prints is the whole vocabulary: a test's ``.desc`` ``feature:`` list, the harness's mode
+checks and its drivers' maps use only these names (tests/test_feature_names.py).
 """
 
 from __future__ import annotations
@@ -543,25 +545,28 @@ def probe() -> dict[str, Result]:
     return out
 
 
-#: What the engine implements only where these kernel features were probed. Incremental
-#: dumps track written memory with userfaultfd WP_ASYNC read back by PAGEMAP_SCAN (Linux
-#: 6.7+); soft-dirty, where it exists, is not used.
-KERNEL_NEEDS = {
-    "pre_dump": ("uffd_wp_async", "pagemap_scan"),
-    "dump_incremental": ("uffd_wp_async", "pagemap_scan"),
+_DIRTY_TRACKING = ("needs dirty-memory tracking with userfaultfd WP_ASYNC and PAGEMAP_SCAN "
+                   "(Linux 6.7+)")
+#: What the engine implements only where these kernel features were probed: name ->
+#: (kernel features, why). Incremental dumps track written memory with userfaultfd
+#: WP_ASYNC read back by PAGEMAP_SCAN (Linux 6.7+); soft-dirty, where it exists, is not
+#: used. A tree in a user namespace of its own (flavour uns) needs user namespaces.
+KERNEL_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "pre_dump": (("uffd_wp_async", "pagemap_scan"), _DIRTY_TRACKING),
+    "dump_incremental": (("uffd_wp_async", "pagemap_scan"), _DIRTY_TRACKING),
+    "flavor_uns": (("userns",), "needs user namespaces"),
 }
 
 
 def _apply_kernel_needs(out: dict[str, Result]) -> None:
     """Turn off the engine features whose kernel features are missing, saying which."""
-    for name, needs in KERNEL_NEEDS.items():
+    for name, (needs, why) in KERNEL_NEEDS.items():
         if name not in out or not out[name][0]:
             continue
         missing = [f"{k}: {out[k][1] or 'not probed'}" for k in needs
                    if not out.get(k, (False, ""))[0]]
         if missing:
-            out[name] = (False, "needs dirty-memory tracking with userfaultfd WP_ASYNC and "
-                                "PAGEMAP_SCAN (Linux 6.7+); missing " + "; ".join(missing))
+            out[name] = (False, f"{why}; missing " + "; ".join(missing))
 
 
 def cli(argv: list[str], as_json: bool) -> int:
