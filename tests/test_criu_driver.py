@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fake_support import build_fake
 from zdtm import ROOT_DIR, known
 from zdtm.desc import TestDesc, discover, discover_external
 from zdtm.drivers import EngineFailure
@@ -23,7 +23,6 @@ from zdtm.drivers.translate import CrOptions, cr_options
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.result import ENGINE_ERROR, FAIL
 
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 DIRTY_OFF = "Warn  (criu/cr-check.c:824): Dirty tracking is OFF. Memory snapshot will not work."
 FAKE_CRIU = f'''#!/usr/bin/env python3
 import os, sys
@@ -176,8 +175,7 @@ def fake_test() -> Iterator[TestDesc]:
     d = Path(tempfile.mkdtemp(prefix="zdtm-criu-drv-"))
     try:
         os.chmod(d, 0o755)
-        subprocess.run(["gcc", "-O2", "-DBEHAVE_PASS", "-o", str(d / "pass"), str(FAKE_SRC)],
-                       check=True, timeout=120)
+        build_fake("PASS", d / "pass")
         yield {t.name: t for t in discover_external(d)}["ext/pass"]
     finally:
         shutil.rmtree(d)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from flavors import Started, StartError, get_flavor
+from tests.fake_support import build_fake
 from zdtm import plumbing
 from zdtm.build import ensure_built
 
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 NS_KINDS = ("pid", "mnt", "net", "uts", "ipc")
 
 
@@ -27,8 +27,7 @@ def env_binary() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="zdtm-flv-"))
     try:
         os.chmod(d, 0o755)
-        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-DBEHAVE_ENV", "-o",
-                        str(d / "envtest"), str(FAKE_SRC)], check=True, timeout=120)
+        build_fake("ENV", d / "envtest")
         yield d / "envtest"
     finally:
         shutil.rmtree(d)

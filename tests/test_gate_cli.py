@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fake_support import ROOT, fake_suite, runner
 from zdtm import cli, plumbing
 
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 BEHAVIOURS = {
     "pass": ("PASS", "{'flavor': 'h'}"),
     "pass2": ("PASS", "{'flavor': 'h ns'}"),
@@ -36,28 +34,9 @@ BEHAVIOURS = {
 
 @pytest.fixture(scope="module")
 def fake_dir() -> Iterator[Path]:
-    """A --tests-dir with one fake test binary per behaviour (and its .desc); 0755 so the
-    ns flavour's init can reach it."""
-    d = Path(tempfile.mkdtemp(prefix="zdtm-gate-"))
-    try:
-        os.chmod(d, 0o755)
-        for name, (macro, desc) in BEHAVIOURS.items():
-            subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-DBEHAVE_{macro}", "-o",
-                            str(d / name), str(FAKE_SRC)], check=True, timeout=120)
-            (d / f"{name}.desc").write_text(desc + "\n")
+    """A --tests-dir with one fake test binary per behaviour (and its .desc)."""
+    with fake_suite(BEHAVIOURS, "zdtm-gate-") as d:
         yield d
-    finally:
-        shutil.rmtree(d)
-
-
-def runner(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """./runner.py ``args`` (stdout and stderr together); nothing it started survives."""
-    before = set(plumbing.descendants(os.getpid()))
-    proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, check=False)
-    assert set(plumbing.descendants(os.getpid())) <= before
-    return proc
 
 
 def outcomes(path: Path) -> dict[tuple[str, str], str]:

@@ -7,19 +7,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fake_support import ROOT, fake_suite, runner
 from zdtm import plumbing
 from zdtm.cli import DEFAULT_WORKROOT, build_parser, plan
 from zdtm.desc import TestDesc
 
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 BEHAVIOURS = {
     "pass": ("PASS", "{'flavor': 'h ns uns'}"),
     "fail": ("FAIL", "{'flavor': 'h'}"),
@@ -36,34 +34,9 @@ BEHAVIOURS = {
 
 @pytest.fixture(scope="module")
 def fake_dir() -> Iterator[Path]:
-    """A --tests-dir with one fake test binary per behaviour (and its .desc).
-
-    Made with mkdtemp directly under the temp dir and opened to others (0755), because the
-    uns flavour runs the test as uid 100000, which must reach the binaries.
-    """
-    d = Path(tempfile.mkdtemp(prefix="zdtm-fake-"))
-    try:
-        os.chmod(d, 0o755)
-        for name, (macro, desc) in BEHAVIOURS.items():
-            subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-DBEHAVE_{macro}", "-o",
-                            str(d / name), str(FAKE_SRC)], check=True, timeout=120)
-            (d / f"{name}.desc").write_text(desc + "\n")
+    """A --tests-dir with one fake test binary per behaviour (and its .desc)."""
+    with fake_suite(BEHAVIOURS, "zdtm-fake-") as d:
         yield d
-    finally:
-        shutil.rmtree(d)
-
-
-def runner(*args: str, timeout: float = 180, nice: int = 0) -> subprocess.CompletedProcess[str]:
-    """Run ./runner.py with ``args`` (at least at niceness ``nice``); its console output in
-    .stdout."""
-    before = set(plumbing.descendants(os.getpid()))
-    proc = subprocess.run(["nice", "-n", str(max(0, nice - os.nice(0))), sys.executable, str(ROOT / "runner.py"),
-                           *args], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, check=False)
-    # nothing the run started may survive it
-    assert set(plumbing.descendants(os.getpid())) <= before
-    return proc
 
 
 def _no_leftovers(fake_dir: Path) -> None:

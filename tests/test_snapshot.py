@@ -289,8 +289,7 @@ def test_changes_are_found(subject: Subject) -> None:
 
 
 def _pidfd_getfd(pidfd: int, fd: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    res = libc.syscall(438, pidfd, fd, 0)
+    res = plumbing.libc.syscall(438, pidfd, fd, 0)
     if res < 0:
         raise OSError(ctypes.get_errno(), "pidfd_getfd")
     return res
