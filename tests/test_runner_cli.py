@@ -223,8 +223,9 @@ def test_exclude_is_repeatable() -> None:
 
 
 def test_an_installed_copy_without_sources_refuses_to_run(tmp_path: Path) -> None:
-    """What `pip install .` installs (the Python packages, no C sources, descriptors or
-    Makefiles) says to run from a checkout instead of finding 0 tests."""
+    """A copy of the Python packages alone (no C sources, descriptors or Makefiles; pip
+    refuses to build a wheel, but such a copy can still be put on PYTHONPATH) says to run
+    from a checkout instead of finding 0 tests."""
     for init in (p for pkg in ("zdtm", "flavors", "engine") for p in (ROOT / pkg).rglob(
             "__init__.py")):
         dest = tmp_path / init.parent.relative_to(ROOT)
