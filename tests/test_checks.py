@@ -156,7 +156,8 @@ def test_vma_missing_appeared_changed() -> None:
     maps = after.procs[101].maps
     lost = maps.pop(1)
     maps.append(VmaState(0x30000, 0x31000, "rw-p", "", None, None, RW, _digest(b"")))
-    maps[1] = VmaState(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj[pid 101 20000]", RW, maps[1].digest)
+    maps[1] = VmaState(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj[pid 101 20000]",
+                       RW, maps[1].digest)
     msgs = _messages(_tree(), after)
     assert msgs == [
         f"maps: pid 101 (t): VMA {lost.describe()} missing after restore",
@@ -171,7 +172,7 @@ def test_memory_names_vma_and_first_page() -> None:
     after = _tree()
     v = after.procs[100].maps[0]
     after.procs[100].maps[0] = VmaState(v.start, v.end, v.perms, v.path, v.offset, v.object_id,
-                                   v.flags, _digest(b"a", b"x"))
+                                        v.flags, _digest(b"a", b"x"))
     assert _messages(_tree(), after) == [
         ("memory: pid 100 (t): VMA 1000..3000 rw-p anon: page 0x2000 differs "
         "(zero before, data after)")
@@ -186,7 +187,7 @@ def test_memory_compared_where_layouts_overlap() -> None:
                                          _digest(*pages))
     pages[3] = b"changed"
     after.procs[100].maps[0] = VmaState(0x2000, 0x5000, "rw-p", "", None, None, RW,
-                                   _digest(*pages[1:]))
+                                        _digest(*pages[1:]))
     msgs = _messages(before, after)
     assert "maps: pid 100 (t): VMA 1000..5000 rw-p anon missing after restore" in msgs
     assert ("memory: pid 100 (t): VMA 1000..5000 rw-p anon: page 0x4000 differs "
@@ -196,9 +197,9 @@ def test_memory_compared_where_layouts_overlap() -> None:
 def test_memory_counts_further_pages() -> None:
     before, after = _tree(), _tree()
     before.procs[100].maps[0] = VmaState(0x1000, 0x5000, "rw-p", "", None, None, RW,
-                                    _digest(b"1", b"2", b"3", b"4"))
+                                         _digest(b"1", b"2", b"3", b"4"))
     after.procs[100].maps[0] = VmaState(0x1000, 0x5000, "rw-p", "", None, None, RW,
-                                   _digest(b"1", b"", b"", b""))
+                                        _digest(b"1", b"", b"", b""))
     assert _messages(before, after) == [
         ("memory: pid 100 (t): VMA 1000..5000 rw-p anon: page 0x2000 differs "
         "(data before, zero after) (and 2 more pages)")

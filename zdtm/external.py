@@ -193,10 +193,10 @@ def precheck(test: TestDesc, result: Result) -> bool:
     done = run_script([str(checkskip)], cwd=test.binary.parent, env=dict(os.environ))
     # a probe has nothing to leave running: the test's cleanup would not know it
     plumbing.kill_tree([p for p in plumbing.descendants(os.getpid()) if p not in before],
-                    KILL_TIMEOUT)
+                       KILL_TIMEOUT)
     if done.rc is None:
         result.fail(Phase.START, TIMEOUT, f"{checkskip.name}: no answer in "
-                                      f"{SCRIPT_TIMEOUT:.0f}s, killed", done.output)
+                                          f"{SCRIPT_TIMEOUT:.0f}s, killed", done.output)
         return False
     if done.rc != 0:
         last = done.output[-1] if done.output else "no output"
@@ -322,7 +322,7 @@ def notify_pre_dump(test: TestDesc, pid: int, result: Result) -> bool:
         reply = os.read(answer, 4) if ready else None
     except OSError as exc:
         result.fail(Phase.PRE_DUMP, TEST_FAIL, f"pre-dump notify: pid {pid} fds "
-                                           f"{NOTIFY_FDIN}/{NOTIFY_FDOUT}: {exc.strerror}")
+                                               f"{NOTIFY_FDIN}/{NOTIFY_FDOUT}: {exc.strerror}")
         return False
     finally:
         for fd in (answer, ask):
@@ -330,7 +330,7 @@ def notify_pre_dump(test: TestDesc, pid: int, result: Result) -> bool:
                 os.close(fd)
     if reply is None:
         result.fail(Phase.PRE_DUMP, TIMEOUT, f"pre-dump notify: no answer from pid {pid} in "
-                                         f"{NOTIFY_TIMEOUT:.0f}s")
+                                             f"{NOTIFY_TIMEOUT:.0f}s")
         return False
     if len(reply) != 4:
         result.fail(Phase.PRE_DUMP, TEST_FAIL, f"pre-dump notify: pid {pid} answered {reply!r}")

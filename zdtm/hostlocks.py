@@ -71,7 +71,7 @@ def hold(names: list[str], wait: float = WAIT) -> Held:
     try:
         for name in sorted(names):
             held.fds.append(plumbing.flock_until(lock_dir() / f"zdtm-host-{name}.lock",
-                                              fcntl.LOCK_EX, start + wait))
+                                                 fcntl.LOCK_EX, start + wait))
     except BaseException:
         held.close()
         raise

@@ -242,7 +242,8 @@ class Run:
     def _skip_reason(self) -> bool:
         t, r = self.test, self.result
         if r.flavor not in t.flavors:
-            r.skip(Phase.START, f"flavour {r.flavor} not in the test's flavours {' '.join(t.flavors)}")
+            r.skip(Phase.START,
+                   f"flavour {r.flavor} not in the test's flavours {' '.join(t.flavors)}")
         elif self.opts.lazy and "nolazy" in t.flags:
             r.skip(Phase.START, "test is flagged nolazy")
         elif self.opts.norst and "reqrst" in t.flags:
@@ -533,7 +534,7 @@ class Run:
             os.kill(self.test_pid, signal.SIGTERM)
         except ProcessLookupError:
             self.result.fail(Phase.STOP, TEST_FAIL, f"test process {self.test_pid} is gone "
-                                                "before SIGTERM", self._outfile_tail())
+                                                    "before SIGTERM", self._outfile_tail())
             raise _Failed from None
         limit = float(self.test.timeout)
         # the test exits after writing its verdict; what it leaves running is for cleanup
@@ -580,7 +581,7 @@ class Run:
         whatever that hook left running, and whatever the test or a hook left mounted."""
         self._hook("--clean", fatal=False)
         plumbing.kill_tree([p for p in plumbing.descendants(os.getpid())
-                         if p not in self.baseline_desc], CLEANUP_TIMEOUT)
+                            if p not in self.baseline_desc], CLEANUP_TIMEOUT)
         external.unmount_left(workdir, self.result)
 
     def _final_leak_check(self, own0: Any) -> None:

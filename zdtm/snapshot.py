@@ -520,7 +520,7 @@ def _merge(vmas: list[VmaState]) -> list[VmaState]:
                 if p.digest is not None and v.digest is not None:
                     digest = p.digest + v.digest
                 out[-1] = VmaState(p.start, v.end, p.perms, p.path, p.offset, p.object_id, p.flags,
-                              digest)
+                                   digest)
                 continue
         out.append(v)
     return out

@@ -277,7 +277,7 @@ class TreeRestorer:
                         root=t is self.live[0], held=held, pid=t.real)
                     if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
                         state_table.foreground(t.table2, t.core.ctty,
-                                          ns.inner_pid(self.image, t.core.ctty_pgrp))
+                                               ns.inner_pid(self.image, t.core.ctty_pgrp))
                     t.view = view
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):
