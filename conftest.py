@@ -39,13 +39,13 @@ from typing import Any
 import pytest
 from _pytest.junitxml import LogXML, xml_key
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, shard, tasks, vm
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, plumbing, shard, vm
 from zdtm import results as results_file
 from zdtm.desc import KINDS, DescError, TestDesc, discover, discover_external
-from zdtm.engines import Engine, make_engine
+from zdtm.drivers import Engine, make_engine
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.report import check_writable, classname, write_reports
-from zdtm.result import FAIL, HARNESS_ERROR, SKIP, Result
+from zdtm.result import FAIL, HARNESS_ERROR, SKIP, Phase, Result
 
 EXCL_WAIT = 3600.0  # an item waits at most this long for an exclusive slot
 
@@ -442,9 +442,9 @@ class _GuestBatch:
         if mine is None:
             mine = Result(item.test.name, item.flavor, _mode(item.config).engine.name,
                           kernel=release)
-            mine.fail("start", HARNESS_ERROR, "no result from the guest")
+            mine.fail(Phase.START, HARNESS_ERROR, "no result from the guest")
         for k in kernel_problems:
-            mine.fail(k.phase or "check", k.kind or HARNESS_ERROR, f"{k.test}: {k.message}",
+            mine.fail(k.phase or Phase.CHECK, k.kind or HARNESS_ERROR, f"{k.test}: {k.message}",
                       k.details)
         return mine
 
@@ -505,7 +505,7 @@ def _lock_path(kind: str) -> Path:
 def _flock(kind: str, op: int, deadline: float) -> int:
     """An fd holding flock ``op`` on the ``kind`` lock file, polled until ``deadline``."""
     try:
-        return tasks.flock_until(_lock_path(kind), op, deadline)
+        return plumbing.flock_until(_lock_path(kind), op, deadline)
     except TimeoutError:
         pytest.fail(f"no run slot in {EXCL_WAIT:.0f}s ({_lock_path(kind)})")
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import workloads
 from bench.procs import Procs
-from zdtm import tasks
+from zdtm import plumbing
 
 _CRC = re.compile(r"checksums=([0-9.]+)ms")
 TIMEOUT = 300.0
@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    tasks.set_subreaper()
+    plumbing.set_subreaper()
     tmp = Path(tempfile.mkdtemp(prefix="crccost-"))
     procs = Procs(tmp, sweep_children=True)
     binary = workloads.build_memload(tmp)

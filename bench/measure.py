@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import workloads
-from bench.engines import REPO, Engine
+from bench.cmdlines import REPO, Engine
 from bench.procs import DeadlineExceeded, Procs, Timed, wait_pidfd
 
 LAZY_SOCKET_WAIT_S = 5.0

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench import workloads
-from bench.engines import Engine
+from bench.cmdlines import Engine
 from bench.measure import Context, StepFailed, image_bytes, restore_and_verify, run_step
 
 SETTLE_S = 1.0  # the writer runs this long before the first dump

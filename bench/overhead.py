@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.engines import REPO, Engine
+from bench.cmdlines import REPO, Engine
 from bench.measure import Context, StepFailed, image_bytes, restored_pid, run_step
 from bench.procs import DeadlineExceeded
 

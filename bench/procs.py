@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zdtm.tasks import children, descendants
+from zdtm import plumbing
+from zdtm.plumbing import children, descendants
 
 KILL_REAP_DEADLINE_S = 10.0
 
@@ -130,6 +131,8 @@ class Procs:
         return self.finish(proc, log, timeout, t0)
 
     def _kill_group(self, pgid: int) -> None:
+        # not plumbing.kill_group: that one reaps the leader, whose exit status and
+        # rusage finish() must collect itself with wait4
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -148,20 +151,9 @@ class Procs:
 
     def kill_tree(self, pid: int) -> None:
         """SIGKILL pid and all its descendants, then reap the ones that are ours."""
-        victims = [pid] + descendants(pid)
-        for p in victims:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + KILL_REAP_DEADLINE_S
-        for p in victims:
-            try:
-                wait_pidfd(p, deadline - time.monotonic())
-                os.waitpid(p, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            self.tracked.discard(p)
+        victims = [pid, *descendants(pid)]
+        plumbing.kill_tree([pid], KILL_REAP_DEADLINE_S)
+        self.tracked.difference_update(victims)  # gone: never signal these numbers again
         if self.sweep_children:
             self.reap_orphans()
 

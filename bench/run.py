@@ -26,9 +26,9 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import measure, migrate, overhead, report, workloads
-from bench.engines import Bundled, Criu, Engine
+from bench.cmdlines import Bundled, Criu, Engine
 from bench.procs import DeadlineExceeded, Procs
-from zdtm import tasks
+from zdtm import plumbing
 
 SCENARIOS = ["cycle", "incremental", "lazy", "overhead", "migrate"]
 WORKLOADS = ["anon", "maps", "shm", "fds"]
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)  # so the cleanup below always runs
-    tasks.set_subreaper()
+    plumbing.set_subreaper()
     tmp = Path(tempfile.mkdtemp(prefix="zdtm-bench-", dir=args.workdir))
     procs = Procs(tmp, sweep_children=True)
     loads = [os.getloadavg()]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import DeadlineExceeded, Procs
-from zdtm.tasks import descendants
+from zdtm.plumbing import descendants
 
 SOURCE = Path(__file__).resolve().parent / "memload.c"
 BUILD_TIMEOUT_S = 120.0

@@ -1,6 +1,6 @@
 """``python -m engine``: the engine's command line (CRIU-like), dispatching to its parts.
 
-    check [--json]                                  engine.check.cli
+    check [--json]                                  engine.features.cli
     dump -t PID -D DIR [...]  / pre-dump ...        engine.dump.cli.dump / .pre_dump
     restore -D DIR [...]      / lazy-pages -D DIR   engine.restore.cli.restore / .lazy_pages
     show DIR                                        engine.images.show.show
@@ -95,9 +95,9 @@ def _trust_option(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from engine import check
+    from engine import features
 
-    return check.cli([], args.json)
+    return features.cli([], args.json)
 
 
 def _show(args: argparse.Namespace) -> int:

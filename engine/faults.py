@@ -1,9 +1,11 @@
 """Fault injection points for failure tests: ENGINE_FAULT=step[,step...] makes a step fail
 (or imposes a condition, see CONDITIONS).
 
-The dump and restore code call fault_point("<step>") at the start of each step; the
-failure tests set ENGINE_FAULT and check that the engine cleans up (dump: the task keeps
-running unharmed; restore: no task is left behind).
+The dump calls fault_point("<step>") where each step ends, after the step's own side
+effects (engine/dump/dumper.py), so a fault exercises the cleanup of what it did; the
+restore calls it where each step begins, so a fault finds whatever the earlier steps made
+(the tasks from fork on) to clean up. The failure tests set ENGINE_FAULT and check that the
+engine cleans up (dump: the task keeps running unharmed; restore: no task is left behind).
 
 ENGINE_PAUSE=<step> (a step above, or `commit`: just after the command's result became
 final) instead stops there for up to PAUSE_SECONDS after printing `engine: paused at

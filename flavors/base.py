@@ -9,7 +9,7 @@ pidfile exists) within a deadline, and reports
 * ``ns_pid``:   the pid the test wrote to its pidfile (its own pid namespace view).
 
 This package sits below the harness core and imports nothing from it but the process
-plumbing (zdtm.tasks, stdlib only).
+plumbing (zdtm.plumbing, stdlib only).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zdtm.tasks import kill_group, read_pid
+from zdtm.plumbing import kill_group, read_pid
 
 #: a zdtm starter exits with this when the test skipped itself at setup
 EXIT_SKIP = 77

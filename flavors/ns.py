@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flavors.base import Flavor, Started, StartError
 from flavors.root import install, install_at, install_test, make_root
-from zdtm.tasks import host_pid_in_ns, read_pid
+from zdtm.plumbing import host_pid_in_ns, read_pid
 
 NSINIT = Path(__file__).resolve().parent / "nsinit"
 HOSTNAME = "zdtm-ns"

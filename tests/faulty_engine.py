@@ -83,11 +83,11 @@ Two halves:
   the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
   time namespace, the directory fd CRIU reopens without O_DIRECTORY.
 
-  The process stays in group-stop throughout: the harness's own injector (zdtm/tracing.py)
+  The process stays in group-stop throughout: the harness's own injector (zdtm/ptrace_visit.py)
   seizes it, runs one syscall at a ``syscall`` instruction found in its vdso, puts every
   register, the signal mask and its scratch bytes back, and detaches.
 
-- ``FaultyEngine``, an engine driver (zdtm/engines/base.py) for the harness lifecycle. It has
+- ``FaultyEngine``, an engine driver (zdtm/drivers/base.py) for the harness lifecycle. It has
   two modes. "fake": no checkpoint at all; ``dump`` is only valid with leave_running (the
   lifecycle's --norst mode) and applies the fault to the live, frozen tree, which the
   lifecycle then snapshots as S1. "wrap": a real engine (the bundled one) dumps and restores
@@ -122,9 +122,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from zdtm import ROOT_DIR, tracing
+from zdtm import ROOT_DIR, ptrace_visit
 from zdtm.allowances import Allowance
-from zdtm.engines.base import (
+from zdtm.drivers.base import (
     Engine,
     EngineFailure,
     Features,
@@ -197,7 +197,7 @@ def _maps(pid: int) -> list[tuple[int, int, str, str]]:
     return out
 
 
-class _WideInjector(tracing.Injector):
+class _WideInjector(ptrace_visit.Injector):
     """An injector with room for a path and a line of text (the harness's own reads need
     16 bytes; the area is still far below the thread's red zone)."""
 
@@ -205,11 +205,11 @@ class _WideInjector(tracing.Injector):
 
 
 @contextlib.contextmanager
-def _injector(pid: int, kind: type[tracing.Injector] = tracing.Injector
-              ) -> Iterator[tracing.Injector]:
+def _injector(pid: int, kind: type[ptrace_visit.Injector] = ptrace_visit.Injector
+              ) -> Iterator[ptrace_visit.Injector]:
     """The stopped task seized, an injector on it; afterwards its registers, signal mask and
     scratch bytes are put back and it is detached (back into group-stop)."""
-    with tracing.seized(pid, WAIT_TIMEOUT), kind(pid, WAIT_TIMEOUT) as inj:
+    with ptrace_visit.seized(pid, WAIT_TIMEOUT), kind(pid, WAIT_TIMEOUT) as inj:
         yield inj
 
 

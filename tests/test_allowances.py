@@ -11,9 +11,9 @@ import pytest
 
 from zdtm import checks
 from zdtm.allowances import O_DIRECTORY, Allowance, reconcile
-from zdtm.engines.criu import ALLOWANCES
+from zdtm.drivers.criu import ALLOWANCES
 from zdtm.proc import format_open_flags
-from zdtm.snapshot import OUTSIDE, FdState, ProcState, TreeState, Vma
+from zdtm.snapshot import OUTSIDE, FdState, ProcState, TreeState, VmaState
 
 RW = frozenset({"rd", "wr", "mr", "mw", "me", "sh"})
 TIME_NS = Allowance("ns", "new-time-ns", "test")
@@ -27,7 +27,7 @@ def _proc(pid: int, ppid: int | str) -> ProcState:
     ps = ProcState(pid=pid, real_pid=pid, ppid=ppid, pgid=100, sid=100, state="T",
                    comm="t", threads=(pid,))
     ps.fds = {3: FdState("/tmp/w", 0o200000, 0), 4: FdState(SHMEM, 2, 0)}
-    ps.maps = [Vma(0x20000, 0x21000, "rw-s", SHMEM, 0, "obj[pid 100 20000]", RW)]
+    ps.maps = [VmaState(0x20000, 0x21000, "rw-s", SHMEM, 0, "obj[pid 100 20000]", RW)]
     ps.namespaces = {"uts": "host", "time": "host", "time_for_children": "host"}
     return ps
 

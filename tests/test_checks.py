@@ -8,8 +8,8 @@ import copy
 from zdtm import checks, snapshot
 from zdtm.memory import DIGEST_SIZE, ZERO_DIGEST, page_digest
 from zdtm.proc import PAGE_SIZE
-from zdtm.snapshot import OUTSIDE, FdState, OwnState, ProcState, TreeState, Vma
-from zdtm.tracing import RseqConfig
+from zdtm.ptrace_visit import RseqConfig
+from zdtm.snapshot import OUTSIDE, FdState, OwnState, ProcState, TreeState, VmaState
 
 P = PAGE_SIZE
 RW = frozenset({"rd", "wr", "mr", "mw", "me"})
@@ -30,10 +30,11 @@ def _proc(pid: int, ppid: int | str, **kw: object) -> ProcState:
         4: FdState("pipe[pid 100 fd 3]", 1, 0),
     }
     ps.maps = [
-        Vma(0x1000, 0x3000, "rw-p", "", None, None, RW, _digest(b"a", b"")),
-        Vma(0x10000, 0x11000, "r--p", "/tmp/f", 0, None, frozenset({"rd", "mr"}), _digest(b"f")),
-        Vma(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj[pid 100 20000]", RW | {"sh"},
-            _digest(b"s")),
+        VmaState(0x1000, 0x3000, "rw-p", "", None, None, RW, _digest(b"a", b"")),
+        VmaState(0x10000, 0x11000, "r--p", "/tmp/f", 0, None, frozenset({"rd", "mr"}),
+                 _digest(b"f")),
+        VmaState(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj[pid 100 20000]",
+                 RW | {"sh"}, _digest(b"s")),
     ]
     ps.namespaces = {"uts": "host", "pid": "host"}
     ps.attrs = {"Umask": "0022", "SigCgt": "0000000000004a02", "limit Max open files":
@@ -154,8 +155,9 @@ def test_vma_missing_appeared_changed() -> None:
     after = _tree()
     maps = after.procs[101].maps
     lost = maps.pop(1)
-    maps.append(Vma(0x30000, 0x31000, "rw-p", "", None, None, RW, _digest(b"")))
-    maps[1] = Vma(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj[pid 101 20000]", RW, maps[1].digest)
+    maps.append(VmaState(0x30000, 0x31000, "rw-p", "", None, None, RW, _digest(b"")))
+    maps[1] = VmaState(0x20000, 0x21000, "rw-s", "/dev/zero (deleted)", 0, "obj[pid 101 20000]",
+                       RW, maps[1].digest)
     msgs = _messages(_tree(), after)
     assert msgs == [
         f"maps: pid 101 (t): VMA {lost.describe()} missing after restore",
@@ -169,8 +171,8 @@ def test_vma_missing_appeared_changed() -> None:
 def test_memory_names_vma_and_first_page() -> None:
     after = _tree()
     v = after.procs[100].maps[0]
-    after.procs[100].maps[0] = Vma(v.start, v.end, v.perms, v.path, v.offset, v.object_id,
-                                   v.flags, _digest(b"a", b"x"))
+    after.procs[100].maps[0] = VmaState(v.start, v.end, v.perms, v.path, v.offset, v.object_id,
+                                        v.flags, _digest(b"a", b"x"))
     assert _messages(_tree(), after) == [
         ("memory: pid 100 (t): VMA 1000..3000 rw-p anon: page 0x2000 differs "
         "(zero before, data after)")
@@ -181,10 +183,11 @@ def test_memory_compared_where_layouts_overlap() -> None:
     """A VMA that shrank is reported by maps, and its remaining pages still by memory."""
     before, after = _tree(), _tree()
     pages = [bytes([i + 1]) for i in range(4)]
-    before.procs[100].maps[0] = Vma(0x1000, 0x5000, "rw-p", "", None, None, RW, _digest(*pages))
+    before.procs[100].maps[0] = VmaState(0x1000, 0x5000, "rw-p", "", None, None, RW,
+                                         _digest(*pages))
     pages[3] = b"changed"
-    after.procs[100].maps[0] = Vma(0x2000, 0x5000, "rw-p", "", None, None, RW,
-                                   _digest(*pages[1:]))
+    after.procs[100].maps[0] = VmaState(0x2000, 0x5000, "rw-p", "", None, None, RW,
+                                        _digest(*pages[1:]))
     msgs = _messages(before, after)
     assert "maps: pid 100 (t): VMA 1000..5000 rw-p anon missing after restore" in msgs
     assert ("memory: pid 100 (t): VMA 1000..5000 rw-p anon: page 0x4000 differs "
@@ -193,10 +196,10 @@ def test_memory_compared_where_layouts_overlap() -> None:
 
 def test_memory_counts_further_pages() -> None:
     before, after = _tree(), _tree()
-    before.procs[100].maps[0] = Vma(0x1000, 0x5000, "rw-p", "", None, None, RW,
-                                    _digest(b"1", b"2", b"3", b"4"))
-    after.procs[100].maps[0] = Vma(0x1000, 0x5000, "rw-p", "", None, None, RW,
-                                   _digest(b"1", b"", b"", b""))
+    before.procs[100].maps[0] = VmaState(0x1000, 0x5000, "rw-p", "", None, None, RW,
+                                         _digest(b"1", b"2", b"3", b"4"))
+    after.procs[100].maps[0] = VmaState(0x1000, 0x5000, "rw-p", "", None, None, RW,
+                                        _digest(b"1", b"", b"", b""))
     assert _messages(before, after) == [
         ("memory: pid 100 (t): VMA 1000..5000 rw-p anon: page 0x2000 differs "
         "(data before, zero after) (and 2 more pages)")
@@ -260,18 +263,18 @@ def test_problem_flood_is_capped() -> None:
 
 def test_merge_normalises_split_vmas() -> None:
     d1, d2 = _digest(b"1"), _digest(b"2")
-    anon = [Vma(0x1000, 0x2000, "rw-p", "", None, None, RW, d1),
-            Vma(0x2000, 0x3000, "rw-p", "", None, None, RW, d2)]
+    anon = [VmaState(0x1000, 0x2000, "rw-p", "", None, None, RW, d1),
+            VmaState(0x2000, 0x3000, "rw-p", "", None, None, RW, d2)]
     merged = snapshot._merge(anon)
     assert len(merged) == 1 and merged[0].end == 0x3000 and merged[0].digest == d1 + d2
-    gap = [Vma(0x1000, 0x2000, "r--p", "/f", 0, None, RW, d1),
-           Vma(0x2000, 0x3000, "r--p", "/f", 0x5000, None, RW, d2)]  # offsets not contiguous
+    gap = [VmaState(0x1000, 0x2000, "r--p", "/f", 0, None, RW, d1),
+           VmaState(0x2000, 0x3000, "r--p", "/f", 0x5000, None, RW, d2)]  # offsets not contiguous
     assert len(snapshot._merge(gap)) == 2
-    perms = [anon[0], Vma(0x2000, 0x3000, "r--p", "", None, None, RW, d2)]
+    perms = [anon[0], VmaState(0x2000, 0x3000, "r--p", "", None, None, RW, d2)]
     assert len(snapshot._merge(perms)) == 2
-    growsdown = [anon[0], Vma(0x2000, 0x3000, "rw-p", "", None, None, RW | {"gd"}, d2)]
+    growsdown = [anon[0], VmaState(0x2000, 0x3000, "rw-p", "", None, None, RW | {"gd"}, d2)]
     assert len(snapshot._merge(growsdown)) == 2
-    unreadable = [anon[0], Vma(0x2000, 0x3000, "rw-p", "", None, None, RW, None)]
+    unreadable = [anon[0], VmaState(0x2000, 0x3000, "rw-p", "", None, None, RW, None)]
     assert snapshot._merge(unreadable)[0].digest is None
 
 

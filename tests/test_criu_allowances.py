@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,11 @@ from pathlib import Path
 import pytest
 from faulty_engine import FaultyEngine
 
+from tests.fake_support import build_fake
 from zdtm import lifecycle
 from zdtm.desc import TestDesc, discover, discover_external
-from zdtm.engines.criu import CriuEngine
+from zdtm.drivers.criu import CriuEngine
 from zdtm.result import CHECK_FAILED, FAIL, PASS, Result
-
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +41,7 @@ def tests() -> Iterator[dict[str, TestDesc]]:
     d = Path(tempfile.mkdtemp(prefix="zdtm-criu-allow-"))
     try:
         os.chmod(d, 0o755)
-        subprocess.run(["gcc", "-O2", "-DBEHAVE_DIRFD", "-o", str(d / "dirfd"), str(FAKE_SRC)],
-                       check=True, timeout=120)
+        build_fake("DIRFD", d / "dirfd")
         yield {t.name: t for t in [*discover(), *discover_external(d)]}
     finally:
         shutil.rmtree(d)

@@ -1,4 +1,4 @@
-"""The criu driver (zdtm/engines/criu.py) against a scripted stand-in for criu: which options
+"""The criu driver (zdtm/drivers/criu.py) against a scripted stand-in for criu: which options
 each step gets, how features map onto criu's probes, and what a failed step says and keeps.
 Runs without criu; tests/test_criu_allowances.py runs the real one."""
 
@@ -7,23 +7,22 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fake_support import build_fake
 from zdtm import ROOT_DIR, known
 from zdtm.desc import TestDesc, discover, discover_external
-from zdtm.engines import EngineFailure
-from zdtm.engines.base import TreeInfo
-from zdtm.engines.criu import FEATURES, CriuEngine, cause, explain_failure
-from zdtm.engines.translate import CrOptions, cr_options
+from zdtm.drivers import EngineFailure
+from zdtm.drivers.base import TreeInfo
+from zdtm.drivers.criu import FEATURES, CriuEngine, cause, explain_failure
+from zdtm.drivers.translate import CrOptions, cr_options
 from zdtm.lifecycle import RunOptions, cr_unavailable, prepare_process, run_test
 from zdtm.result import ENGINE_ERROR, FAIL
 
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 DIRTY_OFF = "Warn  (criu/cr-check.c:824): Dirty tracking is OFF. Memory snapshot will not work."
 FAKE_CRIU = f'''#!/usr/bin/env python3
 import os, sys
@@ -176,8 +175,7 @@ def fake_test() -> Iterator[TestDesc]:
     d = Path(tempfile.mkdtemp(prefix="zdtm-criu-drv-"))
     try:
         os.chmod(d, 0o755)
-        subprocess.run(["gcc", "-O2", "-DBEHAVE_PASS", "-o", str(d / "pass"), str(FAKE_SRC)],
-                       check=True, timeout=120)
+        build_fake("PASS", d / "pass")
         yield {t.name: t for t in discover_external(d)}["ext/pass"]
     finally:
         shutil.rmtree(d)

@@ -107,9 +107,9 @@ def _ro_part(pid: int) -> tuple[int, int]:
 def _inject_mprotect(pid: int, start: int, length: int, prot: int) -> None:
     """Run mprotect() in the test through ptrace (the library's own injector)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from zdtm import tracing
+    from zdtm import ptrace_visit
 
-    with tracing.seized(pid), tracing.Injector(pid) as inj:
+    with ptrace_visit.seized(pid), ptrace_visit.Injector(pid) as inj:
         inj.check(SYS_MPROTECT, start, length, prot)
 
 

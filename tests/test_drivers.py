@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from zdtm import tasks
-from zdtm.engines import make_engine
-from zdtm.engines.base import Engine, EngineFailure, Features, Helper, StepResult, run_logged
+from zdtm import plumbing
+from zdtm.drivers import make_engine
+from zdtm.drivers.base import Engine, EngineFailure, Features, Helper, StepResult, run_logged
 from zdtm.lifecycle import RunOptions, cr_unavailable
 
 
@@ -64,7 +64,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 10
     assert exc.value.kind == "timeout" and "killed" in exc.value.message
     helper = int(pidfile.read_text())
-    assert tasks.wait_gone([helper], 10.0) == []
+    assert plumbing.wait_gone([helper], 10.0) == []
 
 
 def test_helper_finish_and_close(tmp_path: Path) -> None:

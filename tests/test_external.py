@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from zdtm import ROOT_DIR, external, tasks
+from zdtm import ROOT_DIR, external, plumbing
 from zdtm.desc import TestDesc, discover_external
-from zdtm.engines.bundled import BundledEngine
+from zdtm.drivers.bundled import BundledEngine
 from zdtm.external import _args_of_command, mounts_under, start_plan
 from zdtm.lifecycle import RunOptions, cr_unavailable, run_test
 from zdtm.result import CHECK_FAILED, FAIL, HARNESS_ERROR, PASS, SKIP, TEST_FAIL, TIMEOUT, Result
@@ -63,7 +63,7 @@ def _run(suite: Path, engine: BundledEngine, name: str, tmp_path: Path,
 
 
 def _nothing_left(tmp_path: Path) -> None:
-    assert tasks.descendants(os.getpid()) == []
+    assert plumbing.descendants(os.getpid()) == []
     assert mounts_under(tmp_path) == []
 
 

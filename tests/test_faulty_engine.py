@@ -23,9 +23,9 @@ import faulty_engine
 import pytest
 from faulty_engine import FaultyEngine, lsm_unavailable
 
-from zdtm import ROOT_DIR, checks, lifecycle, snapshot, tasks
+from zdtm import ROOT_DIR, checks, lifecycle, plumbing, snapshot
 from zdtm.desc import TestDesc, discover
-from zdtm.engines.bundled import BundledEngine
+from zdtm.drivers.bundled import BundledEngine
 from zdtm.proc import PAGE_SIZE
 from zdtm.result import CHECK_FAILED, FAIL, KERNEL, PASS, SKIP, TIMEOUT, Kind, Result
 
@@ -46,11 +46,11 @@ def clean() -> Iterator[Path]:
     top = Path(tempfile.mkdtemp(prefix="zdtm-selftest-"))
     os.chmod(top, 0o755)
     before = snapshot.own_state()
-    kids = set(tasks.descendants(os.getpid()))
+    kids = set(plumbing.descendants(os.getpid()))
     root = top / "work"
     try:
         yield root
-        assert [p for p in tasks.descendants(os.getpid()) if p not in kids] == []
+        assert [p for p in plumbing.descendants(os.getpid()) if p not in kids] == []
         assert checks.compare_own(before, snapshot.own_state()) == []
         assert not root.exists() or [p for p in root.glob("*/img/*") if p.is_dir()] == []
     finally:

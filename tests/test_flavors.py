@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from flavors import Started, StartError, get_flavor
-from zdtm import tasks
+from tests.fake_support import build_fake
+from zdtm import plumbing
 from zdtm.build import ensure_built
 
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 NS_KINDS = ("pid", "mnt", "net", "uts", "ipc")
 
 
@@ -27,8 +27,7 @@ def env_binary() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="zdtm-flv-"))
     try:
         os.chmod(d, 0o755)
-        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-DBEHAVE_ENV", "-o",
-                        str(d / "envtest"), str(FAKE_SRC)], check=True, timeout=120)
+        build_fake("ENV", d / "envtest")
         yield d / "envtest"
     finally:
         shutil.rmtree(d)
@@ -38,14 +37,14 @@ def env_binary() -> Iterator[Path]:
 def workdir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="zdtm-flv-work-"))
     os.chmod(d, 0o755)
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     try:
         yield d
     finally:
-        new = [p for p in tasks.descendants(os.getpid()) if p not in before]
+        new = [p for p in plumbing.descendants(os.getpid()) if p not in before]
         # an init whose tree is gone exits by itself: give it a moment, reap it
-        left = tasks.wait_gone(new, 5.0)
-        tasks.kill_tree(left, 10.0)
+        left = plumbing.wait_gone(new, 5.0)
+        plumbing.kill_tree(left, 10.0)
         shutil.rmtree(d)
         assert not left, f"flavour left processes running: {left}"
 
@@ -85,7 +84,7 @@ def _run(flavor: str, binary: Path, workdir: Path) -> tuple[Started, str]:
 
 def _stop(st: Started, workdir: Path) -> str:
     os.kill(st.test_pid, signal.SIGTERM)
-    assert tasks.wait_gone([st.test_pid], 10.0) == []
+    assert plumbing.wait_gone([st.test_pid], 10.0) == []
     return (workdir / "t.out").read_text()
 
 
@@ -105,7 +104,7 @@ def test_ns_flavours(flavor: str, env_binary: Path, workdir: Path) -> None:
     assert st.root_pid != st.test_pid
     assert _status(st.root_pid, "NSpid")[-1] == "1"
     assert _status(st.test_pid, "NSpid") == [str(st.test_pid), str(st.ns_pid)]
-    assert st.test_pid in tasks.descendants(st.root_pid)
+    assert st.test_pid in plumbing.descendants(st.root_pid)
     # self-contained for C/R: the init leads its own session and process group
     assert os.getsid(st.root_pid) == os.getpgid(st.root_pid) == st.root_pid
     for kind in NS_KINDS:
@@ -129,7 +128,7 @@ def test_ns_flavours(flavor: str, env_binary: Path, workdir: Path) -> None:
         assert _status(st.test_pid, "Uid")[0] == "0"
     assert "PASS" in _stop(st, workdir)
     # the init leaves once the tree is gone, and is re-parented to no one but us
-    assert tasks.wait_gone([st.root_pid], 10.0) == []
+    assert plumbing.wait_gone([st.root_pid], 10.0) == []
 
 
 def test_failing_starter_is_reported(workdir: Path) -> None:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zdtm import cli, tasks
+from tests.fake_support import ROOT, fake_suite, runner
+from zdtm import cli, plumbing
 
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 BEHAVIOURS = {
     "pass": ("PASS", "{'flavor': 'h'}"),
     "pass2": ("PASS", "{'flavor': 'h ns'}"),
@@ -36,28 +34,9 @@ BEHAVIOURS = {
 
 @pytest.fixture(scope="module")
 def fake_dir() -> Iterator[Path]:
-    """A --tests-dir with one fake test binary per behaviour (and its .desc); 0755 so the
-    ns flavour's init can reach it."""
-    d = Path(tempfile.mkdtemp(prefix="zdtm-gate-"))
-    try:
-        os.chmod(d, 0o755)
-        for name, (macro, desc) in BEHAVIOURS.items():
-            subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-DBEHAVE_{macro}", "-o",
-                            str(d / name), str(FAKE_SRC)], check=True, timeout=120)
-            (d / f"{name}.desc").write_text(desc + "\n")
+    """A --tests-dir with one fake test binary per behaviour (and its .desc)."""
+    with fake_suite(BEHAVIOURS, "zdtm-gate-") as d:
         yield d
-    finally:
-        shutil.rmtree(d)
-
-
-def runner(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """./runner.py ``args`` (stdout and stderr together); nothing it started survives."""
-    before = set(tasks.descendants(os.getpid()))
-    proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, check=False)
-    assert set(tasks.descendants(os.getpid())) <= before
-    return proc
 
 
 def outcomes(path: Path) -> dict[tuple[str, str], str]:
@@ -215,7 +194,7 @@ def test_non_root_is_told_up_front(monkeypatch: pytest.MonkeyPatch,
 def test_ctrl_c_stops_with_partial_summary_and_report(fake_dir: Path, tmp_path: Path,
                                                       parallel: str) -> None:
     name = f"slow{parallel.replace('1', '')}"  # one test per mode: parallel test workers
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "run", "--tests-dir",
                              str(fake_dir), "-t", "ext/pass", "-t", f"ext/{name}", "-f", "h",
                              "--nocr", "-p", parallel, "--report", str(tmp_path)],
@@ -237,7 +216,7 @@ def test_ctrl_c_stops_with_partial_summary_and_report(fake_dir: Path, tmp_path: 
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["run"]["interrupted"] is True and doc["run"]["selected"] == 2
     assert [(c["test"], c["outcome"]) for c in doc["cases"]] == [("ext/pass", "pass")]
-    assert set(tasks.descendants(os.getpid())) <= before
+    assert set(plumbing.descendants(os.getpid())) <= before
 
 
 def test_pytest_shards_split_the_items() -> None:

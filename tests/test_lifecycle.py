@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -13,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from zdtm import tasks
+from tests.fake_support import build_fake
+from zdtm import plumbing
 from zdtm.desc import TestDesc, discover_external
-from zdtm.engines.base import Engine, EngineFailure, Features, StepResult, run_logged
-from zdtm.engines.bundled import BundledEngine
+from zdtm.drivers.base import Engine, EngineFailure, Features, StepResult, run_logged
+from zdtm.drivers.bundled import BundledEngine
 from zdtm.lifecycle import RunOptions, run_test
 from zdtm.result import ENGINE_ERROR, FAIL, HARNESS_ERROR, PASS, SKIP, TIMEOUT
-
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +26,7 @@ def tests_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="zdtm-lc-"))
     try:
         os.chmod(d, 0o755)
-        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-DBEHAVE_PASS", "-o",
-                        str(d / "pass"), str(FAKE_SRC)], check=True, timeout=120)
+        build_fake("PASS", d / "pass")
         shutil.copy(d / "pass", d / "crfail")
         (d / "crfail.desc").write_text("{'flags': 'crfail'}\n")
         shutil.copy(d / "pass", d / "crfail_unless")
@@ -91,9 +88,9 @@ class Scripted(Engine):
 
 @pytest.fixture(autouse=True)
 def nothing_left() -> Iterator[None]:
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     yield
-    assert set(tasks.descendants(os.getpid())) <= before
+    assert set(plumbing.descendants(os.getpid())) <= before
 
 
 def test_norst_pre_dumps_chain_and_tree_survives(tests_dir: Path) -> None:

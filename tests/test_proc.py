@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from zdtm import proc, tasks
+from zdtm import plumbing, proc
 
 MAPS = """\
 55d7648f2000-55d7648f4000 r--p 00000000 fe:00 5308581                    /work/zdtm/static/mem_anon
@@ -172,7 +172,7 @@ def test_readers_on_a_live_child() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
                              pass_fds=(r, w))
     try:
-        assert child.pid in tasks.children(os.getpid())
+        assert child.pid in plumbing.children(os.getpid())
         assert proc.read_tids(child.pid) and proc.read_tids(child.pid)[0] == child.pid
         fds = proc.read_fds(child.pid)
         assert fds[r][0] == fds[w][0] and fds[r][0].startswith("pipe:[")
@@ -183,4 +183,4 @@ def test_readers_on_a_live_child() -> None:
         os.close(r)
         os.close(w)
     assert proc.read_fds(child.pid) == {}
-    assert tasks.children(child.pid) == []
+    assert plumbing.children(child.pid) == []

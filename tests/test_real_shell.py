@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from zdtm import allowances, checks, snapshot, tasks
-from zdtm.engines.bundled import BundledEngine
+from zdtm import allowances, checks, plumbing, snapshot
+from zdtm.drivers.bundled import BundledEngine
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect is not installed")
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def _engine(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bash_in_a_pty_survives_checkpoint_restore(tmp_path: Path) -> None:
-    tasks.set_subreaper()  # the restored shell is re-parented to us
+    plumbing.set_subreaper()  # the restored shell is re-parented to us
     sh = pexpect.spawn("bash", ["--norc", "--noprofile", "-i"], encoding="utf-8",
                        env={"PS1": PROMPT, "PATH": os.environ["PATH"], "TERM": "dumb"},
                        timeout=30)
@@ -38,12 +38,12 @@ def test_bash_in_a_pty_survives_checkpoint_restore(tmp_path: Path) -> None:
         sh.expect_exact(PROMPT)
         sh.sendline("export ZDTM_VAR=before-checkpoint; sleep 300 &")
         sh.expect_exact(PROMPT)
-        frozen = tasks.freeze(sh.pid, 20)
+        frozen = plumbing.freeze(sh.pid, 20)
         s0 = snapshot.capture(sh.pid)
         dump = _engine("dump", "-t", str(sh.pid), "-D", str(tmp_path / "img"))
         assert dump.returncode == 0, dump.stderr
         os.waitpid(sh.pid, 0)  # the dumped shell was our child: free its pid
-        tasks.reap_zombie_children()  # its job, re-parented to us
+        plumbing.reap_zombie_children()  # its job, re-parented to us
         res = _engine("restore", "-D", str(tmp_path / "img"), "-d", "--leave-stopped",
                       "--pidfile", str(tmp_path / "pid"))
         assert res.returncode == 0, res.stderr
@@ -53,7 +53,7 @@ def test_bash_in_a_pty_survives_checkpoint_restore(tmp_path: Path) -> None:
         s1, _ = allowances.reconcile(s0, snapshot.capture(restored), BundledEngine().allowances())
         problems = checks.compare(s0, s1)
         assert not problems, "\n".join(map(str, problems))
-        tasks.thaw(tasks.tree(restored) or frozen)
+        plumbing.thaw(plumbing.tree(restored) or frozen)
         sh.sendline("echo value=$ZDTM_VAR")
         sh.expect(r"value=([a-z-]+)")  # not the echo of the typed line
         assert sh.match.group(1) == "before-checkpoint"
@@ -66,7 +66,7 @@ def test_bash_in_a_pty_survives_checkpoint_restore(tmp_path: Path) -> None:
         sh.sendline("exit")
         sh.expect(pexpect.EOF)
     finally:
-        for pid in tasks.tree(restored) if restored else []:
+        for pid in plumbing.tree(restored) if restored else []:
             os.kill(pid, signal.SIGKILL)
         sh.close(force=True)
-        tasks.reap_zombie_children()
+        plumbing.reap_zombie_children()

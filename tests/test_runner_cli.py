@@ -7,19 +7,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from zdtm import tasks
+from tests.fake_support import ROOT, fake_suite, runner
+from zdtm import plumbing
 from zdtm.cli import DEFAULT_WORKROOT, build_parser, plan
 from zdtm.desc import TestDesc
 
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_SRC = Path(__file__).resolve().parent / "data" / "fake_zdtm.c"
 BEHAVIOURS = {
     "pass": ("PASS", "{'flavor': 'h ns uns'}"),
     "fail": ("FAIL", "{'flavor': 'h'}"),
@@ -36,34 +34,9 @@ BEHAVIOURS = {
 
 @pytest.fixture(scope="module")
 def fake_dir() -> Iterator[Path]:
-    """A --tests-dir with one fake test binary per behaviour (and its .desc).
-
-    Made with mkdtemp directly under the temp dir and opened to others (0755), because the
-    uns flavour runs the test as uid 100000, which must reach the binaries.
-    """
-    d = Path(tempfile.mkdtemp(prefix="zdtm-fake-"))
-    try:
-        os.chmod(d, 0o755)
-        for name, (macro, desc) in BEHAVIOURS.items():
-            subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-DBEHAVE_{macro}", "-o",
-                            str(d / name), str(FAKE_SRC)], check=True, timeout=120)
-            (d / f"{name}.desc").write_text(desc + "\n")
+    """A --tests-dir with one fake test binary per behaviour (and its .desc)."""
+    with fake_suite(BEHAVIOURS, "zdtm-fake-") as d:
         yield d
-    finally:
-        shutil.rmtree(d)
-
-
-def runner(*args: str, timeout: float = 180, nice: int = 0) -> subprocess.CompletedProcess[str]:
-    """Run ./runner.py with ``args`` (at least at niceness ``nice``); its console output in
-    .stdout."""
-    before = set(tasks.descendants(os.getpid()))
-    proc = subprocess.run(["nice", "-n", str(max(0, nice - os.nice(0))), sys.executable, str(ROOT / "runner.py"),
-                           *args], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, check=False)
-    # nothing the run started may survive it
-    assert set(tasks.descendants(os.getpid())) <= before
-    return proc
 
 
 def _no_leftovers(fake_dir: Path) -> None:
@@ -250,8 +223,9 @@ def test_exclude_is_repeatable() -> None:
 
 
 def test_an_installed_copy_without_sources_refuses_to_run(tmp_path: Path) -> None:
-    """What `pip install .` installs (the Python packages, no C sources, descriptors or
-    Makefiles) says to run from a checkout instead of finding 0 tests."""
+    """A copy of the Python packages alone (no C sources, descriptors or Makefiles; pip
+    refuses to build a wheel, but such a copy can still be put on PYTHONPATH) says to run
+    from a checkout instead of finding 0 tests."""
     for init in (p for pkg in ("zdtm", "flavors", "engine") for p in (ROOT / pkg).rglob(
             "__init__.py")):
         dest = tmp_path / init.parent.relative_to(ROOT)
@@ -279,7 +253,7 @@ def test_plan_respects_declared_flavours() -> None:
 @pytest.mark.parametrize("parallel", ["1", "2"])
 def test_sigterm_to_the_runner_cleans_up(fake_dir: Path, parallel: str) -> None:
     """A runner killed with SIGTERM mid-test still kills the test tree it started."""
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     proc = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), "run", "--tests-dir",
                              str(fake_dir), "-t", f"ext/term{parallel}", "--nocr",
                              "-p", parallel], cwd=ROOT, stdout=subprocess.PIPE,
@@ -291,7 +265,7 @@ def test_sigterm_to_the_runner_cleans_up(fake_dir: Path, parallel: str) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
-    assert set(tasks.descendants(os.getpid())) <= before
+    assert set(plumbing.descendants(os.getpid())) <= before
     _no_leftovers(fake_dir)
     assert not list(DEFAULT_WORKROOT.glob(f"ext-term{parallel}-h-*")), "work dir left behind"
 

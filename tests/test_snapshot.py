@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from zdtm import allowances, checks, memory, snapshot, tasks
+from zdtm import allowances, checks, memory, plumbing, snapshot
 from zdtm.proc import PAGE_SIZE
 
 PROGRAM = r"""
@@ -121,15 +121,15 @@ def subject(binary: Path, tmp_path: Path) -> Iterator[Subject]:
         assert line.startswith("READY"), line
         info = {k: int(v, 0) for k, v in re.findall(r"(\w+)=(0x[0-9a-f]+|\d+)", line)}
         _wait_napping([proc.pid, info["child"]])
-        tasks.freeze(proc.pid, 10)
+        plumbing.freeze(proc.pid, 10)
         yield Subject(proc, info, file)
     finally:
-        victims = tasks.tree(proc.pid)
+        victims = plumbing.tree(proc.pid)
         for pid in reversed(victims):
             os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        left = tasks.wait_gone(victims, 10)
-        tasks.reap_zombie_children()
+        left = plumbing.wait_gone(victims, 10)
+        plumbing.reap_zombie_children()
         proc.stdout.close()
         assert not left
 
@@ -229,7 +229,7 @@ def test_capture_changes_nothing(subject: Subject) -> None:
     assert _present_pages(subject.pid, i["anon"], 256) == anon0 == 3
     assert _present_pages(i["child"], i["shm"], 64) == shm0  # read via the object, not the task
     assert Path(f"/proc/{subject.pid}/maps").read_text() == maps0  # growsdown not grown
-    for pid in tasks.tree(subject.pid):
+    for pid in plumbing.tree(subject.pid):
         assert all(s == "T" for s in _states(pid))
 
 
@@ -249,9 +249,9 @@ def test_unchanged_tree_compares_equal_after_running(subject: Subject) -> None:
     where the tree stays frozen. Here it is set apart as an allowance would, and any
     other difference fails."""
     s0 = snapshot.capture(subject.pid, ns=True)
-    tasks.thaw(tasks.tree(subject.pid))
+    plumbing.thaw(plumbing.tree(subject.pid))
     time.sleep(0.3)
-    tasks.freeze(subject.pid, 10)
+    plumbing.freeze(subject.pid, 10)
     s1, _ = allowances.reconcile(s0, snapshot.capture(subject.pid, ns=True),
                                  [allowances.Allowance("sharing", "cow-lost", "it ran")])
     assert checks.compare(s0, s1) == []
@@ -289,8 +289,7 @@ def test_changes_are_found(subject: Subject) -> None:
 
 
 def _pidfd_getfd(pidfd: int, fd: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    res = libc.syscall(438, pidfd, fd, 0)
+    res = plumbing.libc.syscall(438, pidfd, fd, 0)
     if res < 0:
         raise OSError(ctypes.get_errno(), "pidfd_getfd")
     return res
@@ -353,14 +352,14 @@ def test_unserved_lazy_pages_do_not_hang_the_capture(tmp_path: Path,
     subprocess.run(["gcc", "-o", str(tmp_path / "lazy"), str(tmp_path / "lazy.c")],
                    check=True, timeout=60)
     monkeypatch.setattr(snapshot, "LAZY_TIMEOUT", 2.0)
-    kids = set(tasks.descendants(os.getpid()))
+    kids = set(plumbing.descendants(os.getpid()))
     proc = subprocess.Popen([str(tmp_path / "lazy")], stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 10)
         assert ready, "lazy program did not start"
         area = int(proc.stdout.readline().decode().split("area=")[1], 16)
-        tasks.freeze(proc.pid, 10)
+        plumbing.freeze(proc.pid, 10)
         t0 = time.monotonic()
         tree = snapshot.capture(proc.pid)
         assert time.monotonic() - t0 < 30
@@ -369,7 +368,7 @@ def test_unserved_lazy_pages_do_not_hang_the_capture(tmp_path: Path,
         first = (area - vma.start) // PAGE_SIZE * 8
         assert vma.digest is not None
         assert vma.digest[first:first + 16 * 8] == memory.UNREADABLE * 16
-        assert [p for p in tasks.descendants(os.getpid()) if p not in kids] == [proc.pid]
+        assert [p for p in plumbing.descendants(os.getpid()) if p not in kids] == [proc.pid]
     finally:
         proc.kill()
         proc.wait(timeout=10)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from zdtm.desc import TestDesc
-from zdtm.engines.base import Engine, Features, StepResult
-from zdtm.engines.criu import CriuEngine
-from zdtm.engines.translate import CrOptions, cr_options, missing_features
+from zdtm.drivers.base import Engine, Features, StepResult
+from zdtm.drivers.criu import CriuEngine
+from zdtm.drivers.translate import CrOptions, cr_options, missing_features
 
 
 def _t(**fields: object) -> TestDesc:

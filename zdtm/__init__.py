@@ -23,11 +23,11 @@ FLAVORS = ("h", "ns", "uns")
 def missing_sources() -> str | None:
     """Why this copy of the package cannot build or find the tests (None in a checkout).
 
-    ``pip install .`` ships the Python packages only: no C library, test sources,
-    descriptors or Makefiles.  The harness runs from a checkout (or an editable install).
+    The harness runs from a checkout (or an editable install of one); pip refuses to build
+    a wheel of it (checkout_backend.py). A copy of the Python packages made another way
+    (copied, put on PYTHONPATH) has no C library, test sources, descriptors or Makefiles.
     """
     if (ZDTM_DIR / "Makefile").is_file() and (ZDTM_DIR / "lib").is_dir():
         return None
-    return (f"{ZDTM_DIR} holds no test sources (an installed copy of the package, e.g. "
-            "`pip install .`): run it from a checkout, as ./runner.py or after "
-            "`pip install -e .` there")
+    return (f"{ZDTM_DIR} holds no test sources (a copy of the Python packages only): run it "
+            "from a checkout, as ./runner.py or after `pip install -e .` there")

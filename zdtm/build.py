@@ -18,7 +18,7 @@ from typing import Self
 
 from zdtm import CHECKOUT_TAG, ROOT_DIR, ZDTM_DIR
 from zdtm.desc import TestDesc
-from zdtm.tasks import flock_until
+from zdtm.plumbing import flock_until
 
 FLAVORS_DIR = ROOT_DIR / "flavors"
 NSINIT = FLAVORS_DIR / "nsinit"

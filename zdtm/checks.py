@@ -21,7 +21,7 @@ from zdtm.snapshot import (
     OwnState,
     ProcState,
     TreeState,
-    Vma,
+    VmaState,
 )
 
 _MAX_PER_PROCESS = 20  # a badly broken restore must not bury the first problems in noise
@@ -257,7 +257,7 @@ def _maps(b: ProcState, a: ProcState) -> list[Problem]:
     return out
 
 
-def _vma_diff(vb: Vma, va: Vma) -> str:
+def _vma_diff(vb: VmaState, va: VmaState) -> str:
     parts = []
     if vb.end != va.end:
         parts.append(f"end {vb.end:x} -> {va.end:x}")
@@ -297,7 +297,7 @@ def _memory(b: ProcState, a: ProcState) -> list[Problem]:
     return out
 
 
-def _overlap_diff(vb: Vma, va: Vma) -> str | None:
+def _overlap_diff(vb: VmaState, va: VmaState) -> str | None:
     lo, hi = max(vb.start, va.start), min(vb.end, va.end)
     bslice = _digest_slice(vb, lo, hi)
     aslice = _digest_slice(va, lo, hi)
@@ -315,7 +315,7 @@ def _overlap_diff(vb: Vma, va: Vma) -> str | None:
     return f"page {addr:#x} differs ({kb} before, {ka} after){more}"
 
 
-def _digest_slice(v: Vma, lo: int, hi: int) -> bytes:
+def _digest_slice(v: VmaState, lo: int, hi: int) -> bytes:
     assert v.digest is not None
     first = (lo - v.start) // PAGE_SIZE * DIGEST_SIZE
     last = (hi - v.start) // PAGE_SIZE * DIGEST_SIZE

@@ -26,18 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, missing_sources, shard, tasks, vm
+from zdtm import CHECKOUT_TAG, FLAVORS, ROOT_DIR, known, missing_sources, plumbing, shard, vm
 from zdtm import results as results_file
 from zdtm.build import BuildError, ensure_built
 from zdtm.compare import Comparison, compare, known_lines
 from zdtm.console import Console, closing_lines
 from zdtm.desc import DescError, TestDesc, discover, discover_external, select
-from zdtm.engines import Engine, make_engine
+from zdtm.drivers import Engine, make_engine
 from zdtm.external import script, start_plan
 from zdtm.gate import verdict, with_reruns
 from zdtm.lifecycle import ENGINE_TIMEOUT, SNAPSHOT_TIMEOUT, RunOptions, prepare_process, run_test
 from zdtm.report import allowed_totals, check_writable, totals, write_reports
-from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Result
+from zdtm.result import FAIL, HARNESS_ERROR, TIMEOUT, Phase, Result
 from zdtm.results import ResultsError, RunResults
 
 # Under the temp dir, not in the checkout: in uns the test runs as uid 100000, which must be
@@ -273,14 +273,14 @@ def _run_worker(job: Job, args: argparse.Namespace, console: Console,
         rc = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
         _end_workers([proc.pid])
-        result.fail("check", TIMEOUT, f"worker gave no result in {limit:.0f}s, killed")
+        result.fail(Phase.CHECK, TIMEOUT, f"worker gave no result in {limit:.0f}s, killed")
         return result
     finally:
         live.discard(proc.pid)
     reader.join(timeout=10.0)
     if found:
         return found[-1]
-    result.fail("check", HARNESS_ERROR, f"worker exited with status {rc} and no result")
+    result.fail(Phase.CHECK, HARNESS_ERROR, f"worker exited with status {rc} and no result")
     return result
 
 
@@ -293,7 +293,7 @@ def _end_workers(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    tasks.kill_tree(tasks.wait_gone(pids, WORKER_GRACE), 10.0)
+    plumbing.kill_tree(plumbing.wait_gone(pids, WORKER_GRACE), 10.0)
 
 
 def _run_one_worker(spec_text: str) -> int:

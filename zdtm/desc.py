@@ -13,7 +13,7 @@ Keys (all optional):
 ``dopts``    extra engine options for pre-dump and dump only
 ``ropts``    extra engine options for restore only
 ``feature``  engine/kernel features required (the engine's names, or criu's: see
-             zdtm.engines.translate)
+             zdtm.drivers.translate)
 ``crfail_unless``  features (same names) whose absence is why a ``crfail`` test's dump
              must fail: an engine that has them all runs the test as a plain C/R test
 ``timeout``  seconds the test may take to start and to stop (int or numeric string)

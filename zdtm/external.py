@@ -38,9 +38,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zdtm import proc, tasks
+from zdtm import plumbing, proc
 from zdtm.desc import TestDesc, beside, desc_fields
-from zdtm.result import CHECK_FAILED, TEST_FAIL, TIMEOUT, Result
+from zdtm.result import CHECK_FAILED, TEST_FAIL, TIMEOUT, Phase, Result
 
 SCRIPT_TIMEOUT = 60.0   # deadline of one .checkskip or .hook call
 MAKE_TIMEOUT = 30.0     # deadline of one ``make -n``
@@ -48,8 +48,9 @@ NOTIFY_TIMEOUT = 30.0   # deadline of the test's answer to a pre-dump notificati
 KILL_TIMEOUT = 10.0     # what a script left running at its deadline must be gone by then
 NOTIFY_FDIN, NOTIFY_FDOUT = 100, 101
 #: Where each hook argument runs, as a result phase.
-HOOK_PHASES = {"--post-start": "start", "--pre-dump": "dump", "--post-pre-dump": "pre-dump",
-               "--pre-restore": "restore", "--post-restore": "restore", "--clean": "stop"}
+HOOK_PHASES = {"--post-start": Phase.START, "--pre-dump": Phase.DUMP,
+               "--post-pre-dump": Phase.PRE_DUMP, "--pre-restore": Phase.RESTORE,
+               "--post-restore": Phase.RESTORE, "--clean": Phase.STOP}
 _SHELL_CHARS = frozenset(";|&<>`$")  # a rule command with these is not a plain start
 _MNT_DETACH = 2
 
@@ -179,27 +180,27 @@ def precheck(test: TestDesc, result: Result) -> bool:
     """SKIP (or fail, on a deadline) what the suite says cannot run here; True to go on."""
     machine = os.uname().machine
     if test.arch and test.arch != machine:
-        result.skip("start", f"arch: the test is for {test.arch}, this machine is {machine}")
+        result.skip(Phase.START, f"arch: the test is for {test.arch}, this machine is {machine}")
         return False
     plan = start_plan(test)
     if plan.problem:
-        result.skip("start", plan.problem)
+        result.skip(Phase.START, plan.problem)
         return False
     checkskip = script(test, ".checkskip")
     if checkskip is None:
         return True
-    before = set(tasks.descendants(os.getpid()))
+    before = set(plumbing.descendants(os.getpid()))
     done = run_script([str(checkskip)], cwd=test.binary.parent, env=dict(os.environ))
     # a probe has nothing to leave running: the test's cleanup would not know it
-    tasks.kill_tree([p for p in tasks.descendants(os.getpid()) if p not in before],
-                    KILL_TIMEOUT)
+    plumbing.kill_tree([p for p in plumbing.descendants(os.getpid()) if p not in before],
+                       KILL_TIMEOUT)
     if done.rc is None:
-        result.fail("start", TIMEOUT, f"{checkskip.name}: no answer in "
-                                      f"{SCRIPT_TIMEOUT:.0f}s, killed", done.output)
+        result.fail(Phase.START, TIMEOUT, f"{checkskip.name}: no answer in "
+                                          f"{SCRIPT_TIMEOUT:.0f}s, killed", done.output)
         return False
     if done.rc != 0:
         last = done.output[-1] if done.output else "no output"
-        result.skip("start", f"{checkskip.name} exited {done.rc}: {last}")
+        result.skip(Phase.START, f"{checkskip.name} exited {done.rc}: {last}")
         return False
     return True
 
@@ -252,9 +253,9 @@ class Script:
             rc: int | None = self.child.wait(timeout=max(self.deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:
             # everything the script started goes with it (re-parented to us, then reaped)
-            members = [p for p in tasks.tree(self.child.pid) if p != self.child.pid]
-            tasks.kill_group(self.child)
-            tasks.kill_tree(members, KILL_TIMEOUT)
+            members = [p for p in plumbing.tree(self.child.pid) if p != self.child.pid]
+            plumbing.kill_group(self.child)
+            plumbing.kill_tree(members, KILL_TIMEOUT)
             rc = None
         with self.out:
             self.out.seek(0)
@@ -320,19 +321,19 @@ def notify_pre_dump(test: TestDesc, pid: int, result: Result) -> bool:
         ready, _, _ = select.select([answer], [], [], NOTIFY_TIMEOUT)
         reply = os.read(answer, 4) if ready else None
     except OSError as exc:
-        result.fail("pre-dump", TEST_FAIL, f"pre-dump notify: pid {pid} fds "
-                                           f"{NOTIFY_FDIN}/{NOTIFY_FDOUT}: {exc.strerror}")
+        result.fail(Phase.PRE_DUMP, TEST_FAIL, f"pre-dump notify: pid {pid} fds "
+                                               f"{NOTIFY_FDIN}/{NOTIFY_FDOUT}: {exc.strerror}")
         return False
     finally:
         for fd in (answer, ask):
             if fd >= 0:
                 os.close(fd)
     if reply is None:
-        result.fail("pre-dump", TIMEOUT, f"pre-dump notify: no answer from pid {pid} in "
-                                         f"{NOTIFY_TIMEOUT:.0f}s")
+        result.fail(Phase.PRE_DUMP, TIMEOUT, f"pre-dump notify: no answer from pid {pid} in "
+                                             f"{NOTIFY_TIMEOUT:.0f}s")
         return False
     if len(reply) != 4:
-        result.fail("pre-dump", TEST_FAIL, f"pre-dump notify: pid {pid} answered {reply!r}")
+        result.fail(Phase.PRE_DUMP, TEST_FAIL, f"pre-dump notify: pid {pid} answered {reply!r}")
         return False
     return True
 
@@ -365,10 +366,10 @@ def unmount_left(root: Path, result: Result) -> None:
         return
     lines = []
     for point in left:
-        if tasks.libc.umount2(point.encode(), _MNT_DETACH) == 0:
+        if plumbing.libc.umount2(point.encode(), _MNT_DETACH) == 0:
             lines.append(f"left behind: mount {point} (unmounted)")
         else:
             lines.append(f"left behind: mount {point} (umount: "
                          f"{os.strerror(ctypes.get_errno())})")
-    result.fail("stop", CHECK_FAILED, f"after the test: {lines[0]}", lines)
+    result.fail(Phase.STOP, CHECK_FAILED, f"after the test: {lines[0]}", lines)
 

@@ -23,7 +23,7 @@ import struct
 import time
 from collections.abc import Iterator, Mapping
 
-from zdtm.tasks import libc
+from zdtm.plumbing import libc
 
 _SYS_PIDFD_GETFD = 438
 F_GETSIG = 11

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from zdtm import tasks
+from zdtm import plumbing
 
 #: How long a run waits for another run's test to let the resource go.
 WAIT = 1800.0
@@ -70,8 +70,8 @@ def hold(names: list[str], wait: float = WAIT) -> Held:
     held = Held([], 0.0)
     try:
         for name in sorted(names):
-            held.fds.append(tasks.flock_until(lock_dir() / f"zdtm-host-{name}.lock",
-                                              fcntl.LOCK_EX, start + wait))
+            held.fds.append(plumbing.flock_until(lock_dir() / f"zdtm-host-{name}.lock",
+                                                 fcntl.LOCK_EX, start + wait))
     except BaseException:
         held.close()
         raise

@@ -10,7 +10,7 @@ dumped state is exactly the S0 state; the restored tree is left stopped by the e
 that cannot leave the tree stopped is noted in the result and the harness stops the tree
 itself right after the restore.
 
-Tasks the test itself stopped (in group-stop before the harness's freeze: tasks.stopped_ids)
+Tasks the test itself stopped (in group-stop before the harness's freeze: plumbing.stopped_ids)
 are "stopped by signal" in S0; in S1 only those the restore left stopped, seen before the
 harness stops whatever runs, so a restore that resumes such a task fails ``taskattrs``.
 The harness's resume leaves them stopped.
@@ -44,14 +44,14 @@ from zdtm import (
     hostlocks,
     kernel_health,
     mountns,
+    plumbing,
     snapshot,
-    tasks,
 )
 from zdtm.build import BuildError, ensure_built
 from zdtm.desc import TestDesc
-from zdtm.engines import Engine, EngineFailure
-from zdtm.engines.base import TreeInfo
-from zdtm.engines.translate import CrOptions, cr_options, missing_features
+from zdtm.drivers import Engine, EngineFailure
+from zdtm.drivers.base import TreeInfo
+from zdtm.drivers.translate import CrOptions, cr_options, missing_features
 from zdtm.result import (
     CHECK_FAILED,
     ENGINE_CRASHED,
@@ -62,6 +62,7 @@ from zdtm.result import (
     SKIP,
     TEST_FAIL,
     TIMEOUT,
+    Phase,
     PhaseClock,
     Result,
 )
@@ -173,7 +174,7 @@ class Run:
         self.kernel = kernel_health.KernelWatch(tolerate_taint=opts.tolerate_taint)
         self.cgroups0: frozenset[str] = frozenset()
         self.cgroups_seen: set[str] = set()  # cgroups the tree's tasks were seen in
-        self.phase = "build"  # the phase running now, for harness errors
+        self.phase = Phase.BUILD  # the phase running now, for harness errors
         self.cr_opts = CrOptions()  # the descriptor's engine options, for this engine
         self.crfail = "crfail" in test.flags  # this engine's dump must fail
         # a crfail test whose dump succeeded: it fails, and is restored and judged once so
@@ -181,13 +182,13 @@ class Run:
         self.crfail_dumped = False
 
     @property
-    def phase(self) -> str:
+    def phase(self) -> Phase:
         """The phase running now; setting it also times the phases
         (Result.phase_seconds)."""
         return self._phase
 
     @phase.setter
-    def phase(self, value: str) -> None:
+    def phase(self, value: Phase) -> None:
         self._phase = value
         self.clock.enter(value)
 
@@ -198,7 +199,7 @@ class Run:
         started = time.monotonic()
         try:
             if self.test.problem:  # an unreadable descriptor fails this test only
-                self.result.fail("build", HARNESS_ERROR, self.test.problem)
+                self.result.fail(Phase.BUILD, HARNESS_ERROR, self.test.problem)
                 return self.result
             if self._skip_reason():
                 return self.result
@@ -210,7 +211,7 @@ class Run:
             self.cgroups0 = cgroups.existing()
             with self._host_locks():  # before own0: its fd is the harness's until the end
                 own0 = snapshot.own_state()
-                self.baseline_desc = set(tasks.descendants(os.getpid()))
+                self.baseline_desc = set(plumbing.descendants(os.getpid()))
                 try:
                     try:
                         self._start()
@@ -223,7 +224,7 @@ class Run:
                 finally:
                     # whatever the outcome, nothing of the run may be left
                     self._final_leak_check(own0)
-                    self._kernel_check("stop")
+                    self._kernel_check(Phase.STOP)
         except _Failed:
             pass
         except Exception as exc:  # noqa: BLE001 - any harness bug becomes a result
@@ -241,15 +242,16 @@ class Run:
     def _skip_reason(self) -> bool:
         t, r = self.test, self.result
         if r.flavor not in t.flavors:
-            r.skip("start", f"flavour {r.flavor} not in the test's flavours {' '.join(t.flavors)}")
+            r.skip(Phase.START,
+                   f"flavour {r.flavor} not in the test's flavours {' '.join(t.flavors)}")
         elif self.opts.lazy and "nolazy" in t.flags:
-            r.skip("start", "test is flagged nolazy")
+            r.skip(Phase.START, "test is flagged nolazy")
         elif self.opts.norst and "reqrst" in t.flags:
-            r.skip("start", "test is flagged reqrst and --norst was given")
+            r.skip(Phase.START, "test is flagged reqrst and --norst was given")
         elif self.engine.performs_cr:
             why = cr_unavailable(self.engine, self.opts, r.flavor)
             if why:
-                r.skip("start", why)
+                r.skip(Phase.START, why)
             else:
                 self._translate()
         if r.outcome == SKIP:
@@ -264,9 +266,9 @@ class Run:
         for note in (*self.cr_opts.notes, *notes):
             self._note(note)
         if self.cr_opts.skip:
-            r.skip("start", self.cr_opts.skip)
+            r.skip(Phase.START, self.cr_opts.skip)
         elif missing:
-            r.skip("start", "engine lacks feature(s): " + ", ".join(missing))
+            r.skip(Phase.START, "engine lacks feature(s): " + ", ".join(missing))
         elif self.crfail and t.crfail_unless:
             self._crfail_for_this_engine()
 
@@ -287,7 +289,7 @@ class Run:
         try:
             ensure_built([self.test], with_nsinit=self.flavor.uses_ns)
         except BuildError as exc:
-            self.result.fail("build", HARNESS_ERROR, "build failed", str(exc).splitlines())
+            self.result.fail(Phase.BUILD, HARNESS_ERROR, "build failed", str(exc).splitlines())
             raise _Failed from None
 
     def _make_workdir(self) -> Path:
@@ -311,11 +313,11 @@ class Run:
         return workdir
 
     def _start(self) -> None:
-        self.phase = "start"
+        self.phase = Phase.START
         try:
             self.workdir = self._make_workdir()
         except StartError as exc:  # the flavour cannot use this place
-            self.result.fail("start", HARNESS_ERROR, exc.message)
+            self.result.fail(Phase.START, HARNESS_ERROR, exc.message)
             raise _Failed from None
         self.result.workdir = str(self.workdir)
         self.kernel.tokens.append(str(self.workdir))
@@ -329,10 +331,10 @@ class Run:
         except StartError as exc:
             if exc.kind == "skip":
                 verdict = _last_verdict(self.workdir / f"{self.test.short}.out")
-                self.result.skip("start", f"test says: {verdict or exc.message}")
+                self.result.skip(Phase.START, f"test says: {verdict or exc.message}")
                 raise _Failed from None
             kind = {"timeout": TIMEOUT, "setup": HARNESS_ERROR}.get(exc.kind, TEST_FAIL)
-            self.result.fail("start", kind, exc.message.splitlines()[0],
+            self.result.fail(Phase.START, kind, exc.message.splitlines()[0],
                              exc.message.splitlines()[1:] + self._outfile_tail())
             raise _Failed from None
         finally:
@@ -351,7 +353,7 @@ class Run:
             label = f"{self.result.ident} iter {i}/{self.opts.iters}"
             own_a = snapshot.own_state()
             # tasks the test keeps stopped stay stopped when the tree is resumed
-            keep = tasks.stopped_ids(self.root_pid)
+            keep = plumbing.stopped_ids(self.root_pid)
             held = keep  # of those, the ones still stopped when S1 is taken
             if cr:
                 try:
@@ -360,7 +362,7 @@ class Run:
                 except _CrFailed:
                     return  # the expected dump failure ended the C/R part
                 self._hook("--pre-dump")
-                frozen = self._freeze("dump")
+                frozen = self._freeze(Phase.DUMP)
                 s0 = self._capture("S0", keep)
                 if not self._dump(i, parent):
                     return  # crfail: the expected dump failure ended the C/R part
@@ -368,21 +370,21 @@ class Run:
                     self._restore_snapshots(i, frozen, snaps)
                     held = keep & self._restore(i, frozen, label)
             else:
-                self._freeze("check")
+                self._freeze(Phase.CHECK)
                 s0 = self._capture("S0", keep)
             s1 = self._capture("S1", held)
             s1, allowed = allowances.reconcile(s0, s1, self.engine.allowances())
             self.result.allowed += [f"iteration {i}: {d}" for d in allowed]
             problems = self._compare(s0, s1)
-            tasks.thaw(tasks.tree(self.root_pid), keep)
+            plumbing.thaw(plumbing.tree(self.root_pid), keep)
             if cr and not self.opts.norst:
                 self._hook("--post-restore", self._imgdir(f"{i}-dump"))
             if cr and self.opts.lazy:
-                self._engine_step("restore", self.engine.finish, self.opts.engine_timeout)
+                self._engine_step(Phase.RESTORE, self.engine.finish, self.opts.engine_timeout)
             problems += self._own_problems(own_a)
-            self._kernel_check("check", f"iteration {i}: ")
+            self._kernel_check(Phase.CHECK, f"iteration {i}: ")
             if problems:
-                self.result.fail("check", CHECK_FAILED,
+                self.result.fail(Phase.CHECK, CHECK_FAILED,
                                  f"iteration {i}: {len(problems)} problem(s): "
                                  f"{problems[0].check}: {problems[0].message}",
                                  _problem_lines(problems))
@@ -395,7 +397,7 @@ class Run:
     def _pre_dumps(self, i: int) -> Path | None:
         parent = None
         for k in range(1, self.opts.pre + 1):
-            self.phase = "pre-dump"
+            self.phase = Phase.PRE_DUMP
             d = self._imgdir(f"{i}-pre{k}")
             res = self._pre_dump_step(self.engine.pre_dump, self.root_pid, d,
                                       parent_images=parent, opts=self.cr_opts.dump,
@@ -416,14 +418,14 @@ class Run:
             d = self._imgdir(f"{i}-snap{k}")
             s0 = None
             if self.opts.snaps == "each":
-                self._freeze("pre-dump")
+                self._freeze(Phase.PRE_DUMP)
                 s0 = self._capture(f"S0 of snapshot {k}")
-            self.phase = "pre-dump"
+            self.phase = Phase.PRE_DUMP
             res = self._pre_dump_step(self.engine.snapshot, self.root_pid, d,
                                       parent_images=taken[-1][0] if taken else None,
                                       opts=self.test.opts, timeout=self.opts.engine_timeout)
             if s0 is not None:
-                tasks.thaw(tasks.tree(self.root_pid))
+                plumbing.thaw(plumbing.tree(self.root_pid))
             self._timing(f"iter {i}: snapshot {k}", res)
             taken.append((d, s0))
         return taken
@@ -436,19 +438,19 @@ class Run:
             if s0 is None:
                 continue
             self._wait_dumped_gone(frozen)
-            self.phase = "restore"
+            self.phase = Phase.RESTORE
             self.root_pid = self._engine_step(
-                "restore", self.engine.restore, d, leave_stopped=self.engine.can_leave_stopped,
+                Phase.RESTORE, self.engine.restore, d, leave_stopped=self.engine.can_leave_stopped,
                 opts=(*self.test.opts, *self.test.ropts), timeout=self.opts.engine_timeout,
                 lazy=False)
-            frozen = self._freeze("restore")
+            frozen = self._freeze(Phase.RESTORE)
             problems = self._compare(s0, self._capture(f"S1 of snapshot {k}"))
-            left = tasks.kill_tree(frozen, CLEANUP_TIMEOUT)
-            tasks.reap_zombie_children()
+            left = plumbing.kill_tree(frozen, CLEANUP_TIMEOUT)
+            plumbing.reap_zombie_children()
             if problems or left:
                 lines = _problem_lines(problems) + [f"restored task {p} would not die"
                                                     for p in left]
-                self.result.fail("check", CHECK_FAILED, f"iteration {i} snapshot {k}: "
+                self.result.fail(Phase.CHECK, CHECK_FAILED, f"iteration {i} snapshot {k}: "
                                  f"{len(lines)} problem(s): {lines[0]}", lines)
                 raise _Failed
             self.progress(f"{self.result.ident} iter {i}: snapshot {k} restored, checks ok")
@@ -466,7 +468,7 @@ class Run:
 
     def _dump(self, i: int, parent: Path | None) -> bool:
         """Dump; False when a crfail test's dump failed as expected."""
-        self.phase = "dump"
+        self.phase = Phase.DUMP
         d = self._imgdir(f"{i}-dump")
         crfail = self.crfail
         try:
@@ -476,12 +478,12 @@ class Run:
         except EngineFailure as exc:
             if crfail and exc.kind == "error":
                 self._note(f"dump failed as expected (crfail): {exc.message}")
-                tasks.thaw(tasks.tree(self.root_pid))
+                plumbing.thaw(plumbing.tree(self.root_pid))
                 return False
-            self._engine_failed("dump", exc)
+            self._engine_failed(Phase.DUMP, exc)
         self._timing(f"iter {i}: dump", res)
         if crfail:
-            self.result.fail("dump", CHECK_FAILED, "dump succeeded but the test is crfail")
+            self.result.fail(Phase.DUMP, CHECK_FAILED, "dump succeeded but the test is crfail")
             self._note("crfail dump succeeded: the tree is restored, checked and stopped "
                        "once, so that what the dump lost is named")
             self.crfail, self.crfail_dumped = False, True
@@ -490,77 +492,77 @@ class Run:
     def _restore(self, i: int, frozen: list[int], label: str) -> set[int]:
         """Restore iteration i's dump and stop the tree; the tasks (own-namespace pids) the
         restore itself left in group-stop, seen before the harness stops the rest."""
-        self.phase = "restore"
+        self.phase = Phase.RESTORE
         self._wait_dumped_gone(frozen)
         d = self._imgdir(f"{i}-dump")
         self._hook("--pre-restore", d)
         stopped = self.engine.can_leave_stopped
         t0 = time.monotonic()
         self.root_pid = self._engine_step(
-            "restore", self.engine.restore, d, leave_stopped=stopped,
+            Phase.RESTORE, self.engine.restore, d, leave_stopped=stopped,
             opts=self.cr_opts.restore, timeout=self.opts.engine_timeout,
             lazy=self.opts.lazy)
-        if not tasks.pid_alive(self.root_pid):
-            self.result.fail("restore", ENGINE_ERROR,
+        if not plumbing.pid_alive(self.root_pid):
+            self.result.fail(Phase.RESTORE, ENGINE_ERROR,
                              f"restore reported root pid {self.root_pid}, which is not alive")
             raise _Failed
         if not stopped:
             self._note(f"{self.engine.name} cannot leave the restored tree stopped: S1 was "
                        "taken after it ran briefly")
-        left_stopped = tasks.stopped_ids(self.root_pid, settle=STOP_SETTLE)
-        self._freeze("restore")
+        left_stopped = plumbing.stopped_ids(self.root_pid, settle=STOP_SETTLE)
+        self._freeze(Phase.RESTORE)
         try:
             self.test_pid = self.flavor.test_pid_after_restore(self.root_pid, self.ns_pid)
         except StartError as exc:
-            self.result.fail("restore", ENGINE_ERROR, exc.message)
+            self.result.fail(Phase.RESTORE, ENGINE_ERROR, exc.message)
             raise _Failed from None
         self.progress(f"{label}: restore {time.monotonic() - t0:.2f}s")
         return left_stopped
 
     def _wait_dumped_gone(self, frozen: list[int]) -> None:
         """The engine killed the dumped tree; reap it so its pids are free again."""
-        left = tasks.wait_gone(frozen, CLEANUP_TIMEOUT)
+        left = plumbing.wait_gone(frozen, CLEANUP_TIMEOUT)
         if left:
-            self.result.fail("dump", ENGINE_ERROR,
+            self.result.fail(Phase.DUMP, ENGINE_ERROR,
                              f"dumped tasks {left} still alive after the dump")
             raise _Failed
 
     def _stop(self) -> None:
-        self.phase = "stop"
+        self.phase = Phase.STOP
         outfile = self.workdir / f"{self.test.short}.out" if self.workdir else Path("/")
         try:
             os.kill(self.test_pid, signal.SIGTERM)
         except ProcessLookupError:
-            self.result.fail("stop", TEST_FAIL, f"test process {self.test_pid} is gone "
-                                                "before SIGTERM", self._outfile_tail())
+            self.result.fail(Phase.STOP, TEST_FAIL, f"test process {self.test_pid} is gone "
+                                                    "before SIGTERM", self._outfile_tail())
             raise _Failed from None
         limit = float(self.test.timeout)
         # the test exits after writing its verdict; what it leaves running is for cleanup
-        left = tasks.wait_gone([self.test_pid], limit)
+        left = plumbing.wait_gone([self.test_pid], limit)
         verdict = _last_verdict(outfile)
         if left or verdict is None:
             what = f"tasks {left} still running" if left else "no verdict in the outfile"
-            self.result.fail("stop", TIMEOUT,
+            self.result.fail(Phase.STOP, TIMEOUT,
                              f"{what} {limit:.0f}s after SIGTERM", self._outfile_tail())
             raise _Failed
         if "PASS" in verdict:
             return
         if "SKIP" in verdict:
-            self.result.skip("stop", f"test says: {verdict}")
+            self.result.skip(Phase.STOP, f"test says: {verdict}")
             return
-        self.result.fail("stop", TEST_FAIL, verdict, self._outfile_tail())
+        self.result.fail(Phase.STOP, TEST_FAIL, verdict, self._outfile_tail())
         raise _Failed
 
     def _cleanup(self) -> None:
         """Always: stop engine helpers, kill what is left of the tree, remove the work dir."""
         self.engine.close()
-        ours = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
+        ours = [p for p in plumbing.descendants(os.getpid()) if p not in self.baseline_desc]
         roots = [p for p in (self.root_pid, self.test_pid) if p] + ours
         self._see_cgroups(roots)
-        left = tasks.kill_tree(roots, CLEANUP_TIMEOUT)
-        tasks.reap_zombie_children()
+        left = plumbing.kill_tree(roots, CLEANUP_TIMEOUT)
+        plumbing.reap_zombie_children()
         if left:
-            self.result.fail("stop", HARNESS_ERROR, f"could not kill tasks {left}")
+            self.result.fail(Phase.STOP, HARNESS_ERROR, f"could not kill tasks {left}")
         if self.workdir is not None:
             self._suite_cleanup(self.workdir)
         keep_logs = self.result.outcome == FAIL and self.workdir is not None
@@ -578,18 +580,18 @@ class Run:
         """The suite's --clean hook (after the test is gone, as CRIU's runner does), then
         whatever that hook left running, and whatever the test or a hook left mounted."""
         self._hook("--clean", fatal=False)
-        tasks.kill_tree([p for p in tasks.descendants(os.getpid())
-                         if p not in self.baseline_desc], CLEANUP_TIMEOUT)
+        plumbing.kill_tree([p for p in plumbing.descendants(os.getpid())
+                            if p not in self.baseline_desc], CLEANUP_TIMEOUT)
         external.unmount_left(workdir, self.result)
 
     def _final_leak_check(self, own0: Any) -> None:
         """After cleanup the harness must hold exactly the fds, children and mounts it had
         before; mounts the run left (a test of the h flavour mounts in the harness's
         namespace) are reported, then removed."""
-        tasks.reap_zombie_children()
+        plumbing.reap_zombie_children()
         own1 = snapshot.own_state()
         problems = checks.compare_own(own0, own1)
-        leftovers = [p for p in tasks.descendants(os.getpid()) if p not in self.baseline_desc]
+        leftovers = [p for p in plumbing.descendants(os.getpid()) if p not in self.baseline_desc]
         lines = _problem_lines(problems) + [f"left behind: process {p}" for p in leftovers]
         lines += cgroups.remove_new(self.cgroups_seen, self.cgroups0)
         left_mounts = set(own1.mounts - own0.mounts)
@@ -597,22 +599,22 @@ class Run:
             failed = mountns.remove(left_mounts)
             lines += failed or [f"the {len(left_mounts)} mount(s) left behind were removed"]
         if lines:
-            self.result.fail("stop", CHECK_FAILED, f"after cleanup: {lines[0]}", lines)
+            self.result.fail(Phase.STOP, CHECK_FAILED, f"after cleanup: {lines[0]}", lines)
 
     def _see_cgroups(self, pids: list[int]) -> None:
         """Remember the cgroups of these tasks (new ones are removed after the run)."""
         for pid in pids:
-            for p in tasks.tree(pid):
+            for p in plumbing.tree(pid):
                 self.cgroups_seen |= cgroups.of_task(p)
 
-    def _kernel_check(self, phase: str, prefix: str = "") -> None:
+    def _kernel_check(self, phase: Phase, prefix: str = "") -> None:
         """New taint or kernel log lines of trouble fail the run with the kind ``kernel``."""
         lines = self.kernel.poll()
         for note in self.kernel.notes:
             self._note(note)
         if lines:
             self.result.fail(phase, KERNEL, f"{prefix}{lines[0]}", lines)
-            if phase == "check":
+            if phase == Phase.CHECK:
                 raise _Failed
 
     # ---- helpers -----------------------------------------------------------------------
@@ -625,7 +627,7 @@ class Run:
         try:
             held = hostlocks.hold(names)
         except TimeoutError as exc:
-            self.result.fail("start", HARNESS_ERROR, f"another run kept a host resource: {exc}")
+            self.result.fail(Phase.START, HARNESS_ERROR, f"another run kept a host resource: {exc}")
             raise _Failed from None
         with held:
             if held.waited >= 1.0:
@@ -658,7 +660,7 @@ class Run:
         out = _tail(self.workdir / f"{self.test.short}.out")
         return [f"outfile: {ln}" for ln in out]
 
-    def _engine_failed(self, phase: str, exc: EngineFailure) -> None:
+    def _engine_failed(self, phase: Phase, exc: EngineFailure) -> None:
         self.result.fail(phase, ENGINE_KINDS[exc.kind], exc.message,
                          [f"engine: {ln}" for ln in exc.log.splitlines()])
         raise _Failed
@@ -672,35 +674,35 @@ class Run:
             if self.crfail and exc.kind == "error":
                 self._note(f"pre-dump failed as expected (crfail): {exc.message}")
                 raise _CrFailed from None
-            self._engine_failed("pre-dump", exc)
+            self._engine_failed(Phase.PRE_DUMP, exc)
 
-    def _engine_step(self, phase: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def _engine_step(self, phase: Phase, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         try:
             return fn(*args, **kw)
         except EngineFailure as exc:
             self._engine_failed(phase, exc)
 
-    def _freeze(self, phase: str) -> list[int]:
+    def _freeze(self, phase: Phase) -> list[int]:
         try:
-            return tasks.freeze(self.root_pid, FREEZE_TIMEOUT)
-        except tasks.TaskError as exc:
+            return plumbing.freeze(self.root_pid, FREEZE_TIMEOUT)
+        except plumbing.TaskError as exc:
             self.result.fail(phase, TIMEOUT, f"freeze: {exc}")
             raise _Failed from None
 
     def _capture(self, label: str, held: set[int] | None = None) -> Any:
         """Snapshot the stopped tree; ``held``: the tasks stopped by the test (see
         snapshot.capture)."""
-        self.phase = "check"
+        self.phase = Phase.CHECK
         try:
             with deadline(SNAPSHOT_TIMEOUT, f"snapshot {label}"):
                 self._see_cgroups([self.root_pid])
                 return snapshot.capture(self.root_pid, ns=self.flavor.uses_ns, held=held)
         except PhaseTimeout as exc:
-            self.result.fail("check", TIMEOUT, str(exc))
+            self.result.fail(Phase.CHECK, TIMEOUT, str(exc))
             raise _Failed from None
         except (OSError, ValueError) as exc:
             # the tree is not what it should be (a task vanished, /proc unreadable)
-            self.result.fail("check", CHECK_FAILED, f"snapshot {label} failed: {exc}")
+            self.result.fail(Phase.CHECK, CHECK_FAILED, f"snapshot {label} failed: {exc}")
             raise _Failed from None
 
     def _compare(self, s0: Any, s1: Any) -> list[Any]:
@@ -708,7 +710,7 @@ class Run:
             with deadline(SNAPSHOT_TIMEOUT, "compare S0/S1"):
                 return list(checks.compare(s0, s1))
         except PhaseTimeout as exc:
-            self.result.fail("check", TIMEOUT, str(exc))
+            self.result.fail(Phase.CHECK, TIMEOUT, str(exc))
             raise _Failed from None
 
     def _own_problems(self, before: Any) -> list[Any]:
@@ -721,7 +723,7 @@ class Run:
         """
         end = time.monotonic() + OWN_GRACE
         while True:
-            tasks.reap_zombie_children()
+            plumbing.reap_zombie_children()
             problems = list(checks.compare_own(before, snapshot.own_state(),
                                                  expected=[self.root_pid]))
             if not problems or time.monotonic() > end:
@@ -758,7 +760,7 @@ def run_test(test: TestDesc, flavor: str, engine: Engine, opts: RunOptions,
 
 def prepare_process() -> None:
     """Once per harness process: become the subreaper of restored trees."""
-    tasks.set_subreaper()
+    plumbing.set_subreaper()
 
 
 def _drop_images(workdir: Path) -> None:

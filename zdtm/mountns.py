@@ -18,8 +18,7 @@ from __future__ import annotations
 import os
 import re
 
-from zdtm import proc
-from zdtm.tasks import check_libc, libc
+from zdtm.plumbing import check_libc, libc
 
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
@@ -37,11 +36,6 @@ def enter_private() -> str | None:
     except OSError as exc:
         return f"no mount namespace of its own ({exc}): mounts of other jobs may show as leaks"
     return None
-
-
-def current_mounts() -> frozenset[tuple[str, str, str]]:
-    """(mount point, fs type, source) of every mount the harness sees."""
-    return frozenset(proc.parse_mountinfo(proc.read_text("/proc/self/mountinfo")))
 
 
 def remove(mounts: set[tuple[str, str, str]]) -> list[str]:

@@ -1,7 +1,9 @@
 """The outcome of one test x flavour run, as shown on the console and in reports.
 
 Outcome, phase and kind are str-valued enums: they compare equal to their plain strings
-("pass", "dump", "engine error") and serialise to them in JSON.
+("pass", "dump", "engine error") and serialise to them in JSON. The harness names them by
+member (Phase.DUMP, Kind.TIMEOUT or the aliases below); Result.fail and Result.skip take
+members, and a string read back from a results file is turned into one (from_dict).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class Result:
         """(test, flavour, kernel release or ""): what identifies a case across runs."""
         return self.test, self.flavor, self.kernel or ""
 
-    def fail(self, phase: str, kind: str, message: str, details: list[str] | None = None
+    def fail(self, phase: Phase, kind: Kind, message: str, details: list[str] | None = None
              ) -> None:
         """Record the first failure; later ones only add details."""
         if self.outcome == FAIL:
@@ -102,7 +104,7 @@ class Result:
         self.message = message
         self.details.extend(details or [])
 
-    def skip(self, phase: str, message: str) -> None:
+    def skip(self, phase: Phase, message: str) -> None:
         """Mark the run skipped, with the probed reason."""
         self.outcome, self.phase, self.message = SKIP, Phase(phase), message
 

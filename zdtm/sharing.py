@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 
 from zdtm import proc
-from zdtm.tasks import libc
+from zdtm.plumbing import libc
 
 _SYS_KCMP = 312
 KCMP_KINDS = {"vm": 1, "files": 2, "fs": 3, "sighand": 4}

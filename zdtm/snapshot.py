@@ -29,7 +29,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from zdtm import filestate, memory, proc, sharing, taskattrs, tasks, tracing, ttystate
+from zdtm import filestate, memory, plumbing, proc, ptrace_visit, sharing, taskattrs, ttystate
 
 # VmFlags that legitimately differ across a restore: userfaultfd registration (lazy pages,
 # dirty tracking), soft-dirty, and VM_ACCOUNT (commit accounting of a private writable
@@ -76,7 +76,7 @@ class FdState:
 
 
 @dataclass(frozen=True)
-class Vma:
+class VmaState:
     """A normalised VMA; ``digest`` holds 8 bytes per page (None: not readable)."""
 
     start: int
@@ -95,7 +95,7 @@ class Vma:
             what += f" [{self.object_id}]"
         return f"{self.start:x}..{self.end:x} {self.perms} {what}"
 
-    def same_layout(self, other: Vma) -> bool:
+    def same_layout(self, other: VmaState) -> bool:
         """Equal apart from the content digest."""
         return self == other
 
@@ -114,9 +114,9 @@ class ProcState:
     threads: tuple[int, ...]  # thread ids in the process's pid namespace
     attrs: dict[str, str] = field(default_factory=dict)  # creds, signals, limits, cwd, ...
     thread_attrs: dict[int, dict[str, str]] = field(default_factory=dict)  # SigBlk, SigPnd
-    rseq: dict[int, tracing.RseqConfig | None] = field(default_factory=dict)
+    rseq: dict[int, ptrace_visit.RseqConfig | None] = field(default_factory=dict)
     fds: dict[int, FdState] = field(default_factory=dict)
-    maps: list[Vma] = field(default_factory=list)
+    maps: list[VmaState] = field(default_factory=list)
     namespaces: dict[str, str] = field(default_factory=dict)
     sharing: dict[str, str] = field(default_factory=dict)  # kernel table -> class label
     taskattrs: dict[str, str] = field(default_factory=dict)  # prctl, sched, ioprio, ...
@@ -176,7 +176,7 @@ def _walk(root_pid: int) -> list[int]:
     """Root and all descendants (breadth first, children in pid order), as outer pids."""
     if not os.path.exists(f"/proc/{root_pid}"):
         raise ProcessLookupError(f"capture: pid {root_pid} does not exist")
-    return [root_pid, *tasks.descendants(root_pid)]
+    return [root_pid, *plumbing.descendants(root_pid)]
 
 
 def _inner(status: dict[str, str], key: str, fallback: int) -> int:
@@ -266,7 +266,7 @@ def _visit(ps: ProcState, tids: dict[int, int], notes: list[str]) -> None:
     for outer, inner in tids.items():
         in_task = outer == ps.real_pid and not seccomp
         try:
-            seen = tracing.visit(outer, in_task=in_task)
+            seen = ptrace_visit.visit(outer, in_task=in_task)
         except OSError as e:
             ps.rseq[inner] = None
             notes.append(f"{ps.name()} tid {inner}: rseq not read, not masked"
@@ -353,7 +353,7 @@ def _label_shared_descriptions(
             groups.setdefault((target, info.ino), []).append((ps, fd))
 
     def order(a: tuple[ProcState, int], b: tuple[ProcState, int]) -> int:
-        res = tracing.kcmp_file(a[0].real_pid, a[1], b[0].real_pid, b[1])
+        res = ptrace_visit.kcmp_file(a[0].real_pid, a[1], b[0].real_pid, b[1])
         return {0: 0, 1: -1, 2: 1}.get(res, 1)
 
     for members in groups.values():
@@ -484,13 +484,13 @@ def _address_space_masks(procs: list[ProcState]) -> dict[int, list[tuple[int, in
 
 def _to_vma(
     ps: ProcState, entry: proc.MapsEntry, digest: bytes | None, labels: _Labeller
-) -> Vma:
+) -> VmaState:
     filebacked = entry.inode != 0 and entry.path.startswith("/")
     object_id = None
     if entry.deleted:
         holder = f"pid {ps.pid} {entry.start:x}"
         object_id = labels.label("obj", (entry.dev, entry.inode), holder)
-    return Vma(
+    return VmaState(
         start=entry.start,
         end=entry.end,
         perms=entry.perms,
@@ -502,11 +502,11 @@ def _to_vma(
     )
 
 
-def _merge(vmas: list[Vma]) -> list[Vma]:
+def _merge(vmas: list[VmaState]) -> list[VmaState]:
     """Merge adjacent VMAs a process cannot tell apart: same perms, flags, path and object,
     and for file/object mappings contiguous offsets. Private anonymous neighbours merge
     regardless of their vm_pgoff, which depends on mapping history (anon_vma, mremap)."""
-    out: list[Vma] = []
+    out: list[VmaState] = []
     for v in vmas:
         if out:
             p = out[-1]
@@ -519,8 +519,8 @@ def _merge(vmas: list[Vma]) -> list[Vma]:
                 digest = None
                 if p.digest is not None and v.digest is not None:
                     digest = p.digest + v.digest
-                out[-1] = Vma(p.start, v.end, p.perms, p.path, p.offset, p.object_id, p.flags,
-                              digest)
+                out[-1] = VmaState(p.start, v.end, p.perms, p.path, p.offset, p.object_id, p.flags,
+                                   digest)
                 continue
         out.append(v)
     return out
@@ -576,7 +576,7 @@ def _namespaces(ps: ProcState, own: dict[str, int], labels: _Labeller) -> dict[s
 
 
 def _setns(fd: int, nstype: int) -> None:
-    if tasks.libc.setns(fd, nstype) != 0:
+    if plumbing.libc.setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 
@@ -635,7 +635,7 @@ def capture(root_pid: int, *, ns: bool = False,
     every user namespace of the tree. The namespace layout is captured always (in the h
     flavour every namespace must stay "host"). ``held``: the processes (pids in their own
     namespace) in a group-stop of their own as seen before the harness stopped the tree
-    (tasks.stopped_ids), recorded as the taskattr "stopped by signal"; None: not recorded.
+    (plumbing.stopped_ids), recorded as the taskattr "stopped by signal"; None: not recorded.
     """
     pids = _walk(root_pid)
     notes: list[str] = []
@@ -700,7 +700,7 @@ def own_state() -> OwnState:
         except FileNotFoundError:
             continue  # the directory fd listdir used, closed by now
     children: dict[int, str] = {}
-    for pid in tasks.children(os.getpid()):
+    for pid in plumbing.children(os.getpid()):
         try:
             stat = proc.parse_stat(proc.read_text(f"/proc/{pid}/stat"))
             cmdline = proc.read_text(f"/proc/{pid}/cmdline").replace("\0", " ").strip()

@@ -5,7 +5,7 @@ Read from outside where the kernel shows it: THP disable (status THP_enabled), t
 without an LSM), io priority (ioprio_get), the scheduling attributes (sched_getattr: policy
 flags such as reset-on-fork, utilisation clamps, deadline parameters; policy, priority and
 nice themselves are in the ``task`` check). Dumpable, child subreaper, the parent-death
-signal and the membarrier registrations only the task can ask for: zdtm.tracing.visit reads
+signal and the membarrier registrations only the task can ask for: zdtm.ptrace_visit.visit reads
 them in the same ptrace visit as the rseq configuration (not in a task under seccomp, whose
 filter could kill it for an injected call). The private-expedited ones (plain, sync_core,
 rseq) show as their barrier succeeding instead of failing EPERM; the global-expedited one
@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from zdtm.tasks import libc
+from zdtm.plumbing import libc
 
 _SYS_IOPRIO_GET = 252  # x86_64
 _SYS_SCHED_GETATTR = 315

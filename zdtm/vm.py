@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zdtm import ROOT_DIR
+from zdtm.plumbing import kill_group
 from zdtm.report import totals
-from zdtm.result import FAIL, HARNESS_ERROR, SKIP, TEST_FAIL, TIMEOUT, Result
-from zdtm.tasks import kill_group
+from zdtm.result import FAIL, HARNESS_ERROR, SKIP, TEST_FAIL, TIMEOUT, Kind, Phase, Result
 
 VNG = "vng"
 QEMU = "qemu-system-x86_64"
@@ -306,9 +306,9 @@ def is_kernel_result(r: Result) -> bool:
     return r.flavor == "vm" and r.test.startswith("kernel/")
 
 
-def _kernel_result(release: str, what: str, kind: str, message: str) -> Result:
+def _kernel_result(release: str, what: str, kind: Kind, message: str) -> Result:
     r = Result(test=f"kernel/{what}", flavor="vm", engine="-", kernel=release)
-    r.fail("start" if what == "boot" else "check", kind, message)
+    r.fail(Phase.START if what == "boot" else Phase.CHECK, kind, message)
     return r
 
 

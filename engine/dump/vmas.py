@@ -23,11 +23,6 @@ _SPECIAL = {"[heap]": "heap", "[stack]": "stack", "[vdso]": "vdso", "[vvar]": "v
 _MEMFD = "/memfd:"
 
 
-def read_vmas(pid: int) -> list[Vma]:
-    """All VMAs of `pid` (which must be frozen), classified, in address order."""
-    return parse(pid, read_maps(pid), read_smaps(pid))
-
-
 def read_maps(pid: int) -> bytes:
     """The text of /proc/PID/maps (quick: the layout without VmFlags)."""
     return _read(pid, "maps")

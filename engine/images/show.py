@@ -13,7 +13,6 @@ from engine.images.records import PAGE_SIZE, U64_MAX, TaskCore, Vma
 
 _PROT = ((1, "r"), (2, "w"), (4, "x"))
 _MAP_SHARED = 0x01
-_MAP_ANONYMOUS = 0x20
 _MAP_GROWSDOWN = 0x100
 
 

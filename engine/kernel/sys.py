@@ -75,11 +75,6 @@ def _syscall_name(nr: int) -> str:
     return f"syscall {nr}"
 
 
-def tgkill(tgid: int, tid: int, sig: int) -> None:
-    """Send ``sig`` to one thread."""
-    syscall(uapi.SYS_tgkill, tgid, tid, sig)
-
-
 def pidfd_open(pid: int, flags: int = 0) -> int:
     """Open a pidfd for ``pid`` (PIDFD_THREAD in flags for a non-leader thread)."""
     return syscall(uapi.SYS_pidfd_open, pid, flags)

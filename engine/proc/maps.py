@@ -3,8 +3,8 @@
 Speed matters (a maps06-sized task has ~30,000 VMAs and a 23 MB smaps): the maps lines
 are matched with one compiled regex and only the `VmFlags:` lines are picked out of smaps
 with a literal search; both run in C. The dump classifies the raw fields itself
-(engine/dump/vmas.py, into the image's Vma record); `Vma` here is one maps line as it is,
-for the engine's own look at an address space (check, injection, restore layout).
+(engine/dump/vmas.py, into the image's Vma record); `MapsLine` here is one maps line as
+it is, for the engine's own look at an address space (check, injection, restore layout).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ Fields = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
 
 
 @dataclass(frozen=True)
-class Vma:
+class MapsLine:
     """One line of /proc/PID/maps."""
 
     start: int
@@ -93,7 +93,7 @@ def split_deleted(path: str) -> tuple[str, bool]:
     return path, False
 
 
-def parse_maps(text: bytes) -> list[Vma]:
+def parse_maps(text: bytes) -> list[MapsLine]:
     """Parse the whole content of a maps file; ValueError on a malformed line."""
     found = entries(text)
     lines = text.count(b"\n") + (1 if text and not text.endswith(b"\n") else 0)
@@ -103,13 +103,13 @@ def parse_maps(text: bytes) -> list[Vma]:
     for start_s, end_s, perms, off_s, dev_b, ino_s, path_b in found:
         major, minor = dev_b.split(b":")
         path, deleted = split_deleted(path_b.decode(errors="surrogateescape"))
-        out.append(Vma(start=int(start_s, 16), end=int(end_s, 16), perms=perms.decode(),
-                       offset=int(off_s, 16), dev=(int(major, 16), int(minor, 16)),
-                       inode=int(ino_s), path=path, deleted=deleted))
+        out.append(MapsLine(start=int(start_s, 16), end=int(end_s, 16), perms=perms.decode(),
+                            offset=int(off_s, 16), dev=(int(major, 16), int(minor, 16)),
+                            inode=int(ino_s), path=path, deleted=deleted))
     return out
 
 
-def read_maps(pid: int) -> list[Vma]:
+def read_maps(pid: int) -> list[MapsLine]:
     """VMAs of ``pid`` from /proc/PID/maps, in address order."""
     return parse_maps(read_text(pid))
 

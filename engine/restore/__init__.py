@@ -16,6 +16,12 @@ def features() -> dict[str, tuple[bool, str]]:
         "restore_tree": (True, ""),
         "restore_threads": (True, ""),
         "lazy_pages": (True, ""),
+        # The harness's flavours: a tree in new pid, mount, net, uts, ipc and time
+        # namespaces under its own init and root (ns), and one whose namespaces a user
+        # namespace of its own owns (uns; off where the kernel has no user namespaces).
+        "flavor_ns": (True, ""),
+        "flavor_uns": (True, ""),
+        "lazy_pages_ns": (True, ""),
         # restore --lazy-pages refuses a tree in its own user namespace
         "lazy_pages_uns": (False, USERNS_REASON),
         **{name: (True, "") for name in FIDELITY},

@@ -5,11 +5,12 @@ first, so a bad image fails before any process exists. Then:
 
 1. spawn the tree (engine.restore.spawn): every task with its pid, fds, session, cwd...,
    each live one seized in its own SIGSTOP stop; zombies are zombies;
-2. per task, one table run replaces its address space (engine.restore.layout); a shmem
-   object is created by the first task mapping it and opened by the others through
-   /proc/OWNER/map_files, so all of them share it;
+2. per task, one table run replaces its address space (engine.restore.layout); the root
+   created every shared memory object and mapped it whole before it forked (spawn), so
+   every task inherits the very same objects and moves its parts of them into place, with
+   no /proc/PID/map_files (refused inside a user namespace);
 3. pages are written per task and per shmem object (engine.restore.pages);
-4. per task, the finishing table (engine.restore.finish), the last single syscalls, the
+4. per task, the state table (engine.restore.state_table), the last single syscalls, the
    dumped rseq bytes, registers, xstate and sigmask; then every task is released (detached,
    or left in group-stop).
 
@@ -38,7 +39,6 @@ from engine.proc.stat import read_stat
 from engine.proc.status import read_status
 from engine.restore import (
     files,
-    finish,
     identity,
     layout,
     ns,
@@ -46,6 +46,7 @@ from engine.restore import (
     premap,
     selfread,
     spawn,
+    state_table,
     taskattrs,
 )
 from engine.restore.lazy import LazyPages
@@ -178,9 +179,9 @@ class _Task:
         self.real_tid: dict[int, int] = {}  # dumped tid -> the tid it got
         self.runner: blob.BlobRunner | None = None
         self.thread_runners: dict[int, blob.BlobRunner] = {}
-        self.view: finish.CredView | None = None
+        self.view: state_table.CredView | None = None
         self.table2: blob.Table | None = None
-        self.deferred: finish.Deferred | None = None
+        self.deferred: state_table.Deferred | None = None
 
 
 class TreeRestorer:
@@ -259,7 +260,7 @@ class TreeRestorer:
         root, fplan = self._plan_tree()
         self._plan_premaps(root)
         size = max(max(layout.layout_table_bytes(t.mm, len(self.shmem), self._pieces(t.pid)),
-                       finish.table_bytes_bound(t.core, t.mm)) for t in self.live)
+                       state_table.table_bytes_bound(t.core, t.mm)) for t in self.live)
         # One spare page at the end for single syscalls' arguments (clone3 of threads).
         window = layout.plan_window([t.mm for t in self.live],
                                     blob.region_size(size) + _SCRATCH,
@@ -283,14 +284,14 @@ class TreeRestorer:
                 for t in self.live:
                     t.real = tree.real[t.pid]
                     t.real_tid[t.pid] = t.real
-                    view = finish.CredView(read_status(t.real), self.ns)
+                    view = state_table.CredView(read_status(t.real), self.ns)
                     held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
-                    t.table2, t.deferred = finish.finish_table(
+                    t.table2, t.deferred = state_table.finish_table(
                         t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
                         root=t is self.live[0], held=held, pid=t.real)
                     if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
-                        finish.foreground(t.table2, t.core.ctty,
-                                          ns.inner_pid(self.image, t.core.ctty_pgrp))
+                        state_table.foreground(t.table2, t.core.ctty,
+                                               ns.inner_pid(self.image, t.core.ctty_pgrp))
                     t.view = view
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):
@@ -402,7 +403,7 @@ class TreeRestorer:
         for th in t.threads[1:]:
             assert t.view is not None
             _run(t.thread_runners[th.tid],
-                 finish.thread_table(t.core, th, t.view, root=t is self.live[0]), "state")
+                 state_table.thread_table(t.core, th, t.view, root=t is self.live[0]), "state")
         _run(t.runner, t.table2, "state")
         taskattrs.set_oom_score_adj(t.real, t.core)
         fault_point("regs")
@@ -476,7 +477,8 @@ class TreeRestorer:
                     _set_xstate(real, xstate, self.image.dir.file(th.xstate or ""))
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
-        stop = [t for t in self.live if self.opts.leave_stopped or finish.ends_stopped(t.core)]
+        stop = [t for t in self.live
+                if self.opts.leave_stopped or state_table.ends_stopped(t.core)]
         # Parents first, each detached as soon as it is stopped: a child's stop then
         # notifies an untraced parent, which ignores SIGCHLD as it did when dumped (a
         # traced one would get it queued even when ignored).

@@ -37,7 +37,9 @@ from engine.images.records import FdEntry, RlimitRecord
 from engine.kernel import ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.structs import CloneArgs
+from engine.proc import tasks
 from engine.proc.stat import read_stat
+from engine.proc.status import read_status
 from engine.restore import files, ns, premap
 from engine.restore.ns import NsSetup
 
@@ -420,18 +422,13 @@ def _start_time(pid: int) -> int | None:
 
 def _child_by_inner_pid(parent: int, inner: int) -> int | None:
     try:
-        with open(f"/proc/{parent}/task/{parent}/children", encoding="ascii") as f:
-            kids = [int(x) for x in f.read().split()]
+        kids = tasks.children(parent)
     except (FileNotFoundError, ProcessLookupError):
         return None
     for kid in kids:
         try:
-            with open(f"/proc/{kid}/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith("NSpid:"):
-                        if int(line.split()[-1]) == inner:
-                            return kid
-                        break
+            if read_status(kid).ns_pid[-1:] == (inner,):
+                return kid
         except (FileNotFoundError, ProcessLookupError):
             continue
     return None

@@ -128,7 +128,8 @@ def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) ->
         assert amap[PG] == 0  # read: the zero page
         fbase = ctypes.addressof(ctypes.c_char.from_buffer(fmap))
         abase = ctypes.addressof(ctypes.c_char.from_buffer(amap))
-        mine = [v for v in vmas.read_vmas(os.getpid())
+        me = os.getpid()
+        mine = [v for v in vmas.parse(me, vmas.read_maps(me), vmas.read_smaps(me))
                 if v.start <= fbase < v.end or v.start <= abase < v.end]
         assert {v.kind for v in mine} == {"file", "anon"}
         runs, tracked = pages.private_runs(os.getpid(), mine)

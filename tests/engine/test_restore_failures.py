@@ -175,7 +175,7 @@ def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
     could reap them), so the engine must take the reported error rather than wait out its
     deadline, and leave nothing behind."""
     from flavors import get_flavor
-    from zdtm import tasks
+    from zdtm import plumbing
     from zdtm.build import ensure_built
 
     ensure_built([])  # flavors/nsinit
@@ -192,19 +192,19 @@ def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
                        check=True, timeout=120)
         st = flavor.start([str(fake), "--pidfile=t.pid", "--outfile=t.out"],
                           work, "t.pid", 60.0, work / "start.log")
-        pids = [st.root_pid, *tasks.descendants(st.root_pid)]
+        pids = [st.root_pid, *plumbing.descendants(st.root_pid)]
         assert len(pids) == 2  # nsinit, the test
         images = tmp_path / "img"
         d = cr.engine("dump", "-t", str(st.root_pid), "-D", str(images))
         assert d.returncode == 0, d.stderr
-        assert tasks.wait_gone(pids, 10.0) == []
+        assert plumbing.wait_gone(pids, 10.0) == []
         os.chown(work / "sub", 0, 0)
         os.chmod(work / "sub", 0o700)  # uid 100000 can no longer enter the test's cwd
         rc, err = _restore(images, None, "--root", str(work))
         assert rc == 1 and "Permission denied" in err and "internal" not in err, err
-        assert tasks.wait_gone(pids, 10.0) == [], "a restored task is left"
+        assert plumbing.wait_gone(pids, 10.0) == [], "a restored task is left"
     finally:
-        tasks.kill_tree([p for p in pids if os.path.exists(f"/proc/{p}")], 10.0)
+        plumbing.kill_tree([p for p in pids if os.path.exists(f"/proc/{p}")], 10.0)
         shutil.rmtree(top)
 
 

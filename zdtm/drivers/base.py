@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zdtm.allowances import Allowance
-from zdtm.tasks import kill_group, read_pid
+from zdtm.plumbing import kill_group, read_pid
 
 
 class EngineFailure(Exception):

@@ -1,14 +1,16 @@
-"""``python -m engine check``: which kernel features the engine can use, each probed for real.
+"""``python -m engine check``: which features the engine has, each probed for real.
 
-Nothing is guessed from the kernel version: every feature is exercised on this process or
-on a helper child we fork (and kill by pid at the end). Besides the kernel features, the
-dump and restore packages declare what they implement: a package that defines
+Nothing is guessed from the kernel version: every kernel feature is exercised on this
+process or on a helper child we fork (and kill by pid at the end). Besides the kernel
+features, the dump and restore packages declare what they implement: a package that defines
 
     def features() -> dict[str, tuple[bool, str]]
 
 (name -> (available, reason when not)) in its ``__init__`` contributes those entries;
 "dump" and "restore" themselves are True when the package imports and declares itself
-available. A test's ``.desc`` ``feature:`` list names entries of this table.
+available. Each name is defined once, where it is probed or declared; the table ``check``
+prints is the whole vocabulary: a test's ``.desc`` ``feature:`` list, the harness's mode
+checks and its drivers' maps use only these names (tests/test_feature_names.py).
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ def _probe_mem(h: _Helper) -> dict[str, Result]:
     return out
 
 
-def _proc_mem_probe(pid: int, ro: procmaps.Vma) -> Result:
+def _proc_mem_probe(pid: int, ro: procmaps.MapsLine) -> Result:
     """Read and write back (FOLL_FORCE) a read-only page through /proc/PID/mem."""
     fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -196,7 +198,7 @@ def _proc_mem_probe(pid: int, ro: procmaps.Vma) -> Result:
     return True, ""
 
 
-def _map_files_probe(pid: int, vma: procmaps.Vma) -> Result:
+def _map_files_probe(pid: int, vma: procmaps.MapsLine) -> Result:
     path = f"/proc/{pid}/map_files/{vma.map_files_name}"
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     os.close(fd)
@@ -543,30 +545,28 @@ def probe() -> dict[str, Result]:
     return out
 
 
-#: What the engine implements only where these kernel features were probed. Incremental
-#: dumps track written memory with userfaultfd WP_ASYNC read back by PAGEMAP_SCAN (Linux
-#: 6.7+); soft-dirty, where it exists, is not used.
-KERNEL_NEEDS = {
-    "pre_dump": ("uffd_wp_async", "pagemap_scan"),
-    "dump_incremental": ("uffd_wp_async", "pagemap_scan"),
+_DIRTY_TRACKING = ("needs dirty-memory tracking with userfaultfd WP_ASYNC and PAGEMAP_SCAN "
+                   "(Linux 6.7+)")
+#: What the engine implements only where these kernel features were probed: name ->
+#: (kernel features, why). Incremental dumps track written memory with userfaultfd
+#: WP_ASYNC read back by PAGEMAP_SCAN (Linux 6.7+); soft-dirty, where it exists, is not
+#: used. A tree in a user namespace of its own (flavour uns) needs user namespaces.
+KERNEL_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "pre_dump": (("uffd_wp_async", "pagemap_scan"), _DIRTY_TRACKING),
+    "dump_incremental": (("uffd_wp_async", "pagemap_scan"), _DIRTY_TRACKING),
+    "flavor_uns": (("userns",), "needs user namespaces"),
 }
 
 
 def _apply_kernel_needs(out: dict[str, Result]) -> None:
     """Turn off the engine features whose kernel features are missing, saying which."""
-    for name, needs in KERNEL_NEEDS.items():
+    for name, (needs, why) in KERNEL_NEEDS.items():
         if name not in out or not out[name][0]:
             continue
         missing = [f"{k}: {out[k][1] or 'not probed'}" for k in needs
                    if not out.get(k, (False, ""))[0]]
         if missing:
-            out[name] = (False, "needs dirty-memory tracking with userfaultfd WP_ASYNC and "
-                                "PAGEMAP_SCAN (Linux 6.7+); missing " + "; ".join(missing))
-
-
-def features() -> dict[str, bool]:
-    """Just the availability flags (for code that does not need the reasons)."""
-    return {k: v[0] for k, v in probe().items()}
+            out[name] = (False, f"{why}; missing " + "; ".join(missing))
 
 
 def cli(argv: list[str], as_json: bool) -> int:

@@ -1,22 +1,21 @@
 """Command lines of the engines under test: the bundled one and an installed criu.
 
 Both speak the CRIU-style CLI of docs/ARCHITECTURE.md, so an engine here is only a
-way to spell argv; the benchmark times the engine process itself.
+way to spell argv; the benchmark times the engine process itself. Whether an engine is
+there, and what it reports, is asked through the harness's own drivers (zdtm.drivers).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from zdtm.engines.bundled import BundledEngine
+from zdtm.drivers.bundled import BundledEngine
+from zdtm.drivers.criu import CriuEngine
 
 REPO = Path(__file__).resolve().parent.parent
-CHECK_TIMEOUT_S = 60.0
 
 
 class Engine(ABC):
@@ -81,7 +80,7 @@ class Engine(ABC):
 
 class Bundled(Engine):
     """The project's engine, spelled and probed by the harness's driver
-    (zdtm.engines.bundled): the same argv, environment and `check --json`."""
+    (zdtm.drivers.bundled): the same argv, environment and `check --json`."""
 
     name = "bundled"
 
@@ -109,35 +108,26 @@ class Bundled(Engine):
 
 
 class Criu(Engine):
-    """An installed criu binary (used only when `criu check` passes)."""
+    """An installed criu binary, probed by the harness's driver (zdtm.drivers.criu): used
+    only when `criu check` passes."""
 
     name = "criu"
 
     def __init__(self, binary: str) -> None:
         super().__init__()
-        self.binary = binary
+        self.binary = shutil.which(binary) or binary
 
     def base(self) -> list[str]:
         """The criu binary."""
         return [self.binary]
 
     def probe(self) -> None:
-        """`criu check`; on failure keep criu's own error message."""
-        path = shutil.which(self.binary)
-        if path is None:
-            self.message = f"{self.binary} not found in PATH"
+        """`criu check` through the driver; when it fails, the message has criu's words."""
+        why = CriuEngine(self.binary).available()
+        if why is not None:
+            self.message = why
             return
-        self.binary = path
-        try:
-            res = subprocess.run([path, "check"], check=False, capture_output=True, text=True,
-                                 timeout=CHECK_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.message = f"criu check did not answer within {CHECK_TIMEOUT_S:.0f} s"
-            return
-        if res.returncode == 0:
-            self.available, self.message = True, "ok"
-            return
-        self.message = criu_message(res.stdout + res.stderr) or f"exit {res.returncode}"
+        self.available, self.message = True, "ok"
 
     def prev_arg(self, images: Path, prev: Path) -> str:
         """criu resolves --prev-images-dir relative to the images directory."""
@@ -146,14 +136,3 @@ class Criu(Engine):
     def log_args(self, images: Path, action: str) -> list[str]:
         """criu's own log in the images dir (it says why a step failed)."""
         return ["-o", f"{action}.log"]
-
-
-def criu_message(output: str) -> str:
-    """criu's error lines without their source locations, minus helper-exit noise."""
-    msgs = []
-    for line in output.splitlines():
-        m = re.match(r"\s*Error \([^)]*\):\s*(.*)", line)
-        text = m.group(1) if m else ""
-        if text and not text.startswith("exited, status=") and text not in msgs:
-            msgs.append(text)
-    return "; ".join(msgs)

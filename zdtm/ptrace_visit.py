@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Self
 
-from zdtm.tasks import libc
+from zdtm.plumbing import libc
 
 _SYS_PTRACE = 101  # x86_64
 _SYS_PRCTL = 157
@@ -139,11 +139,6 @@ def _wait_status(tid: int, deadline: float) -> int:
         if time.monotonic() > deadline:
             raise TraceError(errno.ETIMEDOUT, f"thread {tid} did not stop for ptrace")
         time.sleep(0.0005)
-
-
-def read_rseq(tid: int, timeout: float = 5.0) -> RseqConfig:
-    """Read the rseq configuration of a (stopped) thread with a short ptrace seize."""
-    return visit(tid, in_task=False, timeout=timeout).rseq
 
 
 def visit(tid: int, *, in_task: bool, timeout: float = 5.0) -> Visit:

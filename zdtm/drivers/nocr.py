@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from zdtm.engines.base import Engine, Features, StepResult
+from zdtm.drivers.base import Engine, Features, StepResult
 
 NO_CR = "the nocr driver performs no checkpoint/restore"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine import __main__ as cli
-from engine import check, faults
+from engine import faults, features
 from engine.errors import EngineError
-from zdtm import tasks
+from zdtm import plumbing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def _engine(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_check_json_schema_and_probes() -> None:
-    before = set(tasks.children(os.getpid()))
+    before = set(plumbing.children(os.getpid()))
     res = _engine("check", "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
@@ -40,7 +40,7 @@ def test_check_json_schema_and_probes() -> None:
     assert feats["soft_dirty"] is False
     assert feats["mem_track"] == feats["uffd_wp_async"]
     # the probes left no child behind (other tests of this worker may have left some)
-    assert set(tasks.children(os.getpid())) <= before
+    assert set(plumbing.children(os.getpid())) <= before
 
 
 def test_check_text_output() -> None:
@@ -52,11 +52,11 @@ def test_check_text_output() -> None:
 
 
 def test_probe_in_process_reaps_helpers() -> None:
-    before = set(tasks.children(os.getpid()))
-    results = check.probe()
+    before = set(plumbing.children(os.getpid()))
+    results = features.probe()
     assert results["ptrace_seize"] == (True, "")
     assert results["syscall_inject"][0] is True
-    assert set(tasks.children(os.getpid())) <= before
+    assert set(plumbing.children(os.getpid())) <= before
 
 
 def test_package_features_registry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,13 +66,13 @@ def test_package_features_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     good = types.ModuleType("engine.fakepkg")
     good.features = lambda: {"fakepkg": (True, ""), "fakepkg_threads": (False, "later")}
     monkeypatch.setitem(sys.modules, "engine.fakepkg", good)
-    assert check._package_features("fakepkg") == {
+    assert features._package_features("fakepkg") == {
         "fakepkg": (True, ""), "fakepkg_threads": (False, "later")}
     silent = types.ModuleType("engine.fakepkg2")
     monkeypatch.setitem(sys.modules, "engine.fakepkg2", silent)
-    ok, why = check._package_features("fakepkg2")["fakepkg2"]
+    ok, why = features._package_features("fakepkg2")["fakepkg2"]
     assert not ok and "declares no features()" in why
-    ok, why = check._package_features("no_such_pkg")["no_such_pkg"]
+    ok, why = features._package_features("no_such_pkg")["no_such_pkg"]
     assert not ok and "not importable" in why
 
 
@@ -170,7 +170,7 @@ def test_probe_reports_every_name_when_ptrace_is_refused(
         raise PermissionError(1, "ptrace: Operation not permitted")
 
     monkeypatch.setattr(ptrace, "seize", refuse)
-    results = check.probe()
+    results = features.probe()
     for name in ("ptrace_seize", "ptrace_regs", "ptrace_xstate", "ptrace_sigmask",
                  "ptrace_peeksiginfo", "ptrace_rseq_config", "syscall_inject", "proc_mem"):
         ok, why = results[name]
@@ -182,9 +182,9 @@ def test_probe_reports_every_name_when_ptrace_is_refused(
 def test_incremental_dumps_need_wp_async_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel before 6.7 (no UFFD WP_ASYNC, no PAGEMAP_SCAN): pre_dump is reported
     missing with the probed reasons, so the harness SKIPs --pre runs instead of failing."""
-    monkeypatch.setattr(check, "_uffd_wp_async_probe",
+    monkeypatch.setattr(features, "_uffd_wp_async_probe",
                         lambda: (False, "OSError: [Errno 22] ioctl: Invalid argument"))
-    results = check.probe()
+    results = features.probe()
     for name in ("pre_dump", "dump_incremental"):
         ok, why = results[name]
         assert not ok, name
@@ -196,5 +196,5 @@ def test_direct_io_is_probed_with_real_io(monkeypatch: pytest.MonkeyPatch) -> No
     """direct_io is no, with the buffered fallback named, where the temp dir's filesystem
     does not do O_DIRECT (forced here as on tmpfs before 6.6)."""
     monkeypatch.setenv("ENGINE_FAULT", "no-direct-io")
-    ok, why = check._direct_io_probe()
+    ok, why = features._direct_io_probe()
     assert not ok and "buffered" in why

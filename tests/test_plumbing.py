@@ -1,4 +1,4 @@
-"""zdtm.tasks: a task the test itself stopped stays stopped when the harness thaws."""
+"""zdtm.plumbing: a task the test itself stopped stays stopped when the harness thaws."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from zdtm import tasks
+from zdtm import plumbing
 
 
 def _state(pid: int) -> str:
@@ -30,21 +30,21 @@ def test_thaw_keeps_what_the_test_stopped() -> None:
                             start_new_session=True)
     try:
         for _ in range(500):
-            kids = tasks.children(root.pid)
+            kids = plumbing.children(root.pid)
             if len(kids) == 2:
                 break
             time.sleep(0.01)
         stopped, running = sorted(kids)
         os.kill(stopped, signal.SIGSTOP)
         _wait_state(stopped, "T")
-        keep = tasks.stopped_ids(root.pid)
+        keep = plumbing.stopped_ids(root.pid)
         assert keep == {stopped}
-        tasks.freeze(root.pid, 10)
-        tasks.thaw(tasks.tree(root.pid), keep)
+        plumbing.freeze(root.pid, 10)
+        plumbing.thaw(plumbing.tree(root.pid), keep)
         _wait_state(running, "S")
         assert _state(stopped) == "T"
-        tasks.thaw([stopped])
+        plumbing.thaw([stopped])
         _wait_state(stopped, "S")
     finally:
-        tasks.kill_tree(tasks.tree(root.pid), 10)
+        plumbing.kill_tree(plumbing.tree(root.pid), 10)
         root.wait(timeout=10)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zdtm.desc import TestDesc
-from zdtm.engines.base import Engine
-from zdtm.engines.criu import FEATURES as CRIU_FEATURES
-from zdtm.engines.criu import feature_options as criu_feature_options
+from zdtm.drivers.base import Engine
+from zdtm.drivers.criu import FEATURES as CRIU_FEATURES
+from zdtm.drivers.criu import feature_options as criu_feature_options
 
 _INHERITS_SESSION = ("the bundled engine always restores a session or process group led "
                      "from outside the tree as inherited (docs/ARCHITECTURE.md, restore)")

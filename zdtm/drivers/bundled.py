@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zdtm import ROOT_DIR
 from zdtm.allowances import Allowance
-from zdtm.engines.base import (
+from zdtm.drivers.base import (
     Engine,
     Features,
     Helper,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from zdtm.allowances import Allowance
-from zdtm.engines.base import (
+from zdtm.drivers.base import (
     Engine,
     EngineFailure,
     Features,

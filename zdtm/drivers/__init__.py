@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zdtm.engines.base import Engine, EngineFailure, Features, StepResult
+from zdtm.drivers.base import Engine, EngineFailure, Features, StepResult
 
 __all__ = ["Engine", "EngineFailure", "Features", "StepResult", "make_engine"]
 
@@ -12,12 +12,12 @@ __all__ = ["Engine", "EngineFailure", "Features", "StepResult", "make_engine"]
 def make_engine(name: str, *, criu_bin: str | Path | None = None) -> Engine:
     """Build the driver called ``name``: bundled, criu or nocr."""
     if name == "bundled":
-        from zdtm.engines.bundled import BundledEngine
+        from zdtm.drivers.bundled import BundledEngine
         return BundledEngine()
     if name == "criu":
-        from zdtm.engines.criu import CriuEngine
+        from zdtm.drivers.criu import CriuEngine
         return CriuEngine(criu_bin)
     if name == "nocr":
-        from zdtm.engines.nocr import NoCREngine
+        from zdtm.drivers.nocr import NoCREngine
         return NoCREngine()
     raise ValueError(f"unknown engine {name!r} (bundled, criu or nocr)")
