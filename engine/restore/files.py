@@ -60,8 +60,10 @@ class FilesPlan:
     # task pid -> [(file id, lock)]: the POSIX locks each task takes (set by check())
     posix_locks: dict[int, list[tuple[int, LockRecord]]] = field(default_factory=dict)
 
-    def add_task(self, image: DumpImage, core: TaskCore) -> None:
-        """Take in one task's fds; refuse unsupported file types early."""
+    def add_task(self, image: DumpImage, core: TaskCore, spawned: bool = True) -> None:
+        """Take in one task's fds; refuse unsupported file types early. A task not
+        spawned (made later in its parent's address space, which holds its descriptions
+        for it: engine/restore/vmchild.py) arms no epoll watch."""
         by_id = image.files.by_id()
         for fde in core.fds:
             rec = by_id[fde.file_id]
@@ -74,7 +76,8 @@ class FilesPlan:
                                            f"{rec.path} has no saved content")
             self._take(image, rec)
             self.max_fd = max(self.max_fd, fde.fd)
-        self.epolls.add_task(core.pid, core.fds, by_id)
+        if spawned:
+            self.epolls.add_task(core.pid, core.fds, by_id)
         self.pids.add(core.pid)
 
     def _take(self, image: DumpImage, rec: FileRecord) -> None:
@@ -324,26 +327,34 @@ def _unlink(path: str, aside: str | None) -> None:
     os.rename(aside, path)
 
 
-def place(plan: FilesPlan, pid: int, fds: list[FdEntry], by_file: dict[int, int],
-          kept: list[int]) -> None:
-    """In task `pid`: put its descriptions at its fd numbers, arm the epoll watches the
-    plan gave it, close every other fd except `kept` (which the caller has moved to
-    floor(plan) or above), then take the task's POSIX locks through its own fds."""
+def place(plan: FilesPlan, pids: list[int], fds: list[FdEntry], by_file: dict[int, int],
+          kept: list[int], staged: list[tuple[int, int]]) -> None:
+    """In task pids[0] (pids[1:] share its fd table, so this is theirs too): put its
+    descriptions at its fd numbers, and the `staged` ones (fd number, file id) at theirs
+    (free numbers above every fd of the tree, for children cloned into these tasks'
+    address space later), arm the epoll watches the plan gave these tasks, close every
+    other fd except `kept` (which the caller has moved to floor(plan) or above), then take
+    the tasks' POSIX locks through the table's fds."""
     for fde in sorted(fds, key=lambda f: f.fd):
         if fde.file_id in by_file:  # (not pidfds: open_pidfds)
             os.dup2(by_file[fde.file_id], fde.fd, inheritable=not fde.cloexec)
-    anonfd.arm(anonfd.deferred(plan.epolls.by_task.get(pid, []), plan.files)[0], by_file)
-    _close_all_but({f.fd for f in fds} | set(kept))
+    for fd, fid in staged:
+        os.dup2(by_file[fid], fd, inheritable=False)
+    watches = [w for pid in pids for w in plan.epolls.by_task.get(pid, [])]
+    anonfd.arm(anonfd.deferred(watches, plan.files)[0], by_file)
+    _close_all_but({f.fd for f in fds} | set(kept) | {fd for fd, _ in staged})
     # Last: closing any fd of a file drops the process's POSIX locks on it.
-    locks.take_posix(plan.posix_locks.get(pid, []), {f.file_id: f.fd for f in fds})
+    owned = [lock for pid in pids for lock in plan.posix_locks.get(pid, [])]
+    locks.take_posix(owned, {f.file_id: f.fd for f in fds})
 
 
-def open_pidfds(plan: FilesPlan, pid: int, fds: list[FdEntry],
+def open_pidfds(plan: FilesPlan, pids: list[int], fds: list[FdEntry],
                 inner_pid: dict[int, int]) -> None:
-    """In task `pid`, once every task exists: its pidfds, then the epoll watches of them
-    (armed through the task's own fds on the epolls)."""
+    """In task pids[0] (as for place), once every task exists: its pidfds, then the epoll
+    watches of them (armed through the task's own fds on the epolls)."""
     anonfd.open_pidfds(fds, plan.files, inner_pid)
-    later = anonfd.deferred(plan.epolls.by_task.get(pid, []), plan.files)[1]
+    watches = [w for pid in pids for w in plan.epolls.by_task.get(pid, [])]
+    later = anonfd.deferred(watches, plan.files)[1]
     anonfd.arm(later, {f.file_id: f.fd for f in fds})
 
 
