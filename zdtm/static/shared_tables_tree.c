@@ -16,6 +16,8 @@
  * After restore kcmp finds the same sharing, and each task still has what it set up; a
  * change through one task shows in the tasks sharing the table with it. The tasks
  * sharing P's memory only make raw system calls (they share its TLS, so no malloc/stdio).
+ * V2 runs on a small stack right above read-only memory: an engine injecting syscalls
+ * into it must not take the memory below its stack for scratch space.
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -24,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -43,8 +46,10 @@ TEST_NEEDS_DIRNAME();
 #define V1_NOFILE 200 /* V1's RLIMIT_NOFILE soft limit */
 #define V1_UMASK 027
 #define F1_UMASK 077
+#define SMALL_STACK (4 * 4096) /* V2's, above BELOW_SMALL read-only bytes */
+#define BELOW_SMALL (32 * 4096)
 
-static char stacks[6][STACK_SIZE] __attribute__((aligned(16)));
+static char stacks[5][STACK_SIZE] __attribute__((aligned(16)));
 static char dir[PATH_MAX], lockpath[PATH_MAX + 16];
 static int ready[2]; /* each child writes one byte once set up */
 
@@ -81,8 +86,8 @@ static int f1_main(void *arg)
 	if (chdir(dir) < 0)
 		return 2;
 	umask(F1_UMASK);
-	f2 = clone(idle, stacks[4] + STACK_SIZE, CLONE_FILES | CLONE_FS | SIGCHLD, NULL);
-	n = clone(idle, stacks[5] + STACK_SIZE, SIGCHLD, NULL);
+	f2 = clone(idle, stacks[2] + STACK_SIZE, CLONE_FILES | CLONE_FS | SIGCHLD, NULL);
+	n = clone(idle, stacks[4] + STACK_SIZE, SIGCHLD, NULL);
 	if (f2 < 0 || n < 0 || say_ready())
 		return 3;
 	test_waitsig();
@@ -243,7 +248,7 @@ int main(int argc, char **argv)
 	pid_t me, f1, v1, v2, v3;
 	int only_p, status, ok, fd, i;
 	pid_t f2 = -1, n = -1;
-	char c;
+	char c, *small;
 
 	test_init(argc, argv);
 	me = getpid();
@@ -256,10 +261,14 @@ int main(int argc, char **argv)
 	only_p = open("/dev/null", O_RDONLY); /* V1 and V2 keep it, P closes it */
 	if (only_p < 0)
 		return fail_perror("open /dev/null");
+	small = mmap(NULL, BELOW_SMALL + SMALL_STACK, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (small == MAP_FAILED || mprotect(small, BELOW_SMALL, PROT_READ))
+		return fail_perror("mmap a small stack");
 
 	f1 = clone(f1_main, stacks[0] + STACK_SIZE, CLONE_FILES | SIGCHLD, NULL);
 	v1 = clone(v1_main, stacks[1] + STACK_SIZE, CLONE_VM | SIGCHLD, NULL);
-	v2 = clone(v_idle, stacks[2] + STACK_SIZE, CLONE_VM | CLONE_SIGHAND | CLONE_FS | SIGCHLD,
+	v2 = clone(v_idle, small + BELOW_SMALL + SMALL_STACK, CLONE_VM | CLONE_SIGHAND | CLONE_FS | SIGCHLD,
 		   NULL);
 	v3 = clone(v_idle, stacks[3] + STACK_SIZE,
 		   CLONE_VM | CLONE_SIGHAND | CLONE_FILES | CLONE_FS | SIGCHLD, NULL);
