@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from engine.errors import EngineError, commit
 from engine.faults import fault_point
-from engine.images import DumpImage, TaskImage, load
+from engine.images import DumpImage, load
 from engine.images.fdkinds import LockRecord
 from engine.images.records import MmCore, ShmemEntry, TaskCore, TaskEntry, ThreadCore, Vma
 from engine.kernel import blob, pagecrc, ptrace, uapi
@@ -185,7 +185,8 @@ class _Task:
     """One live task of the tree: its records, its tables and page source. A task sharing
     its parent's address space (`vm_parent`) has its parent's mm record and page source."""
 
-    def __init__(self, image: DumpImage, ti: TaskImage, vm_parent: _Task | None) -> None:
+    def __init__(self, image: DumpImage, entry: TaskEntry, vm_parent: _Task | None) -> None:
+        ti = image.tasks[entry.pid]
         mm = ti.mm if vm_parent is None else vm_parent.mm
         assert mm is not None
         self.core: TaskCore = ti.core
@@ -193,7 +194,7 @@ class _Task:
         self.vm_parent = vm_parent
         self.vm_children: list[_Task] = []
         self.staged_at = 0  # where its parent holds its fd table (engine.restore.vmchild)
-        self.shared = frozenset(image.inventory.task(ti.core.pid).shared)
+        self.shared = frozenset(entry.shared)
         self.pid = ti.core.pid
         self.thread: ThreadCore = next(t for t in ti.core.threads if t.tid == self.pid)
         # Main thread first: it creates the others.
@@ -224,7 +225,7 @@ class TreeRestorer:
         by_pid: dict[int, _Task] = {}
         for t in _parents_first(inv.tasks, inv.root_pid):
             parent = by_pid[t.ppid] if "vm" in t.shared else None
-            task = by_pid[t.pid] = _Task(image, image.tasks[t.pid], parent)
+            task = by_pid[t.pid] = _Task(image, t, parent)
             self.live.append(task)
             if parent is not None:
                 parent.vm_children.append(task)
@@ -359,19 +360,19 @@ class TreeRestorer:
         """Give each parent of a task sharing its address space but not its fd table the
         descriptions of that table, held at spare fd numbers from `start` on (the child,
         cloned from the parent later, takes them from its copy: engine.restore.vmchild);
-        returns how many numbers that takes."""
-        size = 0
+        returns how many numbers that takes. Each child has numbers of its own: parents
+        may share one fd table."""
+        end = start
         for p in self.owners:
-            offset = 0
+            first = end
             for c in p.vm_children:
                 if "files" not in c.shared and c.core.fds:
-                    c.staged_at = start + offset
-                    nodes[p.pid].staged += [(c.staged_at + f.fd, f.file_id) for f in c.core.fds]
-                    offset += max(f.fd for f in c.core.fds) + 1
-            if offset:
-                self.staging[p.pid] = (start, start + offset)
-            size = max(size, offset)
-        return size
+                    c.staged_at = end
+                    nodes[p.pid].staged += [(end + f.fd, f.file_id) for f in c.core.fds]
+                    end += max(f.fd for f in c.core.fds) + 1
+            if end > first:
+                self.staging[p.pid] = (first, end)
+        return end - start
 
     def _vm_setup(self, t: _Task) -> blob.Table:
         assert t.vm_parent is not None

@@ -6,6 +6,7 @@
  *   +- F1  clone(CLONE_FILES): P's fd table, fs info of its own (cwd: the test dir)
  *   |  +- F2  clone(CLONE_FILES | CLONE_FS): the same fd table, F1's fs info
  *   |  +- N   clone(): an fd table of its own, copied while F1 held everything
+ *   |  +- VF  clone(CLONE_VM): F1's memory, an fd table of its own with an fd only it has
  *   +- V1  clone(CLONE_VM): P's memory, everything else its own: an fd P closed since,
  *   |      one only it opened, cwd, umask, its own process group, a lower RLIMIT_NOFILE,
  *   |      a POSIX lock
@@ -43,13 +44,14 @@ TEST_NEEDS_DIRNAME();
 #define KCMP_FS 3
 #define KCMP_SIGHAND 4
 #define V1_FD 40      /* an fd only V1 has */
+#define VF_FD 41      /* and one only VF has */
 #define V1_NOFILE 200 /* V1's RLIMIT_NOFILE soft limit */
 #define V1_UMASK 027
 #define F1_UMASK 077
 #define SMALL_STACK (4 * 4096) /* V2's, above BELOW_SMALL read-only bytes */
 #define BELOW_SMALL (32 * 4096)
 
-static char stacks[5][STACK_SIZE] __attribute__((aligned(16)));
+static char stacks[6][STACK_SIZE] __attribute__((aligned(16)));
 static char dir[PATH_MAX], lockpath[PATH_MAX + 16];
 static int ready[2]; /* each child writes one byte once set up */
 
@@ -76,25 +78,40 @@ static int idle(void *arg)
 	return 0;
 }
 
+/* VF: F1's memory, an fd table of its own. Raw system calls only. */
+static int vf_main(void *arg)
+{
+	int fd;
+
+	(void)arg;
+	fd = open("/dev/zero", O_RDONLY);
+	if (fd < 0 || dup2(fd, VF_FD) != VF_FD || close(fd) || say_ready())
+		return 1;
+	idle_forever();
+	return 0;
+}
+
 /* F1: shares P's fd table; its own cwd and umask, shared with F2. */
 static int f1_main(void *arg)
 {
-	pid_t f2, n;
-	int status, ok = 1;
+	pid_t kids[3];
+	int status, i, ok = 1;
 
 	(void)arg;
 	if (chdir(dir) < 0)
 		return 2;
 	umask(F1_UMASK);
-	f2 = clone(idle, stacks[2] + STACK_SIZE, CLONE_FILES | CLONE_FS | SIGCHLD, NULL);
-	n = clone(idle, stacks[4] + STACK_SIZE, SIGCHLD, NULL);
-	if (f2 < 0 || n < 0 || say_ready())
+	kids[0] = clone(idle, stacks[2] + STACK_SIZE, CLONE_FILES | CLONE_FS | SIGCHLD, NULL);
+	kids[1] = clone(idle, stacks[4] + STACK_SIZE, SIGCHLD, NULL);
+	kids[2] = clone(vf_main, stacks[5] + STACK_SIZE, CLONE_VM | SIGCHLD, NULL);
+	if (kids[0] < 0 || kids[1] < 0 || kids[2] < 0 || say_ready())
 		return 3;
 	test_waitsig();
-	kill(f2, SIGKILL);
-	kill(n, SIGKILL);
-	if (waitpid(f2, &status, 0) != f2 || waitpid(n, &status, 0) != n)
-		ok = 0;
+	for (i = 0; i < 3; i++)
+		kill(kids[i], SIGKILL);
+	for (i = 0; i < 3; i++)
+		if (waitpid(kids[i], &status, 0) != kids[i])
+			ok = 0;
 	return ok ? 0 : 4;
 }
 
@@ -189,6 +206,15 @@ static int v1_state(pid_t v1, int only_p)
 	return ok;
 }
 
+static int vf_state(pid_t f1, pid_t vf)
+{
+	char fdname[32];
+
+	snprintf(fdname, sizeof(fdname), "fd/%d", VF_FD);
+	return shares(f1, vf, KCMP_VM, 1, "address space") &
+	       shares(f1, vf, KCMP_FILES, 0, "fd table") & link_is(vf, fdname, "/dev/zero");
+}
+
 static int verify(pid_t me, pid_t f1, pid_t f2, pid_t n, pid_t v1, pid_t v2, pid_t v3,
 		  int only_p)
 {
@@ -224,21 +250,24 @@ static int verify(pid_t me, pid_t f1, pid_t f2, pid_t n, pid_t v1, pid_t v2, pid
 	return ok;
 }
 
-/* F1's two children: F2 shares F1's fd table, N does not. */
-static int f1_children(pid_t f1, pid_t *f2, pid_t *n)
+/* F1's three children: F2 shares F1's fd table, VF its memory, N neither. */
+static int f1_children(pid_t f1, pid_t *f2, pid_t *n, pid_t *vf)
 {
 	char path[64], buf[256];
-	pid_t a, b;
+	pid_t kids[3];
+	int i;
 
 	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", f1, f1);
-	if (test_read_file(path, buf, sizeof(buf)) < 0 || sscanf(buf, "%d %d", &a, &b) != 2)
+	if (test_read_file(path, buf, sizeof(buf)) < 0 ||
+	    sscanf(buf, "%d %d %d", &kids[0], &kids[1], &kids[2]) != 3)
 		return fail("F1's children not found");
-	if (syscall(SYS_kcmp, f1, a, KCMP_FILES, 0, 0) == 0) {
-		*f2 = a;
-		*n = b;
-	} else {
-		*f2 = b;
-		*n = a;
+	for (i = 0; i < 3; i++) {
+		if (syscall(SYS_kcmp, f1, kids[i], KCMP_FILES, 0, 0) == 0)
+			*f2 = kids[i];
+		else if (syscall(SYS_kcmp, f1, kids[i], KCMP_VM, 0, 0) == 0)
+			*vf = kids[i];
+		else
+			*n = kids[i];
 	}
 	return 0;
 }
@@ -247,7 +276,7 @@ int main(int argc, char **argv)
 {
 	pid_t me, f1, v1, v2, v3;
 	int only_p, status, ok, fd, i;
-	pid_t f2 = -1, n = -1;
+	pid_t f2 = -1, n = -1, vf = -1;
 	char c, *small;
 
 	test_init(argc, argv);
@@ -274,19 +303,19 @@ int main(int argc, char **argv)
 		   CLONE_VM | CLONE_SIGHAND | CLONE_FILES | CLONE_FS | SIGCHLD, NULL);
 	if (f1 < 0 || v1 < 0 || v2 < 0 || v3 < 0)
 		return fail_perror("clone");
-	/* F1, F2, N, V1, V2, V3 */
-	for (i = 0; i < 6; i++)
+	/* F1, F2, N, VF, V1, V2, V3 */
+	for (i = 0; i < 7; i++)
 		if (test_read_timeout(ready[0], &c, 1, 10000))
 			return fail("a child was not set up in time");
 	if (close(only_p) || close(ready[0]) || close(ready[1]))
 		return fail_perror("close");
-	if (f1_children(f1, &f2, &n))
+	if (f1_children(f1, &f2, &n, &vf))
 		return 1;
 
 	test_daemon();
 	test_waitsig();
 
-	ok = verify(me, f1, f2, n, v1, v2, v3, only_p);
+	ok = verify(me, f1, f2, n, v1, v2, v3, only_p) && vf_state(f1, vf);
 	kill(v1, SIGKILL);
 	kill(v2, SIGKILL);
 	kill(v3, SIGKILL);
