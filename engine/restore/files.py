@@ -112,6 +112,38 @@ def move_above(fd: int, floor: int) -> int:
     return new
 
 
+class FdTableSync:
+    """How the restored tasks sharing one fd table wait for each other (engine.restore.
+    spawn): on a pipe, at `low` or above (above every fd number of the tree), each other
+    holder writes F once it has forked its children and D once it has read its go, or X
+    when it fails; the first holder waits for all of them before placing the fds (which
+    closes every description) and before closing the control pipes."""
+
+    def __init__(self, others: int, low: int) -> None:
+        self.others = others
+        r, w = os.pipe()
+        self.fds = (move_above(r, low), move_above(w, low))
+        self.seen = {b"F": 0, b"D": 0}
+
+    def tell(self, what: bytes) -> None:
+        """From another holder: F, D or X."""
+        os.write(self.fds[1], what)
+
+    def wait(self, what: bytes) -> None:
+        """In the first holder: until every other holder has said `what`."""
+        while self.seen[what] < self.others:
+            got = os.read(self.fds[0], 64)
+            if not got or b"X" in got:
+                raise EngineError("fork", "a task sharing the fd table failed")
+            for b in (b"F", b"D"):
+                self.seen[b] += got.count(b)
+
+    def close(self) -> None:
+        """In the first holder, once every other one has said D."""
+        for fd in self.fds:
+            os.close(fd)
+
+
 class _Opener:
     """Opens one file per description; pipes and unlinked files are shared by key."""
 

@@ -15,7 +15,7 @@ Python) and, like every task after it:
 
 Tasks sharing one fd table place its fds once: its first holder does, after every other
 holder has forked its children (they need the open file descriptions the placing closes),
-and it closes the control pipes after every holder has read its go (`_FdTableSync`).
+and it closes the control pipes after every holder has read its go (`files.FdTableSync`).
 Tasks sharing their parent's address space are not spawned: engine/restore/vmchild.py.
 
 Being traced, SIGSTOP gives a signal-delivery-stop, not a group-stop: the engine takes over
@@ -247,49 +247,17 @@ def _exit_as(status: int) -> None:
     os._exit(os.WEXITSTATUS(status))
 
 
-class _FdTableSync:
-    """How the tasks sharing one fd table wait for each other: on a pipe (above every fd
-    number of the tree: TreeSetup.low) each other holder writes F once it has forked its
-    children and D once it has read its go, or X when it fails; the first holder waits for
-    all of them before placing the fds (which closes every description) and before closing
-    the control pipes."""
-
-    def __init__(self, others: int, low: int) -> None:
-        self.others = others
-        r, w = os.pipe()
-        self.fds = (files.move_above(r, low), files.move_above(w, low))
-        self.seen = {b"F": 0, b"D": 0}
-
-    def tell(self, what: bytes) -> None:
-        """From another holder: F, D or X."""
-        os.write(self.fds[1], what)
-
-    def wait(self, what: bytes) -> None:
-        """In the first holder: until every other holder has said `what`."""
-        while self.seen[what] < self.others:
-            got = os.read(self.fds[0], 64)
-            if not got or b"X" in got:
-                raise EngineError("fork", "a task sharing the fd table failed")
-            for b in (b"F", b"D"):
-                self.seen[b] += got.count(b)
-
-    def close(self) -> None:
-        """In the first holder, once every other one has said D."""
-        for fd in self.fds:
-            os.close(fd)
-
-
 def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int],
-          sync: _FdTableSync | None = None) -> None:
+          sync: files.FdTableSync | None = None) -> None:
     """Runs in the new task; never returns. `sync`: given to a task that shares its fd
-    table with its parent (see _FdTableSync)."""
+    table with its parent (see files.FdTableSync)."""
     go_r, err_w = ctl[:2]  # then the memfds, kept open for the engine's tables
     first = sync is None  # the first holder of its fd table
     try:
         _set_session(t)
         group = [t, *t.fd_table_sharers()] if first else []  # who _place is for
         if len(group) > 1:
-            sync = _FdTableSync(len(group) - 1, tree.low)
+            sync = files.FdTableSync(len(group) - 1, tree.low)
         for c in _leaders_first(t):
             child = _clone_with_pid(c, c.share_flags)
             if child == 0:
@@ -331,7 +299,7 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
 
 
 def _place(tree: TreeSetup, group: list[TaskSetup], ctl: list[int], by_file: dict[int, int],
-           sync: _FdTableSync | None) -> None:
+           sync: files.FdTableSync | None) -> None:
     """The fds of the task's table: `group` is the first holder and the tasks sharing its
     table, who waits for the others to have forked; [] in each of the others."""
     if not group:
@@ -345,7 +313,7 @@ def _place(tree: TreeSetup, group: list[TaskSetup], ctl: list[int], by_file: dic
 
 
 def _after_go(tree: TreeSetup, group: list[TaskSetup], ctl: list[int],
-              sync: _FdTableSync | None) -> None:
+              sync: files.FdTableSync | None) -> None:
     """Every task exists now: the first holder of a table (`group` as for _place) opens
     its pidfds, then closes the control pipes once every other holder has read its go."""
     if not group:

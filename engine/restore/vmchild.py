@@ -1,20 +1,21 @@
 """Tasks sharing their parent's address space without being its threads (CLONE_VM).
 
-Such a task cannot be forked as a copy of the engine: it must run on the very memory its
-parent gets. It is made the way threads are, by a clone3 injected into its parent once that
+Such a task cannot be spawned as a copy of the engine: two Python interpreters cannot run
+on one address space, and the memory they would share is the parent's, built only later by
+tables. It is made the way threads are, by a clone3 injected into its parent once that
 exists (right after the tree is spawned: the parent's address space, rebuilt later, is then
 the child's too), but with a pid of its own (set_tid), SIGCHLD as exit signal, and
 CLONE_SIGHAND, CLONE_FILES and CLONE_FS as dumped. It is auto-attached
 (PTRACE_O_TRACEFORK) and stops before its first instruction.
 
 What a spawned task sets up from Python, this one gets from a table run in it right away
-(`setup_table`): resource limits, its own fd table (its parent, while spawning, placed
-each description of it at spare numbers above every fd of the tree, which the child's copy
-of the parent's table holds too: each goes to its number, every other fd is closed; the
-parent closes the spare ones once all its children are made), its POSIX locks, cwd and
-umask, its own process group. Its memory is its parent's: no layout table, no pages, and its finishing table
-leaves out what belongs to the address space (engine.restore.finish); the parent, which
-finishes after it, unmaps the runner region.
+(`setup_table`): resource limits, its own fd table (while spawning, its parent placed each
+description of it at spare numbers above every fd of the tree, which the child's copy of
+the parent's table holds too: each goes to its number, every other fd is closed; the parent
+closes the spare ones once all its children are made), its POSIX locks, cwd and umask, its
+own process group. Its memory is its parent's: no layout table, no pages; its finishing
+table leaves out what belongs to the address space (engine.restore.finish), and its parent,
+which finishes after it, unmaps the runner region.
 
 ENGINE_FAULT=unshare-sighand (engine/faults.py) creates it without CLONE_SIGHAND: the
 harness's sharing check must see that.

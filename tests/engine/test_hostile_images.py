@@ -323,7 +323,12 @@ def test_task_no_longer_sharing_an_address_space_has_no_memory(
 
 
 def test_pristine_shared_copy_still_restores(shared_image: tuple[cr.ZdtmTest, Path]) -> None:
+    """The shared_tables image is fine (and `show` says who shares what)."""
     t, d = shared_image
+    shown = cr.engine("show", str(d))
+    assert shown.returncode == 0, shown.stderr
+    assert "shares files, fs with its parent" in shown.stdout
+    assert "shares vm, sighand with its parent" in shown.stdout
     r = cr.engine("restore", "-D", str(d), "-d")
     assert r.returncode == 0, r.stderr
     assert "PASS" in t.stop()
