@@ -30,8 +30,11 @@ DUMP_STEPS = ("seize", "regs", "sigactions", "memory", "files", "write")
 RESTORE_STEPS = ("read", "fork", "files", "mm", "pages", "regs", "detach")
 STEPS = frozenset(DUMP_STEPS + RESTORE_STEPS)
 #: Conditions that fail no step but make the engine behave as on an older kernel or
-#: another filesystem (no-direct-io: O_DIRECT refused, as by tmpfs before 6.6).
-CONDITIONS = frozenset({"no-direct-io"})
+#: another filesystem (no-direct-io: O_DIRECT refused, as by tmpfs before 6.6), or restore
+#: something wrong on purpose, for the harness's checks to be seen failing (unshare-sighand:
+#: a task dumped sharing its parent's address space and signal handlers is created with
+#: CLONE_VM but without CLONE_SIGHAND, engine/restore/vmchild.py).
+CONDITIONS = frozenset({"no-direct-io", "unshare-sighand"})
 
 
 def requested() -> frozenset[str]:

@@ -72,12 +72,16 @@ Two halves:
   ``set-rcvbuf``   set SO_RCVBUF of the task's first socket to 4096 bytes (pidfd_getfd: the
                    same socket), which only the tests of socket options check
 
-  No fault un-shares the signal handlers (CLONE_SIGHAND) of a live task: unshare() refuses
-  it while they are shared (kernel/fork.c check_unshare_flags: -EINVAL when sighand->count
-  > 1), clone() gives them only together with CLONE_VM, and execve (de_thread ->
-  unshare_sighand), the one way out, replaces the address space too. That row of the
-  ``sharing`` check is the same kcmp loop as the fd table and fs rows the unshare faults
-  prove; its comparison is unit-tested on TreeState data (tests/test_checks.py).
+  No fault of this tool un-shares the signal handlers (CLONE_SIGHAND) of a live task:
+  unshare() refuses it while they are shared (kernel/fork.c check_unshare_flags: -EINVAL
+  when sighand->count > 1), clone() gives them only together with CLONE_VM, and execve
+  (de_thread -> unshare_sighand), the one way out, replaces the address space too. The
+  bundled engine makes that fault itself: it creates a task that shares its parent's
+  address space by a clone injected into the parent (engine/restore/vmchild.py), and
+  ``ENGINE_FAULT=unshare-sighand`` (engine/faults.py) makes it leave out CLONE_SIGHAND
+  (legal for clone). ``EngineFault`` below is that engine as a driver;
+  tests/test_faulty_engine.py proves with it that exactly the signal handlers row of the
+  ``sharing`` check fails.
 
   The last three hit the objects an engine's allowed deviations concern (zdtm.allowances):
   the shared VMA CRIU restores as a memfd, the namespaces of a task CRIU puts into a new
@@ -132,6 +136,7 @@ from zdtm.drivers.base import (
     TreeInfo,
     run_logged,
 )
+from zdtm.drivers.bundled import BundledEngine
 
 _SYS_PRCTL = 157
 _SYS_TIMER_DELETE = 226
@@ -1059,6 +1064,26 @@ class FaultyEngine(Engine):
         except EngineFailure as e:
             self.cleanup_error = f"AppArmor profiles {self.lsm_profiles} not removed: {e}"
             print(f"faulty-engine: {self.cleanup_error}", file=sys.stderr)
+
+
+#: faults the bundled engine makes itself while restoring (engine/faults.py CONDITIONS)
+ENGINE_FAULTS = ("unshare-sighand",)
+
+
+class EngineFault(BundledEngine):
+    """The bundled engine run with ENGINE_FAULT=FAULT: a fault only the engine can make,
+    where it creates the restored tasks (see ENGINE_FAULTS)."""
+
+    def __init__(self, fault: str) -> None:
+        if fault not in ENGINE_FAULTS:
+            raise ValueError(f"unknown engine fault {fault!r}")
+        super().__init__()
+        self.fault = fault
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["ENGINE_FAULT"] = self.fault
+        return env
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import faulty_engine
 import pytest
-from faulty_engine import FaultyEngine, lsm_unavailable
+from faulty_engine import EngineFault, FaultyEngine, lsm_unavailable
 
 from zdtm import ROOT_DIR, checks, lifecycle, plumbing, snapshot
 from zdtm.desc import TestDesc, discover
@@ -393,6 +394,42 @@ def test_restore_resuming_a_stopped_task_fails_taskattrs(flavor: str, bundled: B
     who = (f"pid {rec['inner_pid']}" if flavor == "h"
            else f"pid {rec['inner_pid']} [{rec['pid']}]") + " (task_stopped)"
     assert _expect(result, "taskattrs") == [f"taskattrs: {who}: stopped by signal yes -> no"]
+
+
+_SIGHAND_ROW = re.compile(r"sharing: pid (\d+)(?: \[\d+\])? \(shared_tables\): signal handlers "
+                          r"\(CLONE_SIGHAND\) sighand\[pid (\d+)\] -> not shared")
+
+
+@pytest.fixture(scope="module")
+def shared_tables(tmp_path_factory: pytest.TempPathFactory) -> TestDesc:
+    """static/shared_tables, once a control run by the bundled engine passes (so the
+    faulty run's failure is the fault's)."""
+    test = next(t for t in discover() if t.name == "static/shared_tables")
+    engine = BundledEngine()
+    why = engine.available()
+    if why:
+        pytest.skip(f"bundled engine cannot dump/restore here: {why}")
+    root = tmp_path_factory.mktemp("control")
+    control = lifecycle.Run(test, "h", engine, lifecycle.RunOptions(workroot=root)).execute()
+    assert control.outcome == PASS, control.summary()
+    return test
+
+
+@pytest.mark.parametrize("flavor", ["h", "ns", "uns"])
+def test_engine_unsharing_the_signal_handlers_fails_that_row(flavor: str,
+                                                              shared_tables: TestDesc,
+                                                              clean: Path) -> None:
+    """ENGINE_FAULT=unshare-sighand: the engine creates the task that shares its
+    parent's address space and signal handlers with CLONE_VM only. Exactly the signal
+    handlers row of ``sharing`` fails, for the parent and that child, each named with the
+    class they were in and "not shared"; the fd table, fs and address space rows hold."""
+    result = _run(shared_tables, EngineFault("unshare-sighand"), clean, flavor)
+    problems = _expect(result, "sharing")
+    rows = [_SIGHAND_ROW.fullmatch(p) for p in problems]
+    assert len(problems) == 2 and all(rows), problems
+    pids = [int(m.group(1)) for m in rows if m]
+    labels = {int(m.group(2)) for m in rows if m}
+    assert labels == {pids[0]} and pids[0] != pids[1], problems
 
 
 # fault -> (subject test, a line of its own FAIL verdict): state no harness check sees

@@ -26,6 +26,7 @@ from engine.dump import (
     pages,
     selfwrite,
     sessions,
+    sharing,
     shmem,
     task,
     track,
@@ -161,6 +162,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
     table = dfiles.FileTable()
     try:
         sessions.check(frozen)
+        tables = sharing.find(frozen)
         fault_point("seize")
         lap("seize")
         procs = [p for p in frozen.order() if p.state != "zombie"]
@@ -170,13 +172,15 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
                                     img, p.pid, p.threads)
             state[p.pid] = _ProcState(threads, shared)
         if kind == "dump":
-            _find_cow(procs, state)
+            _find_cow(procs, state, tables)
         fault_point("regs")
         lap("regs")
         for p in procs:
+            # A task sharing its parent's address space has no memory of its own to track.
+            own_mm = "vm" not in tables.get(p.pid, [])
             inj = state[p.pid].injected = _step(
                 f"injection into {p.pid}", "sigactions", task.inject_state, p.pid,
-                state[p.pid].threads, track_mem and p.pid not in trackers)
+                state[p.pid].threads, track_mem and own_mm and p.pid not in trackers)
             if inj.tracker is not None:
                 trackers[p.pid] = inj.tracker
             task.refuse_posix_timers(p.pid, inj.posix_timers, state[p.pid].threads,
@@ -184,20 +188,22 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         fault_point("sigactions")
         lap("sigactions")
         shmem_entries = _dump_memory(img, procs, state, stats, parent,
-                                     trackers if track_mem else {}, defer, staging)
+                                     trackers if track_mem else {}, defer, staging, tables)
         fault_point("memory")
         lap("memory")
         try:
             fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
             table.check_complete({p.pid for p in procs})
-            _check_fd_room(fds, len(table.files) + len(shmem_entries))
+            sharing.check_files(tables, fds, table.files)
+            _check_fd_room(fds, len(table.files) + len(shmem_entries)
+                           + sharing.staged_fds(tables, fds))
         finally:
             table.close()
         fault_point("files")
         lap("files")
         rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \
             else None
-        inv = _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent)
+        inv = _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent, tables)
         stats.tasks = len(frozen.procs)
         stats.threads = sum(len(s.threads) for s in state.values())
         if defer is None:
@@ -355,15 +361,17 @@ def _split_for_parent(p: tree.Proc, layout: list[Vma], runs: list[pages.Run],
 def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcState],
                  stats: DumpStats, parent: _Parent | None,
                  arm: dict[int, track.Tracker], defer: list[_Copy] | None,
-                 staging: pages.Staging) -> list[ShmemEntry]:
+                 staging: pages.Staging, tables: dict[int, list[str]]) -> list[ShmemEntry]:
     sources: dict[str, shmem.ShmemSource] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smaps") as smaps_reader:
         for p in procs:
             st = state[p.pid]
             assert st.injected is not None
-            task_vmas = _process_memory(img, p, st, stats, parent, arm.get(p.pid), defer,
-                                        staging, smaps_reader)
-            shmem.collect(sources, p.pid, task_vmas)
+            # A task sharing its parent's address space: its parent's memory is its own.
+            if "vm" not in tables.get(p.pid, []):
+                task_vmas = _process_memory(img, p, st, stats, parent, arm.get(p.pid),
+                                            defer, staging, smaps_reader)
+                shmem.collect(sources, p.pid, task_vmas)
             shmem.collect_fds(sources, p.pid)
         entries = []
         for sid, src in sorted(sources.items()):
@@ -425,26 +433,32 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
     return task_vmas
 
 
-def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState]) -> None:
+def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState],
+              tables: dict[int, list[str]]) -> None:
     """Pages each process shares copy-on-write with its parent in the tree (restorable
-    only then: a pre-dump image is not). Before any injection, which copies stack pages."""
+    only then: a pre-dump image is not). Before any injection, which copies stack pages.
+    A task on its parent's address space shares everything, not copy-on-write."""
     zero = cow.zero_pfn()
     if not zero:
         return  # page frames are hidden: the restore copies every page as before
     live = {p.pid for p in procs}
     for p in procs:
-        if p.ppid in live:
+        if p.ppid in live and "vm" not in tables.get(p.pid, []):
             state[p.pid].cow = _step(f"shared pages of {p.pid}", "regs",
                                      cow.shared_with_parent, p.pid, p.ppid, zero)
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return tasks.exe(pid)
+    except OSError:
+        return None
 
 
 def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
     st = read_stat(pid)
     auxv = [word for pair in read_auxv(pid, with_null=True) for word in pair]
-    try:
-        exe: str | None = tasks.exe(pid)
-    except OSError:
-        exe = None
+    exe = _exe(pid)
     return MmCore(
         start_code=st.start_code, end_code=st.end_code, start_data=st.start_data,
         end_data=st.end_data, start_brk=st.start_brk, brk=brk, start_stack=st.start_stack,
@@ -457,7 +471,8 @@ def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
 
 def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
            fds: dict[int, list[FdEntry]], table: dfiles.FileTable,
-           shmem_entries: list[ShmemEntry], kind: str, parent: str | None) -> Inventory:
+           shmem_entries: list[ShmemEntry], kind: str, parent: str | None,
+           tables: dict[int, list[str]]) -> Inventory:
     """Every record but the inventory, which is returned (written last by _finish)."""
     entries = []
     per_task_ns: dict[int, dict[str, int]] = {}
@@ -465,7 +480,8 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
     for p in frozen.order():
         status = read_status(p.pid)
         entries.append(TaskEntry(p.pid, p.ppid, p.pgid, p.sid, p.state, list(p.threads),
-                                 p.exit_code, ns_pid=list(status.ns_pid)))
+                                 p.exit_code, ns_pid=list(status.ns_pid),
+                                 shared=tables.get(p.pid, [])))
         if p.state == "zombie":
             # A zombie keeps only its ids, creds and exit code; nothing else is readable.
             core = TaskCore(pid=p.pid, ppid=p.ppid, pgid=p.pgid, sid=p.sid, state="zombie",
@@ -475,7 +491,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             img.write_json(names.core(p.pid), core)
             continue
         st = state[p.pid]
-        assert st.injected is not None and st.mm is not None
+        assert st.injected is not None
         per_task_ns[p.pid] = namespaces.inodes(p.pid)
         tty, tty_pgrp = ctty.controlling_tty(p.pid, read_stat(p.pid), leaders)
         core = TaskCore(
@@ -484,7 +500,8 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             creds=task.creds_of(status), limits=task.limits_of(p.pid),
             cwd=tasks.cwd(p.pid), root=tasks.root(p.pid), umask=task.umask_of(status, p.pid),
             personality=tasks.personality(p.pid), fds=fds[p.pid],
-            shared_pending=st.shared_pending, exe=st.mm.exe, namespaces=per_task_ns[p.pid],
+            shared_pending=st.shared_pending, exe=_exe(p.pid) if st.mm is None else st.mm.exe,
+            namespaces=per_task_ns[p.pid],
             child_subreaper=st.injected.child_subreaper, itimers=st.injected.itimers,
             posix_timers=st.injected.posix_timers, thp_disable=st.injected.thp_disable,
             oom_score_adj=tasks.oom_score_adj(p.pid), dumpable=st.injected.dumpable,
@@ -492,7 +509,8 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             ctty=tty, ctty_pgrp=tty_pgrp,
         )
         img.write_json(names.core(p.pid), core)
-        img.write_json(names.mm(p.pid), st.mm)
+        if st.mm is not None:
+            img.write_json(names.mm(p.pid), st.mm)
     img.write_json(names.FILES, FilesImage(table.files))
     unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
     return Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,

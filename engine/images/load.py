@@ -133,7 +133,8 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
                 _check_xstate(d, th.xstate, th.tid, where)
         mm: MmCore | None = None
         pm: Pagemap | None = None
-        if t.state != "zombie":
+        # A task sharing its parent's address space has no memory of its own in the image.
+        if t.state != "zombie" and "vm" not in t.shared:
             mm = d.read_json(names.mm(t.pid), MmCore)
             for v in mm.vmas:
                 if v.shmem_id is not None and v.shmem_id not in shmem:
@@ -149,6 +150,7 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
             parent_task = tasks.get(parents[pid])
             _check_cow(d.file(names.mm(pid)), ti.mm,
                        parent_task.mm if parent_task is not None else None)
+    _check_shared(d, inv, tasks, files)
     return DumpImage(d, inv, tasks, files, shmem, parent)
 
 
@@ -188,6 +190,41 @@ def _covered(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:
         if pos >= end:
             return True
     return pos >= end
+
+
+
+def _check_shared(d: ImageDir, inv: Inventory, tasks: dict[int, TaskImage],
+                  files: FilesImage) -> None:
+    """A task sharing a table with its parent holds the same values (it is one table).
+    No pidfd in the own fd table of a task sharing its parent's address space, none
+    referring to such a task (restore opens pidfds before it exists)."""
+    vm_children = set()
+    pidfds = {f.id: f.pidfd.pid for f in files.files if f.pidfd is not None}
+    for t in inv.tasks:
+        if not t.shared:
+            continue
+        core, pcore = tasks[t.pid].core, tasks[t.ppid].core
+        where = d.file(names.core(t.pid))
+        differs = [k for k, same in (
+            ("files", _fds(core) == _fds(pcore)),
+            ("fs", (core.cwd, core.root, core.umask) == (pcore.cwd, pcore.root, pcore.umask)),
+            ("sighand", core.sigactions == pcore.sigactions)) if k in t.shared and not same]
+        if differs:
+            raise ImageError(where, f"shares the {differs[0]} table of its parent {t.ppid} "
+                                    "but holds other values")
+        if "vm" in t.shared:
+            vm_children.add(t.pid)
+            if "files" not in t.shared and any(f.file_id in pidfds for f in core.fds):
+                raise ImageError(where, "shares its parent's address space but not its fd "
+                                        "table, and holds a pidfd")
+    for fid, target in pidfds.items():
+        if target in vm_children:
+            raise ImageError(d.file(names.FILES), f"file {fid}: a pidfd of task {target}, "
+                                                  "which shares its parent's address space")
+
+
+def _fds(core: TaskCore) -> list[tuple[int, int, bool]]:
+    return sorted((f.fd, f.file_id, f.cloexec) for f in core.fds)
 
 
 def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:

@@ -43,6 +43,10 @@ U64_MAX = (1 << 64) - 1
 PID_MAX_LIMIT = 1 << 22
 
 TASK_STATES = ("alive", "stopped", "zombie")
+#: kernel tables a process can share with its parent (TaskEntry.shared): the address
+#: space (CLONE_VM), fd table (CLONE_FILES), fs info (CLONE_FS), signal handlers
+#: (CLONE_SIGHAND, which clone() gives only with CLONE_VM)
+SHARED_TABLES = ("vm", "files", "fs", "sighand")
 IMAGE_KINDS = ("dump", "pre-dump")
 VMA_KINDS = ("anon", "file", "shmem", "heap", "stack", "vdso", "vvar", "vsyscall", "other")
 SCHED_POLICIES = (0, 1, 2, 3, 5)  # OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is refused)
@@ -132,9 +136,12 @@ class TaskEntry:
     threads: list[int]
     exit_code: int | None = None  # zombies only: the wait status a reaper would get
     ns_pid: list[int] = field(default_factory=list)  # NSpid: outermost first, own ns last
+    #: the kernel tables (SHARED_TABLES) the process shares with its parent
+    shared: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Check ranges: pids positive, state known, at least one thread unless a zombie.
+        """Check ranges: pids positive, state known, at least one thread unless a zombie,
+        shared tables known (signal handlers only with the address space).
 
         pgid/sid 0 is what /proc shows for a leader outside the dumper's pid namespace
         (e.g. a CI job inside a container): restored as led from outside the tree."""
@@ -147,6 +154,41 @@ class TaskEntry:
             _check(self.pid in self.threads, f"task {self.pid}: main thread not in threads")
         _check(all(map(_is_pid, self.threads)), f"task {self.pid}: bad thread id")
         _check_nspid(self.pid, self.ns_pid, f"task {self.pid}: ns_pid")
+        _check(len(set(self.shared)) == len(self.shared)
+               and all(k in SHARED_TABLES for k in self.shared),
+               f"task {self.pid}: bad shared tables {self.shared}")
+        _check(not self.shared or self.state != "zombie",
+               f"task {self.pid}: a zombie shares no table")
+        _check("sighand" not in self.shared or "vm" in self.shared,
+               f"task {self.pid}: shares the signal handlers without the address space")
+
+
+def _check_shared(tasks: list[TaskEntry], root: int) -> None:
+    """What restore needs to share a task's tables with its parent again (the dump
+    refuses anything else, engine/dump/sharing.py): a live parent in the image; the
+    sessions of a task created from its parent; for a task sharing the address space, which
+    is created by a clone injected into its parent: no children, its parent's session, its
+    parent's process group or one of its own nobody else joins."""
+    by_pid = {t.pid: t for t in tasks}
+    for t in tasks:
+        if not t.shared:
+            continue
+        parent = by_pid.get(t.ppid)
+        _check(t.pid != root and parent is not None and parent.state != "zombie",
+               f"task {t.pid}: shares tables with a parent that is not a live task of the "
+               "image")
+        assert parent is not None
+        _check(t.sid in (t.pid, parent.sid),
+               f"task {t.pid}: shares tables with its parent but is in another session")
+        if "vm" not in t.shared:
+            continue
+        others = [o for o in tasks if o is not t]
+        _check(not any(o.ppid == t.pid for o in others),
+               f"task {t.pid}: shares its parent's address space and has children")
+        _check(t.sid == parent.sid and (t.pgid == parent.pgid or t.pgid == t.pid and not any(
+            o.pgid == t.pid for o in others)),
+               f"task {t.pid}: shares its parent's address space but not its session or "
+               "process group")
 
 
 SHMEM_KINDS = ("anon", "memfd", "sysv")
@@ -248,6 +290,7 @@ class Inventory:
         pids = [t.pid for t in self.tasks]
         _check(len(pids) == len(set(pids)), "duplicate pid in task list")
         _check(self.root_pid in pids, f"root pid {self.root_pid} not in task list")
+        _check_shared(self.tasks, self.root_pid)
         ids = [s.id for s in self.shmem]
         _check(len(ids) == len(set(ids)), "duplicate shmem id")
         if self.parent is not None:

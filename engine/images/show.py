@@ -67,6 +67,8 @@ def _show_inventory(img: DumpImage, out: TextIO) -> None:
         extra = f" exit {t.exit_code}" if t.exit_code is not None else ""
         if len(t.ns_pid) > 1:
             extra += f" ns pids {t.ns_pid}"
+        if t.shared:
+            extra += f" shares {', '.join(t.shared)} with its parent"
         out.write(f"  task {t.pid} ppid {t.ppid} pgid {t.pgid} sid {t.sid} {t.state}{extra} "
                   f"threads {t.threads}\n")
 

@@ -36,6 +36,7 @@ state, use restart_regs().
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import signal
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING
 from engine.errors import termination_held
 from engine.kernel import ptrace, sigframe, uapi
 from engine.kernel.structs import UserRegs
-from engine.kernel.sys import syscall
+from engine.kernel.sys import process_vm_writev, syscall
 from engine.proc.auxv import read_auxv
 from engine.proc.maps import read_maps
 from engine.proc.stat import read_stat
@@ -89,6 +90,17 @@ class InjectError(RuntimeError):
 
 class _StaleInsn(Exception):
     """The cached syscall instruction is no longer executable (the address space changed)."""
+
+
+def _writable(tid: int, addr: int, data: bytes) -> bool:
+    """Whether the task itself may write the bytes at addr, which hold `data` now: they are
+    written back as they are, without the FOLL_FORCE of /proc/PID/mem."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    try:
+        n = process_vm_writev(tid, [(ctypes.addressof(buf), len(data))], [(addr, len(data))])
+    except OSError:
+        return False
+    return n == len(data)
 
 
 def _page_up(n: int) -> int:
@@ -319,12 +331,14 @@ class Injector:
         low = frame.address - _STACK_SCRATCH_MAX
         end = self.saved_regs.rsp - sigframe.RED_ZONE
         old = _pread(self._mem, end - low, low)
-        if len(old) != end - low:
+        # (a small stack, e.g. of a task made by clone() with a stack of its own, may lie
+        # just above memory the task cannot write: syscalls would fail there with EFAULT)
+        if len(old) != end - low or not _writable(self.tid, low, old):
             # no room for scratch buffers (they are mapped): only the slot below the
             # frame (a return address, pagecrc.in_task)
             low = frame.address - 64
             old = _pread(self._mem, end - low, low)
-            if len(old) != end - low:
+            if len(old) != end - low or not _writable(self.tid, low, old):
                 return
         try:
             self.write(frame.address, frame.data)

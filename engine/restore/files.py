@@ -60,8 +60,10 @@ class FilesPlan:
     # task pid -> [(file id, lock)]: the POSIX locks each task takes (set by check())
     posix_locks: dict[int, list[tuple[int, LockRecord]]] = field(default_factory=dict)
 
-    def add_task(self, image: DumpImage, core: TaskCore) -> None:
-        """Take in one task's fds; refuse unsupported file types early."""
+    def add_task(self, image: DumpImage, core: TaskCore, spawned: bool = True) -> None:
+        """Take in one task's fds; refuse unsupported file types early. A task not
+        spawned (made later in its parent's address space, which holds its descriptions
+        for it: engine/restore/vmchild.py) arms no epoll watch."""
         by_id = image.files.by_id()
         for fde in core.fds:
             rec = by_id[fde.file_id]
@@ -74,7 +76,8 @@ class FilesPlan:
                                            f"{rec.path} has no saved content")
             self._take(image, rec)
             self.max_fd = max(self.max_fd, fde.fd)
-        self.epolls.add_task(core.pid, core.fds, by_id)
+        if spawned:
+            self.epolls.add_task(core.pid, core.fds, by_id)
         self.pids.add(core.pid)
 
     def _take(self, image: DumpImage, rec: FileRecord) -> None:
@@ -107,6 +110,38 @@ def move_above(fd: int, floor: int) -> int:
     new = fcntl.fcntl(fd, fcntl.F_DUPFD, floor)
     os.close(fd)
     return new
+
+
+class FdTableSync:
+    """How the restored tasks sharing one fd table wait for each other (engine.restore.
+    spawn): on a pipe, at `low` or above (above every fd number of the tree), each other
+    holder writes F once it has forked its children and D once it has read its go, or X
+    when it fails; the first holder waits for all of them before placing the fds (which
+    closes every description) and before closing the control pipes."""
+
+    def __init__(self, others: int, low: int) -> None:
+        self.others = others
+        r, w = os.pipe()
+        self.fds = (move_above(r, low), move_above(w, low))
+        self.seen = {b"F": 0, b"D": 0}
+
+    def tell(self, what: bytes) -> None:
+        """From another holder: F, D or X."""
+        os.write(self.fds[1], what)
+
+    def wait(self, what: bytes) -> None:
+        """In the first holder: until every other holder has said `what`."""
+        while self.seen[what] < self.others:
+            got = os.read(self.fds[0], 64)
+            if not got or b"X" in got:
+                raise EngineError("fork", "a task sharing the fd table failed")
+            for b in (b"F", b"D"):
+                self.seen[b] += got.count(b)
+
+    def close(self) -> None:
+        """In the first holder, once every other one has said D."""
+        for fd in self.fds:
+            os.close(fd)
 
 
 class _Opener:
@@ -324,26 +359,34 @@ def _unlink(path: str, aside: str | None) -> None:
     os.rename(aside, path)
 
 
-def place(plan: FilesPlan, pid: int, fds: list[FdEntry], by_file: dict[int, int],
-          kept: list[int]) -> None:
-    """In task `pid`: put its descriptions at its fd numbers, arm the epoll watches the
-    plan gave it, close every other fd except `kept` (which the caller has moved to
-    floor(plan) or above), then take the task's POSIX locks through its own fds."""
+def place(plan: FilesPlan, pids: list[int], fds: list[FdEntry], by_file: dict[int, int],
+          kept: list[int], staged: list[tuple[int, int]]) -> None:
+    """In task pids[0] (pids[1:] share its fd table, so this is theirs too): put its
+    descriptions at its fd numbers, and the `staged` ones (fd number, file id) at theirs
+    (free numbers above every fd of the tree, for children cloned into these tasks'
+    address space later), arm the epoll watches the plan gave these tasks, close every
+    other fd except `kept` (which the caller has moved to floor(plan) or above), then take
+    the tasks' POSIX locks through the table's fds."""
     for fde in sorted(fds, key=lambda f: f.fd):
         if fde.file_id in by_file:  # (not pidfds: open_pidfds)
             os.dup2(by_file[fde.file_id], fde.fd, inheritable=not fde.cloexec)
-    anonfd.arm(anonfd.deferred(plan.epolls.by_task.get(pid, []), plan.files)[0], by_file)
-    _close_all_but({f.fd for f in fds} | set(kept))
+    for fd, fid in staged:
+        os.dup2(by_file[fid], fd, inheritable=False)
+    watches = [w for pid in pids for w in plan.epolls.by_task.get(pid, [])]
+    anonfd.arm(anonfd.deferred(watches, plan.files)[0], by_file)
+    _close_all_but({f.fd for f in fds} | set(kept) | {fd for fd, _ in staged})
     # Last: closing any fd of a file drops the process's POSIX locks on it.
-    locks.take_posix(plan.posix_locks.get(pid, []), {f.file_id: f.fd for f in fds})
+    owned = [lock for pid in pids for lock in plan.posix_locks.get(pid, [])]
+    locks.take_posix(owned, {f.file_id: f.fd for f in fds})
 
 
-def open_pidfds(plan: FilesPlan, pid: int, fds: list[FdEntry],
+def open_pidfds(plan: FilesPlan, pids: list[int], fds: list[FdEntry],
                 inner_pid: dict[int, int]) -> None:
-    """In task `pid`, once every task exists: its pidfds, then the epoll watches of them
-    (armed through the task's own fds on the epolls)."""
+    """In task pids[0] (as for place), once every task exists: its pidfds, then the epoll
+    watches of them (armed through the task's own fds on the epolls)."""
     anonfd.open_pidfds(fds, plan.files, inner_pid)
-    later = anonfd.deferred(plan.epolls.by_task.get(pid, []), plan.files)[1]
+    watches = [w for pid in pids for w in plan.epolls.by_task.get(pid, [])]
+    later = anonfd.deferred(watches, plan.files)[1]
     anonfd.arm(later, {f.file_id: f.fd for f in fds})
 
 

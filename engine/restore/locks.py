@@ -16,9 +16,13 @@ F_OFD_SETLK = 37  # fcntl.h; Python's fcntl module lacks it
 _FLOCK = struct.Struct("@hhqqi4x")  # struct flock (native alignment): type, whence, start, len, pid
 
 
+def flock_struct(lk: LockRecord) -> bytes:
+    """The struct flock that takes `lk` again (F_SETLK / F_OFD_SETLK)."""
+    return _FLOCK.pack(fcntl.F_WRLCK if lk.write else fcntl.F_RDLCK, 0, lk.start, lk.length, 0)
+
+
 def _setlk(fd: int, cmd: int, lk: LockRecord) -> None:
-    ltype = fcntl.F_WRLCK if lk.write else fcntl.F_RDLCK
-    fcntl.fcntl(fd, cmd, _FLOCK.pack(ltype, 0, lk.start, lk.length, 0))
+    fcntl.fcntl(fd, cmd, flock_struct(lk))
 
 
 def take_file_locks(fd: int, rec: FileRecord) -> None:

@@ -4,26 +4,26 @@ Everything that does not need the tasks (the scratch window, files, tables) is p
 first, so a bad image fails before any process exists. Then:
 
 1. spawn the tree (engine.restore.spawn): every task with its pid, fds, session, cwd...,
-   each live one seized in its own SIGSTOP stop; zombies are zombies;
-2. per task, one table run replaces its address space (engine.restore.layout); the root
+   each live one seized in its own SIGSTOP stop; zombies are zombies; then the tasks that
+   share their parent's address space are cloned into it (engine.restore.vmchild);
+2. per address space, one table run replaces it (engine.restore.layout); the root
    created every shared memory object and mapped it whole before it forked (spawn), so
    every task inherits the very same objects and moves its parts of them into place, with
    no /proc/PID/map_files (refused inside a user namespace);
-3. pages are written per task and per shmem object (engine.restore.pages);
+3. pages are written per address space and per shmem object (engine.restore.pages);
 4. per task, the state table (engine.restore.state_table), the last single syscalls, the
-   dumped rseq bytes, registers, xstate and sigmask; then every task is released (detached,
-   or left in group-stop).
+   dumped rseq bytes, registers, xstate and sigmask (the tasks sharing an address space
+   before its owner, which unmaps the runner region); then every task is released
+   (detached, or left in group-stop).
 
 Any failure kills every task of the new tree by pid.
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import signal
-import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 
 from engine.errors import EngineError, commit
 from engine.faults import fault_point
-from engine.images import DumpImage, TaskImage, load
-from engine.images.records import MmCore, ShmemEntry, TaskCore, ThreadCore, Vma
+from engine.images import DumpImage, load
+from engine.images.fdkinds import LockRecord
+from engine.images.records import MmCore, ShmemEntry, TaskCore, TaskEntry, ThreadCore, Vma
 from engine.kernel import blob, pagecrc, ptrace, uapi
-from engine.kernel.structs import CloneArgs, UserRegs
+from engine.kernel.structs import UserRegs
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
 from engine.restore import (
@@ -48,6 +49,7 @@ from engine.restore import (
     spawn,
     state_table,
     taskattrs,
+    vmchild,
 )
 from engine.restore.lazy import LazyPages
 
@@ -56,6 +58,12 @@ _SCRATCH = 4096
 _SPAWN_FDS = 4  # the two pipes spawn() opens before forking the root
 _THREAD_FLAGS = (uapi.CLONE_VM | uapi.CLONE_FS | uapi.CLONE_FILES | uapi.CLONE_SIGHAND
                  | uapi.CLONE_THREAD | uapi.CLONE_SYSVSEM)
+
+
+def _spawn_flags(shared: list[str]) -> int:
+    """clone flags of a spawned task sharing these tables with its parent."""
+    return (uapi.CLONE_FILES if "files" in shared else 0) | \
+        (uapi.CLONE_FS if "fs" in shared else 0)
 
 
 @dataclass
@@ -136,6 +144,21 @@ def _check_supported(image: DumpImage) -> None:
                                       "in the image")
 
 
+def _parents_first(tasks: list[TaskEntry], root: int) -> list[TaskEntry]:
+    """The live tasks, root first, each after its parent (as the dump lists them)."""
+    below: dict[int, list[TaskEntry]] = {}
+    for t in tasks:
+        if t.pid != root:
+            below.setdefault(t.ppid, []).append(t)
+    out = [next(t for t in tasks if t.pid == root)]
+    for t in out:
+        out.extend(below.pop(t.pid, []))
+    lost = [t.pid for ts in below.values() for t in ts]
+    if lost:
+        raise EngineError("read", f"task {lost[0]} is not below the root task")
+    return [t for t in out if t.state != "zombie"]
+
+
 def _set_xstate(tid: int, data: bytes, path: str) -> None:
     """Load a dumped XSAVE area, which must have this CPU's layout size (the kernel
     refuses another size with a bare errno)."""
@@ -161,12 +184,19 @@ _DRAIN_MAX = 64 + 1024  # every standard signal, and a bound on queued real-time
 
 
 class _Task:
-    """One live task of the tree: its records, its tables and page source."""
+    """One live task of the tree: its records, its tables and page source. A task sharing
+    its parent's address space (`vm_parent`) has its parent's mm record and page source."""
 
-    def __init__(self, image: DumpImage, ti: TaskImage) -> None:
-        assert ti.mm is not None
+    def __init__(self, image: DumpImage, entry: TaskEntry, vm_parent: _Task | None) -> None:
+        ti = image.tasks[entry.pid]
+        mm = ti.mm if vm_parent is None else vm_parent.mm
+        assert mm is not None
         self.core: TaskCore = ti.core
-        self.mm: MmCore = ti.mm
+        self.mm: MmCore = mm
+        self.vm_parent = vm_parent
+        self.vm_children: list[_Task] = []
+        self.staged_at = 0  # where its parent holds its fd table (engine.restore.vmchild)
+        self.shared = frozenset(entry.shared)
         self.pid = ti.core.pid
         self.thread: ThreadCore = next(t for t in ti.core.threads if t.tid == self.pid)
         # Main thread first: it creates the others.
@@ -193,8 +223,19 @@ class TreeRestorer:
         self.opts = opts
         self.lazy = lazy
         inv = image.inventory
-        self.live = [_Task(image, image.tasks[t.pid]) for t in inv.tasks
-                     if t.state != "zombie"]
+        self.live: list[_Task] = []
+        by_pid: dict[int, _Task] = {}
+        for t in _parents_first(inv.tasks, inv.root_pid):
+            parent = by_pid[t.ppid] if "vm" in t.shared else None
+            task = by_pid[t.pid] = _Task(image, t, parent)
+            self.live.append(task)
+            if parent is not None:
+                parent.vm_children.append(task)
+        # the tasks with an address space of their own (the others run on their parents')
+        self.owners = [t for t in self.live if t.vm_parent is None]
+        self.posix_locks: dict[int, list[tuple[int, LockRecord]]] = {}
+        # pid -> the spare fd numbers [first, end) where it holds its children's fd tables
+        self.staging: dict[int, tuple[int, int]] = {}
         # Every shared memory object is created by the root before it forks (a memfd
         # also keeps an fd in every task until the end), so all tasks share them.
         self.shmem: dict[str, ShmemEntry] = {}
@@ -217,6 +258,10 @@ class TreeRestorer:
         pids = {t.pid for t in inv.tasks}
         for t in inv.tasks:
             core = self.image.tasks[t.pid].core
+            if "vm" in t.shared:
+                # not spawned: cloned into its parent, which holds its fds for it (vmchild)
+                fplan.add_task(self.image, core, spawned=False)
+                continue
             status = None
             if t.state == "zombie":
                 status = core.exit_code if core.exit_code is not None else t.exit_code
@@ -231,24 +276,29 @@ class TreeRestorer:
                                            list(core.fds), core.cwd, core.umask, core.limits,
                                            comm=core.comm, zombie_status=status,
                                            set_tid=tids, fixed_pid=fixed,
-                                           ctty=core.ctty if core.sid == core.pid else None)
+                                           ctty=core.ctty if core.sid == core.pid else None,
+                                           share_flags=_spawn_flags(t.shared))
         fplan.check()
         if self.ns is not None and self.ns.new_user:
             fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
         for t in inv.tasks:
-            if t.pid != inv.root_pid:
+            if t.pid != inv.root_pid and t.pid in nodes:
                 nodes[t.ppid].children.append(nodes[t.pid])
         spawn.plan_sessions(nodes[inv.root_pid])
+        self.posix_locks = fplan.posix_locks
         return nodes[inv.root_pid], fplan
 
     def _setup(self, window: layout.Window, root: spawn.TaskSetup,
                fplan: files.FilesPlan) -> spawn.TreeSetup:
+        nodes = {n.pid: n for n in root.walk()}
         memfds = [(s.id, s.name or "", s.file_size) for s in self.shmem.values()
                   if s.kind == "memfd"]
         # The memfds' agreed fd numbers: above every fd the tree or the engine has (the
-        # root inherits the engine's, including the spawn pipes made next).
+        # root inherits the engine's, including the spawn pipes made next), and above the
+        # spare numbers where parents hold the fd tables of children made later.
         engine_fds = [int(n) for n in os.listdir("/proc/self/fd")]
-        obj_base = max(files.floor(fplan), max(engine_fds) + 1 + _SPAWN_FDS)
+        start = max(files.floor(fplan), max(engine_fds) + 1 + _SPAWN_FDS)
+        obj_base = start + self._stage_fd_tables(nodes, start)
         shared = [(window.shmem_tmp[s.id], s.size, s.id) for s in self.shmem.values()]
         return spawn.TreeSetup(root, fplan, window.region, self.ns, memfds, obj_base, shared,
                                self.premap.tasks, self.premap.areas())
@@ -256,20 +306,21 @@ class TreeRestorer:
     def run(self) -> int:
         """Create, rebuild and release the tree; returns the root pid."""
         mine = layout.engine_specials()
-        specials = {t.pid: layout.match_specials(t.mm, mine) for t in self.live}
+        specials = {t.pid: layout.match_specials(t.mm, mine) for t in self.owners}
         root, fplan = self._plan_tree()
         self._plan_premaps(root)
         size = max(max(layout.layout_table_bytes(t.mm, len(self.shmem), self._pieces(t.pid)),
-                       state_table.table_bytes_bound(t.core, t.mm)) for t in self.live)
+                       state_table.table_bytes_bound(t.core, t.mm)) for t in self.owners)
+        size = max([size] + [self._vm_setup(t).size() for t in self.live if t.vm_parent])
         # One spare page at the end for single syscalls' arguments (clone3 of threads).
-        window = layout.plan_window([t.mm for t in self.live],
+        window = layout.plan_window([t.mm for t in self.owners],
                                     blob.region_size(size) + _SCRATCH,
                                     list(self.shmem.values()), specials[self.live[0].pid],
                                     self.premap.size)
         shsrc: dict[str, pages.PageSource] = {}
         try:
             sources: dict[int, pages.PageSource] = {}
-            for t in self.live:
+            for t in self.owners:
                 t.src = sources[t.pid] = pages.task_source(self.image, t.pid)
             shsrc = {sid: pages.shmem_source(self.image, sid) for sid in self.shmem}
             premap.check_contents(self.image, self.premap, sources, self.creator)
@@ -281,14 +332,22 @@ class TreeRestorer:
             self.tree = tree
             files_by_id = self.image.files.by_id()
             try:
-                for t in self.live:
+                for t in self.owners:
                     t.real = tree.real[t.pid]
                     t.real_tid[t.pid] = t.real
+                    t.runner = blob.BlobRunner(t.real, window.base, window.region_size,
+                                               self.opts.timeout)
+                with _timed(self.opts, "spawn"):
+                    for t in self.live:
+                        if t.vm_parent is not None:
+                            self._clone_vm_child(t, window)
+                    self._close_staging()
+                for t in self.live:
                     view = state_table.CredView(read_status(t.real), self.ns)
                     held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
                     t.table2, t.deferred = state_table.finish_table(
                         t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
-                        root=t is self.live[0], held=held, pid=t.real)
+                        root=t is self.live[0], held=held, pid=t.real, shared=t.shared)
                     if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
                         state_table.foreground(t.table2, t.core.ctty,
                                                ns.inner_pid(self.image, t.core.ctty_pgrp))
@@ -306,6 +365,7 @@ class TreeRestorer:
                 for r in [t.runner, *t.thread_runners.values()]:
                     if r is not None:
                         r.close()
+            for t in self.owners:
                 if t.src is not None:
                     t.src.close()
             for s in shsrc.values():
@@ -327,17 +387,73 @@ class TreeRestorer:
         tp = self.premap.tasks.get(pid)
         return tp.pieces() if tp is not None else 0
 
+    def _stage_fd_tables(self, nodes: dict[int, spawn.TaskSetup], start: int) -> int:
+        """Give each parent of a task sharing its address space but not its fd table the
+        descriptions of that table, held at spare fd numbers from `start` on (the child,
+        cloned from the parent later, takes them from its copy: engine.restore.vmchild);
+        returns how many numbers that takes. Each child has numbers of its own: parents
+        may share one fd table."""
+        end = start
+        for p in self.owners:
+            first = end
+            for c in p.vm_children:
+                if "files" not in c.shared and c.core.fds:
+                    c.staged_at = end
+                    nodes[p.pid].staged += [(end + f.fd, f.file_id) for f in c.core.fds]
+                    end += max(f.fd for f in c.core.fds) + 1
+            if end > first:
+                self.staging[p.pid] = (first, end)
+        return end - start
+
+    def _vm_setup(self, t: _Task) -> blob.Table:
+        assert t.vm_parent is not None
+        return vmchild.setup_table(t.core, t.vm_parent.core, t.shared, t.staged_at,
+                                   self.posix_locks.get(t.pid, []))
+
+    def _clone_vm_child(self, t: _Task, window: layout.Window) -> None:
+        """Create task t, which shares its parent's address space, by a clone injected
+        into the parent, and run its set-up table (engine.restore.vmchild)."""
+        parent = t.vm_parent
+        assert parent is not None and parent.runner is not None and self.tree is not None
+        ptrace.set_sigmask(parent.real, _ALL_SIGNALS)  # the child inherits it
+        tids, _ = ns.clone_tids(self.image, self.ns, t.pid)
+        scratch = window.base + window.region_size - _SCRATCH
+        res, real = vmchild.inject_clone(parent.runner, scratch,
+                                         vmchild.clone_flags(t.shared), tids, signal.SIGCHLD)
+        if real:
+            self.tree.processes.add(real)
+        if res != tids[0]:
+            why = os.strerror(-res) if res < 0 else f"got pid {res}"
+            raise EngineError("fork", f"task {t.pid}: cannot create it in the address space "
+                                      f"of its parent {parent.pid}: {why}")
+        vmchild.first_stop(real, f"task {t.pid}", self.opts.timeout)
+        t.real = real
+        t.real_tid[t.pid] = real
+        t.runner = blob.BlobRunner(real, window.base, window.region_size, self.opts.timeout)
+        _run(t.runner, self._vm_setup(t), "fork")
+
+    def _close_staging(self) -> None:
+        """Every child is made: the parents close the spare copies of their fd tables."""
+        for t in self.owners:
+            if t.pid in self.staging:
+                assert t.runner is not None
+                first, end = self.staging[t.pid]
+                res = t.runner.run_one(uapi.SYS_close_range, first, end - 1, 0)
+                if res < 0:
+                    raise EngineError("fork", f"task {t.pid}: closing the fds held for its "
+                                              f"children: {os.strerror(-res)}")
+
     def _rebuild(self, window: layout.Window, specials: dict[int, list[layout.Special]],
                  shsrc: dict[str, pages.PageSource]) -> None:
         fault_point("mm")
         for t in self.live:
             # Nothing may be delivered while the layout is half built.
             ptrace.set_sigmask(t.real, _ALL_SIGNALS)
+        for t in self.owners:
+            assert t.runner is not None
             conf = ptrace.get_rseq_config(t.real)
             rseq = (conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature) \
                 if conf.rseq_abi_pointer else None
-            t.runner = blob.BlobRunner(t.real, window.base, window.region_size,
-                                       self.opts.timeout)
             with _timed(self.opts, "layout"):
                 table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
                                              list(self.shmem.values()), self.objfds,
@@ -345,10 +461,10 @@ class TreeRestorer:
                 _run(t.runner, table1, "mm")
         fault_point("pages")
         with _timed(self.opts, "pages"):
-            for t in self.live:
+            for t in self.owners:
                 assert t.src is not None
-                vmas = t.mm.vmas if self.lazy is None else self.lazy.eager_vmas(t.mm,
-                                                                                 t.threads)
+                threads = t.threads + [th for c in t.vm_children for th in c.threads]
+                vmas = t.mm.vmas if self.lazy is None else self.lazy.eager_vmas(t.mm, threads)
                 self._write_pages(t, vmas)
             for sid, s in self.shmem.items():
                 # Through the root's whole mapping: every task maps the same object.
@@ -357,9 +473,12 @@ class TreeRestorer:
             taskattrs.memfd_attrs(self.live[0].real, list(self.shmem.values()), self.objfds)
         if self.lazy is not None:
             with _timed(self.opts, "lazy"):
-                self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.live])
+                self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.owners])
         with _timed(self.opts, "state"):
-            for t in self.live:
+            for t in self.owners:
+                # Its children first: the owner unmaps the runner region they use too.
+                for c in t.vm_children:
+                    self._finish(c, window)
                 self._finish(t, window)
 
     def _moves(self, pid: int) -> dict[int, list[tuple[int, int, int]]]:
@@ -414,12 +533,15 @@ class TreeRestorer:
             res = t.runner.run_one(nr, *real)
             if res < 0:
                 raise EngineError("state", f"task {t.pid}: {what}: {os.strerror(-res)}")
+        src = (t.vm_parent or t).src
         for th in t.threads:
             if th.rseq is not None and th.rseq.ptr:
-                assert t.src is not None
+                assert src is not None
                 # Registering rseq made the kernel write the current cpu into the area;
                 # put the dumped bytes back so memory is exactly as dumped.
-                t.runner.write(th.rseq.ptr, t.src.read(th.rseq.ptr, th.rseq.size))
+                t.runner.write(th.rseq.ptr, src.read(th.rseq.ptr, th.rseq.size))
+        if t.vm_parent is not None:
+            return  # the region is its parent's too, which unmaps it last
         res = t.runner.run_one(uapi.SYS_munmap, window.base, window.region_size)
         if res < 0:
             raise EngineError("state", f"task {t.pid}: unmap restorer: {os.strerror(-res)}")
@@ -446,23 +568,13 @@ class TreeRestorer:
         if self.ns is not None and self.ns.new_user:
             tids = tids[:1]  # as for processes: only the engine may choose outer ids
         scratch = window.base + window.region_size - _SCRATCH
-        args = CloneArgs()
-        args.flags = _THREAD_FLAGS
-        args.set_tid = scratch + ctypes.sizeof(CloneArgs)
-        args.set_tid_size = len(tids)
-        t.runner.write(scratch, bytes(args) + struct.pack(f"<{len(tids)}i", *tids))
-        ptrace.set_options(t.real, spawn.SEIZE_OPTIONS | uapi.PTRACE_O_TRACECLONE)
-        res = t.runner.run_one(uapi.SYS_clone3, scratch, ctypes.sizeof(CloneArgs))
-        ptrace.set_options(t.real, spawn.SEIZE_OPTIONS)
-        real = t.runner.last_event_msg
-        if res > 0:
+        res, real = vmchild.inject_clone(t.runner, scratch, _THREAD_FLAGS, tids)
+        if real:
             self.tree.threads.add(real)
         if res != tids[0]:
             why = os.strerror(-res) if res < 0 else f"got tid {res}"
             raise EngineError("fork", f"task {t.pid}: cannot create thread {tid}: {why}")
-        status = ptrace.wait_stop(real, self.opts.timeout)
-        if ptrace.stop_event(status) != uapi.PTRACE_EVENT_STOP:
-            raise EngineError("fork", f"thread {tid} stopped unexpectedly ({status:#x})")
+        vmchild.first_stop(real, f"thread {tid}", self.opts.timeout)
         t.real_tid[tid] = real
         t.thread_runners[tid] = blob.BlobRunner(real, window.base, window.region_size,
                                                 self.opts.timeout)

@@ -8,11 +8,17 @@ Python) and, like every task after it:
    that each task inherits them and shared descriptions stay shared,
 3. builds the private memory it shares copy-on-write with its children or its parent
    (engine.restore.premap), then forks its children with their pids (group leaders
-   first), which do the same,
+   first), which do the same; a child dumped sharing its fd table or fs info with it is
+   cloned with CLONE_FILES / CLONE_FS,
 4. zombies exit right there with their dumped status,
 5. puts its fds in place and closes the rest, maps the table runner region at the address
    the engine chose, sets cwd, umask and resource limits (its own: no CAP_SYS_RESOURCE),
 6. waits for the engine's go (every live task has been seized by then) and raises SIGSTOP.
+
+Tasks sharing one fd table place its fds once: its first holder does, after every other
+holder has forked its children (they need the open file descriptions the placing closes),
+and it closes the control pipes after every holder has read its go (`files.FdTableSync`).
+Tasks sharing their parent's address space are not spawned: engine/restore/vmchild.py.
 
 Being traced, SIGSTOP gives a signal-delivery-stop, not a group-stop: the engine takes over
 there and never lets the signal through. A task that fails writes "pid\\0phase\\0message"
@@ -21,6 +27,7 @@ to the shared error pipe and exits; the engine then kills the whole new tree by 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -65,6 +72,11 @@ class TaskSetup:
     set_tid: list[int] = field(default_factory=list)  # pids innermost ns first ([] = [pid])
     fixed_pid: bool = True  # set_tid reaches the engine's pid ns (the real pid is `pid`)
     zombie_status: int | None = None  # wait status of a dumped zombie
+    share_flags: int = 0  # CLONE_FILES / CLONE_FS: tables it shares with its parent
+    # (fd number, file id): descriptions held at spare numbers (between the tree's fds and
+    # obj_base, free in every task) for the children cloned into its address space later
+    # with fd tables of their own (engine/restore/vmchild.py)
+    staged: list[tuple[int, int]] = field(default_factory=list)
     ctty: str | None = None  # a session leader's controlling terminal, taken after setsid
     children: list[TaskSetup] = field(default_factory=list)
     # siblings in this task's session that its parent cannot create (not in the parent's
@@ -76,6 +88,14 @@ class TaskSetup:
     def inner_pid(self) -> int:
         """The task's pid in its own pid namespace."""
         return self.set_tid[0] if self.set_tid else self.pid
+
+    def fd_table_sharers(self) -> list[TaskSetup]:
+        """The tasks below this one that share its fd table."""
+        out = []
+        for c in self.children:
+            if c.share_flags & uapi.CLONE_FILES:
+                out += [c, *c.fd_table_sharers()]
+        return out
 
     def walk(self) -> list[TaskSetup]:
         """This task and all its descendants, parents before children."""
@@ -103,6 +123,12 @@ class TreeSetup:
     # slot area all of it lives in
     premap: dict[int, premap.TaskPremap] = field(default_factory=dict)
     premap_areas: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def low(self) -> int:
+        """The lowest fd number of the descriptions and pipes the root opens for the tree
+        (above every fd number a task has and the memfds)."""
+        return self.obj_base + len(self.memfds)
 
     @property
     def inner_pids(self) -> dict[int, int]:
@@ -195,6 +221,9 @@ def plan_sessions(root: TaskSetup) -> None:
                 continue
             maker = next((s for s in t.children if s is not c and s.sid == c.sid
                           and s.zombie_status is None and not s.by_sibling), None)
+            if c.share_flags:
+                raise EngineError("fork", f"task {c.pid}: shares tables with its parent but "
+                                          f"is in session {c.sid}, not its parent's")
             if maker is None:
                 raise EngineError("fork", f"task {c.pid}: session {c.sid} is not its "
                                           "parent's, the task does not lead it and no "
@@ -226,18 +255,25 @@ def _exit_as(status: int) -> None:
     os._exit(os.WEXITSTATUS(status))
 
 
-def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]) -> None:
-    """Runs in the new task; never returns."""
+def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int],
+          sync: files.FdTableSync | None = None) -> None:
+    """Runs in the new task; never returns. `sync`: given to a task that shares its fd
+    table with its parent (see files.FdTableSync)."""
     go_r, err_w = ctl[:2]  # then the memfds, kept open for the engine's tables
+    first = sync is None  # the first holder of its fd table
     try:
         _set_session(t)
         if tree.premap_areas:
             # before the children are forked: they inherit it copy-on-write
             premap.build(tree.premap.get(t.pid), tree.premap_areas)
+        group = [t, *t.fd_table_sharers()] if first else []  # who _place is for
+        if len(group) > 1:
+            sync = files.FdTableSync(len(group) - 1, tree.low)
         for c in _leaders_first(t):
-            child = _clone_with_pid(c)
+            child = _clone_with_pid(c, c.share_flags)
             if child == 0:
-                _task(tree, c, ctl, by_file)
+                _task(tree, c, ctl, by_file,
+                      sync if c.share_flags & uapi.CLONE_FILES else None)
             _make_group(c, child)
         for c in t.adopted:
             if _clone_with_pid(c, uapi.CLONE_PARENT) == 0:
@@ -248,18 +284,17 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
         if t.zombie_status is not None:
             _exit_as(t.zombie_status)
         fault_point("files")
-        files.place(tree.files, t.pid, t.fds, by_file, ctl)
+        _place(tree, group, ctl, by_file, sync)
         start, end = tree.region
         ksys.mmap(start, end - start, _REGION_PROT, _REGION_FLAGS)
         os.chdir(t.cwd)
         os.umask(t.umask)
         _set_limits(t.limits)
         if os.read(go_r, 1) != b"g":
+            if sync is not None and not first:
+                sync.tell(b"X")
             os._exit(3)  # the engine is gone (EXITKILL would kill us anyway)
-        # every task exists now: a pidfd can be opened on any of them
-        files.open_pidfds(tree.files, t.pid, t.fds, tree.inner_pids)
-        os.close(go_r)
-        os.close(err_w)
+        _after_go(tree, group, ctl, sync)
         os.kill(os.getpid(), signal.SIGSTOP)
     except EngineError as e:
         _report(err_w, t.pid, e.phase, e.message)
@@ -268,7 +303,40 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
     # Anything else must still end the child: it must never return into the engine.
     except BaseException as e:  # noqa: BLE001
         _report(err_w, t.pid, "fork", f"{type(e).__name__}: {e}")
+    if not first and sync is not None:
+        with contextlib.suppress(OSError):
+            sync.tell(b"X")
     os._exit(1)
+
+
+def _place(tree: TreeSetup, group: list[TaskSetup], ctl: list[int], by_file: dict[int, int],
+           sync: files.FdTableSync | None) -> None:
+    """The fds of the task's table: `group` is the first holder and the tasks sharing its
+    table, who waits for the others to have forked; [] in each of the others."""
+    if not group:
+        assert sync is not None
+        sync.tell(b"F")
+        return
+    if sync is not None:
+        sync.wait(b"F")
+    files.place(tree.files, [x.pid for x in group], group[0].fds, by_file,
+                ctl + list(sync.fds if sync else ()), [fd for x in group for fd in x.staged])
+
+
+def _after_go(tree: TreeSetup, group: list[TaskSetup], ctl: list[int],
+              sync: files.FdTableSync | None) -> None:
+    """Every task exists now: the first holder of a table (`group` as for _place) opens
+    its pidfds, then closes the control pipes once every other holder has read its go."""
+    if not group:
+        assert sync is not None
+        sync.tell(b"D")
+        return
+    files.open_pidfds(tree.files, [x.pid for x in group], group[0].fds, tree.inner_pids)
+    if sync is not None:
+        sync.wait(b"D")
+        sync.close()
+    os.close(ctl[0])
+    os.close(ctl[1])
 
 
 def _room_for_fds(tree: TreeSetup) -> None:
@@ -304,7 +372,7 @@ def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
             ksys.mmap(addr, size, uapi.PROT_READ | uapi.PROT_WRITE,
                       uapi.MAP_SHARED | uapi.MAP_FIXED_NOREPLACE
                       | (uapi.MAP_ANONYMOUS if fd < 0 else 0), fd, 0)
-        low = tree.obj_base + len(tree.memfds)
+        low = tree.low
         ctl = [files.move_above(fd, low) for fd in ctl]
         # Files are opened with the engine's own credentials (in a new user namespace the
         # task only becomes root inside afterwards), as the dumped tree opened them.
@@ -343,6 +411,9 @@ class Tree:
         self.live = [t.pid for t in self.tasks if t.zombie_status is None]
         self.real: dict[int, int] = {setup.root.pid: root_real}
         self.threads: set[int] = set()  # real tids of threads created later (our tracees)
+        # real pids of processes created later by a clone injected into their parent
+        # (engine/restore/vmchild.py): killed with the tree
+        self.processes: set[int] = set()
 
     def _expected_parent(self, pid: int) -> int | None:
         if pid == self.setup.root.pid:
@@ -388,6 +459,8 @@ class Tree:
         for t in self.tasks:
             if self.ours(t.pid):
                 victims[self.real[t.pid]] = _start_time(self.real[t.pid])
+        for pid in self.processes:
+            victims[pid] = _start_time(pid)
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -192,13 +192,16 @@ def _queue(deferred: Deferred, t: blob.Table, pid: int, tid: int | None,
 
 def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEntry],
                  objfds: dict[str, int], view: CredView, root: bool,
-                 held: list[tuple[int, FileRecord]], pid: int) -> tuple[blob.Table, Deferred]:
+                 held: list[tuple[int, FileRecord]], pid: int,
+                 shared: frozenset[str] = frozenset()) -> tuple[blob.Table, Deferred]:
     """The table run after the pages are written, and the calls deferred past it.
 
     shmem: every shared memory object; each task unmaps its inherited whole mapping of
     each, then the root seals the memfds. objfds: the memfd fds every task inherited
     (closed). held: the task's fds with their descriptions (owners, signals). pid: the
-    task, as the engine sees it."""
+    task, as the engine sees it. shared: the tables (TaskEntry.shared) the task shares
+    with its parent, which set them up: what belongs to them is not done again (the
+    address space: mappings and mm fields; the fd table: the memfd copies; fs: the root)."""
     t = blob.Table()
     deferred = Deferred()
     deferred.drain = (t.data(struct.pack("<Q", (1 << 64) - 1)), t.data(bytes(16)))
@@ -207,15 +210,18 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     # every table has run.
     deferred.calls.append((uapi.SYS_prctl, (uapi.PR_SET_DUMPABLE, core.dumpable, 0, 0, 0),
                            "dumpable"))
-    for s in shmem:
+    own_mm = "vm" not in shared
+    for s in shmem if own_mm else []:
         t.add(uapi.SYS_munmap, window.shmem_tmp[s.id], s.size, what=f"unmap shmem {s.id} copy")
     for s in shmem:
         if root and s.kind == "memfd" and s.seals:
             t.add(uapi.SYS_fcntl, objfds[s.id], _F_ADD_SEALS, s.seals, what=f"seal {s.id}")
-    for sid, fd in sorted(objfds.items()):
+    # (a task sharing its parent's address space got its fd table without them)
+    for sid, fd in sorted(objfds.items()) if own_mm and "files" not in shared else []:
         t.add(uapi.SYS_close, fd, what=f"close memfd {sid} (restore's copy)")
     exe = mm.exe or core.exe
-    _mm_map(t, mm, None if exe and _is_own_exe(exe, pid) else exe)
+    if own_mm:
+        _mm_map(t, mm, None if exe and _is_own_exe(exe, pid) else exe)
     for sa in core.sigactions:
         if sa.signo in (uapi.SIGKILL, uapi.SIGSTOP):
             continue
@@ -226,10 +232,11 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
         else:
             t.add(uapi.SYS_rt_sigaction, sa.signo, ref, 0, 8, what=f"sigaction {sa.signo}")
     t.add(uapi.SYS_personality, core.personality, what="personality")
-    thp_part(t, core)
-    membarrier_part(t, core)
+    if own_mm:
+        thp_part(t, core)
+        membarrier_part(t, core)
     fown_part(t, held)
-    if core.root != "/":
+    if core.root != "/" and "fs" not in shared:
         t.add(uapi.SYS_chroot, t.cstr(core.root), what=f"chroot {core.root}")
     main = next(x for x in core.threads if x.tid == core.pid)
     if core.child_subreaper:

@@ -278,14 +278,19 @@ def _restore_once(seed: Seed, images: Path, forged: bool) -> tuple[str, str]:
 
 def _kill_leftovers() -> list[int]:
     """Kill and reap every process left below us (we are a child subreaper: whatever a
-    restore made ends up here); returns their pids."""
-    left = [p for p in cr.tree_of(os.getpid()) if p != os.getpid()]
-    for p in reversed(left):
-        try:
-            cr.kill_reap(p)
-        except (OSError, TimeoutError):
-            pass
-    return left
+    restore made ends up here); returns their pids. A grandchild killed with its parent
+    is reaped once it has come to us, in a later round."""
+    first = below = [p for p in cr.tree_of(os.getpid()) if p != os.getpid()]
+    deadline = time.monotonic() + 10
+    while below and time.monotonic() < deadline:
+        for p in reversed(below):
+            try:
+                cr.kill_reap(p)
+            except (OSError, TimeoutError):
+                pass
+        below = [p for p in cr.tree_of(os.getpid()) if p != os.getpid()]
+        time.sleep(0.01 if below else 0)
+    return first
 
 
 def run(seeds: list[Seed], count: int, seed: int, work: Path,

@@ -280,3 +280,62 @@ def test_more_fds_than_the_restore_could_hold_is_refused_at_dump(tmp_path: Path)
         assert "PASS" in t.stop()
     finally:
         t.cleanup()
+
+
+SHARED_C = Path(__file__).parent / "data" / "shared_refusals.c"
+# mode of shared_refusals.c -> "phase: the refusal", with the pids it prints as a, b
+_VM = "task {a} shares the address space (CLONE_VM) of its parent"
+SHARED = {
+    "files-siblings": ("seize: tasks {a}, {b} share one fd table (CLONE_FILES) that none of "
+                       "them got from its parent: restore cannot share it again"),
+    "vm-children": f"seize: {_VM} {{b}} and has children of its own: cannot restore",
+    "vm-session": f"seize: {_VM} {{b}} and leads its own session: cannot restore",
+    "vm-group": (f"seize: {_VM} {{b}} and is in process group {{a}}, neither its parent's "
+                 "nor one of its own alone: cannot restore"),
+    "vm-pidfd": ("files: a pidfd refers to task {a}, which shares the address space "
+                 "(CLONE_VM) of its parent: cannot restore"),
+    "vm-own-pidfd": f"files: {_VM} but not its fd table, and holds a pidfd (fd ",
+}
+
+
+@pytest.fixture(scope="module")
+def shared_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/engine/data/shared_refusals.c, built."""
+    out = tmp_path_factory.mktemp("shared") / "shared_refusals"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out), str(SHARED_C)],
+                   check=True, timeout=60)
+    return out
+
+
+@pytest.mark.parametrize("mode", sorted(SHARED))
+def test_unrestorable_sharing_is_refused_at_dump(mode: str, shared_bin: Path,
+                                                 tmp_path: Path) -> None:
+    """Kernel tables shared in a way restore cannot rebuild: one line naming the tasks
+    and the table, no image, every task running untraced as before."""
+    cr.become_subreaper()
+    holder = subprocess.Popen([str(shared_bin), mode], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    pids = [holder.pid]
+    try:
+        assert holder.stdout is not None
+        words = holder.stdout.readline().split()
+        assert words[:1] == ["ready"], words
+        pids += [int(w) for w in words[1:]]
+        a, b = words[1], words[2] if len(words) > 2 else ""
+        images = tmp_path / "img"
+        res = run_engine("dump", "-t", str(holder.pid), "-D", str(images))
+        assert res.returncode == 1, res.stderr
+        line = res.stderr.strip()
+        assert "\n" not in line, line
+        # (the tasks sharing one table are named in kcmp's order of their tables)
+        orders = [(a, b), (b, a)] if mode == "files-siblings" else [(a, b)]
+        assert line.startswith(tuple("engine: error: " + SHARED[mode].format(a=x, b=y)
+                                     for x, y in orders)), line
+        assert not images.exists()
+        for pid in set(pids):
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert "TracerPid:\t0\n" in status and "State:\tS" in status, (pid, status)
+    finally:
+        for pid in reversed(pids):
+            cr.kill_reap(pid)
+        holder.wait(timeout=10)

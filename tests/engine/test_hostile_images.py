@@ -255,3 +255,88 @@ def test_damaged_page_read_by_the_task_is_refused(tmp_path: Path) -> None:
         _refused(t, images, str(pages), f"checksum mismatch in the page at byte {at}")
     finally:
         t.cleanup()
+
+
+@pytest.fixture(scope="module")
+def dumped_shared(tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[cr.ZdtmTest, Path]]:
+    """shared_tables (a child sharing the fd table and fs info, one sharing the address
+    space and signal handlers), dumped and killed: (test, images)."""
+    cr.become_subreaper()
+    tmp = tmp_path_factory.mktemp("hostile-shared")
+    t = cr.ZdtmTest.start("shared_tables", tmp / "work")
+    images = tmp / "img"
+    try:
+        kids = [int(p) for p in
+                Path(f"/proc/{t.pid}/task/{t.pid}/children").read_text().split()]
+        d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
+        assert d.returncode == 0, d.stderr
+        for pid in [t.pid, *kids]:
+            cr.wait_gone(pid)
+        yield t, images
+    finally:
+        t.cleanup()
+
+
+@pytest.fixture
+def shared_image(dumped_shared: tuple[cr.ZdtmTest, Path], tmp_path: Path
+                 ) -> tuple[cr.ZdtmTest, Path]:
+    """A private copy of the dumped shared_tables image."""
+    t, pristine = dumped_shared
+    copy = tmp_path / "img"
+    shutil.copytree(pristine, copy)
+    return t, copy
+
+
+def _sharer(inv: Any, table: str) -> Any:
+    """The inventory entry of the task sharing `table` with its parent."""
+    return next(e for e in inv["tasks"] if table in e.get("shared", []))
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda inv: _sharer(inv, "files")["shared"].append("net"), "bad shared tables"),
+    (lambda inv: _sharer(inv, "vm")["shared"].remove("vm"),
+     "shares the signal handlers without the address space"),
+    (lambda inv: next(e for e in inv["tasks"] if e["pid"] == inv["root_pid"])
+     .__setitem__("shared", ["files"]), "shares tables with a parent that is not a live task"),
+    (lambda inv: _sharer(inv, "files").__setitem__("ppid", _sharer(inv, "vm")["pid"]),
+     "shares its parent's address space and has children"),
+], ids=["unknown table", "sighand without vm", "root shares", "vm child with a child"])
+def test_shared_tables_forged_in_the_inventory(shared_image: tuple[cr.ZdtmTest, Path],
+                                              edit: Callable[[Any], None], words: str) -> None:
+    t, d = shared_image
+    _edit(d / "inventory.json", edit)
+    reseal(d)
+    _refused(t, d, "inventory.json", words)
+
+
+def test_task_sharing_an_fd_table_with_other_fds(shared_image: tuple[cr.ZdtmTest, Path]) -> None:
+    """One fd table, two fd lists: refused, naming the task's core file."""
+    t, d = shared_image
+    pid = _sharer(json.loads((d / "inventory.json").read_bytes()), "files")["pid"]
+    _edit(d / f"core-{pid}.json", lambda core: core["fds"].pop())
+    reseal(d)
+    _refused(t, d, f"core-{pid}.json", f"shares the files table of its parent {t.pid} but "
+                                       "holds other values")
+
+
+def test_task_no_longer_sharing_an_address_space_has_no_memory(
+        shared_image: tuple[cr.ZdtmTest, Path]) -> None:
+    """A task the image says has an address space of its own needs its memory records."""
+    t, d = shared_image
+    pid = _sharer(json.loads((d / "inventory.json").read_bytes()), "vm")["pid"]
+    _edit(d / "inventory.json", lambda inv: _sharer(inv, "vm").__setitem__("shared", []))
+    reseal(d)
+    _refused(t, d, f"mm-{pid}.json")
+
+
+def test_pristine_shared_copy_still_restores(shared_image: tuple[cr.ZdtmTest, Path]) -> None:
+    """The shared_tables image is fine (and `show` says who shares what)."""
+    t, d = shared_image
+    shown = cr.engine("show", str(d))
+    assert shown.returncode == 0, shown.stderr
+    assert "shares files, fs with its parent" in shown.stdout
+    assert "shares vm, sighand with its parent" in shown.stdout
+    r = cr.engine("restore", "-D", str(d), "-d")
+    assert r.returncode == 0, r.stderr
+    assert "PASS" in t.stop()
