@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from engine.errors import EngineError, commit
 from engine.faults import fault_point
 from engine.images import DumpImage, TaskImage, load
-from engine.images.records import MmCore, ShmemEntry, TaskCore, ThreadCore, Vma
+from engine.images.records import FileRecord, MmCore, ShmemEntry, TaskCore, ThreadCore, Vma
 from engine.kernel import blob, pagecrc, ptrace, uapi
 from engine.kernel.structs import CloneArgs, UserRegs
 from engine.proc.stat import read_stat
@@ -40,6 +40,7 @@ from engine.restore import (
     files,
     finish,
     identity,
+    ipcns,
     layout,
     ns,
     pages,
@@ -202,8 +203,25 @@ class TreeRestorer:
                                           f"({entry.id}) is not supported")
             self.shmem[entry.id] = entry
         self.ns = ns.plan(image, opts.root)
+        self.ipc = self._ipc_plan()
         self.tree: spawn.Tree | None = None
         self.objfds: dict[str, int] = {}
+
+    def _ipc_plan(self) -> ipcns.IpcPlan | None:
+        """The objects of the tree's own ipc namespace, made by the engine while the root
+        waits (ns.plan gave the root a new ipc namespace: the image says it had one)."""
+        seen: dict[int, FileRecord] = {}
+        for f in self.image.files.files:
+            if f.mqueue is not None:
+                seen.setdefault(f.inode, f)
+        queues = [f.mqueue for f in seen.values() if f.mqueue is not None]
+        uid_map = self.ns.uid_map if self.ns is not None else None
+        gid_map = self.ns.gid_map if self.ns is not None else None
+        plan = ipcns.plan(self.image, queues, uid_map, gid_map)
+        if plan is not None:
+            assert self.ns is not None and self.ns.clone_flags & uapi.CLONE_NEWIPC
+            self.ns.prepared = True
+        return plan
 
     def _setup(self, window: layout.Window) -> spawn.TreeSetup:
         inv = self.image.inventory
@@ -226,8 +244,11 @@ class TreeRestorer:
                                            list(core.fds), core.cwd, core.umask, core.limits,
                                            comm=core.comm, zombie_status=status,
                                            set_tid=tids, fixed_pid=fixed,
-                                           ctty=core.ctty if core.sid == core.pid else None)
+                                           ctty=core.ctty if core.sid == core.pid else None,
+                                           sems=self.ipc.task_sems.get(t.pid, [])
+                                           if self.ipc is not None else [])
         fplan.check()
+        fplan.own_ipc = self.ns is not None and bool(self.ns.clone_flags & uapi.CLONE_NEWIPC)
         if self.ns is not None and self.ns.new_user:
             fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
         for t in inv.tasks:
@@ -242,7 +263,8 @@ class TreeRestorer:
         obj_base = max(files.floor(fplan), max(engine_fds) + 1 + _SPAWN_FDS)
         shared = [(window.shmem_tmp[s.id], s.size, s.id) for s in self.shmem.values()]
         return spawn.TreeSetup(nodes[inv.root_pid], fplan, window.region, self.ns,
-                               memfds, obj_base, shared)
+                               memfds, obj_base, shared,
+                               self.ipc.gone_sems if self.ipc is not None else {})
 
     def run(self) -> int:
         """Create, rebuild and release the tree; returns the root pid."""
@@ -262,7 +284,8 @@ class TreeRestorer:
             setup = self._setup(window)
             self.objfds = setup.memfd_fds()
             with _timed(self.opts, "spawn"):
-                tree = spawn.spawn(setup, self.opts.timeout)
+                tree = spawn.spawn(setup, self.opts.timeout,
+                                   self.ipc.prepare if self.ipc is not None else None)
             self.tree = tree
             files_by_id = self.image.files.by_id()
             try:
@@ -295,6 +318,8 @@ class TreeRestorer:
                     t.src.close()
             for s in shsrc.values():
                 s.close()
+            if self.ipc is not None:
+                self.ipc.close()
         return self.live[0].real
 
     def _rebuild(self, window: layout.Window, specials: dict[int, list[layout.Special]],
@@ -310,8 +335,11 @@ class TreeRestorer:
                                        self.opts.timeout)
             with _timed(self.opts, "layout"):
                 table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
-                                             list(self.shmem.values()), self.objfds)
+                                             list(self.shmem.values()), self.objfds,
+                                             self.ipc.sysv_sizes if self.ipc else None)
                 _run(t.runner, table1, "mm")
+        if self.ipc is not None:
+            self.ipc.finish()  # every segment is attached where it was
         fault_point("pages")
         with _timed(self.opts, "pages"):
             for t in self.live:

@@ -126,7 +126,7 @@ static int set_attrs(struct queue *q, bool chown)
 
 static int make(struct queue *q, int key_no, bool chown)
 {
-	if (q->key != IPC_PRIVATE)
+	if (key_no)	/* 0: IPC_PRIVATE */
 		q->key = 0x40000000 | (getpid() << 4) | key_no;
 	q->id = msgget(q->key, IPC_CREAT | IPC_EXCL | q->mode);
 	if (q->id < 0) {

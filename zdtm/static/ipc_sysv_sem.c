@@ -72,7 +72,7 @@ static int make(struct set *s, int key_no, bool chown)
 	struct semid_ds ds;
 	union semun arg = { .buf = &ds };
 
-	if (s->key != IPC_PRIVATE)
+	if (key_no)	/* 0: IPC_PRIVATE */
 		s->key = 0x40000000 | (getpid() << 4) | key_no;
 	s->id = semget(s->key, s->nsems, IPC_CREAT | IPC_EXCL | s->mode);
 	if (s->id < 0) {

@@ -94,7 +94,7 @@ static int make(struct seg *s, int key_no)
 {
 	struct shmid_ds ds;
 
-	if (s->key != IPC_PRIVATE)
+	if (key_no)	/* 0: IPC_PRIVATE */
 		s->key = 0x40000000 | (getpid() << 4) | key_no;
 	s->id = shmget(s->key, s->size, IPC_CREAT | IPC_EXCL | (s->mode & 0777));
 	if (s->id < 0) {
