@@ -105,7 +105,8 @@ def _tree_namespace(root: int, live: list[int]) -> int:
 
 def _read_tables() -> _Tables:
     """In the namespace: its sysctls, objects, semaphore values and pids, messages."""
-    sysctls = {name: ipc.read_sysctl(path) for name, path in ipc.SYSCTLS.items()}
+    sysctls = {name: " ".join(ipc.read_sysctl(path).split())
+               for name, path in ipc.SYSCTLS.items()}
     sem = []
     for row in sysvipc.read("sem"):
         n = row["nsems"]
