@@ -298,16 +298,19 @@ def test_ipc_fault_fails_exactly_the_ipc_check(flavor: str, clean: Path,
         f"{where}values 0 1 7 32767 3 -> 1 1 7 32767 3"]
 
 
-@pytest.mark.parametrize("flavor", ["h", "ns"])
-def test_mqueue_fault_fails_the_files_check(flavor: str, clean: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flavor", "name", "attrs"), [
+    ("h", "static/posix_mqueue_unlinked", ("maxmsg 5 msgsize 64 messages 5", "messages 4")),
+    ("ns", "static/posix_mqueue", ("maxmsg 8 msgsize 128 messages 6", "messages 5"))])
+def test_mqueue_fault_fails_the_files_check(flavor: str, name: str, attrs: tuple[str, str],
+                                            clean: Path, tmp_path: Path) -> None:
     """A message taken from a restored POSIX queue: the files check names the fd, its
     message count and queued bytes (and the time the receive stamped)."""
-    result, rec = _control_then_fault("static/posix_mqueue", flavor, "mq-take-message", clean,
-                                      tmp_path)
+    result, rec = _control_then_fault(name, flavor, "mq-take-message", clean, tmp_path)
     problems = _expect(result, "files")
     fd = f"fd {rec['fd']} {rec['queue']}: "
-    assert any(fd + "mq attributes maxmsg 8 msgsize 128 messages 6 -> maxmsg 8 msgsize 128 "
-               "messages 5" in p for p in problems), problems
+    before, after = attrs
+    assert any(f"{fd}mq attributes {before} -> {before.rsplit(' ', 2)[0]} {after}" in p
+               for p in problems), problems
     assert any(fd + "mq status QSIZE:" in p for p in problems), problems
 
 

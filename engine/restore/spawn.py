@@ -559,7 +559,13 @@ def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
             _check_errors(err_r)
             raise EngineError("fork", f"task {pid} could not be seized: {e.strerror}") \
                 from None
-    os.write(go_w, b"g" * len(tree.live))
+    try:
+        os.write(go_w, b"g" * len(tree.live))
+    except BrokenPipeError:
+        # Every task exited after it was seized (a set-up that failed, e.g. the root's
+        # opening of the files): its report, written before it exited, says why.
+        _check_errors(err_r)
+        raise EngineError("fork", "every new task exited before it was set up") from None
     for pid in tree.live:
         _wait_sigstop(tree.real[pid], err_r, deadline)
     for t in tree.tasks:

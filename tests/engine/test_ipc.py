@@ -5,6 +5,7 @@ ipc images refused by restore before any task exists."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -206,10 +207,9 @@ def test_ipc_state_is_refused_at_dump(what: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("step", ["files", "write"])
 def test_failed_dump_loses_no_queued_message(step: str, tmp_path: Path) -> None:
     """The dump takes every message of a queue and sends it back; failing after that
-    (a fault at the end of the files step, or at the write) leaves the queues as they
-    were: the test's own verdict checks each message, its priority and order, and the
-    files check's attributes (limits, count, status) are in its descriptor."""
-    t = cr.ZdtmTest.start("posix_mqueue", tmp_path / "w")
+    (a fault at the end of the files step, or at the write) leaves the queue as it was:
+    the test's own verdict checks each message, its priority and order."""
+    t = cr.ZdtmTest.start("posix_mqueue_unlinked", tmp_path / "w")
     try:
         images = tmp_path / "img"
         res = cr.engine("dump", "-t", str(t.pid), "-D", str(images),
@@ -219,6 +219,23 @@ def test_failed_dump_loses_no_queued_message(step: str, tmp_path: Path) -> None:
         assert t.stop() == "PASS"
     finally:
         t.cleanup()
+
+
+def test_linked_queue_of_the_engines_namespace_is_opened_again(tmp_path: Path) -> None:
+    """A linked queue of the engine's own ipc namespace outlives the dumped tree, with the
+    messages the dump gave back: restore opens it again by name (and makes the unlinked
+    one anew); the restored test finds both as they were. The queue is unlinked whatever
+    happens (it is the host's)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    t = cr.ZdtmTest.start("posix_mqueue", tmp_path / "w")
+    linked = f"/zdtm-mq-{t.pid}-1".encode()
+    try:
+        r = cr.dump_restore(t, tmp_path / "img")
+        assert r.returncode == 0, r.stderr
+        assert t.stop() == "PASS"
+    finally:
+        t.cleanup()
+        libc.mq_unlink(linked)
 
 
 # ---- forged images of a tree in an ipc namespace of its own -----------------------------
