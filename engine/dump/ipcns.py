@@ -58,8 +58,8 @@ def dump(img: ImageDir, root: int, live: list[int], vmas: dict[int, list[Vma]],
          tasks: dict[int, int], staging: Staging) -> bool:
     """Write ipc.json for the tree rooted at `root` when it has an ipc namespace of its
     own (True), or refuse what depends on the engine's. `live`: the live processes,
-    `vmas`: each one's VMAs, `tasks`: pid of every task as the engine sees it -> the same
-    (zombies included: a semaphore's last pid may be one)."""
+    `vmas`: each one's VMAs, `tasks`: every task's pid as the engine sees it -> its pid
+    in its own pid namespace (zombies included: a semaphore's last pid may be one)."""
     own = namespaces.inodes(os.getpid())["ipc"]
     tree = _tree_namespace(root, live)
     attached = {pid: [v for v in vs if v.kind == "sysv"] for pid, vs in vmas.items()}
@@ -75,7 +75,7 @@ def dump(img: ImageDir, root: int, live: list[int], vmas: dict[int, list[Vma]],
     ns = ipc.NsThread(f"/proc/{root}/ns/ipc", IPC_TIMEOUT)
     try:
         tables = ns.call(_read_tables)
-        sizes = {r["id"]: (r["size"] + 4095) & ~4095 for r in tables.shm}
+        sizes = {r["id"]: ipcns.mapped_size(r["size"]) for r in tables.shm}
         for pid, vs in attached.items():
             try:
                 ipcns.attaches(vs, sizes)
@@ -139,7 +139,7 @@ def _segment(img: ImageDir, ns: ipc.NsThread, row: dict[str, int],
              staging: Staging) -> ShmSegment:
     """A segment and its content (an attach of our own, read-only, for the copy)."""
     shmid, size = row["id"], row["size"]
-    mapped = (size + 4095) & ~4095
+    mapped = ipcns.mapped_size(size)
     try:
         addr = ns.call(ipc.shmat, shmid, uapi.SHM_RDONLY)
     except OSError as e:
@@ -187,7 +187,8 @@ def _sem_sets(root: int, raw: list[tuple[dict[str, int], list[int], list[int]]],
         sems = []
         for i, (value, pid) in enumerate(zip(values, pids)):
             if not pid:
-                sems.append(Semaphore(value))
+                # no last pid the engine sees: never changed, unless by one it cannot see
+                sems.append(Semaphore(value, "outside" if value else "none"))
             elif pid in tasks:
                 sems.append(Semaphore(value, "task", pid))
             elif inner[(row["id"], i)] == 0:

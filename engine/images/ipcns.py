@@ -24,6 +24,11 @@ MSG_SIZE_MAX = 1 << 24
 SEM_LAST = ("none", "task", "gone", "outside")
 
 
+def mapped_size(size: int) -> int:
+    """What an attach of a segment of `size` bytes maps: whole pages."""
+    return (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise RecordError(message)
@@ -72,7 +77,7 @@ class ShmSegment(IpcObject):
     @property
     def mapped_size(self) -> int:
         """What an attach maps: the size rounded up to pages."""
-        return (self.size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        return mapped_size(self.size)
 
 
 @dataclass
@@ -93,6 +98,8 @@ class Semaphore:
         _check(self.last in SEM_LAST, f"semaphore last process {self.last!r} unknown")
         _check((self.pid > 0) == (self.last in ("task", "gone")) and self.pid < (1 << 22),
                f"semaphore last pid {self.pid} does not go with {self.last!r}")
+        _check(self.last != "none" or self.value == 0,
+               f"semaphore of value {self.value} that nothing changed")
 
 
 @dataclass

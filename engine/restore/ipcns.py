@@ -34,6 +34,7 @@ from engine.errors import EngineError
 from engine.images import DumpImage
 from engine.images.fdkinds import MqueueState
 from engine.images.ipcns import IpcImage, MsgQueue, SemSet, ShmSegment
+from engine.images.records import PAGE_SIZE
 from engine.kernel import ipc, uapi
 from engine.restore import pages
 
@@ -67,7 +68,7 @@ class IpcPlan:
             self._ns = ipc.NsThread(f"/proc/{root_pid}/ns/ipc", _TIMEOUT)
             self._ns.call(self._fill)
         except OSError as e:
-            raise EngineError("fork", f"ipc namespace: {e}") from None
+            raise EngineError("fork", f"ipc namespace: {e.strerror or e}") from None
 
     def finish(self) -> None:
         """Once every task attached its segments: remove those marked for removal, and
@@ -76,7 +77,7 @@ class IpcPlan:
         try:
             self._ns.call(self._finish)
         except OSError as e:
-            raise EngineError("mm", f"ipc namespace: {e}") from None
+            raise EngineError("mm", f"ipc namespace: {e.strerror or e}") from None
 
     def close(self) -> None:
         """Let go of the namespace (every path)."""
@@ -208,7 +209,7 @@ def _raised(rec: IpcImage, queues: list[MqueueState]) -> dict[str, str]:
     need = {
         "kernel/shmmni": [len(rec.shm)],
         "kernel/shmmax": [max((s.size for s in rec.shm), default=0)],
-        "kernel/shmall": [sum(s.mapped_size for s in rec.shm) // 4096],
+        "kernel/shmall": [sum(s.mapped_size for s in rec.shm) // PAGE_SIZE],
         "kernel/sem": [max((len(s.sems) for s in rec.sem), default=0),
                        sum(len(s.sems) for s in rec.sem), 2, len(rec.sem)],
         "kernel/msgmni": [len(rec.msg)],

@@ -74,6 +74,7 @@ BAD_IPC = {
     "semaphore gone without a pid": _ipc(sem={"sems": [[1, "gone", 0]]}),
     "semaphore of an unknown kind of last process": _ipc(sem={"sems": [[1, "ghost", 1]]}),
     "semaphore set without semaphores": _ipc(sem={"sems": []}),
+    "semaphore with a value nothing set": _ipc(sem={"sems": [[2, "none", 0]]}),
     "set mode with SHM_DEST": _ipc(sem={"mode": 0o1660}),
     "message type 0": _ipc(msg={"types": [0, 5]}),
     "one type too few": _ipc(msg={"types": [1]}),
