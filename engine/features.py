@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from engine.images import directio
-from engine.kernel import inject, ptrace, uapi, uffd
+from engine.kernel import inject, ipc, ptrace, uapi, uffd
 from engine.kernel import sys as ksys
 from engine.kernel.inject import Injector
 from engine.kernel.structs import (
@@ -449,6 +449,44 @@ def _userns_body() -> bool:
     return True
 
 
+def _ipc_next_id_body() -> bool:
+    """In a new ipc namespace: a segment, a semaphore set and a queue made with the ids
+    asked for through kernel/{shm,sem,msg}_next_id."""
+    ksys.unshare(uapi.CLONE_NEWIPC)
+    make: dict[str, Callable[[], int]] = {
+        "shm": lambda: ipc.shmget(0, 4096, uapi.IPC_CREAT | 0o600),
+        "sem": lambda: ipc.semget(0, 1, uapi.IPC_CREAT | 0o600),
+        "msg": lambda: ipc.msgget(0, uapi.IPC_CREAT | 0o600)}
+    for kind, get in make.items():
+        ipc.write_sysctl(ipc.NEXT_ID[kind], "77")
+        got = get()
+        if got != 77:
+            raise OSError(0, f"{kind}_next_id 77 gave id {got}")
+    return True
+
+
+def _msg_copy_body() -> bool:
+    """In a new ipc namespace: msgrcv(MSG_COPY) reads a message and leaves it queued."""
+    ksys.unshare(uapi.CLONE_NEWIPC)
+    q = ipc.msgget(0, uapi.IPC_CREAT | 0o600)
+    ipc.msgsnd(q, 5, b"probe")
+    if ipc.msg_copy(q, 0, 16) != (5, b"probe") or ipc.msg_stat(q).qnum != 1:
+        raise OSError(0, "MSG_COPY did not give the queued message back unchanged")
+    return True
+
+
+def _mqueue_body() -> bool:
+    """In a new ipc namespace: a POSIX message queue made, written, read, unlinked."""
+    ksys.unshare(uapi.CLONE_NEWIPC)
+    fd = ipc.mq_open("engine-check", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o600)
+    ipc.mq_send(fd, b"probe", 3)
+    ok = ipc.mq_receive(fd, ipc.mq_getattr(fd).msgsize) == (3, b"probe")
+    ipc.mq_unlink("engine-check")
+    os.close(fd)
+    return ok
+
+
 def _kcmp_probe() -> Result:
     fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     dup = os.dup(fd)
@@ -538,6 +576,9 @@ def probe() -> dict[str, Result]:
     out["userns"] = _try(lambda: _fork_probe(_userns_body))
     out["memfd"] = _try(_memfd_probe)
     out["kcmp"] = _try(_kcmp_probe)
+    out["ipc_next_id"] = _try(lambda: _fork_probe(_ipc_next_id_body))
+    out["msg_copy"] = _try(lambda: _fork_probe(_msg_copy_body))
+    out["posix_mqueue"] = _try(lambda: _fork_probe(_mqueue_body))
     out["direct_io"] = _try(_direct_io_probe)
     for pkg in ("dump", "restore"):
         out.update(_package_features(pkg))
@@ -555,6 +596,10 @@ KERNEL_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "pre_dump": (("uffd_wp_async", "pagemap_scan"), _DIRTY_TRACKING),
     "dump_incremental": (("uffd_wp_async", "pagemap_scan"), _DIRTY_TRACKING),
     "flavor_uns": (("userns",), "needs user namespaces"),
+    "ipc_sysv": (("ipc_next_id", "msg_copy"),
+                 ("needs SysV objects made with chosen ids (kernel/*_next_id) and messages "
+                  "copied without taking them (msgrcv MSG_COPY): CONFIG_CHECKPOINT_RESTORE")),
+    "ipc_mqueue": (("posix_mqueue",), "needs POSIX message queues (CONFIG_POSIX_MQUEUE)"),
 }
 
 

@@ -69,6 +69,11 @@ Two halves:
                    file description)
   ``drop-timer``   inject timer_delete() of the task's POSIX timer with the highest id: no
                    harness check sees timers, the test's own verdict must fail
+  ``ipc-semval``   add one to semaphore #0 of the first SysV semaphore set of the task's
+                   ipc namespace (SETVAL from this tool, which joins the namespace: the
+                   semaphore's last pid becomes one outside the tree too)
+  ``mq-take-message``  take the first message of the task's first POSIX message queue
+                   (mq_receive through a description of the tool's own)
   ``set-rcvbuf``   set SO_RCVBUF of the task's first socket to 4096 bytes (pidfd_getfd: the
                    same socket), which only the tests of socket options check
 
@@ -160,9 +165,13 @@ FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang
           "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
           "membarrier-global",
           "resume-stopped", "drop-watch",
-          "drop-timer", "set-rcvbuf", "set-lsm-label")
+          "drop-timer", "set-rcvbuf", "set-lsm-label", "ipc-semval", "mq-take-message")
 
 _SYS_PIDFD_GETFD = 438
+_SYS_SEMCTL, _GETVAL, _SETVAL = 66, 12, 16
+_SYS_STATFS = 137
+_CLONE_NEWIPC = 0x08000000
+_MQUEUE_MAGIC = 0x19800202
 _SYS_OPENAT = 257
 _SYS_MUNMAP = 11
 _SYS_CLOSE = 3
@@ -833,6 +842,46 @@ def drop_watch(pid: int) -> dict:
     return {"fd": fd, "wd": max(wds)}
 
 
+def ipc_semval(pid: int) -> dict:
+    """Semaphore #0 of the first set of the task's ipc namespace, one higher."""
+    fd = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, _CLONE_NEWIPC) != 0:  # (this tool is one thread)
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+    with open("/proc/sysvipc/sem") as f:
+        rows = f.read().splitlines()[1:]
+    if not rows:
+        raise RuntimeError(f"pid {pid}'s ipc namespace has no semaphore set")
+    semid = int(rows[0].split()[1])
+    before = _sys(_SYS_SEMCTL, semid, 0, _GETVAL, 0)
+    _sys(_SYS_SEMCTL, semid, 0, _SETVAL, before + 1)
+    return {"semid": semid, "before": before, "after": before + 1}
+
+
+def mq_take_message(pid: int) -> dict:
+    """Take the first message of the task's first message queue."""
+    for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        path = f"/proc/{pid}/fd/{name}"
+        buf = ctypes.create_string_buffer(120)  # struct statfs: f_type first
+        if _libc.syscall(_SYS_STATFS, path.encode(), buf) == 0 and \
+                int.from_bytes(buf.raw[:8], "little") == _MQUEUE_MAGIC:
+            break
+    else:
+        raise RuntimeError(f"pid {pid} holds no message queue")
+    own = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        data = ctypes.create_string_buffer(1 << 16)
+        prio = ctypes.c_uint()
+        n = _libc.mq_receive(own, data, len(data), ctypes.byref(prio))
+        if n < 0:
+            raise OSError(ctypes.get_errno(), "mq_receive")
+    finally:
+        os.close(own)
+    return {"fd": int(name), "queue": os.readlink(path), "size": n, "prio": prio.value}
+
+
 def hang(pid: int) -> dict:
     """An engine that never answers."""
     del pid
@@ -894,7 +943,8 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            "membarrier-register": membarrier_register, "resume-stopped": resume_stopped,
            "membarrier-global": membarrier_global,
            "drop-watch": drop_watch,
-           "drop-timer": drop_timer, "set-rcvbuf": set_rcvbuf, "set-lsm-label": set_lsm_label}
+           "drop-timer": drop_timer, "set-rcvbuf": set_rcvbuf, "set-lsm-label": set_lsm_label,
+           "ipc-semval": ipc_semval, "mq-take-message": mq_take_message}
 
 
 def _children(pid: int) -> list[int]:

@@ -351,3 +351,52 @@ def test_file_attributes_of_a_lost_fd_are_the_fds_check() -> None:
         ("fds: pid 101 (t): fd 1 lost after restore: /tmp/out (flags O_WRONLY|O_APPEND|"
         "O_LARGEFILE, pos 77)"),
     ]
+
+
+def _ipc_tree() -> TreeState:
+    tree = _tree()
+    for ps in tree.procs.values():
+        ps.namespaces["ipc"] = "ipc[pid 100]"
+    tree.ipc = {"ipc[pid 100]": {
+        "sysctls": {"kernel/msgmnb": "16384"},
+        "shm 0": {"key": "0x1", "mode": "640", "size": "8192", "attaches": "2",
+                  "content sha256": "aa"},
+        "sem 1": {"values": "0 1 7", "last pids": "none, pid 101, outside"},
+        "msg 2": {"messages": "3", "bytes": "101", "messages sha256": "bb"},
+    }}
+    return tree
+
+
+def test_ipc_objects_lost_gained_and_changed() -> None:
+    """Each object of the tree's ipc namespace is compared field by field; a lost or new
+    object is named once, not per field."""
+    before, after = _ipc_tree(), _ipc_tree()
+    assert checks.compare(before, after) == []
+    objs = after.ipc["ipc[pid 100]"]
+    del objs["shm 0"]
+    objs["shm 3"] = dict(before.ipc["ipc[pid 100]"]["shm 0"])
+    objs["sem 1"]["values"] = "0 2 7"
+    objs["msg 2"] = {"messages": "2", "bytes": "90", "messages sha256": "cc"}
+    objs["sysctls"] = {"kernel/msgmnb": "20000"}
+    assert _messages(before, after) == [
+        "ipc: ipc[pid 100]: msg 2: bytes 101 -> 90",
+        "ipc: ipc[pid 100]: msg 2: messages 3 -> 2",
+        "ipc: ipc[pid 100]: msg 2: messages sha256 bb -> cc",
+        "ipc: ipc[pid 100]: sem 1: values 0 1 7 -> 0 2 7",
+        "ipc: ipc[pid 100]: shm 0 missing after restore",
+        "ipc: ipc[pid 100]: shm 3 appeared after restore",
+        "ipc: ipc[pid 100]: sysctls: kernel/msgmnb 16384 -> 20000",
+    ]
+
+
+def test_ipc_namespace_lost_is_the_ns_checks() -> None:
+    """A tree restored into the harness's ipc namespace: the ns check names it for each
+    process, the ipc check adds nothing (it compares namespaces both sides have)."""
+    before, after = _ipc_tree(), _ipc_tree()
+    after.ipc = {}
+    for ps in after.procs.values():
+        ps.namespaces["ipc"] = "host"
+    assert _messages(before, after) == [
+        "ns: pid 100 (t): ipc namespace ipc[pid 100] -> host",
+        "ns: pid 101 (t): ipc namespace ipc[pid 100] -> host",
+    ]

@@ -43,7 +43,8 @@ STOP_TIMEOUT = 20.0     # test exit after SIGTERM
 GRACE = 1.0             # how long stray processes may take to exit after the test did
 PR_SET_CHILD_SUBREAPER = 36
 SYS_MPROTECT = 10  # x86_64
-NS_CMD = ["unshare", "--pid", "--fork", "--mount-proc", "--user", "--map-root-user", "--uts"]
+NS_CMD = ["unshare", "--pid", "--fork", "--mount-proc", "--user", "--map-root-user", "--uts",
+          "--ipc"]
 
 
 # ---- the helper (runs as a subreaper or as pid 1 of a pid namespace) ----------------------
@@ -250,7 +251,7 @@ def _discover() -> dict[str, TestDesc]:
 
 TESTS = _discover()
 HOST_TESTS = sorted(name for name, t in TESTS.items() if "h" in t.flavors)
-# A few tests also run as root of a user namespace in their own pid and uts namespaces,
+# A few tests also run as root of a user namespace in their own pid, uts and ipc namespaces,
 # and so do the tests that only run in namespaces.
 NS_TESTS = sorted({"static/maps06", "static/shmem_datagen", "static/session_pgid",
                    "static/zombie", "static/thread", "transition/fork_churn"}

@@ -67,7 +67,8 @@ def _run(test: TestDesc, engine: FaultyEngine, workroot: Path, flavor: str = "h"
 def _problems(result: Result) -> list[str]:
     return [line for line in result.details
             if line.split(":", 1)[0] in ("tree", "task", "rseq", "fds", "maps", "memory", "ns",
-                                           "sharing", "taskattrs", "files", "tty", "leak")]
+                                           "sharing", "taskattrs", "files", "tty", "ipc",
+                                           "leak")]
 
 
 def _expect(result: Result, check: str) -> list[str]:
@@ -268,6 +269,63 @@ def test_property_fault_fails_exactly_its_check(fault: str, clean: Path,
     problems = _expect(result, check)
     who = f"pid {engine.record['inner_pid']} ("
     assert any(who in p and text in p for p in problems), problems
+
+
+def _ipc_semval_problems(result: Result, record: dict) -> None:
+    """Exactly the ipc check fails, naming the set, its values and its last pids."""
+    problems = _expect(result, "ipc")
+    where = f"ipc: ipc[pid 1]: sem {record['semid']}: "
+    assert problems == [(f"{where}last pids none, pid 3, pid 3, pid 3, outside -> outside, "
+                        "pid 3, pid 3, pid 3, outside"),
+                        f"{where}values 0 1 7 32767 3 -> 1 1 7 32767 3"], problems
+
+
+def _control_then_fault(name: str, flavor: str, fault: str, clean: Path,
+                        tmp_path: Path) -> tuple[Result, dict]:
+    """A run of test `name` by the bundled engine that must pass, then one with `fault`
+    applied to the restored tree (these tests declare engine features, which the fake
+    engine does not report: a real C/R)."""
+    lifecycle.prepare_process()
+    test = next(t for t in discover() if t.name == name)
+    control = _run(test, BundledEngine(), clean, flavor)
+    if control.outcome == SKIP:  # the feature is missing here: the probed reason
+        pytest.skip(control.message)
+    assert control.outcome == PASS, control.summary()
+    engine = FaultyEngine(fault, tmp_path, inner=BundledEngine())
+    result = _run(test, engine, clean, flavor)
+    assert engine.record, f"the fault was never applied: {result.summary()}"
+    return result, engine.record
+
+
+@pytest.mark.parametrize("flavor", ["ns", "uns"])
+def test_ipc_fault_fails_exactly_the_ipc_check(flavor: str, clean: Path,
+                                               tmp_path: Path) -> None:
+    """A semaphore of the restored tree's ipc namespace changed: the run that passes
+    without the fault fails exactly the ipc check, naming the set, its values and its
+    last pids (the fault's SETVAL comes from outside the tree)."""
+    result, rec = _control_then_fault("static/ipc_sysv_sem", flavor, "ipc-semval", clean,
+                                      tmp_path)
+    where = f"ipc: ipc[pid 1]: sem {rec['semid']}: "
+    assert _expect(result, "ipc") == [
+        (f"{where}last pids none, pid 3, pid 3, pid 3, outside -> outside, pid 3, pid 3, "
+        "pid 3, outside"),
+        f"{where}values 0 1 7 32767 3 -> 1 1 7 32767 3"]
+
+
+@pytest.mark.parametrize(("flavor", "name", "attrs"), [
+    ("h", "static/posix_mqueue_unlinked", ("maxmsg 5 msgsize 64 messages 5", "messages 4")),
+    ("ns", "static/posix_mqueue", ("maxmsg 8 msgsize 128 messages 6", "messages 5"))])
+def test_mqueue_fault_fails_the_files_check(flavor: str, name: str, attrs: tuple[str, str],
+                                            clean: Path, tmp_path: Path) -> None:
+    """A message taken from a restored POSIX queue: the files check names the fd, its
+    message count and queued bytes (and the time the receive stamped)."""
+    result, rec = _control_then_fault(name, flavor, "mq-take-message", clean, tmp_path)
+    problems = _expect(result, "files")
+    fd = f"fd {rec['fd']} {rec['queue']}: "
+    before, after = attrs
+    assert any(f"{fd}mq attributes {before} -> {before.rsplit(' ', 2)[0]} {after}" in p
+               for p in problems), problems
+    assert any(fd + "mq status QSIZE:" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("fault", ["mount-left", "cgroup-left"])

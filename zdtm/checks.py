@@ -1,7 +1,7 @@
 """Compare two snapshots and say, in words a person can act on, what a restore changed.
 
 Every Problem names its check ("tree", "task", "rseq", "fds", "maps", "memory", "ns",
-"sharing", "taskattrs", "files", "tty", "leak"), the process (pid in its own namespace, the outer pid in brackets when it differs),
+"sharing", "taskattrs", "files", "tty", "ipc", "leak"), the process (pid in its own namespace, the outer pid in brackets when it differs),
 the fd or VMA, and the value before and after. ``str(problem)`` is "check: message".
 """
 
@@ -67,6 +67,7 @@ def compare(before: TreeState, after: TreeState) -> list[Problem]:
         problems.append(Problem("tree", f"root pid {before.root} -> {after.root}"))
     problems.extend(_uts(before, after))
     problems.extend(_cow(before, after))
+    problems.extend(_ipc(before, after))
     return problems
 
 
@@ -333,6 +334,23 @@ def _uts(before: TreeState, after: TreeState) -> list[Problem]:
         out.append(Problem("ns", f"{label}: (hostname, domainname) {ub} -> {ua}"))
     for label, mb, ma in _changed(before.userns_maps, after.userns_maps):
         out.append(Problem("ns", f"{label}: (uid_map, gid_map) {mb!r} -> {ma!r}"))
+    return out
+
+
+def _ipc(before: TreeState, after: TreeState) -> list[Problem]:
+    """The SysV objects and sysctls of each ipc namespace of the tree's own (zdtm.ipcstate):
+    an object lost, gained, or any of its fields changed. A namespace itself lost or
+    gained is the ``ns`` check's."""
+    out = []
+    for label in sorted(before.ipc.keys() & after.ipc.keys()):
+        for obj, ob, oa in _changed(before.ipc[label], after.ipc[label]):
+            if oa is None:
+                out.append(Problem("ipc", f"{label}: {obj} missing after restore"))
+            elif ob is None:
+                out.append(Problem("ipc", f"{label}: {obj} appeared after restore"))
+            else:
+                out += [Problem("ipc", f"{label}: {obj}: {key} {vb or 'absent'} -> "
+                                       f"{va or 'absent'}") for key, vb, va in _changed(ob, oa)]
     return out
 
 

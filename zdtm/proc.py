@@ -311,6 +311,20 @@ def cgroup_mounts(text: str) -> dict[str, str]:
 # ---- readers ---------------------------------------------------------------------------------
 
 
+def parse_sysvipc(text: str) -> list[dict[str, int]]:
+    """/proc/sysvipc/{shm,sem,msg}: a header naming the columns, one object per line;
+    every column decimal but `perms` (octal)."""
+    lines = text.splitlines()
+    names = lines[0].split() if lines else []
+    rows = []
+    for line in lines[1:]:
+        values = line.split()
+        if len(values) != len(names):
+            raise ValueError(f"sysvipc: {len(values)} columns under {len(names)}: {line!r}")
+        rows.append({n: int(v, 8 if n == "perms" else 10) for n, v in zip(names, values)})
+    return rows
+
+
 def read_text(path: str) -> str:
     """Read a small /proc file as text (one read loop; /proc files are generated on read)."""
     with open(path, "rb") as f:

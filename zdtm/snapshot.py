@@ -7,6 +7,7 @@ seen from outside have all changed:
 
 - processes are keyed by their pid in their own pid namespace (the last NSpid entry); ppid,
   pgid and sid are given the same way, the root's ppid as "outside";
+- an ipc namespace of the tree's own is read whole (zdtm.ipcstate: SysV objects, sysctls);
 - kernel ids become structural labels named after the object's first holder, walking
   processes by pid and fds/VMAs by number/address: "pipe[pid 1 fd 3]", "ofd[pid 1 fd 1]"
   (one open file description shared by several fds), "obj[pid 1 7f0000000000]" (a deleted
@@ -29,7 +30,17 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from zdtm import filestate, memory, plumbing, proc, ptrace_visit, sharing, taskattrs, ttystate
+from zdtm import (
+    filestate,
+    ipcstate,
+    memory,
+    plumbing,
+    proc,
+    ptrace_visit,
+    sharing,
+    taskattrs,
+    ttystate,
+)
 
 # VmFlags that legitimately differ across a restore: userfaultfd registration (lazy pages,
 # dirty tracking), soft-dirty, and VM_ACCOUNT (commit accounting of a private writable
@@ -139,6 +150,7 @@ class TreeState:
     uts: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (host, domain)
     userns_maps: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> maps
     cow: sharing.CowPairs = field(default_factory=dict)  # pages shared copy-on-write
+    ipc: dict[str, ipcstate.IpcState] = field(default_factory=dict)  # label -> its objects
     notes: list[str] = field(default_factory=list)  # what could not be captured, and why
 
 
@@ -411,7 +423,7 @@ def _file_states(procs: list[ProcState], raws: dict[int, dict[int, tuple[str, pr
 def _file_state(ps: ProcState, fd: int, target: str, pidfd: int, inner: dict[int, int],
                 ttys: dict[int, str]) -> None:
     try:
-        attrs = filestate.regular(ps.real_pid, fd, target)
+        attrs = filestate.regular(ps.real_pid, fd, target, inner)
         with filestate.fd_copy(pidfd, fd) as copy:
             if copy is None:
                 return  # closed meanwhile
@@ -680,6 +692,9 @@ def capture(root_pid: int, *, ns: bool = False,
     own = _own_namespaces()
     for ps in procs:
         raw = _namespaces(ps, own, labels)
+        ipc = ps.namespaces.get("ipc")
+        if ipc and ipc != "host" and ipc not in tree.ipc and ps.state != "Z":
+            tree.ipc[ipc] = ipcstate.capture(ps.real_pid, inner)
         if not ns or ps.state == "Z":
             continue
         uts = ps.namespaces.get("uts")

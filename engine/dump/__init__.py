@@ -51,4 +51,9 @@ def features() -> dict[str, tuple[bool, str]]:
         "posix_timers": timer_restore_ids(),
         # a pty master in the tree: same pair number, termios, window size, both queues
         "pty_master": (True, ""),
+        # the SysV segments (content, attaches), semaphore sets (values, last pids) and
+        # message queues of a tree's own ipc namespace, and its sysctls
+        "ipc_sysv": (True, ""),
+        # POSIX message queues (linked or not): limits, messages, owner, mode, times
+        "ipc_mqueue": (True, ""),
     }

@@ -22,6 +22,7 @@ from engine.dump import (
     cow,
     ctty,
     fileids,
+    ipcns,
     namespaces,
     pages,
     selfwrite,
@@ -189,6 +190,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         lap("sigactions")
         shmem_entries = _dump_memory(img, procs, state, stats, parent,
                                      trackers if track_mem else {}, defer, staging, tables)
+        has_ipc = _step("ipc namespace", "memory", _dump_ipc, img, frozen, state, staging)
         fault_point("memory")
         lap("memory")
         try:
@@ -204,6 +206,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \
             else None
         inv = _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent, tables)
+        inv.ipc = names.IPC if has_ipc else None
         stats.tasks = len(frozen.procs)
         stats.threads = sum(len(s.threads) for s in state.values())
         if defer is None:
@@ -379,6 +382,14 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
             entries.append(entry)
             stats.shmem_pages += img.read_pagemap(entry.pagemap).pages_stored
     return entries
+
+
+def _dump_ipc(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
+              staging: pages.Staging) -> bool:
+    """ipc.json when the tree has an ipc namespace of its own (see dump/ipcns.py)."""
+    vmas = {pid: st.mm.vmas for pid, st in state.items() if st.mm is not None}
+    inner = {p.pid: (read_status(p.pid).ns_pid or [p.pid])[-1] for p in frozen.procs.values()}
+    return ipcns.dump(img, frozen.root, list(state), vmas, inner, staging)
 
 
 def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStats,

@@ -16,11 +16,11 @@ import socket
 import stat
 from dataclasses import dataclass, field
 
-from engine.dump import anonfd, inetsk, netlinksk, packetsk, pty, unixsk
+from engine.dump import anonfd, inetsk, mqueue, netlinksk, packetsk, pty, unixsk
 from engine.dump.fdowner import read_owners
 from engine.errors import EngineError
 from engine.images import names
-from engine.images.fdkinds import LockRecord
+from engine.images.fdkinds import LockRecord, MqueueState
 from engine.images.imgdir import ImageDir
 from engine.images.records import FdEntry, FileRecord
 from engine.kernel import uapi
@@ -49,6 +49,7 @@ class FileTable:
     # our copies of files found in flight in unix sockets: kept open for kcmp until the end
     _own: list[int] = field(default_factory=list)
     _recording: set[tuple[int, int]] = field(default_factory=set)  # sockets being peeked
+    mqueues: dict[int, MqueueState] = field(default_factory=dict)  # inode -> a queue seen
 
     def check_complete(self, pids: set[int]) -> None:
         """After every task: what only the whole tree can tell (socket peers and the
@@ -153,6 +154,8 @@ def _type_of(st: os.stat_result, target: str) -> str:
 def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat_result,
             fid: int) -> FileRecord:
     kind = _type_of(st, info.target)
+    if kind == "reg" and mqueue.is_mqueue(pid, info.fd):
+        kind = "mqueue"
     if kind == "other":
         anonfd.refuse_unsupported(pid, info, kind)
     rec = FileRecord(id=fid, type=kind, flags=info.flags & ~uapi.O_CLOEXEC, mode=st.st_mode,
@@ -183,6 +186,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         rec.locks = _locks(pid, info)
     if kind == "anon_inode":
         anonfd.fill(rec, pid, info)
+    if kind == "mqueue":
+        mqueue.fill(img, table.mqueues, rec, pid, info.fd)
     if kind == "chr" and st.st_rdev == _PTMX:
         pty.fill(img, rec, pid, info.fd)
     if kind == "socket":

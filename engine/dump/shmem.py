@@ -44,8 +44,6 @@ class ShmemSource:
 def _kind_of(path: str) -> tuple[str, str | None]:
     if path.startswith(_MEMFD):
         return "memfd", path[len(_MEMFD):]
-    if path.startswith("/SYSV"):
-        return "sysv", None
     return "anon", None
 
 
@@ -98,7 +96,7 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
         st = os.fstat(fd)
         size = max(_page_up(st.st_size), src.extent, PAGE_SIZE)
         seals = fcntl.fcntl(fd, _F_GET_SEALS) if src.kind == "memfd" else 0
-        runs = _data_runs(fd, size)
+        runs = data_runs(fd, size)
         if st.st_size % PAGE_SIZE:
             _write_through_mapping(img, pm_name, pages_name, runs, fd, st.st_size, staging)
         else:
@@ -140,8 +138,9 @@ def _page_up(n: int) -> int:
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-def _data_runs(fd: int, size: int) -> list[Run]:
-    """Data extents of the object in [0, size), page aligned."""
+def data_runs(fd: int, size: int) -> list[Run]:
+    """Data extents of the shmem object open at fd in [0, size), page aligned (swapped
+    out pages count as data)."""
     runs: list[Run] = []
     pos = 0
     while pos < size:

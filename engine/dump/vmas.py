@@ -21,6 +21,7 @@ _SHMEM_DEV = "00:01"
 _SPECIAL = {"[heap]": "heap", "[stack]": "stack", "[vdso]": "vdso", "[vvar]": "vvar",
             "[vvar_vclock]": "vvar", "[vsyscall]": "vsyscall"}
 _MEMFD = "/memfd:"
+_SYSV = "/SYSV"  # an attach of a SysV segment: "/SYSV<key in hex>", inode = its id
 
 
 def read_maps(pid: int) -> bytes:
@@ -82,6 +83,8 @@ def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes,
     shmem_id = None
     if path in _SPECIAL:
         kind = _SPECIAL[path]
+    elif dev == _SHMEM_DEV and shared and path.startswith(_SYSV):
+        kind = "sysv"  # before the inode test: segment 0 has inode 0
     elif inode == 0:
         # No backing inode: private anonymous (possibly named "[anon:...]"), or some
         # other kernel-provided special mapping such as "[uprobes]".
@@ -94,7 +97,7 @@ def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes,
     if kind in ("anon", "heap", "stack") or (kind == "shmem" and anon_shared):
         flags |= uapi.MAP_ANONYMOUS
     return {"prot": prot, "flags": flags, "kind": kind, "path": path or None,
-            "dev": dev if inode else None, "inode": inode, "deleted": deleted,
+            "dev": dev if inode or kind == "sysv" else None, "inode": inode, "deleted": deleted,
             "shmem_id": shmem_id, "vmflags": vf}
 
 

@@ -433,3 +433,49 @@ class PacketSocketState:
         _check(0 <= self.protocol < 1 << 16 and 0 <= self.bound_protocol < 1 << 16,
                "packet socket protocol out of range")
         _check(len(self.ifname) < 16, "packet socket interface name too long")
+
+
+#: POSIX message queue limits (ipc/mqueue.c HARD_MSGMAX, HARD_MSGSIZEMAX, MQ_PRIO_MAX)
+MQ_MAXMSG_MAX = 65536
+MQ_MSGSIZE_MAX = 1 << 24
+MQ_PRIO_MAX = 32768
+MQ_NAME_MAX = 255
+
+
+@dataclass
+class MqueueState:
+    """A POSIX message queue: its name (without the leading "/"), mq_maxmsg and
+    mq_msgsize, its file's mode, owner (as the dumper sees ids) and times, and the
+    priority and size of each queued message in receive order; the record's content holds
+    their data back to back (once per queue: every description of it names the same
+    file). Whether it was linked is the record's `deleted`."""
+
+    name: str
+    maxmsg: int
+    msgsize: int
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    prios: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """A name mq_open takes, limits the kernel allows, messages that fit them."""
+        _check(0 < len(self.name) <= MQ_NAME_MAX and "/" not in self.name
+               and "\0" not in self.name and self.name not in (".", ".."),
+               f"mqueue name {self.name!r} is not one mq_open takes")
+        _check(0 < self.maxmsg <= MQ_MAXMSG_MAX and 0 < self.msgsize <= MQ_MSGSIZE_MAX,
+               f"mqueue {self.name}: limits {self.maxmsg}/{self.msgsize} out of range")
+        _check(0 <= self.mode <= 0o7777 and min(self.uid, self.gid) >= 0
+               and max(self.uid, self.gid) < 0xFFFFFFFF, f"mqueue {self.name}: bad owner")
+        _check(0 <= self.atime_ns < (1 << 63) and 0 <= self.mtime_ns < (1 << 63),
+               f"mqueue {self.name}: bad times")
+        _check(len(self.prios) == len(self.sizes) <= self.maxmsg,
+               f"mqueue {self.name}: {len(self.sizes)} messages, room for {self.maxmsg}")
+        _check(all(0 <= p < MQ_PRIO_MAX for p in self.prios)
+               and self.prios == sorted(self.prios, reverse=True),
+               f"mqueue {self.name}: priorities out of range or out of receive order")
+        _check(all(0 <= n <= self.msgsize for n in self.sizes),
+               f"mqueue {self.name}: a message larger than mq_msgsize")

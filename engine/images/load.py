@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from engine.images import names
+from engine.images import ipcns, names
 from engine.images.imgdir import PE_PARENT, ImageDir, ImageError, Pagemap
 from engine.images.records import (
     PAGE_SIZE,
@@ -53,6 +53,14 @@ class ShmemImage:
 
 
 @dataclass
+class IpcNsImage:
+    """The tree's own ipc namespace and the pagemap of each SysV segment (by id)."""
+
+    record: ipcns.IpcImage
+    pagemaps: dict[int, Pagemap]
+
+
+@dataclass
 class DumpImage:
     """A loaded and cross-checked image directory."""
 
@@ -62,6 +70,7 @@ class DumpImage:
     files: FilesImage
     shmem: dict[str, ShmemImage] = field(default_factory=dict)
     parent_image: DumpImage | None = None
+    ipc: IpcNsImage | None = None
 
     @property
     def path(self) -> str:
@@ -117,6 +126,7 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
             if e.end > s.size:
                 raise ImageError(d.file(s.pagemap), f"offset {e.addr:#x} beyond object size")
         shmem[s.id] = ShmemImage(s, shm_pm)
+    ipc = _load_ipc(d, inv) if inv.ipc is not None else None
     tasks: dict[int, TaskImage] = {}
     for t in inv.tasks:
         core = d.read_json(names.core(t.pid), TaskCore)
@@ -140,6 +150,7 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
                 if v.shmem_id is not None and v.shmem_id not in shmem:
                     raise ImageError(d.file(names.mm(t.pid)),
                                      f"vma {v.start:#x}: unknown shmem {v.shmem_id}")
+            _check_sysv_attaches(d.file(names.mm(t.pid)), mm, ipc)
             pm = d.read_pagemap(mm.pagemap)
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
@@ -151,7 +162,58 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
             _check_cow(d.file(names.mm(pid)), ti.mm,
                        parent_task.mm if parent_task is not None else None)
     _check_shared(d, inv, tasks, files)
-    return DumpImage(d, inv, tasks, files, shmem, parent)
+    if ipc is not None:
+        _check_sem_tasks(d.file(names.IPC), ipc.record, set(tasks))
+    return DumpImage(d, inv, tasks, files, shmem, parent, ipc)
+
+
+def _load_ipc(d: ImageDir, inv: Inventory) -> IpcNsImage:
+    """ipc.json, each segment's pages and each queue's messages, which must be what the
+    record says; only a tree in an ipc namespace of its own has one."""
+    where = d.file(names.IPC)
+    if not any(ns.type == "ipc" and not ns.shared_with_engine for ns in inv.namespaces):
+        raise ImageError(where, "the tree has no ipc namespace of its own")
+    rec = d.read_json(names.IPC, ipcns.IpcImage)
+    pagemaps = {}
+    for seg in rec.shm:
+        if (seg.pagemap, seg.pages) != (names.sysv_shm_pagemap(seg.id),
+                                        names.sysv_shm_pages(seg.id)):
+            raise ImageError(where, f"shm segment {seg.id}: files {seg.pagemap}, {seg.pages}")
+        pm = d.read_pagemap(seg.pagemap)
+        _check_pages(d, seg.pagemap, seg.pages, pm, None, True)
+        for e in pm.entries:
+            if e.end > seg.mapped_size:
+                raise ImageError(d.file(seg.pagemap), f"offset {e.addr:#x} beyond the "
+                                                      f"segment's {seg.size} bytes")
+        pagemaps[seg.id] = pm
+    for q in rec.msg:
+        if q.content != names.sysv_msg_content(q.id) or not d.exists(q.content):
+            raise ImageError(where, f"message queue {q.id}: content {q.content!r} missing")
+        d.verify_file(q.content)
+        if d.size(q.content) != sum(q.sizes):
+            raise ImageError(d.file(q.content), f"holds {d.size(q.content)} bytes, ipc.json "
+                                                f"says queue {q.id} had {sum(q.sizes)}")
+    return IpcNsImage(rec, pagemaps)
+
+
+def _check_sysv_attaches(where: str, mm: MmCore, ipc: IpcNsImage | None) -> None:
+    """SysV VMAs map segments of the image's ipc namespace, each attach whole."""
+    vmas = [v for v in mm.vmas if v.kind == "sysv"]
+    if not vmas:
+        return
+    sizes = {s.id: s.mapped_size for s in ipc.record.shm} if ipc is not None else {}
+    try:
+        ipcns.attaches(vmas, sizes)
+    except ValueError as e:
+        raise ImageError(where, str(e)) from None
+
+
+def _check_sem_tasks(where: str, rec: ipcns.IpcImage, pids: set[int]) -> None:
+    for s in rec.sem:
+        for i, sem in enumerate(s.sems):
+            if sem.last == "task" and sem.pid not in pids:
+                raise ImageError(where, f"semaphore set {s.id} #{i}: last changed by task "
+                                        f"{sem.pid}, not in the image")
 
 
 #: VMA kinds whose private pages can be shared copy-on-write with a parent's
@@ -232,9 +294,13 @@ def _check_file(d: ImageDir, f: FileRecord, shmem_ids: set[str]) -> None:
     if f.type == "pipe" and f.inode != f.pipe_ino:
         raise ImageError(where, f"file {f.id}: pipe_ino {f.pipe_ino} is not its inode "
                                 f"{f.inode}")
+    if f.type == "mqueue" and f.content is None:
+        raise ImageError(where, f"file {f.id}: message queue without its messages")
     if f.content is not None:
         if f.type in ("pipe", "fifo"):
             expect = names.pipe_content(f.pipe_ino or 0)
+        elif f.type == "mqueue":
+            expect = names.mqueue_content(f.inode)
         elif f.type == "socket":
             expect = names.socket_queue(f.inode)
         else:
@@ -262,6 +328,9 @@ def _check_content_size(d: ImageDir, f: FileRecord) -> None:
     if f.type == "reg" and size != want:
         raise ImageError(d.file(f.content), f"holds {size} bytes, files.json says file "
                                             f"{f.id} had {want} bytes of data")
+    if f.mqueue is not None and size != sum(f.mqueue.sizes):
+        raise ImageError(d.file(f.content), f"holds {size} bytes, files.json says queue "
+                                            f"{f.mqueue.name} had {sum(f.mqueue.sizes)}")
 
 
 def _check_xstate(d: ImageDir, name: str, tid: int, where: str) -> None:

@@ -3,6 +3,7 @@
 INVENTORY = "inventory.json"
 FILES = "files.json"
 STATS = "stats.json"
+IPC = "ipc.json"
 
 
 def core(pid: int) -> str:
@@ -58,3 +59,23 @@ def pipe_content(pipe_ino: int) -> str:
 def socket_queue(ino: int) -> str:
     """Data queued for reading on a unix socket (the messages back to back)."""
     return f"sock-{ino}.data"
+
+
+def sysv_shm_pagemap(shmid: int) -> str:
+    """Pagemap of a SysV shared memory segment (offsets into the segment)."""
+    return f"pagemap-sysv-{shmid}.img"
+
+
+def sysv_shm_pages(shmid: int) -> str:
+    """Page data of a SysV shared memory segment."""
+    return f"pages-sysv-{shmid}.img"
+
+
+def sysv_msg_content(msqid: int) -> str:
+    """The messages of a SysV message queue, back to back."""
+    return f"msg-{msqid}.data"
+
+
+def mqueue_content(ino: int) -> str:
+    """The messages of a POSIX message queue, back to back (once per queue)."""
+    return f"mqueue-{ino}.data"

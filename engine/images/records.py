@@ -21,6 +21,7 @@ from engine.images.fdkinds import (
     InetSocketState,
     InotifyWatch,
     LockRecord,
+    MqueueState,
     NetlinkSocketState,
     PacketSocketState,
     PidfdState,
@@ -48,10 +49,12 @@ TASK_STATES = ("alive", "stopped", "zombie")
 #: (CLONE_SIGHAND, which clone() gives only with CLONE_VM)
 SHARED_TABLES = ("vm", "files", "fs", "sighand")
 IMAGE_KINDS = ("dump", "pre-dump")
-VMA_KINDS = ("anon", "file", "shmem", "heap", "stack", "vdso", "vvar", "vsyscall", "other")
+# sysv: an attach of a SysV shared memory segment (`inode` is the segment's id)
+VMA_KINDS = ("anon", "file", "shmem", "sysv", "heap", "stack", "vdso", "vvar", "vsyscall",
+             "other")
 SCHED_POLICIES = (0, 1, 2, 3, 5)  # OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is refused)
 FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "symlink",
-              "other")  # symlink: an O_PATH|O_NOFOLLOW fd on the link itself
+              "mqueue", "other")  # symlink: an O_PATH|O_NOFOLLOW fd on the link itself
 
 
 #: user_regs_struct (engine.kernel.structs.UserRegs) field names: a thread's `regs` has
@@ -65,6 +68,7 @@ REG_NAMES = frozenset((
 _SELECTORS_NONNULL = ("cs", "ss")
 _SELECTORS = ("ds", "es", "fs", "gs")
 _TASK_SIZE_MAX = USER_ADDR_LIMIT - PAGE_SIZE
+_MAP_SHARED = 1  # of the MAP_SHARED/MAP_PRIVATE pair (the low two bits of mmap flags)
 #: every O_* flag an open file description can carry (fdinfo flags, octal in /proc)
 OPEN_FLAGS_KNOWN = (0o3 | 0o100 | 0o200 | 0o400 | 0o1000 | 0o2000 | 0o4000 | 0o10000
                     | 0o20000 | 0o40000 | 0o100000 | 0o200000 | 0o400000 | 0o1000000
@@ -191,7 +195,7 @@ def _check_shared(tasks: list[TaskEntry], root: int) -> None:
                "process group")
 
 
-SHMEM_KINDS = ("anon", "memfd", "sysv")
+SHMEM_KINDS = ("anon", "memfd")
 NS_TYPES = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgroup", "time",
             "time_for_children")
 
@@ -199,8 +203,9 @@ NS_TYPES = ("pid", "pid_for_children", "mnt", "net", "uts", "ipc", "user", "cgro
 @dataclass
 class ShmemEntry:
     """One object of the kernel's shmem mount: anonymous shared memory
-    (MAP_SHARED|MAP_ANONYMOUS), a memfd, or a SysV segment. Every VMA and fd that refers
-    to it names its `id`, so a tree restores it once and shares it."""
+    (MAP_SHARED|MAP_ANONYMOUS) or a memfd (SysV segments are the ipc namespace's:
+    ipc.json). Every VMA and fd that refers to it names its `id`, so a tree restores it
+    once and shares it."""
 
     id: str  # stable name derived from the object's inode, used in file names
     size: int  # bytes, page aligned: max(file size, the largest extent any task maps)
@@ -281,6 +286,8 @@ class Inventory:
     namespaces: list[NamespaceRecord] = field(default_factory=list)
     #: every other file of the image -> CRC32 of each 1 MiB piece (imgdir.CRC_CHUNK)
     checksums: dict[str, list[int]] = field(default_factory=dict)
+    #: the file of the tree's own ipc namespace (names.IPC), None when it has none
+    ipc: str | None = None
 
     def validate(self) -> None:
         """Check format/version, the root is listed, pids are unique, checksums sane."""
@@ -293,6 +300,7 @@ class Inventory:
         _check_shared(self.tasks, self.root_pid)
         ids = [s.id for s in self.shmem]
         _check(len(ids) == len(set(ids)), "duplicate shmem id")
+        _check(self.ipc in (None, "ipc.json"), f"ipc file {self.ipc!r} is not ipc.json")
         if self.parent is not None:
             _check(not self.parent.startswith("/"), "parent link must be relative")
             _check(self.parent.strip("./") != "", f"parent link {self.parent!r} is this image or above it")
@@ -607,6 +615,8 @@ class Vma:
             _check(False, f"vma {start:#x}: file mapping without path")
         if kind == "shmem" and self.shmem_id is None:
             _check(False, f"vma {start:#x}: shmem without id")
+        if kind == "sysv" and (self.flags & 3 != _MAP_SHARED or self.shmem_id is not None):
+            _check(False, f"vma {start:#x}: a SysV attach is a shared mapping of no shmem")
 
 
 @dataclass
@@ -731,6 +741,7 @@ class FileRecord:
     netlink: NetlinkSocketState | None = None  # type socket: netlink
     packet: PacketSocketState | None = None  # type socket: AF_PACKET
     pty: PtyState | None = None  # type chr: a pty master (/dev/ptmx)
+    mqueue: MqueueState | None = None  # type mqueue: a POSIX message queue
     locks: list[LockRecord] = field(default_factory=list)  # held through this open file
 
     def validate(self) -> None:
@@ -758,6 +769,8 @@ class FileRecord:
                              self.inotify, self.fanotify, self.pidfd) if k is not None]
         _check(len(kinds) == (self.type == "anon_inode"),
                f"file {self.id}: {self.type} with {len(kinds)} anon-inode states")
+        _check((self.mqueue is not None) == (self.type == "mqueue"),
+               f"file {self.id}: {self.type} and mqueue state do not go together")
         socks = (self.unix, self.inet, self.netlink, self.packet)
         _check(sum(k is not None for k in socks) == (self.type == "socket"),
                f"file {self.id}: {self.type} and socket states do not go together")

@@ -8,7 +8,7 @@ import sys
 from typing import TextIO
 
 from engine.images.imgdir import PE_PARENT, Pagemap
-from engine.images.load import DumpImage, load
+from engine.images.load import DumpImage, IpcNsImage, load
 from engine.images.records import PAGE_SIZE, U64_MAX, TaskCore, Vma
 
 _PROT = ((1, "r"), (2, "w"), (4, "x"))
@@ -45,6 +45,26 @@ def _show(img: DumpImage, out: TextIO, max_vmas: int) -> None:
         e = sh.entry
         what = e.kind + (f" {e.name!r} seals {e.seals:#x}" if e.kind == "memfd" else "")
         out.write(f"shmem {sid}: {what}, {e.size // 1024} KiB, {_pm_summary(sh.pagemap)}\n")
+    if img.ipc is not None:
+        _show_ipc(img.ipc, out)
+
+
+def _show_ipc(ipc: IpcNsImage, out: TextIO) -> None:
+    rec = ipc.record
+    out.write("ipc namespace: " + ", ".join(f"{k} {v}" for k, v in rec.sysctls.items())
+              + "\n")
+    out.writelines(f"  shm {seg.id}: key {seg.key:#x} mode {seg.mode:o} owner {seg.uid}:"
+                  f"{seg.gid} creator {seg.cuid}:{seg.cgid} {seg.size} bytes, "
+                  f"{_pm_summary(ipc.pagemaps[seg.id])}\n" for seg in rec.shm)
+    for sem in rec.sem:
+        values = " ".join(f"{s.value}" + (f"/{s.last} {s.pid}" if s.pid else f"/{s.last}")
+                          for s in sem.sems)
+        out.write(f"  sem {sem.id}: key {sem.key:#x} mode {sem.mode:o} owner {sem.uid}:"
+                  f"{sem.gid} creator {sem.cuid}:{sem.cgid}{' operated' if sem.operated else ''}"
+                  f": {values}\n")
+    out.writelines(f"  msg {q.id}: key {q.key:#x} mode {q.mode:o} owner {q.uid}:{q.gid} "
+                  f"creator {q.cuid}:{q.cgid} qbytes {q.qbytes}, {len(q.sizes)} messages of "
+                  f"{sum(q.sizes)} bytes, types {q.types}\n" for q in rec.msg)
 
 
 def _pm_summary(pm: Pagemap) -> str:
@@ -154,4 +174,8 @@ def _show_files(img: DumpImage, out: TextIO) -> None:
             extra.append(f"content {f.content}")
         if f.shmem_id:
             extra.append(f"object {f.shmem_id}")
+        if f.mqueue is not None:
+            q = f.mqueue
+            extra.append(f"mqueue maxmsg {q.maxmsg} msgsize {q.msgsize} mode {q.mode:o} "
+                         f"owner {q.uid}:{q.gid} messages {len(q.sizes)} priorities {q.prios}")
         out.write(f"file {f.id}: {f.type} {what} flags {f.flags:#o} {' '.join(extra)}\n")

@@ -177,6 +177,50 @@ class UffdMsg(ctypes.Structure):
     ]
 
 
+class IpcPerm(ctypes.Structure):
+    """struct ipc64_perm (asm-generic/ipcbuf.h): owner, creator and mode of a SysV object."""
+
+    _fields_ = [("key", s32), ("uid", u32), ("gid", u32), ("cuid", u32), ("cgid", u32),
+                ("mode", u32), ("seq", u16), ("_pad2", u16), ("_unused1", u64),
+                ("_unused2", u64)]
+
+
+class ShmidDs(ctypes.Structure):
+    """struct shmid64_ds (asm-generic/shmbuf.h, 64-bit)."""
+
+    _fields_ = [("perm", IpcPerm), ("segsz", u64), ("atime", s64), ("dtime", s64),
+                ("ctime", s64), ("cpid", s32), ("lpid", s32), ("nattch", u64),
+                ("_unused4", u64), ("_unused5", u64)]
+
+
+class SemidDs(ctypes.Structure):
+    """struct semid64_ds (x86_64 asm/sembuf.h)."""
+
+    _fields_ = [("perm", IpcPerm), ("otime", s64), ("_unused1", u64), ("ctime", s64),
+                ("_unused2", u64), ("nsems", u64), ("_unused3", u64), ("_unused4", u64)]
+
+
+class MsqidDs(ctypes.Structure):
+    """struct msqid64_ds (asm-generic/msgbuf.h, 64-bit)."""
+
+    _fields_ = [("perm", IpcPerm), ("stime", s64), ("rtime", s64), ("ctime", s64),
+                ("cbytes", u64), ("qnum", u64), ("qbytes", u64), ("lspid", s32),
+                ("lrpid", s32), ("_unused4", u64), ("_unused5", u64)]
+
+
+class SemBuf(ctypes.Structure):
+    """struct sembuf: one semop() operation."""
+
+    _fields_ = [("num", u16), ("op", ctypes.c_int16), ("flg", ctypes.c_int16)]
+
+
+class MqAttr(ctypes.Structure):
+    """struct mq_attr (linux/mqueue.h)."""
+
+    _fields_ = [("flags", s64), ("maxmsg", s64), ("msgsize", s64), ("curmsgs", s64),
+                ("_reserved", s64 * 4)]
+
+
 def _check_sizes() -> None:
     expected = {
         UserRegs: 27 * 8, Iovec: 16, PmScanArg: uapi.PM_SCAN_ARG_SIZE, PageRegion: 24,
@@ -186,6 +230,7 @@ def _check_sizes() -> None:
         UffdioRegister: uapi.UFFDIO_REGISTER_SIZE,
         UffdioWriteprotect: uapi.UFFDIO_WRITEPROTECT_SIZE, UffdioCopy: uapi.UFFDIO_COPY_SIZE,
         UffdioZeropage: uapi.UFFDIO_ZEROPAGE_SIZE, UffdMsg: uapi.UFFD_MSG_SIZE,
+        IpcPerm: 48, ShmidDs: 112, SemidDs: 104, MsqidDs: 120, SemBuf: 6, MqAttr: 64,
     }
     for cls, size in expected.items():
         if ctypes.sizeof(cls) != size:

@@ -298,6 +298,13 @@ def kcmp(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> int:
     return syscall(uapi.SYS_kcmp, pid1, pid2, kind, idx1, idx2)
 
 
+def fs_type(fd: int) -> int:
+    """The f_type (filesystem magic) of the file open at fd (fstatfs(2))."""
+    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type comes first
+    syscall(uapi.SYS_fstatfs, fd, buf)
+    return int.from_bytes(buf.raw[:8], "little")
+
+
 def unshare(flags: int) -> None:
     """unshare(2) for this process (CLONE_NEW* flags)."""
     syscall(uapi.SYS_unshare, flags)

@@ -969,3 +969,25 @@ MEMBARRIER_REGISTRATIONS = (MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED
                             | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED
                             | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE
                             | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ)
+
+# SysV IPC (linux/ipc.h, shm.h, sem.h, msg.h)
+IPC_PRIVATE = 0
+IPC_CREAT = 0o1000
+IPC_EXCL = 0o2000
+IPC_NOWAIT = 0o4000
+IPC_RMID = 0
+IPC_SET = 1
+IPC_STAT = 2
+SHM_RDONLY = 0o10000
+SHM_LOCK = 11
+SHM_DEST = 0o1000  # shm_perm.mode: marked for removal (IPC_RMID while attached)
+SHM_LOCKED = 0o2000  # shm_perm.mode: SHM_LOCK
+GETPID = 11
+GETVAL = 12
+GETALL = 13
+SETVAL = 16
+SETALL = 17
+SEMVMX = 32767  # a semaphore's largest value
+MSG_COPY = 0o40000  # msgrcv: copy message number msgtyp, do not dequeue it
+HUGETLBFS_MAGIC = 0x958458F6
+MQUEUE_MAGIC = 0x19800202

@@ -23,7 +23,7 @@ from engine.images.fdkinds import LockRecord
 from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
-from engine.restore import anonfd, inetsk, locks, netlinksk, packetsk, unixsk
+from engine.restore import anonfd, inetsk, locks, mqueue, netlinksk, packetsk, unixsk
 from engine.restore import pty as ptyrst
 from engine.restore.fsowner import as_fs_owner
 
@@ -34,7 +34,7 @@ _RENAME_EXCHANGE = 2
 _OPEN_ONLY = uapi.O_CREAT | uapi.O_EXCL | uapi.O_TRUNC | uapi.O_CLOEXEC
 #: file types restore rebuilds (the dump refuses the others while the tree can run on)
 SUPPORTED_TYPES = ("reg", "dir", "chr", "blk", "pipe", "fifo", "anon_inode", "socket",
-                   "symlink")
+                   "symlink", "mqueue")
 
 
 @dataclass
@@ -54,8 +54,11 @@ class FilesPlan:
                     or rec.unix is not None and rec.unix.name[:1] not in ("", "\0") \
                     or rec.pty is not None:
                 self.owners[rec.id] = (uid(rec.uid), gid(rec.gid))
+            elif rec.mqueue is not None:
+                self.owners[rec.id] = (uid(rec.mqueue.uid), gid(rec.mqueue.gid))
 
     pids: set[int] = field(default_factory=set)  # every task's pid
+    own_ipc: bool = False  # the tree gets an ipc namespace of its own (POSIX queues)
     epolls: anonfd.EpollPlan = field(default_factory=anonfd.EpollPlan)
     # task pid -> [(file id, lock)]: the POSIX locks each task takes (set by check())
     posix_locks: dict[int, list[tuple[int, LockRecord]]] = field(default_factory=dict)
@@ -159,6 +162,7 @@ class _Opener:
         # unlinked once every description is open
         self.to_unlink: list[tuple[str, str | None]] = []
         self.socks = unixsk.Sockets(plan.files, plan.contents, plan.owners, floor)
+        self.queues = mqueue.Queues(plan.files, plan.contents, plan.owners, plan.own_ipc)
         self.repaired: list[int] = []  # file ids of TCP connections still in repair mode
 
     def open(self, rec: FileRecord) -> int:
@@ -170,6 +174,8 @@ class _Opener:
         return (rec.flags & ~_OPEN_ONLY) | uapi.O_NOCTTY
 
     def _open(self, rec: FileRecord) -> int:
+        if rec.type == "mqueue":
+            return self.queues.fd(rec)
         if rec.type == "pipe":
             return self._pipe_end(rec)
         if rec.type == "fifo":

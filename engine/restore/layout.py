@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
+from engine.images import ipcns
 from engine.images.records import PAGE_SIZE, MmCore, ShmemEntry, Vma
 from engine.kernel import blob, uapi
 from engine.proc.maps import read_maps
@@ -235,10 +236,29 @@ def _move_premapped(t: blob.Table, v: Vma, pieces: list[tuple[int, int, int]]) -
               what=("protect premapped {:#x}", v.start))
 
 
+def _attach_sysv(t: blob.Table, vmas: list[Vma], sizes: dict[int, int]) -> None:
+    """Attach each SysV segment where the task had it (shmat maps it whole: the VMAs of
+    one attach are its parts, split by mprotect), read-only where no part may write."""
+    try:
+        found = ipcns.attaches(vmas, sizes)
+    except ValueError as e:
+        raise EngineError("mm", str(e)) from None
+    for a in found:
+        writable = any("mw" in v.vmflags for v in a.vmas)
+        t.add(uapi.SYS_shmat, a.shmid, a.start, 0 if writable else uapi.SHM_RDONLY,
+              what=("attach SysV segment {} at {:#x}", a.shmid, a.start))
+        prot = uapi.PROT_READ | (uapi.PROT_WRITE if writable else 0)
+        for v in a.vmas:
+            if v.prot != prot:
+                t.add(uapi.SYS_mprotect, v.start, v.end - v.start, v.prot,
+                      what=("protect SysV segment {} at {:#x}", a.shmid, v.start))
+
+
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
                  rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry],
                  objfds: dict[str, int],
-                 moves: dict[int, list[tuple[int, int, int]]] | None = None) -> blob.Table:
+                 moves: dict[int, list[tuple[int, int, int]]] | None = None,
+                 sysv_sizes: dict[int, int] | None = None) -> blob.Table:
     """The table that turns the child's layout into the dumped one (pages not written).
 
     rseq: the child's own registration (ptr, len, sig), unregistered first: once its
@@ -251,6 +271,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     memfd's fd that every task holds until the finish table (objfds: shmem id -> fd).
     moves: VMA start -> (from, to, size) of each piece of a private VMA the task built
     before it forked (engine.restore.premap): moved into place instead of mapped.
+    sysv_sizes: id -> mapped size of each SysV segment of the tree's ipc namespace, which
+    the engine has made again by now (engine.restore.ipcns).
     """
     moves = moves or {}
     t = blob.Table()
@@ -265,6 +287,7 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     _move_specials(t, specials, window.specials_tmp)
     files: dict[tuple[str, int], list[Vma]] = {}
     shared: dict[str, list[Vma]] = {}
+    sysv: list[Vma] = []
     apart = _kept_apart(mm.vmas)
     for v in mm.vmas:
         if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall":
@@ -279,6 +302,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
         elif v.kind == "shmem":
             assert v.shmem_id is not None
             shared.setdefault(v.shmem_id, []).append(v)
+        elif v.kind == "sysv":
+            sysv.append(v)
         elif v.kind == "file":
             assert v.path is not None
             if v.deleted:
@@ -309,6 +334,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
             if v.prot != uapi.PROT_READ | uapi.PROT_WRITE:
                 t.add(uapi.SYS_mprotect, v.start, size, v.prot,
                       what=("protect shmem {} at {:#x}", sid, v.start))
+    if sysv:
+        _attach_sysv(t, sysv, sysv_sizes or {})
     for v in mm.vmas:
         if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall" or _MADVISE.keys().isdisjoint(
                 v.vmflags):

@@ -50,11 +50,18 @@ class NsSetup:
     uid_map: list[list[int]] | None = None
     gid_map: list[list[int]] | None = None
     root: str | None = None  # directory the new mount namespace pivots into
+    prepared: bool = False  # the engine fills a namespace before the root goes on (ipc)
 
     @property
     def new_pid(self) -> bool:
         """A new pid namespace (the root is its pid 1)."""
         return bool(self.clone_flags & uapi.CLONE_NEWPID)
+
+    @property
+    def waits(self) -> bool:
+        """The root waits for the engine before it sets anything up: the engine writes
+        the id maps of a new user namespace, or fills a namespace, first."""
+        return self.new_user or self.prepared
 
     @property
     def new_user(self) -> bool:

@@ -33,7 +33,15 @@ from engine.errors import EngineError, commit
 from engine.faults import fault_point
 from engine.images import DumpImage, load
 from engine.images.fdkinds import LockRecord
-from engine.images.records import MmCore, ShmemEntry, TaskCore, TaskEntry, ThreadCore, Vma
+from engine.images.records import (
+    FileRecord,
+    MmCore,
+    ShmemEntry,
+    TaskCore,
+    TaskEntry,
+    ThreadCore,
+    Vma,
+)
 from engine.kernel import blob, pagecrc, ptrace, uapi
 from engine.kernel.structs import UserRegs
 from engine.proc.stat import read_stat
@@ -41,6 +49,7 @@ from engine.proc.status import read_status
 from engine.restore import (
     files,
     identity,
+    ipcns,
     layout,
     ns,
     pages,
@@ -245,10 +254,27 @@ class TreeRestorer:
                                           f"({entry.id}) is not supported")
             self.shmem[entry.id] = entry
         self.ns = ns.plan(image, opts.root)
+        self.ipc = self._ipc_plan()
         self.tree: spawn.Tree | None = None
         self.objfds: dict[str, int] = {}
         self.premap = premap.Plan()
         self.creator: dict[int, int] = {}  # task -> the task that forks it, if its parent
+
+    def _ipc_plan(self) -> ipcns.IpcPlan | None:
+        """The objects of the tree's own ipc namespace, made by the engine while the root
+        waits (ns.plan gave the root a new ipc namespace: the image says it had one)."""
+        seen: dict[int, FileRecord] = {}
+        for f in self.image.files.files:
+            if f.mqueue is not None:
+                seen.setdefault(f.inode, f)
+        queues = [f.mqueue for f in seen.values() if f.mqueue is not None]
+        uid_map = self.ns.uid_map if self.ns is not None else None
+        gid_map = self.ns.gid_map if self.ns is not None else None
+        plan = ipcns.plan(self.image, queues, uid_map, gid_map)
+        if plan is not None:
+            assert self.ns is not None and self.ns.clone_flags & uapi.CLONE_NEWIPC
+            self.ns.prepared = True
+        return plan
 
     def _plan_tree(self) -> tuple[spawn.TaskSetup, files.FilesPlan]:
         """What each task does in spawn (ids, fds, session...), and the files plan."""
@@ -277,8 +303,11 @@ class TreeRestorer:
                                            comm=core.comm, zombie_status=status,
                                            set_tid=tids, fixed_pid=fixed,
                                            ctty=core.ctty if core.sid == core.pid else None,
-                                           share_flags=_spawn_flags(t.shared))
+                                           share_flags=_spawn_flags(t.shared),
+                                           sems=self.ipc.task_sems.get(t.pid, [])
+                                           if self.ipc is not None else [])
         fplan.check()
+        fplan.own_ipc = self.ns is not None and bool(self.ns.clone_flags & uapi.CLONE_NEWIPC)
         if self.ns is not None and self.ns.new_user:
             fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
         for t in inv.tasks:
@@ -301,7 +330,8 @@ class TreeRestorer:
         obj_base = start + self._stage_fd_tables(nodes, start)
         shared = [(window.shmem_tmp[s.id], s.size, s.id) for s in self.shmem.values()]
         return spawn.TreeSetup(root, fplan, window.region, self.ns, memfds, obj_base, shared,
-                               self.premap.tasks, self.premap.areas())
+                               premap=self.premap.tasks, premap_areas=self.premap.areas(),
+                               gone_sems=self.ipc.gone_sems if self.ipc is not None else {})
 
     def run(self) -> int:
         """Create, rebuild and release the tree; returns the root pid."""
@@ -328,7 +358,8 @@ class TreeRestorer:
             setup = self._setup(window, root, fplan)
             self.objfds = setup.memfd_fds()
             with _timed(self.opts, "spawn"):
-                tree = spawn.spawn(setup, self.opts.timeout)
+                tree = spawn.spawn(setup, self.opts.timeout,
+                                   self.ipc.prepare if self.ipc is not None else None)
             self.tree = tree
             files_by_id = self.image.files.by_id()
             try:
@@ -370,6 +401,8 @@ class TreeRestorer:
                     t.src.close()
             for s in shsrc.values():
                 s.close()
+            if self.ipc is not None:
+                self.ipc.close()
         return self.live[0].real
 
     def _plan_premaps(self, root: spawn.TaskSetup) -> None:
@@ -457,8 +490,11 @@ class TreeRestorer:
             with _timed(self.opts, "layout"):
                 table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
                                              list(self.shmem.values()), self.objfds,
-                                             self._moves(t.pid))
+                                             self._moves(t.pid),
+                                             self.ipc.sysv_sizes if self.ipc else None)
                 _run(t.runner, table1, "mm")
+        if self.ipc is not None:
+            self.ipc.finish()  # every segment is attached where it was
         fault_point("pages")
         with _timed(self.opts, "pages"):
             for t in self.owners:

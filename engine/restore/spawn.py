@@ -35,13 +35,14 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine import fdbudget
 from engine.errors import EngineError
 from engine.faults import fault_point
 from engine.images.records import FdEntry, RlimitRecord
-from engine.kernel import ptrace, uapi
+from engine.kernel import ipc, ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.structs import CloneArgs
 from engine.proc import tasks
@@ -83,6 +84,9 @@ class TaskSetup:
     # session, not leading their own): this task creates them with CLONE_PARENT
     adopted: list[TaskSetup] = field(default_factory=list)
     by_sibling: bool = False  # created by a sibling (see adopted)
+    # SysV semaphores this task changed last: (set id, number, value), set by the task
+    # itself so that it is their last pid again
+    sems: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def inner_pid(self) -> int:
@@ -123,6 +127,10 @@ class TreeSetup:
     # slot area all of it lives in
     premap: dict[int, premap.TaskPremap] = field(default_factory=dict)
     premap_areas: list[tuple[int, int]] = field(default_factory=list)
+
+    # SysV semaphores last changed by a process gone since: its pid in the tree's pid
+    # namespace -> (set id, number, value); the root makes such a process for each
+    gone_sems: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
 
     @property
     def low(self) -> int:
@@ -185,7 +193,11 @@ def _take_ctty(path: str) -> None:
 
 def _clone_with_pid(t: TaskSetup, flags: int = 0) -> int:
     """clone3 (fork-like, plus namespace `flags`) with the task's pids; 0 in the child."""
-    pids = t.set_tid or [t.pid]
+    return _clone3(t.set_tid or [t.pid], flags, t.pid)
+
+
+def _clone3(pids: list[int], flags: int, name: int) -> int:
+    """clone3 with these pids (innermost first); `name`: the pid errors give."""
     tid = (ctypes.c_int * len(pids))(*pids)
     args = CloneArgs()
     args.flags = flags
@@ -197,11 +209,39 @@ def _clone_with_pid(t: TaskSetup, flags: int = 0) -> int:
         child = ksys.clone3(args)
     except OSError as e:
         if e.errno == errno.EEXIST:
-            raise EngineError("fork", f"pid {t.pid} is taken") from None
-        raise EngineError("fork", f"clone3 with pid {t.pid} {pids}: {e.strerror}") from None
+            raise EngineError("fork", f"pid {name} is taken") from None
+        raise EngineError("fork", f"clone3 with pid {name} {pids}: {e.strerror}") from None
     if child == 0:
         ksys.after_fork_child()
     return child
+
+
+def _set_sems(sems: list[tuple[int, int, int]]) -> None:
+    """SETVAL each semaphore: its value, and this process as its last pid."""
+    for semid, num, value in sems:
+        try:
+            ipc.sem_setval(semid, num, value)
+        except OSError as e:
+            raise EngineError("fork", f"semaphore set {semid} #{num}: {e.strerror}") \
+                from None
+
+
+def _gone_sem_setters(gone: dict[int, list[tuple[int, int, int]]]) -> None:
+    """In the root, before any task of the tree: for each pid that changed semaphores
+    last and is gone, a process with that pid sets them and exits (reaped at once, so the
+    pid is free again)."""
+    for pid, sems in sorted(gone.items()):
+        child = _clone3([pid], 0, pid)
+        if child == 0:
+            try:
+                _set_sems(sems)
+            except BaseException:  # noqa: BLE001 - the status says it
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+        if status:
+            raise EngineError("fork", f"the process setting the semaphores last changed by "
+                                      f"pid {pid} failed (status {status:#x})")
 
 
 def _leaders_first(t: TaskSetup) -> list[TaskSetup]:
@@ -263,6 +303,7 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
     first = sync is None  # the first holder of its fd table
     try:
         _set_session(t)
+        _set_sems(t.sems)
         if tree.premap_areas:
             # before the children are forked: they inherit it copy-on-write
             premap.build(tree.premap.get(t.pid), tree.premap_areas)
@@ -355,9 +396,10 @@ def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
     ctl = [go_r, err_w]
     try:
         if tree.ns is not None:
-            if tree.ns.new_user and os.read(go_r, 1) != b"m":
+            if tree.ns.waits and os.read(go_r, 1) != b"m":
                 os._exit(3)  # the engine is gone
             ns.setup_inside(tree.ns)
+        _gone_sem_setters(tree.gone_sems)
         # memfds at their agreed numbers, then everything else above them (and so above
         # every fd number any task will have).
         memfds = tree.memfd_fds()
@@ -507,9 +549,11 @@ def _child_by_inner_pid(parent: int, inner: int) -> int | None:
     return None
 
 
-def spawn(setup: TreeSetup, timeout: float) -> Tree:
+def spawn(setup: TreeSetup, timeout: float,
+          prepare: Callable[[int], None] | None = None) -> Tree:
     """Create every task; return once each live one is seized and in its SIGSTOP stop and
-    each zombie is a zombie. On failure nothing of the tree is left."""
+    each zombie is a zombie. On failure nothing of the tree is left. `prepare(root pid)`
+    fills the root's new namespaces (setup.ns.prepared) while the root waits."""
     fault_point("fork")
     ksys.set_child_subreaper(True)
     _room_for_fds(setup)
@@ -530,13 +574,13 @@ def spawn(setup: TreeSetup, timeout: float) -> Tree:
         os.close(go_r)
         os.set_blocking(err_r, False)
         tree = Tree(setup, child)
-        if setup.ns is not None and setup.ns.new_user:
+        if setup.ns is not None and setup.ns.waits:
             try:
-                ns.write_id_maps(child, setup.ns)
-            except OSError as e:
+                _prepare_root(setup.ns, child, prepare)
+            except BaseException:
                 tree.kill_all()
-                raise EngineError("fork", f"cannot write the id maps of {child}: {e}") from None
-            os.write(go_w, b"m")  # the root waits for its maps before anything else
+                raise
+            os.write(go_w, b"m")  # the root waits for this before anything else
         try:
             _seize_all(tree, err_r, go_w, timeout)
         except BaseException:
@@ -549,6 +593,17 @@ def spawn(setup: TreeSetup, timeout: float) -> Tree:
             except OSError:
                 pass
     return tree
+
+
+def _prepare_root(nss: NsSetup, child: int, prepare: Callable[[int], None] | None) -> None:
+    """What the engine does in the root's new namespaces while the root waits."""
+    if nss.new_user:
+        try:
+            ns.write_id_maps(child, nss)
+        except OSError as e:
+            raise EngineError("fork", f"cannot write the id maps of {child}: {e}") from None
+    if prepare is not None:
+        prepare(child)
 
 
 def _check_errors(err_r: int) -> None:
@@ -584,7 +639,13 @@ def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
             _check_errors(err_r)
             raise EngineError("fork", f"task {pid} could not be seized: {e.strerror}") \
                 from None
-    os.write(go_w, b"g" * len(tree.live))
+    try:
+        os.write(go_w, b"g" * len(tree.live))
+    except BrokenPipeError:
+        # Every task exited after it was seized (a set-up that failed, e.g. the root's
+        # opening of the files): its report, written before it exited, says why.
+        _check_errors(err_r)
+        raise EngineError("fork", "every new task exited before it was set up") from None
     for pid in tree.live:
         _wait_sigstop(tree.real[pid], err_r, deadline)
     for t in tree.tasks:

@@ -263,6 +263,43 @@ int test_child_verdict(const char *file, int line, pid_t pid, bool stop, int tim
 #define wait_child_verdict(pid, timeout_ms) \
 	test_child_verdict(__FILE__, __LINE__, pid, false, timeout_ms)
 
+/* ---- POSIX message queues ---------------------------------------------------------------- */
+
+#define TEST_MQ_MAX 8		/* messages a test queue holds at most */
+#define TEST_MQ_MSGSIZE 128	/* the largest mq_msgsize of a test queue */
+
+/* A queue: its limits, mode, and messages (priority, size) in the order sent; `order`
+ * lists them in the order a receive gives them back. */
+struct test_mq {
+	char name[64];
+	long maxmsg, msgsize;
+	int mode;
+	int count;
+	unsigned int prios[TEST_MQ_MAX];
+	size_t sizes[TEST_MQ_MAX];
+	int order[TEST_MQ_MAX];
+};
+
+/*
+ * Make queue "/zdtm-mq-PID-TAG" with q's limits and exact mode, send its messages (each
+ * filled from its own seed), and return a description of it opened with `flags` (for
+ * O_RDWR the maker's own); -1 after logging why.
+ */
+int test_mq_make(struct test_mq *q, const char *tag, int flags);
+int test_mq_check_link(const char *file, int line, const struct test_mq *q, int fd,
+		       bool unlinked);
+int test_mq_check_fd(const char *file, int line, const struct test_mq *q, int fd, int flags,
+		     long curmsgs);
+int test_mq_check_messages(const char *file, int line, const struct test_mq *q, int fd);
+/* After restore: fd links to the queue's name (" (deleted)" when unlinked). */
+#define check_mq_link(q, fd, unlinked) test_mq_check_link(__FILE__, __LINE__, q, fd, unlinked)
+/* fd's access mode and O_NONBLOCK are `flags`, the queue's limits, mode, owner are q's and
+ * it holds curmsgs messages. */
+#define check_mq_fd(q, fd, flags, curmsgs) \
+	test_mq_check_fd(__FILE__, __LINE__, q, fd, flags, curmsgs)
+/* Receiving through fd gives back every message of q in order, then nothing. */
+#define check_mq_messages(q, fd) test_mq_check_messages(__FILE__, __LINE__, q, fd)
+
 /* ---- threads --------------------------------------------------------------------------- */
 
 /*
