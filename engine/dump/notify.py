@@ -14,13 +14,14 @@ import ctypes
 import fcntl
 import os
 import struct
+from collections.abc import Iterator
 
 from engine.errors import EngineError
 from engine.images.fdkinds import FanotifyMark, FanotifyState, InotifyWatch
 from engine.kernel import sys as ksys
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
-from engine.proc import anonfd, mountinfo
+from engine.proc import anonfd, fdinfo, mountinfo
 from engine.proc.fdinfo import FdInfo
 
 
@@ -95,6 +96,7 @@ def path_of_handle(pid: int, h: anonfd.Handle, mounts: list[mountinfo.Mount]) ->
 #: the search for an inode by number looks this deep under each start, at this many entries
 _SEARCH_DEPTH = 3
 _SEARCH_BUDGET = 20000
+_WATCH_BATCH = 256
 
 
 def _search_starts(pid: int) -> list[str]:
@@ -111,33 +113,73 @@ def _search_starts(pid: int) -> list[str]:
     return list(dict.fromkeys(starts))
 
 
-def search_inode(pid: int, kdev: int, ino: int) -> str | None:
-    """The path, in the task's root, of inode `ino` of device `kdev`, looked for breadth
-    first (no symlink followed) under the task's cwd and its open files' directories."""
+def _candidates(pid: int) -> Iterator[str]:
+    """Paths in the task's root, breadth first (no symlink followed) from each start."""
     root = f"/proc/{pid}/root"
     budget = _SEARCH_BUDGET
     level = _search_starts(pid)
-    for start in level:
-        if _is(_stat_in_root(pid, start), kdev, ino):
-            return start
+    yield from level
     for _ in range(_SEARCH_DEPTH):
         below = []
         for d in level:
             try:
-                entries = list(os.scandir(root + d))
+                entries = list(os.scandir(root + d))[:budget]
             except OSError:
                 continue
-            for e in entries[:budget]:
+            budget -= len(entries)
+            for e in entries:
                 path = os.path.join(d, e.name)
-                if _is(_stat_in_root(pid, path), kdev, ino):
-                    return path
+                yield path
                 if e.is_dir(follow_symlinks=False):
                     below.append(path)
-            budget -= min(len(entries), budget)
             if not budget:
-                return None
+                return
         level = below
-    return None
+
+
+def search_inode(pid: int, kdev: int, ino: int) -> str | None:
+    """The path, in the task's root, of inode `ino` of device `kdev` as inotify names it,
+    looked for under the task's cwd and its open files' directories. Candidates are
+    compared by a watch of the engine's own (the kernel's inode and device, as in the
+    task's fdinfo): stat() may show another pair, overlayfs gives a file its upper layer's."""
+    root = f"/proc/{pid}/root"
+    fd = _inotify_init()
+    try:
+        batch: dict[int, str] = {}
+        for path in _candidates(pid):
+            wd = _watch(fd, root + path)
+            if wd >= 0:
+                batch[wd] = path
+            if len(batch) >= _WATCH_BATCH:
+                found = _match(fd, batch, kdev, ino)
+                if found is not None:
+                    return found
+                batch = {}
+        return _match(fd, batch, kdev, ino) if batch else None
+    finally:
+        os.close(fd)
+
+
+def _inotify_init() -> int:
+    return syscall(uapi.SYS_inotify_init1, uapi.O_CLOEXEC)
+
+
+def _watch(fd: int, path: str) -> int:
+    """A watch on `path` itself (not a symlink's target), or -1 where none can be set."""
+    try:
+        name = ctypes.create_string_buffer(os.fsencode(path))
+        return syscall(uapi.SYS_inotify_add_watch, fd, name, uapi.IN_ATTRIB | uapi.IN_DONT_FOLLOW)
+    except OSError:
+        return -1
+
+
+def _match(fd: int, batch: dict[int, str], kdev: int, ino: int) -> str | None:
+    """The path of the watch in `batch` on inode (kdev, ino); every watch is removed."""
+    marks = anonfd.inotify(fdinfo.read_fd(os.getpid(), fd).extra)
+    for m in marks:
+        syscall(uapi.SYS_inotify_rm_watch, fd, m.wd)
+    return next((batch[m.wd] for m in marks
+                 if (m.handle.dev, m.handle.ino) == (kdev, ino) and m.wd in batch), None)
 
 
 def _path(pid: int, fd: int, h: anonfd.Handle, mounts: list[mountinfo.Mount],

@@ -991,3 +991,7 @@ SEMVMX = 32767  # a semaphore's largest value
 MSG_COPY = 0o40000  # msgrcv: copy message number msgtyp, do not dequeue it
 HUGETLBFS_MAGIC = 0x958458F6
 MQUEUE_MAGIC = 0x19800202
+
+# inotify (linux/inotify.h): the watch the engine sets to learn an inode's identity
+IN_ATTRIB = 0x00000004
+IN_DONT_FOLLOW = 0x02000000
