@@ -225,8 +225,7 @@ class _Opener:
         assert rec.pipe_ino is not None
         if rec.pipe_ino not in self.pipes:
             r, w = os.pipe()
-            if rec.pipe_size and fcntl.fcntl(w, uapi.F_GETPIPE_SZ) != rec.pipe_size:
-                fcntl.fcntl(w, uapi.F_SETPIPE_SZ, rec.pipe_size)
+            _set_pipe_size(w, rec)
             self._fill(w, rec)
             self.pipes[rec.pipe_ino] = (move_above(r, self.floor), move_above(w, self.floor))
         r, w = self.pipes[rec.pipe_ino]
@@ -247,6 +246,7 @@ class _Opener:
         if rec.pipe_ino not in self.fifo_helpers:
             # An O_RDWR helper keeps both sides open, so the real opens never block.
             helper = os.open(rec.path, os.O_RDWR | os.O_NONBLOCK)
+            _set_pipe_size(helper, rec)
             self._fill(helper, rec)
             self.fifo_helpers[rec.pipe_ino] = move_above(helper, self.floor)
         fd = os.open(rec.path, self._flags(rec) | os.O_NONBLOCK)
@@ -264,6 +264,12 @@ class _Opener:
         except BlockingIOError:
             raise EngineError("files", f"pipe {rec.pipe_ino}: saved data does not fit "
                                        f"the pipe") from None
+
+
+def _set_pipe_size(fd: int, rec: FileRecord) -> None:
+    """Give a new pipe (or FIFO) the dumped capacity, before its data is written."""
+    if rec.pipe_size and fcntl.fcntl(fd, uapi.F_GETPIPE_SZ) != rec.pipe_size:
+        fcntl.fcntl(fd, uapi.F_SETPIPE_SZ, rec.pipe_size)
 
 
 def _create(path: str, owner: tuple[int, int] | None) -> int:
