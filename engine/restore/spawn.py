@@ -363,10 +363,16 @@ class Tree:
 
     def ours(self, pid: int) -> bool:
         """True when task `pid` (dumped pid) exists and is the one we created: its parent
-        is the one we made it from, or us (the subreaper) after its parent died."""
+        is a task of the tree (the one we made it from, or, once that one died, the pid
+        namespace's init or a subreaper of the tree), or us (the subreaper)."""
         real = self.real.get(pid)
-        parent = self._expected_parent(pid)
-        return real is not None and parent is not None and self._child_of(real, parent)
+        if real is None or self._expected_parent(pid) is None:
+            return False
+        try:
+            ppid = read_stat(real).ppid
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return ppid == os.getpid() or ppid != real and ppid in self.real.values()
 
     def kill_all(self, timeout: float = 10.0) -> None:
         """SIGKILL every task of the tree that exists and is ours, and reap them (we are
