@@ -185,6 +185,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         lap("memory")
         try:
             fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
+            cwds = {p.pid: dfiles.dump_cwd(table, p.pid) for p in procs}
             table.check_complete({p.pid for p in procs})
             _check_fd_room(fds, len(table.files) + len(shmem_entries))
         finally:
@@ -193,7 +194,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         lap("files")
         rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \
             else None
-        inv = _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent)
+        inv = _write(img, frozen, state, fds, cwds, table, shmem_entries, kind, rel_parent)
         stats.tasks = len(frozen.procs)
         stats.threads = sum(len(s.threads) for s in state.values())
         if defer is None:
@@ -438,7 +439,7 @@ def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
 
 
 def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
-           fds: dict[int, list[FdEntry]], table: dfiles.FileTable,
+           fds: dict[int, list[FdEntry]], cwds: dict[int, int | None], table: dfiles.FileTable,
            shmem_entries: list[ShmemEntry], kind: str, parent: str | None) -> Inventory:
     """Every record but the inventory, which is returned (written last by _finish)."""
     entries = []
@@ -470,7 +471,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             child_subreaper=st.injected.child_subreaper, itimers=st.injected.itimers,
             posix_timers=st.injected.posix_timers, thp_disable=st.injected.thp_disable,
             oom_score_adj=tasks.oom_score_adj(p.pid), dumpable=st.injected.dumpable,
-            ctty=tty, ctty_pgrp=tty_pgrp,
+            ctty=tty, ctty_pgrp=tty_pgrp, cwd_file=cwds[p.pid],
         )
         img.write_json(names.core(p.pid), core)
         img.write_json(names.mm(p.pid), st.mm)

@@ -49,6 +49,8 @@ class FileTable:
     # our copies of files found in flight in unix sockets: kept open for kcmp until the end
     _own: list[int] = field(default_factory=list)
     _recording: set[tuple[int, int]] = field(default_factory=set)  # sockets being peeked
+    # removed working directories no fd is on: (st_dev, st_ino) -> file id
+    _removed_dirs: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def check_complete(self, pids: set[int]) -> None:
         """After every task: what only the whole tree can tell (socket peers and the
@@ -166,6 +168,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             rec.deleted = True
             path = path[: -len(_DELETED)]
         rec.path = path
+        if rec.deleted and not info.target.startswith(_MEMFD):
+            _removed(rec, pid, f"task {pid} fd {info.fd}", f"/proc/{pid}/fd/{info.fd}", st)
     if kind in ("reg", "dir"):
         rec.pos = info.pos
     if kind == "reg":
@@ -176,9 +180,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             rec.shmem_id = names.shmem_id(st.st_ino)
         elif rec.deleted:
             rec.content = names.file_content(fid)
-            rec.uid, rec.gid = st.st_uid, st.st_gid
-            rec.atime_ns, rec.mtime_ns = st.st_atime_ns, st.st_mtime_ns
-            rec.extents = _save_file(img, pid, info.fd, rec.content, st.st_size)
+            rec.extents = _save_file(img, f"/proc/{pid}/fd/{info.fd}", f"{pid}/{info.fd}",
+                                     rec.content, st.st_size)
     if "lock" in info.extra:
         rec.locks = _locks(pid, info)
     if kind == "anon_inode":
@@ -194,6 +197,62 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             table._pipe_sizes[st.st_ino] = _save_pipe(img, pid, info.fd, rec.content)
         rec.pipe_size = table._pipe_sizes[st.st_ino]
     return rec
+
+
+def _removed(rec: FileRecord, pid: int, what: str, link: str, st: os.stat_result) -> None:
+    """A removed file, directory, symlink or FIFO in use (`link`: a /proc magic link to
+    it): restore makes it again at its path and removes it, so its attributes (and a
+    symlink's target) are kept. Refused: a removed device node (making one needs a
+    privilege a user namespace lacks; no such case is supported), and an object whose
+    directory is gone too (there is no path to make it at)."""
+    assert rec.path is not None
+    if rec.type in ("chr", "blk"):
+        raise EngineError("files", f"{what}: cannot dump the removed device node {rec.path}: "
+                                   "not supported by this engine")
+    parent = os.path.dirname(rec.path)
+    if not rec.path.startswith("/") or not os.path.isdir(f"/proc/{pid}/root{parent}"):
+        raise EngineError("files", f"{what}: cannot dump the removed {rec.type} {rec.path}: "
+                                   f"its directory {parent} is gone too, so restore could "
+                                   "not make it again")
+    rec.uid, rec.gid = st.st_uid, st.st_gid
+    rec.atime_ns, rec.mtime_ns = st.st_atime_ns, st.st_mtime_ns
+    if rec.type == "symlink":
+        try:
+            fd = os.open(link, os.O_PATH | os.O_CLOEXEC)  # the link itself, not followed
+            try:
+                rec.target = os.readlink("", dir_fd=fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise EngineError("files", f"{what}: cannot read the removed symlink "
+                                       f"{rec.path}: {e.strerror}") from None
+
+
+def dump_cwd(table: FileTable, pid: int) -> int | None:
+    """The file id of task `pid`'s working directory when it was removed ("<path>
+    (deleted)" in /proc), else None: a removed directory an fd of the tree is on (same
+    inode), or a new record of it."""
+    link = f"/proc/{pid}/cwd"
+    try:
+        target = os.readlink(link)
+        st = os.stat(link)
+    except OSError as e:
+        raise EngineError("files", f"task {pid}: cannot read its cwd: {e.strerror}") from None
+    if not target.endswith(_DELETED) or st.st_nlink != 0:
+        return None
+    key = (st.st_dev, st.st_ino)
+    for held, _, _ in table._by_inode.get(key, []):
+        if table.files[held].type == "dir" and table.files[held].deleted:
+            return held
+    if key not in table._removed_dirs:
+        rec = FileRecord(id=len(table.files), type="dir",
+                         flags=uapi.O_PATH | uapi.O_DIRECTORY, path=target[: -len(_DELETED)],
+                         deleted=True, mode=st.st_mode, dev=st.st_dev, inode=st.st_ino,
+                         link=target)
+        _removed(rec, pid, f"task {pid} cwd", link, st)
+        table.files.append(rec)
+        table._removed_dirs[key] = rec.id
+    return table._removed_dirs[key]
 
 
 def _locks(pid: int, info: FdInfo) -> list[LockRecord]:
@@ -257,14 +316,14 @@ def _new_file(img: ImageDir, table: FileTable, pid: int, info: FdInfo,
     return rec
 
 
-def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> list[list[int]]:
-    """Copy the data extents of an unlinked file (reopened through the fd link: a
-    description of our own, so the task's offset is untouched) into the image, back to
-    back; returns the extents (holes stay holes when restored)."""
+def _save_file(img: ImageDir, link: str, what: str, name: str, size: int) -> list[list[int]]:
+    """Copy the data extents of an unlinked file (reopened through `link`, a /proc magic
+    link: a description of our own, so the task's offset is untouched) into the image,
+    back to back; returns the extents (holes stay holes when restored)."""
     try:
-        src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        src = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise EngineError("files", f"cannot reopen unlinked file {pid}/{fd}: "
+        raise EngineError("files", f"cannot reopen unlinked file {what}: "
                                    f"{e.strerror}") from None
     out = img.create_file(name)
     try:
@@ -274,11 +333,11 @@ def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> list[l
             while pos < end:
                 n = os.sendfile(out, src, pos, end - pos)
                 if n == 0:
-                    raise EngineError("files", f"unlinked file {pid}/{fd}: read {pos} of "
+                    raise EngineError("files", f"unlinked file {what}: read {pos} of "
                                                f"{size} bytes")
                 pos += n
     except OSError as e:
-        raise EngineError("files", f"unlinked file {pid}/{fd}: {e.strerror}") from None
+        raise EngineError("files", f"unlinked file {what}: {e.strerror}") from None
     finally:
         os.close(src)
         os.close(out)

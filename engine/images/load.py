@@ -126,6 +126,11 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
         for fde in core.fds:
             if fde.file_id not in by_id:
                 raise ImageError(where, f"fd {fde.fd} refers to unknown file {fde.file_id}")
+        if core.cwd_file is not None and not (
+                core.cwd_file in by_id and by_id[core.cwd_file].type == "dir"
+                and by_id[core.cwd_file].deleted):
+            raise ImageError(where, f"cwd_file {core.cwd_file} is not a removed directory "
+                                    "of files.json")
         for th in core.threads:
             if th.xstate is not None:
                 _check_xstate(d, th.xstate, th.tid, where)

@@ -493,10 +493,14 @@ class TaskCore:
     dumpable: int = 1  # PR_GET_DUMPABLE (0 or 1; the kernel clears it when ids change)
     ctty: str | None = None  # path of the controlling terminal, if any
     ctty_pgrp: int = 0  # its foreground process group (0: none, or led from outside)
+    # a removed working directory ("<path> (deleted)" in `cwd`): the files.json record
+    # (a removed directory) the task goes back into
+    cwd_file: int | None = None
 
     def validate(self) -> None:
         """Check ids, state, the umask and that fd numbers are unique."""
         _check(_is_pid(self.pid), "pid out of range")
+        _check(self.cwd_file is None or self.cwd_file >= 0, f"bad cwd_file {self.cwd_file}")
         _check(_is_pid(self.ctty_pgrp, zero_ok=True), f"bad ctty_pgrp {self.ctty_pgrp}")
         _check(0 <= self.thp_disable <= 3, f"bad thp_disable {self.thp_disable}")
         _check(-1000 <= self.oom_score_adj <= 1000, f"bad oom_score_adj {self.oom_score_adj}")
@@ -631,7 +635,9 @@ class FileRecord:
     Type-specific fields: reg/dir/chr/blk/fifo have `path`; reg has `pos`; an unlinked
     regular file has `deleted` and its content in `content` (a file name in the image
     dir); pipes and fifos have `pipe_ino` and, for the unread data of the pipe (stored once
-    per pipe, not per end), `content`; chr/blk have `rdev`.
+    per pipe, not per end), `content`; chr/blk have `rdev`. A removed directory, symlink
+    or FIFO has `deleted` too (restore makes it again and removes it), a removed symlink
+    its `target`.
     """
 
     id: int
@@ -660,6 +666,7 @@ class FileRecord:
     atime_ns: int = 0
     mtime_ns: int = 0
     extents: list[list[int]] | None = None
+    target: str | None = None  # a removed symlink: what it points to
     # anon_inode kinds: exactly one of these (engine.images.fdkinds)
     eventfd: EventfdState | None = None
     signalfd: SignalfdState | None = None
@@ -694,6 +701,11 @@ class FileRecord:
             _check(bool(self.path), f"file {self.id}: {self.type} without path")
         if self.type == "pipe":
             _check(self.pipe_ino is not None, f"file {self.id}: pipe without inode")
+        if self.deleted and self.type in ("dir", "symlink", "fifo"):
+            _check(bool(self.path) and (self.type != "symlink" or bool(self.target)),
+                   f"file {self.id}: removed {self.type} without path or target")
+        _check(self.target is None or self.type == "symlink" and "\0" not in self.target,
+               f"file {self.id}: bad target")
         if self.content is not None:
             _check(_safe_name(self.content), f"file {self.id}: bad content file name")
         kinds = [k for k in (self.eventfd, self.signalfd, self.timerfd, self.epoll,

@@ -50,8 +50,7 @@ class FilesPlan:
         """Translate the owners of recreated files into the tasks' user namespace (the
         root task creates them there); an unmapped id fails before any task exists."""
         for rec in self.files.values():
-            if rec.type == "reg" and rec.deleted and rec.content is not None \
-                    or rec.unix is not None and rec.unix.name[:1] not in ("", "\0") \
+            if recreated(rec) or rec.unix is not None and rec.unix.name[:1] not in ("", "\0") \
                     or rec.pty is not None:
                 self.owners[rec.id] = (uid(rec.uid), gid(rec.gid))
 
@@ -74,6 +73,8 @@ class FilesPlan:
                                            f"{rec.path} has no saved content")
             self._take(image, rec)
             self.max_fd = max(self.max_fd, fde.fd)
+        if core.cwd_file is not None:
+            self._take(image, by_id[core.cwd_file])  # a removed cwd: fchdir'ed into
         self.epolls.add_task(core.pid, core.fds, by_id)
         self.pids.add(core.pid)
 
@@ -119,10 +120,12 @@ class _Opener:
         self.pipes: dict[int, tuple[int, int]] = {}  # pipe_ino -> (read end, write end)
         self.ends_used: set[tuple[int, int]] = set()  # (pipe_ino, end) given to a description
         self.unlinked: dict[tuple[int, int], int] = {}  # (dev, inode) -> fd on the new file
+        # (dev, inode) -> where a removed directory, symlink or FIFO was made again
+        self.remade: dict[tuple[int, int], str] = {}
         self.fifo_helpers: dict[int, int] = {}  # pipe_ino -> O_RDWR fd keeping it open
-        # recreated unlinked files (path, name it was made at when the path was taken),
-        # unlinked once every description is open
-        self.to_unlink: list[tuple[str, str | None]] = []
+        # recreated unlinked files (path, name it was made at when the path was taken,
+        # a directory?), removed once every description is open
+        self.to_unlink: list[tuple[str, str | None, bool]] = []
         self.socks = unixsk.Sockets(plan.files, plan.contents, plan.owners, floor)
         self.repaired: list[int] = []  # file ids of TCP connections still in repair mode
 
@@ -169,6 +172,8 @@ class _Opener:
             fd = os.open(f"/proc/self/fd/{self.memfds[rec.shmem_id]}", self._flags(rec))
         elif rec.type == "reg" and rec.deleted:
             fd = self._unlinked(rec)
+        elif rec.deleted:  # a removed directory or symlink
+            fd = os.open(self._remade(rec), self._flags(rec))
         else:
             assert rec.path is not None
             fd = os.open(rec.path, self._flags(rec))
@@ -195,16 +200,36 @@ class _Opener:
             owner = self.plan.owners.get(rec.id)
             try:
                 tmp = _create(rec.path, owner)
-                self.to_unlink.append((rec.path, None))
+                self.to_unlink.append((rec.path, None, False))
             except FileExistsError:
                 # A new file took the name: recreate beside it; open_all swaps the two
                 # names, so the old file's dentry still has the old name.
-                aside = f"{rec.path}.restored-{os.getpid()}"
+                aside = _aside(rec.path)
                 tmp = _create(aside, owner)
-                self.to_unlink.append((rec.path, aside))
+                self.to_unlink.append((rec.path, aside, False))
             self._fill_file(tmp, rec)
             self.unlinked[key] = move_above(tmp, self.floor)
         return os.open(f"/proc/self/fd/{self.unlinked[key]}", self._flags(rec))
+
+    def _remade(self, rec: FileRecord) -> str:
+        """Where a removed directory, symlink or FIFO is made again (at its path, or
+        beside a new object that took the name, as for unlinked files), with its owner,
+        mode and times; removed again once every description is open."""
+        assert rec.path is not None
+        key = (rec.dev, rec.inode)
+        if key not in self.remade:
+            owner = self.plan.owners.get(rec.id)
+            where = rec.path
+            try:
+                _make_node(rec, where, owner)
+                self.to_unlink.append((rec.path, None, rec.type == "dir"))
+            except FileExistsError:
+                where = _aside(rec.path)
+                _make_node(rec, where, owner)
+                self.to_unlink.append((rec.path, where, rec.type == "dir"))
+            _node_attrs(where, rec, chown=owner is None)
+            self.remade[key] = where
+        return self.remade[key]
 
     def _fill_file(self, fd: int, rec: FileRecord) -> None:
         data = memoryview(self.plan.contents[rec.id])
@@ -243,13 +268,14 @@ class _Opener:
 
     def _fifo_end(self, rec: FileRecord) -> int:
         assert rec.path is not None and rec.pipe_ino is not None
+        path = self._remade(rec) if rec.deleted else rec.path
         if rec.pipe_ino not in self.fifo_helpers:
             # An O_RDWR helper keeps both sides open, so the real opens never block.
-            helper = os.open(rec.path, os.O_RDWR | os.O_NONBLOCK)
+            helper = os.open(path, os.O_RDWR | os.O_NONBLOCK)
             _set_pipe_size(helper, rec)
             self._fill(helper, rec)
             self.fifo_helpers[rec.pipe_ino] = move_above(helper, self.floor)
-        fd = os.open(rec.path, self._flags(rec) | os.O_NONBLOCK)
+        fd = os.open(path, self._flags(rec) | os.O_NONBLOCK)
         self._set_status_flags(fd, rec)
         return fd
 
@@ -264,6 +290,45 @@ class _Opener:
         except BlockingIOError:
             raise EngineError("files", f"pipe {rec.pipe_ino}: saved data does not fit "
                                        f"the pipe") from None
+
+
+def recreated(rec: FileRecord) -> bool:
+    """Whether restore makes the file of `rec` again (and removes it): an unlinked
+    regular file with saved content, a removed directory, symlink or FIFO."""
+    return rec.deleted and (rec.type == "reg" and rec.content is not None
+                            or rec.type in ("dir", "symlink", "fifo"))
+
+
+def _aside(path: str) -> str:
+    """Where a removed object is made again when a new one took its name."""
+    return f"{path}.restored-{os.getpid()}"
+
+
+def _make_node(rec: FileRecord, path: str, owner: tuple[int, int] | None) -> None:
+    """Make the removed directory, symlink or FIFO of `rec` at path (by a thread with
+    the owner's fs ids in a user namespace, as _create)."""
+    def make() -> None:
+        if rec.type == "dir":
+            os.mkdir(path, 0o700)
+        elif rec.type == "symlink":
+            assert rec.target is not None
+            os.symlink(rec.target, path)
+        else:
+            os.mkfifo(path, 0o600)
+    if owner is None:
+        make()
+    else:
+        as_fs_owner(owner, make)
+
+
+def _node_attrs(path: str, rec: FileRecord, chown: bool) -> None:
+    """Owner (unless made by the owner), mode (a symlink has none) and times."""
+    if chown:
+        os.chown(path, rec.uid, rec.gid, follow_symlinks=False)
+    if rec.type != "symlink":
+        os.chmod(path, rec.mode & 0o7777)  # after chown, which clears set-id bits
+    if rec.mtime_ns:
+        os.utime(path, ns=(rec.atime_ns, rec.mtime_ns), follow_symlinks=False)
 
 
 def _set_pipe_size(fd: int, rec: FileRecord) -> None:
@@ -308,25 +373,27 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
     except OSError as e:
         raise EngineError("files", f"unix sockets: {e.strerror}") from None
     inetsk.finish([(by_file[fid], plan.files[fid]) for fid in opener.repaired])
-    for path, aside in opener.to_unlink:
+    for path, aside, is_dir in opener.to_unlink:
         try:
-            _unlink(path, aside)
+            _unlink(path, aside, is_dir)
         except OSError as e:
             raise EngineError("files", f"unlinking the recreated {path}: {e.strerror}") \
                 from None
     return by_file
 
 
-def _unlink(path: str, aside: str | None) -> None:
-    """Unlink the recreated file; made at `aside` because a new file holds `path`, it first
-    swaps names with that file (renameat2 RENAME_EXCHANGE), which then gets its name back."""
+def _unlink(path: str, aside: str | None, is_dir: bool) -> None:
+    """Unlink the recreated file (rmdir a directory); made at `aside` because a new file
+    holds `path`, it first swaps names with that file (renameat2 RENAME_EXCHANGE), which
+    then gets its name back."""
+    remove = os.rmdir if is_dir else os.unlink
     if aside is None:
-        os.unlink(path)
+        remove(path)
         return
     old = ctypes.create_string_buffer(os.fsencode(aside))
     new = ctypes.create_string_buffer(os.fsencode(path))
     syscall(uapi.SYS_renameat2, uapi.AT_FDCWD, old, uapi.AT_FDCWD, new, _RENAME_EXCHANGE)
-    os.unlink(path)
+    remove(path)
     os.rename(aside, path)
 
 

@@ -226,7 +226,8 @@ class TreeRestorer:
                                            list(core.fds), core.cwd, core.umask, core.limits,
                                            comm=core.comm, zombie_status=status,
                                            set_tid=tids, fixed_pid=fixed,
-                                           ctty=core.ctty if core.sid == core.pid else None)
+                                           ctty=core.ctty if core.sid == core.pid else None,
+                                           cwd_file=core.cwd_file)
         fplan.check()
         if self.ns is not None and self.ns.new_user:
             fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)

@@ -62,6 +62,7 @@ class TaskSetup:
     fixed_pid: bool = True  # set_tid reaches the engine's pid ns (the real pid is `pid`)
     zombie_status: int | None = None  # wait status of a dumped zombie
     ctty: str | None = None  # a session leader's controlling terminal, taken after setsid
+    cwd_file: int | None = None  # a removed cwd: the file id of its description (fchdir)
     children: list[TaskSetup] = field(default_factory=list)
     # siblings in this task's session that its parent cannot create (not in the parent's
     # session, not leading their own): this task creates them with CLONE_PARENT
@@ -237,10 +238,13 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
         if t.zombie_status is not None:
             _exit_as(t.zombie_status)
         fault_point("files")
+        if t.cwd_file is not None:
+            os.fchdir(by_file[t.cwd_file])  # before place() closes the description
         files.place(tree.files, t.pid, t.fds, by_file, ctl)
         start, end = tree.region
         ksys.mmap(start, end - start, _REGION_PROT, _REGION_FLAGS)
-        os.chdir(t.cwd)
+        if t.cwd_file is None:
+            os.chdir(t.cwd)
         os.umask(t.umask)
         _set_limits(t.limits)
         if os.read(go_r, 1) != b"g":
