@@ -67,6 +67,19 @@ HOLDERS = {
         ("import socket, tempfile; d = tempfile.mkdtemp(); s = socket.socket(socket.AF_UNIX); "
          "s.bind(d + '/s'); os.unlink(d + '/s'); os.rmdir(d)"),
         "whose socket file was removed or replaced"),
+    "removed device node": (
+        ("import stat, tempfile; d = tempfile.mkdtemp(); "
+         "os.mknod(d + '/n', 0o600 | stat.S_IFCHR, os.makedev(1, 3)); "
+         "s = os.open(d + '/n', os.O_RDONLY); os.unlink(d + '/n'); os.rmdir(d)"),
+        "cannot dump the removed device node"),
+    "unlinked file whose directory is gone": (
+        ("import tempfile; d = tempfile.mkdtemp(); "
+         "s = os.open(d + '/f', os.O_CREAT | os.O_RDWR); os.unlink(d + '/f'); os.rmdir(d)"),
+        "is gone too, so restore could not make it again"),
+    "cwd in a directory whose parent is gone": (
+        ("import tempfile; d = tempfile.mkdtemp(); os.mkdir(d + '/sub'); "
+         "os.chdir(d + '/sub'); os.rmdir(d + '/sub'); os.rmdir(d)"),
+        "cwd: cannot dump the removed dir"),
     "file with a path in flight": (("import socket; a, b = socket.socketpair(); "
                                    "f = os.open('/dev/null', 0); "
                                    "socket.send_fds(a, [b'x'], [f]); os.close(f)"),

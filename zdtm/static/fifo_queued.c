@@ -5,10 +5,12 @@
  * - "b": its reader closed after data was queued: only a writer (O_WRONLY) is left;
  * - "c": only an O_RDWR description, the pipe grown to 1 MiB (F_SETPIPE_SZ) and holding
  *   192 KiB, three times what a pipe of the default size can queue;
- * - "d": a reader (O_RDONLY, blocking) inherited by a child, whose writer is the parent.
- * After restore every fd is on the same FIFO (same path, same inode as the path's), with
- * its flags; the queued data reads back once and in order, "c" is still 1 MiB, and the
- * descriptions of one FIFO are still one pipe (a write on one reads on the other).
+ * - "d": a reader (O_RDONLY, blocking) inherited by a child, whose writer is the parent;
+ * - "e": a reader and a writer with data queued, then the FIFO was removed (unlinked).
+ * After restore every fd is on the same FIFO (same path, same inode as the path's; "e"
+ * still removed, its fds reading "<path> (deleted)"), with its flags; the queued data
+ * reads back once and in order, "c" is still 1 MiB, and the descriptions of one FIFO are
+ * still one pipe (a write on one reads on the other).
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -30,9 +32,11 @@ TEST_NEEDS_DIRNAME();
 #define C_LEN (192 << 10)
 #define C_SEED 0xf1f0c0deUL
 #define D_DATA "to the child"
+#define E_DATA "in a removed FIFO"
 
-static int a_r, a_w, a_rw, b_w, c_rw, d_w, d_r;
+static int a_r, a_w, a_rw, b_w, c_rw, d_w, d_r, e_r, e_w;
 static char path_a[PATH_MAX], path_b[PATH_MAX], path_c[PATH_MAX], path_d[PATH_MAX];
+static char path_e[PATH_MAX];
 
 static int mkfifo_at(char *path, const char *name)
 {
@@ -60,7 +64,7 @@ static int setup(void)
 	int b_r;
 
 	if (mkdir(test_dirname, 0700) || mkfifo_at(path_a, "a") || mkfifo_at(path_b, "b") ||
-	    mkfifo_at(path_c, "c") || mkfifo_at(path_d, "d"))
+	    mkfifo_at(path_c, "c") || mkfifo_at(path_d, "d") || mkfifo_at(path_e, "e"))
 		return -1;
 
 	a_r = open(path_a, O_RDONLY | O_NONBLOCK);
@@ -87,26 +91,35 @@ static int setup(void)
 	d_w = open(path_d, O_WRONLY);
 	if (d_r < 0 || d_w < 0 || fcntl(d_r, F_SETFL, 0))
 		return -1;
+
+	e_r = open(path_e, O_RDONLY | O_NONBLOCK);
+	e_w = open(path_e, O_WRONLY);
+	if (e_r < 0 || e_w < 0 || write(e_w, E_DATA, sizeof(E_DATA)) != sizeof(E_DATA) ||
+	    unlink(path_e))
+		return -1;
 	return 0;
 }
 
 static void check_fd(const char *what, int fd, const char *path, int flags)
 {
-	char proc[64], link[PATH_MAX], want[PATH_MAX];
+	char proc[64], link[PATH_MAX], want[PATH_MAX + 16];
+	bool removed = path == path_e;
 	struct stat st, pst;
 	int got = fcntl(fd, F_GETFL) & ~(KERNEL_O_LARGEFILE | O_CLOEXEC);
 	ssize_t n;
 
 	if (got != flags)
 		fail("%s: flags %#o, expected %#o", what, got, flags);
-	if (fstat(fd, &st) || stat(path, &pst) || !S_ISFIFO(st.st_mode) ||
-	    st.st_ino != pst.st_ino || st.st_dev != pst.st_dev)
-		fail("%s is no longer the FIFO at %s", what, path);
+	if (fstat(fd, &st) || !S_ISFIFO(st.st_mode))
+		fail("%s is no longer a FIFO", what);
+	else if (removed ? st.st_nlink != 0 : stat(path, &pst) || st.st_ino != pst.st_ino ||
+		 st.st_dev != pst.st_dev)
+		fail("%s is no longer the FIFO %s %s", what, removed ? "removed from" : "at", path);
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
 	n = readlink(proc, link, sizeof(link) - 1);
 	link[n < 0 ? 0 : n] = '\0';
 	/* test_dirname is relative to the work dir: compare the tail only */
-	snprintf(want, sizeof(want), "/%s", path);
+	snprintf(want, sizeof(want), "/%s%s", path, removed ? " (deleted)" : "");
 	if (n < (ssize_t)strlen(want) || strcmp(link + n - strlen(want), want))
 		fail("%s: the fd is now %s", what, link);
 }
@@ -161,6 +174,8 @@ int main(int argc, char **argv)
 	check_fd("b writer", b_w, path_b, O_WRONLY);
 	check_fd("c rdwr", c_rw, path_c, O_RDWR);
 	check_fd("d writer", d_w, path_d, O_WRONLY);
+	check_fd("e reader", e_r, path_e, O_RDONLY | O_NONBLOCK);
+	check_fd("e writer", e_w, path_e, O_WRONLY);
 
 	expect("a", a_r, A1 A2, sizeof(A1 A2));
 	if (read(a_r, buf, 1) != -1 || errno != EAGAIN)
@@ -177,6 +192,11 @@ int main(int argc, char **argv)
 		expect("b", b_r, B_DATA, sizeof(B_DATA));
 
 	check_c();
+
+	expect("e", e_r, E_DATA, sizeof(E_DATA));
+	if (write(e_w, "pong", 4) != 4)
+		fail_perror("e: write");
+	expect("e, written after restore", e_r, "pong", 4);
 
 	if (write(d_w, D_DATA, sizeof(D_DATA)) != sizeof(D_DATA))
 		fail_perror("d: write");
