@@ -14,12 +14,14 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.images import DumpImage
 from engine.images.fdkinds import LockRecord
+from engine.images.imgdir import CRC_CHUNK
 from engine.images.records import FdEntry, FileRecord, TaskCore
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
@@ -38,11 +40,34 @@ SUPPORTED_TYPES = ("reg", "dir", "chr", "blk", "pipe", "fifo", "anon_inode", "so
 
 
 @dataclass
+class SavedData:
+    """The saved data of an unlinked file, streamed from its image file into the new
+    file (it may be larger than memory), each MiB checked against the inventory's CRC32
+    as it is read. The image file is opened before the fork: the root task may no longer
+    reach the image directory by path (a new root), but it inherits the fd."""
+
+    fd: int
+    path: str
+    sums: list[int]  # CRC32 of each CRC_CHUNK piece
+
+    def chunks(self) -> Iterator[memoryview]:
+        """The data in CRC_CHUNK pieces, in order, each checked."""
+        buf = bytearray(CRC_CHUNK)
+        for i, want in enumerate(self.sums):
+            n = os.preadv(self.fd, [buf], i * CRC_CHUNK)
+            if n and zlib.crc32(memoryview(buf)[:n]) != want:
+                raise EngineError("files", f"{self.path}: checksum mismatch in the MiB at "
+                                           f"byte {i * CRC_CHUNK}: the file is damaged")
+            yield memoryview(buf)[:n]
+
+
+@dataclass
 class FilesPlan:
     """Every open file description the tree's tasks use, read before the fork."""
 
     files: dict[int, FileRecord] = field(default_factory=dict)
     contents: dict[int, bytes] = field(default_factory=dict)  # file id -> saved data
+    saved: dict[int, SavedData] = field(default_factory=dict)  # unlinked files' data
     max_fd: int = -1  # highest fd number of any task
     owners: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> ids as seen inside
 
@@ -82,12 +107,24 @@ class FilesPlan:
         """One description and its content, with the files in flight in its queue (a
         unix socket's), which no task holds and open_all opens all the same."""
         self.files[rec.id] = rec
-        if rec.content is not None and rec.id not in self.contents:
+        if rec.type == "reg" and rec.content is not None:
+            if rec.id not in self.saved:
+                self.saved[rec.id] = SavedData(image.dir.open_file(rec.content),
+                                               image.dir.file(rec.content),
+                                               image.dir.checksums[rec.content])
+        elif rec.content is not None and rec.id not in self.contents:
             self.contents[rec.id] = image.dir.read_bytes(rec.content)
         by_id = image.files.by_id()
         for fid in {f for ids in (rec.unix.rights if rec.unix else []) for f in ids}:
             if fid not in self.files and fid in by_id:
                 self._take(image, by_id[fid])
+
+    def close(self) -> None:
+        """Close the image files of saved data (the engine's copies: once the tree is
+        made, or when it could not be)."""
+        for d in self.saved.values():
+            os.close(d.fd)
+        self.saved.clear()
 
     def check(self) -> None:
         """Once every task is in: what needs the whole tree (epoll watches have a task to
@@ -232,14 +269,9 @@ class _Opener:
         return self.remade[key]
 
     def _fill_file(self, fd: int, rec: FileRecord) -> None:
-        data = memoryview(self.plan.contents[rec.id])
-        extents = rec.extents if rec.extents is not None else [[0, len(data)]]
+        extents = rec.extents if rec.extents is not None else [[0, rec.size]]
         os.ftruncate(fd, rec.size)
-        for start, end in extents:
-            chunk, data = data[:end - start], data[end - start:]
-            while chunk:
-                n = os.pwrite(fd, chunk, start)
-                chunk, start = chunk[n:], start + n
+        _write_extents(fd, self.plan.saved[rec.id], extents)
         if rec.id not in self.plan.owners:  # (in a user namespace: created as the owner)
             os.fchown(fd, rec.uid, rec.gid)
         os.fchmod(fd, (rec.mode & 0o7777) or 0o600)  # after chown, which clears set-id
@@ -290,6 +322,21 @@ class _Opener:
         except BlockingIOError:
             raise EngineError("files", f"pipe {rec.pipe_ino}: saved data does not fit "
                                        f"the pipe") from None
+
+
+def _write_extents(fd: int, saved: SavedData, extents: list[list[int]]) -> None:
+    """Write the saved data, back to back in the image, to its extents of the file."""
+    chunks = saved.chunks()
+    buf = memoryview(b"")
+    for start, end in extents:
+        while start < end:
+            if not buf:
+                buf = next(chunks, memoryview(b""))
+                if not buf:
+                    raise EngineError("files", f"{saved.path}: the data ends before its "
+                                               f"extent {start}-{end}")
+            n = os.pwrite(fd, buf[:end - start], start)
+            buf, start = buf[n:], start + n
 
 
 def recreated(rec: FileRecord) -> bool:

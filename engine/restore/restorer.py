@@ -206,8 +206,15 @@ class TreeRestorer:
         self.objfds: dict[str, int] = {}
 
     def _setup(self, window: layout.Window) -> spawn.TreeSetup:
-        inv = self.image.inventory
         fplan = files.FilesPlan()
+        try:
+            return self._plan(window, fplan)
+        except BaseException:
+            fplan.close()
+            raise
+
+    def _plan(self, window: layout.Window, fplan: files.FilesPlan) -> spawn.TreeSetup:
+        inv = self.image.inventory
         nodes: dict[int, spawn.TaskSetup] = {}
         pids = {t.pid for t in inv.tasks}
         for t in inv.tasks:
@@ -263,7 +270,10 @@ class TreeRestorer:
             setup = self._setup(window)
             self.objfds = setup.memfd_fds()
             with _timed(self.opts, "spawn"):
-                tree = spawn.spawn(setup, self.opts.timeout)
+                try:
+                    tree = spawn.spawn(setup, self.opts.timeout)
+                finally:
+                    setup.files.close()  # the root has copied what it needed
             self.tree = tree
             files_by_id = self.image.files.by_id()
             try:
