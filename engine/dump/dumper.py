@@ -186,6 +186,10 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         try:
             fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
             cwds = {p.pid: dfiles.dump_cwd(table, p.pid) for p in procs}
+            for p in procs:
+                mm = state[p.pid].mm
+                assert mm is not None
+                dfiles.dump_mapped(img, table, p.pid, mm.vmas)
             table.check_complete({p.pid for p in procs})
             _check_fd_room(fds, len(table.files) + len(shmem_entries))
         finally:
@@ -475,7 +479,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
         )
         img.write_json(names.core(p.pid), core)
         img.write_json(names.mm(p.pid), st.mm)
-    img.write_json(names.FILES, FilesImage(table.files))
+    img.write_json(names.FILES, FilesImage(table.files, table.mapped))
     unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
     return Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,
                      root_pid=frozen.root, tasks=entries, shmem=shmem_entries,

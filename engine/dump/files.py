@@ -22,7 +22,7 @@ from engine.errors import EngineError
 from engine.images import names
 from engine.images.fdkinds import LockRecord
 from engine.images.imgdir import ImageDir
-from engine.images.records import FdEntry, FileRecord
+from engine.images.records import FdEntry, FileRecord, MappedFile, Vma
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.proc import locks
@@ -51,6 +51,7 @@ class FileTable:
     _recording: set[tuple[int, int]] = field(default_factory=set)  # sockets being peeked
     # removed working directories no fd is on: (st_dev, st_ino) -> file id
     _removed_dirs: dict[tuple[int, int], int] = field(default_factory=dict)
+    mapped: list[MappedFile] = field(default_factory=list)  # unlinked files tasks map
 
     def check_complete(self, pids: set[int]) -> None:
         """After every task: what only the whole tree can tell (socket peers and the
@@ -167,6 +168,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         if path.endswith(_DELETED) and st.st_nlink == 0:
             rec.deleted = True
             path = path[: -len(_DELETED)]
+        elif path.endswith(_DELETED) and not path.startswith(_MEMFD):
+            _refuse_other_links(pid, f"task {pid} fd {info.fd}", path, st)
         rec.path = path
         if rec.deleted and not info.target.startswith(_MEMFD):
             _removed(rec, pid, f"task {pid} fd {info.fd}", f"/proc/{pid}/fd/{info.fd}", st)
@@ -197,6 +200,21 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             table._pipe_sizes[st.st_ino] = _save_pipe(img, pid, info.fd, rec.content)
         rec.pipe_size = table._pipe_sizes[st.st_ino]
     return rec
+
+
+def _refuse_other_links(pid: int, what: str, shown: str, st: os.stat_result) -> None:
+    """A file /proc shows as "<path> (deleted)" that still has links: the name it was
+    opened by was removed, and restore could not find its other names. (A file really
+    named so is at that path.)"""
+    try:
+        here = os.lstat(f"/proc/{pid}/root{shown}")
+        if (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
+            return
+    except OSError:
+        pass
+    raise EngineError("files", f"{what}: cannot dump {shown}: its name was removed and "
+                               f"it has {st.st_nlink} other link(s), which restore could not "
+                               "find: not supported by this engine")
 
 
 def _removed(rec: FileRecord, pid: int, what: str, link: str, st: os.stat_result) -> None:
@@ -253,6 +271,45 @@ def dump_cwd(table: FileTable, pid: int) -> int | None:
         table.files.append(rec)
         table._removed_dirs[key] = rec.id
     return table._removed_dirs[key]
+
+
+def dump_mapped(img: ImageDir, table: FileTable, pid: int, vmas: list[Vma]) -> None:
+    """The unlinked files task `pid` maps (after every fd of the tree is recorded): each
+    one listed once in table.mapped, with the record of an fd on the same file (which
+    holds its content) or a new record of its own with the content saved. The file is
+    opened through /proc/PID/map_files (the engine runs as root outside every
+    namespace of the tree)."""
+    known = {(m.dev, m.inode) for m in table.mapped}
+    for v in vmas:
+        if v.kind != "file" or not v.deleted or (v.dev or "", v.inode) in known:
+            continue
+        assert v.path is not None and v.dev is not None
+        what = f"task {pid} vma {v.start:#x}-{v.end:#x}"
+        link = f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
+        try:
+            st = os.stat(link)
+        except OSError as e:
+            raise EngineError("files", f"{what}: cannot open the unlinked file {v.path} it "
+                                       f"maps: {e.strerror}") from None
+        if st.st_nlink != 0:
+            raise EngineError("files", f"{what}: cannot dump a mapping of {v.path}{_DELETED}: "
+                                       f"the file still has {st.st_nlink} link(s) (its name "
+                                       "was removed, or it is named so), which restore could "
+                                       "not find: not supported by this engine")
+        fid = next((f for f, _, _ in table._by_inode.get((st.st_dev, st.st_ino), [])
+                    if table.files[f].type == "reg" and table.files[f].content is not None),
+                   None)
+        if fid is None:
+            rec = FileRecord(id=len(table.files), type="reg", flags=uapi.O_RDWR, path=v.path,
+                             deleted=True, mode=st.st_mode, dev=st.st_dev, inode=st.st_ino,
+                             size=st.st_size, link=f"{v.path}{_DELETED}")
+            _removed(rec, pid, what, link, st)
+            rec.content = names.file_content(rec.id)
+            rec.extents = _save_file(img, link, what, rec.content, st.st_size)
+            table.files.append(rec)
+            fid = rec.id
+        table.mapped.append(MappedFile(v.dev, v.inode, fid))
+        known.add((v.dev, v.inode))
 
 
 def _locks(pid: int, info: FdInfo) -> list[LockRecord]:

@@ -104,6 +104,7 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
             raise ImageError(where, f"parent: {err.message}") from None
     files = d.read_json(names.FILES, FilesImage)
     by_id = files.by_id()
+    mapped = {(m.dev, m.inode) for m in files.mapped}
     shmem_ids = {s.id for s in inv.shmem}
     for f in files.files:
         _check_file(d, f, shmem_ids)
@@ -142,6 +143,10 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
                 if v.shmem_id is not None and v.shmem_id not in shmem:
                     raise ImageError(d.file(names.mm(t.pid)),
                                      f"vma {v.start:#x}: unknown shmem {v.shmem_id}")
+                if v.kind == "file" and v.deleted and (v.dev, v.inode) not in mapped:
+                    raise ImageError(d.file(names.mm(t.pid)),
+                                     f"vma {v.start:#x}: the unlinked file {v.path} it maps "
+                                     "is not in files.json's mapped files")
             pm = d.read_pagemap(mm.pagemap)
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)

@@ -11,6 +11,7 @@ between tasks by id) even where the dumper only handles one task so far.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -47,6 +48,7 @@ VMA_KINDS = ("anon", "file", "shmem", "heap", "stack", "vdso", "vvar", "vsyscall
 SCHED_POLICIES = (0, 1, 2, 3, 5)  # OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is refused)
 FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "symlink",
               "other")  # symlink: an O_PATH|O_NOFOLLOW fd on the link itself
+_MAPS_DEV = re.compile(r"[0-9a-f]{2,}:[0-9a-f]{2,}")  # "MAJ:MIN" as /proc/PID/maps shows it
 
 
 #: user_regs_struct (engine.kernel.structs.UserRegs) field names: a thread's `regs` has
@@ -718,15 +720,47 @@ class FileRecord:
 
 
 @dataclass
-class FilesImage:
-    """files.json: every open file description of the dumped tree."""
+class MappedFile:
+    """An unlinked file some task maps: the `dev` ("MAJ:MIN", hex, as /proc/PID/maps
+    shows it) and `inode` of its VMAs, and the files.json record (an unlinked regular
+    file with its saved content) restore makes it again from."""
 
-    files: list[FileRecord]
+    dev: str
+    inode: int
+    file_id: int
 
     def validate(self) -> None:
-        """Ids unique."""
+        """A maps-style device, a positive inode, a file id."""
+        _check(_MAPS_DEV.fullmatch(self.dev) is not None, f"mapped file: bad dev {self.dev!r}")
+        _check(self.inode > 0 and self.file_id >= 0,
+               f"mapped file {self.dev} {self.inode}: bad inode or file id")
+
+
+def deleted_key(dev: str | None, inode: int) -> str:
+    """The name under which restore holds the file an unlinked-file VMA maps."""
+    return f"deleted-{dev}-{inode}"
+
+
+@dataclass
+class FilesImage:
+    """files.json: every open file description of the dumped tree, and the unlinked
+    files that are mapped (`mapped`: their records are among `files`)."""
+
+    files: list[FileRecord]
+    mapped: list[MappedFile] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Ids unique; each mapped file once, an unlinked regular file with content."""
         ids = [f.id for f in self.files]
         _check(len(ids) == len(set(ids)), "duplicate file id")
+        keys = [(m.dev, m.inode) for m in self.mapped]
+        _check(len(keys) == len(set(keys)), "a mapped file listed twice")
+        by_id = self.by_id()
+        for m in self.mapped:
+            f = by_id.get(m.file_id)
+            _check(f is not None and f.type == "reg" and f.deleted and f.content is not None,
+                   f"mapped file {m.dev} {m.inode}: file {m.file_id} is not an unlinked "
+                   "file with saved content")
 
     def by_id(self) -> dict[int, FileRecord]:
         """Map id -> record."""

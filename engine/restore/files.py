@@ -22,7 +22,7 @@ from engine.errors import EngineError
 from engine.images import DumpImage
 from engine.images.fdkinds import LockRecord
 from engine.images.imgdir import CRC_CHUNK
-from engine.images.records import FdEntry, FileRecord, TaskCore
+from engine.images.records import FdEntry, FileRecord, TaskCore, deleted_key
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 from engine.restore import anonfd, inetsk, locks, netlinksk, packetsk, unixsk
@@ -118,6 +118,15 @@ class FilesPlan:
         for fid in {f for ids in (rec.unix.rights if rec.unix else []) for f in ids}:
             if fid not in self.files and fid in by_id:
                 self._take(image, by_id[fid])
+
+    def take_mapped(self, image: DumpImage) -> list[tuple[str, int]]:
+        """The unlinked files tasks map: their records join the plan (open_all makes
+        each file again, once per inode with an fd's description of it); returns
+        (deleted_key, file id) for each."""
+        by_id = image.files.by_id()
+        for m in image.files.mapped:
+            self._take(image, by_id[m.file_id])
+        return [(deleted_key(m.dev, m.inode), m.file_id) for m in image.files.mapped]
 
     def close(self) -> None:
         """Close the image files of saved data (the engine's copies: once the tree is

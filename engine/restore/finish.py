@@ -190,8 +190,8 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     """The table run after the pages are written, and the calls deferred past it.
 
     shmem: every shared memory object; each task unmaps its inherited whole mapping of
-    each, then the root seals the memfds. objfds: the memfd fds every task inherited
-    (closed). held: the task's fds with their descriptions (owners, signals). pid: the
+    each, then the root seals the memfds. objfds: the memfd and mapped unlinked files'
+    fds every task inherited (closed). held: the task's fds with their descriptions (owners, signals). pid: the
     task, as the engine sees it."""
     t = blob.Table()
     deferred = Deferred()
@@ -207,7 +207,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
         if root and s.kind == "memfd" and s.seals:
             t.add(uapi.SYS_fcntl, objfds[s.id], _F_ADD_SEALS, s.seals, what=f"seal {s.id}")
     for sid, fd in sorted(objfds.items()):
-        t.add(uapi.SYS_close, fd, what=f"close memfd {sid} (restore's copy)")
+        t.add(uapi.SYS_close, fd, what=f"close {sid} (restore's copy)")
     exe = mm.exe or core.exe
     _mm_map(t, mm, None if exe and _is_own_exe(exe, pid) else exe)
     for sa in core.sigactions:

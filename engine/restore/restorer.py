@@ -235,6 +235,7 @@ class TreeRestorer:
                                            set_tid=tids, fixed_pid=fixed,
                                            ctty=core.ctty if core.sid == core.pid else None,
                                            cwd_file=core.cwd_file)
+        mapped = fplan.take_mapped(self.image)
         fplan.check()
         if self.ns is not None and self.ns.new_user:
             fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
@@ -250,13 +251,14 @@ class TreeRestorer:
         obj_base = max(files.floor(fplan), max(engine_fds) + 1 + _SPAWN_FDS)
         shared = [(window.shmem_tmp[s.id], s.size, s.id) for s in self.shmem.values()]
         return spawn.TreeSetup(nodes[inv.root_pid], fplan, window.region, self.ns,
-                               memfds, obj_base, shared)
+                               memfds, obj_base, shared, mapped)
 
     def run(self) -> int:
         """Create, rebuild and release the tree; returns the root pid."""
         mine = layout.engine_specials()
         specials = {t.pid: layout.match_specials(t.mm, mine) for t in self.live}
-        size = max(max(layout.layout_table_bytes(t.mm, len(self.shmem)),
+        objs = len(self.shmem) + len(self.image.files.mapped)
+        size = max(max(layout.layout_table_bytes(t.mm, objs),
                        finish.table_bytes_bound(t.core, t.mm)) for t in self.live)
         # One spare page at the end for single syscalls' arguments (clone3 of threads).
         window = layout.plan_window([t.mm for t in self.live],
@@ -268,7 +270,7 @@ class TreeRestorer:
                 t.src = pages.task_source(self.image, t.pid)
             shsrc = {sid: pages.shmem_source(self.image, sid) for sid in self.shmem}
             setup = self._setup(window)
-            self.objfds = setup.memfd_fds()
+            self.objfds = setup.obj_fds()
             with _timed(self.opts, "spawn"):
                 try:
                     tree = spawn.spawn(setup, self.opts.timeout)

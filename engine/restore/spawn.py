@@ -96,6 +96,9 @@ class TreeSetup:
     # every shared memory object (address, size, shmem id): the root maps each whole
     # there before forking, so every task inherits the same objects
     shmem: list[tuple[int, int, str]] = field(default_factory=list)
+    # unlinked files some task maps (deleted_key, file id): the root holds a description
+    # of each at the fds after the memfds', until the tasks' finish tables
+    mapped: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def inner_pids(self) -> dict[int, int]:
@@ -105,6 +108,16 @@ class TreeSetup:
     def memfd_fds(self) -> dict[str, int]:
         """shmem id -> the fd number of its memfd in every task until the finish table."""
         return {sid: self.obj_base + i for i, (sid, _, _) in enumerate(self.memfds)}
+
+    def obj_fds(self) -> dict[str, int]:
+        """memfd_fds(), and deleted_key -> the fd number of a mapped unlinked file."""
+        base = self.obj_base + len(self.memfds)
+        return self.memfd_fds() | {key: base + j for j, (key, _) in enumerate(self.mapped)}
+
+    @property
+    def objs(self) -> int:
+        """How many fds from obj_base on are the root's objects (memfds, mapped files)."""
+        return len(self.memfds) + len(self.mapped)
 
 
 def _set_limits(limits: list[RlimitRecord]) -> None:
@@ -221,7 +234,7 @@ def _exit_as(status: int) -> None:
 
 def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]) -> None:
     """Runs in the new task; never returns."""
-    go_r, err_w = ctl[:2]  # then the memfds, kept open for the engine's tables
+    go_r, err_w = ctl[:2]  # then the objects' fds, kept open for the engine's tables
     try:
         _set_session(t)
         for c in _leaders_first(t):
@@ -268,8 +281,8 @@ def _room_for_fds(tree: TreeSetup) -> None:
     """Room under RLIMIT_NOFILE for every object above obj_base and every task's fds,
     before the fork (the tasks inherit it; each sets its dumped limits once its fds are
     placed)."""
-    need = max(fdbudget.needed(tree.files.max_fd, len(tree.files.files) + len(tree.memfds)),
-               tree.obj_base + len(tree.memfds) + len(tree.files.files) + 1)
+    need = max(fdbudget.needed(tree.files.max_fd, len(tree.files.files) + tree.objs),
+               tree.obj_base + tree.objs + len(tree.files.files) + 1)
     why = fdbudget.make_room(need)
     if why:
         raise EngineError("files", f"the tree needs {need} fds open at once: {why}")
@@ -297,14 +310,17 @@ def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
             ksys.mmap(addr, size, uapi.PROT_READ | uapi.PROT_WRITE,
                       uapi.MAP_SHARED | uapi.MAP_FIXED_NOREPLACE
                       | (uapi.MAP_ANONYMOUS if fd < 0 else 0), fd, 0)
-        low = tree.obj_base + len(tree.memfds)
+        low = tree.obj_base + tree.objs
         ctl = [files.move_above(fd, low) for fd in ctl]
         # Files are opened with the engine's own credentials (in a new user namespace the
         # task only becomes root inside afterwards), as the dumped tree opened them.
         by_file = files.open_all(tree.files, low, memfds)
+        objs = tree.obj_fds()
+        for key, fid in tree.mapped:
+            os.dup2(by_file[fid], objs[key])  # the layout reopens it through /proc/self/fd
         if tree.ns is not None and tree.ns.new_user:
             ns.become_root_inside()
-        ctl += list(memfds.values())
+        ctl += list(objs.values())
     except EngineError as e:
         _report(ctl[1], tree.root.pid, e.phase, e.message)
         os._exit(1)

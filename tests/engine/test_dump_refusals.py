@@ -17,6 +17,13 @@ from tests.engine.dump_support import run_engine
 
 # Each holder opens an fd of a kind the engine does not restore, says "ready", waits;
 # the dump's one line must contain the expected words.
+# A file d/f mapped MAP_SHARED with no fd left (Python's mmap module would keep one)
+MAP_ONLY = ("import ctypes, tempfile; d = tempfile.mkdtemp(); "
+            "f = os.open(d + '/f', os.O_CREAT | os.O_RDWR); os.write(f, bytes(4096)); "
+            "libc = ctypes.CDLL(None); libc.mmap.restype = ctypes.c_void_p; "
+            "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, "
+            "ctypes.c_int, ctypes.c_int, ctypes.c_long]; "
+            "assert libc.mmap(None, 4096, 3, 1, f, 0) not in (None, 2**64 - 1); os.close(f);")
 HOLDERS = {
     "raw socket with a packet queued": (
         ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); "
@@ -80,6 +87,16 @@ HOLDERS = {
         ("import tempfile; d = tempfile.mkdtemp(); os.mkdir(d + '/sub'); "
          "os.chdir(d + '/sub'); os.rmdir(d + '/sub'); os.rmdir(d)"),
         "cwd: cannot dump the removed dir"),
+    "unlinked file with another link": (
+        ("import tempfile; d = tempfile.mkdtemp(); s = os.open(d + '/f', os.O_CREAT | os.O_RDWR); "
+         "os.link(d + '/f', d + '/g'); os.unlink(d + '/f')"),
+        "its name was removed and it has 1 other link(s), which restore could not find"),
+    "mapping of an unlinked file with another link": (
+        (f"{MAP_ONLY} os.link(d + '/f', d + '/g'); os.unlink(d + '/f')"),
+        "the file still has 1 link(s) (its name was removed, or it is named so)"),
+    "mapping of an unlinked file whose directory is gone": (
+        (f"{MAP_ONLY} os.unlink(d + '/f'); os.rmdir(d)"),
+        "cannot dump the removed reg"),
     "file with a path in flight": (("import socket; a, b = socket.socketpair(); "
                                    "f = os.open('/dev/null', 0); "
                                    "socket.send_fds(a, [b'x'], [f]); os.close(f)"),

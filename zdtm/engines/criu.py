@@ -85,9 +85,9 @@ FEATURES: dict[str, str | None] = {
     # named client comes back unnamed
     "netlink": None, "packet_socket": None, "raw_socket": None, "udp_options": None,
     "tcp_listen_pending": None, "unix_listen": None, "unix_named": None,
-    # what the bundled engine refuses and CRIU dumps: a deleted file's mapping (kept in a
-    # ghost file), a group without its leader (pstree.c: "Add a helper %d for restoring
-    # PGID %d")
+    # a deleted file's mapping (CRIU keeps it in a ghost file); what the bundled engine
+    # refuses and CRIU dumps: a group without its leader (pstree.c: "Add a helper %d for
+    # restoring PGID %d")
     "dump_deleted_file_mapping": None, "dump_leaderless_pgid": None,
     # state the bundled engine's check names and criu has no probe for: the tests run, and
     # where CRIU 4.2 differs they fail (session_orphans: "Can't find a session leader";
