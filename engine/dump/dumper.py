@@ -186,6 +186,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         try:
             fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
             cwds = {p.pid: dfiles.dump_cwd(table, p.pid) for p in procs}
+            dfiles.resolve_ttys(table, fds, {p.pid: p.ppid for p in procs})
             for p in procs:
                 mm = state[p.pid].mm
                 assert mm is not None

@@ -24,9 +24,10 @@ from engine.images.fdkinds import LockRecord
 from engine.images.imgdir import ImageDir
 from engine.images.records import FdEntry, FileRecord, MappedFile, Vma
 from engine.kernel import uapi
-from engine.kernel.sys import syscall
+from engine.kernel.sys import pidfd_getfd, pidfd_open, syscall
 from engine.proc import locks
 from engine.proc.fdinfo import FdInfo, read_fd, read_fds
+from engine.proc.stat import read_stat
 from engine.restore.files import SUPPORTED_TYPES
 
 _KCMP_FILE = 0
@@ -34,6 +35,7 @@ _SPLICE_F_NONBLOCK = 2
 _DELETED = " (deleted)"
 _MEMFD = "/memfd:"
 _PTMX = os.makedev(5, 2)  # a pty master: its pair is made again with the same index
+_DEV_TTY = os.makedev(5, 0)  # /dev/tty: opens the opener's controlling terminal
 
 
 @dataclass
@@ -52,6 +54,8 @@ class FileTable:
     # removed working directories no fd is on: (st_dev, st_ino) -> file id
     _removed_dirs: dict[tuple[int, int], int] = field(default_factory=dict)
     mapped: list[MappedFile] = field(default_factory=list)  # unlinked files tasks map
+    # /dev/tty descriptions: file id -> the terminal each reaches (TIOCGDEV)
+    _ttys: dict[int, int] = field(default_factory=dict)
 
     def check_complete(self, pids: set[int]) -> None:
         """After every task: what only the whole tree can tell (socket peers and the
@@ -191,6 +195,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         anonfd.fill(rec, pid, info)
     if kind == "chr" and st.st_rdev == _PTMX:
         pty.fill(img, rec, pid, info.fd)
+    if kind == "chr" and st.st_rdev == _DEV_TTY:
+        table._ttys[fid] = _terminal_of(pid, info.fd)
     if kind == "socket":
         _socket(img, table, rec, pid, info.fd)
     if kind in ("pipe", "fifo"):
@@ -200,6 +206,59 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             table._pipe_sizes[st.st_ino] = _save_pipe(img, pid, info.fd, rec.content)
         rec.pipe_size = table._pipe_sizes[st.st_ino]
     return rec
+
+
+def _terminal_of(pid: int, fd: int) -> int:
+    """The terminal a /dev/tty description reaches (its opener's controlling terminal
+    then), asked on a copy of it: the engine opening /dev/tty would get its own."""
+    try:
+        pidfd = pidfd_open(pid)
+        try:
+            copy = pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
+        try:
+            return int.from_bytes(fcntl.ioctl(copy, uapi.TIOCGDEV, bytes(4)), "little")
+        finally:
+            os.close(copy)
+    except OSError as e:
+        raise EngineError("files", f"task {pid} fd {fd}: which terminal /dev/tty reaches "
+                                   f"(TIOCGDEV): {e.strerror}") from None
+
+
+def resolve_ttys(table: FileTable, fds: dict[int, list[FdEntry]],
+                 parents: dict[int, int]) -> None:
+    """Give each /dev/tty description the session leader that opens it again at restore:
+    the one whose controlling terminal it reaches, once it has taken the terminal and
+    before it forks, so only it and its descendants get the description. Refused: a
+    description no session leader of the tree can open, or that a task outside the
+    leader's descendants holds. parents: every live task -> its parent."""
+    if not table._ttys:
+        return
+    leaders = {}
+    for pid in parents:
+        st = read_stat(pid)
+        if st.sid == pid and st.tty_nr:
+            leaders[st.tty_nr] = pid
+    for pid, entries in fds.items():
+        for e in entries:
+            tty = table._ttys.get(e.file_id)
+            if tty is None:
+                continue
+            what = (f"task {pid} fd {e.fd}: cannot dump /dev/tty (the terminal "
+                    f"{os.major(tty)}:{os.minor(tty)})")
+            leader = leaders.get(tty)
+            if leader is None:
+                raise EngineError("files", f"{what}: no session leader of the dumped tree "
+                                           "has it as its controlling terminal, so none could "
+                                           "open it again")
+            up = pid
+            while up != leader and up in parents:
+                up = parents[up]
+            if up != leader:
+                raise EngineError("files", f"{what}: only its session leader {leader} and "
+                                           "that task's descendants could open it again")
+            table.files[e.file_id].ctty_of = leader
 
 
 def _refuse_other_links(pid: int, what: str, shown: str, st: os.stat_result) -> None:

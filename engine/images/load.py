@@ -151,6 +151,12 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
         tasks[t.pid] = TaskImage(core, mm, pm)
+    for f in files.files:
+        leader = tasks[f.ctty_of].core if f.ctty_of in tasks else None
+        if f.ctty_of and (leader is None or leader.sid != leader.pid or leader.ctty is None):
+            raise ImageError(d.file(names.FILES), f"file {f.id}: ctty_of {f.ctty_of} is not "
+                                                  "a session leader with a controlling "
+                                                  "terminal")
     return DumpImage(d, inv, tasks, files, shmem, parent)
 
 

@@ -669,6 +669,9 @@ class FileRecord:
     mtime_ns: int = 0
     extents: list[list[int]] | None = None
     target: str | None = None  # a removed symlink: what it points to
+    # /dev/tty (chr 5:0): the session leader (image pid) whose controlling terminal this
+    # description reaches; restore opens it in that task once it has the terminal
+    ctty_of: int = 0
     # anon_inode kinds: exactly one of these (engine.images.fdkinds)
     eventfd: EventfdState | None = None
     signalfd: SignalfdState | None = None
@@ -708,6 +711,8 @@ class FileRecord:
                    f"file {self.id}: removed {self.type} without path or target")
         _check(self.target is None or self.type == "symlink" and "\0" not in self.target,
                f"file {self.id}: bad target")
+        _check(self.ctty_of == 0 or self.type == "chr" and _is_pid(self.ctty_of),
+               f"file {self.id}: bad ctty_of {self.ctty_of}")
         if self.content is not None:
             _check(_safe_name(self.content), f"file {self.id}: bad content file name")
         kinds = [k for k in (self.eventfd, self.signalfd, self.timerfd, self.epoll,

@@ -190,25 +190,25 @@ class _Opener:
             return self._fifo_end(rec)
         if rec.type == "anon_inode":
             fd = anonfd.create(rec)
-            self._set_status_flags(fd, rec)
+            _set_status_flags(fd, rec)
             return fd
         if rec.type == "socket" and rec.inet is not None:
             fd = inetsk.create(rec, self.plan.contents.get(rec.id, b""))
             if rec.inet.repair is not None:
                 self.repaired.append(rec.id)
-            self._set_status_flags(fd, rec)
+            _set_status_flags(fd, rec)
             return fd
         if rec.type == "socket" and rec.netlink is not None:
             fd = netlinksk.create(rec)
-            self._set_status_flags(fd, rec)
+            _set_status_flags(fd, rec)
             return fd
         if rec.type == "socket" and rec.packet is not None:
             fd = packetsk.create(rec)
-            self._set_status_flags(fd, rec)
+            _set_status_flags(fd, rec)
             return fd
         if rec.type == "socket":
             fd = self.socks.end(rec)  # the description's fd itself: one fd per socket
-            self._set_status_flags(fd, rec)
+            _set_status_flags(fd, rec)
             return fd
         if rec.pty is not None:
             fd = ptyrst.open_master(rec, self._flags(rec), self.plan.contents.get(rec.id, b""),
@@ -223,18 +223,10 @@ class _Opener:
         else:
             assert rec.path is not None
             fd = os.open(rec.path, self._flags(rec))
-        self._set_status_flags(fd, rec)
+        _set_status_flags(fd, rec)
         if rec.type in ("reg", "dir") and rec.pos and not rec.flags & uapi.O_PATH:
             os.lseek(fd, rec.pos, os.SEEK_SET)
         return fd
-
-    def _set_status_flags(self, fd: int, rec: FileRecord) -> None:
-        if rec.flags & uapi.O_PATH:
-            return
-        cur = fcntl.fcntl(fd, fcntl.F_GETFL)
-        want = (cur & ~_SETFL_FLAGS) | (rec.flags & _SETFL_FLAGS)
-        if want != cur:
-            fcntl.fcntl(fd, fcntl.F_SETFL, want)
 
     def _unlinked(self, rec: FileRecord) -> int:
         """Recreate an unlinked file at its old path from its content (holes kept), with
@@ -304,7 +296,7 @@ class _Opener:
             # The first description of this end is the end itself.
             fd = fcntl.fcntl(end, fcntl.F_DUPFD, self.floor)
             self.ends_used.add((rec.pipe_ino, end))
-        self._set_status_flags(fd, rec)
+        _set_status_flags(fd, rec)
         return fd
 
     def _fifo_end(self, rec: FileRecord) -> int:
@@ -317,7 +309,7 @@ class _Opener:
             self._fill(helper, rec)
             self.fifo_helpers[rec.pipe_ino] = move_above(helper, self.floor)
         fd = os.open(path, self._flags(rec) | os.O_NONBLOCK)
-        self._set_status_flags(fd, rec)
+        _set_status_flags(fd, rec)
         return fd
 
     def _fill(self, wfd: int, rec: FileRecord) -> None:
@@ -346,6 +338,15 @@ def _write_extents(fd: int, saved: SavedData, extents: list[list[int]]) -> None:
                                                f"extent {start}-{end}")
             n = os.pwrite(fd, buf[:end - start], start)
             buf, start = buf[n:], start + n
+
+
+def _set_status_flags(fd: int, rec: FileRecord) -> None:
+    if rec.flags & uapi.O_PATH:
+        return
+    cur = fcntl.fcntl(fd, fcntl.F_GETFL)
+    want = (cur & ~_SETFL_FLAGS) | (rec.flags & _SETFL_FLAGS)
+    if want != cur:
+        fcntl.fcntl(fd, fcntl.F_SETFL, want)
 
 
 def recreated(rec: FileRecord) -> bool:
@@ -416,8 +417,9 @@ def open_all(plan: FilesPlan, low: int, memfds: dict[str, int]) -> dict[int, int
     by_file: dict[int, int] = {}
     # pty masters first: their slaves are opened by path
     for rec in sorted(plan.files.values(), key=lambda r: (r.pty is None, r.id)):
-        if rec.pidfd is not None:
-            continue  # opened by its holder once every task exists (open_pidfds)
+        if rec.pidfd is not None or rec.ctty_of:
+            continue  # opened later: by its holder once every task exists (open_pidfds);
+            # /dev/tty by its session leader once it has its terminal (open_ctty)
         try:
             by_file[rec.id] = opener.open(rec)
             locks.take_file_locks(by_file[rec.id], rec)
@@ -465,6 +467,22 @@ def place(plan: FilesPlan, pid: int, fds: list[FdEntry], by_file: dict[int, int]
     _close_all_but({f.fd for f in fds} | set(kept))
     # Last: closing any fd of a file drops the process's POSIX locks on it.
     locks.take_posix(plan.posix_locks.get(pid, []), {f.file_id: f.fd for f in fds})
+
+
+def open_ctty(plan: FilesPlan, ids: list[int], by_file: dict[int, int], low: int) -> None:
+    """In a session leader that has just taken its controlling terminal, before it
+    forks: the /dev/tty descriptions (file ids) that reach it, at or above `low`, added
+    to by_file (so its descendants inherit them)."""
+    for fid in ids:
+        rec = plan.files[fid]
+        assert rec.path is not None
+        try:
+            fd = os.open(rec.path, (rec.flags & ~_OPEN_ONLY) | uapi.O_NOCTTY)
+            _set_status_flags(fd, rec)
+        except OSError as e:
+            raise EngineError("files", f"chr {rec.path} (the controlling terminal): "
+                                       f"{e.strerror}") from None
+        by_file[fid] = fd if fd >= low else move_above(fd, low)
 
 
 def open_pidfds(plan: FilesPlan, pid: int, fds: list[FdEntry],

@@ -237,6 +237,9 @@ class TreeRestorer:
                                            cwd_file=core.cwd_file)
         mapped = fplan.take_mapped(self.image)
         fplan.check()
+        for rec in fplan.files.values():
+            if rec.ctty_of:
+                nodes[rec.ctty_of].ctty_files.append(rec.id)
         if self.ns is not None and self.ns.new_user:
             fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
         for t in inv.tasks:

@@ -63,6 +63,8 @@ class TaskSetup:
     zombie_status: int | None = None  # wait status of a dumped zombie
     ctty: str | None = None  # a session leader's controlling terminal, taken after setsid
     cwd_file: int | None = None  # a removed cwd: the file id of its description (fchdir)
+    # /dev/tty descriptions (file ids) this session leader opens once it has its terminal
+    ctty_files: list[int] = field(default_factory=list)
     children: list[TaskSetup] = field(default_factory=list)
     # siblings in this task's session that its parent cannot create (not in the parent's
     # session, not leading their own): this task creates them with CLONE_PARENT
@@ -237,6 +239,8 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
     go_r, err_w = ctl[:2]  # then the objects' fds, kept open for the engine's tables
     try:
         _set_session(t)
+        if t.ctty_files:
+            files.open_ctty(tree.files, t.ctty_files, by_file, tree.obj_base + tree.objs)
         for c in _leaders_first(t):
             child = _clone_with_pid(c)
             if child == 0:

@@ -97,6 +97,20 @@ HOLDERS = {
     "mapping of an unlinked file whose directory is gone": (
         (f"{MAP_ONLY} os.unlink(d + '/f'); os.rmdir(d)"),
         "cannot dump the removed reg"),
+    "/dev/tty of a terminal no longer controlling": (
+        ("import fcntl, pty, signal, termios; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+         "os.setsid(); m, sl = pty.openpty(); fcntl.ioctl(sl, termios.TIOCSCTTY, 0); "
+         "s = os.open('/dev/tty', os.O_RDWR); fcntl.ioctl(s, termios.TIOCNOTTY)"),
+        "no session leader of the dumped tree has it as its controlling terminal"),
+    "/dev/tty of a child's session": (
+        ("import ctypes, fcntl, pty, socket, termios; a, b = socket.socketpair()\n"
+         "if os.fork() == 0:\n"
+         "    ctypes.CDLL(None).prctl(1, 9)\n"
+         "    os.setsid(); m, sl = pty.openpty(); fcntl.ioctl(sl, termios.TIOCSCTTY, 0)\n"
+         "    socket.send_fds(b, [b'x'], [os.open('/dev/tty', os.O_RDWR)])\n"
+         "    time.sleep(60); os._exit(0)\n"
+         "s = socket.recv_fds(a, 1, 1)[1][0]"),
+        "only its session leader"),
     "file with a path in flight": (("import socket; a, b = socket.socketpair(); "
                                    "f = os.open('/dev/null', 0); "
                                    "socket.send_fds(a, [b'x'], [f]); os.close(f)"),
