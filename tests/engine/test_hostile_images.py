@@ -301,3 +301,15 @@ def test_cwd_file_that_is_no_removed_directory(mapped_image: tuple[cr.ZdtmTest, 
     _edit(d / f"core-{t.pid}.json", lambda c: c.__setitem__("cwd_file", 0))
     reseal(d)
     _refused(t, d, f"core-{t.pid}.json", "cwd_file 0 is not a removed directory")
+
+
+def test_ctty_of_a_task_without_a_terminal(mapped_image: tuple[cr.ZdtmTest, Path]) -> None:
+    t, d = mapped_image
+
+    def to_test(f: Any) -> None:
+        null = next(r for r in f["files"] if r["path"] == "/dev/null")
+        null["ctty_of"] = t.pid
+    _edit(d / "files.json", to_test)
+    reseal(d)
+    _refused(t, d, "files.json", f"ctty_of {t.pid} is not a session leader with a "
+                                 "controlling terminal")
