@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from engine.kernel.sys import timer_restore_ids
 
-_DELETED_MAPPING = "a mapping of a deleted file is refused: restore could not map it back"
 _LEADERLESS_PGID = ("a process group with no leader in the tree that is not the parent's is "
                     "refused: restore could not make it again")
 
@@ -40,8 +39,9 @@ def features() -> dict[str, tuple[bool, str]]:
         "tcp_half_closed": (True, ""),
         "udp": (True, ""),
         "file_locks": (True, ""),
+        # mappings of unlinked files: the file's content saved, made again at restore
+        "dump_deleted_file_mapping": (True, ""),
         # refused at dump (tests that expect the refusal name these: crfail_unless)
-        "dump_deleted_file_mapping": (False, _DELETED_MAPPING),
         "dump_leaderless_pgid": (False, _LEADERLESS_PGID),
         "netlink": (True, ""),
         "raw_socket": (True, ""),

@@ -195,6 +195,12 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         lap("memory")
         try:
             fds = {p.pid: dfiles.dump_fds(img, table, p.pid) for p in procs}
+            cwds = {p.pid: dfiles.dump_cwd(table, p.pid) for p in procs}
+            dfiles.resolve_ttys(table, fds, {p.pid: p.ppid for p in procs})
+            for p in procs:
+                mm = state[p.pid].mm
+                assert mm is not None
+                dfiles.dump_mapped(img, table, p.pid, mm.vmas)
             table.check_complete({p.pid for p in procs})
             sharing.check_files(tables, fds, table.files)
             _check_fd_room(fds, len(table.files) + len(shmem_entries)
@@ -205,7 +211,8 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         lap("files")
         rel_parent = os.path.relpath(prev_dir, os.path.abspath(images_dir)) if prev_dir \
             else None
-        inv = _write(img, frozen, state, fds, table, shmem_entries, kind, rel_parent, tables)
+        inv = _write(img, frozen, state, fds, cwds, table, shmem_entries, kind, rel_parent,
+                     tables)
         inv.ipc = names.IPC if has_ipc else None
         stats.tasks = len(frozen.procs)
         stats.threads = sum(len(s.threads) for s in state.values())
@@ -481,9 +488,9 @@ def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
 
 
 def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
-           fds: dict[int, list[FdEntry]], table: dfiles.FileTable,
-           shmem_entries: list[ShmemEntry], kind: str, parent: str | None,
-           tables: dict[int, list[str]]) -> Inventory:
+           fds: dict[int, list[FdEntry]], cwds: dict[int, int | None],
+           table: dfiles.FileTable, shmem_entries: list[ShmemEntry], kind: str,
+           parent: str | None, tables: dict[int, list[str]]) -> Inventory:
     """Every record but the inventory, which is returned (written last by _finish)."""
     entries = []
     per_task_ns: dict[int, dict[str, int]] = {}
@@ -517,12 +524,12 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             posix_timers=st.injected.posix_timers, thp_disable=st.injected.thp_disable,
             oom_score_adj=tasks.oom_score_adj(p.pid), dumpable=st.injected.dumpable,
             membarrier=st.injected.membarrier,
-            ctty=tty, ctty_pgrp=tty_pgrp,
+            ctty=tty, ctty_pgrp=tty_pgrp, cwd_file=cwds[p.pid],
         )
         img.write_json(names.core(p.pid), core)
         if st.mm is not None:
             img.write_json(names.mm(p.pid), st.mm)
-    img.write_json(names.FILES, FilesImage(table.files))
+    img.write_json(names.FILES, FilesImage(table.files, table.mapped))
     unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
     return Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,
                      root_pid=frozen.root, tasks=entries, shmem=shmem_entries,

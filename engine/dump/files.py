@@ -22,11 +22,12 @@ from engine.errors import EngineError
 from engine.images import names
 from engine.images.fdkinds import LockRecord, MqueueState
 from engine.images.imgdir import ImageDir
-from engine.images.records import FdEntry, FileRecord
+from engine.images.records import FdEntry, FileRecord, MappedFile, Vma
 from engine.kernel import uapi
-from engine.kernel.sys import syscall
+from engine.kernel.sys import pidfd_getfd, pidfd_open, syscall
 from engine.proc import locks
 from engine.proc.fdinfo import FdInfo, read_fd, read_fds
+from engine.proc.stat import read_stat
 from engine.restore.files import SUPPORTED_TYPES
 
 _KCMP_FILE = 0
@@ -34,6 +35,7 @@ _SPLICE_F_NONBLOCK = 2
 _DELETED = " (deleted)"
 _MEMFD = "/memfd:"
 _PTMX = os.makedev(5, 2)  # a pty master: its pair is made again with the same index
+_DEV_TTY = os.makedev(5, 0)  # /dev/tty: opens the opener's controlling terminal
 
 
 @dataclass
@@ -50,6 +52,11 @@ class FileTable:
     _own: list[int] = field(default_factory=list)
     _recording: set[tuple[int, int]] = field(default_factory=set)  # sockets being peeked
     mqueues: dict[int, MqueueState] = field(default_factory=dict)  # inode -> a queue seen
+    # removed working directories no fd is on: (st_dev, st_ino) -> file id
+    _removed_dirs: dict[tuple[int, int], int] = field(default_factory=dict)
+    mapped: list[MappedFile] = field(default_factory=list)  # unlinked files tasks map
+    # /dev/tty descriptions: file id -> the terminal each reaches (TIOCGDEV)
+    _ttys: dict[int, int] = field(default_factory=dict)
 
     def check_complete(self, pids: set[int]) -> None:
         """After every task: what only the whole tree can tell (socket peers and the
@@ -168,7 +175,11 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         if path.endswith(_DELETED) and st.st_nlink == 0:
             rec.deleted = True
             path = path[: -len(_DELETED)]
+        elif path.endswith(_DELETED) and not path.startswith(_MEMFD):
+            _refuse_other_links(pid, f"task {pid} fd {info.fd}", path, st)
         rec.path = path
+        if rec.deleted and not info.target.startswith(_MEMFD):
+            _removed(rec, pid, f"task {pid} fd {info.fd}", f"/proc/{pid}/fd/{info.fd}", st)
     if kind in ("reg", "dir"):
         rec.pos = info.pos
     if kind == "reg":
@@ -179,9 +190,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             rec.shmem_id = names.shmem_id(st.st_ino)
         elif rec.deleted:
             rec.content = names.file_content(fid)
-            rec.uid, rec.gid = st.st_uid, st.st_gid
-            rec.atime_ns, rec.mtime_ns = st.st_atime_ns, st.st_mtime_ns
-            rec.extents = _save_file(img, pid, info.fd, rec.content, st.st_size)
+            rec.extents = _save_file(img, f"/proc/{pid}/fd/{info.fd}", f"{pid}/{info.fd}",
+                                     rec.content, st.st_size)
     if "lock" in info.extra:
         rec.locks = _locks(pid, info)
     if kind == "anon_inode":
@@ -190,6 +200,8 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
         mqueue.fill(img, table.mqueues, rec, pid, info.fd)
     if kind == "chr" and st.st_rdev == _PTMX:
         pty.fill(img, rec, pid, info.fd)
+    if kind == "chr" and st.st_rdev == _DEV_TTY:
+        table._ttys[fid] = _terminal_of(pid, info.fd)
     if kind == "socket":
         _socket(img, table, rec, pid, info.fd)
     if kind in ("pipe", "fifo"):
@@ -199,6 +211,169 @@ def _record(img: ImageDir, table: FileTable, pid: int, info: FdInfo, st: os.stat
             table._pipe_sizes[st.st_ino] = _save_pipe(img, pid, info.fd, rec.content)
         rec.pipe_size = table._pipe_sizes[st.st_ino]
     return rec
+
+
+def _terminal_of(pid: int, fd: int) -> int:
+    """The terminal a /dev/tty description reaches (its opener's controlling terminal
+    then), asked on a copy of it: the engine opening /dev/tty would get its own."""
+    try:
+        pidfd = pidfd_open(pid)
+        try:
+            copy = pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
+        try:
+            return int.from_bytes(fcntl.ioctl(copy, uapi.TIOCGDEV, bytes(4)), "little")
+        finally:
+            os.close(copy)
+    except OSError as e:
+        raise EngineError("files", f"task {pid} fd {fd}: which terminal /dev/tty reaches "
+                                   f"(TIOCGDEV): {e.strerror}") from None
+
+
+def resolve_ttys(table: FileTable, fds: dict[int, list[FdEntry]],
+                 parents: dict[int, int]) -> None:
+    """Give each /dev/tty description the session leader that opens it again at restore:
+    the one whose controlling terminal it reaches, once it has taken the terminal and
+    before it forks, so only it and its descendants get the description. Refused: a
+    description no session leader of the tree can open, or that a task outside the
+    leader's descendants holds. parents: every live task -> its parent."""
+    if not table._ttys:
+        return
+    leaders = {}
+    for pid in parents:
+        st = read_stat(pid)
+        if st.sid == pid and st.tty_nr:
+            leaders[st.tty_nr] = pid
+    for pid, entries in fds.items():
+        for e in entries:
+            tty = table._ttys.get(e.file_id)
+            if tty is None:
+                continue
+            what = (f"task {pid} fd {e.fd}: cannot dump /dev/tty (the terminal "
+                    f"{os.major(tty)}:{os.minor(tty)})")
+            leader = leaders.get(tty)
+            if leader is None:
+                raise EngineError("files", f"{what}: no session leader of the dumped tree "
+                                           "has it as its controlling terminal, so none could "
+                                           "open it again")
+            up = pid
+            while up != leader and up in parents:
+                up = parents[up]
+            if up != leader:
+                raise EngineError("files", f"{what}: only its session leader {leader} and "
+                                           "that task's descendants could open it again")
+            table.files[e.file_id].ctty_of = leader
+
+
+def _refuse_other_links(pid: int, what: str, shown: str, st: os.stat_result) -> None:
+    """A file /proc shows as "<path> (deleted)" that still has links: the name it was
+    opened by was removed, and restore could not find its other names. (A file really
+    named so is at that path.)"""
+    try:
+        here = os.lstat(f"/proc/{pid}/root{shown}")
+        if (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
+            return
+    except OSError:
+        pass
+    raise EngineError("files", f"{what}: cannot dump {shown}: its name was removed and "
+                               f"it has {st.st_nlink} other link(s), which restore could not "
+                               "find: not supported by this engine")
+
+
+def _removed(rec: FileRecord, pid: int, what: str, link: str, st: os.stat_result) -> None:
+    """A removed file, directory, symlink or FIFO in use (`link`: a /proc magic link to
+    it): restore makes it again at its path and removes it, so its attributes (and a
+    symlink's target) are kept. Refused: a removed device node (making one needs a
+    privilege a user namespace lacks; no such case is supported), and an object whose
+    directory is gone too (there is no path to make it at)."""
+    assert rec.path is not None
+    if rec.type in ("chr", "blk"):
+        raise EngineError("files", f"{what}: cannot dump the removed device node {rec.path}: "
+                                   "not supported by this engine")
+    parent = os.path.dirname(rec.path)
+    if not rec.path.startswith("/") or not os.path.isdir(f"/proc/{pid}/root{parent}"):
+        raise EngineError("files", f"{what}: cannot dump the removed {rec.type} {rec.path}: "
+                                   f"its directory {parent} is gone too, so restore could "
+                                   "not make it again")
+    rec.uid, rec.gid = st.st_uid, st.st_gid
+    rec.atime_ns, rec.mtime_ns = st.st_atime_ns, st.st_mtime_ns
+    if rec.type == "symlink":
+        try:
+            fd = os.open(link, os.O_PATH | os.O_CLOEXEC)  # the link itself, not followed
+            try:
+                rec.target = os.readlink("", dir_fd=fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise EngineError("files", f"{what}: cannot read the removed symlink "
+                                       f"{rec.path}: {e.strerror}") from None
+
+
+def dump_cwd(table: FileTable, pid: int) -> int | None:
+    """The file id of task `pid`'s working directory when it was removed ("<path>
+    (deleted)" in /proc), else None: a removed directory an fd of the tree is on (same
+    inode), or a new record of it."""
+    link = f"/proc/{pid}/cwd"
+    try:
+        target = os.readlink(link)
+        st = os.stat(link)
+    except OSError as e:
+        raise EngineError("files", f"task {pid}: cannot read its cwd: {e.strerror}") from None
+    if not target.endswith(_DELETED) or st.st_nlink != 0:
+        return None
+    key = (st.st_dev, st.st_ino)
+    for held, _, _ in table._by_inode.get(key, []):
+        if table.files[held].type == "dir" and table.files[held].deleted:
+            return held
+    if key not in table._removed_dirs:
+        rec = FileRecord(id=len(table.files), type="dir",
+                         flags=uapi.O_PATH | uapi.O_DIRECTORY, path=target[: -len(_DELETED)],
+                         deleted=True, mode=st.st_mode, dev=st.st_dev, inode=st.st_ino,
+                         link=target)
+        _removed(rec, pid, f"task {pid} cwd", link, st)
+        table.files.append(rec)
+        table._removed_dirs[key] = rec.id
+    return table._removed_dirs[key]
+
+
+def dump_mapped(img: ImageDir, table: FileTable, pid: int, vmas: list[Vma]) -> None:
+    """The unlinked files task `pid` maps (after every fd of the tree is recorded): each
+    one listed once in table.mapped, with the record of an fd on the same file (which
+    holds its content) or a new record of its own with the content saved. The file is
+    opened through /proc/PID/map_files (the engine runs as root outside every
+    namespace of the tree)."""
+    known = {(m.dev, m.inode) for m in table.mapped}
+    for v in vmas:
+        if v.kind != "file" or not v.deleted or (v.dev or "", v.inode) in known:
+            continue
+        assert v.path is not None and v.dev is not None
+        what = f"task {pid} vma {v.start:#x}-{v.end:#x}"
+        link = f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
+        try:
+            st = os.stat(link)
+        except OSError as e:
+            raise EngineError("files", f"{what}: cannot open the unlinked file {v.path} it "
+                                       f"maps: {e.strerror}") from None
+        if st.st_nlink != 0:
+            raise EngineError("files", f"{what}: cannot dump a mapping of {v.path}{_DELETED}: "
+                                       f"the file still has {st.st_nlink} link(s) (its name "
+                                       "was removed, or it is named so), which restore could "
+                                       "not find: not supported by this engine")
+        fid = next((f for f, _, _ in table._by_inode.get((st.st_dev, st.st_ino), [])
+                    if table.files[f].type == "reg" and table.files[f].content is not None),
+                   None)
+        if fid is None:
+            rec = FileRecord(id=len(table.files), type="reg", flags=uapi.O_RDWR, path=v.path,
+                             deleted=True, mode=st.st_mode, dev=st.st_dev, inode=st.st_ino,
+                             size=st.st_size, link=f"{v.path}{_DELETED}")
+            _removed(rec, pid, what, link, st)
+            rec.content = names.file_content(rec.id)
+            rec.extents = _save_file(img, link, what, rec.content, st.st_size)
+            table.files.append(rec)
+            fid = rec.id
+        table.mapped.append(MappedFile(v.dev, v.inode, fid))
+        known.add((v.dev, v.inode))
 
 
 def _locks(pid: int, info: FdInfo) -> list[LockRecord]:
@@ -262,14 +437,14 @@ def _new_file(img: ImageDir, table: FileTable, pid: int, info: FdInfo,
     return rec
 
 
-def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> list[list[int]]:
-    """Copy the data extents of an unlinked file (reopened through the fd link: a
-    description of our own, so the task's offset is untouched) into the image, back to
-    back; returns the extents (holes stay holes when restored)."""
+def _save_file(img: ImageDir, link: str, what: str, name: str, size: int) -> list[list[int]]:
+    """Copy the data extents of an unlinked file (reopened through `link`, a /proc magic
+    link: a description of our own, so the task's offset is untouched) into the image,
+    back to back; returns the extents (holes stay holes when restored)."""
     try:
-        src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        src = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise EngineError("files", f"cannot reopen unlinked file {pid}/{fd}: "
+        raise EngineError("files", f"cannot reopen unlinked file {what}: "
                                    f"{e.strerror}") from None
     out = img.create_file(name)
     try:
@@ -279,11 +454,11 @@ def _save_file(img: ImageDir, pid: int, fd: int, name: str, size: int) -> list[l
             while pos < end:
                 n = os.sendfile(out, src, pos, end - pos)
                 if n == 0:
-                    raise EngineError("files", f"unlinked file {pid}/{fd}: read {pos} of "
+                    raise EngineError("files", f"unlinked file {what}: read {pos} of "
                                                f"{size} bytes")
                 pos += n
     except OSError as e:
-        raise EngineError("files", f"unlinked file {pid}/{fd}: {e.strerror}") from None
+        raise EngineError("files", f"unlinked file {what}: {e.strerror}") from None
     finally:
         os.close(src)
         os.close(out)

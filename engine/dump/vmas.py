@@ -102,14 +102,12 @@ def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes,
 
 
 def refuse_unrestorable(pid: int, vmas: list[Vma]) -> None:
-    """Refuse, while the task can still run on, a mapping restore could not rebuild."""
+    """Refuse, while the task can still run on, a mapping restore could not rebuild
+    (mappings of unlinked files: see engine.dump.files.dump_mapped)."""
     for v in vmas:
         if v.kind == "other":
             raise EngineError("memory", f"task {pid}: vma {v.start:#x}-{v.end:#x} ({v.path}): "
                                         "unsupported mapping kind")
-        if v.kind == "file" and v.deleted:
-            raise EngineError("memory", f"task {pid}: vma {v.start:#x}: mapping of deleted "
-                                        f"file {v.path} is not supported")
 
 
 def has_private_pages(v: Vma) -> bool:

@@ -115,6 +115,7 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
             raise ImageError(where, f"parent: {err.message}") from None
     files = d.read_json(names.FILES, FilesImage)
     by_id = files.by_id()
+    mapped = {(m.dev, m.inode) for m in files.mapped}
     shmem_ids = {s.id for s in inv.shmem}
     for f in files.files:
         _check_file(d, f, shmem_ids)
@@ -138,6 +139,11 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
         for fde in core.fds:
             if fde.file_id not in by_id:
                 raise ImageError(where, f"fd {fde.fd} refers to unknown file {fde.file_id}")
+        if core.cwd_file is not None and not (
+                core.cwd_file in by_id and by_id[core.cwd_file].type == "dir"
+                and by_id[core.cwd_file].deleted):
+            raise ImageError(where, f"cwd_file {core.cwd_file} is not a removed directory "
+                                    "of files.json")
         for th in core.threads:
             if th.xstate is not None:
                 _check_xstate(d, th.xstate, th.tid, where)
@@ -150,6 +156,10 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
                 if v.shmem_id is not None and v.shmem_id not in shmem:
                     raise ImageError(d.file(names.mm(t.pid)),
                                      f"vma {v.start:#x}: unknown shmem {v.shmem_id}")
+                if v.kind == "file" and v.deleted and (v.dev, v.inode) not in mapped:
+                    raise ImageError(d.file(names.mm(t.pid)),
+                                     f"vma {v.start:#x}: the unlinked file {v.path} it maps "
+                                     "is not in files.json's mapped files")
             _check_sysv_attaches(d.file(names.mm(t.pid)), mm, ipc)
             pm = d.read_pagemap(mm.pagemap)
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
@@ -162,6 +172,12 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
             _check_cow(d.file(names.mm(pid)), ti.mm,
                        parent_task.mm if parent_task is not None else None)
     _check_shared(d, inv, tasks, files)
+    for f in files.files:
+        leader = tasks[f.ctty_of].core if f.ctty_of in tasks else None
+        if f.ctty_of and (leader is None or leader.sid != leader.pid or leader.ctty is None):
+            raise ImageError(d.file(names.FILES), f"file {f.id}: ctty_of {f.ctty_of} is not "
+                                                  "a session leader with a controlling "
+                                                  "terminal")
     if ipc is not None:
         _check_sem_tasks(d.file(names.IPC), ipc.record, set(tasks))
     return DumpImage(d, inv, tasks, files, shmem, parent, ipc)

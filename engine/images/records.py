@@ -11,6 +11,7 @@ between tasks by id) even where the dumper only handles one task so far.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -55,6 +56,7 @@ VMA_KINDS = ("anon", "file", "shmem", "sysv", "heap", "stack", "vdso", "vvar", "
 SCHED_POLICIES = (0, 1, 2, 3, 5)  # OTHER, FIFO, RR, BATCH, IDLE (DEADLINE is refused)
 FILE_TYPES = ("reg", "dir", "pipe", "fifo", "chr", "blk", "socket", "anon_inode", "symlink",
               "mqueue", "other")  # symlink: an O_PATH|O_NOFOLLOW fd on the link itself
+_MAPS_DEV = re.compile(r"[0-9a-f]{2,}:[0-9a-f]{2,}")  # "MAJ:MIN" as /proc/PID/maps shows it
 
 
 #: user_regs_struct (engine.kernel.structs.UserRegs) field names: a thread's `regs` has
@@ -546,10 +548,14 @@ class TaskCore:
     membarrier: int = 0  # membarrier REGISTER_* command bits of the mm
     ctty: str | None = None  # path of the controlling terminal, if any
     ctty_pgrp: int = 0  # its foreground process group (0: none, or led from outside)
+    # a removed working directory ("<path> (deleted)" in `cwd`): the files.json record
+    # (a removed directory) the task goes back into
+    cwd_file: int | None = None
 
     def validate(self) -> None:
         """Check ids, state, the umask and that fd numbers are unique."""
         _check(_is_pid(self.pid), "pid out of range")
+        _check(self.cwd_file is None or self.cwd_file >= 0, f"bad cwd_file {self.cwd_file}")
         _check(_is_pid(self.ctty_pgrp, zero_ok=True), f"bad ctty_pgrp {self.ctty_pgrp}")
         _check(0 <= self.thp_disable <= 3, f"bad thp_disable {self.thp_disable}")
         _check(-1000 <= self.oom_score_adj <= 1000, f"bad oom_score_adj {self.oom_score_adj}")
@@ -699,7 +705,9 @@ class FileRecord:
     Type-specific fields: reg/dir/chr/blk/fifo have `path`; reg has `pos`; an unlinked
     regular file has `deleted` and its content in `content` (a file name in the image
     dir); pipes and fifos have `pipe_ino` and, for the unread data of the pipe (stored once
-    per pipe, not per end), `content`; chr/blk have `rdev`.
+    per pipe, not per end), `content`; chr/blk have `rdev`. A removed directory, symlink
+    or FIFO has `deleted` too (restore makes it again and removes it), a removed symlink
+    its `target`.
     """
 
     id: int
@@ -728,6 +736,10 @@ class FileRecord:
     atime_ns: int = 0
     mtime_ns: int = 0
     extents: list[list[int]] | None = None
+    target: str | None = None  # a removed symlink: what it points to
+    # /dev/tty (chr 5:0): the session leader (image pid) whose controlling terminal this
+    # description reaches; restore opens it in that task once it has the terminal
+    ctty_of: int = 0
     # anon_inode kinds: exactly one of these (engine.images.fdkinds)
     eventfd: EventfdState | None = None
     signalfd: SignalfdState | None = None
@@ -763,6 +775,13 @@ class FileRecord:
             _check(bool(self.path), f"file {self.id}: {self.type} without path")
         if self.type == "pipe":
             _check(self.pipe_ino is not None, f"file {self.id}: pipe without inode")
+        if self.deleted and self.type in ("dir", "symlink", "fifo"):
+            _check(bool(self.path) and (self.type != "symlink" or bool(self.target)),
+                   f"file {self.id}: removed {self.type} without path or target")
+        _check(self.target is None or self.type == "symlink" and "\0" not in self.target,
+               f"file {self.id}: bad target")
+        _check(self.ctty_of == 0 or self.type == "chr" and _is_pid(self.ctty_of),
+               f"file {self.id}: bad ctty_of {self.ctty_of}")
         if self.content is not None:
             _check(_safe_name(self.content), f"file {self.id}: bad content file name")
         kinds = [k for k in (self.eventfd, self.signalfd, self.timerfd, self.epoll,
@@ -777,15 +796,47 @@ class FileRecord:
 
 
 @dataclass
-class FilesImage:
-    """files.json: every open file description of the dumped tree."""
+class MappedFile:
+    """An unlinked file some task maps: the `dev` ("MAJ:MIN", hex, as /proc/PID/maps
+    shows it) and `inode` of its VMAs, and the files.json record (an unlinked regular
+    file with its saved content) restore makes it again from."""
 
-    files: list[FileRecord]
+    dev: str
+    inode: int
+    file_id: int
 
     def validate(self) -> None:
-        """Ids unique."""
+        """A maps-style device, a positive inode, a file id."""
+        _check(_MAPS_DEV.fullmatch(self.dev) is not None, f"mapped file: bad dev {self.dev!r}")
+        _check(self.inode > 0 and self.file_id >= 0,
+               f"mapped file {self.dev} {self.inode}: bad inode or file id")
+
+
+def deleted_key(dev: str | None, inode: int) -> str:
+    """The name under which restore holds the file an unlinked-file VMA maps."""
+    return f"deleted-{dev}-{inode}"
+
+
+@dataclass
+class FilesImage:
+    """files.json: every open file description of the dumped tree, and the unlinked
+    files that are mapped (`mapped`: their records are among `files`)."""
+
+    files: list[FileRecord]
+    mapped: list[MappedFile] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Ids unique; each mapped file once, an unlinked regular file with content."""
         ids = [f.id for f in self.files]
         _check(len(ids) == len(set(ids)), "duplicate file id")
+        keys = [(m.dev, m.inode) for m in self.mapped]
+        _check(len(keys) == len(set(keys)), "a mapped file listed twice")
+        by_id = self.by_id()
+        for m in self.mapped:
+            f = by_id.get(m.file_id)
+            _check(f is not None and f.type == "reg" and f.deleted and f.content is not None,
+                   f"mapped file {m.dev} {m.inode}: file {m.file_id} is not an unlinked "
+                   "file with saved content")
 
     def by_id(self) -> dict[int, FileRecord]:
         """Map id -> record."""

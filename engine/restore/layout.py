@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.images import ipcns
-from engine.images.records import PAGE_SIZE, MmCore, ShmemEntry, Vma
+from engine.images.records import PAGE_SIZE, MmCore, ShmemEntry, Vma, deleted_key
 from engine.kernel import blob, uapi
 from engine.proc.maps import read_maps
 
@@ -254,6 +254,17 @@ def _attach_sysv(t: blob.Table, vmas: list[Vma], sizes: dict[int, int]) -> None:
                       what=("protect SysV segment {} at {:#x}", a.shmid, v.start))
 
 
+def _deleted_path(v: Vma, objfds: dict[str, int]) -> str:
+    """Where the task opens the unlinked file a VMA maps: the root made it again and
+    removed it, and every task holds a description of it until its finish table; a new
+    description through /proc/self/fd has the access mode this mapping needs."""
+    fd = objfds.get(deleted_key(v.dev, v.inode))
+    if fd is None:
+        raise EngineError("mm", f"vma {v.start:#x}: the unlinked file {v.path} it maps was "
+                                "not saved")
+    return f"/proc/self/fd/{fd}"
+
+
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
                  rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry],
                  objfds: dict[str, int],
@@ -268,7 +279,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     there; a dumped VMA becomes a second mapping of its part of the object (mremap with
     old_size 0 on a shared mapping), which needs neither a path nor /proc/PID/map_files
     (refused inside a user namespace). A private mapping of a memfd is mapped from the
-    memfd's fd that every task holds until the finish table (objfds: shmem id -> fd).
+    memfd's fd that every task holds until the finish table (objfds: shmem id -> fd);
+    a mapping of an unlinked file from the file's (objfds: deleted_key -> fd).
     moves: VMA start -> (from, to, size) of each piece of a private VMA the task built
     before it forked (engine.restore.premap): moved into place instead of mapped.
     sysv_sizes: id -> mapped size of each SysV segment of the tree's ipc namespace, which
@@ -306,10 +318,8 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
             sysv.append(v)
         elif v.kind == "file":
             assert v.path is not None
-            if v.deleted:
-                raise EngineError("mm", f"vma {v.start:#x}: mapping of deleted file "
-                                        f"{v.path} is not supported")
-            files.setdefault((v.path, _file_open_flags(v)), []).append(v)
+            path = _deleted_path(v, objfds) if v.deleted else v.path
+            files.setdefault((path, _file_open_flags(v)), []).append(v)
         elif v.start in apart:
             _map_anon_apart(t, v, window.anon_tmp)
         else:
@@ -353,7 +363,9 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
 
 
 def layout_table_bytes(mm: MmCore, nr_shmem: int, nr_moves: int = 0) -> int:
-    """An upper bound of the layout table's size (to size the region before forking)."""
+    """An upper bound of the layout table's size (to size the region before forking);
+    nr_shmem: the shared objects (shmem, mapped unlinked files) of the tree."""
     entries = 8 + len(mm.vmas) * 5 + nr_shmem * 3 + nr_moves
     strings = sum(len(os.fsencode(v.path or "")) + 1 for v in mm.vmas) + nr_shmem * 64
+    strings += sum(32 for v in mm.vmas if v.deleted)  # /proc/self/fd/N instead of the path
     return entries * blob.ENTRY_SIZE + strings + 4096

@@ -259,6 +259,7 @@ class TreeRestorer:
         self.objfds: dict[str, int] = {}
         self.premap = premap.Plan()
         self.creator: dict[int, int] = {}  # task -> the task that forks it, if its parent
+        self.mapped: list[tuple[str, int]] = []  # mapped unlinked files (spawn.TreeSetup)
 
     def _ipc_plan(self) -> ipcns.IpcPlan | None:
         """The objects of the tree's own ipc namespace, made by the engine while the root
@@ -277,9 +278,17 @@ class TreeRestorer:
         return plan
 
     def _plan_tree(self) -> tuple[spawn.TaskSetup, files.FilesPlan]:
-        """What each task does in spawn (ids, fds, session...), and the files plan."""
-        inv = self.image.inventory
+        """What each task does in spawn (ids, fds, session...), and the files plan (which
+        may hold descriptions already: closed if the planning fails)."""
         fplan = files.FilesPlan()
+        try:
+            return self._plan(fplan), fplan
+        except BaseException:
+            fplan.close()
+            raise
+
+    def _plan(self, fplan: files.FilesPlan) -> spawn.TaskSetup:
+        inv = self.image.inventory
         nodes: dict[int, spawn.TaskSetup] = {}
         pids = {t.pid for t in inv.tasks}
         for t in inv.tasks:
@@ -305,9 +314,14 @@ class TreeRestorer:
                                            ctty=core.ctty if core.sid == core.pid else None,
                                            share_flags=_spawn_flags(t.shared),
                                            sems=self.ipc.task_sems.get(t.pid, [])
-                                           if self.ipc is not None else [])
+                                           if self.ipc is not None else [],
+                                           cwd_file=core.cwd_file)
+        self.mapped = fplan.take_mapped(self.image)
         fplan.check()
         fplan.own_ipc = self.ns is not None and bool(self.ns.clone_flags & uapi.CLONE_NEWIPC)
+        for rec in fplan.files.values():
+            if rec.ctty_of:
+                nodes[rec.ctty_of].ctty_files.append(rec.id)
         if self.ns is not None and self.ns.new_user:
             fplan.map_owners(self.ns.inner_uid, self.ns.inner_gid)
         for t in inv.tasks:
@@ -315,7 +329,7 @@ class TreeRestorer:
                 nodes[t.ppid].children.append(nodes[t.pid])
         spawn.plan_sessions(nodes[inv.root_pid])
         self.posix_locks = fplan.posix_locks
-        return nodes[inv.root_pid], fplan
+        return nodes[inv.root_pid]
 
     def _setup(self, window: layout.Window, root: spawn.TaskSetup,
                fplan: files.FilesPlan) -> spawn.TreeSetup:
@@ -331,7 +345,8 @@ class TreeRestorer:
         shared = [(window.shmem_tmp[s.id], s.size, s.id) for s in self.shmem.values()]
         return spawn.TreeSetup(root, fplan, window.region, self.ns, memfds, obj_base, shared,
                                premap=self.premap.tasks, premap_areas=self.premap.areas(),
-                               gone_sems=self.ipc.gone_sems if self.ipc is not None else {})
+                               gone_sems=self.ipc.gone_sems if self.ipc is not None else {},
+                               mapped=self.mapped)
 
     def run(self) -> int:
         """Create, rebuild and release the tree; returns the root pid."""
@@ -339,7 +354,8 @@ class TreeRestorer:
         specials = {t.pid: layout.match_specials(t.mm, mine) for t in self.owners}
         root, fplan = self._plan_tree()
         self._plan_premaps(root)
-        size = max(max(layout.layout_table_bytes(t.mm, len(self.shmem), self._pieces(t.pid)),
+        objs = len(self.shmem) + len(self.image.files.mapped)
+        size = max(max(layout.layout_table_bytes(t.mm, objs, self._pieces(t.pid)),
                        state_table.table_bytes_bound(t.core, t.mm)) for t in self.owners)
         size = max([size] + [self._vm_setup(t).size() for t in self.live if t.vm_parent])
         # One spare page at the end for single syscalls' arguments (clone3 of threads).
@@ -356,10 +372,13 @@ class TreeRestorer:
             premap.check_contents(self.image, self.premap, sources, self.creator)
             self.premap.place(window.premap, sources)
             setup = self._setup(window, root, fplan)
-            self.objfds = setup.memfd_fds()
+            self.objfds = setup.obj_fds()
             with _timed(self.opts, "spawn"):
-                tree = spawn.spawn(setup, self.opts.timeout,
-                                   self.ipc.prepare if self.ipc is not None else None)
+                try:
+                    tree = spawn.spawn(setup, self.opts.timeout,
+                                       self.ipc.prepare if self.ipc is not None else None)
+                finally:
+                    setup.files.close()  # the root has copied what it needed
             self.tree = tree
             files_by_id = self.image.files.by_id()
             try:

@@ -79,6 +79,9 @@ class TaskSetup:
     # with fd tables of their own (engine/restore/vmchild.py)
     staged: list[tuple[int, int]] = field(default_factory=list)
     ctty: str | None = None  # a session leader's controlling terminal, taken after setsid
+    cwd_file: int | None = None  # a removed cwd: the file id of its description (fchdir)
+    # /dev/tty descriptions (file ids) this session leader opens once it has its terminal
+    ctty_files: list[int] = field(default_factory=list)
     children: list[TaskSetup] = field(default_factory=list)
     # siblings in this task's session that its parent cannot create (not in the parent's
     # session, not leading their own): this task creates them with CLONE_PARENT
@@ -127,16 +130,18 @@ class TreeSetup:
     # slot area all of it lives in
     premap: dict[int, premap.TaskPremap] = field(default_factory=dict)
     premap_areas: list[tuple[int, int]] = field(default_factory=list)
-
     # SysV semaphores last changed by a process gone since: its pid in the tree's pid
     # namespace -> (set id, number, value); the root makes such a process for each
     gone_sems: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+    # unlinked files some task maps (deleted_key, file id): the root holds a description
+    # of each at the fds after the memfds', until the tasks' finish tables
+    mapped: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def low(self) -> int:
         """The lowest fd number of the descriptions and pipes the root opens for the tree
-        (above every fd number a task has and the memfds)."""
-        return self.obj_base + len(self.memfds)
+        (above every fd number a task has and the root's objects)."""
+        return self.obj_base + self.objs
 
     @property
     def inner_pids(self) -> dict[int, int]:
@@ -146,6 +151,16 @@ class TreeSetup:
     def memfd_fds(self) -> dict[str, int]:
         """shmem id -> the fd number of its memfd in every task until the finish table."""
         return {sid: self.obj_base + i for i, (sid, _, _) in enumerate(self.memfds)}
+
+    def obj_fds(self) -> dict[str, int]:
+        """memfd_fds(), and deleted_key -> the fd number of a mapped unlinked file."""
+        base = self.obj_base + len(self.memfds)
+        return self.memfd_fds() | {key: base + j for j, (key, _) in enumerate(self.mapped)}
+
+    @property
+    def objs(self) -> int:
+        """How many fds from obj_base on are the root's objects (memfds, mapped files)."""
+        return len(self.memfds) + len(self.mapped)
 
 
 def _set_limits(limits: list[RlimitRecord]) -> None:
@@ -299,11 +314,13 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
           sync: files.FdTableSync | None = None) -> None:
     """Runs in the new task; never returns. `sync`: given to a task that shares its fd
     table with its parent (see files.FdTableSync)."""
-    go_r, err_w = ctl[:2]  # then the memfds, kept open for the engine's tables
+    go_r, err_w = ctl[:2]  # then the objects' fds, kept open for the engine's tables
     first = sync is None  # the first holder of its fd table
     try:
         _set_session(t)
         _set_sems(t.sems)
+        if t.ctty_files:
+            files.open_ctty(tree.files, t.ctty_files, by_file, tree.low)
         if tree.premap_areas:
             # before the children are forked: they inherit it copy-on-write
             premap.build(tree.premap.get(t.pid), tree.premap_areas)
@@ -325,10 +342,13 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
         if t.zombie_status is not None:
             _exit_as(t.zombie_status)
         fault_point("files")
+        if t.cwd_file is not None:
+            os.fchdir(by_file[t.cwd_file])  # before place() closes the description
         _place(tree, group, ctl, by_file, sync)
         start, end = tree.region
         ksys.mmap(start, end - start, _REGION_PROT, _REGION_FLAGS)
-        os.chdir(t.cwd)
+        if t.cwd_file is None:
+            os.chdir(t.cwd)
         os.umask(t.umask)
         _set_limits(t.limits)
         if os.read(go_r, 1) != b"g":
@@ -384,8 +404,8 @@ def _room_for_fds(tree: TreeSetup) -> None:
     """Room under RLIMIT_NOFILE for every object above obj_base and every task's fds,
     before the fork (the tasks inherit it; each sets its dumped limits once its fds are
     placed)."""
-    need = max(fdbudget.needed(tree.files.max_fd, len(tree.files.files) + len(tree.memfds)),
-               tree.obj_base + len(tree.memfds) + len(tree.files.files) + 1)
+    need = max(fdbudget.needed(tree.files.max_fd, len(tree.files.files) + tree.objs),
+               tree.obj_base + tree.objs + len(tree.files.files) + 1)
     why = fdbudget.make_room(need)
     if why:
         raise EngineError("files", f"the tree needs {need} fds open at once: {why}")
@@ -419,9 +439,12 @@ def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
         # Files are opened with the engine's own credentials (in a new user namespace the
         # task only becomes root inside afterwards), as the dumped tree opened them.
         by_file = files.open_all(tree.files, low, memfds)
+        objs = tree.obj_fds()
+        for key, fid in tree.mapped:
+            os.dup2(by_file[fid], objs[key])  # the layout reopens it through /proc/self/fd
         if tree.ns is not None and tree.ns.new_user:
             ns.become_root_inside()
-        ctl += list(memfds.values())
+        ctl += list(objs.values())
     except EngineError as e:
         _report(ctl[1], tree.root.pid, e.phase, e.message)
         os._exit(1)
@@ -487,10 +510,16 @@ class Tree:
 
     def ours(self, pid: int) -> bool:
         """True when task `pid` (dumped pid) exists and is the one we created: its parent
-        is the one we made it from, or us (the subreaper) after its parent died."""
+        is a task of the tree (the one we made it from, or, once that one died, the pid
+        namespace's init or a subreaper of the tree), or us (the subreaper)."""
         real = self.real.get(pid)
-        parent = self._expected_parent(pid)
-        return real is not None and parent is not None and self._child_of(real, parent)
+        if real is None or self._expected_parent(pid) is None:
+            return False
+        try:
+            ppid = read_stat(real).ppid
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return ppid == os.getpid() or ppid != real and ppid in self.real.values()
 
     def kill_all(self, timeout: float = 10.0) -> None:
         """SIGKILL every task of the tree that exists and is ours, and reap them (we are

@@ -197,11 +197,12 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     """The table run after the pages are written, and the calls deferred past it.
 
     shmem: every shared memory object; each task unmaps its inherited whole mapping of
-    each, then the root seals the memfds. objfds: the memfd fds every task inherited
-    (closed). held: the task's fds with their descriptions (owners, signals). pid: the
-    task, as the engine sees it. shared: the tables (TaskEntry.shared) the task shares
-    with its parent, which set them up: what belongs to them is not done again (the
-    address space: mappings and mm fields; the fd table: the memfd copies; fs: the root)."""
+    each, then the root seals the memfds. objfds: the memfd and mapped unlinked files'
+    fds every task inherited (closed). held: the task's fds with their descriptions
+    (owners, signals). pid: the task, as the engine sees it. shared: the tables
+    (TaskEntry.shared) the task shares with its parent, which set them up: what belongs to
+    them is not done again (the address space: mappings and mm fields; the fd table: the
+    object copies; fs: the root)."""
     t = blob.Table()
     deferred = Deferred()
     deferred.drain = (t.data(struct.pack("<Q", (1 << 64) - 1)), t.data(bytes(16)))
@@ -218,7 +219,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
             t.add(uapi.SYS_fcntl, objfds[s.id], _F_ADD_SEALS, s.seals, what=f"seal {s.id}")
     # (a task sharing its parent's address space got its fd table without them)
     for sid, fd in sorted(objfds.items()) if own_mm and "files" not in shared else []:
-        t.add(uapi.SYS_close, fd, what=f"close memfd {sid} (restore's copy)")
+        t.add(uapi.SYS_close, fd, what=f"close {sid} (restore's copy)")
     exe = mm.exe or core.exe
     if own_mm:
         _mm_map(t, mm, None if exe and _is_own_exe(exe, pid) else exe)

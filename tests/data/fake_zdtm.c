@@ -7,6 +7,7 @@
  *   -DBEHAVE_SKIP     skips itself at setup: "SKIP: ..." in the outfile, starter exits 77
  *   -DBEHAVE_DIRFD    PASS, holding an fd of its work dir opened with O_DIRECTORY
  *   -DBEHAVE_SUBDIR   PASS, its daemon's cwd a new directory "sub" of the work dir
+ *   -DBEHAVE_SUBDIR_CHILD  with BEHAVE_SUBDIR: also a child (pausing) in that cwd
  *   -DBEHAVE_FLAKY    FAIL on SIGTERM the first time (it leaves BINARY.ran), PASS after
  */
 #include <fcntl.h>
@@ -109,6 +110,11 @@ int main(int argc, char **argv)
 #ifdef BEHAVE_SUBDIR
 	if (mkdir("sub", 0755) || chdir("sub"))
 		return 1;
+#endif
+#ifdef BEHAVE_SUBDIR_CHILD
+	if (fork() == 0)
+		for (;;)
+			pause();
 #endif
 #ifdef BEHAVE_DIRFD
 	if (open(".", O_RDONLY | O_DIRECTORY) < 0)

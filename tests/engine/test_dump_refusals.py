@@ -17,6 +17,13 @@ from tests.engine.dump_support import run_engine
 
 # Each holder opens an fd of a kind the engine does not restore, says "ready", waits;
 # the dump's one line must contain the expected words.
+# A file d/f mapped MAP_SHARED with no fd left (Python's mmap module would keep one)
+MAP_ONLY = ("import ctypes, tempfile; d = tempfile.mkdtemp(); "
+            "f = os.open(d + '/f', os.O_CREAT | os.O_RDWR); os.write(f, bytes(4096)); "
+            "libc = ctypes.CDLL(None); libc.mmap.restype = ctypes.c_void_p; "
+            "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, "
+            "ctypes.c_int, ctypes.c_int, ctypes.c_long]; "
+            "assert libc.mmap(None, 4096, 3, 1, f, 0) not in (None, 2**64 - 1); os.close(f);")
 HOLDERS = {
     "raw socket with a packet queued": (
         ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); "
@@ -67,6 +74,43 @@ HOLDERS = {
         ("import socket, tempfile; d = tempfile.mkdtemp(); s = socket.socket(socket.AF_UNIX); "
          "s.bind(d + '/s'); os.unlink(d + '/s'); os.rmdir(d)"),
         "whose socket file was removed or replaced"),
+    "removed device node": (
+        ("import stat, tempfile; d = tempfile.mkdtemp(); "
+         "os.mknod(d + '/n', 0o600 | stat.S_IFCHR, os.makedev(1, 3)); "
+         "s = os.open(d + '/n', os.O_RDONLY); os.unlink(d + '/n'); os.rmdir(d)"),
+        "cannot dump the removed device node"),
+    "unlinked file whose directory is gone": (
+        ("import tempfile; d = tempfile.mkdtemp(); "
+         "s = os.open(d + '/f', os.O_CREAT | os.O_RDWR); os.unlink(d + '/f'); os.rmdir(d)"),
+        "is gone too, so restore could not make it again"),
+    "cwd in a directory whose parent is gone": (
+        ("import tempfile; d = tempfile.mkdtemp(); os.mkdir(d + '/sub'); "
+         "os.chdir(d + '/sub'); os.rmdir(d + '/sub'); os.rmdir(d)"),
+        "cwd: cannot dump the removed dir"),
+    "unlinked file with another link": (
+        ("import tempfile; d = tempfile.mkdtemp(); s = os.open(d + '/f', os.O_CREAT | os.O_RDWR); "
+         "os.link(d + '/f', d + '/g'); os.unlink(d + '/f')"),
+        "its name was removed and it has 1 other link(s), which restore could not find"),
+    "mapping of an unlinked file with another link": (
+        (f"{MAP_ONLY} os.link(d + '/f', d + '/g'); os.unlink(d + '/f')"),
+        "the file still has 1 link(s) (its name was removed, or it is named so)"),
+    "mapping of an unlinked file whose directory is gone": (
+        (f"{MAP_ONLY} os.unlink(d + '/f'); os.rmdir(d)"),
+        "cannot dump the removed reg"),
+    "/dev/tty of a terminal no longer controlling": (
+        ("import fcntl, pty, signal, termios; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+         "os.setsid(); m, sl = pty.openpty(); fcntl.ioctl(sl, termios.TIOCSCTTY, 0); "
+         "s = os.open('/dev/tty', os.O_RDWR); fcntl.ioctl(s, termios.TIOCNOTTY)"),
+        "no session leader of the dumped tree has it as its controlling terminal"),
+    "/dev/tty of a child's session": (
+        ("import ctypes, fcntl, pty, socket, termios; a, b = socket.socketpair()\n"
+         "if os.fork() == 0:\n"
+         "    ctypes.CDLL(None).prctl(1, 9)\n"
+         "    os.setsid(); m, sl = pty.openpty(); fcntl.ioctl(sl, termios.TIOCSCTTY, 0)\n"
+         "    socket.send_fds(b, [b'x'], [os.open('/dev/tty', os.O_RDWR)])\n"
+         "    time.sleep(60); os._exit(0)\n"
+         "s = socket.recv_fds(a, 1, 1)[1][0]"),
+        "only its session leader"),
     "file with a path in flight": (("import socket; a, b = socket.socketpair(); "
                                    "f = os.open('/dev/null', 0); "
                                    "socket.send_fds(a, [b'x'], [f]); os.close(f)"),

@@ -340,3 +340,69 @@ def test_pristine_shared_copy_still_restores(shared_image: tuple[cr.ZdtmTest, Pa
     r = cr.engine("restore", "-D", str(d), "-d")
     assert r.returncode == 0, r.stderr
     assert "PASS" in t.stop()
+
+
+@pytest.fixture(scope="module")
+def mapped_dump(tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[tuple[cr.ZdtmTest, Path]]:
+    """mmap_deleted (mappings of unlinked files, with and without an fd), dumped."""
+    cr.become_subreaper()
+    tmp = tmp_path_factory.mktemp("hostile-mapped")
+    t = cr.ZdtmTest.start("mmap_deleted", tmp / "work")
+    images = tmp / "img"
+    try:
+        d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
+        assert d.returncode == 0, d.stderr
+        for pid in cr.tree_of(t.pid) + [t.pid]:
+            cr.wait_gone(pid)
+        yield t, images
+    finally:
+        t.cleanup()
+
+
+@pytest.fixture
+def mapped_image(mapped_dump: tuple[cr.ZdtmTest, Path], tmp_path: Path
+                 ) -> tuple[cr.ZdtmTest, Path]:
+    t, pristine = mapped_dump
+    copy = tmp_path / "img"
+    shutil.copytree(pristine, copy)
+    return t, copy
+
+
+def test_mapping_of_an_unlinked_file_not_saved(mapped_image: tuple[cr.ZdtmTest, Path]
+                                               ) -> None:
+    t, d = mapped_image
+    _edit(d / "files.json", lambda f: f.__setitem__("mapped", []))
+    reseal(d)
+    _refused(t, d, f"mm-{t.pid}.json", "is not in files.json's mapped files")
+
+
+def test_mapped_file_that_is_no_unlinked_file(mapped_image: tuple[cr.ZdtmTest, Path]) -> None:
+    t, d = mapped_image
+
+    def to_dev_null(f: Any) -> None:
+        null = next(r for r in f["files"] if r["path"] == "/dev/null")
+        f["mapped"][0]["file_id"] = null["id"]
+    _edit(d / "files.json", to_dev_null)
+    reseal(d)
+    _refused(t, d, "files.json", "is not an unlinked file with saved content")
+
+
+def test_cwd_file_that_is_no_removed_directory(mapped_image: tuple[cr.ZdtmTest, Path]
+                                               ) -> None:
+    t, d = mapped_image
+    _edit(d / f"core-{t.pid}.json", lambda c: c.__setitem__("cwd_file", 0))
+    reseal(d)
+    _refused(t, d, f"core-{t.pid}.json", "cwd_file 0 is not a removed directory")
+
+
+def test_ctty_of_a_task_without_a_terminal(mapped_image: tuple[cr.ZdtmTest, Path]) -> None:
+    t, d = mapped_image
+
+    def to_test(f: Any) -> None:
+        null = next(r for r in f["files"] if r["path"] == "/dev/null")
+        null["ctty_of"] = t.pid
+    _edit(d / "files.json", to_test)
+    reseal(d)
+    _refused(t, d, "files.json", f"ctty_of {t.pid} is not a session leader with a "
+                                 "controlling terminal")

@@ -167,13 +167,16 @@ def test_fault_in_a_tree_kills_every_task(tmp_path: Path, step: str) -> None:
         t.cleanup()
 
 
+@pytest.mark.parametrize("with_child", [False, True], ids=["test", "test+child"])
 def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, with_child: bool) -> None:
     """A tree under its own pid-namespace init (flavour uns) whose test task's cwd uid
     100000 can no longer enter at restore: that task fails its set-up while the engine
     waits for the init to stop. The init cannot end while the engine traces its children (only the engine
     could reap them), so the engine must take the reported error rather than wait out its
-    deadline, and leave nothing behind."""
+    deadline, and leave nothing behind. With a child in the same cwd, the test task may
+    die first: its child, re-parented to the init, must still be reaped (else the init
+    never ends and the error becomes "did not die after SIGKILL")."""
     from flavors import get_flavor
     from zdtm import plumbing
     from zdtm.build import ensure_built
@@ -188,12 +191,13 @@ def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
         flavor = get_flavor("uns")
         flavor.prepare(work)
         fake = top / "fake"
-        subprocess.run(["gcc", "-O2", "-DBEHAVE_SUBDIR", "-o", str(fake), str(FAKE_SRC)],
+        behave = ["-DBEHAVE_SUBDIR"] + (["-DBEHAVE_SUBDIR_CHILD"] if with_child else [])
+        subprocess.run(["gcc", "-O2", *behave, "-o", str(fake), str(FAKE_SRC)],
                        check=True, timeout=120)
         st = flavor.start([str(fake), "--pidfile=t.pid", "--outfile=t.out"],
                           work, "t.pid", 60.0, work / "start.log")
         pids = [st.root_pid, *plumbing.descendants(st.root_pid)]
-        assert len(pids) == 2  # nsinit, the test
+        assert len(pids) == 2 + with_child  # nsinit, the test (, its child)
         images = tmp_path / "img"
         d = cr.engine("dump", "-t", str(st.root_pid), "-D", str(images))
         assert d.returncode == 0, d.stderr

@@ -85,9 +85,9 @@ FEATURES: dict[str, str | None] = {
     # named client comes back unnamed
     "netlink": None, "packet_socket": None, "raw_socket": None, "udp_options": None,
     "tcp_listen_pending": None, "unix_listen": None, "unix_named": None,
-    # what the bundled engine refuses and CRIU dumps: a deleted file's mapping (kept in a
-    # ghost file), a group without its leader (pstree.c: "Add a helper %d for restoring
-    # PGID %d")
+    # a deleted file's mapping (CRIU keeps it in a ghost file); what the bundled engine
+    # refuses and CRIU dumps: a group without its leader (pstree.c: "Add a helper %d for
+    # restoring PGID %d")
     "dump_deleted_file_mapping": None, "dump_leaderless_pgid": None,
     # CRIU dumps the SysV objects of an ipc namespace of the tree's own (ipc_ns.c); its
     # POSIX queues too: the tests run, and fail where CRIU differs
