@@ -199,8 +199,8 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
             dfiles.resolve_ttys(table, fds, {p.pid: p.ppid for p in procs})
             for p in procs:
                 mm = state[p.pid].mm
-                assert mm is not None
-                dfiles.dump_mapped(img, table, p.pid, mm.vmas)
+                if mm is not None:  # (None: a task on its parent's address space)
+                    dfiles.dump_mapped(img, table, p.pid, mm.vmas)
             table.check_complete({p.pid for p in procs})
             sharing.check_files(tables, fds, table.files)
             _check_fd_room(fds, len(table.files) + len(shmem_entries)

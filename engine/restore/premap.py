@@ -39,7 +39,7 @@ from engine.dump.intervals import Interval, intersect, normalise, subtract
 from engine.errors import EngineError
 from engine.images import DumpImage
 from engine.images.load import COW_KINDS
-from engine.images.records import PAGE_SIZE, MmCore, Vma
+from engine.images.records import PAGE_SIZE, MmCore, Vma, deleted_key
 from engine.kernel import pagecrc, uapi
 from engine.kernel import sys as ksys
 from engine.restore.pages import Chunk, PageSource
@@ -249,16 +249,17 @@ def _fill(tp: TaskPremap, src: PageSource, slot: Callable[[int], int]) -> None:
 # ---- in the new task (still a copy of the engine), before it forks its children --------
 
 
-def build(tp: TaskPremap | None, areas: list[Interval]) -> None:
+def build(tp: TaskPremap | None, areas: list[Interval], objfds: dict[str, int]) -> None:
     """Make this task's premapped memory: keep what it inherits, unmap the rest of the
-    slot area (`areas`), map the rest fresh, drop the pages it lacks, write its own."""
+    slot area (`areas`), map the rest fresh, drop the pages it lacks, write its own.
+    objfds: deleted_key -> the fd every task holds of a mapped unlinked file."""
     try:
         for lo, hi in subtract(areas, tp.keep if tp is not None else []):
             ksys.munmap(lo, hi - lo)
         if tp is None:
             return
         for v, at in tp.fresh:
-            _map_fresh(v, at)
+            _map_fresh(v, at, objfds)
         for lo, hi in tp.drops:
             ksys.syscall(uapi.SYS_madvise, lo, hi - lo, uapi.MADV_DONTNEED)
     except OSError as e:
@@ -269,7 +270,7 @@ def build(tp: TaskPremap | None, areas: list[Interval]) -> None:
         ctypes.memmove(c.dst, c.src, c.length)
 
 
-def _map_fresh(v: Vma, at: int) -> None:
+def _map_fresh(v: Vma, at: int, objfds: dict[str, int]) -> None:
     flags = (v.flags & _MAP_KEEP) | uapi.MAP_FIXED_NOREPLACE
     if "nr" in v.vmflags:
         flags |= uapi.MAP_NORESERVE
@@ -277,7 +278,9 @@ def _map_fresh(v: Vma, at: int) -> None:
         ksys.mmap(at, v.end - v.start, _RW, flags)
         return
     assert v.path is not None
-    fd = os.open(v.path, os.O_RDONLY | os.O_CLOEXEC)
+    # an unlinked file: through the description the root made of it again
+    path = f"/proc/self/fd/{objfds[deleted_key(v.dev, v.inode)]}" if v.deleted else v.path
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         ksys.mmap(at, v.end - v.start, _RW, flags & ~uapi.MAP_ANONYMOUS, fd, v.pgoff)
     finally:

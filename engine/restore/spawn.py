@@ -323,7 +323,7 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
             files.open_ctty(tree.files, t.ctty_files, by_file, tree.low)
         if tree.premap_areas:
             # before the children are forked: they inherit it copy-on-write
-            premap.build(tree.premap.get(t.pid), tree.premap_areas)
+            premap.build(tree.premap.get(t.pid), tree.premap_areas, tree.obj_fds())
         group = [t, *t.fd_table_sharers()] if first else []  # who _place is for
         if len(group) > 1:
             sync = files.FdTableSync(len(group) - 1, tree.low)
