@@ -18,9 +18,13 @@ where <fhandle> is fhandle-bytes:<hex> fhandle-type:<hex> f_handle:<hex bytes>.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 from dataclasses import dataclass
+
+from engine.kernel import uapi
+from engine.kernel.sys import syscall
 
 #: the link of an anon-inode fd names its kind: anon_inode:[eventfd], anon_inode:[pidfd], ...
 ANON_PREFIX = "anon_inode:"
@@ -185,3 +189,23 @@ def fanotify(extra: dict[str, str]) -> tuple[int, int, list[FanotifyMark]]:
 def pidfd(extra: dict[str, str]) -> int:
     """The pid a pidfd refers to, in the reader's pid namespace (-1: already reaped)."""
     return int(extra["Pid"])
+
+
+def inotify_identity(path: str) -> tuple[int, int] | None:
+    """(kernel dev, inode) of `path` itself as an inotify watch names it (what a task's
+    fdinfo shows), or None where no watch can be set. stat() may say otherwise: overlayfs
+    shows a file's upper-layer inode and device."""
+    fd = syscall(uapi.SYS_inotify_init1, uapi.O_CLOEXEC)
+    try:
+        name = ctypes.create_string_buffer(os.fsencode(path))
+        try:
+            syscall(uapi.SYS_inotify_add_watch, fd, name, uapi.IN_ATTRIB | uapi.IN_DONT_FOLLOW)
+        except OSError:
+            return None
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            extra = {"inotify wd": "\n".join(ln.split("inotify wd:", 1)[1]
+                                             for ln in f if ln.startswith("inotify wd:"))}
+        marks = inotify(extra)
+        return (marks[0].handle.dev, marks[0].handle.ino) if marks else None
+    finally:
+        os.close(fd)

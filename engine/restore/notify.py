@@ -17,6 +17,7 @@ from engine.errors import EngineError
 from engine.images.fdkinds import FanotifyMark, FanotifyState, InotifyWatch
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
+from engine.proc import anonfd
 
 _IN_DONT_FOLLOW = 0x02000000  # the path names the watched inode itself, symlink or not
 _FAN_MARK_ADD = 0x1
@@ -25,16 +26,11 @@ _FAN_MARK_IGNORED_SURV_MODIFY = 0x40
 _FAN_MARK_IGNORE = 0x400
 _IGNORE_ONLY = _FAN_MARK_IGNORE | _FAN_MARK_IGNORED_MASK | _FAN_MARK_IGNORED_SURV_MODIFY
 _FAN_MARK_KIND = {"inode": 0, "mount": 0x10, "filesystem": 0x100}
-_KDEV_MINOR = 0xFFFFF
 
 
 def _same_inode(path: str, dev: int, ino: int) -> bool:
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    return st.st_ino == ino and (os.major(st.st_dev), os.minor(st.st_dev)) == (
-        dev >> 20, dev & _KDEV_MINOR)
+    """Whether `path` is the inode the dumped watch was on, as inotify names inodes."""
+    return anonfd.inotify_identity(path) == (dev, ino)
 
 
 def _add_watch(fd: int, w: InotifyWatch) -> int:

@@ -25,7 +25,11 @@ def open_master(rec: FileRecord, flags: int, queues: bytes,
     assert st is not None and rec.path is not None
     path = rec.path
     if not _is_devpts(st.devpts):
-        mount("devpts", st.devpts, "devpts", 0, st.devpts_opts)
+        try:
+            mount("devpts", st.devpts, "devpts", 0, st.devpts_opts)
+        except OSError as e:
+            raise EngineError("files", f"mount devpts at {st.devpts} ({st.devpts_opts}): "
+                                       f"{e.strerror}") from None
     if owner is None:
         master = _with_index(path, flags, st.index, st.devpts)
     else:
