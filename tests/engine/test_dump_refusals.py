@@ -60,7 +60,7 @@ HOLDERS = {
         ("import ctypes; c = ctypes.CDLL(None); s = c.inotify_init1(0); "
          "c.inotify_add_watch(s, b'.', 0x20); "
          "os.listdir('.')"),
-        # (how many: the engine's own look at the task may open its cwd too)
+        # (the refusal is what is tested, not how many events queued up)
         "bytes of queued events: no call puts events back into a new queue"),
     "inotify watch of an unlinked file": (
         ("import ctypes, tempfile; c = ctypes.CDLL(None); s = c.inotify_init1(0); "
