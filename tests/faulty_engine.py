@@ -31,6 +31,7 @@ Two halves:
   ``set-owner``, ``set-sig``, ``write-file`` (one byte inverted, mtime put back)  on the
                    first unlinked regular-file fd, through a pidfd_getfd copy of it
   ``set-async``    O_ASYNC on the first pipe
+  ``grow-pipe``    double the capacity of the first pipe (F_SETPIPE_SZ on a copy)
   ``rename-unlinked``  the first unlinked regular-file fd replaced (injected openat + dup3)
                    by an equal file (content, holes, owner, mode, mtime, flags, offset)
                    that was unlinked under another name, as a restore that recreates it
@@ -160,8 +161,8 @@ TTY_FAULTS = ("set-winsize", "set-termios")
 CTTY_FAULTS = ("drop-ctty", "set-fgpgrp")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL,
-          *KNOBS, *FILE_FAULTS, "set-async", "rename-unlinked", *TTY_FAULTS, "mount-left",
-          "cgroup-left",
+          *KNOBS, *FILE_FAULTS, "set-async", "grow-pipe", "rename-unlinked", *TTY_FAULTS,
+          "mount-left", "cgroup-left",
           "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
           "membarrier-global",
           "resume-stopped", "drop-watch",
@@ -183,6 +184,8 @@ _SYS_WRITE = 1
 MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
 MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED = 1 << 2
 TIOCNOTTY = 0x5422
+F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
 TIOCSPGRP = 0x5410
 AT_FDCWD = -100
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -456,6 +459,18 @@ def set_async(pid: int) -> dict:
     copy = _copy_fd(pid, fd)
     try:
         fcntl.fcntl(copy, fcntl.F_SETFL, fcntl.fcntl(copy, fcntl.F_GETFL) | os.O_ASYNC)
+    finally:
+        os.close(copy)
+    return {"fd": fd, "path": path}
+
+
+def grow_pipe(pid: int) -> dict:
+    """Double the capacity of the task's first pipe (it belongs to the pipe: a copy of
+    the fd reaches it)."""
+    fd, path = _first_fd(pid, lambda st, _target: stat.S_ISFIFO(st.st_mode))
+    copy = _copy_fd(pid, fd)
+    try:
+        fcntl.fcntl(copy, F_SETPIPE_SZ, 2 * fcntl.fcntl(copy, F_GETPIPE_SZ))
     finally:
         os.close(copy)
     return {"fd": fd, "path": path}
@@ -933,7 +948,7 @@ def _each(faults: Iterable[str], action: Callable[[str, int], dict]
 ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byte,
            "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang,
            "kmsg-warning": kmsg_warning, "break-cow": break_cow, "set-async": set_async,
-           "rename-unlinked": rename_unlinked,
+           "rename-unlinked": rename_unlinked, "grow-pipe": grow_pipe,
            **_each(UNSHARE, unshare_table), **_each(PRCTL, set_prctl),
            **_each(KNOBS, set_knob),
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),

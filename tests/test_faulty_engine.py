@@ -234,6 +234,7 @@ PROPERTY_FAULTS = {
     "set-owner": ("static/file_unlinked", "files", "owner absent -> pid pid "),
     "set-sig": ("static/file_unlinked", "files", "owner signal absent -> 10"),
     "set-async": ("static/fork_child", "fds", "|O_ASYNC"),
+    "grow-pipe": ("static/fork_child", "files", "pipe size 65536 -> 131072"),
     "set-winsize": ("static/tty_state", "tty", "winsize 33x77 (0x0 px) -> 12x34 (0x0 px)"),
     "set-termios": ("static/tty_state", "tty", "termios iflag "),
     "set-nnp": (SUBJECT, "task", "NoNewPrivs 0 -> 1"),

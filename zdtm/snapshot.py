@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from stat import S_ISFIFO
 
 from zdtm import (
     filestate,
@@ -428,6 +429,8 @@ def _file_state(ps: ProcState, fd: int, target: str, pidfd: int, inner: dict[int
             if copy is None:
                 return  # closed meanwhile
             attrs.update(filestate.owner(copy, inner))
+            if S_ISFIFO(os.fstat(copy).st_mode):
+                attrs.update(filestate.pipe(copy))
             rdev = ttystate.is_tty(ps.real_pid, fd)
             if rdev is not None:
                 ttys.setdefault(rdev, f"tty[pid {ps.pid} fd {fd}]")

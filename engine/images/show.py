@@ -105,7 +105,8 @@ def _mask(m: int) -> str:
 
 
 def _show_core(c: TaskCore, out: TextIO) -> None:
-    out.write(f"task {c.pid} ({c.comm}) {c.state}: cwd {c.cwd} root {c.root} umask "
+    cwd_file = f" (file {c.cwd_file})" if c.cwd_file is not None else ""
+    out.write(f"task {c.pid} ({c.comm}) {c.state}: cwd {c.cwd}{cwd_file} root {c.root} umask "
               f"{c.umask:03o} personality {c.personality:#x} exe {c.exe}\n")
     cr = c.creds
     out.write(f"  creds uid {cr.uid} gid {cr.gid} groups {cr.groups} capeff {cr.cap_eff:#x}\n")
@@ -178,4 +179,10 @@ def _show_files(img: DumpImage, out: TextIO) -> None:
             q = f.mqueue
             extra.append(f"mqueue maxmsg {q.maxmsg} msgsize {q.msgsize} mode {q.mode:o} "
                          f"owner {q.uid}:{q.gid} messages {len(q.sizes)} priorities {q.prios}")
+        if f.target is not None:
+            extra.append(f"-> {f.target}")
+        if f.ctty_of:
+            extra.append(f"controlling terminal of {f.ctty_of}")
         out.write(f"file {f.id}: {f.type} {what} flags {f.flags:#o} {' '.join(extra)}\n")
+    out.writelines(f"mapped unlinked file {m.dev} {m.inode}: file {m.file_id}\n"
+                   for m in img.files.mapped)
