@@ -202,9 +202,16 @@ def inotify_identity(path: str) -> tuple[int, int] | None:
             syscall(uapi.SYS_inotify_add_watch, fd, name, uapi.IN_ATTRIB | uapi.IN_DONT_FOLLOW)
         except OSError:
             return None
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-            extra = {"inotify wd": "\n".join(ln.split("inotify wd:", 1)[1]
-                                             for ln in f if ln.startswith("inotify wd:"))}
+        # bytes, decoded without a codec lookup: the restore runs this in the new root,
+        # where Python's encodings package may not be reachable
+        info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(info, 65536).decode("ascii")
+        finally:
+            os.close(info)
+        extra = {"inotify wd": "\n".join(ln.split("inotify wd:", 1)[1]
+                                         for ln in text.splitlines()
+                                         if ln.startswith("inotify wd:"))}
         marks = inotify(extra)
         return (marks[0].handle.dev, marks[0].handle.ino) if marks else None
     finally:
