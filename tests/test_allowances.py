@@ -225,3 +225,20 @@ def test_cow_lost_indirect_allows_pages_of_processes_not_parent_and_child() -> N
         return tree
     problems, allowed = _problems(siblings(PAGES), siblings(frozenset()), [COW_INDIRECT])
     assert problems == [] and "3 private pages no longer" in allowed[0]
+
+
+def test_cow_lost_indirect_allows_an_adopted_orphan_and_its_subreaper() -> None:
+    """A child in a session it does not lead, other than its parent's, was not forked by
+    that parent (an orphan the subreaper adopted): its pages are shared only through the
+    ancestors that made it. A child in its parent's session (or leading its own) still
+    fails."""
+    def adopted(pages: frozenset[tuple[int, int]], sid: int) -> TreeState:
+        tree = _cow_tree(pages)
+        tree.procs[101].sid = sid
+        return tree
+    before, after = adopted(PAGES, 102), adopted(frozenset(), 102)
+    problems, allowed = _problems(before, after, [COW_INDIRECT])
+    assert problems == [] and "3 private pages no longer" in allowed[0]
+    for sid in (100, 101):  # the parent's session, or a session of its own
+        problems, _ = _problems(adopted(PAGES, sid), adopted(frozenset(), sid), [COW_INDIRECT])
+        assert len(problems) == 1 and "first no longer shared" in problems[0], problems

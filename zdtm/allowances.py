@@ -147,20 +147,28 @@ def _dir_fd_flags(before: TreeState, after: TreeState, allowance: Allowance
 Pages = frozenset[tuple[int, int]]
 
 
+def _forked(parent: ProcState, child: ProcState) -> bool:
+    """Whether `child` may have been forked by its parent `parent`: a forked child starts
+    in its parent's session and leaves it only by leading a new one, so a child in another
+    session it does not lead was forked by someone else and adopted (an orphan)."""
+    return child.ppid == parent.pid and child.sid in (parent.sid, child.pid)
+
+
 def _cow(lost: bool, indirect: bool = False) -> Rule:
     """Pages shared copy-on-write between two processes that are no longer shared after
     (lost=True) or newly shared (lost=False): only those pages are put back; the rest of
     the pair's pages, and every other kind of sharing, still compare. indirect: only the
-    lost pages that are not at the same address in a parent and its child (moved by one
-    of them after the fork, or shared by two processes through an ancestor that has
-    rewritten its own copy since): an engine that rebuilds what each child shares with
-    its parent restores all the others."""
+    lost pages that are not at the same address in a parent and a child it forked (moved
+    by one of them after the fork, or shared by two processes through an ancestor that
+    has rewritten its own copy since, or by an orphan and the subreaper that adopted it):
+    an engine that rebuilds what each child shares with the parent that forked it
+    restores all the others."""
 
     def allowed(before: TreeState, pair: tuple[int, int], pages: Pages) -> Pages:
         if not indirect:
             return pages
         a, b = (before.procs.get(p) for p in pair)
-        related = a is not None and b is not None and (a.ppid == b.pid or b.ppid == a.pid)
+        related = a is not None and b is not None and (_forked(a, b) or _forked(b, a))
         return frozenset(p for p in pages if p[0] != p[1] or not related)
 
     def rule(before: TreeState, after: TreeState, allowance: Allowance) -> list[Deviation]:
