@@ -245,3 +245,20 @@ def test_pytest_items_take_their_kernels_results(kernel: vm.Kernel, tmp_path: Pa
     assert out.startswith("rc=1") and "2 failed" in out, out
     assert "kernel/boot: the VM ended before the guest ran anything" in out
     assert "Kernel panic - not syncing" in out
+
+
+def test_an_interrupt_keeps_the_results_of_the_kernels_that_ended(
+        kernel: vm.Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted under the second kernel, the first kernel's results are in `done` (the
+    report of an interrupted multi-kernel run lost them all)."""
+    sent = [Result("static/x", "h", "bundled", iterations=1, duration=2.5)]
+    _fake_vng(tmp_path, monkeypatch, _guest_writes(sent))
+
+    def interrupted() -> list[Result]:
+        raise KeyboardInterrupt
+
+    done: list[Result] = []
+    with pytest.raises(KeyboardInterrupt):
+        vm.run_kernels([kernel, vm.resolve("host")], ["run"], lambda _: None, interrupted,
+                       keep_going=True, silence=30, done=done)
+    assert [(r.test, r.kernel) for r in done] == [("static/x", "9.9.9-test")]

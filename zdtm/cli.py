@@ -441,10 +441,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if kernels:
         try:
-            run.cases.extend(vm.run_kernels(
-                kernels, vm.guest_argv(args.raw_argv), console.line, here,
-                keep_going=args.keep_going, logs=args.report,
-                silence=args.engine_timeout + vm.SILENCE_GRACE))
+            vm.run_kernels(kernels, vm.guest_argv(args.raw_argv), console.line, here,
+                           keep_going=args.keep_going, logs=args.report,
+                           silence=args.engine_timeout + vm.SILENCE_GRACE, done=run.cases)
             interrupted = False
         except KeyboardInterrupt:
             interrupted = True

@@ -385,10 +385,11 @@ def timing_lines(runs: Sequence[GuestRun], results: Sequence[Result]) -> list[st
 
 def run_kernels(kernels: Sequence[Kernel], argv: Sequence[str], line: Callable[[str], None],
                 local: Callable[[], list[Result]], *, keep_going: bool, silence: float,
-                logs: Path | None = None) -> list[Result]:
+                logs: Path | None = None, done: list[Result] | None = None) -> list[Result]:
     """The selection under each kernel in turn (`local` runs it here for ``host``); every
     result names its kernel; guest kernel logs go to `logs`. Ends with the time lines and
-    a summary per kernel."""
+    a summary per kernel. Each kernel's results also go into `done` as soon as it ends,
+    so an interrupt during a later kernel keeps them for the report."""
     runs: list[GuestRun] = []
     for k in kernels:
         line(f"=== kernel {k.release}")
@@ -404,6 +405,8 @@ def run_kernels(kernels: Sequence[Kernel], argv: Sequence[str], line: Callable[[
                 line(r.summary())
                 line("\n".join(f"    {d}" for d in r.details))
         runs.append(g)
+        if done is not None:
+            done.extend(g.results)
         if not keep_going and any(r.outcome == FAIL for r in g.results):
             line("stopping after the first failing kernel (use --keep-going to go on)")
             break
