@@ -31,6 +31,26 @@ static int vdso_block(unsigned long *start, unsigned long *end)
 	return 0;
 }
 
+/*
+ * One VMA at a time (mremap moves more than one only from 6.17 on), keeping the block's
+ * layout; nothing may call into the vdso until its [vvar] is next to it again.
+ */
+static int move_block(unsigned long start, unsigned long end, unsigned long to)
+{
+	struct vma_info vi;
+	unsigned long at = start;
+
+	while (at < end) {
+		if (vma_find((void *)at, &vi))
+			return -1;
+		if (mremap((void *)vi.start, vi.end - vi.start, vi.end - vi.start,
+			   MREMAP_MAYMOVE | MREMAP_FIXED, (void *)(to + vi.start - start)) == MAP_FAILED)
+			return -1;
+		at = vi.end;
+	}
+	return 0;
+}
+
 static int child_main(int fd, void *arg)
 {
 	unsigned long start, end;
@@ -65,9 +85,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	close(rfd);
-	if (vdso_block(&start, &end) ||
-	    mremap((void *)start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED,
-		   (void *)NEW_PLACE) == MAP_FAILED) {
+	if (vdso_block(&start, &end) || move_block(start, end, NEW_PLACE)) {
 		pr_perror("move the vdso");
 		return 1;
 	}
