@@ -3,9 +3,10 @@
  * pair with bytes waiting in both directions, a datagram pair and a seqpacket pair with
  * several messages of different lengths queued, and a stream pair whose one end was shut
  * down for writing. One end of the stream pair is non-blocking. A fifth stream pair has a
- * send buffer of 1 MiB (more than the default) with 600000 bytes queued through it. After
- * restore every byte is there once, message boundaries hold, the pairs are still
- * connected to each other, and the shut-down pair still reads end-of-file.
+ * send buffer of 1 MiB (more than the default) with up to 600000 bytes (what that buffer
+ * holds here) queued through it. After restore every byte is there once, message
+ * boundaries hold, the pairs are still connected to each other, and the shut-down pair
+ * still reads end-of-file.
  */
 #include <fcntl.h>
 #include <stdlib.h>
