@@ -28,7 +28,7 @@ from engine.images.imgdir import ImageDir
 from engine.images.records import FileRecord
 from engine.kernel import sockdiag, uapi
 from engine.kernel.sys import pidfd_getfd, pidfd_open
-from engine.proc import tasks
+from engine.proc import anonfd, tasks
 
 _LISTEN = 10
 _SCM_MAX_FD = 253  # most fds one SCM_RIGHTS message carries
@@ -127,6 +127,18 @@ def _buffers(s: socket.socket) -> tuple[int, int]:
             sizes[1] if sizes[1] != default[1] else 0)
 
 
+def _is_socket_file(path: str, st: os.stat_result, vfs: tuple[int, int] | None) -> bool:
+    """Whether `path` (stat `st`) is the file sock_diag names; on overlayfs stat() shows
+    the upper layer's inode, so the kernel's own name for it is asked too (an inotify
+    watch names the inode the way sock_diag does)."""
+    if vfs is None:
+        return False
+    if (st.st_ino, st.st_dev) == vfs:
+        return True
+    ino, dev = vfs
+    return anonfd.inotify_identity(path) == ((os.major(dev) << 20) | os.minor(dev), ino)
+
+
 def _bound(pid: int, fd: int, info: sockdiag.UnixSock) -> tuple[str, str, os.stat_result | None]:
     """(name, directory of a relative path name, its socket file) of a bound socket;
     a path name must still lead to the socket's own file (restore binds it again)."""
@@ -137,7 +149,7 @@ def _bound(pid: int, fd: int, info: sockdiag.UnixSock) -> tuple[str, str, os.sta
     where = f"/proc/{pid}/root{name}" if name.startswith("/") else f"/proc/{pid}/cwd/{name}"
     try:
         st = os.stat(where, follow_symlinks=False)
-        found = (st.st_ino, st.st_dev) == info.vfs and stat.S_ISSOCK(st.st_mode)
+        found = stat.S_ISSOCK(st.st_mode) and _is_socket_file(where, st, info.vfs)
     except OSError:
         found = False
     if not found:
