@@ -6,28 +6,22 @@ creates it instead (fs ids are per thread)."""
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from engine.errors import EngineError
 from engine.kernel import uapi
 from engine.kernel.sys import syscall
 
 T = TypeVar("T")
-_GONE_TIMEOUT = 5.0
 
 
 def as_fs_owner(owner: tuple[int, int], create: Callable[[], T]) -> T:
     """Run `create` in a thread whose fsuid/fsgid are owner (uid, gid, as seen inside
     the task's user namespace) and return its result (or raise its exception)."""
     out: list[T | BaseException] = []
-    tid: list[int] = []
 
     def body() -> None:
-        tid.append(threading.get_native_id())
         try:
             syscall(uapi.SYS_setfsgid, owner[1])
             syscall(uapi.SYS_setfsuid, owner[0])
@@ -38,17 +32,6 @@ def as_fs_owner(owner: tuple[int, int], create: Callable[[], T]) -> T:
     th = threading.Thread(target=body)
     th.start()
     th.join()
-    _wait_thread_gone(tid[0])
     if isinstance(out[0], BaseException):
         raise out[0]
     return out[0]
-
-
-def _wait_thread_gone(tid: int) -> None:
-    """join() returns before the thread has left the kernel; until it has, its tid is
-    taken in the pid namespace, where the next task of the tree may need that number."""
-    deadline = time.monotonic() + _GONE_TIMEOUT
-    while os.path.exists(f"/proc/self/task/{tid}"):
-        if time.monotonic() > deadline:
-            raise EngineError("files", f"the file owner's thread {tid} did not end")
-        time.sleep(0.001)

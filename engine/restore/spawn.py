@@ -163,6 +163,10 @@ class TreeSetup:
         return len(self.memfds) + len(self.mapped)
 
 
+#: how long a wanted pid may still be held by a task that is exiting
+_PID_FREE_TIMEOUT = 2.0
+
+
 def _set_limits(limits: list[RlimitRecord]) -> None:
     for lim in limits:
         soft = resource.RLIM_INFINITY if lim.soft == uapi.RLIM_INFINITY else lim.soft
@@ -220,12 +224,20 @@ def _clone3(pids: list[int], flags: int, name: int) -> int:
     args.exit_signal = 0 if flags & uapi.CLONE_PARENT else signal.SIGCHLD
     args.set_tid = ctypes.addressof(tid)
     args.set_tid_size = len(pids)
-    try:
-        child = ksys.clone3(args)
-    except OSError as e:
-        if e.errno == errno.EEXIST:
-            raise EngineError("fork", f"pid {name} is taken") from None
-        raise EngineError("fork", f"clone3 with pid {name} {pids}: {e.strerror}") from None
+    deadline = time.monotonic() + _PID_FREE_TIMEOUT
+    while True:
+        try:
+            child = ksys.clone3(args)
+            break
+        except OSError as e:
+            # A thread that just ended (the file owner's, engine.restore.fsowner) keeps its
+            # tid in the tree's pid namespace a little after join() returned.
+            if e.errno == errno.EEXIST and time.monotonic() < deadline:
+                time.sleep(0.001)
+                continue
+            if e.errno == errno.EEXIST:
+                raise EngineError("fork", f"pid {name} is taken") from None
+            raise EngineError("fork", f"clone3 with pid {name} {pids}: {e.strerror}") from None
     if child == 0:
         ksys.after_fork_child()
     return child
