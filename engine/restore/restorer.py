@@ -665,15 +665,15 @@ class TreeRestorer:
         when detached and takes no other signal first (a pending SIGALRM would otherwise
         be delivered before the SIGSTOP, running its handler).
 
-        A thread dumped inside a syscall (rewound to restart it) first goes back into it,
-        so that the stop interrupts the syscall as the dump found it (sigsuspend's
-        temporary mask in force...), not before it; not when signals are pending or timers
-        armed: the syscall would take those before the stop."""
+        A thread dumped inside rt_sigsuspend (rewound to restart it) first goes back into
+        it, so that the stop interrupts it as the dump found it (its temporary mask in
+        force), not before it; not when signals are pending or timers armed: the syscall
+        would take those before the stop. Other syscalls are left rewound (_REENTERED)."""
         quiet = not (t.core.shared_pending or t.core.itimers or any(th.pending for th in t.threads))
         reentered = set()
         for th in t.threads:
             real = t.real_tid[th.tid]
-            if quiet and th.in_syscall and _restarts_syscall(t.real, t.regs[th.tid]):
+            if quiet and th.in_syscall and _reenters_syscall(t.real, t.regs[th.tid]):
                 self._enter_syscall(real, th.sigmask)
                 reentered.add(real)
             else:
@@ -707,10 +707,19 @@ class TreeRestorer:
         ptrace.set_sigmask(tid, mask)
 
 
-def _restarts_syscall(pid: int, regs: UserRegs) -> bool:
-    """True when the registers restart a syscall: rip on a `syscall` instruction with the
-    syscall number in rax (a thread stopped after a syscall that completed is not one)."""
-    if regs.signed("orig_rax") < 0 or regs.rax not in (regs.orig_rax, uapi.SYS_restart_syscall):
+#: Syscalls _group_stop re-enters: only those that take a pending stop before doing
+#: anything. A read, poll or epoll_wait would run first when its data is there, as it may
+#: be: a signal can interrupt a wait just as data arrives (the kernel then returns
+#: -ERESTARTSYS with the data queued), and the re-entered read took the data while the
+#: restored task was "stopped" (transition/socket_stream, one CI run in many).
+_REENTERED = frozenset({uapi.SYS_rt_sigsuspend})
+
+
+def _reenters_syscall(pid: int, regs: UserRegs) -> bool:
+    """True when the registers restart one of _REENTERED: rip on a `syscall` instruction
+    with the syscall number in rax (a thread stopped after a syscall that completed is not
+    one)."""
+    if regs.orig_rax not in _REENTERED or regs.rax != regs.orig_rax:
         return False
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     try:
