@@ -26,7 +26,7 @@ def open_master(rec: FileRecord, flags: int, queues: bytes,
     path = rec.path
     if not _is_devpts(st.devpts):
         try:
-            mount("devpts", st.devpts, "devpts", 0, st.devpts_opts)
+            mount("devpts", st.devpts, "devpts", *devpts_mount_args(st.devpts_opts))
         except OSError as e:
             raise EngineError("files", f"mount devpts at {st.devpts} ({st.devpts_opts}): "
                                        f"{e.strerror}") from None
@@ -46,6 +46,20 @@ def open_master(rec: FileRecord, flags: int, queues: bytes,
         os.close(slave)
     pty.set_locked(master, st.locked)
     return master
+
+
+def devpts_mount_args(opts: str) -> tuple[int, str]:
+    """mount(2) flags and data for a devpts of the super options `opts` (as mountinfo
+    shows them). Their leading "rw"/"ro" is a flag: a devpts on the legacy mount API (Linux
+    6.12 and older) refuses it in the data with EINVAL."""
+    flags = 0
+    data = []
+    for opt in opts.split(","):
+        if opt == "ro":
+            flags |= uapi.MS_RDONLY
+        elif opt and opt != "rw":
+            data.append(opt)
+    return flags, ",".join(data)
 
 
 def _is_devpts(path: str) -> bool:

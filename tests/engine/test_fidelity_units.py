@@ -15,6 +15,7 @@ from engine.images.records import FileRecord, MmCore, RecordError, ThreadCore, V
 from engine.kernel import uapi
 from engine.proc.fdinfo import FdInfo
 from engine.restore import layout, spawn
+from engine.restore.pty import devpts_mount_args
 
 PAGE = 4096
 
@@ -152,3 +153,11 @@ def test_inode_found_near_the_tasks_cwd_when_no_handle_decodes(tmp_path: Path) -
     finally:
         child.kill()
         child.wait()
+
+
+def test_devpts_mount_takes_rw_ro_as_flags() -> None:
+    """mountinfo's super options start with rw/ro, which a legacy-API devpts (6.12 and
+    older) refuses in mount(2) data: static/pty_pair [ns] failed there with EINVAL."""
+    assert devpts_mount_args("rw,mode=620,ptmxmode=666") == (0, "mode=620,ptmxmode=666")
+    assert devpts_mount_args("ro,gid=5,mode=620") == (uapi.MS_RDONLY, "gid=5,mode=620")
+    assert devpts_mount_args("rw") == (0, "")
