@@ -161,3 +161,12 @@ def test_html_filter_hides_rows_in_a_browser(tmp_path: Path) -> None:
     assert sorted(rows) == [("fail", ""), ("flaky", ""), ("pass", ' style="display: none;"'),
                             ("pass", ' style="display: none;"'),
                             ("skip", ' style="display: none;"')]
+
+
+def test_summary_names_allowed_deviations_once() -> None:
+    r = Result(test="static/pipe_data", flavor="h", engine="criu", iterations=1,
+               duration=0.4, outcome=Outcome.PASS,
+               allowed=["iteration 1: fds: pipe size"], notes=["a note"])
+    line = r.summary()
+    assert line.count("allowed deviation") == 1, line
+    assert "(1 allowed deviation(s))" in line and "[a note]" in line

@@ -131,8 +131,6 @@ class Result:
             head += f" ({len(self.allowed)} allowed deviation(s))"
         if self.notes:
             head += " [" + "; ".join(self.notes) + "]"
-        if self.allowed:
-            head += f" [{len(self.allowed)} allowed deviation(s)]"
         return head
 
     def problems(self) -> list[str]:

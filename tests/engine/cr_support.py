@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from engine.kernel import sys as ksys
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
@@ -39,6 +41,15 @@ def build(name: str) -> Path:
     subprocess.run(["make", "-s", "-C", str(ZDTM), f"static/{name}"], check=True,
                    timeout=300, capture_output=True)
     return ZDTM / "static" / name
+
+
+def build_c(source: Path, factory: pytest.TempPathFactory) -> Path:
+    """A one-file C program of tests/engine/data (warnings are errors), built into a temp
+    dir of its own; returns the binary."""
+    out = factory.mktemp(source.stem) / source.stem
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out), str(source)],
+                   check=True, timeout=60)
+    return out
 
 
 def engine(*args: str, env: dict[str, str] | None = None,

@@ -347,10 +347,7 @@ SHARED = {
 @pytest.fixture(scope="module")
 def shared_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/engine/data/shared_refusals.c, built."""
-    out = tmp_path_factory.mktemp("shared") / "shared_refusals"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out), str(SHARED_C)],
-                   check=True, timeout=60)
-    return out
+    return cr.build_c(SHARED_C, tmp_path_factory)
 
 
 @pytest.mark.parametrize("mode", sorted(SHARED))

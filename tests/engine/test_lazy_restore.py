@@ -162,10 +162,7 @@ def test_memory_arrives_through_faults(running: cr.ZdtmTest, daemons: Daemons,
 @pytest.fixture(scope="module")
 def events_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/engine/data/lazy_events.c, built."""
-    out = tmp_path_factory.mktemp("lazy") / "lazy_events"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out), str(EVENTS_C)],
-                   check=True, timeout=60)
-    return out
+    return cr.build_c(EVENTS_C, tmp_path_factory)
 
 
 def test_fork_mremap_madvise_munmap_after_restore(events_bin: Path, daemons: Daemons,

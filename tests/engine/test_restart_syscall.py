@@ -32,10 +32,7 @@ def _subreaper() -> None:
 @pytest.fixture(scope="module")
 def stopped_read(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/engine/data/stopped_read.c, built."""
-    out = tmp_path_factory.mktemp("restart") / "stopped_read"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out), str(SOURCE)],
-                   check=True, timeout=60)
-    return out
+    return cr.build_c(SOURCE, tmp_path_factory)
 
 
 def _wait(pid: int, what: str, ok: object) -> None:
