@@ -134,3 +134,21 @@ def test_make_engine() -> None:
         "criu not found (/nonexistent/criu)")
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine("dmtcp")
+
+
+def test_bundled_driver_takes_a_probe_without_probing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's driver uses the run's probe (cli._run_parallel) and runs no check."""
+    from zdtm.drivers import bundled
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the driver probed by itself")
+
+    monkeypatch.setattr(bundled.subprocess, "run", no_run)
+    eng = make_engine("bundled")
+    eng.adopt_probe({"unavailable": None, "features": {"pre_dump": False},
+                     "reasons": {"pre_dump": "no UFFD WP_ASYNC"}})
+    assert eng.available() is None
+    assert eng.check().missing(["pre_dump"]) == ["pre_dump (no UFFD WP_ASYNC)"]
+    other = make_engine("bundled")
+    other.adopt_probe({"unavailable": "no ptrace here", "features": {}, "reasons": {}})
+    assert other.available() == "no ptrace here"

@@ -285,3 +285,20 @@ def test_pytest_collects_every_test_and_flavour() -> None:
     expected = sorted(f"zdtm/{t.name}.c::{f}" for t in discover() for f in t.flavors)
     assert sorted(collect()) == expected
     assert sorted(collect("--zdtm-flavors=ns")) == [n for n in expected if n.endswith("::ns")]
+
+
+def test_parallel_run_probes_the_engine_once(fake_dir: Path, tmp_path: Path) -> None:
+    """-p N: the runner probes the engine once and every worker takes that probe (a
+    probe per test cost a minute each in a software-emulated guest)."""
+    calls = tmp_path / "calls"
+    criu = tmp_path / "criu"
+    criu.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n"
+                    "case \"$1\" in --version) echo 'Version: 0.0';;\n"
+                    "check) echo 'fake criu: no kernel support'; exit 1;; esac\n")
+    criu.chmod(0o755)
+    res = runner("run", "--tests-dir", str(fake_dir), "-t", "ext/pass", "-t", "ext/skipper",
+                 "--engine", "criu", "--criu-bin", str(criu), "-p", "2", "--no-strict")
+    assert "0 passed, 0 failed, 5 skipped" in res.stdout, res.stdout
+    assert res.stdout.count("criu check failed: fake criu: no kernel support") == 5, res.stdout
+    checks = [ln for ln in calls.read_text().splitlines() if ln.startswith("check")]
+    assert checks == ["check"], checks

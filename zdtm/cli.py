@@ -239,13 +239,15 @@ def _worker_deadline(job: Job, opts: RunOptions) -> float:
 
 
 def _run_worker(job: Job, args: argparse.Namespace, console: Console,
-                live: set[int]) -> Result:
+                live: set[int], probe: dict[str, Any]) -> Result:
     """Run one job in a child process; its progress lines are echoed as they come, each
     starting with the job's name so that lines of parallel jobs stay attributable.
 
-    ``live`` holds the pids of running workers, for the interrupt handler of the caller.
+    ``live`` holds the pids of running workers, for the interrupt handler of the caller;
+    ``probe`` is the engine's probe_result(), taken once for the whole run.
     """
-    spec = json.dumps({"test": job.test.name, "flavor": job.flavor, "argv": args.raw_argv})
+    spec = json.dumps({"test": job.test.name, "flavor": job.flavor, "argv": args.raw_argv,
+                       "probe": probe})
     cmd = [sys.executable, "-m", "zdtm.cli", "_one", spec]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT_DIR), os.environ.get("PYTHONPATH")])))
@@ -302,8 +304,10 @@ def _run_one_worker(spec_text: str) -> int:
     args = build_parser().parse_args(spec["argv"])
     tests = {t.name: t for t in all_tests(args.tests_dir)}
     prepare_process()
+    engine = _engine(args)
+    engine.adopt_probe(spec["probe"])
     try:
-        result = run_test(tests[spec["test"]], spec["flavor"], _engine(args), _options(args),
+        result = run_test(tests[spec["test"]], spec["flavor"], engine, _options(args),
                           progress=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         return 130  # ended by the runner: the lifecycle has cleaned up while unwinding
@@ -459,7 +463,7 @@ def _run_jobs(jobs: list[Job], args: argparse.Namespace, engine: Engine, console
     """Run the jobs, appending to ``results``; True when interrupted (Ctrl-C, SIGTERM)."""
     try:
         if args.parallel > 1:
-            _run_parallel(jobs, args, console, results)
+            _run_parallel(jobs, args, engine, console, results)
         else:
             _run_serial(jobs, args, engine, console, results)
     except KeyboardInterrupt:
@@ -548,9 +552,11 @@ def _rerun_line(console: Console, args: argparse.Namespace) -> Callable[[Result,
     return say
 
 
-def _run_parallel(jobs: list[Job], args: argparse.Namespace, console: Console,
-                  results: list[Result]) -> None:
-    """Up to -p workers at once; an excl job waits for an empty slot set and runs alone."""
+def _run_parallel(jobs: list[Job], args: argparse.Namespace, engine: Engine,
+                  console: Console, results: list[Result]) -> None:
+    """Up to -p workers at once; an excl job waits for an empty slot set and runs alone.
+    The engine is probed here once; each worker's driver takes that probe."""
+    probe = engine.probe_result()
     running: dict[threading.Thread, Job] = {}
     lock = threading.Lock()
     stop = threading.Event()
@@ -559,7 +565,7 @@ def _run_parallel(jobs: list[Job], args: argparse.Namespace, console: Console,
     def attempt(job: Job) -> Result:
         if interrupted.is_set():
             raise KeyboardInterrupt  # no rerun may start a new worker after an interrupt
-        return _run_worker(job, args, console, live)
+        return _run_worker(job, args, console, live, probe)
 
     def work(job: Job) -> None:
         console.line(f"=== {job.ident}")

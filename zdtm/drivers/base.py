@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from zdtm.allowances import Allowance
 from zdtm.plumbing import kill_group, read_pid
@@ -97,6 +98,19 @@ class Engine(ABC):
     @abstractmethod
     def check(self) -> Features:
         """The features the engine found on this machine."""
+
+    def probe_result(self) -> dict[str, Any]:
+        """What available() and check() found, as plain data: a parallel run probes once
+        and hands it to each worker's driver (adopt_probe) instead of probing per test
+        (a second or more each, a minute in a software-emulated guest)."""
+        why = self.available()
+        feats = self.check()
+        return {"unavailable": why, "features": dict(feats.features),
+                "reasons": dict(feats.reasons)}
+
+    def adopt_probe(self, data: dict[str, Any]) -> None:
+        """Take a probe_result() of the same engine on this machine as this driver's own.
+        The default probes nothing itself, so there is nothing to take."""
 
     @abstractmethod
     def dump(self, root_pid: int, images_dir: Path, *, leave_running: bool,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from zdtm import ROOT_DIR
 from zdtm.allowances import Allowance
@@ -109,6 +110,11 @@ class BundledEngine(Engine):
             self._unavailable = f"'engine check --json' printed no valid JSON: {exc}"
             return
         self._features = Features(feats, reasons)
+
+    def adopt_probe(self, data: dict[str, Any]) -> None:
+        self._unavailable = data.get("unavailable")
+        self._features = Features({str(k): bool(v) for k, v in data["features"].items()},
+                                  {str(k): str(v) for k, v in data["reasons"].items()})
 
     def available(self) -> str | None:
         self._probe()

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from zdtm.allowances import Allowance
 from zdtm.drivers.base import (
@@ -198,6 +199,19 @@ class CriuEngine(Engine):
             lines = [ln for ln in out.splitlines() if ln.strip()]
             self._unavailable = "criu check failed: " + (" | ".join(lines[-3:]) or f"exit {rc}")
         return self._unavailable
+
+    def probe_result(self) -> dict[str, Any]:
+        data = super().probe_result()
+        data["probes"] = {name: list(res) for name, res in self._probes.items()}
+        return data
+
+    def adopt_probe(self, data: dict[str, Any]) -> None:
+        self._checked = True
+        self._unavailable = data.get("unavailable")
+        self._features = Features({str(k): bool(v) for k, v in data["features"].items()},
+                                  {str(k): str(v) for k, v in data["reasons"].items()})
+        self._probes.update({str(k): (bool(v[0]), str(v[1]))
+                             for k, v in data.get("probes", {}).items()})
 
     def check(self) -> Features:
         """Harness features from ``criu check --feature`` (each criu feature probed once)."""
