@@ -23,7 +23,9 @@ from zdtm.drivers.base import (
     run_logged,
 )
 
-CHECK_TIMEOUT = 60.0
+#: About 1 s here; a software-emulated guest at load took more than 60 s. Probed once per
+#: run (cli._run_parallel), so a slow probe costs once.
+CHECK_TIMEOUT = 300.0
 
 
 #: What this engine restores differently, declared (zdtm.allowances) until it does not.
