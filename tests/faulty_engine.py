@@ -32,6 +32,9 @@ Two halves:
                    first unlinked regular-file fd, through a pidfd_getfd copy of it
   ``set-async``    O_ASYNC on the first pipe
   ``grow-pipe``    double the capacity of the first pipe (F_SETPIPE_SZ on a copy)
+  ``take-pipe-byte``, ``take-socket-byte``  read one byte out of the first pipe or unix
+                   stream socket that has bytes queued, through a pidfd_getfd copy (the
+                   same pipe or socket), as a restore that ran a read of the task would
   ``rename-unlinked``  the first unlinked regular-file fd replaced (injected openat + dup3)
                    by an equal file (content, holes, owner, mode, mtime, flags, offset)
                    that was unlinked under another name, as a restore that recreates it
@@ -161,7 +164,8 @@ TTY_FAULTS = ("set-winsize", "set-termios")
 CTTY_FAULTS = ("drop-ctty", "set-fgpgrp")
 FAULTS = ("leak-fd", "move-offset", "flip-byte", "drop-vma", "wrong-ppid", "hang",
           "kmsg-warning", *UNSHARE, "break-cow", *PRCTL,
-          *KNOBS, *FILE_FAULTS, "set-async", "grow-pipe", "rename-unlinked", *TTY_FAULTS,
+          *KNOBS, *FILE_FAULTS, "set-async", "grow-pipe", "take-pipe-byte",
+          "take-socket-byte", "rename-unlinked", *TTY_FAULTS,
           "mount-left", "cgroup-left",
           "flip-shared", "new-uts", "dir-nonblock", *CTTY_FAULTS, "membarrier-register",
           "membarrier-global",
@@ -474,6 +478,31 @@ def grow_pipe(pid: int) -> dict:
     finally:
         os.close(copy)
     return {"fd": fd, "path": path}
+
+
+def take_byte(fault: str, pid: int) -> dict:
+    """Read one byte out of the task's first pipe (take-pipe-byte) or unix stream socket
+    (take-socket-byte) that has bytes queued."""
+    want = stat.S_ISFIFO if fault == "take-pipe-byte" else stat.S_ISSOCK
+    for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        link = f"/proc/{pid}/fd/{name}"
+        if not want(os.stat(link).st_mode):
+            continue
+        copy = _copy_fd(pid, int(name))
+        try:
+            if want is stat.S_ISSOCK:
+                with socket.socket(fileno=os.dup(copy)) as sk:
+                    if sk.family != socket.AF_UNIX or sk.type != socket.SOCK_STREAM or \
+                            sk.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                        continue
+            queued = struct.unpack("i", fcntl.ioctl(copy, termios.FIONREAD, b"\0" * 4))[0]
+            if queued > 0:  # (so a read returns at once, whatever the task's flags)
+                got = os.read(copy, 1)
+                return {"fd": int(name), "path": os.readlink(link), "queued": queued,
+                        "taken": len(got)}
+        finally:
+            os.close(copy)
+    raise RuntimeError(f"pid {pid} has no fitting fd with bytes queued")
 
 
 def tty_fault(fault: str, pid: int) -> dict:
@@ -949,6 +978,7 @@ ACTIONS = {"leak-fd": leak_fd, "move-offset": move_offset, "flip-byte": flip_byt
            "drop-vma": drop_vma, "wrong-ppid": wrong_ppid, "hang": hang,
            "kmsg-warning": kmsg_warning, "break-cow": break_cow, "set-async": set_async,
            "rename-unlinked": rename_unlinked, "grow-pipe": grow_pipe,
+           **_each(("take-pipe-byte", "take-socket-byte"), take_byte),
            **_each(UNSHARE, unshare_table), **_each(PRCTL, set_prctl),
            **_each(KNOBS, set_knob),
            **_each(FILE_FAULTS, file_fault), **_each(TTY_FAULTS, tty_fault),

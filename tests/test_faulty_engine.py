@@ -189,6 +189,21 @@ def test_dropped_inotify_watch_after_real_restore(clean: Path, tmp_path: Path) -
                and "fdinfo lost 'inotify wd:" in p for p in problems), problems
 
 
+def test_socket_byte_taken_after_real_restore(clean: Path, tmp_path: Path) -> None:
+    """A restore that takes a byte out of a unix stream socket's queue fails the files
+    check, which names the fd and its queued bytes before and after (static/unix_socketpair
+    carries a feature the fake engine lacks: a real C/R here)."""
+    lifecycle.prepare_process()
+    test = next(t for t in discover() if t.name == "static/unix_socketpair")
+    engine = FaultyEngine("take-socket-byte", tmp_path, inner=BundledEngine())
+    result = _run(test, engine, clean)
+    rec = engine.record
+    assert rec, f"the fault was never applied: {result.summary()}"
+    problems = _expect(result, "files")
+    change = f"queued bytes {rec['queued']} -> {rec['queued'] - 1}"
+    assert any(f"fd {rec['fd']} socket[" in p and change in p for p in problems), problems
+
+
 def test_hang_after_real_restore(subject: TestDesc, bundled: BundledEngine, clean: Path,
                                  tmp_path: Path) -> None:
     """The restore step hangs with a restored, stopped tree in place: the deadline kills
@@ -235,6 +250,7 @@ PROPERTY_FAULTS = {
     "set-sig": ("static/file_unlinked", "files", "owner signal absent -> 10"),
     "set-async": ("static/fork_child", "fds", "|O_ASYNC"),
     "grow-pipe": ("static/fork_child", "files", "pipe size 65536 -> 131072"),
+    "take-pipe-byte": ("static/pipe_data", "files", "queued bytes 3000 -> 2999"),
     "set-winsize": ("static/tty_state", "tty", "winsize 33x77 (0x0 px) -> 12x34 (0x0 px)"),
     "set-termios": ("static/tty_state", "tty", "termios iflag "),
     "set-nnp": (SUBJECT, "task", "NoNewPrivs 0 -> 1"),

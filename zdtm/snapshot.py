@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from stat import S_ISFIFO
+from stat import S_ISFIFO, S_ISSOCK
 
 from zdtm import (
     filestate,
@@ -429,8 +429,11 @@ def _file_state(ps: ProcState, fd: int, target: str, pidfd: int, inner: dict[int
             if copy is None:
                 return  # closed meanwhile
             attrs.update(filestate.owner(copy, inner))
-            if S_ISFIFO(os.fstat(copy).st_mode):
+            mode = os.fstat(copy).st_mode
+            if S_ISFIFO(mode):
                 attrs.update(filestate.pipe(copy))
+            elif S_ISSOCK(mode):
+                attrs.update(filestate.unix_socket(copy))
             rdev = ttystate.is_tty(ps.real_pid, fd)
             if rdev is not None:
                 ttys.setdefault(rdev, f"tty[pid {ps.pid} fd {fd}]")
