@@ -132,6 +132,7 @@ def engines_for(args: argparse.Namespace) -> list[Engine]:
     if args.engine in ("criu", "both"):
         found = criubin.find_criu(args.criu_bin, REPO)
         criu = Criu(found.binary or "criu")
+        criu.found_by = found.source
         if found.binary is None:
             criu.message = found.error
         else:
@@ -342,7 +343,8 @@ def write_json(path: str, args: argparse.Namespace, engines: list[Engine],
                  "loadavg_start": loads[0], "loadavg_end": loads[1],
                  "order": "engines in turn rep by rep; samples carry rep and seq"},
         "engines": {e.name: {"available": e.available, "message": e.message,
-                             "binary": e.base()[0], "features": e.features}
+                             "binary": e.base()[0], "found_by": getattr(e, "found_by", ""),
+                             "features": e.features}
                     for e in engines},
         "reference": {"label": report.REF_LABEL, "figures": report.REFERENCE},
         "results": [r.to_json() for r in results],
