@@ -195,6 +195,9 @@ def _fit_text(key: str, fit: tuple[float, float] | None, kind: SweepKind) -> str
 
 
 def _fit_ratio(ours: tuple[float, float] | None, criu: tuple[float, float] | None) -> str:
-    if ours is None or criu is None or criu[0] <= 0:
+    """Ratio of the slopes; none when a slope is not above 0 (that is noise, not a cost)."""
+    if ours is None or criu is None:
         return "-"
+    if ours[0] <= 0 or criu[0] <= 0:
+        return "- (a slope <= 0: noise, more reps or points needed)"
     return f"{ours[0] / criu[0]:.2f}"

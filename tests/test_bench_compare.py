@@ -125,3 +125,16 @@ def test_sweep_table_per_unit_costs() -> None:
     # marginal cost from 1000 to 3000 VMAs: (0.16 - 0.12) / 2000 s = 20 us
     assert _row(text, "3000 VMAs")[:5] == ["bundled", "0.160", "0.080", "20", "10"]
     assert _row(text, "1000 VMAs")[3:5] == ["-", "-"]
+
+
+def test_sweep_ratio_needs_positive_slopes() -> None:
+    """A slope at or below 0 (noise on a busy machine) gives no per-unit ratio."""
+    kind = SWEEP_KINDS["procs"]
+    results = [_result(e, _dr((d, d)), f"{n} processes", scenario="sweep", sweep="procs",
+                       units=n)
+               for n, pairs in ((1, (("bundled", 0.5), ("criu", 0.1))),
+                                (10, (("bundled", 0.4), ("criu", 0.2))))
+               for e, d in pairs]
+    text = compare.sweep_table(kind, results)
+    assert "bundled: dump -11.1 ms/process" in text, text
+    assert "ours/criu per unit: dump - (a slope <= 0: noise" in text
