@@ -116,6 +116,7 @@ class Criu(Engine):
     def __init__(self, binary: str) -> None:
         super().__init__()
         self.binary = shutil.which(binary) or binary
+        self.found_by = ""  # --criu-bin, PATH or the build script (bench/criubin.py)
 
     def base(self) -> list[str]:
         """The criu binary."""

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import workloads
+from bench import pagecache, workloads
 from bench.cmdlines import REPO, Engine
 from bench.procs import DeadlineExceeded, Procs, Timed, wait_pidfd
 
@@ -45,6 +45,11 @@ def _image_files(images: Path) -> list[Path]:
 def image_bytes(images: Path) -> int:
     """Bytes of image files in a dump directory (engine logs not counted)."""
     return sum(p.stat().st_size for p in _image_files(images))
+
+
+def evict_images(images: Path, sample: dict) -> None:
+    """Cold cache: push the image files out of the page cache; record what stayed."""
+    sample["cache_left_bytes"] = pagecache.evict(_image_files(images))
 
 
 def image_disk_bytes(images: Path) -> int:
@@ -90,9 +95,12 @@ def wait_dumped(ctx: Context, run: workloads.Running) -> None:
 
 
 def restore_and_verify(ctx: Context, engine: Engine, run: workloads.Running, images: Path,
-                       pidfile: Path, sample: dict) -> None:
-    """Reap the dumped tree, restore it from ``images``, time it, and verify the workload."""
+                       pidfile: Path, sample: dict, cold: bool = False) -> None:
+    """Reap the dumped tree, restore it from ``images`` (evicted from the page cache first
+    when cold), time it, and verify the workload."""
     wait_dumped(ctx, run)
+    if cold:
+        evict_images(images, sample)
     res = run_step(ctx, engine, "restore", engine.restore(images, pidfile))
     sample.update(restore_s=res.wall_s, restore_cpu_s=res.cpu_s,
                   restore_rss_kib=res.maxrss_kib)
@@ -101,8 +109,9 @@ def restore_and_verify(ctx: Context, engine: Engine, run: workloads.Running, ima
     finish_restored(ctx, pid, run, sample)
 
 
-def cycle(ctx: Context, engine: Engine, wl: workloads.Workload) -> dict:
-    """Start, dump, restore, verify once: the plain C/R figures."""
+def cycle(ctx: Context, engine: Engine, wl: workloads.Workload, cold: bool = False) -> dict:
+    """Start, dump, restore, verify once: the plain C/R figures (cold: the image is
+    evicted from the page cache before restore)."""
     d = ctx.scratch(f"{wl.name}-{engine.name}-")
     run = workloads.start(ctx.procs, ctx.memload, wl, d / "work", ctx.timeout)
     images, pidfile = d / "images", d / "restored.pid"
@@ -113,7 +122,7 @@ def cycle(ctx: Context, engine: Engine, wl: workloads.Workload) -> dict:
         sample.update(dump_s=res.wall_s, dump_cpu_s=res.cpu_s, dump_rss_kib=res.maxrss_kib,
                       image_bytes=image_bytes(images),
                       image_disk_bytes=image_disk_bytes(images))
-        restore_and_verify(ctx, engine, run, images, pidfile, sample)
+        restore_and_verify(ctx, engine, run, images, pidfile, sample, cold)
     finally:
         ctx.procs.cleanup()
         shutil.rmtree(d, ignore_errors=True)
@@ -144,11 +153,12 @@ def incremental(ctx: Context, engine: Engine, wl: workloads.Workload) -> dict:
     return sample
 
 
-def lazy(ctx: Context, engine: Engine, wl: workloads.Workload) -> dict:
+def lazy(ctx: Context, engine: Engine, wl: workloads.Workload, cold: bool = False) -> dict:
     """dump; lazy-pages daemon + restore --lazy-pages: return time and all-pages-in time.
 
     "All pages in" is when the lazy-pages daemon exits by itself (it has pushed every
     page); the workload is verified only after that, so its own reads do not count.
+    cold: the image is evicted from the page cache before the daemon starts.
     """
     d = ctx.scratch(f"lazy-{engine.name}-")
     run = workloads.start(ctx.procs, ctx.memload, wl, d / "work", ctx.timeout)
@@ -159,6 +169,8 @@ def lazy(ctx: Context, engine: Engine, wl: workloads.Workload) -> dict:
         res = run_step(ctx, engine, "dump", engine.dump(run.pid, images))
         sample.update(dump_s=res.wall_s, image_bytes=image_bytes(images))
         wait_dumped(ctx, run)
+        if cold:
+            evict_images(images, sample)
         t_daemon = time.monotonic()
         daemon, log = ctx.procs.spawn(engine.lazy_pages(images), cwd=REPO, env=engine.env())
         exit_watch = ExitWatch(daemon.pid, ctx.timeout)

@@ -5,6 +5,7 @@
  *   memload maps --pidfile F --outfile O --filename PATH [--vmas N]
  *   memload shm  --pidfile F --outfile O [--mib N]
  *   memload fds  --pidfile F --outfile O [--fds N]
+ *   memload tree --pidfile F --outfile O [--procs N]
  *
  * The starter forks a worker, the worker sets up its memory, writes the
  * pidfile atomically and only then tells the starter to exit 0, so "starter
@@ -35,6 +36,13 @@
  *       input (the ends with data ready, with their index as epoll data).  On
  *       SIGTERM: epoll reports exactly those ends, each holds its bytes, and the
  *       pairs are still connected.
+ * tree: N (default 50) tasks in a binary tree (task i is the parent of 2i+1 and
+ *       2i+2), each with 64 KiB of private anonymous memory of its own, written.
+ *       Ready once every task is set up.  On SIGTERM each task passes SIGTERM on
+ *       to its children, checks its memory and its parent (getppid() as when it
+ *       started), waits for its children and exits with the number of failed tasks
+ *       in its subtree; a failed task appends its own FAIL line, and the root writes
+ *       the verdict (repeating the first FAIL line), so it is the outfile's last.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -61,6 +69,8 @@
 #define FILE_PAGES 16UL       /* pages of the maps file */
 #define SHM_TOKEN_BASE 0x5eed5eed00000000ULL
 #define CHILD_DEADLINE_S 60   /* root waits this long for the shm child */
+#define TREE_TASK_PAGES 16UL  /* private pages of each task of the tree */
+#define TREE_MAX_PROCS 10000
 
 static const char *pidfile, *outfile, *ackfile, *filename;
 static int ready_fd = -1;  /* worker's end of the readiness pipe */
@@ -454,7 +464,141 @@ static int shm_verify(struct shm *s)
 	return 0;
 }
 
-/* ---- main ---- */
+/* ---- tree ---- */
+
+struct tree {
+	unsigned long n;       /* tasks in the whole tree */
+	unsigned long idx;     /* this task's index; 0 is the root */
+	pid_t parent;          /* getppid() at setup (not checked for the root) */
+	pid_t child[2];
+	int nchild;
+	uint64_t *mem;
+	int ready[2];          /* every non-root task writes one byte once set up */
+};
+
+static uint64_t tree_seed(unsigned long idx) { return (2ULL << 32) + idx; }
+
+/* Set up task t->idx: fork its subtree first, so no child inherits this task's
+ * memory, then map and write its own pages. */
+static void tree_node(struct tree *t)
+{
+	for (unsigned long c = 2 * t->idx + 1; c <= 2 * t->idx + 2 && c < t->n; c++) {
+		pid_t pid = fork();
+
+		if (pid < 0)
+			die("fork tree task %lu", c);
+		if (pid == 0) {
+			t->parent = getppid();
+			t->idx = c;
+			t->nchild = 0;
+			if (ready_fd >= 0) {
+				close(ready_fd);  /* only the root reports readiness */
+				ready_fd = -1;
+			}
+			close(t->ready[0]);
+			tree_node(t);
+			return;
+		}
+		t->child[t->nchild++] = pid;
+	}
+	t->mem = map_anon(TREE_TASK_PAGES * PG, MAP_PRIVATE);
+	fill(t->mem, TREE_TASK_PAGES * WORDS_PER_PG, tree_seed(t->idx), 0);
+}
+
+static void tree_setup(struct tree *t, unsigned long n)
+{
+	char buf[256];
+	unsigned long got = 0;
+
+	if (n < 1 || n > TREE_MAX_PROCS) {
+		errno = EINVAL;
+		die("tree: --procs %lu not in 1..%d", n, TREE_MAX_PROCS);
+	}
+	t->n = n;
+	t->idx = 0;
+	if (pipe2(t->ready, O_CLOEXEC))
+		die("pipe");
+	tree_node(t);
+	if (t->idx) {
+		if (write(t->ready[1], "r", 1) != 1)
+			die("tree: ready pipe");
+		close(t->ready[1]);
+		return;
+	}
+	close(t->ready[1]);
+	while (got < n - 1) {
+		ssize_t r = read(t->ready[0], buf, sizeof(buf));
+
+		if (r <= 0)
+			die("tree: %lu of %lu tasks ready", got, n - 1);
+		got += r;
+	}
+	close(t->ready[0]);
+}
+
+/* First FAIL line a task of the tree appended to the outfile, for the root's verdict. */
+static void tree_first_fail(char *line, size_t len)
+{
+	FILE *f = fopen(outfile, "re");
+
+	snprintf(line, len, "(no FAIL line)");
+	if (!f)
+		return;
+	while (fgets(line, len, f))
+		if (!strncmp(line, "FAIL", 4)) {
+			line[strcspn(line, "\n")] = 0;
+			fclose(f);
+			return;
+		}
+	snprintf(line, len, "(no FAIL line)");
+	fclose(f);
+}
+
+/* Failed tasks in this task's subtree (this one included). */
+static int tree_verify(struct tree *t)
+{
+	long bad = check(t->mem, TREE_TASK_PAGES * WORDS_PER_PG, tree_seed(t->idx), 0);
+	int failed = 0, status;
+
+	for (int i = 0; i < t->nchild; i++)
+		kill(t->child[i], SIGTERM);
+	if (bad >= 0) {
+		verdict("FAIL: tree task %lu (pid %d): word %ld wrong", t->idx, getpid(), bad);
+		failed++;
+	} else if (t->idx && getppid() != t->parent) {
+		verdict("FAIL: tree task %lu (pid %d): parent is %d, was %d", t->idx, getpid(),
+			getppid(), t->parent);
+		failed++;
+	}
+	alarm(CHILD_DEADLINE_S);  /* default action ends us if a child never exits */
+	for (int i = 0; i < t->nchild; i++) {
+		if (waitpid(t->child[i], &status, 0) != t->child[i]) {
+			verdict("FAIL: tree task %lu: waitpid child %d: %s", t->idx, t->child[i],
+				strerror(errno));
+			failed++;
+		} else if (!WIFEXITED(status)) {
+			verdict("FAIL: tree task %lu: child %d killed (status %#x)", t->idx,
+				t->child[i], status);
+			failed++;
+		} else {
+			failed += WEXITSTATUS(status);
+		}
+	}
+	alarm(0);
+	if (failed > 255)
+		failed = 255;
+	if (t->idx == 0) {
+		char first[512];
+
+		if (failed) {
+			tree_first_fail(first, sizeof(first));
+			verdict("FAIL: tree: %d of %lu tasks failed; first: %s", failed, t->n, first);
+		} else {
+			verdict("PASS");
+		}
+	}
+	return failed;
+}
 
 /* ---- fds ---- */
 
@@ -525,10 +669,13 @@ static int fds_verify(struct fds *f)
 	return 0;
 }
 
+/* ---- main ---- */
+
 static void usage(void)
 {
-	fprintf(stderr, "usage: memload anon|maps|shm|fds|writer --pidfile F --outfile O "
-			"[--mib N] [--vmas N] [--fds N] [--filename P] [--ackfile A] [--rate MIBS]\n");
+	fprintf(stderr, "usage: memload anon|maps|shm|fds|writer|tree --pidfile F --outfile O "
+			"[--mib N] [--vmas N] [--fds N] [--procs N] [--filename P] [--ackfile A] "
+			"[--rate MIBS]\n");
 	exit(2);
 }
 
@@ -558,15 +705,17 @@ int main(int argc, char **argv)
 		{ "ackfile", required_argument, NULL, 'a' },
 		{ "fds", required_argument, NULL, 'n' },
 		{ "rate", required_argument, NULL, 'r' },
+		{ "procs", required_argument, NULL, 't' },
 		{ NULL, 0, NULL, 0 },
 	};
-	unsigned long mib = 0, vmas = 30000, nfds = 10000, rate = 10;
+	unsigned long mib = 0, vmas = 30000, nfds = 10000, rate = 10, nprocs = 50;
 	const char *mode;
 	struct anon a = { 0 };
 	struct maps m = { 0 };
 	struct shm s = { 0 };
 	struct fds f = { 0 };
 	struct writer wr = { 0 };
+	struct tree t = { 0 };
 	sigset_t waitmask;
 	char buf[32], ready = 0;
 	int pfd[2], c, rc;
@@ -586,13 +735,14 @@ int main(int argc, char **argv)
 		case 'a': ackfile = optarg; break;
 		case 'n': nfds = strtoul(optarg, NULL, 0); break;
 		case 'r': rate = strtoul(optarg, NULL, 0); break;
+		case 't': nprocs = strtoul(optarg, NULL, 0); break;
 		default: usage();
 		}
 	}
 	if (!pidfile || !outfile)
 		usage();
 	if (strcmp(mode, "anon") && strcmp(mode, "maps") && strcmp(mode, "shm") &&
-	    strcmp(mode, "fds") && strcmp(mode, "writer"))
+	    strcmp(mode, "fds") && strcmp(mode, "writer") && strcmp(mode, "tree"))
 		usage();
 	if (!strcmp(mode, "maps") && (!filename || vmas == 0))
 		usage();
@@ -625,8 +775,14 @@ int main(int argc, char **argv)
 		fds_setup(&f, nfds);
 	else if (!strcmp(mode, "writer"))
 		writer_setup(&wr, mib, rate);
+	else if (!strcmp(mode, "tree"))
+		tree_setup(&t, nprocs);
 	else
 		shm_setup(&s, mib, waitmask);
+	if (!strcmp(mode, "tree") && t.idx) {
+		sleep_until_term(waitmask);
+		return tree_verify(&t);
+	}
 	snprintf(buf, sizeof(buf), "%d", getpid());
 	write_atomic(pidfile, buf);
 	if (write(ready_fd, "R", 1) != 1)
@@ -653,5 +809,7 @@ int main(int argc, char **argv)
 		return maps_verify(&m);
 	if (!strcmp(mode, "fds"))
 		return fds_verify(&f);
+	if (!strcmp(mode, "tree"))
+		return tree_verify(&t) ? 1 : 0;
 	return shm_verify(&s);
 }

@@ -25,7 +25,7 @@ REFERENCE = {
 class Result:
     """All repetitions of one scenario x workload x engine."""
 
-    scenario: str  # cycle | incremental | lazy | overhead
+    scenario: str  # cycle | incremental | lazy | overhead | migrate | sweep
     workload: str
     describe: str
     engine: str
@@ -34,6 +34,9 @@ class Result:
     errors: list[str] = field(default_factory=list)
     unsupported: str | None = None  # the engine says it cannot: not run, not a failure
     chain_note: str = ""  # migrate: how the pre-dump chain was taken, or why not
+    cold: bool = False  # the image was evicted from the page cache before each restore
+    sweep: str = ""  # sweep: which one (memory | vmas | procs)
+    units: int = 0  # sweep: the point's size in the sweep's unit
 
     def median(self, key: str) -> float | None:
         """Median of key over the repetitions that produced it."""
@@ -66,7 +69,8 @@ class Result:
                 "describe": self.describe, "engine": self.engine,
                 "size_args": self.size_args, "samples": self.samples,
                 "medians": self.medians(), "errors": self.errors,
-                "unsupported": self.unsupported,
+                "unsupported": self.unsupported, "cold": self.cold,
+                "sweep": self.sweep, "units": self.units,
                 "verified": self.verified()}
 
 
@@ -90,13 +94,6 @@ def reference_for(key: str, size_args: list[str]) -> dict | None:
 def fmt(v: float | None, spec: str = ".3f") -> str:
     """A figure, or '-' when there is none."""
     return "-" if v is None else format(v, spec)
-
-
-def ratio(theirs: float | None, ours: float | None) -> str:
-    """theirs/ours: above 1 means the bundled engine took less time."""
-    if not theirs or not ours:
-        return "-"
-    return f"{theirs / ours:.2f}x"
 
 
 def mbps(nbytes: float | None, secs: float | None) -> str:
@@ -128,47 +125,33 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def _versus(ours: Result, criu: Result | None, ref: dict | None) -> str:
-    """Ratio cell for a bundled row: against measured criu first, else the reference."""
-    both = ("dump_s", "restore_s")
-    if criu is not None and criu.samples:
-        return (f"d {ratio(criu.median('dump_s'), ours.median('dump_s'))} "
-                f"r {ratio(criu.median('restore_s'), ours.median('restore_s'))} "
-                f"d+r {ratio(criu.median_sum(*both), ours.median_sum(*both))} (criu)")
-    if ref is not None:
-        return (f"d {ratio(ref['dump_s'], ours.median('dump_s'))} "
-                f"r {ratio(ref['restore_s'], ours.median('restore_s'))} "
-                f"d+r {ratio(ref['dump_s'] + ref['restore_s'], ours.median_sum(*both))} (ref)")
-    return "-"
-
-
-def cycle_table(results: list[Result]) -> str:
-    """workload, engine, dump s, restore s, MB/s, image MiB, RSS MiB, verify, ratio."""
+def cycle_table(results: list[Result], cold: bool = False) -> str:
+    """workload, engine, dump s, restore s, CPU, MB/s, image MiB, RSS MiB, verified
+    (ratios: bench/compare.py); cold: the rows whose image was evicted before restore."""
     rows = []
-    cycles = [r for r in results if r.scenario == "cycle"]
+    cycles = [r for r in results if r.scenario == "cycle" and r.cold == cold]
     for wl in dict.fromkeys(r.workload for r in cycles):
         group = [r for r in cycles if r.workload == wl]
-        ref = reference_for(wl, group[0].size_args)
+        ref = None if cold else reference_for(wl, group[0].size_args)
         criu = next((r for r in group if r.engine == "criu"), None)
         for r in group:
-            rows.append(not_measured(r) or _cycle_row(r, criu, ref))
+            rows.append(not_measured(r) or _cycle_row(r, cold))
         if (criu is None or not criu.samples) and ref is not None:
             rows.append([wl, REF_LABEL, fmt(ref["dump_s"]), fmt(ref["restore_s"]),
-                         "-", "-", "-", "-", "-", "1.00x"])
+                         "-", "-", "-", "-", "-"])
     headers = ["workload", "engine", "dump s", "restore s", "CPU s d/r", "MB/s d/r",
-               "image MiB", "RSS MiB d/r", "verified", "ratio vs criu"]
-    return table(headers, rows)
+               "image MiB", "RSS MiB d/r", "verified"]
+    return table(headers + (["cache left MiB"] if cold else []), rows)
 
 
-def _cycle_row(r: Result, criu: Result | None, ref: dict | None) -> list[str]:
+def _cycle_row(r: Result, cold: bool) -> list[str]:
     img = r.median("image_bytes")
     rss = (f"{fmt(_kib_to_mib(r.median('dump_rss_kib')), '.0f')}/"
            f"{fmt(_kib_to_mib(r.median('restore_rss_kib')), '.0f')}")
     cpu = f"{fmt(r.median('dump_cpu_s'), '.2f')}/{fmt(r.median('restore_cpu_s'), '.2f')}"
     return [r.workload, r.engine, fmt(r.median("dump_s")), fmt(r.median("restore_s")), cpu,
             f"{mbps(img, r.median('dump_s'))}/{mbps(img, r.median('restore_s'))}",
-            mib(img), rss, r.verified(),
-            _versus(r, criu, ref) if r.engine == "bundled" else "-"]
+            mib(img), rss, r.verified()] + ([mib(r.median("cache_left_bytes"))] if cold else [])
 
 
 def incremental_table(results: list[Result]) -> str:
@@ -197,20 +180,21 @@ def lazy_table(results: list[Result]) -> str:
     for r in results:
         if r.scenario != "lazy":
             continue
+        name = f"{r.workload}, cold cache" if r.cold else r.workload
         if (row := not_measured(r)) is not None:
-            rows.append(row)
+            rows.append([name, *row[1:]])
         else:
-            rows.append([r.workload, r.engine, fmt(r.median("dump_s")),
+            rows.append([name, r.engine, fmt(r.median("dump_s")),
                          fmt(r.median("restore_s")), fmt(r.median("all_in_s")),
-                         r.verified()])
+                         r.verified(), mib(r.median("cache_left_bytes"))])
         ref = reference_for("lazy", r.size_args)
         if ref is not None and not ref_shown:
             ref_shown = True
             lo, hi = ref["all_in_s"]
             rows.append([r.workload, REF_LABEL, "-", fmt(ref["restore_s"]),
-                         f"{lo}-{hi}", "-"])
+                         f"{lo}-{hi}", "-", "-"])
     headers = ["workload", "engine", "dump s", "restore returns s", "all pages in s",
-               "verified"]
+               "verified", "cache left MiB (cold)"]
     return table(headers, rows)
 
 

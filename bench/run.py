@@ -2,16 +2,19 @@
 """Checkpoint/restore benchmarks: print figures, never assert them.
 
     python bench/run.py [--engine bundled|criu|both] [--reps N] [--mib N] [--json OUT]
+                        [--cold] [--sweeps memory,vmas,procs]
 
-For each workload x engine: dump and restore wall time of the engine process, MB/s,
-image bytes, peak RSS of the engine (wait4 ru_maxrss), and whether the restored
-workload still passes its own memory check. Then incremental dumps, lazy restore and
-the harness's overhead per iteration. See bench/README.md.
+For each workload, the engines in turn rep by rep: dump and restore wall time of the
+engine process, MB/s, image bytes, peak RSS of the engine (wait4 ru_maxrss), and
+whether the restored workload still passes its own memory check; the ratio table ours /
+CRIU. Then incremental dumps, lazy restore, the harness's overhead per iteration, live
+migration, and the scaling sweeps. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -20,19 +23,22 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure, migrate, overhead, report, workloads
-from bench.cmdlines import Bundled, Criu, Engine
-from bench.procs import DeadlineExceeded, Procs
+from bench import compare, criubin, measure, migrate, overhead, report, workloads
+from bench.cmdlines import REPO, Bundled, Criu, Engine
+from bench.procs import Procs
+from bench.schedule import SWEEP_KINDS, Job, SweepPoint, alternate, log, sweep_plan
 from zdtm import plumbing
 
 SCENARIOS = ["cycle", "incremental", "lazy", "overhead", "migrate"]
-WORKLOADS = ["anon", "maps", "shm", "fds"]
-DEFAULT_WORKLOADS = ["anon", "maps", "shm"]
+WORKLOADS = ["anon", "maps", "shm", "small", "tree", "big", "fds"]
+DEFAULT_WORKLOADS = ["anon", "maps", "shm", "small", "tree", "big"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,11 +47,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", choices=["bundled", "criu", "both"], default="both",
                    help="engines to run side by side (default both: criu when "
                         "`criu check` passes, else its DESIGN.md reference figures)")
-    p.add_argument("--criu-bin", default="criu", help="criu binary (default: from PATH)")
+    p.add_argument("--criu-bin", default=None,
+                   help="criu binary (default: criu from PATH, else the one "
+                        "../shared/peers/criu/build.sh builds and prints)")
     p.add_argument("--reps", type=int, default=3, help="repetitions; medians are printed")
     p.add_argument("--mib", type=int, default=1024, help="MiB of the anon workload")
     p.add_argument("--vmas", type=int, default=30000, help="VMAs of the maps workload")
     p.add_argument("--shm-mib", type=int, default=64, help="MiB of the shm workload")
+    p.add_argument("--small-mib", type=int, default=1, help="MiB of the small workload")
+    p.add_argument("--procs", type=int, default=50, help="processes of the tree workload")
+    p.add_argument("--big-mib", type=int, default=4096, help="MiB of the big workload")
+    p.add_argument("--lazy-mib", type=int, default=None,
+                   help="MiB of the lazy restore's workload (default: --mib)")
+    p.add_argument("--cold", action="store_true",
+                   help="also measure every cycle and lazy workload with its image evicted "
+                        "from the page cache before restore (separate rows)")
+    p.add_argument("--sweeps", default="",
+                   help=f"scaling sweeps to run, comma list of {','.join(SWEEP_KINDS)}")
+    for kind in SWEEP_KINDS.values():
+        p.add_argument(f"--sweep-{kind.name}", metavar="N,N,...", default=None,
+                       help=f"points of the {kind.name} sweep in {kind.unit} (default "
+                            f"{','.join(map(str, kind.default_points))})")
     p.add_argument("--fds", type=int, default=10000,
                    help="sockets of the fds workload (pairs, all watched by one epoll)")
     p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
@@ -66,15 +88,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.workloads = _choices(p, args.workloads, WORKLOADS, "--workloads")
     args.scenarios = _choices(p, args.scenarios, SCENARIOS, "--scenarios")
-    if min(args.reps, args.mib, args.vmas, args.shm_mib, args.fds) < 1:
-        p.error("--reps, --mib, --vmas, --shm-mib and --fds must be positive")
-    try:
-        args.rates = [int(x) for x in args.rates.split(",") if x]
-    except ValueError:
-        p.error(f"--rates: not a comma list of integers: {args.rates}")
-    if not args.rates or min(args.rates) < 1 or args.pre_dumps < 1:
+    args.sweeps = _choices(p, args.sweeps, list(SWEEP_KINDS), "--sweeps")
+    args.lazy_mib = args.lazy_mib or args.mib
+    sizes = (args.reps, args.mib, args.vmas, args.shm_mib, args.fds, args.small_mib,
+             args.procs, args.big_mib, args.lazy_mib)
+    if min(sizes) < 1:
+        p.error("--reps and every size option (--mib, --vmas, --shm-mib, --fds, "
+                "--small-mib, --procs, --big-mib, --lazy-mib) must be positive")
+    args.rates = _int_list(p, args.rates, "--rates")
+    if not args.rates or args.pre_dumps < 1:
         p.error("--rates and --pre-dumps must be positive")
+    args.sweep_points = {k: _int_list(p, getattr(args, f"sweep_{k}"), f"--sweep-{k}")
+                         if getattr(args, f"sweep_{k}") else None for k in SWEEP_KINDS}
     return args
+
+
+def _int_list(p: argparse.ArgumentParser, text: str, opt: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        p.error(f"{opt}: not a comma list of integers: {text}")
+    if not vals or min(vals) < 1:
+        p.error(f"{opt}: needs positive integers: {text}")
+    return vals
 
 
 def _choices(p: argparse.ArgumentParser, text: str, allowed: list[str], opt: str) -> list[str]:
@@ -83,29 +119,6 @@ def _choices(p: argparse.ArgumentParser, text: str, allowed: list[str], opt: str
     if bad:
         p.error(f"{opt}: unknown {', '.join(bad)} (choose from {', '.join(allowed)})")
     return picked
-
-
-def log(msg: str) -> None:
-    """Progress line on stderr (the tables go to stdout)."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-def repeat(ctx: measure.Context, res: report.Result, reps: int, fn, *fn_args) -> None:
-    """Run fn reps times into res; stop at the first failure (it would repeat)."""
-    for i in range(reps):
-        tag = f"[{res.scenario} {res.workload} {res.engine} {i + 1}/{reps}]"
-        load1 = os.getloadavg()[0]
-        try:
-            sample = fn(ctx, *fn_args)
-        except (measure.StepFailed, DeadlineExceeded, RuntimeError, OSError) as exc:
-            res.errors.append(str(exc))
-            log(f"{tag} FAILED: {exc}")
-            return
-        sample["load1_at_start"] = load1  # in the JSON: how busy the machine was
-        res.samples.append(sample)
-        figures = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in sample.items() if k != "verify_detail")
-        log(f"{tag} {figures}")
 
 
 def engines_for(args: argparse.Namespace) -> list[Engine]:
@@ -117,33 +130,50 @@ def engines_for(args: argparse.Namespace) -> list[Engine]:
         log(f"bundled: {'available' if eng.available else 'unavailable: ' + eng.message}")
         out.append(eng)
     if args.engine in ("criu", "both"):
-        eng = Criu(args.criu_bin)
-        eng.probe()
-        if eng.available:
-            log(f"criu: available ({eng.binary})")
+        found = criubin.find_criu(args.criu_bin, REPO)
+        criu = Criu(found.binary or "criu")
+        criu.found_by = found.source
+        if found.binary is None:
+            criu.message = found.error
         else:
-            print(f"criu: unavailable: {eng.message}", flush=True)
-        out.append(eng)
+            criu.probe()
+        if criu.available:
+            log(f"criu: available ({criu.binary}, from {found.source})")
+        else:
+            print(f"criu: unavailable: {criu.message}", flush=True)
+        out.append(criu)
     return out
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, workloads.Workload]]:
-    """(scenario, workload) pairs to measure, in order."""
-    make = {"anon": lambda: workloads.Workload.anon(args.mib),
-            "maps": lambda: workloads.Workload.maps(args.vmas),
-            "shm": lambda: workloads.Workload.shm(args.shm_mib),
-            "fds": lambda: workloads.Workload.fds(args.fds)}
+def make_workload(name: str, size: int) -> workloads.Workload:
+    """The workload called name at size (in its own unit: MiB, VMAs, sockets, tasks)."""
+    make = {"anon": workloads.Workload.anon, "maps": workloads.Workload.maps,
+            "shm": workloads.Workload.shm, "fds": workloads.Workload.fds,
+            "small": workloads.Workload.small, "big": workloads.Workload.big,
+            "tree": workloads.Workload.tree}
+    return make[name](size)
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, workloads.Workload, bool]]:
+    """(scenario, workload, cold) to measure, in order: warm first, then cold."""
+    size = {"anon": args.mib, "maps": args.vmas, "shm": args.shm_mib, "fds": args.fds,
+            "small": args.small_mib, "big": args.big_mib, "tree": args.procs}
     todo = []
-    if "cycle" in args.scenarios:
-        todo += [("cycle", make[w]()) for w in args.workloads]
-    for scen in ("incremental", "lazy"):
-        if scen in args.scenarios:
-            todo.append((scen, make["anon"]()))
+    for cold in [False, True] if args.cold else [False]:
+        if "cycle" in args.scenarios:
+            todo += [("cycle", make_workload(w, size[w]), cold) for w in args.workloads]
+        if "lazy" in args.scenarios:
+            todo.append(("lazy", workloads.Workload.anon(args.lazy_mib), cold))
+    if "incremental" in args.scenarios:
+        todo.append(("incremental", workloads.Workload.anon(args.mib), False))
     return todo
 
 
 # Features (names of `python -m engine check --json`) a scenario x workload needs.
 NEEDS = {("cycle", "anon"): ["dump", "restore"],
+         ("cycle", "small"): ["dump", "restore"],
+         ("cycle", "big"): ["dump", "restore"],
+         ("cycle", "tree"): ["dump_tree", "restore_tree"],
          ("cycle", "maps"): ["dump", "restore"],
          ("cycle", "shm"): ["dump_tree", "restore_tree", "dump_shmem", "restore_shmem"],
          ("cycle", "fds"): ["unix_socketpair", "epoll"],
@@ -159,58 +189,93 @@ def unsupported(eng: Engine, scen: str, wl: str) -> str | None:
     return None
 
 
-def measure_all(args: argparse.Namespace, ctx: measure.Context,
-                engines: list[Engine]) -> list[report.Result]:
-    """Every planned scenario x workload x available engine."""
+def jobs_for(engines: list[Engine], scen: str, wl: workloads.Workload,
+             fn: Callable[..., dict[str, Any]], extra: tuple[Any, ...] = (),
+             label: str | None = None, **fields: Any) -> tuple[list[report.Result], list[Job]]:
+    """One Result per engine (fields: cold, sweep, units), and a Job for each engine that
+    can run it. A criu that is unavailable next to the bundled engine gets no row: it was
+    printed once, and the reference figures stand in."""
+    results, jobs = [], []
+    for eng in engines:
+        if not eng.available and eng.name == "criu" and len(engines) > 1:
+            continue
+        res = report.Result(scen, label or wl.name, wl.describe, eng.name, wl.args, **fields)
+        results.append(res)
+        if not eng.available:
+            res.errors.append(f"engine unavailable: {eng.message}")
+            continue
+        res.unsupported = unsupported(eng, "cycle" if scen == "sweep" else scen, wl.name)
+        if res.unsupported:
+            log(f"[{scen} {wl.name} {eng.name}] not supported: {res.unsupported}")
+            continue
+        jobs.append(Job(res, fn, (eng, wl, *extra)))
+    return results, jobs
+
+
+def measure_all(args: argparse.Namespace, ctx: measure.Context, engines: list[Engine],
+                seq: Iterator[int]) -> list[report.Result]:
+    """Every planned scenario x workload, the available engines in turn rep by rep."""
     fns = {"cycle": measure.cycle, "incremental": measure.incremental,
            "lazy": measure.lazy}
     results = []
-    for scen, wl in plan(args):
-        for eng in engines:
-            if not eng.available and eng.name == "criu" and len(engines) > 1:
-                continue  # printed once above; the reference column stands in
-            res = report.Result(scen, wl.name, wl.describe, eng.name, wl.args)
-            results.append(res)
-            if not eng.available:
-                res.errors.append(f"engine unavailable: {eng.message}")
-                continue
-            res.unsupported = unsupported(eng, scen, wl.name)
-            if res.unsupported:
-                log(f"[{scen} {wl.name} {eng.name}] not supported: {res.unsupported}")
-                continue
-            repeat(ctx, res, args.reps, fns[scen], eng, wl)
+    for scen, wl, cold in plan(args):
+        extra = (cold,) if scen in ("cycle", "lazy") else ()
+        res, jobs = jobs_for(engines, scen, wl, fns[scen], extra, cold=cold)
+        results += res
+        alternate(ctx, jobs, args.reps, seq)
     if "migrate" in args.scenarios:
-        results += measure_migrate(args, ctx, engines)
-    bundled = next((e for e in engines if e.name == "bundled"), None)
-    if "overhead" in args.scenarios and bundled is not None:
-        test = overhead.pick_test(args.overhead_test)
-        res = report.Result("overhead", f"static/{test or '?'}",
-                            "runner.py, flavour h, 1 iteration",
-                            "bundled", [])
-        results.append(res)
-        if test is None:
-            res.errors.append(f"no simple static test found (tried {overhead.PREFERRED})")
-        elif not bundled.available:
-            res.errors.append(f"engine unavailable: {bundled.message}")
-        else:
-            repeat(ctx, res, args.reps, overhead.overhead, bundled, test)
+        results += measure_migrate(args, ctx, engines, seq)
+    if "overhead" in args.scenarios:
+        results += measure_overhead(args, ctx, engines, seq)
+    for point in sweep_plan(args.sweeps, args.sweep_points):
+        results += measure_point(args, ctx, engines, point, seq)
     return results
 
 
-def measure_migrate(args: argparse.Namespace, ctx: measure.Context,
-                    engines: list[Engine]) -> list[report.Result]:
-    """Live migration: per write rate and engine, a full dump against pre-dumps + a final
-    dump (bundled; criu cannot pre-dump here, see its reason in the table)."""
+def measure_point(args: argparse.Namespace, ctx: measure.Context, engines: list[Engine],
+                  point: SweepPoint, seq: Iterator[int]) -> list[report.Result]:
+    """One point of a scaling sweep: a cycle of the sweep's workload at that size."""
+    wl = make_workload(point.kind.workload, point.units)
+    res, jobs = jobs_for(engines, "sweep", wl, measure.cycle,
+                         label=f"{point.units} {point.kind.unit}", sweep=point.kind.name,
+                         units=point.units)
+    alternate(ctx, jobs, args.reps, seq)
+    return res
+
+
+def measure_overhead(args: argparse.Namespace, ctx: measure.Context, engines: list[Engine],
+                     seq: Iterator[int]) -> list[report.Result]:
+    """The harness's own time per iteration (bundled engine only)."""
+    bundled = next((e for e in engines if e.name == "bundled"), None)
+    if bundled is None:
+        return []
+    test = overhead.pick_test(args.overhead_test)
+    res = report.Result("overhead", f"static/{test or '?'}",
+                        "runner.py, flavour h, 1 iteration", "bundled", [])
+    if test is None:
+        res.errors.append(f"no simple static test found (tried {overhead.PREFERRED})")
+    elif not bundled.available:
+        res.errors.append(f"engine unavailable: {bundled.message}")
+    else:
+        alternate(ctx, [Job(res, overhead.overhead, (bundled, test))], args.reps, seq)
+    return [res]
+
+
+def measure_migrate(args: argparse.Namespace, ctx: measure.Context, engines: list[Engine],
+                    seq: Iterator[int]) -> list[report.Result]:
+    """Live migration: per write rate, the engines in turn, a full dump against pre-dumps
+    + a final dump (bundled; criu cannot pre-dump here, see its reason in the table)."""
     results = []
     for rate in args.rates:
         wl = workloads.Workload.writer(args.mib, rate)
+        jobs = []
         for eng in engines:
             res = report.Result("migrate", f"{rate} MiB/s", wl.describe, eng.name, wl.args)
             results.append(res)
             if not eng.available:
                 res.errors.append(f"engine unavailable: {eng.message}")
                 continue
-            if eng.name == "criu":
+            if isinstance(eng, Criu):
                 res.chain_note = migrate.criu_pre_dump_reason(eng.binary) or \
                     "not measured (criu's pre-dump chain is not run by this benchmark)"
             else:
@@ -218,7 +283,8 @@ def measure_migrate(args: argparse.Namespace, ctx: measure.Context,
                 if res.unsupported:
                     continue
                 res.chain_note = f"{args.pre_dumps} pre-dumps"
-            repeat(ctx, res, args.reps, migrate.migrate, eng, wl, args.pre_dumps)
+            jobs.append(Job(res, migrate.migrate, (eng, wl, args.pre_dumps)))
+        alternate(ctx, jobs, args.reps, seq)
     return results
 
 
@@ -229,10 +295,14 @@ def load_text(load: tuple[float, float, float]) -> str:
 
 def print_report(args: argparse.Namespace, results: list[report.Result],
                  loads: list[tuple[float, float, float]]) -> None:
-    """The tables, one per scenario that ran."""
+    """The ratio table first, then one table per scenario that ran, then the sweeps."""
     print(f"machine: kernel {platform.release()}, {os.cpu_count()} CPUs, load average "
           f"{load_text(loads[0])} at start, {load_text(loads[1])} at end "
           "(other work on the machine makes every figure noisier)")
+    if any(r.scenario in ("cycle", "lazy") for r in results):
+        print(f"\n== Ours / CRIU (medians of {args.reps}, engines in turn rep by rep) ==")
+        print(compare.ratio_tables(results))
+        print(RATIO_NOTE)
     migrate_title = "Live migration: frozen time, pre-dumps + final dump vs a full dump"
     sections = [("cycle", "Dump and restore", report.cycle_table),
                 ("incremental", "Incremental: pre-dump, dirty 1/8, dump, restore",
@@ -244,10 +314,24 @@ def print_report(args: argparse.Namespace, results: list[report.Result],
         if scen in args.scenarios:
             print(f"\n== {title} (medians of {args.reps}) ==")
             print(fn(results))
-    print("\nratio = criu time / bundled time (above 1: bundled is faster; d+r: median of "
-          "dump + restore per repetition); "
-          "(ref) = against the CRIU 4.2 reference of DESIGN.md section 8,\n"
-          "shown only at the reference sizes (--mib 1024, --vmas 30000, --shm-mib 64)")
+        if scen == "cycle" and scen in args.scenarios and args.cold:
+            print(f"\n== Dump and restore, image evicted from the page cache before "
+                  f"restore (medians of {args.reps}) ==")
+            print(report.cycle_table(results, cold=True))
+    for name in args.sweeps:
+        kind = SWEEP_KINDS[name]
+        print(f"\n== Sweep: {name} ({kind.workload} workload; medians of {args.reps}; "
+              f"per-unit costs from the previous point, then least squares over all) ==")
+        print(compare.sweep_table(kind, results))
+
+
+RATIO_NOTE = """\
+ratio = ours / CRIU time (below 1: the bundled engine is faster); dump+restore is the median
+over reps of each rep's dump + restore; every rep starts a fresh workload, bundled then criu.
+A cold row's image was fsync'ed and evicted (POSIX_FADV_DONTNEED) before restore; lazy:
+resume = restore returns, all pages in = the lazy-pages daemon has delivered every page.
+criu = the CRIU 4.2 reference (DESIGN.md section 8) only when criu did not run and the size
+is the reference's (--mib 1024, --vmas 30000, --shm-mib 64)."""
 
 
 def write_json(path: str, args: argparse.Namespace, engines: list[Engine],
@@ -256,9 +340,12 @@ def write_json(path: str, args: argparse.Namespace, engines: list[Engine],
     data = {
         "meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernel": platform.release(),
                  "cpus": os.cpu_count(), "argv": sys.argv[1:], "reps": args.reps,
-                 "loadavg_start": loads[0], "loadavg_end": loads[1]},
+                 "loadavg_start": loads[0], "loadavg_end": loads[1],
+                 "order": "engines in turn rep by rep; samples carry rep and seq"},
         "engines": {e.name: {"available": e.available, "message": e.message,
-                             "features": e.features} for e in engines},
+                             "binary": e.base()[0], "found_by": getattr(e, "found_by", ""),
+                             "features": e.features}
+                    for e in engines},
         "reference": {"label": report.REF_LABEL, "figures": report.REFERENCE},
         "results": [r.to_json() for r in results],
     }
@@ -281,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = measure.Context(procs, workloads.build_memload(tmp), tmp, args.timeout)
         engines = engines_for(args)
-        results = measure_all(args, ctx, engines)
+        results = measure_all(args, ctx, engines, itertools.count(1))
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         return 130

@@ -15,6 +15,7 @@ from zdtm.plumbing import descendants
 SOURCE = Path(__file__).resolve().parent / "memload.c"
 BUILD_TIMEOUT_S = 120.0
 POLL_S = 0.01
+TREE_TASK_BYTES = 16 * 4096  # TREE_TASK_PAGES of memload.c
 
 
 def build_memload(out_dir: Path) -> Path:
@@ -32,16 +33,40 @@ def build_memload(out_dir: Path) -> Path:
 class Workload:
     """One kind of workload and its size."""
 
-    name: str  # anon | maps | shm | fds
+    name: str  # anon | maps | shm | fds | writer | small | big | tree
     args: list[str]  # size options for memload
     payload_bytes: int  # bytes of memory the workload wrote (what a dump must carry)
     describe: str
+    mode: str = ""  # memload's mode when it is not the name (small and big are anon)
+
+    @property
+    def program_mode(self) -> str:
+        """The first argument of memload."""
+        return self.mode or self.name
 
     @classmethod
     def anon(cls, mib: int) -> Workload:
         """Private anonymous memory, every page written."""
         return cls("anon", ["--mib", str(mib)], mib << 20,
                    f"{mib} MiB private anonymous, written")
+
+    @classmethod
+    def small(cls, mib: int) -> Workload:
+        """A small process: its fixed costs, not its pages, are what a dump pays for."""
+        return cls("small", ["--mib", str(mib)], mib << 20,
+                   f"{mib} MiB process", mode="anon")
+
+    @classmethod
+    def big(cls, mib: int) -> Workload:
+        """As anon, at the size where the engines' page paths diverge (4 GiB)."""
+        return cls("big", ["--mib", str(mib)], mib << 20,
+                   f"{mib} MiB private anonymous, written", mode="anon")
+
+    @classmethod
+    def tree(cls, procs: int) -> Workload:
+        """A binary tree of procs tasks, 64 KiB private anonymous each (memload.c)."""
+        return cls("tree", ["--procs", str(procs)], procs * TREE_TASK_BYTES,
+                   f"tree of {procs} processes")
 
     @classmethod
     def maps(cls, vmas: int) -> Workload:
@@ -86,7 +111,7 @@ def start(procs: Procs, binary: Path, wl: Workload, workdir: Path,
     workdir.mkdir(mode=0o700)
     pidfile, outfile = workdir / "memload.pid", workdir / "memload.out"
     ackfile = workdir / "memload.ack"
-    argv = [str(binary), wl.name, "--pidfile", str(pidfile), "--outfile", str(outfile),
+    argv = [str(binary), wl.program_mode, "--pidfile", str(pidfile), "--outfile", str(outfile),
             "--filename", str(workdir / "maps.file"), "--ackfile", str(ackfile), *wl.args]
     res = procs.run(argv, timeout)
     pid = int(pidfile.read_text()) if pidfile.exists() else 0

@@ -6,9 +6,12 @@ No timing is measured or asserted here; the benchmarks themselves never run in C
 from __future__ import annotations
 
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench import migrate, overhead, report, run, workloads
+from bench import compare, migrate, overhead, report, run, workloads
 from bench.cmdlines import Bundled, Criu
-from bench.procs import Procs
+from bench.procs import Procs, wait_pidfd
+from zdtm import plumbing
 
 TIMEOUT_S = 30.0
 
@@ -67,8 +71,8 @@ def test_whole_cycle_ratio_is_the_median_of_per_rep_sums() -> None:
                  {"dump_s": 2.0, "restore_s": 0.25}]
     # Sums 2.0, 2.5, 2.25: median 2.25 (the sum of the medians would be 1.0 + 1.0).
     assert r.median_sum("dump_s", "restore_s") == 2.25
-    cell = report._versus(r, None, report.reference_for("anon", r.size_args))
-    assert cell == "d 1.60x r 0.65x d+r 1.00x (ref)", cell
+    (row,) = compare.cycle_rows([r], cold=False)  # against the reference: 1.6 + 0.65 s
+    assert row[1:4] == ["0.62", "1.54", "1.00"], row
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +134,51 @@ def test_writer_workload_check_sees_corruption(tmp_path: Path, procs: Procs, mem
     ok, detail = workloads.stop_and_verify(procs, running.pid, running, TIMEOUT_S)
     assert ok is not corrupt, detail
     assert ("writer page 2000" in detail) is corrupt
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_tree_workload_check_sees_corruption(tmp_path: Path, procs: Procs, memload: Path,
+                                             corrupt: bool) -> None:
+    """The tree passes when intact; one flipped word in a leaf task fails it, and the
+    root's verdict names the task."""
+    wl = workloads.Workload.tree(7)
+    running = workloads.start(procs, memload, wl, tmp_path / "w", TIMEOUT_S)
+    assert len(running.tree) == 7
+    leaf = running.tree[-1]
+    if corrupt:
+        _flip_word(leaf, _region(leaf, workloads.TREE_TASK_BYTES) + 4096 * 3 + 8)
+    ok, detail = workloads.stop_and_verify(procs, running.pid, running, TIMEOUT_S)
+    assert ok is not corrupt, detail
+    if corrupt:
+        assert "1 of 7 tasks failed; first: FAIL: tree task" in detail
+        assert f"(pid {leaf}): word 1537 wrong" in detail
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_tree_workload_check_sees_a_new_parent(tmp_path: Path, procs: Procs,
+                                               memload: Path) -> None:
+    """A task whose parent changed fails its own check (what a restore that rebuilt the
+    tree wrongly would show): a middle task is killed, its children are re-parented."""
+    running = workloads.start(procs, memload, workloads.Workload.tree(7), tmp_path / "w",
+                              TIMEOUT_S)
+    middle = next(c for c in plumbing.children(running.pid) if plumbing.children(c))
+    orphans = plumbing.children(middle)
+    os.kill(middle, signal.SIGKILL)
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(_ppid(o) == middle for o in orphans) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for orphan in orphans:
+        os.kill(orphan, signal.SIGTERM)
+        assert wait_pidfd(orphan, TIMEOUT_S)
+    ok, detail = workloads.stop_and_verify(procs, running.pid, running, TIMEOUT_S)
+    assert not ok and "FAIL: tree: " in detail, detail
+    lines = running.outfile.read_text()
+    assert f"FAIL: tree task 0: child {middle} killed" in lines, lines
+    for orphan in orphans:
+        assert re.search(rf"\(pid {orphan}\): parent is \d+, was {middle}\n", lines), lines
 
 
 def test_criu_frozen_time_from_its_stats_image() -> None:
