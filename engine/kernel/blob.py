@@ -30,28 +30,37 @@ from engine.kernel import ptrace, uapi
 # Assembled from blob.S (as -o blob.o blob.S; objdump -d blob.o). test_restore_blob.py
 # re-assembles the source when `as` exists and compares.
 CODE = bytes.fromhex(
-    "4d85ed0f848e000000498b0424498b7c2408498b742410498b5424184d8b5424204d8b4424284d8b4c"
-    "2430498b5c2438f6c30174034c89f7f6c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c3"
-    "1074034d89f0f6c32074034d89f10f05483d01f0ffff7205f6c3807427f6c34074034989c6f7c30001"
-    "0000740b4889d948c1e9204989040f4983c44049ffcde96affffffcccc4883fa030f8257010000b8ff"
-    "ffffffb9ffffffff41b8ffffffff4531c9420f188c0e00300000420f188c0e00400000420f188c0e00"
-    "500000f24a0f38f1040ef24a0f38f18c0e00100000f24e0f38f1840e00200000f24a0f38f1440e08f2"
-    "4a0f38f18c0e08100000f24e0f38f1840e08200000f24a0f38f1440e10f24a0f38f18c0e10100000f2"
-    "4e0f38f1840e10200000f24a0f38f1440e18f24a0f38f18c0e18100000f24e0f38f1840e18200000f2"
-    "4a0f38f1440e20f24a0f38f18c0e20100000f24e0f38f1840e20200000f24a0f38f1440e28f24a0f38"
-    "f18c0e28100000f24e0f38f1840e28200000f24a0f38f1440e30f24a0f38f18c0e30100000f24e0f38"
-    "f1840e30200000f24a0f38f1440e38f24a0f38f18c0e38100000f24e0f38f1840e382000004983c140"
-    "4981f9001000000f82e5fefffff7d0f7d141f7d08907894f04448947084883c70c4881c60030000048"
-    "83ea034883fa030f83a9feffff4885d27430b8ffffffff4531c9f24a0f38f1040e4983c1084981f900"
-    "10000072ecf7d089074883c7044881c60010000048ffcaebcbc34989c4b8030000004c89e70f05b80b"
-    "0000004c89ef4c89f64c89fcffe3"
+    "31ed4d85ed0f8492000000498b0424498b7c2408498b742410498b5424184d8b5424204d8b4424284d"
+    "8b4c2430498b5c2438f6c30174034c89f7f6c30274034c89f6f6c30474034c89f2f6c30874034d89f2"
+    "f6c31074034d89f0f6c32074034d89f10f05483d01f0ffff7205f6c3807427f6c34074034989c6f7c3"
+    "00010000740b4889d948c1e9204989040f4983c44049ffcde96affffff85ed7506cc85ed7501cc594c"
+    "892948894108415f415e415d415c5d5bc353554154415541564157514989fc4989f54989d74531f6bd"
+    "01000000e92cffffff4883fa030f8257010000b8ffffffffb9ffffffff41b8ffffffff4531c9420f18"
+    "8c0e00300000420f188c0e00400000420f188c0e00500000f24a0f38f1040ef24a0f38f18c0e001000"
+    "00f24e0f38f1840e00200000f24a0f38f1440e08f24a0f38f18c0e08100000f24e0f38f1840e082000"
+    "00f24a0f38f1440e10f24a0f38f18c0e10100000f24e0f38f1840e10200000f24a0f38f1440e18f24a"
+    "0f38f18c0e18100000f24e0f38f1840e18200000f24a0f38f1440e20f24a0f38f18c0e20100000f24e"
+    "0f38f1840e20200000f24a0f38f1440e28f24a0f38f18c0e28100000f24e0f38f1840e28200000f24a"
+    "0f38f1440e30f24a0f38f18c0e30100000f24e0f38f1840e30200000f24a0f38f1440e38f24a0f38f1"
+    "8c0e38100000f24e0f38f1840e382000004983c1404981f9001000000f82e5fefffff7d0f7d141f7d0"
+    "8907894f04448947084883c70c4881c6003000004883ea034883fa030f83a9feffff4885d27430b8ff"
+    "ffffff4531c9f24a0f38f1040e4983c1084981f90010000072ecf7d089074883c7044881c600100000"
+    "48ffcaebcbc3415051575652b8030000004c89cf0f055a5e5f488b0c24e82cfeffff488b3424488b7c"
+    "2408ba10000000b8010000000f05488b3424488b7c2408ba0100000031c00f054883c410c34d63a500"
+    "1000004963ad04100000eb034989c4b8030000004c89e70f05b8030000004889ef0f05b80b0000004c"
+    "89ef4c89f64c89fcffe3"
 )
-SYSCALL_OFFSET = 0x60  # the routine's `syscall` instruction (run_one() uses it alone)
-FAIL_OFFSET = 0x96  # the int3 reached when an entry fails
-DONE_OFFSET = 0x97  # the int3 reached when every entry ran
-PAGE_CRCS_OFFSET = 0x98  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
-CRC_OPEN_RETURN_OFFSET = 0x22f  # crc_return taking the fd from rax (after an open)
-CRC_RETURN_OFFSET = 0x232  # where page_crcs returns to in a task (blob.S crc_return)
+SYSCALL_OFFSET = 0x62  # the routine's `syscall` instruction (run_one() uses it alone)
+FAIL_OFFSET = 0x9c  # the int3 reached when an entry fails
+DONE_OFFSET = 0xa1  # the int3 reached when every entry ran
+TABLE_CALL_OFFSET = 0xb5  # table_call(entries, count, base, status) (in table_notify)
+PAGE_CRCS_OFFSET = 0xd6  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
+TABLE_NOTIFY_OFFSET = 0x26d  # table_notify(entries, count, base, status, sock, peer)
+CRC_PAIR_RETURN_OFFSET = 0x2b5  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
+#: where crc_pair_return finds the fds: code address + PAIR_AT (the page after the code)
+PAIR_AT = 4096
+CRC_OPEN_RETURN_OFFSET = 0x2c5  # crc_return taking the fd from rax (after an open)
+CRC_RETURN_OFFSET = 0x2c8  # where code called in a task returns to (blob.S crc_return)
 CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return's close
 CODE_AREA = 1024
 ENTRY_SIZE = 64
@@ -63,6 +72,11 @@ F_MAY_FAIL = 1 << 7
 F_STORE = 1 << 8
 
 _ORIG_RAX_NONE = (1 << 64) - 1  # orig_rax = -1: not in a syscall, no restart handling
+_MASK64 = (1 << 64) - 1
+_CALL_REGS = ("rdi", "rsi", "rdx", "rcx")
+_HOME_REGS = ("rbx", "rbp", "r12", "r13", "r14", "r15")
+#: bytes of stack table_notify needs below its return address (table_call inside)
+TABLE_CALL_STACK = 80
 _ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 _PASS_EVENTS = (uapi.PTRACE_EVENT_CLONE, uapi.PTRACE_EVENT_FORK, uapi.PTRACE_EVENT_VFORK)
 
@@ -318,3 +332,54 @@ class BlobRunner:
                 raise OSError(f"task {self.pid}: unexpected stop {status:#x} waiting for "
                               f"the syscall-{stop}-stop of syscall {nr}")
         return ptrace.get_regs(self.pid).signed("rax")
+
+
+def call(pid: int, mem_fd: int, code: int, entry: int, args: tuple[int, ...], stack: int,
+         timeout: float, home: dict[str, int] | None = None) -> None:
+    """Call the routine at `code + entry` (SysV ABI, up to 4 arguments) in a
+    ptrace-stopped task whose region at `code` holds CODE (executable), with rsp =
+    `stack`, where its return address (crc_return) is written: the routine returns there,
+    whose first syscall (close) stops the task and is skipped. The task is left in that
+    syscall-exit-stop at crc_return with other registers (the caller puts its own back).
+
+    `home`: an injector's home registers (Injector.go_home to crc_return): rbx and r12-r15
+    are set from them, so a task whose tracer died meanwhile goes back to its own state
+    from crc_return. Signals must be blocked in the task. Raises OSError on any other stop
+    and TimeoutError (the task stopped where it was) after `timeout` seconds."""
+    # A termination signal waits until the task is stopped again (as for tables):
+    # raising while it runs would leave the engine's cleanup a running task.
+    with termination_held():
+        os.pwrite(mem_fd, (code + CRC_RETURN_OFFSET).to_bytes(8, "little"), stack)
+        regs = ptrace.get_regs(pid)
+        for name in _HOME_REGS if home is not None else ():
+            setattr(regs, name, home[name])  # type: ignore[index]
+        for name, value in zip(_CALL_REGS, args):
+            setattr(regs, name, value & _MASK64)
+        regs.rip = code + entry
+        regs.rsp = stack
+        regs.orig_rax = _ORIG_RAX_NONE
+        regs.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
+        ptrace.set_regs(pid, regs)
+        for stop in ("entry", "exit"):
+            _to_crc_return(pid, code, stop, timeout)
+
+
+def _to_crc_return(pid: int, code: int, stop: str, timeout: float) -> None:
+    """Resume to the next syscall stop, which must be crc_return's close; at its entry
+    stop the close is skipped and the task returns to crc_return after it."""
+    ptrace.ptrace(uapi.PTRACE_SYSCALL, pid, 0, 0)
+    try:
+        status = ptrace.wait_stop(pid, timeout)
+    except TimeoutError:
+        ptrace.interrupt(pid)  # still running the routine: stop it where it is
+        ptrace.wait_stop(pid, timeout)
+        raise
+    regs = ptrace.get_regs(pid)
+    if (os.WSTOPSIG(status) & 0x7F != uapi.SIGTRAP or ptrace.stop_event(status)
+            or regs.rip not in (code + CRC_RETURN_STOP, code + CRC_RETURN_OFFSET)):
+        raise OSError(f"task {pid}: stop {status:#x} at {regs.rip:#x} in code called "
+                      f"there (syscall-{stop}-stop expected)")
+    if stop == "entry":
+        regs.orig_rax = _ORIG_RAX_NONE
+        regs.rip = code + CRC_RETURN_OFFSET
+        ptrace.set_regs(pid, regs)
