@@ -15,6 +15,10 @@
  *   bit  6    save the result in r14
  *   bit  7    a failure of this entry is not fatal
  *   bit  8    store the result as u64 at r15 + (flags >> 32)
+ *   bit  9    rows: run the syscall once per row of six arguments, args[1] rows at
+ *             args[0] (each advances args[0] by 48 and counts args[1] down, so at a
+ *             failure args[1] is the rows left including the failed one); bits 0-5
+ *             and 7 apply to each row
  *
  * table_call (below) runs a table the same way as a function called in a task that
  * goes on running afterwards: it returns instead of stopping with int3 (an int3 is a
@@ -31,14 +35,20 @@ table_runner:
 run_entries:
 	test %r13, %r13
 	jz done
-	mov 0(%r12), %rax
-	mov 8(%r12), %rdi
-	mov 16(%r12), %rsi
-	mov 24(%r12), %rdx
-	mov 32(%r12), %r10
-	mov 40(%r12), %r8
-	mov 48(%r12), %r9
 	mov 56(%r12), %rbx
+	lea 8(%r12), %rcx	/* the arguments: the entry's own */
+	test $0x200, %ebx
+	jz 5f
+	cmpq $0, 16(%r12)	/* rows: args[1] rows left */
+	je 4f
+	mov 8(%r12), %rcx	/* this row's six arguments */
+5:	mov 0(%r12), %rax
+	mov 0(%rcx), %rdi
+	mov 8(%rcx), %rsi
+	mov 16(%rcx), %rdx
+	mov 24(%rcx), %r10
+	mov 32(%rcx), %r8
+	mov 40(%rcx), %r9
 	test $1, %bl
 	jz 1f
 	mov %r14, %rdi
@@ -67,10 +77,15 @@ run_entries:
 	jz 3f
 	mov %rax, %r14
 3:	test $0x100, %ebx
-	jz 4f
+	jz 6f
 	mov %rbx, %rcx
 	shr $32, %rcx
 	mov %rax, (%r15,%rcx)
+6:	test $0x200, %ebx
+	jz 4f
+	addq $48, 8(%r12)	/* the next row of this entry */
+	decq 16(%r12)
+	jmp run_entries
 4:	add $64, %r12
 	dec %r13
 	jmp run_entries

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -30,37 +31,38 @@ from engine.kernel import ptrace, uapi
 # Assembled from blob.S (as -o blob.o blob.S; objdump -d blob.o). test_restore_blob.py
 # re-assembles the source when `as` exists and compares.
 CODE = bytes.fromhex(
-    "31ed4d85ed0f8492000000498b0424498b7c2408498b742410498b5424184d8b5424204d8b4424284d"
-    "8b4c2430498b5c2438f6c30174034c89f7f6c30274034c89f6f6c30474034c89f2f6c30874034d89f2"
-    "f6c31074034d89f0f6c32074034d89f10f05483d01f0ffff7205f6c3807427f6c34074034989c6f7c3"
-    "00010000740b4889d948c1e9204989040f4983c44049ffcde96affffff85ed7506cc85ed7501cc594c"
-    "892948894108415f415e415d415c5d5bc353554154415541564157514989fc4989f54989d74531f6bd"
-    "01000000e92cffffff4883fa030f8257010000b8ffffffffb9ffffffff41b8ffffffff4531c9420f18"
-    "8c0e00300000420f188c0e00400000420f188c0e00500000f24a0f38f1040ef24a0f38f18c0e001000"
-    "00f24e0f38f1840e00200000f24a0f38f1440e08f24a0f38f18c0e08100000f24e0f38f1840e082000"
-    "00f24a0f38f1440e10f24a0f38f18c0e10100000f24e0f38f1840e10200000f24a0f38f1440e18f24a"
-    "0f38f18c0e18100000f24e0f38f1840e18200000f24a0f38f1440e20f24a0f38f18c0e20100000f24e"
-    "0f38f1840e20200000f24a0f38f1440e28f24a0f38f18c0e28100000f24e0f38f1840e28200000f24a"
-    "0f38f1440e30f24a0f38f18c0e30100000f24e0f38f1840e30200000f24a0f38f1440e38f24a0f38f1"
-    "8c0e38100000f24e0f38f1840e382000004983c1404981f9001000000f82e5fefffff7d0f7d141f7d0"
-    "8907894f04448947084883c70c4881c6003000004883ea034883fa030f83a9feffff4885d27430b8ff"
-    "ffffff4531c9f24a0f38f1040e4983c1084981f90010000072ecf7d089074883c7044881c600100000"
-    "48ffcaebcbc3415051575652b8030000004c89cf0f055a5e5f488b0c24e82cfeffff488b3424488b7c"
-    "2408ba10000000b8010000000f05488b3424488b7c2408ba0100000031c00f054883c410c34d63a500"
-    "1000004963ad04100000eb034989c4b8030000004c89e70f05b8030000004889ef0f05b80b0000004c"
-    "89ef4c89f64c89fcffe3"
+    "31ed4d85ed0f84c1000000498b5c2438498d4c2408f7c300020000741149837c2410000f8492000000"
+    "498b4c2408498b0424488b39488b7108488b51104c8b51184c8b41204c8b4928f6c30174034c89f7f6"
+    "c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c31074034d89f0f6c32074034d89f10f05"
+    "483d01f0ffff7205f6c380743ff6c34074034989c6f7c300010000740b4889d948c1e9204989040ff7"
+    "c300020000741049834424083049ff4c2410e947ffffff4983c44049ffcde93bffffff85ed7506cc85"
+    "ed7501cc594c892948894108415f415e415d415c5d5bc353554154415541564157514989fc4989f549"
+    "89d74531f6bd01000000e9fdfeffff4883fa030f8257010000b8ffffffffb9ffffffff41b8ffffffff"
+    "4531c9420f188c0e00300000420f188c0e00400000420f188c0e00500000f24a0f38f1040ef24a0f38"
+    "f18c0e00100000f24e0f38f1840e00200000f24a0f38f1440e08f24a0f38f18c0e08100000f24e0f38"
+    "f1840e08200000f24a0f38f1440e10f24a0f38f18c0e10100000f24e0f38f1840e10200000f24a0f38"
+    "f1440e18f24a0f38f18c0e18100000f24e0f38f1840e18200000f24a0f38f1440e20f24a0f38f18c0e"
+    "20100000f24e0f38f1840e20200000f24a0f38f1440e28f24a0f38f18c0e28100000f24e0f38f1840e"
+    "28200000f24a0f38f1440e30f24a0f38f18c0e30100000f24e0f38f1840e30200000f24a0f38f1440e"
+    "38f24a0f38f18c0e38100000f24e0f38f1840e382000004983c1404981f9001000000f82e5fefffff7"
+    "d0f7d141f7d08907894f04448947084883c70c4881c6003000004883ea034883fa030f83a9feffff48"
+    "85d27430b8ffffffff4531c9f24a0f38f1040e4983c1084981f90010000072ecf7d089074883c70448"
+    "81c60010000048ffcaebcbc3415051575652b8030000004c89cf0f055a5e5f488b0c24e82cfeffff48"
+    "8b3424488b7c2408ba10000000b8010000000f05488b3424488b7c2408ba0100000031c00f054883c4"
+    "10c34d63a5001000004963ad04100000eb034989c4b8030000004c89e70f05b8030000004889ef0f05"
+    "b80b0000004c89ef4c89f64c89fcffe3"
 )
-SYSCALL_OFFSET = 0x62  # the routine's `syscall` instruction (run_one() uses it alone)
-FAIL_OFFSET = 0x9c  # the int3 reached when an entry fails
-DONE_OFFSET = 0xa1  # the int3 reached when every entry ran
-TABLE_CALL_OFFSET = 0xb5  # table_call(entries, count, base, status) (in table_notify)
-PAGE_CRCS_OFFSET = 0xd6  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
-TABLE_NOTIFY_OFFSET = 0x26d  # table_notify(entries, count, base, status, sock, peer)
-CRC_PAIR_RETURN_OFFSET = 0x2b5  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
+SYSCALL_OFFSET = 0x79  # the routine's `syscall` instruction (run_one() uses it alone)
+FAIL_OFFSET = 0xcb  # the int3 reached when an entry fails
+DONE_OFFSET = 0xd0  # the int3 reached when every entry ran
+TABLE_CALL_OFFSET = 0xe4  # table_call(entries, count, base, status) (in table_notify)
+PAGE_CRCS_OFFSET = 0x105  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
+TABLE_NOTIFY_OFFSET = 0x29c  # table_notify(entries, count, base, status, sock, peer)
+CRC_PAIR_RETURN_OFFSET = 0x2e4  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
 #: where crc_pair_return finds the fds: code address + PAIR_AT (the page after the code)
 PAIR_AT = 4096
-CRC_OPEN_RETURN_OFFSET = 0x2c5  # crc_return taking the fd from rax (after an open)
-CRC_RETURN_OFFSET = 0x2c8  # where code called in a task returns to (blob.S crc_return)
+CRC_OPEN_RETURN_OFFSET = 0x2f4  # crc_return taking the fd from rax (after an open)
+CRC_RETURN_OFFSET = 0x2f7  # where code called in a task returns to (blob.S crc_return)
 CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return's close
 CODE_AREA = 1024
 ENTRY_SIZE = 64
@@ -70,6 +72,10 @@ _ZEROS = [0] * 6
 F_SAVE = 1 << 6
 F_MAY_FAIL = 1 << 7
 F_STORE = 1 << 8
+F_ROWS = 1 << 9
+ROW_SIZE = 48  # six u64 arguments
+#: Where a rows entry's args[1] (rows left, counted down as they run) is in the entry.
+ROWS_LEFT_AT = 16
 
 _ORIG_RAX_NONE = (1 << 64) - 1  # orig_rax = -1: not in a syscall, no restart handling
 _MASK64 = (1 << 64) - 1
@@ -82,12 +88,14 @@ _PASS_EVENTS = (uapi.PTRACE_EVENT_CLONE, uapi.PTRACE_EVENT_FORK, uapi.PTRACE_EVE
 
 
 class TableError(OSError):
-    """An entry of a table failed inside the tracee; `what` says which one."""
+    """An entry of a table failed inside the tracee; `what` says which one (and `row`
+    which row of a rows entry, else 0)."""
 
-    def __init__(self, errno_: int, what: str, index: int) -> None:
+    def __init__(self, errno_: int, what: str, index: int, row: int = 0) -> None:
         super().__init__(errno_, f"{what}: {os.strerror(errno_)}")
         self.what = what
         self.index = index
+        self.row = row
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,8 @@ Arg = int | DataRef
 #: How errors name an entry: a string, or (format, *values) formatted only on error
 #: (tables of tens of thousands of entries should not format tens of thousands of strings).
 What = str | tuple[object, ...]
+#: How errors name a row of a rows entry: from the row's index, only on error.
+RowWhat = Callable[[int], str]
 
 
 class _Entry(NamedTuple):
@@ -110,7 +120,7 @@ class _Entry(NamedTuple):
     args: tuple[Arg, ...]
     flags: int
     store: DataRef | None
-    what: What
+    what: What | RowWhat
 
 
 @dataclass
@@ -164,12 +174,35 @@ class Table:
         flags |= F_STORE if store is not None else 0
         self.entries.append(_Entry(nr, args, flags, store, what))
 
-    def describe(self, index: int) -> str:
-        """The `what` of entry `index`, formatted."""
+    def rows(self, nr: int, rows: bytes, use_saved: int = 0, may_fail: bool = False,
+             what: RowWhat = str) -> None:
+        """Append syscall `nr` run once per row of `rows` (six u64 arguments each, e.g.
+        array("q").tobytes()): one entry for many calls, such as every mmap of a file.
+        use_saved and may_fail as for add(), for each row; what(row index) names a
+        failed row."""
+        if len(rows) % ROW_SIZE:
+            raise ValueError(f"rows of {len(rows)} bytes are not rows of six u64")
+        flags = (use_saved & 0x3F) | F_ROWS | (F_MAY_FAIL if may_fail else 0)
+        self.entries.append(_Entry(nr, (self.data(rows), len(rows) // ROW_SIZE), flags,
+                                   None, what))
+
+    def describe(self, index: int, row: int = 0) -> str:
+        """The `what` of entry `index` (of its row `row` for a rows entry), formatted."""
         e = self.entries[index]
+        if e.flags & F_ROWS:
+            return str(e.what(row))  # type: ignore[operator]
         if isinstance(e.what, tuple):
             return str(e.what[0]).format(*e.what[1:])
-        return e.what or f"syscall {e.nr}"
+        return str(e.what) or f"syscall {e.nr}"
+
+    def error(self, errno_: int, index: int, rows_left: int = 0) -> TableError:
+        """The TableError of entry `index` failing; for a rows entry, `rows_left` is its
+        args[1] as the runner left it (the failed row and those after it)."""
+        e = self.entries[index]
+        row = 0
+        if e.flags & F_ROWS and isinstance(e.args[1], int):
+            row = e.args[1] - rows_left
+        return TableError(errno_, self.describe(index, row), index, row)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -300,7 +333,8 @@ class BlobRunner:
         if regs.rip == self.base + FAIL_OFFSET + 1:
             index = len(table) - regs.r13
             err = -(regs.rax - (1 << 64)) if regs.rax >= 1 << 63 else regs.rax
-            raise TableError(err, table.describe(index), index)
+            left = self.read(self.base + CODE_AREA + index * ENTRY_SIZE + ROWS_LEFT_AT, 8)
+            raise table.error(err, index, int.from_bytes(left, "little"))
         raise OSError(f"task {self.pid} trapped at {regs.rip:#x}, outside the table runner")
 
     def run_one(self, nr: int, *args: int) -> int:

@@ -41,6 +41,7 @@ MIN_IN_TASK = 8
 _STATUS = struct.Struct("<Qq")  # table_call's status: entries left, last result
 _PAIR = struct.Struct("<ii")  # the socketpair's fds, -1 -1 until it ran
 _ENTRY = struct.Struct("<8Q")
+_ROW = struct.Struct("<6Q")
 _MAX_ERRNO = 4095
 _MASK64 = (1 << 64) - 1
 _ORIG_RAX_NONE = _MASK64
@@ -149,7 +150,8 @@ def _in_task(inj: Injector, table: blob.Table, timeout: float, gadget: int
     left, result = _STATUS.unpack(status)
     if left:
         index = len(table) - left
-        raise blob.TableError(-result, table.describe(index), index)
+        rows_left = inj.read(at.entries + index * blob.ENTRY_SIZE + blob.ROWS_LEFT_AT, 8)
+        raise table.error(-result, index, int.from_bytes(rows_left, "little"))
     data_at = at.entries + len(table) * blob.ENTRY_SIZE
     return Results(inj.read(data_at, table.size() - len(table) * blob.ENTRY_SIZE))
 
@@ -283,12 +285,18 @@ def _one_by_one(inj: Injector, table: blob.Table) -> Results:
     saved = 0
     for index, (nr, *args, flags) in enumerate(_ENTRY.iter_unpack(
             encoded[:len(table) * blob.ENTRY_SIZE])):
-        args = [saved if flags & (1 << i) else a for i, a in enumerate(args)]
-        res = inj.syscall(nr, *args)
-        if -_MAX_ERRNO <= res < 0 and not flags & blob.F_MAY_FAIL:
-            raise blob.TableError(-res, table.describe(index), index)
-        if flags & blob.F_SAVE:
-            saved = res
-        if flags & blob.F_STORE:
-            inj.write(base + (flags >> 32), res.to_bytes(8, "little", signed=True))
+        calls = [args]
+        if flags & blob.F_ROWS:
+            at = args[0] - data
+            calls = [list(row) for row in _ROW.iter_unpack(
+                encoded[len(table) * blob.ENTRY_SIZE + at:][:args[1] * blob.ROW_SIZE])]
+        for row, call in enumerate(calls):
+            call = [saved if flags & (1 << i) else a for i, a in enumerate(call)]
+            res = inj.syscall(nr, *call)
+            if -_MAX_ERRNO <= res < 0 and not flags & blob.F_MAY_FAIL:
+                raise table.error(-res, index, len(calls) - row)
+            if flags & blob.F_SAVE:
+                saved = res
+            if flags & blob.F_STORE:
+                inj.write(base + (flags >> 32), res.to_bytes(8, "little", signed=True))
     return Results(inj.read(data, size) if size else b"")

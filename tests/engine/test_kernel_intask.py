@@ -8,6 +8,7 @@ import errno
 import os
 import signal
 import time
+from array import array
 from dataclasses import dataclass
 
 import pytest
@@ -99,6 +100,30 @@ def test_failed_entry_is_named_and_stops_the_table(spawn, in_task: bool) -> None
         intask.run(inj, table, TIMEOUT, in_task=in_task)
     assert info.value.errno == errno.EBADF and info.value.index == len(table) - 2
     assert "close 654321" in str(info.value)
+    assert _snapshot(t.pid) == before
+    ptrace.detach(t.pid)
+    time.sleep(0.05)
+    _back_in_pause(t)
+
+
+@pytest.mark.parametrize("in_task", [True, False])
+def test_rows_run_and_a_failed_row_is_named(spawn, in_task: bool) -> None:
+    """Rows entries run once per row both ways; a failed row stops the table, named."""
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    before = _snapshot(t.pid)
+    table, _ = _table()
+    fds = (0, 1, 2, 987654, 1)  # fcntl(F_GETFD) of each: EBADF in row 3
+    rows = array("q", [v for fd in fds for v in (fd, uapi.F_GETFD, 0, 0, 0, 0)])
+    table.rows(uapi.SYS_getppid, bytes(4 * blob.ROW_SIZE))
+    table.rows(uapi.SYS_fcntl, rows.tobytes(), what=lambda i: f"fcntl row {i}")
+    after = table.slot()
+    table.add(uapi.SYS_getpid, store=after)
+    with Injector(t.pid, TIMEOUT) as inj, pytest.raises(blob.TableError) as info:
+        intask.run(inj, table, TIMEOUT, in_task=in_task)
+    assert (info.value.index, info.value.row) == (len(table) - 2, 3)
+    assert info.value.errno == errno.EBADF and "fcntl row 3" in str(info.value)
     assert _snapshot(t.pid) == before
     ptrace.detach(t.pid)
     time.sleep(0.05)
