@@ -529,6 +529,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
         img.write_json(names.core(p.pid), core)
         if st.mm is not None:
             img.write_json(names.mm(p.pid), st.mm)
+            img.write_vmas(names.vmas(p.pid), st.mm.vmas)
     img.write_json(names.FILES, FilesImage(table.files, table.mapped))
     unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
     return Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,

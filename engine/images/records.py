@@ -34,7 +34,9 @@ from engine.images.fdkinds import (
 from engine.kernel.uapi import MEMBARRIER_REGISTRATIONS
 
 FORMAT_NAME = "pyengine-images"
-FORMAT_VERSION = 4  # 2: VMAs are arrays; 3: checksums; 4: page checksums (docs/IMAGES.md)
+# 2: VMAs are arrays; 3: checksums; 4: page checksums; 5: VMAs in a binary table
+# (docs/IMAGES.md)
+FORMAT_VERSION = 5
 PAGE_SIZE = 4096
 # Highest user-space address on x86_64 with 4-level paging (plus the vsyscall page,
 # which sits above it and is recorded but never restored).
@@ -587,10 +589,8 @@ class Vma:
     `flags` are the MAP_* flags needed to recreate it (MAP_PRIVATE/MAP_SHARED,
     MAP_ANONYMOUS, MAP_GROWSDOWN); `prot` is PROT_*; `pgoff` is the file/shmem offset in
     bytes. `vmflags` are the two-letter smaps VmFlags for the checks and for madvise state.
-    Written as a JSON array of the fields in this order (ROW, see codec).
+    Stored in the binary table vmas-PID.img (engine/images/vmatable.py).
     """
-
-    ROW: ClassVar[bool] = True
 
     start: int
     end: int
@@ -647,7 +647,10 @@ class FileIdentity:
 
 @dataclass
 class MmCore:
-    """mm-PID.json: the mm_struct fields, auxv and all VMAs of one process."""
+    """mm-PID.json: the mm_struct fields and auxv of one process; its VMAs, `vmas`, are
+    in vmas-PID.img (engine/images/vmatable.py), not in the JSON (EXTERNAL)."""
+
+    EXTERNAL: ClassVar[tuple[str, ...]] = ("vmas",)
 
     start_code: int
     end_code: int
@@ -661,7 +664,7 @@ class MmCore:
     env_start: int
     env_end: int
     auxv: list[int]  # flat (type, value) pairs up to and including AT_NULL
-    vmas: list[Vma]
+    vmas: list[Vma] = field(default_factory=list)  # sorted, disjoint (vmatable checks)
     exe: str | None = None
     pagemap: str = ""
     pages: str = ""
@@ -672,17 +675,13 @@ class MmCore:
     cow: list[list[int]] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Fields u64, auxv even length, VMAs sorted and non-overlapping."""
+        """Fields u64, auxv even length, safe file names, cow runs in order."""
         for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
                      "start_stack", "arg_start", "arg_end", "env_start", "env_end"):
             _check_u64(getattr(self, name), name)
         _check(len(self.auxv) % 2 == 0, "auxv must hold (type, value) pairs")
         for v in self.auxv:
             _check_u64(v, "auxv value")
-        prev_end = 0
-        for vma in self.vmas:
-            _check(vma.start >= prev_end, f"vma {vma.start:#x} overlaps or is out of order")
-            prev_end = vma.end
         _check(_safe_name(self.pagemap) and _safe_name(self.pages), "bad pagemap/pages name")
         prev_end = 0
         for run in self.cow:

@@ -67,6 +67,7 @@ CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return'
 CODE_AREA = 1024
 ENTRY_SIZE = 64
 _ENTRY = struct.Struct("<8Q")
+_ROW = struct.Struct("<6q")
 _ZEROS = [0] * 6
 
 F_SAVE = 1 << 6
@@ -185,6 +186,14 @@ class Table:
         flags = (use_saved & 0x3F) | F_ROWS | (F_MAY_FAIL if may_fail else 0)
         self.entries.append(_Entry(nr, (self.data(rows), len(rows) // ROW_SIZE), flags,
                                    None, what))
+
+    def rows_of(self, index: int) -> list[tuple[int, ...]]:
+        """The arguments of each row of rows entry `index` (as signed values)."""
+        e = self.entries[index]
+        ref, count = e.args
+        assert isinstance(ref, DataRef) and isinstance(count, int) and e.flags & F_ROWS
+        raw = bytes(self._data[ref.offset:ref.offset + count * ROW_SIZE])
+        return list(_ROW.iter_unpack(raw))
 
     def describe(self, index: int, row: int = 0) -> str:
         """The `what` of entry `index` (of its row `row` for a rows entry), formatted."""
