@@ -440,7 +440,8 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
         finally:
             if mem_fd >= 0:
                 os.close(mem_fd)
-        task_vmas = vmas.parse(p.pid, maps, smaps.result())
+        vmas.add_vmflags(p.pid, layout, smaps.result())
+        task_vmas = layout
     finally:
         wait([smaps])  # never leave it reading while the task runs again
     stats.vmas += len(task_vmas)

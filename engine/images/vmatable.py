@@ -42,33 +42,29 @@ _START, _END, _PGOFF, _INODE, _FLAGS, _PATH, _DEV, _SHMEM, _VMFLAGS, _PROT, _KIN
 
 def encode(vmas: list[Vma]) -> bytes:
     """The file's bytes for these VMAs (in their order)."""
-    strings: dict[str, int] = {}
-
-    def ref(text: str | None) -> int:
-        if text is None:
-            return 0
-        got = strings.get(text)
-        if got is None:
-            got = strings[text] = len(strings) + 1
-        return got
-
-    flags_refs: dict[int, int] = {}  # id of a vmflags list -> its string (lists are shared)
-
-    def vmflags_ref(v: Vma) -> int:
-        got = flags_refs.get(id(v.vmflags))
-        if got is None:
-            got = flags_refs[id(v.vmflags)] = ref(" ".join(v.vmflags)) if v.vmflags else 0
-        return got
-
+    strings: dict[str | None, int] = {None: 0}  # each string's reference, in table order
+    # VmFlags lists are shared between records with the same flags: one join per list.
+    flag_lists = {id(v.vmflags): v.vmflags for v in vmas}
+    flag_text = {k: " ".join(f) if f else None for k, f in flag_lists.items()}
     cols = (
         [v.start for v in vmas], [v.end for v in vmas], [v.pgoff for v in vmas],
-        [v.inode for v in vmas], [v.flags for v in vmas], [ref(v.path) for v in vmas],
-        [ref(v.dev) for v in vmas], [ref(v.shmem_id) for v in vmas],
-        [vmflags_ref(v) for v in vmas], [v.prot for v in vmas],
+        [v.inode for v in vmas], [v.flags for v in vmas],
+        _refs([v.path for v in vmas], strings), _refs([v.dev for v in vmas], strings),
+        _refs([v.shmem_id for v in vmas], strings),
+        _refs([flag_text[id(v.vmflags)] for v in vmas], strings), [v.prot for v in vmas],
         [_KIND_INDEX[v.kind] for v in vmas], [int(v.deleted) for v in vmas])
     body = b"".join(array(code, col).tobytes() for (code, _), col in zip(_COLUMNS, cols))
-    table = b"".join(os.fsencode(s) + b"\0" for s in strings)
-    return _HEADER.pack(MAGIC, VERSION, len(strings), len(vmas), len(table), 0) + body + table
+    table = b"".join(os.fsencode(t) + b"\0" for t in strings if t is not None)
+    return _HEADER.pack(MAGIC, VERSION, len(strings) - 1, len(vmas), len(table), 0) \
+        + body + table
+
+
+def _refs(values: list[str | None], strings: dict[str | None, int]) -> list[int]:
+    """The references of a column's strings, new ones added to the table in order."""
+    for text in dict.fromkeys(values):
+        if text not in strings:
+            strings[text] = len(strings)
+    return [strings[t] for t in values]
 
 
 def decode(raw: bytes) -> list[Vma]:
