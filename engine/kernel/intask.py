@@ -144,9 +144,13 @@ def _in_task(inj: Injector, table: blob.Table, timeout: float, gadget: int
         return None
     try:
         status = _notify_call(inj, table, code, at, fds, ours, timeout)
-    finally:
+    except BaseException:
         os.close(ours)
         _close_pair(inj, code, fds, gadget)
+        raise
+    os.close(ours)
+    # The routine closed the task's copy of our end first thing: one close left.
+    _close_pair(inj, code, fds[:1], gadget)
     left, result = _STATUS.unpack(status)
     if left:
         index = len(table) - left
@@ -181,7 +185,7 @@ def _take_fd(pid: int, fd: int) -> int:
         os.close(pidfd)
 
 
-def _close_pair(inj: Injector, code: int, fds: tuple[int, int], gadget: int) -> None:
+def _close_pair(inj: Injector, code: int, fds: tuple[int, ...], gadget: int) -> None:
     """Close what is left of the pair in the task (the peer may be closed already)."""
     for fd in fds:
         inj.syscall(uapi.SYS_close, fd)
