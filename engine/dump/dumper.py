@@ -440,7 +440,8 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
         finally:
             if mem_fd >= 0:
                 os.close(mem_fd)
-        task_vmas = vmas.parse(p.pid, maps, smaps.result())
+        vmas.add_vmflags(p.pid, layout, smaps.result())
+        task_vmas = layout
     finally:
         wait([smaps])  # never leave it reading while the task runs again
     stats.vmas += len(task_vmas)
@@ -529,6 +530,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
         img.write_json(names.core(p.pid), core)
         if st.mm is not None:
             img.write_json(names.mm(p.pid), st.mm)
+            img.write_vmas(names.vmas(p.pid), st.mm.vmas)
     img.write_json(names.FILES, FilesImage(table.files, table.mapped))
     unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
     return Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,

@@ -17,8 +17,7 @@ import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Self
+from typing import NamedTuple, Self
 
 from engine.dump.vmas import has_private_pages
 from engine.errors import EngineError
@@ -38,10 +37,10 @@ _UNWANTED = uapi.PAGE_IS_PFNZERO | uapi.PAGE_IS_FILE
 _MAX_SCAN_GROUPS = 64
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):
     """Pages to copy: [addr, addr + length) of the source; `via_mem` when the source
-    VMA is not readable by process_vm_readv (PROT_NONE, exec-only)."""
+    VMA is not readable by process_vm_readv (PROT_NONE, exec-only). (A tuple: a
+    maps06-sized task has tens of thousands.)"""
 
     addr: int
     length: int
@@ -201,19 +200,27 @@ def _anonymous(v: Vma) -> bool:
 def clip_to_vmas(regions: list[tuple[int, int, int]] | list[tuple[int, int]],
                  vmas: list[Vma]) -> list[Run]:
     """Intersect sorted regions with sorted VMAs (one merge pass): runs inside one VMA
-    each, marked for /proc/PID/mem where the VMA is not readable."""
+    each (readers such as the lazy-pages daemon hand a run to the kernel whole), marked
+    for /proc/PID/mem where the VMA is not readable."""
     runs: list[Run] = []
+    add = runs.append
+    starts = [v.start for v in vmas]
+    ends = [v.end for v in vmas]
+    unreadable = [not v.prot & uapi.PROT_READ for v in vmas]
+    n = len(vmas)
     i = 0
     for region in regions:
         start, end = region[0], region[1]
-        while i < len(vmas) and vmas[i].end <= start:
+        while i < n and ends[i] <= start:
             i += 1
+        if i < n and starts[i] <= start and end <= ends[i]:
+            add(Run(start, end - start, unreadable[i]))  # inside one VMA: most regions
+            continue
         j = i
-        while j < len(vmas) and vmas[j].start < end:
-            v = vmas[j]
-            s, e = max(start, v.start), min(end, v.end)
+        while j < n and starts[j] < end:
+            s, e = max(start, starts[j]), min(end, ends[j])
             if s < e:
-                runs.append(Run(s, e - s, not v.prot & uapi.PROT_READ))
+                add(Run(s, e - s, unreadable[j]))
             j += 1
     return runs
 
@@ -299,7 +306,7 @@ def _fill(staging: Staging, slot: int, batch: list[tuple[int, int, int, bool]], 
     view = staging.acquire(slot)
     vm = [(off, addr, n) for off, addr, n, via_mem in batch if not via_mem]
     if vm:
-        local = [(staging.address(slot) + off, n) for off, _addr, n in vm]
+        local = _merged([(staging.address(slot) + off, n) for off, _addr, n in vm])
         remote = [(addr, n) for _off, addr, n in vm]
         want = sum(n for _o, _a, n in vm)
         try:
@@ -318,6 +325,19 @@ def _fill(staging: Staging, slot: int, batch: list[tuple[int, int, int, bool]], 
     for off, addr, n, via_mem in batch:
         if via_mem:
             read(mem_fd, view[off:off + n], addr + base)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(address, length) ranges with each one that continues the one before joined to
+    it (the staging side of a batch: usually one range)."""
+    out = [ranges[0]]
+    for addr, n in ranges[1:]:
+        last, length = out[-1]
+        if last + length == addr:
+            out[-1] = (last, length + n)
+        else:
+            out.append((addr, n))
+    return out
 
 
 def _pread_or_zero(fd: int, view: memoryview, pos: int) -> None:

@@ -31,7 +31,7 @@ from array import array
 from engine.dump.pages import Run
 from engine.images import PagesWriter
 from engine.images.directio import task_flags
-from engine.kernel import blob, pagecrc, uapi
+from engine.kernel import blob, intask, pagecrc, uapi
 from engine.kernel.inject import SYSCALL_RET, InjectError, Injector, find_code
 from engine.proc.fdinfo import is_same_file
 from engine.proc.limits import read_limits
@@ -88,21 +88,22 @@ class TaskWriter:
         with inj:
             raw = os.fsencode(os.path.abspath(out.path)) + b"\0"
             sums_at = (len(raw) + 15) & ~15
-            # looked up first: between the mapping and _home a dead engine leaves it
+            # looked up first: between the mapping and go_home a dead engine leaves it
             gadget = find_code(self.pid, inj.mem_fd, (SYSCALL_RET,)) if inj.frame else 0
             try:
                 code, buf = inj.code_scratch(blob.CODE,
                                              sums_at + pagecrc.task_scratch_bytes(SUM_PAGES))
             except OSError:
                 return done  # no code page allowed here: the engine writes it all
-            _home(inj, code, -1, gadget, blob.CRC_OPEN_RETURN_OFFSET)  # the fd it gets
+            # the fd the open gets
+            intask.go_home(inj, code, -1, gadget, blob.CRC_OPEN_RETURN_OFFSET)
             inj.write(buf, raw)
             flags = _OPEN_FLAGS | task_flags(out.direct)
             fd = inj.syscall(uapi.SYS_openat, uapi.AT_FDCWD, buf, flags)
             if fd < 0:
                 return done
             try:
-                _home(inj, code, fd, gadget)
+                intask.go_home(inj, code, fd, gadget)
                 if not is_same_file(self.pid, fd, out.fd):
                     return done
                 for r, off in mine:
@@ -112,7 +113,7 @@ class TaskWriter:
                         done.add(r.addr)
             finally:
                 inj.syscall(uapi.SYS_close, fd)
-                _home(inj, code, -1, gadget)
+                intask.go_home(inj, code, -1, gadget)
         return done
 
     @staticmethod
@@ -122,24 +123,6 @@ class TaskWriter:
             if inj.syscall(uapi.SYS_pwrite64, fd, r.addr + k, n, off + k) != n:
                 return False  # the engine writes the whole run again
         return True
-
-
-def _home(inj: Injector, code: int, fd: int, gadget: int,
-          entry: int = blob.CRC_RETURN_OFFSET) -> None:
-    """With a signal frame, injected syscalls (and page_crcs) return to blob.S
-    crc_return, which a task whose engine died runs to close `fd`, unmap the code (with
-    libc's `syscall; ret` at `gadget`; without one the mapping stays) and put itself
-    back. `entry` CRC_OPEN_RETURN_OFFSET: around an open, the fd is the one it returned."""
-    frame, mapping = inj.frame, inj.mapping
-    if frame is None or mapping is None:
-        return
-    if gadget:  # unmap, then `ret` to the frame's restorer
-        jump, sp = gadget, frame.address
-    else:  # straight to the restorer
-        jump, sp = frame.restorer, frame.sp
-    # rax: what crc_open_return takes as the fd before any open ran (none)
-    inj.go_home(code + entry, uapi.SYS_close, code + blob.CRC_RETURN_STOP, rax=-1,
-                r12=fd, r13=mapping[0], r14=mapping[1], r15=sp, rbx=jump)
 
 
 def _sums(inj: Injector, code: int, out: int, r: Run) -> array[int]:

@@ -29,20 +29,29 @@ from engine.images.records import (
     SigInfoRecord,
     ThreadCore,
 )
-from engine.kernel import ptrace, uapi
+from engine.kernel import blob, intask, ptrace, uapi
 from engine.kernel import sys as ksys
-from engine.kernel.inject import Injector, in_interrupted_syscall, restart_regs
+from engine.kernel.inject import (
+    SYSCALL_RET,
+    Injector,
+    find_code,
+    in_interrupted_syscall,
+    restart_regs,
+)
 from engine.kernel.structs import KSigaction, StackT
 from engine.kernel.sys import syscall
 from engine.proc import tasks
 from engine.proc.limits import read_limits
 from engine.proc.stat import read_stat
 from engine.proc.status import Status, read_status
-from engine.proc.timers import read_timers
+from engine.proc.timers import Timer, read_timers
 
 _KSA = ctypes.sizeof(KSigaction)
 # Signals whose disposition cannot be changed: not asked, not restored.
 _FIXED = (uapi.SIGKILL, uapi.SIGSTOP)
+_SIGNALS = tuple(s for s in range(1, uapi.NSIG + 1) if s not in _FIXED)
+_ITIMERS = (0, 1, 2)  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+_U64 = (1 << 64) - 1
 INJECT_TIMEOUT = 10.0
 _UTS_LEN = 65  # each of the six fields of struct utsname
 _SCHED_DEADLINE = 6
@@ -114,39 +123,127 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
                  ) -> InjectedProc:
     """Run the injected queries in every thread; fills each ThreadCore's sigaltstack,
     sigmask and clear_child_tid, and returns the process-wide results (with a new
-    memory-tracking userfaultfd when `make_tracker`)."""
+    memory-tracking userfaultfd when `make_tracker`).
+
+    Each thread's queries are one table (engine/kernel/intask.py): the main thread's,
+    with the process-wide ones (64 entries and more), runs inside the task in one go; the
+    few of other threads run as single injected syscalls."""
     result = None
     for th in threads:
         with Injector(th.tid, INJECT_TIMEOUT) as inj:
-            buf = inj.scratch(uapi.NSIG * _KSA + 64)
-            inj.check(uapi.SYS_sigaltstack, 0, buf)
-            st = StackT.from_buffer_copy(inj.read(buf, ctypes.sizeof(StackT)))
-            th.sigaltstack = AltStack(st.ss_sp, st.ss_flags & 0xFFFFFFFF, st.ss_size)
-            inj.check(uapi.SYS_prctl, uapi.PR_GET_TID_ADDRESS, buf)
-            th.clear_child_tid = int.from_bytes(inj.read(buf, 8), "little")
-            inj.check(uapi.SYS_prctl, uapi.PR_GET_PDEATHSIG, buf)
-            th.pdeath_signal = int.from_bytes(inj.read(buf, 4), "little")
-            th.sigmask = inj.sigmask
-            if th.tid == pid:
-                # Process-wide state is asked once, in the main thread.
-                result = InjectedProc(_sigactions(inj, buf), inj.check(uapi.SYS_brk, 0),
-                                      _uname(inj, buf))
-                inj.check(uapi.SYS_prctl, uapi.PR_GET_CHILD_SUBREAPER, buf)
-                result.child_subreaper = inj.read(buf, 4) != b"\0\0\0\0"
-                result.thp_disable = inj.check(uapi.SYS_prctl, uapi.PR_GET_THP_DISABLE, 0,
-                                               0, 0, 0)
-                result.dumpable = inj.check(uapi.SYS_prctl, uapi.PR_GET_DUMPABLE, 0, 0, 0, 0)
-                if result.dumpable not in (0, 1):
-                    # SUID_DUMP_ROOT comes only from an exec; prctl cannot set it.
-                    raise EngineError("sigactions", f"task {pid}: dumpable mode "
-                                                    f"{result.dumpable} cannot be restored")
-                result.membarrier = _membarrier(inj)
-                result.itimers = _itimers(inj, buf)
-                result.posix_timers = _posix_timers(inj, buf, pid)
-                if make_tracker:
-                    result.tracker = track.create(inj, pid)
+            t = blob.Table()
+            thread_refs = _thread_queries(t)
+            if th.tid != pid:
+                _thread_results(th, intask.run(inj, t, INJECT_TIMEOUT, in_task=False),
+                                thread_refs, inj)
+                continue
+            # Process-wide state is asked once, in the main thread.
+            proc_refs = _proc_queries(t, read_timers(pid))
+            gadget = find_code(pid, inj.mem_fd, (SYSCALL_RET,)) if inj.frame else 0
+            res = intask.run(inj, t, INJECT_TIMEOUT, gadget=gadget)
+            _thread_results(th, res, thread_refs, inj)
+            result = _proc_results(pid, res, proc_refs, inj)
+            if make_tracker:
+                result.tracker = track.create(inj, pid)
     if result is None:
         raise EngineError("sigactions", f"task {pid}: main thread not found")
+    return result
+
+
+@dataclass(frozen=True)
+class _ThreadRefs:
+    """Where a thread's query results land in its table's data area."""
+
+    altstack: blob.DataRef
+    tid_address: blob.DataRef
+    pdeath_signal: blob.DataRef
+
+
+def _thread_queries(t: blob.Table) -> _ThreadRefs:
+    """sigaltstack, clear_child_tid and the parent-death signal of the calling thread."""
+    refs = _ThreadRefs(t.data(bytes(ctypes.sizeof(StackT))), t.slot(), t.slot())
+    t.add(uapi.SYS_sigaltstack, 0, refs.altstack, what="sigaltstack")
+    t.add(uapi.SYS_prctl, uapi.PR_GET_TID_ADDRESS, refs.tid_address,
+          what="prctl(PR_GET_TID_ADDRESS)")
+    t.add(uapi.SYS_prctl, uapi.PR_GET_PDEATHSIG, refs.pdeath_signal,
+          what="prctl(PR_GET_PDEATHSIG)")
+    return refs
+
+
+def _thread_results(th: ThreadCore, res: intask.Results, refs: _ThreadRefs,
+                    inj: Injector) -> None:
+    st = StackT.from_buffer_copy(res.read(refs.altstack, ctypes.sizeof(StackT)))
+    th.sigaltstack = AltStack(st.ss_sp, st.ss_flags & 0xFFFFFFFF, st.ss_size)
+    th.clear_child_tid = res.slot(refs.tid_address) & _U64
+    th.pdeath_signal = res.slot(refs.pdeath_signal) & 0xFFFFFFFF
+    th.sigmask = inj.sigmask
+
+
+@dataclass(frozen=True)
+class _ProcRefs:
+    """Where the process-wide query results land in the main thread's table."""
+
+    sigactions: blob.DataRef  # (NSIG + 1) struct sigaction, indexed by signal number
+    brk: blob.DataRef
+    uname: blob.DataRef
+    subreaper: blob.DataRef
+    thp_disable: blob.DataRef
+    dumpable: blob.DataRef
+    membarrier: blob.DataRef
+    itimers: list[blob.DataRef]  # struct itimerval of ITIMER_REAL, VIRTUAL, PROF
+    timers: list[tuple[PosixTimerRecord, blob.DataRef, blob.DataRef]]  # timespec, overrun
+
+
+def _proc_queries(t: blob.Table, timers: list[Timer]) -> _ProcRefs:
+    """Every signal's action, brk, uts names, prctl state, membarrier registrations,
+    interval timers and the times of the POSIX timers (identity from /proc)."""
+    refs = _ProcRefs(
+        sigactions=t.data(bytes((uapi.NSIG + 1) * _KSA)), brk=t.slot(),
+        uname=t.data(bytes(6 * _UTS_LEN)), subreaper=t.slot(), thp_disable=t.slot(),
+        dumpable=t.slot(), membarrier=t.slot(),
+        itimers=[t.data(bytes(32)) for _ in _ITIMERS],
+        timers=[(PosixTimerRecord(pt.id, pt.clock_id, pt.signo, pt.sigev_value, pt.notify,
+                                  pt.notify_tid, 0, 0), t.data(bytes(32)), t.slot())
+                for pt in timers])
+    for s in _SIGNALS:
+        t.add(uapi.SYS_rt_sigaction, s, 0, blob.DataRef(refs.sigactions.offset + s * _KSA),
+              uapi.SIGSET_SIZE, what=("rt_sigaction({})", s))
+    t.add(uapi.SYS_brk, 0, store=refs.brk, what="brk")
+    t.add(uapi.SYS_uname, refs.uname, what="uname")
+    t.add(uapi.SYS_prctl, uapi.PR_GET_CHILD_SUBREAPER, refs.subreaper,
+          what="prctl(PR_GET_CHILD_SUBREAPER)")
+    t.add(uapi.SYS_prctl, uapi.PR_GET_THP_DISABLE, 0, 0, 0, 0, store=refs.thp_disable,
+          what="prctl(PR_GET_THP_DISABLE)")
+    t.add(uapi.SYS_prctl, uapi.PR_GET_DUMPABLE, 0, 0, 0, 0, store=refs.dumpable,
+          what="prctl(PR_GET_DUMPABLE)")
+    # Fails before 6.6: the registrations are then probed one by one (_membarrier).
+    t.add(uapi.SYS_membarrier, uapi.MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, may_fail=True,
+          store=refs.membarrier, what="membarrier(GET_REGISTRATIONS)")
+    for which, ref in zip(_ITIMERS, refs.itimers):
+        t.add(uapi.SYS_getitimer, which, ref, what=("getitimer({})", which))
+    for timer, spec, overrun in refs.timers:
+        t.add(uapi.SYS_timer_gettime, timer.id, spec, what=("timer_gettime({})", timer.id))
+        t.add(uapi.SYS_timer_getoverrun, timer.id, store=overrun,
+              what=("timer_getoverrun({})", timer.id))
+    return refs
+
+
+def _proc_results(pid: int, res: intask.Results, refs: _ProcRefs,
+                  inj: Injector) -> InjectedProc:
+    result = InjectedProc(_sigactions(res.read(refs.sigactions, (uapi.NSIG + 1) * _KSA)),
+                          res.slot(refs.brk) & _U64, _uname(res.read(refs.uname,
+                                                                     6 * _UTS_LEN)))
+    result.child_subreaper = res.slot(refs.subreaper) & 0xFFFFFFFF != 0
+    result.thp_disable = res.slot(refs.thp_disable)
+    result.dumpable = res.slot(refs.dumpable)
+    if result.dumpable not in (0, 1):
+        # SUID_DUMP_ROOT comes only from an exec; prctl cannot set it.
+        raise EngineError("sigactions", f"task {pid}: dumpable mode "
+                                        f"{result.dumpable} cannot be restored")
+    result.membarrier = _membarrier(inj, res.slot(refs.membarrier))
+    result.itimers = _itimers([res.read(ref, 32) for ref in refs.itimers])
+    result.posix_timers = [_posix_timer(timer, res.read(spec, 32), res.slot(overrun))
+                           for timer, spec, overrun in refs.timers]
     return result
 
 
@@ -161,9 +258,9 @@ _MEMBARRIER_PROBES = (
 )
 
 
-def _membarrier(inj: Injector) -> int:
-    """The membarrier registrations of the task's mm, as REGISTER_* command bits."""
-    got = inj.syscall(uapi.SYS_membarrier, uapi.MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0)
+def _membarrier(inj: Injector, got: int) -> int:
+    """The membarrier registrations of the task's mm, as REGISTER_* command bits, from
+    GET_REGISTRATIONS' result `got` (probed one by one where it failed)."""
     if got >= 0:
         return got & uapi.MEMBARRIER_REGISTRATIONS
     mask = 0
@@ -174,30 +271,24 @@ def _membarrier(inj: Injector) -> int:
     return mask
 
 
-def _itimers(inj: Injector, buf: int) -> list[ItimerRecord]:
-    """The armed interval timers (struct itimerval: interval then value, timevals)."""
+def _itimers(raw: list[bytes]) -> list[ItimerRecord]:
+    """The armed interval timers, from each struct itimerval (interval then value,
+    timevals) of ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF."""
     out = []
-    for which in (0, 1, 2):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
-        inj.check(uapi.SYS_getitimer, which, buf)
-        isec, iusec, vsec, vusec = struct.unpack("<qqqq", inj.read(buf, 32))
+    for which, val in zip(_ITIMERS, raw):
+        isec, iusec, vsec, vusec = struct.unpack("<qqqq", val)
         if isec or iusec or vsec or vusec:
             out.append(ItimerRecord(which, isec * 1_000_000 + iusec, vsec * 1_000_000 + vusec))
     return out
 
 
-def _posix_timers(inj: Injector, buf: int, pid: int) -> list[PosixTimerRecord]:
-    """POSIX timers: identity from /proc/PID/timers, times from timer_gettime."""
-    out = []
-    for pt in read_timers(pid):
-        t = PosixTimerRecord(pt.id, pt.clock_id, pt.signo, pt.sigev_value, pt.notify,
-                             pt.notify_tid, 0, 0)
-        inj.check(uapi.SYS_timer_gettime, t.id, buf)
-        isec, insec, vsec, vnsec = struct.unpack("<qqqq", inj.read(buf, 32))
-        t.interval_ns = isec * 1_000_000_000 + insec
-        t.value_ns = vsec * 1_000_000_000 + vnsec
-        t.overrun = inj.check(uapi.SYS_timer_getoverrun, t.id)
-        out.append(t)
-    return out
+def _posix_timer(t: PosixTimerRecord, spec: bytes, overrun: int) -> PosixTimerRecord:
+    """A POSIX timer with its times (struct itimerspec) and overrun count filled in."""
+    isec, insec, vsec, vnsec = struct.unpack("<qqqq", spec)
+    t.interval_ns = isec * 1_000_000_000 + insec
+    t.value_ns = vsec * 1_000_000_000 + vnsec
+    t.overrun = overrun
+    return t
 
 
 #: Clocks a timer can be created on again as it was: CLOCK_REALTIME, MONOTONIC, BOOTTIME,
@@ -245,24 +336,19 @@ def _timer_of(sig: SigInfoRecord) -> int | None:
     return int.from_bytes(raw[16:20], "little", signed=True)
 
 
-def _uname(inj: Injector, buf: int) -> tuple[str, str]:
-    """nodename and domainname as the task sees them (its uts namespace)."""
-    inj.check(uapi.SYS_uname, buf)
-    raw = inj.read(buf, 6 * _UTS_LEN)
-
+def _uname(raw: bytes) -> tuple[str, str]:
+    """nodename and domainname of a struct utsname (the task's uts namespace)."""
     def field(i: int) -> str:
         return raw[i * _UTS_LEN:(i + 1) * _UTS_LEN].split(b"\0", 1)[0].decode(
             errors="surrogateescape")
     return field(1), field(5)
 
 
-def _sigactions(inj: Injector, buf: int) -> list[SigactionRecord]:
-    sigs = [s for s in range(1, uapi.NSIG + 1) if s not in _FIXED]
-    for s in sigs:
-        inj.check(uapi.SYS_rt_sigaction, s, 0, buf + s * _KSA, uapi.SIGSET_SIZE)
-    raw = inj.read(buf, (uapi.NSIG + 1) * _KSA)
+def _sigactions(raw: bytes) -> list[SigactionRecord]:
+    """The records of every signal but SIGKILL and SIGSTOP, from an array of kernel
+    struct sigaction indexed by signal number."""
     out = []
-    for s in sigs:
+    for s in _SIGNALS:
         ka = KSigaction.from_buffer_copy(raw, s * _KSA)
         out.append(SigactionRecord(s, ka.handler, ka.flags, ka.restorer, ka.mask))
     return out

@@ -44,40 +44,58 @@ def _read(pid: int, name: str) -> bytes:
 def parse(pid: int, maps: bytes, smaps: bytes | None) -> list[Vma]:
     """VMAs from the maps text, with the VmFlags of the smaps text read while the task
     was in the same state; without smaps, every VMA's vmflags are empty (the layout only,
-    for what depends on nothing else)."""
+    for what depends on nothing else: add_vmflags() completes it)."""
     lines = procmaps.entries(maps)
-    flags = procmaps.vmflags(smaps) if smaps is not None else [b""] * len(lines)
-    if len(lines) != len(flags):
-        raise EngineError("memory", f"maps and smaps of {pid} disagree "
-                                    f"({len(lines)} vs {len(flags)} VMAs): task not frozen?")
-    # Most VMAs of a big process repeat a few (perms, file, VmFlags) combinations, so the
-    # classification is computed once per combination. Records of one combination share
-    # one vmflags list object; records are never modified after the dump reads them.
-    cache: dict[tuple[bytes, ...], dict[str, object]] = {}
+    # Most VMAs of a big process repeat a few (perms, file) combinations, so the
+    # classification is computed once per combination (the fields after pgoff, in order).
+    cache: dict[tuple[bytes, ...], _Fields] = {}
     out = []
-    for (start_s, end_s, perms_b, off_s, dev_b, ino_s, path_b), vf in zip(lines, flags):
-        key = (perms_b, dev_b, ino_s, path_b, vf)
+    for start_s, end_s, perms_b, off_s, dev_b, ino_s, path_b in lines:
+        key = (perms_b, dev_b, ino_s, path_b)
         fields = cache.get(key)
         if fields is None:
-            fields = cache[key] = _classify(perms_b, dev_b, ino_s, path_b, vf)
-        out.append(Vma(start=int(start_s, 16), end=int(end_s, 16), pgoff=int(off_s, 16),
-                       **fields))  # type: ignore[arg-type]
+            fields = cache[key] = _classify(perms_b, dev_b, ino_s, path_b)
+        prot, flags, kind, path, dev, inode, deleted, shmem_id = fields
+        out.append(Vma(int(start_s, 16), int(end_s, 16), prot, flags, int(off_s, 16), kind,
+                       path, dev, inode, deleted, shmem_id, []))
+    if smaps is not None:
+        add_vmflags(pid, out, smaps)
     return out
 
 
-def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes,
-              vmflags: bytes) -> dict[str, object]:
-    """The Vma fields that depend only on the maps line's text past the addresses."""
+def add_vmflags(pid: int, vmas: list[Vma], smaps: bytes) -> None:
+    """Give the VMAs parsed from a maps text (with parse(), no smaps) the VmFlags of the
+    smaps text read while the task was in the same state: `vmflags`, and MAP_GROWSDOWN
+    for "gd". Records with the same flags share one list; records are never modified
+    after the dump reads them."""
+    flags = procmaps.vmflags(smaps)
+    if len(vmas) != len(flags):
+        raise EngineError("memory", f"maps and smaps of {pid} disagree "
+                                    f"({len(vmas)} vs {len(flags)} VMAs): task not frozen?")
+    lists: dict[bytes, list[str]] = {}
+    for v, raw in zip(vmas, flags):
+        vf = lists.get(raw)
+        if vf is None:
+            vf = lists[raw] = raw.decode().split()
+        v.vmflags = vf
+        if "gd" in vf:
+            v.flags |= uapi.MAP_GROWSDOWN
+
+
+#: prot, flags, kind, path, dev, inode, deleted, shmem_id of a maps line
+_Fields = tuple[int, int, str, str | None, str | None, int, bool, str | None]
+
+
+def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes) -> _Fields:
+    """The Vma fields that depend only on the maps line's text past the addresses and
+    offset: prot, flags, kind, path, dev, inode, deleted, shmem_id."""
     perms = perms_b.decode()
     dev = dev_b.decode()
     inode = int(ino_s)
-    vf = vmflags.decode().split()
     prot = ((uapi.PROT_READ if perms[0] == "r" else 0) | (uapi.PROT_WRITE if perms[1] == "w"
             else 0) | (uapi.PROT_EXEC if perms[2] == "x" else 0))
     shared = perms[3] == "s"
     flags = uapi.MAP_SHARED if shared else uapi.MAP_PRIVATE
-    if "gd" in vf:
-        flags |= uapi.MAP_GROWSDOWN
     path, deleted = procmaps.split_deleted(path_b.decode(errors="surrogateescape"))
     kind = "file"
     shmem_id = None
@@ -96,9 +114,8 @@ def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes,
     anon_shared = path == "/dev/zero" or path.startswith("[anon_shmem:")
     if kind in ("anon", "heap", "stack") or (kind == "shmem" and anon_shared):
         flags |= uapi.MAP_ANONYMOUS
-    return {"prot": prot, "flags": flags, "kind": kind, "path": path or None,
-            "dev": dev if inode or kind == "sysv" else None, "inode": inode, "deleted": deleted,
-            "shmem_id": shmem_id, "vmflags": vf}
+    return (prot, flags, kind, path or None, dev if inode or kind == "sysv" else None, inode,
+            deleted, shmem_id)
 
 
 def refuse_unrestorable(pid: int, vmas: list[Vma]) -> None:

@@ -5,12 +5,13 @@ anything that does not match: a missing field, an unknown field, a string where 
 belongs, a bool posing as an int. That is the "schema" of every JSON image file; range
 checks live in each record's `validate()`, which is called for every nested record too.
 
-Speed matters (a maps06-sized task has 30,000 VMA records): converters are compiled once
-per type into closures, and the path of a bad field (`vmas[12].prot`) is only assembled
+Speed matters (records by the thousand: fds, files, semaphores): converters are compiled once
+per type into closures, and the path of a bad field (`fds[12].file_id`) is only assembled
 when an error travels up, never on the success path. A record class that sets the class
-attribute `ROW = True` (VMAs) is written as a JSON array of its fields in declaration
+attribute `ROW = True` (semaphores) is written as a JSON array of its fields in declaration
 order instead of an object: half the bytes to parse, and a converter that checks a row by
-position instead of matching names.
+position instead of matching names. Fields a record class lists in `EXTERNAL` are not in
+its JSON at all (stored in a file of their own: MmCore.vmas, engine/images/vmatable.py).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def to_dict(record: Any) -> Any:
     if names is None:
         if not dataclasses.is_dataclass(record):
             raise TypeError(f"cannot serialise {t.__name__}")
-        names = _FIELD_NAMES[t] = tuple(f.name for f in dataclasses.fields(record))
+        names = _FIELD_NAMES[t] = _json_fields(t)
         hints = typing.get_type_hints(t)
         _FLAT[t] = all(_is_plain(hints[n]) for n in names)
         if getattr(t, "ROW", False):
@@ -65,6 +66,13 @@ def to_dict(record: Any) -> Any:
         # only read by the JSON encoder.
         return record.__dict__
     return {n: to_dict(getattr(record, n)) for n in names}
+
+
+def _json_fields(cls: Any) -> tuple[str, ...]:
+    """The fields a record has in JSON: all but those its class attribute EXTERNAL names
+    (stored in files of their own, e.g. MmCore.vmas, and filled in by their reader)."""
+    external = getattr(cls, "EXTERNAL", ())
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in external)
 
 
 def _is_plain(tp: Any) -> bool:
@@ -218,10 +226,10 @@ def _simple_types(tp: Any) -> tuple[type, ...] | None:
 
 def _record_converter(cls: Any) -> Converter:
     hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
+    known = frozenset(_json_fields(cls))
+    fields = [f for f in dataclasses.fields(cls) if f.name in known]
     required = frozenset(f.name for f in fields if f.default is dataclasses.MISSING
                          and f.default_factory is dataclasses.MISSING)
-    known = frozenset(f.name for f in fields)
     simple = {name: _simple_types(hints[name]) for name in known}
     # Converters of nested types are looked up lazily: records may refer to each other.
     convs: dict[str, Converter] = {}

@@ -24,12 +24,13 @@ import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 from engine.errors import EngineError
+from engine.images import vmatable
 from engine.images.codec import from_dict, to_dict
 from engine.images.directio import close_quietly, enable_direct_write, open_direct_read
-from engine.images.records import PAGE_SIZE, RecordError
+from engine.images.records import PAGE_SIZE, RecordError, Vma
 from engine.kernel import pagecrc
 from engine.kernel.pagecrc import PageSums
 
@@ -63,9 +64,9 @@ class ImageError(EngineError):
         self.path = path
 
 
-@dataclass(frozen=True)
-class PagemapEntry:
-    """A run of pages: `addr` is a virtual address (or a shmem object offset)."""
+class PagemapEntry(NamedTuple):
+    """A run of pages: `addr` is a virtual address (or a shmem object offset). (A tuple:
+    a pagemap of tens of thousands of runs is decoded in bulk.)"""
 
     addr: int
     nr_pages: int
@@ -257,6 +258,10 @@ class ImageDir:
         finally:
             os.close(fd)
 
+    def write_vmas(self, name: str, vmas: list[Vma]) -> None:
+        """Write a process's VMAs as a binary table (engine/images/vmatable.py)."""
+        self.write_bytes(name, vmatable.encode(vmas))
+
     def write_pagemap(self, name: str, entries: list[PagemapEntry], sums: PageSums) -> None:
         """Write a binary pagemap; entries must be sorted and not overlap, and `sums`
         hold the checksum of every page they store (the pages file's, in file order)."""
@@ -349,16 +354,20 @@ class ImageDir:
             raise ImageError(self.file(name), "checksum mismatch: the file is damaged")
 
     def verify_file(self, name: str) -> None:
-        """Stream a (large) file and check it against its recorded checksums."""
+        """Check a file against its recorded checksums: read whole when small (an xstate
+        file per thread: no O_DIRECT probe, no 16 MiB buffer), streamed when large."""
         fd = self.open_file(name)
         try:
             want = self.checksums.get(name)
             if want is None:
                 raise ImageError(self.file(name), "has no checksum in the inventory")
-            got: list[int] = []
-            for view in _stream(fd, os.fstat(fd).st_size, self.file(name)):
-                got.extend(chunk_crcs(view))
-            got = got or [0]
+            size = os.fstat(fd).st_size
+            if size <= CRC_CHUNK:
+                got = chunk_crcs(memoryview(_read_small(fd, size, self.file(name))))
+            else:
+                got = []
+                for view in _stream(fd, size, self.file(name)):
+                    got.extend(chunk_crcs(view))
         finally:
             os.close(fd)
         if got != want:
@@ -409,6 +418,14 @@ class ImageDir:
         except RecordError as e:
             raise ImageError(path, str(e)) from None
 
+    def read_vmas(self, name: str) -> list[Vma]:
+        """Read and validate a VMA table (sorted, disjoint VMA records)."""
+        raw = self.read_bytes(name, MAX_JSON_BYTES)
+        try:
+            return vmatable.decode(raw)
+        except RecordError as e:
+            raise ImageError(self.file(name), str(e)) from None
+
     def read_pagemap(self, name: str) -> Pagemap:
         """Read and validate a binary pagemap."""
         path = self.file(name)
@@ -426,25 +443,10 @@ class ImageDir:
         if len(raw) != sums_at + 4 * stored:
             raise ImageError(path, f"pagemap size {len(raw)} does not match {count} entries "
                                    f"and {stored} page checksums")
-        entries: list[PagemapEntry] = []
-        offsets: list[int] = []
-        prev_end = 0
-        pos = 0
-        for addr, nr, flags in _PM_ENTRY.iter_unpack(raw[_PM_HEADER.size:sums_at]):
-            if addr % PAGE_SIZE or nr == 0 or addr < prev_end:
-                raise ImageError(path, f"bad or unsorted entry at {addr:#x} ({nr} pages)")
-            if flags & ~_PE_KNOWN or (flags).bit_count() != 1:
-                raise ImageError(path, f"bad flags {flags:#x} at {addr:#x}")
-            e = PagemapEntry(addr, nr, flags)
-            if e.end > 1 << 64:
-                raise ImageError(path, f"entry at {addr:#x} overflows")
-            prev_end = e.end
-            entries.append(e)
-            if flags & PE_PRESENT:
-                offsets.append(pos)
-                pos += nr * PAGE_SIZE
-            else:
-                offsets.append(-1)
+        entries = list(map(PagemapEntry._make, _PM_ENTRY.iter_unpack(raw[_PM_HEADER.size:sums_at])))
+        _check_entries(path, entries)
+        offsets = _offsets(entries)
+        pos = sum(e.nr_pages for e in entries if e.flags == PE_PRESENT) * PAGE_SIZE
         if pos != stored * PAGE_SIZE:
             raise ImageError(path, f"header says {stored} pages stored, entries say "
                                    f"{pos // PAGE_SIZE}")
@@ -454,6 +456,42 @@ class ImageDir:
         """Map a pages file read-only after checking it holds exactly the pages `pm`
         stores; whoever uses its data checks it against `pm`'s checksums (verify)."""
         return PagesReader(self.file(name), self.open_file(name), pm.sums)
+
+
+def _check_entries(path: str, entries: list[PagemapEntry]) -> None:
+    """Page aligned, not empty, one known flag, sorted without overlap and within 64 bits:
+    checked a property at a time over all entries, the entry found on error only."""
+    if not entries:
+        return
+    addrs, counts, flags = zip(*entries)
+    ends = [a + n * PAGE_SIZE for a, n in zip(addrs, counts)]
+    bad = (any(a % PAGE_SIZE for a in addrs) or min(counts) == 0
+           or any(e > a for e, a in zip(ends, addrs[1:])))
+    if bad:
+        prev_end = 0
+        for e in entries:
+            if e.addr % PAGE_SIZE or e.nr_pages == 0 or e.addr < prev_end:
+                raise ImageError(path, f"bad or unsorted entry at {e.addr:#x} "
+                                       f"({e.nr_pages} pages)")
+            prev_end = e.end
+    if not set(flags) <= {PE_PRESENT, PE_PARENT}:
+        e = next(e for e in entries if e.flags not in (PE_PRESENT, PE_PARENT))
+        raise ImageError(path, f"bad flags {e.flags:#x} at {e.addr:#x}")
+    if ends[-1] > 1 << 64:
+        raise ImageError(path, f"entry at {entries[-1].addr:#x} overflows")
+
+
+def _offsets(entries: list[PagemapEntry]) -> list[int]:
+    """Where each PRESENT entry's data starts in the pages file (-1 for the others)."""
+    out = []
+    pos = 0
+    for _addr, n, flags in entries:
+        if flags == PE_PRESENT:
+            out.append(pos)
+            pos += n * PAGE_SIZE
+        else:
+            out.append(-1)
+    return out
 
 
 def chunk_crcs(data: memoryview) -> list[int]:
@@ -472,6 +510,17 @@ def _check_sums(path: str, sums: PageSums, offset: int, got: array[int]) -> None
         bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
         raise ImageError(path, f"checksum mismatch in the page at byte "
                                f"{(first + bad) * PAGE_SIZE}: the file is damaged")
+
+
+def _read_small(fd: int, size: int, path: str) -> bytes:
+    """The `size` bytes of a small file, through the page cache."""
+    data = os.pread(fd, size, 0)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), len(data))
+        if not more:
+            raise ImageError(path, f"changed size while read (at byte {len(data)})")
+        data += more
+    return data
 
 
 def _stream(fd: int, size: int, path: str) -> Iterator[memoryview]:

@@ -152,15 +152,17 @@ def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, i
         # A task sharing its parent's address space has no memory of its own in the image.
         if t.state != "zombie" and "vm" not in t.shared:
             mm = d.read_json(names.mm(t.pid), MmCore)
+            mm.vmas = d.read_vmas(names.vmas(t.pid))
+            vmas_file = d.file(names.vmas(t.pid))
             for v in mm.vmas:
                 if v.shmem_id is not None and v.shmem_id not in shmem:
-                    raise ImageError(d.file(names.mm(t.pid)),
+                    raise ImageError(vmas_file,
                                      f"vma {v.start:#x}: unknown shmem {v.shmem_id}")
                 if v.kind == "file" and v.deleted and (v.dev, v.inode) not in mapped:
-                    raise ImageError(d.file(names.mm(t.pid)),
+                    raise ImageError(vmas_file,
                                      f"vma {v.start:#x}: the unlinked file {v.path} it maps "
                                      "is not in files.json's mapped files")
-            _check_sysv_attaches(d.file(names.mm(t.pid)), mm, ipc)
+            _check_sysv_attaches(vmas_file, mm, ipc)
             pm = d.read_pagemap(mm.pagemap)
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
@@ -376,17 +378,21 @@ def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
 
 
 def _check_in_vmas(path: str, pm: Pagemap, mm: MmCore) -> None:
-    # Both lists are sorted: one merge pass, no per-page work.
-    vmas = mm.vmas
+    # Both lists are sorted: one merge pass, no per-page work (plain lists and inline
+    # arithmetic: tens of thousands of runs and VMAs).
+    starts = [v.start for v in mm.vmas]
+    ends = [v.end for v in mm.vmas]
+    n = len(starts)
     i = 0
-    for e in pm.entries:
-        while i < len(vmas) and vmas[i].end <= e.addr:
+    for addr, pages, _flags in pm.entries:
+        while i < n and ends[i] <= addr:
             i += 1
-        if i == len(vmas) or vmas[i].start > e.addr:
-            raise ImageError(path, f"pages at {e.addr:#x} lie outside every VMA")
+        if i == n or starts[i] > addr:
+            raise ImageError(path, f"pages at {addr:#x} lie outside every VMA")
         # A run may span adjacent VMAs; walk while they are contiguous.
+        end = addr + pages * PAGE_SIZE
         j = i
-        while vmas[j].end < e.end:
-            if j + 1 == len(vmas) or vmas[j + 1].start != vmas[j].end:
-                raise ImageError(path, f"pages at {e.addr:#x} run past a VMA end")
+        while ends[j] < end:
+            if j + 1 == n or starts[j + 1] != ends[j]:
+                raise ImageError(path, f"pages at {addr:#x} run past a VMA end")
             j += 1

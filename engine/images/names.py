@@ -16,6 +16,11 @@ def mm(pid: int) -> str:
     return f"mm-{pid}.json"
 
 
+def vmas(pid: int) -> str:
+    """The VMA table of a process (engine/images/vmatable.py)."""
+    return f"vmas-{pid}.img"
+
+
 def pagemap(pid: int) -> str:
     """Per-task binary pagemap."""
     return f"pagemap-{pid}.img"

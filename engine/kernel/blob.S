@@ -15,6 +15,14 @@
  *   bit  6    save the result in r14
  *   bit  7    a failure of this entry is not fatal
  *   bit  8    store the result as u64 at r15 + (flags >> 32)
+ *   bit  9    rows: run the syscall once per row of six arguments, args[1] rows at
+ *             args[0] (each advances args[0] by 48 and counts args[1] down, so at a
+ *             failure args[1] is the rows left including the failed one); bits 0-5
+ *             and 7 apply to each row
+ *
+ * table_call (below) runs a table the same way as a function called in a task that
+ * goes on running afterwards: it returns instead of stopping with int3 (an int3 is a
+ * forced SIGTRAP, which resets a blocked or ignored SIGTRAP disposition).
  *
  * After it, page_crcs (see below), callable in the engine and in a task.
  *
@@ -23,16 +31,24 @@
 	.text
 	.globl table_runner
 table_runner:
+	xor %ebp, %ebp		/* ebp 0: end with int3 (ebp 1: return, table_call) */
+run_entries:
 	test %r13, %r13
 	jz done
-	mov 0(%r12), %rax
-	mov 8(%r12), %rdi
-	mov 16(%r12), %rsi
-	mov 24(%r12), %rdx
-	mov 32(%r12), %r10
-	mov 40(%r12), %r8
-	mov 48(%r12), %r9
 	mov 56(%r12), %rbx
+	lea 8(%r12), %rcx	/* the arguments: the entry's own */
+	test $0x200, %ebx
+	jz 5f
+	cmpq $0, 16(%r12)	/* rows: args[1] rows left */
+	je 4f
+	mov 8(%r12), %rcx	/* this row's six arguments */
+5:	mov 0(%r12), %rax
+	mov 0(%rcx), %rdi
+	mov 8(%rcx), %rsi
+	mov 16(%rcx), %rdx
+	mov 24(%rcx), %r10
+	mov 32(%rcx), %r8
+	mov 40(%rcx), %r9
 	test $1, %bl
 	jz 1f
 	mov %r14, %rdi
@@ -61,17 +77,61 @@ table_runner:
 	jz 3f
 	mov %rax, %r14
 3:	test $0x100, %ebx
-	jz 4f
+	jz 6f
 	mov %rbx, %rcx
 	shr $32, %rcx
 	mov %rax, (%r15,%rcx)
+6:	test $0x200, %ebx
+	jz 4f
+	addq $48, 8(%r12)	/* the next row of this entry */
+	decq 16(%r12)
+	jmp run_entries
 4:	add $64, %r12
 	dec %r13
-	jmp table_runner
+	jmp run_entries
 fail:
+	test %ebp, %ebp
+	jnz table_return
 	int3
 done:
+	test %ebp, %ebp
+	jnz table_return
 	int3
+table_return:
+	pop %rcx
+	mov %r13, (%rcx)	/* entries left, 0 when all ran */
+	mov %rax, 8(%rcx)	/* the last result (a failed entry's -errno) */
+	pop %r15
+	pop %r14
+	pop %r13
+	pop %r12
+	pop %rbp
+	pop %rbx
+	ret
+
+/*
+ * void table_call(entries, count, base, status)   (SysV ABI: rdi rsi rdx rcx)
+ * Runs `count` entries at `entries` as table_runner does (r15 = base for the result
+ * slots), then stores u64 entries left (0: all ran; else the failed one's and those after
+ * it) and u64 last result at `status`, and returns. Needs 64 bytes of stack; keeps rbx,
+ * rbp and r12-r15 (crc_return's registers, for a task whose tracer died meanwhile).
+ * Not .globl: table_notify's call to a global symbol would be left to a linker (there is
+ * none: the bytes are taken as they are).
+ */
+table_call:
+	push %rbx
+	push %rbp
+	push %r12
+	push %r13
+	push %r14
+	push %r15
+	push %rcx
+	mov %rdi, %r12
+	mov %rsi, %r13
+	mov %rdx, %r15
+	xor %r14d, %r14d
+	mov $1, %ebp
+	jmp run_entries
 
 /*
  * void page_crcs(u32 *out, const void *pages, u64 npages)
@@ -148,19 +208,64 @@ page_crcs:
 5:	ret
 
 /*
- * crc_return: page_crcs returns here in a task, and injected syscalls too while this code
- * is mapped there (engine/dump/selfwrite.py). Its close gives the tracer a syscall entry
- * stop (no trap signal is raised), where it skips the call or turns it into the one it
- * injects. A task whose tracer died runs on: it closes fd r12 (-1: none), unmaps
- * [r13, r13 + r14) (this code's own mapping) through the `syscall; ret` at rbx (libc's)
- * with rsp = r15, the signal frame whose restorer that `ret` takes: rt_sigreturn puts the
- * task back as it was (engine/kernel/sigframe.py).
+ * table_notify(entries, count, base, status, sock, peer)   (SysV ABI: rdi rsi rdx rcx r8 r9)
+ * close(peer), the task's copy of the socket's other end, which its tracer also holds;
+ * table_call, then the status (16 bytes) is written to the stream socket `sock`, and the
+ * task waits in read(sock) for its tracer, which stops it there (PTRACE_INTERRUPT) and
+ * takes it back: the tracer runs the task freely meanwhile (PTRACE_CONT), so it does not
+ * stop at each syscall of the table. Should the tracer die, the read ends (end of file:
+ * the tracer held the other end) and the routine returns to crc_return. 80 bytes of stack.
  */
+	.globl table_notify
+table_notify:
+	push %r8
+	push %rcx
+	push %rdi
+	push %rsi
+	push %rdx
+	mov $3, %eax		/* close(peer): only the tracer holds that end now */
+	mov %r9, %rdi
+	syscall
+	pop %rdx
+	pop %rsi
+	pop %rdi
+	mov (%rsp), %rcx	/* status (the syscall took rcx) */
+	call table_call
+	mov (%rsp), %rsi
+	mov 8(%rsp), %rdi
+	mov $16, %edx
+	mov $1, %eax		/* write(sock, status, 16) */
+	syscall
+	mov (%rsp), %rsi
+	mov 8(%rsp), %rdi
+	mov $1, %edx
+	xor %eax, %eax		/* read(sock, status, 1): the tracer stops the task here */
+	syscall
+	add $16, %rsp
+	ret
+
+/*
+ * crc_return: page_crcs and table_notify return here in a task, and injected syscalls too
+ * while this code is mapped there (engine/dump/selfwrite.py, engine/kernel/intask.py). Its
+ * first close gives the tracer a syscall entry stop (no trap signal is raised), where it
+ * skips the call or turns it into the one it injects. A task whose tracer died runs on: it
+ * closes fds r12 and rbp (-1: none), unmaps [r13, r13 + r14) (this code's own mapping)
+ * through the `syscall; ret` at rbx (libc's) with rsp = r15, the signal frame whose
+ * restorer that `ret` takes: rt_sigreturn puts the task back as it was
+ * (engine/kernel/sigframe.py).
+ */
+crc_pair_return:	/* injected syscalls' entry around a socketpair: the fds it wrote */
+	movslq 4096(%r13), %r12	/* at the start of the page after this code (-1 -1 before) */
+	movslq 4100(%r13), %rbp
+	jmp crc_return
 crc_open_return:
 	mov %rax, %r12	/* the fd an open just returned (injected syscalls' entry) */
 crc_return:
 	mov $3, %eax
 	mov %r12, %rdi
+	syscall
+	mov $3, %eax
+	mov %rbp, %rdi
 	syscall
 	mov $11, %eax
 	mov %r13, %rdi

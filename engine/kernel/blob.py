@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -30,50 +31,72 @@ from engine.kernel import ptrace, uapi
 # Assembled from blob.S (as -o blob.o blob.S; objdump -d blob.o). test_restore_blob.py
 # re-assembles the source when `as` exists and compares.
 CODE = bytes.fromhex(
-    "4d85ed0f848e000000498b0424498b7c2408498b742410498b5424184d8b5424204d8b4424284d8b4c"
-    "2430498b5c2438f6c30174034c89f7f6c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c3"
-    "1074034d89f0f6c32074034d89f10f05483d01f0ffff7205f6c3807427f6c34074034989c6f7c30001"
-    "0000740b4889d948c1e9204989040f4983c44049ffcde96affffffcccc4883fa030f8257010000b8ff"
-    "ffffffb9ffffffff41b8ffffffff4531c9420f188c0e00300000420f188c0e00400000420f188c0e00"
-    "500000f24a0f38f1040ef24a0f38f18c0e00100000f24e0f38f1840e00200000f24a0f38f1440e08f2"
-    "4a0f38f18c0e08100000f24e0f38f1840e08200000f24a0f38f1440e10f24a0f38f18c0e10100000f2"
-    "4e0f38f1840e10200000f24a0f38f1440e18f24a0f38f18c0e18100000f24e0f38f1840e18200000f2"
-    "4a0f38f1440e20f24a0f38f18c0e20100000f24e0f38f1840e20200000f24a0f38f1440e28f24a0f38"
-    "f18c0e28100000f24e0f38f1840e28200000f24a0f38f1440e30f24a0f38f18c0e30100000f24e0f38"
-    "f1840e30200000f24a0f38f1440e38f24a0f38f18c0e38100000f24e0f38f1840e382000004983c140"
-    "4981f9001000000f82e5fefffff7d0f7d141f7d08907894f04448947084883c70c4881c60030000048"
-    "83ea034883fa030f83a9feffff4885d27430b8ffffffff4531c9f24a0f38f1040e4983c1084981f900"
-    "10000072ecf7d089074883c7044881c60010000048ffcaebcbc34989c4b8030000004c89e70f05b80b"
-    "0000004c89ef4c89f64c89fcffe3"
+    "31ed4d85ed0f84c1000000498b5c2438498d4c2408f7c300020000741149837c2410000f8492000000"
+    "498b4c2408498b0424488b39488b7108488b51104c8b51184c8b41204c8b4928f6c30174034c89f7f6"
+    "c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c31074034d89f0f6c32074034d89f10f05"
+    "483d01f0ffff7205f6c380743ff6c34074034989c6f7c300010000740b4889d948c1e9204989040ff7"
+    "c300020000741049834424083049ff4c2410e947ffffff4983c44049ffcde93bffffff85ed7506cc85"
+    "ed7501cc594c892948894108415f415e415d415c5d5bc353554154415541564157514989fc4989f549"
+    "89d74531f6bd01000000e9fdfeffff4883fa030f8257010000b8ffffffffb9ffffffff41b8ffffffff"
+    "4531c9420f188c0e00300000420f188c0e00400000420f188c0e00500000f24a0f38f1040ef24a0f38"
+    "f18c0e00100000f24e0f38f1840e00200000f24a0f38f1440e08f24a0f38f18c0e08100000f24e0f38"
+    "f1840e08200000f24a0f38f1440e10f24a0f38f18c0e10100000f24e0f38f1840e10200000f24a0f38"
+    "f1440e18f24a0f38f18c0e18100000f24e0f38f1840e18200000f24a0f38f1440e20f24a0f38f18c0e"
+    "20100000f24e0f38f1840e20200000f24a0f38f1440e28f24a0f38f18c0e28100000f24e0f38f1840e"
+    "28200000f24a0f38f1440e30f24a0f38f18c0e30100000f24e0f38f1840e30200000f24a0f38f1440e"
+    "38f24a0f38f18c0e38100000f24e0f38f1840e382000004983c1404981f9001000000f82e5fefffff7"
+    "d0f7d141f7d08907894f04448947084883c70c4881c6003000004883ea034883fa030f83a9feffff48"
+    "85d27430b8ffffffff4531c9f24a0f38f1040e4983c1084981f90010000072ecf7d089074883c70448"
+    "81c60010000048ffcaebcbc3415051575652b8030000004c89cf0f055a5e5f488b0c24e82cfeffff48"
+    "8b3424488b7c2408ba10000000b8010000000f05488b3424488b7c2408ba0100000031c00f054883c4"
+    "10c34d63a5001000004963ad04100000eb034989c4b8030000004c89e70f05b8030000004889ef0f05"
+    "b80b0000004c89ef4c89f64c89fcffe3"
 )
-SYSCALL_OFFSET = 0x60  # the routine's `syscall` instruction (run_one() uses it alone)
-FAIL_OFFSET = 0x96  # the int3 reached when an entry fails
-DONE_OFFSET = 0x97  # the int3 reached when every entry ran
-PAGE_CRCS_OFFSET = 0x98  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
-CRC_OPEN_RETURN_OFFSET = 0x22f  # crc_return taking the fd from rax (after an open)
-CRC_RETURN_OFFSET = 0x232  # where page_crcs returns to in a task (blob.S crc_return)
+SYSCALL_OFFSET = 0x79  # the routine's `syscall` instruction (run_one() uses it alone)
+FAIL_OFFSET = 0xcb  # the int3 reached when an entry fails
+DONE_OFFSET = 0xd0  # the int3 reached when every entry ran
+TABLE_CALL_OFFSET = 0xe4  # table_call(entries, count, base, status) (in table_notify)
+PAGE_CRCS_OFFSET = 0x105  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
+TABLE_NOTIFY_OFFSET = 0x29c  # table_notify(entries, count, base, status, sock, peer)
+CRC_PAIR_RETURN_OFFSET = 0x2e4  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
+#: where crc_pair_return finds the fds: code address + PAIR_AT (the page after the code)
+PAIR_AT = 4096
+CRC_OPEN_RETURN_OFFSET = 0x2f4  # crc_return taking the fd from rax (after an open)
+CRC_RETURN_OFFSET = 0x2f7  # where code called in a task returns to (blob.S crc_return)
 CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return's close
 CODE_AREA = 1024
 ENTRY_SIZE = 64
 _ENTRY = struct.Struct("<8Q")
+_ROW = struct.Struct("<6q")
 _ZEROS = [0] * 6
 
 F_SAVE = 1 << 6
 F_MAY_FAIL = 1 << 7
 F_STORE = 1 << 8
+F_ROWS = 1 << 9
+ROW_SIZE = 48  # six u64 arguments
+#: Where a rows entry's args[1] (rows left, counted down as they run) is in the entry.
+ROWS_LEFT_AT = 16
 
 _ORIG_RAX_NONE = (1 << 64) - 1  # orig_rax = -1: not in a syscall, no restart handling
+_MASK64 = (1 << 64) - 1
+_CALL_REGS = ("rdi", "rsi", "rdx", "rcx")
+_HOME_REGS = ("rbx", "rbp", "r12", "r13", "r14", "r15")
+#: bytes of stack table_notify needs below its return address (table_call inside)
+TABLE_CALL_STACK = 80
 _ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 _PASS_EVENTS = (uapi.PTRACE_EVENT_CLONE, uapi.PTRACE_EVENT_FORK, uapi.PTRACE_EVENT_VFORK)
 
 
 class TableError(OSError):
-    """An entry of a table failed inside the tracee; `what` says which one."""
+    """An entry of a table failed inside the tracee; `what` says which one (and `row`
+    which row of a rows entry, else 0)."""
 
-    def __init__(self, errno_: int, what: str, index: int) -> None:
+    def __init__(self, errno_: int, what: str, index: int, row: int = 0) -> None:
         super().__init__(errno_, f"{what}: {os.strerror(errno_)}")
         self.what = what
         self.index = index
+        self.row = row
 
 
 @dataclass(frozen=True)
@@ -89,6 +112,8 @@ Arg = int | DataRef
 #: How errors name an entry: a string, or (format, *values) formatted only on error
 #: (tables of tens of thousands of entries should not format tens of thousands of strings).
 What = str | tuple[object, ...]
+#: How errors name a row of a rows entry: from the row's index, only on error.
+RowWhat = Callable[[int], str]
 
 
 class _Entry(NamedTuple):
@@ -96,7 +121,7 @@ class _Entry(NamedTuple):
     args: tuple[Arg, ...]
     flags: int
     store: DataRef | None
-    what: What
+    what: What | RowWhat
 
 
 @dataclass
@@ -150,12 +175,43 @@ class Table:
         flags |= F_STORE if store is not None else 0
         self.entries.append(_Entry(nr, args, flags, store, what))
 
-    def describe(self, index: int) -> str:
-        """The `what` of entry `index`, formatted."""
+    def rows(self, nr: int, rows: bytes, use_saved: int = 0, may_fail: bool = False,
+             what: RowWhat = str) -> None:
+        """Append syscall `nr` run once per row of `rows` (six u64 arguments each, e.g.
+        array("q").tobytes()): one entry for many calls, such as every mmap of a file.
+        use_saved and may_fail as for add(), for each row; what(row index) names a
+        failed row."""
+        if len(rows) % ROW_SIZE:
+            raise ValueError(f"rows of {len(rows)} bytes are not rows of six u64")
+        flags = (use_saved & 0x3F) | F_ROWS | (F_MAY_FAIL if may_fail else 0)
+        self.entries.append(_Entry(nr, (self.data(rows), len(rows) // ROW_SIZE), flags,
+                                   None, what))
+
+    def rows_of(self, index: int) -> list[tuple[int, ...]]:
+        """The arguments of each row of rows entry `index` (as signed values)."""
         e = self.entries[index]
+        ref, count = e.args
+        assert isinstance(ref, DataRef) and isinstance(count, int) and e.flags & F_ROWS
+        raw = bytes(self._data[ref.offset:ref.offset + count * ROW_SIZE])
+        return list(_ROW.iter_unpack(raw))
+
+    def describe(self, index: int, row: int = 0) -> str:
+        """The `what` of entry `index` (of its row `row` for a rows entry), formatted."""
+        e = self.entries[index]
+        if e.flags & F_ROWS:
+            return str(e.what(row))  # type: ignore[operator]
         if isinstance(e.what, tuple):
             return str(e.what[0]).format(*e.what[1:])
-        return e.what or f"syscall {e.nr}"
+        return str(e.what) or f"syscall {e.nr}"
+
+    def error(self, errno_: int, index: int, rows_left: int = 0) -> TableError:
+        """The TableError of entry `index` failing; for a rows entry, `rows_left` is its
+        args[1] as the runner left it (the failed row and those after it)."""
+        e = self.entries[index]
+        row = 0
+        if e.flags & F_ROWS and isinstance(e.args[1], int):
+            row = e.args[1] - rows_left
+        return TableError(errno_, self.describe(index, row), index, row)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -286,7 +342,8 @@ class BlobRunner:
         if regs.rip == self.base + FAIL_OFFSET + 1:
             index = len(table) - regs.r13
             err = -(regs.rax - (1 << 64)) if regs.rax >= 1 << 63 else regs.rax
-            raise TableError(err, table.describe(index), index)
+            left = self.read(self.base + CODE_AREA + index * ENTRY_SIZE + ROWS_LEFT_AT, 8)
+            raise table.error(err, index, int.from_bytes(left, "little"))
         raise OSError(f"task {self.pid} trapped at {regs.rip:#x}, outside the table runner")
 
     def run_one(self, nr: int, *args: int) -> int:
@@ -318,3 +375,54 @@ class BlobRunner:
                 raise OSError(f"task {self.pid}: unexpected stop {status:#x} waiting for "
                               f"the syscall-{stop}-stop of syscall {nr}")
         return ptrace.get_regs(self.pid).signed("rax")
+
+
+def call(pid: int, mem_fd: int, code: int, entry: int, args: tuple[int, ...], stack: int,
+         timeout: float, home: dict[str, int] | None = None) -> None:
+    """Call the routine at `code + entry` (SysV ABI, up to 4 arguments) in a
+    ptrace-stopped task whose region at `code` holds CODE (executable), with rsp =
+    `stack`, where its return address (crc_return) is written: the routine returns there,
+    whose first syscall (close) stops the task and is skipped. The task is left in that
+    syscall-exit-stop at crc_return with other registers (the caller puts its own back).
+
+    `home`: an injector's home registers (Injector.go_home to crc_return): rbx and r12-r15
+    are set from them, so a task whose tracer died meanwhile goes back to its own state
+    from crc_return. Signals must be blocked in the task. Raises OSError on any other stop
+    and TimeoutError (the task stopped where it was) after `timeout` seconds."""
+    # A termination signal waits until the task is stopped again (as for tables):
+    # raising while it runs would leave the engine's cleanup a running task.
+    with termination_held():
+        os.pwrite(mem_fd, (code + CRC_RETURN_OFFSET).to_bytes(8, "little"), stack)
+        regs = ptrace.get_regs(pid)
+        for name in _HOME_REGS if home is not None else ():
+            setattr(regs, name, home[name])  # type: ignore[index]
+        for name, value in zip(_CALL_REGS, args):
+            setattr(regs, name, value & _MASK64)
+        regs.rip = code + entry
+        regs.rsp = stack
+        regs.orig_rax = _ORIG_RAX_NONE
+        regs.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
+        ptrace.set_regs(pid, regs)
+        for stop in ("entry", "exit"):
+            _to_crc_return(pid, code, stop, timeout)
+
+
+def _to_crc_return(pid: int, code: int, stop: str, timeout: float) -> None:
+    """Resume to the next syscall stop, which must be crc_return's close; at its entry
+    stop the close is skipped and the task returns to crc_return after it."""
+    ptrace.ptrace(uapi.PTRACE_SYSCALL, pid, 0, 0)
+    try:
+        status = ptrace.wait_stop(pid, timeout)
+    except TimeoutError:
+        ptrace.interrupt(pid)  # still running the routine: stop it where it is
+        ptrace.wait_stop(pid, timeout)
+        raise
+    regs = ptrace.get_regs(pid)
+    if (os.WSTOPSIG(status) & 0x7F != uapi.SIGTRAP or ptrace.stop_event(status)
+            or regs.rip not in (code + CRC_RETURN_STOP, code + CRC_RETURN_OFFSET)):
+        raise OSError(f"task {pid}: stop {status:#x} at {regs.rip:#x} in code called "
+                      f"there (syscall-{stop}-stop expected)")
+    if stop == "entry":
+        regs.orig_rax = _ORIG_RAX_NONE
+        regs.rip = code + CRC_RETURN_OFFSET
+        ptrace.set_regs(pid, regs)

@@ -49,7 +49,7 @@ from engine.kernel import ptrace, sigframe, uapi
 from engine.kernel.structs import UserRegs
 from engine.kernel.sys import process_vm_writev, syscall
 from engine.proc.auxv import read_auxv
-from engine.proc.maps import read_maps
+from engine.proc.maps import MapsLine, exec_file_maps, read_maps
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
 
@@ -73,6 +73,8 @@ _RSEQ_CS = struct.Struct("<IIQQQ")  # struct rseq_cs: version, flags, start_ip,
 _insn_cache: dict[tuple[int, int], int] = {}
 #: the same for code sequences (find_code), per process and sequences (0: none found)
 _code_cache: dict[tuple[int, int, tuple[bytes, ...]], int] = {}
+#: where in a mapping of a file (dev, inode, offset, size) a sequence was found
+_file_code: dict[tuple[object, ...], int] = {}
 #: What a tracer that injects seizes tasks with: a syscall stop that its dying tracer
 #: never waited for then sends the task the stop's code, SIGTRAP | 0x80 with this
 #: option, which is no signal (without it, a SIGTRAP that kills the task once its
@@ -154,31 +156,57 @@ def find_restorer(tid: int, mem_fd: int) -> int:
 
 def find_code(tid: int, mem_fd: int, seqs: tuple[bytes, ...]) -> int:
     """Start of one of the byte sequences `seqs` in an executable file mapping of tid
-    (libc's first), or 0. Cached per process."""
-    key = (_tgid(tid), _start_time(_tgid(tid)), seqs)
+    (libc's first), or 0. Cached per process, and per mapped file: another process
+    mapping the same part of the same file (the tasks of a tree, their libc) finds it at
+    the same place without a scan."""
+    tgid = _tgid(tid)
+    key = (tgid, _start_time(tgid), seqs)
     cached = _code_cache.get(key)
-    if cached is not None and (cached == 0 or any(
-            _pread(mem_fd, len(r), cached) == r for r in seqs)):
+    if cached is not None and (cached == 0 or _holds(mem_fd, cached, seqs)):
         return cached
-    vmas = [v for v in read_maps(tid) if v.executable and v.path.startswith("/")]
-    vmas.sort(key=lambda v: "libc" not in v.path)
-    found, budget = 0, _RESTORER_SCAN_MAX
+    vmas = sorted(exec_file_maps(tid), key=lambda v: "libc" not in v.path)
+    found = _known_in_file(mem_fd, vmas, seqs) or _scan_code(mem_fd, vmas, seqs)
+    _code_cache[key] = found
+    return found
+
+
+def _holds(mem_fd: int, addr: int, seqs: tuple[bytes, ...]) -> bool:
+    return any(_pread(mem_fd, len(r), addr) == r for r in seqs)
+
+
+def _file_key(vma: MapsLine, seqs: tuple[bytes, ...]) -> tuple[object, ...]:
+    return (vma.dev, vma.inode, vma.offset, vma.size, seqs)
+
+
+def _known_in_file(mem_fd: int, vmas: list[MapsLine], seqs: tuple[bytes, ...]) -> int:
+    """Where a sequence found before in the same part of a mapped file is, or 0."""
+    for vma in vmas:
+        at = _file_code.get(_file_key(vma, seqs))
+        if at is not None and _holds(mem_fd, vma.start + at, seqs):
+            return vma.start + at
+    return 0
+
+
+def _scan_code(mem_fd: int, vmas: list[MapsLine], seqs: tuple[bytes, ...]) -> int:
+    """The first sequence found reading the mappings' code (at most _RESTORER_SCAN_MAX
+    bytes in all), or 0."""
+    budget = _RESTORER_SCAN_MAX
     for vma in vmas:
         pos = vma.start
-        while pos < vma.end and budget > 0 and not found:
+        while pos < vma.end and budget > 0:
             n = min(_SCAN_CHUNK, vma.end - pos)
             data = _pread(mem_fd, n, pos)
             budget -= n
             hits = [i for i in (data.find(r) for r in seqs) if i >= 0]
             if hits:
-                found = pos + min(hits)
+                _file_code[_file_key(vma, seqs)] = pos + min(hits) - vma.start
+                return pos + min(hits)
             if len(data) < n or pos + n >= vma.end:
                 break
             pos += n - 16  # overlap: a sequence across chunks is found
-        if found or budget <= 0:
+        if budget <= 0:
             break
-    _code_cache[key] = found
-    return found
+    return 0
 
 
 def _tgid(tid: int) -> int:

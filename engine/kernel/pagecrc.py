@@ -26,15 +26,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from engine.errors import termination_held
-from engine.kernel import blob, ptrace, uapi
+from engine.kernel import blob, uapi
 from engine.kernel import sys as ksys
 
 PAGE = uapi.PAGE_SIZE
 ALGO_CRC32C = 1
 ALGO_CRC32 = 2
 ALGO_NAMES = {ALGO_CRC32C: "crc32c", ALGO_CRC32: "crc32"}
-_MASK64 = (1 << 64) - 1
 
 _lock = threading.Lock()
 _seconds = 0.0
@@ -168,40 +166,11 @@ def in_task(pid: int, mem_fd: int, code: int, out: int, addr: int, npages: int,
     (Injector.go_home to crc_return), a task whose tracer died goes back to its own
     state from there. Signals must be blocked in the task. Raises OSError on any other
     stop."""
-    # A termination signal waits until the task is stopped again (as for blob tables):
-    # raising while it runs would leave the engine's cleanup a running task.
-    with timed(), termination_held():
+    with timed():
         stack = frame - 8 if frame else out + task_scratch_bytes(npages) - 16
-        os.pwrite(mem_fd, (code + blob.CRC_RETURN_OFFSET).to_bytes(8, "little"), stack)
-        regs = ptrace.get_regs(pid)
-        if home is not None:
-            for name in ("rbx", "r12", "r13", "r14", "r15"):
-                setattr(regs, name, home[name])
-        regs.rip = code + blob.PAGE_CRCS_OFFSET
-        regs.rdi, regs.rsi, regs.rdx, regs.rsp = out, addr, npages, stack
-        regs.orig_rax = _MASK64
-        regs.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
-        ptrace.set_regs(pid, regs)
-        for stop in ("entry", "exit"):
-            ptrace.ptrace(uapi.PTRACE_SYSCALL, pid, 0, 0)
-            try:
-                status = ptrace.wait_stop(pid, timeout)
-            except TimeoutError:
-                ptrace.interrupt(pid)  # still summing: stop it where it is
-                ptrace.wait_stop(pid, timeout)
-                raise
-            regs = ptrace.get_regs(pid)
-            if (os.WSTOPSIG(status) & 0x7F != uapi.SIGTRAP or ptrace.stop_event(status)
-                    or regs.rip not in (code + blob.CRC_RETURN_STOP,
-                                        code + blob.CRC_RETURN_OFFSET)):
-                raise OSError(f"task {pid}: stop {status:#x} at {regs.rip:#x} while summing "
-                              f"pages (syscall-{stop}-stop expected)")
-            if stop == "entry":
-                # Skip the close, and return to crc_return after (see its comment).
-                regs.orig_rax = _MASK64
-                regs.rip = code + blob.CRC_RETURN_OFFSET
-                ptrace.set_regs(pid, regs)
-        raw = os.pread(mem_fd, 4 * npages, out)
-        if len(raw) != 4 * npages:
-            raise OSError(f"task {pid}: short read of page checksums at {out:#x}")
-        return array("I", raw)
+        blob.call(pid, mem_fd, code, blob.PAGE_CRCS_OFFSET, (out, addr, npages), stack,
+                  timeout, home)
+    raw = os.pread(mem_fd, 4 * npages, out)
+    if len(raw) != 4 * npages:
+        raise OSError(f"task {pid}: short read of page checksums at {out:#x}")
+    return array("I", raw)

@@ -69,6 +69,17 @@ class PmScanArg(ctypes.Structure):
     ]
 
 
+class ProcmapQuery(ctypes.Structure):
+    """struct procmap_query (linux/fs.h) for the PROCMAP_QUERY ioctl."""
+
+    _fields_ = [
+        ("size", u64), ("query_flags", u64), ("query_addr", u64), ("vma_start", u64),
+        ("vma_end", u64), ("vma_flags", u64), ("vma_page_size", u64), ("vma_offset", u64),
+        ("inode", u64), ("dev_major", u32), ("dev_minor", u32), ("vma_name_size", u32),
+        ("build_id_size", u32), ("vma_name_addr", u64), ("build_id_addr", u64),
+    ]
+
+
 class PageRegion(ctypes.Structure):
     """struct page_region: one output run of PAGEMAP_SCAN, [start, end) with categories."""
 
@@ -224,6 +235,7 @@ class MqAttr(ctypes.Structure):
 def _check_sizes() -> None:
     expected = {
         UserRegs: 27 * 8, Iovec: 16, PmScanArg: uapi.PM_SCAN_ARG_SIZE, PageRegion: 24,
+        ProcmapQuery: uapi.PROCMAP_QUERY_SIZE,
         CloneArgs: uapi.CLONE_ARGS_SIZE_VER2, RseqConfig: 24,
         PrctlMmMap: uapi.PRCTL_MM_MAP_SIZE, SigInfo: uapi.SIGINFO_SIZE, PeekSiginfoArgs: 16,
         KSigaction: 32, StackT: 24, UffdioApi: uapi.UFFDIO_API_SIZE,

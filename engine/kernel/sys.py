@@ -114,12 +114,31 @@ def process_vm_writev(pid: int, local: Sequence[Range], remote: Sequence[Range])
     return _process_vm(uapi.SYS_process_vm_writev, pid, local, remote)
 
 
+def _process_vm_one_local(nr: int, pid: int, local: Range, remote: Sequence[Range]) -> int:
+    """_process_vm with one local buffer (a staging slot) and many remote ranges: the
+    remote side taken UIO_MAXIOV ranges at a time, each against its stretch of the
+    buffer (no per-range bookkeeping in Python)."""
+    total = 0
+    addr = local[0]
+    for first in range(0, len(remote), UIO_MAXIOV):
+        chunk = remote[first:first + UIO_MAXIOV]
+        want = sum(n for _, n in chunk)
+        got = syscall(nr, pid, _iovecs([(addr, want)]), 1, _iovecs(chunk), len(chunk), 0)
+        total += got
+        if got != want:
+            break
+        addr += want
+    return total
+
+
 def _process_vm(nr: int, pid: int, local: Sequence[Range], remote: Sequence[Range]) -> int:
     if sum(n for _, n in local) != sum(n for _, n in remote):
         raise ValueError("local and remote ranges differ in total length")
     if len(local) <= UIO_MAXIOV and len(remote) <= UIO_MAXIOV:
         liov, riov = _iovecs(local), _iovecs(remote)
         return syscall(nr, pid, liov, len(local), riov, len(remote), 0)
+    if len(local) == 1:
+        return _process_vm_one_local(nr, pid, local[0], remote)
     # Large lists: walk both sides in lockstep, at most UIO_MAXIOV per side per call.
     total = 0
     li = ri = 0
@@ -191,12 +210,7 @@ def pagemap_scan(
         arg.walk_end = 0
         arg.max_pages = pages_left
         n = ioctl(fd, uapi.PAGEMAP_SCAN, arg)
-        for i in range(n):
-            r = vec[i]
-            if regions and regions[-1][1] == r.start and regions[-1][2] == r.categories:
-                regions[-1] = (regions[-1][0], r.end, r.categories)
-            else:
-                regions.append((r.start, r.end, r.categories))
+        _merge_regions(regions, vec, n)
         if max_pages:
             pages_left = max_pages - sum((e - s) >> uapi.PAGE_SHIFT for s, e, _ in regions)
             if pages_left <= 0:
@@ -210,6 +224,22 @@ def pagemap_scan(
             break
         pos = nxt
     return regions
+
+
+def _merge_regions(regions: list[tuple[int, int, int]], vec: ctypes.Array[PageRegion],
+                   n: int) -> None:
+    """Append the first n page_regions of vec to regions, each one that continues the
+    last with the same categories joined to it (read as one array of u64, not struct
+    by struct: a maps06-sized task reports tens of thousands)."""
+    flat = array("Q")
+    flat.frombytes(memoryview(vec).cast("B")[:n * ctypes.sizeof(PageRegion)])
+    for start, end, cats in zip(flat[0::3], flat[1::3], flat[2::3]):
+        if regions:
+            last = regions[-1]
+            if last[1] == start and last[2] == cats:
+                regions[-1] = (last[0], end, cats)
+                continue
+        regions.append((start, end, cats))
 
 
 def clone3(args: CloneArgs) -> int:

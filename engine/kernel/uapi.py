@@ -505,6 +505,18 @@ PAGE_IS_HUGE = 1 << 6
 PAGE_IS_SOFT_DIRTY = 1 << 7
 PAGE_IS_GUARD = 1 << 8
 
+# ---------------------------------------------------------------------------------------
+# PROCMAP_QUERY (linux/fs.h, 6.11+): one VMA of /proc/PID/maps by address, by ioctl
+# ---------------------------------------------------------------------------------------
+PROCMAP_QUERY_SIZE = 104  # sizeof(struct procmap_query)
+PROCMAP_QUERY = _ioc(_IOC_READ | _IOC_WRITE, ord("f"), 17, PROCMAP_QUERY_SIZE)
+PROCMAP_QUERY_VMA_READABLE = 0x01
+PROCMAP_QUERY_VMA_WRITABLE = 0x02
+PROCMAP_QUERY_VMA_EXECUTABLE = 0x04
+PROCMAP_QUERY_VMA_SHARED = 0x08
+PROCMAP_QUERY_COVERING_OR_NEXT_VMA = 0x10
+PROCMAP_QUERY_FILE_BACKED_VMA = 0x20
+
 # /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
 PM_PFN_MASK = (1 << 55) - 1
 PM_SOFT_DIRTY = 1 << 55

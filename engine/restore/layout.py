@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from array import array
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
@@ -169,6 +170,7 @@ def _move_specials(t: blob.Table, specials: list[Special], tmp: int) -> None:
 
 
 _MAP_KEEP = uapi.MAP_SHARED | uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_GROWSDOWN
+_RDONLY = uapi.O_RDONLY | uapi.O_CLOEXEC
 
 
 def _map_flags(v: Vma) -> int:
@@ -178,7 +180,7 @@ def _map_flags(v: Vma) -> int:
 
 def _file_open_flags(v: Vma) -> int:
     shared_write = v.flags & uapi.MAP_SHARED and (v.prot & uapi.PROT_WRITE or "mw" in v.vmflags)
-    return (uapi.O_RDWR if shared_write else uapi.O_RDONLY) | uapi.O_CLOEXEC
+    return uapi.O_RDWR | uapi.O_CLOEXEC if shared_write else _RDONLY
 
 
 def _map_private_memfd(t: blob.Table, v: Vma, objfds: dict[str, int]) -> None:
@@ -300,72 +302,124 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     files: dict[tuple[str, int], list[Vma]] = {}
     shared: dict[str, list[Vma]] = {}
     sysv: list[Vma] = []
+    anon: list[Vma] = []
     apart = _kept_apart(mm.vmas)
     for v in mm.vmas:
-        if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall":
-            continue
-        if v.kind == "other":
-            raise EngineError("mm", f"vma {v.start:#x}-{v.end:#x} ({v.path}): "
-                                    "unsupported mapping kind")
+        kind = v.kind
         if v.start in moves:
             _move_premapped(t, v, moves[v.start])
-        elif v.kind == "shmem" and v.flags & uapi.MAP_PRIVATE:
-            _map_private_memfd(t, v, objfds)
-        elif v.kind == "shmem":
-            assert v.shmem_id is not None
-            shared.setdefault(v.shmem_id, []).append(v)
-        elif v.kind == "sysv":
-            sysv.append(v)
-        elif v.kind == "file":
+        elif kind == "file" and not v.deleted and not v.flags & uapi.MAP_SHARED:
+            # the common case first (tens of thousands in maps06): read-only open
+            files.setdefault((v.path or "", _RDONLY), []).append(v)
+        elif kind == "file":
             assert v.path is not None
             path = _deleted_path(v, objfds) if v.deleted else v.path
             files.setdefault((path, _file_open_flags(v)), []).append(v)
-        elif v.start in apart:
-            _map_anon_apart(t, v, window.anon_tmp)
-        else:
-            t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, _map_flags(v), -1, 0,
-                  what=("map anon {:#x}-{:#x}", v.start, v.end))
-    # One open per file for all its VMAs: the fd lives in the runner's saved register and
-    # is closed right after, so no more than one extra fd ever exists in the task.
+        elif kind in _ANON_KINDS:
+            if v.start in apart:
+                _map_anon_apart(t, v, window.anon_tmp)
+            else:
+                anon.append(v)
+        elif kind == "shmem" and v.flags & uapi.MAP_PRIVATE:
+            _map_private_memfd(t, v, objfds)
+        elif kind == "shmem":
+            assert v.shmem_id is not None
+            shared.setdefault(v.shmem_id, []).append(v)
+        elif kind == "sysv":
+            sysv.append(v)
+        elif kind not in _SPECIAL_KINDS and kind != "vsyscall":
+            raise EngineError("mm", f"vma {v.start:#x}-{v.end:#x} ({v.path}): "
+                                    "unsupported mapping kind")
+    if anon:
+        t.rows(uapi.SYS_mmap, _mmap_rows(anon, -1),
+               what=lambda i: f"map anon {anon[i].start:#x}-{anon[i].end:#x}")
     for (path, oflags), vmas in files.items():
-        t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), oflags, 0, save=True,
-              what=f"open {path}")
-        for v in vmas:
-            t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, _map_flags(v), 0, v.pgoff,
-                  use_saved=1 << 4, what=("map {} at {:#x}", path, v.start))
-        t.add(uapi.SYS_close, 0, use_saved=1, what=f"close {path}")
+        _map_file(t, path, oflags, vmas)
     for sid, vmas in shared.items():
-        tmp = window.shmem_tmp[sid]
-        for v in vmas:
-            size = v.end - v.start
-            t.add(uapi.SYS_mremap, tmp + v.pgoff, 0, size,
-                  uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, v.start,
-                  what=("map shmem {} at {:#x}", sid, v.start))
-            if v.prot != uapi.PROT_READ | uapi.PROT_WRITE:
-                t.add(uapi.SYS_mprotect, v.start, size, v.prot,
-                      what=("protect shmem {} at {:#x}", sid, v.start))
+        _map_shared(t, sid, vmas, window.shmem_tmp[sid])
     if sysv:
         _attach_sysv(t, sysv, sysv_sizes or {})
-    for v in mm.vmas:
+    _advise(t, mm.vmas)
+    return t
+
+
+def _mmap_rows(vmas: list[Vma], fd: int) -> bytes:
+    """mmap arguments of each VMA (the file offset of a file mapping; fd -1 for
+    anonymous memory, else replaced by the table's saved value)."""
+    rows = array("q")
+    add = rows.extend
+    for v in vmas:  # _map_flags inline: tens of thousands of VMAs
+        flags = (v.flags & _MAP_KEEP) | uapi.MAP_FIXED
+        if "nr" in v.vmflags:
+            flags |= uapi.MAP_NORESERVE
+        add((v.start, v.end - v.start, v.prot, flags, fd, v.pgoff))
+    return rows.tobytes()
+
+
+def _map_file(t: blob.Table, path: str, oflags: int, vmas: list[Vma]) -> None:
+    """One open per file for all its VMAs: the fd lives in the runner's saved register
+    and is closed right after, so no more than one extra fd ever exists in the task."""
+    t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), oflags, 0, save=True,
+          what=f"open {path}")
+    t.rows(uapi.SYS_mmap, _mmap_rows(vmas, 0), use_saved=1 << 4,
+           what=lambda i: f"map {path} at {vmas[i].start:#x}")
+    t.add(uapi.SYS_close, 0, use_saved=1, what=f"close {path}")
+
+
+def _map_shared(t: blob.Table, sid: str, vmas: list[Vma], tmp: int) -> None:
+    """Each VMA of a shared object: a second mapping of its part of the whole mapping
+    at `tmp`, with its protection."""
+    for v in vmas:
+        size = v.end - v.start
+        t.add(uapi.SYS_mremap, tmp + v.pgoff, 0, size,
+              uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, v.start,
+              what=("map shmem {} at {:#x}", sid, v.start))
+        if v.prot != uapi.PROT_READ | uapi.PROT_WRITE:
+            t.add(uapi.SYS_mprotect, v.start, size, v.prot,
+                  what=("protect shmem {} at {:#x}", sid, v.start))
+
+
+def _advise(t: blob.Table, vmas: list[Vma]) -> None:
+    """madvise() and mlock() state from VmFlags: one rows entry per advice (specials are
+    left alone: the kernel sets their flags itself)."""
+    advised: dict[str, list[Vma]] = {}
+    for v in vmas:
         if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall" or _MADVISE.keys().isdisjoint(
                 v.vmflags):
-            continue  # nothing to advise (specials: the kernel sets their flags itself)
+            continue
         for flag in v.vmflags:
             if flag in _MADVISE:
-                advice, may_fail = _MADVISE[flag]
-                if advice == _MLOCK:
-                    t.add(uapi.SYS_mlock, v.start, v.end - v.start,
-                          what=("mlock {:#x}-{:#x}", v.start, v.end))
-                else:
-                    t.add(uapi.SYS_madvise, v.start, v.end - v.start, advice,
-                          may_fail=may_fail, what=("madvise {} {:#x}", flag, v.start))
-    return t
+                advised.setdefault(flag, []).append(v)
+    for flag, which in advised.items():
+        _advice_rows(t, flag, which)
+
+
+def _advice_rows(t: blob.Table, flag: str, vmas: list[Vma]) -> None:
+    """The madvise (or mlock) of one VmFlags flag on each of `vmas`."""
+    advice, may_fail = _MADVISE[flag]
+    rows = array("q")
+    for v in vmas:
+        rows.extend((v.start, v.end - v.start, max(advice, 0), 0, 0, 0))
+
+    def what(i: int) -> str:
+        call = "mlock" if advice == _MLOCK else f"madvise {flag}"
+        return f"{call} {vmas[i].start:#x}-{vmas[i].end:#x}"
+    if advice == _MLOCK:
+        t.rows(uapi.SYS_mlock, rows.tobytes(), what=what)
+    else:
+        t.rows(uapi.SYS_madvise, rows.tobytes(), may_fail=may_fail, what=what)
 
 
 def layout_table_bytes(mm: MmCore, nr_shmem: int, nr_moves: int = 0) -> int:
     """An upper bound of the layout table's size (to size the region before forking);
     nr_shmem: the shared objects (shmem, mapped unlinked files) of the tree."""
-    entries = 8 + len(mm.vmas) * 5 + nr_shmem * 3 + nr_moves
-    strings = sum(len(os.fsencode(v.path or "")) + 1 for v in mm.vmas) + nr_shmem * 64
+    paths = {v.path or "" for v in mm.vmas}
+    # a row per VMA, up to 5 entries for an anonymous one kept apart, 2 for a shared one;
+    # per file an open and a close; a row per advice
+    per_vma = sum(5 * blob.ENTRY_SIZE if v.kind in _ANON_KINDS else 2 * blob.ENTRY_SIZE
+                  if v.kind in ("shmem", "sysv") else blob.ROW_SIZE for v in mm.vmas)
+    advice = sum(blob.ROW_SIZE for v in mm.vmas for f in v.vmflags if f in _MADVISE)
+    entries = 16 + 2 * len(_MADVISE) + 3 * len(paths) + nr_shmem * 3 + nr_moves
+    strings = sum(len(os.fsencode(p)) + 1 for p in paths) + nr_shmem * 64
     strings += sum(32 for v in mm.vmas if v.deleted)  # /proc/self/fd/N instead of the path
-    return entries * blob.ENTRY_SIZE + strings + 4096
+    return entries * blob.ENTRY_SIZE + per_vma + advice + strings + 4096

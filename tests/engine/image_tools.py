@@ -5,14 +5,21 @@ validators behind the checksums, as a hostile image written by hand would."""
 from __future__ import annotations
 
 import json
+import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.images import names
 from engine.images.imgdir import chunk_crcs
 
 _SUFFIX = b',"self_crc":'
-
+# vmas-PID.img as docs/IMAGES.md gives it (independent of engine/images/vmatable.py)
+_VMA_HEADER = struct.Struct("<8sIIQII")
+_VMA_COLUMNS = "QQQQIIIIIBBB"
+#: field indexes of a VMA (its columns, in file order)
+V_START, V_END, V_PGOFF, V_INODE, V_FLAGS, V_PATH, V_DEV, V_SHMEM, V_VMFLAGS, V_PROT, \
+    V_KIND, V_DELETED = range(12)
 
 def reseal(image: Path) -> bool:
     """Rewrite the inventory's checksums to match every regular file now in `image`;
@@ -35,3 +42,30 @@ def reseal(image: Path) -> bool:
     text = json.dumps(data, separators=(",", ":")).encode()
     inv.write_bytes(text[:-1] + _SUFFIX + b"%d}\n" % zlib.crc32(text))
     return True
+
+
+def vma_rows(path: Path) -> list[list[int]]:
+    """The VMAs of a VMA table file, each a list of its 12 fields (V_*)."""
+    raw = path.read_bytes()
+    count = _VMA_HEADER.unpack_from(raw)[3]
+    pos = _VMA_HEADER.size
+    cols = []
+    for code in _VMA_COLUMNS:
+        size = struct.calcsize(code)
+        cols.append(struct.unpack_from(f"<{count}{code}", raw, pos))
+        pos += count * size
+    return [list(vma) for vma in zip(*cols)]
+
+
+def edit_vma_rows(path: Path, fn: Callable[[list[list[int]]], None]) -> None:
+    """Change the VMAs of a VMA table file in place (the header's count follows; the
+    string table is kept as it is). Reseal afterwards."""
+    raw = path.read_bytes()
+    head = _VMA_HEADER.unpack_from(raw)
+    table = raw[_VMA_HEADER.size + head[3] * struct.calcsize("<" + _VMA_COLUMNS):]
+    rows = vma_rows(path)
+    fn(rows)
+    cols = list(zip(*rows)) if rows else [()] * len(_VMA_COLUMNS)
+    body = b"".join(struct.pack(f"<{len(rows)}{code}", *col)
+                    for code, col in zip(_VMA_COLUMNS, cols))
+    path.write_bytes(_VMA_HEADER.pack(*head[:3], len(rows), *head[4:]) + body + table)

@@ -17,6 +17,7 @@ import pytest
 from engine.dump import intervals, pages, shmem, tree, vmas
 from engine.dump.dumper import dump
 from engine.images import load
+from engine.images.records import Vma
 from tests.engine.dump_support import Victim
 
 PG = 4096
@@ -110,6 +111,21 @@ def test_interval_operations() -> None:
     assert intervals.intersect(a, b) == [(5, 8), (18, 20), (30, 35), (39, 40)]
     assert intervals.subtract(a, b) == [(0, 5), (8, 18), (35, 39)]
     assert intervals.subtract(a, []) == a and intervals.intersect(a, []) == []
+
+
+def test_runs_are_clipped_to_each_vma() -> None:
+    """Regions are cut at every VMA boundary (adjacent VMAs too), and marked for
+    /proc/PID/mem in an unreadable VMA."""
+    pg = 4096
+
+    def vma(start: int, end: int, prot: int = 3) -> Vma:
+        return Vma(start * pg, end * pg, prot, 2, 0, "anon")
+    layout = [vma(0, 2), vma(2, 4), vma(4, 6, prot=0), vma(8, 10), vma(10, 12, prot=1)]
+    regions = [(1 * pg, 5 * pg, 0), (6 * pg, 9 * pg, 0), (10 * pg, 11 * pg, 0)]
+    assert pages.clip_to_vmas(regions, layout) == [
+        pages.Run(1 * pg, pg, False), pages.Run(2 * pg, 2 * pg, False),
+        pages.Run(4 * pg, pg, True), pages.Run(8 * pg, pg, False),
+        pages.Run(10 * pg, pg, False)]
 
 
 def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) -> None:

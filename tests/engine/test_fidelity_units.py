@@ -12,7 +12,7 @@ from engine.dump import anonfd, notify, sessions
 from engine.dump.tree import FrozenTree, Proc
 from engine.errors import EngineError
 from engine.images.records import FileRecord, MmCore, RecordError, ThreadCore, Vma
-from engine.kernel import uapi
+from engine.kernel import blob, uapi
 from engine.proc.fdinfo import FdInfo
 from engine.restore import layout, spawn
 from engine.restore.pty import devpts_mount_args
@@ -80,9 +80,15 @@ def test_layout_restores_hints_and_mlock() -> None:
                 vmflags=["rd", "wr", flag]) for i, flag in enumerate(("sr", "rr", "lo"))]
     w = layout.Window(1 << 40, 1 << 20, (1 << 40) + (2 << 20))
     t = layout.layout_table(_mm(vmas), w, [], None, [], {})
-    advice = [(e.args[0], e.args[2]) for e in t.entries if e.nr == uapi.SYS_madvise]
+    advice = [(r[0], r[2]) for r in _rows(t, uapi.SYS_madvise)]
     assert (0x10000, uapi.MADV_SEQUENTIAL) in advice and (0x20000, uapi.MADV_RANDOM) in advice
-    assert [e.args[:2] for e in t.entries if e.nr == uapi.SYS_mlock] == [(0x30000, PAGE)]
+    assert [r[:2] for r in _rows(t, uapi.SYS_mlock)] == [(0x30000, PAGE)]
+
+
+def _rows(t: blob.Table, nr: int) -> list[tuple[int, ...]]:
+    """The arguments of every call of syscall nr the layout table's rows entries make."""
+    return [r for i, e in enumerate(t.entries) if e.nr == nr and e.flags & blob.F_ROWS
+            for r in t.rows_of(i)]
 
 
 def test_layout_maps_a_private_memfd_from_its_fd() -> None:
@@ -93,6 +99,7 @@ def test_layout_maps_a_private_memfd_from_its_fd() -> None:
     t = layout.layout_table(_mm([v]), w, [], None, [], {"shmem-9": 77})
     m = next(e for e in t.entries if e.nr == uapi.SYS_mmap)
     assert m.args[0] == 0x500000 and m.args[4:6] == (77, 2 * PAGE)
+    assert not _rows(t, uapi.SYS_mmap)  # an entry of its own, not an anonymous row
 
 
 def test_records_check_the_new_ranges() -> None:

@@ -374,7 +374,7 @@ def test_mapping_of_an_unlinked_file_not_saved(mapped_image: tuple[cr.ZdtmTest, 
     t, d = mapped_image
     _edit(d / "files.json", lambda f: f.__setitem__("mapped", []))
     reseal(d)
-    _refused(t, d, f"mm-{t.pid}.json", "is not in files.json's mapped files")
+    _refused(t, d, f"vmas-{t.pid}.img", "is not in files.json's mapped files")
 
 
 def test_mapped_file_that_is_no_unlinked_file(mapped_image: tuple[cr.ZdtmTest, Path]) -> None:

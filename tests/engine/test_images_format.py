@@ -36,7 +36,19 @@ from engine.images.records import (
 )
 from engine.images.show import show
 from engine.kernel import pagecrc
-from tests.engine.image_tools import reseal
+from tests.engine.image_tools import (
+    V_DELETED,
+    V_END,
+    V_KIND,
+    V_PATH,
+    V_PROT,
+    V_SHMEM,
+    V_START,
+    V_VMFLAGS,
+    edit_vma_rows,
+    reseal,
+    vma_rows,
+)
 
 PID = 4242
 PG = 4096
@@ -61,11 +73,13 @@ def make_image(path: Path) -> None:
         threads=[ThreadCore(PID, REGS, names.xstate(PID), 0)],
         sigactions=[], creds=Creds([0] * 4, [0] * 4, [], 0, 0, 0, 0, 0), limits=[], cwd="/",
         root="/", umask=0o22, personality=0, fds=[FdEntry(0, 0), FdEntry(3, 1, True)]))
-    img.write_json(names.mm(PID), MmCore(
+    mm = MmCore(
         *([0] * 11), auxv=[6, 4096, 0, 0],
-        vmas=[Vma(0x10000, 0x14000, 3, 0x22, 0, "anon"),
+        vmas=[Vma(0x10000, 0x14000, 3, 0x22, 0, "anon", vmflags=["rd", "wr"]),
               Vma(0x20000, 0x24000, 3, 0x21, 0, "shmem", shmem_id=sid)],
-        pagemap=names.pagemap(PID), pages=names.pages(PID)))
+        pagemap=names.pagemap(PID), pages=names.pages(PID))
+    img.write_json(names.mm(PID), mm)
+    img.write_vmas(names.vmas(PID), mm.vmas)
     with img.pages_writer(names.pages(PID), 3) as w:
         w.write_at(b"a" * PG + b"b" * PG + b"c" * PG, 0)
     img.write_pagemap(names.pagemap(PID), [PagemapEntry(0x10000, 2, PE_PRESENT),
@@ -131,6 +145,31 @@ def _set(path: list[Any], value: object) -> Callable[[Any], None]:
     return fn
 
 
+def _vma_rows(fn: Callable[[list[list[int]]], None]) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        edit_vma_rows(d / names.vmas(PID), fn)
+    return edit
+
+
+def _row_set(row: int, field: int, value: int) -> Callable[[list[list[int]]], None]:
+    def fn(rows: list[list[int]]) -> None:
+        rows[row][field] = value
+    return fn
+
+
+def _vmas_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
+    def apply(d: Path) -> None:
+        raw = bytearray((d / names.vmas(PID)).read_bytes())
+        edit(raw)
+        (d / names.vmas(PID)).write_bytes(bytes(raw))
+    return apply
+
+
+def _unterminate(raw: bytearray) -> None:
+    """The string table's last NUL made a byte of a string."""
+    raw[-1] = ord("x")
+
+
 def _pagemap_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
     def apply(d: Path) -> None:
         raw = bytearray((d / names.pagemap(PID)).read_bytes())
@@ -177,29 +216,43 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
                      names.core(PID), "sigmask: expected an integer"),
     "unknown field": (_edit_json(names.core(PID), _set(["evil"], 1)), names.core(PID),
                       "unknown field"),
-    "missing field": (_edit_json(names.mm(PID), lambda d: d.pop("vmas")), names.mm(PID),
-                      "missing field 'vmas'"),
+    "missing field": (_edit_json(names.mm(PID), lambda d: d.pop("auxv")), names.mm(PID),
+                      "missing field 'auxv'"),
+    "vmas in the JSON (version 4)": (_edit_json(names.mm(PID), _set(["vmas"], [])),
+                                     names.mm(PID), "unknown field(s) ['vmas']"),
     "register out of range": (_edit_json(names.core(PID), _set(["threads", 0, "regs", "rip"],
                                                                1 << 64)),
                               names.core(PID), "reg rip out of range"),
     "path traversal": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
                                                         "../../etc/passwd")),
                        names.core(PID), "bad xstate file name"),
-    # A VMA is an array: start end prot flags pgoff kind path dev inode deleted shmem_id
-    # vmflags.
-    "overlapping vmas": (_edit_json(names.mm(PID), _set(["vmas", 1, 0], 0x12000)),
-                         names.mm(PID), "overlaps"),
-    "unaligned vma": (_edit_json(names.mm(PID), _set(["vmas", 0, 1], 0x14001)),
-                      names.mm(PID), "not page aligned"),
-    "vma string for int": (_edit_json(names.mm(PID), _set(["vmas", 1, 2], "3")),
-                           names.mm(PID), "vmas[1].prot: expected an integer"),
-    "vma bad vmflags": (_edit_json(names.mm(PID), _set(["vmas", 0, 11], ["rd", 7])),
-                        names.mm(PID), "vmas[0].vmflags[1]: expected a string"),
-    "vma short row": (_edit_json(names.mm(PID), lambda d: d["vmas"][0].pop()),
-                      names.mm(PID), "vmas[0]: expected an array of the 12 fields"),
-    "vma as object (version 1)": (
-        _edit_json(names.mm(PID), _set(["vmas", 0], {"start": 0x10000, "end": 0x14000})),
-        names.mm(PID), "vmas[0]: expected an array of the 12 fields start end prot"),
+    # The VMA table's rows (tests/engine/image_tools.py V_*).
+    "overlapping vmas": (_vma_rows(_row_set(1, V_START, 0x12000)), names.vmas(PID),
+                         "vma 1 at 0x12000 overlaps"),
+    "unaligned vma": (_vma_rows(_row_set(0, V_END, 0x14001)), names.vmas(PID),
+                      "not page aligned"),
+    "vma beyond user space": (_vma_rows(_row_set(0, V_END, 1 << 60)), names.vmas(PID),
+                              "beyond user space"),
+    "vma string reference out of the table": (_vma_rows(_row_set(1, V_PATH, 99)),
+                                              names.vmas(PID), "vma 1: bad string reference 99"),
+    "vma unknown kind": (_vma_rows(_row_set(0, V_KIND, 200)), names.vmas(PID),
+                         "vma 0: bad kind 200"),
+    "vma deleted not a bool": (_vma_rows(_row_set(1, V_DELETED, 2)), names.vmas(PID),
+                               "vma 1: bad deleted flag 2"),
+    "vma table reserved field set": (_vmas_bytes(lambda b: b.__setitem__(28, 1)),
+                                     names.vmas(PID), "unsupported VMA table version 1/1"),
+    "vma bad prot": (_vma_rows(_row_set(0, V_PROT, 9)), names.vmas(PID), "bad prot 9"),
+    "vma shmem without id": (_vma_rows(_row_set(1, V_SHMEM, 0)), names.vmas(PID),
+                             "shmem without id"),
+    "vma table truncated": (_truncate(names.vmas(PID), -3), names.vmas(PID),
+                            "does not match 2 VMAs"),
+    "vma table bad magic": (_vmas_bytes(lambda b: b.__setitem__(0, 0)), names.vmas(PID),
+                            "bad magic"),
+    "vma table of another version": (_vmas_bytes(lambda b: b.__setitem__(8, 9)),
+                                     names.vmas(PID), "unsupported VMA table version 9/0"),
+    "vma string table unterminated": (_vmas_bytes(_unterminate), names.vmas(PID),
+                                      "NUL-terminated"),
+    "vma table missing": (_unlink(names.vmas(PID)), names.vmas(PID), "cannot open"),
     "negative sid": (_edit_json(names.INVENTORY, _set(["tasks", 0, "sid"], -1)),
                      names.INVENTORY, "sid out of range"),
     "pid beyond PID_MAX_LIMIT": (_edit_json(names.INVENTORY, _set(["tasks", 0, "pgid"], 1 << 40)),
@@ -276,11 +329,18 @@ def test_create_refuses_non_empty_dir(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "d") == ["f"]
 
 
-def test_vmas_are_written_as_arrays(image: Path) -> None:
-    """mm-PID.json holds each VMA as an array of its fields in declaration order."""
-    data = json.loads((image / names.mm(PID)).read_text())
-    assert data["vmas"][0][:6] == [0x10000, 0x14000, 3, 0x22, 0, "anon"]
-    assert all(len(v) == 12 for v in data["vmas"])
+def test_vmas_are_a_binary_table(image: Path) -> None:
+    """The VMAs are columns of vmas-PID.img as docs/IMAGES.md gives them, their strings
+    in the table after the columns; mm-PID.json has none."""
+    assert "vmas" not in json.loads((image / names.mm(PID)).read_text())
+    rows = vma_rows(image / names.vmas(PID))
+    assert [r[:V_PATH] for r in rows] == [[0x10000, 0x14000, 0, 0, 0x22],
+                                          [0x20000, 0x24000, 0, 0, 0x21]]
+    assert [(r[V_PROT], r[V_KIND], r[V_DELETED]) for r in rows] == [
+        (3, 0, 0), (3, 2, 0)]  # kinds "anon" and "shmem"
+    table = (image / names.vmas(PID)).read_bytes()[-len(b"shmem-77\0rd wr\0"):]
+    assert table == b"shmem-77\0rd wr\0"
+    assert (rows[1][V_SHMEM], rows[0][V_VMFLAGS], rows[0][V_PATH]) == (1, 2, 0)
 
 
 @pytest.mark.parametrize("misalign", [0, 8])

@@ -20,11 +20,11 @@ import pytest
 from engine.images import codec
 from engine.images.fdkinds import MqueueState
 from engine.images.ipcns import IpcImage, attaches
-from engine.images.records import RecordError, Vma
+from engine.images.records import VMA_KINDS, RecordError, Vma
 from engine.proc import sysvipc
 from tests.engine import cr_support as cr
 from tests.engine.dump_support import run_engine
-from tests.engine.image_tools import reseal
+from tests.engine.image_tools import V_INODE, V_KIND, edit_vma_rows, reseal
 
 
 def test_sysvipc_tables_parse() -> None:
@@ -280,8 +280,9 @@ def _edit(path: Path, fn: Callable[[Any], None]) -> None:
     path.write_text(json.dumps(data))
 
 
-def _sysv_vma(mm: Any) -> list[Any]:
-    return next(v for v in mm["vmas"] if v[5] == "sysv")
+def _sysv_segment_99(rows: list[list[int]]) -> None:
+    """The sysv VMA made an attach of segment 99 (its inode is the segment id)."""
+    next(r for r in rows if r[V_KIND] == VMA_KINDS.index("sysv"))[V_INODE] = 99
 
 
 def _shrink_segment(d: Any) -> None:
@@ -297,7 +298,7 @@ FORGED: dict[str, tuple[str, Callable[[Any], None], str]] = {
     "message longer than its content": (
         "ipc.json", lambda d: d["msg"][0]["sizes"].__setitem__(0, 6), "holds 5 bytes"),
     "attach of a segment that is not there": (
-        "mm", lambda d: _sysv_vma(d).__setitem__(8, 99), "SysV segment 99 is not in"),
+        "vmas", _sysv_segment_99, "SysV segment 99 is not in"),
     "ipc file in a tree without its own ipc namespace": (
         "inventory.json", lambda d: [n.__setitem__("shared_with_engine", True)
                                      for n in d["namespaces"] if n["type"] == "ipc"],
@@ -311,9 +312,10 @@ def test_forged_ipc_image_is_refused(case: str, own_ns_image: Path, tmp_path: Pa
     name, edit, words = FORGED[case]
     images = tmp_path / "img"
     shutil.copytree(own_ns_image, images)
-    if name == "mm":
-        name = next(p.name for p in images.glob("mm-*.json"))
-    _edit(images / name, edit)
+    if name == "vmas":
+        edit_vma_rows(next(images.glob("vmas-*.img")), edit)
+    else:
+        _edit(images / name, edit)
     assert reseal(images)
     before = set(cr.tree_of(os.getpid()))
     for cmd in (["restore", "-D", str(images), "-d"], ["show", str(images)]):

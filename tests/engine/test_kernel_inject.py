@@ -12,6 +12,7 @@ import pytest
 from engine.kernel import inject, ptrace, uapi
 from engine.kernel.inject import InjectError, Injector, restart_regs
 from engine.kernel.structs import UserRegs
+from engine.proc.maps import exec_file_maps
 from tests.engine.target_support import reap
 
 TIMEOUT = 10.0
@@ -414,3 +415,31 @@ def test_task_survives_its_tracer_killed_mid_injection(spawn, mode: str, where: 
 def _status_mask(pid: int) -> str:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         return next(ln for ln in f if ln.startswith("SigBlk:"))
+
+
+def test_code_found_again_in_the_same_file_without_a_scan(spawn, mode: str,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Another process mapping the same libc finds a sequence where the first one had it,
+    at its own address, without reading its code."""
+    if mode != "framed":
+        pytest.skip("one mode is enough")
+    first, second = spawn("pause"), spawn("pause")
+    for t in (first, second):
+        t.wait_in_syscall(uapi.SYS_pause)
+        _stop(t.pid)
+    with open(f"/proc/{first.pid}/mem", "rb") as mem:
+        found = inject.find_code(first.pid, mem.fileno(), (inject.SYSCALL_RET,))
+    assert found
+
+    def no_scan(*_: object) -> int:
+        raise AssertionError("scanned again")
+    monkeypatch.setattr(inject, "_scan_code", no_scan)
+    with open(f"/proc/{second.pid}/mem", "rb") as mem:
+        again = inject.find_code(second.pid, mem.fileno(), (inject.SYSCALL_RET,))
+        assert os.pread(mem.fileno(), 3, again) == inject.SYSCALL_RET
+    libc = [v for v in exec_file_maps(first.pid) if v.start <= found < v.end]
+    assert libc and any(v.path == libc[0].path and again - v.start == found - libc[0].start
+                        for v in exec_file_maps(second.pid))
+    for t in (first, second):
+        ptrace.detach(t.pid)

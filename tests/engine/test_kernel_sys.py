@@ -105,6 +105,11 @@ def test_process_vm_read_write(spawn) -> None:
         try:
             assert ksys.process_vm_readv(t.pid, [(bbase, 2500)], ranges) == 2500
             assert big[0] == 1 and big[1:2500] == bytes(2499)
+            # and many local ranges (every other byte) against one remote range
+            big[:2 * 2500] = b"\xff" * (2 * 2500)
+            local = [(bbase + 2 * i, 1) for i in range(2500)]
+            assert ksys.process_vm_readv(t.pid, local, [(gd + 3 * PAGE, 2500)]) == 2500
+            assert big[0:2] == b"\x01\xff" and big[2:2 * 2500:2] == bytes(2499)
             buf[:4] = b"ABCD"
             assert ksys.process_vm_writev(t.pid, [(base, 4)], [(gd + 3 * PAGE + 8, 4)]) == 4
             assert ksys.process_vm_readv(t.pid, [(bbase, 12)], [(gd + 3 * PAGE, 12)]) == 12

@@ -3,6 +3,7 @@ the test set up (umask, masks, rlimit, fds, growsdown VMA, a child)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -163,6 +164,20 @@ def test_maps_of_target(state) -> None:
     exe = os.readlink(f"/proc/{t.pid}/exe")
     assert any(v.path == exe and v.executable for v in plain)
     assert any(v.path == "[vdso]" and not v.is_file for v in plain)
+
+
+@pytest.mark.parametrize("how", ["query", "text"])
+def test_exec_file_maps_of_target(state, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Exactly the executable file lines of the maps text, by PROCMAP_QUERY and (as
+    before 6.11, where the ioctl is ENOTTY) from the text."""
+    t, _, _, _ = state
+    if how == "text":
+        def no_query(fd: int) -> list[maps.MapsLine]:
+            raise OSError(errno.ENOTTY, "no PROCMAP_QUERY")
+        monkeypatch.setattr(maps, "_query_exec_files", no_query)
+    want = [v for v in maps.read_maps(t.pid) if v.executable and v.path.startswith("/")]
+    assert maps.exec_file_maps(t.pid) == want
+    assert any(v.path == os.readlink(f"/proc/{t.pid}/exe") for v in want)
 
 
 def test_auxv_of_target(state) -> None:

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import subprocess
+from array import array
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,53 @@ def test_many_entries_one_run(runner: blob.BlobRunner) -> None:
     maps = Path(f"/proc/{runner.pid}/maps").read_text().splitlines()
     starts = {int(line.split("-")[0], 16) for line in maps}
     assert all(base + i * 4096 in starts for i in range(n))
+
+
+def _mmap_rows(base: int, n: int, fd: int = -1) -> bytes:
+    """mmap arguments of n one-page mappings at base, alternating protections so that the
+    kernel cannot merge neighbours."""
+    rows = array("q")
+    for i in range(n):
+        prot = uapi.PROT_READ if i % 2 else uapi.PROT_READ | uapi.PROT_WRITE
+        rows.extend((base + i * 4096, 4096, prot,
+                     uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED, fd, 0))
+    return rows.tobytes()
+
+
+def test_rows_entry_runs_once_per_row(runner: blob.BlobRunner) -> None:
+    """A rows entry maps thousands of VMAs; entries after it run too, the saved value
+    stands in for an argument of every row."""
+    t = blob.Table()
+    base = REGION + REGION_SIZE + (1 << 30)
+    n = 5000
+    slot = t.slot()
+    t.add(uapi.SYS_getpid, save=True)
+    t.rows(uapi.SYS_mmap, _mmap_rows(base, n))
+    t.rows(uapi.SYS_getppid, bytes(3 * blob.ROW_SIZE), use_saved=1)
+    t.add(uapi.SYS_getpid, store=slot)
+    runner.run(t)
+    assert runner.read_slot(slot) == runner.pid
+    maps = Path(f"/proc/{runner.pid}/maps").read_text().splitlines()
+    starts = {int(line.split("-")[0], 16) for line in maps}
+    assert all(base + i * 4096 in starts for i in range(n))
+
+
+def test_failed_row_is_named(runner: blob.BlobRunner) -> None:
+    """The row that fails stops the table and is named by its index; may_fail rows go on."""
+    base = REGION + REGION_SIZE + (2 << 30)
+    rows = bytearray(_mmap_rows(base, 10))
+    rows[7 * blob.ROW_SIZE + 8:7 * blob.ROW_SIZE + 16] = bytes(8)  # length 0: EINVAL
+    t = blob.Table()
+    t.rows(uapi.SYS_mmap, bytes(rows), may_fail=True, what="never".format)
+    t.add(uapi.SYS_getpid, what="getpid")
+    t.rows(uapi.SYS_mmap, bytes(rows), what=lambda i: f"map row {i}")
+    slot = t.slot()
+    t.add(uapi.SYS_getpid, store=slot)
+    with pytest.raises(blob.TableError) as ei:
+        runner.run(t)
+    assert ei.value.errno == errno.EINVAL and (ei.value.index, ei.value.row) == (2, 7)
+    assert "map row 7" in str(ei.value)
+    assert runner.read_slot(slot) == 0  # never ran
 
 
 def test_table_too_big_is_refused(runner: blob.BlobRunner) -> None:

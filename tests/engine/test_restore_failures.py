@@ -21,6 +21,7 @@ import pytest
 from engine.faults import RESTORE_STEPS
 from engine.kernel import pty
 from tests.engine import cr_support as cr
+from tests.engine.image_tools import V_END, edit_vma_rows
 
 FAKE_SRC = Path(__file__).resolve().parents[1] / "data" / "fake_zdtm.c"
 
@@ -97,17 +98,15 @@ def test_corrupted_core(dumped: tuple[cr.ZdtmTest, Path]) -> None:
     _assert_still_restores(t, images)
 
 
-def test_hostile_value_in_mm(dumped: tuple[cr.ZdtmTest, Path]) -> None:
+def test_hostile_value_in_vmas(dumped: tuple[cr.ZdtmTest, Path]) -> None:
     """A VMA beyond user space is refused before any task exists."""
     t, images = dumped
-    mm = images / f"mm-{t.pid}.json"
-    good = mm.read_bytes()
-    data = json.loads(good)
-    data["vmas"][0][1] = 1 << 60  # a VMA is an array; field 1 is its end
-    mm.write_text(json.dumps(data))
+    vmas = images / f"vmas-{t.pid}.img"
+    good = vmas.read_bytes()
+    edit_vma_rows(vmas, lambda rows: rows[0].__setitem__(V_END, 1 << 60))
     rc, err = _restore(images)
-    _assert_clean_failure(rc, err, t.pid, "read", str(mm))
-    mm.write_bytes(good)
+    _assert_clean_failure(rc, err, t.pid, "read", str(vmas))
+    vmas.write_bytes(good)
     _assert_still_restores(t, images)
 
 

@@ -65,9 +65,12 @@ def test_layout_opens_each_file_once() -> None:
     t = layout.layout_table(_mm(vmas), w, [], None, [], {})
     opens = [e for e in t.entries if e.nr == uapi.SYS_openat]
     closes = [e for e in t.entries if e.nr == uapi.SYS_close]
+    # one rows entry per file (and one for anonymous memory): a row per VMA
     maps = [e for e in t.entries if e.nr == uapi.SYS_mmap]
-    assert len(opens) == 1 and len(closes) == 1 and len(maps) == 101
-    assert sum(1 for e in maps if e.flags & (1 << 4)) == 100  # fd argument from the open
+    assert len(opens) == 1 and len(closes) == 1 and [e.args[1] for e in maps] == [1, 100]
+    assert all(e.flags & blob.F_ROWS for e in maps)
+    assert [bool(e.flags & (1 << 4)) for e in maps] == [False, True]  # fd from the open
+    assert t.describe(t.entries.index(maps[1]), 3) == f"map /bin/true at {vmas[3].start:#x}"
 
 
 def test_layout_maps_shmem_from_the_inherited_object() -> None:
