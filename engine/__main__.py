@@ -4,6 +4,7 @@
     dump -t PID -D DIR [...]  / pre-dump ...        engine.dump.cli.dump / .pre_dump
     restore -D DIR [...]      / lazy-pages -D DIR   engine.restore.cli.restore / .lazy_pages
     show DIR                                        engine.images.show.show
+    serve --socket PATH                             engine.serve.serve (a fork per command)
 
 Each handler gets the parsed argparse.Namespace and returns the exit status. An
 EngineError (a bad command line included, phase "usage") becomes
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print an image directory as text")
     p.add_argument("dir")
     _trust_option(p)
+
+    p = sub.add_parser("serve", help="run each command asked on a unix socket in a "
+                                     "forked child, as `python -m engine` would (engine.serve)")
+    p.add_argument("--socket", required=True,
+                   help="path of the socket to create (mode 0600) and listen on")
     return parser
 
 
@@ -126,6 +132,12 @@ def _dispatch(module: str, attr: str) -> Handler:
     return run
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from engine import serve
+
+    return serve.serve(args.socket, program)
+
+
 HANDLERS: dict[str, Handler] = {
     "check": _check,
     "dump": _dispatch("engine.dump.cli", "dump"),
@@ -133,6 +145,7 @@ HANDLERS: dict[str, Handler] = {
     "restore": _dispatch("engine.restore.cli", "restore"),
     "lazy-pages": _dispatch("engine.restore.cli", "lazy_pages"),
     "show": _show,
+    "serve": _serve,
 }
 
 
@@ -172,12 +185,17 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_CRASH
 
 
-if __name__ == "__main__":
+def program(argv: list[str] | None) -> int:
+    """What ``python -m engine ARGS`` runs: the status the process then exits with. Also
+    what each child of the engine server runs (engine.serve)."""
     try:
-        status = _main(None)
+        return _main(argv)
     finally:
-        # The process ends here: a signal during interpreter shutdown must not turn the
-        # outcome just printed into a death by signal (blocked for good, not inherited
-        # by anyone: the engine forks nothing any more).
+        # The process ends after this: a signal during interpreter shutdown must not turn
+        # the outcome just printed into a death by signal (blocked for good, not
+        # inherited by anyone: the engine forks nothing any more).
         errors.hold_termination_for_exit()
-    sys.exit(status)
+
+
+if __name__ == "__main__":
+    sys.exit(program(None))

@@ -1144,6 +1144,9 @@ class FaultyEngine(Engine):
         finally:
             self._remove_lsm_profiles()
 
+    def take_notes(self) -> list[str]:
+        return self.inner.take_notes() if self.inner is not None else []
+
     def _remove_lsm_profiles(self) -> None:
         if not self.lsm_profiles:
             return

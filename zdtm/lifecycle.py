@@ -556,6 +556,8 @@ class Run:
     def _cleanup(self) -> None:
         """Always: stop engine helpers, kill what is left of the tree, remove the work dir."""
         self.engine.close()
+        for note in self.engine.take_notes():
+            self._note(note)
         ours = [p for p in plumbing.descendants(os.getpid()) if p not in self.baseline_desc]
         roots = [p for p in (self.root_pid, self.test_pid) if p] + ours
         self._see_cgroups(roots)

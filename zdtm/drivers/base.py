@@ -15,13 +15,13 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from zdtm.allowances import Allowance
-from zdtm.plumbing import kill_group, read_pid
+from zdtm.plumbing import KILL_GRACE, kill_group, read_pid
 
 
 class EngineFailure(Exception):
@@ -153,6 +153,11 @@ class Engine(ABC):
     def close(self) -> None:
         """Kill whatever helper the driver still runs (always called at cleanup)."""
 
+    def take_notes(self) -> list[str]:
+        """What the driver has to say in the result since the last call (a fallback it
+        made, for instance), each note once; the lifecycle asks after close()."""
+        return []
+
     def missing_features(self, names: Sequence[str]) -> list[str]:
         """Features from ``names`` the engine lacks, each with its reason.
 
@@ -162,25 +167,74 @@ class Engine(ABC):
         return self.check().missing(names)
 
 
+class StepProcess(Protocol):
+    """A started engine command: a subprocess, or a child of an engine server."""
+
+    @property
+    def pid(self) -> int:
+        """Its pid (the leader of its own process group)."""
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Its exit status (negative: killed by that signal); subprocess.TimeoutExpired
+        when it still runs at the deadline."""
+
+    def kill(self, grace: float) -> None:
+        """SIGKILL it, then its process group; reap it, waiting at most ``grace`` s."""
+
+
+#: starts ``cmd`` in its own session: (cmd, output fd for stdout and stderr, env, cwd)
+Launch = Callable[[Sequence[str], int, dict[str, str] | None, Path | None], StepProcess]
+
+
+class PopenProcess:
+    """A StepProcess that is a subprocess of the harness."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    @property
+    def pid(self) -> int:
+        """The subprocess's pid."""
+        return self.proc.pid
+
+    def wait(self, timeout: float | None = None) -> int:
+        """As Popen.wait."""
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self, grace: float) -> None:
+        """zdtm.plumbing.kill_group."""
+        kill_group(self.proc, grace)
+
+
+def popen_launch(cmd: Sequence[str], out: int, env: dict[str, str] | None,
+                 cwd: Path | None) -> StepProcess:
+    """Start ``cmd`` as a subprocess in its own session, stdin /dev/null, stdout and
+    stderr to ``out``, no other fd."""
+    return PopenProcess(subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=env, cwd=cwd, close_fds=True))
+
+
 def run_logged(cmd: Sequence[str], *, step: str, log: Path, timeout: float,
-               env: dict[str, str] | None = None, cwd: Path | None = None) -> StepResult:
+               env: dict[str, str] | None = None, cwd: Path | None = None,
+               launch: Launch = popen_launch) -> StepResult:
     """Run an engine command in its own session with its output in ``log``.
 
     Output goes to a file, not a pipe: a restored task that inherited a pipe by mistake
     would otherwise keep the harness waiting.  Raises EngineFailure on a non-zero exit, a
-    signal, or the deadline (the whole process group is killed then).
+    signal, or the deadline (the whole process group is killed then).  ``launch`` starts
+    the command (by default as a subprocess; the bundled driver may hand it to its engine
+    server), after the command line is written to the log.
     """
     start = time.monotonic()
     with open(log, "wb") as out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
         out.flush()
-        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env=env, cwd=cwd, close_fds=True)
+        proc = launch(cmd, out.fileno(), env, cwd)
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_group(proc)
+            proc.kill(KILL_GRACE)
             raise EngineFailure("timeout", step, f"no result after {timeout:.0f}s, killed",
                                 _tail(log)) from None
     seconds = time.monotonic() - start
@@ -228,15 +282,13 @@ class Helper:
     """A background engine process such as a lazy-pages server, with a deadline to end."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: StepProcess | None = None
 
     def start(self, cmd: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> None:
+              cwd: Path | None = None, launch: Launch = popen_launch) -> None:
         """Start ``cmd`` in its own session with its output in ``log``."""
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                         start_new_session=True, close_fds=True)
+            self.proc = launch(cmd, out.fileno(), env, cwd)
 
     def finish(self, step: str, timeout: float) -> None:
         """Wait for the helper to exit by itself; EngineFailure when it fails or hangs."""
@@ -246,7 +298,7 @@ class Helper:
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_group(proc)
+            proc.kill(KILL_GRACE)
             raise EngineFailure("timeout", step,
                                 f"still running after {timeout:.0f}s, killed") from None
         if rc != 0:
@@ -255,5 +307,5 @@ class Helper:
     def close(self) -> None:
         """Kill the helper if it still runs."""
         if self.proc is not None:
-            kill_group(self.proc)
+            self.proc.kill(KILL_GRACE)
             self.proc = None

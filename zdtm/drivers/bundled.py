@@ -1,4 +1,10 @@
-"""Driver for the bundled engine, run as ``python -m engine ...`` (docs/ARCHITECTURE.md)."""
+"""Driver for the bundled engine, run as ``python -m engine ...`` (docs/ARCHITECTURE.md).
+
+Each step is a fork of an engine server started for the test (zdtm.drivers.engine_client,
+engine/serve.py) so that interpreter start-up and imports are paid once, not per step;
+ZDTM_ENGINE_SERVER=0 (or ``BundledEngine(server=False)``) runs every step as a subprocess
+of its own, as does any step the server cannot take (with a note in the result).
+"""
 
 from __future__ import annotations
 
@@ -17,15 +23,21 @@ from zdtm.drivers.base import (
     Engine,
     Features,
     Helper,
+    Launch,
+    StepProcess,
     StepResult,
     TreeInfo,
+    popen_launch,
     read_pidfile,
     run_logged,
 )
+from zdtm.drivers.engine_client import EngineServer, ServerUnavailable
 
 #: About 1 s here; a software-emulated guest at load took more than 60 s. Probed once per
 #: run (cli._run_parallel), so a slow probe costs once.
 CHECK_TIMEOUT = 300.0
+#: "0" turns the engine server off: every step is then a subprocess of its own
+SERVER_ENV = "ZDTM_ENGINE_SERVER"
 
 
 #: What this engine restores differently, declared (zdtm.allowances) until it does not.
@@ -47,19 +59,26 @@ LAZY_ALLOWANCES = (
 
 
 class BundledEngine(Engine):
-    """The engine of this repository, one subprocess per step."""
+    """The engine of this repository: each step a fork of its engine server (started at
+    attach(), killed at close()), or a subprocess of its own (``server=False``, or
+    ZDTM_ENGINE_SERVER=0 when ``server`` is not given)."""
 
     name = "bundled"
 
-    def __init__(self) -> None:
+    def __init__(self, server: bool | None = None) -> None:
         self._features: Features | None = None
         self._unavailable: str | None = None
         self._lazy = Helper()
         self._tree = TreeInfo()
         self._lazy_restore = False  # the last restore was a lazy one
+        self.use_server = os.environ.get(SERVER_ENV, "1") != "0" if server is None else server
+        self._server: EngineServer | None = None
+        self._notes: list[str] = []
 
     def attach(self, tree: TreeInfo) -> None:
         self._tree = tree
+        # started now, it imports while the harness freezes and captures the tree
+        self._start_server()
 
     def allowances(self) -> tuple[Allowance, ...]:
         return ALLOWANCES + (LAZY_ALLOWANCES if self._lazy_restore else ())
@@ -155,7 +174,8 @@ class BundledEngine(Engine):
         """Run a dump-like command; its figures come from the image's stats.json."""
         res = run_logged(self.command(*args), step=step,
                          log=images_dir.with_name(images_dir.name + ".log"),
-                         timeout=timeout, env=self.env(), cwd=ROOT_DIR)
+                         timeout=timeout, env=self.env(), cwd=ROOT_DIR,
+                         launch=self._launcher(step))
         res.stats = read_stats(images_dir / "stats.json")
         return res
 
@@ -172,10 +192,12 @@ class BundledEngine(Engine):
             args.append("--lazy-pages")
             self._lazy.start(self.command("lazy-pages", "-D", str(images_dir)),
                              images_dir.with_name(images_dir.name + ".lazy.log"),
-                             env=self.env(), cwd=ROOT_DIR)
+                             env=self.env(), cwd=ROOT_DIR,
+                             launch=self._launcher("lazy-pages"))
         run_logged(self.command(*args, *opts), step="restore",
                    log=images_dir.with_name(images_dir.name + ".restore.log"),
-                   timeout=timeout, env=self.env(), cwd=ROOT_DIR)
+                   timeout=timeout, env=self.env(), cwd=ROOT_DIR,
+                   launch=self._launcher("restore"))
         return read_pidfile(pidfile, "restore")
 
     def finish(self, timeout: float) -> None:
@@ -183,7 +205,71 @@ class BundledEngine(Engine):
         self._lazy.finish("lazy-pages", timeout)
 
     def close(self) -> None:
+        """Kill the lazy-pages server and the engine server, if they still run."""
         self._lazy.close()
+        if self._server is not None:
+            self._server.close()
+            self._server_note()
+            self._server = None
+
+    def take_notes(self) -> list[str]:
+        self._server_note()
+        notes, self._notes = self._notes, []
+        return notes
+
+    # ---- the engine server -------------------------------------------------------------
+
+    def _start_server(self) -> None:
+        """Start the engine server unless it is off or already there."""
+        if not self.use_server or self._server is not None:
+            return
+        self._server = EngineServer(self.command(), self.env(), ROOT_DIR)
+        try:
+            self._server.start()
+        except OSError as exc:
+            self._server.fail(f"could not be started: {exc}")
+
+    def _launcher(self, step: str) -> Launch:
+        """How to start ``step``: through the engine server when there is one."""
+        if not self.use_server:
+            return popen_launch
+
+        def launch(cmd: Sequence[str], out: int, env: dict[str, str] | None,
+                   cwd: Path | None) -> StepProcess:
+            return self._launch(step, cmd, out, env, cwd)
+
+        return launch
+
+    def _launch(self, step: str, cmd: Sequence[str], out: int, env: dict[str, str] | None,
+                cwd: Path | None) -> StepProcess:
+        """``cmd`` as a child of the engine server; a subprocess (with a note in the step's
+        log and the result) when the server cannot take it or it is no engine command."""
+        self._start_server()
+        assert self._server is not None
+        prefix = self.command()
+        env = dict(os.environ) if env is None else env
+        why = self._server.differs(env) if list(cmd[:len(prefix)]) == prefix else (
+            "not an engine command")
+        if why is None:
+            try:
+                return self._server.launch(cmd[len(prefix):], out, env, cwd or ROOT_DIR, step)
+            except ServerUnavailable as exc:
+                why = str(exc)
+        os.write(out, f"# engine server: {why}: run as a subprocess\n".encode())
+        self._server_note()
+        note = f"engine server: {why}: the {step} step ran as a subprocess"
+        if self._server.failed is None and note not in self._notes:
+            self._notes.append(note)
+        return popen_launch(cmd, out, env, cwd)
+
+    def _server_note(self) -> None:
+        """Say once, in the result, that the server failed and why."""
+        server = self._server
+        if server is not None and server.failed is not None:
+            note = (f"engine server: {server.failed}: the steps after that ran as "
+                    "subprocesses")
+            if note not in self._notes:
+                self._notes.append(note)
 
 
 def read_stats(path: Path) -> dict[str, float]:

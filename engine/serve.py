@@ -1,0 +1,215 @@
+"""``python -m engine serve --socket PATH``: the engine server (as CRIU's service mode).
+
+A harness that runs many engine steps pays interpreter start-up and the engine's imports
+(150-200 ms) on every ``python -m engine ARGS``.  The server pays them once: it imports the
+step modules, listens on a unix socket, and for each request forks a child that runs
+exactly what ``python -m engine ARGS`` would (engine.serve_child).  The server itself never
+runs engine code, it only forks, so no state passes from one request to the next.
+
+Protocol (SOCK_SEQPACKET, one connection per request)::
+
+    client -> server  {"argv": [...], "env": {...}, "cwd": str, "umask": int,
+                       "ignored": [signo...], "mask": [signo...], "ns": [name...]}
+                      with SCM_RIGHTS fds: stdin, stdout, stderr, go, then one per ns name
+    server -> client  {"pid": int} with the child's pidfd,
+                      then {"status": int} (its wait status) once it has exited,
+                      or {"error": str} when the request could not be started
+
+``go`` is the read end of a pipe the client holds: the child runs nothing before it has
+read one byte there, and exits at EOF, so a client that never got the pid (a lost reply,
+a deadline) never has a step run behind its back.
+
+The server ends when its parent (the client that started it) ends, by a pidfd on it, and
+on SIGTERM, SIGINT or SIGHUP.  Children outlive it: they are real processes of their own
+(own session), re-parented to the nearest child subreaper when the server is gone.
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine import serve_child
+from engine.errors import TERMINATION_SIGNALS, EngineError
+from engine.kernel import sys as ksys
+
+Program = Callable[[list[str]], int]
+
+#: the modules behind every command (engine.__main__.HANDLERS): imported once, here
+STEP_MODULES = ("engine.dump.cli", "engine.restore.cli", "engine.lazy.daemon",
+                "engine.features", "engine.images.show")
+#: the largest request (the environment dominates) and the most fds one carries
+MAX_REQUEST = 1 << 20
+MAX_FDS = 16
+BACKLOG = 64
+
+
+@dataclass
+class _Running:
+    """A forked request: its pidfd, and the connection its status goes to."""
+
+    pid: int
+    pidfd: int
+    conn: socket.socket
+
+
+@dataclass
+class _State:
+    """What the server holds; the child forgets all of it (serve_child.run)."""
+
+    listener: socket.socket
+    parent: int  # pidfd of the client process
+    waiting: dict[int, socket.socket] = field(default_factory=dict)  # fd -> conn
+    running: dict[int, _Running] = field(default_factory=dict)  # pidfd -> request
+
+    def forget(self) -> None:
+        """In a forked child: drop the server's sockets without closing them (the child
+        closes every fd it did not get from its request; no finalizer may close a
+        number the engine has reused by then)."""
+        for sock in [self.listener, *self.waiting.values(),
+                     *(r.conn for r in self.running.values())]:
+            sock.detach()
+
+
+def serve(path: str, program: Program) -> int:
+    """Listen on ``path`` and run each request's command in a forked child; returns 0
+    once the client process is gone."""
+    for s in TERMINATION_SIGNALS:  # the server holds nothing to clean up: just end
+        signal.signal(s, signal.SIG_DFL)
+    parent = _watch_parent()
+    if parent is None:
+        return 0
+    for name in STEP_MODULES:
+        importlib.import_module(name)
+    state = _State(_listen(path), parent)
+    # what is imported now stays out of every collection: cheaper children, less copying
+    gc.freeze()
+    _loop(state, program)
+    return 0
+
+
+def _watch_parent() -> int | None:
+    """A pidfd on the client that started us; None when it is already gone."""
+    ppid = os.getppid()
+    try:
+        fd = ksys.pidfd_open(ppid)
+    except OSError:
+        return None
+    if os.getppid() != ppid:  # re-parented in between: the client ended
+        os.close(fd)
+        return None
+    return fd
+
+
+def _listen(path: str) -> socket.socket:
+    """The listening socket at ``path``, mode 0600 from its creation on."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        raise EngineError("serve", f"cannot listen on {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    sock.listen(BACKLOG)
+    return sock
+
+
+def _loop(state: _State, program: Program) -> None:
+    """Accept, start and reap until the client process ends."""
+    while True:
+        poller = select.poll()
+        for fd in (state.listener.fileno(), state.parent, *state.waiting, *state.running):
+            poller.register(fd, select.POLLIN)
+        for fd, _events in poller.poll():
+            if fd == state.parent:
+                return
+            if fd == state.listener.fileno():
+                conn, _ = state.listener.accept()
+                state.waiting[conn.fileno()] = conn
+            elif fd in state.waiting:
+                _start(state, state.waiting.pop(fd), program)
+            elif fd in state.running:
+                _reap(state.running.pop(fd))
+
+
+def _start(state: _State, conn: socket.socket, program: Program) -> None:
+    """Read one request from ``conn`` and fork its child (or answer why not)."""
+    try:
+        data, anc, flags, _ = conn.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(MAX_FDS * 4),
+                                           socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        conn.close()
+        return
+    fds = _fds(anc)
+    try:
+        if not data:
+            conn.close()  # the client went away before asking
+            return
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise ValueError(f"request larger than {MAX_REQUEST} bytes or {MAX_FDS} fds")
+        request = serve_child.Request.parse(json.loads(data), fds)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            serve_child.run(request, program, state.forget)
+        pidfd = _pidfd(pid)
+    except (ValueError, TypeError, OSError) as exc:
+        _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
+        conn.close()
+        return
+    finally:
+        for fd in fds:
+            os.close(fd)
+    _send(conn, {"pid": pid}, [pidfd])
+    state.running[pidfd] = _Running(pid, pidfd, conn)
+
+
+def _pidfd(pid: int) -> int:
+    """A pidfd on the child just forked (it cannot be reaped before: only we wait for
+    it); without one the child is killed, and never runs (it waits for go)."""
+    try:
+        return ksys.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
+def _reap(req: _Running) -> None:
+    """The child has exited: collect it and tell the client its wait status."""
+    _, status = os.waitpid(req.pid, 0)
+    os.close(req.pidfd)
+    _send(req.conn, {"status": status})
+    req.conn.close()
+
+
+def _send(conn: socket.socket, message: dict[str, object], fds: list[int] | None = None
+          ) -> None:
+    """One reply; a client that has gone away no longer needs it."""
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    try:
+        conn.sendmsg([json.dumps(message).encode()], anc)
+    except OSError:
+        pass
+
+
+def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds of SCM_RIGHTS control messages, in order."""
+    out: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            out.extend(fds)
+    return out

@@ -1,0 +1,208 @@
+"""The engine server's forked child (engine.serve): it becomes the process a fresh
+``python -m engine ARGS`` started by the client would be, runs that, and exits as that
+process would.
+
+What a fresh process has and a fork of the server does not is set from the request: fds
+0-2 (and no other fd of the server), session (its own, as the client's subprocess had
+with start_new_session), the client's mount/net/uts/ipc/cgroup namespaces where they
+differ from the server's (the harness moves itself into a new mount namespace per test),
+cwd, umask, environment (ENGINE_FAULT and the like are read from it when used), signal
+dispositions and mask, sys.argv.  Signals: what the client ignores stays ignored (as
+across exec), everything else is default, then Python's own start-up choices (SIGPIPE and
+SIGXFSZ ignored, SIGINT raising KeyboardInterrupt); the mask is the client's.  The end is
+the interpreter's: non-daemon threads joined, atexit handlers, stdio flushed (status 120
+when that fails), then os._exit.
+
+Interpreter settings read once at start-up (PYTHON* variables, -X options, the hash
+seed) are the server's; the client starts the server with its own environment and does
+not send a request whose PYTHON* variables differ.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import os
+import select
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from engine.kernel import sys as ksys
+
+#: how long the child waits for the client's go before giving up (it runs nothing)
+GO_TIMEOUT = 60.0
+EXIT_NOT_STARTED = 125  # the client never said go: nobody waits for this status
+EXIT_SETUP = 127  # the request could not be set up (said on its stderr)
+#: namespaces a request may carry, as named under /proc/PID/ns
+NAMESPACES = frozenset({"mnt", "net", "uts", "ipc", "cgroup"})
+#: what CPython itself sets at start-up (and subprocess resets before exec)
+PYTHON_IGNORES = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One command to run, as the server received it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    umask: int
+    ignored: frozenset[int]
+    mask: frozenset[int]
+    stdio: tuple[int, int, int]
+    go: int
+    ns: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def parse(cls, data: object, fds: list[int]) -> Request:
+        """The request in ``data`` (decoded JSON) with its ``fds``; ValueError or
+        TypeError naming what is wrong."""
+        if not isinstance(data, dict):
+            raise TypeError("request is not a JSON object")
+        argv = _strings(data.get("argv"), "argv")
+        env = data.get("env")
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ValueError("env is not an object of strings")
+        ns = _strings(data.get("ns", []), "ns")
+        if set(ns) - NAMESPACES:
+            raise ValueError(f"ns: unknown namespace(s) {sorted(set(ns) - NAMESPACES)}")
+        if len(fds) != 4 + len(ns):
+            raise ValueError(f"{len(fds)} fds for 4 + {len(ns)} namespaces")
+        cwd, umask = data.get("cwd"), data.get("umask")
+        if not isinstance(cwd, str) or not isinstance(umask, int):
+            raise TypeError("cwd must be a string and umask a number")
+        return cls(argv, env, cwd, umask & 0o777, _signals(data.get("ignored")),
+                   _signals(data.get("mask")), (fds[0], fds[1], fds[2]), fds[3],
+                   tuple(zip(ns, fds[4:])))
+
+
+def _strings(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} is not a list of strings")
+    return list(value)
+
+
+def _signals(value: object) -> frozenset[int]:
+    valid = signal.valid_signals()
+    if not isinstance(value, list) or not all(isinstance(v, int) and v in valid
+                                              for v in value):
+        raise ValueError(f"not a list of signal numbers: {value!r}")
+    return frozenset(value)
+
+
+def run(req: Request, program: Callable[[list[str]], int], forget: Callable[[], None]
+        ) -> NoReturn:
+    """In the forked child: wait for go, become the requested process, run ``program``
+    on its argv and exit with its status. Never returns."""
+    try:
+        forget()
+        os.setsid()
+        if not _wait_go(req.go):
+            os._exit(EXIT_NOT_STARTED)
+        _become(req)
+    except BaseException as exc:  # noqa: BLE001 - nothing may return into the server
+        _say(f"engine: error: serve: cannot set up the command: {exc}\n")
+        os._exit(EXIT_SETUP)
+    status = EXIT_SETUP
+    try:
+        status = _finish(_run(program, req.argv))
+    finally:
+        os._exit(status)
+
+
+def _wait_go(fd: int) -> bool:
+    """True once the client said go; False at EOF (it gave up) or after GO_TIMEOUT."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(GO_TIMEOUT * 1000)) and os.read(fd, 1) != b""
+
+
+def _become(req: Request) -> None:
+    """Take the request's fds, namespaces, cwd, umask, environment and signals."""
+    for target, fd in enumerate(req.stdio):
+        os.dup2(fd, target)
+    _enter_namespaces(req.ns)
+    _close_others()
+    os.chdir(req.cwd)
+    os.umask(req.umask)
+    os.environ.clear()
+    os.environ.update(req.env)
+    _reset_signals(req.ignored, req.mask)
+    sys.argv = [sys.argv[0], *req.argv]
+
+
+def _enter_namespaces(ns: tuple[tuple[str, int], ...]) -> None:
+    """Join each of the client's namespaces this process is not in already."""
+    for name, fd in ns:
+        mine, theirs = os.stat(f"/proc/self/ns/{name}"), os.fstat(fd)
+        if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+            ksys.setns(fd, 0)
+
+
+def _close_others() -> None:
+    """Close every fd but 0-2: the server's, the request's copies, go."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass  # the directory fd listdir used, closed by now
+
+
+def _reset_signals(ignored: frozenset[int], mask: frozenset[int]) -> None:
+    """Dispositions and mask as a fresh ``python -S -m engine`` started by the client
+    would have them."""
+    for signo in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
+        keep = signo in ignored and signo not in PYTHON_IGNORES
+        try:
+            signal.signal(signo, signal.SIG_IGN if keep else signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # reserved by the C library
+    for signo in PYTHON_IGNORES:
+        signal.signal(signo, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _run(program: Callable[[list[str]], int], argv: list[str]) -> int:
+    """``program(argv)``'s status, with what escapes it handled as the interpreter does."""
+    try:
+        return program(argv)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - the interpreter's top level
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+
+
+def _finish(status: int) -> int:
+    """The interpreter's exit: threads joined (and their executors shut down), atexit
+    handlers, garbage collected, stdio flushed; 120 when a flush fails, as CPython."""
+    # what Py_FinalizeEx calls first (not in the type stubs): joins non-daemon threads
+    # after the executors' exit hooks told their workers to stop
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = 120
+    return status
+
+
+def _say(text: str) -> None:
+    """A line on fd 2 (the request's stderr once installed), whatever happens."""
+    try:
+        os.write(2, text.encode(errors="replace"))
+    except OSError:
+        pass
