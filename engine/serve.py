@@ -93,7 +93,10 @@ def serve(path: str, program: Program) -> int:
     state = _State(_listen(path), parent)
     # what is imported now stays out of every collection: cheaper children, less copying
     gc.freeze()
-    _loop(state, program)
+    try:
+        _loop(state, program)
+    finally:
+        os.unlink(path)
     return 0
 
 

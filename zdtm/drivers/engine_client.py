@@ -125,10 +125,10 @@ class EngineServer:
                 sock.connect(str(self.path))
                 self.ready = True
                 return sock
-            except (FileNotFoundError, ConnectionRefusedError):
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
                 sock.close()
                 if self.ready:
-                    raise
+                    raise ServerUnavailable(f"cannot connect: {exc.strerror}") from None
             rc = self.proc.poll() if self.proc is not None else -1
             if rc is not None:
                 raise ServerUnavailable(f"exited with status {rc} before it listened"

@@ -1,0 +1,348 @@
+"""The engine server (engine/serve.py) and its client in the bundled driver
+(zdtm/drivers/engine_client.py): a step forked from the server is the process a
+subprocess ``python -m engine ARGS`` would be, deadlines kill exactly it, and a dead or
+hung server makes steps subprocesses again, with a note, leaving nothing behind.
+
+The engine runs for real: the commands are ``check``, ``show`` and a ``dump
+--leave-running`` of a ``sleep`` this test starts, paused where the engine has seized it
+(ENGINE_PAUSE) so that the running engine process can be looked at and signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from zdtm import ROOT_DIR, plumbing
+from zdtm.drivers import engine_client
+from zdtm.drivers.base import (
+    EngineFailure,
+    StepProcess,
+    TreeInfo,
+    popen_launch,
+    run_logged,
+)
+from zdtm.drivers.bundled import BundledEngine
+from zdtm.drivers.engine_client import EngineServer, ServedProcess
+
+PREFIX = BundledEngine(server=False).command()
+ENV = BundledEngine(server=False).env()
+PAUSED = "engine: paused at seize"
+CLONE_NEWNS = 0x00020000
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+
+
+@pytest.fixture(autouse=True)
+def subreaper() -> None:
+    """As in the harness: orphans (a dead server's children) come to this process."""
+    plumbing.set_subreaper()
+
+
+@pytest.fixture
+def server() -> Iterator[EngineServer]:
+    srv = EngineServer(PREFIX, ENV, ROOT_DIR)
+    srv.start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[int]:
+    """A process to dump (with --leave-running: it must keep running, untraced)."""
+    proc = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def _served(server: EngineServer, args: Sequence[str], log: Path,
+            env: dict[str, str] | None = None, cwd: Path = ROOT_DIR) -> ServedProcess:
+    with open(log, "wb") as out:
+        return server.launch(args, out.fileno(), env or ENV, cwd, "test")
+
+
+def _popened(args: Sequence[str], log: Path, env: dict[str, str] | None = None,
+             cwd: Path = ROOT_DIR) -> StepProcess:
+    with open(log, "wb") as out:
+        return popen_launch([*PREFIX, *args], out.fileno(), env or ENV, cwd)
+
+
+def _wait_for(log: Path, text: str, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not log.exists() or text not in log.read_text(errors="replace"):
+        assert time.monotonic() < end, f"no {text!r} in {log}"
+        time.sleep(0.01)
+
+
+def _untraced_and_running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return fields["TracerPid"].strip() == "0" and fields["State"].split()[0] in "RS"
+
+
+def _own_fds() -> dict[int, str]:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:
+            continue  # listdir's own
+    return out
+
+
+@pytest.mark.parametrize("args", [["check", "--json"], ["show", "/nonexistent"], ["bogus"],
+                                  ["dump", "-t", "0"]])
+def test_status_and_output_are_those_of_the_command(server: EngineServer, tmp_path: Path,
+                                                    args: list[str]) -> None:
+    served, plain = tmp_path / "served", tmp_path / "plain"
+    assert _served(server, args, served).wait(60) == _popened(args, plain).wait(60)
+    if args[0] == "check":  # the probes' reasons may name temp files: the verdicts agree
+        assert (json.loads(served.read_text())["features"]
+                == json.loads(plain.read_text())["features"])
+    else:
+        assert served.read_text() == plain.read_text()
+        assert served.read_text().startswith("engine: error: ")
+
+
+def _facts(pid: int) -> dict[str, object]:
+    """What a process inherits or is given at start: fds, session, namespaces, cwd, umask,
+    signal dispositions and mask."""
+    status = dict(line.split(":\t", 1)
+                  for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    st = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return {
+        "fds": {fd: os.readlink(f"/proc/{pid}/fd/{fd}").split("[")[0]
+                for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int)},
+        "own group and session": (int(st[2]), int(st[3])) == (pid, pid),
+        "ns": {n: os.readlink(f"/proc/{pid}/ns/{n}") for n in engine_client.NAMESPACES},
+        "cwd": os.readlink(f"/proc/{pid}/cwd"),
+        **{k: status[k].strip() for k in ("Umask", "SigBlk", "SigIgn", "SigCgt",
+                                          "NoNewPrivs", "Seccomp")},
+    }
+
+
+def _in_own_mount_ns(body: Callable[[], None]) -> None:
+    """Run ``body`` in a thread of its own, in a private mount namespace of its own (as
+    the harness unshares one per test), with SIGUSR1 blocked there."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            plumbing.check_libc(plumbing.libc.unshare(CLONE_NEWNS), "unshare")
+            plumbing.check_libc(plumbing.libc.mount(None, b"/", None, MS_REC | MS_PRIVATE,
+                                                    None), "mount --make-rprivate /")
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+            body()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def test_the_child_is_the_process_a_subprocess_would_be(server: EngineServer, sleeper: int,
+                                                        tmp_path: Path) -> None:
+    """Paused with the sleeper seized, the served engine and a subprocess engine started
+    alike (a tmpfs cwd mounted in the caller's own mount namespace, umask, an ignored and
+    a blocked signal, the environment) look the same in /proc; SIGTERM ends both the
+    same way and leaves the sleeper running, untraced."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(ENV, ENGINE_PAUSE="seize")
+    seen: dict[str, dict[str, object]] = {}
+    outcome: dict[str, tuple[int, str]] = {}
+
+    def both() -> None:
+        plumbing.check_libc(plumbing.libc.mount(b"tmpfs", bytes(mnt), b"tmpfs", 0, None),
+                            "mount tmpfs")
+        log = mnt / "step.log"
+        for mode in ("served", "plain"):
+            args = ["dump", "-t", str(sleeper), "-D", f"img-{mode}", "--leave-running"]
+            proc = (_served(server, args, log, env, mnt) if mode == "served"
+                    else _popened(args, log, env, mnt))
+            _wait_for(log, PAUSED)
+            seen[mode] = json.loads(json.dumps(_facts(proc.pid)).replace(f"img-{mode}", "img"))
+            os.kill(proc.pid, signal.SIGTERM)
+            outcome[mode] = (proc.wait(60), log.read_text().splitlines()[-1])
+
+    old_mask = os.umask(0o027)
+    old_usr2 = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        _in_own_mount_ns(both)
+    finally:
+        os.umask(old_mask)
+        signal.signal(signal.SIGUSR2, old_usr2)
+    assert seen["served"] == seen["plain"]
+    assert seen["served"]["cwd"] == str(mnt) and seen["served"]["own group and session"]
+    assert seen["served"]["Umask"] == "0027"
+    assert outcome["served"] == outcome["plain"] == (
+        1, "engine: error: interrupted: terminated by SIGTERM")
+    assert not mnt.joinpath("step.log").exists()  # the tmpfs was the thread's only
+    assert _untraced_and_running(sleeper)
+
+
+def test_environment_reaches_each_command_and_no_further(server: EngineServer, sleeper: int,
+                                                          tmp_path: Path) -> None:
+    """ENGINE_FAULT of one request fails that dump (engine/faults.py reads it when the
+    step ends); the next request, without it, dumps."""
+    args = ["dump", "-t", str(sleeper), "--leave-running", "-D"]
+    faulty = _served(server, [*args, str(tmp_path / "a")], tmp_path / "a.log",
+                     dict(ENV, ENGINE_FAULT="seize"))
+    assert faulty.wait(60) == 1
+    assert (tmp_path / "a.log").read_text().splitlines()[-1] == (
+        "engine: error: seize: fault injected (ENGINE_FAULT=seize)")
+    assert _served(server, [*args, str(tmp_path / "b")], tmp_path / "b.log").wait(60) == 0
+    assert (tmp_path / "b" / "inventory.json").exists()
+    assert _untraced_and_running(sleeper)
+
+
+def test_deadline_kills_exactly_the_request(server: EngineServer, sleeper: int,
+                                            tmp_path: Path) -> None:
+    """A step past its deadline: its pid and group are killed, the server (which reaps
+    it) goes on serving, the dumped process runs on, no fd of the client stays open."""
+    fds0 = _own_fds()
+    started: list[ServedProcess] = []
+
+    def launch(cmd: Sequence[str], out: int, env: dict[str, str] | None,
+               cwd: Path | None) -> StepProcess:
+        started.append(server.launch(cmd[len(PREFIX):], out, env or ENV, cwd or ROOT_DIR,
+                                     "dump"))
+        return started[-1]
+
+    with pytest.raises(EngineFailure) as exc:
+        run_logged([*PREFIX, "dump", "-t", str(sleeper), "-D", str(tmp_path / "img"),
+                    "--leave-running"], step="dump", log=tmp_path / "dump.log", timeout=8,
+                   env=dict(ENV, ENGINE_PAUSE="seize"), cwd=ROOT_DIR, launch=launch)
+    assert exc.value.kind == "timeout" and PAUSED in exc.value.log
+    assert started[0].returncode == -signal.SIGKILL
+    assert not os.path.exists(f"/proc/{started[0].pid}")
+    assert _untraced_and_running(sleeper)
+    assert _served(server, ["show", "/nonexistent"], tmp_path / "l").wait(60) == 1
+    assert server.failed is None and _own_fds() == fds0
+
+
+class _Paused(BundledEngine):
+    """The bundled engine with its dumps paused at commit (ENGINE_PAUSE) on demand."""
+
+    pause = ""
+
+    def env(self) -> dict[str, str]:
+        return dict(super().env(), ENGINE_PAUSE=self.pause) if self.pause else super().env()
+
+
+def _children() -> set[int]:
+    return set(plumbing.children(os.getpid()))
+
+
+def test_server_dying_mid_step_the_step_goes_on_then_subprocesses(sleeper: int,
+                                                                   tmp_path: Path) -> None:
+    """The server killed while a dump runs: the dump finishes (its process, re-parented
+    here, is waited for directly) and succeeds; the result gets a note; the next step is
+    a subprocess, said in its log; nothing is left."""
+    fds0, children0 = _own_fds(), _children()
+    engine = _Paused(server=True)
+    engine.pause = "commit"
+    engine.attach(TreeInfo())
+    server = engine._server
+    assert server is not None and server.proc is not None
+    private = server.path.parent
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(engine.dump(
+        sleeper, tmp_path / "a", leave_running=True, parent_images=None, opts=(),
+        timeout=120)))
+    (tmp_path / "a").mkdir()
+    worker.start()
+    _wait_for(tmp_path / "a.log", "engine: paused at commit")
+    step_pid, = plumbing.children(server.proc.pid)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    # past the commit SIGTERM is ignored, which ends the pause: the dump reports success
+    os.kill(step_pid, signal.SIGTERM)
+    worker.join(60)
+    assert not worker.is_alive() and result and (tmp_path / "a" / "inventory.json").exists()
+    engine.pause = ""
+    (tmp_path / "b").mkdir()
+    engine.dump(sleeper, tmp_path / "b", leave_running=True, parent_images=None, opts=(),
+                timeout=120)
+    assert "# engine server: died during the dump step" in (tmp_path / "b.log").read_text()
+    engine.close()
+    assert engine.take_notes() == [
+        (f"engine server: died during the dump step (pid {step_pid} went on without it): "
+         "the steps after that ran as subprocesses")]
+    assert _untraced_and_running(sleeper)
+    assert not private.exists()
+    assert plumbing.wait_gone(list(_children() - children0), 10) == []
+    assert _own_fds() == fds0
+
+
+@pytest.mark.parametrize("trouble", ["stopped", "killed"])
+def test_hung_or_dead_server_makes_the_step_a_subprocess(trouble: str, sleeper: int,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A server that does not answer (stopped) or is gone before the step: the step runs
+    as a subprocess and succeeds, with a note; the server is killed by pid."""
+    monkeypatch.setattr(engine_client, "REPLY_TIMEOUT", 1.0)
+    fds0 = _own_fds()
+    engine = BundledEngine(server=True)
+    engine.attach(TreeInfo())
+    server = engine._server
+    assert server is not None and server.proc is not None
+    _served(server, ["show", "/nonexistent"], tmp_path / "ready").wait(60)
+    pid = server.proc.pid
+    os.kill(pid, signal.SIGSTOP if trouble == "stopped" else signal.SIGKILL)
+    settled = "T" if trouble == "stopped" else "Z"  # a zombie: its socket is closed
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != settled:
+        time.sleep(0.01)
+    (tmp_path / "img").mkdir()
+    engine.dump(sleeper, tmp_path / "img", leave_running=True, parent_images=None, opts=(),
+                timeout=120)
+    why = "no answer in 1s" if trouble == "stopped" else "cannot connect"
+    log = (tmp_path / "img.log").read_text()
+    assert f"# engine server: {why}" in log and "run as a subprocess" in log
+    engine.close()
+    notes = engine.take_notes()
+    assert len(notes) == 1 and notes[0].startswith(f"engine server: {why}")
+    assert not os.path.exists(f"/proc/{pid}") and _own_fds() == fds0
+    assert _untraced_and_running(sleeper)
+
+
+def test_server_is_private_and_ends_with_its_client(tmp_path: Path) -> None:
+    """Socket 0600 in a directory 0700 of its own; a client killed outright (no close())
+    takes its server with it."""
+    code = ("import sys, time; from pathlib import Path; "
+            "from zdtm.drivers.engine_client import EngineServer; "
+            f"s = EngineServer({PREFIX!r}, {ENV!r}, Path({str(ROOT_DIR)!r})); s.start(); "
+            "s._connect().close(); print(s.proc.pid, s.path, flush=True); time.sleep(600)")
+    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=ENV,
+                              cwd=ROOT_DIR, text=True)
+    try:
+        assert client.stdout is not None
+        pid_text, path_text = client.stdout.readline().split()
+        path = Path(path_text)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        client.kill()
+        client.wait()
+        assert plumbing.wait_gone([int(pid_text)], 10) == []
+        assert not path.exists()  # the server removed its socket on the way out
+    finally:
+        client.kill()
+        client.wait()
+        if "path" in locals():
+            (path.parent / "serve.log").unlink(missing_ok=True)
+            path.parent.rmdir()
