@@ -266,8 +266,7 @@ class BundledEngine(Engine):
         """Say once, in the result, that the server failed and why."""
         server = self._server
         if server is not None and server.failed is not None:
-            note = (f"engine server: {server.failed}: the steps after that ran as "
-                    "subprocesses")
+            note = f"engine server: {server.failed}: any later step ran as a subprocess"
             if note not in self._notes:
                 self._notes.append(note)
 
