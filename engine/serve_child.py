@@ -13,9 +13,9 @@ SIGXFSZ ignored, SIGINT raising KeyboardInterrupt); the mask is the client's.  T
 the interpreter's: non-daemon threads joined, atexit handlers, stdio flushed (status 120
 when that fails), then os._exit.
 
-Interpreter settings read once at start-up (PYTHON* variables, -X options, the hash
-seed) are the server's; the client starts the server with its own environment and does
-not send a request whose PYTHON* variables differ.
+What the interpreter reads once at start-up (PYTHON* variables, -X options, the hash
+seed, the locale of its stdio, TZ) is the server's; the client starts the server with its
+own environment and does not send a request whose PYTHON*, LANG, LC_* or TZ differ.
 """
 
 from __future__ import annotations

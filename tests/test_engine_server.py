@@ -332,6 +332,25 @@ def test_hung_or_dead_server_makes_the_step_a_subprocess(
     assert _untraced_and_running(sleeper)
 
 
+def test_a_step_whose_start_up_variables_changed_is_a_subprocess(
+        sleeper: int, tmp_path: Path, closing: list[BundledEngine],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """TZ (read once, at interpreter start-up) changed after the server started: the step
+    runs as a subprocess, with a note; the server stays in use."""
+    engine = BundledEngine(server=True)
+    closing.append(engine)
+    engine.attach(TreeInfo())
+    monkeypatch.setenv("TZ", "XYZ-3")
+    (tmp_path / "img").mkdir()
+    engine.dump(sleeper, tmp_path / "img", leave_running=True, parent_images=None, opts=(),
+                timeout=120)
+    assert "# engine server: TZ differs from the server's: run as a subprocess" in (
+        tmp_path / "img.log").read_text()
+    assert engine.take_notes() == [
+        "engine server: TZ differs from the server's: the dump step ran as a subprocess"]
+    assert engine._server is not None and engine._server.failed is None
+
+
 def test_server_is_private_and_ends_with_its_client(tmp_path: Path) -> None:
     """Socket 0600 in a directory 0700 of its own; a client killed outright (no close())
     takes its server with it."""

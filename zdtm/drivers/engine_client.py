@@ -77,12 +77,11 @@ class EngineServer:
         self._started = time.monotonic()
 
     def differs(self, env: dict[str, str]) -> str | None:
-        """Why a command with ``env`` cannot be forked from this server (an interpreter
-        setting read at start-up differs), else None."""
-        ours = {k: v for k, v in self.env.items() if k.startswith("PYTHON")}
-        theirs = {k: v for k, v in env.items() if k.startswith("PYTHON")}
+        """Why a command with ``env`` cannot be forked from this server (a variable the
+        interpreter reads at start-up differs), else None."""
+        ours, theirs = _startup_vars(self.env), _startup_vars(env)
         diff = sorted(set(ours.items()) ^ set(theirs.items()))
-        return f"interpreter variables differ from the server's: {diff[0][0]}" if diff else None
+        return f"{diff[0][0]} differs from the server's" if diff else None
 
     def launch(self, argv: Sequence[str], out: int, env: dict[str, str], cwd: Path,
                step: str) -> ServedProcess:
@@ -295,6 +294,13 @@ class ServedProcess:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+def _startup_vars(env: dict[str, str]) -> dict[str, str]:
+    """The variables read once at interpreter start-up: its settings (PYTHON*), the stdio
+    encoding (locale) and the time zone of the time module."""
+    return {k: v for k, v in env.items()
+            if k.startswith(("PYTHON", "LC_")) or k in ("LANG", "TZ")}
 
 
 def _readable(fds: list[int], timeout: float | None) -> list[int]:
