@@ -335,13 +335,20 @@ def _rights(fds: list[int]) -> tuple[int, int, bytes]:
 
 def _namespaces() -> tuple[list[str], list[int]]:
     """Names and fds of this thread's namespaces (those this kernel has)."""
-    names, fds = [], []
-    for name in NAMESPACES:
-        try:
-            fds.append(os.open(f"/proc/thread-self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
-        except FileNotFoundError:
-            continue
-        names.append(name)
+    names: list[str] = []
+    fds: list[int] = []
+    try:
+        for name in NAMESPACES:
+            try:
+                fds.append(os.open(f"/proc/thread-self/ns/{name}",
+                                   os.O_RDONLY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                continue
+            names.append(name)
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
     return names, fds
 
 
