@@ -246,6 +246,27 @@ def test_deadline_kills_exactly_the_request(server: EngineServer, sleeper: int,
     assert server.failed is None and _own_fds() == fds0
 
 
+def test_server_hung_when_its_step_ends(server: EngineServer, sleeper: int, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server stopped while its child runs: once the child has exited and no status
+    came within STATUS_GRACE, the server is killed by pid and the child (a zombie now
+    re-parented here) gives its status to waitid()."""
+    monkeypatch.setattr(engine_client, "STATUS_GRACE", 1.0)
+    log = tmp_path / "dump.log"
+    proc = _served(server, ["dump", "-t", str(sleeper), "-D", str(tmp_path / "img"),
+                            "--leave-running"], log, dict(ENV, ENGINE_PAUSE="seize"))
+    _wait_for(log, PAUSED)
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(60) == 1
+    assert log.read_text().splitlines()[-1] == (
+        "engine: error: interrupted: terminated by SIGTERM")
+    assert server.failed == f"gave no status for pid {proc.pid} 1s after it exited"
+    assert server.proc.returncode == -signal.SIGKILL
+    assert _untraced_and_running(sleeper)
+
+
 class _Paused(BundledEngine):
     """The bundled engine with its dumps paused at commit (ENGINE_PAUSE) on demand."""
 
