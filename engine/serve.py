@@ -19,8 +19,9 @@ Protocol (SOCK_SEQPACKET, one connection per request)::
 read one byte there, and exits at EOF, so a client that never got the pid (a lost reply,
 a deadline) never has a step run behind its back.
 
-The server ends when its parent (the client that started it) ends, by a pidfd on it, and
-on SIGTERM, SIGINT or SIGHUP.  Children outlive it: they are real processes of their own
+The server ends when its parent (the client that started it) ends, by a pidfd on it (it
+then removes its socket, and the socket's directory if that is left empty), and on
+SIGTERM, SIGINT or SIGHUP.  Children outlive it: they are real processes of their own
 (own session), re-parented to the nearest child subreaper when the server is gone.
 """
 
@@ -96,8 +97,18 @@ def serve(path: str, program: Program) -> int:
     try:
         _loop(state, program)
     finally:
-        os.unlink(path)
+        _remove(path)
     return 0
+
+
+def _remove(path: str) -> None:
+    """Remove the socket, and its directory when that leaves it empty (the private
+    directory the client made for it): a client that died leaves nothing behind."""
+    os.unlink(path)
+    try:
+        os.rmdir(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        pass  # not empty, or not ours to remove
 
 
 def _watch_parent() -> int | None:

@@ -122,12 +122,14 @@ class EngineServer:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 sock.connect(str(self.path))
-                self.ready = True
-                return sock
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 sock.close()
                 if self.ready:
                     raise ServerUnavailable(f"cannot connect: {exc.strerror}") from None
+            else:
+                if not self.ready:
+                    self._now_ready()
+                return sock
             rc = self.proc.poll() if self.proc is not None else -1
             if rc is not None:
                 raise ServerUnavailable(f"exited with status {rc} before it listened"
@@ -135,6 +137,13 @@ class EngineServer:
             if time.monotonic() - self._started > START_TIMEOUT:
                 raise ServerUnavailable(f"not listening {START_TIMEOUT:.0f}s after its start")
             time.sleep(0.002)
+
+    def _now_ready(self) -> None:
+        """The server listens: its start-up went well, its log is no longer needed (and
+        a server whose client dies can then leave an empty directory, which it removes)."""
+        self.ready = True
+        assert self.dir is not None
+        (self.dir / "serve.log").unlink(missing_ok=True)
 
     def _ask(self, conn: socket.socket, argv: Sequence[str], out: int, env: dict[str, str],
              cwd: Path, go: int) -> tuple[int, int]:
@@ -159,6 +168,17 @@ class EngineServer:
             for fd in (null, *fds):
                 os.close(fd)
         return _started(data, anc)
+
+    def how_it_ended(self, grace: float = 1.0) -> str:
+        """How the server, which closed a connection it still owed a status, ended."""
+        assert self.proc is not None
+        try:
+            rc = self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            return "closed a connection and still runs"
+        if rc < 0:
+            return f"was killed by {signal.Signals(-rc).name}"
+        return f"exited with status {rc}"
 
     def fail(self, why: str) -> None:
         """Give the server up: kill it by pid; later requests are refused with ``why``."""
@@ -244,8 +264,8 @@ class ServedProcess:
         except OSError:
             data = b""
         if not data:
-            self.server.fail(f"died during the {self.step} step (pid {self.pid} went on "
-                             "without it)")
+            self.server.fail(f"{self.server.how_it_ended()} during the {self.step} step "
+                             f"(pid {self.pid} went on without it)")
             self.conn.close()
             self.conn = None
             return
