@@ -168,9 +168,9 @@ def _in_own_mount_ns(body: Callable[[], None]) -> None:
 def test_the_child_is_the_process_a_subprocess_would_be(server: EngineServer, sleeper: int,
                                                         tmp_path: Path) -> None:
     """Paused with the sleeper seized, the served engine and a subprocess engine started
-    alike (a tmpfs cwd mounted in the caller's own mount namespace, umask, an ignored and
-    a blocked signal, the environment) look the same in /proc; SIGTERM ends both the
-    same way and leaves the sleeper running, untraced."""
+    alike (from a thread with a mount namespace and umask of its own, a tmpfs cwd mounted
+    there, an ignored and a blocked signal, the environment) look the same in /proc;
+    SIGTERM ends both the same way and leaves the sleeper running, untraced."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     env = dict(ENV, ENGINE_PAUSE="seize")
@@ -180,6 +180,7 @@ def test_the_child_is_the_process_a_subprocess_would_be(server: EngineServer, sl
     def both() -> None:
         plumbing.check_libc(plumbing.libc.mount(b"tmpfs", bytes(mnt), b"tmpfs", 0, None),
                             "mount tmpfs")
+        os.umask(0o037)  # this thread's own (its fs_struct was unshared with the namespace)
         log = mnt / "step.log"
         for mode in ("served", "plain"):
             args = ["dump", "-t", str(sleeper), "-D", f"img-{mode}", "--leave-running"]
@@ -199,7 +200,7 @@ def test_the_child_is_the_process_a_subprocess_would_be(server: EngineServer, sl
         signal.signal(signal.SIGUSR2, old_usr2)
     assert seen["served"] == seen["plain"]
     assert seen["served"]["cwd"] == str(mnt) and seen["served"]["own group and session"]
-    assert seen["served"]["Umask"] == "0027"
+    assert seen["served"]["Umask"] == "0037"  # the thread's, not the process's 0027
     assert outcome["served"] == outcome["plain"] == (
         1, "engine: error: interrupted: terminated by SIGTERM")
     assert not mnt.joinpath("step.log").exists()  # the tmpfs was the thread's only

@@ -373,12 +373,13 @@ def _namespaces() -> tuple[list[str], list[int]]:
 
 
 def _umask() -> int:
-    """This process's umask, read without changing it (another thread may create files)."""
-    with open("/proc/self/status") as f:
+    """This thread's umask (a thread that unshared CLONE_FS has its own; a subprocess
+    would inherit the calling thread's), read without changing it."""
+    with open("/proc/thread-self/status") as f:
         for line in f:
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
-    raise OSError("no Umask line in /proc/self/status")
+    raise OSError("no Umask line in /proc/thread-self/status")
 
 
 def _ignored_signals() -> list[int]:
