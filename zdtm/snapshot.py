@@ -268,6 +268,21 @@ def _attrs(pid: int, stat: proc.Stat, status: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _prefault(ps: ProcState, notes: list[str]) -> list[proc.MapsEntry]:
+    """The process's smaps entries, once the lazy-pages daemon of a lazily restored process
+    has served all its pages (memory.prefault_lazy), before anything reads them through
+    /proc/PID/mem: the ptrace visit reads and writes below the stack pointer, and a
+    restored tree may be captured before the daemon has delivered every page (EIO there:
+    rseq not masked, in-task attributes absent)."""
+    if ps.state == "Z":
+        return []
+    entries = proc.parse_smaps(proc.read_text(f"/proc/{ps.real_pid}/smaps"))
+    why = memory.prefault_lazy(ps.real_pid, entries, LAZY_TIMEOUT)
+    if why:
+        notes.append(why)
+    return entries
+
+
 def _visit(ps: ProcState, tids: dict[int, int], notes: list[str]) -> None:
     """One ptrace visit per thread: ps.rseq (None where it could not be read: the area then
     stays unmasked) and, in the main thread, the in-task part of ps.taskattrs."""
@@ -545,15 +560,13 @@ def _merge(vmas: list[VmaState]) -> list[VmaState]:
 
 
 def _maps_and_memory(
-    ps: ProcState, labels: _Labeller, file_cache: dict[tuple[str, int], int | None],
-    notes: list[str], masks: list[tuple[int, int]],
+    ps: ProcState, entries: list[proc.MapsEntry], labels: _Labeller,
+    file_cache: dict[tuple[str, int], int | None], masks: list[tuple[int, int]],
 ) -> None:
+    """ps.maps from the process's smaps ``entries`` (read by _prefault: the stopped tree's
+    maps do not change meanwhile), each VMA with its page digests."""
     if ps.state == "Z":
         return
-    entries = proc.parse_smaps(proc.read_text(f"/proc/{ps.real_pid}/smaps"))
-    why = memory.prefault_lazy(ps.real_pid, entries, LAZY_TIMEOUT)
-    if why:
-        notes.append(why)
     reader = memory.MemoryReader(ps.real_pid, file_cache)
     try:
         vmas = [_to_vma(ps, e, reader.digest(e, masks), labels) for e in entries]
@@ -659,6 +672,7 @@ def capture(root_pid: int, *, ns: bool = False,
     notes: list[str] = []
     procs: list[ProcState] = []
     outer_ppid: dict[int, int] = {}
+    smaps: dict[int, list[proc.MapsEntry]] = {}
     all_tids: list[int] = []
     for pid in pids:
         try:
@@ -666,6 +680,7 @@ def capture(root_pid: int, *, ns: bool = False,
         except FileNotFoundError:
             notes.append(f"pid {pid} vanished during the capture")
             continue
+        smaps[pid] = _prefault(ps, notes)
         _visit(ps, tids, notes)
         all_tids.extend(tids)
         procs.append(ps)
@@ -689,7 +704,8 @@ def capture(root_pid: int, *, ns: bool = False,
     masks = _address_space_masks(procs)
     try:
         for ps in procs:
-            _maps_and_memory(ps, labels, file_cache, notes, masks[ps.real_pid])
+            _maps_and_memory(ps, smaps[ps.real_pid], labels, file_cache,
+                             masks[ps.real_pid])
     finally:
         memory.close_files(file_cache)
 
