@@ -13,8 +13,6 @@ of that stack page.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 
 from engine.dump import vmas
@@ -25,20 +23,6 @@ from engine.proc import pagemap
 
 _SHARED_MASK = uapi.PM_PRESENT | uapi.PM_FILE
 _CHUNK_PAGES = 1 << 16  # pagemap entries read at once (512 KiB)
-
-
-def zero_pfn() -> int:
-    """The frame of the shared zero page, or 0 when page frames are hidden from us."""
-    with mmap.mmap(-1, uapi.PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as m:
-        _ = m[0]  # a read of untouched anonymous memory maps the zero page
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
-        fd = pagemap.open_pagemap(os.getpid())
-        try:
-            entry = pagemap.entries(fd, addr, addr + uapi.PAGE_SIZE)[0]
-        finally:
-            os.close(fd)
-        del addr
-    return int(entry) & uapi.PM_PFN_MASK if entry & uapi.PM_PRESENT else 0
 
 
 def _private_ranges(pid: int) -> list[Interval]:

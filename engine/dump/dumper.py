@@ -57,6 +57,7 @@ from engine.images.records import (
     Vma,
 )
 from engine.kernel import pagecrc
+from engine.proc import pagemap as procpagemap
 from engine.proc import tasks
 from engine.proc.auxv import read_auxv
 from engine.proc.stat import read_stat
@@ -457,7 +458,7 @@ def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState],
     """Pages each process shares copy-on-write with its parent in the tree (restorable
     only then: a pre-dump image is not). Before any injection, which copies stack pages.
     A task on its parent's address space shares everything, not copy-on-write."""
-    zero = cow.zero_pfn()
+    zero = procpagemap.zero_pfn()
     if not zero:
         return  # page frames are hidden: the restore copies every page as before
     live = {p.pid for p in procs}

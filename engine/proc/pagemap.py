@@ -3,6 +3,9 @@ per page, Documentation/admin-guide/mm/pagemap.rst) where PAGEMAP_SCAN cannot an
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import mmap
 import os
 from collections.abc import Iterable
 
@@ -27,18 +30,37 @@ def entries(fd: int, start: int, end: int) -> memoryview:
     return memoryview(os.pread(fd, n * 8, start // uapi.PAGE_SIZE * 8)).cast("Q")
 
 
+@functools.cache
+def zero_pfn() -> int:
+    """The frame of the shared zero page, or 0 when page frames are hidden from us."""
+    with mmap.mmap(-1, uapi.PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as m:
+        _ = m[0]  # a read of untouched anonymous memory maps the zero page
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        fd = open_pagemap(os.getpid())
+        try:
+            entry = entries(fd, addr, addr + uapi.PAGE_SIZE)[0]
+        finally:
+            os.close(fd)
+        del addr
+    return int(entry) & uapi.PM_PFN_MASK if entry & uapi.PM_PRESENT else 0
+
+
 def private_runs(fd: int, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """(start, end, 0) runs of the pages in `ranges` (sorted VMA ranges) that are present
-    or swapped and not file/shared-anon (PM_FILE): the walk for kernels without
-    PAGEMAP_SCAN. The zero page cannot be told apart here, so such pages are included."""
+    or swapped and not file/shared-anon (PM_FILE) nor the zero page: the walk for kernels
+    without PAGEMAP_SCAN. (Where page frames are hidden, zero-page pages are included: a
+    restore that writes them makes real pages of them, shared copy-on-write with the
+    children forked after.)"""
     out: list[tuple[int, int, int]] = []
     page, data, file = uapi.PAGE_SIZE, uapi.PM_PRESENT | uapi.PM_SWAP, uapi.PM_FILE
+    zero = (uapi.PM_PRESENT | zero_pfn()) if zero_pfn() else -1
+    mask = uapi.PM_PRESENT | uapi.PM_SWAP | uapi.PM_FILE | uapi.PM_PFN_MASK
     for start, end in ranges:
         ents = entries(fd, start, end)
         run_start = -1
         for k in range(len(ents) + 1):
             e = ents[k] if k < len(ents) else 0
-            want = bool(e & data) and not e & file
+            want = bool(e & data) and not e & file and e & mask != zero
             addr = start + k * page
             if want and run_start < 0:
                 run_start = addr

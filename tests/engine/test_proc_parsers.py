@@ -3,7 +3,9 @@ the test set up (umask, masks, rlimit, fds, growsdown VMA, a child)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import signal
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.kernel import uapi
-from engine.proc import auxv, fdinfo, limits, maps, stat, status, tasks, timers
+from engine.proc import auxv, fdinfo, limits, maps, pagemap, stat, status, tasks, timers
 from tests.engine.target_support import Target
 
 
@@ -233,3 +235,25 @@ def test_notify_and_pidfd_fdinfo_lines() -> None:
     with pytest.raises(ValueError):
         anonfd.inotify({"inotify wd": "1 ino:1 sdev:1 mask:2 ignored_mask:0 fhandle-bytes:9 "
                                       "fhandle-type:1 f_handle:00"})
+
+
+def test_pagemap_walk_leaves_out_the_zero_page() -> None:
+    """The walk for kernels without PAGEMAP_SCAN (6.1) keeps written pages and drops
+    pages that only read the zero page: dumped, those became real pages of the restored
+    parent, shared copy-on-write with its children (static/cow_tree under 6.1)."""
+    if not pagemap.zero_pfn():
+        pytest.skip("page frames are hidden here (no CAP_SYS_ADMIN): the zero page "
+                    "cannot be told apart")
+    page = uapi.PAGE_SIZE
+    with mmap.mmap(-1, 3 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as m:
+        _ = m[0]  # the zero page
+        m[page] = 1  # a page of its own
+        ref = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(ref)
+        del ref  # (the buffer export would keep the mapping from closing)
+        fd = pagemap.open_pagemap(os.getpid())
+        try:
+            runs = pagemap.private_runs(fd, [(addr, addr + 3 * page)])
+        finally:
+            os.close(fd)
+    assert runs == [(addr + page, addr + 2 * page, 0)]
