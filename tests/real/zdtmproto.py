@@ -28,7 +28,6 @@ class Test:
         opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
         self.pidfile = opts["pidfile"]
         self.outfile = opts["outfile"]
-        self._term = False
 
     def _write(self, line: str) -> None:
         with open(self.outfile, "a", encoding="utf-8") as f:
@@ -52,7 +51,11 @@ class Test:
             os._exit(0)
         os.close(r)
         os.setsid()
-        signal.signal(signal.SIGTERM, self._on_term)
+        # SIGTERM blocked before the body starts threads, so that every thread has it
+        # blocked and wait_signal() takes it: a handler may run on any thread that does
+        # not block it, and then the main thread's pause() never returns (seen right
+        # after a restore: the main thread just woken from its stop did not "want" it)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             yield
         except Exception as e:  # noqa: BLE001 - the starter must learn of any failure
@@ -61,13 +64,9 @@ class Test:
         os.write(w, b"r")
         os.close(w)
 
-    def _on_term(self, signum: int, frame: object) -> None:
-        self._term = True
-
     def wait_signal(self) -> None:
-        """Sleep until the harness's SIGTERM."""
-        while not self._term:
-            signal.pause()
+        """Sleep until the harness's SIGTERM (blocked in every thread since daemon())."""
+        signal.sigwait({signal.SIGTERM})
 
     def passed(self) -> None:
         """Write PASS and exit 0."""
