@@ -155,6 +155,17 @@ def test_crfail_passes_when_a_pre_dump_fails(tests_dir: Path) -> None:
     assert (r.outcome, r.phase, r.kind) == (FAIL, "pre-dump", ENGINE_ERROR), r.summary()
 
 
+def test_crfail_refused_at_a_frozen_snapshot_thaws_the_tree(tests_dir: Path) -> None:
+    """--snaps each freezes the tree for the snapshot's S0: a crfail test refused at that
+    snapshot passes, and its tree runs again for its verdict (it was left stopped, and
+    the stop timed out)."""
+    engine = Scripted(dump="fail")
+    r = run_test(_test(tests_dir, "crfail"), "h", engine,
+                 RunOptions(pre=1, snaps="each"))
+    assert r.outcome == PASS, r.summary()
+    assert any("pre-dump failed as expected" in n for n in r.notes), r.notes
+
+
 def test_crfail_unless_follows_the_engine(tests_dir: Path) -> None:
     """crfail_unless: an engine lacking the feature must refuse the dump; one that has it
     runs the test as plain C/R, where a failed dump is an engine error."""
