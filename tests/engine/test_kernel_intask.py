@@ -63,14 +63,27 @@ def _back_in_pause(t) -> None:  # type: ignore[no-untyped-def]
     assert t.result() == ["-1", str(errno.EINTR), "1"]
 
 
+def _seized_in_pause(spawn):  # type: ignore[no-untyped-def]
+    """A target seized and stopped inside pause(), and its _snapshot."""
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    return t, _snapshot(t.pid)
+
+
+def _released(t) -> None:  # type: ignore[no-untyped-def]
+    """Detach the target: it must go on in pause() as before."""
+    ptrace.detach(t.pid)
+    time.sleep(0.05)
+    _back_in_pause(t)
+
+
 @pytest.mark.parametrize("in_task", [True, False])
 def test_results_alike_and_task_put_back(spawn, in_task: bool) -> None:
     """Both ways give the same results; the task's registers, maps, fds and mask are as
     before (no code page, no socket left), and it goes on where it was."""
-    t = spawn("pause")
-    t.wait_in_syscall(uapi.SYS_pause)
-    _stop(t.pid)
-    regs, before = ptrace.get_regs(t.pid), _snapshot(t.pid)
+    t, before = _seized_in_pause(spawn)
+    regs = ptrace.get_regs(t.pid)
     table, refs = _table()
     with Injector(t.pid, TIMEOUT) as inj:
         res = intask.run(inj, table, TIMEOUT, in_task=in_task)
@@ -81,17 +94,12 @@ def test_results_alike_and_task_put_back(spawn, in_task: bool) -> None:
     assert res.slot(refs.bad_close) == -errno.EBADF
     assert ptrace.get_regs(t.pid).to_dict() == regs.to_dict()
     assert _snapshot(t.pid) == before
-    ptrace.detach(t.pid)
-    time.sleep(0.05)
-    _back_in_pause(t)
+    _released(t)
 
 
 @pytest.mark.parametrize("in_task", [True, False])
 def test_failed_entry_is_named_and_stops_the_table(spawn, in_task: bool) -> None:
-    t = spawn("pause")
-    t.wait_in_syscall(uapi.SYS_pause)
-    _stop(t.pid)
-    before = _snapshot(t.pid)
+    t, before = _seized_in_pause(spawn)
     table, _ = _table()
     after = table.slot()
     table.add(uapi.SYS_close, 654321, what=("close {}", 654321))
@@ -101,18 +109,13 @@ def test_failed_entry_is_named_and_stops_the_table(spawn, in_task: bool) -> None
     assert info.value.errno == errno.EBADF and info.value.index == len(table) - 2
     assert "close 654321" in str(info.value)
     assert _snapshot(t.pid) == before
-    ptrace.detach(t.pid)
-    time.sleep(0.05)
-    _back_in_pause(t)
+    _released(t)
 
 
 @pytest.mark.parametrize("in_task", [True, False])
 def test_rows_run_and_a_failed_row_is_named(spawn, in_task: bool) -> None:
     """Rows entries run once per row both ways; a failed row stops the table, named."""
-    t = spawn("pause")
-    t.wait_in_syscall(uapi.SYS_pause)
-    _stop(t.pid)
-    before = _snapshot(t.pid)
+    t, before = _seized_in_pause(spawn)
     table, _ = _table()
     fds = (0, 1, 2, 987654, 1)  # fcntl(F_GETFD) of each: EBADF in row 3
     rows = array("q", [v for fd in fds for v in (fd, uapi.F_GETFD, 0, 0, 0, 0)])
@@ -125,9 +128,7 @@ def test_rows_run_and_a_failed_row_is_named(spawn, in_task: bool) -> None:
     assert (info.value.index, info.value.row) == (len(table) - 2, 3)
     assert info.value.errno == errno.EBADF and "fcntl row 3" in str(info.value)
     assert _snapshot(t.pid) == before
-    ptrace.detach(t.pid)
-    time.sleep(0.05)
-    _back_in_pause(t)
+    _released(t)
 
 
 def _engine_dies(pid: int, where: str) -> None:
