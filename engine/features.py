@@ -16,7 +16,6 @@ checks and its drivers' maps use only these names (tests/test_feature_names.py).
 from __future__ import annotations
 
 import ctypes
-import errno
 import importlib
 import json
 import mmap
@@ -378,9 +377,7 @@ def _clone3_probe(set_tid: bool) -> Result:
     attempts = 3 if set_tid else 1
     for attempt in range(attempts):
         if set_tid:
-            with open("/proc/sys/kernel/ns_last_pid", encoding="ascii") as f:
-                last = int(f.read())
-            want = _free_pid(last + 100 * (attempt + 1))
+            want = tasks.free_pid_after(100 * (attempt + 1))
             tid_arr[0] = want
             args.set_tid = ctypes.addressof(tid_arr)
             args.set_tid_size = 1
@@ -396,19 +393,6 @@ def _clone3_probe(set_tid: bool) -> Result:
     if set_tid and pid != want:
         return False, f"clone3 set_tid asked {want}, got {pid}"
     return True, ""
-
-
-def _free_pid(start: int) -> int:
-    with open("/proc/sys/kernel/pid_max", encoding="ascii") as f:
-        pid_max = int(f.read())
-    pid = start
-    for _ in range(1000):
-        if pid >= pid_max:
-            pid = 300
-        if not tasks.exists(pid):
-            return pid
-        pid += 1
-    raise OSError(errno.EAGAIN, "no free pid found for the probe")
 
 
 def _ns_last_pid_probe() -> Result:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 import struct
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -57,7 +56,6 @@ if TYPE_CHECKING:
     from typing import Self
 
 _MASK64 = (1 << 64) - 1
-_HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 _ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 _ALL_SIGNALS = _MASK64
 _SIGTRAP_BIT = 1 << (uapi.SIGTRAP - 1)
@@ -406,9 +404,9 @@ class Injector:
         w.r8 = a5 & _MASK64
         w.r9 = a6 & _MASK64
         # A termination signal to the engine waits until the task is stopped again: its
-        # handler raising mid-round-trip would leave the task running in our frame.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-        try:
+        # handler raising mid-round-trip would leave the task running in our frame (a
+        # bare sigmask does not do: a signal another thread takes still runs the handler).
+        with termination_held():
             ptrace.set_regs(self.tid, w)
             try:
                 regs = self._run()
@@ -417,8 +415,6 @@ class Injector:
                 self._use_insn(find_syscall_insn(self.tid, self._mem, refresh=True))
                 ptrace.set_regs(self.tid, w)
                 regs = self._run()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.count += 1
         return regs.signed("rax")
 
@@ -442,8 +438,7 @@ class Injector:
                         back: tuple[int, int] | None = None) -> int:
         """Run one syscall from home (the restorer): caught at its entry stop and changed
         into `nr`, which returns home again, or to `back` (rip, rsp)."""
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-        try:
+        with termination_held():
             ptrace.set_regs(self.tid, self._work)
             regs = self._syscall_stop()
             if (regs.orig_rax, regs.rip) != self._home:
@@ -455,8 +450,6 @@ class Injector:
             regs.rip, regs.rsp = back or (self._work.rip, self._work.rsp)
             ptrace.set_regs(self.tid, regs)
             regs = self._syscall_stop()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.count += 1
         return regs.signed("rax")
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
+
+# The kernel hands out pids from here on when it wraps past pid_max (RESERVED_PIDS).
+_FIRST_REUSED_PID = 300
 
 
 def threads(pid: int) -> list[int]:
@@ -81,3 +85,19 @@ def oom_score_adj(pid: int) -> int:
 def exists(pid: int) -> bool:
     """True while /proc/PID exists (zombies included)."""
     return os.path.exists(f"/proc/{pid}")
+
+
+def free_pid_after(offset: int) -> int:
+    """A pid no task holds, ``offset`` past the last one handed out, wrapping at pid_max
+    the way the kernel does (a guess: another process may take it before it is used)."""
+    with open("/proc/sys/kernel/ns_last_pid", encoding="ascii") as f:
+        pid = int(f.read()) + offset
+    with open("/proc/sys/kernel/pid_max", encoding="ascii") as f:
+        pid_max = int(f.read())
+    for _ in range(1000):
+        if pid >= pid_max:
+            pid = _FIRST_REUSED_PID + pid % pid_max
+        if not exists(pid):
+            return pid
+        pid += 1
+    raise OSError(errno.EAGAIN, "no free pid found")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import struct
+import threading
 import time
 
 import pytest
 
+from engine import errors
+from engine.errors import EngineError
 from engine.kernel import inject, ptrace, uapi
 from engine.kernel.inject import InjectError, Injector, restart_regs
 from engine.kernel.structs import UserRegs
@@ -281,6 +285,76 @@ def test_sigstop_during_injection_is_kept(spawn) -> None:
         assert time.monotonic() < deadline, "SIGSTOP was lost"
         time.sleep(0.005)
     os.kill(t.pid, signal.SIGCONT)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.result() == ["-1", str(errno.EINTR), "1"]
+
+
+def _sigterm_from_another_thread() -> None:
+    """SIGTERM taken by a new thread of ours (the calling thread may block it): Python
+    still runs the handler in the main thread, at its next bytecode."""
+    def take() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    helper = threading.Thread(target=take)
+    helper.start()
+    helper.join()
+
+
+def test_termination_mid_syscall_waits_for_the_stop(spawn, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    """The engine's SIGTERM arriving while an injected syscall runs, even on another
+    thread, is raised only once the task is stopped again: the task is put back whole
+    (it was raised at once, and restore() met a running task: ESRCH)."""
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+    regs = ptrace.get_regs(t.pid)
+    fired: list[bool] = []
+
+    def fire_once() -> None:
+        if not fired:
+            fired.append(True)  # the task runs the injected syscall now
+            _sigterm_from_another_thread()
+
+    real_ptrace, real_cont, real_step = ptrace.ptrace, ptrace.cont, ptrace.singlestep
+
+    entries: list[int] = []
+
+    def raw_then_signal(request: int, tid: int, addr: object = 0, data: object = 0) -> int:
+        ret = real_ptrace(request, tid, addr, data)
+        if request == uapi.PTRACE_SYSCALL:  # framed: to the entry stop, then to its exit
+            entries.append(tid)
+            if len(entries) == 2:
+                fire_once()
+        return ret
+
+    def cont_then_signal(tid: int, sig: int = 0) -> None:
+        real_cont(tid, sig)
+        fire_once()
+
+    def step_then_signal(tid: int, sig: int = 0) -> None:
+        real_step(tid, sig)
+        fire_once()
+
+    saved = {s: signal.getsignal(s) for s in errors.TERMINATION_SIGNALS}
+    errors.arm_interruption()
+    try:
+        with pytest.raises(EngineError, match="terminated by SIGTERM"), \
+                Injector(t.pid, TIMEOUT) as inj:
+            monkeypatch.setattr(ptrace, "ptrace", raw_then_signal)
+            monkeypatch.setattr(ptrace, "cont", cont_then_signal)
+            monkeypatch.setattr(ptrace, "singlestep", step_then_signal)
+            ts = inj.scratch(16)
+            inj.write(ts, struct.pack("qq", 0, 300_000_000))
+            # still sleeping when the signal comes: raised once the sleep is over
+            assert inj.syscall(uapi.SYS_nanosleep, ts, 0) == 0
+        monkeypatch.undo()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert fired
+    assert ptrace.get_regs(t.pid).to_dict() == regs.to_dict()
+    ptrace.detach(t.pid)
     os.kill(t.pid, signal.SIGUSR1)
     assert t.result() == ["-1", str(errno.EINTR), "1"]
 

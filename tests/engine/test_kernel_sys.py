@@ -16,6 +16,7 @@ from engine.kernel import ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.structs import CloneArgs, PageRegion, PmScanArg
 from engine.proc import pagemap as procpagemap
+from engine.proc import tasks
 from tests.engine.target_support import reap
 
 PAGE = uapi.PAGE_SIZE
@@ -143,16 +144,8 @@ def test_pidfd_getfd_copies_a_pipe_end(spawn) -> None:
         os.close(pidfd)
 
 
-def _free_pid() -> int:
-    with open("/proc/sys/kernel/ns_last_pid", encoding="ascii") as f:
-        pid = int(f.read()) + 500
-    while os.path.exists(f"/proc/{pid}"):
-        pid += 1
-    return pid
-
-
 def test_clone3_with_set_tid() -> None:
-    want = _free_pid()
+    want = tasks.free_pid_after(500)
     tids = (ctypes.c_int * 1)(want)
     args = CloneArgs()
     args.exit_signal = signal.SIGCHLD

@@ -71,6 +71,7 @@ def test_write_tracking_of_another_process(spawn) -> None:
 def test_tracking_ends_with_the_last_fd(spawn) -> None:
     """Closing our copy unregisters: the VMA loses its uffd-wp flag ("uw" in VmFlags)."""
     t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)  # a SIGUSR1 before pause() would leave it waiting
     ptrace.seize(t.pid)
     ptrace.freeze(t.pid, 10)
     with Injector(t.pid) as inj:
@@ -123,6 +124,7 @@ def test_user_mode_uffd_still_sees_kernel_writes(spawn) -> None:
     write tracking: async WP faults are resolved before the user-mode-only check, so a
     write done by the kernel for the task (here clock_gettime) is tracked too."""
     t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)  # a SIGUSR1 before pause() would leave it waiting
     ptrace.seize(t.pid)
     ptrace.freeze(t.pid, 10)
     pm = os.open(f"/proc/{t.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
@@ -151,6 +153,7 @@ def test_in_a_user_namespace_only_user_mode_is_granted(spawn) -> None:
     with open("/proc/sys/vm/unprivileged_userfaultfd", encoding="ascii") as f:
         unprivileged_allowed = f.read().strip() == "1"
     t = spawn("userns")
+    t.wait_in_syscall(uapi.SYS_pause)
     assert os.readlink(f"/proc/{t.pid}/ns/user") != os.readlink("/proc/self/ns/user")
     ptrace.seize(t.pid)
     ptrace.freeze(t.pid, 10)
