@@ -27,6 +27,19 @@ def build_fake(behaviour: str, out: Path) -> None:
 
 
 @contextlib.contextmanager
+def open_workroot(prefix: str) -> Iterator[Path]:
+    """A harness work root below a fresh temp dir others can enter (the uns flavour's uid
+    100000 must; pytest's own tmp dirs are 0700); removed afterwards with whatever a
+    failed run kept in it for its logs."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        os.chmod(top, 0o755)
+        yield top / "work"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def fake_suite(tests: Mapping[str, tuple[str, str]], prefix: str) -> Iterator[Path]:
     """A --tests-dir holding, for each ``name: (behaviour, desc)``, the fake built with that
     behaviour and ``name.desc``; removed afterwards.

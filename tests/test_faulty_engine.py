@@ -13,10 +13,8 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import faulty_engine
 import pytest
 from faulty_engine import EngineFault, FaultyEngine, lsm_unavailable
 
+from tests.fake_support import open_workroot
 from zdtm import ROOT_DIR, checks, lifecycle, plumbing, snapshot
 from zdtm.desc import TestDesc, discover
 from zdtm.drivers.bundled import BundledEngine
@@ -44,18 +43,13 @@ def clean() -> Iterator[Path]:
     """A work root (below a dir uid 100000 can enter, for uns; pytest's own tmp dirs are
     0700); afterwards: no new child process, fd or mount, no image left in it (a failed
     run keeps its work dir for its logs, never its images)."""
-    top = Path(tempfile.mkdtemp(prefix="zdtm-selftest-"))
-    os.chmod(top, 0o755)
     before = snapshot.own_state()
     kids = set(plumbing.descendants(os.getpid()))
-    root = top / "work"
-    try:
+    with open_workroot("zdtm-selftest-") as root:
         yield root
         assert [p for p in plumbing.descendants(os.getpid()) if p not in kids] == []
         assert checks.compare_own(before, snapshot.own_state()) == []
         assert not root.exists() or [p for p in root.glob("*/img/*") if p.is_dir()] == []
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def _run(test: TestDesc, engine: FaultyEngine, workroot: Path, flavor: str = "h",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_support import build_fake
+from tests.fake_support import build_fake, open_workroot
 from zdtm import plumbing
 from zdtm.desc import TestDesc, discover, discover_external
 from zdtm.drivers.base import Engine, EngineFailure, Features, StepResult, run_logged
@@ -86,6 +86,13 @@ class Scripted(Engine):
         return 2 ** 22 + 1  # above pid_max: never a live task
 
 
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """The runs' work root: what a failed run keeps for its logs goes with it."""
+    with open_workroot("zdtm-lc-work-") as root:
+        yield root
+
+
 @pytest.fixture(autouse=True)
 def nothing_left() -> Iterator[None]:
     before = set(plumbing.descendants(os.getpid()))
@@ -93,9 +100,10 @@ def nothing_left() -> Iterator[None]:
     assert set(plumbing.descendants(os.getpid())) <= before
 
 
-def test_norst_pre_dumps_chain_and_tree_survives(tests_dir: Path) -> None:
+def test_norst_pre_dumps_chain_and_tree_survives(tests_dir: Path, work: Path) -> None:
     eng = Scripted()
-    r = run_test(_test(tests_dir, "pass"), "h", eng, RunOptions(iters=2, pre=2, norst=True))
+    r = run_test(_test(tests_dir, "pass"), "h", eng,
+                 RunOptions(workroot=work, iters=2, pre=2, norst=True))
     assert r.outcome == PASS, r.summary()
     assert r.iterations == 2
     assert eng.calls == [f"pre-dump parent={p}" for p in ("None", "1-pre1")] + [
@@ -103,13 +111,13 @@ def test_norst_pre_dumps_chain_and_tree_survives(tests_dir: Path) -> None:
         "dump leave_running=True"]
 
 
-def test_snaps_are_full_dumps_chained_and_timed(tests_dir: Path) -> None:
+def test_snaps_are_full_dumps_chained_and_timed(tests_dir: Path, work: Path) -> None:
     """--snaps: each pre-dump step is a dump that leaves the tree running, against the one
     before; the final dump's parent is the last snapshot; every step's frozen figures are
     in the result."""
     eng = Scripted()
     r = run_test(_test(tests_dir, "pass"), "h", eng,
-                 RunOptions(iters=1, pre=2, snaps="last", norst=True))
+                 RunOptions(workroot=work, iters=1, pre=2, snaps="last", norst=True))
     assert r.outcome == PASS, r.summary()
     assert eng.calls == ["dump leave_running=True"] * 3
     assert eng.parents == [None, "1-snap1", "1-snap2"]
@@ -118,24 +126,24 @@ def test_snaps_are_full_dumps_chained_and_timed(tests_dir: Path) -> None:
     assert len(r.timings) == 3
 
 
-def test_restore_of_a_dead_root_is_an_engine_error(tests_dir: Path) -> None:
+def test_restore_of_a_dead_root_is_an_engine_error(tests_dir: Path, work: Path) -> None:
     eng = Scripted()
-    r = run_test(_test(tests_dir, "pass"), "h", eng, RunOptions())
+    r = run_test(_test(tests_dir, "pass"), "h", eng, RunOptions(workroot=work))
     assert (r.outcome, r.phase, r.kind) == (FAIL, "restore", ENGINE_ERROR), r.summary()
     assert "not alive" in r.message
     assert eng.calls == ["dump leave_running=False", "restore leave_stopped=True"]
 
 
-def test_hanging_dump_is_a_timeout(tests_dir: Path) -> None:
-    r = run_test(_test(tests_dir, "pass"), "ns", Scripted(dump="hang"), RunOptions())
+def test_hanging_dump_is_a_timeout(tests_dir: Path, work: Path) -> None:
+    r = run_test(_test(tests_dir, "pass"), "ns", Scripted(dump="hang"), RunOptions(workroot=work))
     assert (r.outcome, r.phase, r.kind) == (FAIL, "dump", TIMEOUT), r.summary()
 
 
-def test_crfail_passes_when_the_dump_fails(tests_dir: Path) -> None:
-    r = run_test(_test(tests_dir, "crfail"), "h", Scripted(dump="fail"), RunOptions())
+def test_crfail_passes_when_the_dump_fails(tests_dir: Path, work: Path) -> None:
+    r = run_test(_test(tests_dir, "crfail"), "h", Scripted(dump="fail"), RunOptions(workroot=work))
     assert r.outcome == PASS, r.summary()
     assert any("dump failed as expected" in n for n in r.notes)
-    r = run_test(_test(tests_dir, "crfail"), "h", Scripted(), RunOptions(norst=True))
+    r = run_test(_test(tests_dir, "crfail"), "h", Scripted(), RunOptions(workroot=work, norst=True))
     assert (r.outcome, r.phase) == (FAIL, "dump")
     assert r.message == "dump succeeded but the test is crfail"
     # the tree is still judged once: checked, then stopped for the test's verdict
@@ -143,55 +151,56 @@ def test_crfail_passes_when_the_dump_fails(tests_dir: Path) -> None:
     assert r.iterations == 1, r.summary()
 
 
-def test_crfail_passes_when_a_pre_dump_fails(tests_dir: Path) -> None:
+def test_crfail_passes_when_a_pre_dump_fails(tests_dir: Path, work: Path) -> None:
     """A pre-dump is a dump: a crfail test refused there passes, no dump follows; an
     ordinary test refused there fails at pre-dump."""
     engine = Scripted(dump="fail")
-    r = run_test(_test(tests_dir, "crfail"), "h", engine, RunOptions(pre=2))
+    r = run_test(_test(tests_dir, "crfail"), "h", engine, RunOptions(workroot=work, pre=2))
     assert r.outcome == PASS, r.summary()
     assert any("pre-dump failed as expected" in n for n in r.notes), r.notes
     assert engine.calls == ["pre-dump parent=None"]
-    r = run_test(_test(tests_dir, "pass"), "h", Scripted(dump="fail"), RunOptions(pre=2))
+    r = run_test(_test(tests_dir, "pass"), "h", Scripted(dump="fail"),
+                 RunOptions(workroot=work, pre=2))
     assert (r.outcome, r.phase, r.kind) == (FAIL, "pre-dump", ENGINE_ERROR), r.summary()
 
 
-def test_crfail_refused_at_a_frozen_snapshot_thaws_the_tree(tests_dir: Path) -> None:
+def test_crfail_refused_at_a_frozen_snapshot_thaws_the_tree(tests_dir: Path, work: Path) -> None:
     """--snaps each freezes the tree for the snapshot's S0: a crfail test refused at that
     snapshot passes, and its tree runs again for its verdict (it was left stopped, and
     the stop timed out)."""
     engine = Scripted(dump="fail")
     r = run_test(_test(tests_dir, "crfail"), "h", engine,
-                 RunOptions(pre=1, snaps="each"))
+                 RunOptions(workroot=work, pre=1, snaps="each"))
     assert r.outcome == PASS, r.summary()
     assert any("pre-dump failed as expected" in n for n in r.notes), r.notes
 
 
-def test_crfail_unless_follows_the_engine(tests_dir: Path) -> None:
+def test_crfail_unless_follows_the_engine(tests_dir: Path, work: Path) -> None:
     """crfail_unless: an engine lacking the feature must refuse the dump; one that has it
     runs the test as plain C/R, where a failed dump is an engine error."""
     t = _test(tests_dir, "crfail_unless")
     lacks, has = {"odd_state": False}, {"odd_state": True}
-    r = run_test(t, "h", Scripted(dump="fail", feats=lacks), RunOptions())
+    r = run_test(t, "h", Scripted(dump="fail", feats=lacks), RunOptions(workroot=work))
     assert r.outcome == PASS, r.summary()
     assert any("the engine lacks odd_state" in n for n in r.notes), r.notes
-    r = run_test(t, "h", Scripted(feats=lacks), RunOptions(norst=True))
+    r = run_test(t, "h", Scripted(feats=lacks), RunOptions(workroot=work, norst=True))
     assert (r.outcome, r.message) == (FAIL, "dump succeeded but the test is crfail")
-    r = run_test(t, "h", Scripted(feats=has), RunOptions(norst=True))
+    r = run_test(t, "h", Scripted(feats=has), RunOptions(workroot=work, norst=True))
     assert r.outcome == PASS, r.summary()
     assert any("not crfail with the scripted engine" in n for n in r.notes), r.notes
-    r = run_test(t, "h", Scripted(dump="fail", feats=has), RunOptions())
+    r = run_test(t, "h", Scripted(dump="fail", feats=has), RunOptions(workroot=work))
     assert (r.outcome, r.phase, r.kind) == (FAIL, "dump", ENGINE_ERROR), r.summary()
 
 
-def test_failed_dump_is_reported_and_cleaned(tests_dir: Path) -> None:
-    r = run_test(_test(tests_dir, "pass"), "uns", Scripted(dump="fail"), RunOptions())
+def test_failed_dump_is_reported_and_cleaned(tests_dir: Path, work: Path) -> None:
+    r = run_test(_test(tests_dir, "pass"), "uns", Scripted(dump="fail"), RunOptions(workroot=work))
     assert (r.outcome, r.phase, r.kind) == (FAIL, "dump", ENGINE_ERROR)
     assert r.message == "seize: refused on purpose"
 
 
-def test_refused_mode_skips_with_the_engines_reason(tests_dir: Path) -> None:
+def test_refused_mode_skips_with_the_engines_reason(tests_dir: Path, work: Path) -> None:
     eng = Scripted(feats={"pre_dump": False})
-    r = run_test(_test(tests_dir, "pass"), "h", eng, RunOptions(pre=1))
+    r = run_test(_test(tests_dir, "pass"), "h", eng, RunOptions(workroot=work, pre=1))
     assert r.outcome == SKIP
     assert r.message == "scripted engine cannot yet: pre_dump (scripted)"
     assert eng.calls == []
@@ -240,7 +249,7 @@ class _SlowLazyPages(BundledEngine):
         return dict(super().env(), ENGINE_LAZY_BACKGROUND_DELAY="5")
 
 
-def test_lazy_restore_captured_before_its_pages_are_in() -> None:
+def test_lazy_restore_captured_before_its_pages_are_in(work: Path) -> None:
     """S1 of a lazy restore is taken while the daemon still holds most pages: the capture
     has them served before anything reads the tree's memory through /proc/PID/mem (the
     ptrace visit below the stack pointer got EIO there: rseq unmasked, in-task attributes
@@ -250,5 +259,5 @@ def test_lazy_restore_captured_before_its_pages_are_in() -> None:
     if why:
         pytest.skip(why)
     test = next(t for t in discover() if t.name == "static/mem_anon")
-    r = run_test(test, "h", engine, RunOptions(iters=1, lazy=True))
+    r = run_test(test, "h", engine, RunOptions(workroot=work, iters=1, lazy=True))
     assert r.outcome == PASS, "\n".join([r.summary(), *r.details])
