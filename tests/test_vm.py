@@ -37,7 +37,7 @@ def _fake_vng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Pat
                     f"{body}\n")
     fake.chmod(0o755)
     monkeypatch.setattr(vm, "VNG", str(fake))
-    monkeypatch.setattr(vm, "_KVM", (False, "probe says no (test)"))
+    monkeypatch.setattr(vm, "kvm_usable", lambda _image: (False, "probe says no (test)"))
     return fake
 
 
@@ -205,9 +205,32 @@ def test_the_guest_runner_records_each_result(tmp_path: Path) -> None:
     assert (got.test, got.flavor, got.outcome) == ("static/cwd", "h", PASS)
 
 
-def test_kvm_probe_gives_a_reason() -> None:
-    ok, why = vm._probe_kvm()
+def test_kvm_probe_gives_a_reason(kernel: vm.Kernel) -> None:
+    ok, why = vm._probe_kvm(str(kernel.image))
     assert ok or why
+
+
+@pytest.mark.parametrize("qemu, usable, why", [
+    ("echo 'Booting from ROM...'; echo 'Linux version 6.1.0 (x)'; exit 0", True, ""),
+    # firmware runs, then the kernel hangs as it starts (seen on a host where KVM works
+    # for qemu's own checks): no banner by the deadline
+    ("echo 'Booting from ROM...'; exec sleep 60", False,
+     "qemu with KVM: vmlinuz-9.9.9-test printed nothing within 2s (the guest hangs)"),
+    ("echo 'qemu-system-x86_64: error: failed to set MSR 0x10a' >&2; exit 1", False,
+     "qemu with KVM: error: failed to set MSR 0x10a"),
+])
+def test_kvm_probe_boots_the_kernel(kernel: vm.Kernel, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch, qemu: str,
+                                    usable: bool, why: str) -> None:
+    """KVM counts as usable only when the kernel itself prints its banner under it."""
+    (tmp_path / vm.QEMU).write_text(f"#!/bin/sh\n{qemu}\n")
+    (tmp_path / vm.QEMU).chmod(0o755)
+    device = tmp_path / "kvm"
+    device.touch()
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(vm, "KVM_DEVICE", str(device))
+    monkeypatch.setattr(vm, "KVM_PROBE_TIMEOUT", 2.0)
+    assert vm._probe_kvm(str(kernel.image)) == (usable, why)
 
 
 def test_pytest_items_take_their_kernels_results(kernel: vm.Kernel, tmp_path: Path) -> None:

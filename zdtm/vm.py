@@ -118,34 +118,52 @@ def missing_tools() -> str | None:
     return None
 
 
-_KVM: tuple[bool, str] | None = None
+_KVM: dict[str, tuple[bool, str]] = {}
+KVM_DEVICE = "/dev/kvm"
+KVM_PROBE_TIMEOUT = 30.0  # a kernel under KVM prints its banner within a few seconds
+_BANNER = "Linux version "
 
 
-def kvm_usable() -> tuple[bool, str]:
-    """Whether qemu can run a guest with KVM here (probed once: /dev/kvm may exist and
-    still refuse ordinary guests, e.g. a PVM host: ``failed to set MSR``), and why not."""
-    global _KVM
-    if _KVM is None:
-        _KVM = _probe_kvm()
-    return _KVM
+def kvm_usable(image: Path | str) -> tuple[bool, str]:
+    """Whether qemu with KVM runs the kernel `image` here (probed once per image), and why
+    not: /dev/kvm may refuse ordinary guests (a PVM host: ``failed to set MSR``), or run
+    the firmware and then hang as the kernel starts (no error at all)."""
+    key = str(image)
+    if key not in _KVM:
+        _KVM[key] = _probe_kvm(key)
+    return _KVM[key]
 
 
-def _probe_kvm() -> tuple[bool, str]:
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "no usable /dev/kvm"
-    cmd = [QEMU, "-accel", "kvm", "-cpu", "host", "-nodefaults", "-display", "none", "-S",
-           "-monitor", "stdio"]
+def _probe_kvm(image: str) -> tuple[bool, str]:
+    """Boot `image` under KVM with no root file system: it must print its banner on the
+    serial console (then it panics, and -no-reboot ends qemu)."""
+    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
+        return False, f"no usable {KVM_DEVICE}"
+    cmd = [QEMU, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display",
+           "none", "-no-reboot", "-serial", "stdio", "-kernel", image, "-append",
+           "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"]
     try:
-        p = subprocess.run(cmd, input="quit\n", capture_output=True, text=True, timeout=30,
-                           check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           errors="replace", timeout=KVM_PROBE_TIMEOUT, check=False)
+        out = p.stdout + p.stderr
+    except subprocess.TimeoutExpired as exc:
+        out = _text(exc.stdout) + _text(exc.stderr)
+        if _BANNER not in out:
+            return False, (f"qemu with KVM: {Path(image).name} printed nothing within "
+                           f"{KVM_PROBE_TIMEOUT:.0f}s (the guest hangs)")
+    except OSError as exc:
         return False, f"qemu with KVM: {exc}"
-    errors = [m.group(0) for m in re.finditer(r"(error|failed)\b.*", p.stdout + p.stderr,
-                                               re.IGNORECASE)]
-    if p.returncode != 0 or errors:
-        return False, "qemu with KVM: " + (errors[0].strip() if errors
-                                           else f"exit status {p.returncode}")
-    return True, ""
+    if _BANNER in out:
+        return True, ""
+    errors = [m.group(0) for m in re.finditer(r"(error|failed)\b.*", out, re.IGNORECASE)]
+    return False, "qemu with KVM: " + (errors[0].strip() if errors
+                                       else f"no kernel banner (exit status {p.returncode})")
+
+
+def _text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
 
 
 def guest_argv(raw_argv: Sequence[str]) -> list[str]:
@@ -237,7 +255,8 @@ def run_guest(kernel: Kernel, argv: Sequence[str], line: Callable[[str], None],
     (prefixed with the release) and collect the results; the guest's kernel log is kept
     as `logs`/dmesg-RELEASE.txt when `logs` is given. Never hangs: the boot has
     BOOT_TIMEOUT, after it the guest may be silent at most `silence` seconds."""
-    kvm, why = kvm_usable()
+    assert kernel.image is not None
+    kvm, why = kvm_usable(kernel.image)
     run = GuestRun(kernel, accel="kvm" if kvm else f"tcg ({why})")
     tag = f"[{kernel.release}]"
     line(f"{tag} booting {kernel.image} ({run.accel})")
