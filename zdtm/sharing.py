@@ -5,9 +5,10 @@
   Processes sharing one table form a class, named after its first member in walk order
   ("files[pid 1]"); a process alone with its table has no entry.
 - Private memory still shared copy-on-write since a fork: /proc/PID/pagemap gives, as root,
-  the page frame of every present page; an anonymous page of a private mapping that is not
-  mapped exclusively (PM_MMAP_EXCLUSIVE clear) and whose frame another process of the tree
-  maps too is shared copy-on-write. A restore that copies such pages into each process
+  the page frame of every present page; an anonymous page of a private mapping whose frame
+  another process of the tree maps too is shared copy-on-write. (Not filtered by
+  PM_MMAP_EXCLUSIVE: older kernels, 6.1 among them, set it for every page of a PMD-mapped
+  huge page by the head page's map count, also for pages another process still maps.) A restore that copies such pages into each process
   doubles the memory the tree uses: the processes see the same bytes, but not the same
   memory. Pages of the zero page are no one's.
 """
@@ -28,7 +29,6 @@ KCMP_KINDS = {"vm": 1, "files": 2, "fs": 3, "sighand": 4}
 TABLE_NAMES = {"vm": "address space (CLONE_VM)", "files": "fd table (CLONE_FILES)",
                "fs": "fs info (CLONE_FS)", "sighand": "signal handlers (CLONE_SIGHAND)"}
 PM_PFN_MASK = (1 << 55) - 1
-PM_MMAP_EXCLUSIVE = 1 << 56
 PM_FILE = 1 << 61  # file page or shared anonymous memory
 
 
@@ -77,7 +77,7 @@ def _zero_pfn() -> int:
 
 
 def _shared_private_pages(pid: int, zero: int) -> dict[int, int]:
-    """{frame: address} of present, non-exclusive anonymous pages of private mappings."""
+    """{frame: address} of the present anonymous pages of private mappings."""
     out: dict[int, int] = {}
     entries = proc.parse_maps(proc.read_text(f"/proc/{pid}/maps"))
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
@@ -88,7 +88,7 @@ def _shared_private_pages(pid: int, zero: int) -> dict[int, int]:
             raw = os.pread(fd, e.pages * 8, e.start // proc.PAGE_SIZE * 8)
             for i, entry in enumerate(struct.iter_unpack("<Q", raw)):
                 v = entry[0]
-                if v & proc.PM_PRESENT and not v & (PM_FILE | PM_MMAP_EXCLUSIVE):
+                if v & proc.PM_PRESENT and not v & PM_FILE:
                     pfn = v & PM_PFN_MASK
                     if pfn and pfn != zero:
                         out[pfn] = e.start + i * proc.PAGE_SIZE
