@@ -2,7 +2,8 @@
 
 A tree dumped in its own pid/mnt/net/uts/ipc namespaces (their root is pid 1 of the pid
 namespace) is restored into new ones: the root is cloned with the matching CLONE_NEW*
-flags and every task gets its pids at every level (clone3 set_tid, innermost first).
+flags and every task gets its pid inside the new pid namespace (clone3 set_tid); outside
+it, the kernel chooses.
 Inside, the root task (still Python) then makes the mount tree private and mounts a /proc
 for the new pid namespace (the image has no mount table: a private /proc is what a pid
 namespace's tree sees), sets hostname and domainname, and brings loopback up.
@@ -65,8 +66,7 @@ class NsSetup:
 
     @property
     def new_user(self) -> bool:
-        """A new user namespace: the engine writes its id maps, tasks below the root get
-        pids only inside (only the engine may choose pids outside)."""
+        """A new user namespace: the engine writes its id maps."""
         return bool(self.clone_flags & uapi.CLONE_NEWUSER)
 
     def inner_uid(self, uid: int) -> int:
@@ -130,10 +130,12 @@ def set_tid(image: DumpImage, pid: int) -> list[int]:
 
 def clone_tids(image: DumpImage, ns: NsSetup | None, pid: int) -> tuple[list[int], bool]:
     """The set_tid a task is created with, and whether it fixes the engine-side pid.
-    Below a new user namespace only the pids inside can be chosen (the task lacks
-    CAP_SYS_ADMIN over the engine's pid namespace); the root is cloned by the engine."""
+    In a new pid namespace only the pids inside are the tree's: the ones outside are
+    whatever the kernel gives (the dumped ones may be taken by then, and asking for them
+    would fail the restore for nothing); below a new user namespace they could not be
+    chosen anyway (no CAP_SYS_ADMIN over the engine's pid namespace)."""
     tids = set_tid(image, pid)
-    if ns is not None and ns.new_user and pid != image.inventory.root_pid and len(tids) > 1:
+    if ns is not None and (ns.new_pid or ns.new_user) and len(tids) > 1:
         return tids[:1], False
     return tids, True
 

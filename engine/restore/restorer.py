@@ -620,8 +620,8 @@ class TreeRestorer:
         assert t.runner is not None and self.tree is not None
         tid = th.tid
         tids = list(reversed(th.ns_tid)) if th.ns_tid else [tid]
-        if self.ns is not None and self.ns.new_user:
-            tids = tids[:1]  # as for processes: only the engine may choose outer ids
+        if self.ns is not None and (self.ns.new_pid or self.ns.new_user):
+            tids = tids[:1]  # as for processes: the tids inside only
         scratch = window.base + window.region_size - _SCRATCH
         res, real = vmchild.inject_clone(t.runner, scratch, _THREAD_FLAGS, tids)
         if real:

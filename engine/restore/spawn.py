@@ -477,8 +477,8 @@ class Tree:
     """The tasks the engine created: their real pids, which pids are ours, killing them.
 
     Tasks are named by their dumped pids; `real` maps them to the pids they got, as the
-    engine sees them: the same, except below a new user namespace, where a task cannot
-    choose its pid in the engine's pid namespace and the engine finds it by its pid inside.
+    engine sees them: the same, except in a new pid namespace, where a task gets only its
+    pid inside chosen and the engine finds it by that pid.
     """
 
     def __init__(self, setup: TreeSetup, root_real: int) -> None:
