@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from bench.procs import DeadlineExceeded, Procs, Timed
 from zdtm.drivers.bundled import BundledEngine
 from zdtm.drivers.criu import CriuEngine
+from zdtm.drivers.engine_client import EngineServer
 
 REPO = Path(__file__).resolve().parent.parent
+KILL_GRACE_S = 5.0
 
 
 class Engine(ABC):
@@ -40,6 +45,13 @@ class Engine(ABC):
     @abstractmethod
     def probe(self) -> None:
         """Run `check`; sets available, message and features."""
+
+    def run(self, procs: Procs, argv: list[str], timeout: float) -> Timed:
+        """Run one step built here, timed: a process of its own."""
+        return procs.run(argv, timeout, cwd=REPO, env=self.env())
+
+    def close(self) -> None:
+        """Release what the engine holds between steps (nothing by default)."""
 
     def dump(self, pid: int, images: Path, prev: Path | None = None,
              leave_running: bool = False) -> list[str]:
@@ -80,14 +92,51 @@ class Engine(ABC):
 
 class Bundled(Engine):
     """The project's engine, spelled and probed by the harness's driver
-    (zdtm.drivers.bundled): the same argv, environment and `check --json`."""
+    (zdtm.drivers.bundled): the same argv, environment and `check --json`.
+
+    By default each step is a process of its own, interpreter start-up and imports
+    included. `served`: each step is forked from one engine server, as the harness runs
+    them (zdtm.drivers.engine_client); `run_served` times it."""
 
     name = "bundled"
 
-    def __init__(self) -> None:
+    def __init__(self, served: bool = False) -> None:
         super().__init__()
-        # the benchmark times the engine process itself, start-up included: no server
         self._driver = BundledEngine(server=False)
+        self.server: EngineServer | None = None
+        if served:
+            self.server = EngineServer(self._driver.command(), self._driver.env(), REPO)
+            self.server.start()
+
+    def run(self, procs: Procs, argv: list[str], timeout: float) -> Timed:
+        """Run one step: a process of its own, or (served) a fork of the server, timed
+        from the request to the exit status, CPU and peak RSS as the server's wait4 saw
+        them."""
+        if self.server is None:
+            return super().run(procs, argv, timeout)
+        if self.server.proc is not None:
+            procs.spare(self.server.proc.pid)
+        args = argv[len(self.base()):]
+        log = procs.new_log()
+        t0 = time.monotonic()
+        with open(log, "wb") as out:
+            proc = self.server.launch(args, out.fileno(), self.env(), REPO, args[0])
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill(KILL_GRACE_S)
+            raise DeadlineExceeded(f"{' '.join(args)}: no exit within {timeout:.0f} s "
+                                   "(killed)") from None
+        wall = time.monotonic() - t0
+        output = log.read_text(errors="replace")[-4000:]
+        log.unlink(missing_ok=True)
+        return Timed(argv, rc, wall, proc.maxrss_kib or 0, proc.cpu_s or 0.0, output)
+
+    def close(self) -> None:
+        """Stop the engine server, if there is one."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     def base(self) -> list[str]:
         """`python -S -m engine` with this interpreter (stdlib only: site is skipped)."""

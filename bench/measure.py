@@ -59,7 +59,7 @@ def image_disk_bytes(images: Path) -> int:
 
 def run_step(ctx: Context, engine: Engine, step: str, argv: list[str]) -> Timed:
     """Run one engine command with the deadline; StepFailed unless it exits 0."""
-    res = ctx.procs.run(argv, ctx.timeout, cwd=REPO, env=engine.env())
+    res = engine.run(ctx.procs, argv, ctx.timeout)
     if not res.ok:
         raise StepFailed(f"{step}: {res.error_line()}")
     return res

@@ -84,17 +84,26 @@ class Procs:
         self.sweep_children = sweep_children
         self.tracked: set[int] = set()  # roots we must end (workloads, restored trees)
         self.groups: set[int] = set()  # process groups we created (engine runs)
+        self.spared: set[int] = set()  # children that live across jobs (an engine server)
         self._seq = 0
+
+    def spare(self, pid: int) -> None:
+        """Leave our child pid (and what runs below it) to its owner: no sweep ends it."""
+        self.spared.add(pid)
 
     def track(self, pid: int) -> None:
         """Remember pid (and, at cleanup, its descendants) as ours to end."""
         self.tracked.add(pid)
 
+    def new_log(self) -> Path:
+        """A fresh path for one process's output."""
+        self._seq += 1
+        return self.log_dir / f"proc{self._seq}.log"
+
     def spawn(self, argv: list[str], cwd: Path | None = None,
               env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
         """Start argv in a process group of its own, output to a log file."""
-        self._seq += 1
-        log = self.log_dir / f"proc{self._seq}.log"
+        log = self.new_log()
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT,
@@ -163,7 +172,7 @@ class Procs:
         Engine runs still being timed (our process groups) are left to finish().
         """
         for pid in children(os.getpid()):
-            if pid in self.groups:
+            if pid in self.groups or pid in self.spared:
                 continue
             try:
                 os.waitpid(pid, os.WNOHANG)
@@ -181,7 +190,8 @@ class Procs:
         if self.sweep_children:
             # Anything else re-parented to us came from a workload or engine we started.
             for pid in children(os.getpid()):
-                self.kill_tree(pid)
+                if pid not in self.spared:
+                    self.kill_tree(pid)
             self.reap_orphans()
 
 

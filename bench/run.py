@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--criu-bin", default=None,
                    help="criu binary (default: criu from PATH, else the one "
                         "../shared/peers/criu/build.sh builds and prints)")
+    p.add_argument("--served", action="store_true",
+                   help="bundled steps are forked from one engine server, as the harness "
+                        "runs them (default: a process of their own, start-up included)")
     p.add_argument("--reps", type=int, default=3, help="repetitions; medians are printed")
     p.add_argument("--mib", type=int, default=1024, help="MiB of the anon workload")
     p.add_argument("--vmas", type=int, default=30000, help="VMAs of the maps workload")
@@ -125,9 +128,11 @@ def engines_for(args: argparse.Namespace) -> list[Engine]:
     """Probe the requested engines; print why criu is not measured when it is not."""
     out: list[Engine] = []
     if args.engine in ("bundled", "both"):
-        eng = Bundled()
+        eng = Bundled(served=args.served)
         eng.probe()
-        log(f"bundled: {'available' if eng.available else 'unavailable: ' + eng.message}")
+        how = " (steps forked from an engine server)" if args.served else ""
+        log(f"bundled{how}: "
+            f"{'available' if eng.available else 'unavailable: ' + eng.message}")
         out.append(eng)
     if args.engine in ("criu", "both"):
         found = criubin.find_criu(args.criu_bin, REPO)
@@ -299,6 +304,9 @@ def print_report(args: argparse.Namespace, results: list[report.Result],
     print(f"machine: kernel {platform.release()}, {os.cpu_count()} CPUs, load average "
           f"{load_text(loads[0])} at start, {load_text(loads[1])} at end "
           "(other work on the machine makes every figure noisier)")
+    if args.served:
+        print("bundled engine: every step forked from one engine server (--served), as the "
+              "harness runs them; criu: a process per step")
     if any(r.scenario in ("cycle", "lazy") for r in results):
         print(f"\n== Ours / CRIU (medians of {args.reps}, engines in turn rep by rep) ==")
         print(compare.ratio_tables(results))
@@ -365,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="zdtm-bench-", dir=args.workdir))
     procs = Procs(tmp, sweep_children=True)
     loads = [os.getloadavg()]
+    engines: list[Engine] = []
     try:
         ctx = measure.Context(procs, workloads.build_memload(tmp), tmp, args.timeout)
         engines = engines_for(args)
@@ -375,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # A second Ctrl-C must not cut the cleanup short.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        for eng in engines:
+            eng.close()
         procs.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
         signal.pthread_sigmask(signal.SIG_UNBLOCK,

@@ -12,7 +12,8 @@ Protocol (SOCK_SEQPACKET, one connection per request)::
                        "ignored": [signo...], "mask": [signo...], "ns": [name...]}
                       with SCM_RIGHTS fds: stdin, stdout, stderr, go, then one per ns name
     server -> client  {"pid": int} with the child's pidfd,
-                      then {"status": int} (its wait status) once it has exited,
+                      then {"status": int, "cpu_s": float, "maxrss_kib": int} (its
+                      wait status and rusage) once it has exited,
                       or {"error": str} when the request could not be started
 
 ``go`` is the read end of a pipe the client holds: the child runs nothing before it has
@@ -201,10 +202,12 @@ def _pidfd(pid: int) -> int:
 
 
 def _reap(req: _Running) -> None:
-    """The child has exited: collect it and tell the client its wait status."""
-    _, status = os.waitpid(req.pid, 0)
+    """The child has exited: collect it and tell the client its wait status and what it
+    used (CPU seconds, peak RSS in KiB: a benchmark's figures, as wait4 gives them)."""
+    _, status, ru = os.wait4(req.pid, 0)
     os.close(req.pidfd)
-    _send(req.conn, {"status": status})
+    _send(req.conn, {"status": status, "cpu_s": ru.ru_utime + ru.ru_stime,
+                     "maxrss_kib": ru.ru_maxrss})
     req.conn.close()
 
 

@@ -98,6 +98,24 @@ def _flip_word(pid: int, addr: int) -> None:
         mem.write(struct.pack("Q", val ^ 1))
 
 
+def test_served_steps_report_status_cpu_and_rss(procs: Procs, tmp_path: Path) -> None:
+    """--served: a bundled step is a fork of the engine server; its exit status, output,
+    CPU time and peak RSS come back as for a process of its own."""
+    eng = Bundled(served=True)
+    try:
+        ok = eng.run(procs, eng.base() + ["check", "--json"], TIMEOUT_S)
+        assert ok.returncode == 0, ok.output
+        assert '"features"' in ok.output
+        assert ok.cpu_s > 0 and ok.maxrss_kib > 1024
+        bad = eng.run(procs, eng.base() + ["dump", "-t", str(2 ** 22 + 1), "-D",
+                                           str(tmp_path / "img")], TIMEOUT_S)
+        assert bad.returncode == 1
+        assert bad.error_line() == f"engine: error: seize: no such process {2 ** 22 + 1}"
+    finally:
+        eng.close()
+    assert eng.server is None
+
+
 def _region(pid: int, size: int) -> int:
     """Start of pid's anonymous mapping of exactly size bytes."""
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():

@@ -223,6 +223,9 @@ class ServedProcess:
         self.pidfd: int | None = pidfd
         self.conn: socket.socket | None = conn
         self.returncode: int | None = None
+        #: CPU seconds and peak RSS (KiB) the server's wait4 saw (None: not from it)
+        self.cpu_s: float | None = None
+        self.maxrss_kib: int | None = None
         self._exited_at: float | None = None  # when its pidfd said it had exited
 
     def wait(self, timeout: float | None = None) -> int:
@@ -270,12 +273,16 @@ class ServedProcess:
             self.conn = None
             return
         try:
-            status = json.loads(data).get("status")
+            answer = json.loads(data)
+            status = answer.get("status")
         except (ValueError, AttributeError):
             status = None
         if not isinstance(status, int):
             raise EngineFailure("error", self.step, f"engine server: bad answer {data!r}")
         self.returncode = os.waitstatus_to_exitcode(status)
+        cpu, rss = answer.get("cpu_s"), answer.get("maxrss_kib")
+        if isinstance(cpu, (int, float)) and isinstance(rss, int):
+            self.cpu_s, self.maxrss_kib = float(cpu), rss
 
     def _waitid(self) -> int:
         """The status of the exited child, now re-parented to this process."""
