@@ -1,7 +1,8 @@
 /*
- * proc.c - small /proc files read whole: a task's stat line, comm, environ.
+ * proc.c - small /proc files read whole: a task's stat line, comm, environ, id maps.
  */
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -61,4 +62,25 @@ const char *task_comm(pid_t tid)
 	buf[n > 0 ? n : 0] = '\0';
 	buf[strcspn(buf, "\n")] = '\0';
 	return buf;
+}
+
+/* Whether `id` is inside one of the ranges of an id map file (uid_map, gid_map). */
+static bool id_in_map(const char *map, unsigned int id)
+{
+	char buf[4096], *line, *save;
+	unsigned int in, out, count;
+	ssize_t n = test_read_file(map, buf, sizeof(buf) - 1);
+
+	if (n < 0)
+		return false;
+	buf[n] = '\0';
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		if (sscanf(line, "%u %u %u", &in, &out, &count) == 3 && id >= in && id - in < count)
+			return true;
+	return false;
+}
+
+bool test_ids_mapped(uid_t uid, gid_t gid)
+{
+	return id_in_map("/proc/self/uid_map", uid) && id_in_map("/proc/self/gid_map", gid);
 }

@@ -212,6 +212,8 @@ ssize_t test_read_file(const char *path, char *buf, size_t size);
 int proc_stat(pid_t pid, char *state, pid_t *ppid);
 /* The comm of thread tid of this process, without the newline; "" when unreadable. */
 const char *task_comm(pid_t tid);
+/* Whether uid and gid both exist in this user namespace (a smoke run may map root only). */
+bool test_ids_mapped(uid_t uid, gid_t gid);
 
 /* ---- child processes ------------------------------------------------------------------- */
 

@@ -55,22 +55,6 @@ static struct {
 	char mtext[BIG];
 } msg;
 
-/* Whether `id` is mapped in this user namespace (the smoke run maps root only). */
-static bool id_mapped(const char *map, unsigned int id)
-{
-	char buf[4096], *line;
-	unsigned int in, out, count;
-	ssize_t n = test_read_file(map, buf, sizeof(buf) - 1);
-
-	if (n < 0)
-		return false;
-	buf[n] = '\0';
-	for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
-		if (sscanf(line, "%u %u %u", &in, &out, &count) == 3 && id >= in && id - in < count)
-			return true;
-	return false;
-}
-
 static int write_sysctl(const char *name, long value)
 {
 	char path[64];
@@ -197,8 +181,7 @@ int main(int argc, char **argv)
 	test_init(argc, argv);
 	creator_uid = geteuid();
 	creator_gid = getegid();
-	chown = id_mapped("/proc/self/uid_map", OWNER_UID) &&
-		id_mapped("/proc/self/gid_map", OWNER_GID);
+	chown = test_ids_mapped(OWNER_UID, OWNER_GID);
 	for (int i = 0; i < Q2_SMALL; i++) {
 		Q2.types[i] = 1 + i % 3;
 		Q2.sizes[i] = (size_t)i * 29;

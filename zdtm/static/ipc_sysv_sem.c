@@ -51,22 +51,6 @@ static struct set S2 = { "S2", IPC_PRIVATE, -1, S2_N, 0600, 0, 0, { 5, 9 }, { 0 
 static uid_t creator_uid;
 static gid_t creator_gid;
 
-/* Whether `id` is mapped in this user namespace (the smoke run maps root only). */
-static bool id_mapped(const char *map, unsigned int id)
-{
-	char buf[4096], *line;
-	unsigned int in, out, count;
-	ssize_t n = test_read_file(map, buf, sizeof(buf) - 1);
-
-	if (n < 0)
-		return false;
-	buf[n] = '\0';
-	for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
-		if (sscanf(line, "%u %u %u", &in, &out, &count) == 3 && id >= in && id - in < count)
-			return true;
-	return false;
-}
-
 static int make(struct set *s, int key_no, bool chown)
 {
 	struct semid_ds ds;
@@ -188,8 +172,7 @@ int main(int argc, char **argv)
 	creator_gid = getegid();
 	signal(SIGPIPE, SIG_IGN);
 
-	if (make(&S1, 1, id_mapped("/proc/self/uid_map", OWNER_UID) &&
-		 id_mapped("/proc/self/gid_map", OWNER_GID)) || make(&S2, 0, false))
+	if (make(&S1, 1, test_ids_mapped(OWNER_UID, OWNER_GID)) || make(&S2, 0, false))
 		return 1;
 	if (setval(&S1, 1) || setval(&S1, 3))
 		return 1;

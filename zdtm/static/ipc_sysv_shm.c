@@ -74,22 +74,6 @@ static size_t page_len(const struct seg *s, unsigned int page)
 	return left < PAGE ? left : PAGE;
 }
 
-/* Whether `id` is mapped in this user namespace (the smoke run maps root only). */
-static bool id_mapped(const char *map, unsigned int id)
-{
-	char buf[4096], *line;
-	unsigned int in, out, count;
-	ssize_t n = test_read_file(map, buf, sizeof(buf) - 1);
-
-	if (n < 0)
-		return false;
-	buf[n] = '\0';
-	for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
-		if (sscanf(line, "%u %u %u", &in, &out, &count) == 3 && id >= in && id - in < count)
-			return true;
-	return false;
-}
-
 static int make(struct seg *s, int key_no)
 {
 	struct shmid_ds ds;
@@ -103,8 +87,7 @@ static int make(struct seg *s, int key_no)
 	}
 	s->uid = creator_uid;
 	s->gid = creator_gid;
-	if (s == &A && id_mapped("/proc/self/uid_map", OWNER_UID) &&
-	    id_mapped("/proc/self/gid_map", OWNER_GID)) {
+	if (s == &A && test_ids_mapped(OWNER_UID, OWNER_GID)) {
 		if (shmctl(s->id, IPC_STAT, &ds)) {
 			pr_perror("IPC_STAT %s", s->name);
 			return -1;
