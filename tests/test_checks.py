@@ -400,3 +400,27 @@ def test_ipc_namespace_lost_is_the_ns_checks() -> None:
         "ns: pid 100 (t): ipc namespace ipc[pid 100] -> host",
         "ns: pid 101 (t): ipc namespace ipc[pid 100] -> host",
     ]
+
+
+def test_a_snapshot_expects_its_files_disk_attributes_as_the_tree_left_them() -> None:
+    """--snaps each restores a snapshot after the tree went on: a linked file's size and
+    mtime (on disk) are expected as at the last S0, its offset (the process's) and an
+    unlinked file's content (in the image) as at the snapshot."""
+    snap, last = _tree(), _tree()
+    for tree, size, when in ((snap, "10", "t1"), (last, "20", "t2")):
+        p = tree.procs[100]
+        p.fds[5] = FdState("/tmp/gone (deleted)", 0o100002, 0)
+        p.files = {1: {"size": size, "mtime": when, "mode": "0o644"},
+                   5: {"size": size, "mtime": when, "content sha256": when}}
+    last.procs[100].fds[1] = FdState("/tmp/out", 0o102001, 99)  # the tree wrote on
+    expected = snapshot.with_disk_of(snap, last)
+    assert expected.procs[100].files == {
+        1: {"size": "20", "mtime": "t2", "mode": "0o644"},
+        5: {"size": "10", "mtime": "t1", "content sha256": "t1"}}
+    assert expected.procs[100].fds[1].pos == 77  # the snapshot's own offset
+    assert snap.procs[100].files[1]["size"] == "10"  # the snapshot itself is unchanged
+    # a restore that got the snapshot's file right passes; the offset is still checked
+    restored = copy.deepcopy(expected)
+    assert checks.compare(expected, restored) == []
+    restored.procs[100].fds[1] = FdState("/tmp/out", 0o102001, 99)
+    assert any("fd 1" in m for m in _messages(expected, restored))

@@ -34,6 +34,7 @@ import termios
 import time
 from collections.abc import Iterator, Mapping
 
+from zdtm import proc
 from zdtm.plumbing import libc
 
 _SYS_PIDFD_GETFD = 438
@@ -168,6 +169,11 @@ def _mqueue(rfd: int, inner: Mapping[int, int]) -> dict[str, str]:
             "mq status": " ".join(f"{k}:{v}" for k, v in status.items())}
 
 
+#: What ``regular`` reads of a linked file that is the file's on disk, not the process's: a
+#: restore puts back the process, the disk stays as the tree left it.
+DISK_ATTRS = ("owner uid:gid", "mode", "size", "mtime")
+
+
 def regular(pid: int, fd: int, target: str,
             inner: Mapping[int, int] | None = None) -> dict[str, str]:
     """Owner, mode, size, mtime (and for an unlinked file its layout and digest; for a
@@ -186,7 +192,7 @@ def regular(pid: int, fd: int, target: str,
             return out | _mqueue(rfd, inner or {})
         finally:
             os.close(rfd)
-    if target.endswith(" (deleted)"):
+    if target.endswith(proc.DELETED):
         rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             out["data layout"] = data_layout(rfd, st.st_size)

@@ -367,7 +367,7 @@ class Run:
                 if not self._dump(i, parent):
                     return  # crfail: the expected dump failure ended the C/R part
                 if not self.opts.norst:
-                    self._restore_snapshots(i, frozen, snaps, keep)
+                    self._restore_snapshots(i, frozen, snaps, keep, s0)
                     held = keep & self._restore(i, frozen, label)
             else:
                 self._freeze(Phase.CHECK)
@@ -436,9 +436,11 @@ class Run:
         return taken
 
     def _restore_snapshots(self, i: int, frozen: list[int], snaps: list[tuple[Path, Any]],
-                           keep: set[int]) -> None:
+                           keep: set[int], last: Any) -> None:
         """--snaps each: restore every snapshot in turn (the dumped tree is gone), compare
-        it with its own S0 while stopped, and kill it; the final dump is restored after."""
+        it with its own S0 while stopped, and kill it; the final dump is restored after.
+        Its files on disk are as the tree left them: their disk attributes are expected as
+        in ``last`` (the final dump's S0)."""
         for k, (d, s0) in enumerate(snaps, 1):
             if s0 is None:
                 continue
@@ -451,6 +453,7 @@ class Run:
             # as _restore: the tasks the restore left stopped, before the harness stops all
             held = keep & plumbing.stopped_ids(self.root_pid, settle=STOP_SETTLE)
             frozen = self._freeze(Phase.RESTORE)
+            s0 = snapshot.with_disk_of(s0, last)
             s1, allowed = allowances.reconcile(s0, self._capture(f"S1 of snapshot {k}", held),
                                                self.engine.allowances())
             self.result.allowed += [f"iteration {i} snapshot {k}: {d}" for d in allowed]

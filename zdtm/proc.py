@@ -20,7 +20,7 @@ PM_SWAP = 1 << 62
 VSYSCALL = "[vsyscall]"
 VVAR_PREFIX = "[vvar"  # [vvar] and, since 6.13, [vvar_vclock]
 
-_DELETED = " (deleted)"
+DELETED = " (deleted)"  # how /proc ends the path of an unlinked file
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def parse_maps_line(line: str) -> MapsEntry:
             dev=dev,
             inode=int(inode),
             path=path,
-            deleted=path.endswith(_DELETED),
+            deleted=path.endswith(DELETED),
         )
     except ValueError:
         raise ValueError(f"not a maps line: {line!r}") from None

@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from stat import S_ISFIFO, S_ISSOCK
 
 from zdtm import (
@@ -153,6 +153,26 @@ class TreeState:
     cow: sharing.CowPairs = field(default_factory=dict)  # pages shared copy-on-write
     ipc: dict[str, ipcstate.IpcState] = field(default_factory=dict)  # label -> its objects
     notes: list[str] = field(default_factory=list)  # what could not be captured, and why
+
+
+def with_disk_of(snap: TreeState, later: TreeState) -> TreeState:
+    """``snap`` with the on-disk attributes of its linked regular files (DISK_ATTRS) as
+    ``later`` saw them: a snapshot restored after the tree went on writing finds its files
+    as the tree left them (an unlinked file's content is in the image, and stays as is)."""
+    procs = {}
+    for pid, p in snap.procs.items():
+        q = later.procs.get(pid)
+        files = dict(p.files)
+        for fd, attrs in p.files.items():
+            now = q.files.get(fd) if q is not None else None
+            then_fd, now_fd = p.fds.get(fd), q.fds.get(fd) if q is not None else None
+            if (now is None or then_fd is None or now_fd is None
+                    or then_fd.target != now_fd.target or then_fd.target.endswith(proc.DELETED)):
+                continue
+            files[fd] = attrs | {k: now[k] for k in filestate.DISK_ATTRS
+                                 if k in attrs and k in now}
+        procs[pid] = replace(p, files=files)
+    return replace(snap, procs=procs)
 
 
 @dataclass
