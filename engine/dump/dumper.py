@@ -127,7 +127,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     its private pages are copied after the tree is let go (tracking, armed while it was
     frozen, catches every page written meanwhile for the next dump), so it stays frozen
     only while its state is read."""
-    with pages.Staging() as staging:
+    with pages.Staging(pages.staging_size(pid)) as staging:
         staging.map()  # before the freeze: populating it is not frozen time
         return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind, staging)
 

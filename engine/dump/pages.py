@@ -27,10 +27,14 @@ from engine.kernel import sys as ksys
 from engine.kernel import uapi
 from engine.proc import pagemap as procpagemap
 from engine.proc import swaps as procswaps
+from engine.proc import tasks
 
 # Staging buffer size: large enough for few syscalls, small enough to stay cache-warm
 # between the read from the target and the write to the image (measured 4-16 MiB best).
 STAGING_BYTES = 16 << 20
+#: The smallest staging slot: a small tree needs no more, and populating 32 MiB of
+#: buffers cost a 1 MiB process's dump 10 ms.
+MIN_STAGING = 1 << 20
 
 _UNWANTED = uapi.PAGE_IS_PFNZERO | uapi.PAGE_IS_FILE
 # More groups of VMAs than this: one PAGEMAP_SCAN over all of them (see _scan_groups).
@@ -45,6 +49,20 @@ class Run(NamedTuple):
     addr: int
     length: int
     via_mem: bool
+
+
+def staging_size(root: int) -> int:
+    """A staging slot for dumping the tree of `root` (read before it is frozen: a guess):
+    about its anonymous memory, between MIN_STAGING and STAGING_BYTES, in whole MiB."""
+    total, todo = 0, [root]
+    while todo and total < STAGING_BYTES:
+        pid = todo.pop()
+        total += tasks.anon_bytes(pid)
+        try:
+            todo += tasks.children(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return min(STAGING_BYTES, max(MIN_STAGING, (total + MIN_STAGING - 1) & ~(MIN_STAGING - 1)))
 
 
 class Staging:
