@@ -59,10 +59,14 @@ def fake_suite(tests: Mapping[str, tuple[str, str]], prefix: str) -> Iterator[Pa
 
 def runner(*args: str, timeout: float = 180, nice: int = 0) -> subprocess.CompletedProcess[str]:
     """./runner.py ``args`` from the checkout, at least at niceness ``nice``; stdout and stderr
-    together in .stdout. Nothing the run started may survive it."""
+    together in .stdout. Nothing the run started may survive it; a `run` gets a work root
+    of its own, removed after it with what a failed test kept there."""
     before = set(plumbing.descendants(os.getpid()))
-    proc = subprocess.run(["nice", "-n", str(max(0, nice - os.nice(0))), sys.executable,
-                           str(ROOT / "runner.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+    with open_workroot("zdtm-runner-") as root:
+        extra = ["--work-root", str(root)] if args[:1] == ("run",) else []
+        proc = subprocess.run(["nice", "-n", str(max(0, nice - os.nice(0))), sys.executable,
+                               str(ROOT / "runner.py"), *args, *extra], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout, check=False)
     assert set(plumbing.descendants(os.getpid())) <= before
     return proc

@@ -302,3 +302,17 @@ def test_parallel_run_probes_the_engine_once(fake_dir: Path, tmp_path: Path) -> 
     assert res.stdout.count("criu check failed: fake criu: no kernel support") == 5, res.stdout
     checks = [ln for ln in calls.read_text().splitlines() if ln.startswith("check")]
     assert checks == ["check"], checks
+
+
+def test_work_root_holds_the_logs_of_a_failed_test(fake_dir: Path, tmp_path: Path) -> None:
+    """--work-root: the per-test work dirs go there; a failed test keeps its logs there
+    (and nothing under the default work root)."""
+    root = tmp_path / "work"
+    before = set(DEFAULT_WORKROOT.glob("ext-fail-h-*"))
+    proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), "run", "--tests-dir",
+                           str(fake_dir), "-t", "ext/fail", "--nocr", "--work-root", str(root)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    kept = list(root.glob("ext-fail-h-*"))
+    assert len(kept) == 1 and f"logs kept in {kept[0]}" in proc.stdout
+    assert set(DEFAULT_WORKROOT.glob("ext-fail-h-*")) == before

@@ -85,9 +85,9 @@ def test_bad_kernel_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no such kernel image" in r.stderr
 
 
-def test_guest_argv_drops_kernel_and_report() -> None:
+def test_guest_argv_drops_kernel_report_and_work_root() -> None:
     argv = ["run", "-t", "static/cwd", "--kernel", "a", "--kernel=b", "--report", "R",
-            "--report=S", "-f", "h", "--keep-going"]
+            "--report=S", "-f", "h", "--work-root", "/w", "--work-root=/v", "--keep-going"]
     assert vm.guest_argv(argv) == ["run", "-t", "static/cwd", "-f", "h", "--keep-going"]
     script = vm.guest_script(vm.guest_argv(argv), Path("/tmp/o"))
     assert "--results-out /tmp/o/results.jsonl" in script and "--kernel" not in script

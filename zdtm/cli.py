@@ -138,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=("bundled", "criu"), default="bundled")
     run.add_argument("--criu-bin", metavar="PATH", type=_executable, help="criu binary (default: from PATH)")
     run.add_argument("--keep-img", action="store_true",
-                     help=f"keep work dirs and images under {DEFAULT_WORKROOT}")
+                     help="keep work dirs and images under the work root")
+    run.add_argument("--work-root", metavar="DIR", type=Path, default=DEFAULT_WORKROOT,
+                     help="where the per-test work dirs go; a failed test keeps its logs "
+                          f"there (default {DEFAULT_WORKROOT}; uns needs every directory "
+                          "above it searchable by others)")
     run.add_argument("--report", metavar="DIR", type=Path,
                      help="write results.json, junit.xml and summary.html to DIR "
                           "(checked writable before anything runs)")
@@ -224,7 +228,7 @@ def plan(tests: Sequence[TestDesc], flavors: Sequence[str] | None) -> list[Job]:
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(iters=max(args.iters, 1), pre=args.pre, snaps=args.snaps,
                       lazy=args.lazy_pages,
-                      norst=args.norst, keep_img=args.keep_img, workroot=DEFAULT_WORKROOT,
+                      norst=args.norst, keep_img=args.keep_img, workroot=args.work_root,
                       engine_timeout=args.engine_timeout, tolerate_taint=args.tolerate_taint)
 
 
@@ -454,7 +458,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         interrupted = _run_jobs(jobs, args, engine, console, run.cases)
     with contextlib.suppress(OSError):
-        DEFAULT_WORKROOT.rmdir()  # only when empty: --keep-img leaves its work dirs there
+        args.work_root.rmdir()  # only when empty: --keep-img leaves its work dirs there
     return _finish(args, inputs, run, len(jobs) * max(len(kernels), 1), console, interrupted)
 
 

@@ -167,18 +167,19 @@ def _text(data: bytes | str | None) -> str:
 
 
 def guest_argv(raw_argv: Sequence[str]) -> list[str]:
-    """The runner's own command line for the guest: without --kernel (one level of VMs)
-    and --report (the host writes the one report)."""
+    """The runner's own command line for the guest: without --kernel (one level of VMs),
+    --report (the host writes the one report) and --work-root (a host path: the guest
+    keeps its work dirs in its own /tmp)."""
     out: list[str] = []
     skip = False
     for arg in raw_argv:
         if skip:
             skip = False
             continue
-        if arg in ("--kernel", "--report"):
+        if arg in ("--kernel", "--report", "--work-root"):
             skip = True
             continue
-        if arg.startswith(("--kernel=", "--report=")):
+        if arg.startswith(("--kernel=", "--report=", "--work-root=")):
             continue
         out.append(arg)
     return out
