@@ -23,7 +23,10 @@ import pytest
 from engine.kernel import sys as ksys
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
+from flavors import get_flavor
+from flavors.base import Flavor
 from zdtm import hostlocks
+from zdtm.build import ensure_built
 from zdtm.desc import load_desc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +53,18 @@ def build_c(source: Path, factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out), str(source)],
                    check=True, timeout=60)
     return out
+
+
+def flavor_work(top: Path, name: str) -> tuple[Flavor, Path]:
+    """The flavour `name` and a work dir for it, top/work, prepared (its init built; top
+    opened to others: uns runs the test as uid 100000)."""
+    ensure_built([])  # flavors/nsinit
+    os.chmod(top, 0o755)
+    work = top / "work"
+    work.mkdir(mode=0o755)
+    flavor = get_flavor(name)
+    flavor.prepare(work)
+    return flavor, work
 
 
 def engine(*args: str, env: dict[str, str] | None = None,

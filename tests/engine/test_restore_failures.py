@@ -176,19 +176,12 @@ def test_task_failing_below_a_pid_namespace_init_is_reported_at_once(
     deadline, and leave nothing behind. With a child in the same cwd, the test task may
     die first: its child, re-parented to the init, must still be reaped (else the init
     never ends and the error becomes "did not die after SIGKILL")."""
-    from flavors import get_flavor
     from zdtm import plumbing
-    from zdtm.build import ensure_built
 
-    ensure_built([])  # flavors/nsinit
     top = Path(tempfile.mkdtemp(prefix="zdtm-nsfail-"))
     pids: list[int] = []
     try:
-        os.chmod(top, 0o755)
-        work = top / "work"
-        work.mkdir(mode=0o755)
-        flavor = get_flavor("uns")
-        flavor.prepare(work)
+        flavor, work = cr.flavor_work(top, "uns")
         fake = top / "fake"
         behave = ["-DBEHAVE_SUBDIR"] + (["-DBEHAVE_SUBDIR_CHILD"] if with_child else [])
         subprocess.run(["gcc", "-O2", *behave, "-o", str(fake), str(FAKE_SRC)],

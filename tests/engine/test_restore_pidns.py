@@ -15,11 +15,9 @@ from pathlib import Path
 
 from engine.kernel import sys as ksys
 from engine.kernel.structs import CloneArgs
-from flavors import get_flavor
 from tests.engine import cr_support as cr
 from tests.fake_support import build_fake
 from zdtm import plumbing
-from zdtm.build import ensure_built
 
 DEADLINE = 30.0
 
@@ -66,16 +64,11 @@ def _wait_file(path: Path) -> str:
 
 def test_restores_while_the_dumped_outer_pids_are_taken(tmp_path: Path) -> None:
     cr.become_subreaper()
-    ensure_built([])  # flavors/nsinit
     top = Path(tempfile.mkdtemp(prefix="zdtm-pidns-"))
     holders: list[int] = []
     restored: list[int] = []
     try:
-        os.chmod(top, 0o755)
-        work = top / "work"
-        work.mkdir(mode=0o755)
-        flavor = get_flavor("ns")
-        flavor.prepare(work)
+        flavor, work = cr.flavor_work(top, "ns")
         build_fake("PASS", top / "fake")
         st = flavor.start([str(top / "fake"), "--pidfile=t.pid", "--outfile=t.out"],
                           work, "t.pid", 60.0, work / "start.log")
