@@ -28,6 +28,7 @@ from engine.kernel import uapi
 from engine.proc import pagemap as procpagemap
 from engine.proc import swaps as procswaps
 from engine.proc import tasks
+from engine.proc.status import read_status
 
 # Staging buffer size: large enough for few syscalls, small enough to stay cache-warm
 # between the read from the target and the write to the image (measured 4-16 MiB best).
@@ -57,11 +58,11 @@ def staging_size(root: int) -> int:
     total, todo = 0, [root]
     while todo and total < STAGING_BYTES:
         pid = todo.pop()
-        total += tasks.anon_bytes(pid)
         try:
+            total += read_status(pid).resident_anon
             todo += tasks.children(pid)
         except (FileNotFoundError, ProcessLookupError):
-            continue
+            continue  # gone: the dump finds out
     return min(STAGING_BYTES, max(MIN_STAGING, (total + MIN_STAGING - 1) & ~(MIN_STAGING - 1)))
 
 

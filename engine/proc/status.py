@@ -38,6 +38,11 @@ class Status:
     seccomp: int
     raw: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def resident_anon(self) -> int:
+        """Resident anonymous and shmem bytes (RssAnon + RssShmem; 0 where not shown)."""
+        return sum(int(self.raw.get(k, "0").split()[0]) << 10 for k in ("RssAnon", "RssShmem"))
+
 
 def _ints(value: str) -> tuple[int, ...]:
     return tuple(int(x) for x in value.split())

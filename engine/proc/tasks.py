@@ -82,20 +82,6 @@ def oom_score_adj(pid: int) -> int:
         return int(f.read())
 
 
-def anon_bytes(pid: int) -> int:
-    """Resident anonymous and shmem memory of ``pid`` (RssAnon + RssShmem of
-    /proc/PID/status): about what a dump copies. 0 once the process is gone."""
-    total = 0
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("RssAnon:", "RssShmem:")):
-                    total += int(line.split()[1]) << 10  # kB
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    return total
-
-
 def exists(pid: int) -> bool:
     """True while /proc/PID exists (zombies included)."""
     return os.path.exists(f"/proc/{pid}")
