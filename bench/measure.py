@@ -12,7 +12,7 @@ from bench import pagecache, workloads
 from bench.cmdlines import REPO, Engine
 from bench.procs import DeadlineExceeded, Procs, Timed, wait_pidfd
 
-LAZY_SOCKET_WAIT_S = 5.0
+LAZY_SOCKET_WAIT_S = 60.0  # the bundled daemon checks every page before it listens
 DUMPED_GONE_S = 10.0  # a dump that exited 0 has killed the tree; death is quick
 
 
@@ -175,6 +175,7 @@ def lazy(ctx: Context, engine: Engine, wl: workloads.Workload, cold: bool = Fals
         daemon, log = ctx.procs.spawn(engine.lazy_pages(images), cwd=REPO, env=engine.env())
         exit_watch = ExitWatch(daemon.pid, ctx.timeout)
         wait_for_socket(images, exit_watch)
+        sample.update(daemon_ready_s=time.monotonic() - t_daemon)
         if exit_watch.exited():  # it gave up before any restore: that is the error
             early = ctx.procs.finish(daemon, log, ctx.timeout, t_daemon)
             raise StepFailed(f"lazy-pages: {early.error_line()}")

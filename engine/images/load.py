@@ -82,16 +82,23 @@ class DumpImage:
         return self.parent_image
 
 
-def load(path: str, trusted: bool = False, verify_pages: bool = True) -> DumpImage:
+_DIRECT, _CACHED = "direct", "cached"  # how _load verifies pages files (None: it does not)
+
+
+def load(path: str, trusted: bool = False, verify_pages: bool = True,
+         cache_pages: bool = False) -> DumpImage:
     """Read and validate every file of the image directory `path` and of its parents.
     Unless `trusted`, every directory and file must belong to the engine's user and be
     writable by nobody else. Without `verify_pages` the data of pages files is not
-    checked here: the caller checks every page it uses (PagesReader.verify/check)."""
-    return _load(path, trusted, verify_pages, [])
+    checked here: the caller checks every page it uses (PagesReader.verify/check).
+    `cache_pages`: pages files are verified through the page cache (for a caller that
+    reads them again), not with O_DIRECT."""
+    verify = (_CACHED if cache_pages else _DIRECT) if verify_pages else None
+    return _load(path, trusted, verify, [])
 
 
-def _load(path: str, trusted: bool, verify_pages: bool, chain: list[tuple[int, int]]
-          ) -> DumpImage:
+def _load(path: str, trusted: bool, verify_pages: str | None,
+          chain: list[tuple[int, int]]) -> DumpImage:
     if not os.path.isdir(path):
         raise ImageError(path, "no such image directory")
     d = ImageDir.open(path, trusted)
@@ -198,7 +205,7 @@ def _load_ipc(d: ImageDir, inv: Inventory) -> IpcNsImage:
                                         names.sysv_shm_pages(seg.id)):
             raise ImageError(where, f"shm segment {seg.id}: files {seg.pagemap}, {seg.pages}")
         pm = d.read_pagemap(seg.pagemap)
-        _check_pages(d, seg.pagemap, seg.pages, pm, None, True)
+        _check_pages(d, seg.pagemap, seg.pages, pm, None, _DIRECT)
         for e in pm.entries:
             if e.end > seg.mapped_size:
                 raise ImageError(d.file(seg.pagemap), f"offset {e.addr:#x} beyond the "
@@ -366,7 +373,7 @@ def _check_xstate(d: ImageDir, name: str, tid: int, where: str) -> None:
 
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
-                 parent: str | None, verify: bool) -> None:
+                 parent: str | None, verify: str | None) -> None:
     if parent is None and any(e.flags & PE_PARENT for e in pm.entries):
         raise ImageError(d.file(pagemap), "refers to a parent image but there is none")
     size = d.size(pages) if d.exists(pages) else -1
@@ -374,7 +381,7 @@ def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
         raise ImageError(d.file(pages), f"holds {size} bytes, pagemap says "
                                         f"{pm.pages_stored * PAGE_SIZE}")
     if verify:
-        d.verify_pages(pages, pm)
+        d.verify_pages(pages, pm, cached=verify == _CACHED)
 
 
 def _check_in_vmas(path: str, pm: Pagemap, mm: MmCore) -> None:

@@ -1,6 +1,8 @@
 """`python -m engine lazy-pages -D DIR`: serve the pages of a lazy restore.
 
-Listens on DIR/lazy-pages.sock, takes the userfaultfds of one `restore --lazy-pages`
+Checks every page of the image first (through the page cache: a damaged image is refused
+before any restore can connect, and the pages are then cached for the copies), then
+listens on DIR/lazy-pages.sock, takes the userfaultfds of one `restore --lazy-pages`
 (engine.lazy.protocol), then in one loop: answers missing-page faults (UFFDIO_COPY of the
 faulting page and a few after it, or UFFDIO_ZEROPAGE where nothing was stored), follows
 fork/mremap/munmap/madvise events, and between them copies the remaining pages in large
@@ -15,20 +17,17 @@ is how its exit is noticed (ESRCH).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
-import mmap
 import os
 import select
 import socket
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
-from engine.images import load
+from engine.images import DumpImage, load
 from engine.images.records import PAGE_SIZE
 from engine.kernel import uapi, uffd
 from engine.kernel.structs import UffdMsg
@@ -61,96 +60,23 @@ class _Mm:
     pidfd: int = -1  # readable once the process exited (forked children have none)
 
 
-class _Buffer:
-    """A page-aligned buffer that data is read into before UFFDIO_COPY."""
-
-    def __init__(self, size: int) -> None:
-        self.map = mmap.mmap(-1, size)
-        self.view = memoryview(self.map)
-        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-
-    def fill(self, run: Run) -> None:
-        """Read the run's bytes from its pages file into the buffer's start."""
-        n = run.end - run.start
-        done = 0
-        fd = run.file.direct if run.file.direct >= 0 and n >= 16 * PAGE_SIZE else run.file.fd
-        while done < n:
-            try:
-                got = os.preadv(fd, [self.view[done:n]], run.offset + done)
-            except OSError as e:
-                if e.errno != errno.EINVAL or fd == run.file.fd:
-                    raise EngineError("lazy-pages", f"{run.file.path}: {e.strerror}") from None
-                fd = run.file.fd  # O_DIRECT refused this read: go through the page cache
-                continue
-            if got <= 0:
-                raise EngineError("lazy-pages", f"{run.file.path}: ends before byte "
-                                                f"{run.offset + done}")
-            done += got
-
-
-class _Reader:
-    """Reads runs into buffers. The next background block is read in a helper thread
-    while the current one is copied (O_DIRECT reads and UFFDIO_COPY both release the
-    GIL); it is used only if the block then taken is exactly that one, so events that
-    change what is pending never make stale data count."""
-
-    def __init__(self) -> None:
-        self.cur = _Buffer(_BLOCK)
-        self.spare = _Buffer(_BLOCK)
-        self.small = _Buffer(_FAULT_WINDOW)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="lazy-read")
-        self.ahead: tuple[tuple[str, int, int], Future[None]] | None = None
-
-    def load(self, run: Run, background: bool) -> int:
-        """Address of the run's bytes in our memory."""
-        if not background:
-            self.small.fill(run)
-            return self.small.address
-        key = (run.file.path, run.offset, run.end - run.start)
-        ahead, self.ahead = self.ahead, None
-        if ahead is not None:
-            ahead[1].result()  # the spare buffer is ours again (errors show up here)
-            if ahead[0] == key:
-                self.cur, self.spare = self.spare, self.cur
-                return self.cur.address
-        self.cur.fill(run)
-        return self.cur.address
-
-    def read_ahead(self, run: Run | None) -> None:
-        """Start reading the run expected next into the spare buffer."""
-        if run is not None:
-            key = (run.file.path, run.offset, run.end - run.start)
-            self.ahead = (key, self.pool.submit(self.spare.fill, run))
-
-    def close(self) -> None:
-        """Wait for the helper thread and unmap the buffers."""
-        self.pool.shutdown(wait=True)
-        for b in (self.cur, self.spare, self.small):
-            b.view.release()
-            b.map.close()
-
-
 class Server:
     """The serving loop over the processes handed over by one restore."""
 
-    def __init__(self, images_dir: str, deadline: float, delay: float = 0.0,
-                 trusted: bool = False) -> None:
-        self.images_dir = images_dir
-        self.trusted = trusted
+    def __init__(self, image: DumpImage, deadline: float, delay: float = 0.0) -> None:
+        self.image = image
         self.deadline = deadline
         self.delay = delay  # seconds before background copying starts
         self.sources = Sources()
         self.mms: dict[int, _Mm] = {}  # by userfaultfd
         self.exits: dict[int, _Mm] = {}  # by pidfd
         self.poll = select.poll()
-        self.reader = _Reader()
         self.stats = {"fault": 0, "background": 0, "zero": 0, "forks": 0, "gone": 0}
 
     # ---- hand-over ---------------------------------------------------------------------
 
     def take_over(self, conn: socket.socket) -> None:
         """Receive every process of the restore and acknowledge."""
-        image = None
         while True:
             conn.settimeout(max(self.deadline - time.monotonic(), 0.001))
             try:
@@ -164,8 +90,6 @@ class Server:
                 break
             if fd < 0:
                 raise EngineError("lazy-pages", "a task message came without its fd")
-            if image is None:
-                image = load(self.images_dir, self.trusted)
             try:
                 pid, real = int(msg["pid"]), int(msg["real"])
                 ranges = [(int(start), int(end)) for start, end in msg["ranges"]]
@@ -174,7 +98,7 @@ class Server:
                 raise EngineError("lazy-pages", f"malformed task message: {e!r}") from None
             runs: list[Run] = []
             for start, end in ranges:
-                runs.extend(self.sources.runs(image, pid, start, end))
+                runs.extend(self.sources.runs(self.image, pid, start, end))
             mm = _Mm(f"task {real}", fd, Pending(runs))
             try:
                 mm.pidfd = pidfd_open(real)
@@ -231,18 +155,14 @@ class Server:
                 mm = busy[0]
                 run = mm.pending.take_first(_BLOCK)
                 if run is not None:
-                    address = self.reader.load(run, True)
-                    self.reader.read_ahead(next((m.pending.peek_first(_BLOCK)
-                                                 for m in self.mms.values() if m.pending),
-                                                None))
-                    self._copy(mm, run, "background", address)
+                    self._copy(mm, run, "background")
                 continue
             if now >= next_probe:
                 next_probe = now + _PROBE_S
                 for mm in busy:
                     run = mm.pending.take_first(PAGE_SIZE) if mm.pidfd < 0 else None
                     if run is not None:
-                        self._copy(mm, run, "background", self.reader.load(run, False))
+                        self._copy(mm, run, "background")
             self.poll.poll(_POLL_IDLE_MS)
 
     def _events(self, mm: _Mm) -> None:
@@ -273,7 +193,7 @@ class Server:
         page = addr & ~(PAGE_SIZE - 1)
         run = mm.pending.take(page, _FAULT_WINDOW)
         if run is not None:
-            if not self._copy(mm, run, "fault", self.reader.load(run, False)):
+            if not self._copy(mm, run, "fault"):
                 mm.retry.append(page)
             return
         # Nothing stored there (zeros), or already delivered while the fault was queued.
@@ -302,14 +222,14 @@ class Server:
         self.stats["gone"] += 1
         self._drop(mm)
 
-    def _copy(self, mm: _Mm, run: Run, why: str, address: int) -> bool:
-        """UFFDIO_COPY the run (taken out of pending, its bytes at our `address`); False
+    def _copy(self, mm: _Mm, run: Run, why: str) -> bool:
+        """UFFDIO_COPY the run (taken out of pending) from the pages file's mapping; False
         when the address space is changing (EAGAIN: the rest is put back, to be retried
         once events are read)."""
         pos = run.start
         while pos < run.end:
             try:
-                got = uffd.copy(mm.fd, pos, address + (pos - run.start), run.end - pos)
+                got = uffd.copy(mm.fd, pos, run.address + (pos - run.start), run.end - pos)
             except OSError as e:
                 if e.errno == errno.EEXIST:  # filled before (e.g. eagerly by the restore)
                     self._wake(mm, pos)
@@ -334,7 +254,6 @@ class Server:
         for mm in list(self.mms.values()):
             self._drop(mm)
         self.sources.close()
-        self.reader.close()
 
 
 def run(images_dir: str, trusted: bool = False) -> int:
@@ -344,10 +263,14 @@ def run(images_dir: str, trusted: bool = False) -> int:
         raise EngineError("lazy-pages", f"{images_dir}: no such image directory")
     start = time.monotonic()
     deadline = start + _env_seconds("ENGINE_LAZY_TIMEOUT", 300.0)
+    # Every page is checked before the daemon listens: a damaged image is refused before
+    # any task exists (a page found damaged later could not be refused). Read through
+    # the page cache, where the pages then are for the copies.
+    image = load(images_dir, trusted, cache_pages=True)
+    ready = time.monotonic()
     path = os.path.join(images_dir, SOCKET_NAME)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    server = Server(images_dir, deadline,
-                    _env_seconds("ENGINE_LAZY_BACKGROUND_DELAY", 0.0), trusted)
+    server = Server(image, deadline, _env_seconds("ENGINE_LAZY_BACKGROUND_DELAY", 0.0))
     bound = False
     try:
         old = os.umask(0o077)  # the socket hands out process memory: owner only
@@ -379,6 +302,7 @@ def run(images_dir: str, trusted: bool = False) -> int:
     s = server.stats
     print(f"lazy-pages: {total} bytes to deliver; {s['fault']} on faults, "
           f"{s['background']} in background, {s['zero']} zero pages, {s['forks']} forks, "
-          f"{s['gone']} processes gone first; {time.monotonic() - start:.3f}s",
+          f"{s['gone']} processes gone first; pages checked in {ready - start:.3f}s, "
+          f"served in {time.monotonic() - ready:.3f}s",
           file=sys.stderr)
     return 0

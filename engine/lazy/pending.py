@@ -47,13 +47,6 @@ class Pending:
         self._starts[i:i + 1] = [k.start for k in keep]
         return piece
 
-    def peek_first(self, limit: int) -> Run | None:
-        """What take_first(limit) would return, left pending."""
-        if not self.runs:
-            return None
-        r = self.runs[0]
-        return Run(r.start, min(r.end, r.start + limit), r.file, r.offset)
-
     def take_first(self, limit: int) -> Run | None:
         """Remove and return up to `limit` bytes from the lowest pending address."""
         return self.take(self.runs[0].start, limit) if self.runs else None

@@ -7,24 +7,7 @@ import bisect
 from dataclasses import dataclass
 
 from engine.errors import EngineError
-from engine.images import PE_PARENT, PE_PRESENT, DumpImage
-from engine.images.directio import close_quietly, open_direct_read
-
-
-@dataclass
-class PagesFile:
-    """One pages file, opened for buffered reads and (when allowed) O_DIRECT reads."""
-
-    path: str
-    fd: int
-    direct: int  # -1 when the filesystem refuses O_DIRECT
-
-    def close(self) -> None:
-        """Close both descriptors."""
-        for fd in (self.fd, self.direct):
-            if fd >= 0:
-                close_quietly(fd)
-        self.fd = self.direct = -1
+from engine.images import PE_PARENT, PE_PRESENT, DumpImage, PagesReader
 
 
 @dataclass
@@ -33,8 +16,13 @@ class Run:
 
     start: int
     end: int
-    file: PagesFile
+    file: PagesReader  # mapped read-only: the run's bytes are at file.address + offset
     offset: int
+
+    @property
+    def address(self) -> int:
+        """Where the run's bytes are in the daemon's memory."""
+        return self.file.address + self.offset
 
     def cut(self, at: int) -> tuple[Run, Run]:
         """Split at address `at` (start < at < end)."""
@@ -46,18 +34,18 @@ class Sources:
     """Opens pages files once and loads parent images once."""
 
     def __init__(self) -> None:
-        self._files: dict[str, PagesFile] = {}
+        self._files: dict[str, PagesReader] = {}
         self._parents: dict[str, DumpImage | None] = {}
         self._starts: dict[int, list[int]] = {}  # id(pagemap) -> entry addresses
 
-    def file(self, image: DumpImage, name: str) -> PagesFile:
-        """The opened pages file `name` of image (opened beneath its directory only)."""
-        path = image.dir.file(name)
+    def file(self, image: DumpImage, pid: int) -> PagesReader:
+        """The mapped pages file of task `pid` in image (opened beneath its directory)."""
+        t = image.tasks[pid]
+        assert t.mm is not None and t.pagemap is not None
+        path = image.dir.file(t.mm.pages)
         f = self._files.get(path)
         if f is None:
-            fd = image.dir.open_file(name)
-            direct = open_direct_read(f"/proc/self/fd/{fd}")
-            f = self._files[path] = PagesFile(path, fd, direct)
+            f = self._files[path] = image.dir.pages_reader(t.mm.pages, t.pagemap)
         return f
 
     def parent(self, image: DumpImage) -> DumpImage | None:
@@ -83,7 +71,7 @@ class Sources:
             lo, hi = max(e.addr, start), min(e.end, end)
             if lo < hi:
                 if e.flags & PE_PRESENT:
-                    f = self.file(image, t.mm.pages)
+                    f = self.file(image, pid)
                     out.append(Run(lo, hi, f, pm.offsets[i] + (lo - e.addr)))
                 elif e.flags & PE_PARENT:
                     parent = self.parent(image)

@@ -134,7 +134,8 @@ class IpcPlan:
         ipc.shmctl(seg.id, uapi.IPC_SET, ds)
         assert self.image.ipc is not None
         addr = ipc.shmat(seg.id, 0)
-        src = pages.PageSource(self.image, self.image.ipc.pagemaps[seg.id], seg.pages, None)
+        src = pages.PageSource.of(self.image, self.image.ipc.pagemaps[seg.id], seg.pages,
+                                  None)
         try:
             pages.write_shmem_pages(os.getpid(), src, addr, seg.mapped_size)
         finally:

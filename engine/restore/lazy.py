@@ -24,6 +24,8 @@ from engine.kernel.inject import Injector
 from engine.lazy import FEATURES, SOCKET_NAME, USERNS_REASON, protocol
 
 _CONNECT_WAIT = 10.0  # the daemon may have been started just before us
+# ... and checks every page before it listens: more time for larger images (a slow disk)
+_CHECK_BYTES_PER_S = 100 << 20
 
 
 def is_lazy(v: Vma) -> bool:
@@ -58,7 +60,7 @@ class LazyPages:
         if why:
             raise EngineError("restore", f"--lazy-pages refused: {why}")
         path = os.path.join(image.path, SOCKET_NAME)
-        deadline = time.monotonic() + _CONNECT_WAIT
+        deadline = time.monotonic() + _CONNECT_WAIT + _pages_bytes(image) / _CHECK_BYTES_PER_S
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         while True:
             try:
@@ -130,3 +132,14 @@ def _ranges(mm: MmCore) -> list[tuple[int, int]]:
         else:
             out.append((v.start, v.end))
     return out
+
+
+def _pages_bytes(image: DumpImage) -> int:
+    """Bytes of page data in the image and its parents (what the daemon checks)."""
+    total = 0
+    at: DumpImage | None = image
+    while at is not None:
+        total += sum(t.pagemap.pages_stored for t in at.tasks.values() if t.pagemap)
+        total += sum(s.pagemap.pages_stored for s in at.shmem.values())
+        at = at.parent()
+    return total * PAGE_SIZE

@@ -72,12 +72,22 @@ class PageSource:
     `chunks(start, end)` yields where each present byte range of [start, end) comes from.
     """
 
-    def __init__(self, image: DumpImage, pagemap: Pagemap, pages_name: str,
+    def __init__(self, pagemap: Pagemap, reader: PagesReader | None,
                  parent_lookup: PageSource | None) -> None:
+        """The pages of `pagemap`, whose data `reader` maps (owned from now on)."""
         self.pagemap = pagemap
+        # plain lists for chunks_in's walk (attribute access per entry cost it half)
         self._starts = [e.addr for e in pagemap.entries]
-        self.reader: PagesReader | None = image.dir.pages_reader(pages_name, pagemap)
+        self._ends = [e.end for e in pagemap.entries]
+        self._flags = [e.flags for e in pagemap.entries]
+        self.reader = reader
         self.parent = parent_lookup
+
+    @classmethod
+    def of(cls, image: DumpImage, pagemap: Pagemap, pages_name: str,
+           parent_lookup: PageSource | None) -> PageSource:
+        """The pages of `pagemap`, stored in the image's file `pages_name`."""
+        return cls(pagemap, image.dir.pages_reader(pages_name, pagemap), parent_lookup)
 
     def close(self) -> None:
         """Unmap the pages files of this image and its parents."""
@@ -95,37 +105,38 @@ class PageSource:
         """chunks() of every range of a sorted list of disjoint ranges, in one walk over
         the pagemap (one bisect per VMA cost a maps06-scale restore 0.1 s)."""
         out: list[Chunk] = []
-        entries = self.pagemap.entries
+        starts, ends, flags = self._starts, self._ends, self._flags
         offsets = self.pagemap.offsets
         reader = self.reader
         base = reader.address if reader is not None else 0
-        n = len(entries)
-        i = max(bisect.bisect_right(self._starts, ranges[0][0]) - 1, 0) if ranges else 0
+        n = len(starts)
+        i = max(bisect.bisect_right(starts, ranges[0][0]) - 1, 0) if ranges else 0
         for start, end in ranges:
-            while i < n and entries[i].end <= start:
+            while i < n and ends[i] <= start:
                 i += 1
             j = i
-            while j < n and entries[j].addr < end:
-                e = entries[j]
-                lo, hi = max(e.addr, start), min(e.end, end)
-                if lo >= hi:
-                    pass  # an empty range
-                elif e.flags & PE_PRESENT:
-                    assert reader is not None
-                    off = offsets[j] + (lo - e.addr)
-                    out.append(Chunk(lo, base + off, hi - lo, reader, off))
-                elif e.flags & PE_PARENT:
-                    if self.parent is None:
-                        raise EngineError("pages", f"pages at {lo:#x} are in a parent "
-                                                   "image that does not have them")
-                    got = self.parent.chunks(lo, hi)
-                    if sum(c.length for c in got) != hi - lo:
-                        raise EngineError("pages", f"parent image lacks pages at {lo:#x}")
-                    out.extend(got)
+            while j < n and starts[j] < end:
+                lo, hi = max(starts[j], start), min(ends[j], end)
+                if lo < hi:
+                    if flags[j] & PE_PRESENT:
+                        off = offsets[j] + (lo - starts[j])
+                        out.append(Chunk(lo, base + off, hi - lo, reader, off))
+                    elif flags[j] & PE_PARENT:
+                        out.extend(self._from_parent(lo, hi))
                 j += 1
             # The next range starts at or after `end`: entry j-1 may still reach into it.
             i = max(i, j - 1)
         return out
+
+    def _from_parent(self, lo: int, hi: int) -> list[Chunk]:
+        """The chunks of [lo, hi), which the parent image must hold whole."""
+        if self.parent is None:
+            raise EngineError("pages", f"pages at {lo:#x} are in a parent "
+                                       "image that does not have them")
+        got = self.parent.chunks(lo, hi)
+        if sum(c.length for c in got) != hi - lo:
+            raise EngineError("pages", f"parent image lacks pages at {lo:#x}")
+        return got
 
     def read(self, addr: int, n: int) -> bytes:
         """Dumped bytes at [addr, addr+n) (zeros where no page was stored)."""
@@ -151,7 +162,7 @@ def task_source(image: DumpImage, pid: int) -> PageSource:
         parent = task_source(parent_img, pid)
     t = image.tasks[pid]
     assert t.mm is not None and t.pagemap is not None
-    return PageSource(image, t.pagemap, t.mm.pages, parent)
+    return PageSource.of(image, t.pagemap, t.mm.pages, parent)
 
 
 def shmem_source(image: DumpImage, sid: str) -> PageSource:
@@ -161,7 +172,7 @@ def shmem_source(image: DumpImage, sid: str) -> PageSource:
     if parent_img is not None and sid in parent_img.shmem:
         parent = shmem_source(parent_img, sid)
     s = image.shmem[sid]
-    return PageSource(image, s.pagemap, s.entry.pages, parent)
+    return PageSource.of(image, s.pagemap, s.entry.pages, parent)
 
 
 def task_chunks(src: PageSource, vmas: list[Vma]) -> tuple[list[Chunk], list[Chunk]]:
@@ -260,10 +271,13 @@ def _stream(pid: int, chunks: list[Chunk], forced: bool) -> int:
                 if i >= len(segs) or errors:
                     break
                 seg = segs[i]
-                seg.reader.read_into(buf, seg.offset, _page_up(seg.length))
+                whole = _page_up(seg.length)
+                seg.reader.read_into(buf, seg.offset, whole)
+                # One check of the whole segment (the bytes read over between its parts
+                # are pages of the same file): one call per chunk costs maps06 more than
+                # the copy.
+                seg.reader.verify(seg.offset, buf, whole)
                 shift = buf - seg.offset
-                for c in seg.parts:
-                    seg.reader.verify(c.offset, c.offset + shift, c.length)
                 sink(pid, [Chunk(c.dst, c.offset + shift, c.length) for c in seg.parts])
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread below
             errors.append(e)

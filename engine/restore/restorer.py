@@ -128,9 +128,9 @@ def restore(opts: RestoreOptions) -> int:
 def read_image(opts: RestoreOptions) -> DumpImage:
     """The read phase: load and validate the image, check it is one this engine restores
     and that the files it needs are the ones dumped. Creates nothing."""
-    # Pages are checked where they are read (no second read of the files), except for
-    # lazy pages: a page found damaged after the task runs could not be refused.
-    image = load(opts.images_dir, opts.trusted, verify_pages=opts.lazy_pages)
+    # Pages are checked where they are read (no second read of the files); lazy pages
+    # by the lazy-pages daemon, before it takes any task.
+    image = load(opts.images_dir, opts.trusted, verify_pages=False)
     _check_supported(image)
     identity.check_files(image, opts.allow_changed_files, opts.root)
     return image

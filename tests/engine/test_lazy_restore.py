@@ -242,14 +242,36 @@ def test_restore_without_daemon_fails_before_creating_tasks(tmp_path: Path) -> N
         t.cleanup()
 
 
-def test_daemon_without_restore_ends_at_its_deadline(tmp_path: Path,
-                                                     daemons: Daemons) -> None:
+@pytest.mark.parametrize("running", ["mem_anon"], indirect=True)
+def test_daemon_without_restore_ends_at_its_deadline(running: cr.ZdtmTest, daemons: Daemons,
+                                                     tmp_path: Path) -> None:
     images = tmp_path / "img"
-    images.mkdir()
+    _dump(running.pid, images)
     p = daemons.start(images, ENGINE_LAZY_TIMEOUT="1")
     assert p.wait(timeout=30) == 1
     assert "no restore connected" in (tmp_path / "img.lazy.log").read_text()
     assert not (images / SOCKET_NAME).exists()
+
+
+@pytest.mark.parametrize("running", ["mem_anon"], indirect=True)
+def test_daemon_refuses_a_damaged_page_before_it_listens(running: cr.ZdtmTest,
+                                                         daemons: Daemons,
+                                                         tmp_path: Path) -> None:
+    """The restore leaves lazy pages to the daemon, which checks every page first: one
+    flipped byte and it exits naming the page, without ever listening."""
+    images = tmp_path / "img"
+    _dump(running.pid, images)
+    pages = max(images.glob("pages-*.img"), key=lambda f: f.stat().st_size)
+    with open(pages, "r+b") as f:
+        f.seek(5000)
+        byte = f.read(1)
+        f.seek(5000)
+        f.write(bytes([byte[0] ^ 1]))
+    p = daemons.start(images)
+    assert p.wait(timeout=30) == 1
+    log = (tmp_path / "img.lazy.log").read_text()
+    assert "checksum mismatch in the page at byte 4096" in log, log
+    assert str(pages) in log and not (images / SOCKET_NAME).exists()
 
 
 def test_user_namespace_images_are_refused() -> None:

@@ -169,15 +169,11 @@ def test_chunks_in_walks_the_pagemap_once() -> None:
 
     entries = [PagemapEntry(0x10000, 4, PE_PRESENT), PagemapEntry(0x20000, 2, PE_PRESENT),
                PagemapEntry(0x30000, 8, PE_PRESENT)]
-    src = pages.PageSource.__new__(pages.PageSource)
-    src.pagemap = Pagemap(entries, [0, 4 * PAGE, 6 * PAGE], 14,
-                          PageSums(ALGO_CRC32C, array("I", bytes(4 * 14))))
-    src._starts = [e.addr for e in entries]
-    src.reader = None
-    src.parent = None
     reader = _FakeReader()
     reader.address = 0x7000000  # type: ignore[attr-defined]
-    src.reader = reader  # type: ignore[assignment]
+    src = pages.PageSource(Pagemap(entries, [0, 4 * PAGE, 6 * PAGE], 14,
+                                   PageSums(ALGO_CRC32C, array("I", bytes(4 * 14)))),
+                           reader, None)  # type: ignore[arg-type]
     ranges = [(0x11000, 0x12000), (0x13000, 0x21000), (0x32000, 0x34000),
               (0x34000, 0x40000)]
     got = [(c.dst, c.length, c.offset) for c in src.chunks_in(ranges)]
