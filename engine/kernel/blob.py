@@ -268,6 +268,7 @@ class BlobRunner:
         self.timeout = timeout
         self._mem = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         self._table: Table | None = None
+        self._running: Table | None = None  # started, not yet finished
         #: PTRACE_GETEVENTMSG of the last fork/clone event seen by run_one() (the new
         #: task's id as the engine sees it)
         self.last_event_msg = 0
@@ -309,8 +310,22 @@ class BlobRunner:
     def run(self, table: Table, timeout: float | None = None) -> None:
         """Run every entry of `table` (within `timeout` seconds, default the runner's);
         raises TableError naming the first failed entry."""
+        # A termination signal waits until the task is stopped again: raising while it
+        # runs the table would leave it running there under the engine's cleanup.
+        with termination_held():
+            if not self.start(table):
+                return
+            self._running = None
+            status = ptrace.wait_stop(self.pid, self.timeout if timeout is None else timeout)
+        self._check_stop(table, status)
+
+    def start(self, table: Table) -> bool:
+        """Set the task running `table` and return at once (False: the table is empty,
+        nothing runs); finish() waits for it. The caller holds the termination signals
+        (engine.errors.termination_held) until finish() returned."""
+        self._running = None
         if not len(table):
-            return
+            return False
         if CODE_AREA + table.size() > self.size:
             raise ValueError(f"table of {table.size()} bytes does not fit the region")
         self._table = table
@@ -323,12 +338,18 @@ class BlobRunner:
         regs.r15 = self.base
         regs.rax = 0
         regs.orig_rax = _ORIG_RAX_NONE
-        # A termination signal waits until the task is stopped again: raising while it
-        # runs the table would leave it running there under the engine's cleanup.
-        with termination_held():
-            ptrace.set_regs(self.pid, regs)
-            ptrace.cont(self.pid, 0)
-            status = ptrace.wait_stop(self.pid, self.timeout if timeout is None else timeout)
+        ptrace.set_regs(self.pid, regs)
+        ptrace.cont(self.pid, 0)
+        self._running = table
+        return True
+
+    def finish(self) -> None:
+        """Wait for the table start() set running; raises as run() does."""
+        table, self._running = self._running, None
+        if table is not None:
+            self._check_stop(table, ptrace.wait_stop(self.pid, self.timeout))
+
+    def _check_stop(self, table: Table, status: int) -> None:
         if not os.WIFSTOPPED(status):
             raise OSError(f"task {self.pid} did not stop in the syscall table "
                           f"(wait status {status:#x})")

@@ -25,11 +25,11 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from engine.errors import EngineError, commit
+from engine.errors import EngineError, commit, termination_held
 from engine.faults import fault_point
 from engine.images import DumpImage, load
 from engine.images.fdkinds import LockRecord
@@ -501,17 +501,9 @@ class TreeRestorer:
         for t in self.live:
             # Nothing may be delivered while the layout is half built.
             ptrace.set_sigmask(t.real, _ALL_SIGNALS)
-        for t in self.owners:
-            assert t.runner is not None
-            conf = ptrace.get_rseq_config(t.real)
-            rseq = (conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature) \
-                if conf.rseq_abi_pointer else None
-            with _timed(self.opts, "layout"):
-                table1 = layout.layout_table(t.mm, window, specials[t.pid], rseq,
-                                             list(self.shmem.values()), self.objfds,
-                                             self._moves(t.pid),
-                                             self.ipc.sysv_sizes if self.ipc else None)
-                _run(t.runner, table1, "mm")
+        with _timed(self.opts, "layout"):
+            _run_all(((t.runner, self._layout_table(t, window, specials[t.pid]))
+                      for t in self.owners), "mm")
         if self.ipc is not None:
             self.ipc.finish()  # every segment is attached where it was
         fault_point("pages")
@@ -530,11 +522,28 @@ class TreeRestorer:
             with _timed(self.opts, "lazy"):
                 self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.owners])
         with _timed(self.opts, "state"):
+            # Tasks alone in their address space run their state tables at once; the
+            # others one after another (they share the runner region), the owner last:
+            # it unmaps the region they use too.
+            alone = [t for t in self.owners if not t.vm_children]
+            _run_all(((t.runner, self._state_table(t, window)) for t in alone), "state")
+            for t in alone:
+                self._after_state(t, window)
             for t in self.owners:
-                # Its children first: the owner unmaps the runner region they use too.
-                for c in t.vm_children:
-                    self._finish(c, window)
-                self._finish(t, window)
+                if t.vm_children:
+                    for c in t.vm_children:
+                        self._finish(c, window)
+                    self._finish(t, window)
+
+    def _layout_table(self, t: _Task, window: layout.Window,
+                      specials: list[layout.Special]) -> blob.Table:
+        """The table that builds task t's address space."""
+        conf = ptrace.get_rseq_config(t.real)
+        rseq = (conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature) \
+            if conf.rseq_abi_pointer else None
+        return layout.layout_table(t.mm, window, specials, rseq, list(self.shmem.values()),
+                                   self.objfds, self._moves(t.pid),
+                                   self.ipc.sysv_sizes if self.ipc else None)
 
     def _moves(self, pid: int) -> dict[int, list[tuple[int, int, int]]]:
         """Premapped VMA start -> its moves (from, to, size) into place."""
@@ -568,7 +577,14 @@ class TreeRestorer:
             c.length for c in rest + left))
 
     def _finish(self, t: _Task, window: layout.Window) -> None:
-        assert t.runner is not None and t.table2 is not None and t.deferred is not None
+        """Task t's threads, state table and what follows it, one after another."""
+        assert t.runner is not None
+        _run(t.runner, self._state_table(t, window), "state")
+        self._after_state(t, window)
+
+    def _state_table(self, t: _Task, window: layout.Window) -> blob.Table:
+        """Create task t's threads and run their tables; returns its own state table."""
+        assert t.table2 is not None
         # Threads first: clone3 with set_tid needs the privileges the creds may drop.
         for th in t.threads[1:]:
             self._clone_thread(t, th, window)
@@ -578,7 +594,12 @@ class TreeRestorer:
             assert t.view is not None
             _run(t.thread_runners[th.tid],
                  state_table.thread_table(t.core, th, t.view, root=t is self.live[0]), "state")
-        _run(t.runner, t.table2, "state")
+        return t.table2
+
+    def _after_state(self, t: _Task, window: layout.Window) -> None:
+        """After task t's state table: its OOM score, pending signals, the calls left for
+        last, its rseq areas' bytes, and (an owner) the runner region unmapped."""
+        assert t.runner is not None and t.table2 is not None and t.deferred is not None
         taskattrs.set_oom_score_adj(t.real, t.core)
         fault_point("regs")
         self._drain_pending(t, window)
@@ -735,6 +756,31 @@ def _run(runner: blob.BlobRunner, table: blob.Table, phase: str) -> None:
         runner.run(table)
     except blob.TableError as e:
         raise EngineError(phase, f"task {runner.pid}: {e}") from None
+
+
+def _run_all(runs: Iterable[tuple[blob.BlobRunner | None, blob.Table]], phase: str) -> None:
+    """Run each table in its task, the tasks all at once: each is started as soon as it is
+    made (the engine makes the next one while the tasks run theirs), then each is waited
+    for. The first failure is raised once every started task has stopped again."""
+    started: list[blob.BlobRunner] = []
+    first: BaseException | None = None
+    with termination_held():
+        try:
+            for runner, table in runs:
+                assert runner is not None
+                if runner.start(table):
+                    started.append(runner)
+        except BaseException as e:  # noqa: BLE001 - raised below, once all are back
+            first = e
+        for runner in started:
+            try:
+                runner.finish()
+            except blob.TableError as e:
+                first = first or EngineError(phase, f"task {runner.pid}: {e}")
+            except BaseException as e:  # noqa: BLE001 - as above
+                first = first or e
+    if first is not None:
+        raise first
 
 
 def _wait_state(pid: int, state: str, timeout: float) -> None:
