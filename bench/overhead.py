@@ -3,6 +3,8 @@
 overhead = wall time of `runner.py run -t static/NAME -f h --iters 1`
            - (dump + restore wall time of the engine on the same test program, run
               directly by the benchmark with the zdtm protocol).
+per extra iteration = (wall time with `--iters EXTRA_ITERS + 1` - with `--iters 1`)
+           / EXTRA_ITERS: what one more C/R iteration costs, engine included.
 The runner's `--nocr` time (start, checks, stop; no engine) is printed beside it.
 """
 
@@ -25,6 +27,7 @@ STATIC = REPO / "zdtm" / "static"
 # Simple single-process tests, preferred in this order when --overhead-test is auto.
 PREFERRED = ["mem_anon", "mem_readonly", "mem_protnone"]
 BUILD_TIMEOUT_S = 300.0
+EXTRA_ITERS = 4
 
 
 def pick_test(requested: str) -> str | None:
@@ -37,10 +40,10 @@ def pick_test(requested: str) -> str | None:
     return None
 
 
-def runner_argv(test: str, nocr: bool) -> list[str]:
-    """One test, flavour h, one iteration."""
+def runner_argv(test: str, nocr: bool, iters: int = 1) -> list[str]:
+    """One test, flavour h, `iters` iterations."""
     argv = [sys.executable, str(RUNNER), "run", "-t", f"static/{test}", "-f", "h",
-            "--iters", "1"]
+            "--iters", str(iters)]
     return argv + (["--nocr"] if nocr else [])
 
 
@@ -102,8 +105,9 @@ def overhead(ctx: Context, engine: Engine, test: str) -> dict:
     if not RUNNER.exists():
         raise StepFailed(f"{RUNNER} does not exist yet")
     sample: dict = {}
-    for key, nocr in (("runner_s", False), ("nocr_s", True)):
-        res = ctx.procs.run(runner_argv(test, nocr), ctx.timeout, cwd=REPO)
+    for key, nocr, iters in (("runner_s", False, 1), ("nocr_s", True, 1),
+                             ("runner_more_s", False, 1 + EXTRA_ITERS)):
+        res = ctx.procs.run(runner_argv(test, nocr, iters), ctx.timeout, cwd=REPO)
         what = f"runner.py{' --nocr' if nocr else ''}"
         if not res.ok:
             raise StepFailed(f"{what}: {res.error_line()}")
@@ -115,4 +119,5 @@ def overhead(ctx: Context, engine: Engine, test: str) -> dict:
         sample[key] = res.wall_s
     sample["engine_s"] = engine_alone(ctx, engine, test)
     sample["overhead_s"] = sample["runner_s"] - sample["engine_s"]
+    sample["per_iter_s"] = (sample["runner_more_s"] - sample["runner_s"]) / EXTRA_ITERS
     return sample

@@ -211,9 +211,10 @@ def overhead_table(results: list[Result]) -> str:
             rows.append([r.workload, "FAILED: " + r.errors[0]])
             continue
         rows.append([r.workload, fmt(r.median("runner_s")), fmt(r.median("engine_s")),
-                     fmt(r.median("overhead_s")), fmt(r.median("nocr_s"))])
+                     fmt(r.median("overhead_s")), fmt(r.median("nocr_s")),
+                     fmt(r.median("per_iter_s"))])
     headers = ["test", "runner.py --iters 1 s", "engine dump+restore s",
-               "harness overhead s", "runner.py --nocr s"]
+               "harness overhead s", "runner.py --nocr s", "per extra iteration s"]
     return table(headers, rows)
 
 
