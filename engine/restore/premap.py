@@ -104,7 +104,6 @@ class Plan:
             pos += hi - lo + GAP
         for pid, tp in self.tasks.items():
             _fill(tp, sources[pid], self.slot)
-            _prefetch(tp.writes)
         if self.tasks:
             pagecrc.prepare()  # the tasks check the pages they copy
 
@@ -126,15 +125,6 @@ class Plan:
     def areas(self) -> list[Interval]:
         """The slot area of every cluster."""
         return [(s, s + hi - lo) for s, (lo, hi) in zip(self.slots, self.clusters)]
-
-
-def _prefetch(writes: list[Chunk]) -> None:
-    """Start reading the pages the task copies into the page cache now: the dump wrote
-    them with O_DIRECT, and a task faulting them in from the file's mapping one
-    read-around at a time waits for the disk (most of a 50-task tree's spawn)."""
-    for c in writes:
-        assert c.reader is not None
-        os.posix_fadvise(c.reader.fd, c.offset, c.length, os.POSIX_FADV_WILLNEED)
 
 
 def _premappable(v: Vma) -> bool:
