@@ -127,18 +127,22 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     its private pages are copied after the tree is let go (tracking, armed while it was
     frozen, catches every page written meanwhile for the next dump), so it stays frozen
     only while its state is read."""
-    with pages.Staging(pages.staging_size(pid)) as staging:
+    resident = pages.resident_bytes(pid, pages.BUFFERED_MAX)
+    buffered = pages.write_buffered(resident)
+    with pages.Staging(pages.staging_size(resident)) as staging:
         staging.map()  # before the freeze: populating it is not frozen time
-        return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind, staging)
+        return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind, staging,
+                     buffered)
 
 
 def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
-          track_mem: bool, kind: str, staging: pages.Staging) -> DumpStats:
+          track_mem: bool, kind: str, staging: pages.Staging, buffered: bool) -> DumpStats:
     if prev_dir is not None:
         prev_dir = os.path.abspath(os.path.join(images_dir, prev_dir))
         if not os.path.isfile(os.path.join(prev_dir, names.INVENTORY)):
             raise EngineError("seize", f"{prev_dir}: not a complete image (no inventory)")
     img = ImageDir.create(images_dir)
+    img.pages_direct = not buffered
     stats = DumpStats()
     clock = time.monotonic()
 

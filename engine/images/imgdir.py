@@ -32,6 +32,7 @@ from engine.images.codec import from_dict, to_dict
 from engine.images.directio import close_quietly, enable_direct_write, open_direct_read
 from engine.images.records import PAGE_SIZE, RecordError, Vma
 from engine.kernel import pagecrc
+from engine.kernel import sys as ksys
 from engine.kernel.pagecrc import PageSums
 
 T = TypeVar("T")
@@ -102,6 +103,8 @@ class ImageDir:
         self._dirfd = -1
         #: pages files written: their checksums are in their pagemaps, not the inventory
         self._page_summed: set[str] = set()
+        #: pages_writer(direct=True) writes with O_DIRECT (else through the page cache)
+        self.pages_direct = True
 
     @classmethod
     def create(cls, path: str) -> ImageDir:
@@ -276,13 +279,13 @@ class ImageDir:
         self.write_bytes(name, buf)
 
     def pages_writer(self, name: str, nr_pages: int, direct: bool = False) -> PagesWriter:
-        """A new pages file that must receive exactly nr_pages pages. With `direct`, the
-        file is written with O_DIRECT where the filesystem allows it: every append must
-        then be page aligned in memory and a whole number of pages."""
+        """A new pages file that must receive exactly nr_pages pages. With `direct` (and
+        `pages_direct`), the file is written with O_DIRECT where the filesystem allows it:
+        every append must then be page aligned in memory and a whole number of pages."""
         fd = self.create_file(name)
         self._page_summed.add(name)
         try:
-            on = direct and enable_direct_write(fd)
+            on = direct and self.pages_direct and enable_direct_write(fd)
         except BaseException:
             close_quietly(fd)
             raise
@@ -681,6 +684,10 @@ class PagesWriter:
             self.abort()
 
 
+#: The share of a pages file that must be in the page cache for reads to go through it.
+_CACHED_SHARE = 0.9
+
+
 class PagesReader:
     """A pages file mapped read-only, for process_vm_writev or pwrite to /proc/PID/mem."""
 
@@ -727,13 +734,24 @@ class PagesReader:
 
     def direct_fd(self) -> int:
         """A descriptor of the file opened with O_DIRECT (on first call), or -1 where the
-        filesystem refuses O_DIRECT. Reads through it skip the page cache: the dump wrote
-        the file with O_DIRECT, so its pages are usually not cached, and a restore reads
-        them once."""
+        filesystem refuses O_DIRECT or the file is in the page cache. Reads through it skip
+        the cache: a large dump writes its pages files with O_DIRECT, so they are not
+        cached, and a restore reads them once; a cached file (a small dump's) is read
+        where it is, through the mapping."""
         if self._direct == -2:
-            # Reopened through our descriptor: the same file, whatever the path is now.
-            self._direct = open_direct_read(f"/proc/self/fd/{self.fd}")
+            if self.cached():
+                self._direct = -1
+            else:
+                # Reopened through our descriptor: the same file, whatever the path is now.
+                self._direct = open_direct_read(f"/proc/self/fd/{self.fd}")
         return self._direct
+
+    def cached(self) -> bool:
+        """Whether (nearly) every page of the file is in the page cache."""
+        if self._map is None:
+            return True
+        resident = ksys.resident_pages(self._map.address, self._map.size)
+        return resident >= _CACHED_SHARE * ((self._map.size + PAGE_SIZE - 1) // PAGE_SIZE)
 
     def read_into(self, address: int, offset: int, length: int) -> None:
         """Read [offset, offset + length) of the file into engine memory at `address`,

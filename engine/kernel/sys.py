@@ -316,6 +316,20 @@ def mprotect(addr: int, length: int, prot: int) -> None:
     syscall(uapi.SYS_mprotect, addr, length, prot)
 
 
+def resident_pages(addr: int, length: int) -> int:
+    """How many pages of the mapping [addr, addr + length) are resident (mincore: for a
+    file mapping, in the page cache); 0 where mincore refuses."""
+    vec = (ctypes.c_ubyte * ((length + uapi.PAGE_SIZE - 1) // uapi.PAGE_SIZE))()
+    try:
+        syscall(uapi.SYS_mincore, addr, length, vec)
+    except OSError:
+        return 0
+    return bytes(vec).translate(_LOW_BIT).count(1)  # bit 0: resident; the rest reserved
+
+
+_LOW_BIT = bytes(b & 1 for b in range(256))
+
+
 def munmap(addr: int, length: int) -> None:
     """munmap(2) in this process."""
     syscall(uapi.SYS_munmap, addr, length)

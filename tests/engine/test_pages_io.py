@@ -1,0 +1,90 @@
+"""How pages files are written and read: through the page cache for a small tree (a
+restore then reads them where they are), with O_DIRECT for a large one (ENGINE_PAGES_IO
+forces either), and a restore reads with O_DIRECT whatever is not in the cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.dump import pages
+from engine.errors import EngineError
+from engine.images import load
+from tests.engine import cr_support as cr
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[cr.ZdtmTest]:
+    cr.become_subreaper()  # the dumped test's orphans come to us
+    t = cr.ZdtmTest.start("mem_anon", tmp_path / "work")
+    try:
+        yield t
+    finally:
+        t.cleanup()
+
+
+def _dump(t: cr.ZdtmTest, images: Path, how: str) -> None:
+    tasks = cr.tree_of(t.pid)
+    d = cr.engine("dump", "-t", str(t.pid), "-D", str(images), env={"ENGINE_PAGES_IO": how})
+    assert d.returncode == 0, d.stderr
+    for pid in tasks:
+        cr.wait_gone(pid)
+
+
+def _cached(images: Path) -> list[bool]:
+    """Whether each task's pages file is in the page cache."""
+    image = load(str(images), verify_pages=False)
+    out = []
+    for t in image.tasks.values():
+        assert t.mm is not None and t.pagemap is not None
+        with image.dir.pages_reader(t.mm.pages, t.pagemap) as reader:
+            out.append(reader.cached())
+    return out
+
+
+def _evict(images: Path) -> None:
+    for f in images.glob("pages-*.img"):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _restore(t: cr.ZdtmTest, images: Path) -> None:
+    pidfile = images.parent / "restored.pid"
+    r = cr.engine("restore", "-D", str(images), "-d", "--pidfile", str(pidfile))
+    assert r.returncode == 0, r.stderr
+    assert int(pidfile.read_text()) == t.pid
+    assert t.stop() == "PASS"
+
+
+@pytest.mark.parametrize("how, cached, evict", [
+    ("", True, False),  # a small tree: buffered, and read back from the cache
+    ("buffered", True, True),  # evicted before restore: read with O_DIRECT
+    ("direct", False, False),
+])
+def test_pages_files_written_and_read_both_ways(running: cr.ZdtmTest, tmp_path: Path,
+                                                how: str, cached: bool, evict: bool) -> None:
+    images = tmp_path / "img"
+    _dump(running, images, how)
+    assert _cached(images) == [cached]
+    if evict:
+        _evict(images)
+        assert _cached(images) == [False]
+    _restore(running, images)
+
+
+def test_the_choice_follows_the_tree_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ENGINE_PAGES_IO", raising=False)
+    assert pages.write_buffered(pages.BUFFERED_MAX)
+    assert not pages.write_buffered(pages.BUFFERED_MAX + 1)
+    monkeypatch.setenv("ENGINE_PAGES_IO", "direct")
+    assert not pages.write_buffered(0)
+    monkeypatch.setenv("ENGINE_PAGES_IO", "sometimes")
+    with pytest.raises(EngineError, match="ENGINE_PAGES_IO='sometimes'"):
+        pages.write_buffered(0)
