@@ -56,7 +56,7 @@ class Run:
 
 def runs(chunks: list[Chunk]) -> tuple[list[Run], list[Chunk]]:
     """Split chunks (sorted by address) into long runs contiguous in the task and in one
-    pages file (for the task to read) and the rest (for the engine to write; the chunks
+    pages file read with O_DIRECT (for the task to read) and the rest (for the engine to write; the chunks
     as they were: maps06-scale restores have tens of thousands of short ones)."""
     long_runs: list[Run] = []
     rest: list[Chunk] = []
@@ -70,7 +70,8 @@ def runs(chunks: list[Chunk]) -> tuple[list[Run], list[Chunk]]:
                 dst_end += chunks[j].length
                 off_end += chunks[j].length
                 j += 1
-        if c.reader is not None and dst_end - c.dst >= MIN_RUN:
+        # (from the page cache the engine copies as fast, with no table to run)
+        if c.reader is not None and dst_end - c.dst >= MIN_RUN and c.reader.direct_fd() >= 0:
             long_runs.append(Run(c.reader, c.dst, c.offset, dst_end - c.dst))
         else:
             rest.extend(chunks[i:j])

@@ -19,16 +19,22 @@ MIB = 1 << 20
 DEST = REGION + (1 << 30)  # where the child's "restored" memory goes
 
 
-def _pages_file(path: Path, pages: int, damaged: int | None = None) -> PagesReader:
+def _pages_file(path: Path, pages: int, damaged: int | None = None,
+                cached: bool = False) -> PagesReader:
     """A pages file whose page i is filled with byte (i % 251) + 1, and its checksums;
-    with `damaged`, that byte of the file is changed after they were computed."""
+    with `damaged`, that byte of the file is changed after they were computed. Not in
+    the page cache (as a large dump's, written with O_DIRECT) unless `cached`."""
     data = bytearray(b"".join(bytes([i % 251 + 1]) * PG for i in range(pages)))
     algo = pagecrc.write_algo()
     sums = PageSums(algo, pagecrc.sums_of(algo, data))
     if damaged is not None:
         data[damaged] ^= 0x40
     path.write_bytes(data)
-    return PagesReader(str(path), os.open(path, os.O_RDONLY | os.O_CLOEXEC), sums)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if not cached:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return PagesReader(str(path), fd, sums)
 
 
 def _chunk(reader: PagesReader, dst: int, offset: int, length: int) -> Chunk:
@@ -56,6 +62,18 @@ def test_runs_merges_contiguous_chunks_and_leaves_short_ones(tmp_path: Path) -> 
             (DEST, 0, MIB), (DEST + 8 * MIB, 2 * MIB, MIB)]
         assert sorted((c.dst, c.length) for c in rest) == [(DEST + 4 * MIB, MIB // 4),
                                                           (DEST + 16 * MIB, 2 * MIB)]
+    finally:
+        reader.close()
+
+
+def test_a_cached_file_is_left_to_the_engine(tmp_path: Path) -> None:
+    """The task reading its runs saves a copy only from the disk (O_DIRECT): pages
+    already in the page cache are copied by the engine from the file's mapping."""
+    reader = _pages_file(tmp_path / "pages.img", 512, cached=True)
+    try:
+        chunks = [_chunk(reader, DEST, 0, 2 * MIB)]
+        assert reader.cached()
+        assert selfread.runs(chunks) == ([], chunks)
     finally:
         reader.close()
 
