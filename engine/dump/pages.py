@@ -39,11 +39,12 @@ MIN_STAGING = 1 << 20
 #: Trees with at most this much resident anonymous and shared memory (summed over the
 #: tasks: shared memory counts once per task mapping it) get their pages files written
 #: through the page cache, where a restore then finds them. Measured on the reference VM
-#: (served, 3 reps): 64 MiB of shared memory in 2 tasks 0.104/0.095 s dump/restore with
-#: O_DIRECT, 0.068/0.057 buffered; a 1 GiB process 0.62/0.92 O_DIRECT, 1.14/0.60
-#: buffered (the writes cost more than the cache saves the restore); a 50-task tree
-#: the same either way.
-BUFFERED_MAX = 160 << 20
+#: (served, 3 reps, dump/restore s, O_DIRECT against buffered): 64 MiB of shared memory in
+#: 2 tasks 0.104/0.095 against 0.068/0.057; a process of 128 MiB 0.13/0.15 against
+#: 0.09/0.06, 256 MiB 0.23/0.28 against 0.14/0.10, 384 MiB 0.31/0.35 against 0.72/0.14,
+#: 1 GiB 0.62/0.92 against 1.14/0.60 (past ~300 MiB the kernel throttles the writer);
+#: a 50-task tree the same either way.
+BUFFERED_MAX = 256 << 20
 
 _UNWANTED = uapi.PAGE_IS_PFNZERO | uapi.PAGE_IS_FILE
 # More groups of VMAs than this: one PAGEMAP_SCAN over all of them (see _scan_groups).
