@@ -106,11 +106,14 @@ def serve(path: str, program: Program) -> int:
 
 def _warm() -> None:
     """Work done once here rather than in every forked step: how each image record class
-    is written and read (engine.images.codec, ~8 ms for all of them)."""
+    is written and read (engine.images.codec, ~10 ms for all of them), and the page
+    checksum routine mapped (engine.kernel.pagecrc)."""
     from engine.images import codec, records
+    from engine.kernel import pagecrc
 
     codec.prepare(c for c in vars(records).values() if isinstance(c, type)
                   and dataclasses.is_dataclass(c) and c.__module__ == records.__name__)
+    pagecrc.prepare()
 
 
 def _remove(path: str) -> None:

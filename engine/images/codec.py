@@ -76,12 +76,21 @@ def _shape(t: Any) -> tuple[str, ...]:
 
 
 def prepare(classes: Iterable[Any]) -> None:
-    """Work out now how to write and read these record classes (typing.get_type_hints
-    costs ~0.2 ms a class): the engine server does it once, for every forked step."""
-    for cls in classes:
-        if cls not in _FIELD_NAMES:
-            _shape(cls)
-        _converter(cls)
+    """Work out now how to write and read these record classes and every type their
+    fields hold, records of other modules included (typing.get_type_hints costs ~0.2 ms a
+    class): the engine server does it once, for every forked step."""
+    todo = list(classes)
+    while todo:
+        tp = todo.pop()
+        if dataclasses.is_dataclass(tp):
+            if tp in _FIELD_NAMES:
+                continue
+            hints = typing.get_type_hints(tp)
+            todo += [hints[n] for n in _shape(tp)]
+        else:
+            todo += typing.get_args(tp)
+        if tp is not type(None):
+            _converter(tp)
 
 
 def _json_fields(cls: Any) -> tuple[str, ...]:
