@@ -40,6 +40,7 @@ _BLOCK = 4 << 20  # bytes per background copy: large enough for speed, small for
 _FAULT_WINDOW = 16 * PAGE_SIZE  # copied on a fault: the page and the next ones of its run
 _POLL_IDLE_MS = 100
 _PROBE_S = 0.5
+_RESTORE_END_WAIT_S = 1.0  # the longest the background copy waits for the restore's end
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -131,9 +132,15 @@ class Server:
 
     # ---- serving -----------------------------------------------------------------------
 
-    def serve(self) -> None:
-        """Serve until nothing is left to copy; EngineError past the deadline."""
-        background_from = time.monotonic() + self.delay
+    def serve(self, conn: socket.socket) -> None:
+        """Serve until nothing is left to copy; EngineError past the deadline. Faults are
+        served at once; the background copy waits for the restore to end (`conn`, its
+        connection, closes: its last steps then do not compete with the copy for the
+        CPUs), _RESTORE_END_WAIT_S at most."""
+        start = time.monotonic()
+        background_from = start + max(self.delay, _RESTORE_END_WAIT_S)
+        self.poll.register(conn.fileno(), select.POLLIN)
+        restoring = True
         next_probe = time.monotonic() + _PROBE_S
         while any(mm.pending or mm.retry for mm in self.mms.values()):
             if time.monotonic() > self.deadline:
@@ -145,6 +152,10 @@ class Server:
                     self._events(self.mms[fd])
                 elif fd in self.exits:
                     self._gone(self.exits[fd])
+                elif restoring and fd == conn.fileno():
+                    self.poll.unregister(fd)
+                    restoring = False
+                    background_from = min(background_from, start + self.delay)
             for mm in list(self.mms.values()):
                 addrs, mm.retry = mm.retry, []
                 for addr in addrs:
@@ -289,8 +300,8 @@ def run(images_dir: str, trusted: bool = False) -> int:
             raise EngineError("lazy-pages", f"no restore connected to {path} in time") from None
         with conn:
             server.take_over(conn)
-        total = sum(mm.pending.bytes() for mm in server.mms.values())
-        server.serve()
+            total = sum(mm.pending.bytes() for mm in server.mms.values())
+            server.serve(conn)
     finally:
         server.close()
         listener.close()
