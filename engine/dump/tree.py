@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import time
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.kernel import inject, ptrace, uapi
+from engine.kernel import sys as ksys
 from engine.proc import tasks
 from engine.proc.stat import read_stat
 
@@ -88,27 +90,31 @@ class FrozenTree:
         if self.released is None:
             self.released = time.monotonic()
         if kill:
+            pidfds = []
             for p in self.procs.values():
                 if p.state != "zombie":
                     try:
+                        pidfds.append(ksys.pidfd_open(p.pid))
                         os.kill(p.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-            self._wait_dead()
+            _wait_dead(pidfds)
         self.seized = []
 
-    def _wait_dead(self) -> None:
-        """Wait (bounded) until every killed task has died: a zombie or gone. Reaping is
-        its parent's business (the harness, a subreaper, reaps the root)."""
-        deadline = time.monotonic() + KILL_TIMEOUT
-        for p in self.procs.values():
-            while time.monotonic() < deadline:
-                try:
-                    if read_stat(p.pid).state in ("Z", "X"):
-                        break
-                except (FileNotFoundError, ProcessLookupError):
-                    break
-                time.sleep(0.001)
+
+def _wait_dead(pidfds: list[int]) -> None:
+    """Wait (bounded) until every killed process has died (its pidfd readable: a zombie
+    or gone), closing the pidfds. Reaping is its parent's business (the harness, a
+    subreaper, reaps the root)."""
+    deadline = time.monotonic() + KILL_TIMEOUT
+    try:
+        for fd in pidfds:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(max(deadline - time.monotonic(), 0) * 1000)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
 
 
 def _threads(pid: int) -> list[int]:
