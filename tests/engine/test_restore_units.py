@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterator
 
 import pytest
 
@@ -182,3 +183,41 @@ def test_chunks_in_walks_the_pagemap_once() -> None:
                    (0x34000, 4 * PAGE, 10 * PAGE)]
     assert all(c.src == 0x7000000 + c.offset for c in src.chunks_in(ranges))
     assert src.chunks(0x50000, 0x60000) == []
+
+
+class _FakeRunner:
+    """start/finish of a BlobRunner, recorded; finish raises `fails` if given."""
+
+    def __init__(self, pid: int, log: list[str], fails: BaseException | None = None) -> None:
+        self.pid, self.log, self.fails = pid, log, fails
+
+    def start(self, table: object) -> bool:
+        self.log.append(f"start {self.pid}")
+        return True
+
+    def finish(self) -> None:
+        self.log.append(f"finish {self.pid}")
+        if self.fails is not None:
+            raise self.fails
+
+
+def test_run_all_waits_for_every_task_before_it_raises() -> None:
+    """Tables run in all tasks at once: a failure in one is raised (as an EngineError
+    of the phase, naming the task) only once every started task has stopped again."""
+    from engine.restore.restorer import _run_all
+
+    log: list[str] = []
+    runners = [_FakeRunner(1, log), _FakeRunner(2, log, blob.TableError(12, "mmap", 0)),
+               _FakeRunner(3, log)]
+    with pytest.raises(EngineError, match=r"task 2: .*mmap: Cannot allocate memory"):
+        _run_all(((r, blob.Table()) for r in runners), "mm")  # type: ignore[misc]
+    assert log == ["start 1", "start 2", "start 3", "finish 1", "finish 2", "finish 3"]
+
+    def tables() -> Iterator[tuple[_FakeRunner, blob.Table]]:
+        yield runners[0], blob.Table()
+        raise EngineError("mm", "building the second table failed")
+
+    log.clear()
+    with pytest.raises(EngineError, match="building the second table"):
+        _run_all(tables(), "mm")  # type: ignore[arg-type]
+    assert log == ["start 1", "finish 1"]
