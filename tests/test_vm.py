@@ -179,6 +179,19 @@ def test_a_clean_run_has_no_health_result(kernel: vm.Kernel, tmp_path: Path,
     assert "virtio_net: ok" in (tmp_path / "rep" / "dmesg-9.9.9-test.txt").read_text()
 
 
+def test_vng_temp_files_go_with_the_run(kernel: vm.Kernel, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """vng's return-code file (left when the VM is killed, as every run ends) is made in
+    the run's own temp dir and removed with it, not left in /tmp."""
+    body = ('mktemp "${TMPDIR:-/tmp}/virtme_retXXXXXX" > ' + f"{tmp_path}/made\n"
+            + _guest_writes([]))
+    _fake_vng(tmp_path, monkeypatch, body)
+    vm.run_guest(kernel, ["run"], lambda _: None, silence=30)
+    made = Path((tmp_path / "made").read_text().strip())
+    assert made.name.startswith("virtme_ret") and made.parent.name == "vng"
+    assert not made.exists() and not made.parent.parent.exists()
+
+
 def test_runner_reports_every_kernel_and_its_times(
         kernel: vm.Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sent = [Result("static/x", "h", "bundled", iterations=1, duration=2.5)]

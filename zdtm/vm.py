@@ -263,11 +263,15 @@ def run_guest(kernel: Kernel, argv: Sequence[str], line: Callable[[str], None],
     line(f"{tag} booting {kernel.image} ({run.accel})")
     with tempfile.TemporaryDirectory(prefix="zdtm-vm-") as tmp:
         out = Path(tmp)
+        # vng's own temp files (its return-code file, removed by its exit handler, which
+        # the SIGKILL below never lets run) go here, and away with this directory.
+        vng_tmp = out / "vng"
+        vng_tmp.mkdir()
         start = time.monotonic()
         proc = subprocess.Popen(vng_command(kernel, guest_script(argv, out), out, kvm),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                cwd=ROOT_DIR)
+                                cwd=ROOT_DIR, env=dict(os.environ, TMPDIR=str(vng_tmp)))
         lines = _Lines(proc)
         problem = None
         try:

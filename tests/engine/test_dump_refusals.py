@@ -157,8 +157,10 @@ def test_unsupported_fd_is_refused_at_dump(what: str, tmp_path: Path) -> None:
     outside = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"zdtm-outside-{os.getpid()}-{tmp_path.name}"
     outside.bind(b"\0" + name.encode())
+    # The holders' temp dirs go under tmp_path (some leave a file behind: another link).
+    env = dict(os.environ, TMPDIR=str(tmp_path))
     holder = subprocess.Popen([sys.executable, "-S", "-c", code, name], stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True, cwd=tmp_path)
+                              stdin=subprocess.DEVNULL, text=True, cwd=tmp_path, env=env)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
         fds = sorted(os.listdir(f"/proc/{holder.pid}/fd"))
