@@ -313,11 +313,8 @@ class BlobRunner:
         # A termination signal waits until the task is stopped again: raising while it
         # runs the table would leave it running there under the engine's cleanup.
         with termination_held():
-            if not self.start(table):
-                return
-            self._running = None
-            status = ptrace.wait_stop(self.pid, self.timeout if timeout is None else timeout)
-        self._check_stop(table, status)
+            self.start(table)
+            self.finish(timeout)
 
     def start(self, table: Table) -> bool:
         """Set the task running `table` and return at once (False: the table is empty,
@@ -343,11 +340,13 @@ class BlobRunner:
         self._running = table
         return True
 
-    def finish(self) -> None:
-        """Wait for the table start() set running; raises as run() does."""
+    def finish(self, timeout: float | None = None) -> None:
+        """Wait (`timeout` seconds, default the runner's) for the table start() set
+        running; raises as run() does."""
         table, self._running = self._running, None
         if table is not None:
-            self._check_stop(table, ptrace.wait_stop(self.pid, self.timeout))
+            status = ptrace.wait_stop(self.pid, self.timeout if timeout is None else timeout)
+            self._check_stop(table, status)
 
     def _check_stop(self, table: Table, status: int) -> None:
         if not os.WIFSTOPPED(status):
