@@ -791,8 +791,17 @@ def flip_byte(pid: int) -> dict:
 
 
 def drop_vma(pid: int) -> dict:
-    """Inject munmap() of a whole private anonymous VMA."""
+    """Inject munmap() of a whole private anonymous VMA as the harness sees it: with the
+    private anonymous neighbours it merges it with (a restore may leave the kernel's VMA
+    cut in two where the dumped process had one, e.g. after a different mapping history)."""
     start, end, _page = _pick_anon_vma(pid)
+    anon = [(s, e) for s, e, perms, path in _maps(pid) if perms == "rw-p" and not path]
+    for s, e in reversed(anon):
+        if e == start:
+            start = s
+    for s, e in anon:
+        if s == end:
+            end = e
     _inject(pid, _SYS_MUNMAP, start, end - start)
     return {"vma": [start, end]}
 
