@@ -130,8 +130,7 @@ def _become(req: Request) -> None:
     _close_others()
     os.chdir(req.cwd)
     os.umask(req.umask)
-    os.environ.clear()
-    os.environ.update(req.env)
+    _set_environ(req.env)
     _reset_signals(req.ignored, req.mask)
     sys.argv = [sys.argv[0], *req.argv]
 
@@ -142,6 +141,16 @@ def _enter_namespaces(ns: tuple[tuple[str, int], ...]) -> None:
         mine, theirs = os.stat(f"/proc/self/ns/{name}"), os.fstat(fd)
         if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
             ksys.setns(fd, 0)
+
+
+def _set_environ(env: dict[str, str]) -> None:
+    """The environment becomes ``env``; only what differs is changed (each change is a
+    putenv or unsetenv: clearing and refilling it cost half a millisecond per step)."""
+    for name in os.environ.keys() - env.keys():
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def _close_others() -> None:
@@ -159,8 +168,13 @@ def _reset_signals(ignored: frozenset[int], mask: frozenset[int]) -> None:
     would have them."""
     for signo in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
         keep = signo in ignored and signo not in PYTHON_IGNORES
+        wanted = signal.SIG_IGN if keep else signal.SIG_DFL
+        # Python knows every disposition (it read them at start-up and made every change
+        # since): only those that differ cost a syscall
+        if signal.getsignal(signo) == wanted:
+            continue
         try:
-            signal.signal(signo, signal.SIG_IGN if keep else signal.SIG_DFL)
+            signal.signal(signo, wanted)
         except (OSError, ValueError):
             pass  # reserved by the C library
     for signo in PYTHON_IGNORES:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import signal
 import time
 from dataclasses import dataclass, field
@@ -31,8 +30,6 @@ from engine.proc.stat import read_stat
 STOP_TIMEOUT = 5.0
 # How long seizing may go on while the tree keeps changing.
 SETTLE_TIMEOUT = 30.0
-# How long a dump waits for the tasks it killed to die.
-KILL_TIMEOUT = 5.0
 _PF_KTHREAD = 0x00200000
 
 
@@ -80,8 +77,12 @@ class FrozenTree:
         """Detach from every thread; with kill, SIGKILL every process afterwards.
 
         Detaching first means the SIGKILL is not seen by us as a ptrace event and the tasks
-        die as ordinary processes (their parent reaps them as usual).
+        die as ordinary processes (their parent reaps them as usual). The kill goes through
+        pidfds opened while the tasks are still held, so no pid can have been reused in
+        between. Their death is not waited for (nor is it by CRIU): it is their parent's
+        to wait for, and whoever restores the tree reaps it first (the harness, bench).
         """
+        pidfds = self._pidfds() if kill else []
         for tid in reversed(self.seized):
             try:
                 ptrace.detach(tid, 0)
@@ -89,32 +90,25 @@ class FrozenTree:
                 pass  # the thread is gone (e.g. killed from outside): nothing to undo
         if self.released is None:
             self.released = time.monotonic()
-        if kill:
-            pidfds = []
-            for p in self.procs.values():
-                if p.state != "zombie":
-                    try:
-                        pidfds.append(ksys.pidfd_open(p.pid))
-                        os.kill(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            _wait_dead(pidfds)
+        for fd in pidfds:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # killed from outside meanwhile
+            finally:
+                os.close(fd)
         self.seized = []
 
-
-def _wait_dead(pidfds: list[int]) -> None:
-    """Wait (bounded) until every killed process has died (its pidfd readable: a zombie
-    or gone), closing the pidfds. Reaping is its parent's business (the harness, a
-    subreaper, reaps the root)."""
-    deadline = time.monotonic() + KILL_TIMEOUT
-    try:
-        for fd in pidfds:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.poll(max(deadline - time.monotonic(), 0) * 1000)
-    finally:
-        for fd in pidfds:
-            os.close(fd)
+    def _pidfds(self) -> list[int]:
+        """A pidfd on every process that is not a zombie (and has not vanished)."""
+        out = []
+        for p in self.procs.values():
+            if p.state != "zombie":
+                try:
+                    out.append(ksys.pidfd_open(p.pid))
+                except ProcessLookupError:
+                    pass
+        return out
 
 
 def _threads(pid: int) -> list[int]:
