@@ -46,6 +46,12 @@ _STREAM_MIN = 4 << 20  # below this, a transfer goes through the file's mapping
 _SEGMENT = 4 << 20  # bytes read per O_DIRECT read
 _STREAM_WORKERS = 6  # segments in flight (each worker reads one, then copies it)
 _MAX_GAP = 256 << 10  # unused file bytes a segment may read over to stay one read
+#: Pages files of at most this much in all are read ahead whole when a restore starts
+#: (prefetch_files); larger ones are read with O_DIRECT where they are used.
+PREFETCH_MAX = 64 << 20
+#: bytes per read-ahead request: the kernel reads at most the device's read-ahead window
+#: or largest request (128 KiB on many disks, 8 MiB here) of one POSIX_FADV_WILLNEED
+_PREFETCH_STEP = 1 << 20
 
 
 class Chunk(NamedTuple):
@@ -96,6 +102,11 @@ class PageSource:
             self.reader = None
         if self.parent is not None:
             self.parent.close()
+
+    def readers(self) -> list[PagesReader]:
+        """The pages files of this image and of its parents."""
+        own = [self.reader] if self.reader is not None else []
+        return own + (self.parent.readers() if self.parent is not None else [])
 
     def chunks(self, start: int, end: int) -> list[Chunk]:
         """Present data inside [start, end), as (dst, engine src, length) chunks."""
@@ -186,6 +197,31 @@ def task_chunks(src: PageSource, vmas: list[Vma]) -> tuple[list[Chunk], list[Chu
         # (a private mapping of a memfd gets its COW pages here, like a file mapping)
         (fast if v.prot & uapi.PROT_WRITE else forced).append((v.start, v.end))
     return src.chunks_in(fast), src.chunks_in(forced)
+
+
+def prefetch_files(readers: list[PagesReader]) -> bool:
+    """Have the kernel start reading these pages files now, when they are small enough
+    (PREFETCH_MAX in all): a restore does it at its start, so that the pages of an image
+    no longer in the page cache are read while the tree is made, in requests in flight
+    together rather than one page fault at a time. True when it asked."""
+    sizes = [os.fstat(r.fd).st_size for r in readers]
+    if sum(sizes) > PREFETCH_MAX:
+        return False
+    for r, size in zip(readers, sizes):
+        _will_need(r.fd, 0, size)
+    return True
+
+
+def prefetch_chunks(chunks: list[Chunk]) -> None:
+    """prefetch_files for these chunks' pages only (a lazy restore's own few)."""
+    for reader, offset, _src, length in _file_spans(chunks):
+        _will_need(reader.fd, offset, length)
+
+
+def _will_need(fd: int, offset: int, length: int) -> None:
+    for at in range(offset, offset + length, _PREFETCH_STEP):
+        os.posix_fadvise(fd, at, min(_PREFETCH_STEP, offset + length - at),
+                         os.POSIX_FADV_WILLNEED)
 
 
 def write_shmem_pages(pid: int, src: PageSource, base: int, size: int) -> int:

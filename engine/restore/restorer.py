@@ -369,6 +369,7 @@ class TreeRestorer:
             for t in self.owners:
                 t.src = sources[t.pid] = pages.task_source(self.image, t.pid)
             shsrc = {sid: pages.shmem_source(self.image, sid) for sid in self.shmem}
+            self._prefetch(sources, shsrc)
             premap.check_contents(self.image, self.premap, sources, self.creator)
             self.premap.place(window.premap, sources)
             setup = self._setup(window, root, fplan)
@@ -423,6 +424,22 @@ class TreeRestorer:
             if self.ipc is not None:
                 self.ipc.close()
         return self.live[0].real
+
+    def _prefetch(self, sources: dict[int, pages.PageSource],
+                  shsrc: dict[str, pages.PageSource]) -> None:
+        """Start reading the pages files the restore uses, while the tree is made
+        (pages.prefetch_files): all of them when small; a lazy restore's, only the pages
+        it writes itself (the daemon reads the rest)."""
+        if self.lazy is None:
+            pages.prefetch_files([r for s in [*sources.values(), *shsrc.values()]
+                                  for r in s.readers()])
+            return
+        pages.prefetch_files([r for s in shsrc.values() for r in s.readers()])
+        for t in self.owners:
+            threads = t.threads + [th for c in t.vm_children for th in c.threads]
+            writable, forced = pages.task_chunks(sources[t.pid],
+                                                 self.lazy.eager_vmas(t.mm, threads))
+            pages.prefetch_chunks(writable + forced)
 
     def _plan_premaps(self, root: spawn.TaskSetup) -> None:
         """Which private VMAs are built before the fork, so that pages a child shared

@@ -5,6 +5,7 @@ forces either), and a restore reads with O_DIRECT whatever is not in the cache."
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from engine.dump import pages
 from engine.errors import EngineError
 from engine.images import load
+from engine.restore import pages as rpages
 from tests.engine import cr_support as cr
 
 
@@ -65,7 +67,7 @@ def _restore(t: cr.ZdtmTest, images: Path) -> None:
 
 @pytest.mark.parametrize("how, cached, evict", [
     ("", True, False),  # a small tree: buffered, and read back from the cache
-    ("buffered", True, True),  # evicted before restore: read with O_DIRECT
+    ("buffered", True, True),  # evicted before restore: read ahead at its start
     ("direct", False, False),
 ])
 def test_pages_files_written_and_read_both_ways(running: cr.ZdtmTest, tmp_path: Path,
@@ -77,6 +79,27 @@ def test_pages_files_written_and_read_both_ways(running: cr.ZdtmTest, tmp_path: 
         _evict(images)
         assert _cached(images) == [False]
     _restore(running, images)
+
+
+def test_a_small_evicted_image_is_read_ahead_and_a_large_one_is_not(
+        running: cr.ZdtmTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = tmp_path / "img"
+    _dump(running, images, "buffered")
+    image = load(str(images), verify_pages=False)
+    (task,) = image.tasks.values()
+    assert task.mm is not None and task.pagemap is not None
+    with image.dir.pages_reader(task.mm.pages, task.pagemap) as reader:
+        monkeypatch.setattr(rpages, "PREFETCH_MAX", 0)  # "large": left to O_DIRECT
+        _evict(images)
+        assert not rpages.prefetch_files([reader])
+        time.sleep(0.2)
+        assert not reader.cached()
+        monkeypatch.undo()
+        assert rpages.prefetch_files([reader])
+        deadline = time.monotonic() + 10
+        while not reader.cached():  # the reads were started, not waited for
+            assert time.monotonic() < deadline, "read ahead did not bring the file in"
+            time.sleep(0.01)
 
 
 def test_the_choice_follows_the_tree_size(monkeypatch: pytest.MonkeyPatch) -> None:
