@@ -60,8 +60,8 @@ from engine.kernel import pagecrc
 from engine.proc import pagemap as procpagemap
 from engine.proc import tasks
 from engine.proc.auxv import read_auxv
-from engine.proc.stat import read_stat
-from engine.proc.status import read_status
+from engine.proc.stat import Stat, read_stat
+from engine.proc.status import Status, read_status
 
 T = TypeVar("T")
 
@@ -97,6 +97,8 @@ class DumpStats:
 class _ProcState:
     threads: list[ThreadCore]
     shared_pending: list[SigInfoRecord]
+    status: Status  # the main thread's, read once (task.ThreadsRead)
+    stat: Stat
     injected: task.InjectedProc | None = None
     mm: MmCore | None = None
     cow: list[list[int]] = field(default_factory=list)  # pages shared with the parent
@@ -174,9 +176,8 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         procs = [p for p in frozen.order() if p.state != "zombie"]
         state: dict[int, _ProcState] = {}
         for p in procs:
-            threads, shared = _step(f"regs of {p.pid}", "regs", task.read_threads,
-                                    img, p.pid, p.threads)
-            state[p.pid] = _ProcState(threads, shared)
+            got = _step(f"regs of {p.pid}", "regs", task.read_threads, img, p.pid, p.threads)
+            state[p.pid] = _ProcState(got.threads, got.shared_pending, got.status, got.stat)
         if kind == "dump":
             _find_cow(procs, state, tables)
         fault_point("regs")
@@ -400,7 +401,10 @@ def _dump_ipc(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcStat
               staging: pages.Staging) -> bool:
     """ipc.json when the tree has an ipc namespace of its own (see dump/ipcns.py)."""
     vmas = {pid: st.mm.vmas for pid, st in state.items() if st.mm is not None}
-    inner = {p.pid: (read_status(p.pid).ns_pid or [p.pid])[-1] for p in frozen.procs.values()}
+
+    def inner() -> dict[int, int]:
+        return {p.pid: ((state[p.pid].status if p.pid in state else read_status(p.pid)
+                         ).ns_pid or [p.pid])[-1] for p in frozen.procs.values()}
     return ipcns.dump(img, frozen.root, list(state), vmas, inner, staging)
 
 
@@ -450,7 +454,8 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
     finally:
         wait([smaps])  # never leave it reading while the task runs again
     stats.vmas += len(task_vmas)
-    st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas, st.injected.brk)
+    st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas, st.injected.brk,
+                  st.stat)
     st.mm.cow = st.cow
     if tracker is not None:
         _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
@@ -479,8 +484,7 @@ def _exe(pid: int) -> str | None:
         return None
 
 
-def _mm_core(pid: int, task_vmas: list[Vma], brk: int) -> MmCore:
-    st = read_stat(pid)
+def _mm_core(pid: int, task_vmas: list[Vma], brk: int, st: Stat) -> MmCore:
     auxv = [word for pair in read_auxv(pid, with_null=True) for word in pair]
     exe = _exe(pid)
     return MmCore(
@@ -502,7 +506,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
     per_task_ns: dict[int, dict[str, int]] = {}
     leaders = {p.pid for p in frozen.order() if p.pgid == p.pid}  # process groups inside
     for p in frozen.order():
-        status = read_status(p.pid)
+        status = state[p.pid].status if p.pid in state else read_status(p.pid)
         entries.append(TaskEntry(p.pid, p.ppid, p.pgid, p.sid, p.state, list(p.threads),
                                  p.exit_code, ns_pid=list(status.ns_pid),
                                  shared=tables.get(p.pid, [])))
@@ -517,7 +521,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
         st = state[p.pid]
         assert st.injected is not None
         per_task_ns[p.pid] = namespaces.inodes(p.pid)
-        tty, tty_pgrp = ctty.controlling_tty(p.pid, read_stat(p.pid), leaders)
+        tty, tty_pgrp = ctty.controlling_tty(p.pid, st.stat, leaders)
         core = TaskCore(
             pid=p.pid, ppid=p.ppid, pgid=p.pgid, sid=p.sid, state=p.state,
             comm=tasks.comm(p.pid), threads=st.threads, sigactions=st.injected.sigactions,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.dump import namespaces
@@ -55,12 +56,13 @@ class _Tables:
 
 
 def dump(img: ImageDir, root: int, live: list[int], vmas: dict[int, list[Vma]],
-         tasks: dict[int, int], staging: Staging) -> bool:
+         tasks: Callable[[], dict[int, int]], staging: Staging) -> bool:
     """Write ipc.json for the tree rooted at `root` when it has an ipc namespace of its
     own (True), or refuse what depends on the engine's. `live`: the live processes,
-    `vmas`: each one's VMAs, `tasks`: every task's pid as the engine sees it -> its pid
-    in its own pid namespace (zombies included: a semaphore's last pid may be one)."""
-    own = namespaces.inodes(os.getpid())["ipc"]
+    `vmas`: each one's VMAs, `tasks`: gives every task's pid as the engine sees it -> its
+    pid in its own pid namespace (zombies included: a semaphore's last pid may be one),
+    asked only for a namespace of the tree's own."""
+    own = namespaces.inode(os.getpid(), "ipc")
     tree = _tree_namespace(root, live)
     attached = {pid: [v for v in vs if v.kind == "sysv"] for pid, vs in vmas.items()}
     if tree == own:
@@ -85,7 +87,7 @@ def dump(img: ImageDir, root: int, live: list[int], vmas: dict[int, list[Vma]],
         shm = [_segment(img, ns, row, staging) for row in tables.shm]
     finally:
         ns.close()
-    sems = _sem_sets(root, tables.sem, tasks)
+    sems = _sem_sets(root, tables.sem, tasks())
     msgs = [_queue(img, row, qbytes, copies) for row, qbytes, copies in tables.msg]
     img.write_json(names.IPC, IpcImage(tables.sysctls, shm, sems, msgs))
     return True
@@ -93,9 +95,9 @@ def dump(img: ImageDir, root: int, live: list[int], vmas: dict[int, list[Vma]],
 
 def _tree_namespace(root: int, live: list[int]) -> int:
     """The root's ipc namespace, which every task of the tree must share."""
-    tree = namespaces.inodes(root)["ipc"]
+    tree = namespaces.inode(root, "ipc")
     for pid in live:
-        ino = namespaces.inodes(pid)["ipc"]
+        ino = namespaces.inode(pid, "ipc")
         if ino != tree:
             raise EngineError("memory", f"task {pid} is in ipc namespace {ino}, the root "
                                         f"{root} in {tree}: an ipc namespace below the "

@@ -15,7 +15,20 @@ def inodes(pid: int) -> dict[str, int]:
         links = tasks.namespaces(pid)
     except OSError as e:
         raise EngineError("regs", f"cannot read namespaces of {pid}: {e.strerror}") from None
-    return {name: int(link[link.index("[") + 1:-1]) for name, link in links.items()}
+    return {name: _inode_of(link) for name, link in links.items()}
+
+
+def inode(pid: int, name: str) -> int:
+    """The inode of `pid`'s namespace of type `name` (one link, not all of inodes())."""
+    try:
+        return _inode_of(tasks.namespace(pid, name))
+    except OSError as e:
+        raise EngineError("regs", f"cannot read the {name} namespace of {pid}: "
+                                  f"{e.strerror}") from None
+
+
+def _inode_of(link: str) -> int:
+    return int(link[link.index("[") + 1:-1])
 
 
 def records(per_task: dict[int, dict[str, int]],

@@ -42,7 +42,7 @@ from engine.kernel.structs import KSigaction, StackT
 from engine.kernel.sys import syscall
 from engine.proc import tasks
 from engine.proc.limits import read_limits
-from engine.proc.stat import read_stat
+from engine.proc.stat import Stat, read_stat
 from engine.proc.status import Status, read_status
 from engine.proc.timers import Timer, read_timers
 
@@ -77,11 +77,23 @@ def _siginfos(raw: list[bytes]) -> list[SigInfoRecord]:
     return [SigInfoRecord(int.from_bytes(r[:4], "little", signed=True), r.hex()) for r in raw]
 
 
-def read_threads(img: ImageDir, pid: int, tids: list[int]) -> tuple[list[ThreadCore],
-                                                                       list[SigInfoRecord]]:
+@dataclass(frozen=True)
+class ThreadsRead:
+    """What read_threads found: every thread's core, the process-wide pending queue, and
+    the main thread's /proc status and stat (what the dump reads of them again does not
+    change while the process is held)."""
+
+    threads: list[ThreadCore]
+    shared_pending: list[SigInfoRecord]
+    status: Status
+    stat: Stat
+
+
+def read_threads(img: ImageDir, pid: int, tids: list[int]) -> ThreadsRead:
     """Registers, xstate (written to xstate-TID.img), pending signals, rseq and robust
     list of every thread; plus the process-wide pending queue."""
     threads = []
+    main: tuple[Status, Stat] | None = None
     for tid in tids:
         regs = ptrace.get_regs(tid)
         in_sys = in_interrupted_syscall(regs)
@@ -95,7 +107,9 @@ def read_threads(img: ImageDir, pid: int, tids: list[int]) -> tuple[list[ThreadC
         rseq = (RseqRecord(rs.rseq_abi_pointer, rs.rseq_abi_size, rs.signature, rs.flags)
                 if rs.rseq_abi_pointer else None)
         head, length = _robust_list(tid)
-        sched = read_stat(pid, tid)
+        sched, status = read_stat(pid, tid), read_status(pid, tid)
+        if tid == pid:
+            main = status, sched
         if sched.policy == _SCHED_DEADLINE:
             # Its runtime/deadline/period are not in /proc and need sched_getattr.
             raise EngineError("regs", f"task {pid} thread {tid}: SCHED_DEADLINE is not "
@@ -105,11 +119,13 @@ def read_threads(img: ImageDir, pid: int, tids: list[int]) -> tuple[list[ThreadC
             sigmask=ptrace.get_sigmask(tid),  # replaced by the real mask when injecting
             pending=_siginfos(ptrace.peek_siginfo(tid, shared=False)), rseq=rseq,
             robust_list=head, robust_list_len=length, in_syscall=in_sys,
-            ns_tid=list(read_status(pid, tid).ns_pid), comm=tasks.comm(pid, tid),
+            ns_tid=list(status.ns_pid), comm=tasks.comm(pid, tid),
             sched_policy=sched.policy, rt_priority=sched.rt_priority, nice=sched.nice,
         ))
     shared = _siginfos(ptrace.peek_siginfo(pid, shared=True))
-    return threads, shared
+    if main is None:
+        raise EngineError("regs", f"task {pid}: main thread not found")
+    return ThreadsRead(threads, shared, *main)
 
 
 def _robust_list(tid: int) -> tuple[int, int]:
@@ -139,7 +155,7 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
                 continue
             # Process-wide state is asked once, in the main thread.
             proc_refs = _proc_queries(t, read_timers(pid))
-            gadget = find_code(pid, inj.mem_fd, (SYSCALL_RET,)) if inj.frame else 0
+            gadget = find_code(pid, inj.mem_fd, (SYSCALL_RET,), inj.proc) if inj.frame else 0
             res = intask.run(inj, t, INJECT_TIMEOUT, gadget=gadget)
             _thread_results(th, res, thread_refs, inj)
             result = _proc_results(pid, res, proc_refs, inj)

@@ -50,7 +50,7 @@ from engine.kernel.sys import process_vm_writev, syscall
 from engine.proc.auxv import read_auxv
 from engine.proc.maps import MapsLine, exec_file_maps, read_maps
 from engine.proc.stat import read_stat
-from engine.proc.status import read_status
+from engine.proc.status import Status, read_status
 
 if TYPE_CHECKING:
     from typing import Self
@@ -66,8 +66,7 @@ _RSEQ_CS_OFFSET = 8  # struct rseq: u32 cpu_id_start, u32 cpu_id, u64 rseq_cs, .
 _RSEQ_CS = struct.Struct("<IIQQQ")  # struct rseq_cs: version, flags, start_ip,
 #                                     post_commit_offset, abort_ip
 
-#: syscall instruction found per task, keyed by (tid, start time) so a reused pid or a
-#: restored task never inherits an old answer; also re-checked before use.
+#: syscall instruction found per process (proc_key); also re-checked before use.
 _insn_cache: dict[tuple[int, int], int] = {}
 #: the same for code sequences (find_code), per process and sequences (0: none found)
 _code_cache: dict[tuple[int, int, tuple[bytes, ...]], int] = {}
@@ -107,18 +106,29 @@ def _page_up(n: int) -> int:
     return (n + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
 
 
-def _start_time(tid: int) -> int:
-    return read_stat(tid).starttime
+#: a process as caches know it: (tgid, start time), so that a reused pid or a restored
+#: task never inherits an old answer
+ProcKey = tuple[int, int]
 
 
-def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False) -> int:
+def proc_key(tid: int) -> ProcKey:
+    """The process of thread ``tid`` (its thread group leader's pid and start time)."""
+    return _proc_of(read_status(tid, tid))
+
+
+def _proc_of(status: Status) -> ProcKey:
+    return status.tgid, read_stat(status.tgid).starttime
+
+
+def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False,
+                      proc: ProcKey | None = None) -> int:
     """Address of a ``0f 05`` byte pair in an executable mapping of ``tid`` (vdso first).
 
     Any such pair executes as ``syscall`` when rip points at it, wherever it sits in the
     instruction stream, and single-stepping stops right after it. ``refresh`` ignores
-    the cache.
+    the cache. ``proc``: proc_key(tid) when the caller has it.
     """
-    key = (tid, _start_time(tid))
+    key = proc or proc_key(tid)
     cached = None if refresh else _insn_cache.get(key)
     if cached is not None and _pread(mem_fd, 2, cached) == _SYSCALL_INSN:
         return cached
@@ -147,18 +157,18 @@ def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False) -> int:
     raise InjectError(f"task {tid}: no syscall instruction in any executable mapping")
 
 
-def find_restorer(tid: int, mem_fd: int) -> int:
+def find_restorer(tid: int, mem_fd: int, proc: ProcKey | None = None) -> int:
     """Start of a sigframe.RESTORERS sequence in the task's code, or 0."""
-    return find_code(tid, mem_fd, sigframe.RESTORERS)
+    return find_code(tid, mem_fd, sigframe.RESTORERS, proc)
 
 
-def find_code(tid: int, mem_fd: int, seqs: tuple[bytes, ...]) -> int:
+def find_code(tid: int, mem_fd: int, seqs: tuple[bytes, ...],
+              proc: ProcKey | None = None) -> int:
     """Start of one of the byte sequences `seqs` in an executable file mapping of tid
     (libc's first), or 0. Cached per process, and per mapped file: another process
     mapping the same part of the same file (the tasks of a tree, their libc) finds it at
-    the same place without a scan."""
-    tgid = _tgid(tid)
-    key = (tgid, _start_time(tgid), seqs)
+    the same place without a scan. ``proc``: proc_key(tid) when the caller has it."""
+    key = (*(proc or proc_key(tid)), seqs)
     cached = _code_cache.get(key)
     if cached is not None and (cached == 0 or _holds(mem_fd, cached, seqs)):
         return cached
@@ -205,10 +215,6 @@ def _scan_code(mem_fd: int, vmas: list[MapsLine], seqs: tuple[bytes, ...]) -> in
         if budget <= 0:
             break
     return 0
-
-
-def _tgid(tid: int) -> int:
-    return read_status(tid, tid).tgid
 
 
 def _insn_in_vdso(tid: int, mem_fd: int) -> int | None:
@@ -312,9 +318,14 @@ class Injector:
             self._under_frame = b""  # the stack bytes the frame and scratch replaced
             self._restorer = 0
             self._resumed = False  # the task ran since its original stop
+            status = read_status(tid, tid)
+            #: the process (proc_key) and whether a seccomp filter guards its syscalls
+            #: (neither changes while the task is held)
+            self.proc = _proc_of(status)
+            self.seccomp = status.seccomp
             if syscall_addr is None:
                 self._step = True
-                self._insn = find_syscall_insn(tid, self._mem)
+                self._insn = find_syscall_insn(tid, self._mem, proc=self.proc)
                 self._done_rip = self._insn + 2
             else:
                 if _pread(self._mem, 3, syscall_addr) != b"\x0f\x05\xcc":
@@ -347,7 +358,7 @@ class Injector:
     def _arm_frame(self) -> None:
         """Write the self-restoring frame below the stack pointer when the task has a
         restorer and the stack the room (else injection goes the old way)."""
-        restorer = find_restorer(self.tid, self._mem)
+        restorer = find_restorer(self.tid, self._mem, self.proc)
         if not restorer:
             return
         try:
@@ -412,7 +423,8 @@ class Injector:
                 regs = self._run()
             except _StaleInsn:
                 # The address space changed under the cached instruction: find another.
-                self._use_insn(find_syscall_insn(self.tid, self._mem, refresh=True))
+                self._use_insn(find_syscall_insn(self.tid, self._mem, refresh=True,
+                                                 proc=self.proc))
                 ptrace.set_regs(self.tid, w)
                 regs = self._run()
         self.count += 1

@@ -42,6 +42,11 @@ def namespaces(pid: int) -> dict[str, str]:
     return out
 
 
+def namespace(pid: int, name: str) -> str:
+    """The namespace link of ``pid`` of type ``name``: "ipc:[4026531839]"."""
+    return os.readlink(f"/proc/{pid}/ns/{name}")
+
+
 def id_map(pid: int, which: str) -> list[list[int]]:
     """Rows (inside, outside, count) of /proc/PID/uid_map or gid_map (``which``)."""
     with open(f"/proc/{pid}/{which}", encoding="ascii") as f:

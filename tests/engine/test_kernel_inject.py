@@ -372,12 +372,12 @@ def test_stale_cached_instruction_is_replaced(spawn, monkeypatch: pytest.MonkeyP
         page = boot.check(uapi.SYS_mmap, 0, uapi.PAGE_SIZE, uapi.PROT_READ | uapi.PROT_WRITE,
                           uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
         boot.write(page, b"\x0f\x05")  # the right bytes, but not executable
-    inject._insn_cache[(t.pid, inject._start_time(t.pid))] = page
+    inject._insn_cache[inject.proc_key(t.pid)] = page
     with Injector(t.pid, TIMEOUT) as inj:
         assert inj.check(uapi.SYS_getpid) == t.pid
         assert inj.deferred_signals == []  # the SIGSEGV was not kept for the task
         inj.check(uapi.SYS_munmap, page, uapi.PAGE_SIZE)
-    assert inject._insn_cache[(t.pid, inject._start_time(t.pid))] != page
+    assert inject._insn_cache[inject.proc_key(t.pid)] != page
     ptrace.detach(t.pid)
     os.kill(t.pid, signal.SIGUSR1)
     assert t.result() == ["-1", str(errno.EINTR), "1"]
