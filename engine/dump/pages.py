@@ -141,8 +141,14 @@ class Staging:
             pending.result()
         return self.views[slot]
 
-    def submit(self, slot: int, sink: Callable[[memoryview], None], length: int) -> None:
-        """Write the first `length` bytes of the slot through `sink` in the background."""
+    def submit(self, slot: int, sink: Callable[[memoryview], None], length: int,
+               inline: bool = False) -> None:
+        """Write the first `length` bytes of the slot through `sink` in the background,
+        or right here when `inline` (nothing to overlap it with: handing it to the
+        writer thread and waiting for it cost a small task's dump ~0.3 ms)."""
+        if inline:
+            sink(self.views[slot][:length])
+            return
         self._pending[slot] = self._pool.submit(sink, self.views[slot][:length])
 
     def drain(self) -> None:
@@ -324,11 +330,12 @@ def _stage(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]], re
     slot = 0
     batch: list[tuple[int, int, int, bool]] = []  # (slot offset, addr, len, via_mem)
     fill = start = 0  # bytes in the slot; file offset of its first byte
+    inline = sum(r.length for r, _off in placed) <= staging.size  # one slot holds it all
 
     def flush() -> None:
         nonlocal slot, batch, fill
         _fill(staging, slot, batch, read_vm, mem_fd, base, tolerant)
-        staging.submit(slot, functools.partial(out.write_at, offset=start), fill)
+        staging.submit(slot, functools.partial(out.write_at, offset=start), fill, inline)
         slot = (slot + 1) % staging.slots
         batch, fill = [], 0
 

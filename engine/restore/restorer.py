@@ -64,7 +64,6 @@ from engine.restore.lazy import LazyPages
 
 _ALL_SIGNALS = (1 << 64) - 1
 _SCRATCH = 4096
-_SPAWN_FDS = 4  # the two pipes spawn() opens before forking the root
 _THREAD_FLAGS = (uapi.CLONE_VM | uapi.CLONE_FS | uapi.CLONE_FILES | uapi.CLONE_SIGHAND
                  | uapi.CLONE_THREAD | uapi.CLONE_SYSVSEM)
 
@@ -340,7 +339,7 @@ class TreeRestorer:
         # root inherits the engine's, including the spawn pipes made next), and above the
         # spare numbers where parents hold the fd tables of children made later.
         engine_fds = [int(n) for n in os.listdir("/proc/self/fd")]
-        start = max(files.floor(fplan), max(engine_fds) + 1 + _SPAWN_FDS)
+        start = max(files.floor(fplan), max(engine_fds) + 1 + spawn.PIPE_FDS)
         obj_base = start + self._stage_fd_tables(nodes, start)
         shared = [(window.shmem_tmp[s.id], s.size, s.id) for s in self.shmem.values()]
         return spawn.TreeSetup(root, fplan, window.region, self.ns, memfds, obj_base, shared,

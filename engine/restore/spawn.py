@@ -33,6 +33,7 @@ import errno
 import fcntl
 import os
 import resource
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -55,6 +56,8 @@ _REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
 _REGION_FLAGS = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE
 SEIZE_OPTIONS = uapi.PTRACE_O_EXITKILL | uapi.PTRACE_O_TRACESYSGOOD
 _MAX_ERR = 4000  # below PIPE_BUF: one report is one atomic write on the shared pipe
+#: the fds of the pipes spawn() opens before it forks the root (error, go, ready)
+PIPE_FDS = 6
 _ERROR_POLL_S = 0.05  # how often a wait for a task's stop looks for reported errors
 
 
@@ -210,13 +213,20 @@ def _take_ctty(path: str) -> None:
         os.close(fd)
 
 
-def _clone_with_pid(t: TaskSetup, flags: int = 0) -> int:
-    """clone3 (fork-like, plus namespace `flags`) with the task's pids; 0 in the child."""
-    return _clone3(t.set_tid or [t.pid], flags, t.pid)
+def _clone_with_pid(t: TaskSetup, flags: int = 0, single: bool = False) -> int:
+    """clone3 (fork-like, plus namespace `flags`) with the task's pids; 0 in the child.
+    `single`: this process has no other thread (see _clone3)."""
+    return _clone3(t.set_tid or [t.pid], flags, t.pid, single)
 
 
-def _clone3(pids: list[int], flags: int, name: int) -> int:
-    """clone3 with these pids (innermost first); `name`: the pid errors give."""
+def _clone3(pids: list[int], flags: int, name: int, single: bool = False) -> int:
+    """clone3 with these pids (innermost first); `name`: the pid errors give.
+
+    The child tells the interpreter it is one (PyOS_AfterFork_Child: locks and thread
+    states of threads it does not have) unless the caller is `single`, a task of the
+    new tree: it has no other thread (the root is a clone of the engine's one thread),
+    so nothing is left to fix up, and the fix-up cost each task 0.6 ms and 250 page
+    faults."""
     tid = (ctypes.c_int * len(pids))(*pids)
     args = CloneArgs()
     args.flags = flags
@@ -238,7 +248,7 @@ def _clone3(pids: list[int], flags: int, name: int) -> int:
             if e.errno == errno.EEXIST:
                 raise EngineError("fork", f"pid {name} is taken") from None
             raise EngineError("fork", f"clone3 with pid {name} {pids}: {e.strerror}") from None
-    if child == 0:
+    if child == 0 and not single:
         ksys.after_fork_child()
     return child
 
@@ -326,7 +336,7 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
           sync: files.FdTableSync | None = None) -> None:
     """Runs in the new task; never returns. `sync`: given to a task that shares its fd
     table with its parent (see files.FdTableSync)."""
-    go_r, err_w = ctl[:2]  # then the objects' fds, kept open for the engine's tables
+    go_r, err_w, ready_w = ctl[:3]  # then the objects' fds, kept for the engine's tables
     first = sync is None  # the first holder of its fd table
     try:
         _set_session(t)
@@ -340,13 +350,13 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
         if len(group) > 1:
             sync = files.FdTableSync(len(group) - 1, tree.low)
         for c in _leaders_first(t):
-            child = _clone_with_pid(c, c.share_flags)
+            child = _clone_with_pid(c, c.share_flags, single=True)
             if child == 0:
                 _task(tree, c, ctl, by_file,
                       sync if c.share_flags & uapi.CLONE_FILES else None)
             _make_group(c, child)
         for c in t.adopted:
-            if _clone_with_pid(c, uapi.CLONE_PARENT) == 0:
+            if _clone_with_pid(c, uapi.CLONE_PARENT, single=True) == 0:
                 _task(tree, c, ctl, by_file)
         # comm first: a zombie shows it too.
         name = ctypes.create_string_buffer(os.fsencode(t.comm)[:15])
@@ -363,6 +373,7 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
             os.chdir(t.cwd)
         os.umask(t.umask)
         _set_limits(t.limits)
+        os.write(ready_w, b"r")
         if os.read(go_r, 1) != b"g":
             if sync is not None and not first:
                 sync.tell(b"X")
@@ -408,8 +419,8 @@ def _after_go(tree: TreeSetup, group: list[TaskSetup], ctl: list[int],
     if sync is not None:
         sync.wait(b"D")
         sync.close()
-    os.close(ctl[0])
-    os.close(ctl[1])
+    for fd in ctl[:3]:
+        os.close(fd)
 
 
 def _room_for_fds(tree: TreeSetup) -> None:
@@ -423,9 +434,9 @@ def _room_for_fds(tree: TreeSetup) -> None:
         raise EngineError("files", f"the tree needs {need} fds open at once: {why}")
 
 
-def _root(tree: TreeSetup, go_r: int, err_w: int) -> None:
+def _root(tree: TreeSetup, go_r: int, err_w: int, ready_w: int) -> None:
     """The root task's first steps; never returns."""
-    ctl = [go_r, err_w]
+    ctl = [go_r, err_w, ready_w]
     try:
         if tree.ns is not None:
             if tree.ns.waits and os.read(go_r, 1) != b"m":
@@ -600,19 +611,22 @@ def spawn(setup: TreeSetup, timeout: float,
     _room_for_fds(setup)
     err_r, err_w = os.pipe()
     go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
     try:
         try:
             child = _clone_with_pid(setup.root, setup.ns.clone_flags if setup.ns else 0)
         except EngineError:
-            for fd in (err_r, err_w, go_r, go_w):
+            for fd in (err_r, err_w, go_r, go_w, ready_r, ready_w):
                 os.close(fd)
             raise
         if child == 0:
             os.close(err_r)
             os.close(go_w)
-            _root(setup, go_r, err_w)
+            os.close(ready_r)
+            _root(setup, go_r, err_w, ready_w)
         os.close(err_w)
         os.close(go_r)
+        os.close(ready_w)
         os.set_blocking(err_r, False)
         tree = Tree(setup, child)
         if setup.ns is not None and setup.ns.waits:
@@ -623,12 +637,12 @@ def spawn(setup: TreeSetup, timeout: float,
                 raise
             os.write(go_w, b"m")  # the root waits for this before anything else
         try:
-            _seize_all(tree, err_r, go_w, timeout)
+            _seize_all(tree, err_r, go_w, ready_r, timeout)
         except BaseException:
             tree.kill_all()
             raise
     finally:
-        for fd in (err_r, go_w):
+        for fd in (err_r, go_w, ready_r):
             try:
                 os.close(fd)
             except OSError:
@@ -657,19 +671,15 @@ def _check_errors(err_r: int) -> None:
         raise EngineError(phase, message if phase == "fork" else f"{message} (task {pid})")
 
 
-def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
+def _seize_all(tree: Tree, err_r: int, go_w: int, ready_r: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    # Find every task first and seize only then: a traced parent would stop for the
-    # SIGCHLD of each zombie child it makes, before it has made the next child.
-    pending = list(tree.tasks)
-    while pending:
-        _check_errors(err_r)
-        if tree.find(pending[0]) is not None:
-            pending.pop(0)
-            continue
-        if time.monotonic() > deadline:
-            raise EngineError("fork", f"task {pending[0].pid} was not created in time")
-        time.sleep(0.0005)
+    # Seize only once every task is made (each live one says so on the ready pipe, after
+    # its children, right before it waits for its go): a traced parent would stop for
+    # the SIGCHLD of each zombie child it makes, before it has made the next child.
+    _wait_ready(len(tree.live), err_r, ready_r, deadline)
+    for t in tree.tasks:
+        if tree.find(t) is None:
+            raise EngineError("fork", f"task {t.pid} was not found where it was made")
     for pid in tree.live:  # each waits for its go byte: none has stopped yet
         try:
             ptrace.seize(tree.real[pid], SEIZE_OPTIONS)
@@ -696,6 +706,30 @@ def _seize_all(tree: Tree, err_r: int, go_w: int, timeout: float) -> None:
                 if time.monotonic() > deadline:
                     raise EngineError("fork", f"task {t.pid} did not become a zombie")
                 time.sleep(0.0005)
+
+
+def _wait_ready(count: int, err_r: int, ready_r: int, deadline: float) -> None:
+    """Wait until `count` tasks said they are ready; a task's report on the error pipe
+    ends the wait with that error, and so does every task gone."""
+    poller = select.poll()
+    poller.register(err_r, select.POLLIN)
+    poller.register(ready_r, select.POLLIN)
+    got = 0
+    while got < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise EngineError("fork", f"{count - got} of {count} tasks not made in time")
+        events = dict(poller.poll(left * 1000))
+        if err_r in events:
+            _check_errors(err_r)  # raises the report; at EOF, the ready pipe tells
+            if not events[err_r] & select.POLLIN:
+                poller.unregister(err_r)
+        if ready_r in events:
+            raw = os.read(ready_r, count - got)
+            if not raw:
+                _check_errors(err_r)
+                raise EngineError("fork", "every new task exited before it was set up")
+            got += len(raw)
 
 
 def _wait_sigstop(pid: int, err_r: int, deadline: float) -> None:
