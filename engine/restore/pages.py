@@ -393,9 +393,12 @@ def _split(chunks: list[Chunk], parts: int) -> list[list[Chunk]]:
                 out.append([])
                 room = share
             n = c.length if len(out) == parts else min(c.length, room)
+            room -= min(n, room)
+            if n == c.length:  # whole (most of tens of thousands of one-page chunks)
+                out[-1].append(c)
+                break
             head, c = c.cut(n)
             out[-1].append(head)
-            room -= min(n, room)
     return out
 
 
