@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from engine.dump import track
 from engine.dump.track import Tracker
-from engine.errors import EngineError
+from engine.errors import EngineError, termination_held
 from engine.images import names
 from engine.images.imgdir import ImageDir
 from engine.images.records import (
@@ -146,7 +146,9 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
     few of other threads run as single injected syscalls."""
     result = None
     for th in threads:
-        with Injector(th.tid, INJECT_TIMEOUT) as inj:
+        # Held for the whole injection (the task is ours to put back until the end), so
+        # the injector's many steps each skip holding them again.
+        with termination_held(), Injector(th.tid, INJECT_TIMEOUT) as inj:
             t = blob.Table()
             thread_refs = _thread_queries(t)
             if th.tid != pid:

@@ -484,8 +484,10 @@ class Injector:
         raises a forced SIGTRAP, and a forced signal that is blocked resets its
         disposition to SIG_DFL (the task's SIGTRAP handler would be lost). A pending
         SIGTRAP must stay blocked, or it would be taken on the way and dropped."""
+        if self.frame is not None:
+            return _ALL_SIGNALS
         st = read_status(self.tid, self.tid)
-        if self.frame is not None or (st.sig_pnd | st.shd_pnd) & _SIGTRAP_BIT:
+        if (st.sig_pnd | st.shd_pnd) & _SIGTRAP_BIT:
             return _ALL_SIGNALS
         return _ALL_SIGNALS & ~_SIGTRAP_BIT
 
