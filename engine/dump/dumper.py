@@ -130,8 +130,8 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     frozen, catches every page written meanwhile for the next dump), so it stays frozen
     only while its state is read."""
     resident = pages.resident_bytes(pid, pages.BUFFERED_MAX)
-    buffered = pages.write_buffered(resident)
-    with pages.Staging(pages.staging_size(resident, buffered)) as staging:
+    buffered = pages.write_buffered(resident.total)
+    with pages.Staging(pages.staging_size(resident.anon)) as staging:
         staging.map()  # before the freeze: populating it is not frozen time
         return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind, staging,
                      buffered)

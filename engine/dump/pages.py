@@ -36,11 +36,6 @@ STAGING_BYTES = 16 << 20
 #: The smallest staging slot: a small tree needs no more, and populating 32 MiB of
 #: buffers cost a 1 MiB process's dump 10 ms.
 MIN_STAGING = 1 << 20
-#: The largest slot when pages files are written through the page cache (write_buffered):
-#: a write is then a copy into the cache, and populating two 16 MiB slots cost more than
-#: the round trips saved (64 MiB of shared memory, dump in-process, medians of 5: 67 ms
-#: with 16 MiB slots, 46 with 4, 44 with 2).
-BUFFERED_STAGING = 2 << 20
 #: Trees with at most this much resident anonymous and shared memory (summed over the
 #: tasks: shared memory counts once per task mapping it) get their pages files written
 #: through the page cache, where a restore then finds them. Measured on the reference VM
@@ -66,23 +61,39 @@ class Run(NamedTuple):
     via_mem: bool
 
 
-def resident_bytes(root: int, limit: int) -> int:
-    """The resident anonymous and shared memory of the tree of `root`, summed over its
-    tasks, counted up to a little past `limit` (read before the tree is frozen: a guess
-    for sizing the dump's buffers and choosing its kind of writes)."""
-    total, todo = 0, [root]
-    while todo and total <= limit:
+class Resident(NamedTuple):
+    """The resident memory of a tree, summed over its tasks (shared memory counts once
+    per task mapping it)."""
+
+    anon: int  # private pages: they go through the staging buffers
+    shmem: int  # shared objects: written from a mapping of each (engine.dump.shmem)
+
+    @property
+    def total(self) -> int:
+        """Both kinds."""
+        return self.anon + self.shmem
+
+
+def resident_bytes(root: int, limit: int) -> Resident:
+    """The resident memory of the tree of `root`, counted up to a little past `limit` in
+    all (read before the tree is frozen: a guess for sizing the dump's buffers and
+    choosing its kind of writes)."""
+    anon = shmem = 0
+    todo = [root]
+    while todo and anon + shmem <= limit:
         pid = todo.pop()
         try:
-            total += read_status(pid).resident_anon
+            status = read_status(pid)
             todo += tasks.children(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue  # gone: the dump finds out
-    return total
+        anon += status.rss_anon
+        shmem += status.rss_shmem
+    return Resident(anon, shmem)
 
 
 def write_buffered(resident: int) -> bool:
-    """Whether a tree of `resident` bytes (resident_bytes) gets its pages files written
+    """Whether a tree of `resident` bytes in all (Resident.total) gets its pages files written
     through the page cache: by size (BUFFERED_MAX), or as ENGINE_PAGES_IO says (`direct`,
     `buffered`; for tests and measurements)."""
     how = os.environ.get("ENGINE_PAGES_IO", "")
@@ -91,11 +102,11 @@ def write_buffered(resident: int) -> bool:
     return how == "buffered" or (not how and resident <= BUFFERED_MAX)
 
 
-def staging_size(resident: int, buffered: bool) -> int:
-    """A staging slot for a tree of `resident` bytes (resident_bytes): about that, between
-    MIN_STAGING and STAGING_BYTES (BUFFERED_STAGING for buffered writes), in whole MiB."""
-    whole = (resident + MIN_STAGING - 1) & ~(MIN_STAGING - 1)
-    return min(BUFFERED_STAGING if buffered else STAGING_BYTES, max(MIN_STAGING, whole))
+def staging_size(private: int) -> int:
+    """A staging slot for a tree of `private` resident anonymous bytes (Resident.anon):
+    about that, between MIN_STAGING and STAGING_BYTES, in whole MiB."""
+    whole = (private + MIN_STAGING - 1) & ~(MIN_STAGING - 1)
+    return min(STAGING_BYTES, max(MIN_STAGING, whole))
 
 
 class Staging:

@@ -39,9 +39,15 @@ class Status:
     raw: dict[str, str] = field(default_factory=dict)
 
     @property
-    def resident_anon(self) -> int:
-        """Resident anonymous and shmem bytes (RssAnon + RssShmem; 0 where not shown)."""
-        return sum(int(self.raw.get(k, "0").split()[0]) << 10 for k in ("RssAnon", "RssShmem"))
+    def rss_anon(self) -> int:
+        """Resident anonymous bytes, private ones and copies-on-write (RssAnon; 0 where
+        not shown)."""
+        return int(self.raw.get("RssAnon", "0").split()[0]) << 10
+
+    @property
+    def rss_shmem(self) -> int:
+        """Resident bytes of shared memory objects mapped (RssShmem; 0 where not shown)."""
+        return int(self.raw.get("RssShmem", "0").split()[0]) << 10
 
 
 def _ints(value: str) -> tuple[int, ...]:
