@@ -195,7 +195,11 @@ def task_chunks(src: PageSource, vmas: list[Vma]) -> tuple[list[Chunk], list[Chu
         if v.kind in ("vdso", "vvar", "vsyscall") or v.flags & uapi.MAP_SHARED:
             continue  # shared objects are filled on the object, not through a task
         # (a private mapping of a memfd gets its COW pages here, like a file mapping)
-        (fast if v.prot & uapi.PROT_WRITE else forced).append((v.start, v.end))
+        ranges = fast if v.prot & uapi.PROT_WRITE else forced
+        if ranges and ranges[-1][1] == v.start:  # one range for neighbours alike (maps06)
+            ranges[-1] = (ranges[-1][0], v.end)
+        else:
+            ranges.append((v.start, v.end))
     return src.chunks_in(fast), src.chunks_in(forced)
 
 
