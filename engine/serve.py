@@ -40,10 +40,12 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from engine import serve_child
 from engine.errors import TERMINATION_SIGNALS, EngineError
 from engine.kernel import sys as ksys
+from engine.kernel import uapi
 
 Program = Callable[[list[str]], int]
 
@@ -66,6 +68,16 @@ class _Running:
 
 
 @dataclass
+class _Spare:
+    """A child forked ahead of the next request, which it waits for on its end of a
+    socket pair: the fork (~1 ms) is then off the request's path."""
+
+    pid: int
+    pidfd: int
+    sock: socket.socket  # the server's end
+
+
+@dataclass
 class _State:
     """What the server holds; the child forgets all of it (serve_child.run)."""
 
@@ -73,13 +85,15 @@ class _State:
     parent: int  # pidfd of the client process
     waiting: dict[int, socket.socket] = field(default_factory=dict)  # fd -> conn
     running: dict[int, _Running] = field(default_factory=dict)  # pidfd -> request
+    spare: _Spare | None = None
 
     def forget(self) -> None:
         """In a forked child: drop the server's sockets without closing them (the child
         closes every fd it did not get from its request; no finalizer may close a
         number the engine has reused by then)."""
+        spare = [self.spare.sock] if self.spare is not None else []
         for sock in [self.listener, *self.waiting.values(),
-                     *(r.conn for r in self.running.values())]:
+                     *(r.conn for r in self.running.values()), *spare]:
             sock.detach()
 
 
@@ -98,9 +112,13 @@ def serve(path: str, program: Program) -> int:
     # what is imported now stays out of every collection: cheaper children, less copying
     gc.freeze()
     try:
+        _make_spare(state, program)
         _loop(state, program)
     finally:
         _remove(path)
+        if state.spare is not None:  # (killed with us otherwise: PR_SET_PDEATHSIG)
+            os.kill(state.spare.pid, signal.SIGKILL)
+            _drop_spare(state)
     return 0
 
 
@@ -157,12 +175,16 @@ def _loop(state: _State, program: Program) -> None:
     """Accept, start and reap until the client process ends."""
     while True:
         poller = select.poll()
-        for fd in (state.listener.fileno(), state.parent, *state.waiting, *state.running):
+        spare = [state.spare.pidfd] if state.spare is not None else []
+        for fd in (state.listener.fileno(), state.parent, *state.waiting, *state.running,
+                   *spare):
             poller.register(fd, select.POLLIN)
         for fd, _events in poller.poll():
             if fd == state.parent:
                 return
-            if fd == state.listener.fileno():
+            if state.spare is not None and fd == state.spare.pidfd:
+                _drop_spare(state)  # it died waiting (killed): make another later
+            elif fd == state.listener.fileno():
                 conn, _ = state.listener.accept()
                 state.waiting[conn.fileno()] = conn
             elif fd in state.waiting:
@@ -187,12 +209,12 @@ def _start(state: _State, conn: socket.socket, program: Program) -> None:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             raise ValueError(f"request larger than {MAX_REQUEST} bytes or {MAX_FDS} fds")
         request = serve_child.Request.parse(json.loads(data), fds)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            serve_child.run(request, program, state.forget)
-        pidfd = _pidfd(pid)
+        pid, pidfd = _to_spare(state, data, fds)
+        if not pid:
+            pid = _fork()
+            if pid == 0:
+                serve_child.run(request, program, state.forget)
+            pidfd = _pidfd(pid)
     except (ValueError, TypeError, OSError) as exc:
         _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
         conn.close()
@@ -202,6 +224,87 @@ def _start(state: _State, conn: socket.socket, program: Program) -> None:
             os.close(fd)
     _send(conn, {"pid": pid}, [pidfd])
     state.running[pidfd] = _Running(pid, pidfd, conn)
+    _make_spare(state, program)  # for the next request, while this one runs
+
+
+def _fork() -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return os.fork()
+
+
+def _make_spare(state: _State, program: Program) -> None:
+    """Fork the child the next request will be handed to (no spare when that fails: the
+    request forks its own)."""
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        return
+    server = os.getpid()
+    try:
+        pid = _fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return
+    if pid == 0:
+        _spare_child(state, ours, theirs, program, server)
+    theirs.close()
+    try:
+        state.spare = _Spare(pid, _pidfd(pid), ours)
+    except OSError:
+        ours.close()
+
+
+def _spare_child(state: _State, ours: socket.socket, theirs: socket.socket,
+                 program: Program, server: int) -> NoReturn:
+    """In the spare: wait for a request (the server's end closing: no request will come)
+    and run it as a child forked for it would. Never returns."""
+    try:
+        ours.close()
+        # Dies with the server until it gets a request (a request's process outlives it).
+        ksys.prctl(uapi.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != server:
+            os._exit(serve_child.EXIT_NOT_STARTED)
+        data, anc, _flags, _ = theirs.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(MAX_FDS * 4),
+                                              socket.MSG_CMSG_CLOEXEC)
+        fds = _fds(anc)
+        if not data:
+            os._exit(serve_child.EXIT_NOT_STARTED)
+        ksys.prctl(uapi.PR_SET_PDEATHSIG, 0)
+        request = serve_child.Request.parse(json.loads(data), fds)
+        theirs.detach()  # closed with every other fd by serve_child
+    except BaseException:  # noqa: BLE001 - nothing may return into the server
+        os._exit(serve_child.EXIT_SETUP)
+    serve_child.run(request, program, state.forget)
+
+
+def _to_spare(state: _State, data: bytes, fds: list[int]) -> tuple[int, int]:
+    """Hand the request to the spare: its (pid, pidfd), or (0, -1) when there is none
+    or it cannot take it (then killed)."""
+    spare, state.spare = state.spare, None
+    if spare is None:
+        return 0, -1
+    try:
+        spare.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                     array.array("i", fds))])
+    except OSError:
+        os.kill(spare.pid, signal.SIGKILL)
+        os.waitpid(spare.pid, 0)
+        os.close(spare.pidfd)
+        return 0, -1
+    finally:
+        spare.sock.close()
+    return spare.pid, spare.pidfd
+
+
+def _drop_spare(state: _State) -> None:
+    """The spare exited before a request came: reap it."""
+    spare, state.spare = state.spare, None
+    if spare is not None:
+        os.waitpid(spare.pid, 0)
+        os.close(spare.pidfd)
+        spare.sock.close()
 
 
 def _pidfd(pid: int) -> int:

@@ -301,7 +301,8 @@ def test_server_dying_mid_step_the_step_goes_on_then_subprocesses(
     (tmp_path / "a").mkdir()
     worker.start()
     _wait_for(tmp_path / "a.log", "engine: paused at commit")
-    step_pid, = plumbing.children(server.proc.pid)
+    # the step leads a session of its own (the other child is the spare, engine/serve.py)
+    step_pid, = [p for p in plumbing.children(server.proc.pid) if os.getsid(p) == p]
     os.kill(server.proc.pid, signal.SIGKILL)
     # past the commit SIGTERM is ignored, which ends the pause: the dump reports success
     os.kill(step_pid, signal.SIGTERM)
@@ -402,3 +403,37 @@ def test_server_is_private_and_ends_with_its_client(tmp_path: Path) -> None:
         client.kill()
         client.wait()
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def test_each_request_goes_to_a_child_forked_before_it_the_spare_dies_with_the_server(
+        tmp_path: Path) -> None:
+    """The server forks the child of the next request ahead (off the request's path): a
+    request is run by the child that waited for it, the next one by a new one; killed
+    outright, the server takes its waiting child with it."""
+    srv = EngineServer(PREFIX, ENV, ROOT_DIR)
+    srv.start()
+    try:
+        srv._connect().close()  # listening: its spare is forked by now
+        assert srv.proc is not None
+
+        def spares() -> list[int]:
+            # the waiting child has not made a session of its own yet
+            return [p for p in plumbing.children(srv.proc.pid) if os.getsid(p) != p]
+
+        end = time.monotonic() + 30
+        while len(spares()) != 1:
+            assert time.monotonic() < end, "no spare child"
+            time.sleep(0.01)
+        (first,) = spares()
+        step = _served(srv, ["check", "--json"], tmp_path / "one")
+        assert step.pid == first and step.wait(60) == 0
+        end = time.monotonic() + 30
+        while len(spares()) != 1:
+            assert time.monotonic() < end, "no new spare child"
+            time.sleep(0.01)
+        (second,) = spares()
+        assert second != first
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        assert plumbing.wait_gone([second], 10) == []
+    finally:
+        srv.close()
