@@ -97,7 +97,9 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
         st = os.fstat(fd)
         size = max(_page_up(st.st_size), src.extent, PAGE_SIZE)
         seals = fcntl.fcntl(fd, _F_GET_SEALS) if src.kind == "memfd" else 0
-        _write_from_mapping(img, pm_name, pages_name, data_runs(fd, size), fd)
+        runs = data_runs(fd, size)
+        if not _write_from_mapping(img, pm_name, pages_name, runs, fd):
+            write_pages(img, pm_name, pages_name, runs, 0, fd, staging)  # read with pread
     finally:
         os.close(fd)
     entry = ShmemEntry(sid, size, st.st_ino, pm_name, pages_name, kind=src.kind,
@@ -109,15 +111,20 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
 
 
 def _write_from_mapping(img: ImageDir, pm_name: str, pages_name: str, runs: list[Run],
-                        fd: int) -> None:
+                        fd: int) -> bool:
     """The object's data runs written to the image straight from a read-only mapping of
     it, each page summed on the way: one copy, no staging buffer to fill (populating the
     staging slots cost a 64 MiB object's dump 20 ms). A last page that ends past the end
     of the file reads as zeros there, as the tasks see it (pread would stop short).
-    Only data runs are read: a read fault on a hole would allocate a page of the object."""
+    Only data runs are read: a read fault on a hole would allocate a page of the object.
+    False (nothing written) where the object cannot be mapped so (e.g. hugetlbfs, whose
+    mappings are whole huge pages)."""
     nr_pages = sum(r.length for r in runs) // PAGE_SIZE
     length = max((r.addr + r.length for r in runs), default=0)
-    addr = ksys.mmap(0, length, uapi.PROT_READ, uapi.MAP_SHARED, fd, 0) if length else 0
+    try:
+        addr = ksys.mmap(0, length, uapi.PROT_READ, uapi.MAP_SHARED, fd, 0) if length else 0
+    except OSError:
+        return False
     try:
         view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B") \
             if length else memoryview(b"")
@@ -138,6 +145,7 @@ def _write_from_mapping(img: ImageDir, pm_name: str, pages_name: str, runs: list
             ksys.munmap(addr, length)
     img.write_pagemap(pm_name, [PagemapEntry(r.addr, r.length // PAGE_SIZE, PE_PRESENT)
                                 for r in runs], out.sums)
+    return True
 
 
 def _open_object(link: str) -> int:
