@@ -543,8 +543,7 @@ class TreeRestorer:
             # it unmaps the region they use too.
             alone = [t for t in self.owners if not t.vm_children]
             _run_all(((t.runner, self._state_table(t, window)) for t in alone), "state")
-            for t in alone:
-                self._after_state(t, window)
+            self._after_state(alone, window)
             for t in self.owners:
                 if t.vm_children:
                     for c in t.vm_children:
@@ -596,7 +595,7 @@ class TreeRestorer:
         """Task t's threads, state table and what follows it, one after another."""
         assert t.runner is not None
         _run(t.runner, self._state_table(t, window), "state")
-        self._after_state(t, window)
+        self._after_state([t], window)
 
     def _state_table(self, t: _Task, window: layout.Window) -> blob.Table:
         """Create task t's threads and run their tables; returns its own state table."""
@@ -612,43 +611,59 @@ class TreeRestorer:
                  state_table.thread_table(t.core, th, t.view, root=t is self.live[0]), "state")
         return t.table2
 
-    def _after_state(self, t: _Task, window: layout.Window) -> None:
-        """After task t's state table: its OOM score, pending signals, the calls left for
-        last, its rseq areas' bytes, and (an owner) the runner region unmapped."""
-        assert t.runner is not None and t.table2 is not None and t.deferred is not None
-        taskattrs.set_oom_score_adj(t.real, t.core)
+    def _after_state(self, tasks: list[_Task], window: layout.Window) -> None:
+        """After the tasks' state tables, each task: its OOM score, pending signals, the
+        calls left for last, its rseq areas' bytes, and (an owner) the runner region
+        unmapped. In order in each task; the tasks make each call at once
+        (blob.run_one_each)."""
+        for t in tasks:
+            taskattrs.set_oom_score_adj(t.real, t.core)
         fault_point("regs")
-        self._drain_pending(t, window)
-        for nr, args, what in t.deferred.calls:
-            real = [t.table2.address(a, window.base) if isinstance(a, blob.DataRef) else a
-                    for a in args]
-            res = t.runner.run_one(nr, *real)
+        self._drain_pending(tasks, window)
+        for k in range(max((len(_deferred(t).calls) for t in tasks), default=0)):
+            now = [(t, _deferred(t).calls[k]) for t in tasks if k < len(_deferred(t).calls)]
+            results = blob.run_one_each([
+                (_runner(t), nr, tuple(_table2(t).address(a, window.base)
+                                       if isinstance(a, blob.DataRef) else a for a in args))
+                for t, (nr, args, _what) in now])
+            for (t, (_nr, _args, what)), res in zip(now, results):
+                if res < 0:
+                    raise EngineError("state", f"task {t.pid}: {what}: {os.strerror(-res)}")
+        for t in tasks:
+            src = (t.vm_parent or t).src
+            for th in t.threads:
+                if th.rseq is not None and th.rseq.ptr:
+                    assert src is not None
+                    # Registering rseq made the kernel write the current cpu into the
+                    # area; put the dumped bytes back so memory is exactly as dumped.
+                    _runner(t).write(th.rseq.ptr, src.read(th.rseq.ptr, th.rseq.size))
+        # (a task on its parent's address space: the region is its parent's too, which
+        # unmaps it last)
+        owners = [t for t in tasks if t.vm_parent is None]
+        results = blob.run_one_each([(_runner(t), uapi.SYS_munmap,
+                                      (window.base, window.region_size)) for t in owners])
+        for t, res in zip(owners, results):
             if res < 0:
-                raise EngineError("state", f"task {t.pid}: {what}: {os.strerror(-res)}")
-        src = (t.vm_parent or t).src
-        for th in t.threads:
-            if th.rseq is not None and th.rseq.ptr:
-                assert src is not None
-                # Registering rseq made the kernel write the current cpu into the area;
-                # put the dumped bytes back so memory is exactly as dumped.
-                t.runner.write(th.rseq.ptr, src.read(th.rseq.ptr, th.rseq.size))
-        if t.vm_parent is not None:
-            return  # the region is its parent's too, which unmaps it last
-        res = t.runner.run_one(uapi.SYS_munmap, window.base, window.region_size)
-        if res < 0:
-            raise EngineError("state", f"task {t.pid}: unmap restorer: {os.strerror(-res)}")
+                raise EngineError("state", f"task {t.pid}: unmap restorer: "
+                                           f"{os.strerror(-res)}")
 
-    def _drain_pending(self, t: _Task, window: layout.Window) -> None:
-        """Take away every signal pending for the task now: none of them was dumped (the
+    def _drain_pending(self, tasks: list[_Task], window: layout.Window) -> None:
+        """Take away every signal pending for the tasks now: none of them was dumped (the
         dumped ones are queued right after), they come from the restore itself."""
-        assert t.runner is not None and t.table2 is not None and t.deferred is not None
-        assert t.deferred.drain is not None
-        sigset, zero = (t.table2.address(r, window.base) for r in t.deferred.drain)
+        left = tasks
         for _ in range(_DRAIN_MAX):
-            if t.runner.run_one(uapi.SYS_rt_sigtimedwait, sigset, 0, zero, 8) < 0:
-                return  # EAGAIN: nothing left
-        raise EngineError("state", f"task {t.pid}: more than {_DRAIN_MAX} signals pending "
-                                   "from the restore")
+            calls = []
+            for t in left:
+                drain = _deferred(t).drain
+                assert drain is not None
+                sigset, zero = (_table2(t).address(r, window.base) for r in drain)
+                calls.append((_runner(t), uapi.SYS_rt_sigtimedwait, (sigset, 0, zero, 8)))
+            results = blob.run_one_each(calls)
+            left = [t for t, res in zip(left, results) if res >= 0]  # else EAGAIN: none
+            if not left:
+                return
+        raise EngineError("state", f"task {left[0].pid}: more than {_DRAIN_MAX} signals "
+                                   "pending from the restore")
 
     def _clone_thread(self, t: _Task, th: ThreadCore, window: layout.Window) -> None:
         """Create thread `th` of task t by an injected clone3 with set_tid (its tid in
@@ -765,6 +780,21 @@ def _reenters_syscall(pid: int, regs: UserRegs) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _runner(t: _Task) -> blob.BlobRunner:
+    assert t.runner is not None
+    return t.runner
+
+
+def _table2(t: _Task) -> blob.Table:
+    assert t.table2 is not None
+    return t.table2
+
+
+def _deferred(t: _Task) -> state_table.Deferred:
+    assert t.deferred is not None
+    return t.deferred
 
 
 def _run(runner: blob.BlobRunner, table: blob.Table, phase: str) -> None:
