@@ -131,7 +131,7 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     only while its state is read."""
     resident = pages.resident_bytes(pid, pages.BUFFERED_MAX)
     buffered = pages.write_buffered(resident.total)
-    with pages.Staging(pages.staging_size(resident.anon)) as staging:
+    with pages.Staging(pages.staging_size(resident)) as staging:
         staging.map()  # before the freeze: populating it is not frozen time
         return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind, staging,
                      buffered)

@@ -11,7 +11,6 @@ mapped in the task are read through /proc/PID/mem instead (what the kernel lets 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from engine.dump.pages import Run, Staging, write_pages
 from engine.errors import EngineError
 from engine.images import names
-from engine.images.imgdir import PE_PRESENT, ImageDir, PagemapEntry
+from engine.images.imgdir import ImageDir
 from engine.images.records import PAGE_SIZE, ShmemEntry, Vma
 from engine.kernel import sys as ksys
 from engine.kernel import uapi
@@ -98,8 +97,10 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
         size = max(_page_up(st.st_size), src.extent, PAGE_SIZE)
         seals = fcntl.fcntl(fd, _F_GET_SEALS) if src.kind == "memfd" else 0
         runs = data_runs(fd, size)
-        if not _write_from_mapping(img, pm_name, pages_name, runs, fd):
-            write_pages(img, pm_name, pages_name, runs, 0, fd, staging)  # read with pread
+        if st.st_size % PAGE_SIZE:
+            _write_through_mapping(img, pm_name, pages_name, runs, fd, st.st_size, staging)
+        else:
+            write_pages(img, pm_name, pages_name, runs, 0, fd, staging)
     finally:
         os.close(fd)
     entry = ShmemEntry(sid, size, st.st_ino, pm_name, pages_name, kind=src.kind,
@@ -110,42 +111,22 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
     return entry
 
 
-def _write_from_mapping(img: ImageDir, pm_name: str, pages_name: str, runs: list[Run],
-                        fd: int) -> bool:
-    """The object's data runs written to the image straight from a read-only mapping of
-    it, each page summed on the way: one copy, no staging buffer to fill (populating the
-    staging slots cost a 64 MiB object's dump 20 ms). A last page that ends past the end
-    of the file reads as zeros there, as the tasks see it (pread would stop short).
-    Only data runs are read: a read fault on a hole would allocate a page of the object.
-    False (nothing written) where the object cannot be mapped so (e.g. hugetlbfs, whose
-    mappings are whole huge pages)."""
-    nr_pages = sum(r.length for r in runs) // PAGE_SIZE
-    length = max((r.addr + r.length for r in runs), default=0)
+def _write_through_mapping(img: ImageDir, pm_name: str, pages_name: str, runs: list[Run],
+                           fd: int, file_size: int, staging: Staging) -> None:
+    """Like write_pages from `fd`, for an object whose size is not a page multiple: its
+    last page ends past the end of the file, where pread stops short. A mapping of the
+    object reads that tail as zeros, as the tasks see it: read it through /proc/self/mem."""
+    # Data extents end at the end of the file (SEEK_DATA), so this mapping covers them.
+    length = _page_up(file_size)
+    addr = ksys.mmap(0, length, uapi.PROT_READ, uapi.MAP_SHARED, fd, 0)
     try:
-        addr = ksys.mmap(0, length, uapi.PROT_READ, uapi.MAP_SHARED, fd, 0) if length else 0
-    except OSError:
-        return False
-    try:
-        view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B") \
-            if length else memoryview(b"")
-        out = img.pages_writer(pages_name, nr_pages, direct=True)
+        mem = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            pos = 0
-            for r in runs:
-                out.write_at(view[r.addr:r.addr + r.length], pos)
-                pos += r.length
-        except BaseException:
-            out.abort()
-            raise
+            write_pages(img, pm_name, pages_name, runs, 0, mem, staging, addr)
         finally:
-            view.release()
-        out.close()
+            os.close(mem)
     finally:
-        if length:
-            ksys.munmap(addr, length)
-    img.write_pagemap(pm_name, [PagemapEntry(r.addr, r.length // PAGE_SIZE, PE_PRESENT)
-                                for r in runs], out.sums)
-    return True
+        ksys.munmap(addr, length)
 
 
 def _open_object(link: str) -> int:
