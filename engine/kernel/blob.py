@@ -176,16 +176,18 @@ class Table:
         self.entries.append(_Entry(nr, args, flags, store, what))
 
     def rows(self, nr: int, rows: bytes, use_saved: int = 0, may_fail: bool = False,
-             what: RowWhat = str) -> None:
+             what: RowWhat = str) -> DataRef:
         """Append syscall `nr` run once per row of `rows` (six u64 arguments each, e.g.
         array("q").tobytes()): one entry for many calls, such as every mmap of a file.
         use_saved and may_fail as for add(), for each row; what(row index) names a
-        failed row."""
+        failed row. Returns where the rows are (for patch_address of a pointer in one:
+        row i's argument j is at offset i * ROW_SIZE + 8 * j)."""
         if len(rows) % ROW_SIZE:
             raise ValueError(f"rows of {len(rows)} bytes are not rows of six u64")
         flags = (use_saved & 0x3F) | F_ROWS | (F_MAY_FAIL if may_fail else 0)
-        self.entries.append(_Entry(nr, (self.data(rows), len(rows) // ROW_SIZE), flags,
-                                   None, what))
+        ref = self.data(rows)
+        self.entries.append(_Entry(nr, (ref, len(rows) // ROW_SIZE), flags, None, what))
+        return ref
 
     def rows_of(self, index: int) -> list[tuple[int, ...]]:
         """The arguments of each row of rows entry `index` (as signed values)."""

@@ -8,8 +8,10 @@ credentials. Pending signals and SIGTRAP's disposition are set after the last ta
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
+from array import array
 from dataclasses import dataclass, field
 
 from engine.images.records import (
@@ -34,6 +36,10 @@ from engine.restore.taskattrs import (
     sched_part,
     thp_part,
 )
+
+#: struct KSigaction as bytes, packed in bulk (a task's 62 actions)
+_KSIGACTION = struct.Struct("<4Q")
+assert _KSIGACTION.size == ctypes.sizeof(KSigaction)
 
 # Not (yet) in engine.kernel.uapi: linux/prctl.h and linux/capability.h values.
 _PR_SET_KEEPCAPS = 8
@@ -223,15 +229,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     exe = mm.exe or core.exe
     if own_mm:
         _mm_map(t, mm, None if exe and _is_own_exe(exe, pid) else exe)
-    for sa in core.sigactions:
-        if sa.signo in (uapi.SIGKILL, uapi.SIGSTOP):
-            continue
-        ref = t.data(bytes(KSigaction(sa.handler, sa.flags, sa.restorer, sa.mask)))
-        if sa.signo == uapi.SIGTRAP:
-            deferred.calls.append((uapi.SYS_rt_sigaction, (sa.signo, ref, 0, 8),
-                                   "sigaction SIGTRAP"))
-        else:
-            t.add(uapi.SYS_rt_sigaction, sa.signo, ref, 0, 8, what=f"sigaction {sa.signo}")
+    _sigactions(t, deferred, core)
     t.add(uapi.SYS_personality, core.personality, what="personality")
     if own_mm:
         thp_part(t, core)
@@ -265,6 +263,32 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
         if sig.signo != uapi.SIGSTOP:
             _queue(deferred, t, pid, None, sig)
     return t, deferred
+
+
+def _sigactions(t: blob.Table, deferred: Deferred, core: TaskCore) -> None:
+    """Every signal's action: one rows entry (62 entries and structs a task cost a tree's
+    restore milliseconds to make and encode); SIGTRAP's is deferred past the table, whose
+    end is a trap."""
+    actions = []
+    for sa in core.sigactions:
+        if sa.signo == uapi.SIGTRAP:
+            ref = t.data(_KSIGACTION.pack(sa.handler, sa.flags, sa.restorer, sa.mask))
+            deferred.calls.append((uapi.SYS_rt_sigaction, (sa.signo, ref, 0, 8),
+                                   "sigaction SIGTRAP"))
+        elif sa.signo not in (uapi.SIGKILL, uapi.SIGSTOP):
+            actions.append(sa)
+    if not actions:
+        return
+    structs = t.data(b"".join(_KSIGACTION.pack(sa.handler, sa.flags, sa.restorer, sa.mask)
+                              for sa in actions))
+    rows = array("q")
+    for sa in actions:
+        rows.extend((sa.signo, 0, 0, 8, 0, 0))  # the action's address patched in below
+    at = t.rows(uapi.SYS_rt_sigaction, rows.tobytes(),
+                what=lambda i: f"sigaction {actions[i].signo}")
+    for i in range(len(actions)):
+        t.patch_address(blob.DataRef(at.offset + i * blob.ROW_SIZE + 8),
+                        blob.DataRef(structs.offset + i * _KSIGACTION.size))
 
 
 def _posix_timers(t: blob.Table, deferred: Deferred, core: TaskCore) -> None:
