@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from array import array
 from dataclasses import dataclass, field
 
 from engine.dump import track
@@ -223,9 +224,15 @@ def _proc_queries(t: blob.Table, timers: list[Timer]) -> _ProcRefs:
         timers=[(PosixTimerRecord(pt.id, pt.clock_id, pt.signo, pt.sigev_value, pt.notify,
                                   pt.notify_tid, 0, 0), t.data(bytes(32)), t.slot())
                 for pt in timers])
+    # one rows entry for every signal, each row's oldact pointing at its slot
+    rows = array("q")
     for s in _SIGNALS:
-        t.add(uapi.SYS_rt_sigaction, s, 0, blob.DataRef(refs.sigactions.offset + s * _KSA),
-              uapi.SIGSET_SIZE, what=("rt_sigaction({})", s))
+        rows.extend((s, 0, 0, uapi.SIGSET_SIZE, 0, 0))
+    at = t.rows(uapi.SYS_rt_sigaction, rows.tobytes(),
+                what=lambda i: f"rt_sigaction({_SIGNALS[i]})")
+    for i, s in enumerate(_SIGNALS):
+        t.patch_address(blob.DataRef(at.offset + i * blob.ROW_SIZE + 16),
+                        blob.DataRef(refs.sigactions.offset + s * _KSA))
     t.add(uapi.SYS_brk, 0, store=refs.brk, what="brk")
     t.add(uapi.SYS_uname, refs.uname, what="uname")
     t.add(uapi.SYS_prctl, uapi.PR_GET_CHILD_SUBREAPER, refs.subreaper,

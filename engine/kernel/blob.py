@@ -189,6 +189,11 @@ class Table:
         self.entries.append(_Entry(nr, (ref, len(rows) // ROW_SIZE), flags, None, what))
         return ref
 
+    def calls(self) -> int:
+        """How many syscalls the table makes (a rows entry's rows each count)."""
+        return sum(e.args[1] if e.flags & F_ROWS else 1  # type: ignore[misc]
+                   for e in self.entries)
+
     def rows_of(self, index: int) -> list[tuple[int, ...]]:
         """The arguments of each row of rows entry `index` (as signed values)."""
         e = self.entries[index]

@@ -35,7 +35,7 @@ from engine.kernel import blob, ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.inject import Injector
 
-#: Tables shorter than this run entry by entry (the in-task run costs ~6 round trips).
+#: Tables of fewer calls than this run entry by entry (the in-task run costs ~6 round trips).
 MIN_IN_TASK = 8
 _STATUS = struct.Struct("<Qq")  # table_call's status: entries left, last result
 _PAIR = struct.Struct("<ii")  # the socketpair's fds, -1 -1 until it ran
@@ -74,7 +74,7 @@ def run(inj: Injector, table: blob.Table, timeout: float, in_task: bool = True,
     injected syscall per entry. gadget: libc's `syscall; ret` in the task
     (inject.find_code), with which a task whose engine died unmaps the code page
     (without: it stays mapped)."""
-    if in_task and inj.frame is not None and len(table) >= MIN_IN_TASK and not inj.seccomp:
+    if in_task and inj.frame is not None and table.calls() >= MIN_IN_TASK and not inj.seccomp:
         done = _in_task(inj, table, timeout, gadget)
         if done is not None:
             return done
