@@ -31,6 +31,8 @@ STOP_TIMEOUT = 5.0
 # How long seizing may go on while the tree keeps changing.
 SETTLE_TIMEOUT = 30.0
 _PF_KTHREAD = 0x00200000
+_ALL_SIGNALS = (1 << 64) - 1
+_NO_SYSCALL = (1 << 64) - 1  # orig_rax -1
 
 
 @dataclass
@@ -77,12 +79,15 @@ class FrozenTree:
         """Detach from every thread; with kill, SIGKILL every process afterwards.
 
         Detaching first means the SIGKILL is not seen by us as a ptrace event and the tasks
-        die as ordinary processes (their parent reaps them as usual). The kill goes through
+        die as ordinary processes (their parent reaps them as usual); parked first
+        (_park), none of them runs any code of its own in between. The kill goes through
         pidfds opened while the tasks are still held, so no pid can have been reused in
         between. Their death is not waited for (nor is it by CRIU): it is their parent's
         to wait for, and whoever restores the tree reaps it first (the harness, bench).
         """
         pidfds = self._pidfds() if kill else []
+        if kill:
+            self._park()
         for tid in reversed(self.seized):
             try:
                 ptrace.detach(tid, 0)
@@ -98,6 +103,35 @@ class FrozenTree:
             finally:
                 os.close(fd)
         self.seized = []
+
+    def _park(self) -> None:
+        """Make every seized thread of the tree, once let go, block every signal and
+        sleep in pause() until the SIGKILL that follows: a dumped tree must not go on
+        running its own code after the image was taken (it would write files, send
+        messages the restored tree then sends again). A process whose syscall
+        instruction cannot be found is left as it is (it runs until the kill)."""
+        seized = set(self.seized)
+        for p in self.procs.values():
+            threads = [tid for tid in p.threads if tid in seized]
+            if p.state == "zombie" or not threads:
+                continue
+            try:
+                mem = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    insn = inject.find_syscall_insn(p.pid, mem)
+                finally:
+                    os.close(mem)
+            except (OSError, inject.InjectError):
+                continue
+            for tid in threads:
+                try:
+                    ptrace.set_sigmask(tid, _ALL_SIGNALS)
+                    regs = ptrace.get_regs(tid)
+                    # not a syscall to restart (-1): the next instruction is the syscall
+                    regs.rip, regs.rax, regs.orig_rax = insn, uapi.SYS_pause, _NO_SYSCALL
+                    ptrace.set_regs(tid, regs)
+                except OSError:
+                    pass  # the thread is gone (killed from outside)
 
     def _pidfds(self) -> list[int]:
         """A pidfd on every process that is not a zombie (and has not vanished)."""
