@@ -14,39 +14,15 @@ import pytest
 
 from engine.images import load
 from engine.restore import pages
+from tests.engine import cr_support as cr
 from tests.engine.dump_support import run_engine
 
-COUNTER_C = r"""
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <sys/mman.h>
-#include <unistd.h>
-static volatile uint64_t mine;  /* private: its value at the dump is in the image */
-int main(int argc, char **argv) {
-    int fd = open(argv[1], O_RDWR | O_CREAT, 0600);
-    if (fd < 0 || ftruncate(fd, 4096))
-        return 1;
-    volatile uint64_t *shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (shared == MAP_FAILED)
-        return 1;
-    printf("%p\n", (void *)&mine);
-    fflush(stdout);
-    for (;;) {
-        mine++;
-        *shared = mine;  /* the file: what the process did, the image: what was dumped */
-    }
-}
-"""
+COUNTER_C = Path(__file__).parent / "data" / "counter.c"
 
 
 @pytest.fixture(scope="module")
 def counter_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("counter")
-    (d / "counter.c").write_text(COUNTER_C)
-    subprocess.run(["gcc", "-O1", "-o", str(d / "counter"), str(d / "counter.c")],
-                   check=True, timeout=60)
-    return d / "counter"
+    return cr.build_c(COUNTER_C, tmp_path_factory)
 
 
 def test_the_killed_tree_runs_none_of_its_code_after_the_dump(counter_bin: Path,
