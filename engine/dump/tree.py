@@ -31,8 +31,6 @@ STOP_TIMEOUT = 5.0
 # How long seizing may go on while the tree keeps changing.
 SETTLE_TIMEOUT = 30.0
 _PF_KTHREAD = 0x00200000
-_ALL_SIGNALS = (1 << 64) - 1
-_NO_SYSCALL = (1 << 64) - 1  # orig_rax -1
 
 
 @dataclass
@@ -125,10 +123,10 @@ class FrozenTree:
                 continue
             for tid in threads:
                 try:
-                    ptrace.set_sigmask(tid, _ALL_SIGNALS)
+                    ptrace.set_sigmask(tid, uapi.ALL_SIGNALS)
                     regs = ptrace.get_regs(tid)
                     # not a syscall to restart (-1): the next instruction is the syscall
-                    regs.rip, regs.rax, regs.orig_rax = insn, uapi.SYS_pause, _NO_SYSCALL
+                    regs.rip, regs.rax, regs.orig_rax = insn, uapi.SYS_pause, uapi.ORIG_RAX_NONE
                     ptrace.set_regs(tid, regs)
                 except OSError:
                     pass  # the thread is gone (killed from outside)

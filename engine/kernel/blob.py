@@ -78,7 +78,6 @@ ROW_SIZE = 48  # six u64 arguments
 #: Where a rows entry's args[1] (rows left, counted down as they run) is in the entry.
 ROWS_LEFT_AT = 16
 
-_ORIG_RAX_NONE = (1 << 64) - 1  # orig_rax = -1: not in a syscall, no restart handling
 _MASK64 = (1 << 64) - 1
 _CALL_REGS = ("rdi", "rsi", "rdx", "rcx")
 _HOME_REGS = ("rbx", "rbp", "r12", "r13", "r14", "r15")
@@ -341,7 +340,7 @@ class BlobRunner:
         regs.r14 = 0
         regs.r15 = self.base
         regs.rax = 0
-        regs.orig_rax = _ORIG_RAX_NONE
+        regs.orig_rax = uapi.ORIG_RAX_NONE
         ptrace.set_regs(self.pid, regs)
         ptrace.cont(self.pid, 0)
         self._running = table
@@ -390,7 +389,7 @@ class BlobRunner:
         regs = ptrace.get_regs(self.pid)
         regs.rip = self.base + SYSCALL_OFFSET
         regs.rax = nr
-        regs.orig_rax = _ORIG_RAX_NONE
+        regs.orig_rax = uapi.ORIG_RAX_NONE
         for name, value in zip(_ARG_REGS, args):
             setattr(regs, name, value & ((1 << 64) - 1))
         ptrace.set_regs(self.pid, regs)
@@ -448,7 +447,7 @@ def call(pid: int, mem_fd: int, code: int, entry: int, args: tuple[int, ...], st
             setattr(regs, name, value & _MASK64)
         regs.rip = code + entry
         regs.rsp = stack
-        regs.orig_rax = _ORIG_RAX_NONE
+        regs.orig_rax = uapi.ORIG_RAX_NONE
         regs.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
         ptrace.set_regs(pid, regs)
         for stop in ("entry", "exit"):
@@ -471,6 +470,6 @@ def _to_crc_return(pid: int, code: int, stop: str, timeout: float) -> None:
         raise OSError(f"task {pid}: stop {status:#x} at {regs.rip:#x} in code called "
                       f"there (syscall-{stop}-stop expected)")
     if stop == "entry":
-        regs.orig_rax = _ORIG_RAX_NONE
+        regs.orig_rax = uapi.ORIG_RAX_NONE
         regs.rip = code + CRC_RETURN_OFFSET
         ptrace.set_regs(pid, regs)

@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 
 _MASK64 = (1 << 64) - 1
 _ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
-_ALL_SIGNALS = _MASK64
 _SIGTRAP_BIT = 1 << (uapi.SIGTRAP - 1)
 _SYSCALL_INSN = b"\x0f\x05"
 _SCAN_CHUNK = 65536
@@ -342,7 +341,7 @@ class Injector:
             os.close(self._mem)
             raise
         self._work = self.saved_regs.copy()
-        self._work.orig_rax = _MASK64  # -1: the kernel must not "restart" our frame
+        self._work.orig_rax = uapi.ORIG_RAX_NONE  # the kernel must not "restart" our frame
         self._work.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
         self._work.rip = self._insn
         if self.frame is not None:
@@ -485,11 +484,11 @@ class Injector:
         disposition to SIG_DFL (the task's SIGTRAP handler would be lost). A pending
         SIGTRAP must stay blocked, or it would be taken on the way and dropped."""
         if self.frame is not None:
-            return _ALL_SIGNALS
+            return uapi.ALL_SIGNALS
         st = read_status(self.tid, self.tid)
         if (st.sig_pnd | st.shd_pnd) & _SIGTRAP_BIT:
-            return _ALL_SIGNALS
-        return _ALL_SIGNALS & ~_SIGTRAP_BIT
+            return uapi.ALL_SIGNALS
+        return uapi.ALL_SIGNALS & ~_SIGTRAP_BIT
 
     def _use_insn(self, addr: int) -> None:
         self._insn = addr
@@ -554,7 +553,7 @@ class Injector:
         if not any(int.from_bytes(p[:4], "little") == uapi.SIGTRAP for p in pending):
             return
         # only SIGTRAP may be taken now: nothing else is dequeued on the way
-        ptrace.set_sigmask(self.tid, _ALL_SIGNALS & ~(1 << (uapi.SIGTRAP - 1)))
+        ptrace.set_sigmask(self.tid, uapi.ALL_SIGNALS & ~(1 << (uapi.SIGTRAP - 1)))
         ptrace.cont(self.tid, 0)
         status = ptrace.wait_stop(self.tid, self.timeout)
         if ptrace.stop_event(status) or ptrace.stop_signal(status) != uapi.SIGTRAP:

@@ -43,7 +43,6 @@ _ENTRY = struct.Struct("<8Q")
 _ROW = struct.Struct("<6Q")
 _MAX_ERRNO = 4095
 _MASK64 = (1 << 64) - 1
-_ORIG_RAX_NONE = _MASK64
 _POLL_SLICE_MS = 10  # between looks for a stop of the task while it runs the table
 _CALL_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 _HOME_REGS = ("rbx", "rbp", "r12", "r13", "r14", "r15")
@@ -204,7 +203,7 @@ def _notify_call(inj: Injector, table: blob.Table, code: int, at: _Layout,
     for name, value in zip(_CALL_REGS, args):
         setattr(regs, name, value & _MASK64)
     regs.rip, regs.rsp = code + blob.TABLE_NOTIFY_OFFSET, at.stack
-    regs.orig_rax = _ORIG_RAX_NONE
+    regs.orig_rax = uapi.ORIG_RAX_NONE
     regs.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
     # A termination signal waits until the task is stopped again: raising while it runs
     # would leave the engine's cleanup a running task.

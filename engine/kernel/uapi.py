@@ -813,6 +813,9 @@ SIGRTMIN = 32
 SIGRTMAX = 64
 NSIG = 64  # _NSIG: signals 1..64
 SIGSET_SIZE = 8  # kernel sigset_t bytes on x86_64
+ALL_SIGNALS = (1 << 64) - 1  # a sigset with every signal
+#: orig_rax of a thread not in a syscall (-1): nothing for the kernel to restart
+ORIG_RAX_NONE = (1 << 64) - 1
 
 SIG_DFL = 0
 SIG_IGN = 1

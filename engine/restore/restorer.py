@@ -62,7 +62,6 @@ from engine.restore import (
 )
 from engine.restore.lazy import LazyPages
 
-_ALL_SIGNALS = (1 << 64) - 1
 _SCRATCH = 4096
 _THREAD_FLAGS = (uapi.CLONE_VM | uapi.CLONE_FS | uapi.CLONE_FILES | uapi.CLONE_SIGHAND
                  | uapi.CLONE_THREAD | uapi.CLONE_SYSVSEM)
@@ -483,7 +482,7 @@ class TreeRestorer:
         into the parent, and run its set-up table (engine.restore.vmchild)."""
         parent = t.vm_parent
         assert parent is not None and parent.runner is not None and self.tree is not None
-        ptrace.set_sigmask(parent.real, _ALL_SIGNALS)  # the child inherits it
+        ptrace.set_sigmask(parent.real, uapi.ALL_SIGNALS)  # the child inherits it
         tids, _ = ns.clone_tids(self.image, self.ns, t.pid)
         scratch = window.base + window.region_size - _SCRATCH
         res, real = vmchild.inject_clone(parent.runner, scratch,
@@ -516,7 +515,7 @@ class TreeRestorer:
         fault_point("mm")
         for t in self.live:
             # Nothing may be delivered while the layout is half built.
-            ptrace.set_sigmask(t.real, _ALL_SIGNALS)
+            ptrace.set_sigmask(t.real, uapi.ALL_SIGNALS)
         with _timed(self.opts, "layout"):
             _run_all(((t.runner, self._layout_table(t, window, specials[t.pid]))
                       for t in self.owners), "mm")
@@ -729,7 +728,7 @@ class TreeRestorer:
                 self._enter_syscall(real, th.sigmask)
                 reentered.add(real)
             else:
-                ptrace.set_sigmask(real, _ALL_SIGNALS)  # only SIGSTOP can be taken
+                ptrace.set_sigmask(real, uapi.ALL_SIGNALS)  # only SIGSTOP can be taken
         os.kill(t.real, signal.SIGSTOP)
         for th in t.threads:
             real = t.real_tid[th.tid]
@@ -751,7 +750,7 @@ class TreeRestorer:
         """Run the thread up to the syscall-entry-stop of its restarted syscall. Signals
         are blocked on the way (a pending one would be delivered first) and the thread's
         mask is put back there, before the syscall body reads it."""
-        ptrace.set_sigmask(tid, _ALL_SIGNALS)
+        ptrace.set_sigmask(tid, uapi.ALL_SIGNALS)
         ptrace.ptrace(uapi.PTRACE_SYSCALL, tid, 0, 0)
         status = ptrace.wait_stop(tid, self.opts.timeout)
         if os.WSTOPSIG(status) != signal.SIGTRAP | 0x80:
