@@ -19,6 +19,10 @@
  *             args[0] (each advances args[0] by 48 and counts args[1] down, so at a
  *             failure args[1] is the rows left including the failed one); bits 0-5
  *             and 7 apply to each row
+ *   bit 10    child jumps: where the syscall returns 0 (the child of a clone or
+ *             fork), the table goes on at entry args[2] with args[3] entries left
+ *             (the syscall takes at most two arguments; not for rows)
+ *   bit 11    zero fails: a result of 0 is a failure too (a read at end of file)
  *
  * table_call (below) runs a table the same way as a function called in a task that
  * goes on running afterwards: it returns instead of stopping with int3 (an int3 is a
@@ -68,10 +72,21 @@ run_entries:
 	jz 1f
 	mov %r14, %r9
 1:	syscall
+	test $0x400, %ebx
+	jz 7f
+	test %rax, %rax
+	jnz 7f
+	mov 32(%r12), %r13	/* the child of a clone: on to its own entries */
+	mov 24(%r12), %r12
+	jmp run_entries
 	/* unsigned rax >= -4095 is a negative errno */
-	cmp $-4095, %rax
-	jb 2f
-	test $128, %bl
+7:	cmp $-4095, %rax
+	jae 8f
+	test $0x800, %ebx
+	jz 2f
+	test %rax, %rax
+	jnz 2f
+8:	test $128, %bl
 	jz fail
 2:	test $64, %bl
 	jz 3f

@@ -18,6 +18,8 @@ the caller has mapped (read, write and exec) and runs it.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import signal
 import struct
@@ -27,17 +29,19 @@ from typing import NamedTuple
 
 from engine.errors import termination_held
 from engine.kernel import ptrace, uapi
+from engine.kernel import sys as ksys
 
 # Assembled from blob.S (as -o blob.o blob.S; objdump -d blob.o). test_restore_blob.py
 # re-assembles the source when `as` exists and compares.
 CODE = bytes.fromhex(
-    "31ed4d85ed0f84c1000000498b5c2438498d4c2408f7c300020000741149837c2410000f8492000000"
+    "31ed4d85ed0f84ea000000498b5c2438498d4c2408f7c300020000741149837c2410000f84bb000000"
     "498b4c2408498b0424488b39488b7108488b51104c8b51184c8b41204c8b4928f6c30174034c89f7f6"
     "c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c31074034d89f0f6c32074034d89f10f05"
-    "483d01f0ffff7205f6c380743ff6c34074034989c6f7c300010000740b4889d948c1e9204989040ff7"
-    "c300020000741049834424083049ff4c2410e947ffffff4983c44049ffcde93bffffff85ed7506cc85"
+    "f7c30004000074144885c0750f4d8b6c24204d8b642418e96bffffff483d01f0ffff730df7c3000800"
+    "00740a4885c07505f6c380743ff6c34074034989c6f7c300010000740b4889d948c1e9204989040ff7"
+    "c300020000741049834424083049ff4c2410e91effffff4983c44049ffcde912ffffff85ed7506cc85"
     "ed7501cc594c892948894108415f415e415d415c5d5bc353554154415541564157514989fc4989f549"
-    "89d74531f6bd01000000e9fdfeffff4883fa030f8257010000b8ffffffffb9ffffffff41b8ffffffff"
+    "89d74531f6bd01000000e9d4feffff4883fa030f8257010000b8ffffffffb9ffffffff41b8ffffffff"
     "4531c9420f188c0e00300000420f188c0e00400000420f188c0e00500000f24a0f38f1040ef24a0f38"
     "f18c0e00100000f24e0f38f1840e00200000f24a0f38f1440e08f24a0f38f18c0e08100000f24e0f38"
     "f1840e08200000f24a0f38f1440e10f24a0f38f18c0e10100000f24e0f38f1840e10200000f24a0f38"
@@ -53,27 +57,30 @@ CODE = bytes.fromhex(
     "b80b0000004c89ef4c89f64c89fcffe3"
 )
 SYSCALL_OFFSET = 0x79  # the routine's `syscall` instruction (run_one() uses it alone)
-FAIL_OFFSET = 0xcb  # the int3 reached when an entry fails
-DONE_OFFSET = 0xd0  # the int3 reached when every entry ran
-TABLE_CALL_OFFSET = 0xe4  # table_call(entries, count, base, status) (in table_notify)
-PAGE_CRCS_OFFSET = 0x105  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
-TABLE_NOTIFY_OFFSET = 0x29c  # table_notify(entries, count, base, status, sock, peer)
-CRC_PAIR_RETURN_OFFSET = 0x2e4  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
+FAIL_OFFSET = 0xf4  # the int3 reached when an entry fails
+DONE_OFFSET = 0xf9  # the int3 reached when every entry ran
+TABLE_CALL_OFFSET = 0x10d  # table_call(entries, count, base, status) (in table_notify)
+PAGE_CRCS_OFFSET = 0x12e  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
+TABLE_NOTIFY_OFFSET = 0x2c5  # table_notify(entries, count, base, status, sock, peer)
+CRC_PAIR_RETURN_OFFSET = 0x30d  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
 #: where crc_pair_return finds the fds: code address + PAIR_AT (the page after the code)
 PAIR_AT = 4096
-CRC_OPEN_RETURN_OFFSET = 0x2f4  # crc_return taking the fd from rax (after an open)
-CRC_RETURN_OFFSET = 0x2f7  # where code called in a task returns to (blob.S crc_return)
+CRC_OPEN_RETURN_OFFSET = 0x31d  # crc_return taking the fd from rax (after an open)
+CRC_RETURN_OFFSET = 0x320  # where code called in a task returns to (blob.S crc_return)
 CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return's close
 CODE_AREA = 1024
 ENTRY_SIZE = 64
 _ENTRY = struct.Struct("<8Q")
 _ROW = struct.Struct("<6q")
+_STATUS = struct.Struct("<Qq")  # table_call's status: entries left, last result
 _ZEROS = [0] * 6
 
 F_SAVE = 1 << 6
 F_MAY_FAIL = 1 << 7
 F_STORE = 1 << 8
 F_ROWS = 1 << 9
+F_CHILD_JUMPS = 1 << 10
+F_ZERO_FAILS = 1 << 11
 ROW_SIZE = 48  # six u64 arguments
 #: Where a rows entry's args[1] (rows left, counted down as they run) is in the entry.
 ROWS_LEFT_AT = 16
@@ -105,7 +112,16 @@ class DataRef:
     offset: int
 
 
-Arg = int | DataRef
+@dataclass
+class EntryRef:
+    """An entry of a table by its index, resolved to the entry's address when encoded:
+    where a child jumps to (F_CHILD_JUMPS). The index may be set after the entry that
+    refers to it is added (a label), but before the table is encoded."""
+
+    index: int = -1
+
+
+Arg = int | DataRef | EntryRef
 
 
 #: How errors name an entry: a string, or (format, *values) formatted only on error
@@ -158,20 +174,27 @@ class Table:
         return self.data(bytes(8))
 
     def add(self, nr: int, *args: Arg, use_saved: int = 0, save: bool = False,
-            may_fail: bool = False, store: DataRef | None = None, what: What = "") -> None:
+            may_fail: bool = False, store: DataRef | None = None, what: What = "",
+            jump: EntryRef | None = None, zero_fails: bool = False) -> None:
         """Append syscall `nr(args)`.
 
         use_saved: bit i set = argument i is the value saved by an earlier `save=True`
         entry (e.g. the fd of an open for the mmaps that follow it). may_fail: an error
         result does not stop the table. store: also write the result to that slot.
         what: how errors name this entry, e.g. ("map {} at {:#x}", path, addr).
+        jump: for a clone or fork of at most two arguments, the entry its child goes on
+        at, running the table from there to its end. zero_fails: a result of 0 fails.
         """
-        if len(args) > 6:
-            raise ValueError("a syscall has at most 6 arguments")
+        if len(args) > (2 if jump else 6):
+            raise ValueError("too many arguments for this syscall entry")
         flags = use_saved & 0x3F
         flags |= F_SAVE if save else 0
         flags |= F_MAY_FAIL if may_fail else 0
         flags |= F_STORE if store is not None else 0
+        flags |= F_ZERO_FAILS if zero_fails else 0
+        if jump is not None:
+            args = (*args, *_ZEROS[:2 - len(args)], jump, 0)  # 0: the count, at encode()
+            flags |= F_CHILD_JUMPS
         self.entries.append(_Entry(nr, args, flags, store, what))
 
     def rows(self, nr: int, rows: bytes, use_saved: int = 0, may_fail: bool = False,
@@ -238,10 +261,12 @@ class Table:
         pack = _ENTRY.pack_into
         mask = (1 << 64) - 1
         for i, e in enumerate(self.entries):
-            vals = [data_base + a.offset if isinstance(a, DataRef) else a & mask
+            vals = [a & mask if a.__class__ is int else self._resolve(a, base)
                     for a in e.args]
             vals += _ZEROS[:6 - len(vals)]
             flags = e.flags
+            if flags & F_CHILD_JUMPS:
+                vals[3] = len(self.entries) - e.args[2].index  # type: ignore[union-attr]
             if e.store is not None:
                 flags |= (data_off + e.store.offset) << 32
             pack(out, i * ENTRY_SIZE, e.nr, *vals, flags)
@@ -250,6 +275,69 @@ class Table:
             data[at.offset:at.offset + 8] = (data_base + target.offset).to_bytes(8, "little")
         out += data
         return bytes(out)
+
+
+    def _resolve(self, arg: Arg, base: int) -> int:
+        if isinstance(arg, DataRef):
+            return base + self.data_offset() + arg.offset
+        if isinstance(arg, EntryRef):
+            if not 0 <= arg.index < len(self.entries):
+                raise ValueError(f"entry reference {arg.index} outside the table")
+            return base + CODE_AREA + arg.index * ENTRY_SIZE
+        return arg & _MASK64
+
+
+@functools.cache
+def local_code() -> int | None:
+    """CODE mapped executable in the engine itself (its page_crcs, its table_call), or
+    None where the engine may not map code executable."""
+    size = (len(CODE) + 4095) & ~4095
+    try:
+        addr = ksys.mmap(0, size, uapi.PROT_READ | uapi.PROT_WRITE,
+                         uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
+        ctypes.memmove(addr, CODE, len(CODE))
+        ksys.mprotect(addr, size, uapi.PROT_READ | uapi.PROT_EXEC)
+    except OSError:
+        return None  # kept mapped if mprotect failed: a page, once per process
+    return addr
+
+
+class LocalTable:
+    """A table run in the engine's own process, with blob.S table_call from local_code():
+    the syscalls of a process the engine forks (engine/restore/forktable.py), whose
+    children go on in the same table (F_CHILD_JUMPS) and return from call() only where
+    an entry fails. The table stays mapped for the life of the process."""
+
+    _CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p,
+                             ctypes.c_void_p)
+
+    def __init__(self, table: Table) -> None:
+        code = local_code()
+        if code is None:
+            raise OSError("the engine cannot map code executable")
+        self.table = table
+        self.base = ksys.mmap(0, region_size(table.size()), uapi.PROT_READ | uapi.PROT_WRITE,
+                              uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
+        raw = table.encode(self.base)
+        ctypes.memmove(self.base + CODE_AREA, raw, len(raw))
+        self._call = self._CALL(code + TABLE_CALL_OFFSET)
+        self._status = ctypes.create_string_buffer(_STATUS.size)
+
+    def call(self, index: int = 0) -> tuple[int, int]:
+        """Run the table from entry `index` to its end (a child of a jumping entry: to the
+        end from where it jumped). Returns the index of the entry that failed (len(table)
+        when none did) and the last result (the failed one's -errno, 0 for a zero_fails
+        entry). Releases the
+        GIL (ctypes), so the process must have no other thread once it forks."""
+        self._call(self.base + CODE_AREA + index * ENTRY_SIZE, len(self.table) - index,
+                   self.base, ctypes.addressof(self._status))
+        left, result = _STATUS.unpack(self._status.raw)
+        return len(self.table) - left, result
+
+    def read_slot(self, ref: DataRef) -> int:
+        """The signed u64 in a result slot (`store=`) of this process's copy."""
+        addr = self.table.address(ref, self.base)
+        return int.from_bytes(ctypes.string_at(addr, 8), "little", signed=True)
 
 
 def region_size(table_bytes: int) -> int:

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from engine.kernel import blob, uapi
-from engine.kernel import sys as ksys
 
 PAGE = uapi.PAGE_SIZE
 ALGO_CRC32C = 1
@@ -73,14 +72,9 @@ def _native() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
         return None
     if "sse4_2" not in flags:
         return None
-    size = (len(blob.CODE) + PAGE - 1) & ~(PAGE - 1)
-    try:
-        addr = ksys.mmap(0, size, uapi.PROT_READ | uapi.PROT_WRITE,
-                         uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
-        ctypes.memmove(addr, blob.CODE, len(blob.CODE))
-        ksys.mprotect(addr, size, uapi.PROT_READ | uapi.PROT_EXEC)
-    except OSError:
-        return None  # kept mapped if mprotect failed: a page, once per process
+    addr = blob.local_code()
+    if addr is None:
+        return None
     proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
     return proto(addr + blob.PAGE_CRCS_OFFSET)
 

@@ -270,18 +270,34 @@ def build(tp: TaskPremap | None, areas: list[Interval], objfds: dict[str, int]) 
         ctypes.memmove(c.dst, c.src, c.length)
 
 
-def _map_fresh(v: Vma, at: int, objfds: dict[str, int]) -> None:
+def verify_writes(tp: TaskPremap) -> None:
+    """Check the stored pages a task copies into its premapped memory (build() checks
+    each as it copies; a tree made by one syscall table has them checked first)."""
+    for c in tp.writes:
+        assert c.reader is not None
+        c.reader.verify(c.offset, c.src, c.length)
+
+
+def fresh_mapping(v: Vma, objfds: dict[str, int]) -> tuple[int, str | None]:
+    """mmap flags of an exported VMA mapped fresh, and the path of its file (None:
+    anonymous; an unlinked file through the description the root made of it again)."""
     flags = (v.flags & _MAP_KEEP) | uapi.MAP_FIXED_NOREPLACE
     if "nr" in v.vmflags:
         flags |= uapi.MAP_NORESERVE
     if v.kind != "file":
+        return flags, None
+    assert v.path is not None
+    path = f"/proc/self/fd/{objfds[deleted_key(v.dev, v.inode)]}" if v.deleted else v.path
+    return flags & ~uapi.MAP_ANONYMOUS, path
+
+
+def _map_fresh(v: Vma, at: int, objfds: dict[str, int]) -> None:
+    flags, path = fresh_mapping(v, objfds)
+    if path is None:
         ksys.mmap(at, v.end - v.start, _RW, flags)
         return
-    assert v.path is not None
-    # an unlinked file: through the description the root made of it again
-    path = f"/proc/self/fd/{objfds[deleted_key(v.dev, v.inode)]}" if v.deleted else v.path
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        ksys.mmap(at, v.end - v.start, _RW, flags & ~uapi.MAP_ANONYMOUS, fd, v.pgoff)
+        ksys.mmap(at, v.end - v.start, _RW, flags, fd, v.pgoff)
     finally:
         os.close(fd)

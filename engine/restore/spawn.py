@@ -49,7 +49,7 @@ from engine.kernel.structs import CloneArgs
 from engine.proc import tasks
 from engine.proc.stat import read_stat
 from engine.proc.status import read_status
-from engine.restore import files, ns, premap
+from engine.restore import files, forktable, ns, premap
 from engine.restore.ns import NsSetup
 
 _REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
@@ -106,6 +106,13 @@ class TaskSetup:
             if c.share_flags & uapi.CLONE_FILES:
                 out += [c, *c.fd_table_sharers()]
         return out
+
+    def made_first(self) -> list[TaskSetup]:
+        """The children this task creates itself (not those a sibling creates), group
+        leaders first: a child joining a sibling's group needs the leader to exist."""
+        leaders = {c.pgid for c in self.children}
+        mine = [c for c in self.children if not c.by_sibling]
+        return sorted(mine, key=lambda c: (c.inner_pid not in leaders, c.pid))
 
     def walk(self) -> list[TaskSetup]:
         """This task and all its descendants, parents before children."""
@@ -281,13 +288,6 @@ def _gone_sem_setters(gone: dict[int, list[tuple[int, int, int]]]) -> None:
                                       f"pid {pid} failed (status {status:#x})")
 
 
-def _leaders_first(t: TaskSetup) -> list[TaskSetup]:
-    # A child joining a sibling's process group needs that sibling (the leader) to exist.
-    leaders = {c.pgid for c in t.children}
-    mine = [c for c in t.children if not c.by_sibling]
-    return sorted(mine, key=lambda c: (c.inner_pid not in leaders, c.pid))
-
-
 def plan_sessions(root: TaskSetup) -> None:
     """Give each child in a session its parent is not in (and does not lead) to a sibling
     in that session, which creates it with CLONE_PARENT (the parent stays the same, the
@@ -349,7 +349,7 @@ def _task(tree: TreeSetup, t: TaskSetup, ctl: list[int], by_file: dict[int, int]
         group = [t, *t.fd_table_sharers()] if first else []  # who _place is for
         if len(group) > 1:
             sync = files.FdTableSync(len(group) - 1, tree.low)
-        for c in _leaders_first(t):
+        for c in t.made_first():
             child = _clone_with_pid(c, c.share_flags, single=True)
             if child == 0:
                 _task(tree, c, ctl, by_file,
@@ -474,7 +474,22 @@ def _root(tree: TreeSetup, go_r: int, err_w: int, ready_w: int) -> None:
     except BaseException as e:  # noqa: BLE001 - as in _task
         _report(ctl[1], tree.root.pid, "files", f"{type(e).__name__}: {e}")
         os._exit(1)
+    if forktable.unsupported(tree) is None:
+        _by_table(tree, ctl, by_file)
     _task(tree, tree.root, ctl, by_file)
+
+
+def _by_table(tree: TreeSetup, ctl: list[int], by_file: dict[int, int]) -> None:
+    """The root makes the tree with one syscall table (engine/restore/forktable.py);
+    never returns."""
+    try:
+        failed = forktable.run(forktable.build(tree, ctl, by_file))
+    except BaseException as e:  # noqa: BLE001 - as in _task
+        failed = (tree.root.pid, "fork", f"{type(e).__name__}: {e}")
+    if failed is None:
+        os._exit(3)  # the engine is gone (EXITKILL would kill us anyway)
+    _report(ctl[1], *failed)
+    os._exit(1)
 
 
 def _report(err_w: int, pid: int, phase: str, message: str) -> None:

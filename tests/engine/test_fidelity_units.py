@@ -58,7 +58,7 @@ def test_plan_sessions_gives_the_child_to_its_sibling() -> None:
     t.children = [s, n]
     spawn.plan_sessions(t)
     assert s.adopted == [n] and n.by_sibling
-    assert spawn._leaders_first(t) == [s]
+    assert t.made_first() == [s]
 
 
 def test_plan_sessions_refuses_without_a_sibling() -> None:

@@ -1,0 +1,309 @@
+"""Make the new tree's tasks with one syscall table instead of a copy of Python in each.
+
+A task set up by the interpreter (engine/restore/spawn.py `_task`) cost ~1.4 ms: the fork
+of a 20 MB interpreter, then a few hundred copy-on-write faults as it runs Python. Most
+tasks only need syscalls with arguments known before the first fork (setsid, setpgid,
+clone3 with their pids, dup2s, closes, mmap, chdir, umask, prlimit, the ready and go
+bytes, SIGSTOP), so the root builds every task's entries into one table and runs it with
+blob.S table_call: each clone3 entry sends its child to that child's own entries
+(F_CHILD_JUMPS), and no task runs Python again unless an entry fails.
+
+A failed entry makes table_call return into the copy of the interpreter of the task it
+failed in: `run` there names the entry's task and what it was doing on the error pipe and
+exits, as `_task` does. Every task's entries end in a SIGSTOP (the engine takes the task
+there) or an exit, so the entries left when one fails say which one it was.
+
+Premapped memory (engine/restore/premap.py) is built by syscalls too, its pages checked by
+the root before the first fork and copied by each task with process_vm_readv. Trees that
+need more than syscalls run the Python path instead (`unsupported` says why): fd tables
+shared between tasks, descriptions opened by a session leader,
+pidfds, epoll watches, POSIX locks, a pause requested at the files step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import resource
+import signal
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from engine import faults
+from engine.dump.intervals import subtract
+from engine.kernel import blob, uapi
+from engine.kernel.structs import CloneArgs
+from engine.restore import premap
+
+if TYPE_CHECKING:  # spawn runs this module
+    from engine.restore.spawn import TaskSetup, TreeSetup
+
+_MASK64 = (1 << 64) - 1
+_UINT_MAX = (1 << 32) - 1
+_RLIM = struct.Struct("<QQ")
+_SIGSET = struct.Struct("<Q")
+_SIGACTION_DFL = bytes(32)  # struct kernel_sigaction with SIG_DFL, no flags, empty mask
+_IOV = struct.Struct("<QQ")
+_IOV_MAX = 1024
+_RW = uapi.PROT_READ | uapi.PROT_WRITE
+_PID_FREE_TIMEOUT = 2.0  # as spawn's: a pid still held by a thread that just ended
+_REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
+_REGION_FLAGS = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE
+
+#: what a failed entry was: (phase, message for an errno), and the kind of entry
+Message = Callable[[int], str]
+
+
+@dataclass(frozen=True)
+class _Step:
+    pid: int  # the task (as the engine sees it) whose entry this is
+    phase: str
+    message: Message
+    kind: str = ""  # "clone": retried while its pid is still held; "go": the engine's go
+
+
+def _plain(what: str) -> Message:
+    return lambda err: f"{what}: {os.strerror(err)}"
+
+
+@dataclass
+class Program:
+    """Every task's entries in one table; steps[i] says what entry i is for."""
+
+    table: blob.Table = field(default_factory=blob.Table)
+    steps: list[_Step] = field(default_factory=list)
+
+    def add(self, step: _Step, nr: int, *args: blob.Arg, **kw: object) -> None:
+        """Append one entry of `step`'s task (keywords as blob.Table.add)."""
+        self.table.add(nr, *args, **kw)  # type: ignore[arg-type]
+        self.steps.append(step)
+
+
+def unsupported(tree: TreeSetup) -> str | None:
+    """Why this tree needs the Python path (None: the table makes it)."""
+    if blob.local_code() is None:
+        return "no executable mapping in the engine"
+    if os.environ.get(faults.PAUSE_ENV) == "files":
+        return "a pause at the files step"
+    plan = tree.files
+    if plan.epolls.by_task or plan.posix_locks:
+        return "epoll watches or POSIX locks"
+    if any(rec.pidfd is not None for rec in plan.files.values()):
+        return "pidfds"
+    for t in tree.root.walk():
+        if t.ctty_files or t.share_flags & uapi.CLONE_FILES:
+            return "a shared fd table or a terminal's descriptions"
+    return None
+
+
+def build(tree: TreeSetup, ctl: list[int], by_file: dict[int, int]) -> Program:
+    """The table of the whole tree, the root's entries first. ctl: the go, error and
+    ready pipes' fds, then the fds every task keeps for the engine (the objects').
+    Raises EngineError for a premapped page that fails its check."""
+    for tp in tree.premap.values():
+        premap.verify_writes(tp)
+    prog = Program()
+    _block(prog, tree, tree.root, ctl, by_file)
+    return prog
+
+
+def _block(prog: Program, tree: TreeSetup, t: TaskSetup, ctl: list[int],
+           by_file: dict[int, int]) -> None:
+    """Task t's entries, then each child's (a block ends in a stop or an exit, never
+    running into the next), which its clone3 entry sends the child to."""
+    _session(prog, t)
+    for semid, num, value in t.sems:
+        prog.add(_Step(t.pid, "fork", _plain(f"semaphore set {semid} #{num}")),
+                 uapi.SYS_semctl, semid, num, uapi.SETVAL, value)
+    if tree.premap_areas:
+        _premap(prog, tree, t)
+    children: list[tuple[blob.EntryRef, TaskSetup]] = []
+    for c in t.made_first():
+        children.append((_clone(prog, t, c, c.share_flags), c))
+        if c.pgid == c.inner_pid and c.sid != c.inner_pid:
+            # made at once, as a shell does for a job: a sibling forked next joins it
+            prog.add(_Step(t.pid, "fork", _plain(f"task {c.pid}: cannot make its "
+                                                 "process group")),
+                     uapi.SYS_setpgid, 0, 0, use_saved=0b11)
+    for c in t.adopted:
+        children.append((_clone(prog, t, c, uapi.CLONE_PARENT), c))
+    # comm first: a zombie shows it too
+    prog.add(_Step(t.pid, "fork", _plain("prctl(PR_SET_NAME)")), uapi.SYS_prctl,
+             uapi.PR_SET_NAME, prog.table.cstr(os.fsencode(t.comm)[:15]))
+    if t.zombie_status is not None:
+        _exit_as(prog, t, t.zombie_status)
+    else:
+        _live(prog, tree, t, ctl, by_file)
+    for label, c in children:
+        label.index = len(prog.steps)
+        _block(prog, tree, c, ctl, by_file)
+
+
+def _session(prog: Program, t: TaskSetup) -> None:
+    """As spawn._set_session: lead a session (taking its terminal) or a group again, or
+    join the dumped group (in the session inherited, which plan_sessions made right)."""
+    me = t.inner_pid
+    step = _Step(t.pid, "fork", lambda err: f"task {t.pid}: cannot restore session "
+                                            f"{t.sid} / process group {t.pgid}: "
+                                            f"{os.strerror(err)}")
+    if t.sid == me:
+        prog.add(step, uapi.SYS_setsid)
+        if t.ctty is not None:
+            files = _Step(t.pid, "files", _plain(f"{t.ctty} (the controlling terminal)"))
+            prog.add(files, uapi.SYS_open, prog.table.cstr(t.ctty),
+                     os.O_RDWR | os.O_NOCTTY, save=True)
+            prog.add(files, uapi.SYS_ioctl, 0, uapi.TIOCSCTTY, 0, use_saved=0b1)
+            prog.add(files, uapi.SYS_close, 0, use_saved=0b1)
+    elif t.pgid is not None:
+        # joining the group it is already in is allowed, and changes nothing
+        prog.add(step, uapi.SYS_setpgid, 0, 0 if t.pgid == me else t.pgid)
+
+
+def _premap(prog: Program, tree: TreeSetup, t: TaskSetup) -> None:
+    """As premap.build, its pages checked beforehand (premap.verify_writes) and copied
+    with process_vm_readv from the engine's buffers the task inherited."""
+    step = _Step(t.pid, "mm", _plain("premapping private memory"))
+    tp = tree.premap.get(t.pid)
+    for lo, hi in subtract(tree.premap_areas, tp.keep if tp is not None else []):
+        prog.add(step, uapi.SYS_munmap, lo, hi - lo)
+    if tp is None:
+        return
+    for v, at in tp.fresh:
+        flags, path = premap.fresh_mapping(v, tree.obj_fds())
+        if path is None:
+            prog.add(step, uapi.SYS_mmap, at, v.end - v.start, _RW, flags, -1, 0)
+            continue
+        prog.add(step, uapi.SYS_open, prog.table.cstr(path), os.O_RDONLY | os.O_CLOEXEC,
+                 save=True)
+        prog.add(step, uapi.SYS_mmap, at, v.end - v.start, _RW, flags, 0, v.pgoff,
+                 use_saved=0b10000)
+        prog.add(step, uapi.SYS_close, 0, use_saved=0b1)
+    for lo, hi in tp.drops:
+        prog.add(step, uapi.SYS_madvise, lo, hi - lo, uapi.MADV_DONTNEED)
+    for i in range(0, len(tp.writes), _IOV_MAX):
+        group = tp.writes[i:i + _IOV_MAX]
+        local = prog.table.data(b"".join(_IOV.pack(c.dst, c.length) for c in group))
+        remote = prog.table.data(b"".join(_IOV.pack(c.src, c.length) for c in group))
+        prog.add(step, uapi.SYS_process_vm_readv, t.inner_pid, local, len(group), remote,
+                 len(group), 0)
+
+
+def _clone(prog: Program, t: TaskSetup, c: TaskSetup, flags: int) -> blob.EntryRef:
+    """Task t's clone3 of child c with its pids; returns the label of c's entries (set
+    once they begin). The child's pid is saved (for the setpgid after it)."""
+    pids = c.set_tid or [c.pid]
+    args = CloneArgs()
+    args.flags = flags
+    # With CLONE_PARENT clone3 takes no exit signal: the child gets the creator's.
+    args.exit_signal = 0 if flags & uapi.CLONE_PARENT else signal.SIGCHLD
+    args.set_tid_size = len(pids)
+    tids = prog.table.data(struct.pack(f"<{len(pids)}i", *pids))
+    ref = prog.table.data(bytes(args))
+    prog.table.patch_address(blob.DataRef(ref.offset + CloneArgs.set_tid.offset), tids)
+
+    def message(err: int) -> str:
+        if err == errno.EEXIST:
+            return f"pid {c.pid} is taken"
+        return f"clone3 with pid {c.pid} {pids}: {os.strerror(err)}"
+    label = blob.EntryRef()
+    prog.add(_Step(t.pid, "fork", message, "clone"), uapi.SYS_clone3, ref,
+             ctypes.sizeof(CloneArgs), save=True, jump=label)
+    return label
+
+
+def _exit_as(prog: Program, t: TaskSetup, status: int) -> None:
+    """As spawn._exit_as: end so that the parent's wait() sees `status`."""
+    step = _Step(t.pid, "fork", _plain(f"task {t.pid}: exiting as it was dumped"))
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        prog.add(step, uapi.SYS_prlimit64, 0, resource.RLIMIT_CORE,
+                 prog.table.data(_RLIM.pack(0, 0)), 0)
+        prog.add(step, uapi.SYS_rt_sigaction, sig, prog.table.data(_SIGACTION_DFL), 0, 8)
+        prog.add(step, uapi.SYS_rt_sigprocmask, uapi.SIG_UNBLOCK,
+                 prog.table.data(_SIGSET.pack(1 << (sig - 1))), 0, 8)
+        prog.add(step, uapi.SYS_kill, t.inner_pid, sig)
+    prog.add(step, uapi.SYS_exit_group, os.WEXITSTATUS(status))
+
+
+def _live(prog: Program, tree: TreeSetup, t: TaskSetup, ctl: list[int],
+          by_file: dict[int, int]) -> None:
+    """A live task's fds, memory region, cwd, umask and limits; then the ready byte, the
+    go byte, the control pipes closed and its SIGSTOP."""
+    if faults.ENV in os.environ and "files" in faults.requested():
+        prog.add(_Step(t.pid, "files", lambda err: f"fault injected ({faults.ENV}="
+                                                   f"{os.environ[faults.ENV]})"),
+                 uapi.SYS_close, -1)
+    if t.cwd_file is not None:
+        prog.add(_Step(t.pid, "files", _plain("fchdir")), uapi.SYS_fchdir,
+                 by_file[t.cwd_file])
+    _place(prog, t, ctl, by_file)
+    start, end = tree.region
+    prog.add(_Step(t.pid, "files", _plain("mmap of the runner region")), uapi.SYS_mmap,
+             start, end - start, _REGION_PROT, _REGION_FLAGS, -1, 0)
+    if t.cwd_file is None:
+        prog.add(_Step(t.pid, "files", _plain(t.cwd)), uapi.SYS_chdir,
+                 prog.table.cstr(t.cwd))
+    prog.add(_Step(t.pid, "files", _plain("umask")), uapi.SYS_umask, t.umask)
+    for lim in t.limits:
+        prog.add(_Step(t.pid, "files", _plain(f"cannot set limit {lim.name} to "
+                                              f"({lim.soft}, {lim.hard})")),
+                 uapi.SYS_prlimit64, 0, lim.resource,
+                 prog.table.data(_RLIM.pack(lim.soft & _MASK64, lim.hard & _MASK64)), 0)
+    go_r, err_w, ready_w = ctl[:3]
+    fork = _Step(t.pid, "fork", _plain("the ready byte"))
+    prog.add(fork, uapi.SYS_write, ready_w, prog.table.cstr(b"r"), 1)
+    prog.add(_Step(t.pid, "fork", _plain("the go byte"), "go"), uapi.SYS_read, go_r,
+             prog.table.slot(), 1, zero_fails=True)
+    for fd in (go_r, err_w, ready_w):
+        prog.add(fork, uapi.SYS_close, fd)
+    prog.add(fork, uapi.SYS_kill, t.inner_pid, signal.SIGSTOP)
+    prog.add(fork, uapi.SYS_exit_group, 1)  # let go without the engine: never here
+
+
+def _place(prog: Program, t: TaskSetup, ctl: list[int], by_file: dict[int, int]) -> None:
+    """As files.place for a task with a table of its own and no locks or watches: its
+    descriptions at its fd numbers, the staged ones at theirs, every other fd closed
+    but the control pipes and the objects."""
+    for fde in sorted(t.fds, key=lambda f: f.fd):
+        src = by_file[fde.file_id]
+        step = _Step(t.pid, "files", _plain(f"fd {fde.fd}"))
+        if fde.cloexec:
+            prog.add(step, uapi.SYS_dup3, src, fde.fd, os.O_CLOEXEC)
+        else:
+            prog.add(step, uapi.SYS_dup2, src, fde.fd)
+    for fd, fid in t.staged:
+        prog.add(_Step(t.pid, "files", _plain(f"fd {fd}")), uapi.SYS_dup3, by_file[fid],
+                 fd, os.O_CLOEXEC)
+    keep = sorted({f.fd for f in t.fds} | set(ctl) | {fd for fd, _ in t.staged})
+    start = 0
+    for fd in [*keep, _UINT_MAX + 1]:
+        if fd > start:
+            prog.add(_Step(t.pid, "files", _plain(f"closing fds {start}-{fd - 1}")),
+                     uapi.SYS_close_range, start, fd - 1, 0)
+        start = fd + 1
+
+
+def run(prog: Program) -> tuple[int, str, str] | None:
+    """In the root: run the table. Returns only in a task where an entry failed (a pid
+    still held is waited for first): (its pid, phase, message), or None where the go
+    byte did not come (the engine is gone). The caller reports it and exits."""
+    local = blob.LocalTable(prog.table)
+    index, deadline = 0, 0.0
+    while True:
+        index, result = local.call(index)
+        if index == len(prog.steps):  # every block ends in a stop or an exit
+            return prog.steps[-1].pid, "fork", "ran past the end of its table"
+        step = prog.steps[index]
+        err = -result if -4096 < result < 0 else errno.EIO  # EIO: a zero_fails entry
+        if step.kind == "clone" and err == errno.EEXIST:
+            deadline = deadline or time.monotonic() + _PID_FREE_TIMEOUT
+            if time.monotonic() < deadline:
+                time.sleep(0.001)
+                continue
+        if step.kind == "go":
+            return None
+        return step.pid, step.phase, step.message(err)

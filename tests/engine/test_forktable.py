@@ -1,0 +1,158 @@
+"""The tree made by one syscall table (engine/restore/forktable.py): blob.S's jump of a
+clone's child to its own entries and its "zero fails" entries, run in the engine's own
+process (blob.LocalTable), and a restore whose table fails in a child."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.kernel import blob, uapi
+from engine.kernel import sys as ksys
+from engine.kernel.structs import CloneArgs
+from engine.restore import forktable
+from engine.restore.files import FilesPlan
+from engine.restore.spawn import TaskSetup, TreeSetup
+from tests.engine import cr_support as cr
+
+pytestmark = pytest.mark.skipif(blob.local_code() is None,
+                                reason="the engine cannot map code executable here")
+
+
+def _wait_status(local: blob.LocalTable, slot: blob.DataRef) -> int:
+    return local.read_slot(slot) & 0xFFFFFFFF
+
+
+def test_a_forked_child_goes_on_at_the_entry_its_fork_names() -> None:
+    """Entry 0 is the child's (exit 7), the parent starts at 1: fork, then wait for the
+    saved child pid. The parent runs to the end; the child never returns here."""
+    t = blob.Table()
+    status = t.slot()
+    child = blob.EntryRef()
+    child.index = len(t)
+    t.add(uapi.SYS_exit_group, 7)
+    t.add(uapi.SYS_fork, save=True, jump=child)
+    t.add(uapi.SYS_wait4, 0, status, 0, 0, use_saved=0b1)
+    local = blob.LocalTable(t)
+    assert local.call(1)[0] == len(t)
+    assert os.WIFEXITED(_wait_status(local, status))
+    assert os.WEXITSTATUS(_wait_status(local, status)) == 7
+
+
+_FAILING_CHILD = """
+import errno, os
+from engine.kernel import blob, uapi
+t = blob.Table()
+status = t.slot()
+child = blob.EntryRef()
+child.index = len(t)
+t.add(uapi.SYS_getpid)
+t.add(uapi.SYS_close, -1)
+parent = len(t)
+t.add(uapi.SYS_fork, save=True, jump=child)
+t.add(uapi.SYS_wait4, 0, status, 0, 0, use_saved=0b1)
+local = blob.LocalTable(t)
+me = os.getpid()
+index, result = local.call(parent)
+if os.getpid() != me:  # the child, back from its failed entry
+    os._exit(10 * index + (-result == errno.EBADF))
+print(index == len(t), os.WEXITSTATUS(local.read_slot(status) & 0xFFFFFFFF))
+"""
+
+
+def test_a_failed_entry_returns_in_the_task_it_failed_in() -> None:
+    """The child's close(-1) fails: call() returns in the child (which exits with the
+    failed entry's index and errno), the parent's run goes on and sees that status.
+    In a process of its own: a child back in Python needs a parent with one thread."""
+    r = subprocess.run([sys.executable, "-c", _FAILING_CHILD], check=False, text=True,
+                       capture_output=True, timeout=60, cwd=Path(blob.__file__).parents[2])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "11"]
+
+
+def test_a_zero_result_fails_a_zero_fails_entry_only() -> None:
+    """read() of one byte, then read() at end of file: the second entry fails, with 0."""
+    r, w = os.pipe()
+    try:
+        os.write(w, b"g")
+        os.close(w)
+        t = blob.Table()
+        buf = t.slot()
+        t.add(uapi.SYS_read, r, buf, 1, zero_fails=True)
+        t.add(uapi.SYS_read, r, buf, 1, zero_fails=True)
+        assert blob.LocalTable(t).call() == (1, 0)
+    finally:
+        os.close(r)
+
+
+def _task(pid: int, **kw: object) -> TaskSetup:
+    return TaskSetup(pid=pid, pgid=None, sid=None, fds=[], cwd="/", umask=0o22, limits=[],
+                     **kw)  # type: ignore[arg-type]
+
+
+def test_trees_that_need_python_are_named() -> None:
+    """A child sharing its parent's fd table needs the Python path (the first holder waits
+    for the others before placing the fds); a plain tree does not."""
+    root, child = _task(100), _task(101)
+    root.children = [child]
+    tree = TreeSetup(root=root, files=FilesPlan(), region=(0, 4096))
+    assert forktable.unsupported(tree) is None
+    child.share_flags = uapi.CLONE_FILES
+    assert "shared fd table" in str(forktable.unsupported(tree))
+
+
+def _hold_pid(pid: int) -> int:
+    """A process (sleep) with exactly this pid, made with clone3 set_tid."""
+    tid = (ctypes.c_int * 1)(pid)
+    args = CloneArgs()
+    args.exit_signal = signal.SIGCHLD
+    args.set_tid = ctypes.addressof(tid)
+    args.set_tid_size = 1
+    got = ksys.clone3(args)
+    if got == 0:
+        try:
+            os.execv("/bin/sleep", ["sleep", "60"])
+        finally:
+            os._exit(127)
+    return got
+
+
+def test_a_child_pid_taken_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    """The tree's child pid is held by another process: the table's clone3 of it fails
+    (after the wait for a pid still being freed), the error names that pid, the root is
+    gone, the holder untouched; once it is free the image restores and passes."""
+    cr.become_subreaper()
+    t = cr.ZdtmTest.start("fork_child", tmp_path / "work")
+    holder = 0
+    try:
+        pids = cr.tree_of(t.pid)
+        images = tmp_path / "img"
+        d = cr.engine("dump", "-t", str(t.pid), "-D", str(images))
+        assert d.returncode == 0, d.stderr
+        for pid in pids:
+            cr.wait_gone(pid)
+        holder = _hold_pid(pids[1])
+        start = time.monotonic()
+        r = cr.engine("restore", "-D", str(images), "-d")
+        assert r.returncode == 1 and f"fork: pid {pids[1]} is taken" in r.stderr, r.stderr
+        assert time.monotonic() - start < 30
+        assert not os.path.exists(f"/proc/{t.pid}"), "the root was left"
+        assert cr.state(holder) in "RS"
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+        holder = 0
+        r = cr.engine("restore", "-D", str(images), "-d")
+        assert r.returncode == 0, r.stderr
+        assert "PASS" in t.stop()
+    finally:
+        if holder:
+            os.kill(holder, signal.SIGKILL)
+            os.waitpid(holder, 0)
+        t.cleanup()
