@@ -10,6 +10,7 @@ incomplete and no reader accepts it.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -131,10 +132,16 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     only while its state is read."""
     resident = pages.resident_bytes(pid, pages.BUFFERED_MAX)
     buffered = pages.write_buffered(resident.total)
-    with pages.Staging(pages.staging_size(resident)) as staging:
-        staging.map()  # before the freeze: populating it is not frozen time
-        return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind, staging,
-                     buffered)
+    # Tens of thousands of VMA records are long-lived objects: the cyclic GC rescanned
+    # them again and again (a maps06 memory step took 250-440 ms with it, 210-240 without)
+    gc.disable()
+    try:
+        with pages.Staging(pages.staging_size(resident)) as staging:
+            staging.map()  # before the freeze: populating it is not frozen time
+            return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind,
+                         staging, buffered)
+    finally:
+        gc.enable()
 
 
 def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,

@@ -206,10 +206,16 @@ class Table:
         row i's argument j is at offset i * ROW_SIZE + 8 * j)."""
         if len(rows) % ROW_SIZE:
             raise ValueError(f"rows of {len(rows)} bytes are not rows of six u64")
-        flags = (use_saved & 0x3F) | F_ROWS | (F_MAY_FAIL if may_fail else 0)
         ref = self.data(rows)
-        self.entries.append(_Entry(nr, (ref, len(rows) // ROW_SIZE), flags, None, what))
+        self.rows_at(nr, ref, len(rows) // ROW_SIZE, use_saved, may_fail, what)
         return ref
+
+    def rows_at(self, nr: int, ref: DataRef, count: int, use_saved: int = 0,
+                may_fail: bool = False, what: RowWhat = str) -> None:
+        """rows() of `count` rows already in the data area at `ref` (the runner only
+        reads them: entries of several tasks may share one set of rows)."""
+        flags = (use_saved & 0x3F) | F_ROWS | (F_MAY_FAIL if may_fail else 0)
+        self.entries.append(_Entry(nr, (ref, count), flags, None, what))
 
     def calls(self) -> int:
         """How many syscalls the table makes (a rows entry's rows each count)."""
@@ -333,6 +339,12 @@ class LocalTable:
                    self.base, ctypes.addressof(self._status))
         left, result = _STATUS.unpack(self._status.raw)
         return len(self.table) - left, result
+
+    def rows_left(self, index: int) -> int:
+        """A rows entry's rows left (the failed one and those after it) in this
+        process's copy, after call() returned at it."""
+        at = self.base + CODE_AREA + index * ENTRY_SIZE + ROWS_LEFT_AT
+        return int.from_bytes(ctypes.string_at(at, 8), "little")
 
     def read_slot(self, ref: DataRef) -> int:
         """The signed u64 in a result slot (`store=`) of this process's copy."""

@@ -9,15 +9,16 @@ blob.S table_call: each clone3 entry sends its child to that child's own entries
 (F_CHILD_JUMPS), and no task runs Python again unless an entry fails.
 
 A failed entry makes table_call return into the copy of the interpreter of the task it
-failed in: `run` there names the entry's task and what it was doing on the error pipe and
-exits, as `_task` does. Every task's entries end in a SIGSTOP (the engine takes the task
-there) or an exit, so the entries left when one fails say which one it was.
+failed in: `run` there names the entry's task and what it was doing and returns, and the
+caller reports it on the error pipe and exits, as `_task` does. Every task's entries end
+in a SIGSTOP (the engine takes the task there) or an exit, so the entries left when one
+fails say which one it was.
 
 Premapped memory (engine/restore/premap.py) is built by syscalls too, its pages checked by
 the root before the first fork and copied by each task with process_vm_readv. Trees that
 need more than syscalls run the Python path instead (`unsupported` says why): fd tables
-shared between tasks, descriptions opened by a session leader,
-pidfds, epoll watches, POSIX locks, a pause requested at the files step.
+shared between tasks, descriptions opened by a session leader, pidfds, epoll watches,
+POSIX locks, a pause requested at the files step.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from engine import faults
 from engine.dump.intervals import subtract
+from engine.images.records import RlimitRecord
 from engine.kernel import blob, uapi
 from engine.kernel.structs import CloneArgs
 from engine.restore import premap
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # spawn runs this module
 _MASK64 = (1 << 64) - 1
 _UINT_MAX = (1 << 32) - 1
 _RLIM = struct.Struct("<QQ")
+_ROW = struct.Struct("<6Q")
 _SIGSET = struct.Struct("<Q")
 _SIGACTION_DFL = bytes(32)  # struct kernel_sigaction with SIG_DFL, no flags, empty mask
 _IOV = struct.Struct("<QQ")
@@ -54,20 +57,25 @@ _PID_FREE_TIMEOUT = 2.0  # as spawn's: a pid still held by a thread that just en
 _REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
 _REGION_FLAGS = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE
 
-#: what a failed entry was: (phase, message for an errno), and the kind of entry
-Message = Callable[[int], str]
+#: the message of a failed entry from its errno and row (a rows entry's, else 0)
+Message = Callable[[int, int], str]
 
 
 @dataclass(frozen=True)
 class _Step:
+    """What an entry is for, formatted only when it fails: "what: strerror", or a
+    Message. One step serves all the entries of a task alike."""
+
     pid: int  # the task (as the engine sees it) whose entry this is
     phase: str
-    message: Message
+    what: str | Message
     kind: str = ""  # "clone": retried while its pid is still held; "go": the engine's go
 
-
-def _plain(what: str) -> Message:
-    return lambda err: f"{what}: {os.strerror(err)}"
+    def message(self, err: int, row: int) -> str:
+        """The error of this entry failing with `err` (at `row`)."""
+        if isinstance(self.what, str):
+            return f"{self.what}: {os.strerror(err)}"
+        return self.what(err, row)
 
 
 @dataclass
@@ -76,10 +84,37 @@ class Program:
 
     table: blob.Table = field(default_factory=blob.Table)
     steps: list[_Step] = field(default_factory=list)
+    fault: str | None = None  # the error of a fault injected at the files step
+    _data: dict[bytes, blob.DataRef] = field(default_factory=dict)
+    _limits: dict[tuple[tuple[int, int, int], ...], blob.DataRef] = field(
+        default_factory=dict)
 
     def add(self, step: _Step, nr: int, *args: blob.Arg, **kw: object) -> None:
         """Append one entry of `step`'s task (keywords as blob.Table.add)."""
         self.table.add(nr, *args, **kw)  # type: ignore[arg-type]
+        self.steps.append(step)
+
+    def data(self, payload: bytes) -> blob.DataRef:
+        """Read-only bytes in the data area, once for every task that passes them."""
+        ref = self._data.get(payload)
+        if ref is None:
+            ref = self._data[payload] = self.table.data(payload)
+        return ref
+
+    def limits(self, step: _Step, limits: list[RlimitRecord]) -> None:
+        """One rows entry of prlimit64 calls setting `limits` (its rows shared by the
+        tasks with the same limits)."""
+        key = tuple((lim.resource, lim.soft & _MASK64, lim.hard & _MASK64)
+                    for lim in limits)
+        ref = self._limits.get(key)
+        if ref is None:
+            structs = self.table.data(b"".join(_RLIM.pack(s, h) for _, s, h in key))
+            ref = self._limits[key] = self.table.data(b"".join(
+                _ROW.pack(0, res, 0, 0, 0, 0) for res, _, _ in key))
+            for i in range(len(key)):  # each row's new limit: its struct
+                self.table.patch_address(blob.DataRef(ref.offset + i * blob.ROW_SIZE + 16),
+                                         blob.DataRef(structs.offset + i * _RLIM.size))
+        self.table.rows_at(uapi.SYS_prlimit64, ref, len(key))
         self.steps.append(step)
 
 
@@ -107,6 +142,8 @@ def build(tree: TreeSetup, ctl: list[int], by_file: dict[int, int]) -> Program:
     for tp in tree.premap.values():
         premap.verify_writes(tp)
     prog = Program()
+    if faults.ENV in os.environ and "files" in faults.requested():
+        prog.fault = f"fault injected ({faults.ENV}={os.environ[faults.ENV]})"
     _block(prog, tree, tree.root, ctl, by_file)
     return prog
 
@@ -117,7 +154,7 @@ def _block(prog: Program, tree: TreeSetup, t: TaskSetup, ctl: list[int],
     running into the next), which its clone3 entry sends the child to."""
     _session(prog, t)
     for semid, num, value in t.sems:
-        prog.add(_Step(t.pid, "fork", _plain(f"semaphore set {semid} #{num}")),
+        prog.add(_Step(t.pid, "fork", f"semaphore set {semid} #{num}"),
                  uapi.SYS_semctl, semid, num, uapi.SETVAL, value)
     if tree.premap_areas:
         _premap(prog, tree, t)
@@ -126,14 +163,13 @@ def _block(prog: Program, tree: TreeSetup, t: TaskSetup, ctl: list[int],
         children.append((_clone(prog, t, c, c.share_flags), c))
         if c.pgid == c.inner_pid and c.sid != c.inner_pid:
             # made at once, as a shell does for a job: a sibling forked next joins it
-            prog.add(_Step(t.pid, "fork", _plain(f"task {c.pid}: cannot make its "
-                                                 "process group")),
+            prog.add(_Step(t.pid, "fork", f"task {c.pid}: cannot make its process group"),
                      uapi.SYS_setpgid, 0, 0, use_saved=0b11)
     for c in t.adopted:
         children.append((_clone(prog, t, c, uapi.CLONE_PARENT), c))
     # comm first: a zombie shows it too
-    prog.add(_Step(t.pid, "fork", _plain("prctl(PR_SET_NAME)")), uapi.SYS_prctl,
-             uapi.PR_SET_NAME, prog.table.cstr(os.fsencode(t.comm)[:15]))
+    prog.add(_Step(t.pid, "fork", "prctl(PR_SET_NAME)"), uapi.SYS_prctl,
+             uapi.PR_SET_NAME, prog.data(os.fsencode(t.comm)[:15] + b"\0"))
     if t.zombie_status is not None:
         _exit_as(prog, t, t.zombie_status)
     else:
@@ -147,14 +183,13 @@ def _session(prog: Program, t: TaskSetup) -> None:
     """As spawn._set_session: lead a session (taking its terminal) or a group again, or
     join the dumped group (in the session inherited, which plan_sessions made right)."""
     me = t.inner_pid
-    step = _Step(t.pid, "fork", lambda err: f"task {t.pid}: cannot restore session "
-                                            f"{t.sid} / process group {t.pgid}: "
-                                            f"{os.strerror(err)}")
+    step = _Step(t.pid, "fork", f"task {t.pid}: cannot restore session {t.sid} / "
+                                f"process group {t.pgid}")
     if t.sid == me:
         prog.add(step, uapi.SYS_setsid)
         if t.ctty is not None:
-            files = _Step(t.pid, "files", _plain(f"{t.ctty} (the controlling terminal)"))
-            prog.add(files, uapi.SYS_open, prog.table.cstr(t.ctty),
+            files = _Step(t.pid, "files", f"{t.ctty} (the controlling terminal)")
+            prog.add(files, uapi.SYS_open, prog.data(os.fsencode(t.ctty) + b"\0"),
                      os.O_RDWR | os.O_NOCTTY, save=True)
             prog.add(files, uapi.SYS_ioctl, 0, uapi.TIOCSCTTY, 0, use_saved=0b1)
             prog.add(files, uapi.SYS_close, 0, use_saved=0b1)
@@ -166,7 +201,7 @@ def _session(prog: Program, t: TaskSetup) -> None:
 def _premap(prog: Program, tree: TreeSetup, t: TaskSetup) -> None:
     """As premap.build, its pages checked beforehand (premap.verify_writes) and copied
     with process_vm_readv from the engine's buffers the task inherited."""
-    step = _Step(t.pid, "mm", _plain("premapping private memory"))
+    step = _Step(t.pid, "mm", "premapping private memory")
     tp = tree.premap.get(t.pid)
     for lo, hi in subtract(tree.premap_areas, tp.keep if tp is not None else []):
         prog.add(step, uapi.SYS_munmap, lo, hi - lo)
@@ -177,8 +212,8 @@ def _premap(prog: Program, tree: TreeSetup, t: TaskSetup) -> None:
         if path is None:
             prog.add(step, uapi.SYS_mmap, at, v.end - v.start, _RW, flags, -1, 0)
             continue
-        prog.add(step, uapi.SYS_open, prog.table.cstr(path), os.O_RDONLY | os.O_CLOEXEC,
-                 save=True)
+        prog.add(step, uapi.SYS_open, prog.data(os.fsencode(path) + b"\0"),
+                 os.O_RDONLY | os.O_CLOEXEC, save=True)
         prog.add(step, uapi.SYS_mmap, at, v.end - v.start, _RW, flags, 0, v.pgoff,
                  use_saved=0b10000)
         prog.add(step, uapi.SYS_close, 0, use_saved=0b1)
@@ -205,7 +240,7 @@ def _clone(prog: Program, t: TaskSetup, c: TaskSetup, flags: int) -> blob.EntryR
     ref = prog.table.data(bytes(args))
     prog.table.patch_address(blob.DataRef(ref.offset + CloneArgs.set_tid.offset), tids)
 
-    def message(err: int) -> str:
+    def message(err: int, _row: int) -> str:
         if err == errno.EEXIST:
             return f"pid {c.pid} is taken"
         return f"clone3 with pid {c.pid} {pids}: {os.strerror(err)}"
@@ -217,14 +252,14 @@ def _clone(prog: Program, t: TaskSetup, c: TaskSetup, flags: int) -> blob.EntryR
 
 def _exit_as(prog: Program, t: TaskSetup, status: int) -> None:
     """As spawn._exit_as: end so that the parent's wait() sees `status`."""
-    step = _Step(t.pid, "fork", _plain(f"task {t.pid}: exiting as it was dumped"))
+    step = _Step(t.pid, "fork", f"task {t.pid}: exiting as it was dumped")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         prog.add(step, uapi.SYS_prlimit64, 0, resource.RLIMIT_CORE,
-                 prog.table.data(_RLIM.pack(0, 0)), 0)
-        prog.add(step, uapi.SYS_rt_sigaction, sig, prog.table.data(_SIGACTION_DFL), 0, 8)
+                 prog.data(_RLIM.pack(0, 0)), 0)
+        prog.add(step, uapi.SYS_rt_sigaction, sig, prog.data(_SIGACTION_DFL), 0, 8)
         prog.add(step, uapi.SYS_rt_sigprocmask, uapi.SIG_UNBLOCK,
-                 prog.table.data(_SIGSET.pack(1 << (sig - 1))), 0, 8)
+                 prog.data(_SIGSET.pack(1 << (sig - 1))), 0, 8)
         prog.add(step, uapi.SYS_kill, t.inner_pid, sig)
     prog.add(step, uapi.SYS_exit_group, os.WEXITSTATUS(status))
 
@@ -233,30 +268,28 @@ def _live(prog: Program, tree: TreeSetup, t: TaskSetup, ctl: list[int],
           by_file: dict[int, int]) -> None:
     """A live task's fds, memory region, cwd, umask and limits; then the ready byte, the
     go byte, the control pipes closed and its SIGSTOP."""
-    if faults.ENV in os.environ and "files" in faults.requested():
-        prog.add(_Step(t.pid, "files", lambda err: f"fault injected ({faults.ENV}="
-                                                   f"{os.environ[faults.ENV]})"),
-                 uapi.SYS_close, -1)
+    if prog.fault is not None:
+        fault = prog.fault
+        prog.add(_Step(t.pid, "files", lambda _err, _row: fault), uapi.SYS_close, -1)
     if t.cwd_file is not None:
-        prog.add(_Step(t.pid, "files", _plain("fchdir")), uapi.SYS_fchdir,
-                 by_file[t.cwd_file])
+        prog.add(_Step(t.pid, "files", "fchdir"), uapi.SYS_fchdir, by_file[t.cwd_file])
     _place(prog, t, ctl, by_file)
     start, end = tree.region
-    prog.add(_Step(t.pid, "files", _plain("mmap of the runner region")), uapi.SYS_mmap,
+    prog.add(_Step(t.pid, "files", "mmap of the runner region"), uapi.SYS_mmap,
              start, end - start, _REGION_PROT, _REGION_FLAGS, -1, 0)
     if t.cwd_file is None:
-        prog.add(_Step(t.pid, "files", _plain(t.cwd)), uapi.SYS_chdir,
-                 prog.table.cstr(t.cwd))
-    prog.add(_Step(t.pid, "files", _plain("umask")), uapi.SYS_umask, t.umask)
-    for lim in t.limits:
-        prog.add(_Step(t.pid, "files", _plain(f"cannot set limit {lim.name} to "
-                                              f"({lim.soft}, {lim.hard})")),
-                 uapi.SYS_prlimit64, 0, lim.resource,
-                 prog.table.data(_RLIM.pack(lim.soft & _MASK64, lim.hard & _MASK64)), 0)
+        prog.add(_Step(t.pid, "files", t.cwd), uapi.SYS_chdir,
+                 prog.data(os.fsencode(t.cwd) + b"\0"))
+    prog.add(_Step(t.pid, "files", "umask"), uapi.SYS_umask, t.umask)
+    if t.limits:
+        limits = t.limits
+        prog.limits(_Step(t.pid, "files", lambda err, row: (
+            f"cannot set limit {limits[row].name} to ({limits[row].soft}, "
+            f"{limits[row].hard}): {os.strerror(err)}")), limits)
     go_r, err_w, ready_w = ctl[:3]
-    fork = _Step(t.pid, "fork", _plain("the ready byte"))
-    prog.add(fork, uapi.SYS_write, ready_w, prog.table.cstr(b"r"), 1)
-    prog.add(_Step(t.pid, "fork", _plain("the go byte"), "go"), uapi.SYS_read, go_r,
+    fork = _Step(t.pid, "fork", "the ready byte")
+    prog.add(fork, uapi.SYS_write, ready_w, prog.data(b"r"), 1)
+    prog.add(_Step(t.pid, "fork", "the go byte", "go"), uapi.SYS_read, go_r,
              prog.table.slot(), 1, zero_fails=True)
     for fd in (go_r, err_w, ready_w):
         prog.add(fork, uapi.SYS_close, fd)
@@ -268,22 +301,20 @@ def _place(prog: Program, t: TaskSetup, ctl: list[int], by_file: dict[int, int])
     """As files.place for a task with a table of its own and no locks or watches: its
     descriptions at its fd numbers, the staged ones at theirs, every other fd closed
     but the control pipes and the objects."""
+    step = _Step(t.pid, "files", "placing its fds")
     for fde in sorted(t.fds, key=lambda f: f.fd):
         src = by_file[fde.file_id]
-        step = _Step(t.pid, "files", _plain(f"fd {fde.fd}"))
         if fde.cloexec:
             prog.add(step, uapi.SYS_dup3, src, fde.fd, os.O_CLOEXEC)
         else:
             prog.add(step, uapi.SYS_dup2, src, fde.fd)
     for fd, fid in t.staged:
-        prog.add(_Step(t.pid, "files", _plain(f"fd {fd}")), uapi.SYS_dup3, by_file[fid],
-                 fd, os.O_CLOEXEC)
+        prog.add(step, uapi.SYS_dup3, by_file[fid], fd, os.O_CLOEXEC)
     keep = sorted({f.fd for f in t.fds} | set(ctl) | {fd for fd, _ in t.staged})
     start = 0
     for fd in [*keep, _UINT_MAX + 1]:
         if fd > start:
-            prog.add(_Step(t.pid, "files", _plain(f"closing fds {start}-{fd - 1}")),
-                     uapi.SYS_close_range, start, fd - 1, 0)
+            prog.add(step, uapi.SYS_close_range, start, fd - 1, 0)
         start = fd + 1
 
 
@@ -306,4 +337,7 @@ def run(prog: Program) -> tuple[int, str, str] | None:
                 continue
         if step.kind == "go":
             return None
-        return step.pid, step.phase, step.message(err)
+        entry, row = prog.table.entries[index], 0
+        if entry.flags & blob.F_ROWS and isinstance(entry.args[1], int):
+            row = entry.args[1] - local.rows_left(index)
+        return step.pid, step.phase, step.message(err, row)
