@@ -21,8 +21,12 @@
  *             and 7 apply to each row
  *   bit 10    child jumps: where the syscall returns 0 (the child of a clone or
  *             fork), the table goes on at entry args[2] with args[3] entries left
- *             (the syscall takes at most two arguments; not for rows)
+ *             (the syscall takes at most two arguments; not for rows), as a child:
+ *             it never returns (see child_fail)
  *   bit 11    zero fails: a result of 0 is a failure too (a read at end of file)
+ *   bit 12    retry: a failure with EEXIST is retried args[4] times (counted down),
+ *             after nanosleep(args[5]) each (e.g. a pid a thread that just ended still
+ *             holds; the syscall takes at most four arguments)
  *
  * table_call (below) runs a table the same way as a function called in a task that
  * goes on running afterwards: it returns instead of stopping with int3 (an int3 is a
@@ -78,6 +82,7 @@ run_entries:
 	jnz 7f
 	mov 32(%r12), %r13	/* the child of a clone: on to its own entries */
 	mov 24(%r12), %r12
+	mov $2, %ebp		/* a child: fails or ends in child_fail */
 	jmp run_entries
 	/* unsigned rax >= -4095 is a negative errno */
 7:	cmp $-4095, %rax
@@ -86,7 +91,19 @@ run_entries:
 	jz 2f
 	test %rax, %rax
 	jnz 2f
-8:	test $128, %bl
+8:	test $0x1000, %ebx
+	jz 9f
+	cmp $-17, %rax		/* -EEXIST */
+	jne 9f
+	cmpq $0, 40(%r12)
+	je 9f
+	decq 40(%r12)
+	mov $35, %eax		/* nanosleep(args[5], NULL), then the entry again */
+	mov 48(%r12), %rdi
+	xor %esi, %esi
+	syscall
+	jmp run_entries
+9:	test $128, %bl
 	jz fail
 2:	test $64, %bl
 	jz 3f
@@ -105,13 +122,42 @@ run_entries:
 	dec %r13
 	jmp run_entries
 fail:
+	cmp $2, %ebp
+	je child_fail
 	test %ebp, %ebp
 	jnz table_return
 	int3
 done:
+	cmp $2, %ebp
+	je child_fail
 	test %ebp, %ebp
 	jnz table_return
 	int3
+/*
+ * A child of a jumping entry does not return where its parent called the table (the
+ * caller's memory may not be there: MADV_DONTFORK). Where one of its entries fails (or,
+ * which its table should never let happen, it runs to the end) it writes that entry's
+ * report and exits with status 1. At r15: u64 the fd to write to, u64 the address of
+ * an array of report addresses (one per entry, then one for the end), u64 the address
+ * of entry 0. A report: u64 magic, i64 result, u64 rows left, u64 its length, text;
+ * the first two u64 after the magic are filled in here (the child's own copy).
+ */
+child_fail:
+	mov %r12, %rcx
+	sub 16(%r15), %rcx
+	shr $6, %rcx		/* the entry's index */
+	mov 8(%r15), %rdx
+	mov (%rdx,%rcx,8), %rsi
+	mov %rax, 8(%rsi)
+	mov 16(%r12), %rdx
+	mov %rdx, 16(%rsi)
+	mov 24(%rsi), %rdx
+	mov (%r15), %rdi
+	mov $1, %eax		/* write(fd, report, length) */
+	syscall
+	mov $231, %eax		/* exit_group(1) */
+	mov $1, %edi
+	syscall
 table_return:
 	pop %rcx
 	mov %r13, (%rcx)	/* entries left, 0 when all ran */

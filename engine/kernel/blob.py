@@ -34,39 +34,42 @@ from engine.kernel import sys as ksys
 # Assembled from blob.S (as -o blob.o blob.S; objdump -d blob.o). test_restore_blob.py
 # re-assembles the source when `as` exists and compares.
 CODE = bytes.fromhex(
-    "31ed4d85ed0f84ea000000498b5c2438498d4c2408f7c300020000741149837c2410000f84bb000000"
+    "31ed4d85ed0f8422010000498b5c2438498d4c2408f7c300020000741149837c2410000f84ee000000"
     "498b4c2408498b0424488b39488b7108488b51104c8b51184c8b41204c8b4928f6c30174034c89f7f6"
     "c30274034c89f6f6c30474034c89f2f6c30874034d89f2f6c31074034d89f0f6c32074034d89f10f05"
-    "f7c30004000074144885c0750f4d8b6c24204d8b642418e96bffffff483d01f0ffff730df7c3000800"
-    "00740a4885c07505f6c380743ff6c34074034989c6f7c300010000740b4889d948c1e9204989040ff7"
-    "c300020000741049834424083049ff4c2410e91effffff4983c44049ffcde912ffffff85ed7506cc85"
-    "ed7501cc594c892948894108415f415e415d415c5d5bc353554154415541564157514989fc4989f549"
-    "89d74531f6bd01000000e9d4feffff4883fa030f8257010000b8ffffffffb9ffffffff41b8ffffffff"
-    "4531c9420f188c0e00300000420f188c0e00400000420f188c0e00500000f24a0f38f1040ef24a0f38"
-    "f18c0e00100000f24e0f38f1840e00200000f24a0f38f1440e08f24a0f38f18c0e08100000f24e0f38"
-    "f1840e08200000f24a0f38f1440e10f24a0f38f18c0e10100000f24e0f38f1840e10200000f24a0f38"
-    "f1440e18f24a0f38f18c0e18100000f24e0f38f1840e18200000f24a0f38f1440e20f24a0f38f18c0e"
-    "20100000f24e0f38f1840e20200000f24a0f38f1440e28f24a0f38f18c0e28100000f24e0f38f1840e"
-    "28200000f24a0f38f1440e30f24a0f38f18c0e30100000f24e0f38f1840e30200000f24a0f38f1440e"
-    "38f24a0f38f18c0e38100000f24e0f38f1840e382000004983c1404981f9001000000f82e5fefffff7"
-    "d0f7d141f7d08907894f04448947084883c70c4881c6003000004883ea034883fa030f83a9feffff48"
-    "85d27430b8ffffffff4531c9f24a0f38f1040e4983c1084981f90010000072ecf7d089074883c70448"
-    "81c60010000048ffcaebcbc3415051575652b8030000004c89cf0f055a5e5f488b0c24e82cfeffff48"
-    "8b3424488b7c2408ba10000000b8010000000f05488b3424488b7c2408ba0100000031c00f054883c4"
-    "10c34d63a5001000004963ad04100000eb034989c4b8030000004c89e70f05b8030000004889ef0f05"
-    "b80b0000004c89ef4c89f64c89fcffe3"
+    "f7c30004000074194885c075144d8b6c24204d8b642418bd02000000e966ffffff483d01f0ffff730d"
+    "f7c30008000074384885c07533f7c30010000074264883f8ef752049837c242800741849ff4c2428b8"
+    "23000000498b7c243031f60f05e923fffffff6c380743ff6c34074034989c6f7c300010000740b4889"
+    "d948c1e9204989040ff7c300020000741049834424083049ff4c2410e9ebfeffff4983c44049ffcde9"
+    "dffeffff83fd02740f85ed7545cc83fd02740585ed753bcc4c89e1492b4f1048c1e906498b5708488b"
+    "34ca48894608498b54241048895610488b5618498b3fb8010000000f05b8e7000000bf010000000f05"
+    "594c892948894108415f415e415d415c5d5bc353554154415541564157514989fc4989f54989d74531"
+    "f6bd01000000e95dfeffff4883fa030f8257010000b8ffffffffb9ffffffff41b8ffffffff4531c942"
+    "0f188c0e00300000420f188c0e00400000420f188c0e00500000f24a0f38f1040ef24a0f38f18c0e00"
+    "100000f24e0f38f1840e00200000f24a0f38f1440e08f24a0f38f18c0e08100000f24e0f38f1840e08"
+    "200000f24a0f38f1440e10f24a0f38f18c0e10100000f24e0f38f1840e10200000f24a0f38f1440e18"
+    "f24a0f38f18c0e18100000f24e0f38f1840e18200000f24a0f38f1440e20f24a0f38f18c0e20100000"
+    "f24e0f38f1840e20200000f24a0f38f1440e28f24a0f38f18c0e28100000f24e0f38f1840e28200000"
+    "f24a0f38f1440e30f24a0f38f18c0e30100000f24e0f38f1840e30200000f24a0f38f1440e38f24a0f"
+    "38f18c0e38100000f24e0f38f1840e382000004983c1404981f9001000000f82e5fefffff7d0f7d141"
+    "f7d08907894f04448947084883c70c4881c6003000004883ea034883fa030f83a9feffff4885d27430"
+    "b8ffffffff4531c9f24a0f38f1040e4983c1084981f90010000072ecf7d089074883c7044881c60010"
+    "000048ffcaebcbc3415051575652b8030000004c89cf0f055a5e5f488b0c24e82cfeffff488b342448"
+    "8b7c2408ba10000000b8010000000f05488b3424488b7c2408ba0100000031c00f054883c410c34d63"
+    "a5001000004963ad04100000eb034989c4b8030000004c89e70f05b8030000004889ef0f05b80b0000"
+    "004c89ef4c89f64c89fcffe3"
 )
 SYSCALL_OFFSET = 0x79  # the routine's `syscall` instruction (run_one() uses it alone)
-FAIL_OFFSET = 0xf4  # the int3 reached when an entry fails
-DONE_OFFSET = 0xf9  # the int3 reached when every entry ran
-TABLE_CALL_OFFSET = 0x10d  # table_call(entries, count, base, status) (in table_notify)
-PAGE_CRCS_OFFSET = 0x12e  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
-TABLE_NOTIFY_OFFSET = 0x2c5  # table_notify(entries, count, base, status, sock, peer)
-CRC_PAIR_RETURN_OFFSET = 0x30d  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
+FAIL_OFFSET = 0x12c  # the int3 reached when an entry fails
+DONE_OFFSET = 0x136  # the int3 reached when every entry ran
+TABLE_CALL_OFFSET = 0x184  # table_call(entries, count, base, status) (in table_notify)
+PAGE_CRCS_OFFSET = 0x1a5  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
+TABLE_NOTIFY_OFFSET = 0x33c  # table_notify(entries, count, base, status, sock, peer)
+CRC_PAIR_RETURN_OFFSET = 0x384  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
 #: where crc_pair_return finds the fds: code address + PAIR_AT (the page after the code)
 PAIR_AT = 4096
-CRC_OPEN_RETURN_OFFSET = 0x31d  # crc_return taking the fd from rax (after an open)
-CRC_RETURN_OFFSET = 0x320  # where code called in a task returns to (blob.S crc_return)
+CRC_OPEN_RETURN_OFFSET = 0x394  # crc_return taking the fd from rax (after an open)
+CRC_RETURN_OFFSET = 0x397  # where code called in a task returns to (blob.S crc_return)
 CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return's close
 CODE_AREA = 1024
 ENTRY_SIZE = 64
@@ -81,6 +84,10 @@ F_STORE = 1 << 8
 F_ROWS = 1 << 9
 F_CHILD_JUMPS = 1 << 10
 F_ZERO_FAILS = 1 << 11
+F_RETRY_EEXIST = 1 << 12
+#: where a child's report starts (blob.S child_fail): magic, result, rows left, length
+CHILD_REPORT = struct.Struct("<8sqQQ")
+CHILD_REPORT_MAGIC = b"CHILDERR"
 ROW_SIZE = 48  # six u64 arguments
 #: Where a rows entry's args[1] (rows left, counted down as they run) is in the entry.
 ROWS_LEFT_AT = 16
@@ -175,7 +182,8 @@ class Table:
 
     def add(self, nr: int, *args: Arg, use_saved: int = 0, save: bool = False,
             may_fail: bool = False, store: DataRef | None = None, what: What = "",
-            jump: EntryRef | None = None, zero_fails: bool = False) -> None:
+            jump: EntryRef | None = None, zero_fails: bool = False,
+            retry: tuple[int, DataRef] | None = None) -> None:
         """Append syscall `nr(args)`.
 
         use_saved: bit i set = argument i is the value saved by an earlier `save=True`
@@ -184,8 +192,10 @@ class Table:
         what: how errors name this entry, e.g. ("map {} at {:#x}", path, addr).
         jump: for a clone or fork of at most two arguments, the entry its child goes on
         at, running the table from there to its end. zero_fails: a result of 0 fails.
+        retry: (times, timespec) for a syscall of at most four arguments: a failure with
+        EEXIST is retried that many times, sleeping that long before each.
         """
-        if len(args) > (2 if jump else 6):
+        if len(args) > (2 if jump else 4 if retry else 6):
             raise ValueError("too many arguments for this syscall entry")
         flags = use_saved & 0x3F
         flags |= F_SAVE if save else 0
@@ -195,6 +205,9 @@ class Table:
         if jump is not None:
             args = (*args, *_ZEROS[:2 - len(args)], jump, 0)  # 0: the count, at encode()
             flags |= F_CHILD_JUMPS
+        if retry is not None:
+            args = (*args, *_ZEROS[:4 - len(args)], *retry)
+            flags |= F_RETRY_EEXIST
         self.entries.append(_Entry(nr, args, flags, store, what))
 
     def rows(self, nr: int, rows: bytes, use_saved: int = 0, may_fail: bool = False,
@@ -317,24 +330,34 @@ class LocalTable:
     _CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p,
                              ctypes.c_void_p)
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, report_fd: int = -1,
+                 reports: list[DataRef] | None = None) -> None:
+        """reports: for each entry and then for the end of the table, the child_report()
+        a child writes to report_fd where it fails there (blob.S child_fail)."""
         code = local_code()
         if code is None:
             raise OSError("the engine cannot map code executable")
         self.table = table
-        self.base = ksys.mmap(0, region_size(table.size()), uapi.PROT_READ | uapi.PROT_WRITE,
+        reports = reports or []
+        size = region_size(table.size() + 8 * len(reports))
+        self.base = ksys.mmap(0, size, uapi.PROT_READ | uapi.PROT_WRITE,
                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
+        self.end = self.base + size
         raw = table.encode(self.base)
-        ctypes.memmove(self.base + CODE_AREA, raw, len(raw))
+        entries = self.base + CODE_AREA
+        ctypes.memmove(entries, raw, len(raw))
+        at = entries + len(raw)  # the report addresses, then child_fail's header at base
+        addrs = [table.address(ref, self.base) for ref in reports]
+        ctypes.memmove(at, struct.pack(f"<{len(addrs)}Q", *addrs), 8 * len(addrs))
+        ctypes.memmove(self.base, struct.pack("<qQQ", report_fd, at, entries), 24)
         self._call = self._CALL(code + TABLE_CALL_OFFSET)
         self._status = ctypes.create_string_buffer(_STATUS.size)
 
     def call(self, index: int = 0) -> tuple[int, int]:
-        """Run the table from entry `index` to its end (a child of a jumping entry: to the
-        end from where it jumped). Returns the index of the entry that failed (len(table)
-        when none did) and the last result (the failed one's -errno, 0 for a zero_fails
-        entry). Releases the
-        GIL (ctypes), so the process must have no other thread once it forks."""
+        """Run the table from entry `index` to its end; its children (F_CHILD_JUMPS) do
+        not come back here. Returns the index of the entry that failed (len(table) when
+        none did) and the last result (the failed one's -errno, 0 for a zero_fails
+        entry). Releases the GIL (ctypes): the process must have no other thread."""
         self._call(self.base + CODE_AREA + index * ENTRY_SIZE, len(self.table) - index,
                    self.base, ctypes.addressof(self._status))
         left, result = _STATUS.unpack(self._status.raw)
@@ -350,6 +373,22 @@ class LocalTable:
         """The signed u64 in a result slot (`store=`) of this process's copy."""
         addr = self.table.address(ref, self.base)
         return int.from_bytes(ctypes.string_at(addr, 8), "little", signed=True)
+
+
+def child_report(text: bytes) -> bytes:
+    """A report for LocalTable's children (the text must fit one atomic pipe write)."""
+    return CHILD_REPORT.pack(CHILD_REPORT_MAGIC, 0, 0, CHILD_REPORT.size + len(text)) + text
+
+
+def parse_child_reports(raw: bytes) -> list[tuple[int, int, bytes]]:
+    """The (result, rows left, text) of each child report in `raw`, which holds whole
+    reports only (each one atomic write)."""
+    out = []
+    while raw.startswith(CHILD_REPORT_MAGIC) and len(raw) >= CHILD_REPORT.size:
+        _, result, left, length = CHILD_REPORT.unpack_from(raw)
+        out.append((result, left, raw[CHILD_REPORT.size:length]))
+        raw = raw[length:]
+    return out
 
 
 def region_size(table_bytes: int) -> int:

@@ -6,13 +6,14 @@ tasks only need syscalls with arguments known before the first fork (setsid, set
 clone3 with their pids, dup2s, closes, mmap, chdir, umask, prlimit, the ready and go
 bytes, SIGSTOP), so the root builds every task's entries into one table and runs it with
 blob.S table_call: each clone3 entry sends its child to that child's own entries
-(F_CHILD_JUMPS), and no task runs Python again unless an entry fails.
+(F_CHILD_JUMPS), and no task but the root runs Python again. The children do not even
+inherit the interpreter's memory (MADV_DONTFORK): a fork of it cost ~0.5 ms a task.
 
-A failed entry makes table_call return into the copy of the interpreter of the task it
-failed in: `run` there names the entry's task and what it was doing and returns, and the
-caller reports it on the error pipe and exits, as `_task` does. Every task's entries end
-in a SIGSTOP (the engine takes the task there) or an exit, so the entries left when one
-fails say which one it was.
+Every task's entries end in a SIGSTOP (the engine takes the task there) or an exit, so
+where an entry fails its index says which one it was. A child writes that entry's report
+on the error pipe and exits (blob.S child_fail; the engine reads it with decode_reports);
+the root's own failure returns into its interpreter, which reports it as `_task` does. A
+clone3 whose pid a thread that just ended still holds is retried in the table.
 
 Premapped memory (engine/restore/premap.py) is built by syscalls too, its pages checked by
 the root before the first fork and copied by each task with process_vm_readv. Trees that
@@ -29,15 +30,14 @@ import os
 import resource
 import signal
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine import faults
-from engine.dump.intervals import subtract
+from engine.dump.intervals import normalise, subtract
 from engine.images.records import RlimitRecord
 from engine.kernel import blob, uapi
+from engine.kernel import sys as ksys
 from engine.kernel.structs import CloneArgs
 from engine.restore import premap
 
@@ -53,29 +53,55 @@ _SIGACTION_DFL = bytes(32)  # struct kernel_sigaction with SIG_DFL, no flags, em
 _IOV = struct.Struct("<QQ")
 _IOV_MAX = 1024
 _RW = uapi.PROT_READ | uapi.PROT_WRITE
-_PID_FREE_TIMEOUT = 2.0  # as spawn's: a pid still held by a thread that just ended
+# as spawn's: a pid a thread that just ended still holds, retried for 2 s
+_PID_RETRIES = 2000
+_PID_RETRY_SLEEP = struct.pack("<qq", 0, 1_000_000)
 _REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
 _REGION_FLAGS = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE
 
-#: the message of a failed entry from its errno and row (a rows entry's, else 0)
-Message = Callable[[int, int], str]
+_SEP = "\x1f"  # between the parts of a step's `what`
 
 
 @dataclass(frozen=True)
 class _Step:
-    """What an entry is for, formatted only when it fails: "what: strerror", or a
-    Message. One step serves all the entries of a task alike."""
+    """What an entry is for, formatted only when it fails (describe()). One step serves
+    all the entries of a task alike. kind "": what is "what: strerror"; "clone": what
+    is the child's pid and pids, SEP between; "limits": one "NAME to (soft, hard)" per
+    row, SEP between; "fault": what is the message; "go": the engine's go byte."""
 
     pid: int  # the task (as the engine sees it) whose entry this is
     phase: str
-    what: str | Message
-    kind: str = ""  # "clone": retried while its pid is still held; "go": the engine's go
+    what: str
+    kind: str = ""
 
-    def message(self, err: int, row: int) -> str:
-        """The error of this entry failing with `err` (at `row`)."""
-        if isinstance(self.what, str):
-            return f"{self.what}: {os.strerror(err)}"
-        return self.what(err, row)
+    def report(self) -> bytes:
+        """The text of a child's report of this step (blob.child_report)."""
+        return f"{self.pid}\0{self.phase}\0{self.kind}\0{self.what}".encode()
+
+
+def describe(kind: str, what: str, err: int, rows_left: int) -> str:
+    """The message of a step (see _Step) whose entry failed with `err`; rows_left: a
+    rows entry's rows left, the failed one included."""
+    if kind == "fault":
+        return what
+    if kind == "clone":
+        pid, pids = what.split(_SEP)
+        return (f"pid {pid} is taken" if err == errno.EEXIST
+                else f"clone3 with pid {pid} {pids}: {os.strerror(err)}")
+    if kind == "limits":
+        rows = what.split(_SEP)
+        return f"cannot set limit {rows[len(rows) - rows_left]}: {os.strerror(err)}"
+    return f"{what}: {os.strerror(err)}"
+
+
+def decode_reports(raw: bytes) -> tuple[int, str, str] | None:
+    """(pid, phase, message) of the first child report in `raw` (what a task's failed
+    entry wrote on the error pipe), None when raw holds none."""
+    for result, left, text in blob.parse_child_reports(raw):
+        pid, phase, kind, what = text.decode(errors="replace").split("\0", 3)
+        err = -result if -4096 < result < 0 else errno.EIO  # EIO: a zero_fails entry
+        return int(pid), phase, describe(kind, what, err, left)
+    return None
 
 
 @dataclass
@@ -85,6 +111,8 @@ class Program:
     table: blob.Table = field(default_factory=blob.Table)
     steps: list[_Step] = field(default_factory=list)
     fault: str | None = None  # the error of a fault injected at the files step
+    # page-aligned engine memory the tasks copy premapped pages from
+    sources: list[tuple[int, int]] = field(default_factory=list)
     _data: dict[bytes, blob.DataRef] = field(default_factory=dict)
     _limits: dict[tuple[tuple[int, int, int], ...], blob.DataRef] = field(
         default_factory=dict)
@@ -101,9 +129,9 @@ class Program:
             ref = self._data[payload] = self.table.data(payload)
         return ref
 
-    def limits(self, step: _Step, limits: list[RlimitRecord]) -> None:
-        """One rows entry of prlimit64 calls setting `limits` (its rows shared by the
-        tasks with the same limits)."""
+    def limits(self, pid: int, limits: list[RlimitRecord]) -> None:
+        """One rows entry of prlimit64 calls setting task pid's `limits` (its rows
+        shared by the tasks with the same limits)."""
         key = tuple((lim.resource, lim.soft & _MASK64, lim.hard & _MASK64)
                     for lim in limits)
         ref = self._limits.get(key)
@@ -115,7 +143,20 @@ class Program:
                 self.table.patch_address(blob.DataRef(ref.offset + i * blob.ROW_SIZE + 16),
                                          blob.DataRef(structs.offset + i * _RLIM.size))
         self.table.rows_at(uapi.SYS_prlimit64, ref, len(key))
-        self.steps.append(step)
+        self.steps.append(_Step(pid, "files", _SEP.join(
+            f"{lim.name} to ({lim.soft}, {lim.hard})" for lim in limits), "limits"))
+
+    def reports(self) -> list[blob.DataRef]:
+        """Each entry's report for blob.LocalTable (then one for the table's end), one
+        copy per step."""
+        made: dict[int, blob.DataRef] = {}
+        out = []
+        for step in [*self.steps, _Step(self.steps[-1].pid, "fork", "ran past its table")]:
+            ref = made.get(id(step))
+            if ref is None:
+                ref = made[id(step)] = self.table.data(blob.child_report(step.report()))
+            out.append(ref)
+        return out
 
 
 def unsupported(tree: TreeSetup) -> str | None:
@@ -219,6 +260,7 @@ def _premap(prog: Program, tree: TreeSetup, t: TaskSetup) -> None:
         prog.add(step, uapi.SYS_close, 0, use_saved=0b1)
     for lo, hi in tp.drops:
         prog.add(step, uapi.SYS_madvise, lo, hi - lo, uapi.MADV_DONTNEED)
+    prog.sources += [(c.src & ~4095, (c.src + c.length + 4095) & ~4095) for c in tp.writes]
     for i in range(0, len(tp.writes), _IOV_MAX):
         group = tp.writes[i:i + _IOV_MAX]
         local = prog.table.data(b"".join(_IOV.pack(c.dst, c.length) for c in group))
@@ -240,13 +282,10 @@ def _clone(prog: Program, t: TaskSetup, c: TaskSetup, flags: int) -> blob.EntryR
     ref = prog.table.data(bytes(args))
     prog.table.patch_address(blob.DataRef(ref.offset + CloneArgs.set_tid.offset), tids)
 
-    def message(err: int, _row: int) -> str:
-        if err == errno.EEXIST:
-            return f"pid {c.pid} is taken"
-        return f"clone3 with pid {c.pid} {pids}: {os.strerror(err)}"
     label = blob.EntryRef()
-    prog.add(_Step(t.pid, "fork", message, "clone"), uapi.SYS_clone3, ref,
-             ctypes.sizeof(CloneArgs), save=True, jump=label)
+    prog.add(_Step(t.pid, "fork", f"{c.pid}{_SEP}{pids}", "clone"), uapi.SYS_clone3, ref,
+             ctypes.sizeof(CloneArgs), save=True, jump=label,
+             retry=(_PID_RETRIES, prog.data(_PID_RETRY_SLEEP)))
     return label
 
 
@@ -269,8 +308,7 @@ def _live(prog: Program, tree: TreeSetup, t: TaskSetup, ctl: list[int],
     """A live task's fds, memory region, cwd, umask and limits; then the ready byte, the
     go byte, the control pipes closed and its SIGSTOP."""
     if prog.fault is not None:
-        fault = prog.fault
-        prog.add(_Step(t.pid, "files", lambda _err, _row: fault), uapi.SYS_close, -1)
+        prog.add(_Step(t.pid, "files", prog.fault, "fault"), uapi.SYS_close, -1)
     if t.cwd_file is not None:
         prog.add(_Step(t.pid, "files", "fchdir"), uapi.SYS_fchdir, by_file[t.cwd_file])
     _place(prog, t, ctl, by_file)
@@ -282,10 +320,7 @@ def _live(prog: Program, tree: TreeSetup, t: TaskSetup, ctl: list[int],
                  prog.data(os.fsencode(t.cwd) + b"\0"))
     prog.add(_Step(t.pid, "files", "umask"), uapi.SYS_umask, t.umask)
     if t.limits:
-        limits = t.limits
-        prog.limits(_Step(t.pid, "files", lambda err, row: (
-            f"cannot set limit {limits[row].name} to ({limits[row].soft}, "
-            f"{limits[row].hard}): {os.strerror(err)}")), limits)
+        prog.limits(t.pid, t.limits)
     go_r, err_w, ready_w = ctl[:3]
     fork = _Step(t.pid, "fork", "the ready byte")
     prog.add(fork, uapi.SYS_write, ready_w, prog.data(b"r"), 1)
@@ -318,26 +353,42 @@ def _place(prog: Program, t: TaskSetup, ctl: list[int], by_file: dict[int, int])
         start = fd + 1
 
 
-def run(prog: Program) -> tuple[int, str, str] | None:
-    """In the root: run the table. Returns only in a task where an entry failed (a pid
-    still held is waited for first): (its pid, phase, message), or None where the go
+def run(prog: Program, err_w: int) -> tuple[int, str, str] | None:
+    """In the root: run the table. Its children do not come back here: where one of
+    their entries fails they write a report on the error pipe (decode_reports) and
+    exit, so they do without the engine's memory (_without_python). Returns only where
+    an entry of the root's own fails: (its pid, phase, message), or None where the go
     byte did not come (the engine is gone). The caller reports it and exits."""
-    local = blob.LocalTable(prog.table)
-    index, deadline = 0, 0.0
-    while True:
-        index, result = local.call(index)
-        if index == len(prog.steps):  # every block ends in a stop or an exit
-            return prog.steps[-1].pid, "fork", "ran past the end of its table"
-        step = prog.steps[index]
-        err = -result if -4096 < result < 0 else errno.EIO  # EIO: a zero_fails entry
-        if step.kind == "clone" and err == errno.EEXIST:
-            deadline = deadline or time.monotonic() + _PID_FREE_TIMEOUT
-            if time.monotonic() < deadline:
-                time.sleep(0.001)
-                continue
-        if step.kind == "go":
-            return None
-        entry, row = prog.table.entries[index], 0
-        if entry.flags & blob.F_ROWS and isinstance(entry.args[1], int):
-            row = entry.args[1] - local.rows_left(index)
-        return step.pid, step.phase, step.message(err, row)
+    local = blob.LocalTable(prog.table, err_w, prog.reports())
+    _without_python(local, prog)
+    index, result = local.call()
+    if index == len(prog.steps):  # every block ends in a stop or an exit
+        return prog.steps[-1].pid, "fork", "ran past the end of its table"
+    step, entry = prog.steps[index], prog.table.entries[index]
+    if step.kind == "go":
+        return None
+    err = -result if -4096 < result < 0 else errno.EIO  # EIO: a zero_fails entry
+    left = local.rows_left(index) if entry.flags & blob.F_ROWS else 0
+    return step.pid, step.phase, describe(step.kind, step.what, err, left)
+
+
+def _without_python(local: blob.LocalTable, prog: Program) -> None:
+    """Mark the root's private anonymous memory MADV_DONTFORK, but for the table, the
+    stack, the thread's TLS block (the kernel writes its rseq area on the way back to
+    user space: a child without it gets SIGSEGV) and what the tasks copy from
+    (premapped pages): its children need none of the interpreter, and a fork of all of
+    it (~20 MB) cost each task ~0.5 ms and left more for it to unmap later."""
+    fs = ctypes.c_ulong()
+    ksys.syscall(uapi.SYS_arch_prctl, uapi.ARCH_GET_FS, fs)
+    keep = normalise([(local.base, local.end), *prog.sources])
+    with open("/proc/self/maps", "rb") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        fields = line.split()
+        if not fields[1].startswith(b"rw-p") or len(fields) > 5 and fields[5] != b"[heap]":
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
+        if lo <= fs.value < hi:
+            continue
+        for start, end in subtract([(lo, hi)], keep):
+            ksys.syscall(uapi.SYS_madvise, start, end - start, uapi.MADV_DONTFORK)

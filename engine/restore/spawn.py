@@ -483,7 +483,7 @@ def _by_table(tree: TreeSetup, ctl: list[int], by_file: dict[int, int]) -> None:
     """The root makes the tree with one syscall table (engine/restore/forktable.py);
     never returns."""
     try:
-        failed = forktable.run(forktable.build(tree, ctl, by_file))
+        failed = forktable.run(forktable.build(tree, ctl, by_file), ctl[1])
     except BaseException as e:  # noqa: BLE001 - as in _task
         failed = (tree.root.pid, "fork", f"{type(e).__name__}: {e}")
     if failed is None:
@@ -682,8 +682,14 @@ def _check_errors(err_r: int) -> None:
     except BlockingIOError:
         return
     if raw:
-        pid, phase, message = raw.decode(errors="replace").split("\n")[0].split("\0", 2)
-        raise EngineError(phase, message if phase == "fork" else f"{message} (task {pid})")
+        # a task of the table's reports its failed entry (engine/restore/forktable.py)
+        report = forktable.decode_reports(raw)
+        if report is None:
+            pid_s, phase, message = raw.decode(errors="replace").split("\n")[0].split("\0", 2)
+        else:
+            pid, phase, message = report
+            pid_s = str(pid)
+        raise EngineError(phase, message if phase == "fork" else f"{message} (task {pid_s})")
 
 
 def _seize_all(tree: Tree, err_r: int, go_w: int, ready_r: int, timeout: float) -> None:

@@ -5,10 +5,9 @@ process (blob.LocalTable), and a restore whose table fails in a child."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -46,35 +45,48 @@ def test_a_forked_child_goes_on_at_the_entry_its_fork_names() -> None:
     assert os.WEXITSTATUS(_wait_status(local, status)) == 7
 
 
-_FAILING_CHILD = """
-import errno, os
-from engine.kernel import blob, uapi
-t = blob.Table()
-status = t.slot()
-child = blob.EntryRef()
-child.index = len(t)
-t.add(uapi.SYS_getpid)
-t.add(uapi.SYS_close, -1)
-parent = len(t)
-t.add(uapi.SYS_fork, save=True, jump=child)
-t.add(uapi.SYS_wait4, 0, status, 0, 0, use_saved=0b1)
-local = blob.LocalTable(t)
-me = os.getpid()
-index, result = local.call(parent)
-if os.getpid() != me:  # the child, back from its failed entry
-    os._exit(10 * index + (-result == errno.EBADF))
-print(index == len(t), os.WEXITSTATUS(local.read_slot(status) & 0xFFFFFFFF))
-"""
+def test_a_child_whose_entry_fails_reports_it_and_exits() -> None:
+    """The child's close(-1) fails: it writes that entry's report (with the errno) on
+    the report fd and exits with status 1; the parent's run goes on and sees it."""
+    r, w = os.pipe()
+    try:
+        t = blob.Table()
+        status = t.slot()
+        child = blob.EntryRef()
+        child.index = len(t)
+        t.add(uapi.SYS_getpid)
+        t.add(uapi.SYS_close, -1)
+        parent = len(t)
+        t.add(uapi.SYS_fork, save=True, jump=child)
+        t.add(uapi.SYS_wait4, 0, status, 0, 0, use_saved=0b1)
+        reports = [t.data(blob.child_report(f"entry {i}".encode()))
+                   for i in range(len(t) + 1)]
+        local = blob.LocalTable(t, w, reports)
+        assert local.call(parent)[0] == len(t)
+        assert os.WEXITSTATUS(_wait_status(local, status)) == 1
+        os.close(w)
+        w = -1
+        assert blob.parse_child_reports(os.read(r, 4096)) == [(-errno.EBADF, 0, b"entry 1")]
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
 
 
-def test_a_failed_entry_returns_in_the_task_it_failed_in() -> None:
-    """The child's close(-1) fails: call() returns in the child (which exits with the
-    failed entry's index and errno), the parent's run goes on and sees that status.
-    In a process of its own: a child back in Python needs a parent with one thread."""
-    r = subprocess.run([sys.executable, "-c", _FAILING_CHILD], check=False, text=True,
-                       capture_output=True, timeout=60, cwd=Path(blob.__file__).parents[2])
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["True", "11"]
+def test_a_child_report_names_its_task_and_what_failed() -> None:
+    """decode_reports turns a child's report into the engine's error: a clone3 whose pid
+    stays taken, and the limit a rows entry failed at."""
+    clone = forktable._Step(7, "fork", f"8{forktable._SEP}[8, 1]", "clone")
+    raw = blob.child_report(clone.report())
+    raw = raw[:8] + (-errno.EEXIST).to_bytes(8, "little", signed=True) + raw[16:]
+    assert forktable.decode_reports(raw) == (7, "fork", "pid 8 is taken")
+    limits = forktable._Step(9, "files", forktable._SEP.join(["A to (1, 2)", "B to (3, 4)"]),
+                             "limits")
+    raw = blob.child_report(limits.report())
+    raw = (raw[:8] + (-errno.EPERM).to_bytes(8, "little", signed=True)
+           + (1).to_bytes(8, "little") + raw[24:])
+    assert forktable.decode_reports(raw) == (
+        9, "files", f"cannot set limit B to (3, 4): {os.strerror(errno.EPERM)}")
 
 
 def test_a_zero_result_fails_a_zero_fails_entry_only() -> None:
