@@ -349,7 +349,7 @@ def write_json(path: str, args: argparse.Namespace, engines: list[Engine],
         "meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernel": platform.release(),
                  "cpus": os.cpu_count(), "argv": sys.argv[1:], "reps": args.reps,
                  "loadavg_start": loads[0], "loadavg_end": loads[1],
-                 "order": "engines in turn rep by rep, the first changing every rep; samples carry rep and seq"},
+                 "order": "engines in turn rep by rep; samples carry rep and seq"},
         "engines": {e.name: {"available": e.available, "message": e.message,
                              "binary": e.base()[0], "found_by": getattr(e, "found_by", ""),
                              "features": e.features}

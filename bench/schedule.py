@@ -2,7 +2,7 @@
 
 The machine's speed drifts by up to +-50% between batches (DESIGN.md section 8), so the
 engines are never measured one batch after the other: rep 1 of every engine, then rep 2
-of every engine (in the reverse order), and so on, for each workload.
+of every engine, and so on, for each workload.
 """
 
 from __future__ import annotations
@@ -22,13 +22,8 @@ STEP_ERRORS = (measure.StepFailed, DeadlineExceeded, RuntimeError, OSError)
 
 
 def rep_order(reps: int, jobs: int) -> list[tuple[int, int]]:
-    """(rep, job index) in running order: every job once per rep, in turn, the order
-    reversed every other rep (A B, B A, A B...). The first step after a pause pays for
-    memory the machine has given back meanwhile (this VM's free page reporting hands
-    freed guest pages to the host: the next 64 MiB written to the page cache took 120-150
-    ms, not 17): no engine should always be the one that comes first."""
-    return [(rep, j if rep % 2 == 0 else jobs - 1 - j)
-            for rep in range(reps) for j in range(jobs)]
+    """(rep, job index) in running order: every job once per rep, in turn (A B A B)."""
+    return [(rep, j) for rep in range(reps) for j in range(jobs)]
 
 
 @dataclass
