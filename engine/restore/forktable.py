@@ -111,6 +111,7 @@ class Program:
     table: blob.Table = field(default_factory=blob.Table)
     steps: list[_Step] = field(default_factory=list)
     fault: str | None = None  # the error of a fault injected at the files step
+    forks: int = 0  # clone3 entries
     # page-aligned engine memory the tasks copy premapped pages from
     sources: list[tuple[int, int]] = field(default_factory=list)
     _data: dict[bytes, blob.DataRef] = field(default_factory=dict)
@@ -283,6 +284,7 @@ def _clone(prog: Program, t: TaskSetup, c: TaskSetup, flags: int) -> blob.EntryR
     prog.table.patch_address(blob.DataRef(ref.offset + CloneArgs.set_tid.offset), tids)
 
     label = blob.EntryRef()
+    prog.forks += 1
     prog.add(_Step(t.pid, "fork", f"{c.pid}{_SEP}{pids}", "clone"), uapi.SYS_clone3, ref,
              ctypes.sizeof(CloneArgs), save=True, jump=label,
              retry=(_PID_RETRIES, prog.data(_PID_RETRY_SLEEP)))
@@ -360,7 +362,8 @@ def run(prog: Program, err_w: int) -> tuple[int, str, str] | None:
     an entry of the root's own fails: (its pid, phase, message), or None where the go
     byte did not come (the engine is gone). The caller reports it and exits."""
     local = blob.LocalTable(prog.table, err_w, prog.reports())
-    _without_python(local, prog)
+    if prog.forks:
+        _without_python(local, prog)
     index, result = local.call()
     if index == len(prog.steps):  # every block ends in a stop or an exit
         return prog.steps[-1].pid, "fork", "ran past the end of its table"
