@@ -383,15 +383,16 @@ def _without_python(local: blob.LocalTable, prog: Program) -> None:
     it (~20 MB) cost each task ~0.5 ms and left more for it to unmap later."""
     fs = ctypes.c_ulong()
     ksys.syscall(uapi.SYS_arch_prctl, uapi.ARCH_GET_FS, fs)
-    keep = normalise([(local.base, local.end), *prog.sources])
     with open("/proc/self/maps", "rb") as f:
         lines = f.read().splitlines()
+    anon = []
     for line in lines:
         fields = line.split()
         if not fields[1].startswith(b"rw-p") or len(fields) > 5 and fields[5] != b"[heap]":
             continue
         lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
-        if lo <= fs.value < hi:
-            continue
-        for start, end in subtract([(lo, hi)], keep):
-            ksys.syscall(uapi.SYS_madvise, start, end - start, uapi.MADV_DONTFORK)
+        if not lo <= fs.value < hi:
+            anon.append((lo, hi))
+    for start, end in subtract(normalise(anon),
+                               normalise([(local.base, local.end), *prog.sources])):
+        ksys.syscall(uapi.SYS_madvise, start, end - start, uapi.MADV_DONTFORK)
