@@ -210,6 +210,11 @@ class Table:
             flags |= F_RETRY_EEXIST
         self.entries.append(_Entry(nr, args, flags, store, what))
 
+    def prepend(self, nr: int, *args: int, what: What = "") -> None:
+        """Put syscall `nr(args)` before every entry (a table without jumps: entry
+        references would point one entry off)."""
+        self.entries.insert(0, _Entry(nr, args, 0, None, what))
+
     def rows(self, nr: int, rows: bytes, use_saved: int = 0, may_fail: bool = False,
              what: RowWhat = str) -> DataRef:
         """Append syscall `nr` run once per row of `rows` (six u64 arguments each, e.g.

@@ -267,15 +267,22 @@ def _deleted_path(v: Vma, objfds: dict[str, int]) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def unregister_rseq_first(t: blob.Table, rseq: tuple[int, int, int]) -> None:
+    """Make the child's own rseq registration (ptr, len, sig) go first in its layout
+    table: once its memory is gone the kernel would fail the task on its next return to
+    user space. (Asked of the task once it is seized; the table is made before.)"""
+    ptr, size, sig = rseq
+    t.prepend(uapi.SYS_rseq, ptr, size, uapi.RSEQ_FLAG_UNREGISTER, sig,
+              what="unregister the engine's rseq")
+
+
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
-                 rseq: tuple[int, int, int] | None, shmem: list[ShmemEntry],
-                 objfds: dict[str, int],
+                 shmem: list[ShmemEntry], objfds: dict[str, int],
                  moves: dict[int, list[tuple[int, int, int]]] | None = None,
                  sysv_sizes: dict[int, int] | None = None) -> blob.Table:
-    """The table that turns the child's layout into the dumped one (pages not written).
+    """The table that turns the child's layout into the dumped one (pages not written);
+    the child's rseq registration is unregistered before it (unregister_rseq_first).
 
-    rseq: the child's own registration (ptr, len, sig), unregistered first: once its
-    memory is gone the kernel would fail the task on its next return to user space.
     shmem: every shared memory object of the tree. The root mapped each one whole at
     window.shmem_tmp before it forked anything, so every task has the very same objects
     there; a dumped VMA becomes a second mapping of its part of the object (mremap with
@@ -290,10 +297,6 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     """
     moves = moves or {}
     t = blob.Table()
-    if rseq is not None:
-        ptr, size, sig = rseq
-        t.add(uapi.SYS_rseq, ptr, size, uapi.RSEQ_FLAG_UNREGISTER, sig,
-              what="unregister the engine's rseq")
     keep = [window.region] + [(s.start, s.end) for s in specials]
     keep += [(window.shmem_tmp[s.id], window.shmem_tmp[s.id] + s.size) for s in shmem]
     keep += [(src, src + size) for pieces in moves.values() for src, _, size in pieces]

@@ -218,7 +218,8 @@ class _Task:
         self.runner: blob.BlobRunner | None = None
         self.thread_runners: dict[int, blob.BlobRunner] = {}
         self.view: state_table.CredView | None = None
-        self.table2: blob.Table | None = None
+        self.table1: blob.Table | None = None  # its layout table
+        self.table2: blob.Table | None = None  # its state table
         self.deferred: state_table.Deferred | None = None
 
 
@@ -376,7 +377,8 @@ class TreeRestorer:
             with _timed(self.opts, "spawn"):
                 try:
                     tree = spawn.spawn(setup, self.opts.timeout,
-                                       self.ipc.prepare if self.ipc is not None else None)
+                                       self.ipc.prepare if self.ipc is not None else None,
+                                       lambda: self._layout_tables(window, specials))
                 finally:
                     setup.files.close()  # the root has copied what it needed
             self.tree = tree
@@ -519,8 +521,8 @@ class TreeRestorer:
             ptrace.set_sigmask(t.real, uapi.ALL_SIGNALS)
         with _timed(self.opts, "layout"):
             # the page chunks are worked out while the tasks build their layouts
-            chunks = _run_all(((t.runner, self._layout_table(t, window, specials[t.pid]))
-                               for t in self.owners), "mm", self._page_chunks)
+            chunks = _run_all(((t.runner, self._unregister_rseq(t)) for t in self.owners),
+                              "mm", self._page_chunks)
         assert chunks is not None
         if self.ipc is not None:
             self.ipc.finish()  # every segment is attached where it was
@@ -549,15 +551,25 @@ class TreeRestorer:
                         self._finish(c, window)
                     self._finish(t, window)
 
-    def _layout_table(self, t: _Task, window: layout.Window,
-                      specials: list[layout.Special]) -> blob.Table:
-        """The table that builds task t's address space."""
+    def _layout_tables(self, window: layout.Window,
+                       specials: dict[int, list[layout.Special]]) -> None:
+        """The tables that build the owners' address spaces (t.table1), made while the
+        new tree makes itself (spawn's `meanwhile`): the tasks' rseq registrations, which
+        go first, are asked of them once they are seized (_unregister_rseq)."""
+        for t in self.owners:
+            t.table1 = layout.layout_table(t.mm, window, specials[t.pid],
+                                           list(self.shmem.values()), self.objfds,
+                                           self._moves(t.pid),
+                                           self.ipc.sysv_sizes if self.ipc else None)
+
+    def _unregister_rseq(self, t: _Task) -> blob.Table:
+        """Task t's layout table, its own rseq registration unregistered first."""
+        assert t.table1 is not None
         conf = ptrace.get_rseq_config(t.real)
-        rseq = (conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature) \
-            if conf.rseq_abi_pointer else None
-        return layout.layout_table(t.mm, window, specials, rseq, list(self.shmem.values()),
-                                   self.objfds, self._moves(t.pid),
-                                   self.ipc.sysv_sizes if self.ipc else None)
+        if conf.rseq_abi_pointer:
+            layout.unregister_rseq_first(t.table1, (conf.rseq_abi_pointer,
+                                                    conf.rseq_abi_size, conf.signature))
+        return t.table1
 
     def _moves(self, pid: int) -> dict[int, list[tuple[int, int, int]]]:
         """Premapped VMA start -> its moves (from, to, size) into place."""

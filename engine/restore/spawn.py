@@ -617,10 +617,12 @@ def _child_by_inner_pid(parent: int, inner: int) -> int | None:
 
 
 def spawn(setup: TreeSetup, timeout: float,
-          prepare: Callable[[int], None] | None = None) -> Tree:
+          prepare: Callable[[int], None] | None = None,
+          meanwhile: Callable[[], None] | None = None) -> Tree:
     """Create every task; return once each live one is seized and in its SIGSTOP stop and
     each zombie is a zombie. On failure nothing of the tree is left. `prepare(root pid)`
-    fills the root's new namespaces (setup.ns.prepared) while the root waits."""
+    fills the root's new namespaces (setup.ns.prepared) while the root waits;
+    `meanwhile()` is the engine's own work while the tree makes itself."""
     fault_point("fork")
     ksys.set_child_subreaper(True)
     _room_for_fds(setup)
@@ -652,6 +654,8 @@ def spawn(setup: TreeSetup, timeout: float,
                 raise
             os.write(go_w, b"m")  # the root waits for this before anything else
         try:
+            if meanwhile is not None:
+                meanwhile()
             _seize_all(tree, err_r, go_w, ready_r, timeout)
         except BaseException:
             tree.kill_all()

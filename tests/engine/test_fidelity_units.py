@@ -79,7 +79,7 @@ def test_layout_restores_hints_and_mlock() -> None:
     vmas = [Vma(0x10000 * (i + 1), 0x10000 * (i + 1) + PAGE, 3, 0x22, 0, "anon",
                 vmflags=["rd", "wr", flag]) for i, flag in enumerate(("sr", "rr", "lo"))]
     w = layout.Window(1 << 40, 1 << 20, (1 << 40) + (2 << 20))
-    t = layout.layout_table(_mm(vmas), w, [], None, [], {})
+    t = layout.layout_table(_mm(vmas), w, [], [], {})
     advice = [(r[0], r[2]) for r in _rows(t, uapi.SYS_madvise)]
     assert (0x10000, uapi.MADV_SEQUENTIAL) in advice and (0x20000, uapi.MADV_RANDOM) in advice
     assert [r[:2] for r in _rows(t, uapi.SYS_mlock)] == [(0x30000, PAGE)]
@@ -96,7 +96,7 @@ def test_layout_maps_a_private_memfd_from_its_fd() -> None:
     v = Vma(0x500000, 0x502000, 3, uapi.MAP_PRIVATE, 2 * PAGE, "shmem", path="/memfd:x",
             shmem_id="shmem-9")
     w = layout.Window(1 << 40, 1 << 20, (1 << 40) + (2 << 20))
-    t = layout.layout_table(_mm([v]), w, [], None, [], {"shmem-9": 77})
+    t = layout.layout_table(_mm([v]), w, [], [], {"shmem-9": 77})
     m = next(e for e in t.entries if e.nr == uapi.SYS_mmap)
     assert m.args[0] == 0x500000 and m.args[4:6] == (77, 2 * PAGE)
     assert not _rows(t, uapi.SYS_mmap)  # an entry of its own, not an anonymous row

@@ -63,7 +63,7 @@ def test_layout_opens_each_file_once() -> None:
                  flags=0x2, path="/bin/true", pgoff=i * PAGE) for i in range(100)]
     vmas.append(_vma(0x900000, 0x901000))
     w = layout.Window(1 << 40, 1 << 20, (1 << 40) + (2 << 20))
-    t = layout.layout_table(_mm(vmas), w, [], None, [], {})
+    t = layout.layout_table(_mm(vmas), w, [], [], {})
     opens = [e for e in t.entries if e.nr == uapi.SYS_openat]
     closes = [e for e in t.entries if e.nr == uapi.SYS_close]
     # one rows entry per file (and one for anonymous memory): a row per VMA
@@ -82,7 +82,7 @@ def test_layout_maps_shmem_from_the_inherited_object() -> None:
                shmem_id="shmem-1", pgoff=2 * PAGE)
     w = layout.Window(1 << 40, 1 << 20, (1 << 40) + (2 << 20))
     w.shmem_tmp["shmem-1"] = 1 << 41
-    t = layout.layout_table(_mm([vma]), w, [], None, [s], {})
+    t = layout.layout_table(_mm([vma]), w, [], [s], {})
     unmapped = [(e.args[0], e.args[0] + e.args[1]) for e in t.entries
                 if e.nr == uapi.SYS_munmap]
     assert not any(a < (1 << 41) + s.size and (1 << 41) < b for a, b in unmapped)
