@@ -437,3 +437,33 @@ def test_each_request_goes_to_a_child_forked_before_it_the_spare_dies_with_the_s
         assert plumbing.wait_gone([second], 10) == []
     finally:
         srv.close()
+
+
+def _private_dirty_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
+def test_a_waiting_spare_makes_the_servers_pages_its_own() -> None:
+    """While it waits, the spare copies the server's pages it shares copy-on-write (a
+    request would otherwise copy them one fault at a time): soon most of the server's
+    dirty memory is the spare's own."""
+    srv = EngineServer(PREFIX, ENV, ROOT_DIR)
+    srv.start()
+    try:
+        srv._connect().close()
+        assert srv.proc is not None
+        end = time.monotonic() + 30
+        spare, own = 0, 0
+        while time.monotonic() < end:
+            kids = [p for p in plumbing.children(srv.proc.pid) if os.getsid(p) != p]
+            if kids:
+                spare = kids[0]
+                own = _private_dirty_kib(spare)
+                if own > 8 << 10:
+                    break
+            time.sleep(0.05)
+        assert spare, "no spare child"
+        assert own > 8 << 10, f"the spare's own dirty pages: {own} KiB"
+    finally:
+        srv.close()
