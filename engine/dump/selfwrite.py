@@ -89,8 +89,8 @@ class TaskWriter:
             raw = os.fsencode(os.path.abspath(out.path)) + b"\0"
             sums_at = (len(raw) + 15) & ~15
             # looked up first: between the mapping and go_home a dead engine leaves it
-            gadget = (find_code(self.pid, inj.mem_fd, (SYSCALL_RET,), inj.proc)
-                      if inj.frame else 0)
+            gadget = (find_code(self.pid, inj.mem_fd, (SYSCALL_RET,), inj.proc,
+                                inj.exec_maps) if inj.frame else 0)
             try:
                 code, buf = inj.code_scratch(blob.CODE,
                                              sums_at + pagecrc.task_scratch_bytes(SUM_PAGES))

@@ -158,7 +158,8 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
                 continue
             # Process-wide state is asked once, in the main thread.
             proc_refs = _proc_queries(t, read_timers(pid))
-            gadget = find_code(pid, inj.mem_fd, (SYSCALL_RET,), inj.proc) if inj.frame else 0
+            gadget = (find_code(pid, inj.mem_fd, (SYSCALL_RET,), inj.proc, inj.exec_maps)
+                      if inj.frame else 0)
             res = intask.run(inj, t, INJECT_TIMEOUT, gadget=gadget)
             _thread_results(th, res, thread_refs, inj)
             result = _proc_results(pid, res, proc_refs, inj)

@@ -40,6 +40,7 @@ import ctypes
 import errno
 import os
 import struct
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -156,22 +157,26 @@ def find_syscall_insn(tid: int, mem_fd: int, refresh: bool = False,
     raise InjectError(f"task {tid}: no syscall instruction in any executable mapping")
 
 
-def find_restorer(tid: int, mem_fd: int, proc: ProcKey | None = None) -> int:
+def find_restorer(tid: int, mem_fd: int, proc: ProcKey | None = None,
+                  maps: Callable[[], list[MapsLine]] | None = None) -> int:
     """Start of a sigframe.RESTORERS sequence in the task's code, or 0."""
-    return find_code(tid, mem_fd, sigframe.RESTORERS, proc)
+    return find_code(tid, mem_fd, sigframe.RESTORERS, proc, maps)
 
 
 def find_code(tid: int, mem_fd: int, seqs: tuple[bytes, ...],
-              proc: ProcKey | None = None) -> int:
+              proc: ProcKey | None = None,
+              maps: Callable[[], list[MapsLine]] | None = None) -> int:
     """Start of one of the byte sequences `seqs` in an executable file mapping of tid
     (libc's first), or 0. Cached per process, and per mapped file: another process
     mapping the same part of the same file (the tasks of a tree, their libc) finds it at
-    the same place without a scan. ``proc``: proc_key(tid) when the caller has it."""
+    the same place without a scan. ``proc``: proc_key(tid) when the caller has it;
+    ``maps``: gives exec_file_maps(tid) when the caller keeps it (Injector.exec_maps)."""
     key = (*(proc or proc_key(tid)), seqs)
     cached = _code_cache.get(key)
     if cached is not None and (cached == 0 or _holds(mem_fd, cached, seqs)):
         return cached
-    vmas = sorted(exec_file_maps(tid), key=lambda v: "libc" not in v.path)
+    mapped = maps() if maps is not None else exec_file_maps(tid)
+    vmas = sorted(mapped, key=lambda v: "libc" not in v.path)
     found = _known_in_file(mem_fd, vmas, seqs) or _scan_code(mem_fd, vmas, seqs)
     _code_cache[key] = found
     return found
@@ -317,6 +322,7 @@ class Injector:
             self._under_frame = b""  # the stack bytes the frame and scratch replaced
             self._restorer = 0
             self._resumed = False  # the task ran since its original stop
+            self._exec_maps: list[MapsLine] | None = None
             status = read_status(tid, tid)
             #: the process (proc_key) and whether a seccomp filter guards its syscalls
             #: (neither changes while the task is held)
@@ -354,10 +360,17 @@ class Injector:
         #: number of syscalls injected so far
         self.count = 0
 
+    def exec_maps(self) -> list[MapsLine]:
+        """The task's executable file mappings, read once (they cannot change while the
+        task is held: what the engine maps in it is anonymous)."""
+        if self._exec_maps is None:
+            self._exec_maps = exec_file_maps(self.tid)
+        return self._exec_maps
+
     def _arm_frame(self) -> None:
         """Write the self-restoring frame below the stack pointer when the task has a
         restorer and the stack the room (else injection goes the old way)."""
-        restorer = find_restorer(self.tid, self._mem, self.proc)
+        restorer = find_restorer(self.tid, self._mem, self.proc, self.exec_maps)
         if not restorer:
             return
         try:
