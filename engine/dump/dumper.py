@@ -192,9 +192,11 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         for p in procs:
             # A task sharing its parent's address space has no memory of its own to track.
             own_mm = "vm" not in tables.get(p.pid, [])
-            inj = state[p.pid].injected = _step(
+            st = state[p.pid]
+            inj = st.injected = _step(
                 f"injection into {p.pid}", "sigactions", task.inject_state, p.pid,
-                state[p.pid].threads, track_mem and own_mm and p.pid not in trackers)
+                st.threads, track_mem and own_mm and p.pid not in trackers,
+                (st.status, st.stat))
             if inj.tracker is not None:
                 trackers[p.pid] = inj.tracker
             task.refuse_posix_timers(p.pid, inj.posix_timers, state[p.pid].threads,

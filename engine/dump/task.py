@@ -136,11 +136,12 @@ def _robust_list(tid: int) -> tuple[int, int]:
     return head.value, length.value
 
 
-def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
-                 ) -> InjectedProc:
+def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False,
+                 held: tuple[Status, Stat] | None = None) -> InjectedProc:
     """Run the injected queries in every thread; fills each ThreadCore's sigaltstack,
     sigmask and clear_child_tid, and returns the process-wide results (with a new
-    memory-tracking userfaultfd when `make_tracker`).
+    memory-tracking userfaultfd when `make_tracker`). held: the main thread's /proc
+    status and stat as read_threads read them (ThreadsRead).
 
     Each thread's queries are one table (engine/kernel/intask.py): the main thread's,
     with the process-wide ones (64 entries and more), runs inside the task in one go; the
@@ -149,7 +150,8 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
     for th in threads:
         # Held for the whole injection (the task is ours to put back until the end), so
         # the injector's many steps each skip holding them again.
-        with termination_held(), Injector(th.tid, INJECT_TIMEOUT) as inj:
+        with termination_held(), Injector(th.tid, INJECT_TIMEOUT,
+                                          held=held if th.tid == pid else None) as inj:
             t = blob.Table()
             thread_refs = _thread_queries(t)
             if th.tid != pid:

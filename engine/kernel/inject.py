@@ -50,7 +50,7 @@ from engine.kernel.structs import UserRegs
 from engine.kernel.sys import process_vm_writev, syscall
 from engine.proc.auxv import read_auxv
 from engine.proc.maps import MapsLine, exec_file_maps, read_maps
-from engine.proc.stat import read_stat
+from engine.proc.stat import Stat, read_stat
 from engine.proc.status import Status, read_status
 
 if TYPE_CHECKING:
@@ -304,7 +304,10 @@ class Injector:
     stopped) as it likes.
     """
 
-    def __init__(self, tid: int, timeout: float = 10.0, syscall_addr: int | None = None) -> None:
+    def __init__(self, tid: int, timeout: float = 10.0, syscall_addr: int | None = None,
+                 held: tuple[Status, Stat] | None = None) -> None:
+        """held: the thread's /proc status and its process's stat, when the caller read
+        them while the task is held (neither read again)."""
         self.tid = tid
         self.timeout = timeout
         self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
@@ -323,10 +326,10 @@ class Injector:
             self._restorer = 0
             self._resumed = False  # the task ran since its original stop
             self._exec_maps: list[MapsLine] | None = None
-            status = read_status(tid, tid)
+            status = held[0] if held is not None else read_status(tid, tid)
             #: the process (proc_key) and whether a seccomp filter guards its syscalls
             #: (neither changes while the task is held)
-            self.proc = _proc_of(status)
+            self.proc = (status.tgid, held[1].starttime) if held else _proc_of(status)
             self.seccomp = status.seccomp
             if syscall_addr is None:
                 self._step = True
