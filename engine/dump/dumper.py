@@ -531,9 +531,11 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
         assert st.injected is not None
         per_task_ns[p.pid] = namespaces.inodes(p.pid)
         tty, tty_pgrp = ctty.controlling_tty(p.pid, st.stat, leaders)
+        # the process's comm is its main thread's, read with the threads
+        comm = next((th.comm for th in st.threads if th.tid == p.pid), None)
         core = TaskCore(
             pid=p.pid, ppid=p.ppid, pgid=p.pgid, sid=p.sid, state=p.state,
-            comm=tasks.comm(p.pid), threads=st.threads, sigactions=st.injected.sigactions,
+            comm=tasks.comm(p.pid) if comm is None else comm, threads=st.threads, sigactions=st.injected.sigactions,
             creds=task.creds_of(status), limits=task.limits_of(p.pid),
             cwd=tasks.cwd(p.pid), root=tasks.root(p.pid), umask=task.umask_of(status, p.pid),
             personality=tasks.personality(p.pid), fds=fds[p.pid],
