@@ -37,11 +37,13 @@ XSTATE_MIN, XSTATE_MAX = 576, 1 << 20
 
 @dataclass
 class TaskImage:
-    """Everything about one task: core, mm (None for zombies) and its pagemap."""
+    """Everything about one task: core, mm (None for zombies), its pagemap and each
+    thread's xstate bytes (read and checked here, by tid)."""
 
     core: TaskCore
     mm: MmCore | None
     pagemap: Pagemap | None
+    xstate: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,9 +153,8 @@ def _load(path: str, trusted: bool, verify_pages: str | None,
                 and by_id[core.cwd_file].deleted):
             raise ImageError(where, f"cwd_file {core.cwd_file} is not a removed directory "
                                     "of files.json")
-        for th in core.threads:
-            if th.xstate is not None:
-                _check_xstate(d, th.xstate, th.tid, where)
+        xstate = {th.tid: _read_xstate(d, th.xstate, th.tid, where)
+                  for th in core.threads if th.xstate is not None}
         mm: MmCore | None = None
         pm: Pagemap | None = None
         # A task sharing its parent's address space has no memory of its own in the image.
@@ -173,7 +174,7 @@ def _load(path: str, trusted: bool, verify_pages: str | None,
             pm = d.read_pagemap(mm.pagemap)
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
-        tasks[t.pid] = TaskImage(core, mm, pm)
+        tasks[t.pid] = TaskImage(core, mm, pm, xstate)
     parents = {t.pid: t.ppid for t in inv.tasks}
     for pid, ti in tasks.items():
         if ti.mm is not None and ti.mm.cow:
@@ -358,18 +359,19 @@ def _check_content_size(d: ImageDir, f: FileRecord) -> None:
                                             f"{f.mqueue.name} had {sum(f.mqueue.sizes)}")
 
 
-def _check_xstate(d: ImageDir, name: str, tid: int, where: str) -> None:
+def _read_xstate(d: ImageDir, name: str, tid: int, where: str) -> bytes:
+    """A thread's xstate file, its checksum verified and its size bounded."""
     if name != names.xstate(tid):
         raise ImageError(where, f"thread {tid}: xstate file {name!r} is not "
                                 f"{names.xstate(tid)!r}")
     if not d.exists(name):
         raise ImageError(where, f"thread {tid}: xstate file {name} missing")
-    size = d.size(name)
-    d.verify_file(name)
+    data = d.read_bytes(name, XSTATE_MAX)
     # Only bounds here: the size is the CPU's (2696 under qemu's emulated CPU, not a
     # multiple of 64); restore compares it with this CPU's own and the kernel checks it.
-    if not XSTATE_MIN <= size <= XSTATE_MAX:
-        raise ImageError(d.file(name), f"size {size} is not an XSAVE area")
+    if not XSTATE_MIN <= len(data) <= XSTATE_MAX:
+        raise ImageError(d.file(name), f"size {len(data)} is not an XSAVE area")
+    return data
 
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,

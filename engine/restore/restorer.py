@@ -210,8 +210,7 @@ class _Task:
         # Main thread first: it creates the others.
         self.threads = [self.thread] + [t for t in ti.core.threads if t.tid != self.pid]
         self.regs = {th.tid: UserRegs.from_dict(th.regs) for th in self.threads}
-        self.xstate = {th.tid: image.dir.read_bytes(th.xstate) if th.xstate else None
-                       for th in self.threads}
+        self.xstate = {th.tid: ti.xstate.get(th.tid) for th in self.threads}
         self.src: pages.PageSource | None = None
         self.real = self.pid  # the pid it got (differs only below a new user namespace)
         self.real_tid: dict[int, int] = {}  # dumped tid -> the tid it got
