@@ -230,10 +230,9 @@ def _clone3(pids: list[int], flags: int, name: int, single: bool = False) -> int
     """clone3 with these pids (innermost first); `name`: the pid errors give.
 
     The child tells the interpreter it is one (PyOS_AfterFork_Child: locks and thread
-    states of threads it does not have) unless the caller is `single`, a task of the
-    new tree: it has no other thread (the root is a clone of the engine's one thread),
-    so nothing is left to fix up, and the fix-up cost each task 0.6 ms and 250 page
-    faults."""
+    states of threads it does not have) unless the caller is `single`: a process with
+    no other thread (a task of the new tree, the engine without worker threads) leaves
+    nothing to fix up, and the fix-up cost each task 0.6 ms and 250 page faults."""
     tid = (ctypes.c_int * len(pids))(*pids)
     args = CloneArgs()
     args.flags = flags
@@ -631,7 +630,10 @@ def spawn(setup: TreeSetup, timeout: float,
     ready_r, ready_w = os.pipe()
     try:
         try:
-            child = _clone_with_pid(setup.root, setup.ns.clone_flags if setup.ns else 0)
+            # the interpreter's after-fork fix-up only where the engine has other threads
+            single = len(os.listdir("/proc/self/task")) == 1
+            child = _clone_with_pid(setup.root, setup.ns.clone_flags if setup.ns else 0,
+                                    single)
         except EngineError:
             for fd in (err_r, err_w, go_r, go_w, ready_r, ready_w):
                 os.close(fd)
