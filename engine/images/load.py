@@ -111,6 +111,7 @@ def _load(path: str, trusted: bool, verify_pages: str | None,
                          else f"parent chain longer than {MAX_PARENT_DEPTH} images")
     chain = [*chain, key]
     inv = d.read_inventory(names.INVENTORY, Inventory)
+    d.prefetch(sorted(d.checksums))
     where = d.file(names.INVENTORY)
     for name in d.checksums:
         if not d.exists(name):
