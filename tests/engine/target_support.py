@@ -9,6 +9,7 @@ its mode names (nanosleep, read, pause, userns, sigsuspend, spin, rseq, pending,
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine.kernel import uapi
+from engine.kernel.structs import CloneArgs
 
 SOURCE = r"""/* Test target for the engine's kernel-layer tests: one mode per behaviour. */
 #define _GNU_SOURCE
@@ -245,6 +247,20 @@ int main(int argc, char **argv)
 """
 
 DEADLINE = 30.0
+
+
+def clone_args_for(pid: int) -> CloneArgs:
+    """clone3 arguments of a fork-like child that gets exactly this pid (set_tid)."""
+    args = CloneArgs()
+    args.exit_signal = signal.SIGCHLD
+    arr = (ctypes.c_int * 1)(pid)
+    args.set_tid = ctypes.addressof(arr)
+    args.set_tid_size = 1
+    _clone_tids.append(arr)  # the array must outlive the call
+    return args
+
+
+_clone_tids: list[ctypes.Array[ctypes.c_int]] = []
 
 
 def reap(pid: int, timeout: float = DEADLINE) -> int | None:

@@ -4,7 +4,6 @@ process (blob.LocalTable), and a restore whose table fails in a child."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import signal
@@ -15,11 +14,11 @@ import pytest
 
 from engine.kernel import blob, uapi
 from engine.kernel import sys as ksys
-from engine.kernel.structs import CloneArgs
 from engine.restore import forktable
 from engine.restore.files import FilesPlan
 from engine.restore.spawn import TaskSetup, TreeSetup
 from tests.engine import cr_support as cr
+from tests.engine.target_support import clone_args_for
 
 pytestmark = pytest.mark.skipif(blob.local_code() is None,
                                 reason="the engine cannot map code executable here")
@@ -122,12 +121,7 @@ def test_trees_that_need_python_are_named() -> None:
 
 def _hold_pid(pid: int) -> int:
     """A process (sleep) with exactly this pid, made with clone3 set_tid."""
-    tid = (ctypes.c_int * 1)(pid)
-    args = CloneArgs()
-    args.exit_signal = signal.SIGCHLD
-    args.set_tid = ctypes.addressof(tid)
-    args.set_tid_size = 1
-    got = ksys.clone3(args)
+    got = ksys.clone3(clone_args_for(pid))
     if got == 0:
         try:
             os.execv("/bin/sleep", ["sleep", "60"])

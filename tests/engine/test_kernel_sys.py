@@ -7,17 +7,16 @@ import ctypes
 import errno
 import mmap
 import os
-import signal
 import time
 
 import pytest
 
 from engine.kernel import ptrace, uapi
 from engine.kernel import sys as ksys
-from engine.kernel.structs import CloneArgs, PageRegion, PmScanArg
+from engine.kernel.structs import PageRegion, PmScanArg
 from engine.proc import pagemap as procpagemap
 from engine.proc import tasks
-from tests.engine.target_support import reap
+from tests.engine.target_support import clone_args_for, reap
 
 PAGE = uapi.PAGE_SIZE
 
@@ -146,12 +145,7 @@ def test_pidfd_getfd_copies_a_pipe_end(spawn) -> None:
 
 def test_clone3_with_set_tid() -> None:
     want = tasks.free_pid_after(500)
-    tids = (ctypes.c_int * 1)(want)
-    args = CloneArgs()
-    args.exit_signal = signal.SIGCHLD
-    args.set_tid = ctypes.addressof(tids)
-    args.set_tid_size = 1
-    pid = ksys.clone3(args)
+    pid = ksys.clone3(clone_args_for(want))
     if pid == 0:
         os._exit(7)  # child: leave at once
     try:
@@ -166,28 +160,15 @@ def test_clone3_with_set_tid() -> None:
             time.sleep(0.005)
     assert os.waitstatus_to_exitcode(status) == 7
     # the same pid again while it is taken fails with EEXIST
-    holder = ksys.clone3(_clone_args_for(want))
+    holder = ksys.clone3(clone_args_for(want))
     if holder == 0:
         time.sleep(30)
         os._exit(0)
     try:
         with pytest.raises(FileExistsError):
-            ksys.clone3(_clone_args_for(want))
+            ksys.clone3(clone_args_for(want))
     finally:
         reap(holder)
-
-
-def _clone_args_for(pid: int) -> CloneArgs:
-    args = CloneArgs()
-    args.exit_signal = signal.SIGCHLD
-    arr = (ctypes.c_int * 1)(pid)
-    args.set_tid = ctypes.addressof(arr)
-    args.set_tid_size = 1
-    _keep.append(arr)  # the array must outlive the call
-    return args
-
-
-_keep: list[ctypes.Array] = []
 
 
 def test_userfaultfd_and_memfd_local() -> None:
