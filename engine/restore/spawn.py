@@ -483,6 +483,8 @@ def _by_table(tree: TreeSetup, ctl: list[int], by_file: dict[int, int]) -> None:
     never returns."""
     try:
         failed = forktable.run(forktable.build(tree, ctl, by_file), ctl[1])
+    except EngineError as e:  # a premapped page that fails its check
+        failed = (tree.root.pid, e.phase, e.message)
     except BaseException as e:  # noqa: BLE001 - as in _task
         failed = (tree.root.pid, "fork", f"{type(e).__name__}: {e}")
     if failed is None:
