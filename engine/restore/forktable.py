@@ -53,9 +53,12 @@ _SIGACTION_DFL = bytes(32)  # struct kernel_sigaction with SIG_DFL, no flags, em
 _IOV = struct.Struct("<QQ")
 _IOV_MAX = 1024
 _RW = uapi.PROT_READ | uapi.PROT_WRITE
-# as spawn's: a pid a thread that just ended still holds, retried for 2 s
-_PID_RETRIES = 2000
-_PID_RETRY_SLEEP = struct.pack("<qq", 0, 1_000_000)
+#: how long a wanted pid may still be held by a thread that just ended (the file
+#: owner's, engine.restore.fsowner): clone3 is retried meanwhile, here and in spawn
+PID_FREE_TIMEOUT = 2.0
+_PID_RETRY_NS = 1_000_000
+_PID_RETRIES = int(PID_FREE_TIMEOUT * 1e9) // _PID_RETRY_NS
+_PID_RETRY_SLEEP = struct.pack("<qq", 0, _PID_RETRY_NS)
 _REGION_PROT = uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
 _REGION_FLAGS = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_FIXED_NOREPLACE
 

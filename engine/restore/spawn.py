@@ -173,9 +173,6 @@ class TreeSetup:
         return len(self.memfds) + len(self.mapped)
 
 
-#: how long a wanted pid may still be held by a task that is exiting
-_PID_FREE_TIMEOUT = 2.0
-
 
 def _set_limits(limits: list[RlimitRecord]) -> None:
     for lim in limits:
@@ -240,7 +237,7 @@ def _clone3(pids: list[int], flags: int, name: int, single: bool = False) -> int
     args.exit_signal = 0 if flags & uapi.CLONE_PARENT else signal.SIGCHLD
     args.set_tid = ctypes.addressof(tid)
     args.set_tid_size = len(pids)
-    deadline = time.monotonic() + _PID_FREE_TIMEOUT
+    deadline = time.monotonic() + forktable.PID_FREE_TIMEOUT
     while True:
         try:
             child = ksys.clone3(args)
