@@ -59,10 +59,20 @@ def test_data_extents_are_stored_holes_are_not(tmp_path: Path, size: int) -> Non
     assert got == want
 
 
-def test_a_slot_fits_the_tree_private_memory_and_shared_objects_get_a_small_one() -> None:
+def test_a_slot_fits_the_largest_task_private_memory_and_shared_objects_get_a_small_one(
+) -> None:
     mib = 1 << 20
-    assert pages.staging_size(pages.Resident(0, 0)) == pages.MIN_STAGING
-    assert pages.staging_size(pages.Resident(3 * mib + 1, 0)) == 4 * mib
-    assert pages.staging_size(pages.Resident(1 << 30, 0)) == pages.STAGING_BYTES
-    assert pages.staging_size(pages.Resident(mib // 2, 128 * mib)) == pages.SHMEM_STAGING
-    assert pages.staging_size(pages.Resident(64 * mib, 128 * mib)) == pages.STAGING_BYTES
+    assert pages.staging_size(pages.Resident(0, 0, 0)) == pages.MIN_STAGING
+    assert pages.staging_size(pages.Resident(3 * mib + 1, 0, 3 * mib + 1)) == 4 * mib
+    assert pages.staging_size(pages.Resident(1 << 30, 0, 1 << 30)) == pages.STAGING_BYTES
+    assert pages.staging_size(pages.Resident(mib // 2, 128 * mib, 0)) == pages.SHMEM_STAGING
+    assert pages.staging_size(pages.Resident(64 * mib, 128 * mib, 64 * mib)) \
+        == pages.STAGING_BYTES
+    # 50 tasks of 256 KiB: one task's pages at a time, not the tree's 12.5 MiB
+    assert pages.staging_size(pages.Resident(50 * mib // 4, 0, mib // 4)) == pages.MIN_STAGING
+
+
+def test_the_largest_task_is_counted_apart_from_the_tree() -> None:
+    """resident_bytes of this process (a tree of one): its own RssAnon both ways."""
+    got = pages.resident_bytes(os.getpid(), 1 << 40)
+    assert got.largest_anon == got.anon > 0
