@@ -29,10 +29,17 @@ def _private_ranges(pid: int) -> list[Interval]:
     return normalise(cow_ranges(vmas.parse(pid, vmas.read_maps(pid), None)))
 
 
-def shared_with_parent(pid: int, ppid: int, zero: int) -> list[list[int]]:
+def shared_with_parent(pid: int, ppid: int, zero: int,
+                       known: dict[int, list[Interval]] | None = None) -> list[list[int]]:
     """[address, pages] runs of the pages child `pid` shares copy-on-write with its parent
-    `ppid` at the same address (both frozen). `zero`: the zero page's frame (non-zero)."""
-    ranges = intersect(_private_ranges(pid), _private_ranges(ppid))
+    `ppid` at the same address (both frozen). `zero`: the zero page's frame (non-zero).
+    `known`: each task's private ranges, kept from one call to the next (a parent of
+    several children is read once)."""
+    known = {} if known is None else known
+    for task in (pid, ppid):
+        if task not in known:
+            known[task] = _private_ranges(task)
+    ranges = intersect(known[pid], known[ppid])
     mine, theirs = pagemap.open_pagemap(pid), pagemap.open_pagemap(ppid)
     out: list[list[int]] = []
     try:

@@ -480,10 +480,11 @@ def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState],
     if not zero:
         return  # page frames are hidden: the restore copies every page as before
     live = {p.pid for p in procs}
+    known: dict[int, list[Interval]] = {}
     for p in procs:
         if p.ppid in live and "vm" not in tables.get(p.pid, []):
             state[p.pid].cow = _step(f"shared pages of {p.pid}", "regs",
-                                     cow.shared_with_parent, p.pid, p.ppid, zero)
+                                     cow.shared_with_parent, p.pid, p.ppid, zero, known)
 
 
 def _exe(pid: int) -> str | None:

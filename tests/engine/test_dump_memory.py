@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -131,7 +132,8 @@ def test_runs_are_clipped_to_each_vma() -> None:
 def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) -> None:
     """Anonymous VMAs are scanned without the per-page file test, file VMAs with it: a
     COW'ed file page is private, a read file page and a read anonymous hole (zero page)
-    are not; past _MAX_SCAN_GROUPS groups one scan does it all, with the same result."""
+    are not; past _MAX_SCAN_GROUPS groups, or for small anonymous VMAs
+    (_JOIN_ANON_BYTES), one scan does it all, with the same result."""
     path = tmp_path / "f"
     path.write_bytes(b"f" * 4 * PG)
     with open(path, "r+b") as f:
@@ -148,7 +150,17 @@ def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) ->
         mine = [v for v in vmas.parse(me, vmas.read_maps(me), vmas.read_smaps(me))
                 if v.start <= fbase < v.end or v.start <= abase < v.end]
         assert {v.kind for v in mine} == {"file", "anon"}
-        runs, tracked = pages.private_runs(os.getpid(), mine)
+        scans: list[int] = []
+        real_scan = pages.ksys.pagemap_scan
+
+        def scan(*args: Any, **kwargs: Any) -> list[tuple[int, int, int]]:
+            scans.append(args[1])
+            return real_scan(*args, **kwargs)
+
+        with mock.patch.object(pages, "_JOIN_ANON_BYTES", 0), \
+                mock.patch.object(pages.ksys, "pagemap_scan", scan):
+            runs, tracked = pages.private_runs(os.getpid(), mine)
+        assert len(scans) == 2  # the two groups apart
         assert tracked == []  # nothing registered for tracking here
         pages_of = [(r.addr, r.length) for r in runs]
 
@@ -160,6 +172,12 @@ def test_private_runs_tell_file_pages_apart_only_where_needed(tmp_path: Path) ->
         with mock.patch.object(pages, "_MAX_SCAN_GROUPS", 0):
             assert [(r.addr, r.length) for r in pages.private_runs(os.getpid(), mine)[0]
                     ] == pages_of
+        scans.clear()
+        with mock.patch.object(pages, "_JOIN_ANON_BYTES", 1 << 40), \
+                mock.patch.object(pages.ksys, "pagemap_scan", scan):
+            assert [(r.addr, r.length) for r in pages.private_runs(os.getpid(), mine)[0]
+                    ] == pages_of
+        assert len(scans) == 1
     finally:
         fmap.close()
         amap.close()
