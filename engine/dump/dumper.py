@@ -24,6 +24,7 @@ from engine.dump import (
     ctty,
     fileids,
     ipcns,
+    memworker,
     namespaces,
     pages,
     selfwrite,
@@ -139,19 +140,38 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         with pages.Staging(pages.staging_size(resident)) as staging:
             staging.map()  # before the freeze: populating it is not frozen time
             return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind,
-                         staging, buffered)
+                         staging, buffered,
+                         memworker.wanted(kind, prev_dir, track_mem, resident))
     finally:
         gc.enable()
 
 
 def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
-          track_mem: bool, kind: str, staging: pages.Staging, buffered: bool) -> DumpStats:
+          track_mem: bool, kind: str, staging: pages.Staging, buffered: bool,
+          use_worker: bool) -> DumpStats:
     if prev_dir is not None:
         prev_dir = os.path.abspath(os.path.join(images_dir, prev_dir))
         if not os.path.isfile(os.path.join(prev_dir, names.INVENTORY)):
             raise EngineError("seize", f"{prev_dir}: not a complete image (no inventory)")
     img = ImageDir.create(images_dir)
     img.pages_direct = not buffered
+    worker = None
+    if use_worker:  # forked before the freeze: no frozen time
+        try:
+            worker = memworker.MemoryWorker(img, staging.size, _read_memory)
+        except OSError:
+            pass  # (no fork: the engine reads every task itself)
+    try:
+        return _dump_tree(pid, img, images_dir, leave_running, prev_dir, track_mem, kind,
+                          staging, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
+               prev_dir: str | None, track_mem: bool, kind: str, staging: pages.Staging,
+               worker: memworker.MemoryWorker | None) -> DumpStats:
     stats = DumpStats()
     clock = time.monotonic()
 
@@ -181,6 +201,10 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
         fault_point("seize")
         lap("seize")
         procs = [p for p in frozen.order() if p.state != "zombie"]
+        if worker is not None and any("vm" in shared for shared in tables.values()):
+            # An injection maps its code page in the address space the worker would read.
+            worker.close()
+            worker = None
         state: dict[int, _ProcState] = {}
         for p in procs:
             got = _step(f"regs of {p.pid}", "regs", task.read_threads, img, p.pid, p.threads)
@@ -201,8 +225,12 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
                 trackers[p.pid] = inj.tracker
             task.refuse_posix_timers(p.pid, inj.posix_timers, state[p.pid].threads,
                                      state[p.pid].shared_pending)
+            if worker is not None and own_mm:
+                worker.send(p, st)  # read there while the next task is injected here
         fault_point("sigactions")
         lap("sigactions")
+        for pid_done, read in (worker.collect(stats) if worker is not None else {}).items():
+            state[pid_done].mm = read
         shmem_entries = _dump_memory(img, procs, state, stats, parent,
                                      trackers if track_mem else {}, defer, staging, tables)
         has_ipc = _step("ipc namespace", "memory", _dump_ipc, img, frozen, state, staging)
@@ -237,6 +265,8 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
                 track.hold(images_dir, trackers)  # last: nothing may fail after it
         lap("write")
     except BaseException as exc:
+        if worker is not None:
+            worker.close()  # before the discard: it may still be writing files
         _close_copies(defer or [])
         table.end(keep_repair=False)  # before the tasks run again
         frozen.release()
@@ -394,9 +424,11 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
             assert st.injected is not None
             # A task sharing its parent's address space: its parent's memory is its own.
             if "vm" not in tables.get(p.pid, []):
-                task_vmas = _process_memory(img, p, st, stats, parent, arm.get(p.pid),
-                                            defer, staging, smaps_reader)
-                shmem.collect(sources, p.pid, task_vmas)
+                if st.mm is None:  # (else read by the memory worker)
+                    _process_memory(img, p, st, stats, parent, arm.get(p.pid), defer,
+                                    staging, smaps_reader)
+                assert st.mm is not None
+                shmem.collect(sources, p.pid, st.mm.vmas)
             shmem.collect_fds(sources, p.pid)
         entries = []
         for sid, src in sorted(sources.items()):
@@ -417,10 +449,10 @@ def _dump_ipc(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcStat
     return ipcns.dump(img, frozen.root, list(state), vmas, inner, staging)
 
 
-def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStats,
+def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: memworker.Counts,
                     parent: _Parent | None, tracker: track.Tracker | None,
                     defer: list[_Copy] | None, staging: pages.Staging,
-                    smaps_reader: ThreadPoolExecutor) -> list[Vma]:
+                    smaps_reader: ThreadPoolExecutor, task_writes: bool = True) -> list[Vma]:
     """Private pages and the mm record of one process; returns its VMAs.
 
     Which pages to copy, and their copy, need only the layout (maps); smaps, whose page
@@ -445,7 +477,7 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
             if defer is not None:
                 defer.append(_Copy(p.pid, runs, in_parent, mem_fd))
                 mem_fd = -1  # closed by _close_copies
-            elif sum(r.length for r in runs) < selfwrite.MIN_TOTAL:
+            elif not task_writes or sum(r.length for r in runs) < selfwrite.MIN_TOTAL:
                 pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
                                   p.pid, mem_fd, staging, in_parent=in_parent)
             else:
@@ -469,6 +501,16 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
     if tracker is not None:
         _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
     return task_vmas
+
+
+def _read_memory(img: ImageDir, p: tree.Proc, st: _ProcState, counts: memworker.Counts,
+                 staging: pages.Staging, smaps_reader: ThreadPoolExecutor) -> MmCore:
+    """_process_memory as the memory worker runs it: every page written by the worker
+    (a task writing its own would need the tracer's injection)."""
+    _process_memory(img, p, st, counts, None, None, None, staging, smaps_reader,
+                    task_writes=False)
+    assert st.mm is not None
+    return st.mm
 
 
 def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState],

@@ -76,6 +76,7 @@ class Resident(NamedTuple):
     anon: int  # private pages
     shmem: int  # pages of shared memory objects (engine.dump.shmem)
     largest_anon: int = 0  # the private pages of the task that has the most
+    tasks: int = 0  # processes counted
 
     @property
     def total(self) -> int:
@@ -87,7 +88,7 @@ def resident_bytes(root: int, limit: int) -> Resident:
     """The resident memory of the tree of `root`, counted up to a little past `limit` in
     all (read before the tree is frozen: a guess for sizing the dump's buffers and
     choosing its kind of writes)."""
-    anon = shmem = largest = 0
+    anon = shmem = largest = count = 0
     todo = [root]
     while todo and anon + shmem <= limit:
         pid = todo.pop()
@@ -99,7 +100,8 @@ def resident_bytes(root: int, limit: int) -> Resident:
         anon += status.rss_anon
         shmem += status.rss_shmem
         largest = max(largest, status.rss_anon)
-    return Resident(anon, shmem, largest)
+        count += 1
+    return Resident(anon, shmem, largest, count)
 
 
 def write_buffered(resident: int) -> bool:

@@ -243,6 +243,19 @@ class ImageDir:
         text = json.dumps(to_dict(inventory), separators=(",", ":")).encode()
         self.write_bytes(name, text[:-1] + b',"self_crc":%d}\n' % zlib.crc32(text))
 
+    def page_summed(self, names: list[str]) -> list[str]:
+        """Those of `names` that are pages files this writer created (their pages carry
+        their own checksums)."""
+        return [n for n in names if n in self._page_summed]
+
+    def adopt(self, created: list[str], checksums: dict[str, list[int]],
+              page_summed: list[str]) -> None:
+        """Take as this writer's own the files another process wrote into the directory
+        for it (engine/dump/memworker.py), with their checksums and pages files."""
+        self.created_files += [n for n in created if n not in self.created_files]
+        self.checksums.update(checksums)
+        self._page_summed.update(page_summed)
+
     def checksum_written(self) -> None:
         """Record the checksums of the files written by others (sendfile), reading them
         back; pages files carry their own per-page sums."""
