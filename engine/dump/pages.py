@@ -250,12 +250,41 @@ def private_runs(pid: int, vmas: list[Vma]) -> tuple[list[Run], list[tuple[int, 
             if e.errno not in (25, 22):  # ENOTTY, EINVAL: no PAGEMAP_SCAN
                 raise EngineError("memory", f"PAGEMAP_SCAN of {pid}: {e.strerror}") from None
             regions = procpagemap.private_runs(fd, [(v.start, v.end) for v in candidates])
+        runs = clip_to_vmas(regions, candidates)
+        runs = _shared_via_mem(runs, procpagemap.shared_pages(
+            fd, [(r.addr, r.addr + r.length) for r in runs]))
     finally:
         os.close(fd)
-    runs = clip_to_vmas(regions, candidates)
     tracked = [(r.addr, r.addr + r.length) for r in
                clip_to_vmas([g for g in regions if g[2] & uapi.PAGE_IS_WPALLOWED], candidates)]
     return runs, tracked
+
+
+def _shared_via_mem(runs: list[Run], shared: list[tuple[int, int]]) -> list[Run]:
+    """The runs, their parts in `shared` (pages another process maps too) to be read
+    through /proc/PID/mem. process_vm_readv pins the pages it reads, and the kernel first
+    gives the pinning task its own copy of an anonymous page it shares (GUP "unshare"):
+    read that way, a tree's copy-on-write pages would no longer be shared once it runs
+    on (a second dump would find none); /proc/PID/mem reads them as they are."""
+    if not shared:
+        return runs
+    out: list[Run] = []
+    k = 0
+    for r in runs:
+        addr, end = r.addr, r.addr + r.length
+        while k < len(shared) and shared[k][1] <= addr:
+            k += 1
+        while addr < end:
+            if k < len(shared) and shared[k][0] <= addr:
+                stop = min(end, shared[k][1])
+                out.append(Run(addr, stop - addr, True))
+                if stop == shared[k][1]:
+                    k += 1
+            else:
+                stop = min(end, shared[k][0]) if k < len(shared) else end
+                out.append(Run(addr, stop - addr, r.via_mem))
+            addr = stop
+    return out
 
 
 def _scan_groups(candidates: list[Vma]) -> list[tuple[int, int, int]]:

@@ -3,6 +3,7 @@ per page, Documentation/admin-guide/mm/pagemap.rst) where PAGEMAP_SCAN cannot an
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import mmap
@@ -89,4 +90,38 @@ def drop_markers(fd: int, regions: list[tuple[int, int, int]]) -> list[tuple[int
             elif not real and run >= 0:
                 out.append((start + run * page, start + k * page, cat))
                 run = -1
+    return out
+
+
+#: The last byte of a pagemap entry (bits 56-63) -> 1 for a present anonymous page that
+#: is not PM_MMAP_EXCLUSIVE (another process maps it too: shared copy-on-write), else 0.
+_SHARED_BYTE = bytes(int(b & 0x80 != 0 and b & 0x21 == 0) for b in range(256))
+#: Pages of pagemap read at once for ranges next to each other (512 KiB of entries).
+_SHARED_WINDOW = 1 << 16
+
+
+def shared_pages(fd: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of `ranges` (sorted, disjoint, page aligned) whose pages are present,
+    anonymous (not PM_FILE) and mapped by another process too (not PM_MMAP_EXCLUSIVE),
+    as sorted (start, end) ranges. Entries are read for ranges close together at once and
+    tested in C, each range on its own only where a window has such pages."""
+    out: list[tuple[int, int]] = []
+    page = uapi.PAGE_SIZE
+    ends = [e for _s, e in ranges]
+    i = 0
+    while i < len(ranges):
+        lo = ranges[i][0]
+        j = max(bisect.bisect_right(ends, lo + _SHARED_WINDOW * page, i), i + 1)
+        hi = ends[j - 1]
+        flags = os.pread(fd, (hi - lo) // page * 8, lo // page * 8)[7::8].translate(
+            _SHARED_BYTE)
+        if 1 in flags:
+            for start, end in ranges[i:j]:
+                k, stop = (start - lo) // page, (end - lo) // page
+                while (k := flags.find(1, k, stop)) >= 0:
+                    last = flags.find(0, k, stop)
+                    last = stop if last < 0 else last
+                    out.append((lo + k * page, lo + last * page))
+                    k = last
+        i = j
     return out

@@ -16,8 +16,9 @@ import pytest
 
 from engine.kernel import blob, ptrace, uapi
 from engine.kernel import sys as ksys
+from tests.engine import cr_support as cr
 from tests.engine.blob_support import REGION, REGION_SIZE
-from tests.engine.dump_support import VICTIM_C, SmallTree, Victim
+from tests.engine.dump_support import MEMTREE_TASKS, VICTIM_C, SmallTree, Victim
 from tests.engine.target_support import Target, build_target, reap
 
 # -- the dump tests' victim and small tree (dump_support.py) --------------------------------
@@ -131,3 +132,34 @@ def runner() -> Iterator[blob.BlobRunner]:
         r.close()
     finally:
         reap(pid, 5.0)
+
+
+# -- a tree of small processes with memory of their own (data/memtree.c) ----------------
+
+
+@pytest.fixture(scope="session")
+def memtree_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/memtree.c, built once per session."""
+    return cr.build_c(Path(__file__).parent / "data" / "memtree.c", tmp_path_factory)
+
+
+@pytest.fixture
+def memtree(memtree_bin: Path) -> Iterator[list[int]]:
+    """The pids of a tree of MEMTREE_TASKS processes (data/memtree.c) with 256 KiB of
+    memory each, all asleep."""
+    proc = subprocess.Popen([str(memtree_bin), str(MEMTREE_TASKS)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        pids = cr.tree_of(proc.pid)
+        assert len(pids) == MEMTREE_TASKS
+        yield pids
+    finally:
+        for pid in reversed(cr.tree_of(proc.pid) if proc.poll() is None else []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait(timeout=10)

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,7 @@ from engine.errors import EngineError
 from engine.proc.status import read_status
 from engine.worker import Worker
 from tests.engine import cr_support as cr
-
-DATA = Path(__file__).parent / "data"
-TASKS = 6
+from tests.engine.dump_support import MEMTREE_TASKS as TASKS
 
 
 def _gone(pid: int) -> bool:
@@ -125,32 +121,6 @@ def test_results_larger_than_the_pipes_never_block_either_side() -> None:
 
 
 # -- a tree's dump -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def memtree_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cr.build_c(DATA / "memtree.c", tmp_path_factory)
-
-
-@pytest.fixture
-def memtree(memtree_bin: Path) -> Iterator[list[int]]:
-    """The pids of a tree of TASKS processes with 256 KiB of memory each, all asleep."""
-    proc = subprocess.Popen([str(memtree_bin), str(TASKS)], stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline() == "ready\n"
-        pids = cr.tree_of(proc.pid)
-        assert len(pids) == TASKS
-        yield pids
-    finally:
-        for pid in reversed(cr.tree_of(proc.pid) if proc.poll() is None else []):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 class _Spy:
