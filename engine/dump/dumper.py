@@ -104,6 +104,7 @@ class _ProcState:
     injected: task.InjectedProc | None = None
     mm: MmCore | None = None
     cow: list[list[int]] = field(default_factory=list)  # pages shared with the parent
+    mm_written: bool = False  # mm-PID.json and vmas-PID.img written (by the memory worker)
 
 
 @dataclass
@@ -230,7 +231,7 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
         fault_point("sigactions")
         lap("sigactions")
         for pid_done, read in (worker.collect(stats) if worker is not None else {}).items():
-            state[pid_done].mm = read
+            state[pid_done].mm, state[pid_done].mm_written = read, True
         shmem_entries = _dump_memory(img, procs, state, stats, parent,
                                      trackers if track_mem else {}, defer, staging, tables)
         has_ipc = _step("ipc namespace", "memory", _dump_ipc, img, frozen, state, staging)
@@ -506,10 +507,13 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: memworke
 def _read_memory(img: ImageDir, p: tree.Proc, st: _ProcState, counts: memworker.Counts,
                  staging: pages.Staging, smaps_reader: ThreadPoolExecutor) -> MmCore:
     """_process_memory as the memory worker runs it: every page written by the worker
-    (a task writing its own would need the tracer's injection)."""
+    (a task writing its own would need the tracer's injection); then the mm record and
+    the VMA table, final from here on, written there too."""
     _process_memory(img, p, st, counts, None, None, None, staging, smaps_reader,
                     task_writes=False)
     assert st.mm is not None
+    img.write_json(names.mm(p.pid), st.mm)
+    img.write_vmas(names.vmas(p.pid), st.mm.vmas)
     return st.mm
 
 
@@ -591,7 +595,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             ctty=tty, ctty_pgrp=tty_pgrp, cwd_file=cwds[p.pid],
         )
         img.write_json(names.core(p.pid), core)
-        if st.mm is not None:
+        if st.mm is not None and not st.mm_written:
             img.write_json(names.mm(p.pid), st.mm)
             img.write_vmas(names.vmas(p.pid), st.mm.vmas)
     img.write_json(names.FILES, FilesImage(table.files, table.mapped))

@@ -5,9 +5,9 @@ Reading a task's memory (maps, smaps, PAGEMAP_SCAN, process_vm_readv, the pages 
 pagemap files) needs no ptrace, only the access /proc/PID/mem needs; injecting needs the
 tracer. So once a task is injected (its memory as it was again: the code page unmapped,
 the stack bytes put back) the worker reads it, while the engine injects the next one: a
-tree of 50 small tasks took ~1.2 ms a task for each. The worker writes the task's pages
-and pagemap files into the image and sends back its mm record, the files' checksums and
-its counts; the engine takes those as if it had written them.
+tree of 50 small tasks took ~1.2 ms a task for each. The worker writes the task's pages,
+pagemap, mm record and VMA table into the image and sends back the mm record, the files'
+checksums and its counts; the engine takes those as if it had written them.
 
 Only for a plain dump of a tree of several small tasks: a pre-dump copies pages after the
 freeze, tracking arms a userfaultfd per task (injected), and a large task writes its own
@@ -46,7 +46,7 @@ class Counts(Protocol):
 
 
 #: Reads one task's memory into the image: (img, proc, its state, counts, staging,
-#: smaps reader) -> its MmCore (the dumper's _process_memory).
+#: smaps reader) -> its MmCore, written too (the dumper's _read_memory).
 Reader = Callable[[ImageDir, Proc, Any, Counts, pages.Staging, ThreadPoolExecutor], MmCore]
 
 
@@ -91,7 +91,8 @@ class MemoryWorker:
     def send(self, p: Proc, state: Any) -> None:
         """Have it read task p (injected and put back; still frozen). The files it will
         write are the image's from now on: a failed dump removes them."""
-        self._img.created_files += [names.pagemap(p.pid), names.pages(p.pid)]
+        self._img.created_files += [names.pagemap(p.pid), names.pages(p.pid),
+                                    names.mm(p.pid), names.vmas(p.pid)]
         self._worker.send((p, state))
         self._sent.append(p.pid)
 
