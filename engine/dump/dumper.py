@@ -463,7 +463,7 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: memworke
     (registering sets VmFlags "uw")."""
     assert st.injected is not None
     maps = vmas.read_maps(p.pid)
-    smaps = smaps_reader.submit(vmas.read_smaps, p.pid)
+    smaps = smaps_reader.submit(vmas.read_vmflags, p.pid, maps.count(b"\n"))
     try:
         layout = vmas.parse(p.pid, maps, None)
         vmas.refuse_unrestorable(p.pid, layout)
@@ -478,7 +478,7 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: memworke
             if defer is not None:
                 defer.append(_Copy(p.pid, runs, in_parent, mem_fd))
                 mem_fd = -1  # closed by _close_copies
-            elif not task_writes or sum(r.length for r in runs) < selfwrite.MIN_TOTAL:
+            elif not task_writes or not selfwrite.wanted(runs):
                 pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
                                   p.pid, mem_fd, staging, in_parent=in_parent)
             else:

@@ -53,6 +53,14 @@ _INJECT_TIMEOUT = 10.0
 _OPEN_FLAGS = uapi.O_WRONLY | uapi.O_CLOEXEC  # | O_DIRECT where the engine's file has it
 
 
+def wanted(runs: list[Run]) -> bool:
+    """Whether a process with these runs to copy writes some itself: MIN_TOTAL in all, and
+    a readable run of MIN_RUN or more (30,000 one-page runs have none: their copy need not
+    wait for smaps, which must be read before anything is injected)."""
+    return sum(r.length for r in runs) >= MIN_TOTAL and any(
+        r.length >= MIN_RUN and not r.via_mem for r in runs)
+
+
 class TaskWriter:
     """`write_pages`' task_writer for one frozen process (its main thread injects)."""
 

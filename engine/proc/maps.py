@@ -28,7 +28,9 @@ MAPS_LINE = re.compile(
 _EXEC_FILE_LINE = re.compile(
     rb"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w]x[ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+)"
     rb" +(/.*)$", re.MULTILINE)
-_VMFLAGS = re.compile(rb"VmFlags: ([^\n]*)")
+#: The VmFlags line of each VMA in smaps (its value the group).
+VMFLAGS_LINE = rb"VmFlags: ([^\n]*)"
+_VMFLAGS = re.compile(VMFLAGS_LINE)
 _NAME_MAX = 4096  # PATH_MAX: the longest path PROCMAP_QUERY returns
 _DELETED = " (deleted)"
 

@@ -19,6 +19,7 @@ import pytest
 
 from engine.dump import cow, intervals, pages, shmem, tree, vmas
 from engine.dump.dumper import dump
+from engine.errors import EngineError
 from engine.images import load
 from engine.images.records import Vma
 from engine.proc import pagemap as procpagemap
@@ -276,3 +277,25 @@ def test_a_dump_leaves_the_tree_its_shared_pages(memtree: list[int], tmp_path: P
     assert all(before)
     dump(memtree[0], str(tmp_path / "img"), leave_running=True)
     assert shared() == before
+
+
+def test_a_large_smaps_is_read_by_a_process_of_its_own(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """read_vmflags gives the same VmFlags whether it reads smaps here or has its reader
+    process do it (forced with SMAPS_APART_VMAS 0); a reader that fails is an error that
+    names the task."""
+    asleep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.3)  # (its interpreter started: its VMAs stay as they are)
+        count = vmas.read_maps(asleep.pid).count(b"\n")
+        here = vmas.read_vmflags(asleep.pid, count)
+        monkeypatch.setattr(vmas, "SMAPS_APART_VMAS", 0)
+        assert vmas.read_vmflags(asleep.pid, count) == here and len(here) == count
+    finally:
+        asleep.kill()
+        asleep.wait()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(EngineError, match=f"cannot read smaps of {gone.pid} "
+                                          r"\(its reader exited with status 1\)"):
+        vmas.read_vmflags(gone.pid, 1)
