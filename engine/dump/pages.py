@@ -11,6 +11,7 @@ outside a VMA, so a growsdown stack is never touched below its start.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import itertools
@@ -255,8 +256,9 @@ def private_runs(pid: int, vmas: list[Vma]) -> tuple[list[Run], list[tuple[int, 
             fd, [(r.addr, r.addr + r.length) for r in runs]))
     finally:
         os.close(fd)
-    tracked = [(r.addr, r.addr + r.length) for r in
-               clip_to_vmas([g for g in regions if g[2] & uapi.PAGE_IS_WPALLOWED], candidates)]
+    wp = [g for g in regions if g[2] & uapi.PAGE_IS_WPALLOWED]
+    tracked = [(r.addr, r.addr + r.length) for r in clip_to_vmas(wp, candidates)] if wp \
+        else []
     return runs, tracked
 
 
@@ -388,6 +390,9 @@ def _stage(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]], re
            mem_fd: int, base: int, tolerant: bool) -> None:
     """Copy runs through the staging slots into their places in the file: a slot holds
     bytes that are contiguous in the file, and is written while the next one fills."""
+    if read_vm and not tolerant and _all_vm_contiguous(placed):
+        _stage_vm(out, staging, placed, read_vm)
+        return
     slot = 0
     batch: list[tuple[int, int, int, bool]] = []  # (slot offset, addr, len, via_mem)
     fill = start = 0  # bytes in the slot; file offset of its first byte
@@ -417,6 +422,46 @@ def _stage(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]], re
                 flush()
     if fill:
         flush()
+    staging.drain()
+
+
+def _all_vm_contiguous(placed: list[tuple[Run, int]]) -> bool:
+    """Whether every run is read with process_vm_readv and they follow each other in the
+    file (none was written by the task)."""
+    if not placed or any(r.via_mem for r, _off in placed):
+        return False
+    last, off = placed[-1]
+    return off + last.length - placed[0][1] == sum(r.length for r, _off in placed)
+
+
+def _stage_vm(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]],
+              pid: int) -> None:
+    """_stage for runs all read with process_vm_readv, one after another in the file: each
+    slot's runs found by bisection and read with one call (30,000 one-page runs made the
+    general loop's bookkeeping cost ~20 ms)."""
+    addrs = [r.addr for r, _off in placed]
+    lens = [r.length for r, _off in placed]
+    bounds = list(itertools.accumulate(lens, initial=0))  # each run's offset from the first
+    total, first = bounds[-1], placed[0][1]
+    inline = total <= staging.size
+    for k, lo in enumerate(range(0, total, staging.size)):
+        hi = min(lo + staging.size, total)
+        i, j = bisect.bisect_right(bounds, lo) - 1, bisect.bisect_left(bounds, hi)
+        remote = list(zip(addrs[i:j], lens[i:j]))
+        addr, length = remote[0]
+        remote[0] = (addr + lo - bounds[i], length - (lo - bounds[i]))
+        addr, length = remote[-1]
+        remote[-1] = (addr, length - (bounds[j] - hi))
+        slot = k % staging.slots
+        staging.acquire(slot)
+        try:
+            got = ksys.process_vm_readv(pid, [(staging.address(slot), hi - lo)], remote)
+        except OSError as e:
+            raise EngineError("memory", f"process_vm_readv of {pid}: {e.strerror}") from None
+        if got != hi - lo:
+            raise EngineError("memory", f"short read from {pid}: {got} of {hi - lo} bytes")
+        staging.submit(slot, functools.partial(out.write_at, offset=first + lo), hi - lo,
+                       inline)
     staging.drain()
 
 

@@ -21,7 +21,9 @@ from engine.dump import cow, intervals, pages, shmem, tree, vmas
 from engine.dump.dumper import dump
 from engine.errors import EngineError
 from engine.images import load
+from engine.images.imgdir import ImageDir
 from engine.images.records import Vma
+from engine.kernel import pagecrc
 from engine.proc import pagemap as procpagemap
 from tests.engine.dump_support import Victim
 
@@ -299,3 +301,34 @@ def test_a_large_smaps_is_read_by_a_process_of_its_own(monkeypatch: pytest.Monke
     with pytest.raises(EngineError, match=f"cannot read smaps of {gone.pid} "
                                           r"\(its reader exited with status 1\)"):
         vmas.read_vmflags(gone.pid, 1)
+
+
+@pytest.mark.parametrize("general", [False, True])
+def test_runs_across_staging_slots_land_in_their_places(tmp_path: Path, general: bool,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Runs of this process's memory through slots of 4 pages, runs crossing slot
+    boundaries and one longer than a slot: the pages file holds each run's bytes in order
+    and the pagemap their checksums, by the one-call-per-slot path and the general one."""
+    if general:
+        monkeypatch.setattr(pages, "_all_vm_contiguous", lambda placed: False)
+    m = mmap.mmap(-1, 32 * PG, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.write(bytes(i % 251 for i in range(32 * PG)))
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    spans = [(0, 3), (5, 1), (7, 6), (14, 9), (30, 2)]  # (first page, pages)
+    runs = [pages.Run(base + s * PG, n * PG, False) for s, n in spans]
+    img = ImageDir.create(str(tmp_path / "img"))
+    try:
+        with pages.Staging(4 * PG) as staging:
+            stored = pages.write_pages(img, "pagemap-1.img", "pages-1.img", runs,
+                                       os.getpid(), -1, staging)
+        want = b"".join(m[s * PG:(s + n) * PG] for s, n in spans)
+    finally:
+        del base
+        m.close()
+    assert stored == 21
+    assert (tmp_path / "img" / "pages-1.img").read_bytes() == want
+    pm = img.read_pagemap("pagemap-1.img")
+    assert [(e.addr - runs[0].addr, e.nr_pages) for e in pm.entries] == [
+        (s * PG, n) for s, n in spans]
+    assert list(pm.sums.values) == list(pagecrc.sums_of(pm.sums.algo, want))
