@@ -21,6 +21,7 @@ from engine.proc.status import read_status
 from engine.worker import Worker
 from tests.engine import cr_support as cr
 from tests.engine.dump_support import MEMTREE_TASKS as TASKS
+from tests.engine.dump_support import run_engine
 
 
 def _gone(pid: int) -> bool:
@@ -237,4 +238,35 @@ def test_the_worker_dies_with_the_engine(memtree: list[int], tmp_path: Path) -> 
     deadline = time.monotonic() + 5
     while not _runs_untraced(memtree):  # the kernel detaches a dead tracer's tasks
         assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def _engines_of(images: Path) -> list[int]:
+    """Processes (the engine, its worker) whose command line names this image dir."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(images).encode() in cmdline.split(b"\0"):
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.parametrize("step", ["sigactions", "memory", "files", "write"])
+def test_a_fault_after_the_worker_started_leaves_nothing(memtree: list[int], tmp_path: Path,
+                                                         step: str) -> None:
+    """A dump of a tree the worker reads, failing at each step from the injections on:
+    the error is the step's, every task runs on untraced, and neither the image
+    directory nor any process of the engine is left."""
+    images = tmp_path / "img"
+    res = run_engine("dump", "-t", str(memtree[0]), "-D", str(images),
+                     env={"ENGINE_FAULT": step})
+    assert res.returncode == 1 and f"error: {step}: fault injected" in res.stderr
+    assert not images.exists()
+    deadline = time.monotonic() + 5
+    while _engines_of(images) or not _runs_untraced(memtree):
+        assert time.monotonic() < deadline, (_engines_of(images), memtree)
         time.sleep(0.01)
