@@ -38,8 +38,9 @@ def read_smaps(pid: int) -> bytes:
     return _read(pid, "smaps")
 
 
-#: Tasks with at least this many VMAs have their smaps read by a process of its own.
-SMAPS_APART_VMAS = 2000
+#: Tasks with at least this many VMAs have their smaps read by a process of its own (its
+#: start, ~25 ms, is then hidden behind the engine's own work on the VMAs).
+SMAPS_APART_VMAS = 10_000
 #: How long that process may take (seconds; the kernel's page walk is ~50 ms a GiB).
 SMAPS_TIMEOUT = 60.0
 # The reader: smaps in 64 KiB reads, the VmFlags values out, one a line. Plain Python
