@@ -450,7 +450,7 @@ def _dump_ipc(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcStat
     return ipcns.dump(img, frozen.root, list(state), vmas, inner, staging)
 
 
-def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: memworker.Counts,
+def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStats,
                     parent: _Parent | None, tracker: track.Tracker | None,
                     defer: list[_Copy] | None, staging: pages.Staging,
                     smaps_reader: ThreadPoolExecutor, task_writes: bool = True) -> list[Vma]:
@@ -506,17 +506,19 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: memworke
     return task_vmas
 
 
-def _read_memory(img: ImageDir, p: tree.Proc, st: _ProcState, counts: memworker.Counts,
-                 staging: pages.Staging, smaps_reader: ThreadPoolExecutor) -> MmCore:
+def _read_memory(img: ImageDir, p: tree.Proc, st: _ProcState, staging: pages.Staging,
+                 smaps_reader: ThreadPoolExecutor) -> tuple[MmCore, int, int]:
     """_process_memory as the memory worker runs it: every page written by the worker
     (a task writing its own would need the tracer's injection); then the mm record and
-    the VMA table, final from here on, written there too."""
-    _process_memory(img, p, st, counts, None, None, None, staging, smaps_reader,
+    the VMA table, final from here on, written there too. Returns the mm record and the
+    pages and VMAs counted."""
+    stats = DumpStats()
+    _process_memory(img, p, st, stats, None, None, None, staging, smaps_reader,
                     task_writes=False)
     assert st.mm is not None
     img.write_json(names.mm(p.pid), st.mm)
     img.write_vmas(names.vmas(p.pid), st.mm.vmas)
-    return st.mm
+    return st.mm, stats.pages, stats.vmas
 
 
 def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState],

@@ -40,14 +40,14 @@ class Counts(Protocol):
     """What the dump counts of a task's memory (DumpStats)."""
 
     pages: int
-    parent_pages: int
     vmas: int
-    task_written: int
 
 
-#: Reads one task's memory into the image: (img, proc, its state, counts, staging,
-#: smaps reader) -> its MmCore, written too (the dumper's _read_memory).
-Reader = Callable[[ImageDir, Proc, Any, Counts, pages.Staging, ThreadPoolExecutor], MmCore]
+#: Reads one task's memory into the image: (img, proc, its state, staging, smaps reader)
+#: -> its MmCore, written too, and the pages and VMAs it counted (the dumper's
+#: _read_memory).
+Reader = Callable[[ImageDir, Proc, Any, pages.Staging, ThreadPoolExecutor],
+                  tuple[MmCore, int, int]]
 
 
 def wanted(kind: str, prev_dir: str | None, track_mem: bool,
@@ -68,14 +68,6 @@ class _Result:
     created: list[str]
     checksums: dict[str, list[int]]
     page_summed: list[str]
-
-
-@dataclass
-class _Tally:
-    pages: int = 0
-    parent_pages: int = 0
-    vmas: int = 0
-    task_written: int = 0
 
 
 class MemoryWorker:
@@ -126,11 +118,10 @@ class _WorkerSide:
         if self.staging is None or self.smaps is None:
             self.staging = pages.Staging(self.slot)
             self.smaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smaps")
-        tally = _Tally()
         before = len(self.img.created_files)
-        mm = self.read(self.img, p, state, tally, self.staging, self.smaps)
+        mm, nr_pages, nr_vmas = self.read(self.img, p, state, self.staging, self.smaps)
         created = self.img.created_files[before:]
         summed = self.img.page_summed(created)
-        return _Result(p.pid, mm, tally.pages, tally.vmas, created,
+        return _Result(p.pid, mm, nr_pages, nr_vmas, created,
                        {n: self.img.checksums[n] for n in created if n in self.img.checksums},
                        summed)
