@@ -453,8 +453,8 @@ def _dump_ipc(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcStat
 def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStats,
                     parent: _Parent | None, tracker: track.Tracker | None,
                     defer: list[_Copy] | None, staging: pages.Staging,
-                    smaps_reader: ThreadPoolExecutor, task_writes: bool = True) -> list[Vma]:
-    """Private pages and the mm record of one process; returns its VMAs.
+                    smaps_reader: ThreadPoolExecutor, task_writes: bool = True) -> None:
+    """Private pages and the mm record (st.mm) of one process.
 
     Which pages to copy, and their copy, need only the layout (maps); smaps, whose page
     walk costs ~50 ms per resident GiB, is read meanwhile in a thread. Nothing may change
@@ -503,7 +503,6 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
     st.mm.cow = st.cow
     if tracker is not None:
         _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
-    return task_vmas
 
 
 def _read_memory(img: ImageDir, p: tree.Proc, st: _ProcState, staging: pages.Staging,
