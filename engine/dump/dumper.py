@@ -480,7 +480,7 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
                 mem_fd = -1  # closed by _close_copies
             elif not task_writes or not img.pages_direct or not selfwrite.wanted(runs):
                 # (a file written through the page cache in the task's long writes got
-                # large folios, 26-184 ms for 64 MiB here: the engine writes 64 KiB pieces)
+                # large folios, 26-194 ms for 64 MiB here: the engine writes 64 KiB pieces)
                 pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
                                   p.pid, mem_fd, staging, in_parent=in_parent)
             else:

@@ -341,7 +341,7 @@ def test_a_task_writes_its_own_pages_only_into_a_direct_file(tmp_path: Path, io:
     """A process with 80 MiB to copy writes its long runs itself into a pages file
     written with O_DIRECT; into one written through the page cache the engine writes
     everything (64 KiB at a time: the task's long writes got large folios, whose pages
-    this VM's host handed back, and took 26-184 ms for 64 MiB)."""
+    this VM's host handed back, and took 26-194 ms for 64 MiB)."""
     code = ("import mmap, time\n"
             "m = mmap.mmap(-1, 80 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
             "m.write(b'x' * (80 << 20))\n"
