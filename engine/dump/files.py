@@ -14,6 +14,7 @@ import fcntl
 import os
 import socket
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine.dump import anonfd, inetsk, mqueue, netlinksk, packetsk, pty, unixsk
@@ -337,7 +338,7 @@ def dump_cwd(table: FileTable, pid: int) -> int | None:
     return table._removed_dirs[key]
 
 
-def dump_mapped(img: ImageDir, table: FileTable, pid: int, vmas: list[Vma]) -> None:
+def dump_mapped(img: ImageDir, table: FileTable, pid: int, vmas: Sequence[Vma]) -> None:
     """The unlinked files task `pid` maps (after every fd of the tree is recorded): each
     one listed once in table.mapped, with the record of an fd on the same file (which
     holds its content) or a new record of its own with the content saved. The file is

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.dump import namespaces
@@ -55,7 +55,7 @@ class _Tables:
     msg: list[tuple[dict[str, int], int, list[tuple[int, bytes]]]]  # row, qbytes, msgs
 
 
-def dump(img: ImageDir, root: int, live: list[int], vmas: dict[int, list[Vma]],
+def dump(img: ImageDir, root: int, live: list[int], vmas: dict[int, Sequence[Vma]],
          tasks: Callable[[], dict[int, int]], staging: Staging) -> bool:
     """Write ipc.json for the tree rooted at `root` when it has an ipc namespace of its
     own (True), or refuse what depends on the engine's. `live`: the live processes,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.dump.pages import Run, Staging, write_pages
@@ -47,7 +48,7 @@ def _kind_of(path: str) -> tuple[str, str | None]:
     return "anon", None
 
 
-def collect(sources: dict[str, ShmemSource], pid: int, vmas: list[Vma]) -> None:
+def collect(sources: dict[str, ShmemSource], pid: int, vmas: Sequence[Vma]) -> None:
     """Note the shmem objects mapped by `pid` (first mapper wins; extents grow)."""
     for v in vmas:
         if v.kind != "shmem" or v.shmem_id is None:

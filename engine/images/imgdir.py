@@ -22,7 +22,7 @@ import stat
 import struct
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -274,7 +274,7 @@ class ImageDir:
         finally:
             os.close(fd)
 
-    def write_vmas(self, name: str, vmas: list[Vma]) -> None:
+    def write_vmas(self, name: str, vmas: Sequence[Vma]) -> None:
         """Write a process's VMAs as a binary table (engine/images/vmatable.py)."""
         self.write_bytes(name, vmatable.encode(vmas))
 
@@ -464,7 +464,7 @@ class ImageDir:
         except RecordError as e:
             raise ImageError(path, str(e)) from None
 
-    def read_vmas(self, name: str) -> list[Vma]:
+    def read_vmas(self, name: str) -> vmatable.VmaTable:
         """Read and validate a VMA table (sorted, disjoint VMA records)."""
         raw = self.read_bytes(name, MAX_JSON_BYTES)
         try:

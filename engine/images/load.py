@@ -14,6 +14,7 @@ images only through this.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine.images import ipcns, names
@@ -28,6 +29,7 @@ from engine.images.records import (
     TaskCore,
     Vma,
 )
+from engine.images.vmatable import VmaTable, columns_of
 from engine.kernel import uapi
 
 MAX_PARENT_DEPTH = 32
@@ -161,17 +163,10 @@ def _load(path: str, trusted: bool, verify_pages: str | None,
         # A task sharing its parent's address space has no memory of its own in the image.
         if t.state != "zombie" and "vm" not in t.shared:
             mm = d.read_json(names.mm(t.pid), MmCore)
-            mm.vmas = d.read_vmas(names.vmas(t.pid))
+            mm.vmas = vmas = d.read_vmas(names.vmas(t.pid))
             vmas_file = d.file(names.vmas(t.pid))
-            for v in mm.vmas:
-                if v.shmem_id is not None and v.shmem_id not in shmem:
-                    raise ImageError(vmas_file,
-                                     f"vma {v.start:#x}: unknown shmem {v.shmem_id}")
-                if v.kind == "file" and v.deleted and (v.dev, v.inode) not in mapped:
-                    raise ImageError(vmas_file,
-                                     f"vma {v.start:#x}: the unlinked file {v.path} it maps "
-                                     "is not in files.json's mapped files")
-            _check_sysv_attaches(vmas_file, mm, ipc)
+            _check_vma_refs(vmas_file, vmas, shmem, mapped)
+            _check_sysv_attaches(vmas_file, vmas, ipc)
             pm = d.read_pagemap(mm.pagemap)
             _check_in_vmas(d.file(mm.pagemap), pm, mm)
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
@@ -223,14 +218,31 @@ def _load_ipc(d: ImageDir, inv: Inventory) -> IpcNsImage:
     return IpcNsImage(rec, pagemaps)
 
 
-def _check_sysv_attaches(where: str, mm: MmCore, ipc: IpcNsImage | None) -> None:
+def _check_vma_refs(where: str, vmas: VmaTable, shmem: dict[str, ShmemImage],
+                    mapped: set[tuple[str, int]]) -> None:
+    """The shared memory objects and unlinked files the VMAs map are in the image (a
+    look at each distinct reference, and at each VMA of a deleted file)."""
+    cols = vmas.columns
+    for ref in set(cols.shmem) - {0}:
+        if cols.strings[ref] not in shmem:
+            v = vmas[cols.shmem.index(ref)]
+            raise ImageError(where, f"vma {v.start:#x}: unknown shmem {v.shmem_id}")
+    if not any(cols.deleted):
+        return
+    for v in vmas:
+        if v.kind == "file" and v.deleted and (v.dev, v.inode) not in mapped:
+            raise ImageError(where, f"vma {v.start:#x}: the unlinked file {v.path} it maps "
+                                    "is not in files.json's mapped files")
+
+
+def _check_sysv_attaches(where: str, vmas: VmaTable, ipc: IpcNsImage | None) -> None:
     """SysV VMAs map segments of the image's ipc namespace, each attach whole."""
-    vmas = [v for v in mm.vmas if v.kind == "sysv"]
-    if not vmas:
+    sysv = [vmas[i] for i in vmas.columns.of_kinds("sysv")]
+    if not sysv:
         return
     sizes = {s.id: s.mapped_size for s in ipc.record.shm} if ipc is not None else {}
     try:
-        ipcns.attaches(vmas, sizes)
+        ipcns.attaches(sysv, sizes)
     except ValueError as e:
         raise ImageError(where, str(e)) from None
 
@@ -247,7 +259,7 @@ def _check_sem_tasks(where: str, rec: ipcns.IpcImage, pids: set[int]) -> None:
 COW_KINDS = ("anon", "heap", "stack", "file")
 
 
-def cow_ranges(vmas: list[Vma]) -> list[tuple[int, int]]:
+def cow_ranges(vmas: Sequence[Vma]) -> list[tuple[int, int]]:
     """Address ranges of the VMAs that may hold pages shared copy-on-write with a
     parent: private anonymous and private file mappings."""
     return [(v.start, v.end) for v in vmas
@@ -390,8 +402,8 @@ def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
 def _check_in_vmas(path: str, pm: Pagemap, mm: MmCore) -> None:
     # Both lists are sorted: one merge pass, no per-page work (plain lists and inline
     # arithmetic: tens of thousands of runs and VMAs).
-    starts = [v.start for v in mm.vmas]
-    ends = [v.end for v in mm.vmas]
+    cols = columns_of(mm.vmas)
+    starts, ends = list(cols.start), list(cols.end)
     n = len(starts)
     i = 0
     for addr, pages, _flags in pm.entries:

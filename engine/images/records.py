@@ -12,6 +12,7 @@ between tasks by id) even where the dumper only handles one task so far.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -672,7 +673,7 @@ class MmCore:
     env_start: int
     env_end: int
     auxv: list[int]  # flat (type, value) pairs up to and including AT_NULL
-    vmas: list[Vma] = field(default_factory=list)  # sorted, disjoint (vmatable checks)
+    vmas: Sequence[Vma] = field(default_factory=list)  # sorted, disjoint (vmatable checks)
     exe: str | None = None
     pagemap: str = ""
     pages: str = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from engine.images.imgdir import PE_PARENT, Pagemap
@@ -152,7 +153,7 @@ def _vma_line(v: Vma) -> str:
     return f"    {v.start:012x}-{v.end:012x} {prot}{share} {v.pgoff:08x} {v.kind:6} {what}{gd}\n"
 
 
-def _show_mm(vmas: list[Vma], pm: Pagemap, out: TextIO, max_vmas: int) -> None:
+def _show_mm(vmas: Sequence[Vma], pm: Pagemap, out: TextIO, max_vmas: int) -> None:
     total = sum(v.end - v.start for v in vmas)
     out.write(f"  {len(vmas)} vmas, {total // 1024} KiB mapped; pages: {_pm_summary(pm)} "
               f"({pm.pages_stored * PAGE_SIZE // 1024} KiB)\n")

@@ -11,14 +11,19 @@ at a time is open), and apply madvise state.
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import operator
 import os
 from array import array
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError
-from engine.images import ipcns
+from engine.images import ipcns, vmatable
 from engine.images.records import PAGE_SIZE, MmCore, ShmemEntry, Vma, deleted_key
+from engine.images.vmatable import KIND_INDEX, VmaColumns
 from engine.kernel import blob, uapi
 from engine.proc.maps import read_maps
 
@@ -94,7 +99,7 @@ def match_specials(mm: MmCore, mine: list[tuple[str, int, int]]) -> list[Special
     Both come from this kernel, so the blocks must agree in number and sizes; the vdso
     code finds its data at a fixed offset from itself, so the block moves as a whole.
     """
-    dumped = [v for v in mm.vmas if v.kind in _SPECIAL_KINDS]
+    dumped = [mm.vmas[i] for i in vmatable.columns_of(mm.vmas).of_kinds(*_SPECIAL_KINDS)]
     if not dumped:
         return [Special(n, s, e, None) for n, s, e in mine]
     if [e - s for _, s, e in mine] != [v.end - v.start for v in dumped]:
@@ -108,21 +113,28 @@ def _overlaps(a0: int, a1: int, ranges: list[tuple[int, int]]) -> bool:
     return any(a0 < r1 and r0 < a1 for r0, r1 in ranges)
 
 
+def _used(cols: VmaColumns, lo: int, hi: int) -> bool:
+    """Whether a VMA of these (sorted, disjoint) overlaps [lo, hi)."""
+    i = bisect.bisect_right(cols.end, lo)
+    return i < len(cols.start) and cols.start[i] < hi
+
+
 def plan_window(mms: list[MmCore], region_size: int, shmem: list[ShmemEntry],
                 specials: list[Special], premap_size: int = 0) -> Window:
     """Choose a scratch window free in the engine's layout and in every dumped one (the
     same addresses then serve every task of the tree), with premap_size bytes for
     premapped private memory at its end."""
     specials_size = sum(s.size for s in specials)
-    anon_max = max((v.end - v.start for mm in mms for v in mm.vmas if v.kind == "anon"),
+    dumped = [vmatable.columns_of(mm.vmas) for mm in mms]
+    anon_max = max((c.end[i] - c.start[i] for c in dumped for i in c.of_kinds("anon")),
                    default=0)
     size = region_size + _GAP + specials_size + sum(s.size + _GAP for s in shmem) \
         + anon_max + _GAP + _page_up(premap_size) + _GAP
-    busy = [(v.start, v.end) for mm in mms for v in mm.vmas if v.end <= TASK_SIZE]
-    busy += [(v.start, v.end) for v in read_maps(os.getpid()) if v.end <= TASK_SIZE]
+    mine = [(v.start, v.end) for v in read_maps(os.getpid()) if v.end <= TASK_SIZE]
     base = _WINDOW_ALIGN
     while base + size + _GAP <= TASK_SIZE:
-        if not _overlaps(base - _GAP, base + size + _GAP, busy):
+        lo, hi = base - _GAP, base + size + _GAP
+        if not _overlaps(lo, hi, mine) and not any(_used(c, lo, hi) for c in dumped):
             break
         base += _WINDOW_ALIGN
     else:
@@ -178,8 +190,10 @@ def _map_flags(v: Vma) -> int:
     return flags | uapi.MAP_NORESERVE if "nr" in v.vmflags else flags
 
 
-def _file_open_flags(v: Vma) -> int:
-    shared_write = v.flags & uapi.MAP_SHARED and (v.prot & uapi.PROT_WRITE or "mw" in v.vmflags)
+def _file_open_flags(flags: int, prot: int, may_write: bool) -> int:
+    """How a file is opened for a mapping of it: read-write for a shared mapping that
+    writes or may be made to (VmFlags "mw"), else read-only."""
+    shared_write = flags & uapi.MAP_SHARED and (prot & uapi.PROT_WRITE or may_write)
     return uapi.O_RDWR | uapi.O_CLOEXEC if shared_write else _RDONLY
 
 
@@ -193,14 +207,16 @@ def _map_private_memfd(t: blob.Table, v: Vma, objfds: dict[str, int]) -> None:
 
 
 _ANON_KINDS = ("anon", "heap", "stack")
+_ANON_INDEXES = frozenset(KIND_INDEX[k] for k in _ANON_KINDS)
+_FILE = KIND_INDEX["file"]
 
 
-def _kept_apart(vmas: list[Vma]) -> set[int]:
+def _kept_apart(vmas: Sequence[Vma], cols: VmaColumns) -> set[int]:
     """Starts of the private anonymous VMAs that touch another one: the kernel would
     merge them into one VMA where the dumped process had two (there they could not merge:
     a VMA inherited through fork, or another anon_vma)."""
     out: set[int] = set()
-    anon = [v for v in vmas if v.kind in _ANON_KINDS and not v.flags & uapi.MAP_SHARED]
+    anon = [vmas[i] for i in cols.of_kinds(*_ANON_KINDS) if not cols.flags[i] & uapi.MAP_SHARED]
     for a, b in itertools.pairwise(anon):
         if a.end == b.start:
             out.update((a.start, b.start))
@@ -302,70 +318,106 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     keep += [(src, src + size) for pieces in moves.values() for src, _, size in pieces]
     _unmap_all_but(t, keep)
     _move_specials(t, specials, window.specials_tmp)
-    files: dict[tuple[str, int], list[Vma]] = {}
+    vmas = mm.vmas
+    cols = vmatable.columns_of(vmas)
+    # The plain cases (tens of thousands in maps06) as lists of VMA indexes, mapped a
+    # rows entry at a time; the rest one VMA at a time, in order.
+    files: dict[tuple[str, int], list[int]] = {}
+    anon: list[int] = []
+    other: list[int] = []
+    apart = _kept_apart(vmas, cols)
+    starts, strings = cols.start, cols.strings
+    may_write = {ref for ref, text in enumerate(strings) if text and "mw" in text.split()}
+    for i, (kind, flags, deleted, ref, prot, vref) in enumerate(zip(
+            cols.kind, cols.flags, cols.deleted, cols.path, cols.prot, cols.vmflags)):
+        if moves and starts[i] in moves:
+            other.append(i)
+        elif kind == _FILE and not deleted:
+            oflags = (_file_open_flags(flags, prot, vref in may_write)
+                      if flags & uapi.MAP_SHARED else _RDONLY)
+            files.setdefault((strings[ref] or "", oflags), []).append(i)
+        elif kind in _ANON_INDEXES and starts[i] not in apart:
+            anon.append(i)
+        else:
+            other.append(i)
+    shared = _one_by_one(t, vmas, other, window, objfds, moves, files)
+    ends = cols.end
+    if anon:
+        t.rows(uapi.SYS_mmap, _mmap_rows(cols, anon, -1),
+               what=lambda i: f"map anon {starts[anon[i]]:#x}-{ends[anon[i]]:#x}")
+    for (path, oflags), which in files.items():
+        _map_file(t, path, oflags, cols, which)
+    for sid, group in shared.items():
+        _map_shared(t, sid, group, window.shmem_tmp[sid])
+    sysv = [vmas[i] for i in other if vmas[i].kind == "sysv"]
+    if sysv:
+        _attach_sysv(t, sysv, sysv_sizes or {})
+    _advise(t, vmas, cols)
+    return t
+
+
+def _one_by_one(t: blob.Table, vmas: Sequence[Vma], which: list[int], window: Window,
+                objfds: dict[str, int], moves: dict[int, list[tuple[int, int, int]]],
+                files: dict[tuple[str, int], list[int]]) -> dict[str, list[Vma]]:
+    """The entries of the VMAs `which` (indexes), which are not plain: premapped ones,
+    anonymous ones kept apart, private memfd mappings, mapped unlinked files (added to
+    `files`); returns the shared memory VMAs per object (SysV attaches are the caller's)."""
     shared: dict[str, list[Vma]] = {}
-    sysv: list[Vma] = []
-    anon: list[Vma] = []
-    apart = _kept_apart(mm.vmas)
-    for v in mm.vmas:
+    for i in which:
+        v = vmas[i]
         kind = v.kind
         if v.start in moves:
             _move_premapped(t, v, moves[v.start])
-        elif kind == "file" and not v.deleted and not v.flags & uapi.MAP_SHARED:
-            # the common case first (tens of thousands in maps06): read-only open
-            files.setdefault((v.path or "", _RDONLY), []).append(v)
         elif kind == "file":
             assert v.path is not None
             path = _deleted_path(v, objfds) if v.deleted else v.path
-            files.setdefault((path, _file_open_flags(v)), []).append(v)
+            oflags = _file_open_flags(v.flags, v.prot, "mw" in v.vmflags)
+            files.setdefault((path, oflags), []).append(i)
         elif kind in _ANON_KINDS:
-            if v.start in apart:
-                _map_anon_apart(t, v, window.anon_tmp)
-            else:
-                anon.append(v)
+            _map_anon_apart(t, v, window.anon_tmp)
         elif kind == "shmem" and v.flags & uapi.MAP_PRIVATE:
             _map_private_memfd(t, v, objfds)
         elif kind == "shmem":
             assert v.shmem_id is not None
             shared.setdefault(v.shmem_id, []).append(v)
-        elif kind == "sysv":
-            sysv.append(v)
-        elif kind not in _SPECIAL_KINDS and kind != "vsyscall":
+        elif kind not in _SPECIAL_KINDS and kind not in ("vsyscall", "sysv"):
             raise EngineError("mm", f"vma {v.start:#x}-{v.end:#x} ({v.path}): "
                                     "unsupported mapping kind")
-    if anon:
-        t.rows(uapi.SYS_mmap, _mmap_rows(anon, -1),
-               what=lambda i: f"map anon {anon[i].start:#x}-{anon[i].end:#x}")
-    for (path, oflags), vmas in files.items():
-        _map_file(t, path, oflags, vmas)
-    for sid, vmas in shared.items():
-        _map_shared(t, sid, vmas, window.shmem_tmp[sid])
-    if sysv:
-        _attach_sysv(t, sysv, sysv_sizes or {})
-    _advise(t, mm.vmas)
-    return t
+    return shared
 
 
-def _mmap_rows(vmas: list[Vma], fd: int) -> bytes:
-    """mmap arguments of each VMA (the file offset of a file mapping; fd -1 for
-    anonymous memory, else replaced by the table's saved value)."""
-    rows = array("q")
-    add = rows.extend
-    for v in vmas:  # _map_flags inline: tens of thousands of VMAs
-        flags = (v.flags & _MAP_KEEP) | uapi.MAP_FIXED
-        if "nr" in v.vmflags:
-            flags |= uapi.MAP_NORESERVE
-        add((v.start, v.end - v.start, v.prot, flags, fd, v.pgoff))
+def _mmap_rows(cols: VmaColumns, which: list[int], fd: int) -> bytes:
+    """mmap arguments of the VMAs `which` (indexes; the file offset of a file mapping; fd
+    -1 for anonymous memory, else replaced by the table's saved value), a column at a
+    time: tens of thousands of VMAs."""
+    n = len(which)
+    take = operator.itemgetter(*which) if n > 1 else lambda col: (col[which[0]],)
+    starts = take(cols.start)
+    # MAP_FIXED, and MAP_NORESERVE where VmFlags has "nr": by the VmFlags string
+    fixed = {ref: uapi.MAP_FIXED | (uapi.MAP_NORESERVE if "nr" in (text or "").split()
+                                    else 0)
+             for ref, text in enumerate(cols.strings)}
+    rows = array("q", bytes(blob.ROW_SIZE * n))
+    rows[0::6] = array("q", starts)
+    rows[1::6] = array("q", map(operator.sub, take(cols.end), starts))
+    rows[2::6] = array("q", take(cols.prot))
+    rows[3::6] = array("q", map(operator.or_, map(_MAP_KEEP.__and__, take(cols.flags)),
+                                map(fixed.__getitem__, take(cols.vmflags))))
+    rows[4::6] = array("q", [fd]) * n
+    rows[5::6] = array("q", take(cols.pgoff))
     return rows.tobytes()
 
 
-def _map_file(t: blob.Table, path: str, oflags: int, vmas: list[Vma]) -> None:
-    """One open per file for all its VMAs: the fd lives in the runner's saved register
-    and is closed right after, so no more than one extra fd ever exists in the task."""
+def _map_file(t: blob.Table, path: str, oflags: int, cols: VmaColumns,
+              which: list[int]) -> None:
+    """One open per file for all its VMAs `which`: the fd lives in the runner's saved
+    register and is closed right after, so no more than one extra fd ever exists in the
+    task."""
+    starts = cols.start
     t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), oflags, 0, save=True,
           what=f"open {path}")
-    t.rows(uapi.SYS_mmap, _mmap_rows(vmas, 0), use_saved=1 << 4,
-           what=lambda i: f"map {path} at {vmas[i].start:#x}")
+    t.rows(uapi.SYS_mmap, _mmap_rows(cols, which, 0), use_saved=1 << 4,
+           what=lambda i: f"map {path} at {starts[which[i]]:#x}")
     t.add(uapi.SYS_close, 0, use_saved=1, what=f"close {path}")
 
 
@@ -382,17 +434,29 @@ def _map_shared(t: blob.Table, sid: str, vmas: list[Vma], tmp: int) -> None:
                   what=("protect shmem {} at {:#x}", sid, v.start))
 
 
-def _advise(t: blob.Table, vmas: list[Vma]) -> None:
+def _advised(cols: VmaColumns) -> dict[int, list[str]]:
+    """VmFlags string reference -> the flags of it that madvise() or mlock() restore
+    (references with none left out)."""
+    out = {}
+    for ref in set(cols.vmflags):
+        flags = [f for f in (cols.strings[ref] or "").split() if f in _MADVISE]
+        if flags:
+            out[ref] = flags
+    return out
+
+
+def _advise(t: blob.Table, vmas: Sequence[Vma], cols: VmaColumns) -> None:
     """madvise() and mlock() state from VmFlags: one rows entry per advice (specials are
     left alone: the kernel sets their flags itself)."""
+    by_ref = _advised(cols)
+    if not by_ref:
+        return
+    skip = {KIND_INDEX[k] for k in (*_SPECIAL_KINDS, "vsyscall")}
     advised: dict[str, list[Vma]] = {}
-    for v in vmas:
-        if v.kind in _SPECIAL_KINDS or v.kind == "vsyscall" or _MADVISE.keys().isdisjoint(
-                v.vmflags):
-            continue
-        for flag in v.vmflags:
-            if flag in _MADVISE:
-                advised.setdefault(flag, []).append(v)
+    for i, (ref, kind) in enumerate(zip(cols.vmflags, cols.kind)):
+        if ref in by_ref and kind not in skip:
+            for flag in by_ref[ref]:
+                advised.setdefault(flag, []).append(vmas[i])
     for flag, which in advised.items():
         _advice_rows(t, flag, which)
 
@@ -417,22 +481,18 @@ def layout_table_bytes(mm: MmCore, nr_shmem: int, nr_moves: int = 0) -> int:
     """An upper bound of the layout table's size (to size the region before forking);
     nr_shmem: the shared objects (shmem, mapped unlinked files) of the tree."""
     # a row per VMA, up to 5 entries for an anonymous one kept apart, 2 for a shared one;
-    # per file an open and a close; a row per advice. (One pass: 30,000 VMAs.)
-    paths: set[str] = set()
-    anon = shared = advice = deleted = 0
-    madvise = _MADVISE.keys()
-    for v in mm.vmas:
-        paths.add(v.path or "")
-        if v.kind in _ANON_KINDS:
-            anon += 1
-        elif v.kind in ("shmem", "sysv"):
-            shared += 1
-        if not madvise.isdisjoint(v.vmflags):
-            advice += sum(1 for f in v.vmflags if f in madvise)
-        deleted += v.deleted
-    plain = len(mm.vmas) - anon - shared
+    # per file an open and a close; a row per advice. (Counted a column at a time:
+    # 30,000 VMAs.)
+    cols = vmatable.columns_of(mm.vmas)
+    paths = [cols.strings[ref] or "" for ref in set(cols.path)]
+    kinds = cols.kind
+    anon = sum(kinds.count(KIND_INDEX[k]) for k in _ANON_KINDS)
+    shared = kinds.count(KIND_INDEX["shmem"]) + kinds.count(KIND_INDEX["sysv"])
+    uses = Counter(cols.vmflags)
+    advice = sum(uses[ref] * len(flags) for ref, flags in _advised(cols).items())
+    plain = len(kinds) - anon - shared
     per_vma = (5 * anon + 2 * shared) * blob.ENTRY_SIZE + (plain + advice) * blob.ROW_SIZE
     entries = 16 + 2 * len(_MADVISE) + 3 * len(paths) + nr_shmem * 3 + nr_moves
     strings = sum(len(os.fsencode(p)) + 1 for p in paths) + nr_shmem * 64
-    strings += 32 * deleted  # /proc/self/fd/N instead of the path
+    strings += 32 * sum(cols.deleted)  # /proc/self/fd/N instead of the path
     return entries * blob.ENTRY_SIZE + per_vma + strings + 4096

@@ -24,9 +24,10 @@ from __future__ import annotations
 import bisect
 import ctypes
 import itertools
+import operator
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -34,6 +35,7 @@ from engine.errors import EngineError
 from engine.images import PE_PARENT, PE_PRESENT, DumpImage, PagesReader
 from engine.images.imgdir import Pagemap
 from engine.images.records import PAGE_SIZE, Vma
+from engine.images.vmatable import KIND_INDEX, columns_of
 from engine.kernel import sys as ksys
 from engine.kernel import uapi
 
@@ -186,20 +188,26 @@ def shmem_source(image: DumpImage, sid: str) -> PageSource:
     return PageSource.of(image, s.pagemap, s.entry.pages, parent)
 
 
-def task_chunks(src: PageSource, vmas: list[Vma]) -> tuple[list[Chunk], list[Chunk]]:
-    """The stored pages of the task's private VMAs, as (writable, not writable) chunks
-    sorted by address (the second kind is written through /proc/PID/mem)."""
+_NOT_RESTORED = frozenset(KIND_INDEX[k] for k in ("vdso", "vvar", "vsyscall"))
+
+
+def task_chunks(src: PageSource, vmas: Sequence[Vma]) -> tuple[list[Chunk], list[Chunk]]:
+    """The stored pages of the task's private VMAs (sorted by address, as an image has
+    them), as (writable, not writable) chunks sorted by address (the second kind is
+    written through /proc/PID/mem). A column-wise walk: tens of thousands of VMAs."""
     fast: list[tuple[int, int]] = []
     forced: list[tuple[int, int]] = []
-    for v in sorted(vmas, key=lambda v: v.start):
-        if v.kind in ("vdso", "vvar", "vsyscall") or v.flags & uapi.MAP_SHARED:
+    cols = columns_of(vmas)
+    for start, end, kind, flags, prot in zip(cols.start, cols.end, cols.kind, cols.flags,
+                                             cols.prot):
+        if kind in _NOT_RESTORED or flags & uapi.MAP_SHARED:
             continue  # shared objects are filled on the object, not through a task
         # (a private mapping of a memfd gets its COW pages here, like a file mapping)
-        ranges = fast if v.prot & uapi.PROT_WRITE else forced
-        if ranges and ranges[-1][1] == v.start:  # one range for neighbours alike (maps06)
-            ranges[-1] = (ranges[-1][0], v.end)
+        ranges = fast if prot & uapi.PROT_WRITE else forced
+        if ranges and ranges[-1][1] == start:  # one range for neighbours alike (maps06)
+            ranges[-1] = (ranges[-1][0], end)
         else:
-            ranges.append((v.start, v.end))
+            ranges.append((start, end))
     return src.chunks_in(fast), src.chunks_in(forced)
 
 
@@ -242,13 +250,19 @@ def write_chunks(pid: int, chunks: list[Chunk], forced: bool) -> int:
     if total >= _STREAM_MIN and all(c.reader is not None and c.reader.direct_fd() >= 0
                                     for c in chunks):
         return _stream(pid, chunks, forced)
-    done = _mem_write(pid, chunks) if forced else _vm_write(pid, chunks)
-    # Checked after the copy, which read the file's pages into the page cache: the check
-    # costs no second disk read, and a damaged page still fails the restore before the
-    # task ever runs.
+    if not forced:
+        return _vm_write(pid, chunks)
+    done = _mem_write(pid, chunks)
+    _verify(chunks)
+    return done
+
+
+def _verify(chunks: list[Chunk]) -> None:
+    """Check the chunks' pages from pages files. Called after their copy, which read
+    the file's pages into the page cache: the check costs no second disk read, and a
+    damaged page still fails the restore before the task ever runs."""
     for reader, offset, src, length in _file_spans(chunks):
         reader.verify(offset, src, length)
-    return done
 
 
 def _file_spans(chunks: list[Chunk]) -> list[tuple[PagesReader, int, int, int]]:
@@ -359,19 +373,22 @@ def _stream(pid: int, chunks: list[Chunk], forced: bool) -> int:
 
 
 def _vm_write(pid: int, chunks: list[Chunk]) -> int:
-    """process_vm_writev all chunks; large transfers are split over a few threads (the
-    cost is the target's page allocation and zeroing, which runs in the calling thread's
-    syscall, and ctypes releases the GIL)."""
+    """process_vm_writev all chunks, then check their pages (_verify); large transfers
+    are split over a few threads, each checking its own part (the cost is the target's
+    page allocation and zeroing, which runs in the calling thread's syscall, and the
+    checksums: ctypes releases the GIL for both)."""
     total = sum(c.length for c in chunks)
     workers = min(os.cpu_count() or 1, _MAX_WORKERS)
     if total < _PARALLEL_BYTES or workers < 2:
         _vm_write_serial(pid, chunks)
+        _verify(chunks)
         return total
     errors: list[BaseException] = []
 
     def work(part: list[Chunk]) -> None:
         try:
             _vm_write_serial(pid, part)
+            _verify(part)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread below
             errors.append(e)
 
@@ -387,22 +404,34 @@ def _vm_write(pid: int, chunks: list[Chunk]) -> int:
 
 
 def _split(chunks: list[Chunk], parts: int) -> list[list[Chunk]]:
-    """Cut the chunk list into `parts` lists of about equal bytes (page-aligned cuts)."""
-    share = _page_up(sum(c.length for c in chunks) // parts)
-    out: list[list[Chunk]] = [[]]
-    room = share
-    for c in chunks:
-        while c.length:
-            if room == 0 and len(out) < parts:
-                out.append([])
-                room = share
-            n = c.length if len(out) == parts else min(c.length, room)
-            room -= min(n, room)
-            if n == c.length:  # whole (most of tens of thousands of one-page chunks)
-                out[-1].append(c)
-                break
-            head, c = c.cut(n)
-            out[-1].append(head)
+    """Cut the chunk list into `parts` lists of about equal bytes (page-aligned cuts):
+    whole chunks are sliced off the list, only the chunks a cut falls in are cut (maps06
+    has tens of thousands of one-page chunks)."""
+    ends = list(itertools.accumulate(map(operator.attrgetter("length"), chunks)))
+    total = ends[-1] if ends else 0
+    share = _page_up(total // parts)
+    out: list[list[Chunk]] = []
+    i = 0  # the first chunk not placed yet
+    carry: Chunk | None = None  # the rest of a cut chunk (chunks[i - 1]), at `carry_at`
+    carry_at = 0
+    for k in range(1, parts):
+        cut = k * share
+        if not share or cut >= total:
+            break
+        if carry is not None and carry_at + carry.length > cut:  # a long chunk, cut again
+            head, carry = carry.cut(cut - carry_at)
+            carry_at = cut
+            out.append([head])
+            continue
+        j = bisect.bisect_right(ends, cut)  # chunks[:j] end at or before the cut
+        part = ([carry] if carry is not None else []) + chunks[i:j]
+        carry, i = None, j
+        if j < len(chunks) and ends[j] - chunks[j].length < cut:
+            head, carry = chunks[j].cut(cut - (ends[j] - chunks[j].length))
+            carry_at, i = cut, j + 1
+            part.append(head)
+        out.append(part)
+    out.append(([carry] if carry is not None else []) + chunks[i:])
     return out
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.dump.intervals import Interval, intersect, normalise, subtract
@@ -143,7 +143,7 @@ def _compatible(v: Vma, w: Vma) -> bool:
     return True
 
 
-def _covering(v: Vma, parent: list[Vma]) -> list[Vma] | None:
+def _covering(v: Vma, parent: Sequence[Vma]) -> list[Vma] | None:
     """The parent's VMAs that cover v without a hole, each compatible; else None."""
     found = [w for w in parent if w.start < v.end and v.start < w.end]
     pos = v.start
