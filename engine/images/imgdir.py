@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
+import itertools
 import json
 import mmap
+import operator
 import os
 import re
 import stat
@@ -81,13 +84,34 @@ class PagemapEntry(NamedTuple):
 
 @dataclass(frozen=True)
 class Pagemap:
-    """A validated pagemap: entries sorted by address, and where each PRESENT run's data
-    starts in the pages file (`offsets[i]`, -1 for entries without data here)."""
+    """A validated pagemap, a field at a time (tens of thousands of runs are decoded and
+    walked in bulk): each run's address, page count and flags, sorted by address, and
+    where each PRESENT run's data starts in the pages file (`offsets[i]`, -1 for runs
+    without data here)."""
 
-    entries: list[PagemapEntry]
+    addrs: list[int]
+    counts: list[int]
+    flags: list[int]
     offsets: list[int]
     pages_stored: int
     sums: PageSums
+
+    @classmethod
+    def of(cls, entries: list[PagemapEntry], offsets: list[int], pages_stored: int,
+           sums: PageSums) -> Pagemap:
+        """The pagemap of these runs."""
+        return cls([e.addr for e in entries], [e.nr_pages for e in entries],
+                   [e.flags for e in entries], offsets, pages_stored, sums)
+
+    @functools.cached_property
+    def ends(self) -> list[int]:
+        """The first address after each run."""
+        return list(map(operator.add, self.addrs, map(PAGE_SIZE.__mul__, self.counts)))
+
+    @functools.cached_property
+    def entries(self) -> list[PagemapEntry]:
+        """The runs as records."""
+        return list(map(PagemapEntry, self.addrs, self.counts, self.flags))
 
 
 class ImageDir:
@@ -489,14 +513,18 @@ class ImageDir:
         if len(raw) != sums_at + 4 * stored:
             raise ImageError(path, f"pagemap size {len(raw)} does not match {count} entries "
                                    f"and {stored} page checksums")
-        entries = list(map(PagemapEntry._make, _PM_ENTRY.iter_unpack(raw[_PM_HEADER.size:sums_at])))
-        _check_entries(path, entries)
-        offsets = _offsets(entries)
-        pos = sum(e.nr_pages for e in entries if e.flags == PE_PRESENT) * PAGE_SIZE
-        if pos != stored * PAGE_SIZE:
+        # Each 16-byte run is u64 address, u32 pages, u32 flags: columns by slicing.
+        body = raw[_PM_HEADER.size:sums_at]
+        words, halves = array("Q", body), array("I", body)
+        pm = Pagemap(words[0::2].tolist(), halves[2::4].tolist(), halves[3::4].tolist(), [],
+                     stored, PageSums(algo, array("I", raw[sums_at:])))
+        _check_entries(path, pm)
+        pm.offsets.extend(_offsets(pm))
+        present = sum(itertools.compress(pm.counts, map(PE_PRESENT.__eq__, pm.flags)))
+        if present != stored:
             raise ImageError(path, f"header says {stored} pages stored, entries say "
-                                   f"{pos // PAGE_SIZE}")
-        return Pagemap(entries, offsets, stored, PageSums(algo, array("I", raw[sums_at:])))
+                                   f"{present}")
+        return pm
 
     def pages_reader(self, name: str, pm: Pagemap) -> PagesReader:
         """Map a pages file read-only after checking it holds exactly the pages `pm`
@@ -504,37 +532,41 @@ class ImageDir:
         return PagesReader(self.file(name), self.open_file(name), pm.sums)
 
 
-def _check_entries(path: str, entries: list[PagemapEntry]) -> None:
+def _check_entries(path: str, pm: Pagemap) -> None:
     """Page aligned, not empty, one known flag, sorted without overlap and within 64 bits:
-    checked a property at a time over all entries, the entry found on error only."""
-    if not entries:
+    checked a property at a time over all runs, the run found on error only."""
+    addrs, counts, flags = pm.addrs, pm.counts, pm.flags
+    if not addrs:
         return
-    addrs, counts, flags = zip(*entries)
-    ends = [a + n * PAGE_SIZE for a, n in zip(addrs, counts)]
-    bad = (any(a % PAGE_SIZE for a in addrs) or min(counts) == 0
-           or any(e > a for e, a in zip(ends, addrs[1:])))
+    ends = pm.ends
+    bad = (any(map((PAGE_SIZE - 1).__and__, addrs)) or min(counts) == 0
+           or any(map(operator.gt, ends, addrs[1:])))
     if bad:
         prev_end = 0
-        for e in entries:
+        for e in pm.entries:
             if e.addr % PAGE_SIZE or e.nr_pages == 0 or e.addr < prev_end:
                 raise ImageError(path, f"bad or unsorted entry at {e.addr:#x} "
                                        f"({e.nr_pages} pages)")
             prev_end = e.end
     if not set(flags) <= {PE_PRESENT, PE_PARENT}:
-        e = next(e for e in entries if e.flags not in (PE_PRESENT, PE_PARENT))
+        e = next(e for e in pm.entries if e.flags not in (PE_PRESENT, PE_PARENT))
         raise ImageError(path, f"bad flags {e.flags:#x} at {e.addr:#x}")
     if ends[-1] > 1 << 64:
-        raise ImageError(path, f"entry at {entries[-1].addr:#x} overflows")
+        raise ImageError(path, f"entry at {addrs[-1]:#x} overflows")
 
 
-def _offsets(entries: list[PagemapEntry]) -> list[int]:
-    """Where each PRESENT entry's data starts in the pages file (-1 for the others)."""
+def _offsets(pm: Pagemap) -> list[int]:
+    """Where each PRESENT run's data starts in the pages file (-1 for the others): the
+    running sum of the run sizes where every run is PRESENT (the sum in C)."""
+    sizes = list(map(PAGE_SIZE.__mul__, pm.counts))
+    if PE_PARENT not in pm.flags:
+        return list(itertools.accumulate(sizes[:-1], initial=0)) if sizes else []
     out = []
     pos = 0
-    for _addr, n, flags in entries:
+    for size, flags in zip(sizes, pm.flags):
         if flags == PE_PRESENT:
             out.append(pos)
-            pos += n * PAGE_SIZE
+            pos += size
         else:
             out.append(-1)
     return out

@@ -389,7 +389,7 @@ def _read_xstate(d: ImageDir, name: str, tid: int, where: str) -> bytes:
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
                  parent: str | None, verify: str | None) -> None:
-    if parent is None and any(e.flags & PE_PARENT for e in pm.entries):
+    if parent is None and PE_PARENT in pm.flags:
         raise ImageError(d.file(pagemap), "refers to a parent image but there is none")
     size = d.size(pages) if d.exists(pages) else -1
     if size != pm.pages_stored * PAGE_SIZE:
@@ -406,7 +406,7 @@ def _check_in_vmas(path: str, pm: Pagemap, mm: MmCore) -> None:
     starts, ends = list(cols.start), list(cols.end)
     n = len(starts)
     i = 0
-    for addr, pages, _flags in pm.entries:
+    for addr, pages in zip(pm.addrs, pm.counts):
         while i < n and ends[i] <= addr:
             i += 1
         if i == n or starts[i] > addr:

@@ -85,9 +85,7 @@ class PageSource:
         """The pages of `pagemap`, whose data `reader` maps (owned from now on)."""
         self.pagemap = pagemap
         # plain lists for chunks_in's walk (attribute access per entry cost it half)
-        self._starts = [e.addr for e in pagemap.entries]
-        self._ends = [e.end for e in pagemap.entries]
-        self._flags = [e.flags for e in pagemap.entries]
+        self._starts, self._ends, self._flags = pagemap.addrs, pagemap.ends, pagemap.flags
         self.reader = reader
         self.parent = parent_lookup
 

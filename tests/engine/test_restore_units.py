@@ -172,7 +172,7 @@ def test_chunks_in_walks_the_pagemap_once() -> None:
                PagemapEntry(0x30000, 8, PE_PRESENT)]
     reader = _FakeReader()
     reader.address = 0x7000000  # type: ignore[attr-defined]
-    src = pages.PageSource(Pagemap(entries, [0, 4 * PAGE, 6 * PAGE], 14,
+    src = pages.PageSource(Pagemap.of(entries, [0, 4 * PAGE, 6 * PAGE], 14,
                                    PageSums(ALGO_CRC32C, array("I", bytes(4 * 14)))),
                            reader, None)  # type: ignore[arg-type]
     ranges = [(0x11000, 0x12000), (0x13000, 0x21000), (0x32000, 0x34000),
