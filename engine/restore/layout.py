@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import operator
 import os
 from array import array
 from collections import Counter
@@ -26,6 +25,7 @@ from engine.images.records import PAGE_SIZE, MmCore, ShmemEntry, Vma, deleted_ke
 from engine.images.vmatable import KIND_INDEX, VmaColumns
 from engine.kernel import blob, uapi
 from engine.proc.maps import read_maps
+from engine.restore import layoutrows
 
 TASK_SIZE = (1 << 47) - PAGE_SIZE  # x86_64 4-level paging user space limit
 _SPECIAL_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
@@ -181,20 +181,9 @@ def _move_specials(t: blob.Table, specials: list[Special], tmp: int) -> None:
             t.add(uapi.SYS_munmap, s.start, s.size, what=f"unmap {s.name}")
 
 
-_MAP_KEEP = uapi.MAP_SHARED | uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_GROWSDOWN
-_RDONLY = uapi.O_RDONLY | uapi.O_CLOEXEC
-
-
 def _map_flags(v: Vma) -> int:
-    flags = (v.flags & _MAP_KEEP) | uapi.MAP_FIXED
+    flags = (v.flags & layoutrows.MAP_KEEP) | uapi.MAP_FIXED
     return flags | uapi.MAP_NORESERVE if "nr" in v.vmflags else flags
-
-
-def _file_open_flags(flags: int, prot: int, may_write: bool) -> int:
-    """How a file is opened for a mapping of it: read-write for a shared mapping that
-    writes or may be made to (VmFlags "mw"), else read-only."""
-    shared_write = flags & uapi.MAP_SHARED and (prot & uapi.PROT_WRITE or may_write)
-    return uapi.O_RDWR | uapi.O_CLOEXEC if shared_write else _RDONLY
 
 
 def _map_private_memfd(t: blob.Table, v: Vma, objfds: dict[str, int]) -> None:
@@ -206,9 +195,7 @@ def _map_private_memfd(t: blob.Table, v: Vma, objfds: dict[str, int]) -> None:
           what=("map memfd {} privately at {:#x}", v.shmem_id, v.start))
 
 
-_ANON_KINDS = ("anon", "heap", "stack")
-_ANON_INDEXES = frozenset(KIND_INDEX[k] for k in _ANON_KINDS)
-_FILE = KIND_INDEX["file"]
+_ANON_KINDS = layoutrows.ANON_KINDS
 
 
 def _kept_apart(vmas: Sequence[Vma], cols: VmaColumns) -> set[int]:
@@ -320,36 +307,25 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     _move_specials(t, specials, window.specials_tmp)
     vmas = mm.vmas
     cols = vmatable.columns_of(vmas)
-    # The plain cases (tens of thousands in maps06) as lists of VMA indexes, mapped a
-    # rows entry at a time; the rest one VMA at a time, in order.
-    files: dict[tuple[str, int], list[int]] = {}
-    anon: list[int] = []
-    other: list[int] = []
-    apart = _kept_apart(vmas, cols)
-    starts, strings = cols.start, cols.strings
-    may_write = {ref for ref, text in enumerate(strings) if text and "mw" in text.split()}
-    for i, (kind, flags, deleted, ref, prot, vref) in enumerate(zip(
-            cols.kind, cols.flags, cols.deleted, cols.path, cols.prot, cols.vmflags)):
-        if moves and starts[i] in moves:
-            other.append(i)
-        elif kind == _FILE and not deleted:
-            oflags = (_file_open_flags(flags, prot, vref in may_write)
-                      if flags & uapi.MAP_SHARED else _RDONLY)
-            files.setdefault((strings[ref] or "", oflags), []).append(i)
-        elif kind in _ANON_INDEXES and starts[i] not in apart:
-            anon.append(i)
-        else:
-            other.append(i)
-    shared = _one_by_one(t, vmas, other, window, objfds, moves, files)
-    ends = cols.end
-    if anon:
-        t.rows(uapi.SYS_mmap, _mmap_rows(cols, anon, -1),
-               what=lambda i: f"map anon {starts[anon[i]]:#x}-{ends[anon[i]]:#x}")
-    for (path, oflags), which in files.items():
-        _map_file(t, path, oflags, cols, which)
+    # The plain VMAs (tens of thousands in maps06) a rows entry per group; the rest one
+    # VMA at a time, in order.
+    apart = layoutrows.indexes(cols, _kept_apart(vmas, cols) | set(moves))
+    groups = layoutrows.groups(cols, apart)
+    shared = _one_by_one(t, vmas, groups.other, window, objfds, moves, groups.files)
+    args = layoutrows.Args.of(cols)
+    starts, ends = cols.start, cols.end
+    if groups.anon:
+        runs = groups.anon
+
+        def what(row: int) -> str:
+            i = layoutrows.vma_of_row(runs, row)
+            return f"map anon {starts[i]:#x}-{ends[i]:#x}"
+        t.rows(uapi.SYS_mmap, layoutrows.rows(args, runs, -1), what=what)
+    for (path, oflags), file_runs in groups.files.items():
+        _map_file(t, path, oflags, args, file_runs)
     for sid, group in shared.items():
         _map_shared(t, sid, group, window.shmem_tmp[sid])
-    sysv = [vmas[i] for i in other if vmas[i].kind == "sysv"]
+    sysv = [vmas[i] for i in groups.other if vmas[i].kind == "sysv"]
     if sysv:
         _attach_sysv(t, sysv, sysv_sizes or {})
     _advise(t, vmas, cols)
@@ -358,7 +334,7 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
 
 def _one_by_one(t: blob.Table, vmas: Sequence[Vma], which: list[int], window: Window,
                 objfds: dict[str, int], moves: dict[int, list[tuple[int, int, int]]],
-                files: dict[tuple[str, int], list[int]]) -> dict[str, list[Vma]]:
+                files: dict[tuple[str, int], list[range]]) -> dict[str, list[Vma]]:
     """The entries of the VMAs `which` (indexes), which are not plain: premapped ones,
     anonymous ones kept apart, private memfd mappings, mapped unlinked files (added to
     `files`); returns the shared memory VMAs per object (SysV attaches are the caller's)."""
@@ -371,8 +347,8 @@ def _one_by_one(t: blob.Table, vmas: Sequence[Vma], which: list[int], window: Wi
         elif kind == "file":
             assert v.path is not None
             path = _deleted_path(v, objfds) if v.deleted else v.path
-            oflags = _file_open_flags(v.flags, v.prot, "mw" in v.vmflags)
-            files.setdefault((path, oflags), []).append(i)
+            oflags = layoutrows.open_flags(v.flags, v.prot, "mw" in v.vmflags)
+            files.setdefault((path, oflags), []).append(range(i, i + 1))
         elif kind in _ANON_KINDS:
             _map_anon_apart(t, v, window.anon_tmp)
         elif kind == "shmem" and v.flags & uapi.MAP_PRIVATE:
@@ -386,38 +362,16 @@ def _one_by_one(t: blob.Table, vmas: Sequence[Vma], which: list[int], window: Wi
     return shared
 
 
-def _mmap_rows(cols: VmaColumns, which: list[int], fd: int) -> bytes:
-    """mmap arguments of the VMAs `which` (indexes; the file offset of a file mapping; fd
-    -1 for anonymous memory, else replaced by the table's saved value), a column at a
-    time: tens of thousands of VMAs."""
-    n = len(which)
-    take = operator.itemgetter(*which) if n > 1 else lambda col: (col[which[0]],)
-    starts = take(cols.start)
-    # MAP_FIXED, and MAP_NORESERVE where VmFlags has "nr": by the VmFlags string
-    fixed = {ref: uapi.MAP_FIXED | (uapi.MAP_NORESERVE if "nr" in (text or "").split()
-                                    else 0)
-             for ref, text in enumerate(cols.strings)}
-    rows = array("q", bytes(blob.ROW_SIZE * n))
-    rows[0::6] = array("q", starts)
-    rows[1::6] = array("q", map(operator.sub, take(cols.end), starts))
-    rows[2::6] = array("q", take(cols.prot))
-    rows[3::6] = array("q", map(operator.or_, map(_MAP_KEEP.__and__, take(cols.flags)),
-                                map(fixed.__getitem__, take(cols.vmflags))))
-    rows[4::6] = array("q", [fd]) * n
-    rows[5::6] = array("q", take(cols.pgoff))
-    return rows.tobytes()
-
-
-def _map_file(t: blob.Table, path: str, oflags: int, cols: VmaColumns,
-              which: list[int]) -> None:
-    """One open per file for all its VMAs `which`: the fd lives in the runner's saved
-    register and is closed right after, so no more than one extra fd ever exists in the
-    task."""
-    starts = cols.start
+def _map_file(t: blob.Table, path: str, oflags: int, args: layoutrows.Args,
+              runs: list[range]) -> None:
+    """One open per file for all its VMAs (`runs` of them): the fd lives in the runner's
+    saved register and is closed right after, so no more than one extra fd ever exists in
+    the task."""
+    starts = args.start
     t.add(uapi.SYS_openat, uapi.AT_FDCWD, t.cstr(path), oflags, 0, save=True,
           what=f"open {path}")
-    t.rows(uapi.SYS_mmap, _mmap_rows(cols, which, 0), use_saved=1 << 4,
-           what=lambda i: f"map {path} at {starts[which[i]]:#x}")
+    t.rows(uapi.SYS_mmap, layoutrows.rows(args, runs, 0), use_saved=1 << 4,
+           what=lambda row: f"map {path} at {starts[layoutrows.vma_of_row(runs, row)]:#x}")
     t.add(uapi.SYS_close, 0, use_saved=1, what=f"close {path}")
 
 
@@ -453,9 +407,10 @@ def _advise(t: blob.Table, vmas: Sequence[Vma], cols: VmaColumns) -> None:
         return
     skip = {KIND_INDEX[k] for k in (*_SPECIAL_KINDS, "vsyscall")}
     advised: dict[str, list[Vma]] = {}
-    for i, (ref, kind) in enumerate(zip(cols.vmflags, cols.kind)):
-        if ref in by_ref and kind not in skip:
-            for flag in by_ref[ref]:
+    refs = cols.vmflags
+    for i in itertools.compress(range(len(refs)), map(by_ref.__contains__, refs)):
+        if cols.kind[i] not in skip:
+            for flag in by_ref[refs[i]]:
                 advised.setdefault(flag, []).append(vmas[i])
     for flag, which in advised.items():
         _advice_rows(t, flag, which)
