@@ -22,6 +22,7 @@ summed with CRC32, the engine reads (and checks) everything.
 
 from __future__ import annotations
 
+import operator
 import os
 from array import array
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ def runs(chunks: list[Chunk]) -> tuple[list[Run], list[Chunk]]:
     """Split chunks (sorted by address) into long runs contiguous in the task and in one
     pages file read with O_DIRECT (for the task to read) and the rest (for the engine to write; the chunks
     as they were: maps06-scale restores have tens of thousands of short ones)."""
+    readers = set(map(operator.attrgetter("reader"), chunks))
+    if not any(r is not None and r.direct_fd() >= 0 for r in readers):
+        return [], chunks  # all in the page cache (a warm restore of maps06: 20,000 chunks)
     long_runs: list[Run] = []
     rest: list[Chunk] = []
     i, n = 0, len(chunks)
