@@ -381,7 +381,6 @@ class TreeRestorer:
                 finally:
                     setup.files.close()  # the root has copied what it needed
             self.tree = tree
-            files_by_id = self.image.files.by_id()
             try:
                 for t in self.owners:
                     t.real = tree.real[t.pid]
@@ -393,16 +392,6 @@ class TreeRestorer:
                         if t.vm_parent is not None:
                             self._clone_vm_child(t, window)
                     self._close_staging()
-                for t in self.live:
-                    view = state_table.CredView(read_status(t.real), self.ns)
-                    held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
-                    t.table2, t.deferred = state_table.finish_table(
-                        t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
-                        root=t is self.live[0], held=held, pid=t.real, shared=t.shared)
-                    if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
-                        state_table.foreground(t.table2, t.core.ctty,
-                                               ns.inner_pid(self.image, t.core.ctty_pgrp))
-                    t.view = view
                 self._rebuild(window, specials, shsrc)
                 with _timed(self.opts, "release"):
                     self._release()
@@ -519,9 +508,13 @@ class TreeRestorer:
             # Nothing may be delivered while the layout is half built.
             ptrace.set_sigmask(t.real, uapi.ALL_SIGNALS)
         with _timed(self.opts, "layout"):
-            # the page chunks are worked out while the tasks build their layouts
+            # the page chunks and the state tables are made while the tasks build their
+            # layouts
+            def meanwhile() -> dict[int, tuple[list[pages.Chunk], list[pages.Chunk]]]:
+                self._state_tables(window)
+                return self._page_chunks()
             chunks = _run_all(((t.runner, self._unregister_rseq(t)) for t in self.owners),
-                              "mm", self._page_chunks)
+                              "mm", meanwhile)
         assert chunks is not None
         if self.ipc is not None:
             self.ipc.finish()  # every segment is attached where it was
@@ -549,6 +542,21 @@ class TreeRestorer:
                     for c in t.vm_children:
                         self._finish(c, window)
                     self._finish(t, window)
+
+    def _state_tables(self, window: layout.Window) -> None:
+        """Each task's state table (t.table2) and the calls deferred past it, made while
+        the tasks build their layouts (_rebuild)."""
+        files_by_id = self.image.files.by_id()
+        for t in self.live:
+            view = state_table.CredView(read_status(t.real), self.ns)
+            held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
+            t.table2, t.deferred = state_table.finish_table(
+                t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
+                root=t is self.live[0], held=held, pid=t.real, shared=t.shared)
+            if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
+                state_table.foreground(t.table2, t.core.ctty,
+                                       ns.inner_pid(self.image, t.core.ctty_pgrp))
+            t.view = view
 
     def _layout_tables(self, window: layout.Window,
                        specials: dict[int, list[layout.Special]]) -> None:
