@@ -240,19 +240,37 @@ def write_shmem_pages(pid: int, src: PageSource, base: int, size: int) -> int:
     return write_chunks(pid, chunks, False)
 
 
-def write_chunks(pid: int, chunks: list[Chunk], forced: bool) -> int:
+def write_chunks(pid: int, chunks: list[Chunk], forced: bool, checked: bool = False) -> int:
     """Write chunks into task pid: through /proc/PID/mem when `forced`, else with
     process_vm_writev; large transfers from pages files are streamed (`_stream`). Every
-    page from a pages file is checked first."""
-    total = sum(c.length for c in chunks)
-    if total >= _STREAM_MIN and all(c.reader is not None and c.reader.direct_fd() >= 0
-                                    for c in chunks):
+    page from a pages file is checked (`checked`: check_in_place did already)."""
+    if _streamed(chunks):
         return _stream(pid, chunks, forced)
     if not forced:
-        return _vm_write(pid, chunks)
+        return _vm_write(pid, chunks, checked)
     done = _mem_write(pid, chunks)
-    _verify(chunks)
+    if not checked:
+        _verify(chunks)
     return done
+
+
+def _streamed(chunks: list[Chunk]) -> bool:
+    """Whether write_chunks streams these (large, every file read with O_DIRECT), rather
+    than copying them from their files' mappings."""
+    return sum(c.length for c in chunks) >= _STREAM_MIN and all(
+        c.reader is not None and c.reader.direct_fd() >= 0 for c in chunks)
+
+
+def check_in_place(chunks: list[Chunk]) -> bool:
+    """Check the pages of chunks that write_chunks will copy from files in the page cache
+    (their mappings) now, before the copy; True when it did (False: the files are read
+    from disk, and checked where they are read). A restore does it while the task builds
+    its layout: off the copy's path, and the mapping's page faults are taken here too."""
+    if not chunks or _streamed(chunks) or any(c.reader is not None and c.reader.direct_fd()
+                                              >= 0 for c in chunks):
+        return False
+    _verify(chunks)
+    return True
 
 
 def _verify(chunks: list[Chunk]) -> None:
@@ -370,23 +388,25 @@ def _stream(pid: int, chunks: list[Chunk], forced: bool) -> int:
     return sum(c.length for c in chunks)
 
 
-def _vm_write(pid: int, chunks: list[Chunk]) -> int:
-    """process_vm_writev all chunks, then check their pages (_verify); large transfers
-    are split over a few threads, each checking its own part (the cost is the target's
-    page allocation and zeroing, which runs in the calling thread's syscall, and the
-    checksums: ctypes releases the GIL for both)."""
+def _vm_write(pid: int, chunks: list[Chunk], checked: bool) -> int:
+    """process_vm_writev all chunks, then check their pages (_verify) unless `checked`;
+    large transfers are split over a few threads, each checking its own part (the cost is
+    the target's page allocation and zeroing, which runs in the calling thread's syscall,
+    and the checksums: ctypes releases the GIL for both)."""
     total = sum(c.length for c in chunks)
     workers = min(os.cpu_count() or 1, _MAX_WORKERS)
     if total < _PARALLEL_BYTES or workers < 2:
         _vm_write_serial(pid, chunks)
-        _verify(chunks)
+        if not checked:
+            _verify(chunks)
         return total
     errors: list[BaseException] = []
 
     def work(part: list[Chunk]) -> None:
         try:
             _vm_write_serial(pid, part)
-            _verify(part)
+            if not checked:
+                _verify(part)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread below
             errors.append(e)
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from engine.errors import EngineError, commit, termination_held
 from engine.faults import fault_point
@@ -186,6 +186,16 @@ def _write_pidfile(path: str, pid: int) -> None:
     with open(tmp, "w", encoding="ascii") as f:
         f.write(f"{pid}\n")
     os.replace(tmp, path)
+
+
+class _TaskPages(NamedTuple):
+    """A task's private pages to write: (writable, forced) chunks (pages.task_chunks), and
+    whether each list's pages were checked already (pages.check_in_place)."""
+
+    writable: list[pages.Chunk]
+    forced: list[pages.Chunk]
+    writable_checked: bool
+    forced_checked: bool
 
 
 _DRAIN_MAX = 64 + 1024  # every standard signal, and a bound on queued real-time ones
@@ -510,7 +520,7 @@ class TreeRestorer:
         with _timed(self.opts, "layout"):
             # the page chunks and the state tables are made while the tasks build their
             # layouts
-            def meanwhile() -> dict[int, tuple[list[pages.Chunk], list[pages.Chunk]]]:
+            def meanwhile() -> dict[int, _TaskPages]:
                 self._state_tables(window)
                 return self._page_chunks()
             chunks = _run_all(((t.runner, self._unregister_rseq(t)) for t in self.owners),
@@ -521,7 +531,7 @@ class TreeRestorer:
         fault_point("pages")
         with _timed(self.opts, "pages"):
             for t in self.owners:
-                self._write_pages(t, *chunks[t.pid])
+                self._write_pages(t, chunks[t.pid])
             for sid, s in self.shmem.items():
                 # Through the root's whole mapping: every task maps the same object.
                 pages.write_shmem_pages(self.live[0].real, shsrc[sid], window.shmem_tmp[sid],
@@ -587,9 +597,10 @@ class TreeRestorer:
         return {r.vma.start: [(slot(lo), lo, hi - lo) for lo, hi in r.pieces]
                 for r in tp.regions}
 
-    def _page_chunks(self) -> dict[int, tuple[list[pages.Chunk], list[pages.Chunk]]]:
-        """Each owner's private pages to write: (writable, forced) chunks of the VMAs
-        whose pages did not go in before the fork (premap) and, lazy, of the eager ones."""
+    def _page_chunks(self) -> dict[int, _TaskPages]:
+        """Each owner's private pages to write: the chunks of the VMAs whose pages did not
+        go in before the fork (premap) and, lazy, of the eager ones; those copied from
+        files in the page cache are checked here (pages.check_in_place)."""
         out = {}
         for t in self.owners:
             assert t.src is not None
@@ -600,24 +611,26 @@ class TreeRestorer:
                 done = tp.starts()
                 vmas = [v for v in vmas if v.start not in done]
                 self.opts.page_bytes["task"] += sum(c.length for c in tp.writes)
-            out[t.pid] = pages.task_chunks(t.src, vmas)
+            writable, forced = pages.task_chunks(t.src, vmas)
+            out[t.pid] = _TaskPages(writable, forced, pages.check_in_place(writable),
+                                    pages.check_in_place(forced))
         return out
 
-    def _write_pages(self, t: _Task, writable: list[pages.Chunk],
-                     forced: list[pages.Chunk]) -> None:
+    def _write_pages(self, t: _Task, p: _TaskPages) -> None:
         """The task's private pages: long runs read by the task itself (selfread), the
         rest written by the engine. (Sharing the long runs between the task and an engine
         thread measured slower: 1.0-1.4 s against 0.65-0.8 s per GiB.)"""
         assert t.runner is not None
-        long_runs, rest = selfread.runs(writable)
+        long_runs, rest = selfread.runs(p.writable)
         try:
             left = selfread.read_in_task(t.runner, long_runs)
         except blob.TableError as e:
             raise EngineError("pages", f"task {t.pid}: {e}") from None
-        by_engine = (pages.write_chunks(t.real, rest + left, False)
-                     + pages.write_chunks(t.real, forced, True))
+        # (checked chunks all come from the page cache: none is read by the task)
+        by_engine = (pages.write_chunks(t.real, rest + left, False, p.writable_checked)
+                     + pages.write_chunks(t.real, p.forced, True, p.forced_checked))
         self.opts.page_bytes["engine"] += by_engine
-        self.opts.page_bytes["task"] += (sum(c.length for c in writable) - sum(
+        self.opts.page_bytes["task"] += (sum(c.length for c in p.writable) - sum(
             c.length for c in rest + left))
 
     def _finish(self, t: _Task, window: layout.Window) -> None:

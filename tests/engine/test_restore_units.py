@@ -221,3 +221,34 @@ def test_run_all_waits_for_every_task_before_it_raises() -> None:
     with pytest.raises(EngineError, match="building the second table"):
         _run_all(tables(), "mm")  # type: ignore[arg-type]
     assert log == ["start 1", "finish 1"]
+
+
+class _CheckingReader:
+    """Stands for a PagesReader whose file is in the page cache or not; records checks."""
+
+    def __init__(self, on_disk: bool) -> None:
+        self.on_disk = on_disk
+        self.checked: list[tuple[int, int]] = []
+
+    def direct_fd(self) -> int:
+        return 7 if self.on_disk else -1
+
+    def verify(self, offset: int, address: int, length: int) -> None:
+        self.checked.append((offset, length))
+
+
+def test_pages_copied_from_the_page_cache_are_checked_before_the_copy() -> None:
+    """check_in_place checks chunks from cached files (one check per run of the file),
+    and leaves alone a list with a file to be read from disk (checked where it is read)."""
+    cached = _CheckingReader(on_disk=False)
+    chunks = [pages.Chunk(0x10000, 0x9000000, PAGE, cached, 0),  # type: ignore[arg-type]
+              pages.Chunk(0x11000, 0x9001000, PAGE, cached, PAGE),  # type: ignore[arg-type]
+              pages.Chunk(0x20000, 0x9005000, PAGE, cached, 5 * PAGE)]  # type: ignore[arg-type]
+    assert pages.check_in_place(chunks)
+    assert cached.checked == [(0, 2 * PAGE), (5 * PAGE, PAGE)]
+    disk = _CheckingReader(on_disk=True)
+    cached.checked.clear()
+    mixed = chunks + [pages.Chunk(0x30000, 0x9100000, PAGE, disk, 0)]  # type: ignore[arg-type]
+    assert not pages.check_in_place(mixed)
+    assert not cached.checked and not disk.checked
+    assert not pages.check_in_place([])
