@@ -269,6 +269,8 @@ class TreeRestorer:
         self.premap = premap.Plan()
         self.creator: dict[int, int] = {}  # task -> the task that forks it, if its parent
         self.mapped: list[tuple[str, int]] = []  # mapped unlinked files (spawn.TreeSetup)
+        #: the signal actions the tasks inherit (state_table.inherited_actions)
+        self.inherited: dict[int, bytes] = {}
 
     def _ipc_plan(self) -> ipcns.IpcPlan | None:
         """The objects of the tree's own ipc namespace, made by the engine while the root
@@ -384,6 +386,8 @@ class TreeRestorer:
             setup = self._setup(window, root, fplan)
             self.objfds = setup.obj_fds()
             with _timed(self.opts, "spawn"):
+                # (read right before the fork: nothing changes them in between)
+                self.inherited = state_table.inherited_actions()
                 try:
                     tree = spawn.spawn(setup, self.opts.timeout,
                                        self.ipc.prepare if self.ipc is not None else None,
@@ -557,12 +561,16 @@ class TreeRestorer:
         """Each task's state table (t.table2) and the calls deferred past it, made while
         the tasks build their layouts (_rebuild)."""
         files_by_id = self.image.files.by_id()
+        # Every task has the root's credentials now: the root took the ones it restores
+        # with before it made any task, and only the state tables change them. One read
+        # serves all.
+        view = state_table.CredView(read_status(self.live[0].real), self.ns)
         for t in self.live:
-            view = state_table.CredView(read_status(t.real), self.ns)
             held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
             t.table2, t.deferred = state_table.finish_table(
                 t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
-                root=t is self.live[0], held=held, pid=t.real, shared=t.shared)
+                root=t is self.live[0], held=held, pid=t.real, shared=t.shared,
+                inherited=self.inherited)
             if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
                 state_table.foreground(t.table2, t.core.ctty,
                                        ns.inner_pid(self.image, t.core.ctty_pgrp))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engine.images import codec
-from engine.images.records import FileRecord, RecordError
+from engine.images.records import FileRecord, RecordError, SigactionRecord
 
 BASE: dict[str, Any] = {"id": 3, "type": "anon_inode", "flags": 2}
 GOOD = {
@@ -72,3 +72,22 @@ def test_unix_socket_state_is_checked() -> None:
             _load({"type": "socket", "unix": {**good, **bad}})
     with pytest.raises(RecordError):
         _load({"type": "socket"})  # a socket without its state
+
+
+@pytest.mark.parametrize("row, message", [
+    ([99, 0, 0, 0, 0], "[3]: bad signal 99"),
+    ([4, True, 0, 0, 0], "[3].handler: expected an integer, got True"),
+    ([4, 0, 0, 0], "[3]: expected an array of the 5 fields"),
+    ([4, 0, 0, 0, -1], "[3]: sigaction 4 mask"),
+])
+def test_sigaction_rows_checked_in_bulk_name_a_bad_row(row: list[Any], message: str) -> None:
+    """A task's sigactions, int-only rows, are checked all at once; a bad one is still
+    refused naming its index and field."""
+    rows = [[s, 0, 0, 0, 0] for s in range(1, 9)]
+    convert = codec._converter(list[SigactionRecord])
+    got = convert(rows)
+    assert [r.signo for r in got] == list(range(1, 9))
+    rows[3] = row
+    with pytest.raises(codec._PathError) as e:
+        convert(rows)
+    assert message in f"{e.value.path}: {e.value.message}"
