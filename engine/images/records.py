@@ -12,7 +12,7 @@ between tasks by id) even where the dumper only handles one task so far.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -93,6 +93,13 @@ def _check_u64(value: int, what: str) -> None:
     _check(0 <= value <= U64_MAX, f"{what} out of range: {value}")
 
 
+def _all_u64(values: Iterable[int]) -> bool:
+    """Whether every value is a u64 (one look at the extremes: a task's registers, its
+    auxv; the value out of range is then found by _check_u64 one by one)."""
+    values = list(values)
+    return not values or 0 <= min(values) and max(values) <= U64_MAX
+
+
 def _check_regs(tid: int, regs: dict[str, int]) -> None:
     """Every register present, u64, and acceptable to PTRACE_SETREGS."""
     keys = set(regs)
@@ -100,8 +107,9 @@ def _check_regs(tid: int, regs: dict[str, int]) -> None:
         missing, extra = sorted(REG_NAMES - keys), sorted(keys - REG_NAMES)
         _check(False, f"thread {tid}: regs missing {missing}" if missing
                else f"thread {tid}: unknown regs {extra}")
-    for k, v in regs.items():
-        _check_u64(v, f"thread {tid} reg {k}")
+    if not _all_u64(regs.values()):
+        for k, v in regs.items():
+            _check_u64(v, f"thread {tid} reg {k}")
     for k in _SELECTORS_NONNULL + _SELECTORS:
         v = regs[k]
         ok = v <= 0xFFFF and (v & 3) == 3 or (v == 0 and k in _SELECTORS)
@@ -470,8 +478,9 @@ class RlimitRecord:
     def validate(self) -> None:
         """Resource number and values in range."""
         _check(0 <= self.resource < 16, f"bad rlimit resource {self.resource}")
-        _check_u64(self.soft, f"rlimit {self.name} soft")
-        _check_u64(self.hard, f"rlimit {self.name} hard")
+        if not _all_u64((self.soft, self.hard)):
+            _check_u64(self.soft, f"rlimit {self.name} soft")
+            _check_u64(self.hard, f"rlimit {self.name} hard")
 
 
 @dataclass
@@ -689,8 +698,9 @@ class MmCore:
                      "start_stack", "arg_start", "arg_end", "env_start", "env_end"):
             _check_u64(getattr(self, name), name)
         _check(len(self.auxv) % 2 == 0, "auxv must hold (type, value) pairs")
-        for v in self.auxv:
-            _check_u64(v, "auxv value")
+        if not _all_u64(self.auxv):
+            for v in self.auxv:
+                _check_u64(v, "auxv value")
         _check(_safe_name(self.pagemap) and _safe_name(self.pages), "bad pagemap/pages name")
         prev_end = 0
         for run in self.cow:
