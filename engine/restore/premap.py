@@ -40,6 +40,7 @@ from engine.errors import EngineError
 from engine.images import DumpImage
 from engine.images.load import COW_KINDS
 from engine.images.records import PAGE_SIZE, MmCore, Vma, deleted_key
+from engine.images.vmatable import columns_of
 from engine.kernel import pagecrc, uapi
 from engine.kernel import sys as ksys
 from engine.restore.pages import Chunk, PageSource
@@ -143,9 +144,11 @@ def _compatible(v: Vma, w: Vma) -> bool:
     return True
 
 
-def _covering(v: Vma, parent: Sequence[Vma]) -> list[Vma] | None:
-    """The parent's VMAs that cover v without a hole, each compatible; else None."""
-    found = [w for w in parent if w.start < v.end and v.start < w.end]
+def _covering(v: Vma, parent: Sequence[Vma], starts: Sequence[int],
+              ends: Sequence[int]) -> list[Vma] | None:
+    """The parent's VMAs (sorted; `starts` and `ends` their columns) that cover v without
+    a hole, each compatible; else None."""
+    found = list(parent[bisect.bisect_right(ends, v.start):bisect.bisect_left(starts, v.end)])
     pos = v.start
     for w in found:
         if w.start > pos or not _premappable(w) or not _compatible(v, w):
@@ -169,10 +172,14 @@ def plan(image: DumpImage, order: list[int], creator: dict[int, int]) -> Plan:
         cow = [(a, a + n * PAGE_SIZE) for a, n in mms[pid].cow]
         if ppid not in mms or not cow:
             continue
+        cow_starts, cow_ends = [lo for lo, _ in cow], [hi for _, hi in cow]
+        theirs = mms[ppid].vmas
+        pcols = columns_of(theirs)
         for v in mms[pid].vmas:
-            if not _premappable(v) or not intersect([(v.start, v.end)], cow):
+            i = bisect.bisect_right(cow_ends, v.start)  # the first cow run ending past it
+            if not _premappable(v) or i == len(cow) or cow_starts[i] >= v.end:
                 continue
-            ws = _covering(v, mms[ppid].vmas)
+            ws = _covering(v, theirs, pcols.start, pcols.end)
             if ws is not None:
                 inheriting[pid].append(v)
                 exported[ppid].update((w.start, w) for w in ws)
