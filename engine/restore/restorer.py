@@ -431,11 +431,15 @@ class TreeRestorer:
     def _prefetch(self, sources: dict[int, pages.PageSource],
                   shsrc: dict[str, pages.PageSource]) -> None:
         """Start reading the pages files the restore uses, while the tree is made
-        (pages.prefetch_files): all of them when small; a lazy restore's, only the pages
-        it writes itself (the daemon reads the rest)."""
+        (pages.prefetch_files): all of them when small, else those whose pages are mostly
+        in short runs (the engine copies those from the files' mappings); a lazy
+        restore's, only the pages it writes itself (the daemon reads the rest)."""
         if self.lazy is None:
-            pages.prefetch_files([r for s in [*sources.values(), *shsrc.values()]
-                                  for r in s.readers()])
+            every = [*sources.values(), *shsrc.values()]
+            if not pages.prefetch_files([r for s in every for r in s.readers()]):
+                short = [s for s in every if selfread.mostly_short(s.pagemap)]
+                pages.prefetch_files([r for s in short for r in s.readers()],
+                                     pages.SHORT_PREFETCH_MAX)
             return
         pages.prefetch_files([r for s in shsrc.values() for r in s.readers()])
         for t in self.owners:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from engine.images import PagesReader
 from engine.images.directio import task_flags
+from engine.images.imgdir import Pagemap
 from engine.kernel import blob, pagecrc, uapi
 from engine.proc.fdinfo import is_same_file
 from engine.restore.pages import Chunk
@@ -81,6 +82,13 @@ def runs(chunks: list[Chunk]) -> tuple[list[Run], list[Chunk]]:
             rest.extend(chunks[i:j])
         i = j
     return long_runs, rest
+
+
+def mostly_short(pm: Pagemap) -> bool:
+    """Whether most pages of a pagemap are in runs shorter than MIN_RUN: the task reads
+    none of them itself, the engine copies them from the pages file's mapping."""
+    short = MIN_RUN // uapi.PAGE_SIZE
+    return 2 * sum(n for n in pm.counts if n < short) > sum(pm.counts)
 
 
 def _chunk(r: Run) -> Chunk:

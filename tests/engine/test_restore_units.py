@@ -12,9 +12,11 @@ from types import SimpleNamespace
 import pytest
 
 from engine.errors import EngineError
+from engine.images import PE_PRESENT, Pagemap, PagemapEntry
 from engine.images.records import MmCore, ShmemEntry, SigactionRecord, Vma
 from engine.kernel import blob, uapi
-from engine.restore import layout, ns, pages, state_table
+from engine.kernel.pagecrc import ALGO_CRC32C, PageSums
+from engine.restore import layout, ns, pages, selfread, state_table
 
 PAGE = 4096
 
@@ -169,8 +171,6 @@ def test_segments_group_reads_and_cut_long_chunks() -> None:
 def test_chunks_in_walks_the_pagemap_once() -> None:
     """chunks_in over sorted ranges gives, per range, exactly the stored pages inside it
     with their file offsets (entries spanning two ranges included)."""
-    from engine.images import PE_PRESENT, Pagemap, PagemapEntry
-    from engine.kernel.pagecrc import ALGO_CRC32C, PageSums
 
     entries = [PagemapEntry(0x10000, 4, PE_PRESENT), PagemapEntry(0x20000, 2, PE_PRESENT),
                PagemapEntry(0x30000, 8, PE_PRESENT)]
@@ -294,3 +294,17 @@ def test_inherited_actions_are_this_process_s() -> None:
     assert set(got) == set(range(1, 65)) - {uapi.SIGKILL, uapi.SIGSTOP}
     assert struct.unpack("<4Q", got[uapi.SIGUSR2])[0] == 1  # SIG_IGN
     assert struct.unpack("<4Q", got[40])[0] == 0  # a real-time signal nothing set: SIG_DFL
+
+
+def test_mostly_short_runs() -> None:
+    """A pagemap of one-page runs (maps06) is mostly short; one of a long run is not; a
+    tie is not."""
+    def pm(counts: list[int]) -> Pagemap:
+        addrs = [0x10000 + i * (1 << 30) for i in range(len(counts))]
+        return Pagemap(addrs, counts, [PE_PRESENT] * len(counts), [], sum(counts),
+                       PageSums(ALGO_CRC32C, array("I")))
+    run = selfread.MIN_RUN // PAGE
+    assert selfread.mostly_short(pm([1] * 3000))
+    assert not selfread.mostly_short(pm([run] + [1] * 10))
+    assert not selfread.mostly_short(pm([run - 1, run]))
+    assert selfread.mostly_short(pm([run - 1, run - 1, run]))
