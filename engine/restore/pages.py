@@ -194,16 +194,18 @@ def shmem_source(image: DumpImage, sid: str) -> PageSource:
 _NOT_RESTORED = frozenset(KIND_INDEX[k] for k in ("vdso", "vvar", "vsyscall"))
 
 
-def task_chunks(src: PageSource, vmas: Sequence[Vma]) -> tuple[list[Chunk], list[Chunk]]:
+def task_chunks(src: PageSource, vmas: Sequence[Vma], skip: frozenset[int] = frozenset()
+                ) -> tuple[list[Chunk], list[Chunk]]:
     """The stored pages of the task's private VMAs (sorted by address, as an image has
-    them), as (writable, not writable) chunks sorted by address (the second kind is
-    written through /proc/PID/mem). A column-wise walk: tens of thousands of VMAs."""
+    them) but those starting at an address in `skip`, as (writable, not writable) chunks
+    sorted by address (the second kind is written through /proc/PID/mem). A column-wise
+    walk: tens of thousands of VMAs."""
     fast: list[tuple[int, int]] = []
     forced: list[tuple[int, int]] = []
     cols = columns_of(vmas)
     for start, end, kind, flags, prot in zip(cols.start, cols.end, cols.kind, cols.flags,
                                              cols.prot):
-        if kind in _NOT_RESTORED or flags & uapi.MAP_SHARED:
+        if kind in _NOT_RESTORED or flags & uapi.MAP_SHARED or skip and start in skip:
             continue  # shared objects are filled on the object, not through a task
         # (a private mapping of a memfd gets its COW pages here, like a file mapping)
         ranges = fast if prot & uapi.PROT_WRITE else forced

@@ -619,11 +619,11 @@ class TreeRestorer:
             threads = t.threads + [th for c in t.vm_children for th in c.threads]
             vmas = t.mm.vmas if self.lazy is None else self.lazy.eager_vmas(t.mm, threads)
             tp = self.premap.tasks.get(t.pid)
+            done: frozenset[int] = frozenset()
             if tp is not None:  # their pages went in before the fork
-                done = tp.starts()
-                vmas = [v for v in vmas if v.start not in done]
+                done = frozenset(tp.starts())
                 self.opts.page_bytes["task"] += sum(c.length for c in tp.writes)
-            writable, forced = pages.task_chunks(t.src, vmas)
+            writable, forced = pages.task_chunks(t.src, vmas, done)
             out[t.pid] = _TaskPages(writable, forced, pages.check_in_place(writable),
                                     pages.check_in_place(forced))
         return out
