@@ -270,12 +270,12 @@ def _streamed(chunks: list[Chunk]) -> bool:
 
 
 def check_in_place(chunks: list[Chunk]) -> bool:
-    """Check the pages of chunks that write_chunks will copy from files in the page cache
-    (their mappings) now, before the copy; True when it did (False: the files are read
-    from disk, and checked where they are read). A restore does it while the task builds
-    its layout: off the copy's path, and the mapping's page faults are taken here too."""
-    if not chunks or _streamed(chunks) or any(c.reader is not None and c.reader.direct_fd()
-                                              >= 0 for c in chunks):
+    """Check now, before the copy, the pages of chunks that write_chunks will copy from
+    their files' mappings (not streamed); True when it did (False: they are streamed, and
+    checked where they are read). A restore does it while the task builds its layout: off
+    the copy's path, and the mapping's page faults (a disk read, for a file not in the
+    page cache) are taken here rather than in the copy."""
+    if not chunks or _streamed(chunks):
         return False
     _verify(chunks)
     return True

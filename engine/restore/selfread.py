@@ -60,9 +60,13 @@ def runs(chunks: list[Chunk]) -> tuple[list[Run], list[Chunk]]:
     """Split chunks (sorted by address) into long runs contiguous in the task and in one
     pages file read with O_DIRECT (for the task to read) and the rest (for the engine to write; the chunks
     as they were: maps06-scale restores have tens of thousands of short ones)."""
-    readers = set(map(operator.attrgetter("reader"), chunks))
-    if not any(r is not None and r.direct_fd() >= 0 for r in readers):
-        return [], chunks  # all in the page cache (a warm restore of maps06: 20,000 chunks)
+    # No long run in less than MIN_RUN, nor among chunks all in the page cache (a warm
+    # restore of maps06: 20,000 of them); direct_fd() is asked only when it may matter
+    # (its first call looks at the whole file's residency).
+    if sum(map(operator.attrgetter("length"), chunks)) < MIN_RUN or not any(
+            r is not None and r.direct_fd() >= 0
+            for r in set(map(operator.attrgetter("reader"), chunks))):
+        return [], chunks
     long_runs: list[Run] = []
     rest: list[Chunk] = []
     i, n = 0, len(chunks)

@@ -241,9 +241,11 @@ class _CheckingReader:
         self.checked.append((offset, length))
 
 
-def test_pages_copied_from_the_page_cache_are_checked_before_the_copy() -> None:
-    """check_in_place checks chunks from cached files (one check per run of the file),
-    and leaves alone a list with a file to be read from disk (checked where it is read)."""
+def test_pages_copied_from_mappings_are_checked_before_the_copy() -> None:
+    """check_in_place checks the chunks write_chunks copies from the files' mappings (one
+    check per run of a file): from the page cache, or few from disk; it leaves alone
+    those write_chunks streams (large, every file to be read from disk), checked where
+    they are read."""
     cached = _CheckingReader(on_disk=False)
     chunks = [pages.Chunk(0x10000, 0x9000000, PAGE, cached, 0),  # type: ignore[arg-type]
               pages.Chunk(0x11000, 0x9001000, PAGE, cached, PAGE),  # type: ignore[arg-type]
@@ -251,10 +253,12 @@ def test_pages_copied_from_the_page_cache_are_checked_before_the_copy() -> None:
     assert pages.check_in_place(chunks)
     assert cached.checked == [(0, 2 * PAGE), (5 * PAGE, PAGE)]
     disk = _CheckingReader(on_disk=True)
-    cached.checked.clear()
-    mixed = chunks + [pages.Chunk(0x30000, 0x9100000, PAGE, disk, 0)]  # type: ignore[arg-type]
-    assert not pages.check_in_place(mixed)
-    assert not cached.checked and not disk.checked
+    few = [pages.Chunk(0x30000, 0x9100000, PAGE, disk, 0)]  # type: ignore[arg-type]
+    assert pages.check_in_place(few) and disk.checked == [(0, PAGE)]
+    disk.checked.clear()
+    big = [pages.Chunk(0x40000, 0x9200000, pages._STREAM_MIN, disk, 0)]  # type: ignore[arg-type]
+    assert not pages.check_in_place(big) and not disk.checked
+    assert pages.check_in_place(big + chunks)  # not all from disk: copied from mappings
     assert not pages.check_in_place([])
 
 
