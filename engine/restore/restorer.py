@@ -269,8 +269,6 @@ class TreeRestorer:
         self.premap = premap.Plan()
         self.creator: dict[int, int] = {}  # task -> the task that forks it, if its parent
         self.mapped: list[tuple[str, int]] = []  # mapped unlinked files (spawn.TreeSetup)
-        #: the signal actions the tasks inherit (state_table.inherited_actions)
-        self.inherited: dict[int, bytes] = {}
 
     def _ipc_plan(self) -> ipcns.IpcPlan | None:
         """The objects of the tree's own ipc namespace, made by the engine while the root
@@ -386,8 +384,6 @@ class TreeRestorer:
             setup = self._setup(window, root, fplan)
             self.objfds = setup.obj_fds()
             with _timed(self.opts, "spawn"):
-                # (read right before the fork: nothing changes them in between)
-                self.inherited = state_table.inherited_actions()
                 try:
                     tree = spawn.spawn(setup, self.opts.timeout,
                                        self.ipc.prepare if self.ipc is not None else None,
@@ -573,8 +569,7 @@ class TreeRestorer:
             held = [(f.fd, files_by_id[f.file_id]) for f in t.core.fds]
             t.table2, t.deferred = state_table.finish_table(
                 t.core, t.mm, window, list(self.shmem.values()), self.objfds, view,
-                root=t is self.live[0], held=held, pid=t.real, shared=t.shared,
-                inherited=self.inherited)
+                root=t is self.live[0], held=held, pid=t.real, shared=t.shared)
             if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
                 state_table.foreground(t.table2, t.core.ctty,
                                        ns.inner_pid(self.image, t.core.ctty_pgrp))

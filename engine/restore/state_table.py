@@ -199,8 +199,7 @@ def _queue(deferred: Deferred, t: blob.Table, pid: int, tid: int | None,
 def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEntry],
                  objfds: dict[str, int], view: CredView, root: bool,
                  held: list[tuple[int, FileRecord]], pid: int,
-                 shared: frozenset[str] = frozenset(),
-                 inherited: dict[int, bytes] | None = None) -> tuple[blob.Table, Deferred]:
+                 shared: frozenset[str] = frozenset()) -> tuple[blob.Table, Deferred]:
     """The table run after the pages are written, and the calls deferred past it.
 
     shmem: every shared memory object; each task unmaps its inherited whole mapping of
@@ -209,8 +208,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     (owners, signals). pid: the task, as the engine sees it. shared: the tables
     (TaskEntry.shared) the task shares with its parent, which set them up: what belongs to
     them is not done again (the address space: mappings and mm fields; the fd table: the
-    object copies; fs: the root). inherited: the signal actions the task has now
-    (inherited_actions of the engine that forked the tree), not set again."""
+    object copies; fs: the root)."""
     t = blob.Table()
     deferred = Deferred()
     deferred.drain = (t.data(struct.pack("<Q", (1 << 64) - 1)), t.data(bytes(16)))
@@ -231,7 +229,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     exe = mm.exe or core.exe
     if own_mm:
         _mm_map(t, mm, None if exe and _is_own_exe(exe, pid) else exe)
-    _sigactions(t, deferred, core, inherited or {})
+    _sigactions(t, deferred, core)
     t.add(uapi.SYS_personality, core.personality, what="personality")
     if own_mm:
         thp_part(t, core)
@@ -267,32 +265,18 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     return t, deferred
 
 
-def inherited_actions() -> dict[int, bytes]:
-    """This process's action of every signal (struct KSigaction bytes): what the tasks of
-    a tree it forks have until their state tables run."""
-    out = {}
-    buf = ctypes.create_string_buffer(_KSIGACTION.size)
-    for sig in range(1, uapi.NSIG + 1):
-        if sig not in (uapi.SIGKILL, uapi.SIGSTOP):
-            ksys.syscall(uapi.SYS_rt_sigaction, sig, 0, buf, 8)
-            out[sig] = buf.raw
-    return out
-
-
-def _sigactions(t: blob.Table, deferred: Deferred, core: TaskCore,
-                inherited: dict[int, bytes]) -> None:
-    """Every signal's action the task does not have already (`inherited`): one rows
-    entry (62 entries and structs a task cost a tree's restore milliseconds to make and
-    encode); SIGTRAP's is deferred past the table, whose end is a trap."""
+def _sigactions(t: blob.Table, deferred: Deferred, core: TaskCore) -> None:
+    """Every signal's action: one rows entry (62 entries and structs a task cost a tree's
+    restore milliseconds to make and encode); SIGTRAP's is deferred past the table, whose
+    end is a trap. (All of them: what a task inherited is not the engine's own, e.g.
+    glibc's SIGSETXID handler once the root changed its ids in a user namespace.)"""
     actions = []
     for sa in core.sigactions:
-        packed = _KSIGACTION.pack(sa.handler, sa.flags, sa.restorer, sa.mask)
         if sa.signo == uapi.SIGTRAP:
-            if packed != inherited.get(sa.signo):
-                deferred.calls.append((uapi.SYS_rt_sigaction, (sa.signo, t.data(packed), 0, 8),
-                                       "sigaction SIGTRAP"))
-        elif sa.signo not in (uapi.SIGKILL, uapi.SIGSTOP) and packed != inherited.get(
-                sa.signo):
+            ref = t.data(_KSIGACTION.pack(sa.handler, sa.flags, sa.restorer, sa.mask))
+            deferred.calls.append((uapi.SYS_rt_sigaction, (sa.signo, ref, 0, 8),
+                                   "sigaction SIGTRAP"))
+        elif sa.signo not in (uapi.SIGKILL, uapi.SIGSTOP):
             actions.append(sa)
     if not actions:
         return

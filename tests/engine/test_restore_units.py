@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import signal
-import struct
 from array import array
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
 from engine.errors import EngineError
 from engine.images import PE_PRESENT, Pagemap, PagemapEntry
-from engine.images.records import MmCore, ShmemEntry, SigactionRecord, Vma
+from engine.images.records import MmCore, ShmemEntry, Vma
 from engine.kernel import blob, uapi
 from engine.kernel.pagecrc import ALGO_CRC32C, PageSums
-from engine.restore import layout, ns, pages, selfread, state_table
+from engine.restore import layout, ns, pages, selfread
 
 PAGE = 4096
 
@@ -260,44 +256,6 @@ def test_pages_copied_from_mappings_are_checked_before_the_copy() -> None:
     assert not pages.check_in_place(big) and not disk.checked
     assert pages.check_in_place(big + chunks)  # not all from disk: copied from mappings
     assert not pages.check_in_place([])
-
-
-def test_state_table_sets_only_the_signal_actions_the_task_lacks() -> None:
-    """Actions equal to the inherited ones are left out; any other (a handler where the
-    engine had the default, the default where it had a handler) is set, SIGTRAP's after
-    the table."""
-    dfl = SigactionRecord(0, 0, 0, 0, 0)
-    handler = SigactionRecord(0, 0x401000, 0x04000000, 0x401200, 1 << 5)
-    acts = {sig: dfl for sig in range(1, 65) if sig not in (uapi.SIGKILL, uapi.SIGSTOP)}
-    acts[uapi.SIGUSR1] = handler  # the dumped task's own handler
-    acts[uapi.SIGTRAP] = handler
-    inherited = {sig: bytes(32) for sig in acts}
-    inherited[uapi.SIGINT] = struct.pack("<4Q", 0x7F0000001000, 0x04000000, 0x7F0000002000, 0)
-    core = SimpleNamespace(sigactions=[dataclasses.replace(a, signo=sig)
-                                       for sig, a in sorted(acts.items())])
-    t = blob.Table()
-    deferred = state_table.Deferred()
-    state_table._sigactions(t, deferred, core, inherited)  # type: ignore[arg-type]
-    assert len(t.entries) == 1
-    assert [row[0] for row in t.rows_of(0)] == [uapi.SIGINT, uapi.SIGUSR1]
-    assert [what for _nr, _args, what in deferred.calls] == ["sigaction SIGTRAP"]
-    t, deferred = blob.Table(), state_table.Deferred()
-    same = {sig: struct.pack("<4Q", a.handler, a.flags, a.restorer, a.mask)
-            for sig, a in acts.items()}
-    state_table._sigactions(t, deferred, core, same)  # type: ignore[arg-type]
-    assert not t.entries and not deferred.calls
-
-
-def test_inherited_actions_are_this_process_s() -> None:
-    """inherited_actions reads every catchable signal's action of the engine itself."""
-    old = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    try:
-        got = state_table.inherited_actions()
-    finally:
-        signal.signal(signal.SIGUSR2, old)
-    assert set(got) == set(range(1, 65)) - {uapi.SIGKILL, uapi.SIGSTOP}
-    assert struct.unpack("<4Q", got[uapi.SIGUSR2])[0] == 1  # SIG_IGN
-    assert struct.unpack("<4Q", got[40])[0] == 0  # a real-time signal nothing set: SIG_DFL
 
 
 def test_mostly_short_runs() -> None:
