@@ -606,8 +606,8 @@ class TreeRestorer:
 
     def _page_chunks(self) -> dict[int, _TaskPages]:
         """Each owner's private pages to write: the chunks of the VMAs whose pages did not
-        go in before the fork (premap) and, lazy, of the eager ones; those copied from
-        files in the page cache are checked here (pages.check_in_place)."""
+        go in before the fork (premap) and, lazy, of the eager ones; those the engine will
+        copy from the pages files' mappings are checked here (pages.check_in_place)."""
         out = {}
         for t in self.owners:
             assert t.src is not None
