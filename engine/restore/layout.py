@@ -180,17 +180,12 @@ def _move_specials(t: blob.Table, specials: list[Special], tmp: int) -> None:
             t.add(uapi.SYS_munmap, s.start, s.size, what=f"unmap {s.name}")
 
 
-def _map_flags(v: Vma) -> int:
-    flags = (v.flags & layoutrows.MAP_KEEP) | uapi.MAP_FIXED
-    return flags | uapi.MAP_NORESERVE if "nr" in v.vmflags else flags
-
-
 def _map_private_memfd(t: blob.Table, v: Vma, objfds: dict[str, int]) -> None:
     fd = objfds.get(v.shmem_id or "")
     if fd is None:
         raise EngineError("mm", f"vma {v.start:#x}: private mapping of shmem object "
                                 f"{v.shmem_id} that is not a memfd")
-    t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, _map_flags(v), fd, v.pgoff,
+    t.add(uapi.SYS_mmap, v.start, v.end - v.start, v.prot, layoutrows.map_flags(v), fd, v.pgoff,
           what=("map memfd {} privately at {:#x}", v.shmem_id, v.start))
 
 
@@ -218,7 +213,7 @@ def _map_anon_apart(t: blob.Table, v: Vma, tmp: int) -> None:
     is dropped again: it reads as zero, and the page fill writes what was dumped), and
     moved into place: a moved VMA keeps its offset once it has an anon_vma."""
     size = v.end - v.start
-    t.add(uapi.SYS_mmap, tmp, size, uapi.PROT_READ | uapi.PROT_WRITE, _map_flags(v), -1, 0,
+    t.add(uapi.SYS_mmap, tmp, size, uapi.PROT_READ | uapi.PROT_WRITE, layoutrows.map_flags(v), -1, 0,
           what=("map anon {:#x}-{:#x} at the scratch spot", v.start, v.end))
     t.add(uapi.SYS_clock_gettime, 1, tmp, what=("anon_vma for {:#x}", v.start))
     t.add(uapi.SYS_madvise, tmp, PAGE_SIZE, uapi.MADV_DONTNEED,

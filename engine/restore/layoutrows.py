@@ -22,6 +22,7 @@ import operator
 from array import array
 from dataclasses import dataclass, field
 
+from engine.images.records import Vma
 from engine.images.vmatable import KIND_INDEX, VmaColumns
 from engine.kernel import blob, uapi
 
@@ -34,6 +35,13 @@ ANON_KINDS = ("anon", "heap", "stack")
 _ANON = frozenset(KIND_INDEX[k] for k in ANON_KINDS)
 _FILE = KIND_INDEX["file"]
 _OTHER, _ANON_GROUP = 0, 1  # group ids; files from 2 on
+
+
+def map_flags(v: Vma) -> int:
+    """The mmap flags of one VMA: its dumped ones kept by MAP_KEEP, MAP_FIXED, and
+    MAP_NORESERVE where its VmFlags say "nr" (Args.of: the same for a whole table)."""
+    flags = (v.flags & MAP_KEEP) | uapi.MAP_FIXED
+    return flags | uapi.MAP_NORESERVE if "nr" in v.vmflags else flags
 
 
 def open_flags(flags: int, prot: int, may_write: bool) -> int:
@@ -153,9 +161,8 @@ _HIGH = bytes(b & (MAP_KEEP >> 8) for b in range(256))
 
 
 def _map_flags(cols: VmaColumns, noreserve: set[int]) -> array[int]:
-    """The mmap flags of each VMA: its dumped ones kept by MAP_KEEP, MAP_FIXED, and
-    MAP_NORESERVE where its VmFlags say "nr" (translated a byte at a time where none
-    does)."""
+    """map_flags of each VMA of a table (translated a byte at a time where no VmFlags
+    say "nr")."""
     raw = cols.flags.tobytes()
     if noreserve.isdisjoint(cols.vmflags):
         return _from_bytes(raw[0::4].translate(_LOW), raw[1::4].translate(_HIGH))
