@@ -132,8 +132,9 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     its private pages are copied after the tree is let go (tracking, armed while it was
     frozen, catches every page written meanwhile for the next dump), so it stays frozen
     only while its state is read."""
-    resident = pages.resident_bytes(pid, pages.BUFFERED_MAX)
-    buffered = pages.write_buffered(resident.total)
+    limit = pages.buffered_limit()
+    resident = pages.resident_bytes(pid, limit)
+    buffered = pages.write_buffered(resident.total, limit)
     # Tens of thousands of VMA records are long-lived objects: the cyclic GC rescanned
     # them again and again (a maps06 memory step took 250-440 ms with it, 210-240 without)
     gc.disable()

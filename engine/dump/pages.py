@@ -28,7 +28,7 @@ from engine.kernel import sys as ksys
 from engine.kernel import uapi
 from engine.proc import pagemap as procpagemap
 from engine.proc import swaps as procswaps
-from engine.proc import tasks
+from engine.proc import tasks, writeback
 from engine.proc.status import read_status
 
 # Staging buffer size: large enough for few syscalls, small enough to stay cache-warm
@@ -41,15 +41,15 @@ MIN_STAGING = 1 << 20
 #: and larger slots cost more to populate than their fewer reads save (a 64 MiB object's
 #: dump, medians of 5: 67 ms with 16 MiB slots, 46 with 4, 44 with 2).
 SHMEM_STAGING = 2 << 20
-#: Trees with at most this much resident anonymous and shared memory (summed over the
-#: tasks: shared memory counts once per task mapping it) get their pages files written
-#: through the page cache, where a restore then finds them. Measured on the reference VM
-#: (served, 3 reps, dump/restore s, O_DIRECT against buffered): 64 MiB of shared memory in
-#: 2 tasks 0.104/0.095 against 0.068/0.057; a process of 128 MiB 0.13/0.15 against
-#: 0.09/0.06, 256 MiB 0.23/0.28 against 0.14/0.10, 384 MiB 0.31/0.35 against 0.72/0.14,
-#: 1 GiB 0.62/0.92 against 1.14/0.60 (past ~300 MiB the kernel throttles the writer);
-#: a 50-task tree the same either way.
-BUFFERED_MAX = 256 << 20
+#: The share of the kernel's free-run room for dirty pages (engine.proc.writeback) a tree's
+#: resident memory may take for its pages files to be written through the page cache, where
+#: a restore then finds them; a larger tree's are written with O_DIRECT. Through the cache
+#: the writer is not throttled below the free-run ceiling, and a restore copies the pages
+#: from the cache, where O_DIRECT waits on the disk both ways. Measured on the reference VM
+#: (24 GiB, 3.4 GiB of room), a process of 1 GiB, dump / restore s: O_DIRECT 0.71-0.72 /
+#: 0.72-0.83, through the cache 0.31-0.36 / 0.32-0.34 (once 0.72 to dump: the page cache
+#: had to find fresh pages). Half the room: other writers, and the next dump, keep theirs.
+CACHE_ROOM_SHARE = 0.5
 
 _UNWANTED = uapi.PAGE_IS_PFNZERO | uapi.PAGE_IS_FILE
 # More groups of VMAs than this: one PAGEMAP_SCAN over all of them (see _scan_groups).
@@ -105,14 +105,20 @@ def resident_bytes(root: int, limit: int) -> Resident:
     return Resident(anon, shmem, largest, count)
 
 
-def write_buffered(resident: int) -> bool:
-    """Whether a tree of `resident` bytes in all (Resident.total) gets its pages files written
-    through the page cache: by size (BUFFERED_MAX), or as ENGINE_PAGES_IO says (`direct`,
-    `buffered`; for tests and measurements)."""
+def buffered_limit() -> int:
+    """The most resident memory (Resident.total) a tree may have for its pages files to be
+    written through the page cache (CACHE_ROOM_SHARE of the room left now)."""
+    return int(writeback.free_run_room() * CACHE_ROOM_SHARE)
+
+
+def write_buffered(resident: int, limit: int) -> bool:
+    """Whether a tree of `resident` bytes in all (Resident.total) gets its pages files
+    written through the page cache: when at most `limit` (buffered_limit()), or as
+    ENGINE_PAGES_IO says (`direct`, `buffered`; for tests and measurements)."""
     how = os.environ.get("ENGINE_PAGES_IO", "")
     if how not in ("", "direct", "buffered"):
         raise EngineError("usage", f"ENGINE_PAGES_IO={how!r}: not direct or buffered")
-    return how == "buffered" or (not how and resident <= BUFFERED_MAX)
+    return how == "buffered" or (not how and resident <= limit)
 
 
 def staging_size(resident: Resident) -> int:

@@ -14,6 +14,7 @@ import pytest
 from engine.dump import pages
 from engine.errors import EngineError
 from engine.images import load
+from engine.proc import writeback
 from engine.restore import pages as rpages
 from tests.engine import cr_support as cr
 
@@ -104,10 +105,61 @@ def test_a_small_evicted_image_is_read_ahead_and_a_large_one_is_not(
 
 def test_the_choice_follows_the_tree_size(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ENGINE_PAGES_IO", raising=False)
-    assert pages.write_buffered(pages.BUFFERED_MAX)
-    assert not pages.write_buffered(pages.BUFFERED_MAX + 1)
+    assert pages.write_buffered(64 << 20, 64 << 20)
+    assert not pages.write_buffered((64 << 20) + 1, 64 << 20)
     monkeypatch.setenv("ENGINE_PAGES_IO", "direct")
-    assert not pages.write_buffered(0)
+    assert not pages.write_buffered(0, 64 << 20)
+    monkeypatch.setenv("ENGINE_PAGES_IO", "buffered")
+    assert pages.write_buffered(1 << 40, 0)
     monkeypatch.setenv("ENGINE_PAGES_IO", "sometimes")
     with pytest.raises(EngineError, match="ENGINE_PAGES_IO='sometimes'"):
-        pages.write_buffered(0)
+        pages.write_buffered(0, 0)
+
+
+GIB = 1 << 30
+
+
+def _machine(monkeypatch: pytest.MonkeyPatch, sysctl: dict[str, int], dirty: int) -> None:
+    """A machine with 10 GiB free, 2 GiB of file pages and `dirty` bytes dirty."""
+    info = {"MemFree": 10 * GIB, "Active(file)": GIB, "Inactive(file)": GIB,
+            "Dirty": dirty, "Writeback": 0}
+    monkeypatch.setattr(writeback, "_meminfo", lambda: info)
+    monkeypatch.setattr(writeback, "_sysctl", lambda name: sysctl[name])
+
+
+@pytest.mark.parametrize(("sysctl", "dirty", "room"), [
+    # the defaults: 20% and 10% of 12 GiB, ceiling halfway between them
+    ({"dirty_bytes": 0, "dirty_ratio": 20, "dirty_background_bytes": 0,
+      "dirty_background_ratio": 10}, 0, 12 * GIB * 15 // 100),
+    ({"dirty_bytes": 0, "dirty_ratio": 20, "dirty_background_bytes": 0,
+      "dirty_background_ratio": 10}, GIB, 12 * GIB * 15 // 100 - GIB),
+    # fixed bytes win over ratios
+    ({"dirty_bytes": 4 * GIB, "dirty_ratio": 20, "dirty_background_bytes": 2 * GIB,
+      "dirty_background_ratio": 10}, 0, 3 * GIB),
+    # a background threshold at or above the foreground one counts as half of it
+    ({"dirty_bytes": 0, "dirty_ratio": 10, "dirty_background_bytes": 0,
+      "dirty_background_ratio": 50}, 0, 12 * GIB * 10 // 100 * 3 // 4),
+    # more dirty than the ceiling: no room
+    ({"dirty_bytes": GIB, "dirty_ratio": 0, "dirty_background_bytes": 0,
+      "dirty_background_ratio": 0}, 2 * GIB, 0),
+])
+def test_free_run_room(monkeypatch: pytest.MonkeyPatch, sysctl: dict[str, int], dirty: int,
+                       room: int) -> None:
+    _machine(monkeypatch, sysctl, dirty)
+    assert abs(writeback.free_run_room() - room) <= 2
+
+
+def test_free_run_room_unknown_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> int:
+        raise FileNotFoundError(name)
+
+    _machine(monkeypatch, {}, 0)
+    monkeypatch.setattr(writeback, "_sysctl", missing)
+    assert writeback.free_run_room() == 0
+    monkeypatch.undo()
+    assert writeback.free_run_room() >= 0  # this machine's, read for real
+
+
+def test_buffered_limit_is_a_share_of_the_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writeback, "free_run_room", lambda: 3 * GIB)
+    assert pages.buffered_limit() == int(3 * GIB * pages.CACHE_ROOM_SHARE)
