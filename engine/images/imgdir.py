@@ -722,11 +722,13 @@ class PagesWriter:
         self.sums = PageSums(pagecrc.write_algo(), array("I", bytes(4 * nr_pages)))
         self._summed = 0
 
-    def write_at(self, data: memoryview | bytes, offset: int) -> None:
+    def write_at(self, data: memoryview | bytes, offset: int,
+                 sums: array[int] | None = None) -> None:
         """Write whole pages at a file offset (pages of runs that others write between
-        them), recording their checksums."""
+        them), recording their checksums (`sums`, when the caller computed them already:
+        the dump does, while the writer thread writes the slot before)."""
         view = memoryview(data).cast("B")
-        self._record(offset, pagecrc.sums_of(self.sums.algo, view))
+        self._record(offset, pagecrc.sums_of(self.sums.algo, view) if sums is None else sums)
         piece = len(view) if self.direct else BUFFERED_PIECE
         try:
             while view:
