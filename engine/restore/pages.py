@@ -251,7 +251,7 @@ def write_shmem_pages(pid: int, src: PageSource, base: int, size: int) -> int:
 def write_chunks(pid: int, chunks: list[Chunk], forced: bool, checked: bool = False) -> int:
     """Write chunks into task pid: through /proc/PID/mem when `forced`, else with
     process_vm_writev; large transfers from pages files are streamed (`_stream`). Every
-    page from a pages file is checked (`checked`: check_in_place did already)."""
+    page from a pages file is checked (`checked`: an InPlaceCheck does)."""
     if _streamed(chunks):
         return _stream(pid, chunks, forced)
     if not forced:
@@ -269,16 +269,48 @@ def _streamed(chunks: list[Chunk]) -> bool:
         c.reader is not None and c.reader.direct_fd() >= 0 for c in chunks)
 
 
-def check_in_place(chunks: list[Chunk]) -> bool:
-    """Check now, before the copy, the pages of chunks that write_chunks will copy from
-    their files' mappings (not streamed); True when it did (False: they are streamed, and
-    checked where they are read). A restore does it while the task builds its layout: off
-    the copy's path, and the mapping's page faults (a disk read, for a file not in the
-    page cache) are taken here rather than in the copy."""
-    if not chunks or _streamed(chunks):
-        return False
-    _verify(chunks)
-    return True
+class InPlaceCheck:
+    """The check of the pages that write_chunks will copy from their files' mappings (not
+    streamed: those are checked where they are read), in a thread of its own. A restore
+    starts it while the tasks build their layouts, and it goes on while the pages are
+    copied; `result()` before the tasks run, so a damaged page still fails the restore
+    first. (A 1 GiB process: its 100 ms of checksums no longer come before the copy; the
+    mapping's page faults, a disk read for a file not in the page cache, are taken here
+    rather than in the copy.)"""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._errors: list[BaseException] = []
+
+    def start(self, lists: list[list[Chunk]]) -> list[bool]:
+        """Start checking those of the chunk lists write_chunks copies from mappings;
+        whether each list is checked here. Once only."""
+        assert self._thread is None
+        mine = [bool(chunks) and not _streamed(chunks) for chunks in lists]
+        todo = [chunks for chunks, m in zip(lists, mine) if m]
+        if todo:
+            self._thread = threading.Thread(target=self._check, args=(todo,),
+                                             name="pages-check", daemon=True)
+            self._thread.start()
+        return mine
+
+    def _check(self, lists: list[list[Chunk]]) -> None:
+        try:
+            for chunks in lists:
+                _verify(chunks)
+        except BaseException as e:  # noqa: BLE001 - raised by result()
+            self._errors.append(e)
+
+    def wait(self) -> None:
+        """Wait for the check to end (before the pages files are unmapped)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> None:
+        """Wait for the check; raise what it found (ImageError for a damaged page)."""
+        self.wait()
+        if self._errors:
+            raise self._errors[0]
 
 
 def _verify(chunks: list[Chunk]) -> None:

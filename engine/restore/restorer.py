@@ -190,7 +190,7 @@ def _write_pidfile(path: str, pid: int) -> None:
 
 class _TaskPages(NamedTuple):
     """A task's private pages to write: (writable, forced) chunks (pages.task_chunks), and
-    whether each list's pages were checked already (pages.check_in_place)."""
+    whether each list's pages are checked by the restore's pages.InPlaceCheck."""
 
     writable: list[pages.Chunk]
     forced: list[pages.Chunk]
@@ -267,6 +267,7 @@ class TreeRestorer:
         self.tree: spawn.Tree | None = None
         self.objfds: dict[str, int] = {}
         self.premap = premap.Plan()
+        self.in_place = pages.InPlaceCheck()  # started with the layouts (_page_chunks)
         self.creator: dict[int, int] = {}  # task -> the task that forks it, if its parent
         self.mapped: list[tuple[str, int]] = []  # mapped unlinked files (spawn.TreeSetup)
 
@@ -411,6 +412,7 @@ class TreeRestorer:
                 tree.kill_all()
                 raise
         finally:
+            self.in_place.wait()  # it reads the pages files' mappings, closed below
             for t in self.live:
                 for r in [t.runner, *t.thread_runners.values()]:
                     if r is not None:
@@ -541,6 +543,7 @@ class TreeRestorer:
                 pages.write_shmem_pages(self.live[0].real, shsrc[sid], window.shmem_tmp[sid],
                                         s.size)
             taskattrs.memfd_attrs(self.live[0].real, list(self.shmem.values()), self.objfds)
+            self.in_place.result()
         if self.lazy is not None:
             with _timed(self.opts, "lazy"):
                 self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.owners])
@@ -606,9 +609,9 @@ class TreeRestorer:
 
     def _page_chunks(self) -> dict[int, _TaskPages]:
         """Each owner's private pages to write: the chunks of the VMAs whose pages did not
-        go in before the fork (premap) and, lazy, of the eager ones; those the engine will
-        copy from the pages files' mappings are checked here (pages.check_in_place)."""
-        out = {}
+        go in before the fork (premap) and, lazy, of the eager ones; the check of those the
+        engine will copy from the pages files' mappings is started (pages.InPlaceCheck)."""
+        lists = {}
         for t in self.owners:
             assert t.src is not None
             threads = t.threads + [th for c in t.vm_children for th in c.threads]
@@ -618,10 +621,10 @@ class TreeRestorer:
             if tp is not None:  # their pages went in before the fork
                 done = frozenset(tp.starts())
                 self.opts.page_bytes["task"] += sum(c.length for c in tp.writes)
-            writable, forced = pages.task_chunks(t.src, vmas, done)
-            out[t.pid] = _TaskPages(writable, forced, pages.check_in_place(writable),
-                                    pages.check_in_place(forced))
-        return out
+            lists[t.pid] = pages.task_chunks(t.src, vmas, done)
+        checked = iter(self.in_place.start([c for pair in lists.values() for c in pair]))
+        return {pid: _TaskPages(writable, forced, next(checked), next(checked))
+                for pid, (writable, forced) in lists.items()}
 
     def _write_pages(self, t: _Task, p: _TaskPages) -> None:
         """The task's private pages: long runs read by the task itself (selfread), the

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Iterator
 
 import pytest
 
 from engine.errors import EngineError
-from engine.images import PE_PRESENT, Pagemap, PagemapEntry
+from engine.images import PE_PRESENT, ImageError, Pagemap, PagemapEntry
 from engine.images.records import MmCore, ShmemEntry, Vma
 from engine.kernel import blob, uapi
 from engine.kernel.pagecrc import ALGO_CRC32C, PageSums
@@ -237,8 +238,15 @@ class _CheckingReader:
         self.checked.append((offset, length))
 
 
-def test_pages_copied_from_mappings_are_checked_before_the_copy() -> None:
-    """check_in_place checks the chunks write_chunks copies from the files' mappings (one
+def _in_place(lists: list[list[pages.Chunk]]) -> list[bool]:
+    check = pages.InPlaceCheck()
+    mine = check.start(lists)
+    check.result()
+    return mine
+
+
+def test_pages_copied_from_mappings_are_checked_aside() -> None:
+    """InPlaceCheck checks the chunks write_chunks copies from the files' mappings (one
     check per run of a file): from the page cache, or few from disk; it leaves alone
     those write_chunks streams (large, every file to be read from disk), checked where
     they are read."""
@@ -246,16 +254,31 @@ def test_pages_copied_from_mappings_are_checked_before_the_copy() -> None:
     chunks = [pages.Chunk(0x10000, 0x9000000, PAGE, cached, 0),  # type: ignore[arg-type]
               pages.Chunk(0x11000, 0x9001000, PAGE, cached, PAGE),  # type: ignore[arg-type]
               pages.Chunk(0x20000, 0x9005000, PAGE, cached, 5 * PAGE)]  # type: ignore[arg-type]
-    assert pages.check_in_place(chunks)
+    assert _in_place([chunks]) == [True]
     assert cached.checked == [(0, 2 * PAGE), (5 * PAGE, PAGE)]
     disk = _CheckingReader(on_disk=True)
     few = [pages.Chunk(0x30000, 0x9100000, PAGE, disk, 0)]  # type: ignore[arg-type]
-    assert pages.check_in_place(few) and disk.checked == [(0, PAGE)]
+    assert _in_place([few]) == [True] and disk.checked == [(0, PAGE)]
     disk.checked.clear()
     big = [pages.Chunk(0x40000, 0x9200000, pages._STREAM_MIN, disk, 0)]  # type: ignore[arg-type]
-    assert not pages.check_in_place(big) and not disk.checked
-    assert pages.check_in_place(big + chunks)  # not all from disk: copied from mappings
-    assert not pages.check_in_place([])
+    assert _in_place([big, []]) == [False, False] and not disk.checked
+    assert _in_place([big + chunks]) == [True]  # not all from disk: copied from mappings
+
+
+def test_a_damaged_page_found_aside_fails_at_result() -> None:
+    """The check runs in a thread; what it finds is raised by result(), after the copy
+    and before the tasks run; wait() only waits."""
+    class Damaged(_CheckingReader):
+        def verify(self, offset: int, address: int, length: int) -> None:
+            time.sleep(0.05)
+            raise ImageError("pages-1.img", f"page at {offset:#x} damaged")
+
+    check = pages.InPlaceCheck()
+    bad = [pages.Chunk(0x10000, 0x9000000, PAGE, Damaged(False), 0)]  # type: ignore[arg-type]
+    assert check.start([bad]) == [True]
+    check.wait()
+    with pytest.raises(ImageError, match="page at 0x0 damaged"):
+        check.result()
 
 
 def test_mostly_short_runs() -> None:
