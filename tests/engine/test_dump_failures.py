@@ -190,7 +190,10 @@ def test_engine_terminated_while_the_task_writes_its_pages(tmp_path: Path) -> No
             eng = subprocess.Popen([sys.executable, "-m", "engine", "dump", "-t",
                                     str(child.pid), "-D", str(tmp_path / f"img{_attempt}"),
                                     "--leave-running"], cwd=REPO,
-                                   env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                   # (the task writes its pages only into a file written
+                                   # with O_DIRECT; 384 MiB may fit in the page cache)
+                                   env=dict(os.environ, PYTHONPATH=str(REPO),
+                                            ENGINE_PAGES_IO="direct"),
                                    stderr=subprocess.PIPE, text=True)
             deadline = time.monotonic() + 30
             while eng.poll() is None and time.monotonic() < deadline:
