@@ -84,20 +84,25 @@ class Worker:
         self.pending += 1
         self._pump()
 
-    def results(self) -> list[Any]:
-        """Every result not taken yet, in the order of the jobs, waiting for each (an
+    def next_result(self) -> Any:
+        """The result of the oldest job whose result was not taken yet, waiting for it (an
         error of the worker is raised as its EngineError)."""
+        assert self.pending, "no job waits for its result"
+        deadline = time.monotonic() + self.timeout
+        while not self._results:
+            self._wait(deadline, writing=False)
+            self._pump(must=True)
+        kind, *value = self._results.pop(0)
+        self.pending -= 1
+        if kind == "error":
+            raise EngineError(*value)
+        return value[0]
+
+    def results(self) -> list[Any]:
+        """Every result not taken yet, in the order of the jobs (next_result)."""
         out = []
         while self.pending:
-            deadline = time.monotonic() + self.timeout
-            while not self._results:
-                self._wait(deadline, writing=False)
-                self._pump(must=True)
-            kind, *value = self._results.pop(0)
-            self.pending -= 1
-            if kind == "error":
-                raise EngineError(*value)
-            out.append(value[0])
+            out.append(self.next_result())
         return out
 
     def close(self) -> None:

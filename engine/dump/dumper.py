@@ -160,7 +160,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
     worker = None
     if use_worker:  # forked before the freeze: no frozen time
         try:
-            worker = memworker.MemoryWorker(img, staging.size, _read_memory)
+            worker = memworker.MemoryWorker(img, staging.size, _read_memory, _write_mm)
         except OSError:
             pass  # (no fork: the engine reads every task itself)
     try:
@@ -211,6 +211,8 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
         for p in procs:
             got = _step(f"regs of {p.pid}", "regs", task.read_threads, img, p.pid, p.threads)
             state[p.pid] = _ProcState(got.threads, got.shared_pending, got.status, got.stat)
+            if worker is not None and "vm" not in tables.get(p.pid, []):
+                worker.read(p)  # there, while the engine goes on here
         if kind == "dump":
             _find_cow(procs, state, tables)
         fault_point("regs")
@@ -219,6 +221,8 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
             # A task sharing its parent's address space has no memory of its own to track.
             own_mm = "vm" not in tables.get(p.pid, [])
             st = state[p.pid]
+            if worker is not None and own_mm:
+                worker.wait_read(p.pid)  # nothing injected while its memory is read
             inj = st.injected = _step(
                 f"injection into {p.pid}", "sigactions", task.inject_state, p.pid,
                 st.threads, track_mem and own_mm and p.pid not in trackers,
@@ -228,7 +232,7 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
             task.refuse_posix_timers(p.pid, inj.posix_timers, state[p.pid].threads,
                                      state[p.pid].shared_pending)
             if worker is not None and own_mm:
-                worker.send(p, st)  # read there while the next task is injected here
+                worker.write_mm(p.pid, inj.brk, st.stat, st.cow)
         fault_point("sigactions")
         lap("sigactions")
         for pid_done, read in (worker.collect(stats) if worker is not None else {}).items():
@@ -454,15 +458,27 @@ def _dump_ipc(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcStat
 def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStats,
                     parent: _Parent | None, tracker: track.Tracker | None,
                     defer: list[_Copy] | None, staging: pages.Staging,
-                    smaps_reader: ThreadPoolExecutor, task_writes: bool = True) -> None:
-    """Private pages and the mm record (st.mm) of one process.
+                    smaps_reader: ThreadPoolExecutor) -> None:
+    """Private pages and the mm record (st.mm) of one process, injected already."""
+    assert st.injected is not None
+    task_vmas = _private_memory(img, p, stats, parent, defer, staging, smaps_reader)
+    st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas, st.injected.brk,
+                  st.stat)
+    st.mm.cow = st.cow
+    if tracker is not None:
+        _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
+
+
+def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Parent | None,
+                    defer: list[_Copy] | None, staging: pages.Staging,
+                    smaps_reader: ThreadPoolExecutor, task_writes: bool = True) -> list[Vma]:
+    """Private pages of one process (written, or deferred); returns its VMAs.
 
     Which pages to copy, and their copy, need only the layout (maps); smaps, whose page
     walk costs ~50 ms per resident GiB, is read meanwhile in a thread. Nothing may change
     the address space until it is read: the task writes its own pages (an injection,
     which maps a scratch area) only after that, and tracking is armed after that too
     (registering sets VmFlags "uw")."""
-    assert st.injected is not None
     maps = vmas.read_maps(p.pid)
     smaps = smaps_reader.submit(vmas.read_vmflags, p.pid, maps.count(b"\n"))
     try:
@@ -495,30 +511,34 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
             if mem_fd >= 0:
                 os.close(mem_fd)
         vmas.add_vmflags(p.pid, layout, smaps.result())
-        task_vmas = layout
     finally:
         wait([smaps])  # never leave it reading while the task runs again
-    stats.vmas += len(task_vmas)
-    st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas, st.injected.brk,
-                  st.stat)
-    st.mm.cow = st.cow
-    if tracker is not None:
-        _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
+    stats.vmas += len(layout)
+    return layout
 
 
-def _read_memory(img: ImageDir, p: tree.Proc, st: _ProcState, staging: pages.Staging,
-                 smaps_reader: ThreadPoolExecutor) -> tuple[MmCore, int, int]:
-    """_process_memory as the memory worker runs it: every page written by the worker
-    (a task writing its own would need the tracer's injection); then the mm record and
-    the VMA table, final from here on, written there too. Returns the mm record and the
+def _read_memory(img: ImageDir, p: tree.Proc, staging: pages.Staging,
+                 smaps_reader: ThreadPoolExecutor) -> tuple[list[Vma], int, int]:
+    """_private_memory as the memory worker runs it, before the task is injected (the
+    injection puts back all it changes, and the engine waits for this before it injects
+    the task): every page written by the worker (a task writing its own would need the
+    tracer's injection), and the VMA table, final from here on. Returns the VMAs and the
     pages and VMAs counted."""
     stats = DumpStats()
-    _process_memory(img, p, st, stats, None, None, None, staging, smaps_reader,
-                    task_writes=False)
-    assert st.mm is not None
-    img.write_json(names.mm(p.pid), st.mm)
-    img.write_vmas(names.vmas(p.pid), st.mm.vmas)
-    return st.mm, stats.pages, stats.vmas
+    task_vmas = _private_memory(img, p, stats, None, None, staging, smaps_reader,
+                                task_writes=False)
+    img.write_vmas(names.vmas(p.pid), task_vmas)
+    return task_vmas, stats.pages, stats.vmas
+
+
+def _write_mm(img: ImageDir, pid: int, task_vmas: list[Vma], brk: int, stat: Stat,
+              cow: list[list[int]]) -> MmCore:
+    """The mm record of a task the memory worker read, once its injection told its brk:
+    written into the image by the worker too."""
+    mm = _mm_core(pid, task_vmas, brk, stat)
+    mm.cow = cow
+    img.write_json(names.mm(pid), mm)
+    return mm
 
 
 def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState],

@@ -1,13 +1,16 @@
 """The private memory of a tree's processes, read by a second engine process
-(engine/worker.py) while the engine injects into the next ones.
+(engine/worker.py) while the engine reads the registers of, and injects into, the others.
 
 Reading a task's memory (maps, smaps, PAGEMAP_SCAN, process_vm_readv, the pages and
 pagemap files) needs no ptrace, only the access /proc/PID/mem needs; injecting needs the
-tracer. So once a task is injected (its memory as it was again: the code page unmapped,
-the stack bytes put back) the worker reads it, while the engine injects the next one: a
-tree of 50 small tasks took ~1.2 ms a task for each. The worker writes the task's pages,
-pagemap, mm record and VMA table into the image and sends back the mm record, the files'
-checksums and its counts; the engine takes those as if it had written them.
+tracer. The engine hands each task to the worker as soon as its registers are read, and
+waits for the worker to be done with a task before it injects into it: an injection maps
+a code page and writes a signal frame below the stack pointer, and puts both back, so
+memory read before it is the task's as it is after it. The worker writes the task's pages,
+pagemap and VMA table into the image; once the injection told the task's brk, a second job
+has it write the mm record (the VMAs stay in the worker). It sends back the mm record, the
+files' checksums and its counts; the engine takes those as if it had written them. (A tree
+of 50 small tasks: the worker's ~1.2 ms a task now overlaps the registers' step too.)
 
 Only for a plain dump of a tree of several small tasks: a pre-dump copies pages after the
 freeze, tracking arms a userfaultfd per task (injected), and a large task writes its own
@@ -25,7 +28,7 @@ from engine.dump import pages, selfwrite
 from engine.dump.tree import Proc
 from engine.images import names
 from engine.images.imgdir import ImageDir
-from engine.images.records import MmCore
+from engine.images.records import MmCore, Vma
 from engine.worker import Worker
 
 #: Trees of fewer processes are read by the engine itself (the fork, and the engine pages
@@ -43,11 +46,13 @@ class Counts(Protocol):
     vmas: int
 
 
-#: Reads one task's memory into the image: (img, proc, its state, staging, smaps reader)
-#: -> its MmCore, written too, and the pages and VMAs it counted (the dumper's
-#: _read_memory).
-Reader = Callable[[ImageDir, Proc, Any, pages.Staging, ThreadPoolExecutor],
-                  tuple[MmCore, int, int]]
+#: Reads one task's memory into the image before its injection: (img, proc, staging,
+#: smaps reader) -> its VMAs and the pages and VMAs it counted (the dumper's _read_memory).
+Reader = Callable[[ImageDir, Proc, pages.Staging, ThreadPoolExecutor],
+                  tuple[list[Vma], int, int]]
+#: Writes a task's mm record: (img, pid, its VMAs, brk, its Stat, pages shared with the
+#: parent) -> the record (the dumper's _write_mm).
+MmWriter = Callable[[ImageDir, int, list[Vma], int, Any, list[list[int]]], MmCore]
 
 
 def wanted(kind: str, prev_dir: str | None, track_mem: bool,
@@ -58,46 +63,77 @@ def wanted(kind: str, prev_dir: str | None, track_mem: bool,
 
 
 @dataclass
-class _Result:
-    """A task's memory as the worker read it."""
+class _Written:
+    """What a job of the worker wrote into the image."""
 
     pid: int
-    mm: MmCore
-    pages: int
-    vmas: int
     created: list[str]
     checksums: dict[str, list[int]]
     page_summed: list[str]
+
+
+@dataclass
+class _Read(_Written):
+    """A task's memory as the worker read it."""
+
+    pages: int = 0
+    vmas: int = 0
+
+
+@dataclass
+class _Mm(_Written):
+    """A task's mm record as the worker wrote it."""
+
+    mm: MmCore | None = None
 
 
 class MemoryWorker:
     """The worker of one dump; see the module doc. Start it before the freeze (its fork
     is no frozen time) and close() it on every path before the image is discarded."""
 
-    def __init__(self, img: ImageDir, slot: int, read: Reader) -> None:
+    def __init__(self, img: ImageDir, slot: int, read: Reader, write_mm: MmWriter) -> None:
         self._img = img
-        side = _WorkerSide(img, slot, read)
+        side = _WorkerSide(img, slot, read, write_mm)
         self._worker = Worker(side, "memory", TIMEOUT)
-        self._sent: list[int] = []
+        self._read: set[int] = set()  # tasks whose memory is read
+        self._mms: dict[int, MmCore] = {}
+        self._pages = self._vmas = 0
 
-    def send(self, p: Proc, state: Any) -> None:
-        """Have it read task p (injected and put back; still frozen). The files it will
-        write are the image's from now on: a failed dump removes them."""
+    def read(self, p: Proc) -> None:
+        """Have it read task p (frozen, not injected). The files it will write are the
+        image's from now on: a failed dump removes them."""
         self._img.created_files += [names.pagemap(p.pid), names.pages(p.pid),
-                                    names.mm(p.pid), names.vmas(p.pid)]
-        self._worker.send((p, state))
-        self._sent.append(p.pid)
+                                    names.vmas(p.pid)]
+        self._worker.send(("read", p))
+
+    def wait_read(self, pid: int) -> None:
+        """Wait until it has read task `pid` (sent with read()), before its injection."""
+        while pid not in self._read:
+            self._take(self._worker.next_result())
+
+    def write_mm(self, pid: int, brk: int, stat: Any, cow: list[list[int]]) -> None:
+        """Have it write the mm record of task `pid`, read already, with its brk, its
+        /proc stat and the pages it shares with its parent."""
+        self._img.created_files.append(names.mm(pid))
+        self._worker.send(("mm", pid, brk, stat, cow))
 
     def collect(self, counts: Counts) -> dict[int, MmCore]:
-        """Each sent task's mm record, once the worker read them all; its files and counts
+        """Each task's mm record, once the worker did every job; its files and counts
         taken into the image and `counts`."""
-        done = {}
         for r in self._worker.results():
-            self._img.adopt(r.created, r.checksums, r.page_summed)
-            counts.pages += r.pages
-            counts.vmas += r.vmas
-            done[r.pid] = r.mm
-        return done
+            self._take(r)
+        counts.pages += self._pages
+        counts.vmas += self._vmas
+        return self._mms
+
+    def _take(self, r: _Written) -> None:
+        self._img.adopt(r.created, r.checksums, r.page_summed)
+        if isinstance(r, _Read):
+            self._read.add(r.pid)
+            self._pages += r.pages
+            self._vmas += r.vmas
+        elif isinstance(r, _Mm) and r.mm is not None:
+            self._mms[r.pid] = r.mm
 
     def close(self) -> None:
         """End the worker (killed if it still works: its files are then discarded)."""
@@ -106,22 +142,32 @@ class MemoryWorker:
 
 class _WorkerSide:
     """What runs in the worker: its own staging buffers and smaps reader, made for the
-    first task."""
+    first task, and the VMAs of the tasks read (for their mm records)."""
 
-    def __init__(self, img: ImageDir, slot: int, read: Reader) -> None:
-        self.img, self.slot, self.read = img, slot, read
+    def __init__(self, img: ImageDir, slot: int, read: Reader, write_mm: MmWriter) -> None:
+        self.img, self.slot, self.read, self.write_mm = img, slot, read, write_mm
         self.staging: pages.Staging | None = None
         self.smaps: ThreadPoolExecutor | None = None
+        self.vmas: dict[int, list[Vma]] = {}
 
-    def __call__(self, job: tuple[Proc, Any]) -> _Result:
-        p, state = job
+    def __call__(self, job: tuple[Any, ...]) -> _Written:
+        before = len(self.img.created_files)
+        result: _Written
+        if job[0] == "read":
+            result = self._read(job[1])
+        else:
+            _kind, pid, brk, stat, cow = job
+            result = _Mm(pid, [], {}, [], self.write_mm(self.img, pid, self.vmas.pop(pid),
+                                                        brk, stat, cow))
+        result.created = self.img.created_files[before:]
+        result.checksums = {n: self.img.checksums[n] for n in result.created
+                            if n in self.img.checksums}
+        result.page_summed = self.img.page_summed(result.created)
+        return result
+
+    def _read(self, p: Proc) -> _Read:
         if self.staging is None or self.smaps is None:
             self.staging = pages.Staging(self.slot)
             self.smaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smaps")
-        before = len(self.img.created_files)
-        mm, nr_pages, nr_vmas = self.read(self.img, p, state, self.staging, self.smaps)
-        created = self.img.created_files[before:]
-        summed = self.img.page_summed(created)
-        return _Result(p.pid, mm, nr_pages, nr_vmas, created,
-                       {n: self.img.checksums[n] for n in created if n in self.img.checksums},
-                       summed)
+        self.vmas[p.pid], nr_pages, nr_vmas = self.read(self.img, p, self.staging, self.smaps)
+        return _Read(p.pid, [], {}, [], nr_pages, nr_vmas)

@@ -167,16 +167,18 @@ def test_the_worker_writes_what_the_engine_would(memtree: list[int], tmp_path: P
     worker's mm records; the two dumps compared are made without looking for them (a
     dump that lets the tree run on leaves it fewer pages shared than it found)."""
     spy = _Spy(monkeypatch)
+    # The kernel writes the CPU a task runs on into its rseq area: one CPU for all, on
+    # which each task runs (injected by the first dump) before the two compared: the
+    # worker reads a task before its injection, the engine after it.
+    cpu = min(os.sched_getaffinity(0))
+    for p in memtree:
+        os.sched_setaffinity(p, {cpu})
     dump(memtree[0], str(tmp_path / "first"), leave_running=True)
     assert len(spy.pids) == 1 and _gone(spy.pids[0])
     cow = {p: json.loads((tmp_path / "first" / f"mm-{p}.json").read_text())["cow"]
            for p in memtree}
     assert not cow[memtree[0]] and all(cow[p] for p in memtree[1:])
     monkeypatch.setattr(dumper.procpagemap, "zero_pfn", lambda: 0)
-    # The kernel writes the CPU a task runs on into its rseq area: one CPU for all.
-    cpu = min(os.sched_getaffinity(0))
-    for p in memtree:
-        os.sched_setaffinity(p, {cpu})
     dump(memtree[0], str(tmp_path / "worker"), leave_running=True)
     assert len(spy.pids) == 2
     monkeypatch.setattr(memworker, "MIN_TASKS", TASKS + 1)
