@@ -576,6 +576,7 @@ class TreeRestorer:
             if t.core.ctty and t.core.ctty_pgrp and t.core.sid == t.core.pid:
                 state_table.foreground(t.table2, t.core.ctty,
                                        ns.inner_pid(self.image, t.core.ctty_pgrp))
+            state_table.close_table(t.table2, t.deferred, t.core)
             t.view = view
 
     def _layout_tables(self, window: layout.Window,
@@ -701,8 +702,12 @@ class TreeRestorer:
 
     def _drain_pending(self, tasks: list[_Task], window: layout.Window) -> None:
         """Take away every signal pending for the tasks now: none of them was dumped (the
-        dumped ones are queued right after), they come from the restore itself."""
-        left = tasks
+        dumped ones are queued right after), they come from the restore itself. Their
+        state tables took DRAIN_ENTRIES each: only a task whose last one took a signal
+        too may have more."""
+        left = [t for t in tasks if _runner(t).read_slot(_deferred(t).drained[-1]) >= 0]
+        if not left:
+            return
         for _ in range(_DRAIN_MAX):
             calls = []
             for t in left:
