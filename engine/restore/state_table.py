@@ -301,14 +301,14 @@ def _sigactions(t: blob.Table, deferred: Deferred, core: TaskCore) -> None:
         return
     structs = t.data(b"".join(_KSIGACTION.pack(sa.handler, sa.flags, sa.restorer, sa.mask)
                               for sa in actions))
-    rows = array("q")
-    for sa in actions:
-        rows.extend((sa.signo, 0, 0, 8, 0, 0))  # the action's address patched in below
+    # rt_sigaction(signo, act, NULL, 8), act patched in below
+    rows = array("q", bytes(blob.ROW_SIZE * len(actions)))
+    rows[0::6] = array("q", [sa.signo for sa in actions])
+    rows[3::6] = array("q", [8]) * len(actions)
     at = t.rows(uapi.SYS_rt_sigaction, rows.tobytes(),
                 what=lambda i: f"sigaction {actions[i].signo}")
-    for i in range(len(actions)):
-        t.patch_address(blob.DataRef(at.offset + i * blob.ROW_SIZE + 8),
-                        blob.DataRef(structs.offset + i * _KSIGACTION.size))
+    t.patch_addresses(blob.DataRef(at.offset + 8), len(actions), blob.ROW_SIZE, structs,
+                      _KSIGACTION.size)
 
 
 def _posix_timers(t: blob.Table, deferred: Deferred, core: TaskCore) -> None:

@@ -117,6 +117,34 @@ def test_rows_entry_runs_once_per_row(runner: blob.BlobRunner) -> None:
     assert all(base + i * 4096 in starts for i in range(n))
 
 
+def _filled(n: int) -> tuple[blob.Table, blob.DataRef, blob.DataRef]:
+    """A table with a stray byte (data no longer 8-aligned), then n rows and n structs."""
+    t = blob.Table()
+    t.cstr(b"")
+    structs = t.data(bytes(range(24)) * n)
+    rows = t.rows(uapi.SYS_getpid, bytes(blob.ROW_SIZE * n))
+    return t, rows, structs
+
+
+def test_strided_patches_are_the_single_ones() -> None:
+    """patch_addresses writes what patch_address of each pointer would, and nothing
+    else; misaligned places are refused."""
+    n, base = 61, 0x7F0000000000
+    one, rows, structs = _filled(n)
+    for i in range(n):
+        one.patch_address(blob.DataRef(rows.offset + i * blob.ROW_SIZE + 8),
+                          blob.DataRef(structs.offset + i * 24))
+    many, rows, structs = _filled(n)
+    many.patch_addresses(blob.DataRef(rows.offset + 8), n, blob.ROW_SIZE, structs, 24)
+    plain, _rows, _structs = _filled(n)
+    assert many.encode(base) == one.encode(base) != plain.encode(base)
+    row3 = many.encode(base)[len(many) * blob.ENTRY_SIZE + rows.offset + 3 * blob.ROW_SIZE:]
+    assert int.from_bytes(row3[8:16], "little") == (
+        base + many.data_offset() + structs.offset + 3 * 24)
+    with pytest.raises(ValueError, match="aligned"):
+        many.patch_addresses(blob.DataRef(rows.offset + 4), n, blob.ROW_SIZE, structs, 24)
+
+
 def test_failed_row_is_named(runner: blob.BlobRunner) -> None:
     """The row that fails stops the table and is named by its index; may_fail rows go on."""
     base = REGION + REGION_SIZE + (2 << 30)
