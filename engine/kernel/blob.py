@@ -360,6 +360,8 @@ class LocalTable:
         code = local_code()
         if code is None:
             raise OSError("the engine cannot map code executable")
+        #: where table_call's code is (what a process forked in the table runs)
+        self.code = (code, code + ((len(CODE) + 4095) & ~4095))
         self.table = table
         reports = reports or []
         size = region_size(table.size() + 8 * len(reports))
