@@ -380,14 +380,14 @@ def run(prog: Program, err_w: int) -> tuple[int, str, str] | None:
 
 def _without_python(local: blob.LocalTable, prog: Program) -> None:
     """Mark the root's private memory MADV_DONTFORK, anonymous and of files (the
-    interpreter, its libraries), but for the table and its code, the stack, the thread's TLS block
-    (the kernel writes its rseq area on the way back to user space: a child without it
-    gets SIGSEGV) and what the tasks copy from (premapped pages): its children run only
-    the table's code. A fork of all of the interpreter's memory (~20 MB) cost each task
-    ~0.5 ms and left more for it to unmap later; its ~130 file mappings cost each task's
-    fork and layout more again (tree of 50, alternating: spawn 23-26 -> 18-20 ms, layout
-    14-17 -> 11-13). Shared
-    mappings stay: the shared memory objects every task inherits."""
+    interpreter, its libraries), but for the table and its code, the stack, the thread's
+    TLS block (the kernel writes its rseq area on the way back to user space: a child
+    without it gets SIGSEGV) and what the tasks copy from (premapped pages): its
+    children run only the table's code. A fork of all of the interpreter's memory
+    (~20 MB) cost each task ~0.5 ms and left more for it to unmap later; its ~130 file
+    mappings cost each task's fork and layout more again (tree of 50, alternating:
+    spawn 23-26 -> 18-20 ms, layout 14-17 -> 11-13). Shared mappings stay: the shared
+    memory objects every task inherits."""
     fs = ctypes.c_ulong()
     ksys.syscall(uapi.SYS_arch_prctl, uapi.ARCH_GET_FS, fs)
     with open("/proc/self/maps", "rb") as f:
