@@ -273,20 +273,25 @@ def timer_restore_ids() -> tuple[bool, str]:
 
 
 _CONFIG_HZ = (100, 250, 300, 1000)
+_SLACK_SAMPLES = 3
 
 
 @functools.cache
 def cpu_itimer_slack_us() -> int:
     """What setitimer() adds to the value of ITIMER_VIRTUAL and ITIMER_PROF (one tick,
     1/CONFIG_HZ s, so the timer never fires early); getitimer() shows the value with it.
-    Measured once on this process's own ITIMER_PROF (disarmed again at once), less the
-    CPU time spent in between, then taken as the nearest tick length."""
-    signal.setitimer(signal.ITIMER_PROF, 1000.0)
-    try:
-        value, _ = signal.getitimer(signal.ITIMER_PROF)
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-    slack = (value - 1000.0) * 1_000_000
+    Measured on this process's own ITIMER_PROF (disarmed again at once), less the CPU
+    time spent in between, then taken as the nearest tick length. The largest of a few
+    samples: a tick's CPU time charged between the two calls makes one look slack-less
+    (seen once: 1 ms taken for a 4 ms tick, a restored timer 3 ms late)."""
+    values = []
+    for _ in range(_SLACK_SAMPLES):
+        signal.setitimer(signal.ITIMER_PROF, 1000.0)
+        try:
+            values.append(signal.getitimer(signal.ITIMER_PROF)[0])
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+    slack = (max(values) - 1000.0) * 1_000_000
     return min((round(1_000_000 / hz) for hz in _CONFIG_HZ), key=lambda t: abs(t - slack))
 
 

@@ -288,3 +288,19 @@ def test_pagemap_scan_never_reports_a_range_twice(monkeypatch: pytest.MonkeyPatc
                             return_mask=uapi.PAGE_IS_PRESENT, vec_len=2)
     assert [(s, e) for s, e, _ in got] == present
     assert calls == sorted(set(calls))  # each call starts past the previous one
+
+
+def test_cpu_itimer_slack_survives_a_tick_charged_in_between(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slack is the largest of its samples: one that a 4 ms tick of CPU time hit
+    between setitimer and getitimer (it shows no slack at all) does not make it 1 ms."""
+    import signal
+
+    shown = iter([1000.0, 1000.004, 1000.004])  # the first one hit by the tick
+    monkeypatch.setattr(signal, "setitimer", lambda *_a: (0.0, 0.0))
+    monkeypatch.setattr(signal, "getitimer", lambda _w: (next(shown), 0.0))
+    ksys.cpu_itimer_slack_us.cache_clear()
+    try:
+        assert ksys.cpu_itimer_slack_us() == 4000
+    finally:
+        ksys.cpu_itimer_slack_us.cache_clear()
