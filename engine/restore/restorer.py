@@ -199,6 +199,11 @@ class _TaskPages(NamedTuple):
 
 
 _DRAIN_MAX = 64 + 1024  # every standard signal, and a bound on queued real-time ones
+#: The tasks' signal mask while they run their layout and state tables: all blocked but
+#: SIGTRAP, which each table's end raises (int3). Blocked, that forced signal would reset
+#: its action to SIG_DFL, and the state table sets SIGTRAP's dumped action like any other;
+#: unblocked, it stops the task for the engine (ptrace) before any handler could run.
+_TABLE_MASK = uapi.ALL_SIGNALS & ~(1 << (uapi.SIGTRAP - 1))
 
 
 class _Task:
@@ -522,7 +527,7 @@ class TreeRestorer:
         fault_point("mm")
         for t in self.live:
             # Nothing may be delivered while the layout is half built.
-            ptrace.set_sigmask(t.real, uapi.ALL_SIGNALS)
+            ptrace.set_sigmask(t.real, _TABLE_MASK)
         with _timed(self.opts, "layout"):
             # the page chunks and the state tables are made while the tasks build their
             # layouts
@@ -657,7 +662,7 @@ class TreeRestorer:
         for th in t.threads[1:]:
             self._clone_thread(t, th, window)
         # The threads' tables first: they use the same region as table2, whose data the
-        # deferred calls (SIGTRAP's sigaction) still read afterwards.
+        # deferred calls (pending signals, timers) still read afterwards.
         for th in t.threads[1:]:
             assert t.view is not None
             _run(t.thread_runners[th.tid],
@@ -673,6 +678,10 @@ class TreeRestorer:
             taskattrs.set_oom_score_adj(t.real, t.core)
         fault_point("regs")
         self._drain_pending(tasks, window)
+        if any(_deferred(t).calls for t in tasks):
+            for t in tasks:  # a dumped pending SIGTRAP is queued below: it waits too
+                for th in t.threads:
+                    ptrace.set_sigmask(t.real_tid[th.tid], uapi.ALL_SIGNALS)
         for k in range(max((len(_deferred(t).calls) for t in tasks), default=0)):
             now = [(t, _deferred(t).calls[k]) for t in tasks if k < len(_deferred(t).calls)]
             results = blob.run_one_each([

@@ -2,8 +2,9 @@
 
 mm fields and auxv (PR_SET_MM_MAP, with the dumped executable as /proc/PID/exe),
 sigactions, sigaltstack, personality, rseq, robust list and clear_child_tid, root and
-credentials. Pending signals and SIGTRAP's disposition are set after the last table run
-(see `Finisher`), because the int3 that ends a table is itself a SIGTRAP.
+credentials; last, the signals the restore made pending taken and the dumpable flag set
+(close_table). Pending signals and timers are set after the last table run (Deferred):
+the int3 that ends a table is itself a SIGTRAP, which the tables run unblocked.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ _ITIMER_REAL = 0
 
 @dataclass
 class Deferred:
-    """What runs after the last table: pending signals and SIGTRAP's sigaction, as
-    (nr, args) where pointer arguments are table data references."""
+    """What runs after the last table: pending signals and timers, as (nr, args) where
+    pointer arguments are table data references."""
 
     calls: list[tuple[int, tuple[int | blob.DataRef, ...], str]] = field(default_factory=list)
     # (sigset of every signal, zero timespec): rt_sigtimedwait arguments that take away
@@ -232,7 +233,7 @@ def finish_table(core: TaskCore, mm: MmCore, window: Window, shmem: list[ShmemEn
     exe = mm.exe or core.exe
     if own_mm:
         _mm_map(t, mm, None if exe and _is_own_exe(exe, pid) else exe)
-    _sigactions(t, deferred, core)
+    _sigactions(t, core)
     t.add(uapi.SYS_personality, core.personality, what="personality")
     if own_mm:
         thp_part(t, core)
@@ -284,19 +285,13 @@ def close_table(t: blob.Table, deferred: Deferred, core: TaskCore) -> None:
     t.add(uapi.SYS_prctl, uapi.PR_SET_DUMPABLE, core.dumpable, 0, 0, 0, what="dumpable")
 
 
-def _sigactions(t: blob.Table, deferred: Deferred, core: TaskCore) -> None:
+def _sigactions(t: blob.Table, core: TaskCore) -> None:
     """Every signal's action: one rows entry (62 entries and structs a task cost a tree's
-    restore milliseconds to make and encode); SIGTRAP's is deferred past the table, whose
-    end is a trap. (All of them: what a task inherited is not the engine's own, e.g.
+    restore milliseconds to make and encode). SIGTRAP's too, though the table ends in a
+    trap: the tables run with SIGTRAP unblocked (restorer._TABLE_MASK), so the trap does
+    not reset it. (All of them: what a task inherited is not the engine's own, e.g.
     glibc's SIGSETXID handler once the root changed its ids in a user namespace.)"""
-    actions = []
-    for sa in core.sigactions:
-        if sa.signo == uapi.SIGTRAP:
-            ref = t.data(_KSIGACTION.pack(sa.handler, sa.flags, sa.restorer, sa.mask))
-            deferred.calls.append((uapi.SYS_rt_sigaction, (sa.signo, ref, 0, 8),
-                                   "sigaction SIGTRAP"))
-        elif sa.signo not in (uapi.SIGKILL, uapi.SIGSTOP):
-            actions.append(sa)
+    actions = [sa for sa in core.sigactions if sa.signo not in (uapi.SIGKILL, uapi.SIGSTOP)]
     if not actions:
         return
     structs = t.data(b"".join(_KSIGACTION.pack(sa.handler, sa.flags, sa.restorer, sa.mask)
