@@ -261,9 +261,14 @@ COW_KINDS = ("anon", "heap", "stack", "file")
 
 def cow_ranges(vmas: Sequence[Vma]) -> list[tuple[int, int]]:
     """Address ranges of the VMAs that may hold pages shared copy-on-write with a
-    parent: private anonymous and private file mappings."""
-    return [(v.start, v.end) for v in vmas
-            if v.kind in COW_KINDS and not v.flags & uapi.MAP_SHARED]
+    parent: private anonymous and private file mappings. (A decoded table's from its
+    columns, without making its records: a restore asks it of every task and parent.)"""
+    if not isinstance(vmas, VmaTable):
+        return [(v.start, v.end) for v in vmas
+                if v.kind in COW_KINDS and not v.flags & uapi.MAP_SHARED]
+    cols = vmas.columns
+    return [(cols.start[i], cols.end[i]) for i in cols.of_kinds(*COW_KINDS)
+            if not cols.flags[i] & uapi.MAP_SHARED]
 
 
 def _check_cow(path: str, mm: MmCore, parent: MmCore | None) -> None:

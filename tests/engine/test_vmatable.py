@@ -116,3 +116,21 @@ def test_of_kinds_finds_few_and_many() -> None:
 def test_page_aligned(values: list[int], aligned: bool) -> None:
     """The bytes-wise alignment test agrees with the arithmetic one."""
     assert vmatable._page_aligned(array("Q", values)) is aligned
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_cow_ranges_of_a_table_are_its_records(seed: int) -> None:
+    """load.cow_ranges of a decoded table (from its columns) is what the records give:
+    private anonymous and file mappings (a shared one among them is left out)."""
+    from engine.images.load import cow_ranges
+
+    rnd = random.Random(seed)
+    vmas = _table(rnd.randint(1, 60), rnd)
+    for v in rnd.sample(vmas, min(3, len(vmas))):
+        if v.kind in ("file", "anon"):
+            v.flags = 0x01  # MAP_SHARED
+    table = vmatable.decode(vmatable.encode(vmas))
+    assert cow_ranges(table) == cow_ranges(list(table)) == cow_ranges(vmas)
+    assert cow_ranges(vmas) == [(v.start, v.end) for v in vmas
+                                if v.kind in ("anon", "heap", "stack", "file")
+                                and not v.flags & 0x01]
