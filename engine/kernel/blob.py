@@ -156,6 +156,8 @@ class Table:
     _patches: list[tuple[DataRef, DataRef]] = field(default_factory=list)
     # (at, count, stride, target, target stride): patch_addresses
     _strided: list[tuple[DataRef, int, int, DataRef, int]] = field(default_factory=list)
+    # what prepare() encoded, and for which base and sizes
+    _prepared: tuple[tuple[int, ...], bytearray] | None = None
 
     def data(self, payload: bytes, align: int = 8) -> DataRef:
         """Place bytes in the data area; returns where they will be."""
@@ -223,10 +225,13 @@ class Table:
             flags |= F_RETRY_EEXIST
         self.entries.append(_Entry(nr, args, flags, store, what))
 
-    def prepend(self, nr: int, *args: int, what: What = "") -> None:
-        """Put syscall `nr(args)` before every entry (a table without jumps: entry
-        references would point one entry off)."""
-        self.entries.insert(0, _Entry(nr, args, 0, None, what))
+    def set_entry(self, index: int, nr: int, *args: int, what: What = "") -> None:
+        """Make entry `index` syscall `nr(args)` (plain ints, no flags), in a prepared
+        encoding too (a placeholder filled in once its arguments are known)."""
+        self.entries[index] = _Entry(nr, args, 0, None, what)
+        if self._prepared is not None:
+            _ENTRY.pack_into(self._prepared[1], index * ENTRY_SIZE, nr,
+                             *(a & _MASK64 for a in args), *_ZEROS[:6 - len(args)], 0)
 
     def rows(self, nr: int, rows: bytes, use_saved: int = 0, may_fail: bool = False,
              what: RowWhat = str) -> DataRef:
@@ -290,8 +295,21 @@ class Table:
         """Offset of the data area from the region base."""
         return CODE_AREA + len(self.entries) * ENTRY_SIZE
 
+    def prepare(self, base: int) -> None:
+        """Encode the table now (for a region at `base`), ahead of the run that writes it:
+        encode() returns these bytes while the table keeps its size (set_entry keeps them
+        up to date); made while the engine would wait anyway."""
+        self._prepared = None
+        self._prepared = (self._sizes(base), bytearray(self.encode(base)))
+
+    def _sizes(self, base: int) -> tuple[int, ...]:
+        return (base, len(self.entries), len(self._data), len(self._patches),
+                len(self._strided))
+
     def encode(self, base: int) -> bytes:
         """The bytes to write at base + CODE_AREA for a region mapped at `base`."""
+        if self._prepared is not None and self._prepared[0] == self._sizes(base):
+            return bytes(self._prepared[1])
         data_off = self.data_offset()
         data_base = base + data_off
         out = bytearray(len(self.entries) * ENTRY_SIZE)

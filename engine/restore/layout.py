@@ -265,12 +265,13 @@ def _deleted_path(v: Vma, objfds: dict[str, int]) -> str:
 
 
 def unregister_rseq_first(t: blob.Table, rseq: tuple[int, int, int]) -> None:
-    """Make the child's own rseq registration (ptr, len, sig) go first in its layout
-    table: once its memory is gone the kernel would fail the task on its next return to
-    user space. (Asked of the task once it is seized; the table is made before.)"""
+    """Make the child's own rseq registration (ptr, len, sig) be undone first in its
+    layout table (its placeholder entry 0): once its memory is gone the kernel would fail
+    the task on its next return to user space. (Asked of the task once it is seized; the
+    table is made, and may be encoded, before.)"""
     ptr, size, sig = rseq
-    t.prepend(uapi.SYS_rseq, ptr, size, uapi.RSEQ_FLAG_UNREGISTER, sig,
-              what="unregister the engine's rseq")
+    t.set_entry(0, uapi.SYS_rseq, ptr, size, uapi.RSEQ_FLAG_UNREGISTER, sig,
+                what="unregister the engine's rseq")
 
 
 def layout_table(mm: MmCore, window: Window, specials: list[Special],
@@ -294,6 +295,9 @@ def layout_table(mm: MmCore, window: Window, specials: list[Special],
     """
     moves = moves or {}
     t = blob.Table()
+    # entry 0: where the task's rseq registration is undone (unregister_rseq_first), a
+    # call that changes nothing for a task with none
+    t.add(uapi.SYS_getpid, what="(no rseq registration to undo)")
     keep = [window.region] + [(s.start, s.end) for s in specials]
     keep += [(window.shmem_tmp[s.id], window.shmem_tmp[s.id] + s.size) for s in shmem]
     keep += [(src, src + size) for pieces in moves.values() for src, _, size in pieces]

@@ -582,6 +582,7 @@ class TreeRestorer:
                 state_table.foreground(t.table2, t.core.ctty,
                                        ns.inner_pid(self.image, t.core.ctty_pgrp))
             state_table.close_table(t.table2, t.deferred, t.core)
+            t.table2.prepare(window.base)
             t.view = view
 
     def _layout_tables(self, window: layout.Window,
@@ -594,6 +595,7 @@ class TreeRestorer:
                                            list(self.shmem.values()), self.objfds,
                                            self._moves(t.pid),
                                            self.ipc.sysv_sizes if self.ipc else None)
+            t.table1.prepare(window.base)
 
     def _unregister_rseq(self, t: _Task) -> blob.Table:
         """Task t's layout table, its own rseq registration unregistered first."""

@@ -145,6 +145,31 @@ def test_strided_patches_are_the_single_ones() -> None:
         many.patch_addresses(blob.DataRef(rows.offset + 4), n, blob.ROW_SIZE, structs, 24)
 
 
+def test_a_prepared_table_encodes_as_a_fresh_one() -> None:
+    """prepare() encodes ahead; encode() then gives the same bytes as encoding anew,
+    set_entry() included; a table grown since, or another base, is encoded anew."""
+    base = 0x7F0000000000
+
+    def made() -> blob.Table:
+        t = blob.Table()
+        t.add(uapi.SYS_getpid)
+        slot = t.slot()
+        t.add(uapi.SYS_getppid, store=slot)
+        t.rows(uapi.SYS_getpid, bytes(2 * blob.ROW_SIZE))
+        return t
+
+    t = made()
+    t.prepare(base)
+    t.set_entry(0, uapi.SYS_rseq, 0x1234, 32, 1, 0x53053053)
+    fresh = made()
+    fresh.set_entry(0, uapi.SYS_rseq, 0x1234, 32, 1, 0x53053053)
+    assert t.encode(base) == fresh.encode(base) != made().encode(base)
+    assert t.encode(base + 4096) == fresh.encode(base + 4096)
+    t.add(uapi.SYS_gettid)
+    fresh.add(uapi.SYS_gettid)
+    assert t.encode(base) == fresh.encode(base)
+
+
 def test_failed_row_is_named(runner: blob.BlobRunner) -> None:
     """The row that fails stops the table and is named by its index; may_fail rows go on."""
     base = REGION + REGION_SIZE + (2 << 30)
