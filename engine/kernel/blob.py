@@ -347,11 +347,15 @@ class Table:
         return arg & _MASK64
 
 
+#: bytes local_code() maps: CODE in whole pages
+LOCAL_CODE_SIZE = (len(CODE) + 4095) & ~4095
+
+
 @functools.cache
 def local_code() -> int | None:
     """CODE mapped executable in the engine itself (its page_crcs, its table_call), or
     None where the engine may not map code executable."""
-    size = (len(CODE) + 4095) & ~4095
+    size = LOCAL_CODE_SIZE
     try:
         addr = ksys.mmap(0, size, uapi.PROT_READ | uapi.PROT_WRITE,
                          uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
@@ -379,7 +383,7 @@ class LocalTable:
         if code is None:
             raise OSError("the engine cannot map code executable")
         #: where table_call's code is (what a process forked in the table runs)
-        self.code = (code, code + ((len(CODE) + 4095) & ~4095))
+        self.code = (code, code + LOCAL_CODE_SIZE)
         self.table = table
         reports = reports or []
         size = region_size(table.size() + 8 * len(reports))
