@@ -271,11 +271,12 @@ page_crcs:
 /*
  * table_notify(entries, count, base, status, sock, peer)   (SysV ABI: rdi rsi rdx rcx r8 r9)
  * close(peer), the task's copy of the socket's other end, which its tracer also holds;
- * table_call, then the status (16 bytes) is written to the stream socket `sock`, and the
+ * table_call, then the status (16 bytes) is sent on the stream socket `sock`, and the
  * task waits in read(sock) for its tracer, which stops it there (PTRACE_INTERRUPT) and
  * takes it back: the tracer runs the task freely meanwhile (PTRACE_CONT), so it does not
- * stop at each syscall of the table. Should the tracer die, the read ends (end of file:
- * the tracer held the other end) and the routine returns to crc_return. 80 bytes of stack.
+ * stop at each syscall of the table. Should the tracer die, the send fails quietly and the
+ * read ends (end of file: the tracer held the other end) and the routine returns to
+ * crc_return. 80 bytes of stack.
  */
 	.globl table_notify
 table_notify:
@@ -295,7 +296,10 @@ table_notify:
 	mov (%rsp), %rsi
 	mov 8(%rsp), %rdi
 	mov $16, %edx
-	mov $1, %eax		/* write(sock, status, 16) */
+	mov $0x4000, %r10d	/* MSG_NOSIGNAL: no SIGPIPE (kept pending, then fatal) */
+	xor %r8d, %r8d
+	xor %r9d, %r9d
+	mov $44, %eax		/* sendto(sock, status, 16, MSG_NOSIGNAL, NULL, 0) */
 	syscall
 	mov (%rsp), %rsi
 	mov 8(%rsp), %rdi
@@ -333,3 +337,22 @@ crc_return:
 	mov %r14, %rsi
 	mov %r15, %rsp
 	jmp *%rbx
+
+/*
+ * table_signal(entries, count, base, status, sig)   (SysV ABI: rdi rsi rdx rcx r8)
+ * table_call, then tkill(gettid(), sig), then returns to crc_return. The tracer runs the
+ * task freely meanwhile (PTRACE_CONT) and takes it back at the signal's delivery stop;
+ * `sig` is one the task ignores and does not block, so a task whose tracer died meanwhile
+ * drops it and goes home. 16 bytes of stack above table_call's.
+ */
+	.globl table_signal
+table_signal:
+	push %r8
+	call table_call
+	mov $186, %eax		/* gettid: the tid as the task's pid namespace knows it */
+	syscall
+	mov %eax, %edi
+	pop %rsi
+	mov $200, %eax		/* tkill(tid, sig): the tracer stops the task here */
+	syscall
+	ret

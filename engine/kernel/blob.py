@@ -56,9 +56,10 @@ CODE = bytes.fromhex(
     "f7d08907894f04448947084883c70c4881c6003000004883ea034883fa030f83a9feffff4885d27430"
     "b8ffffffff4531c9f24a0f38f1040e4983c1084981f90010000072ecf7d089074883c7044881c60010"
     "000048ffcaebcbc3415051575652b8030000004c89cf0f055a5e5f488b0c24e82cfeffff488b342448"
-    "8b7c2408ba10000000b8010000000f05488b3424488b7c2408ba0100000031c00f054883c410c34d63"
-    "a5001000004963ad04100000eb034989c4b8030000004c89e70f05b8030000004889ef0f05b80b0000"
-    "004c89ef4c89f64c89fcffe3"
+    "8b7c2408ba1000000041ba004000004531c04531c9b82c0000000f05488b3424488b7c2408ba010000"
+    "0031c00f054883c410c34d63a5001000004963ad04100000eb034989c4b8030000004c89e70f05b803"
+    "0000004889ef0f05b80b0000004c89ef4c89f64c89fcffe34150e8b6fdffffb8ba0000000f0589c75e"
+    "b8c80000000f05c3"
 )
 SYSCALL_OFFSET = 0x79  # the routine's `syscall` instruction (run_one() uses it alone)
 FAIL_OFFSET = 0x12c  # the int3 reached when an entry fails
@@ -66,12 +67,15 @@ DONE_OFFSET = 0x136  # the int3 reached when every entry ran
 TABLE_CALL_OFFSET = 0x184  # table_call(entries, count, base, status) (in table_notify)
 PAGE_CRCS_OFFSET = 0x1a5  # page_crcs(out, pages, npages): engine/kernel/pagecrc.py
 TABLE_NOTIFY_OFFSET = 0x33c  # table_notify(entries, count, base, status, sock, peer)
-CRC_PAIR_RETURN_OFFSET = 0x384  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
+CRC_PAIR_RETURN_OFFSET = 0x390  # crc_return taking 2 fds at PAIR_AT (after a socketpair)
 #: where crc_pair_return finds the fds: code address + PAIR_AT (the page after the code)
 PAIR_AT = 4096
-CRC_OPEN_RETURN_OFFSET = 0x394  # crc_return taking the fd from rax (after an open)
-CRC_RETURN_OFFSET = 0x397  # where code called in a task returns to (blob.S crc_return)
+CRC_OPEN_RETURN_OFFSET = 0x3a0  # crc_return taking the fd from rax (after an open)
+CRC_RETURN_OFFSET = 0x3a3  # where code called in a task returns to (blob.S crc_return)
 CRC_RETURN_STOP = CRC_RETURN_OFFSET + 10  # rip at the entry stop of crc_return's close
+TABLE_SIGNAL_OFFSET = 0x3c7  # table_signal(entries, count, base, status, sig)
+#: rip at the delivery stop of table_signal's own signal (right after its tkill)
+TABLE_SIGNAL_STOP = TABLE_SIGNAL_OFFSET + 0x18
 CODE_AREA = 1024
 ENTRY_SIZE = 64
 _ENTRY = struct.Struct("<8Q")

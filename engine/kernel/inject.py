@@ -327,6 +327,9 @@ class Injector:
             self._resumed = False  # the task ran since its original stop
             self._exec_maps: list[MapsLine] | None = None
             status = held[0] if held is not None else read_status(tid, tid)
+            #: the thread's /proc status as the injector found it (signal dispositions
+            #: and masks do not change while the task is held)
+            self.status = status
             #: the process (proc_key) and whether a seccomp filter guards its syscalls
             #: (neither changes while the task is held)
             self.proc = (status.tgid, held[1].starttime) if held else _proc_of(status)
@@ -594,10 +597,9 @@ class Injector:
         The same buffer is returned each time (re-mapped larger when needed, which drops
         its content); restore() unmaps it.
         """
-        if self.frame is not None:
-            base = (self._stack_low() + 63) & ~63  # below the frame, on the stack
-            if size <= self.frame.address - 8 - base:  # (frame - 8: pagecrc.in_task)
-                return base
+        on_stack = self.stack_scratch(size)
+        if on_stack is not None:
+            return on_stack
         size = max(uapi.PAGE_SIZE, (size + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1))
         if self._scratch is not None:
             if self._scratch[1] >= size:
@@ -609,6 +611,14 @@ class Injector:
                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
             self._scratch = (addr, size)
         return addr
+
+    def stack_scratch(self, size: int) -> int | None:
+        """Address of `size` bytes of the stack below the frame that the target may write
+        (put back by restore()), or None without a frame or the room."""
+        if self.frame is None:
+            return None
+        base = (self._stack_low() + 63) & ~63
+        return base if size <= self.frame.address - 8 - base else None  # (-8: pagecrc)
 
     @property
     def mapping(self) -> tuple[int, int] | None:
@@ -624,7 +634,8 @@ class Injector:
         """Like scratch(size), preceded by `code` on pages of its own that the target
         may execute but not write: returns (code address, buffer address). Replaces any
         scratch buffer; restore() unmaps both. (Mapped executable first and the rest made
-        writable after, so W^X policies such as PR_SET_MDWE allow it.)"""
+        writable after, so W^X policies such as PR_SET_MDWE allow it.) Size 0: the code
+        alone, one syscall."""
         if self._scratch is not None:
             self.check(uapi.SYS_munmap, *self._scratch)
             self._scratch = None
@@ -634,8 +645,9 @@ class Injector:
             addr = self.check(uapi.SYS_mmap, 0, total, uapi.PROT_READ | uapi.PROT_EXEC,
                               uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS, -1, 0)
             self._scratch = (addr, total)
-        self.check(uapi.SYS_mprotect, addr + code_size, total - code_size,
-                   uapi.PROT_READ | uapi.PROT_WRITE)
+        if total > code_size:
+            self.check(uapi.SYS_mprotect, addr + code_size, total - code_size,
+                       uapi.PROT_READ | uapi.PROT_WRITE)
         self.write(addr, code)  # /proc/PID/mem writes read-only pages too
         return addr, addr + code_size
 

@@ -1,18 +1,25 @@
 """Run a table of syscalls (blob.Table) in a live task the engine injects into, which goes
 on running afterwards: the dump's queries (sigactions, timers, prctl state...).
 
-One injected syscall is a ptrace round trip (30-60 us, more when the task must wait to be
+One injected syscall is a ptrace round trip (30-100 us, more when the task must wait to be
 scheduled); a process's 62 rt_sigaction calls alone took 3.7 ms per task that way. Here
-the whole table runs in the task in one go, as CRIU's parasite does: blob.S table_notify,
-called from a code page mapped in the task (Injector.code_scratch), runs it while the task
-runs freely (PTRACE_CONT: no stop at each of its syscalls), reports over a socket pair
-whose other end the engine took (pidfd_getfd) and waits in read() on it, where the engine
-stops it (PTRACE_INTERRUPT) and takes it back. That costs a few round trips (mapping,
-socketpair, the interrupt, closing, unmapping), whatever the table's length.
+the whole table runs in the task in one go, as CRIU's parasite does: code mapped in the
+task (Injector.code_scratch) runs it while the task runs freely (PTRACE_CONT: no stop at
+each of its syscalls), and the engine takes the task back where it reports:
 
-Should the engine die meanwhile (SIGKILL), its end of the pair closes, so the task's read
-ends and it puts itself back from blob.S crc_return, which also closes the pair and
-unmaps the code (see `go_home`). The table itself only reads state.
+- blob.S table_signal (the usual way) then sends the task a signal it ignores and does not
+  block (`quiet_signal`: SIGURG, SIGWINCH or SIGCHLD left at their default, or one set to
+  SIG_IGN), unblocked for the run: the engine takes the task back at the signal's delivery
+  stop and drops it there. Its data lives on the stack below the injector's frame when
+  there is room: one mapping, one injected syscall to make it.
+- blob.S table_notify, for a task that catches or blocks every such signal: it reports
+  over a socket pair whose other end the engine took (pidfd_getfd) and waits in read()
+  on it, where the engine stops it (PTRACE_INTERRUPT); the pair costs two more round trips.
+
+Should the engine die meanwhile (SIGKILL), the task is untraced: its signal is dropped
+(ignored), or its read ends (the engine held the pair's other end), and it puts itself
+back from blob.S crc_return, which also closes the pair and unmaps the code (see
+`go_home`). The table itself only reads state.
 
 Without a signal frame (inject.py: no way back for a task whose engine died), under a
 seccomp filter (the mmap or socketpair could kill the task), where the page or the pair
@@ -34,6 +41,8 @@ from engine.errors import termination_held
 from engine.kernel import blob, ptrace, uapi
 from engine.kernel import sys as ksys
 from engine.kernel.inject import Injector
+from engine.kernel.structs import UserRegs
+from engine.proc.status import Status
 
 #: Tables of fewer calls than this run entry by entry (the in-task run costs ~6 round trips).
 MIN_IN_TASK = 8
@@ -45,6 +54,9 @@ _MAX_ERRNO = 4095
 _MASK64 = (1 << 64) - 1
 _POLL_SLICE_MS = 10  # between looks for a stop of the task while it runs the table
 _CALL_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
+#: Signals whose default action is to ignore them (not SIGCONT: sending it resumes a
+#: stopped group and drops pending stop signals, whatever its action).
+_QUIET = (uapi.SIGURG, uapi.SIGWINCH, uapi.SIGCHLD)
 _HOME_REGS = ("rbx", "rbp", "r12", "r13", "r14", "r15")
 
 
@@ -125,6 +137,9 @@ def _in_task(inj: Injector, table: blob.Table, timeout: float, gadget: int
              ) -> Results | None:
     """The table run by table_notify; None where the code page or the socket pair cannot
     be made (the task is as before, but for the mapping, which restore() unmaps)."""
+    sig = quiet_signal(inj.status, inj.sigmask)
+    if sig:
+        return _signalled(inj, table, timeout, gadget, sig)
     try:
         code, buf = inj.code_scratch(blob.CODE, _Layout.of(0, table).end)
     except OSError:
@@ -148,6 +163,11 @@ def _in_task(inj: Injector, table: blob.Table, timeout: float, gadget: int
     os.close(ours)
     # The routine closed the task's copy of our end first thing: one close left.
     _close_pair(inj, code, fds[:1], gadget)
+    return _results(inj, table, at, status)
+
+
+def _results(inj: Injector, table: blob.Table, at: _Layout, status: bytes) -> Results:
+    """The data area of a table that ran, or its first failed entry raised."""
     left, result = _STATUS.unpack(status)
     if left:
         index = len(table) - left
@@ -155,6 +175,83 @@ def _in_task(inj: Injector, table: blob.Table, timeout: float, gadget: int
         raise table.error(-result, index, int.from_bytes(rows_left, "little"))
     data_at = at.entries + len(table) * blob.ENTRY_SIZE
     return Results(inj.read(data_at, table.size() - len(table) * blob.ENTRY_SIZE))
+
+
+def quiet_signal(status: Status, mask: int) -> int:
+    """A signal the thread drops when it gets it, blocked neither in `mask` (its own, as
+    the injector found it) nor in `status`: one of _QUIET left at its default action, else
+    one set to SIG_IGN; 0 if none."""
+    blocked = mask | status.sig_blk
+    quiet = [s for s in _QUIET if not (status.sig_cgt | status.sig_ign) >> (s - 1) & 1]
+    ignored = [s for s in range(1, uapi.NSIG + 1)
+               if status.sig_ign >> (s - 1) & 1 and s != uapi.SIGCONT]
+    return next((s for s in quiet + ignored if not blocked >> (s - 1) & 1), 0)
+
+
+def _signalled(inj: Injector, table: blob.Table, timeout: float, gadget: int,
+               sig: int) -> Results | None:
+    """The table run by table_signal; None where the code page cannot be made."""
+    size = _Layout.of(0, table).end
+    buf = inj.stack_scratch(size)
+    try:
+        code, after = inj.code_scratch(blob.CODE, 0 if buf is not None else size)
+    except OSError:
+        return None
+    at = _Layout.of(after if buf is None else buf, table)
+    go_home(inj, code, -1, gadget)
+    inj.write(at.entries, table.encode(at.entries - blob.CODE_AREA))
+    regs = _call_regs(inj, code, at, blob.TABLE_SIGNAL_OFFSET,
+                      (at.entries, len(table), at.entries - blob.CODE_AREA, at.status, sig))
+    with termination_held():  # (see _notify_call)
+        ptrace.set_sigmask(inj.tid, uapi.ALL_SIGNALS & ~(1 << (sig - 1)))
+        ptrace.set_regs(inj.tid, regs)
+        ptrace.cont(inj.tid, 0)
+        try:
+            _await_signal(inj, code + blob.TABLE_SIGNAL_STOP, sig, timeout)
+        except _Faulted:
+            raise  # stopped already, in its signal-delivery-stop
+        except BaseException:
+            _stop(inj, timeout)
+            raise
+        ptrace.set_sigmask(inj.tid, uapi.ALL_SIGNALS)
+    return _results(inj, table, at, inj.read(at.status, _STATUS.size))
+
+
+def _await_signal(inj: Injector, stop_rip: int, sig: int, timeout: float) -> None:
+    """Wait for the delivery stop of `sig` that table_signal sends (at `stop_rip`). The
+    same signal sent by another meanwhile is dropped, as the task would drop it; a SIGSTOP
+    is kept for the injector's restore(); any other signal raises _Faulted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = ptrace.wait_stop(inj.tid, max(deadline - time.monotonic(), 0.0))
+        got = ptrace.stop_signal(status)
+        if ptrace.stop_event(status) == 0 and got == sig:
+            if ptrace.get_regs(inj.tid).rip == stop_rip:
+                return
+        elif ptrace.stop_event(status) == 0 and got == uapi.SIGSTOP:
+            inj.deferred_signals.append(got)
+        elif ptrace.stop_event(status) == 0:
+            rip = ptrace.get_regs(inj.tid).rip
+            raise _Faulted(f"task {inj.tid} got signal {got} at {rip:#x} while running a "
+                           "table")
+        ptrace.cont(inj.tid, 0)
+
+
+def _call_regs(inj: Injector, code: int, at: _Layout, entry: int,
+               args: tuple[int, ...]) -> UserRegs:
+    """The task's registers for a call of the routine at code + `entry` with `args`, on
+    the stack at at.stack, its home registers set (crc_return's, see go_home)."""
+    os.pwrite(inj.mem_fd, (code + blob.CRC_RETURN_OFFSET).to_bytes(8, "little"), at.stack)
+    regs = ptrace.get_regs(inj.tid)
+    home = inj.home_regs
+    for name in _HOME_REGS:
+        setattr(regs, name, home[name])
+    for name, value in zip(_CALL_REGS, args):
+        setattr(regs, name, value & _MASK64)
+    regs.rip, regs.rsp = code + entry, at.stack
+    regs.orig_rax = uapi.ORIG_RAX_NONE
+    regs.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
+    return regs
 
 
 def _socketpair(inj: Injector, code: int, at: _Layout, gadget: int
@@ -194,17 +291,9 @@ def _notify_call(inj: Injector, table: blob.Table, code: int, at: _Layout,
     """Run table_notify in the task until it reports; returns its status with the task
     back in a ptrace-stop (interrupted in its read)."""
     inj.write(at.entries, table.encode(at.entries - blob.CODE_AREA))
-    os.pwrite(inj.mem_fd, (code + blob.CRC_RETURN_OFFSET).to_bytes(8, "little"), at.stack)
-    regs = ptrace.get_regs(inj.tid)
-    home = inj.home_regs
-    for name in _HOME_REGS:
-        setattr(regs, name, home[name])
-    args = (at.entries, len(table), at.entries - blob.CODE_AREA, at.status, fds[0], fds[1])
-    for name, value in zip(_CALL_REGS, args):
-        setattr(regs, name, value & _MASK64)
-    regs.rip, regs.rsp = code + blob.TABLE_NOTIFY_OFFSET, at.stack
-    regs.orig_rax = uapi.ORIG_RAX_NONE
-    regs.eflags &= ~(uapi.X86_EFLAGS_TF | uapi.X86_EFLAGS_DF)
+    regs = _call_regs(inj, code, at, blob.TABLE_NOTIFY_OFFSET,
+                      (at.entries, len(table), at.entries - blob.CODE_AREA, at.status, fds[0],
+                       fds[1]))
     # A termination signal waits until the task is stopped again: raising while it runs
     # would leave the engine's cleanup a running task.
     with termination_held():

@@ -147,6 +147,12 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(mode, "pause")) {
 		sigaction(SIGUSR1, &sa, NULL);
+		if (argc > 2 && !strcmp(argv[2], "catch-quiet")) {
+			/* no signal left that the task ignores: each counts as handled */
+			sigaction(SIGURG, &sa, NULL);
+			sigaction(SIGWINCH, &sa, NULL);
+			sigaction(SIGCHLD, &sa, NULL);
+		}
 		ready();
 		int r = pause();
 		printf("result %d %d %d\n", r, errno, (int)handled);
