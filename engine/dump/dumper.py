@@ -14,7 +14,7 @@ import gc
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -458,7 +458,7 @@ def _dump_ipc(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcStat
 def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStats,
                     parent: _Parent | None, tracker: track.Tracker | None,
                     defer: list[_Copy] | None, staging: pages.Staging,
-                    smaps_reader: ThreadPoolExecutor) -> None:
+                    smaps_reader: Executor) -> None:
     """Private pages and the mm record (st.mm) of one process, injected already."""
     assert st.injected is not None
     task_vmas = _private_memory(img, p, stats, parent, defer, staging, smaps_reader)
@@ -471,7 +471,7 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
 
 def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Parent | None,
                     defer: list[_Copy] | None, staging: pages.Staging,
-                    smaps_reader: ThreadPoolExecutor, task_writes: bool = True) -> list[Vma]:
+                    smaps_reader: Executor, task_writes: bool = True) -> list[Vma]:
     """Private pages of one process (written, or deferred); returns its VMAs.
 
     Which pages to copy, and their copy, need only the layout (maps); smaps, whose page
@@ -518,7 +518,7 @@ def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Pare
 
 
 def _read_memory(img: ImageDir, p: tree.Proc, staging: pages.Staging,
-                 smaps_reader: ThreadPoolExecutor) -> tuple[list[Vma], int, int]:
+                 smaps_reader: Executor) -> tuple[list[Vma], int, int]:
     """_private_memory as the memory worker runs it, before the task is injected (the
     injection puts back all it changes, and the engine waits for this before it injects
     the task): every page written by the worker (a task writing its own would need the
