@@ -160,7 +160,8 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
     worker = None
     if use_worker:  # forked before the freeze: no frozen time
         try:
-            worker = memworker.MemoryWorker(img, staging.size, _read_memory, _write_mm)
+            worker = memworker.MemoryWorker(img, staging.size, _read_memory, _write_mm,
+                                            _shared_pages)
         except OSError:
             pass  # (no fork: the engine reads every task itself)
     try:
@@ -208,13 +209,17 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
             worker.close()
             worker = None
         state: dict[int, _ProcState] = {}
+        pairs = _cow_pairs(procs, tables) if kind == "dump" else []
+        if worker is not None:
+            worker.find_cow(pairs)  # first: its reads, and so any injection, come after
         for p in procs:
             got = _step(f"regs of {p.pid}", "regs", task.read_threads, img, p.pid, p.threads)
             state[p.pid] = _ProcState(got.threads, got.shared_pending, got.status, got.stat)
             if worker is not None and "vm" not in tables.get(p.pid, []):
                 worker.read(p)  # there, while the engine goes on here
-        if kind == "dump":
-            _find_cow(procs, state, tables)
+        if worker is None:
+            for child, runs in _shared_pages(pairs).items():
+                state[child].cow = runs
         fault_point("regs")
         lap("regs")
         for p in procs:
@@ -232,7 +237,7 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
             task.refuse_posix_timers(p.pid, inj.posix_timers, state[p.pid].threads,
                                      state[p.pid].shared_pending)
             if worker is not None and own_mm:
-                worker.write_mm(p.pid, inj.brk, st.stat, st.cow)
+                worker.write_mm(p.pid, inj.brk, st.stat)
         fault_point("sigactions")
         lap("sigactions")
         for pid_done, read in (worker.collect(stats) if worker is not None else {}).items():
@@ -541,20 +546,24 @@ def _write_mm(img: ImageDir, pid: int, task_vmas: list[Vma], brk: int, stat: Sta
     return mm
 
 
-def _find_cow(procs: list[tree.Proc], state: dict[int, _ProcState],
-              tables: dict[int, list[str]]) -> None:
-    """Pages each process shares copy-on-write with its parent in the tree (restorable
-    only then: a pre-dump image is not). Before any injection, which copies stack pages.
-    A task on its parent's address space shares everything, not copy-on-write."""
+def _cow_pairs(procs: list[tree.Proc], tables: dict[int, list[str]]) -> list[tuple[int, int]]:
+    """(child, parent) of each process that may share pages copy-on-write with its parent
+    in the tree (a task on its parent's address space shares everything, not
+    copy-on-write); restorable only from a dump (a pre-dump image is not)."""
+    live = {p.pid for p in procs}
+    return [(p.pid, p.ppid) for p in procs
+            if p.ppid in live and "vm" not in tables.get(p.pid, [])]
+
+
+def _shared_pages(pairs: list[tuple[int, int]]) -> dict[int, list[list[int]]]:
+    """The pages each child of `pairs` shares copy-on-write with its parent. Before any
+    injection into either, which copies stack pages."""
     zero = procpagemap.zero_pfn()
     if not zero:
-        return  # page frames are hidden: the restore copies every page as before
-    live = {p.pid for p in procs}
+        return {}  # page frames are hidden: the restore copies every page as before
     known: dict[int, list[Interval]] = {}
-    for p in procs:
-        if p.ppid in live and "vm" not in tables.get(p.pid, []):
-            state[p.pid].cow = _step(f"shared pages of {p.pid}", "regs",
-                                     cow.shared_with_parent, p.pid, p.ppid, zero, known)
+    return {pid: _step(f"shared pages of {pid}", "regs", cow.shared_with_parent, pid, ppid,
+                       zero, known) for pid, ppid in pairs}
 
 
 def _exe(pid: int) -> str | None:

@@ -9,8 +9,11 @@ a code page and writes a signal frame below the stack pointer, and puts both bac
 memory read before it is the task's as it is after it. The worker writes the task's pages,
 pagemap and VMA table into the image; once the injection told the task's brk, a second job
 has it write the mm record (the VMAs stay in the worker). It sends back the mm record, the
-files' checksums and its counts; the engine takes those as if it had written them. (A tree
-of 50 small tasks: the worker's ~1.2 ms a task now overlaps the registers' step too.)
+files' checksums and its counts; the engine takes those as if it had written them. Its first
+job, before any read, finds the pages each task shares copy-on-write with its parent (for
+the mm records), while the engine reads the registers: a task's read done means no
+injection, which copies stack pages, can come before it. (A tree of 50 small tasks: the
+worker's ~0.95 ms a task overlaps the registers' step and the injections.)
 
 Only for a plain dump of a tree of several small tasks: a pre-dump copies pages after the
 freeze, tracking arms a userfaultfd per task (injected), and a large task writes its own
@@ -53,6 +56,9 @@ Reader = Callable[[ImageDir, Proc, pages.Staging, Executor],
 #: Writes a task's mm record: (img, pid, its VMAs, brk, its Stat, pages shared with the
 #: parent) -> the record (the dumper's _write_mm).
 MmWriter = Callable[[ImageDir, int, list[Vma], int, Any, list[list[int]]], MmCore]
+#: The pages each child shares copy-on-write with its parent: [(child, parent)] -> runs
+#: by child (the dumper's _shared_pages).
+CowFinder = Callable[[list[tuple[int, int]]], dict[int, list[list[int]]]]
 
 
 def wanted(kind: str, prev_dir: str | None, track_mem: bool,
@@ -91,13 +97,20 @@ class MemoryWorker:
     """The worker of one dump; see the module doc. Start it before the freeze (its fork
     is no frozen time) and close() it on every path before the image is discarded."""
 
-    def __init__(self, img: ImageDir, slot: int, read: Reader, write_mm: MmWriter) -> None:
+    def __init__(self, img: ImageDir, slot: int, read: Reader, write_mm: MmWriter,
+                 find_cow: CowFinder) -> None:
         self._img = img
-        side = _WorkerSide(img, slot, read, write_mm)
+        side = _WorkerSide(img, slot, read, write_mm, find_cow)
         self._worker = Worker(side, "memory", TIMEOUT)
         self._read: set[int] = set()  # tasks whose memory is read
         self._mms: dict[int, MmCore] = {}
         self._pages = self._vmas = 0
+
+    def find_cow(self, pairs: list[tuple[int, int]]) -> None:
+        """Have it find the pages each (child, parent) of `pairs` shares copy-on-write,
+        kept for their mm records. Sent before any read(): a task's read done means this
+        is done too, so nothing is injected before (an injection copies stack pages)."""
+        self._worker.send(("cow", pairs))
 
     def read(self, p: Proc) -> None:
         """Have it read task p (frozen, not injected). The files it will write are the
@@ -111,11 +124,11 @@ class MemoryWorker:
         while pid not in self._read:
             self._take(self._worker.next_result())
 
-    def write_mm(self, pid: int, brk: int, stat: Any, cow: list[list[int]]) -> None:
+    def write_mm(self, pid: int, brk: int, stat: Any) -> None:
         """Have it write the mm record of task `pid`, read already, with its brk, its
-        /proc stat and the pages it shares with its parent."""
+        /proc stat and the pages it shares with its parent (find_cow)."""
         self._img.created_files.append(names.mm(pid))
-        self._worker.send(("mm", pid, brk, stat, cow))
+        self._worker.send(("mm", pid, brk, stat))
 
     def collect(self, counts: Counts) -> dict[int, MmCore]:
         """Each task's mm record, once the worker did every job; its files and counts
@@ -155,20 +168,26 @@ class _WorkerSide:
     """What runs in the worker: its own staging buffers, made for the first task, and
     the VMAs of the tasks read (for their mm records)."""
 
-    def __init__(self, img: ImageDir, slot: int, read: Reader, write_mm: MmWriter) -> None:
+    def __init__(self, img: ImageDir, slot: int, read: Reader, write_mm: MmWriter,
+                 find_cow: CowFinder) -> None:
         self.img, self.slot, self.read, self.write_mm = img, slot, read, write_mm
+        self.find_cow = find_cow
         self.staging: pages.Staging | None = None
         self.vmas: dict[int, list[Vma]] = {}
+        self.cow: dict[int, list[list[int]]] = {}
 
     def __call__(self, job: tuple[Any, ...]) -> _Written:
         before = len(self.img.created_files)
         result: _Written
-        if job[0] == "read":
+        if job[0] == "cow":
+            self.cow = self.find_cow(job[1])
+            result = _Written(0, [], {}, [])
+        elif job[0] == "read":
             result = self._read(job[1])
         else:
-            _kind, pid, brk, stat, cow = job
+            _kind, pid, brk, stat = job
             result = _Mm(pid, [], {}, [], self.write_mm(self.img, pid, self.vmas.pop(pid),
-                                                        brk, stat, cow))
+                                                        brk, stat, self.cow.pop(pid, [])))
         result.created = self.img.created_files[before:]
         result.checksums = {n: self.img.checksums[n] for n in result.created
                             if n in self.img.checksums}
