@@ -18,6 +18,7 @@ import os
 from engine.dump import vmas
 from engine.dump.intervals import Interval, intersect, normalise
 from engine.images.load import cow_ranges
+from engine.images.records import Vma
 from engine.kernel import uapi
 from engine.proc import pagemap
 
@@ -25,20 +26,21 @@ _SHARED_MASK = uapi.PM_PRESENT | uapi.PM_FILE
 _CHUNK_PAGES = 1 << 16  # pagemap entries read at once (512 KiB)
 
 
-def _private_ranges(pid: int) -> list[Interval]:
-    return normalise(cow_ranges(vmas.parse(pid, vmas.read_maps(pid), None)))
+def private_ranges(layout: list[Vma]) -> list[Interval]:
+    """The ranges of a task's VMAs (vmas.parse) whose pages may be shared copy-on-write."""
+    return normalise(cow_ranges(layout))
 
 
 def shared_with_parent(pid: int, ppid: int, zero: int,
                        known: dict[int, list[Interval]] | None = None) -> list[list[int]]:
     """[address, pages] runs of the pages child `pid` shares copy-on-write with its parent
     `ppid` at the same address (both frozen). `zero`: the zero page's frame (non-zero).
-    `known`: each task's private ranges, kept from one call to the next (a parent of
-    several children is read once)."""
+    `known`: each task's private ranges (private_ranges), kept from one call to the next
+    (a parent of several children is read once)."""
     known = {} if known is None else known
     for task in (pid, ppid):
         if task not in known:
-            known[task] = _private_ranges(task)
+            known[task] = private_ranges(vmas.parse(task, vmas.read_maps(task), None))
     ranges = intersect(known[pid], known[ppid])
     mine, theirs = pagemap.open_pagemap(pid), pagemap.open_pagemap(ppid)
     out: list[list[int]] = []

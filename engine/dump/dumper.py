@@ -160,8 +160,8 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
     worker = None
     if use_worker:  # forked before the freeze: no frozen time
         try:
-            worker = memworker.MemoryWorker(img, staging.size, _read_memory, _write_mm,
-                                            _shared_pages)
+            worker = memworker.MemoryWorker(img, staging.size, _layout, _read_memory,
+                                            _write_mm, _shared_pages)
         except OSError:
             pass  # (no fork: the engine reads every task itself)
     try:
@@ -210,13 +210,12 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
             worker = None
         state: dict[int, _ProcState] = {}
         pairs = _cow_pairs(procs, tables) if kind == "dump" else []
-        if worker is not None:
-            worker.find_cow(pairs)  # first: its reads, and so any injection, come after
         for p in procs:
             got = _step(f"regs of {p.pid}", "regs", task.read_threads, img, p.pid, p.threads)
             state[p.pid] = _ProcState(got.threads, got.shared_pending, got.status, got.stat)
             if worker is not None and "vm" not in tables.get(p.pid, []):
-                worker.read(p)  # there, while the engine goes on here
+                # there, while the engine goes on here
+                worker.read(p, [child for child, parent in pairs if parent == p.pid])
         if worker is None:
             for child, runs in _shared_pages(pairs).items():
                 state[child].cow = runs
@@ -474,20 +473,26 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
         _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
 
 
+def _layout(pid: int) -> memworker.Layout:
+    """A task's maps text and the VMAs parsed from it (without their VmFlags)."""
+    maps = vmas.read_maps(pid)
+    return maps, vmas.parse(pid, maps, None)
+
+
 def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Parent | None,
                     defer: list[_Copy] | None, staging: pages.Staging,
-                    smaps_reader: Executor, task_writes: bool = True) -> list[Vma]:
+                    smaps_reader: Executor, task_writes: bool = True,
+                    known: memworker.Layout | None = None) -> list[Vma]:
     """Private pages of one process (written, or deferred); returns its VMAs.
 
     Which pages to copy, and their copy, need only the layout (maps); smaps, whose page
     walk costs ~50 ms per resident GiB, is read meanwhile in a thread. Nothing may change
     the address space until it is read: the task writes its own pages (an injection,
     which maps a scratch area) only after that, and tracking is armed after that too
-    (registering sets VmFlags "uw")."""
-    maps = vmas.read_maps(p.pid)
+    (registering sets VmFlags "uw"). `known`: its layout, read already."""
+    maps, layout = known or _layout(p.pid)
     smaps = smaps_reader.submit(vmas.read_vmflags, p.pid, maps.count(b"\n"))
     try:
-        layout = vmas.parse(p.pid, maps, None)
         vmas.refuse_unrestorable(p.pid, layout)
         runs, tracked = _step(f"memory of {p.pid}", "memory", pages.private_runs, p.pid,
                               layout)
@@ -523,7 +528,8 @@ def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Pare
 
 
 def _read_memory(img: ImageDir, p: tree.Proc, staging: pages.Staging,
-                 smaps_reader: Executor) -> tuple[list[Vma], int, int]:
+                 smaps_reader: Executor, known: memworker.Layout
+                 ) -> tuple[list[Vma], int, int]:
     """_private_memory as the memory worker runs it, before the task is injected (the
     injection puts back all it changes, and the engine waits for this before it injects
     the task): every page written by the worker (a task writing its own would need the
@@ -531,7 +537,7 @@ def _read_memory(img: ImageDir, p: tree.Proc, staging: pages.Staging,
     pages and VMAs counted."""
     stats = DumpStats()
     task_vmas = _private_memory(img, p, stats, None, None, staging, smaps_reader,
-                                task_writes=False)
+                                task_writes=False, known=known)
     img.write_vmas(names.vmas(p.pid), task_vmas)
     return task_vmas, stats.pages, stats.vmas
 
@@ -555,13 +561,15 @@ def _cow_pairs(procs: list[tree.Proc], tables: dict[int, list[str]]) -> list[tup
             if p.ppid in live and "vm" not in tables.get(p.pid, [])]
 
 
-def _shared_pages(pairs: list[tuple[int, int]]) -> dict[int, list[list[int]]]:
-    """The pages each child of `pairs` shares copy-on-write with its parent. Before any
-    injection into either, which copies stack pages."""
+def _shared_pages(pairs: list[tuple[int, int]], layouts: dict[int, list[Vma]] | None = None
+                  ) -> dict[int, list[list[int]]]:
+    """The pages each child of `pairs` shares copy-on-write with its parent (`layouts`:
+    tasks' VMAs parsed already). Before any injection into either, which copies stack
+    pages."""
     zero = procpagemap.zero_pfn()
     if not zero:
         return {}  # page frames are hidden: the restore copies every page as before
-    known: dict[int, list[Interval]] = {}
+    known = {pid: cow.private_ranges(v) for pid, v in (layouts or {}).items()}
     return {pid: _step(f"shared pages of {pid}", "regs", cow.shared_with_parent, pid, ppid,
                        zero, known) for pid, ppid in pairs}
 

@@ -9,11 +9,12 @@ a code page and writes a signal frame below the stack pointer, and puts both bac
 memory read before it is the task's as it is after it. The worker writes the task's pages,
 pagemap and VMA table into the image; once the injection told the task's brk, a second job
 has it write the mm record (the VMAs stay in the worker). It sends back the mm record, the
-files' checksums and its counts; the engine takes those as if it had written them. Its first
-job, before any read, finds the pages each task shares copy-on-write with its parent (for
-the mm records), while the engine reads the registers: a task's read done means no
-injection, which copies stack pages, can come before it. (A tree of 50 small tasks: the
-worker's ~0.95 ms a task overlaps the registers' step and the injections.)
+files' checksums and its counts; the engine takes those as if it had written them. A task's
+read first finds the pages each of its children shares copy-on-write with it (for their
+mm records; the children's layouts read then serve their own reads): parents are read
+before their children and injected after their read, so neither of a pair is injected
+yet (an injection copies stack pages). (A tree of 50 small tasks: the worker's ~1 ms a
+task overlaps the registers' step and the injections.)
 
 Only for a plain dump of a tree of several small tasks: a pre-dump copies pages after the
 freeze, tracking arms a userfaultfd per task (injected), and a large task writes its own
@@ -49,16 +50,20 @@ class Counts(Protocol):
     vmas: int
 
 
+#: A task's maps text and the VMAs parsed from it, without VmFlags (the dumper's _layout).
+Layout = tuple[bytes, list[Vma]]
 #: Reads one task's memory into the image before its injection: (img, proc, staging,
-#: smaps reader) -> its VMAs and the pages and VMAs it counted (the dumper's _read_memory).
-Reader = Callable[[ImageDir, Proc, pages.Staging, Executor],
+#: smaps reader, its layout) -> its VMAs and the pages and VMAs it counted (the dumper's
+#: _read_memory).
+Reader = Callable[[ImageDir, Proc, pages.Staging, Executor, Layout],
                   tuple[list[Vma], int, int]]
 #: Writes a task's mm record: (img, pid, its VMAs, brk, its Stat, pages shared with the
 #: parent) -> the record (the dumper's _write_mm).
 MmWriter = Callable[[ImageDir, int, list[Vma], int, Any, list[list[int]]], MmCore]
-#: The pages each child shares copy-on-write with its parent: [(child, parent)] -> runs
-#: by child (the dumper's _shared_pages).
-CowFinder = Callable[[list[tuple[int, int]]], dict[int, list[list[int]]]]
+#: The pages each child shares copy-on-write with its parent: ([(child, parent)], their
+#: VMAs by pid) -> runs by child (the dumper's _shared_pages).
+CowFinder = Callable[[list[tuple[int, int]], dict[int, list[Vma]]],
+                     dict[int, list[list[int]]]]
 
 
 def wanted(kind: str, prev_dir: str | None, track_mem: bool,
@@ -97,27 +102,22 @@ class MemoryWorker:
     """The worker of one dump; see the module doc. Start it before the freeze (its fork
     is no frozen time) and close() it on every path before the image is discarded."""
 
-    def __init__(self, img: ImageDir, slot: int, read: Reader, write_mm: MmWriter,
-                 find_cow: CowFinder) -> None:
+    def __init__(self, img: ImageDir, slot: int, layout: Callable[[int], Layout],
+                 read: Reader, write_mm: MmWriter, find_cow: CowFinder) -> None:
         self._img = img
-        side = _WorkerSide(img, slot, read, write_mm, find_cow)
+        side = _WorkerSide(img, slot, layout, read, write_mm, find_cow)
         self._worker = Worker(side, "memory", TIMEOUT)
         self._read: set[int] = set()  # tasks whose memory is read
         self._mms: dict[int, MmCore] = {}
         self._pages = self._vmas = 0
 
-    def find_cow(self, pairs: list[tuple[int, int]]) -> None:
-        """Have it find the pages each (child, parent) of `pairs` shares copy-on-write,
-        kept for their mm records. Sent before any read(): a task's read done means this
-        is done too, so nothing is injected before (an injection copies stack pages)."""
-        self._worker.send(("cow", pairs))
-
-    def read(self, p: Proc) -> None:
-        """Have it read task p (frozen, not injected). The files it will write are the
-        image's from now on: a failed dump removes them."""
+    def read(self, p: Proc, children: list[int]) -> None:
+        """Have it read task p (frozen, not injected, nor are its `children`, whose
+        pages shared with it copy-on-write it finds first). Parents before children. The
+        files it will write are the image's from now on: a failed dump removes them."""
         self._img.created_files += [names.pagemap(p.pid), names.pages(p.pid),
                                     names.vmas(p.pid)]
-        self._worker.send(("read", p))
+        self._worker.send(("read", p, children))
 
     def wait_read(self, pid: int) -> None:
         """Wait until it has read task `pid` (sent with read()), before its injection."""
@@ -126,7 +126,7 @@ class MemoryWorker:
 
     def write_mm(self, pid: int, brk: int, stat: Any) -> None:
         """Have it write the mm record of task `pid`, read already, with its brk, its
-        /proc stat and the pages it shares with its parent (find_cow)."""
+        /proc stat and the pages it shares with its parent (found at the parent's read)."""
         self._img.created_files.append(names.mm(pid))
         self._worker.send(("mm", pid, brk, stat))
 
@@ -168,22 +168,20 @@ class _WorkerSide:
     """What runs in the worker: its own staging buffers, made for the first task, and
     the VMAs of the tasks read (for their mm records)."""
 
-    def __init__(self, img: ImageDir, slot: int, read: Reader, write_mm: MmWriter,
-                 find_cow: CowFinder) -> None:
+    def __init__(self, img: ImageDir, slot: int, layout: Callable[[int], Layout],
+                 read: Reader, write_mm: MmWriter, find_cow: CowFinder) -> None:
         self.img, self.slot, self.read, self.write_mm = img, slot, read, write_mm
-        self.find_cow = find_cow
+        self.layout, self.find_cow = layout, find_cow
         self.staging: pages.Staging | None = None
+        self.layouts: dict[int, Layout] = {}  # of children, read with their parents
         self.vmas: dict[int, list[Vma]] = {}
         self.cow: dict[int, list[list[int]]] = {}
 
     def __call__(self, job: tuple[Any, ...]) -> _Written:
         before = len(self.img.created_files)
         result: _Written
-        if job[0] == "cow":
-            self.cow = self.find_cow(job[1])
-            result = _Written(0, [], {}, [])
-        elif job[0] == "read":
-            result = self._read(job[1])
+        if job[0] == "read":
+            result = self._read(job[1], job[2])
         else:
             _kind, pid, brk, stat = job
             result = _Mm(pid, [], {}, [], self.write_mm(self.img, pid, self.vmas.pop(pid),
@@ -194,8 +192,17 @@ class _WorkerSide:
         result.page_summed = self.img.page_summed(result.created)
         return result
 
-    def _read(self, p: Proc) -> _Read:
+    def _read(self, p: Proc, children: list[int]) -> _Read:
         if self.staging is None:
             self.staging = pages.Staging(self.slot)
-        self.vmas[p.pid], nr_pages, nr_vmas = self.read(self.img, p, self.staging, _Inline())
+        own = self.layouts.pop(p.pid, None) or self.layout(p.pid)
+        if children:
+            for child in children:
+                self.layouts[child] = self.layout(child)
+            found = self.find_cow([(child, p.pid) for child in children],
+                                  {pid: self.layouts[pid][1] for pid in children}
+                                  | {p.pid: own[1]})
+            self.cow.update(found)
+        self.vmas[p.pid], nr_pages, nr_vmas = self.read(self.img, p, self.staging, _Inline(),
+                                                        own)
         return _Read(p.pid, [], {}, [], nr_pages, nr_vmas)
