@@ -54,6 +54,10 @@ _SIGNALS = tuple(s for s in range(1, uapi.NSIG + 1) if s not in _FIXED)
 _ITIMERS = (0, 1, 2)  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 _U64 = (1 << 64) - 1
 INJECT_TIMEOUT = 10.0
+#: Stack kept below an injection's frame: the main thread's table (~6.5 KiB, its data
+#: and results; intask) with room for timers. Each byte is saved and put back: the
+#: default 64 KiB cost ~60 us a task.
+_STACK_SCRATCH = 16 << 10
 _UTS_LEN = 65  # each of the six fields of struct utsname
 _SCHED_DEADLINE = 6
 
@@ -151,7 +155,8 @@ def inject_state(pid: int, threads: list[ThreadCore], make_tracker: bool = False
         # Held for the whole injection (the task is ours to put back until the end), so
         # the injector's many steps each skip holding them again.
         with termination_held(), Injector(th.tid, INJECT_TIMEOUT,
-                                          held=held if th.tid == pid else None) as inj:
+                                          held=held if th.tid == pid else None,
+                                          stack_scratch=_STACK_SCRATCH) as inj:
             t = blob.Table()
             thread_refs = _thread_queries(t)
             if th.tid != pid:

@@ -80,7 +80,8 @@ SEIZE_OPTIONS = uapi.PTRACE_O_TRACESYSGOOD
 #: `syscall; ret`: how a task whose tracer died leaves code it unmaps (blob.S crc_return)
 SYSCALL_RET = b"\x0f\x05\xc3"
 _RESTORER_SCAN_MAX = 64 << 20  # bytes of code searched at most per process
-_STACK_SCRATCH_MAX = 64 << 10  # larger scratch buffers are mapped
+#: Stack below the frame kept for scratch buffers by default (larger ones are mapped).
+STACK_SCRATCH = 64 << 10
 
 
 class InjectError(RuntimeError):
@@ -305,9 +306,12 @@ class Injector:
     """
 
     def __init__(self, tid: int, timeout: float = 10.0, syscall_addr: int | None = None,
-                 held: tuple[Status, Stat] | None = None) -> None:
+                 held: tuple[Status, Stat] | None = None,
+                 stack_scratch: int = STACK_SCRATCH) -> None:
         """held: the thread's /proc status and its process's stat, when the caller read
-        them while the task is held (neither read again)."""
+        them while the task is held (neither read again). stack_scratch: the bytes below
+        the frame to keep for scratch buffers, when the stack has them (they are saved
+        and put back: a caller that needs few keeps few)."""
         self.tid = tid
         self.timeout = timeout
         self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
@@ -346,7 +350,7 @@ class Injector:
                 self._done_rip = self._insn + 3  # int3 reports rip after itself
             if syscall_addr is None:
                 with termination_held():  # written and recorded, or neither
-                    self._arm_frame()
+                    self._arm_frame(stack_scratch)
         except BaseException:
             if getattr(self, "frame", None) is not None:
                 self.write(self._stack_low(), self._under_frame)
@@ -373,9 +377,10 @@ class Injector:
             self._exec_maps = exec_file_maps(self.tid)
         return self._exec_maps
 
-    def _arm_frame(self) -> None:
+    def _arm_frame(self, scratch: int) -> None:
         """Write the self-restoring frame below the stack pointer when the task has a
-        restorer and the stack the room (else injection goes the old way)."""
+        restorer and the stack the room (else injection goes the old way), with `scratch`
+        bytes below it if the stack has them."""
         restorer = find_restorer(self.tid, self._mem, self.proc, self.exec_maps)
         if not restorer:
             return
@@ -383,7 +388,7 @@ class Injector:
             frame = sigframe.Frame(self.saved_regs, self.saved_xstate, self._mask, restorer)
         except ValueError:
             return
-        low = frame.address - _STACK_SCRATCH_MAX
+        low = frame.address - scratch
         end = self.saved_regs.rsp - sigframe.RED_ZONE
         old = _pread(self._mem, end - low, low)
         # (a small stack, e.g. of a task made by clone() with a stack of its own, may lie

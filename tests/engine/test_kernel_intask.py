@@ -111,6 +111,20 @@ def test_results_alike_and_task_put_back(spawn, way: str) -> None:
     _released(t)
 
 
+def test_table_without_stack_room_runs_after_its_code(spawn) -> None:
+    """No stack kept below the frame: the signal way maps the table's place after its
+    code (and makes it writable: one more injected syscall), with the same results."""
+    t, before = _seized_in_pause(spawn, "signal")
+    table, refs = _table()
+    with Injector(t.pid, TIMEOUT, stack_scratch=0) as inj:
+        res = intask.run(inj, table, TIMEOUT)
+        assert inj.count == 2
+        assert inj.mapping is not None and inj.mapping[1] > uapi.PAGE_SIZE  # code + table
+    assert res.slot(refs.pid) == t.pid and res.slot(refs.bad_close) == -errno.EBADF
+    assert _snapshot(t.pid) == before
+    _released(t)
+
+
 @pytest.mark.parametrize("way", WAYS)
 def test_failed_entry_is_named_and_stops_the_table(spawn, way: str) -> None:
     t, before = _seized_in_pause(spawn, way)
