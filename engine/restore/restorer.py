@@ -272,7 +272,8 @@ class TreeRestorer:
         self.tree: spawn.Tree | None = None
         self.objfds: dict[str, int] = {}
         self.premap = premap.Plan()
-        self.in_place = pages.InPlaceCheck()  # started with the layouts (_page_chunks)
+        self.in_place = pages.InPlaceCheck()  # started with the page chunks
+        self.chunks: dict[int, _TaskPages] = {}  # by owner (_page_chunks)
         self.creator: dict[int, int] = {}  # task -> the task that forks it, if its parent
         self.mapped: list[tuple[str, int]] = []  # mapped unlinked files (spawn.TreeSetup)
 
@@ -393,7 +394,7 @@ class TreeRestorer:
                 try:
                     tree = spawn.spawn(setup, self.opts.timeout,
                                        self.ipc.prepare if self.ipc is not None else None,
-                                       lambda: self._layout_tables(window, specials))
+                                       lambda: self._ahead(window, specials))
                 finally:
                     setup.files.close()  # the root has copied what it needed
             self.tree = tree
@@ -529,20 +530,15 @@ class TreeRestorer:
             # Nothing may be delivered while the layout is half built.
             ptrace.set_sigmask(t.real, _TABLE_MASK)
         with _timed(self.opts, "layout"):
-            # the page chunks and the state tables are made while the tasks build their
-            # layouts
-            def meanwhile() -> dict[int, _TaskPages]:
-                self._state_tables(window)
-                return self._page_chunks()
-            chunks = _run_all(((t.runner, self._unregister_rseq(t)) for t in self.owners),
-                              "mm", meanwhile)
-        assert chunks is not None
+            # the state tables are made while the tasks build their layouts
+            _run_all(((t.runner, self._unregister_rseq(t)) for t in self.owners), "mm",
+                     lambda: self._state_tables(window))
         if self.ipc is not None:
             self.ipc.finish()  # every segment is attached where it was
         fault_point("pages")
         with _timed(self.opts, "pages"):
             for t in self.owners:
-                self._write_pages(t, chunks[t.pid])
+                self._write_pages(t, self.chunks[t.pid])
             for sid, s in self.shmem.items():
                 # Through the root's whole mapping: every task maps the same object.
                 pages.write_shmem_pages(self.live[0].real, shsrc[sid], window.shmem_tmp[sid],
@@ -585,11 +581,18 @@ class TreeRestorer:
             t.table2.prepare(window.base)
             t.view = view
 
+    def _ahead(self, window: layout.Window, specials: dict[int, list[layout.Special]]
+               ) -> None:
+        """The engine's work while the new tree makes itself (spawn's `meanwhile`): the
+        layout tables, then the page chunks (the root's fork table takes longer)."""
+        self._layout_tables(window, specials)
+        self.chunks = self._page_chunks()
+
     def _layout_tables(self, window: layout.Window,
                        specials: dict[int, list[layout.Special]]) -> None:
-        """The tables that build the owners' address spaces (t.table1), made while the
-        new tree makes itself (spawn's `meanwhile`): the tasks' rseq registrations, which
-        go first, are asked of them once they are seized (_unregister_rseq)."""
+        """The tables that build the owners' address spaces (t.table1): the tasks' rseq
+        registrations, which go first, are asked of them once they are seized
+        (_unregister_rseq)."""
         for t in self.owners:
             t.table1 = layout.layout_table(t.mm, window, specials[t.pid],
                                            list(self.shmem.values()), self.objfds,
