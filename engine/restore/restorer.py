@@ -273,7 +273,7 @@ class TreeRestorer:
         self.objfds: dict[str, int] = {}
         self.premap = premap.Plan()
         self.in_place = pages.InPlaceCheck()  # started with the page chunks
-        self.chunks: dict[int, _TaskPages] = {}  # by owner (_page_chunks)
+        self.chunks: dict[int, _TaskPages] | None = None  # by owner (_page_chunks)
         self.creator: dict[int, int] = {}  # task -> the task that forks it, if its parent
         self.mapped: list[tuple[str, int]] = []  # mapped unlinked files (spawn.TreeSetup)
 
@@ -394,7 +394,8 @@ class TreeRestorer:
                 try:
                     tree = spawn.spawn(setup, self.opts.timeout,
                                        self.ipc.prepare if self.ipc is not None else None,
-                                       lambda: self._ahead(window, specials))
+                                       lambda: self._layout_tables(window, specials),
+                                       self._page_chunks)
                 finally:
                     setup.files.close()  # the root has copied what it needed
             self.tree = tree
@@ -530,9 +531,16 @@ class TreeRestorer:
             # Nothing may be delivered while the layout is half built.
             ptrace.set_sigmask(t.real, _TABLE_MASK)
         with _timed(self.opts, "layout"):
-            # the state tables are made while the tasks build their layouts
+            # the state tables (and the page chunks, unless spawn waited for the tree to
+            # make itself: then they were made meanwhile) are made while the tasks build
+            # their layouts
+            def meanwhile() -> None:
+                self._state_tables(window)
+                if self.chunks is None:
+                    self._page_chunks()
             _run_all(((t.runner, self._unregister_rseq(t)) for t in self.owners), "mm",
-                     lambda: self._state_tables(window))
+                     meanwhile)
+        assert self.chunks is not None
         if self.ipc is not None:
             self.ipc.finish()  # every segment is attached where it was
         fault_point("pages")
@@ -581,13 +589,6 @@ class TreeRestorer:
             t.table2.prepare(window.base)
             t.view = view
 
-    def _ahead(self, window: layout.Window, specials: dict[int, list[layout.Special]]
-               ) -> None:
-        """The engine's work while the new tree makes itself (spawn's `meanwhile`): the
-        layout tables, then the page chunks (the root's fork table takes longer)."""
-        self._layout_tables(window, specials)
-        self.chunks = self._page_chunks()
-
     def _layout_tables(self, window: layout.Window,
                        specials: dict[int, list[layout.Special]]) -> None:
         """The tables that build the owners' address spaces (t.table1): the tasks' rseq
@@ -618,10 +619,11 @@ class TreeRestorer:
         return {r.vma.start: [(slot(lo), lo, hi - lo) for lo, hi in r.pieces]
                 for r in tp.regions}
 
-    def _page_chunks(self) -> dict[int, _TaskPages]:
-        """Each owner's private pages to write: the chunks of the VMAs whose pages did not
-        go in before the fork (premap) and, lazy, of the eager ones; the check of those the
-        engine will copy from the pages files' mappings is started (pages.InPlaceCheck)."""
+    def _page_chunks(self) -> None:
+        """Each owner's private pages to write (self.chunks): the chunks of the VMAs whose
+        pages did not go in before the fork (premap) and, lazy, of the eager ones; the
+        check of those the engine will copy from the pages files' mappings is started
+        (pages.InPlaceCheck)."""
         lists = {}
         for t in self.owners:
             assert t.src is not None
@@ -634,8 +636,8 @@ class TreeRestorer:
                 self.opts.page_bytes["task"] += sum(c.length for c in tp.writes)
             lists[t.pid] = pages.task_chunks(t.src, vmas, done)
         checked = iter(self.in_place.start([c for pair in lists.values() for c in pair]))
-        return {pid: _TaskPages(writable, forced, next(checked), next(checked))
-                for pid, (writable, forced) in lists.items()}
+        self.chunks = {pid: _TaskPages(writable, forced, next(checked), next(checked))
+                       for pid, (writable, forced) in lists.items()}
 
     def _write_pages(self, t: _Task, p: _TaskPages) -> None:
         """The task's private pages: long runs read by the task itself (selfread), the

@@ -616,11 +616,13 @@ def _child_by_inner_pid(parent: int, inner: int) -> int | None:
 
 def spawn(setup: TreeSetup, timeout: float,
           prepare: Callable[[int], None] | None = None,
-          meanwhile: Callable[[], None] | None = None) -> Tree:
+          meanwhile: Callable[[], None] | None = None,
+          idle: Callable[[], None] | None = None) -> Tree:
     """Create every task; return once each live one is seized and in its SIGSTOP stop and
     each zombie is a zombie. On failure nothing of the tree is left. `prepare(root pid)`
     fills the root's new namespaces (setup.ns.prepared) while the root waits;
-    `meanwhile()` is the engine's own work while the tree makes itself."""
+    `meanwhile()` is the engine's own work while the tree makes itself, `idle()` more of
+    it, done only if the tree is not made yet after that (the engine would wait)."""
     fault_point("fork")
     ksys.set_child_subreaper(True)
     _room_for_fds(setup)
@@ -657,7 +659,7 @@ def spawn(setup: TreeSetup, timeout: float,
         try:
             if meanwhile is not None:
                 meanwhile()
-            _seize_all(tree, err_r, go_w, ready_r, timeout)
+            _seize_all(tree, err_r, go_w, ready_r, timeout, idle)
         except BaseException:
             tree.kill_all()
             raise
@@ -697,12 +699,13 @@ def _check_errors(err_r: int) -> None:
         raise EngineError(phase, message if phase == "fork" else f"{message} (task {pid_s})")
 
 
-def _seize_all(tree: Tree, err_r: int, go_w: int, ready_r: int, timeout: float) -> None:
+def _seize_all(tree: Tree, err_r: int, go_w: int, ready_r: int, timeout: float,
+               idle: Callable[[], None] | None) -> None:
     deadline = time.monotonic() + timeout
     # Seize only once every task is made (each live one says so on the ready pipe, after
     # its children, right before it waits for its go): a traced parent would stop for
     # the SIGCHLD of each zombie child it makes, before it has made the next child.
-    _wait_ready(len(tree.live), err_r, ready_r, deadline)
+    _wait_ready(len(tree.live), err_r, ready_r, deadline, idle)
     for t in tree.tasks:
         if tree.find(t) is None:
             raise EngineError("fork", f"task {t.pid} was not found where it was made")
@@ -734,9 +737,11 @@ def _seize_all(tree: Tree, err_r: int, go_w: int, ready_r: int, timeout: float) 
                 time.sleep(0.0005)
 
 
-def _wait_ready(count: int, err_r: int, ready_r: int, deadline: float) -> None:
+def _wait_ready(count: int, err_r: int, ready_r: int, deadline: float,
+                idle: Callable[[], None] | None = None) -> None:
     """Wait until `count` tasks said they are ready; a task's report on the error pipe
-    ends the wait with that error, and so does every task gone."""
+    ends the wait with that error, and so does every task gone. `idle()` runs first if
+    the tasks are not all ready by then."""
     poller = select.poll()
     poller.register(err_r, select.POLLIN)
     poller.register(ready_r, select.POLLIN)
@@ -745,7 +750,11 @@ def _wait_ready(count: int, err_r: int, ready_r: int, deadline: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
             raise EngineError("fork", f"{count - got} of {count} tasks not made in time")
-        events = dict(poller.poll(left * 1000))
+        events = dict(poller.poll(0 if idle is not None else left * 1000))
+        if not events and idle is not None:
+            idle()
+            idle = None
+            continue
         if err_r in events:
             _check_errors(err_r)  # raises the report; at EOF, the ready pipe tells
             if not events[err_r] & select.POLLIN:

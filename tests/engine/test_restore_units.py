@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from engine.images import PE_PRESENT, ImageError, Pagemap, PagemapEntry
 from engine.images.records import MmCore, ShmemEntry, Vma
 from engine.kernel import blob, uapi
 from engine.kernel.pagecrc import ALGO_CRC32C, PageSums
-from engine.restore import layout, ns, pages, selfread
+from engine.restore import layout, ns, pages, selfread, spawn
 
 PAGE = 4096
 
@@ -293,3 +294,24 @@ def test_mostly_short_runs() -> None:
     assert not selfread.mostly_short(pm([run] + [1] * 10))
     assert not selfread.mostly_short(pm([run - 1, run]))
     assert selfread.mostly_short(pm([run - 1, run - 1, run]))
+
+
+@pytest.mark.parametrize("ready", [3, 1])
+def test_spawn_does_its_idle_work_only_while_tasks_are_not_ready(ready: int) -> None:
+    """spawn's `idle` work runs once, before waiting, when not every task has said it is
+    ready yet (the engine would wait: a tree whose root still forks); not when all have
+    (the engine is the slower one: its meanwhile work goes on in the next step)."""
+    err_r, err_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    try:
+        os.write(ready_w, b"r" * ready)
+        done: list[int] = []
+
+        def idle() -> None:
+            done.append(ready)
+            os.write(ready_w, b"r" * (3 - ready))  # the rest come while it works
+        spawn._wait_ready(3, err_r, ready_r, time.monotonic() + 5, idle)
+        assert done == ([] if ready == 3 else [1])
+    finally:
+        for fd in (err_r, err_w, ready_r, ready_w):
+            os.close(fd)
