@@ -44,7 +44,8 @@ from engine.kernel.inject import Injector
 from engine.kernel.structs import UserRegs
 from engine.proc.status import Status
 
-#: Tables of fewer calls than this run entry by entry (the in-task run costs ~6 round trips).
+#: Tables of fewer calls than this run entry by entry (an in-task run costs ~5 round trips,
+#: ~9 with the socket pair; an entry run alone 2).
 MIN_IN_TASK = 8
 _STATUS = struct.Struct("<Qq")  # table_call's status: entries left, last result
 _PAIR = struct.Struct("<ii")  # the socketpair's fds, -1 -1 until it ran
@@ -135,8 +136,9 @@ class _Layout:
 
 def _in_task(inj: Injector, table: blob.Table, timeout: float, gadget: int
              ) -> Results | None:
-    """The table run by table_notify; None where the code page or the socket pair cannot
-    be made (the task is as before, but for the mapping, which restore() unmaps)."""
+    """The table run in the task, taken back at its signal (table_signal) or else at its
+    socket pair (table_notify); None where the code page or the pair cannot be made (the
+    task is as before, but for the mapping, which restore() unmaps)."""
     sig = quiet_signal(inj.status, inj.sigmask)
     if sig:
         return _signalled(inj, table, timeout, gadget, sig)
