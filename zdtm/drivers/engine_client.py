@@ -389,6 +389,10 @@ def _umask() -> int:
     raise OSError("no Umask line in /proc/thread-self/status")
 
 
+#: the signal numbers, once (signal.valid_signals() makes enum members: ~50 us a request)
+_SIGNALS = sorted(int(s) for s in signal.valid_signals())
+
+
 def _ignored_signals() -> list[int]:
     """Signals this process ignores (a fresh process would inherit that across exec)."""
-    return [int(s) for s in signal.valid_signals() if signal.getsignal(s) == signal.SIG_IGN]
+    return [s for s in _SIGNALS if signal.getsignal(s) == signal.SIG_IGN]
