@@ -28,6 +28,8 @@ MAPS_LINE = re.compile(
 _EXEC_FILE_LINE = re.compile(
     rb"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w]x[ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+)"
     rb" +(/.*)$", re.MULTILINE)
+#: The address range of each maps line.
+_RANGE = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) ", re.MULTILINE)
 #: The VmFlags line of each VMA in smaps (its value the group).
 VMFLAGS_LINE = rb"VmFlags: ([^\n]*)"
 _VMFLAGS = re.compile(VMFLAGS_LINE)
@@ -88,6 +90,12 @@ def read_text(pid: int, name: str = "maps") -> bytes:
     what the rest of it shows, ~50 ms per resident GiB)."""
     with open(f"/proc/{pid}/{name}", "rb") as f:
         return f.read()
+
+
+def ranges(pid: int) -> list[tuple[int, int]]:
+    """(start, end) of each mapping of a task, in address order: the layout without the
+    rest of each line (a tenth of parse_maps' cost)."""
+    return [(int(a, 16), int(b, 16)) for a, b in _RANGE.findall(read_text(pid))]
 
 
 def entries(text: bytes) -> list[Fields]:

@@ -12,6 +12,7 @@ at a time is open), and apply madvise state.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import os
 from array import array
@@ -23,6 +24,7 @@ from engine.images import ipcns, vmatable
 from engine.images.records import PAGE_SIZE, MmCore, ShmemEntry, Vma, deleted_key
 from engine.images.vmatable import KIND_INDEX, VmaColumns
 from engine.kernel import blob, uapi
+from engine.proc import maps as procmaps
 from engine.proc.maps import read_maps
 from engine.restore import layoutrows
 
@@ -86,13 +88,15 @@ class Window:
         return self.base, self.base + self.region_size
 
 
-def engine_specials() -> list[tuple[str, int, int]]:
-    """The engine's own vvar/vvar_vclock/vdso (a forked child has them at the same place)."""
-    return [(v.path, v.start, v.end) for v in read_maps(os.getpid())
-            if v.path in _SPECIAL_NAMES]
+@functools.cache
+def engine_specials() -> tuple[tuple[str, int, int], ...]:
+    """The engine's own vvar/vvar_vclock/vdso (a forked child has them at the same place:
+    read once, by the engine server before it forks any step, engine/serve.py)."""
+    return tuple((v.path, v.start, v.end) for v in read_maps(os.getpid())
+                 if v.path in _SPECIAL_NAMES)
 
 
-def match_specials(mm: MmCore, mine: list[tuple[str, int, int]]) -> list[Special]:
+def match_specials(mm: MmCore, mine: Sequence[tuple[str, int, int]]) -> list[Special]:
     """Pair the child's vdso/vvar mappings with the dumped ones, in address order.
 
     Both come from this kernel, so the blocks must agree in number and sizes; the vdso
@@ -129,7 +133,7 @@ def plan_window(mms: list[MmCore], region_size: int, shmem: list[ShmemEntry],
                    default=0)
     size = region_size + _GAP + specials_size + sum(s.size + _GAP for s in shmem) \
         + anon_max + _GAP + _page_up(premap_size) + _GAP
-    mine = [(v.start, v.end) for v in read_maps(os.getpid()) if v.end <= TASK_SIZE]
+    mine = [(lo, hi) for lo, hi in procmaps.ranges(os.getpid()) if hi <= TASK_SIZE]
     base = _WINDOW_ALIGN
     while base + size + _GAP <= TASK_SIZE:
         lo, hi = base - _GAP, base + size + _GAP

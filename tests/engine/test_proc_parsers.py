@@ -166,6 +166,7 @@ def test_maps_of_target(state) -> None:
     exe = os.readlink(f"/proc/{t.pid}/exe")
     assert any(v.path == exe and v.executable for v in plain)
     assert any(v.path == "[vdso]" and not v.is_file for v in plain)
+    assert maps.ranges(t.pid) == [(v.start, v.end) for v in plain]
 
 
 @pytest.mark.parametrize("how", ["query", "text"])
