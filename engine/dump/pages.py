@@ -15,6 +15,7 @@ import bisect
 import ctypes
 import functools
 import itertools
+import operator
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -27,7 +28,6 @@ from engine.images.records import PAGE_SIZE, Vma
 from engine.kernel import pagecrc, uapi
 from engine.kernel import sys as ksys
 from engine.proc import pagemap as procpagemap
-from engine.proc import swaps as procswaps
 from engine.proc import tasks, writeback
 from engine.proc.status import read_status
 
@@ -239,19 +239,20 @@ def private_runs(pid: int, vmas: list[Vma]) -> tuple[list[Run], list[tuple[int, 
     except OSError as e:
         raise EngineError("memory", f"cannot open pagemap of {pid}: {e.strerror}") from None
     try:
-        # Swapped-out pages are data too, but without swap in use every "swapped" pte is
-        # a uffd-wp marker of memory tracking: ask for present pages only then.
-        swap = procswaps.in_use()
-        wanted = uapi.PAGE_IS_PRESENT | (uapi.PAGE_IS_SWAPPED if swap else 0)
+        # Swapped-out pages are data too, and so is a page the kernel is migrating even
+        # without swap (compaction, hot-unplug: its pte is a migration entry, "swapped"
+        # here; asking for present pages only once lost one such page of a frozen task).
+        # The uffd-wp pte markers of memory tracking are "swapped" too: dropped below.
         regions: list[tuple[int, int, int]] = []
         try:
             for start, end, unwanted in _scan_groups(candidates):
                 regions += ksys.pagemap_scan(
                     fd, start, end, category_inverted=unwanted, category_mask=unwanted,
-                    category_anyof_mask=wanted,
-                    return_mask=uapi.PAGE_IS_PRESENT | uapi.PAGE_IS_WPALLOWED,
-                    vec_len=16384)
-            if swap:
+                    category_anyof_mask=uapi.PAGE_IS_PRESENT | uapi.PAGE_IS_SWAPPED,
+                    return_mask=uapi.PAGE_IS_PRESENT | uapi.PAGE_IS_WPALLOWED
+                    | uapi.PAGE_IS_WRITTEN, vec_len=16384)
+            if not all(map(uapi.PAGE_IS_PRESENT.__and__, map(operator.itemgetter(2),
+                                                             regions))):
                 regions = procpagemap.drop_markers(fd, regions)
         except OSError as e:
             if e.errno not in (25, 22):  # ENOTTY, EINVAL: no PAGEMAP_SCAN

@@ -7,7 +7,9 @@ import bisect
 import ctypes
 import functools
 import mmap
+import operator
 import os
+import re
 from collections.abc import Iterable
 
 from engine.kernel import uapi
@@ -71,25 +73,29 @@ def private_runs(fd: int, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, 
     return out
 
 
+#: The last byte of a pagemap entry (bits 56-63) -> 1 where PM_SWAP (bit 62) is set; its
+#: first byte -> 1 where the swap type (its low 5 bits) is not a pte marker's.
+_SWAP_BYTE = bytes(int(b & (uapi.PM_SWAP >> 56) != 0) for b in range(256))
+_NOT_MARKER_BYTE = bytes(int(b & _SWP_TYPE_MASK != _SWP_PTE_MARKER) for b in range(256))
+_ONES = re.compile(rb"\x01+")
+
+
 def drop_markers(fd: int, regions: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     """Remove uffd-wp pte markers from the non-present (swapped) regions of a
-    PAGEMAP_SCAN answer, page by page; present regions are kept as they are."""
+    PAGEMAP_SCAN answer; present regions are kept as they are, and so are swapped ones
+    that say PAGE_IS_WRITTEN (when the scan returned it: a marker never is written). The
+    others are read from pagemap, their runs of real swap entries found in C."""
     out: list[tuple[int, int, int]] = []
-    page, swap = uapi.PAGE_SIZE, uapi.PM_SWAP
+    page = uapi.PAGE_SIZE
     for start, end, cat in regions:
-        if cat & uapi.PAGE_IS_PRESENT:
+        if cat & (uapi.PAGE_IS_PRESENT | uapi.PAGE_IS_WRITTEN):
             out.append((start, end, cat))
             continue
-        ents = entries(fd, start, end)
-        run = -1
-        for k in range(len(ents) + 1):
-            real = k < len(ents) and bool(ents[k] & swap) and \
-                ents[k] & _SWP_TYPE_MASK != _SWP_PTE_MARKER
-            if real and run < 0:
-                run = k
-            elif not real and run >= 0:
-                out.append((start + run * page, start + k * page, cat))
-                run = -1
+        raw = entries(fd, start, end).tobytes()
+        real = bytes(map(operator.and_, raw[7::8].translate(_SWAP_BYTE),
+                         raw[0::8].translate(_NOT_MARKER_BYTE)))
+        out += [(start + m.start() * page, start + m.end() * page, cat)
+                for m in _ONES.finditer(real)]
     return out
 
 

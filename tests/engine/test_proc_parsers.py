@@ -258,3 +258,29 @@ def test_pagemap_walk_leaves_out_the_zero_page() -> None:
         finally:
             os.close(fd)
     assert runs == [(addr + page, addr + 2 * page, 0)]
+
+
+def test_drop_markers_keeps_real_swap_and_migration_entries(tmp_path: Path) -> None:
+    """Of the non-present regions of a PAGEMAP_SCAN answer, those said written are kept
+    whole (a pte marker never is); the others keep their real swap entries (a swap file's
+    type, or a migration entry's) and lose the uffd-wp pte markers (type 31), read from a
+    pagemap (here a file laid out as one)."""
+    page, swap = uapi.PAGE_SIZE, uapi.PM_SWAP
+    base = 0x100000
+    marker, migration, swapped = swap | 31, swap | 30 | (7 << 5), swap | 0 | (9 << 5)
+    at = {base + k * page: e for k, e in enumerate(
+        [marker, migration, migration, marker, 0, swapped, marker, marker])}
+    path = tmp_path / "pagemap"
+    with open(path, "wb") as f:
+        for addr, e in at.items():
+            f.seek(addr // page * 8)
+            f.write(e.to_bytes(8, "little"))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        present = (base - 4 * page, base, uapi.PAGE_IS_PRESENT)
+        written = (base + 8 * page, base + 12 * page, uapi.PAGE_IS_WRITTEN)
+        got = pagemap.drop_markers(fd, [present, (base, base + 8 * page, 0), written])
+    finally:
+        os.close(fd)
+    assert got == [present, (base + page, base + 3 * page, 0),
+                   (base + 5 * page, base + 6 * page, 0), written]
