@@ -195,10 +195,6 @@ def _loop(state: _State, program: Program) -> None:
                 _start(state, state.waiting.pop(fd), program)
             elif fd in state.running:
                 _reap(state.running.pop(fd))
-                if state.spare is None and not state.running:
-                    # for the next request, once none runs: the fork, and the copying
-                    # the spare then does (_own_pages), would take CPU from a step
-                    _make_spare(state, program)
 
 
 def _start(state: _State, conn: socket.socket, program: Program) -> None:
@@ -232,6 +228,7 @@ def _start(state: _State, conn: socket.socket, program: Program) -> None:
             os.close(fd)
     _send(conn, {"pid": pid}, [pidfd])
     state.running[pidfd] = _Running(pid, pidfd, conn)
+    _make_spare(state, program)  # for the next request, while this one runs
 
 
 def _fork() -> int:

@@ -439,40 +439,6 @@ def test_each_request_goes_to_a_child_forked_before_it_the_spare_dies_with_the_s
         srv.close()
 
 
-def test_no_spare_is_forked_while_a_request_runs(tmp_path: Path) -> None:
-    """The next request's child is forked once the running one has ended: its fork, and
-    the copying it does while it waits, would take CPU from the step."""
-    srv = EngineServer(PREFIX, ENV, ROOT_DIR)
-    srv.start()
-    go_r, go_w = os.pipe()
-    try:
-        conn = srv._connect()
-        assert srv.proc is not None
-
-        def spares() -> list[int]:
-            return [p for p in plumbing.children(srv.proc.pid) if os.getsid(p) != p]
-        end = time.monotonic() + 30
-        while len(spares()) != 1:  # the one forked at the start
-            assert time.monotonic() < end, "no spare child"
-            time.sleep(0.01)
-        with open(tmp_path / "log", "wb") as out:
-            pid, pidfd = srv._ask(conn, ["check", "--json"], out.fileno(), ENV, ROOT_DIR,
-                                  go_r)
-        time.sleep(0.3)  # the request runs (it waits for its go): no spare meanwhile
-        assert spares() == []
-        os.write(go_w, b"g")
-        step = ServedProcess(srv, "test", ["check", "--json"], pid, pidfd, conn)
-        assert step.wait(60) == 0
-        end = time.monotonic() + 30
-        while len(spares()) != 1:
-            assert time.monotonic() < end, "no spare child once the request ended"
-            time.sleep(0.01)
-    finally:
-        os.close(go_r)
-        os.close(go_w)
-        srv.close()
-
-
 def _private_dirty_kib(pid: int) -> int:
     with open(f"/proc/{pid}/smaps_rollup") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
