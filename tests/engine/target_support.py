@@ -148,7 +148,13 @@ int main(int argc, char **argv)
 	if (!strcmp(mode, "pause")) {
 		sigaction(SIGUSR1, &sa, NULL);
 		if (argc > 2 && !strcmp(argv[2], "catch-quiet")) {
-			/* no signal left that the task ignores: each counts as handled */
+			/* no signal left that the task ignores: each counts as handled, and
+			 * one ignored from the start (nohup's SIGHUP) is default again */
+			for (int s = 1; s < NSIG; s++) {
+				struct sigaction cur;
+				if (!sigaction(s, NULL, &cur) && cur.sa_handler == SIG_IGN)
+					signal(s, SIG_DFL);
+			}
 			sigaction(SIGURG, &sa, NULL);
 			sigaction(SIGWINCH, &sa, NULL);
 			sigaction(SIGCHLD, &sa, NULL);
