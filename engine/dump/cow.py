@@ -40,7 +40,7 @@ def shared_with_parent(pid: int, ppid: int, zero: int,
     known = {} if known is None else known
     for task in (pid, ppid):
         if task not in known:
-            known[task] = private_ranges(vmas.parse(task, vmas.read_maps(task), None))
+            known[task] = private_ranges(vmas.layout(task)[1])
     ranges = intersect(known[pid], known[ppid])
     mine, theirs = pagemap.open_pagemap(pid), pagemap.open_pagemap(ppid)
     out: list[list[int]] = []

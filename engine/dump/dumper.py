@@ -160,7 +160,7 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
     worker = None
     if use_worker:  # forked before the freeze: no frozen time
         try:
-            worker = memworker.MemoryWorker(img, staging.size, _layout, _read_memory,
+            worker = memworker.MemoryWorker(img, staging.size, vmas.layout, _read_memory,
                                             _write_mm, _shared_pages)
         except OSError:
             pass  # (no fork: the engine reads every task itself)
@@ -471,12 +471,6 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
     st.mm.cow = st.cow
     if tracker is not None:
         _step(f"memory tracking of {p.pid}", "memory", track.arm, tracker, task_vmas)
-
-
-def _layout(pid: int) -> memworker.Layout:
-    """A task's maps text and the VMAs parsed from it (without their VmFlags)."""
-    maps = vmas.read_maps(pid)
-    return maps, vmas.parse(pid, maps, None)
 
 
 def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Parent | None,

@@ -50,7 +50,7 @@ class Counts(Protocol):
     vmas: int
 
 
-#: A task's maps text and the VMAs parsed from it, without VmFlags (the dumper's _layout).
+#: A task's maps text and the VMAs parsed from it, without VmFlags (dump.vmas.layout).
 Layout = tuple[bytes, list[Vma]]
 #: Reads one task's memory into the image before its injection: (img, proc, staging,
 #: smaps reader, its layout) -> its VMAs and the pages and VMAs it counted (the dumper's

@@ -92,6 +92,12 @@ def _read(pid: int, name: str) -> bytes:
         raise EngineError("memory", f"cannot read {name} of {pid}: {e.strerror}") from None
 
 
+def layout(pid: int) -> tuple[bytes, list[Vma]]:
+    """A task's maps text and the VMAs parsed from it, without their VmFlags (see parse)."""
+    maps = read_maps(pid)
+    return maps, parse(pid, maps, None)
+
+
 def parse(pid: int, maps: bytes, smaps: bytes | None) -> list[Vma]:
     """VMAs from the maps text, with the VmFlags of the smaps text read while the task
     was in the same state; without smaps, every VMA's vmflags are empty (the layout only,
