@@ -331,9 +331,10 @@ def clip_to_vmas(regions: list[tuple[int, int, int]] | list[tuple[int, int]],
     for /proc/PID/mem where the VMA is not readable."""
     runs: list[Run] = []
     add = runs.append
-    starts = [v.start for v in vmas]
-    ends = [v.end for v in vmas]
-    unreadable = [not v.prot & uapi.PROT_READ for v in vmas]
+    make = Run._make  # (tuple.__new__, not the generated __new__: 20,000 runs in maps06)
+    starts = list(map(_START, vmas))
+    ends = list(map(_END, vmas))
+    unreadable = [not prot & uapi.PROT_READ for prot in map(_PROT, vmas)]
     n = len(vmas)
     i = 0
     for region in regions:
@@ -341,15 +342,18 @@ def clip_to_vmas(regions: list[tuple[int, int, int]] | list[tuple[int, int]],
         while i < n and ends[i] <= start:
             i += 1
         if i < n and starts[i] <= start and end <= ends[i]:
-            add(Run(start, end - start, unreadable[i]))  # inside one VMA: most regions
+            add(make((start, end - start, unreadable[i])))  # inside one VMA: most regions
             continue
         j = i
         while j < n and starts[j] < end:
             s, e = max(start, starts[j]), min(end, ends[j])
             if s < e:
-                add(Run(s, e - s, unreadable[j]))
+                add(make((s, e - s, unreadable[j])))
             j += 1
     return runs
+
+
+_START, _END, _PROT = (operator.attrgetter(name) for name in ("start", "end", "prot"))
 
 
 #: Has the dumped task write (and sum) some runs itself: given the new pages file and

@@ -102,19 +102,19 @@ def parse(pid: int, maps: bytes, smaps: bytes | None) -> list[Vma]:
     """VMAs from the maps text, with the VmFlags of the smaps text read while the task
     was in the same state; without smaps, every VMA's vmflags are empty (the layout only,
     for what depends on nothing else: add_vmflags() completes it)."""
-    lines = procmaps.entries(maps)
     # Most VMAs of a big process repeat a few (perms, file) combinations, so the
-    # classification is computed once per combination (the fields after pgoff, in order).
-    cache: dict[tuple[bytes, ...], _Fields] = {}
-    out = []
-    for start_s, end_s, perms_b, off_s, dev_b, ino_s, path_b in lines:
-        key = (perms_b, dev_b, ino_s, path_b)
-        fields = cache.get(key)
+    # classification is computed once per combination (the text past the offset).
+    cache: dict[tuple[bytes, bytes], _Fields] = {}
+    out: list[Vma] = []
+    add = out.append
+    none: list[str] = []  # (add_vmflags gives each record its list: never changed)
+    for start_s, end_s, perms_b, off_s, tail in procmaps.entries(maps):
+        fields = cache.get((perms_b, tail))
         if fields is None:
-            fields = cache[key] = _classify(perms_b, dev_b, ino_s, path_b)
+            fields = cache[perms_b, tail] = _classify(pid, perms_b, tail)
         prot, flags, kind, path, dev, inode, deleted, shmem_id = fields
-        out.append(Vma(int(start_s, 16), int(end_s, 16), prot, flags, int(off_s, 16), kind,
-                       path, dev, inode, deleted, shmem_id, []))
+        add(Vma(int(start_s, 16), int(end_s, 16), prot, flags, int(off_s, 16), kind, path,
+                dev, inode, deleted, shmem_id, none))
     if smaps is not None:
         add_vmflags(pid, out, procmaps.vmflags(smaps))
     return out
@@ -142,9 +142,13 @@ def add_vmflags(pid: int, vmas: list[Vma], flags: list[bytes]) -> None:
 _Fields = tuple[int, int, str, str | None, str | None, int, bool, str | None]
 
 
-def _classify(perms_b: bytes, dev_b: bytes, ino_s: bytes, path_b: bytes) -> _Fields:
+def _classify(pid: int, perms_b: bytes, tail: bytes) -> _Fields:
     """The Vma fields that depend only on the maps line's text past the addresses and
     offset: prot, flags, kind, path, dev, inode, deleted, shmem_id."""
+    try:
+        dev_b, ino_s, path_b = procmaps.split_tail(tail)
+    except ValueError as e:
+        raise EngineError("memory", f"maps of {pid}: {e}") from None
     perms = perms_b.decode()
     dev = dev_b.decode()
     inode = int(ino_s)

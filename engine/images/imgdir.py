@@ -125,6 +125,7 @@ class ImageDir:
         self.checksums: dict[str, list[int]] = {}
         self.trusted = True
         self._dirfd = -1
+        self._paths: dict[str, str] = {}  # file(): name -> path (asked ~30 times a task)
         #: pages files written: their checksums are in their pagemaps, not the inventory
         self._page_summed: set[str] = set()
         #: pages_writer(direct=True) writes with O_DIRECT (else through the page cache)
@@ -208,9 +209,13 @@ class ImageDir:
 
     def file(self, name: str) -> str:
         """Full path of a file in the directory (names never contain a slash)."""
-        if not name or "/" in name or name in (".", "..") or "\0" in name:
-            raise ImageError(os.path.join(self.path, repr(name)), "invalid image file name")
-        return os.path.join(self.path, name)
+        path = self._paths.get(name)
+        if path is None:
+            if not name or "/" in name or name in (".", "..") or "\0" in name:
+                raise ImageError(os.path.join(self.path, repr(name)),
+                                 "invalid image file name")
+            path = self._paths[name] = os.path.join(self.path, name)
+        return path
 
     def exists(self, name: str) -> bool:
         """Whether the directory holds an entry of that name (of any type: opening it

@@ -43,6 +43,11 @@ _IOV_MAX = 1024
 _PARALLEL_BYTES = 64 << 20  # below this, one thread is as fast
 _MAX_WORKERS = 4
 _STREAM_MIN = 4 << 20  # below this, a transfer goes through the file's mapping
+#: pages checked at once by InPlaceCheck.start, not in a thread (~60 us; a thread's start
+#: and its first hold of the interpreter lock cost the restore 0.5-1 ms)
+_INLINE_CHECK = 256 << 10
+_LENGTH = operator.attrgetter("length")
+_READER = operator.attrgetter("reader")
 # 4 MiB x 6 measured a little better than 8 x 4, 16 x 3 or 2 x 8 (1.0-1.4 s against
 # 1.25-1.5 s per GiB; noisy): more requests in flight, less to wait for at the end.
 _SEGMENT = 4 << 20  # bytes read per O_DIRECT read
@@ -262,11 +267,13 @@ def write_chunks(pid: int, chunks: list[Chunk], forced: bool, checked: bool = Fa
     return done
 
 
-def _streamed(chunks: list[Chunk]) -> bool:
-    """Whether write_chunks streams these (large, every file read with O_DIRECT), rather
-    than copying them from their files' mappings."""
-    return sum(c.length for c in chunks) >= _STREAM_MIN and all(
-        c.reader is not None and c.reader.direct_fd() >= 0 for c in chunks)
+def _streamed(chunks: list[Chunk], size: int | None = None) -> bool:
+    """Whether write_chunks streams these (`size` bytes in all, if known: large, every
+    file read with O_DIRECT), rather than copying them from their files' mappings."""
+    if size is None:
+        size = sum(map(_LENGTH, chunks))
+    return size >= _STREAM_MIN and all(
+        r is not None and r.direct_fd() >= 0 for r in set(map(_READER, chunks)))
 
 
 class InPlaceCheck:
@@ -286,9 +293,12 @@ class InPlaceCheck:
         """Start checking those of the chunk lists write_chunks copies from mappings;
         whether each list is checked here. Once only."""
         assert self._thread is None
-        mine = [bool(chunks) and not _streamed(chunks) for chunks in lists]
+        sizes = [sum(map(_LENGTH, chunks)) for chunks in lists]
+        mine = [size > 0 and not _streamed(chunks, size) for chunks, size in zip(lists, sizes)]
         todo = [chunks for chunks, m in zip(lists, mine) if m]
-        if todo:
+        if sum(size for size, m in zip(sizes, mine) if m) <= _INLINE_CHECK:
+            self._check(todo)  # less than starting a thread costs
+        elif todo:
             self._thread = threading.Thread(target=self._check, args=(todo,),
                                              name="pages-check", daemon=True)
             self._thread.start()

@@ -23,7 +23,7 @@ from engine.errors import EngineError
 from engine.images import load
 from engine.images.imgdir import ImageDir
 from engine.images.records import Vma
-from engine.kernel import pagecrc
+from engine.kernel import pagecrc, uapi
 from engine.proc import pagemap as procpagemap
 from tests.engine.dump_support import Victim
 
@@ -118,6 +118,20 @@ def test_interval_operations() -> None:
     assert intervals.intersect(a, b) == [(5, 8), (18, 20), (30, 35), (39, 40)]
     assert intervals.subtract(a, b) == [(0, 5), (8, 18), (35, 39)]
     assert intervals.subtract(a, []) == a and intervals.intersect(a, []) == []
+
+
+def test_maps_lines_classified_once_per_file_and_a_bad_one_refused() -> None:
+    """The dump's maps parser: lines of one file share the classification of their
+    device, inode and path; a line whose rest is not that refuses the dump, naming it."""
+    text = (b"1000-2000 r--p 00000000 fd:01 77    /tmp/a b\n"
+            b"2000-3000 r--p 00001000 fd:01 77    /tmp/a b\n"
+            b"3000-4000 rw-p 00000000 00:00 0 \n")
+    a, b, anon = vmas.parse(1, text, None)
+    assert (a.path, a.dev, a.inode, a.kind) == ("/tmp/a b", "fd:01", 77, "file")
+    assert (b.start, b.end, b.pgoff) == (0x2000, 0x3000, 0x1000) and b.path == a.path
+    assert anon.kind == "anon" and anon.flags & uapi.MAP_ANONYMOUS and anon.vmflags == []
+    with pytest.raises(EngineError, match="maps of 1: malformed maps line ending b'fd:01 x"):
+        vmas.parse(1, b"1000-2000 r--p 00000000 fd:01 x /tmp/a\n", None)
 
 
 def test_runs_are_clipped_to_each_vma() -> None:

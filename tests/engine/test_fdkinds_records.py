@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engine.images import codec
-from engine.images.records import FileRecord, RecordError, SigactionRecord
+from engine.images.records import FdEntry, FileRecord, RecordError, SigactionRecord
 
 BASE: dict[str, Any] = {"id": 3, "type": "anon_inode", "flags": 2}
 GOOD = {
@@ -91,3 +91,29 @@ def test_sigaction_rows_checked_in_bulk_name_a_bad_row(row: list[Any], message: 
     with pytest.raises(codec._PathError) as e:
         convert(rows)
     assert message in f"{e.value.path}: {e.value.message}"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({}, None),
+    ({"cloexec": True}, None),
+    ({"fd": "3"}, ".fd: expected an integer, got '3'"),
+    ({"fd": True}, ".fd: expected an integer, got True"),
+    ({"fd": -1}, ": bad fd entry -1"),
+    ({"extra": 1}, ": unknown field(s) ['extra']"),
+    ({"file_id": None}, ".file_id: expected an integer, got None"),
+])
+def test_compiled_converter_agrees_with_the_general_one(change: dict[str, Any],
+                                                        message: str | None) -> None:
+    """A record's compiled converter makes what the general one makes, defaults
+    included, and leaves every refusal to it (the same located message)."""
+    data = {"fd": 3, "file_id": 7, **change}
+    compiled = codec._converter(FdEntry)
+    general = codec._general_record_converter(FdEntry)
+    assert compiled is not general
+    if message is None:
+        assert compiled(data) == general(data) == FdEntry(3, 7, change.get("cloexec", False))
+        return
+    for convert in (compiled, general):
+        with pytest.raises(codec._PathError) as e:
+            convert(data)
+        assert f"{e.value.path}: {e.value.message}" == message

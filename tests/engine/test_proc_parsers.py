@@ -60,7 +60,11 @@ def test_smaps_sample() -> None:
         b"3000-4000 r--p 00000000 00:00 0 [vvar]\nRss: 0 kB\nVmFlags: rd mr pf io de dd \n"
     )
     a, b = maps.entries(text)
-    assert a[:2] == (b"1000", b"3000") and b[2] == b"r--p" and b[6] == b"[vvar]"
+    assert a[:2] == (b"1000", b"3000") and b[2] == b"r--p"
+    assert maps.split_tail(b[4]) == (b"00:00", b"0", b"[vvar]")
+    assert maps.split_tail(b"fd:01 77     /tmp/a b  c") == (b"fd:01", b"77", b"/tmp/a b  c")
+    with pytest.raises(ValueError):
+        maps.split_tail(b"fd:01 x /tmp/a")
     fa, fb = (set(f.split()) for f in maps.vmflags(text))
     assert b"gd" in fa and b"gd" not in fb and b"io" in fb
 
