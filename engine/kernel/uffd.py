@@ -21,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from engine.kernel import uapi
+from engine.kernel import blob, uapi
 from engine.kernel.inject import Injector
 from engine.kernel.structs import (
     UffdioApi,
@@ -118,6 +118,34 @@ def create_in_target(inj: Injector, pid: int, features: int, user_mode: bool = F
             os.close(pidfd)
     finally:
         inj.check(uapi.SYS_close, remote)
+
+
+def create_by_runner(runner: blob.BlobRunner, features: int) -> int:
+    """create_in_target for a task stopped in a table runner (a restore's): the
+    userfaultfd and its API handshake are one table the task runs, its fd closed there
+    by one more call. Returns our fd (O_CLOEXEC)."""
+    t = blob.Table()
+    api_buf = t.data(bytes(UffdioApi(uapi.UFFD_API, features, 0)))
+    remote = t.data((-1).to_bytes(8, "little", signed=True))  # the task's fd, once made
+    t.add(uapi.SYS_userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK, save=True, store=remote,
+          what="userfaultfd")
+    t.add(uapi.SYS_ioctl, 0, uapi.UFFDIO_API, api_buf, use_saved=1, what="UFFDIO_API")
+    try:
+        runner.run(t)
+        granted = UffdioApi.from_buffer_copy(runner.read(t.address(api_buf, runner.base),
+                                                         ctypes.sizeof(UffdioApi)))
+        if granted.features & features != features:
+            raise OSError(f"userfaultfd in {runner.pid}: features {granted.features:#x} "
+                          f"lack {features & ~granted.features:#x}")
+        pidfd = pidfd_open(runner.pid)
+        try:
+            return pidfd_getfd(pidfd, runner.read_slot(remote))
+        finally:
+            os.close(pidfd)
+    finally:
+        fd = runner.read_slot(remote)
+        if fd >= 0:
+            runner.run_one(uapi.SYS_close, fd)
 
 
 def written_runs(pagemap_fd: int, start: int, end: int) -> list[tuple[int, int]]:

@@ -5,7 +5,8 @@ a 4-byte little-endian length and that many bytes of JSON; a process message car
 its userfaultfd as SCM_RIGHTS on the sendmsg() of the length. Process message:
 ``{"pid": image pid, "real": pid as the engine sees it, "ranges": [[start, end], ...]}``
 (the registered, still unpopulated ranges); final: ``{"done": true}``. The daemon then
-answers ACK, so the restore knows the fds reached it before it closes its own copies.
+answers ACK, which the restore waits for before it lets the tasks go (it restores their
+state meanwhile): a daemon that did not take them fails the restore.
 """
 
 from __future__ import annotations

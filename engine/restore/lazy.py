@@ -6,7 +6,8 @@ not private anonymous, plus the pages holding the threads' rseq areas, which the
 itself writes later through /proc/PID/mem, where a missing userfaultfd page gives EIO
 instead of a fault). `hand_over()`, after the pages and before the tasks' state is
 finished, creates a userfaultfd in each process, registers its lazy ranges for missing
-faults, and passes the fds to the daemon, which serves from then on.
+faults, and passes the fds to the daemon, which serves from then on; `confirm()`, before
+the tasks are let go, waits for the daemon's word that it took them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from engine.errors import EngineError
 from engine.images import DumpImage
 from engine.images.records import PAGE_SIZE, MmCore, ThreadCore, Vma
 from engine.kernel import uapi, uffd
-from engine.kernel.inject import Injector
+from engine.kernel.blob import BlobRunner
 from engine.lazy import FEATURES, SOCKET_NAME, USERNS_REASON, protocol
 
 _CONNECT_WAIT = 10.0  # the daemon may have been started just before us
@@ -89,16 +90,17 @@ class LazyPages:
                            if v.start <= p < v.end)
         return out
 
-    def hand_over(self, tasks: list[tuple[int, int, MmCore]]) -> None:
-        """For each (image pid, real pid, mm): userfaultfd made in the task, lazy ranges
-        registered, fd sent to the daemon; returns once the daemon acknowledged."""
+    def hand_over(self, tasks: list[tuple[int, MmCore, BlobRunner]]) -> None:
+        """For each (image pid, mm, runner of the task stopped in its table runner):
+        userfaultfd made in the task, lazy ranges registered, fd sent to the daemon;
+        confirm() says whether it took them."""
         try:
-            for pid, real, mm in tasks:
+            for pid, mm, runner in tasks:
                 ranges = _ranges(mm)
                 if not ranges:
                     continue
-                with Injector(real, timeout=self.timeout) as inj:
-                    fd = uffd.create_in_target(inj, real, FEATURES)
+                fd = uffd.create_by_runner(runner, FEATURES)
+                real = runner.pid
                 try:
                     for start, end in ranges:
                         # On our copy: the context is the task's mm whoever holds the fd.
@@ -108,6 +110,13 @@ class LazyPages:
                 finally:
                     os.close(fd)
             protocol.send_done(self.sock)
+        except OSError as e:
+            raise EngineError("mm", f"lazy-pages hand-over: {e}") from None
+
+    def confirm(self) -> None:
+        """Wait for the daemon's word that it took the tasks of hand_over() (asked only
+        before they are let go: the daemon takes them while their state is restored)."""
+        try:
             self.sock.settimeout(self.timeout)
             ack = self.sock.recv(len(protocol.ACK))
         except OSError as e:

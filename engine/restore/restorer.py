@@ -411,6 +411,9 @@ class TreeRestorer:
                             self._clone_vm_child(t, window)
                     self._close_staging()
                 self._rebuild(window, specials, shsrc)
+                if self.lazy is not None:
+                    with _timed(self.opts, "lazy"):
+                        self.lazy.confirm()  # (taken meanwhile, while their state was)
                 with _timed(self.opts, "release"):
                     self._release()
                 # The tree runs on its own: a termination signal no longer undoes it.
@@ -555,7 +558,7 @@ class TreeRestorer:
             self.in_place.result()
         if self.lazy is not None:
             with _timed(self.opts, "lazy"):
-                self.lazy.hand_over([(t.pid, t.real, t.mm) for t in self.owners])
+                self.lazy.hand_over([(t.pid, t.mm, _runner(t)) for t in self.owners])
         with _timed(self.opts, "state"):
             # Tasks alone in their address space run their state tables at once; the
             # others one after another (they share the runner region), the owner last:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 import engine.restore
 from engine.images import PE_PARENT, load
 from engine.images.records import NamespaceRecord
-from engine.lazy import SOCKET_NAME
+from engine.lazy import SOCKET_NAME, protocol
 from engine.restore.lazy import refusal
 from tests.engine import cr_support as cr
 
@@ -227,6 +229,44 @@ def test_daemon_killed_midway_fails_visibly(running: cr.ZdtmTest, daemons: Daemo
     last = running.stop(timeout=30)
     assert "FAIL" in last or "wait status" in last, last
     assert "PASS" not in last
+
+
+def _taking_nothing(images: Path) -> threading.Thread:
+    """A stand-in daemon at the image's socket that reads the hand-over to its end and
+    hangs up without its ACK."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(images / SOCKET_NAME))
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(DAEMON_TIMEOUT)
+                while True:
+                    msg, fd = protocol.recv_message(conn)
+                    if fd >= 0:
+                        os.close(fd)
+                    if msg.get("done"):
+                        return
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("running", ["mem_anon"], indirect=True)
+def test_a_daemon_that_takes_nothing_fails_the_restore(running: cr.ZdtmTest,
+                                                       tmp_path: Path) -> None:
+    """No ACK after the hand-over: the restore fails saying so, before any task runs,
+    and leaves no task."""
+    images = tmp_path / "img"
+    _dump(running.pid, images)
+    daemon = _taking_nothing(images)
+    r = cr.engine("restore", "-D", str(images), "-d", "--lazy-pages")
+    daemon.join(timeout=DAEMON_TIMEOUT)
+    assert r.returncode == 1
+    assert "the lazy-pages daemon did not take the tasks" in r.stderr, r.stderr
+    assert not os.path.exists(f"/proc/{running.pid}")
 
 
 def test_restore_without_daemon_fails_before_creating_tasks(tmp_path: Path) -> None:
