@@ -35,9 +35,11 @@ from engine.images.imgdir import ImageDir
 from engine.images.records import MmCore, Vma
 from engine.worker import Worker
 
-#: Trees of fewer processes are read by the engine itself (the fork, and the engine pages
-#: the worker writes to, cost about what one task's memory does).
-MIN_TASKS = 4
+#: Trees of fewer processes are read by the engine itself: the worker's fork, and the
+#: engine pages it writes to, cost more than it saves below this (in-process, medians of
+#: 8-10, dump ms inline / with the worker: 4 tasks 16.2 / 21.9, 5 18.8 / 21.4, 8 27.6 /
+#: 27.6, 10 32.7 / 31.4, 12 38.1 / 34.7).
+MIN_TASKS = 8
 #: How long one task's memory may take the worker (seconds): it reads at most
 #: selfwrite.MIN_TOTAL of private pages a task.
 TIMEOUT = 60.0

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 #: Processes of the memtree fixture (conftest.py, data/memtree.c).
-MEMTREE_TASKS = 6
+MEMTREE_TASKS = 8
 
 
 def run_engine(*args: str, env: dict[str, str] | None = None,
