@@ -305,8 +305,8 @@ _LOCAL = "v{}"
 def _compiled_converter(cls: Any, general: Converter) -> Converter | None:
     """A converter compiled for `cls` (as dataclasses compiles __init__): each field read
     by name and type-checked inline, nested ones through their converters, the record
-    made with positional arguments: a task's core record of 24 nested records in a
-    third of the general converter's time. Anything unexpected (wrong type, unknown or
+    made with positional arguments: 50 tasks' core records (24 nested records each) in
+    4.0 ms, not 5.1, their mm records in 1.1, not 1.3. Anything unexpected (wrong type, unknown or
     missing field, a failed validate) goes to `general`, which raises the located error.
     None for classes it does not handle (fields not set by __init__, keyword-only)."""
     fields = dataclasses.fields(cls)

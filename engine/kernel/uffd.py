@@ -107,15 +107,7 @@ def create_in_target(inj: Injector, pid: int, features: int, user_mode: bool = F
         buf = inj.scratch(ctypes.sizeof(UffdioApi))
         inj.write(buf, bytes(UffdioApi(uapi.UFFD_API, features, 0)))
         inj.check(uapi.SYS_ioctl, remote, uapi.UFFDIO_API, buf)
-        granted = UffdioApi.from_buffer_copy(inj.read(buf, ctypes.sizeof(UffdioApi)))
-        if granted.features & features != features:
-            raise OSError(f"userfaultfd in {pid}: features {granted.features:#x} "
-                          f"lack {features & ~granted.features:#x}")
-        pidfd = pidfd_open(pid)
-        try:
-            return pidfd_getfd(pidfd, remote)
-        finally:
-            os.close(pidfd)
+        return _copy_to_us(pid, remote, inj.read(buf, ctypes.sizeof(UffdioApi)), features)
     finally:
         inj.check(uapi.SYS_close, remote)
 
@@ -132,20 +124,27 @@ def create_by_runner(runner: blob.BlobRunner, features: int) -> int:
     t.add(uapi.SYS_ioctl, 0, uapi.UFFDIO_API, api_buf, use_saved=1, what="UFFDIO_API")
     try:
         runner.run(t)
-        granted = UffdioApi.from_buffer_copy(runner.read(t.address(api_buf, runner.base),
-                                                         ctypes.sizeof(UffdioApi)))
-        if granted.features & features != features:
-            raise OSError(f"userfaultfd in {runner.pid}: features {granted.features:#x} "
-                          f"lack {features & ~granted.features:#x}")
-        pidfd = pidfd_open(runner.pid)
-        try:
-            return pidfd_getfd(pidfd, runner.read_slot(remote))
-        finally:
-            os.close(pidfd)
+        return _copy_to_us(runner.pid, runner.read_slot(remote),
+                           runner.read(t.address(api_buf, runner.base),
+                                       ctypes.sizeof(UffdioApi)), features)
     finally:
         fd = runner.read_slot(remote)
         if fd >= 0:
             runner.run_one(uapi.SYS_close, fd)
+
+
+def _copy_to_us(pid: int, remote: int, api: bytes, features: int) -> int:
+    """Our copy (pidfd_getfd) of task pid's userfaultfd `remote`, once its UFFDIO_API
+    answer (`api`, struct uffdio_api) grants every one of `features`."""
+    granted = UffdioApi.from_buffer_copy(api)
+    if granted.features & features != features:
+        raise OSError(f"userfaultfd in {pid}: features {granted.features:#x} "
+                      f"lack {features & ~granted.features:#x}")
+    pidfd = pidfd_open(pid)
+    try:
+        return pidfd_getfd(pidfd, remote)
+    finally:
+        os.close(pidfd)
 
 
 def written_runs(pagemap_fd: int, start: int, end: int) -> list[tuple[int, int]]:

@@ -28,7 +28,7 @@ MAPS_LINE = re.compile(
 #: which most lines of a big task repeat: split once per distinct rest.
 _HEAD_LINE = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][ps]) ([0-9a-f]+) (.*)$",
                         re.MULTILINE)
-_TAIL = re.compile(rb"([0-9a-f]+:[0-9a-f]+) (\d+) *(.*)", re.DOTALL)
+_TAIL = re.compile(rb"([0-9a-f]+:[0-9a-f]+) (\d+) *(.*)")
 #: A maps line of an executable file mapping (a path, not "[vdso]"), the same groups.
 _EXEC_FILE_LINE = re.compile(
     rb"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w]x[ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+)"
