@@ -12,15 +12,28 @@ import shutil
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import DeadlineExceeded, Procs, Timed
+from bench.procs import DeadlineExceeded, Procs, Timed, argv_short
 from zdtm.drivers.bundled import BundledEngine
 from zdtm.drivers.criu import CriuEngine
-from zdtm.drivers.engine_client import EngineServer
+from zdtm.drivers.engine_client import EngineServer, ServedProcess
 
 REPO = Path(__file__).resolve().parent.parent
 KILL_GRACE_S = 5.0
+
+
+@dataclass
+class Started:
+    """A step started by Engine.start: its pid, how to wait for its end (Timed, wall
+    time from its start; DeadlineExceeded after `timeout` seconds, then killed) and how
+    to end it at once when the caller gives up on it (nothing once it ended)."""
+
+    pid: int
+    finish: Callable[[float], Timed]
+    end: Callable[[], None]
 
 
 class Engine(ABC):
@@ -49,6 +62,15 @@ class Engine(ABC):
     def run(self, procs: Procs, argv: list[str], timeout: float) -> Timed:
         """Run one step built here, timed: a process of its own."""
         return procs.run(argv, timeout, cwd=REPO, env=self.env())
+
+    def start(self, procs: Procs, argv: list[str]) -> Started:
+        """Start one step that runs alongside others (the lazy-pages daemon), as run()
+        would run it; Started.finish() waits for it."""
+        t0 = time.monotonic()
+        proc, log = procs.spawn(argv, cwd=REPO, env=self.env())
+        # (ended by procs.cleanup(), with every process group it started)
+        return Started(proc.pid, lambda timeout: procs.finish(proc, log, timeout, t0),
+                       lambda: None)
 
     def close(self) -> None:
         """Release what the engine holds between steps (nothing by default)."""
@@ -90,13 +112,28 @@ class Engine(ABC):
         return []
 
 
+def _served_end(proc: ServedProcess, argv: list[str], log: Path, t0: float,
+                timeout: float) -> Timed:
+    """Wait for a served step: its status, wall time from t0, CPU and peak RSS."""
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill(KILL_GRACE_S)
+        raise DeadlineExceeded(f"{' '.join(argv_short(argv))}: no exit within "
+                               f"{timeout:.0f} s (killed)") from None
+    wall = time.monotonic() - t0
+    output = log.read_text(errors="replace")[-4000:]
+    log.unlink(missing_ok=True)
+    return Timed(argv, rc, wall, proc.maxrss_kib or 0, proc.cpu_s or 0.0, output)
+
+
 class Bundled(Engine):
     """The project's engine, spelled and probed by the harness's driver
     (zdtm.drivers.bundled): the same argv, environment and `check --json`.
 
     By default each step is a process of its own, interpreter start-up and imports
     included. `served`: each step is forked from one engine server, as the harness runs
-    them (zdtm.drivers.engine_client); `run_served` times it."""
+    them (zdtm.drivers.engine_client), the lazy-pages daemon too."""
 
     name = "bundled"
 
@@ -114,6 +151,12 @@ class Bundled(Engine):
         them."""
         if self.server is None:
             return super().run(procs, argv, timeout)
+        return self.start(procs, argv).finish(timeout)
+
+    def start(self, procs: Procs, argv: list[str]) -> Started:
+        """Start one step: a process of its own, or (served) a fork of the server."""
+        if self.server is None:
+            return super().start(procs, argv)
         if self.server.proc is not None:
             procs.spare(self.server.proc.pid)
         args = argv[len(self.base()):]
@@ -121,16 +164,8 @@ class Bundled(Engine):
         t0 = time.monotonic()
         with open(log, "wb") as out:
             proc = self.server.launch(args, out.fileno(), self.env(), REPO, args[0])
-        try:
-            rc = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill(KILL_GRACE_S)
-            raise DeadlineExceeded(f"{' '.join(args)}: no exit within {timeout:.0f} s "
-                                   "(killed)") from None
-        wall = time.monotonic() - t0
-        output = log.read_text(errors="replace")[-4000:]
-        log.unlink(missing_ok=True)
-        return Timed(argv, rc, wall, proc.maxrss_kib or 0, proc.cpu_s or 0.0, output)
+        return Started(proc.pid, lambda timeout: _served_end(proc, argv, log, t0, timeout),
+                       lambda: proc.kill(KILL_GRACE_S))
 
     def close(self) -> None:
         """Stop the engine server, if there is one."""

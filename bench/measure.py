@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import pagecache, workloads
-from bench.cmdlines import REPO, Engine
+from bench.cmdlines import Engine
 from bench.procs import DeadlineExceeded, Procs, Timed, wait_pidfd
 
-LAZY_SOCKET_WAIT_S = 60.0  # the bundled daemon checks every page before it listens
+LAZY_SOCKET_WAIT_S = 60.0  # a daemon of its own (not served) imports and loads first
 DUMPED_GONE_S = 10.0  # a dump that exited 0 has killed the tree; death is quick
 
 
@@ -170,6 +170,7 @@ def lazy(ctx: Context, engine: Engine, wl: workloads.Workload, cold: bool = Fals
     images, pidfile = d / "images", d / "restored.pid"
     images.mkdir(mode=0o700)
     sample: dict = {}
+    daemon = None
     try:
         res = run_step(ctx, engine, "dump", engine.dump(run.pid, images))
         sample.update(dump_s=res.wall_s, image_bytes=image_bytes(images))
@@ -177,13 +178,12 @@ def lazy(ctx: Context, engine: Engine, wl: workloads.Workload, cold: bool = Fals
         if cold:
             evict_images(images, sample)
         t_daemon = time.monotonic()
-        daemon, log = ctx.procs.spawn(engine.lazy_pages(images), cwd=REPO, env=engine.env())
+        daemon = engine.start(ctx.procs, engine.lazy_pages(images))
         exit_watch = ExitWatch(daemon.pid, ctx.timeout)
         wait_for_socket(images, exit_watch)
         sample.update(daemon_ready_s=time.monotonic() - t_daemon)
         if exit_watch.exited():  # it gave up before any restore: that is the error
-            early = ctx.procs.finish(daemon, log, ctx.timeout, t_daemon)
-            raise StepFailed(f"lazy-pages: {early.error_line()}")
+            raise StepFailed(f"lazy-pages: {daemon.finish(ctx.timeout).error_line()}")
         # run_step's untimed write-back here, before the clock starts: "all pages in"
         # counts from the restore's start (it once counted the sync of a buffered dump's
         # image too, ~0.5 s for 1 GiB, for either engine)
@@ -194,13 +194,15 @@ def lazy(ctx: Context, engine: Engine, wl: workloads.Workload, cold: bool = Fals
         sample.update(restore_s=res.wall_s, restore_rss_kib=res.maxrss_kib)
         pid = restored_pid(pidfile)
         ctx.procs.track(pid)
-        served = ctx.procs.finish(daemon, log, ctx.timeout, t_daemon)
+        served = daemon.finish(ctx.timeout)
         exited_at = exit_watch.result()
         if not served.ok or exited_at is None:
             raise StepFailed(f"lazy-pages: {served.error_line()}")
         sample.update(all_in_s=exited_at - t0, lazy_rss_kib=served.maxrss_kib)
         finish_restored(ctx, pid, run, sample)
     finally:
+        if daemon is not None:
+            daemon.end()
         ctx.procs.cleanup()
         shutil.rmtree(d, ignore_errors=True)
     return sample

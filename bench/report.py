@@ -194,8 +194,9 @@ def lazy_table(results: list[Result]) -> str:
             lo, hi = ref["all_in_s"]
             rows.append([r.workload, REF_LABEL, "-", "-", fmt(ref["restore_s"]),
                          f"{lo}-{hi}", "-", "-"])
-    # daemon ready: from the lazy-pages daemon's start to its socket (ours checks every
-    # page first); restore and all pages in count from the restore's start.
+    # daemon ready: from the lazy-pages daemon's start to its socket (ours checks the
+    # records, and each page only when it copies it); restore and all pages in count
+    # from the restore's start.
     headers = ["workload", "engine", "dump s", "daemon ready s", "restore returns s",
                "all pages in s", "verified", "cache left MiB (cold)"]
     return table(headers, rows)

@@ -337,7 +337,9 @@ RATIO_NOTE = """\
 ratio = ours / CRIU time (below 1: the bundled engine is faster); dump+restore is the median
 over reps of each rep's dump + restore; every rep starts a fresh workload, bundled then criu.
 A cold row's image was fsync'ed and evicted (POSIX_FADV_DONTNEED) before restore; lazy:
-resume = restore returns, all pages in = the lazy-pages daemon has delivered every page.
+ready = the lazy-pages daemon listens (from its start), resume = restore returns, all pages
+in = the daemon has delivered every page (both from the restore's start; the bundled daemon
+is served too under --served).
 criu = the CRIU 4.2 reference (DESIGN.md section 8) only when criu did not run and the size
 is the reference's (--mib 1024, --vmas 30000, --shm-mib 64)."""
 

@@ -90,15 +90,17 @@ def test_unverified_restore_is_noted() -> None:
     assert "bundled: restored workload failed its check" in row[6]
 
 
-def test_lazy_row_resume_and_all_in() -> None:
-    """Lazy: the restore cell is resume / all pages in, both ours over criu."""
-    keys = ("dump_s", "restore_s", "all_in_s")
-    ours = _result("bundled", [dict(zip(keys, (1.0, 0.2, 1.5), strict=True))],
+def test_lazy_row_ready_resume_and_all_in() -> None:
+    """Lazy: the restore cell is daemon ready / resume / all pages in, each ours over
+    criu."""
+    keys = ("dump_s", "daemon_ready_s", "restore_s", "all_in_s")
+    ours = _result("bundled", [dict(zip(keys, (1.0, 0.01, 0.2, 1.5), strict=True))],
                    scenario="lazy")
-    criu = _result("criu", [dict(zip(keys, (0.5, 0.1, 0.5), strict=True))], scenario="lazy")
+    criu = _result("criu", [dict(zip(keys, (0.5, 0.02, 0.1, 0.5), strict=True))],
+                   scenario="lazy")
     (row,) = compare.lazy_rows([ours, criu], cold=False)
-    assert row[:3] == ["lazy: anon thing", "2.00", "2.00 / 3.00"]
-    assert row[3:5] == ["1.000/0.200/1.500", "0.500/0.100/0.500"]
+    assert row[:3] == ["lazy: anon thing", "2.00", "0.50 / 2.00 / 3.00"]
+    assert row[3:5] == ["1.000/0.010/0.200/1.500", "0.500/0.020/0.100/0.500"]
 
 
 def test_slope_is_least_squares() -> None:

@@ -450,14 +450,13 @@ class ImageDir:
             raise ImageError(self.file(name), f"checksum mismatch in the MiB at byte {bad * CRC_CHUNK}:"
                                               " the file is damaged")
 
-    def verify_pages(self, name: str, pm: Pagemap, cached: bool = False) -> None:
+    def verify_pages(self, name: str, pm: Pagemap) -> None:
         """Stream a pages file and check every page against its pagemap's checksums
-        (for readers that cannot check each page where they use it: lazy pages).
-        `cached`: read through the page cache, for a reader that reads the file again."""
+        (for readers that do not use each page: show)."""
         fd = self.open_file(name)
         try:
             pos = 0
-            for view in _stream(fd, os.fstat(fd).st_size, self.file(name), not cached):
+            for view in _stream(fd, os.fstat(fd).st_size, self.file(name)):
                 _check_sums(self.file(name), pm.sums, pos, pagecrc.sums_of(pm.sums.algo, view))
                 pos += len(view)
         finally:
@@ -619,12 +618,12 @@ def _read_small(fd: int, size: int, path: str) -> bytes:
     return data
 
 
-def _stream(fd: int, size: int, path: str, direct_io: bool = True) -> Iterator[memoryview]:
+def _stream(fd: int, size: int, path: str) -> Iterator[memoryview]:
     """The file read through fd in 16 MiB pieces (each view valid until the next), with
-    O_DIRECT where the file allows it (unless not `direct_io`): pages files were written
-    with O_DIRECT, so they are not in the page cache, and filling fresh page-cache pages
-    costs more than the disk read itself."""
-    direct = open_direct_read(f"/proc/self/fd/{fd}") if direct_io else -1
+    O_DIRECT where the file allows it: pages files were written with O_DIRECT, so they
+    are not in the page cache, and filling fresh page-cache pages costs more than the
+    disk read itself."""
+    direct = open_direct_read(f"/proc/self/fd/{fd}")
     if direct < 0:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger read-ahead
     buf = mmap.mmap(-1, 16 * CRC_CHUNK)  # page aligned, as O_DIRECT wants

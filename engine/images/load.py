@@ -86,22 +86,15 @@ class DumpImage:
         return self.parent_image
 
 
-_DIRECT, _CACHED = "direct", "cached"  # how _load verifies pages files (None: it does not)
-
-
-def load(path: str, trusted: bool = False, verify_pages: bool = True,
-         cache_pages: bool = False) -> DumpImage:
+def load(path: str, trusted: bool = False, verify_pages: bool = True) -> DumpImage:
     """Read and validate every file of the image directory `path` and of its parents.
     Unless `trusted`, every directory and file must belong to the engine's user and be
     writable by nobody else. Without `verify_pages` the data of pages files is not
-    checked here: the caller checks every page it uses (PagesReader.verify/check).
-    `cache_pages`: pages files are verified through the page cache (for a caller that
-    reads them again), not with O_DIRECT."""
-    verify = (_CACHED if cache_pages else _DIRECT) if verify_pages else None
-    return _load(path, trusted, verify, [])
+    checked here: the caller checks every page it uses (PagesReader.verify/check)."""
+    return _load(path, trusted, verify_pages, [])
 
 
-def _load(path: str, trusted: bool, verify_pages: str | None,
+def _load(path: str, trusted: bool, verify_pages: bool,
           chain: list[tuple[int, int]]) -> DumpImage:
     if not os.path.isdir(path):
         raise ImageError(path, "no such image directory")
@@ -202,7 +195,7 @@ def _load_ipc(d: ImageDir, inv: Inventory) -> IpcNsImage:
                                         names.sysv_shm_pages(seg.id)):
             raise ImageError(where, f"shm segment {seg.id}: files {seg.pagemap}, {seg.pages}")
         pm = d.read_pagemap(seg.pagemap)
-        _check_pages(d, seg.pagemap, seg.pages, pm, None, _DIRECT)
+        _check_pages(d, seg.pagemap, seg.pages, pm, None, True)
         for e in pm.entries:
             if e.end > seg.mapped_size:
                 raise ImageError(d.file(seg.pagemap), f"offset {e.addr:#x} beyond the "
@@ -393,7 +386,7 @@ def _read_xstate(d: ImageDir, name: str, tid: int, where: str) -> bytes:
 
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
-                 parent: str | None, verify: str | None) -> None:
+                 parent: str | None, verify: bool) -> None:
     if parent is None and PE_PARENT in pm.flags:
         raise ImageError(d.file(pagemap), "refers to a parent image but there is none")
     size = d.size(pages) if d.exists(pages) else -1
@@ -401,7 +394,7 @@ def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
         raise ImageError(d.file(pages), f"holds {size} bytes, pagemap says "
                                         f"{pm.pages_stored * PAGE_SIZE}")
     if verify:
-        d.verify_pages(pages, pm, cached=verify == _CACHED)
+        d.verify_pages(pages, pm)
 
 
 def _check_in_vmas(path: str, pm: Pagemap, mm: MmCore) -> None:

@@ -1,18 +1,23 @@
 """`python -m engine lazy-pages -D DIR`: serve the pages of a lazy restore.
 
-Checks every page of the image first (through the page cache: a damaged image is refused
-before any restore can connect, and the pages are then cached for the copies), then
-listens on DIR/lazy-pages.sock, takes the userfaultfds of one `restore --lazy-pages`
-(engine.lazy.protocol), then in one loop: answers missing-page faults (UFFDIO_COPY of the
-faulting page and a few after it, or UFFDIO_ZEROPAGE where nothing was stored), follows
-fork/mremap/munmap/madvise events, and between them copies the remaining pages in large
-blocks. It exits 0 once nothing is left to copy in any process (pages delivered, or the
-process is gone), closing the userfaultfds, which unregisters what is left. Every wait
-has a deadline (ENGINE_LAZY_TIMEOUT seconds in all, default 300).
+Loads and checks the image's records (a damaged or hostile one is refused before it
+listens, so before any restore can connect), listens on DIR/lazy-pages.sock, takes the
+userfaultfds of one `restore --lazy-pages` (engine.lazy.protocol), then in one loop:
+answers missing-page faults (UFFDIO_COPY of the faulting page and a few after it, or
+UFFDIO_ZEROPAGE where nothing was stored), follows fork/mremap/munmap/madvise events, and
+between them copies the remaining pages in large blocks. No page is copied before it
+matched its checksum (engine.lazy.check: a thread checks ahead of the copies, a copy that
+gets ahead checks its own run), so a restore does not wait for every page to be read; a
+damaged page, or any failure once the tasks were taken, kills the tasks it serves (they
+cannot get their memory) and exits 1 naming what was wrong. It exits 0 once nothing is
+left to copy in any process (pages delivered, or the process is gone), closing the
+userfaultfds, which unregisters what is left. Every wait has a deadline
+(ENGINE_LAZY_TIMEOUT seconds in all, default 300).
 ENGINE_LAZY_BACKGROUND_DELAY (seconds, default 0) holds the background copy back, so tests
 can see pages arrive through faults; meanwhile a forked child (whose pid the fork event
 does not give, so no pidfd tells when it exits) gets one page every _PROBE_S seconds, which
-is how its exit is noticed (ESRCH).
+is how its exit is noticed (ESRCH). Such a child is not killed on a failure either: its
+userfaultfd is closed, and its pages not yet delivered read as zeros.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import sys
 import time
@@ -33,6 +39,7 @@ from engine.kernel import uapi, uffd
 from engine.kernel.structs import UffdMsg
 from engine.kernel.sys import pidfd_open
 from engine.lazy import SOCKET_NAME, protocol
+from engine.lazy.check import PageChecks
 from engine.lazy.pending import Pending
 from engine.lazy.source import Run, Sources
 
@@ -73,6 +80,7 @@ class Server:
         self.exits: dict[int, _Mm] = {}  # by pidfd
         self.poll = select.poll()
         self.stats = {"fault": 0, "background": 0, "zero": 0, "forks": 0, "gone": 0}
+        self.checks = PageChecks([])  # replaced once the tasks' files are known
 
     # ---- hand-over ---------------------------------------------------------------------
 
@@ -107,7 +115,17 @@ class Server:
                 os.close(fd)
                 raise EngineError("lazy-pages", f"{mm.label} is gone already") from None
             self._add(mm)
+        self.checks = PageChecks(self.sources.files())
         conn.sendall(protocol.ACK)
+
+    def kill_tasks(self) -> None:
+        """SIGKILL every process served whose pid is known: one whose pages cannot all
+        be delivered must not run on with some of them missing."""
+        for pidfd in self.exits:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _add(self, mm: _Mm) -> None:
         fl = fcntl.fcntl(mm.fd, fcntl.F_GETFL)
@@ -136,13 +154,16 @@ class Server:
         """Serve until nothing is left to copy; EngineError past the deadline. Faults are
         served at once; the background copy waits for the restore to end (`conn`, its
         connection, closes: its last steps then do not compete with the copy for the
-        CPUs), _RESTORE_END_WAIT_S at most."""
+        CPUs), _RESTORE_END_WAIT_S at most; so do the checks ahead of the copies."""
         start = time.monotonic()
+        checks_from = start + _RESTORE_END_WAIT_S
         background_from = start + max(self.delay, _RESTORE_END_WAIT_S)
         self.poll.register(conn.fileno(), select.POLLIN)
         restoring = True
         next_probe = time.monotonic() + _PROBE_S
         while any(mm.pending or mm.retry for mm in self.mms.values()):
+            if self.checks.error is not None:
+                raise self.checks.error
             if time.monotonic() > self.deadline:
                 left = sum(mm.pending.bytes() for mm in self.mms.values())
                 raise EngineError("lazy-pages", f"deadline passed with {left} bytes "
@@ -155,7 +176,10 @@ class Server:
                 elif restoring and fd == conn.fileno():
                     self.poll.unregister(fd)
                     restoring = False
+                    checks_from = 0.0
                     background_from = min(background_from, start + self.delay)
+            if time.monotonic() >= checks_from:
+                self.checks.start()
             for mm in list(self.mms.values()):
                 addrs, mm.retry = mm.retry, []
                 for addr in addrs:
@@ -236,7 +260,8 @@ class Server:
     def _copy(self, mm: _Mm, run: Run, why: str) -> bool:
         """UFFDIO_COPY the run (taken out of pending) from the pages file's mapping; False
         when the address space is changing (EAGAIN: the rest is put back, to be retried
-        once events are read)."""
+        once events are read). ImageError when its pages do not match their checksums."""
+        self.checks.ensure(run.file, run.offset, run.end - run.start)
         pos = run.start
         while pos < run.end:
             try:
@@ -262,6 +287,7 @@ class Server:
 
     def close(self) -> None:
         """Close every userfaultfd (the kernel unregisters what is left) and file."""
+        self.checks.stop()
         for mm in list(self.mms.values()):
             self._drop(mm)
         self.sources.close()
@@ -274,10 +300,8 @@ def run(images_dir: str, trusted: bool = False) -> int:
         raise EngineError("lazy-pages", f"{images_dir}: no such image directory")
     start = time.monotonic()
     deadline = start + _env_seconds("ENGINE_LAZY_TIMEOUT", 300.0)
-    # Every page is checked before the daemon listens: a damaged image is refused before
-    # any task exists (a page found damaged later could not be refused). Read through
-    # the page cache, where the pages then are for the copies.
-    image = load(images_dir, trusted, cache_pages=True)
+    # The records are checked before it listens; each page before it is copied
+    image = load(images_dir, trusted, verify_pages=False)
     ready = time.monotonic()
     path = os.path.join(images_dir, SOCKET_NAME)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -301,7 +325,11 @@ def run(images_dir: str, trusted: bool = False) -> int:
         with conn:
             server.take_over(conn)
             total = sum(mm.pending.bytes() for mm in server.mms.values())
-            server.serve(conn)
+            try:
+                server.serve(conn)
+            except BaseException:
+                server.kill_tasks()
+                raise
     finally:
         server.close()
         listener.close()
@@ -313,7 +341,7 @@ def run(images_dir: str, trusted: bool = False) -> int:
     s = server.stats
     print(f"lazy-pages: {total} bytes to deliver; {s['fault']} on faults, "
           f"{s['background']} in background, {s['zero']} zero pages, {s['forks']} forks, "
-          f"{s['gone']} processes gone first; pages checked in {ready - start:.3f}s, "
+          f"{s['gone']} processes gone first; records checked in {ready - start:.3f}s, "
           f"served in {time.monotonic() - ready:.3f}s",
           file=sys.stderr)
     return 0

@@ -83,6 +83,10 @@ class Sources:
             i += 1
         return out
 
+    def files(self) -> list[PagesReader]:
+        """The pages files opened so far, in the order they were first needed."""
+        return list(self._files.values())
+
     def close(self) -> None:
         """Close every pages file."""
         for f in self._files.values():

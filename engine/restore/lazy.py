@@ -25,8 +25,6 @@ from engine.kernel.blob import BlobRunner
 from engine.lazy import FEATURES, SOCKET_NAME, USERNS_REASON, protocol
 
 _CONNECT_WAIT = 10.0  # the daemon may have been started just before us
-# ... and checks every page before it listens: more time for larger images (a slow disk)
-_CHECK_BYTES_PER_S = 100 << 20
 
 
 def is_lazy(v: Vma) -> bool:
@@ -61,7 +59,7 @@ class LazyPages:
         if why:
             raise EngineError("restore", f"--lazy-pages refused: {why}")
         path = os.path.join(image.path, SOCKET_NAME)
-        deadline = time.monotonic() + _CONNECT_WAIT + _pages_bytes(image) / _CHECK_BYTES_PER_S
+        deadline = time.monotonic() + _CONNECT_WAIT
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         while True:
             try:
@@ -76,8 +74,8 @@ class LazyPages:
         return cls(image, sock, timeout)
 
     def eager_vmas(self, mm: MmCore, threads: list[ThreadCore]) -> list[Vma]:
-        """What the restore still writes itself: non-lazy VMAs whole, and in lazy ones
-        the pages holding rseq areas."""
+        """What the restore still writes itself, in address order: non-lazy VMAs whole,
+        and in lazy ones the pages holding rseq areas."""
         out = [v for v in mm.vmas if not is_lazy(v)]
         pages: set[int] = set()
         for th in threads:
@@ -88,6 +86,9 @@ class LazyPages:
             if is_lazy(v):
                 out.extend(replace(v, start=p, end=p + PAGE_SIZE) for p in sorted(pages)
                            if v.start <= p < v.end)
+        # in address order, as the page walk (pages.task_chunks) takes VMAs: one out of
+        # order was never written, and the daemon served it on the restore's own fault
+        out.sort(key=lambda v: v.start)
         return out
 
     def hand_over(self, tasks: list[tuple[int, MmCore, BlobRunner]]) -> None:
@@ -141,14 +142,3 @@ def _ranges(mm: MmCore) -> list[tuple[int, int]]:
         else:
             out.append((v.start, v.end))
     return out
-
-
-def _pages_bytes(image: DumpImage) -> int:
-    """Bytes of page data in the image and its parents (what the daemon checks)."""
-    total = 0
-    at: DumpImage | None = image
-    while at is not None:
-        total += sum(t.pagemap.pages_stored for t in at.tasks.values() if t.pagemap)
-        total += sum(s.pagemap.pages_stored for s in at.shmem.values())
-        at = at.parent()
-    return total * PAGE_SIZE

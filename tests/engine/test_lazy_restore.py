@@ -21,10 +21,10 @@ from types import SimpleNamespace
 import pytest
 
 import engine.restore
-from engine.images import PE_PARENT, load
+from engine.images import PE_PARENT, PE_PRESENT, load
 from engine.images.records import NamespaceRecord
 from engine.lazy import SOCKET_NAME, protocol
-from engine.restore.lazy import refusal
+from engine.restore.lazy import is_lazy, refusal
 from tests.engine import cr_support as cr
 
 DAEMON_TIMEOUT = 60.0
@@ -294,24 +294,46 @@ def test_daemon_without_restore_ends_at_its_deadline(running: cr.ZdtmTest, daemo
 
 
 @pytest.mark.parametrize("running", ["mem_anon"], indirect=True)
-def test_daemon_refuses_a_damaged_page_before_it_listens(running: cr.ZdtmTest,
-                                                         daemons: Daemons,
-                                                         tmp_path: Path) -> None:
-    """The restore leaves lazy pages to the daemon, which checks every page first: one
-    flipped byte and it exits naming the page, without ever listening."""
+def test_a_damaged_page_is_never_delivered(running: cr.ZdtmTest, daemons: Daemons,
+                                           tmp_path: Path) -> None:
+    """The daemon checks each page before it copies it, not all of them before it
+    listens: one flipped byte in a lazy page and it kills the restored task (which cannot
+    get its memory) and exits naming the page; no process is left."""
     images = tmp_path / "img"
     _dump(running.pid, images)
-    pages = max(images.glob("pages-*.img"), key=lambda f: f.stat().st_size)
+    pages, at = _a_lazy_page(images, running.pid)
     with open(pages, "r+b") as f:
-        f.seek(5000)
+        f.seek(at + 904)
         byte = f.read(1)
-        f.seek(5000)
+        f.seek(at + 904)
         f.write(bytes([byte[0] ^ 1]))
-    p = daemons.start(images)
+    p = daemons.start(images, ENGINE_LAZY_BACKGROUND_DELAY="600")
+    pidfile = images.parent / "img.pid"
+    r = cr.engine("restore", "-D", str(images), "-d", "--pidfile", str(pidfile),
+                  "--lazy-pages")
     assert p.wait(timeout=30) == 1
     log = (tmp_path / "img.lazy.log").read_text()
-    assert "checksum mismatch in the page at byte 4096" in log, log
+    assert f"checksum mismatch in the page at byte {at}" in log, log
     assert str(pages) in log and not (images / SOCKET_NAME).exists()
+    # killed before or after the restore returned: either way nothing runs on
+    assert r.returncode == 0 or "engine: error:" in r.stderr, r.stderr
+    status = cr.wait_gone(running.pid, 10)
+    assert not os.path.exists(f"/proc/{running.pid}")
+    if r.returncode == 0:  # the task was ours by then (the subreaper), killed by the daemon
+        assert status is not None and os.WIFSIGNALED(status)
+        assert os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _a_lazy_page(images: Path, pid: int) -> tuple[Path, int]:
+    """The pages file of task `pid` and the offset there of a page the daemon serves."""
+    task = load(str(images), verify_pages=False).tasks[pid]
+    assert task.mm is not None and task.pagemap is not None
+    pm = task.pagemap
+    for addr, flags, offset in zip(pm.addrs, pm.flags, pm.offsets):
+        if flags & PE_PRESENT and any(v.start <= addr < v.end and is_lazy(v)
+                                      for v in task.mm.vmas):
+            return images / task.mm.pages, offset
+    raise AssertionError("no lazy page stored")
 
 
 def test_user_namespace_images_are_refused() -> None:

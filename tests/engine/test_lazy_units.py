@@ -1,17 +1,23 @@
-"""The lazy-pages daemon's bookkeeping of pages still to copy (engine/lazy/pending.py)
-and its hand-over messages (engine/lazy/protocol.py)."""
+"""The lazy-pages daemon's bookkeeping of pages still to copy (engine/lazy/pending.py),
+its page checks (engine/lazy/check.py) and its hand-over messages
+(engine/lazy/protocol.py)."""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
 import pytest
 
+from engine.errors import EngineError
 from engine.images import PagesReader
+from engine.images.imgdir import ImageError
+from engine.kernel import pagecrc
 from engine.lazy import protocol
+from engine.lazy.check import PageChecks
 from engine.lazy.pending import Pending
 from engine.lazy.source import Run
 
@@ -81,3 +87,42 @@ def test_handover_message_carries_the_fd() -> None:
             os.close(x)
         a.close()
         b.close()
+
+
+def _pages_file(path: str, npages: int, damaged: int | None) -> PagesReader:
+    """A pages file of npages pages with their checksums, page `damaged` then changed."""
+    data = bytearray(os.urandom(npages * P))
+    sums = pagecrc.PageSums(pagecrc.write_algo(), pagecrc.sums_of(pagecrc.write_algo(), data))
+    if damaged is not None:
+        data[damaged * P + 17] ^= 1
+    with open(path, "wb") as f:
+        f.write(data)
+    return PagesReader(path, os.open(path, os.O_RDONLY), sums)
+
+
+def test_a_copy_ahead_of_the_thread_checks_its_own_run(tmp_path: Path) -> None:
+    """No thread: each run is checked by ensure() itself; a checked run that starts at
+    the mark moves it, a damaged page is refused however it is reached."""
+    with _pages_file(str(tmp_path / "p"), 64, damaged=40) as f:
+        checks = PageChecks([f])
+        checks.ensure(f, 0, 8 * P)
+        checks.ensure(f, 8 * P, 8 * P)
+        checks.ensure(f, 48 * P, 4 * P)  # beyond a gap: checked, the mark stays
+        assert checks._marks[id(f)] == 16 * P
+        with pytest.raises(ImageError, match=f"page at byte {40 * P}: the file is damaged"):
+            checks.ensure(f, 36 * P, 8 * P)
+        with pytest.raises(ImageError, match=f"page at byte {40 * P}"):
+            checks.ensure(f, 40 * P, P)
+
+
+def test_the_thread_checks_ahead_and_stops_at_a_damaged_page(tmp_path: Path) -> None:
+    with _pages_file(str(tmp_path / "good"), 2048, None) as good, \
+            _pages_file(str(tmp_path / "bad"), 16, damaged=3) as bad:
+        checks = PageChecks([good, bad])
+        checks.start()
+        checks._thread.join(timeout=30)
+        assert checks._marks[id(good)] == 2048 * P  # all of it, in more than one chunk
+        assert checks._marks[id(bad)] == 0
+        assert isinstance(checks.error, EngineError)
+        assert f"page at byte {3 * P}" in str(checks.error)
+        checks.stop()

@@ -6,15 +6,18 @@ import os
 import time
 from array import array
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from engine.errors import EngineError
 from engine.images import PE_PRESENT, ImageError, Pagemap, PagemapEntry
-from engine.images.records import MmCore, ShmemEntry, Vma
+from engine.images.records import MmCore, RseqRecord, ShmemEntry, ThreadCore, Vma
 from engine.kernel import blob, uapi
 from engine.kernel.pagecrc import ALGO_CRC32C, PageSums
 from engine.restore import layout, ns, pages, selfread, spawn
+from engine.restore.lazy import LazyPages
 
 PAGE = 4096
 
@@ -185,6 +188,30 @@ def test_chunks_in_walks_the_pagemap_once() -> None:
                    (0x34000, 4 * PAGE, 10 * PAGE)]
     assert all(c.src == 0x7000000 + c.offset for c in src.chunks_in(ranges))
     assert src.chunks(0x50000, 0x60000) == []
+
+
+def test_a_lazy_restore_writes_the_rseq_page_itself() -> None:
+    """The pages the restore still writes in a lazy restore come in address order, so
+    the page walk finds the rseq page inside a lazy VMA (it once came last, was never
+    written, and the restore's own rseq registration waited for the daemon)."""
+    rw, anon = 3, uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS
+    vmas = [Vma(0x10000, 0x12000, rw, uapi.MAP_PRIVATE, 0, "file", path="/lib"),
+            Vma(0x20000, 0x28000, rw, anon, 0, "anon"),
+            Vma(0x30000, 0x31000, rw, uapi.MAP_PRIVATE, 0, "file", path="/lib")]
+    th = ThreadCore(1, {}, None, 0, rseq=RseqRecord(0x23020, 32, 0x53053053))
+    mm = cast(MmCore, SimpleNamespace(vmas=vmas))
+    eager = LazyPages.__new__(LazyPages).eager_vmas(mm, [th])
+    assert [(v.start, v.end) for v in eager] == [(0x10000, 0x12000), (0x23000, 0x24000),
+                                                 (0x30000, 0x31000)]
+    entries = [PagemapEntry(0x10000, 2, PE_PRESENT), PagemapEntry(0x20000, 8, PE_PRESENT),
+               PagemapEntry(0x30000, 1, PE_PRESENT)]
+    reader = _FakeReader()
+    reader.address = 0x7000000  # type: ignore[attr-defined]
+    src = pages.PageSource(Pagemap.of(entries, [0, 2 * PAGE, 10 * PAGE], 11,
+                                      PageSums(ALGO_CRC32C, array("I", bytes(4 * 11)))),
+                           reader, None)  # type: ignore[arg-type]
+    writable, _ = pages.task_chunks(src, eager)
+    assert (0x23000, PAGE, 5 * PAGE) in [(c.dst, c.length, c.offset) for c in writable]
 
 
 class _FakeRunner:
