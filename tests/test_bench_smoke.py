@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench import compare, migrate, overhead, report, run, workloads
+from bench import compare, measure, migrate, overhead, report, run, workloads
 from bench.cmdlines import Bundled, Criu
 from bench.procs import Procs, wait_pidfd
 from zdtm import plumbing
@@ -114,6 +114,23 @@ def test_served_steps_report_status_cpu_and_rss(procs: Procs, tmp_path: Path) ->
     finally:
         eng.close()
     assert eng.server is None
+
+
+def test_served_lazy_daemon_is_measured(procs: Procs, memload: Path, tmp_path: Path) -> None:
+    """--served: the lazy-pages daemon is forked from the engine server too (as the
+    harness starts it); the lazy figures come back, the restored workload passes its own
+    check, and no daemon is left behind."""
+    eng = Bundled(served=True)
+    try:
+        ctx = measure.Context(procs, memload, tmp_path, TIMEOUT_S)
+        sample = measure.lazy(ctx, eng, workloads.Workload.anon(8))
+        server = eng.server.proc.pid if eng.server and eng.server.proc else None
+        assert server is not None
+        assert len(plumbing.descendants(server)) <= 1  # the spare for the next step
+    finally:
+        eng.close()
+    assert sample["verified"], sample.get("verify_detail")
+    assert all(sample[k] > 0 for k in ("daemon_ready_s", "restore_s", "all_in_s")), sample
 
 
 def _region(pid: int, size: int) -> int:
