@@ -124,8 +124,8 @@ class Server:
         for pidfd in self.exits:
             try:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            except OSError:
+                pass  # gone already (the error that brought us here is the one to tell)
 
     def _add(self, mm: _Mm) -> None:
         fl = fcntl.fcntl(mm.fd, fcntl.F_GETFL)
