@@ -16,6 +16,12 @@ from engine.kernel import uapi
 #: unix socket the daemon listens on, in the images directory
 SOCKET_NAME = "lazy-pages.sock"
 
+
+def socket_path(dir_fd: int) -> str:
+    """The daemon's socket in the images directory open at `dir_fd`, by a path that fits
+    a unix socket address (107 bytes) however long the directory's own path is."""
+    return f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}"
+
 #: userfaultfd events the daemon handles: without FORK a child's copy of a lazy VMA would
 #: lose its registration (untransferred pages would read as zeros), without REMAP an
 #: mremap()ed one likewise; REMOVE and UNMAP tell it which pages must no longer be copied

@@ -38,7 +38,7 @@ from engine.images.records import PAGE_SIZE
 from engine.kernel import uapi, uffd
 from engine.kernel.structs import UffdMsg
 from engine.kernel.sys import pidfd_open
-from engine.lazy import SOCKET_NAME, protocol
+from engine.lazy import SOCKET_NAME, protocol, socket_path
 from engine.lazy.check import PageChecks
 from engine.lazy.pending import Pending
 from engine.lazy.source import Run, Sources
@@ -304,19 +304,9 @@ def run(images_dir: str, trusted: bool = False) -> int:
     image = load(images_dir, trusted, verify_pages=False)
     ready = time.monotonic()
     path = os.path.join(images_dir, SOCKET_NAME)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     server = Server(image, deadline, _env_seconds("ENGINE_LAZY_BACKGROUND_DELAY", 0.0))
-    bound = False
+    listener, dir_fd = _listen(images_dir, path)
     try:
-        old = os.umask(0o077)  # the socket hands out process memory: owner only
-        try:
-            listener.bind(path)
-            bound = True
-        except OSError as e:
-            raise EngineError("lazy-pages", f"{path}: cannot listen: {e.strerror}") from None
-        finally:
-            os.umask(old)
-        listener.listen(1)
         listener.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             conn, _ = listener.accept()
@@ -333,11 +323,11 @@ def run(images_dir: str, trusted: bool = False) -> int:
     finally:
         server.close()
         listener.close()
-        if bound:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        try:
+            os.unlink(SOCKET_NAME, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        os.close(dir_fd)
     s = server.stats
     print(f"lazy-pages: {total} bytes to deliver; {s['fault']} on faults, "
           f"{s['background']} in background, {s['zero']} zero pages, {s['forks']} forks, "
@@ -345,3 +335,25 @@ def run(images_dir: str, trusted: bool = False) -> int:
           f"served in {time.monotonic() - ready:.3f}s",
           file=sys.stderr)
     return 0
+
+
+def _listen(images_dir: str, path: str) -> tuple[socket.socket, int]:
+    """A socket listening at `path`, SOCKET_NAME in images_dir, owner only (it hands out
+    process memory), bound through the directory's fd (socket_path: any directory path
+    fits); and that fd, which the socket is unlinked through at the end."""
+    try:
+        dir_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EngineError("lazy-pages", f"{images_dir}: {e.strerror}") from None
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o077)
+    try:
+        listener.bind(socket_path(dir_fd))
+        listener.listen(1)
+    except OSError as e:
+        listener.close()
+        os.close(dir_fd)
+        raise EngineError("lazy-pages", f"{path}: cannot listen: {e.strerror or e}") from None
+    finally:
+        os.umask(old)
+    return listener, dir_fd

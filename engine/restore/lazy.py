@@ -22,7 +22,7 @@ from engine.images import DumpImage
 from engine.images.records import PAGE_SIZE, MmCore, ThreadCore, Vma
 from engine.kernel import uapi, uffd
 from engine.kernel.blob import BlobRunner
-from engine.lazy import FEATURES, SOCKET_NAME, USERNS_REASON, protocol
+from engine.lazy import FEATURES, SOCKET_NAME, USERNS_REASON, protocol, socket_path
 
 _CONNECT_WAIT = 10.0  # the daemon may have been started just before us
 
@@ -60,17 +60,25 @@ class LazyPages:
             raise EngineError("restore", f"--lazy-pages refused: {why}")
         path = os.path.join(image.path, SOCKET_NAME)
         deadline = time.monotonic() + _CONNECT_WAIT
+        # through the directory's fd: a unix socket's path fits in 107 bytes
+        try:
+            dir_fd = os.open(image.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise EngineError("restore", f"{image.path}: {e.strerror}") from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        while True:
-            try:
-                sock.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                if time.monotonic() > deadline:
-                    sock.close()
-                    raise EngineError("restore", f"no lazy-pages daemon at {path}: "
-                                                 f"{e.strerror}") from None
-                time.sleep(0.01)
+        try:
+            while True:
+                try:
+                    sock.connect(socket_path(dir_fd))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError) as e:
+                    if time.monotonic() > deadline:
+                        sock.close()
+                        raise EngineError("restore", f"no lazy-pages daemon at {path}: "
+                                                     f"{e.strerror}") from None
+                    time.sleep(0.01)
+        finally:
+            os.close(dir_fd)
         return cls(image, sock, timeout)
 
     def eager_vmas(self, mm: MmCore, threads: list[ThreadCore]) -> list[Vma]:

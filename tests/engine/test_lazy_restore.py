@@ -146,6 +146,21 @@ def test_lazy_restore_iterations(running: cr.ZdtmTest, daemons: Daemons,
 
 
 @pytest.mark.parametrize("running", ["mem_anon"], indirect=True)
+def test_an_images_dir_of_any_path_length(running: cr.ZdtmTest, daemons: Daemons,
+                                          tmp_path: Path) -> None:
+    """The socket's own path would not fit a unix socket address (107 bytes): the daemon
+    and the restore reach it through the directory's fd."""
+    images = tmp_path / ("d" * 100) / "img"
+    images.parent.mkdir()
+    assert len(str(images / SOCKET_NAME)) > 108
+    _dump(running.pid, images)
+    daemon = daemons.start(images)
+    _lazy_restore(images, running.pid)
+    daemons.finish(daemon, images)
+    assert "PASS" in running.stop()
+
+
+@pytest.mark.parametrize("running", ["mem_anon"], indirect=True)
 def test_memory_arrives_through_faults(running: cr.ZdtmTest, daemons: Daemons,
                                        tmp_path: Path) -> None:
     """No background copy at all before the program checks its memory: every page it
