@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from array import array
@@ -169,17 +170,24 @@ def test_segments_group_reads_and_cut_long_chunks() -> None:
         (0x40000, seg), (0x40000 + seg, PAGE)]
 
 
+def _present_source(runs: list[tuple[int, int]]) -> pages.PageSource:
+    """A page source of these (address, pages) runs, all stored one after another in a
+    pages file mapped at 0x7000000."""
+    entries = [PagemapEntry(addr, n, PE_PRESENT) for addr, n in runs]
+    offsets = list(itertools.accumulate((n * PAGE for _, n in runs[:-1]), initial=0))
+    stored = sum(n for _, n in runs)
+    reader = _FakeReader()
+    reader.address = 0x7000000  # type: ignore[attr-defined]
+    return pages.PageSource(Pagemap.of(entries, offsets, stored,
+                                       PageSums(ALGO_CRC32C, array("I", bytes(4 * stored)))),
+                            reader, None)  # type: ignore[arg-type]
+
+
 def test_chunks_in_walks_the_pagemap_once() -> None:
     """chunks_in over sorted ranges gives, per range, exactly the stored pages inside it
     with their file offsets (entries spanning two ranges included)."""
 
-    entries = [PagemapEntry(0x10000, 4, PE_PRESENT), PagemapEntry(0x20000, 2, PE_PRESENT),
-               PagemapEntry(0x30000, 8, PE_PRESENT)]
-    reader = _FakeReader()
-    reader.address = 0x7000000  # type: ignore[attr-defined]
-    src = pages.PageSource(Pagemap.of(entries, [0, 4 * PAGE, 6 * PAGE], 14,
-                                   PageSums(ALGO_CRC32C, array("I", bytes(4 * 14)))),
-                           reader, None)  # type: ignore[arg-type]
+    src = _present_source([(0x10000, 4), (0x20000, 2), (0x30000, 8)])
     ranges = [(0x11000, 0x12000), (0x13000, 0x21000), (0x32000, 0x34000),
               (0x34000, 0x40000)]
     got = [(c.dst, c.length, c.offset) for c in src.chunks_in(ranges)]
@@ -203,13 +211,7 @@ def test_a_lazy_restore_writes_the_rseq_page_itself() -> None:
     eager = LazyPages.__new__(LazyPages).eager_vmas(mm, [th])
     assert [(v.start, v.end) for v in eager] == [(0x10000, 0x12000), (0x23000, 0x24000),
                                                  (0x30000, 0x31000)]
-    entries = [PagemapEntry(0x10000, 2, PE_PRESENT), PagemapEntry(0x20000, 8, PE_PRESENT),
-               PagemapEntry(0x30000, 1, PE_PRESENT)]
-    reader = _FakeReader()
-    reader.address = 0x7000000  # type: ignore[attr-defined]
-    src = pages.PageSource(Pagemap.of(entries, [0, 2 * PAGE, 10 * PAGE], 11,
-                                      PageSums(ALGO_CRC32C, array("I", bytes(4 * 11)))),
-                           reader, None)  # type: ignore[arg-type]
+    src = _present_source([(0x10000, 2), (0x20000, 8), (0x30000, 1)])
     writable, _ = pages.task_chunks(src, eager)
     assert (0x23000, PAGE, 5 * PAGE) in [(c.dst, c.length, c.offset) for c in writable]
 
