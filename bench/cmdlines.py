@@ -60,12 +60,12 @@ class Engine(ABC):
         """Run `check`; sets available, message and features."""
 
     def run(self, procs: Procs, argv: list[str], timeout: float) -> Timed:
-        """Run one step built here, timed: a process of its own."""
-        return procs.run(argv, timeout, cwd=REPO, env=self.env())
+        """Run one step built here, timed from its start to its exit (see start())."""
+        return self.start(procs, argv).finish(timeout)
 
     def start(self, procs: Procs, argv: list[str]) -> Started:
-        """Start one step that runs alongside others (the lazy-pages daemon), as run()
-        would run it; Started.finish() waits for it."""
+        """Start one step (also one that runs alongside others: the lazy-pages daemon):
+        a process of its own; Started.finish() waits for it."""
         t0 = time.monotonic()
         proc, log = procs.spawn(argv, cwd=REPO, env=self.env())
         # (ended by procs.cleanup(), with every process group it started)
@@ -145,16 +145,10 @@ class Bundled(Engine):
             self.server = EngineServer(self._driver.command(), self._driver.env(), REPO)
             self.server.start()
 
-    def run(self, procs: Procs, argv: list[str], timeout: float) -> Timed:
-        """Run one step: a process of its own, or (served) a fork of the server, timed
+    def start(self, procs: Procs, argv: list[str]) -> Started:
+        """Start one step: a process of its own, or (served) a fork of the server, timed
         from the request to the exit status, CPU and peak RSS as the server's wait4 saw
         them."""
-        if self.server is None:
-            return super().run(procs, argv, timeout)
-        return self.start(procs, argv).finish(timeout)
-
-    def start(self, procs: Procs, argv: list[str]) -> Started:
-        """Start one step: a process of its own, or (served) a fork of the server."""
         if self.server is None:
             return super().start(procs, argv)
         if self.server.proc is not None:

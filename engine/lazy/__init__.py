@@ -11,15 +11,27 @@ exits once all pages are in or every task is gone. When it closes the userfaultf
 kernel unregisters the ranges, so pages never stored (zeros) fault normally afterwards.
 """
 
+import os
+
+from engine.errors import EngineError
 from engine.kernel import uapi
 
 #: unix socket the daemon listens on, in the images directory
 SOCKET_NAME = "lazy-pages.sock"
 
 
+def open_dir(images_dir: str, phase: str) -> int:
+    """An O_PATH descriptor of the images directory, for socket_path(); EngineError
+    (`phase`) naming the directory when it cannot be opened."""
+    try:
+        return os.open(images_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise EngineError(phase, f"{images_dir}: {e.strerror}") from None
+
+
 def socket_path(dir_fd: int) -> str:
-    """The daemon's socket in the images directory open at `dir_fd`, by a path that fits
-    a unix socket address (107 bytes) however long the directory's own path is."""
+    """The daemon's socket in the images directory open at `dir_fd` (open_dir), by a path
+    that fits a unix socket address (107 bytes) however long the directory's own is."""
     return f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}"
 
 #: userfaultfd events the daemon handles: without FORK a child's copy of a lazy VMA would

@@ -38,7 +38,7 @@ from engine.images.records import PAGE_SIZE
 from engine.kernel import uapi, uffd
 from engine.kernel.structs import UffdMsg
 from engine.kernel.sys import pidfd_open
-from engine.lazy import SOCKET_NAME, protocol, socket_path
+from engine.lazy import SOCKET_NAME, open_dir, protocol, socket_path
 from engine.lazy.check import PageChecks
 from engine.lazy.pending import Pending
 from engine.lazy.source import Run, Sources
@@ -341,10 +341,7 @@ def _listen(images_dir: str, path: str) -> tuple[socket.socket, int]:
     """A socket listening at `path`, SOCKET_NAME in images_dir, owner only (it hands out
     process memory), bound through the directory's fd (socket_path: any directory path
     fits); and that fd, which the socket is unlinked through at the end."""
-    try:
-        dir_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise EngineError("lazy-pages", f"{images_dir}: {e.strerror}") from None
+    dir_fd = open_dir(images_dir, "lazy-pages")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old = os.umask(0o077)
     try:

@@ -22,7 +22,7 @@ from engine.images import DumpImage
 from engine.images.records import PAGE_SIZE, MmCore, ThreadCore, Vma
 from engine.kernel import uapi, uffd
 from engine.kernel.blob import BlobRunner
-from engine.lazy import FEATURES, SOCKET_NAME, USERNS_REASON, protocol, socket_path
+from engine.lazy import FEATURES, SOCKET_NAME, USERNS_REASON, open_dir, protocol, socket_path
 
 _CONNECT_WAIT = 10.0  # the daemon may have been started just before us
 
@@ -60,11 +60,7 @@ class LazyPages:
             raise EngineError("restore", f"--lazy-pages refused: {why}")
         path = os.path.join(image.path, SOCKET_NAME)
         deadline = time.monotonic() + _CONNECT_WAIT
-        # through the directory's fd: a unix socket's path fits in 107 bytes
-        try:
-            dir_fd = os.open(image.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise EngineError("restore", f"{image.path}: {e.strerror}") from None
+        dir_fd = open_dir(image.path, "restore")  # (any path length: socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             while True:
