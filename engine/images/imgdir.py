@@ -232,6 +232,13 @@ class ImageDir:
             raise ImageError(path, f"cannot stat: {e.strerror}") from None
         return True
 
+    def names(self) -> frozenset[str]:
+        """The names of the directory's entries (a reader's), in one listing."""
+        try:
+            return frozenset(os.listdir(self._dirfd if self._dirfd >= 0 else self.path))
+        except OSError as e:
+            raise ImageError(self.path, f"cannot list: {e.strerror}") from None
+
     # -- writing ------------------------------------------------------------------------
 
     def create_file(self, name: str) -> int:
