@@ -394,3 +394,11 @@ def test_self_crc_guards_the_inventory(image: Path) -> None:
     inv.write_bytes(inv.read_bytes().replace(b'"kind":"dump"', b'"kind": "dump"'))
     with pytest.raises(ImageError, match="self_crc mismatch"):
         load(str(image))
+
+
+def test_a_file_the_checksums_list_but_the_dir_lacks_is_refused(image: Path) -> None:
+    (image / names.vmas(PID)).unlink()  # not resealed: the checksums still list it
+    with pytest.raises(ImageError) as info:
+        load(str(image))
+    assert info.value.message == f"{image / names.vmas(PID)}: missing (listed in the " \
+                                 "checksums)", info.value.message
