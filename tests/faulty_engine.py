@@ -135,7 +135,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from zdtm import ROOT_DIR, ptrace_visit
+from zdtm import ROOT_DIR, proc, ptrace_visit
 from zdtm.allowances import Allowance
 from zdtm.drivers.base import (
     Engine,
@@ -146,6 +146,7 @@ from zdtm.drivers.base import (
     run_logged,
 )
 from zdtm.drivers.bundled import BundledEngine
+from zdtm.snapshot import IGNORED_VMFLAGS
 
 _SYS_PRCTL = 157
 _SYS_TIMER_DELETE = 226
@@ -778,8 +779,9 @@ def _pick_anon_vma(pid: int) -> tuple[int, int, int]:
 
 
 def flip_byte(pid: int) -> dict:
-    """Invert one byte in a present page of private anonymous memory."""
-    start, end, page = _pick_anon_vma(pid)
+    """Invert one byte in a present page of private anonymous memory; the record names
+    the VMA as the harness sees it (_as_merged)."""
+    start, end, page = _as_merged(pid, _pick_anon_vma(pid))
     addr = page + 0x123  # not in the first 32 bytes, where an rseq area could be
     fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
     try:
@@ -791,19 +793,31 @@ def flip_byte(pid: int) -> dict:
 
 
 def drop_vma(pid: int) -> dict:
-    """Inject munmap() of a whole private anonymous VMA as the harness sees it: with the
-    private anonymous neighbours it merges it with (a restore may leave the kernel's VMA
-    cut in two where the dumped process had one, e.g. after a different mapping history)."""
-    start, end, _page = _pick_anon_vma(pid)
-    anon = [(s, e) for s, e, perms, path in _maps(pid) if perms == "rw-p" and not path]
-    for s, e in reversed(anon):
-        if e == start:
-            start = s
-    for s, e in anon:
-        if s == end:
-            end = e
+    """Inject munmap() of a whole private anonymous VMA as the harness sees it
+    (_as_merged)."""
+    start, end, _page = _as_merged(pid, _pick_anon_vma(pid))
     _inject(pid, _SYS_MUNMAP, start, end - start)
     return {"vma": [start, end]}
+
+
+def _as_merged(pid: int, vma: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A private anonymous VMA (start, end, page) with the neighbours the harness merges
+    it with: private anonymous, same VmFlags but those it ignores (a restore may leave the
+    kernel's VMA cut in two where the dumped process had one, after another mapping
+    history; and the picked VMA may have such a neighbour by chance of placement)."""
+    start, end, page = vma
+    with open(f"/proc/{pid}/smaps") as f:
+        entries = proc.parse_smaps(f.read())
+    anon = [(e.start, e.end, e.vmflags - IGNORED_VMFLAGS) for e in entries
+            if e.perms == "rw-p" and not e.path]
+    flags = next(fl for s, _e, fl in anon if s == start)
+    for s, e, fl in reversed(anon):
+        if e == start and fl == flags:
+            start = s
+    for s, e, fl in anon:
+        if s == end and fl == flags:
+            end = e
+    return start, end, page
 
 
 def _ppid(pid: int) -> int:
