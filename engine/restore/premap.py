@@ -40,7 +40,7 @@ from engine.errors import EngineError
 from engine.images import DumpImage
 from engine.images.load import COW_KINDS
 from engine.images.records import PAGE_SIZE, MmCore, Vma, deleted_key
-from engine.images.vmatable import columns_of
+from engine.images.vmatable import KIND_INDEX, columns_of
 from engine.kernel import pagecrc, uapi
 from engine.kernel import sys as ksys
 from engine.restore.pages import Chunk, PageSource
@@ -49,6 +49,7 @@ from engine.restore.pages import Chunk, PageSource
 GAP = 2 << 20
 _RW = uapi.PROT_READ | uapi.PROT_WRITE
 _MAP_KEEP = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS | uapi.MAP_GROWSDOWN
+_COW_KINDS = frozenset(KIND_INDEX[k] for k in COW_KINDS)  # as the VMA table's column
 
 
 @dataclass
@@ -157,6 +158,22 @@ def _covering(v: Vma, parent: Sequence[Vma], starts: Sequence[int],
     return found if found and pos >= v.end else None
 
 
+def _holding_cow(vmas: Sequence[Vma], cow: list[Interval]) -> list[int]:
+    """Indexes of the premappable VMAs that hold part of a cow run (sorted, disjoint),
+    found on the table's columns (a record is made only for these)."""
+    cols = columns_of(vmas)
+    cow_starts, cow_ends = [lo for lo, _ in cow], [hi for _, hi in cow]
+    out = []
+    for i, (start, end, kind, flags) in enumerate(zip(cols.start, cols.end, cols.kind,
+                                                      cols.flags)):
+        if kind not in _COW_KINDS or flags & uapi.MAP_SHARED:
+            continue
+        k = bisect.bisect_right(cow_ends, start)  # the first cow run ending past it
+        if k < len(cow) and cow_starts[k] < end:
+            out.append(i)
+    return out
+
+
 def plan(image: DumpImage, order: list[int], creator: dict[int, int]) -> Plan:
     """The premaps of the live tasks `order` (parents before children); `creator`: task
     -> the task that forks it, for the tasks forked by their dumped parent."""
@@ -172,13 +189,10 @@ def plan(image: DumpImage, order: list[int], creator: dict[int, int]) -> Plan:
         cow = [(a, a + n * PAGE_SIZE) for a, n in mms[pid].cow]
         if ppid not in mms or not cow:
             continue
-        cow_starts, cow_ends = [lo for lo, _ in cow], [hi for _, hi in cow]
-        theirs = mms[ppid].vmas
+        theirs, mine = mms[ppid].vmas, mms[pid].vmas
         pcols = columns_of(theirs)
-        for v in mms[pid].vmas:
-            i = bisect.bisect_right(cow_ends, v.start)  # the first cow run ending past it
-            if not _premappable(v) or i == len(cow) or cow_starts[i] >= v.end:
-                continue
+        for i in _holding_cow(mine, cow):
+            v = mine[i]
             ws = _covering(v, theirs, pcols.start, pcols.end)
             if ws is not None:
                 inheriting[pid].append(v)
