@@ -150,3 +150,19 @@ def test_overlapping_cow_runs_are_refused(image: tuple[cr.ZdtmTest, Path]) -> No
     lo = _region(t)
     _edit_mm(d, child, lambda mm: mm.__setitem__("cow", [[lo, 2], [lo + 4096, 1]]))
     _refused(d, f"mm-{child}.json", "overlapping")
+
+
+def test_damaged_page_of_premapped_memory_is_refused(image: tuple[cr.ZdtmTest, Path]) -> None:
+    """A flipped bit in the parent's shared region (its pages go into the premapped memory
+    the children inherit) fails the restore with one line naming the file and the page,
+    and leaves no task."""
+    t, d = image
+    pids = _pids(t, d)
+    pages = d / f"pages-{pids[0]}.img"
+    raw = bytearray(pages.read_bytes())
+    at = len(raw) // 2 // 4096 * 4096  # inside the 20 MiB region, most of the file
+    raw[at + 100] ^= 0x01
+    pages.write_bytes(bytes(raw))
+    _refused(d, str(pages), f"checksum mismatch in the page at byte {at}")
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}")
