@@ -113,13 +113,7 @@ class Worker:
         for fd in (self._jobs, self._res):
             os.close(fd)
         pid, self.pid = self.pid, -1
-        # Its exit is waited for on a pidfd (a sleep loop cost the dump ~1 ms).
-        pidfd = ksys.pidfd_open(pid)
-        try:
-            exited = select.select([pidfd], [], [], 1.0)[0]
-        finally:
-            os.close(pidfd)
-        if not exited:
+        if not _exits(pid, 1.0):
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
 
@@ -159,6 +153,19 @@ class Worker:
             self._results.append(pickle.loads(frame))
         if ended and must and not self._results:
             raise EngineError(self.phase, f"worker {self.pid} ended without its results")
+
+
+def _exits(pid: int, timeout: float) -> bool:
+    """Whether child `pid` exits within `timeout` seconds, waited for on a pidfd (a loop
+    of 1 ms sleeps cost a dump ~1 ms); False at once when no pidfd can be had."""
+    try:
+        pidfd = ksys.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
 
 
 def _child(work: Callable[[Any], Any], jobs: int, results: int, parent: int) -> NoReturn:

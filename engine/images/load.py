@@ -166,13 +166,13 @@ def _load(path: str, trusted: bool, verify_pages: bool,
             _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
         tasks[t.pid] = TaskImage(core, mm, pm, xstate)
     parents = {t.pid: t.ppid for t in inv.tasks}
-    ranges: dict[int, list[tuple[int, int]]] = {}  # by pid: a parent's, worked out once
+    ranges: dict[int, list[tuple[int, int]]] = {}  # a parent's, worked out once
     for pid, ti in tasks.items():
         if ti.mm is not None and ti.mm.cow:
-            parent_task = tasks.get(parents[pid])
-            _check_cow(d.file(names.mm(pid)), ti.mm,
-                       parent_task.mm if parent_task is not None else None,
-                       ranges, parents[pid])
+            ppid, above = parents[pid], tasks.get(parents[pid])
+            if ppid not in ranges and above is not None and above.mm is not None:
+                ranges[ppid] = cow_ranges(above.mm.vmas)
+            _check_cow(d.file(names.mm(pid)), ti.mm, ranges.get(ppid))
     _check_shared(d, inv, tasks, files)
     for f in files.files:
         leader = tasks[f.ctty_of].core if f.ctty_of in tasks else None
@@ -267,16 +267,12 @@ def cow_ranges(vmas: Sequence[Vma]) -> list[tuple[int, int]]:
             if not cols.flags[i] & uapi.MAP_SHARED]
 
 
-def _check_cow(path: str, mm: MmCore, parent: MmCore | None,
-               known: dict[int, list[tuple[int, int]]], ppid: int) -> None:
-    """Every run a task says it shares with its parent lies in private VMAs of both.
-    `known`: cow_ranges of the parents checked so far, by pid (parent `ppid`'s is added)."""
-    if parent is None:
+def _check_cow(path: str, mm: MmCore, theirs: list[tuple[int, int]] | None) -> None:
+    """Every run a task says it shares with its parent lies in private VMAs of both
+    (`theirs`: the parent's cow_ranges, None when it has no memory in the image)."""
+    if theirs is None:
         raise ImageError(path, "shares pages with a parent that has no memory in the image")
     mine = cow_ranges(mm.vmas)
-    theirs = known.get(ppid)
-    if theirs is None:
-        theirs = known[ppid] = cow_ranges(parent.vmas)
     for addr, n in mm.cow:
         end = addr + n * PAGE_SIZE
         for ranges, whose in ((mine, "own"), (theirs, "parent's")):
