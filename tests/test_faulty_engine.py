@@ -554,19 +554,24 @@ def test_tty_fault_after_real_restore(fault: str, clean: Path, tmp_path: Path) -
 def test_a_fault_names_an_anonymous_vma_as_the_harness_merges_it() -> None:
     """Two kernel VMAs the harness shows as one (private anonymous, same flags: here cut
     apart by their mapping history, one mremap'd next to the other): the VMA a fault
-    records is the merged one, as the checks name it."""
+    records is the merged one, as the checks name it. PROT_NONE guards on both sides keep
+    the process's other mappings out of the merge."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = libc.mremap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                           ctypes.c_int, ctypes.c_long]
     libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
                             ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     size = 4 * PAGE_SIZE
-    rw, anon = 0x3, 0x22  # PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
-    low = libc.mmap(None, 2 * size, rw, anon, -1, 0)
-    other = libc.mmap(None, size, rw, anon, -1, 0)
-    assert low not in (None, ctypes.c_void_p(-1).value) and other is not None
+    rw, anon, fixed = 0x3, 0x22, 0x10  # PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+    guarded = libc.mmap(None, 4 * size, 0, anon, -1, 0)  # PROT_NONE: guard, A, B, guard
+    assert guarded not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
     try:
+        low = guarded + size
+        assert libc.mmap(low, size, rw, anon | fixed, -1, 0) == low, ctypes.get_errno()
+        other = libc.mmap(None, size, rw, anon, -1, 0)
+        assert other not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
         ctypes.memset(low, 1, size)  # each its own anon_vma: the kernel cannot merge them
         ctypes.memset(other, 2, size)
         moved = libc.mremap(other, size, size, 0x3, low + size)  # MAYMOVE|FIXED
@@ -577,4 +582,4 @@ def test_a_fault_names_an_anonymous_vma_as_the_harness_merges_it() -> None:
         assert faulty_engine._as_merged(os.getpid(), (low, low + size, low)) == \
             (low, low + 2 * size, low)
     finally:
-        libc.munmap(ctypes.c_void_p(low), ctypes.c_size_t(2 * size))
+        libc.munmap(guarded, 4 * size)
