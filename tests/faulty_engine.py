@@ -135,7 +135,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from zdtm import ROOT_DIR, proc, ptrace_visit
+from zdtm import ROOT_DIR, proc, ptrace_visit, snapshot
 from zdtm.allowances import Allowance
 from zdtm.drivers.base import (
     Engine,
@@ -146,7 +146,6 @@ from zdtm.drivers.base import (
     run_logged,
 )
 from zdtm.drivers.bundled import BundledEngine
-from zdtm.snapshot import IGNORED_VMFLAGS
 
 _SYS_PRCTL = 157
 _SYS_TIMER_DELETE = 226
@@ -801,23 +800,19 @@ def drop_vma(pid: int) -> dict:
 
 
 def _as_merged(pid: int, vma: tuple[int, int, int]) -> tuple[int, int, int]:
-    """A private anonymous VMA (start, end, page) with the neighbours the harness merges
-    it with: private anonymous, same VmFlags but those it ignores (a restore may leave the
-    kernel's VMA cut in two where the dumped process had one, after another mapping
-    history; and the picked VMA may have such a neighbour by chance of placement)."""
-    start, end, page = vma
+    """A VMA (start, end, page) as the harness sees it: merged with its neighbours by the
+    checks' own rule (zdtm.snapshot._merge; a restore may leave the kernel's VMA cut in
+    two where the dumped process had one, after another mapping history, and the picked
+    VMA may have such a neighbour by chance of placement)."""
+    start, _end, page = vma
     with open(f"/proc/{pid}/smaps") as f:
         entries = proc.parse_smaps(f.read())
-    anon = [(e.start, e.end, e.vmflags - IGNORED_VMFLAGS) for e in entries
-            if e.perms == "rw-p" and not e.path]
-    flags = next(fl for s, _e, fl in anon if s == start)
-    for s, e, fl in reversed(anon):
-        if e == start and fl == flags:
-            start = s
-    for s, e, fl in anon:
-        if s == end and fl == flags:
-            end = e
-    return start, end, page
+    merged = snapshot._merge([
+        snapshot.VmaState(e.start, e.end, e.perms, e.path,
+                          e.offset if e.path.startswith("/") else None, None,
+                          e.vmflags - snapshot.IGNORED_VMFLAGS) for e in entries])
+    whole = next(v for v in merged if v.start <= start < v.end)
+    return whole.start, whole.end, page
 
 
 def _ppid(pid: int) -> int:
