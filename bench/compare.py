@@ -9,7 +9,7 @@ from __future__ import annotations
 from bench.report import REF_LABEL, Result, fmt, reference_for, table
 from bench.schedule import SweepKind
 
-RATIO_HEADERS = ["workload", "dump", "restore", "dump+restore",
+RATIO_HEADERS = ["workload", "dump", "restore", "dump+restore", "d+r by rep",
                  "ours s d/r/d+r", "criu s d/r/d+r", "note"]
 LAZY_HEADERS = ["workload", "dump", "ready / resume / all pages in",
                 "ours s d/ready/resume/all-in", "criu s d/ready/resume/all-in", "note"]
@@ -21,6 +21,27 @@ def ratio(ours: float | None, theirs: float | None) -> str:
     if not ours or not theirs:
         return "-"
     return f"{ours / theirs:.2f}"
+
+
+def paired_ratios(ours: Result | None, criu: Result | None,
+                  keys: tuple[str, ...] = D_R) -> list[float]:
+    """ours / criu of the sum of keys, rep by rep: the engines run in turn (A B A B), so
+    rep i of each was measured minutes apart at most, on the same machine state."""
+    if ours is None or criu is None:
+        return []
+    theirs = {s["rep"]: sum(s[k] for k in keys) for s in criu.samples
+              if "rep" in s and all(s.get(k) is not None for k in keys)}
+    return [sum(s[k] for k in keys) / theirs[s["rep"]] for s in ours.samples
+            if s.get("rep") in theirs and theirs[s["rep"]] > 0
+            and all(s.get(k) is not None for k in keys)]
+
+
+def spread(ratios: list[float]) -> str:
+    """The lowest and highest of per-rep ratios ('0.91-1.03'), '-' without any: how far
+    the medians' ratio may be noise."""
+    if not ratios:
+        return "-"
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def _pick(results: list[Result], scenario: str, cold: bool) -> list[tuple[str, Result | None,
@@ -70,7 +91,8 @@ def _label(r: Result | None, wl: str, cold: bool) -> str:
 
 
 def cycle_rows(results: list[Result], cold: bool) -> list[list[str]]:
-    """One row per cycle workload: dump, restore and dump+restore ratios.
+    """One row per cycle workload: dump, restore and dump+restore ratios, and the range
+    of the dump+restore ratios rep by rep (paired_ratios).
 
     A criu that produced no samples is replaced by the DESIGN.md reference when the run
     used the reference size (warm rows only: the reference was taken warm)."""
@@ -89,8 +111,9 @@ def cycle_rows(results: list[Result], cold: bool) -> list[list[str]]:
             c_text = _figures(criu, D_R, True)
         rows.append([_label(ours, wl, cold), ratio(ours.median("dump_s"), c_d),
                      ratio(ours.median("restore_s"), c_r),
-                     ratio(ours.median_sum(*D_R), c_dr), _figures(ours, D_R, True), c_text,
-                     _note(ours, criu, ref is not None)])
+                     ratio(ours.median_sum(*D_R), c_dr),
+                     spread(paired_ratios(ours, None if ref is not None else criu)),
+                     _figures(ours, D_R, True), c_text, _note(ours, criu, ref is not None)])
     return rows
 
 
@@ -156,8 +179,10 @@ def _marginal(series: list[tuple[float, float]], units: int, scale: float) -> st
 
 
 def sweep_table(kind: SweepKind, results: list[Result]) -> str:
-    """Per point and engine: dump and restore medians, marginal per-unit costs; then each
-    engine's least-squares per-unit cost (its fixed part is the intercept), and ours/criu."""
+    """Per point and engine: dump and restore medians, marginal per-unit costs and (on our
+    row) the dump+restore ratio with its range rep by rep; how many points are at or
+    below CRIU's time; then each engine's least-squares per-unit cost (its fixed part is
+    the intercept), and ours/criu."""
     mine = sorted((r for r in results if r.scenario == "sweep" and r.sweep == kind.name),
                   key=lambda r: (r.units, r.engine != "bundled"))
     engines = list(dict.fromkeys(r.engine for r in mine))
@@ -173,10 +198,10 @@ def sweep_table(kind: SweepKind, results: list[Result]) -> str:
                      fmt(r.median("restore_s")),
                      _marginal(series[r.engine, "dump_s"], r.units, kind.cost_scale),
                      _marginal(series[r.engine, "restore_s"], r.units, kind.cost_scale),
-                     r.verified()])
+                     _point_ratio(r, mine), r.verified()])
     headers = ["point", "engine", "dump s", "restore s", f"dump {kind.cost_unit}",
-               f"restore {kind.cost_unit}", "verified"]
-    lines = [table(headers, rows), ""]
+               f"restore {kind.cost_unit}", "d+r ours/criu (by rep)", "verified"]
+    lines = [table(headers, rows), "", _at_or_below(kind, mine)]
     fits: dict[tuple[str, str], tuple[float, float] | None] = {
         key: slope(pts) for key, pts in series.items()}
     for e in engines:
@@ -185,6 +210,32 @@ def sweep_table(kind: SweepKind, results: list[Result]) -> str:
         lines.append("ours/criu per unit: " + ", ".join(
             f"{k[:-2]} {_fit_ratio(fits['bundled', k], fits['criu', k])}" for k in D_R))
     return "\n".join(lines)
+
+
+def _criu_at(r: Result, results: list[Result]) -> Result | None:
+    return next((c for c in results if c.engine == "criu" and c.units == r.units), None)
+
+
+def _point_ratio(r: Result, results: list[Result]) -> str:
+    """On our row: dump+restore ours / criu of the medians, and its range rep by rep."""
+    criu = _criu_at(r, results) if r.engine == "bundled" else None
+    if criu is None:
+        return ""
+    value = ratio(r.median_sum(*D_R), criu.median_sum(*D_R))
+    return f"{value} ({spread(paired_ratios(r, criu))})" if value != "-" else "-"
+
+
+def _at_or_below(kind: SweepKind, results: list[Result]) -> str:
+    """How many points' dump+restore median is at or below CRIU's, naming those above."""
+    both = [(r, r.median_sum(*D_R), c.median_sum(*D_R)) for r in results
+            if r.engine == "bundled" and (c := _criu_at(r, results)) is not None]
+    measured = [(r, ours, theirs) for r, ours, theirs in both if ours and theirs]
+    if not measured:
+        return "dump+restore against criu: no point with both engines measured"
+    above = [f"{r.units} {kind.unit} {ratio(ours, theirs)}"
+             for r, ours, theirs in measured if ours > theirs]
+    return (f"dump+restore at or below criu at {len(measured) - len(above)} of "
+            f"{len(measured)} points" + (f"; above: {', '.join(above)}" if above else ""))
 
 
 def _fit_text(key: str, fit: tuple[float, float] | None, kind: SweepKind) -> str:

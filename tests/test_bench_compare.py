@@ -25,8 +25,8 @@ def _result(engine: str, samples: list[dict], workload: str = "anon",
 
 
 def _dr(*pairs: tuple[float, float]) -> list[dict]:
-    return [{"dump_s": d, "restore_s": r, "verified": True, "verify_detail": "PASS"}
-            for d, r in pairs]
+    return [{"dump_s": d, "restore_s": r, "verified": True, "verify_detail": "PASS",
+             "rep": i + 1} for i, (d, r) in enumerate(pairs)]
 
 
 def _row(text: str, label: str) -> list[str]:
@@ -40,7 +40,8 @@ def test_ratio_row_is_ours_over_criu_of_medians() -> None:
     ours = _result("bundled", _dr((1.0, 1.0), (0.5, 2.0), (2.0, 0.25)))
     criu = _result("criu", _dr((0.5, 1.0), (0.25, 0.75), (1.0, 0.25)))
     rows = compare.cycle_rows([ours, criu], cold=False)
-    assert rows == [["anon thing", "2.00", "1.33", "1.80", "1.000/1.000/2.250",
+    # rep by rep: 2.0 / 1.5, 2.5 / 1.0, 2.25 / 1.25
+    assert rows == [["anon thing", "2.00", "1.33", "1.80", "1.33-2.50", "1.000/1.000/2.250",
                      "0.500/0.750/1.250", ""]]
 
 
@@ -64,10 +65,10 @@ def test_criu_missing_or_failed_gives_no_ratio() -> None:
     criu = _result("criu", [])
     criu.errors.append("dump: Error (criu/cr-dump.c:1): can't dump")
     (row,) = compare.cycle_rows([ours, criu], cold=False)
-    assert row[1:4] == ["-", "-", "-"] and row[5] == "FAILED"
-    assert "criu: dump: Error (criu/cr-dump.c:1): can't dump" in row[6]
+    assert row[1:5] == ["-", "-", "-", "-"] and row[6] == "FAILED"
+    assert "criu: dump: Error (criu/cr-dump.c:1): can't dump" in row[7]
     (alone,) = compare.cycle_rows([ours], cold=False)
-    assert alone[1:4] == ["-", "-", "-"] and alone[5] == "not run"
+    assert alone[1:5] == ["-", "-", "-", "-"] and alone[6] == "not run"
 
 
 def test_reference_stands_in_only_at_its_size_and_warm() -> None:
@@ -75,8 +76,8 @@ def test_reference_stands_in_only_at_its_size_and_warm() -> None:
     at the reference size, marked; never for cold rows."""
     ours = _result("bundled", _dr((3.2, 1.3)), size=["--mib", "1024"])
     (row,) = compare.cycle_rows([ours], cold=False)
-    assert row[1:4] == ["2.00", "2.00", "2.00"]
-    assert report.REF_LABEL in row[6]
+    assert row[1:5] == ["2.00", "2.00", "2.00", "-"]  # (no reps of the reference)
+    assert report.REF_LABEL in row[7]
     cold = _result("bundled", _dr((3.2, 1.3)), size=["--mib", "1024"], cold=True)
     (cold_row,) = compare.cycle_rows([cold], cold=True)
     assert cold_row[1:4] == ["-", "-", "-"]
@@ -87,7 +88,7 @@ def test_unverified_restore_is_noted() -> None:
     ours = _result("bundled", _dr((1.0, 1.0)))
     ours.samples[0].update(verified=False, verify_detail="FAIL: anon word 3 wrong")
     (row,) = compare.cycle_rows([ours, _result("criu", _dr((1.0, 1.0)))], cold=False)
-    assert "bundled: restored workload failed its check" in row[6]
+    assert "bundled: restored workload failed its check" in row[7]
 
 
 def test_lazy_row_ready_resume_and_all_in() -> None:
@@ -127,6 +128,10 @@ def test_sweep_table_per_unit_costs() -> None:
     # marginal cost from 1000 to 3000 VMAs: (0.16 - 0.12) / 2000 s = 20 us
     assert _row(text, "3000 VMAs")[:5] == ["bundled", "0.160", "0.080", "20", "10"]
     assert _row(text, "1000 VMAs")[3:5] == ["-", "-"]
+    # dump+restore ours / criu on our row: (0.12 + 0.06) / (0.11 + 0.055)
+    assert _row(text, "1000 VMAs")[5:7] == ["1.09", "(1.09-1.09)"]
+    assert "dump+restore at or below criu at 0 of 3 points; above: 1000 VMAs 1.09, " \
+           "3000 VMAs 1.23, 10000 VMAs 1.50" in text
 
 
 def test_sweep_ratio_needs_positive_slopes() -> None:
@@ -140,3 +145,32 @@ def test_sweep_ratio_needs_positive_slopes() -> None:
     text = compare.sweep_table(kind, results)
     assert "bundled: dump -11.1 ms/process" in text, text
     assert "ours/criu per unit: dump - (a slope <= 0: noise" in text
+
+
+def test_paired_ratios_pair_reps_not_positions() -> None:
+    """Rep i of ours is divided by rep i of criu (engines run in turn); a rep one side
+    lacks (it failed) pairs with nothing."""
+    ours = _result("bundled", _dr((1.0, 1.0), (3.0, 1.0), (1.0, 2.0)))
+    criu = _result("criu", _dr((1.0, 1.0), (2.0, 2.0), (1.0, 0.5)))
+    del criu.samples[1]  # its rep 2 failed
+    assert compare.paired_ratios(ours, criu) == [1.0, 2.0]
+    assert compare.spread([1.0, 2.0]) == "1.00-2.00" and compare.spread([]) == "-"
+    assert compare.paired_ratios(ours, None) == []
+
+
+def test_sweep_names_the_points_above_criu() -> None:
+    """The summary counts the points whose dump+restore median is at or below criu's and
+    names the others with their ratio; our row shows the rep-by-rep range."""
+    kind = SWEEP_KINDS["procs"]
+    reps = {1: (((0.1, 0.1), (0.12, 0.1), (0.1, 0.12)), ((0.2, 0.2), (0.2, 0.25), (0.2, 0.2))),
+            10: (((0.5, 0.55), (0.5, 0.55), (0.5, 0.5)), ((0.5, 0.5),) * 3)}
+    results = [_result(e, _dr(*pairs), f"{n} processes", scenario="sweep", sweep="procs",
+                       units=n)
+               for n, (ours, theirs) in reps.items()
+               for e, pairs in (("bundled", ours), ("criu", theirs))]
+    text = compare.sweep_table(kind, results)
+    assert "dump+restore at or below criu at 1 of 2 points; above: 10 processes 1.05" \
+        in text, text
+    # 1 process: medians of the sums 0.22 / 0.40; reps 0.20/0.40, 0.22/0.45, 0.22/0.40
+    assert _row(text, "1 processes")[5:7] == ["0.55", "(0.49-0.55)"], text
+    assert _row(text, "10 processes")[5:7] == ["1.05", "(1.00-1.05)"], text
