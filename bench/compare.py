@@ -226,13 +226,15 @@ def _point_ratio(r: Result, results: list[Result]) -> str:
 
 
 def _at_or_below(kind: SweepKind, results: list[Result]) -> str:
-    """How many points' dump+restore median is at or below CRIU's, naming those above."""
+    """How many points' dump+restore median is at or below CRIU's, naming those above
+    with their range rep by rep (one that spans 1 is as often below as above)."""
     both = [(r, r.median_sum(*D_R), c.median_sum(*D_R)) for r in results
             if r.engine == "bundled" and (c := _criu_at(r, results)) is not None]
     measured = [(r, ours, theirs) for r, ours, theirs in both if ours and theirs]
     if not measured:
         return "dump+restore against criu: no point with both engines measured"
-    above = [f"{r.units} {kind.unit} {ratio(ours, theirs)}"
+    above = [f"{r.units} {kind.unit} {ratio(ours, theirs)} "
+             f"(by rep {spread(paired_ratios(r, _criu_at(r, results)))})"
              for r, ours, theirs in measured if ours > theirs]
     return (f"dump+restore at or below criu at {len(measured) - len(above)} of "
             f"{len(measured)} points" + (f"; above: {', '.join(above)}" if above else ""))
