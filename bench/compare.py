@@ -26,7 +26,7 @@ def ratio(ours: float | None, theirs: float | None) -> str:
 def paired_ratios(ours: Result | None, criu: Result | None,
                   keys: tuple[str, ...] = D_R) -> list[float]:
     """ours / criu of the sum of keys, rep by rep: the engines run in turn (A B A B), so
-    rep i of each was measured minutes apart at most, on the same machine state."""
+    rep i of each was measured one right after the other, in the same machine state."""
     if ours is None or criu is None:
         return []
     theirs = {s["rep"]: sum(s[k] for k in keys) for s in criu.samples
@@ -227,15 +227,14 @@ def _point_ratio(r: Result, results: list[Result]) -> str:
 
 def _at_or_below(kind: SweepKind, results: list[Result]) -> str:
     """How many points' dump+restore median is at or below CRIU's, naming those above
-    with their range rep by rep (one that spans 1 is as often below as above)."""
-    both = [(r, r.median_sum(*D_R), c.median_sum(*D_R)) for r in results
-            if r.engine == "bundled" and (c := _criu_at(r, results)) is not None]
-    measured = [(r, ours, theirs) for r, ours, theirs in both if ours and theirs]
+    with their range rep by rep (a range across 1: some reps below CRIU, some above)."""
+    pairs = [(r, c) for r in results
+             if r.engine == "bundled" and (c := _criu_at(r, results)) is not None]
+    measured = [(r, c) for r, c in pairs if r.median_sum(*D_R) and c.median_sum(*D_R)]
     if not measured:
         return "dump+restore against criu: no point with both engines measured"
-    above = [f"{r.units} {kind.unit} {ratio(ours, theirs)} "
-             f"(by rep {spread(paired_ratios(r, _criu_at(r, results)))})"
-             for r, ours, theirs in measured if ours > theirs]
+    above = [f"{r.units} {kind.unit} {_point_ratio(r, results)}" for r, c in measured
+             if (r.median_sum(*D_R) or 0) > (c.median_sum(*D_R) or 0)]
     return (f"dump+restore at or below criu at {len(measured) - len(above)} of "
             f"{len(measured)} points" + (f"; above: {', '.join(above)}" if above else ""))
 
