@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import compare, criubin, measure, migrate, overhead, report, workloads
+from bench import compare, criubin, hostmem, measure, migrate, overhead, report, workloads
 from bench.cmdlines import REPO, Bundled, Criu, Engine
 from bench.procs import Procs
 from bench.schedule import SWEEP_KINDS, Job, SweepPoint, alternate, log, sweep_plan
@@ -299,11 +299,13 @@ def load_text(load: tuple[float, float, float]) -> str:
 
 
 def print_report(args: argparse.Namespace, results: list[report.Result],
-                 loads: list[tuple[float, float, float]]) -> None:
-    """The ratio table first, then one table per scenario that ran, then the sweeps."""
+                 loads: list[tuple[float, float, float]], host_memory: str) -> None:
+    """The machine (load, free page reporting), the ratio table, then one table per
+    scenario that ran, then the sweeps."""
     print(f"machine: kernel {platform.release()}, {os.cpu_count()} CPUs, load average "
           f"{load_text(loads[0])} at start, {load_text(loads[1])} at end "
           "(other work on the machine makes every figure noisier)")
+    print(host_memory)
     if args.served:
         print("bundled engine: every step forked from one engine server (--served), as the "
               "harness runs them; criu: a process per step")
@@ -375,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="zdtm-bench-", dir=args.workdir))
     procs = Procs(tmp, sweep_children=True)
     loads = [os.getloadavg()]
+    reported = [hostmem.reported_kib()]
     engines: list[Engine] = []
     try:
         ctx = measure.Context(procs, workloads.build_memload(tmp), tmp, args.timeout)
@@ -393,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK,
                                {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     loads.append(os.getloadavg())
-    print_report(args, results, loads)
+    reported.append(hostmem.reported_kib())
+    print_report(args, results, loads, hostmem.describe(*reported))
     if args.json:
         write_json(args.json, args, engines, results, loads)
     failed = any(r.errors or r.verified().startswith("NO") for r in results)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import measure, report
+from bench import hostmem, measure, report
 from bench.procs import DeadlineExceeded
 
 # What a failed repetition may raise; anything else is a bug of the benchmark itself.
@@ -52,6 +52,7 @@ def run_once(ctx: Any, job: Job, rep: int, reps: int, seq: Iterator[int]) -> Non
     tag = f"[{res.scenario}{' cold' if res.cold else ''} {res.workload} {res.engine} " \
           f"{rep + 1}/{reps}]"
     load1, started = os.getloadavg()[0], time.time()
+    reported = hostmem.reported_kib()
     try:
         sample = job.fn(ctx, *job.args)
     except STEP_ERRORS as exc:
@@ -59,8 +60,12 @@ def run_once(ctx: Any, job: Job, rep: int, reps: int, seq: Iterator[int]) -> Non
         job.failed = True
         log(f"{tag} FAILED: {exc}")
         return
-    # In the JSON: which rep, the order over the whole run, and how busy the machine was.
+    # In the JSON: which rep, the order over the whole run, how busy the machine was and
+    # how much freed memory went back to the host meanwhile (bench/hostmem.py).
     sample.update(rep=rep + 1, seq=next(seq), started_at=started, load1_at_start=load1)
+    handed_back = hostmem.delta_mib(reported, hostmem.reported_kib())
+    if handed_back is not None:
+        sample["host_reported_mib"] = handed_back
     res.samples.append(sample)
     figures = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in sample.items()

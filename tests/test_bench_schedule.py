@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench import measure, report, run, schedule
+from bench import hostmem, measure, report, run, schedule
 from bench.cmdlines import Bundled, Criu, Engine
 
 
@@ -48,6 +48,28 @@ def test_alternate_runs_engines_in_turn() -> None:
     assert [s["seq"] for s in jobs[0].res.samples] == [1, 3, 5]
     assert [s["seq"] for s in jobs[1].res.samples] == [2, 4, 6]
     assert all("load1_at_start" in s for j in jobs for s in j.res.samples)
+
+
+def test_a_sample_records_memory_handed_back_to_the_host(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With free page reporting, each sample says how many MiB went back to the host
+    while it ran (the counter read before and after); without it, no such figure."""
+    (tmp_path / "reported_kib").write_text("1000\n")
+    monkeypatch.setattr(hostmem, "PARAMS", tmp_path)
+
+    def fn(ctx: object) -> dict[str, Any]:
+        (tmp_path / "reported_kib").write_text("3048\n")  # 2 MiB freed during the step
+        return {"dump_s": 1.0}
+    job = schedule.Job(report.Result("cycle", "anon", "x", "bundled", []), fn)
+    schedule.run_once(None, job, 0, 1, itertools.count(1))
+    assert job.res.samples[0]["host_reported_mib"] == 2.0
+    assert hostmem.describe(1000, 1000 + 3 * 1024 * 1024).startswith(
+        "free page reporting: on, 3.0 GiB of freed memory handed back")
+    monkeypatch.setattr(hostmem, "PARAMS", tmp_path / "absent")
+    job = schedule.Job(report.Result("cycle", "anon", "x", "bundled", []), fn)
+    schedule.run_once(None, job, 0, 1, itertools.count(1))
+    assert "host_reported_mib" not in job.res.samples[0]
+    assert hostmem.describe(None, None) == "free page reporting: not on this machine"
 
 
 def test_a_failed_engine_stops_and_the_other_goes_on() -> None:
