@@ -1,8 +1,8 @@
 """Free page reporting (virtio-balloon): the guest hands freed memory back to the host, and
 the first touch of such memory afterwards faults on the host. On these VMs it makes a
-memory-heavy step vary by up to 3x for either engine, its CPU time with it (a 1 GiB dump:
-0.29-1.39 s); the bench says so next to its figures, and each sample records how much was
-handed back while it ran."""
+memory-heavy step vary several-fold for either engine, its CPU time with it (a 1 GiB dump
+in one sitting: ours 0.29-1.39 s, CRIU's 0.46-1.38 s); the bench says so next to its
+figures, and each sample records how much was handed back while it ran."""
 
 from __future__ import annotations
 

@@ -347,12 +347,14 @@ is the reference's (--mib 1024, --vmas 30000, --shm-mib 64)."""
 
 
 def write_json(path: str, args: argparse.Namespace, engines: list[Engine],
-               results: list[report.Result], loads: list[tuple[float, float, float]]) -> None:
+               results: list[report.Result], loads: list[tuple[float, float, float]],
+               reported: list[int | None]) -> None:
     """Every raw sample, medians, engine availability and the reference figures."""
     data = {
         "meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernel": platform.release(),
                  "cpus": os.cpu_count(), "argv": sys.argv[1:], "reps": args.reps,
                  "loadavg_start": loads[0], "loadavg_end": loads[1],
+                 "host_reported_mib": hostmem.delta_mib(*reported),
                  "order": "engines in turn rep by rep; samples carry rep and seq"},
         "engines": {e.name: {"available": e.available, "message": e.message,
                              "binary": e.base()[0], "found_by": getattr(e, "found_by", ""),
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     reported.append(hostmem.reported_kib())
     print_report(args, results, loads, hostmem.describe(*reported))
     if args.json:
-        write_json(args.json, args, engines, results, loads)
+        write_json(args.json, args, engines, results, loads, reported)
     failed = any(r.errors or r.verified().startswith("NO") for r in results)
     return 1 if failed else 0
 
