@@ -213,6 +213,7 @@ def sweep_table(kind: SweepKind, results: list[Result]) -> str:
 
 
 def _criu_at(r: Result, results: list[Result]) -> Result | None:
+    """CRIU's result at the sweep point of `r`."""
     return next((c for c in results if c.engine == "criu" and c.units == r.units), None)
 
 
@@ -228,13 +229,13 @@ def _point_ratio(r: Result, results: list[Result]) -> str:
 def _at_or_below(kind: SweepKind, results: list[Result]) -> str:
     """How many points' dump+restore median is at or below CRIU's, naming those above
     with their range rep by rep (a range across 1: some reps below CRIU, some above)."""
-    pairs = [(r, c) for r in results
-             if r.engine == "bundled" and (c := _criu_at(r, results)) is not None]
-    measured = [(r, c) for r, c in pairs if r.median_sum(*D_R) and c.median_sum(*D_R)]
+    medians = [(r, r.median_sum(*D_R), c.median_sum(*D_R)) for r in results
+               if r.engine == "bundled" and (c := _criu_at(r, results)) is not None]
+    measured = [(r, ours, theirs) for r, ours, theirs in medians if ours and theirs]
     if not measured:
         return "dump+restore against criu: no point with both engines measured"
-    above = [f"{r.units} {kind.unit} {_point_ratio(r, results)}" for r, c in measured
-             if (r.median_sum(*D_R) or 0) > (c.median_sum(*D_R) or 0)]
+    above = [f"{r.units} {kind.unit} {_point_ratio(r, results)}"
+             for r, ours, theirs in measured if ours > theirs]
     return (f"dump+restore at or below criu at {len(measured) - len(above)} of "
             f"{len(measured)} points" + (f"; above: {', '.join(above)}" if above else ""))
 
