@@ -126,16 +126,18 @@ def serve(path: str, program: Program) -> int:
 def _warm() -> None:
     """Work done once here rather than in every forked step: how each image record class
     is written and read (engine.images.codec, ~10 ms for all of them), the page checksum
-    routine mapped (engine.kernel.pagecrc), and where the vdso is (a restore's layout:
-    ~0.8 ms of parsing /proc/self/maps)."""
+    routine mapped (engine.kernel.pagecrc), where the vdso is (a restore's layout:
+    ~0.8 ms of parsing /proc/self/maps) and where the code injections use sits in libc
+    (engine.kernel.inject)."""
     from engine.images import codec, records
-    from engine.kernel import pagecrc
+    from engine.kernel import inject, pagecrc
     from engine.restore import layout
 
     codec.prepare(c for c in vars(records).values() if isinstance(c, type)
                   and dataclasses.is_dataclass(c) and c.__module__ == records.__name__)
     pagecrc.prepare()
     layout.engine_specials()
+    inject.learn_own_code()
 
 
 def _remove(path: str) -> None:

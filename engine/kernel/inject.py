@@ -183,6 +183,20 @@ def find_code(tid: int, mem_fd: int, seqs: tuple[bytes, ...],
     return found
 
 
+def learn_own_code() -> None:
+    """Find the sequences injections look for (SYSCALL_RET, sigframe.RESTORERS) in this
+    process's own code: the engine's libc is the file the tasks map too, so a step forked
+    from here (engine.serve) knows where they sit in it without scanning a task's libc
+    (~0.7 ms, 768 KiB read, in the first injection of every dump)."""
+    fd = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        vmas = sorted(exec_file_maps(os.getpid()), key=lambda v: "libc" not in v.path)
+        for seqs in ((SYSCALL_RET,), sigframe.RESTORERS):
+            _scan_code(fd, vmas, seqs)
+    finally:
+        os.close(fd)
+
+
 def _holds(mem_fd: int, addr: int, seqs: tuple[bytes, ...]) -> bool:
     return any(_pread(mem_fd, len(r), addr) == r for r in seqs)
 

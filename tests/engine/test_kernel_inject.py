@@ -515,3 +515,27 @@ def test_code_found_again_in_the_same_file_without_a_scan(spawn, mode: str,
                         for v in exec_file_maps(second.pid))
     for t in (first, second):
         ptrace.detach(t.pid)
+
+
+def test_code_learnt_from_the_engine_itself_needs_no_scan(spawn, mode: str,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """What the engine learns from its own libc (engine.serve does it once) finds both
+    sequences in a task's libc without reading the task's code."""
+    monkeypatch.setattr(inject, "_file_code", {})
+    monkeypatch.setattr(inject, "_code_cache", {})
+    inject.learn_own_code()
+    t = spawn("pause")
+    t.wait_in_syscall(uapi.SYS_pause)
+    _stop(t.pid)
+
+    def no_scan(*_: object) -> int:
+        raise AssertionError("scanned the task's code")
+    monkeypatch.setattr(inject, "_scan_code", no_scan)
+    try:
+        with open(f"/proc/{t.pid}/mem", "rb") as mem:
+            for seqs in ((inject.SYSCALL_RET,), inject.sigframe.RESTORERS):
+                at = inject.find_code(t.pid, mem.fileno(), seqs)
+                assert any(os.pread(mem.fileno(), len(s), at) == s for s in seqs)
+    finally:
+        ptrace.detach(t.pid)
