@@ -51,6 +51,12 @@ _KSA = ctypes.sizeof(KSigaction)
 # Signals whose disposition cannot be changed: not asked, not restored.
 _FIXED = (uapi.SIGKILL, uapi.SIGSTOP)
 _SIGNALS = tuple(s for s in range(1, uapi.NSIG + 1) if s not in _FIXED)
+#: the kernel struct sigaction, as KSigaction: handler, flags, restorer, mask
+_KSA_ROW = struct.Struct("<QQQQ")
+#: rt_sigaction(signo, NULL, oldact, sizeof(sigset_t)) of each of _SIGNALS, as table rows
+#: (oldact patched in per table)
+_SIGACTION_ROWS = array("q", [a for s in _SIGNALS
+                              for a in (s, 0, 0, uapi.SIGSET_SIZE, 0, 0)]).tobytes()
 _ITIMERS = (0, 1, 2)  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
 _U64 = (1 << 64) - 1
 INJECT_TIMEOUT = 10.0
@@ -210,7 +216,7 @@ def _thread_results(th: ThreadCore, res: intask.Results, refs: _ThreadRefs,
 class _ProcRefs:
     """Where the process-wide query results land in the main thread's table."""
 
-    sigactions: blob.DataRef  # (NSIG + 1) struct sigaction, indexed by signal number
+    sigactions: blob.DataRef  # a struct sigaction for each of _SIGNALS, in its order
     brk: blob.DataRef
     uname: blob.DataRef
     subreaper: blob.DataRef
@@ -225,22 +231,18 @@ def _proc_queries(t: blob.Table, timers: list[Timer]) -> _ProcRefs:
     """Every signal's action, brk, uts names, prctl state, membarrier registrations,
     interval timers and the times of the POSIX timers (identity from /proc)."""
     refs = _ProcRefs(
-        sigactions=t.data(bytes((uapi.NSIG + 1) * _KSA)), brk=t.slot(),
+        sigactions=t.data(bytes(len(_SIGNALS) * _KSA)), brk=t.slot(),
         uname=t.data(bytes(6 * _UTS_LEN)), subreaper=t.slot(), thp_disable=t.slot(),
         dumpable=t.slot(), membarrier=t.slot(),
         itimers=[t.data(bytes(32)) for _ in _ITIMERS],
         timers=[(PosixTimerRecord(pt.id, pt.clock_id, pt.signo, pt.sigev_value, pt.notify,
                                   pt.notify_tid, 0, 0), t.data(bytes(32)), t.slot())
                 for pt in timers])
-    # one rows entry for every signal, each row's oldact pointing at its slot
-    rows = array("q")
-    for s in _SIGNALS:
-        rows.extend((s, 0, 0, uapi.SIGSET_SIZE, 0, 0))
-    at = t.rows(uapi.SYS_rt_sigaction, rows.tobytes(),
+    # one rows entry for every signal, row i's oldact pointing at the i-th struct
+    at = t.rows(uapi.SYS_rt_sigaction, _SIGACTION_ROWS,
                 what=lambda i: f"rt_sigaction({_SIGNALS[i]})")
-    for i, s in enumerate(_SIGNALS):
-        t.patch_address(blob.DataRef(at.offset + i * blob.ROW_SIZE + 16),
-                        blob.DataRef(refs.sigactions.offset + s * _KSA))
+    t.patch_addresses(blob.DataRef(at.offset + 16), len(_SIGNALS), blob.ROW_SIZE,
+                      refs.sigactions, _KSA)
     t.add(uapi.SYS_brk, 0, store=refs.brk, what="brk")
     t.add(uapi.SYS_uname, refs.uname, what="uname")
     t.add(uapi.SYS_prctl, uapi.PR_GET_CHILD_SUBREAPER, refs.subreaper,
@@ -263,7 +265,7 @@ def _proc_queries(t: blob.Table, timers: list[Timer]) -> _ProcRefs:
 
 def _proc_results(pid: int, res: intask.Results, refs: _ProcRefs,
                   inj: Injector) -> InjectedProc:
-    result = InjectedProc(_sigactions(res.read(refs.sigactions, (uapi.NSIG + 1) * _KSA)),
+    result = InjectedProc(_sigactions(res.read(refs.sigactions, len(_SIGNALS) * _KSA)),
                           res.slot(refs.brk) & _U64, _uname(res.read(refs.uname,
                                                                      6 * _UTS_LEN)))
     result.child_subreaper = res.slot(refs.subreaper) & 0xFFFFFFFF != 0
@@ -378,13 +380,9 @@ def _uname(raw: bytes) -> tuple[str, str]:
 
 
 def _sigactions(raw: bytes) -> list[SigactionRecord]:
-    """The records of every signal but SIGKILL and SIGSTOP, from an array of kernel
-    struct sigaction indexed by signal number."""
-    out = []
-    for s in _SIGNALS:
-        ka = KSigaction.from_buffer_copy(raw, s * _KSA)
-        out.append(SigactionRecord(s, ka.handler, ka.flags, ka.restorer, ka.mask))
-    return out
+    """The records of every signal but SIGKILL and SIGSTOP, from their kernel struct
+    sigaction (handler, flags, restorer, mask) in the order of _SIGNALS."""
+    return [SigactionRecord(s, *ka) for s, ka in zip(_SIGNALS, _KSA_ROW.iter_unpack(raw))]
 
 
 def creds_of(st: Status) -> Creds:
