@@ -15,6 +15,9 @@ Protocol (SOCK_SEQPACKET, one connection per request)::
                       then {"status": int, "cpu_s": float, "maxrss_kib": int} (its
                       wait status and rusage) once it has exited,
                       or {"error": str} when the request could not be started
+    child -> client   the same status message just before it exits, when its command
+                      is done and no child of its own is left (serve_child._report);
+                      the client takes the first status that comes
 
 ``go`` is the read end of a pipe the client holds: the child runs nothing before it has
 read one byte there, and exits at EOF, so a client that never got the pid (a lost reply,
@@ -37,6 +40,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +60,8 @@ STEP_MODULES = ("engine.dump.cli", "engine.restore.cli", "engine.lazy.daemon",
 #: the largest request (the environment dominates) and the most fds one carries
 MAX_REQUEST = 1 << 20
 MAX_FDS = 16
+#: what precedes a request handed to the spare: the server's fd of the client's connection
+_REPLY_FD = struct.Struct("<i")
 BACKLOG = 64
 
 
@@ -215,11 +221,12 @@ def _start(state: _State, conn: socket.socket, program: Program) -> None:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             raise ValueError(f"request larger than {MAX_REQUEST} bytes or {MAX_FDS} fds")
         request = serve_child.Request.parse(json.loads(data), fds)
-        pid, pidfd = _to_spare(state, data, fds)
+        reply = serve_child.Reply(os.getpid(), conn.fileno())
+        pid, pidfd = _to_spare(state, data, fds, reply.fd)
         if not pid:
             pid = _fork()
             if pid == 0:
-                serve_child.run(request, program, state.forget)
+                serve_child.run(request, program, state.forget, reply)
             pidfd = _pidfd(pid)
     except (ValueError, TypeError, OSError) as exc:
         _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
@@ -273,17 +280,19 @@ def _spare_child(state: _State, ours: socket.socket, theirs: socket.socket,
         if os.getppid() != server:
             os._exit(serve_child.EXIT_NOT_STARTED)
         _own_pages(theirs)
-        data, anc, _flags, _ = theirs.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(MAX_FDS * 4),
+        data, anc, _flags, _ = theirs.recvmsg(MAX_REQUEST + _REPLY_FD.size,
+                                              socket.CMSG_SPACE(MAX_FDS * 4),
                                               socket.MSG_CMSG_CLOEXEC)
         fds = _fds(anc)
-        if not data:
+        if len(data) <= _REPLY_FD.size:
             os._exit(serve_child.EXIT_NOT_STARTED)
         ksys.prctl(uapi.PR_SET_PDEATHSIG, 0)
-        request = serve_child.Request.parse(json.loads(data), fds)
+        (reply_fd,) = _REPLY_FD.unpack_from(data)
+        request = serve_child.Request.parse(json.loads(data[_REPLY_FD.size:]), fds)
         theirs.detach()  # closed with every other fd by serve_child
     except BaseException:  # noqa: BLE001 - nothing may return into the server
         os._exit(serve_child.EXIT_SETUP)
-    serve_child.run(request, program, state.forget)
+    serve_child.run(request, program, state.forget, serve_child.Reply(server, reply_fd))
 
 
 #: bytes made the spare's own between two looks for a request
@@ -324,15 +333,17 @@ def _own_pages(sock: socket.socket) -> None:
         os.close(fd)
 
 
-def _to_spare(state: _State, data: bytes, fds: list[int]) -> tuple[int, int]:
-    """Hand the request to the spare: its (pid, pidfd), or (0, -1) when there is none
-    or it cannot take it (then killed)."""
+def _to_spare(state: _State, data: bytes, fds: list[int], reply_fd: int
+              ) -> tuple[int, int]:
+    """Hand the request to the spare, after the number of our fd of the client's
+    connection: its (pid, pidfd), or (0, -1) when there is none or it cannot take it
+    (then killed)."""
     spare, state.spare = state.spare, None
     if spare is None:
         return 0, -1
     try:
-        spare.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                     array.array("i", fds))])
+        spare.sock.sendmsg([_REPLY_FD.pack(reply_fd), data],
+                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
     except OSError:
         os.kill(spare.pid, signal.SIGKILL)
         os.waitpid(spare.pid, 0)

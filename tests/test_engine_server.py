@@ -249,9 +249,9 @@ def test_deadline_kills_exactly_the_request(server: EngineServer, sleeper: int,
 
 def test_server_hung_when_its_step_ends(server: EngineServer, sleeper: int, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server stopped while its child runs: once the child has exited and no status
-    came within STATUS_GRACE, the server is killed by pid and the child (a zombie now
-    re-parented here) gives its status to waitid()."""
+    """The server stopped while its child runs, which is killed (no word of its own):
+    once it has exited and no status came within STATUS_GRACE, the server is killed by
+    pid and the child (a zombie now re-parented here) gives its status to waitid()."""
     monkeypatch.setattr(engine_client, "STATUS_GRACE", 1.0)
     log = tmp_path / "dump.log"
     proc = _served(server, ["dump", "-t", str(sleeper), "-D", str(tmp_path / "img"),
@@ -259,13 +259,50 @@ def test_server_hung_when_its_step_ends(server: EngineServer, sleeper: int, tmp_
     _wait_for(log, PAUSED)
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(60) == 1
-    assert log.read_text().splitlines()[-1] == (
-        "engine: error: interrupted: terminated by SIGTERM")
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(60) == -signal.SIGKILL
     assert server.failed == f"gave no status for pid {proc.pid} 1s after it exited"
     assert server.proc.returncode == -signal.SIGKILL
     assert _untraced_and_running(sleeper)
+
+
+def test_a_step_without_children_tells_its_own_status(server: EngineServer, sleeper: int,
+                                                      tmp_path: Path) -> None:
+    """A step whose command ends without a child of its own sends its status itself,
+    before it exits: it comes with the server stopped, which cannot send it, and the
+    client still uses the server after."""
+    log = tmp_path / "dump.log"
+    proc = _served(server, ["dump", "-t", str(sleeper), "-D", str(tmp_path / "img"),
+                            "--leave-running"], log, dict(ENV, ENGINE_PAUSE="seize"))
+    _wait_for(log, PAUSED)
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 1
+        assert proc.cpu_s is not None and proc.cpu_s > 0 and proc.maxrss_kib
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert log.read_text().splitlines()[-1] == (
+        "engine: error: interrupted: terminated by SIGTERM")
+    assert server.failed is None
+    assert _served(server, ["show", "/nonexistent"], tmp_path / "l").wait(60) == 1
+
+
+def test_a_restore_says_its_status_once_its_root_is_the_clients(
+        server: EngineServer, sleeper: int, tmp_path: Path) -> None:
+    """A restore ends with the root its child: its status comes from the server, after
+    its exit, when the root has been handed to the client (the child subreaper), never
+    before (the client may wait for the root at once)."""
+    img = tmp_path / "img"
+    img.mkdir()
+    assert _served(server, ["dump", "-t", str(sleeper), "-D", str(img)],
+                   tmp_path / "dump.log").wait(60) == 0
+    os.waitpid(sleeper, 0)  # killed by the dump: its pid is free again
+    proc = _served(server, ["restore", "-D", str(img), "-d"], tmp_path / "restore.log")
+    assert proc.wait(60) == 0
+    status = Path(f"/proc/{sleeper}/status").read_text()
+    assert f"\nPPid:\t{os.getpid()}\n" in status
 
 
 class _Paused(BundledEngine):
