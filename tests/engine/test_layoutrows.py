@@ -96,6 +96,18 @@ def test_groups_and_rows_agree_with_the_records(seed: int) -> None:
         assert i in apart or v.deleted or v.kind not in ("file", *layoutrows.ANON_KINDS)
 
 
+@pytest.mark.parametrize("seed", range(50))
+def test_groups_alike_with_a_string_table_too_large_to_pack(seed: int) -> None:
+    """A table of more than 65,536 strings (references too wide for the packed keys)
+    groups its VMAs exactly as the same table with only the strings it uses."""
+    rnd = random.Random(seed)
+    cols = vmatable.decode(vmatable.encode(_table(rnd))).columns
+    apart = {i for i in range(len(cols.start)) if rnd.random() < 0.1}
+    packed = layoutrows.groups(cols, apart)
+    cols.strings.extend([None] * (1 << 16))
+    assert layoutrows.groups(cols, apart) == packed
+
+
 def _rows(args: layoutrows.Args, runs: list[range], fd: int) -> list[tuple[int, ...]]:
     raw = layoutrows.rows(args, runs, fd)
     return list(struct.iter_unpack("<6q", raw))
