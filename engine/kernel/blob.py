@@ -191,6 +191,14 @@ class Table:
             raise ValueError("strided pointers must be 8-byte aligned")
         self._strided.append((at, count, stride, target, target_stride))
 
+    def copy(self) -> Table:
+        """A table of its own with the same entries, data and encoding (set_entry on
+        either leaves the other as it is)."""
+        prepared = (None if self._prepared is None
+                    else (self._prepared[0], bytearray(self._prepared[1])))
+        return Table(list(self.entries), bytearray(self._data), list(self._patches),
+                     list(self._strided), prepared)
+
     def address(self, ref: DataRef, base: int) -> int:
         """Task address of `ref` for a region at `base` (valid until the next run)."""
         return base + self.data_offset() + ref.offset

@@ -25,14 +25,14 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
 from engine.errors import EngineError, commit, termination_held
 from engine.faults import fault_point
-from engine.images import DumpImage, load
+from engine.images import DumpImage, load, vmatable
 from engine.images.fdkinds import LockRecord
 from engine.images.records import (
     FileRecord,
@@ -41,6 +41,7 @@ from engine.images.records import (
     TaskCore,
     TaskEntry,
     ThreadCore,
+    Vma,
 )
 from engine.kernel import blob, pagecrc, ptrace, uapi
 from engine.kernel.structs import UserRegs
@@ -596,13 +597,21 @@ class TreeRestorer:
                        specials: dict[int, list[layout.Special]]) -> None:
         """The tables that build the owners' address spaces (t.table1): the tasks' rseq
         registrations, which go first, are asked of them once they are seized
-        (_unregister_rseq)."""
+        (_unregister_rseq). Tasks laid out alike (a tree forked from one parent that kept
+        its layout: 50 of 50 in the procs sweep) get copies of one table made once."""
+        made: dict[object, blob.Table] = {}
         for t in self.owners:
-            t.table1 = layout.layout_table(t.mm, window, specials[t.pid],
-                                           list(self.shmem.values()), self.objfds,
-                                           self._moves(t.pid),
-                                           self.ipc.sysv_sizes if self.ipc else None)
-            t.table1.prepare(window.base)
+            moves = self._moves(t.pid)
+            key = (_layout_key(t.mm.vmas, specials[t.pid], moves) if len(self.owners) > 1
+                   else None)
+            table = made.get(key)
+            if table is None:
+                table = layout.layout_table(t.mm, window, specials[t.pid],
+                                            list(self.shmem.values()), self.objfds, moves,
+                                            self.ipc.sysv_sizes if self.ipc else None)
+                table.prepare(window.base)
+                made[key] = table
+            t.table1 = table.copy()
 
     def _unregister_rseq(self, t: _Task) -> blob.Table:
         """Task t's layout table, its own rseq registration unregistered first."""
@@ -856,6 +865,14 @@ def _reenters_syscall(pid: int, regs: UserRegs) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _layout_key(vmas: Sequence[Vma], specials: list[layout.Special],
+                moves: dict[int, list[tuple[int, int, int]]]) -> object:
+    """What a task's layout table is made of, besides what all tasks share: its VMAs (as
+    their table file's bytes), vdso/vvar and premapped moves."""
+    return (vmatable.encode(vmas), tuple(specials),
+            tuple((start, tuple(pieces)) for start, pieces in sorted(moves.items())))
 
 
 def _runner(t: _Task) -> blob.BlobRunner:

@@ -170,6 +170,25 @@ def test_a_prepared_table_encodes_as_a_fresh_one() -> None:
     assert t.encode(base) == fresh.encode(base)
 
 
+def test_a_copied_table_is_its_own() -> None:
+    """A copy encodes as the table it was made from, prepared or not; set_entry() on the
+    copy (a task's own rseq entry) leaves the original as it was."""
+    base = 0x7F0000000000
+    t = blob.Table()
+    t.add(uapi.SYS_getpid)
+    t.rows(uapi.SYS_getpid, bytes(2 * blob.ROW_SIZE))
+    assert t.copy().encode(base) == t.encode(base)
+    before = t.encode(base)
+    t.prepare(base)
+    mine = t.copy()
+    mine.set_entry(0, uapi.SYS_rseq, 0x1234, 32, 1, 0x53053053)
+    assert t.encode(base) == before != mine.encode(base)
+    fresh = blob.Table()
+    fresh.add(uapi.SYS_rseq, 0x1234, 32, 1, 0x53053053)
+    fresh.rows(uapi.SYS_getpid, bytes(2 * blob.ROW_SIZE))
+    assert mine.encode(base) == fresh.encode(base)
+
+
 def test_failed_row_is_named(runner: blob.BlobRunner) -> None:
     """The row that fails stops the table and is named by its index; may_fail rows go on."""
     base = REGION + REGION_SIZE + (2 << 30)

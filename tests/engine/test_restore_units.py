@@ -13,11 +13,11 @@ from typing import cast
 import pytest
 
 from engine.errors import EngineError
-from engine.images import PE_PRESENT, ImageError, Pagemap, PagemapEntry
+from engine.images import PE_PRESENT, ImageError, Pagemap, PagemapEntry, vmatable
 from engine.images.records import MmCore, RseqRecord, ShmemEntry, ThreadCore, Vma
 from engine.kernel import blob, uapi
 from engine.kernel.pagecrc import ALGO_CRC32C, PageSums
-from engine.restore import layout, ns, pages, selfread, spawn
+from engine.restore import layout, ns, pages, restorer, selfread, spawn
 from engine.restore.lazy import LazyPages
 
 PAGE = 4096
@@ -112,6 +112,22 @@ def test_specials_must_match_this_kernel() -> None:
     mm = _mm([_vma(0x1000, 0x3000, kind="vdso", prot=5, flags=2)])
     with pytest.raises(EngineError, match="vdso"):
         layout.match_specials(mm, [("[vdso]", 0x5000, 0x6000)])
+
+
+def test_tasks_laid_out_alike_have_one_layout_key() -> None:
+    """Two tasks whose VMAs, vdso/vvar and premapped moves are the same (a decoded table
+    or records alike) share a layout table; any of the three differing, they do not."""
+    vmas = [_vma(0x10000, 0x12000), _vma(0x20000, 0x21000, "file", 1, 2, "/lib/x.so")]
+    decoded = vmatable.decode(vmatable.encode(vmas))
+    vdso = [layout.Special("[vdso]", 0x7000, 0x9000, 0x5000)]
+    moves = {0x10000: [(0x90000, 0x10000, 2 * PAGE)]}
+    key = restorer._layout_key(vmas, vdso, moves)
+    assert restorer._layout_key(decoded, vdso, dict(moves)) == key
+    other = [vmas[0], _vma(0x20000, 0x21000, "file", 1, 2, "/lib/y.so")]
+    assert restorer._layout_key(other, vdso, moves) != key
+    assert restorer._layout_key(vmas, [layout.Special("[vdso]", 0x7000, 0x9000, 0x6000)],
+                                moves) != key
+    assert restorer._layout_key(vmas, vdso, {}) != key
 
 
 def test_table_describe_is_lazy_and_exact() -> None:
