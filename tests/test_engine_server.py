@@ -247,16 +247,24 @@ def test_deadline_kills_exactly_the_request(server: EngineServer, sleeper: int,
     assert server.failed is None and _own_fds() == fds0
 
 
+def _paused_dump(server: EngineServer, sleeper: int, tmp_path: Path
+                 ) -> tuple[ServedProcess, Path]:
+    """A served dump --leave-running of the sleeper, paused where it has seized it; and
+    its log."""
+    log = tmp_path / "dump.log"
+    proc = _served(server, ["dump", "-t", str(sleeper), "-D", str(tmp_path / "img"),
+                            "--leave-running"], log, dict(ENV, ENGINE_PAUSE="seize"))
+    _wait_for(log, PAUSED)
+    return proc, log
+
+
 def test_server_hung_when_its_step_ends(server: EngineServer, sleeper: int, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The server stopped while its child runs, which is killed (no word of its own):
     once it has exited and no status came within STATUS_GRACE, the server is killed by
     pid and the child (a zombie now re-parented here) gives its status to waitid()."""
     monkeypatch.setattr(engine_client, "STATUS_GRACE", 1.0)
-    log = tmp_path / "dump.log"
-    proc = _served(server, ["dump", "-t", str(sleeper), "-D", str(tmp_path / "img"),
-                            "--leave-running"], log, dict(ENV, ENGINE_PAUSE="seize"))
-    _wait_for(log, PAUSED)
+    proc, _ = _paused_dump(server, sleeper, tmp_path)
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)
     os.kill(proc.pid, signal.SIGKILL)
@@ -271,10 +279,7 @@ def test_a_step_without_children_tells_its_own_status(server: EngineServer, slee
     """A step whose command ends without a child of its own sends its status itself,
     before it exits: it comes with the server stopped, which cannot send it, and the
     client still uses the server after."""
-    log = tmp_path / "dump.log"
-    proc = _served(server, ["dump", "-t", str(sleeper), "-D", str(tmp_path / "img"),
-                            "--leave-running"], log, dict(ENV, ENGINE_PAUSE="seize"))
-    _wait_for(log, PAUSED)
+    proc, log = _paused_dump(server, sleeper, tmp_path)
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
