@@ -379,8 +379,8 @@ def _reap(req: _Running) -> None:
     used (CPU seconds, peak RSS in KiB: a benchmark's figures, as wait4 gives them)."""
     _, status, ru = os.wait4(req.pid, 0)
     os.close(req.pidfd)
-    _send(req.conn, {"status": status, "cpu_s": ru.ru_utime + ru.ru_stime,
-                     "maxrss_kib": ru.ru_maxrss})
+    _send(req.conn, serve_child.status_message(status, ru.ru_utime + ru.ru_stime,
+                                               ru.ru_maxrss))
     req.conn.close()
 
 

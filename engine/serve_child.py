@@ -140,26 +140,30 @@ def _report(reply: Reply, status: int) -> None:
     connection is taken from the server only now (pidfd_getfd): the command ran with the
     fds a subprocess has. Nothing is sent when the server is gone or will not give it."""
     try:
-        if os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return  # an exited child not reaped: still ours until we exit
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return  # a child of ours, running or exited: ours until we exit
     except ChildProcessError:
         pass  # no child at all
-    else:
-        return  # a child still runs
     conn = _server_fd(reply)
     if conn < 0:
         return
     mine, kids = (resource.getrusage(who)
                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    answer = {"status": (status & 0xFF) << 8,
-              "cpu_s": mine.ru_utime + mine.ru_stime + kids.ru_utime + kids.ru_stime,
-              "maxrss_kib": max(mine.ru_maxrss, kids.ru_maxrss)}
+    answer = status_message((status & 0xFF) << 8,
+                            mine.ru_utime + mine.ru_stime + kids.ru_utime + kids.ru_stime,
+                            max(mine.ru_maxrss, kids.ru_maxrss))
     try:
         os.write(conn, json.dumps(answer).encode())
     except OSError:
         pass  # the client is gone
     finally:
         os.close(conn)
+
+
+def status_message(wait_status: int, cpu_s: float, maxrss_kib: int) -> dict[str, object]:
+    """A step's status as the client reads it (engine.serve's protocol): its wait status
+    and what it used (CPU seconds, peak RSS in KiB, as wait4 gives them)."""
+    return {"status": wait_status, "cpu_s": cpu_s, "maxrss_kib": maxrss_kib}
 
 
 def _server_fd(reply: Reply) -> int:
