@@ -211,7 +211,7 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
         state: dict[int, _ProcState] = {}
         pairs = _cow_pairs(procs, tables) if kind == "dump" else []
         for p in procs:
-            got = _step(f"regs of {p.pid}", "regs", task.read_threads, img, p.pid, p.threads)
+            got = _step(f"regs of {p.pid}", "regs", task.read_threads, p.pid, p.threads)
             state[p.pid] = _ProcState(got.threads, got.shared_pending, got.status, got.stat)
             if worker is not None and "vm" not in tables.get(p.pid, []):
                 # there, while the engine goes on here

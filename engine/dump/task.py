@@ -9,6 +9,7 @@ each thread runs a few injected syscalls and is put back exactly as it was).
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import struct
 from array import array
@@ -17,8 +18,6 @@ from dataclasses import dataclass, field
 from engine.dump import track
 from engine.dump.track import Tracker
 from engine.errors import EngineError, termination_held
-from engine.images import names
-from engine.images.imgdir import ImageDir
 from engine.images.records import (
     AltStack,
     Creds,
@@ -100,8 +99,8 @@ class ThreadsRead:
     stat: Stat
 
 
-def read_threads(img: ImageDir, pid: int, tids: list[int]) -> ThreadsRead:
-    """Registers, xstate (written to xstate-TID.img), pending signals, rseq and robust
+def read_threads(pid: int, tids: list[int]) -> ThreadsRead:
+    """Registers, xstate (base64, in the thread's record), pending signals, rseq and robust
     list of every thread; plus the process-wide pending queue."""
     threads = []
     main: tuple[Status, Stat] | None = None
@@ -112,8 +111,7 @@ def read_threads(img: ImageDir, pid: int, tids: list[int]) -> ThreadsRead:
             # A new task cannot use the kernel's restart state: store the registers it
             # must resume with (syscall re-executed, or -EINTR for restart_block ones).
             regs = restart_regs(regs)
-        xname = names.xstate(tid)
-        img.write_bytes(xname, ptrace.get_xstate(tid))
+        xstate = base64.b64encode(ptrace.get_xstate(tid)).decode()
         rs = ptrace.get_rseq_config(tid)
         rseq = (RseqRecord(rs.rseq_abi_pointer, rs.rseq_abi_size, rs.signature, rs.flags)
                 if rs.rseq_abi_pointer else None)
@@ -126,7 +124,7 @@ def read_threads(img: ImageDir, pid: int, tids: list[int]) -> ThreadsRead:
             raise EngineError("regs", f"task {pid} thread {tid}: SCHED_DEADLINE is not "
                                       "supported")
         threads.append(ThreadCore(
-            tid=tid, regs=regs.to_dict(), xstate=xname,
+            tid=tid, regs=regs.to_dict(), xstate=xstate,
             sigmask=ptrace.get_sigmask(tid),  # replaced by the real mask when injecting
             pending=_siginfos(ptrace.peek_siginfo(tid, shared=False)), rseq=rseq,
             robust_list=head, robust_list_len=length, in_syscall=in_sys,

@@ -3,8 +3,8 @@
 `load(path)` reads the inventory and every per-task file, then checks what single files
 cannot: fds point to existing file records, shmem VMAs to existing shmem objects, every
 pagemap run lies inside a VMA (or inside its shmem object), every content file exists
-under the name its record implies (both ends of a pipe name one pipe), xstate files have
-one sane size, the pages files hold exactly what the pagemaps say (and, with
+under the name its record implies (both ends of a pipe name one pipe), each thread's
+xstate (base64 in its core record) has one sane size, the pages files hold exactly what the pagemaps say (and, with
 `verify_pages`, match their checksums: a restore instead checks each page where it reads
 it, which costs no second read of the file), and the parent chain of an incremental dump is acyclic and at most
 MAX_PARENT_DEPTH long (each parent loaded, once, the same way). Restore and `show` read
@@ -13,6 +13,7 @@ images only through this.
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import itertools
 import operator
@@ -153,7 +154,7 @@ def _load(path: str, trusted: bool, verify_pages: bool,
                 and by_id[core.cwd_file].deleted):
             raise ImageError(where, f"cwd_file {core.cwd_file} is not a removed directory "
                                     "of files.json")
-        xstate = {th.tid: _read_xstate(d, th.xstate, th.tid, where)
+        xstate = {th.tid: _xstate(th.xstate, th.tid, where)
                   for th in core.threads if th.xstate is not None}
         mm: MmCore | None = None
         pm: Pagemap | None = None
@@ -377,20 +378,20 @@ def _check_content_size(d: ImageDir, f: FileRecord) -> None:
                                             f"{f.mqueue.name} had {sum(f.mqueue.sizes)}")
 
 
-def _read_xstate(d: ImageDir, name: str, tid: int, where: str) -> bytes:
-    """A thread's xstate file, its checksum verified and its size bounded."""
-    if name != names.xstate(tid):
-        raise ImageError(where, f"thread {tid}: xstate file {name!r} is not "
-                                f"{names.xstate(tid)!r}")
-    if not d.exists(name):
-        raise ImageError(where, f"thread {tid}: xstate file {name} missing")
-    data = d.read_bytes(name, XSTATE_MAX)
+def _xstate(text: str, tid: int, where: str) -> bytes:
+    """A thread's XSAVE area from its base64 text in the core record, its size bounded."""
+    if len(text) > XSTATE_MAX * 4 // 3 + 4:
+        raise ImageError(where, f"thread {tid}: xstate longer than {XSTATE_MAX} bytes")
+    try:
+        data = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(where, f"thread {tid}: xstate is not base64") from None
     # Only bounds here: the size is the CPU's (2696 under qemu's emulated CPU, not a
     # multiple of 64); restore compares it with this CPU's own and the kernel checks it.
     if not XSTATE_MIN <= len(data) <= XSTATE_MAX:
-        raise ImageError(d.file(name), f"size {len(data)} is not an XSAVE area")
+        raise ImageError(where, f"thread {tid}: xstate size {len(data)} is not an XSAVE "
+                                "area")
     return data
-
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
                  parent: str | None, verify: bool) -> None:

@@ -31,11 +31,6 @@ def pages(pid: int) -> str:
     return f"pages-{pid}.img"
 
 
-def xstate(tid: int) -> str:
-    """Per-thread raw NT_X86_XSTATE."""
-    return f"xstate-{tid}.img"
-
-
 def shmem_id(inode: int) -> str:
     """Id of a shared memory object (its shmem inode number)."""
     return f"shmem-{inode}"

@@ -32,7 +32,7 @@ from typing import NamedTuple, TypeVar
 
 from engine.errors import EngineError, commit, termination_held
 from engine.faults import fault_point
-from engine.images import DumpImage, load, vmatable
+from engine.images import DumpImage, load, names, vmatable
 from engine.images.fdkinds import LockRecord
 from engine.images.records import (
     FileRecord,
@@ -168,17 +168,17 @@ def _parents_first(tasks: list[TaskEntry], root: int) -> list[TaskEntry]:
     return [t for t in out if t.state != "zombie"]
 
 
-def _set_xstate(tid: int, data: bytes, path: str) -> None:
+def _set_xstate(tid: int, data: bytes, where: str) -> None:
     """Load a dumped XSAVE area, which must have this CPU's layout size (the kernel
-    refuses another size with a bare errno)."""
+    refuses another size with a bare errno). where: the thread, for the error."""
     size = len(ptrace.get_xstate(tid))
     if len(data) != size:
-        raise EngineError("regs", f"{path}: holds {len(data)} bytes, this CPU's xstate is "
-                                  f"{size} (dumped on another CPU?)")
+        raise EngineError("regs", f"{where}: xstate of {len(data)} bytes, this CPU's xstate "
+                                  f"is {size} (dumped on another CPU?)")
     try:
         ptrace.set_xstate(tid, data)
     except OSError as e:
-        raise EngineError("regs", f"{path}: the kernel refuses this XSAVE area "
+        raise EngineError("regs", f"{where}: the kernel refuses this XSAVE area "
                                   f"({e.strerror})") from None
 
 
@@ -778,7 +778,8 @@ class TreeRestorer:
                 ptrace.set_regs(real, t.regs[th.tid])
                 xstate = t.xstate[th.tid]
                 if xstate is not None:
-                    _set_xstate(real, xstate, self.image.dir.file(th.xstate or ""))
+                    _set_xstate(real, xstate, f"{self.image.dir.file(names.core(t.pid))}: "
+                                              f"thread {th.tid}")
                 ptrace.set_sigmask(real, th.sigmask)
         fault_point("detach")
         stop = [t for t in self.live

@@ -8,8 +8,8 @@ so any mutant can be rebuilt from (seed, i) alone:
   a hard link; make a file or the directory writable by others;
 - forgery (`reseal`: the checksums recomputed, as a hand-made hostile image would be): a
   JSON leaf replaced by a hostile value or another type, deleted, or an unknown key
-  added; a list item dropped or duplicated; a pagemap or xstate byte changed; a file
-  resized.
+  added; a list item dropped or duplicated; a byte of a binary file (pagemap, VMA table)
+  changed; a file resized.
 
 Outcomes: `clean` (refused with one `engine: error:` line before any task exists),
 `harmless` (restored and the program passed its own checks), `wrong` (restored, exit 0,

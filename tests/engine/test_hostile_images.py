@@ -5,6 +5,7 @@ validator behind the checksums is what refuses them; raw damage is left unsealed
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -94,20 +95,24 @@ def test_parent_cycle_through_another_dir(image: tuple[cr.ZdtmTest, Path]) -> No
     _refused(t, d, "loops back")
 
 
+def _set_xstate(core: Any, change: Callable[[bytes], bytes]) -> None:
+    th = core["threads"][0]
+    th["xstate"] = base64.b64encode(change(base64.b64decode(th["xstate"]))).decode()
+
+
 def test_xstate_of_another_size(image: tuple[cr.ZdtmTest, Path]) -> None:
     t, d = image
-    xs = d / f"xstate-{t.pid}.img"
-    xs.write_bytes(xs.read_bytes() + b"\0" * 64)
+    _edit(d / f"core-{t.pid}.json", lambda c: _set_xstate(c, lambda x: x + bytes(64)))
     reseal(d)
-    _refused(t, d, str(xs), "this CPU's xstate is", show=False)
+    _refused(t, d, f"core-{t.pid}.json: thread {t.pid}: xstate of", "this CPU's xstate is",
+             show=False)
 
 
 def test_xstate_of_impossible_size(image: tuple[cr.ZdtmTest, Path]) -> None:
     t, d = image
-    xs = d / f"xstate-{t.pid}.img"
-    xs.write_bytes(b"\0" * 100)
+    _edit(d / f"core-{t.pid}.json", lambda c: _set_xstate(c, lambda x: bytes(100)))
     reseal(d)
-    _refused(t, d, str(xs), "size 100 is not an XSAVE area")
+    _refused(t, d, f"core-{t.pid}.json", "xstate size 100 is not an XSAVE area")
 
 
 def test_missing_register(image: tuple[cr.ZdtmTest, Path]) -> None:

@@ -3,6 +3,7 @@ hostile images with an error that names the file."""
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import io
 import json
@@ -67,10 +68,9 @@ def make_image(path: Path) -> None:
         FileRecord(2, "pipe", 1, inode=99, pipe_ino=99, content=names.pipe_content(99)),
     ]))
     img.write_bytes(names.pipe_content(99), b"data")
-    img.write_bytes(names.xstate(PID), b"\0" * 1024)
     img.write_json(names.core(PID), TaskCore(
         pid=PID, ppid=1, pgid=PID, sid=PID, state="alive", comm="t",
-        threads=[ThreadCore(PID, REGS, names.xstate(PID), 0)],
+        threads=[ThreadCore(PID, REGS, base64.b64encode(bytes(1024)).decode(), 0)],
         sigactions=[], creds=Creds([0] * 4, [0] * 4, [], 0, 0, 0, 0, 0), limits=[], cwd="/",
         root="/", umask=0o22, personality=0, fds=[FdEntry(0, 0), FdEntry(3, 1, True)]))
     mm = MmCore(
@@ -223,9 +223,14 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "register out of range": (_edit_json(names.core(PID), _set(["threads", 0, "regs", "rip"],
                                                                1 << 64)),
                               names.core(PID), "reg rip out of range"),
-    "path traversal": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
-                                                        "../../etc/passwd")),
-                       names.core(PID), "bad xstate file name"),
+    "xstate not base64": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
+                                                           "../../etc/passwd")),
+                          names.core(PID), "thread 4242: xstate is not base64"),
+    "xstate too small": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
+                                                          base64.b64encode(bytes(100)).decode())),
+                         names.core(PID), "xstate size 100 is not an XSAVE area"),
+    "xstate a number": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"], 7)),
+                        names.core(PID), "xstate: expected a string"),
     # The VMA table's rows (tests/engine/image_tools.py V_*).
     "overlapping vmas": (_vma_rows(_row_set(1, V_START, 0x12000)), names.vmas(PID),
                          "vma 1 at 0x12000 overlaps"),
@@ -264,7 +269,6 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
                         "unsupported version 1"),
     "fd to unknown file": (_edit_json(names.core(PID), _set(["fds", 0, "file_id"], 9)),
                            names.core(PID), "unknown file 9"),
-    "xstate missing": (_unlink(names.xstate(PID)), names.core(PID), "xstate"),
     "pipe content missing": (_unlink(names.pipe_content(99)), names.FILES, "missing"),
     "pagemap bad magic": (_pagemap_bytes(lambda b: b.__setitem__(0, 0)), names.pagemap(PID),
                           "magic"),
