@@ -9,7 +9,6 @@ each thread runs a few injected syscalls and is put back exactly as it was).
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import struct
 from array import array
@@ -28,6 +27,7 @@ from engine.images.records import (
     SigactionRecord,
     SigInfoRecord,
     ThreadCore,
+    xstate_text,
 )
 from engine.kernel import blob, intask, ptrace, uapi
 from engine.kernel import sys as ksys
@@ -100,7 +100,7 @@ class ThreadsRead:
 
 
 def read_threads(pid: int, tids: list[int]) -> ThreadsRead:
-    """Registers, xstate (base64, in the thread's record), pending signals, rseq and robust
+    """Registers, xstate (in the thread's record), pending signals, rseq and robust
     list of every thread; plus the process-wide pending queue."""
     threads = []
     main: tuple[Status, Stat] | None = None
@@ -111,7 +111,7 @@ def read_threads(pid: int, tids: list[int]) -> ThreadsRead:
             # A new task cannot use the kernel's restart state: store the registers it
             # must resume with (syscall re-executed, or -EINTR for restart_block ones).
             regs = restart_regs(regs)
-        xstate = base64.b64encode(ptrace.get_xstate(tid)).decode()
+        xstate = ptrace.get_xstate(tid)
         rs = ptrace.get_rseq_config(tid)
         rseq = (RseqRecord(rs.rseq_abi_pointer, rs.rseq_abi_size, rs.signature, rs.flags)
                 if rs.rseq_abi_pointer else None)
@@ -124,7 +124,8 @@ def read_threads(pid: int, tids: list[int]) -> ThreadsRead:
             raise EngineError("regs", f"task {pid} thread {tid}: SCHED_DEADLINE is not "
                                       "supported")
         threads.append(ThreadCore(
-            tid=tid, regs=regs.to_dict(), xstate=xstate,
+            tid=tid, regs=regs.to_dict(), xstate=xstate_text(xstate),
+            xstate_size=len(xstate),
             sigmask=ptrace.get_sigmask(tid),  # replaced by the real mask when injecting
             pending=_siginfos(ptrace.peek_siginfo(tid, shared=False)), rseq=rseq,
             robust_list=head, robust_list_len=length, in_syscall=in_sys,

@@ -4,7 +4,7 @@
 cannot: fds point to existing file records, shmem VMAs to existing shmem objects, every
 pagemap run lies inside a VMA (or inside its shmem object), every content file exists
 under the name its record implies (both ends of a pipe name one pipe), each thread's
-xstate (base64 in its core record) has one sane size, the pages files hold exactly what the pagemaps say (and, with
+xstate (in its core record) has one sane size, the pages files hold exactly what the pagemaps say (and, with
 `verify_pages`, match their checksums: a restore instead checks each page where it reads
 it, which costs no second read of the file), and the parent chain of an incremental dump is acyclic and at most
 MAX_PARENT_DEPTH long (each parent loaded, once, the same way). Restore and `show` read
@@ -13,7 +13,6 @@ images only through this.
 
 from __future__ import annotations
 
-import binascii
 import bisect
 import itertools
 import operator
@@ -31,6 +30,7 @@ from engine.images.records import (
     MmCore,
     ShmemEntry,
     TaskCore,
+    ThreadCore,
     Vma,
 )
 from engine.images.vmatable import VmaTable, columns_of
@@ -154,7 +154,7 @@ def _load(path: str, trusted: bool, verify_pages: bool,
                 and by_id[core.cwd_file].deleted):
             raise ImageError(where, f"cwd_file {core.cwd_file} is not a removed directory "
                                     "of files.json")
-        xstate = {th.tid: _xstate(th.xstate, th.tid, where)
+        xstate = {th.tid: _xstate(th, where)
                   for th in core.threads if th.xstate is not None}
         mm: MmCore | None = None
         pm: Pagemap | None = None
@@ -378,20 +378,23 @@ def _check_content_size(d: ImageDir, f: FileRecord) -> None:
                                             f"{f.mqueue.name} had {sum(f.mqueue.sizes)}")
 
 
-def _xstate(text: str, tid: int, where: str) -> bytes:
-    """A thread's XSAVE area from its base64 text in the core record, its size bounded."""
-    if len(text) > XSTATE_MAX * 4 // 3 + 4:
-        raise ImageError(where, f"thread {tid}: xstate longer than {XSTATE_MAX} bytes")
-    try:
-        data = binascii.a2b_base64(text, strict_mode=True)
-    except (binascii.Error, ValueError):
-        raise ImageError(where, f"thread {tid}: xstate is not base64") from None
+def _xstate(th: ThreadCore, where: str) -> bytes:
+    """A thread's XSAVE area from its core record (hex, trailing zeros left out), its
+    size bounded."""
+    text, size = th.xstate or "", th.xstate_size
     # Only bounds here: the size is the CPU's (2696 under qemu's emulated CPU, not a
     # multiple of 64); restore compares it with this CPU's own and the kernel checks it.
-    if not XSTATE_MIN <= len(data) <= XSTATE_MAX:
-        raise ImageError(where, f"thread {tid}: xstate size {len(data)} is not an XSAVE "
-                                "area")
-    return data
+    if not XSTATE_MIN <= size <= XSTATE_MAX:
+        raise ImageError(where, f"thread {th.tid}: xstate size {size} is not an XSAVE area")
+    if len(text) > 2 * size:
+        raise ImageError(where, f"thread {th.tid}: xstate longer than its size {size}")
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        data = b""
+    if 2 * len(data) != len(text):  # (fromhex skips spaces)
+        raise ImageError(where, f"thread {th.tid}: xstate is not hex")
+    return data + bytes(size - len(data))
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
                  parent: str | None, verify: bool) -> None:

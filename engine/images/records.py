@@ -381,16 +381,23 @@ class AltStack:
         _check_u64(self.size, "sigaltstack size")
 
 
+def xstate_text(area: bytes) -> str:
+    """ThreadCore.xstate of an XSAVE area: its hex without the trailing zero bytes (with
+    xstate_size, its length, load.py gives back the very same bytes)."""
+    return area.rstrip(b"\0").hex()
+
+
 @dataclass
 class ThreadCore:
     """Per-thread state."""
 
     tid: int
     regs: dict[str, int]  # user_regs_struct field name -> value
-    # the raw NT_X86_XSTATE regset in base64 (load.py decodes and bounds it), None if
-    # unavailable; in the core record as CRIU keeps the FPU state in its core: a file
-    # of its own cost a file creation per thread (~0.1 ms on an ext4 full of recently
-    # deleted inodes)
+    # the raw NT_X86_XSTATE regset in hex without its trailing zero bytes (an 11 KiB
+    # area with AMX is 2 KiB of data or less: mostly unused components), None if
+    # unavailable; load.py decodes and bounds it. In the core record as CRIU keeps the
+    # FPU state in its core: a file of its own cost a file creation per thread (~0.1 ms
+    # on an ext4 full of recently deleted inodes).
     xstate: str | None
     sigmask: int
     pending: list[SigInfoRecord] = field(default_factory=list)
@@ -406,6 +413,7 @@ class ThreadCore:
     sched_policy: int = 0  # SCHED_* (stat field 41), per thread
     rt_priority: int = 0  # stat field 40
     nice: int = 0  # stat field 19
+    xstate_size: int = 0  # the whole XSAVE area's size in bytes (trailing zeros included)
 
     def validate(self) -> None:
         """Check the tid, the mask and that all register values are u64."""

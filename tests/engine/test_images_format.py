@@ -3,7 +3,6 @@ hostile images with an error that names the file."""
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import io
 import json
@@ -18,7 +17,7 @@ import pytest
 
 from engine.errors import EngineError
 from engine.images import PE_PARENT, PE_PRESENT, ImageDir, ImageError, PagemapEntry, load, names
-from engine.images.load import MAX_PARENT_DEPTH
+from engine.images.load import MAX_PARENT_DEPTH, XSTATE_MIN, _xstate
 from engine.images.records import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -34,6 +33,7 @@ from engine.images.records import (
     TaskEntry,
     ThreadCore,
     Vma,
+    xstate_text,
 )
 from engine.images.show import show
 from engine.kernel import pagecrc
@@ -70,7 +70,7 @@ def make_image(path: Path) -> None:
     img.write_bytes(names.pipe_content(99), b"data")
     img.write_json(names.core(PID), TaskCore(
         pid=PID, ppid=1, pgid=PID, sid=PID, state="alive", comm="t",
-        threads=[ThreadCore(PID, REGS, base64.b64encode(bytes(1024)).decode(), 0)],
+        threads=[ThreadCore(PID, REGS, "01", 0, xstate_size=1024)],
         sigactions=[], creds=Creds([0] * 4, [0] * 4, [], 0, 0, 0, 0, 0), limits=[], cwd="/",
         root="/", umask=0o22, personality=0, fds=[FdEntry(0, 0), FdEntry(3, 1, True)]))
     mm = MmCore(
@@ -111,6 +111,17 @@ def test_round_trip(image: Path) -> None:
     assert img.shmem["shmem-77"].pagemap.entries[0].addr == PG
     assert oct(image.stat().st_mode & 0o777) == "0o700"
     assert {oct(p.stat().st_mode & 0o777) for p in image.iterdir()} == {"0o600"}
+
+
+@pytest.mark.parametrize("area", [bytes(XSTATE_MIN), b"\1" + bytes(2695), bytes(1000) + b"\7",
+                                  b"\0\5" * 5504, os.urandom(11008)],
+                         ids=["zeros", "first byte", "last byte", "alternate", "random"])
+def test_xstate_in_the_core_record_comes_back_byte_for_byte(area: bytes) -> None:
+    """The dumper's text for an XSAVE area (trailing zeros left out) loads as that very
+    area, whatever its last non-zero byte."""
+    th = ThreadCore(PID, REGS, xstate_text(area), 0, xstate_size=len(area))
+    assert len(th.xstate or "") <= 2 * len(area.rstrip(b"\0"))
+    assert _xstate(th, "here") == area
 
 
 def test_show(image: Path) -> None:
@@ -223,12 +234,17 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "register out of range": (_edit_json(names.core(PID), _set(["threads", 0, "regs", "rip"],
                                                                1 << 64)),
                               names.core(PID), "reg rip out of range"),
-    "xstate not base64": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
-                                                           "../../etc/passwd")),
-                          names.core(PID), "thread 4242: xstate is not base64"),
-    "xstate too small": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
-                                                          base64.b64encode(bytes(100)).decode())),
+    "xstate not hex": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
+                                                        "../../etc/passwd")),
+                       names.core(PID), "thread 4242: xstate is not hex"),
+    "xstate hex with spaces": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"],
+                                                                "01 02")),
+                               names.core(PID), "thread 4242: xstate is not hex"),
+    "xstate too small": (_edit_json(names.core(PID), _set(["threads", 0, "xstate_size"], 100)),
                          names.core(PID), "xstate size 100 is not an XSAVE area"),
+    "xstate longer than its size": (_edit_json(names.core(PID),
+                                               _set(["threads", 0, "xstate"], "00" * 1025)),
+                                    names.core(PID), "xstate longer than its size 1024"),
     "xstate a number": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"], 7)),
                         names.core(PID), "xstate: expected a string"),
     # The VMA table's rows (tests/engine/image_tools.py V_*).
