@@ -104,7 +104,7 @@ class _ProcState:
     injected: task.InjectedProc | None = None
     mm: MmCore | None = None
     cow: list[list[int]] = field(default_factory=list)  # pages shared with the parent
-    mm_written: bool = False  # mm-PID.json and vmas-PID.img written (by the memory worker)
+    mm_written: bool = False  # mm-PID.img written (by the memory worker)
 
 
 @dataclass
@@ -530,12 +530,11 @@ def _read_memory(img: ImageDir, p: tree.Proc, staging: pages.Staging,
     """_private_memory as the memory worker runs it, before the task is injected (the
     injection puts back all it changes, and the engine waits for this before it injects
     the task): every page written by the worker (a task writing its own would need the
-    tracer's injection), and the VMA table, final from here on. Returns the VMAs and the
-    pages and VMAs counted."""
+    tracer's injection); the VMAs, final from here on, go into the mm file (_write_mm).
+    Returns the VMAs and the pages and VMAs counted."""
     stats = DumpStats()
     task_vmas = _private_memory(img, p, stats, None, None, staging, smaps_reader,
                                 task_writes=False, known=known)
-    img.write_vmas(names.vmas(p.pid), task_vmas)
     return task_vmas, stats.pages, stats.vmas
 
 
@@ -545,7 +544,7 @@ def _write_mm(img: ImageDir, pid: int, task_vmas: list[Vma], brk: int, stat: Sta
     written into the image by the worker too."""
     mm = _mm_core(pid, task_vmas, brk, stat)
     mm.cow = cow
-    img.write_json(names.mm(pid), mm)
+    img.write_mm(names.mm(pid), mm)
     return mm
 
 
@@ -634,8 +633,7 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
         )
         img.write_json(names.core(p.pid), core)
         if st.mm is not None and not st.mm_written:
-            img.write_json(names.mm(p.pid), st.mm)
-            img.write_vmas(names.vmas(p.pid), st.mm.vmas)
+            img.write_mm(names.mm(p.pid), st.mm)
     img.write_json(names.FILES, FilesImage(table.files, table.mapped))
     unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
     return Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,

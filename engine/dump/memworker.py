@@ -6,9 +6,9 @@ pagemap files) needs no ptrace, only the access /proc/PID/mem needs; injecting n
 tracer. The engine hands each task to the worker as soon as its registers are read, and
 waits for the worker to be done with a task before it injects into it: an injection maps
 a code page and writes a signal frame below the stack pointer, and puts both back, so
-memory read before it is the task's as it is after it. The worker writes the task's pages,
-pagemap and VMA table into the image; once the injection told the task's brk, a second job
-has it write the mm record (the VMAs stay in the worker). It sends back the mm record, the
+memory read before it is the task's as it is after it. The worker writes the task's pages
+and pagemap into the image; once the injection told the task's brk, a second job has it
+write the mm record and the VMA table after it (the VMAs stay in the worker till then). It sends back the mm record, the
 files' checksums and its counts; the engine takes those as if it had written them. A task's
 read first finds the pages each of its children shares copy-on-write with it (for their
 mm records; the children's layouts read then serve their own reads): parents are read
@@ -117,8 +117,7 @@ class MemoryWorker:
         """Have it read task p (frozen, not injected, nor are its `children`, whose
         pages shared with it copy-on-write it finds first). Parents before children. The
         files it will write are the image's from now on: a failed dump removes them."""
-        self._img.created_files += [names.pagemap(p.pid), names.pages(p.pid),
-                                    names.vmas(p.pid)]
+        self._img.created_files += [names.pagemap(p.pid), names.pages(p.pid)]
         self._worker.send(("read", p, children))
 
     def wait_read(self, pid: int) -> None:

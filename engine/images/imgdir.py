@@ -25,7 +25,7 @@ import stat
 import struct
 import zlib
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -33,7 +33,7 @@ from engine.errors import EngineError
 from engine.images import vmatable
 from engine.images.codec import from_dict, to_dict
 from engine.images.directio import close_quietly, enable_direct_write, open_direct_read
-from engine.images.records import PAGE_SIZE, RecordError, Vma
+from engine.images.records import PAGE_SIZE, RecordError
 from engine.kernel import pagecrc
 from engine.kernel import sys as ksys
 from engine.kernel.pagecrc import PageSums
@@ -310,9 +310,13 @@ class ImageDir:
         finally:
             os.close(fd)
 
-    def write_vmas(self, name: str, vmas: Sequence[Vma]) -> None:
-        """Write a process's VMAs as a binary table (engine/images/vmatable.py)."""
-        self.write_bytes(name, vmatable.encode(vmas))
+    def write_mm(self, name: str, mm: Any) -> None:
+        """Write a process's mm record: its JSON (one line, without the VMAs), a newline,
+        then its VMAs (`mm.vmas`) as a binary table (engine/images/vmatable.py). One file,
+        not two: every file a dump creates is an inode allocation, serialized on the
+        directory's lock."""
+        text = json.dumps(to_dict(mm), separators=(",", ":"))
+        self.write_bytes(name, text.encode() + b"\n" + vmatable.encode(mm.vmas))
 
     def write_pagemap(self, name: str, entries: list[PagemapEntry], sums: PageSums) -> None:
         """Write a binary pagemap; entries must be sorted and not overlap, and `sums`
@@ -499,11 +503,16 @@ class ImageDir:
         except RecordError as e:
             raise ImageError(path, str(e)) from None
 
-    def read_vmas(self, name: str) -> vmatable.VmaTable:
-        """Read and validate a VMA table (sorted, disjoint VMA records)."""
+    def read_mm(self, name: str, cls: type[T]) -> tuple[T, vmatable.VmaTable]:
+        """Read and validate an mm record (write_mm) of type cls and its VMA table
+        (sorted, disjoint VMA records), which the caller makes its `vmas`."""
         raw = self.read_bytes(name, MAX_JSON_BYTES)
+        end = raw.find(b"\n")
+        if end < 0:
+            raise ImageError(self.file(name), "no VMA table after the record")
+        record = self._decode(name, raw[:end], cls)
         try:
-            return vmatable.decode(raw)
+            return record, vmatable.decode(raw[end + 1:])
         except RecordError as e:
             raise ImageError(self.file(name), str(e)) from None
 

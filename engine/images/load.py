@@ -160,14 +160,7 @@ def _load(path: str, trusted: bool, verify_pages: bool,
         pm: Pagemap | None = None
         # A task sharing its parent's address space has no memory of its own in the image.
         if t.state != "zombie" and "vm" not in t.shared:
-            mm = d.read_json(names.mm(t.pid), MmCore)
-            mm.vmas = vmas = d.read_vmas(names.vmas(t.pid))
-            vmas_file = d.file(names.vmas(t.pid))
-            _check_vma_refs(vmas_file, vmas, shmem, mapped)
-            _check_sysv_attaches(vmas_file, vmas, ipc)
-            pm = d.read_pagemap(mm.pagemap)
-            _check_in_vmas(d.file(mm.pagemap), pm, mm)
-            _check_pages(d, mm.pagemap, mm.pages, pm, inv.parent, verify_pages)
+            mm, pm = _load_mm(d, t.pid, shmem, mapped, ipc, inv.parent, verify_pages)
         tasks[t.pid] = TaskImage(core, mm, pm, xstate)
     parents = {t.pid: t.ppid for t in inv.tasks}
     ranges: dict[int, list[tuple[int, int]]] = {}  # a parent's, worked out once
@@ -187,6 +180,22 @@ def _load(path: str, trusted: bool, verify_pages: bool,
     if ipc is not None:
         _check_sem_tasks(d.file(names.IPC), ipc.record, set(tasks))
     return DumpImage(d, inv, tasks, files, shmem, parent, ipc)
+
+
+def _load_mm(d: ImageDir, pid: int, shmem: dict[str, ShmemImage],
+             mapped: set[tuple[str, int]], ipc: IpcNsImage | None, parent: str | None,
+             verify_pages: bool) -> tuple[MmCore, Pagemap]:
+    """A task's mm record with its VMAs, and its pagemap, each checked against the
+    other and against the image's shmem objects, mapped files and SysV segments."""
+    mm, vmas = d.read_mm(names.mm(pid), MmCore)
+    mm.vmas = vmas
+    where = d.file(names.mm(pid))
+    _check_vma_refs(where, vmas, shmem, mapped)
+    _check_sysv_attaches(where, vmas, ipc)
+    pm = d.read_pagemap(mm.pagemap)
+    _check_in_vmas(d.file(mm.pagemap), pm, mm)
+    _check_pages(d, mm.pagemap, mm.pages, pm, parent, verify_pages)
+    return mm, pm
 
 
 def _load_ipc(d: ImageDir, inv: Inventory) -> IpcNsImage:

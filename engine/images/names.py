@@ -12,13 +12,8 @@ def core(pid: int) -> str:
 
 
 def mm(pid: int) -> str:
-    """Per-task memory layout record."""
-    return f"mm-{pid}.json"
-
-
-def vmas(pid: int) -> str:
-    """The VMA table of a process (engine/images/vmatable.py)."""
-    return f"vmas-{pid}.img"
+    """Per-task memory layout record and VMA table (ImageDir.write_mm)."""
+    return f"mm-{pid}.img"
 
 
 def pagemap(pid: int) -> str:

@@ -604,7 +604,7 @@ class TaskCore:
 
 
 # ---------------------------------------------------------------------------------------
-# mm-PID.json
+# mm-PID.img
 
 
 @dataclass
@@ -614,7 +614,7 @@ class Vma:
     `flags` are the MAP_* flags needed to recreate it (MAP_PRIVATE/MAP_SHARED,
     MAP_ANONYMOUS, MAP_GROWSDOWN); `prot` is PROT_*; `pgoff` is the file/shmem offset in
     bytes. `vmflags` are the two-letter smaps VmFlags for the checks and for madvise state.
-    Stored in the binary table vmas-PID.img (engine/images/vmatable.py).
+    Stored in the binary table after the mm record's JSON (engine/images/vmatable.py).
     """
 
     start: int
@@ -672,8 +672,9 @@ class FileIdentity:
 
 @dataclass
 class MmCore:
-    """mm-PID.json: the mm_struct fields and auxv of one process; its VMAs, `vmas`, are
-    in vmas-PID.img (engine/images/vmatable.py), not in the JSON (EXTERNAL)."""
+    """mm-PID.img: the mm_struct fields and auxv of one process (JSON, one line); its
+    VMAs, `vmas`, follow the JSON in the same file as a binary table
+    (engine/images/vmatable.py), not in the JSON (EXTERNAL)."""
 
     EXTERNAL: ClassVar[tuple[str, ...]] = ("vmas",)
 

@@ -1,5 +1,5 @@
-"""vmas-PID.img: the VMAs of one process as packed binary columns (docs/IMAGES.md),
-encoded and decoded in bulk.
+"""The VMAs of one process as packed binary columns (docs/IMAGES.md), encoded and decoded
+in bulk; in mm-PID.img after the mm record's JSON line.
 
 A maps06-sized process has 30,000 VMAs. As JSON rows (format version 4) they took about
 0.1 s to parse and as much again to type-check and turn into records one by one; here

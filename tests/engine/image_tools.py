@@ -9,12 +9,14 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from engine.images import names
 from engine.images.imgdir import chunk_crcs
 
 _SUFFIX = b',"self_crc":'
-# vmas-PID.img as docs/IMAGES.md gives it (independent of engine/images/vmatable.py)
+# The VMA table of mm-PID.img as docs/IMAGES.md gives it (independent of
+# engine/images/vmatable.py)
 _VMA_HEADER = struct.Struct("<8sIIQII")
 _VMA_COLUMNS = "QQQQIIIIIBBB"
 #: field indexes of a VMA (its columns, in file order)
@@ -44,9 +46,23 @@ def reseal(image: Path) -> bool:
     return True
 
 
+def mm_parts(path: Path) -> tuple[Any, bytes]:
+    """An mm-PID.img file's record (parsed JSON) and its VMA table's bytes."""
+    text, _, table = path.read_bytes().partition(b"\n")
+    return json.loads(text), table
+
+
+def edit_mm(path: Path, fn: Callable[[Any], None]) -> None:
+    """Change the record of an mm-PID.img file in place (its VMA table kept as it is).
+    Reseal afterwards."""
+    record, table = mm_parts(path)
+    fn(record)
+    path.write_bytes(json.dumps(record).encode() + b"\n" + table)
+
+
 def vma_rows(path: Path) -> list[list[int]]:
-    """The VMAs of a VMA table file, each a list of its 12 fields (V_*)."""
-    raw = path.read_bytes()
+    """The VMAs of an mm-PID.img file's VMA table, each a list of its 12 fields (V_*)."""
+    raw = mm_parts(path)[1]
     count = _VMA_HEADER.unpack_from(raw)[3]
     pos = _VMA_HEADER.size
     cols = []
@@ -58,9 +74,9 @@ def vma_rows(path: Path) -> list[list[int]]:
 
 
 def edit_vma_rows(path: Path, fn: Callable[[list[list[int]]], None]) -> None:
-    """Change the VMAs of a VMA table file in place (the header's count follows; the
-    string table is kept as it is). Reseal afterwards."""
-    raw = path.read_bytes()
+    """Change the VMAs of an mm-PID.img file's VMA table in place (the header's count
+    follows; the record and the string table are kept as they are). Reseal afterwards."""
+    record, raw = path.read_bytes().split(b"\n", 1)
     head = _VMA_HEADER.unpack_from(raw)
     table = raw[_VMA_HEADER.size + head[3] * struct.calcsize("<" + _VMA_COLUMNS):]
     rows = vma_rows(path)
@@ -68,4 +84,5 @@ def edit_vma_rows(path: Path, fn: Callable[[list[list[int]]], None]) -> None:
     cols = list(zip(*rows)) if rows else [()] * len(_VMA_COLUMNS)
     body = b"".join(struct.pack(f"<{len(rows)}{code}", *col)
                     for code, col in zip(_VMA_COLUMNS, cols))
-    path.write_bytes(_VMA_HEADER.pack(*head[:3], len(rows), *head[4:]) + body + table)
+    path.write_bytes(record + b"\n" + _VMA_HEADER.pack(*head[:3], len(rows), *head[4:])
+                     + body + table)

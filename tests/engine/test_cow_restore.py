@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.engine import cr_support as cr
-from tests.engine.image_tools import reseal
+from tests.engine.image_tools import edit_mm, mm_parts, reseal
 from zdtm import sharing
 
 PART = 4 << 20
@@ -58,8 +58,7 @@ def test_parent_child_and_grandchild_keep_sharing(tmp_path: Path) -> None:
         images = tmp_path / "img"
         r = cr.dump_restore(t, images, leave_stopped=True)
         assert r.returncode == 0, r.stderr
-        mms = {pid: json.loads((images / f"mm-{pid}.json").read_text())
-               for pid in (parent, child, grandchild)}
+        mms = {pid: mm_parts(images / f"mm-{pid}.img")[0] for pid in (parent, child, grandchild)}
         assert mms[parent]["cow"] == [] and mms[child]["cow"] and mms[grandchild]["cow"]
         assert _shared_in(t.pid, lo, hi) == before
         for pid in cr.tree_of(t.pid):
@@ -96,10 +95,7 @@ def image(dumped: tuple[cr.ZdtmTest, Path], tmp_path: Path) -> tuple[cr.ZdtmTest
 
 
 def _edit_mm(d: Path, pid: int, fn: Any) -> None:
-    path = d / f"mm-{pid}.json"
-    data = json.loads(path.read_text())
-    fn(data)
-    path.write_text(json.dumps(data))
+    edit_mm(d / f"mm-{pid}.img", fn)
     reseal(d)
 
 
@@ -134,14 +130,14 @@ def test_cow_run_outside_the_vmas_is_refused(image: tuple[cr.ZdtmTest, Path]) ->
     t, d = image
     _, child, _ = _pids(t, d)
     _edit_mm(d, child, lambda mm: mm.__setitem__("cow", [[0x1000, 1]]))
-    _refused(d, f"mm-{child}.json", "cow run 0x1000-0x2000", "not inside")
+    _refused(d, f"mm-{child}.img", "cow run 0x1000-0x2000", "not inside")
 
 
 def test_root_sharing_with_a_parent_is_refused(image: tuple[cr.ZdtmTest, Path]) -> None:
     t, d = image
     root, _, _ = _pids(t, d)
     _edit_mm(d, root, lambda mm: mm.__setitem__("cow", [[_region(t), 1]]))
-    _refused(d, f"mm-{root}.json", "parent that has no memory")
+    _refused(d, f"mm-{root}.img", "parent that has no memory")
 
 
 def test_overlapping_cow_runs_are_refused(image: tuple[cr.ZdtmTest, Path]) -> None:
@@ -149,7 +145,7 @@ def test_overlapping_cow_runs_are_refused(image: tuple[cr.ZdtmTest, Path]) -> No
     _, child, _ = _pids(t, d)
     lo = _region(t)
     _edit_mm(d, child, lambda mm: mm.__setitem__("cow", [[lo, 2], [lo + 4096, 1]]))
-    _refused(d, f"mm-{child}.json", "overlapping")
+    _refused(d, f"mm-{child}.img", "overlapping")
 
 
 def test_damaged_page_of_premapped_memory_is_refused(image: tuple[cr.ZdtmTest, Path]) -> None:

@@ -22,6 +22,7 @@ from engine.worker import Worker
 from tests.engine import cr_support as cr
 from tests.engine.dump_support import MEMTREE_TASKS as TASKS
 from tests.engine.dump_support import run_engine
+from tests.engine.image_tools import mm_parts
 
 
 def _gone(pid: int) -> bool:
@@ -175,8 +176,7 @@ def test_the_worker_writes_what_the_engine_would(memtree: list[int], tmp_path: P
         os.sched_setaffinity(p, {cpu})
     dump(memtree[0], str(tmp_path / "first"), leave_running=True)
     assert len(spy.pids) == 1 and _gone(spy.pids[0])
-    cow = {p: json.loads((tmp_path / "first" / f"mm-{p}.json").read_text())["cow"]
-           for p in memtree}
+    cow = {p: mm_parts(tmp_path / "first" / f"mm-{p}.img")[0]["cow"] for p in memtree}
     assert not cow[memtree[0]] and all(cow[p] for p in memtree[1:])
     monkeypatch.setattr(dumper.procpagemap, "zero_pfn", lambda: 0)
     dump(memtree[0], str(tmp_path / "worker"), leave_running=True)

@@ -201,10 +201,10 @@ def test_executable_replaced_after_the_dump(image: tuple[cr.ZdtmTest, Path]) -> 
     try:
         with open(exe, "ab") as f:
             f.write(b"\0")
-        _refused(t, d, f"mm-{t.pid}.json", f"file {exe} changed since the dump", show=False)
+        _refused(t, d, f"mm-{t.pid}.img", f"file {exe} changed since the dump", show=False)
         r = cr.engine("restore", "-D", str(d), "-d", "--allow-changed-files")
         assert r.returncode == 0, r.stderr
-        assert f"engine: warning: {d}/mm-{t.pid}.json: file {exe} changed" in r.stderr
+        assert f"engine: warning: {d}/mm-{t.pid}.img: file {exe} changed" in r.stderr
         assert "PASS" in t.stop()
     finally:
         exe.write_bytes(saved)
@@ -328,7 +328,7 @@ def test_task_no_longer_sharing_an_address_space_has_no_memory(
     pid = _sharer(json.loads((d / "inventory.json").read_bytes()), "vm")["pid"]
     _edit(d / "inventory.json", lambda inv: _sharer(inv, "vm").__setitem__("shared", []))
     reseal(d)
-    _refused(t, d, f"mm-{pid}.json")
+    _refused(t, d, f"mm-{pid}.img")
 
 
 def test_pristine_shared_copy_still_restores(shared_image: tuple[cr.ZdtmTest, Path]) -> None:
@@ -375,7 +375,7 @@ def test_mapping_of_an_unlinked_file_not_saved(mapped_image: tuple[cr.ZdtmTest, 
     t, d = mapped_image
     _edit(d / "files.json", lambda f: f.__setitem__("mapped", []))
     reseal(d)
-    _refused(t, d, f"vmas-{t.pid}.img", "is not in files.json's mapped files")
+    _refused(t, d, f"mm-{t.pid}.img", "is not in files.json's mapped files")
 
 
 def test_mapped_file_that_is_no_unlinked_file(mapped_image: tuple[cr.ZdtmTest, Path]) -> None:

@@ -46,7 +46,9 @@ from tests.engine.image_tools import (
     V_SHMEM,
     V_START,
     V_VMFLAGS,
+    edit_mm,
     edit_vma_rows,
+    mm_parts,
     reseal,
     vma_rows,
 )
@@ -78,8 +80,7 @@ def make_image(path: Path) -> None:
         vmas=[Vma(0x10000, 0x14000, 3, 0x22, 0, "anon", vmflags=["rd", "wr"]),
               Vma(0x20000, 0x24000, 3, 0x21, 0, "shmem", shmem_id=sid)],
         pagemap=names.pagemap(PID), pages=names.pages(PID))
-    img.write_json(names.mm(PID), mm)
-    img.write_vmas(names.vmas(PID), mm.vmas)
+    img.write_mm(names.mm(PID), mm)
     with img.pages_writer(names.pages(PID), 3) as w:
         w.write_at(b"a" * PG + b"b" * PG + b"c" * PG, 0)
     img.write_pagemap(names.pagemap(PID), [PagemapEntry(0x10000, 2, PE_PRESENT),
@@ -158,7 +159,7 @@ def _set(path: list[Any], value: object) -> Callable[[Any], None]:
 
 def _vma_rows(fn: Callable[[list[list[int]]], None]) -> Callable[[Path], None]:
     def edit(d: Path) -> None:
-        edit_vma_rows(d / names.vmas(PID), fn)
+        edit_vma_rows(d / names.mm(PID), fn)
     return edit
 
 
@@ -170,9 +171,10 @@ def _row_set(row: int, field: int, value: int) -> Callable[[list[list[int]]], No
 
 def _vmas_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
     def apply(d: Path) -> None:
-        raw = bytearray((d / names.vmas(PID)).read_bytes())
-        edit(raw)
-        (d / names.vmas(PID)).write_bytes(bytes(raw))
+        record, raw = (d / names.mm(PID)).read_bytes().split(b"\n", 1)
+        table = bytearray(raw)
+        edit(table)
+        (d / names.mm(PID)).write_bytes(record + b"\n" + bytes(table))
     return apply
 
 
@@ -207,6 +209,16 @@ def _last_entry_in_parent(raw: bytearray) -> None:
     del raw[-4:]  # and 2 page checksums
 
 
+def _edit_mm(fn: Callable[[Any], None]) -> Callable[[Path], None]:
+    return lambda d: edit_mm(d / names.mm(PID), fn)
+
+
+def _truncate_at_newline(name: str) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        (d / name).write_bytes((d / name).read_bytes().split(b"\n")[0])
+    return edit
+
+
 def _unlink(name: str) -> Callable[[Path], None]:
     return lambda d: (d / name).unlink()
 
@@ -227,9 +239,9 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
                      names.core(PID), "sigmask: expected an integer"),
     "unknown field": (_edit_json(names.core(PID), _set(["evil"], 1)), names.core(PID),
                       "unknown field"),
-    "missing field": (_edit_json(names.mm(PID), lambda d: d.pop("auxv")), names.mm(PID),
+    "missing field": (_edit_mm(lambda d: d.pop("auxv")), names.mm(PID),
                       "missing field 'auxv'"),
-    "vmas in the JSON (version 4)": (_edit_json(names.mm(PID), _set(["vmas"], [])),
+    "vmas in the JSON (version 4)": (_edit_mm(_set(["vmas"], [])),
                                      names.mm(PID), "unknown field(s) ['vmas']"),
     "register out of range": (_edit_json(names.core(PID), _set(["threads", 0, "regs", "rip"],
                                                                1 << 64)),
@@ -248,32 +260,33 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "xstate a number": (_edit_json(names.core(PID), _set(["threads", 0, "xstate"], 7)),
                         names.core(PID), "xstate: expected a string"),
     # The VMA table's rows (tests/engine/image_tools.py V_*).
-    "overlapping vmas": (_vma_rows(_row_set(1, V_START, 0x12000)), names.vmas(PID),
+    "overlapping vmas": (_vma_rows(_row_set(1, V_START, 0x12000)), names.mm(PID),
                          "vma 1 at 0x12000 overlaps"),
-    "unaligned vma": (_vma_rows(_row_set(0, V_END, 0x14001)), names.vmas(PID),
+    "unaligned vma": (_vma_rows(_row_set(0, V_END, 0x14001)), names.mm(PID),
                       "not page aligned"),
-    "vma beyond user space": (_vma_rows(_row_set(0, V_END, 1 << 60)), names.vmas(PID),
+    "vma beyond user space": (_vma_rows(_row_set(0, V_END, 1 << 60)), names.mm(PID),
                               "beyond user space"),
     "vma string reference out of the table": (_vma_rows(_row_set(1, V_PATH, 99)),
-                                              names.vmas(PID), "vma 1: bad string reference 99"),
-    "vma unknown kind": (_vma_rows(_row_set(0, V_KIND, 200)), names.vmas(PID),
+                                              names.mm(PID), "vma 1: bad string reference 99"),
+    "vma unknown kind": (_vma_rows(_row_set(0, V_KIND, 200)), names.mm(PID),
                          "vma 0: bad kind 200"),
-    "vma deleted not a bool": (_vma_rows(_row_set(1, V_DELETED, 2)), names.vmas(PID),
+    "vma deleted not a bool": (_vma_rows(_row_set(1, V_DELETED, 2)), names.mm(PID),
                                "vma 1: bad deleted flag 2"),
     "vma table reserved field set": (_vmas_bytes(lambda b: b.__setitem__(28, 1)),
-                                     names.vmas(PID), "unsupported VMA table version 1/1"),
-    "vma bad prot": (_vma_rows(_row_set(0, V_PROT, 9)), names.vmas(PID), "bad prot 9"),
-    "vma shmem without id": (_vma_rows(_row_set(1, V_SHMEM, 0)), names.vmas(PID),
+                                     names.mm(PID), "unsupported VMA table version 1/1"),
+    "vma bad prot": (_vma_rows(_row_set(0, V_PROT, 9)), names.mm(PID), "bad prot 9"),
+    "vma shmem without id": (_vma_rows(_row_set(1, V_SHMEM, 0)), names.mm(PID),
                              "shmem without id"),
-    "vma table truncated": (_truncate(names.vmas(PID), -3), names.vmas(PID),
+    "vma table truncated": (_truncate(names.mm(PID), -3), names.mm(PID),
                             "does not match 2 VMAs"),
-    "vma table bad magic": (_vmas_bytes(lambda b: b.__setitem__(0, 0)), names.vmas(PID),
+    "vma table bad magic": (_vmas_bytes(lambda b: b.__setitem__(0, 0)), names.mm(PID),
                             "bad magic"),
     "vma table of another version": (_vmas_bytes(lambda b: b.__setitem__(8, 9)),
-                                     names.vmas(PID), "unsupported VMA table version 9/0"),
-    "vma string table unterminated": (_vmas_bytes(_unterminate), names.vmas(PID),
+                                     names.mm(PID), "unsupported VMA table version 9/0"),
+    "vma string table unterminated": (_vmas_bytes(_unterminate), names.mm(PID),
                                       "NUL-terminated"),
-    "vma table missing": (_unlink(names.vmas(PID)), names.vmas(PID), "cannot open"),
+    "mm record without its vma table": (_truncate_at_newline(names.mm(PID)), names.mm(PID),
+                                        "no VMA table after the record"),
     "negative sid": (_edit_json(names.INVENTORY, _set(["tasks", 0, "sid"], -1)),
                      names.INVENTORY, "sid out of range"),
     "pid beyond PID_MAX_LIMIT": (_edit_json(names.INVENTORY, _set(["tasks", 0, "pgid"], 1 << 40)),
@@ -354,15 +367,16 @@ def test_create_refuses_non_empty_dir(tmp_path: Path) -> None:
 
 
 def test_vmas_are_a_binary_table(image: Path) -> None:
-    """The VMAs are columns of vmas-PID.img as docs/IMAGES.md gives them, their strings
-    in the table after the columns; mm-PID.json has none."""
-    assert "vmas" not in json.loads((image / names.mm(PID)).read_text())
-    rows = vma_rows(image / names.vmas(PID))
+    """The VMAs are columns of the table after the record in mm-PID.img, as
+    docs/IMAGES.md gives them, their strings in the table after the columns; the record's
+    JSON has none."""
+    assert "vmas" not in mm_parts(image / names.mm(PID))[0]
+    rows = vma_rows(image / names.mm(PID))
     assert [r[:V_PATH] for r in rows] == [[0x10000, 0x14000, 0, 0, 0x22],
                                           [0x20000, 0x24000, 0, 0, 0x21]]
     assert [(r[V_PROT], r[V_KIND], r[V_DELETED]) for r in rows] == [
         (3, 0, 0), (3, 2, 0)]  # kinds "anon" and "shmem"
-    table = (image / names.vmas(PID)).read_bytes()[-len(b"shmem-77\0rd wr\0"):]
+    table = (image / names.mm(PID)).read_bytes()[-len(b"shmem-77\0rd wr\0"):]
     assert table == b"shmem-77\0rd wr\0"
     assert (rows[1][V_SHMEM], rows[0][V_VMFLAGS], rows[0][V_PATH]) == (1, 2, 0)
 
@@ -421,8 +435,8 @@ def test_self_crc_guards_the_inventory(image: Path) -> None:
 
 
 def test_a_file_the_checksums_list_but_the_dir_lacks_is_refused(image: Path) -> None:
-    (image / names.vmas(PID)).unlink()  # not resealed: the checksums still list it
+    (image / names.mm(PID)).unlink()  # not resealed: the checksums still list it
     with pytest.raises(ImageError) as info:
         load(str(image))
-    assert info.value.message == f"{image / names.vmas(PID)}: missing (listed in the " \
+    assert info.value.message == f"{image / names.mm(PID)}: missing (listed in the " \
                                  "checksums)", info.value.message

@@ -313,7 +313,7 @@ def test_forged_ipc_image_is_refused(case: str, own_ns_image: Path, tmp_path: Pa
     images = tmp_path / "img"
     shutil.copytree(own_ns_image, images)
     if name == "vmas":
-        edit_vma_rows(next(images.glob("vmas-*.img")), edit)
+        edit_vma_rows(next(images.glob("mm-*.img")), edit)
     else:
         _edit(images / name, edit)
     assert reseal(images)

@@ -101,7 +101,7 @@ def test_corrupted_core(dumped: tuple[cr.ZdtmTest, Path]) -> None:
 def test_hostile_value_in_vmas(dumped: tuple[cr.ZdtmTest, Path]) -> None:
     """A VMA beyond user space is refused before any task exists."""
     t, images = dumped
-    vmas = images / f"vmas-{t.pid}.img"
+    vmas = images / f"mm-{t.pid}.img"
     good = vmas.read_bytes()
     edit_vma_rows(vmas, lambda rows: rows[0].__setitem__(V_END, 1 << 60))
     rc, err = _restore(images)
