@@ -46,11 +46,13 @@ from engine.images.records import (
     FORMAT_NAME,
     FORMAT_VERSION,
     PAGE_SIZE,
+    Creds,
     DumpStatsRecord,
     FdEntry,
     FilesImage,
     Inventory,
     MmCore,
+    RlimitRecord,
     ShmemEntry,
     SigInfoRecord,
     TaskCore,
@@ -96,6 +98,31 @@ class DumpStats:
 
 
 @dataclass
+class _ProcFacts:
+    """What a core record takes from /proc of a frozen process (none of it can change
+    until the tree runs again), read while the engine waits for the memory worker."""
+
+    namespaces: dict[str, int]
+    ctty: tuple[str | None, int]  # (path, foreground pgrp), ctty.controlling_tty
+    creds: Creds
+    limits: list[RlimitRecord]
+    cwd: str
+    root: str
+    umask: int
+    personality: int
+    oom_score_adj: int
+
+
+def _proc_facts(pid: int, status: Status, stat: Stat, leaders: set[int]) -> _ProcFacts:
+    """The /proc facts of `pid` (its main thread's status and stat read already);
+    `leaders`: the tree's process group leaders."""
+    return _ProcFacts(namespaces.inodes(pid), ctty.controlling_tty(pid, stat, leaders),
+                      task.creds_of(status), task.limits_of(pid), tasks.cwd(pid),
+                      tasks.root(pid), task.umask_of(status, pid), tasks.personality(pid),
+                      tasks.oom_score_adj(pid))
+
+
+@dataclass
 class _ProcState:
     threads: list[ThreadCore]
     shared_pending: list[SigInfoRecord]
@@ -105,6 +132,7 @@ class _ProcState:
     mm: MmCore | None = None
     cow: list[list[int]] = field(default_factory=list)  # pages shared with the parent
     mm_written: bool = False  # mm-PID.img written (by the memory worker)
+    facts: _ProcFacts | None = None
 
 
 @dataclass
@@ -221,10 +249,14 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
                 state[child].cow = runs
         fault_point("regs")
         lap("regs")
+        leaders = {p.pid for p in frozen.order() if p.pgid == p.pid}  # groups inside
         for p in procs:
             # A task sharing its parent's address space has no memory of its own to track.
             own_mm = "vm" not in tables.get(p.pid, [])
             st = state[p.pid]
+            # (before waiting: while the worker still reads it)
+            st.facts = _step(f"/proc state of {p.pid}", "write", _proc_facts, p.pid,
+                             st.status, st.stat, leaders)
             if worker is not None and own_mm:
                 worker.wait_read(p.pid)  # nothing injected while its memory is read
             inj = st.injected = _step(
@@ -597,7 +629,6 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
     """Every record but the inventory, which is returned (written last by _finish)."""
     entries = []
     per_task_ns: dict[int, dict[str, int]] = {}
-    leaders = {p.pid for p in frozen.order() if p.pgid == p.pid}  # process groups inside
     for p in frozen.order():
         status = state[p.pid].status if p.pid in state else read_status(p.pid)
         entries.append(TaskEntry(p.pid, p.ppid, p.pgid, p.sid, p.state, list(p.threads),
@@ -612,24 +643,24 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             img.write_json(names.core(p.pid), core)
             continue
         st = state[p.pid]
-        assert st.injected is not None
-        per_task_ns[p.pid] = namespaces.inodes(p.pid)
-        tty, tty_pgrp = ctty.controlling_tty(p.pid, st.stat, leaders)
+        assert st.injected is not None and st.facts is not None
+        facts = st.facts
+        per_task_ns[p.pid] = facts.namespaces
         # the process's comm is its main thread's, read with the threads
         comm = next((th.comm for th in st.threads if th.tid == p.pid), None)
         core = TaskCore(
             pid=p.pid, ppid=p.ppid, pgid=p.pgid, sid=p.sid, state=p.state,
-            comm=tasks.comm(p.pid) if comm is None else comm, threads=st.threads, sigactions=st.injected.sigactions,
-            creds=task.creds_of(status), limits=task.limits_of(p.pid),
-            cwd=tasks.cwd(p.pid), root=tasks.root(p.pid), umask=task.umask_of(status, p.pid),
-            personality=tasks.personality(p.pid), fds=fds[p.pid],
+            comm=tasks.comm(p.pid) if comm is None else comm, threads=st.threads,
+            sigactions=st.injected.sigactions, creds=facts.creds, limits=facts.limits,
+            cwd=facts.cwd, root=facts.root, umask=facts.umask,
+            personality=facts.personality, fds=fds[p.pid],
             shared_pending=st.shared_pending, exe=_exe(p.pid) if st.mm is None else st.mm.exe,
-            namespaces=per_task_ns[p.pid],
+            namespaces=facts.namespaces,
             child_subreaper=st.injected.child_subreaper, itimers=st.injected.itimers,
             posix_timers=st.injected.posix_timers, thp_disable=st.injected.thp_disable,
-            oom_score_adj=tasks.oom_score_adj(p.pid), dumpable=st.injected.dumpable,
+            oom_score_adj=facts.oom_score_adj, dumpable=st.injected.dumpable,
             membarrier=st.injected.membarrier,
-            ctty=tty, ctty_pgrp=tty_pgrp, cwd_file=cwds[p.pid],
+            ctty=facts.ctty[0], ctty_pgrp=facts.ctty[1], cwd_file=cwds[p.pid],
         )
         img.write_json(names.core(p.pid), core)
         if st.mm is not None and not st.mm_written:
