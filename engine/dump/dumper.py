@@ -132,6 +132,7 @@ class _ProcState:
     mm: MmCore | None = None
     cow: list[list[int]] = field(default_factory=list)  # pages shared with the parent
     mm_written: bool = False  # mm-PID.img written (by the memory worker)
+    pagemap: bytes | None = None  # its pagemap, once its pages are written (pre-dump: after)
     facts: _ProcFacts | None = None
 
 
@@ -331,7 +332,7 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
     stats.pages_frozen = stats.shmem_pages  # private pages are copied from here on
     lap("release")
     try:
-        _copy_running(img, defer, staging)
+        _copy_running(img, defer, staging, state)
         lap("copy")
         _finish(img, inv, frozen, stats, kind)
         track.hold(images_dir, trackers)  # last: nothing may fail after it
@@ -369,12 +370,17 @@ def _finish(img: ImageDir, inv: Inventory, frozen: tree.FrozenTree, stats: DumpS
     img.write_inventory(names.INVENTORY, inv)  # last, with the checksums of every file
 
 
-def _copy_running(img: ImageDir, copies: list[_Copy], staging: pages.Staging) -> None:
-    """Copy the private pages of a pre-dump while the tree runs. Memory unmapped since
-    reads as zeros: the next dump copies that range again (a new VMA is not tracked)."""
+def _copy_running(img: ImageDir, copies: list[_Copy], staging: pages.Staging,
+                  state: dict[int, _ProcState]) -> None:
+    """Copy the private pages of a pre-dump while the tree runs, then write each mm file
+    with its pagemap. Memory unmapped since reads as zeros: the next dump copies that
+    range again (a new VMA is not tracked)."""
     for c in copies:
-        pages.write_pages(img, names.pagemap(c.pid), names.pages(c.pid), c.runs, c.pid,
-                          c.mem_fd, staging, in_parent=c.in_parent, tolerant=True)
+        pagemap = pages.write_task_pages(img, names.pages(c.pid), c.runs, c.pid, c.mem_fd,
+                                         staging, in_parent=c.in_parent, tolerant=True)
+        mm = state[c.pid].mm
+        assert mm is not None
+        img.write_mm(names.mm(c.pid), mm, pagemap)
 
 
 def _close_copies(copies: list[_Copy]) -> None:
@@ -433,9 +439,9 @@ class _Parent:
     def coverage(self, pid: int) -> list[Interval]:
         """Address ranges the parent image (chain) holds pages for, for `pid`."""
         parent = ImageDir(self.path)
-        if pid not in self.tracked or not parent.exists(names.pagemap(pid)):
+        if pid not in self.tracked or not parent.exists(names.mm(pid)):
             return []
-        pm = parent.read_pagemap(names.pagemap(pid))
+        pm = parent.read_mm(names.mm(pid), MmCore)[2]
         return normalise([(e.addr, e.end) for e in pm.entries])
 
 
@@ -497,7 +503,8 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
                     smaps_reader: Executor) -> None:
     """Private pages and the mm record (st.mm) of one process, injected already."""
     assert st.injected is not None
-    task_vmas = _private_memory(img, p, stats, parent, defer, staging, smaps_reader)
+    task_vmas, st.pagemap = _private_memory(img, p, stats, parent, defer, staging,
+                                            smaps_reader)
     st.mm = _step(f"mm of {p.pid}", "memory", _mm_core, p.pid, task_vmas, st.injected.brk,
                   st.stat)
     st.mm.cow = st.cow
@@ -508,8 +515,9 @@ def _process_memory(img: ImageDir, p: tree.Proc, st: _ProcState, stats: DumpStat
 def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Parent | None,
                     defer: list[_Copy] | None, staging: pages.Staging,
                     smaps_reader: Executor, task_writes: bool = True,
-                    known: memworker.Layout | None = None) -> list[Vma]:
-    """Private pages of one process (written, or deferred); returns its VMAs.
+                    known: memworker.Layout | None = None) -> tuple[list[Vma], bytes | None]:
+    """Private pages of one process (written, or deferred); returns its VMAs and its
+    pagemap (None: deferred).
 
     Which pages to copy, and their copy, need only the layout (maps); smaps, whose page
     walk costs ~50 ms per resident GiB, is read meanwhile in a thread. Nothing may change
@@ -530,6 +538,7 @@ def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Pare
         stats.pages += sum(r.length for r in runs) // PAGE_SIZE
         stats.parent_pages += sum(e - s for s, e in in_parent) // PAGE_SIZE
         mem_fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        pagemap = None
         try:
             if defer is not None:
                 defer.append(_Copy(p.pid, runs, in_parent, mem_fd))
@@ -537,14 +546,14 @@ def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Pare
             elif not task_writes or not img.pages_direct or not selfwrite.wanted(runs):
                 # (a file written through the page cache in the task's long writes got
                 # large folios, 26-194 ms for 64 MiB here: the engine writes 64 KiB pieces)
-                pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
-                                  p.pid, mem_fd, staging, in_parent=in_parent)
+                pagemap = pages.write_task_pages(img, names.pages(p.pid), runs, p.pid,
+                                                 mem_fd, staging, in_parent=in_parent)
             else:
                 smaps.result()  # the task's writes inject: the address space changes
                 writer = selfwrite.TaskWriter(p.pid)
-                pages.write_pages(img, names.pagemap(p.pid), names.pages(p.pid), runs,
-                                  p.pid, mem_fd, staging, in_parent=in_parent,
-                                  task_writer=writer)
+                pagemap = pages.write_task_pages(img, names.pages(p.pid), runs, p.pid,
+                                                 mem_fd, staging, in_parent=in_parent,
+                                                 task_writer=writer)
                 stats.task_written += writer.bytes
         finally:
             if mem_fd >= 0:
@@ -553,30 +562,31 @@ def _private_memory(img: ImageDir, p: tree.Proc, stats: DumpStats, parent: _Pare
     finally:
         wait([smaps])  # never leave it reading while the task runs again
     stats.vmas += len(layout)
-    return layout
+    return layout, pagemap
 
 
 def _read_memory(img: ImageDir, p: tree.Proc, staging: pages.Staging,
                  smaps_reader: Executor, known: memworker.Layout
-                 ) -> tuple[list[Vma], int, int]:
+                 ) -> tuple[list[Vma], bytes, int, int]:
     """_private_memory as the memory worker runs it, before the task is injected (the
     injection puts back all it changes, and the engine waits for this before it injects
     the task): every page written by the worker (a task writing its own would need the
-    tracer's injection); the VMAs, final from here on, go into the mm file (_write_mm).
-    Returns the VMAs and the pages and VMAs counted."""
+    tracer's injection); the VMAs, final from here on, and the pagemap go into the mm
+    file (_write_mm). Returns the VMAs, the pagemap, and the pages and VMAs counted."""
     stats = DumpStats()
-    task_vmas = _private_memory(img, p, stats, None, None, staging, smaps_reader,
-                                task_writes=False, known=known)
-    return task_vmas, stats.pages, stats.vmas
+    task_vmas, pagemap = _private_memory(img, p, stats, None, None, staging, smaps_reader,
+                                         task_writes=False, known=known)
+    assert pagemap is not None  # (not deferred)
+    return task_vmas, pagemap, stats.pages, stats.vmas
 
 
-def _write_mm(img: ImageDir, pid: int, task_vmas: list[Vma], brk: int, stat: Stat,
-              cow: list[list[int]]) -> MmCore:
+def _write_mm(img: ImageDir, pid: int, task_vmas: list[Vma], pagemap: bytes, brk: int,
+              stat: Stat, cow: list[list[int]]) -> MmCore:
     """The mm record of a task the memory worker read, once its injection told its brk:
-    written into the image by the worker too."""
+    written into the image by the worker too, with its VMAs and pagemap."""
     mm = _mm_core(pid, task_vmas, brk, stat)
     mm.cow = cow
-    img.write_mm(names.mm(pid), mm)
+    img.write_mm(names.mm(pid), mm, pagemap)
     return mm
 
 
@@ -617,7 +627,7 @@ def _mm_core(pid: int, task_vmas: list[Vma], brk: int, st: Stat) -> MmCore:
         end_data=st.end_data, start_brk=st.start_brk, brk=brk, start_stack=st.start_stack,
         arg_start=st.arg_start, arg_end=st.arg_end, env_start=st.env_start,
         env_end=st.env_end, auxv=auxv, vmas=task_vmas, exe=exe,
-        pagemap=names.pagemap(pid), pages=names.pages(pid),
+        pages=names.pages(pid),
         files=fileids.identities(pid, exe, task_vmas),
     )
 
@@ -663,8 +673,8 @@ def _write(img: ImageDir, frozen: tree.FrozenTree, state: dict[int, _ProcState],
             ctty=facts.ctty[0], ctty_pgrp=facts.ctty[1], cwd_file=cwds[p.pid],
         )
         img.write_json(names.core(p.pid), core)
-        if st.mm is not None and not st.mm_written:
-            img.write_mm(names.mm(p.pid), st.mm)
+        if st.mm is not None and not st.mm_written and st.pagemap is not None:
+            img.write_mm(names.mm(p.pid), st.mm, st.pagemap)  # (pre-dump: after its copy)
     img.write_json(names.FILES, FilesImage(table.files, table.mapped))
     unames = {pid: s.injected.uname for pid, s in state.items() if s.injected is not None}
     return Inventory(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, parent=parent,

@@ -7,9 +7,10 @@ tracer. The engine hands each task to the worker as soon as its registers are re
 waits for the worker to be done with a task before it injects into it: an injection maps
 a code page and writes a signal frame below the stack pointer, and puts both back, so
 memory read before it is the task's as it is after it. The worker writes the task's pages
-and pagemap into the image; once the injection told the task's brk, a second job has it
-write the mm record and the VMA table after it (the VMAs stay in the worker till then). It sends back the mm record, the
-files' checksums and its counts; the engine takes those as if it had written them. A task's
+into the image; once the injection told the task's brk, a second job has it write the mm
+file: the record, the VMA table and the pagemap (both stay in the worker till then). It
+sends back the mm record, the files' checksums and its counts; the engine takes those as
+if it had written them. A task's
 read first finds the pages each of its children shares copy-on-write with it (for their
 mm records; the children's layouts read then serve their own reads): parents are read
 before their children and injected after their read, so neither of a pair is injected
@@ -55,13 +56,13 @@ class Counts(Protocol):
 #: A task's maps text and the VMAs parsed from it, without VmFlags (dump.vmas.layout).
 Layout = tuple[bytes, list[Vma]]
 #: Reads one task's memory into the image before its injection: (img, proc, staging,
-#: smaps reader, its layout) -> its VMAs and the pages and VMAs it counted (the dumper's
-#: _read_memory).
+#: smaps reader, its layout) -> its VMAs, its pagemap, and the pages and VMAs it counted
+#: (the dumper's _read_memory).
 Reader = Callable[[ImageDir, Proc, pages.Staging, Executor, Layout],
-                  tuple[list[Vma], int, int]]
-#: Writes a task's mm record: (img, pid, its VMAs, brk, its Stat, pages shared with the
-#: parent) -> the record (the dumper's _write_mm).
-MmWriter = Callable[[ImageDir, int, list[Vma], int, Any, list[list[int]]], MmCore]
+                  tuple[list[Vma], bytes, int, int]]
+#: Writes a task's mm file: (img, pid, its VMAs, its pagemap, brk, its Stat, pages shared
+#: with the parent) -> the record (the dumper's _write_mm).
+MmWriter = Callable[[ImageDir, int, list[Vma], bytes, int, Any, list[list[int]]], MmCore]
 #: The pages each child shares copy-on-write with its parent: ([(child, parent)], their
 #: VMAs by pid) -> runs by child (the dumper's _shared_pages).
 CowFinder = Callable[[list[tuple[int, int]], dict[int, list[Vma]]],
@@ -117,7 +118,7 @@ class MemoryWorker:
         """Have it read task p (frozen, not injected, nor are its `children`, whose
         pages shared with it copy-on-write it finds first). Parents before children. The
         files it will write are the image's from now on: a failed dump removes them."""
-        self._img.created_files += [names.pagemap(p.pid), names.pages(p.pid)]
+        self._img.created_files.append(names.pages(p.pid))
         self._worker.send(("read", p, children))
 
     def wait_read(self, pid: int) -> None:
@@ -176,6 +177,7 @@ class _WorkerSide:
         self.staging: pages.Staging | None = None
         self.layouts: dict[int, Layout] = {}  # of children, read with their parents
         self.vmas: dict[int, list[Vma]] = {}
+        self.pagemaps: dict[int, bytes] = {}
         self.cow: dict[int, list[list[int]]] = {}
 
     def __call__(self, job: tuple[Any, ...]) -> _Written:
@@ -185,8 +187,9 @@ class _WorkerSide:
             result = self._read(job[1], job[2])
         else:
             _kind, pid, brk, stat = job
-            result = _Mm(pid, [], {}, [], self.write_mm(self.img, pid, self.vmas.pop(pid),
-                                                        brk, stat, self.cow.pop(pid, [])))
+            result = _Mm(pid, [], {}, [], self.write_mm(
+                self.img, pid, self.vmas.pop(pid), self.pagemaps.pop(pid), brk, stat,
+                self.cow.pop(pid, [])))
         result.created = self.img.created_files[before:]
         result.checksums = {n: self.img.checksums[n] for n in result.created
                             if n in self.img.checksums}
@@ -204,6 +207,6 @@ class _WorkerSide:
                                   {pid: self.layouts[pid][1] for pid in children}
                                   | {p.pid: own[1]})
             self.cow.update(found)
-        self.vmas[p.pid], nr_pages, nr_vmas = self.read(self.img, p, self.staging, _Inline(),
-                                                        own)
+        self.vmas[p.pid], self.pagemaps[p.pid], nr_pages, nr_vmas = self.read(
+            self.img, p, self.staging, _Inline(), own)
         return _Read(p.pid, [], {}, [], nr_pages, nr_vmas)

@@ -23,7 +23,14 @@ from typing import NamedTuple, Self
 
 from engine.dump.vmas import has_private_pages
 from engine.errors import EngineError
-from engine.images.imgdir import PE_PARENT, PE_PRESENT, ImageDir, PagemapEntry, PagesWriter
+from engine.images.imgdir import (
+    PE_PARENT,
+    PE_PRESENT,
+    ImageDir,
+    PagemapEntry,
+    PagesWriter,
+    encode_pagemap,
+)
 from engine.images.records import PAGE_SIZE, Vma
 from engine.kernel import pagecrc, uapi
 from engine.kernel import sys as ksys
@@ -365,11 +372,21 @@ TaskWriter = Callable[[PagesWriter, list[tuple[Run, int]]], list[tuple[Run, int]
 
 
 def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Run],
-                read_vm: int, mem_fd: int, staging: Staging, base: int = 0,
-                in_parent: list[tuple[int, int]] | None = None,
-                task_writer: TaskWriter | None = None, tolerant: bool = False) -> int:
-    """Write the data of `runs` and then the pagemap, with the checksum of every page;
-    returns the number of pages stored.
+                read_vm: int, mem_fd: int, staging: Staging, base: int = 0) -> int:
+    """Write the data of `runs` and then their pagemap file, with the checksum of every
+    page (a shmem object's, a SysV segment's: write_task_pages); returns the number of
+    pages stored."""
+    pagemap = write_task_pages(img, pages_name, runs, read_vm, mem_fd, staging, base)
+    img.write_bytes(pagemap_name, pagemap)
+    return sum(r.length for r in runs) // PAGE_SIZE
+
+
+def write_task_pages(img: ImageDir, pages_name: str, runs: list[Run], read_vm: int,
+                     mem_fd: int, staging: Staging, base: int = 0,
+                     in_parent: list[tuple[int, int]] | None = None,
+                     task_writer: TaskWriter | None = None, tolerant: bool = False) -> bytes:
+    """Write the data of `runs`, with the checksum of every page; returns their pagemap
+    (encode_pagemap: a task's goes into its mm file, ImageDir.write_mm).
 
     `read_vm` is the pid for process_vm_readv (0: never use it); `mem_fd` is an fd to read
     `via_mem` runs (and every run when read_vm is 0) with pread at `addr + base`. The
@@ -395,8 +412,7 @@ def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Ru
         out.abort()
         raise
     out.close()
-    img.write_pagemap(pagemap_name, entries, out.sums)
-    return nr_pages
+    return encode_pagemap(entries, out.sums)
 
 
 def _stage(out: PagesWriter, staging: Staging, placed: list[tuple[Run, int]], read_vm: int,

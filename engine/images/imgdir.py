@@ -49,6 +49,7 @@ PAGEMAP_VERSION = 2
 # then one u32 checksum per stored page (pagecrc.PageSums)
 _PM_HEADER = struct.Struct("<8sIIQQI")
 _PM_ENTRY = struct.Struct("<QII")  # address (or object offset), nr_pages, flags
+_MM_TABLE = struct.Struct("<Q")  # the VMA table's size in an mm file (write_mm)
 
 #: Checksums cover each file in pieces of this size (a reader may verify any piece alone).
 CRC_CHUNK = 1 << 20
@@ -310,26 +311,19 @@ class ImageDir:
         finally:
             os.close(fd)
 
-    def write_mm(self, name: str, mm: Any) -> None:
+    def write_mm(self, name: str, mm: Any, pagemap: bytes) -> None:
         """Write a process's mm record: its JSON (one line, without the VMAs), a newline,
-        then its VMAs (`mm.vmas`) as a binary table (engine/images/vmatable.py). One file,
-        not two: every file a dump creates is an inode allocation, serialized on the
-        directory's lock."""
+        the u64 size of its VMA table, the table (`mm.vmas`, engine/images/vmatable.py),
+        then its pagemap (encode_pagemap). One file, not three: every file a dump creates
+        is an inode allocation, serialized on the directory's lock."""
         text = json.dumps(to_dict(mm), separators=(",", ":"))
-        self.write_bytes(name, text.encode() + b"\n" + vmatable.encode(mm.vmas))
+        table = vmatable.encode(mm.vmas)
+        self.write_bytes(name, b"".join((text.encode(), b"\n", _MM_TABLE.pack(len(table)),
+                                         table, pagemap)))
 
     def write_pagemap(self, name: str, entries: list[PagemapEntry], sums: PageSums) -> None:
-        """Write a binary pagemap; entries must be sorted and not overlap, and `sums`
-        hold the checksum of every page they store (the pages file's, in file order)."""
-        stored = sum(e.nr_pages for e in entries if e.flags & PE_PRESENT)
-        if len(sums.values) != stored:
-            raise ValueError(f"{len(sums.values)} page checksums for {stored} pages")
-        buf = bytearray(_PM_HEADER.pack(PAGEMAP_MAGIC, PAGEMAP_VERSION, _PM_ENTRY.size,
-                                        len(entries), stored, sums.algo))
-        for e in entries:
-            buf += _PM_ENTRY.pack(e.addr, e.nr_pages, e.flags)
-        buf += sums.values.tobytes()
-        self.write_bytes(name, buf)
+        """Write a binary pagemap file (encode_pagemap)."""
+        self.write_bytes(name, encode_pagemap(entries, sums))
 
     def pages_writer(self, name: str, nr_pages: int, direct: bool = False) -> PagesWriter:
         """A new pages file that must receive exactly nr_pages pages. With `direct` (and
@@ -503,53 +497,77 @@ class ImageDir:
         except RecordError as e:
             raise ImageError(path, str(e)) from None
 
-    def read_mm(self, name: str, cls: type[T]) -> tuple[T, vmatable.VmaTable]:
-        """Read and validate an mm record (write_mm) of type cls and its VMA table
-        (sorted, disjoint VMA records), which the caller makes its `vmas`."""
-        raw = self.read_bytes(name, MAX_JSON_BYTES)
-        end = raw.find(b"\n")
-        if end < 0:
-            raise ImageError(self.file(name), "no VMA table after the record")
-        record = self._decode(name, raw[:end], cls)
-        try:
-            return record, vmatable.decode(raw[end + 1:])
-        except RecordError as e:
-            raise ImageError(self.file(name), str(e)) from None
-
-    def read_pagemap(self, name: str) -> Pagemap:
-        """Read and validate a binary pagemap."""
+    def read_mm(self, name: str, cls: type[T]
+                ) -> tuple[T, vmatable.VmaTable, Pagemap]:
+        """Read and validate an mm record (write_mm) of type cls, its VMA table (sorted,
+        disjoint VMA records), which the caller makes its `vmas`, and its pagemap."""
         path = self.file(name)
         raw = self.read_bytes(name, MAX_JSON_BYTES)
-        if len(raw) < _PM_HEADER.size:
-            raise ImageError(path, "truncated pagemap header")
-        magic, version, esize, count, stored, algo = _PM_HEADER.unpack_from(raw)
-        if magic != PAGEMAP_MAGIC:
-            raise ImageError(path, "bad pagemap magic")
-        if version != PAGEMAP_VERSION or esize != _PM_ENTRY.size:
-            raise ImageError(path, f"unsupported pagemap version {version}/{esize}")
-        if algo not in pagecrc.ALGO_NAMES:
-            raise ImageError(path, f"unknown page checksum algorithm {algo}")
-        sums_at = _PM_HEADER.size + count * esize
-        if len(raw) != sums_at + 4 * stored:
-            raise ImageError(path, f"pagemap size {len(raw)} does not match {count} entries "
-                                   f"and {stored} page checksums")
-        # Each 16-byte run is u64 address, u32 pages, u32 flags: columns by slicing.
-        body = raw[_PM_HEADER.size:sums_at]
-        words, halves = array("Q", body), array("I", body)
-        pm = Pagemap(words[0::2].tolist(), halves[2::4].tolist(), halves[3::4].tolist(), [],
-                     stored, PageSums(algo, array("I", raw[sums_at:])))
-        _check_entries(path, pm)
-        pm.offsets.extend(_offsets(pm))
-        present = sum(itertools.compress(pm.counts, map(PE_PRESENT.__eq__, pm.flags)))
-        if present != stored:
-            raise ImageError(path, f"header says {stored} pages stored, entries say "
-                                   f"{present}")
-        return pm
+        end = raw.find(b"\n")
+        if end < 0 or len(raw) < end + 1 + _MM_TABLE.size:
+            raise ImageError(path, "no VMA table after the record")
+        record = self._decode(name, raw[:end], cls)
+        start = end + 1 + _MM_TABLE.size
+        (size,) = _MM_TABLE.unpack_from(raw, end + 1)
+        if size > len(raw) - start:
+            raise ImageError(path, f"VMA table of {size} bytes beyond the end of the file")
+        try:
+            table = vmatable.decode(raw[start:start + size])
+        except RecordError as e:
+            raise ImageError(path, str(e)) from None
+        return record, table, decode_pagemap(path, raw[start + size:])
+
+    def read_pagemap(self, name: str) -> Pagemap:
+        """Read and validate a binary pagemap file."""
+        return decode_pagemap(self.file(name), self.read_bytes(name, MAX_JSON_BYTES))
 
     def pages_reader(self, name: str, pm: Pagemap) -> PagesReader:
         """Map a pages file read-only after checking it holds exactly the pages `pm`
         stores; whoever uses its data checks it against `pm`'s checksums (verify)."""
         return PagesReader(self.file(name), self.open_file(name), pm.sums)
+
+
+def encode_pagemap(entries: list[PagemapEntry], sums: PageSums) -> bytes:
+    """A binary pagemap (docs/IMAGES.md); entries must be sorted and not overlap, and
+    `sums` hold the checksum of every page they store (the pages file's, in file order)."""
+    stored = sum(e.nr_pages for e in entries if e.flags & PE_PRESENT)
+    if len(sums.values) != stored:
+        raise ValueError(f"{len(sums.values)} page checksums for {stored} pages")
+    buf = bytearray(_PM_HEADER.pack(PAGEMAP_MAGIC, PAGEMAP_VERSION, _PM_ENTRY.size,
+                                    len(entries), stored, sums.algo))
+    for e in entries:
+        buf += _PM_ENTRY.pack(e.addr, e.nr_pages, e.flags)
+    buf += sums.values.tobytes()
+    return bytes(buf)
+
+
+def decode_pagemap(path: str, raw: bytes) -> Pagemap:
+    """A binary pagemap's entries and checksums, validated; errors name `path`."""
+    if len(raw) < _PM_HEADER.size:
+        raise ImageError(path, "truncated pagemap header")
+    magic, version, esize, count, stored, algo = _PM_HEADER.unpack_from(raw)
+    if magic != PAGEMAP_MAGIC:
+        raise ImageError(path, "bad pagemap magic")
+    if version != PAGEMAP_VERSION or esize != _PM_ENTRY.size:
+        raise ImageError(path, f"unsupported pagemap version {version}/{esize}")
+    if algo not in pagecrc.ALGO_NAMES:
+        raise ImageError(path, f"unknown page checksum algorithm {algo}")
+    sums_at = _PM_HEADER.size + count * esize
+    if len(raw) != sums_at + 4 * stored:
+        raise ImageError(path, f"pagemap size {len(raw)} does not match {count} entries "
+                               f"and {stored} page checksums")
+    # Each 16-byte run is u64 address, u32 pages, u32 flags: columns by slicing.
+    body = raw[_PM_HEADER.size:sums_at]
+    words, halves = array("Q", body), array("I", body)
+    pm = Pagemap(words[0::2].tolist(), halves[2::4].tolist(), halves[3::4].tolist(), [],
+                 stored, PageSums(algo, array("I", raw[sums_at:])))
+    _check_entries(path, pm)
+    pm.offsets.extend(_offsets(pm))
+    present = sum(itertools.compress(pm.counts, map(PE_PRESENT.__eq__, pm.flags)))
+    if present != stored:
+        raise ImageError(path, f"header says {stored} pages stored, entries say "
+                               f"{present}")
+    return pm
 
 
 def _check_entries(path: str, pm: Pagemap) -> None:

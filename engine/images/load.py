@@ -185,16 +185,16 @@ def _load(path: str, trusted: bool, verify_pages: bool,
 def _load_mm(d: ImageDir, pid: int, shmem: dict[str, ShmemImage],
              mapped: set[tuple[str, int]], ipc: IpcNsImage | None, parent: str | None,
              verify_pages: bool) -> tuple[MmCore, Pagemap]:
-    """A task's mm record with its VMAs, and its pagemap, each checked against the
-    other and against the image's shmem objects, mapped files and SysV segments."""
-    mm, vmas = d.read_mm(names.mm(pid), MmCore)
+    """A task's mm record with its VMAs, and its pagemap (all three in its mm file), each
+    checked against the other and against the image's shmem objects, mapped files and
+    SysV segments, and the pagemap against the pages file."""
+    mm, vmas, pm = d.read_mm(names.mm(pid), MmCore)
     mm.vmas = vmas
     where = d.file(names.mm(pid))
     _check_vma_refs(where, vmas, shmem, mapped)
     _check_sysv_attaches(where, vmas, ipc)
-    pm = d.read_pagemap(mm.pagemap)
-    _check_in_vmas(d.file(mm.pagemap), pm, mm)
-    _check_pages(d, mm.pagemap, mm.pages, pm, parent, verify_pages)
+    _check_in_vmas(where, pm, mm)
+    _check_pages(d, names.mm(pid), mm.pages, pm, parent, verify_pages)
     return mm, pm
 
 
@@ -407,6 +407,7 @@ def _xstate(th: ThreadCore, where: str) -> bytes:
 
 def _check_pages(d: ImageDir, pagemap: str, pages: str, pm: Pagemap,
                  parent: str | None, verify: bool) -> None:
+    """`pm` (read from file `pagemap`) against the pages file `pages`."""
     if parent is None and PE_PARENT in pm.flags:
         raise ImageError(d.file(pagemap), "refers to a parent image but there is none")
     size = d.size(pages) if d.exists(pages) else -1

@@ -12,13 +12,8 @@ def core(pid: int) -> str:
 
 
 def mm(pid: int) -> str:
-    """Per-task memory layout record and VMA table (ImageDir.write_mm)."""
+    """Per-task memory layout record, VMA table and pagemap (ImageDir.write_mm)."""
     return f"mm-{pid}.img"
-
-
-def pagemap(pid: int) -> str:
-    """Per-task binary pagemap."""
-    return f"pagemap-{pid}.img"
 
 
 def pages(pid: int) -> str:

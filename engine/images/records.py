@@ -692,8 +692,7 @@ class MmCore:
     auxv: list[int]  # flat (type, value) pairs up to and including AT_NULL
     vmas: Sequence[Vma] = field(default_factory=list)  # sorted, disjoint (vmatable checks)
     exe: str | None = None
-    pagemap: str = ""
-    pages: str = ""
+    pages: str = ""  # its pages file (its pagemap is in the mm file, after the VMA table)
     #: the executable and every mapped file, as they were (one entry per path)
     files: list[FileIdentity] = field(default_factory=list)
     #: [address, pages] runs of private pages that were, at the dump, the very pages the
@@ -709,7 +708,7 @@ class MmCore:
         if not _all_u64(self.auxv):
             for v in self.auxv:
                 _check_u64(v, "auxv value")
-        _check(_safe_name(self.pagemap) and _safe_name(self.pages), "bad pagemap/pages name")
+        _check(_safe_name(self.pages), "bad pages file name")
         prev_end = 0
         for run in self.cow:
             _check(len(run) == 2, "cow runs must be [address, pages] pairs")

@@ -18,6 +18,7 @@ _SUFFIX = b',"self_crc":'
 # The VMA table of mm-PID.img as docs/IMAGES.md gives it (independent of
 # engine/images/vmatable.py)
 _VMA_HEADER = struct.Struct("<8sIIQII")
+_MM_TABLE = struct.Struct("<Q")  # the VMA table's size, after the record's line
 _VMA_COLUMNS = "QQQQIIIIIBBB"
 #: field indexes of a VMA (its columns, in file order)
 V_START, V_END, V_PGOFF, V_INODE, V_FLAGS, V_PATH, V_DEV, V_SHMEM, V_VMFLAGS, V_PROT, \
@@ -46,18 +47,36 @@ def reseal(image: Path) -> bool:
     return True
 
 
-def mm_parts(path: Path) -> tuple[Any, bytes]:
-    """An mm-PID.img file's record (parsed JSON) and its VMA table's bytes."""
-    text, _, table = path.read_bytes().partition(b"\n")
-    return json.loads(text), table
+def mm_parts(path: Path) -> tuple[Any, bytes, bytes]:
+    """An mm-PID.img file's record (parsed JSON), VMA table and pagemap (their bytes)."""
+    text, _, rest = path.read_bytes().partition(b"\n")
+    (size,) = _MM_TABLE.unpack_from(rest)
+    table = rest[_MM_TABLE.size:_MM_TABLE.size + size]
+    return json.loads(text), table, rest[_MM_TABLE.size + size:]
+
+
+def write_mm_parts(path: Path, record: Any, table: bytes, pagemap: bytes) -> None:
+    """An mm-PID.img file of these parts (as docs/IMAGES.md gives its layout)."""
+    path.write_bytes(json.dumps(record).encode() + b"\n" + _MM_TABLE.pack(len(table))
+                     + table + pagemap)
 
 
 def edit_mm(path: Path, fn: Callable[[Any], None]) -> None:
-    """Change the record of an mm-PID.img file in place (its VMA table kept as it is).
-    Reseal afterwards."""
-    record, table = mm_parts(path)
+    """Change the record of an mm-PID.img file in place (its VMA table and pagemap kept
+    as they are). Reseal afterwards."""
+    record, table, pagemap = mm_parts(path)
     fn(record)
-    path.write_bytes(json.dumps(record).encode() + b"\n" + table)
+    write_mm_parts(path, record, table, pagemap)
+
+
+def edit_mm_bytes(path: Path, part: int, fn: Callable[[bytearray], None]) -> None:
+    """Change the bytes of an mm-PID.img file's VMA table (part 1) or pagemap (part 2) in
+    place. Reseal afterwards."""
+    parts = list(mm_parts(path))
+    raw = bytearray(parts[part])
+    fn(raw)
+    parts[part] = bytes(raw)
+    write_mm_parts(path, *parts)
 
 
 def vma_rows(path: Path) -> list[list[int]]:
@@ -75,8 +94,9 @@ def vma_rows(path: Path) -> list[list[int]]:
 
 def edit_vma_rows(path: Path, fn: Callable[[list[list[int]]], None]) -> None:
     """Change the VMAs of an mm-PID.img file's VMA table in place (the header's count
-    follows; the record and the string table are kept as they are). Reseal afterwards."""
-    record, raw = path.read_bytes().split(b"\n", 1)
+    follows; the record, the string table and the pagemap are kept as they are). Reseal
+    afterwards."""
+    record, raw, pagemap = mm_parts(path)
     head = _VMA_HEADER.unpack_from(raw)
     table = raw[_VMA_HEADER.size + head[3] * struct.calcsize("<" + _VMA_COLUMNS):]
     rows = vma_rows(path)
@@ -84,5 +104,5 @@ def edit_vma_rows(path: Path, fn: Callable[[list[list[int]]], None]) -> None:
     cols = list(zip(*rows)) if rows else [()] * len(_VMA_COLUMNS)
     body = b"".join(struct.pack(f"<{len(rows)}{code}", *col)
                     for code, col in zip(_VMA_COLUMNS, cols))
-    path.write_bytes(record + b"\n" + _VMA_HEADER.pack(*head[:3], len(rows), *head[4:])
-                     + body + table)
+    write_mm_parts(path, record, _VMA_HEADER.pack(*head[:3], len(rows), *head[4:]) + body
+                   + table, pagemap)

@@ -71,7 +71,7 @@ def test_plan_sessions_refuses_without_a_sibling() -> None:
 def _mm(vmas: list[Vma]) -> MmCore:
     return MmCore(start_code=0, end_code=0, start_data=0, end_data=0, start_brk=0, brk=0,
                   start_stack=0, arg_start=0, arg_end=0, env_start=0, env_end=0,
-                  auxv=[0, 0], vmas=vmas, pagemap="p", pages="q")
+                  auxv=[0, 0], vmas=vmas, pages="q")
 
 
 def test_layout_restores_hints_and_mlock() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from engine.errors import EngineError
 from engine.images import PE_PARENT, PE_PRESENT, ImageDir, ImageError, PagemapEntry, load, names
+from engine.images.imgdir import encode_pagemap
 from engine.images.load import MAX_PARENT_DEPTH, XSTATE_MIN, _xstate
 from engine.images.records import (
     FORMAT_NAME,
@@ -47,6 +48,7 @@ from tests.engine.image_tools import (
     V_START,
     V_VMFLAGS,
     edit_mm,
+    edit_mm_bytes,
     edit_vma_rows,
     mm_parts,
     reseal,
@@ -79,12 +81,12 @@ def make_image(path: Path) -> None:
         *([0] * 11), auxv=[6, 4096, 0, 0],
         vmas=[Vma(0x10000, 0x14000, 3, 0x22, 0, "anon", vmflags=["rd", "wr"]),
               Vma(0x20000, 0x24000, 3, 0x21, 0, "shmem", shmem_id=sid)],
-        pagemap=names.pagemap(PID), pages=names.pages(PID))
-    img.write_mm(names.mm(PID), mm)
+        pages=names.pages(PID))
     with img.pages_writer(names.pages(PID), 3) as w:
         w.write_at(b"a" * PG + b"b" * PG + b"c" * PG, 0)
-    img.write_pagemap(names.pagemap(PID), [PagemapEntry(0x10000, 2, PE_PRESENT),
-                                           PagemapEntry(0x13000, 1, PE_PRESENT)], w.sums)
+    img.write_mm(names.mm(PID), mm, encode_pagemap([PagemapEntry(0x10000, 2, PE_PRESENT),
+                                                    PagemapEntry(0x13000, 1, PE_PRESENT)],
+                                                   w.sums))
     with img.pages_writer(names.shmem_pages(sid), 1) as w:
         w.write_at(b"s" * PG, 0)
     img.write_pagemap(names.shmem_pagemap(sid), [PagemapEntry(PG, 1, PE_PRESENT)], w.sums)
@@ -171,10 +173,7 @@ def _row_set(row: int, field: int, value: int) -> Callable[[list[list[int]]], No
 
 def _vmas_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
     def apply(d: Path) -> None:
-        record, raw = (d / names.mm(PID)).read_bytes().split(b"\n", 1)
-        table = bytearray(raw)
-        edit(table)
-        (d / names.mm(PID)).write_bytes(record + b"\n" + bytes(table))
+        edit_mm_bytes(d / names.mm(PID), 1, edit)
     return apply
 
 
@@ -185,9 +184,7 @@ def _unterminate(raw: bytearray) -> None:
 
 def _pagemap_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
     def apply(d: Path) -> None:
-        raw = bytearray((d / names.pagemap(PID)).read_bytes())
-        edit(raw)
-        (d / names.pagemap(PID)).write_bytes(bytes(raw))
+        edit_mm_bytes(d / names.mm(PID), 2, edit)
     return apply
 
 
@@ -277,7 +274,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "vma bad prot": (_vma_rows(_row_set(0, V_PROT, 9)), names.mm(PID), "bad prot 9"),
     "vma shmem without id": (_vma_rows(_row_set(1, V_SHMEM, 0)), names.mm(PID),
                              "shmem without id"),
-    "vma table truncated": (_truncate(names.mm(PID), -3), names.mm(PID),
+    "vma table truncated": (_vmas_bytes(lambda b: b.__delitem__(slice(-3, None))), names.mm(PID),
                             "does not match 2 VMAs"),
     "vma table bad magic": (_vmas_bytes(lambda b: b.__setitem__(0, 0)), names.mm(PID),
                             "bad magic"),
@@ -299,20 +296,20 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "fd to unknown file": (_edit_json(names.core(PID), _set(["fds", 0, "file_id"], 9)),
                            names.core(PID), "unknown file 9"),
     "pipe content missing": (_unlink(names.pipe_content(99)), names.FILES, "missing"),
-    "pagemap bad magic": (_pagemap_bytes(lambda b: b.__setitem__(0, 0)), names.pagemap(PID),
+    "pagemap bad magic": (_pagemap_bytes(lambda b: b.__setitem__(0, 0)), names.mm(PID),
                           "magic"),
-    "pagemap truncated": (_truncate(names.pagemap(PID), -3), names.pagemap(PID),
+    "pagemap truncated": (_truncate(names.mm(PID), -3), names.mm(PID),
                           "does not match"),
-    "pagemap unsorted": (_pagemap_bytes(_first_entry_at(0x13000)), names.pagemap(PID),
+    "pagemap unsorted": (_pagemap_bytes(_first_entry_at(0x13000)), names.mm(PID),
                          "unsorted"),
-    "pagemap outside vmas": (_pagemap_bytes(_second_entry_at(0x30000)), names.pagemap(PID),
+    "pagemap outside vmas": (_pagemap_bytes(_second_entry_at(0x30000)), names.mm(PID),
                              "outside every VMA"),
     "pagemap in a gap between vmas": (_pagemap_bytes(_second_entry_at(0x1c000)),
-                                      names.pagemap(PID), "0x1c000 lie outside every VMA"),
-    "pagemap run past its vma": (_vma_rows(_row_set(0, V_END, 0x11000)), names.pagemap(PID),
+                                      names.mm(PID), "0x1c000 lie outside every VMA"),
+    "pagemap run past its vma": (_vma_rows(_row_set(0, V_END, 0x11000)), names.mm(PID),
                                  "0x10000 run past a VMA end"),
     "pagemap parent without parent": (_pagemap_bytes(_last_entry_in_parent),
-                                      names.pagemap(PID), "parent image but there is none"),
+                                      names.mm(PID), "parent image but there is none"),
     "pages truncated": (_truncate(names.pages(PID), -100), names.pages(PID),
                         "pagemap says"),
     "shmem offset beyond size": (_edit_json(names.INVENTORY, _set(["shmem", 0, "size"], PG)),
@@ -376,7 +373,7 @@ def test_vmas_are_a_binary_table(image: Path) -> None:
                                           [0x20000, 0x24000, 0, 0, 0x21]]
     assert [(r[V_PROT], r[V_KIND], r[V_DELETED]) for r in rows] == [
         (3, 0, 0), (3, 2, 0)]  # kinds "anon" and "shmem"
-    table = (image / names.mm(PID)).read_bytes()[-len(b"shmem-77\0rd wr\0"):]
+    table = mm_parts(image / names.mm(PID))[1][-len(b"shmem-77\0rd wr\0"):]
     assert table == b"shmem-77\0rd wr\0"
     assert (rows[1][V_SHMEM], rows[0][V_VMFLAGS], rows[0][V_PATH]) == (1, 2, 0)
 

@@ -21,7 +21,7 @@ import pytest
 from engine.faults import RESTORE_STEPS
 from engine.kernel import pty
 from tests.engine import cr_support as cr
-from tests.engine.image_tools import V_END, edit_vma_rows
+from tests.engine.image_tools import V_END, edit_mm_bytes, edit_vma_rows
 
 FAKE_SRC = Path(__file__).resolve().parents[1] / "data" / "fake_zdtm.c"
 
@@ -111,11 +111,11 @@ def test_hostile_value_in_vmas(dumped: tuple[cr.ZdtmTest, Path]) -> None:
 
 
 def test_corrupted_pagemap_magic(dumped: tuple[cr.ZdtmTest, Path]) -> None:
-    """A pagemap with a bad magic: the error names the file."""
+    """A pagemap with a bad magic: the error names the file (its task's mm file)."""
     t, images = dumped
-    pm = images / f"pagemap-{t.pid}.img"
+    pm = images / f"mm-{t.pid}.img"
     good = pm.read_bytes()
-    pm.write_bytes(b"XXXXXXXX" + good[8:])
+    edit_mm_bytes(pm, 2, lambda raw: raw.__setitem__(slice(0, 8), b"XXXXXXXX"))
     rc, err = _restore(images)
     _assert_clean_failure(rc, err, t.pid, "read", str(pm))
     pm.write_bytes(good)
