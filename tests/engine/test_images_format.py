@@ -216,6 +216,16 @@ def _truncate_at_newline(name: str) -> Callable[[Path], None]:
     return edit
 
 
+def _table_size(more: int) -> Callable[[Path], None]:
+    """The mm file's u64 VMA table size made `more` bytes larger (the bytes after it
+    kept)."""
+    def edit(d: Path) -> None:
+        record, rest = (d / names.mm(PID)).read_bytes().split(b"\n", 1)
+        size = int.from_bytes(rest[:8], "little") + more
+        (d / names.mm(PID)).write_bytes(record + b"\n" + size.to_bytes(8, "little") + rest[8:])
+    return edit
+
+
 def _unlink(name: str) -> Callable[[Path], None]:
     return lambda d: (d / name).unlink()
 
@@ -284,6 +294,10 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str]] = {
                                       "NUL-terminated"),
     "mm record without its vma table": (_truncate_at_newline(names.mm(PID)), names.mm(PID),
                                         "no VMA table after the record"),
+    "vma table size beyond the mm file": (_table_size(1 << 40), names.mm(PID),
+                                          "bytes beyond the end of the file"),
+    "vma table size into the pagemap": (_table_size(16), names.mm(PID),
+                                        "does not match 2 VMAs"),
     "negative sid": (_edit_json(names.INVENTORY, _set(["tasks", 0, "sid"], -1)),
                      names.INVENTORY, "sid out of range"),
     "pid beyond PID_MAX_LIMIT": (_edit_json(names.INVENTORY, _set(["tasks", 0, "pgid"], 1 << 40)),
