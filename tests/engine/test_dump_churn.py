@@ -11,11 +11,13 @@ import mmap
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from engine.dump import pages
+from engine.dump import pages, tree
 from engine.errors import EngineError
 from engine.images import load
 from tests.engine.dump_support import run_engine
@@ -121,3 +123,37 @@ def test_copy_of_a_running_task_stores_unmapped_memory_as_zeros() -> None:
     finally:
         os.close(fd)
         libc.munmap(ctypes.c_void_p(addr), 3 * PG)
+
+
+def _threads_of(pid: int) -> list[int]:
+    deadline = time.monotonic() + 5
+    while len(tids := sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))) < 2:
+        assert time.monotonic() < deadline, "its second thread did not start"
+        time.sleep(0.01)
+    return tids
+
+
+@pytest.mark.parametrize("killed", [True, False])
+def test_threads_stopped_before_their_process_was_killed_are_not_frozen(killed: bool) -> None:
+    """A process killed (as by a thread's exit_group) after some of its threads were
+    stopped: the freeze waits for their deaths and drops them, instead of counting a
+    dying process as frozen; threads without a SIGKILL are left stopped."""
+    code = ("import threading, time\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    frozen = tree.FrozenTree(proc.pid, {}, [])
+    try:
+        p = tree.Proc(proc.pid, os.getpid(), proc.pid, proc.pid, "alive")
+        for tid in _threads_of(proc.pid):
+            assert tree._seize_thread(frozen, p, tid)
+            p.threads.append(tid)
+        if killed:
+            os.kill(proc.pid, signal.SIGKILL)
+        assert tree._reap_killed(frozen, p) is killed
+        assert (p.threads == []) is killed and (frozen.seized == []) is killed
+    finally:
+        frozen.release()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
