@@ -321,10 +321,6 @@ class ImageDir:
         self.write_bytes(name, b"".join((text.encode(), b"\n", _MM_TABLE.pack(len(table)),
                                          table, pagemap)))
 
-    def write_pagemap(self, name: str, entries: list[PagemapEntry], sums: PageSums) -> None:
-        """Write a binary pagemap file (encode_pagemap)."""
-        self.write_bytes(name, encode_pagemap(entries, sums))
-
     def pages_writer(self, name: str, nr_pages: int, direct: bool = False) -> PagesWriter:
         """A new pages file that must receive exactly nr_pages pages. With `direct` (and
         `pages_direct`), the file is written with O_DIRECT where the filesystem allows it:

@@ -89,7 +89,8 @@ def make_image(path: Path) -> None:
                                                    w.sums))
     with img.pages_writer(names.shmem_pages(sid), 1) as w:
         w.write_at(b"s" * PG, 0)
-    img.write_pagemap(names.shmem_pagemap(sid), [PagemapEntry(PG, 1, PE_PRESENT)], w.sums)
+    img.write_bytes(names.shmem_pagemap(sid), encode_pagemap([PagemapEntry(PG, 1, PE_PRESENT)],
+                                                             w.sums))
     img.write_inventory(names.INVENTORY, Inventory(
         FORMAT_NAME, FORMAT_VERSION, "dump", PID, [TaskEntry(PID, 1, PID, PID, "alive", [PID])],
         shmem=[ShmemEntry(sid, 4 * PG, 77, names.shmem_pagemap(sid), names.shmem_pages(sid))]))
