@@ -373,9 +373,9 @@ TaskWriter = Callable[[PagesWriter, list[tuple[Run, int]]], list[tuple[Run, int]
 
 def write_pages(img: ImageDir, pagemap_name: str, pages_name: str, runs: list[Run],
                 read_vm: int, mem_fd: int, staging: Staging, base: int = 0) -> int:
-    """Write the data of `runs` and then their pagemap file, with the checksum of every
-    page (a shmem object's, a SysV segment's: write_task_pages); returns the number of
-    pages stored."""
+    """Write the data of `runs` (a shmem object's or a SysV segment's; a task's is
+    write_task_pages) and then their pagemap file, with the checksum of every page;
+    returns the number of pages stored."""
     pagemap = write_task_pages(img, pages_name, runs, read_vm, mem_fd, staging, base)
     img.write_bytes(pagemap_name, pagemap)
     return sum(r.length for r in runs) // PAGE_SIZE
