@@ -228,13 +228,14 @@ def prefetch_files(readers: list[PagesReader], limit: int | None = None) -> bool
     """Have the kernel start reading these pages files now, when they are small enough
     (`limit` in all, PREFETCH_MAX by default): a restore does it at its start, so that the
     pages of an image no longer in the page cache are read while the tree is made, in
-    requests in flight together rather than one page fault at a time. True when it
-    asked."""
+    requests in flight together rather than one page fault at a time; they are then read
+    through the cache (PagesReader.read_through_cache). True when it asked."""
     sizes = [os.fstat(r.fd).st_size for r in readers]
     if sum(sizes) > (PREFETCH_MAX if limit is None else limit):
         return False
     for r, size in zip(readers, sizes):
         _will_need(r.fd, 0, size)
+        r.read_through_cache()
     return True
 
 

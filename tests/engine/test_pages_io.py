@@ -14,6 +14,7 @@ import pytest
 from engine.dump import pages
 from engine.errors import EngineError
 from engine.images import load
+from engine.images.directio import open_direct_read
 from engine.proc import writeback
 from engine.restore import pages as rpages
 from tests.engine import cr_support as cr
@@ -58,6 +59,13 @@ def _evict(images: Path) -> None:
             os.close(fd)
 
 
+def _takes_o_direct(path: Path) -> bool:
+    fd = open_direct_read(str(path))
+    if fd >= 0:
+        os.close(fd)
+    return fd >= 0
+
+
 def _restore(t: cr.ZdtmTest, images: Path) -> None:
     pidfile = images.parent / "restored.pid"
     r = cr.engine("restore", "-D", str(images), "-d", "--pidfile", str(pidfile))
@@ -95,8 +103,12 @@ def test_a_small_evicted_image_is_read_ahead_and_a_large_one_is_not(
         assert not rpages.prefetch_files([reader])
         time.sleep(0.2)
         assert not reader.cached()
+        # not in the cache and not read ahead: read with O_DIRECT, where the filesystem can
+        assert (reader.direct_fd() >= 0) == _takes_o_direct(images / task.mm.pages)
         monkeypatch.undo()
         assert rpages.prefetch_files([reader])
+        # read through the cache the read-ahead fills, not with O_DIRECT from the disk
+        assert reader.direct_fd() == -1
         deadline = time.monotonic() + 10
         while not reader.cached():  # the reads were started, not waited for
             assert time.monotonic() < deadline, "read ahead did not bring the file in"
