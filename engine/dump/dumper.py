@@ -480,9 +480,9 @@ def _dump_memory(img: ImageDir, procs: list[tree.Proc], state: dict[int, _ProcSt
             shmem.collect_fds(sources, p.pid)
         entries = []
         for sid, src in sorted(sources.items()):
-            entry = shmem.dump_object(img, sid, src, staging)
+            entry, stored = shmem.dump_object(img, sid, src, staging)
             entries.append(entry)
-            stats.shmem_pages += img.read_pagemap(entry.pagemap).pages_stored
+            stats.shmem_pages += stored
     return entries
 
 

@@ -81,8 +81,10 @@ def collect_fds(sources: dict[str, ShmemSource], pid: int) -> None:
             sources[sid] = ShmemSource(pid, None, int(name), 0, "memfd", memfd)
 
 
-def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> ShmemEntry:
-    """Write the pagemap and pages of one object; return its inventory entry."""
+def dump_object(img: ImageDir, sid: str, src: ShmemSource,
+                staging: Staging) -> tuple[ShmemEntry, int]:
+    """Write the pagemap and pages of one object; return its inventory entry and the
+    number of pages stored."""
     pm_name, pages_name = names.shmem_pagemap(sid), names.shmem_pages(sid)
     v = src.vma
     link = (f"/proc/{src.pid}/map_files/{v.start:x}-{v.end:x}" if v is not None
@@ -99,9 +101,10 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
         seals = fcntl.fcntl(fd, _F_GET_SEALS) if src.kind == "memfd" else 0
         runs = data_runs(fd, size)
         if st.st_size % PAGE_SIZE:
-            _write_through_mapping(img, pm_name, pages_name, runs, fd, st.st_size, staging)
+            stored = _write_through_mapping(img, pm_name, pages_name, runs, fd, st.st_size,
+                                            staging)
         else:
-            write_pages(img, pm_name, pages_name, runs, 0, fd, staging)
+            stored = write_pages(img, pm_name, pages_name, runs, 0, fd, staging)
     finally:
         os.close(fd)
     entry = ShmemEntry(sid, size, st.st_ino, pm_name, pages_name, kind=src.kind,
@@ -109,11 +112,11 @@ def dump_object(img: ImageDir, sid: str, src: ShmemSource, staging: Staging) -> 
     if src.kind == "memfd":
         entry.uid, entry.gid = st.st_uid, st.st_gid
         entry.atime_ns, entry.mtime_ns = st.st_atime_ns, st.st_mtime_ns
-    return entry
+    return entry, stored
 
 
 def _write_through_mapping(img: ImageDir, pm_name: str, pages_name: str, runs: list[Run],
-                           fd: int, file_size: int, staging: Staging) -> None:
+                           fd: int, file_size: int, staging: Staging) -> int:
     """Like write_pages from `fd`, for an object whose size is not a page multiple: its
     last page ends past the end of the file, where pread stops short. A mapping of the
     object reads that tail as zeros, as the tasks see it: read it through /proc/self/mem."""
@@ -123,7 +126,7 @@ def _write_through_mapping(img: ImageDir, pm_name: str, pages_name: str, runs: l
     try:
         mem = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            write_pages(img, pm_name, pages_name, runs, 0, mem, staging, addr)
+            return write_pages(img, pm_name, pages_name, runs, 0, mem, staging, addr)
         finally:
             os.close(mem)
     finally:
@@ -162,7 +165,7 @@ def data_runs(fd: int, size: int) -> list[Run]:
 
 
 def _dump_through_mem(img: ImageDir, sid: str, src: ShmemSource, v: Vma,
-                      staging: Staging) -> ShmemEntry:
+                      staging: Staging) -> tuple[ShmemEntry, int]:
     """Fallback: the present pages of one mapping, read through /proc/PID/mem (pages of
     the object that no VMA of this task maps cannot be reached this way)."""
     if v.flags & uapi.MAP_PRIVATE:
@@ -181,8 +184,8 @@ def _dump_through_mem(img: ImageDir, sid: str, src: ShmemSource, v: Vma,
     mem = os.open(f"/proc/{src.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     try:
         pm_name, pages_name = names.shmem_pagemap(sid), names.shmem_pages(sid)
-        write_pages(img, pm_name, pages_name, runs, 0, mem, staging, base)
+        stored = write_pages(img, pm_name, pages_name, runs, 0, mem, staging, base)
     finally:
         os.close(mem)
     return ShmemEntry(sid, _page_up(src.extent), v.inode, pm_name, pages_name,
-                      kind=src.kind, name=src.name)
+                      kind=src.kind, name=src.name), stored

@@ -29,9 +29,10 @@ def _dump(tmp: Path, fd: int, extent: int) -> dict[int, bytes]:
     img = ImageDir.create(str(tmp))
     src = shmem.ShmemSource(os.getpid(), None, fd, extent, "memfd", "shmem-dump-test")
     with Staging(pages.SHMEM_STAGING) as staging:
-        entry = shmem.dump_object(img, "s1", src, staging)
+        entry, stored = shmem.dump_object(img, "s1", src, staging)
     img.checksum_written()
     pm = img.read_pagemap(entry.pagemap)
+    assert stored == pm.pages_stored  # the count the dump's stats take
     raw = (tmp / entry.pages).read_bytes()
     out, pos = {}, 0
     for e in pm.entries:
