@@ -865,11 +865,10 @@ class PagesReader:
 
     def direct_fd(self) -> int:
         """A descriptor of the file opened with O_DIRECT (on first call), or -1 where the
-        filesystem refuses O_DIRECT, the file is in the page cache or is being read into it
-        (read_through_cache). Reads through it skip
-        the cache: a large dump writes its pages files with O_DIRECT, so they are not
-        cached, and a restore reads them once; a cached file (a small dump's) is read
-        where it is, through the mapping."""
+        filesystem refuses O_DIRECT, the file is in the page cache or is being read into
+        it (read_through_cache). Reads through it skip the cache: a large dump writes its
+        pages files with O_DIRECT, so they are not cached, and a restore reads them once;
+        a cached file (a small dump's) is read where it is, through the mapping."""
         if self._direct == -2:
             if self.cached():
                 self._direct = -1
