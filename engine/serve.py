@@ -275,6 +275,10 @@ def _spare_child(state: _State, ours: socket.socket, theirs: socket.socket,
     and run it as a child forked for it would. Never returns."""
     try:
         ours.close()
+        # It never accepts: the listening socket is the server's alone, so that a dead
+        # server refuses connections at once, not only once its spare is gone too (a
+        # client that connected in between was reset instead).
+        os.close(state.listener.detach())
         # Dies with the server until it gets a request (a request's process outlives it).
         ksys.prctl(uapi.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != server:

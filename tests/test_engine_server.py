@@ -456,27 +456,69 @@ def test_each_request_goes_to_a_child_forked_before_it_the_spare_dies_with_the_s
     srv.start()
     try:
         srv._connect().close()  # listening: its spare is forked by now
-        assert srv.proc is not None
-
-        def spares() -> list[int]:
-            # the waiting child has not made a session of its own yet
-            return [p for p in plumbing.children(srv.proc.pid) if os.getsid(p) != p]
-
-        end = time.monotonic() + 30
-        while len(spares()) != 1:
-            assert time.monotonic() < end, "no spare child"
-            time.sleep(0.01)
-        (first,) = spares()
+        first = _spare(srv)
         step = _served(srv, ["check", "--json"], tmp_path / "one")
         assert step.pid == first and step.wait(60) == 0
-        end = time.monotonic() + 30
-        while len(spares()) != 1:
-            assert time.monotonic() < end, "no new spare child"
-            time.sleep(0.01)
-        (second,) = spares()
+        second = _spare(srv)
         assert second != first
+        assert srv.proc is not None
         os.kill(srv.proc.pid, signal.SIGKILL)
         assert plumbing.wait_gone([second], 10) == []
+    finally:
+        srv.close()
+
+
+def _spare(srv: EngineServer) -> int:
+    """The server's one waiting child (it has not made a session of its own yet)."""
+    assert srv.proc is not None
+    end = time.monotonic() + 30
+    while True:
+        spares = [p for p in plumbing.children(srv.proc.pid) if os.getsid(p) != p]
+        if len(spares) == 1:
+            return spares[0]
+        assert time.monotonic() < end, f"not one spare child: {spares}"
+        time.sleep(0.01)
+
+
+def _bound_inode(path: Path) -> int:
+    """The inode of the unix socket bound at `path` (/proc/net/unix)."""
+    with open("/proc/net/unix", encoding="ascii", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == str(path):
+                return int(fields[6])
+    raise AssertionError(f"no socket bound at {path}")
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` holds."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if link.startswith("socket:["):
+            found.add(int(link[len("socket:["):-1]))
+    return found
+
+
+def test_only_the_server_holds_its_listening_socket() -> None:
+    """The spare drops the listening socket right after its fork, so a server killed
+    outright refuses connections at once (a spare still holding it until its own death,
+    a moment later, had a client connect and then be reset)."""
+    srv = EngineServer(PREFIX, ENV, ROOT_DIR)
+    srv.start()
+    try:
+        srv._connect().close()
+        assert srv.proc is not None
+        listener = _bound_inode(srv.path)
+        assert listener in _socket_inodes(srv.proc.pid)
+        spare = _spare(srv)
+        end = time.monotonic() + 10
+        while listener in _socket_inodes(spare):
+            assert time.monotonic() < end, "the spare holds the listening socket"
+            time.sleep(0.01)
     finally:
         srv.close()
 
