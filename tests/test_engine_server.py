@@ -480,14 +480,20 @@ def _spare(srv: EngineServer) -> int:
         time.sleep(0.01)
 
 
-def _bound_inode(path: Path) -> int:
-    """The inode of the unix socket bound at `path` (/proc/net/unix)."""
+#: /proc/net/unix Flags of a listening socket (__SO_ACCEPTCON)
+_ACCEPTCON = 0x10000
+
+
+def _listening_inode(path: Path) -> int:
+    """The inode of the unix socket listening at `path` (/proc/net/unix also names the
+    path on each connection accepted from it)."""
     with open("/proc/net/unix", encoding="ascii", errors="replace") as f:
         for line in f:
             fields = line.split()
-            if len(fields) >= 8 and fields[7] == str(path):
+            if (len(fields) >= 8 and fields[7] == str(path)
+                    and int(fields[3], 16) & _ACCEPTCON):
                 return int(fields[6])
-    raise AssertionError(f"no socket bound at {path}")
+    raise AssertionError(f"nothing listens at {path}")
 
 
 def _socket_inodes(pid: int) -> set[int]:
@@ -512,7 +518,7 @@ def test_only_the_server_holds_its_listening_socket() -> None:
     try:
         srv._connect().close()
         assert srv.proc is not None
-        listener = _bound_inode(srv.path)
+        listener = _listening_inode(srv.path)
         assert listener in _socket_inodes(srv.proc.pid)
         spare = _spare(srv)
         end = time.monotonic() + 10
