@@ -239,25 +239,26 @@ def _dump_tree(pid: int, img: ImageDir, images_dir: str, leave_running: bool,
             worker = None
         state: dict[int, _ProcState] = {}
         pairs = _cow_pairs(procs, tables) if kind == "dump" else []
+        leaders = {p.pid for p in frozen.order() if p.pgid == p.pid}  # groups inside
         for p in procs:
             got = _step(f"regs of {p.pid}", "regs", task.read_threads, p.pid, p.threads)
-            state[p.pid] = _ProcState(got.threads, got.shared_pending, got.status, got.stat)
+            st = state[p.pid] = _ProcState(got.threads, got.shared_pending, got.status,
+                                           got.stat)
             if worker is not None and "vm" not in tables.get(p.pid, []):
                 # there, while the engine goes on here
                 worker.read(p, [child for child, parent in pairs if parent == p.pid])
+            # (here: while the worker reads the first tasks, which the injections wait for)
+            st.facts = _step(f"/proc state of {p.pid}", "write", _proc_facts, p.pid,
+                             st.status, st.stat, leaders)
         if worker is None:
             for child, runs in _shared_pages(pairs).items():
                 state[child].cow = runs
         fault_point("regs")
         lap("regs")
-        leaders = {p.pid for p in frozen.order() if p.pgid == p.pid}  # groups inside
         for p in procs:
             # A task sharing its parent's address space has no memory of its own to track.
             own_mm = "vm" not in tables.get(p.pid, [])
             st = state[p.pid]
-            # (before waiting: while the worker still reads it)
-            st.facts = _step(f"/proc state of {p.pid}", "write", _proc_facts, p.pid,
-                             st.status, st.stat, leaders)
             if worker is not None and own_mm:
                 worker.wait_read(p.pid)  # nothing injected while its memory is read
             inj = st.injected = _step(

@@ -134,9 +134,10 @@ class MemoryWorker:
 
     def collect(self, counts: Counts) -> dict[int, MmCore]:
         """Each task's mm record, once the worker did every job; its files and counts
-        taken into the image and `counts`."""
+        taken into the image and `counts`. No job is sent after it: the worker ends."""
         for r in self._worker.results():
             self._take(r)
+        self._worker.done()
         counts.pages += self._pages
         counts.vmas += self._vmas
         return self._mms

@@ -65,6 +65,22 @@ def test_results_come_back_in_order_and_an_error_ends_the_worker() -> None:
     assert _gone(pid)
 
 
+def test_a_worker_told_done_exits_before_it_is_closed() -> None:
+    """done() lets the worker end beside the engine's last steps (close() only reaps)."""
+    w = Worker(_double, "memory", 10.0)
+    pid = w.pid
+    try:
+        w.send(1)
+        assert w.results() == [2]
+        w.done()
+        deadline = time.monotonic() + 10
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _gone(pid)
+    finally:
+        w.close()
+
+
 def test_a_job_sent_after_the_worker_failed_gets_its_error() -> None:
     w = Worker(_double, "memory", 10.0)
     try:
