@@ -169,7 +169,6 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
     gc.disable()
     try:
         with pages.Staging(pages.staging_size(resident)) as staging:
-            staging.map()  # before the freeze: populating it is not frozen time
             return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind,
                          staging, buffered,
                          memworker.wanted(kind, prev_dir, track_mem, resident))
@@ -193,6 +192,10 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
                                             _write_mm, _shared_pages)
         except OSError:
             pass  # (no fork: the engine reads every task itself)
+    if worker is None:
+        # before the freeze: populating it is not frozen time (the worker maps its own,
+        # and the engine's is then only mapped should it be needed)
+        staging.map()
     try:
         return _dump_tree(pid, img, images_dir, leave_running, prev_dir, track_mem, kind,
                           staging, worker)

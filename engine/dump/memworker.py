@@ -110,6 +110,8 @@ class MemoryWorker:
         self._img = img
         side = _WorkerSide(img, slot, layout, read, write_mm, find_cow)
         self._worker = Worker(side, "memory", TIMEOUT)
+        # its staging buffers populated while the engine freezes the tree
+        self._worker.send(("map",))
         self._read: set[int] = set()  # tasks whose memory is read
         self._mms: dict[int, MmCore] = {}
         self._pages = self._vmas = 0
@@ -184,6 +186,9 @@ class _WorkerSide:
     def __call__(self, job: tuple[Any, ...]) -> _Written:
         before = len(self.img.created_files)
         result: _Written
+        if job[0] == "map":
+            self._staging().map()
+            return _Written(0, [], {}, [])
         if job[0] == "read":
             result = self._read(job[1], job[2])
         else:
@@ -197,9 +202,12 @@ class _WorkerSide:
         result.page_summed = self.img.page_summed(result.created)
         return result
 
-    def _read(self, p: Proc, children: list[int]) -> _Read:
+    def _staging(self) -> pages.Staging:
         if self.staging is None:
             self.staging = pages.Staging(self.slot)
+        return self.staging
+
+    def _read(self, p: Proc, children: list[int]) -> _Read:
         own = self.layouts.pop(p.pid, None) or self.layout(p.pid)
         if children:
             for child in children:
@@ -209,5 +217,5 @@ class _WorkerSide:
                                   | {p.pid: own[1]})
             self.cow.update(found)
         self.vmas[p.pid], self.pagemaps[p.pid], nr_pages, nr_vmas = self.read(
-            self.img, p, self.staging, _Inline(), own)
+            self.img, p, self._staging(), _Inline(), own)
         return _Read(p.pid, [], {}, [], nr_pages, nr_vmas)
