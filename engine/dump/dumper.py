@@ -171,18 +171,23 @@ def dump(pid: int, images_dir: str, leave_running: bool = False,
         with pages.Staging(pages.staging_size(resident)) as staging:
             return _dump(pid, images_dir, leave_running, prev_dir, track_mem, kind,
                          staging, buffered,
-                         memworker.wanted(kind, prev_dir, track_mem, resident))
+                         memworker.wanted(kind, prev_dir, track_mem, resident),
+                         resident.shmem > 0)
     finally:
         gc.enable()
 
 
 def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
           track_mem: bool, kind: str, staging: pages.Staging, buffered: bool,
-          use_worker: bool) -> DumpStats:
+          use_worker: bool, shared_memory: bool) -> DumpStats:
     if prev_dir is not None:
         prev_dir = os.path.abspath(os.path.join(images_dir, prev_dir))
         if not os.path.isfile(os.path.join(prev_dir, names.INVENTORY)):
             raise EngineError("seize", f"{prev_dir}: not a complete image (no inventory)")
+    if not use_worker or shared_memory:
+        # before the freeze: populating it is not frozen time (a worker maps its own, and
+        # the engine's then serves only shared memory)
+        staging.map()
     img = ImageDir.create(images_dir)
     img.pages_direct = not buffered
     worker = None
@@ -192,10 +197,6 @@ def _dump(pid: int, images_dir: str, leave_running: bool, prev_dir: str | None,
                                             _write_mm, _shared_pages)
         except OSError:
             pass  # (no fork: the engine reads every task itself)
-    if worker is None:
-        # before the freeze: populating it is not frozen time (the worker maps its own,
-        # and the engine's is then only mapped should it be needed)
-        staging.map()
     try:
         return _dump_tree(pid, img, images_dir, leave_running, prev_dir, track_mem, kind,
                           staging, worker)
