@@ -39,6 +39,8 @@ from engine.kernel import sys as ksys
 GO_TIMEOUT = 60.0
 EXIT_NOT_STARTED = 125  # the client never said go: nobody waits for this status
 EXIT_SETUP = 127  # the request could not be set up (said on its stderr)
+#: the end of the os.closerange that closes every fd above a number
+_FD_END = (1 << 31) - 1
 #: namespaces a request may carry, as named under /proc/PID/ns
 NAMESPACES = frozenset({"mnt", "net", "uts", "ipc", "cgroup"})
 #: what CPython itself sets at start-up (and subprocess resets before exec)
@@ -223,13 +225,10 @@ def _set_environ(env: dict[str, str]) -> None:
 
 
 def _close_others(keep: int) -> None:
-    """Close every fd but 0-2 and `keep` (go): the server's, the request's copies."""
-    for name in os.listdir("/proc/self/fd"):
-        if int(name) > 2 and int(name) != keep:
-            try:
-                os.close(int(name))
-            except OSError:
-                pass  # the directory fd listdir used, closed by now
+    """Close every fd but 0-2 and `keep` (go): the server's, the request's copies (two
+    close_range calls; listing /proc/self/fd and closing one by one took ~0.1 ms)."""
+    os.closerange(3, keep)
+    os.closerange(max(3, keep + 1), _FD_END)
 
 
 def _reset_signals(ignored: frozenset[int], mask: frozenset[int]) -> None:
