@@ -170,8 +170,8 @@ class _Inline(Executor):
 
 
 class _WorkerSide:
-    """What runs in the worker: its own staging buffers, made for the first task, and
-    the VMAs of the tasks read (for their mm records)."""
+    """What runs in the worker: its own staging buffers, populated by its first job
+    ("map"), and the VMAs of the tasks read (for their mm records)."""
 
     def __init__(self, img: ImageDir, slot: int, layout: Callable[[int], Layout],
                  read: Reader, write_mm: MmWriter, find_cow: CowFinder) -> None:
